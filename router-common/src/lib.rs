@@ -1,0 +1,259 @@
+//! Map layouts shared by the eBPF datapath (`router-ebpf`) and the daemon (`router-ctl`).
+//!
+//! Conventions, fixed for every map:
+//! - IPv4 addresses and L4 ports are stored exactly as their bytes appear on the wire,
+//!   i.e. `u32::from_ne_bytes(octets)` / `u16::from_ne_bytes(bytes)` ("wire order"). The
+//!   datapath copies them without swapping; userspace converts with [`ip_to_wire`] and friends.
+//! - Everything else (router ids, port ranges, flags, timestamps) is host order.
+//! - No `bool`, `Option` or enum in a map value: integers plus the named constants below.
+//! - Every struct is `#[repr(C)]` with explicit padding and a size assertion; bump
+//!   [`LAYOUT_VERSION`] whenever any of them changes, because pinned maps are reused by name.
+#![no_std]
+
+pub mod csum;
+
+/// Version of every map layout in this file; part of the pin directory name so a daemon never
+/// reuses a pinned map whose layout changed (aya does not check).
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Map names, shared so userspace can find them in the loaded object and in the pin directory.
+pub mod maps {
+    pub const ROUTER_CONFIG: &str = "ROUTER_CONFIG";
+    pub const INTERNAL_CIDRS: &str = "INTERNAL_CIDRS";
+    pub const SESSIONS: &str = "SESSIONS";
+    pub const FRAGMENTS: &str = "FRAGMENTS";
+    pub const ROUTER_STATS: &str = "ROUTER_STATS";
+    pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
+}
+
+/// Program names in the object (the Rust function names of the entry points).
+pub mod programs {
+    /// TC ingress of the bridge-side peer of `qg-`: packets leaving the router get SNAT.
+    pub const SNAT_OUT: &str = "snat_out";
+    /// TC egress of the bridge-side peer of `qg-`: packets entering the router are un-NATed.
+    pub const SNAT_IN: &str = "snat_in";
+}
+
+/// Capacity of the session table (two entries per session: forward and reverse).
+pub const MAX_SESSIONS: u32 = 262_144;
+/// Capacity of the fragment table.
+pub const MAX_FRAGMENTS: u32 = 16_384;
+/// Routers one daemon can serve (config, stats).
+pub const MAX_ROUTERS: u32 = 16_384;
+/// Internal CIDRs over all routers.
+pub const MAX_CIDRS: u32 = 65_536;
+
+/// `RouterConfig::flags`: translate sources in the internal CIDRs to the gateway IP.
+pub const ROUTER_F_SNAT: u32 = 1;
+
+/// Per-router NAT configuration, keyed by the ifindex (in the daemon's namespace) of the
+/// bridge-side peer of the router's `qg-` device; one loaded object serves every router.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RouterConfig {
+    /// Daemon-assigned router number (host order); scopes sessions, CIDRs and stats.
+    pub router_id: u32,
+    /// Gateway address on the external network (wire order).
+    pub gateway_ip: u32,
+    /// `ROUTER_F_*` bits.
+    pub flags: u32,
+    /// Inclusive SNAT source-port range (host order).
+    pub port_min: u16,
+    pub port_max: u16,
+}
+const _: () = assert!(core::mem::size_of::<RouterConfig>() == 16);
+
+/// LPM key data for the internal CIDRs of a router: `prefix_len = 32 + cidr_len`.
+/// `router_id` is big-endian so that it forms the leading 32 prefix bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CidrKey {
+    /// Router number, big-endian (`router_id.to_be()`).
+    pub router_id_be: u32,
+    /// Network address (wire order).
+    pub addr: u32,
+}
+const _: () = assert!(core::mem::size_of::<CidrKey>() == 8);
+
+/// `SessionKey::dir`: key as seen leaving the router (internal source).
+pub const DIR_OUT: u8 = 0;
+/// `SessionKey::dir`: key as seen entering the router (destination = translated address).
+pub const DIR_IN: u8 = 1;
+
+/// One direction of a NAT session. The forward entry is keyed by the original outbound tuple
+/// (`DIR_OUT`), the reverse entry by the translated tuple as it arrives back (`DIR_IN`,
+/// src = remote, dst = gateway IP). For ICMP echo the identifier is the port: outbound
+/// `sport = id, dport = 0`, inbound `sport = 0, dport = id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SessionKey {
+    pub router_id: u32,
+    /// wire order
+    pub src: u32,
+    /// wire order
+    pub dst: u32,
+    /// wire order
+    pub sport: u16,
+    /// wire order
+    pub dport: u16,
+    /// IP protocol number
+    pub proto: u8,
+    /// `DIR_OUT` or `DIR_IN`
+    pub dir: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<SessionKey>() == 20);
+
+/// Session kinds (`SessionValue::kind`).
+pub const SESSION_SNAT: u8 = 0;
+
+/// TCP/UDP state bits in `SessionValue::state`, set by the datapath on the entry it used.
+pub const ST_SYN: u8 = 1;
+pub const ST_FIN: u8 = 2;
+pub const ST_RST: u8 = 4;
+/// Set on the reverse entry's state once any reply arrived (UDP "replied", TCP "established").
+pub const ST_SEEN: u8 = 8;
+/// Set once an ACK without SYN was seen in this direction.
+pub const ST_ACK: u8 = 16;
+
+/// What a session entry rewrites to: for `DIR_OUT` the new source (gateway IP, NAT port),
+/// for `DIR_IN` the original destination (internal IP, internal port).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionValue {
+    /// wire order
+    pub addr: u32,
+    /// wire order
+    pub port: u16,
+    /// `ST_*` bits seen in this entry's direction
+    pub state: u8,
+    /// `SESSION_*`
+    pub kind: u8,
+    /// `bpf_ktime_get_coarse_ns` of the last packet in this direction (CLOCK_MONOTONIC).
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<SessionValue>() == 16);
+
+/// Key of a fragment entry: non-first fragments carry no L4 header, so they follow the
+/// translation chosen for the first fragment of the same datagram.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragKey {
+    pub router_id: u32,
+    /// wire order, as seen by the datapath before translation
+    pub src: u32,
+    /// wire order
+    pub dst: u32,
+    /// IP identification (wire order)
+    pub id: u16,
+    pub proto: u8,
+    pub dir: u8,
+}
+const _: () = assert!(core::mem::size_of::<FragKey>() == 16);
+
+/// The address a datagram's later fragments are rewritten to (source for `DIR_OUT`,
+/// destination for `DIR_IN`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FragValue {
+    /// wire order
+    pub addr: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FragValue>() == 8);
+
+/// Per-router counters (a per-CPU hash value; userspace sums over CPUs).
+pub mod stat {
+    /// Packets SNATed on the way out, and their bytes.
+    pub const OUT_PACKETS: usize = 0;
+    pub const OUT_BYTES: usize = 1;
+    /// Packets reverse-translated on the way in, and their bytes.
+    pub const IN_PACKETS: usize = 2;
+    pub const IN_BYTES: usize = 3;
+    /// New sessions created.
+    pub const SESSIONS_CREATED: usize = 4;
+    /// Dropped: no free NAT port for this destination.
+    pub const DROP_NO_PORT: usize = 5;
+    /// Dropped: session table refused the insert.
+    pub const DROP_TABLE_FULL: usize = 6;
+    /// Dropped: truncated or malformed header.
+    pub const DROP_MALFORMED: usize = 7;
+    /// Dropped: outbound packet that may not create a session (e.g. TCP RST with none).
+    pub const DROP_INVALID: usize = 8;
+    /// Dropped: non-first fragment with no known first fragment.
+    pub const DROP_FRAGMENT: usize = 9;
+    /// Dropped: internal source, protocol the SNAT cannot translate.
+    pub const DROP_UNSUPPORTED: usize = 10;
+    /// Passed untouched: not subject to NAT (exempt, router-own, IPv6, non-IP).
+    pub const PASSED: usize = 11;
+    /// ICMP errors translated (either direction).
+    pub const ICMP_ERRORS: usize = 12;
+    /// Number of counters in use; the array has room for more.
+    pub const COUNT: usize = 13;
+    /// Human names, indexed by counter.
+    pub const NAMES: [&str; COUNT] = [
+        "out_packets",
+        "out_bytes",
+        "in_packets",
+        "in_bytes",
+        "sessions_created",
+        "drop_no_port",
+        "drop_table_full",
+        "drop_malformed",
+        "drop_invalid",
+        "drop_fragment",
+        "drop_unsupported",
+        "passed",
+        "icmp_errors",
+    ];
+}
+
+/// Per-router counter block; index with the `stat::*` constants.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouterStats {
+    pub counters: [u64; 16],
+}
+const _: () = assert!(core::mem::size_of::<RouterStats>() == 128);
+
+impl Default for RouterStats {
+    fn default() -> Self {
+        Self { counters: [0; 16] }
+    }
+}
+
+/// Indices into the global per-CPU array (not router-specific).
+pub mod global {
+    /// Packets seen by any program.
+    pub const PACKETS: u32 = 0;
+    /// Packets on an interface with no router config (passed).
+    pub const UNCONFIGURED: u32 = 1;
+    pub const COUNT: u32 = 4;
+}
+
+/// Wire-order conversion helpers for userspace and tests.
+pub fn ip_to_wire(octets: [u8; 4]) -> u32 {
+    u32::from_ne_bytes(octets)
+}
+pub fn ip_from_wire(v: u32) -> [u8; 4] {
+    v.to_ne_bytes()
+}
+pub fn port_to_wire(port: u16) -> u16 {
+    port.to_be()
+}
+pub fn port_from_wire(v: u16) -> u16 {
+    u16::from_be(v)
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all of these are repr(C) plain integers with explicit padding.
+    unsafe impl aya::Pod for RouterConfig {}
+    unsafe impl aya::Pod for CidrKey {}
+    unsafe impl aya::Pod for SessionKey {}
+    unsafe impl aya::Pod for SessionValue {}
+    unsafe impl aya::Pod for FragKey {}
+    unsafe impl aya::Pod for FragValue {}
+    unsafe impl aya::Pod for RouterStats {}
+}

@@ -1,0 +1,2 @@
+//! Shared pieces of the datapath programs.
+#![no_std]

@@ -1,0 +1,141 @@
+//! Project automation: `cargo xtask build-ebpf | test | demo | bench`.
+mod ebpf;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, test, demo and benchmark the router gateway")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Bootstrap nightly rust-src and bpf-linker if needed, then build the eBPF object.
+    BuildEbpf,
+    /// Build everything and run the whole suite (root required: the tests create namespaces).
+    Test {
+        /// Extra arguments for the test binaries (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+}
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"))
+}
+
+/// Runs a command, failing with its command line when it exits non-zero.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn require_root(what: &str) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "`cargo xtask {what}` must run as root: it creates network namespaces, veth pairs and loads eBPF programs (try `sudo -E cargo xtask {what}`)"
+        );
+    }
+    Ok(())
+}
+
+/// Installs Debian packages whose commands are missing (tests and the demo build their
+/// topology with iproute2 and probe it with ping; the bench adds its baselines).
+pub fn ensure_commands(wanted: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(cmd, _)| {
+            !Command::new("sh")
+                .args(["-c", &format!("command -v {cmd} >/dev/null 2>&1")])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false)
+        })
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").arg("update").arg("-qq"))
+        .context("apt-get update failed (packages needed: {missing:?})")?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))
+    .with_context(|| format!("installing {missing:?} failed"))
+}
+
+/// Commands the test suite and the demo run to build and probe their topology.
+pub const TEST_COMMANDS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ping", "iputils-ping"),
+    ("nsenter", "util-linux"),
+];
+
+fn test(args: &[String]) -> Result<()> {
+    require_root("test")?;
+    ensure_commands(TEST_COMMANDS)?;
+    let target = target_dir();
+    let obj = ebpf::build(&target)?;
+    let root = workspace_root();
+    let cargo = |sub: &[&str]| {
+        let mut c = ebpf::clean_cargo();
+        c.current_dir(&root)
+            .args(sub)
+            .env("ROUTER_EBPF_OBJECT", &obj);
+        c
+    };
+    // The daemon binary the integration tests start.
+    run(&mut cargo(&["build", "--package", "router-ctl", "--bins"]))?;
+    // Host unit tests (checksum math, port allocation, API validation...), in parallel.
+    let mut unit = cargo(&[
+        "test",
+        "--workspace",
+        "--exclude",
+        "tests",
+        "--exclude",
+        "router-ebpf",
+    ]);
+    if !args.is_empty() {
+        unit.arg("--").args(args);
+    }
+    run(&mut unit)?;
+    // Privileged tests: real object, namespaces, packets. Serial: they share the kernel.
+    run(cargo(&["test", "--package", "tests", "--", "--test-threads=1"]).args(args))?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::BuildEbpf => {
+            let obj = ebpf::build(&target_dir())?;
+            println!("{}", obj.display());
+            Ok(())
+        }
+        Cmd::Test { args } => test(&args),
+    }
+}
