@@ -210,17 +210,11 @@ pub mod stat {
 
 /// Per-router counter block; index with the `stat::*` constants.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RouterStats {
     pub counters: [u64; 16],
 }
 const _: () = assert!(core::mem::size_of::<RouterStats>() == 128);
-
-impl Default for RouterStats {
-    fn default() -> Self {
-        Self { counters: [0; 16] }
-    }
-}
 
 /// Indices into the global per-CPU array (not router-specific).
 pub mod global {

@@ -1,5 +1,15 @@
 //! router-ctl: a Neutron-style virtual router gateway whose NAT runs in eBPF.
 //!
-//! The daemon and the CLI are thin shells over these modules.
+//! All logic lives in this library; the daemon (`daemon`) and the CLI (`cli`) are thin shells
+//! over it. Layers: `api` (HTTP) → `store` (SQLite, desired state) → `realise` (kernel) →
+//! `net` (rtnetlink) and `datapath` (eBPF maps and links).
 
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod datapath;
+pub mod model;
+pub mod net;
+pub mod realise;
+pub mod store;

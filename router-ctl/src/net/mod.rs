@@ -1,0 +1,1 @@
+//! Kernel networking through rtnetlink: namespaces, links, addresses, routes, sysctls, ARP.
