@@ -1,4 +1,5 @@
 //! Project automation: `cargo xtask build-ebpf | test | demo | bench`.
+mod bench;
 mod ebpf;
 
 use std::{
@@ -26,6 +27,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Measure plain forwarding, iptables SNAT, nftables flowtable and the eBPF SNAT side by
+    /// side; writes target/bench/report.{md,json} and ratios.svg (root required).
+    Bench(bench::BenchArgs),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -137,5 +141,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { args } => test(&args),
+        Cmd::Bench(args) => bench::run(&args, &target_dir(), &workspace_root()),
     }
 }

@@ -16,7 +16,7 @@ mod traffic;
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::Path,
     time::Duration,
 };
 
@@ -139,7 +139,7 @@ struct Plan {
 /// Runs every data-path metric on `t`, recording samples and per-metric failures.
 fn measure(t: &Topology, plan: &Plan, flow_run: u32, rep: &mut Report) -> Result<()> {
     let k = t.kind;
-    let mut record = |m: Metric, r: Result<f64>, rep: &mut Report| -> Result<()> {
+    let record = |m: Metric, r: Result<f64>, rep: &mut Report| -> Result<()> {
         match r {
             Ok(v) => {
                 eprintln!("bench:   {:<10} {:<36} {}", k.short(), m.label(), report::fmt_num(v));
@@ -325,10 +325,4 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
         env.control_plane(&plan.routers, plan.routers_cap, rep);
     }
     Ok(())
-}
-
-/// Where reports go when the target dir is the default.
-#[expect(dead_code, reason = "kept for callers that want the report path")]
-pub fn report_dir(target_dir: &Path) -> PathBuf {
-    target_dir.join("bench")
 }

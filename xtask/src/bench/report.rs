@@ -435,7 +435,7 @@ impl Report {
                 let x = left + t * scale;
                 let _ = writeln!(
                     s,
-                    r#"<line x1="{x}" y1="{gy}" x2="{x}" y2="{}" stroke="#000" stroke-dasharray="3,2"/>"#,
+                    r##"<line x1="{x}" y1="{gy}" x2="{x}" y2="{}" stroke="#000" stroke-dasharray="3,2"/>"##,
                     gy + group_h - 14.0
                 );
             }
@@ -443,7 +443,7 @@ impl Report {
         let x1 = left + scale;
         let _ = writeln!(
             s,
-            r#"<line x1="{x1}" y1="{top}" x2="{x1}" y2="{}" stroke="#777"/><text x="{}" y="{}" font-size="10">1.0× (dashed: target)</text>"#,
+            r##"<line x1="{x1}" y1="{top}" x2="{x1}" y2="{}" stroke="#777"/><text x="{}" y="{}" font-size="10">1.0× (dashed: target)</text>"##,
             height - 30.0,
             x1 - 40.0,
             height - 15.0

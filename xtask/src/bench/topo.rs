@@ -84,7 +84,7 @@ pub struct Topology {
     /// iperf3 server (killed first on drop).
     pub iperf: Option<ChildGuard>,
     /// Whatever else must live as long as the path (router namespace, daemon...).
-    pub keep: Vec<Box<dyn Any>>,
+    pub _keep: Vec<Box<dyn Any>>,
 }
 
 impl Topology {
@@ -237,9 +237,14 @@ pub fn build_kernel(kind: Kind, tag: &str) -> Result<Topology> {
         server_ip: SERVER_IP,
         nat_ip,
         iperf: None,
-        keep: vec![Box::new(router), Box::new(host)],
+        _keep: vec![Box::new(router), Box::new(host)],
     };
     topo.check()?;
+    let seen = super::traffic::observed_source(&topo)?;
+    let expect = topo.nat_ip.unwrap_or(CLIENT_IP);
+    if seen != expect {
+        bail!("{}: the server sees the client as {seen}, expected {expect}", kind.label());
+    }
     topo.start_iperf()?;
     Ok(topo)
 }
