@@ -218,9 +218,7 @@ impl Env {
         if let Some(b) = body {
             rq = rq.json(b);
         }
-        let resp = rq
-            .send()
-            .with_context(|| format!("{method} {path}"))?;
+        let resp = rq.send().with_context(|| format!("{method} {path}"))?;
         if !resp.status().is_success() {
             return Err(api_error(method.as_str(), path, resp));
         }
@@ -254,7 +252,8 @@ impl Env {
     }
 
     fn subnet(&self, net: &str, cidr: &str, gateway: Option<&str>) -> Result<String> {
-        let mut s = json!({"name": format!("{cidr}"), "network_id": net, "ip_version": 4, "cidr": cidr});
+        let mut s =
+            json!({"name": format!("{cidr}"), "network_id": net, "ip_version": 4, "cidr": cidr});
         if let Some(g) = gateway {
             s["gateway_ip"] = json!(g);
         }
@@ -287,9 +286,11 @@ impl Env {
             &format!("/routers/{router}"),
             json!({"router": {"external_gateway_info": {"network_id": ext_net}}}),
         )?;
-        Ok(v["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
-            .as_str()
-            .and_then(|s| s.parse().ok()))
+        Ok(
+            v["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
+                .as_str()
+                .and_then(|s| s.parse().ok()),
+        )
     }
 
     /// Plugs `ns` into `network` with address `ip` through the CLI's sandbox helper, run in the
@@ -300,7 +301,16 @@ impl Env {
             .host
             .cmd(&self.bin.to_string_lossy())
             .args(["--url", &format!("http://{LISTEN}"), "--token", &self.token])
-            .args(["port", "create", "--network", network, "--ip", &ip, "--netns", &ns.name])
+            .args([
+                "port",
+                "create",
+                "--network",
+                network,
+                "--ip",
+                &ip,
+                "--netns",
+                &ns.name,
+            ])
             .output()
             .context("running router-ctl port create")?;
         if !out.status.success() {
@@ -363,7 +373,9 @@ impl Env {
         let _ = sender.join();
         let gw = gw?;
         self.gateway_delay = Some(match (early, first) {
-            (Some(a), _) => Err(format!("a probe reached the server before the gateway was set (from {a})")),
+            (Some(a), _) => Err(format!(
+                "a probe reached the server before the gateway was set (from {a})"
+            )),
             (None, Some((d, src))) if Some(src) == gw => Ok(d.as_secs_f64()),
             (None, Some((_, src))) => Err(format!(
                 "first packet arrived from {src}, not from the gateway address {gw:?}"
@@ -378,6 +390,7 @@ impl Env {
             server_ip: SERVER_IP,
             nat_ip: gw,
             iperf: None,
+            note: None,
             _keep: Vec::new(),
         };
         t.check()?;
@@ -396,11 +409,7 @@ impl Env {
         match &self.gateway_delay {
             Some(Ok(s)) => rep.gateway_to_first_packet_secs = Some(*s),
             Some(Err(e)) => rep.gateway_delay_note = e.clone(),
-            None => {
-                if rep.gateway_delay_note.is_empty() {
-                    rep.gateway_delay_note = "the eBPF path was not built".into();
-                }
-            }
+            None => rep.gateway_delay_note = "the eBPF path was not built".into(),
         }
     }
 

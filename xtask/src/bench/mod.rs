@@ -14,11 +14,7 @@ mod testrun;
 mod topo;
 mod traffic;
 
-use std::{
-    collections::BTreeMap,
-    path::Path,
-    time::Duration,
-};
+use std::{collections::BTreeMap, path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 
@@ -41,7 +37,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2.0)]
     pub rate_secs: f64,
     /// Configurations to run (plain, iptables, nftables, ebpf, fast).
-    #[arg(long, value_delimiter = ',', default_value = "plain,iptables,nftables,ebpf,fast")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "plain,iptables,nftables,ebpf,fast"
+    )]
     pub configs: Vec<String>,
     /// Router counts for the control-plane timing (0 to skip).
     #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
@@ -67,7 +67,9 @@ fn parse_kind(s: &str) -> Result<Kind> {
     Kind::ALL
         .into_iter()
         .find(|k| k.short() == s)
-        .with_context(|| format!("unknown configuration {s:?} (plain, iptables, nftables, ebpf, fast)"))
+        .with_context(|| {
+            format!("unknown configuration {s:?} (plain, iptables, nftables, ebpf, fast)")
+        })
 }
 
 fn read_trim(path: &str) -> String {
@@ -142,13 +144,19 @@ fn measure(t: &Topology, plan: &Plan, flow_run: u32, rep: &mut Report) -> Result
     let record = |m: Metric, r: Result<f64>, rep: &mut Report| -> Result<()> {
         match r {
             Ok(v) => {
-                eprintln!("bench:   {:<10} {:<36} {}", k.short(), m.label(), report::fmt_num(v));
+                eprintln!(
+                    "bench:   {:<10} {:<36} {}",
+                    k.short(),
+                    m.label(),
+                    report::fmt_num(v)
+                );
                 rep.add(k, m, v);
             }
             Err(e) => {
                 ns::check_interrupted()?;
                 eprintln!("bench:   {:<10} {:<36} failed: {e:#}", k.short(), m.label());
-                rep.errors.push(format!("{}: {}: {e:#}", k.label(), m.label()));
+                rep.errors
+                    .push(format!("{}: {}: {e:#}", k.label(), m.label()));
             }
         }
         Ok(())
@@ -157,7 +165,10 @@ fn measure(t: &Topology, plan: &Plan, flow_run: u32, rep: &mut Report) -> Result
     record(Metric::Tcp8, traffic::tcp_gbps(t, 8, plan.tcp_secs), rep)?;
     let pps = traffic::udp_pps(t, plan.rate_secs).map(|r| {
         if r.delivered < r.sent / 2 {
-            eprintln!("bench:     (udp: {} sent, {} delivered)", r.sent, r.delivered);
+            eprintln!(
+                "bench:     (udp: {} sent, {} delivered)",
+                r.sent, r.delivered
+            );
         }
         r.per_sec
     });
@@ -194,24 +205,36 @@ pub fn run(args: &BenchArgs, target_dir: &Path, workspace: &Path) -> Result<()> 
     let plan = Plan {
         rounds: if args.quick { 1 } else { args.rounds.max(1) },
         tcp_secs: if args.quick { 1 } else { args.tcp_secs.max(1) },
-        rate_secs: if args.quick { 0.5 } else { args.rate_secs.max(0.2) },
+        rate_secs: if args.quick {
+            0.5
+        } else {
+            args.rate_secs.max(0.2)
+        },
         kinds,
         routers: if args.quick {
             args.routers.iter().copied().filter(|n| *n <= 10).collect()
         } else {
             args.routers.clone()
         },
-        routers_cap: Duration::from_secs(if args.quick { 30 } else { args.routers_time_cap }),
+        routers_cap: Duration::from_secs(if args.quick {
+            30
+        } else {
+            args.routers_time_cap
+        }),
     };
     let mut rep = Report {
         machine: machine_facts(),
         rounds: plan.rounds,
+        control_plane_note: "not requested (--routers 0)".into(),
+        gateway_delay_note: "the eBPF configuration was not requested".into(),
         ..Default::default()
     };
     rep.durations.insert("tcp".into(), plan.tcp_secs as f64);
     rep.durations.insert("rates".into(), plan.rate_secs);
     eprintln!("bench: machine {:?}", rep.machine);
-    if rep.machine.get("cores").map(String::as_str) == Some("2") || rep.machine.get("cores").map(String::as_str) == Some("1") {
+    if rep.machine.get("cores").map(String::as_str) == Some("2")
+        || rep.machine.get("cores").map(String::as_str) == Some("1")
+    {
         rep.notes.push(
             "Few cores: sender, router and receiver share them, so absolute numbers are low and noisy; compare ratios.".into(),
         );
@@ -232,7 +255,10 @@ pub fn run(args: &BenchArgs, target_dir: &Path, workspace: &Path) -> Result<()> 
 
 fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) -> Result<()> {
     // The daemon-backed configuration is brought up once and reused across rounds.
-    let wants_daemon = plan.kinds.iter().any(|k| matches!(k, Kind::Ebpf | Kind::Fast))
+    let wants_daemon = plan
+        .kinds
+        .iter()
+        .any(|k| matches!(k, Kind::Ebpf | Kind::Fast))
         || plan.routers.iter().any(|n| *n > 0);
     let mut env: Option<daemon::Env> = None;
     if wants_daemon {
@@ -244,7 +270,8 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
                 eprintln!("bench: daemon unavailable: {why}");
                 for k in [Kind::Ebpf, Kind::Fast] {
                     if plan.kinds.contains(&k) {
-                        rep.not_run.insert(k.label().into(), format!("daemon did not start: {why}"));
+                        rep.not_run
+                            .insert(k.label().into(), format!("daemon did not start: {why}"));
                     }
                 }
                 rep.control_plane_note = format!("not run: daemon did not start: {why}");
@@ -264,13 +291,25 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
             ns::check_interrupted()?;
             // Rotate the order each round so no configuration always runs first or last.
             let kind = plan.kinds[(i + round as usize) % n];
-            eprintln!("bench: round {}/{} — {}", round + 1, plan.rounds, kind.label());
+            eprintln!(
+                "bench: round {}/{} — {}",
+                round + 1,
+                plan.rounds,
+                kind.label()
+            );
             flow_run += 1;
             match kind {
                 Kind::Plain | Kind::Iptables | Kind::Nftables => {
                     let tag = format!("{}{round}", &kind.short()[..2]);
                     match topo::build_kernel(kind, &tag) {
-                        Ok(t) => measure(&t, plan, flow_run, rep)?,
+                        Ok(t) => {
+                            if let Some(n) = &t.note
+                                && !rep.notes.contains(n)
+                            {
+                                rep.notes.push(n.clone());
+                            }
+                            measure(&t, plan, flow_run, rep)?
+                        }
                         Err(e) => {
                             ns::check_interrupted()?;
                             eprintln!("bench: {} setup failed: {e:#}", kind.label());

@@ -131,7 +131,9 @@ impl Ns {
     /// `program` inside the namespace (network namespace only: nsenter keeps mounts and bpffs).
     pub fn cmd(&self, program: &str) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path())).arg("--").arg(program);
+        c.arg(format!("--net={}", self.path()))
+            .arg("--")
+            .arg(program);
         c
     }
 

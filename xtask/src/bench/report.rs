@@ -190,7 +190,10 @@ impl Report {
         if let (Some(t), Some(r)) = (m.target(), self.ratio(k, m)) {
             let ok = r >= t;
             pass &= ok;
-            parts.push(format!("{r:.2}× plain (≥ {t:.2}× {})", if ok { "met" } else { "missed" }));
+            parts.push(format!(
+                "{r:.2}× plain (≥ {t:.2}× {})",
+                if ok { "met" } else { "missed" }
+            ));
         }
         if let Some(ipt) = self.summary(Kind::Iptables, m) {
             let ok = s.median > ipt.median;
@@ -201,7 +204,11 @@ impl Report {
                 s.median / ipt.median
             ));
         }
-        format!("{} — {}", if pass { "PASS" } else { "FAIL" }, parts.join(", "))
+        format!(
+            "{} — {}",
+            if pass { "PASS" } else { "FAIL" },
+            parts.join(", ")
+        )
     }
 
     /// Writes report.md, report.json and ratios.svg into `dir`; returns the markdown.
@@ -351,9 +358,14 @@ impl Report {
             }
             let thousand = self.control_plane.iter().find(|r| r.requested == 1000);
             let v = match thousand {
-                Some(r) if r.created == 1000 && r.total_secs <= 60.0 => "PASS (1000 routers ≤ 60 s)".into(),
+                Some(r) if r.created == 1000 && r.total_secs <= 60.0 => {
+                    "PASS (1000 routers ≤ 60 s)".into()
+                }
                 Some(r) if r.created == 1000 => format!("FAIL ({:.1} s > 60 s)", r.total_secs),
-                Some(r) => format!("FAIL (only {} of 1000 created within the time cap)", r.created),
+                Some(r) => format!(
+                    "FAIL (only {} of 1000 created within the time cap)",
+                    r.created
+                ),
                 None => "1000 routers not attempted".into(),
             };
             let _ = writeln!(s, "\nVerdict: {v}");
@@ -454,7 +466,9 @@ impl Report {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 /// 3 significant digits with k/M suffixes.

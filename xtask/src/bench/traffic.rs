@@ -359,9 +359,12 @@ pub fn crr(t: &Topology, secs: f64, clients: usize) -> Result<Crr> {
     let elapsed = start.elapsed();
     stop.store(true, Ordering::SeqCst);
     // Wake the blocking accept from inside the server namespace.
-    let _ = t
-        .server
-        .enter(|| TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], CRR_PORT)), Duration::from_secs(1)));
+    let _ = t.server.enter(|| {
+        TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], CRR_PORT)),
+            Duration::from_secs(1),
+        )
+    });
     let _ = server.join();
     if ok == 0 {
         bail!("no connect-request-close exchange succeeded ({failed} failed)");
