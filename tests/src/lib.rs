@@ -174,3 +174,33 @@ pub fn load_object() -> aya::Ebpf {
         .load(obj)
         .unwrap_or_else(|e| panic!("loading the eBPF object: {e:#}"))
 }
+
+pub mod packet;
+
+/// A private bpffs for one test: a fresh directory that `Datapath::open` mounts a bpffs on.
+/// On drop the pins are gone with the mount: unmounted (lazily) and the directory removed.
+pub struct BpffsDir {
+    pub path: std::path::PathBuf,
+}
+
+impl BpffsDir {
+    pub fn new() -> Self {
+        require_root();
+        let path = std::env::temp_dir().join(unique("bpffs"));
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self { path }
+    }
+}
+
+impl Default for BpffsDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for BpffsDir {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
