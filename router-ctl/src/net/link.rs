@@ -139,7 +139,7 @@ pub async fn create_bridge(h: &Handle, name: &str) -> Result<bool> {
 }
 
 /// Creates a veth pair: `name` here (enslaved to `controller`, up) and its peer `peer` with
-/// MAC `peer_mac` created directly in namespace `peer_ns`, up. EEXIST (from either name) is an
+/// MAC `peer_mac` created directly in namespace `peer_ns` (down). EEXIST (from either name) is an
 /// error here: the caller checked that the pair is missing.
 pub async fn create_veth(
     h: &Handle,
@@ -149,13 +149,13 @@ pub async fn create_veth(
     peer_mac: [u8; 6],
     peer_ns: &NetnsHandle,
 ) -> Result<()> {
-    let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+    // The peer is left down: veth refuses to open a device whose pair is not linked yet
+    // (ENOTCONN), and the router-namespace pass brings it up.
+    let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
         .name(peer.to_string())
         .address(peer_mac.to_vec())
         .setns_by_fd(peer_ns.file.as_raw_fd())
         .build();
-    peer_msg.header.flags |= LinkFlags::Up;
-    peer_msg.header.change_mask |= LinkFlags::Up;
     let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
         .name(name.to_string())
         .controller(controller)
