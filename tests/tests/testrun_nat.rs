@@ -12,7 +12,7 @@ use router_ctl::{
     datapath::{Datapath, RouterNat},
 };
 use tests::{
-    BpffsDir,
+    Bpffs,
     packet::{
         self, ACK, ICMP, Ipv4, RST, SYN, TCP, UDP, echo, echo_frame, frame, icmp, tcp, tcp_frame,
         udp, udp_frame,
@@ -31,13 +31,14 @@ const SHOT: u32 = 2;
 
 struct Fixture {
     dp: Arc<Datapath>,
-    _dir: BpffsDir,
+    _dir: Bpffs,
 }
 
 impl Fixture {
     fn new(enable_snat: bool, nat: NatConfig) -> Self {
-        let dir = BpffsDir::new();
-        let dp = Datapath::open(&dir.path, &nat).unwrap_or_else(|e| panic!("open datapath: {e:#}"));
+        let dir = Bpffs::new();
+        let dp =
+            Datapath::open(dir.path(), &nat).unwrap_or_else(|e| panic!("open datapath: {e:#}"));
         dp.configure_router(&RouterNat {
             dp_id: DP_ID,
             ifindex: 1,
