@@ -3,15 +3,32 @@
 //!
 //! Synchronous by design: the API calls it from a blocking task while it holds the store's
 //! transaction, so a kernel failure rolls the database back. Work inside a router namespace runs
-//! on a thread that entered it (setns is per thread) with a netlink socket created there.
+//! on a thread that entered it (setns is per thread) with a netlink socket created there; work in
+//! the daemon's namespace runs on a thread that entered the namespace recorded at `new`.
+//!
+//! Every kernel object is recorded under `<state-dir>/owned/` before it is created (see
+//! `net::owned`); reconcile and purge delete only recorded objects. A call that fails midway
+//! deletes the objects it created before returning the error.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result, anyhow, bail};
 
 use crate::{
-    datapath::Datapath,
-    model::spec::{DesiredState, NetworkSpec, RouterSpec},
+    datapath::{Datapath, RouterNat},
+    model::spec::{DesiredState, NetworkSpec, PortSpec, RouterSpec, names},
+    net::{
+        LinkState, arp,
+        link::{self, LinkKind},
+        ns::{self, NetnsHandle, in_netns, with_netlink},
+        owned::{Kind, Owned},
+    },
 };
 
 /// What the realiser needs from the daemon's configuration.
@@ -23,10 +40,52 @@ pub struct RealiserConfig {
     pub physical_networks: std::collections::BTreeMap<String, String>,
 }
 
+/// How long after an `apply_*`/`remove_*` call reconcile leaves that object alone by default:
+/// a reconcile pass works from a snapshot of the desired state that may predate the call.
+pub const DEFAULT_RECONCILE_GRACE: Duration = Duration::from_secs(30);
+
 /// Converges kernel state; one per daemon.
 pub struct Realiser {
-    _cfg: RealiserConfig,
+    cfg: RealiserConfig,
     datapath: Arc<Datapath>,
+    /// The daemon's own namespace, recorded at `new`.
+    daemon_ns: NetnsHandle,
+    owned: Owned,
+    /// Serialises kernel changes: API calls with each other and with each reconcile step.
+    op: Mutex<()>,
+    /// What the last successful converge of each router left in the datapath.
+    memo: Mutex<HashMap<String, RouterMemo>>,
+    /// Objects applied/removed recently through the API (reconcile grace, see
+    /// `DEFAULT_RECONCILE_GRACE`).
+    recent: Mutex<Recent>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct RouterMemo {
+    /// Taps of the router's ports (daemon namespace).
+    taps: BTreeSet<String>,
+    /// Gateway tap the datapath is attached to, with its ifindex.
+    attached: Option<(String, u32)>,
+    /// NAT configuration last written.
+    nat: Option<RouterNat>,
+}
+
+#[derive(Debug)]
+struct Recent {
+    grace: Duration,
+    applied: HashMap<String, Instant>,
+    removed: HashMap<String, Instant>,
+}
+
+impl Recent {
+    fn within(&self, map: &HashMap<String, Instant>, key: &str) -> bool {
+        map.get(key).is_some_and(|t| t.elapsed() < self.grace)
+    }
+    fn prune(&mut self) {
+        let g = self.grace;
+        self.applied.retain(|_, t| t.elapsed() < g);
+        self.removed.retain(|_, t| t.elapsed() < g);
+    }
 }
 
 /// What a reconcile pass changed.
@@ -34,14 +93,149 @@ pub struct Realiser {
 pub struct ReconcileReport {
     pub repaired: Vec<String>,
     pub removed: Vec<String>,
+    /// Objects that could not be converged, with the error (the pass goes on with the others).
+    pub failed: Vec<String>,
+}
+
+/// Kernel objects a call created, deleted again if the call fails.
+#[derive(Debug)]
+enum Created {
+    Netns(String),
+    Tap(String),
+    Attached(String),
+}
+
+/// One router port as the realiser lays it out.
+struct PortPlan<'a> {
+    port: &'a PortSpec,
+    inner: String,
+    tap: String,
+    bridge: String,
+    gateway: bool,
+}
+
+fn plan(spec: &RouterSpec) -> Vec<PortPlan<'_>> {
+    let mut out: Vec<PortPlan<'_>> = spec
+        .interfaces
+        .iter()
+        .map(|p| PortPlan {
+            port: p,
+            inner: names::internal_dev(&p.port_id),
+            tap: names::tap_dev(&p.port_id),
+            bridge: names::bridge(&p.network_id),
+            gateway: false,
+        })
+        .collect();
+    if let Some(gw) = &spec.gateway {
+        out.push(PortPlan {
+            port: &gw.port,
+            inner: names::gateway_dev(&gw.port.port_id),
+            tap: names::tap_dev(&gw.port.port_id),
+            bridge: names::bridge(&gw.port.network_id),
+            gateway: true,
+        });
+    }
+    out
+}
+
+/// Ids become file and device names: keep them to a safe alphabet.
+fn validate_id(what: &str, id: &str) -> Result<()> {
+    if id.is_empty()
+        || id.len() > 200
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        bail!("invalid {what} id {id:?}: expected 1-200 characters of [A-Za-z0-9_-]");
+    }
+    Ok(())
+}
+
+fn fmt_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn validate_port(p: &PortSpec) -> Result<()> {
+    validate_id("port", &p.port_id)?;
+    validate_id("network", &p.network_id)?;
+    if p.mac[0] & 1 != 0 || p.mac == [0; 6] {
+        bail!(
+            "port {}: MAC {} is not a unicast address",
+            p.port_id,
+            fmt_mac(&p.mac)
+        );
+    }
+    if !p.subnet_cidr.contains(&p.ip) {
+        bail!(
+            "port {}: address {} is outside its subnet {}",
+            p.port_id,
+            p.ip,
+            p.subnet_cidr
+        );
+    }
+    Ok(())
+}
+
+fn validate_router(spec: &RouterSpec) -> Result<()> {
+    validate_id("router", &spec.id)?;
+    let mut devs = HashSet::new();
+    for p in plan(spec) {
+        validate_port(p.port)?;
+        if !devs.insert(p.tap.clone()) {
+            bail!(
+                "router {}: two ports share the device name {} (port ids must differ in their first 11 characters)",
+                spec.id,
+                p.tap
+            );
+        }
+    }
+    if let Some(gw) = &spec.gateway
+        && gw.next_hop == Some(gw.port.ip)
+    {
+        bail!(
+            "router {}: the gateway's next hop {} is its own address",
+            spec.id,
+            gw.port.ip
+        );
+    }
+    Ok(())
+}
+
+/// What the router-namespace pass found and did.
+#[derive(Default)]
+struct InsideReport {
+    /// Inner devices present after removing extras.
+    present: HashSet<String>,
+    /// Extra `qr-`/`qg-` devices deleted (their taps went with them).
+    removed: Vec<String>,
+    /// (device, mac, ip) to announce.
+    announce: Vec<(String, [u8; 6], Ipv4Addr)>,
+    /// Something was changed.
+    changed: Vec<String>,
 }
 
 impl Realiser {
-    /// Must be called from a thread in the daemon's own namespace; remembers it.
+    /// Must be called from a thread in the daemon's own namespace; remembers it. Call it before
+    /// the async runtime starts moving threads around (or from any thread of the daemon's
+    /// namespace: every later call enters the recorded namespace itself).
     pub fn new(cfg: RealiserConfig, datapath: Arc<Datapath>) -> Result<Self> {
+        let daemon_ns = NetnsHandle::current()?;
+        let owned = Owned::open(&cfg.state_dir)?;
         Ok(Self {
-            _cfg: cfg,
+            cfg,
             datapath,
+            daemon_ns,
+            owned,
+            op: Mutex::new(()),
+            memo: Mutex::new(HashMap::new()),
+            recent: Mutex::new(Recent {
+                grace: DEFAULT_RECONCILE_GRACE,
+                applied: HashMap::new(),
+                removed: HashMap::new(),
+            }),
         })
     }
 
@@ -49,29 +243,847 @@ impl Realiser {
         &self.datapath
     }
 
+    /// How long reconcile leaves alone what an API call just applied or removed (its snapshot
+    /// of the desired state may predate the call). Tests set zero.
+    pub fn set_reconcile_grace(&self, grace: Duration) {
+        lock(&self.recent).grace = grace;
+    }
+
+    fn lock_op(&self) -> MutexGuard<'_, ()> {
+        lock(&self.op)
+    }
+
+    fn mark_applied(&self, key: String) {
+        let mut r = lock(&self.recent);
+        r.removed.remove(&key);
+        r.applied.insert(key, Instant::now());
+    }
+
+    fn recently_applied(&self, key: &str) -> bool {
+        let r = lock(&self.recent);
+        r.within(&r.applied, key)
+    }
+
+    fn recently_removed(&self, key: &str) -> bool {
+        let r = lock(&self.recent);
+        r.within(&r.removed, key)
+    }
+
+    fn mark_removed(&self, key: String) {
+        let mut r = lock(&self.recent);
+        r.applied.remove(&key);
+        r.removed.insert(key, Instant::now());
+    }
+
+    // ---------------------------------------------------------------- networks
+
     /// Bridge for the network (and uplink enslaved); idempotent.
-    pub fn apply_network(&self, _net: &NetworkSpec) -> Result<()> {
-        Ok(())
+    pub fn apply_network(&self, net: &NetworkSpec) -> Result<()> {
+        validate_id("network", &net.id)?;
+        let _g = self.lock_op();
+        self.mark_applied(format!("network:{}", net.id));
+        self.converge_network(net, None).map(|_| ())
+    }
+
+    /// Returns whether anything was created or changed.
+    fn converge_network(
+        &self,
+        net: &NetworkSpec,
+        known: Option<&HashMap<String, LinkState>>,
+    ) -> Result<bool> {
+        let uplink = match &net.physical_network {
+            None => None,
+            Some(p) => Some(self.cfg.physical_networks.get(p).ok_or_else(|| {
+                anyhow!(
+                    "network {}: physical network {p:?} is not mapped to a host interface in the configuration",
+                    net.id
+                )
+            })?),
+        };
+        let br = names::bridge(&net.id);
+        // Steady state seen in a reconcile dump: nothing to do, no thread.
+        if let Some(k) = known
+            && let Some(b) = k.get(&br)
+            && b.up
+            && b.kind == LinkKind::Bridge
+        {
+            let uplink_ok = match uplink {
+                None => true,
+                Some(u) => k
+                    .get(u.as_str())
+                    .is_some_and(|l| l.controller == Some(b.index) && l.up),
+            };
+            if uplink_ok {
+                return Ok(false);
+            }
+        }
+        let owned = &self.owned;
+        with_netlink(&self.daemon_ns, |h| async move {
+            let mut changed = false;
+            let mut created = false;
+            let bridge = match link::get_link(&h, &br).await? {
+                Some(l) => {
+                    if l.kind != LinkKind::Bridge {
+                        bail!("network {}: device {br} exists and is not a bridge", net.id);
+                    }
+                    l
+                }
+                None => {
+                    owned.record(Kind::Link, &br, &format!("bridge {}", net.id))?;
+                    match link::create_bridge(&h, &br).await {
+                        Ok(_) => {}
+                        Err(e) => {
+                            let _ = owned.forget(Kind::Link, &br);
+                            return Err(e);
+                        }
+                    }
+                    created = true;
+                    changed = true;
+                    link::get_link(&h, &br)
+                        .await?
+                        .ok_or_else(|| anyhow!("bridge {br} vanished after creation"))?
+                }
+            };
+            let rest = async {
+                if !bridge.up {
+                    link::set_up(&h, bridge.index, true).await?;
+                    changed = true;
+                }
+                if let Some(u) = uplink {
+                    let up = link::get_link(&h, u).await?.ok_or_else(|| {
+                        anyhow!(
+                            "network {}: host interface {u} (physical network {:?}) does not exist",
+                            net.id,
+                            net.physical_network.as_deref().unwrap_or_default()
+                        )
+                    })?;
+                    if up.controller != Some(bridge.index) {
+                        link::set_controller(&h, up.index, bridge.index).await?;
+                        changed = true;
+                    }
+                    if !up.up {
+                        link::set_up(&h, up.index, true).await?;
+                        changed = true;
+                    }
+                }
+                Ok::<_, anyhow::Error>(())
+            };
+            if let Err(e) = rest.await {
+                if created {
+                    let _ = link::delete_link(&h, &br).await;
+                    let _ = owned.forget(Kind::Link, &br);
+                }
+                return Err(e);
+            }
+            Ok(changed)
+        })
     }
 
     /// Removes the network's bridge; missing is success.
-    pub fn remove_network(&self, _network_id: &str) -> Result<()> {
+    pub fn remove_network(&self, network_id: &str) -> Result<()> {
+        validate_id("network", network_id)?;
+        let _g = self.lock_op();
+        self.mark_removed(format!("network:{network_id}"));
+        let br = names::bridge(network_id);
+        if !self.owned.contains(Kind::Link, &br) {
+            return Ok(());
+        }
+        self.delete_daemon_links(&[br])
+    }
+
+    /// Deletes recorded devices of the daemon namespace, then their records.
+    fn delete_daemon_links(&self, devs: &[String]) -> Result<()> {
+        if devs.is_empty() {
+            return Ok(());
+        }
+        with_netlink(&self.daemon_ns, |h| async move {
+            for d in devs {
+                link::delete_link(&h, d).await?;
+            }
+            Ok(())
+        })?;
+        for d in devs {
+            self.owned.forget(Kind::Link, d)?;
+        }
         Ok(())
     }
 
+    // ---------------------------------------------------------------- routers
+
     /// Converges one router (namespace, interfaces, gateway, routes, NAT) to `spec`; idempotent.
-    pub fn apply_router(&self, _spec: &RouterSpec) -> Result<()> {
-        Ok(())
+    /// On error, the kernel objects this call created are deleted again.
+    pub fn apply_router(&self, spec: &RouterSpec) -> Result<()> {
+        validate_router(spec)?;
+        let _g = self.lock_op();
+        self.mark_applied(format!("router:{}", spec.id));
+        let mut created = Vec::new();
+        let res = self.converge_router(spec, None, &mut created);
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.rollback(spec, created);
+                Err(e)
+            }
+        }
+    }
+
+    /// Deletes what a failed converge created, newest first.
+    fn rollback(&self, spec: &RouterSpec, created: Vec<Created>) {
+        for c in created.into_iter().rev() {
+            let r = match &c {
+                Created::Attached(tap) => in_netns(&self.daemon_ns, || self.datapath.detach(tap)),
+                Created::Tap(tap) => self.delete_daemon_links(std::slice::from_ref(tap)),
+                Created::Netns(name) => {
+                    ns::delete(name).and_then(|()| self.owned.forget(Kind::Netns, name))
+                }
+            };
+            if let Err(e) = r {
+                tracing::warn!("router {}: undoing {c:?}: {e:#}", spec.id);
+            }
+        }
+        lock(&self.memo).remove(&spec.id);
+    }
+
+    /// The heart of apply_router and of reconcile's repair. `known`: a dump of the daemon
+    /// namespace's links taken by the caller (reconcile), to skip lookups in the steady state.
+    /// Returns what was changed.
+    fn converge_router(
+        &self,
+        spec: &RouterSpec,
+        known: Option<&HashMap<String, LinkState>>,
+        created: &mut Vec<Created>,
+    ) -> Result<Vec<String>> {
+        let ports = plan(spec);
+        let ns_name = names::router_netns(&spec.id);
+        let mut changes = Vec::new();
+
+        // 1. Daemon side: the bridges must exist; note the taps.
+        let mut wanted: Vec<String> = ports.iter().map(|p| p.bridge.clone()).collect();
+        wanted.extend(ports.iter().map(|p| p.tap.clone()));
+        let daemon_links: HashMap<String, LinkState> = match known {
+            Some(k) => wanted
+                .iter()
+                .filter_map(|n| k.get(n).map(|l| (n.clone(), l.clone())))
+                .collect(),
+            None => self.lookup_daemon_links(&wanted)?,
+        };
+        for p in &ports {
+            match daemon_links.get(&p.bridge) {
+                Some(b) if b.kind == LinkKind::Bridge => {}
+                _ => bail!(
+                    "router {}: port {} is on network {} whose bridge {} does not exist (apply the network first)",
+                    spec.id,
+                    p.port.port_id,
+                    p.port.network_id,
+                    p.bridge
+                ),
+            }
+        }
+
+        // 2. The namespace.
+        let router_ns = match NetnsHandle::open_named(&ns_name)? {
+            Some(h) => {
+                if !self.owned.contains(Kind::Netns, &ns_name) {
+                    bail!(
+                        "router {}: namespace {ns_name} exists but was not created by this daemon",
+                        spec.id
+                    );
+                }
+                h
+            }
+            None => {
+                self.owned.record(
+                    Kind::Netns,
+                    &ns_name,
+                    &format!("{} {}\n", spec.id, spec.dp_id),
+                )?;
+                match ns::create(&ns_name) {
+                    Ok(_) => created.push(Created::Netns(ns_name.clone())),
+                    Err(e) => {
+                        let _ = self.owned.forget(Kind::Netns, &ns_name);
+                        return Err(e);
+                    }
+                }
+                changes.push(format!("netns {ns_name}"));
+                NetnsHandle::open_named(&ns_name)?
+                    .ok_or_else(|| anyhow!("namespace {ns_name} vanished after creation"))?
+            }
+        };
+
+        // 3. Inside: namespace settings, extra devices out, configure what is present.
+        let desired_inner: HashSet<String> = ports.iter().map(|p| p.inner.clone()).collect();
+        let mut inside = self.inside_pass(spec, &ports, &router_ns, &desired_inner, true)?;
+        let removed_gw_taps: Vec<String> = inside
+            .removed
+            .iter()
+            .filter(|d| d.starts_with("qg-"))
+            .map(|d| format!("tap{}", &d[3..]))
+            .collect();
+        for d in &inside.removed {
+            let tap = format!("tap{}", &d[3..]);
+            self.owned.forget(Kind::Link, &tap)?;
+            changes.push(format!("removed {d}"));
+        }
+        changes.append(&mut inside.changed);
+
+        // 4. Daemon side: create missing veth pairs, fix taps, attach the datapath.
+        let missing: Vec<&PortPlan<'_>> = ports
+            .iter()
+            .filter(|p| !inside.present.contains(&p.inner))
+            .collect();
+        let tap_fix: Vec<&PortPlan<'_>> = ports
+            .iter()
+            .filter(|p| inside.present.contains(&p.inner))
+            .filter(|p| {
+                let br = daemon_links.get(&p.bridge).map(|b| b.index);
+                match daemon_links.get(&p.tap) {
+                    Some(t) => !t.up || t.controller != br,
+                    // Inner device present but no tap: a foreign device; recreate below.
+                    None => true,
+                }
+            })
+            .collect();
+        if !missing.is_empty() || !tap_fix.is_empty() {
+            let made = self.daemon_ports(spec, &missing, &tap_fix, &router_ns, created)?;
+            changes.extend(made.iter().map(|t| format!("veth {t}")));
+            // Newly created inner devices: configure them.
+            let mut again = self.inside_pass(spec, &ports, &router_ns, &desired_inner, false)?;
+            changes.append(&mut again.changed);
+            inside.announce.append(&mut again.announce);
+        }
+
+        // 5. Datapath.
+        let mut memo = lock(&self.memo).get(&spec.id).cloned().unwrap_or_default();
+        let gw_plan = ports.iter().find(|p| p.gateway);
+        let stale_attach = memo
+            .attached
+            .as_ref()
+            .filter(|(t, _)| gw_plan.is_none_or(|g| &g.tap != t))
+            .map(|(t, _)| t.clone());
+        let mut detach: Vec<String> = removed_gw_taps;
+        if let Some(t) = stale_attach {
+            detach.push(t);
+        }
+        detach.sort();
+        detach.dedup();
+        if gw_plan.is_none() && (memo.nat.is_some() || !detach.is_empty()) {
+            self.datapath
+                .remove_router(spec.dp_id)
+                .with_context(|| format!("router {}: removing NAT state", spec.id))?;
+            memo.nat = None;
+            changes.push("nat removed".into());
+        }
+        if !detach.is_empty() {
+            in_netns(&self.daemon_ns, || {
+                for t in &detach {
+                    self.datapath.detach(t)?;
+                }
+                Ok(())
+            })?;
+            memo.attached = None;
+        }
+        if let (Some(g), Some(gw)) = (gw_plan, &spec.gateway) {
+            let recreated = changes.iter().any(|c| c == &format!("veth {}", g.tap));
+            let ifindex = match &memo.attached {
+                Some((t, idx)) if t == &g.tap && !recreated => *idx,
+                _ => {
+                    let idx = in_netns(&self.daemon_ns, || self.datapath.attach(&g.tap))
+                        .with_context(|| {
+                            format!("router {}: attaching the datapath to {}", spec.id, g.tap)
+                        })?;
+                    created.push(Created::Attached(g.tap.clone()));
+                    memo.attached = Some((g.tap.clone(), idx));
+                    idx
+                }
+            };
+            let nat = RouterNat {
+                dp_id: spec.dp_id,
+                ifindex,
+                gateway_ip: gw.port.ip,
+                enable_snat: gw.enable_snat,
+                internal_cidrs: spec.internal_cidrs(),
+            };
+            if memo.nat.as_ref() != Some(&nat) {
+                self.datapath
+                    .configure_router(&nat)
+                    .with_context(|| format!("router {}: configuring NAT", spec.id))?;
+                memo.nat = Some(nat);
+                changes.push("nat configured".into());
+            }
+        }
+        memo.taps = ports.iter().map(|p| p.tap.clone()).collect();
+        lock(&self.memo).insert(spec.id.clone(), memo);
+
+        // 6. Announce new or changed addresses (background threads).
+        if spec.admin_state_up {
+            for (dev, mac, ip) in inside.announce {
+                match NetnsHandle::open_named(&ns_name) {
+                    Ok(Some(h)) => arp::announce(h, dev, mac, ip),
+                    _ => {
+                        tracing::warn!("router {}: namespace gone before announcing {ip}", spec.id)
+                    }
+                }
+            }
+        }
+        Ok(changes)
+    }
+
+    /// Looks up `names` in the daemon namespace.
+    fn lookup_daemon_links(&self, names: &[String]) -> Result<HashMap<String, LinkState>> {
+        with_netlink(&self.daemon_ns, |h| async move {
+            let mut out = HashMap::new();
+            for n in names {
+                if let Some(l) = link::get_link(&h, n).await? {
+                    out.insert(n.clone(), l);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Daemon side of router ports: creates the veth pairs whose inner device is missing (tap in
+    /// the bridge, inner device with the port MAC moved into the router namespace), fixes taps
+    /// that are down or off their bridge. Returns the taps created.
+    fn daemon_ports(
+        &self,
+        spec: &RouterSpec,
+        missing: &[&PortPlan<'_>],
+        fix: &[&PortPlan<'_>],
+        router_ns: &NetnsHandle,
+        created: &mut Vec<Created>,
+    ) -> Result<Vec<String>> {
+        let owned = &self.owned;
+        let mut made = Vec::new();
+        let res = with_netlink(&self.daemon_ns, |h| {
+            let made = &mut made;
+            async move {
+                for p in missing.iter().chain(fix.iter()) {
+                    let bridge = link::get_link(&h, &p.bridge).await?.ok_or_else(|| {
+                        anyhow!(
+                            "router {}: bridge {} of network {} does not exist",
+                            spec.id,
+                            p.bridge,
+                            p.port.network_id
+                        )
+                    })?;
+                    let tap = link::get_link(&h, &p.tap).await?;
+                    let recreate = missing.iter().any(|m| m.tap == p.tap) || tap.is_none();
+                    if let Some(t) = &tap {
+                        if !owned.contains(Kind::Link, &p.tap) {
+                            bail!(
+                                "router {}: device {} exists but was not created by this daemon",
+                                spec.id,
+                                p.tap
+                            );
+                        }
+                        if recreate {
+                            // Its peer is gone (namespace deleted from outside): start afresh.
+                            link::delete_link(&h, &p.tap).await?;
+                        } else {
+                            if t.controller != Some(bridge.index) {
+                                link::set_controller(&h, t.index, bridge.index).await?;
+                            }
+                            if !t.up {
+                                link::set_up(&h, t.index, true).await?;
+                            }
+                            continue;
+                        }
+                    }
+                    owned.record(Kind::Link, &p.tap, &format!("tap {}\n", spec.id))?;
+                    if let Err(e) =
+                        link::create_veth(&h, &p.tap, bridge.index, &p.inner, p.port.mac, router_ns)
+                            .await
+                    {
+                        let _ = owned.forget(Kind::Link, &p.tap);
+                        return Err(
+                            e.context(format!("router {}: port {}", spec.id, p.port.port_id))
+                        );
+                    }
+                    made.push(p.tap.clone());
+                }
+                Ok(())
+            }
+        });
+        for t in &made {
+            created.push(Created::Tap(t.clone()));
+        }
+        res.map(|()| made)
+    }
+
+    /// One netlink session inside the router namespace: `lo` up and sysctls, extra `qr-`/`qg-`
+    /// devices deleted (`prune`), and every present port device configured (MAC, up, address,
+    /// gateway routes).
+    fn inside_pass(
+        &self,
+        spec: &RouterSpec,
+        ports: &[PortPlan<'_>],
+        router_ns: &NetnsHandle,
+        desired_inner: &HashSet<String>,
+        prune: bool,
+    ) -> Result<InsideReport> {
+        with_netlink(router_ns, |h| async move {
+            let mut rep = InsideReport::default();
+            for (k, v) in [
+                ("ipv4/ip_forward", "1"),
+                ("ipv4/conf/all/arp_ignore", "1"),
+                ("ipv4/conf/all/arp_announce", "2"),
+            ] {
+                ns::write_sysctl(k, v)?;
+            }
+            let links = link::dump_links(&h).await?;
+            if let Some(lo) = links.iter().find(|l| l.name == "lo")
+                && !lo.up
+            {
+                link::set_up(&h, lo.index, true).await?;
+                rep.changed.push("lo up".into());
+            }
+            let mut by_name: HashMap<String, LinkState> = HashMap::new();
+            for l in links {
+                let ours = l.name.starts_with("qr-") || l.name.starts_with("qg-");
+                if prune && ours && !desired_inner.contains(&l.name) {
+                    link::delete_link(&h, &l.name).await?;
+                    rep.removed.push(l.name.clone());
+                    continue;
+                }
+                by_name.insert(l.name.clone(), l);
+            }
+            let mut gw_index = None;
+            for p in ports {
+                let Some(l) = by_name.get(&p.inner) else {
+                    continue;
+                };
+                rep.present.insert(p.inner.clone());
+                let mut announce = false;
+                if l.mac != Some(p.port.mac) {
+                    link::set_mac(&h, l.index, p.port.mac).await?;
+                    rep.changed.push(format!("mac {}", p.inner));
+                    announce = true;
+                }
+                if l.up != spec.admin_state_up {
+                    link::set_up(&h, l.index, spec.admin_state_up).await?;
+                    rep.changed.push(format!("link {}", p.inner));
+                    announce = true;
+                }
+                if link::converge_address(&h, l.index, p.port.ip, p.port.subnet_cidr.prefix_len())
+                    .await
+                    .with_context(|| format!("router {}: device {}", spec.id, p.inner))?
+                {
+                    rep.changed.push(format!("address {}", p.inner));
+                    announce = true;
+                }
+                if announce {
+                    rep.announce.push((p.inner.clone(), p.port.mac, p.port.ip));
+                }
+                if p.gateway {
+                    gw_index = Some(l.index);
+                }
+            }
+            let mut route_changes = converge_routes(&h, spec, gw_index).await?;
+            rep.changed.append(&mut route_changes);
+            Ok(rep)
+        })
     }
 
     /// Removes the router's namespace and everything under it, its NAT config and sessions.
-    pub fn remove_router(&self, _router_id: &str, _dp_id: u32) -> Result<()> {
-        Ok(())
+    pub fn remove_router(&self, router_id: &str, dp_id: u32) -> Result<()> {
+        validate_id("router", router_id)?;
+        let _g = self.lock_op();
+        self.mark_removed(format!("router:{router_id}"));
+        self.remove_router_locked(router_id, dp_id)
     }
 
-    /// Full pass: repairs what is missing, removes what this daemon created and the desired
-    /// state no longer holds; never touches anything else.
-    pub fn reconcile(&self, _desired: &DesiredState) -> Result<ReconcileReport> {
-        Ok(ReconcileReport::default())
+    fn remove_router_locked(&self, router_id: &str, dp_id: u32) -> Result<()> {
+        let ns_name = names::router_netns(router_id);
+        if !self.owned.contains(Kind::Netns, &ns_name) {
+            // Not ours (or already gone): still drop any NAT state of the dp_id we were given.
+            lock(&self.memo).remove(router_id);
+            return self.datapath.remove_router(dp_id);
+        }
+        let memo = lock(&self.memo).remove(router_id).unwrap_or_default();
+        let mut first_err: Option<anyhow::Error> = None;
+        let mut keep = |r: Result<()>| {
+            if let Err(e) = r
+                && first_err.is_none()
+            {
+                first_err = Some(e);
+            }
+        };
+        keep(self.datapath.remove_router(dp_id));
+
+        // Devices inside, hence their taps.
+        let mut taps: BTreeSet<String> = memo.taps.clone();
+        let mut gw_taps: BTreeSet<String> = memo.attached.iter().map(|(t, _)| t.clone()).collect();
+        if let Some(h) = NetnsHandle::open_named(&ns_name)? {
+            match with_netlink(&h, |h| async move {
+                let links = link::dump_links(&h).await?;
+                Ok(links
+                    .into_iter()
+                    .map(|l| l.name)
+                    .filter(|n| n.starts_with("qr-") || n.starts_with("qg-"))
+                    .collect::<Vec<_>>())
+            }) {
+                Ok(devs) => {
+                    for d in devs {
+                        let tap = format!("tap{}", &d[3..]);
+                        if d.starts_with("qg-") {
+                            gw_taps.insert(tap.clone());
+                        }
+                        taps.insert(tap);
+                    }
+                }
+                Err(e) => keep(Err(e)),
+            }
+        }
+        keep(in_netns(&self.daemon_ns, || {
+            for t in &gw_taps {
+                self.datapath.detach(t)?;
+            }
+            Ok(())
+        }));
+        let taps: Vec<String> = taps
+            .into_iter()
+            .filter(|t| self.owned.contains(Kind::Link, t))
+            .collect();
+        keep(self.delete_daemon_links(&taps));
+        keep(ns::delete(&ns_name).and_then(|()| self.owned.forget(Kind::Netns, &ns_name)));
+        match first_err {
+            Some(e) => Err(e.context(format!("removing router {router_id}"))),
+            None => Ok(()),
+        }
     }
+
+    // ---------------------------------------------------------------- reconcile
+
+    /// Full pass: repairs what is missing, removes what this daemon created and the desired
+    /// state no longer holds; never touches anything else. Dumps the daemon namespace's links
+    /// and /run/netns once; each router is then converged inside its own namespace. A router
+    /// that fails is reported in `failed` and the pass goes on.
+    pub fn reconcile(&self, desired: &DesiredState) -> Result<ReconcileReport> {
+        let mut report = ReconcileReport::default();
+        lock(&self.recent).prune();
+
+        // Networks.
+        let links = self.dump_daemon_links()?;
+        for net in &desired.networks {
+            if self.recently_removed(&format!("network:{}", net.id)) {
+                continue;
+            }
+            let _g = self.lock_op();
+            match self.converge_network(net, Some(&links)) {
+                Ok(true) => report.repaired.push(names::bridge(&net.id)),
+                Ok(false) => {}
+                Err(e) => report.failed.push(format!("network {}: {e:#}", net.id)),
+            }
+        }
+
+        // Routers this daemon created that are no longer desired.
+        let desired_ns: HashSet<String> = desired
+            .routers
+            .iter()
+            .map(|r| names::router_netns(&r.id))
+            .collect();
+        for (name, content) in self.owned.list(Kind::Netns)? {
+            if desired_ns.contains(&name) {
+                continue;
+            }
+            let mut it = content.split_whitespace();
+            let (Some(id), Some(dp)) = (it.next(), it.next().and_then(|d| d.parse::<u32>().ok()))
+            else {
+                report
+                    .failed
+                    .push(format!("record of {name} is unreadable: {content:?}"));
+                continue;
+            };
+            if self.recently_applied(&format!("router:{id}")) {
+                continue;
+            }
+            let _g = self.lock_op();
+            match self.remove_router_locked(id, dp) {
+                Ok(()) => report.removed.push(name),
+                Err(e) => report.failed.push(format!("{name}: {e:#}")),
+            }
+        }
+
+        // Desired routers.
+        let links = self.dump_daemon_links()?;
+        for r in &desired.routers {
+            if self.recently_removed(&format!("router:{}", r.id)) {
+                continue;
+            }
+            if let Err(e) = validate_router(r) {
+                report.failed.push(format!("router {}: {e:#}", r.id));
+                continue;
+            }
+            let _g = self.lock_op();
+            let mut created = Vec::new();
+            match self.converge_router(r, Some(&links), &mut created) {
+                Ok(changes) => {
+                    if !changes.is_empty() {
+                        report
+                            .repaired
+                            .push(format!("router {}: {}", r.id, changes.join(", ")));
+                    }
+                }
+                Err(e) => {
+                    self.rollback(r, created);
+                    report.failed.push(format!("router {}: {e:#}", r.id));
+                }
+            }
+        }
+
+        // Devices of the daemon namespace this daemon created and nothing desires any more.
+        let mut desired_links: HashSet<String> = desired
+            .networks
+            .iter()
+            .map(|n| names::bridge(&n.id))
+            .collect();
+        for r in &desired.routers {
+            desired_links.extend(plan(r).into_iter().map(|p| p.tap));
+        }
+        let _g = self.lock_op();
+        let mut stale = Vec::new();
+        for (name, content) in self.owned.list(Kind::Link)? {
+            if desired_links.contains(&name) {
+                continue;
+            }
+            let mut it = content.split_whitespace();
+            let key = match (it.next(), it.next()) {
+                (Some("bridge"), Some(id)) => format!("network:{id}"),
+                (Some("tap"), Some(id)) => format!("router:{id}"),
+                _ => String::new(),
+            };
+            if self.recently_applied(&key) {
+                continue;
+            }
+            stale.push(name);
+        }
+        if !stale.is_empty() {
+            self.delete_daemon_links(&stale)?;
+            report.removed.extend(stale);
+        }
+        Ok(report)
+    }
+
+    fn dump_daemon_links(&self) -> Result<HashMap<String, LinkState>> {
+        with_netlink(&self.daemon_ns, |h| async move {
+            Ok(link::dump_links(&h)
+                .await?
+                .into_iter()
+                .map(|l| (l.name.clone(), l))
+                .collect())
+        })
+    }
+
+    /// Removes every object this daemon created (router namespaces with their NAT state,
+    /// taps, bridges) and their records. For `router-ctl daemon --purge` and test cleanup.
+    pub fn purge(&self) -> Result<()> {
+        let mut first_err: Option<anyhow::Error> = None;
+        for (name, content) in self.owned.list(Kind::Netns)? {
+            let mut it = content.split_whitespace();
+            let id = it
+                .next()
+                .map(str::to_string)
+                .unwrap_or_else(|| name.strip_prefix("qrouter-").unwrap_or(&name).to_string());
+            let dp = it.next().and_then(|d| d.parse::<u32>().ok());
+            let _g = self.lock_op();
+            let r = match dp {
+                Some(dp) => self.remove_router_locked(&id, dp),
+                None => ns::delete(&name).and_then(|()| self.owned.forget(Kind::Netns, &name)),
+            };
+            if let Err(e) = r {
+                tracing::warn!("purging {name}: {e:#}");
+                first_err.get_or_insert(e);
+            }
+        }
+        let _g = self.lock_op();
+        let links: Vec<String> = self
+            .owned
+            .list(Kind::Link)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        // Taps first, then bridges.
+        let (taps, rest): (Vec<String>, Vec<String>) =
+            links.into_iter().partition(|n| n.starts_with("tap"));
+        for batch in [taps, rest] {
+            if let Err(e) = self.delete_daemon_links(&batch) {
+                tracing::warn!("purging devices: {e:#}");
+                first_err.get_or_insert(e);
+            }
+        }
+        lock(&self.memo).clear();
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Default route via the gateway's next hop (with an on-link /32 first when the next hop is
+/// outside the subnet), or no default route without a gateway. Only the router's own
+/// namespace is touched.
+async fn converge_routes(
+    h: &rtnetlink::Handle,
+    spec: &RouterSpec,
+    gw_index: Option<u32>,
+) -> Result<Vec<String>> {
+    use netlink_packet_route::route::RouteScope;
+    let mut changes = Vec::new();
+    let routes = link::main_routes(h).await?;
+    let target = match (&spec.gateway, gw_index) {
+        (Some(gw), Some(idx)) if spec.admin_state_up => gw.next_hop.map(|nh| (gw, nh, idx)),
+        _ => None,
+    };
+    // On-link host route to an off-subnet next hop.
+    let onlink = target.and_then(|(gw, nh, idx)| {
+        (!gw.port.subnet_cidr.contains(&nh)).then(|| (ipnet::Ipv4Net::from(nh), idx))
+    });
+    for r in &routes {
+        let is_our_onlink = r.dst.prefix_len() == 32
+            && r.gateway.is_none()
+            && r.scope == RouteScope::Link
+            && r.protocol == netlink_packet_route::route::RouteProtocol::Static
+            && gw_index.is_some()
+            && r.oif == gw_index;
+        if is_our_onlink && onlink.is_none_or(|(dst, _)| dst != r.dst) {
+            link::delete_route(h, r).await?;
+            changes.push(format!("route {} removed", r.dst));
+        }
+    }
+    if let Some((dst, idx)) = onlink
+        && !routes
+            .iter()
+            .any(|r| r.dst == dst && r.oif == Some(idx) && r.gateway.is_none())
+    {
+        link::replace_link_route(h, dst, idx).await?;
+        changes.push(format!("route {dst} on-link"));
+    }
+    let defaults: Vec<&link::Route> = routes.iter().filter(|r| r.dst.prefix_len() == 0).collect();
+    match target {
+        Some((_, nh, idx)) => {
+            let good = defaults.len() == 1
+                && defaults[0].gateway == Some(nh)
+                && defaults[0].oif == Some(idx);
+            if !good {
+                for r in &defaults {
+                    link::delete_route(h, r).await?;
+                }
+                link::replace_default_route(h, nh, idx).await?;
+                changes.push(format!("default via {nh}"));
+            }
+        }
+        None => {
+            for r in &defaults {
+                link::delete_route(h, r).await?;
+                changes.push("default route removed".into());
+            }
+        }
+    }
+    Ok(changes)
+}
+
+/// Locks, ignoring poisoning (the protected data stays consistent: every update is one insert
+/// or remove).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }

@@ -1,5 +1,6 @@
 //! Project automation: `cargo xtask build-ebpf | test | demo | bench`.
 mod bench;
+mod demo;
 mod ebpf;
 
 use std::{
@@ -30,6 +31,9 @@ enum Cmd {
     /// Measure plain forwarding, iptables SNAT, nftables flowtable and the eBPF SNAT side by
     /// side; writes target/bench/report.{md,json} and ratios.svg (root required).
     Bench(bench::BenchArgs),
+    /// The README's first command: a router with a gateway, two VMs and an "internet" in
+    /// throwaway namespaces, driven by `router-ctl` (root required).
+    Demo(demo::DemoArgs),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -142,5 +146,6 @@ fn main() -> Result<()> {
         }
         Cmd::Test { args } => test(&args),
         Cmd::Bench(args) => bench::run(&args, &target_dir(), &workspace_root()),
+        Cmd::Demo(args) => demo::run_demo(args),
     }
 }

@@ -293,8 +293,12 @@ pub fn delete_netns(ns: &str) -> Result<()> {
 /// whatever this call created is removed again.
 pub fn plug(port: &SandboxPort, ns: &str, prefix: u8, gateway: Option<Ipv4Addr>) -> Result<()> {
     require_root()?;
-    let created_ns = ensure_netns(ns)?;
     let tap = names::tap_dev(&port.id);
+    let probe = tap.clone();
+    if with_netlink(|h| async move { link_by_name(&h, &probe).await })?.is_some() {
+        bail!("{tap} already exists: port {} is plugged already", port.id);
+    }
+    let created_ns = ensure_netns(ns)?;
     let result = plug_inner(port, ns, &tap, prefix, gateway);
     if result.is_err() {
         let _ = with_netlink(|h| async move { delete_link(&h, &tap).await });

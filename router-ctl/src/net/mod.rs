@@ -1,1 +1,14 @@
-//! Kernel networking through rtnetlink: namespaces, links, addresses, routes, sysctls, ARP.
+//! Kernel networking through rtnetlink: namespaces, links, addresses, routes, sysctls and
+//! gratuitous ARP. Plain building blocks with no policy; `realise` decides what to build.
+//!
+//! Every netlink operation runs on a short-lived thread that entered the target namespace and
+//! opened its own socket there (setns is per thread, and a socket keeps the namespace it was
+//! created in), driven by a current-thread tokio runtime owned by that thread.
+
+pub mod arp;
+pub mod link;
+pub mod ns;
+pub mod owned;
+
+pub use link::{LinkKind, LinkState};
+pub use ns::{NetnsHandle, in_netns, with_netlink};

@@ -1,0 +1,373 @@
+//! Links, addresses and routes over an rtnetlink handle. Every function is idempotent in the
+//! kernel's terms: EEXIST on create and ENOENT/ENODEV/ESRCH on delete count as success.
+
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsRawFd as _,
+};
+
+use anyhow::{Context as _, Result};
+use futures::TryStreamExt as _;
+use ipnet::Ipv4Net;
+use netlink_packet_route::{
+    AddressFamily,
+    address::{AddressAttribute, AddressMessage},
+    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
+};
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
+
+use super::ns::NetnsHandle;
+
+/// Positive errno of a netlink NACK, if that is what `e` is.
+pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => m.code.map(|c| -c.get()),
+        _ => None,
+    }
+}
+
+fn is_missing(e: &rtnetlink::Error) -> bool {
+    matches!(
+        errno(e),
+        Some(libc::ENOENT) | Some(libc::ENODEV) | Some(libc::ESRCH) | Some(libc::EADDRNOTAVAIL)
+    )
+}
+
+fn is_exists(e: &rtnetlink::Error) -> bool {
+    errno(e) == Some(libc::EEXIST)
+}
+
+/// What kind of device a link is, as far as the realiser cares.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    Bridge,
+    Veth,
+    Other(String),
+    Unknown,
+}
+
+/// The parts of a link the realiser compares with the desired state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkState {
+    pub index: u32,
+    pub name: String,
+    pub kind: LinkKind,
+    /// ifindex of the bridge this link is enslaved to.
+    pub controller: Option<u32>,
+    /// Administratively up.
+    pub up: bool,
+    pub mac: Option<[u8; 6]>,
+}
+
+impl LinkState {
+    fn from_message(msg: &LinkMessage) -> Option<Self> {
+        let mut name = None;
+        let mut kind = LinkKind::Unknown;
+        let mut controller = None;
+        let mut mac = None;
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::Controller(c) if *c != 0 => controller = Some(*c),
+                LinkAttribute::Address(a) if a.len() == 6 => {
+                    let mut m = [0u8; 6];
+                    m.copy_from_slice(a);
+                    mac = Some(m);
+                }
+                LinkAttribute::LinkInfo(infos) => {
+                    for info in infos {
+                        if let LinkInfo::Kind(k) = info {
+                            kind = match k {
+                                InfoKind::Bridge => LinkKind::Bridge,
+                                InfoKind::Veth => LinkKind::Veth,
+                                other => LinkKind::Other(other.to_string()),
+                            };
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        Some(Self {
+            index: msg.header.index,
+            name: name?,
+            kind,
+            controller,
+            up: msg.header.flags.contains(LinkFlags::Up),
+            mac,
+        })
+    }
+}
+
+/// Every link of the handle's namespace.
+pub async fn dump_links(h: &Handle) -> Result<Vec<LinkState>> {
+    let msgs: Vec<LinkMessage> = h
+        .link()
+        .get()
+        .execute()
+        .try_collect()
+        .await
+        .context("dumping links")?;
+    Ok(msgs.iter().filter_map(LinkState::from_message).collect())
+}
+
+/// The link named `name`, or None.
+pub async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkState>> {
+    let res: Result<Vec<LinkMessage>, _> = h
+        .link()
+        .get()
+        .match_name(name)
+        .execute()
+        .try_collect()
+        .await;
+    match res {
+        Ok(msgs) => Ok(msgs.iter().find_map(LinkState::from_message)),
+        Err(e) if is_missing(&e) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("looking up link {name}")),
+    }
+}
+
+/// Creates bridge `name`, up; Ok(false) when it already existed.
+pub async fn create_bridge(h: &Handle, name: &str) -> Result<bool> {
+    let msg = LinkBridge::new(name).build();
+    match h.link().add(msg).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if is_exists(&e) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("creating bridge {name}")),
+    }
+}
+
+/// Creates a veth pair: `name` here (enslaved to `controller`, up) and its peer `peer` with
+/// MAC `peer_mac` created directly in namespace `peer_ns` (down). EEXIST (from either name) is an
+/// error here: the caller checked that the pair is missing.
+pub async fn create_veth(
+    h: &Handle,
+    name: &str,
+    controller: u32,
+    peer: &str,
+    peer_mac: [u8; 6],
+    peer_ns: &NetnsHandle,
+) -> Result<()> {
+    // The peer is left down: veth refuses to open a device whose pair is not linked yet
+    // (ENOTCONN), and the router-namespace pass brings it up.
+    let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(peer.to_string())
+        .address(peer_mac.to_vec())
+        .setns_by_fd(peer_ns.file.as_raw_fd())
+        .build();
+    let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+        .name(name.to_string())
+        .controller(controller)
+        .up()
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
+        .build();
+    h.link()
+        .add(msg)
+        .execute()
+        .await
+        .with_context(|| format!("creating veth {name} (peer {peer})"))
+}
+
+/// Deletes link `name`; missing is success. Returns whether it existed.
+pub async fn delete_link(h: &Handle, name: &str) -> Result<bool> {
+    let Some(link) = get_link(h, name).await? else {
+        return Ok(false);
+    };
+    match h.link().del(link.index).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if is_missing(&e) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("deleting link {name}")),
+    }
+}
+
+/// Sets link `index` administratively up or down.
+pub async fn set_up(h: &Handle, index: u32, up: bool) -> Result<()> {
+    let b = LinkUnspec::new_with_index(index);
+    let msg = if up { b.up() } else { b.down() }.build();
+    h.link()
+        .set(msg)
+        .execute()
+        .await
+        .with_context(|| format!("setting link {index} {}", if up { "up" } else { "down" }))
+}
+
+/// Enslaves link `index` to bridge `controller`.
+pub async fn set_controller(h: &Handle, index: u32, controller: u32) -> Result<()> {
+    let msg = LinkUnspec::new_with_index(index)
+        .controller(controller)
+        .build();
+    h.link()
+        .set(msg)
+        .execute()
+        .await
+        .with_context(|| format!("enslaving link {index} to {controller}"))
+}
+
+/// Sets the MAC of link `index`.
+pub async fn set_mac(h: &Handle, index: u32, mac: [u8; 6]) -> Result<()> {
+    let msg = LinkUnspec::new_with_index(index)
+        .address(mac.to_vec())
+        .build();
+    h.link()
+        .set(msg)
+        .execute()
+        .await
+        .with_context(|| format!("setting the MAC of link {index}"))
+}
+
+/// IPv4 addresses of link `index` as (address, prefix length).
+pub async fn ipv4_addresses(h: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8, AddressMessage)>> {
+    let msgs: Vec<AddressMessage> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .context("dumping addresses")?;
+    let mut out = Vec::new();
+    for m in msgs {
+        if m.header.family != AddressFamily::Inet {
+            continue;
+        }
+        let addr = m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(IpAddr::V4(v)) => Some(*v),
+            _ => None,
+        });
+        let addr = addr.or_else(|| {
+            m.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
+                _ => None,
+            })
+        });
+        if let Some(a) = addr {
+            out.push((a, m.header.prefix_len, m));
+        }
+    }
+    Ok(out)
+}
+
+/// Makes `addr/prefix` the only IPv4 address of link `index`. Returns whether anything changed.
+pub async fn converge_address(h: &Handle, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<bool> {
+    let current = ipv4_addresses(h, index).await?;
+    let mut changed = false;
+    let mut present = false;
+    for (a, p, msg) in current {
+        if a == addr && p == prefix {
+            present = true;
+            continue;
+        }
+        match h.address().del(msg).execute().await {
+            Ok(()) => changed = true,
+            Err(e) if is_missing(&e) => {}
+            Err(e) => return Err(e).with_context(|| format!("removing address {a}/{p}")),
+        }
+    }
+    if !present {
+        match h
+            .address()
+            .add(index, IpAddr::V4(addr), prefix)
+            .execute()
+            .await
+        {
+            Ok(()) => changed = true,
+            Err(e) if is_exists(&e) => {}
+            Err(e) => return Err(e).with_context(|| format!("adding address {addr}/{prefix}")),
+        }
+    }
+    Ok(changed)
+}
+
+/// One IPv4 route of the main table, reduced to what the realiser compares.
+#[derive(Clone, Debug)]
+pub struct Route {
+    pub dst: Ipv4Net,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: Option<u32>,
+    pub protocol: RouteProtocol,
+    pub scope: RouteScope,
+    pub msg: RouteMessage,
+}
+
+/// IPv4 routes of the main table.
+pub async fn main_routes(h: &Handle) -> Result<Vec<Route>> {
+    let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+    let msgs: Vec<RouteMessage> = h
+        .route()
+        .get(filter)
+        .execute()
+        .try_collect()
+        .await
+        .context("dumping routes")?;
+    let mut out = Vec::new();
+    for m in msgs {
+        if m.header.address_family != AddressFamily::Inet
+            || m.header.table != netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN
+        {
+            continue;
+        }
+        let mut dst = Ipv4Addr::UNSPECIFIED;
+        let mut gateway = None;
+        let mut oif = None;
+        for a in &m.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+                RouteAttribute::Oif(o) => oif = Some(*o),
+                _ => {}
+            }
+        }
+        let Ok(dst) = Ipv4Net::new(dst, m.header.destination_prefix_length) else {
+            continue;
+        };
+        out.push(Route {
+            dst,
+            gateway,
+            oif,
+            protocol: m.header.protocol,
+            scope: m.header.scope,
+            msg: m,
+        });
+    }
+    Ok(out)
+}
+
+/// Adds (or replaces) the on-link route `dst` via device `oif` with no gateway.
+pub async fn replace_link_route(h: &Handle, dst: Ipv4Net, oif: u32) -> Result<()> {
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(dst.addr(), dst.prefix_len())
+        .output_interface(oif)
+        .scope(RouteScope::Link)
+        .build();
+    h.route()
+        .add(msg)
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("adding on-link route {dst}"))
+}
+
+/// Adds (or replaces) the default route via `gateway` on device `oif`.
+pub async fn replace_default_route(h: &Handle, gateway: Ipv4Addr, oif: u32) -> Result<()> {
+    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+        .gateway(gateway)
+        .output_interface(oif)
+        .build();
+    h.route()
+        .add(msg)
+        .replace()
+        .execute()
+        .await
+        .with_context(|| format!("adding default route via {gateway}"))
+}
+
+/// Deletes a route found by `main_routes`; missing is success.
+pub async fn delete_route(h: &Handle, route: &Route) -> Result<()> {
+    match h.route().del(route.msg.clone()).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if is_missing(&e) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("deleting route {}", route.dst)),
+    }
+}

@@ -1,0 +1,232 @@
+//! Network namespaces without forking: a dedicated thread unshares its network namespace and
+//! bind-mounts `/proc/thread-self/ns/net` onto `/run/netns/<name>`, as `ip netns add` does, so
+//! the namespace outlives the thread and `ip netns` sees it.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    future::Future,
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, anyhow};
+use nix::{
+    errno::Errno,
+    mount::{MntFlags, MsFlags, mount, umount2},
+    sched::{CloneFlags, setns, unshare},
+    sys::statfs::{NSFS_MAGIC, fstatfs},
+};
+
+/// Where named namespaces are mounted (iproute2's convention).
+pub const NETNS_RUN_DIR: &str = "/run/netns";
+
+/// An open network namespace: a file whose descriptor can be passed to `setns` or used as
+/// `IFLA_NET_NS_FD`.
+#[derive(Debug)]
+pub struct NetnsHandle {
+    pub file: File,
+}
+
+impl NetnsHandle {
+    /// The namespace of the calling thread (not the process: `/proc/self` is the main thread).
+    pub fn current() -> Result<Self> {
+        let file =
+            File::open("/proc/thread-self/ns/net").context("opening /proc/thread-self/ns/net")?;
+        Ok(Self { file })
+    }
+
+    /// The named namespace `/run/netns/<name>`; `Ok(None)` when it does not exist (or the path
+    /// is a stale file with no namespace mounted on it).
+    pub fn open_named(name: &str) -> Result<Option<Self>> {
+        let path = named_path(name);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("opening {}", path.display())),
+        };
+        let st = fstatfs(&file).with_context(|| format!("statfs {}", path.display()))?;
+        if st.filesystem_type() != NSFS_MAGIC {
+            return Ok(None);
+        }
+        Ok(Some(Self { file }))
+    }
+}
+
+/// `/run/netns/<name>`.
+pub fn named_path(name: &str) -> PathBuf {
+    Path::new(NETNS_RUN_DIR).join(name)
+}
+
+/// Whether `/run/netns/<name>` is a mounted namespace.
+pub fn exists(name: &str) -> Result<bool> {
+    Ok(NetnsHandle::open_named(name)?.is_some())
+}
+
+/// Names of every mounted namespace under /run/netns (one directory read).
+pub fn list() -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    let dir = match fs::read_dir(NETNS_RUN_DIR) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).context("reading /run/netns"),
+    };
+    for entry in dir {
+        let entry = entry.context("reading /run/netns")?;
+        if let Some(name) = entry.file_name().to_str() {
+            out.push(name.to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// Makes /run/netns a shared mount point so namespaces mounted there propagate to other mount
+/// namespaces (what iproute2 does on first use).
+fn prepare_run_dir() -> Result<()> {
+    fs::create_dir_all(NETNS_RUN_DIR).context("creating /run/netns")?;
+    let shared = || {
+        mount(
+            None::<&str>,
+            NETNS_RUN_DIR,
+            Some("none"),
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
+    match shared() {
+        Ok(()) => Ok(()),
+        Err(Errno::EINVAL) => {
+            // Not a mount point yet: bind it onto itself, then share it.
+            mount(
+                Some(NETNS_RUN_DIR),
+                NETNS_RUN_DIR,
+                Some("none"),
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            )
+            .context("bind-mounting /run/netns onto itself")?;
+            shared().context("making /run/netns a shared mount")
+        }
+        Err(e) => Err(e).context("making /run/netns a shared mount"),
+    }
+}
+
+/// Creates the named namespace; `Ok(false)` when it already existed. Never forks: the new
+/// namespace is made by a dedicated thread that exits once it is mounted.
+pub fn create(name: &str) -> Result<bool> {
+    if exists(name)? {
+        return Ok(false);
+    }
+    prepare_run_dir()?;
+    let path = named_path(name);
+    // A stale file (no namespace mounted) from an interrupted run is replaced.
+    match fs::remove_file(&path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("removing stale {}", path.display())),
+    }
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o0)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let made = std::thread::scope(|s| {
+        s.spawn(|| -> Result<()> {
+            unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+            mount(
+                Some("/proc/thread-self/ns/net"),
+                &path,
+                Some("none"),
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .with_context(|| format!("bind-mounting the new namespace on {}", path.display()))
+        })
+        .join()
+        .map_err(|_| anyhow!("namespace creation thread panicked"))?
+    });
+    if let Err(e) = made {
+        let _ = fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(true)
+}
+
+/// Deletes the named namespace (unmount + unlink); missing is success. The kernel destroys it,
+/// and every device inside, once nothing holds it any more.
+pub fn delete(name: &str) -> Result<()> {
+    let path = named_path(name);
+    match umount2(&path, MntFlags::MNT_DETACH) {
+        Ok(()) | Err(Errno::EINVAL) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(e).with_context(|| format!("unmounting {}", path.display())),
+    }
+    match fs::remove_file(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", path.display())),
+    }
+}
+
+/// Runs `f` on a new thread that entered `ns` and waits for it.
+pub fn in_netns<T: Send>(ns: &NetnsHandle, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            setns(&ns.file, CloneFlags::CLONE_NEWNET).context("setns into network namespace")?;
+            f()
+        })
+        .join()
+        .map_err(|_| anyhow!("namespace worker thread panicked"))?
+    })
+}
+
+/// Runs the async `f` with an rtnetlink handle whose socket lives in `ns`, on a thread that
+/// entered `ns` and drives a current-thread runtime.
+pub fn with_netlink<T, F, Fut>(ns: &NetnsHandle, f: F) -> Result<T>
+where
+    T: Send,
+    F: FnOnce(rtnetlink::Handle) -> Fut + Send,
+    Fut: Future<Output = Result<T>>,
+{
+    in_netns(ns, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("building the netlink runtime")?;
+        rt.block_on(async {
+            let (conn, handle, _) =
+                rtnetlink::new_connection().context("opening a netlink socket")?;
+            let task = tokio::spawn(conn);
+            let out = f(handle).await;
+            task.abort();
+            out
+        })
+    })
+}
+
+/// Writes a sysctl of the calling thread's network namespace (`key` relative to
+/// /proc/sys/net, e.g. `ipv4/ip_forward`). /proc/sys/net resolves to the namespace of the
+/// thread that opens the file.
+pub fn write_sysctl(key: &str, value: &str) -> Result<()> {
+    let path = Path::new("/proc/sys/net").join(key);
+    if let Ok(cur) = fs::read_to_string(&path)
+        && cur.trim() == value
+    {
+        return Ok(());
+    }
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    f.write_all(value.as_bytes())
+        .with_context(|| format!("writing {value} to {}", path.display()))
+}
+
+/// Reads a sysctl of the calling thread's network namespace.
+pub fn read_sysctl(key: &str) -> Result<String> {
+    let path = Path::new("/proc/sys/net").join(key);
+    Ok(fs::read_to_string(&path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string())
+}

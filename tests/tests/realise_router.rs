@@ -1,0 +1,721 @@
+//! The realiser against the real kernel: networks become bridges, routers become namespaces with
+//! veth ports, addresses, a default route, sysctls and gratuitous ARP; re-applying changes
+//! nothing; reconcile repairs and removes only what its own daemon created; a failed apply
+//! leaves nothing behind.
+//!
+//! Each test runs its Realiser from a thread inside a throwaway host namespace (`RealiserHost`)
+//! with its own state dir and bpffs; every router namespace it makes is purged on drop.
+
+use std::{
+    net::Ipv4Addr,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use router_ctl::model::spec::{
+    DesiredState, GatewaySpec, NetworkSpec, PortSpec, RouterSpec, names,
+};
+use serde_json::Value;
+use tests::{RealiserHost, enter_named, ip_json, netns_exists, unique};
+
+fn net(external: bool) -> NetworkSpec {
+    NetworkSpec {
+        id: unique("n"),
+        physical_network: None,
+        external,
+    }
+}
+
+fn mac(last: u8) -> [u8; 6] {
+    [0xfa, 0x16, 0x3e, 0x12, 0x34, last]
+}
+
+fn mac_str(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+fn port(network: &NetworkSpec, m: u8, ip: &str, cidr: &str) -> PortSpec {
+    PortSpec {
+        port_id: unique("p"),
+        network_id: network.id.clone(),
+        mac: mac(m),
+        ip: ip.parse().expect("ip"),
+        subnet_cidr: cidr.parse().expect("cidr"),
+    }
+}
+
+fn router(dp_id: u32, interfaces: Vec<PortSpec>, gateway: Option<GatewaySpec>) -> RouterSpec {
+    RouterSpec {
+        id: unique("r"),
+        dp_id,
+        admin_state_up: true,
+        interfaces,
+        gateway,
+    }
+}
+
+fn gateway(p: PortSpec, next_hop: &str) -> GatewaySpec {
+    GatewaySpec {
+        port: p,
+        next_hop: Some(next_hop.parse().expect("next hop")),
+        enable_snat: true,
+    }
+}
+
+/// The link `dev` in namespace `ns` as `ip -j -d link show` reports it, or None.
+fn link(ns: &str, dev: &str) -> Option<Value> {
+    let all = ip_json(ns, &["-d", "link", "show"]);
+    all.as_array()
+        .expect("array")
+        .iter()
+        .find(|l| l["ifname"] == dev)
+        .cloned()
+}
+
+fn is_up(l: &Value) -> bool {
+    l["flags"]
+        .as_array()
+        .expect("flags")
+        .iter()
+        .any(|f| f == "UP")
+}
+
+/// IPv4 addresses of `dev` in `ns` as "a.b.c.d/len".
+fn ipv4(ns: &str, dev: &str) -> Vec<String> {
+    let v = ip_json(ns, &["-4", "addr", "show", "dev", dev]);
+    let mut out = Vec::new();
+    for l in v.as_array().expect("array") {
+        for a in l["addr_info"].as_array().expect("addr_info") {
+            out.push(format!(
+                "{}/{}",
+                a["local"].as_str().expect("local"),
+                a["prefixlen"]
+            ));
+        }
+    }
+    out
+}
+
+/// Names of the ports of bridge `br` in `ns`.
+fn bridge_ports(ns: &str, br: &str) -> Vec<String> {
+    let v = ip_json(ns, &["link", "show", "master", br]);
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|l| l["ifname"].as_str().expect("ifname").to_string())
+        .collect()
+}
+
+fn default_routes(ns: &str) -> Vec<Value> {
+    ip_json(ns, &["-4", "route", "show", "default"])
+        .as_array()
+        .expect("array")
+        .clone()
+}
+
+/// Links as (name, index, MAC, up).
+type Links = Vec<(String, u64, String, bool)>;
+
+/// A comparable picture of a router namespace: links, IPv4 addresses and IPv4 routes.
+fn snapshot(ns: &str) -> (Links, Value, Value) {
+    let links: Links = ip_json(ns, &["link", "show"])
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|l| {
+            (
+                l["ifname"].as_str().expect("ifname").to_string(),
+                l["ifindex"].as_u64().expect("ifindex"),
+                l["address"].as_str().unwrap_or_default().to_string(),
+                is_up(l),
+            )
+        })
+        .collect();
+    (
+        links,
+        ip_json(ns, &["-4", "addr", "show"]),
+        ip_json(ns, &["-4", "route", "show", "table", "all"]),
+    )
+}
+
+fn read_sysctl_in(ns: &str, key: &str) -> String {
+    enter_named(ns, || {
+        std::fs::read_to_string(format!("/proc/sys/net/{key}"))
+            .unwrap_or_else(|e| panic!("reading {key}: {e}"))
+            .trim()
+            .to_string()
+    })
+}
+
+/// Captures ARP frames on `dev` in the current thread's namespace whose sender and target IP
+/// are both `ip`, until `want` arrived or `limit` passed. Signals `ready` once listening.
+fn capture_garps(
+    dev: &str,
+    ip: Ipv4Addr,
+    want: usize,
+    limit: Duration,
+    ready: mpsc::Sender<()>,
+) -> Vec<(Vec<u8>, Instant)> {
+    const ETH_P_ARP: u16 = 0x0806;
+    let cname = std::ffi::CString::new(dev).expect("name");
+    // SAFETY: valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    assert!(ifindex != 0, "no device {dev}");
+    // SAFETY: plain socket call, checked.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(ETH_P_ARP.to_be()),
+        )
+    };
+    assert!(
+        fd >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fresh descriptor.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: POD.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = ETH_P_ARP.to_be();
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: valid address of the given size.
+    let rc = unsafe {
+        libc::bind(
+            sock.as_raw_fd(),
+            (&raw const sll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+    let tv = libc::timeval {
+        tv_sec: 0,
+        tv_usec: 200_000,
+    };
+    // SAFETY: valid option value.
+    unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&raw const tv).cast(),
+            std::mem::size_of::<libc::timeval>() as u32,
+        )
+    };
+    ready.send(()).expect("signal ready");
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while got.len() < want && start.elapsed() < limit {
+        // SAFETY: buffer valid for its length.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 42 {
+            continue;
+        }
+        let f = &buf[..n as usize];
+        if f[12..14] == [0x08, 0x06] && f[28..32] == ip.octets() && f[38..42] == ip.octets() {
+            got.push((f.to_vec(), Instant::now()));
+        }
+    }
+    got
+}
+
+#[test]
+fn router_with_interface_and_gateway_is_realised_and_idempotent() {
+    let h = RealiserHost::new(&[]);
+    let ext = net(true);
+    let int = net(false);
+    h.call(|r| r.apply_network(&ext))
+        .expect("apply external network");
+    h.call(|r| r.apply_network(&int))
+        .expect("apply internal network");
+    // Twice: idempotent.
+    h.call(|r| r.apply_network(&ext))
+        .expect("re-apply external network");
+
+    let host = h.host.name.clone();
+    for n in [&ext, &int] {
+        let br = names::bridge(&n.id);
+        let l = link(&host, &br).unwrap_or_else(|| panic!("bridge {br} missing"));
+        assert_eq!(l["linkinfo"]["info_kind"], "bridge", "{l}");
+        assert!(is_up(&l), "{br} is down");
+        assert!(ipv4(&host, &br).is_empty(), "{br} has an address");
+    }
+
+    let qr_port = port(&int, 1, "10.0.1.1", "10.0.1.0/24");
+    let gw_port = port(&ext, 2, "203.0.113.10", "203.0.113.0/24");
+    let spec = router(
+        1,
+        vec![qr_port.clone()],
+        Some(gateway(gw_port.clone(), "203.0.113.1")),
+    );
+    let ns = names::router_netns(&spec.id);
+    let ext_br = names::bridge(&ext.id);
+
+    // Capture gratuitous ARPs on the external bridge while the router is applied.
+    let (tx, rx) = mpsc::channel();
+    let (frames, applied_at) = std::thread::scope(|s| {
+        let cap = s.spawn(|| {
+            h.host
+                .enter(|| capture_garps(&ext_br, gw_port.ip, 3, Duration::from_secs(15), tx))
+        });
+        rx.recv().expect("capture ready");
+        h.call(|r| r.apply_router(&spec)).expect("apply router");
+        let applied_at = Instant::now();
+        (cap.join().expect("capture thread"), applied_at)
+    });
+
+    // Namespace and sysctls.
+    assert!(netns_exists(&ns), "{ns} missing");
+    assert_eq!(read_sysctl_in(&ns, "ipv4/ip_forward"), "1");
+    assert_eq!(read_sysctl_in(&ns, "ipv4/conf/all/arp_ignore"), "1");
+    assert_eq!(read_sysctl_in(&ns, "ipv4/conf/all/arp_announce"), "2");
+    assert!(is_up(&link(&ns, "lo").expect("lo")), "lo down in {ns}");
+
+    // Ports inside the router namespace.
+    let qr = names::internal_dev(&qr_port.port_id);
+    let qg = names::gateway_dev(&gw_port.port_id);
+    for (dev, p) in [(&qr, &qr_port), (&qg, &gw_port)] {
+        let l = link(&ns, dev).unwrap_or_else(|| panic!("{dev} missing in {ns}"));
+        assert_eq!(l["linkinfo"]["info_kind"], "veth");
+        assert_eq!(l["address"], mac_str(p.mac), "{dev} MAC");
+        assert!(is_up(&l), "{dev} down");
+        assert_eq!(
+            ipv4(&ns, dev),
+            vec![format!("{}/{}", p.ip, p.subnet_cidr.prefix_len())]
+        );
+    }
+
+    // Default route via the next hop on qg-.
+    let defaults = default_routes(&ns);
+    assert_eq!(defaults.len(), 1, "{defaults:?}");
+    assert_eq!(defaults[0]["gateway"], "203.0.113.1");
+    assert_eq!(defaults[0]["dev"], qg.as_str());
+
+    // Taps in the right bridges of the host namespace, up.
+    let qr_tap = names::tap_dev(&qr_port.port_id);
+    let qg_tap = names::tap_dev(&gw_port.port_id);
+    assert_eq!(
+        bridge_ports(&host, &names::bridge(&int.id)),
+        vec![qr_tap.clone()]
+    );
+    assert_eq!(bridge_ports(&host, &ext_br), vec![qg_tap.clone()]);
+    for t in [&qr_tap, &qg_tap] {
+        assert!(is_up(&link(&host, t).expect("tap")), "{t} down");
+    }
+    // Nothing leaked into the router namespace from the host or vice versa.
+    assert!(link(&host, &qg).is_none() && link(&ns, &qg_tap).is_none());
+
+    // Three gratuitous ARPs: sender = target = the gateway address, from the port MAC, to
+    // broadcast; the last one arrived after apply_router had returned (sent in the background).
+    assert_eq!(frames.len(), 3, "gratuitous ARPs seen: {}", frames.len());
+    for (f, _) in &frames {
+        assert_eq!(&f[0..6], &[0xff; 6], "broadcast destination");
+        assert_eq!(&f[6..12], &gw_port.mac, "source MAC");
+        assert_eq!(&f[22..28], &gw_port.mac, "sender hardware address");
+    }
+    assert!(
+        frames[2].1 > applied_at,
+        "apply_router waited for the announcements"
+    );
+
+    // Ownership records.
+    assert_eq!(h.owned("netns"), vec![ns.clone()]);
+    let mut want_links = vec![
+        names::bridge(&ext.id),
+        names::bridge(&int.id),
+        qr_tap.clone(),
+        qg_tap.clone(),
+    ];
+    want_links.sort();
+    assert_eq!(h.owned("link"), want_links);
+
+    // Applying the same spec again changes nothing (same devices, same indexes, same routes).
+    let before = snapshot(&ns);
+    let host_before = (
+        link(&host, &qr_tap).expect("tap")["ifindex"].clone(),
+        link(&host, &qg_tap).expect("tap")["ifindex"].clone(),
+    );
+    h.call(|r| r.apply_router(&spec)).expect("re-apply router");
+    assert_eq!(snapshot(&ns), before);
+    assert_eq!(
+        (
+            link(&host, &qr_tap).expect("tap")["ifindex"].clone(),
+            link(&host, &qg_tap).expect("tap")["ifindex"].clone(),
+        ),
+        host_before
+    );
+
+    // remove_router: namespace, taps and records gone; again is success.
+    h.call(|r| r.remove_router(&spec.id, spec.dp_id))
+        .expect("remove router");
+    assert!(!netns_exists(&ns), "{ns} still there");
+    assert!(link(&host, &qr_tap).is_none() && link(&host, &qg_tap).is_none());
+    assert!(h.owned("netns").is_empty());
+    h.call(|r| r.remove_router(&spec.id, spec.dp_id))
+        .expect("remove router twice");
+    h.call(|r| r.remove_network(&int.id))
+        .expect("remove network");
+    assert!(link(&host, &names::bridge(&int.id)).is_none());
+    h.call(|r| r.remove_network(&int.id))
+        .expect("remove network twice");
+}
+
+#[test]
+fn apply_router_converges_interfaces_gateway_and_onlink_next_hop() {
+    let h = RealiserHost::new(&[]);
+    let ext = net(true);
+    let int = net(false);
+    h.call(|r| r.apply_network(&ext)).expect("ext");
+    h.call(|r| r.apply_network(&int)).expect("int");
+    let host = h.host.name.clone();
+
+    let a = port(&int, 1, "10.0.1.1", "10.0.1.0/24");
+    let b = port(&int, 3, "10.0.2.1", "10.0.2.0/24");
+    // Next hop outside the gateway's /28: an on-link /32 route comes first.
+    let gw_port = port(&ext, 2, "198.51.100.10", "198.51.100.0/28");
+    let mut spec = router(
+        7,
+        vec![a.clone(), b.clone()],
+        Some(gateway(gw_port.clone(), "198.51.100.100")),
+    );
+    let ns = names::router_netns(&spec.id);
+    h.call(|r| r.apply_router(&spec)).expect("apply");
+    let qg = names::gateway_dev(&gw_port.port_id);
+    let routes = ip_json(&ns, &["-4", "route", "show", "198.51.100.100"]);
+    let r0 = &routes.as_array().expect("array")[0];
+    assert_eq!(r0["dev"], qg.as_str(), "{routes}");
+    assert_eq!(r0["scope"], "link", "{routes}");
+    let defaults = default_routes(&ns);
+    assert_eq!(defaults.len(), 1);
+    assert_eq!(defaults[0]["gateway"], "198.51.100.100");
+    assert_eq!(defaults[0]["dev"], qg.as_str());
+
+    // Interface b removed, a's MAC and address changed: converged in place.
+    let qr_a = names::internal_dev(&a.port_id);
+    let idx_a = link(&ns, &qr_a).expect("qr a")["ifindex"].clone();
+    let mut a2 = a.clone();
+    a2.mac = mac(9);
+    a2.ip = "10.0.1.254".parse().expect("ip");
+    spec.interfaces = vec![a2.clone()];
+    h.call(|r| r.apply_router(&spec)).expect("apply changed");
+    let la = link(&ns, &qr_a).expect("qr a");
+    assert_eq!(la["ifindex"], idx_a, "device recreated instead of changed");
+    assert_eq!(la["address"], mac_str(a2.mac));
+    assert_eq!(ipv4(&ns, &qr_a), vec!["10.0.1.254/24".to_string()]);
+    assert!(link(&ns, &names::internal_dev(&b.port_id)).is_none());
+    assert!(link(&host, &names::tap_dev(&b.port_id)).is_none());
+    assert!(!h.owned("link").contains(&names::tap_dev(&b.port_id)));
+
+    // Gateway cleared: default route, on-link route, qg- and its tap gone.
+    spec.gateway = None;
+    h.call(|r| r.apply_router(&spec)).expect("clear gateway");
+    assert!(default_routes(&ns).is_empty());
+    assert!(
+        ip_json(&ns, &["-4", "route", "show", "198.51.100.100"])
+            .as_array()
+            .expect("array")
+            .is_empty()
+    );
+    assert!(link(&ns, &qg).is_none());
+    let gw_tap = names::tap_dev(&gw_port.port_id);
+    assert!(link(&host, &gw_tap).is_none());
+    assert!(!h.owned("link").contains(&gw_tap));
+    assert!(
+        link(&ns, &qr_a).is_some(),
+        "interface lost with the gateway"
+    );
+
+    // Gateway set again, inside the subnet this time: no on-link route needed.
+    let gw2 = port(&ext, 4, "203.0.113.20", "203.0.113.0/24");
+    spec.gateway = Some(gateway(gw2.clone(), "203.0.113.1"));
+    h.call(|r| r.apply_router(&spec)).expect("set gateway");
+    let defaults = default_routes(&ns);
+    assert_eq!(defaults[0]["gateway"], "203.0.113.1");
+    assert_eq!(
+        defaults[0]["dev"],
+        names::gateway_dev(&gw2.port_id).as_str()
+    );
+    // enable_snat off: reconfigured, devices untouched.
+    let before = snapshot(&ns);
+    if let Some(g) = spec.gateway.as_mut() {
+        g.enable_snat = false;
+    }
+    h.call(|r| r.apply_router(&spec)).expect("snat off");
+    assert_eq!(snapshot(&ns), before);
+}
+
+#[test]
+fn physical_network_uplink_is_enslaved_and_unmapped_is_refused() {
+    let uplink = unique("up");
+    let h = RealiserHost::new(&[("physnet1", uplink.as_str())]);
+    let uplink_peer = unique("upp");
+    h.host.ip(&[
+        "link",
+        "add",
+        &uplink,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &uplink_peer,
+    ]);
+    let host = h.host.name.clone();
+    let mut ext = net(true);
+    ext.physical_network = Some("physnet1".into());
+    h.call(|r| r.apply_network(&ext)).expect("apply");
+    let br = names::bridge(&ext.id);
+    assert_eq!(bridge_ports(&host, &br), vec![uplink.clone()]);
+    assert!(is_up(&link(&host, &uplink).expect("uplink")));
+
+    // Removing the network releases the uplink (not ours: it stays).
+    h.call(|r| r.remove_network(&ext.id)).expect("remove");
+    let l = link(&host, &uplink).expect("uplink survives");
+    assert!(l.get("master").is_none(), "{l}");
+
+    let mut bad = net(true);
+    bad.physical_network = Some("nowhere".into());
+    let err = h
+        .call(|r| r.apply_network(&bad))
+        .expect_err("unmapped physical network");
+    assert!(format!("{err:#}").contains("nowhere"), "{err:#}");
+    assert!(link(&host, &names::bridge(&bad.id)).is_none());
+
+    // Mapped to an interface that does not exist: refused, no bridge left behind.
+    let h2 = RealiserHost::new(&[("physnet1", "nosuchdev0")]);
+    let mut ext2 = net(true);
+    ext2.physical_network = Some("physnet1".into());
+    let err = h2
+        .call(|r| r.apply_network(&ext2))
+        .expect_err("missing uplink");
+    assert!(format!("{err:#}").contains("nosuchdev0"), "{err:#}");
+    assert!(link(&h2.host.name, &names::bridge(&ext2.id)).is_none());
+    assert!(h2.owned("link").is_empty());
+}
+
+fn desired(nets: &[&NetworkSpec], routers: &[&RouterSpec]) -> DesiredState {
+    DesiredState {
+        networks: nets.iter().map(|n| (*n).clone()).collect(),
+        routers: routers.iter().map(|r| (*r).clone()).collect(),
+    }
+}
+
+#[test]
+fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
+    let h = RealiserHost::new(&[]);
+    let ext = net(true);
+    let int = net(false);
+    let qr_port = port(&int, 1, "10.0.1.1", "10.0.1.0/24");
+    let gw_port = port(&ext, 2, "203.0.113.10", "203.0.113.0/24");
+    let spec = router(
+        3,
+        vec![qr_port.clone()],
+        Some(gateway(gw_port.clone(), "203.0.113.1")),
+    );
+    let want = desired(&[&ext, &int], &[&spec]);
+    // Reconcile from nothing builds everything.
+    let rep = h.call(|r| r.reconcile(&want)).expect("reconcile");
+    assert!(rep.failed.is_empty(), "{rep:?}");
+    let ns = names::router_netns(&spec.id);
+    assert!(netns_exists(&ns));
+    let rep = h.call(|r| r.reconcile(&want)).expect("reconcile again");
+    assert!(rep.repaired.is_empty() && rep.removed.is_empty(), "{rep:?}");
+
+    tests::ip(&["netns", "del", &ns]);
+    assert!(!netns_exists(&ns));
+    let rep = h.call(|r| r.reconcile(&want)).expect("reconcile repair");
+    assert!(rep.failed.is_empty(), "{rep:?}");
+    assert!(!rep.repaired.is_empty(), "{rep:?}");
+    assert!(netns_exists(&ns), "{ns} not recreated");
+    let qg = names::gateway_dev(&gw_port.port_id);
+    let qr = names::internal_dev(&qr_port.port_id);
+    assert_eq!(ipv4(&ns, &qg), vec!["203.0.113.10/24".to_string()]);
+    assert_eq!(ipv4(&ns, &qr), vec!["10.0.1.1/24".to_string()]);
+    assert_eq!(default_routes(&ns)[0]["gateway"], "203.0.113.1");
+    assert_eq!(read_sysctl_in(&ns, "ipv4/ip_forward"), "1");
+    let host = h.host.name.clone();
+    assert_eq!(
+        bridge_ports(&host, &names::bridge(&ext.id)),
+        vec![names::tap_dev(&gw_port.port_id)]
+    );
+    assert_eq!(
+        bridge_ports(&host, &names::bridge(&int.id)),
+        vec![names::tap_dev(&qr_port.port_id)]
+    );
+
+    // A device deleted from outside inside the namespace is repaired as well.
+    tests::ip(&["-n", &ns, "link", "del", &qr]);
+    let rep = h.call(|r| r.reconcile(&want)).expect("reconcile device");
+    assert!(rep.failed.is_empty(), "{rep:?}");
+    assert_eq!(ipv4(&ns, &qr), vec!["10.0.1.1/24".to_string()]);
+    assert_eq!(
+        bridge_ports(&host, &names::bridge(&int.id)),
+        vec![names::tap_dev(&qr_port.port_id)]
+    );
+}
+
+#[test]
+fn reconcile_removes_own_stale_routers_and_leaves_another_daemons_alone() {
+    let h1 = RealiserHost::new(&[]);
+    let h2 = RealiserHost::new(&[]);
+    let mut specs = Vec::new();
+    for h in [&h1, &h2] {
+        let ext = net(true);
+        let int = net(false);
+        h.call(|r| r.apply_network(&ext)).expect("ext");
+        h.call(|r| r.apply_network(&int)).expect("int");
+        let spec = router(
+            1,
+            vec![port(&int, 1, "10.0.1.1", "10.0.1.0/24")],
+            Some(gateway(
+                port(&ext, 2, "203.0.113.10", "203.0.113.0/24"),
+                "203.0.113.1",
+            )),
+        );
+        h.call(|r| r.apply_router(&spec)).expect("apply");
+        specs.push((ext, int, spec));
+    }
+    let ns1 = names::router_netns(&specs[0].2.id);
+    let ns2 = names::router_netns(&specs[1].2.id);
+
+    // Within the grace period a just-applied router is left alone (the snapshot may be old).
+    let rep = h1
+        .call(|r| r.reconcile(&DesiredState::default()))
+        .expect("reconcile in grace");
+    assert!(rep.removed.is_empty(), "{rep:?}");
+    assert!(netns_exists(&ns1));
+
+    // Daemon 1's database lost its router and networks: its objects go, daemon 2's stay.
+    h1.r().set_reconcile_grace(Duration::ZERO);
+    let rep = h1
+        .call(|r| r.reconcile(&DesiredState::default()))
+        .expect("reconcile");
+    assert!(rep.failed.is_empty(), "{rep:?}");
+    assert!(rep.removed.contains(&ns1), "{rep:?}");
+    assert!(!netns_exists(&ns1), "{ns1} survived");
+    assert!(h1.owned("netns").is_empty() && h1.owned("link").is_empty());
+    let host1 = h1.host.name.clone();
+    assert!(link(&host1, &names::bridge(&specs[0].0.id)).is_none());
+    assert!(link(&host1, &names::tap_dev(&specs[0].2.interfaces[0].port_id)).is_none());
+
+    assert!(netns_exists(&ns2), "another daemon's router was touched");
+    let host2 = h2.host.name.clone();
+    assert_eq!(
+        bridge_ports(&host2, &names::bridge(&specs[1].1.id)),
+        vec![names::tap_dev(&specs[1].2.interfaces[0].port_id)]
+    );
+    assert_eq!(default_routes(&ns2).len(), 1);
+
+    // A foreign qrouter namespace with a desired id is not adopted by daemon 1.
+    let rep = h1
+        .call(|r| r.reconcile(&desired(&[&specs[1].0, &specs[1].1], &[&specs[1].2])))
+        .expect("reconcile foreign");
+    assert!(
+        rep.failed
+            .iter()
+            .any(|f| f.contains("not created by this daemon")),
+        "{rep:?}"
+    );
+    assert!(netns_exists(&ns2));
+    assert_eq!(default_routes(&ns2).len(), 1);
+    let rep = h1
+        .call(|r| r.reconcile(&DesiredState::default()))
+        .expect("cleanup");
+    assert!(rep.failed.is_empty(), "{rep:?}");
+    assert!(netns_exists(&ns2), "another daemon's router removed");
+}
+
+#[test]
+fn failed_apply_leaves_no_objects_behind() {
+    let h = RealiserHost::new(&[]);
+    let host = h.host.name.clone();
+    let ext = net(true);
+    let int = net(false);
+    h.call(|r| r.apply_network(&ext)).expect("ext");
+    h.call(|r| r.apply_network(&int)).expect("int");
+    let bridges_only = {
+        let mut v = vec![names::bridge(&ext.id), names::bridge(&int.id)];
+        v.sort();
+        v
+    };
+    let host_links = || {
+        let mut v: Vec<String> = ip_json(&host, &["link", "show"])
+            .as_array()
+            .expect("array")
+            .iter()
+            .map(|l| l["ifname"].as_str().expect("name").to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let links_before = host_links();
+
+    // A port on a network whose bridge does not exist.
+    let ghost = net(false);
+    let spec = router(1, vec![port(&ghost, 1, "10.0.1.1", "10.0.1.0/24")], None);
+    let err = h
+        .call(|r| r.apply_router(&spec))
+        .expect_err("missing bridge");
+    assert!(format!("{err:#}").contains("does not exist"), "{err:#}");
+    assert!(!netns_exists(&names::router_netns(&spec.id)));
+
+    // An invalid (multicast) MAC.
+    let mut p = port(&int, 1, "10.0.1.1", "10.0.1.0/24");
+    p.mac = [0x01, 0, 0x5e, 0, 0, 1];
+    let spec = router(2, vec![p], None);
+    let err = h.call(|r| r.apply_router(&spec)).expect_err("bad MAC");
+    assert!(format!("{err:#}").contains("unicast"), "{err:#}");
+    assert!(!netns_exists(&names::router_netns(&spec.id)));
+
+    // Midway: the namespace and the first port are made, then the second port's device name is
+    // taken by a device this daemon did not create. Everything made by the call is removed.
+    let a = port(&int, 1, "10.0.1.1", "10.0.1.0/24");
+    let b = port(&ext, 2, "203.0.113.10", "203.0.113.0/24");
+    let squatter = names::tap_dev(&b.port_id);
+    let squatter_peer = unique("sq");
+    h.host.ip(&[
+        "link",
+        "add",
+        &squatter,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &squatter_peer,
+    ]);
+    let links_before = {
+        let mut v = links_before;
+        v.push(squatter.clone());
+        v.push(squatter_peer.clone());
+        v.sort();
+        v
+    };
+    let spec = router(3, vec![a.clone()], Some(gateway(b, "203.0.113.1")));
+    let err = h
+        .call(|r| r.apply_router(&spec))
+        .expect_err("taken device name");
+    assert!(
+        format!("{err:#}").contains("not created by this daemon"),
+        "{err:#}"
+    );
+    assert!(
+        !netns_exists(&names::router_netns(&spec.id)),
+        "namespace left"
+    );
+    assert_eq!(host_links(), links_before, "devices left in the host");
+    assert!(link(&host, &squatter).is_some(), "foreign device touched");
+    assert!(h.owned("netns").is_empty());
+    assert_eq!(h.owned("link"), bridges_only);
+
+    // The same router without the conflict works afterwards.
+    let spec = router(3, vec![a], None);
+    h.call(|r| r.apply_router(&spec))
+        .expect("apply after failure");
+    assert!(netns_exists(&names::router_netns(&spec.id)));
+}
