@@ -108,6 +108,22 @@ impl Drop for Env {
                 std::thread::sleep(Duration::from_millis(50));
             }
             drop(d);
+            // Remove what the daemon's state directory owns (best effort: the namespaces below
+            // are deleted regardless).
+            let _ = self
+                .host
+                .cmd(&self.bin.to_string_lossy())
+                .arg("daemon")
+                .arg("--purge")
+                .arg("--state-dir")
+                .arg(self.dir.path.join("state"))
+                .arg("--bpffs")
+                .arg(&self.dir.bpffs)
+                .arg("--listen")
+                .arg(LISTEN)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
         for id in &self.routers {
             let name = format!("qrouter-{id}");

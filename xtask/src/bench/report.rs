@@ -406,8 +406,8 @@ impl Report {
         };
         let bar_h = 14.0;
         let group_h = bar_h * kinds.len().max(1) as f64 + 16.0;
-        let left = 240.0;
-        let width = 720.0;
+        let left = 260.0;
+        let width = 880.0;
         let scale = 360.0; // px per 1.0×
         let top = 40.0;
         let height = top + group_h * Metric::ALL.len() as f64 + 40.0;
