@@ -52,7 +52,10 @@ fn port_range_fill_failure_rates() {
             .expect("test run");
         if rc == 0 {
             let p = nat_port(&out);
-            assert!((PORT_MIN..=PORT_MAX).contains(&p), "port {p} outside the range");
+            assert!(
+                (PORT_MIN..=PORT_MAX).contains(&p),
+                "port {p} outside the range"
+            );
             ok.push((i, p));
         } else {
             assert_eq!(rc, 2, "a refused flow is dropped");
