@@ -667,6 +667,29 @@ fn teardown(dir: &Path) {
     if let Some(pid) = daemon {
         stop(pid, "the daemon");
     }
+    // Whatever the API could not remove (or a daemon that had died left behind): the daemon's
+    // own purge removes every kernel object and pin its state directory records.
+    let ctl = target_dir().join("debug/router-ctl");
+    if ctl.is_file() && dir.join("state").is_dir() && Path::new("/run/netns").join(HOST_NS).exists()
+    {
+        let purge = output(
+            in_ns(HOST_NS, &ctl)
+                .arg("daemon")
+                .arg("--purge")
+                .arg("--state-dir")
+                .arg(dir.join("state"))
+                .arg("--bpffs")
+                .arg(dir.join("bpffs")),
+        );
+        if let Ok(out) = purge
+            && !out.status.success()
+        {
+            eprintln!(
+                "warning: router-ctl daemon --purge: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
     if let Some(pid) = our_pid(dir, "http.pid", "--serve-http") {
         stop(pid, "the HTTP server");
     }

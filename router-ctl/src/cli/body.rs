@@ -178,14 +178,26 @@ pub fn gateway_clear() -> Value {
     json!({"router": {"external_gateway_info": {}}})
 }
 
+/// Owner of ports plugged into a namespace by `port create --netns`, like Nova's `compute:nova`.
+pub const SANDBOX_OWNER: &str = "compute:sandbox";
+
 /// `POST /v2.0/ports`; a requested address goes in `fixed_ips` with no subnet (Neutron finds
-/// the subnet that holds it).
-pub fn port_create(network_id: &str, name: Option<&str>, ip: Option<Ipv4Addr>) -> Value {
+/// the subnet that holds it). A sandbox port records its namespace as `device_id`.
+pub fn port_create(
+    network_id: &str,
+    name: Option<&str>,
+    ip: Option<Ipv4Addr>,
+    sandbox_netns: Option<&str>,
+) -> Value {
     let mut p = Map::new();
     p.insert("network_id".into(), json!(network_id));
     p.insert("admin_state_up".into(), json!(true));
     if let Some(n) = name {
         p.insert("name".into(), json!(n));
+    }
+    if let Some(ns) = sandbox_netns {
+        p.insert("device_owner".into(), json!(SANDBOX_OWNER));
+        p.insert("device_id".into(), json!(ns));
     }
     if let Some(ip) = ip {
         p.insert(
@@ -322,12 +334,18 @@ mod tests {
             json!({"network": {"name": "priv", "admin_state_up": true}})
         );
         assert_eq!(
-            port_create("n", Some("vm1"), Some(Ipv4Addr::new(10, 0, 0, 5))),
+            port_create(
+                "n",
+                Some("vm1"),
+                Some(Ipv4Addr::new(10, 0, 0, 5)),
+                Some("ns1")
+            ),
             json!({"port": {"network_id": "n", "admin_state_up": true, "name": "vm1",
-                            "fixed_ips": [{"ip_address": "10.0.0.5"}]}})
+                            "fixed_ips": [{"ip_address": "10.0.0.5"}],
+                            "device_owner": "compute:sandbox", "device_id": "ns1"}})
         );
         assert_eq!(
-            port_create("n", None, None),
+            port_create("n", None, None, None),
             json!({"port": {"network_id": "n", "admin_state_up": true}})
         );
         assert_eq!(

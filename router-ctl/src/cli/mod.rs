@@ -410,7 +410,7 @@ fn port(client: &Client, fmt: Format, cmd: PortCmd) -> Result<()> {
             if netns.is_some() {
                 plug::preflight(&net)?;
             }
-            let b = body::port_create(&net, name.as_deref(), ip);
+            let b = body::port_create(&net, name.as_deref(), ip, netns.as_deref());
             let v = client.post(r.collection(), &b)?;
             let port = field(&v, r.singular())?.clone();
             if let Some(ns) = netns
