@@ -321,11 +321,11 @@ fn snat_end_to_end() {
             .send_to(b"probe", SocketAddr::from((SRV, 33434)))
             .expect("send probe");
         let mut b = [0u8; 64];
-        if let Err(e) = probe.recv_from(&mut b) {
-            if e.raw_os_error() == Some(libc::EHOSTUNREACH) {
-                got = recv_icmp_error(&probe);
-                break;
-            }
+        if let Err(e) = probe.recv_from(&mut b)
+            && e.raw_os_error() == Some(libc::EHOSTUNREACH)
+        {
+            got = recv_icmp_error(&probe);
+            break;
         }
     }
     assert_eq!(
