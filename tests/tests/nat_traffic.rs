@@ -382,3 +382,88 @@ fn snat_end_to_end() {
     dp.purge().expect("purge");
     let _ = (&t.vm2, &t.vm3, &t.hop);
 }
+
+/// Number of TCX programs on `dev` (ingress, egress), queried inside `ns`.
+fn tcx_programs(ns: &Netns, dev: &str) -> (usize, usize) {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    ns.enter(|| {
+        let i = SchedClassifier::query_tcx(dev, TcAttachType::Ingress).expect("query ingress");
+        let e = SchedClassifier::query_tcx(dev, TcAttachType::Egress).expect("query egress");
+        (i.1.len(), e.1.len())
+    })
+}
+
+#[test]
+fn state_survives_a_datapath_restart() {
+    let t = build();
+    let bpffs = Bpffs::new();
+    let nat = RouterNat {
+        dp_id: 12,
+        ifindex: 0,
+        gateway_ip: GW.parse().unwrap(),
+        enable_snat: true,
+        internal_cidrs: ["10.0.0.0/24", "10.0.2.0/24"]
+            .iter()
+            .map(|c| c.parse().unwrap())
+            .collect(),
+    };
+    let dp = Datapath::open(bpffs.path(), &NatConfig::default()).expect("open");
+    let ifindex = t.host.enter(|| dp.attach(&t.tap)).expect("attach");
+    dp.configure_router(&RouterNat {
+        ifindex,
+        ..nat.clone()
+    })
+    .expect("configure");
+    let srv = UdpServer::start(&t.srv, SocketAddr::from((SRV, 5353)));
+    let s1 = t
+        .vm1
+        .enter(|| UdpSocket::bind("0.0.0.0:40000").expect("bind vm1"));
+    let s2 = t
+        .vm2
+        .enter(|| UdpSocket::bind("0.0.0.0:40000").expect("bind vm2"));
+    let seen1 = String::from_utf8(udp_ask(&s1, srv.addr, b"who")).expect("utf8");
+    let seen2 = String::from_utf8(udp_ask(&s2, srv.addr, b"who")).expect("utf8");
+    assert_eq!(seen1, format!("{GW}:40000"));
+    assert_ne!(seen2, seen1, "vm2 remapped");
+
+    // The daemon dies without cleaning up (as with kill -9): pinned links and maps stay.
+    drop(dp);
+    assert_eq!(
+        tcx_programs(&t.host, &t.tap),
+        (1, 1),
+        "links outlive the process"
+    );
+    let again = String::from_utf8(udp_ask(&s2, srv.addr, b"who")).expect("utf8");
+    assert_eq!(again, seen2, "translation continues with no daemon running");
+
+    // A new daemon reuses the pinned maps: same sessions, same mappings.
+    let dp = Datapath::open(bpffs.path(), &NatConfig::default()).expect("reopen");
+    let before = dp.sessions(12).expect("sessions");
+    assert_eq!(before.len(), 2, "{before:?}");
+    assert_eq!(
+        t.host.enter(|| dp.attach(&t.tap)).expect("re-attach"),
+        ifindex
+    );
+    dp.configure_router(&RouterNat {
+        ifindex,
+        ..nat.clone()
+    })
+    .expect("reconfigure");
+    assert_eq!(
+        tcx_programs(&t.host, &t.tap),
+        (1, 1),
+        "re-attach replaced, not added"
+    );
+    let again = String::from_utf8(udp_ask(&s2, srv.addr, b"who")).expect("utf8");
+    assert_eq!(again, seen2, "mapping kept across the restart");
+    assert_eq!(dp.sessions(12).expect("sessions").len(), 2);
+
+    // Gateway cleared: detach and remove the router; nothing is left on the tap.
+    t.host.enter(|| dp.detach(&t.tap)).expect("detach");
+    assert_eq!(tcx_programs(&t.host, &t.tap), (0, 0), "detached");
+    dp.remove_router(12).expect("remove router");
+    assert!(dp.sessions(12).expect("sessions").is_empty());
+    // Detaching again is a no-op.
+    t.host.enter(|| dp.detach(&t.tap)).expect("detach twice");
+    dp.purge().expect("purge");
+}
