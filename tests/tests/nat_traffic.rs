@@ -48,6 +48,42 @@ fn forwarding(ns: &Netns) {
     ns.enter(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable ip_forward"));
 }
 
+/// Turns TX checksum offload of `dev` (in `ns`) on or off through the ethtool ioctl.
+///
+/// With it off, a CHECKSUM_PARTIAL packet leaving `dev` gets its checksum finished in software
+/// right there (`skb_checksum_help`). Veth receivers trust CHECKSUM_PARTIAL without checking,
+/// so without this a datapath that broke the partial pseudo-header sum would go unnoticed.
+fn set_tx_checksum(ns: &Netns, dev: &str, on: bool) {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    ns.enter(|| {
+        let mut val = EthtoolValue {
+            cmd: ETHTOOL_STXCSUM,
+            data: on as u32,
+        };
+        // SAFETY: zeroed ifreq is valid; the name fits (checked) and data points to `val`.
+        unsafe {
+            let mut ifr: libc::ifreq = std::mem::zeroed();
+            assert!(dev.len() < ifr.ifr_name.len());
+            for (d, s) in ifr.ifr_name.iter_mut().zip(dev.bytes()) {
+                *d = s as libc::c_char;
+            }
+            ifr.ifr_ifru.ifru_data = (&mut val as *mut EthtoolValue).cast();
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+            assert!(fd >= 0, "socket");
+            let rc = libc::ioctl(fd, SIOCETHTOOL as _, &mut ifr);
+            let err = std::io::Error::last_os_error();
+            libc::close(fd);
+            assert_eq!(rc, 0, "ETHTOOL_STXCSUM on {dev}: {err}");
+        }
+    });
+}
+
 fn build() -> Topology {
     let vm1 = Netns::new("nvm");
     let vm2 = Netns::new("nvm");
@@ -78,6 +114,10 @@ fn build() -> Topology {
     host.ip(&["link", "set", &tap, "master", "brx"]);
     veth(&host, "hx", &hop, "hg");
     host.ip(&["link", "set", "hx", "master", "brx"]);
+    // Finish checksums in software right after the hooks, in both directions: the receivers
+    // then verify what the datapath did to CHECKSUM_PARTIAL packets.
+    set_tx_checksum(&host, &tap, false);
+    set_tx_checksum(&host, "hx", false);
     hop.ip(&["addr", "add", &format!("{HOP_EXT}/24"), "dev", "hg"]);
     veth(&hop, "hs", &srv, "eth0");
     hop.ip(&["addr", "add", "203.0.113.1/24", "dev", "hs"]);
