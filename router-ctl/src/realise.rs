@@ -51,6 +51,8 @@ pub struct Realiser {
     /// The daemon's own namespace, recorded at `new`.
     daemon_ns: NetnsHandle,
     owned: Owned,
+    /// Sends gratuitous ARPs in the background.
+    announcer: arp::Announcer,
     /// Serialises kernel changes: API calls with each other and with each reconcile step.
     op: Mutex<()>,
     /// What the last successful converge of each router left in the datapath.
@@ -229,6 +231,7 @@ impl Realiser {
             datapath,
             daemon_ns,
             owned,
+            announcer: arp::Announcer::start()?,
             op: Mutex::new(()),
             memo: Mutex::new(HashMap::new()),
             recent: Mutex::new(Recent {
@@ -618,7 +621,7 @@ impl Realiser {
         if spec.admin_state_up {
             for (dev, mac, ip) in inside.announce {
                 match NetnsHandle::open_named(&ns_name) {
-                    Ok(Some(h)) => arp::announce(h, dev, mac, ip),
+                    Ok(Some(h)) => self.announcer.announce(h, dev, mac, ip),
                     _ => {
                         tracing::warn!("router {}: namespace gone before announcing {ip}", spec.id)
                     }
