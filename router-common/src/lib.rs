@@ -11,6 +11,12 @@
 #![no_std]
 
 pub mod csum;
+pub mod nat;
+
+/// IP protocol numbers the NAT understands.
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
 
 /// Version of every map layout in this file; part of the pin directory name so a daemon never
 /// reuses a pinned map whose layout changed (aya does not check).

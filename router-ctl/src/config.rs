@@ -21,6 +21,8 @@ pub struct Config {
     pub tokens: BTreeMap<String, TokenConfig>,
     pub nat: NatConfig,
     pub metadata: MetadataConfig,
+    /// Seconds between two reconcile passes (desired state from the DB → kernel).
+    pub reconcile_interval: u64,
 }
 
 impl Default for Config {
@@ -33,6 +35,7 @@ impl Default for Config {
             tokens: BTreeMap::new(),
             nat: NatConfig::default(),
             metadata: MetadataConfig::default(),
+            reconcile_interval: 5,
         }
     }
 }

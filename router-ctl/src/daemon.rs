@@ -1,7 +1,36 @@
 //! `router-ctl daemon`: loads config and datapath, resyncs, runs the reconcile loop and serves
 //! the API until SIGTERM/SIGINT.
+//!
+//! Shutdown leaves every kernel object and pin in place: routers keep forwarding and sessions
+//! keep translating while the daemon is down, and the next start resyncs. Only `--purge`
+//! removes what this state directory owns.
 
-use std::path::PathBuf;
+use std::{
+    collections::BTreeMap,
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::sync::broadcast;
+
+use crate::{
+    api::{self, ApiState},
+    config::{Config, TokenConfig},
+    datapath::{self, Datapath},
+    realise::{Realiser, RealiserConfig},
+    store::Store,
+};
+
+/// File in the state directory holding the generated admin token.
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// Database file in the state directory.
+pub const DB_FILE: &str = "router.db";
+/// Project of the generated admin token.
+pub const ADMIN_PROJECT: &str = "admin";
 
 /// Daemon options; each overrides the config file.
 #[derive(Clone, Debug, clap::Args)]
@@ -14,10 +43,234 @@ pub struct DaemonArgs {
     pub state_dir: Option<PathBuf>,
     #[arg(long)]
     pub bpffs: Option<PathBuf>,
+    /// Remove every kernel object and pin this state directory owns, then exit.
+    #[arg(long)]
+    pub purge: bool,
 }
 
-/// Runs the daemon until a shutdown signal.
-pub fn run(_args: DaemonArgs) -> anyhow::Result<()> {
-    crate::datapath::object()?;
-    anyhow::bail!("daemon not implemented yet")
+/// The configuration file with the command-line overrides applied.
+pub fn effective_config(args: &DaemonArgs) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(args.config.as_deref())?;
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(d) = &args.state_dir {
+        cfg.state_dir = d.clone();
+    }
+    if let Some(b) = &args.bpffs {
+        cfg.bpffs = b.clone();
+    }
+    Ok(cfg)
+}
+
+/// The configured tokens, or (none configured) the admin token kept in the state directory,
+/// generated with mode 0600 on first start.
+pub fn load_tokens(cfg: &Config) -> anyhow::Result<BTreeMap<String, TokenConfig>> {
+    if !cfg.tokens.is_empty() {
+        return Ok(cfg.tokens.clone());
+    }
+    let token = admin_token(&cfg.state_dir)?;
+    Ok(BTreeMap::from([(
+        token,
+        TokenConfig {
+            project_id: ADMIN_PROJECT.to_string(),
+            admin: true,
+        },
+    )]))
+}
+
+fn admin_token(state_dir: &Path) -> anyhow::Result<String> {
+    let path = state_dir.join(ADMIN_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => return Ok(t.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+    let bytes: [u8; 24] = rand::random();
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let tmp = state_dir.join(format!("{ADMIN_TOKEN_FILE}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    writeln!(f, "{token}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(token)
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Runs the daemon until a shutdown signal (or, with `--purge`, cleans up and returns).
+pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    init_tracing();
+    let cfg = effective_config(&args)?;
+    datapath::object()?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
+    let datapath = Datapath::open(&cfg.bpffs, &cfg.nat).context("opening the datapath")?;
+    // Built on the main thread: it is in the daemon's namespace, which the realiser remembers.
+    let realiser = Arc::new(
+        Realiser::new(
+            RealiserConfig {
+                state_dir: cfg.state_dir.clone(),
+                physical_networks: cfg.physical_networks.clone(),
+            },
+            datapath.clone(),
+        )
+        .context("starting the realiser")?,
+    );
+    if args.purge {
+        return purge(&realiser, &datapath);
+    }
+    let tokens = load_tokens(&cfg)?;
+    let store = Store::open(&cfg.state_dir.join(DB_FILE))
+        .with_context(|| format!("opening {}", cfg.state_dir.join(DB_FILE).display()))?;
+    let desired = store.desired_state()?;
+    match realiser.reconcile(&desired) {
+        Ok(r) => tracing::info!(
+            repaired = r.repaired.len(),
+            removed = r.removed.len(),
+            "start-up resync done"
+        ),
+        Err(e) => tracing::warn!("start-up resync incomplete (the reconcile loop retries): {e:#}"),
+    }
+    let state = ApiState::new(store, realiser.clone(), tokens);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(serve(cfg, state, realiser, datapath))
+}
+
+fn purge(_realiser: &Realiser, _datapath: &Datapath) -> anyhow::Result<()> {
+    // Wired to `Realiser::purge` and `Datapath::purge` once those land on main.
+    anyhow::bail!("--purge is not available in this build yet")
+}
+
+async fn serve(
+    cfg: Config,
+    state: ApiState,
+    realiser: Arc<Realiser>,
+    datapath: Arc<Datapath>,
+) -> anyhow::Result<()> {
+    let (shutdown_tx, _) = broadcast::channel::<()>(1);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+
+    let reconcile = tokio::spawn(reconcile_loop(
+        state.clone(),
+        realiser,
+        Duration::from_secs(cfg.reconcile_interval.max(1)),
+        shutdown_tx.subscribe(),
+    ));
+    let gc = tokio::spawn(gc_loop(
+        datapath,
+        Duration::from_secs(cfg.nat.gc_interval.max(1)),
+        shutdown_tx.subscribe(),
+    ));
+    let mut api_shutdown = shutdown_tx.subscribe();
+    let api = tokio::spawn(api::serve(listener, state, async move {
+        let _ = api_shutdown.recv().await;
+    }));
+
+    println!("router-ctl daemon: listening on {addr}");
+    let _ = std::io::stdout().flush();
+    tracing::info!(%addr, "ready");
+
+    wait_for_signal().await?;
+    tracing::info!("shutting down (kernel state and pins are kept)");
+    let _ = shutdown_tx.send(());
+    let drain = async {
+        let _ = api.await;
+        let _ = reconcile.await;
+        let _ = gc.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("open connections did not close within 5 s; exiting anyway");
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// Every `every`: desired state from the store → `reconcile`, with the store locked so no
+/// mutation is half-seen (repairs objects deleted from outside, removes stale ones).
+async fn reconcile_loop(
+    state: ApiState,
+    realiser: Arc<Realiser>,
+    every: Duration,
+    mut shutdown: broadcast::Receiver<()>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // the start-up resync just ran
+    loop {
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = tick.tick() => {}
+        }
+        let st = state.clone();
+        let r = realiser.clone();
+        let res = tokio::task::spawn_blocking(move || {
+            st.with_store(|s| {
+                let desired = s.desired_state().map_err(anyhow::Error::from)?;
+                r.reconcile(&desired)
+            })
+        })
+        .await;
+        match res {
+            Ok(Ok(rep)) => {
+                if !rep.repaired.is_empty() || !rep.removed.is_empty() {
+                    tracing::info!(repaired = ?rep.repaired, removed = ?rep.removed, "reconciled");
+                }
+            }
+            Ok(Err(e)) => tracing::warn!("reconcile failed: {e:#}"),
+            Err(e) => tracing::error!("reconcile task failed: {e}"),
+        }
+    }
+}
+
+/// Expires idle NAT sessions every `every`.
+async fn gc_loop(datapath: Arc<Datapath>, every: Duration, mut shutdown: broadcast::Receiver<()>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.recv() => return,
+            _ = tick.tick() => {}
+        }
+        let dp = datapath.clone();
+        match tokio::task::spawn_blocking(move || dp.gc()).await {
+            Ok(Ok(n)) if n > 0 => tracing::debug!(expired = n, "session gc"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!("session gc failed: {e:#}"),
+            Err(e) => tracing::error!("session gc task failed: {e}"),
+        }
+    }
 }

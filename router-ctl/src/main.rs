@@ -1,5 +1,5 @@
 //! `router-ctl`: the daemon and its CLI client in one binary.
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
 use router_ctl::{cli, daemon};
 
 #[derive(Parser)]
@@ -23,10 +23,21 @@ enum Cmd {
     Client(cli::Command),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let args = Cli::parse();
-    match args.cmd {
+    let result = match args.cmd {
         Cmd::Daemon(d) => daemon::run(d),
+        Cmd::Client(cli::Command::Completion { shell }) => {
+            cli::completion(shell, Cli::command());
+            Ok(())
+        }
         Cmd::Client(c) => cli::run(&args.global, c),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("router-ctl: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
     }
 }

@@ -1,2 +1,16 @@
-//! Shared pieces of the datapath programs.
+//! The gateway NAT datapath, split by concern the way Cilium's `bpf/lib` is: packet parsing,
+//! maps and counters, checksum rewriting, sessions (connection tracking and port allocation),
+//! IPv4 fragments, ICMP errors, and the two NAT directions that tie them together.
+//!
+//! Everything reads and writes the packet through `bpf_skb_load_bytes`/`bpf_skb_store_bytes`
+//! and the TC checksum helpers: the verifier needs no pointer bounds proofs, non-linear skbs
+//! work, and CHECKSUM_PARTIAL/COMPLETE packets stay consistent.
 #![no_std]
+
+pub mod csum;
+pub mod frag;
+pub mod icmp;
+pub mod maps;
+pub mod nat;
+pub mod parse;
+pub mod session;

@@ -341,3 +341,6 @@ impl Drop for RealiserHost {
         }
     }
 }
+
+/// Packet builder for the BPF TestRun tests (exact frames with checksums computed in full).
+pub mod packet;

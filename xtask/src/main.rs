@@ -1,4 +1,5 @@
 //! Project automation: `cargo xtask build-ebpf | test | demo | bench`.
+mod demo;
 mod ebpf;
 
 use std::{
@@ -26,6 +27,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// The README's first command: a router with a gateway, two VMs and an "internet" in
+    /// throwaway namespaces, driven by `router-ctl` (root required).
+    Demo(demo::DemoArgs),
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -137,5 +141,6 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { args } => test(&args),
+        Cmd::Demo(args) => demo::run_demo(args),
     }
 }

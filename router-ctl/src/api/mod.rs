@@ -1,1 +1,537 @@
 //! Neutron v2.0-compatible REST API (axum): networks, subnets, ports, routers, extensions.
+//!
+//! Handlers are thin: they authenticate (`X-Auth-Token` → `Ctx`), parse the body, and run the
+//! resource logic (`resources`) on a blocking thread that holds the store's only writer. A
+//! mutation runs in one transaction; the kernel is changed through the realiser while that
+//! transaction is open, and a realiser failure rolls the transaction back and re-applies the
+//! previous specs, so a failed request changes neither the database nor the kernel.
+
+pub mod discovery;
+pub mod input;
+pub mod resources;
+
+#[cfg(test)]
+mod tests;
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{FromRequestParts, Path, Query, Request, State},
+    http::{StatusCode, Uri, request::Parts},
+    response::{IntoResponse, Response},
+    routing::{get, put},
+};
+use rusqlite::Connection;
+use serde_json::{Value, json};
+
+use crate::{
+    config::TokenConfig,
+    model::{
+        Fault,
+        spec::{NetworkSpec, RouterSpec},
+    },
+    realise::Realiser,
+    store::{self, Store},
+};
+use resources::Kind;
+
+/// The kernel side as the API needs it: the four realiser calls a mutation can make.
+///
+/// `realise::Realiser` implements it; unit tests substitute a recorder that can be told to
+/// fail, to check that a failed realisation leaves the database untouched.
+pub trait Realise: Send + Sync + 'static {
+    fn apply_network(&self, net: &NetworkSpec) -> anyhow::Result<()>;
+    fn remove_network(&self, network_id: &str) -> anyhow::Result<()>;
+    fn apply_router(&self, spec: &RouterSpec) -> anyhow::Result<()>;
+    fn remove_router(&self, router_id: &str, dp_id: u32) -> anyhow::Result<()>;
+}
+
+impl Realise for Realiser {
+    fn apply_network(&self, net: &NetworkSpec) -> anyhow::Result<()> {
+        Realiser::apply_network(self, net)
+    }
+    fn remove_network(&self, network_id: &str) -> anyhow::Result<()> {
+        Realiser::remove_network(self, network_id)
+    }
+    fn apply_router(&self, spec: &RouterSpec) -> anyhow::Result<()> {
+        Realiser::apply_router(self, spec)
+    }
+    fn remove_router(&self, router_id: &str, dp_id: u32) -> anyhow::Result<()> {
+        Realiser::remove_router(self, router_id, dp_id)
+    }
+}
+
+/// Who is calling: the project a token maps to, and whether it is an admin.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ctx {
+    pub project_id: String,
+    pub admin: bool,
+}
+
+impl Ctx {
+    /// Admins own everything; others their project's resources.
+    pub fn owns(&self, project_id: &str) -> bool {
+        self.admin || self.project_id == project_id
+    }
+}
+
+/// Networks and routers a mutation may change, with their specs before it (captured at the
+/// first `touch`, i.e. before the mutation changed them).
+#[derive(Debug, Default)]
+pub struct Effects {
+    networks: BTreeMap<String, Option<NetworkSpec>>,
+    routers: BTreeMap<String, Option<RouterSpec>>,
+}
+
+impl Effects {
+    pub fn touch_network(&mut self, c: &Connection, id: &str) -> Result<(), Fault> {
+        if !self.networks.contains_key(id) {
+            self.networks
+                .insert(id.to_string(), store::network_spec(c, id)?);
+        }
+        Ok(())
+    }
+    pub fn touch_router(&mut self, c: &Connection, id: &str) -> Result<(), Fault> {
+        if !self.routers.contains_key(id) {
+            self.routers
+                .insert(id.to_string(), store::router_spec(c, id)?);
+        }
+        Ok(())
+    }
+}
+
+/// One kernel change and how to undo it.
+enum Step {
+    ApplyNetwork(NetworkSpec),
+    RemoveNetwork(String),
+    ApplyRouter(RouterSpec),
+    RemoveRouter(String, u32),
+}
+
+struct Inner {
+    store: Mutex<Store>,
+    realiser: Arc<dyn Realise>,
+    tokens: BTreeMap<String, TokenConfig>,
+}
+
+/// Shared state of the API server.
+#[derive(Clone)]
+pub struct ApiState {
+    inner: Arc<Inner>,
+}
+
+impl ApiState {
+    pub fn new(
+        store: Store,
+        realiser: Arc<dyn Realise>,
+        tokens: BTreeMap<String, TokenConfig>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store: Mutex::new(store),
+                realiser,
+                tokens,
+            }),
+        }
+    }
+
+    /// Runs `f` with the store locked (blocking; the reconcile loop uses it so it never sees a
+    /// half-applied mutation).
+    pub fn with_store<T>(&self, f: impl FnOnce(&mut Store) -> T) -> T {
+        let mut guard = self
+            .inner
+            .store
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut guard)
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, Fault> + Send + 'static,
+    ) -> Result<T, Fault> {
+        let st = self.clone();
+        tokio::task::spawn_blocking(move || st.with_store(|s| f(s.conn())))
+            .await
+            .map_err(|e| Fault::internal(format!("request task failed: {e}")))?
+    }
+
+    async fn mutate<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection, &mut Effects) -> Result<T, Fault> + Send + 'static,
+    ) -> Result<T, Fault> {
+        let st = self.clone();
+        tokio::task::spawn_blocking(move || st.mutate_blocking(f))
+            .await
+            .map_err(|e| Fault::internal(format!("request task failed: {e}")))?
+    }
+
+    /// One mutation: transaction, change, realise, commit — or roll back both sides.
+    pub fn mutate_blocking<T>(
+        &self,
+        f: impl FnOnce(&Connection, &mut Effects) -> Result<T, Fault>,
+    ) -> Result<T, Fault> {
+        self.with_store(|store| {
+            let tx = store.transaction()?;
+            let mut fx = Effects::default();
+            let out = f(&tx, &mut fx)?;
+            let steps = plan(&tx, &fx)?;
+            let mut undo: Vec<Step> = Vec::new();
+            let realiser = &self.inner.realiser;
+            for (step, back) in steps {
+                undo.push(back);
+                if let Err(e) = run_step(realiser.as_ref(), &step) {
+                    drop(tx);
+                    rollback(realiser.as_ref(), undo);
+                    tracing::error!("realisation failed, request rolled back: {e:#}");
+                    return Err(Fault::internal(format!(
+                        "Request Failed: kernel realisation failed: {e:#}"
+                    )));
+                }
+            }
+            if let Err(e) = tx.commit() {
+                rollback(realiser.as_ref(), undo);
+                return Err(e.into());
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// The kernel changes a mutation needs, in order (networks before the routers that plug into
+/// them, routers removed before their networks), each with its undo.
+fn plan(c: &Connection, fx: &Effects) -> Result<Vec<(Step, Step)>, Fault> {
+    let mut first = Vec::new();
+    let mut middle = Vec::new();
+    let mut last = Vec::new();
+    for (id, old) in &fx.networks {
+        let new = store::network_spec(c, id)?;
+        if &new == old {
+            continue;
+        }
+        let undo = match old {
+            Some(o) => Step::ApplyNetwork(o.clone()),
+            None => Step::RemoveNetwork(id.clone()),
+        };
+        match new {
+            Some(n) => first.push((Step::ApplyNetwork(n), undo)),
+            None => last.push((Step::RemoveNetwork(id.clone()), undo)),
+        }
+    }
+    for (id, old) in &fx.routers {
+        let new = store::router_spec(c, id)?;
+        if &new == old {
+            continue;
+        }
+        match (new, old) {
+            (Some(n), Some(o)) => middle.push((Step::ApplyRouter(n), Step::ApplyRouter(o.clone()))),
+            (Some(n), None) => {
+                let dp = n.dp_id;
+                middle.push((Step::ApplyRouter(n), Step::RemoveRouter(id.clone(), dp)));
+            }
+            (None, Some(o)) => middle.push((
+                Step::RemoveRouter(id.clone(), o.dp_id),
+                Step::ApplyRouter(o.clone()),
+            )),
+            (None, None) => {}
+        }
+    }
+    first.extend(middle);
+    first.extend(last);
+    Ok(first)
+}
+
+fn run_step(r: &dyn Realise, s: &Step) -> anyhow::Result<()> {
+    match s {
+        Step::ApplyNetwork(n) => r.apply_network(n),
+        Step::RemoveNetwork(id) => r.remove_network(id),
+        Step::ApplyRouter(spec) => r.apply_router(spec),
+        Step::RemoveRouter(id, dp) => r.remove_router(id, *dp),
+    }
+}
+
+fn rollback(r: &dyn Realise, undo: Vec<Step>) {
+    for s in undo.into_iter().rev() {
+        if let Err(e) = run_step(r, &s) {
+            tracing::error!("re-applying the previous state failed (reconcile will retry): {e:#}");
+        }
+    }
+}
+
+impl IntoResponse for Fault {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body =
+            json!({"NeutronError": {"type": self.kind, "message": self.message, "detail": ""}});
+        (status, Json(body)).into_response()
+    }
+}
+
+impl FromRequestParts<ApiState> for Ctx {
+    type Rejection = Fault;
+
+    async fn from_request_parts(parts: &mut Parts, state: &ApiState) -> Result<Self, Fault> {
+        let unauthorised = || {
+            Fault::new(
+                401,
+                "HTTPUnauthorized",
+                "Authentication required: a valid X-Auth-Token header is needed",
+            )
+        };
+        let token = parts
+            .headers
+            .get("x-auth-token")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(unauthorised)?;
+        let t = state.inner.tokens.get(token).ok_or_else(unauthorised)?;
+        Ok(Ctx {
+            project_id: t.project_id.clone(),
+            admin: t.admin,
+        })
+    }
+}
+
+/// The router with every route; see `service` for the `.json` suffix handling.
+pub fn router(state: ApiState) -> Router {
+    fn coll(kind: Kind) -> axum::routing::MethodRouter<ApiState> {
+        get(move |State(s): State<ApiState>, ctx: Ctx, uri: Uri| list(s, ctx, uri, kind)).post(
+            move |State(s): State<ApiState>, ctx: Ctx, body: Bytes| create(s, ctx, kind, body),
+        )
+    }
+    fn item(kind: Kind) -> axum::routing::MethodRouter<ApiState> {
+        get(
+            move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, uri: Uri| {
+                show(s, ctx, kind, id, uri)
+            },
+        )
+        .put(
+            move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
+                update(s, ctx, kind, id, body)
+            },
+        )
+        .delete(
+            move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>| {
+                delete(s, ctx, kind, id)
+            },
+        )
+    }
+    let mut r = Router::new()
+        .route("/", get(discovery::versions))
+        .route("/v2.0", get(discovery::index))
+        .route("/v2.0/", get(discovery::index))
+        .route("/v2.0/extensions", get(discovery::extensions))
+        .route("/v2.0/extensions/{alias}", get(discovery::extension));
+    for kind in [Kind::Network, Kind::Subnet, Kind::Port, Kind::Router] {
+        r = r
+            .route(&format!("/v2.0/{}", kind.collection()), coll(kind))
+            .route(&format!("/v2.0/{}/{{id}}", kind.collection()), item(kind));
+    }
+    r.route(
+        "/v2.0/routers/{id}/add_router_interface",
+        put(
+            |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
+                interface(s, ctx, id, body, true)
+            },
+        ),
+    )
+    .route(
+        "/v2.0/routers/{id}/remove_router_interface",
+        put(
+            |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
+                interface(s, ctx, id, body, false)
+            },
+        ),
+    )
+    .fallback(|| async { Fault::new(404, "HTTPNotFound", "The resource could not be found.") })
+    .method_not_allowed_fallback(|| async {
+        Fault::new(
+            405,
+            "HTTPMethodNotAllowed",
+            "The method is not allowed for this resource.",
+        )
+    })
+    .with_state(state)
+}
+
+/// Drops a trailing `.json` from the path (Neutron clients append it), before routing.
+pub fn strip_json(mut req: Request) -> Request {
+    let uri = req.uri();
+    if let Some(stripped) = uri.path().strip_suffix(".json") {
+        let mut pq = stripped.to_string();
+        if let Some(q) = uri.query() {
+            pq.push('?');
+            pq.push_str(q);
+        }
+        let mut parts = uri.clone().into_parts();
+        if let Ok(p) = pq.parse() {
+            parts.path_and_query = Some(p);
+            if let Ok(u) = Uri::from_parts(parts) {
+                *req.uri_mut() = u;
+            }
+        }
+    }
+    req
+}
+
+/// The whole API as one tower service (the router behind the `.json` rewrite).
+pub fn service(state: ApiState) -> tower::util::MapRequest<Router, fn(Request) -> Request> {
+    tower::ServiceExt::map_request(router(state), strip_json as fn(Request) -> Request)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let svc = service(state);
+    axum::serve(
+        listener,
+        axum::ServiceExt::<Request>::into_make_service(svc),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+// ------------------------------------------------------------------ handlers
+
+/// Query parameters: `fields` (repeatable) and equality filters.
+struct ListQuery {
+    fields: Vec<String>,
+    filters: BTreeMap<String, Vec<String>>,
+}
+
+const NON_FILTERS: &[&str] = &[
+    "fields",
+    "limit",
+    "marker",
+    "sort_key",
+    "sort_dir",
+    "page_reverse",
+    "verbose",
+];
+
+fn parse_query(uri: &Uri) -> Result<ListQuery, Fault> {
+    let Query(pairs): Query<Vec<(String, String)>> = Query::try_from_uri(uri)
+        .map_err(|e| Fault::bad_request(format!("Malformed query string: {e}")))?;
+    let mut q = ListQuery {
+        fields: Vec::new(),
+        filters: BTreeMap::new(),
+    };
+    for (k, v) in pairs {
+        if k == "fields" {
+            q.fields
+                .extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_string));
+        } else if !NON_FILTERS.contains(&k.as_str()) {
+            q.filters.entry(k).or_default().push(v);
+        }
+    }
+    Ok(q)
+}
+
+fn value_matches(v: &Value, want: &str) -> bool {
+    match v {
+        Value::String(s) => s == want,
+        Value::Bool(b) => input::parse_bool(want) == Some(*b),
+        Value::Number(n) => n.to_string() == want,
+        Value::Null => want.is_empty() || want == "None",
+        Value::Array(items) => items.iter().any(|i| value_matches(i, want)),
+        Value::Object(o) => {
+            // `fixed_ips=ip_address=10.0.0.5` / `fixed_ips=subnet_id=...`
+            let Some((k, w)) = want.split_once('=') else {
+                return false;
+            };
+            o.get(k).is_some_and(|x| value_matches(x, w))
+        }
+    }
+}
+
+fn matches(item: &Value, filters: &BTreeMap<String, Vec<String>>) -> bool {
+    filters.iter().all(|(k, wants)| match item.get(k) {
+        // Filters on attributes this resource does not have are ignored, as Neutron did.
+        None => true,
+        Some(v) => wants.iter().any(|w| value_matches(v, w)),
+    })
+}
+
+fn project(item: Value, fields: &[String]) -> Value {
+    if fields.is_empty() {
+        return item;
+    }
+    match item {
+        Value::Object(o) => {
+            Value::Object(o.into_iter().filter(|(k, _)| fields.contains(k)).collect())
+        }
+        other => other,
+    }
+}
+
+async fn list(s: ApiState, ctx: Ctx, uri: Uri, kind: Kind) -> Result<Response, Fault> {
+    let q = parse_query(&uri)?;
+    let items = s.read(move |c| resources::list(c, &ctx, kind)).await?;
+    let items: Vec<Value> = items
+        .into_iter()
+        .filter(|i| matches(i, &q.filters))
+        .map(|i| project(i, &q.fields))
+        .collect();
+    Ok(Json(json!({ kind.collection(): items })).into_response())
+}
+
+async fn show(s: ApiState, ctx: Ctx, kind: Kind, id: String, uri: Uri) -> Result<Response, Fault> {
+    let q = parse_query(&uri)?;
+    let item = s.read(move |c| resources::show(c, &ctx, kind, &id)).await?;
+    Ok(Json(json!({ kind.singular(): project(item, &q.fields) })).into_response())
+}
+
+async fn create(s: ApiState, ctx: Ctx, kind: Kind, body: Bytes) -> Result<Response, Fault> {
+    let o = input::resource_body(&body, kind.singular())?;
+    let item = s
+        .mutate(move |c, fx| resources::create(c, fx, &ctx, kind, o))
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({ kind.singular(): item }))).into_response())
+}
+
+async fn update(
+    s: ApiState,
+    ctx: Ctx,
+    kind: Kind,
+    id: String,
+    body: Bytes,
+) -> Result<Response, Fault> {
+    let o = input::resource_body(&body, kind.singular())?;
+    let item = s
+        .mutate(move |c, fx| resources::update(c, fx, &ctx, kind, &id, o))
+        .await?;
+    Ok(Json(json!({ kind.singular(): item })).into_response())
+}
+
+async fn delete(s: ApiState, ctx: Ctx, kind: Kind, id: String) -> Result<Response, Fault> {
+    s.mutate(move |c, fx| resources::delete(c, fx, &ctx, kind, &id))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn interface(
+    s: ApiState,
+    ctx: Ctx,
+    id: String,
+    body: Bytes,
+    add: bool,
+) -> Result<Response, Fault> {
+    let o = input::any_object(&body)?;
+    let info = s
+        .mutate(move |c, fx| {
+            if add {
+                resources::add_interface(c, fx, &ctx, &id, &o)
+            } else {
+                resources::remove_interface(c, fx, &ctx, &id, &o)
+            }
+        })
+        .await?;
+    Ok(Json(info).into_response())
+}

@@ -4,15 +4,31 @@
 //! One loaded object serves every router of a daemon: per-router state lives in maps keyed by
 //! the router's `dp_id`, and the programs are attached to each router's gateway tap.
 
+pub mod bpffs;
+pub mod sessions;
+
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap as StdHashMap},
     net::{Ipv4Addr, SocketAddrV4},
-    path::Path,
-    sync::Arc,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, MutexGuard},
 };
 
-use anyhow::Result;
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    programs::{
+        LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+    },
+};
 use ipnet::Ipv4Net;
+use router_common::{
+    CidrKey, FragKey, FragValue, ROUTER_F_SNAT, RouterConfig, RouterStats, SessionKey,
+    SessionValue, global, ip_to_wire, maps, programs, stat,
+};
 use serde::Serialize;
 
 use crate::config::NatConfig;
@@ -62,56 +78,468 @@ pub struct SessionInfo {
     pub idle_secs: u64,
 }
 
+/// The typed maps and the loaded programs, behind the `Datapath` mutex.
+struct Inner {
+    ebpf: Ebpf,
+    config: HashMap<MapData, u32, RouterConfig>,
+    cidrs: LpmTrie<MapData, CidrKey, u32>,
+    sessions: HashMap<MapData, SessionKey, SessionValue>,
+    fragments: HashMap<MapData, FragKey, FragValue>,
+    stats: PerCpuHashMap<MapData, u32, RouterStats>,
+    global: PerCpuArray<MapData, u64>,
+}
+
 /// The loaded datapath of one daemon.
 pub struct Datapath {
-    _nat: NatConfig,
+    nat: NatConfig,
+    bpffs: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+/// The hooks: program, TCX attach point and the pin suffix of its link.
+const HOOKS: [(&str, TcAttachType, &str); 2] = [
+    (programs::SNAT_OUT, TcAttachType::Ingress, "ingress"),
+    (programs::SNAT_IN, TcAttachType::Egress, "egress"),
+];
+
+/// Every map of the object, pinned by name.
+const MAP_NAMES: [&str; 6] = [
+    maps::ROUTER_CONFIG,
+    maps::INTERNAL_CIDRS,
+    maps::SESSIONS,
+    maps::FRAGMENTS,
+    maps::ROUTER_STATS,
+    maps::GLOBAL_STATS,
+];
+
+/// Current CLOCK_MONOTONIC in ns: the clock of the datapath's `last_seen_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Lifts RLIMIT_MEMLOCK for kernels that still charge BPF memory to it (< 5.11).
+fn raise_memlock() {
+    let rl = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to an initialised rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rl) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| anyhow!("map {name} missing from the eBPF object"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+fn ifindex_of(dev: &str) -> Result<u32> {
+    nix::net::if_::if_nametoindex(dev)
+        .with_context(|| format!("no device {dev} in this network namespace"))
+}
+
+fn cidr_key(dp_id: u32, net: &Ipv4Net) -> Key<CidrKey> {
+    Key::new(
+        32 + u32::from(net.prefix_len()),
+        CidrKey {
+            router_id_be: dp_id.to_be(),
+            addr: ip_to_wire(net.network().octets()),
+        },
+    )
 }
 
 impl Datapath {
     /// Loads the embedded object with its maps pinned under `bpffs` (mounting a bpffs there if
     /// none is mounted), reusing pins left by a previous run of this daemon.
-    pub fn open(_bpffs: &Path, nat: &NatConfig) -> Result<Arc<Self>> {
-        Ok(Arc::new(Self { _nat: nat.clone() }))
+    pub fn open(bpffs: &Path, nat: &NatConfig) -> Result<Arc<Self>> {
+        if nat.port_min == 0 || nat.port_min > nat.port_max {
+            bail!(
+                "invalid NAT port range {}-{}: need 1 <= port_min <= port_max",
+                nat.port_min,
+                nat.port_max
+            );
+        }
+        let obj = object()?;
+        raise_memlock();
+        bpffs::ensure_mounted(bpffs)?;
+        let dir = bpffs::version_dir(bpffs);
+        std::fs::create_dir_all(bpffs::links_dir(bpffs))
+            .with_context(|| format!("creating {}", dir.display()))?;
+        let pins: Vec<(&str, PathBuf)> = MAP_NAMES.iter().map(|n| (*n, dir.join(n))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader
+            .load(obj)
+            .map_err(|e| anyhow!("loading the eBPF object: {e:#}"))?;
+        for (name, _, _) in HOOKS {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+                .try_into()
+                .with_context(|| format!("program {name} is not a classifier"))?;
+            prog.load()
+                .map_err(|e| anyhow!("the verifier rejected {name}: {e:#}"))?;
+        }
+        let inner = Inner {
+            config: take(&mut ebpf, maps::ROUTER_CONFIG)?,
+            cidrs: take(&mut ebpf, maps::INTERNAL_CIDRS)?,
+            sessions: take(&mut ebpf, maps::SESSIONS)?,
+            fragments: take(&mut ebpf, maps::FRAGMENTS)?,
+            stats: take(&mut ebpf, maps::ROUTER_STATS)?,
+            global: take(&mut ebpf, maps::GLOBAL_STATS)?,
+            ebpf,
+        };
+        Ok(Arc::new(Self {
+            nat: nat.clone(),
+            bpffs: bpffs.to_path_buf(),
+            inner: Mutex::new(inner),
+        }))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves plain map handles behind: still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The NAT settings this datapath was opened with.
+    pub fn nat_config(&self) -> &NatConfig {
+        &self.nat
     }
 
     /// Attaches the NAT programs to `dev` (a gateway tap in the calling thread's namespace,
     /// which must be the daemon's), pinning the links; idempotent. Returns the ifindex.
-    pub fn attach(&self, _dev: &str) -> Result<u32> {
-        Ok(0)
+    ///
+    /// A link pinned by an earlier run for this very device (same name and ifindex) is kept
+    /// and atomically switched to the program loaded now; pins left for an earlier device of
+    /// the same name are removed.
+    pub fn attach(&self, dev: &str) -> Result<u32> {
+        let ifindex = ifindex_of(dev)?;
+        let links = bpffs::links_dir(&self.bpffs);
+        let mut inner = self.lock();
+        for (name, attach_type, hook) in HOOKS {
+            for (path, idx) in bpffs::link_pins_of(&self.bpffs, dev, Some(hook))? {
+                if idx != ifindex {
+                    remove_pin(&path)?;
+                }
+            }
+            let prog: &mut SchedClassifier = inner
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .try_into()?;
+            let pin = links.join(bpffs::link_pin_name(dev, ifindex, hook));
+            if pin.exists() {
+                match reuse_link(prog, &pin) {
+                    Ok(()) => continue,
+                    Err(e) => {
+                        tracing::warn!("replacing stale link pin {}: {e:#}", pin.display());
+                        remove_pin(&pin)?;
+                    }
+                }
+            }
+            let id = prog
+                .attach_with_options(
+                    dev,
+                    attach_type,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .map_err(|e| anyhow!("attaching {name} to {dev} ({hook}): {e:#}"))?;
+            let link: FdLink = prog
+                .take_link(id)?
+                .try_into()
+                .map_err(|e| anyhow!("TCX link of {name} on {dev}: {e}"))?;
+            link.pin(&pin)
+                .map_err(|e| anyhow!("pinning {}: {e}", pin.display()))?;
+        }
+        Ok(ifindex)
     }
 
     /// Detaches the programs from `dev` and removes its link pins; missing is success.
-    pub fn detach(&self, _dev: &str) -> Result<()> {
+    pub fn detach(&self, dev: &str) -> Result<()> {
+        let _guard = self.lock();
+        for (path, _) in bpffs::link_pins_of(&self.bpffs, dev, None)? {
+            remove_pin(&path)?;
+        }
         Ok(())
     }
 
     /// Writes (or rewrites) the router's config and internal CIDRs.
-    pub fn configure_router(&self, _nat: &RouterNat) -> Result<()> {
+    ///
+    /// Sessions of the router are flushed when its gateway IP changes or SNAT is turned off:
+    /// they could never be used again.
+    pub fn configure_router(&self, nat: &RouterNat) -> Result<()> {
+        if nat.ifindex == 0 {
+            bail!("router {}: gateway ifindex 0 is not a device", nat.dp_id);
+        }
+        let mut inner = self.lock();
+        let cfg = RouterConfig {
+            router_id: nat.dp_id,
+            gateway_ip: ip_to_wire(nat.gateway_ip.octets()),
+            flags: if nat.enable_snat { ROUTER_F_SNAT } else { 0 },
+            port_min: self.nat.port_min,
+            port_max: self.nat.port_max,
+        };
+        // Previous config of this router (possibly on another gateway device).
+        let mut previous = Vec::new();
+        for item in inner.config.iter() {
+            let (idx, c) = item?;
+            if c.router_id == nat.dp_id {
+                previous.push((idx, c));
+            }
+        }
+        // Stats entry first, so the datapath counts from the first packet.
+        if inner.stats.get(&nat.dp_id, 0).is_err() {
+            let zero = PerCpuValues::try_from(vec![
+                RouterStats::default();
+                aya::util::nr_cpus().map_err(|(_, e)| e)?
+            ])?;
+            inner.stats.insert(nat.dp_id, zero, 0)?;
+        }
+        // CIDRs: add the wanted ones, then drop the others.
+        let wanted: Vec<Key<CidrKey>> = nat
+            .internal_cidrs
+            .iter()
+            .map(|n| cidr_key(nat.dp_id, &n.trunc()))
+            .collect();
+        for k in &wanted {
+            inner.cidrs.insert(k, 1, 0)?;
+        }
+        let mut stale = Vec::new();
+        for k in inner.cidrs.keys() {
+            let k = k?;
+            if k.data().router_id_be == nat.dp_id.to_be()
+                && !wanted
+                    .iter()
+                    .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+            {
+                stale.push(k);
+            }
+        }
+        for k in &stale {
+            inner.cidrs.remove(k)?;
+        }
+        inner.config.insert(nat.ifindex, cfg, 0)?;
+        for (idx, _) in previous.iter().filter(|(idx, _)| *idx != nat.ifindex) {
+            inner.config.remove(idx)?;
+        }
+        let changed = previous
+            .iter()
+            .any(|(_, c)| c.gateway_ip != cfg.gateway_ip || c.flags & ROUTER_F_SNAT == 0);
+        if changed || !nat.enable_snat {
+            flush_router(&mut inner, nat.dp_id)?;
+        }
         Ok(())
     }
 
     /// Removes the router's config, CIDRs, sessions, fragments and counters.
-    pub fn remove_router(&self, _dp_id: u32) -> Result<()> {
+    pub fn remove_router(&self, dp_id: u32) -> Result<()> {
+        let mut inner = self.lock();
+        let mut idxs = Vec::new();
+        for item in inner.config.iter() {
+            let (idx, c) = item?;
+            if c.router_id == dp_id {
+                idxs.push(idx);
+            }
+        }
+        for idx in &idxs {
+            remove_missing_ok(inner.config.remove(idx))?;
+        }
+        let mut cidrs = Vec::new();
+        for k in inner.cidrs.keys() {
+            let k = k?;
+            if k.data().router_id_be == dp_id.to_be() {
+                cidrs.push(k);
+            }
+        }
+        for k in &cidrs {
+            remove_missing_ok(inner.cidrs.remove(k))?;
+        }
+        flush_router(&mut inner, dp_id)?;
+        remove_missing_ok(inner.stats.remove(&dp_id))?;
         Ok(())
     }
 
     /// Deletes every session of the router; returns how many.
-    pub fn flush_sessions(&self, _dp_id: u32) -> Result<usize> {
-        Ok(0)
+    pub fn flush_sessions(&self, dp_id: u32) -> Result<usize> {
+        let mut inner = self.lock();
+        flush_router(&mut inner, dp_id)
     }
 
     /// The router's sessions.
-    pub fn sessions(&self, _dp_id: u32) -> Result<Vec<SessionInfo>> {
-        Ok(Vec::new())
+    pub fn sessions(&self, dp_id: u32) -> Result<Vec<SessionInfo>> {
+        let inner = self.lock();
+        let entries = read_sessions(&inner)?;
+        Ok(sessions::join(&entries, dp_id, monotonic_ns()))
     }
 
     /// The router's counters summed over CPUs, by `router_common::stat::NAMES`.
-    pub fn stats(&self, _dp_id: u32) -> Result<BTreeMap<String, u64>> {
-        Ok(BTreeMap::new())
+    pub fn stats(&self, dp_id: u32) -> Result<BTreeMap<String, u64>> {
+        let inner = self.lock();
+        let mut sums = [0u64; stat::COUNT];
+        match inner.stats.get(&dp_id, 0) {
+            Ok(per_cpu) => {
+                for s in per_cpu.iter() {
+                    for (sum, v) in sums.iter_mut().zip(s.counters.iter()) {
+                        *sum += v;
+                    }
+                }
+            }
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        Ok(stat::NAMES
+            .iter()
+            .zip(sums)
+            .map(|(n, v)| (n.to_string(), v))
+            .collect())
+    }
+
+    /// Counters not tied to a router (`router_common::global`), summed over CPUs.
+    pub fn global_stats(&self) -> Result<[u64; global::COUNT as usize]> {
+        let inner = self.lock();
+        let mut out = [0u64; global::COUNT as usize];
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = inner.global.get(&(i as u32), 0)?.iter().sum();
+        }
+        Ok(out)
     }
 
     /// Expires idle sessions by the configured timeouts; returns how many were removed.
     pub fn gc(&self) -> Result<usize> {
-        Ok(0)
+        let mut inner = self.lock();
+        let entries = read_sessions(&inner)?;
+        let doomed = sessions::expired(&entries, &self.nat, monotonic_ns());
+        let mut n = 0;
+        for k in &doomed {
+            remove_missing_ok(inner.sessions.remove(k))?;
+            if k.dir == router_common::DIR_OUT {
+                n += 1;
+            }
+        }
+        Ok(n)
     }
+
+    /// Runs `program` once on `packet` (an Ethernet frame) with BPF_PROG_TEST_RUN and returns
+    /// its verdict and the frame it left. The kernel runs it with loopback (ifindex 1) as the
+    /// device, so a router configured on ifindex 1 is the one exercised. For tests and
+    /// diagnostics; it touches the live maps.
+    pub fn test_run(&self, program: &str, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
+        let mut inner = self.lock();
+        let prog: &mut SchedClassifier = inner
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("program {program} missing"))?
+            .try_into()?;
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        let res = prog.test_run(opts)?;
+        out.truncate(res.data_size_out as usize);
+        Ok((res.return_value, out))
+    }
+
+    /// Removes every pin of this datapath (maps and links) from the bpffs: the maps and links
+    /// go away once this process drops them. For uninstall and test cleanup.
+    pub fn purge(&self) -> Result<()> {
+        let _guard = self.lock();
+        bpffs::purge(&self.bpffs)
+    }
+
+    /// The bpffs directory the pins live under.
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs
+    }
+}
+
+/// Switches the pinned link at `pin` to the freshly loaded `prog` (BPF_LINK_UPDATE). Fails if
+/// the pin is not a live TCX link.
+fn reuse_link(prog: &mut SchedClassifier, pin: &Path) -> Result<()> {
+    let pinned = PinnedLink::from_pin(pin)?;
+    let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
+    let id = prog.attach_to_link(link)?;
+    // The pin keeps the link; our handle can go (dropping an FdLink only closes the fd).
+    let _ = prog.take_link(id)?;
+    Ok(())
+}
+
+fn remove_pin(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing pin {}", path.display())),
+    }
+}
+
+/// Map deletes where "already gone" (e.g. evicted by the LRU meanwhile) is success.
+fn remove_missing_ok(r: Result<(), aya::maps::MapError>) -> Result<()> {
+    match r {
+        Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn read_sessions(inner: &Inner) -> Result<StdHashMap<SessionKey, SessionValue>> {
+    let mut out = StdHashMap::new();
+    for item in inner.sessions.iter() {
+        match item {
+            Ok((k, v)) => {
+                out.insert(k, v);
+            }
+            // Entries can vanish between "next key" and "lookup" (LRU eviction, datapath).
+            Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+/// Deletes the sessions and fragment entries of one router; returns the number of sessions.
+fn flush_router(inner: &mut Inner, dp_id: u32) -> Result<usize> {
+    let mut keys = Vec::new();
+    for k in inner.sessions.keys() {
+        match k {
+            Ok(k) if k.router_id == dp_id => keys.push(k),
+            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut n = 0;
+    for k in &keys {
+        remove_missing_ok(inner.sessions.remove(k))?;
+        if k.dir == router_common::DIR_OUT {
+            n += 1;
+        }
+    }
+    let mut frags = Vec::new();
+    for k in inner.fragments.keys() {
+        match k {
+            Ok(k) if k.router_id == dp_id => frags.push(k),
+            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for k in &frags {
+        remove_missing_ok(inner.fragments.remove(k))?;
+    }
+    Ok(n)
 }

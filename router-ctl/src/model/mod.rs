@@ -1,4 +1,197 @@
-//! Domain model: Neutron resources as the API and the store see them, and the desired kernel
-//! state (`spec`) that the realiser converges to.
+//! Domain model: Neutron resources as the API and the store see them, the error every layer
+//! answers with (`Fault`, rendered as a NeutronError body), and the desired kernel state
+//! (`spec`) that the realiser converges to.
 
 pub mod spec;
+
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
+/// Neutron's `device_owner` of a router's internal interface port.
+pub const OWNER_ROUTER_INTERFACE: &str = "network:router_interface";
+/// Neutron's `device_owner` of a router's external gateway port.
+pub const OWNER_ROUTER_GATEWAY: &str = "network:router_gateway";
+
+/// A failed request as Neutron reports it: HTTP status, exception type name, message.
+///
+/// Store and API share it so a constraint found deep in the store reaches the client with
+/// Neutron's code and type, not as a generic error.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} ({status}): {message}")]
+pub struct Fault {
+    pub status: u16,
+    pub kind: String,
+    pub message: String,
+}
+
+impl Fault {
+    pub fn new(status: u16, kind: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind: kind.to_string(),
+            message: message.into(),
+        }
+    }
+    /// 400 for a request the API cannot understand or accept.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "HTTPBadRequest", message)
+    }
+    /// 400 `InvalidInput`, Neutron's answer to a value that fails validation.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(
+            400,
+            "InvalidInput",
+            format!("Invalid input for operation: {}.", message.into()),
+        )
+    }
+    /// 404 `<Resource>NotFound` with Neutron's wording.
+    pub fn not_found(resource: &str, id: &str) -> Self {
+        let kind = format!("{}NotFound", capitalise(resource));
+        Self {
+            status: 404,
+            kind,
+            message: format!("{} {id} could not be found.", capitalise(resource)),
+        }
+    }
+    /// 409 with a Neutron exception name.
+    pub fn conflict(kind: &str, message: impl Into<String>) -> Self {
+        Self::new(409, kind, message)
+    }
+    /// 403 `PolicyNotAuthorized` for `rule`.
+    pub fn policy(rule: &str) -> Self {
+        Self::new(
+            403,
+            "PolicyNotAuthorized",
+            format!("({rule}) is disallowed by policy"),
+        )
+    }
+    /// 500 for a genuine internal failure (database or kernel), with its message.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "HTTPInternalServerError", message)
+    }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
+    }
+}
+
+impl From<rusqlite::Error> for Fault {
+    fn from(e: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(err, _) = &e
+            && err.code == rusqlite::ErrorCode::ConstraintViolation
+        {
+            return Fault::conflict("Conflict", format!("Database constraint violated: {e}"));
+        }
+        Fault::internal(format!("database error: {e}"))
+    }
+}
+
+/// A Neutron network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Network {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub project_id: String,
+    pub admin_state_up: bool,
+    /// `router:external`
+    pub external: bool,
+    /// `provider:physical_network`
+    pub physical_network: Option<String>,
+    pub shared: bool,
+    pub status: String,
+}
+
+/// An IPv4 subnet of a network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Subnet {
+    pub id: String,
+    pub network_id: String,
+    pub name: String,
+    pub description: String,
+    pub project_id: String,
+    pub cidr: Ipv4Net,
+    pub gateway_ip: Option<Ipv4Addr>,
+    /// Inclusive ranges IPs are allocated from, in order.
+    pub allocation_pools: Vec<(Ipv4Addr, Ipv4Addr)>,
+    pub enable_dhcp: bool,
+    pub dns_nameservers: Vec<Ipv4Addr>,
+}
+
+/// One address of a port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FixedIp {
+    pub subnet_id: String,
+    pub ip: Ipv4Addr,
+}
+
+/// A Neutron port: a MAC and addresses on a network, owned by a device (here: routers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Port {
+    pub id: String,
+    pub network_id: String,
+    pub name: String,
+    pub description: String,
+    pub project_id: String,
+    pub mac: [u8; 6],
+    pub admin_state_up: bool,
+    pub device_owner: String,
+    pub device_id: String,
+    pub status: String,
+    pub fixed_ips: Vec<FixedIp>,
+}
+
+/// A Neutron router.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Router {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub project_id: String,
+    pub admin_state_up: bool,
+    pub status: String,
+    /// Datapath slot (see `spec::RouterSpec::dp_id`).
+    pub dp_id: u32,
+    /// The external gateway port, if a gateway is set.
+    pub gw_port_id: Option<String>,
+    pub enable_snat: bool,
+}
+
+/// `fa:16:3e:xx:xx:xx` text form of a MAC.
+pub fn mac_to_string(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff` (or with `-`); None when malformed.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let parts: Vec<&str> = s.split([':', '-']).collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    for (i, p) in parts.iter().enumerate() {
+        if p.len() != 2 {
+            return None;
+        }
+        mac[i] = u8::from_str_radix(p, 16).ok()?;
+    }
+    Some(mac)
+}
+
+/// Host addresses (network and broadcast excluded) of `cidr` as an inclusive range.
+pub fn host_range(cidr: &Ipv4Net) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    let net = u32::from(cidr.network());
+    let bc = u32::from(cidr.broadcast());
+    if bc.saturating_sub(net) < 2 {
+        return None;
+    }
+    Some((Ipv4Addr::from(net + 1), Ipv4Addr::from(bc - 1)))
+}

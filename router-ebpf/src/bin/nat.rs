@@ -1,38 +1,27 @@
-//! Gateway NAT programs, attached with TC to the bridge-side peer (`tap…`) of a router's `qg-`
-//! device in the daemon's namespace.
+//! Gateway NAT programs, attached with TCX to the bridge-side peer (`tap…`) of a router's `qg-`
+//! device in the daemon's namespace: `snat_out` on its ingress (packets leaving the router),
+//! `snat_in` on its egress (packets entering the router). The logic lives in the library.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
 mod prog {
-    use aya_ebpf::{
-        bindings::TC_ACT_OK,
-        macros::{classifier, map},
-        maps::PerCpuArray,
-        programs::TcContext,
-    };
-    use router_common::global;
+    use aya_ebpf::{macros::classifier, programs::TcContext};
 
-    #[map]
-    static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global::COUNT, 0);
-
-    fn count(idx: u32) {
-        if let Some(v) = GLOBAL_STATS.get_ptr_mut(idx) {
-            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
-            unsafe { *v += 1 };
+    /// SNAT of packets leaving the router.
+    #[classifier]
+    pub fn snat_out(ctx: TcContext) -> i32 {
+        match router_ebpf::nat::snat_out(&ctx) {
+            Ok(action) | Err(action) => action,
         }
     }
 
+    /// Reverse translation of packets entering the router.
     #[classifier]
-    pub fn snat_out(_ctx: TcContext) -> i32 {
-        count(global::PACKETS);
-        TC_ACT_OK
-    }
-
-    #[classifier]
-    pub fn snat_in(_ctx: TcContext) -> i32 {
-        count(global::PACKETS);
-        TC_ACT_OK
+    pub fn snat_in(ctx: TcContext) -> i32 {
+        match router_ebpf::nat::snat_in(&ctx) {
+            Ok(action) | Err(action) => action,
+        }
     }
 
     #[panic_handler]

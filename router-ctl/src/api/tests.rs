@@ -1,0 +1,451 @@
+//! API unit tests through the axum service (no network, no root): validation, defaults,
+//! policy, and rollback when the realiser fails (a recording realiser stands in for the kernel
+//! side here; the daemon contract tests in `tests/` exercise the real one).
+
+use std::sync::{
+    Mutex,
+    atomic::{AtomicBool, Ordering},
+};
+
+use axum::body::Body;
+use http_body_util::BodyExt as _;
+use tower::ServiceExt as _;
+
+use super::*;
+
+#[derive(Default)]
+struct Recorder {
+    calls: Mutex<Vec<String>>,
+    fail_routers: AtomicBool,
+}
+
+impl Realise for Recorder {
+    fn apply_network(&self, n: &NetworkSpec) -> anyhow::Result<()> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("apply_network {}", n.id));
+        Ok(())
+    }
+    fn remove_network(&self, id: &str) -> anyhow::Result<()> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("remove_network {id}"));
+        Ok(())
+    }
+    fn apply_router(&self, s: &RouterSpec) -> anyhow::Result<()> {
+        self.calls.lock().unwrap().push(format!(
+            "apply_router {} if={} gw={}",
+            s.id,
+            s.interfaces.len(),
+            s.gateway.is_some()
+        ));
+        if self.fail_routers.load(Ordering::SeqCst) {
+            anyhow::bail!("injected failure");
+        }
+        Ok(())
+    }
+    fn remove_router(&self, id: &str, dp: u32) -> anyhow::Result<()> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("remove_router {id} {dp}"));
+        Ok(())
+    }
+}
+
+struct T {
+    _dir: tempfile::TempDir,
+    state: ApiState,
+    rec: Arc<Recorder>,
+}
+
+impl T {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("router.db")).unwrap();
+        let rec = Arc::new(Recorder::default());
+        let tokens = BTreeMap::from([
+            (
+                "adm".to_string(),
+                TokenConfig {
+                    project_id: "admin".into(),
+                    admin: true,
+                },
+            ),
+            (
+                "ta".to_string(),
+                TokenConfig {
+                    project_id: "pa".into(),
+                    admin: false,
+                },
+            ),
+            (
+                "tb".to_string(),
+                TokenConfig {
+                    project_id: "pb".into(),
+                    admin: false,
+                },
+            ),
+        ]);
+        let state = ApiState::new(store, rec.clone(), tokens);
+        Self {
+            _dir: dir,
+            state,
+            rec,
+        }
+    }
+
+    async fn raw(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+        let mut req = axum::http::Request::builder().method(method).uri(path);
+        if let Some(t) = token {
+            req = req.header("x-auth-token", t);
+        }
+        let req = req.body(Body::from(body.to_string())).unwrap();
+        let resp = service(self.state.clone()).oneshot(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("JSON body")
+        };
+        (status, v)
+    }
+
+    async fn req(&self, method: &str, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let b = if body.is_null() {
+            String::new()
+        } else {
+            body.to_string()
+        };
+        self.raw(method, path, Some(token), &b).await
+    }
+
+    async fn ok(&self, method: &str, path: &str, token: &str, body: Value, want: u16) -> Value {
+        let (s, v) = self.req(method, path, token, body).await;
+        assert_eq!(s, want, "{method} {path}: {v}");
+        v
+    }
+}
+
+fn err_type(v: &Value) -> &str {
+    v["NeutronError"]["type"]
+        .as_str()
+        .unwrap_or("<no NeutronError>")
+}
+
+#[tokio::test]
+async fn router_gateway_lifecycle() {
+    let t = T::new();
+    let ext = t
+        .ok(
+            "POST",
+            "/v2.0/networks.json",
+            "adm",
+            json!({"network": {"name": "public", "router:external": true}}),
+            201,
+        )
+        .await;
+    let ext_id = ext["network"]["id"].as_str().unwrap().to_string();
+    assert_eq!(ext["network"]["router:external"], true);
+    assert_eq!(ext["network"]["admin_state_up"], true);
+    assert_eq!(ext["network"]["status"], "ACTIVE");
+    let sub = t
+        .ok(
+            "POST",
+            "/v2.0/subnets",
+            "adm",
+            json!({"subnet": {"network_id": ext_id, "ip_version": 4, "cidr": "192.0.2.0/24",
+            "allocation_pools": [{"start": "192.0.2.10", "end": "192.0.2.20"}]}}),
+            201,
+        )
+        .await;
+    assert_eq!(sub["subnet"]["gateway_ip"], "192.0.2.1");
+    assert_eq!(sub["subnet"]["enable_dhcp"], true);
+
+    let net = t
+        .ok(
+            "POST",
+            "/v2.0/networks",
+            "ta",
+            json!({"network": {"name": "private"}}),
+            201,
+        )
+        .await;
+    let net_id = net["network"]["id"].as_str().unwrap().to_string();
+    let s = t
+        .ok(
+            "POST",
+            "/v2.0/subnets",
+            "ta",
+            json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.0.0.0/24"}}),
+            201,
+        )
+        .await;
+    let sub_id = s["subnet"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        s["subnet"]["allocation_pools"],
+        json!([{"start": "10.0.0.2", "end": "10.0.0.254"}])
+    );
+
+    let r = t
+        .ok(
+            "POST",
+            "/v2.0/routers",
+            "ta",
+            json!({"router": {"name": "r1"}}),
+            201,
+        )
+        .await;
+    let rid = r["router"]["id"].as_str().unwrap().to_string();
+    assert_eq!(r["router"]["external_gateway_info"], Value::Null);
+
+    let info = t
+        .ok(
+            "PUT",
+            &format!("/v2.0/routers/{rid}/add_router_interface.json"),
+            "ta",
+            json!({"subnet_id": sub_id}),
+            200,
+        )
+        .await;
+    assert_eq!(info["id"], rid.as_str());
+    assert_eq!(info["subnet_id"], sub_id.as_str());
+    assert_eq!(info["subnet_ids"], json!([sub_id]));
+    assert_eq!(info["network_id"], net_id.as_str());
+    let port = t
+        .ok(
+            "GET",
+            &format!("/v2.0/ports/{}", info["port_id"].as_str().unwrap()),
+            "ta",
+            Value::Null,
+            200,
+        )
+        .await;
+    assert_eq!(port["port"]["fixed_ips"][0]["ip_address"], "10.0.0.1");
+    assert_eq!(port["port"]["device_owner"], "network:router_interface");
+    assert!(
+        port["port"]["mac_address"]
+            .as_str()
+            .unwrap()
+            .starts_with("fa:16:3e:")
+    );
+
+    // Second attach of the same subnet: 409; delete of a router with interfaces: 409.
+    let (st, v) = t
+        .req(
+            "PUT",
+            &format!("/v2.0/routers/{rid}/add_router_interface"),
+            "ta",
+            json!({"subnet_id": sub_id}),
+        )
+        .await;
+    assert_eq!(st, 409, "{v}");
+    let (st, v) = t
+        .req("DELETE", &format!("/v2.0/routers/{rid}"), "ta", Value::Null)
+        .await;
+    assert_eq!((st, err_type(&v)), (409, "RouterInUse"));
+
+    // Non-admin may set the gateway but not enable_snat.
+    let (st, v) = t
+        .req("PUT", &format!("/v2.0/routers/{rid}.json"), "ta",
+             json!({"router": {"external_gateway_info": {"network_id": ext_id, "enable_snat": false}}}))
+        .await;
+    assert_eq!((st, err_type(&v)), (403, "PolicyNotAuthorized"));
+    let r = t
+        .ok("PUT", &format!("/v2.0/routers/{rid}.json"), "adm",
+            json!({"router": {"external_gateway_info": {"network_id": ext_id, "enable_snat": false}}}), 200)
+        .await;
+    let gw = &r["router"]["external_gateway_info"];
+    assert_eq!(gw["network_id"], ext_id.as_str());
+    assert_eq!(gw["enable_snat"], false);
+    assert_eq!(gw["external_fixed_ips"][0]["ip_address"], "192.0.2.10");
+    let calls = t.rec.calls.lock().unwrap().clone();
+    assert_eq!(
+        calls.last().unwrap(),
+        &format!("apply_router {rid} if=1 gw=true")
+    );
+
+    let r = t
+        .ok(
+            "PUT",
+            &format!("/v2.0/routers/{rid}"),
+            "ta",
+            json!({"router": {"external_gateway_info": {}}}),
+            200,
+        )
+        .await;
+    assert_eq!(r["router"]["external_gateway_info"], Value::Null);
+    // The gateway address went back to the pool.
+    let r = t
+        .ok(
+            "PUT",
+            &format!("/v2.0/routers/{rid}"),
+            "ta",
+            json!({"router": {"external_gateway_info": {"network_id": ext_id}}}),
+            200,
+        )
+        .await;
+    assert_eq!(
+        r["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"],
+        "192.0.2.10"
+    );
+    assert_eq!(r["router"]["external_gateway_info"]["enable_snat"], true);
+    t.ok(
+        "PUT",
+        &format!("/v2.0/routers/{rid}"),
+        "ta",
+        json!({"router": {"external_gateway_info": null}}),
+        200,
+    )
+    .await;
+
+    t.ok(
+        "PUT",
+        &format!("/v2.0/routers/{rid}/remove_router_interface"),
+        "ta",
+        json!({"subnet_id": sub_id}),
+        200,
+    )
+    .await;
+    t.ok(
+        "DELETE",
+        &format!("/v2.0/routers/{rid}"),
+        "ta",
+        Value::Null,
+        204,
+    )
+    .await;
+    let calls = t.rec.calls.lock().unwrap().clone();
+    assert!(
+        calls
+            .last()
+            .unwrap()
+            .starts_with(&format!("remove_router {rid}")),
+        "{calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn errors_are_neutron_errors() {
+    let t = T::new();
+    let (st, v) = t.raw("GET", "/v2.0/networks", None, "").await;
+    assert_eq!((st, err_type(&v)), (401, "HTTPUnauthorized"));
+    let (st, _) = t.raw("GET", "/v2.0/networks", Some("nope"), "").await;
+    assert_eq!(st, 401);
+    let (st, v) = t.raw("GET", "/", None, "").await;
+    assert_eq!(st, 200);
+    assert_eq!(v["versions"][0]["id"], "v2.0");
+    let (st, v) = t
+        .raw("POST", "/v2.0/networks", Some("ta"), "{not json")
+        .await;
+    assert_eq!((st, err_type(&v)), (400, "HTTPBadRequest"));
+    let (st, v) = t
+        .req(
+            "POST",
+            "/v2.0/networks",
+            "ta",
+            json!({"network": {"bogus": 1}}),
+        )
+        .await;
+    assert_eq!(st, 400);
+    assert!(
+        v["NeutronError"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Unrecognized attribute")
+    );
+    let (st, v) = t
+        .req(
+            "POST",
+            "/v2.0/networks",
+            "ta",
+            json!({"network": {"router:external": true}}),
+        )
+        .await;
+    assert_eq!((st, err_type(&v)), (403, "PolicyNotAuthorized"));
+    let net = t
+        .ok("POST", "/v2.0/networks", "ta", json!({"network": {}}), 201)
+        .await;
+    let nid = net["network"]["id"].as_str().unwrap().to_string();
+    let (st, v) = t
+        .req(
+            "POST",
+            "/v2.0/subnets",
+            "ta",
+            json!({"subnet": {"network_id": nid, "ip_version": 6, "cidr": "fd00::/64"}}),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    let (st, _) = t
+        .req(
+            "POST",
+            "/v2.0/subnets",
+            "ta",
+            json!({"subnet": {"network_id": nid, "ip_version": 4, "cidr": "10.0.0.1/24"}}),
+        )
+        .await;
+    assert_eq!(st, 400);
+    // Another project's network is invisible.
+    let (st, v) = t
+        .req("GET", &format!("/v2.0/networks/{nid}"), "tb", Value::Null)
+        .await;
+    assert_eq!((st, err_type(&v)), (404, "NetworkNotFound"));
+    let (st, _) = t
+        .req(
+            "DELETE",
+            &format!("/v2.0/networks/{nid}"),
+            "tb",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(st, 404);
+    let v = t.ok("GET", "/v2.0/networks", "tb", Value::Null, 200).await;
+    assert_eq!(v["networks"], json!([]));
+    let v = t
+        .ok(
+            "GET",
+            "/v2.0/networks?fields=id&fields=name",
+            "ta",
+            Value::Null,
+            200,
+        )
+        .await;
+    assert_eq!(v["networks"][0].as_object().unwrap().len(), 2);
+    let (st, _) = t.req("GET", "/v2.0/nothing", "ta", Value::Null).await;
+    assert_eq!(st, 404);
+}
+
+#[tokio::test]
+async fn failed_realisation_changes_nothing() {
+    let t = T::new();
+    let before = t.ok("GET", "/v2.0/routers", "ta", Value::Null, 200).await;
+    t.rec.fail_routers.store(true, Ordering::SeqCst);
+    let (st, v) = t
+        .req(
+            "POST",
+            "/v2.0/routers",
+            "ta",
+            json!({"router": {"name": "x"}}),
+        )
+        .await;
+    assert_eq!((st, err_type(&v)), (500, "HTTPInternalServerError"));
+    assert!(
+        v["NeutronError"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("injected failure")
+    );
+    assert_eq!(
+        t.ok("GET", "/v2.0/routers", "ta", Value::Null, 200).await,
+        before
+    );
+    let calls = t.rec.calls.lock().unwrap().clone();
+    // The half-made router was removed again.
+    assert!(
+        calls.last().unwrap().starts_with("remove_router"),
+        "{calls:?}"
+    );
+}

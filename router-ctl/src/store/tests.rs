@@ -1,0 +1,260 @@
+//! Store unit tests: migrations, IPAM, uniqueness, specs (host, temp database, no root).
+
+use super::*;
+
+fn net(id: &str, external: bool) -> Network {
+    Network {
+        id: id.into(),
+        name: id.into(),
+        description: String::new(),
+        project_id: "p".into(),
+        admin_state_up: true,
+        external,
+        physical_network: None,
+        shared: false,
+        status: "ACTIVE".into(),
+    }
+}
+
+fn subnet(id: &str, net: &str, cidr: &str, pools: &[(&str, &str)]) -> Subnet {
+    let cidr: Ipv4Net = cidr.parse().unwrap();
+    Subnet {
+        id: id.into(),
+        network_id: net.into(),
+        name: String::new(),
+        description: String::new(),
+        project_id: "p".into(),
+        gateway_ip: host_range_first(&cidr),
+        cidr,
+        allocation_pools: pools
+            .iter()
+            .map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap()))
+            .collect(),
+        enable_dhcp: true,
+        dns_nameservers: vec![],
+    }
+}
+
+fn host_range_first(c: &Ipv4Net) -> Option<Ipv4Addr> {
+    crate::model::host_range(c).map(|r| r.0)
+}
+
+fn port(id: &str, net: &str, mac: [u8; 6], ips: &[(&str, Ipv4Addr)]) -> Port {
+    Port {
+        id: id.into(),
+        network_id: net.into(),
+        name: String::new(),
+        description: String::new(),
+        project_id: "p".into(),
+        mac,
+        admin_state_up: true,
+        device_owner: String::new(),
+        device_id: String::new(),
+        status: "DOWN".into(),
+        fixed_ips: ips
+            .iter()
+            .map(|(s, ip)| FixedIp {
+                subnet_id: (*s).into(),
+                ip: *ip,
+            })
+            .collect(),
+    }
+}
+
+fn temp_store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("router.db")).unwrap();
+    (dir, store)
+}
+
+#[test]
+fn migrations_are_versioned_and_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("router.db");
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.schema_version().unwrap() as usize, MIGRATIONS.len());
+    drop(s);
+    let s = Store::open(&path).unwrap();
+    assert_eq!(s.schema_version().unwrap() as usize, MIGRATIONS.len());
+    s.conn().pragma_update(None, "user_version", 999).unwrap();
+    drop(s);
+    let err = Store::open(&path).err().unwrap();
+    assert!(err.to_string().contains("newer"), "{err}");
+}
+
+#[test]
+fn allocation_skips_gateway_and_used_addresses_and_fills_gaps() {
+    let (_d, mut store) = temp_store();
+    let tx = store.transaction().unwrap();
+    insert_network(&tx, &net("n1", false)).unwrap();
+    // Pool includes the gateway .1 on purpose: it must still never be handed out.
+    let s = subnet("s1", "n1", "10.0.0.0/29", &[("10.0.0.1", "10.0.0.6")]);
+    insert_subnet(&tx, &s).unwrap();
+    let mut got = vec![];
+    for i in 0..5 {
+        let ip = allocate_ip(&tx, &s, None, false).unwrap();
+        insert_port(
+            &tx,
+            &port(
+                &format!("p{i}"),
+                "n1",
+                [0xfa, 0x16, 0x3e, 0, 0, i],
+                &[("s1", ip)],
+            ),
+        )
+        .unwrap();
+        got.push(ip.to_string());
+    }
+    assert_eq!(
+        got,
+        ["10.0.0.2", "10.0.0.3", "10.0.0.4", "10.0.0.5", "10.0.0.6"]
+    );
+    let err = allocate_ip(&tx, &s, None, false).unwrap_err();
+    assert_eq!(
+        (err.status, err.kind.as_str()),
+        (409, "IpAddressGenerationFailure")
+    );
+    // Freeing one in the middle makes exactly that one the next.
+    delete_port(&tx, "p2").unwrap();
+    assert_eq!(
+        allocate_ip(&tx, &s, None, false).unwrap().to_string(),
+        "10.0.0.4"
+    );
+}
+
+#[test]
+fn requested_addresses_are_checked() {
+    let (_d, mut store) = temp_store();
+    let tx = store.transaction().unwrap();
+    insert_network(&tx, &net("n1", false)).unwrap();
+    let s = subnet("s1", "n1", "10.0.0.0/24", &[("10.0.0.2", "10.0.0.254")]);
+    insert_subnet(&tx, &s).unwrap();
+    let gw: Ipv4Addr = "10.0.0.1".parse().unwrap();
+    assert_eq!(
+        allocate_ip(&tx, &s, Some(gw), false).unwrap_err().status,
+        409
+    );
+    assert_eq!(allocate_ip(&tx, &s, Some(gw), true).unwrap(), gw);
+    for bad in ["10.0.1.5", "10.0.0.0", "10.0.0.255"] {
+        let e = allocate_ip(&tx, &s, Some(bad.parse().unwrap()), false).unwrap_err();
+        assert_eq!(e.status, 400, "{bad}");
+    }
+    let ip: Ipv4Addr = "10.0.0.77".parse().unwrap();
+    insert_port(
+        &tx,
+        &port("p1", "n1", [0xfa, 0x16, 0x3e, 0, 0, 1], &[("s1", ip)]),
+    )
+    .unwrap();
+    let e = allocate_ip(&tx, &s, Some(ip), false).unwrap_err();
+    assert_eq!((e.status, e.kind.as_str()), (409, "IpAddressInUse"));
+}
+
+#[test]
+fn schema_refuses_a_duplicate_address_or_mac() {
+    let (_d, mut store) = temp_store();
+    let tx = store.transaction().unwrap();
+    insert_network(&tx, &net("n1", false)).unwrap();
+    let s = subnet("s1", "n1", "10.0.0.0/24", &[("10.0.0.2", "10.0.0.254")]);
+    insert_subnet(&tx, &s).unwrap();
+    let ip: Ipv4Addr = "10.0.0.9".parse().unwrap();
+    insert_port(
+        &tx,
+        &port("p1", "n1", [0xfa, 0x16, 0x3e, 0, 0, 1], &[("s1", ip)]),
+    )
+    .unwrap();
+    let e = insert_port(
+        &tx,
+        &port("p2", "n1", [0xfa, 0x16, 0x3e, 0, 0, 2], &[("s1", ip)]),
+    )
+    .unwrap_err();
+    assert_eq!(e.status, 409);
+    let e = insert_port(&tx, &port("p3", "n1", [0xfa, 0x16, 0x3e, 0, 0, 1], &[])).unwrap_err();
+    assert_eq!(e.status, 409);
+}
+
+#[test]
+fn dp_ids_are_small_unique_and_fill_holes() {
+    let (_d, mut store) = temp_store();
+    let tx = store.transaction().unwrap();
+    let mk = |id: &str, dp| Router {
+        id: id.into(),
+        name: String::new(),
+        description: String::new(),
+        project_id: "p".into(),
+        admin_state_up: true,
+        status: "ACTIVE".into(),
+        dp_id: dp,
+        gw_port_id: None,
+        enable_snat: true,
+    };
+    for i in 0..3 {
+        let dp = free_dp_id(&tx).unwrap();
+        assert_eq!(dp, i + 1);
+        insert_router(&tx, &mk(&format!("r{i}"), dp)).unwrap();
+    }
+    delete_router(&tx, "r1").unwrap();
+    assert_eq!(free_dp_id(&tx).unwrap(), 2);
+    delete_router(&tx, "r0").unwrap();
+    assert_eq!(free_dp_id(&tx).unwrap(), 1);
+}
+
+#[test]
+fn router_spec_collects_interfaces_and_gateway() {
+    let (_d, mut store) = temp_store();
+    let tx = store.transaction().unwrap();
+    insert_network(&tx, &net("ext", true)).unwrap();
+    insert_network(&tx, &net("int", false)).unwrap();
+    let se = subnet("se", "ext", "192.0.2.0/24", &[("192.0.2.10", "192.0.2.20")]);
+    let si = subnet("si", "int", "10.1.0.0/24", &[("10.1.0.2", "10.1.0.254")]);
+    insert_subnet(&tx, &se).unwrap();
+    insert_subnet(&tx, &si).unwrap();
+    let gw_ip = allocate_ip(&tx, &se, None, false).unwrap();
+    insert_port(
+        &tx,
+        &port("gw", "ext", [0xfa, 0x16, 0x3e, 0, 0, 1], &[("se", gw_ip)]),
+    )
+    .unwrap();
+    insert_port(
+        &tx,
+        &port(
+            "if",
+            "int",
+            [0xfa, 0x16, 0x3e, 0, 0, 2],
+            &[("si", "10.1.0.1".parse().unwrap())],
+        ),
+    )
+    .unwrap();
+    insert_router(
+        &tx,
+        &Router {
+            id: "r".into(),
+            name: String::new(),
+            description: String::new(),
+            project_id: "p".into(),
+            admin_state_up: true,
+            status: "ACTIVE".into(),
+            dp_id: 1,
+            gw_port_id: Some("gw".into()),
+            enable_snat: false,
+        },
+    )
+    .unwrap();
+    add_interface(&tx, "r", "if").unwrap();
+    let spec = router_spec(&tx, "r").unwrap().unwrap();
+    assert_eq!(spec.dp_id, 1);
+    assert_eq!(spec.interfaces.len(), 1);
+    assert_eq!(spec.interfaces[0].ip.to_string(), "10.1.0.1");
+    assert_eq!(
+        spec.internal_cidrs(),
+        vec!["10.1.0.0/24".parse::<Ipv4Net>().unwrap()]
+    );
+    let gw = spec.gateway.unwrap();
+    assert_eq!(gw.port.ip.to_string(), "192.0.2.10");
+    assert_eq!(gw.next_hop, Some("192.0.2.1".parse().unwrap()));
+    assert!(!gw.enable_snat);
+    assert_eq!(routers_on_network(&tx, "int").unwrap().len(), 1);
+    tx.commit().unwrap();
+    let d = store.desired_state().unwrap();
+    assert_eq!(d.networks.len(), 2);
+    assert_eq!(d.routers.len(), 1);
+}

@@ -1,0 +1,81 @@
+//! The maps of the datapath (layouts in `router_common`) and counter helpers.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+};
+use router_common::{
+    CidrKey, FragKey, FragValue, MAX_CIDRS, MAX_FRAGMENTS, MAX_ROUTERS, MAX_SESSIONS, RouterConfig,
+    RouterStats, SessionKey, SessionValue, global,
+};
+
+/// Per-router config keyed by the ifindex of the gateway tap.
+#[map]
+pub static ROUTER_CONFIG: aya_ebpf::maps::HashMap<u32, RouterConfig> =
+    aya_ebpf::maps::HashMap::with_max_entries(MAX_ROUTERS, 0);
+
+/// Internal CIDRs of every router, `(router_id_be, addr)` with prefix `32 + len`.
+#[map]
+pub static INTERNAL_CIDRS: LpmTrie<CidrKey, u32> = LpmTrie::with_max_entries(MAX_CIDRS, 0);
+
+/// Sessions: forward (`DIR_OUT`) and reverse (`DIR_IN`) entries.
+#[map]
+pub static SESSIONS: LruHashMap<SessionKey, SessionValue> =
+    LruHashMap::with_max_entries(MAX_SESSIONS, 0);
+
+/// Translation of a datagram's later fragments.
+#[map]
+pub static FRAGMENTS: LruHashMap<FragKey, FragValue> =
+    LruHashMap::with_max_entries(MAX_FRAGMENTS, 0);
+
+/// Per-router counters.
+#[map]
+pub static ROUTER_STATS: PerCpuHashMap<u32, RouterStats> =
+    PerCpuHashMap::with_max_entries(MAX_ROUTERS, 0);
+
+/// Counters not tied to a router.
+#[map]
+pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global::COUNT, 0);
+
+/// Adds one to a global counter.
+#[inline(always)]
+pub fn count_global(idx: u32) {
+    if let Some(v) = GLOBAL_STATS.get_ptr_mut(idx) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *v += 1 };
+    }
+}
+
+/// Adds `n` to counter `idx` of `router_id` (no entry: userspace has not configured it).
+#[inline(always)]
+pub fn count(router_id: u32, idx: usize, n: u64) {
+    if let Some(s) = ROUTER_STATS.get_ptr_mut(router_id) {
+        // SAFETY: per-CPU value, no concurrent writer on this CPU.
+        let s = unsafe { &mut *s };
+        if let Some(c) = s.counters.get_mut(idx) {
+            *c += n;
+        }
+    }
+}
+
+/// Whether `addr` (wire order) is inside one of the router's internal CIDRs.
+#[inline(always)]
+pub fn is_internal(router_id: u32, addr: u32) -> bool {
+    let key = Key::new(
+        64,
+        CidrKey {
+            router_id_be: router_id.to_be(),
+            addr,
+        },
+    );
+    INTERNAL_CIDRS.get(&key).is_some()
+}
+
+/// The config of the device the packet is on.
+#[inline(always)]
+pub fn router_config(ifindex: u32) -> Option<RouterConfig> {
+    ROUTER_CONFIG.get_ptr(ifindex).map(|p| {
+        // SAFETY: a valid map value pointer; the value is plain data copied out.
+        unsafe { *p }
+    })
+}

@@ -1,0 +1,300 @@
+//! The two NAT directions.
+//!
+//! `snat_out` (ingress of the gateway tap: packets leaving the router): sources inside the
+//! router's internal CIDRs are translated to the gateway IP; anything from such a source that
+//! cannot be translated is dropped and counted, never let out with its private address.
+//! Everything else (the router's own traffic, foreign sources, IPv6) passes untouched.
+//!
+//! `snat_in` (egress of the gateway tap: packets entering the router): packets to the gateway
+//! IP that match a session are translated back; the rest goes to the router's own stack.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
+use router_common::{ROUTER_F_SNAT, global, stat};
+
+use crate::{
+    csum::{l4_csum, rewrite_addr, rewrite_port},
+    frag,
+    icmp::{self, ErrorResult},
+    maps::{count, count_global, is_internal, router_config},
+    parse::{
+        ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, ICMP_ID, IP_DST, IP_SRC, IPPROTO_ICMP,
+        IPPROTO_TCP, IPPROTO_UDP, L4Head, Packet, ParseError, TCP_HLEN, TCP_RST, TcpHdr, UDP_HLEN,
+        load_ipv4, validate,
+    },
+    session::{IN, OUT, create, key, tcp_bits, touch},
+};
+
+const OK: i32 = TC_ACT_OK as i32;
+const SHOT: i32 = TC_ACT_SHOT as i32;
+
+/// Counts `reason` for the router and returns the drop verdict.
+#[inline(always)]
+fn drop(router_id: u32, reason: usize) -> i32 {
+    count(router_id, reason, 1);
+    SHOT
+}
+
+/// Counts an untouched packet and returns the pass verdict.
+#[inline(always)]
+fn pass(router_id: u32) -> i32 {
+    count(router_id, stat::PASSED, 1);
+    OK
+}
+
+/// The ifindex of the device the program runs on.
+#[inline(always)]
+fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer is valid for the whole program run.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// The L4 fields a translation needs, once parsed.
+struct Flow {
+    proto: u8,
+    /// Source and destination port (or echo id / 0), wire order.
+    sport: u16,
+    dport: u16,
+    /// Frame offset of the field rewritten on the way out (source port / echo id) or in
+    /// (destination port / echo id).
+    port_off: usize,
+    /// `ST_*` bits this packet contributes.
+    bits: u8,
+    /// Whether the packet may open a session (outbound only).
+    may_create: bool,
+}
+
+/// Entry of `snat_out`: `Ok` and `Err` both carry the TC verdict.
+pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
+    count_global(global::PACKETS);
+    let Some(cfg) = router_config(ifindex(ctx)) else {
+        count_global(global::UNCONFIGURED);
+        return Ok(OK);
+    };
+    let rid = cfg.router_id;
+    if cfg.flags & ROUTER_F_SNAT == 0 {
+        return Ok(pass(rid));
+    }
+    let ip = match load_ipv4(ctx) {
+        Ok(ip) => ip,
+        Err(ParseError::NotIpv4) => return Ok(pass(rid)),
+        // Not even a source address to decide on: it may be internal, so it cannot leave.
+        Err(ParseError::Malformed) => return Err(drop(rid, stat::DROP_MALFORMED)),
+    };
+    if !is_internal(rid, ip.src) {
+        return Ok(pass(rid));
+    }
+    let pkt = validate(ctx, ip).map_err(|_| drop(rid, stat::DROP_MALFORMED))?;
+
+    if pkt.ip.frag_offset() != 0 {
+        let Some(addr) = frag::lookup(rid, &pkt.ip, OUT) else {
+            return Err(drop(rid, stat::DROP_FRAGMENT));
+        };
+        rewrite_addr(ctx, IP_SRC, pkt.ip.src, addr, None)
+            .map_err(|_| drop(rid, stat::DROP_MALFORMED))?;
+        return Ok(translated_out(ctx, rid));
+    }
+
+    let flow = match pkt.ip.proto {
+        IPPROTO_TCP | IPPROTO_UDP => parse_ports(ctx, &pkt, OUT).map_err(|r| drop(rid, r))?,
+        IPPROTO_ICMP => {
+            let ty = load_icmp_type(ctx, &pkt).map_err(|r| drop(rid, r))?;
+            if ty == ICMP_ECHO_REQUEST {
+                parse_echo(ctx, &pkt, OUT).map_err(|r| drop(rid, r))?
+            } else if icmp::is_error(ty) {
+                return match icmp::translate_error(ctx, rid, &pkt, OUT) {
+                    Ok(ErrorResult::Translated) => {
+                        count(rid, stat::ICMP_ERRORS, 1);
+                        Ok(translated_out(ctx, rid))
+                    }
+                    Ok(ErrorResult::NoMatch) => Err(drop(rid, stat::DROP_INVALID)),
+                    Err(_) => Err(drop(rid, stat::DROP_MALFORMED)),
+                };
+            } else {
+                return Err(drop(rid, stat::DROP_UNSUPPORTED));
+            }
+        }
+        _ => return Err(drop(rid, stat::DROP_UNSUPPORTED)),
+    };
+
+    let fwd = key(
+        rid, pkt.ip.src, pkt.ip.dst, flow.sport, flow.dport, flow.proto, OUT,
+    );
+    let v = match touch(&fwd, flow.bits) {
+        Some(v) => v,
+        None if !flow.may_create => return Err(drop(rid, stat::DROP_INVALID)),
+        None => create(&cfg, &fwd, flow.bits).map_err(|r| drop(rid, r))?,
+    };
+    let c = l4_csum(flow.proto, pkt.l4);
+    rewrite_port(ctx, flow.port_off, flow.sport, v.port, c)
+        .and_then(|()| rewrite_addr(ctx, IP_SRC, pkt.ip.src, v.addr, Some(c)))
+        .map_err(|_| drop(rid, stat::DROP_MALFORMED))?;
+    if frag::is_first(&pkt.ip) {
+        frag::record(rid, &pkt.ip, OUT, v.addr);
+    }
+    Ok(translated_out(ctx, rid))
+}
+
+/// Entry of `snat_in`: `Ok` and `Err` both carry the TC verdict.
+pub fn snat_in(ctx: &TcContext) -> Result<i32, i32> {
+    count_global(global::PACKETS);
+    let Some(cfg) = router_config(ifindex(ctx)) else {
+        count_global(global::UNCONFIGURED);
+        return Ok(OK);
+    };
+    let rid = cfg.router_id;
+    if cfg.flags & ROUTER_F_SNAT == 0 {
+        return Ok(pass(rid));
+    }
+    // Anything not both IPv4 and well-formed and for the gateway IP is the router's business.
+    let Ok(ip) = load_ipv4(ctx) else {
+        return Ok(pass(rid));
+    };
+    if ip.dst != cfg.gateway_ip {
+        return Ok(pass(rid));
+    }
+    let Ok(pkt) = validate(ctx, ip) else {
+        return Ok(pass(rid));
+    };
+
+    if pkt.ip.frag_offset() != 0 {
+        let Some(addr) = frag::lookup(rid, &pkt.ip, IN) else {
+            return Ok(pass(rid));
+        };
+        rewrite_addr(ctx, IP_DST, pkt.ip.dst, addr, None)
+            .map_err(|_| drop(rid, stat::DROP_MALFORMED))?;
+        return Ok(translated_in(ctx, rid));
+    }
+
+    let flow = match pkt.ip.proto {
+        IPPROTO_TCP | IPPROTO_UDP => match parse_ports(ctx, &pkt, IN) {
+            Ok(f) => f,
+            Err(_) => return Ok(pass(rid)),
+        },
+        IPPROTO_ICMP => {
+            let Ok(ty) = load_icmp_type(ctx, &pkt) else {
+                return Ok(pass(rid));
+            };
+            if ty == ICMP_ECHO_REPLY {
+                match parse_echo(ctx, &pkt, IN) {
+                    Ok(f) => f,
+                    Err(_) => return Ok(pass(rid)),
+                }
+            } else if icmp::is_error(ty) {
+                return match icmp::translate_error(ctx, rid, &pkt, IN) {
+                    Ok(ErrorResult::Translated) => {
+                        count(rid, stat::ICMP_ERRORS, 1);
+                        Ok(translated_in(ctx, rid))
+                    }
+                    Ok(ErrorResult::NoMatch) => Ok(pass(rid)),
+                    Err(_) => Err(drop(rid, stat::DROP_MALFORMED)),
+                };
+            } else {
+                return Ok(pass(rid));
+            }
+        }
+        _ => return Ok(pass(rid)),
+    };
+
+    let rev = key(
+        rid, pkt.ip.src, pkt.ip.dst, flow.sport, flow.dport, flow.proto, IN,
+    );
+    let Some(v) = touch(&rev, flow.bits) else {
+        return Ok(pass(rid));
+    };
+    let old_port = flow.dport;
+    let c = l4_csum(flow.proto, pkt.l4);
+    rewrite_port(ctx, flow.port_off, old_port, v.port, c)
+        .and_then(|()| rewrite_addr(ctx, IP_DST, pkt.ip.dst, v.addr, Some(c)))
+        .map_err(|_| drop(rid, stat::DROP_MALFORMED))?;
+    if frag::is_first(&pkt.ip) {
+        frag::record(rid, &pkt.ip, IN, v.addr);
+    }
+    Ok(translated_in(ctx, rid))
+}
+
+#[inline(always)]
+fn translated_out(ctx: &TcContext, rid: u32) -> i32 {
+    count(rid, stat::OUT_PACKETS, 1);
+    count(rid, stat::OUT_BYTES, ctx.len() as u64);
+    OK
+}
+
+#[inline(always)]
+fn translated_in(ctx: &TcContext, rid: u32) -> i32 {
+    count(rid, stat::IN_PACKETS, 1);
+    count(rid, stat::IN_BYTES, ctx.len() as u64);
+    OK
+}
+
+/// Ports of a TCP or UDP packet, with the header checked to be complete.
+#[inline(always)]
+fn parse_ports(ctx: &TcContext, pkt: &Packet, dir: u8) -> Result<Flow, usize> {
+    let port_off = if dir == OUT { pkt.l4 } else { pkt.l4 + 2 };
+    if pkt.ip.proto == IPPROTO_TCP {
+        if pkt.l4 + TCP_HLEN > pkt.end {
+            return Err(stat::DROP_MALFORMED);
+        }
+        let t = ctx
+            .load::<TcpHdr>(pkt.l4)
+            .map_err(|_| stat::DROP_MALFORMED)?;
+        let doff = ((t.doff_res >> 4) as usize) * 4;
+        if doff < TCP_HLEN || pkt.l4 + doff > pkt.end {
+            return Err(stat::DROP_MALFORMED);
+        }
+        Ok(Flow {
+            proto: IPPROTO_TCP,
+            sport: t.sport,
+            dport: t.dport,
+            port_off,
+            bits: tcp_bits(t.flags),
+            may_create: t.flags & TCP_RST == 0,
+        })
+    } else {
+        if pkt.l4 + UDP_HLEN > pkt.end {
+            return Err(stat::DROP_MALFORMED);
+        }
+        let u = ctx
+            .load::<L4Head>(pkt.l4)
+            .map_err(|_| stat::DROP_MALFORMED)?;
+        if (u16::from_be(u.c) as usize) < UDP_HLEN {
+            return Err(stat::DROP_MALFORMED);
+        }
+        Ok(Flow {
+            proto: IPPROTO_UDP,
+            sport: u.a,
+            dport: u.b,
+            port_off,
+            bits: 0,
+            may_create: true,
+        })
+    }
+}
+
+/// The type of an ICMP message whose 8-byte header is complete.
+#[inline(always)]
+fn load_icmp_type(ctx: &TcContext, pkt: &Packet) -> Result<u8, usize> {
+    if pkt.l4 + ICMP_HLEN > pkt.end {
+        return Err(stat::DROP_MALFORMED);
+    }
+    ctx.load::<u8>(pkt.l4).map_err(|_| stat::DROP_MALFORMED)
+}
+
+/// An echo request (out: `sport = id, dport = 0`) or reply (in: `sport = 0, dport = id`).
+#[inline(always)]
+fn parse_echo(ctx: &TcContext, pkt: &Packet, dir: u8) -> Result<Flow, usize> {
+    let id = ctx
+        .load::<u16>(pkt.l4 + ICMP_ID)
+        .map_err(|_| stat::DROP_MALFORMED)?;
+    let (sport, dport) = if dir == OUT { (id, 0) } else { (0, id) };
+    Ok(Flow {
+        proto: IPPROTO_ICMP,
+        sport,
+        dport,
+        port_off: pkt.l4 + ICMP_ID,
+        bits: 0,
+        may_create: dir == OUT,
+    })
+}

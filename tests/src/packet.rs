@@ -1,0 +1,184 @@
+//! A small packet builder for the BPF TestRun tests: Ethernet + IPv4 (with options and
+//! fragment fields) + TCP/UDP/ICMP, every checksum computed from scratch with
+//! `router_common::csum` so expected frames are independent of the datapath's incremental
+//! updates.
+
+use router_common::csum::{checksum_be, l4_checksum_be};
+
+pub const TCP: u8 = 6;
+pub const UDP: u8 = 17;
+pub const ICMP: u8 = 1;
+
+pub const SYN: u8 = 0x02;
+pub const ACK: u8 = 0x10;
+pub const RST: u8 = 0x04;
+pub const FIN: u8 = 0x01;
+
+/// An IPv4 header to serialise in front of a payload.
+#[derive(Clone, Debug)]
+pub struct Ipv4 {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub proto: u8,
+    pub id: u16,
+    pub ttl: u8,
+    /// Flags and fragment offset as on the wire (e.g. 0x2000 = MF, offset in 8-byte units).
+    pub frag: u16,
+    /// IP options, padded by the caller to a multiple of 4 bytes.
+    pub options: Vec<u8>,
+}
+
+impl Ipv4 {
+    pub fn new(src: [u8; 4], dst: [u8; 4], proto: u8) -> Self {
+        Self {
+            src,
+            dst,
+            proto,
+            id: 0x1c46,
+            ttl: 64,
+            frag: 0x4000,
+            options: Vec::new(),
+        }
+    }
+
+    /// Header (with a correct checksum) followed by `payload`.
+    pub fn packet(&self, payload: &[u8]) -> Vec<u8> {
+        assert!(self.options.len().is_multiple_of(4) && self.options.len() <= 40);
+        let hlen = 20 + self.options.len();
+        let mut h = vec![0u8; hlen];
+        h[0] = 0x40 | (hlen / 4) as u8;
+        h[2..4].copy_from_slice(&((hlen + payload.len()) as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&self.id.to_be_bytes());
+        h[6..8].copy_from_slice(&self.frag.to_be_bytes());
+        h[8] = self.ttl;
+        h[9] = self.proto;
+        h[12..16].copy_from_slice(&self.src);
+        h[16..20].copy_from_slice(&self.dst);
+        h[20..].copy_from_slice(&self.options);
+        let c = checksum_be(&h);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        h.extend_from_slice(payload);
+        h
+    }
+}
+
+/// A TCP segment with a correct checksum for `src`→`dst`.
+pub fn tcp(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    options: &[u8],
+    payload: &[u8],
+) -> Vec<u8> {
+    assert!(options.len().is_multiple_of(4));
+    let hlen = 20 + options.len();
+    let mut s = vec![0u8; hlen];
+    s[0..2].copy_from_slice(&sport.to_be_bytes());
+    s[2..4].copy_from_slice(&dport.to_be_bytes());
+    s[4..8].copy_from_slice(&0x0102_0304u32.to_be_bytes());
+    s[8..12].copy_from_slice(&(if flags & ACK != 0 { 0x0a0b_0c0du32 } else { 0 }).to_be_bytes());
+    s[12] = ((hlen / 4) as u8) << 4;
+    s[13] = flags;
+    s[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    s[20..].copy_from_slice(options);
+    s.extend_from_slice(payload);
+    let c = l4_checksum_be(src, dst, TCP, &s);
+    s[16..18].copy_from_slice(&c.to_be_bytes());
+    s
+}
+
+/// A UDP datagram; `zero_csum` leaves the checksum 0 ("none").
+pub fn udp(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+    zero_csum: bool,
+) -> Vec<u8> {
+    let mut s = vec![0u8; 8];
+    s[0..2].copy_from_slice(&sport.to_be_bytes());
+    s[2..4].copy_from_slice(&dport.to_be_bytes());
+    s[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    s.extend_from_slice(payload);
+    if !zero_csum {
+        let mut c = l4_checksum_be(src, dst, UDP, &s);
+        if c == 0 {
+            c = 0xffff;
+        }
+        s[6..8].copy_from_slice(&c.to_be_bytes());
+    }
+    s
+}
+
+/// An ICMP message: type, code, the 4 bytes after the checksum, then `payload`.
+pub fn icmp(ty: u8, code: u8, rest: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let mut s = vec![ty, code, 0, 0];
+    s.extend_from_slice(&rest);
+    s.extend_from_slice(payload);
+    let c = checksum_be(&s);
+    s[2..4].copy_from_slice(&c.to_be_bytes());
+    s
+}
+
+/// An ICMP echo request (type 8) or reply (type 0).
+pub fn echo(ty: u8, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut rest = [0u8; 4];
+    rest[..2].copy_from_slice(&id.to_be_bytes());
+    rest[2..].copy_from_slice(&seq.to_be_bytes());
+    icmp(ty, 0, rest, payload)
+}
+
+/// An Ethernet frame carrying `ip` (EtherType IPv4).
+pub fn frame(ip: &[u8]) -> Vec<u8> {
+    frame_type(ip, 0x0800)
+}
+
+/// An Ethernet frame with an arbitrary EtherType.
+pub fn frame_type(payload: &[u8], ethertype: u16) -> Vec<u8> {
+    let mut f = vec![0x02, 0, 0, 0, 0, 0x01, 0x02, 0, 0, 0, 0, 0x02];
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Shorthand: Ethernet + IPv4 (defaults) + TCP.
+pub fn tcp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8) -> Vec<u8> {
+    frame(&Ipv4::new(src, dst, TCP).packet(&tcp(src, dst, sport, dport, flags, &[], b"hello")))
+}
+
+/// Shorthand: Ethernet + IPv4 (defaults) + UDP.
+pub fn udp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    frame(&Ipv4::new(src, dst, UDP).packet(&udp(src, dst, sport, dport, b"query", false)))
+}
+
+/// Shorthand: Ethernet + IPv4 (defaults) + ICMP echo.
+pub fn echo_frame(src: [u8; 4], dst: [u8; 4], ty: u8, id: u16) -> Vec<u8> {
+    frame(&Ipv4::new(src, dst, ICMP).packet(&echo(ty, id, 1, b"pingdata")))
+}
+
+/// Asserts the IPv4 header checksum of `frame` and, for unfragmented TCP/UDP/ICMP, the L4
+/// checksum, recomputed from scratch.
+pub fn assert_checksums(frame: &[u8]) {
+    let ip = &frame[14..];
+    let hlen = ((ip[0] & 0x0f) as usize) * 4;
+    let tot = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    assert_eq!(checksum_be(&ip[..hlen]), 0, "IPv4 header checksum");
+    let frag = u16::from_be_bytes([ip[6], ip[7]]);
+    if frag & 0x3fff != 0 {
+        return;
+    }
+    let src = [ip[12], ip[13], ip[14], ip[15]];
+    let dst = [ip[16], ip[17], ip[18], ip[19]];
+    let l4 = &ip[hlen..tot];
+    match ip[9] {
+        TCP => assert_eq!(l4_checksum_be(src, dst, TCP, l4), 0, "TCP checksum"),
+        UDP if l4[6..8] != [0, 0] => {
+            assert_eq!(l4_checksum_be(src, dst, UDP, l4), 0, "UDP checksum")
+        }
+        ICMP => assert_eq!(checksum_be(l4), 0, "ICMP checksum"),
+        _ => {}
+    }
+}
