@@ -549,6 +549,18 @@ fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
         vec![names::tap_dev(&qr_port.port_id)]
     );
 
+    // A bridge deleted from outside comes back with its taps enslaved again.
+    h.host.ip(&["link", "del", &names::bridge(&int.id)]);
+    let rep = h.call(|r| r.reconcile(&want)).expect("reconcile bridge");
+    assert!(rep.failed.is_empty(), "{rep:?}");
+    assert_eq!(
+        bridge_ports(&host, &names::bridge(&int.id)),
+        vec![names::tap_dev(&qr_port.port_id)]
+    );
+    assert!(is_up(
+        &link(&host, &names::bridge(&int.id)).expect("bridge")
+    ));
+
     // A device deleted from outside inside the namespace is repaired as well.
     tests::ip(&["-n", &ns, "link", "del", &qr]);
     let rep = h.call(|r| r.reconcile(&want)).expect("reconcile device");
@@ -584,7 +596,9 @@ fn reconcile_removes_own_stale_routers_and_leaves_another_daemons_alone() {
     let ns1 = names::router_netns(&specs[0].2.id);
     let ns2 = names::router_netns(&specs[1].2.id);
 
-    // Within the grace period a just-applied router is left alone (the snapshot may be old).
+    // Within a grace period a just-applied router is left alone (for callers whose snapshot may
+    // predate the apply).
+    h1.r().set_reconcile_grace(Duration::from_secs(600));
     let rep = h1
         .call(|r| r.reconcile(&DesiredState::default()))
         .expect("reconcile in grace");
