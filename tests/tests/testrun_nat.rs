@@ -560,3 +560,94 @@ fn gc_expires_idle_sessions_by_state() {
         "live flow after GC",
     );
 }
+
+/// The pinned session map of a fixture, opened like any other process would.
+fn pinned_sessions(
+    fx: &Fixture,
+) -> aya::maps::HashMap<aya::maps::MapData, router_common::SessionKey, router_common::SessionValue>
+{
+    let path = fx
+        .dp
+        .bpffs()
+        .join(format!("v{}", router_common::LAYOUT_VERSION))
+        .join(router_common::maps::SESSIONS);
+    let data = aya::maps::MapData::from_pin(&path).expect("open pinned SESSIONS");
+    let map = aya::maps::Map::from_map_data(data).expect("map");
+    aya::maps::HashMap::try_from(map).expect("hash map")
+}
+
+#[test]
+fn evicted_reverse_entry_is_restored_or_the_flow_remapped() {
+    let fx = Fixture::snat();
+    fx.out(&udp_frame(VM1, 40000, SRV, 53));
+    let mut sessions = pinned_sessions(&fx);
+    let rev = |port: u16| router_common::SessionKey {
+        router_id: DP_ID,
+        src: router_common::ip_to_wire(SRV),
+        dst: router_common::ip_to_wire(GW),
+        sport: router_common::port_to_wire(53),
+        dport: router_common::port_to_wire(port),
+        proto: UDP,
+        dir: router_common::DIR_IN,
+        _pad: [0; 2],
+    };
+    // As if the LRU evicted the reverse entry: the next outbound packet restores it.
+    sessions.remove(&rev(40000)).expect("remove reverse");
+    assert_frame(
+        &fx.out(&udp_frame(VM1, 40000, SRV, 53)),
+        &udp_frame(GW, 40000, SRV, 53),
+        "same port",
+    );
+    assert_frame(
+        &fx.inn(&udp_frame(SRV, 53, GW, 40000)),
+        &udp_frame(SRV, 53, VM1, 40000),
+        "reply restored",
+    );
+    // Evicted again, and meanwhile another host's flow took the port: VM1 is remapped rather
+    // than sharing it, and each reply reaches its own host.
+    sessions.remove(&rev(40000)).expect("remove reverse");
+    assert_frame(
+        &fx.out(&udp_frame(VM2, 40000, SRV, 53)),
+        &udp_frame(GW, 40000, SRV, 53),
+        "VM2 takes the port",
+    );
+    let moved = fx.out(&udp_frame(VM1, 40000, SRV, 53));
+    let p = sport(&moved);
+    assert_ne!(p, 40000);
+    assert_frame(&moved, &udp_frame(GW, p, SRV, 53), "VM1 remapped");
+    assert_frame(
+        &fx.inn(&udp_frame(SRV, 53, GW, 40000)),
+        &udp_frame(SRV, 53, VM2, 40000),
+        "reply to VM2",
+    );
+    assert_frame(
+        &fx.inn(&udp_frame(SRV, 53, GW, p)),
+        &udp_frame(SRV, 53, VM1, 40000),
+        "reply to VM1",
+    );
+}
+
+#[test]
+fn router_icmp_errors_about_translated_flows_are_translated() {
+    let fx = Fixture::snat();
+    fx.out(&udp_frame(VM1, 40000, SRV, 53));
+    let p = sport(&fx.out(&udp_frame(VM2, 40000, SRV, 53)));
+    assert_ne!(p, 40000);
+    // The router answers a reply for VM2 with host unreachable (from its gateway address): the
+    // quote must show the translated destination, never VM2's address.
+    let q = |dst: [u8; 4], dp: u16| {
+        Ipv4::new(SRV, dst, UDP).packet(&udp(SRV, dst, 53, dp, b"answer", false))
+    };
+    let err =
+        |quoted: Vec<u8>| frame(&Ipv4::new(GW, SRV, ICMP).packet(&icmp(3, 1, [0; 4], &quoted)));
+    assert_frame(
+        &fx.out(&err(q(VM2, 40000))),
+        &err(q(GW, p)),
+        "router's host unreachable",
+    );
+    // About no known flow, or not an error at all: the router's own traffic, untouched.
+    let other = err(q([10, 0, 0, 99], 1234));
+    assert_eq!(fx.out(&other), other);
+    let own = echo_frame(GW, SRV, 8, 4);
+    assert_eq!(fx.out(&own), own);
+}
