@@ -1,4 +1,5 @@
 //! Project automation: `cargo xtask build-ebpf | test | demo | bench`.
+mod bench;
 mod demo;
 mod ebpf;
 
@@ -27,6 +28,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Measure plain forwarding, iptables SNAT, nftables flowtable and the eBPF SNAT side by
+    /// side; writes target/bench/report.{md,json} and ratios.svg (root required).
+    Bench(bench::BenchArgs),
     /// The README's first command: a router with a gateway, two VMs and an "internet" in
     /// throwaway namespaces, driven by `router-ctl` (root required).
     Demo(demo::DemoArgs),
@@ -141,6 +145,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { args } => test(&args),
+        Cmd::Bench(args) => bench::run(&args, &target_dir(), &workspace_root()),
         Cmd::Demo(args) => demo::run_demo(args),
     }
 }

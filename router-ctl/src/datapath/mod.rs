@@ -263,7 +263,7 @@ impl Datapath {
                 .try_into()
                 .map_err(|e| anyhow!("TCX link of {name} on {dev}: {e}"))?;
             link.pin(&pin)
-                .map_err(|e| anyhow!("pinning {}: {e}", pin.display()))?;
+                .map_err(|e| anyhow!("pinning {}: {e:#}", pin.display()))?;
         }
         Ok(ifindex)
     }

@@ -1,0 +1,502 @@
+//! Configuration (d) and the control-plane timings, through the daemon: `router-ctl daemon` in
+//! a throwaway host namespace (started with `nsenter --net=`), a private bpffs mounted in a temp
+//! directory, a temp state directory; networks, subnets, routers, interfaces and the gateway are
+//! created with the Neutron v2.0 API, and the client and server namespaces are plugged into the
+//! networks with `router-ctl port create --netns`.
+//!
+//! Cleanup (also on error or Ctrl-C): the daemon is stopped, every `qrouter-` namespace of a
+//! router this bench created is deleted, the host namespace (bridges, taps, links) goes, the
+//! bpffs is unmounted and the temp directory removed.
+
+use std::{
+    net::{Ipv4Addr, SocketAddr, UdpSocket},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use super::{
+    ns::{self, ChildGuard, Ns, check_interrupted},
+    report::{ControlPlaneRun, Report},
+    topo::{self, CLIENT_IP, Kind, Topology},
+};
+
+const LISTEN: &str = "127.0.0.1:9696";
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+const PROBE_PORT: u16 = 20300;
+
+/// Why (e) has no numbers: the datapath offers no separate fast path to switch on yet.
+pub fn fast_path_status() -> String {
+    "not run: the datapath has no separate fast path (e.g. TC redirect of established flows past the router namespace) to enable yet; slot reserved".into()
+}
+
+/// A temp directory with a private bpffs mounted inside, removed (and unmounted) on drop.
+struct TempDir {
+    path: PathBuf,
+    bpffs: PathBuf,
+    mounted: bool,
+}
+
+impl TempDir {
+    fn new() -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("xbench-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(path.join("state"))?;
+        let bpffs = path.join("bpf");
+        std::fs::create_dir_all(&bpffs)?;
+        let mut d = Self {
+            path,
+            bpffs,
+            mounted: false,
+        };
+        nix::mount::mount(
+            Some("bpf"),
+            &d.bpffs,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting a bpffs on {}", d.bpffs.display()))?;
+        d.mounted = true;
+        Ok(d)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if self.mounted {
+            let _ = nix::mount::umount2(&self.bpffs, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The daemon under test and what the bench created through it.
+pub struct Env {
+    // Drop order matters: routers' namespaces after the daemon stops, then host ns, then dir.
+    daemon: Option<ChildGuard>,
+    routers: Vec<String>,
+    host: Ns,
+    dir: TempDir,
+    bin: PathBuf,
+    url: String,
+    token: String,
+    api: reqwest::blocking::Client,
+    /// Gateway-set → first translated packet, measured while building the path.
+    gateway_delay: Option<Result<f64, String>>,
+    cp_ext: Vec<String>,
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(mut d) = self.daemon.take() {
+            // SIGTERM first so the daemon can close cleanly; SIGKILL after 5 s.
+            // SAFETY: kill(2) on our own child.
+            unsafe { libc::kill(d.0.id() as i32, libc::SIGTERM) };
+            let end = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < end {
+                if let Ok(Some(_)) = d.0.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            drop(d);
+        }
+        for id in &self.routers {
+            let name = format!("qrouter-{id}");
+            if Path::new("/run/netns").join(&name).exists() {
+                let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            }
+        }
+        let _ = &self.dir;
+    }
+}
+
+fn api_error(method: &str, path: &str, resp: reqwest::blocking::Response) -> anyhow::Error {
+    let status = resp.status();
+    let body = resp.text().unwrap_or_default();
+    anyhow::anyhow!("{method} {path}: {status}: {body}")
+}
+
+impl Env {
+    /// Builds the eBPF object and `router-ctl` (release), starts the daemon and waits for its API.
+    pub fn start(target_dir: &Path, workspace: &Path) -> Result<Self> {
+        let obj = crate::ebpf::build(target_dir)?;
+        eprintln!("bench: building router-ctl (release) with the eBPF object");
+        let mut cargo = crate::ebpf::clean_cargo();
+        cargo
+            .current_dir(workspace)
+            .args(["build", "--release", "--package", "router-ctl", "--bins"])
+            .env("ROUTER_EBPF_OBJECT", &obj);
+        crate::run(&mut cargo)?;
+        let bin = target_dir.join("release/router-ctl");
+        let dir = TempDir::new()?;
+        let host = Ns::new("host")?;
+        let config = dir.path.join("router-ctl.toml");
+        // Short UDP timeouts so the new-flow runs of earlier rounds are collected before the next.
+        std::fs::write(&config, "[nat]\nudp_unreplied = 2\ngc_interval = 1\n")?;
+        let log = std::fs::File::create(dir.path.join("daemon.log"))?;
+        let child = host
+            .cmd(&bin.to_string_lossy())
+            .arg("daemon")
+            .arg("--config")
+            .arg(&config)
+            .args(["--listen", LISTEN])
+            .arg("--state-dir")
+            .arg(dir.path.join("state"))
+            .arg("--bpffs")
+            .arg(&dir.bpffs)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("starting router-ctl daemon")?;
+        let mut daemon = ChildGuard(child);
+        // The client lives in the host namespace: its runtime thread inherits the namespace.
+        let api = host.enter(|| {
+            reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+        })??;
+        let url = format!("http://{LISTEN}/v2.0");
+        let token_path = dir.path.join("state/admin-token");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let token = loop {
+            check_interrupted()?;
+            if let Ok(Some(status)) = daemon.0.try_wait() {
+                bail!(
+                    "router-ctl daemon exited ({status}): {}",
+                    tail(&dir.path.join("daemon.log"))
+                );
+            }
+            if let Ok(t) = std::fs::read_to_string(&token_path) {
+                let t = t.trim().to_string();
+                let ok = api
+                    .get(format!("{url}/networks"))
+                    .header("X-Auth-Token", &t)
+                    .send()
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false);
+                if ok {
+                    break t;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "router-ctl daemon API not ready after 30 s: {}",
+                    tail(&dir.path.join("daemon.log"))
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        Ok(Self {
+            daemon: Some(daemon),
+            routers: Vec::new(),
+            host,
+            dir,
+            bin,
+            url,
+            token,
+            api,
+            gateway_delay: None,
+            cp_ext: Vec::new(),
+        })
+    }
+
+    fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value> {
+        let mut rq = self
+            .api
+            .request(method.clone(), format!("{}{path}", self.url))
+            .header("X-Auth-Token", &self.token);
+        if let Some(b) = body {
+            rq = rq.json(b);
+        }
+        let resp = rq.send().with_context(|| format!("{method} {path}"))?;
+        if !resp.status().is_success() {
+            return Err(api_error(method.as_str(), path, resp));
+        }
+        if resp.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(Value::Null);
+        }
+        Ok(resp.json().unwrap_or(Value::Null))
+    }
+
+    fn post(&self, path: &str, body: Value) -> Result<Value> {
+        self.call(reqwest::Method::POST, path, Some(&body))
+    }
+
+    fn put(&self, path: &str, body: Value) -> Result<Value> {
+        self.call(reqwest::Method::PUT, path, Some(&body))
+    }
+
+    fn id(v: &Value, kind: &str) -> Result<String> {
+        v[kind]["id"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("no {kind}.id in {v}"))
+    }
+
+    fn network(&self, name: &str, external: bool) -> Result<String> {
+        let mut n = json!({"name": name, "admin_state_up": true});
+        if external {
+            n["router:external"] = json!(true);
+        }
+        Self::id(&self.post("/networks", json!({ "network": n }))?, "network")
+    }
+
+    fn subnet(&self, net: &str, cidr: &str, gateway: Option<&str>) -> Result<String> {
+        let mut s =
+            json!({"name": format!("{cidr}"), "network_id": net, "ip_version": 4, "cidr": cidr});
+        if let Some(g) = gateway {
+            s["gateway_ip"] = json!(g);
+        }
+        Self::id(&self.post("/subnets", json!({ "subnet": s }))?, "subnet")
+    }
+
+    fn router(&mut self, name: &str) -> Result<String> {
+        let id = Self::id(
+            &self.post(
+                "/routers",
+                json!({"router": {"name": name, "admin_state_up": true}}),
+            )?,
+            "router",
+        )?;
+        self.routers.push(id.clone());
+        Ok(id)
+    }
+
+    fn add_interface(&self, router: &str, subnet: &str) -> Result<()> {
+        self.put(
+            &format!("/routers/{router}/add_router_interface"),
+            json!({ "subnet_id": subnet }),
+        )?;
+        Ok(())
+    }
+
+    /// Sets the gateway; returns the router's external address.
+    fn set_gateway(&self, router: &str, ext_net: &str) -> Result<Option<Ipv4Addr>> {
+        let v = self.put(
+            &format!("/routers/{router}"),
+            json!({"router": {"external_gateway_info": {"network_id": ext_net}}}),
+        )?;
+        Ok(
+            v["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
+                .as_str()
+                .and_then(|s| s.parse().ok()),
+        )
+    }
+
+    /// Plugs `ns` into `network` with address `ip` through the CLI's sandbox helper, run in the
+    /// daemon's namespace.
+    fn plug(&self, network: &str, ip: Ipv4Addr, ns: &Ns) -> Result<()> {
+        let ip = ip.to_string();
+        let out = self
+            .host
+            .cmd(&self.bin.to_string_lossy())
+            .args(["--url", &format!("http://{LISTEN}"), "--token", &self.token])
+            .args([
+                "port",
+                "create",
+                "--network",
+                network,
+                "--ip",
+                &ip,
+                "--netns",
+                &ns.name,
+            ])
+            .output()
+            .context("running router-ctl port create")?;
+        if !out.status.success() {
+            bail!(
+                "router-ctl port create --netns {} failed: {}",
+                ns.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(())
+    }
+
+    /// Builds configuration (d): external network 203.0.113.0/24 with the server plugged in,
+    /// tenant network 10.1.0.0/24 with the client, a router with an interface, then the gateway
+    /// — timing gateway set → first translated packet at the server on the way.
+    pub fn build_path(&mut self) -> Result<Topology> {
+        let client = topo::client_ns("ceb")?;
+        let server = Ns::new("seb")?;
+        let ext = self.network("bench-ext", true)?;
+        self.subnet(&ext, "203.0.113.0/24", Some("203.0.113.1"))?;
+        let int = self.network("bench-int", false)?;
+        let int_subnet = self.subnet(&int, "10.1.0.0/24", Some("10.1.0.1"))?;
+        let router = self.router("bench")?;
+        self.add_interface(&router, &int_subnet)?;
+        self.plug(&int, CLIENT_IP, &client)?;
+        self.plug(&ext, SERVER_IP, &server)?;
+
+        // Probe: the client sends a small UDP packet every millisecond; the server notes when
+        // the first one arrives (translated, since the server has no route to 10.x).
+        let stop = Arc::new(AtomicBool::new(false));
+        let sink = server.enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PROBE_PORT)))??;
+        sink.set_read_timeout(Some(Duration::from_millis(20)))?;
+        let stop_c = stop.clone();
+        let sender = client.spawn_thread(move || -> std::io::Result<()> {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+            let dst = SocketAddr::from((SERVER_IP, PROBE_PORT));
+            let end = Instant::now() + Duration::from_secs(20);
+            while !stop_c.load(Ordering::SeqCst) && Instant::now() < end {
+                let _ = s.send_to(b"probe", dst);
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Ok(())
+        })?;
+        // Nothing may arrive before the gateway exists.
+        let mut buf = [0u8; 64];
+        let early = sink.recv_from(&mut buf).ok().map(|(_, a)| a);
+        let t0 = Instant::now();
+        let gw = self.set_gateway(&router, &ext);
+        let mut first = None;
+        while gw.is_ok() && t0.elapsed() < Duration::from_secs(15) {
+            if let Ok((_, SocketAddr::V4(a))) = sink.recv_from(&mut buf) {
+                first = Some((t0.elapsed(), *a.ip()));
+                break;
+            }
+            if ns::check_interrupted().is_err() {
+                break;
+            }
+        }
+        stop.store(true, Ordering::SeqCst);
+        let _ = sender.join();
+        let gw = gw?;
+        self.gateway_delay = Some(match (early, first) {
+            (Some(a), _) => Err(format!(
+                "a probe reached the server before the gateway was set (from {a})"
+            )),
+            (None, Some((d, src))) if Some(src) == gw => Ok(d.as_secs_f64()),
+            (None, Some((_, src))) => Err(format!(
+                "first packet arrived from {src}, not from the gateway address {gw:?}"
+            )),
+            (None, None) => Err("no probe reached the server within 15 s of gateway set".into()),
+        });
+        check_interrupted()?;
+        let mut t = Topology {
+            kind: Kind::Ebpf,
+            client,
+            server,
+            server_ip: SERVER_IP,
+            nat_ip: gw,
+            iperf: None,
+            note: None,
+            _keep: Vec::new(),
+        };
+        t.check()?;
+        let seen = super::traffic::observed_source(&t)?;
+        if Some(seen) != gw {
+            bail!(
+                "the server sees the client as {seen}, not as the router's gateway address {gw:?}: SNAT is not happening"
+            );
+        }
+        t.start_iperf()?;
+        Ok(t)
+    }
+
+    /// Copies the gateway-delay measurement into the report.
+    pub fn gateway_delay(&self, rep: &mut Report) {
+        match &self.gateway_delay {
+            Some(Ok(s)) => rep.gateway_to_first_packet_secs = Some(*s),
+            Some(Err(e)) => rep.gateway_delay_note = e.clone(),
+            None => rep.gateway_delay_note = "the eBPF path was not built".into(),
+        }
+    }
+
+    /// Creates batches of routers (tenant network + subnet, router, interface, gateway) and
+    /// records per-router latency; each batch stops at `cap`.
+    pub fn control_plane(&mut self, counts: &[usize], cap: Duration, rep: &mut Report) {
+        let mut made = 0usize;
+        for &n in counts.iter().filter(|n| **n > 0) {
+            if check_interrupted().is_err() {
+                return;
+            }
+            eprintln!("bench: control plane: {n} routers");
+            let start = Instant::now();
+            let mut lat = Vec::with_capacity(n);
+            let mut note = String::new();
+            for _ in 0..n {
+                if start.elapsed() > cap {
+                    note = format!("stopped at the {} s cap", cap.as_secs());
+                    break;
+                }
+                if check_interrupted().is_err() {
+                    note = "interrupted".into();
+                    break;
+                }
+                let t = Instant::now();
+                match self.one_router(made) {
+                    Ok(()) => {
+                        lat.push(t.elapsed().as_secs_f64());
+                        made += 1;
+                    }
+                    Err(e) => {
+                        note = format!("failed after {} routers: {e:#}", lat.len());
+                        break;
+                    }
+                }
+            }
+            let total = start.elapsed().as_secs_f64();
+            let created = lat.len();
+            lat.sort_by(f64::total_cmp);
+            let pct = |p: f64| -> f64 {
+                if lat.is_empty() {
+                    return 0.0;
+                }
+                let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
+                lat[i]
+            };
+            eprintln!("bench:   {created}/{n} in {total:.2} s {note}");
+            rep.control_plane.push(ControlPlaneRun {
+                requested: n,
+                created,
+                total_secs: total,
+                p50_secs: pct(0.50),
+                p99_secs: pct(0.99),
+                note: note.clone(),
+            });
+            if created < n {
+                break;
+            }
+        }
+        rep.control_plane_note = format!(
+            "Batches run one after another on the same daemon, so later batches start with the earlier routers in place ({made} in total). \
+             Gateways come from external networks of 250 routers each, all 198.51.100.0/24 (overlapping across networks, as Neutron allows)."
+        );
+    }
+
+    /// Router number `i` of the control-plane runs.
+    fn one_router(&mut self, i: usize) -> Result<()> {
+        let group = i / 250;
+        while self.cp_ext.len() <= group {
+            let net = self.network(&format!("cp-ext-{}", self.cp_ext.len()), true)?;
+            self.subnet(&net, "198.51.100.0/24", Some("198.51.100.1"))?;
+            self.cp_ext.push(net);
+        }
+        let ext = self.cp_ext[group].clone();
+        let net = self.network(&format!("cp-int-{i}"), false)?;
+        let cidr = format!("10.{}.{}.0/24", 100 + i / 250, i % 250);
+        let subnet = self.subnet(&net, &cidr, None)?;
+        let router = self.router(&format!("cp-{i}"))?;
+        self.add_interface(&router, &subnet)?;
+        self.set_gateway(&router, &ext)?;
+        Ok(())
+    }
+}
+
+/// Last lines of a log file, for error messages.
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join(" | ")
+}

@@ -1,0 +1,367 @@
+//! `cargo xtask bench`: plain forwarding, iptables SNAT (Neutron's rules), nftables masquerade
+//! with a flowtable and this project's eBPF SNAT (through the daemon's API), side by side, in
+//! namespaces the bench creates and removes; writes `target/bench/report.{md,json}` and
+//! `ratios.svg`. The bench only reports: no timing is asserted anywhere.
+//!
+//! Module map: `ns` (namespaces, signals), `topo` (the measured path per configuration),
+//! `traffic` (generators), `testrun` (BPF_PROG_TEST_RUN cost, memory per session), `daemon`
+//! (configuration (d) and the control-plane timings), `report` (statistics and output).
+
+mod daemon;
+mod ns;
+mod report;
+mod testrun;
+mod topo;
+mod traffic;
+
+use std::{collections::BTreeMap, path::Path, time::Duration};
+
+use anyhow::{Context as _, Result};
+
+use report::{Metric, Report};
+use topo::{Kind, Topology};
+
+/// Options of `cargo xtask bench`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Smoke run: one round, shortest durations, control plane up to 10 routers.
+    #[arg(long)]
+    pub quick: bool,
+    /// Rounds; each round runs every configuration once, in rotating order.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// Seconds per TCP throughput run (iperf3 -t).
+    #[arg(long, default_value_t = 3)]
+    pub tcp_secs: u64,
+    /// Seconds per packet-rate run (UDP pps, new flows, connect-request-close).
+    #[arg(long, default_value_t = 2.0)]
+    pub rate_secs: f64,
+    /// Configurations to run (plain, iptables, nftables, ebpf, fast).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "plain,iptables,nftables,ebpf,fast"
+    )]
+    pub configs: Vec<String>,
+    /// Router counts for the control-plane timing (0 to skip).
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+    pub routers: Vec<usize>,
+    /// Upper bound in seconds on each control-plane batch; what was reached is reported.
+    #[arg(long, default_value_t = 180)]
+    pub routers_time_cap: u64,
+}
+
+/// Commands the bench runs (and the packages providing them).
+const BENCH_COMMANDS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("ss", "iproute2"),
+    ("ping", "iputils-ping"),
+    ("nsenter", "util-linux"),
+    ("timeout", "coreutils"),
+    ("iperf3", "iperf3"),
+    ("iptables", "iptables"),
+    ("nft", "nftables"),
+];
+
+fn parse_kind(s: &str) -> Result<Kind> {
+    Kind::ALL
+        .into_iter()
+        .find(|k| k.short() == s)
+        .with_context(|| {
+            format!("unknown configuration {s:?} (plain, iptables, nftables, ebpf, fast)")
+        })
+}
+
+fn read_trim(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn machine_facts() -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get().to_string())
+        .unwrap_or_else(|_| "?".into());
+    m.insert("cores".into(), cores);
+    m.insert("kernel".into(), read_trim("/proc/sys/kernel/osrelease"));
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "?".into());
+    m.insert("cpu".into(), model);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "?".into());
+    m.insert("memory".into(), mem);
+    m.insert(
+        "load average at start".into(),
+        read_trim("/proc/loadavg")
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    );
+    m.insert("iptables".into(), topo::iptables_version());
+    let ver = |prog: &str, arg: &str| {
+        std::process::Command::new(prog)
+            .arg(arg)
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_else(|_| "?".into())
+    };
+    m.insert("nft".into(), ver("nft", "--version"));
+    m.insert("iperf3".into(), ver("iperf3", "--version"));
+    m
+}
+
+/// Durations of one run, after `--quick`.
+struct Plan {
+    rounds: u32,
+    tcp_secs: u64,
+    rate_secs: f64,
+    kinds: Vec<Kind>,
+    routers: Vec<usize>,
+    routers_cap: Duration,
+}
+
+/// Runs every data-path metric on `t`, recording samples and per-metric failures.
+fn measure(t: &Topology, plan: &Plan, flow_run: u32, rep: &mut Report) -> Result<()> {
+    let k = t.kind;
+    let record = |m: Metric, r: Result<f64>, rep: &mut Report| -> Result<()> {
+        match r {
+            Ok(v) => {
+                eprintln!(
+                    "bench:   {:<10} {:<36} {}",
+                    k.short(),
+                    m.label(),
+                    report::fmt_num(v)
+                );
+                rep.add(k, m, v);
+            }
+            Err(e) => {
+                ns::check_interrupted()?;
+                eprintln!("bench:   {:<10} {:<36} failed: {e:#}", k.short(), m.label());
+                rep.errors
+                    .push(format!("{}: {}: {e:#}", k.label(), m.label()));
+            }
+        }
+        Ok(())
+    };
+    record(Metric::Tcp1, traffic::tcp_gbps(t, 1, plan.tcp_secs), rep)?;
+    record(Metric::Tcp8, traffic::tcp_gbps(t, 8, plan.tcp_secs), rep)?;
+    let pps = traffic::udp_pps(t, plan.rate_secs).map(|r| {
+        if r.delivered < r.sent / 2 {
+            eprintln!(
+                "bench:     (udp: {} sent, {} delivered)",
+                r.sent, r.delivered
+            );
+        }
+        r.per_sec
+    });
+    record(Metric::UdpPps, pps, rep)?;
+    let flows = traffic::new_flows(t, plan.rate_secs, traffic::flow_source(flow_run)).map(|r| {
+        eprintln!(
+            "bench:     (new flows: {} sent, {} delivered)",
+            r.sent, r.delivered
+        );
+        r.per_sec
+    });
+    record(Metric::NewFlows, flows, rep)?;
+    let crr = traffic::crr(t, plan.rate_secs, 2).map(|r| {
+        if r.failed > 0 {
+            eprintln!("bench:     (crr: {} ok, {} failed)", r.ok, r.failed);
+        }
+        r.per_sec
+    });
+    record(Metric::Crr, crr, rep)?;
+    Ok(())
+}
+
+/// Entry point of `cargo xtask bench`.
+pub fn run(args: &BenchArgs, target_dir: &Path, workspace: &Path) -> Result<()> {
+    crate::require_root("bench")?;
+    crate::ensure_commands(BENCH_COMMANDS)?;
+    ns::install_signal_handlers();
+    ns::sweep_stale();
+    let kinds = args
+        .configs
+        .iter()
+        .map(|s| parse_kind(s))
+        .collect::<Result<Vec<_>>>()?;
+    let plan = Plan {
+        rounds: if args.quick { 1 } else { args.rounds.max(1) },
+        tcp_secs: if args.quick { 1 } else { args.tcp_secs.max(1) },
+        rate_secs: if args.quick {
+            0.5
+        } else {
+            args.rate_secs.max(0.2)
+        },
+        kinds,
+        routers: if args.quick {
+            args.routers.iter().copied().filter(|n| *n <= 10).collect()
+        } else {
+            args.routers.clone()
+        },
+        routers_cap: Duration::from_secs(if args.quick {
+            30
+        } else {
+            args.routers_time_cap
+        }),
+    };
+    let mut rep = Report {
+        machine: machine_facts(),
+        rounds: plan.rounds,
+        control_plane_note: "not requested (--routers 0)".into(),
+        gateway_delay_note: "the eBPF configuration was not requested".into(),
+        ..Default::default()
+    };
+    rep.durations.insert("tcp".into(), plan.tcp_secs as f64);
+    rep.durations.insert("rates".into(), plan.rate_secs);
+    eprintln!("bench: machine {:?}", rep.machine);
+    if rep.machine.get("cores").map(String::as_str) == Some("2")
+        || rep.machine.get("cores").map(String::as_str) == Some("1")
+    {
+        rep.notes.push(
+            "Few cores: sender, router and receiver share them, so absolute numbers are low and noisy; compare ratios.".into(),
+        );
+    }
+    let out_dir = target_dir.join("bench");
+    let result = run_plan(&plan, &mut rep, target_dir, workspace);
+    if let Err(e) = &result {
+        rep.notes.push(format!("Run ended early: {e:#}"));
+    }
+    let md = rep.write(&out_dir)?;
+    println!("{md}");
+    eprintln!(
+        "bench: wrote {}/report.md, report.json, ratios.svg",
+        out_dir.display()
+    );
+    result
+}
+
+fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) -> Result<()> {
+    // The daemon-backed configuration is brought up once and reused across rounds.
+    let wants_daemon = plan
+        .kinds
+        .iter()
+        .any(|k| matches!(k, Kind::Ebpf | Kind::Fast))
+        || plan.routers.iter().any(|n| *n > 0);
+    let mut env: Option<daemon::Env> = None;
+    if wants_daemon {
+        match daemon::Env::start(target_dir, workspace) {
+            Ok(e) => env = Some(e),
+            Err(e) => {
+                ns::check_interrupted()?;
+                let why = format!("{e:#}");
+                eprintln!("bench: daemon unavailable: {why}");
+                for k in [Kind::Ebpf, Kind::Fast] {
+                    if plan.kinds.contains(&k) {
+                        rep.not_run
+                            .insert(k.label().into(), format!("daemon did not start: {why}"));
+                    }
+                }
+                rep.control_plane_note = format!("not run: daemon did not start: {why}");
+                rep.gateway_delay_note = "daemon did not start".into();
+            }
+        }
+    }
+    let mut ebpf_topo: Option<Topology> = None;
+    let mut fast_reason: Option<String> = None;
+    if plan.kinds.contains(&Kind::Fast) {
+        fast_reason = Some(daemon::fast_path_status());
+    }
+    let mut flow_run = 0u32;
+    for round in 0..plan.rounds {
+        let n = plan.kinds.len();
+        for i in 0..n {
+            ns::check_interrupted()?;
+            // Rotate the order each round so no configuration always runs first or last.
+            let kind = plan.kinds[(i + round as usize) % n];
+            eprintln!(
+                "bench: round {}/{} — {}",
+                round + 1,
+                plan.rounds,
+                kind.label()
+            );
+            flow_run += 1;
+            match kind {
+                Kind::Plain | Kind::Iptables | Kind::Nftables => {
+                    let tag = format!("{}{round}", &kind.short()[..2]);
+                    match topo::build_kernel(kind, &tag) {
+                        Ok(t) => {
+                            if let Some(n) = &t.note
+                                && !rep.notes.contains(n)
+                            {
+                                rep.notes.push(n.clone());
+                            }
+                            measure(&t, plan, flow_run, rep)?
+                        }
+                        Err(e) => {
+                            ns::check_interrupted()?;
+                            eprintln!("bench: {} setup failed: {e:#}", kind.label());
+                            rep.errors.push(format!("{}: setup: {e:#}", kind.label()));
+                        }
+                    }
+                }
+                Kind::Ebpf => {
+                    let Some(env) = env.as_mut() else { continue };
+                    if ebpf_topo.is_none() && !rep.not_run.contains_key(kind.label()) {
+                        match env.build_path() {
+                            Ok(t) => ebpf_topo = Some(t),
+                            Err(e) => {
+                                ns::check_interrupted()?;
+                                eprintln!("bench: eBPF path unavailable: {e:#}");
+                                rep.not_run.insert(kind.label().into(), format!("{e:#}"));
+                            }
+                        }
+                    }
+                    if let Some(t) = &ebpf_topo {
+                        measure(t, plan, flow_run, rep)?;
+                    }
+                }
+                Kind::Fast => {
+                    if let Some(why) = &fast_reason {
+                        rep.not_run.insert(kind.label().into(), why.clone());
+                    }
+                }
+            }
+        }
+    }
+    drop(ebpf_topo);
+    ns::check_interrupted()?;
+    // Per-packet cost and memory do not depend on the daemon: they load the object directly.
+    match testrun::object_path(target_dir, workspace) {
+        Ok(obj) => {
+            rep.testrun = testrun::measure(&obj, if plan.rounds == 1 { 20_000 } else { 200_000 });
+            rep.memory = testrun::memory(&obj);
+        }
+        Err(e) => {
+            rep.testrun.note = format!("not run: {e:#}");
+            rep.memory.ebpf_detail = format!("not run: {e:#}");
+        }
+    }
+    if rep.memory.conntrack_bytes_per_session.is_none() {
+        testrun::conntrack_memory(&mut rep.memory);
+    }
+    ns::check_interrupted()?;
+    if let Some(env) = env.as_mut() {
+        env.gateway_delay(rep);
+        ns::check_interrupted()?;
+        env.control_plane(&plan.routers, plan.routers_cap, rep);
+    }
+    Ok(())
+}

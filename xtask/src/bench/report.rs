@@ -1,0 +1,518 @@
+//! Results of a bench run and their rendering: `report.md` (tables with verdicts against the
+//! targets), `report.json` (every sample) and `ratios.svg` (ratios to plain forwarding).
+
+use std::{collections::BTreeMap, fmt::Write as _, path::Path};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::topo::Kind;
+
+/// Data-path metrics measured for every configuration (higher is better for all).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Metric {
+    Tcp1,
+    Tcp8,
+    UdpPps,
+    NewFlows,
+    Crr,
+}
+
+impl Metric {
+    pub const ALL: [Metric; 5] = [
+        Metric::Tcp1,
+        Metric::Tcp8,
+        Metric::UdpPps,
+        Metric::NewFlows,
+        Metric::Crr,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Metric::Tcp1 => "TCP throughput, 1 stream",
+            Metric::Tcp8 => "TCP throughput, 8 streams",
+            Metric::UdpPps => "UDP 64-byte packets",
+            Metric::NewFlows => "New flows (new 5-tuple per packet)",
+            Metric::Crr => "TCP connect-request-close",
+        }
+    }
+
+    pub fn unit(self) -> &'static str {
+        match self {
+            Metric::Tcp1 | Metric::Tcp8 => "Gbit/s",
+            Metric::UdpPps => "pps",
+            Metric::NewFlows => "flows/s",
+            Metric::Crr => "conn/s",
+        }
+    }
+
+    /// Minimum ratio to plain forwarding the eBPF datapath must reach, if any.
+    pub fn target(self) -> Option<f64> {
+        match self {
+            Metric::Tcp1 | Metric::Tcp8 => Some(0.97),
+            Metric::UdpPps => Some(0.95),
+            Metric::NewFlows => Some(0.90),
+            Metric::Crr => None,
+        }
+    }
+}
+
+/// Median, minimum and maximum of a sample set.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Summary {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    /// (max − min) / median, in percent.
+    pub spread_pct: f64,
+    pub n: usize,
+}
+
+pub fn summarize(samples: &[f64]) -> Option<Summary> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    let (min, max) = (v[0], v[n - 1]);
+    let spread_pct = if median > 0.0 {
+        (max - min) / median * 100.0
+    } else {
+        0.0
+    };
+    Some(Summary {
+        median,
+        min,
+        max,
+        spread_pct,
+        n,
+    })
+}
+
+/// Per-packet cost of the datapath program measured with BPF_PROG_TEST_RUN.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct TestRunResult {
+    /// ns per packet, established session (same packet repeated).
+    pub established_ns: Option<f64>,
+    /// ns per packet, each packet creating a session.
+    pub new_flow_ns: Option<f64>,
+    /// Whether the program actually rewrote the source to the gateway address.
+    pub translated: bool,
+    pub note: String,
+}
+
+/// Kernel memory per NAT session.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MemoryResult {
+    /// eBPF session table: memlock of the SESSIONS map / (max_entries / 2).
+    pub ebpf_bytes_per_session: Option<f64>,
+    pub ebpf_detail: String,
+    /// Linux conntrack (iptables and nftables): nf_conntrack slab object size.
+    pub conntrack_bytes_per_session: Option<f64>,
+    pub conntrack_detail: String,
+}
+
+/// Control-plane timing for one batch of routers.
+#[derive(Clone, Debug, Serialize)]
+pub struct ControlPlaneRun {
+    pub requested: usize,
+    pub created: usize,
+    pub total_secs: f64,
+    /// Per router (network + subnet + router + interface + gateway), seconds.
+    pub p50_secs: f64,
+    pub p99_secs: f64,
+    pub note: String,
+}
+
+/// Everything one bench run produced.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub machine: BTreeMap<String, String>,
+    pub rounds: u32,
+    pub durations: BTreeMap<String, f64>,
+    /// Samples per configuration and metric.
+    pub samples: BTreeMap<String, BTreeMap<String, Vec<f64>>>,
+    /// Configurations that did not run, and why.
+    pub not_run: BTreeMap<String, String>,
+    /// Per-metric failures of configurations that otherwise ran.
+    pub errors: Vec<String>,
+    pub testrun: TestRunResult,
+    pub memory: MemoryResult,
+    pub control_plane: Vec<ControlPlaneRun>,
+    pub control_plane_note: String,
+    /// Seconds from the gateway-set API call to the first translated packet at the server.
+    pub gateway_to_first_packet_secs: Option<f64>,
+    pub gateway_delay_note: String,
+    pub notes: Vec<String>,
+}
+
+fn key(k: Kind) -> String {
+    k.short().to_string()
+}
+
+fn mkey(m: Metric) -> String {
+    format!("{m:?}")
+}
+
+impl Report {
+    pub fn add(&mut self, k: Kind, m: Metric, v: f64) {
+        self.samples
+            .entry(key(k))
+            .or_default()
+            .entry(mkey(m))
+            .or_default()
+            .push(v);
+    }
+
+    pub fn summary(&self, k: Kind, m: Metric) -> Option<Summary> {
+        summarize(self.samples.get(&key(k))?.get(&mkey(m))?)
+    }
+
+    /// Median of `k` over median of plain forwarding.
+    pub fn ratio(&self, k: Kind, m: Metric) -> Option<f64> {
+        let base = self.summary(Kind::Plain, m)?.median;
+        let v = self.summary(k, m)?.median;
+        (base > 0.0).then(|| v / base)
+    }
+
+    fn verdict(&self, k: Kind, m: Metric) -> String {
+        let Some(s) = self.summary(k, m) else {
+            return "not run".into();
+        };
+        let mut parts = Vec::new();
+        let mut pass = true;
+        if let (Some(t), Some(r)) = (m.target(), self.ratio(k, m)) {
+            let ok = r >= t;
+            pass &= ok;
+            parts.push(format!(
+                "{r:.2}× plain (≥ {t:.2}× {})",
+                if ok { "met" } else { "missed" }
+            ));
+        }
+        if let Some(ipt) = self.summary(Kind::Iptables, m) {
+            let ok = s.median > ipt.median;
+            pass &= ok;
+            parts.push(format!(
+                "{} iptables ({:.2}×)",
+                if ok { "beats" } else { "does not beat" },
+                s.median / ipt.median
+            ));
+        }
+        format!(
+            "{} — {}",
+            if pass { "PASS" } else { "FAIL" },
+            parts.join(", ")
+        )
+    }
+
+    /// Writes report.md, report.json and ratios.svg into `dir`; returns the markdown.
+    pub fn write(&self, dir: &Path) -> Result<String> {
+        std::fs::create_dir_all(dir)?;
+        let md = self.markdown();
+        std::fs::write(dir.join("report.md"), &md)?;
+        std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(self)?)?;
+        std::fs::write(dir.join("ratios.svg"), self.svg())?;
+        Ok(md)
+    }
+
+    fn kinds_present(&self) -> Vec<Kind> {
+        Kind::ALL
+            .into_iter()
+            .filter(|k| self.samples.contains_key(&key(*k)))
+            .collect()
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "# Router gateway benchmark\n");
+        let _ = writeln!(s, "## Machine\n");
+        for (k, v) in &self.machine {
+            let _ = writeln!(s, "- {k}: {v}");
+        }
+        let _ = writeln!(
+            s,
+            "- rounds: {} (configurations alternate within each round); durations: {}",
+            self.rounds,
+            self.durations
+                .iter()
+                .map(|(k, v)| format!("{k} {v} s"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        let _ = writeln!(
+            s,
+            "\nEach cell: median (min–max, spread = (max−min)/median). Ratios are medians over plain forwarding's median.\n"
+        );
+        let _ = writeln!(s, "## Data path\n");
+        let kinds = self.kinds_present();
+        let _ = write!(s, "| Metric |");
+        for k in &kinds {
+            let _ = write!(s, " {} |", k.label());
+        }
+        let _ = writeln!(s, " Verdict (eBPF) |");
+        let _ = write!(s, "|---|");
+        for _ in &kinds {
+            let _ = write!(s, "---|");
+        }
+        let _ = writeln!(s, "---|");
+        for m in Metric::ALL {
+            let _ = write!(s, "| {} ({}) |", m.label(), m.unit());
+            for k in &kinds {
+                match self.summary(*k, m) {
+                    Some(x) => {
+                        let ratio = if *k == Kind::Plain {
+                            String::new()
+                        } else {
+                            self.ratio(*k, m)
+                                .map(|r| format!(" **{r:.2}×**"))
+                                .unwrap_or_default()
+                        };
+                        let _ = write!(
+                            s,
+                            " {} ({}–{}, {:.0}%){ratio} |",
+                            fmt_num(x.median),
+                            fmt_num(x.min),
+                            fmt_num(x.max),
+                            x.spread_pct
+                        );
+                    }
+                    None => {
+                        let _ = write!(s, " — |");
+                    }
+                }
+            }
+            let _ = writeln!(s, " {} |", self.verdict(Kind::Ebpf, m));
+        }
+        if !self.not_run.is_empty() {
+            let _ = writeln!(s, "\nNot run:\n");
+            for (k, why) in &self.not_run {
+                let _ = writeln!(s, "- **{k}**: {why}");
+            }
+        }
+        if !self.errors.is_empty() {
+            let _ = writeln!(s, "\nFailed measurements:\n");
+            for e in &self.errors {
+                let _ = writeln!(s, "- {e}");
+            }
+        }
+
+        let _ = writeln!(s, "\n## BPF TestRun (snat_out, ns per packet)\n");
+        let t = &self.testrun;
+        let _ = writeln!(
+            s,
+            "| Path | ns/packet |\n|---|---|\n| established session | {} |\n| new flow (session created) | {} |",
+            t.established_ns
+                .map(|v| format!("{v:.1}"))
+                .unwrap_or_else(|| "—".into()),
+            t.new_flow_ns
+                .map(|v| format!("{v:.1}"))
+                .unwrap_or_else(|| "—".into())
+        );
+        let _ = writeln!(
+            s,
+            "\nTranslated by the program: {}. {}",
+            if t.translated { "yes" } else { "no" },
+            t.note
+        );
+
+        let _ = writeln!(s, "\n## Kernel memory per NAT session\n");
+        let m = &self.memory;
+        let verdict = match m.ebpf_bytes_per_session {
+            Some(b) if b <= 128.0 => "PASS (≤ 128 bytes)",
+            Some(_) => "FAIL (> 128 bytes)",
+            None => "not measured",
+        };
+        let _ = writeln!(
+            s,
+            "| Datapath | bytes/session | Detail |\n|---|---|---|\n| eBPF SESSIONS map | {} | {} |\n| conntrack (iptables, nftables) | {} | {} |\n\nVerdict: {verdict}",
+            m.ebpf_bytes_per_session
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "—".into()),
+            m.ebpf_detail,
+            m.conntrack_bytes_per_session
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "—".into()),
+            m.conntrack_detail,
+        );
+
+        let _ = writeln!(s, "\n## Control plane (through the API)\n");
+        if self.control_plane.is_empty() {
+            let _ = writeln!(s, "Not run: {}", self.control_plane_note);
+        } else {
+            let _ = writeln!(
+                s,
+                "Each router: tenant network + subnet, router, interface, external gateway.\n\n| N | created | total s | p50 s/router | p99 s/router | Note |\n|---|---|---|---|---|---|"
+            );
+            for r in &self.control_plane {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {:.2} | {:.3} | {:.3} | {} |",
+                    r.requested, r.created, r.total_secs, r.p50_secs, r.p99_secs, r.note
+                );
+            }
+            let thousand = self.control_plane.iter().find(|r| r.requested == 1000);
+            let v = match thousand {
+                Some(r) if r.created == 1000 && r.total_secs <= 60.0 => {
+                    "PASS (1000 routers ≤ 60 s)".into()
+                }
+                Some(r) if r.created == 1000 => format!("FAIL ({:.1} s > 60 s)", r.total_secs),
+                Some(r) => format!(
+                    "FAIL (only {} of 1000 created within the time cap)",
+                    r.created
+                ),
+                None => "1000 routers not attempted".into(),
+            };
+            let _ = writeln!(s, "\nVerdict: {v}");
+            if !self.control_plane_note.is_empty() {
+                let _ = writeln!(s, "\n{}", self.control_plane_note);
+            }
+        }
+        let _ = writeln!(
+            s,
+            "\nGateway set → first translated packet at the server: {}",
+            match self.gateway_to_first_packet_secs {
+                Some(v) => format!("{:.1} ms", v * 1000.0),
+                None => format!("not measured ({})", self.gateway_delay_note),
+            }
+        );
+        if !self.notes.is_empty() {
+            let _ = writeln!(s, "\n## Notes\n");
+            for n in &self.notes {
+                let _ = writeln!(s, "- {n}");
+            }
+        }
+        s
+    }
+
+    /// A horizontal bar chart: per metric, each configuration's ratio to plain forwarding.
+    pub fn svg(&self) -> String {
+        let kinds: Vec<Kind> = self
+            .kinds_present()
+            .into_iter()
+            .filter(|k| *k != Kind::Plain)
+            .collect();
+        let colors = |k: Kind| match k {
+            Kind::Iptables => "#d9534f",
+            Kind::Nftables => "#f0ad4e",
+            Kind::Ebpf => "#337ab7",
+            Kind::Fast => "#5cb85c",
+            Kind::Plain => "#777",
+        };
+        let bar_h = 14.0;
+        let group_h = bar_h * kinds.len().max(1) as f64 + 16.0;
+        let left = 240.0;
+        let width = 720.0;
+        let scale = 360.0; // px per 1.0×
+        let top = 40.0;
+        let height = top + group_h * Metric::ALL.len() as f64 + 40.0;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="10" y="20" font-size="14" font-weight="bold">Ratio to plain forwarding (median; 1.0 = no NAT)</text>"#
+        );
+        for (gi, m) in Metric::ALL.iter().enumerate() {
+            let gy = top + gi as f64 * group_h;
+            let _ = writeln!(
+                s,
+                r#"<text x="10" y="{}">{}</text>"#,
+                gy + group_h / 2.0,
+                esc(m.label())
+            );
+            for (bi, k) in kinds.iter().enumerate() {
+                let y = gy + bi as f64 * bar_h;
+                if let Some(r) = self.ratio(*k, *m) {
+                    let w = (r.min(1.5) * scale).max(1.0);
+                    let _ = writeln!(
+                        s,
+                        r#"<rect x="{left}" y="{y}" width="{w:.1}" height="{}" fill="{}"/><text x="{}" y="{}" font-size="10">{} {r:.2}×</text>"#,
+                        bar_h - 2.0,
+                        colors(*k),
+                        left + w + 4.0,
+                        y + bar_h - 4.0,
+                        k.short()
+                    );
+                }
+            }
+            if let Some(t) = m.target() {
+                let x = left + t * scale;
+                let _ = writeln!(
+                    s,
+                    r##"<line x1="{x}" y1="{gy}" x2="{x}" y2="{}" stroke="#000" stroke-dasharray="3,2"/>"##,
+                    gy + group_h - 14.0
+                );
+            }
+        }
+        let x1 = left + scale;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{x1}" y1="{top}" x2="{x1}" y2="{}" stroke="#777"/><text x="{}" y="{}" font-size="10">1.0× (dashed: target)</text>"##,
+            height - 30.0,
+            x1 - 40.0,
+            height - 15.0
+        );
+        let _ = writeln!(s, "</svg>");
+        s
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+/// 3 significant digits with k/M suffixes.
+pub fn fmt_num(v: f64) -> String {
+    let (x, suf) = if v.abs() >= 1e6 {
+        (v / 1e6, "M")
+    } else if v.abs() >= 1e4 {
+        (v / 1e3, "k")
+    } else {
+        (v, "")
+    };
+    if x.abs() >= 100.0 {
+        format!("{x:.0}{suf}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.1}{suf}")
+    } else {
+        format!("{x:.2}{suf}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_spread() {
+        let s = summarize(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max, s.n), (2.0, 1.0, 3.0, 3));
+        assert!((s.spread_pct - 100.0).abs() < 1e-9);
+        assert_eq!(summarize(&[1.0, 3.0]).unwrap().median, 2.0);
+        assert!(summarize(&[]).is_none());
+    }
+
+    #[test]
+    fn verdict_compares_to_plain_and_iptables() {
+        let mut r = Report::default();
+        r.add(Kind::Plain, Metric::UdpPps, 100.0);
+        r.add(Kind::Iptables, Metric::UdpPps, 80.0);
+        r.add(Kind::Ebpf, Metric::UdpPps, 96.0);
+        assert!(r.verdict(Kind::Ebpf, Metric::UdpPps).starts_with("PASS"));
+        r.add(Kind::Ebpf, Metric::UdpPps, 90.0);
+        r.add(Kind::Ebpf, Metric::UdpPps, 90.0);
+        assert!(r.verdict(Kind::Ebpf, Metric::UdpPps).starts_with("FAIL"));
+        let svg = r.svg();
+        assert!(svg.starts_with("<svg") && svg.contains("ebpf 0.90×"));
+    }
+}

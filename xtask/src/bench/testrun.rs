@@ -1,0 +1,236 @@
+//! Cost of the NAT program itself, through BPF_PROG_TEST_RUN on `snat_out` of the freshly built
+//! object (no device, no namespace: the kernel runs it on loopback, ifindex 1, so the router is
+//! configured on ifindex 1 in this private copy of the maps), and kernel memory per session
+//! from the SESSIONS map's memlock.
+
+use std::{
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result, bail};
+use aya::{
+    Ebpf,
+    maps::{HashMap, LpmTrie, Map, MapData, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+};
+use router_common::{
+    CidrKey, ROUTER_F_SNAT, RouterConfig, RouterStats, ip_to_wire, maps, programs,
+};
+
+use super::report::{MemoryResult, TestRunResult};
+
+const GATEWAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const INTERNAL: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
+const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+/// Router number used in the private maps.
+const DP_ID: u32 = 1;
+/// The device BPF_PROG_TEST_RUN runs an skb program on when no ifindex is given (loopback).
+const TEST_RUN_IFINDEX: u32 = 1;
+
+/// Builds the eBPF object (bootstrapping the toolchain if needed) and returns its path.
+pub fn object_path(target_dir: &Path, _workspace: &Path) -> Result<PathBuf> {
+    crate::ebpf::build(target_dir).context("building the eBPF object")
+}
+
+/// An Ethernet + IPv4 + UDP frame from `INTERNAL:sport` to `REMOTE:53`.
+fn frame(sport: u16) -> Vec<u8> {
+    let mut f = vec![0u8; 14];
+    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = [0u8; 64];
+    let n = super::traffic::udp_packet(&mut ip, INTERNAL, REMOTE, sport, 53);
+    f.extend_from_slice(&ip[..n]);
+    f
+}
+
+fn load(obj: &Path) -> Result<Ebpf> {
+    let mut ebpf = Ebpf::load_file(obj).with_context(|| format!("loading {}", obj.display()))?;
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(programs::SNAT_OUT)
+        .with_context(|| format!("{} not in the object", programs::SNAT_OUT))?
+        .try_into()?;
+    prog.load().context("verifier rejected snat_out")?;
+    Ok(ebpf)
+}
+
+/// Configures router `DP_ID` on the test-run device in the loaded object's private maps.
+fn configure(ebpf: &mut Ebpf) -> Result<()> {
+    let mut cfg: HashMap<_, u32, RouterConfig> = HashMap::try_from(
+        ebpf.map_mut(maps::ROUTER_CONFIG)
+            .context("no ROUTER_CONFIG map")?,
+    )?;
+    cfg.insert(
+        TEST_RUN_IFINDEX,
+        RouterConfig {
+            router_id: DP_ID,
+            gateway_ip: ip_to_wire(GATEWAY.octets()),
+            flags: ROUTER_F_SNAT,
+            port_min: 1024,
+            port_max: 65535,
+        },
+        0,
+    )?;
+    let mut cidrs: LpmTrie<_, CidrKey, u32> = LpmTrie::try_from(
+        ebpf.map_mut(maps::INTERNAL_CIDRS)
+            .context("no INTERNAL_CIDRS map")?,
+    )?;
+    cidrs.insert(
+        &Key::new(
+            32 + 24,
+            CidrKey {
+                router_id_be: DP_ID.to_be(),
+                addr: ip_to_wire([10, 1, 0, 0]),
+            },
+        ),
+        1,
+        0,
+    )?;
+    if let Some(m) = ebpf.map_mut(maps::ROUTER_STATS) {
+        let mut stats: PerCpuHashMap<_, u32, RouterStats> = PerCpuHashMap::try_from(m)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+        stats.insert(
+            DP_ID,
+            PerCpuValues::try_from(vec![RouterStats::default(); cpus])?,
+            0,
+        )?;
+    }
+    Ok(())
+}
+
+/// One run of `snat_out` over `packet`, `repeat` times; returns (verdict, avg ns, output).
+fn run_once(ebpf: &Ebpf, packet: &[u8], repeat: u32) -> Result<(u32, f64, Vec<u8>)> {
+    let prog: &SchedClassifier = ebpf
+        .program(programs::SNAT_OUT)
+        .context("snat_out missing")?
+        .try_into()?;
+    let mut out = vec![0u8; packet.len() + 256];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(packet);
+    opts.data_out = Some(&mut out);
+    opts.repeat = repeat;
+    let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, r.duration.as_nanos() as f64, out))
+}
+
+fn source_of(frame: &[u8]) -> Option<Ipv4Addr> {
+    let b: [u8; 4] = frame.get(26..30)?.try_into().ok()?;
+    Some(Ipv4Addr::from(b))
+}
+
+/// ns/packet for an established session (`repeat` runs of one packet) and for new flows (one
+/// run per distinct source port, `new_flows` of them).
+pub fn measure(obj: &Path, repeat: u32) -> TestRunResult {
+    match measure_inner(obj, repeat) {
+        Ok(r) => r,
+        Err(e) => TestRunResult {
+            note: format!("not run: {e:#}"),
+            ..Default::default()
+        },
+    }
+}
+
+fn measure_inner(obj: &Path, repeat: u32) -> Result<TestRunResult> {
+    let mut ebpf = load(obj)?;
+    configure(&mut ebpf)?;
+    // New flows: each packet a new source port, so each run creates a session.
+    let new_flows: u16 = 20_000;
+    let mut total = 0.0;
+    let mut translated_new = 0u32;
+    for i in 0..new_flows {
+        super::ns::check_interrupted()?;
+        let (ret, ns, out) = run_once(&ebpf, &frame(10_000 + i), 1)?;
+        if ret != 0 {
+            bail!("snat_out returned {ret} for a new flow (expected TC_ACT_OK)");
+        }
+        total += ns;
+        if source_of(&out) == Some(GATEWAY) {
+            translated_new += 1;
+        }
+    }
+    let new_flow_ns = total / f64::from(new_flows);
+    // Established: the first packet's session exists now; repeat it.
+    let est = frame(10_000);
+    let (ret, est_ns, out) = run_once(&ebpf, &est, repeat)?;
+    if ret != 0 {
+        bail!("snat_out returned {ret} for an established flow");
+    }
+    let translated = translated_new == u32::from(new_flows) && source_of(&out) == Some(GATEWAY);
+    let note = format!(
+        "UDP {INTERNAL} → {REMOTE}:53, gateway {GATEWAY}; established: 1 packet × {repeat} repeats (kernel average); \
+         new flow: {new_flows} packets with distinct source ports, one run each (includes the kernel's per-run timing overhead); \
+         {translated_new}/{new_flows} new-flow packets left with the gateway address."
+    );
+    Ok(TestRunResult {
+        established_ns: Some(est_ns),
+        new_flow_ns: Some(new_flow_ns),
+        translated,
+        note,
+    })
+}
+
+/// `memlock` of a BPF map fd, from /proc/self/fdinfo (the kernel's own accounting of the map's
+/// memory; for a preallocated hash it covers every entry, used or not).
+pub fn memlock(data: &MapData) -> Result<u64> {
+    use std::os::fd::{AsFd as _, AsRawFd as _};
+    let fd = data.fd().as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no memlock in fdinfo")
+}
+
+/// Bytes per NAT session of the eBPF datapath: SESSIONS memlock over its capacity in sessions
+/// (two entries per session), and conntrack's object size for comparison.
+pub fn memory(obj: &Path) -> MemoryResult {
+    let mut m = MemoryResult::default();
+    let r = (|| -> Result<(u64, u32, u32, u32)> {
+        let ebpf = Ebpf::load_file(obj)?;
+        let map = ebpf.map(maps::SESSIONS).context("no SESSIONS map")?;
+        let data = match map {
+            Map::HashMap(d) | Map::LruHashMap(d) => d,
+            _ => bail!("SESSIONS is not a hash map"),
+        };
+        let info = data.info()?;
+        Ok((
+            memlock(data)?,
+            info.max_entries(),
+            info.key_size(),
+            info.value_size(),
+        ))
+    })();
+    match r {
+        Ok((bytes, max, k, v)) => {
+            let sessions = f64::from(max) / 2.0;
+            m.ebpf_bytes_per_session = Some(bytes as f64 / sessions);
+            m.ebpf_detail = format!(
+                "memlock {bytes} B for {max} entries (key {k} B + value {v} B + kernel element overhead), 2 entries per session"
+            );
+        }
+        Err(e) => m.ebpf_detail = format!("not measured: {e:#}"),
+    }
+    conntrack_memory(&mut m);
+    m
+}
+
+/// nf_conntrack's slab object size (one object per connection; NAT and other extensions are
+/// allocated on top of it).
+pub fn conntrack_memory(m: &mut MemoryResult) {
+    let slab = std::fs::read_to_string("/proc/slabinfo").unwrap_or_default();
+    if let Some(size) = slab
+        .lines()
+        .find(|l| l.starts_with("nf_conntrack "))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse::<f64>().ok())
+    {
+        m.conntrack_bytes_per_session = Some(size);
+        m.conntrack_detail =
+            "nf_conntrack slab object size; the NAT/acct extension area is allocated separately on top"
+                .into();
+    } else {
+        m.conntrack_detail = "nf_conntrack not in /proc/slabinfo (module not loaded yet?)".into();
+    }
+}

@@ -1,0 +1,434 @@
+//! Traffic generators and measurements over a `Topology`: iperf3 TCP throughput, 64-byte UDP
+//! packets per second, new flows per second (every packet a new 5-tuple), and TCP
+//! connect-request-close rate. Every loop is bounded by a deadline and a count.
+//!
+//! Delivered packets are counted on the server namespace's interface (its rx counter), so the
+//! figures measure what crossed the router, whatever the receiving socket does with it.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd as _,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use super::{
+    ns::{check_interrupted, sleep},
+    topo::{CLIENT_IP, CRR_PORT, IPERF_PORT, SERVER_DEV, Topology},
+};
+
+/// UDP port of the packets-per-second sink.
+const PPS_PORT: u16 = 20100;
+/// First of the destination ports the new-flow test cycles through.
+const FLOW_PORT_BASE: u16 = 20200;
+/// Destination ports in the new-flow test (each gets its own sink socket).
+const FLOW_DPORTS: u16 = 16;
+/// New flows per run at most: below every NAT table's capacity (the eBPF table holds 131072
+/// sessions, conntrack 262144 entries) and below the SNAT port space per destination.
+pub const FLOW_CAP: u32 = 60_000;
+/// Packets handed to the kernel per sendmmsg call.
+const BATCH: usize = 64;
+/// UDP payload of the packets-per-second test (as `iperf3 -u -l 64`).
+const PPS_PAYLOAD: usize = 64;
+
+/// TCP throughput in Gbit/s with `streams` parallel iperf3 streams for `secs` seconds.
+pub fn tcp_gbps(t: &Topology, streams: u32, secs: u64) -> Result<f64> {
+    check_interrupted()?;
+    let ip = t.server_ip.to_string();
+    let out = t.client.run(
+        Duration::from_secs(secs + 20),
+        "iperf3",
+        &[
+            "-c",
+            &ip,
+            "-p",
+            &IPERF_PORT.to_string(),
+            "-t",
+            &secs.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+            "--connect-timeout",
+            "3000",
+        ],
+    )?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing iperf3 -J output")?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 output has no end.sum_received.bits_per_second")?;
+    Ok(bps / 1e9)
+}
+
+/// Sends `bufs` through `fd` with sendmmsg until `deadline` or `cap` packets; returns the
+/// number sent. `names` are the per-packet destinations (None for a connected socket).
+fn send_batches(
+    fd: i32,
+    deadline: Instant,
+    cap: u64,
+    mut fill: impl FnMut(u64, &mut [u8]) -> usize,
+    dst: Option<libc::sockaddr_in>,
+    buf_len: usize,
+) -> Result<u64> {
+    let mut bufs = vec![vec![0u8; buf_len]; BATCH];
+    let mut dst = dst;
+    let mut sent = 0u64;
+    let mut failures = 0u32;
+    while sent < cap && Instant::now() < deadline {
+        let n = (cap - sent).min(BATCH as u64) as usize;
+        let mut iovs: Vec<libc::iovec> = Vec::with_capacity(n);
+        for (i, b) in bufs.iter_mut().take(n).enumerate() {
+            let len = fill(sent + i as u64, b);
+            iovs.push(libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: len,
+            });
+        }
+        let mut msgs: Vec<libc::mmsghdr> = iovs
+            .iter_mut()
+            .map(|iov| {
+                // SAFETY: an all-zero mmsghdr is valid; the pointers set below outlive the call.
+                let mut m: libc::mmsghdr = unsafe { std::mem::zeroed() };
+                m.msg_hdr.msg_iov = iov;
+                m.msg_hdr.msg_iovlen = 1;
+                if let Some(d) = dst.as_mut() {
+                    m.msg_hdr.msg_name = (d as *mut libc::sockaddr_in).cast();
+                    m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                }
+                m
+            })
+            .collect();
+        // SAFETY: msgs/iovs/bufs are valid for the duration of the call.
+        let r = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), n as u32, 0) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            // A full qdisc/socket buffer is back-pressure, not failure.
+            if matches!(e.raw_os_error(), Some(libc::ENOBUFS | libc::EAGAIN)) {
+                failures += 1;
+                if failures > 1_000_000 {
+                    bail!("sendmmsg keeps failing: {e}");
+                }
+                continue;
+            }
+            bail!("sendmmsg: {e}");
+        }
+        sent += r as u64;
+    }
+    Ok(sent)
+}
+
+/// Result of one packet-rate run.
+pub struct Rate {
+    /// Delivered per second (server interface rx).
+    pub per_sec: f64,
+    pub sent: u64,
+    pub delivered: u64,
+}
+
+/// 64-byte UDP packets per second over one flow, for `secs` seconds.
+pub fn udp_pps(t: &Topology, secs: f64) -> Result<Rate> {
+    check_interrupted()?;
+    // An unread sink socket: the server's kernel accepts (then drops) the packets instead of
+    // answering with ICMP port unreachable.
+    let sink = t
+        .server
+        .enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PPS_PORT)))??;
+    let dst = SocketAddr::from((t.server_ip, PPS_PORT));
+    let before = t.server.rx_packets(SERVER_DEV)?;
+    let dur = Duration::from_secs_f64(secs);
+    let (sent, elapsed) = t.client.enter(move || -> Result<(u64, Duration)> {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.connect(dst)?;
+        let start = Instant::now();
+        let sent = send_batches(
+            s.as_raw_fd(),
+            start + dur,
+            u64::MAX,
+            |_, b| {
+                b.fill(0x5a);
+                PPS_PAYLOAD
+            },
+            None,
+            PPS_PAYLOAD,
+        )?;
+        Ok((sent, start.elapsed()))
+    })??;
+    sleep(Duration::from_millis(200))?;
+    let delivered = t.server.rx_packets(SERVER_DEV)?.saturating_sub(before);
+    drop(sink);
+    Ok(Rate {
+        per_sec: delivered as f64 / elapsed.as_secs_f64(),
+        sent,
+        delivered,
+    })
+}
+
+/// Ones' complement sum for IPv4/UDP checksums.
+fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for c in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
+    }
+    if let [b] = chunks.remainder() {
+        sum += u32::from(*b) << 8;
+    }
+    sum
+}
+
+fn csum_fold(mut sum: u32) -> u16 {
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Writes an IPv4/UDP packet with an 18-byte payload (a 64-byte Ethernet frame with FCS) into
+/// `b`, with correct IP and UDP checksums; returns its length.
+pub fn udp_packet(b: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> usize {
+    const PAYLOAD: usize = 18;
+    let len = 20 + 8 + PAYLOAD;
+    let b = &mut b[..len];
+    b.fill(0);
+    b[0] = 0x45;
+    b[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    b[6] = 0x40; // DF
+    b[8] = 64;
+    b[9] = 17;
+    b[12..16].copy_from_slice(&src.octets());
+    b[16..20].copy_from_slice(&dst.octets());
+    let ip_csum = csum_fold(csum_add(0, &b[..20]));
+    b[10..12].copy_from_slice(&ip_csum.to_be_bytes());
+    b[20..22].copy_from_slice(&sport.to_be_bytes());
+    b[22..24].copy_from_slice(&dport.to_be_bytes());
+    b[24..26].copy_from_slice(&((8 + PAYLOAD) as u16).to_be_bytes());
+    for (i, x) in b[28..].iter_mut().enumerate() {
+        *x = i as u8;
+    }
+    let mut sum = csum_add(0, &src.octets());
+    sum = csum_add(sum, &dst.octets());
+    sum += 17 + (8 + PAYLOAD) as u32;
+    sum = csum_add(sum, &b[20..]);
+    let mut c = csum_fold(sum);
+    if c == 0 {
+        c = 0xffff;
+    }
+    b[26..28].copy_from_slice(&c.to_be_bytes());
+    len
+}
+
+/// The `i`-th distinct (source port, destination port) of a new-flow run.
+fn flow_ports(i: u64) -> (u16, u16) {
+    let dport = FLOW_PORT_BASE + (i % u64::from(FLOW_DPORTS)) as u16;
+    let sport = 1024 + ((i / u64::from(FLOW_DPORTS)) % 64_000) as u16;
+    (sport, dport)
+}
+
+/// New flows per second: every packet carries a 5-tuple not seen before in this run (source
+/// `src`, which must be inside the client subnet and fresh for the router, source port and
+/// destination port cycling), at most `FLOW_CAP` flows or `secs` seconds.
+pub fn new_flows(t: &Topology, secs: f64, src: Ipv4Addr) -> Result<Rate> {
+    check_interrupted()?;
+    let sinks = t.server.enter(|| -> std::io::Result<Vec<UdpSocket>> {
+        (0..FLOW_DPORTS)
+            .map(|p| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, FLOW_PORT_BASE + p)))
+            .collect()
+    })??;
+    let dst_ip = t.server_ip;
+    let before = t.server.rx_packets(SERVER_DEV)?;
+    let dur = Duration::from_secs_f64(secs);
+    let (sent, elapsed) = t.client.enter(move || -> Result<(u64, Duration)> {
+        // SAFETY: plain socket(2); the fd is closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        if fd < 0 {
+            bail!("raw socket: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: all-zero sockaddr_in is valid; fields set below.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from_ne_bytes(dst_ip.octets());
+        let start = Instant::now();
+        let r = send_batches(
+            fd,
+            start + dur,
+            u64::from(FLOW_CAP),
+            |i, b| {
+                let (sport, dport) = flow_ports(i);
+                udp_packet(b, src, dst_ip, sport, dport)
+            },
+            Some(sa),
+            64,
+        );
+        let elapsed = start.elapsed();
+        // SAFETY: closing the fd opened above.
+        unsafe { libc::close(fd) };
+        Ok((r?, elapsed))
+    })??;
+    sleep(Duration::from_millis(200))?;
+    let delivered = t.server.rx_packets(SERVER_DEV)?.saturating_sub(before);
+    drop(sinks);
+    Ok(Rate {
+        per_sec: delivered as f64 / elapsed.as_secs_f64(),
+        sent,
+        delivered,
+    })
+}
+
+/// A source address for new-flow run number `run`: inside the client subnet, never the client's
+/// own, so the router has no state for it from an earlier run.
+pub fn flow_source(run: u32) -> Ipv4Addr {
+    Ipv4Addr::new(10, 1, 0, 100 + (run % 150) as u8)
+}
+
+/// Result of a connect-request-close run.
+pub struct Crr {
+    pub per_sec: f64,
+    pub ok: u64,
+    pub failed: u64,
+}
+
+/// TCP connect → 64-byte request → 64-byte response → close, per second, with `clients`
+/// client threads for `secs` seconds. The server closes first, so TIME_WAIT stays on its side.
+pub fn crr(t: &Topology, secs: f64, clients: usize) -> Result<Crr> {
+    check_interrupted()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let listener = t
+        .server
+        .enter(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, CRR_PORT)))??;
+    let stop_srv = stop.clone();
+    let server = std::thread::spawn(move || {
+        let mut served = 0u64;
+        // Bounded: the client phase is bounded and the wake-up connection ends the loop.
+        for conn in listener.incoming() {
+            if stop_srv.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(mut c) = conn else { continue };
+            let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+            let mut req = [0u8; 64];
+            if c.read_exact(&mut req).is_ok() && c.write_all(&[0x42; 64]).is_ok() {
+                served += 1;
+            }
+        }
+        served
+    });
+    let dst = SocketAddr::V4(SocketAddrV4::new(t.server_ip, CRR_PORT));
+    let dur = Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut handles = Vec::new();
+    for _ in 0..clients {
+        handles.push(t.client.spawn_thread(move || {
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let deadline = Instant::now() + dur;
+            while Instant::now() < deadline && failed < 10_000 {
+                let r = (|| -> std::io::Result<()> {
+                    let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(1))?;
+                    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+                    s.write_all(&[0x41; 64])?;
+                    let mut resp = Vec::with_capacity(64);
+                    s.read_to_end(&mut resp)?;
+                    if resp.len() != 64 {
+                        return Err(std::io::Error::other("short response"));
+                    }
+                    Ok(())
+                })();
+                match r {
+                    Ok(()) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+            (ok, failed)
+        })?);
+    }
+    let (mut ok, mut failed) = (0, 0);
+    for h in handles {
+        let (o, f) = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("crr client panicked"))?;
+        ok += o;
+        failed += f;
+    }
+    let elapsed = start.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    // Wake the blocking accept from inside the server namespace.
+    let _ = t.server.enter(|| {
+        TcpStream::connect_timeout(
+            &SocketAddr::from(([127, 0, 0, 1], CRR_PORT)),
+            Duration::from_secs(1),
+        )
+    });
+    let _ = server.join();
+    if ok == 0 {
+        bail!("no connect-request-close exchange succeeded ({failed} failed)");
+    }
+    Ok(Crr {
+        per_sec: ok as f64 / elapsed.as_secs_f64(),
+        ok,
+        failed,
+    })
+}
+
+/// Whether the server sees traffic from the client as coming from `expect` (NAT check):
+/// one TCP exchange whose peer address the server records.
+pub fn observed_source(t: &Topology) -> Result<Ipv4Addr> {
+    let listener = t
+        .server
+        .enter(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, CRR_PORT + 1)))??;
+    listener.set_nonblocking(true)?;
+    let dst = SocketAddr::V4(SocketAddrV4::new(t.server_ip, CRR_PORT + 1));
+    let _client = t
+        .client
+        .enter(move || TcpStream::connect_timeout(&dst, Duration::from_secs(3)))??;
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        match listener.accept() {
+            Ok((_, SocketAddr::V4(peer))) => return Ok(*peer.ip()),
+            Ok((_, peer)) => bail!("unexpected peer {peer}"),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    bail!("server saw no connection from {CLIENT_IP}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn udp_packet_checksums_verify() {
+        let mut b = [0u8; 64];
+        let n = udp_packet(
+            &mut b,
+            Ipv4Addr::new(10, 1, 0, 100),
+            Ipv4Addr::new(203, 0, 113, 2),
+            4321,
+            20200,
+        );
+        assert_eq!(n, 46);
+        // Summing a header including its checksum gives 0xffff (folds to 0).
+        assert_eq!(csum_fold(csum_add(0, &b[..20])), 0);
+        let mut sum = csum_add(0, &b[12..20]);
+        sum += 17 + 26;
+        sum = csum_add(sum, &b[20..n]);
+        assert_eq!(csum_fold(sum), 0);
+    }
+
+    #[test]
+    fn flow_ports_are_distinct_up_to_the_cap() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..u64::from(FLOW_CAP) {
+            assert!(seen.insert(flow_ports(i)));
+        }
+    }
+}
