@@ -522,3 +522,41 @@ fn flush_and_remove_router_forget_sessions() {
     assert_eq!(fx.out(&f), f);
     assert_eq!(fx.dp.stats(DP_ID).expect("stats")["out_packets"], 0);
 }
+
+#[test]
+fn gc_expires_idle_sessions_by_state() {
+    let nat = NatConfig {
+        udp_unreplied: 1,
+        udp_replied: 3600,
+        icmp: 1,
+        ..NatConfig::default()
+    };
+    let fx = Fixture::new(true, nat);
+    // A replied UDP flow (long timeout), an unreplied one and a ping (short timeouts).
+    fx.out(&udp_frame(VM1, 40000, SRV, 53));
+    fx.inn(&udp_frame(SRV, 53, GW, 40000));
+    fx.out(&udp_frame(VM1, 40001, SRV, 53));
+    fx.out(&echo_frame(VM1, SRV, 8, 77));
+    assert_eq!(fx.dp.sessions(DP_ID).expect("sessions").len(), 3);
+    // Well past the 1 s timeouts (the datapath clock is the coarse monotonic one).
+    std::thread::sleep(std::time::Duration::from_millis(3000));
+    assert_eq!(
+        fx.dp.gc().expect("gc"),
+        2,
+        "expired: unreplied UDP and ICMP"
+    );
+    let left = fx.dp.sessions(DP_ID).expect("sessions");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(
+        (left[0].internal.port(), left[0].state.as_str()),
+        (40000, "REPLIED")
+    );
+    // The expired flow's reply is no longer translated; the live one still is.
+    let late = udp_frame(SRV, 53, GW, 40001);
+    assert_eq!(fx.inn(&late), late);
+    assert_frame(
+        &fx.inn(&udp_frame(SRV, 53, GW, 40000)),
+        &udp_frame(SRV, 53, VM1, 40000),
+        "live flow after GC",
+    );
+}
