@@ -442,6 +442,16 @@ fn apply_router_converges_interfaces_gateway_and_onlink_next_hop() {
         defaults[0]["dev"],
         names::gateway_dev(&gw2.port_id).as_str()
     );
+    // admin_state_up false: ports down, no default route; back up: restored.
+    spec.admin_state_up = false;
+    h.call(|r| r.apply_router(&spec)).expect("admin down");
+    assert!(!is_up(&link(&ns, &qr_a).expect("qr a")));
+    assert!(default_routes(&ns).is_empty());
+    spec.admin_state_up = true;
+    h.call(|r| r.apply_router(&spec)).expect("admin up");
+    assert!(is_up(&link(&ns, &qr_a).expect("qr a")));
+    assert_eq!(default_routes(&ns)[0]["gateway"], "203.0.113.1");
+
     // enable_snat off: reconfigured, devices untouched.
     let before = snapshot(&ns);
     if let Some(g) = spec.gateway.as_mut() {

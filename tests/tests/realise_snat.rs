@@ -1,8 +1,8 @@
 //! Realiser and datapath together with real packets: a "VM" namespace on the internal network
 //! reaches an "upstream" namespace on the external network through the realised router, seen
-//! upstream as the gateway address (SNAT on the gateway tap), replies come back; turning SNAT
-//! off or clearing the gateway takes effect; the upstream host learns the gateway MAC from the
-//! gratuitous ARPs.
+//! upstream as the gateway address (SNAT on the gateway tap), replies come back; clearing the
+//! gateway removes NAT state and sessions and stops traffic; SNAT off and on takes effect; the
+//! upstream host learns the gateway MAC from the gratuitous ARPs.
 
 use std::{
     net::{SocketAddrV4, UdpSocket},
@@ -133,20 +133,49 @@ fn snat_through_a_realised_router() {
     assert_eq!(seen, "203.0.113.10", "source not translated");
     assert!(back, "reply not translated back to the VM");
 
-    // SNAT off: upstream sees the internal address.
-    if let Some(g) = spec.gateway.as_mut() {
+    let sessions = h.r().datapath().sessions(spec.dp_id).expect("sessions");
+    assert!(
+        sessions
+            .iter()
+            .any(|x| x.translated.ip().to_string() == "203.0.113.10"
+                && x.internal.ip().to_string() == "10.0.1.10"),
+        "no SNAT session recorded: {sessions:?}"
+    );
+
+    // Gateway cleared: NAT state and sessions gone, nothing leaves the router towards upstream.
+    let gateway = spec.gateway.take();
+    h.call(|r| r.apply_router(&spec)).expect("clear gateway");
+    assert!(
+        h.r()
+            .datapath()
+            .sessions(spec.dp_id)
+            .expect("sessions")
+            .is_empty(),
+        "sessions survived the gateway"
+    );
+    assert!(
+        udp_roundtrip(&vm, &upstream, "203.0.113.1", 40002).is_none(),
+        "traffic still flows without a gateway"
+    );
+
+    // Gateway back with SNAT off: upstream sees the internal address.
+    spec.gateway = gateway.map(|mut g| {
         g.enable_snat = false;
-    }
-    h.call(|r| r.apply_router(&spec)).expect("snat off");
-    let (seen, _) = udp_roundtrip(&vm, &upstream, "203.0.113.1", 40002)
+        g
+    });
+    h.call(|r| r.apply_router(&spec))
+        .expect("gateway without SNAT");
+    let (seen, _) = udp_roundtrip(&vm, &upstream, "203.0.113.1", 40003)
         .expect("datagram never reached upstream with SNAT off");
     assert_eq!(seen, "10.0.1.10", "translated although SNAT is off");
 
-    // Gateway cleared: nothing leaves the router towards upstream.
-    spec.gateway = None;
-    h.call(|r| r.apply_router(&spec)).expect("clear gateway");
-    assert!(
-        udp_roundtrip(&vm, &upstream, "203.0.113.1", 40003).is_none(),
-        "traffic still flows without a gateway"
-    );
+    // SNAT back on: translated again.
+    if let Some(g) = spec.gateway.as_mut() {
+        g.enable_snat = true;
+    }
+    h.call(|r| r.apply_router(&spec)).expect("SNAT on");
+    let (seen, back) = udp_roundtrip(&vm, &upstream, "203.0.113.1", 40004)
+        .expect("datagram never reached upstream with SNAT back on");
+    assert_eq!(seen, "203.0.113.10");
+    assert!(back);
 }
