@@ -296,14 +296,20 @@ impl Realiser {
         net: &NetworkSpec,
         known: Option<&HashMap<String, LinkState>>,
     ) -> Result<bool> {
+        // A physical network with no mapping gets a bridge without uplink (single-host setups,
+        // tests); a mapping to a missing interface is an error below.
         let uplink = match &net.physical_network {
             None => None,
-            Some(p) => Some(self.cfg.physical_networks.get(p).ok_or_else(|| {
-                anyhow!(
-                    "network {}: physical network {p:?} is not mapped to a host interface in the configuration",
-                    net.id
-                )
-            })?),
+            Some(p) => {
+                let u = self.cfg.physical_networks.get(p);
+                if u.is_none() && known.is_none() {
+                    tracing::warn!(
+                        "network {}: physical network {p:?} is not mapped to a host interface in the configuration; its bridge has no uplink",
+                        net.id
+                    );
+                }
+                u
+            }
         };
         let br = names::bridge(&net.id);
         // Steady state seen in a reconcile dump: nothing to do, no thread.
