@@ -12,13 +12,13 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use router_common::{ROUTER_F_SNAT, global, stat};
+use router_common::{ROUTER_F_SNAT, ST_SYN, global, stat};
 
 use crate::{
     csum::{l4_csum, rewrite_addr, rewrite_port},
     frag,
     icmp::{self, ErrorResult},
-    maps::{SESSIONS, count, count_global, is_internal, router_config},
+    maps::{SESSIONS, count, count_global, count_packet, is_internal, router_config},
     parse::{
         ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, ICMP_ID, IP_DST, IP_SRC, IPPROTO_ICMP,
         IPPROTO_TCP, IPPROTO_UDP, L4Head, Packet, ParseError, TCP_HLEN, TCP_RST, TcpHdr, UDP_HLEN,
@@ -126,7 +126,7 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
         rid, pkt.ip.src, pkt.ip.dst, flow.sport, flow.dport, flow.proto, OUT,
     );
     let v = match touch(&fwd, flow.bits) {
-        Some(v) if ensure_reverse(&fwd, &v) => v,
+        Some(v) if ensure_reverse(&fwd, &v, flow.bits == ST_SYN) => v,
         Some(_) => {
             // Our port went to another flow after the LRU evicted our reverse entry.
             let _ = SESSIONS.remove(&fwd);
@@ -251,15 +251,13 @@ fn router_icmp_error(ctx: &TcContext, rid: u32, ip: crate::parse::Ipv4Hdr) -> i3
 
 #[inline(always)]
 fn translated_out(ctx: &TcContext, rid: u32) -> i32 {
-    count(rid, stat::OUT_PACKETS, 1);
-    count(rid, stat::OUT_BYTES, ctx.len() as u64);
+    count_packet(rid, stat::OUT_PACKETS, stat::OUT_BYTES, ctx.len() as u64);
     OK
 }
 
 #[inline(always)]
 fn translated_in(ctx: &TcContext, rid: u32) -> i32 {
-    count(rid, stat::IN_PACKETS, 1);
-    count(rid, stat::IN_BYTES, ctx.len() as u64);
+    count_packet(rid, stat::IN_PACKETS, stat::IN_BYTES, ctx.len() as u64);
     OK
 }
 

@@ -161,13 +161,22 @@ pub fn create(cfg: &RouterConfig, fwd: &SessionKey, bits: u8) -> Result<SessionV
 /// may have evicted it while the forward entry stayed busy); the lookup also keeps it recent.
 /// Re-inserts it when missing. `false`: the port was taken by another flow meanwhile, so the
 /// forward entry must be dropped and the session created afresh.
+///
+/// `reopen` (a pure SYN on an existing session: the port is being reused for a new
+/// connection) clears the reverse state so the new connection does not inherit FIN/RST bits.
 #[inline(always)]
-pub fn ensure_reverse(fwd: &SessionKey, v: &SessionValue) -> bool {
+pub fn ensure_reverse(fwd: &SessionKey, v: &SessionValue, reopen: bool) -> bool {
     let rk = reverse_key(fwd, v.addr, v.port);
-    if let Some(r) = SESSIONS.get_ptr(&rk) {
-        // SAFETY: valid map value pointer; plain fields read.
-        let (addr, port) = unsafe { ((*r).addr, (*r).port) };
-        return addr == fwd.src && port == fwd.sport;
+    if let Some(r) = SESSIONS.get_ptr_mut(&rk) {
+        // SAFETY: valid map value pointer; concurrent updates of these plain fields are benign.
+        let r = unsafe { &mut *r };
+        if r.addr != fwd.src || r.port != fwd.sport {
+            return false;
+        }
+        if reopen {
+            r.state = 0;
+        }
+        return true;
     }
     let rev_val = SessionValue {
         addr: fwd.src,

@@ -651,3 +651,27 @@ fn router_icmp_errors_about_translated_flows_are_translated() {
     let own = echo_frame(GW, SRV, 8, 4);
     assert_eq!(fx.out(&own), own);
 }
+
+#[test]
+fn tcp_port_reuse_after_close_starts_a_fresh_connection() {
+    let fx = Fixture::snat();
+    let state = |fx: &Fixture| fx.dp.sessions(DP_ID).expect("sessions")[0].state.clone();
+    fx.out(&tcp_frame(VM1, 40000, SRV, 80, SYN));
+    fx.inn(&tcp_frame(SRV, 80, GW, 40000, SYN | ACK));
+    fx.out(&tcp_frame(VM1, 40000, SRV, 80, ACK));
+    assert_eq!(state(&fx), "ESTABLISHED");
+    fx.out(&tcp_frame(VM1, 40000, SRV, 80, packet::FIN | ACK));
+    assert_eq!(state(&fx), "CLOSING");
+    fx.inn(&tcp_frame(SRV, 80, GW, 40000, packet::FIN | ACK));
+    assert_eq!(state(&fx), "TIME_WAIT");
+    // The same 4-tuple opens again: a new connection, not a closing one.
+    assert_frame(
+        &fx.out(&tcp_frame(VM1, 40000, SRV, 80, SYN)),
+        &tcp_frame(GW, 40000, SRV, 80, SYN),
+        "reopen",
+    );
+    assert_eq!(state(&fx), "SYN_SENT");
+    fx.inn(&tcp_frame(SRV, 80, GW, 40000, SYN | ACK));
+    fx.out(&tcp_frame(VM1, 40000, SRV, 80, ACK));
+    assert_eq!(state(&fx), "ESTABLISHED");
+}
