@@ -156,8 +156,26 @@ fn discovery_documents_and_auth() {
 #[test]
 fn networks_crud_filters_and_fields() {
     let host = Netns::new("apih");
-    let d = Daemon::start(&host);
+    // `public` maps to an uplink in the host namespace; the realiser enslaves it.
+    host.ip(&[
+        "link", "add", "uplk0", "type", "veth", "peer", "name", "uplk1",
+    ]);
+    let d = Daemon::start_with(
+        &host,
+        DaemonOptions {
+            config: Some("[physical_networks]\npublic = \"uplk0\"\n".into()),
+            admin_token: None,
+        },
+    );
     let c = d.client();
+    expect_err(
+        c.post(
+            "/v2.0/networks",
+            &json!({"network": {"provider:physical_network": "elsewhere"}}),
+        ),
+        400,
+        "InvalidInput",
+    );
     let v = expect(
         c.post(
             "/v2.0/networks.json",
@@ -1270,4 +1288,38 @@ fn random_bodies_never_500_and_never_change_state_on_error() {
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn failed_realisation_leaves_neither_rows_nor_kernel_objects() {
+    let host = Netns::new("apih");
+    // `broken` maps to an interface that does not exist: the kernel side of the network fails.
+    let d = Daemon::start_with(
+        &host,
+        DaemonOptions {
+            config: Some("[physical_networks]\nbroken = \"nosuchdev0\"\n".into()),
+            admin_token: None,
+        },
+    );
+    let c = d.client();
+    let before = expect(c.get("/v2.0/networks"), 200);
+    let (st, v) = c.post(
+        "/v2.0/networks",
+        &json!({"network": {"name": "b", "router:external": true,
+                            "provider:network_type": "flat", "provider:physical_network": "broken"}}),
+    );
+    assert_eq!(st, 500, "{v}");
+    assert_eq!(err_type(&v), "HTTPInternalServerError");
+    assert!(
+        v["NeutronError"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("nosuchdev0"),
+        "the kernel's reason is in the message: {v}"
+    );
+    assert_eq!(expect(c.get("/v2.0/networks"), 200), before);
+    let links = String::from_utf8_lossy(&host.ip(&["-o", "link", "show"]).stdout).to_string();
+    assert!(!links.contains("brq"), "a bridge was left behind:\n{links}");
+    // The daemon is still healthy and the next request works.
+    create(&c, "networks", "network", json!({"name": "fine"}));
 }

@@ -117,6 +117,8 @@ struct Inner {
     store: Mutex<Store>,
     realiser: Arc<dyn Realise>,
     tokens: BTreeMap<String, TokenConfig>,
+    /// `provider:physical_network` names the config maps to a host interface.
+    physical_networks: std::collections::BTreeSet<String>,
 }
 
 /// Shared state of the API server.
@@ -131,11 +133,24 @@ impl ApiState {
         realiser: Arc<dyn Realise>,
         tokens: BTreeMap<String, TokenConfig>,
     ) -> Self {
+        Self::with_physical_networks(store, realiser, tokens, Default::default())
+    }
+
+    /// `new`, accepting `provider:physical_network` values among `physical_networks` (the
+    /// config's mapping); any other value is refused with 400, as Neutron refuses a physical
+    /// network it has no bridge mapping for.
+    pub fn with_physical_networks(
+        store: Store,
+        realiser: Arc<dyn Realise>,
+        tokens: BTreeMap<String, TokenConfig>,
+        physical_networks: std::collections::BTreeSet<String>,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 store: Mutex::new(store),
                 realiser,
                 tokens,
+                physical_networks,
             }),
         }
     }
@@ -490,6 +505,16 @@ async fn show(s: ApiState, ctx: Ctx, kind: Kind, id: String, uri: Uri) -> Result
 
 async fn create(s: ApiState, ctx: Ctx, kind: Kind, body: Bytes) -> Result<Response, Fault> {
     let o = input::resource_body(&body, kind.singular())?;
+    // Non-admins get 403 for any provider attribute (resources::create).
+    if kind == Kind::Network
+        && ctx.admin
+        && let Some(Value::String(p)) = o.get("provider:physical_network")
+        && !s.inner.physical_networks.contains(p)
+    {
+        return Err(Fault::invalid(format!(
+            "physical_network '{p}' unknown for flat provider network"
+        )));
+    }
     let item = s
         .mutate(move |c, fx| resources::create(c, fx, &ctx, kind, o))
         .await?;
