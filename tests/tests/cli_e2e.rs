@@ -85,7 +85,7 @@ fn accepted(listener: &TcpListener) -> Option<SocketAddr> {
 struct Topology {
     // Field order is drop order: namespaces first, then the daemon (whose drop purges).
     vm: Netns,
-    _inet: Netns,
+    inet: Netns,
     listener: TcpListener,
     ext_id: String,
     router_id: String,
@@ -176,7 +176,7 @@ impl Topology {
         assert_eq!(port["device_owner"], "compute:sandbox", "{port}");
         Self {
             vm,
-            _inet: inet,
+            inet,
             listener,
             ext_id,
             router_id,
@@ -260,6 +260,45 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
     assert!(
         !ping.status.success(),
         "ping still answered after gateway clear"
+    );
+
+    // --disable-snat and --fixed-ip (names resolved): the chosen address, no translation — the
+    // internet (given a route back) sees the VM's own address.
+    let r = cli_json(
+        d,
+        &[
+            "gateway",
+            "set",
+            "r1",
+            "public",
+            "--disable-snat",
+            "--fixed-ip",
+            "subnet=public-v4,ip=203.0.113.33",
+        ],
+    );
+    let info = &r["external_gateway_info"];
+    assert_eq!(info["enable_snat"], false, "{r}");
+    assert_eq!(
+        info["external_fixed_ips"][0]["ip_address"], "203.0.113.33",
+        "{r}"
+    );
+    t.inet
+        .ip(&["route", "add", "10.30.0.0/24", "via", "203.0.113.33"]);
+    assert!(
+        connect_from(vm),
+        "no route through the router without SNAT\n{}",
+        d.log()
+    );
+    let seen = accepted(&t.listener).expect("the server accepted the VM's connection");
+    assert_eq!(
+        seen.ip().to_string(),
+        t.vm_ip,
+        "no SNAT with --disable-snat"
+    );
+    cli(d, &["gateway", "clear", "r1"]);
+    assert!(
+        !connect_from(vm),
+        "the VM still reaches the internet after gateway clear"
     );
 
     // port delete removes the sandbox veth with the port.
