@@ -449,3 +449,69 @@ async fn failed_realisation_changes_nothing() {
         "{calls:?}"
     );
 }
+
+#[tokio::test]
+async fn lists_sort_and_paginate_with_next_links() {
+    let t = T::new();
+    for name in ["c", "a", "b"] {
+        t.ok(
+            "POST",
+            "/v2.0/networks",
+            "ta",
+            json!({"network": {"name": name}}),
+            201,
+        )
+        .await;
+    }
+    let v = t
+        .ok(
+            "GET",
+            "/v2.0/networks?sort_key=name&limit=2&fields=name&fields=id",
+            "ta",
+            Value::Null,
+            200,
+        )
+        .await;
+    let names: Vec<&str> = v["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    let next = v["networks_links"][0]["href"].as_str().unwrap();
+    assert_eq!(v["networks_links"][0]["rel"], "next");
+    let path = &next[next.find("/v2.0").unwrap()..];
+    let v = t.ok("GET", path, "ta", Value::Null, 200).await;
+    let names: Vec<&str> = v["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["c"]);
+    assert!(v.get("networks_links").is_none());
+    let v = t
+        .ok(
+            "GET",
+            "/v2.0/networks?sort_key=name&sort_dir=desc",
+            "ta",
+            Value::Null,
+            200,
+        )
+        .await;
+    assert_eq!(v["networks"][0]["name"], "c");
+    let (st, _) = t
+        .req("GET", "/v2.0/networks?limit=x", "ta", Value::Null)
+        .await;
+    assert_eq!(st, 400);
+    let (st, _) = t
+        .req(
+            "GET",
+            "/v2.0/networks?marker=00000000-0000-0000-0000-000000000000",
+            "ta",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(st, 404);
+}

@@ -17,7 +17,8 @@ use crate::model::{
 };
 
 /// Schema versions; `PRAGMA user_version` is the number applied. Append, never edit.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE networks (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -85,7 +86,12 @@ CREATE TABLE router_interfaces (
     port_id TEXT NOT NULL UNIQUE REFERENCES ports(id),
     PRIMARY KEY (router_id, port_id)
 );
-"#];
+"#,
+    // v2: find a gateway port's router without scanning every router.
+    r#"
+CREATE INDEX routers_gw_port ON routers(gw_port_id);
+"#,
+];
 
 /// Highest datapath slot (exclusive): the datapath's per-router maps hold this many.
 pub const MAX_DP_ID: u32 = router_common::MAX_ROUTERS;
@@ -111,6 +117,7 @@ impl Store {
 
     fn init(mut conn: Connection) -> anyhow::Result<Self> {
         conn.pragma_update(None, "foreign_keys", true)?;
+        conn.set_prepared_statement_cache_capacity(64);
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
         Ok(Self { conn })
