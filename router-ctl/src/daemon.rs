@@ -146,7 +146,12 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         ),
         Err(e) => tracing::warn!("start-up resync incomplete (the reconcile loop retries): {e:#}"),
     }
-    let state = ApiState::new(store, realiser.clone(), tokens);
+    let state = ApiState::with_physical_networks(
+        store,
+        realiser.clone(),
+        tokens,
+        cfg.physical_networks.keys().cloned().collect(),
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -154,9 +159,14 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     rt.block_on(serve(cfg, state, realiser, datapath))
 }
 
-fn purge(_realiser: &Realiser, _datapath: &Datapath) -> anyhow::Result<()> {
-    // Wired to `Realiser::purge` and `Datapath::purge` once those land on main.
-    anyhow::bail!("--purge is not available in this build yet")
+/// `--purge`: every kernel object the state directory's records name, then the pins.
+fn purge(realiser: &Realiser, datapath: &Datapath) -> anyhow::Result<()> {
+    let kernel = realiser.purge().context("removing kernel objects");
+    let pins = datapath.purge().context("removing datapath pins");
+    kernel?;
+    pins?;
+    println!("router-ctl daemon: purged");
+    Ok(())
 }
 
 async fn serve(

@@ -40,9 +40,11 @@ pub struct RealiserConfig {
     pub physical_networks: std::collections::BTreeMap<String, String>,
 }
 
-/// How long after an `apply_*`/`remove_*` call reconcile leaves that object alone by default:
-/// a reconcile pass works from a snapshot of the desired state that may predate the call.
-pub const DEFAULT_RECONCILE_GRACE: Duration = Duration::from_secs(30);
+/// How long after an `apply_*`/`remove_*` call reconcile leaves that object alone, by default
+/// none: the daemon takes its desired-state snapshot and runs reconcile under the store lock,
+/// so no API call can slip in between. A caller whose snapshot may predate API calls sets a
+/// grace with `set_reconcile_grace`.
+pub const DEFAULT_RECONCILE_GRACE: Duration = Duration::ZERO;
 
 /// Converges kernel state; one per daemon.
 pub struct Realiser {
@@ -51,6 +53,8 @@ pub struct Realiser {
     /// The daemon's own namespace, recorded at `new`.
     daemon_ns: NetnsHandle,
     owned: Owned,
+    /// Sends gratuitous ARPs in the background.
+    announcer: arp::Announcer,
     /// Serialises kernel changes: API calls with each other and with each reconcile step.
     op: Mutex<()>,
     /// What the last successful converge of each router left in the datapath.
@@ -229,6 +233,7 @@ impl Realiser {
             datapath,
             daemon_ns,
             owned,
+            announcer: arp::Announcer::start()?,
             op: Mutex::new(()),
             memo: Mutex::new(HashMap::new()),
             recent: Mutex::new(Recent {
@@ -243,8 +248,8 @@ impl Realiser {
         &self.datapath
     }
 
-    /// How long reconcile leaves alone what an API call just applied or removed (its snapshot
-    /// of the desired state may predate the call). Tests set zero.
+    /// How long reconcile leaves alone what an API call just applied or removed, for callers
+    /// whose desired-state snapshot may predate API calls (see `DEFAULT_RECONCILE_GRACE`).
     pub fn set_reconcile_grace(&self, grace: Duration) {
         lock(&self.recent).grace = grace;
     }
@@ -291,14 +296,20 @@ impl Realiser {
         net: &NetworkSpec,
         known: Option<&HashMap<String, LinkState>>,
     ) -> Result<bool> {
+        // A physical network with no mapping gets a bridge without uplink (single-host setups,
+        // tests); a mapping to a missing interface is an error below.
         let uplink = match &net.physical_network {
             None => None,
-            Some(p) => Some(self.cfg.physical_networks.get(p).ok_or_else(|| {
-                anyhow!(
-                    "network {}: physical network {p:?} is not mapped to a host interface in the configuration",
-                    net.id
-                )
-            })?),
+            Some(p) => {
+                let u = self.cfg.physical_networks.get(p);
+                if u.is_none() && known.is_none() {
+                    tracing::warn!(
+                        "network {}: physical network {p:?} is not mapped to a host interface in the configuration; its bridge has no uplink",
+                        net.id
+                    );
+                }
+                u
+            }
         };
         let br = names::bridge(&net.id);
         // Steady state seen in a reconcile dump: nothing to do, no thread.
@@ -618,7 +629,7 @@ impl Realiser {
         if spec.admin_state_up {
             for (dev, mac, ip) in inside.announce {
                 match NetnsHandle::open_named(&ns_name) {
-                    Ok(Some(h)) => arp::announce(h, dev, mac, ip),
+                    Ok(Some(h)) => self.announcer.announce(h, dev, mac, ip),
                     _ => {
                         tracing::warn!("router {}: namespace gone before announcing {ip}", spec.id)
                     }

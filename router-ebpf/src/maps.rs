@@ -58,6 +58,21 @@ pub fn count(router_id: u32, idx: usize, n: u64) {
     }
 }
 
+/// Adds one packet of `bytes` to the packet and byte counters `pkts`/`octets` (one lookup).
+#[inline(always)]
+pub fn count_packet(router_id: u32, pkts: usize, octets: usize, bytes: u64) {
+    if let Some(s) = ROUTER_STATS.get_ptr_mut(router_id) {
+        // SAFETY: per-CPU value, no concurrent writer on this CPU.
+        let s = unsafe { &mut *s };
+        if let Some(c) = s.counters.get_mut(pkts) {
+            *c += 1;
+        }
+        if let Some(c) = s.counters.get_mut(octets) {
+            *c += bytes;
+        }
+    }
+}
+
 /// Whether `addr` (wire order) is inside one of the router's internal CIDRs.
 #[inline(always)]
 pub fn is_internal(router_id: u32, addr: u32) -> bool {

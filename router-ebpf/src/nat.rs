@@ -12,19 +12,19 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use router_common::{ROUTER_F_SNAT, global, stat};
+use router_common::{ROUTER_F_SNAT, ST_SYN, global, stat};
 
 use crate::{
     csum::{l4_csum, rewrite_addr, rewrite_port},
     frag,
     icmp::{self, ErrorResult},
-    maps::{count, count_global, is_internal, router_config},
+    maps::{SESSIONS, count, count_global, count_packet, is_internal, router_config},
     parse::{
         ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, ICMP_ID, IP_DST, IP_SRC, IPPROTO_ICMP,
         IPPROTO_TCP, IPPROTO_UDP, L4Head, Packet, ParseError, TCP_HLEN, TCP_RST, TcpHdr, UDP_HLEN,
         load_ipv4, validate,
     },
-    session::{IN, OUT, create, key, tcp_bits, touch},
+    session::{IN, OUT, create, ensure_reverse, key, tcp_bits, touch},
 };
 
 const OK: i32 = TC_ACT_OK as i32;
@@ -84,6 +84,9 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
         Err(ParseError::Malformed) => return Err(drop(rid, stat::DROP_MALFORMED)),
     };
     if !is_internal(rid, ip.src) {
+        if ip.src == cfg.gateway_ip && ip.proto == IPPROTO_ICMP {
+            return Ok(router_icmp_error(ctx, rid, ip));
+        }
         return Ok(pass(rid));
     }
     let pkt = validate(ctx, ip).map_err(|_| drop(rid, stat::DROP_MALFORMED))?;
@@ -123,7 +126,12 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
         rid, pkt.ip.src, pkt.ip.dst, flow.sport, flow.dport, flow.proto, OUT,
     );
     let v = match touch(&fwd, flow.bits) {
-        Some(v) => v,
+        Some(v) if ensure_reverse(&fwd, &v, flow.bits == ST_SYN) => v,
+        Some(_) => {
+            // Our port went to another flow after the LRU evicted our reverse entry.
+            let _ = SESSIONS.remove(&fwd);
+            create(&cfg, &fwd, flow.bits).map_err(|r| drop(rid, r))?
+        }
         None if !flow.may_create => return Err(drop(rid, stat::DROP_INVALID)),
         None => create(&cfg, &fwd, flow.bits).map_err(|r| drop(rid, r))?,
     };
@@ -215,17 +223,41 @@ pub fn snat_in(ctx: &TcContext) -> Result<i32, i32> {
     Ok(translated_in(ctx, rid))
 }
 
+/// ICMP errors the router itself sends (source = gateway IP) about a reverse-translated packet,
+/// e.g. host unreachable for a VM that went away: the quoted header still carries the internal
+/// address and must be translated like the flow, or the remote could not match it and would
+/// learn the internal address. Anything else from the gateway IP is the router's own traffic.
+#[inline(always)]
+fn router_icmp_error(ctx: &TcContext, rid: u32, ip: crate::parse::Ipv4Hdr) -> i32 {
+    let Ok(pkt) = validate(ctx, ip) else {
+        return pass(rid);
+    };
+    if pkt.ip.frag_offset() != 0 {
+        return pass(rid);
+    }
+    match load_icmp_type(ctx, &pkt) {
+        Ok(ty) if icmp::is_error(ty) => {}
+        _ => return pass(rid),
+    }
+    match icmp::translate_error(ctx, rid, &pkt, OUT) {
+        Ok(ErrorResult::Translated) => {
+            count(rid, stat::ICMP_ERRORS, 1);
+            translated_out(ctx, rid)
+        }
+        Ok(ErrorResult::NoMatch) => pass(rid),
+        Err(_) => drop(rid, stat::DROP_MALFORMED),
+    }
+}
+
 #[inline(always)]
 fn translated_out(ctx: &TcContext, rid: u32) -> i32 {
-    count(rid, stat::OUT_PACKETS, 1);
-    count(rid, stat::OUT_BYTES, ctx.len() as u64);
+    count_packet(rid, stat::OUT_PACKETS, stat::OUT_BYTES, ctx.len() as u64);
     OK
 }
 
 #[inline(always)]
 fn translated_in(ctx: &TcContext, rid: u32) -> i32 {
-    count(rid, stat::IN_PACKETS, 1);
-    count(rid, stat::IN_BYTES, ctx.len() as u64);
+    count_packet(rid, stat::IN_PACKETS, stat::IN_BYTES, ctx.len() as u64);
     OK
 }
 

@@ -157,6 +157,37 @@ pub fn create(cfg: &RouterConfig, fwd: &SessionKey, bits: u8) -> Result<SessionV
     }
 }
 
+/// Makes sure the reverse entry of a forward hit still exists and belongs to this flow (the LRU
+/// may have evicted it while the forward entry stayed busy); the lookup also keeps it recent.
+/// Re-inserts it when missing. `false`: the port was taken by another flow meanwhile, so the
+/// forward entry must be dropped and the session created afresh.
+///
+/// `reopen` (a pure SYN on an existing session: the port is being reused for a new
+/// connection) clears the reverse state so the new connection does not inherit FIN/RST bits.
+#[inline(always)]
+pub fn ensure_reverse(fwd: &SessionKey, v: &SessionValue, reopen: bool) -> bool {
+    let rk = reverse_key(fwd, v.addr, v.port);
+    if let Some(r) = SESSIONS.get_ptr_mut(&rk) {
+        // SAFETY: valid map value pointer; concurrent updates of these plain fields are benign.
+        let r = unsafe { &mut *r };
+        if r.addr != fwd.src || r.port != fwd.sport {
+            return false;
+        }
+        if reopen {
+            r.state = 0;
+        }
+        return true;
+    }
+    let rev_val = SessionValue {
+        addr: fwd.src,
+        port: fwd.sport,
+        state: 0,
+        kind: SESSION_SNAT,
+        last_seen_ns: now(),
+    };
+    SESSIONS.insert(&rk, &rev_val, BPF_NOEXIST as u64).is_ok()
+}
+
 /// A session key with the padding zeroed.
 #[inline(always)]
 pub fn key(

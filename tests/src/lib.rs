@@ -10,6 +10,8 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
+pub mod daemon;
+
 use nix::sched::{CloneFlags, setns};
 
 /// Panics with a clear message when not root: privileged tests never skip silently.

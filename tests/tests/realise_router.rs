@@ -442,6 +442,16 @@ fn apply_router_converges_interfaces_gateway_and_onlink_next_hop() {
         defaults[0]["dev"],
         names::gateway_dev(&gw2.port_id).as_str()
     );
+    // admin_state_up false: ports down, no default route; back up: restored.
+    spec.admin_state_up = false;
+    h.call(|r| r.apply_router(&spec)).expect("admin down");
+    assert!(!is_up(&link(&ns, &qr_a).expect("qr a")));
+    assert!(default_routes(&ns).is_empty());
+    spec.admin_state_up = true;
+    h.call(|r| r.apply_router(&spec)).expect("admin up");
+    assert!(is_up(&link(&ns, &qr_a).expect("qr a")));
+    assert_eq!(default_routes(&ns)[0]["gateway"], "203.0.113.1");
+
     // enable_snat off: reconfigured, devices untouched.
     let before = snapshot(&ns);
     if let Some(g) = spec.gateway.as_mut() {
@@ -452,7 +462,7 @@ fn apply_router_converges_interfaces_gateway_and_onlink_next_hop() {
 }
 
 #[test]
-fn physical_network_uplink_is_enslaved_and_unmapped_is_refused() {
+fn physical_network_uplink_is_enslaved_and_missing_uplink_is_refused() {
     let uplink = unique("up");
     let h = RealiserHost::new(&[("physnet1", uplink.as_str())]);
     let uplink_peer = unique("upp");
@@ -479,13 +489,14 @@ fn physical_network_uplink_is_enslaved_and_unmapped_is_refused() {
     let l = link(&host, &uplink).expect("uplink survives");
     assert!(l.get("master").is_none(), "{l}");
 
-    let mut bad = net(true);
-    bad.physical_network = Some("nowhere".into());
-    let err = h
-        .call(|r| r.apply_network(&bad))
-        .expect_err("unmapped physical network");
-    assert!(format!("{err:#}").contains("nowhere"), "{err:#}");
-    assert!(link(&host, &names::bridge(&bad.id)).is_none());
+    // An unmapped physical network: a bridge without uplink.
+    let mut lone = net(true);
+    lone.physical_network = Some("nowhere".into());
+    h.call(|r| r.apply_network(&lone))
+        .expect("unmapped physical network");
+    let lone_br = names::bridge(&lone.id);
+    assert!(link(&host, &lone_br).is_some());
+    assert!(bridge_ports(&host, &lone_br).is_empty());
 
     // Mapped to an interface that does not exist: refused, no bridge left behind.
     let h2 = RealiserHost::new(&[("physnet1", "nosuchdev0")]);
@@ -549,6 +560,18 @@ fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
         vec![names::tap_dev(&qr_port.port_id)]
     );
 
+    // A bridge deleted from outside comes back with its taps enslaved again.
+    h.host.ip(&["link", "del", &names::bridge(&int.id)]);
+    let rep = h.call(|r| r.reconcile(&want)).expect("reconcile bridge");
+    assert!(rep.failed.is_empty(), "{rep:?}");
+    assert_eq!(
+        bridge_ports(&host, &names::bridge(&int.id)),
+        vec![names::tap_dev(&qr_port.port_id)]
+    );
+    assert!(is_up(
+        &link(&host, &names::bridge(&int.id)).expect("bridge")
+    ));
+
     // A device deleted from outside inside the namespace is repaired as well.
     tests::ip(&["-n", &ns, "link", "del", &qr]);
     let rep = h.call(|r| r.reconcile(&want)).expect("reconcile device");
@@ -584,7 +607,9 @@ fn reconcile_removes_own_stale_routers_and_leaves_another_daemons_alone() {
     let ns1 = names::router_netns(&specs[0].2.id);
     let ns2 = names::router_netns(&specs[1].2.id);
 
-    // Within the grace period a just-applied router is left alone (the snapshot may be old).
+    // Within a grace period a just-applied router is left alone (for callers whose snapshot may
+    // predate the apply).
+    h1.r().set_reconcile_grace(Duration::from_secs(600));
     let rep = h1
         .call(|r| r.reconcile(&DesiredState::default()))
         .expect("reconcile in grace");

@@ -522,3 +522,156 @@ fn flush_and_remove_router_forget_sessions() {
     assert_eq!(fx.out(&f), f);
     assert_eq!(fx.dp.stats(DP_ID).expect("stats")["out_packets"], 0);
 }
+
+#[test]
+fn gc_expires_idle_sessions_by_state() {
+    let nat = NatConfig {
+        udp_unreplied: 1,
+        udp_replied: 3600,
+        icmp: 1,
+        ..NatConfig::default()
+    };
+    let fx = Fixture::new(true, nat);
+    // A replied UDP flow (long timeout), an unreplied one and a ping (short timeouts).
+    fx.out(&udp_frame(VM1, 40000, SRV, 53));
+    fx.inn(&udp_frame(SRV, 53, GW, 40000));
+    fx.out(&udp_frame(VM1, 40001, SRV, 53));
+    fx.out(&echo_frame(VM1, SRV, 8, 77));
+    assert_eq!(fx.dp.sessions(DP_ID).expect("sessions").len(), 3);
+    // Well past the 1 s timeouts (the datapath clock is the coarse monotonic one).
+    std::thread::sleep(std::time::Duration::from_millis(3000));
+    assert_eq!(
+        fx.dp.gc().expect("gc"),
+        2,
+        "expired: unreplied UDP and ICMP"
+    );
+    let left = fx.dp.sessions(DP_ID).expect("sessions");
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(
+        (left[0].internal.port(), left[0].state.as_str()),
+        (40000, "REPLIED")
+    );
+    // The expired flow's reply is no longer translated; the live one still is.
+    let late = udp_frame(SRV, 53, GW, 40001);
+    assert_eq!(fx.inn(&late), late);
+    assert_frame(
+        &fx.inn(&udp_frame(SRV, 53, GW, 40000)),
+        &udp_frame(SRV, 53, VM1, 40000),
+        "live flow after GC",
+    );
+}
+
+/// The pinned session map of a fixture, opened like any other process would.
+fn pinned_sessions(
+    fx: &Fixture,
+) -> aya::maps::HashMap<aya::maps::MapData, router_common::SessionKey, router_common::SessionValue>
+{
+    let path = fx
+        .dp
+        .bpffs()
+        .join(format!("v{}", router_common::LAYOUT_VERSION))
+        .join(router_common::maps::SESSIONS);
+    let data = aya::maps::MapData::from_pin(&path).expect("open pinned SESSIONS");
+    let map = aya::maps::Map::from_map_data(data).expect("map");
+    aya::maps::HashMap::try_from(map).expect("hash map")
+}
+
+#[test]
+fn evicted_reverse_entry_is_restored_or_the_flow_remapped() {
+    let fx = Fixture::snat();
+    fx.out(&udp_frame(VM1, 40000, SRV, 53));
+    let mut sessions = pinned_sessions(&fx);
+    let rev = |port: u16| router_common::SessionKey {
+        router_id: DP_ID,
+        src: router_common::ip_to_wire(SRV),
+        dst: router_common::ip_to_wire(GW),
+        sport: router_common::port_to_wire(53),
+        dport: router_common::port_to_wire(port),
+        proto: UDP,
+        dir: router_common::DIR_IN,
+        _pad: [0; 2],
+    };
+    // As if the LRU evicted the reverse entry: the next outbound packet restores it.
+    sessions.remove(&rev(40000)).expect("remove reverse");
+    assert_frame(
+        &fx.out(&udp_frame(VM1, 40000, SRV, 53)),
+        &udp_frame(GW, 40000, SRV, 53),
+        "same port",
+    );
+    assert_frame(
+        &fx.inn(&udp_frame(SRV, 53, GW, 40000)),
+        &udp_frame(SRV, 53, VM1, 40000),
+        "reply restored",
+    );
+    // Evicted again, and meanwhile another host's flow took the port: VM1 is remapped rather
+    // than sharing it, and each reply reaches its own host.
+    sessions.remove(&rev(40000)).expect("remove reverse");
+    assert_frame(
+        &fx.out(&udp_frame(VM2, 40000, SRV, 53)),
+        &udp_frame(GW, 40000, SRV, 53),
+        "VM2 takes the port",
+    );
+    let moved = fx.out(&udp_frame(VM1, 40000, SRV, 53));
+    let p = sport(&moved);
+    assert_ne!(p, 40000);
+    assert_frame(&moved, &udp_frame(GW, p, SRV, 53), "VM1 remapped");
+    assert_frame(
+        &fx.inn(&udp_frame(SRV, 53, GW, 40000)),
+        &udp_frame(SRV, 53, VM2, 40000),
+        "reply to VM2",
+    );
+    assert_frame(
+        &fx.inn(&udp_frame(SRV, 53, GW, p)),
+        &udp_frame(SRV, 53, VM1, 40000),
+        "reply to VM1",
+    );
+}
+
+#[test]
+fn router_icmp_errors_about_translated_flows_are_translated() {
+    let fx = Fixture::snat();
+    fx.out(&udp_frame(VM1, 40000, SRV, 53));
+    let p = sport(&fx.out(&udp_frame(VM2, 40000, SRV, 53)));
+    assert_ne!(p, 40000);
+    // The router answers a reply for VM2 with host unreachable (from its gateway address): the
+    // quote must show the translated destination, never VM2's address.
+    let q = |dst: [u8; 4], dp: u16| {
+        Ipv4::new(SRV, dst, UDP).packet(&udp(SRV, dst, 53, dp, b"answer", false))
+    };
+    let err =
+        |quoted: Vec<u8>| frame(&Ipv4::new(GW, SRV, ICMP).packet(&icmp(3, 1, [0; 4], &quoted)));
+    assert_frame(
+        &fx.out(&err(q(VM2, 40000))),
+        &err(q(GW, p)),
+        "router's host unreachable",
+    );
+    // About no known flow, or not an error at all: the router's own traffic, untouched.
+    let other = err(q([10, 0, 0, 99], 1234));
+    assert_eq!(fx.out(&other), other);
+    let own = echo_frame(GW, SRV, 8, 4);
+    assert_eq!(fx.out(&own), own);
+}
+
+#[test]
+fn tcp_port_reuse_after_close_starts_a_fresh_connection() {
+    let fx = Fixture::snat();
+    let state = |fx: &Fixture| fx.dp.sessions(DP_ID).expect("sessions")[0].state.clone();
+    fx.out(&tcp_frame(VM1, 40000, SRV, 80, SYN));
+    fx.inn(&tcp_frame(SRV, 80, GW, 40000, SYN | ACK));
+    fx.out(&tcp_frame(VM1, 40000, SRV, 80, ACK));
+    assert_eq!(state(&fx), "ESTABLISHED");
+    fx.out(&tcp_frame(VM1, 40000, SRV, 80, packet::FIN | ACK));
+    assert_eq!(state(&fx), "CLOSING");
+    fx.inn(&tcp_frame(SRV, 80, GW, 40000, packet::FIN | ACK));
+    assert_eq!(state(&fx), "TIME_WAIT");
+    // The same 4-tuple opens again: a new connection, not a closing one.
+    assert_frame(
+        &fx.out(&tcp_frame(VM1, 40000, SRV, 80, SYN)),
+        &tcp_frame(GW, 40000, SRV, 80, SYN),
+        "reopen",
+    );
+    assert_eq!(state(&fx), "SYN_SENT");
+    fx.inn(&tcp_frame(SRV, 80, GW, 40000, SYN | ACK));
+    fx.out(&tcp_frame(VM1, 40000, SRV, 80, ACK));
+    assert_eq!(state(&fx), "ESTABLISHED");
+}

@@ -48,7 +48,8 @@ pub const EXTENSIONS: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
-fn base(headers: &HeaderMap) -> String {
+/// `http://<Host header>`: the address the client used, for links.
+pub fn base(headers: &HeaderMap) -> String {
     let host = headers
         .get("host")
         .and_then(|h| h.to_str().ok())

@@ -115,8 +115,12 @@ enum Step {
 
 struct Inner {
     store: Mutex<Store>,
+    /// Read-only connection for GETs, so reads never wait behind a realisation.
+    reader: Option<Mutex<Connection>>,
     realiser: Arc<dyn Realise>,
     tokens: BTreeMap<String, TokenConfig>,
+    /// `provider:physical_network` names the config maps to a host interface.
+    physical_networks: std::collections::BTreeSet<String>,
 }
 
 /// Shared state of the API server.
@@ -131,11 +135,32 @@ impl ApiState {
         realiser: Arc<dyn Realise>,
         tokens: BTreeMap<String, TokenConfig>,
     ) -> Self {
+        Self::with_physical_networks(store, realiser, tokens, Default::default())
+    }
+
+    /// `new`, accepting `provider:physical_network` values among `physical_networks` (the
+    /// config's mapping); any other value is refused with 400, as Neutron refuses a physical
+    /// network it has no bridge mapping for.
+    pub fn with_physical_networks(
+        store: Store,
+        realiser: Arc<dyn Realise>,
+        tokens: BTreeMap<String, TokenConfig>,
+        physical_networks: std::collections::BTreeSet<String>,
+    ) -> Self {
+        let reader = match store.reader() {
+            Ok(r) => r.map(Mutex::new),
+            Err(e) => {
+                tracing::warn!("no separate read connection, reads share the writer: {e:#}");
+                None
+            }
+        };
         Self {
             inner: Arc::new(Inner {
+                reader,
                 store: Mutex::new(store),
                 realiser,
                 tokens,
+                physical_networks,
             }),
         }
     }
@@ -156,9 +181,17 @@ impl ApiState {
         f: impl FnOnce(&Connection) -> Result<T, Fault> + Send + 'static,
     ) -> Result<T, Fault> {
         let st = self.clone();
-        tokio::task::spawn_blocking(move || st.with_store(|s| f(s.conn())))
-            .await
-            .map_err(|e| Fault::internal(format!("request task failed: {e}")))?
+        tokio::task::spawn_blocking(move || match &st.inner.reader {
+            Some(r) => {
+                let conn = r.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                // One snapshot for every query of the request.
+                let tx = conn.unchecked_transaction()?;
+                f(&tx)
+            }
+            None => st.with_store(|s| f(s.conn())),
+        })
+        .await
+        .map_err(|e| Fault::internal(format!("request task failed: {e}")))?
     }
 
     async fn mutate<T: Send + 'static>(
@@ -299,9 +332,12 @@ impl FromRequestParts<ApiState> for Ctx {
 /// The router with every route; see `service` for the `.json` suffix handling.
 pub fn router(state: ApiState) -> Router {
     fn coll(kind: Kind) -> axum::routing::MethodRouter<ApiState> {
-        get(move |State(s): State<ApiState>, ctx: Ctx, uri: Uri| list(s, ctx, uri, kind)).post(
-            move |State(s): State<ApiState>, ctx: Ctx, body: Bytes| create(s, ctx, kind, body),
+        get(
+            move |State(s): State<ApiState>, ctx: Ctx, uri: Uri, h: axum::http::HeaderMap| {
+                list(s, ctx, uri, h, kind)
+            },
         )
+        .post(move |State(s): State<ApiState>, ctx: Ctx, body: Bytes| create(s, ctx, kind, body))
     }
     fn item(kind: Kind) -> axum::routing::MethodRouter<ApiState> {
         get(
@@ -400,10 +436,15 @@ pub async fn serve(
 
 // ------------------------------------------------------------------ handlers
 
-/// Query parameters: `fields` (repeatable) and equality filters.
+/// Query parameters: `fields` (repeatable), equality filters, sorting and pagination.
+#[derive(Default)]
 struct ListQuery {
     fields: Vec<String>,
     filters: BTreeMap<String, Vec<String>>,
+    sort_key: Option<String>,
+    descending: bool,
+    limit: Option<usize>,
+    marker: Option<String>,
 }
 
 const NON_FILTERS: &[&str] = &[
@@ -419,16 +460,34 @@ const NON_FILTERS: &[&str] = &[
 fn parse_query(uri: &Uri) -> Result<ListQuery, Fault> {
     let Query(pairs): Query<Vec<(String, String)>> = Query::try_from_uri(uri)
         .map_err(|e| Fault::bad_request(format!("Malformed query string: {e}")))?;
-    let mut q = ListQuery {
-        fields: Vec::new(),
-        filters: BTreeMap::new(),
-    };
+    let mut q = ListQuery::default();
     for (k, v) in pairs {
-        if k == "fields" {
-            q.fields
-                .extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_string));
-        } else if !NON_FILTERS.contains(&k.as_str()) {
-            q.filters.entry(k).or_default().push(v);
+        match k.as_str() {
+            "fields" => q
+                .fields
+                .extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_string)),
+            "sort_key" => q.sort_key = q.sort_key.or(Some(v)),
+            "sort_dir" => match v.as_str() {
+                "asc" => q.descending = false,
+                "desc" => q.descending = true,
+                _ => {
+                    return Err(Fault::bad_request(format!(
+                        "Invalid sort_dir '{v}': must be asc or desc"
+                    )));
+                }
+            },
+            "limit" => match v.parse::<usize>() {
+                Ok(0) => q.limit = None,
+                Ok(n) => q.limit = Some(n),
+                Err(_) => {
+                    return Err(Fault::bad_request(format!(
+                        "Invalid limit '{v}': must be a non-negative integer"
+                    )));
+                }
+            },
+            "marker" => q.marker = Some(v),
+            _ if NON_FILTERS.contains(&k.as_str()) => {}
+            _ => q.filters.entry(k).or_default().push(v),
         }
     }
     Ok(q)
@@ -471,15 +530,71 @@ fn project(item: Value, fields: &[String]) -> Value {
     }
 }
 
-async fn list(s: ApiState, ctx: Ctx, uri: Uri, kind: Kind) -> Result<Response, Fault> {
+fn sort_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+async fn list(
+    s: ApiState,
+    ctx: Ctx,
+    uri: Uri,
+    headers: axum::http::HeaderMap,
+    kind: Kind,
+) -> Result<Response, Fault> {
     let q = parse_query(&uri)?;
     let items = s.read(move |c| resources::list(c, &ctx, kind)).await?;
-    let items: Vec<Value> = items
+    let mut items: Vec<Value> = items
         .into_iter()
         .filter(|i| matches(i, &q.filters))
-        .map(|i| project(i, &q.fields))
         .collect();
-    Ok(Json(json!({ kind.collection(): items })).into_response())
+    if let Some(key) = &q.sort_key {
+        items.sort_by_key(|i| sort_text(&i[key.as_str()]));
+    }
+    if q.descending {
+        items.reverse();
+    }
+    if let Some(m) = &q.marker {
+        let pos = items
+            .iter()
+            .position(|i| i["id"].as_str() == Some(m.as_str()))
+            .ok_or_else(|| Fault::not_found(kind.singular(), m))?;
+        items.drain(..=pos);
+    }
+    let mut body = serde_json::Map::new();
+    if let Some(limit) = q.limit
+        && items.len() > limit
+    {
+        items.truncate(limit);
+        // The next page: the same query with the marker moved to the last item shown.
+        let last = items
+            .last()
+            .and_then(|i| i["id"].as_str())
+            .unwrap_or_default();
+        let mut query: Vec<&str> = uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("marker="))
+            .collect();
+        let marker = format!("marker={last}");
+        query.push(&marker);
+        let href = format!(
+            "{}/v2.0/{}?{}",
+            discovery::base(&headers),
+            kind.collection(),
+            query.join("&")
+        );
+        body.insert(
+            format!("{}_links", kind.collection()),
+            json!([{"rel": "next", "href": href}]),
+        );
+    }
+    let items: Vec<Value> = items.into_iter().map(|i| project(i, &q.fields)).collect();
+    body.insert(kind.collection().to_string(), Value::Array(items));
+    Ok(Json(Value::Object(body)).into_response())
 }
 
 async fn show(s: ApiState, ctx: Ctx, kind: Kind, id: String, uri: Uri) -> Result<Response, Fault> {
@@ -490,6 +605,16 @@ async fn show(s: ApiState, ctx: Ctx, kind: Kind, id: String, uri: Uri) -> Result
 
 async fn create(s: ApiState, ctx: Ctx, kind: Kind, body: Bytes) -> Result<Response, Fault> {
     let o = input::resource_body(&body, kind.singular())?;
+    // Non-admins get 403 for any provider attribute (resources::create).
+    if kind == Kind::Network
+        && ctx.admin
+        && let Some(Value::String(p)) = o.get("provider:physical_network")
+        && !s.inner.physical_networks.contains(p)
+    {
+        return Err(Fault::invalid(format!(
+            "physical_network '{p}' unknown for flat provider network"
+        )));
+    }
     let item = s
         .mutate(move |c, fx| resources::create(c, fx, &ctx, kind, o))
         .await?;

@@ -841,7 +841,8 @@ fn allocate_fixed_ips(
     let subnets = store::network_subnets(c, network_id)?;
     let mut out: Vec<FixedIp> = Vec::new();
     match requests {
-        Some(reqs) => {
+        // An empty list for a router gateway means "pick one", as no address is no gateway.
+        Some(reqs) if !(reqs.is_empty() && need) => {
             for r in reqs {
                 let subnet = match (&r.subnet_id, r.ip) {
                     (Some(sid), _) => subnets.iter().find(|s| &s.id == sid).ok_or_else(|| {
@@ -870,7 +871,7 @@ fn allocate_fixed_ips(
                 });
             }
         }
-        None => {
+        _ => {
             let mut last_err = None;
             for s in &subnets {
                 match store::allocate_ip(c, s, None, false) {

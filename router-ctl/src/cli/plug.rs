@@ -5,32 +5,21 @@
 //! or the next free `ethN`) takes the port's MAC and fixed IP with a default route via the
 //! subnet's gateway; the outer end `tap<port[:11]>` is enslaved to the bridge in the calling
 //! namespace, which must be the daemon's. The tap carries an alias naming the port, so `port
-//! delete` removes only the veths this helper made. Everything goes through rtnetlink.
+//! delete` removes only the veths this helper made. Everything goes through rtnetlink, with the
+//! realiser's `net` helpers (namespaces, veths, addresses, routes).
 
-use std::{
-    fs::{File, OpenOptions},
-    net::{IpAddr, Ipv4Addr},
-    path::{Path, PathBuf},
-};
+use std::net::Ipv4Addr;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures::TryStreamExt as _;
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkInfo, LinkMessage,
-};
-use nix::{
-    mount::{MntFlags, MsFlags},
-    sched::CloneFlags,
-};
-use rtnetlink::{
-    Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder, new_connection,
-};
+use netlink_packet_route::link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage};
+use rtnetlink::{Handle, LinkUnspec};
 use serde_json::Value;
 
-use crate::model::spec::names;
-
-/// Where `ip netns` keeps named namespaces.
-const NETNS_DIR: &str = "/run/netns";
+use crate::{
+    model::spec::names,
+    net::{self, NetnsHandle},
+};
 
 /// What the plugging needs to know about a port, read from the API's port object.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -124,42 +113,23 @@ fn require_root() -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` with a fresh rtnetlink connection on a current-thread runtime, in the calling
-/// thread's network namespace.
-fn with_netlink<T, F, Fut>(f: F) -> Result<T>
+/// Runs `f` with an rtnetlink handle in the calling thread's network namespace.
+fn here<T: Send, F, Fut>(f: F) -> Result<T>
 where
-    F: FnOnce(Handle) -> Fut,
+    F: FnOnce(Handle) -> Fut + Send,
     Fut: Future<Output = Result<T>>,
 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting a netlink runtime")?;
-    rt.block_on(async {
-        let (conn, handle, _) = new_connection().context("opening a netlink socket")?;
-        tokio::spawn(conn);
-        f(handle).await
-    })
+    net::with_netlink(&NetnsHandle::current()?, f)
 }
 
-/// Runs `f` on a thread that entered the named namespace (setns is per thread; the caller's
-/// namespace is untouched).
-fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    let path = netns_path(ns);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
-            nix::sched::setns(&file, CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("entering namespace {ns}"))?;
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow!("the thread configuring namespace {ns} panicked"))?
-    })
-}
-
-fn netns_path(ns: &str) -> PathBuf {
-    Path::new(NETNS_DIR).join(ns)
+/// Runs `f` with an rtnetlink handle inside the named namespace.
+fn inside<T: Send, F, Fut>(ns: &str, f: F) -> Result<T>
+where
+    F: FnOnce(Handle) -> Fut + Send,
+    Fut: Future<Output = Result<T>>,
+{
+    let handle = NetnsHandle::open_named(ns)?.with_context(|| format!("no namespace {ns}"))?;
+    net::with_netlink(&handle, f)
 }
 
 /// Index and attributes of `name` in the current namespace, None when absent.
@@ -193,100 +163,35 @@ fn link_kind(l: &LinkMessage) -> Option<&InfoKind> {
 pub fn preflight(network_id: &str) -> Result<()> {
     require_root()?;
     let bridge = names::bridge(network_id);
-    let found = with_netlink(|h| async move { link_by_name(&h, &bridge).await })?;
-    if found.is_none() {
+    let probe = bridge.clone();
+    if here(|h| async move { net::link::get_link(&h, &probe).await })?.is_none() {
         bail!(
-            "bridge {} of network {network_id} is not in this network namespace: run `port create --netns` on the daemon's host, in the daemon's namespace (e.g. `nsenter --net=/run/netns/HOST router-ctl ...`)",
-            names::bridge(network_id)
+            "bridge {bridge} of network {network_id} is not in this network namespace: run `port create --netns` on the daemon's host, in the daemon's namespace (e.g. `nsenter --net=/run/netns/HOST router-ctl ...`)"
         );
     }
     Ok(())
 }
 
-/// Creates `/run/netns/<ns>` as `ip netns add` does (a shared `/run/netns` mount holding a
-/// bind mount of a new namespace), with `lo` up. Returns false when it already existed.
+/// Creates the named namespace when missing (as `ip netns add`), with `lo` up. Returns whether
+/// it was created.
 pub fn ensure_netns(ns: &str) -> Result<bool> {
     if ns.is_empty() || ns.contains('/') || ns == "." || ns == ".." {
         bail!("invalid namespace name `{ns}`");
     }
-    let path = netns_path(ns);
-    if path.exists() {
+    if !net::ns::create(ns)? {
         return Ok(false);
     }
-    std::fs::create_dir_all(NETNS_DIR).with_context(|| format!("creating {NETNS_DIR}"))?;
-    make_netns_dir_shared()?;
-    OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    let made = std::thread::scope(|s| {
-        s.spawn(|| -> Result<()> {
-            nix::sched::unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
-            nix::mount::mount(
-                Some("/proc/thread-self/ns/net"),
-                &path,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .with_context(|| format!("bind-mounting the new namespace on {}", path.display()))?;
-            // Still inside the new namespace: bring lo up.
-            with_netlink(|h| async move {
-                let lo = link_by_name(&h, "lo")
-                    .await?
-                    .context("no lo in the new namespace")?;
-                h.link()
-                    .set(LinkUnspec::new_with_index(lo.header.index).up().build())
-                    .execute()
-                    .await
-                    .context("setting lo up")
-            })
-        })
-        .join()
-        .map_err(|_| anyhow!("the thread creating namespace {ns} panicked"))?
+    let lo_up = inside(ns, |h| async move {
+        let lo = net::link::get_link(&h, "lo")
+            .await?
+            .context("no lo in the new namespace")?;
+        net::link::set_up(&h, lo.index, true).await
     });
-    if let Err(e) = made {
-        let _ = delete_netns(ns);
+    if let Err(e) = lo_up {
+        let _ = net::ns::delete(ns);
         return Err(e);
     }
     Ok(true)
-}
-
-/// As iproute2: `/run/netns` is made a shared mount (bind-mounted onto itself first if it is
-/// not a mount point) so namespaces created later show in every mount namespace.
-fn make_netns_dir_shared() -> Result<()> {
-    let shared = || {
-        nix::mount::mount(
-            None::<&str>,
-            NETNS_DIR,
-            Some("none"),
-            MsFlags::MS_SHARED | MsFlags::MS_REC,
-            None::<&str>,
-        )
-    };
-    match shared() {
-        Ok(()) => Ok(()),
-        Err(nix::errno::Errno::EINVAL) => {
-            nix::mount::mount(
-                Some(NETNS_DIR),
-                NETNS_DIR,
-                Some("none"),
-                MsFlags::MS_BIND | MsFlags::MS_REC,
-                None::<&str>,
-            )
-            .with_context(|| format!("bind-mounting {NETNS_DIR} onto itself"))?;
-            shared().with_context(|| format!("making {NETNS_DIR} a shared mount"))
-        }
-        Err(e) => Err(anyhow!("making {NETNS_DIR} a shared mount: {e}")),
-    }
-}
-
-/// Removes `/run/netns/<ns>` (as `ip netns del`); the namespace dies with its last user.
-pub fn delete_netns(ns: &str) -> Result<()> {
-    let path = netns_path(ns);
-    let _ = nix::mount::umount2(&path, MntFlags::MNT_DETACH);
-    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
 }
 
 /// Plugs `ns` (created when missing) into the port's network; see the module doc. On error,
@@ -295,15 +200,15 @@ pub fn plug(port: &SandboxPort, ns: &str, prefix: u8, gateway: Option<Ipv4Addr>)
     require_root()?;
     let tap = names::tap_dev(&port.id);
     let probe = tap.clone();
-    if with_netlink(|h| async move { link_by_name(&h, &probe).await })?.is_some() {
+    if here(|h| async move { net::link::get_link(&h, &probe).await })?.is_some() {
         bail!("{tap} already exists: port {} is plugged already", port.id);
     }
     let created_ns = ensure_netns(ns)?;
     let result = plug_inner(port, ns, &tap, prefix, gateway);
     if result.is_err() {
-        let _ = with_netlink(|h| async move { delete_link(&h, &tap).await });
+        let _ = here(|h| async move { net::link::delete_link(&h, &tap).await });
         if created_ns {
-            let _ = delete_netns(ns);
+            let _ = net::ns::delete(ns);
         }
     }
     result
@@ -316,105 +221,46 @@ fn plug_inner(
     prefix: u8,
     gateway: Option<Ipv4Addr>,
 ) -> Result<()> {
-    let inner = in_netns(ns, || {
-        with_netlink(|h| async move {
-            for i in 0..100 {
-                let name = format!("eth{i}");
-                if link_by_name(&h, &name).await?.is_none() {
-                    return Ok(name);
-                }
+    let inner = inside(ns, |h| async move {
+        for i in 0..100 {
+            let name = format!("eth{i}");
+            if net::link::get_link(&h, &name).await?.is_none() {
+                return Ok(name);
             }
-            bail!("namespace {ns} has eth0..eth99 already")
-        })
+        }
+        bail!("namespace {ns} has eth0..eth99 already")
     })?;
     let bridge = names::bridge(&port.network_id);
-    let ns_file = File::open(netns_path(ns)).with_context(|| format!("opening namespace {ns}"))?;
-    let alias = port.alias();
-    {
-        use std::os::fd::AsRawFd as _;
-        let fd = ns_file.as_raw_fd();
-        let (tap, inner, mac) = (tap.to_string(), inner.clone(), port.mac);
-        with_netlink(|h| async move {
-            let br = link_by_name(&h, &bridge)
-                .await?
-                .with_context(|| format!("bridge {bridge} not found in this namespace"))?;
-            // The peer is created directly in the target namespace, with the port's MAC.
-            let peer = LinkMessageBuilder::<LinkUnspec>::new()
-                .name(inner.clone())
-                .address(mac.to_vec())
-                .setns_by_fd(fd)
-                .build();
-            let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-                .name(tap.clone())
-                .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
-                .build();
-            h.link()
-                .add(veth)
-                .execute()
-                .await
-                .with_context(|| format!("creating veth {tap} (peer {inner} in {ns})"))?;
-            let t = link_by_name(&h, &tap)
-                .await?
-                .with_context(|| format!("veth {tap} vanished"))?;
-            h.link()
-                .set(
-                    LinkUnspec::new_with_index(t.header.index)
-                        .controller(br.header.index)
-                        .alias(alias)
-                        .up()
-                        .build(),
-                )
-                .execute()
-                .await
-                .with_context(|| format!("enslaving {tap} to {bridge}"))
-        })?;
-    }
-    let ip = port.ip;
-    in_netns(ns, || {
-        with_netlink(|h| async move {
-            let l = link_by_name(&h, &inner)
-                .await?
-                .with_context(|| format!("{inner} did not arrive in {ns}"))?;
-            let idx = l.header.index;
-            h.link()
-                .set(LinkUnspec::new_with_index(idx).up().build())
-                .execute()
-                .await
-                .with_context(|| format!("setting {inner} up"))?;
-            h.address()
-                .add(idx, IpAddr::V4(ip), prefix)
-                .execute()
-                .await
-                .with_context(|| format!("adding {ip}/{prefix} to {inner}"))?;
-            if let Some(gw) = gateway {
-                let route = RouteMessageBuilder::<Ipv4Addr>::new()
-                    .gateway(gw)
-                    .output_interface(idx)
-                    .build();
-                match h.route().add(route).execute().await {
-                    Ok(()) => {}
-                    Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {
-                        eprintln!(
-                            "note: {ns} already has a default route; leaving it (not via {gw})"
-                        );
-                    }
-                    Err(e) => return Err(anyhow!("adding default route via {gw}: {e}")),
-                }
-            }
-            Ok(())
-        })
-    })
-}
-
-async fn delete_link(h: &Handle, name: &str) -> Result<()> {
-    if let Some(l) = link_by_name(h, name).await? {
+    let target = NetnsHandle::open_named(ns)?.with_context(|| format!("no namespace {ns}"))?;
+    let (alias, mac, peer) = (port.alias(), port.mac, inner.clone());
+    here(|h| async move {
+        let br = net::link::get_link(&h, &bridge)
+            .await?
+            .with_context(|| format!("bridge {bridge} not found in this namespace"))?;
+        // The inner end is created directly in the target namespace, with the port's MAC; the
+        // tap comes up enslaved to the bridge.
+        net::link::create_veth(&h, tap, br.index, &peer, mac, &target).await?;
+        let t = net::link::get_link(&h, tap)
+            .await?
+            .with_context(|| format!("veth {tap} vanished"))?;
         h.link()
-            .del(l.header.index)
+            .set(LinkUnspec::new_with_index(t.index).alias(alias).build())
             .execute()
             .await
-            .with_context(|| format!("deleting {name}"))?;
-    }
-    Ok(())
+            .with_context(|| format!("marking {tap} as a sandbox port"))
+    })?;
+    let ip = port.ip;
+    inside(ns, |h| async move {
+        let l = net::link::get_link(&h, &inner)
+            .await?
+            .with_context(|| format!("{inner} did not arrive in {ns}"))?;
+        net::link::set_up(&h, l.index, true).await?;
+        net::link::converge_address(&h, l.index, ip, prefix).await?;
+        if let Some(gw) = gateway {
+            net::link::replace_default_route(&h, gw, l.index).await?;
+        }
+        Ok(())
+    })
 }
 
 /// Removes the sandbox veth of `port_id` if this helper made it (tap alias names the port);
@@ -426,7 +272,7 @@ pub fn unplug(port_id: &str) -> Result<()> {
     }
     let tap = names::tap_dev(port_id);
     let alias = alias_for(port_id);
-    with_netlink(|h| async move {
+    here(|h| async move {
         let Some(l) = link_by_name(&h, &tap).await? else {
             return Ok(());
         };

@@ -3,9 +3,10 @@
 //!
 //! Layout under the configured directory:
 //! `v<LAYOUT_VERSION>/<MAP_NAME>` for every map, and
-//! `v<LAYOUT_VERSION>/links/<dev>.<ifindex>.<ingress|egress>` for every TCX link. The ifindex in
+//! `v<LAYOUT_VERSION>/links/<dev>@<ifindex>@<ingress|egress>` for every TCX link. The ifindex in
 //! the link name tells a link on the current device from one left on a deleted device of the
-//! same name.
+//! same name. bpffs refuses `.` in names, so a `.` in a device name is stored as `:` (which no
+//! device name can contain).
 
 use std::{
     fs,
@@ -55,14 +56,14 @@ pub fn links_dir(bpffs: &Path) -> PathBuf {
 
 /// Pin name of the link of `dev` (ifindex `ifindex`) on hook `hook`.
 pub fn link_pin_name(dev: &str, ifindex: u32, hook: &str) -> String {
-    format!("{dev}.{ifindex}.{hook}")
+    format!("{}@{ifindex}@{hook}", dev.replace('.', ":"))
 }
 
 /// Parses a link pin name back into `(dev, ifindex, hook)`.
-pub fn parse_link_pin_name(name: &str) -> Option<(&str, u32, &str)> {
-    let (rest, hook) = name.rsplit_once('.')?;
-    let (dev, idx) = rest.rsplit_once('.')?;
-    Some((dev, idx.parse().ok()?, hook))
+pub fn parse_link_pin_name(name: &str) -> Option<(String, u32, &str)> {
+    let (rest, hook) = name.rsplit_once('@')?;
+    let (dev, idx) = rest.rsplit_once('@')?;
+    Some((dev.replace(':', "."), idx.parse().ok()?, hook))
 }
 
 /// Link pins of `dev` (any ifindex) on `hook`, or on every hook when `hook` is None.
@@ -106,13 +107,14 @@ mod tests {
     #[test]
     fn link_pin_names_round_trip() {
         let n = link_pin_name("tap1234-56.ab", 42, "ingress");
-        assert_eq!(n, "tap1234-56.ab.42.ingress");
+        assert_eq!(n, "tap1234-56:ab@42@ingress");
+        assert!(!n.contains('.'), "bpffs refuses dots");
         assert_eq!(
             parse_link_pin_name(&n),
-            Some(("tap1234-56.ab", 42, "ingress"))
+            Some(("tap1234-56.ab".to_string(), 42, "ingress"))
         );
         assert_eq!(parse_link_pin_name("garbage"), None);
-        assert_eq!(parse_link_pin_name("a.x.ingress"), None);
+        assert_eq!(parse_link_pin_name("a@x@ingress"), None);
     }
 
     #[test]

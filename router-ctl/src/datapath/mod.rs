@@ -96,6 +96,12 @@ pub struct Datapath {
     inner: Mutex<Inner>,
 }
 
+// The daemon shares one `Arc<Datapath>` between its API tasks, the realiser and the GC loop.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Datapath>();
+};
+
 /// The hooks: program, TCX attach point and the pin suffix of its link.
 const HOOKS: [(&str, TcAttachType, &str); 2] = [
     (programs::SNAT_OUT, TcAttachType::Ingress, "ingress"),
@@ -263,7 +269,7 @@ impl Datapath {
                 .try_into()
                 .map_err(|e| anyhow!("TCX link of {name} on {dev}: {e}"))?;
             link.pin(&pin)
-                .map_err(|e| anyhow!("pinning {}: {e}", pin.display()))?;
+                .map_err(|e| anyhow!("pinning {}: {e:#}", pin.display()))?;
         }
         Ok(ifindex)
     }

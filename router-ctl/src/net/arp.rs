@@ -3,12 +3,13 @@
 //!
 //! Frames are ARP requests with sender IP = target IP = the address (RFC 5227 announcement),
 //! from the port MAC to broadcast, sent through an AF_PACKET socket opened inside the router
-//! namespace by a background thread, so the caller never waits for the spacing.
+//! namespace by one background thread (`Announcer`), so the caller never waits for the spacing.
 
 use std::{
     net::Ipv4Addr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    time::Duration,
+    sync::{Mutex, mpsc},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -85,30 +86,103 @@ fn send_on(dev: &str, frame: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Announces `ip` from `mac` on `dev` inside namespace `ns`: `COUNT` frames `INTERVAL` apart,
-/// from a background thread. Returns at once; failures (the device went away) end the thread
-/// quietly with a log line.
-pub fn announce(ns: NetnsHandle, dev: String, mac: [u8; 6], ip: Ipv4Addr) {
-    let spawned = std::thread::Builder::new()
-        .name("garp".into())
-        .spawn(move || {
-            if let Err(e) = setns(&ns.file, CloneFlags::CLONE_NEWNET) {
-                tracing::warn!("gratuitous ARP for {ip} on {dev}: setns: {e}");
-                return;
-            }
-            drop(ns);
-            let f = frame(mac, ip);
-            for i in 0..COUNT {
-                if i > 0 {
-                    std::thread::sleep(INTERVAL);
+/// One pending announcement.
+struct Job {
+    ns: NetnsHandle,
+    dev: String,
+    frame: [u8; 42],
+    left: usize,
+    due: Instant,
+}
+
+/// Sends gratuitous ARPs from one background thread, whatever the number of routers: each
+/// announcement is `COUNT` frames `INTERVAL` apart, the thread entering the router namespace
+/// (setns) before each frame. Callers never wait.
+pub struct Announcer {
+    tx: Mutex<mpsc::Sender<Job>>,
+}
+
+impl Announcer {
+    /// Starts the worker thread; it ends once the Announcer is dropped and its queue is empty.
+    pub fn start() -> Result<Self> {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("garp".into())
+            .spawn(move || worker(rx))
+            .context("spawning the gratuitous ARP thread")?;
+        Ok(Self { tx: Mutex::new(tx) })
+    }
+
+    /// Queues the announcement of `ip` from `mac` on `dev` inside namespace `ns`; the first
+    /// frame leaves at once.
+    pub fn announce(&self, ns: NetnsHandle, dev: String, mac: [u8; 6], ip: Ipv4Addr) {
+        let job = Job {
+            ns,
+            dev,
+            frame: frame(mac, ip),
+            left: COUNT,
+            due: Instant::now(),
+        };
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        if tx.send(job).is_err() {
+            tracing::warn!("gratuitous ARP thread is gone; {ip} not announced");
+        }
+    }
+}
+
+fn worker(rx: mpsc::Receiver<Job>) {
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut open = true;
+    while open || !jobs.is_empty() {
+        let now = Instant::now();
+        let next = jobs.iter().map(|j| j.due).min();
+        let wait = next.map(|d| d.saturating_duration_since(now));
+        if open {
+            let got = match wait {
+                Some(w) if w.is_zero() => rx.try_recv().map_err(|e| match e {
+                    mpsc::TryRecvError::Empty => mpsc::RecvTimeoutError::Timeout,
+                    mpsc::TryRecvError::Disconnected => mpsc::RecvTimeoutError::Disconnected,
+                }),
+                Some(w) => rx.recv_timeout(w),
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            };
+            match got {
+                Ok(j) => {
+                    jobs.push(j);
+                    continue;
                 }
-                if let Err(e) = send_on(&dev, &f) {
-                    tracing::debug!("gratuitous ARP for {ip} on {dev}: {e:#}");
-                    return;
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
+            }
+        } else if let Some(w) = wait {
+            std::thread::sleep(w);
+        }
+        let now = Instant::now();
+        let mut i = 0;
+        while i < jobs.len() {
+            if jobs[i].due > now {
+                i += 1;
+                continue;
+            }
+            let j = &mut jobs[i];
+            let sent = setns(&j.ns.file, CloneFlags::CLONE_NEWNET)
+                .context("setns")
+                .and_then(|()| send_on(&j.dev, &j.frame));
+            j.left -= 1;
+            match sent {
+                Ok(()) if j.left > 0 => {
+                    j.due = now + INTERVAL;
+                    i += 1;
+                }
+                Ok(()) => {
+                    jobs.swap_remove(i);
+                }
+                Err(e) => {
+                    // The device or namespace went away: nothing left to announce.
+                    tracing::debug!("gratuitous ARP on {}: {e:#}", j.dev);
+                    jobs.swap_remove(i);
                 }
             }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!("gratuitous ARP for {ip}: cannot spawn a thread: {e}");
+        }
     }
 }

@@ -17,7 +17,8 @@ use crate::model::{
 };
 
 /// Schema versions; `PRAGMA user_version` is the number applied. Append, never edit.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE networks (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -85,7 +86,12 @@ CREATE TABLE router_interfaces (
     port_id TEXT NOT NULL UNIQUE REFERENCES ports(id),
     PRIMARY KEY (router_id, port_id)
 );
-"#];
+"#,
+    // v2: find a gateway port's router without scanning every router.
+    r#"
+CREATE INDEX routers_gw_port ON routers(gw_port_id);
+"#,
+];
 
 /// Highest datapath slot (exclusive): the datapath's per-router maps hold this many.
 pub const MAX_DP_ID: u32 = router_common::MAX_ROUTERS;
@@ -93,6 +99,8 @@ pub const MAX_DP_ID: u32 = router_common::MAX_ROUTERS;
 /// The database of one daemon.
 pub struct Store {
     conn: Connection,
+    /// The database file (None: in memory), for extra read-only connections.
+    path: Option<std::path::PathBuf>,
 }
 
 impl Store {
@@ -101,7 +109,24 @@ impl Store {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        Self::init(conn)
+        let mut store = Self::init(conn)?;
+        store.path = Some(path.to_path_buf());
+        Ok(store)
+    }
+
+    /// A read-only connection to the same file: in WAL mode it reads the last committed state
+    /// without waiting for the writer (None for an in-memory store).
+    pub fn reader(&self) -> anyhow::Result<Option<Connection>> {
+        let Some(path) = &self.path else {
+            return Ok(None);
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(Some(conn))
     }
 
     /// A private in-memory database (tests, tools).
@@ -111,9 +136,10 @@ impl Store {
 
     fn init(mut conn: Connection) -> anyhow::Result<Self> {
         conn.pragma_update(None, "foreign_keys", true)?;
+        conn.set_prepared_statement_cache_capacity(64);
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
-        Ok(Self { conn })
+        Ok(Self { conn, path: None })
     }
 
     /// Starts the one transaction a change runs in (immediate: the writer lock is taken now).

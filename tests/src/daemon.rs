@@ -1,0 +1,398 @@
+//! A real `router-ctl daemon` for integration tests, in a throwaway host namespace.
+//!
+//! Each daemon gets its own temporary state directory and a private bpffs mounted (in the root
+//! mount namespace, so the daemon sees it through `nsenter --net=`) for its pins. The API
+//! listens on 127.0.0.1 *inside* the host namespace, so every HTTP request here is made by a
+//! client whose sockets live in that namespace; callers never need to care. On drop the daemon
+//! is killed, `router-ctl daemon --purge` removes what it created, the bpffs is unmounted and
+//! the directory removed.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+use crate::{Netns, unique};
+
+/// Extra start options.
+#[derive(Clone, Debug, Default)]
+pub struct DaemonOptions {
+    /// TOML written to the daemon's `--config` file.
+    pub config: Option<String>,
+    /// The admin token when `config` defines `[tokens]` (no `admin-token` file is written then).
+    pub admin_token: Option<String>,
+}
+
+/// The `router-ctl` binary: `$ROUTER_CTL_BIN`, else `target/debug/router-ctl` next to the test
+/// executable's directory.
+pub fn router_ctl_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ROUTER_CTL_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/debug/deps/<test> → target/debug/router-ctl
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("router-ctl"))
+        .expect("test executable has a target directory");
+    assert!(
+        bin.exists(),
+        "{} not found: run `cargo build -p router-ctl --bins` first (or set ROUTER_CTL_BIN)",
+        bin.display()
+    );
+    bin
+}
+
+/// A blocking HTTP client whose connections are made from inside a network namespace.
+///
+/// reqwest's blocking client runs its I/O on a thread it spawns when built; building it on a
+/// thread that entered the namespace puts that thread (and so every socket) in the namespace.
+#[derive(Clone)]
+pub struct ApiClient {
+    http: reqwest::blocking::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl ApiClient {
+    /// A client for `base` (e.g. `http://127.0.0.1:9696`) from inside `ns`.
+    pub fn new(ns: &Netns, base: &str, token: Option<&str>) -> Self {
+        let http = ns.enter(|| {
+            reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .no_proxy()
+                .build()
+                .expect("building the HTTP client")
+        });
+        Self {
+            http,
+            base: base.to_string(),
+            token: token.map(str::to_string),
+        }
+    }
+
+    /// The same client with another token (None: no `X-Auth-Token` header).
+    pub fn with_token(&self, token: Option<&str>) -> Self {
+        Self {
+            token: token.map(str::to_string),
+            ..self.clone()
+        }
+    }
+
+    /// Sends a raw body; returns the status and the JSON body (Null when empty, the text as a
+    /// JSON string when it is not JSON). Panics when the request cannot be sent.
+    pub fn raw(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        self.try_raw(method, path, body)
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+    }
+
+    /// `raw` that reports a transport failure instead of panicking.
+    pub fn try_raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, Value), reqwest::Error> {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");
+        let mut req = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header("X-Auth-Token", t);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("Content-Type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send()?;
+        let status = resp.status().as_u16();
+        let text = resp.text()?;
+        let v = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Ok((status, v))
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        self.raw("GET", path, None)
+    }
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.raw("POST", path, Some(&body.to_string()))
+    }
+    pub fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.raw("PUT", path, Some(&body.to_string()))
+    }
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        self.raw("DELETE", path, None)
+    }
+}
+
+/// A running daemon (see the module doc).
+pub struct Daemon {
+    ns_name: String,
+    dir: PathBuf,
+    state_dir: PathBuf,
+    bpffs: PathBuf,
+    config: Option<PathBuf>,
+    port: u16,
+    child: Option<Child>,
+    admin_token: Option<String>,
+    client: ApiClient,
+}
+
+impl Daemon {
+    /// Starts a daemon with the default configuration (generated admin token) in `host`.
+    pub fn start(host: &Netns) -> Self {
+        Self::start_with(host, DaemonOptions::default())
+    }
+
+    /// Starts a daemon with `opts` in `host`.
+    pub fn start_with(host: &Netns, opts: DaemonOptions) -> Self {
+        crate::require_root();
+        let dir = std::env::temp_dir().join(format!("router-ctl-test-{}", unique("d")));
+        let state_dir = dir.join("state");
+        let bpffs = dir.join("bpffs");
+        fs::create_dir_all(&bpffs).expect("creating the test directory");
+        nix::mount::mount(
+            Some("bpf"),
+            &bpffs,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .unwrap_or_else(|e| panic!("mount -t bpf bpf {}: {e}", bpffs.display()));
+        let config = opts.config.as_ref().map(|text| {
+            let p = dir.join("router-ctl.toml");
+            fs::write(&p, text).expect("writing the daemon config");
+            p
+        });
+        // A free port inside the namespace (its loopback is private to this test).
+        let port = host.enter(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("picking a port")
+                .port()
+        });
+        let base = format!("http://127.0.0.1:{port}");
+        let client = ApiClient::new(host, &base, None);
+        let mut d = Self {
+            ns_name: host.name.clone(),
+            dir,
+            state_dir,
+            bpffs,
+            config,
+            port,
+            child: None,
+            admin_token: opts.admin_token,
+            client,
+        };
+        d.spawn();
+        if d.admin_token.is_none() {
+            let t = fs::read_to_string(d.state_dir.join("admin-token"))
+                .unwrap_or_else(|e| panic!("reading the generated admin token: {e}"));
+            d.admin_token = Some(t.trim().to_string());
+        }
+        d.client = d.client.with_token(d.admin_token.as_deref());
+        d
+    }
+
+    fn base_args(&self) -> Vec<String> {
+        let mut a = vec![
+            "daemon".to_string(),
+            "--state-dir".into(),
+            self.state_dir.display().to_string(),
+            "--bpffs".into(),
+            self.bpffs.display().to_string(),
+        ];
+        if let Some(c) = &self.config {
+            a.push("--config".into());
+            a.push(c.display().to_string());
+        }
+        a
+    }
+
+    /// `router-ctl <args>` inside the host namespace (for the CLI and `--purge`).
+    pub fn command(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.ns_name))
+            .arg("--")
+            .arg(router_ctl_bin());
+        c
+    }
+
+    /// A CLI command preset with this daemon's URL and admin token.
+    pub fn cli(&self) -> Command {
+        let mut c = self.command();
+        c.env("ROUTER_CTL_URL", self.url());
+        if let Some(t) = &self.admin_token {
+            c.env("ROUTER_CTL_TOKEN", t);
+        }
+        c
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("daemon.log"))
+            .expect("daemon log");
+        let mut cmd = self.command();
+        cmd.args(self.base_args())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let probe = self.client.with_token(None);
+        loop {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                panic!(
+                    "router-ctl daemon exited ({status}) before answering:\n{}",
+                    self.log()
+                );
+            }
+            let ok = probe.try_raw("GET", "/", None).is_ok_and(|(s, _)| s == 200);
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "router-ctl daemon did not answer within 60 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` (reachable only from inside the host namespace).
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The admin token (generated, or given in the options).
+    pub fn admin_token(&self) -> String {
+        self.admin_token
+            .clone()
+            .expect("no admin token: pass DaemonOptions::admin_token with a [tokens] config")
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs
+    }
+
+    /// The daemon's pid (it is exec'd by nsenter, so this is the daemon itself).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Everything the daemon printed so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// A client with the admin token.
+    pub fn client(&self) -> ApiClient {
+        self.client.clone()
+    }
+
+    /// A client with `token` (None: no token header).
+    pub fn client_as(&self, token: Option<&str>) -> ApiClient {
+        self.client.with_token(token)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        self.client.get(path)
+    }
+    pub fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.client.post(path, body)
+    }
+    pub fn put(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.client.put(path, body)
+    }
+    pub fn delete(&self, path: &str) -> (u16, Value) {
+        self.client.delete(path)
+    }
+
+    /// `kill -9` (no clean shutdown); state dir and bpffs stay.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; panics if it does not exit within 30 s.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("daemon not running");
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!(
+                    "daemon did not exit within 30 s of SIGTERM:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Starts the daemon again on the same state dir, bpffs and port (after `kill9`/`stop`, or
+    /// kills it first).
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        match self
+            .command()
+            .args(self.base_args())
+            .arg("--purge")
+            .output()
+        {
+            Ok(o) if !o.status.success() => eprintln!(
+                "router-ctl daemon --purge failed ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("router-ctl daemon --purge: {e}"),
+            Ok(_) => {}
+        }
+        if let Err(e) = nix::mount::umount2(&self.bpffs, nix::mount::MntFlags::MNT_DETACH) {
+            eprintln!("umount {}: {e}", self.bpffs.display());
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

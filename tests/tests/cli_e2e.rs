@@ -1,0 +1,330 @@
+//! `router-ctl` end to end: the CLI drives a live daemon in a throwaway host namespace, a VM
+//! namespace plugged by `port create --netns` reaches an "internet" namespace through the
+//! router, the internet sees the gateway IP (SNAT), and `gateway clear` stops it.
+use std::{
+    io::ErrorKind,
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    process::Output,
+    time::Duration,
+};
+
+use router_ctl::model::spec::names;
+use serde_json::Value;
+use tests::{Netns, daemon::Daemon, unique};
+
+const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const PORT: u16 = 8080;
+
+fn run(d: &Daemon, args: &[&str]) -> Output {
+    d.cli()
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("spawning router-ctl {args:?}: {e}"))
+}
+
+/// `router-ctl ARGS`, panicking with stderr on failure; returns stdout.
+fn cli(d: &Daemon, args: &[&str]) -> String {
+    let out = run(d, args);
+    assert!(
+        out.status.success(),
+        "router-ctl {} failed ({}): {}\ndaemon log:\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `router-ctl -f json ARGS`, parsed.
+fn cli_json(d: &Daemon, args: &[&str]) -> Value {
+    let text = cli(d, &[&["-f", "json"], args].concat());
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {text}"))
+}
+
+/// `router-ctl ARGS` that must fail; returns stderr.
+fn cli_err(d: &Daemon, args: &[&str]) -> String {
+    let out = run(d, args);
+    assert!(
+        !out.status.success(),
+        "router-ctl {} unexpectedly succeeded: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn id(v: &Value) -> String {
+    v["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no id in {v}"))
+        .to_string()
+}
+
+/// Connects from inside `vm` to the internet server; returns whether the handshake completed.
+fn connect_from(vm: &Netns) -> bool {
+    vm.enter(|| {
+        TcpStream::connect_timeout(&SocketAddr::from((INTERNET, PORT)), Duration::from_secs(2))
+            .is_ok()
+    })
+}
+
+/// The source address of the next connection the internet server accepted (none pending:
+/// None).
+fn accepted(listener: &TcpListener) -> Option<SocketAddr> {
+    match listener.accept() {
+        Ok((_, peer)) => Some(peer),
+        Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+        Err(e) => panic!("accept: {e}"),
+    }
+}
+
+/// The demo topology through the CLI: an external network with the internet (203.0.113.1, a
+/// TCP listener) behind its bridge, a tenant network with a VM plugged by `port create
+/// --netns`, and router `r1` with an interface on the tenant subnet (no gateway yet).
+struct Topology {
+    // Field order is drop order: namespaces first, then the daemon (whose drop purges).
+    vm: Netns,
+    inet: Netns,
+    listener: TcpListener,
+    ext_id: String,
+    router_id: String,
+    port: Value,
+    vm_ip: String,
+    d: Daemon,
+    host: Netns,
+}
+
+impl Topology {
+    fn new() -> Self {
+        let host = Netns::new("ceh");
+        let d = Daemon::start(&host);
+        let ext = cli_json(&d, &["network", "create", "public", "--external"]);
+        let ext_id = id(&ext);
+        cli(
+            &d,
+            &[
+                "subnet",
+                "create",
+                "public-v4",
+                "--network",
+                "public",
+                "--cidr",
+                "203.0.113.0/24",
+                "--gateway",
+                "203.0.113.1",
+                "--allocation-pool",
+                "start=203.0.113.20,end=203.0.113.40",
+            ],
+        );
+        let inet = Netns::new("cei");
+        let uplink = unique("cup");
+        host.ip(&[
+            "link", "add", &uplink, "type", "veth", "peer", "name", "eth0", "netns", &inet.name,
+        ]);
+        host.ip(&[
+            "link",
+            "set",
+            &uplink,
+            "master",
+            &names::bridge(&ext_id),
+            "up",
+        ]);
+        inet.ip(&["addr", "add", "203.0.113.1/24", "dev", "eth0"]);
+        inet.ip(&["link", "set", "eth0", "up"]);
+        let listener = inet.enter(|| TcpListener::bind((INTERNET, PORT)).expect("bind the server"));
+        listener.set_nonblocking(true).expect("nonblocking");
+
+        cli(&d, &["network", "create", "tenant"]);
+        cli(
+            &d,
+            &[
+                "subnet",
+                "create",
+                "tenant-v4",
+                "--network",
+                "tenant",
+                "--cidr",
+                "10.30.0.0/24",
+            ],
+        );
+        let router = cli_json(&d, &["router", "create", "r1"]);
+        let router_id = id(&router);
+        let iface = cli_json(&d, &["router", "interface", "add", "r1", "tenant-v4"]);
+        assert_eq!(iface["id"], router["id"], "{iface}");
+        // Removed on drop by name, whoever created it (here: the CLI).
+        let vm = Netns {
+            name: unique("cev"),
+        };
+        let port = cli_json(
+            &d,
+            &[
+                "port",
+                "create",
+                "--network",
+                "tenant",
+                "--netns",
+                &vm.name,
+                "--name",
+                "vm",
+            ],
+        );
+        let vm_ip = port["fixed_ips"][0]["ip_address"]
+            .as_str()
+            .expect("port IP")
+            .to_string();
+        assert_eq!(port["device_owner"], "compute:sandbox", "{port}");
+        Self {
+            vm,
+            inet,
+            listener,
+            ext_id,
+            router_id,
+            port,
+            vm_ip,
+            d,
+            host,
+        }
+    }
+
+    /// `gateway set r1 public`; returns the gateway IP.
+    fn set_gateway(&self) -> String {
+        let r = cli_json(&self.d, &["gateway", "set", "r1", "public"]);
+        assert_eq!(
+            r["external_gateway_info"]["network_id"],
+            self.ext_id.as_str()
+        );
+        r["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no gateway IP in {r}"))
+            .to_string()
+    }
+}
+
+#[test]
+fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
+    let t = Topology::new();
+    let (d, vm) = (&t.d, &t.vm);
+
+    // No gateway yet: no way out.
+    assert!(!connect_from(vm), "reached the internet before gateway set");
+
+    // The call the seed traces: router-gateway-set.
+    let gw = t.set_gateway();
+    let table = cli(d, &["router", "list"]);
+    assert!(table.contains(&gw) && table.contains("r1"), "{table}");
+
+    // Real traffic: the internet sees the gateway IP, never the VM's.
+    assert!(
+        connect_from(vm),
+        "the VM cannot reach the internet after gateway set\n{}",
+        d.log()
+    );
+    let seen = accepted(&t.listener).expect("the server accepted the VM's connection");
+    assert_eq!(
+        seen.ip().to_string(),
+        gw,
+        "SNAT to the gateway IP (VM is {})",
+        t.vm_ip
+    );
+    let ping = vm.try_run("ping", &["-c", "2", "-i", "0.2", "-W", "2", "203.0.113.1"]);
+    assert!(ping.status.success(), "ping through the router failed");
+
+    // Errors: the NeutronError message, a non-zero exit, nothing changed.
+    let e = cli_err(d, &["gateway", "set", "r1", "tenant"]);
+    assert!(e.contains("router-ctl: error:"), "{e}");
+    let e = cli_err(d, &["router", "show", "nope"]);
+    assert!(e.contains("no router named or with id `nope`"), "{e}");
+    cli(d, &["network", "create", "dup"]);
+    cli(d, &["network", "create", "dup"]);
+    let e = cli_err(d, &["network", "show", "dup"]);
+    assert!(e.contains("2 networks are named `dup`"), "{e}");
+    let r = cli_json(d, &["router", "show", "r1"]);
+    assert_eq!(r["external_gateway_info"]["network_id"], t.ext_id.as_str());
+
+    // gateway clear: the router has no way out any more.
+    let r = cli_json(d, &["gateway", "clear", "r1"]);
+    assert!(
+        r["external_gateway_info"].is_null()
+            || r["external_gateway_info"]
+                .as_object()
+                .is_some_and(|o| o.is_empty()),
+        "{r}"
+    );
+    assert!(
+        !connect_from(vm),
+        "the VM still reaches the internet after gateway clear"
+    );
+    assert_eq!(accepted(&t.listener), None);
+    let ping = vm.try_run("ping", &["-c", "1", "-W", "1", "203.0.113.1"]);
+    assert!(
+        !ping.status.success(),
+        "ping still answered after gateway clear"
+    );
+
+    // --disable-snat and --fixed-ip (names resolved): the chosen address, no translation — the
+    // internet (given a route back) sees the VM's own address.
+    let r = cli_json(
+        d,
+        &[
+            "gateway",
+            "set",
+            "r1",
+            "public",
+            "--disable-snat",
+            "--fixed-ip",
+            "subnet=public-v4,ip=203.0.113.33",
+        ],
+    );
+    let info = &r["external_gateway_info"];
+    assert_eq!(info["enable_snat"], false, "{r}");
+    assert_eq!(
+        info["external_fixed_ips"][0]["ip_address"], "203.0.113.33",
+        "{r}"
+    );
+    t.inet
+        .ip(&["route", "add", "10.30.0.0/24", "via", "203.0.113.33"]);
+    assert!(
+        connect_from(vm),
+        "no route through the router without SNAT\n{}",
+        d.log()
+    );
+    let seen = accepted(&t.listener).expect("the server accepted the VM's connection");
+    assert_eq!(
+        seen.ip().to_string(),
+        t.vm_ip,
+        "no SNAT with --disable-snat"
+    );
+    cli(d, &["gateway", "clear", "r1"]);
+    assert!(
+        !connect_from(vm),
+        "the VM still reaches the internet after gateway clear"
+    );
+
+    // port delete removes the sandbox veth with the port.
+    let port_id = id(&t.port);
+    let tap = names::tap_dev(&port_id);
+    t.host.ip(&["link", "show", &tap]);
+    cli(d, &["port", "delete", &port_id]);
+    assert!(
+        !t.host
+            .try_run("ip", &["link", "show", &tap])
+            .status
+            .success(),
+        "{tap} still exists after port delete"
+    );
+
+    // Detach and delete the router through the CLI: its namespace goes with it.
+    cli(d, &["router", "interface", "remove", "r1", "tenant-v4"]);
+    let e = cli_err(d, &["router", "interface", "remove", "r1", "tenant-v4"]);
+    assert!(e.contains("router-ctl: error:"), "{e}");
+    cli(d, &["router", "delete", "r1"]);
+    assert!(
+        !std::path::Path::new("/run/netns")
+            .join(names::router_netns(&t.router_id))
+            .exists(),
+        "qrouter namespace left after router delete"
+    );
+    let routers = cli_json(d, &["router", "list"]);
+    assert_eq!(routers, serde_json::json!([]));
+}

@@ -1,0 +1,91 @@
+//! Port-range fill through BPF_PROG_TEST_RUN: with a 256-port SNAT range, open new flows to one
+//! server (same remote address and port, so every flow competes for the same ports) from
+//! distinct internal sources, and report the share of new flows refused at 75% and 100% of the
+//! range size. Cilium's bar: < 7% and < 16%. Flows that got a port must keep translating.
+use router_common::stat;
+use router_ctl::{
+    config::NatConfig,
+    datapath::{Datapath, RouterNat},
+};
+use tests::{Bpffs, packet::tcp_frame};
+
+const GW: [u8; 4] = [192, 0, 2, 10];
+const SRV: [u8; 4] = [203, 0, 113, 9];
+const DP_ID: u32 = 3;
+const PORT_MIN: u16 = 20000;
+const PORT_MAX: u16 = 20255;
+
+fn src(i: usize) -> [u8; 4] {
+    [10, 0, (i / 250) as u8, (i % 250 + 2) as u8]
+}
+
+fn nat_port(f: &[u8]) -> u16 {
+    u16::from_be_bytes([f[34], f[35]])
+}
+
+#[test]
+fn port_range_fill_failure_rates() {
+    let bpffs = Bpffs::new();
+    let nat = NatConfig {
+        port_min: PORT_MIN,
+        port_max: PORT_MAX,
+        ..NatConfig::default()
+    };
+    let dp = Datapath::open(bpffs.path(), &nat).unwrap_or_else(|e| panic!("open: {e:#}"));
+    dp.configure_router(&RouterNat {
+        dp_id: DP_ID,
+        ifindex: 1,
+        gateway_ip: GW.into(),
+        enable_snat: true,
+        internal_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+    })
+    .expect("configure");
+
+    let range = (PORT_MAX - PORT_MIN + 1) as usize;
+    let mut ok: Vec<(usize, u16)> = Vec::new();
+    let mut failed_at_75 = 0;
+    let mut failed = 0;
+    for i in 0..range {
+        // Source port outside the range: every flow goes through the random probe.
+        let (rc, out) = dp
+            .test_run("snat_out", &tcp_frame(src(i), 40000, SRV, 80, 0x02))
+            .expect("test run");
+        if rc == 0 {
+            let p = nat_port(&out);
+            assert!(
+                (PORT_MIN..=PORT_MAX).contains(&p),
+                "port {p} outside the range"
+            );
+            ok.push((i, p));
+        } else {
+            assert_eq!(rc, 2, "a refused flow is dropped");
+            failed += 1;
+        }
+        if i + 1 == range * 3 / 4 {
+            failed_at_75 = failed;
+        }
+    }
+    let rate75 = failed_at_75 as f64 / (range * 3 / 4) as f64 * 100.0;
+    let rate100 = failed as f64 / range as f64 * 100.0;
+    println!(
+        "port-range fill ({range} ports): new-flow failures {rate75:.1}% at 75% fill, {rate100:.1}% at 100% fill"
+    );
+    let stats = dp.stats(DP_ID).expect("stats");
+    assert_eq!(stats[stat::NAMES[stat::DROP_NO_PORT]], failed as u64);
+    assert!(rate75 < 7.0, "{rate75:.1}% failures at 75% fill");
+    assert!(rate100 < 16.0, "{rate100:.1}% failures at 100% fill");
+
+    // Ports are unique towards this server, and every existing flow keeps its translation.
+    let mut ports: Vec<u16> = ok.iter().map(|(_, p)| *p).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), ok.len(), "two flows share a NAT port");
+    for (i, p) in &ok {
+        let (rc, out) = dp
+            .test_run("snat_out", &tcp_frame(src(*i), 40000, SRV, 80, 0x10))
+            .expect("test run");
+        assert_eq!(rc, 0, "existing flow {i} refused");
+        assert_eq!(nat_port(&out), *p, "existing flow {i} changed port");
+    }
+    dp.purge().expect("purge");
+}
