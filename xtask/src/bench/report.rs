@@ -377,7 +377,8 @@ impl Report {
             s,
             "\nGateway set → first translated packet at the server: {}",
             match self.gateway_to_first_packet_secs {
-                Some(v) => format!("{:.1} ms", v * 1000.0),
+                Some(v) if self.gateway_delay_note.is_empty() => format!("{:.1} ms", v * 1000.0),
+                Some(v) => format!("{:.1} ms (but: {})", v * 1000.0, self.gateway_delay_note),
                 None => format!("not measured ({})", self.gateway_delay_note),
             }
         );
