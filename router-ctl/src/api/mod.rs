@@ -115,6 +115,8 @@ enum Step {
 
 struct Inner {
     store: Mutex<Store>,
+    /// Read-only connection for GETs, so reads never wait behind a realisation.
+    reader: Option<Mutex<Connection>>,
     realiser: Arc<dyn Realise>,
     tokens: BTreeMap<String, TokenConfig>,
     /// `provider:physical_network` names the config maps to a host interface.
@@ -145,8 +147,16 @@ impl ApiState {
         tokens: BTreeMap<String, TokenConfig>,
         physical_networks: std::collections::BTreeSet<String>,
     ) -> Self {
+        let reader = match store.reader() {
+            Ok(r) => r.map(Mutex::new),
+            Err(e) => {
+                tracing::warn!("no separate read connection, reads share the writer: {e:#}");
+                None
+            }
+        };
         Self {
             inner: Arc::new(Inner {
+                reader,
                 store: Mutex::new(store),
                 realiser,
                 tokens,
@@ -171,9 +181,17 @@ impl ApiState {
         f: impl FnOnce(&Connection) -> Result<T, Fault> + Send + 'static,
     ) -> Result<T, Fault> {
         let st = self.clone();
-        tokio::task::spawn_blocking(move || st.with_store(|s| f(s.conn())))
-            .await
-            .map_err(|e| Fault::internal(format!("request task failed: {e}")))?
+        tokio::task::spawn_blocking(move || match &st.inner.reader {
+            Some(r) => {
+                let conn = r.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                // One snapshot for every query of the request.
+                let tx = conn.unchecked_transaction()?;
+                f(&tx)
+            }
+            None => st.with_store(|s| f(s.conn())),
+        })
+        .await
+        .map_err(|e| Fault::internal(format!("request task failed: {e}")))?
     }
 
     async fn mutate<T: Send + 'static>(

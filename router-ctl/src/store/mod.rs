@@ -99,6 +99,8 @@ pub const MAX_DP_ID: u32 = router_common::MAX_ROUTERS;
 /// The database of one daemon.
 pub struct Store {
     conn: Connection,
+    /// The database file (None: in memory), for extra read-only connections.
+    path: Option<std::path::PathBuf>,
 }
 
 impl Store {
@@ -107,7 +109,24 @@ impl Store {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        Self::init(conn)
+        let mut store = Self::init(conn)?;
+        store.path = Some(path.to_path_buf());
+        Ok(store)
+    }
+
+    /// A read-only connection to the same file: in WAL mode it reads the last committed state
+    /// without waiting for the writer (None for an in-memory store).
+    pub fn reader(&self) -> anyhow::Result<Option<Connection>> {
+        let Some(path) = &self.path else {
+            return Ok(None);
+        };
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(64);
+        Ok(Some(conn))
     }
 
     /// A private in-memory database (tests, tools).
@@ -120,7 +139,7 @@ impl Store {
         conn.set_prepared_statement_cache_capacity(64);
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
-        Ok(Self { conn })
+        Ok(Self { conn, path: None })
     }
 
     /// Starts the one transaction a change runs in (immediate: the writer lock is taken now).
