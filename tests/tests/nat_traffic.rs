@@ -269,6 +269,16 @@ fn snat_end_to_end() {
     let bpffs = Bpffs::new();
     let dp = Datapath::open(bpffs.path(), &NatConfig::default())
         .unwrap_or_else(|e| panic!("open datapath: {e:#}"));
+    // A device that does not exist: a clear error and no pin left behind.
+    let err = t
+        .host
+        .enter(|| dp.attach("nosuchdev0"))
+        .expect_err("attach to nothing");
+    assert!(format!("{err:#}").contains("nosuchdev0"), "{err:#}");
+    let links = bpffs
+        .path()
+        .join(format!("v{}/links", router_common::LAYOUT_VERSION));
+    assert_eq!(std::fs::read_dir(&links).expect("links dir").count(), 0);
     let ifindex = t
         .host
         .enter(|| dp.attach(&t.tap))
