@@ -233,7 +233,7 @@ impl Realiser {
             datapath,
             daemon_ns,
             owned,
-            announcer: arp::Announcer::start()?,
+            announcer: arp::Announcer::start(NetnsHandle::current()?)?,
             op: Mutex::new(()),
             memo: Mutex::new(HashMap::new()),
             recent: Mutex::new(Recent {

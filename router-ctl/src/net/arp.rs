@@ -104,11 +104,13 @@ pub struct Announcer {
 
 impl Announcer {
     /// Starts the worker thread; it ends once the Announcer is dropped and its queue is empty.
-    pub fn start() -> Result<Self> {
+    /// Between jobs the thread returns to `home` (the daemon's namespace) so that it never
+    /// keeps a deleted router namespace, and the devices in it, alive.
+    pub fn start(home: NetnsHandle) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("garp".into())
-            .spawn(move || worker(rx))
+            .spawn(move || worker(rx, home))
             .context("spawning the gratuitous ARP thread")?;
         Ok(Self { tx: Mutex::new(tx) })
     }
@@ -130,10 +132,17 @@ impl Announcer {
     }
 }
 
-fn worker(rx: mpsc::Receiver<Job>) {
+fn worker(rx: mpsc::Receiver<Job>, home: NetnsHandle) {
     let mut jobs: Vec<Job> = Vec::new();
     let mut open = true;
+    let mut away = false;
     while open || !jobs.is_empty() {
+        if jobs.is_empty() && away {
+            if let Err(e) = setns(&home.file, CloneFlags::CLONE_NEWNET) {
+                tracing::warn!("gratuitous ARP thread: returning to the daemon namespace: {e}");
+            }
+            away = false;
+        }
         let now = Instant::now();
         let next = jobs.iter().map(|j| j.due).min();
         let wait = next.map(|d| d.saturating_duration_since(now));
@@ -165,6 +174,7 @@ fn worker(rx: mpsc::Receiver<Job>) {
                 continue;
             }
             let j = &mut jobs[i];
+            away = true;
             let sent = setns(&j.ns.file, CloneFlags::CLONE_NEWNET)
                 .context("setns")
                 .and_then(|()| send_on(&j.dev, &j.frame));
