@@ -391,7 +391,42 @@ pub fn router(state: ApiState) -> Router {
             "The method is not allowed for this resource.",
         )
     })
+    .layer(axum::middleware::map_response(neutron_errors))
     .with_state(state)
+}
+
+/// Turns any error response that is not already a NeutronError (axum's own rejections: path
+/// decoding, body too large) into one, so clients always get the documented shape.
+async fn neutron_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let kind = match status.as_u16() {
+        400 => "HTTPBadRequest",
+        404 => "HTTPNotFound",
+        405 => "HTTPMethodNotAllowed",
+        413 => "HTTPRequestEntityTooLarge",
+        415 => "HTTPUnsupportedMediaType",
+        422 => "HTTPUnprocessableEntity",
+        s if s >= 500 => "HTTPInternalServerError",
+        _ => "HTTPClientError",
+    };
+    let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    Fault::new(status.as_u16(), kind, message).into_response()
 }
 
 /// Drops a trailing `.json` from the path (Neutron clients append it), before routing.

@@ -416,6 +416,12 @@ async fn errors_are_neutron_errors() {
     assert_eq!(v["networks"][0].as_object().unwrap().len(), 2);
     let (st, _) = t.req("GET", "/v2.0/nothing", "ta", Value::Null).await;
     assert_eq!(st, 404);
+    // axum's own rejections come back as NeutronErrors too.
+    let (st, v) = t.raw("GET", "/v2.0/networks/%FF%FE", Some("ta"), "").await;
+    assert_eq!((st, err_type(&v)), (400, "HTTPBadRequest"));
+    let big = format!("{{\"network\": {{\"name\": \"{}\"}}}}", "x".repeat(3 << 20));
+    let (st, v) = t.raw("POST", "/v2.0/networks", Some("ta"), &big).await;
+    assert_eq!((st, err_type(&v)), (413, "HTTPRequestEntityTooLarge"));
 }
 
 #[tokio::test]
