@@ -885,7 +885,8 @@ fn allocate_fixed_ips(
                     Err(e) => last_err = Some(e),
                 }
             }
-            if out.is_empty() && need {
+            // No address at all: an error when one was needed or the subnets are full.
+            if out.is_empty() && (need || last_err.is_some()) {
                 return Err(last_err.unwrap_or_else(|| {
                     Fault::new(400, "BadRequest", format!("Bad router request: Network {network_id} has no IPv4 subnet to allocate an address from."))
                 }));
