@@ -377,7 +377,8 @@ impl Report {
             s,
             "\nGateway set → first translated packet at the server: {}",
             match self.gateway_to_first_packet_secs {
-                Some(v) => format!("{:.1} ms", v * 1000.0),
+                Some(v) if self.gateway_delay_note.is_empty() => format!("{:.1} ms", v * 1000.0),
+                Some(v) => format!("{:.1} ms (but: {})", v * 1000.0, self.gateway_delay_note),
                 None => format!("not measured ({})", self.gateway_delay_note),
             }
         );
@@ -406,8 +407,8 @@ impl Report {
         };
         let bar_h = 14.0;
         let group_h = bar_h * kinds.len().max(1) as f64 + 16.0;
-        let left = 240.0;
-        let width = 720.0;
+        let left = 260.0;
+        let width = 880.0;
         let scale = 360.0; // px per 1.0×
         let top = 40.0;
         let height = top + group_h * Metric::ALL.len() as f64 + 40.0;
