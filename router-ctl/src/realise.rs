@@ -538,6 +538,41 @@ impl Realiser {
         changes.append(&mut inside.changed);
 
         // 4. Daemon side: create missing veth pairs, fix taps, attach the datapath.
+        let mut daemon_links = daemon_links;
+        let needs_fix = |links: &HashMap<String, LinkState>, present: &HashSet<String>| {
+            ports.iter().any(|p| {
+                !present.contains(&p.inner)
+                    || links.get(&p.tap).is_none_or(|t| {
+                        !t.up || t.controller != links.get(&p.bridge).map(|b| b.index)
+                    })
+            })
+        };
+        if known.is_some() && needs_fix(&daemon_links, &inside.present) {
+            // The caller's dump may predate an API call: look again before changing anything.
+            daemon_links = self.lookup_daemon_links(&wanted)?;
+        }
+        // An inner device whose tap is gone is not ours any more (a veth takes its peer with
+        // it): delete it and build the pair again.
+        let orphans: Vec<String> = ports
+            .iter()
+            .filter(|p| inside.present.contains(&p.inner) && !daemon_links.contains_key(&p.tap))
+            .map(|p| p.inner.clone())
+            .collect();
+        if !orphans.is_empty() {
+            with_netlink(&router_ns, |h| {
+                let orphans = &orphans;
+                async move {
+                    for d in orphans {
+                        link::delete_link(&h, d).await?;
+                    }
+                    Ok(())
+                }
+            })?;
+            for d in &orphans {
+                inside.present.remove(d);
+                changes.push(format!("removed orphan {d}"));
+            }
+        }
         let missing: Vec<&PortPlan<'_>> = ports
             .iter()
             .filter(|p| !inside.present.contains(&p.inner))
@@ -547,11 +582,9 @@ impl Realiser {
             .filter(|p| inside.present.contains(&p.inner))
             .filter(|p| {
                 let br = daemon_links.get(&p.bridge).map(|b| b.index);
-                match daemon_links.get(&p.tap) {
-                    Some(t) => !t.up || t.controller != br,
-                    // Inner device present but no tap: a foreign device; recreate below.
-                    None => true,
-                }
+                daemon_links
+                    .get(&p.tap)
+                    .is_none_or(|t| !t.up || t.controller != br)
             })
             .collect();
         if !missing.is_empty() || !tap_fix.is_empty() {
@@ -595,14 +628,23 @@ impl Realiser {
         }
         if let (Some(g), Some(gw)) = (gw_plan, &spec.gateway) {
             let recreated = changes.iter().any(|c| c == &format!("veth {}", g.tap));
+            let current = daemon_links.get(&g.tap).map(|t| t.index);
             let ifindex = match &memo.attached {
-                Some((t, idx)) if t == &g.tap && !recreated => *idx,
+                Some((t, idx))
+                    if t == &g.tap && !recreated && current.is_none_or(|c| c == *idx) =>
+                {
+                    *idx
+                }
                 _ => {
                     let idx = in_netns(&self.daemon_ns, || self.datapath.attach(&g.tap))
                         .with_context(|| {
                             format!("router {}: attaching the datapath to {}", spec.id, g.tap)
                         })?;
-                    created.push(Created::Attached(g.tap.clone()));
+                    // Undo only an attachment to a tap this call made (an existing gateway keeps
+                    // its programs if a later step fails).
+                    if recreated {
+                        created.push(Created::Attached(g.tap.clone()));
+                    }
                     memo.attached = Some((g.tap.clone(), idx));
                     idx
                 }

@@ -581,6 +581,22 @@ fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
         bridge_ports(&host, &names::bridge(&int.id)),
         vec![names::tap_dev(&qr_port.port_id)]
     );
+
+    // A device of the right name that is not our veth (its tap is gone) is replaced.
+    tests::ip(&["-n", &ns, "link", "del", &qr]);
+    tests::ip(&[
+        "-n", &ns, "link", "add", &qr, "type", "veth", "peer", "name", "junk0",
+    ]);
+    let rep = h.call(|r| r.reconcile(&want)).expect("reconcile orphan");
+    assert!(rep.failed.is_empty(), "{rep:?}");
+    assert_eq!(ipv4(&ns, &qr), vec!["10.0.1.1/24".to_string()]);
+    assert!(link(&ns, "junk0").is_none(), "foreign peer kept");
+    assert_eq!(
+        bridge_ports(&host, &names::bridge(&int.id)),
+        vec![names::tap_dev(&qr_port.port_id)]
+    );
+    let rep = h.call(|r| r.reconcile(&want)).expect("steady");
+    assert!(rep.repaired.is_empty(), "{rep:?}");
 }
 
 #[test]
