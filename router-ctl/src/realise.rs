@@ -1140,3 +1140,88 @@ async fn converge_routes(
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(id: &str, mac: [u8; 6], ip: &str, cidr: &str) -> PortSpec {
+        PortSpec {
+            port_id: id.into(),
+            network_id: "net-1".into(),
+            mac,
+            ip: ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED),
+            subnet_cidr: cidr.parse().unwrap_or_default(),
+        }
+    }
+
+    fn router(interfaces: Vec<PortSpec>) -> RouterSpec {
+        RouterSpec {
+            id: "router-1".into(),
+            dp_id: 1,
+            admin_state_up: true,
+            interfaces,
+            gateway: None,
+        }
+    }
+
+    const MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 1];
+
+    #[test]
+    fn valid_router_passes() {
+        let r = router(vec![port("p1", MAC, "10.0.0.1", "10.0.0.0/24")]);
+        assert!(validate_router(&r).is_ok());
+    }
+
+    #[test]
+    fn bad_specs_are_refused_before_touching_the_kernel() {
+        let multicast = router(vec![port(
+            "p1",
+            [1, 0, 0x5e, 0, 0, 1],
+            "10.0.0.1",
+            "10.0.0.0/24",
+        )]);
+        assert!(validate_router(&multicast).is_err());
+        let zero = router(vec![port("p1", [0; 6], "10.0.0.1", "10.0.0.0/24")]);
+        assert!(validate_router(&zero).is_err());
+        let outside = router(vec![port("p1", MAC, "10.0.1.1", "10.0.0.0/24")]);
+        assert!(validate_router(&outside).is_err());
+        let clash = router(vec![
+            port("abcdefghijk-1", MAC, "10.0.0.1", "10.0.0.0/24"),
+            port("abcdefghijk-2", MAC, "10.0.1.1", "10.0.1.0/24"),
+        ]);
+        assert!(validate_router(&clash).is_err());
+        let mut bad_id = router(vec![]);
+        bad_id.id = "../etc".into();
+        assert!(validate_router(&bad_id).is_err());
+        let mut self_hop = router(vec![]);
+        self_hop.gateway = Some(crate::model::spec::GatewaySpec {
+            port: port("g1", MAC, "192.0.2.10", "192.0.2.0/24"),
+            next_hop: Some("192.0.2.10".parse().unwrap_or(Ipv4Addr::UNSPECIFIED)),
+            enable_snat: true,
+        });
+        assert!(validate_router(&self_hop).is_err());
+    }
+
+    #[test]
+    fn plan_names_devices_like_neutron() {
+        let mut r = router(vec![port(
+            "0123456789abcdef",
+            MAC,
+            "10.0.0.1",
+            "10.0.0.0/24",
+        )]);
+        r.gateway = Some(crate::model::spec::GatewaySpec {
+            port: port("fedcba9876543210", MAC, "192.0.2.10", "192.0.2.0/24"),
+            next_hop: None,
+            enable_snat: true,
+        });
+        let p = plan(&r);
+        assert_eq!(p[0].inner, "qr-0123456789a");
+        assert_eq!(p[0].tap, "tap0123456789a");
+        assert_eq!(p[0].bridge, "brqnet-1");
+        assert!(!p[0].gateway);
+        assert_eq!(p[1].inner, "qg-fedcba98765");
+        assert!(p[1].gateway);
+    }
+}

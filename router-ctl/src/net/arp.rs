@@ -196,3 +196,23 @@ fn worker(rx: mpsc::Receiver<Job>, home: NetnsHandle) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcement_frame_layout() {
+        let mac = [0xfa, 0x16, 0x3e, 1, 2, 3];
+        let ip = Ipv4Addr::new(203, 0, 113, 10);
+        let f = frame(mac, ip);
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        assert_eq!(&f[6..12], &mac);
+        assert_eq!(&f[12..14], &[0x08, 0x06]);
+        assert_eq!(&f[14..22], &[0, 1, 0x08, 0, 6, 4, 0, 1]);
+        assert_eq!(&f[22..28], &mac);
+        assert_eq!(&f[28..32], &ip.octets());
+        assert_eq!(&f[32..38], &[0; 6]);
+        assert_eq!(&f[38..42], &ip.octets());
+    }
+}
