@@ -670,12 +670,7 @@ impl Realiser {
         // 6. Announce new or changed addresses (background threads).
         if spec.admin_state_up {
             for (dev, mac, ip) in inside.announce {
-                match NetnsHandle::open_named(&ns_name) {
-                    Ok(Some(h)) => self.announcer.announce(h, dev, mac, ip),
-                    _ => {
-                        tracing::warn!("router {}: namespace gone before announcing {ip}", spec.id)
-                    }
-                }
+                self.announcer.announce(ns_name.clone(), dev, mac, ip);
             }
         }
         Ok(changes)
