@@ -216,6 +216,7 @@ fn network_row(r: &Row) -> rusqlite::Result<Network> {
     })
 }
 
+/// Adds a network row.
 pub fn insert_network(conn: &Connection, n: &Network) -> Result<(), Fault> {
     conn.execute(
         &format!("INSERT INTO networks ({NET_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
@@ -243,6 +244,7 @@ pub fn update_network(conn: &Connection, n: &Network) -> Result<(), Fault> {
     Ok(())
 }
 
+/// The network, None when unknown.
 pub fn get_network(conn: &Connection, id: &str) -> Result<Option<Network>, Fault> {
     Ok(conn
         .query_row(
@@ -253,6 +255,7 @@ pub fn get_network(conn: &Connection, id: &str) -> Result<Option<Network>, Fault
         .optional()?)
 }
 
+/// Every network in creation order.
 pub fn list_networks(conn: &Connection) -> Result<Vec<Network>, Fault> {
     let mut st = conn.prepare_cached(&format!("SELECT {NET_COLS} FROM networks ORDER BY rowid"))?;
     let rows = st.query_map([], network_row)?;
@@ -321,6 +324,7 @@ fn dns_text(s: &Subnet) -> String {
         .join(",")
 }
 
+/// Adds a subnet and its pools.
 pub fn insert_subnet(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
     conn.execute(
         &format!("INSERT INTO subnets ({SUBNET_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
@@ -348,6 +352,7 @@ pub fn update_subnet(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
     write_pools(conn, s)
 }
 
+/// The subnet with its pools, None when unknown.
 pub fn get_subnet(conn: &Connection, id: &str) -> Result<Option<Subnet>, Fault> {
     let s = conn
         .query_row(
@@ -379,6 +384,7 @@ fn query_subnets(
     Ok(out)
 }
 
+/// Every subnet in creation order.
 pub fn list_subnets(conn: &Connection) -> Result<Vec<Subnet>, Fault> {
     query_subnets(
         conn,
@@ -387,6 +393,7 @@ pub fn list_subnets(conn: &Connection) -> Result<Vec<Subnet>, Fault> {
     )
 }
 
+/// The network's subnets in creation order (the order addresses are taken from).
 pub fn network_subnets(conn: &Connection, network_id: &str) -> Result<Vec<Subnet>, Fault> {
     query_subnets(
         conn,
@@ -395,6 +402,7 @@ pub fn network_subnets(conn: &Connection, network_id: &str) -> Result<Vec<Subnet
     )
 }
 
+/// Deletes the subnet and its pools (callers check for allocations first).
 pub fn delete_subnet(conn: &Connection, id: &str) -> Result<(), Fault> {
     conn.execute("DELETE FROM subnets WHERE id=?1", [id])?;
     Ok(())
@@ -544,6 +552,7 @@ fn load_fixed_ips(conn: &Connection, p: &mut Port) -> Result<(), Fault> {
     Ok(())
 }
 
+/// Whether any port has this MAC.
 pub fn mac_in_use(conn: &Connection, mac: &[u8; 6]) -> Result<bool, Fault> {
     Ok(conn
         .query_row(
@@ -630,6 +639,7 @@ pub fn update_port(conn: &Connection, p: &Port) -> Result<(), Fault> {
     write_fixed_ips(conn, p)
 }
 
+/// The port with its fixed IPs, None when unknown.
 pub fn get_port(conn: &Connection, id: &str) -> Result<Option<Port>, Fault> {
     let p = conn
         .query_row(
@@ -661,6 +671,7 @@ fn query_ports(
     Ok(out)
 }
 
+/// Every port in creation order.
 pub fn list_ports(conn: &Connection) -> Result<Vec<Port>, Fault> {
     query_ports(
         conn,
@@ -669,6 +680,7 @@ pub fn list_ports(conn: &Connection) -> Result<Vec<Port>, Fault> {
     )
 }
 
+/// The network's ports (a network with ports cannot be deleted).
 pub fn network_ports(conn: &Connection, network_id: &str) -> Result<Vec<Port>, Fault> {
     query_ports(
         conn,
@@ -677,6 +689,7 @@ pub fn network_ports(conn: &Connection, network_id: &str) -> Result<Vec<Port>, F
     )
 }
 
+/// Deletes the port and frees its addresses.
 pub fn delete_port(conn: &Connection, id: &str) -> Result<(), Fault> {
     conn.execute("DELETE FROM fixed_ips WHERE port_id=?1", [id])?;
     conn.execute("DELETE FROM ports WHERE id=?1", [id])?;
@@ -723,6 +736,7 @@ pub fn free_dp_id(conn: &Connection) -> Result<u32, Fault> {
     Ok(id as u32)
 }
 
+/// Adds a router row (its dp_id from `free_dp_id`).
 pub fn insert_router(conn: &Connection, r: &Router) -> Result<(), Fault> {
     conn.execute(
         &format!("INSERT INTO routers ({ROUTER_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
@@ -750,6 +764,7 @@ pub fn update_router(conn: &Connection, r: &Router) -> Result<(), Fault> {
     Ok(())
 }
 
+/// The router, None when unknown.
 pub fn get_router(conn: &Connection, id: &str) -> Result<Option<Router>, Fault> {
     Ok(conn
         .query_row(
@@ -760,6 +775,7 @@ pub fn get_router(conn: &Connection, id: &str) -> Result<Option<Router>, Fault> 
         .optional()?)
 }
 
+/// Every router in creation order.
 pub fn list_routers(conn: &Connection) -> Result<Vec<Router>, Fault> {
     let mut st =
         conn.prepare_cached(&format!("SELECT {ROUTER_COLS} FROM routers ORDER BY rowid"))?;
@@ -767,12 +783,14 @@ pub fn list_routers(conn: &Connection) -> Result<Vec<Router>, Fault> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// Deletes the router and its interface rows (callers remove the ports).
 pub fn delete_router(conn: &Connection, id: &str) -> Result<(), Fault> {
     conn.execute("DELETE FROM router_interfaces WHERE router_id=?1", [id])?;
     conn.execute("DELETE FROM routers WHERE id=?1", [id])?;
     Ok(())
 }
 
+/// Records `port_id` as an interface of the router.
 pub fn add_interface(conn: &Connection, router_id: &str, port_id: &str) -> Result<(), Fault> {
     conn.execute(
         "INSERT INTO router_interfaces (router_id, port_id) VALUES (?1, ?2)",
@@ -781,6 +799,7 @@ pub fn add_interface(conn: &Connection, router_id: &str, port_id: &str) -> Resul
     Ok(())
 }
 
+/// Forgets the interface row (the caller deletes the port).
 pub fn remove_interface(conn: &Connection, router_id: &str, port_id: &str) -> Result<(), Fault> {
     conn.execute(
         "DELETE FROM router_interfaces WHERE router_id=?1 AND port_id=?2",
