@@ -14,7 +14,10 @@ use std::{
     collections::{BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -62,7 +65,14 @@ pub struct Realiser {
     /// Objects applied/removed recently through the API (reconcile grace, see
     /// `DEFAULT_RECONCILE_GRACE`).
     recent: Mutex<Recent>,
+    /// Reconcile passes so far (every `FULL_CHECK_EVERY`th is a full one).
+    passes: AtomicU64,
 }
+
+/// One reconcile pass in this many enters every router namespace; the others check routers
+/// from the daemon's namespace only (cheap with 1000 routers), which already sees a deleted
+/// namespace or device.
+pub const FULL_CHECK_EVERY: u64 = 10;
 
 #[derive(Clone, Debug, Default)]
 struct RouterMemo {
@@ -72,6 +82,8 @@ struct RouterMemo {
     attached: Option<(String, u32)>,
     /// NAT configuration last written.
     nat: Option<RouterNat>,
+    /// The spec this router was last fully converged to.
+    spec: Option<RouterSpec>,
 }
 
 #[derive(Debug)]
@@ -241,6 +253,7 @@ impl Realiser {
                 applied: HashMap::new(),
                 removed: HashMap::new(),
             }),
+            passes: AtomicU64::new(0),
         })
     }
 
@@ -665,6 +678,7 @@ impl Realiser {
             }
         }
         memo.taps = ports.iter().map(|p| p.tap.clone()).collect();
+        memo.spec = Some(spec.clone());
         lock(&self.memo).insert(spec.id.clone(), memo);
 
         // 6. Announce new or changed addresses (background threads).
@@ -952,8 +966,15 @@ impl Realiser {
             }
         }
 
-        // Desired routers.
+        // Desired routers. Most passes only check from outside (namespace mounted, taps present,
+        // up and enslaved, which also proves the veth peers inside exist); every
+        // `FULL_CHECK_EVERY`th pass, and whenever that check fails, a router is converged from
+        // inside its namespace (addresses, routes, sysctls).
         let links = self.dump_daemon_links()?;
+        let full = self
+            .passes
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(FULL_CHECK_EVERY);
         for r in &desired.routers {
             if self.recently_removed(&format!("router:{}", r.id)) {
                 continue;
@@ -963,6 +984,9 @@ impl Realiser {
                 continue;
             }
             let _g = self.lock_op();
+            if !full && self.looks_converged(r, &links) {
+                continue;
+            }
             let mut created = Vec::new();
             match self.converge_router(r, Some(&links), &mut created) {
                 Ok(changes) => {
@@ -1010,6 +1034,35 @@ impl Realiser {
             report.removed.extend(stale);
         }
         Ok(report)
+    }
+
+    /// The outside check of a router reconcile does between full passes: last converged to
+    /// this very spec, namespace still mounted, every tap present, up, in its bridge, and the
+    /// gateway tap still the device the datapath is attached to.
+    fn looks_converged(&self, spec: &RouterSpec, links: &HashMap<String, LinkState>) -> bool {
+        let memo = lock(&self.memo);
+        let Some(m) = memo.get(&spec.id) else {
+            return false;
+        };
+        if m.spec.as_ref() != Some(spec) {
+            return false;
+        }
+        for p in plan(spec) {
+            let Some(br) = links.get(&p.bridge).filter(|b| b.up) else {
+                return false;
+            };
+            let Some(tap) = links.get(&p.tap) else {
+                return false;
+            };
+            if !tap.up || tap.controller != Some(br.index) {
+                return false;
+            }
+            if p.gateway && m.attached != Some((p.tap.clone(), tap.index)) {
+                return false;
+            }
+        }
+        drop(memo);
+        matches!(ns::exists(&names::router_netns(&spec.id)), Ok(true))
     }
 
     fn dump_daemon_links(&self) -> Result<HashMap<String, LinkState>> {

@@ -597,6 +597,23 @@ fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
     );
     let rep = h.call(|r| r.reconcile(&want)).expect("steady");
     assert!(rep.repaired.is_empty(), "{rep:?}");
+
+    // Changes made inside the namespace (invisible from the host) are repaired by the next
+    // full pass, at most FULL_CHECK_EVERY passes away.
+    tests::ip(&["-n", &ns, "route", "del", "default"]);
+    tests::ip(&["-n", &ns, "addr", "flush", "dev", &qg]);
+    let mut passes = 0;
+    while default_routes(&ns).is_empty() {
+        assert!(
+            passes <= router_ctl::realise::FULL_CHECK_EVERY,
+            "not repaired after {passes} passes"
+        );
+        let rep = h.call(|r| r.reconcile(&want)).expect("reconcile inside");
+        assert!(rep.failed.is_empty(), "{rep:?}");
+        passes += 1;
+    }
+    assert_eq!(ipv4(&ns, &qg), vec!["203.0.113.10/24".to_string()]);
+    assert_eq!(default_routes(&ns)[0]["gateway"], "203.0.113.1");
 }
 
 #[test]
