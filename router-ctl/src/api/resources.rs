@@ -1388,6 +1388,11 @@ pub fn add_interface(
         }
         (Some(sid), None) => {
             let s = visible_subnet(c, ctx, &sid)?;
+            // Another project's external subnet is readable, but not a place for interfaces.
+            let shared = store::get_network(c, &s.network_id)?.is_some_and(|n| n.shared);
+            if !ctx.owns(&s.project_id) && !shared {
+                return Err(Fault::not_found("subnet", &sid));
+            }
             let Some(gw) = s.gateway_ip else {
                 return Err(Fault::new(
                     400,
