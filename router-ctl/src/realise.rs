@@ -363,6 +363,7 @@ impl Realiser {
                     }
                     created = true;
                     changed = true;
+                    ns::disable_ipv6(&br);
                     link::get_link(&h, &br)
                         .await?
                         .ok_or_else(|| anyhow!("bridge {br} vanished after creation"))?
@@ -761,6 +762,7 @@ impl Realiser {
                             e.context(format!("router {}: port {}", spec.id, p.port.port_id))
                         );
                     }
+                    ns::disable_ipv6(&p.tap);
                     made.push(p.tap.clone());
                 }
                 Ok(())

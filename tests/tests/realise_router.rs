@@ -246,6 +246,14 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
         assert_eq!(l["linkinfo"]["info_kind"], "bridge", "{l}");
         assert!(is_up(&l), "{br} is down");
         assert!(ipv4(&host, &br).is_empty(), "{br} has an address");
+        let v6 = ip_json(&host, &["-6", "addr", "show", "dev", &br]);
+        assert!(
+            v6.as_array()
+                .expect("array")
+                .iter()
+                .all(|l| l["addr_info"].as_array().is_none_or(|a| a.is_empty())),
+            "{br} has an IPv6 address: {v6}"
+        );
     }
 
     let qr_port = port(&int, 1, "10.0.1.1", "10.0.1.0/24");
@@ -308,6 +316,23 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
     assert_eq!(bridge_ports(&host, &ext_br), vec![qg_tap.clone()]);
     for t in [&qr_tap, &qg_tap] {
         assert!(is_up(&link(&host, t).expect("tap")), "{t} down");
+    }
+    // No IPv6 on the host-side devices (bridges and taps carry tenant frames only), even now
+    // that they have carrier.
+    for dev in [&ext_br, &names::bridge(&int.id), &qr_tap, &qg_tap] {
+        let v6 = ip_json(&host, &["-6", "addr", "show", "dev", dev]);
+        assert!(
+            v6.as_array()
+                .expect("array")
+                .iter()
+                .all(|l| l["addr_info"].as_array().is_none_or(|a| a.is_empty())),
+            "{dev} has an IPv6 address: {v6}"
+        );
+        let off = h.host.enter(|| {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"))
+                .expect("disable_ipv6")
+        });
+        assert_eq!(off.trim(), "1", "IPv6 on {dev}");
     }
     // Nothing leaked into the router namespace from the host or vice versa.
     assert!(link(&host, &qg).is_none() && link(&ns, &qg_tap).is_none());

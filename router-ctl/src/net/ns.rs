@@ -204,3 +204,17 @@ pub fn write_sysctl(key: &str, value: &str) -> Result<()> {
     f.write_all(value.as_bytes())
         .with_context(|| format!("writing {value} to {}", path.display()))
 }
+
+/// Turns IPv6 off on `dev` of the calling thread's namespace, best effort: a bridge or tap that
+/// only carries tenant frames should not take a link-local address and speak (DAD, MLD, router
+/// solicitations) on the tenant or external network, as Neutron's linuxbridge agent ensures.
+/// A kernel without IPv6 has nothing to turn off.
+pub fn disable_ipv6(dev: &str) {
+    let key = format!("ipv6/conf/{dev}/disable_ipv6");
+    if !Path::new("/proc/sys/net").join(&key).exists() {
+        return;
+    }
+    if let Err(e) = write_sysctl(&key, "1") {
+        tracing::warn!("{e:#}");
+    }
+}
