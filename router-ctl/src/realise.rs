@@ -506,22 +506,22 @@ impl Realiser {
         }
 
         // 2. The namespace.
+        let record = format!("{} {}\n", spec.id, spec.dp_id);
         let router_ns = match NetnsHandle::open_named(&ns_name)? {
             Some(h) => {
-                if !self.owned.contains(Kind::Netns, &ns_name) {
-                    bail!(
+                match self.owned.get(Kind::Netns, &ns_name)? {
+                    None => bail!(
                         "router {}: namespace {ns_name} exists but was not created by this daemon",
                         spec.id
-                    );
+                    ),
+                    // Keep the dp_id in the record current: reconcile and purge use it.
+                    Some(c) if c != record => self.owned.record(Kind::Netns, &ns_name, &record)?,
+                    Some(_) => {}
                 }
                 h
             }
             None => {
-                self.owned.record(
-                    Kind::Netns,
-                    &ns_name,
-                    &format!("{} {}\n", spec.id, spec.dp_id),
-                )?;
+                self.owned.record(Kind::Netns, &ns_name, &record)?;
                 match ns::create(&ns_name) {
                     Ok(_) => created.push(Created::Netns(ns_name.clone())),
                     Err(e) => {

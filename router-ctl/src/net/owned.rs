@@ -74,6 +74,16 @@ impl Owned {
         }
     }
 
+    /// The content of the record of `name`, if recorded.
+    pub fn get(&self, kind: Kind, name: &str) -> Result<Option<String>> {
+        let p = self.path(kind, name);
+        match fs::read_to_string(&p) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
+        }
+    }
+
     /// Whether `name` is recorded.
     pub fn contains(&self, kind: Kind, name: &str) -> bool {
         self.path(kind, name).exists()
