@@ -14,7 +14,10 @@ use std::{
     collections::{BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -62,7 +65,14 @@ pub struct Realiser {
     /// Objects applied/removed recently through the API (reconcile grace, see
     /// `DEFAULT_RECONCILE_GRACE`).
     recent: Mutex<Recent>,
+    /// Reconcile passes so far (every `FULL_CHECK_EVERY`th is a full one).
+    passes: AtomicU64,
 }
+
+/// One reconcile pass in this many enters every router namespace; the others check routers
+/// from the daemon's namespace only (cheap with 1000 routers), which already sees a deleted
+/// namespace or device.
+pub const FULL_CHECK_EVERY: u64 = 10;
 
 #[derive(Clone, Debug, Default)]
 struct RouterMemo {
@@ -72,6 +82,8 @@ struct RouterMemo {
     attached: Option<(String, u32)>,
     /// NAT configuration last written.
     nat: Option<RouterNat>,
+    /// The spec this router was last fully converged to.
+    spec: Option<RouterSpec>,
 }
 
 #[derive(Debug)]
@@ -233,7 +245,7 @@ impl Realiser {
             datapath,
             daemon_ns,
             owned,
-            announcer: arp::Announcer::start()?,
+            announcer: arp::Announcer::start(NetnsHandle::current()?)?,
             op: Mutex::new(()),
             memo: Mutex::new(HashMap::new()),
             recent: Mutex::new(Recent {
@@ -241,6 +253,7 @@ impl Realiser {
                 applied: HashMap::new(),
                 removed: HashMap::new(),
             }),
+            passes: AtomicU64::new(0),
         })
     }
 
@@ -350,6 +363,7 @@ impl Realiser {
                     }
                     created = true;
                     changed = true;
+                    ns::disable_ipv6(&br);
                     link::get_link(&h, &br)
                         .await?
                         .ok_or_else(|| anyhow!("bridge {br} vanished after creation"))?
@@ -492,22 +506,22 @@ impl Realiser {
         }
 
         // 2. The namespace.
+        let record = format!("{} {}\n", spec.id, spec.dp_id);
         let router_ns = match NetnsHandle::open_named(&ns_name)? {
             Some(h) => {
-                if !self.owned.contains(Kind::Netns, &ns_name) {
-                    bail!(
+                match self.owned.get(Kind::Netns, &ns_name)? {
+                    None => bail!(
                         "router {}: namespace {ns_name} exists but was not created by this daemon",
                         spec.id
-                    );
+                    ),
+                    // Keep the dp_id in the record current: reconcile and purge use it.
+                    Some(c) if c != record => self.owned.record(Kind::Netns, &ns_name, &record)?,
+                    Some(_) => {}
                 }
                 h
             }
             None => {
-                self.owned.record(
-                    Kind::Netns,
-                    &ns_name,
-                    &format!("{} {}\n", spec.id, spec.dp_id),
-                )?;
+                self.owned.record(Kind::Netns, &ns_name, &record)?;
                 match ns::create(&ns_name) {
                     Ok(_) => created.push(Created::Netns(ns_name.clone())),
                     Err(e) => {
@@ -538,6 +552,41 @@ impl Realiser {
         changes.append(&mut inside.changed);
 
         // 4. Daemon side: create missing veth pairs, fix taps, attach the datapath.
+        let mut daemon_links = daemon_links;
+        let needs_fix = |links: &HashMap<String, LinkState>, present: &HashSet<String>| {
+            ports.iter().any(|p| {
+                !present.contains(&p.inner)
+                    || links.get(&p.tap).is_none_or(|t| {
+                        !t.up || t.controller != links.get(&p.bridge).map(|b| b.index)
+                    })
+            })
+        };
+        if known.is_some() && needs_fix(&daemon_links, &inside.present) {
+            // The caller's dump may predate an API call: look again before changing anything.
+            daemon_links = self.lookup_daemon_links(&wanted)?;
+        }
+        // An inner device whose tap is gone is not ours any more (a veth takes its peer with
+        // it): delete it and build the pair again.
+        let orphans: Vec<String> = ports
+            .iter()
+            .filter(|p| inside.present.contains(&p.inner) && !daemon_links.contains_key(&p.tap))
+            .map(|p| p.inner.clone())
+            .collect();
+        if !orphans.is_empty() {
+            with_netlink(&router_ns, |h| {
+                let orphans = &orphans;
+                async move {
+                    for d in orphans {
+                        link::delete_link(&h, d).await?;
+                    }
+                    Ok(())
+                }
+            })?;
+            for d in &orphans {
+                inside.present.remove(d);
+                changes.push(format!("removed orphan {d}"));
+            }
+        }
         let missing: Vec<&PortPlan<'_>> = ports
             .iter()
             .filter(|p| !inside.present.contains(&p.inner))
@@ -547,11 +596,9 @@ impl Realiser {
             .filter(|p| inside.present.contains(&p.inner))
             .filter(|p| {
                 let br = daemon_links.get(&p.bridge).map(|b| b.index);
-                match daemon_links.get(&p.tap) {
-                    Some(t) => !t.up || t.controller != br,
-                    // Inner device present but no tap: a foreign device; recreate below.
-                    None => true,
-                }
+                daemon_links
+                    .get(&p.tap)
+                    .is_none_or(|t| !t.up || t.controller != br)
             })
             .collect();
         if !missing.is_empty() || !tap_fix.is_empty() {
@@ -595,14 +642,23 @@ impl Realiser {
         }
         if let (Some(g), Some(gw)) = (gw_plan, &spec.gateway) {
             let recreated = changes.iter().any(|c| c == &format!("veth {}", g.tap));
+            let current = daemon_links.get(&g.tap).map(|t| t.index);
             let ifindex = match &memo.attached {
-                Some((t, idx)) if t == &g.tap && !recreated => *idx,
+                Some((t, idx))
+                    if t == &g.tap && !recreated && current.is_none_or(|c| c == *idx) =>
+                {
+                    *idx
+                }
                 _ => {
                     let idx = in_netns(&self.daemon_ns, || self.datapath.attach(&g.tap))
                         .with_context(|| {
                             format!("router {}: attaching the datapath to {}", spec.id, g.tap)
                         })?;
-                    created.push(Created::Attached(g.tap.clone()));
+                    // Undo only an attachment to a tap this call made (an existing gateway keeps
+                    // its programs if a later step fails).
+                    if recreated {
+                        created.push(Created::Attached(g.tap.clone()));
+                    }
                     memo.attached = Some((g.tap.clone(), idx));
                     idx
                 }
@@ -623,17 +679,13 @@ impl Realiser {
             }
         }
         memo.taps = ports.iter().map(|p| p.tap.clone()).collect();
+        memo.spec = Some(spec.clone());
         lock(&self.memo).insert(spec.id.clone(), memo);
 
         // 6. Announce new or changed addresses (background threads).
         if spec.admin_state_up {
             for (dev, mac, ip) in inside.announce {
-                match NetnsHandle::open_named(&ns_name) {
-                    Ok(Some(h)) => self.announcer.announce(h, dev, mac, ip),
-                    _ => {
-                        tracing::warn!("router {}: namespace gone before announcing {ip}", spec.id)
-                    }
-                }
+                self.announcer.announce(ns_name.clone(), dev, mac, ip);
             }
         }
         Ok(changes)
@@ -710,6 +762,7 @@ impl Realiser {
                             e.context(format!("router {}: port {}", spec.id, p.port.port_id))
                         );
                     }
+                    ns::disable_ipv6(&p.tap);
                     made.push(p.tap.clone());
                 }
                 Ok(())
@@ -915,8 +968,15 @@ impl Realiser {
             }
         }
 
-        // Desired routers.
+        // Desired routers. Most passes only check from outside (namespace mounted, taps present,
+        // up and enslaved, which also proves the veth peers inside exist); every
+        // `FULL_CHECK_EVERY`th pass, and whenever that check fails, a router is converged from
+        // inside its namespace (addresses, routes, sysctls).
         let links = self.dump_daemon_links()?;
+        let full = self
+            .passes
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(FULL_CHECK_EVERY);
         for r in &desired.routers {
             if self.recently_removed(&format!("router:{}", r.id)) {
                 continue;
@@ -926,6 +986,9 @@ impl Realiser {
                 continue;
             }
             let _g = self.lock_op();
+            if !full && self.looks_converged(r, &links) {
+                continue;
+            }
             let mut created = Vec::new();
             match self.converge_router(r, Some(&links), &mut created) {
                 Ok(changes) => {
@@ -973,6 +1036,35 @@ impl Realiser {
             report.removed.extend(stale);
         }
         Ok(report)
+    }
+
+    /// The outside check of a router reconcile does between full passes: last converged to
+    /// this very spec, namespace still mounted, every tap present, up, in its bridge, and the
+    /// gateway tap still the device the datapath is attached to.
+    fn looks_converged(&self, spec: &RouterSpec, links: &HashMap<String, LinkState>) -> bool {
+        let memo = lock(&self.memo);
+        let Some(m) = memo.get(&spec.id) else {
+            return false;
+        };
+        if m.spec.as_ref() != Some(spec) {
+            return false;
+        }
+        for p in plan(spec) {
+            let Some(br) = links.get(&p.bridge).filter(|b| b.up) else {
+                return false;
+            };
+            let Some(tap) = links.get(&p.tap) else {
+                return false;
+            };
+            if !tap.up || tap.controller != Some(br.index) {
+                return false;
+            }
+            if p.gateway && m.attached != Some((p.tap.clone(), tap.index)) {
+                return false;
+            }
+        }
+        drop(memo);
+        matches!(ns::exists(&names::router_netns(&spec.id)), Ok(true))
     }
 
     fn dump_daemon_links(&self) -> Result<HashMap<String, LinkState>> {
@@ -1097,4 +1189,89 @@ async fn converge_routes(
 /// or remove).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(id: &str, mac: [u8; 6], ip: &str, cidr: &str) -> PortSpec {
+        PortSpec {
+            port_id: id.into(),
+            network_id: "net-1".into(),
+            mac,
+            ip: ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED),
+            subnet_cidr: cidr.parse().unwrap_or_default(),
+        }
+    }
+
+    fn router(interfaces: Vec<PortSpec>) -> RouterSpec {
+        RouterSpec {
+            id: "router-1".into(),
+            dp_id: 1,
+            admin_state_up: true,
+            interfaces,
+            gateway: None,
+        }
+    }
+
+    const MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 1];
+
+    #[test]
+    fn valid_router_passes() {
+        let r = router(vec![port("p1", MAC, "10.0.0.1", "10.0.0.0/24")]);
+        assert!(validate_router(&r).is_ok());
+    }
+
+    #[test]
+    fn bad_specs_are_refused_before_touching_the_kernel() {
+        let multicast = router(vec![port(
+            "p1",
+            [1, 0, 0x5e, 0, 0, 1],
+            "10.0.0.1",
+            "10.0.0.0/24",
+        )]);
+        assert!(validate_router(&multicast).is_err());
+        let zero = router(vec![port("p1", [0; 6], "10.0.0.1", "10.0.0.0/24")]);
+        assert!(validate_router(&zero).is_err());
+        let outside = router(vec![port("p1", MAC, "10.0.1.1", "10.0.0.0/24")]);
+        assert!(validate_router(&outside).is_err());
+        let clash = router(vec![
+            port("abcdefghijk-1", MAC, "10.0.0.1", "10.0.0.0/24"),
+            port("abcdefghijk-2", MAC, "10.0.1.1", "10.0.1.0/24"),
+        ]);
+        assert!(validate_router(&clash).is_err());
+        let mut bad_id = router(vec![]);
+        bad_id.id = "../etc".into();
+        assert!(validate_router(&bad_id).is_err());
+        let mut self_hop = router(vec![]);
+        self_hop.gateway = Some(crate::model::spec::GatewaySpec {
+            port: port("g1", MAC, "192.0.2.10", "192.0.2.0/24"),
+            next_hop: Some("192.0.2.10".parse().unwrap_or(Ipv4Addr::UNSPECIFIED)),
+            enable_snat: true,
+        });
+        assert!(validate_router(&self_hop).is_err());
+    }
+
+    #[test]
+    fn plan_names_devices_like_neutron() {
+        let mut r = router(vec![port(
+            "0123456789abcdef",
+            MAC,
+            "10.0.0.1",
+            "10.0.0.0/24",
+        )]);
+        r.gateway = Some(crate::model::spec::GatewaySpec {
+            port: port("fedcba9876543210", MAC, "192.0.2.10", "192.0.2.0/24"),
+            next_hop: None,
+            enable_snat: true,
+        });
+        let p = plan(&r);
+        assert_eq!(p[0].inner, "qr-0123456789a");
+        assert_eq!(p[0].tap, "tap0123456789a");
+        assert_eq!(p[0].bridge, "brqnet-1");
+        assert!(!p[0].gateway);
+        assert_eq!(p[1].inner, "qg-fedcba98765");
+        assert!(p[1].gateway);
+    }
 }

@@ -135,7 +135,8 @@ impl ApiClient {
     }
 }
 
-/// A running daemon (see the module doc).
+/// A running daemon (see the module doc). Declare it after the `Netns` it runs in, so it is
+/// dropped (killed and purged) while that namespace still exists.
 pub struct Daemon {
     ns_name: String,
     dir: PathBuf,

@@ -996,6 +996,21 @@ fn projects_are_isolated_and_policy_is_enforced() {
         "SubnetNotFound",
     );
 
+    // The admin's external subnet is readable to alice but not hers to attach.
+    let v = expect(alice.get(&format!("/v2.0/subnets?network_id={ext}")), 200);
+    let ext_sub = v["subnets"][0]["id"]
+        .as_str()
+        .expect("external subnet visible")
+        .to_string();
+    expect_err(
+        alice.put(
+            &format!("/v2.0/routers/{ar}/add_router_interface"),
+            &json!({"subnet_id": ext_sub}),
+        ),
+        404,
+        "SubnetNotFound",
+    );
+
     // Alice: interface, gateway on the admin's external network; SNAT and fixed IPs admin-only.
     expect(
         alice.put(
@@ -1322,4 +1337,56 @@ fn failed_realisation_leaves_neither_rows_nor_kernel_objects() {
     assert!(!links.contains("brq"), "a bridge was left behind:\n{links}");
     // The daemon is still healthy and the next request works.
     create(&c, "networks", "network", json!({"name": "fine"}));
+}
+
+#[test]
+fn concurrent_allocations_never_hand_out_an_address_twice() {
+    let host = Netns::new("apih");
+    let d = Daemon::start(&host);
+    let c = d.client();
+    let (ext, _) = ext_net(&c, "192.0.2.0/24", ("192.0.2.10", "192.0.2.29"));
+    let (net, _) = int_net(&c, "10.33.0.0/27");
+    // 16 routers taking gateways and 16 ports, all at once.
+    let routers: Vec<String> = (0..16)
+        .map(|_| create(&c, "routers", "router", json!({})))
+        .collect();
+    let results: Vec<(u16, Value)> = std::thread::scope(|s| {
+        let mut handles = Vec::new();
+        for r in &routers {
+            let c = c.clone();
+            let ext = ext.clone();
+            handles.push(s.spawn(move || {
+                c.put(
+                    &format!("/v2.0/routers/{r}"),
+                    &json!({"router": {"external_gateway_info": {"network_id": ext}}}),
+                )
+            }));
+        }
+        for _ in 0..16 {
+            let c = c.clone();
+            let net = net.clone();
+            handles.push(
+                s.spawn(move || c.post("/v2.0/ports", &json!({"port": {"network_id": net}}))),
+            );
+        }
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("request thread"))
+            .collect()
+    });
+    for (st, v) in &results {
+        assert!(*st == 200 || *st == 201, "{st} {v}");
+    }
+    let v = expect(c.get("/v2.0/ports"), 200);
+    let mut ips: Vec<&str> = v["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .flat_map(|p| p["fixed_ips"].as_array().expect("fixed_ips").iter())
+        .map(|f| f["ip_address"].as_str().expect("ip"))
+        .collect();
+    assert_eq!(ips.len(), 32);
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), 32, "an address was handed out twice");
 }

@@ -269,6 +269,16 @@ fn snat_end_to_end() {
     let bpffs = Bpffs::new();
     let dp = Datapath::open(bpffs.path(), &NatConfig::default())
         .unwrap_or_else(|e| panic!("open datapath: {e:#}"));
+    // A device that does not exist: a clear error and no pin left behind.
+    let err = t
+        .host
+        .enter(|| dp.attach("nosuchdev0"))
+        .expect_err("attach to nothing");
+    assert!(format!("{err:#}").contains("nosuchdev0"), "{err:#}");
+    let links = bpffs
+        .path()
+        .join(format!("v{}/links", router_common::LAYOUT_VERSION));
+    assert_eq!(std::fs::read_dir(&links).expect("links dir").count(), 0);
     let ifindex = t
         .host
         .enter(|| dp.attach(&t.tap))
@@ -558,6 +568,86 @@ fn bulk_tcp_both_ways() {
     let stats = dp.stats(13).expect("stats");
     assert_eq!(stats["drop_malformed"], 0, "{stats:?}");
     println!("bulk stats: {stats:?}");
+    t.host.enter(|| dp.detach(&t.tap)).expect("detach");
+    dp.purge().expect("purge");
+}
+
+/// Path-MTU discovery through the router: the link beyond the hop has MTU 1400, a 1472-byte
+/// datagram with DF from a VM makes the hop send fragmentation-needed to the gateway address;
+/// translated back, it reaches the VM's socket, which learns the path MTU.
+#[test]
+fn path_mtu_discovery_through_the_router() {
+    let t = build();
+    t.hop.ip(&["link", "set", "hs", "mtu", "1400"]);
+    t.srv.ip(&["link", "set", "eth0", "mtu", "1400"]);
+    let bpffs = Bpffs::new();
+    let dp = Datapath::open(bpffs.path(), &NatConfig::default()).expect("open");
+    let ifindex = t.host.enter(|| dp.attach(&t.tap)).expect("attach");
+    dp.configure_router(&RouterNat {
+        dp_id: 14,
+        ifindex,
+        gateway_ip: GW.parse().unwrap(),
+        enable_snat: true,
+        internal_cidrs: vec!["10.0.0.0/24".parse().unwrap()],
+    })
+    .expect("configure");
+    let srv = UdpServer::start(&t.srv, SocketAddr::from((SRV, 5353)));
+    let sock = t
+        .vm1
+        .enter(|| UdpSocket::bind("0.0.0.0:40200").expect("bind"));
+    let on: libc::c_int = 1;
+    let pmtu_do: libc::c_int = libc::IP_PMTUDISC_DO;
+    // SAFETY: valid socket and option values.
+    unsafe {
+        for (opt, val) in [(libc::IP_RECVERR, &on), (libc::IP_MTU_DISCOVER, &pmtu_do)] {
+            let rc = libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IP,
+                opt,
+                (val as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            assert_eq!(rc, 0, "setsockopt {opt}");
+        }
+    }
+    sock.connect(srv.addr).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut err = None;
+    for _ in 0..3 {
+        let _ = sock.send(&[7u8; 1472]);
+        let mut b = [0u8; 2048];
+        match sock.recv(&mut b) {
+            Err(e) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                err = recv_icmp_error(&sock);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        err,
+        Some((3, 4, HOP_EXT)),
+        "fragmentation needed reaches the VM socket"
+    );
+    let mut mtu: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: valid socket and out-pointers.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_MTU,
+            (&mut mtu as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!((rc, mtu), (0, 1400), "the VM learned the path MTU");
+    // A datagram that fits the path crosses.
+    let fits = vec![9u8; 1372];
+    assert_eq!(udp_ask(&sock, srv.addr, &fits), fits);
+    assert!(dp.stats(14).expect("stats")["icmp_errors"] >= 1);
+    drop(srv);
     t.host.enter(|| dp.detach(&t.tap)).expect("detach");
     dp.purge().expect("purge");
 }

@@ -45,9 +45,13 @@ use resources::Kind;
 /// `realise::Realiser` implements it; unit tests substitute a recorder that can be told to
 /// fail, to check that a failed realisation leaves the database untouched.
 pub trait Realise: Send + Sync + 'static {
+    /// See `Realiser::apply_network`.
     fn apply_network(&self, net: &NetworkSpec) -> anyhow::Result<()>;
+    /// See `Realiser::remove_network`.
     fn remove_network(&self, network_id: &str) -> anyhow::Result<()>;
+    /// See `Realiser::apply_router`.
     fn apply_router(&self, spec: &RouterSpec) -> anyhow::Result<()>;
+    /// See `Realiser::remove_router`.
     fn remove_router(&self, router_id: &str, dp_id: u32) -> anyhow::Result<()>;
 }
 
@@ -69,7 +73,9 @@ impl Realise for Realiser {
 /// Who is calling: the project a token maps to, and whether it is an admin.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ctx {
+    /// The project resources are created in and visible to.
     pub project_id: String,
+    /// Admins see and change every project's resources and pass admin-only policy rules.
     pub admin: bool,
 }
 
@@ -89,6 +95,7 @@ pub struct Effects {
 }
 
 impl Effects {
+    /// Records the network (and its spec now) as possibly changed by this mutation.
     pub fn touch_network(&mut self, c: &Connection, id: &str) -> Result<(), Fault> {
         if !self.networks.contains_key(id) {
             self.networks
@@ -96,6 +103,7 @@ impl Effects {
         }
         Ok(())
     }
+    /// Records the router (and its spec now) as possibly changed by this mutation.
     pub fn touch_router(&mut self, c: &Connection, id: &str) -> Result<(), Fault> {
         if !self.routers.contains_key(id) {
             self.routers
@@ -130,6 +138,7 @@ pub struct ApiState {
 }
 
 impl ApiState {
+    /// API state over `store`, realising through `realiser`, with `tokens` for auth.
     pub fn new(
         store: Store,
         realiser: Arc<dyn Realise>,
@@ -391,7 +400,42 @@ pub fn router(state: ApiState) -> Router {
             "The method is not allowed for this resource.",
         )
     })
+    .layer(axum::middleware::map_response(neutron_errors))
     .with_state(state)
+}
+
+/// Turns any error response that is not already a NeutronError (axum's own rejections: path
+/// decoding, body too large) into one, so clients always get the documented shape.
+async fn neutron_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let kind = match status.as_u16() {
+        400 => "HTTPBadRequest",
+        404 => "HTTPNotFound",
+        405 => "HTTPMethodNotAllowed",
+        413 => "HTTPRequestEntityTooLarge",
+        415 => "HTTPUnsupportedMediaType",
+        422 => "HTTPUnprocessableEntity",
+        s if s >= 500 => "HTTPInternalServerError",
+        _ => "HTTPClientError",
+    };
+    let body = axum::body::to_bytes(resp.into_body(), 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&body).trim().to_string();
+    let message = if text.is_empty() {
+        status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    Fault::new(status.as_u16(), kind, message).into_response()
 }
 
 /// Drops a trailing `.json` from the path (Neutron clients append it), before routing.

@@ -416,6 +416,12 @@ async fn errors_are_neutron_errors() {
     assert_eq!(v["networks"][0].as_object().unwrap().len(), 2);
     let (st, _) = t.req("GET", "/v2.0/nothing", "ta", Value::Null).await;
     assert_eq!(st, 404);
+    // axum's own rejections come back as NeutronErrors too.
+    let (st, v) = t.raw("GET", "/v2.0/networks/%FF%FE", Some("ta"), "").await;
+    assert_eq!((st, err_type(&v)), (400, "HTTPBadRequest"));
+    let big = format!("{{\"network\": {{\"name\": \"{}\"}}}}", "x".repeat(3 << 20));
+    let (st, v) = t.raw("POST", "/v2.0/networks", Some("ta"), &big).await;
+    assert_eq!((st, err_type(&v)), (413, "HTTPRequestEntityTooLarge"));
 }
 
 #[tokio::test]
@@ -665,4 +671,54 @@ fn random_bodies_never_500_and_rejections_change_nothing() {
             },
         )
         .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test]
+async fn a_full_network_refuses_new_ports() {
+    let t = T::new();
+    let n = t
+        .ok("POST", "/v2.0/networks", "ta", json!({"network": {}}), 201)
+        .await;
+    let nid = n["network"]["id"].as_str().unwrap().to_string();
+    let s = t
+        .ok(
+            "POST",
+            "/v2.0/subnets",
+            "ta",
+            json!({"subnet": {"network_id": nid, "ip_version": 4, "cidr": "10.9.9.0/30"}}),
+            201,
+        )
+        .await;
+    assert_eq!(
+        s["subnet"]["allocation_pools"],
+        json!([{"start": "10.9.9.2", "end": "10.9.9.2"}])
+    );
+    let p = t
+        .ok(
+            "POST",
+            "/v2.0/ports",
+            "ta",
+            json!({"port": {"network_id": nid}}),
+            201,
+        )
+        .await;
+    assert_eq!(p["port"]["fixed_ips"][0]["ip_address"], "10.9.9.2");
+    let (st, v) = t
+        .req(
+            "POST",
+            "/v2.0/ports",
+            "ta",
+            json!({"port": {"network_id": nid}}),
+        )
+        .await;
+    assert_eq!((st, err_type(&v)), (409, "IpAddressGenerationFailure"));
+    // Explicitly no address is still allowed.
+    t.ok(
+        "POST",
+        "/v2.0/ports",
+        "ta",
+        json!({"port": {"network_id": nid, "fixed_ips": []}}),
+        201,
+    )
+    .await;
 }

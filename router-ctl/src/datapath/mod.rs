@@ -234,44 +234,67 @@ impl Datapath {
     /// the same name are removed.
     pub fn attach(&self, dev: &str) -> Result<u32> {
         let ifindex = ifindex_of(dev)?;
-        let links = bpffs::links_dir(&self.bpffs);
         let mut inner = self.lock();
+        let mut created = Vec::new();
         for (name, attach_type, hook) in HOOKS {
-            for (path, idx) in bpffs::link_pins_of(&self.bpffs, dev, Some(hook))? {
-                if idx != ifindex {
-                    remove_pin(&path)?;
+            if let Err(e) = self
+                .attach_hook(&mut inner, dev, ifindex, name, attach_type, hook)
+                .map(|new_pin| created.extend(new_pin))
+            {
+                // No half-attached device: undo the links this call created.
+                for pin in &created {
+                    let _ = remove_pin(pin);
                 }
+                return Err(e);
             }
-            let prog: &mut SchedClassifier = inner
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("program {name} missing"))?
-                .try_into()?;
-            let pin = links.join(bpffs::link_pin_name(dev, ifindex, hook));
-            if pin.exists() {
-                match reuse_link(prog, &pin) {
-                    Ok(()) => continue,
-                    Err(e) => {
-                        tracing::warn!("replacing stale link pin {}: {e:#}", pin.display());
-                        remove_pin(&pin)?;
-                    }
-                }
-            }
-            let id = prog
-                .attach_with_options(
-                    dev,
-                    attach_type,
-                    TcAttachOptions::TcxOrder(LinkOrder::default()),
-                )
-                .map_err(|e| anyhow!("attaching {name} to {dev} ({hook}): {e:#}"))?;
-            let link: FdLink = prog
-                .take_link(id)?
-                .try_into()
-                .map_err(|e| anyhow!("TCX link of {name} on {dev}: {e}"))?;
-            link.pin(&pin)
-                .map_err(|e| anyhow!("pinning {}: {e:#}", pin.display()))?;
         }
         Ok(ifindex)
+    }
+
+    /// Attaches one program to one hook of `dev`; returns the pin it created, if any.
+    fn attach_hook(
+        &self,
+        inner: &mut Inner,
+        dev: &str,
+        ifindex: u32,
+        name: &str,
+        attach_type: TcAttachType,
+        hook: &str,
+    ) -> Result<Option<PathBuf>> {
+        for (path, idx) in bpffs::link_pins_of(&self.bpffs, dev, Some(hook))? {
+            if idx != ifindex {
+                remove_pin(&path)?;
+            }
+        }
+        let prog: &mut SchedClassifier = inner
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?
+            .try_into()?;
+        let pin = bpffs::links_dir(&self.bpffs).join(bpffs::link_pin_name(dev, ifindex, hook));
+        if pin.exists() {
+            match reuse_link(prog, &pin) {
+                Ok(()) => return Ok(None),
+                Err(e) => {
+                    tracing::warn!("replacing stale link pin {}: {e:#}", pin.display());
+                    remove_pin(&pin)?;
+                }
+            }
+        }
+        let id = prog
+            .attach_with_options(
+                dev,
+                attach_type,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|e| anyhow!("attaching {name} to {dev} ({hook}): {e:#}"))?;
+        let link: FdLink = prog
+            .take_link(id)?
+            .try_into()
+            .map_err(|e| anyhow!("TCX link of {name} on {dev}: {e}"))?;
+        link.pin(&pin)
+            .map_err(|e| anyhow!("pinning {}: {e:#}", pin.display()))?;
+        Ok(Some(pin))
     }
 
     /// Detaches the programs from `dev` and removes its link pins; missing is success.

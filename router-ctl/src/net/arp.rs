@@ -88,7 +88,9 @@ fn send_on(dev: &str, frame: &[u8]) -> Result<()> {
 
 /// One pending announcement.
 struct Job {
-    ns: NetnsHandle,
+    /// Named namespace, opened for each frame: a queued job holds no descriptor and never
+    /// keeps a deleted namespace alive.
+    ns: String,
     dev: String,
     frame: [u8; 42],
     left: usize,
@@ -104,18 +106,20 @@ pub struct Announcer {
 
 impl Announcer {
     /// Starts the worker thread; it ends once the Announcer is dropped and its queue is empty.
-    pub fn start() -> Result<Self> {
+    /// Between jobs the thread returns to `home` (the daemon's namespace) so that it never
+    /// keeps a deleted router namespace, and the devices in it, alive.
+    pub fn start(home: NetnsHandle) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("garp".into())
-            .spawn(move || worker(rx))
+            .spawn(move || worker(rx, home))
             .context("spawning the gratuitous ARP thread")?;
         Ok(Self { tx: Mutex::new(tx) })
     }
 
-    /// Queues the announcement of `ip` from `mac` on `dev` inside namespace `ns`; the first
-    /// frame leaves at once.
-    pub fn announce(&self, ns: NetnsHandle, dev: String, mac: [u8; 6], ip: Ipv4Addr) {
+    /// Queues the announcement of `ip` from `mac` on `dev` inside the named namespace `ns`
+    /// (`/run/netns/<ns>`); the first frame leaves at once.
+    pub fn announce(&self, ns: String, dev: String, mac: [u8; 6], ip: Ipv4Addr) {
         let job = Job {
             ns,
             dev,
@@ -130,10 +134,17 @@ impl Announcer {
     }
 }
 
-fn worker(rx: mpsc::Receiver<Job>) {
+fn worker(rx: mpsc::Receiver<Job>, home: NetnsHandle) {
     let mut jobs: Vec<Job> = Vec::new();
     let mut open = true;
+    let mut away = false;
     while open || !jobs.is_empty() {
+        if jobs.is_empty() && away {
+            if let Err(e) = setns(&home.file, CloneFlags::CLONE_NEWNET) {
+                tracing::warn!("gratuitous ARP thread: returning to the daemon namespace: {e}");
+            }
+            away = false;
+        }
         let now = Instant::now();
         let next = jobs.iter().map(|j| j.due).min();
         let wait = next.map(|d| d.saturating_duration_since(now));
@@ -165,8 +176,10 @@ fn worker(rx: mpsc::Receiver<Job>) {
                 continue;
             }
             let j = &mut jobs[i];
-            let sent = setns(&j.ns.file, CloneFlags::CLONE_NEWNET)
-                .context("setns")
+            away = true;
+            let sent = NetnsHandle::open_named(&j.ns)
+                .and_then(|h| h.ok_or_else(|| anyhow::anyhow!("namespace {} is gone", j.ns)))
+                .and_then(|h| setns(&h.file, CloneFlags::CLONE_NEWNET).context("setns"))
                 .and_then(|()| send_on(&j.dev, &j.frame));
             j.left -= 1;
             match sent {
@@ -184,5 +197,25 @@ fn worker(rx: mpsc::Receiver<Job>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcement_frame_layout() {
+        let mac = [0xfa, 0x16, 0x3e, 1, 2, 3];
+        let ip = Ipv4Addr::new(203, 0, 113, 10);
+        let f = frame(mac, ip);
+        assert_eq!(&f[0..6], &[0xff; 6]);
+        assert_eq!(&f[6..12], &mac);
+        assert_eq!(&f[12..14], &[0x08, 0x06]);
+        assert_eq!(&f[14..22], &[0, 1, 0x08, 0, 6, 4, 0, 1]);
+        assert_eq!(&f[22..28], &mac);
+        assert_eq!(&f[28..32], &ip.octets());
+        assert_eq!(&f[32..38], &[0; 6]);
+        assert_eq!(&f[38..42], &ip.octets());
     }
 }
