@@ -129,7 +129,21 @@ pub struct ControlPlaneRun {
     /// Per router (network + subnet + router + interface + gateway), seconds.
     pub p50_secs: f64,
     pub p99_secs: f64,
+    /// Mean seconds per router over the first and the last tenth of the batch (growth).
+    pub first_tenth_mean_secs: f64,
+    pub last_tenth_mean_secs: f64,
+    /// Per API call.
+    pub steps: Vec<StepStats>,
     pub note: String,
+}
+
+/// Latency of one kind of API call within a control-plane batch.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepStats {
+    pub call: String,
+    pub p50_secs: f64,
+    pub p99_secs: f64,
+    pub mean_secs: f64,
 }
 
 /// Everything one bench run produced.
@@ -351,14 +365,44 @@ impl Report {
         } else {
             let _ = writeln!(
                 s,
-                "Each router: tenant network + subnet, router, interface, external gateway.\n\n| N | created | total s | p50 s/router | p99 s/router | Note |\n|---|---|---|---|---|---|"
+                "Each router: tenant network + subnet, router, interface, external gateway.\n\n| N | created | total s | p50 s/router | p99 s/router | mean s/router, first → last tenth | Note |\n|---|---|---|---|---|---|---|"
             );
             for r in &self.control_plane {
+                let growth = if r.created >= 10 {
+                    format!(
+                        "{:.3} → {:.3}",
+                        r.first_tenth_mean_secs, r.last_tenth_mean_secs
+                    )
+                } else {
+                    "—".into()
+                };
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.2} | {:.3} | {:.3} | {} |",
+                    "| {} | {} | {:.2} | {:.3} | {:.3} | {growth} | {} |",
                     r.requested, r.created, r.total_secs, r.p50_secs, r.p99_secs, r.note
                 );
+            }
+            if let Some(big) = self
+                .control_plane
+                .iter()
+                .filter(|r| r.created > 0)
+                .max_by_key(|r| r.created)
+            {
+                let _ = writeln!(
+                    s,
+                    "\nPer API call in the {}-router batch (ms):\n\n| Call | p50 | p99 | mean |\n|---|---|---|---|",
+                    big.requested
+                );
+                for st in &big.steps {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {:.1} | {:.1} | {:.1} |",
+                        st.call,
+                        st.p50_secs * 1e3,
+                        st.p99_secs * 1e3,
+                        st.mean_secs * 1e3
+                    );
+                }
             }
             let thousand = self.control_plane.iter().find(|r| r.requested == 1000);
             let v = match thousand {
