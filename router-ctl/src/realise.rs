@@ -107,7 +107,9 @@ impl Recent {
 /// What a reconcile pass changed.
 #[derive(Clone, Debug, Default)]
 pub struct ReconcileReport {
+    /// Objects created or corrected, one line each (e.g. `router <id>: netns …, veth …`).
     pub repaired: Vec<String>,
+    /// Owned objects deleted because the desired state no longer holds them.
     pub removed: Vec<String>,
     /// Objects that could not be converged, with the error (the pass goes on with the others).
     pub failed: Vec<String>,
@@ -257,6 +259,7 @@ impl Realiser {
         })
     }
 
+    /// The datapath this realiser configures (sessions, stats and GC go to it directly).
     pub fn datapath(&self) -> &Arc<Datapath> {
         &self.datapath
     }
