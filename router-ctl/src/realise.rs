@@ -677,8 +677,11 @@ impl Realiser {
                 self.datapath
                     .configure_router(&nat)
                     .with_context(|| format!("router {}: configuring NAT", spec.id))?;
+                // The first write after a start rewrites what the pinned maps already hold.
+                if memo.nat.is_some() {
+                    changes.push("nat configured".into());
+                }
                 memo.nat = Some(nat);
-                changes.push("nat configured".into());
             }
         }
         memo.taps = ports.iter().map(|p| p.tap.clone()).collect();
