@@ -107,7 +107,9 @@ impl Recent {
 /// What a reconcile pass changed.
 #[derive(Clone, Debug, Default)]
 pub struct ReconcileReport {
+    /// Objects created or corrected, one line each (e.g. `router <id>: netns …, veth …`).
     pub repaired: Vec<String>,
+    /// Owned objects deleted because the desired state no longer holds them.
     pub removed: Vec<String>,
     /// Objects that could not be converged, with the error (the pass goes on with the others).
     pub failed: Vec<String>,
@@ -257,6 +259,7 @@ impl Realiser {
         })
     }
 
+    /// The datapath this realiser configures (sessions, stats and GC go to it directly).
     pub fn datapath(&self) -> &Arc<Datapath> {
         &self.datapath
     }
@@ -674,8 +677,11 @@ impl Realiser {
                 self.datapath
                     .configure_router(&nat)
                     .with_context(|| format!("router {}: configuring NAT", spec.id))?;
+                // The first write after a start rewrites what the pinned maps already hold.
+                if memo.nat.is_some() {
+                    changes.push("nat configured".into());
+                }
                 memo.nat = Some(nat);
-                changes.push("nat configured".into());
             }
         }
         memo.taps = ports.iter().map(|p| p.tap.clone()).collect();
