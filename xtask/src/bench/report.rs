@@ -102,6 +102,10 @@ pub struct TestRunResult {
     pub established_ns: Option<f64>,
     /// ns per packet, established session, one run per packet (as the new-flow figure).
     pub established_single_ns: Option<f64>,
+    /// ns per packet through `snat_in`, reply of the established session (repeat, average).
+    pub inbound_established_ns: Option<f64>,
+    /// Whether `snat_in` rewrote the reply's destination back to the internal address.
+    pub inbound_translated: bool,
     /// ns per packet, each packet creating a session.
     pub new_flow_ns: Option<f64>,
     /// Whether the program actually rewrote the source to the gateway address.
@@ -318,7 +322,7 @@ impl Report {
             }
         }
 
-        let _ = writeln!(s, "\n## BPF TestRun (snat_out, ns per packet)\n");
+        let _ = writeln!(s, "\n## BPF TestRun (ns per packet)\n");
         let t = &self.testrun;
         let f = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "—".into());
         let creation = match (t.new_flow_ns, t.established_single_ns) {
@@ -327,15 +331,17 @@ impl Report {
         };
         let _ = writeln!(
             s,
-            "| Path | ns/packet |\n|---|---|\n| established session (repeat, kernel average) | {} |\n| established session (one run per packet) | {} |\n| new flow (one run per packet, session created) | {} |\n| → cost of creating a session | {creation} |",
+            "| Path | ns/packet |\n|---|---|\n| snat_out: established session (repeat, kernel average) | {} |\n| snat_out: established session (one run per packet) | {} |\n| snat_out: new flow (one run per packet, session created) | {} |\n| → cost of creating a session | {creation} |\n| snat_in: reply of an established session (repeat, kernel average) | {} |",
             f(t.established_ns),
             f(t.established_single_ns),
             f(t.new_flow_ns),
+            f(t.inbound_established_ns),
         );
         let _ = writeln!(
             s,
-            "\nTranslated by the program: {}. {}",
+            "\nTranslated by the programs: snat_out {}, snat_in {}. {}",
             if t.translated { "yes" } else { "no" },
+            if t.inbound_translated { "yes" } else { "no" },
             t.note
         );
 
