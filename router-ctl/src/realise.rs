@@ -20,6 +20,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
+pub mod floating;
+
 use crate::{
     datapath::{Datapath, RouterNat},
     model::spec::{DesiredState, NetworkSpec, PortSpec, RouterSpec, names},
@@ -62,6 +64,8 @@ pub struct Realiser {
     /// Objects applied/removed recently through the API (reconcile grace, see
     /// `DEFAULT_RECONCILE_GRACE`).
     recent: Mutex<Recent>,
+    /// Told about routers coming up and going (metadata proxies); set once by the daemon.
+    router_hook: std::sync::OnceLock<Arc<dyn floating::RouterHook>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -72,6 +76,8 @@ struct RouterMemo {
     attached: Option<(String, u32)>,
     /// NAT configuration last written.
     nat: Option<RouterNat>,
+    /// Floating IPs and internal hooks last written.
+    floating: Option<floating::Applied>,
 }
 
 #[derive(Debug)]
@@ -241,6 +247,7 @@ impl Realiser {
                 applied: HashMap::new(),
                 removed: HashMap::new(),
             }),
+            router_hook: std::sync::OnceLock::new(),
         })
     }
 
@@ -664,6 +671,12 @@ impl Realiser {
                 changes.push("nat configured".into());
             }
         }
+        let recreated: Vec<String> = changes
+            .iter()
+            .filter_map(|c| c.strip_prefix("veth ").map(str::to_string))
+            .collect();
+        let reset = changes.iter().any(|c| c == "nat removed");
+        self.converge_floating(spec, &ports, &mut memo, &recreated, reset, &mut changes)?;
         memo.taps = ports.iter().map(|p| p.tap.clone()).collect();
         lock(&self.memo).insert(spec.id.clone(), memo);
 
@@ -677,6 +690,11 @@ impl Realiser {
                     }
                 }
             }
+        }
+        if let Some(hook) = self.router_hook.get()
+            && let Err(e) = hook.router_up(&spec.id, &router_ns)
+        {
+            tracing::warn!("router {}: metadata proxy: {e:#}", spec.id);
         }
         Ok(changes)
     }
@@ -780,7 +798,10 @@ impl Realiser {
                 ("ipv4/ip_forward", "1"),
                 ("ipv4/conf/all/arp_ignore", "1"),
                 ("ipv4/conf/all/arp_announce", "2"),
-            ] {
+            ]
+            .into_iter()
+            .chain(floating::SYSCTLS)
+            {
                 ns::write_sysctl(k, v)?;
             }
             let links = link::dump_links(&h).await?;
@@ -790,6 +811,12 @@ impl Realiser {
                 link::set_up(&h, lo.index, true).await?;
                 rep.changed.push("lo up".into());
             }
+            if let Some(lo) = links.iter().find(|l| l.name == "lo")
+                && floating::converge_metadata_addr(&h, lo.index).await?
+            {
+                rep.changed.push("metadata address".into());
+            }
+            let fip_addrs = floating::gateway_extras(spec);
             let mut by_name: HashMap<String, LinkState> = HashMap::new();
             for l in links {
                 let ours = l.name.starts_with("qr-") || l.name.starts_with("qg-");
@@ -817,15 +844,32 @@ impl Realiser {
                     rep.changed.push(format!("link {}", p.inner));
                     announce = true;
                 }
-                if link::converge_address(&h, l.index, p.port.ip, p.port.subnet_cidr.prefix_len())
-                    .await
-                    .with_context(|| format!("router {}: device {}", spec.id, p.inner))?
-                {
+                let extras: &[Ipv4Addr] = if p.gateway { &fip_addrs } else { &[] };
+                let (addr_changed, added) = floating::converge_addresses(
+                    &h,
+                    l.index,
+                    p.port.ip,
+                    p.port.subnet_cidr.prefix_len(),
+                    extras,
+                )
+                .await
+                .with_context(|| format!("router {}: device {}", spec.id, p.inner))?;
+                if addr_changed || !added.is_empty() {
                     rep.changed.push(format!("address {}", p.inner));
+                }
+                if addr_changed {
                     announce = true;
                 }
                 if announce {
                     rep.announce.push((p.inner.clone(), p.port.mac, p.port.ip));
+                    for a in extras {
+                        rep.announce.push((p.inner.clone(), p.port.mac, *a));
+                    }
+                } else {
+                    // Floating IPs just added (associations): announce them.
+                    for a in &added {
+                        rep.announce.push((p.inner.clone(), p.port.mac, *a));
+                    }
                 }
                 if p.gateway {
                     gw_index = Some(l.index);
@@ -846,6 +890,9 @@ impl Realiser {
     }
 
     fn remove_router_locked(&self, router_id: &str, dp_id: u32) -> Result<()> {
+        if let Some(hook) = self.router_hook.get() {
+            hook.router_down(router_id);
+        }
         let ns_name = names::router_netns(router_id);
         if !self.owned.contains(Kind::Netns, &ns_name) {
             // Not ours (or already gone): still drop any NAT state of the dp_id we were given.
@@ -1162,6 +1209,8 @@ mod tests {
             admin_state_up: true,
             interfaces,
             gateway: None,
+            floating_ips: vec![],
+            port_forwardings: vec![],
         }
     }
 

@@ -8,6 +8,8 @@
 #![no_std]
 
 pub mod csum;
+pub mod fip;
+pub mod internal;
 pub mod frag;
 pub mod icmp;
 pub mod maps;
