@@ -43,8 +43,7 @@ pub static FLOATING_IPS: HashMap<FipKey, FipValue> = HashMap::with_max_entries(M
 /// Port forwardings: `DIR_IN` (floating IP, external port) → internal, `DIR_OUT` (internal IP,
 /// internal port) → (floating IP, external port).
 #[map]
-pub static PORT_FORWARDINGS: HashMap<PfKey, PfValue> =
-    HashMap::with_max_entries(2 * MAX_FIPS, 0);
+pub static PORT_FORWARDINGS: HashMap<PfKey, PfValue> = HashMap::with_max_entries(2 * MAX_FIPS, 0);
 
 /// The address `addr` translates to through a floating IP of router `rid` in direction `dir`.
 #[inline(always)]

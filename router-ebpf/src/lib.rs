@@ -9,9 +9,9 @@
 
 pub mod csum;
 pub mod fip;
-pub mod internal;
 pub mod frag;
 pub mod icmp;
+pub mod internal;
 pub mod maps;
 pub mod nat;
 pub mod parse;

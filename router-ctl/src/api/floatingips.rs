@@ -429,7 +429,10 @@ pub fn check_gateway_removal(c: &Connection, router_id: &str) -> Result<(), Faul
 fn port_number(o: &Obj, key: &str) -> Result<Option<u16>, Fault> {
     match o.get(key) {
         None => Ok(None),
-        Some(v) => match v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())) {
+        Some(v) => match v
+            .as_u64()
+            .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        {
             Some(n) if (1..=65535).contains(&n) => Ok(Some(n as u16)),
             _ => Err(input::bad_attr(
                 key,
@@ -514,9 +517,11 @@ fn check_pf(
     let port = owned_port(c, ctx, &pf.internal_port_id)?;
     let ip = match requested {
         Some(ip) => ip,
-        None if port_changed || pf.internal_ip.is_unspecified() => {
-            port.fixed_ips.first().map(|x| x.ip).unwrap_or(pf.internal_ip)
-        }
+        None if port_changed || pf.internal_ip.is_unspecified() => port
+            .fixed_ips
+            .first()
+            .map(|x| x.ip)
+            .unwrap_or(pf.internal_ip),
         None => pf.internal_ip,
     };
     if !port.fixed_ips.iter().any(|x| x.ip == ip) {
@@ -603,7 +608,8 @@ fn update_pf(
 ) -> Result<PortForwarding, Fault> {
     input::only(o, &PF_FIELDS)?;
     let f = owned_fip(c, ctx, fip_id)?;
-    let mut pf = fstore::get_port_forwarding(c, fip_id, id)?.ok_or_else(|| pf_not_found(fip_id, id))?;
+    let mut pf =
+        fstore::get_port_forwarding(c, fip_id, id)?.ok_or_else(|| pf_not_found(fip_id, id))?;
     let router = check_pf(c, ctx, &f, &mut pf, o)?;
     fx.touch_router(c, &router)?;
     fstore::update_port_forwarding(c, &pf)?;
@@ -748,7 +754,8 @@ async fn show_pf(
     let item = s
         .read(move |c| {
             owned_fip(c, &ctx, &id)?;
-            let p = fstore::get_port_forwarding(c, &id, &pf)?.ok_or_else(|| pf_not_found(&id, &pf))?;
+            let p =
+                fstore::get_port_forwarding(c, &id, &pf)?.ok_or_else(|| pf_not_found(&id, &pf))?;
             Ok(pf_view(&p))
         })
         .await?;
@@ -765,7 +772,11 @@ async fn create_pf_h(
     let item = s
         .mutate(move |c, fx| create_pf(c, fx, &ctx, &id, &o).map(|p| pf_view(&p)))
         .await?;
-    Ok((StatusCode::CREATED, Json(json!({ "port_forwarding": item }))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "port_forwarding": item })),
+    )
+        .into_response())
 }
 
 async fn update_pf_h(

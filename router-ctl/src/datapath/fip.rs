@@ -188,7 +188,11 @@ impl Datapath {
         let cfg = RouterConfig {
             router_id: dp_id,
             gateway_ip: gateway_ip.map_or(0, |g| ip_to_wire(g.octets())),
-            flags: if gateway_ip.is_some() { ROUTER_F_SNAT } else { 0 },
+            flags: if gateway_ip.is_some() {
+                ROUTER_F_SNAT
+            } else {
+                0
+            },
             port_min: self.nat.port_min,
             port_max: self.nat.port_max,
         };

@@ -258,10 +258,7 @@ pub fn get_port_forwarding(
         .optional()?)
 }
 
-pub fn fip_port_forwardings(
-    conn: &Connection,
-    fip_id: &str,
-) -> Result<Vec<PortForwarding>, Fault> {
+pub fn fip_port_forwardings(conn: &Connection, fip_id: &str) -> Result<Vec<PortForwarding>, Fault> {
     let mut st = conn.prepare_cached(&format!(
         "SELECT {PF_COLS} FROM port_forwardings WHERE floatingip_id=?1 ORDER BY rowid"
     ))?;
