@@ -35,12 +35,16 @@ pub const ADMIN_PROJECT: &str = "admin";
 /// Daemon options; each overrides the config file.
 #[derive(Clone, Debug, clap::Args)]
 pub struct DaemonArgs {
+    /// TOML configuration file (every key optional).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// API listen address [default: 127.0.0.1:9696].
     #[arg(long)]
     pub listen: Option<std::net::SocketAddr>,
+    /// Database, admin token and ownership records [default: /var/lib/router-ctl].
     #[arg(long)]
     pub state_dir: Option<PathBuf>,
+    /// bpffs directory for pinned maps and links [default: /sys/fs/bpf/router-ctl].
     #[arg(long)]
     pub bpffs: Option<PathBuf>,
     /// Remove every kernel object and pin this state directory owns, then exit.

@@ -14,7 +14,10 @@ use std::{
     collections::{BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
     path::PathBuf,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -66,7 +69,14 @@ pub struct Realiser {
     recent: Mutex<Recent>,
     /// Told about routers coming up and going (metadata proxies); set once by the daemon.
     router_hook: std::sync::OnceLock<Arc<dyn floating::RouterHook>>,
+    /// Reconcile passes so far (every `FULL_CHECK_EVERY`th is a full one).
+    passes: AtomicU64,
 }
+
+/// One reconcile pass in this many enters every router namespace; the others check routers
+/// from the daemon's namespace only (cheap with 1000 routers), which already sees a deleted
+/// namespace or device.
+pub const FULL_CHECK_EVERY: u64 = 10;
 
 #[derive(Clone, Debug, Default)]
 struct RouterMemo {
@@ -78,6 +88,8 @@ struct RouterMemo {
     nat: Option<RouterNat>,
     /// Floating IPs and internal hooks last written.
     floating: Option<floating::Applied>,
+    /// The spec this router was last fully converged to.
+    spec: Option<RouterSpec>,
 }
 
 #[derive(Debug)]
@@ -101,7 +113,9 @@ impl Recent {
 /// What a reconcile pass changed.
 #[derive(Clone, Debug, Default)]
 pub struct ReconcileReport {
+    /// Objects created or corrected, one line each (e.g. `router <id>: netns …, veth …`).
     pub repaired: Vec<String>,
+    /// Owned objects deleted because the desired state no longer holds them.
     pub removed: Vec<String>,
     /// Objects that could not be converged, with the error (the pass goes on with the others).
     pub failed: Vec<String>,
@@ -248,9 +262,11 @@ impl Realiser {
                 removed: HashMap::new(),
             }),
             router_hook: std::sync::OnceLock::new(),
+            passes: AtomicU64::new(0),
         })
     }
 
+    /// The datapath this realiser configures (sessions, stats and GC go to it directly).
     pub fn datapath(&self) -> &Arc<Datapath> {
         &self.datapath
     }
@@ -357,6 +373,7 @@ impl Realiser {
                     }
                     created = true;
                     changed = true;
+                    ns::disable_ipv6(&br);
                     link::get_link(&h, &br)
                         .await?
                         .ok_or_else(|| anyhow!("bridge {br} vanished after creation"))?
@@ -499,22 +516,22 @@ impl Realiser {
         }
 
         // 2. The namespace.
+        let record = format!("{} {}\n", spec.id, spec.dp_id);
         let router_ns = match NetnsHandle::open_named(&ns_name)? {
             Some(h) => {
-                if !self.owned.contains(Kind::Netns, &ns_name) {
-                    bail!(
+                match self.owned.get(Kind::Netns, &ns_name)? {
+                    None => bail!(
                         "router {}: namespace {ns_name} exists but was not created by this daemon",
                         spec.id
-                    );
+                    ),
+                    // Keep the dp_id in the record current: reconcile and purge use it.
+                    Some(c) if c != record => self.owned.record(Kind::Netns, &ns_name, &record)?,
+                    Some(_) => {}
                 }
                 h
             }
             None => {
-                self.owned.record(
-                    Kind::Netns,
-                    &ns_name,
-                    &format!("{} {}\n", spec.id, spec.dp_id),
-                )?;
+                self.owned.record(Kind::Netns, &ns_name, &record)?;
                 match ns::create(&ns_name) {
                     Ok(_) => created.push(Created::Netns(ns_name.clone())),
                     Err(e) => {
@@ -667,8 +684,11 @@ impl Realiser {
                 self.datapath
                     .configure_router(&nat)
                     .with_context(|| format!("router {}: configuring NAT", spec.id))?;
+                // The first write after a start rewrites what the pinned maps already hold.
+                if memo.nat.is_some() {
+                    changes.push("nat configured".into());
+                }
                 memo.nat = Some(nat);
-                changes.push("nat configured".into());
             }
         }
         let recreated: Vec<String> = changes
@@ -678,17 +698,13 @@ impl Realiser {
         let reset = changes.iter().any(|c| c == "nat removed");
         self.converge_floating(spec, &ports, &mut memo, &recreated, reset, &mut changes)?;
         memo.taps = ports.iter().map(|p| p.tap.clone()).collect();
+        memo.spec = Some(spec.clone());
         lock(&self.memo).insert(spec.id.clone(), memo);
 
         // 6. Announce new or changed addresses (background threads).
         if spec.admin_state_up {
             for (dev, mac, ip) in inside.announce {
-                match NetnsHandle::open_named(&ns_name) {
-                    Ok(Some(h)) => self.announcer.announce(h, dev, mac, ip),
-                    _ => {
-                        tracing::warn!("router {}: namespace gone before announcing {ip}", spec.id)
-                    }
-                }
+                self.announcer.announce(ns_name.clone(), dev, mac, ip);
             }
         }
         if let Some(hook) = self.router_hook.get()
@@ -770,6 +786,7 @@ impl Realiser {
                             e.context(format!("router {}: port {}", spec.id, p.port.port_id))
                         );
                     }
+                    ns::disable_ipv6(&p.tap);
                     made.push(p.tap.clone());
                 }
                 Ok(())
@@ -1004,8 +1021,15 @@ impl Realiser {
             }
         }
 
-        // Desired routers.
+        // Desired routers. Most passes only check from outside (namespace mounted, taps present,
+        // up and enslaved, which also proves the veth peers inside exist); every
+        // `FULL_CHECK_EVERY`th pass, and whenever that check fails, a router is converged from
+        // inside its namespace (addresses, routes, sysctls).
         let links = self.dump_daemon_links()?;
+        let full = self
+            .passes
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(FULL_CHECK_EVERY);
         for r in &desired.routers {
             if self.recently_removed(&format!("router:{}", r.id)) {
                 continue;
@@ -1015,6 +1039,9 @@ impl Realiser {
                 continue;
             }
             let _g = self.lock_op();
+            if !full && self.looks_converged(r, &links) {
+                continue;
+            }
             let mut created = Vec::new();
             match self.converge_router(r, Some(&links), &mut created) {
                 Ok(changes) => {
@@ -1062,6 +1089,35 @@ impl Realiser {
             report.removed.extend(stale);
         }
         Ok(report)
+    }
+
+    /// The outside check of a router reconcile does between full passes: last converged to
+    /// this very spec, namespace still mounted, every tap present, up, in its bridge, and the
+    /// gateway tap still the device the datapath is attached to.
+    fn looks_converged(&self, spec: &RouterSpec, links: &HashMap<String, LinkState>) -> bool {
+        let memo = lock(&self.memo);
+        let Some(m) = memo.get(&spec.id) else {
+            return false;
+        };
+        if m.spec.as_ref() != Some(spec) {
+            return false;
+        }
+        for p in plan(spec) {
+            let Some(br) = links.get(&p.bridge).filter(|b| b.up) else {
+                return false;
+            };
+            let Some(tap) = links.get(&p.tap) else {
+                return false;
+            };
+            if !tap.up || tap.controller != Some(br.index) {
+                return false;
+            }
+            if p.gateway && m.attached != Some((p.tap.clone(), tap.index)) {
+                return false;
+            }
+        }
+        drop(memo);
+        matches!(ns::exists(&names::router_netns(&spec.id)), Ok(true))
     }
 
     fn dump_daemon_links(&self) -> Result<HashMap<String, LinkState>> {

@@ -314,6 +314,28 @@ impl RealiserHost {
         self.host.enter(|| f(r))
     }
 
+    /// Simulates a daemon restart: drops the realiser and its datapath without purging, then
+    /// opens new ones on the same state dir and bpffs (pins and kernel objects stay).
+    pub fn restart(&mut self, physical_networks: &[(&str, &str)]) {
+        drop(self.realiser.take());
+        let cfg = router_ctl::realise::RealiserConfig {
+            state_dir: self.state.path.clone(),
+            physical_networks: physical_networks
+                .iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect(),
+        };
+        let nat = router_ctl::config::NatConfig::default();
+        let bpffs = self.bpffs.path().to_path_buf();
+        let realiser = self.host.enter(|| {
+            let dp = router_ctl::datapath::Datapath::open(&bpffs, &nat)
+                .unwrap_or_else(|e| panic!("reopening the datapath: {e:#}"));
+            router_ctl::realise::Realiser::new(cfg, dp)
+                .unwrap_or_else(|e| panic!("recreating the realiser: {e:#}"))
+        });
+        self.realiser = Some(realiser);
+    }
+
     /// Files recorded under `<state>/owned/<kind>`.
     pub fn owned(&self, kind: &str) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.state.path.join("owned").join(kind))

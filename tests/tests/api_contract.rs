@@ -1000,6 +1000,21 @@ fn projects_are_isolated_and_policy_is_enforced() {
         "SubnetNotFound",
     );
 
+    // The admin's external subnet is readable to alice but not hers to attach.
+    let v = expect(alice.get(&format!("/v2.0/subnets?network_id={ext}")), 200);
+    let ext_sub = v["subnets"][0]["id"]
+        .as_str()
+        .expect("external subnet visible")
+        .to_string();
+    expect_err(
+        alice.put(
+            &format!("/v2.0/routers/{ar}/add_router_interface"),
+            &json!({"subnet_id": ext_sub}),
+        ),
+        404,
+        "SubnetNotFound",
+    );
+
     // Alice: interface, gateway on the admin's external network; SNAT and fixed IPs admin-only.
     expect(
         alice.put(

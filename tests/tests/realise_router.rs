@@ -248,6 +248,14 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
         assert_eq!(l["linkinfo"]["info_kind"], "bridge", "{l}");
         assert!(is_up(&l), "{br} is down");
         assert!(ipv4(&host, &br).is_empty(), "{br} has an address");
+        let v6 = ip_json(&host, &["-6", "addr", "show", "dev", &br]);
+        assert!(
+            v6.as_array()
+                .expect("array")
+                .iter()
+                .all(|l| l["addr_info"].as_array().is_none_or(|a| a.is_empty())),
+            "{br} has an IPv6 address: {v6}"
+        );
     }
 
     let qr_port = port(&int, 1, "10.0.1.1", "10.0.1.0/24");
@@ -310,6 +318,23 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
     assert_eq!(bridge_ports(&host, &ext_br), vec![qg_tap.clone()]);
     for t in [&qr_tap, &qg_tap] {
         assert!(is_up(&link(&host, t).expect("tap")), "{t} down");
+    }
+    // No IPv6 on the host-side devices (bridges and taps carry tenant frames only), even now
+    // that they have carrier.
+    for dev in [&ext_br, &names::bridge(&int.id), &qr_tap, &qg_tap] {
+        let v6 = ip_json(&host, &["-6", "addr", "show", "dev", dev]);
+        assert!(
+            v6.as_array()
+                .expect("array")
+                .iter()
+                .all(|l| l["addr_info"].as_array().is_none_or(|a| a.is_empty())),
+            "{dev} has an IPv6 address: {v6}"
+        );
+        let off = h.host.enter(|| {
+            std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"))
+                .expect("disable_ipv6")
+        });
+        assert_eq!(off.trim(), "1", "IPv6 on {dev}");
     }
     // Nothing leaked into the router namespace from the host or vice versa.
     assert!(link(&host, &qg).is_none() && link(&ns, &qg_tap).is_none());
@@ -599,6 +624,23 @@ fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
     );
     let rep = h.call(|r| r.reconcile(&want)).expect("steady");
     assert!(rep.repaired.is_empty(), "{rep:?}");
+
+    // Changes made inside the namespace (invisible from the host) are repaired by the next
+    // full pass, at most FULL_CHECK_EVERY passes away.
+    tests::ip(&["-n", &ns, "route", "del", "default"]);
+    tests::ip(&["-n", &ns, "addr", "flush", "dev", &qg]);
+    let mut passes = 0;
+    while default_routes(&ns).is_empty() {
+        assert!(
+            passes <= router_ctl::realise::FULL_CHECK_EVERY,
+            "not repaired after {passes} passes"
+        );
+        let rep = h.call(|r| r.reconcile(&want)).expect("reconcile inside");
+        assert!(rep.failed.is_empty(), "{rep:?}");
+        passes += 1;
+    }
+    assert_eq!(ipv4(&ns, &qg), vec!["203.0.113.10/24".to_string()]);
+    assert_eq!(default_routes(&ns)[0]["gateway"], "203.0.113.1");
 }
 
 #[test]

@@ -153,7 +153,9 @@ pub fn opt_list<'a>(o: &'a Obj, key: &str) -> Result<Option<&'a Vec<Value>>, Fau
 /// `external_fixed_ips`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FixedIpRequest {
+    /// The subnet to allocate from (else the one containing `ip`).
     pub subnet_id: Option<String>,
+    /// The address wanted (else the first free one).
     pub ip: Option<Ipv4Addr>,
 }
 

@@ -46,9 +46,13 @@ use resources::Kind;
 /// `realise::Realiser` implements it; unit tests substitute a recorder that can be told to
 /// fail, to check that a failed realisation leaves the database untouched.
 pub trait Realise: Send + Sync + 'static {
+    /// See `Realiser::apply_network`.
     fn apply_network(&self, net: &NetworkSpec) -> anyhow::Result<()>;
+    /// See `Realiser::remove_network`.
     fn remove_network(&self, network_id: &str) -> anyhow::Result<()>;
+    /// See `Realiser::apply_router`.
     fn apply_router(&self, spec: &RouterSpec) -> anyhow::Result<()>;
+    /// See `Realiser::remove_router`.
     fn remove_router(&self, router_id: &str, dp_id: u32) -> anyhow::Result<()>;
 }
 
@@ -70,7 +74,9 @@ impl Realise for Realiser {
 /// Who is calling: the project a token maps to, and whether it is an admin.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ctx {
+    /// The project resources are created in and visible to.
     pub project_id: String,
+    /// Admins see and change every project's resources and pass admin-only policy rules.
     pub admin: bool,
 }
 
@@ -90,6 +96,7 @@ pub struct Effects {
 }
 
 impl Effects {
+    /// Records the network (and its spec now) as possibly changed by this mutation.
     pub fn touch_network(&mut self, c: &Connection, id: &str) -> Result<(), Fault> {
         if !self.networks.contains_key(id) {
             self.networks
@@ -97,6 +104,7 @@ impl Effects {
         }
         Ok(())
     }
+    /// Records the router (and its spec now) as possibly changed by this mutation.
     pub fn touch_router(&mut self, c: &Connection, id: &str) -> Result<(), Fault> {
         if !self.routers.contains_key(id) {
             self.routers
@@ -131,6 +139,7 @@ pub struct ApiState {
 }
 
 impl ApiState {
+    /// API state over `store`, realising through `realiser`, with `tokens` for auth.
     pub fn new(
         store: Store,
         realiser: Arc<dyn Realise>,

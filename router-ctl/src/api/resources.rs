@@ -26,13 +26,18 @@ use crate::{
 /// The four resource collections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// `/v2.0/networks`
     Network,
+    /// `/v2.0/subnets`
     Subnet,
+    /// `/v2.0/ports`
     Port,
+    /// `/v2.0/routers`
     Router,
 }
 
 impl Kind {
+    /// The JSON key of one resource (`network`).
     pub fn singular(self) -> &'static str {
         match self {
             Kind::Network => "network",
@@ -41,6 +46,7 @@ impl Kind {
             Kind::Router => "router",
         }
     }
+    /// The path segment and JSON key of a list (`networks`).
     pub fn collection(self) -> &'static str {
         match self {
             Kind::Network => "networks",
@@ -286,6 +292,7 @@ pub fn show(c: &Connection, ctx: &Ctx, kind: Kind, id: &str) -> Result<Value, Fa
     }
 }
 
+/// Creates a resource from its validated body; returns its view.
 pub fn create(
     c: &Connection,
     fx: &mut Effects,
@@ -302,6 +309,7 @@ pub fn create(
     show(c, ctx, kind, &id)
 }
 
+/// Updates a resource the caller owns; returns its view.
 pub fn update(
     c: &Connection,
     fx: &mut Effects,
@@ -319,6 +327,7 @@ pub fn update(
     show(c, ctx, kind, id)
 }
 
+/// Deletes a resource the caller owns.
 pub fn delete(
     c: &Connection,
     fx: &mut Effects,
@@ -1385,6 +1394,11 @@ pub fn add_interface(
         }
         (Some(sid), None) => {
             let s = visible_subnet(c, ctx, &sid)?;
+            // Another project's external subnet is readable, but not a place for interfaces.
+            let shared = store::get_network(c, &s.network_id)?.is_some_and(|n| n.shared);
+            if !ctx.owns(&s.project_id) && !shared {
+                return Err(Fault::not_found("subnet", &sid));
+            }
             let Some(gw) = s.gateway_ip else {
                 return Err(Fault::new(
                     400,

@@ -88,7 +88,9 @@ fn send_on(dev: &str, frame: &[u8]) -> Result<()> {
 
 /// One pending announcement.
 struct Job {
-    ns: NetnsHandle,
+    /// Named namespace, opened for each frame: a queued job holds no descriptor and never
+    /// keeps a deleted namespace alive.
+    ns: String,
     dev: String,
     frame: [u8; 42],
     left: usize,
@@ -115,9 +117,9 @@ impl Announcer {
         Ok(Self { tx: Mutex::new(tx) })
     }
 
-    /// Queues the announcement of `ip` from `mac` on `dev` inside namespace `ns`; the first
-    /// frame leaves at once.
-    pub fn announce(&self, ns: NetnsHandle, dev: String, mac: [u8; 6], ip: Ipv4Addr) {
+    /// Queues the announcement of `ip` from `mac` on `dev` inside the named namespace `ns`
+    /// (`/run/netns/<ns>`); the first frame leaves at once.
+    pub fn announce(&self, ns: String, dev: String, mac: [u8; 6], ip: Ipv4Addr) {
         let job = Job {
             ns,
             dev,
@@ -175,8 +177,9 @@ fn worker(rx: mpsc::Receiver<Job>, home: NetnsHandle) {
             }
             let j = &mut jobs[i];
             away = true;
-            let sent = setns(&j.ns.file, CloneFlags::CLONE_NEWNET)
-                .context("setns")
+            let sent = NetnsHandle::open_named(&j.ns)
+                .and_then(|h| h.ok_or_else(|| anyhow::anyhow!("namespace {} is gone", j.ns)))
+                .and_then(|h| setns(&h.file, CloneFlags::CLONE_NEWNET).context("setns"))
                 .and_then(|()| send_on(&j.dev, &j.frame));
             j.left -= 1;
             match sent {

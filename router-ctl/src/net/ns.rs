@@ -63,23 +63,6 @@ pub fn exists(name: &str) -> Result<bool> {
     Ok(NetnsHandle::open_named(name)?.is_some())
 }
 
-/// Names of every mounted namespace under /run/netns (one directory read).
-pub fn list() -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    let dir = match fs::read_dir(NETNS_RUN_DIR) {
-        Ok(d) => d,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e).context("reading /run/netns"),
-    };
-    for entry in dir {
-        let entry = entry.context("reading /run/netns")?;
-        if let Some(name) = entry.file_name().to_str() {
-            out.push(name.to_string());
-        }
-    }
-    Ok(out)
-}
-
 /// Makes /run/netns a shared mount point so namespaces mounted there propagate to other mount
 /// namespaces (what iproute2 does on first use).
 fn prepare_run_dir() -> Result<()> {
@@ -222,11 +205,16 @@ pub fn write_sysctl(key: &str, value: &str) -> Result<()> {
         .with_context(|| format!("writing {value} to {}", path.display()))
 }
 
-/// Reads a sysctl of the calling thread's network namespace.
-pub fn read_sysctl(key: &str) -> Result<String> {
-    let path = Path::new("/proc/sys/net").join(key);
-    Ok(fs::read_to_string(&path)
-        .with_context(|| format!("reading {}", path.display()))?
-        .trim()
-        .to_string())
+/// Turns IPv6 off on `dev` of the calling thread's namespace, best effort: a bridge or tap that
+/// only carries tenant frames should not take a link-local address and speak (DAD, MLD, router
+/// solicitations) on the tenant or external network, as Neutron's linuxbridge agent ensures.
+/// A kernel without IPv6 has nothing to turn off.
+pub fn disable_ipv6(dev: &str) {
+    let key = format!("ipv6/conf/{dev}/disable_ipv6");
+    if !Path::new("/proc/sys/net").join(&key).exists() {
+        return;
+    }
+    if let Err(e) = write_sysctl(&key, "1") {
+        tracing::warn!("{e:#}");
+    }
 }

@@ -219,7 +219,10 @@ impl Realiser {
         self.datapath
             .configure_floating(spec.dp_id, &new.fips, &new.pfs)
             .with_context(|| format!("router {}: configuring floating IPs", spec.id))?;
-        changes.push("floating IPs configured".into());
+        // The first write after a start rewrites what the pinned maps already hold.
+        if memo.floating.is_some() {
+            changes.push("floating IPs configured".into());
+        }
         memo.floating = Some(new);
         Ok(())
     }

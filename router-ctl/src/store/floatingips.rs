@@ -6,7 +6,7 @@
 //! forwarding is created) and stored. The schema refuses two floating IPs for one fixed IP and
 //! duplicate port forwardings; the API turns those cases into Neutron's 409s first.
 
-use std::net::Ipv4Addr;
+use std::{collections::HashMap, net::Ipv4Addr};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
@@ -290,6 +290,52 @@ pub fn protocol_number(name: &str) -> Option<u8> {
         "udp" => Some(17),
         _ => None,
     }
+}
+
+/// What `router_floating` gives, for every router at once (two whole-table queries).
+#[allow(clippy::type_complexity)]
+pub fn all_router_floating(
+    conn: &Connection,
+) -> Result<HashMap<String, (Vec<FloatingIpSpec>, Vec<PortForwardingSpec>)>, Fault> {
+    let mut out: HashMap<String, (Vec<FloatingIpSpec>, Vec<PortForwardingSpec>)> = HashMap::new();
+    let fips = query_fips(
+        conn,
+        &format!("SELECT {FIP_COLS} FROM floatingips WHERE router_id IS NOT NULL ORDER BY rowid"),
+        &[],
+    )?;
+    let mut by_fip: HashMap<String, (String, Ipv4Addr)> = HashMap::new();
+    for f in &fips {
+        let Some(r) = &f.router_id else { continue };
+        by_fip.insert(f.id.clone(), (r.clone(), f.floating_ip));
+        out.entry(r.clone()).or_default().0.push(FloatingIpSpec {
+            floating_ip: f.floating_ip,
+            fixed_ip: f.fixed_ip.filter(|_| f.port_id.is_some()),
+        });
+    }
+    let mut st = conn.prepare_cached(&format!("SELECT {PF_COLS} FROM port_forwardings"))?;
+    let pfs: Vec<PortForwarding> = st.query_map([], pf_row)?.collect::<rusqlite::Result<_>>()?;
+    for p in pfs {
+        let (Some((r, fip)), Some(protocol)) =
+            (by_fip.get(&p.floatingip_id), protocol_number(&p.protocol))
+        else {
+            continue;
+        };
+        out.entry(r.clone())
+            .or_default()
+            .1
+            .push(PortForwardingSpec {
+                protocol,
+                floating_ip: *fip,
+                external_port: p.external_port,
+                internal_ip: p.internal_ip,
+                internal_port: p.internal_port,
+            });
+    }
+    for (f, p) in out.values_mut() {
+        f.sort();
+        p.sort();
+    }
+    Ok(out)
 }
 
 /// The floating IPs and port forwardings router `router_id` serves, for its spec.

@@ -220,6 +220,7 @@ fn network_row(r: &Row) -> rusqlite::Result<Network> {
     })
 }
 
+/// Adds a network row.
 pub fn insert_network(conn: &Connection, n: &Network) -> Result<(), Fault> {
     conn.execute(
         &format!("INSERT INTO networks ({NET_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
@@ -247,6 +248,7 @@ pub fn update_network(conn: &Connection, n: &Network) -> Result<(), Fault> {
     Ok(())
 }
 
+/// The network, None when unknown.
 pub fn get_network(conn: &Connection, id: &str) -> Result<Option<Network>, Fault> {
     Ok(conn
         .query_row(
@@ -257,6 +259,7 @@ pub fn get_network(conn: &Connection, id: &str) -> Result<Option<Network>, Fault
         .optional()?)
 }
 
+/// Every network in creation order.
 pub fn list_networks(conn: &Connection) -> Result<Vec<Network>, Fault> {
     let mut st = conn.prepare_cached(&format!("SELECT {NET_COLS} FROM networks ORDER BY rowid"))?;
     let rows = st.query_map([], network_row)?;
@@ -325,6 +328,7 @@ fn dns_text(s: &Subnet) -> String {
         .join(",")
 }
 
+/// Adds a subnet and its pools.
 pub fn insert_subnet(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
     conn.execute(
         &format!("INSERT INTO subnets ({SUBNET_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
@@ -352,6 +356,7 @@ pub fn update_subnet(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
     write_pools(conn, s)
 }
 
+/// The subnet with its pools, None when unknown.
 pub fn get_subnet(conn: &Connection, id: &str) -> Result<Option<Subnet>, Fault> {
     let s = conn
         .query_row(
@@ -383,6 +388,7 @@ fn query_subnets(
     Ok(out)
 }
 
+/// Every subnet in creation order.
 pub fn list_subnets(conn: &Connection) -> Result<Vec<Subnet>, Fault> {
     query_subnets(
         conn,
@@ -391,6 +397,7 @@ pub fn list_subnets(conn: &Connection) -> Result<Vec<Subnet>, Fault> {
     )
 }
 
+/// The network's subnets in creation order (the order addresses are taken from).
 pub fn network_subnets(conn: &Connection, network_id: &str) -> Result<Vec<Subnet>, Fault> {
     query_subnets(
         conn,
@@ -399,6 +406,7 @@ pub fn network_subnets(conn: &Connection, network_id: &str) -> Result<Vec<Subnet
     )
 }
 
+/// Deletes the subnet and its pools (callers check for allocations first).
 pub fn delete_subnet(conn: &Connection, id: &str) -> Result<(), Fault> {
     conn.execute("DELETE FROM subnets WHERE id=?1", [id])?;
     Ok(())
@@ -548,6 +556,7 @@ fn load_fixed_ips(conn: &Connection, p: &mut Port) -> Result<(), Fault> {
     Ok(())
 }
 
+/// Whether any port has this MAC.
 pub fn mac_in_use(conn: &Connection, mac: &[u8; 6]) -> Result<bool, Fault> {
     Ok(conn
         .query_row(
@@ -634,6 +643,7 @@ pub fn update_port(conn: &Connection, p: &Port) -> Result<(), Fault> {
     write_fixed_ips(conn, p)
 }
 
+/// The port with its fixed IPs, None when unknown.
 pub fn get_port(conn: &Connection, id: &str) -> Result<Option<Port>, Fault> {
     let p = conn
         .query_row(
@@ -665,6 +675,7 @@ fn query_ports(
     Ok(out)
 }
 
+/// Every port in creation order.
 pub fn list_ports(conn: &Connection) -> Result<Vec<Port>, Fault> {
     query_ports(
         conn,
@@ -673,6 +684,7 @@ pub fn list_ports(conn: &Connection) -> Result<Vec<Port>, Fault> {
     )
 }
 
+/// The network's ports (a network with ports cannot be deleted).
 pub fn network_ports(conn: &Connection, network_id: &str) -> Result<Vec<Port>, Fault> {
     query_ports(
         conn,
@@ -681,6 +693,7 @@ pub fn network_ports(conn: &Connection, network_id: &str) -> Result<Vec<Port>, F
     )
 }
 
+/// Deletes the port and frees its addresses.
 pub fn delete_port(conn: &Connection, id: &str) -> Result<(), Fault> {
     conn.execute("DELETE FROM fixed_ips WHERE port_id=?1", [id])?;
     conn.execute("DELETE FROM ports WHERE id=?1", [id])?;
@@ -727,6 +740,7 @@ pub fn free_dp_id(conn: &Connection) -> Result<u32, Fault> {
     Ok(id as u32)
 }
 
+/// Adds a router row (its dp_id from `free_dp_id`).
 pub fn insert_router(conn: &Connection, r: &Router) -> Result<(), Fault> {
     conn.execute(
         &format!("INSERT INTO routers ({ROUTER_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
@@ -754,6 +768,7 @@ pub fn update_router(conn: &Connection, r: &Router) -> Result<(), Fault> {
     Ok(())
 }
 
+/// The router, None when unknown.
 pub fn get_router(conn: &Connection, id: &str) -> Result<Option<Router>, Fault> {
     Ok(conn
         .query_row(
@@ -764,6 +779,7 @@ pub fn get_router(conn: &Connection, id: &str) -> Result<Option<Router>, Fault> 
         .optional()?)
 }
 
+/// Every router in creation order.
 pub fn list_routers(conn: &Connection) -> Result<Vec<Router>, Fault> {
     let mut st =
         conn.prepare_cached(&format!("SELECT {ROUTER_COLS} FROM routers ORDER BY rowid"))?;
@@ -771,12 +787,14 @@ pub fn list_routers(conn: &Connection) -> Result<Vec<Router>, Fault> {
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// Deletes the router and its interface rows (callers remove the ports).
 pub fn delete_router(conn: &Connection, id: &str) -> Result<(), Fault> {
     conn.execute("DELETE FROM router_interfaces WHERE router_id=?1", [id])?;
     conn.execute("DELETE FROM routers WHERE id=?1", [id])?;
     Ok(())
 }
 
+/// Records `port_id` as an interface of the router.
 pub fn add_interface(conn: &Connection, router_id: &str, port_id: &str) -> Result<(), Fault> {
     conn.execute(
         "INSERT INTO router_interfaces (router_id, port_id) VALUES (?1, ?2)",
@@ -785,6 +803,7 @@ pub fn add_interface(conn: &Connection, router_id: &str, port_id: &str) -> Resul
     Ok(())
 }
 
+/// Forgets the interface row (the caller deletes the port).
 pub fn remove_interface(conn: &Connection, router_id: &str, port_id: &str) -> Result<(), Fault> {
     conn.execute(
         "DELETE FROM router_interfaces WHERE router_id=?1 AND port_id=?2",
@@ -906,8 +925,11 @@ pub fn router_spec(conn: &Connection, id: &str) -> Result<Option<RouterSpec>, Fa
     }))
 }
 
-/// Everything that should be realised.
+/// Everything that should be realised: the same specs `router_spec` gives one by one, built
+/// from five whole-table queries so a pass over a thousand routers stays cheap.
 pub fn desired_state(conn: &Connection) -> Result<DesiredState, Fault> {
+    use std::collections::HashMap;
+
     let networks = list_networks(conn)?
         .into_iter()
         .map(|n| NetworkSpec {
@@ -916,12 +938,93 @@ pub fn desired_state(conn: &Connection) -> Result<DesiredState, Fault> {
             external: n.external,
         })
         .collect();
-    let mut routers = Vec::new();
-    for r in list_routers(conn)? {
-        if let Some(spec) = router_spec(conn, &r.id)? {
-            routers.push(spec);
+
+    // subnet id → (cidr, gateway)
+    let mut subnets: HashMap<String, (Ipv4Net, Option<Ipv4Addr>)> = HashMap::new();
+    {
+        let mut st = conn.prepare_cached("SELECT id, cidr, gateway_ip FROM subnets")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let cidr: String = r.get(1)?;
+            let cidr =
+                Ipv4Net::from_str(&cidr).map_err(|e| Fault::from(text_err(1, e.to_string())))?;
+            let gw: Option<i64> = r.get(2)?;
+            subnets.insert(r.get(0)?, (cidr, gw.map(ip_of)));
         }
     }
+    // port id → (its spec, the gateway of its subnet); first fixed IP as in `port_spec`.
+    let mut ports: HashMap<String, (PortSpec, Option<Ipv4Addr>)> = HashMap::new();
+    {
+        let mut st = conn.prepare_cached(
+            "SELECT p.id, p.network_id, p.mac, f.subnet_id, f.ip FROM fixed_ips f
+             JOIN ports p ON p.id = f.port_id ORDER BY f.rowid",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let id: String = r.get(0)?;
+            if ports.contains_key(&id) {
+                continue;
+            }
+            let mac: String = r.get(2)?;
+            let mac = parse_mac(&mac)
+                .ok_or_else(|| Fault::from(text_err(2, format!("bad mac {mac}"))))?;
+            let subnet_id: String = r.get(3)?;
+            let Some((cidr, gw)) = subnets.get(&subnet_id) else {
+                continue;
+            };
+            let spec = PortSpec {
+                port_id: id.clone(),
+                network_id: r.get(1)?,
+                mac,
+                ip: ip_of(r.get(4)?),
+                subnet_cidr: *cidr,
+            };
+            ports.insert(id, (spec, *gw));
+        }
+    }
+    // router id → interface port ids in the order they were added
+    let mut interfaces: HashMap<String, Vec<String>> = HashMap::new();
+    {
+        let mut st =
+            conn.prepare_cached("SELECT router_id, port_id FROM router_interfaces ORDER BY rowid")?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            interfaces.entry(r.get(0)?).or_default().push(r.get(1)?);
+        }
+    }
+    let mut floating = floatingips::all_router_floating(conn)?;
+    let routers = list_routers(conn)?
+        .into_iter()
+        .map(|r| {
+            let ifaces = interfaces
+                .get(&r.id)
+                .map(|ids| {
+                    ids.iter()
+                        .filter_map(|p| ports.get(p).map(|(s, _)| s.clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let gateway =
+                r.gw_port_id
+                    .as_ref()
+                    .and_then(|g| ports.get(g))
+                    .map(|(port, next_hop)| GatewaySpec {
+                        port: port.clone(),
+                        next_hop: *next_hop,
+                        enable_snat: r.enable_snat,
+                    });
+            let (floating_ips, port_forwardings) = floating.remove(&r.id).unwrap_or_default();
+            RouterSpec {
+                id: r.id,
+                dp_id: r.dp_id,
+                admin_state_up: r.admin_state_up,
+                interfaces: ifaces,
+                gateway,
+                floating_ips,
+                port_forwardings,
+            }
+        })
+        .collect();
     Ok(DesiredState { networks, routers })
 }
 

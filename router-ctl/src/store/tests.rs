@@ -253,8 +253,29 @@ fn router_spec_collects_interfaces_and_gateway() {
     assert_eq!(gw.next_hop, Some("192.0.2.1".parse().unwrap()));
     assert!(!gw.enable_snat);
     assert_eq!(routers_on_network(&tx, "int").unwrap().len(), 1);
+    // A second router without gateway, one with a gateway only.
+    insert_router(
+        &tx,
+        &Router {
+            id: "r2".into(),
+            name: String::new(),
+            description: String::new(),
+            project_id: "p".into(),
+            admin_state_up: false,
+            status: "ACTIVE".into(),
+            dp_id: 2,
+            gw_port_id: None,
+            enable_snat: true,
+        },
+    )
+    .unwrap();
     tx.commit().unwrap();
     let d = store.desired_state().unwrap();
     assert_eq!(d.networks.len(), 2);
-    assert_eq!(d.routers.len(), 1);
+    // The bulk pass gives exactly the per-router specs.
+    let one_by_one: Vec<_> = ["r", "r2"]
+        .iter()
+        .map(|id| router_spec(store.conn(), id).unwrap().unwrap())
+        .collect();
+    assert_eq!(d.routers, one_by_one);
 }

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 
 use super::{
     ns::{self, ChildGuard, Ns, check_interrupted},
-    report::{ControlPlaneRun, Report},
+    report::{ControlPlaneRun, Report, StepStats},
     topo::{self, CLIENT_IP, Kind, Topology},
 };
 
@@ -464,6 +464,7 @@ impl Env {
             eprintln!("bench: control plane: {n} routers");
             let start = Instant::now();
             let mut lat = Vec::with_capacity(n);
+            let mut steps: [Vec<f64>; 5] = Default::default();
             let mut note = String::new();
             for _ in 0..n {
                 if start.elapsed() > cap {
@@ -476,8 +477,11 @@ impl Env {
                 }
                 let t = Instant::now();
                 match self.one_router(made) {
-                    Ok(()) => {
+                    Ok(st) => {
                         lat.push(t.elapsed().as_secs_f64());
+                        for (acc, v) in steps.iter_mut().zip(st) {
+                            acc.push(v);
+                        }
                         made += 1;
                     }
                     Err(e) => {
@@ -488,21 +492,34 @@ impl Env {
             }
             let total = start.elapsed().as_secs_f64();
             let created = lat.len();
-            lat.sort_by(f64::total_cmp);
-            let pct = |p: f64| -> f64 {
-                if lat.is_empty() {
-                    return 0.0;
-                }
-                let i = ((lat.len() as f64 * p).ceil() as usize).clamp(1, lat.len()) - 1;
-                lat[i]
+            // Growth: mean per router over the first and the last tenth of the batch.
+            let tenth = (created / 10).max(1);
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+            let (first_tenth, last_tenth) = if created >= 10 {
+                (mean(&lat[..tenth]), mean(&lat[created - tenth..]))
+            } else {
+                (0.0, 0.0)
             };
+            let step_stats = STEPS
+                .iter()
+                .zip(steps.iter_mut())
+                .map(|(name, v)| StepStats {
+                    call: (*name).to_string(),
+                    p50_secs: percentile(v, 0.50),
+                    p99_secs: percentile(v, 0.99),
+                    mean_secs: mean(v),
+                })
+                .collect();
             eprintln!("bench:   {created}/{n} in {total:.2} s {note}");
             rep.control_plane.push(ControlPlaneRun {
                 requested: n,
                 created,
                 total_secs: total,
-                p50_secs: pct(0.50),
-                p99_secs: pct(0.99),
+                p50_secs: percentile(&mut lat, 0.50),
+                p99_secs: percentile(&mut lat, 0.99),
+                first_tenth_mean_secs: first_tenth,
+                last_tenth_mean_secs: last_tenth,
+                steps: step_stats,
                 note: note.clone(),
             });
             if created < n {
@@ -516,7 +533,8 @@ impl Env {
     }
 
     /// Router number `i` of the control-plane runs.
-    fn one_router(&mut self, i: usize) -> Result<()> {
+    /// Returns the seconds each of its five API calls took, in `STEPS` order.
+    fn one_router(&mut self, i: usize) -> Result<[f64; 5]> {
         let group = i / 250;
         while self.cp_ext.len() <= group {
             let net = self.network(&format!("cp-ext-{}", self.cp_ext.len()), true)?;
@@ -524,14 +542,44 @@ impl Env {
             self.cp_ext.push(net);
         }
         let ext = self.cp_ext[group].clone();
+        let mut steps = [0.0; 5];
+        let mut t = Instant::now();
+        let mut lap = |k: usize| {
+            steps[k] = t.elapsed().as_secs_f64();
+            t = Instant::now();
+        };
         let net = self.network(&format!("cp-int-{i}"), false)?;
+        lap(0);
         let cidr = format!("10.{}.{}.0/24", 100 + i / 250, i % 250);
         let subnet = self.subnet(&net, &cidr, None)?;
+        lap(1);
         let router = self.router(&format!("cp-{i}"))?;
+        lap(2);
         self.add_interface(&router, &subnet)?;
+        lap(3);
         self.set_gateway(&router, &ext)?;
-        Ok(())
+        lap(4);
+        Ok(steps)
     }
+}
+
+/// The API calls of one control-plane router, in the order `one_router` makes them.
+const STEPS: [&str; 5] = [
+    "POST network",
+    "POST subnet",
+    "POST router",
+    "PUT add_router_interface",
+    "PUT router (gateway)",
+];
+
+/// The `p` quantile (nearest rank) of `v`, sorting it; 0 when empty.
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i]
 }
 
 /// Last lines of a log file, for error messages.

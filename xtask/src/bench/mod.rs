@@ -78,8 +78,18 @@ fn read_trim(path: &str) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-fn machine_facts() -> BTreeMap<String, String> {
+fn machine_facts(workspace: &Path) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
+    let commit = std::process::Command::new("git")
+        .current_dir(workspace)
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    m.insert(
+        "source".into(),
+        format!("commit {commit}; router-ctl daemon and eBPF object built in release mode"),
+    );
     let cores = std::thread::available_parallelism()
         .map(|n| n.get().to_string())
         .unwrap_or_else(|_| "?".into());
@@ -223,7 +233,7 @@ pub fn run(args: &BenchArgs, target_dir: &Path, workspace: &Path) -> Result<()> 
         }),
     };
     let mut rep = Report {
-        machine: machine_facts(),
+        machine: machine_facts(workspace),
         rounds: plan.rounds,
         control_plane_note: "not requested (--routers 0)".into(),
         gateway_delay_note: "the eBPF configuration was not requested".into(),

@@ -100,6 +100,12 @@ pub fn summarize(samples: &[f64]) -> Option<Summary> {
 pub struct TestRunResult {
     /// ns per packet, established session (same packet repeated).
     pub established_ns: Option<f64>,
+    /// ns per packet, established session, one run per packet (as the new-flow figure).
+    pub established_single_ns: Option<f64>,
+    /// ns per packet through `snat_in`, reply of the established session (repeat, average).
+    pub inbound_established_ns: Option<f64>,
+    /// Whether `snat_in` rewrote the reply's destination back to the internal address.
+    pub inbound_translated: bool,
     /// ns per packet, each packet creating a session.
     pub new_flow_ns: Option<f64>,
     /// Whether the program actually rewrote the source to the gateway address.
@@ -127,7 +133,21 @@ pub struct ControlPlaneRun {
     /// Per router (network + subnet + router + interface + gateway), seconds.
     pub p50_secs: f64,
     pub p99_secs: f64,
+    /// Mean seconds per router over the first and the last tenth of the batch (growth).
+    pub first_tenth_mean_secs: f64,
+    pub last_tenth_mean_secs: f64,
+    /// Per API call.
+    pub steps: Vec<StepStats>,
     pub note: String,
+}
+
+/// Latency of one kind of API call within a control-plane batch.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepStats {
+    pub call: String,
+    pub p50_secs: f64,
+    pub p99_secs: f64,
+    pub mean_secs: f64,
 }
 
 /// Everything one bench run produced.
@@ -302,22 +322,26 @@ impl Report {
             }
         }
 
-        let _ = writeln!(s, "\n## BPF TestRun (snat_out, ns per packet)\n");
+        let _ = writeln!(s, "\n## BPF TestRun (ns per packet)\n");
         let t = &self.testrun;
+        let f = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "—".into());
+        let creation = match (t.new_flow_ns, t.established_single_ns) {
+            (Some(n), Some(e)) => format!("{:.1}", n - e),
+            _ => "—".into(),
+        };
         let _ = writeln!(
             s,
-            "| Path | ns/packet |\n|---|---|\n| established session | {} |\n| new flow (session created) | {} |",
-            t.established_ns
-                .map(|v| format!("{v:.1}"))
-                .unwrap_or_else(|| "—".into()),
-            t.new_flow_ns
-                .map(|v| format!("{v:.1}"))
-                .unwrap_or_else(|| "—".into())
+            "| Path | ns/packet |\n|---|---|\n| snat_out: established session (repeat, kernel average) | {} |\n| snat_out: established session (one run per packet) | {} |\n| snat_out: new flow (one run per packet, session created) | {} |\n| → cost of creating a session | {creation} |\n| snat_in: reply of an established session (repeat, kernel average) | {} |",
+            f(t.established_ns),
+            f(t.established_single_ns),
+            f(t.new_flow_ns),
+            f(t.inbound_established_ns),
         );
         let _ = writeln!(
             s,
-            "\nTranslated by the program: {}. {}",
+            "\nTranslated by the programs: snat_out {}, snat_in {}. {}",
             if t.translated { "yes" } else { "no" },
+            if t.inbound_translated { "yes" } else { "no" },
             t.note
         );
 
@@ -347,14 +371,44 @@ impl Report {
         } else {
             let _ = writeln!(
                 s,
-                "Each router: tenant network + subnet, router, interface, external gateway.\n\n| N | created | total s | p50 s/router | p99 s/router | Note |\n|---|---|---|---|---|---|"
+                "Each router: tenant network + subnet, router, interface, external gateway.\n\n| N | created | total s | p50 s/router | p99 s/router | mean s/router, first → last tenth | Note |\n|---|---|---|---|---|---|---|"
             );
             for r in &self.control_plane {
+                let growth = if r.created >= 10 {
+                    format!(
+                        "{:.3} → {:.3}",
+                        r.first_tenth_mean_secs, r.last_tenth_mean_secs
+                    )
+                } else {
+                    "—".into()
+                };
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.2} | {:.3} | {:.3} | {} |",
+                    "| {} | {} | {:.2} | {:.3} | {:.3} | {growth} | {} |",
                     r.requested, r.created, r.total_secs, r.p50_secs, r.p99_secs, r.note
                 );
+            }
+            if let Some(big) = self
+                .control_plane
+                .iter()
+                .filter(|r| r.created > 0)
+                .max_by_key(|r| r.created)
+            {
+                let _ = writeln!(
+                    s,
+                    "\nPer API call in the {}-router batch (ms):\n\n| Call | p50 | p99 | mean |\n|---|---|---|---|",
+                    big.requested
+                );
+                for st in &big.steps {
+                    let _ = writeln!(
+                        s,
+                        "| {} | {:.1} | {:.1} | {:.1} |",
+                        st.call,
+                        st.p50_secs * 1e3,
+                        st.p99_secs * 1e3,
+                        st.mean_secs * 1e3
+                    );
+                }
             }
             let thousand = self.control_plane.iter().find(|r| r.requested == 1000);
             let v = match thousand {

@@ -249,11 +249,14 @@ pub fn build_kernel(kind: Kind, tag: &str) -> Result<Topology> {
             if let Err(e) = run_stdin(&router, "nft", &["-f", "-"], &nft_rules(true)) {
                 // Kernels built without CONFIG_NF_FLOW_TABLE reject the flowtable: measure
                 // plain masquerade and say so rather than dropping the baseline.
-                let first = format!("{e:#}");
-                let first = first.lines().nth(1).unwrap_or("").trim().to_string();
+                let msg = format!("{e:#}");
+                let first = msg
+                    .find("Error:")
+                    .map(|i| msg[i..].lines().next().unwrap_or("").trim().to_string())
+                    .unwrap_or_else(|| msg.lines().next().unwrap_or("").to_string());
                 run_stdin(&router, "nft", &["-f", "-"], &nft_rules(false))?;
                 note = Some(format!(
-                    "(c) ran WITHOUT its flowtable: this kernel rejects `flowtable`/`flow add` ({first}; is CONFIG_NF_FLOW_TABLE set?), so (c) is nftables masquerade with conntrack only."
+                    "(c) ran WITHOUT its flowtable: this kernel rejects the flowtable (`{first}`; CONFIG_NF_FLOW_TABLE is probably not set), so (c) is nftables masquerade with conntrack only."
                 ));
             }
             Some(ROUTER_EXT_IP)
