@@ -7,6 +7,7 @@
 //! previous specs, so a failed request changes neither the database nor the kernel.
 
 pub mod discovery;
+pub mod floatingips;
 pub mod input;
 pub mod resources;
 
@@ -376,6 +377,7 @@ pub fn router(state: ApiState) -> Router {
             .route(&format!("/v2.0/{}", kind.collection()), coll(kind))
             .route(&format!("/v2.0/{}/{{id}}", kind.collection()), item(kind));
     }
+    r = floatingips::routes(r);
     r.route(
         "/v2.0/routers/{id}/add_router_interface",
         put(
