@@ -165,6 +165,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         tokens,
         cfg.physical_networks.keys().cloned().collect(),
     );
+    state.set_datapath(datapath.clone());
     rt.block_on(serve(cfg, state, realiser, datapath))
 }
 

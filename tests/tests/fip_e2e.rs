@@ -182,64 +182,18 @@ impl Topology {
         names::router_netns(&self.router_id)
     }
 
-    /// The daemon's sessions (one router per daemon here), read from its pinned map as
-    /// `router-ctl sessions` shows them.
+    /// `router-ctl sessions r1`, as JSON.
     fn sessions(&self) -> Vec<Value> {
-        dp_sessions(&self.d)
+        cli_json(&self.d, &["sessions", "r1"])
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("sessions is not a list"))
     }
 
-    /// The router's datapath counters, by name.
+    /// `router-ctl stats r1`, as JSON.
     fn stats(&self) -> Value {
-        dp_stats(&self.d)
+        cli_json(&self.d, &["stats", "r1"])
     }
-}
-
-fn pin(d: &Daemon, name: &str) -> aya::maps::MapData {
-    let p = d
-        .bpffs()
-        .join(format!("v{}", router_common::LAYOUT_VERSION))
-        .join(name);
-    aya::maps::MapData::from_pin(&p).unwrap_or_else(|e| panic!("opening {}: {e}", p.display()))
-}
-
-fn dp_sessions(d: &Daemon) -> Vec<Value> {
-    use router_common::{SessionKey, SessionValue};
-    let m: aya::maps::HashMap<_, SessionKey, SessionValue> =
-        aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(pin(d, "SESSIONS")))
-            .expect("SESSIONS map");
-    let entries: std::collections::HashMap<SessionKey, SessionValue> =
-        m.iter().filter_map(Result::ok).collect();
-    let mut routers: Vec<u32> = entries.keys().map(|k| k.router_id).collect();
-    routers.sort();
-    routers.dedup();
-    routers
-        .into_iter()
-        .flat_map(|r| router_ctl::datapath::sessions::join(&entries, r, 0))
-        .map(|s| serde_json::to_value(s).expect("session JSON"))
-        .collect()
-}
-
-fn dp_stats(d: &Daemon) -> Value {
-    use router_common::{RouterStats, stat};
-    let m: aya::maps::PerCpuHashMap<_, u32, RouterStats> =
-        aya::maps::PerCpuHashMap::try_from(aya::maps::Map::PerCpuHashMap(pin(d, "ROUTER_STATS")))
-            .expect("ROUTER_STATS map");
-    let mut sums = [0u64; stat::COUNT];
-    for item in m.iter() {
-        let (_, per_cpu) = item.expect("stats entry");
-        for s in per_cpu.iter() {
-            for (sum, v) in sums.iter_mut().zip(s.counters.iter()) {
-                *sum += v;
-            }
-        }
-    }
-    Value::Object(
-        stat::NAMES
-            .iter()
-            .zip(sums)
-            .map(|(n, v)| (n.to_string(), json!(v)))
-            .collect(),
-    )
 }
 
 /// A TCP listener inside `ns` on `port` (non-blocking accept).
