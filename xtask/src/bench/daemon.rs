@@ -437,6 +437,15 @@ impl Env {
         Ok(t)
     }
 
+    /// The datapath's counters summed over routers (before the control-plane batches, these are
+    /// the bench path's): drops explain shortfalls in the data-path figures.
+    pub fn counters(&self, rep: &mut Report) {
+        match read_counters(&self.dir.bpffs) {
+            Ok(c) => rep.ebpf_counters = c,
+            Err(e) => rep.notes.push(format!("eBPF counters not read: {e:#}")),
+        }
+    }
+
     /// Copies the gateway-delay measurement into the report.
     pub fn gateway_delay(&self, rep: &mut Report) {
         match &self.gateway_delay {
@@ -561,6 +570,32 @@ impl Env {
         lap(4);
         Ok(steps)
     }
+}
+
+/// Sums the datapath's per-router counters (ROUTER_STATS, pinned in the daemon's private
+/// bpffs) over routers and CPUs.
+fn read_counters(bpffs: &Path) -> Result<std::collections::BTreeMap<String, u64>> {
+    use aya::maps::{Map, MapData, PerCpuHashMap};
+    let pin = bpffs
+        .join(format!("v{}", router_common::LAYOUT_VERSION))
+        .join(router_common::maps::ROUTER_STATS);
+    let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
+    let map: PerCpuHashMap<_, u32, router_common::RouterStats> =
+        PerCpuHashMap::try_from(Map::from_map_data(data)?)?;
+    let mut sums = [0u64; router_common::stat::COUNT];
+    for item in map.iter() {
+        let (_, per_cpu) = item?;
+        for v in per_cpu.iter() {
+            for (acc, c) in sums.iter_mut().zip(v.counters.iter()) {
+                *acc += c;
+            }
+        }
+    }
+    Ok(router_common::stat::NAMES
+        .iter()
+        .zip(sums)
+        .map(|(n, v)| ((*n).to_string(), v))
+        .collect())
 }
 
 /// The API calls of one control-plane router, in the order `one_router` makes them.

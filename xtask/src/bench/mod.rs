@@ -351,6 +351,9 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
             }
         }
     }
+    if let (Some(env), Some(_)) = (env.as_ref(), ebpf_topo.as_ref()) {
+        env.counters(rep);
+    }
     drop(ebpf_topo);
     ns::check_interrupted()?;
     // Per-packet cost and memory do not depend on the daemon: they load the object directly.

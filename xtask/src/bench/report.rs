@@ -162,6 +162,8 @@ pub struct Report {
     pub not_run: BTreeMap<String, String>,
     /// Per-metric failures of configurations that otherwise ran.
     pub errors: Vec<String>,
+    /// Counters of the eBPF datapath after the data-path rounds (summed over routers, CPUs).
+    pub ebpf_counters: BTreeMap<String, u64>,
     pub testrun: TestRunResult,
     pub memory: MemoryResult,
     pub control_plane: Vec<ControlPlaneRun>,
@@ -207,28 +209,43 @@ impl Report {
         };
         let mut parts = Vec::new();
         let mut pass = true;
-        if let (Some(t), Some(r)) = (m.target(), self.ratio(k, m)) {
-            let ok = r >= t;
-            pass &= ok;
-            parts.push(format!(
-                "{r:.2}× plain (≥ {t:.2}× {})",
-                if ok { "met" } else { "missed" }
-            ));
+        let mut complete = true;
+        match (m.target(), self.ratio(k, m)) {
+            (Some(t), Some(r)) => {
+                let ok = r >= t;
+                pass &= ok;
+                parts.push(format!(
+                    "{r:.2}× plain (≥ {t:.2}× {})",
+                    if ok { "met" } else { "missed" }
+                ));
+            }
+            (Some(_), None) => {
+                complete = false;
+                parts.push("plain forwarding not measured".into());
+            }
+            (None, _) => {}
         }
-        if let Some(ipt) = self.summary(Kind::Iptables, m) {
-            let ok = s.median > ipt.median;
-            pass &= ok;
-            parts.push(format!(
-                "{} iptables ({:.2}×)",
-                if ok { "beats" } else { "does not beat" },
-                s.median / ipt.median
-            ));
+        match self.summary(Kind::Iptables, m) {
+            Some(ipt) => {
+                let ok = s.median > ipt.median;
+                pass &= ok;
+                parts.push(format!(
+                    "{} iptables ({:.2}×)",
+                    if ok { "beats" } else { "does not beat" },
+                    s.median / ipt.median
+                ));
+            }
+            None => {
+                complete = false;
+                parts.push("iptables not measured".into());
+            }
         }
-        format!(
-            "{} — {}",
-            if pass { "PASS" } else { "FAIL" },
-            parts.join(", ")
-        )
+        let head = match (pass, complete) {
+            (false, _) => "FAIL",
+            (true, true) => "PASS",
+            (true, false) => "INCOMPLETE",
+        };
+        format!("{head} — {}", parts.join(", "))
     }
 
     /// Writes report.md, report.json and ratios.svg into `dir`; returns the markdown.
@@ -314,6 +331,23 @@ impl Report {
             for (k, why) in &self.not_run {
                 let _ = writeln!(s, "- **{k}**: {why}");
             }
+        }
+        if !self.ebpf_counters.is_empty() {
+            let nonzero: Vec<String> = self
+                .ebpf_counters
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect();
+            let _ = writeln!(
+                s,
+                "\neBPF datapath counters after the rounds (all routers, all CPUs): {}",
+                if nonzero.is_empty() {
+                    "all zero".into()
+                } else {
+                    nonzero.join(", ")
+                }
+            );
         }
         if !self.errors.is_empty() {
             let _ = writeln!(s, "\nFailed measurements:\n");
