@@ -20,7 +20,7 @@ pub const IPPROTO_UDP: u8 = 17;
 
 /// Version of every map layout in this file; part of the pin directory name so a daemon never
 /// reuses a pinned map whose layout changed (aya does not check).
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Map names, shared so userspace can find them in the loaded object and in the pin directory.
 pub mod maps {
@@ -30,6 +30,9 @@ pub mod maps {
     pub const FRAGMENTS: &str = "FRAGMENTS";
     pub const ROUTER_STATS: &str = "ROUTER_STATS";
     pub const GLOBAL_STATS: &str = "GLOBAL_STATS";
+    pub const INTERNAL_IFS: &str = "INTERNAL_IFS";
+    pub const FLOATING_IPS: &str = "FLOATING_IPS";
+    pub const PORT_FORWARDINGS: &str = "PORT_FORWARDINGS";
 }
 
 /// Program names in the object (the Rust function names of the entry points).
@@ -38,6 +41,12 @@ pub mod programs {
     pub const SNAT_OUT: &str = "snat_out";
     /// TC egress of the bridge-side peer of `qg-`: packets entering the router are un-NATed.
     pub const SNAT_IN: &str = "snat_in";
+    /// TC egress of the bridge-side peer of a `qr-`: packets entering the router from a tenant
+    /// network (hairpin to floating IPs, metadata redirect).
+    pub const INTERNAL_IN: &str = "internal_in";
+    /// TC ingress of the bridge-side peer of a `qr-`: packets the router sends to a tenant
+    /// network (metadata replies).
+    pub const INTERNAL_OUT: &str = "internal_out";
 }
 
 /// Capacity of the session table (two entries per session: forward and reverse).
@@ -112,6 +121,11 @@ const _: () = assert!(core::mem::size_of::<SessionKey>() == 20);
 
 /// Session kinds (`SessionValue::kind`).
 pub const SESSION_SNAT: u8 = 0;
+/// A flow translated 1:1 by a floating IP (the session only records it: the `FLOATING_IPS`
+/// map decides the translation).
+pub const SESSION_FIP: u8 = 1;
+/// A flow translated by a floating IP port forwarding.
+pub const SESSION_PF: u8 = 2;
 
 /// TCP/UDP state bits in `SessionValue::state`, set by the datapath on the entry it used.
 pub const ST_SYN: u8 = 1;
@@ -194,8 +208,15 @@ pub mod stat {
     pub const PASSED: usize = 11;
     /// ICMP errors translated (either direction).
     pub const ICMP_ERRORS: usize = 12;
-    /// Number of counters in use; the array has room for more.
-    pub const COUNT: usize = 13;
+    /// Packets translated by a floating IP (either direction, gateway and hairpin).
+    pub const FIP_PACKETS: usize = 13;
+    /// Packets translated by a port forwarding (either direction).
+    pub const PF_PACKETS: usize = 14;
+    /// TCP connections redirected to the metadata proxy, and direct accesses to the proxy
+    /// port dropped.
+    pub const METADATA_REDIRECTS: usize = 15;
+    /// Number of counters in use (the array holds 16).
+    pub const COUNT: usize = 16;
     /// Human names, indexed by counter.
     pub const NAMES: [&str; COUNT] = [
         "out_packets",
@@ -211,8 +232,72 @@ pub mod stat {
         "drop_unsupported",
         "passed",
         "icmp_errors",
+        "fip_packets",
+        "pf_packets",
+        "metadata_redirects",
     ];
 }
+
+/// Metadata: the well-known address instances ask, the port they ask on, and the port of the
+/// proxy inside the router namespace (Neutron's 9697) the datapath redirects them to.
+pub const METADATA_IP: [u8; 4] = [169, 254, 169, 254];
+pub const METADATA_PORT: u16 = 80;
+pub const METADATA_PROXY_PORT: u16 = 9697;
+
+/// Key of `FLOATING_IPS`: `DIR_OUT` entries are keyed by the fixed IP (value: the floating
+/// IP), `DIR_IN` entries by the floating IP (value: the fixed IP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FipKey {
+    pub router_id: u32,
+    /// wire order
+    pub addr: u32,
+    pub dir: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FipKey>() == 12);
+
+/// Value of `FLOATING_IPS`: the address to translate to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FipValue {
+    /// wire order
+    pub addr: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FipValue>() == 8);
+
+/// Key of `PORT_FORWARDINGS`: `DIR_IN` entries by (floating IP, external port), `DIR_OUT`
+/// entries by (internal IP, internal port); both with the protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PfKey {
+    pub router_id: u32,
+    /// wire order
+    pub addr: u32,
+    /// wire order
+    pub port: u16,
+    pub proto: u8,
+    pub dir: u8,
+}
+const _: () = assert!(core::mem::size_of::<PfKey>() == 12);
+
+/// Value of `PORT_FORWARDINGS`: the address and port to translate to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PfValue {
+    /// wire order
+    pub addr: u32,
+    /// wire order
+    pub port: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<PfValue>() == 8);
+
+/// Capacity of the floating IP and port forwarding maps (two entries each).
+pub const MAX_FIPS: u32 = 65_536;
+/// Internal interfaces (router ports on tenant networks) one daemon can serve.
+pub const MAX_INTERNAL_IFS: u32 = 65_536;
 
 /// Per-router counter block; index with the `stat::*` constants.
 #[repr(C)]
@@ -256,4 +341,8 @@ mod pod {
     unsafe impl aya::Pod for FragKey {}
     unsafe impl aya::Pod for FragValue {}
     unsafe impl aya::Pod for RouterStats {}
+    unsafe impl aya::Pod for FipKey {}
+    unsafe impl aya::Pod for FipValue {}
+    unsafe impl aya::Pod for PfKey {}
+    unsafe impl aya::Pod for PfValue {}
 }

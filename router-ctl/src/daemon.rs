@@ -141,6 +141,15 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let tokens = load_tokens(&cfg)?;
     let store = Store::open(&cfg.state_dir.join(DB_FILE))
         .with_context(|| format!("opening {}", cfg.state_dir.join(DB_FILE).display()))?;
+    // The runtime exists before the first resync: the metadata proxies it starts run on it.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    realiser.set_router_hook(crate::metadata::MetadataProxies::new(
+        cfg.metadata.upstream.clone(),
+        rt.handle().clone(),
+    )?);
     let desired = store.desired_state()?;
     match realiser.reconcile(&desired) {
         Ok(r) => tracing::info!(
@@ -156,10 +165,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         tokens,
         cfg.physical_networks.keys().cloned().collect(),
     );
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    state.set_datapath(datapath.clone());
     rt.block_on(serve(cfg, state, realiser, datapath))
 }
 

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod metadata;
 pub mod model;
 pub mod net;
 pub mod realise;

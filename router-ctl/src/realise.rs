@@ -23,6 +23,8 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
+pub mod floating;
+
 use crate::{
     datapath::{Datapath, RouterNat},
     model::spec::{DesiredState, NetworkSpec, PortSpec, RouterSpec, names},
@@ -65,6 +67,8 @@ pub struct Realiser {
     /// Objects applied/removed recently through the API (reconcile grace, see
     /// `DEFAULT_RECONCILE_GRACE`).
     recent: Mutex<Recent>,
+    /// Told about routers coming up and going (metadata proxies); set once by the daemon.
+    router_hook: std::sync::OnceLock<Arc<dyn floating::RouterHook>>,
     /// Reconcile passes so far (every `FULL_CHECK_EVERY`th is a full one).
     passes: AtomicU64,
 }
@@ -82,6 +86,8 @@ struct RouterMemo {
     attached: Option<(String, u32)>,
     /// NAT configuration last written.
     nat: Option<RouterNat>,
+    /// Floating IPs and internal hooks last written.
+    floating: Option<floating::Applied>,
     /// The spec this router was last fully converged to.
     spec: Option<RouterSpec>,
 }
@@ -255,6 +261,7 @@ impl Realiser {
                 applied: HashMap::new(),
                 removed: HashMap::new(),
             }),
+            router_hook: std::sync::OnceLock::new(),
             passes: AtomicU64::new(0),
         })
     }
@@ -684,6 +691,12 @@ impl Realiser {
                 memo.nat = Some(nat);
             }
         }
+        let recreated: Vec<String> = changes
+            .iter()
+            .filter_map(|c| c.strip_prefix("veth ").map(str::to_string))
+            .collect();
+        let reset = changes.iter().any(|c| c == "nat removed");
+        self.converge_floating(spec, &ports, &mut memo, &recreated, reset, &mut changes)?;
         memo.taps = ports.iter().map(|p| p.tap.clone()).collect();
         memo.spec = Some(spec.clone());
         lock(&self.memo).insert(spec.id.clone(), memo);
@@ -693,6 +706,11 @@ impl Realiser {
             for (dev, mac, ip) in inside.announce {
                 self.announcer.announce(ns_name.clone(), dev, mac, ip);
             }
+        }
+        if let Some(hook) = self.router_hook.get()
+            && let Err(e) = hook.router_up(&spec.id, &router_ns)
+        {
+            tracing::warn!("router {}: metadata proxy: {e:#}", spec.id);
         }
         Ok(changes)
     }
@@ -797,7 +815,10 @@ impl Realiser {
                 ("ipv4/ip_forward", "1"),
                 ("ipv4/conf/all/arp_ignore", "1"),
                 ("ipv4/conf/all/arp_announce", "2"),
-            ] {
+            ]
+            .into_iter()
+            .chain(floating::SYSCTLS)
+            {
                 ns::write_sysctl(k, v)?;
             }
             let links = link::dump_links(&h).await?;
@@ -807,6 +828,12 @@ impl Realiser {
                 link::set_up(&h, lo.index, true).await?;
                 rep.changed.push("lo up".into());
             }
+            if let Some(lo) = links.iter().find(|l| l.name == "lo")
+                && floating::converge_metadata_addr(&h, lo.index).await?
+            {
+                rep.changed.push("metadata address".into());
+            }
+            let fip_addrs = floating::gateway_extras(spec);
             let mut by_name: HashMap<String, LinkState> = HashMap::new();
             for l in links {
                 let ours = l.name.starts_with("qr-") || l.name.starts_with("qg-");
@@ -834,15 +861,32 @@ impl Realiser {
                     rep.changed.push(format!("link {}", p.inner));
                     announce = true;
                 }
-                if link::converge_address(&h, l.index, p.port.ip, p.port.subnet_cidr.prefix_len())
-                    .await
-                    .with_context(|| format!("router {}: device {}", spec.id, p.inner))?
-                {
+                let extras: &[Ipv4Addr] = if p.gateway { &fip_addrs } else { &[] };
+                let (addr_changed, added) = floating::converge_addresses(
+                    &h,
+                    l.index,
+                    p.port.ip,
+                    p.port.subnet_cidr.prefix_len(),
+                    extras,
+                )
+                .await
+                .with_context(|| format!("router {}: device {}", spec.id, p.inner))?;
+                if addr_changed || !added.is_empty() {
                     rep.changed.push(format!("address {}", p.inner));
+                }
+                if addr_changed {
                     announce = true;
                 }
                 if announce {
                     rep.announce.push((p.inner.clone(), p.port.mac, p.port.ip));
+                    for a in extras {
+                        rep.announce.push((p.inner.clone(), p.port.mac, *a));
+                    }
+                } else {
+                    // Floating IPs just added (associations): announce them.
+                    for a in &added {
+                        rep.announce.push((p.inner.clone(), p.port.mac, *a));
+                    }
                 }
                 if p.gateway {
                     gw_index = Some(l.index);
@@ -863,6 +907,9 @@ impl Realiser {
     }
 
     fn remove_router_locked(&self, router_id: &str, dp_id: u32) -> Result<()> {
+        if let Some(hook) = self.router_hook.get() {
+            hook.router_down(router_id);
+        }
         let ns_name = names::router_netns(router_id);
         if !self.owned.contains(Kind::Netns, &ns_name) {
             // Not ours (or already gone): still drop any NAT state of the dp_id we were given.
@@ -1218,6 +1265,8 @@ mod tests {
             admin_state_up: true,
             interfaces,
             gateway: None,
+            floating_ips: vec![],
+            port_forwardings: vec![],
         }
     }
 

@@ -8,8 +8,10 @@
 #![no_std]
 
 pub mod csum;
+pub mod fip;
 pub mod frag;
 pub mod icmp;
+pub mod internal;
 pub mod maps;
 pub mod nat;
 pub mod parse;

@@ -12,7 +12,7 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use router_common::{ROUTER_F_SNAT, ST_SYN, global, stat};
+use router_common::{ROUTER_F_SNAT, SESSION_SNAT, ST_SYN, global, stat};
 
 use crate::{
     csum::{l4_csum, rewrite_addr, rewrite_port},
@@ -46,7 +46,7 @@ fn pass(router_id: u32) -> i32 {
 
 /// The ifindex of the device the program runs on.
 #[inline(always)]
-fn ifindex(ctx: &TcContext) -> u32 {
+pub(crate) fn ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: the context pointer is valid for the whole program run.
     unsafe { (*ctx.skb.skb).ifindex }
 }
@@ -74,6 +74,10 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
         return Ok(OK);
     };
     let rid = cfg.router_id;
+    // Floating IPs and port forwardings first: they take precedence over SNAT.
+    if let Some(verdict) = crate::fip::gateway_out(ctx, &cfg) {
+        return Ok(verdict);
+    }
     if cfg.flags & ROUTER_F_SNAT == 0 {
         return Ok(pass(rid));
     }
@@ -126,7 +130,7 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
         rid, pkt.ip.src, pkt.ip.dst, flow.sport, flow.dport, flow.proto, OUT,
     );
     let v = match touch(&fwd, flow.bits) {
-        Some(v) if ensure_reverse(&fwd, &v, flow.bits == ST_SYN) => v,
+        Some(v) if v.kind == SESSION_SNAT && ensure_reverse(&fwd, &v, flow.bits == ST_SYN) => v,
         Some(_) => {
             // Our port went to another flow after the LRU evicted our reverse entry.
             let _ = SESSIONS.remove(&fwd);
@@ -153,6 +157,9 @@ pub fn snat_in(ctx: &TcContext) -> Result<i32, i32> {
         return Ok(OK);
     };
     let rid = cfg.router_id;
+    if let Some(verdict) = crate::fip::gateway_in(ctx, &cfg) {
+        return Ok(verdict);
+    }
     if cfg.flags & ROUTER_F_SNAT == 0 {
         return Ok(pass(rid));
     }

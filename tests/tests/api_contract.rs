@@ -119,7 +119,10 @@ fn discovery_documents_and_auth() {
         .map(|r| r["collection"].as_str().expect("collection"))
         .collect();
     colls.sort();
-    assert_eq!(colls, ["networks", "ports", "routers", "subnets"]);
+    assert_eq!(
+        colls,
+        ["floatingips", "networks", "ports", "routers", "subnets"]
+    );
     let v = expect(d.get("/v2.0/extensions.json"), 200);
     let mut aliases: Vec<&str> = v["extensions"]
         .as_array()
@@ -133,6 +136,7 @@ fn discovery_documents_and_auth() {
         [
             "ext-gw-mode",
             "external-net",
+            "floating-ip-port-forwarding",
             "project-id",
             "provider",
             "router",
@@ -142,7 +146,7 @@ fn discovery_documents_and_auth() {
     let v = expect(d.get("/v2.0/extensions/ext-gw-mode"), 200);
     assert_eq!(v["extension"]["alias"], "ext-gw-mode");
     expect_err(d.get("/v2.0/extensions/l3-ha"), 404, "HTTPNotFound");
-    expect_err(d.get("/v2.0/floatingips"), 404, "HTTPNotFound");
+    expect_err(d.get("/v2.0/qos/policies"), 404, "HTTPNotFound");
 
     // The generated token file is private to root.
     use std::os::unix::fs::PermissionsExt as _;

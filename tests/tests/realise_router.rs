@@ -55,6 +55,8 @@ fn router(dp_id: u32, interfaces: Vec<PortSpec>, gateway: Option<GatewaySpec>) -
         admin_state_up: true,
         interfaces,
         gateway,
+        floating_ips: vec![],
+        port_forwardings: vec![],
     }
 }
 

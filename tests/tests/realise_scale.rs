@@ -44,6 +44,8 @@ fn many_routers_apply_and_reconcile_steady_state() {
                 ip: format!("10.{hi}.{lo}.1").parse().expect("ip"),
                 subnet_cidr: format!("10.{hi}.{lo}.0/24").parse().expect("cidr"),
             }],
+            floating_ips: vec![],
+            port_forwardings: vec![],
             gateway: Some(GatewaySpec {
                 port: PortSpec {
                     port_id: unique("p"),

@@ -102,6 +102,8 @@ fn snat_through_a_realised_router() {
             ip: "10.0.1.1".parse().expect("ip"),
             subnet_cidr: "10.0.1.0/24".parse().expect("cidr"),
         }],
+        floating_ips: vec![],
+        port_forwardings: vec![],
         gateway: Some(GatewaySpec {
             port: PortSpec {
                 port_id: unique("p"),

@@ -13,7 +13,7 @@ pub const EXTENSIONS: &[(&str, &str, &str, &str)] = &[
     (
         "router",
         "Neutron L3 Router",
-        "Router abstraction for basic L3 forwarding between L2 Neutron networks and access to external networks via a NAT gateway.",
+        "Router abstraction for basic L3 forwarding between L2 Neutron networks and access to external networks via a NAT gateway (with floating IPs).",
         "2012-07-20T10:00:00-00:00",
     ),
     (
@@ -46,6 +46,12 @@ pub const EXTENSIONS: &[(&str, &str, &str, &str)] = &[
         "Extension to add descriptions to standard attributes",
         "2016-02-10T10:00:00-00:00",
     ),
+    (
+        "floating-ip-port-forwarding",
+        "Floating IP Port Forwarding",
+        "Allow to forward a port of a Floating IP to a port of a fixed IP.",
+        "2019-04-04T10:00:00-00:00",
+    ),
 ];
 
 /// `http://<Host header>`: the address the client used, for links.
@@ -74,6 +80,7 @@ pub async fn index(_ctx: Ctx, headers: HeaderMap) -> Json<Value> {
         ("subnet", "subnets"),
         ("port", "ports"),
         ("router", "routers"),
+        ("floatingip", "floatingips"),
     ]
     .iter()
     .map(|(name, coll)| {

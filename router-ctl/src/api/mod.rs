@@ -7,7 +7,9 @@
 //! previous specs, so a failed request changes neither the database nor the kernel.
 
 pub mod discovery;
+pub mod floatingips;
 pub mod input;
+pub mod observe;
 pub mod resources;
 
 #[cfg(test)]
@@ -129,6 +131,8 @@ struct Inner {
     tokens: BTreeMap<String, TokenConfig>,
     /// `provider:physical_network` names the config maps to a host interface.
     physical_networks: std::collections::BTreeSet<String>,
+    /// The datapath, for the sessions and stats views (`observe`); set once by the daemon.
+    datapath: std::sync::OnceLock<Arc<crate::datapath::Datapath>>,
 }
 
 /// Shared state of the API server.
@@ -170,8 +174,15 @@ impl ApiState {
                 realiser,
                 tokens,
                 physical_networks,
+                datapath: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Attaches the datapath the sessions and stats views read (once; later calls are
+    /// ignored).
+    pub fn set_datapath(&self, datapath: Arc<crate::datapath::Datapath>) {
+        let _ = self.inner.datapath.set(datapath);
     }
 
     /// Runs `f` with the store locked (blocking; the reconcile loop uses it so it never sees a
@@ -376,6 +387,8 @@ pub fn router(state: ApiState) -> Router {
             .route(&format!("/v2.0/{}", kind.collection()), coll(kind))
             .route(&format!("/v2.0/{}/{{id}}", kind.collection()), item(kind));
     }
+    r = floatingips::routes(r);
+    r = observe::routes(r);
     r.route(
         "/v2.0/routers/{id}/add_router_interface",
         put(

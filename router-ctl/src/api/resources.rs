@@ -338,7 +338,7 @@ pub fn delete(
     match kind {
         Kind::Network => delete_network(c, fx, ctx, id),
         Kind::Subnet => delete_subnet(c, ctx, id),
-        Kind::Port => delete_port(c, ctx, id),
+        Kind::Port => delete_port(c, fx, ctx, id),
         Kind::Router => delete_router(c, fx, ctx, id),
     }
 }
@@ -1040,11 +1040,12 @@ fn update_port(c: &Connection, ctx: &Ctx, id: &str, o: &Obj) -> Result<(), Fault
     store::update_port(c, &p)
 }
 
-fn delete_port(c: &Connection, ctx: &Ctx, id: &str) -> Result<(), Fault> {
+fn delete_port(c: &Connection, fx: &mut Effects, ctx: &Ctx, id: &str) -> Result<(), Fault> {
     let p = owned_port(c, ctx, id)?;
     if is_router_port(c, id)? {
         return Err(l3_port_in_use(&p));
     }
+    super::floatingips::before_port_delete(c, fx, &p)?;
     store::delete_port(c, id)
 }
 
@@ -1199,6 +1200,11 @@ fn set_gateway(
         Some(id) => store::get_port(c, id)?,
         None => None,
     };
+    if let Some(p) = &current
+        && req.as_ref().is_none_or(|q| q.network_id != p.network_id)
+    {
+        super::floatingips::check_gateway_removal(c, &r.id)?;
+    }
     let Some(req) = req else {
         if let Some(p) = current {
             r.gw_port_id = None;

@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod client;
+pub mod floatingip;
 pub mod output;
 pub mod plug;
 pub mod resolve;
@@ -60,6 +61,9 @@ pub enum Command {
     /// Ports (`/v2.0/ports`), and plugging a namespace into a network as a sandbox "VM".
     #[command(subcommand)]
     Port(PortCmd),
+    /// Floating IPs (`/v2.0/floatingips`) and their port forwardings.
+    #[command(subcommand, name = "floatingip")]
+    FloatingIp(floatingip::FloatingIpCmd),
     /// A router's NAT sessions, as the datapath holds them.
     Sessions {
         /// Router name or id.
@@ -241,6 +245,7 @@ pub fn run(global: &GlobalArgs, cmd: Command) -> Result<()> {
         Command::Router(c) => router(&client, fmt, c),
         Command::Gateway(c) => gateway(&client, fmt, c),
         Command::Port(c) => port(&client, fmt, c),
+        Command::FloatingIp(c) => floatingip::run(&client, fmt, c),
         Command::Sessions { router } => {
             let id = resolve::find(&client, Resource::Router, &router)?;
             let v = client.get(&format!("/routers/{id}/sessions"))?;

@@ -5,6 +5,7 @@
 //! the router's `dp_id`, and the programs are attached to each router's gateway tap.
 
 pub mod bpffs;
+pub mod fip;
 pub mod sessions;
 
 use std::{
@@ -70,7 +71,7 @@ pub struct SessionInfo {
     pub translated: SocketAddrV4,
     /// The remote end.
     pub remote: SocketAddrV4,
-    /// "snat" (later: "fip", "port_forwarding")
+    /// "snat", "floating_ip" or "port_forwarding"
     pub kind: String,
     /// e.g. "SYN_SENT", "ESTABLISHED", "CLOSING", "UNREPLIED", "REPLIED"
     pub state: String,
@@ -87,6 +88,8 @@ struct Inner {
     fragments: HashMap<MapData, FragKey, FragValue>,
     stats: PerCpuHashMap<MapData, u32, RouterStats>,
     global: PerCpuArray<MapData, u64>,
+    /// Floating IPs, port forwardings and internal taps (see `fip`).
+    floating: fip::Maps,
 }
 
 /// The loaded datapath of one daemon.
@@ -108,8 +111,17 @@ const HOOKS: [(&str, TcAttachType, &str); 2] = [
     (programs::SNAT_IN, TcAttachType::Egress, "egress"),
 ];
 
+/// Programs of the router's internal side (`qr-` taps), same layout as `HOOKS`.
+const INTERNAL_HOOKS: [(&str, TcAttachType, &str); 2] = [
+    (programs::INTERNAL_IN, TcAttachType::Egress, "egress"),
+    (programs::INTERNAL_OUT, TcAttachType::Ingress, "ingress"),
+];
+
 /// Every map of the object, pinned by name.
-const MAP_NAMES: [&str; 6] = [
+const MAP_NAMES: [&str; 9] = [
+    maps::INTERNAL_IFS,
+    maps::FLOATING_IPS,
+    maps::PORT_FORWARDINGS,
     maps::ROUTER_CONFIG,
     maps::INTERNAL_CIDRS,
     maps::SESSIONS,
@@ -191,7 +203,8 @@ impl Datapath {
         let mut ebpf = loader
             .load(obj)
             .map_err(|e| anyhow!("loading the eBPF object: {e:#}"))?;
-        for (name, _, _) in HOOKS {
+        for (name, _, _) in HOOKS.iter().chain(INTERNAL_HOOKS.iter()) {
+            let name = *name;
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
@@ -207,6 +220,7 @@ impl Datapath {
             fragments: take(&mut ebpf, maps::FRAGMENTS)?,
             stats: take(&mut ebpf, maps::ROUTER_STATS)?,
             global: take(&mut ebpf, maps::GLOBAL_STATS)?,
+            floating: fip::Maps::take(&mut ebpf)?,
             ebpf,
         };
         Ok(Arc::new(Self {
@@ -398,6 +412,7 @@ impl Datapath {
             remove_missing_ok(inner.cidrs.remove(k))?;
         }
         flush_router(&mut inner, dp_id)?;
+        fip::remove_router(&mut inner, dp_id)?;
         remove_missing_ok(inner.stats.remove(&dp_id))?;
         Ok(())
     }

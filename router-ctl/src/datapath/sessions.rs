@@ -45,6 +45,16 @@ pub fn forward_of(k: &SessionKey, v: &SessionValue) -> SessionKey {
     }
 }
 
+/// The name `router-ctl sessions` shows for a `SESSION_*` kind.
+pub fn kind_name(kind: u8) -> &'static str {
+    match kind {
+        router_common::SESSION_SNAT => "snat",
+        router_common::SESSION_FIP => "floating_ip",
+        router_common::SESSION_PF => "port_forwarding",
+        _ => "other",
+    }
+}
+
 /// Timeout in seconds of a session in `state`.
 pub fn timeout_secs(nat: &NatConfig, proto: u8, state: SessionState) -> u64 {
     match state {
@@ -85,7 +95,7 @@ pub fn join(
                 internal: sock(k.src, k.sport),
                 translated: sock(v.addr, v.port),
                 remote: sock(k.dst, k.dport),
-                kind: "snat".to_string(),
+                kind: kind_name(v.kind).to_string(),
                 state: SessionState::derive(k.proto, v.state, rev_state)
                     .name()
                     .to_string(),

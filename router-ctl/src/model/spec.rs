@@ -49,6 +49,30 @@ pub struct RouterSpec {
     pub admin_state_up: bool,
     pub interfaces: Vec<PortSpec>,
     pub gateway: Option<GatewaySpec>,
+    /// Floating IPs on the router's external network (see `FloatingIpSpec`).
+    pub floating_ips: Vec<FloatingIpSpec>,
+    /// Port forwardings of those floating IPs.
+    pub port_forwardings: Vec<PortForwardingSpec>,
+}
+
+/// A floating IP served by a router: its address sits on the gateway device (so the router
+/// answers ARP for it); when associated, the datapath translates it 1:1 to `fixed_ip`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FloatingIpSpec {
+    pub floating_ip: Ipv4Addr,
+    /// None: not associated (held for port forwardings only).
+    pub fixed_ip: Option<Ipv4Addr>,
+}
+
+/// A port forwarding: `floating_ip:external_port` ⇄ `internal_ip:internal_port` for one
+/// protocol (IP protocol number: 6 TCP, 17 UDP).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortForwardingSpec {
+    pub protocol: u8,
+    pub floating_ip: Ipv4Addr,
+    pub external_port: u16,
+    pub internal_ip: Ipv4Addr,
+    pub internal_port: u16,
 }
 
 impl RouterSpec {

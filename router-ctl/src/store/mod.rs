@@ -11,6 +11,8 @@ use std::{collections::BTreeSet, net::Ipv4Addr, path::Path, str::FromStr};
 use ipnet::Ipv4Net;
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
+pub mod floatingips;
+
 use crate::model::{
     Fault, FixedIp, Network, Port, Router, Subnet, mac_to_string, parse_mac,
     spec::{DesiredState, GatewaySpec, NetworkSpec, PortSpec, RouterSpec},
@@ -91,6 +93,8 @@ CREATE TABLE router_interfaces (
     r#"
 CREATE INDEX routers_gw_port ON routers(gw_port_id);
 "#,
+    // v3: floating IPs and their port forwardings.
+    floatingips::MIGRATION,
 ];
 
 /// Highest datapath slot (exclusive): the datapath's per-router maps hold this many.
@@ -909,12 +913,15 @@ pub fn router_spec(conn: &Connection, id: &str) -> Result<Option<RouterSpec>, Fa
             enable_snat: r.enable_snat,
         });
     }
+    let (floating_ips, port_forwardings) = floatingips::router_floating(conn, &r.id)?;
     Ok(Some(RouterSpec {
         id: r.id,
         dp_id: r.dp_id,
         admin_state_up: r.admin_state_up,
         interfaces,
         gateway,
+        floating_ips,
+        port_forwardings,
     }))
 }
 
@@ -985,6 +992,7 @@ pub fn desired_state(conn: &Connection) -> Result<DesiredState, Fault> {
             interfaces.entry(r.get(0)?).or_default().push(r.get(1)?);
         }
     }
+    let mut floating = floatingips::all_router_floating(conn)?;
     let routers = list_routers(conn)?
         .into_iter()
         .map(|r| {
@@ -1005,12 +1013,15 @@ pub fn desired_state(conn: &Connection) -> Result<DesiredState, Fault> {
                         next_hop: *next_hop,
                         enable_snat: r.enable_snat,
                     });
+            let (floating_ips, port_forwardings) = floating.remove(&r.id).unwrap_or_default();
             RouterSpec {
                 id: r.id,
                 dp_id: r.dp_id,
                 admin_state_up: r.admin_state_up,
                 interfaces: ifaces,
                 gateway,
+                floating_ips,
+                port_forwardings,
             }
         })
         .collect();

@@ -1,0 +1,296 @@
+//! Floating IPs, port forwardings and the router's internal side in the datapath: the maps
+//! `FLOATING_IPS`, `PORT_FORWARDINGS` and `INTERNAL_IFS`, and attaching `internal_in`/
+//! `internal_out` to the taps of a router's `qr-` devices.
+//!
+//! The realiser hands over the whole wanted set of one router each time
+//! (`configure_floating`, `configure_internal`); entries of the router not in it are removed,
+//! and so are the sessions they translated, so a disassociation stops the flow at once and
+//! `router-ctl sessions` no longer shows it.
+
+use std::{collections::HashSet, net::Ipv4Addr};
+
+use anyhow::{Result, bail};
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData},
+};
+use router_common::{
+    DIR_IN, DIR_OUT, FipKey, FipValue, PfKey, PfValue, ROUTER_F_SNAT, RouterConfig, SESSION_FIP,
+    SESSION_PF, SessionKey, ip_to_wire, maps, port_to_wire,
+};
+
+use super::{Datapath, INTERNAL_HOOKS, Inner, ifindex_of, read_sessions, remove_missing_ok, take};
+
+/// Typed handles of the floating-IP maps.
+pub(super) struct Maps {
+    fips: HashMap<MapData, FipKey, FipValue>,
+    pfs: HashMap<MapData, PfKey, PfValue>,
+    internal: HashMap<MapData, u32, RouterConfig>,
+}
+
+impl Maps {
+    pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            fips: take(ebpf, maps::FLOATING_IPS)?,
+            pfs: take(ebpf, maps::PORT_FORWARDINGS)?,
+            internal: take(ebpf, maps::INTERNAL_IFS)?,
+        })
+    }
+}
+
+/// One associated floating IP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct FloatingNat {
+    pub floating_ip: Ipv4Addr,
+    pub fixed_ip: Ipv4Addr,
+}
+
+/// One port forwarding (`protocol`: IP protocol number, TCP or UDP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortForwardNat {
+    pub protocol: u8,
+    pub floating_ip: Ipv4Addr,
+    pub external_port: u16,
+    pub internal_ip: Ipv4Addr,
+    pub internal_port: u16,
+}
+
+fn fip_key(dp_id: u32, addr: Ipv4Addr, dir: u8) -> FipKey {
+    FipKey {
+        router_id: dp_id,
+        addr: ip_to_wire(addr.octets()),
+        dir,
+        _pad: [0; 3],
+    }
+}
+
+fn fip_val(addr: Ipv4Addr) -> FipValue {
+    FipValue {
+        addr: ip_to_wire(addr.octets()),
+        _pad: 0,
+    }
+}
+
+fn pf_key(dp_id: u32, addr: Ipv4Addr, port: u16, proto: u8, dir: u8) -> PfKey {
+    PfKey {
+        router_id: dp_id,
+        addr: ip_to_wire(addr.octets()),
+        port: port_to_wire(port),
+        proto,
+        dir,
+    }
+}
+
+fn pf_val(addr: Ipv4Addr, port: u16) -> PfValue {
+    PfValue {
+        addr: ip_to_wire(addr.octets()),
+        port: port_to_wire(port),
+        _pad: 0,
+    }
+}
+
+impl Datapath {
+    /// Makes the router's floating IPs and port forwardings exactly `fips` and `pfs`; sessions
+    /// of entries that went away (or changed) are deleted.
+    pub fn configure_floating(
+        &self,
+        dp_id: u32,
+        fips: &[FloatingNat],
+        pfs: &[PortForwardNat],
+    ) -> Result<()> {
+        let mut seen = HashSet::new();
+        for f in fips {
+            if !seen.insert(f.fixed_ip) || !seen.insert(f.floating_ip) {
+                bail!(
+                    "router {dp_id}: address {} or {} used by two floating IPs",
+                    f.fixed_ip,
+                    f.floating_ip
+                );
+            }
+        }
+        let mut inner = self.lock();
+        let mut want_f: Vec<(FipKey, FipValue)> = Vec::new();
+        for f in fips {
+            want_f.push((fip_key(dp_id, f.fixed_ip, DIR_OUT), fip_val(f.floating_ip)));
+            want_f.push((fip_key(dp_id, f.floating_ip, DIR_IN), fip_val(f.fixed_ip)));
+        }
+        let mut want_p: Vec<(PfKey, PfValue)> = Vec::new();
+        for p in pfs {
+            want_p.push((
+                pf_key(dp_id, p.internal_ip, p.internal_port, p.protocol, DIR_OUT),
+                pf_val(p.floating_ip, p.external_port),
+            ));
+            want_p.push((
+                pf_key(dp_id, p.floating_ip, p.external_port, p.protocol, DIR_IN),
+                pf_val(p.internal_ip, p.internal_port),
+            ));
+        }
+        // Stale entries first (a changed mapping must not leave its old reverse behind).
+        let mut stale_f = Vec::new();
+        for item in inner.floating.fips.iter() {
+            let (k, v) = item?;
+            if k.router_id == dp_id && !want_f.contains(&(k, v)) {
+                stale_f.push(k);
+            }
+        }
+        for k in &stale_f {
+            remove_missing_ok(inner.floating.fips.remove(k))?;
+        }
+        let mut stale_p = Vec::new();
+        for item in inner.floating.pfs.iter() {
+            let (k, v) = item?;
+            if k.router_id == dp_id && !want_p.contains(&(k, v)) {
+                stale_p.push(k);
+            }
+        }
+        for k in &stale_p {
+            remove_missing_ok(inner.floating.pfs.remove(k))?;
+        }
+        for (k, v) in &want_f {
+            inner.floating.fips.insert(k, v, 0)?;
+        }
+        for (k, v) in &want_p {
+            inner.floating.pfs.insert(k, v, 0)?;
+        }
+        flush_stale_sessions(&mut inner, dp_id, fips, pfs)?;
+        Ok(())
+    }
+
+    /// Attaches `internal_in`/`internal_out` to `dev`, the tap of one of a router's `qr-`
+    /// devices (calling thread in the daemon's namespace); idempotent. Returns the ifindex.
+    pub fn attach_internal(&self, dev: &str) -> Result<u32> {
+        let ifindex = ifindex_of(dev)?;
+        let mut inner = self.lock();
+        let mut created = Vec::new();
+        for (name, attach_type, hook) in INTERNAL_HOOKS {
+            match self.attach_hook(&mut inner, dev, ifindex, name, attach_type, hook) {
+                Ok(pin) => created.extend(pin),
+                Err(e) => {
+                    for pin in &created {
+                        let _ = std::fs::remove_file(pin);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(ifindex)
+    }
+
+    /// Makes the router's internal taps exactly `ifindexes`, with the router's gateway IP
+    /// (`None`: no gateway, so no hairpin SNAT) for hairpin SNAT.
+    pub fn configure_internal(
+        &self,
+        dp_id: u32,
+        ifindexes: &[u32],
+        gateway_ip: Option<Ipv4Addr>,
+    ) -> Result<()> {
+        let mut inner = self.lock();
+        let cfg = RouterConfig {
+            router_id: dp_id,
+            gateway_ip: gateway_ip.map_or(0, |g| ip_to_wire(g.octets())),
+            flags: if gateway_ip.is_some() {
+                ROUTER_F_SNAT
+            } else {
+                0
+            },
+            port_min: self.nat.port_min,
+            port_max: self.nat.port_max,
+        };
+        let mut stale = Vec::new();
+        for item in inner.floating.internal.iter() {
+            let (idx, c) = item?;
+            if c.router_id == dp_id && !ifindexes.contains(&idx) {
+                stale.push(idx);
+            }
+        }
+        for idx in &stale {
+            remove_missing_ok(inner.floating.internal.remove(idx))?;
+        }
+        for idx in ifindexes {
+            if *idx == 0 {
+                bail!("router {dp_id}: internal ifindex 0 is not a device");
+            }
+            inner.floating.internal.insert(idx, cfg, 0)?;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes the FIP/PF sessions of router `dp_id` that the wanted entries no longer produce.
+fn flush_stale_sessions(
+    inner: &mut Inner,
+    dp_id: u32,
+    fips: &[FloatingNat],
+    pfs: &[PortForwardNat],
+) -> Result<()> {
+    let entries = read_sessions(inner)?;
+    let w = |a: Ipv4Addr| ip_to_wire(a.octets());
+    let p = port_to_wire;
+    let mut doomed: Vec<SessionKey> = Vec::new();
+    for (k, v) in &entries {
+        if k.router_id != dp_id {
+            continue;
+        }
+        // (internal addr, internal port, outside addr, outside port) of the entry.
+        let (int_a, int_p, ext_a, ext_p) = match k.dir {
+            DIR_OUT => (k.src, k.sport, v.addr, v.port),
+            DIR_IN => (v.addr, v.port, k.dst, k.dport),
+            _ => continue,
+        };
+        let keep = match v.kind {
+            SESSION_FIP => fips
+                .iter()
+                .any(|f| w(f.fixed_ip) == int_a && w(f.floating_ip) == ext_a),
+            SESSION_PF => pfs.iter().any(|f| {
+                f.protocol == k.proto
+                    && w(f.internal_ip) == int_a
+                    && p(f.internal_port) == int_p
+                    && w(f.floating_ip) == ext_a
+                    && p(f.external_port) == ext_p
+            }),
+            _ => true,
+        };
+        if !keep {
+            doomed.push(*k);
+        }
+    }
+    for k in &doomed {
+        remove_missing_ok(inner.sessions.remove(k))?;
+    }
+    Ok(())
+}
+
+/// Removes every floating-IP, port-forwarding and internal-tap entry of the router.
+pub(super) fn remove_router(inner: &mut Inner, dp_id: u32) -> Result<()> {
+    let mut f = Vec::new();
+    for k in inner.floating.fips.keys() {
+        let k = k?;
+        if k.router_id == dp_id {
+            f.push(k);
+        }
+    }
+    for k in &f {
+        remove_missing_ok(inner.floating.fips.remove(k))?;
+    }
+    let mut p = Vec::new();
+    for k in inner.floating.pfs.keys() {
+        let k = k?;
+        if k.router_id == dp_id {
+            p.push(k);
+        }
+    }
+    for k in &p {
+        remove_missing_ok(inner.floating.pfs.remove(k))?;
+    }
+    let mut i = Vec::new();
+    for item in inner.floating.internal.iter() {
+        let (idx, c) = item?;
+        if c.router_id == dp_id {
+            i.push(idx);
+        }
+    }
+    for idx in &i {
+        remove_missing_ok(inner.floating.internal.remove(idx))?;
+    }
+    Ok(())
+}

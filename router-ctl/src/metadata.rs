@@ -1,0 +1,217 @@
+//! The metadata proxy, served by the daemon itself (no helper process per router).
+//!
+//! Instances ask `http://169.254.169.254/`. The datapath (`internal_in` on the router's `qr-`
+//! taps) rewrites TCP port 80 to that address into port 9697 and drops anything sent to 9697
+//! directly; `internal_out` turns the replies' port back. 169.254.169.254/32 sits on the router
+//! namespace's `lo` (see `realise::floating`), and this module listens on
+//! 169.254.169.254:9697 inside each router namespace: the listener is created on a thread that
+//! entered the namespace (a socket keeps the namespace it was created in) and served from the
+//! daemon's tokio runtime.
+//!
+//! Each request is forwarded to `[metadata] upstream` with `X-Forwarded-For` (the instance's
+//! address: the datapath kept the source) and `X-Neutron-Router-ID`, as Neutron's
+//! `neutron-ns-metadata-proxy` does. Without an upstream the proxy answers 503 with a message
+//! saying so.
+
+use std::{
+    collections::HashMap,
+    net::{SocketAddr, SocketAddrV4},
+    sync::{Arc, Mutex},
+};
+
+use anyhow::{Context as _, Result};
+use axum::{
+    Router,
+    body::Body,
+    extract::{ConnectInfo, Request, State},
+    http::{HeaderName, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+};
+
+use crate::{
+    net::ns::{NetnsHandle, in_netns},
+    realise::floating::{METADATA_ADDR, RouterHook},
+};
+
+/// Largest request body forwarded upstream.
+const MAX_BODY: usize = 1 << 20;
+
+/// The proxies of every router of the daemon.
+pub struct MetadataProxies {
+    upstream: Option<String>,
+    rt: tokio::runtime::Handle,
+    client: reqwest::Client,
+    servers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+}
+
+#[derive(Clone)]
+struct ProxyState {
+    router_id: Arc<str>,
+    upstream: Option<Arc<str>>,
+    client: reqwest::Client,
+}
+
+impl MetadataProxies {
+    /// `upstream`: base URL of the metadata service (Nova's), None → 503. `rt`: the runtime
+    /// that serves the listeners.
+    pub fn new(upstream: Option<String>, rt: tokio::runtime::Handle) -> Result<Arc<Self>> {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .context("building the metadata HTTP client")?;
+        Ok(Arc::new(Self {
+            upstream: upstream.map(|u| u.trim_end_matches('/').to_string()),
+            rt,
+            client,
+            servers: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::task::JoinHandle<()>>> {
+        self.servers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl RouterHook for MetadataProxies {
+    fn router_up(&self, router_id: &str, ns: &NetnsHandle) -> Result<()> {
+        let mut servers = self.lock();
+        if servers.get(router_id).is_some_and(|h| !h.is_finished()) {
+            return Ok(());
+        }
+        let addr = SocketAddrV4::new(METADATA_ADDR, router_common::METADATA_PROXY_PORT);
+        let listener = in_netns(ns, || {
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("binding the metadata proxy on {addr}"))?;
+            l.set_nonblocking(true)?;
+            Ok(l)
+        })?;
+        let _guard = self.rt.enter();
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let state = ProxyState {
+            router_id: Arc::from(router_id),
+            upstream: self.upstream.as_deref().map(Arc::from),
+            client: self.client.clone(),
+        };
+        let app = Router::new().fallback(proxy).with_state(state);
+        let id = router_id.to_string();
+        let task = self.rt.spawn(async move {
+            let svc = app.into_make_service_with_connect_info::<SocketAddr>();
+            if let Err(e) = axum::serve(listener, svc).await {
+                tracing::warn!("metadata proxy of router {id} stopped: {e}");
+            }
+        });
+        servers.insert(router_id.to_string(), task);
+        tracing::info!("metadata proxy of router {router_id} listening on {addr}");
+        Ok(())
+    }
+
+    fn router_down(&self, router_id: &str) {
+        if let Some(task) = self.lock().remove(router_id) {
+            task.abort();
+        }
+    }
+}
+
+/// Hop-by-hop headers not forwarded (RFC 9110 §7.6.1), plus the ones the proxy sets.
+fn skip_header(name: &str) -> bool {
+    matches!(
+        name,
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+            | "x-forwarded-for"
+            | "x-neutron-router-id"
+            | "x-instance-id"
+            | "x-tenant-id"
+            | "x-instance-id-signature"
+    )
+}
+
+async fn proxy(
+    State(st): State<ProxyState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let Some(upstream) = &st.upstream else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Metadata proxy: no metadata upstream is configured for this router \
+             (set `upstream` in the [metadata] section of the router-ctl daemon's config).\n",
+        )
+            .into_response();
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let method = req.method().clone();
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (k, v) in req.headers() {
+        if !skip_header(k.as_str()) {
+            headers.append(k.clone(), v.clone());
+        }
+    }
+    let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
+        Ok(b) => b,
+        Err(e) => {
+            return (StatusCode::BAD_REQUEST, format!("Metadata proxy: {e}\n")).into_response();
+        }
+    };
+    let mut rb = st
+        .client
+        .request(method, format!("{upstream}{path}"))
+        .headers(headers)
+        .header("X-Forwarded-For", peer.ip().to_string())
+        .header("X-Neutron-Router-ID", &*st.router_id);
+    if !body.is_empty() {
+        rb = rb.body(body);
+    }
+    let resp = match rb.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!("metadata upstream {upstream}: {e}");
+            return (
+                StatusCode::BAD_GATEWAY,
+                "Metadata proxy: the metadata upstream could not be reached.\n",
+            )
+                .into_response();
+        }
+    };
+    let status = resp.status();
+    let mut out_headers = Vec::new();
+    for (k, v) in resp.headers() {
+        if !skip_header(k.as_str()) {
+            out_headers.push((k.clone(), v.clone()));
+        }
+    }
+    let bytes = match resp.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!("metadata upstream {upstream}: {e}");
+            return (
+                StatusCode::BAD_GATEWAY,
+                "Metadata proxy: the metadata upstream's answer was cut short.\n",
+            )
+                .into_response();
+        }
+    };
+    let mut r = Response::new(Body::from(bytes));
+    *r.status_mut() = status;
+    for (k, v) in out_headers {
+        let (Ok(k), Ok(v)) = (
+            HeaderName::from_bytes(k.as_str().as_bytes()),
+            HeaderValue::from_bytes(v.as_bytes()),
+        ) else {
+            continue;
+        };
+        r.headers_mut().append(k, v);
+    }
+    r
+}

@@ -1,0 +1,234 @@
+//! Realisation of floating IPs, port forwardings, the internal-side hooks and the metadata
+//! address of a router.
+//!
+//! - Each floating IP of the router is a /32 on its `qg-` device, so the router namespace
+//!   answers ARP for it on the external network (`arp_ignore=1` is satisfied: the address is on
+//!   the receiving interface); a newly added one is announced by gratuitous ARP.
+//! - 169.254.169.254/32 sits on the namespace's `lo`: the metadata proxy listens there on
+//!   port 9697, reached through the datapath's redirect of port 80.
+//! - `accept_local=1`: hairpinned packets enter the router with a floating IP or the gateway IP
+//!   (local addresses) as source, which Linux would otherwise drop as martians.
+//! - The taps of the router's `qr-` devices get `internal_in`/`internal_out` attached and
+//!   configured; the datapath's floating-IP and port-forwarding maps are set to the spec's.
+
+use std::{collections::BTreeMap, net::IpAddr, net::Ipv4Addr, sync::Arc};
+
+use anyhow::{Context as _, Result};
+use rtnetlink::Handle;
+
+use super::{PortPlan, Realiser, RouterMemo};
+use crate::{
+    datapath::fip::{FloatingNat, PortForwardNat},
+    model::spec::RouterSpec,
+    net::{link, ns::NetnsHandle, ns::in_netns},
+};
+
+/// The metadata address, as it sits on the router namespace's `lo`.
+pub const METADATA_ADDR: Ipv4Addr = Ipv4Addr::new(
+    router_common::METADATA_IP[0],
+    router_common::METADATA_IP[1],
+    router_common::METADATA_IP[2],
+    router_common::METADATA_IP[3],
+);
+
+/// Something that follows routers' lives: the daemon's metadata proxies.
+pub trait RouterHook: Send + Sync {
+    /// The router's namespace is converged (called after every apply; idempotent).
+    fn router_up(&self, router_id: &str, ns: &NetnsHandle) -> Result<()>;
+    /// The router is being removed.
+    fn router_down(&self, router_id: &str);
+}
+
+/// What `converge_floating` last wrote for a router.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Applied {
+    /// Internal tap → ifindex, attached.
+    internal: BTreeMap<String, u32>,
+    gateway_ip: Option<Ipv4Addr>,
+    fips: Vec<FloatingNat>,
+    pfs: Vec<PortForwardNat>,
+}
+
+/// The floating IPs whose address belongs on the router's gateway device.
+pub(super) fn gateway_extras(spec: &RouterSpec) -> Vec<Ipv4Addr> {
+    let mut v: Vec<Ipv4Addr> = spec.floating_ips.iter().map(|f| f.floating_ip).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Makes `addr/prefix` plus `extras` (each a /32) exactly the IPv4 addresses of link `index`.
+/// Returns whether anything but the addition of extras changed, and the extras added.
+pub(super) async fn converge_addresses(
+    h: &Handle,
+    index: u32,
+    addr: Ipv4Addr,
+    prefix: u8,
+    extras: &[Ipv4Addr],
+) -> Result<(bool, Vec<Ipv4Addr>)> {
+    if extras.is_empty() {
+        return Ok((
+            link::converge_address(h, index, addr, prefix).await?,
+            Vec::new(),
+        ));
+    }
+    let current = link::ipv4_addresses(h, index).await?;
+    let mut changed = false;
+    let mut present_main = false;
+    let mut present: Vec<Ipv4Addr> = Vec::new();
+    for (a, p, msg) in current {
+        if a == addr && p == prefix {
+            present_main = true;
+            continue;
+        }
+        if p == 32 && extras.contains(&a) {
+            present.push(a);
+            continue;
+        }
+        h.address()
+            .del(msg)
+            .execute()
+            .await
+            .with_context(|| format!("removing address {a}/{p}"))?;
+        changed = true;
+    }
+    if !present_main {
+        add(h, index, addr, prefix).await?;
+        changed = true;
+    }
+    let mut added = Vec::new();
+    for e in extras {
+        if !present.contains(e) {
+            add(h, index, *e, 32).await?;
+            added.push(*e);
+        }
+    }
+    Ok((changed, added))
+}
+
+async fn add(h: &Handle, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+    match h
+        .address()
+        .add(index, IpAddr::V4(addr), prefix)
+        .execute()
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if link::errno(&e) == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("adding address {addr}/{prefix}")),
+    }
+}
+
+/// Puts the metadata address on `lo` (index `lo`); returns whether it was added.
+pub(super) async fn converge_metadata_addr(h: &Handle, lo: u32) -> Result<bool> {
+    let current = link::ipv4_addresses(h, lo).await?;
+    if current
+        .iter()
+        .any(|(a, p, _)| *a == METADATA_ADDR && *p == 32)
+    {
+        return Ok(false);
+    }
+    add(h, lo, METADATA_ADDR, 32).await?;
+    Ok(true)
+}
+
+/// Sysctls of a router namespace needed by the floating-IP hairpin.
+pub(super) const SYSCTLS: [(&str, &str); 1] = [("ipv4/conf/all/accept_local", "1")];
+
+impl Realiser {
+    /// Attaches the internal-side programs to the router's `qr-` taps and writes the
+    /// internal-tap, floating-IP and port-forwarding maps. `force`: the datapath state of the
+    /// router was reset in this converge (rewrite even if the memo says it is current).
+    pub(super) fn converge_floating(
+        &self,
+        spec: &RouterSpec,
+        ports: &[PortPlan<'_>],
+        memo: &mut RouterMemo,
+        recreated: &[String],
+        force: bool,
+        changes: &mut Vec<String>,
+    ) -> Result<()> {
+        let old = memo.floating.clone().unwrap_or_default();
+        let mut internal = BTreeMap::new();
+        let to_attach: Vec<&str> = ports
+            .iter()
+            .filter(|p| !p.gateway)
+            .filter(|p| !old.internal.contains_key(&p.tap) || recreated.contains(&p.tap))
+            .map(|p| p.tap.as_str())
+            .collect();
+        let attached: Vec<(String, u32)> = if to_attach.is_empty() {
+            Vec::new()
+        } else {
+            in_netns(&self.daemon_ns, || {
+                to_attach
+                    .iter()
+                    .map(|t| Ok((t.to_string(), self.datapath.attach_internal(t)?)))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .with_context(|| format!("router {}: attaching the internal hooks", spec.id))?
+        };
+        for p in ports.iter().filter(|p| !p.gateway) {
+            if let Some((_, idx)) = attached.iter().find(|(t, _)| t == &p.tap) {
+                internal.insert(p.tap.clone(), *idx);
+            } else if let Some(idx) = old.internal.get(&p.tap) {
+                internal.insert(p.tap.clone(), *idx);
+            }
+        }
+        // Taps that left the router: their devices are deleted with the port, which detaches.
+        let gateway_ip = spec.gateway.as_ref().map(|g| g.port.ip);
+        let fips: Vec<FloatingNat> = spec
+            .floating_ips
+            .iter()
+            .filter_map(|f| {
+                f.fixed_ip.map(|fixed| FloatingNat {
+                    floating_ip: f.floating_ip,
+                    fixed_ip: fixed,
+                })
+            })
+            .collect();
+        let pfs: Vec<PortForwardNat> = spec
+            .port_forwardings
+            .iter()
+            .map(|p| PortForwardNat {
+                protocol: p.protocol,
+                floating_ip: p.floating_ip,
+                external_port: p.external_port,
+                internal_ip: p.internal_ip,
+                internal_port: p.internal_port,
+            })
+            .collect();
+        // Without a gateway nothing may be translated (the spec should hold none anyway).
+        let (fips, pfs) = if gateway_ip.is_some() {
+            (fips, pfs)
+        } else {
+            (Vec::new(), Vec::new())
+        };
+        let new = Applied {
+            internal,
+            gateway_ip,
+            fips,
+            pfs,
+        };
+        if !force && memo.floating.as_ref() == Some(&new) {
+            return Ok(());
+        }
+        let idxs: Vec<u32> = new.internal.values().copied().collect();
+        self.datapath
+            .configure_internal(spec.dp_id, &idxs, gateway_ip)
+            .with_context(|| format!("router {}: configuring the internal hooks", spec.id))?;
+        self.datapath
+            .configure_floating(spec.dp_id, &new.fips, &new.pfs)
+            .with_context(|| format!("router {}: configuring floating IPs", spec.id))?;
+        // The first write after a start rewrites what the pinned maps already hold.
+        if memo.floating.is_some() {
+            changes.push("floating IPs configured".into());
+        }
+        memo.floating = Some(new);
+        Ok(())
+    }
+
+    /// Registers the hook told about routers coming up and going (the metadata proxies).
+    pub fn set_router_hook(&self, hook: Arc<dyn RouterHook>) {
+        let _ = self.router_hook.set(hook);
+    }
+}

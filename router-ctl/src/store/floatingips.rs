@@ -1,0 +1,368 @@
+//! Floating IPs and their port forwardings in the store.
+//!
+//! A floating IP holds its address through a port on the external network (device owner
+//! `network:floatingip`, device id = the floating IP's id), as Neutron does, so the address can
+//! never be handed out twice. `router_id` is computed at association (or when the first port
+//! forwarding is created) and stored. The schema refuses two floating IPs for one fixed IP and
+//! duplicate port forwardings; the API turns those cases into Neutron's 409s first.
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{ip_of, ip_val};
+use crate::model::{
+    Fault,
+    spec::{FloatingIpSpec, PortForwardingSpec},
+};
+
+/// Schema v3 (appended to the store's migrations).
+pub const MIGRATION: &str = r#"
+CREATE TABLE floatingips (
+    id TEXT PRIMARY KEY,
+    project_id TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    floating_network_id TEXT NOT NULL REFERENCES networks(id),
+    floating_port_id TEXT NOT NULL REFERENCES ports(id),
+    floating_ip INTEGER NOT NULL,
+    port_id TEXT,
+    fixed_ip INTEGER,
+    router_id TEXT,
+    UNIQUE (port_id, fixed_ip)
+);
+CREATE INDEX floatingips_router ON floatingips(router_id);
+CREATE INDEX floatingips_port ON floatingips(port_id);
+CREATE TABLE port_forwardings (
+    id TEXT PRIMARY KEY,
+    floatingip_id TEXT NOT NULL REFERENCES floatingips(id) ON DELETE CASCADE,
+    protocol TEXT NOT NULL,
+    external_port INTEGER NOT NULL,
+    internal_port_id TEXT NOT NULL,
+    internal_ip INTEGER NOT NULL,
+    internal_port INTEGER NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    UNIQUE (floatingip_id, protocol, external_port),
+    UNIQUE (internal_ip, internal_port, protocol)
+);
+CREATE INDEX port_forwardings_port ON port_forwardings(internal_port_id);
+"#;
+
+/// A floating IP as the API sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FloatingIp {
+    pub id: String,
+    pub project_id: String,
+    pub description: String,
+    pub floating_network_id: String,
+    /// The port on the external network holding the address.
+    pub floating_port_id: String,
+    pub floating_ip: Ipv4Addr,
+    pub port_id: Option<String>,
+    pub fixed_ip: Option<Ipv4Addr>,
+    pub router_id: Option<String>,
+}
+
+/// A port forwarding of a floating IP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortForwarding {
+    pub id: String,
+    pub floatingip_id: String,
+    /// "tcp" or "udp"
+    pub protocol: String,
+    pub external_port: u16,
+    pub internal_port_id: String,
+    pub internal_ip: Ipv4Addr,
+    pub internal_port: u16,
+    pub description: String,
+}
+
+const FIP_COLS: &str = "id, project_id, description, floating_network_id, floating_port_id, floating_ip, port_id, fixed_ip, router_id";
+
+fn fip_row(r: &Row) -> rusqlite::Result<FloatingIp> {
+    Ok(FloatingIp {
+        id: r.get(0)?,
+        project_id: r.get(1)?,
+        description: r.get(2)?,
+        floating_network_id: r.get(3)?,
+        floating_port_id: r.get(4)?,
+        floating_ip: ip_of(r.get(5)?),
+        port_id: r.get(6)?,
+        fixed_ip: r.get::<_, Option<i64>>(7)?.map(ip_of),
+        router_id: r.get(8)?,
+    })
+}
+
+pub fn insert_floatingip(conn: &Connection, f: &FloatingIp) -> Result<(), Fault> {
+    conn.execute(
+        &format!("INSERT INTO floatingips ({FIP_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
+        params![
+            f.id,
+            f.project_id,
+            f.description,
+            f.floating_network_id,
+            f.floating_port_id,
+            ip_val(f.floating_ip),
+            f.port_id,
+            f.fixed_ip.map(ip_val),
+            f.router_id
+        ],
+    )?;
+    Ok(())
+}
+
+/// Rewrites the mutable columns (description, association, router).
+pub fn update_floatingip(conn: &Connection, f: &FloatingIp) -> Result<(), Fault> {
+    conn.execute(
+        "UPDATE floatingips SET description=?2, port_id=?3, fixed_ip=?4, router_id=?5 WHERE id=?1",
+        params![
+            f.id,
+            f.description,
+            f.port_id,
+            f.fixed_ip.map(ip_val),
+            f.router_id
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn get_floatingip(conn: &Connection, id: &str) -> Result<Option<FloatingIp>, Fault> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {FIP_COLS} FROM floatingips WHERE id=?1"),
+            [id],
+            fip_row,
+        )
+        .optional()?)
+}
+
+fn query_fips(
+    conn: &Connection,
+    sql: &str,
+    p: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<FloatingIp>, Fault> {
+    let mut st = conn.prepare_cached(sql)?;
+    let rows = st.query_map(p, fip_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn list_floatingips(conn: &Connection) -> Result<Vec<FloatingIp>, Fault> {
+    query_fips(
+        conn,
+        &format!("SELECT {FIP_COLS} FROM floatingips ORDER BY rowid"),
+        &[],
+    )
+}
+
+/// Floating IPs associated with `port_id`.
+pub fn port_floatingips(conn: &Connection, port_id: &str) -> Result<Vec<FloatingIp>, Fault> {
+    query_fips(
+        conn,
+        &format!("SELECT {FIP_COLS} FROM floatingips WHERE port_id=?1 ORDER BY rowid"),
+        &[&port_id],
+    )
+}
+
+/// Floating IPs served by `router_id` (associated, or holding port forwardings).
+pub fn router_floatingips(conn: &Connection, router_id: &str) -> Result<Vec<FloatingIp>, Fault> {
+    query_fips(
+        conn,
+        &format!("SELECT {FIP_COLS} FROM floatingips WHERE router_id=?1 ORDER BY rowid"),
+        &[&router_id],
+    )
+}
+
+/// The floating IP already associated with `(port_id, fixed_ip)`, if any.
+pub fn fip_of_fixed_ip(
+    conn: &Connection,
+    port_id: &str,
+    fixed_ip: Ipv4Addr,
+) -> Result<Option<String>, Fault> {
+    Ok(conn
+        .query_row(
+            "SELECT id FROM floatingips WHERE port_id=?1 AND fixed_ip=?2",
+            params![port_id, ip_val(fixed_ip)],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Deletes the floating IP row (its port forwardings go with it; the caller deletes its port).
+pub fn delete_floatingip(conn: &Connection, id: &str) -> Result<(), Fault> {
+    conn.execute("DELETE FROM port_forwardings WHERE floatingip_id=?1", [id])?;
+    conn.execute("DELETE FROM floatingips WHERE id=?1", [id])?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- port forwardings
+
+const PF_COLS: &str = "id, floatingip_id, protocol, external_port, internal_port_id, internal_ip, internal_port, description";
+
+fn pf_row(r: &Row) -> rusqlite::Result<PortForwarding> {
+    Ok(PortForwarding {
+        id: r.get(0)?,
+        floatingip_id: r.get(1)?,
+        protocol: r.get(2)?,
+        external_port: r.get(3)?,
+        internal_port_id: r.get(4)?,
+        internal_ip: ip_of(r.get(5)?),
+        internal_port: r.get(6)?,
+        description: r.get(7)?,
+    })
+}
+
+pub fn insert_port_forwarding(conn: &Connection, p: &PortForwarding) -> Result<(), Fault> {
+    conn.execute(
+        &format!("INSERT INTO port_forwardings ({PF_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)"),
+        params![
+            p.id,
+            p.floatingip_id,
+            p.protocol,
+            p.external_port,
+            p.internal_port_id,
+            ip_val(p.internal_ip),
+            p.internal_port,
+            p.description
+        ],
+    )?;
+    Ok(())
+}
+
+/// Rewrites every column but the ids.
+pub fn update_port_forwarding(conn: &Connection, p: &PortForwarding) -> Result<(), Fault> {
+    conn.execute(
+        "UPDATE port_forwardings SET protocol=?2, external_port=?3, internal_port_id=?4, internal_ip=?5, internal_port=?6, description=?7 WHERE id=?1",
+        params![
+            p.id,
+            p.protocol,
+            p.external_port,
+            p.internal_port_id,
+            ip_val(p.internal_ip),
+            p.internal_port,
+            p.description
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn get_port_forwarding(
+    conn: &Connection,
+    fip_id: &str,
+    id: &str,
+) -> Result<Option<PortForwarding>, Fault> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {PF_COLS} FROM port_forwardings WHERE id=?1 AND floatingip_id=?2"),
+            [id, fip_id],
+            pf_row,
+        )
+        .optional()?)
+}
+
+pub fn fip_port_forwardings(conn: &Connection, fip_id: &str) -> Result<Vec<PortForwarding>, Fault> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {PF_COLS} FROM port_forwardings WHERE floatingip_id=?1 ORDER BY rowid"
+    ))?;
+    let rows = st.query_map([fip_id], pf_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Port forwardings whose internal port is `port_id`.
+pub fn port_port_forwardings(
+    conn: &Connection,
+    port_id: &str,
+) -> Result<Vec<PortForwarding>, Fault> {
+    let mut st = conn.prepare_cached(&format!(
+        "SELECT {PF_COLS} FROM port_forwardings WHERE internal_port_id=?1 ORDER BY rowid"
+    ))?;
+    let rows = st.query_map([port_id], pf_row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+pub fn delete_port_forwarding(conn: &Connection, id: &str) -> Result<(), Fault> {
+    conn.execute("DELETE FROM port_forwardings WHERE id=?1", [id])?;
+    Ok(())
+}
+
+/// IP protocol number of a port forwarding's protocol name.
+pub fn protocol_number(name: &str) -> Option<u8> {
+    match name {
+        "tcp" => Some(6),
+        "udp" => Some(17),
+        _ => None,
+    }
+}
+
+/// What `router_floating` gives, for every router at once (two whole-table queries).
+#[allow(clippy::type_complexity)]
+pub fn all_router_floating(
+    conn: &Connection,
+) -> Result<HashMap<String, (Vec<FloatingIpSpec>, Vec<PortForwardingSpec>)>, Fault> {
+    let mut out: HashMap<String, (Vec<FloatingIpSpec>, Vec<PortForwardingSpec>)> = HashMap::new();
+    let fips = query_fips(
+        conn,
+        &format!("SELECT {FIP_COLS} FROM floatingips WHERE router_id IS NOT NULL ORDER BY rowid"),
+        &[],
+    )?;
+    let mut by_fip: HashMap<String, (String, Ipv4Addr)> = HashMap::new();
+    for f in &fips {
+        let Some(r) = &f.router_id else { continue };
+        by_fip.insert(f.id.clone(), (r.clone(), f.floating_ip));
+        out.entry(r.clone()).or_default().0.push(FloatingIpSpec {
+            floating_ip: f.floating_ip,
+            fixed_ip: f.fixed_ip.filter(|_| f.port_id.is_some()),
+        });
+    }
+    let mut st = conn.prepare_cached(&format!("SELECT {PF_COLS} FROM port_forwardings"))?;
+    let pfs: Vec<PortForwarding> = st.query_map([], pf_row)?.collect::<rusqlite::Result<_>>()?;
+    for p in pfs {
+        let (Some((r, fip)), Some(protocol)) =
+            (by_fip.get(&p.floatingip_id), protocol_number(&p.protocol))
+        else {
+            continue;
+        };
+        out.entry(r.clone())
+            .or_default()
+            .1
+            .push(PortForwardingSpec {
+                protocol,
+                floating_ip: *fip,
+                external_port: p.external_port,
+                internal_ip: p.internal_ip,
+                internal_port: p.internal_port,
+            });
+    }
+    for (f, p) in out.values_mut() {
+        f.sort();
+        p.sort();
+    }
+    Ok(out)
+}
+
+/// The floating IPs and port forwardings router `router_id` serves, for its spec.
+pub fn router_floating(
+    conn: &Connection,
+    router_id: &str,
+) -> Result<(Vec<FloatingIpSpec>, Vec<PortForwardingSpec>), Fault> {
+    let mut fips = Vec::new();
+    let mut pfs = Vec::new();
+    for f in router_floatingips(conn, router_id)? {
+        fips.push(FloatingIpSpec {
+            floating_ip: f.floating_ip,
+            fixed_ip: f.fixed_ip.filter(|_| f.port_id.is_some()),
+        });
+        for p in fip_port_forwardings(conn, &f.id)? {
+            if let Some(protocol) = protocol_number(&p.protocol) {
+                pfs.push(PortForwardingSpec {
+                    protocol,
+                    floating_ip: f.floating_ip,
+                    external_port: p.external_port,
+                    internal_ip: p.internal_ip,
+                    internal_port: p.internal_port,
+                });
+            }
+        }
+    }
+    fips.sort();
+    pfs.sort();
+    Ok((fips, pfs))
+}

@@ -1,0 +1,359 @@
+//! Floating IPs and port forwardings at the gateway tap.
+//!
+//! A floating IP is a stateless 1:1 translation decided by the `FLOATING_IPS` map alone: every
+//! packet from the fixed IP leaving through the gateway gets the floating IP as source (all
+//! protocols, ports kept, later fragments too), every packet to the floating IP coming in gets
+//! the fixed IP as destination. It runs before, and instead of, the gateway SNAT. A port
+//! forwarding (`PORT_FORWARDINGS`) translates (floating IP, external port) ⇄ (internal IP,
+//! internal port) for one protocol; its internal side is unique, so replies are found without
+//! state.
+//!
+//! Sessions of kind `SESSION_FIP`/`SESSION_PF` are recorded in `SESSIONS` with the SNAT key
+//! shapes (forward keyed by the internal tuple, reverse by the tuple as it arrives back), so
+//! `router-ctl sessions` shows them, the GC ages them and a disassociation can flush them; they
+//! never decide a translation. Removing a map entry therefore stops the translation at the
+//! next packet.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, TC_ACT_OK},
+    macros::map,
+    maps::HashMap,
+    programs::TcContext,
+};
+use router_common::{
+    DIR_IN, DIR_OUT, FipKey, FipValue, MAX_FIPS, PfKey, PfValue, RouterConfig, SessionValue, stat,
+};
+
+use crate::{
+    csum::{l4_csum, rewrite_addr, rewrite_port},
+    maps::{SESSIONS, count, count_packet},
+    parse::{
+        ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, ICMP_ID, IP_DST, IP_SRC, IPPROTO_ICMP,
+        IPPROTO_TCP, IPPROTO_UDP, L4Head, Packet, TCP_HLEN, TcpHdr, UDP_HLEN, load_ipv4, validate,
+    },
+    session::{key, now, reverse_key, tcp_bits, touch},
+};
+
+const OK: i32 = TC_ACT_OK as i32;
+
+/// Floating IPs: `DIR_OUT` fixed → floating, `DIR_IN` floating → fixed.
+#[map]
+pub static FLOATING_IPS: HashMap<FipKey, FipValue> = HashMap::with_max_entries(MAX_FIPS, 0);
+
+/// Port forwardings: `DIR_IN` (floating IP, external port) → internal, `DIR_OUT` (internal IP,
+/// internal port) → (floating IP, external port).
+#[map]
+pub static PORT_FORWARDINGS: HashMap<PfKey, PfValue> = HashMap::with_max_entries(2 * MAX_FIPS, 0);
+
+/// The address `addr` translates to through a floating IP of router `rid` in direction `dir`.
+#[inline(always)]
+pub fn fip_lookup(rid: u32, addr: u32, dir: u8) -> Option<u32> {
+    let k = FipKey {
+        router_id: rid,
+        addr,
+        dir,
+        _pad: [0; 3],
+    };
+    FLOATING_IPS.get_ptr(&k).map(|p| {
+        // SAFETY: valid map value pointer, plain data copied out.
+        unsafe { (*p).addr }
+    })
+}
+
+/// The port forwarding of router `rid` matching `(addr, port, proto)` in direction `dir`.
+#[inline(always)]
+pub fn pf_lookup(rid: u32, addr: u32, port: u16, proto: u8, dir: u8) -> Option<PfValue> {
+    let k = PfKey {
+        router_id: rid,
+        addr,
+        port,
+        proto,
+        dir,
+    };
+    PORT_FORWARDINGS.get_ptr(&k).map(|p| {
+        // SAFETY: valid map value pointer, plain data copied out.
+        unsafe { *p }
+    })
+}
+
+/// The L4 facts a floating-IP translation needs: protocol, ports (wire order; echo id as the
+/// "port" of ICMP echo), TCP state bits, and whether the packet may be recorded as a session.
+#[derive(Clone, Copy)]
+pub struct L4 {
+    pub proto: u8,
+    pub sport: u16,
+    pub dport: u16,
+    pub bits: u8,
+    /// TCP or UDP with a complete header (ports valid).
+    pub ports: bool,
+    /// ICMP echo request / reply (id in `sport`).
+    pub echo_request: bool,
+    pub echo_reply: bool,
+}
+
+/// Reads the L4 facts of a validated, unfragmented (or first-fragment) packet.
+#[inline(always)]
+pub fn load_l4(ctx: &TcContext, pkt: &Packet) -> L4 {
+    let mut l = L4 {
+        proto: pkt.ip.proto,
+        sport: 0,
+        dport: 0,
+        bits: 0,
+        ports: false,
+        echo_request: false,
+        echo_reply: false,
+    };
+    if pkt.ip.frag_offset() != 0 {
+        return l;
+    }
+    match pkt.ip.proto {
+        IPPROTO_TCP if pkt.l4 + TCP_HLEN <= pkt.end => {
+            if let Ok(t) = ctx.load::<TcpHdr>(pkt.l4) {
+                l.sport = t.sport;
+                l.dport = t.dport;
+                l.bits = tcp_bits(t.flags);
+                l.ports = true;
+            }
+        }
+        IPPROTO_UDP if pkt.l4 + UDP_HLEN <= pkt.end => {
+            if let Ok(u) = ctx.load::<L4Head>(pkt.l4) {
+                l.sport = u.a;
+                l.dport = u.b;
+                l.ports = true;
+            }
+        }
+        IPPROTO_ICMP if pkt.l4 + ICMP_HLEN <= pkt.end => {
+            if let Ok(h) = ctx.load::<L4Head>(pkt.l4) {
+                let ty = (u16::from_be(h.a) >> 8) as u8;
+                l.echo_request = ty == ICMP_ECHO_REQUEST;
+                l.echo_reply = ty == ICMP_ECHO_REPLY;
+                l.sport = h.c;
+            }
+        }
+        _ => {}
+    }
+    l
+}
+
+/// Records (or refreshes) the session of a translated packet. `dir` is the packet's direction;
+/// `(src, dst, sport, dport)` its tuple before translation; `(new_addr, new_port)` what the
+/// internal end was translated to (`DIR_OUT`) or from (`DIR_IN`: the internal end itself).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn note_session(
+    rid: u32,
+    kind: u8,
+    dir: u8,
+    l: &L4,
+    src: u32,
+    dst: u32,
+    new_addr: u32,
+    new_port: u16,
+) {
+    let t = now();
+    if dir == DIR_OUT {
+        // Outbound: TCP/UDP, or an echo request (id as source "port", 0 as destination).
+        let (sport, dport) = if l.ports {
+            (l.sport, l.dport)
+        } else if l.echo_request {
+            (l.sport, 0)
+        } else {
+            return;
+        };
+        let fwd = key(rid, src, dst, sport, dport, l.proto, DIR_OUT);
+        if touch(&fwd, l.bits).is_some() {
+            return;
+        }
+        let fv = SessionValue {
+            addr: new_addr,
+            port: new_port,
+            state: l.bits,
+            kind,
+            last_seen_ns: t,
+        };
+        let rv = SessionValue {
+            addr: src,
+            port: sport,
+            state: 0,
+            kind,
+            last_seen_ns: t,
+        };
+        let _ = SESSIONS.insert(&reverse_key(&fwd, new_addr, new_port), &rv, BPF_ANY as u64);
+        let _ = SESSIONS.insert(&fwd, &fv, BPF_ANY as u64);
+    } else {
+        // Inbound: TCP/UDP, or an echo reply (0 as source "port", id as destination).
+        let (sport, dport) = if l.ports {
+            (l.sport, l.dport)
+        } else if l.echo_reply {
+            (0, l.sport)
+        } else {
+            return;
+        };
+        let rev = key(rid, src, dst, sport, dport, l.proto, DIR_IN);
+        if touch(&rev, l.bits).is_some() {
+            return;
+        }
+        let fwd_dport = if l.proto == IPPROTO_ICMP { 0 } else { sport };
+        let fwd = key(rid, new_addr, src, new_port, fwd_dport, l.proto, DIR_OUT);
+        let rv = SessionValue {
+            addr: new_addr,
+            port: new_port,
+            state: l.bits | router_common::ST_SEEN,
+            kind,
+            last_seen_ns: t,
+        };
+        let fv = SessionValue {
+            addr: dst,
+            port: dport,
+            state: 0,
+            kind,
+            last_seen_ns: t,
+        };
+        let _ = SESSIONS.insert(&rev, &rv, BPF_ANY as u64);
+        let _ = SESSIONS.insert(&fwd, &fv, BPF_ANY as u64);
+    }
+    count(rid, stat::SESSIONS_CREATED, 1);
+}
+
+/// Rewrites the source (`field = IP_SRC`) or destination address of `pkt` to `new`, with the
+/// pseudo-header checksum of TCP/UDP when the packet carries the L4 header.
+#[inline(always)]
+pub fn rewrite_1to1(ctx: &TcContext, pkt: &Packet, field: usize, new: u32) -> Result<(), i64> {
+    let old = if field == IP_SRC {
+        pkt.ip.src
+    } else {
+        pkt.ip.dst
+    };
+    let has_l4 = pkt.ip.frag_offset() == 0
+        && match pkt.ip.proto {
+            IPPROTO_TCP => pkt.l4 + TCP_HLEN <= pkt.end,
+            IPPROTO_UDP => pkt.l4 + UDP_HLEN <= pkt.end,
+            _ => false,
+        };
+    let c = if has_l4 {
+        Some(l4_csum(pkt.ip.proto, pkt.l4))
+    } else {
+        None
+    };
+    rewrite_addr(ctx, field, old, new, c)
+}
+
+/// Rewrites address and port (`port_off`: frame offset of the port) of a TCP/UDP packet.
+#[inline(always)]
+pub fn rewrite_pf(
+    ctx: &TcContext,
+    pkt: &Packet,
+    field: usize,
+    port_off: usize,
+    old_port: u16,
+    new: &PfValue,
+) -> Result<(), i64> {
+    let old = if field == IP_SRC {
+        pkt.ip.src
+    } else {
+        pkt.ip.dst
+    };
+    let c = l4_csum(pkt.ip.proto, pkt.l4);
+    rewrite_port(ctx, port_off, old_port, new.port, c)?;
+    rewrite_addr(ctx, field, old, new.addr, Some(c))
+}
+
+/// Gateway tap ingress (leaving the router): port-forwarding replies and floating-IP sources.
+/// `None`: not ours, the SNAT decides.
+#[inline(always)]
+pub fn gateway_out(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
+    let rid = cfg.router_id;
+    let ip = load_ipv4(ctx).ok()?;
+    let pkt = validate(ctx, ip).ok()?;
+    let l = load_l4(ctx, &pkt);
+    if l.ports
+        && let Some(pf) = pf_lookup(rid, pkt.ip.src, l.sport, l.proto, DIR_OUT)
+    {
+        if rewrite_pf(ctx, &pkt, IP_SRC, pkt.l4, l.sport, &pf).is_err() {
+            count(rid, stat::DROP_MALFORMED, 1);
+            return Some(aya_ebpf::bindings::TC_ACT_SHOT as i32);
+        }
+        note_session(
+            rid,
+            router_common::SESSION_PF,
+            DIR_OUT,
+            &l,
+            pkt.ip.src,
+            pkt.ip.dst,
+            pf.addr,
+            pf.port,
+        );
+        count_packet(rid, stat::PF_PACKETS, stat::OUT_BYTES, ctx.len() as u64);
+        return Some(OK);
+    }
+    let fip = fip_lookup(rid, pkt.ip.src, DIR_OUT)?;
+    if rewrite_1to1(ctx, &pkt, IP_SRC, fip).is_err() {
+        count(rid, stat::DROP_MALFORMED, 1);
+        return Some(aya_ebpf::bindings::TC_ACT_SHOT as i32);
+    }
+    note_session(
+        rid,
+        router_common::SESSION_FIP,
+        DIR_OUT,
+        &l,
+        pkt.ip.src,
+        pkt.ip.dst,
+        fip,
+        l.sport,
+    );
+    count_packet(rid, stat::FIP_PACKETS, stat::OUT_BYTES, ctx.len() as u64);
+    Some(OK)
+}
+
+/// Gateway tap egress (entering the router): packets to a floating IP or a forwarded port.
+/// `None`: not ours, the SNAT decides.
+#[inline(always)]
+pub fn gateway_in(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
+    let rid = cfg.router_id;
+    let ip = load_ipv4(ctx).ok()?;
+    if ip.dst == cfg.gateway_ip {
+        return None;
+    }
+    let pkt = validate(ctx, ip).ok()?;
+    let l = load_l4(ctx, &pkt);
+    if l.ports
+        && let Some(pf) = pf_lookup(rid, pkt.ip.dst, l.dport, l.proto, DIR_IN)
+    {
+        if rewrite_pf(ctx, &pkt, IP_DST, pkt.l4 + 2, l.dport, &pf).is_err() {
+            count(rid, stat::DROP_MALFORMED, 1);
+            return Some(aya_ebpf::bindings::TC_ACT_SHOT as i32);
+        }
+        note_session(
+            rid,
+            router_common::SESSION_PF,
+            DIR_IN,
+            &l,
+            pkt.ip.src,
+            pkt.ip.dst,
+            pf.addr,
+            pf.port,
+        );
+        count_packet(rid, stat::PF_PACKETS, stat::IN_BYTES, ctx.len() as u64);
+        return Some(OK);
+    }
+    let fixed = fip_lookup(rid, pkt.ip.dst, DIR_IN)?;
+    if rewrite_1to1(ctx, &pkt, IP_DST, fixed).is_err() {
+        count(rid, stat::DROP_MALFORMED, 1);
+        return Some(aya_ebpf::bindings::TC_ACT_SHOT as i32);
+    }
+    note_session(
+        rid,
+        router_common::SESSION_FIP,
+        DIR_IN,
+        &l,
+        pkt.ip.src,
+        pkt.ip.dst,
+        fixed,
+        if l.ports { l.dport } else { l.sport },
+    );
+    count_packet(rid, stat::FIP_PACKETS, stat::IN_BYTES, ctx.len() as u64);
+    Some(OK)
+}
+
+/// The echo id offset, for callers that rewrite it.
+pub const ECHO_ID_OFF: usize = ICMP_ID;

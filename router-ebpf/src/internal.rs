@@ -1,0 +1,213 @@
+//! The router's internal side: programs on the bridge-side peer (`tap…`) of each `qr-` device,
+//! keyed in `INTERNAL_IFS` by that tap's ifindex in the daemon's namespace.
+//!
+//! `internal_in` (egress of the tap: packets entering the router from a tenant network, before
+//! the router's routing):
+//! - TCP to 169.254.169.254:80 has its destination port rewritten to the metadata proxy's
+//!   port (9697); the proxy listens on 169.254.169.254:9697 in the router namespace, where that
+//!   address sits on `lo`. TCP to port 9697 sent directly is dropped, so the proxy is reachable
+//!   only through the redirect (as Neutron's iptables rules make it).
+//! - Hairpin: a packet to a floating IP (or a forwarded port) of this router is translated to
+//!   the fixed IP here, because the router would otherwise take it for one of its own addresses.
+//!   Its source is translated too — to the sender's own floating IP (or port forwarding) if it
+//!   has one, else to the gateway IP with a SNAT session — so the reply comes back through the
+//!   router, as Neutron does. A reply to such a gateway-SNATed flow (destination = gateway IP,
+//!   matching a session) is translated back here, and its source to the replier's floating IP.
+//!
+//! `internal_out` (ingress of the tap: packets the router sends to a tenant network): replies
+//! of the metadata proxy get their source port 9697 turned back into 80.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    macros::map,
+    maps::HashMap,
+    programs::TcContext,
+};
+use router_common::{
+    DIR_IN, DIR_OUT, MAX_INTERNAL_IFS, METADATA_IP, METADATA_PORT, METADATA_PROXY_PORT,
+    RouterConfig, SESSION_SNAT, ip_to_wire, stat,
+};
+
+use crate::{
+    csum::{l4_csum, rewrite_addr, rewrite_port},
+    fip::{L4, fip_lookup, load_l4, pf_lookup},
+    maps::{count, count_global},
+    nat::ifindex,
+    parse::{ICMP_ID, IP_DST, IP_SRC, IPPROTO_ICMP, IPPROTO_TCP, Packet, load_ipv4, validate},
+    session::{create, key, touch},
+};
+
+const OK: i32 = TC_ACT_OK as i32;
+const SHOT: i32 = TC_ACT_SHOT as i32;
+
+/// Router config of each internal tap (a copy of the router's gateway config: router id,
+/// gateway IP and SNAT port range, for hairpin SNAT).
+#[map]
+pub static INTERNAL_IFS: HashMap<u32, RouterConfig> =
+    HashMap::with_max_entries(MAX_INTERNAL_IFS, 0);
+
+#[inline(always)]
+fn internal_config(ifindex: u32) -> Option<RouterConfig> {
+    INTERNAL_IFS.get_ptr(ifindex).map(|p| {
+        // SAFETY: valid map value pointer, plain data copied out.
+        unsafe { *p }
+    })
+}
+
+/// Entry of `internal_in`: `Ok` and `Err` both carry the TC verdict.
+pub fn internal_in(ctx: &TcContext) -> Result<i32, i32> {
+    count_global(router_common::global::PACKETS);
+    let Some(cfg) = internal_config(ifindex(ctx)) else {
+        count_global(router_common::global::UNCONFIGURED);
+        return Ok(OK);
+    };
+    let rid = cfg.router_id;
+    let Ok(ip) = load_ipv4(ctx) else {
+        return Ok(OK);
+    };
+    let Ok(pkt) = validate(ctx, ip) else {
+        return Ok(OK);
+    };
+    let l = load_l4(ctx, &pkt);
+    let csum = l4_csum(pkt.ip.proto, pkt.l4);
+
+    // Metadata.
+    if l.ports && l.proto == IPPROTO_TCP {
+        if l.dport == METADATA_PROXY_PORT.to_be() {
+            count(rid, stat::DROP_INVALID, 1);
+            return Err(SHOT);
+        }
+        if pkt.ip.dst == ip_to_wire(METADATA_IP) && l.dport == METADATA_PORT.to_be() {
+            rewrite_port(ctx, pkt.l4 + 2, l.dport, METADATA_PROXY_PORT.to_be(), csum)
+                .map_err(|_| SHOT)?;
+            count(rid, stat::METADATA_REDIRECTS, 1);
+            return Ok(OK);
+        }
+    }
+
+    // Hairpin to a forwarded port or a floating IP of this router.
+    if l.ports
+        && let Some(pf) = pf_lookup(rid, pkt.ip.dst, l.dport, l.proto, DIR_IN)
+    {
+        rewrite_port(ctx, pkt.l4 + 2, l.dport, pf.port, csum)
+            .and_then(|()| rewrite_addr(ctx, IP_DST, pkt.ip.dst, pf.addr, Some(csum)))
+            .map_err(|_| SHOT)?;
+        count(rid, stat::PF_PACKETS, 1);
+        return hairpin_source(ctx, &cfg, &pkt, &l, pf.addr, pf.port);
+    }
+    if let Some(fixed) = fip_lookup(rid, pkt.ip.dst, DIR_IN) {
+        crate::fip::rewrite_1to1(ctx, &pkt, IP_DST, fixed).map_err(|_| SHOT)?;
+        count(rid, stat::FIP_PACKETS, 1);
+        return hairpin_source(ctx, &cfg, &pkt, &l, fixed, l.dport);
+    }
+
+    // Reply to a hairpin flow that was SNATed to the gateway IP.
+    if pkt.ip.dst == cfg.gateway_ip && pkt.ip.frag_offset() == 0 {
+        let (sport, dport, port_off) = if l.ports {
+            (l.sport, l.dport, pkt.l4 + 2)
+        } else if l.echo_reply {
+            (0, l.sport, pkt.l4 + ICMP_ID)
+        } else {
+            return Ok(OK);
+        };
+        let rev = key(rid, pkt.ip.src, pkt.ip.dst, sport, dport, l.proto, DIR_IN);
+        let Some(v) = touch(&rev, l.bits) else {
+            return Ok(OK);
+        };
+        rewrite_port(ctx, port_off, dport, v.port, csum)
+            .and_then(|()| rewrite_addr(ctx, IP_DST, pkt.ip.dst, v.addr, Some(csum)))
+            .map_err(|_| SHOT)?;
+        // The original sender addressed the replier by its floating IP (or forwarded port).
+        if l.ports
+            && let Some(pf) = pf_lookup(rid, pkt.ip.src, l.sport, l.proto, DIR_OUT)
+        {
+            rewrite_port(ctx, pkt.l4, l.sport, pf.port, csum)
+                .and_then(|()| rewrite_addr(ctx, IP_SRC, pkt.ip.src, pf.addr, Some(csum)))
+                .map_err(|_| SHOT)?;
+        } else if let Some(f) = fip_lookup(rid, pkt.ip.src, DIR_OUT) {
+            rewrite_addr(ctx, IP_SRC, pkt.ip.src, f, Some(csum)).map_err(|_| SHOT)?;
+        }
+        count(rid, stat::IN_PACKETS, 1);
+        return Ok(OK);
+    }
+    Ok(OK)
+}
+
+/// Source translation of a hairpinned packet whose destination was just rewritten to
+/// `(new_dst, new_dport)`: the sender's floating IP or port forwarding, else the gateway IP
+/// with a SNAT session (TCP, UDP, echo requests; anything else keeps its source).
+#[inline(always)]
+fn hairpin_source(
+    ctx: &TcContext,
+    cfg: &RouterConfig,
+    pkt: &Packet,
+    l: &L4,
+    new_dst: u32,
+    new_dport: u16,
+) -> Result<i32, i32> {
+    let rid = cfg.router_id;
+    let csum = l4_csum(pkt.ip.proto, pkt.l4);
+    let c = if l.ports { Some(csum) } else { None };
+    if l.ports
+        && let Some(pf) = pf_lookup(rid, pkt.ip.src, l.sport, l.proto, DIR_OUT)
+    {
+        rewrite_port(ctx, pkt.l4, l.sport, pf.port, csum)
+            .and_then(|()| rewrite_addr(ctx, IP_SRC, pkt.ip.src, pf.addr, c))
+            .map_err(|_| SHOT)?;
+        return Ok(OK);
+    }
+    if let Some(f) = fip_lookup(rid, pkt.ip.src, DIR_OUT) {
+        crate::fip::rewrite_1to1(ctx, pkt, IP_SRC, f).map_err(|_| SHOT)?;
+        return Ok(OK);
+    }
+    let (sport, dport, port_off) = if l.ports {
+        (l.sport, new_dport, pkt.l4)
+    } else if l.echo_request && l.proto == IPPROTO_ICMP {
+        (l.sport, 0, pkt.l4 + ICMP_ID)
+    } else {
+        return Ok(OK);
+    };
+    let fwd = key(rid, pkt.ip.src, new_dst, sport, dport, l.proto, DIR_OUT);
+    let v = match touch(&fwd, l.bits) {
+        Some(v) if v.kind == SESSION_SNAT => v,
+        _ => create(cfg, &fwd, l.bits).map_err(|r| {
+            count(rid, r, 1);
+            SHOT
+        })?,
+    };
+    rewrite_port(ctx, port_off, sport, v.port, csum)
+        .and_then(|()| rewrite_addr(ctx, IP_SRC, pkt.ip.src, v.addr, c))
+        .map_err(|_| SHOT)?;
+    Ok(OK)
+}
+
+/// Entry of `internal_out`: metadata proxy replies get their port back.
+pub fn internal_out(ctx: &TcContext) -> Result<i32, i32> {
+    let Some(cfg) = internal_config(ifindex(ctx)) else {
+        return Ok(OK);
+    };
+    let Ok(ip) = load_ipv4(ctx) else {
+        return Ok(OK);
+    };
+    if ip.src != ip_to_wire(METADATA_IP) || ip.proto != IPPROTO_TCP {
+        return Ok(OK);
+    }
+    let Ok(pkt) = validate(ctx, ip) else {
+        return Ok(OK);
+    };
+    let l = load_l4(ctx, &pkt);
+    if l.ports && l.sport == METADATA_PROXY_PORT.to_be() {
+        rewrite_port(
+            ctx,
+            pkt.l4,
+            l.sport,
+            METADATA_PORT.to_be(),
+            l4_csum(pkt.ip.proto, pkt.l4),
+        )
+        .map_err(|_| {
+            count(cfg.router_id, stat::DROP_MALFORMED, 1);
+            SHOT
+        })?;
+    }
+    Ok(OK)
+}

@@ -1,0 +1,720 @@
+//! Floating IPs, port forwarding and the metadata proxy end to end: a real daemon in a
+//! throwaway host namespace, driven through the CLI and the API; VM namespaces plugged by
+//! `port create --netns`; an "internet" namespace on the external bridge; real TCP, UDP, ICMP
+//! and ARP.
+use std::{
+    io::{ErrorKind, Read as _, Write as _},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    process::Output,
+    time::{Duration, Instant},
+};
+
+use router_ctl::model::spec::names;
+use serde_json::{Value, json};
+use tests::{
+    Netns,
+    daemon::{Daemon, DaemonOptions},
+    enter_named, unique,
+};
+
+const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+fn run(d: &Daemon, args: &[&str]) -> Output {
+    d.cli()
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("spawning router-ctl {args:?}: {e}"))
+}
+
+/// `router-ctl ARGS`, panicking with stderr on failure; returns stdout.
+fn cli(d: &Daemon, args: &[&str]) -> String {
+    let out = run(d, args);
+    assert!(
+        out.status.success(),
+        "router-ctl {} failed ({}): {}\ndaemon log:\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `router-ctl -f json ARGS`, parsed.
+fn cli_json(d: &Daemon, args: &[&str]) -> Value {
+    let text = cli(d, &[&["-f", "json"], args].concat());
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {text}"))
+}
+
+fn s(v: &Value) -> String {
+    v.as_str()
+        .unwrap_or_else(|| panic!("not a string: {v}"))
+        .to_string()
+}
+
+/// An external network with the internet behind its bridge, a tenant network with two VMs,
+/// and router `r1` with an interface on the tenant subnet and its gateway on the external one.
+struct Topology {
+    // Field order is drop order: namespaces first, then the daemon (whose drop purges).
+    vm1: Netns,
+    vm2: Netns,
+    inet: Netns,
+    vm1_port: String,
+    vm2_port: String,
+    vm1_ip: Ipv4Addr,
+    vm2_ip: Ipv4Addr,
+    router_id: String,
+    gw_ip: Ipv4Addr,
+    gw_mac: String,
+    d: Daemon,
+    host: Netns,
+}
+
+impl Topology {
+    fn new(opts: DaemonOptions) -> Self {
+        let host = Netns::new("fh");
+        let d = Daemon::start_with(&host, opts);
+        let ext = cli_json(&d, &["network", "create", "public", "--external"]);
+        let ext_id = s(&ext["id"]);
+        cli(
+            &d,
+            &[
+                "subnet",
+                "create",
+                "public-v4",
+                "--network",
+                "public",
+                "--cidr",
+                "203.0.113.0/24",
+                "--gateway",
+                "203.0.113.1",
+                "--allocation-pool",
+                "start=203.0.113.20,end=203.0.113.60",
+            ],
+        );
+        let inet = Netns::new("fi");
+        let uplink = unique("fup");
+        host.ip(&[
+            "link", "add", &uplink, "type", "veth", "peer", "name", "eth0", "netns", &inet.name,
+        ]);
+        host.ip(&[
+            "link",
+            "set",
+            &uplink,
+            "master",
+            &names::bridge(&ext_id),
+            "up",
+        ]);
+        inet.ip(&["addr", "add", "203.0.113.1/24", "dev", "eth0"]);
+        inet.ip(&["link", "set", "eth0", "up"]);
+        // Gratuitous ARPs create neighbour entries here, so the test can see them.
+        inet.run("sysctl", &["-qw", "net.ipv4.conf.eth0.arp_accept=1"]);
+
+        cli(&d, &["network", "create", "tenant"]);
+        cli(
+            &d,
+            &[
+                "subnet",
+                "create",
+                "tenant-v4",
+                "--network",
+                "tenant",
+                "--cidr",
+                "10.40.0.0/24",
+            ],
+        );
+        let router = cli_json(&d, &["router", "create", "r1"]);
+        let router_id = s(&router["id"]);
+        cli(&d, &["router", "interface", "add", "r1", "tenant-v4"]);
+        let r = cli_json(&d, &["gateway", "set", "r1", "public"]);
+        let gw_ip: Ipv4Addr = s(&r["external_gateway_info"]["external_fixed_ips"][0]["ip_address"])
+            .parse()
+            .expect("gateway IP");
+        let (_, ports) = d.get(&format!("/v2.0/ports?device_id={router_id}"));
+        let gw_mac = ports["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .find(|p| p["device_owner"] == "network:router_gateway")
+            .map(|p| s(&p["mac_address"]))
+            .unwrap_or_else(|| panic!("no gateway port in {ports}"));
+
+        let plug = |name: &str| {
+            let vm = Netns { name: unique("fv") };
+            let port = cli_json(
+                &d,
+                &[
+                    "port",
+                    "create",
+                    "--network",
+                    "tenant",
+                    "--netns",
+                    &vm.name,
+                    "--name",
+                    name,
+                ],
+            );
+            let ip: Ipv4Addr = s(&port["fixed_ips"][0]["ip_address"])
+                .parse()
+                .expect("port IP");
+            (vm, s(&port["id"]), ip)
+        };
+        let (vm1, vm1_port, vm1_ip) = plug("vm1");
+        let (vm2, vm2_port, vm2_ip) = plug("vm2");
+        Self {
+            vm1,
+            vm2,
+            inet,
+            vm1_port,
+            vm2_port,
+            vm1_ip,
+            vm2_ip,
+            router_id,
+            gw_ip,
+            gw_mac,
+            d,
+            host,
+        }
+    }
+
+    fn router_ns(&self) -> String {
+        names::router_netns(&self.router_id)
+    }
+
+    /// `router-ctl sessions r1`, as JSON.
+    fn sessions(&self) -> Vec<Value> {
+        cli_json(&self.d, &["sessions", "r1"])
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| panic!("sessions is not a list"))
+    }
+
+    /// `router-ctl stats r1`, as JSON.
+    fn stats(&self) -> Value {
+        cli_json(&self.d, &["stats", "r1"])
+    }
+}
+
+/// A TCP listener inside `ns` on `port` (non-blocking accept).
+fn listen(ns: &Netns, port: u16) -> TcpListener {
+    let l = ns.enter(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind"));
+    l.set_nonblocking(true).expect("nonblocking");
+    l
+}
+
+/// Connects from `ns` to `to`; the stream once the handshake completed.
+fn connect(ns: &Netns, to: SocketAddr) -> Option<TcpStream> {
+    ns.enter(|| TcpStream::connect_timeout(&to, Duration::from_secs(2)).ok())
+}
+
+/// The peer of the next accepted connection (bounded wait), if any.
+fn accepted(l: &TcpListener) -> Option<SocketAddr> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        match l.accept() {
+            Ok((_, peer)) => return Some(peer),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                if Instant::now() > deadline {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// A UDP exchange: `client` (in `from`) sends to `to`; `server` (in the other namespace,
+/// bound already) answers to whoever it saw. Returns (source the server saw, source of the
+/// answer the client got), or None if either leg was lost.
+fn udp_exchange(
+    from: &Netns,
+    server: &UdpSocket,
+    to: SocketAddr,
+) -> Option<(SocketAddr, SocketAddr)> {
+    let client = from.enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind"));
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    server
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    client.send_to(b"ping", to).expect("send");
+    let mut buf = [0u8; 64];
+    let (_, seen) = server.recv_from(&mut buf).ok()?;
+    server.send_to(b"pong", seen).expect("reply");
+    let (_, from_addr) = client.recv_from(&mut buf).ok()?;
+    Some((seen, from_addr))
+}
+
+fn ping(ns: &Netns, to: Ipv4Addr) -> bool {
+    ns.try_run("ping", &["-c", "1", "-W", "1", &to.to_string()])
+        .status
+        .success()
+}
+
+/// The MAC `ns` has learnt for `ip` on eth0 (None: no usable entry).
+fn neighbour(ns: &Netns, ip: Ipv4Addr) -> Option<String> {
+    let v = tests::ip_json(&ns.name, &["neigh", "show", &ip.to_string(), "dev", "eth0"]);
+    v.as_array()?
+        .iter()
+        .find(|n| {
+            n["state"]
+                .as_array()
+                .is_none_or(|s| !s.iter().any(|x| x == "FAILED"))
+        })
+        .and_then(|n| n["lladdr"].as_str().map(str::to_string))
+}
+
+fn addresses(ns: &str, dev: &str) -> Vec<String> {
+    let v = tests::ip_json(ns, &["-4", "addr", "show", "dev", dev]);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|l| l["addr_info"].as_array().cloned().unwrap_or_default())
+        .map(|a| format!("{}/{}", s(&a["local"]), a["prefixlen"]))
+        .collect()
+}
+
+#[test]
+fn floating_ip_translates_both_ways_hairpins_and_disassociates() {
+    let t = Topology::new(DaemonOptions::default());
+    let d = &t.d;
+
+    // Create: an address from the pool, not associated.
+    let f1 = cli_json(d, &["floatingip", "create", "public"]);
+    let f1_ip: Ipv4Addr = s(&f1["floating_ip_address"]).parse().expect("FIP");
+    assert_eq!(f1["status"], "DOWN", "{f1}");
+    assert!(f1["router_id"].is_null() && f1["port_id"].is_null(), "{f1}");
+    assert_ne!(f1_ip, t.gw_ip);
+    let qg = tests::ip_json(&t.router_ns(), &["-4", "addr"])
+        .as_array()
+        .expect("links")
+        .iter()
+        .find(|l| s(&l["ifname"]).starts_with("qg-"))
+        .map(|l| s(&l["ifname"]))
+        .expect("qg- device");
+    assert!(
+        !addresses(&t.router_ns(), &qg).contains(&format!("{f1_ip}/32")),
+        "an unassociated floating IP is not on {qg}"
+    );
+
+    // Associate: gratuitous ARP seen on the external network, the /32 on qg-.
+    assert_eq!(neighbour(&t.inet, f1_ip), None);
+    let f1 = cli_json(
+        d,
+        &["floatingip", "set", &f1_ip.to_string(), "--port", "vm1"],
+    );
+    assert_eq!(f1["status"], "ACTIVE", "{f1}");
+    assert_eq!(f1["router_id"], t.router_id.as_str(), "{f1}");
+    assert_eq!(f1["fixed_ip_address"], t.vm1_ip.to_string(), "{f1}");
+    assert_eq!(f1["port_id"], t.vm1_port.as_str(), "{f1}");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while neighbour(&t.inet, f1_ip).is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        neighbour(&t.inet, f1_ip).as_deref(),
+        Some(t.gw_mac.as_str()),
+        "gratuitous ARP for {f1_ip} from the gateway MAC\n{}",
+        d.log()
+    );
+    assert!(addresses(&t.router_ns(), &qg).contains(&format!("{f1_ip}/32")));
+
+    // ARP for the floating IP is answered on the external bridge.
+    t.inet.ip(&["neigh", "flush", "dev", "eth0"]);
+    assert!(ping(&t.inet, f1_ip), "ping to the floating IP\n{}", d.log());
+    assert_eq!(
+        neighbour(&t.inet, f1_ip).as_deref(),
+        Some(t.gw_mac.as_str())
+    );
+
+    // Inbound TCP, UDP: the VM sees the real remote, the remote sees the floating IP.
+    let l1 = listen(&t.vm1, 8080);
+    let stream = connect(&t.inet, (f1_ip, 8080).into())
+        .unwrap_or_else(|| panic!("TCP to the floating IP\n{}", d.log()));
+    assert_eq!(
+        accepted(&l1),
+        Some((INTERNET, stream.local_addr().expect("local").port()).into())
+    );
+    let u1 = t
+        .vm1
+        .enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 9000)).expect("bind"));
+    let (seen, answer) = udp_exchange(&t.inet, &u1, (f1_ip, 9000).into())
+        .unwrap_or_else(|| panic!("UDP to the floating IP\n{}", d.log()));
+    assert_eq!(seen.ip(), std::net::IpAddr::V4(INTERNET));
+    assert_eq!(answer, SocketAddr::from((f1_ip, 9000)));
+
+    // Outbound: VM1 leaves as its floating IP (ports kept), VM2 as the gateway IP.
+    let srv = listen(&t.inet, 8081);
+    let c = connect(&t.vm1, (INTERNET, 8081).into()).expect("VM1 to the internet");
+    let peer = accepted(&srv).expect("accepted VM1");
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(f1_ip),
+        "VM1 leaves as its FIP"
+    );
+    assert_eq!(
+        peer.port(),
+        c.local_addr().expect("local").port(),
+        "port kept"
+    );
+    connect(&t.vm2, (INTERNET, 8081).into()).expect("VM2 to the internet");
+    assert_eq!(
+        accepted(&srv).map(|p| p.ip()),
+        Some(std::net::IpAddr::V4(t.gw_ip)),
+        "VM2 (no FIP) is SNATed to the gateway IP"
+    );
+    assert!(ping(&t.vm1, INTERNET), "ping out from VM1");
+    let u_inet = t
+        .inet
+        .enter(|| UdpSocket::bind((INTERNET, 5300)).expect("bind"));
+    let (seen, _) = udp_exchange(&t.vm1, &u_inet, (INTERNET, 5300).into()).expect("UDP out");
+    assert_eq!(
+        seen.ip(),
+        std::net::IpAddr::V4(f1_ip),
+        "UDP leaves as the FIP"
+    );
+
+    // Sessions and counters show floating-IP flows distinctly.
+    let sessions = t.sessions();
+    let fip_sessions: Vec<&Value> = sessions
+        .iter()
+        .filter(|x| x["kind"] == "floating_ip")
+        .collect();
+    assert!(
+        fip_sessions.iter().any(|x| x["protocol"] == "tcp"
+            && x["translated"]
+                .as_str()
+                .is_some_and(|a| a.starts_with(&f1_ip.to_string()))),
+        "{sessions:#?}"
+    );
+    assert!(
+        sessions.iter().any(|x| x["kind"] == "snat"),
+        "{sessions:#?}"
+    );
+    let stats = t.stats();
+    assert!(stats["fip_packets"].as_u64().unwrap_or(0) > 0, "{stats}");
+
+    // Hairpin: VM2 (no FIP) reaches VM1 through VM1's FIP; VM1 sees the gateway IP.
+    let c = connect(&t.vm2, (f1_ip, 8080).into())
+        .unwrap_or_else(|| panic!("hairpin TCP to the FIP\n{}", d.log()));
+    let peer = accepted(&l1).expect("hairpin accepted");
+    assert_eq!(
+        peer.ip(),
+        std::net::IpAddr::V4(t.gw_ip),
+        "hairpin SNAT to the gateway"
+    );
+    drop(c);
+    assert!(ping(&t.vm2, f1_ip), "hairpin ping");
+    // With its own FIP, VM2 is seen as that FIP.
+    let f2 = cli_json(d, &["floatingip", "create", "public", "--port", "vm2"]);
+    let f2_ip: Ipv4Addr = s(&f2["floating_ip_address"]).parse().expect("FIP 2");
+    connect(&t.vm2, (f1_ip, 8080).into()).expect("hairpin FIP to FIP");
+    assert_eq!(
+        accepted(&l1).map(|p| p.ip()),
+        Some(std::net::IpAddr::V4(f2_ip)),
+        "hairpin source is the sender's FIP"
+    );
+    let u2 = t
+        .vm2
+        .enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 9002)).expect("bind"));
+    let (seen, answer) =
+        udp_exchange(&t.vm1, &u2, (f2_ip, 9002).into()).expect("hairpin UDP VM1 → FIP2");
+    assert_eq!(seen.ip(), std::net::IpAddr::V4(f1_ip));
+    assert_eq!(answer, SocketAddr::from((f2_ip, 9002)));
+
+    // Metadata without an upstream: 503 with a clear message.
+    let (status, body) = metadata_get(&t.vm1).expect("metadata answer");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("no metadata upstream is configured"),
+        "{body}"
+    );
+
+    // One fixed IP, one floating IP.
+    let (st, e) = d.post(
+        "/v2.0/floatingips",
+        &json!({"floatingip": {"floating_network_id": f1["floating_network_id"], "port_id": t.vm1_port}}),
+    );
+    assert_eq!(st, 409, "{e}");
+    assert_eq!(e["NeutronError"]["type"], "FloatingIPPortAlreadyAssociated");
+
+    // Disassociate: inbound and outbound translation stop at once, the sessions go.
+    let f1 = cli_json(d, &["floatingip", "unset", &f1_ip.to_string(), "--port"]);
+    assert_eq!(f1["status"], "DOWN", "{f1}");
+    assert!(f1["port_id"].is_null() && f1["router_id"].is_null(), "{f1}");
+    let sessions = t.sessions();
+    assert!(
+        !sessions.iter().any(|x| x["kind"] == "floating_ip"
+            && x["translated"]
+                .as_str()
+                .is_some_and(|a| a.starts_with(&format!("{f1_ip}:")))),
+        "FIP sessions flushed: {sessions:#?}"
+    );
+    assert!(
+        !ping(&t.inet, f1_ip),
+        "ping to a disassociated FIP answered"
+    );
+    assert!(connect(&t.inet, (f1_ip, 8080).into()).is_none());
+    assert_eq!(accepted(&l1), None);
+    connect(&t.vm1, (INTERNET, 8081).into()).expect("VM1 to the internet after unset");
+    assert_eq!(
+        accepted(&srv).map(|p| p.ip()),
+        Some(std::net::IpAddr::V4(t.gw_ip)),
+        "VM1 is SNATed to the gateway IP once disassociated"
+    );
+    assert!(!addresses(&t.router_ns(), &qg).contains(&format!("{f1_ip}/32")));
+
+    // The gateway cannot go while a FIP needs it; deleting the FIPs frees it.
+    let (st, e) = d.put(
+        &format!("/v2.0/routers/{}", t.router_id),
+        &json!({"router": {"external_gateway_info": {}}}),
+    );
+    assert_eq!(st, 409, "{e}");
+    cli(
+        d,
+        &[
+            "floatingip",
+            "delete",
+            &f2_ip.to_string(),
+            &f1_ip.to_string(),
+        ],
+    );
+    assert_eq!(cli_json(d, &["floatingip", "list"]), json!([]));
+    assert_eq!(
+        addresses(&t.router_ns(), &qg),
+        vec![format!("{}/24", t.gw_ip)],
+        "only the gateway address is left on {qg}"
+    );
+    let _ = (&t.host, &t.vm2_ip);
+}
+
+/// GET http://169.254.169.254/latest/meta-data/ from inside `vm`: (status, body).
+fn metadata_get(vm: &Netns) -> Option<(u16, String)> {
+    vm.enter(|| {
+        let mut s =
+            TcpStream::connect_timeout(&(METADATA, 80).into(), Duration::from_secs(3)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        s.write_all(
+            b"GET /latest/meta-data/instance-id HTTP/1.1\r\nHost: 169.254.169.254\r\nConnection: close\r\n\r\n",
+        )
+        .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let status = text.split_whitespace().nth(1)?.parse().ok()?;
+        Some((status, text))
+    })
+}
+
+#[test]
+fn port_forwarding_tcp_and_udp_to_two_internal_ports() {
+    let t = Topology::new(DaemonOptions::default());
+    let d = &t.d;
+    let f = cli_json(d, &["floatingip", "create", "public"]);
+    let fip: Ipv4Addr = s(&f["floating_ip_address"]).parse().expect("FIP");
+    let pf_tcp = cli_json(
+        d,
+        &[
+            "floatingip",
+            "port-forwarding",
+            "create",
+            &fip.to_string(),
+            "--protocol",
+            "tcp",
+            "--external-port",
+            "2222",
+            "--port",
+            "vm1",
+            "--internal-port",
+            "22",
+        ],
+    );
+    assert_eq!(pf_tcp["internal_ip_address"], t.vm1_ip.to_string());
+    cli(
+        d,
+        &[
+            "floatingip",
+            "port-forwarding",
+            "create",
+            &fip.to_string(),
+            "--protocol",
+            "udp",
+            "--external-port",
+            "5353",
+            "--port",
+            "vm2",
+            "--internal-port",
+            "53",
+        ],
+    );
+    let f = cli_json(d, &["floatingip", "show", &fip.to_string()]);
+    assert_eq!(f["router_id"], t.router_id.as_str(), "{f}");
+    assert_eq!(f["status"], "ACTIVE");
+
+    // TCP 2222 → VM1:22; the external host sees fip:2222 answering.
+    let l = listen(&t.vm1, 22);
+    let c = connect(&t.inet, (fip, 2222).into())
+        .unwrap_or_else(|| panic!("TCP to the forwarded port\n{}", d.log()));
+    assert_eq!(
+        accepted(&l),
+        Some((INTERNET, c.local_addr().expect("local").port()).into())
+    );
+    assert_eq!(c.peer_addr().expect("peer"), SocketAddr::from((fip, 2222)));
+    // UDP 5353 → VM2:53; the answer comes from fip:5353.
+    let u = t
+        .vm2
+        .enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 53)).expect("bind"));
+    let (seen, answer) = udp_exchange(&t.inet, &u, (fip, 5353).into())
+        .unwrap_or_else(|| panic!("UDP to the forwarded port\n{}", d.log()));
+    assert_eq!(seen.ip(), std::net::IpAddr::V4(INTERNET));
+    assert_eq!(answer, SocketAddr::from((fip, 5353)));
+    // Other ports of the FIP are not forwarded.
+    let l_other = listen(&t.vm1, 2222);
+    assert!(connect(&t.inet, (fip, 2222 + 1).into()).is_none());
+    assert_eq!(accepted(&l_other), None);
+
+    let sessions = t.sessions();
+    assert!(
+        sessions.iter().any(|x| x["kind"] == "port_forwarding"
+            && x["protocol"] == "tcp"
+            && x["translated"] == format!("{fip}:2222").as_str()),
+        "{sessions:#?}"
+    );
+    assert!(
+        sessions
+            .iter()
+            .any(|x| x["kind"] == "port_forwarding" && x["protocol"] == "udp"),
+        "{sessions:#?}"
+    );
+    assert!(t.stats()["pf_packets"].as_u64().unwrap_or(0) > 0);
+
+    // Duplicates: same FIP+protocol+external port, or same internal ip+port+protocol.
+    let fid = s(&f["id"]);
+    let path = format!("/v2.0/floatingips/{fid}/port_forwardings");
+    for body in [
+        json!({"protocol": "tcp", "external_port": 2222, "internal_port_id": t.vm2_port, "internal_port": 80}),
+        json!({"protocol": "tcp", "external_port": 2223, "internal_port_id": t.vm1_port, "internal_port": 22}),
+    ] {
+        let (st, e) = d.post(&path, &json!({ "port_forwarding": body }));
+        assert_eq!(st, 409, "{e}");
+    }
+    // An associated port forwarding FIP refuses association.
+    let (st, e) = d.put(
+        &format!("/v2.0/floatingips/{fid}"),
+        &json!({"floatingip": {"port_id": t.vm1_port}}),
+    );
+    assert_eq!(st, 409, "{e}");
+
+    // Deleting the forwarding stops it.
+    cli(
+        d,
+        &[
+            "floatingip",
+            "port-forwarding",
+            "delete",
+            &fip.to_string(),
+            &s(&pf_tcp["id"]),
+        ],
+    );
+    assert!(connect(&t.inet, (fip, 2222).into()).is_none());
+    assert_eq!(accepted(&l), None);
+    let _ = (&t.host, &t.vm2_ip, &t.gw_mac, &t.vm2_port);
+}
+
+/// A one-shot fake metadata service in `ns` on `addr`: answers the first request with 200 and
+/// returns its head.
+fn fake_upstream(ns: &Netns, addr: SocketAddr) -> std::thread::JoinHandle<String> {
+    let l = ns.enter(|| TcpListener::bind(addr).expect("bind the upstream"));
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().expect("upstream accept");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && head.len() < 16384 {
+            if s.read(&mut b).unwrap_or(0) == 0 {
+                break;
+            }
+            head.push(b[0]);
+        }
+        s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n\r\ni-123")
+            .expect("upstream answer");
+        String::from_utf8_lossy(&head).into_owned()
+    })
+}
+
+#[test]
+fn metadata_reaches_the_upstream_with_router_and_instance_headers() {
+    // The upstream lives in its own namespace, reached from the daemon's host namespace.
+    let meta = Netns::new("fm");
+    let host_probe = unique("fmh");
+    let cfg = "[metadata]\nupstream = \"http://10.199.0.2:8775\"\n".to_string();
+    let t = Topology::new(DaemonOptions {
+        config: Some(cfg),
+        admin_token: None,
+    });
+    t.host.ip(&[
+        "link",
+        "add",
+        &host_probe,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        &meta.name,
+    ]);
+    t.host
+        .ip(&["addr", "add", "10.199.0.1/30", "dev", &host_probe]);
+    t.host.ip(&["link", "set", &host_probe, "up"]);
+    meta.ip(&["addr", "add", "10.199.0.2/30", "dev", "eth0"]);
+    meta.ip(&["link", "set", "eth0", "up"]);
+
+    let upstream = fake_upstream(&meta, "10.199.0.2:8775".parse().expect("addr"));
+    let (status, body) =
+        metadata_get(&t.vm1).unwrap_or_else(|| panic!("no metadata answer\n{}", t.d.log()));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.ends_with("i-123"), "{body}");
+    let head = upstream.join().expect("upstream thread").to_lowercase();
+    assert!(
+        head.starts_with("get /latest/meta-data/instance-id http/1.1"),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("x-neutron-router-id: {}", t.router_id)),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("x-forwarded-for: {}", t.vm1_ip)),
+        "{head}"
+    );
+
+    // Port 9697 is reachable only through the redirect.
+    for target in [METADATA, Ipv4Addr::new(10, 40, 0, 1)] {
+        assert!(
+            connect(&t.vm2, (target, 9697).into()).is_none(),
+            "direct TCP to {target}:9697 was accepted"
+        );
+    }
+    // The proxy does listen in the router namespace.
+    let listening = enter_named(&t.router_ns(), || {
+        TcpStream::connect_timeout(&(METADATA, 9697).into(), Duration::from_secs(2)).is_ok()
+    });
+    assert!(listening, "no metadata proxy inside the router namespace");
+    let stats = t.stats();
+    assert!(
+        stats["metadata_redirects"].as_u64().unwrap_or(0) >= 3,
+        "{stats}"
+    );
+    let _ = (
+        &t.inet,
+        &t.vm1_port,
+        &t.vm2_port,
+        &t.vm2_ip,
+        &t.gw_ip,
+        &t.gw_mac,
+    );
+}
