@@ -488,6 +488,38 @@ fn floating_ip_translates_both_ways_hairpins_and_disassociates() {
         vec![format!("{}/24", t.gw_ip)],
         "only the gateway address is left on {qg}"
     );
+
+    // Removing the interface drops the internal hooks' link pins with the tap.
+    let (_, ports) = d.get(&format!("/v2.0/ports?device_id={}", t.router_id));
+    let qr_tap = ports["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["device_owner"] == "network:router_interface")
+        .map(|p| names::tap_dev(&s(&p["id"])))
+        .expect("interface port");
+    let links = d
+        .bpffs()
+        .join(format!("v{}", router_common::LAYOUT_VERSION))
+        .join("links");
+    let pins = |dev: &str| {
+        std::fs::read_dir(&links)
+            .expect("links dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{dev}@"))
+            })
+            .count()
+    };
+    assert_eq!(
+        pins(&qr_tap),
+        2,
+        "internal_in and internal_out pinned on {qr_tap}"
+    );
+    cli(d, &["router", "interface", "remove", "r1", "tenant-v4"]);
+    assert_eq!(pins(&qr_tap), 0, "link pins of {qr_tap} left behind");
     let _ = (&t.host, &t.vm2_ip);
 }
 
