@@ -611,13 +611,10 @@ impl Realiser {
                     .is_none_or(|t| !t.up || t.controller != br)
             })
             .collect();
-        if !missing.is_empty() || !tap_fix.is_empty() {
+        let configure_new = !missing.is_empty() || !tap_fix.is_empty();
+        if configure_new {
             let made = self.daemon_ports(spec, &missing, &tap_fix, &router_ns, created)?;
             changes.extend(made.iter().map(|t| format!("veth {t}")));
-            // Newly created inner devices: configure them.
-            let mut again = self.inside_pass(spec, &ports, &router_ns, &desired_inner, false)?;
-            changes.append(&mut again.changed);
-            inside.announce.append(&mut again.announce);
         }
 
         // 5. Datapath.
@@ -701,7 +698,16 @@ impl Realiser {
         memo.spec = Some(spec.clone());
         lock(&self.memo).insert(spec.id.clone(), memo);
 
-        // 6. Announce new or changed addresses (background threads).
+        // 6. Only now address, bring up and route the devices created in step 4: the NAT
+        // programs are attached and know every internal CIDR, so no packet from an internal
+        // source can leave through a new `qg-` (or from a new subnet) untranslated.
+        if configure_new {
+            let mut again = self.inside_pass(spec, &ports, &router_ns, &desired_inner, false)?;
+            changes.append(&mut again.changed);
+            inside.announce.append(&mut again.announce);
+        }
+
+        // 7. Announce new or changed addresses (background threads).
         if spec.admin_state_up {
             for (dev, mac, ip) in inside.announce {
                 self.announcer.announce(ns_name.clone(), dev, mac, ip);

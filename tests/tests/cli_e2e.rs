@@ -328,3 +328,54 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
     let routers = cli_json(d, &["router", "list"]);
     assert_eq!(routers, serde_json::json!([]));
 }
+
+#[test]
+fn cli_sessions_and_stats_show_the_nat_table() {
+    let t = Topology::new();
+    let d = &t.d;
+    let gw = t.set_gateway();
+    assert!(
+        connect_from(&t.vm),
+        "the VM cannot reach the internet\n{}",
+        d.log()
+    );
+    let vm_ip = &t.vm_ip;
+
+    let sessions = cli_json(d, &["sessions", &t.router_id]);
+    let list = sessions.as_array().expect("sessions is a list");
+    assert!(
+        list.iter().any(|s| s["protocol"] == "tcp"
+            && s["kind"] == "snat"
+            && s["translated"]
+                .as_str()
+                .is_some_and(|x| x.starts_with(&format!("{gw}:")))
+            && s["remote"] == format!("{INTERNET}:{PORT}").as_str()
+            && s["internal"]
+                .as_str()
+                .is_some_and(|i| i.starts_with(&format!("{vm_ip}:")))),
+        "no TCP session {vm_ip} -> {gw} -> {INTERNET}:{PORT} in {sessions}"
+    );
+    let table = cli(d, &["sessions", "r1"]);
+    assert!(
+        table.contains(&format!("{INTERNET}:{PORT}")) && table.contains(&gw),
+        "{table}"
+    );
+
+    let stats = cli_json(d, &["stats", "r1"]);
+    let m = stats.as_object().expect("stats is an object");
+    assert!(m.values().all(Value::is_u64), "{stats}");
+    assert!(
+        m.get("sessions_created").and_then(Value::as_u64) >= Some(1),
+        "{stats}"
+    );
+    let table = cli(d, &["stats", "r1"]);
+    assert!(table.contains("sessions_created"), "{table}");
+
+    cli(d, &["gateway", "clear", "r1"]);
+    let sessions = cli_json(d, &["sessions", "r1"]);
+    assert_eq!(
+        sessions,
+        serde_json::json!([]),
+        "gateway clear flushes the sessions"
+    );
+}

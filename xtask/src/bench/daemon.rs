@@ -19,6 +19,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::io::Write as _;
+
 use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
@@ -288,6 +290,12 @@ impl Env {
             "router",
         )?;
         self.routers.push(id.clone());
+        // Recorded on disk too, so a later run can remove its namespace if this one is killed.
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path.join(ns::ROUTERS_FILE))?;
+        writeln!(f, "{id}")?;
         Ok(id)
     }
 

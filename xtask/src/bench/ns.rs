@@ -76,7 +76,11 @@ pub fn sweep_stale() {
         let Some(rest) = name.strip_prefix(PREFIX) else {
             continue;
         };
-        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else {
+        // Only `xb<digits>-<tag>`: the dash keeps names of other tools starting with "xb" out.
+        let Some(pid) = rest
+            .split_once('-')
+            .and_then(|(p, _)| p.parse::<u32>().ok())
+        else {
             continue;
         };
         if std::path::Path::new(&format!("/proc/{pid}")).exists() {
@@ -86,7 +90,45 @@ pub fn sweep_stale() {
         kill_pids(&name);
         let _ = Command::new("ip").args(["netns", "del", &name]).status();
     }
+    sweep_stale_daemon_dirs();
 }
+
+/// Leftovers of a killed bench's daemon: its `qrouter-` namespaces (listed in the temp
+/// directory's `routers` file as they were created), its bpffs mount and the directory.
+fn sweep_stale_daemon_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("xbench-")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        eprintln!("bench: removing leftovers of bench run {pid}");
+        let dir = e.path();
+        for id in std::fs::read_to_string(dir.join(ROUTERS_FILE))
+            .unwrap_or_default()
+            .lines()
+        {
+            let ns = format!("qrouter-{}", id.trim());
+            if !id.trim().is_empty() && std::path::Path::new("/run/netns").join(&ns).exists() {
+                kill_pids(&ns);
+                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            }
+        }
+        let _ = nix::mount::umount2(&dir.join("bpf"), nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// File in the daemon's temp directory listing the ids of the routers the bench created.
+pub const ROUTERS_FILE: &str = "routers";
 
 fn kill_pids(name: &str) {
     if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
