@@ -138,7 +138,10 @@ pub fn load_l4(ctx: &TcContext, pkt: &Packet) -> L4 {
 /// Records (or refreshes) the session of a translated packet. `dir` is the packet's direction;
 /// `(src, dst, sport, dport)` its tuple before translation; `(new_addr, new_port)` what the
 /// internal end was translated to (`DIR_OUT`) or from (`DIR_IN`: the internal end itself).
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a flat, inlined helper: a struct would only be built to be taken apart"
+)]
 #[inline(always)]
 pub fn note_session(
     rid: u32,
