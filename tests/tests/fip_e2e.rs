@@ -795,7 +795,7 @@ fn floating_ips_forwardings_and_metadata_survive_a_daemon_restart() {
         s.set_read_timeout(Some(Duration::from_secs(3)))
             .expect("timeout");
     }
-    let mut echo = |client: &mut TcpStream, server: &mut TcpStream, what: &str| {
+    let echo = |client: &mut TcpStream, server: &mut TcpStream, what: &str| {
         let mut buf = [0u8; 5];
         client.write_all(b"hello").expect("client write");
         server
