@@ -321,6 +321,10 @@ pub fn gateway_in(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
         return None;
     }
     let pkt = validate(ctx, ip).ok()?;
+    // ICMP errors quoting a floating-IP or port-forwarding flow (found by its session).
+    if let Some(v) = icmp_error(ctx, rid, &pkt, DIR_IN) {
+        return Some(v);
+    }
     let l = load_l4(ctx, &pkt);
     if l.ports
         && let Some(pf) = pf_lookup(rid, pkt.ip.dst, l.dport, l.proto, DIR_IN)
@@ -343,9 +347,6 @@ pub fn gateway_in(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
         return Some(OK);
     }
     let fixed = fip_lookup(rid, pkt.ip.dst, DIR_IN)?;
-    if let Some(v) = icmp_error(ctx, rid, &pkt, DIR_IN) {
-        return Some(v);
-    }
     if rewrite_1to1(ctx, &pkt, IP_DST, fixed).is_err() {
         count(rid, stat::DROP_MALFORMED, 1);
         return Some(aya_ebpf::bindings::TC_ACT_SHOT as i32);

@@ -471,3 +471,39 @@ fn icmp_errors_about_floating_ip_flows_quote_the_right_address() {
     fx.expect("snat_out", &err_out(VM1), &err_out(FIP1), "error out");
     assert_eq!(fx.stat("icmp_errors"), 2);
 }
+
+#[test]
+fn icmp_errors_about_port_forwarding_flows_quote_the_internal_port() {
+    use tests::packet::{ICMP, icmp};
+    let fx = Fixture::new();
+    fx.floating(&[], &[pf(UDP, FIP1, 5353, VM2, 53)]);
+    // The remote asks, VM2 answers through the forwarding.
+    fx.expect(
+        "snat_in",
+        &udp_frame(SRV, 6000, FIP1, 5353),
+        &udp_frame(SRV, 6000, VM2, 53),
+        "UDP in",
+    );
+    fx.expect(
+        "snat_out",
+        &udp_frame(VM2, 53, SRV, 6000),
+        &udp_frame(FIP1, 5353, SRV, 6000),
+        "UDP reply out",
+    );
+    // The remote's port unreachable about FIP1:5353 → SRV:6000 reaches VM2 quoting VM2:53.
+    let quote = |src: [u8; 4], sport: u16| {
+        let mut q = Ipv4::new(src, SRV, UDP).packet(&udp(src, SRV, sport, 6000, b"query", false));
+        q.truncate(28);
+        q
+    };
+    let err = |dst: [u8; 4], quoted: ([u8; 4], u16)| {
+        frame(&Ipv4::new(SRV, dst, ICMP).packet(&icmp(3, 3, [0; 4], &quote(quoted.0, quoted.1))))
+    };
+    fx.expect(
+        "snat_in",
+        &err(FIP1, (FIP1, 5353)),
+        &err(VM2, (VM2, 53)),
+        "error in",
+    );
+    assert_eq!(fx.stat("icmp_errors"), 1);
+}
