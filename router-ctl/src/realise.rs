@@ -957,8 +957,9 @@ impl Realiser {
                 Err(e) => keep(Err(e)),
             }
         }
+        // Every tap: the gateway's carries the NAT programs, the `qr-` ones the internal hooks.
         keep(in_netns(&self.daemon_ns, || {
-            for t in &gw_taps {
+            for t in gw_taps.iter().chain(taps.iter()) {
                 self.datapath.detach(t)?;
             }
             Ok(())

@@ -28,8 +28,8 @@ use crate::{
     csum::{l4_csum, rewrite_addr, rewrite_port},
     maps::{SESSIONS, count, count_packet},
     parse::{
-        ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, ICMP_ID, IP_DST, IP_SRC, IPPROTO_ICMP,
-        IPPROTO_TCP, IPPROTO_UDP, L4Head, Packet, TCP_HLEN, TcpHdr, UDP_HLEN, load_ipv4, validate,
+        ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, IP_DST, IP_SRC, IPPROTO_ICMP, IPPROTO_TCP,
+        IPPROTO_UDP, L4Head, Packet, TCP_HLEN, TcpHdr, UDP_HLEN, load_ipv4, validate,
     },
     session::{key, now, reverse_key, tcp_bits, touch},
 };
@@ -138,7 +138,10 @@ pub fn load_l4(ctx: &TcContext, pkt: &Packet) -> L4 {
 /// Records (or refreshes) the session of a translated packet. `dir` is the packet's direction;
 /// `(src, dst, sport, dport)` its tuple before translation; `(new_addr, new_port)` what the
 /// internal end was translated to (`DIR_OUT`) or from (`DIR_IN`: the internal end itself).
-#[allow(clippy::too_many_arguments)]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "a flat, inlined helper: a struct would only be built to be taken apart"
+)]
 #[inline(always)]
 pub fn note_session(
     rid: u32,
@@ -287,6 +290,9 @@ pub fn gateway_out(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
         return Some(OK);
     }
     let fip = fip_lookup(rid, pkt.ip.src, DIR_OUT)?;
+    if let Some(v) = icmp_error(ctx, rid, &pkt, DIR_OUT) {
+        return Some(v);
+    }
     if rewrite_1to1(ctx, &pkt, IP_SRC, fip).is_err() {
         count(rid, stat::DROP_MALFORMED, 1);
         return Some(aya_ebpf::bindings::TC_ACT_SHOT as i32);
@@ -315,6 +321,10 @@ pub fn gateway_in(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
         return None;
     }
     let pkt = validate(ctx, ip).ok()?;
+    // ICMP errors quoting a floating-IP or port-forwarding flow (found by its session).
+    if let Some(v) = icmp_error(ctx, rid, &pkt, DIR_IN) {
+        return Some(v);
+    }
     let l = load_l4(ctx, &pkt);
     if l.ports
         && let Some(pf) = pf_lookup(rid, pkt.ip.dst, l.dport, l.proto, DIR_IN)
@@ -355,5 +365,28 @@ pub fn gateway_in(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
     Some(OK)
 }
 
-/// The echo id offset, for callers that rewrite it.
-pub const ECHO_ID_OFF: usize = ICMP_ID;
+/// An ICMP error about a floating-IP flow: the quoted header is translated like the flow
+/// (through its session, as for SNAT), so the VM or the remote can match it. `None`: not an
+/// ICMP error, or it quotes no recorded flow (the caller then translates the outer header only).
+#[inline(always)]
+fn icmp_error(ctx: &TcContext, rid: u32, pkt: &Packet, dir: u8) -> Option<i32> {
+    if pkt.ip.proto != IPPROTO_ICMP || pkt.ip.frag_offset() != 0 || pkt.l4 + ICMP_HLEN > pkt.end {
+        return None;
+    }
+    let ty = ctx.load::<u8>(pkt.l4).ok()?;
+    if !crate::icmp::is_error(ty) {
+        return None;
+    }
+    match crate::icmp::translate_error(ctx, rid, pkt, dir) {
+        Ok(crate::icmp::ErrorResult::Translated) => {
+            count(rid, stat::ICMP_ERRORS, 1);
+            count(rid, stat::FIP_PACKETS, 1);
+            Some(OK)
+        }
+        Ok(crate::icmp::ErrorResult::NoMatch) => None,
+        Err(_) => {
+            count(rid, stat::DROP_MALFORMED, 1);
+            Some(aya_ebpf::bindings::TC_ACT_SHOT as i32)
+        }
+    }
+}

@@ -336,6 +336,20 @@ impl RealiserHost {
         self.realiser = Some(realiser);
     }
 
+    /// Plugs `ns` into bridge `br` of the host namespace: a veth whose inner end is renamed
+    /// `eth0` and given `addr` (CIDR notation), its outer end enslaved to `br`, both up.
+    pub fn plug(&self, ns: &Netns, br: &str, addr: &str) {
+        let inner = unique("e");
+        let outer = unique("o");
+        self.host.ip(&[
+            "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns.name,
+        ]);
+        self.host.ip(&["link", "set", &outer, "master", br, "up"]);
+        ns.ip(&["link", "set", &inner, "name", "eth0"]);
+        ns.ip(&["addr", "add", addr, "dev", "eth0"]);
+        ns.ip(&["link", "set", "eth0", "up"]);
+    }
+
     /// Files recorded under `<state>/owned/<kind>`.
     pub fn owned(&self, kind: &str) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.state.path.join("owned").join(kind))
@@ -368,3 +382,12 @@ impl Drop for RealiserHost {
 
 /// Packet builder for the BPF TestRun tests (exact frames with checksums computed in full).
 pub mod packet;
+
+/// A network spec with a fresh unique id and no physical network.
+pub fn network_spec(external: bool) -> router_ctl::model::spec::NetworkSpec {
+    router_ctl::model::spec::NetworkSpec {
+        id: unique("n"),
+        physical_network: None,
+        external,
+    }
+}

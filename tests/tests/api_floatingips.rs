@@ -259,6 +259,16 @@ fn floatingips_crud_errors_and_isolation() {
         409,
         "FloatingIPPortAlreadyAssociated",
     );
+    // The interface it needs cannot be removed.
+    let sub = w.p1["fixed_ips"][0]["subnet_id"].clone();
+    expect_err(
+        a.put(
+            &format!("/v2.0/routers/{}/remove_router_interface", w.router),
+            &json!({ "subnet_id": sub }),
+        ),
+        409,
+        "RouterInterfaceInUseByFloatingIP",
+    );
     // The gateway it needs cannot be cleared.
     expect_err(
         a.put(

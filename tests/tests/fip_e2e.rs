@@ -488,6 +488,38 @@ fn floating_ip_translates_both_ways_hairpins_and_disassociates() {
         vec![format!("{}/24", t.gw_ip)],
         "only the gateway address is left on {qg}"
     );
+
+    // Removing the interface drops the internal hooks' link pins with the tap.
+    let (_, ports) = d.get(&format!("/v2.0/ports?device_id={}", t.router_id));
+    let qr_tap = ports["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["device_owner"] == "network:router_interface")
+        .map(|p| names::tap_dev(&s(&p["id"])))
+        .expect("interface port");
+    let links = d
+        .bpffs()
+        .join(format!("v{}", router_common::LAYOUT_VERSION))
+        .join("links");
+    let pins = |dev: &str| {
+        std::fs::read_dir(&links)
+            .expect("links dir")
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with(&format!("{dev}@"))
+            })
+            .count()
+    };
+    assert_eq!(
+        pins(&qr_tap),
+        2,
+        "internal_in and internal_out pinned on {qr_tap}"
+    );
+    cli(d, &["router", "interface", "remove", "r1", "tenant-v4"]);
+    assert_eq!(pins(&qr_tap), 0, "link pins of {qr_tap} left behind");
     let _ = (&t.host, &t.vm2_ip);
 }
 
@@ -716,5 +748,104 @@ fn metadata_reaches_the_upstream_with_router_and_instance_headers() {
         &t.vm2_ip,
         &t.gw_ip,
         &t.gw_mac,
+    );
+}
+
+#[test]
+fn floating_ips_forwardings_and_metadata_survive_a_daemon_restart() {
+    let mut t = Topology::new(DaemonOptions::default());
+    let f1 = cli_json(&t.d, &["floatingip", "create", "public", "--port", "vm1"]);
+    let f1_ip: Ipv4Addr = s(&f1["floating_ip_address"]).parse().expect("FIP");
+    let f2 = cli_json(&t.d, &["floatingip", "create", "public"]);
+    let f2_ip: Ipv4Addr = s(&f2["floating_ip_address"]).parse().expect("FIP");
+    cli(
+        &t.d,
+        &[
+            "floatingip",
+            "port-forwarding",
+            "create",
+            &f2_ip.to_string(),
+            "--protocol",
+            "tcp",
+            "--external-port",
+            "2222",
+            "--port",
+            "vm2",
+            "--internal-port",
+            "22",
+        ],
+    );
+    let l1 = listen(&t.vm1, 8080);
+    let l2 = listen(&t.vm2, 22);
+    let mut client = connect(&t.inet, (f1_ip, 8080).into()).expect("TCP to the FIP");
+    let mut server = {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match l1.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    };
+    server.set_nonblocking(false).expect("blocking");
+    for s in [&client, &server] {
+        s.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+    }
+    let echo = |client: &mut TcpStream, server: &mut TcpStream, what: &str| {
+        let mut buf = [0u8; 5];
+        client.write_all(b"hello").expect("client write");
+        server
+            .read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("{what}: server read: {e}"));
+        server.write_all(b"world").expect("server write");
+        client
+            .read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("{what}: client read: {e}"));
+        assert_eq!(&buf, b"world");
+    };
+    echo(&mut client, &mut server, "before the restart");
+    assert_eq!(metadata_get(&t.vm1).map(|r| r.0), Some(503));
+
+    // Daemon down: the datapath keeps translating.
+    t.d.kill9();
+    echo(&mut client, &mut server, "while the daemon is down");
+    assert!(connect(&t.inet, (f2_ip, 2222).into()).is_some());
+    assert!(accepted(&l2).is_some(), "port forwarding while down");
+
+    // Back: the same connection flows, the proxy answers again, the API sees it all.
+    t.d.restart();
+    echo(&mut client, &mut server, "after the restart");
+    assert_eq!(
+        metadata_get(&t.vm1).map(|r| r.0),
+        Some(503),
+        "metadata proxy after the restart\n{}",
+        t.d.log()
+    );
+    assert!(connect(&t.inet, (f2_ip, 2222).into()).is_some());
+    assert!(accepted(&l2).is_some(), "port forwarding after the restart");
+    let f = cli_json(&t.d, &["floatingip", "show", &f1_ip.to_string()]);
+    assert_eq!(f["port_id"], t.vm1_port.as_str());
+    let sessions = t.sessions();
+    assert!(
+        sessions.iter().any(|x| x["kind"] == "floating_ip"
+            && x["remote"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("203.0.113.1:"))),
+        "{sessions:?}"
+    );
+    // Disassociating after the restart still takes effect at once.
+    cli(&t.d, &["floatingip", "unset", &f1_ip.to_string(), "--port"]);
+    client.write_all(b"hello").expect("client write");
+    let mut buf = [0u8; 5];
+    server
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .expect("timeout");
+    assert!(
+        server.read_exact(&mut buf).is_err(),
+        "data still reaches the VM through a disassociated FIP"
     );
 }

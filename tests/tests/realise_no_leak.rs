@@ -10,28 +10,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use router_ctl::model::spec::{GatewaySpec, NetworkSpec, PortSpec, RouterSpec, names};
-use tests::{Netns, RealiserHost, unique};
-
-fn net(external: bool) -> NetworkSpec {
-    NetworkSpec {
-        id: unique("n"),
-        physical_network: None,
-        external,
-    }
-}
-
-fn plug(h: &RealiserHost, ns: &Netns, br: &str, addr: &str) {
-    let inner = unique("e");
-    let outer = unique("o");
-    h.host.ip(&[
-        "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns.name,
-    ]);
-    h.host.ip(&["link", "set", &outer, "master", br, "up"]);
-    ns.ip(&["link", "set", &inner, "name", "eth0"]);
-    ns.ip(&["addr", "add", addr, "dev", "eth0"]);
-    ns.ip(&["link", "set", "eth0", "up"]);
-}
+use router_ctl::model::spec::{GatewaySpec, PortSpec, RouterSpec, names};
+use tests::{Netns, RealiserHost, network_spec, unique};
 
 fn port(network_id: &str, last: u8, ip: &str, cidr: &str) -> PortSpec {
     PortSpec {
@@ -96,19 +76,19 @@ fn probe_during(
 
 #[test]
 fn setting_the_gateway_or_adding_an_interface_never_leaks_private_sources() {
-    let mut h = RealiserHost::new(&[]);
-    let ext = net(true);
-    let int = net(false);
-    let int2 = net(false);
+    let h = RealiserHost::new(&[]);
+    let ext = network_spec(true);
+    let int = network_spec(false);
+    let int2 = network_spec(false);
     for n in [&ext, &int, &int2] {
         h.call(|r| r.apply_network(n)).expect("network");
     }
     let upstream = Netns::new("up");
     let vm = Netns::new("vm");
     let vm2 = Netns::new("vm");
-    plug(&h, &upstream, &names::bridge(&ext.id), "203.0.113.1/24");
-    plug(&h, &vm, &names::bridge(&int.id), "10.0.1.10/24");
-    plug(&h, &vm2, &names::bridge(&int2.id), "10.0.2.10/24");
+    h.plug(&upstream, &names::bridge(&ext.id), "203.0.113.1/24");
+    h.plug(&vm, &names::bridge(&int.id), "10.0.1.10/24");
+    h.plug(&vm2, &names::bridge(&int2.id), "10.0.2.10/24");
     vm.ip(&["route", "add", "default", "via", "10.0.1.1"]);
     vm2.ip(&["route", "add", "default", "via", "10.0.2.1"]);
 

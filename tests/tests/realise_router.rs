@@ -17,15 +17,7 @@ use router_ctl::model::spec::{
     DesiredState, GatewaySpec, NetworkSpec, PortSpec, RouterSpec, names,
 };
 use serde_json::Value;
-use tests::{RealiserHost, enter_named, ip_json, netns_exists, unique};
-
-fn net(external: bool) -> NetworkSpec {
-    NetworkSpec {
-        id: unique("n"),
-        physical_network: None,
-        external,
-    }
-}
+use tests::{RealiserHost, enter_named, ip_json, netns_exists, network_spec, unique};
 
 fn mac(last: u8) -> [u8; 6] {
     [0xfa, 0x16, 0x3e, 0x12, 0x34, last]
@@ -231,8 +223,8 @@ fn capture_garps(
 #[test]
 fn router_with_interface_and_gateway_is_realised_and_idempotent() {
     let h = RealiserHost::new(&[]);
-    let ext = net(true);
-    let int = net(false);
+    let ext = network_spec(true);
+    let int = network_spec(false);
     h.call(|r| r.apply_network(&ext))
         .expect("apply external network");
     h.call(|r| r.apply_network(&int))
@@ -397,8 +389,8 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
 #[test]
 fn apply_router_converges_interfaces_gateway_and_onlink_next_hop() {
     let h = RealiserHost::new(&[]);
-    let ext = net(true);
-    let int = net(false);
+    let ext = network_spec(true);
+    let int = network_spec(false);
     h.call(|r| r.apply_network(&ext)).expect("ext");
     h.call(|r| r.apply_network(&int)).expect("int");
     let host = h.host.name.clone();
@@ -504,7 +496,7 @@ fn physical_network_uplink_is_enslaved_and_missing_uplink_is_refused() {
         &uplink_peer,
     ]);
     let host = h.host.name.clone();
-    let mut ext = net(true);
+    let mut ext = network_spec(true);
     ext.physical_network = Some("physnet1".into());
     h.call(|r| r.apply_network(&ext)).expect("apply");
     let br = names::bridge(&ext.id);
@@ -517,7 +509,7 @@ fn physical_network_uplink_is_enslaved_and_missing_uplink_is_refused() {
     assert!(l.get("master").is_none(), "{l}");
 
     // An unmapped physical network: a bridge without uplink.
-    let mut lone = net(true);
+    let mut lone = network_spec(true);
     lone.physical_network = Some("nowhere".into());
     h.call(|r| r.apply_network(&lone))
         .expect("unmapped physical network");
@@ -527,7 +519,7 @@ fn physical_network_uplink_is_enslaved_and_missing_uplink_is_refused() {
 
     // Mapped to an interface that does not exist: refused, no bridge left behind.
     let h2 = RealiserHost::new(&[("physnet1", "nosuchdev0")]);
-    let mut ext2 = net(true);
+    let mut ext2 = network_spec(true);
     ext2.physical_network = Some("physnet1".into());
     let err = h2
         .call(|r| r.apply_network(&ext2))
@@ -547,8 +539,8 @@ fn desired(nets: &[&NetworkSpec], routers: &[&RouterSpec]) -> DesiredState {
 #[test]
 fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
     let h = RealiserHost::new(&[]);
-    let ext = net(true);
-    let int = net(false);
+    let ext = network_spec(true);
+    let int = network_spec(false);
     let qr_port = port(&int, 1, "10.0.1.1", "10.0.1.0/24");
     let gw_port = port(&ext, 2, "203.0.113.10", "203.0.113.0/24");
     let spec = router(
@@ -649,8 +641,8 @@ fn reconcile_removes_own_stale_routers_and_leaves_another_daemons_alone() {
     let h2 = RealiserHost::new(&[]);
     let mut specs = Vec::new();
     for h in [&h1, &h2] {
-        let ext = net(true);
-        let int = net(false);
+        let ext = network_spec(true);
+        let int = network_spec(false);
         h.call(|r| r.apply_network(&ext)).expect("ext");
         h.call(|r| r.apply_network(&int)).expect("int");
         let spec = router(
@@ -720,8 +712,8 @@ fn reconcile_removes_own_stale_routers_and_leaves_another_daemons_alone() {
 fn failed_apply_leaves_no_objects_behind() {
     let h = RealiserHost::new(&[]);
     let host = h.host.name.clone();
-    let ext = net(true);
-    let int = net(false);
+    let ext = network_spec(true);
+    let int = network_spec(false);
     h.call(|r| r.apply_network(&ext)).expect("ext");
     h.call(|r| r.apply_network(&int)).expect("int");
     let bridges_only = {
@@ -742,7 +734,7 @@ fn failed_apply_leaves_no_objects_behind() {
     let links_before = host_links();
 
     // A port on a network whose bridge does not exist.
-    let ghost = net(false);
+    let ghost = network_spec(false);
     let spec = router(1, vec![port(&ghost, 1, "10.0.1.1", "10.0.1.0/24")], None);
     let err = h
         .call(|r| r.apply_router(&spec))

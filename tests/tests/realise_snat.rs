@@ -10,31 +10,8 @@ use std::{
     time::Duration,
 };
 
-use router_ctl::model::spec::{
-    DesiredState, GatewaySpec, NetworkSpec, PortSpec, RouterSpec, names,
-};
-use tests::{Netns, RealiserHost, ip_json, unique};
-
-fn net(external: bool) -> NetworkSpec {
-    NetworkSpec {
-        id: unique("n"),
-        physical_network: None,
-        external,
-    }
-}
-
-/// Plugs a namespace into bridge `br` of the host: veth `<name>` inside, its peer in the bridge.
-fn plug(h: &RealiserHost, ns: &Netns, br: &str, addr: &str) {
-    let inner = unique("e");
-    let outer = unique("o");
-    h.host.ip(&[
-        "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns.name,
-    ]);
-    h.host.ip(&["link", "set", &outer, "master", br, "up"]);
-    ns.ip(&["link", "set", &inner, "name", "eth0"]);
-    ns.ip(&["addr", "add", addr, "dev", "eth0"]);
-    ns.ip(&["link", "set", "eth0", "up"]);
-}
+use router_ctl::model::spec::{DesiredState, GatewaySpec, PortSpec, RouterSpec, names};
+use tests::{Netns, RealiserHost, ip_json, network_spec, unique};
 
 /// Sends one UDP datagram from `client` to `server:port` and returns the source address the
 /// server saw, and whether the server's reply made it back (None: the request never arrived).
@@ -76,14 +53,14 @@ fn udp_roundtrip(
 #[test]
 fn snat_through_a_realised_router() {
     let mut h = RealiserHost::new(&[]);
-    let ext = net(true);
-    let int = net(false);
+    let ext = network_spec(true);
+    let int = network_spec(false);
     h.call(|r| r.apply_network(&ext)).expect("ext");
     h.call(|r| r.apply_network(&int)).expect("int");
     let upstream = Netns::new("up");
     let vm = Netns::new("vm");
-    plug(&h, &upstream, &names::bridge(&ext.id), "203.0.113.1/24");
-    plug(&h, &vm, &names::bridge(&int.id), "10.0.1.10/24");
+    h.plug(&upstream, &names::bridge(&ext.id), "203.0.113.1/24");
+    h.plug(&vm, &names::bridge(&int.id), "10.0.1.10/24");
     vm.ip(&["route", "add", "default", "via", "10.0.1.1"]);
     // Let the upstream host learn neighbours from gratuitous ARP.
     upstream.enter(|| {

@@ -429,3 +429,81 @@ fn metadata_redirect_and_direct_proxy_port_dropped() {
     }
     assert_eq!(fx.stat("metadata_redirects"), 1);
 }
+
+#[test]
+fn icmp_errors_about_floating_ip_flows_quote_the_right_address() {
+    use tests::packet::{ICMP, icmp};
+    let fx = Fixture::new();
+    fx.floating(&[(FIP1, VM1)], &[]);
+    // VM1 → SRV over UDP through its FIP (records the flow).
+    fx.expect(
+        "snat_out",
+        &udp_frame(VM1, 4000, SRV, 53),
+        &udp_frame(FIP1, 4000, SRV, 53),
+        "UDP out",
+    );
+    // SRV answers port unreachable about FIP1:4000 → SRV:53: VM1 must see its own address
+    // quoted.
+    let quote = |src: [u8; 4]| {
+        let mut q = Ipv4::new(src, SRV, UDP).packet(&udp(src, SRV, 4000, 53, b"query", false));
+        q.truncate(28);
+        q
+    };
+    let err = |dst: [u8; 4], quoted: [u8; 4]| {
+        frame(&Ipv4::new(SRV, dst, ICMP).packet(&icmp(3, 3, [0; 4], &quote(quoted))))
+    };
+    fx.expect("snat_in", &err(FIP1, FIP1), &err(VM1, VM1), "error in");
+    // VM1 answers an inbound flow with an error: the remote must see the FIP quoted.
+    fx.expect(
+        "snat_in",
+        &udp_frame(SRV, 5000, FIP1, 9),
+        &udp_frame(SRV, 5000, VM1, 9),
+        "UDP in",
+    );
+    let quote_in = |dst: [u8; 4]| {
+        let mut q = Ipv4::new(SRV, dst, UDP).packet(&udp(SRV, dst, 5000, 9, b"query", false));
+        q.truncate(28);
+        q
+    };
+    let err_out = |src: [u8; 4]| {
+        frame(&Ipv4::new(src, SRV, ICMP).packet(&icmp(3, 3, [0; 4], &quote_in(src))))
+    };
+    fx.expect("snat_out", &err_out(VM1), &err_out(FIP1), "error out");
+    assert_eq!(fx.stat("icmp_errors"), 2);
+}
+
+#[test]
+fn icmp_errors_about_port_forwarding_flows_quote_the_internal_port() {
+    use tests::packet::{ICMP, icmp};
+    let fx = Fixture::new();
+    fx.floating(&[], &[pf(UDP, FIP1, 5353, VM2, 53)]);
+    // The remote asks, VM2 answers through the forwarding.
+    fx.expect(
+        "snat_in",
+        &udp_frame(SRV, 6000, FIP1, 5353),
+        &udp_frame(SRV, 6000, VM2, 53),
+        "UDP in",
+    );
+    fx.expect(
+        "snat_out",
+        &udp_frame(VM2, 53, SRV, 6000),
+        &udp_frame(FIP1, 5353, SRV, 6000),
+        "UDP reply out",
+    );
+    // The remote's port unreachable about FIP1:5353 → SRV:6000 reaches VM2 quoting VM2:53.
+    let quote = |src: [u8; 4], sport: u16| {
+        let mut q = Ipv4::new(src, SRV, UDP).packet(&udp(src, SRV, sport, 6000, b"query", false));
+        q.truncate(28);
+        q
+    };
+    let err = |dst: [u8; 4], quoted: ([u8; 4], u16)| {
+        frame(&Ipv4::new(SRV, dst, ICMP).packet(&icmp(3, 3, [0; 4], &quote(quoted.0, quoted.1))))
+    };
+    fx.expect(
+        "snat_in",
+        &err(FIP1, (FIP1, 5353)),
+        &err(VM2, (VM2, 53)),
+        "error in",
+    );
+    assert_eq!(fx.stat("icmp_errors"), 1);
+}

@@ -126,27 +126,13 @@ fn ensure_bpf_linker(sysroot: &Path, target_dir: &Path) -> Result<PathBuf> {
         "xtask: building bpf-linker {BPF_LINKER_VERSION} against {} (LLVM {major}); about a minute",
         libllvm.display()
     );
-    let mut cmd = clean_cargo();
-    cmd.args([
-        &format!("+{NIGHTLY}"),
-        "install",
-        "bpf-linker",
-        "--locked",
-        "--version",
-        BPF_LINKER_VERSION,
-        "--no-default-features",
-        "--features",
-        &format!("llvm-{major}"),
-    ])
-    .env("LLVM_PREFIX", &prefix);
-    if let Err(e) = run(&mut cmd) {
-        // --locked can fail if the published lock file predates a yanked crate; retry without.
-        eprintln!("xtask: `cargo install --locked` failed ({e:#}); retrying without --locked");
+    let install = |locked: bool| {
         let mut cmd = clean_cargo();
+        cmd.args([&format!("+{NIGHTLY}"), "install", "bpf-linker"]);
+        if locked {
+            cmd.arg("--locked");
+        }
         cmd.args([
-            &format!("+{NIGHTLY}"),
-            "install",
-            "bpf-linker",
             "--version",
             BPF_LINKER_VERSION,
             "--no-default-features",
@@ -154,7 +140,12 @@ fn ensure_bpf_linker(sysroot: &Path, target_dir: &Path) -> Result<PathBuf> {
             &format!("llvm-{major}"),
         ])
         .env("LLVM_PREFIX", &prefix);
-        run(&mut cmd).context(
+        run(&mut cmd)
+    };
+    if let Err(e) = install(true) {
+        // --locked can fail if the published lock file predates a yanked crate; retry without.
+        eprintln!("xtask: `cargo install --locked` failed ({e:#}); retrying without --locked");
+        install(false).context(
             "building bpf-linker failed; it needs network access to crates.io and the nightly toolchain's libLLVM",
         )?;
     }

@@ -423,6 +423,42 @@ pub fn check_gateway_removal(c: &Connection, router_id: &str) -> Result<(), Faul
     Ok(())
 }
 
+/// Hook of the router interface API: an interface whose subnet holds fixed IPs that the
+/// router's floating IPs or port forwardings translate to cannot be removed (409, as Neutron).
+pub fn check_interface_removal(c: &Connection, router_id: &str, iface: &Port) -> Result<(), Fault> {
+    let subnets: Vec<&str> = iface
+        .fixed_ips
+        .iter()
+        .map(|f| f.subnet_id.as_str())
+        .collect();
+    let in_subnets = |port_id: &str, ip: Ipv4Addr| -> Result<bool, Fault> {
+        Ok(store::get_port(c, port_id)?.is_some_and(|p| {
+            p.fixed_ips
+                .iter()
+                .any(|f| f.ip == ip && subnets.contains(&f.subnet_id.as_str()))
+        }))
+    };
+    for f in fstore::router_floatingips(c, router_id)? {
+        let mut used = match (&f.port_id, f.fixed_ip) {
+            (Some(p), Some(ip)) => in_subnets(p, ip)?,
+            _ => false,
+        };
+        for pf in fstore::fip_port_forwardings(c, &f.id)? {
+            used = used || in_subnets(&pf.internal_port_id, pf.internal_ip)?;
+        }
+        if used {
+            return Err(Fault::conflict(
+                "RouterInterfaceInUseByFloatingIP",
+                format!(
+                    "Router interface for subnet {} on router {router_id} cannot be deleted, as it is required by one or more floating IPs.",
+                    subnets.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 // ------------------------------------------------------------------ port forwardings
 
 /// A port number 1-65535 from `o[key]`.

@@ -1519,6 +1519,7 @@ pub fn remove_interface(
                 })?
         }
     };
+    super::floatingips::check_interface_removal(c, router_id, &port)?;
     fx.touch_router(c, router_id)?;
     store::remove_interface(c, router_id, &port.id)?;
     store::delete_port(c, &port.id)?;

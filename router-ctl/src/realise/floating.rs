@@ -174,7 +174,21 @@ impl Realiser {
                 internal.insert(p.tap.clone(), *idx);
             }
         }
-        // Taps that left the router: their devices are deleted with the port, which detaches.
+        // Taps that left the router: their devices go with the port; drop their link pins.
+        let gone: Vec<&String> = old
+            .internal
+            .keys()
+            .filter(|t| !internal.contains_key(*t))
+            .collect();
+        if !gone.is_empty() {
+            in_netns(&self.daemon_ns, || {
+                for t in &gone {
+                    self.datapath.detach(t)?;
+                }
+                Ok(())
+            })
+            .with_context(|| format!("router {}: detaching internal hooks", spec.id))?;
+        }
         let gateway_ip = spec.gateway.as_ref().map(|g| g.port.ip);
         let fips: Vec<FloatingNat> = spec
             .floating_ips

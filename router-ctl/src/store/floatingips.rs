@@ -292,12 +292,12 @@ pub fn protocol_number(name: &str) -> Option<u8> {
     }
 }
 
+/// A router's floating IPs and port forwardings, as its spec holds them.
+pub type RouterFloating = (Vec<FloatingIpSpec>, Vec<PortForwardingSpec>);
+
 /// What `router_floating` gives, for every router at once (two whole-table queries).
-#[allow(clippy::type_complexity)]
-pub fn all_router_floating(
-    conn: &Connection,
-) -> Result<HashMap<String, (Vec<FloatingIpSpec>, Vec<PortForwardingSpec>)>, Fault> {
-    let mut out: HashMap<String, (Vec<FloatingIpSpec>, Vec<PortForwardingSpec>)> = HashMap::new();
+pub fn all_router_floating(conn: &Connection) -> Result<HashMap<String, RouterFloating>, Fault> {
+    let mut out: HashMap<String, RouterFloating> = HashMap::new();
     let fips = query_fips(
         conn,
         &format!("SELECT {FIP_COLS} FROM floatingips WHERE router_id IS NOT NULL ORDER BY rowid"),
@@ -339,10 +339,7 @@ pub fn all_router_floating(
 }
 
 /// The floating IPs and port forwardings router `router_id` serves, for its spec.
-pub fn router_floating(
-    conn: &Connection,
-    router_id: &str,
-) -> Result<(Vec<FloatingIpSpec>, Vec<PortForwardingSpec>), Fault> {
+pub fn router_floating(conn: &Connection, router_id: &str) -> Result<RouterFloating, Fault> {
     let mut fips = Vec::new();
     let mut pfs = Vec::new();
     for f in router_floatingips(conn, router_id)? {
