@@ -20,7 +20,7 @@ pub const IPPROTO_UDP: u8 = 17;
 
 /// Version of every map layout in this file; part of the pin directory name so a daemon never
 /// reuses a pinned map whose layout changed (aya does not check).
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Map names, shared so userspace can find them in the loaded object and in the pin directory.
 pub mod maps {
@@ -105,7 +105,13 @@ pub const DIR_IN: u8 = 1;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SessionKey {
-    pub router_id: u32,
+    /// The router's number (`RouterConfig::router_id`, at most `MAX_ROUTERS`), narrowed so
+    /// the key is 16 bytes: the kernel rounds keys up to 8 bytes, so 20 would cost 24.
+    pub router_id: u16,
+    /// IP protocol number
+    pub proto: u8,
+    /// `DIR_OUT` or `DIR_IN`
+    pub dir: u8,
     /// wire order
     pub src: u32,
     /// wire order
@@ -114,13 +120,9 @@ pub struct SessionKey {
     pub sport: u16,
     /// wire order
     pub dport: u16,
-    /// IP protocol number
-    pub proto: u8,
-    /// `DIR_OUT` or `DIR_IN`
-    pub dir: u8,
-    pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<SessionKey>() == 20);
+const _: () = assert!(core::mem::size_of::<SessionKey>() == 16);
+const _: () = assert!(MAX_ROUTERS <= u16::MAX as u32);
 
 /// Session kinds (`SessionValue::kind`).
 pub const SESSION_SNAT: u8 = 0;

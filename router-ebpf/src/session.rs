@@ -80,7 +80,6 @@ pub fn reverse_key(fwd: &SessionKey, gw: u32, nat_port: u16) -> SessionKey {
         dport,
         proto: fwd.proto,
         dir: DIR_IN,
-        _pad: [0; 2],
     }
 }
 
@@ -142,7 +141,7 @@ pub fn create(cfg: &RouterConfig, fwd: &SessionKey, bits: u8) -> Result<SessionV
     };
     match SESSIONS.insert(fwd, &fwd_val, BPF_NOEXIST as u64) {
         Ok(()) => {
-            count(fwd.router_id, stat::SESSIONS_CREATED, 1);
+            count(u32::from(fwd.router_id), stat::SESSIONS_CREATED, 1);
             Ok(fwd_val)
         }
         Err(e) => {
@@ -200,14 +199,14 @@ pub fn key(
     dir: u8,
 ) -> SessionKey {
     SessionKey {
-        router_id,
+        // Router numbers are at most MAX_ROUTERS (checked in router_common), so this is exact.
+        router_id: router_id as u16,
         src,
         dst,
         sport,
         dport,
         proto,
         dir,
-        _pad: [0; 2],
     }
 }
 

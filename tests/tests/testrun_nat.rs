@@ -582,14 +582,13 @@ fn evicted_reverse_entry_is_restored_or_the_flow_remapped() {
     fx.out(&udp_frame(VM1, 40000, SRV, 53));
     let mut sessions = pinned_sessions(&fx);
     let rev = |port: u16| router_common::SessionKey {
-        router_id: DP_ID,
+        router_id: DP_ID as u16,
         src: router_common::ip_to_wire(SRV),
         dst: router_common::ip_to_wire(GW),
         sport: router_common::port_to_wire(53),
         dport: router_common::port_to_wire(port),
         proto: UDP,
         dir: router_common::DIR_IN,
-        _pad: [0; 2],
     };
     // As if the LRU evicted the reverse entry: the next outbound packet restores it.
     sessions.remove(&rev(40000)).expect("remove reverse");

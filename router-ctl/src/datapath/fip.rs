@@ -250,7 +250,7 @@ fn flush_stale_sessions(
     let p = port_to_wire;
     let mut doomed: Vec<SessionKey> = Vec::new();
     for (k, v) in &entries {
-        if k.router_id != dp_id {
+        if u32::from(k.router_id) != dp_id {
             continue;
         }
         // (internal addr, internal port, outside addr, outside port) of the entry.

@@ -97,6 +97,9 @@ pub struct Datapath {
     nat: NatConfig,
     bpffs: PathBuf,
     inner: Mutex<Inner>,
+    /// A second handle on the pinned SESSIONS map for the GC, so its walk over every entry
+    /// (two syscalls each) does not hold `inner` and stall the API's datapath calls.
+    gc_sessions: Mutex<HashMap<MapData, SessionKey, SessionValue>>,
 }
 
 // The daemon shares one `Arc<Datapath>` between its API tasks, the realiser and the GC loop.
@@ -223,10 +226,17 @@ impl Datapath {
             floating: fip::Maps::take(&mut ebpf)?,
             ebpf,
         };
+        let sessions_pin = dir.join(maps::SESSIONS);
+        let gc_sessions = MapData::from_pin(&sessions_pin)
+            .map_err(anyhow::Error::from)
+            .and_then(|m| Ok(aya::maps::Map::from_map_data(m)?))
+            .and_then(|m| Ok(HashMap::try_from(m)?))
+            .with_context(|| format!("opening {} for the session GC", sessions_pin.display()))?;
         Ok(Arc::new(Self {
             nat: nat.clone(),
             bpffs: bpffs.to_path_buf(),
             inner: Mutex::new(inner),
+            gc_sessions: Mutex::new(gc_sessions),
         }))
     }
 
@@ -467,13 +477,17 @@ impl Datapath {
     }
 
     /// Expires idle sessions by the configured timeouts; returns how many were removed.
+    ///
+    /// Uses its own handle on the map, not the datapath lock: API calls proceed meanwhile
+    /// (a session flushed or re-created concurrently is at worst removed once more, as the
+    /// LRU could do anyway).
     pub fn gc(&self) -> Result<usize> {
-        let mut inner = self.lock();
-        let entries = read_sessions(&inner)?;
+        let mut map = self.gc_sessions.lock().unwrap_or_else(|p| p.into_inner());
+        let entries = read_session_map(&map)?;
         let doomed = sessions::expired(&entries, &self.nat, monotonic_ns());
         let mut n = 0;
         for k in &doomed {
-            remove_missing_ok(inner.sessions.remove(k))?;
+            remove_missing_ok(map.remove(k))?;
             if k.dir == router_common::DIR_OUT {
                 n += 1;
             }
@@ -547,8 +561,14 @@ fn remove_missing_ok(r: Result<(), aya::maps::MapError>) -> Result<()> {
 }
 
 fn read_sessions(inner: &Inner) -> Result<StdHashMap<SessionKey, SessionValue>> {
+    read_session_map(&inner.sessions)
+}
+
+fn read_session_map(
+    map: &HashMap<MapData, SessionKey, SessionValue>,
+) -> Result<StdHashMap<SessionKey, SessionValue>> {
     let mut out = StdHashMap::new();
-    for item in inner.sessions.iter() {
+    for item in map.iter() {
         match item {
             Ok((k, v)) => {
                 out.insert(k, v);
@@ -566,7 +586,7 @@ fn flush_router(inner: &mut Inner, dp_id: u32) -> Result<usize> {
     let mut keys = Vec::new();
     for k in inner.sessions.keys() {
         match k {
-            Ok(k) if k.router_id == dp_id => keys.push(k),
+            Ok(k) if u32::from(k.router_id) == dp_id => keys.push(k),
             Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(e) => return Err(e.into()),
         }

@@ -26,7 +26,6 @@ pub fn reverse_of(k: &SessionKey, v: &SessionValue) -> SessionKey {
         dport: v.port,
         proto: k.proto,
         dir: DIR_IN,
-        _pad: [0; 2],
     }
 }
 
@@ -41,7 +40,6 @@ pub fn forward_of(k: &SessionKey, v: &SessionValue) -> SessionKey {
         dport,
         proto: k.proto,
         dir: DIR_OUT,
-        _pad: [0; 2],
     }
 }
 
@@ -85,7 +83,7 @@ pub fn join(
 ) -> Vec<SessionInfo> {
     let mut out: Vec<SessionInfo> = entries
         .iter()
-        .filter(|(k, _)| k.router_id == router_id && k.dir == DIR_OUT)
+        .filter(|(k, _)| u32::from(k.router_id) == router_id && k.dir == DIR_OUT)
         .map(|(k, v)| {
             let rev = entries.get(&reverse_of(k, v));
             let rev_state = rev.map(|r| r.state).unwrap_or(0);
@@ -178,7 +176,6 @@ mod tests {
             },
             proto,
             dir: DIR_OUT,
-            _pad: [0; 2],
         };
         let v = SessionValue {
             addr: ip_to_wire([192, 0, 2, 10]),
