@@ -60,6 +60,9 @@ pub const MAX_CIDRS: u32 = 65_536;
 
 /// `RouterConfig::flags`: translate sources in the internal CIDRs to the gateway IP.
 pub const ROUTER_F_SNAT: u32 = 1;
+/// `RouterConfig::flags`: the router has floating IPs or port forwardings. Without it the
+/// datapath skips their two map lookups per packet (they cost ~90 ns of a ~120 ns packet).
+pub const ROUTER_F_FLOATING: u32 = 2;
 
 /// Per-router NAT configuration, keyed by the ifindex (in the daemon's namespace) of the
 /// bridge-side peer of the router's `qg-` device; one loaded object serves every router.

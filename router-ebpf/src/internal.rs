@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use router_common::{
     DIR_IN, DIR_OUT, MAX_INTERNAL_IFS, METADATA_IP, METADATA_PORT, METADATA_PROXY_PORT,
-    RouterConfig, SESSION_SNAT, ip_to_wire, stat,
+    ROUTER_F_FLOATING, RouterConfig, SESSION_SNAT, ip_to_wire, stat,
 };
 
 use crate::{
@@ -86,7 +86,9 @@ pub fn internal_in(ctx: &TcContext) -> Result<i32, i32> {
     }
 
     // Hairpin to a forwarded port or a floating IP of this router.
-    if l.ports
+    let floating = cfg.flags & ROUTER_F_FLOATING != 0;
+    if floating
+        && l.ports
         && let Some(pf) = pf_lookup(rid, pkt.ip.dst, l.dport, l.proto, DIR_IN)
     {
         rewrite_port(ctx, pkt.l4 + 2, l.dport, pf.port, csum)
@@ -95,7 +97,7 @@ pub fn internal_in(ctx: &TcContext) -> Result<i32, i32> {
         count(rid, stat::PF_PACKETS, 1);
         return hairpin_source(ctx, &cfg, &pkt, &l, pf.addr, pf.port);
     }
-    if let Some(fixed) = fip_lookup(rid, pkt.ip.dst, DIR_IN) {
+    if floating && let Some(fixed) = fip_lookup(rid, pkt.ip.dst, DIR_IN) {
         crate::fip::rewrite_1to1(ctx, &pkt, IP_DST, fixed).map_err(|_| SHOT)?;
         count(rid, stat::FIP_PACKETS, 1);
         return hairpin_source(ctx, &cfg, &pkt, &l, fixed, l.dport);

@@ -12,7 +12,7 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use router_common::{ROUTER_F_SNAT, SESSION_SNAT, ST_SYN, global, stat};
+use router_common::{ROUTER_F_FLOATING, ROUTER_F_SNAT, SESSION_SNAT, ST_SYN, global, stat};
 
 use crate::{
     csum::{l4_csum, rewrite_addr, rewrite_port},
@@ -75,7 +75,9 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
     };
     let rid = cfg.router_id;
     // Floating IPs and port forwardings first: they take precedence over SNAT.
-    if let Some(verdict) = crate::fip::gateway_out(ctx, &cfg) {
+    if cfg.flags & ROUTER_F_FLOATING != 0
+        && let Some(verdict) = crate::fip::gateway_out(ctx, &cfg)
+    {
         return Ok(verdict);
     }
     if cfg.flags & ROUTER_F_SNAT == 0 {
@@ -157,7 +159,9 @@ pub fn snat_in(ctx: &TcContext) -> Result<i32, i32> {
         return Ok(OK);
     };
     let rid = cfg.router_id;
-    if let Some(verdict) = crate::fip::gateway_in(ctx, &cfg) {
+    if cfg.flags & ROUTER_F_FLOATING != 0
+        && let Some(verdict) = crate::fip::gateway_in(ctx, &cfg)
+    {
         return Ok(verdict);
     }
     if cfg.flags & ROUTER_F_SNAT == 0 {

@@ -15,8 +15,8 @@ use aya::{
     maps::{HashMap, MapData},
 };
 use router_common::{
-    DIR_IN, DIR_OUT, FipKey, FipValue, PfKey, PfValue, ROUTER_F_SNAT, RouterConfig, SESSION_FIP,
-    SESSION_PF, SessionKey, ip_to_wire, maps, port_to_wire,
+    DIR_IN, DIR_OUT, FipKey, FipValue, PfKey, PfValue, ROUTER_F_FLOATING, ROUTER_F_SNAT,
+    RouterConfig, SESSION_FIP, SESSION_PF, SessionKey, ip_to_wire, maps, port_to_wire,
 };
 
 use super::{Datapath, INTERNAL_HOOKS, Inner, ifindex_of, read_sessions, remove_missing_ok, take};
@@ -26,6 +26,10 @@ pub(super) struct Maps {
     fips: HashMap<MapData, FipKey, FipValue>,
     pfs: HashMap<MapData, PfKey, PfValue>,
     internal: HashMap<MapData, u32, RouterConfig>,
+    /// Whether each router has floating IPs or port forwardings, as last configured by this
+    /// daemon (`ROUTER_F_FLOATING` of its config entries); unknown after a start until the
+    /// first `configure_floating`, when the pinned entries' own bit is kept.
+    known: std::collections::HashMap<u32, bool>,
 }
 
 impl Maps {
@@ -34,7 +38,19 @@ impl Maps {
             fips: take(ebpf, maps::FLOATING_IPS)?,
             pfs: take(ebpf, maps::PORT_FORWARDINGS)?,
             internal: take(ebpf, maps::INTERNAL_IFS)?,
+            known: std::collections::HashMap::new(),
         })
+    }
+
+    /// The `ROUTER_F_FLOATING` bit for a new config entry of `dp_id`; `previous`: whether an
+    /// existing entry of the router carries it (used while the state is unknown).
+    pub(super) fn flag(&self, dp_id: u32, previous: bool) -> u32 {
+        match self.known.get(&dp_id) {
+            Some(true) => ROUTER_F_FLOATING,
+            Some(false) => 0,
+            None if previous => ROUTER_F_FLOATING,
+            None => 0,
+        }
     }
 }
 
@@ -153,6 +169,7 @@ impl Datapath {
             inner.floating.pfs.insert(k, v, 0)?;
         }
         flush_stale_sessions(&mut inner, dp_id, fips, pfs)?;
+        set_floating_flag(&mut inner, dp_id, !fips.is_empty() || !pfs.is_empty())?;
         Ok(())
     }
 
@@ -185,24 +202,29 @@ impl Datapath {
         gateway_ip: Option<Ipv4Addr>,
     ) -> Result<()> {
         let mut inner = self.lock();
+        let mut stale = Vec::new();
+        let mut previous_floating = false;
+        for item in inner.floating.internal.iter() {
+            let (idx, c) = item?;
+            if c.router_id == dp_id {
+                previous_floating |= c.flags & ROUTER_F_FLOATING != 0;
+                if !ifindexes.contains(&idx) {
+                    stale.push(idx);
+                }
+            }
+        }
+        let snat = if gateway_ip.is_some() {
+            ROUTER_F_SNAT
+        } else {
+            0
+        };
         let cfg = RouterConfig {
             router_id: dp_id,
             gateway_ip: gateway_ip.map_or(0, |g| ip_to_wire(g.octets())),
-            flags: if gateway_ip.is_some() {
-                ROUTER_F_SNAT
-            } else {
-                0
-            },
+            flags: snat | inner.floating.flag(dp_id, previous_floating),
             port_min: self.nat.port_min,
             port_max: self.nat.port_max,
         };
-        let mut stale = Vec::new();
-        for item in inner.floating.internal.iter() {
-            let (idx, c) = item?;
-            if c.router_id == dp_id && !ifindexes.contains(&idx) {
-                stale.push(idx);
-            }
-        }
         for idx in &stale {
             remove_missing_ok(inner.floating.internal.remove(idx))?;
         }
@@ -261,7 +283,46 @@ fn flush_stale_sessions(
 }
 
 /// Removes every floating-IP, port-forwarding and internal-tap entry of the router.
+/// Sets or clears `ROUTER_F_FLOATING` on every config entry (gateway and internal taps) of
+/// router `dp_id`; a no-op when this daemon already set it that way.
+fn set_floating_flag(inner: &mut Inner, dp_id: u32, on: bool) -> Result<()> {
+    if inner.floating.known.get(&dp_id) == Some(&on) {
+        return Ok(());
+    }
+    let bit = |c: RouterConfig| RouterConfig {
+        flags: if on {
+            c.flags | ROUTER_F_FLOATING
+        } else {
+            c.flags & !ROUTER_F_FLOATING
+        },
+        ..c
+    };
+    let mut gw = Vec::new();
+    for item in inner.config.iter() {
+        let (idx, c) = item?;
+        if c.router_id == dp_id {
+            gw.push((idx, bit(c)));
+        }
+    }
+    for (idx, c) in &gw {
+        inner.config.insert(idx, c, 0)?;
+    }
+    let mut int = Vec::new();
+    for item in inner.floating.internal.iter() {
+        let (idx, c) = item?;
+        if c.router_id == dp_id {
+            int.push((idx, bit(c)));
+        }
+    }
+    for (idx, c) in &int {
+        inner.floating.internal.insert(idx, c, 0)?;
+    }
+    inner.floating.known.insert(dp_id, on);
+    Ok(())
+}
+
 pub(super) fn remove_router(inner: &mut Inner, dp_id: u32) -> Result<()> {
+    inner.floating.known.remove(&dp_id);
     let mut f = Vec::new();
     for k in inner.floating.fips.keys() {
         let k = k?;

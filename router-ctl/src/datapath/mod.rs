@@ -27,8 +27,8 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use router_common::{
-    CidrKey, FragKey, FragValue, ROUTER_F_SNAT, RouterConfig, RouterStats, SessionKey,
-    SessionValue, global, ip_to_wire, maps, programs, stat,
+    CidrKey, FragKey, FragValue, ROUTER_F_FLOATING, ROUTER_F_SNAT, RouterConfig, RouterStats,
+    SessionKey, SessionValue, global, ip_to_wire, maps, programs, stat,
 };
 use serde::Serialize;
 
@@ -329,13 +329,6 @@ impl Datapath {
             bail!("router {}: gateway ifindex 0 is not a device", nat.dp_id);
         }
         let mut inner = self.lock();
-        let cfg = RouterConfig {
-            router_id: nat.dp_id,
-            gateway_ip: ip_to_wire(nat.gateway_ip.octets()),
-            flags: if nat.enable_snat { ROUTER_F_SNAT } else { 0 },
-            port_min: self.nat.port_min,
-            port_max: self.nat.port_max,
-        };
         // Previous config of this router (possibly on another gateway device).
         let mut previous = Vec::new();
         for item in inner.config.iter() {
@@ -344,6 +337,17 @@ impl Datapath {
                 previous.push((idx, c));
             }
         }
+        let previous_floating = previous
+            .iter()
+            .any(|(_, c)| c.flags & ROUTER_F_FLOATING != 0);
+        let snat = if nat.enable_snat { ROUTER_F_SNAT } else { 0 };
+        let cfg = RouterConfig {
+            router_id: nat.dp_id,
+            gateway_ip: ip_to_wire(nat.gateway_ip.octets()),
+            flags: snat | inner.floating.flag(nat.dp_id, previous_floating),
+            port_min: self.nat.port_min,
+            port_max: self.nat.port_max,
+        };
         // Stats entry first, so the datapath counts from the first packet.
         if inner.stats.get(&nat.dp_id, 0).is_err() {
             let zero = PerCpuValues::try_from(vec![
