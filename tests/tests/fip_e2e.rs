@@ -731,6 +731,18 @@ fn metadata_reaches_the_upstream_with_router_and_instance_headers() {
             "direct TCP to {target}:9697 was accepted"
         );
     }
+    // Nor from the external network, even with a route to it through the router.
+    t.inet.ip(&[
+        "route",
+        "add",
+        "169.254.169.254/32",
+        "via",
+        &t.gw_ip.to_string(),
+    ]);
+    assert!(
+        connect(&t.inet, (METADATA, 9697).into()).is_none(),
+        "the metadata proxy is reachable from the external network"
+    );
     // The proxy does listen in the router namespace.
     let listening = enter_named(&t.router_ns(), || {
         TcpStream::connect_timeout(&(METADATA, 9697).into(), Duration::from_secs(2)).is_ok()
