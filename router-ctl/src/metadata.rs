@@ -41,7 +41,30 @@ pub struct MetadataProxies {
     upstream: Option<String>,
     rt: tokio::runtime::Handle,
     client: reqwest::Client,
-    servers: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    servers: Mutex<HashMap<String, Server>>,
+}
+
+/// One router's proxy: its serving task and the namespace (inode) its listener lives in.
+struct Server {
+    task: tokio::task::JoinHandle<()>,
+    ns_ino: u64,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // The listener (and with it the namespace it pins) goes with the task.
+        self.task.abort();
+    }
+}
+
+/// The inode of a namespace handle: tells a namespace recreated under the same name apart.
+fn ns_inode(ns: &NetnsHandle) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(ns
+        .file
+        .metadata()
+        .context("stat of a namespace handle")?
+        .ino())
 }
 
 #[derive(Clone)]
@@ -67,17 +90,23 @@ impl MetadataProxies {
         }))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, tokio::task::JoinHandle<()>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Server>> {
         self.servers.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
 impl RouterHook for MetadataProxies {
     fn router_up(&self, router_id: &str, ns: &NetnsHandle) -> Result<()> {
+        let ns_ino = ns_inode(ns)?;
         let mut servers = self.lock();
-        if servers.get(router_id).is_some_and(|h| !h.is_finished()) {
+        if servers
+            .get(router_id)
+            .is_some_and(|s| s.ns_ino == ns_ino && !s.task.is_finished())
+        {
             return Ok(());
         }
+        // Gone, or in a namespace since replaced (deleted from outside and rebuilt): anew.
+        servers.remove(router_id);
         let addr = SocketAddrV4::new(METADATA_ADDR, router_common::METADATA_PROXY_PORT);
         let listener = in_netns(ns, || {
             let l = std::net::TcpListener::bind(addr)
@@ -100,15 +129,14 @@ impl RouterHook for MetadataProxies {
                 tracing::warn!("metadata proxy of router {id} stopped: {e}");
             }
         });
-        servers.insert(router_id.to_string(), task);
+        servers.insert(router_id.to_string(), Server { task, ns_ino });
         tracing::info!("metadata proxy of router {router_id} listening on {addr}");
         Ok(())
     }
 
     fn router_down(&self, router_id: &str) {
-        if let Some(task) = self.lock().remove(router_id) {
-            task.abort();
-        }
+        // Dropping the server aborts its task, closing the listener.
+        self.lock().remove(router_id);
     }
 }
 

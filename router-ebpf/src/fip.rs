@@ -311,6 +311,17 @@ pub fn gateway_out(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
     Some(OK)
 }
 
+/// Whether an IPv4 packet is addressed to the metadata address (169.254.169.254): the proxy
+/// there serves the router's tenants only, so `snat_in` drops such packets from outside.
+#[inline(always)]
+pub fn to_metadata(ctx: &TcContext) -> bool {
+    crate::parse::is_ipv4(ctx)
+        && matches!(
+            ctx.load::<u32>(crate::parse::ETH_HLEN + IP_DST),
+            Ok(d) if d == router_common::ip_to_wire(router_common::METADATA_IP)
+        )
+}
+
 /// Gateway tap egress (entering the router): packets to a floating IP or a forwarded port.
 /// `None`: not ours, the SNAT decides.
 #[inline(always)]

@@ -6,7 +6,8 @@
 //! - TCP to 169.254.169.254:80 has its destination port rewritten to the metadata proxy's
 //!   port (9697); the proxy listens on 169.254.169.254:9697 in the router namespace, where that
 //!   address sits on `lo`. TCP to port 9697 sent directly is dropped, so the proxy is reachable
-//!   only through the redirect (as Neutron's iptables rules make it).
+//!   only through the redirect (as Neutron's iptables rules make it; the proxy listens on no
+//!   other address).
 //! - Hairpin: a packet to a floating IP (or a forwarded port) of this router is translated to
 //!   the fixed IP here, because the router would otherwise take it for one of its own addresses.
 //!   Its source is translated too — to the sender's own floating IP (or port forwarding) if it
@@ -71,13 +72,15 @@ pub fn internal_in(ctx: &TcContext) -> Result<i32, i32> {
     let l = load_l4(ctx, &pkt);
     let csum = l4_csum(pkt.ip.proto, pkt.l4);
 
-    // Metadata.
-    if l.ports && l.proto == IPPROTO_TCP {
+    // Metadata. The proxy listens only on 169.254.169.254:9697, so dropping direct TCP to
+    // that socket is what keeps it reachable only through the redirect (port 9697 elsewhere,
+    // e.g. on an internet server, is none of our business).
+    if l.ports && l.proto == IPPROTO_TCP && pkt.ip.dst == ip_to_wire(METADATA_IP) {
         if l.dport == METADATA_PROXY_PORT.to_be() {
             count(rid, stat::DROP_INVALID, 1);
             return Err(SHOT);
         }
-        if pkt.ip.dst == ip_to_wire(METADATA_IP) && l.dport == METADATA_PORT.to_be() {
+        if l.dport == METADATA_PORT.to_be() {
             rewrite_port(ctx, pkt.l4 + 2, l.dport, METADATA_PROXY_PORT.to_be(), csum)
                 .map_err(|_| SHOT)?;
             count(rid, stat::METADATA_REDIRECTS, 1);

@@ -159,6 +159,10 @@ pub fn snat_in(ctx: &TcContext) -> Result<i32, i32> {
         return Ok(OK);
     };
     let rid = cfg.router_id;
+    // Nothing from the external network may reach the metadata proxy's address.
+    if crate::fip::to_metadata(ctx) {
+        return Err(drop(rid, stat::DROP_INVALID));
+    }
     if cfg.flags & ROUTER_F_FLOATING != 0
         && let Some(verdict) = crate::fip::gateway_in(ctx, &cfg)
     {

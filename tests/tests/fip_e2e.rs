@@ -731,6 +731,18 @@ fn metadata_reaches_the_upstream_with_router_and_instance_headers() {
             "direct TCP to {target}:9697 was accepted"
         );
     }
+    // Nor from the external network, even with a route to it through the router.
+    t.inet.ip(&[
+        "route",
+        "add",
+        "169.254.169.254/32",
+        "via",
+        &t.gw_ip.to_string(),
+    ]);
+    assert!(
+        connect(&t.inet, (METADATA, 9697).into()).is_none(),
+        "the metadata proxy is reachable from the external network"
+    );
     // The proxy does listen in the router namespace.
     let listening = enter_named(&t.router_ns(), || {
         TcpStream::connect_timeout(&(METADATA, 9697).into(), Duration::from_secs(2)).is_ok()
@@ -753,7 +765,10 @@ fn metadata_reaches_the_upstream_with_router_and_instance_headers() {
 
 #[test]
 fn floating_ips_forwardings_and_metadata_survive_a_daemon_restart() {
-    let mut t = Topology::new(DaemonOptions::default());
+    let mut t = Topology::new(DaemonOptions {
+        config: Some("reconcile_interval = 1\n".into()),
+        admin_token: None,
+    });
     let f1 = cli_json(&t.d, &["floatingip", "create", "public", "--port", "vm1"]);
     let f1_ip: Ipv4Addr = s(&f1["floating_ip_address"]).parse().expect("FIP");
     let f2 = cli_json(&t.d, &["floatingip", "create", "public"]);
@@ -848,4 +863,31 @@ fn floating_ips_forwardings_and_metadata_survive_a_daemon_restart() {
         server.read_exact(&mut buf).is_err(),
         "data still reaches the VM through a disassociated FIP"
     );
+
+    // The router namespace deleted from outside: reconcile rebuilds it, and the metadata proxy
+    // follows it into the new namespace (its old listener must not keep the old one).
+    tests::ip(&["netns", "del", &t.router_ns()]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let rebuilt = || {
+        tests::netns_exists(&t.router_ns())
+            && tests::ip_json(&t.router_ns(), &["link"])
+                .as_array()
+                .is_some_and(|l| l.iter().any(|d| s(&d["ifname"]).starts_with("qr-")))
+    };
+    while !rebuilt() {
+        assert!(
+            Instant::now() < deadline,
+            "router namespace not rebuilt\n{}",
+            t.d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    while metadata_get(&t.vm1).map(|r| r.0) != Some(503) {
+        assert!(
+            Instant::now() < deadline,
+            "no metadata proxy after the namespace was rebuilt\n{}",
+            t.d.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }

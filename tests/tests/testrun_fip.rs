@@ -412,11 +412,14 @@ fn metadata_redirect_and_direct_proxy_port_dropped() {
         &tcp_frame(META, 80, VM1, 40000, SYN | ACK),
         "back from the proxy",
     );
-    for target in [META, ROUTER_QR] {
-        let direct = tcp_frame(VM1, 40001, target, 9697, SYN);
-        let (rc, got) = fx.run("internal_in", &direct);
-        assert_eq!(rc, SHOT, "direct access to {target:?}:9697");
-        assert_eq!(got, direct);
+    let direct = tcp_frame(VM1, 40001, META, 9697, SYN);
+    let (rc, got) = fx.run("internal_in", &direct);
+    assert_eq!(rc, SHOT, "direct access to the proxy");
+    assert_eq!(got, direct);
+    // Port 9697 anywhere else is ordinary traffic (nothing listens there on the router).
+    for target in [ROUTER_QR, SRV] {
+        let f = tcp_frame(VM1, 40001, target, 9697, SYN);
+        fx.expect("internal_in", &f, &f, "9697 elsewhere");
     }
     // Other metadata traffic (UDP, other ports) is the router's business.
     for f in [
@@ -428,6 +431,11 @@ fn metadata_redirect_and_direct_proxy_port_dropped() {
         fx.expect("internal_out", &f, &f, "untouched");
     }
     assert_eq!(fx.stat("metadata_redirects"), 1);
+    // From the external network the metadata address is unreachable.
+    let outside = tcp_frame(SRV, 40000, META, 9697, SYN);
+    let (rc, got) = fx.run("snat_in", &outside);
+    assert_eq!(rc, SHOT, "metadata proxy reached from outside");
+    assert_eq!(got, outside);
 }
 
 #[test]

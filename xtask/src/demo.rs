@@ -6,7 +6,7 @@
 //! 203.0.113.1 and a tiny HTTP server that answers with the client address it saw), two tenant
 //! networks with a VM namespace each, a router with both interfaces and a gateway. It shows ping
 //! and HTTP from each VM with the source address the server saw, the NAT sessions and counters,
-//! and `gateway clear` cutting access. Everything is torn down at the end, on failure and on
+//! a floating IP taking over one VM's traffic, and `gateway clear` cutting access. Everything is torn down at the end, on failure and on
 //! Ctrl-C; `--keep` leaves it running and prints how to explore and tear down.
 //!
 //! The demo topology uses `ip` to build the parts that are not Neutron objects (the host and
@@ -482,12 +482,23 @@ impl Demo {
         println!("\n== Traffic from the VMs to the internet ({INTERNET_IP}) ==");
         for (ns, vm_ip) in &vms {
             self.ping(ns, vm_ip, true)?;
-            self.http(ns, vm_ip, Some(&gw_ip))?;
+            self.http(ns, vm_ip, Some((&gw_ip, "the router's gateway IP: SNAT")))?;
         }
 
         println!("\n== The router's NAT sessions and counters ==");
         self.ctl_soft(&["sessions", ROUTER])?;
         self.ctl_soft(&["stats", ROUTER])?;
+
+        let (vm_ns, vm_ip) = vms[0].clone();
+        let vm = vm_ns.replace("rcdemo-", "");
+        println!("\n== A floating IP for {vm}: 1:1 NAT ahead of the gateway's SNAT ==");
+        println!("$ router-ctl floatingip create public --port {vm}");
+        let fip = self.ctl_json(&["floatingip", "create", "public", "--port", &vm])?;
+        let fip_ip = str_of(&fip, "floating_ip_address");
+        println!("  -> {fip_ip}, associated with {vm_ip}");
+        self.http(vm_ns, &vm_ip, Some((&fip_ip, "its floating IP")))?;
+        self.ctl_soft(&["sessions", ROUTER])?;
+        self.ctl(&["floatingip", "delete", &fip_ip])?;
 
         println!("\n== Clearing the gateway cuts access ==");
         self.ctl(&["gateway", "clear", ROUTER])?;
@@ -533,9 +544,10 @@ impl Demo {
         check_interrupted()
     }
 
-    /// `GET http://203.0.113.1/` from a VM; with `expect_src`, the server must have seen that
-    /// address (the gateway IP: SNAT); without, the request must fail.
-    fn http(&mut self, ns: &str, vm_ip: &str, expect_src: Option<&str>) -> Result<()> {
+    /// `GET http://203.0.113.1/` from a VM; with `expect_src` (address, what it is), the server
+    /// must have seen that address (the gateway IP, a floating IP); without, the request must
+    /// fail.
+    fn http(&mut self, ns: &str, vm_ip: &str, expect_src: Option<(&str, &str)>) -> Result<()> {
         check_interrupted()?;
         let vm = ns.replace("rcdemo-", "");
         println!("\n[{vm} {vm_ip}]$ http GET http://{INTERNET_IP}/");
@@ -544,16 +556,15 @@ impl Demo {
             output(in_ns(ns, exe).args(["demo", "--http-get", &format!("{INTERNET_IP}:80")]))?;
         let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
         match (out.status.success(), expect_src) {
-            (true, Some(gw)) => {
+            (true, Some((want, what))) => {
                 println!("  the server saw the request come from {body}");
                 let seen_ip = body.rsplit_once(':').map(|(ip, _)| ip).unwrap_or(&body);
-                if seen_ip == gw {
-                    println!("  ok: that is the router's gateway IP, not {vm_ip}: SNAT");
+                if seen_ip == want {
+                    println!("  ok: that is {what}, not {vm_ip}");
                 } else {
-                    println!("  UNEXPECTED: expected the gateway IP {gw}");
-                    self.failures.push(format!(
-                        "{vm}: the server saw {body}, expected the gateway IP {gw}"
-                    ));
+                    println!("  UNEXPECTED: expected {want}");
+                    self.failures
+                        .push(format!("{vm}: the server saw {body}, expected {want}"));
                 }
             }
             (false, None) => println!(
@@ -767,6 +778,10 @@ fn api_cleanup(demo: &Demo) {
     let quiet = |args: &[&str]| {
         let _ = output(&mut demo.ctl_cmd(args));
     };
+    // Floating IPs first: they hold the routers' gateways and interfaces.
+    for f in list("floatingip") {
+        quiet(&["floatingip", "delete", &str_of(&f, "id")]);
+    }
     let ports = list("port");
     for r in list("router") {
         let id = str_of(&r, "id");

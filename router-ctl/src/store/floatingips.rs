@@ -363,3 +363,157 @@ pub fn router_floating(conn: &Connection, router_id: &str) -> Result<RouterFloat
     pfs.sort();
     Ok((fips, pfs))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        model::{FixedIp, Network, Port, Router, Subnet},
+        store::{self, Store},
+    };
+
+    fn setup(s: &Store) -> (FloatingIp, PortForwarding) {
+        let c = s.conn();
+        let net = Network {
+            id: "ext".into(),
+            name: "ext".into(),
+            description: String::new(),
+            project_id: "p".into(),
+            admin_state_up: true,
+            external: true,
+            physical_network: None,
+            shared: false,
+            status: "ACTIVE".into(),
+        };
+        store::insert_network(c, &net).expect("network");
+        store::insert_subnet(
+            c,
+            &Subnet {
+                id: "sub".into(),
+                network_id: "ext".into(),
+                name: String::new(),
+                description: String::new(),
+                project_id: "p".into(),
+                cidr: "192.0.2.0/24".parse().expect("cidr"),
+                gateway_ip: None,
+                allocation_pools: vec![],
+                enable_dhcp: false,
+                dns_nameservers: vec![],
+            },
+        )
+        .expect("subnet");
+        for (id, mac, ip) in [
+            ("fport", 1u8, [192, 0, 2, 50]),
+            ("vm", 2, [192, 0, 2, 5]),
+            ("fport2", 3, [192, 0, 2, 51]),
+        ] {
+            store::insert_port(
+                c,
+                &Port {
+                    id: id.into(),
+                    network_id: "ext".into(),
+                    name: String::new(),
+                    description: String::new(),
+                    project_id: "p".into(),
+                    mac: [0xfa, 0x16, 0x3e, 0, 0, mac],
+                    admin_state_up: true,
+                    device_owner: String::new(),
+                    device_id: String::new(),
+                    status: "DOWN".into(),
+                    fixed_ips: vec![FixedIp {
+                        subnet_id: "sub".into(),
+                        ip: ip.into(),
+                    }],
+                },
+            )
+            .expect("port");
+        }
+        store::insert_router(
+            c,
+            &Router {
+                id: "r".into(),
+                name: String::new(),
+                description: String::new(),
+                project_id: "p".into(),
+                admin_state_up: true,
+                status: "ACTIVE".into(),
+                dp_id: 1,
+                gw_port_id: None,
+                enable_snat: true,
+            },
+        )
+        .expect("router");
+        let f = FloatingIp {
+            id: "f".into(),
+            project_id: "p".into(),
+            description: String::new(),
+            floating_network_id: "ext".into(),
+            floating_port_id: "fport".into(),
+            floating_ip: [192, 0, 2, 50].into(),
+            port_id: Some("vm".into()),
+            fixed_ip: Some([192, 0, 2, 5].into()),
+            router_id: Some("r".into()),
+        };
+        insert_floatingip(c, &f).expect("fip");
+        let pf = PortForwarding {
+            id: "pf".into(),
+            floatingip_id: "f".into(),
+            protocol: "tcp".into(),
+            external_port: 2222,
+            internal_port_id: "vm".into(),
+            internal_ip: [192, 0, 2, 5].into(),
+            internal_port: 22,
+            description: String::new(),
+        };
+        insert_port_forwarding(c, &pf).expect("pf");
+        (f, pf)
+    }
+
+    #[test]
+    fn schema_refuses_duplicates_and_specs_agree() {
+        let s = Store::open_in_memory().expect("store");
+        let (f, pf) = setup(&s);
+        let c = s.conn();
+        assert_eq!(get_floatingip(c, "f").expect("get"), Some(f.clone()));
+        assert_eq!(
+            fip_of_fixed_ip(c, "vm", f.fixed_ip.expect("ip")).expect("q"),
+            Some("f".into())
+        );
+        // One fixed IP, one floating IP.
+        let mut twin = f.clone();
+        twin.id = "f2".into();
+        twin.floating_port_id = "fport2".into();
+        twin.floating_ip = [192, 0, 2, 51].into();
+        assert_eq!(insert_floatingip(c, &twin).map_err(|e| e.status), Err(409));
+        // Same FIP+protocol+external port, or same internal address+port+protocol.
+        let mut dup = pf.clone();
+        dup.id = "pf2".into();
+        dup.internal_port = 23;
+        assert_eq!(
+            insert_port_forwarding(c, &dup).map_err(|e| e.status),
+            Err(409)
+        );
+        let mut dup = pf.clone();
+        dup.id = "pf3".into();
+        dup.external_port = 2223;
+        assert_eq!(
+            insert_port_forwarding(c, &dup).map_err(|e| e.status),
+            Err(409)
+        );
+        let mut other = pf.clone();
+        other.id = "pf4".into();
+        other.protocol = "udp".into();
+        insert_port_forwarding(c, &other).expect("same ports, other protocol");
+        // The per-router and bulk views agree.
+        let one = router_floating(c, "r").expect("one");
+        let all = all_router_floating(c).expect("all");
+        assert_eq!(all.get("r"), Some(&one));
+        assert_eq!(one.0.len(), 1);
+        assert_eq!(one.1.len(), 2);
+        assert_eq!(one.0[0].fixed_ip, Some([192, 0, 2, 5].into()));
+        // Deleting the floating IP takes its forwardings.
+        delete_floatingip(c, "f").expect("delete");
+        assert!(fip_port_forwardings(c, "f").expect("list").is_empty());
+        assert!(all_router_floating(c).expect("all").is_empty());
+    }
+}
