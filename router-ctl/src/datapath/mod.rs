@@ -4,6 +4,7 @@
 //! One loaded object serves every router of a daemon: per-router state lives in maps keyed by
 //! the router's `dp_id`, and the programs are attached to each router's gateway tap.
 
+mod batch;
 pub mod bpffs;
 pub mod fip;
 pub mod sessions;
@@ -18,7 +19,10 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    maps::{
+        HashMap, IterableMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
+        lpm_trie::Key,
+    },
     programs::{
         LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
         links::{FdLink, PinnedLink},
@@ -567,30 +571,17 @@ fn read_sessions(inner: &Inner) -> Result<StdHashMap<SessionKey, SessionValue>> 
 fn read_session_map(
     map: &HashMap<MapData, SessionKey, SessionValue>,
 ) -> Result<StdHashMap<SessionKey, SessionValue>> {
-    let mut out = StdHashMap::new();
-    for item in map.iter() {
-        match item {
-            Ok((k, v)) => {
-                out.insert(k, v);
-            }
-            // Entries can vanish between "next key" and "lookup" (LRU eviction, datapath).
-            Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(out)
+    let entries = batch::read_all::<SessionKey, SessionValue>(IterableMap::map(map))
+        .context("reading the session table (BPF_MAP_LOOKUP_BATCH)")?;
+    Ok(entries.into_iter().collect())
 }
 
 /// Deletes the sessions and fragment entries of one router; returns the number of sessions.
 fn flush_router(inner: &mut Inner, dp_id: u32) -> Result<usize> {
-    let mut keys = Vec::new();
-    for k in inner.sessions.keys() {
-        match k {
-            Ok(k) if u32::from(k.router_id) == dp_id => keys.push(k),
-            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let keys: Vec<SessionKey> = read_session_map(&inner.sessions)?
+        .into_keys()
+        .filter(|k| u32::from(k.router_id) == dp_id)
+        .collect();
     let mut n = 0;
     for k in &keys {
         remove_missing_ok(inner.sessions.remove(k))?;

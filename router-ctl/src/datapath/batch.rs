@@ -1,0 +1,99 @@
+//! Batched reads of a BPF hash map (`BPF_MAP_LOOKUP_BATCH`, kernel ≥ 5.6), which aya 0.14
+//! does not wrap. Reading the SESSIONS table entry by entry costs two syscalls per entry
+//! (next key, lookup): a GC pass over a full table (262 144 entries) took most of a second of
+//! CPU every `gc_interval`. One batch call returns thousands of entries.
+
+use std::{
+    io,
+    os::fd::{AsFd as _, AsRawFd as _},
+};
+
+use aya::maps::MapData;
+
+/// `enum bpf_cmd` value of `BPF_MAP_LOOKUP_BATCH`.
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+
+/// Entries asked for per call; a bucket holding more makes the kernel answer ENOSPC, and the
+/// call is repeated with a larger buffer.
+const CHUNK: usize = 4096;
+
+/// The `batch` member of `union bpf_attr`.
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Every entry of the (non per-CPU) hash map `map`, whose key and value types must be `K`
+/// and `V` exactly (same sizes as the map's; the caller's typed handle checked them).
+/// Entries inserted or removed meanwhile may or may not be seen, as with a key walk.
+pub fn read_all<K: Copy + Default, V: Copy + Default>(map: &MapData) -> io::Result<Vec<(K, V)>> {
+    let fd = map.fd().as_fd().as_raw_fd();
+    let map_fd = u32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    let mut out = Vec::new();
+    let mut chunk = CHUNK;
+    let mut keys = vec![K::default(); chunk];
+    let mut values = vec![V::default(); chunk];
+    // The hash map's batch token is a bucket index (u32).
+    let mut token: u32 = 0;
+    let mut next: u32 = 0;
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                std::ptr::from_ref(&token) as u64
+            },
+            out_batch: std::ptr::from_mut(&mut next) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: chunk as u32,
+            map_fd,
+            ..Default::default()
+        };
+        // SAFETY: `attr` is a valid `bpf_attr` prefix for this command; the key and value
+        // buffers hold `count` elements of the map's key and value sizes, the token buffers
+        // are u32 as the hash map's batch format is.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                std::ptr::from_mut(&mut attr),
+                std::mem::size_of::<BatchAttr>() as u32,
+            )
+        };
+        let err = (r < 0).then(io::Error::last_os_error);
+        match err.as_ref().and_then(io::Error::raw_os_error) {
+            Some(libc::ENOSPC) => {
+                // One bucket holds more entries than the buffer: retry it with a bigger one.
+                chunk *= 2;
+                keys.resize(chunk, K::default());
+                values.resize(chunk, V::default());
+                continue;
+            }
+            None | Some(libc::ENOENT) => {
+                let n = (attr.count as usize).min(chunk);
+                out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+            }
+            Some(_) => return Err(err.unwrap_or_else(io::Error::last_os_error)),
+        }
+        if err.is_some() {
+            // ENOENT: no bucket after the last one read.
+            return Ok(out);
+        }
+        if !first && next == token {
+            // No progress (not expected from the kernel): stop rather than spin.
+            return Ok(out);
+        }
+        token = next;
+        first = false;
+    }
+}
