@@ -34,7 +34,7 @@ use crate::{
     session::{key, now, reverse_key, tcp_bits, touch},
 };
 
-const OK: i32 = TC_ACT_OK as i32;
+const OK: i32 = TC_ACT_OK;
 
 /// Floating IPs: `DIR_OUT` fixed → floating, `DIR_IN` floating → fixed.
 #[map]
@@ -54,7 +54,7 @@ pub fn fip_lookup(rid: u32, addr: u32, dir: u8) -> Option<u32> {
         dir,
         _pad: [0; 3],
     };
-    FLOATING_IPS.get_ptr(&k).map(|p| {
+    FLOATING_IPS.get_ptr(k).map(|p| {
         // SAFETY: valid map value pointer, plain data copied out.
         unsafe { (*p).addr }
     })
@@ -70,7 +70,7 @@ pub fn pf_lookup(rid: u32, addr: u32, port: u16, proto: u8, dir: u8) -> Option<P
         proto,
         dir,
     };
-    PORT_FORWARDINGS.get_ptr(&k).map(|p| {
+    PORT_FORWARDINGS.get_ptr(k).map(|p| {
         // SAFETY: valid map value pointer, plain data copied out.
         unsafe { *p }
     })
@@ -181,8 +181,8 @@ pub fn note_session(
             kind,
             last_seen_ns: t,
         };
-        let _ = SESSIONS.insert(&reverse_key(&fwd, new_addr, new_port), &rv, BPF_ANY as u64);
-        let _ = SESSIONS.insert(&fwd, &fv, BPF_ANY as u64);
+        let _ = SESSIONS.insert(reverse_key(&fwd, new_addr, new_port), rv, BPF_ANY as u64);
+        let _ = SESSIONS.insert(fwd, fv, BPF_ANY as u64);
     } else {
         // Inbound: TCP/UDP, or an echo reply (0 as source "port", id as destination).
         let (sport, dport) = if l.ports {
@@ -212,8 +212,8 @@ pub fn note_session(
             kind,
             last_seen_ns: t,
         };
-        let _ = SESSIONS.insert(&rev, &rv, BPF_ANY as u64);
-        let _ = SESSIONS.insert(&fwd, &fv, BPF_ANY as u64);
+        let _ = SESSIONS.insert(rev, rv, BPF_ANY as u64);
+        let _ = SESSIONS.insert(fwd, fv, BPF_ANY as u64);
     }
     count(rid, stat::SESSIONS_CREATED, 1);
 }
@@ -274,7 +274,7 @@ pub fn gateway_out(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
     {
         if rewrite_pf(ctx, &pkt, IP_SRC, pkt.l4, l.sport, &pf).is_err() {
             count(rid, stat::DROP_MALFORMED, 1);
-            return Some(aya_ebpf::bindings::TC_ACT_SHOT as i32);
+            return Some(aya_ebpf::bindings::TC_ACT_SHOT);
         }
         note_session(
             rid,
@@ -295,7 +295,7 @@ pub fn gateway_out(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
     }
     if rewrite_1to1(ctx, &pkt, IP_SRC, fip).is_err() {
         count(rid, stat::DROP_MALFORMED, 1);
-        return Some(aya_ebpf::bindings::TC_ACT_SHOT as i32);
+        return Some(aya_ebpf::bindings::TC_ACT_SHOT);
     }
     note_session(
         rid,
@@ -342,7 +342,7 @@ pub fn gateway_in(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
     {
         if rewrite_pf(ctx, &pkt, IP_DST, pkt.l4 + 2, l.dport, &pf).is_err() {
             count(rid, stat::DROP_MALFORMED, 1);
-            return Some(aya_ebpf::bindings::TC_ACT_SHOT as i32);
+            return Some(aya_ebpf::bindings::TC_ACT_SHOT);
         }
         note_session(
             rid,
@@ -360,7 +360,7 @@ pub fn gateway_in(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
     let fixed = fip_lookup(rid, pkt.ip.dst, DIR_IN)?;
     if rewrite_1to1(ctx, &pkt, IP_DST, fixed).is_err() {
         count(rid, stat::DROP_MALFORMED, 1);
-        return Some(aya_ebpf::bindings::TC_ACT_SHOT as i32);
+        return Some(aya_ebpf::bindings::TC_ACT_SHOT);
     }
     note_session(
         rid,
@@ -397,7 +397,7 @@ fn icmp_error(ctx: &TcContext, rid: u32, pkt: &Packet, dir: u8) -> Option<i32> {
         Ok(crate::icmp::ErrorResult::NoMatch) => None,
         Err(_) => {
             count(rid, stat::DROP_MALFORMED, 1);
-            Some(aya_ebpf::bindings::TC_ACT_SHOT as i32)
+            Some(aya_ebpf::bindings::TC_ACT_SHOT)
         }
     }
 }

@@ -30,13 +30,13 @@ pub fn is_first(ip: &Ipv4Hdr) -> bool {
 pub fn record(router_id: u32, ip: &Ipv4Hdr, dir: u8, addr: u32) {
     let v = FragValue { addr, _pad: 0 };
     // A failed insert only means later fragments get dropped/passed: nothing to undo.
-    let _ = FRAGMENTS.insert(&frag_key(router_id, ip, dir), &v, 0);
+    let _ = FRAGMENTS.insert(frag_key(router_id, ip, dir), v, 0);
 }
 
 /// The address later fragment `ip` must be rewritten to, if its first fragment was seen.
 #[inline(always)]
 pub fn lookup(router_id: u32, ip: &Ipv4Hdr, dir: u8) -> Option<u32> {
-    FRAGMENTS.get_ptr(&frag_key(router_id, ip, dir)).map(|p| {
+    FRAGMENTS.get_ptr(frag_key(router_id, ip, dir)).map(|p| {
         // SAFETY: valid map value pointer, plain data copied out.
         unsafe { (*p).addr }
     })

@@ -107,7 +107,7 @@ pub fn translate_error(
         }
         _ => return Ok(ErrorResult::NoMatch),
     };
-    let Some(v) = SESSIONS.get_ptr(&skey) else {
+    let Some(v) = SESSIONS.get_ptr(skey) else {
         return Ok(ErrorResult::NoMatch);
     };
     // SAFETY: valid map value pointer, plain data copied out.

@@ -38,8 +38,8 @@ use crate::{
     session::{create, key, touch},
 };
 
-const OK: i32 = TC_ACT_OK as i32;
-const SHOT: i32 = TC_ACT_SHOT as i32;
+const OK: i32 = TC_ACT_OK;
+const SHOT: i32 = TC_ACT_SHOT;
 
 /// Router config of each internal tap (a copy of the router's gateway config: router id,
 /// gateway IP and SNAT port range, for hairpin SNAT).

@@ -27,8 +27,8 @@ use crate::{
     session::{IN, OUT, create, ensure_reverse, key, tcp_bits, touch},
 };
 
-const OK: i32 = TC_ACT_OK as i32;
-const SHOT: i32 = TC_ACT_SHOT as i32;
+const OK: i32 = TC_ACT_OK;
+const SHOT: i32 = TC_ACT_SHOT;
 
 /// Counts `reason` for the router and returns the drop verdict.
 #[inline(always)]
@@ -135,7 +135,7 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
         Some(v) if v.kind == SESSION_SNAT && ensure_reverse(&fwd, &v, flow.bits == ST_SYN) => v,
         Some(_) => {
             // Our port went to another flow after the LRU evicted our reverse entry.
-            let _ = SESSIONS.remove(&fwd);
+            let _ = SESSIONS.remove(fwd);
             create(&cfg, &fwd, flow.bits).map_err(|r| drop(rid, r))?
         }
         None if !flow.may_create => return Err(drop(rid, stat::DROP_INVALID)),

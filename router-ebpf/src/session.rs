@@ -107,7 +107,7 @@ pub fn create(cfg: &RouterConfig, fwd: &SessionKey, bits: u8) -> Result<SessionV
     let mut nat_port: Option<u16> = None;
     if orig >= cfg.port_min && orig <= cfg.port_max {
         let rk = reverse_key(fwd, cfg.gateway_ip, fwd.sport);
-        match SESSIONS.insert(&rk, &rev_val, BPF_NOEXIST as u64) {
+        match SESSIONS.insert(rk, rev_val, BPF_NOEXIST as u64) {
             Ok(()) => nat_port = Some(fwd.sport),
             Err(EEXIST) => {}
             Err(_) => return Err(stat::DROP_TABLE_FULL),
@@ -119,7 +119,7 @@ pub fn create(cfg: &RouterConfig, fwd: &SessionKey, bits: u8) -> Result<SessionV
         for i in 0..MAX_PROBES {
             let p = probe_port(cfg.port_min, cfg.port_max, start, i).to_be();
             let rk = reverse_key(fwd, cfg.gateway_ip, p);
-            match SESSIONS.insert(&rk, &rev_val, BPF_NOEXIST as u64) {
+            match SESSIONS.insert(rk, rev_val, BPF_NOEXIST as u64) {
                 Ok(()) => {
                     nat_port = Some(p);
                     break;
@@ -139,14 +139,14 @@ pub fn create(cfg: &RouterConfig, fwd: &SessionKey, bits: u8) -> Result<SessionV
         kind: SESSION_SNAT,
         last_seen_ns: t,
     };
-    match SESSIONS.insert(fwd, &fwd_val, BPF_NOEXIST as u64) {
+    match SESSIONS.insert(fwd, fwd_val, BPF_NOEXIST as u64) {
         Ok(()) => {
             count(u32::from(fwd.router_id), stat::SESSIONS_CREATED, 1);
             Ok(fwd_val)
         }
         Err(e) => {
             let rk = reverse_key(fwd, cfg.gateway_ip, port);
-            let _ = SESSIONS.remove(&rk);
+            let _ = SESSIONS.remove(rk);
             if e == EEXIST {
                 touch(fwd, bits).ok_or(stat::DROP_TABLE_FULL)
             } else {
@@ -166,7 +166,7 @@ pub fn create(cfg: &RouterConfig, fwd: &SessionKey, bits: u8) -> Result<SessionV
 #[inline(always)]
 pub fn ensure_reverse(fwd: &SessionKey, v: &SessionValue, reopen: bool) -> bool {
     let rk = reverse_key(fwd, v.addr, v.port);
-    if let Some(r) = SESSIONS.get_ptr_mut(&rk) {
+    if let Some(r) = SESSIONS.get_ptr_mut(rk) {
         // SAFETY: valid map value pointer; concurrent updates of these plain fields are benign.
         let r = unsafe { &mut *r };
         if r.addr != fwd.src || r.port != fwd.sport {
@@ -184,7 +184,7 @@ pub fn ensure_reverse(fwd: &SessionKey, v: &SessionValue, reopen: bool) -> bool 
         kind: SESSION_SNAT,
         last_seen_ns: now(),
     };
-    SESSIONS.insert(&rk, &rev_val, BPF_NOEXIST as u64).is_ok()
+    SESSIONS.insert(rk, rev_val, BPF_NOEXIST as u64).is_ok()
 }
 
 /// A session key with the padding zeroed.
