@@ -6,7 +6,10 @@
 use std::{
     collections::BTreeMap,
     net::{SocketAddrV4, UdpSocket},
-    sync::atomic::{AtomicBool, Ordering},
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -23,17 +26,17 @@ fn port(network_id: &str, last: u8, ip: &str, cidr: &str) -> PortSpec {
     }
 }
 
-/// Sends a datagram every millisecond from each VM (bounded: at most `limit` each, stopping
-/// once `done` is set) while `change` runs, and returns the sources upstream saw with counts.
-fn probe_during(
-    vms: &[&Netns],
-    upstream: &Netns,
-    limit: u32,
-    change: impl FnOnce(),
-) -> BTreeMap<String, u32> {
+/// Sends a datagram every millisecond from each VM while `change` runs, and returns the sources
+/// upstream saw with counts. Probing goes on after the change until upstream has received
+/// `TRANSLATED_ENOUGH` datagrams from the gateway address (the router may first need an ARP
+/// retry, one second apart) — bounded by `MAX_PROBES` datagrams and `MAX_WAIT` per VM.
+fn probe_during(vms: &[&Netns], upstream: &Netns, change: impl FnOnce()) -> BTreeMap<String, u32> {
+    const MAX_PROBES: u32 = 8000;
+    const MAX_WAIT: Duration = Duration::from_secs(8);
+    const TRANSLATED_ENOUGH: u32 = 20;
     let listener = upstream.enter(|| {
         let s = UdpSocket::bind("203.0.113.1:40010").expect("bind upstream");
-        s.set_read_timeout(Some(Duration::from_millis(200)))
+        s.set_read_timeout(Some(Duration::from_millis(100)))
             .expect("timeout");
         s
     });
@@ -42,12 +45,35 @@ fn probe_during(
         .map(|vm| vm.enter(|| UdpSocket::bind("0.0.0.0:0").expect("bind vm")))
         .collect();
     let done = AtomicBool::new(false);
+    let translated = AtomicU32::new(0);
+    let seen = Mutex::new(BTreeMap::new());
     let dst: SocketAddrV4 = "203.0.113.1:40010".parse().expect("dst");
     std::thread::scope(|s| {
+        // Receive concurrently so the socket buffer never overflows.
+        s.spawn(|| {
+            let mut buf = [0u8; 16];
+            loop {
+                match listener.recv_from(&mut buf) {
+                    Ok((_, from)) => {
+                        let src = from.ip().to_string();
+                        if src == GATEWAY_IP {
+                            translated.fetch_add(1, Ordering::Relaxed);
+                        }
+                        *seen
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .entry(src)
+                            .or_insert(0) += 1;
+                    }
+                    Err(_) if done.load(Ordering::Relaxed) => break,
+                    Err(_) => {}
+                }
+            }
+        });
         for sock in &senders {
             let done = &done;
             s.spawn(move || {
-                for _ in 0..limit {
+                for _ in 0..MAX_PROBES {
                     if done.load(Ordering::Relaxed) {
                         break;
                     }
@@ -58,21 +84,18 @@ fn probe_during(
             });
         }
         change();
-        // Keep probing a little after the change so translated packets arrive too.
-        std::thread::sleep(Duration::from_millis(500));
+        let start = Instant::now();
+        while translated.load(Ordering::Relaxed) < TRANSLATED_ENOUGH && start.elapsed() < MAX_WAIT {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // A little more after the first translated ones, then stop everything.
+        std::thread::sleep(Duration::from_millis(200));
         done.store(true, Ordering::Relaxed);
     });
-    let mut seen = BTreeMap::new();
-    let mut buf = [0u8; 16];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while let Ok((_, from)) = listener.recv_from(&mut buf) {
-        *seen.entry(from.ip().to_string()).or_insert(0) += 1;
-        if Instant::now() > deadline {
-            break;
-        }
-    }
-    seen
+    seen.into_inner().unwrap_or_else(|p| p.into_inner())
 }
+
+const GATEWAY_IP: &str = "203.0.113.10";
 
 #[test]
 fn setting_the_gateway_or_adding_an_interface_never_leaks_private_sources() {
@@ -110,7 +133,7 @@ fn setting_the_gateway_or_adding_an_interface_never_leaks_private_sources() {
         next_hop: Some("203.0.113.1".parse().expect("nh")),
         enable_snat: true,
     });
-    let seen = probe_during(&[&vm], &upstream, 3000, || {
+    let seen = probe_during(&[&vm], &upstream, || {
         h.call(|r| r.apply_router(&spec)).expect("set gateway");
     });
     assert!(
@@ -125,7 +148,7 @@ fn setting_the_gateway_or_adding_an_interface_never_leaks_private_sources() {
     // 2. A second interface added while its VM is already sending.
     spec.interfaces
         .push(port(&int2.id, 2, "10.0.2.1", "10.0.2.0/24"));
-    let seen = probe_during(&[&vm2], &upstream, 3000, || {
+    let seen = probe_during(&[&vm2], &upstream, || {
         h.call(|r| r.apply_router(&spec)).expect("add interface");
     });
     assert!(
