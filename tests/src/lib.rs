@@ -11,6 +11,7 @@ use std::{
 };
 
 pub mod daemon;
+pub mod openstack;
 
 use nix::sched::{CloneFlags, setns};
 

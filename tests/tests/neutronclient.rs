@@ -8,33 +8,13 @@
 //! - the `openstack` CLI (openstacksdk, `admin_token` auth with the daemon as endpoint): the
 //!   same lifecycle through `router set --external-gateway` / `router unset`.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
+use std::path::Path;
+
+use tests::{
+    Netns,
+    daemon::Daemon,
+    openstack::{openstack, venv},
 };
-
-use tests::{Netns, daemon::Daemon, sh};
-
-fn venv() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("..").join("target"));
-    let venv = target.join("neutronclient-venv");
-    let python = venv.join("bin/python");
-    let ready = python.exists()
-        && Command::new(&python)
-            .args(["-c", "import neutronclient.v2_0.client, openstackclient"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !ready {
-        sh(Command::new("python3").arg("-m").arg("venv").arg(&venv));
-        sh(Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(["python-neutronclient>=11", "python-openstackclient>=6"]));
-    }
-    venv
-}
 
 #[test]
 fn python_neutronclient_drives_the_daemon() {
@@ -58,34 +38,6 @@ fn python_neutronclient_drives_the_daemon() {
         d.log()
     );
     assert!(stdout.contains("all checks passed"), "{stdout}");
-}
-
-/// `openstack --os-auth-type admin_token ... ARGS -f json` inside the host namespace, parsed
-/// (Null for commands that print nothing).
-fn openstack(host: &Netns, d: &Daemon, venv: &Path, args: &[&str]) -> serde_json::Value {
-    let out = host
-        .cmd(&venv.join("bin/openstack").display().to_string())
-        .args(["--os-auth-type", "admin_token", "--os-endpoint"])
-        .arg(d.url())
-        .arg("--os-token")
-        .arg(d.admin_token())
-        .args(args)
-        .output()
-        .expect("running openstack");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "openstack {args:?} failed ({}):\n{stdout}\n{}\ndaemon log:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        d.log()
-    );
-    if stdout.trim().is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("openstack {args:?}: {e}: {stdout}"))
-    }
 }
 
 #[test]

@@ -2,61 +2,11 @@
 //! `admin_token` auth, the daemon as endpoint; installed into the venv under `target/` that
 //! `neutronclient.rs` also uses), from inside the daemon's host namespace.
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
+use tests::{
+    Netns,
+    daemon::Daemon,
+    openstack::{openstack, venv},
 };
-
-use tests::{Netns, daemon::Daemon, sh};
-
-fn venv() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| manifest.join("..").join("target"));
-    let venv = target.join("neutronclient-venv");
-    let python = venv.join("bin/python");
-    let ready = python.exists()
-        && Command::new(&python)
-            .args(["-c", "import neutronclient.v2_0.client, openstackclient"])
-            .status()
-            .is_ok_and(|s| s.success());
-    if !ready {
-        sh(Command::new("python3").arg("-m").arg("venv").arg(&venv));
-        sh(Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "--disable-pip-version-check"])
-            .args(["python-neutronclient>=11", "python-openstackclient>=6"]));
-    }
-    venv
-}
-
-/// `openstack --os-auth-type admin_token ... ARGS -f json` inside the host namespace, parsed
-/// (Null for commands that print nothing).
-fn openstack(host: &Netns, d: &Daemon, venv: &Path, args: &[&str]) -> serde_json::Value {
-    let out = host
-        .cmd(&venv.join("bin/openstack").display().to_string())
-        .args(["--os-auth-type", "admin_token", "--os-endpoint"])
-        .arg(d.url())
-        .arg("--os-token")
-        .arg(d.admin_token())
-        .args(args)
-        .output()
-        .expect("running openstack");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "openstack {args:?} failed ({}):\n{stdout}\n{}\ndaemon log:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        d.log()
-    );
-    if stdout.trim().is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::from_str(&stdout)
-            .unwrap_or_else(|e| panic!("openstack {args:?}: {e}: {stdout}"))
-    }
-}
 
 #[test]
 fn openstack_cli_floating_ips_and_port_forwardings() {
