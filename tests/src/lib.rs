@@ -337,18 +337,9 @@ impl RealiserHost {
         self.realiser = Some(realiser);
     }
 
-    /// Plugs `ns` into bridge `br` of the host namespace: a veth whose inner end is renamed
-    /// `eth0` and given `addr` (CIDR notation), its outer end enslaved to `br`, both up.
+    /// Plugs `ns` into bridge `br` of the host namespace (see [`plug_into_bridge`]).
     pub fn plug(&self, ns: &Netns, br: &str, addr: &str) {
-        let inner = unique("e");
-        let outer = unique("o");
-        self.host.ip(&[
-            "link", "add", &outer, "type", "veth", "peer", "name", &inner, "netns", &ns.name,
-        ]);
-        self.host.ip(&["link", "set", &outer, "master", br, "up"]);
-        ns.ip(&["link", "set", &inner, "name", "eth0"]);
-        ns.ip(&["addr", "add", addr, "dev", "eth0"]);
-        ns.ip(&["link", "set", "eth0", "up"]);
+        plug_into_bridge(&self.host, ns, br, addr);
     }
 
     /// Files recorded under `<state>/owned/<kind>`.
@@ -391,4 +382,16 @@ pub fn network_spec(external: bool) -> router_ctl::model::spec::NetworkSpec {
         physical_network: None,
         external,
     }
+}
+
+/// Plugs `ns` into bridge `br` of namespace `host`: a veth whose inner end is `eth0` in `ns`
+/// with `addr` (CIDR notation), its outer end (a unique name) enslaved to `br`, both up.
+pub fn plug_into_bridge(host: &Netns, ns: &Netns, br: &str, addr: &str) {
+    let outer = unique("o");
+    host.ip(&[
+        "link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
+    ]);
+    host.ip(&["link", "set", &outer, "master", br, "up"]);
+    ns.ip(&["addr", "add", addr, "dev", "eth0"]);
+    ns.ip(&["link", "set", "eth0", "up"]);
 }

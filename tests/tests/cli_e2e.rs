@@ -10,7 +10,7 @@ use std::{
 
 use router_ctl::model::spec::names;
 use serde_json::Value;
-use tests::{Netns, daemon::Daemon, unique};
+use tests::{Netns, daemon::Daemon, plug_into_bridge, unique};
 
 const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const PORT: u16 = 8080;
@@ -118,20 +118,7 @@ impl Topology {
             ],
         );
         let inet = Netns::new("cei");
-        let uplink = unique("cup");
-        host.ip(&[
-            "link", "add", &uplink, "type", "veth", "peer", "name", "eth0", "netns", &inet.name,
-        ]);
-        host.ip(&[
-            "link",
-            "set",
-            &uplink,
-            "master",
-            &names::bridge(&ext_id),
-            "up",
-        ]);
-        inet.ip(&["addr", "add", "203.0.113.1/24", "dev", "eth0"]);
-        inet.ip(&["link", "set", "eth0", "up"]);
+        plug_into_bridge(&host, &inet, &names::bridge(&ext_id), "203.0.113.1/24");
         let listener = inet.enter(|| TcpListener::bind((INTERNET, PORT)).expect("bind the server"));
         listener.set_nonblocking(true).expect("nonblocking");
 

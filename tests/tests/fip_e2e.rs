@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tests::{
     Netns,
     daemon::{Daemon, DaemonOptions},
-    enter_named, unique,
+    enter_named, plug_into_bridge, unique,
 };
 
 const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -94,20 +94,7 @@ impl Topology {
             ],
         );
         let inet = Netns::new("fi");
-        let uplink = unique("fup");
-        host.ip(&[
-            "link", "add", &uplink, "type", "veth", "peer", "name", "eth0", "netns", &inet.name,
-        ]);
-        host.ip(&[
-            "link",
-            "set",
-            &uplink,
-            "master",
-            &names::bridge(&ext_id),
-            "up",
-        ]);
-        inet.ip(&["addr", "add", "203.0.113.1/24", "dev", "eth0"]);
-        inet.ip(&["link", "set", "eth0", "up"]);
+        plug_into_bridge(&host, &inet, &names::bridge(&ext_id), "203.0.113.1/24");
         // Gratuitous ARPs create neighbour entries here, so the test can see them.
         inet.run("sysctl", &["-qw", "net.ipv4.conf.eth0.arp_accept=1"]);
 
