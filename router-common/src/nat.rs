@@ -45,16 +45,27 @@ pub fn first_port(
     probe_port(min, max, flow_hash(src, dst, sport, dport, proto), 0)
 }
 
-/// The `i`-th port tried for a new flow: a linear probe from a random `start` inside the
-/// inclusive range `[min, max]` (host order), wrapping around. `min <= max` is required.
+/// Stride of the port probe: a prime, so it is coprime to every range size but itself.
+const PROBE_STRIDE: u32 = 40_009;
+
+/// The `i`-th port tried for a new flow inside the inclusive range `[min, max]` (host order),
+/// from `start`: `start + i × stride` modulo the range, the stride coprime to the range size,
+/// so `range` probes visit every port once. Not a linear probe: ports kept by port
+/// preservation form contiguous runs (consecutive ephemeral ports), and a linear probe that
+/// starts in such a run spends every try inside it. `min <= max` is required.
 #[inline(always)]
 pub fn probe_port(min: u16, max: u16, start: u32, i: u32) -> u16 {
     let range = (max as u32).wrapping_sub(min as u32).wrapping_add(1);
     if range == 0 || max < min {
         return min;
     }
-    let off = ((start % range) + i) % range;
-    (min as u32 + off) as u16
+    let step = if range == PROBE_STRIDE {
+        1
+    } else {
+        PROBE_STRIDE % range
+    };
+    let off = ((start % range) as u64 + i as u64 * step as u64) % range as u64;
+    (min as u32 + off as u32) as u16
 }
 
 /// Conntrack-like state of a session, chosen to pick its timeout.
@@ -152,6 +163,13 @@ mod tests {
             "a full probe visits every port once"
         );
         assert_eq!(probe_port(5, 5, 12345, 7), 5);
+        // A range the size of the stride is still covered.
+        let (min, max) = (1000u16, 1000 + PROBE_STRIDE as u16 - 1);
+        let mut seen = std::vec![false; PROBE_STRIDE as usize];
+        for i in 0..PROBE_STRIDE {
+            seen[(probe_port(min, max, 7, i) - min) as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
         assert_eq!(probe_port(0, 65535, 70000, 0), (70000 % 65536) as u16);
     }
 

@@ -206,7 +206,7 @@ fn new_session(fwd: &SessionKey, bits: u8) -> SessionValue {
 }
 
 /// Creates the session of a new outbound flow: at its first-choice port `first` unless that is
-/// known to be taken, else at the first free port of a linear probe from a random start, with a
+/// known to be taken, else at the first free port of a probe from a random start, with a
 /// forward alias. Inserts use `BPF_NOEXIST`, so two CPUs creating the same flow at once end up
 /// with one session: the loser re-reads the winner's entry (or alias) and uses it.
 #[inline(always)]
