@@ -31,8 +31,13 @@ const DP_ID: u32 = 1;
 /// The device BPF_PROG_TEST_RUN runs an skb program on when no ifindex is given (loopback).
 const TEST_RUN_IFINDEX: u32 = 1;
 
-/// Builds the eBPF object (bootstrapping the toolchain if needed) and returns its path.
+/// Builds the eBPF object (bootstrapping the toolchain if needed) and returns its path; or,
+/// when `ROUTER_EBPF_OBJECT` is set (as for `router-ctl`'s build), that object, so two builds
+/// can be compared on the same machine state (TestRun and memory only).
 pub fn object_path(target_dir: &Path, _workspace: &Path) -> Result<PathBuf> {
+    if let Some(obj) = std::env::var_os("ROUTER_EBPF_OBJECT") {
+        return Ok(PathBuf::from(obj));
+    }
     crate::ebpf::build(target_dir).context("building the eBPF object")
 }
 
