@@ -395,3 +395,49 @@ pub fn plug_into_bridge(host: &Netns, ns: &Netns, br: &str, addr: &str) {
     ns.ip(&["addr", "add", addr, "dev", "eth0"]);
     ns.ip(&["link", "set", "eth0", "up"]);
 }
+
+/// One tc filter as `tc -j filter show` prints it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TcFilter {
+    /// Priority (`pref`).
+    pub pref: u64,
+    /// Handle, as tc prints it (`0x1`).
+    pub handle: String,
+    /// Name of the BPF program the filter runs.
+    pub prog: String,
+    /// Kernel id of that program (a new daemon's program has a new id).
+    pub prog_id: u64,
+}
+
+/// The BPF filters on the `hook` ("ingress" or "egress") of `dev` in namespace `ns`
+/// (`tc -j filter show`, run inside the namespace; no clsact qdisc is no filter).
+pub fn tc_filters(ns: &Netns, dev: &str, hook: &str) -> Vec<TcFilter> {
+    tc_filters_in(&ns.name, dev, hook)
+}
+
+/// `tc_filters` for a namespace this test did not create (named under /run/netns).
+pub fn tc_filters_in(ns_name: &str, dev: &str, hook: &str) -> Vec<TcFilter> {
+    let out = sh(Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns_name}"))
+        .args(["tc", "-j", "filter", "show", "dev", dev, hook]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.trim().is_empty() {
+        return Vec::new();
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("tc -j output {text:?}: {e}"));
+    v.as_array()
+        .unwrap_or_else(|| panic!("tc -j output is not an array: {text}"))
+        .iter()
+        // tc prints one header entry per (pref, protocol) and one entry per filter, with options.
+        .filter_map(|f| {
+            let o = f.get("options")?;
+            Some(TcFilter {
+                pref: f["pref"].as_u64().unwrap_or_else(|| panic!("pref in {f}")),
+                handle: o["handle"].as_str().unwrap_or_default().to_string(),
+                prog: o["prog"]["name"].as_str().unwrap_or_default().to_string(),
+                prog_id: o["prog"]["id"].as_u64().unwrap_or_default(),
+            })
+        })
+        .collect()
+}

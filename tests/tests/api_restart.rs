@@ -8,7 +8,9 @@
 //!                                                                   server ns 192.0.2.1 (echo)
 //! ```
 //! The daemon runs in the host namespace with `public` mapped to the uplink; the server has no
-//! route to 10.0.0.0/8, so every echoed byte proves translation both ways.
+//! route to 10.0.0.0/8, so every echoed byte proves translation both ways. After the restart
+//! each of the router's taps still has exactly one filter per hook, now running the new
+//! daemon's program instances (new program ids), which carry the rest of the connection.
 
 use std::{
     io::{Read as _, Write as _},
@@ -17,13 +19,31 @@ use std::{
     time::Duration,
 };
 
+use router_common::programs;
 use router_ctl::model::spec::names;
 use serde_json::{Value, json};
 use tests::{
     Netns,
     daemon::{Daemon, DaemonOptions},
-    unique,
+    tc_filters, unique,
 };
+
+/// Program ids on the router's taps, checking exactly one filter per hook running the hook's
+/// program: (gateway tap ingress, egress, interface tap egress, ingress).
+fn hook_programs(host: &Netns, gw_tap: &str, qr_tap: &str) -> [u64; 4] {
+    let one = |dev: &str, hook: &str, prog: &str| {
+        let f = tc_filters(host, dev, hook);
+        assert_eq!(f.len(), 1, "{dev} {hook}: {f:?}");
+        assert_eq!(f[0].prog, prog, "{dev} {hook}: {f:?}");
+        f[0].prog_id
+    };
+    [
+        one(gw_tap, "ingress", programs::SNAT_OUT),
+        one(gw_tap, "egress", programs::SNAT_IN),
+        one(qr_tap, "egress", programs::INTERNAL_IN),
+        one(qr_tap, "ingress", programs::INTERNAL_OUT),
+    ]
+}
 
 #[track_caller]
 fn expect(got: (u16, Value), want: u16) -> Value {
@@ -169,10 +189,31 @@ fn tcp_through_snat_survives_kill9_and_restart() {
         .expect("timeout");
     let mut sent = exchange(&mut conn, 1);
 
+    let (_, ports) = d.get(&format!("/v2.0/ports?device_id={r}"));
+    let tap_of = |owner: &str| {
+        ports["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .find(|p| p["device_owner"] == owner)
+            .map(|p| names::tap_dev(p["id"].as_str().expect("port id")))
+            .unwrap_or_else(|| panic!("no {owner} port in {ports}"))
+    };
+    let gw_tap = tap_of("network:router_gateway");
+    let qr_tap = tap_of("network:router_interface");
+    let before = hook_programs(&host, &gw_tap, &qr_tap);
+
     d.kill9();
     // While the daemon is down the kernel keeps forwarding and translating.
     sent += exchange(&mut conn, 2);
     d.restart();
+    let after = hook_programs(&host, &gw_tap, &qr_tap);
+    for (b, a) in before.iter().zip(&after) {
+        assert_ne!(
+            b, a,
+            "a filter still runs the old daemon's program: {before:?} → {after:?}"
+        );
+    }
     sent += exchange(&mut conn, 3);
     // And after the resync (the start-up pass ran before the daemon answered).
     let v = expect(d.get(&format!("/v2.0/routers/{r}")), 200);

@@ -23,11 +23,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use router_common::programs;
 use router_ctl::{
     config::NatConfig,
-    datapath::{Datapath, RouterNat},
+    datapath::{Datapath, RouterNat, filter},
 };
-use tests::{Bpffs, Netns, unique, veth};
+use tests::{Bpffs, Netns, tc_filters, unique, veth};
 
 const GW: &str = "192.0.2.10";
 const SRV: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 9);
@@ -269,16 +270,13 @@ fn snat_end_to_end() {
     let bpffs = Bpffs::new();
     let dp = Datapath::open(bpffs.path(), &NatConfig::default())
         .unwrap_or_else(|e| panic!("open datapath: {e:#}"));
-    // A device that does not exist: a clear error and no pin left behind.
+    // A device that does not exist: a clear error and no filter anywhere.
     let err = t
         .host
         .enter(|| dp.attach("nosuchdev0"))
         .expect_err("attach to nothing");
     assert!(format!("{err:#}").contains("nosuchdev0"), "{err:#}");
-    let links = bpffs
-        .path()
-        .join(format!("v{}/links", router_common::LAYOUT_VERSION));
-    assert_eq!(std::fs::read_dir(&links).expect("links dir").count(), 0);
+    assert_eq!(filters(&t.host, &t.tap), (0, 0));
     let ifindex = t
         .host
         .enter(|| dp.attach(&t.tap))
@@ -289,6 +287,7 @@ fn snat_end_to_end() {
         t.host.enter(|| dp.attach(&t.tap)).expect("re-attach"),
         ifindex
     );
+    assert_eq!(filters(&t.host, &t.tap), (1, 1), "one filter per hook");
     dp.configure_router(&RouterNat {
         dp_id: 11,
         ifindex,
@@ -433,14 +432,35 @@ fn snat_end_to_end() {
     let _ = (&t.vm2, &t.vm3, &t.hop);
 }
 
-/// Number of TCX programs on `dev` (ingress, egress), queried inside `ns`.
-fn tcx_programs(ns: &Netns, dev: &str) -> (usize, usize) {
-    use aya::programs::{SchedClassifier, TcAttachType};
-    ns.enter(|| {
-        let i = SchedClassifier::query_tcx(dev, TcAttachType::Ingress).expect("query ingress");
-        let e = SchedClassifier::query_tcx(dev, TcAttachType::Egress).expect("query egress");
-        (i.1.len(), e.1.len())
-    })
+/// Number of filters on `dev` (ingress, egress) in `ns`, each checked to be ours: priority
+/// `filter::PRIORITY`, handle `filter::HANDLE`, and the hook's program.
+fn filters(ns: &Netns, dev: &str) -> (usize, usize) {
+    let count = |hook: &str, prog: &str| {
+        let f = tc_filters(ns, dev, hook);
+        for x in &f {
+            assert_eq!(
+                (x.pref, x.handle.as_str(), x.prog.as_str()),
+                (u64::from(filter::PRIORITY), "0x1", prog),
+                "{dev} {hook}: {f:?}"
+            );
+        }
+        f.len()
+    };
+    (
+        count("ingress", programs::SNAT_OUT),
+        count("egress", programs::SNAT_IN),
+    )
+}
+
+/// Kernel ids of the programs on `dev` (ingress, egress).
+fn prog_ids(ns: &Netns, dev: &str) -> (Vec<u64>, Vec<u64>) {
+    let ids = |hook| {
+        tc_filters(ns, dev, hook)
+            .iter()
+            .map(|f| f.prog_id)
+            .collect()
+    };
+    (ids("ingress"), ids("egress"))
 }
 
 #[test]
@@ -476,12 +496,13 @@ fn state_survives_a_datapath_restart() {
     assert_eq!(seen1, format!("{GW}:40000"));
     assert_ne!(seen2, seen1, "vm2 remapped");
 
-    // The daemon dies without cleaning up (as with kill -9): pinned links and maps stay.
+    // The daemon dies without cleaning up (as with kill -9): filters and pinned maps stay.
+    let ids_before = prog_ids(&t.host, &t.tap);
     drop(dp);
     assert_eq!(
-        tcx_programs(&t.host, &t.tap),
+        filters(&t.host, &t.tap),
         (1, 1),
-        "links outlive the process"
+        "filters outlive the process"
     );
     let again = String::from_utf8(udp_ask(&s2, srv.addr, b"who")).expect("utf8");
     assert_eq!(again, seen2, "translation continues with no daemon running");
@@ -500,9 +521,14 @@ fn state_survives_a_datapath_restart() {
     })
     .expect("reconfigure");
     assert_eq!(
-        tcx_programs(&t.host, &t.tap),
+        filters(&t.host, &t.tap),
         (1, 1),
         "re-attach replaced, not added"
+    );
+    let ids_after = prog_ids(&t.host, &t.tap);
+    assert!(
+        ids_after.0 != ids_before.0 && ids_after.1 != ids_before.1,
+        "the filters run the new instance: {ids_before:?} → {ids_after:?}"
     );
     let again = String::from_utf8(udp_ask(&s2, srv.addr, b"who")).expect("utf8");
     assert_eq!(again, seen2, "mapping kept across the restart");
@@ -510,12 +536,141 @@ fn state_survives_a_datapath_restart() {
 
     // Gateway cleared: detach and remove the router; nothing is left on the tap.
     t.host.enter(|| dp.detach(&t.tap)).expect("detach");
-    assert_eq!(tcx_programs(&t.host, &t.tap), (0, 0), "detached");
+    assert_eq!(filters(&t.host, &t.tap), (0, 0), "detached");
     dp.remove_router(12).expect("remove router");
     assert!(dp.sessions(12).expect("sessions").is_empty());
     // Detaching again is a no-op.
     t.host.enter(|| dp.detach(&t.tap)).expect("detach twice");
     dp.purge().expect("purge");
+}
+
+/// Upgrade from a daemon that attached with TCX links pinned under `v<N>/links/`: the new
+/// datapath puts its filters on the device, then removes the old pins (their links detach), so
+/// the device ends with exactly one program per hook, and traffic is translated throughout.
+#[test]
+fn legacy_tcx_links_are_taken_over() {
+    use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc};
+    use router_common::maps;
+    use router_ctl::datapath::bpffs;
+
+    let t = build();
+    let bpffs_dir = Bpffs::new();
+    let nat = RouterNat {
+        dp_id: 15,
+        ifindex: t.host.ifindex(&t.tap),
+        gateway_ip: GW.parse().unwrap(),
+        enable_snat: true,
+        internal_cidrs: vec!["10.0.0.0/24".parse().unwrap()],
+    };
+    let dp = Datapath::open(bpffs_dir.path(), &NatConfig::default()).expect("open");
+    dp.configure_router(&nat).expect("configure");
+    drop(dp);
+
+    // The old daemon: same pinned maps, programs attached with TCX, links pinned.
+    let version_dir = bpffs::version_dir(bpffs_dir.path());
+    let links_dir = version_dir.join("links");
+    std::fs::create_dir_all(&links_dir).expect("links dir");
+    {
+        let mut loader = aya::EbpfLoader::new();
+        let names = [
+            maps::INTERNAL_IFS,
+            maps::FLOATING_IPS,
+            maps::PORT_FORWARDINGS,
+            maps::ROUTER_CONFIG,
+            maps::INTERNAL_CIDRS,
+            maps::SESSIONS,
+            maps::FRAGMENTS,
+            maps::ROUTER_STATS,
+            maps::GLOBAL_STATS,
+        ];
+        let paths: Vec<_> = names.iter().map(|n| version_dir.join(n)).collect();
+        for (n, p) in names.iter().zip(&paths) {
+            loader.map_pin_path(n, p);
+        }
+        let obj = router_ctl::datapath::object().expect("object");
+        let mut ebpf = loader.load(obj).expect("load with pinned maps");
+        for (name, at, hook) in [
+            (programs::SNAT_OUT, TcAttachType::Ingress, "ingress"),
+            (programs::SNAT_IN, TcAttachType::Egress, "egress"),
+        ] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .expect("program")
+                .try_into()
+                .expect("classifier");
+            prog.load().expect("load program");
+            let id = t
+                .host
+                .enter(|| {
+                    prog.attach_with_options(
+                        &t.tap,
+                        at,
+                        tc::TcAttachOptions::TcxOrder(LinkOrder::default()),
+                    )
+                })
+                .expect("TCX attach");
+            let link: FdLink = prog
+                .take_link(id)
+                .expect("take link")
+                .try_into()
+                .expect("TCX link");
+            link.pin(links_dir.join(bpffs::legacy_link_pin_name(&t.tap, nat.ifindex, hook)))
+                .expect("pin link");
+        }
+    }
+    assert_eq!(tcx_programs(&t.host, &t.tap), (1, 1));
+    assert_eq!(filters(&t.host, &t.tap), (0, 0));
+    let srv = UdpServer::start(&t.srv, SocketAddr::from((SRV, 5353)));
+    let s1 = t
+        .vm1
+        .enter(|| UdpSocket::bind("0.0.0.0:40001").expect("bind vm1"));
+    let seen = String::from_utf8(udp_ask(&s1, srv.addr, b"who")).expect("utf8");
+    assert_eq!(
+        seen,
+        format!("{GW}:40001"),
+        "the old daemon's programs translate"
+    );
+
+    // The new daemon takes over.
+    let dp = Datapath::open(bpffs_dir.path(), &NatConfig::default()).expect("reopen");
+    assert_eq!(dp.legacy_links(), vec![t.tap.clone()]);
+    assert_eq!(
+        t.host.enter(|| dp.attach(&t.tap)).expect("attach"),
+        nat.ifindex
+    );
+    assert_eq!(filters(&t.host, &t.tap), (1, 1));
+    assert!(dp.legacy_links().is_empty());
+    assert_eq!(
+        std::fs::read_dir(&links_dir).expect("links dir").count(),
+        0,
+        "legacy pins removed"
+    );
+    // The kernel releases an unpinned link from a work queue: wait for it, bounded.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tcx_programs(&t.host, &t.tap) != (0, 0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(tcx_programs(&t.host, &t.tap), (0, 0), "TCX links detached");
+    let seen = String::from_utf8(udp_ask(&s1, srv.addr, b"who")).expect("utf8");
+    assert_eq!(
+        seen,
+        format!("{GW}:40001"),
+        "the filters translate, same mapping"
+    );
+
+    t.host.enter(|| dp.detach(&t.tap)).expect("detach");
+    dp.remove_router(15).expect("remove router");
+    dp.purge().expect("purge");
+}
+
+/// Number of TCX programs on `dev` (ingress, egress), queried inside `ns`.
+fn tcx_programs(ns: &Netns, dev: &str) -> (usize, usize) {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    ns.enter(|| {
+        let i = SchedClassifier::query_tcx(dev, TcAttachType::Ingress).expect("query ingress");
+        let e = SchedClassifier::query_tcx(dev, TcAttachType::Egress).expect("query egress");
+        (i.1.len(), e.1.len())
+    })
 }
 
 /// 4 MiB each way over one translated TCP connection: GSO/GRO-sized segments cross the hooks

@@ -1,11 +1,13 @@
 //! Smoke test of the whole chain: the real eBPF object loads, a TC program attaches to a veth in
-//! a namespace this test creates, real packets cross it, and the program's counter map moves.
+//! a namespace this test creates (as the datapath does: a cls_bpf filter under clsact, see
+//! `router_ctl::datapath::filter`), real packets cross it, and the program's counter map moves.
 use aya::{
     maps::PerCpuArray,
     programs::{SchedClassifier, TcAttachType},
 };
 use router_common::{global, maps, programs};
-use tests::{Netns, load_object, veth};
+use router_ctl::datapath::filter;
+use tests::{Netns, load_object, tc_filters, veth};
 
 #[test]
 fn tc_program_counts_real_packets() {
@@ -23,9 +25,18 @@ fn tc_program_counts_real_packets() {
             .try_into()
             .expect("snat_out is a classifier");
         prog.load().expect("verifier accepts snat_out");
-        prog.attach("v1", TcAttachType::Ingress)
-            .expect("attach tcx ingress");
+        filter::attach(prog, "v1", TcAttachType::Ingress)
+            .map_err(|e| format!("{e:#}"))
+            .expect_err("no clsact qdisc yet");
+        filter::ensure_clsact("v1").expect("clsact");
+        assert!(
+            filter::attach(prog, "v1", TcAttachType::Ingress).expect("attach"),
+            "filter created"
+        );
     });
+    let f = tc_filters(&b, "v1", "ingress");
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(f[0].prog, programs::SNAT_OUT);
 
     let out = a.run("ping", &["-c", "3", "-i", "0.2", "-W", "2", "10.99.0.2"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("3 received"));

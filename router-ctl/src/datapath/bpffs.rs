@@ -1,16 +1,19 @@
 //! The bpffs side of the datapath: making sure a bpffs is mounted where the daemon pins,
 //! the versioned pin layout, and removing pins.
 //!
-//! Layout under the configured directory:
-//! `v<LAYOUT_VERSION>/<MAP_NAME>` for every map, and
-//! `v<LAYOUT_VERSION>/links/<dev>@<ifindex>@<ingress|egress>` for every TCX link. The ifindex in
-//! the link name tells a link on the current device from one left on a deleted device of the
-//! same name. bpffs refuses `.` in names, so a `.` in a device name is stored as `:` (which no
-//! device name can contain).
+//! Layout under the configured directory: `v<LAYOUT_VERSION>/<MAP_NAME>` for every map.
+//!
+//! Daemons up to layout 3 attached with TCX links pinned as
+//! `v<N>/links/<dev>@<ifindex>@<ingress|egress>` (a `.` in a device name stored as `:`, which
+//! bpffs refuses). The programs are tc filters now (`datapath::filter`) and need no pin;
+//! `LegacyLinks` removes those pins — detaching their links — once a filter has taken over
+//! the device, so no device runs both.
 
 use std::{
+    collections::HashMap,
     fs,
     path::{Path, PathBuf},
+    sync::Mutex,
 };
 
 use anyhow::{Context as _, Result};
@@ -49,49 +52,113 @@ pub fn version_dir(bpffs: &Path) -> PathBuf {
     bpffs.join(format!("v{LAYOUT_VERSION}"))
 }
 
-/// The directory of pinned links.
-pub fn links_dir(bpffs: &Path) -> PathBuf {
-    version_dir(bpffs).join("links")
-}
-
-/// Pin name of the link of `dev` (ifindex `ifindex`) on hook `hook`.
-pub fn link_pin_name(dev: &str, ifindex: u32, hook: &str) -> String {
+/// Name of the pin an older daemon gave the TCX link of `dev` (ifindex `ifindex`) on `hook`
+/// (`ingress`/`egress`), under `v<N>/links/`.
+pub fn legacy_link_pin_name(dev: &str, ifindex: u32, hook: &str) -> String {
     format!("{}@{ifindex}@{hook}", dev.replace('.', ":"))
 }
 
-/// Parses a link pin name back into `(dev, ifindex, hook)`.
+/// Parses a legacy link pin name back into `(dev, ifindex, hook)`.
 pub fn parse_link_pin_name(name: &str) -> Option<(String, u32, &str)> {
     let (rest, hook) = name.rsplit_once('@')?;
     let (dev, idx) = rest.rsplit_once('@')?;
     Some((dev.replace(':', "."), idx.parse().ok()?, hook))
 }
 
-/// Link pins of `dev` (any ifindex) on `hook`, or on every hook when `hook` is None.
-pub fn link_pins_of(bpffs: &Path, dev: &str, hook: Option<&str>) -> Result<Vec<(PathBuf, u32)>> {
-    let dir = links_dir(bpffs);
-    let mut out = Vec::new();
-    let entries = match fs::read_dir(&dir) {
+/// The `links` directories of every layout version under `bpffs`.
+fn legacy_link_dirs(bpffs: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(bpffs) {
         Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", bpffs.display())),
     };
+    let mut out = Vec::new();
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if let Some((d, idx, h)) = parse_link_pin_name(&name)
-            && d == dev
-            && hook.is_none_or(|want| want == h)
+        if name
+            .to_string_lossy()
+            .strip_prefix('v')
+            .is_some_and(|n| n.parse::<u32>().is_ok())
         {
-            out.push((entry.path(), idx));
+            let links = entry.path().join("links");
+            if links.is_dir() {
+                out.push(links);
+            }
         }
     }
     Ok(out)
 }
 
-/// Removes every pin (maps and links) of this layout version and their directories.
-/// Removing a link pin detaches the link once no process holds it.
+fn remove_pin(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing pin {}", path.display())),
+    }
+}
+
+/// TCX link pins left by a daemon that attached with TCX, by device name.
+///
+/// They are this daemon's own (its bpffs). Each stays, and keeps its program running, until
+/// `remove_device` is called for its device: once a filter runs there (attach), or when the
+/// datapath leaves the device (detach); `purge` removes the rest. Nothing is removed by
+/// looking a name up, since the namespace a caller runs in may not be the daemon's. TCX
+/// programs run before the clsact filters and ours end the hook (never `TC_ACT_UNSPEC`), so
+/// while both are attached packets are translated once, and at no moment by none.
+#[derive(Debug, Default)]
+pub struct LegacyLinks {
+    pins: Mutex<HashMap<String, Vec<PathBuf>>>,
+}
+
+impl LegacyLinks {
+    /// Reads the pins under `bpffs`.
+    pub fn scan(bpffs: &Path) -> Result<Self> {
+        let mut pins: HashMap<String, Vec<PathBuf>> = HashMap::new();
+        for dir in legacy_link_dirs(bpffs)? {
+            let entries =
+                fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+            for entry in entries {
+                let path = entry?.path();
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                if let Some((dev, _, _)) = name.as_deref().and_then(parse_link_pin_name) {
+                    pins.entry(dev).or_default().push(path);
+                }
+            }
+        }
+        Ok(Self {
+            pins: Mutex::new(pins),
+        })
+    }
+
+    /// Removes the pins of `dev`, which detaches its TCX links.
+    pub fn remove_device(&self, dev: &str) -> Result<()> {
+        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(paths) = pins.remove(dev) {
+            for p in &paths {
+                remove_pin(p)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Devices still carrying a legacy link.
+    pub fn devices(&self) -> Vec<String> {
+        let pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        pins.keys().cloned().collect()
+    }
+}
+
+/// Removes every map pin of this layout version and every legacy link pin (detaching those
+/// links), with their directories. Programs attached as tc filters stay until their device goes.
 pub fn purge(bpffs: &Path) -> Result<()> {
+    for dir in legacy_link_dirs(bpffs)? {
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+        }
+    }
     let dir = version_dir(bpffs);
     match fs::remove_dir_all(&dir) {
         Ok(()) => Ok(()),
@@ -106,7 +173,7 @@ mod tests {
 
     #[test]
     fn link_pin_names_round_trip() {
-        let n = link_pin_name("tap1234-56.ab", 42, "ingress");
+        let n = legacy_link_pin_name("tap1234-56.ab", 42, "ingress");
         assert_eq!(n, "tap1234-56:ab@42@ingress");
         assert!(!n.contains('.'), "bpffs refuses dots");
         assert_eq!(
@@ -124,6 +191,5 @@ mod tests {
             d,
             PathBuf::from(format!("/sys/fs/bpf/rc/v{LAYOUT_VERSION}"))
         );
-        assert!(links_dir(Path::new("/b")).ends_with("links"));
     }
 }

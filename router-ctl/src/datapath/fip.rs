@@ -178,18 +178,7 @@ impl Datapath {
     pub fn attach_internal(&self, dev: &str) -> Result<u32> {
         let ifindex = ifindex_of(dev)?;
         let mut inner = self.lock();
-        let mut created = Vec::new();
-        for (name, attach_type, hook) in INTERNAL_HOOKS {
-            match self.attach_hook(&mut inner, dev, ifindex, name, attach_type, hook) {
-                Ok(pin) => created.extend(pin),
-                Err(e) => {
-                    for pin in &created {
-                        let _ = std::fs::remove_file(pin);
-                    }
-                    return Err(e);
-                }
-            }
-        }
+        self.attach_hooks(&mut inner, dev, &INTERNAL_HOOKS)?;
         Ok(ifindex)
     }
 

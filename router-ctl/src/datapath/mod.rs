@@ -2,10 +2,12 @@
 //! attaching to gateway devices, per-router NAT configuration, sessions, counters, GC.
 //!
 //! One loaded object serves every router of a daemon: per-router state lives in maps keyed by
-//! the router's `dp_id`, and the programs are attached to each router's gateway tap.
+//! the router's `dp_id`, and the programs are attached to each router's gateway tap (and the
+//! internal-side ones to its `qr-` taps) as tc filters (see `filter`).
 
 mod batch;
 pub mod bpffs;
+pub mod filter;
 pub mod fip;
 pub mod sessions;
 
@@ -23,11 +25,7 @@ use aya::{
         HashMap, IterableMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
         lpm_trie::Key,
     },
-    programs::{
-        LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions,
-        links::{FdLink, PinnedLink},
-        tc::{SchedClassifierLink, TcAttachOptions},
-    },
+    programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions},
 };
 use ipnet::Ipv4Net;
 use router_common::{
@@ -104,6 +102,8 @@ pub struct Datapath {
     /// A second handle on the pinned SESSIONS map for the GC, so its walk over every entry
     /// (two syscalls each) does not hold `inner` and stall the API's datapath calls.
     gc_sessions: Mutex<HashMap<MapData, SessionKey, SessionValue>>,
+    /// TCX links pinned by an older daemon, removed as filters take over their devices.
+    legacy: bpffs::LegacyLinks,
 }
 
 // The daemon shares one `Arc<Datapath>` between its API tasks, the realiser and the GC loop.
@@ -112,7 +112,7 @@ const _: () = {
     assert_send_sync::<Datapath>();
 };
 
-/// The hooks: program, TCX attach point and the pin suffix of its link.
+/// The hooks of the gateway tap: program, attach point, and its name in errors.
 const HOOKS: [(&str, TcAttachType, &str); 2] = [
     (programs::SNAT_OUT, TcAttachType::Ingress, "ingress"),
     (programs::SNAT_IN, TcAttachType::Egress, "egress"),
@@ -200,8 +200,8 @@ impl Datapath {
         raise_memlock();
         bpffs::ensure_mounted(bpffs)?;
         let dir = bpffs::version_dir(bpffs);
-        std::fs::create_dir_all(bpffs::links_dir(bpffs))
-            .with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let legacy = bpffs::LegacyLinks::scan(bpffs)?;
         let pins: Vec<(&str, PathBuf)> = MAP_NAMES.iter().map(|n| (*n, dir.join(n))).collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &pins {
@@ -241,6 +241,7 @@ impl Datapath {
             bpffs: bpffs.to_path_buf(),
             inner: Mutex::new(inner),
             gc_sessions: Mutex::new(gc_sessions),
+            legacy,
         }))
     }
 
@@ -255,83 +256,58 @@ impl Datapath {
     }
 
     /// Attaches the NAT programs to `dev` (a gateway tap in the calling thread's namespace,
-    /// which must be the daemon's), pinning the links; idempotent. Returns the ifindex.
+    /// which must be the daemon's) as tc filters; idempotent. Returns the ifindex.
     ///
-    /// A link pinned by an earlier run for this very device (same name and ifindex) is kept
-    /// and atomically switched to the program loaded now; pins left for an earlier device of
-    /// the same name are removed.
+    /// A filter left by an earlier run on this device is kept and atomically switched to the
+    /// program loaded now (see `filter`).
     pub fn attach(&self, dev: &str) -> Result<u32> {
         let ifindex = ifindex_of(dev)?;
         let mut inner = self.lock();
-        let mut created = Vec::new();
-        for (name, attach_type, hook) in HOOKS {
-            if let Err(e) = self
-                .attach_hook(&mut inner, dev, ifindex, name, attach_type, hook)
-                .map(|new_pin| created.extend(new_pin))
-            {
-                // No half-attached device: undo the links this call created.
-                for pin in &created {
-                    let _ = remove_pin(pin);
-                }
-                return Err(e);
-            }
-        }
+        self.attach_hooks(&mut inner, dev, &HOOKS)?;
         Ok(ifindex)
     }
 
-    /// Attaches one program to one hook of `dev`; returns the pin it created, if any.
-    fn attach_hook(
+    /// Installs one filter per hook on `dev`; on error, removes the filters this call created
+    /// (no half-attached device) and leaves replaced ones running the new program.
+    fn attach_hooks(
         &self,
         inner: &mut Inner,
         dev: &str,
-        ifindex: u32,
-        name: &str,
-        attach_type: TcAttachType,
-        hook: &str,
-    ) -> Result<Option<PathBuf>> {
-        for (path, idx) in bpffs::link_pins_of(&self.bpffs, dev, Some(hook))? {
-            if idx != ifindex {
-                remove_pin(&path)?;
-            }
-        }
-        let prog: &mut SchedClassifier = inner
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("program {name} missing"))?
-            .try_into()?;
-        let pin = bpffs::links_dir(&self.bpffs).join(bpffs::link_pin_name(dev, ifindex, hook));
-        if pin.exists() {
-            match reuse_link(prog, &pin) {
-                Ok(()) => return Ok(None),
+        hooks: &[(&str, TcAttachType, &str)],
+    ) -> Result<()> {
+        filter::ensure_clsact(dev)?;
+        let mut created = Vec::new();
+        for (name, attach_type, hook) in hooks {
+            let prog: &mut SchedClassifier = inner
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .try_into()?;
+            match filter::attach(prog, dev, *attach_type) {
+                Ok(true) => created.push((*name, *attach_type)),
+                Ok(false) => {}
                 Err(e) => {
-                    tracing::warn!("replacing stale link pin {}: {e:#}", pin.display());
-                    remove_pin(&pin)?;
+                    for (name, t) in &created {
+                        let _ = filter::detach(dev, *t, name);
+                    }
+                    return Err(e.context(format!("attaching {name} to {dev} ({hook})")));
                 }
             }
         }
-        let id = prog
-            .attach_with_options(
-                dev,
-                attach_type,
-                TcAttachOptions::TcxOrder(LinkOrder::default()),
-            )
-            .map_err(|e| anyhow!("attaching {name} to {dev} ({hook}): {e:#}"))?;
-        let link: FdLink = prog
-            .take_link(id)?
-            .try_into()
-            .map_err(|e| anyhow!("TCX link of {name} on {dev}: {e}"))?;
-        link.pin(&pin)
-            .map_err(|e| anyhow!("pinning {}: {e:#}", pin.display()))?;
-        Ok(Some(pin))
+        // The filters run now: a TCX link an older daemon pinned for this device can go.
+        self.legacy.remove_device(dev)
     }
 
-    /// Detaches the programs from `dev` and removes its link pins; missing is success.
+    /// Detaches the programs from `dev` (removes this datapath's filters); a missing device or
+    /// filter is success.
     pub fn detach(&self, dev: &str) -> Result<()> {
         let _guard = self.lock();
-        for (path, _) in bpffs::link_pins_of(&self.bpffs, dev, None)? {
-            remove_pin(&path)?;
+        if nix::net::if_::if_nametoindex(dev).is_ok() {
+            for (name, attach_type, _) in HOOKS.iter().chain(INTERNAL_HOOKS.iter()) {
+                filter::detach(dev, *attach_type, name)?;
+            }
         }
-        Ok(())
+        self.legacy.remove_device(dev)
     }
 
     /// Writes (or rewrites) the router's config and internal CIDRs.
@@ -519,35 +495,22 @@ impl Datapath {
         Ok((res.return_value, out))
     }
 
-    /// Removes every pin of this datapath (maps and links) from the bpffs: the maps and links
-    /// go away once this process drops them. For uninstall and test cleanup.
+    /// Removes every pin of this datapath (maps, and TCX links of an older daemon) from the
+    /// bpffs: the maps go away once this process and the filters still attached drop them. For
+    /// uninstall and test cleanup (filters go with their devices, or with `detach`).
     pub fn purge(&self) -> Result<()> {
         let _guard = self.lock();
         bpffs::purge(&self.bpffs)
     }
 
+    /// Devices still carrying a TCX link pinned by an older daemon (not yet taken over).
+    pub fn legacy_links(&self) -> Vec<String> {
+        self.legacy.devices()
+    }
+
     /// The bpffs directory the pins live under.
     pub fn bpffs(&self) -> &Path {
         &self.bpffs
-    }
-}
-
-/// Switches the pinned link at `pin` to the freshly loaded `prog` (BPF_LINK_UPDATE). Fails if
-/// the pin is not a live TCX link.
-fn reuse_link(prog: &mut SchedClassifier, pin: &Path) -> Result<()> {
-    let pinned = PinnedLink::from_pin(pin)?;
-    let link = SchedClassifierLink::try_from(FdLink::from(pinned))?;
-    let id = prog.attach_to_link(link)?;
-    // The pin keeps the link; our handle can go (dropping an FdLink only closes the fd).
-    let _ = prog.take_link(id)?;
-    Ok(())
-}
-
-fn remove_pin(path: &Path) -> Result<()> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing pin {}", path.display())),
     }
 }
 

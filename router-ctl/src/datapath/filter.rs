@@ -1,0 +1,101 @@
+//! Attaching the programs as netlink tc filters (`cls_bpf` in direct-action mode under a
+//! `clsact` qdisc), one per hook, in a fixed slot.
+//!
+//! Why not TCX links (the default of aya on kernels ≥ 6.6): attaching or detaching a TCX
+//! program waits for a full RCU grace period (`tcx_entry_sync` → `synchronize_rcu()`) while
+//! holding RTNL, 5–15 ms on a busy 2-core machine and serialised across the whole host — four
+//! per router made half of the time to create one. Installing a `cls_bpf` filter swaps the
+//! qdisc's filter list with at most an *expedited* grace period (`mini_qdisc_pair_swap`), and
+//! replacing a filter's program frees the old one after a grace period in the background.
+//! See docs/ARCHITECTURE.md ("Attaching the programs").
+//!
+//! The slot: priority `PRIORITY`, handle `HANDLE`, protocol all, on the ingress or egress
+//! hook of the device. A daemon owns the devices it attaches to, so the slot is free unless an
+//! earlier run of this daemon filled it; "exactly one program per hook" is checkable with
+//! `tc filter show dev <tap> ingress|egress`. A filter holds its program, so it keeps working
+//! when the daemon exits (no pin needed) and goes away with its device.
+
+use std::io::ErrorKind;
+
+use anyhow::{Result, anyhow};
+use aya::programs::{
+    ProgramError, SchedClassifier, TcAttachType,
+    tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
+};
+
+/// tc priority of every filter this datapath installs (`tc filter show` prints it as `pref`).
+pub const PRIORITY: u16 = 1;
+
+/// tc handle of every filter this datapath installs (`handle 0x1`).
+pub const HANDLE: TcHandle = TcHandle::new(0, 1);
+
+/// The errno inside an aya tc error, if any.
+fn errno(e: &ProgramError) -> Option<i32> {
+    match e {
+        ProgramError::TcError(TcError::NetlinkError(n)) | ProgramError::NetlinkError(n) => {
+            n.raw_os_error()
+        }
+        ProgramError::TcError(TcError::IoError(io)) => io.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// Adds the `clsact` qdisc to `dev` unless it has one.
+pub fn ensure_clsact(dev: &str) -> Result<()> {
+    match tc::qdisc_add_clsact(dev) {
+        Ok(()) => Ok(()),
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        Err(e) => Err(anyhow!("adding the clsact qdisc to {dev}: {e:#}")),
+    }
+}
+
+/// Puts `prog` in the slot of `dev`'s `attach_type` hook: creates the filter, or, if the slot
+/// holds one (an earlier run of the daemon, or a resync), switches that filter to `prog` in
+/// place — no moment without a program. Returns whether a filter was created.
+///
+/// The filter outlives `prog`'s handle: aya detaches the links a program still holds when it
+/// is dropped, so the link is taken out and forgotten (a netlink link is plain data: ifindex,
+/// hook, priority, handle; forgetting it leaks no file descriptor).
+pub fn attach(prog: &mut SchedClassifier, dev: &str, attach_type: TcAttachType) -> Result<bool> {
+    let opts = || {
+        TcAttachOptions::Netlink(NlOptions {
+            priority: PRIORITY,
+            handle: HANDLE,
+            ..Default::default()
+        })
+    };
+    let (id, created) = match prog.attach_with_options(dev, attach_type, opts()) {
+        Ok(id) => (id, true),
+        Err(e) if errno(&e) == Some(libc::EEXIST) => {
+            // Netlink without NLM_F_CREATE|NLM_F_EXCL: cls_bpf replaces the program.
+            let link = SchedClassifierLink::attached(dev, attach_type, PRIORITY, HANDLE, None)
+                .map_err(|e| anyhow!("{dev}: {e}"))?;
+            let id = prog
+                .attach_to_link(link)
+                .map_err(|e| anyhow!("replacing the filter's program: {e:#}"))?;
+            (id, false)
+        }
+        Err(e) => return Err(anyhow!("{e:#}")),
+    };
+    let link = prog.take_link(id)?;
+    std::mem::forget(link);
+    Ok(created)
+}
+
+/// Removes the filters running the program `name` from `dev`'s `attach_type` hook; none is
+/// success.
+pub fn detach(dev: &str, attach_type: TcAttachType, name: &str) -> Result<()> {
+    match tc::qdisc_detach_program(dev, attach_type, name) {
+        Ok(()) => Ok(()),
+        Err(TcError::IoError(e)) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(TcError::NetlinkError(e))
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::ENODEV | libc::EINVAL)
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(anyhow!("detaching {name} from {dev}: {e:#}")),
+    }
+}
