@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use tests::{
     Netns,
-    daemon::{ApiClient, Daemon, DaemonOptions},
+    daemon::{ApiClient, Daemon, DaemonOptions, expect, expect_err, expect_err_of},
 };
 
 fn err_type(v: &Value) -> String {
@@ -17,28 +17,6 @@ fn err_type(v: &Value) -> String {
         .as_str()
         .unwrap_or_else(|| panic!("not a NeutronError body: {v}"))
         .to_string()
-}
-
-/// Asserts `status` and returns the body.
-#[track_caller]
-fn expect(got: (u16, Value), want: u16) -> Value {
-    assert_eq!(got.0, want, "body: {}", got.1);
-    got.1
-}
-
-/// Asserts a NeutronError with `status` and `kind`.
-#[track_caller]
-fn expect_err(got: (u16, Value), want: u16, kind: &str) {
-    expect_err_of("", got, want, kind);
-}
-
-/// `expect_err` naming the request (`what`) in its failure messages.
-#[track_caller]
-fn expect_err_of(what: &str, got: (u16, Value), want: u16, kind: &str) {
-    assert_eq!(got.0, want, "{what} body: {}", got.1);
-    assert_eq!(err_type(&got.1), kind, "{what} body: {}", got.1);
-    assert!(got.1["NeutronError"]["message"].is_string(), "{what}");
-    assert_eq!(got.1["NeutronError"]["detail"], "", "{what}");
 }
 
 /// A request the API must refuse: method, path, body (`Value::Null`: none), then the status
@@ -96,23 +74,6 @@ fn int_net(c: &ApiClient, cidr: &str) -> (String, String) {
         json!({"network_id": n, "ip_version": 4, "cidr": cidr}),
     );
     (n, s)
-}
-
-const TOKENS: &str = r#"
-[tokens]
-admin-secret = { project_id = "admin", admin = true }
-alice-secret = { project_id = "alice" }
-bob-secret = { project_id = "bob" }
-"#;
-
-fn daemon_with_projects(host: &Netns) -> Daemon {
-    Daemon::start_with(
-        host,
-        DaemonOptions {
-            config: Some(TOKENS.to_string()),
-            admin_token: Some("admin-secret".into()),
-        },
-    )
 }
 
 #[test]
@@ -787,7 +748,7 @@ fn routers_interfaces_and_gateway() {
 #[test]
 fn projects_are_isolated_and_policy_is_enforced() {
     let host = Netns::new("apih");
-    let d = daemon_with_projects(&host);
+    let d = Daemon::start_with_projects(&host);
     let admin = d.client();
     let alice = d.client_as(Some("alice-secret"));
     let bob = d.client_as(Some("bob-secret"));
