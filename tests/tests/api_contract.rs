@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use tests::{
     Netns,
-    daemon::{ApiClient, Daemon, DaemonOptions},
+    daemon::{ApiClient, Daemon, DaemonOptions, expect, expect_err, expect_err_of},
 };
 
 fn err_type(v: &Value) -> String {
@@ -19,20 +19,18 @@ fn err_type(v: &Value) -> String {
         .to_string()
 }
 
-/// Asserts `status` and returns the body.
-#[track_caller]
-fn expect(got: (u16, Value), want: u16) -> Value {
-    assert_eq!(got.0, want, "body: {}", got.1);
-    got.1
-}
+/// A request the API must refuse: method, path, body (`Value::Null`: none), then the status
+/// and NeutronError type it must answer.
+type Refused<'a> = (&'a str, &'a str, Value, u16, &'a str);
 
-/// Asserts a NeutronError with `status` and `kind`.
+/// Sends each request in turn and asserts its NeutronError (`expect_err` for each row).
 #[track_caller]
-fn expect_err(got: (u16, Value), want: u16, kind: &str) {
-    assert_eq!(got.0, want, "body: {}", got.1);
-    assert_eq!(err_type(&got.1), kind, "body: {}", got.1);
-    assert!(got.1["NeutronError"]["message"].is_string());
-    assert_eq!(got.1["NeutronError"]["detail"], "");
+fn expect_refused(c: &ApiClient, table: &[Refused]) {
+    for (method, path, body, status, kind) in table {
+        let body = (!body.is_null()).then(|| body.to_string());
+        let what = format!("{method} {path} {}:", body.as_deref().unwrap_or(""));
+        expect_err_of(&what, c.raw(method, path, body.as_deref()), *status, kind);
+    }
 }
 
 fn id(v: &Value, kind: &str) -> String {
@@ -76,23 +74,6 @@ fn int_net(c: &ApiClient, cidr: &str) -> (String, String) {
         json!({"network_id": n, "ip_version": 4, "cidr": cidr}),
     );
     (n, s)
-}
-
-const TOKENS: &str = r#"
-[tokens]
-admin-secret = { project_id = "admin", admin = true }
-alice-secret = { project_id = "alice" }
-bob-secret = { project_id = "bob" }
-"#;
-
-fn daemon_with_projects(host: &Netns) -> Daemon {
-    Daemon::start_with(
-        host,
-        DaemonOptions {
-            config: Some(TOKENS.to_string()),
-            admin_token: Some("admin-secret".into()),
-        },
-    )
 }
 
 #[test]
@@ -237,41 +218,26 @@ fn networks_crud_filters_and_fields() {
     );
     assert_eq!(v["network"]["name"], "renamed");
     assert_eq!(v["network"]["admin_state_up"], true);
-    expect_err(
-        c.put(
-            &format!("/v2.0/networks/{other}"),
-            &json!({"network": {"provider:physical_network": "x"}}),
-        ),
-        400,
-        "HTTPBadRequest",
-    );
-    expect_err(
-        c.post(
-            "/v2.0/networks",
-            &json!({"network": {"provider:network_type": "vxlan"}}),
-        ),
-        400,
-        "InvalidInput",
+    let path = format!("/v2.0/networks/{other}");
+    let physnet = json!({"network": {"provider:physical_network": "x"}});
+    let vxlan = json!({"network": {"provider:network_type": "vxlan"}});
+    expect_refused(
+        &c,
+        &[
+            ("PUT", &path, physnet, 400, "HTTPBadRequest"),
+            ("POST", "/v2.0/networks", vxlan, 400, "InvalidInput"),
+        ],
     );
 
     expect(c.delete(&format!("/v2.0/networks/{other}.json")), 204);
-    expect_err(
-        c.get(&format!("/v2.0/networks/{other}")),
-        404,
-        "NetworkNotFound",
-    );
-    expect_err(
-        c.delete(&format!("/v2.0/networks/{other}")),
-        404,
-        "NetworkNotFound",
-    );
-    expect_err(
-        c.put(
-            &format!("/v2.0/networks/{other}"),
-            &json!({"network": {"name": "x"}}),
-        ),
-        404,
-        "NetworkNotFound",
+    let rename = json!({"network": {"name": "x"}});
+    expect_refused(
+        &c,
+        &[
+            ("GET", &path, Value::Null, 404, "NetworkNotFound"),
+            ("DELETE", &path, Value::Null, 404, "NetworkNotFound"),
+            ("PUT", &path, rename, 404, "NetworkNotFound"),
+        ],
     );
 }
 
@@ -298,77 +264,44 @@ fn subnets_validation_and_ipam() {
     let v = expect(c.get(&format!("/v2.0/networks/{net}")), 200);
     assert_eq!(v["network"]["subnets"], json!([sid]));
 
-    let bad = |body: Value, status: u16, kind: &str| {
-        expect_err(
+    // Each refused subnet body, its status and NeutronError type.
+    let pools = |pools: Value| {
+        json!({"network_id": net, "ip_version": 4, "cidr": "10.30.0.0/24",
+               "allocation_pools": pools})
+    };
+    let zero = "00000000-0000-0000-0000-000000000000";
+    #[rustfmt::skip]
+    let refused = [
+        (json!({"network_id": net, "ip_version": 6, "cidr": "fd00::/64"}), 400, "InvalidInput"),
+        (json!({"network_id": net, "ip_version": 5, "cidr": "10.1.0.0/24"}), 400, "HTTPBadRequest"),
+        (json!({"network_id": net, "ip_version": 4, "cidr": "10.1.0.1/24"}), 400, "HTTPBadRequest"),
+        (json!({"network_id": net, "ip_version": 4, "cidr": "banana"}), 400, "HTTPBadRequest"),
+        (json!({"network_id": net, "ip_version": 4}), 400, "HTTPBadRequest"),
+        (json!({"network_id": net, "ip_version": 4, "cidr": "10.20.0.128/25"}),
+            400, "InvalidInput"),
+        (pools(json!([{"start": "10.30.0.1", "end": "10.30.0.9"}])),
+            409, "GatewayConflictWithAllocationPools"),
+        (pools(json!([{"start": "10.31.0.1", "end": "10.31.0.9"}])),
+            400, "OutOfBoundsAllocationPool"),
+        (pools(json!([{"start": "10.30.0.9", "end": "10.30.0.5"}])),
+            400, "InvalidAllocationPool"),
+        (pools(json!([{"start": "10.30.0.5", "end": "10.30.0.9"},
+                      {"start": "10.30.0.9", "end": "10.30.0.20"}])),
+            400, "OverlappingAllocationPools"),
+        (json!({"network_id": zero, "ip_version": 4, "cidr": "10.30.0.0/24"}),
+            404, "NetworkNotFound"),
+        (json!({"network_id": "nope", "ip_version": 4, "cidr": "10.30.0.0/24"}),
+            400, "HTTPBadRequest"),
+    ];
+    for (body, status, kind) in refused {
+        let what = format!("POST /v2.0/subnets {body}:");
+        expect_err_of(
+            &what,
             c.post("/v2.0/subnets", &json!({"subnet": body})),
             status,
             kind,
         );
-    };
-    bad(
-        json!({"network_id": net, "ip_version": 6, "cidr": "fd00::/64"}),
-        400,
-        "InvalidInput",
-    );
-    bad(
-        json!({"network_id": net, "ip_version": 5, "cidr": "10.1.0.0/24"}),
-        400,
-        "HTTPBadRequest",
-    );
-    bad(
-        json!({"network_id": net, "ip_version": 4, "cidr": "10.1.0.1/24"}),
-        400,
-        "HTTPBadRequest",
-    );
-    bad(
-        json!({"network_id": net, "ip_version": 4, "cidr": "banana"}),
-        400,
-        "HTTPBadRequest",
-    );
-    bad(
-        json!({"network_id": net, "ip_version": 4}),
-        400,
-        "HTTPBadRequest",
-    );
-    bad(
-        json!({"network_id": net, "ip_version": 4, "cidr": "10.20.0.128/25"}),
-        400,
-        "InvalidInput",
-    );
-    bad(
-        json!({"network_id": net, "ip_version": 4, "cidr": "10.30.0.0/24",
-               "allocation_pools": [{"start": "10.30.0.1", "end": "10.30.0.9"}]}),
-        409,
-        "GatewayConflictWithAllocationPools",
-    );
-    bad(
-        json!({"network_id": net, "ip_version": 4, "cidr": "10.30.0.0/24",
-               "allocation_pools": [{"start": "10.31.0.1", "end": "10.31.0.9"}]}),
-        400,
-        "OutOfBoundsAllocationPool",
-    );
-    bad(
-        json!({"network_id": net, "ip_version": 4, "cidr": "10.30.0.0/24",
-               "allocation_pools": [{"start": "10.30.0.9", "end": "10.30.0.5"}]}),
-        400,
-        "InvalidAllocationPool",
-    );
-    bad(
-        json!({"network_id": net, "ip_version": 4, "cidr": "10.30.0.0/24",
-               "allocation_pools": [{"start": "10.30.0.5", "end": "10.30.0.9"}, {"start": "10.30.0.9", "end": "10.30.0.20"}]}),
-        400,
-        "OverlappingAllocationPools",
-    );
-    bad(
-        json!({"network_id": "00000000-0000-0000-0000-000000000000", "ip_version": 4, "cidr": "10.30.0.0/24"}),
-        404,
-        "NetworkNotFound",
-    );
-    bad(
-        json!({"network_id": "nope", "ip_version": 4, "cidr": "10.30.0.0/24"}),
-        400,
-        "HTTPBadRequest",
-    );
+    }
 
     // No gateway, explicit pool, DNS.
     let v = expect(
@@ -500,38 +433,22 @@ fn ports_crud_and_conflicts() {
     assert_eq!(p["admin_state_up"], true);
     assert_eq!(p["device_owner"], "compute:nova");
     let pid = id(&v, "port");
-    expect_err(
-        c.post(
-            "/v2.0/ports",
-            &json!({"port": {"network_id": net, "mac_address": "fa:16:3e:00:00:01"}}),
-        ),
-        409,
-        "MacAddressInUse",
-    );
-    expect_err(
-        c.post(
-            "/v2.0/ports",
-            &json!({"port": {"network_id": net, "mac_address": "01:00:5e:00:00:01"}}),
-        ),
-        400,
-        "HTTPBadRequest",
-    );
-    expect_err(
-        c.post(
-            "/v2.0/ports",
-            &json!({"port": {"network_id": net, "fixed_ips": [{"ip_address": "10.50.0.1"}]}}),
-        ),
-        409,
-        "IpAddressInUse",
-    );
-    expect_err(
-        c.post(
-            "/v2.0/ports",
-            &json!({"port": {"network_id": net, "fixed_ips": [{"ip_address": "10.99.0.1"}]}}),
-        ),
-        400,
-        "InvalidIpForNetwork",
-    );
+    #[rustfmt::skip]
+    let refused: &[Refused] = &[
+        ("POST", "/v2.0/ports",
+            json!({"port": {"network_id": net, "mac_address": "fa:16:3e:00:00:01"}}),
+            409, "MacAddressInUse"),
+        ("POST", "/v2.0/ports",
+            json!({"port": {"network_id": net, "mac_address": "01:00:5e:00:00:01"}}),
+            400, "HTTPBadRequest"),
+        ("POST", "/v2.0/ports",
+            json!({"port": {"network_id": net, "fixed_ips": [{"ip_address": "10.50.0.1"}]}}),
+            409, "IpAddressInUse"),
+        ("POST", "/v2.0/ports",
+            json!({"port": {"network_id": net, "fixed_ips": [{"ip_address": "10.99.0.1"}]}}),
+            400, "InvalidIpForNetwork"),
+    ];
+    expect_refused(&c, refused);
     let v = expect(
         c.get(&format!("/v2.0/ports?network_id={net}&device_id=vm-1")),
         200,
@@ -619,46 +536,17 @@ fn routers_interfaces_and_gateway() {
         &json!({"subnet_id": sub}),
     );
     assert_eq!(st, 409, "{v}");
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{rid}/add_router_interface"),
-            &json!({"subnet_id": sub3}),
-        ),
-        400,
-        "BadRequest",
-    );
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{rid}/add_router_interface"),
-            &json!({}),
-        ),
-        400,
-        "BadRequest",
-    );
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{rid}/add_router_interface"),
-            &json!({"subnet_id": sub2, "port_id": if_port}),
-        ),
-        400,
-        "BadRequest",
-    );
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{rid}/add_router_interface"),
-            &json!({"subnet_id": "00000000-0000-0000-0000-000000000000"}),
-        ),
-        404,
-        "SubnetNotFound",
-    );
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{rid}/add_router_interface"),
-            &json!({"network_id": net2}),
-        ),
-        400,
-        "HTTPBadRequest",
-    );
+    let add = format!("/v2.0/routers/{rid}/add_router_interface");
+    #[rustfmt::skip]
+    let refused: &[Refused] = &[
+        ("PUT", &add, json!({"subnet_id": sub3}), 400, "BadRequest"),
+        ("PUT", &add, json!({}), 400, "BadRequest"),
+        ("PUT", &add, json!({"subnet_id": sub2, "port_id": if_port}), 400, "BadRequest"),
+        ("PUT", &add, json!({"subnet_id": "00000000-0000-0000-0000-000000000000"}),
+            404, "SubnetNotFound"),
+        ("PUT", &add, json!({"network_id": net2}), 400, "HTTPBadRequest"),
+    ];
+    expect_refused(&c, refused);
 
     // Interface by port.
     let v = expect(
@@ -694,22 +582,15 @@ fn routers_interfaces_and_gateway() {
     );
 
     // Gateway: non-external network refused; the real call of the seed; fixed IPs; clear.
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{rid}"),
-            &json!({"router": {"external_gateway_info": {"network_id": net2}}}),
-        ),
-        400,
-        "BadRequest",
-    );
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{rid}"),
-            &json!({"router": {"external_gateway_info": {"enable_snat": false}}}),
-        ),
-        400,
-        "HTTPBadRequest",
-    );
+    let router = format!("/v2.0/routers/{rid}");
+    #[rustfmt::skip]
+    let refused: &[Refused] = &[
+        ("PUT", &router, json!({"router": {"external_gateway_info": {"network_id": net2}}}),
+            400, "BadRequest"),
+        ("PUT", &router, json!({"router": {"external_gateway_info": {"enable_snat": false}}}),
+            400, "HTTPBadRequest"),
+    ];
+    expect_refused(&c, refused);
     let v = expect(
         c.put(&format!("/v2.0/routers/{rid}.json"), &json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": false}}})),
         200,
@@ -809,22 +690,13 @@ fn routers_interfaces_and_gateway() {
     );
 
     // Remove interfaces: unknown ones are 404; by port and by subnet.
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{r2}/remove_router_interface"),
-            &json!({"port_id": p2}),
-        ),
-        404,
-        "RouterInterfaceNotFound",
-    );
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{r2}/remove_router_interface"),
-            &json!({"subnet_id": sub}),
-        ),
-        404,
-        "RouterInterfaceNotFoundForSubnet",
-    );
+    let remove2 = format!("/v2.0/routers/{r2}/remove_router_interface");
+    #[rustfmt::skip]
+    let refused: &[Refused] = &[
+        ("PUT", &remove2, json!({"port_id": p2}), 404, "RouterInterfaceNotFound"),
+        ("PUT", &remove2, json!({"subnet_id": sub}), 404, "RouterInterfaceNotFoundForSubnet"),
+    ];
+    expect_refused(&c, refused);
     let info = expect(
         c.put(
             &format!("/v2.0/routers/{rid}/remove_router_interface"),
@@ -876,30 +748,24 @@ fn routers_interfaces_and_gateway() {
 #[test]
 fn projects_are_isolated_and_policy_is_enforced() {
     let host = Netns::new("apih");
-    let d = daemon_with_projects(&host);
+    let d = Daemon::start_with_projects(&host);
     let admin = d.client();
     let alice = d.client_as(Some("alice-secret"));
     let bob = d.client_as(Some("bob-secret"));
 
-    expect_err(
-        alice.post(
-            "/v2.0/networks",
-            &json!({"network": {"router:external": true}}),
-        ),
-        403,
-        "PolicyNotAuthorized",
-    );
-    expect_err(
-        alice.post("/v2.0/networks", &json!({"network": {"shared": true}})),
-        403,
-        "PolicyNotAuthorized",
-    );
-    expect_err(alice.post("/v2.0/networks", &json!({"network": {"provider:physical_network": "x", "provider:network_type": "flat"}})), 403, "PolicyNotAuthorized");
-    expect_err(
-        alice.post("/v2.0/networks", &json!({"network": {"project_id": "bob"}})),
-        403,
-        "PolicyNotAuthorized",
-    );
+    #[rustfmt::skip]
+    let refused: &[Refused] = &[
+        ("POST", "/v2.0/networks", json!({"network": {"router:external": true}}),
+            403, "PolicyNotAuthorized"),
+        ("POST", "/v2.0/networks", json!({"network": {"shared": true}}),
+            403, "PolicyNotAuthorized"),
+        ("POST", "/v2.0/networks",
+            json!({"network": {"provider:physical_network": "x", "provider:network_type": "flat"}}),
+            403, "PolicyNotAuthorized"),
+        ("POST", "/v2.0/networks", json!({"network": {"project_id": "bob"}}),
+            403, "PolicyNotAuthorized"),
+    ];
+    expect_refused(&alice, refused);
 
     let (ext, _) = ext_net(
         &admin,
@@ -925,70 +791,37 @@ fn projects_are_isolated_and_policy_is_enforced() {
         .collect();
     assert_eq!(ids, [ext.as_str()]);
     expect(bob.get(&format!("/v2.0/networks/{ext}")), 200);
-    expect_err(
-        bob.get(&format!("/v2.0/networks/{anet}")),
-        404,
-        "NetworkNotFound",
+    let (anet_path, ext_path) = (
+        format!("/v2.0/networks/{anet}"),
+        format!("/v2.0/networks/{ext}"),
     );
-    expect_err(
-        bob.put(
-            &format!("/v2.0/networks/{anet}"),
-            &json!({"network": {"name": "x"}}),
-        ),
-        404,
-        "NetworkNotFound",
+    let (asub_path, ar_path) = (
+        format!("/v2.0/subnets/{asub}"),
+        format!("/v2.0/routers/{ar}"),
     );
-    expect_err(
-        bob.delete(&format!("/v2.0/networks/{anet}")),
-        404,
-        "NetworkNotFound",
-    );
-    expect_err(
-        bob.get(&format!("/v2.0/subnets/{asub}")),
-        404,
-        "SubnetNotFound",
-    );
-    expect_err(
-        bob.get(&format!("/v2.0/routers/{ar}")),
-        404,
-        "RouterNotFound",
-    );
-    expect_err(
-        bob.delete(&format!("/v2.0/routers/{ar}")),
-        404,
-        "RouterNotFound",
-    );
-    expect_err(
-        bob.put(
-            &format!("/v2.0/routers/{ar}/add_router_interface"),
-            &json!({"subnet_id": asub}),
-        ),
-        404,
-        "RouterNotFound",
-    );
+    let ar_add = format!("/v2.0/routers/{ar}/add_router_interface");
+    #[rustfmt::skip]
+    let refused: &[Refused] = &[
+        ("GET", &anet_path, Value::Null, 404, "NetworkNotFound"),
+        ("PUT", &anet_path, json!({"network": {"name": "x"}}), 404, "NetworkNotFound"),
+        ("DELETE", &anet_path, Value::Null, 404, "NetworkNotFound"),
+        ("GET", &asub_path, Value::Null, 404, "SubnetNotFound"),
+        ("GET", &ar_path, Value::Null, 404, "RouterNotFound"),
+        ("DELETE", &ar_path, Value::Null, 404, "RouterNotFound"),
+        ("PUT", &ar_add, json!({"subnet_id": asub}), 404, "RouterNotFound"),
+    ];
+    expect_refused(&bob, refused);
     assert_eq!(expect(bob.get("/v2.0/routers"), 200)["routers"], json!([]));
     assert_eq!(expect(bob.get("/v2.0/ports"), 200)["ports"], json!([]));
-    expect_err(
-        bob.put(
-            &format!("/v2.0/networks/{ext}"),
-            &json!({"network": {"name": "mine"}}),
-        ),
-        403,
-        "PolicyNotAuthorized",
-    );
-    expect_err(
-        bob.delete(&format!("/v2.0/networks/{ext}")),
-        403,
-        "PolicyNotAuthorized",
-    );
-    expect_err(
-        bob.post(
-            "/v2.0/subnets",
-            &json!({"subnet": {"network_id": ext, "ip_version": 4, "cidr": "203.0.113.0/24"}}),
-        ),
-        403,
-        "PolicyNotAuthorized",
-    );
+    #[rustfmt::skip]
+    let refused: &[Refused] = &[
+        ("PUT", &ext_path, json!({"network": {"name": "mine"}}), 403, "PolicyNotAuthorized"),
+        ("DELETE", &ext_path, Value::Null, 403, "PolicyNotAuthorized"),
+        ("POST", "/v2.0/subnets",
+            json!({"subnet": {"network_id": ext, "ip_version": 4, "cidr": "203.0.113.0/24"}}),
+            403, "PolicyNotAuthorized"),
+    ];
+    expect_refused(&bob, refused);
     // Bob's router cannot take alice's subnet.
     let br = create(&bob, "routers", "router", json!({"name": "br"}));
     expect_err(
@@ -1023,20 +856,17 @@ fn projects_are_isolated_and_policy_is_enforced() {
         ),
         200,
     );
-    expect_err(
-        alice.put(&format!("/v2.0/routers/{ar}"), &json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": false}}})),
-        403,
-        "PolicyNotAuthorized",
-    );
-    expect_err(
-        alice.put(
-            &format!("/v2.0/routers/{ar}"),
-            &json!({"router": {"external_gateway_info": {"network_id": ext,
-            "external_fixed_ips": [{"ip_address": "198.51.100.15"}]}}}),
-        ),
-        403,
-        "PolicyNotAuthorized",
-    );
+    #[rustfmt::skip]
+    let refused: &[Refused] = &[
+        ("PUT", &ar_path,
+            json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": false}}}),
+            403, "PolicyNotAuthorized"),
+        ("PUT", &ar_path,
+            json!({"router": {"external_gateway_info": {"network_id": ext,
+                "external_fixed_ips": [{"ip_address": "198.51.100.15"}]}}}),
+            403, "PolicyNotAuthorized"),
+    ];
+    expect_refused(&alice, refused);
     let v = expect(
         alice.put(
             &format!("/v2.0/routers/{ar}"),
@@ -1088,53 +918,21 @@ fn malformed_requests_are_400_neutron_errors() {
             assert!(v["NeutronError"]["type"].is_string(), "{v}");
         }
     }
-    expect_err(
-        c.post("/v2.0/networks", &json!({"network": {"name": 5}})),
-        400,
-        "HTTPBadRequest",
-    );
-    expect_err(
-        c.post(
-            "/v2.0/networks",
-            &json!({"network": {"name": "x".repeat(300)}}),
-        ),
-        400,
-        "HTTPBadRequest",
-    );
-    expect_err(
-        c.post(
-            "/v2.0/networks",
-            &json!({"network": {"admin_state_up": "perhaps"}}),
-        ),
-        400,
-        "HTTPBadRequest",
-    );
-    expect_err(
-        c.post("/v2.0/networks", &json!({"network": {"id": "x"}})),
-        400,
-        "HTTPBadRequest",
-    );
-    expect_err(
-        c.post("/v2.0/networks", &json!({"networks": [{}]})),
-        400,
-        "HTTPBadRequest",
-    );
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{r}"),
-            &json!({"router": {"external_gateway_info": 7}}),
-        ),
-        400,
-        "HTTPBadRequest",
-    );
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{r}"),
-            &json!({"router": {"external_gateway_info": {"network_id": "zzz"}}}),
-        ),
-        400,
-        "HTTPBadRequest",
-    );
+    let router = format!("/v2.0/routers/{r}");
+    #[rustfmt::skip]
+    let refused: &[Refused] = &[
+        ("POST", "/v2.0/networks", json!({"network": {"name": 5}}), 400, "HTTPBadRequest"),
+        ("POST", "/v2.0/networks", json!({"network": {"name": "x".repeat(300)}}),
+            400, "HTTPBadRequest"),
+        ("POST", "/v2.0/networks", json!({"network": {"admin_state_up": "perhaps"}}),
+            400, "HTTPBadRequest"),
+        ("POST", "/v2.0/networks", json!({"network": {"id": "x"}}), 400, "HTTPBadRequest"),
+        ("POST", "/v2.0/networks", json!({"networks": [{}]}), 400, "HTTPBadRequest"),
+        ("PUT", &router, json!({"router": {"external_gateway_info": 7}}), 400, "HTTPBadRequest"),
+        ("PUT", &router, json!({"router": {"external_gateway_info": {"network_id": "zzz"}}}),
+            400, "HTTPBadRequest"),
+    ];
+    expect_refused(&c, refused);
     let (st, v) = c.raw("PATCH", &format!("/v2.0/routers/{r}"), Some("{}"));
     assert_eq!(st, 405, "{v}");
 }

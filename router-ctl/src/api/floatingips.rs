@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 use super::{
     ApiState, Ctx, Effects,
     input::{self, NAME_MAX, Obj},
+    scope::visible,
 };
 use crate::{
     model::{Fault, Port},
@@ -41,7 +42,8 @@ use crate::{
 /// Neutron's `device_owner` of the port holding a floating IP's address.
 pub const OWNER_FLOATINGIP: &str = "network:floatingip";
 
-fn fip_not_found(id: &str) -> Fault {
+/// Neutron's 404 for a floating IP (its message has no final period, unlike the others).
+pub(super) fn fip_not_found(id: &str) -> Fault {
     Fault::new(
         404,
         "FloatingIPNotFound",
@@ -55,20 +57,6 @@ fn pf_not_found(fip: &str, id: &str) -> Fault {
         "PortForwardingNotFound",
         format!("Port Forwarding {id} could not be found for Floating IP {fip}"),
     )
-}
-
-fn owned_fip(c: &Connection, ctx: &Ctx, id: &str) -> Result<FloatingIp, Fault> {
-    match fstore::get_floatingip(c, id)? {
-        Some(f) if ctx.owns(&f.project_id) => Ok(f),
-        _ => Err(fip_not_found(id)),
-    }
-}
-
-fn owned_port(c: &Connection, ctx: &Ctx, id: &str) -> Result<Port, Fault> {
-    match store::get_port(c, id)? {
-        Some(p) if ctx.owns(&p.project_id) => Ok(p),
-        _ => Err(Fault::not_found("port", id)),
-    }
 }
 
 // ------------------------------------------------------------------ views
@@ -188,7 +176,7 @@ fn associate(
             ),
         ));
     }
-    let port = owned_port(c, ctx, port_id)?;
+    let port = visible::<Port>(c, ctx, port_id)?;
     if port.device_owner.starts_with("network:") {
         return Err(Fault::bad_request(format!(
             "Bad floatingip request: Port {} has owner {} and cannot have a floating IP.",
@@ -333,7 +321,7 @@ fn create_fip(c: &Connection, fx: &mut Effects, ctx: &Ctx, o: &Obj) -> Result<St
 
 fn update_fip(c: &Connection, fx: &mut Effects, ctx: &Ctx, id: &str, o: &Obj) -> Result<(), Fault> {
     input::only(o, &["port_id", "fixed_ip_address", "description"])?;
-    let mut f = owned_fip(c, ctx, id)?;
+    let mut f = visible::<FloatingIp>(c, ctx, id)?;
     if let Some(d) = input::opt_string(o, "description", NAME_MAX)? {
         f.description = d;
         fstore::update_floatingip(c, &f)?;
@@ -363,7 +351,7 @@ fn update_fip(c: &Connection, fx: &mut Effects, ctx: &Ctx, id: &str, o: &Obj) ->
 }
 
 fn delete_fip(c: &Connection, fx: &mut Effects, ctx: &Ctx, id: &str) -> Result<(), Fault> {
-    let f = owned_fip(c, ctx, id)?;
+    let f = visible::<FloatingIp>(c, ctx, id)?;
     if let Some(r) = &f.router_id {
         fx.touch_router(c, r)?;
     }
@@ -550,7 +538,7 @@ fn check_pf(
             ),
         ));
     }
-    let port = owned_port(c, ctx, &pf.internal_port_id)?;
+    let port = visible::<Port>(c, ctx, &pf.internal_port_id)?;
     let ip = match requested {
         Some(ip) => ip,
         None if port_changed || pf.internal_ip.is_unspecified() => port
@@ -613,7 +601,7 @@ fn create_pf(
     o: &Obj,
 ) -> Result<PortForwarding, Fault> {
     input::only(o, &PF_FIELDS)?;
-    let mut f = owned_fip(c, ctx, fip_id)?;
+    let mut f = visible::<FloatingIp>(c, ctx, fip_id)?;
     let mut pf = PortForwarding {
         id: uuid::Uuid::new_v4().to_string(),
         floatingip_id: f.id.clone(),
@@ -643,7 +631,7 @@ fn update_pf(
     o: &Obj,
 ) -> Result<PortForwarding, Fault> {
     input::only(o, &PF_FIELDS)?;
-    let f = owned_fip(c, ctx, fip_id)?;
+    let f = visible::<FloatingIp>(c, ctx, fip_id)?;
     let mut pf =
         fstore::get_port_forwarding(c, fip_id, id)?.ok_or_else(|| pf_not_found(fip_id, id))?;
     let router = check_pf(c, ctx, &f, &mut pf, o)?;
@@ -659,7 +647,7 @@ fn delete_pf(
     fip_id: &str,
     id: &str,
 ) -> Result<(), Fault> {
-    let mut f = owned_fip(c, ctx, fip_id)?;
+    let mut f = visible::<FloatingIp>(c, ctx, fip_id)?;
     fstore::get_port_forwarding(c, fip_id, id)?.ok_or_else(|| pf_not_found(fip_id, id))?;
     if let Some(r) = &f.router_id {
         fx.touch_router(c, r)?;
@@ -722,7 +710,7 @@ async fn show(
     uri: Uri,
 ) -> Result<Response, Fault> {
     let item = s
-        .read(move |c| fip_view(c, &owned_fip(c, &ctx, &id)?))
+        .read(move |c| fip_view(c, &visible::<FloatingIp>(c, &ctx, &id)?))
         .await?;
     let q = super::parse_query(&uri)?;
     Ok(Json(json!({ "floatingip": super::project(item, &q.fields) })).into_response())
@@ -733,7 +721,7 @@ async fn create(State(s): State<ApiState>, ctx: Ctx, body: Bytes) -> Result<Resp
     let item = s
         .mutate(move |c, fx| {
             let id = create_fip(c, fx, &ctx, &o)?;
-            fip_view(c, &owned_fip(c, &ctx, &id)?)
+            fip_view(c, &visible::<FloatingIp>(c, &ctx, &id)?)
         })
         .await?;
     Ok((StatusCode::CREATED, Json(json!({ "floatingip": item }))).into_response())
@@ -749,7 +737,7 @@ async fn update(
     let item = s
         .mutate(move |c, fx| {
             update_fip(c, fx, &ctx, &id, &o)?;
-            fip_view(c, &owned_fip(c, &ctx, &id)?)
+            fip_view(c, &visible::<FloatingIp>(c, &ctx, &id)?)
         })
         .await?;
     Ok(Json(json!({ "floatingip": item })).into_response())
@@ -772,7 +760,7 @@ async fn list_pf(
 ) -> Result<Response, Fault> {
     let items = s
         .read(move |c| {
-            owned_fip(c, &ctx, &id)?;
+            visible::<FloatingIp>(c, &ctx, &id)?;
             Ok(fstore::fip_port_forwardings(c, &id)?
                 .iter()
                 .map(pf_view)
@@ -789,7 +777,7 @@ async fn show_pf(
 ) -> Result<Response, Fault> {
     let item = s
         .read(move |c| {
-            owned_fip(c, &ctx, &id)?;
+            visible::<FloatingIp>(c, &ctx, &id)?;
             let p =
                 fstore::get_port_forwarding(c, &id, &pf)?.ok_or_else(|| pf_not_found(&id, &pf))?;
             Ok(pf_view(&p))
