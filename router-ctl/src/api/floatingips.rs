@@ -516,9 +516,7 @@ fn check_pf(
     if let Some(p) = port_number(o, "internal_port")? {
         pf.internal_port = p;
     }
-    if let Some(d) = input::opt_string(o, "description", NAME_MAX)? {
-        pf.description = d;
-    }
+    input::set_string(o, "description", &mut pf.description)?;
     let port_changed = if let Some(p) = input::opt_uuid(o, "internal_port_id")? {
         let changed = p != pf.internal_port_id;
         pf.internal_port_id = p;
