@@ -33,6 +33,18 @@ fn expect_refused(c: &ApiClient, table: &[Refused]) {
     }
 }
 
+/// `PUT path body`, asserting 200; returns the body.
+#[track_caller]
+fn put_ok(c: &ApiClient, path: &str, body: Value) -> Value {
+    expect(c.put(path, &body), 200)
+}
+
+/// `POST path body`, asserting 201; returns the body.
+#[track_caller]
+fn post_ok(c: &ApiClient, path: &str, body: Value) -> Value {
+    expect(c.post(path, &body), 201)
+}
+
 fn id(v: &Value, kind: &str) -> String {
     v[kind]["id"]
         .as_str()
@@ -41,10 +53,7 @@ fn id(v: &Value, kind: &str) -> String {
 }
 
 fn create(c: &ApiClient, coll: &str, kind: &str, body: Value) -> String {
-    let v = expect(
-        c.post(&format!("/v2.0/{coll}"), &json!({ kind: body })),
-        201,
-    );
+    let v = post_ok(c, &format!("/v2.0/{coll}"), json!({ kind: body }));
     id(&v, kind)
 }
 
@@ -161,13 +170,11 @@ fn networks_crud_filters_and_fields() {
         400,
         "InvalidInput",
     );
-    let v = expect(
-        c.post(
-            "/v2.0/networks.json",
-            &json!({"network": {"name": "ext", "router:external": true,
+    let v = post_ok(
+        &c,
+        "/v2.0/networks.json",
+        json!({"network": {"name": "ext", "router:external": true,
             "provider:network_type": "flat", "provider:physical_network": "public"}}),
-        ),
-        201,
     );
     let n = &v["network"];
     assert_eq!(n["admin_state_up"], true);
@@ -209,12 +216,10 @@ fn networks_crud_filters_and_fields() {
     );
     assert_eq!(v["network"], json!({"router:external": true}));
 
-    let v = expect(
-        c.put(
-            &format!("/v2.0/networks/{other}"),
-            &json!({"network": {"name": "renamed", "admin_state_up": true}}),
-        ),
-        200,
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/networks/{other}"),
+        json!({"network": {"name": "renamed", "admin_state_up": true}}),
     );
     assert_eq!(v["network"]["name"], "renamed");
     assert_eq!(v["network"]["admin_state_up"], true);
@@ -247,9 +252,10 @@ fn subnets_validation_and_ipam() {
     let d = Daemon::start(&host);
     let c = d.client();
     let net = create(&c, "networks", "network", json!({"name": "n"}));
-    let v = expect(
-        c.post("/v2.0/subnets", &json!({"subnet": {"network_id": net, "ip_version": 4, "cidr": "10.20.0.0/24", "name": "s"}})),
-        201,
+    let v = post_ok(
+        &c,
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": net, "ip_version": 4, "cidr": "10.20.0.0/24", "name": "s"}}),
     );
     let s = &v["subnet"];
     assert_eq!(s["gateway_ip"], "10.20.0.1");
@@ -304,13 +310,11 @@ fn subnets_validation_and_ipam() {
     }
 
     // No gateway, explicit pool, DNS.
-    let v = expect(
-        c.post(
-            "/v2.0/subnets",
-            &json!({"subnet": {"network_id": net, "ip_version": "4", "cidr": "10.40.0.0/29",
+    let v = post_ok(
+        &c,
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": net, "ip_version": "4", "cidr": "10.40.0.0/29",
             "gateway_ip": null, "enable_dhcp": false, "dns_nameservers": ["192.0.2.53"]}}),
-        ),
-        201,
     );
     assert_eq!(v["subnet"]["gateway_ip"], Value::Null);
     assert_eq!(
@@ -320,12 +324,10 @@ fn subnets_validation_and_ipam() {
     let small = id(&v, "subnet");
 
     // IPAM: ports get the first free address; a requested one in use is 409; exhaustion 409.
-    let p1 = expect(
-        c.post(
-            "/v2.0/ports",
-            &json!({"port": {"network_id": net, "fixed_ips": [{"subnet_id": small}]}}),
-        ),
-        201,
+    let p1 = post_ok(
+        &c,
+        "/v2.0/ports",
+        json!({"port": {"network_id": net, "fixed_ips": [{"subnet_id": small}]}}),
     );
     assert_eq!(p1["port"]["fixed_ips"][0]["ip_address"], "10.40.0.1");
     assert!(
@@ -343,12 +345,10 @@ fn subnets_validation_and_ipam() {
         "IpAddressInUse",
     );
     for _ in 0..5 {
-        expect(
-            c.post(
-                "/v2.0/ports",
-                &json!({"port": {"network_id": net, "fixed_ips": [{"subnet_id": small}]}}),
-            ),
-            201,
+        post_ok(
+            &c,
+            "/v2.0/ports",
+            json!({"port": {"network_id": net, "fixed_ips": [{"subnet_id": small}]}}),
         );
     }
     expect_err(
@@ -388,13 +388,11 @@ fn subnets_validation_and_ipam() {
         409,
         "NetworkInUse",
     );
-    let v = expect(
-        c.put(
-            &format!("/v2.0/subnets/{sid}"),
-            &json!({"subnet": {"name": "t", "gateway_ip": "10.20.0.254",
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/subnets/{sid}"),
+        json!({"subnet": {"name": "t", "gateway_ip": "10.20.0.254",
         "allocation_pools": [{"start": "10.20.0.2", "end": "10.20.0.200"}]}}),
-        ),
-        200,
     );
     assert_eq!(v["subnet"]["gateway_ip"], "10.20.0.254");
     expect_err(
@@ -419,10 +417,11 @@ fn ports_crud_and_conflicts() {
     let d = Daemon::start(&host);
     let c = d.client();
     let (net, sub) = int_net(&c, "10.50.0.0/24");
-    let v = expect(
-        c.post("/v2.0/ports", &json!({"port": {"network_id": net, "name": "vm1", "mac_address": "fa:16:3e:00:00:01",
-            "fixed_ips": [{"subnet_id": sub, "ip_address": "10.50.0.10"}], "device_id": "vm-1", "device_owner": "compute:nova"}})),
-        201,
+    let v = post_ok(
+        &c,
+        "/v2.0/ports",
+        json!({"port": {"network_id": net, "name": "vm1", "mac_address": "fa:16:3e:00:00:01",
+            "fixed_ips": [{"subnet_id": sub, "ip_address": "10.50.0.10"}], "device_id": "vm-1", "device_owner": "compute:nova"}}),
     );
     let p = &v["port"];
     assert_eq!(p["mac_address"], "fa:16:3e:00:00:01");
@@ -456,12 +455,10 @@ fn ports_crud_and_conflicts() {
     assert_eq!(v["ports"].as_array().expect("ports").len(), 1);
     let v = expect(c.get("/v2.0/ports?fixed_ips=ip_address%3D10.50.0.10"), 200);
     assert_eq!(v["ports"][0]["id"], pid.as_str());
-    let v = expect(
-        c.put(
-            &format!("/v2.0/ports/{pid}.json"),
-            &json!({"port": {"name": "vm1b", "admin_state_up": false}}),
-        ),
-        200,
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/ports/{pid}.json"),
+        json!({"port": {"name": "vm1b", "admin_state_up": false}}),
     );
     assert_eq!(v["port"]["name"], "vm1b");
     assert_eq!(v["port"]["admin_state_up"], false);
@@ -476,12 +473,10 @@ fn ports_crud_and_conflicts() {
     expect(c.delete(&format!("/v2.0/ports/{pid}")), 204);
     expect_err(c.get(&format!("/v2.0/ports/{pid}")), 404, "PortNotFound");
     // The address is free again.
-    let v = expect(
-        c.post(
-            "/v2.0/ports",
-            &json!({"port": {"network_id": net, "fixed_ips": [{"ip_address": "10.50.0.10"}]}}),
-        ),
-        201,
+    let v = post_ok(
+        &c,
+        "/v2.0/ports",
+        json!({"port": {"network_id": net, "fixed_ips": [{"ip_address": "10.50.0.10"}]}}),
     );
     assert_eq!(v["port"]["fixed_ips"][0]["ip_address"], "10.50.0.10");
 }
@@ -496,10 +491,7 @@ fn routers_interfaces_and_gateway() {
     let (net2, sub2) = int_net(&c, "10.61.0.0/24");
     let (_net3, sub3) = int_net(&c, "10.60.0.0/16");
 
-    let v = expect(
-        c.post("/v2.0/routers.json", &json!({"router": {"name": "r1"}})),
-        201,
-    );
+    let v = post_ok(&c, "/v2.0/routers.json", json!({"router": {"name": "r1"}}));
     let r = &v["router"];
     assert_eq!(r["admin_state_up"], true);
     assert_eq!(r["status"], "ACTIVE");
@@ -507,12 +499,10 @@ fn routers_interfaces_and_gateway() {
     let rid = id(&v, "router");
 
     // Interface by subnet: the port holds the subnet's gateway_ip.
-    let info = expect(
-        c.put(
-            &format!("/v2.0/routers/{rid}/add_router_interface.json"),
-            &json!({"subnet_id": sub}),
-        ),
-        200,
+    let info = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}/add_router_interface.json"),
+        json!({"subnet_id": sub}),
     );
     assert_eq!(info["id"], rid.as_str());
     assert_eq!(info["subnet_id"], sub.as_str());
@@ -549,20 +539,16 @@ fn routers_interfaces_and_gateway() {
     expect_refused(&c, refused);
 
     // Interface by port.
-    let v = expect(
-        c.post(
-            "/v2.0/ports",
-            &json!({"port": {"network_id": net2, "fixed_ips": [{"ip_address": "10.61.0.5"}]}}),
-        ),
-        201,
+    let v = post_ok(
+        &c,
+        "/v2.0/ports",
+        json!({"port": {"network_id": net2, "fixed_ips": [{"ip_address": "10.61.0.5"}]}}),
     );
     let p2 = id(&v, "port");
-    let info = expect(
-        c.put(
-            &format!("/v2.0/routers/{rid}/add_router_interface"),
-            &json!({"port_id": p2}),
-        ),
-        200,
+    let info = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}/add_router_interface"),
+        json!({"port_id": p2}),
     );
     assert_eq!(info["port_id"], p2.as_str());
     assert_eq!(info["subnet_id"], sub2.as_str());
@@ -591,9 +577,10 @@ fn routers_interfaces_and_gateway() {
             400, "HTTPBadRequest"),
     ];
     expect_refused(&c, refused);
-    let v = expect(
-        c.put(&format!("/v2.0/routers/{rid}.json"), &json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": false}}})),
-        200,
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}.json"),
+        json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": false}}}),
     );
     let gw = &v["router"]["external_gateway_info"];
     assert_eq!(gw["network_id"], ext.as_str());
@@ -615,25 +602,21 @@ fn routers_interfaces_and_gateway() {
     );
     assert_eq!(v["ports"].as_array().expect("ports").len(), 1);
     // Changing only SNAT keeps the address; requesting one moves it.
-    let v = expect(
-        c.put(
-            &format!("/v2.0/routers/{rid}"),
-            &json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": true}}}),
-        ),
-        200,
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}"),
+        json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": true}}}),
     );
     assert_eq!(v["router"]["external_gateway_info"]["enable_snat"], true);
     assert_eq!(
         v["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"],
         "192.0.2.10"
     );
-    let v = expect(
-        c.put(
-            &format!("/v2.0/routers/{rid}"),
-            &json!({"router": {"external_gateway_info": {"network_id": ext,
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}"),
+        json!({"router": {"external_gateway_info": {"network_id": ext,
             "external_fixed_ips": [{"subnet_id": ext_sub, "ip_address": "192.0.2.15"}]}}}),
-        ),
-        200,
     );
     assert_eq!(
         v["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"],
@@ -655,28 +638,22 @@ fn routers_interfaces_and_gateway() {
         409,
         "NetworkInUse",
     );
-    let v = expect(
-        c.put(
-            &format!("/v2.0/routers/{rid}"),
-            &json!({"router": {"external_gateway_info": {}}}),
-        ),
-        200,
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}"),
+        json!({"router": {"external_gateway_info": {}}}),
     );
     assert_eq!(v["router"]["external_gateway_info"], Value::Null);
-    let v = expect(
-        c.put(
-            &format!("/v2.0/routers/{rid}"),
-            &json!({"router": {"external_gateway_info": {"network_id": ext}}}),
-        ),
-        200,
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}"),
+        json!({"router": {"external_gateway_info": {"network_id": ext}}}),
     );
     assert_eq!(v["router"]["external_gateway_info"]["enable_snat"], true);
-    let v = expect(
-        c.put(
-            &format!("/v2.0/routers/{rid}"),
-            &json!({"router": {"external_gateway_info": null, "name": "r1b"}}),
-        ),
-        200,
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}"),
+        json!({"router": {"external_gateway_info": null, "name": "r1b"}}),
     );
     assert_eq!(v["router"]["external_gateway_info"], Value::Null);
     assert_eq!(v["router"]["name"], "r1b");
@@ -697,20 +674,16 @@ fn routers_interfaces_and_gateway() {
         ("PUT", &remove2, json!({"subnet_id": sub}), 404, "RouterInterfaceNotFoundForSubnet"),
     ];
     expect_refused(&c, refused);
-    let info = expect(
-        c.put(
-            &format!("/v2.0/routers/{rid}/remove_router_interface"),
-            &json!({"port_id": p2}),
-        ),
-        200,
+    let info = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}/remove_router_interface"),
+        json!({"port_id": p2}),
     );
     assert_eq!(info["port_id"], p2.as_str());
-    let info = expect(
-        c.put(
-            &format!("/v2.0/routers/{rid}/remove_router_interface.json"),
-            &json!({"subnet_id": sub}),
-        ),
-        200,
+    let info = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}/remove_router_interface.json"),
+        json!({"subnet_id": sub}),
     );
     assert_eq!(info["port_id"], if_port.as_str());
     expect_err(
@@ -720,12 +693,10 @@ fn routers_interfaces_and_gateway() {
     );
 
     // Router create with a gateway, list filter, delete.
-    let v = expect(
-        c.post(
-            "/v2.0/routers",
-            &json!({"router": {"name": "r3", "external_gateway_info": {"network_id": ext}}}),
-        ),
-        201,
+    let v = post_ok(
+        &c,
+        "/v2.0/routers",
+        json!({"router": {"name": "r3", "external_gateway_info": {"network_id": ext}}}),
     );
     assert_eq!(
         v["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"],
@@ -849,12 +820,10 @@ fn projects_are_isolated_and_policy_is_enforced() {
     );
 
     // Alice: interface, gateway on the admin's external network; SNAT and fixed IPs admin-only.
-    expect(
-        alice.put(
-            &format!("/v2.0/routers/{ar}/add_router_interface"),
-            &json!({"subnet_id": asub}),
-        ),
-        200,
+    put_ok(
+        &alice,
+        &format!("/v2.0/routers/{ar}/add_router_interface"),
+        json!({"subnet_id": asub}),
     );
     #[rustfmt::skip]
     let refused: &[Refused] = &[
@@ -867,18 +836,17 @@ fn projects_are_isolated_and_policy_is_enforced() {
             403, "PolicyNotAuthorized"),
     ];
     expect_refused(&alice, refused);
-    let v = expect(
-        alice.put(
-            &format!("/v2.0/routers/{ar}"),
-            &json!({"router": {"external_gateway_info": {"network_id": ext}}}),
-        ),
-        200,
+    let v = put_ok(
+        &alice,
+        &format!("/v2.0/routers/{ar}"),
+        json!({"router": {"external_gateway_info": {"network_id": ext}}}),
     );
     assert_eq!(v["router"]["external_gateway_info"]["enable_snat"], true);
     // The admin sees everything and may change SNAT on alice's router.
-    let v = expect(
-        admin.put(&format!("/v2.0/routers/{ar}"), &json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": false}}})),
-        200,
+    let v = put_ok(
+        &admin,
+        &format!("/v2.0/routers/{ar}"),
+        json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": false}}}),
     );
     assert_eq!(v["router"]["external_gateway_info"]["enable_snat"], false);
     let v = expect(admin.get("/v2.0/routers"), 200);
@@ -945,19 +913,15 @@ fn state_survives_kill9_and_restart() {
     let (ext, _) = ext_net(&c, "203.0.113.0/24", ("203.0.113.10", "203.0.113.20"));
     let (_net, sub) = int_net(&c, "10.80.0.0/24");
     let r = create(&c, "routers", "router", json!({"name": "persist"}));
-    expect(
-        c.put(
-            &format!("/v2.0/routers/{r}/add_router_interface"),
-            &json!({"subnet_id": sub}),
-        ),
-        200,
+    put_ok(
+        &c,
+        &format!("/v2.0/routers/{r}/add_router_interface"),
+        json!({"subnet_id": sub}),
     );
-    expect(
-        c.put(
-            &format!("/v2.0/routers/{r}"),
-            &json!({"router": {"external_gateway_info": {"network_id": ext}}}),
-        ),
-        200,
+    put_ok(
+        &c,
+        &format!("/v2.0/routers/{r}"),
+        json!({"router": {"external_gateway_info": {"network_id": ext}}}),
     );
     let snapshot = |c: &ApiClient| -> Vec<Value> {
         ["networks", "subnets", "ports", "routers"]
@@ -974,12 +938,10 @@ fn state_survives_kill9_and_restart() {
     assert_eq!(snapshot(&c), before);
     // Allocation continues past what was handed out before the restart.
     let r2 = create(&c, "routers", "router", json!({}));
-    let v = expect(
-        c.put(
-            &format!("/v2.0/routers/{r2}"),
-            &json!({"router": {"external_gateway_info": {"network_id": ext}}}),
-        ),
-        200,
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/routers/{r2}"),
+        json!({"router": {"external_gateway_info": {"network_id": ext}}}),
     );
     assert_eq!(
         v["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"],

@@ -29,7 +29,7 @@ use serde_json::{Value, json};
 use super::{
     ApiState, Ctx, Effects,
     input::{self, NAME_MAX, Obj},
-    scope::visible,
+    scope::{seen, visible},
 };
 use crate::{
     model::{Fault, Port},
@@ -57,6 +57,18 @@ fn pf_not_found(fip: &str, id: &str) -> Fault {
         "PortForwardingNotFound",
         format!("Port Forwarding {id} could not be found for Floating IP {fip}"),
     )
+}
+
+/// The floating IP and its port forwarding `id`, if the caller may see the floating IP.
+fn visible_pf(
+    c: &Connection,
+    ctx: &Ctx,
+    fip_id: &str,
+    id: &str,
+) -> Result<(FloatingIp, PortForwarding), Fault> {
+    let f = visible::<FloatingIp>(c, ctx, fip_id)?;
+    let pf = fstore::get_port_forwarding(c, fip_id, id)?.ok_or_else(|| pf_not_found(fip_id, id))?;
+    Ok((f, pf))
 }
 
 // ------------------------------------------------------------------ views
@@ -504,9 +516,7 @@ fn check_pf(
     if let Some(p) = port_number(o, "internal_port")? {
         pf.internal_port = p;
     }
-    if let Some(d) = input::opt_string(o, "description", NAME_MAX)? {
-        pf.description = d;
-    }
+    input::set_string(o, "description", &mut pf.description)?;
     let port_changed = if let Some(p) = input::opt_uuid(o, "internal_port_id")? {
         let changed = p != pf.internal_port_id;
         pf.internal_port_id = p;
@@ -631,9 +641,7 @@ fn update_pf(
     o: &Obj,
 ) -> Result<PortForwarding, Fault> {
     input::only(o, &PF_FIELDS)?;
-    let f = visible::<FloatingIp>(c, ctx, fip_id)?;
-    let mut pf =
-        fstore::get_port_forwarding(c, fip_id, id)?.ok_or_else(|| pf_not_found(fip_id, id))?;
+    let (f, mut pf) = visible_pf(c, ctx, fip_id, id)?;
     let router = check_pf(c, ctx, &f, &mut pf, o)?;
     fx.touch_router(c, &router)?;
     fstore::update_port_forwarding(c, &pf)?;
@@ -647,8 +655,7 @@ fn delete_pf(
     fip_id: &str,
     id: &str,
 ) -> Result<(), Fault> {
-    let mut f = visible::<FloatingIp>(c, ctx, fip_id)?;
-    fstore::get_port_forwarding(c, fip_id, id)?.ok_or_else(|| pf_not_found(fip_id, id))?;
+    let (mut f, _) = visible_pf(c, ctx, fip_id, id)?;
     if let Some(r) = &f.router_id {
         fx.touch_router(c, r)?;
     }
@@ -691,13 +698,10 @@ fn filtered(items: Vec<Value>, uri: &Uri) -> Result<Vec<Value>, Fault> {
 async fn list(State(s): State<ApiState>, ctx: Ctx, uri: Uri) -> Result<Response, Fault> {
     let items = s
         .read(move |c| {
-            let mut out = Vec::new();
-            for f in fstore::list_floatingips(c)? {
-                if ctx.owns(&f.project_id) {
-                    out.push(fip_view(c, &f)?);
-                }
-            }
-            Ok(out)
+            seen(c, &ctx, fstore::list_floatingips(c)?)?
+                .iter()
+                .map(|f| fip_view(c, f))
+                .collect::<Result<Vec<_>, _>>()
         })
         .await?;
     Ok(Json(json!({ "floatingips": filtered(items, &uri)? })).into_response())
@@ -776,12 +780,7 @@ async fn show_pf(
     Path((id, pf)): Path<(String, String)>,
 ) -> Result<Response, Fault> {
     let item = s
-        .read(move |c| {
-            visible::<FloatingIp>(c, &ctx, &id)?;
-            let p =
-                fstore::get_port_forwarding(c, &id, &pf)?.ok_or_else(|| pf_not_found(&id, &pf))?;
-            Ok(pf_view(&p))
-        })
+        .read(move |c| Ok(pf_view(&visible_pf(c, &ctx, &id, &pf)?.1)))
         .await?;
     Ok(Json(json!({ "port_forwarding": item })).into_response())
 }

@@ -290,8 +290,7 @@ fn create_network(c: &Connection, fx: &mut Effects, ctx: &Ctx, o: &Obj) -> Resul
         ],
     )?;
     let project_id = input::owner(o, ctx, "create_network")?;
-    let name = input::opt_string(o, "name", NAME_MAX)?.unwrap_or_default();
-    let description = input::opt_string(o, "description", NAME_MAX)?.unwrap_or_default();
+    let (name, description) = input::name_and_description(o)?;
     let admin_state_up = input::opt_bool(o, "admin_state_up")?.unwrap_or(true);
     let shared = input::opt_bool(o, "shared")?.unwrap_or(false);
     let external = input::opt_bool(o, "router:external")?.unwrap_or(false);
@@ -380,12 +379,8 @@ fn update_network(
         ],
     )?;
     let mut n = owned::<Network>(c, ctx, id, "update_network")?;
-    if let Some(v) = input::opt_string(o, "name", NAME_MAX)? {
-        n.name = v;
-    }
-    if let Some(v) = input::opt_string(o, "description", NAME_MAX)? {
-        n.description = v;
-    }
+    input::set_string(o, "name", &mut n.name)?;
+    input::set_string(o, "description", &mut n.description)?;
     if let Some(v) = input::opt_bool(o, "admin_state_up")? {
         n.admin_state_up = v;
     }
@@ -641,8 +636,7 @@ fn create_subnet(c: &Connection, fx: &mut Effects, ctx: &Ctx, o: &Obj) -> Result
         )));
     }
     let project_id = input::owner(o, ctx, "create_subnet")?;
-    let name = input::opt_string(o, "name", NAME_MAX)?.unwrap_or_default();
-    let description = input::opt_string(o, "description", NAME_MAX)?.unwrap_or_default();
+    let (name, description) = input::name_and_description(o)?;
     let enable_dhcp = input::opt_bool(o, "enable_dhcp")?.unwrap_or(true);
     let dns = parse_dns(o)?.unwrap_or_default();
     let gateway_ip = match parse_gateway(o)? {
@@ -705,12 +699,8 @@ fn update_subnet(
         ],
     )?;
     let mut s = owned::<Subnet>(c, ctx, id, "update_subnet")?;
-    if let Some(v) = input::opt_string(o, "name", NAME_MAX)? {
-        s.name = v;
-    }
-    if let Some(v) = input::opt_string(o, "description", NAME_MAX)? {
-        s.description = v;
-    }
+    input::set_string(o, "name", &mut s.name)?;
+    input::set_string(o, "description", &mut s.description)?;
     if let Some(v) = input::opt_bool(o, "enable_dhcp")? {
         s.enable_dhcp = v;
     }
@@ -851,8 +841,7 @@ fn create_port(c: &Connection, ctx: &Ctx, o: &Obj) -> Result<String, Fault> {
     )?;
     let network_id = input::req_uuid(o, "network_id")?;
     let project_id = input::owner(o, ctx, "create_port")?;
-    let name = input::opt_string(o, "name", NAME_MAX)?.unwrap_or_default();
-    let description = input::opt_string(o, "description", NAME_MAX)?.unwrap_or_default();
+    let (name, description) = input::name_and_description(o)?;
     let admin_state_up = input::opt_bool(o, "admin_state_up")?.unwrap_or(true);
     let device_id = input::opt_string(o, "device_id", NAME_MAX)?.unwrap_or_default();
     let device_owner = input::opt_string(o, "device_owner", NAME_MAX)?.unwrap_or_default();
@@ -936,12 +925,8 @@ fn update_port(c: &Connection, ctx: &Ctx, id: &str, o: &Obj) -> Result<(), Fault
         ],
     )?;
     let mut p = visible::<Port>(c, ctx, id)?;
-    if let Some(v) = input::opt_string(o, "name", NAME_MAX)? {
-        p.name = v;
-    }
-    if let Some(v) = input::opt_string(o, "description", NAME_MAX)? {
-        p.description = v;
-    }
+    input::set_string(o, "name", &mut p.name)?;
+    input::set_string(o, "description", &mut p.description)?;
     if let Some(v) = input::opt_bool(o, "admin_state_up")? {
         p.admin_state_up = v;
     }
@@ -992,8 +977,7 @@ fn create_router(c: &Connection, fx: &mut Effects, ctx: &Ctx, o: &Obj) -> Result
         ],
     )?;
     let project_id = input::owner(o, ctx, "create_router")?;
-    let name = input::opt_string(o, "name", NAME_MAX)?.unwrap_or_default();
-    let description = input::opt_string(o, "description", NAME_MAX)?.unwrap_or_default();
+    let (name, description) = input::name_and_description(o)?;
     let admin_state_up = input::opt_bool(o, "admin_state_up")?.unwrap_or(true);
     let gw = parse_gateway_info(o, ctx, "create_router")?;
     let id = new_id();
@@ -1229,12 +1213,8 @@ fn update_router(
         ],
     )?;
     let mut r = visible::<Router>(c, ctx, id)?;
-    if let Some(v) = input::opt_string(o, "name", NAME_MAX)? {
-        r.name = v;
-    }
-    if let Some(v) = input::opt_string(o, "description", NAME_MAX)? {
-        r.description = v;
-    }
+    input::set_string(o, "name", &mut r.name)?;
+    input::set_string(o, "description", &mut r.description)?;
     if let Some(v) = input::opt_bool(o, "admin_state_up")? {
         r.admin_state_up = v;
     }
