@@ -20,7 +20,7 @@ pub const IPPROTO_UDP: u8 = 17;
 
 /// Version of every map layout in this file; part of the pin directory name so a daemon never
 /// reuses a pinned map whose layout changed (aya does not check).
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Map names, shared so userspace can find them in the loaded object and in the pin directory.
 pub mod maps {
@@ -49,7 +49,8 @@ pub mod programs {
     pub const INTERNAL_OUT: &str = "internal_out";
 }
 
-/// Capacity of the session table (two entries per session: forward and reverse).
+/// Capacity of the session table (one entry per session; a SNAT flow that could not keep its
+/// first-choice port takes a second one, see [`SessionKey`]).
 pub const MAX_SESSIONS: u32 = 262_144;
 /// Capacity of the fragment table.
 pub const MAX_FRAGMENTS: u32 = 16_384;
@@ -98,10 +99,15 @@ pub const DIR_OUT: u8 = 0;
 /// `SessionKey::dir`: key as seen entering the router (destination = translated address).
 pub const DIR_IN: u8 = 1;
 
-/// One direction of a NAT session. The forward entry is keyed by the original outbound tuple
-/// (`DIR_OUT`), the reverse entry by the translated tuple as it arrives back (`DIR_IN`,
-/// src = remote, dst = gateway IP). For ICMP echo the identifier is the port: outbound
-/// `sport = id, dport = 0`, inbound `sport = 0, dport = id`.
+/// Key of the session table. A session is **one** entry keyed by the tuple as its replies
+/// arrive (`DIR_IN`: src = remote, dst = translated address, dport = NAT port); its value is
+/// the internal end. The outbound direction finds it without an entry of its own: the NAT port
+/// of a SNAT flow is first [`nat::first_port`] of its outbound tuple, so the datapath recomputes
+/// it and looks the reply key up. Only a flow that could not get that port (another flow holds
+/// it towards the same remote endpoint) also has a `DIR_OUT` entry, keyed by its outbound
+/// tuple, whose value is the port it got ("forward alias"). Floating-IP and port-forwarding
+/// sessions know their translation from their maps, so they never need one. For ICMP echo the
+/// identifier is the port: outbound `sport = id, dport = 0`, inbound `sport = 0, dport = id`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SessionKey {
@@ -132,17 +138,25 @@ pub const SESSION_FIP: u8 = 1;
 /// A flow translated by a floating IP port forwarding.
 pub const SESSION_PF: u8 = 2;
 
-/// TCP/UDP state bits in `SessionValue::state`, set by the datapath on the entry it used.
+/// TCP state bits of one direction, as the datapath derives them from a packet's flags. The low
+/// nibble of `SessionValue::state` holds the outbound direction's, the high nibble (shifted by
+/// [`ST_REPLY_SHIFT`]) the reply direction's.
 pub const ST_SYN: u8 = 1;
 pub const ST_FIN: u8 = 2;
 pub const ST_RST: u8 = 4;
-/// Set on the reverse entry's state once any reply arrived (UDP "replied", TCP "established").
-pub const ST_SEEN: u8 = 8;
-/// Set once an ACK without SYN was seen in this direction.
-pub const ST_ACK: u8 = 16;
+/// An ACK without SYN.
+pub const ST_ACK: u8 = 8;
+/// Shift of the reply direction's bits in `SessionValue::state`.
+pub const ST_REPLY_SHIFT: u32 = 4;
+/// In `SessionValue::state`: any reply arrived (UDP "replied", TCP "established" once the
+/// opener acknowledged). It takes the reply nibble's SYN slot, which nothing needs.
+pub const ST_SEEN: u8 = ST_SYN << ST_REPLY_SHIFT;
+/// Mask of the outbound direction's bits in `SessionValue::state`.
+pub const ST_OUT_MASK: u8 = 0x0f;
 
-/// What a session entry rewrites to: for `DIR_OUT` the new source (gateway IP, NAT port),
-/// for `DIR_IN` the original destination (internal IP, internal port).
+/// A session (`DIR_IN` key): the internal end (address, port) replies are translated back to,
+/// the state of both directions and the time of the last packet either way. A forward alias
+/// (`DIR_OUT` key): the translated address and port of its flow; `state` unused.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SessionValue {
@@ -150,11 +164,13 @@ pub struct SessionValue {
     pub addr: u32,
     /// wire order
     pub port: u16,
-    /// `ST_*` bits seen in this entry's direction
+    /// `ST_*` bits: outbound direction in the low nibble, reply direction (and `ST_SEEN`) in
+    /// the high one
     pub state: u8,
     /// `SESSION_*`
     pub kind: u8,
-    /// `bpf_ktime_get_coarse_ns` of the last packet in this direction (CLOCK_MONOTONIC).
+    /// `bpf_ktime_get_coarse_ns` of the last packet either way (CLOCK_MONOTONIC); of an alias,
+    /// of the last packet that used it.
     pub last_seen_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<SessionValue>() == 16);

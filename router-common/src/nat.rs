@@ -1,18 +1,71 @@
-//! Pure NAT logic shared by the datapath and userspace: the port probe sequence and the
-//! conntrack-like state a session is in, derived from the per-direction `ST_*` bits.
+//! Pure NAT logic shared by the datapath and userspace: the first-choice NAT port of a flow,
+//! the port probe sequence, and the conntrack-like state a session is in, derived from its
+//! `ST_*` bits.
 
-use crate::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, ST_ACK, ST_FIN, ST_RST, ST_SEEN};
+use crate::{
+    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, ST_ACK, ST_FIN, ST_OUT_MASK, ST_REPLY_SHIFT, ST_RST,
+    ST_SEEN,
+};
 
-/// The `i`-th port tried for a new flow: a linear probe from a random `start` inside the
-/// inclusive range `[min, max]` (host order), wrapping around. `min <= max` is required.
+/// A 32-bit hash of an outbound tuple (wire-order fields), well mixed (murmur3's finaliser) so
+/// that flows from out-of-range source ports spread over the NAT port range.
+#[inline(always)]
+pub fn flow_hash(src: u32, dst: u32, sport: u16, dport: u16, proto: u8) -> u32 {
+    let mut h = src.wrapping_mul(0x9e37_79b1)
+        ^ dst.rotate_left(16)
+        ^ ((u32::from(sport) << 16) | u32::from(dport)).wrapping_mul(0x85eb_ca77)
+        ^ u32::from(proto);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
+/// The NAT port (host order) a new outbound flow asks for first, and the one the datapath
+/// recomputes to find its session from an outbound packet: the original source port when it
+/// lies in `[min, max]` (port preservation), else a port chosen by [`flow_hash`] of the tuple —
+/// deterministic, so every packet of the flow computes the same one. `sport`/`dport`/addresses
+/// in wire order; `min <= max` is required.
+#[inline(always)]
+pub fn first_port(
+    min: u16,
+    max: u16,
+    src: u32,
+    dst: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+) -> u16 {
+    let orig = u16::from_be(sport);
+    if orig >= min && orig <= max {
+        return orig;
+    }
+    probe_port(min, max, flow_hash(src, dst, sport, dport, proto), 0)
+}
+
+/// Stride of the port probe: a prime, so it is coprime to every range size but itself.
+const PROBE_STRIDE: u32 = 40_009;
+
+/// The `i`-th port tried for a new flow inside the inclusive range `[min, max]` (host order),
+/// from `start`: `start + i × stride` modulo the range, the stride coprime to the range size,
+/// so `range` probes visit every port once. Not a linear probe: ports kept by port
+/// preservation form contiguous runs (consecutive ephemeral ports), and a linear probe that
+/// starts in such a run spends every try inside it. `min <= max` is required.
 #[inline(always)]
 pub fn probe_port(min: u16, max: u16, start: u32, i: u32) -> u16 {
     let range = (max as u32).wrapping_sub(min as u32).wrapping_add(1);
     if range == 0 || max < min {
         return min;
     }
-    let off = ((start % range) + i) % range;
-    (min as u32 + off) as u16
+    let step = if range == PROBE_STRIDE {
+        1
+    } else {
+        PROBE_STRIDE % range
+    };
+    let off = ((start % range) as u64 + i as u64 * step as u64) % range as u64;
+    (min as u32 + off as u32) as u16
 }
 
 /// Conntrack-like state of a session, chosen to pick its timeout.
@@ -35,9 +88,12 @@ pub enum SessionState {
 }
 
 impl SessionState {
-    /// Derives the state from the forward (`DIR_OUT`) and reverse (`DIR_IN`) state bits.
-    pub fn derive(proto: u8, fwd: u8, rev: u8) -> Self {
-        let replied = rev & ST_SEEN != 0;
+    /// Derives the state from a session's `state` byte (outbound bits in the low nibble, reply
+    /// bits and `ST_SEEN` in the high one).
+    pub fn derive(proto: u8, state: u8) -> Self {
+        let replied = state & ST_SEEN != 0;
+        let fwd = state & ST_OUT_MASK;
+        let rev = state >> ST_REPLY_SHIFT;
         if proto != IPPROTO_TCP {
             return if replied {
                 Self::Replied
@@ -84,8 +140,14 @@ pub fn proto_name(proto: u8) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
     use crate::{ST_SEEN, ST_SYN};
+
+    /// Reply-direction bits placed in the state byte.
+    fn r(bits: u8) -> u8 {
+        bits << ST_REPLY_SHIFT
+    }
 
     #[test]
     fn probe_stays_in_range_and_covers_it() {
@@ -101,35 +163,70 @@ mod tests {
             "a full probe visits every port once"
         );
         assert_eq!(probe_port(5, 5, 12345, 7), 5);
+        // A range the size of the stride is still covered.
+        let (min, max) = (1000u16, 1000 + PROBE_STRIDE as u16 - 1);
+        let mut seen = std::vec![false; PROBE_STRIDE as usize];
+        for i in 0..PROBE_STRIDE {
+            seen[(probe_port(min, max, 7, i) - min) as usize] = true;
+        }
+        assert!(seen.iter().all(|s| *s));
         assert_eq!(probe_port(0, 65535, 70000, 0), (70000 % 65536) as u16);
+    }
+
+    #[test]
+    fn first_port_keeps_in_range_ports_and_hashes_the_rest() {
+        let (src, dst) = (0x0500_000a, 0x0971_00cb);
+        let p = |port: u16| port.to_be();
+        assert_eq!(
+            first_port(1024, 65535, src, dst, p(40000), p(53), 17),
+            40000
+        );
+        let a = first_port(1024, 65535, src, dst, p(80), p(53), 17);
+        assert!((1024..=65535).contains(&a));
+        assert_eq!(
+            a,
+            first_port(1024, 65535, src, dst, p(80), p(53), 17),
+            "deterministic"
+        );
+        // Out-of-range sources spread over the range.
+        let mut seen = std::collections::HashSet::new();
+        for sport in 1..=1000u16 {
+            seen.insert(first_port(40000, 40999, src, dst, p(sport), p(53), 17));
+        }
+        assert!(seen.len() > 550, "{} distinct ports of 1000", seen.len());
     }
 
     #[test]
     fn tcp_states_follow_the_bits() {
         let t = IPPROTO_TCP;
-        assert_eq!(SessionState::derive(t, ST_SYN, 0), SessionState::SynSent);
+        assert_eq!(SessionState::derive(t, ST_SYN), SessionState::SynSent);
         assert_eq!(
-            SessionState::derive(t, ST_SYN | ST_ACK, ST_SEEN | ST_SYN | ST_ACK),
+            SessionState::derive(t, ST_SYN | ST_ACK | ST_SEEN | r(ST_ACK)),
             SessionState::Established
         );
         assert_eq!(
-            SessionState::derive(t, ST_SYN | ST_ACK | ST_FIN, ST_SEEN),
+            SessionState::derive(t, ST_SYN | ST_SEEN | r(ST_ACK)),
+            SessionState::SynSent,
+            "a reply without the opener's ACK is not established yet"
+        );
+        assert_eq!(
+            SessionState::derive(t, ST_SYN | ST_ACK | ST_FIN | ST_SEEN),
             SessionState::Closing
         );
         assert_eq!(
-            SessionState::derive(t, ST_FIN, ST_SEEN | ST_FIN),
+            SessionState::derive(t, ST_FIN | ST_SEEN | r(ST_FIN)),
             SessionState::TimeWait
         );
         assert_eq!(
-            SessionState::derive(t, ST_ACK, ST_SEEN | ST_RST),
+            SessionState::derive(t, ST_ACK | ST_SEEN | r(ST_RST)),
             SessionState::Close
         );
         assert_eq!(
-            SessionState::derive(IPPROTO_UDP, 0, 0),
+            SessionState::derive(IPPROTO_UDP, 0),
             SessionState::Unreplied
         );
         assert_eq!(
-            SessionState::derive(IPPROTO_ICMP, 0, ST_SEEN),
+            SessionState::derive(IPPROTO_ICMP, ST_SEEN),
             SessionState::Replied
         );
     }

@@ -8,10 +8,11 @@
 //! internal port) for one protocol; its internal side is unique, so replies are found without
 //! state.
 //!
-//! Sessions of kind `SESSION_FIP`/`SESSION_PF` are recorded in `SESSIONS` with the SNAT key
-//! shapes (forward keyed by the internal tuple, reverse by the tuple as it arrives back), so
-//! `router-ctl sessions` shows them, the GC ages them and a disassociation can flush them; they
-//! never decide a translation. Removing a map entry therefore stops the translation at the
+//! Sessions of kind `SESSION_FIP`/`SESSION_PF` are recorded in `SESSIONS` like SNAT sessions,
+//! one entry keyed by the tuple as replies arrive (the floating IP and external port known from
+//! the maps, so no forward alias is ever needed), so `router-ctl sessions` shows them, the GC
+//! ages them, ICMP errors find them and a disassociation can flush them; they never decide a
+//! translation. Removing a map entry therefore stops the translation at the
 //! next packet.
 
 use aya_ebpf::{
@@ -31,7 +32,7 @@ use crate::{
         ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, IP_DST, IP_SRC, IPPROTO_ICMP, IPPROTO_TCP,
         IPPROTO_UDP, L4Head, Packet, TCP_HLEN, TcpHdr, UDP_HLEN, load, load_ipv4, validate,
     },
-    session::{key, now, reverse_key, tcp_bits, touch},
+    session::{key, note_in, note_out, now, reverse_key, tcp_bits},
 };
 
 const OK: i32 = TC_ACT_OK;
@@ -135,7 +136,8 @@ pub fn load_l4(ctx: &TcContext, pkt: &Packet) -> L4 {
     l
 }
 
-/// Records (or refreshes) the session of a translated packet. `dir` is the packet's direction;
+/// Records (or refreshes) the session of a translated packet: one entry, keyed by the tuple
+/// as replies arrive. `dir` is the packet's direction;
 /// `(src, dst, sport, dport)` its tuple before translation; `(new_addr, new_port)` what the
 /// internal end was translated to (`DIR_OUT`) or from (`DIR_IN`: the internal end itself).
 #[expect(
@@ -153,8 +155,7 @@ pub fn note_session(
     new_addr: u32,
     new_port: u16,
 ) {
-    let t = now();
-    if dir == DIR_OUT {
+    let (rk, value) = if dir == DIR_OUT {
         // Outbound: TCP/UDP, or an echo request (id as source "port", 0 as destination).
         let (sport, dport) = if l.ports {
             (l.sport, l.dport)
@@ -164,25 +165,23 @@ pub fn note_session(
             return;
         };
         let fwd = key(rid, src, dst, sport, dport, l.proto, DIR_OUT);
-        if touch(&fwd, l.bits).is_some() {
-            return;
+        let rk = reverse_key(&fwd, new_addr, new_port);
+        if let Some(v) = SESSIONS.get_ptr_mut(&rk) {
+            // SAFETY: valid map value; concurrent updates of these plain fields are benign.
+            let v = unsafe { &mut *v };
+            if v.addr == src && v.port == sport && v.kind == kind {
+                note_out(v, l.bits);
+                return;
+            }
         }
-        let fv = SessionValue {
-            addr: new_addr,
-            port: new_port,
-            state: l.bits,
-            kind,
-            last_seen_ns: t,
-        };
-        let rv = SessionValue {
+        let v = SessionValue {
             addr: src,
             port: sport,
-            state: 0,
+            state: l.bits,
             kind,
-            last_seen_ns: t,
+            last_seen_ns: now(),
         };
-        let _ = SESSIONS.insert(reverse_key(&fwd, new_addr, new_port), rv, BPF_ANY as u64);
-        let _ = SESSIONS.insert(fwd, fv, BPF_ANY as u64);
+        (rk, v)
     } else {
         // Inbound: TCP/UDP, or an echo reply (0 as source "port", id as destination).
         let (sport, dport) = if l.ports {
@@ -192,29 +191,27 @@ pub fn note_session(
         } else {
             return;
         };
-        let rev = key(rid, src, dst, sport, dport, l.proto, DIR_IN);
-        if touch(&rev, l.bits).is_some() {
-            return;
+        let rk = key(rid, src, dst, sport, dport, l.proto, DIR_IN);
+        if let Some(v) = SESSIONS.get_ptr_mut(&rk) {
+            // SAFETY: as above.
+            let v = unsafe { &mut *v };
+            if v.addr == new_addr && v.port == new_port && v.kind == kind {
+                note_in(v, l.bits);
+                return;
+            }
         }
-        let fwd_dport = if l.proto == IPPROTO_ICMP { 0 } else { sport };
-        let fwd = key(rid, new_addr, src, new_port, fwd_dport, l.proto, DIR_OUT);
-        let rv = SessionValue {
+        let mut v = SessionValue {
             addr: new_addr,
             port: new_port,
-            state: l.bits | router_common::ST_SEEN,
-            kind,
-            last_seen_ns: t,
-        };
-        let fv = SessionValue {
-            addr: dst,
-            port: dport,
             state: 0,
             kind,
-            last_seen_ns: t,
+            last_seen_ns: 0,
         };
-        let _ = SESSIONS.insert(rev, rv, BPF_ANY as u64);
-        let _ = SESSIONS.insert(fwd, fv, BPF_ANY as u64);
-    }
+        note_in(&mut v, l.bits);
+        (rk, v)
+    };
+    // A translation that changed (another kind or internal end) replaces the old session.
+    let _ = SESSIONS.insert(&rk, &value, BPF_ANY as u64);
     count(rid, stat::SESSIONS_CREATED, 1);
 }
 
@@ -290,7 +287,7 @@ pub fn gateway_out(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
         return Some(OK);
     }
     let fip = fip_lookup(rid, pkt.ip.src, DIR_OUT)?;
-    if let Some(v) = icmp_error(ctx, rid, &pkt, DIR_OUT) {
+    if let Some(v) = icmp_error(ctx, cfg, &pkt, DIR_OUT) {
         return Some(v);
     }
     if rewrite_1to1(ctx, &pkt, IP_SRC, fip).is_err() {
@@ -333,7 +330,7 @@ pub fn gateway_in(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
     }
     let pkt = validate(ctx, ip).ok()?;
     // ICMP errors quoting a floating-IP or port-forwarding flow (found by its session).
-    if let Some(v) = icmp_error(ctx, rid, &pkt, DIR_IN) {
+    if let Some(v) = icmp_error(ctx, cfg, &pkt, DIR_IN) {
         return Some(v);
     }
     let l = load_l4(ctx, &pkt);
@@ -380,7 +377,8 @@ pub fn gateway_in(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
 /// (through its session, as for SNAT), so the VM or the remote can match it. `None`: not an
 /// ICMP error, or it quotes no recorded flow (the caller then translates the outer header only).
 #[inline(always)]
-fn icmp_error(ctx: &TcContext, rid: u32, pkt: &Packet, dir: u8) -> Option<i32> {
+fn icmp_error(ctx: &TcContext, cfg: &RouterConfig, pkt: &Packet, dir: u8) -> Option<i32> {
+    let rid = cfg.router_id;
     if pkt.ip.proto != IPPROTO_ICMP || pkt.ip.frag_offset() != 0 || pkt.l4 + ICMP_HLEN > pkt.end {
         return None;
     }
@@ -388,7 +386,7 @@ fn icmp_error(ctx: &TcContext, rid: u32, pkt: &Packet, dir: u8) -> Option<i32> {
     if !crate::icmp::is_error(ty) {
         return None;
     }
-    match crate::icmp::translate_error(ctx, rid, pkt, dir) {
+    match crate::icmp::translate_error(ctx, cfg, pkt, dir) {
         Ok(crate::icmp::ErrorResult::Translated) => {
             count(rid, stat::ICMP_ERRORS, 1);
             count(rid, stat::FIP_PACKETS, 1);

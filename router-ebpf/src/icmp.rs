@@ -4,7 +4,10 @@
 //! reflected into the outer ICMP checksum.
 
 use aya_ebpf::programs::TcContext;
-use router_common::csum::{update16, update32};
+use router_common::{
+    RouterConfig,
+    csum::{update16, update32},
+};
 
 use crate::{
     csum::rewrite_addr,
@@ -14,7 +17,7 @@ use crate::{
         ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED, IP_CHECK, IP_DST, IP_MIN_HLEN, IP_SRC,
         IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, Ipv4Hdr, L4Head, Packet, TCP_CHECK, UDP_CHECK,
     },
-    session::{IN, key},
+    session::{IN, find_out, key},
 };
 
 /// Whether an ICMP type is an error this datapath translates.
@@ -38,13 +41,15 @@ pub enum ErrorResult {
 /// - `IN` (error from outside about one of our outbound flows): outer dst gateway → internal,
 ///   embedded src gateway → internal, embedded source port/echo id → original;
 /// - `OUT` (error from an internal host about an inbound-translated flow): outer src internal →
-///   gateway, embedded dst internal → gateway, embedded destination port/echo id → NAT port.
+///   gateway, embedded dst internal → gateway, embedded destination port/echo id → NAT port
+///   (the quoted packet is one of the flow's replies: its session is found from the outbound
+///   tuple, as for the flow's own packets).
 ///
 /// `Err` means a helper failed after a partial rewrite: the caller must drop the packet.
 #[inline(always)]
 pub fn translate_error(
     ctx: &TcContext,
-    router_id: u32,
+    cfg: &RouterConfig,
     pkt: &Packet,
     dir: u8,
 ) -> Result<ErrorResult, i64> {
@@ -66,6 +71,7 @@ pub fn translate_error(
     let Ok(l4) = ctx.load::<L4Head>(emb_l4) else {
         return Ok(ErrorResult::NoMatch);
     };
+    let router_id = cfg.router_id;
     let inbound = dir == IN;
     // Offsets of the embedded fields to rewrite, their old values, and the session key.
     let (port_off, old_port, csum_off, pseudo, skey) = match eh.proto {
@@ -107,17 +113,23 @@ pub fn translate_error(
         }
         _ => return Ok(ErrorResult::NoMatch),
     };
-    let Some(v) = SESSIONS.get_ptr(skey) else {
+    let found = if inbound {
+        SESSIONS.get_ptr(skey).map(|v| {
+            // SAFETY: valid map value pointer, plain data copied out.
+            let v = unsafe { &*v };
+            (v.addr, v.port)
+        })
+    } else {
+        find_out(cfg, &skey)
+    };
+    let Some((new_addr, new_port)) = found else {
         return Ok(ErrorResult::NoMatch);
     };
-    // SAFETY: valid map value pointer, plain data copied out.
-    let v = unsafe { *v };
     let (addr_field, old_addr) = if inbound {
         (IP_SRC, eh.src)
     } else {
         (IP_DST, eh.dst)
     };
-    let (new_addr, new_port) = (v.addr, v.port);
 
     let outer_check_off = pkt.l4 + ICMP_CHECK;
     let mut icmp_check = ctx.load::<u16>(outer_check_off)?;

@@ -26,7 +26,7 @@ use aya_ebpf::{
 };
 use router_common::{
     DIR_IN, DIR_OUT, MAX_INTERNAL_IFS, METADATA_IP, METADATA_PORT, METADATA_PROXY_PORT,
-    ROUTER_F_FLOATING, RouterConfig, SESSION_SNAT, ip_to_wire, stat,
+    ROUTER_F_FLOATING, RouterConfig, ip_to_wire, stat,
 };
 
 use crate::{
@@ -35,7 +35,7 @@ use crate::{
     maps::{count, count_global},
     nat::ifindex,
     parse::{ICMP_ID, IP_DST, IP_SRC, IPPROTO_ICMP, IPPROTO_TCP, Packet, load_ipv4, validate},
-    session::{create, key, touch},
+    session::{key, snat_port, touch_in},
 };
 
 const OK: i32 = TC_ACT_OK;
@@ -116,7 +116,7 @@ pub fn internal_in(ctx: &TcContext) -> Result<i32, i32> {
             return Ok(OK);
         };
         let rev = key(rid, pkt.ip.src, pkt.ip.dst, sport, dport, l.proto, DIR_IN);
-        let Some(v) = touch(&rev, l.bits) else {
+        let Some(v) = touch_in(&rev, l.bits) else {
             return Ok(OK);
         };
         rewrite_port(ctx, port_off, dport, v.port, csum)
@@ -173,15 +173,12 @@ fn hairpin_source(
         return Ok(OK);
     };
     let fwd = key(rid, pkt.ip.src, new_dst, sport, dport, l.proto, DIR_OUT);
-    let v = match touch(&fwd, l.bits) {
-        Some(v) if v.kind == SESSION_SNAT => v,
-        _ => create(cfg, &fwd, l.bits).map_err(|r| {
-            count(rid, r, 1);
-            SHOT
-        })?,
-    };
-    rewrite_port(ctx, port_off, sport, v.port, csum)
-        .and_then(|()| rewrite_addr(ctx, IP_SRC, pkt.ip.src, v.addr, c))
+    let port = snat_port(cfg, &fwd, l.bits, true).map_err(|r| {
+        count(rid, r, 1);
+        SHOT
+    })?;
+    rewrite_port(ctx, port_off, sport, port, csum)
+        .and_then(|()| rewrite_addr(ctx, IP_SRC, pkt.ip.src, cfg.gateway_ip, c))
         .map_err(|_| SHOT)?;
     Ok(OK)
 }

@@ -18,7 +18,8 @@ pub static ROUTER_CONFIG: aya_ebpf::maps::HashMap<u32, RouterConfig> =
 #[map]
 pub static INTERNAL_CIDRS: LpmTrie<CidrKey, u32> = LpmTrie::with_max_entries(MAX_CIDRS, 0);
 
-/// Sessions: forward (`DIR_OUT`) and reverse (`DIR_IN`) entries.
+/// Sessions: one entry per session keyed by its reply tuple (`DIR_IN`), plus a forward alias
+/// (`DIR_OUT`) for SNAT flows that could not keep their first-choice port.
 #[map]
 pub static SESSIONS: LruHashMap<SessionKey, SessionValue> =
     LruHashMap::with_max_entries(MAX_SESSIONS, 0);

@@ -12,19 +12,19 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use router_common::{ROUTER_F_FLOATING, ROUTER_F_SNAT, SESSION_SNAT, ST_SYN, global, stat};
+use router_common::{ROUTER_F_FLOATING, ROUTER_F_SNAT, RouterConfig, global, stat};
 
 use crate::{
     csum::{l4_csum, rewrite_addr, rewrite_port},
     frag,
     icmp::{self, ErrorResult},
-    maps::{SESSIONS, count, count_global, count_packet, is_internal, router_config},
+    maps::{count, count_global, count_packet, is_internal, router_config},
     parse::{
         ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, ICMP_ID, IP_DST, IP_SRC, IPPROTO_ICMP,
         IPPROTO_TCP, IPPROTO_UDP, L4Head, Packet, ParseError, TCP_HLEN, TCP_RST, TcpHdr, UDP_HLEN,
         load, load_ipv4, validate,
     },
-    session::{IN, OUT, create, ensure_reverse, key, tcp_bits, touch},
+    session::{IN, OUT, key, snat_port, tcp_bits, touch_in},
 };
 
 const OK: i32 = TC_ACT_OK;
@@ -91,7 +91,7 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
     };
     if !is_internal(rid, ip.src) {
         if ip.src == cfg.gateway_ip && ip.proto == IPPROTO_ICMP {
-            return Ok(router_icmp_error(ctx, rid, ip));
+            return Ok(router_icmp_error(ctx, &cfg, ip));
         }
         return Ok(pass(rid));
     }
@@ -113,7 +113,7 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
             if ty == ICMP_ECHO_REQUEST {
                 parse_echo(ctx, &pkt, OUT).map_err(|r| drop(rid, r))?
             } else if icmp::is_error(ty) {
-                return match icmp::translate_error(ctx, rid, &pkt, OUT) {
+                return match icmp::translate_error(ctx, &cfg, &pkt, OUT) {
                     Ok(ErrorResult::Translated) => {
                         count(rid, stat::ICMP_ERRORS, 1);
                         Ok(translated_out(ctx, rid))
@@ -131,22 +131,14 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
     let fwd = key(
         rid, pkt.ip.src, pkt.ip.dst, flow.sport, flow.dport, flow.proto, OUT,
     );
-    let v = match touch(&fwd, flow.bits) {
-        Some(v) if v.kind == SESSION_SNAT && ensure_reverse(&fwd, &v, flow.bits == ST_SYN) => v,
-        Some(_) => {
-            // Our port went to another flow after the LRU evicted our reverse entry.
-            let _ = SESSIONS.remove(fwd);
-            create(&cfg, &fwd, flow.bits).map_err(|r| drop(rid, r))?
-        }
-        None if !flow.may_create => return Err(drop(rid, stat::DROP_INVALID)),
-        None => create(&cfg, &fwd, flow.bits).map_err(|r| drop(rid, r))?,
-    };
+    let port = snat_port(&cfg, &fwd, flow.bits, flow.may_create).map_err(|r| drop(rid, r))?;
     let c = l4_csum(flow.proto, pkt.l4);
-    rewrite_port(ctx, flow.port_off, flow.sport, v.port, c)
-        .and_then(|()| rewrite_addr(ctx, IP_SRC, pkt.ip.src, v.addr, Some(c)))
+    let gw = cfg.gateway_ip;
+    rewrite_port(ctx, flow.port_off, flow.sport, port, c)
+        .and_then(|()| rewrite_addr(ctx, IP_SRC, pkt.ip.src, gw, Some(c)))
         .map_err(|_| drop(rid, stat::DROP_MALFORMED))?;
     if frag::is_first(&pkt.ip) {
-        frag::record(rid, &pkt.ip, OUT, v.addr);
+        frag::record(rid, &pkt.ip, OUT, gw);
     }
     Ok(translated_out(ctx, rid))
 }
@@ -206,7 +198,7 @@ pub fn snat_in(ctx: &TcContext) -> Result<i32, i32> {
                     Err(_) => return Ok(pass(rid)),
                 }
             } else if icmp::is_error(ty) {
-                return match icmp::translate_error(ctx, rid, &pkt, IN) {
+                return match icmp::translate_error(ctx, &cfg, &pkt, IN) {
                     Ok(ErrorResult::Translated) => {
                         count(rid, stat::ICMP_ERRORS, 1);
                         Ok(translated_in(ctx, rid))
@@ -224,7 +216,7 @@ pub fn snat_in(ctx: &TcContext) -> Result<i32, i32> {
     let rev = key(
         rid, pkt.ip.src, pkt.ip.dst, flow.sport, flow.dport, flow.proto, IN,
     );
-    let Some(v) = touch(&rev, flow.bits) else {
+    let Some(v) = touch_in(&rev, flow.bits) else {
         return Ok(pass(rid));
     };
     let old_port = flow.dport;
@@ -243,7 +235,8 @@ pub fn snat_in(ctx: &TcContext) -> Result<i32, i32> {
 /// address and must be translated like the flow, or the remote could not match it and would
 /// learn the internal address. Anything else from the gateway IP is the router's own traffic.
 #[inline(always)]
-fn router_icmp_error(ctx: &TcContext, rid: u32, ip: crate::parse::Ipv4Hdr) -> i32 {
+fn router_icmp_error(ctx: &TcContext, cfg: &RouterConfig, ip: crate::parse::Ipv4Hdr) -> i32 {
+    let rid = cfg.router_id;
     let Ok(pkt) = validate(ctx, ip) else {
         return pass(rid);
     };
@@ -254,7 +247,7 @@ fn router_icmp_error(ctx: &TcContext, rid: u32, ip: crate::parse::Ipv4Hdr) -> i3
         Ok(ty) if icmp::is_error(ty) => {}
         _ => return pass(rid),
     }
-    match icmp::translate_error(ctx, rid, &pkt, OUT) {
+    match icmp::translate_error(ctx, cfg, &pkt, OUT) {
         Ok(ErrorResult::Translated) => {
             count(rid, stat::ICMP_ERRORS, 1);
             translated_out(ctx, rid)

@@ -1,21 +1,33 @@
-//! Connection tracking for SNAT: forward (`DIR_OUT`) and reverse (`DIR_IN`) entries in one LRU
-//! hash, endpoint-dependent port allocation, and per-direction state bits for the userspace GC.
+//! Connection tracking for SNAT: one LRU entry per session, keyed by the tuple its replies
+//! arrive with (`DIR_IN`), holding the internal end, both directions' state bits and the last
+//! time either direction was seen.
+//!
+//! An outbound packet finds its session without an entry of its own: its first-choice NAT port
+//! `p0` ([`first_port`]: the source port when in range, else a hash of the tuple) is
+//! recomputed and the reply key at `p0` looked up; if that entry's internal end is this flow's,
+//! it is the session (one lookup). A flow that found `p0` taken by another flow to the same
+//! remote endpoint probed another port and has a forward alias (`DIR_OUT` key → its port),
+//! looked up second. A session whose entry the LRU evicted is re-created by its next outbound
+//! packet at the same port, so the connection survives.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns},
 };
 use router_common::{
-    DIR_IN, DIR_OUT, RouterConfig, SESSION_SNAT, SessionKey, SessionValue, nat::probe_port, stat,
+    DIR_IN, DIR_OUT, ROUTER_F_FLOATING, RouterConfig, SESSION_SNAT, ST_REPLY_SHIFT, ST_SEEN,
+    SessionKey, SessionValue,
+    nat::{first_port, probe_port},
+    stat,
 };
 
 use crate::{
     maps::{SESSIONS, count},
     parse::{IPPROTO_ICMP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
-use router_common::{ST_ACK, ST_FIN, ST_RST, ST_SEEN, ST_SYN};
+use router_common::{ST_ACK, ST_FIN, ST_RST, ST_SYN};
 
-/// Ports tried after the original one before giving up on a new flow.
+/// Ports tried after the first-choice one before giving up on a new flow.
 pub const MAX_PROBES: u32 = 64;
 /// `-EEXIST`: the map already holds the key.
 const EEXIST: i32 = -17;
@@ -45,22 +57,33 @@ pub fn tcp_bits(flags: u8) -> u8 {
     s
 }
 
-/// Looks up an entry and, when found, refreshes it with `bits` and returns a copy.
-/// A pure outbound SYN restarts the forward state (port reuse after close).
+/// Records an outbound packet with `bits` on a session. A pure SYN restarts the state of both
+/// directions (the port is being reused for a new connection after a close).
 #[inline(always)]
-pub fn touch(key: &SessionKey, bits: u8) -> Option<SessionValue> {
-    let p = SESSIONS.get_ptr_mut(key)?;
-    // SAFETY: valid map value; concurrent updates of these plain fields are benign.
-    let v = unsafe { &mut *p };
-    if key.dir == DIR_OUT && bits == ST_SYN {
+pub fn note_out(v: &mut SessionValue, bits: u8) {
+    if bits == ST_SYN {
         v.state = ST_SYN;
     } else {
         v.state |= bits;
     }
-    if key.dir == DIR_IN {
-        v.state |= ST_SEEN;
-    }
     v.last_seen_ns = now();
+}
+
+/// Records a reply-direction packet with `bits` on a session.
+#[inline(always)]
+pub fn note_in(v: &mut SessionValue, bits: u8) {
+    v.state |= (bits << ST_REPLY_SHIFT) | ST_SEEN;
+    v.last_seen_ns = now();
+}
+
+/// Looks up the session of an inbound (`DIR_IN`) key and, when found, records the packet and
+/// returns a copy.
+#[inline(always)]
+pub fn touch_in(key: &SessionKey, bits: u8) -> Option<SessionValue> {
+    let p = SESSIONS.get_ptr_mut(key)?;
+    // SAFETY: valid map value; concurrent updates of these plain fields are benign.
+    let v = unsafe { &mut *p };
+    note_in(v, bits);
     Some(*v)
 }
 
@@ -83,108 +106,225 @@ pub fn reverse_key(fwd: &SessionKey, gw: u32, nat_port: u16) -> SessionKey {
     }
 }
 
-/// Why a session could not be created (also the counter to bump).
-pub type CreateError = usize;
-
-/// Creates the session of a new outbound flow: keeps the original source port when it is in
-/// range and free towards this destination, else probes from a random start. The reverse entry
-/// is inserted first (it is what reserves the port), then the forward one; if another CPU won
-/// the race for the forward key, the reverse is rolled back and the winner's entry is used.
+/// Whether session `v` belongs to the flow of forward key `fwd` (its internal end).
 #[inline(always)]
-pub fn create(cfg: &RouterConfig, fwd: &SessionKey, bits: u8) -> Result<SessionValue, CreateError> {
+fn is_of(v: &SessionValue, fwd: &SessionKey) -> bool {
+    v.addr == fwd.src && v.port == fwd.sport
+}
+
+/// The first-choice NAT port (wire order) of forward key `fwd` on router `cfg`.
+#[inline(always)]
+fn p0(cfg: &RouterConfig, fwd: &SessionKey) -> u16 {
+    first_port(
+        cfg.port_min,
+        cfg.port_max,
+        fwd.src,
+        fwd.dst,
+        fwd.sport,
+        fwd.dport,
+        fwd.proto,
+    )
+    .to_be()
+}
+
+/// Why a packet could not be given a session (also the counter to bump).
+pub type SessionError = usize;
+
+/// The NAT port (wire order; the address is the gateway IP) of the outbound SNAT flow `fwd`:
+/// finds its session and records the packet (`bits`) on it, or — when `may_create` — creates
+/// it. See the module comment for the lookup order.
+#[inline(always)]
+pub fn snat_port(
+    cfg: &RouterConfig,
+    fwd: &SessionKey,
+    bits: u8,
+    may_create: bool,
+) -> Result<u16, SessionError> {
     if cfg.port_max < cfg.port_min {
         return Err(stat::DROP_NO_PORT);
     }
-    let t = now();
-    let rev_val = SessionValue {
+    let gw = cfg.gateway_ip;
+    let first = p0(cfg, fwd);
+    let rk0 = reverse_key(fwd, gw, first);
+    let mut first_free = true;
+    if let Some(r) = SESSIONS.get_ptr_mut(&rk0) {
+        // SAFETY: valid map value; concurrent updates of these plain fields are benign.
+        let r = unsafe { &mut *r };
+        if r.kind == SESSION_SNAT && is_of(r, fwd) {
+            note_out(r, bits);
+            return Ok(first);
+        }
+        first_free = false;
+    }
+    // Not at its first-choice port: a displaced flow has a forward alias.
+    if let Some(f) = SESSIONS.get_ptr_mut(fwd) {
+        // SAFETY: as above.
+        let f = unsafe { &mut *f };
+        let port = f.port;
+        if f.kind == SESSION_SNAT {
+            f.last_seen_ns = now();
+            let rk = reverse_key(fwd, gw, port);
+            match SESSIONS.get_ptr_mut(&rk) {
+                Some(r) => {
+                    // SAFETY: as above.
+                    let r = unsafe { &mut *r };
+                    if r.kind == SESSION_SNAT && is_of(r, fwd) {
+                        note_out(r, bits);
+                        return Ok(port);
+                    }
+                }
+                // Evicted by the LRU while the alias stayed: restore it at the same port.
+                None => {
+                    if SESSIONS
+                        .insert(&rk, &new_session(fwd, bits), BPF_NOEXIST as u64)
+                        .is_ok()
+                    {
+                        return Ok(port);
+                    }
+                }
+            }
+        }
+        // The port went to another flow meanwhile: forget the alias, start afresh.
+        let _ = SESSIONS.remove(fwd);
+    }
+    if !may_create {
+        return Err(stat::DROP_INVALID);
+    }
+    create(cfg, fwd, bits, first, first_free)
+}
+
+/// A fresh SNAT session value for forward key `fwd`.
+#[inline(always)]
+fn new_session(fwd: &SessionKey, bits: u8) -> SessionValue {
+    SessionValue {
         addr: fwd.src,
         port: fwd.sport,
-        state: 0,
+        state: bits,
         kind: SESSION_SNAT,
-        last_seen_ns: t,
-    };
-    let orig = u16::from_be(fwd.sport);
-    let mut nat_port: Option<u16> = None;
-    if orig >= cfg.port_min && orig <= cfg.port_max {
-        let rk = reverse_key(fwd, cfg.gateway_ip, fwd.sport);
-        match SESSIONS.insert(rk, rev_val, BPF_NOEXIST as u64) {
-            Ok(()) => nat_port = Some(fwd.sport),
-            Err(EEXIST) => {}
+        last_seen_ns: now(),
+    }
+}
+
+/// Creates the session of a new outbound flow: at its first-choice port `first` unless that is
+/// known to be taken, else at the first free port of a probe from a random start, with a
+/// forward alias. Inserts use `BPF_NOEXIST`, so two CPUs creating the same flow at once end up
+/// with one session: the loser re-reads the winner's entry (or alias) and uses it.
+#[inline(always)]
+fn create(
+    cfg: &RouterConfig,
+    fwd: &SessionKey,
+    bits: u8,
+    first: u16,
+    first_free: bool,
+) -> Result<u16, SessionError> {
+    let rid = u32::from(fwd.router_id);
+    let gw = cfg.gateway_ip;
+    let val = new_session(fwd, bits);
+    if first_free {
+        let rk0 = reverse_key(fwd, gw, first);
+        match SESSIONS.insert(&rk0, &val, BPF_NOEXIST as u64) {
+            Ok(()) => {
+                count(rid, stat::SESSIONS_CREATED, 1);
+                return Ok(first);
+            }
+            Err(EEXIST) => {
+                if let Some(r) = SESSIONS.get_ptr_mut(&rk0) {
+                    // SAFETY: valid map value; plain fields.
+                    let r = unsafe { &mut *r };
+                    if r.kind == SESSION_SNAT && is_of(r, fwd) {
+                        note_out(r, bits);
+                        return Ok(first);
+                    }
+                }
+            }
             Err(_) => return Err(stat::DROP_TABLE_FULL),
         }
     }
-    if nat_port.is_none() {
-        // SAFETY: helper without arguments.
-        let start = unsafe { bpf_get_prandom_u32() };
-        for i in 0..MAX_PROBES {
-            let p = probe_port(cfg.port_min, cfg.port_max, start, i).to_be();
-            let rk = reverse_key(fwd, cfg.gateway_ip, p);
-            match SESSIONS.insert(rk, rev_val, BPF_NOEXIST as u64) {
-                Ok(()) => {
-                    nat_port = Some(p);
-                    break;
-                }
-                Err(EEXIST) => {}
-                Err(_) => return Err(stat::DROP_TABLE_FULL),
+    // SAFETY: helper without arguments.
+    let start = unsafe { bpf_get_prandom_u32() };
+    let mut nat_port: Option<u16> = None;
+    for i in 0..MAX_PROBES {
+        let p = probe_port(cfg.port_min, cfg.port_max, start, i).to_be();
+        let rk = reverse_key(fwd, gw, p);
+        match SESSIONS.insert(&rk, &val, BPF_NOEXIST as u64) {
+            Ok(()) => {
+                nat_port = Some(p);
+                break;
             }
+            Err(EEXIST) => {}
+            Err(_) => return Err(stat::DROP_TABLE_FULL),
         }
     }
     let Some(port) = nat_port else {
         return Err(stat::DROP_NO_PORT);
     };
-    let fwd_val = SessionValue {
-        addr: cfg.gateway_ip,
+    let alias = SessionValue {
+        addr: gw,
         port,
-        state: bits,
+        state: 0,
         kind: SESSION_SNAT,
-        last_seen_ns: t,
+        last_seen_ns: val.last_seen_ns,
     };
-    match SESSIONS.insert(fwd, fwd_val, BPF_NOEXIST as u64) {
+    match SESSIONS.insert(fwd, &alias, BPF_NOEXIST as u64) {
         Ok(()) => {
-            count(u32::from(fwd.router_id), stat::SESSIONS_CREATED, 1);
-            Ok(fwd_val)
+            count(rid, stat::SESSIONS_CREATED, 1);
+            Ok(port)
         }
         Err(e) => {
-            let rk = reverse_key(fwd, cfg.gateway_ip, port);
-            let _ = SESSIONS.remove(rk);
-            if e == EEXIST {
-                touch(fwd, bits).ok_or(stat::DROP_TABLE_FULL)
-            } else {
-                Err(stat::DROP_TABLE_FULL)
+            let _ = SESSIONS.remove(&reverse_key(fwd, gw, port));
+            if e != EEXIST {
+                return Err(stat::DROP_TABLE_FULL);
+            }
+            // Another CPU created this flow's alias (and session) meanwhile: use its port.
+            match SESSIONS.get_ptr(fwd) {
+                // SAFETY: valid map value pointer, plain data copied out.
+                Some(f) => Ok(unsafe { (*f).port }),
+                None => Err(stat::DROP_TABLE_FULL),
             }
         }
     }
 }
 
-/// Makes sure the reverse entry of a forward hit still exists and belongs to this flow (the LRU
-/// may have evicted it while the forward entry stayed busy); the lookup also keeps it recent.
-/// Re-inserts it when missing. `false`: the port was taken by another flow meanwhile, so the
-/// forward entry must be dropped and the session created afresh.
-///
-/// `reopen` (a pure SYN on an existing session: the port is being reused for a new
-/// connection) clears the reverse state so the new connection does not inherit FIN/RST bits.
+/// The translation (address, port) of the outbound flow `fwd` if it has a session, without
+/// recording anything: for ICMP errors an internal host sends about a flow. Port forwardings
+/// and floating IPs (their session is keyed by the floating IP) are tried before SNAT.
 #[inline(always)]
-pub fn ensure_reverse(fwd: &SessionKey, v: &SessionValue, reopen: bool) -> bool {
-    let rk = reverse_key(fwd, v.addr, v.port);
-    if let Some(r) = SESSIONS.get_ptr_mut(rk) {
-        // SAFETY: valid map value pointer; concurrent updates of these plain fields are benign.
-        let r = unsafe { &mut *r };
-        if r.addr != fwd.src || r.port != fwd.sport {
-            return false;
+pub fn find_out(cfg: &RouterConfig, fwd: &SessionKey) -> Option<(u32, u16)> {
+    let rid = cfg.router_id;
+    if cfg.flags & ROUTER_F_FLOATING != 0 {
+        let cand = if fwd.proto != IPPROTO_ICMP
+            && let Some(pf) = crate::fip::pf_lookup(rid, fwd.src, fwd.sport, fwd.proto, DIR_OUT)
+        {
+            Some((pf.addr, pf.port))
+        } else {
+            crate::fip::fip_lookup(rid, fwd.src, DIR_OUT).map(|f| (f, fwd.sport))
+        };
+        if let Some((addr, port)) = cand {
+            return session_at(fwd, addr, port).then_some((addr, port));
         }
-        if reopen {
-            r.state = 0;
-        }
-        return true;
     }
-    let rev_val = SessionValue {
-        addr: fwd.src,
-        port: fwd.sport,
-        state: 0,
-        kind: SESSION_SNAT,
-        last_seen_ns: now(),
-    };
-    SESSIONS.insert(rk, rev_val, BPF_NOEXIST as u64).is_ok()
+    if cfg.port_max < cfg.port_min {
+        return None;
+    }
+    let gw = cfg.gateway_ip;
+    let first = p0(cfg, fwd);
+    if session_at(fwd, gw, first) {
+        return Some((gw, first));
+    }
+    let f = SESSIONS.get_ptr(fwd)?;
+    // SAFETY: valid map value pointer, plain data copied out.
+    let port = unsafe { (*f).port };
+    session_at(fwd, gw, port).then_some((gw, port))
+}
+
+/// Whether the session of forward key `fwd` translated to `(addr, port)` exists.
+#[inline(always)]
+fn session_at(fwd: &SessionKey, addr: u32, port: u16) -> bool {
+    match SESSIONS.get_ptr(&reverse_key(fwd, addr, port)) {
+        // SAFETY: valid map value pointer, plain data read.
+        Some(v) => is_of(unsafe { &*v }, fwd),
+        None => false,
+    }
 }
 
 /// A session key with the padding zeroed.

@@ -13,7 +13,7 @@ const GW: [u8; 4] = [192, 0, 2, 10];
 const VM: [u8; 4] = [10, 0, 0, 5];
 const SRV: [u8; 4] = [203, 0, 113, 9];
 const DP_ID: u32 = 7;
-/// Sessions per step: 2 entries each, several times the 4096 entries of one batch.
+/// Sessions per step: one entry each, more than the 4096 entries of one batch.
 const FLOWS: u16 = 6000;
 
 fn datapath(dir: &Bpffs, nat: &NatConfig) -> Arc<Datapath> {

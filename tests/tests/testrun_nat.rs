@@ -674,3 +674,194 @@ fn tcp_port_reuse_after_close_starts_a_fresh_connection() {
     fx.out(&tcp_frame(VM1, 40000, SRV, 80, ACK));
     assert_eq!(state(&fx), "ESTABLISHED");
 }
+
+/// The entries of the fixture's session table, as (sessions keyed `DIR_IN`, forward aliases
+/// keyed `DIR_OUT`).
+fn entries(
+    fx: &Fixture,
+) -> (
+    Vec<router_common::SessionKey>,
+    Vec<router_common::SessionKey>,
+) {
+    let map = pinned_sessions(fx);
+    let keys: Vec<router_common::SessionKey> = map
+        .keys()
+        .map(|k| k.expect("session key"))
+        .filter(|k| u32::from(k.router_id) == DP_ID)
+        .collect();
+    keys.into_iter()
+        .partition(|k| k.dir == router_common::DIR_IN)
+}
+
+#[test]
+fn one_entry_per_session_for_flows_that_keep_their_port() {
+    let fx = Fixture::snat();
+    for i in 0..40u16 {
+        let f = fx.out(&udp_frame(VM1, 30000 + i, SRV, 53));
+        assert_eq!(sport(&f), 30000 + i, "port kept");
+    }
+    fx.out(&tcp_frame(VM2, 30000, SRV, 80, SYN));
+    fx.inn(&tcp_frame(SRV, 80, GW, 30000, SYN | ACK));
+    fx.out(&tcp_frame(VM2, 30000, SRV, 80, ACK));
+    fx.out(&echo_frame(VM3, SRV, 8, 4242));
+    fx.inn(&echo_frame(SRV, GW, 0, 4242));
+    let (sessions, aliases) = entries(&fx);
+    let listed = fx.dp.sessions(DP_ID).expect("sessions");
+    assert_eq!(listed.len(), 42);
+    assert_eq!(sessions.len(), listed.len(), "one entry per session");
+    assert!(aliases.is_empty(), "no forward entry: {aliases:?}");
+    // A source port outside the range is moved to a port chosen by a hash of the flow: still one
+    // entry, and every packet of the flow finds it again.
+    let low = fx.out(&udp_frame(VM3, 80, SRV, 53));
+    let p = sport(&low);
+    assert!((1024..=65535).contains(&p), "port {p}");
+    for _ in 0..3 {
+        assert_frame(
+            &fx.out(&udp_frame(VM3, 80, SRV, 53)),
+            &udp_frame(GW, p, SRV, 53),
+            "same hashed port",
+        );
+    }
+    assert_frame(
+        &fx.inn(&udp_frame(SRV, 53, GW, p)),
+        &udp_frame(SRV, 53, VM3, 80),
+        "reply to the hashed port",
+    );
+    let (sessions, aliases) = entries(&fx);
+    assert_eq!((sessions.len(), aliases.len()), (43, 0));
+    assert_eq!(fx.stat("sessions_created"), 43);
+}
+
+#[test]
+fn displaced_flow_gets_a_forward_entry_and_both_translate() {
+    let fx = Fixture::snat();
+    let a = fx.out(&tcp_frame(VM1, 41000, SRV, 80, SYN));
+    assert_frame(
+        &a,
+        &tcp_frame(GW, 41000, SRV, 80, SYN),
+        "first keeps its port",
+    );
+    let b = fx.out(&tcp_frame(VM2, 41000, SRV, 80, SYN));
+    let p = sport(&b);
+    assert_ne!(p, 41000, "the port is taken towards this endpoint");
+    assert_frame(&b, &tcp_frame(GW, p, SRV, 80, SYN), "second remapped");
+    let (sessions, aliases) = entries(&fx);
+    assert_eq!(sessions.len(), 2);
+    assert_eq!(
+        aliases.len(),
+        1,
+        "only the displaced flow has a forward entry"
+    );
+    assert_eq!(
+        (aliases[0].src, aliases[0].sport),
+        (
+            router_common::ip_to_wire(VM2),
+            router_common::port_to_wire(41000)
+        )
+    );
+    // Both directions of both flows, several packets each: the ports stay put.
+    for _ in 0..3 {
+        assert_frame(
+            &fx.inn(&tcp_frame(SRV, 80, GW, 41000, SYN | ACK)),
+            &tcp_frame(SRV, 80, VM1, 41000, SYN | ACK),
+            "reply to the first",
+        );
+        assert_frame(
+            &fx.inn(&tcp_frame(SRV, 80, GW, p, SYN | ACK)),
+            &tcp_frame(SRV, 80, VM2, 41000, SYN | ACK),
+            "reply to the displaced",
+        );
+        assert_frame(
+            &fx.out(&tcp_frame(VM1, 41000, SRV, 80, ACK)),
+            &tcp_frame(GW, 41000, SRV, 80, ACK),
+            "first, established",
+        );
+        assert_frame(
+            &fx.out(&tcp_frame(VM2, 41000, SRV, 80, ACK)),
+            &tcp_frame(GW, p, SRV, 80, ACK),
+            "displaced, established",
+        );
+    }
+    let listed = fx.dp.sessions(DP_ID).expect("sessions");
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(
+        listed.iter().all(|s| s.state == "ESTABLISHED"),
+        "{listed:?}"
+    );
+    // The displaced flow's session evicted: its forward entry restores it at the same port.
+    let mut map = pinned_sessions(&fx);
+    let rev = |port: u16| router_common::SessionKey {
+        router_id: DP_ID as u16,
+        src: router_common::ip_to_wire(SRV),
+        dst: router_common::ip_to_wire(GW),
+        sport: router_common::port_to_wire(80),
+        dport: router_common::port_to_wire(port),
+        proto: TCP,
+        dir: router_common::DIR_IN,
+    };
+    map.remove(&rev(p))
+        .expect("remove the displaced flow's session");
+    assert_frame(
+        &fx.out(&tcp_frame(VM2, 41000, SRV, 80, ACK)),
+        &tcp_frame(GW, p, SRV, 80, ACK),
+        "displaced flow keeps its port after eviction",
+    );
+    assert_frame(
+        &fx.inn(&tcp_frame(SRV, 80, GW, p, ACK)),
+        &tcp_frame(SRV, 80, VM2, 41000, ACK),
+        "its replies again",
+    );
+    assert_eq!(fx.stat("sessions_created"), 2, "restored, not created");
+    // The GC leaves live forward entries alone (past the orphan grace period).
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    fx.out(&tcp_frame(VM2, 41000, SRV, 80, ACK));
+    assert_eq!(fx.dp.gc().expect("gc"), 0);
+    assert_eq!(entries(&fx).1.len(), 1, "forward entry kept");
+}
+
+#[test]
+fn evicted_session_of_an_established_flow_is_recreated_at_the_same_port() {
+    let fx = Fixture::snat();
+    fx.out(&tcp_frame(VM1, 40000, SRV, 80, SYN));
+    fx.inn(&tcp_frame(SRV, 80, GW, 40000, SYN | ACK));
+    fx.out(&tcp_frame(VM1, 40000, SRV, 80, ACK));
+    let (sessions, _) = entries(&fx);
+    assert_eq!(sessions.len(), 1);
+    // As if the LRU evicted it: the table is empty.
+    let mut map = pinned_sessions(&fx);
+    map.remove(&sessions[0]).expect("remove the session");
+    assert_eq!(entries(&fx), (vec![], vec![]));
+    let r = tcp_frame(SRV, 80, GW, 40000, ACK);
+    assert_eq!(fx.inn(&r), r, "nothing to translate a reply with");
+    // The next outbound packet (mid-connection, no SYN) re-creates it at the same port.
+    assert_frame(
+        &fx.out(&tcp_frame(VM1, 40000, SRV, 80, ACK)),
+        &tcp_frame(GW, 40000, SRV, 80, ACK),
+        "same NAT port",
+    );
+    assert_frame(
+        &fx.inn(&tcp_frame(SRV, 80, GW, 40000, ACK)),
+        &tcp_frame(SRV, 80, VM1, 40000, ACK),
+        "replies reach the host again",
+    );
+    assert_eq!(entries(&fx).0, sessions, "the same single entry");
+    // The same for a flow whose port was chosen by the hash (source port out of range).
+    let first = sport(&fx.out(&udp_frame(VM2, 80, SRV, 53)));
+    let (now, _) = entries(&fx);
+    let k = *now
+        .iter()
+        .find(|k| k.dport == router_common::port_to_wire(first))
+        .expect("hashed session");
+    map.remove(&k).expect("remove");
+    assert_frame(
+        &fx.out(&udp_frame(VM2, 80, SRV, 53)),
+        &udp_frame(GW, first, SRV, 53),
+        "same hashed port",
+    );
+    // An RST may not create a session.
+    map.remove(&sessions[0]).expect("remove the session");
+    assert_eq!(
+        fx.run("snat_out", &tcp_frame(VM1, 40000, SRV, 80, RST)).0,
+        SHOT
+    );
+}

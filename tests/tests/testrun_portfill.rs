@@ -89,3 +89,45 @@ fn port_range_fill_failure_rates() {
     }
     dp.purge().expect("purge");
 }
+
+/// Port preservation leaves contiguous runs of taken ports (consecutive ephemeral ports of one
+/// host); flows displaced from such a run must find a free port outside it, not probe only
+/// inside it.
+#[test]
+fn displaced_flows_escape_runs_of_preserved_ports() {
+    let bpffs = Bpffs::new();
+    let dp = Datapath::open(bpffs.path(), &NatConfig::default())
+        .unwrap_or_else(|e| panic!("open: {e:#}"));
+    dp.configure_router(&RouterNat {
+        dp_id: DP_ID,
+        ifindex: 1,
+        gateway_ip: GW.into(),
+        enable_snat: true,
+        internal_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+    })
+    .expect("configure");
+    // One host takes 4000 consecutive ports towards the server (each keeps its own).
+    for p in 30_000..34_000u16 {
+        let (rc, out) = dp
+            .test_run("snat_out", &tcp_frame(src(0), p, SRV, 80, 0x02))
+            .expect("test run");
+        assert_eq!((rc, nat_port(&out)), (0, p), "port kept");
+    }
+    // Another host with the same source ports: every flow is displaced, none refused.
+    for p in 30_000..30_300u16 {
+        let (rc, out) = dp
+            .test_run("snat_out", &tcp_frame(src(1), p, SRV, 80, 0x02))
+            .expect("test run");
+        assert_eq!(rc, 0, "displaced flow from port {p} refused");
+        let got = nat_port(&out);
+        assert!(
+            !(30_000..34_000).contains(&got),
+            "port {got} of the run handed out twice"
+        );
+    }
+    assert_eq!(
+        dp.stats(DP_ID).expect("stats")[stat::NAMES[stat::DROP_NO_PORT]],
+        0
+    );
+    dp.purge().expect("purge");
+}

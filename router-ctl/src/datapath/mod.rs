@@ -468,7 +468,7 @@ impl Datapath {
         let mut n = 0;
         for k in &doomed {
             remove_missing_ok(map.remove(k))?;
-            if k.dir == router_common::DIR_OUT {
+            if k.dir == router_common::DIR_IN {
                 n += 1;
             }
         }
@@ -548,7 +548,7 @@ fn flush_router(inner: &mut Inner, dp_id: u32) -> Result<usize> {
     let mut n = 0;
     for k in &keys {
         remove_missing_ok(inner.sessions.remove(k))?;
-        if k.dir == router_common::DIR_OUT {
+        if k.dir == router_common::DIR_IN {
             n += 1;
         }
     }

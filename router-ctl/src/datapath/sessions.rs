@@ -1,5 +1,6 @@
-//! Pure session-table logic: pairing forward and reverse entries, naming their state, and
-//! deciding which pairs the GC expires under the configured conntrack-like timeouts.
+//! Pure session-table logic: listing sessions (one `DIR_IN` entry each, plus a forward alias
+//! for SNAT flows that could not keep their first-choice port) and deciding which entries the
+//! GC expires under the configured conntrack-like timeouts.
 
 use std::{collections::HashMap, net::SocketAddrV4};
 
@@ -11,11 +12,11 @@ use router_common::{
 use super::SessionInfo;
 use crate::config::NatConfig;
 
-/// Entries younger than this are never treated as orphans: the datapath inserts the reverse
-/// entry a moment before the forward one.
+/// Aliases younger than this are never treated as orphans: the datapath inserts the session a
+/// moment before its alias, and re-creates an evicted session from its alias.
 pub const ORPHAN_GRACE_NS: u64 = 2_000_000_000;
 
-/// The reverse key of a forward entry.
+/// The session key of a forward alias (`v`: its translated address and port).
 pub fn reverse_of(k: &SessionKey, v: &SessionValue) -> SessionKey {
     let sport = if k.proto == IPPROTO_ICMP { 0 } else { k.dport };
     SessionKey {
@@ -29,7 +30,7 @@ pub fn reverse_of(k: &SessionKey, v: &SessionValue) -> SessionKey {
     }
 }
 
-/// The forward key of a reverse entry.
+/// The forward (outbound) tuple of a session, the key its alias would have.
 pub fn forward_of(k: &SessionKey, v: &SessionValue) -> SessionKey {
     let dport = if k.proto == IPPROTO_ICMP { 0 } else { k.sport };
     SessionKey {
@@ -41,6 +42,11 @@ pub fn forward_of(k: &SessionKey, v: &SessionValue) -> SessionKey {
         proto: k.proto,
         dir: DIR_OUT,
     }
+}
+
+/// Whether alias `(k, v)` points at session `(rk, rv)`: same flow, same port.
+fn alias_matches(k: &SessionKey, v: &SessionValue, rk: &SessionKey, rv: &SessionValue) -> bool {
+    *rk == reverse_of(k, v) && rv.addr == k.src && rv.port == k.sport
 }
 
 /// The name `router-ctl sessions` shows for a `SESSION_*` kind.
@@ -75,7 +81,7 @@ fn sock(addr: u32, port: u16) -> SocketAddrV4 {
     )
 }
 
-/// Joins the entries of one router into sessions (forward entries with their reverse).
+/// The sessions of one router: one per `DIR_IN` entry.
 pub fn join(
     entries: &HashMap<SessionKey, SessionValue>,
     router_id: u32,
@@ -83,22 +89,15 @@ pub fn join(
 ) -> Vec<SessionInfo> {
     let mut out: Vec<SessionInfo> = entries
         .iter()
-        .filter(|(k, _)| u32::from(k.router_id) == router_id && k.dir == DIR_OUT)
-        .map(|(k, v)| {
-            let rev = entries.get(&reverse_of(k, v));
-            let rev_state = rev.map(|r| r.state).unwrap_or(0);
-            let last = rev.map_or(v.last_seen_ns, |r| r.last_seen_ns.max(v.last_seen_ns));
-            SessionInfo {
-                protocol: proto_name(k.proto).to_string(),
-                internal: sock(k.src, k.sport),
-                translated: sock(v.addr, v.port),
-                remote: sock(k.dst, k.dport),
-                kind: kind_name(v.kind).to_string(),
-                state: SessionState::derive(k.proto, v.state, rev_state)
-                    .name()
-                    .to_string(),
-                idle_secs: now_ns.saturating_sub(last) / 1_000_000_000,
-            }
+        .filter(|(k, _)| u32::from(k.router_id) == router_id && k.dir == DIR_IN)
+        .map(|(k, v)| SessionInfo {
+            protocol: proto_name(k.proto).to_string(),
+            internal: sock(v.addr, v.port),
+            translated: sock(k.dst, k.dport),
+            remote: sock(k.src, k.sport),
+            kind: kind_name(v.kind).to_string(),
+            state: SessionState::derive(k.proto, v.state).name().to_string(),
+            idle_secs: now_ns.saturating_sub(v.last_seen_ns) / 1_000_000_000,
         })
         .collect();
     out.sort_by(|a, b| {
@@ -107,8 +106,9 @@ pub fn join(
     out
 }
 
-/// Keys the GC must delete: both entries of expired sessions, and entries whose partner is
-/// gone (evicted by the LRU) once past a short grace period.
+/// Keys the GC must delete: sessions idle past their state's timeout (with their alias, if
+/// any), and aliases whose session is gone or belongs to another flow once past a short grace
+/// period.
 pub fn expired(
     entries: &HashMap<SessionKey, SessionValue>,
     nat: &NatConfig,
@@ -117,28 +117,25 @@ pub fn expired(
     let mut doomed = Vec::new();
     for (k, v) in entries {
         match k.dir {
-            DIR_OUT => {
-                let rk = reverse_of(k, v);
-                match entries.get(&rk) {
-                    Some(r) => {
-                        let state = SessionState::derive(k.proto, v.state, r.state);
-                        let last = v.last_seen_ns.max(r.last_seen_ns);
-                        let idle = now_ns.saturating_sub(last);
-                        if idle > timeout_secs(nat, k.proto, state).saturating_mul(1_000_000_000) {
-                            doomed.push(*k);
-                            doomed.push(rk);
-                        }
+            DIR_IN => {
+                let state = SessionState::derive(k.proto, v.state);
+                let idle = now_ns.saturating_sub(v.last_seen_ns);
+                if idle > timeout_secs(nat, k.proto, state).saturating_mul(1_000_000_000) {
+                    doomed.push(*k);
+                    let fk = forward_of(k, v);
+                    if let Some(fv) = entries.get(&fk)
+                        && alias_matches(&fk, fv, k, v)
+                    {
+                        doomed.push(fk);
                     }
-                    None if now_ns.saturating_sub(v.last_seen_ns) > ORPHAN_GRACE_NS => {
-                        doomed.push(*k)
-                    }
-                    None => {}
                 }
             }
-            DIR_IN => {
-                if !entries.contains_key(&forward_of(k, v))
-                    && now_ns.saturating_sub(v.last_seen_ns) > ORPHAN_GRACE_NS
-                {
+            DIR_OUT => {
+                let rk = reverse_of(k, v);
+                let live = entries
+                    .get(&rk)
+                    .is_some_and(|rv| alias_matches(k, v, &rk, rv));
+                if !live && now_ns.saturating_sub(v.last_seen_ns) > ORPHAN_GRACE_NS {
                     doomed.push(*k);
                 }
             }
@@ -152,19 +149,14 @@ pub fn expired(
 mod tests {
     use super::*;
     use router_common::{
-        IPPROTO_TCP, IPPROTO_UDP, ST_ACK, ST_SEEN, ST_SYN, ip_to_wire, port_to_wire,
+        IPPROTO_TCP, IPPROTO_UDP, ST_ACK, ST_REPLY_SHIFT, ST_SEEN, ST_SYN, ip_to_wire, port_to_wire,
     };
 
     const S: u64 = 1_000_000_000;
 
-    fn pair(
-        proto: u8,
-        last_out: u64,
-        last_in: u64,
-        st_out: u8,
-        st_in: u8,
-    ) -> HashMap<SessionKey, SessionValue> {
-        let k = SessionKey {
+    /// The outbound tuple of the test flow.
+    fn fwd(proto: u8) -> SessionKey {
+        SessionKey {
             router_id: 7,
             src: ip_to_wire([10, 0, 0, 5]),
             dst: ip_to_wire([203, 0, 113, 9]),
@@ -176,31 +168,47 @@ mod tests {
             },
             proto,
             dir: DIR_OUT,
-        };
-        let v = SessionValue {
+        }
+    }
+
+    /// The session of the test flow translated to 192.0.2.10:`port`; with `alias`, also its
+    /// forward alias.
+    fn session(
+        proto: u8,
+        port: u16,
+        last: u64,
+        state: u8,
+        alias: bool,
+    ) -> HashMap<SessionKey, SessionValue> {
+        let k = fwd(proto);
+        let a = SessionValue {
             addr: ip_to_wire([192, 0, 2, 10]),
-            port: port_to_wire(1500),
-            state: st_out,
+            port: port_to_wire(port),
+            state: 0,
             kind: 0,
-            last_seen_ns: last_out,
+            last_seen_ns: last,
         };
-        let rk = reverse_of(&k, &v);
+        let rk = reverse_of(&k, &a);
         let rv = SessionValue {
             addr: k.src,
             port: k.sport,
-            state: st_in,
+            state,
             kind: 0,
-            last_seen_ns: last_in,
+            last_seen_ns: last,
         };
         assert_eq!(forward_of(&rk, &rv), k);
-        HashMap::from([(k, v), (rk, rv)])
+        let mut m = HashMap::from([(rk, rv)]);
+        if alias {
+            m.insert(k, a);
+        }
+        m
     }
 
     #[test]
-    fn join_reports_the_pair() {
-        let m = pair(IPPROTO_UDP, 10 * S, 12 * S, 0, ST_SEEN);
+    fn join_lists_one_session_per_entry() {
+        let m = session(IPPROTO_UDP, 1500, 12 * S, ST_SEEN, true);
         let s = join(&m, 7, 20 * S);
-        assert_eq!(s.len(), 1);
+        assert_eq!(s.len(), 1, "the alias is not a session");
         assert_eq!(s[0].protocol, "udp");
         assert_eq!(s[0].internal.to_string(), "10.0.0.5:40000");
         assert_eq!(s[0].translated.to_string(), "192.0.2.10:1500");
@@ -214,36 +222,44 @@ mod tests {
     fn gc_expires_by_state_timeout() {
         let nat = NatConfig::default();
         // UDP unreplied: 30 s.
-        let m = pair(IPPROTO_UDP, 0, 0, 0, 0);
+        let m = session(IPPROTO_UDP, 40000, 0, 0, false);
         assert!(expired(&m, &nat, 29 * S).is_empty());
+        assert_eq!(expired(&m, &nat, 31 * S).len(), 1);
+        // ... with its alias.
+        let m = session(IPPROTO_UDP, 1500, 0, 0, true);
         assert_eq!(expired(&m, &nat, 31 * S).len(), 2);
         // UDP replied: 120 s.
-        let m = pair(IPPROTO_UDP, 0, 0, 0, ST_SEEN);
+        let m = session(IPPROTO_UDP, 40000, 0, ST_SEEN, false);
         assert!(expired(&m, &nat, 100 * S).is_empty());
         // TCP established survives a day.
-        let m = pair(
-            IPPROTO_TCP,
-            0,
-            0,
-            ST_SYN | ST_ACK,
-            ST_SEEN | ST_SYN | ST_ACK,
-        );
+        let est = ST_SYN | ST_ACK | ST_SEEN | (ST_ACK << ST_REPLY_SHIFT);
+        let m = session(IPPROTO_TCP, 40000, 0, est, false);
         assert!(expired(&m, &nat, 86_400 * S).is_empty());
         // TCP SYN_SENT: 120 s.
-        let m = pair(IPPROTO_TCP, 0, 0, ST_SYN, 0);
-        assert_eq!(expired(&m, &nat, 121 * S).len(), 2);
+        let m = session(IPPROTO_TCP, 40000, 0, ST_SYN, false);
+        assert_eq!(expired(&m, &nat, 121 * S).len(), 1);
         // ICMP: 30 s.
-        let m = pair(IPPROTO_ICMP, 0, 0, 0, ST_SEEN);
-        assert_eq!(expired(&m, &nat, 31 * S).len(), 2);
+        let m = session(IPPROTO_ICMP, 40000, 0, ST_SEEN, false);
+        assert_eq!(expired(&m, &nat, 31 * S).len(), 1);
     }
 
     #[test]
-    fn gc_removes_orphans_after_grace() {
+    fn gc_removes_orphan_aliases_after_grace() {
         let nat = NatConfig::default();
-        let mut m = pair(IPPROTO_UDP, 0, 0, 0, 0);
-        let fwd = *m.keys().find(|k| k.dir == DIR_OUT).expect("forward");
-        m.remove(&fwd);
-        assert!(expired(&m, &nat, S).is_empty());
-        assert_eq!(expired(&m, &nat, 3 * S).len(), 1);
+        let mut m = session(IPPROTO_UDP, 1500, 0, 0, true);
+        m.retain(|k, _| k.dir == DIR_OUT);
+        assert!(expired(&m, &nat, S).is_empty(), "grace period");
+        assert_eq!(expired(&m, &nat, 3 * S), vec![fwd(IPPROTO_UDP)]);
+        // An alias whose port now holds another flow's session is an orphan too.
+        let mut m = session(IPPROTO_UDP, 1500, 0, 0, true);
+        for (k, v) in m.iter_mut() {
+            if k.dir == DIR_IN {
+                v.addr = ip_to_wire([10, 0, 0, 6]);
+            }
+        }
+        assert_eq!(expired(&m, &nat, 3 * S), vec![fwd(IPPROTO_UDP)]);
+        // A live alias stays.
+        let m = session(IPPROTO_UDP, 1500, 0, 0, true);
+        assert!(expired(&m, &nat, 3 * S).is_empty());
     }
 }

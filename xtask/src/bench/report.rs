@@ -139,8 +139,11 @@ pub struct TestRunResult {
 /// Kernel memory per NAT session.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct MemoryResult {
-    /// eBPF session table: memlock of the SESSIONS map / (max_entries / 2).
+    /// eBPF session table: memlock per entry of the SESSIONS map × the entries new flows that
+    /// keep their port left / their number.
     pub ebpf_bytes_per_session: Option<f64>,
+    /// The same for flows all displaced from their first-choice port (two entries each).
+    pub ebpf_worst_bytes_per_session: Option<f64>,
     pub ebpf_detail: String,
     /// Linux conntrack (iptables and nftables): nf_conntrack slab object size.
     pub conntrack_bytes_per_session: Option<f64>,

@@ -1,7 +1,7 @@
 //! Cost of the NAT program itself, through BPF_PROG_TEST_RUN on `snat_out` of the freshly built
 //! object (no device, no namespace: the kernel runs it on loopback, ifindex 1, so the router is
-//! configured on ifindex 1 in this private copy of the maps), and kernel memory per session
-//! from the SESSIONS map's memlock.
+//! configured on ifindex 1 in this private copy of the maps), and kernel memory per session:
+//! the SESSIONS map's memlock per entry times the entries new flows really left in it.
 
 use std::{
     net::Ipv4Addr,
@@ -15,32 +15,45 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
 use router_common::{
-    CidrKey, ROUTER_F_SNAT, RouterConfig, RouterStats, ip_to_wire, maps, programs,
+    CidrKey, ROUTER_F_SNAT, RouterConfig, RouterStats, SessionKey, SessionValue, ip_to_wire, maps,
+    programs,
 };
 
 use super::report::{MemoryResult, TestRunResult};
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const INTERNAL: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 2);
+/// A second internal host, for flows that collide with `INTERNAL`'s on the NAT port.
+const INTERNAL2: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 3);
 const REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 /// Router number used in the private maps.
 const DP_ID: u32 = 1;
 /// The device BPF_PROG_TEST_RUN runs an skb program on when no ifindex is given (loopback).
 const TEST_RUN_IFINDEX: u32 = 1;
 
-/// Builds the eBPF object (bootstrapping the toolchain if needed) and returns its path.
+/// Builds the eBPF object (bootstrapping the toolchain if needed) and returns its path; or,
+/// when `ROUTER_EBPF_OBJECT` is set (as for `router-ctl`'s build), that object, so two builds
+/// can be compared on the same machine state (TestRun and memory only).
 pub fn object_path(target_dir: &Path, _workspace: &Path) -> Result<PathBuf> {
+    if let Some(obj) = std::env::var_os("ROUTER_EBPF_OBJECT") {
+        return Ok(PathBuf::from(obj));
+    }
     crate::ebpf::build(target_dir).context("building the eBPF object")
 }
 
 /// An Ethernet + IPv4 + UDP frame from `INTERNAL:sport` to `REMOTE:53`.
 fn frame(sport: u16) -> Vec<u8> {
+    frame_from(INTERNAL, sport)
+}
+
+/// An Ethernet + IPv4 + UDP frame from `src:sport` to `REMOTE:53`.
+fn frame_from(src: Ipv4Addr, sport: u16) -> Vec<u8> {
     let mut f = vec![0u8; 14];
     f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 2]);
     f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
     f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     let mut ip = [0u8; 64];
-    let n = super::traffic::udp_packet(&mut ip, INTERNAL, REMOTE, sport, 53);
+    let n = super::traffic::udp_packet(&mut ip, src, REMOTE, sport, 53);
     f.extend_from_slice(&ip[..n]);
     f
 }
@@ -221,39 +234,98 @@ pub fn memlock(data: &MapData) -> Result<u64> {
         .context("no memlock in fdinfo")
 }
 
-/// Bytes per NAT session of the eBPF datapath: SESSIONS memlock over its capacity in sessions
-/// (two entries per session), and conntrack's object size for comparison.
+/// Flows per batch of the memory measurement.
+const MEMORY_FLOWS: u16 = 10_000;
+
+/// Bytes per NAT session of the eBPF datapath, from what new flows really leave in SESSIONS:
+/// `MEMORY_FLOWS` new flows through `snat_out` (distinct source ports, each keeps its port),
+/// entries counted, memlock per entry × entries / sessions. Then as many flows from another
+/// host with the same source ports to the same endpoint — every one displaced from its port,
+/// the worst case — measured the same way for the detail column. Conntrack's object size for
+/// comparison.
 pub fn memory(obj: &Path) -> MemoryResult {
     let mut m = MemoryResult::default();
-    let r = (|| -> Result<(u64, u32, u32, u32)> {
-        let ebpf = Ebpf::load_file(obj)?;
-        let map = ebpf.map(maps::SESSIONS).context("no SESSIONS map")?;
-        let data = match map {
-            Map::HashMap(d) | Map::LruHashMap(d) => d,
-            _ => bail!("SESSIONS is not a hash map"),
-        };
-        let info = data.info()?;
-        Ok((
-            memlock(data)?,
-            info.max_entries(),
-            info.key_size(),
-            info.value_size(),
-        ))
-    })();
-    match r {
-        Ok((bytes, max, k, v)) => {
-            let sessions = f64::from(max) / 2.0;
-            m.ebpf_bytes_per_session = Some(bytes as f64 / sessions);
-            let per_entry = bytes as f64 / f64::from(max);
+    match memory_inner(obj) {
+        Ok(r) => {
+            let per_entry = r.memlock as f64 / f64::from(r.max_entries);
+            let typical = per_entry * r.entries_typical as f64 / f64::from(MEMORY_FLOWS);
+            let worst = per_entry * r.entries_displaced as f64 / f64::from(MEMORY_FLOWS);
+            m.ebpf_bytes_per_session = Some(typical);
+            m.ebpf_worst_bytes_per_session = Some(worst);
             m.ebpf_detail = format!(
-                "memlock {bytes} B / {max} entries = {per_entry:.0} B per entry (key {k} B + value {v} B + {:.0} B kernel element and bucket overhead), 2 entries per session (forward + reverse)",
-                per_entry - f64::from(k + v)
+                "memlock {} B / {} entries = {per_entry:.0} B per entry (key {} B + value {} B + {:.0} B kernel element and bucket overhead); \
+                 {MEMORY_FLOWS} new flows that keep their port left {} entries ({:.2} per session); \
+                 worst case, {MEMORY_FLOWS} flows displaced from their port by another host's: {} entries ({:.2} per session, {worst:.0} B/session)",
+                r.memlock,
+                r.max_entries,
+                r.key_size,
+                r.value_size,
+                per_entry - f64::from(r.key_size + r.value_size),
+                r.entries_typical,
+                r.entries_typical as f64 / f64::from(MEMORY_FLOWS),
+                r.entries_displaced,
+                r.entries_displaced as f64 / f64::from(MEMORY_FLOWS),
             );
         }
         Err(e) => m.ebpf_detail = format!("not measured: {e:#}"),
     }
     conntrack_memory(&mut m);
     m
+}
+
+/// What the memory measurement read from the kernel.
+struct MemoryFacts {
+    memlock: u64,
+    max_entries: u32,
+    key_size: u32,
+    value_size: u32,
+    /// Entries after the flows that keep their port.
+    entries_typical: usize,
+    /// Entries added by the displaced flows.
+    entries_displaced: usize,
+}
+
+fn memory_inner(obj: &Path) -> Result<MemoryFacts> {
+    let mut ebpf = load(obj)?;
+    configure(&mut ebpf)?;
+    let count_entries = |ebpf: &Ebpf| -> Result<usize> {
+        let map = ebpf.map(maps::SESSIONS).context("no SESSIONS map")?;
+        let sessions: HashMap<_, SessionKey, SessionValue> = HashMap::try_from(map)?;
+        let mut n = 0;
+        for k in sessions.keys() {
+            k?;
+            n += 1;
+        }
+        Ok(n)
+    };
+    let batch = |ebpf: &Ebpf, src: Ipv4Addr| -> Result<()> {
+        for i in 0..MEMORY_FLOWS {
+            super::ns::check_interrupted()?;
+            let (ret, _, out) = run_once(ebpf, &frame_from(src, 10_000 + i), 1)?;
+            if ret != 0 || source_of(&out) != Some(GATEWAY) {
+                bail!("new flow {i} from {src} not translated (verdict {ret})");
+            }
+        }
+        Ok(())
+    };
+    batch(&ebpf, INTERNAL)?;
+    let entries_typical = count_entries(&ebpf)?;
+    batch(&ebpf, INTERNAL2)?;
+    let entries_displaced = count_entries(&ebpf)? - entries_typical;
+    let map = ebpf.map(maps::SESSIONS).context("no SESSIONS map")?;
+    let data = match map {
+        Map::HashMap(d) | Map::LruHashMap(d) => d,
+        _ => bail!("SESSIONS is not a hash map"),
+    };
+    let info = data.info()?;
+    Ok(MemoryFacts {
+        memlock: memlock(data)?,
+        max_entries: info.max_entries(),
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        entries_typical,
+        entries_displaced,
+    })
 }
 
 /// nf_conntrack's slab object size (one object per connection; NAT and other extensions are
