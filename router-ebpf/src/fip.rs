@@ -166,7 +166,7 @@ pub fn note_session(
         };
         let fwd = key(rid, src, dst, sport, dport, l.proto, DIR_OUT);
         let rk = reverse_key(&fwd, new_addr, new_port);
-        if let Some(v) = SESSIONS.get_ptr_mut(&rk) {
+        if let Some(v) = SESSIONS.get_ptr_mut(rk) {
             // SAFETY: valid map value; concurrent updates of these plain fields are benign.
             let v = unsafe { &mut *v };
             if v.addr == src && v.port == sport && v.kind == kind {
@@ -192,7 +192,7 @@ pub fn note_session(
             return;
         };
         let rk = key(rid, src, dst, sport, dport, l.proto, DIR_IN);
-        if let Some(v) = SESSIONS.get_ptr_mut(&rk) {
+        if let Some(v) = SESSIONS.get_ptr_mut(rk) {
             // SAFETY: as above.
             let v = unsafe { &mut *v };
             if v.addr == new_addr && v.port == new_port && v.kind == kind {
@@ -211,7 +211,7 @@ pub fn note_session(
         (rk, v)
     };
     // A translation that changed (another kind or internal end) replaces the old session.
-    let _ = SESSIONS.insert(&rk, &value, BPF_ANY as u64);
+    let _ = SESSIONS.insert(rk, value, BPF_ANY as u64);
     count(rid, stat::SESSIONS_CREATED, 1);
 }
 

@@ -147,7 +147,7 @@ pub fn snat_port(
     let first = p0(cfg, fwd);
     let rk0 = reverse_key(fwd, gw, first);
     let mut first_free = true;
-    if let Some(r) = SESSIONS.get_ptr_mut(&rk0) {
+    if let Some(r) = SESSIONS.get_ptr_mut(rk0) {
         // SAFETY: valid map value; concurrent updates of these plain fields are benign.
         let r = unsafe { &mut *r };
         if r.kind == SESSION_SNAT && is_of(r, fwd) {
@@ -164,7 +164,7 @@ pub fn snat_port(
         if f.kind == SESSION_SNAT {
             f.last_seen_ns = now();
             let rk = reverse_key(fwd, gw, port);
-            match SESSIONS.get_ptr_mut(&rk) {
+            match SESSIONS.get_ptr_mut(rk) {
                 Some(r) => {
                     // SAFETY: as above.
                     let r = unsafe { &mut *r };
@@ -176,7 +176,7 @@ pub fn snat_port(
                 // Evicted by the LRU while the alias stayed: restore it at the same port.
                 None => {
                     if SESSIONS
-                        .insert(&rk, &new_session(fwd, bits), BPF_NOEXIST as u64)
+                        .insert(rk, new_session(fwd, bits), BPF_NOEXIST as u64)
                         .is_ok()
                     {
                         return Ok(port);
@@ -222,13 +222,13 @@ fn create(
     let val = new_session(fwd, bits);
     if first_free {
         let rk0 = reverse_key(fwd, gw, first);
-        match SESSIONS.insert(&rk0, &val, BPF_NOEXIST as u64) {
+        match SESSIONS.insert(rk0, val, BPF_NOEXIST as u64) {
             Ok(()) => {
                 count(rid, stat::SESSIONS_CREATED, 1);
                 return Ok(first);
             }
             Err(EEXIST) => {
-                if let Some(r) = SESSIONS.get_ptr_mut(&rk0) {
+                if let Some(r) = SESSIONS.get_ptr_mut(rk0) {
                     // SAFETY: valid map value; plain fields.
                     let r = unsafe { &mut *r };
                     if r.kind == SESSION_SNAT && is_of(r, fwd) {
@@ -246,7 +246,7 @@ fn create(
     for i in 0..MAX_PROBES {
         let p = probe_port(cfg.port_min, cfg.port_max, start, i).to_be();
         let rk = reverse_key(fwd, gw, p);
-        match SESSIONS.insert(&rk, &val, BPF_NOEXIST as u64) {
+        match SESSIONS.insert(rk, val, BPF_NOEXIST as u64) {
             Ok(()) => {
                 nat_port = Some(p);
                 break;
@@ -265,13 +265,13 @@ fn create(
         kind: SESSION_SNAT,
         last_seen_ns: val.last_seen_ns,
     };
-    match SESSIONS.insert(fwd, &alias, BPF_NOEXIST as u64) {
+    match SESSIONS.insert(fwd, alias, BPF_NOEXIST as u64) {
         Ok(()) => {
             count(rid, stat::SESSIONS_CREATED, 1);
             Ok(port)
         }
         Err(e) => {
-            let _ = SESSIONS.remove(&reverse_key(fwd, gw, port));
+            let _ = SESSIONS.remove(reverse_key(fwd, gw, port));
             if e != EEXIST {
                 return Err(stat::DROP_TABLE_FULL);
             }
@@ -320,7 +320,7 @@ pub fn find_out(cfg: &RouterConfig, fwd: &SessionKey) -> Option<(u32, u16)> {
 /// Whether the session of forward key `fwd` translated to `(addr, port)` exists.
 #[inline(always)]
 fn session_at(fwd: &SessionKey, addr: u32, port: u16) -> bool {
-    match SESSIONS.get_ptr(&reverse_key(fwd, addr, port)) {
+    match SESSIONS.get_ptr(reverse_key(fwd, addr, port)) {
         // SAFETY: valid map value pointer, plain data read.
         Some(v) => is_of(unsafe { &*v }, fwd),
         None => false,

@@ -397,3 +397,50 @@ impl Drop for Daemon {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Tokens of an admin (`admin-secret`) and of two projects (`alice-secret`, `bob-secret`),
+/// for tests of project isolation and policy.
+pub const PROJECT_TOKENS: &str = r#"
+[tokens]
+admin-secret = { project_id = "admin", admin = true }
+alice-secret = { project_id = "alice" }
+bob-secret = { project_id = "bob" }
+"#;
+
+impl Daemon {
+    /// Starts a daemon in `host` that knows `PROJECT_TOKENS`; its own client is the admin.
+    pub fn start_with_projects(host: &Netns) -> Self {
+        Self::start_with(
+            host,
+            DaemonOptions {
+                config: Some(PROJECT_TOKENS.to_string()),
+                admin_token: Some("admin-secret".into()),
+            },
+        )
+    }
+}
+
+/// Asserts a response's status and returns its body.
+#[track_caller]
+pub fn expect(got: (u16, Value), want: u16) -> Value {
+    assert_eq!(got.0, want, "body: {}", got.1);
+    got.1
+}
+
+/// Asserts a NeutronError body with status `want` and type `kind`, carrying a message and
+/// the empty detail Neutron sends.
+#[track_caller]
+pub fn expect_err(got: (u16, Value), want: u16, kind: &str) {
+    expect_err_of("", got, want, kind);
+}
+
+/// `expect_err` naming the request (`what`) in its failure messages.
+#[track_caller]
+pub fn expect_err_of(what: &str, got: (u16, Value), want: u16, kind: &str) {
+    let (status, v) = got;
+    assert_eq!(status, want, "{what} body: {v}");
+    let ty = v["NeutronError"]["type"].as_str();
+    assert_eq!(ty, Some(kind), "{what} body: {v}");
+    assert!(v["NeutronError"]["message"].is_string(), "{what} {v}");
+    assert_eq!(v["NeutronError"]["detail"], "", "{what} {v}");
+}

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use tests::{
     Netns,
-    daemon::{ApiClient, Daemon, DaemonOptions},
+    daemon::{ApiClient, Daemon, DaemonOptions, expect, expect_err, expect_err_of},
 };
 
 fn err_type(v: &Value) -> String {
@@ -19,20 +19,30 @@ fn err_type(v: &Value) -> String {
         .to_string()
 }
 
-/// Asserts `status` and returns the body.
+/// A request the API must refuse: method, path, body (`Value::Null`: none), then the status
+/// and NeutronError type it must answer.
+type Refused<'a> = (&'a str, &'a str, Value, u16, &'a str);
+
+/// Sends each request in turn and asserts its NeutronError (`expect_err` for each row).
 #[track_caller]
-fn expect(got: (u16, Value), want: u16) -> Value {
-    assert_eq!(got.0, want, "body: {}", got.1);
-    got.1
+fn expect_refused(c: &ApiClient, table: &[Refused]) {
+    for (method, path, body, status, kind) in table {
+        let body = (!body.is_null()).then(|| body.to_string());
+        let what = format!("{method} {path} {}:", body.as_deref().unwrap_or(""));
+        expect_err_of(&what, c.raw(method, path, body.as_deref()), *status, kind);
+    }
 }
 
-/// Asserts a NeutronError with `status` and `kind`.
+/// `PUT path body`, asserting 200; returns the body.
 #[track_caller]
-fn expect_err(got: (u16, Value), want: u16, kind: &str) {
-    assert_eq!(got.0, want, "body: {}", got.1);
-    assert_eq!(err_type(&got.1), kind, "body: {}", got.1);
-    assert!(got.1["NeutronError"]["message"].is_string());
-    assert_eq!(got.1["NeutronError"]["detail"], "");
+fn put_ok(c: &ApiClient, path: &str, body: Value) -> Value {
+    expect(c.put(path, &body), 200)
+}
+
+/// `POST path body`, asserting 201; returns the body.
+#[track_caller]
+fn post_ok(c: &ApiClient, path: &str, body: Value) -> Value {
+    expect(c.post(path, &body), 201)
 }
 
 fn id(v: &Value, kind: &str) -> String {
@@ -43,10 +53,7 @@ fn id(v: &Value, kind: &str) -> String {
 }
 
 fn create(c: &ApiClient, coll: &str, kind: &str, body: Value) -> String {
-    let v = expect(
-        c.post(&format!("/v2.0/{coll}"), &json!({ kind: body })),
-        201,
-    );
+    let v = post_ok(c, &format!("/v2.0/{coll}"), json!({ kind: body }));
     id(&v, kind)
 }
 
@@ -76,23 +83,6 @@ fn int_net(c: &ApiClient, cidr: &str) -> (String, String) {
         json!({"network_id": n, "ip_version": 4, "cidr": cidr}),
     );
     (n, s)
-}
-
-const TOKENS: &str = r#"
-[tokens]
-admin-secret = { project_id = "admin", admin = true }
-alice-secret = { project_id = "alice" }
-bob-secret = { project_id = "bob" }
-"#;
-
-fn daemon_with_projects(host: &Netns) -> Daemon {
-    Daemon::start_with(
-        host,
-        DaemonOptions {
-            config: Some(TOKENS.to_string()),
-            admin_token: Some("admin-secret".into()),
-        },
-    )
 }
 
 #[test]
@@ -180,13 +170,11 @@ fn networks_crud_filters_and_fields() {
         400,
         "InvalidInput",
     );
-    let v = expect(
-        c.post(
-            "/v2.0/networks.json",
-            &json!({"network": {"name": "ext", "router:external": true,
+    let v = post_ok(
+        &c,
+        "/v2.0/networks.json",
+        json!({"network": {"name": "ext", "router:external": true,
             "provider:network_type": "flat", "provider:physical_network": "public"}}),
-        ),
-        201,
     );
     let n = &v["network"];
     assert_eq!(n["admin_state_up"], true);
@@ -228,50 +216,33 @@ fn networks_crud_filters_and_fields() {
     );
     assert_eq!(v["network"], json!({"router:external": true}));
 
-    let v = expect(
-        c.put(
-            &format!("/v2.0/networks/{other}"),
-            &json!({"network": {"name": "renamed", "admin_state_up": true}}),
-        ),
-        200,
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/networks/{other}"),
+        json!({"network": {"name": "renamed", "admin_state_up": true}}),
     );
     assert_eq!(v["network"]["name"], "renamed");
     assert_eq!(v["network"]["admin_state_up"], true);
-    expect_err(
-        c.put(
-            &format!("/v2.0/networks/{other}"),
-            &json!({"network": {"provider:physical_network": "x"}}),
-        ),
-        400,
-        "HTTPBadRequest",
-    );
-    expect_err(
-        c.post(
-            "/v2.0/networks",
-            &json!({"network": {"provider:network_type": "vxlan"}}),
-        ),
-        400,
-        "InvalidInput",
+    let path = format!("/v2.0/networks/{other}");
+    let physnet = json!({"network": {"provider:physical_network": "x"}});
+    let vxlan = json!({"network": {"provider:network_type": "vxlan"}});
+    expect_refused(
+        &c,
+        &[
+            ("PUT", &path, physnet, 400, "HTTPBadRequest"),
+            ("POST", "/v2.0/networks", vxlan, 400, "InvalidInput"),
+        ],
     );
 
     expect(c.delete(&format!("/v2.0/networks/{other}.json")), 204);
-    expect_err(
-        c.get(&format!("/v2.0/networks/{other}")),
-        404,
-        "NetworkNotFound",
-    );
-    expect_err(
-        c.delete(&format!("/v2.0/networks/{other}")),
-        404,
-        "NetworkNotFound",
-    );
-    expect_err(
-        c.put(
-            &format!("/v2.0/networks/{other}"),
-            &json!({"network": {"name": "x"}}),
-        ),
-        404,
-        "NetworkNotFound",
+    let rename = json!({"network": {"name": "x"}});
+    expect_refused(
+        &c,
+        &[
+            ("GET", &path, Value::Null, 404, "NetworkNotFound"),
+            ("DELETE", &path, Value::Null, 404, "NetworkNotFound"),
+            ("PUT", &path, rename, 404, "NetworkNotFound"),
+        ],
     );
 }
 
@@ -281,9 +252,10 @@ fn subnets_validation_and_ipam() {
     let d = Daemon::start(&host);
     let c = d.client();
     let net = create(&c, "networks", "network", json!({"name": "n"}));
-    let v = expect(
-        c.post("/v2.0/subnets", &json!({"subnet": {"network_id": net, "ip_version": 4, "cidr": "10.20.0.0/24", "name": "s"}})),
-        201,
+    let v = post_ok(
+        &c,
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": net, "ip_version": 4, "cidr": "10.20.0.0/24", "name": "s"}}),
     );
     let s = &v["subnet"];
     assert_eq!(s["gateway_ip"], "10.20.0.1");
@@ -298,86 +270,51 @@ fn subnets_validation_and_ipam() {
     let v = expect(c.get(&format!("/v2.0/networks/{net}")), 200);
     assert_eq!(v["network"]["subnets"], json!([sid]));
 
-    let bad = |body: Value, status: u16, kind: &str| {
-        expect_err(
+    // Each refused subnet body, its status and NeutronError type.
+    let pools = |pools: Value| {
+        json!({"network_id": net, "ip_version": 4, "cidr": "10.30.0.0/24",
+               "allocation_pools": pools})
+    };
+    let zero = "00000000-0000-0000-0000-000000000000";
+    #[rustfmt::skip]
+    let refused = [
+        (json!({"network_id": net, "ip_version": 6, "cidr": "fd00::/64"}), 400, "InvalidInput"),
+        (json!({"network_id": net, "ip_version": 5, "cidr": "10.1.0.0/24"}), 400, "HTTPBadRequest"),
+        (json!({"network_id": net, "ip_version": 4, "cidr": "10.1.0.1/24"}), 400, "HTTPBadRequest"),
+        (json!({"network_id": net, "ip_version": 4, "cidr": "banana"}), 400, "HTTPBadRequest"),
+        (json!({"network_id": net, "ip_version": 4}), 400, "HTTPBadRequest"),
+        (json!({"network_id": net, "ip_version": 4, "cidr": "10.20.0.128/25"}),
+            400, "InvalidInput"),
+        (pools(json!([{"start": "10.30.0.1", "end": "10.30.0.9"}])),
+            409, "GatewayConflictWithAllocationPools"),
+        (pools(json!([{"start": "10.31.0.1", "end": "10.31.0.9"}])),
+            400, "OutOfBoundsAllocationPool"),
+        (pools(json!([{"start": "10.30.0.9", "end": "10.30.0.5"}])),
+            400, "InvalidAllocationPool"),
+        (pools(json!([{"start": "10.30.0.5", "end": "10.30.0.9"},
+                      {"start": "10.30.0.9", "end": "10.30.0.20"}])),
+            400, "OverlappingAllocationPools"),
+        (json!({"network_id": zero, "ip_version": 4, "cidr": "10.30.0.0/24"}),
+            404, "NetworkNotFound"),
+        (json!({"network_id": "nope", "ip_version": 4, "cidr": "10.30.0.0/24"}),
+            400, "HTTPBadRequest"),
+    ];
+    for (body, status, kind) in refused {
+        let what = format!("POST /v2.0/subnets {body}:");
+        expect_err_of(
+            &what,
             c.post("/v2.0/subnets", &json!({"subnet": body})),
             status,
             kind,
         );
-    };
-    bad(
-        json!({"network_id": net, "ip_version": 6, "cidr": "fd00::/64"}),
-        400,
-        "InvalidInput",
-    );
-    bad(
-        json!({"network_id": net, "ip_version": 5, "cidr": "10.1.0.0/24"}),
-        400,
-        "HTTPBadRequest",
-    );
-    bad(
-        json!({"network_id": net, "ip_version": 4, "cidr": "10.1.0.1/24"}),
-        400,
-        "HTTPBadRequest",
-    );
-    bad(
-        json!({"network_id": net, "ip_version": 4, "cidr": "banana"}),
-        400,
-        "HTTPBadRequest",
-    );
-    bad(
-        json!({"network_id": net, "ip_version": 4}),
-        400,
-        "HTTPBadRequest",
-    );
-    bad(
-        json!({"network_id": net, "ip_version": 4, "cidr": "10.20.0.128/25"}),
-        400,
-        "InvalidInput",
-    );
-    bad(
-        json!({"network_id": net, "ip_version": 4, "cidr": "10.30.0.0/24",
-               "allocation_pools": [{"start": "10.30.0.1", "end": "10.30.0.9"}]}),
-        409,
-        "GatewayConflictWithAllocationPools",
-    );
-    bad(
-        json!({"network_id": net, "ip_version": 4, "cidr": "10.30.0.0/24",
-               "allocation_pools": [{"start": "10.31.0.1", "end": "10.31.0.9"}]}),
-        400,
-        "OutOfBoundsAllocationPool",
-    );
-    bad(
-        json!({"network_id": net, "ip_version": 4, "cidr": "10.30.0.0/24",
-               "allocation_pools": [{"start": "10.30.0.9", "end": "10.30.0.5"}]}),
-        400,
-        "InvalidAllocationPool",
-    );
-    bad(
-        json!({"network_id": net, "ip_version": 4, "cidr": "10.30.0.0/24",
-               "allocation_pools": [{"start": "10.30.0.5", "end": "10.30.0.9"}, {"start": "10.30.0.9", "end": "10.30.0.20"}]}),
-        400,
-        "OverlappingAllocationPools",
-    );
-    bad(
-        json!({"network_id": "00000000-0000-0000-0000-000000000000", "ip_version": 4, "cidr": "10.30.0.0/24"}),
-        404,
-        "NetworkNotFound",
-    );
-    bad(
-        json!({"network_id": "nope", "ip_version": 4, "cidr": "10.30.0.0/24"}),
-        400,
-        "HTTPBadRequest",
-    );
+    }
 
     // No gateway, explicit pool, DNS.
-    let v = expect(
-        c.post(
-            "/v2.0/subnets",
-            &json!({"subnet": {"network_id": net, "ip_version": "4", "cidr": "10.40.0.0/29",
+    let v = post_ok(
+        &c,
+        "/v2.0/subnets",
+        json!({"subnet": {"network_id": net, "ip_version": "4", "cidr": "10.40.0.0/29",
             "gateway_ip": null, "enable_dhcp": false, "dns_nameservers": ["192.0.2.53"]}}),
-        ),
-        201,
     );
     assert_eq!(v["subnet"]["gateway_ip"], Value::Null);
     assert_eq!(
@@ -387,12 +324,10 @@ fn subnets_validation_and_ipam() {
     let small = id(&v, "subnet");
 
     // IPAM: ports get the first free address; a requested one in use is 409; exhaustion 409.
-    let p1 = expect(
-        c.post(
-            "/v2.0/ports",
-            &json!({"port": {"network_id": net, "fixed_ips": [{"subnet_id": small}]}}),
-        ),
-        201,
+    let p1 = post_ok(
+        &c,
+        "/v2.0/ports",
+        json!({"port": {"network_id": net, "fixed_ips": [{"subnet_id": small}]}}),
     );
     assert_eq!(p1["port"]["fixed_ips"][0]["ip_address"], "10.40.0.1");
     assert!(
@@ -410,12 +345,10 @@ fn subnets_validation_and_ipam() {
         "IpAddressInUse",
     );
     for _ in 0..5 {
-        expect(
-            c.post(
-                "/v2.0/ports",
-                &json!({"port": {"network_id": net, "fixed_ips": [{"subnet_id": small}]}}),
-            ),
-            201,
+        post_ok(
+            &c,
+            "/v2.0/ports",
+            json!({"port": {"network_id": net, "fixed_ips": [{"subnet_id": small}]}}),
         );
     }
     expect_err(
@@ -455,13 +388,11 @@ fn subnets_validation_and_ipam() {
         409,
         "NetworkInUse",
     );
-    let v = expect(
-        c.put(
-            &format!("/v2.0/subnets/{sid}"),
-            &json!({"subnet": {"name": "t", "gateway_ip": "10.20.0.254",
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/subnets/{sid}"),
+        json!({"subnet": {"name": "t", "gateway_ip": "10.20.0.254",
         "allocation_pools": [{"start": "10.20.0.2", "end": "10.20.0.200"}]}}),
-        ),
-        200,
     );
     assert_eq!(v["subnet"]["gateway_ip"], "10.20.0.254");
     expect_err(
@@ -486,10 +417,11 @@ fn ports_crud_and_conflicts() {
     let d = Daemon::start(&host);
     let c = d.client();
     let (net, sub) = int_net(&c, "10.50.0.0/24");
-    let v = expect(
-        c.post("/v2.0/ports", &json!({"port": {"network_id": net, "name": "vm1", "mac_address": "fa:16:3e:00:00:01",
-            "fixed_ips": [{"subnet_id": sub, "ip_address": "10.50.0.10"}], "device_id": "vm-1", "device_owner": "compute:nova"}})),
-        201,
+    let v = post_ok(
+        &c,
+        "/v2.0/ports",
+        json!({"port": {"network_id": net, "name": "vm1", "mac_address": "fa:16:3e:00:00:01",
+            "fixed_ips": [{"subnet_id": sub, "ip_address": "10.50.0.10"}], "device_id": "vm-1", "device_owner": "compute:nova"}}),
     );
     let p = &v["port"];
     assert_eq!(p["mac_address"], "fa:16:3e:00:00:01");
@@ -500,38 +432,22 @@ fn ports_crud_and_conflicts() {
     assert_eq!(p["admin_state_up"], true);
     assert_eq!(p["device_owner"], "compute:nova");
     let pid = id(&v, "port");
-    expect_err(
-        c.post(
-            "/v2.0/ports",
-            &json!({"port": {"network_id": net, "mac_address": "fa:16:3e:00:00:01"}}),
-        ),
-        409,
-        "MacAddressInUse",
-    );
-    expect_err(
-        c.post(
-            "/v2.0/ports",
-            &json!({"port": {"network_id": net, "mac_address": "01:00:5e:00:00:01"}}),
-        ),
-        400,
-        "HTTPBadRequest",
-    );
-    expect_err(
-        c.post(
-            "/v2.0/ports",
-            &json!({"port": {"network_id": net, "fixed_ips": [{"ip_address": "10.50.0.1"}]}}),
-        ),
-        409,
-        "IpAddressInUse",
-    );
-    expect_err(
-        c.post(
-            "/v2.0/ports",
-            &json!({"port": {"network_id": net, "fixed_ips": [{"ip_address": "10.99.0.1"}]}}),
-        ),
-        400,
-        "InvalidIpForNetwork",
-    );
+    #[rustfmt::skip]
+    let refused: &[Refused] = &[
+        ("POST", "/v2.0/ports",
+            json!({"port": {"network_id": net, "mac_address": "fa:16:3e:00:00:01"}}),
+            409, "MacAddressInUse"),
+        ("POST", "/v2.0/ports",
+            json!({"port": {"network_id": net, "mac_address": "01:00:5e:00:00:01"}}),
+            400, "HTTPBadRequest"),
+        ("POST", "/v2.0/ports",
+            json!({"port": {"network_id": net, "fixed_ips": [{"ip_address": "10.50.0.1"}]}}),
+            409, "IpAddressInUse"),
+        ("POST", "/v2.0/ports",
+            json!({"port": {"network_id": net, "fixed_ips": [{"ip_address": "10.99.0.1"}]}}),
+            400, "InvalidIpForNetwork"),
+    ];
+    expect_refused(&c, refused);
     let v = expect(
         c.get(&format!("/v2.0/ports?network_id={net}&device_id=vm-1")),
         200,
@@ -539,12 +455,10 @@ fn ports_crud_and_conflicts() {
     assert_eq!(v["ports"].as_array().expect("ports").len(), 1);
     let v = expect(c.get("/v2.0/ports?fixed_ips=ip_address%3D10.50.0.10"), 200);
     assert_eq!(v["ports"][0]["id"], pid.as_str());
-    let v = expect(
-        c.put(
-            &format!("/v2.0/ports/{pid}.json"),
-            &json!({"port": {"name": "vm1b", "admin_state_up": false}}),
-        ),
-        200,
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/ports/{pid}.json"),
+        json!({"port": {"name": "vm1b", "admin_state_up": false}}),
     );
     assert_eq!(v["port"]["name"], "vm1b");
     assert_eq!(v["port"]["admin_state_up"], false);
@@ -559,12 +473,10 @@ fn ports_crud_and_conflicts() {
     expect(c.delete(&format!("/v2.0/ports/{pid}")), 204);
     expect_err(c.get(&format!("/v2.0/ports/{pid}")), 404, "PortNotFound");
     // The address is free again.
-    let v = expect(
-        c.post(
-            "/v2.0/ports",
-            &json!({"port": {"network_id": net, "fixed_ips": [{"ip_address": "10.50.0.10"}]}}),
-        ),
-        201,
+    let v = post_ok(
+        &c,
+        "/v2.0/ports",
+        json!({"port": {"network_id": net, "fixed_ips": [{"ip_address": "10.50.0.10"}]}}),
     );
     assert_eq!(v["port"]["fixed_ips"][0]["ip_address"], "10.50.0.10");
 }
@@ -579,10 +491,7 @@ fn routers_interfaces_and_gateway() {
     let (net2, sub2) = int_net(&c, "10.61.0.0/24");
     let (_net3, sub3) = int_net(&c, "10.60.0.0/16");
 
-    let v = expect(
-        c.post("/v2.0/routers.json", &json!({"router": {"name": "r1"}})),
-        201,
-    );
+    let v = post_ok(&c, "/v2.0/routers.json", json!({"router": {"name": "r1"}}));
     let r = &v["router"];
     assert_eq!(r["admin_state_up"], true);
     assert_eq!(r["status"], "ACTIVE");
@@ -590,12 +499,10 @@ fn routers_interfaces_and_gateway() {
     let rid = id(&v, "router");
 
     // Interface by subnet: the port holds the subnet's gateway_ip.
-    let info = expect(
-        c.put(
-            &format!("/v2.0/routers/{rid}/add_router_interface.json"),
-            &json!({"subnet_id": sub}),
-        ),
-        200,
+    let info = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}/add_router_interface.json"),
+        json!({"subnet_id": sub}),
     );
     assert_eq!(info["id"], rid.as_str());
     assert_eq!(info["subnet_id"], sub.as_str());
@@ -619,62 +526,29 @@ fn routers_interfaces_and_gateway() {
         &json!({"subnet_id": sub}),
     );
     assert_eq!(st, 409, "{v}");
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{rid}/add_router_interface"),
-            &json!({"subnet_id": sub3}),
-        ),
-        400,
-        "BadRequest",
-    );
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{rid}/add_router_interface"),
-            &json!({}),
-        ),
-        400,
-        "BadRequest",
-    );
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{rid}/add_router_interface"),
-            &json!({"subnet_id": sub2, "port_id": if_port}),
-        ),
-        400,
-        "BadRequest",
-    );
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{rid}/add_router_interface"),
-            &json!({"subnet_id": "00000000-0000-0000-0000-000000000000"}),
-        ),
-        404,
-        "SubnetNotFound",
-    );
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{rid}/add_router_interface"),
-            &json!({"network_id": net2}),
-        ),
-        400,
-        "HTTPBadRequest",
-    );
+    let add = format!("/v2.0/routers/{rid}/add_router_interface");
+    #[rustfmt::skip]
+    let refused: &[Refused] = &[
+        ("PUT", &add, json!({"subnet_id": sub3}), 400, "BadRequest"),
+        ("PUT", &add, json!({}), 400, "BadRequest"),
+        ("PUT", &add, json!({"subnet_id": sub2, "port_id": if_port}), 400, "BadRequest"),
+        ("PUT", &add, json!({"subnet_id": "00000000-0000-0000-0000-000000000000"}),
+            404, "SubnetNotFound"),
+        ("PUT", &add, json!({"network_id": net2}), 400, "HTTPBadRequest"),
+    ];
+    expect_refused(&c, refused);
 
     // Interface by port.
-    let v = expect(
-        c.post(
-            "/v2.0/ports",
-            &json!({"port": {"network_id": net2, "fixed_ips": [{"ip_address": "10.61.0.5"}]}}),
-        ),
-        201,
+    let v = post_ok(
+        &c,
+        "/v2.0/ports",
+        json!({"port": {"network_id": net2, "fixed_ips": [{"ip_address": "10.61.0.5"}]}}),
     );
     let p2 = id(&v, "port");
-    let info = expect(
-        c.put(
-            &format!("/v2.0/routers/{rid}/add_router_interface"),
-            &json!({"port_id": p2}),
-        ),
-        200,
+    let info = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}/add_router_interface"),
+        json!({"port_id": p2}),
     );
     assert_eq!(info["port_id"], p2.as_str());
     assert_eq!(info["subnet_id"], sub2.as_str());
@@ -694,25 +568,19 @@ fn routers_interfaces_and_gateway() {
     );
 
     // Gateway: non-external network refused; the real call of the seed; fixed IPs; clear.
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{rid}"),
-            &json!({"router": {"external_gateway_info": {"network_id": net2}}}),
-        ),
-        400,
-        "BadRequest",
-    );
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{rid}"),
-            &json!({"router": {"external_gateway_info": {"enable_snat": false}}}),
-        ),
-        400,
-        "HTTPBadRequest",
-    );
-    let v = expect(
-        c.put(&format!("/v2.0/routers/{rid}.json"), &json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": false}}})),
-        200,
+    let router = format!("/v2.0/routers/{rid}");
+    #[rustfmt::skip]
+    let refused: &[Refused] = &[
+        ("PUT", &router, json!({"router": {"external_gateway_info": {"network_id": net2}}}),
+            400, "BadRequest"),
+        ("PUT", &router, json!({"router": {"external_gateway_info": {"enable_snat": false}}}),
+            400, "HTTPBadRequest"),
+    ];
+    expect_refused(&c, refused);
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}.json"),
+        json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": false}}}),
     );
     let gw = &v["router"]["external_gateway_info"];
     assert_eq!(gw["network_id"], ext.as_str());
@@ -734,25 +602,21 @@ fn routers_interfaces_and_gateway() {
     );
     assert_eq!(v["ports"].as_array().expect("ports").len(), 1);
     // Changing only SNAT keeps the address; requesting one moves it.
-    let v = expect(
-        c.put(
-            &format!("/v2.0/routers/{rid}"),
-            &json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": true}}}),
-        ),
-        200,
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}"),
+        json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": true}}}),
     );
     assert_eq!(v["router"]["external_gateway_info"]["enable_snat"], true);
     assert_eq!(
         v["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"],
         "192.0.2.10"
     );
-    let v = expect(
-        c.put(
-            &format!("/v2.0/routers/{rid}"),
-            &json!({"router": {"external_gateway_info": {"network_id": ext,
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}"),
+        json!({"router": {"external_gateway_info": {"network_id": ext,
             "external_fixed_ips": [{"subnet_id": ext_sub, "ip_address": "192.0.2.15"}]}}}),
-        ),
-        200,
     );
     assert_eq!(
         v["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"],
@@ -774,28 +638,22 @@ fn routers_interfaces_and_gateway() {
         409,
         "NetworkInUse",
     );
-    let v = expect(
-        c.put(
-            &format!("/v2.0/routers/{rid}"),
-            &json!({"router": {"external_gateway_info": {}}}),
-        ),
-        200,
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}"),
+        json!({"router": {"external_gateway_info": {}}}),
     );
     assert_eq!(v["router"]["external_gateway_info"], Value::Null);
-    let v = expect(
-        c.put(
-            &format!("/v2.0/routers/{rid}"),
-            &json!({"router": {"external_gateway_info": {"network_id": ext}}}),
-        ),
-        200,
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}"),
+        json!({"router": {"external_gateway_info": {"network_id": ext}}}),
     );
     assert_eq!(v["router"]["external_gateway_info"]["enable_snat"], true);
-    let v = expect(
-        c.put(
-            &format!("/v2.0/routers/{rid}"),
-            &json!({"router": {"external_gateway_info": null, "name": "r1b"}}),
-        ),
-        200,
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}"),
+        json!({"router": {"external_gateway_info": null, "name": "r1b"}}),
     );
     assert_eq!(v["router"]["external_gateway_info"], Value::Null);
     assert_eq!(v["router"]["name"], "r1b");
@@ -809,36 +667,23 @@ fn routers_interfaces_and_gateway() {
     );
 
     // Remove interfaces: unknown ones are 404; by port and by subnet.
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{r2}/remove_router_interface"),
-            &json!({"port_id": p2}),
-        ),
-        404,
-        "RouterInterfaceNotFound",
-    );
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{r2}/remove_router_interface"),
-            &json!({"subnet_id": sub}),
-        ),
-        404,
-        "RouterInterfaceNotFoundForSubnet",
-    );
-    let info = expect(
-        c.put(
-            &format!("/v2.0/routers/{rid}/remove_router_interface"),
-            &json!({"port_id": p2}),
-        ),
-        200,
+    let remove2 = format!("/v2.0/routers/{r2}/remove_router_interface");
+    #[rustfmt::skip]
+    let refused: &[Refused] = &[
+        ("PUT", &remove2, json!({"port_id": p2}), 404, "RouterInterfaceNotFound"),
+        ("PUT", &remove2, json!({"subnet_id": sub}), 404, "RouterInterfaceNotFoundForSubnet"),
+    ];
+    expect_refused(&c, refused);
+    let info = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}/remove_router_interface"),
+        json!({"port_id": p2}),
     );
     assert_eq!(info["port_id"], p2.as_str());
-    let info = expect(
-        c.put(
-            &format!("/v2.0/routers/{rid}/remove_router_interface.json"),
-            &json!({"subnet_id": sub}),
-        ),
-        200,
+    let info = put_ok(
+        &c,
+        &format!("/v2.0/routers/{rid}/remove_router_interface.json"),
+        json!({"subnet_id": sub}),
     );
     assert_eq!(info["port_id"], if_port.as_str());
     expect_err(
@@ -848,12 +693,10 @@ fn routers_interfaces_and_gateway() {
     );
 
     // Router create with a gateway, list filter, delete.
-    let v = expect(
-        c.post(
-            "/v2.0/routers",
-            &json!({"router": {"name": "r3", "external_gateway_info": {"network_id": ext}}}),
-        ),
-        201,
+    let v = post_ok(
+        &c,
+        "/v2.0/routers",
+        json!({"router": {"name": "r3", "external_gateway_info": {"network_id": ext}}}),
     );
     assert_eq!(
         v["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"],
@@ -876,30 +719,24 @@ fn routers_interfaces_and_gateway() {
 #[test]
 fn projects_are_isolated_and_policy_is_enforced() {
     let host = Netns::new("apih");
-    let d = daemon_with_projects(&host);
+    let d = Daemon::start_with_projects(&host);
     let admin = d.client();
     let alice = d.client_as(Some("alice-secret"));
     let bob = d.client_as(Some("bob-secret"));
 
-    expect_err(
-        alice.post(
-            "/v2.0/networks",
-            &json!({"network": {"router:external": true}}),
-        ),
-        403,
-        "PolicyNotAuthorized",
-    );
-    expect_err(
-        alice.post("/v2.0/networks", &json!({"network": {"shared": true}})),
-        403,
-        "PolicyNotAuthorized",
-    );
-    expect_err(alice.post("/v2.0/networks", &json!({"network": {"provider:physical_network": "x", "provider:network_type": "flat"}})), 403, "PolicyNotAuthorized");
-    expect_err(
-        alice.post("/v2.0/networks", &json!({"network": {"project_id": "bob"}})),
-        403,
-        "PolicyNotAuthorized",
-    );
+    #[rustfmt::skip]
+    let refused: &[Refused] = &[
+        ("POST", "/v2.0/networks", json!({"network": {"router:external": true}}),
+            403, "PolicyNotAuthorized"),
+        ("POST", "/v2.0/networks", json!({"network": {"shared": true}}),
+            403, "PolicyNotAuthorized"),
+        ("POST", "/v2.0/networks",
+            json!({"network": {"provider:physical_network": "x", "provider:network_type": "flat"}}),
+            403, "PolicyNotAuthorized"),
+        ("POST", "/v2.0/networks", json!({"network": {"project_id": "bob"}}),
+            403, "PolicyNotAuthorized"),
+    ];
+    expect_refused(&alice, refused);
 
     let (ext, _) = ext_net(
         &admin,
@@ -925,70 +762,37 @@ fn projects_are_isolated_and_policy_is_enforced() {
         .collect();
     assert_eq!(ids, [ext.as_str()]);
     expect(bob.get(&format!("/v2.0/networks/{ext}")), 200);
-    expect_err(
-        bob.get(&format!("/v2.0/networks/{anet}")),
-        404,
-        "NetworkNotFound",
+    let (anet_path, ext_path) = (
+        format!("/v2.0/networks/{anet}"),
+        format!("/v2.0/networks/{ext}"),
     );
-    expect_err(
-        bob.put(
-            &format!("/v2.0/networks/{anet}"),
-            &json!({"network": {"name": "x"}}),
-        ),
-        404,
-        "NetworkNotFound",
+    let (asub_path, ar_path) = (
+        format!("/v2.0/subnets/{asub}"),
+        format!("/v2.0/routers/{ar}"),
     );
-    expect_err(
-        bob.delete(&format!("/v2.0/networks/{anet}")),
-        404,
-        "NetworkNotFound",
-    );
-    expect_err(
-        bob.get(&format!("/v2.0/subnets/{asub}")),
-        404,
-        "SubnetNotFound",
-    );
-    expect_err(
-        bob.get(&format!("/v2.0/routers/{ar}")),
-        404,
-        "RouterNotFound",
-    );
-    expect_err(
-        bob.delete(&format!("/v2.0/routers/{ar}")),
-        404,
-        "RouterNotFound",
-    );
-    expect_err(
-        bob.put(
-            &format!("/v2.0/routers/{ar}/add_router_interface"),
-            &json!({"subnet_id": asub}),
-        ),
-        404,
-        "RouterNotFound",
-    );
+    let ar_add = format!("/v2.0/routers/{ar}/add_router_interface");
+    #[rustfmt::skip]
+    let refused: &[Refused] = &[
+        ("GET", &anet_path, Value::Null, 404, "NetworkNotFound"),
+        ("PUT", &anet_path, json!({"network": {"name": "x"}}), 404, "NetworkNotFound"),
+        ("DELETE", &anet_path, Value::Null, 404, "NetworkNotFound"),
+        ("GET", &asub_path, Value::Null, 404, "SubnetNotFound"),
+        ("GET", &ar_path, Value::Null, 404, "RouterNotFound"),
+        ("DELETE", &ar_path, Value::Null, 404, "RouterNotFound"),
+        ("PUT", &ar_add, json!({"subnet_id": asub}), 404, "RouterNotFound"),
+    ];
+    expect_refused(&bob, refused);
     assert_eq!(expect(bob.get("/v2.0/routers"), 200)["routers"], json!([]));
     assert_eq!(expect(bob.get("/v2.0/ports"), 200)["ports"], json!([]));
-    expect_err(
-        bob.put(
-            &format!("/v2.0/networks/{ext}"),
-            &json!({"network": {"name": "mine"}}),
-        ),
-        403,
-        "PolicyNotAuthorized",
-    );
-    expect_err(
-        bob.delete(&format!("/v2.0/networks/{ext}")),
-        403,
-        "PolicyNotAuthorized",
-    );
-    expect_err(
-        bob.post(
-            "/v2.0/subnets",
-            &json!({"subnet": {"network_id": ext, "ip_version": 4, "cidr": "203.0.113.0/24"}}),
-        ),
-        403,
-        "PolicyNotAuthorized",
-    );
+    #[rustfmt::skip]
+    let refused: &[Refused] = &[
+        ("PUT", &ext_path, json!({"network": {"name": "mine"}}), 403, "PolicyNotAuthorized"),
+        ("DELETE", &ext_path, Value::Null, 403, "PolicyNotAuthorized"),
+        ("POST", "/v2.0/subnets",
+            json!({"subnet": {"network_id": ext, "ip_version": 4, "cidr": "203.0.113.0/24"}}),
+            403, "PolicyNotAuthorized"),
+    ];
+    expect_refused(&bob, refused);
     // Bob's router cannot take alice's subnet.
     let br = create(&bob, "routers", "router", json!({"name": "br"}));
     expect_err(
@@ -1016,39 +820,33 @@ fn projects_are_isolated_and_policy_is_enforced() {
     );
 
     // Alice: interface, gateway on the admin's external network; SNAT and fixed IPs admin-only.
-    expect(
-        alice.put(
-            &format!("/v2.0/routers/{ar}/add_router_interface"),
-            &json!({"subnet_id": asub}),
-        ),
-        200,
+    put_ok(
+        &alice,
+        &format!("/v2.0/routers/{ar}/add_router_interface"),
+        json!({"subnet_id": asub}),
     );
-    expect_err(
-        alice.put(&format!("/v2.0/routers/{ar}"), &json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": false}}})),
-        403,
-        "PolicyNotAuthorized",
-    );
-    expect_err(
-        alice.put(
-            &format!("/v2.0/routers/{ar}"),
-            &json!({"router": {"external_gateway_info": {"network_id": ext,
-            "external_fixed_ips": [{"ip_address": "198.51.100.15"}]}}}),
-        ),
-        403,
-        "PolicyNotAuthorized",
-    );
-    let v = expect(
-        alice.put(
-            &format!("/v2.0/routers/{ar}"),
-            &json!({"router": {"external_gateway_info": {"network_id": ext}}}),
-        ),
-        200,
+    #[rustfmt::skip]
+    let refused: &[Refused] = &[
+        ("PUT", &ar_path,
+            json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": false}}}),
+            403, "PolicyNotAuthorized"),
+        ("PUT", &ar_path,
+            json!({"router": {"external_gateway_info": {"network_id": ext,
+                "external_fixed_ips": [{"ip_address": "198.51.100.15"}]}}}),
+            403, "PolicyNotAuthorized"),
+    ];
+    expect_refused(&alice, refused);
+    let v = put_ok(
+        &alice,
+        &format!("/v2.0/routers/{ar}"),
+        json!({"router": {"external_gateway_info": {"network_id": ext}}}),
     );
     assert_eq!(v["router"]["external_gateway_info"]["enable_snat"], true);
     // The admin sees everything and may change SNAT on alice's router.
-    let v = expect(
-        admin.put(&format!("/v2.0/routers/{ar}"), &json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": false}}})),
-        200,
+    let v = put_ok(
+        &admin,
+        &format!("/v2.0/routers/{ar}"),
+        json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": false}}}),
     );
     assert_eq!(v["router"]["external_gateway_info"]["enable_snat"], false);
     let v = expect(admin.get("/v2.0/routers"), 200);
@@ -1088,53 +886,21 @@ fn malformed_requests_are_400_neutron_errors() {
             assert!(v["NeutronError"]["type"].is_string(), "{v}");
         }
     }
-    expect_err(
-        c.post("/v2.0/networks", &json!({"network": {"name": 5}})),
-        400,
-        "HTTPBadRequest",
-    );
-    expect_err(
-        c.post(
-            "/v2.0/networks",
-            &json!({"network": {"name": "x".repeat(300)}}),
-        ),
-        400,
-        "HTTPBadRequest",
-    );
-    expect_err(
-        c.post(
-            "/v2.0/networks",
-            &json!({"network": {"admin_state_up": "perhaps"}}),
-        ),
-        400,
-        "HTTPBadRequest",
-    );
-    expect_err(
-        c.post("/v2.0/networks", &json!({"network": {"id": "x"}})),
-        400,
-        "HTTPBadRequest",
-    );
-    expect_err(
-        c.post("/v2.0/networks", &json!({"networks": [{}]})),
-        400,
-        "HTTPBadRequest",
-    );
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{r}"),
-            &json!({"router": {"external_gateway_info": 7}}),
-        ),
-        400,
-        "HTTPBadRequest",
-    );
-    expect_err(
-        c.put(
-            &format!("/v2.0/routers/{r}"),
-            &json!({"router": {"external_gateway_info": {"network_id": "zzz"}}}),
-        ),
-        400,
-        "HTTPBadRequest",
-    );
+    let router = format!("/v2.0/routers/{r}");
+    #[rustfmt::skip]
+    let refused: &[Refused] = &[
+        ("POST", "/v2.0/networks", json!({"network": {"name": 5}}), 400, "HTTPBadRequest"),
+        ("POST", "/v2.0/networks", json!({"network": {"name": "x".repeat(300)}}),
+            400, "HTTPBadRequest"),
+        ("POST", "/v2.0/networks", json!({"network": {"admin_state_up": "perhaps"}}),
+            400, "HTTPBadRequest"),
+        ("POST", "/v2.0/networks", json!({"network": {"id": "x"}}), 400, "HTTPBadRequest"),
+        ("POST", "/v2.0/networks", json!({"networks": [{}]}), 400, "HTTPBadRequest"),
+        ("PUT", &router, json!({"router": {"external_gateway_info": 7}}), 400, "HTTPBadRequest"),
+        ("PUT", &router, json!({"router": {"external_gateway_info": {"network_id": "zzz"}}}),
+            400, "HTTPBadRequest"),
+    ];
+    expect_refused(&c, refused);
     let (st, v) = c.raw("PATCH", &format!("/v2.0/routers/{r}"), Some("{}"));
     assert_eq!(st, 405, "{v}");
 }
@@ -1147,19 +913,15 @@ fn state_survives_kill9_and_restart() {
     let (ext, _) = ext_net(&c, "203.0.113.0/24", ("203.0.113.10", "203.0.113.20"));
     let (_net, sub) = int_net(&c, "10.80.0.0/24");
     let r = create(&c, "routers", "router", json!({"name": "persist"}));
-    expect(
-        c.put(
-            &format!("/v2.0/routers/{r}/add_router_interface"),
-            &json!({"subnet_id": sub}),
-        ),
-        200,
+    put_ok(
+        &c,
+        &format!("/v2.0/routers/{r}/add_router_interface"),
+        json!({"subnet_id": sub}),
     );
-    expect(
-        c.put(
-            &format!("/v2.0/routers/{r}"),
-            &json!({"router": {"external_gateway_info": {"network_id": ext}}}),
-        ),
-        200,
+    put_ok(
+        &c,
+        &format!("/v2.0/routers/{r}"),
+        json!({"router": {"external_gateway_info": {"network_id": ext}}}),
     );
     let snapshot = |c: &ApiClient| -> Vec<Value> {
         ["networks", "subnets", "ports", "routers"]
@@ -1176,12 +938,10 @@ fn state_survives_kill9_and_restart() {
     assert_eq!(snapshot(&c), before);
     // Allocation continues past what was handed out before the restart.
     let r2 = create(&c, "routers", "router", json!({}));
-    let v = expect(
-        c.put(
-            &format!("/v2.0/routers/{r2}"),
-            &json!({"router": {"external_gateway_info": {"network_id": ext}}}),
-        ),
-        200,
+    let v = put_ok(
+        &c,
+        &format!("/v2.0/routers/{r2}"),
+        json!({"router": {"external_gateway_info": {"network_id": ext}}}),
     );
     assert_eq!(
         v["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"],

@@ -6,28 +6,8 @@
 use serde_json::{Value, json};
 use tests::{
     Netns,
-    daemon::{ApiClient, Daemon, DaemonOptions},
+    daemon::{ApiClient, Daemon, expect, expect_err},
 };
-
-const TOKENS: &str = r#"
-[tokens]
-admin-secret = { project_id = "admin", admin = true }
-alice-secret = { project_id = "alice" }
-bob-secret = { project_id = "bob" }
-"#;
-
-#[track_caller]
-fn expect(got: (u16, Value), want: u16) -> Value {
-    assert_eq!(got.0, want, "body: {}", got.1);
-    got.1
-}
-
-#[track_caller]
-fn expect_err(got: (u16, Value), want: u16, kind: &str) {
-    assert_eq!(got.0, want, "body: {}", got.1);
-    assert_eq!(got.1["NeutronError"]["type"], kind, "body: {}", got.1);
-    assert!(got.1["NeutronError"]["message"].is_string());
-}
 
 fn create(c: &ApiClient, coll: &str, kind: &str, body: Value) -> Value {
     expect(
@@ -59,13 +39,7 @@ struct World {
 
 fn world() -> World {
     let host = Netns::new("afh");
-    let d = Daemon::start_with(
-        &host,
-        DaemonOptions {
-            config: Some(TOKENS.to_string()),
-            admin_token: Some("admin-secret".into()),
-        },
-    );
+    let d = Daemon::start_with_projects(&host);
     let admin = d.client_as(Some("admin-secret"));
     let alice = d.client_as(Some("alice-secret"));
     let bob = d.client_as(Some("bob-secret"));

@@ -513,5 +513,21 @@ fn icmp_errors_about_port_forwarding_flows_quote_the_internal_port() {
         &err(VM2, (VM2, 53)),
         "error in",
     );
-    assert_eq!(fx.stat("icmp_errors"), 1);
+    // VM2 (no floating IP) answers a forwarded datagram with port unreachable: the remote must
+    // see the forwarding's address and external port quoted, and the error come from them.
+    let quote_in = |dst: [u8; 4], dport: u16| {
+        let mut q = Ipv4::new(SRV, dst, UDP).packet(&udp(SRV, dst, 6000, dport, b"query", false));
+        q.truncate(28);
+        q
+    };
+    let err_out = |src: [u8; 4], dport: u16| {
+        frame(&Ipv4::new(src, SRV, ICMP).packet(&icmp(3, 3, [0; 4], &quote_in(src, dport))))
+    };
+    fx.expect(
+        "snat_out",
+        &err_out(VM2, 53),
+        &err_out(FIP1, 5353),
+        "error out",
+    );
+    assert_eq!(fx.stat("icmp_errors"), 2);
 }

@@ -590,7 +590,7 @@ fn evicted_reverse_entry_is_restored_or_the_flow_remapped() {
         proto: UDP,
         dir: router_common::DIR_IN,
     };
-    // As if the LRU evicted the reverse entry: the next outbound packet restores it.
+    // As if the LRU evicted the session (its only entry): the next outbound packet restores it.
     sessions.remove(&rev(40000)).expect("remove reverse");
     assert_frame(
         &fx.out(&udp_frame(VM1, 40000, SRV, 53)),

@@ -29,6 +29,7 @@ use serde_json::{Value, json};
 use super::{
     ApiState, Ctx, Effects,
     input::{self, NAME_MAX, Obj},
+    scope::{seen, visible},
 };
 use crate::{
     model::{Fault, Port},
@@ -41,7 +42,8 @@ use crate::{
 /// Neutron's `device_owner` of the port holding a floating IP's address.
 pub const OWNER_FLOATINGIP: &str = "network:floatingip";
 
-fn fip_not_found(id: &str) -> Fault {
+/// Neutron's 404 for a floating IP (its message has no final period, unlike the others).
+pub(super) fn fip_not_found(id: &str) -> Fault {
     Fault::new(
         404,
         "FloatingIPNotFound",
@@ -57,18 +59,16 @@ fn pf_not_found(fip: &str, id: &str) -> Fault {
     )
 }
 
-fn owned_fip(c: &Connection, ctx: &Ctx, id: &str) -> Result<FloatingIp, Fault> {
-    match fstore::get_floatingip(c, id)? {
-        Some(f) if ctx.owns(&f.project_id) => Ok(f),
-        _ => Err(fip_not_found(id)),
-    }
-}
-
-fn owned_port(c: &Connection, ctx: &Ctx, id: &str) -> Result<Port, Fault> {
-    match store::get_port(c, id)? {
-        Some(p) if ctx.owns(&p.project_id) => Ok(p),
-        _ => Err(Fault::not_found("port", id)),
-    }
+/// The floating IP and its port forwarding `id`, if the caller may see the floating IP.
+fn visible_pf(
+    c: &Connection,
+    ctx: &Ctx,
+    fip_id: &str,
+    id: &str,
+) -> Result<(FloatingIp, PortForwarding), Fault> {
+    let f = visible::<FloatingIp>(c, ctx, fip_id)?;
+    let pf = fstore::get_port_forwarding(c, fip_id, id)?.ok_or_else(|| pf_not_found(fip_id, id))?;
+    Ok((f, pf))
 }
 
 // ------------------------------------------------------------------ views
@@ -188,7 +188,7 @@ fn associate(
             ),
         ));
     }
-    let port = owned_port(c, ctx, port_id)?;
+    let port = visible::<Port>(c, ctx, port_id)?;
     if port.device_owner.starts_with("network:") {
         return Err(Fault::bad_request(format!(
             "Bad floatingip request: Port {} has owner {} and cannot have a floating IP.",
@@ -333,7 +333,7 @@ fn create_fip(c: &Connection, fx: &mut Effects, ctx: &Ctx, o: &Obj) -> Result<St
 
 fn update_fip(c: &Connection, fx: &mut Effects, ctx: &Ctx, id: &str, o: &Obj) -> Result<(), Fault> {
     input::only(o, &["port_id", "fixed_ip_address", "description"])?;
-    let mut f = owned_fip(c, ctx, id)?;
+    let mut f = visible::<FloatingIp>(c, ctx, id)?;
     if let Some(d) = input::opt_string(o, "description", NAME_MAX)? {
         f.description = d;
         fstore::update_floatingip(c, &f)?;
@@ -363,7 +363,7 @@ fn update_fip(c: &Connection, fx: &mut Effects, ctx: &Ctx, id: &str, o: &Obj) ->
 }
 
 fn delete_fip(c: &Connection, fx: &mut Effects, ctx: &Ctx, id: &str) -> Result<(), Fault> {
-    let f = owned_fip(c, ctx, id)?;
+    let f = visible::<FloatingIp>(c, ctx, id)?;
     if let Some(r) = &f.router_id {
         fx.touch_router(c, r)?;
     }
@@ -516,9 +516,7 @@ fn check_pf(
     if let Some(p) = port_number(o, "internal_port")? {
         pf.internal_port = p;
     }
-    if let Some(d) = input::opt_string(o, "description", NAME_MAX)? {
-        pf.description = d;
-    }
+    input::set_string(o, "description", &mut pf.description)?;
     let port_changed = if let Some(p) = input::opt_uuid(o, "internal_port_id")? {
         let changed = p != pf.internal_port_id;
         pf.internal_port_id = p;
@@ -550,7 +548,7 @@ fn check_pf(
             ),
         ));
     }
-    let port = owned_port(c, ctx, &pf.internal_port_id)?;
+    let port = visible::<Port>(c, ctx, &pf.internal_port_id)?;
     let ip = match requested {
         Some(ip) => ip,
         None if port_changed || pf.internal_ip.is_unspecified() => port
@@ -613,7 +611,7 @@ fn create_pf(
     o: &Obj,
 ) -> Result<PortForwarding, Fault> {
     input::only(o, &PF_FIELDS)?;
-    let mut f = owned_fip(c, ctx, fip_id)?;
+    let mut f = visible::<FloatingIp>(c, ctx, fip_id)?;
     let mut pf = PortForwarding {
         id: uuid::Uuid::new_v4().to_string(),
         floatingip_id: f.id.clone(),
@@ -643,9 +641,7 @@ fn update_pf(
     o: &Obj,
 ) -> Result<PortForwarding, Fault> {
     input::only(o, &PF_FIELDS)?;
-    let f = owned_fip(c, ctx, fip_id)?;
-    let mut pf =
-        fstore::get_port_forwarding(c, fip_id, id)?.ok_or_else(|| pf_not_found(fip_id, id))?;
+    let (f, mut pf) = visible_pf(c, ctx, fip_id, id)?;
     let router = check_pf(c, ctx, &f, &mut pf, o)?;
     fx.touch_router(c, &router)?;
     fstore::update_port_forwarding(c, &pf)?;
@@ -659,8 +655,7 @@ fn delete_pf(
     fip_id: &str,
     id: &str,
 ) -> Result<(), Fault> {
-    let mut f = owned_fip(c, ctx, fip_id)?;
-    fstore::get_port_forwarding(c, fip_id, id)?.ok_or_else(|| pf_not_found(fip_id, id))?;
+    let (mut f, _) = visible_pf(c, ctx, fip_id, id)?;
     if let Some(r) = &f.router_id {
         fx.touch_router(c, r)?;
     }
@@ -703,13 +698,10 @@ fn filtered(items: Vec<Value>, uri: &Uri) -> Result<Vec<Value>, Fault> {
 async fn list(State(s): State<ApiState>, ctx: Ctx, uri: Uri) -> Result<Response, Fault> {
     let items = s
         .read(move |c| {
-            let mut out = Vec::new();
-            for f in fstore::list_floatingips(c)? {
-                if ctx.owns(&f.project_id) {
-                    out.push(fip_view(c, &f)?);
-                }
-            }
-            Ok(out)
+            seen(c, &ctx, fstore::list_floatingips(c)?)?
+                .iter()
+                .map(|f| fip_view(c, f))
+                .collect::<Result<Vec<_>, _>>()
         })
         .await?;
     Ok(Json(json!({ "floatingips": filtered(items, &uri)? })).into_response())
@@ -722,7 +714,7 @@ async fn show(
     uri: Uri,
 ) -> Result<Response, Fault> {
     let item = s
-        .read(move |c| fip_view(c, &owned_fip(c, &ctx, &id)?))
+        .read(move |c| fip_view(c, &visible::<FloatingIp>(c, &ctx, &id)?))
         .await?;
     let q = super::parse_query(&uri)?;
     Ok(Json(json!({ "floatingip": super::project(item, &q.fields) })).into_response())
@@ -733,7 +725,7 @@ async fn create(State(s): State<ApiState>, ctx: Ctx, body: Bytes) -> Result<Resp
     let item = s
         .mutate(move |c, fx| {
             let id = create_fip(c, fx, &ctx, &o)?;
-            fip_view(c, &owned_fip(c, &ctx, &id)?)
+            fip_view(c, &visible::<FloatingIp>(c, &ctx, &id)?)
         })
         .await?;
     Ok((StatusCode::CREATED, Json(json!({ "floatingip": item }))).into_response())
@@ -749,7 +741,7 @@ async fn update(
     let item = s
         .mutate(move |c, fx| {
             update_fip(c, fx, &ctx, &id, &o)?;
-            fip_view(c, &owned_fip(c, &ctx, &id)?)
+            fip_view(c, &visible::<FloatingIp>(c, &ctx, &id)?)
         })
         .await?;
     Ok(Json(json!({ "floatingip": item })).into_response())
@@ -772,7 +764,7 @@ async fn list_pf(
 ) -> Result<Response, Fault> {
     let items = s
         .read(move |c| {
-            owned_fip(c, &ctx, &id)?;
+            visible::<FloatingIp>(c, &ctx, &id)?;
             Ok(fstore::fip_port_forwardings(c, &id)?
                 .iter()
                 .map(pf_view)
@@ -788,12 +780,7 @@ async fn show_pf(
     Path((id, pf)): Path<(String, String)>,
 ) -> Result<Response, Fault> {
     let item = s
-        .read(move |c| {
-            owned_fip(c, &ctx, &id)?;
-            let p =
-                fstore::get_port_forwarding(c, &id, &pf)?.ok_or_else(|| pf_not_found(&id, &pf))?;
-            Ok(pf_view(&p))
-        })
+        .read(move |c| Ok(pf_view(&visible_pf(c, &ctx, &id, &pf)?.1)))
         .await?;
     Ok(Json(json!({ "port_forwarding": item })).into_response())
 }

@@ -78,6 +78,23 @@ pub fn opt_string(o: &Obj, key: &str, max: usize) -> Result<Option<String>, Faul
     }
 }
 
+/// Overwrites `field` with the string at `key` (at most `NAME_MAX` characters) when the body
+/// has one: how an update applies `name` and `description`.
+pub fn set_string(o: &Obj, key: &str, field: &mut String) -> Result<(), Fault> {
+    if let Some(v) = opt_string(o, key, NAME_MAX)? {
+        *field = v;
+    }
+    Ok(())
+}
+
+/// A create body's `name` and `description`, empty when absent.
+pub fn name_and_description(o: &Obj) -> Result<(String, String), Fault> {
+    Ok((
+        opt_string(o, "name", NAME_MAX)?.unwrap_or_default(),
+        opt_string(o, "description", NAME_MAX)?.unwrap_or_default(),
+    ))
+}
+
 /// An optional boolean; Neutron also converts "true"/"false" strings and 0/1.
 pub fn opt_bool(o: &Obj, key: &str) -> Result<Option<bool>, Fault> {
     match o.get(key) {

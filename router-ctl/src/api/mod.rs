@@ -11,6 +11,7 @@ pub mod floatingips;
 pub mod input;
 pub mod observe;
 pub mod resources;
+mod scope;
 
 #[cfg(test)]
 mod tests;

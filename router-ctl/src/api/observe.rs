@@ -9,10 +9,14 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use serde::Serialize;
 use serde_json::json;
 
-use super::{ApiState, Ctx};
-use crate::{model::Fault, store};
+use super::{ApiState, Ctx, scope::visible};
+use crate::{
+    datapath::Datapath,
+    model::{Fault, Router as RouterRow},
+};
 
 /// Adds the routes to the API router.
 pub fn routes(r: Router<ApiState>) -> Router<ApiState> {
@@ -20,23 +24,30 @@ pub fn routes(r: Router<ApiState>) -> Router<ApiState> {
         .route("/v2.0/routers/{id}/stats", get(stats))
 }
 
-/// The router's datapath slot, if the caller may see the router.
-async fn dp_id(s: &ApiState, ctx: Ctx, id: String) -> Result<u32, Fault> {
-    s.read(move |c| match store::get_router(c, &id)? {
-        Some(r) if ctx.owns(&r.project_id) => Ok(r.dp_id),
-        _ => Err(Fault::not_found("router", &id)),
-    })
-    .await
-}
-
-fn datapath(s: &ApiState) -> Result<std::sync::Arc<crate::datapath::Datapath>, Fault> {
-    s.inner.datapath.get().cloned().ok_or_else(|| {
+/// Reads one view of the datapath for router `id`, if the caller may see the router, off the
+/// async runtime; answers `{key: view}`. `what` names the view in an error.
+async fn read_view<T: Serialize + Send + 'static>(
+    s: &ApiState,
+    ctx: Ctx,
+    id: String,
+    (key, what): (&str, &str),
+    read: impl FnOnce(&Datapath, u32) -> anyhow::Result<T> + Send + 'static,
+) -> Result<Response, Fault> {
+    let dp = s
+        .read(move |c| Ok(visible::<RouterRow>(c, &ctx, &id)?.dp_id))
+        .await?;
+    let datapath = s.inner.datapath.get().cloned().ok_or_else(|| {
         Fault::new(
             503,
             "ServiceUnavailable",
             "This API server has no datapath attached.",
         )
-    })
+    })?;
+    let view = tokio::task::spawn_blocking(move || read(&datapath, dp))
+        .await
+        .map_err(|e| Fault::internal(format!("request task failed: {e}")))?
+        .map_err(|e| Fault::internal(format!("reading {what}: {e:#}")))?;
+    Ok(Json(json!({ key: view })).into_response())
 }
 
 async fn sessions(
@@ -44,13 +55,7 @@ async fn sessions(
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> Result<Response, Fault> {
-    let dp = dp_id(&s, ctx, id).await?;
-    let datapath = datapath(&s)?;
-    let list = tokio::task::spawn_blocking(move || datapath.sessions(dp))
-        .await
-        .map_err(|e| Fault::internal(format!("request task failed: {e}")))?
-        .map_err(|e| Fault::internal(format!("reading sessions: {e:#}")))?;
-    Ok(Json(json!({ "sessions": list })).into_response())
+    read_view(&s, ctx, id, ("sessions", "sessions"), Datapath::sessions).await
 }
 
 async fn stats(
@@ -58,11 +63,5 @@ async fn stats(
     ctx: Ctx,
     Path(id): Path<String>,
 ) -> Result<Response, Fault> {
-    let dp = dp_id(&s, ctx, id).await?;
-    let datapath = datapath(&s)?;
-    let stats = tokio::task::spawn_blocking(move || datapath.stats(dp))
-        .await
-        .map_err(|e| Fault::internal(format!("request task failed: {e}")))?
-        .map_err(|e| Fault::internal(format!("reading counters: {e:#}")))?;
-    Ok(Json(json!({ "stats": stats })).into_response())
+    read_view(&s, ctx, id, ("stats", "counters"), Datapath::stats).await
 }

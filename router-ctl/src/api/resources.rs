@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use super::{
     Ctx, Effects,
     input::{self, FixedIpRequest, NAME_MAX, Obj},
+    scope::{owned, seen, visible},
 };
 use crate::{
     model::{
@@ -59,67 +60,6 @@ impl Kind {
 
 fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
-}
-
-// ------------------------------------------------------------------ visibility
-
-fn network_visible(ctx: &Ctx, n: &Network) -> bool {
-    ctx.admin || n.project_id == ctx.project_id || n.external || n.shared
-}
-
-/// The network if the caller may see it, else NetworkNotFound.
-fn visible_network(c: &Connection, ctx: &Ctx, id: &str) -> Result<Network, Fault> {
-    match store::get_network(c, id)? {
-        Some(n) if network_visible(ctx, &n) => Ok(n),
-        _ => Err(Fault::not_found("network", id)),
-    }
-}
-
-/// The network if the caller may change it: 404 when invisible, 403 when only visible.
-fn owned_network(c: &Connection, ctx: &Ctx, id: &str, action: &str) -> Result<Network, Fault> {
-    let n = visible_network(c, ctx, id)?;
-    if ctx.owns(&n.project_id) {
-        Ok(n)
-    } else {
-        Err(Fault::policy(action))
-    }
-}
-
-fn subnet_visible(c: &Connection, ctx: &Ctx, s: &Subnet) -> Result<bool, Fault> {
-    if ctx.owns(&s.project_id) {
-        return Ok(true);
-    }
-    Ok(store::get_network(c, &s.network_id)?.is_some_and(|n| n.external || n.shared))
-}
-
-fn visible_subnet(c: &Connection, ctx: &Ctx, id: &str) -> Result<Subnet, Fault> {
-    match store::get_subnet(c, id)? {
-        Some(s) if subnet_visible(c, ctx, &s)? => Ok(s),
-        _ => Err(Fault::not_found("subnet", id)),
-    }
-}
-
-fn owned_subnet(c: &Connection, ctx: &Ctx, id: &str, action: &str) -> Result<Subnet, Fault> {
-    let s = visible_subnet(c, ctx, id)?;
-    if ctx.owns(&s.project_id) {
-        Ok(s)
-    } else {
-        Err(Fault::policy(action))
-    }
-}
-
-fn owned_port(c: &Connection, ctx: &Ctx, id: &str) -> Result<Port, Fault> {
-    match store::get_port(c, id)? {
-        Some(p) if ctx.owns(&p.project_id) => Ok(p),
-        _ => Err(Fault::not_found("port", id)),
-    }
-}
-
-fn owned_router(c: &Connection, ctx: &Ctx, id: &str) -> Result<Router, Fault> {
-    match store::get_router(c, id)? {
-        Some(r) if ctx.owns(&r.project_id) => Ok(r),
-        _ => Err(Fault::not_found("router", id)),
-    }
 }
 
 // ------------------------------------------------------------------ views
@@ -236,42 +176,30 @@ pub fn list(c: &Connection, ctx: &Ctx, kind: Kind) -> Result<Vec<Value>, Fault> 
     Ok(match kind {
         Kind::Network => {
             let subnets = store::list_subnets(c)?;
-            store::list_networks(c)?
-                .into_iter()
-                .filter(|n| network_visible(ctx, n))
+            seen(c, ctx, store::list_networks(c)?)?
+                .iter()
                 .map(|n| {
                     let ids = subnets
                         .iter()
                         .filter(|s| s.network_id == n.id)
                         .map(|s| s.id.clone())
                         .collect();
-                    network_view(ctx, &n, ids)
+                    network_view(ctx, n, ids)
                 })
                 .collect()
         }
-        Kind::Subnet => {
-            let mut out = Vec::new();
-            for s in store::list_subnets(c)? {
-                if subnet_visible(c, ctx, &s)? {
-                    out.push(subnet_view(&s));
-                }
-            }
-            out
-        }
-        Kind::Port => store::list_ports(c)?
+        Kind::Subnet => seen(c, ctx, store::list_subnets(c)?)?
             .iter()
-            .filter(|p| ctx.owns(&p.project_id))
+            .map(subnet_view)
+            .collect(),
+        Kind::Port => seen(c, ctx, store::list_ports(c)?)?
+            .iter()
             .map(port_view)
             .collect(),
-        Kind::Router => {
-            let mut out = Vec::new();
-            for r in store::list_routers(c)? {
-                if ctx.owns(&r.project_id) {
-                    out.push(router_view(c, &r)?);
-                }
-            }
-            out
-        }
+        Kind::Router => seen(c, ctx, store::list_routers(c)?)?
+            .iter()
+            .map(|r| router_view(c, r))
+            .collect::<Result<_, _>>()?,
     })
 }
 
@@ -279,16 +207,16 @@ pub fn list(c: &Connection, ctx: &Ctx, kind: Kind) -> Result<Vec<Value>, Fault> 
 pub fn show(c: &Connection, ctx: &Ctx, kind: Kind, id: &str) -> Result<Value, Fault> {
     match kind {
         Kind::Network => {
-            let n = visible_network(c, ctx, id)?;
+            let n = visible::<Network>(c, ctx, id)?;
             let subnets = store::network_subnets(c, id)?
                 .into_iter()
                 .map(|s| s.id)
                 .collect();
             Ok(network_view(ctx, &n, subnets))
         }
-        Kind::Subnet => Ok(subnet_view(&visible_subnet(c, ctx, id)?)),
-        Kind::Port => Ok(port_view(&owned_port(c, ctx, id)?)),
-        Kind::Router => router_view(c, &owned_router(c, ctx, id)?),
+        Kind::Subnet => Ok(subnet_view(&visible::<Subnet>(c, ctx, id)?)),
+        Kind::Port => Ok(port_view(&visible::<Port>(c, ctx, id)?)),
+        Kind::Router => router_view(c, &visible::<Router>(c, ctx, id)?),
     }
 }
 
@@ -362,8 +290,7 @@ fn create_network(c: &Connection, fx: &mut Effects, ctx: &Ctx, o: &Obj) -> Resul
         ],
     )?;
     let project_id = input::owner(o, ctx, "create_network")?;
-    let name = input::opt_string(o, "name", NAME_MAX)?.unwrap_or_default();
-    let description = input::opt_string(o, "description", NAME_MAX)?.unwrap_or_default();
+    let (name, description) = input::name_and_description(o)?;
     let admin_state_up = input::opt_bool(o, "admin_state_up")?.unwrap_or(true);
     let shared = input::opt_bool(o, "shared")?.unwrap_or(false);
     let external = input::opt_bool(o, "router:external")?.unwrap_or(false);
@@ -451,13 +378,9 @@ fn update_network(
             "router:external",
         ],
     )?;
-    let mut n = owned_network(c, ctx, id, "update_network")?;
-    if let Some(v) = input::opt_string(o, "name", NAME_MAX)? {
-        n.name = v;
-    }
-    if let Some(v) = input::opt_string(o, "description", NAME_MAX)? {
-        n.description = v;
-    }
+    let mut n = owned::<Network>(c, ctx, id, "update_network")?;
+    input::set_string(o, "name", &mut n.name)?;
+    input::set_string(o, "description", &mut n.description)?;
     if let Some(v) = input::opt_bool(o, "admin_state_up")? {
         n.admin_state_up = v;
     }
@@ -491,7 +414,7 @@ fn update_network(
 }
 
 fn delete_network(c: &Connection, fx: &mut Effects, ctx: &Ctx, id: &str) -> Result<(), Fault> {
-    owned_network(c, ctx, id, "delete_network")?;
+    owned::<Network>(c, ctx, id, "delete_network")?;
     if !store::network_ports(c, id)?.is_empty() {
         return Err(Fault::conflict(
             "NetworkInUse",
@@ -713,8 +636,7 @@ fn create_subnet(c: &Connection, fx: &mut Effects, ctx: &Ctx, o: &Obj) -> Result
         )));
     }
     let project_id = input::owner(o, ctx, "create_subnet")?;
-    let name = input::opt_string(o, "name", NAME_MAX)?.unwrap_or_default();
-    let description = input::opt_string(o, "description", NAME_MAX)?.unwrap_or_default();
+    let (name, description) = input::name_and_description(o)?;
     let enable_dhcp = input::opt_bool(o, "enable_dhcp")?.unwrap_or(true);
     let dns = parse_dns(o)?.unwrap_or_default();
     let gateway_ip = match parse_gateway(o)? {
@@ -726,7 +648,7 @@ fn create_subnet(c: &Connection, fx: &mut Effects, ctx: &Ctx, o: &Obj) -> Result
         None => default_pools(&cidr, gateway_ip),
     };
     check_gateway(&cidr, gateway_ip, &pools)?;
-    let net = owned_network(c, ctx, &network_id, "create_subnet")?;
+    let net = owned::<Network>(c, ctx, &network_id, "create_subnet")?;
     for other in store::network_subnets(c, &net.id)? {
         if overlaps(&other.cidr, &cidr) {
             return Err(Fault::invalid(format!(
@@ -776,13 +698,9 @@ fn update_subnet(
             "dns_nameservers",
         ],
     )?;
-    let mut s = owned_subnet(c, ctx, id, "update_subnet")?;
-    if let Some(v) = input::opt_string(o, "name", NAME_MAX)? {
-        s.name = v;
-    }
-    if let Some(v) = input::opt_string(o, "description", NAME_MAX)? {
-        s.description = v;
-    }
+    let mut s = owned::<Subnet>(c, ctx, id, "update_subnet")?;
+    input::set_string(o, "name", &mut s.name)?;
+    input::set_string(o, "description", &mut s.description)?;
     if let Some(v) = input::opt_bool(o, "enable_dhcp")? {
         s.enable_dhcp = v;
     }
@@ -825,7 +743,7 @@ fn update_subnet(
 }
 
 fn delete_subnet(c: &Connection, ctx: &Ctx, id: &str) -> Result<(), Fault> {
-    owned_subnet(c, ctx, id, "delete_subnet")?;
+    owned::<Subnet>(c, ctx, id, "delete_subnet")?;
     if store::subnet_ip_count(c, id)? > 0 {
         return Err(Fault::conflict(
             "SubnetInUse",
@@ -923,8 +841,7 @@ fn create_port(c: &Connection, ctx: &Ctx, o: &Obj) -> Result<String, Fault> {
     )?;
     let network_id = input::req_uuid(o, "network_id")?;
     let project_id = input::owner(o, ctx, "create_port")?;
-    let name = input::opt_string(o, "name", NAME_MAX)?.unwrap_or_default();
-    let description = input::opt_string(o, "description", NAME_MAX)?.unwrap_or_default();
+    let (name, description) = input::name_and_description(o)?;
     let admin_state_up = input::opt_bool(o, "admin_state_up")?.unwrap_or(true);
     let device_id = input::opt_string(o, "device_id", NAME_MAX)?.unwrap_or_default();
     let device_owner = input::opt_string(o, "device_owner", NAME_MAX)?.unwrap_or_default();
@@ -942,7 +859,7 @@ fn create_port(c: &Connection, ctx: &Ctx, o: &Obj) -> Result<String, Fault> {
         Some(l) => Some(input::fixed_ip_requests("fixed_ips", l)?),
         None => None,
     };
-    let net = visible_network(c, ctx, &network_id)?;
+    let net = visible::<Network>(c, ctx, &network_id)?;
     if !ctx.owns(&net.project_id) && !net.shared {
         return Err(Fault::policy("create_port"));
     }
@@ -1007,13 +924,9 @@ fn update_port(c: &Connection, ctx: &Ctx, id: &str, o: &Obj) -> Result<(), Fault
             "device_owner",
         ],
     )?;
-    let mut p = owned_port(c, ctx, id)?;
-    if let Some(v) = input::opt_string(o, "name", NAME_MAX)? {
-        p.name = v;
-    }
-    if let Some(v) = input::opt_string(o, "description", NAME_MAX)? {
-        p.description = v;
-    }
+    let mut p = visible::<Port>(c, ctx, id)?;
+    input::set_string(o, "name", &mut p.name)?;
+    input::set_string(o, "description", &mut p.description)?;
     if let Some(v) = input::opt_bool(o, "admin_state_up")? {
         p.admin_state_up = v;
     }
@@ -1041,7 +954,7 @@ fn update_port(c: &Connection, ctx: &Ctx, id: &str, o: &Obj) -> Result<(), Fault
 }
 
 fn delete_port(c: &Connection, fx: &mut Effects, ctx: &Ctx, id: &str) -> Result<(), Fault> {
-    let p = owned_port(c, ctx, id)?;
+    let p = visible::<Port>(c, ctx, id)?;
     if is_router_port(c, id)? {
         return Err(l3_port_in_use(&p));
     }
@@ -1064,8 +977,7 @@ fn create_router(c: &Connection, fx: &mut Effects, ctx: &Ctx, o: &Obj) -> Result
         ],
     )?;
     let project_id = input::owner(o, ctx, "create_router")?;
-    let name = input::opt_string(o, "name", NAME_MAX)?.unwrap_or_default();
-    let description = input::opt_string(o, "description", NAME_MAX)?.unwrap_or_default();
+    let (name, description) = input::name_and_description(o)?;
     let admin_state_up = input::opt_bool(o, "admin_state_up")?.unwrap_or(true);
     let gw = parse_gateway_info(o, ctx, "create_router")?;
     let id = new_id();
@@ -1214,7 +1126,7 @@ fn set_gateway(
         r.enable_snat = true;
         return Ok(());
     };
-    let net = visible_network(c, ctx, &req.network_id)?;
+    let net = visible::<Network>(c, ctx, &req.network_id)?;
     if !net.external {
         return Err(Fault::new(
             400,
@@ -1300,13 +1212,9 @@ fn update_router(
             "external_gateway_info",
         ],
     )?;
-    let mut r = owned_router(c, ctx, id)?;
-    if let Some(v) = input::opt_string(o, "name", NAME_MAX)? {
-        r.name = v;
-    }
-    if let Some(v) = input::opt_string(o, "description", NAME_MAX)? {
-        r.description = v;
-    }
+    let mut r = visible::<Router>(c, ctx, id)?;
+    input::set_string(o, "name", &mut r.name)?;
+    input::set_string(o, "description", &mut r.description)?;
     if let Some(v) = input::opt_bool(o, "admin_state_up")? {
         r.admin_state_up = v;
     }
@@ -1319,7 +1227,7 @@ fn update_router(
 }
 
 fn delete_router(c: &Connection, fx: &mut Effects, ctx: &Ctx, id: &str) -> Result<(), Fault> {
-    let mut r = owned_router(c, ctx, id)?;
+    let mut r = visible::<Router>(c, ctx, id)?;
     if !store::router_interfaces(c, id)?.is_empty() {
         return Err(Fault::conflict(
             "RouterInUse",
@@ -1360,7 +1268,7 @@ pub fn add_interface(
     o: &Obj,
 ) -> Result<Value, Fault> {
     let (subnet_id, port_id) = interface_target(o)?;
-    let r = owned_router(c, ctx, router_id)?;
+    let r = visible::<Router>(c, ctx, router_id)?;
     let existing = router_subnets(c, &r)?;
     let check = |s: &Subnet| -> Result<(), Fault> {
         for (old, port) in &existing {
@@ -1393,7 +1301,7 @@ pub fn add_interface(
             ));
         }
         (Some(sid), None) => {
-            let s = visible_subnet(c, ctx, &sid)?;
+            let s = visible::<Subnet>(c, ctx, &sid)?;
             // Another project's external subnet is readable, but not a place for interfaces.
             let shared = store::get_network(c, &s.network_id)?.is_some_and(|n| n.shared);
             if !ctx.owns(&s.project_id) && !shared {
@@ -1428,7 +1336,7 @@ pub fn add_interface(
             port
         }
         (None, Some(pid)) => {
-            let mut p = owned_port(c, ctx, &pid)?;
+            let mut p = visible::<Port>(c, ctx, &pid)?;
             if !p.device_id.is_empty() || is_router_port(c, &pid)? {
                 return Err(Fault::conflict(
                     "PortInUse",
@@ -1475,7 +1383,7 @@ pub fn remove_interface(
     o: &Obj,
 ) -> Result<Value, Fault> {
     let (subnet_id, port_id) = interface_target(o)?;
-    let r = owned_router(c, ctx, router_id)?;
+    let r = visible::<Router>(c, ctx, router_id)?;
     let interfaces = store::router_interfaces(c, router_id)?;
     let port = match (&subnet_id, &port_id) {
         (None, None) => {
@@ -1505,7 +1413,7 @@ pub fn remove_interface(
             p.clone()
         }
         (Some(sid), None) => {
-            visible_subnet(c, ctx, sid)?;
+            visible::<Subnet>(c, ctx, sid)?;
             interfaces
                 .iter()
                 .find(|p| p.fixed_ips.iter().any(|f| &f.subnet_id == sid))

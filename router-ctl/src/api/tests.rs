@@ -128,6 +128,17 @@ impl T {
         assert_eq!(s, want, "{method} {path}: {v}");
         v
     }
+
+    /// `POST /v2.0/{coll}` as `token`, asserting 201; returns the body.
+    async fn create(&self, token: &str, coll: &str, body: Value) -> Value {
+        self.ok("POST", &format!("/v2.0/{coll}"), token, body, 201)
+            .await
+    }
+}
+
+/// The id of the `kind` resource in a response body.
+fn id(v: &Value, kind: &str) -> String {
+    v[kind]["id"].as_str().unwrap().to_string()
 }
 
 fn err_type(v: &Value) -> &str {
@@ -148,58 +159,37 @@ async fn router_gateway_lifecycle() {
             201,
         )
         .await;
-    let ext_id = ext["network"]["id"].as_str().unwrap().to_string();
+    let ext_id = id(&ext, "network");
     assert_eq!(ext["network"]["router:external"], true);
     assert_eq!(ext["network"]["admin_state_up"], true);
     assert_eq!(ext["network"]["status"], "ACTIVE");
-    let sub = t
-        .ok(
-            "POST",
-            "/v2.0/subnets",
-            "adm",
-            json!({"subnet": {"network_id": ext_id, "ip_version": 4, "cidr": "192.0.2.0/24",
-            "allocation_pools": [{"start": "192.0.2.10", "end": "192.0.2.20"}]}}),
-            201,
-        )
-        .await;
+    let body = json!({"subnet": {"network_id": ext_id, "ip_version": 4, "cidr": "192.0.2.0/24",
+        "allocation_pools": [{"start": "192.0.2.10", "end": "192.0.2.20"}]}});
+    let sub = t.create("adm", "subnets", body).await;
     assert_eq!(sub["subnet"]["gateway_ip"], "192.0.2.1");
     assert_eq!(sub["subnet"]["enable_dhcp"], true);
 
     let net = t
-        .ok(
-            "POST",
-            "/v2.0/networks",
-            "ta",
-            json!({"network": {"name": "private"}}),
-            201,
-        )
+        .create("ta", "networks", json!({"network": {"name": "private"}}))
         .await;
-    let net_id = net["network"]["id"].as_str().unwrap().to_string();
+    let net_id = id(&net, "network");
     let s = t
-        .ok(
-            "POST",
-            "/v2.0/subnets",
+        .create(
             "ta",
+            "subnets",
             json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.0.0.0/24"}}),
-            201,
         )
         .await;
-    let sub_id = s["subnet"]["id"].as_str().unwrap().to_string();
+    let sub_id = id(&s, "subnet");
     assert_eq!(
         s["subnet"]["allocation_pools"],
         json!([{"start": "10.0.0.2", "end": "10.0.0.254"}])
     );
 
     let r = t
-        .ok(
-            "POST",
-            "/v2.0/routers",
-            "ta",
-            json!({"router": {"name": "r1"}}),
-            201,
-        )
+        .create("ta", "routers", json!({"router": {"name": "r1"}}))
         .await;
-    let rid = r["router"]["id"].as_str().unwrap().to_string();
+    let rid = id(&r, "router");
     assert_eq!(r["router"]["external_gateway_info"], Value::Null);
 
     let info = t
@@ -366,10 +356,8 @@ async fn errors_are_neutron_errors() {
         )
         .await;
     assert_eq!((st, err_type(&v)), (403, "PolicyNotAuthorized"));
-    let net = t
-        .ok("POST", "/v2.0/networks", "ta", json!({"network": {}}), 201)
-        .await;
-    let nid = net["network"]["id"].as_str().unwrap().to_string();
+    let net = t.create("ta", "networks", json!({"network": {}})).await;
+    let nid = id(&net, "network");
     let (st, v) = t
         .req(
             "POST",
@@ -460,14 +448,8 @@ async fn failed_realisation_changes_nothing() {
 async fn lists_sort_and_paginate_with_next_links() {
     let t = T::new();
     for name in ["c", "a", "b"] {
-        t.ok(
-            "POST",
-            "/v2.0/networks",
-            "ta",
-            json!({"network": {"name": name}}),
-            201,
-        )
-        .await;
+        t.create("ta", "networks", json!({"network": {"name": name}}))
+            .await;
     }
     let v = t
         .ok(
@@ -583,32 +565,22 @@ fn random_bodies_never_500_and_rejections_change_nothing() {
     let t = T::new();
     let (net, sub, router) = rt.block_on(async {
         let n = t
-            .ok(
-                "POST",
-                "/v2.0/networks",
+            .create(
                 "adm",
+                "networks",
                 json!({"network": {"router:external": true}}),
-                201,
             )
             .await;
-        let net = n["network"]["id"].as_str().unwrap().to_string();
+        let net = id(&n, "network");
         let s = t
-            .ok(
-                "POST",
-                "/v2.0/subnets",
+            .create(
                 "adm",
+                "subnets",
                 json!({"subnet": {"network_id": net, "ip_version": 4, "cidr": "10.0.0.0/24"}}),
-                201,
             )
             .await;
-        let r = t
-            .ok("POST", "/v2.0/routers", "adm", json!({"router": {}}), 201)
-            .await;
-        (
-            net,
-            s["subnet"]["id"].as_str().unwrap().to_string(),
-            r["router"]["id"].as_str().unwrap().to_string(),
-        )
+        let r = t.create("adm", "routers", json!({"router": {}})).await;
+        (net, id(&s, "subnet"), id(&r, "router"))
     });
     let targets = [
         ("POST", "/v2.0/networks".to_string(), "network"),
@@ -676,17 +648,13 @@ fn random_bodies_never_500_and_rejections_change_nothing() {
 #[tokio::test]
 async fn a_full_network_refuses_new_ports() {
     let t = T::new();
-    let n = t
-        .ok("POST", "/v2.0/networks", "ta", json!({"network": {}}), 201)
-        .await;
-    let nid = n["network"]["id"].as_str().unwrap().to_string();
+    let n = t.create("ta", "networks", json!({"network": {}})).await;
+    let nid = id(&n, "network");
     let s = t
-        .ok(
-            "POST",
-            "/v2.0/subnets",
+        .create(
             "ta",
+            "subnets",
             json!({"subnet": {"network_id": nid, "ip_version": 4, "cidr": "10.9.9.0/30"}}),
-            201,
         )
         .await;
     assert_eq!(
@@ -694,13 +662,7 @@ async fn a_full_network_refuses_new_ports() {
         json!([{"start": "10.9.9.2", "end": "10.9.9.2"}])
     );
     let p = t
-        .ok(
-            "POST",
-            "/v2.0/ports",
-            "ta",
-            json!({"port": {"network_id": nid}}),
-            201,
-        )
+        .create("ta", "ports", json!({"port": {"network_id": nid}}))
         .await;
     assert_eq!(p["port"]["fixed_ips"][0]["ip_address"], "10.9.9.2");
     let (st, v) = t
@@ -713,12 +675,10 @@ async fn a_full_network_refuses_new_ports() {
         .await;
     assert_eq!((st, err_type(&v)), (409, "IpAddressGenerationFailure"));
     // Explicitly no address is still allowed.
-    t.ok(
-        "POST",
-        "/v2.0/ports",
+    t.create(
         "ta",
+        "ports",
         json!({"port": {"network_id": nid, "fixed_ips": []}}),
-        201,
     )
     .await;
 }

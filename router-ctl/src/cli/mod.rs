@@ -281,8 +281,7 @@ fn network(client: &Client, fmt: Format, cmd: NetworkCmd) -> Result<()> {
             physical_network,
         } => {
             let b = body::network_create(&name, external, physical_network.as_deref());
-            let v = client.post(r.collection(), &b)?;
-            output::print_one(fmt, Kind::Network, field(&v, r.singular())?)
+            create(client, fmt, r, Kind::Network, &b)
         }
         NetworkCmd::List { external } => {
             let q: &[(&str, &str)] = if external {
@@ -325,16 +324,9 @@ fn subnet(client: &Client, fmt: Format, cmd: SubnetCmd) -> Result<()> {
                 (None, false) => body::Gateway::Default,
             };
             let b = body::subnet_create(&name, &net, cidr, gw, &allocation_pools);
-            let v = client.post(r.collection(), &b)?;
-            output::print_one(fmt, Kind::Subnet, field(&v, r.singular())?)
+            create(client, fmt, r, Kind::Subnet, &b)
         }
-        SubnetCmd::List { network } => {
-            let net = network
-                .map(|n| resolve::find(client, Resource::Network, &n))
-                .transpose()?;
-            let v = list_on_network(client, r, net.as_deref())?;
-            output::print_list(fmt, Kind::Subnet, &v)
-        }
+        SubnetCmd::List { network } => list_on_network(client, fmt, r, Kind::Subnet, network),
         SubnetCmd::Show { subnet } => show(client, fmt, r, Kind::Subnet, &subnet),
         SubnetCmd::Delete { subnets } => delete_all(client, r, &subnets),
     }
@@ -344,8 +336,7 @@ fn router(client: &Client, fmt: Format, cmd: RouterCmd) -> Result<()> {
     let r = Resource::Router;
     match cmd {
         RouterCmd::Create { name } => {
-            let v = client.post(r.collection(), &body::router_create(&name))?;
-            output::print_one(fmt, Kind::Router, field(&v, r.singular())?)
+            create(client, fmt, r, Kind::Router, &body::router_create(&name))
         }
         RouterCmd::List => {
             let v = client.list(r, &[])?;
@@ -429,13 +420,7 @@ fn port(client: &Client, fmt: Format, cmd: PortCmd) -> Result<()> {
             }
             output::print_one(fmt, Kind::Port, &port)
         }
-        PortCmd::List { network } => {
-            let net = network
-                .map(|n| resolve::find(client, Resource::Network, &n))
-                .transpose()?;
-            let v = list_on_network(client, r, net.as_deref())?;
-            output::print_list(fmt, Kind::Port, &v)
-        }
+        PortCmd::List { network } => list_on_network(client, fmt, r, Kind::Port, network),
         PortCmd::Show { port } => show(client, fmt, r, Kind::Port, &port),
         PortCmd::Delete { ports } => {
             for p in &ports {
@@ -458,18 +443,35 @@ fn plug_port(client: &Client, port: &Value, ns: &str) -> Result<()> {
     plug::plug(&sandbox, ns, prefix, gateway)
 }
 
-/// Lists `r` (subnets or ports), only those on `network` when given.
-fn list_on_network(client: &Client, r: Resource, network: Option<&str>) -> Result<Value> {
+/// Lists `r` (subnets or ports), only those on `network` (a name or id) when given.
+fn list_on_network(
+    client: &Client,
+    fmt: Format,
+    r: Resource,
+    kind: Kind,
+    network: Option<String>,
+) -> Result<()> {
+    let network = network
+        .map(|n| resolve::find(client, Resource::Network, &n))
+        .transpose()?;
+    let network = network.as_deref();
     let q: Vec<(&str, &str)> = network.map(|n| ("network_id", n)).into_iter().collect();
     let v = client.list(r, &q)?;
     // Filter here too, so a daemon ignoring the query still gives the right answer.
-    Ok(Value::Array(
+    let v = Value::Array(
         v.into_iter()
             .filter(|x| {
                 network.is_none_or(|n| x.get("network_id").and_then(Value::as_str) == Some(n))
             })
             .collect(),
-    ))
+    );
+    output::print_list(fmt, kind, &v)
+}
+
+/// Creates one `r` from `body` and prints it.
+fn create(client: &Client, fmt: Format, r: Resource, kind: Kind, body: &Value) -> Result<()> {
+    let v = client.post(r.collection(), body)?;
+    output::print_one(fmt, kind, field(&v, r.singular())?)
 }
 
 fn show(client: &Client, fmt: Format, r: Resource, kind: Kind, name_or_id: &str) -> Result<()> {
@@ -632,51 +634,19 @@ mod tests {
 
     #[test]
     fn bad_arguments_are_rejected() {
-        parse_err(&["gateway", "set", "r1"]);
-        parse_err(&[
-            "gateway",
-            "set",
-            "r1",
-            "n",
-            "--fixed-ip",
-            "subnet=x,bogus=1",
-        ]);
-        parse_err(&["gateway", "set", "r1", "n", "--fixed-ip", "ip=300.1.1.1"]);
-        parse_err(&[
-            "subnet",
-            "create",
-            "s",
-            "--network",
-            "n",
-            "--cidr",
-            "10.0.0.0/33",
-        ]);
-        parse_err(&[
-            "subnet",
-            "create",
-            "s",
-            "--network",
-            "n",
-            "--cidr",
-            "10.0.0.0/24",
-            "--gateway",
-            "10.0.0.1",
-            "--no-gateway",
-        ]);
-        parse_err(&[
-            "subnet",
-            "create",
-            "s",
-            "--network",
-            "n",
-            "--cidr",
-            "10.0.0.0/24",
-            "--allocation-pool",
-            "start=10.0.0.1",
-        ]);
-        parse_err(&["network", "delete"]);
-        parse_err(&["router", "list", "-f", "xml"]);
-        parse_err(&["completion", "tcsh"]);
+        for args in [
+            "gateway set r1",
+            "gateway set r1 n --fixed-ip subnet=x,bogus=1",
+            "gateway set r1 n --fixed-ip ip=300.1.1.1",
+            "subnet create s --network n --cidr 10.0.0.0/33",
+            "subnet create s --network n --cidr 10.0.0.0/24 --gateway 10.0.0.1 --no-gateway",
+            "subnet create s --network n --cidr 10.0.0.0/24 --allocation-pool start=10.0.0.1",
+            "network delete",
+            "router list -f xml",
+            "completion tcsh",
+        ] {
+            parse_err(&args.split_whitespace().collect::<Vec<_>>());
+        }
     }
 
     #[test]

@@ -10,22 +10,22 @@
 use std::{collections::HashSet, net::Ipv4Addr};
 
 use anyhow::{Result, bail};
-use aya::{
-    Ebpf,
-    maps::{HashMap, MapData},
-};
+use aya::Ebpf;
 use router_common::{
     DIR_IN, DIR_OUT, FipKey, FipValue, PfKey, PfValue, ROUTER_F_FLOATING, ROUTER_F_SNAT,
     RouterConfig, SESSION_FIP, SESSION_PF, SessionKey, ip_to_wire, maps, port_to_wire,
 };
 
-use super::{Datapath, INTERNAL_HOOKS, Inner, ifindex_of, read_sessions, remove_missing_ok, take};
+use super::{
+    Datapath, INTERNAL_HOOKS, Inner, ifindex_of, mirror::Mirrored, read_sessions,
+    remove_missing_ok, take,
+};
 
 /// Typed handles of the floating-IP maps.
 pub(super) struct Maps {
-    fips: HashMap<MapData, FipKey, FipValue>,
-    pfs: HashMap<MapData, PfKey, PfValue>,
-    internal: HashMap<MapData, u32, RouterConfig>,
+    fips: Mirrored<FipKey, FipValue>,
+    pfs: Mirrored<PfKey, PfValue>,
+    internal: Mirrored<u32, RouterConfig>,
     /// Whether each router has floating IPs or port forwardings, as last configured by this
     /// daemon (`ROUTER_F_FLOATING` of its config entries); unknown after a start until the
     /// first `configure_floating`, when the pinned entries' own bit is kept.
@@ -35,9 +35,9 @@ pub(super) struct Maps {
 impl Maps {
     pub(super) fn take(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
-            fips: take(ebpf, maps::FLOATING_IPS)?,
-            pfs: take(ebpf, maps::PORT_FORWARDINGS)?,
-            internal: take(ebpf, maps::INTERNAL_IFS)?,
+            fips: Mirrored::new(take(ebpf, maps::FLOATING_IPS)?)?,
+            pfs: Mirrored::new(take(ebpf, maps::PORT_FORWARDINGS)?)?,
+            internal: Mirrored::new(take(ebpf, maps::INTERNAL_IFS)?)?,
             known: std::collections::HashMap::new(),
         })
     }
@@ -142,33 +142,38 @@ impl Datapath {
             ));
         }
         // Stale entries first (a changed mapping must not leave its old reverse behind).
-        let mut stale_f = Vec::new();
-        for item in inner.floating.fips.iter() {
-            let (k, v) = item?;
-            if k.router_id == dp_id && !want_f.contains(&(k, v)) {
-                stale_f.push(k);
-            }
-        }
+        let stale_f: Vec<FipKey> = inner
+            .floating
+            .fips
+            .iter()
+            .filter(|(k, v)| k.router_id == dp_id && !want_f.contains(&(*k, *v)))
+            .map(|(k, _)| k)
+            .collect();
         for k in &stale_f {
-            remove_missing_ok(inner.floating.fips.remove(k))?;
+            inner.floating.fips.remove(k)?;
         }
-        let mut stale_p = Vec::new();
-        for item in inner.floating.pfs.iter() {
-            let (k, v) = item?;
-            if k.router_id == dp_id && !want_p.contains(&(k, v)) {
-                stale_p.push(k);
-            }
-        }
+        let stale_p: Vec<PfKey> = inner
+            .floating
+            .pfs
+            .iter()
+            .filter(|(k, v)| k.router_id == dp_id && !want_p.contains(&(*k, *v)))
+            .map(|(k, _)| k)
+            .collect();
         for k in &stale_p {
-            remove_missing_ok(inner.floating.pfs.remove(k))?;
+            inner.floating.pfs.remove(k)?;
         }
         for (k, v) in &want_f {
-            inner.floating.fips.insert(k, v, 0)?;
+            inner.floating.fips.insert(*k, *v)?;
         }
         for (k, v) in &want_p {
-            inner.floating.pfs.insert(k, v, 0)?;
+            inner.floating.pfs.insert(*k, *v)?;
         }
-        flush_stale_sessions(&mut inner, dp_id, fips, pfs)?;
+        // A FIP/PF session exists only while the entry that made it does (entries go only
+        // here, with their sessions, or with the router's): nothing stale, nothing to flush,
+        // and the session table (up to its capacity) is not read on every router change.
+        if !stale_f.is_empty() || !stale_p.is_empty() {
+            flush_stale_sessions(&mut inner, dp_id, fips, pfs)?;
+        }
         set_floating_flag(&mut inner, dp_id, !fips.is_empty() || !pfs.is_empty())?;
         Ok(())
     }
@@ -193,8 +198,7 @@ impl Datapath {
         let mut inner = self.lock();
         let mut stale = Vec::new();
         let mut previous_floating = false;
-        for item in inner.floating.internal.iter() {
-            let (idx, c) = item?;
+        for (idx, c) in inner.floating.internal.iter() {
             if c.router_id == dp_id {
                 previous_floating |= c.flags & ROUTER_F_FLOATING != 0;
                 if !ifindexes.contains(&idx) {
@@ -215,13 +219,13 @@ impl Datapath {
             port_max: self.nat.port_max,
         };
         for idx in &stale {
-            remove_missing_ok(inner.floating.internal.remove(idx))?;
+            inner.floating.internal.remove(idx)?;
         }
         for idx in ifindexes {
             if *idx == 0 {
                 bail!("router {dp_id}: internal ifindex 0 is not a device");
             }
-            inner.floating.internal.insert(idx, cfg, 0)?;
+            inner.floating.internal.insert(*idx, cfg)?;
         }
         Ok(())
     }
@@ -286,25 +290,24 @@ fn set_floating_flag(inner: &mut Inner, dp_id: u32, on: bool) -> Result<()> {
         },
         ..c
     };
-    let mut gw = Vec::new();
-    for item in inner.config.iter() {
-        let (idx, c) = item?;
-        if c.router_id == dp_id {
-            gw.push((idx, bit(c)));
-        }
+    let gw: Vec<(u32, RouterConfig)> = inner
+        .config
+        .iter()
+        .filter(|(_, c)| c.router_id == dp_id)
+        .map(|(idx, c)| (idx, bit(c)))
+        .collect();
+    for (idx, c) in gw {
+        inner.config.insert(idx, c)?;
     }
-    for (idx, c) in &gw {
-        inner.config.insert(idx, c, 0)?;
-    }
-    let mut int = Vec::new();
-    for item in inner.floating.internal.iter() {
-        let (idx, c) = item?;
-        if c.router_id == dp_id {
-            int.push((idx, bit(c)));
-        }
-    }
-    for (idx, c) in &int {
-        inner.floating.internal.insert(idx, c, 0)?;
+    let int: Vec<(u32, RouterConfig)> = inner
+        .floating
+        .internal
+        .iter()
+        .filter(|(_, c)| c.router_id == dp_id)
+        .map(|(idx, c)| (idx, bit(c)))
+        .collect();
+    for (idx, c) in int {
+        inner.floating.internal.insert(idx, c)?;
     }
     inner.floating.known.insert(dp_id, on);
     Ok(())
@@ -312,35 +315,35 @@ fn set_floating_flag(inner: &mut Inner, dp_id: u32, on: bool) -> Result<()> {
 
 pub(super) fn remove_router(inner: &mut Inner, dp_id: u32) -> Result<()> {
     inner.floating.known.remove(&dp_id);
-    let mut f = Vec::new();
-    for k in inner.floating.fips.keys() {
-        let k = k?;
-        if k.router_id == dp_id {
-            f.push(k);
-        }
-    }
+    let f: Vec<FipKey> = inner
+        .floating
+        .fips
+        .iter()
+        .filter(|(k, _)| k.router_id == dp_id)
+        .map(|(k, _)| k)
+        .collect();
     for k in &f {
-        remove_missing_ok(inner.floating.fips.remove(k))?;
+        inner.floating.fips.remove(k)?;
     }
-    let mut p = Vec::new();
-    for k in inner.floating.pfs.keys() {
-        let k = k?;
-        if k.router_id == dp_id {
-            p.push(k);
-        }
-    }
+    let p: Vec<PfKey> = inner
+        .floating
+        .pfs
+        .iter()
+        .filter(|(k, _)| k.router_id == dp_id)
+        .map(|(k, _)| k)
+        .collect();
     for k in &p {
-        remove_missing_ok(inner.floating.pfs.remove(k))?;
+        inner.floating.pfs.remove(k)?;
     }
-    let mut i = Vec::new();
-    for item in inner.floating.internal.iter() {
-        let (idx, c) = item?;
-        if c.router_id == dp_id {
-            i.push(idx);
-        }
-    }
+    let i: Vec<u32> = inner
+        .floating
+        .internal
+        .iter()
+        .filter(|(_, c)| c.router_id == dp_id)
+        .map(|(idx, _)| idx)
+        .collect();
     for idx in &i {
-        remove_missing_ok(inner.floating.internal.remove(idx))?;
+        inner.floating.internal.remove(idx)?;
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ mod batch;
 pub mod bpffs;
 pub mod filter;
 pub mod fip;
+mod mirror;
 pub mod sessions;
 
 use std::{
@@ -22,8 +23,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{
-        HashMap, IterableMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues,
-        lpm_trie::Key,
+        HashMap, IterableMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
     },
     programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions},
 };
@@ -84,8 +84,10 @@ pub struct SessionInfo {
 /// The typed maps and the loaded programs, behind the `Datapath` mutex.
 struct Inner {
     ebpf: Ebpf,
-    config: HashMap<MapData, u32, RouterConfig>,
-    cidrs: LpmTrie<MapData, CidrKey, u32>,
+    /// `ROUTER_CONFIG` (gateway tap ifindex → config), with its userspace copy.
+    config: mirror::Mirrored<u32, RouterConfig>,
+    /// `INTERNAL_CIDRS`, with its userspace copy.
+    cidrs: mirror::Cidrs,
     sessions: HashMap<MapData, SessionKey, SessionValue>,
     fragments: HashMap<MapData, FragKey, FragValue>,
     stats: PerCpuHashMap<MapData, u32, RouterStats>,
@@ -221,8 +223,8 @@ impl Datapath {
                 .map_err(|e| anyhow!("the verifier rejected {name}: {e:#}"))?;
         }
         let inner = Inner {
-            config: take(&mut ebpf, maps::ROUTER_CONFIG)?,
-            cidrs: take(&mut ebpf, maps::INTERNAL_CIDRS)?,
+            config: mirror::Mirrored::new(take(&mut ebpf, maps::ROUTER_CONFIG)?)?,
+            cidrs: mirror::Cidrs::new(take(&mut ebpf, maps::INTERNAL_CIDRS)?)?,
             sessions: take(&mut ebpf, maps::SESSIONS)?,
             fragments: take(&mut ebpf, maps::FRAGMENTS)?,
             stats: take(&mut ebpf, maps::ROUTER_STATS)?,
@@ -320,13 +322,11 @@ impl Datapath {
         }
         let mut inner = self.lock();
         // Previous config of this router (possibly on another gateway device).
-        let mut previous = Vec::new();
-        for item in inner.config.iter() {
-            let (idx, c) = item?;
-            if c.router_id == nat.dp_id {
-                previous.push((idx, c));
-            }
-        }
+        let previous: Vec<(u32, RouterConfig)> = inner
+            .config
+            .iter()
+            .filter(|(_, c)| c.router_id == nat.dp_id)
+            .collect();
         let previous_floating = previous
             .iter()
             .any(|(_, c)| c.flags & ROUTER_F_FLOATING != 0);
@@ -353,23 +353,24 @@ impl Datapath {
             .map(|n| cidr_key(nat.dp_id, &n.trunc()))
             .collect();
         for k in &wanted {
-            inner.cidrs.insert(k, 1, 0)?;
-        }
-        let mut stale = Vec::new();
-        for k in inner.cidrs.keys() {
-            let k = k?;
-            if k.data().router_id_be == nat.dp_id.to_be()
-                && !wanted
-                    .iter()
-                    .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
-            {
-                stale.push(k);
+            if !inner.cidrs.contains(k) {
+                inner.cidrs.insert(k)?;
             }
         }
+        let stale: Vec<Key<CidrKey>> = inner
+            .cidrs
+            .of_router(nat.dp_id)
+            .into_iter()
+            .filter(|k| {
+                !wanted
+                    .iter()
+                    .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data())
+            })
+            .collect();
         for k in &stale {
             inner.cidrs.remove(k)?;
         }
-        inner.config.insert(nat.ifindex, cfg, 0)?;
+        inner.config.insert(nat.ifindex, cfg)?;
         for (idx, _) in previous.iter().filter(|(idx, _)| *idx != nat.ifindex) {
             inner.config.remove(idx)?;
         }
@@ -385,25 +386,17 @@ impl Datapath {
     /// Removes the router's config, CIDRs, sessions, fragments and counters.
     pub fn remove_router(&self, dp_id: u32) -> Result<()> {
         let mut inner = self.lock();
-        let mut idxs = Vec::new();
-        for item in inner.config.iter() {
-            let (idx, c) = item?;
-            if c.router_id == dp_id {
-                idxs.push(idx);
-            }
-        }
+        let idxs: Vec<u32> = inner
+            .config
+            .iter()
+            .filter(|(_, c)| c.router_id == dp_id)
+            .map(|(idx, _)| idx)
+            .collect();
         for idx in &idxs {
-            remove_missing_ok(inner.config.remove(idx))?;
+            inner.config.remove(idx)?;
         }
-        let mut cidrs = Vec::new();
-        for k in inner.cidrs.keys() {
-            let k = k?;
-            if k.data().router_id_be == dp_id.to_be() {
-                cidrs.push(k);
-            }
-        }
-        for k in &cidrs {
-            remove_missing_ok(inner.cidrs.remove(k))?;
+        for k in &inner.cidrs.of_router(dp_id) {
+            inner.cidrs.remove(k)?;
         }
         flush_router(&mut inner, dp_id)?;
         fip::remove_router(&mut inner, dp_id)?;

@@ -10,7 +10,7 @@ use std::{collections::HashMap, net::Ipv4Addr};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{ip_of, ip_val};
+use super::{ip_of, ip_val, query_all};
 use crate::model::{
     Fault,
     spec::{FloatingIpSpec, PortForwardingSpec},
@@ -135,40 +135,28 @@ pub fn get_floatingip(conn: &Connection, id: &str) -> Result<Option<FloatingIp>,
         .optional()?)
 }
 
-fn query_fips(
+/// The floating IPs that `filter` (a `WHERE` clause, or empty) selects, in creation order.
+fn fips<P: rusqlite::Params>(
     conn: &Connection,
-    sql: &str,
-    p: &[&dyn rusqlite::ToSql],
+    filter: &str,
+    p: P,
 ) -> Result<Vec<FloatingIp>, Fault> {
-    let mut st = conn.prepare_cached(sql)?;
-    let rows = st.query_map(p, fip_row)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let sql = format!("SELECT {FIP_COLS} FROM floatingips {filter} ORDER BY rowid");
+    query_all(conn, &sql, p, fip_row)
 }
 
 pub fn list_floatingips(conn: &Connection) -> Result<Vec<FloatingIp>, Fault> {
-    query_fips(
-        conn,
-        &format!("SELECT {FIP_COLS} FROM floatingips ORDER BY rowid"),
-        &[],
-    )
+    fips(conn, "", [])
 }
 
 /// Floating IPs associated with `port_id`.
 pub fn port_floatingips(conn: &Connection, port_id: &str) -> Result<Vec<FloatingIp>, Fault> {
-    query_fips(
-        conn,
-        &format!("SELECT {FIP_COLS} FROM floatingips WHERE port_id=?1 ORDER BY rowid"),
-        &[&port_id],
-    )
+    fips(conn, "WHERE port_id=?1", [&port_id])
 }
 
 /// Floating IPs served by `router_id` (associated, or holding port forwardings).
 pub fn router_floatingips(conn: &Connection, router_id: &str) -> Result<Vec<FloatingIp>, Fault> {
-    query_fips(
-        conn,
-        &format!("SELECT {FIP_COLS} FROM floatingips WHERE router_id=?1 ORDER BY rowid"),
-        &[&router_id],
-    )
+    fips(conn, "WHERE router_id=?1", [&router_id])
 }
 
 /// The floating IP already associated with `(port_id, fixed_ip)`, if any.
@@ -259,11 +247,9 @@ pub fn get_port_forwarding(
 }
 
 pub fn fip_port_forwardings(conn: &Connection, fip_id: &str) -> Result<Vec<PortForwarding>, Fault> {
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT {PF_COLS} FROM port_forwardings WHERE floatingip_id=?1 ORDER BY rowid"
-    ))?;
-    let rows = st.query_map([fip_id], pf_row)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let sql =
+        format!("SELECT {PF_COLS} FROM port_forwardings WHERE floatingip_id=?1 ORDER BY rowid");
+    query_all(conn, &sql, [fip_id], pf_row)
 }
 
 /// Port forwardings whose internal port is `port_id`.
@@ -271,11 +257,9 @@ pub fn port_port_forwardings(
     conn: &Connection,
     port_id: &str,
 ) -> Result<Vec<PortForwarding>, Fault> {
-    let mut st = conn.prepare_cached(&format!(
-        "SELECT {PF_COLS} FROM port_forwardings WHERE internal_port_id=?1 ORDER BY rowid"
-    ))?;
-    let rows = st.query_map([port_id], pf_row)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let sql =
+        format!("SELECT {PF_COLS} FROM port_forwardings WHERE internal_port_id=?1 ORDER BY rowid");
+    query_all(conn, &sql, [port_id], pf_row)
 }
 
 pub fn delete_port_forwarding(conn: &Connection, id: &str) -> Result<(), Fault> {
@@ -298,11 +282,7 @@ pub type RouterFloating = (Vec<FloatingIpSpec>, Vec<PortForwardingSpec>);
 /// What `router_floating` gives, for every router at once (two whole-table queries).
 pub fn all_router_floating(conn: &Connection) -> Result<HashMap<String, RouterFloating>, Fault> {
     let mut out: HashMap<String, RouterFloating> = HashMap::new();
-    let fips = query_fips(
-        conn,
-        &format!("SELECT {FIP_COLS} FROM floatingips WHERE router_id IS NOT NULL ORDER BY rowid"),
-        &[],
-    )?;
+    let fips = fips(conn, "WHERE router_id IS NOT NULL", [])?;
     let mut by_fip: HashMap<String, (String, Ipv4Addr)> = HashMap::new();
     for f in &fips {
         let Some(r) = &f.router_id else { continue };
@@ -312,8 +292,8 @@ pub fn all_router_floating(conn: &Connection) -> Result<HashMap<String, RouterFl
             fixed_ip: f.fixed_ip.filter(|_| f.port_id.is_some()),
         });
     }
-    let mut st = conn.prepare_cached(&format!("SELECT {PF_COLS} FROM port_forwardings"))?;
-    let pfs: Vec<PortForwarding> = st.query_map([], pf_row)?.collect::<rusqlite::Result<_>>()?;
+    let sql = format!("SELECT {PF_COLS} FROM port_forwardings");
+    let pfs = query_all(conn, &sql, [], pf_row)?;
     for p in pfs {
         let (Some((r, fip)), Some(protocol)) =
             (by_fip.get(&p.floatingip_id), protocol_number(&p.protocol))

@@ -189,6 +189,18 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------- conversions
 
+/// Every row `sql` selects with `params`, mapped by `row`, through the statement cache.
+fn query_all<T, P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    row: impl FnMut(&Row) -> rusqlite::Result<T>,
+) -> Result<Vec<T>, Fault> {
+    let mut st = conn.prepare_cached(sql)?;
+    let rows = st.query_map(params, row)?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
 fn ip_of(v: i64) -> Ipv4Addr {
     Ipv4Addr::from(v as u32)
 }
@@ -261,9 +273,8 @@ pub fn get_network(conn: &Connection, id: &str) -> Result<Option<Network>, Fault
 
 /// Every network in creation order.
 pub fn list_networks(conn: &Connection) -> Result<Vec<Network>, Fault> {
-    let mut st = conn.prepare_cached(&format!("SELECT {NET_COLS} FROM networks ORDER BY rowid"))?;
-    let rows = st.query_map([], network_row)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let sql = format!("SELECT {NET_COLS} FROM networks ORDER BY rowid");
+    query_all(conn, &sql, [], network_row)
 }
 
 /// Deletes the network and its subnets (callers check for ports first).
@@ -301,11 +312,10 @@ fn subnet_row(r: &Row) -> rusqlite::Result<Subnet> {
 }
 
 fn load_pools(conn: &Connection, s: &mut Subnet) -> Result<(), Fault> {
-    let mut st = conn.prepare_cached(
-        "SELECT first_ip, last_ip FROM allocation_pools WHERE subnet_id=?1 ORDER BY seq",
-    )?;
-    let rows = st.query_map([&s.id], |r| Ok((ip_of(r.get(0)?), ip_of(r.get(1)?))))?;
-    s.allocation_pools = rows.collect::<rusqlite::Result<_>>()?;
+    let sql = "SELECT first_ip, last_ip FROM allocation_pools WHERE subnet_id=?1 ORDER BY seq";
+    s.allocation_pools = query_all(conn, sql, [&s.id], |r| {
+        Ok((ip_of(r.get(0)?), ip_of(r.get(1)?)))
+    })?;
     Ok(())
 }
 
@@ -379,9 +389,7 @@ fn query_subnets(
     sql: &str,
     p: &[&dyn rusqlite::ToSql],
 ) -> Result<Vec<Subnet>, Fault> {
-    let mut st = conn.prepare_cached(sql)?;
-    let rows = st.query_map(p, subnet_row)?;
-    let mut out: Vec<Subnet> = rows.collect::<rusqlite::Result<_>>()?;
+    let mut out = query_all(conn, sql, p, subnet_row)?;
     for s in &mut out {
         load_pools(conn, s)?;
     }
@@ -544,15 +552,13 @@ fn port_row(r: &Row) -> rusqlite::Result<Port> {
 }
 
 fn load_fixed_ips(conn: &Connection, p: &mut Port) -> Result<(), Fault> {
-    let mut st =
-        conn.prepare_cached("SELECT subnet_id, ip FROM fixed_ips WHERE port_id=?1 ORDER BY rowid")?;
-    let rows = st.query_map([&p.id], |r| {
+    let sql = "SELECT subnet_id, ip FROM fixed_ips WHERE port_id=?1 ORDER BY rowid";
+    p.fixed_ips = query_all(conn, sql, [&p.id], |r| {
         Ok(FixedIp {
             subnet_id: r.get(0)?,
             ip: ip_of(r.get(1)?),
         })
     })?;
-    p.fixed_ips = rows.collect::<rusqlite::Result<_>>()?;
     Ok(())
 }
 
@@ -666,9 +672,7 @@ fn query_ports(
     sql: &str,
     p: &[&dyn rusqlite::ToSql],
 ) -> Result<Vec<Port>, Fault> {
-    let mut st = conn.prepare_cached(sql)?;
-    let rows = st.query_map(p, port_row)?;
-    let mut out: Vec<Port> = rows.collect::<rusqlite::Result<_>>()?;
+    let mut out = query_all(conn, sql, p, port_row)?;
     for p in &mut out {
         load_fixed_ips(conn, p)?;
     }
@@ -781,10 +785,8 @@ pub fn get_router(conn: &Connection, id: &str) -> Result<Option<Router>, Fault> 
 
 /// Every router in creation order.
 pub fn list_routers(conn: &Connection) -> Result<Vec<Router>, Fault> {
-    let mut st =
-        conn.prepare_cached(&format!("SELECT {ROUTER_COLS} FROM routers ORDER BY rowid"))?;
-    let rows = st.query_map([], router_row)?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
+    let sql = format!("SELECT {ROUTER_COLS} FROM routers ORDER BY rowid");
+    query_all(conn, &sql, [], router_row)
 }
 
 /// Deletes the router and its interface rows (callers remove the ports).

@@ -1,0 +1,115 @@
+//! Userspace copies of the configuration maps, so per-router changes never walk a whole map.
+//!
+//! `ROUTER_CONFIG`, `INTERNAL_CIDRS`, `INTERNAL_IFS`, `FLOATING_IPS` and `PORT_FORWARDINGS`
+//! are written only by this daemon (the programs only read them). Finding one router's entries
+//! in a map costs two syscalls per entry of every router (next key, lookup): with 1000 routers,
+//! each gateway set or interface add walked several thousand entries, and router creation
+//! slowed down as routers accumulated. Each map is read once when the datapath opens (the pins
+//! carry the previous run's entries) and every write goes to the map and then the copy, so the
+//! copy is the map's content as long as the write succeeded.
+
+use std::{collections::HashMap as StdHashMap, collections::HashSet, hash::Hash};
+
+use anyhow::Result;
+use aya::{
+    Pod,
+    maps::{HashMap, LpmTrie, MapData, lpm_trie::Key},
+};
+use router_common::CidrKey;
+
+use super::remove_missing_ok;
+
+/// A BPF hash map and its userspace copy.
+pub(super) struct Mirrored<K, V> {
+    map: HashMap<MapData, K, V>,
+    copy: StdHashMap<K, V>,
+}
+
+impl<K: Pod + Hash + Eq, V: Pod> Mirrored<K, V> {
+    /// Reads the whole map once.
+    pub(super) fn new(map: HashMap<MapData, K, V>) -> Result<Self> {
+        let mut copy = StdHashMap::new();
+        for item in map.iter() {
+            let (k, v) = item?;
+            copy.insert(k, v);
+        }
+        Ok(Self { map, copy })
+    }
+
+    /// Entries, from the copy.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (K, V)> + '_ {
+        self.copy.iter().map(|(k, v)| (*k, *v))
+    }
+
+    pub(super) fn insert(&mut self, k: K, v: V) -> Result<()> {
+        self.map.insert(k, v, 0)?;
+        self.copy.insert(k, v);
+        Ok(())
+    }
+
+    /// Removes `k`; already gone is success.
+    pub(super) fn remove(&mut self, k: &K) -> Result<()> {
+        remove_missing_ok(self.map.remove(k))?;
+        self.copy.remove(k);
+        Ok(())
+    }
+}
+
+/// `(prefix_len, router_id_be, addr)`: a CIDR key as the copy holds it.
+type CidrEntry = (u32, u32, u32);
+
+/// The `INTERNAL_CIDRS` trie and its userspace copy (keys only; every value is 1).
+pub(super) struct Cidrs {
+    map: LpmTrie<MapData, CidrKey, u32>,
+    copy: HashSet<CidrEntry>,
+}
+
+fn entry(k: &Key<CidrKey>) -> CidrEntry {
+    (k.prefix_len(), k.data().router_id_be, k.data().addr)
+}
+
+impl Cidrs {
+    /// Reads the whole trie once.
+    pub(super) fn new(map: LpmTrie<MapData, CidrKey, u32>) -> Result<Self> {
+        let mut copy = HashSet::new();
+        for k in map.keys() {
+            copy.insert(entry(&k?));
+        }
+        Ok(Self { map, copy })
+    }
+
+    /// Keys of router `dp_id`, from the copy.
+    pub(super) fn of_router(&self, dp_id: u32) -> Vec<Key<CidrKey>> {
+        self.copy
+            .iter()
+            .filter(|(_, r, _)| *r == dp_id.to_be())
+            .map(|(len, r, addr)| {
+                Key::new(
+                    *len,
+                    CidrKey {
+                        router_id_be: *r,
+                        addr: *addr,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Whether `k` is present, from the copy.
+    pub(super) fn contains(&self, k: &Key<CidrKey>) -> bool {
+        self.copy.contains(&entry(k))
+    }
+
+    pub(super) fn insert(&mut self, k: &Key<CidrKey>) -> Result<()> {
+        self.map.insert(k, 1, 0)?;
+        self.copy.insert(entry(k));
+        Ok(())
+    }
+
+    /// Removes `k`; already gone is success.
+    pub(super) fn remove(&mut self, k: &Key<CidrKey>) -> Result<()> {
+        remove_missing_ok(self.map.remove(k))?;
+        self.copy.remove(&entry(k));
+        Ok(())
+    }
+}
