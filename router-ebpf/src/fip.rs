@@ -30,7 +30,7 @@ use crate::{
     maps::{SESSIONS, count, count_packet},
     parse::{
         ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, IP_DST, IP_SRC, IPPROTO_ICMP, IPPROTO_TCP,
-        IPPROTO_UDP, L4Head, Packet, TCP_HLEN, TcpHdr, UDP_HLEN, load_ipv4, validate,
+        IPPROTO_UDP, L4Head, Packet, TCP_HLEN, TcpHdr, UDP_HLEN, load, load_ipv4, validate,
     },
     session::{key, note_in, note_out, now, reverse_key, tcp_bits},
 };
@@ -109,7 +109,7 @@ pub fn load_l4(ctx: &TcContext, pkt: &Packet) -> L4 {
     }
     match pkt.ip.proto {
         IPPROTO_TCP if pkt.l4 + TCP_HLEN <= pkt.end => {
-            if let Ok(t) = ctx.load::<TcpHdr>(pkt.l4) {
+            if let Ok(t) = load::<TcpHdr>(ctx, pkt.l4) {
                 l.sport = t.sport;
                 l.dport = t.dport;
                 l.bits = tcp_bits(t.flags);
@@ -117,14 +117,14 @@ pub fn load_l4(ctx: &TcContext, pkt: &Packet) -> L4 {
             }
         }
         IPPROTO_UDP if pkt.l4 + UDP_HLEN <= pkt.end => {
-            if let Ok(u) = ctx.load::<L4Head>(pkt.l4) {
+            if let Ok(u) = load::<L4Head>(ctx, pkt.l4) {
                 l.sport = u.a;
                 l.dport = u.b;
                 l.ports = true;
             }
         }
         IPPROTO_ICMP if pkt.l4 + ICMP_HLEN <= pkt.end => {
-            if let Ok(h) = ctx.load::<L4Head>(pkt.l4) {
+            if let Ok(h) = load::<L4Head>(ctx, pkt.l4) {
                 let ty = (u16::from_be(h.a) >> 8) as u8;
                 l.echo_request = ty == ICMP_ECHO_REQUEST;
                 l.echo_reply = ty == ICMP_ECHO_REPLY;

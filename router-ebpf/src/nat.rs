@@ -22,7 +22,7 @@ use crate::{
     parse::{
         ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, ICMP_ID, IP_DST, IP_SRC, IPPROTO_ICMP,
         IPPROTO_TCP, IPPROTO_UDP, L4Head, Packet, ParseError, TCP_HLEN, TCP_RST, TcpHdr, UDP_HLEN,
-        load_ipv4, validate,
+        load, load_ipv4, validate,
     },
     session::{IN, OUT, key, snat_port, tcp_bits, touch_in},
 };
@@ -277,9 +277,7 @@ fn parse_ports(ctx: &TcContext, pkt: &Packet, dir: u8) -> Result<Flow, usize> {
         if pkt.l4 + TCP_HLEN > pkt.end {
             return Err(stat::DROP_MALFORMED);
         }
-        let t = ctx
-            .load::<TcpHdr>(pkt.l4)
-            .map_err(|_| stat::DROP_MALFORMED)?;
+        let t = load::<TcpHdr>(ctx, pkt.l4).map_err(|_| stat::DROP_MALFORMED)?;
         let doff = ((t.doff_res >> 4) as usize) * 4;
         if doff < TCP_HLEN || pkt.l4 + doff > pkt.end {
             return Err(stat::DROP_MALFORMED);
@@ -296,9 +294,7 @@ fn parse_ports(ctx: &TcContext, pkt: &Packet, dir: u8) -> Result<Flow, usize> {
         if pkt.l4 + UDP_HLEN > pkt.end {
             return Err(stat::DROP_MALFORMED);
         }
-        let u = ctx
-            .load::<L4Head>(pkt.l4)
-            .map_err(|_| stat::DROP_MALFORMED)?;
+        let u = load::<L4Head>(ctx, pkt.l4).map_err(|_| stat::DROP_MALFORMED)?;
         if (u16::from_be(u.c) as usize) < UDP_HLEN {
             return Err(stat::DROP_MALFORMED);
         }
@@ -319,15 +315,13 @@ fn load_icmp_type(ctx: &TcContext, pkt: &Packet) -> Result<u8, usize> {
     if pkt.l4 + ICMP_HLEN > pkt.end {
         return Err(stat::DROP_MALFORMED);
     }
-    ctx.load::<u8>(pkt.l4).map_err(|_| stat::DROP_MALFORMED)
+    load::<u8>(ctx, pkt.l4).map_err(|_| stat::DROP_MALFORMED)
 }
 
 /// An echo request (out: `sport = id, dport = 0`) or reply (in: `sport = 0, dport = id`).
 #[inline(always)]
 fn parse_echo(ctx: &TcContext, pkt: &Packet, dir: u8) -> Result<Flow, usize> {
-    let id = ctx
-        .load::<u16>(pkt.l4 + ICMP_ID)
-        .map_err(|_| stat::DROP_MALFORMED)?;
+    let id = load::<u16>(ctx, pkt.l4 + ICMP_ID).map_err(|_| stat::DROP_MALFORMED)?;
     let (sport, dport) = if dir == OUT { (id, 0) } else { (0, id) };
     Ok(Flow {
         proto: IPPROTO_ICMP,

@@ -1,5 +1,11 @@
 //! Header layouts and offsets: Ethernet at 0 (TC sees the MAC header), IPv4 after it with its
 //! real header length (IHL), then the L4 header.
+//!
+//! Headers are read straight from the packet (`load`): the linear part of the skb holds them
+//! for everything a veth delivers, and a direct read costs a bounds check where
+//! `bpf_skb_load_bytes` costs a helper call and a copy (measured on the bench's UDP path:
+//! ~25 ns of `bpf_skb_load_bytes` plus ~27 ns of `memcpy` per packet over the two programs a
+//! packet crosses). Headers outside the linear part fall back to the helper.
 
 use aya_ebpf::programs::TcContext;
 
@@ -129,10 +135,26 @@ pub enum ParseError {
     Malformed,
 }
 
+/// Reads a `T` at frame offset `off`: directly from the linear data when it lies there, else
+/// through `bpf_skb_load_bytes` (headers in paged data).
+#[inline(always)]
+pub fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, i64> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    // At least two bytes: for one, LLVM turns the check into `data + off < data_end`, which
+    // the verifier does not accept as a bound (a last byte in the linear data takes the helper).
+    if start + off + core::mem::size_of::<T>().max(2) <= end {
+        // SAFETY: the whole `T` lies between data and data_end (checked above); the read is
+        // unaligned because headers sit at any offset.
+        return Ok(unsafe { core::ptr::read_unaligned((start + off) as *const T) });
+    }
+    ctx.load::<T>(off)
+}
+
 /// Whether the frame carries IPv4.
 #[inline(always)]
 pub fn is_ipv4(ctx: &TcContext) -> bool {
-    matches!(ctx.load::<u16>(ETH_PROTO_OFF), Ok(p) if p == ETH_P_IP_WIRE)
+    matches!(load::<u16>(ctx, ETH_PROTO_OFF), Ok(p) if p == ETH_P_IP_WIRE)
 }
 
 /// Loads the fixed IPv4 header (fails only when the frame is shorter than it).
@@ -141,8 +163,7 @@ pub fn load_ipv4(ctx: &TcContext) -> Result<Ipv4Hdr, ParseError> {
     if !is_ipv4(ctx) {
         return Err(ParseError::NotIpv4);
     }
-    ctx.load::<Ipv4Hdr>(ETH_HLEN)
-        .map_err(|_| ParseError::Malformed)
+    load::<Ipv4Hdr>(ctx, ETH_HLEN).map_err(|_| ParseError::Malformed)
 }
 
 /// Validates version, IHL and total length against the frame.

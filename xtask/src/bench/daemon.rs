@@ -431,6 +431,7 @@ impl Env {
             server_ip: SERVER_IP,
             nat_ip: gw,
             iperf: None,
+            prog_pins: Some(self.dir.bpffs.clone()),
             note: None,
             _keep: Vec::new(),
         };

@@ -9,6 +9,7 @@
 
 mod daemon;
 mod ns;
+mod profile;
 mod report;
 mod testrun;
 mod topo;
@@ -43,6 +44,13 @@ pub struct BenchArgs {
         default_value = "plain,iptables,nftables,ebpf,fast"
     )]
     pub configs: Vec<String>,
+    /// Data-path metrics to measure (tcp1, tcp8, udp, flows, crr).
+    #[arg(long, value_delimiter = ',', default_value = "tcp1,tcp8,udp,flows,crr")]
+    pub metrics: Vec<String>,
+    /// Record `perf record -a -g` and the BPF programs' run time around each UDP pps and
+    /// new-flow run, into target/bench/profile/ (installs perf and bpftool).
+    #[arg(long)]
+    pub profile: bool,
     /// Router counts for the control-plane timing (0 to skip).
     #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
     pub routers: Vec<usize>,
@@ -70,6 +78,15 @@ fn parse_kind(s: &str) -> Result<Kind> {
         .with_context(|| {
             format!("unknown configuration {s:?} (plain, iptables, nftables, ebpf, fast)")
         })
+}
+
+fn parse_metric(s: &str) -> Result<Metric> {
+    // The per-CPU figures come with the udp and flows runs.
+    Metric::ALL[..5]
+        .iter()
+        .copied()
+        .find(|m| m.short() == s)
+        .with_context(|| format!("unknown metric {s:?} (tcp1, tcp8, udp, flows, crr)"))
 }
 
 fn read_trim(path: &str) -> String {
@@ -144,13 +161,31 @@ struct Plan {
     tcp_secs: u64,
     rate_secs: f64,
     kinds: Vec<Kind>,
+    metrics: Vec<Metric>,
     routers: Vec<usize>,
     routers_cap: Duration,
+    /// `--profile`: where profiles go.
+    profiler: Option<profile::Profiler>,
+    out_dir: std::path::PathBuf,
 }
 
 /// Runs every data-path metric on `t`, recording samples and per-metric failures.
-fn measure(t: &Topology, plan: &Plan, flow_run: u32, rep: &mut Report) -> Result<()> {
+fn measure(t: &Topology, plan: &Plan, round: u32, flow_run: u32, rep: &mut Report) -> Result<()> {
     let k = t.kind;
+    let wants = |m: Metric| plan.metrics.contains(&m);
+    // `--profile`: record around the packet-rate runs.
+    let profiled = |m: Metric, f: &dyn Fn() -> Result<traffic::Rate>| -> Result<traffic::Rate> {
+        let Some(p) = &plan.profiler else {
+            return f();
+        };
+        let running = p.start(t, m, round)?;
+        let r = f();
+        let progs = running.finish(&plan.out_dir)?;
+        for l in progs.lines() {
+            eprintln!("bench:     (bpf) {l}");
+        }
+        r
+    };
     let record = |m: Metric, r: Result<f64>, rep: &mut Report| -> Result<()> {
         match r {
             Ok(v) => {
@@ -171,33 +206,55 @@ fn measure(t: &Topology, plan: &Plan, flow_run: u32, rep: &mut Report) -> Result
         }
         Ok(())
     };
-    record(Metric::Tcp1, traffic::tcp_gbps(t, 1, plan.tcp_secs), rep)?;
-    record(Metric::Tcp8, traffic::tcp_gbps(t, 8, plan.tcp_secs), rep)?;
-    let pps = traffic::udp_pps(t, plan.rate_secs).map(|r| {
-        if r.delivered < r.sent / 2 {
+    if wants(Metric::Tcp1) {
+        record(Metric::Tcp1, traffic::tcp_gbps(t, 1, plan.tcp_secs), rep)?;
+    }
+    if wants(Metric::Tcp8) {
+        record(Metric::Tcp8, traffic::tcp_gbps(t, 8, plan.tcp_secs), rep)?;
+    }
+    if wants(Metric::UdpPps) {
+        let r = profiled(Metric::UdpPps, &|| traffic::udp_pps(t, plan.rate_secs));
+        if let Ok(r) = &r
+            && r.delivered < r.sent / 2
+        {
             eprintln!(
                 "bench:     (udp: {} sent, {} delivered)",
                 r.sent, r.delivered
             );
         }
-        r.per_sec
-    });
-    record(Metric::UdpPps, pps, rep)?;
-    let flows = traffic::new_flows(t, plan.rate_secs, traffic::flow_source(flow_run)).map(|r| {
-        eprintln!(
-            "bench:     (new flows: {} sent, {} delivered)",
-            r.sent, r.delivered
-        );
-        r.per_sec
-    });
-    record(Metric::NewFlows, flows, rep)?;
-    let crr = traffic::crr(t, plan.rate_secs, 2).map(|r| {
-        if r.failed > 0 {
-            eprintln!("bench:     (crr: {} ok, {} failed)", r.ok, r.failed);
+        let cpu = r
+            .as_ref()
+            .map(|r| r.per_cpu_sec)
+            .map_err(|e| anyhow::anyhow!("{e:#}"));
+        record(Metric::UdpPps, r.map(|r| r.per_sec), rep)?;
+        record(Metric::UdpPpsCpu, cpu, rep)?;
+    }
+    if wants(Metric::NewFlows) {
+        let r = profiled(Metric::NewFlows, &|| {
+            traffic::new_flows(t, plan.rate_secs, traffic::flow_source(flow_run))
+        });
+        if let Ok(r) = &r {
+            eprintln!(
+                "bench:     (new flows: {} sent, {} delivered)",
+                r.sent, r.delivered
+            );
         }
-        r.per_sec
-    });
-    record(Metric::Crr, crr, rep)?;
+        let cpu = r
+            .as_ref()
+            .map(|r| r.per_cpu_sec)
+            .map_err(|e| anyhow::anyhow!("{e:#}"));
+        record(Metric::NewFlows, r.map(|r| r.per_sec), rep)?;
+        record(Metric::NewFlowsCpu, cpu, rep)?;
+    }
+    if wants(Metric::Crr) {
+        let crr = traffic::crr(t, plan.rate_secs, 2).map(|r| {
+            if r.failed > 0 {
+                eprintln!("bench:     (crr: {} ok, {} failed)", r.ok, r.failed);
+            }
+            r.per_sec
+        });
+        record(Metric::Crr, crr, rep)?;
+    }
     Ok(())
 }
 
@@ -212,6 +269,18 @@ pub fn run(args: &BenchArgs, target_dir: &Path, workspace: &Path) -> Result<()> 
         .iter()
         .map(|s| parse_kind(s))
         .collect::<Result<Vec<_>>>()?;
+    let metrics = args
+        .metrics
+        .iter()
+        .map(|s| parse_metric(s))
+        .collect::<Result<Vec<_>>>()?;
+    let out_dir = target_dir.join("bench");
+    let profiler = if args.profile {
+        crate::ensure_commands(profile::COMMANDS)?;
+        Some(profile::Profiler::new(&out_dir)?)
+    } else {
+        None
+    };
     let plan = Plan {
         rounds: if args.quick { 1 } else { args.rounds.max(1) },
         tcp_secs: if args.quick { 1 } else { args.tcp_secs.max(1) },
@@ -221,6 +290,9 @@ pub fn run(args: &BenchArgs, target_dir: &Path, workspace: &Path) -> Result<()> 
             args.rate_secs.max(0.2)
         },
         kinds,
+        metrics,
+        profiler,
+        out_dir: out_dir.clone(),
         routers: if args.quick {
             args.routers.iter().copied().filter(|n| *n <= 10).collect()
         } else {
@@ -249,7 +321,11 @@ pub fn run(args: &BenchArgs, target_dir: &Path, workspace: &Path) -> Result<()> 
             "Few cores: sender, router and receiver share them, so absolute numbers are low and noisy; compare ratios.".into(),
         );
     }
-    let out_dir = target_dir.join("bench");
+    if plan.profiler.is_some() {
+        rep.notes.push(
+            "Profiled run (--profile): perf sampled every CPU during the UDP pps and new-flow runs and the BPF run-time statistics were on for (d); compare these figures only with each other. Profiles are in target/bench/profile/.".into(),
+        );
+    }
     let result = run_plan(&plan, &mut rep, target_dir, workspace);
     if let Err(e) = &result {
         rep.notes.push(format!("Run ended early: {e:#}"));
@@ -318,7 +394,7 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
                             {
                                 rep.notes.push(n.clone());
                             }
-                            measure(&t, plan, flow_run, rep)?
+                            measure(&t, plan, round, flow_run, rep)?
                         }
                         Err(e) => {
                             ns::check_interrupted()?;
@@ -340,7 +416,7 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
                         }
                     }
                     if let Some(t) = &ebpf_topo {
-                        measure(t, plan, flow_run, rep)?;
+                        measure(t, plan, round, flow_run, rep)?;
                     }
                 }
                 Kind::Fast => {

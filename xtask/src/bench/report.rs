@@ -16,15 +16,21 @@ pub enum Metric {
     UdpPps,
     NewFlows,
     Crr,
+    /// UDP packets delivered per CPU-second spent in the sending context (see `traffic::Rate`).
+    UdpPpsCpu,
+    /// New flows delivered per CPU-second spent in the sending context.
+    NewFlowsCpu,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 5] = [
+    pub const ALL: [Metric; 7] = [
         Metric::Tcp1,
         Metric::Tcp8,
         Metric::UdpPps,
         Metric::NewFlows,
         Metric::Crr,
+        Metric::UdpPpsCpu,
+        Metric::NewFlowsCpu,
     ];
 
     pub fn label(self) -> &'static str {
@@ -34,6 +40,21 @@ impl Metric {
             Metric::UdpPps => "UDP 64-byte packets",
             Metric::NewFlows => "New flows (new 5-tuple per packet)",
             Metric::Crr => "TCP connect-request-close",
+            Metric::UdpPpsCpu => "UDP 64-byte packets per CPU-second (sending context)",
+            Metric::NewFlowsCpu => "New flows per CPU-second (sending context)",
+        }
+    }
+
+    /// Name on the command line (`--metrics`) and in profile file names.
+    pub fn short(self) -> &'static str {
+        match self {
+            Metric::Tcp1 => "tcp1",
+            Metric::Tcp8 => "tcp8",
+            Metric::UdpPps => "udp",
+            Metric::NewFlows => "flows",
+            Metric::Crr => "crr",
+            Metric::UdpPpsCpu => "udp-cpu",
+            Metric::NewFlowsCpu => "flows-cpu",
         }
     }
 
@@ -43,6 +64,8 @@ impl Metric {
             Metric::UdpPps => "pps",
             Metric::NewFlows => "flows/s",
             Metric::Crr => "conn/s",
+            Metric::UdpPpsCpu => "pps per CPU",
+            Metric::NewFlowsCpu => "flows/s per CPU",
         }
     }
 
@@ -52,7 +75,7 @@ impl Metric {
             Metric::Tcp1 | Metric::Tcp8 => Some(0.97),
             Metric::UdpPps => Some(0.95),
             Metric::NewFlows => Some(0.90),
-            Metric::Crr => None,
+            Metric::Crr | Metric::UdpPpsCpu | Metric::NewFlowsCpu => None,
         }
     }
 }

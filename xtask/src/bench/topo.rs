@@ -83,6 +83,8 @@ pub struct Topology {
     pub nat_ip: Option<Ipv4Addr>,
     /// iperf3 server (killed first on drop).
     pub iperf: Option<ChildGuard>,
+    /// The bpffs directory whose pinned maps this configuration's programs use (`--profile`).
+    pub prog_pins: Option<std::path::PathBuf>,
     /// Something the report should say about how this configuration was built.
     pub note: Option<String>,
     /// Whatever else must live as long as the path (router namespace, daemon...).
@@ -270,6 +272,7 @@ pub fn build_kernel(kind: Kind, tag: &str) -> Result<Topology> {
         server_ip: SERVER_IP,
         nat_ip,
         iperf: None,
+        prog_pins: None,
         note,
         _keep: vec![Box::new(router), Box::new(host)],
     };

@@ -132,6 +132,53 @@ pub struct Rate {
     pub per_sec: f64,
     pub sent: u64,
     pub delivered: u64,
+    /// Delivered per CPU-second of the sending context: the sender thread's CPU time (which
+    /// includes the softirq work done on its way out of `sendmmsg` — the whole path through the
+    /// bridges, the router and the server's socket, since veth hands packets to the same CPU's
+    /// backlog) plus the `ksoftirqd` threads' time during the run. This is the path's cost per
+    /// packet, independent of how much CPU other processes on a shared machine left the sender.
+    pub per_cpu_sec: f64,
+}
+
+/// CPU time of the calling thread, in seconds.
+fn thread_cpu_secs() -> f64 {
+    // SAFETY: an all-zero timespec is valid; clock_gettime only writes it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid clock id and pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+/// Total run time of the `ksoftirqd/N` threads, in seconds (`/proc/<pid>/schedstat`).
+fn ksoftirqd_secs() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return 0.0;
+    };
+    let mut ns = 0u64;
+    for e in dir.flatten() {
+        let p = e.path();
+        let is_ksoftirqd = std::fs::read_to_string(p.join("comm"))
+            .map(|c| c.starts_with("ksoftirqd/"))
+            .unwrap_or(false);
+        if !is_ksoftirqd {
+            continue;
+        }
+        ns += std::fs::read_to_string(p.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    ns as f64 * 1e-9
+}
+
+/// Delivered per CPU-second, from the sender's and ksoftirqd's CPU time.
+fn per_cpu(delivered: u64, sender_cpu: f64, softirq_cpu: f64) -> f64 {
+    let cpu = sender_cpu + softirq_cpu;
+    if cpu > 0.0 {
+        delivered as f64 / cpu
+    } else {
+        0.0
+    }
 }
 
 /// 64-byte UDP packets per second over one flow, for `secs` seconds.
@@ -145,9 +192,11 @@ pub fn udp_pps(t: &Topology, secs: f64) -> Result<Rate> {
     let dst = SocketAddr::from((t.server_ip, PPS_PORT));
     let before = t.server.rx_packets(SERVER_DEV)?;
     let dur = Duration::from_secs_f64(secs);
-    let (sent, elapsed) = t.client.enter(move || -> Result<(u64, Duration)> {
+    let soft0 = ksoftirqd_secs();
+    let (sent, elapsed, cpu) = t.client.enter(move || -> Result<(u64, Duration, f64)> {
         let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
         s.connect(dst)?;
+        let cpu0 = thread_cpu_secs();
         let start = Instant::now();
         let sent = send_batches(
             s.as_raw_fd(),
@@ -160,15 +209,17 @@ pub fn udp_pps(t: &Topology, secs: f64) -> Result<Rate> {
             None,
             PPS_PAYLOAD,
         )?;
-        Ok((sent, start.elapsed()))
+        Ok((sent, start.elapsed(), thread_cpu_secs() - cpu0))
     })??;
     sleep(Duration::from_millis(200))?;
     let delivered = t.server.rx_packets(SERVER_DEV)?.saturating_sub(before);
+    let soft = ksoftirqd_secs() - soft0;
     drop(sink);
     Ok(Rate {
         per_sec: delivered as f64 / elapsed.as_secs_f64(),
         sent,
         delivered,
+        per_cpu_sec: per_cpu(delivered, cpu, soft),
     })
 }
 
@@ -245,7 +296,8 @@ pub fn new_flows(t: &Topology, secs: f64, src: Ipv4Addr) -> Result<Rate> {
     let dst_ip = t.server_ip;
     let before = t.server.rx_packets(SERVER_DEV)?;
     let dur = Duration::from_secs_f64(secs);
-    let (sent, elapsed) = t.client.enter(move || -> Result<(u64, Duration)> {
+    let soft0 = ksoftirqd_secs();
+    let (sent, elapsed, cpu) = t.client.enter(move || -> Result<(u64, Duration, f64)> {
         // SAFETY: plain socket(2); the fd is closed below.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
         if fd < 0 {
@@ -255,6 +307,7 @@ pub fn new_flows(t: &Topology, secs: f64, src: Ipv4Addr) -> Result<Rate> {
         let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
         sa.sin_family = libc::AF_INET as libc::sa_family_t;
         sa.sin_addr.s_addr = u32::from_ne_bytes(dst_ip.octets());
+        let cpu0 = thread_cpu_secs();
         let start = Instant::now();
         let r = send_batches(
             fd,
@@ -268,17 +321,20 @@ pub fn new_flows(t: &Topology, secs: f64, src: Ipv4Addr) -> Result<Rate> {
             64,
         );
         let elapsed = start.elapsed();
+        let cpu = thread_cpu_secs() - cpu0;
         // SAFETY: closing the fd opened above.
         unsafe { libc::close(fd) };
-        Ok((r?, elapsed))
+        Ok((r?, elapsed, cpu))
     })??;
     sleep(Duration::from_millis(200))?;
     let delivered = t.server.rx_packets(SERVER_DEV)?.saturating_sub(before);
+    let soft = ksoftirqd_secs() - soft0;
     drop(sinks);
     Ok(Rate {
         per_sec: delivered as f64 / elapsed.as_secs_f64(),
         sent,
         delivered,
+        per_cpu_sec: per_cpu(delivered, cpu, soft),
     })
 }
 
