@@ -617,8 +617,11 @@ impl Realiser {
             changes.extend(made.iter().map(|t| format!("veth {t}")));
         }
 
-        // 5. Datapath.
+        // 5. Datapath. Reconcile (`known`) also checks that the taps still run our filters.
         let mut memo = lock(&self.memo).get(&spec.id).cloned().unwrap_or_default();
+        if known.is_some() {
+            self.check_filters(&mut memo, &mut changes)?;
+        }
         let gw_plan = ports.iter().find(|p| p.gateway);
         let stale_attach = memo
             .attached

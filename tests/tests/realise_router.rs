@@ -13,11 +13,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use router_common::programs;
 use router_ctl::model::spec::{
     DesiredState, GatewaySpec, NetworkSpec, PortSpec, RouterSpec, names,
 };
 use serde_json::Value;
-use tests::{RealiserHost, enter_named, ip_json, netns_exists, network_spec, unique};
+use tests::{RealiserHost, enter_named, ip_json, netns_exists, network_spec, tc_filters, unique};
 
 fn mac(last: u8) -> [u8; 6] {
     [0xfa, 0x16, 0x3e, 0x12, 0x34, last]
@@ -633,6 +634,48 @@ fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
     }
     assert_eq!(ipv4(&ns, &qg), vec!["203.0.113.10/24".to_string()]);
     assert_eq!(default_routes(&ns)[0]["gateway"], "203.0.113.1");
+
+    // The programs' filters removed from outside (clsact qdisc deleted on both taps) are put
+    // back by the next full pass.
+    let gw_tap = names::tap_dev(&gw_port.port_id);
+    let qr_tap = names::tap_dev(&qr_port.port_id);
+    let progs = |dev: &str, hook: &str| -> Vec<String> {
+        tc_filters(&h.host, dev, hook)
+            .into_iter()
+            .map(|f| f.prog)
+            .collect()
+    };
+    let want_filters = || {
+        progs(&gw_tap, "ingress") == [programs::SNAT_OUT]
+            && progs(&gw_tap, "egress") == [programs::SNAT_IN]
+            && progs(&qr_tap, "egress") == [programs::INTERNAL_IN]
+            && progs(&qr_tap, "ingress") == [programs::INTERNAL_OUT]
+    };
+    assert!(want_filters());
+    h.host
+        .run("tc", &["qdisc", "del", "dev", &gw_tap, "clsact"]);
+    h.host
+        .run("tc", &["qdisc", "del", "dev", &qr_tap, "clsact"]);
+    assert!(progs(&gw_tap, "ingress").is_empty());
+    let mut passes = 0;
+    let mut reported = Vec::new();
+    while !want_filters() {
+        assert!(
+            passes <= router_ctl::realise::FULL_CHECK_EVERY,
+            "filters not restored after {passes} passes"
+        );
+        let rep = h.call(|r| r.reconcile(&want)).expect("reconcile filters");
+        assert!(rep.failed.is_empty(), "{rep:?}");
+        reported.extend(rep.repaired);
+        passes += 1;
+    }
+    assert!(
+        reported
+            .iter()
+            .any(|r| r.contains(&format!("filters on {gw_tap}"))
+                && r.contains(&format!("filters on {qr_tap}"))),
+        "{reported:?}"
+    );
 }
 
 #[test]

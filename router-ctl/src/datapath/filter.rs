@@ -99,3 +99,45 @@ pub fn detach(dev: &str, attach_type: TcAttachType, name: &str) -> Result<()> {
         Err(e) => Err(anyhow!("detaching {name} from {dev}: {e:#}")),
     }
 }
+
+/// Whether the `attach_type` hook of device `ifindex` holds this datapath's filter: a `bpf`
+/// filter in our slot running the program `name`. Asked over `h`, a netlink handle in the
+/// daemon's namespace; a device without a clsact qdisc has none.
+pub async fn in_place(
+    h: &rtnetlink::Handle,
+    ifindex: u32,
+    attach_type: TcAttachType,
+    name: &str,
+) -> Result<bool> {
+    use futures::TryStreamExt as _;
+    use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcOption};
+
+    let req = h.traffic_filter(ifindex as i32).get();
+    let req = match attach_type {
+        TcAttachType::Egress => req.egress(),
+        _ => req.ingress(),
+    };
+    let msgs: Vec<_> = match req.execute().try_collect().await {
+        Ok(m) => m,
+        // No clsact qdisc (EINVAL) or no device (ENODEV): no filter.
+        Err(rtnetlink::Error::NetlinkError(e))
+            if matches!(e.raw_code().abs(), libc::EINVAL | libc::ENODEV) =>
+        {
+            return Ok(false);
+        }
+        Err(e) => return Err(anyhow!("listing the filters of ifindex {ifindex}: {e}")),
+    };
+    Ok(msgs.iter().any(|m| {
+        u32::from(m.header.handle) == u32::from(HANDLE)
+            && (m.header.info >> 16) as u16 == PRIORITY
+            && m.attributes
+                .iter()
+                .any(|a| matches!(a, TcAttribute::Kind(k) if k == "bpf"))
+            && m.attributes.iter().any(|a| match a {
+                TcAttribute::Options(opts) => opts.iter().any(
+                    |o| matches!(o, TcOption::Bpf(TcFilterBpfOption::ProgName(n)) if n == name),
+                ),
+                _ => false,
+            })
+    }))
+}

@@ -312,6 +312,24 @@ impl Datapath {
         self.legacy.remove_device(dev)
     }
 
+    /// Whether every hook of tap `ifindex` runs this datapath's filter (`internal`: the hooks
+    /// of an interface tap, else of a gateway tap); `h`: a netlink handle in the daemon's
+    /// namespace. Reconcile uses it to find filters removed from outside (e.g.
+    /// `tc qdisc del dev tap… clsact`), which would let packets leave untranslated.
+    pub async fn hooks_in_place(
+        h: &rtnetlink::Handle,
+        ifindex: u32,
+        internal: bool,
+    ) -> Result<bool> {
+        let hooks = if internal { &INTERNAL_HOOKS } else { &HOOKS };
+        for (name, attach_type, _) in hooks {
+            if !filter::in_place(h, ifindex, *attach_type, name).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Writes (or rewrites) the router's config and internal CIDRs.
     ///
     /// Sessions of the router are flushed when its gateway IP changes or SNAT is turned off:

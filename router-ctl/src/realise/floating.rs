@@ -18,9 +18,15 @@ use rtnetlink::Handle;
 
 use super::{PortPlan, Realiser, RouterMemo};
 use crate::{
-    datapath::fip::{FloatingNat, PortForwardNat},
+    datapath::{
+        Datapath,
+        fip::{FloatingNat, PortForwardNat},
+    },
     model::spec::RouterSpec,
-    net::{link, ns::NetnsHandle, ns::in_netns},
+    net::{
+        link,
+        ns::{NetnsHandle, in_netns, with_netlink},
+    },
 };
 
 /// The metadata address, as it sits on the router namespace's `lo`.
@@ -238,6 +244,49 @@ impl Realiser {
             changes.push("floating IPs configured".into());
         }
         memo.floating = Some(new);
+        Ok(())
+    }
+
+    /// Reconcile's check of the filters on the router's taps: a tap whose hooks no longer all
+    /// run our filter (removed from outside) is dropped from the memo, so the converge that
+    /// follows attaches it again. One netlink dump per hook.
+    pub(super) fn check_filters(
+        &self,
+        memo: &mut RouterMemo,
+        changes: &mut Vec<String>,
+    ) -> Result<()> {
+        let mut taps: Vec<(String, u32, bool)> = Vec::new();
+        if let Some((t, idx)) = &memo.attached {
+            taps.push((t.clone(), *idx, false));
+        }
+        if let Some(f) = &memo.floating {
+            taps.extend(f.internal.iter().map(|(t, idx)| (t.clone(), *idx, true)));
+        }
+        if taps.is_empty() {
+            return Ok(());
+        }
+        let missing: Vec<(String, bool)> = with_netlink(&self.daemon_ns, |h| {
+            let taps = &taps;
+            async move {
+                let mut out = Vec::new();
+                for (t, idx, internal) in taps {
+                    if !Datapath::hooks_in_place(&h, *idx, *internal).await? {
+                        out.push((t.clone(), *internal));
+                    }
+                }
+                Ok(out)
+            }
+        })?;
+        for (t, internal) in missing {
+            if internal {
+                if let Some(f) = memo.floating.as_mut() {
+                    f.internal.remove(&t);
+                }
+            } else {
+                memo.attached = None;
+            }
+            changes.push(format!("filters on {t}"));
+        }
         Ok(())
     }
 
