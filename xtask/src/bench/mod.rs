@@ -166,7 +166,6 @@ struct Plan {
     routers_cap: Duration,
     /// `--profile`: where profiles go.
     profiler: Option<profile::Profiler>,
-    out_dir: std::path::PathBuf,
 }
 
 /// Runs every data-path metric on `t`, recording samples and per-metric failures.
@@ -180,7 +179,8 @@ fn measure(t: &Topology, plan: &Plan, round: u32, flow_run: u32, rep: &mut Repor
         };
         let running = p.start(t, m, round)?;
         let r = f();
-        let progs = running.finish(&plan.out_dir)?;
+        let delivered = r.as_ref().map(|r| r.delivered).unwrap_or(0);
+        let progs = running.finish(p, delivered)?;
         for l in progs.lines() {
             eprintln!("bench:     (bpf) {l}");
         }
@@ -292,7 +292,6 @@ pub fn run(args: &BenchArgs, target_dir: &Path, workspace: &Path) -> Result<()> 
         kinds,
         metrics,
         profiler,
-        out_dir: out_dir.clone(),
         routers: if args.quick {
             args.routers.iter().copied().filter(|n| *n <= 10).collect()
         } else {

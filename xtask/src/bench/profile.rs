@@ -18,7 +18,13 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use super::{ns::sh, report::Metric, topo::Topology};
+use std::collections::BTreeMap;
+
+use super::{
+    ns::sh,
+    report::Metric,
+    topo::{Kind, Topology},
+};
 
 /// Commands `--profile` needs (and the packages providing them).
 pub const COMMANDS: &[(&str, &str)] = &[("perf", "linux-perf"), ("bpftool", "bpftool")];
@@ -30,7 +36,19 @@ const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
 /// Profiles runs into `dir`.
 pub struct Profiler {
     dir: PathBuf,
+    /// ns of CPU per packet by symbol, per (config, metric, round) profiled so far.
+    per_packet: std::sync::Mutex<BTreeMap<(Kind, Metric, u32), PerPacket>>,
 }
+
+/// ns of CPU per delivered packet, by symbol, in the sender's context.
+#[derive(Clone, Debug, Default)]
+struct PerPacket {
+    total: f64,
+    by_sym: BTreeMap<String, f64>,
+}
+
+/// `comm` of the sending thread (threads inherit the bench binary's name).
+const SENDER_COMM: &str = "xtask";
 
 /// Counters of one attached program.
 #[derive(Clone, Debug)]
@@ -46,6 +64,7 @@ pub struct Running {
     perf: Option<Child>,
     data: PathBuf,
     stem: String,
+    what: (Kind, Metric, u32),
     prog_pins: Option<PathBuf>,
     before: Vec<ProgStat>,
     stats_were: Option<String>,
@@ -55,7 +74,10 @@ impl Profiler {
     pub fn new(dir: &Path) -> Result<Self> {
         let dir = dir.join("profile");
         std::fs::create_dir_all(&dir)?;
-        Ok(Self { dir })
+        Ok(Self {
+            dir,
+            per_packet: Default::default(),
+        })
     }
 
     /// Starts recording for `metric` of round `round` on `t`.
@@ -83,6 +105,7 @@ impl Profiler {
             perf: Some(perf),
             data,
             stem,
+            what: (t.kind, metric, round),
             prog_pins: t.prog_pins.clone(),
             before,
             stats_were,
@@ -91,8 +114,10 @@ impl Profiler {
 }
 
 impl Running {
-    /// Stops recording and writes the summaries; returns the per-program lines.
-    pub fn finish(mut self, dir: &Path) -> Result<String> {
+    /// Stops recording and writes the summaries (`delivered`: packets the run delivered);
+    /// returns the per-program lines.
+    pub fn finish(mut self, profiler: &Profiler, delivered: u64) -> Result<String> {
+        let dir = profiler.dir.clone();
         self.stop_perf();
         let mut text = String::new();
         if let Some(pins) = &self.prog_pins {
@@ -128,10 +153,32 @@ impl Running {
             .stderr(Stdio::null())
             .output()
             .context("perf report")?;
-        let dir = dir.join("profile");
         std::fs::write(dir.join(format!("{}.txt", self.stem)), &report.stdout)?;
         if !text.is_empty() {
             std::fs::write(dir.join(format!("{}.bpf.txt", self.stem)), &text)?;
+        }
+        if delivered > 0 {
+            let pp = per_packet(&self.data, delivered)?;
+            std::fs::write(
+                dir.join(format!("{}.pkt.txt", self.stem)),
+                render(&pp, delivered),
+            )?;
+            let mut all = profiler
+                .per_packet
+                .lock()
+                .map_err(|_| anyhow::anyhow!("profile table poisoned"))?;
+            all.insert(self.what, pp);
+            let (_, metric, round) = self.what;
+            let base = all.get(&(Kind::Plain, metric, round));
+            for ((k, m, r), other) in all.iter() {
+                if *k == Kind::Plain || *m != metric || *r != round {
+                    continue;
+                }
+                if let Some(base) = base {
+                    let name = format!("diff-{}-{}-r{round}.txt", k.short(), metric.short());
+                    std::fs::write(dir.join(name), render_diff(base, other, *k))?;
+                }
+            }
         }
         Ok(text)
     }
@@ -153,6 +200,86 @@ impl Drop for Running {
     fn drop(&mut self) {
         self.stop_perf();
     }
+}
+
+/// Samples of the sender's `comm` in `data`, by symbol, as ns per delivered packet.
+fn per_packet(data: &Path, delivered: u64) -> Result<PerPacket> {
+    let out = Command::new("perf")
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "--comm",
+            SENDER_COMM,
+            "--sort",
+            "sym",
+            "-g",
+            "none",
+            "-n",
+            "--percent-limit",
+            "0",
+            "-i",
+        ])
+        .arg(data)
+        .stderr(Stdio::null())
+        .output()
+        .context("perf report")?;
+    let hz: f64 = FREQ.parse().unwrap_or(1999.0);
+    let mut pp = PerPacket::default();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        // "    1.23%   456  [k] symbol"
+        let mut it = line.split_whitespace();
+        let (Some(_pct), Some(n), Some(_mode)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        let sym = it.collect::<Vec<_>>().join(" ");
+        let ns = n as f64 / hz / delivered as f64 * 1e9;
+        *pp.by_sym.entry(sym).or_default() += ns;
+        pp.total += ns;
+    }
+    Ok(pp)
+}
+
+fn render(pp: &PerPacket, delivered: u64) -> String {
+    let mut s = format!(
+        "# ns of CPU per delivered packet in the sender's context ({delivered} packets): {:.0} in total\n",
+        pp.total
+    );
+    let mut v: Vec<_> = pp.by_sym.iter().collect();
+    v.sort_by(|a, b| b.1.total_cmp(a.1));
+    for (sym, ns) in v.iter().take(80) {
+        let _ = writeln!(s, "{ns:8.1}  {sym}");
+    }
+    s
+}
+
+fn render_diff(plain: &PerPacket, other: &PerPacket, kind: Kind) -> String {
+    let mut s = format!(
+        "# ns of CPU per delivered packet: plain {:.0}, {} {:.0}, difference {:+.0}\n# plain  {:>6}  diff  symbol\n",
+        plain.total,
+        kind.short(),
+        other.total,
+        other.total - plain.total,
+        kind.short()
+    );
+    let mut syms: Vec<&String> = plain.by_sym.keys().chain(other.by_sym.keys()).collect();
+    syms.sort();
+    syms.dedup();
+    let get = |pp: &PerPacket, k: &String| pp.by_sym.get(k).copied().unwrap_or(0.0);
+    syms.sort_by(|a, b| {
+        let da = get(other, a) - get(plain, a);
+        let db = get(other, b) - get(plain, b);
+        db.total_cmp(&da)
+    });
+    for sym in syms.iter().take(60) {
+        let (a, b) = (get(plain, sym), get(other, sym));
+        let _ = writeln!(s, "{a:7.1} {b:7.1} {:+7.1}  {sym}", b - a);
+    }
+    s
 }
 
 /// The daemon's programs (those using the SESSIONS map pinned under `pins`), with their run
