@@ -617,11 +617,8 @@ impl Realiser {
             changes.extend(made.iter().map(|t| format!("veth {t}")));
         }
 
-        // 5. Datapath. Reconcile (`known`) also checks that the taps still run our filters.
+        // 5. Datapath.
         let mut memo = lock(&self.memo).get(&spec.id).cloned().unwrap_or_default();
-        if known.is_some() {
-            self.check_filters(&mut memo, &mut changes)?;
-        }
         let gw_plan = ports.iter().find(|p| p.gateway);
         let stale_attach = memo
             .attached
@@ -1040,6 +1037,18 @@ impl Realiser {
             .passes
             .fetch_add(1, Ordering::Relaxed)
             .is_multiple_of(FULL_CHECK_EVERY);
+        if full {
+            // Filters removed from outside: the converge below attaches them again.
+            let _g = self.lock_op();
+            match self.check_filters(&desired.routers) {
+                Ok(missing) => report.repaired.extend(
+                    missing
+                        .into_iter()
+                        .map(|(router, tap)| format!("router {router}: filters on {tap}")),
+                ),
+                Err(e) => report.failed.push(format!("checking the filters: {e:#}")),
+            }
+        }
         for r in &desired.routers {
             if self.recently_removed(&format!("router:{}", r.id)) {
                 continue;

@@ -247,47 +247,59 @@ impl Realiser {
         Ok(())
     }
 
-    /// Reconcile's check of the filters on the router's taps: a tap whose hooks no longer all
-    /// run our filter (removed from outside) is dropped from the memo, so the converge that
-    /// follows attaches it again. One netlink dump per hook.
-    pub(super) fn check_filters(
-        &self,
-        memo: &mut RouterMemo,
-        changes: &mut Vec<String>,
-    ) -> Result<()> {
-        let mut taps: Vec<(String, u32, bool)> = Vec::new();
-        if let Some((t, idx)) = &memo.attached {
-            taps.push((t.clone(), *idx, false));
-        }
-        if let Some(f) = &memo.floating {
-            taps.extend(f.internal.iter().map(|(t, idx)| (t.clone(), *idx, true)));
+    /// Reconcile's check of the filters on the taps of `routers` (as the memo records them
+    /// attached): a tap whose hooks no longer all run our filter (removed from outside) is
+    /// dropped from its router's memo, so the next converge attaches it again. One netlink
+    /// connection for the pass, one dump per hook. Returns `(router id, tap)` of those.
+    pub(super) fn check_filters(&self, routers: &[RouterSpec]) -> Result<Vec<(String, String)>> {
+        let mut taps: Vec<(String, String, u32, bool)> = Vec::new();
+        {
+            let memo = super::lock(&self.memo);
+            for r in routers {
+                let Some(m) = memo.get(&r.id) else { continue };
+                if let Some((t, idx)) = &m.attached {
+                    taps.push((r.id.clone(), t.clone(), *idx, false));
+                }
+                if let Some(f) = &m.floating {
+                    taps.extend(
+                        f.internal
+                            .iter()
+                            .map(|(t, idx)| (r.id.clone(), t.clone(), *idx, true)),
+                    );
+                }
+            }
         }
         if taps.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let missing: Vec<(String, bool)> = with_netlink(&self.daemon_ns, |h| {
+        let missing: Vec<(String, String, bool)> = with_netlink(&self.daemon_ns, |h| {
             let taps = &taps;
             async move {
                 let mut out = Vec::new();
-                for (t, idx, internal) in taps {
+                for (router, t, idx, internal) in taps {
                     if !Datapath::hooks_in_place(&h, *idx, *internal).await? {
-                        out.push((t.clone(), *internal));
+                        out.push((router.clone(), t.clone(), *internal));
                     }
                 }
                 Ok(out)
             }
         })?;
-        for (t, internal) in missing {
-            if internal {
-                if let Some(f) = memo.floating.as_mut() {
-                    f.internal.remove(&t);
+        let mut memo = super::lock(&self.memo);
+        for (router, t, internal) in &missing {
+            let Some(m) = memo.get_mut(router) else {
+                continue;
+            };
+            if *internal {
+                if let Some(f) = m.floating.as_mut() {
+                    f.internal.remove(t);
                 }
             } else {
-                memo.attached = None;
+                m.attached = None;
             }
-            changes.push(format!("filters on {t}"));
+            // Not converged any more: the outside-only check must not skip it.
+            m.spec = None;
         }
-        Ok(())
+        Ok(missing.into_iter().map(|(r, t, _)| (r, t)).collect())
     }
 
     /// Registers the hook told about routers coming up and going (the metadata proxies).
