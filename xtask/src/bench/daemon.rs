@@ -36,7 +36,7 @@ const PROBE_PORT: u16 = 20300;
 
 /// Why (e) has no numbers: the datapath offers no separate fast path to switch on yet.
 pub fn fast_path_status() -> String {
-    "not run: the datapath has no separate fast path (e.g. TC redirect of established flows past the router namespace) to enable yet; slot reserved".into()
+    "not run: the datapath has no separate fast path (e.g. TC redirect of established flows past the router namespace) to enable yet; docs/BENCH.md \"A fast path (e): what it would take\" describes one".into()
 }
 
 /// A temp directory with a private bpffs mounted inside, removed (and unmounted) on drop.
