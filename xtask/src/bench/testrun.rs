@@ -105,8 +105,11 @@ fn configure(ebpf: &mut Ebpf) -> Result<()> {
         1,
         0,
     )?;
-    if let Some(m) = ebpf.map_mut(maps::ROUTER_STATS) {
-        let mut stats: PerCpuHashMap<_, u32, RouterStats> = PerCpuHashMap::try_from(m)?;
+    // Objects before LAYOUT_VERSION 5 (A/B runs) kept the counters in a per-CPU hash that
+    // needs the router's entry; since then it is an array with every slot in place.
+    if let Some(m) = ebpf.map_mut(maps::ROUTER_STATS)
+        && let Ok(mut stats) = PerCpuHashMap::<_, u32, RouterStats>::try_from(m)
+    {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         stats.insert(
             DP_ID,
