@@ -20,9 +20,7 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TcContext,
 };
-use router_common::{
-    DIR_IN, DIR_OUT, MAX_INTERNAL_IFS, ROUTER_F_FLOATING, RouterConfig, stat,
-};
+use router_common::{DIR_IN, DIR_OUT, MAX_INTERNAL_IFS, ROUTER_F_FLOATING, RouterConfig, stat};
 
 use crate::{
     csum::{l4_csum, rewrite_addr, rewrite_port},

@@ -40,7 +40,10 @@ fn hook_programs(host: &Netns, gw_tap: &str, qr_tap: &str) -> [u64; 2] {
     };
     for hook in ["ingress", "egress"] {
         let f = tc_filters(host, qr_tap, hook);
-        assert!(f.is_empty(), "{qr_tap} {hook} of a router without FIPs: {f:?}");
+        assert!(
+            f.is_empty(),
+            "{qr_tap} {hook} of a router without FIPs: {f:?}"
+        );
     }
     [
         one(gw_tap, "ingress", programs::SNAT_OUT),

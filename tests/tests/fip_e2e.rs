@@ -741,7 +741,10 @@ fn metadata_reaches_the_upstream_with_router_and_instance_headers() {
     let listening = enter_named(&t.router_ns(), || {
         TcpStream::connect_timeout(&(METADATA, 80).into(), Duration::from_secs(2)).is_ok()
     });
-    assert!(listening, "no metadata proxy on port 80 inside the router namespace");
+    assert!(
+        listening,
+        "no metadata proxy on port 80 inside the router namespace"
+    );
     // Nothing listens on Neutron's 9697 any more (nothing redirects to it).
     assert!(
         connect(&t.vm2, (METADATA, 9697).into()).is_none(),

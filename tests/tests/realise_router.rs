@@ -646,14 +646,18 @@ fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
             .map(|f| f.prog)
             .collect()
     };
-    assert!(progs(&qr_tap, "egress").is_empty(), "no FIP, no hairpin hook");
+    assert!(
+        progs(&qr_tap, "egress").is_empty(),
+        "no FIP, no hairpin hook"
+    );
     let mut with_fip = spec.clone();
     with_fip.floating_ips = vec![FloatingIpSpec {
         floating_ip: "203.0.113.50".parse().expect("ip"),
         fixed_ip: Some("10.0.1.5".parse().expect("ip")),
     }];
     let want = desired(&[&ext, &int], &[&with_fip]);
-    h.call(|r| r.apply_router(&with_fip)).expect("apply with a FIP");
+    h.call(|r| r.apply_router(&with_fip))
+        .expect("apply with a FIP");
     let want_filters = || {
         progs(&gw_tap, "ingress") == [programs::SNAT_OUT]
             && progs(&gw_tap, "egress") == [programs::SNAT_IN]
@@ -699,7 +703,10 @@ fn hairpin_hook_is_attached_only_while_the_router_has_floating_ips() {
     }
     let qr1 = port(&int1, 1, "10.0.1.1", "10.0.1.0/24");
     let qr2 = port(&int2, 3, "10.0.2.1", "10.0.2.0/24");
-    let gw = gateway(port(&ext, 2, "203.0.113.10", "203.0.113.0/24"), "203.0.113.1");
+    let gw = gateway(
+        port(&ext, 2, "203.0.113.10", "203.0.113.0/24"),
+        "203.0.113.1",
+    );
     let (tap1, tap2) = (names::tap_dev(&qr1.port_id), names::tap_dev(&qr2.port_id));
     let progs = |h: &RealiserHost, dev: &str| -> (Vec<String>, Vec<String>) {
         let names = |hook: &str| -> Vec<String> {
@@ -711,7 +718,10 @@ fn hairpin_hook_is_attached_only_while_the_router_has_floating_ips() {
         (names("egress"), names("ingress"))
     };
     let none = (Vec::<String>::new(), Vec::<String>::new());
-    let hairpin = (vec![programs::INTERNAL_IN.to_string()], Vec::<String>::new());
+    let hairpin = (
+        vec![programs::INTERNAL_IN.to_string()],
+        Vec::<String>::new(),
+    );
 
     // No floating IP: the interface tap runs nothing.
     let mut spec = router(4, vec![qr1.clone()], Some(gw.clone()));
@@ -730,7 +740,8 @@ fn hairpin_hook_is_attached_only_while_the_router_has_floating_ips() {
         internal_ip: "10.0.1.5".parse().expect("ip"),
         internal_port: 22,
     }];
-    h.call(|r| r.apply_router(&spec)).expect("apply with a port forwarding");
+    h.call(|r| r.apply_router(&spec))
+        .expect("apply with a port forwarding");
     assert_eq!(progs(&h, &tap1), hairpin, "port forwarding");
 
     // An interface added to such a router gets the hook too; a FIP as well as the forwarding.
@@ -739,14 +750,17 @@ fn hairpin_hook_is_attached_only_while_the_router_has_floating_ips() {
         floating_ip: "203.0.113.50".parse().expect("ip"),
         fixed_ip: Some("10.0.2.5".parse().expect("ip")),
     });
-    h.call(|r| r.apply_router(&spec)).expect("apply with a second interface");
+    h.call(|r| r.apply_router(&spec))
+        .expect("apply with a second interface");
     assert_eq!(progs(&h, &tap1), hairpin);
     assert_eq!(progs(&h, &tap2), hairpin, "the new interface's tap");
 
     // A restart keeps the hook on both (the new run's program in place of the old one).
     h.restart(&[]);
     let want = desired(&[&ext, &int1, &int2], &[&spec]);
-    let rep = h.call(|r| r.reconcile(&want)).expect("reconcile after restart");
+    let rep = h
+        .call(|r| r.reconcile(&want))
+        .expect("reconcile after restart");
     assert!(rep.failed.is_empty(), "{rep:?}");
     assert_eq!(progs(&h, &tap1), hairpin, "after a restart");
     assert_eq!(progs(&h, &tap2), hairpin, "after a restart");
@@ -754,10 +768,12 @@ fn hairpin_hook_is_attached_only_while_the_router_has_floating_ips() {
     // The forwarding gone, the FIP keeps the hook; the last one gone, it is off every tap.
     spec.port_forwardings.clear();
     spec.floating_ips.retain(|f| f.fixed_ip.is_some());
-    h.call(|r| r.apply_router(&spec)).expect("apply with the FIP only");
+    h.call(|r| r.apply_router(&spec))
+        .expect("apply with the FIP only");
     assert_eq!(progs(&h, &tap1), hairpin);
     spec.floating_ips.clear();
-    h.call(|r| r.apply_router(&spec)).expect("apply without FIPs");
+    h.call(|r| r.apply_router(&spec))
+        .expect("apply without FIPs");
     assert_eq!(progs(&h, &tap1), none, "last FIP gone");
     assert_eq!(progs(&h, &tap2), none, "last FIP gone");
 
@@ -778,13 +794,23 @@ fn hairpin_hook_is_attached_only_while_the_router_has_floating_ips() {
         floating_ip: "203.0.113.50".parse().expect("ip"),
         fixed_ip: Some("10.0.2.5".parse().expect("ip")),
     }];
-    h.call(|r| r.apply_router(&spec)).expect("apply with a FIP again");
+    h.call(|r| r.apply_router(&spec))
+        .expect("apply with a FIP again");
     assert_eq!(progs(&h, &tap2), hairpin);
     h.restart(&[]);
     spec.floating_ips.clear();
-    h.call(|r| r.apply_router(&spec)).expect("apply without FIPs after restart");
-    assert_eq!(progs(&h, &tap1), none, "stale filter removed after a restart");
-    assert_eq!(progs(&h, &tap2), none, "stale filter removed after a restart");
+    h.call(|r| r.apply_router(&spec))
+        .expect("apply without FIPs after restart");
+    assert_eq!(
+        progs(&h, &tap1),
+        none,
+        "stale filter removed after a restart"
+    );
+    assert_eq!(
+        progs(&h, &tap2),
+        none,
+        "stale filter removed after a restart"
+    );
 }
 
 #[test]

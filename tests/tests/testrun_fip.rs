@@ -422,7 +422,10 @@ fn metadata_traffic_is_left_to_the_proxy_and_unreachable_from_outside() {
     for port in [80, 9697] {
         let outside = tcp_frame(SRV, 40000, META, port, SYN);
         let (rc, got) = fx.run("snat_in", &outside);
-        assert_eq!(rc, SHOT, "metadata proxy reached from outside on port {port}");
+        assert_eq!(
+            rc, SHOT,
+            "metadata proxy reached from outside on port {port}"
+        );
         assert_eq!(got, outside);
     }
 }

@@ -17,8 +17,8 @@ use router_common::{
 };
 
 use super::{
-    Datapath, INTERNAL_HOOKS, Inner, LEGACY_HOOKS, filter, ifindex_of, mirror::Mirrored, read_sessions,
-    remove_missing_ok, take,
+    Datapath, INTERNAL_HOOKS, Inner, LEGACY_HOOKS, filter, ifindex_of, mirror::Mirrored,
+    read_sessions, remove_missing_ok, take,
 };
 
 /// Typed handles of the floating-IP maps.
