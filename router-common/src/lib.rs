@@ -42,10 +42,11 @@ pub mod programs {
     /// TC egress of the bridge-side peer of `qg-`: packets entering the router are un-NATed.
     pub const SNAT_IN: &str = "snat_in";
     /// TC egress of the bridge-side peer of a `qr-`: packets entering the router from a tenant
-    /// network (hairpin to floating IPs, metadata redirect).
+    /// network (hairpin to floating IPs), on routers with floating IPs or port forwardings.
     pub const INTERNAL_IN: &str = "internal_in";
-    /// TC ingress of the bridge-side peer of a `qr-`: packets the router sends to a tenant
-    /// network (metadata replies).
+    /// Not in the object any more: earlier versions ran it on the ingress of the `qr-` taps to
+    /// turn the metadata proxy's replies from port 9697 back into 80. The daemon removes the
+    /// filters an earlier run left with this name.
     pub const INTERNAL_OUT: &str = "internal_out";
 }
 
@@ -233,11 +234,9 @@ pub mod stat {
     pub const FIP_PACKETS: usize = 13;
     /// Packets translated by a port forwarding (either direction).
     pub const PF_PACKETS: usize = 14;
-    /// TCP connections redirected to the metadata proxy, and direct accesses to the proxy
-    /// port dropped.
-    pub const METADATA_REDIRECTS: usize = 15;
-    /// Number of counters in use (the array holds 16).
-    pub const COUNT: usize = 16;
+    /// Number of counters in use (the array holds 16; slot 15 counted metadata redirects
+    /// until the proxy listened on port 80 itself).
+    pub const COUNT: usize = 15;
     /// Human names, indexed by counter.
     pub const NAMES: [&str; COUNT] = [
         "out_packets",
@@ -255,15 +254,13 @@ pub mod stat {
         "icmp_errors",
         "fip_packets",
         "pf_packets",
-        "metadata_redirects",
     ];
 }
 
-/// Metadata: the well-known address instances ask, the port they ask on, and the port of the
-/// proxy inside the router namespace (Neutron's 9697) the datapath redirects them to.
+/// Metadata: the well-known address instances ask and the port they ask on; the daemon's proxy
+/// listens on exactly that inside each router namespace (the address sits on its `lo`).
 pub const METADATA_IP: [u8; 4] = [169, 254, 169, 254];
 pub const METADATA_PORT: u16 = 80;
-pub const METADATA_PROXY_PORT: u16 = 9697;
 
 /// Key of `FLOATING_IPS`: `DIR_OUT` entries are keyed by the fixed IP (value: the floating
 /// IP), `DIR_IN` entries by the floating IP (value: the fixed IP).

@@ -1,15 +1,18 @@
 //! The metadata proxy, served by the daemon itself (no helper process per router).
 //!
-//! Instances ask `http://169.254.169.254/`. The datapath (`internal_in` on the router's `qr-`
-//! taps) rewrites TCP port 80 to that address into port 9697 and drops anything sent to 9697
-//! directly; `internal_out` turns the replies' port back. 169.254.169.254/32 sits on the router
-//! namespace's `lo` (see `realise::floating`), and this module listens on
-//! 169.254.169.254:9697 inside each router namespace: the listener is created on a thread that
-//! entered the namespace (a socket keeps the namespace it was created in) and served from the
-//! daemon's tokio runtime.
+//! Instances ask `http://169.254.169.254/`. 169.254.169.254/32 sits on the router namespace's
+//! `lo` (see `realise::floating`), and this module listens on 169.254.169.254:80 inside each
+//! router namespace, so instances reach it through plain routing: no datapath program rewrites
+//! ports (Neutron redirects port 80 to a proxy on 9697 with iptables; a listener on the
+//! well-known port itself needs no redirect, and the tenant traffic of routers without
+//! floating IPs runs no program on the router's internal side). The listener is created on a
+//! thread that entered the namespace (a socket keeps the namespace it was created in; binding
+//! port 80 needs the daemon's `CAP_NET_BIND_SERVICE`) and served from the daemon's tokio
+//! runtime. Nothing from the external network reaches the address: `snat_in` drops packets to
+//! it on the gateway tap.
 //!
 //! Each request is forwarded to `[metadata] upstream` with `X-Forwarded-For` (the instance's
-//! address: the datapath kept the source) and `X-Neutron-Router-ID`, as Neutron's
+//! address, the connection's peer) and `X-Neutron-Router-ID`, as Neutron's
 //! `neutron-ns-metadata-proxy` does. Without an upstream the proxy answers 503 with a message
 //! saying so.
 
@@ -107,7 +110,7 @@ impl RouterHook for MetadataProxies {
         }
         // Gone, or in a namespace since replaced (deleted from outside and rebuilt): anew.
         servers.remove(router_id);
-        let addr = SocketAddrV4::new(METADATA_ADDR, router_common::METADATA_PROXY_PORT);
+        let addr = SocketAddrV4::new(METADATA_ADDR, router_common::METADATA_PORT);
         let listener = in_netns(ns, || {
             let l = std::net::TcpListener::bind(addr)
                 .with_context(|| format!("binding the metadata proxy on {addr}"))?;

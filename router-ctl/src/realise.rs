@@ -547,7 +547,13 @@ impl Realiser {
 
         // 3. Inside: namespace settings, extra devices out, configure what is present.
         let desired_inner: HashSet<String> = ports.iter().map(|p| p.inner.clone()).collect();
-        let mut inside = self.inside_pass(spec, &ports, &router_ns, &desired_inner, true)?;
+        // Sysctls: on a namespace made by this call, and on every reconcile.
+        let sysctls = known.is_some()
+            || created
+                .iter()
+                .any(|c| matches!(c, Created::Netns(n) if n == &ns_name));
+        let mut inside =
+            self.inside_pass(spec, &ports, &router_ns, &desired_inner, true, sysctls)?;
         let removed_gw_taps: Vec<String> = inside
             .removed
             .iter()
@@ -702,7 +708,8 @@ impl Realiser {
         // programs are attached and know every internal CIDR, so no packet from an internal
         // source can leave through a new `qg-` (or from a new subnet) untranslated.
         if configure_new {
-            let mut again = self.inside_pass(spec, &ports, &router_ns, &desired_inner, false)?;
+            let mut again =
+                self.inside_pass(spec, &ports, &router_ns, &desired_inner, false, false)?;
             changes.append(&mut again.changed);
             inside.announce.append(&mut again.announce);
         }
@@ -804,9 +811,13 @@ impl Realiser {
         res.map(|()| made)
     }
 
-    /// One netlink session inside the router namespace: `lo` up and sysctls, extra `qr-`/`qg-`
-    /// devices deleted (`prune`), and every present port device configured (MAC, up, address,
-    /// gateway routes).
+    /// One netlink session inside the router namespace: `lo` up, sysctls (`sysctls`), extra
+    /// `qr-`/`qg-` devices deleted (`prune`), and every present port device configured (MAC,
+    /// up, address, gateway routes).
+    ///
+    /// Sysctls are written when the namespace is new and checked by reconcile, not on every
+    /// API call: each `/proc/sys` look-up is O(namespaces) on the kernel side (the sysctl
+    /// dentries of all namespaces share hash chains), ~8 per router change with 1000 routers.
     fn inside_pass(
         &self,
         spec: &RouterSpec,
@@ -814,18 +825,21 @@ impl Realiser {
         router_ns: &NetnsHandle,
         desired_inner: &HashSet<String>,
         prune: bool,
+        sysctls: bool,
     ) -> Result<InsideReport> {
         with_netlink(router_ns, |h| async move {
             let mut rep = InsideReport::default();
-            for (k, v) in [
-                ("ipv4/ip_forward", "1"),
-                ("ipv4/conf/all/arp_ignore", "1"),
-                ("ipv4/conf/all/arp_announce", "2"),
-            ]
-            .into_iter()
-            .chain(floating::SYSCTLS)
-            {
-                ns::write_sysctl(k, v)?;
+            if sysctls {
+                for (k, v) in [
+                    ("ipv4/ip_forward", "1"),
+                    ("ipv4/conf/all/arp_ignore", "1"),
+                    ("ipv4/conf/all/arp_announce", "2"),
+                ]
+                .into_iter()
+                .chain(floating::SYSCTLS)
+                {
+                    ns::write_sysctl(k, v)?;
+                }
             }
             let links = link::dump_links(&h).await?;
             if let Some(lo) = links.iter().find(|l| l.name == "lo")

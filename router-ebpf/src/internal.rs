@@ -2,21 +2,17 @@
 //! keyed in `INTERNAL_IFS` by that tap's ifindex in the daemon's namespace.
 //!
 //! `internal_in` (egress of the tap: packets entering the router from a tenant network, before
-//! the router's routing):
-//! - TCP to 169.254.169.254:80 has its destination port rewritten to the metadata proxy's
-//!   port (9697); the proxy listens on 169.254.169.254:9697 in the router namespace, where that
-//!   address sits on `lo`. TCP to port 9697 sent directly is dropped, so the proxy is reachable
-//!   only through the redirect (as Neutron's iptables rules make it; the proxy listens on no
-//!   other address).
-//! - Hairpin: a packet to a floating IP (or a forwarded port) of this router is translated to
-//!   the fixed IP here, because the router would otherwise take it for one of its own addresses.
-//!   Its source is translated too — to the sender's own floating IP (or port forwarding) if it
-//!   has one, else to the gateway IP with a SNAT session — so the reply comes back through the
-//!   router, as Neutron does. A reply to such a gateway-SNATed flow (destination = gateway IP,
-//!   matching a session) is translated back here, and its source to the replier's floating IP.
+//! the router's routing) does the hairpin: a packet to a floating IP (or a forwarded port) of
+//! this router is translated to the fixed IP here, because the router would otherwise take it
+//! for one of its own addresses. Its source is translated too — to the sender's own floating IP
+//! (or port forwarding) if it has one, else to the gateway IP with a SNAT session — so the
+//! reply comes back through the router, as Neutron does. A reply to such a gateway-SNATed flow
+//! (destination = gateway IP, matching a session) is translated back here, and its source to
+//! the replier's floating IP.
 //!
-//! `internal_out` (ingress of the tap: packets the router sends to a tenant network): replies
-//! of the metadata proxy get their source port 9697 turned back into 80.
+//! The daemon attaches it only to the taps of routers that have a floating IP or a port
+//! forwarding: other routers' tenant traffic never runs it. The metadata proxy needs no
+//! program: it listens on 169.254.169.254:80 itself, inside the router namespace.
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
@@ -24,17 +20,14 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TcContext,
 };
-use router_common::{
-    DIR_IN, DIR_OUT, MAX_INTERNAL_IFS, METADATA_IP, METADATA_PORT, METADATA_PROXY_PORT,
-    ROUTER_F_FLOATING, RouterConfig, ip_to_wire, stat,
-};
+use router_common::{DIR_IN, DIR_OUT, MAX_INTERNAL_IFS, ROUTER_F_FLOATING, RouterConfig, stat};
 
 use crate::{
     csum::{l4_csum, rewrite_addr, rewrite_port},
     fip::{L4, fip_lookup, load_l4, pf_lookup},
     maps::{count, count_global},
     nat::ifindex,
-    parse::{ICMP_ID, IP_DST, IP_SRC, IPPROTO_ICMP, IPPROTO_TCP, Packet, load_ipv4, validate},
+    parse::{ICMP_ID, IP_DST, IP_SRC, IPPROTO_ICMP, Packet, load_ipv4, validate},
     session::{key, snat_port, touch_in},
 };
 
@@ -71,22 +64,6 @@ pub fn internal_in(ctx: &TcContext) -> Result<i32, i32> {
     };
     let l = load_l4(ctx, &pkt);
     let csum = l4_csum(pkt.ip.proto, pkt.l4);
-
-    // Metadata. The proxy listens only on 169.254.169.254:9697, so dropping direct TCP to
-    // that socket is what keeps it reachable only through the redirect (port 9697 elsewhere,
-    // e.g. on an internet server, is none of our business).
-    if l.ports && l.proto == IPPROTO_TCP && pkt.ip.dst == ip_to_wire(METADATA_IP) {
-        if l.dport == METADATA_PROXY_PORT.to_be() {
-            count(rid, stat::DROP_INVALID, 1);
-            return Err(SHOT);
-        }
-        if l.dport == METADATA_PORT.to_be() {
-            rewrite_port(ctx, pkt.l4 + 2, l.dport, METADATA_PROXY_PORT.to_be(), csum)
-                .map_err(|_| SHOT)?;
-            count(rid, stat::METADATA_REDIRECTS, 1);
-            return Ok(OK);
-        }
-    }
 
     // Hairpin to a forwarded port or a floating IP of this router.
     let floating = cfg.flags & ROUTER_F_FLOATING != 0;
@@ -180,38 +157,5 @@ fn hairpin_source(
     rewrite_port(ctx, port_off, sport, port, csum)
         .and_then(|()| rewrite_addr(ctx, IP_SRC, pkt.ip.src, cfg.gateway_ip, c))
         .map_err(|_| SHOT)?;
-    Ok(OK)
-}
-
-/// Entry of `internal_out`: metadata proxy replies get their port back.
-pub fn internal_out(ctx: &TcContext) -> Result<i32, i32> {
-    // The header check first: nearly every packet is not the proxy's, and leaves without the
-    // config lookup (81 → 56 ns per packet in TestRun).
-    let Ok(ip) = load_ipv4(ctx) else {
-        return Ok(OK);
-    };
-    if ip.src != ip_to_wire(METADATA_IP) || ip.proto != IPPROTO_TCP {
-        return Ok(OK);
-    }
-    let Some(cfg) = internal_config(ifindex(ctx)) else {
-        return Ok(OK);
-    };
-    let Ok(pkt) = validate(ctx, ip) else {
-        return Ok(OK);
-    };
-    let l = load_l4(ctx, &pkt);
-    if l.ports && l.sport == METADATA_PROXY_PORT.to_be() {
-        rewrite_port(
-            ctx,
-            pkt.l4,
-            l.sport,
-            METADATA_PORT.to_be(),
-            l4_csum(pkt.ip.proto, pkt.l4),
-        )
-        .map_err(|_| {
-            count(cfg.router_id, stat::DROP_MALFORMED, 1);
-            SHOT
-        })?;
-    }
     Ok(OK)
 }

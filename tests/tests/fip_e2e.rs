@@ -178,6 +178,45 @@ impl Topology {
             .unwrap_or_else(|| panic!("sessions is not a list"))
     }
 
+    /// The tap of the router's interface on the tenant network (daemon namespace).
+    fn qr_tap(&self) -> String {
+        let (_, ports) = self
+            .d
+            .get(&format!("/v2.0/ports?device_id={}", self.router_id));
+        ports["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .find(|p| p["device_owner"] == "network:router_interface")
+            .map(|p| names::tap_dev(&s(&p["id"])))
+            .expect("interface port")
+    }
+
+    /// Programs of the filters on the interface tap's `hook` (ingress, egress).
+    fn qr_progs(&self, hook: &str) -> Vec<String> {
+        tc_filters(&self.host, &self.qr_tap(), hook)
+            .into_iter()
+            .map(|f| f.prog)
+            .collect()
+    }
+
+    /// Asserts the interface tap runs the hairpin hook (`internal_in` on egress, one filter)
+    /// or, `false`, no filter at all.
+    #[track_caller]
+    fn assert_hairpin_hook(&self, attached: bool) {
+        let want: Vec<String> = if attached {
+            vec![programs::INTERNAL_IN.to_string()]
+        } else {
+            Vec::new()
+        };
+        assert_eq!(self.qr_progs("egress"), want, "egress of the interface tap");
+        assert_eq!(
+            self.qr_progs("ingress"),
+            Vec::<String>::new(),
+            "ingress of the interface tap"
+        );
+    }
+
     /// `router-ctl stats r1`, as JSON.
     fn stats(&self) -> Value {
         cli_json(&self.d, &["stats", "r1"])
@@ -287,6 +326,8 @@ fn floating_ip_translates_both_ways_hairpins_and_disassociates() {
         !addresses(&t.router_ns(), &qg).contains(&format!("{f1_ip}/32")),
         "an unassociated floating IP is not on {qg}"
     );
+    // Nothing to hairpin to yet: no program on the interface tap.
+    t.assert_hairpin_hook(false);
 
     // Associate: gratuitous ARP seen on the external network, the /32 on qg-.
     assert_eq!(neighbour(&t.inet, f1_ip), None);
@@ -298,6 +339,7 @@ fn floating_ip_translates_both_ways_hairpins_and_disassociates() {
     assert_eq!(f1["router_id"], t.router_id.as_str(), "{f1}");
     assert_eq!(f1["fixed_ip_address"], t.vm1_ip.to_string(), "{f1}");
     assert_eq!(f1["port_id"], t.vm1_port.as_str(), "{f1}");
+    t.assert_hairpin_hook(true);
     let deadline = Instant::now() + Duration::from_secs(3);
     while neighbour(&t.inet, f1_ip).is_none() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
@@ -477,24 +519,10 @@ fn floating_ip_translates_both_ways_hairpins_and_disassociates() {
         "only the gateway address is left on {qg}"
     );
 
-    // The interface's tap runs internal_in/internal_out, one filter each; removing the
-    // interface takes the tap and its filters away.
-    let (_, ports) = d.get(&format!("/v2.0/ports?device_id={}", t.router_id));
-    let qr_tap = ports["ports"]
-        .as_array()
-        .expect("ports")
-        .iter()
-        .find(|p| p["device_owner"] == "network:router_interface")
-        .map(|p| names::tap_dev(&s(&p["id"])))
-        .expect("interface port");
-    let progs = |hook: &str| -> Vec<String> {
-        tc_filters(&t.host, &qr_tap, hook)
-            .into_iter()
-            .map(|f| f.prog)
-            .collect()
-    };
-    assert_eq!(progs("egress"), vec![programs::INTERNAL_IN.to_string()]);
-    assert_eq!(progs("ingress"), vec![programs::INTERNAL_OUT.to_string()]);
+    // The last floating IP gone, the hairpin hook is off the interface tap; removing the
+    // interface takes the tap away.
+    t.assert_hairpin_hook(false);
+    let qr_tap = t.qr_tap();
     cli(d, &["router", "interface", "remove", "r1", "tenant-v4"]);
     assert!(
         !t.host
@@ -707,14 +735,22 @@ fn metadata_reaches_the_upstream_with_router_and_instance_headers() {
         "{head}"
     );
 
-    // Port 9697 is reachable only through the redirect.
-    for target in [METADATA, Ipv4Addr::new(10, 40, 0, 1)] {
-        assert!(
-            connect(&t.vm2, (target, 9697).into()).is_none(),
-            "direct TCP to {target}:9697 was accepted"
-        );
-    }
-    // Nor from the external network, even with a route to it through the router.
+    // Served on port 80 itself, with no program on the router's internal side: this router has
+    // no floating IP.
+    t.assert_hairpin_hook(false);
+    let listening = enter_named(&t.router_ns(), || {
+        TcpStream::connect_timeout(&(METADATA, 80).into(), Duration::from_secs(2)).is_ok()
+    });
+    assert!(
+        listening,
+        "no metadata proxy on port 80 inside the router namespace"
+    );
+    // Nothing listens on Neutron's 9697 any more (nothing redirects to it).
+    assert!(
+        connect(&t.vm2, (METADATA, 9697).into()).is_none(),
+        "TCP to {METADATA}:9697 was accepted"
+    );
+    // The external network cannot reach the proxy, even with a route to it through the router.
     t.inet.ip(&[
         "route",
         "add",
@@ -723,18 +759,18 @@ fn metadata_reaches_the_upstream_with_router_and_instance_headers() {
         &t.gw_ip.to_string(),
     ]);
     assert!(
-        connect(&t.inet, (METADATA, 9697).into()).is_none(),
+        connect(&t.inet, (METADATA, 80).into()).is_none(),
         "the metadata proxy is reachable from the external network"
     );
-    // The proxy does listen in the router namespace.
-    let listening = enter_named(&t.router_ns(), || {
-        TcpStream::connect_timeout(&(METADATA, 9697).into(), Duration::from_secs(2)).is_ok()
-    });
-    assert!(listening, "no metadata proxy inside the router namespace");
-    let stats = t.stats();
+    // A second request from the other VM names that VM.
+    let upstream = fake_upstream(&meta, "10.199.0.2:8775".parse().expect("addr"));
+    let (status, body) =
+        metadata_get(&t.vm2).unwrap_or_else(|| panic!("no metadata answer\n{}", t.d.log()));
+    assert_eq!(status, 200, "{body}");
+    let head = upstream.join().expect("upstream thread").to_lowercase();
     assert!(
-        stats["metadata_redirects"].as_u64().unwrap_or(0) >= 3,
-        "{stats}"
+        head.contains(&format!("x-forwarded-for: {}", t.vm2_ip)),
+        "{head}"
     );
     let _ = (
         &t.inet,
@@ -807,6 +843,8 @@ fn floating_ips_forwardings_and_metadata_survive_a_daemon_restart() {
     };
     echo(&mut client, &mut server, "before the restart");
     assert_eq!(metadata_get(&t.vm1).map(|r| r.0), Some(503));
+    t.assert_hairpin_hook(true);
+    let hairpin_prog = tc_filters(&t.host, &t.qr_tap(), "egress")[0].prog_id;
 
     // Daemon down: the datapath keeps translating.
     t.d.kill9();
@@ -825,6 +863,13 @@ fn floating_ips_forwardings_and_metadata_survive_a_daemon_restart() {
     );
     assert!(connect(&t.inet, (f2_ip, 2222).into()).is_some());
     assert!(accepted(&l2).is_some(), "port forwarding after the restart");
+    // The router still has floating IPs: the hook stays, now running the new daemon's program.
+    t.assert_hairpin_hook(true);
+    assert_ne!(
+        tc_filters(&t.host, &t.qr_tap(), "egress")[0].prog_id,
+        hairpin_prog,
+        "the hairpin filter still runs the old daemon's program"
+    );
     let f = cli_json(&t.d, &["floatingip", "show", &f1_ip.to_string()]);
     assert_eq!(f["port_id"], t.vm1_port.as_str());
     let sessions = t.sessions();

@@ -15,7 +15,7 @@ use std::{
 
 use router_common::programs;
 use router_ctl::model::spec::{
-    DesiredState, GatewaySpec, NetworkSpec, PortSpec, RouterSpec, names,
+    DesiredState, FloatingIpSpec, GatewaySpec, NetworkSpec, PortSpec, RouterSpec, names,
 };
 use serde_json::Value;
 use tests::{RealiserHost, enter_named, ip_json, netns_exists, network_spec, tc_filters, unique};
@@ -636,7 +636,8 @@ fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
     assert_eq!(default_routes(&ns)[0]["gateway"], "203.0.113.1");
 
     // The programs' filters removed from outside (clsact qdisc deleted on both taps) are put
-    // back by the next full pass.
+    // back by the next full pass. With a floating IP, the interface tap carries the hairpin
+    // hook too.
     let gw_tap = names::tap_dev(&gw_port.port_id);
     let qr_tap = names::tap_dev(&qr_port.port_id);
     let progs = |dev: &str, hook: &str| -> Vec<String> {
@@ -645,11 +646,23 @@ fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
             .map(|f| f.prog)
             .collect()
     };
+    assert!(
+        progs(&qr_tap, "egress").is_empty(),
+        "no FIP, no hairpin hook"
+    );
+    let mut with_fip = spec.clone();
+    with_fip.floating_ips = vec![FloatingIpSpec {
+        floating_ip: "203.0.113.50".parse().expect("ip"),
+        fixed_ip: Some("10.0.1.5".parse().expect("ip")),
+    }];
+    let want = desired(&[&ext, &int], &[&with_fip]);
+    h.call(|r| r.apply_router(&with_fip))
+        .expect("apply with a FIP");
     let want_filters = || {
         progs(&gw_tap, "ingress") == [programs::SNAT_OUT]
             && progs(&gw_tap, "egress") == [programs::SNAT_IN]
             && progs(&qr_tap, "egress") == [programs::INTERNAL_IN]
-            && progs(&qr_tap, "ingress") == [programs::INTERNAL_OUT]
+            && progs(&qr_tap, "ingress").is_empty()
     };
     assert!(want_filters());
     h.host
@@ -677,6 +690,127 @@ fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
             "{reported:?}"
         );
     }
+}
+
+#[test]
+fn hairpin_hook_is_attached_only_while_the_router_has_floating_ips() {
+    let mut h = RealiserHost::new(&[]);
+    let ext = network_spec(true);
+    let int1 = network_spec(false);
+    let int2 = network_spec(false);
+    for n in [&ext, &int1, &int2] {
+        h.call(|r| r.apply_network(n)).expect("network");
+    }
+    let qr1 = port(&int1, 1, "10.0.1.1", "10.0.1.0/24");
+    let qr2 = port(&int2, 3, "10.0.2.1", "10.0.2.0/24");
+    let gw = gateway(
+        port(&ext, 2, "203.0.113.10", "203.0.113.0/24"),
+        "203.0.113.1",
+    );
+    let (tap1, tap2) = (names::tap_dev(&qr1.port_id), names::tap_dev(&qr2.port_id));
+    let progs = |h: &RealiserHost, dev: &str| -> (Vec<String>, Vec<String>) {
+        let names = |hook: &str| -> Vec<String> {
+            tc_filters(&h.host, dev, hook)
+                .into_iter()
+                .map(|f| f.prog)
+                .collect()
+        };
+        (names("egress"), names("ingress"))
+    };
+    let none = (Vec::<String>::new(), Vec::<String>::new());
+    let hairpin = (
+        vec![programs::INTERNAL_IN.to_string()],
+        Vec::<String>::new(),
+    );
+
+    // No floating IP: the interface tap runs nothing.
+    let mut spec = router(4, vec![qr1.clone()], Some(gw.clone()));
+    h.call(|r| r.apply_router(&spec)).expect("apply");
+    assert_eq!(progs(&h, &tap1), none, "router without FIPs");
+
+    // A port forwarding (its FIP not associated) is enough for the hook.
+    spec.floating_ips = vec![FloatingIpSpec {
+        floating_ip: "203.0.113.51".parse().expect("ip"),
+        fixed_ip: None,
+    }];
+    spec.port_forwardings = vec![router_ctl::model::spec::PortForwardingSpec {
+        protocol: 6,
+        floating_ip: "203.0.113.51".parse().expect("ip"),
+        external_port: 2222,
+        internal_ip: "10.0.1.5".parse().expect("ip"),
+        internal_port: 22,
+    }];
+    h.call(|r| r.apply_router(&spec))
+        .expect("apply with a port forwarding");
+    assert_eq!(progs(&h, &tap1), hairpin, "port forwarding");
+
+    // An interface added to such a router gets the hook too; a FIP as well as the forwarding.
+    spec.interfaces.push(qr2.clone());
+    spec.floating_ips.push(FloatingIpSpec {
+        floating_ip: "203.0.113.50".parse().expect("ip"),
+        fixed_ip: Some("10.0.2.5".parse().expect("ip")),
+    });
+    h.call(|r| r.apply_router(&spec))
+        .expect("apply with a second interface");
+    assert_eq!(progs(&h, &tap1), hairpin);
+    assert_eq!(progs(&h, &tap2), hairpin, "the new interface's tap");
+
+    // A restart keeps the hook on both (the new run's program in place of the old one).
+    h.restart(&[]);
+    let want = desired(&[&ext, &int1, &int2], &[&spec]);
+    let rep = h
+        .call(|r| r.reconcile(&want))
+        .expect("reconcile after restart");
+    assert!(rep.failed.is_empty(), "{rep:?}");
+    assert_eq!(progs(&h, &tap1), hairpin, "after a restart");
+    assert_eq!(progs(&h, &tap2), hairpin, "after a restart");
+
+    // The forwarding gone, the FIP keeps the hook; the last one gone, it is off every tap.
+    spec.port_forwardings.clear();
+    spec.floating_ips.retain(|f| f.fixed_ip.is_some());
+    h.call(|r| r.apply_router(&spec))
+        .expect("apply with the FIP only");
+    assert_eq!(progs(&h, &tap1), hairpin);
+    spec.floating_ips.clear();
+    h.call(|r| r.apply_router(&spec))
+        .expect("apply without FIPs");
+    assert_eq!(progs(&h, &tap1), none, "last FIP gone");
+    assert_eq!(progs(&h, &tap2), none, "last FIP gone");
+
+    // A restart of a router without FIPs leaves its taps without hooks, and a reconcile pass
+    // (full: the first after a start) does not put them back.
+    h.restart(&[]);
+    let want = desired(&[&ext, &int1, &int2], &[&spec]);
+    for _ in 0..2 {
+        let rep = h.call(|r| r.reconcile(&want)).expect("reconcile");
+        assert!(rep.failed.is_empty(), "{rep:?}");
+    }
+    assert_eq!(progs(&h, &tap1), none, "after a restart without FIPs");
+    assert_eq!(progs(&h, &tap2), none, "after a restart without FIPs");
+
+    // A filter a previous run left on a tap of a router without FIPs goes at the first
+    // converge of the next run.
+    spec.floating_ips = vec![FloatingIpSpec {
+        floating_ip: "203.0.113.50".parse().expect("ip"),
+        fixed_ip: Some("10.0.2.5".parse().expect("ip")),
+    }];
+    h.call(|r| r.apply_router(&spec))
+        .expect("apply with a FIP again");
+    assert_eq!(progs(&h, &tap2), hairpin);
+    h.restart(&[]);
+    spec.floating_ips.clear();
+    h.call(|r| r.apply_router(&spec))
+        .expect("apply without FIPs after restart");
+    assert_eq!(
+        progs(&h, &tap1),
+        none,
+        "stale filter removed after a restart"
+    );
+    assert_eq!(
+        progs(&h, &tap2),
+        none,
+        "stale filter removed after a restart"
+    );
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Floating IPs, port forwardings and the router's internal side in the datapath: the maps
-//! `FLOATING_IPS`, `PORT_FORWARDINGS` and `INTERNAL_IFS`, and attaching `internal_in`/
-//! `internal_out` to the taps of a router's `qr-` devices.
+//! `FLOATING_IPS`, `PORT_FORWARDINGS` and `INTERNAL_IFS`, and attaching `internal_in` (the
+//! hairpin) to the taps of a router's `qr-` devices.
 //!
 //! The realiser hands over the whole wanted set of one router each time
 //! (`configure_floating`, `configure_internal`); entries of the router not in it are removed,
@@ -17,8 +17,8 @@ use router_common::{
 };
 
 use super::{
-    Datapath, INTERNAL_HOOKS, Inner, ifindex_of, mirror::Mirrored, read_sessions,
-    remove_missing_ok, take,
+    Datapath, INTERNAL_HOOKS, Inner, LEGACY_HOOKS, filter, ifindex_of, mirror::Mirrored,
+    read_sessions, remove_missing_ok, take,
 };
 
 /// Typed handles of the floating-IP maps.
@@ -178,12 +178,16 @@ impl Datapath {
         Ok(())
     }
 
-    /// Attaches `internal_in`/`internal_out` to `dev`, the tap of one of a router's `qr-`
-    /// devices (calling thread in the daemon's namespace); idempotent. Returns the ifindex.
+    /// Attaches `internal_in` to `dev`, the tap of one of a router's `qr-` devices (calling
+    /// thread in the daemon's namespace); idempotent. Returns the ifindex.
     pub fn attach_internal(&self, dev: &str) -> Result<u32> {
         let ifindex = ifindex_of(dev)?;
         let mut inner = self.lock();
         self.attach_hooks(&mut inner, dev, &INTERNAL_HOOKS)?;
+        // A filter an earlier version left on the other hook (`internal_out`) goes.
+        for (name, attach_type, _) in &LEGACY_HOOKS {
+            filter::detach(dev, *attach_type, name)?;
+        }
         Ok(ifindex)
     }
 

@@ -2,8 +2,9 @@
 //! attaching to gateway devices, per-router NAT configuration, sessions, counters, GC.
 //!
 //! One loaded object serves every router of a daemon: per-router state lives in maps keyed by
-//! the router's `dp_id`, and the programs are attached to each router's gateway tap (and the
-//! internal-side ones to its `qr-` taps) as tc filters (see `filter`).
+//! the router's `dp_id`, and the programs are attached to each router's gateway tap (and, for
+//! routers with floating IPs or port forwardings, the internal-side one to its `qr-` taps) as
+//! tc filters (see `filter`).
 
 mod batch;
 pub mod bpffs;
@@ -119,11 +120,14 @@ const HOOKS: [(&str, TcAttachType, &str); 2] = [
     (programs::SNAT_IN, TcAttachType::Egress, "egress"),
 ];
 
-/// Programs of the router's internal side (`qr-` taps), same layout as `HOOKS`.
-const INTERNAL_HOOKS: [(&str, TcAttachType, &str); 2] = [
-    (programs::INTERNAL_IN, TcAttachType::Egress, "egress"),
-    (programs::INTERNAL_OUT, TcAttachType::Ingress, "ingress"),
-];
+/// Programs of the router's internal side (`qr-` taps of routers with floating IPs or port
+/// forwardings), same layout as `HOOKS`.
+const INTERNAL_HOOKS: [(&str, TcAttachType, &str); 1] =
+    [(programs::INTERNAL_IN, TcAttachType::Egress, "egress")];
+
+/// Filters an earlier version attached that this one does not: removed on detach.
+const LEGACY_HOOKS: [(&str, TcAttachType, &str); 1] =
+    [(programs::INTERNAL_OUT, TcAttachType::Ingress, "ingress")];
 
 /// Every map of the object, pinned by name.
 const MAP_NAMES: [&str; 9] = [
@@ -304,7 +308,23 @@ impl Datapath {
     pub fn detach(&self, dev: &str) -> Result<()> {
         let _guard = self.lock();
         if nix::net::if_::if_nametoindex(dev).is_ok() {
-            for (name, attach_type, _) in HOOKS.iter().chain(INTERNAL_HOOKS.iter()) {
+            for (name, attach_type, _) in HOOKS
+                .iter()
+                .chain(INTERNAL_HOOKS.iter())
+                .chain(LEGACY_HOOKS.iter())
+            {
+                filter::detach(dev, *attach_type, name)?;
+            }
+        }
+        self.legacy.remove_device(dev)
+    }
+
+    /// Detaches the internal-side programs (and those of earlier versions) from `dev`, the tap
+    /// of a `qr-` device; a missing device or filter is success. One filter dump per hook.
+    pub fn detach_internal(&self, dev: &str) -> Result<()> {
+        let _guard = self.lock();
+        if nix::net::if_::if_nametoindex(dev).is_ok() {
+            for (name, attach_type, _) in INTERNAL_HOOKS.iter().chain(LEGACY_HOOKS.iter()) {
                 filter::detach(dev, *attach_type, name)?;
             }
         }
@@ -320,7 +340,7 @@ impl Datapath {
         ifindex: u32,
         internal: bool,
     ) -> Result<bool> {
-        let hooks = if internal { &INTERNAL_HOOKS } else { &HOOKS };
+        let hooks: &[(&str, TcAttachType, &str)] = if internal { &INTERNAL_HOOKS } else { &HOOKS };
         for (name, attach_type, _) in hooks {
             if !filter::in_place(h, ifindex, *attach_type, name).await? {
                 return Ok(false);

@@ -4,12 +4,14 @@
 //! - Each floating IP of the router is a /32 on its `qg-` device, so the router namespace
 //!   answers ARP for it on the external network (`arp_ignore=1` is satisfied: the address is on
 //!   the receiving interface); a newly added one is announced by gratuitous ARP.
-//! - 169.254.169.254/32 sits on the namespace's `lo`: the metadata proxy listens there on
-//!   port 9697, reached through the datapath's redirect of port 80.
+//! - 169.254.169.254/32 sits on the namespace's `lo`: the daemon's metadata proxy listens there
+//!   on port 80 (`crate::metadata`); plain routing takes instances' requests to it.
 //! - `accept_local=1`: hairpinned packets enter the router with a floating IP or the gateway IP
 //!   (local addresses) as source, which Linux would otherwise drop as martians.
-//! - The taps of the router's `qr-` devices get `internal_in`/`internal_out` attached and
-//!   configured; the datapath's floating-IP and port-forwarding maps are set to the spec's.
+//! - While the router has at least one floating IP or port forwarding, the taps of its `qr-`
+//!   devices carry `internal_in` (the hairpin), attached before the first translation is
+//!   configured and detached after the last is gone; other routers' taps carry no program.
+//!   The datapath's floating-IP and port-forwarding maps are set to the spec's.
 
 use std::{collections::BTreeMap, net::IpAddr, net::Ipv4Addr, sync::Arc};
 
@@ -48,7 +50,8 @@ pub trait RouterHook: Send + Sync {
 /// What `converge_floating` last wrote for a router.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Applied {
-    /// Internal tap → ifindex, attached.
+    /// Internal tap → ifindex, attached (empty while the router has no floating IP or port
+    /// forwarding).
     internal: BTreeMap<String, u32>,
     gateway_ip: Option<Ipv4Addr>,
     fips: Vec<FloatingNat>,
@@ -142,9 +145,10 @@ pub(super) async fn converge_metadata_addr(h: &Handle, lo: u32) -> Result<bool> 
 pub(super) const SYSCTLS: [(&str, &str); 1] = [("ipv4/conf/all/accept_local", "1")];
 
 impl Realiser {
-    /// Attaches the internal-side programs to the router's `qr-` taps and writes the
-    /// internal-tap, floating-IP and port-forwarding maps. `force`: the datapath state of the
-    /// router was reset in this converge (rewrite even if the memo says it is current).
+    /// Attaches the hairpin program to the router's `qr-` taps while the router has floating
+    /// IPs or port forwardings (detaches it otherwise) and writes the internal-tap,
+    /// floating-IP and port-forwarding maps. `force`: the datapath state of the router was
+    /// reset in this converge (rewrite even if the memo says it is current).
     pub(super) fn converge_floating(
         &self,
         spec: &RouterSpec,
@@ -154,47 +158,8 @@ impl Realiser {
         force: bool,
         changes: &mut Vec<String>,
     ) -> Result<()> {
+        let first = memo.floating.is_none();
         let old = memo.floating.clone().unwrap_or_default();
-        let mut internal = BTreeMap::new();
-        let to_attach: Vec<&str> = ports
-            .iter()
-            .filter(|p| !p.gateway)
-            .filter(|p| !old.internal.contains_key(&p.tap) || recreated.contains(&p.tap))
-            .map(|p| p.tap.as_str())
-            .collect();
-        let attached: Vec<(String, u32)> = if to_attach.is_empty() {
-            Vec::new()
-        } else {
-            in_netns(&self.daemon_ns, || {
-                to_attach
-                    .iter()
-                    .map(|t| Ok((t.to_string(), self.datapath.attach_internal(t)?)))
-                    .collect::<Result<Vec<_>>>()
-            })
-            .with_context(|| format!("router {}: attaching the internal hooks", spec.id))?
-        };
-        for p in ports.iter().filter(|p| !p.gateway) {
-            if let Some((_, idx)) = attached.iter().find(|(t, _)| t == &p.tap) {
-                internal.insert(p.tap.clone(), *idx);
-            } else if let Some(idx) = old.internal.get(&p.tap) {
-                internal.insert(p.tap.clone(), *idx);
-            }
-        }
-        // Taps that left the router: their devices go with the port; drop their link pins.
-        let gone: Vec<&String> = old
-            .internal
-            .keys()
-            .filter(|t| !internal.contains_key(*t))
-            .collect();
-        if !gone.is_empty() {
-            in_netns(&self.daemon_ns, || {
-                for t in &gone {
-                    self.datapath.detach(t)?;
-                }
-                Ok(())
-            })
-            .with_context(|| format!("router {}: detaching internal hooks", spec.id))?;
-        }
         let gateway_ip = spec.gateway.as_ref().map(|g| g.port.ip);
         let fips: Vec<FloatingNat> = spec
             .floating_ips
@@ -223,13 +188,71 @@ impl Realiser {
         } else {
             (Vec::new(), Vec::new())
         };
+        // The hairpin hook runs only on routers that have something to hairpin to: every other
+        // router's tenant traffic crosses its `qr-` taps without a program.
+        let hairpin = !fips.is_empty() || !pfs.is_empty();
+        let interface_taps: Vec<&str> = ports
+            .iter()
+            .filter(|p| !p.gateway)
+            .map(|p| p.tap.as_str())
+            .collect();
+        let wanted: Vec<&str> = if hairpin {
+            interface_taps.clone()
+        } else {
+            Vec::new()
+        };
+        // Attached before the floating IPs are configured below, so no hairpin packet meets a
+        // translation without its hook.
+        let to_attach: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|t| !old.internal.contains_key(*t) || recreated.iter().any(|r| r == t))
+            .collect();
+        let attached: Vec<(String, u32)> = if to_attach.is_empty() {
+            Vec::new()
+        } else {
+            in_netns(&self.daemon_ns, || {
+                to_attach
+                    .iter()
+                    .map(|t| Ok((t.to_string(), self.datapath.attach_internal(t)?)))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .with_context(|| format!("router {}: attaching the internal hooks", spec.id))?
+        };
+        let mut internal = BTreeMap::new();
+        for t in &wanted {
+            if let Some((_, idx)) = attached.iter().find(|(a, _)| a == t) {
+                internal.insert(t.to_string(), *idx);
+            } else if let Some(idx) = old.internal.get(*t) {
+                internal.insert(t.to_string(), *idx);
+            }
+        }
+        // Taps to take the hook off once the translations that need it are gone: those that
+        // left the router (their devices go with the port) or whose router has nothing left to
+        // hairpin to; on the first converge of a daemon (or after a rollback), every unwanted
+        // interface tap that existed before this converge, as a previous run may have left
+        // filters on it.
+        let mut detach: Vec<String> = old
+            .internal
+            .keys()
+            .filter(|t| !internal.contains_key(*t))
+            .cloned()
+            .collect();
+        if first {
+            detach.extend(
+                interface_taps
+                    .iter()
+                    .filter(|t| !internal.contains_key(**t) && !recreated.iter().any(|r| r == *t))
+                    .map(|t| t.to_string()),
+            );
+        }
         let new = Applied {
             internal,
             gateway_ip,
             fips,
             pfs,
         };
-        if !force && memo.floating.as_ref() == Some(&new) {
+        if !force && detach.is_empty() && memo.floating.as_ref() == Some(&new) {
             return Ok(());
         }
         let idxs: Vec<u32> = new.internal.values().copied().collect();
@@ -239,6 +262,15 @@ impl Realiser {
         self.datapath
             .configure_floating(spec.dp_id, &new.fips, &new.pfs)
             .with_context(|| format!("router {}: configuring floating IPs", spec.id))?;
+        if !detach.is_empty() {
+            in_netns(&self.daemon_ns, || {
+                for t in &detach {
+                    self.datapath.detach_internal(t)?;
+                }
+                Ok(())
+            })
+            .with_context(|| format!("router {}: detaching the internal hooks", spec.id))?;
+        }
         // The first write after a start rewrites what the pinned maps already hold.
         if memo.floating.is_some() {
             changes.push("floating IPs configured".into());

@@ -1,8 +1,8 @@
-//! Gateway NAT programs, attached with TCX to the bridge-side peer (`tap…`) of a router's `qg-`
-//! device in the daemon's namespace: `snat_out` on its ingress (packets leaving the router),
-//! `snat_in` on its egress (packets entering the router); and `internal_in`/`internal_out` on
-//! the egress/ingress of each `qr-` device's tap (metadata, hairpin). The logic lives in the
-//! library.
+//! Gateway NAT programs, attached as tc filters to the bridge-side peer (`tap…`) of a router's
+//! `qg-` device in the daemon's namespace: `snat_out` on its ingress (packets leaving the
+//! router), `snat_in` on its egress (packets entering the router); and `internal_in` on the
+//! egress of each `qr-` device's tap of routers with floating IPs (hairpin). The logic lives in
+//! the library.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -26,18 +26,10 @@ mod prog {
         }
     }
 
-    /// Packets entering the router from a tenant network: metadata redirect, hairpin.
+    /// Packets entering the router from a tenant network: hairpin.
     #[classifier]
     pub fn internal_in(ctx: TcContext) -> i32 {
         match router_ebpf::internal::internal_in(&ctx) {
-            Ok(action) | Err(action) => action,
-        }
-    }
-
-    /// Packets the router sends to a tenant network: metadata replies.
-    #[classifier]
-    pub fn internal_out(ctx: TcContext) -> i32 {
-        match router_ebpf::internal::internal_out(&ctx) {
             Ok(action) | Err(action) => action,
         }
     }
