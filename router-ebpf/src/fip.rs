@@ -326,7 +326,7 @@ pub fn gateway_out(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
 pub fn to_metadata(ctx: &TcContext) -> bool {
     crate::parse::is_ipv4(ctx)
         && matches!(
-            ctx.load::<u32>(crate::parse::ETH_HLEN + IP_DST),
+            load::<u32>(ctx, crate::parse::ETH_HLEN + IP_DST),
             Ok(d) if d == router_common::ip_to_wire(router_common::METADATA_IP)
         )
 }
