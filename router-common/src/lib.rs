@@ -20,7 +20,7 @@ pub const IPPROTO_UDP: u8 = 17;
 
 /// Version of every map layout in this file; part of the pin directory name so a daemon never
 /// reuses a pinned map whose layout changed (aya does not check).
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Map names, shared so userspace can find them in the loaded object and in the pin directory.
 pub mod maps {
@@ -204,7 +204,7 @@ pub struct FragValue {
 }
 const _: () = assert!(core::mem::size_of::<FragValue>() == 8);
 
-/// Per-router counters (a per-CPU hash value; userspace sums over CPUs).
+/// Per-router counters (a per-CPU array slot per router number; userspace sums over CPUs).
 pub mod stat {
     /// Packets SNATed on the way out, and their bytes.
     pub const OUT_PACKETS: usize = 0;
@@ -317,7 +317,8 @@ pub const MAX_FIPS: u32 = 65_536;
 /// Internal interfaces (router ports on tenant networks) one daemon can serve.
 pub const MAX_INTERNAL_IFS: u32 = 65_536;
 
-/// Per-router counter block; index with the `stat::*` constants.
+/// Per-router counter block (`ROUTER_STATS`, one per-CPU slot per router number: 128 B ×
+/// `MAX_ROUTERS` = 2 MiB per possible CPU); index with the `stat::*` constants.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RouterStats {

@@ -140,6 +140,7 @@ pub fn load_l4(ctx: &TcContext, pkt: &Packet) -> L4 {
 /// as replies arrive. `dir` is the packet's direction;
 /// `(src, dst, sport, dport)` its tuple before translation; `(new_addr, new_port)` what the
 /// internal end was translated to (`DIR_OUT`) or from (`DIR_IN`: the internal end itself).
+/// Returns whether it made a new session (the caller counts it with the packet).
 #[expect(
     clippy::too_many_arguments,
     reason = "a flat, inlined helper: a struct would only be built to be taken apart"
@@ -154,7 +155,7 @@ pub fn note_session(
     dst: u32,
     new_addr: u32,
     new_port: u16,
-) {
+) -> bool {
     let (rk, value) = if dir == DIR_OUT {
         // Outbound: TCP/UDP, or an echo request (id as source "port", 0 as destination).
         let (sport, dport) = if l.ports {
@@ -162,7 +163,7 @@ pub fn note_session(
         } else if l.echo_request {
             (l.sport, 0)
         } else {
-            return;
+            return false;
         };
         let fwd = key(rid, src, dst, sport, dport, l.proto, DIR_OUT);
         let rk = reverse_key(&fwd, new_addr, new_port);
@@ -171,7 +172,7 @@ pub fn note_session(
             let v = unsafe { &mut *v };
             if v.addr == src && v.port == sport && v.kind == kind {
                 note_out(v, l.bits);
-                return;
+                return false;
             }
         }
         let v = SessionValue {
@@ -189,7 +190,7 @@ pub fn note_session(
         } else if l.echo_reply {
             (0, l.sport)
         } else {
-            return;
+            return false;
         };
         let rk = key(rid, src, dst, sport, dport, l.proto, DIR_IN);
         if let Some(v) = SESSIONS.get_ptr_mut(rk) {
@@ -197,7 +198,7 @@ pub fn note_session(
             let v = unsafe { &mut *v };
             if v.addr == new_addr && v.port == new_port && v.kind == kind {
                 note_in(v, l.bits);
-                return;
+                return false;
             }
         }
         let mut v = SessionValue {
@@ -211,8 +212,7 @@ pub fn note_session(
         (rk, v)
     };
     // A translation that changed (another kind or internal end) replaces the old session.
-    let _ = SESSIONS.insert(rk, value, BPF_ANY as u64);
-    count(rid, stat::SESSIONS_CREATED, 1);
+    SESSIONS.insert(rk, value, BPF_ANY as u64).is_ok()
 }
 
 /// Rewrites the source (`field = IP_SRC`) or destination address of `pkt` to `new`, with the
@@ -273,7 +273,7 @@ pub fn gateway_out(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
             count(rid, stat::DROP_MALFORMED, 1);
             return Some(aya_ebpf::bindings::TC_ACT_SHOT);
         }
-        note_session(
+        let created = note_session(
             rid,
             router_common::SESSION_PF,
             DIR_OUT,
@@ -283,7 +283,13 @@ pub fn gateway_out(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
             pf.addr,
             pf.port,
         );
-        count_packet(rid, stat::PF_PACKETS, stat::OUT_BYTES, ctx.len() as u64);
+        count_packet(
+            rid,
+            stat::PF_PACKETS,
+            stat::OUT_BYTES,
+            ctx.len() as u64,
+            created,
+        );
         return Some(OK);
     }
     let fip = fip_lookup(rid, pkt.ip.src, DIR_OUT)?;
@@ -294,7 +300,7 @@ pub fn gateway_out(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
         count(rid, stat::DROP_MALFORMED, 1);
         return Some(aya_ebpf::bindings::TC_ACT_SHOT);
     }
-    note_session(
+    let created = note_session(
         rid,
         router_common::SESSION_FIP,
         DIR_OUT,
@@ -304,7 +310,13 @@ pub fn gateway_out(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
         fip,
         l.sport,
     );
-    count_packet(rid, stat::FIP_PACKETS, stat::OUT_BYTES, ctx.len() as u64);
+    count_packet(
+        rid,
+        stat::FIP_PACKETS,
+        stat::OUT_BYTES,
+        ctx.len() as u64,
+        created,
+    );
     Some(OK)
 }
 
@@ -341,7 +353,7 @@ pub fn gateway_in(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
             count(rid, stat::DROP_MALFORMED, 1);
             return Some(aya_ebpf::bindings::TC_ACT_SHOT);
         }
-        note_session(
+        let created = note_session(
             rid,
             router_common::SESSION_PF,
             DIR_IN,
@@ -351,7 +363,13 @@ pub fn gateway_in(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
             pf.addr,
             pf.port,
         );
-        count_packet(rid, stat::PF_PACKETS, stat::IN_BYTES, ctx.len() as u64);
+        count_packet(
+            rid,
+            stat::PF_PACKETS,
+            stat::IN_BYTES,
+            ctx.len() as u64,
+            created,
+        );
         return Some(OK);
     }
     let fixed = fip_lookup(rid, pkt.ip.dst, DIR_IN)?;
@@ -359,7 +377,7 @@ pub fn gateway_in(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
         count(rid, stat::DROP_MALFORMED, 1);
         return Some(aya_ebpf::bindings::TC_ACT_SHOT);
     }
-    note_session(
+    let created = note_session(
         rid,
         router_common::SESSION_FIP,
         DIR_IN,
@@ -369,7 +387,13 @@ pub fn gateway_in(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
         fixed,
         if l.ports { l.dport } else { l.sport },
     );
-    count_packet(rid, stat::FIP_PACKETS, stat::IN_BYTES, ctx.len() as u64);
+    count_packet(
+        rid,
+        stat::FIP_PACKETS,
+        stat::IN_BYTES,
+        ctx.len() as u64,
+        created,
+    );
     Some(OK)
 }
 

@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, lpm_trie::Key},
+    maps::{LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use router_common::{
     CidrKey, FragKey, FragValue, MAX_CIDRS, MAX_FRAGMENTS, MAX_ROUTERS, MAX_SESSIONS, RouterConfig,
-    RouterStats, SessionKey, SessionValue, global,
+    RouterStats, SessionKey, SessionValue, global, stat,
 };
 
 /// Per-router config keyed by the ifindex of the gateway tap.
@@ -29,10 +29,11 @@ pub static SESSIONS: LruHashMap<SessionKey, SessionValue> =
 pub static FRAGMENTS: LruHashMap<FragKey, FragValue> =
     LruHashMap::with_max_entries(MAX_FRAGMENTS, 0);
 
-/// Per-router counters.
+/// Per-router counters: one slot per router number (`RouterConfig::router_id` <
+/// `MAX_ROUTERS`), so a lookup is an index the verifier inlines, not a hashed search. Every
+/// slot exists; the daemon zeroes a router's slot when it removes the router.
 #[map]
-pub static ROUTER_STATS: PerCpuHashMap<u32, RouterStats> =
-    PerCpuHashMap::with_max_entries(MAX_ROUTERS, 0);
+pub static ROUTER_STATS: PerCpuArray<RouterStats> = PerCpuArray::with_max_entries(MAX_ROUTERS, 0);
 
 /// Counters not tied to a router.
 #[map]
@@ -47,29 +48,37 @@ pub fn count_global(idx: u32) {
     }
 }
 
-/// Adds `n` to counter `idx` of `router_id` (no entry: userspace has not configured it).
+/// This CPU's counters of `router_id` (`None` only for a number out of range).
+#[inline(always)]
+fn stats(router_id: u32) -> Option<&'static mut RouterStats> {
+    let p = ROUTER_STATS.get_ptr_mut(router_id)?;
+    // SAFETY: per-CPU value, no concurrent writer on this CPU.
+    Some(unsafe { &mut *p })
+}
+
+/// Adds `n` to counter `idx` of `router_id`.
 #[inline(always)]
 pub fn count(router_id: u32, idx: usize, n: u64) {
-    if let Some(s) = ROUTER_STATS.get_ptr_mut(router_id) {
-        // SAFETY: per-CPU value, no concurrent writer on this CPU.
-        let s = unsafe { &mut *s };
-        if let Some(c) = s.counters.get_mut(idx) {
-            *c += n;
-        }
+    if let Some(s) = stats(router_id)
+        && let Some(c) = s.counters.get_mut(idx)
+    {
+        *c += n;
     }
 }
 
-/// Adds one packet of `bytes` to the packet and byte counters `pkts`/`octets` (one lookup).
+/// Adds one packet of `bytes` to the packet and byte counters `pkts`/`octets`, and one to
+/// `SESSIONS_CREATED` when the packet `created` its session: one lookup for all three.
 #[inline(always)]
-pub fn count_packet(router_id: u32, pkts: usize, octets: usize, bytes: u64) {
-    if let Some(s) = ROUTER_STATS.get_ptr_mut(router_id) {
-        // SAFETY: per-CPU value, no concurrent writer on this CPU.
-        let s = unsafe { &mut *s };
+pub fn count_packet(router_id: u32, pkts: usize, octets: usize, bytes: u64, created: bool) {
+    if let Some(s) = stats(router_id) {
         if let Some(c) = s.counters.get_mut(pkts) {
             *c += 1;
         }
         if let Some(c) = s.counters.get_mut(octets) {
             *c += bytes;
+        }
+        if created {
+            s.counters[stat::SESSIONS_CREATED] += 1;
         }
     }
 }

@@ -24,7 +24,7 @@ use crate::{
         IPPROTO_TCP, IPPROTO_UDP, L4Head, Packet, ParseError, TCP_HLEN, TCP_RST, TcpHdr, UDP_HLEN,
         load, load_ipv4, validate,
     },
-    session::{IN, OUT, key, snat_port, tcp_bits, touch_in},
+    session::{Found, IN, OUT, create_snat, find_snat, key, tcp_bits, touch_in},
 };
 
 const OK: i32 = TC_ACT_OK;
@@ -35,6 +35,17 @@ const SHOT: i32 = TC_ACT_SHOT;
 fn drop(router_id: u32, reason: usize) -> i32 {
     count(router_id, reason, 1);
     SHOT
+}
+
+/// A packet `snat_out` cannot translate for `reason`: dropped and counted if its source `src`
+/// is internal (it must not leave with its private address), else passed untouched.
+#[inline(always)]
+fn refuse(router_id: u32, src: u32, reason: usize) -> i32 {
+    if is_internal(router_id, src) {
+        drop(router_id, reason)
+    } else {
+        pass(router_id)
+    }
 }
 
 /// Counts an untouched packet and returns the pass verdict.
@@ -89,34 +100,45 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
         // Not even a source address to decide on: it may be internal, so it cannot leave.
         Err(ParseError::Malformed) => return Err(drop(rid, stat::DROP_MALFORMED)),
     };
-    if !is_internal(rid, ip.src) {
-        if ip.src == cfg.gateway_ip && ip.proto == IPPROTO_ICMP {
+    // The router's own traffic is never taken for a session; only its ICMP errors about a
+    // translated flow are touched.
+    if ip.src == cfg.gateway_ip {
+        if ip.proto == IPPROTO_ICMP {
             return Ok(router_icmp_error(ctx, &cfg, ip));
         }
         return Ok(pass(rid));
     }
-    let pkt = validate(ctx, ip).map_err(|_| drop(rid, stat::DROP_MALFORMED))?;
+    // The internal-CIDR trie is consulted only where a session cannot decide: on a session
+    // miss, and before dropping anything (a foreign source passes untouched, whatever it is).
+    let pkt = validate(ctx, ip).map_err(|_| refuse(rid, ip.src, stat::DROP_MALFORMED))?;
 
     if pkt.ip.frag_offset() != 0 {
+        if !is_internal(rid, pkt.ip.src) {
+            return Ok(pass(rid));
+        }
         let Some(addr) = frag::lookup(rid, &pkt.ip, OUT) else {
             return Err(drop(rid, stat::DROP_FRAGMENT));
         };
         rewrite_addr(ctx, IP_SRC, pkt.ip.src, addr, None)
             .map_err(|_| drop(rid, stat::DROP_MALFORMED))?;
-        return Ok(translated_out(ctx, rid));
+        return Ok(translated_out(ctx, rid, false));
     }
 
     let flow = match pkt.ip.proto {
-        IPPROTO_TCP | IPPROTO_UDP => parse_ports(ctx, &pkt, OUT).map_err(|r| drop(rid, r))?,
+        IPPROTO_TCP | IPPROTO_UDP => {
+            parse_ports(ctx, &pkt, OUT).map_err(|r| refuse(rid, pkt.ip.src, r))?
+        }
         IPPROTO_ICMP => {
-            let ty = load_icmp_type(ctx, &pkt).map_err(|r| drop(rid, r))?;
+            let ty = load_icmp_type(ctx, &pkt).map_err(|r| refuse(rid, pkt.ip.src, r))?;
             if ty == ICMP_ECHO_REQUEST {
-                parse_echo(ctx, &pkt, OUT).map_err(|r| drop(rid, r))?
+                parse_echo(ctx, &pkt, OUT).map_err(|r| refuse(rid, pkt.ip.src, r))?
+            } else if !is_internal(rid, pkt.ip.src) {
+                return Ok(pass(rid));
             } else if icmp::is_error(ty) {
                 return match icmp::translate_error(ctx, &cfg, &pkt, OUT) {
                     Ok(ErrorResult::Translated) => {
                         count(rid, stat::ICMP_ERRORS, 1);
-                        Ok(translated_out(ctx, rid))
+                        Ok(translated_out(ctx, rid, false))
                     }
                     Ok(ErrorResult::NoMatch) => Err(drop(rid, stat::DROP_INVALID)),
                     Err(_) => Err(drop(rid, stat::DROP_MALFORMED)),
@@ -125,13 +147,24 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
                 return Err(drop(rid, stat::DROP_UNSUPPORTED));
             }
         }
-        _ => return Err(drop(rid, stat::DROP_UNSUPPORTED)),
+        _ => return Err(refuse(rid, pkt.ip.src, stat::DROP_UNSUPPORTED)),
     };
 
     let fwd = key(
         rid, pkt.ip.src, pkt.ip.dst, flow.sport, flow.dport, flow.proto, OUT,
     );
-    let port = snat_port(&cfg, &fwd, flow.bits, flow.may_create).map_err(|r| drop(rid, r))?;
+    let (port, created) = match find_snat(&cfg, &fwd, flow.bits) {
+        Found::Port(port) => (port, false),
+        Found::Missing { first, first_free } => {
+            if !is_internal(rid, pkt.ip.src) {
+                return Ok(pass(rid));
+            }
+            if !flow.may_create {
+                return Err(drop(rid, stat::DROP_INVALID));
+            }
+            create_snat(&cfg, &fwd, flow.bits, first, first_free).map_err(|r| drop(rid, r))?
+        }
+    };
     let c = l4_csum(flow.proto, pkt.l4);
     let gw = cfg.gateway_ip;
     rewrite_port(ctx, flow.port_off, flow.sport, port, c)
@@ -140,7 +173,7 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
     if frag::is_first(&pkt.ip) {
         frag::record(rid, &pkt.ip, OUT, gw);
     }
-    Ok(translated_out(ctx, rid))
+    Ok(translated_out(ctx, rid, created))
 }
 
 /// Entry of `snat_in`: `Ok` and `Err` both carry the TC verdict.
@@ -250,7 +283,7 @@ fn router_icmp_error(ctx: &TcContext, cfg: &RouterConfig, ip: crate::parse::Ipv4
     match icmp::translate_error(ctx, cfg, &pkt, OUT) {
         Ok(ErrorResult::Translated) => {
             count(rid, stat::ICMP_ERRORS, 1);
-            translated_out(ctx, rid)
+            translated_out(ctx, rid, false)
         }
         Ok(ErrorResult::NoMatch) => pass(rid),
         Err(_) => drop(rid, stat::DROP_MALFORMED),
@@ -258,14 +291,26 @@ fn router_icmp_error(ctx: &TcContext, cfg: &RouterConfig, ip: crate::parse::Ipv4
 }
 
 #[inline(always)]
-fn translated_out(ctx: &TcContext, rid: u32) -> i32 {
-    count_packet(rid, stat::OUT_PACKETS, stat::OUT_BYTES, ctx.len() as u64);
+fn translated_out(ctx: &TcContext, rid: u32, created: bool) -> i32 {
+    count_packet(
+        rid,
+        stat::OUT_PACKETS,
+        stat::OUT_BYTES,
+        ctx.len() as u64,
+        created,
+    );
     OK
 }
 
 #[inline(always)]
 fn translated_in(ctx: &TcContext, rid: u32) -> i32 {
-    count_packet(rid, stat::IN_PACKETS, stat::IN_BYTES, ctx.len() as u64);
+    count_packet(
+        rid,
+        stat::IN_PACKETS,
+        stat::IN_BYTES,
+        ctx.len() as u64,
+        false,
+    );
     OK
 }
 

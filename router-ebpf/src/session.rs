@@ -130,18 +130,26 @@ fn p0(cfg: &RouterConfig, fwd: &SessionKey) -> u16 {
 /// Why a packet could not be given a session (also the counter to bump).
 pub type SessionError = usize;
 
-/// The NAT port (wire order; the address is the gateway IP) of the outbound SNAT flow `fwd`:
-/// finds its session and records the packet (`bits`) on it, or — when `may_create` — creates
-/// it. See the module comment for the lookup order.
+/// What [`find_snat`] found for an outbound flow.
+pub enum Found {
+    /// The flow's session (the packet is recorded on it): its NAT port, wire order; the
+    /// address is the gateway IP.
+    Port(u16),
+    /// No session: [`create_snat`] needs the first-choice port and whether it looked free.
+    Missing { first: u16, first_free: bool },
+}
+
+/// Finds the session of the outbound SNAT flow `fwd` and records the packet (`bits`) on it;
+/// never creates one for a new flow (see the module comment for the lookup order). A hit
+/// proves the flow's source was internal when its session was made: the daemon flushes a
+/// router's sessions whose internal end left its internal CIDRs.
 #[inline(always)]
-pub fn snat_port(
-    cfg: &RouterConfig,
-    fwd: &SessionKey,
-    bits: u8,
-    may_create: bool,
-) -> Result<u16, SessionError> {
+pub fn find_snat(cfg: &RouterConfig, fwd: &SessionKey, bits: u8) -> Found {
     if cfg.port_max < cfg.port_min {
-        return Err(stat::DROP_NO_PORT);
+        return Found::Missing {
+            first: 0,
+            first_free: false,
+        };
     }
     let gw = cfg.gateway_ip;
     let first = p0(cfg, fwd);
@@ -152,7 +160,7 @@ pub fn snat_port(
         let r = unsafe { &mut *r };
         if r.kind == SESSION_SNAT && is_of(r, fwd) {
             note_out(r, bits);
-            return Ok(first);
+            return Found::Port(first);
         }
         first_free = false;
     }
@@ -170,7 +178,7 @@ pub fn snat_port(
                     let r = unsafe { &mut *r };
                     if r.kind == SESSION_SNAT && is_of(r, fwd) {
                         note_out(r, bits);
-                        return Ok(port);
+                        return Found::Port(port);
                     }
                 }
                 // Evicted by the LRU while the alias stayed: restore it at the same port.
@@ -179,7 +187,7 @@ pub fn snat_port(
                         .insert(rk, new_session(fwd, bits), BPF_NOEXIST as u64)
                         .is_ok()
                     {
-                        return Ok(port);
+                        return Found::Port(port);
                     }
                 }
             }
@@ -187,10 +195,30 @@ pub fn snat_port(
         // The port went to another flow meanwhile: forget the alias, start afresh.
         let _ = SESSIONS.remove(fwd);
     }
-    if !may_create {
-        return Err(stat::DROP_INVALID);
+    Found::Missing { first, first_free }
+}
+
+/// The NAT port of the outbound SNAT flow `fwd`: [`find_snat`], then — when `may_create` —
+/// [`create_snat`], counting a created session on its own (the hairpin's gateway SNAT;
+/// `snat_out` calls the two itself to check the source between them and count once).
+#[inline(always)]
+pub fn snat_port(
+    cfg: &RouterConfig,
+    fwd: &SessionKey,
+    bits: u8,
+    may_create: bool,
+) -> Result<u16, SessionError> {
+    match find_snat(cfg, fwd, bits) {
+        Found::Port(port) => Ok(port),
+        Found::Missing { .. } if !may_create => Err(stat::DROP_INVALID),
+        Found::Missing { first, first_free } => {
+            let (port, created) = create_snat(cfg, fwd, bits, first, first_free)?;
+            if created {
+                count(u32::from(fwd.router_id), stat::SESSIONS_CREATED, 1);
+            }
+            Ok(port)
+        }
     }
-    create(cfg, fwd, bits, first, first_free)
 }
 
 /// A fresh SNAT session value for forward key `fwd`.
@@ -205,35 +233,36 @@ fn new_session(fwd: &SessionKey, bits: u8) -> SessionValue {
     }
 }
 
-/// Creates the session of a new outbound flow: at its first-choice port `first` unless that is
-/// known to be taken, else at the first free port of a probe from a random start, with a
-/// forward alias. Inserts use `BPF_NOEXIST`, so two CPUs creating the same flow at once end up
-/// with one session: the loser re-reads the winner's entry (or alias) and uses it.
+/// Creates the session of a new outbound flow (after [`find_snat`] missed): at its first-choice
+/// port `first` unless that is known to be taken, else at the first free port of a probe from a
+/// random start, with a forward alias. Inserts use `BPF_NOEXIST`, so two CPUs creating the same
+/// flow at once end up with one session: the loser re-reads the winner's entry (or alias) and
+/// uses it. Returns the NAT port and whether this call created the session (for the
+/// `SESSIONS_CREATED` counter, bumped by the caller with the packet's).
 #[inline(always)]
-fn create(
+pub fn create_snat(
     cfg: &RouterConfig,
     fwd: &SessionKey,
     bits: u8,
     first: u16,
     first_free: bool,
-) -> Result<u16, SessionError> {
-    let rid = u32::from(fwd.router_id);
+) -> Result<(u16, bool), SessionError> {
+    if cfg.port_max < cfg.port_min {
+        return Err(stat::DROP_NO_PORT);
+    }
     let gw = cfg.gateway_ip;
     let val = new_session(fwd, bits);
     if first_free {
         let rk0 = reverse_key(fwd, gw, first);
         match SESSIONS.insert(rk0, val, BPF_NOEXIST as u64) {
-            Ok(()) => {
-                count(rid, stat::SESSIONS_CREATED, 1);
-                return Ok(first);
-            }
+            Ok(()) => return Ok((first, true)),
             Err(EEXIST) => {
                 if let Some(r) = SESSIONS.get_ptr_mut(rk0) {
                     // SAFETY: valid map value; plain fields.
                     let r = unsafe { &mut *r };
                     if r.kind == SESSION_SNAT && is_of(r, fwd) {
                         note_out(r, bits);
-                        return Ok(first);
+                        return Ok((first, false));
                     }
                 }
             }
@@ -266,10 +295,7 @@ fn create(
         last_seen_ns: val.last_seen_ns,
     };
     match SESSIONS.insert(fwd, alias, BPF_NOEXIST as u64) {
-        Ok(()) => {
-            count(rid, stat::SESSIONS_CREATED, 1);
-            Ok(port)
-        }
+        Ok(()) => Ok((port, true)),
         Err(e) => {
             let _ = SESSIONS.remove(reverse_key(fwd, gw, port));
             if e != EEXIST {
@@ -278,7 +304,7 @@ fn create(
             // Another CPU created this flow's alias (and session) meanwhile: use its port.
             match SESSIONS.get_ptr(fwd) {
                 // SAFETY: valid map value pointer, plain data copied out.
-                Some(f) => Ok(unsafe { (*f).port }),
+                Some(f) => Ok((unsafe { (*f).port }, false)),
                 None => Err(stat::DROP_TABLE_FULL),
             }
         }

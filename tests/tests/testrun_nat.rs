@@ -523,6 +523,115 @@ fn flush_and_remove_router_forget_sessions() {
     assert_eq!(fx.dp.stats(DP_ID).expect("stats")["out_packets"], 0);
 }
 
+/// The router config of the fixture with other internal CIDRs (and gateway `gw`).
+fn router(gw: [u8; 4], cidrs: &[&str]) -> RouterNat {
+    RouterNat {
+        dp_id: DP_ID,
+        ifindex: 1,
+        gateway_ip: gw.into(),
+        enable_snat: true,
+        internal_cidrs: cidrs.iter().map(|c| c.parse().expect("cidr")).collect(),
+    }
+}
+
+#[test]
+fn deleted_router_counters_do_not_leak_into_its_number() {
+    let fx = Fixture::snat();
+    fx.out(&udp_frame(VM1, 40000, SRV, 53));
+    fx.inn(&udp_frame(SRV, 53, GW, 40000));
+    fx.out(&udp_frame(VM1, 40000, SRV, 53));
+    let f = udp_frame(SRV, 53, GW, 1);
+    assert_eq!(fx.inn(&f), f, "no session: to the router itself");
+    fx.assert_dropped(&udp_frame(VM1, 40001, SRV, 53)[..40], stat::DROP_MALFORMED);
+    assert_eq!(fx.stat("out_packets"), 2);
+    assert_eq!(fx.stat("in_packets"), 1);
+    assert_eq!(fx.stat("sessions_created"), 1);
+    assert_eq!(fx.stat("passed"), 1);
+    assert_eq!(fx.stat("drop_malformed"), 1);
+
+    fx.dp.remove_router(DP_ID).expect("remove router");
+    let zero = |what: &str| {
+        let st = fx.dp.stats(DP_ID).expect("stats");
+        assert_eq!(st.len(), stat::COUNT);
+        assert!(st.values().all(|v| *v == 0), "{what}: {st:?}");
+    };
+    zero("after remove_router");
+    // Another router gets the number: it starts from zero and counts only its own packets.
+    let gw2 = [192, 0, 2, 20];
+    fx.dp
+        .configure_router(&router(gw2, &["10.0.9.0/24"]))
+        .expect("configure the next router");
+    zero("the next router, before any packet");
+    let got = fx.out(&udp_frame([10, 0, 9, 4], 40000, SRV, 53));
+    assert_frame(
+        &got,
+        &udp_frame(gw2, 40000, SRV, 53),
+        "next router translates",
+    );
+    let st = fx.dp.stats(DP_ID).expect("stats");
+    let nonzero: Vec<_> = st.iter().filter(|(_, v)| **v != 0).collect();
+    assert_eq!(
+        nonzero,
+        vec![
+            (&"out_bytes".to_string(), &(got.len() as u64)),
+            (&"out_packets".to_string(), &1),
+            (&"sessions_created".to_string(), &1),
+        ],
+        "one new flow, counted once"
+    );
+}
+
+#[test]
+fn sessions_of_a_removed_subnet_go_with_it() {
+    let fx = Fixture::snat();
+    // VM3 (10.0.1.0/24) and VM1 (10.0.0.0/24) each have a session.
+    let got = fx.out(&udp_frame(VM3, 40000, SRV, 53));
+    assert_frame(&got, &udp_frame(GW, 40000, SRV, 53), "VM3 translated");
+    fx.out(&udp_frame(VM1, 40001, SRV, 53));
+    assert_eq!(fx.dp.sessions(DP_ID).expect("sessions").len(), 2);
+    // 10.0.1.0/24 leaves the router: its session goes, the other stays.
+    fx.dp
+        .configure_router(&router(GW, &["10.0.0.0/24"]))
+        .expect("reconfigure");
+    let s = fx.dp.sessions(DP_ID).expect("sessions");
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(s[0].internal.to_string(), "10.0.0.5:40001");
+    // VM3 is no longer internal: its packets pass untouched (a session would have translated
+    // them, since the session is looked up before the subnet), replies are not reversed.
+    let f = udp_frame(VM3, 40000, SRV, 53);
+    assert_eq!(fx.out(&f), f, "a former subnet's packet is not translated");
+    let r = udp_frame(SRV, 53, GW, 40000);
+    assert_eq!(fx.inn(&r), r, "nor its replies");
+    let got = fx.out(&udp_frame(VM1, 40001, SRV, 53));
+    assert_frame(
+        &got,
+        &udp_frame(GW, 40001, SRV, 53),
+        "VM1 keeps its session",
+    );
+    assert_eq!(fx.stat("sessions_created"), 2);
+}
+
+#[test]
+fn router_own_packets_are_never_taken_for_a_session() {
+    let fx = Fixture::snat();
+    // VM1's flow holds NAT port 40000 towards SRV:53 ...
+    fx.out(&udp_frame(VM1, 40000, SRV, 53));
+    let passed = fx.stat("passed");
+    // ... and the router itself sends from the gateway IP with the same tuple otherwise.
+    for f in [
+        udp_frame(GW, 40000, SRV, 53),
+        tcp_frame(GW, 40000, SRV, 53, SYN),
+        echo_frame(GW, SRV, 8, 40000),
+    ] {
+        assert_eq!(fx.out(&f), f, "router's own packet untouched");
+    }
+    assert_eq!(fx.stat("passed"), passed + 3);
+    assert_eq!(fx.stat("sessions_created"), 1);
+    let s = fx.dp.sessions(DP_ID).expect("sessions");
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(s[0].internal.to_string(), "10.0.0.5:40000");
+}
+
 #[test]
 fn gc_expires_idle_sessions_by_state() {
     let nat = NatConfig {

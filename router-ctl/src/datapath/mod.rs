@@ -23,9 +23,7 @@ use std::{
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{
-        HashMap, IterableMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
-    },
+    maps::{HashMap, IterableMap, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
     programs::{SchedClassifier, TcAttachType, TestRun, TestRunOptions},
 };
 use ipnet::Ipv4Net;
@@ -91,7 +89,8 @@ struct Inner {
     cidrs: mirror::Cidrs,
     sessions: HashMap<MapData, SessionKey, SessionValue>,
     fragments: HashMap<MapData, FragKey, FragValue>,
-    stats: PerCpuHashMap<MapData, u32, RouterStats>,
+    /// `ROUTER_STATS`: one per-CPU slot per router number, zeroed when the router goes.
+    stats: PerCpuArray<MapData, RouterStats>,
     global: PerCpuArray<MapData, u64>,
     /// Floating IPs, port forwardings and internal taps (see `fip`).
     floating: fip::Maps,
@@ -376,14 +375,6 @@ impl Datapath {
             port_min: self.nat.port_min,
             port_max: self.nat.port_max,
         };
-        // Stats entry first, so the datapath counts from the first packet.
-        if inner.stats.get(&nat.dp_id, 0).is_err() {
-            let zero = PerCpuValues::try_from(vec![
-                RouterStats::default();
-                aya::util::nr_cpus().map_err(|(_, e)| e)?
-            ])?;
-            inner.stats.insert(nat.dp_id, zero, 0)?;
-        }
         // CIDRs: add the wanted ones, then drop the others.
         let wanted: Vec<Key<CidrKey>> = nat
             .internal_cidrs
@@ -408,6 +399,11 @@ impl Datapath {
         for k in &stale {
             inner.cidrs.remove(k)?;
         }
+        // `snat_out` trusts a session without asking the trie: sessions whose internal end
+        // left the router's subnets go with them (after the trie, so none is re-created).
+        if !stale.is_empty() {
+            flush_outside(&mut inner, nat.dp_id, &nat.internal_cidrs)?;
+        }
         inner.config.insert(nat.ifindex, cfg)?;
         for (idx, _) in previous.iter().filter(|(idx, _)| *idx != nat.ifindex) {
             inner.config.remove(idx)?;
@@ -421,7 +417,8 @@ impl Datapath {
         Ok(())
     }
 
-    /// Removes the router's config, CIDRs, sessions, fragments and counters.
+    /// Removes the router's config, CIDRs, sessions, fragments and counters (its counter slot
+    /// reads zero for the next router given this number).
     pub fn remove_router(&self, dp_id: u32) -> Result<()> {
         let mut inner = self.lock();
         let idxs: Vec<u32> = inner
@@ -438,7 +435,7 @@ impl Datapath {
         }
         flush_router(&mut inner, dp_id)?;
         fip::remove_router(&mut inner, dp_id)?;
-        remove_missing_ok(inner.stats.remove(&dp_id))?;
+        zero_stats(&mut inner, dp_id)?;
         Ok(())
     }
 
@@ -459,16 +456,14 @@ impl Datapath {
     pub fn stats(&self, dp_id: u32) -> Result<BTreeMap<String, u64>> {
         let inner = self.lock();
         let mut sums = [0u64; stat::COUNT];
-        match inner.stats.get(&dp_id, 0) {
-            Ok(per_cpu) => {
-                for s in per_cpu.iter() {
-                    for (sum, v) in sums.iter_mut().zip(s.counters.iter()) {
-                        *sum += v;
-                    }
-                }
+        let per_cpu = inner
+            .stats
+            .get(&dp_id, 0)
+            .with_context(|| format!("reading the counters of router number {dp_id}"))?;
+        for s in per_cpu.iter() {
+            for (sum, v) in sums.iter_mut().zip(s.counters.iter()) {
+                *sum += v;
             }
-            Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(e.into()),
         }
         Ok(stat::NAMES
             .iter()
@@ -568,6 +563,27 @@ fn read_session_map(
     let entries = batch::read_all::<SessionKey, SessionValue>(IterableMap::map(map))
         .context("reading the session table (BPF_MAP_LOOKUP_BATCH)")?;
     Ok(entries.into_iter().collect())
+}
+
+/// Zeroes router `dp_id`'s counter slot on every CPU.
+fn zero_stats(inner: &mut Inner, dp_id: u32) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
+    let zero = PerCpuValues::try_from(vec![RouterStats::default(); cpus])?;
+    inner
+        .stats
+        .set(dp_id, zero, 0)
+        .with_context(|| format!("zeroing the counters of router number {dp_id}"))
+}
+
+/// Deletes router `dp_id`'s SNAT sessions (and aliases) whose internal end is in none of
+/// `cidrs`; returns how many entries went.
+fn flush_outside(inner: &mut Inner, dp_id: u32, cidrs: &[Ipv4Net]) -> Result<usize> {
+    let cidrs: Vec<Ipv4Net> = cidrs.iter().map(Ipv4Net::trunc).collect();
+    let doomed = sessions::outside(&read_session_map(&inner.sessions)?, dp_id, &cidrs);
+    for k in &doomed {
+        remove_missing_ok(inner.sessions.remove(k))?;
+    }
+    Ok(doomed.len())
 }
 
 /// Deletes the sessions and fragment entries of one router; returns the number of sessions.

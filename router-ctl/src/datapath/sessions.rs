@@ -2,10 +2,15 @@
 //! for SNAT flows that could not keep their first-choice port) and deciding which entries the
 //! GC expires under the configured conntrack-like timeouts.
 
-use std::{collections::HashMap, net::SocketAddrV4};
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use ipnet::Ipv4Net;
 
 use router_common::{
-    DIR_IN, DIR_OUT, IPPROTO_ICMP, SessionKey, SessionValue,
+    DIR_IN, DIR_OUT, IPPROTO_ICMP, SESSION_SNAT, SessionKey, SessionValue,
     nat::{SessionState, proto_name},
 };
 
@@ -145,6 +150,27 @@ pub fn expired(
     doomed
 }
 
+/// SNAT entries (sessions and aliases) of router `dp_id` whose internal end is in none of
+/// `cidrs`: once a subnet leaves the router they must go, because `snat_out` trusts a session
+/// hit without asking the internal-CIDR trie. Floating-IP and port-forwarding sessions are
+/// left alone (their maps decide their translation).
+pub fn outside(
+    entries: &HashMap<SessionKey, SessionValue>,
+    dp_id: u32,
+    cidrs: &[Ipv4Net],
+) -> Vec<SessionKey> {
+    entries
+        .iter()
+        .filter(|(k, v)| u32::from(k.router_id) == dp_id && v.kind == SESSION_SNAT)
+        .filter(|(k, v)| {
+            let internal = if k.dir == DIR_IN { v.addr } else { k.src };
+            let ip = Ipv4Addr::from(router_common::ip_from_wire(internal));
+            !cidrs.iter().any(|n| n.contains(&ip))
+        })
+        .map(|(k, _)| *k)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,5 +287,26 @@ mod tests {
         // A live alias stays.
         let m = session(IPPROTO_UDP, 1500, 0, 0, true);
         assert!(expired(&m, &nat, 3 * S).is_empty());
+    }
+
+    #[test]
+    fn sessions_outside_the_internal_cidrs() {
+        let net = |s: &str| s.parse::<Ipv4Net>().expect("cidr");
+        // Session with its alias; internal end 10.0.0.5 on router 7.
+        let m = session(IPPROTO_UDP, 1500, 0, 0, true);
+        assert!(outside(&m, 7, &[net("10.0.0.0/24")]).is_empty());
+        assert!(outside(&m, 7, &[net("10.9.0.0/24"), net("10.0.0.4/30")]).is_empty());
+        let mut gone = outside(&m, 7, &[net("10.9.0.0/24")]);
+        gone.sort_by_key(|k| k.dir);
+        assert_eq!(gone.len(), 2, "session and alias");
+        assert_eq!(gone[0], fwd(IPPROTO_UDP));
+        assert_eq!(outside(&m, 7, &[]).len(), 2);
+        // Another router's entries, and floating-IP sessions, are not touched.
+        assert!(outside(&m, 8, &[]).is_empty());
+        let mut fip = m.clone();
+        for v in fip.values_mut() {
+            v.kind = router_common::SESSION_FIP;
+        }
+        assert!(outside(&fip, 7, &[]).is_empty());
     }
 }

@@ -584,16 +584,16 @@ impl Env {
 /// Sums the datapath's per-router counters (ROUTER_STATS, pinned in the daemon's private
 /// bpffs) over routers and CPUs.
 fn read_counters(bpffs: &Path) -> Result<std::collections::BTreeMap<String, u64>> {
-    use aya::maps::{Map, MapData, PerCpuHashMap};
+    use aya::maps::{Map, MapData, PerCpuArray};
     let pin = bpffs
         .join(format!("v{}", router_common::LAYOUT_VERSION))
         .join(router_common::maps::ROUTER_STATS);
     let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
-    let map: PerCpuHashMap<_, u32, router_common::RouterStats> =
-        PerCpuHashMap::try_from(Map::from_map_data(data)?)?;
+    let map: PerCpuArray<_, router_common::RouterStats> =
+        PerCpuArray::try_from(Map::from_map_data(data)?)?;
     let mut sums = [0u64; router_common::stat::COUNT];
     for item in map.iter() {
-        let (_, per_cpu) = item?;
+        let per_cpu = item?;
         for v in per_cpu.iter() {
             for (acc, c) in sums.iter_mut().zip(v.counters.iter()) {
                 *acc += c;

@@ -105,8 +105,11 @@ fn configure(ebpf: &mut Ebpf) -> Result<()> {
         1,
         0,
     )?;
-    if let Some(m) = ebpf.map_mut(maps::ROUTER_STATS) {
-        let mut stats: PerCpuHashMap<_, u32, RouterStats> = PerCpuHashMap::try_from(m)?;
+    // Objects before LAYOUT_VERSION 5 (A/B runs) kept the counters in a per-CPU hash that
+    // needs the router's entry; since then it is an array with every slot in place.
+    if let Some(m) = ebpf.map_mut(maps::ROUTER_STATS)
+        && let Ok(mut stats) = PerCpuHashMap::<_, u32, RouterStats>::try_from(m)
+    {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
         stats.insert(
             DP_ID,
@@ -206,10 +209,12 @@ fn measure_inner(obj: &Path, repeat: u32) -> Result<TestRunResult> {
         None => (None, false),
     };
     let translated = translated_new == u32::from(new_flows) && source_of(&out) == Some(GATEWAY);
+    let verified = verified_insns(&ebpf);
     let note = format!(
         "UDP {INTERNAL} → {REMOTE}:53, gateway {GATEWAY}; established: 1 packet × {repeat} repeats (kernel average); \
          new flow: {new_flows} packets with distinct source ports, one run each (includes the kernel's per-run timing overhead); \
-         {translated_new}/{new_flows} new-flow packets left with the gateway address."
+         {translated_new}/{new_flows} new-flow packets left with the gateway address. \
+         Verified instructions (the verifier's count): {verified}."
     );
     Ok(TestRunResult {
         established_ns: Some(est_ns),
@@ -220,6 +225,25 @@ fn measure_inner(obj: &Path, repeat: u32) -> Result<TestRunResult> {
         translated,
         note,
     })
+}
+
+/// The verifier's instruction count of `snat_out` and `snat_in` as loaded (its cost grows
+/// with the paths it has to explore; the limit is 1M).
+fn verified_insns(ebpf: &Ebpf) -> String {
+    [programs::SNAT_OUT, programs::SNAT_IN]
+        .iter()
+        .map(|name| {
+            let n = ebpf
+                .program(name)
+                .and_then(|p| p.info().ok())
+                .and_then(|i| i.verified_instruction_count());
+            match n {
+                Some(n) => format!("{name} {n}"),
+                None => format!("{name} unknown"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `memlock` of a BPF map fd, from /proc/self/fdinfo (the kernel's own accounting of the map's
