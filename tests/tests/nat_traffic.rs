@@ -550,7 +550,6 @@ fn state_survives_a_datapath_restart() {
 #[test]
 fn legacy_tcx_links_are_taken_over() {
     use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc};
-    use router_common::maps;
     use router_ctl::datapath::bpffs;
 
     let t = build();
@@ -572,17 +571,7 @@ fn legacy_tcx_links_are_taken_over() {
     std::fs::create_dir_all(&links_dir).expect("links dir");
     {
         let mut loader = aya::EbpfLoader::new();
-        let names = [
-            maps::INTERNAL_IFS,
-            maps::FLOATING_IPS,
-            maps::PORT_FORWARDINGS,
-            maps::ROUTER_CONFIG,
-            maps::INTERNAL_CIDRS,
-            maps::SESSIONS,
-            maps::FRAGMENTS,
-            maps::ROUTER_STATS,
-            maps::GLOBAL_STATS,
-        ];
+        let names = router_ctl::datapath::MAP_NAMES;
         let paths: Vec<_> = names.iter().map(|n| version_dir.join(n)).collect();
         for (n, p) in names.iter().zip(&paths) {
             loader.map_pin_path(n, p);

@@ -19,6 +19,20 @@ fn src(i: usize) -> [u8; 4] {
     [10, 0, (i / 250) as u8, (i % 250 + 2) as u8]
 }
 
+/// A datapath in `bpffs` with the test router (gateway `GW`, 10.0.0.0/16 inside) on ifindex 1.
+fn open_router(bpffs: &Bpffs, nat: &NatConfig) -> std::sync::Arc<Datapath> {
+    let dp = Datapath::open(bpffs.path(), nat).unwrap_or_else(|e| panic!("open: {e:#}"));
+    dp.configure_router(&RouterNat {
+        dp_id: DP_ID,
+        ifindex: 1,
+        gateway_ip: GW.into(),
+        enable_snat: true,
+        internal_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
+    })
+    .expect("configure");
+    dp
+}
+
 fn nat_port(f: &[u8]) -> u16 {
     u16::from_be_bytes([f[34], f[35]])
 }
@@ -31,15 +45,7 @@ fn port_range_fill_failure_rates() {
         port_max: PORT_MAX,
         ..NatConfig::default()
     };
-    let dp = Datapath::open(bpffs.path(), &nat).unwrap_or_else(|e| panic!("open: {e:#}"));
-    dp.configure_router(&RouterNat {
-        dp_id: DP_ID,
-        ifindex: 1,
-        gateway_ip: GW.into(),
-        enable_snat: true,
-        internal_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
-    })
-    .expect("configure");
+    let dp = open_router(&bpffs, &nat);
 
     let range = (PORT_MAX - PORT_MIN + 1) as usize;
     let mut ok: Vec<(usize, u16)> = Vec::new();
@@ -96,16 +102,7 @@ fn port_range_fill_failure_rates() {
 #[test]
 fn displaced_flows_escape_runs_of_preserved_ports() {
     let bpffs = Bpffs::new();
-    let dp = Datapath::open(bpffs.path(), &NatConfig::default())
-        .unwrap_or_else(|e| panic!("open: {e:#}"));
-    dp.configure_router(&RouterNat {
-        dp_id: DP_ID,
-        ifindex: 1,
-        gateway_ip: GW.into(),
-        enable_snat: true,
-        internal_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
-    })
-    .expect("configure");
+    let dp = open_router(&bpffs, &NatConfig::default());
     // One host takes 4000 consecutive ports towards the server (each keeps its own).
     for p in 30_000..34_000u16 {
         let (rc, out) = dp

@@ -129,8 +129,8 @@ const INTERNAL_HOOKS: [(&str, TcAttachType, &str); 1] =
 const LEGACY_HOOKS: [(&str, TcAttachType, &str); 1] =
     [(programs::INTERNAL_OUT, TcAttachType::Ingress, "ingress")];
 
-/// Every map of the object, pinned by name.
-const MAP_NAMES: [&str; 9] = [
+/// Every map of the object, pinned by name (also what tests pin to play an older daemon).
+pub const MAP_NAMES: [&str; 9] = [
     maps::INTERNAL_IFS,
     maps::FLOATING_IPS,
     maps::PORT_FORWARDINGS,
