@@ -795,3 +795,42 @@ fn path_mtu_discovery_through_the_router() {
     t.host.enter(|| dp.detach(&t.tap)).expect("detach");
     dp.purge().expect("purge");
 }
+
+/// Map pins an earlier layout version left (each a whole preallocated session table) are
+/// removed when the datapath opens; an old `links/` directory that still holds a pin stays for
+/// the device-by-device takeover, and a version directory left empty goes.
+#[test]
+fn stale_layout_map_pins_are_removed() {
+    use router_common::maps;
+    use router_ctl::datapath::{MAP_NAMES, bpffs};
+
+    let bpffs_dir = Bpffs::new();
+    let root = bpffs_dir.path();
+    let (v1, v2) = (root.join("v1"), root.join("v2"));
+    std::fs::create_dir_all(&v1).expect("v1");
+    std::fs::create_dir_all(v2.join("links")).expect("v2/links");
+    for (dir, kept) in [(&v1, None), (&v2, Some(v2.join("links").join("held")))] {
+        let mut loader = aya::EbpfLoader::new();
+        for n in MAP_NAMES {
+            match &kept {
+                Some(p) if n == maps::GLOBAL_STATS => loader.map_pin_path(n, p),
+                _ => loader.map_pin_path(n, dir.join(n)),
+            };
+        }
+        let obj = router_ctl::datapath::object().expect("object");
+        loader.load(obj).expect("load with pinned maps");
+    }
+    assert!(v1.join(maps::SESSIONS).exists() && v2.join(maps::SESSIONS).exists());
+
+    let dp = Datapath::open(root, &NatConfig::default()).expect("open");
+    assert!(!v1.exists(), "v1 held only map pins: removed");
+    let left: Vec<_> = std::fs::read_dir(&v2)
+        .expect("v2 stays")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(left, ["links"], "only the links directory of v2 stays");
+    assert!(v2.join("links").join("held").exists());
+    let current = bpffs::version_dir(root);
+    assert!(MAP_NAMES.iter().all(|n| current.join(n).exists()));
+    drop(dp);
+}

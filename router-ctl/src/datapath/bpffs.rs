@@ -137,6 +137,12 @@ impl LegacyLinks {
         if let Some(paths) = pins.remove(dev) {
             for p in &paths {
                 remove_pin(p)?;
+                // The last pin of an older version's `links/` takes the emptied directories.
+                if let Some(version) = p.parent().and_then(Path::parent)
+                    && version.file_name() != version_dir(Path::new("")).file_name()
+                {
+                    remove_empty_dirs(version);
+                }
             }
         }
         Ok(())
@@ -149,9 +155,58 @@ impl LegacyLinks {
     }
 }
 
-/// Removes every map pin of this layout version and every legacy link pin (detaching those
-/// links), with their directories. Programs attached as tc filters stay until their device goes.
+/// The `v<N>` directories under `bpffs` other than this layout version's.
+fn other_version_dirs(bpffs: &Path) -> Result<Vec<PathBuf>> {
+    let entries = match fs::read_dir(bpffs) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", bpffs.display())),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let version = name
+            .to_string_lossy()
+            .strip_prefix('v')
+            .and_then(|n| n.parse::<u32>().ok());
+        if version.is_some_and(|v| v != LAYOUT_VERSION) && entry.file_type()?.is_dir() {
+            out.push(entry.path());
+        }
+    }
+    Ok(out)
+}
+
+/// Removes the map pins an earlier layout version left (each a whole preallocated session
+/// table: ≈ 25 MB of kernel memory nobody reads any more). Programs still running from that
+/// version keep their maps alive through their own references; its `links/` directory stays
+/// for [`LegacyLinks`] to take over device by device, and the version directory goes once it
+/// is empty. Returns the directories it touched.
+pub fn remove_stale_maps(bpffs: &Path) -> Result<Vec<PathBuf>> {
+    let dirs = other_version_dirs(bpffs)?;
+    for dir in &dirs {
+        for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+            let entry = entry?;
+            if !entry.file_type()?.is_dir() {
+                remove_pin(&entry.path())?;
+            }
+        }
+        remove_empty_dirs(dir);
+    }
+    Ok(dirs)
+}
+
+/// Removes `dir/links` and `dir` where they are empty (a non-empty one stays: not an error).
+fn remove_empty_dirs(dir: &Path) {
+    let _ = fs::remove_dir(dir.join("links"));
+    let _ = fs::remove_dir(dir);
+}
+
+/// Removes every map pin of this layout version and of earlier ones and every legacy link pin
+/// (detaching those links), with their directories. Programs attached as tc filters stay until
+/// their device goes.
 pub fn purge(bpffs: &Path) -> Result<()> {
+    remove_stale_maps(bpffs)?;
     for dir in legacy_link_dirs(bpffs)? {
         match fs::remove_dir_all(&dir) {
             Ok(()) => {}

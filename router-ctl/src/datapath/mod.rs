@@ -207,6 +207,12 @@ impl Datapath {
         let dir = bpffs::version_dir(bpffs);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let legacy = bpffs::LegacyLinks::scan(bpffs)?;
+        for stale in bpffs::remove_stale_maps(bpffs)? {
+            tracing::info!(
+                "removed the map pins of an earlier layout in {}",
+                stale.display()
+            );
+        }
         let pins: Vec<(&str, PathBuf)> = MAP_NAMES.iter().map(|n| (*n, dir.join(n))).collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &pins {
