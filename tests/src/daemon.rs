@@ -239,6 +239,47 @@ impl Daemon {
         c
     }
 
+    /// `router-ctl ARGS` against this daemon, run to completion.
+    pub fn cli_output(&self, args: &[&str]) -> std::process::Output {
+        self.cli()
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("spawning router-ctl {args:?}: {e}"))
+    }
+
+    /// `router-ctl ARGS`, panicking with stderr and the daemon's log on failure; returns stdout.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli_output(args);
+        assert!(
+            out.status.success(),
+            "router-ctl {} failed ({}): {}\ndaemon log:\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `router-ctl -f json ARGS`, parsed.
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let text = self.cli_ok(&[&["-f", "json"], args].concat());
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {text}"))
+    }
+
+    /// `router-ctl ARGS` that must fail; returns stderr.
+    pub fn cli_err(&self, args: &[&str]) -> String {
+        let out = self.cli_output(args);
+        assert!(
+            !out.status.success(),
+            "router-ctl {} unexpectedly succeeded: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     fn spawn(&mut self) {
         let log = fs::OpenOptions::new()
             .create(true)

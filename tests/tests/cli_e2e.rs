@@ -4,7 +4,6 @@
 use std::{
     io::ErrorKind,
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
-    process::Output,
     time::Duration,
 };
 
@@ -14,45 +13,6 @@ use tests::{Netns, daemon::Daemon, plug_into_bridge, unique};
 
 const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const PORT: u16 = 8080;
-
-fn run(d: &Daemon, args: &[&str]) -> Output {
-    d.cli()
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("spawning router-ctl {args:?}: {e}"))
-}
-
-/// `router-ctl ARGS`, panicking with stderr on failure; returns stdout.
-fn cli(d: &Daemon, args: &[&str]) -> String {
-    let out = run(d, args);
-    assert!(
-        out.status.success(),
-        "router-ctl {} failed ({}): {}\ndaemon log:\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        d.log()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `router-ctl -f json ARGS`, parsed.
-fn cli_json(d: &Daemon, args: &[&str]) -> Value {
-    let text = cli(d, &[&["-f", "json"], args].concat());
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {text}"))
-}
-
-/// `router-ctl ARGS` that must fail; returns stderr.
-fn cli_err(d: &Daemon, args: &[&str]) -> String {
-    let out = run(d, args);
-    assert!(
-        !out.status.success(),
-        "router-ctl {} unexpectedly succeeded: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
 
 fn id(v: &Value) -> String {
     v["id"]
@@ -99,63 +59,54 @@ impl Topology {
     fn new() -> Self {
         let host = Netns::new("ceh");
         let d = Daemon::start(&host);
-        let ext = cli_json(&d, &["network", "create", "public", "--external"]);
+        let ext = d.cli_json(&["network", "create", "public", "--external"]);
         let ext_id = id(&ext);
-        cli(
-            &d,
-            &[
-                "subnet",
-                "create",
-                "public-v4",
-                "--network",
-                "public",
-                "--cidr",
-                "203.0.113.0/24",
-                "--gateway",
-                "203.0.113.1",
-                "--allocation-pool",
-                "start=203.0.113.20,end=203.0.113.40",
-            ],
-        );
+        d.cli_ok(&[
+            "subnet",
+            "create",
+            "public-v4",
+            "--network",
+            "public",
+            "--cidr",
+            "203.0.113.0/24",
+            "--gateway",
+            "203.0.113.1",
+            "--allocation-pool",
+            "start=203.0.113.20,end=203.0.113.40",
+        ]);
         let inet = Netns::new("cei");
         plug_into_bridge(&host, &inet, &names::bridge(&ext_id), "203.0.113.1/24");
         let listener = inet.enter(|| TcpListener::bind((INTERNET, PORT)).expect("bind the server"));
         listener.set_nonblocking(true).expect("nonblocking");
 
-        cli(&d, &["network", "create", "tenant"]);
-        cli(
-            &d,
-            &[
-                "subnet",
-                "create",
-                "tenant-v4",
-                "--network",
-                "tenant",
-                "--cidr",
-                "10.30.0.0/24",
-            ],
-        );
-        let router = cli_json(&d, &["router", "create", "r1"]);
+        d.cli_ok(&["network", "create", "tenant"]);
+        d.cli_ok(&[
+            "subnet",
+            "create",
+            "tenant-v4",
+            "--network",
+            "tenant",
+            "--cidr",
+            "10.30.0.0/24",
+        ]);
+        let router = d.cli_json(&["router", "create", "r1"]);
         let router_id = id(&router);
-        let iface = cli_json(&d, &["router", "interface", "add", "r1", "tenant-v4"]);
+        let iface = d.cli_json(&["router", "interface", "add", "r1", "tenant-v4"]);
         assert_eq!(iface["id"], router["id"], "{iface}");
         // Removed on drop by name, whoever created it (here: the CLI).
         let vm = Netns {
             name: unique("cev"),
         };
-        let port = cli_json(
-            &d,
-            &[
-                "port",
-                "create",
-                "--network",
-                "tenant",
-                "--netns",
-                &vm.name,
-                "--name",
-                "vm",
-            ],
-        );
+        let port = d.cli_json(&[
+            "port",
+            "create",
+            "--network",
+            "tenant",
+            "--netns",
+            &vm.name,
+            "--name",
+            "vm",
+        ]);
         let vm_ip = port["fixed_ips"][0]["ip_address"]
             .as_str()
             .expect("port IP")
@@ -176,7 +127,7 @@ impl Topology {
 
     /// `gateway set r1 public`; returns the gateway IP.
     fn set_gateway(&self) -> String {
-        let r = cli_json(&self.d, &["gateway", "set", "r1", "public"]);
+        let r = self.d.cli_json(&["gateway", "set", "r1", "public"]);
         assert_eq!(
             r["external_gateway_info"]["network_id"],
             self.ext_id.as_str()
@@ -198,7 +149,7 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
 
     // The call the seed traces: router-gateway-set.
     let gw = t.set_gateway();
-    let table = cli(d, &["router", "list"]);
+    let table = d.cli_ok(&["router", "list"]);
     assert!(table.contains(&gw) && table.contains("r1"), "{table}");
 
     // Real traffic: the internet sees the gateway IP, never the VM's.
@@ -218,19 +169,19 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
     assert!(ping.status.success(), "ping through the router failed");
 
     // Errors: the NeutronError message, a non-zero exit, nothing changed.
-    let e = cli_err(d, &["gateway", "set", "r1", "tenant"]);
+    let e = d.cli_err(&["gateway", "set", "r1", "tenant"]);
     assert!(e.contains("router-ctl: error:"), "{e}");
-    let e = cli_err(d, &["router", "show", "nope"]);
+    let e = d.cli_err(&["router", "show", "nope"]);
     assert!(e.contains("no router named or with id `nope`"), "{e}");
-    cli(d, &["network", "create", "dup"]);
-    cli(d, &["network", "create", "dup"]);
-    let e = cli_err(d, &["network", "show", "dup"]);
+    d.cli_ok(&["network", "create", "dup"]);
+    d.cli_ok(&["network", "create", "dup"]);
+    let e = d.cli_err(&["network", "show", "dup"]);
     assert!(e.contains("2 networks are named `dup`"), "{e}");
-    let r = cli_json(d, &["router", "show", "r1"]);
+    let r = d.cli_json(&["router", "show", "r1"]);
     assert_eq!(r["external_gateway_info"]["network_id"], t.ext_id.as_str());
 
     // gateway clear: the router has no way out any more.
-    let r = cli_json(d, &["gateway", "clear", "r1"]);
+    let r = d.cli_json(&["gateway", "clear", "r1"]);
     assert!(
         r["external_gateway_info"].is_null()
             || r["external_gateway_info"]
@@ -251,18 +202,15 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
 
     // --disable-snat and --fixed-ip (names resolved): the chosen address, no translation — the
     // internet (given a route back) sees the VM's own address.
-    let r = cli_json(
-        d,
-        &[
-            "gateway",
-            "set",
-            "r1",
-            "public",
-            "--disable-snat",
-            "--fixed-ip",
-            "subnet=public-v4,ip=203.0.113.33",
-        ],
-    );
+    let r = d.cli_json(&[
+        "gateway",
+        "set",
+        "r1",
+        "public",
+        "--disable-snat",
+        "--fixed-ip",
+        "subnet=public-v4,ip=203.0.113.33",
+    ]);
     let info = &r["external_gateway_info"];
     assert_eq!(info["enable_snat"], false, "{r}");
     assert_eq!(
@@ -282,7 +230,7 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
         t.vm_ip,
         "no SNAT with --disable-snat"
     );
-    cli(d, &["gateway", "clear", "r1"]);
+    d.cli_ok(&["gateway", "clear", "r1"]);
     assert!(
         !connect_from(vm),
         "the VM still reaches the internet after gateway clear"
@@ -292,7 +240,7 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
     let port_id = id(&t.port);
     let tap = names::tap_dev(&port_id);
     t.host.ip(&["link", "show", &tap]);
-    cli(d, &["port", "delete", &port_id]);
+    d.cli_ok(&["port", "delete", &port_id]);
     assert!(
         !t.host
             .try_run("ip", &["link", "show", &tap])
@@ -302,17 +250,17 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
     );
 
     // Detach and delete the router through the CLI: its namespace goes with it.
-    cli(d, &["router", "interface", "remove", "r1", "tenant-v4"]);
-    let e = cli_err(d, &["router", "interface", "remove", "r1", "tenant-v4"]);
+    d.cli_ok(&["router", "interface", "remove", "r1", "tenant-v4"]);
+    let e = d.cli_err(&["router", "interface", "remove", "r1", "tenant-v4"]);
     assert!(e.contains("router-ctl: error:"), "{e}");
-    cli(d, &["router", "delete", "r1"]);
+    d.cli_ok(&["router", "delete", "r1"]);
     assert!(
         !std::path::Path::new("/run/netns")
             .join(names::router_netns(&t.router_id))
             .exists(),
         "qrouter namespace left after router delete"
     );
-    let routers = cli_json(d, &["router", "list"]);
+    let routers = d.cli_json(&["router", "list"]);
     assert_eq!(routers, serde_json::json!([]));
 }
 
@@ -328,7 +276,7 @@ fn cli_sessions_and_stats_show_the_nat_table() {
     );
     let vm_ip = &t.vm_ip;
 
-    let sessions = cli_json(d, &["sessions", &t.router_id]);
+    let sessions = d.cli_json(&["sessions", &t.router_id]);
     let list = sessions.as_array().expect("sessions is a list");
     assert!(
         list.iter().any(|s| s["protocol"] == "tcp"
@@ -342,24 +290,24 @@ fn cli_sessions_and_stats_show_the_nat_table() {
                 .is_some_and(|i| i.starts_with(&format!("{vm_ip}:")))),
         "no TCP session {vm_ip} -> {gw} -> {INTERNET}:{PORT} in {sessions}"
     );
-    let table = cli(d, &["sessions", "r1"]);
+    let table = d.cli_ok(&["sessions", "r1"]);
     assert!(
         table.contains(&format!("{INTERNET}:{PORT}")) && table.contains(&gw),
         "{table}"
     );
 
-    let stats = cli_json(d, &["stats", "r1"]);
+    let stats = d.cli_json(&["stats", "r1"]);
     let m = stats.as_object().expect("stats is an object");
     assert!(m.values().all(Value::is_u64), "{stats}");
     assert!(
         m.get("sessions_created").and_then(Value::as_u64) >= Some(1),
         "{stats}"
     );
-    let table = cli(d, &["stats", "r1"]);
+    let table = d.cli_ok(&["stats", "r1"]);
     assert!(table.contains("sessions_created"), "{table}");
 
-    cli(d, &["gateway", "clear", "r1"]);
-    let sessions = cli_json(d, &["sessions", "r1"]);
+    d.cli_ok(&["gateway", "clear", "r1"]);
+    let sessions = d.cli_json(&["sessions", "r1"]);
     assert_eq!(
         sessions,
         serde_json::json!([]),

@@ -5,7 +5,6 @@
 use std::{
     io::{ErrorKind, Read as _, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    process::Output,
     time::{Duration, Instant},
 };
 
@@ -20,33 +19,6 @@ use tests::{
 
 const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
-
-fn run(d: &Daemon, args: &[&str]) -> Output {
-    d.cli()
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("spawning router-ctl {args:?}: {e}"))
-}
-
-/// `router-ctl ARGS`, panicking with stderr on failure; returns stdout.
-fn cli(d: &Daemon, args: &[&str]) -> String {
-    let out = run(d, args);
-    assert!(
-        out.status.success(),
-        "router-ctl {} failed ({}): {}\ndaemon log:\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr),
-        d.log()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// `router-ctl -f json ARGS`, parsed.
-fn cli_json(d: &Daemon, args: &[&str]) -> Value {
-    let text = cli(d, &[&["-f", "json"], args].concat());
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?} printed no JSON ({e}): {text}"))
-}
 
 fn s(v: &Value) -> String {
     v.as_str()
@@ -76,46 +48,40 @@ impl Topology {
     fn new(opts: DaemonOptions) -> Self {
         let host = Netns::new("fh");
         let d = Daemon::start_with(&host, opts);
-        let ext = cli_json(&d, &["network", "create", "public", "--external"]);
+        let ext = d.cli_json(&["network", "create", "public", "--external"]);
         let ext_id = s(&ext["id"]);
-        cli(
-            &d,
-            &[
-                "subnet",
-                "create",
-                "public-v4",
-                "--network",
-                "public",
-                "--cidr",
-                "203.0.113.0/24",
-                "--gateway",
-                "203.0.113.1",
-                "--allocation-pool",
-                "start=203.0.113.20,end=203.0.113.60",
-            ],
-        );
+        d.cli_ok(&[
+            "subnet",
+            "create",
+            "public-v4",
+            "--network",
+            "public",
+            "--cidr",
+            "203.0.113.0/24",
+            "--gateway",
+            "203.0.113.1",
+            "--allocation-pool",
+            "start=203.0.113.20,end=203.0.113.60",
+        ]);
         let inet = Netns::new("fi");
         plug_into_bridge(&host, &inet, &names::bridge(&ext_id), "203.0.113.1/24");
         // Gratuitous ARPs create neighbour entries here, so the test can see them.
         inet.run("sysctl", &["-qw", "net.ipv4.conf.eth0.arp_accept=1"]);
 
-        cli(&d, &["network", "create", "tenant"]);
-        cli(
-            &d,
-            &[
-                "subnet",
-                "create",
-                "tenant-v4",
-                "--network",
-                "tenant",
-                "--cidr",
-                "10.40.0.0/24",
-            ],
-        );
-        let router = cli_json(&d, &["router", "create", "r1"]);
+        d.cli_ok(&["network", "create", "tenant"]);
+        d.cli_ok(&[
+            "subnet",
+            "create",
+            "tenant-v4",
+            "--network",
+            "tenant",
+            "--cidr",
+            "10.40.0.0/24",
+        ]);
+        let router = d.cli_json(&["router", "create", "r1"]);
         let router_id = s(&router["id"]);
-        cli(&d, &["router", "interface", "add", "r1", "tenant-v4"]);
-        let r = cli_json(&d, &["gateway", "set", "r1", "public"]);
+        d.cli_ok(&["router", "interface", "add", "r1", "tenant-v4"]);
+        let r = d.cli_json(&["gateway", "set", "r1", "public"]);
         let gw_ip: Ipv4Addr = s(&r["external_gateway_info"]["external_fixed_ips"][0]["ip_address"])
             .parse()
             .expect("gateway IP");
@@ -130,19 +96,16 @@ impl Topology {
 
         let plug = |name: &str| {
             let vm = Netns { name: unique("fv") };
-            let port = cli_json(
-                &d,
-                &[
-                    "port",
-                    "create",
-                    "--network",
-                    "tenant",
-                    "--netns",
-                    &vm.name,
-                    "--name",
-                    name,
-                ],
-            );
+            let port = d.cli_json(&[
+                "port",
+                "create",
+                "--network",
+                "tenant",
+                "--netns",
+                &vm.name,
+                "--name",
+                name,
+            ]);
             let ip: Ipv4Addr = s(&port["fixed_ips"][0]["ip_address"])
                 .parse()
                 .expect("port IP");
@@ -172,7 +135,8 @@ impl Topology {
 
     /// `router-ctl sessions r1`, as JSON.
     fn sessions(&self) -> Vec<Value> {
-        cli_json(&self.d, &["sessions", "r1"])
+        self.d
+            .cli_json(&["sessions", "r1"])
             .as_array()
             .cloned()
             .unwrap_or_else(|| panic!("sessions is not a list"))
@@ -219,7 +183,7 @@ impl Topology {
 
     /// `router-ctl stats r1`, as JSON.
     fn stats(&self) -> Value {
-        cli_json(&self.d, &["stats", "r1"])
+        self.d.cli_json(&["stats", "r1"])
     }
 }
 
@@ -310,7 +274,7 @@ fn floating_ip_translates_both_ways_hairpins_and_disassociates() {
     let d = &t.d;
 
     // Create: an address from the pool, not associated.
-    let f1 = cli_json(d, &["floatingip", "create", "public"]);
+    let f1 = d.cli_json(&["floatingip", "create", "public"]);
     let f1_ip: Ipv4Addr = s(&f1["floating_ip_address"]).parse().expect("FIP");
     assert_eq!(f1["status"], "DOWN", "{f1}");
     assert!(f1["router_id"].is_null() && f1["port_id"].is_null(), "{f1}");
@@ -331,10 +295,7 @@ fn floating_ip_translates_both_ways_hairpins_and_disassociates() {
 
     // Associate: gratuitous ARP seen on the external network, the /32 on qg-.
     assert_eq!(neighbour(&t.inet, f1_ip), None);
-    let f1 = cli_json(
-        d,
-        &["floatingip", "set", &f1_ip.to_string(), "--port", "vm1"],
-    );
+    let f1 = d.cli_json(&["floatingip", "set", &f1_ip.to_string(), "--port", "vm1"]);
     assert_eq!(f1["status"], "ACTIVE", "{f1}");
     assert_eq!(f1["router_id"], t.router_id.as_str(), "{f1}");
     assert_eq!(f1["fixed_ip_address"], t.vm1_ip.to_string(), "{f1}");
@@ -439,7 +400,7 @@ fn floating_ip_translates_both_ways_hairpins_and_disassociates() {
     drop(c);
     assert!(ping(&t.vm2, f1_ip), "hairpin ping");
     // With its own FIP, VM2 is seen as that FIP.
-    let f2 = cli_json(d, &["floatingip", "create", "public", "--port", "vm2"]);
+    let f2 = d.cli_json(&["floatingip", "create", "public", "--port", "vm2"]);
     let f2_ip: Ipv4Addr = s(&f2["floating_ip_address"]).parse().expect("FIP 2");
     connect(&t.vm2, (f1_ip, 8080).into()).expect("hairpin FIP to FIP");
     assert_eq!(
@@ -472,7 +433,7 @@ fn floating_ip_translates_both_ways_hairpins_and_disassociates() {
     assert_eq!(e["NeutronError"]["type"], "FloatingIPPortAlreadyAssociated");
 
     // Disassociate: inbound and outbound translation stop at once, the sessions go.
-    let f1 = cli_json(d, &["floatingip", "unset", &f1_ip.to_string(), "--port"]);
+    let f1 = d.cli_json(&["floatingip", "unset", &f1_ip.to_string(), "--port"]);
     assert_eq!(f1["status"], "DOWN", "{f1}");
     assert!(f1["port_id"].is_null() && f1["router_id"].is_null(), "{f1}");
     let sessions = t.sessions();
@@ -503,16 +464,13 @@ fn floating_ip_translates_both_ways_hairpins_and_disassociates() {
         &json!({"router": {"external_gateway_info": {}}}),
     );
     assert_eq!(st, 409, "{e}");
-    cli(
-        d,
-        &[
-            "floatingip",
-            "delete",
-            &f2_ip.to_string(),
-            &f1_ip.to_string(),
-        ],
-    );
-    assert_eq!(cli_json(d, &["floatingip", "list"]), json!([]));
+    d.cli_ok(&[
+        "floatingip",
+        "delete",
+        &f2_ip.to_string(),
+        &f1_ip.to_string(),
+    ]);
+    assert_eq!(d.cli_json(&["floatingip", "list"]), json!([]));
     assert_eq!(
         addresses(&t.router_ns(), &qg),
         vec![format!("{}/24", t.gw_ip)],
@@ -523,7 +481,7 @@ fn floating_ip_translates_both_ways_hairpins_and_disassociates() {
     // interface takes the tap away.
     t.assert_hairpin_hook(false);
     let qr_tap = t.qr_tap();
-    cli(d, &["router", "interface", "remove", "r1", "tenant-v4"]);
+    d.cli_ok(&["router", "interface", "remove", "r1", "tenant-v4"]);
     assert!(
         !t.host
             .try_run("ip", &["link", "show", &qr_tap])
@@ -555,44 +513,38 @@ fn metadata_get(vm: &Netns) -> Option<(u16, String)> {
 fn port_forwarding_tcp_and_udp_to_two_internal_ports() {
     let t = Topology::new(DaemonOptions::default());
     let d = &t.d;
-    let f = cli_json(d, &["floatingip", "create", "public"]);
+    let f = d.cli_json(&["floatingip", "create", "public"]);
     let fip: Ipv4Addr = s(&f["floating_ip_address"]).parse().expect("FIP");
-    let pf_tcp = cli_json(
-        d,
-        &[
-            "floatingip",
-            "port-forwarding",
-            "create",
-            &fip.to_string(),
-            "--protocol",
-            "tcp",
-            "--external-port",
-            "2222",
-            "--port",
-            "vm1",
-            "--internal-port",
-            "22",
-        ],
-    );
+    let pf_tcp = d.cli_json(&[
+        "floatingip",
+        "port-forwarding",
+        "create",
+        &fip.to_string(),
+        "--protocol",
+        "tcp",
+        "--external-port",
+        "2222",
+        "--port",
+        "vm1",
+        "--internal-port",
+        "22",
+    ]);
     assert_eq!(pf_tcp["internal_ip_address"], t.vm1_ip.to_string());
-    cli(
-        d,
-        &[
-            "floatingip",
-            "port-forwarding",
-            "create",
-            &fip.to_string(),
-            "--protocol",
-            "udp",
-            "--external-port",
-            "5353",
-            "--port",
-            "vm2",
-            "--internal-port",
-            "53",
-        ],
-    );
-    let f = cli_json(d, &["floatingip", "show", &fip.to_string()]);
+    d.cli_ok(&[
+        "floatingip",
+        "port-forwarding",
+        "create",
+        &fip.to_string(),
+        "--protocol",
+        "udp",
+        "--external-port",
+        "5353",
+        "--port",
+        "vm2",
+        "--internal-port",
+        "53",
+    ]);
+    let f = d.cli_json(&["floatingip", "show", &fip.to_string()]);
     assert_eq!(f["router_id"], t.router_id.as_str(), "{f}");
     assert_eq!(f["status"], "ACTIVE");
 
@@ -651,16 +603,13 @@ fn port_forwarding_tcp_and_udp_to_two_internal_ports() {
     assert_eq!(st, 409, "{e}");
 
     // Deleting the forwarding stops it.
-    cli(
-        d,
-        &[
-            "floatingip",
-            "port-forwarding",
-            "delete",
-            &fip.to_string(),
-            &s(&pf_tcp["id"]),
-        ],
-    );
+    d.cli_ok(&[
+        "floatingip",
+        "port-forwarding",
+        "delete",
+        &fip.to_string(),
+        &s(&pf_tcp["id"]),
+    ]);
     assert!(connect(&t.inet, (fip, 2222).into()).is_none());
     assert_eq!(accepted(&l), None);
     let _ = (&t.host, &t.vm2_ip, &t.gw_mac, &t.vm2_port);
@@ -788,27 +737,25 @@ fn floating_ips_forwardings_and_metadata_survive_a_daemon_restart() {
         config: Some("reconcile_interval = 1\n".into()),
         admin_token: None,
     });
-    let f1 = cli_json(&t.d, &["floatingip", "create", "public", "--port", "vm1"]);
+    let f1 =
+        t.d.cli_json(&["floatingip", "create", "public", "--port", "vm1"]);
     let f1_ip: Ipv4Addr = s(&f1["floating_ip_address"]).parse().expect("FIP");
-    let f2 = cli_json(&t.d, &["floatingip", "create", "public"]);
+    let f2 = t.d.cli_json(&["floatingip", "create", "public"]);
     let f2_ip: Ipv4Addr = s(&f2["floating_ip_address"]).parse().expect("FIP");
-    cli(
-        &t.d,
-        &[
-            "floatingip",
-            "port-forwarding",
-            "create",
-            &f2_ip.to_string(),
-            "--protocol",
-            "tcp",
-            "--external-port",
-            "2222",
-            "--port",
-            "vm2",
-            "--internal-port",
-            "22",
-        ],
-    );
+    t.d.cli_ok(&[
+        "floatingip",
+        "port-forwarding",
+        "create",
+        &f2_ip.to_string(),
+        "--protocol",
+        "tcp",
+        "--external-port",
+        "2222",
+        "--port",
+        "vm2",
+        "--internal-port",
+        "22",
+    ]);
     let l1 = listen(&t.vm1, 8080);
     let l2 = listen(&t.vm2, 22);
     let mut client = connect(&t.inet, (f1_ip, 8080).into()).expect("TCP to the FIP");
@@ -870,7 +817,7 @@ fn floating_ips_forwardings_and_metadata_survive_a_daemon_restart() {
         hairpin_prog,
         "the hairpin filter still runs the old daemon's program"
     );
-    let f = cli_json(&t.d, &["floatingip", "show", &f1_ip.to_string()]);
+    let f = t.d.cli_json(&["floatingip", "show", &f1_ip.to_string()]);
     assert_eq!(f["port_id"], t.vm1_port.as_str());
     let sessions = t.sessions();
     assert!(
@@ -881,7 +828,7 @@ fn floating_ips_forwardings_and_metadata_survive_a_daemon_restart() {
         "{sessions:?}"
     );
     // Disassociating after the restart still takes effect at once.
-    cli(&t.d, &["floatingip", "unset", &f1_ip.to_string(), "--port"]);
+    t.d.cli_ok(&["floatingip", "unset", &f1_ip.to_string(), "--port"]);
     client.write_all(b"hello").expect("client write");
     let mut buf = [0u8; 5];
     server

@@ -65,8 +65,8 @@ pub fn parse_link_pin_name(name: &str) -> Option<(String, u32, &str)> {
     Some((dev.replace(':', "."), idx.parse().ok()?, hook))
 }
 
-/// The `links` directories of every layout version under `bpffs`.
-fn legacy_link_dirs(bpffs: &Path) -> Result<Vec<PathBuf>> {
+/// The `v<N>` directories under `bpffs`, with their layout version.
+fn version_dirs(bpffs: &Path) -> Result<Vec<(u32, PathBuf)>> {
     let entries = match fs::read_dir(bpffs) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -76,18 +76,26 @@ fn legacy_link_dirs(bpffs: &Path) -> Result<Vec<PathBuf>> {
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name();
-        if name
+        let version = name
             .to_string_lossy()
             .strip_prefix('v')
-            .is_some_and(|n| n.parse::<u32>().is_ok())
+            .and_then(|n| n.parse::<u32>().ok());
+        if let Some(v) = version
+            && entry.file_type()?.is_dir()
         {
-            let links = entry.path().join("links");
-            if links.is_dir() {
-                out.push(links);
-            }
+            out.push((v, entry.path()));
         }
     }
     Ok(out)
+}
+
+/// The `links` directories of every layout version under `bpffs`.
+fn legacy_link_dirs(bpffs: &Path) -> Result<Vec<PathBuf>> {
+    Ok(version_dirs(bpffs)?
+        .into_iter()
+        .map(|(_, dir)| dir.join("links"))
+        .filter(|links| links.is_dir())
+        .collect())
 }
 
 fn remove_pin(path: &Path) -> Result<()> {
@@ -155,35 +163,17 @@ impl LegacyLinks {
     }
 }
 
-/// The `v<N>` directories under `bpffs` other than this layout version's.
-fn other_version_dirs(bpffs: &Path) -> Result<Vec<PathBuf>> {
-    let entries = match fs::read_dir(bpffs) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", bpffs.display())),
-    };
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = entry?;
-        let name = entry.file_name();
-        let version = name
-            .to_string_lossy()
-            .strip_prefix('v')
-            .and_then(|n| n.parse::<u32>().ok());
-        if version.is_some_and(|v| v != LAYOUT_VERSION) && entry.file_type()?.is_dir() {
-            out.push(entry.path());
-        }
-    }
-    Ok(out)
-}
-
 /// Removes the map pins an earlier layout version left (each a whole preallocated session
 /// table: ≈ 25 MB of kernel memory nobody reads any more). Programs still running from that
 /// version keep their maps alive through their own references; its `links/` directory stays
 /// for [`LegacyLinks`] to take over device by device, and the version directory goes once it
 /// is empty. Returns the directories it touched.
 pub fn remove_stale_maps(bpffs: &Path) -> Result<Vec<PathBuf>> {
-    let dirs = other_version_dirs(bpffs)?;
+    let dirs: Vec<PathBuf> = version_dirs(bpffs)?
+        .into_iter()
+        .filter(|(v, _)| *v != LAYOUT_VERSION)
+        .map(|(_, dir)| dir)
+        .collect();
     for dir in &dirs {
         for entry in fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
             let entry = entry?;
