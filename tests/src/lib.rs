@@ -202,6 +202,29 @@ impl Drop for TempDir {
     }
 }
 
+/// A router on ifindex 1 (BPF TestRun runs skb programs on loopback) that SNATs `cidrs` to `gw`.
+pub fn testrun_router(dp_id: u32, gw: [u8; 4], cidrs: &[&str]) -> router_ctl::datapath::RouterNat {
+    router_ctl::datapath::RouterNat {
+        dp_id,
+        ifindex: 1,
+        gateway_ip: gw.into(),
+        enable_snat: true,
+        internal_cidrs: cidrs.iter().map(|c| c.parse().expect("cidr")).collect(),
+    }
+}
+
+/// The datapath opened in `bpffs` (its own pins) with `router` configured.
+pub fn open_datapath(
+    bpffs: &Bpffs,
+    nat: &router_ctl::config::NatConfig,
+    router: &router_ctl::datapath::RouterNat,
+) -> std::sync::Arc<router_ctl::datapath::Datapath> {
+    let dp = router_ctl::datapath::Datapath::open(bpffs.path(), nat)
+        .unwrap_or_else(|e| panic!("open datapath: {e:#}"));
+    dp.configure_router(router).expect("configure router");
+    dp
+}
+
 /// A private bpffs mounted on a temp dir (`mount -t bpf bpf DIR`), unmounted on drop.
 pub struct Bpffs {
     pub dir: TempDir,

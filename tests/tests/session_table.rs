@@ -3,11 +3,8 @@
 //! listed, expired by the GC once idle past their timeout, and flushed.
 use std::{sync::Arc, time::Duration};
 
-use router_ctl::{
-    config::NatConfig,
-    datapath::{Datapath, RouterNat},
-};
-use tests::{Bpffs, packet::udp_frame};
+use router_ctl::{config::NatConfig, datapath::Datapath};
+use tests::{Bpffs, open_datapath, packet::udp_frame, testrun_router};
 
 const GW: [u8; 4] = [192, 0, 2, 10];
 const VM: [u8; 4] = [10, 0, 0, 5];
@@ -17,16 +14,7 @@ const DP_ID: u32 = 7;
 const FLOWS: u16 = 6000;
 
 fn datapath(dir: &Bpffs, nat: &NatConfig) -> Arc<Datapath> {
-    let dp = Datapath::open(dir.path(), nat).unwrap_or_else(|e| panic!("open datapath: {e:#}"));
-    dp.configure_router(&RouterNat {
-        dp_id: DP_ID,
-        ifindex: 1,
-        gateway_ip: GW.into(),
-        enable_snat: true,
-        internal_cidrs: vec!["10.0.0.0/24".parse().expect("cidr")],
-    })
-    .expect("configure router");
-    dp
+    open_datapath(dir, nat, &testrun_router(DP_ID, GW, &["10.0.0.0/24"]))
 }
 
 /// One new UDP flow per source port from `first`, each through `snat_out`.

@@ -11,13 +11,14 @@ use std::{net::Ipv4Addr, sync::Arc};
 use router_ctl::{
     config::NatConfig,
     datapath::{
-        Datapath, RouterNat,
+        Datapath,
         fip::{FloatingNat, PortForwardNat},
     },
 };
 use tests::{
-    Bpffs,
+    Bpffs, open_datapath,
     packet::{self, ACK, Ipv4, SYN, TCP, UDP, echo_frame, frame, tcp_frame, udp, udp_frame},
+    testrun_router,
 };
 
 const GW: [u8; 4] = [192, 0, 2, 10];
@@ -41,16 +42,11 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let dir = Bpffs::new();
-        let dp = Datapath::open(dir.path(), &NatConfig::default())
-            .unwrap_or_else(|e| panic!("open datapath: {e:#}"));
-        dp.configure_router(&RouterNat {
-            dp_id: DP_ID,
-            ifindex: 1,
-            gateway_ip: GW.into(),
-            enable_snat: true,
-            internal_cidrs: vec!["10.0.0.0/24".parse().expect("cidr")],
-        })
-        .expect("configure router");
+        let dp = open_datapath(
+            &dir,
+            &NatConfig::default(),
+            &testrun_router(DP_ID, GW, &["10.0.0.0/24"]),
+        );
         dp.configure_internal(DP_ID, &[1], Some(GW.into()))
             .expect("configure internal");
         Self { dp, _dir: dir }

@@ -12,11 +12,12 @@ use router_ctl::{
     datapath::{Datapath, RouterNat},
 };
 use tests::{
-    Bpffs,
+    Bpffs, open_datapath,
     packet::{
         self, ACK, ICMP, Ipv4, RST, SYN, TCP, UDP, echo, echo_frame, frame, icmp, tcp, tcp_frame,
         udp, udp_frame,
     },
+    testrun_router,
 };
 
 const GW: [u8; 4] = [192, 0, 2, 10];
@@ -37,19 +38,11 @@ struct Fixture {
 impl Fixture {
     fn new(enable_snat: bool, nat: NatConfig) -> Self {
         let dir = Bpffs::new();
-        let dp =
-            Datapath::open(dir.path(), &nat).unwrap_or_else(|e| panic!("open datapath: {e:#}"));
-        dp.configure_router(&RouterNat {
-            dp_id: DP_ID,
-            ifindex: 1,
-            gateway_ip: GW.into(),
+        let router = RouterNat {
             enable_snat,
-            internal_cidrs: vec![
-                "10.0.0.0/24".parse().unwrap(),
-                "10.0.1.0/24".parse().unwrap(),
-            ],
-        })
-        .expect("configure router");
+            ..router(GW, &["10.0.0.0/24", "10.0.1.0/24"])
+        };
+        let dp = open_datapath(&dir, &nat, &router);
         Self { dp, _dir: dir }
     }
 
@@ -525,13 +518,7 @@ fn flush_and_remove_router_forget_sessions() {
 
 /// The router config of the fixture with other internal CIDRs (and gateway `gw`).
 fn router(gw: [u8; 4], cidrs: &[&str]) -> RouterNat {
-    RouterNat {
-        dp_id: DP_ID,
-        ifindex: 1,
-        gateway_ip: gw.into(),
-        enable_snat: true,
-        internal_cidrs: cidrs.iter().map(|c| c.parse().expect("cidr")).collect(),
-    }
+    testrun_router(DP_ID, gw, cidrs)
 }
 
 #[test]

@@ -3,13 +3,11 @@
 //! quote length from 8 L4 bytes to the whole datagram) must come out byte-exact as the packet
 //! builder makes them from scratch (2000 cases per run).
 use proptest::prelude::*;
-use router_ctl::{
-    config::NatConfig,
-    datapath::{Datapath, RouterNat},
-};
+use router_ctl::config::NatConfig;
 use tests::{
-    Bpffs,
+    Bpffs, open_datapath,
     packet::{ICMP, Ipv4, TCP, UDP, assert_checksums, frame, icmp, tcp, udp},
+    testrun_router,
 };
 
 const GW: [u8; 4] = [192, 0, 2, 10];
@@ -96,15 +94,11 @@ fn nat_port(f: &[u8]) -> u16 {
 #[test]
 fn random_flows_and_icmp_errors_translate_exactly() {
     let bpffs = Bpffs::new();
-    let dp = Datapath::open(bpffs.path(), &NatConfig::default()).expect("open");
-    dp.configure_router(&RouterNat {
-        dp_id: 5,
-        ifindex: 1,
-        gateway_ip: GW.into(),
-        enable_snat: true,
-        internal_cidrs: vec!["10.1.0.0/16".parse().unwrap()],
-    })
-    .expect("configure");
+    let dp = open_datapath(
+        &bpffs,
+        &NatConfig::default(),
+        &testrun_router(5, GW, &["10.1.0.0/16"]),
+    );
     let run = |prog: &str, f: &[u8]| {
         let (rc, out) = dp.test_run(prog, f).expect("test run");
         assert_eq!(rc, 0, "{prog} verdict");

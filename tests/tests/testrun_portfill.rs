@@ -3,11 +3,8 @@
 //! distinct internal sources, and report the share of new flows refused at 75% and 100% of the
 //! range size. Cilium's bar: < 7% and < 16%. Flows that got a port must keep translating.
 use router_common::stat;
-use router_ctl::{
-    config::NatConfig,
-    datapath::{Datapath, RouterNat},
-};
-use tests::{Bpffs, packet::tcp_frame};
+use router_ctl::{config::NatConfig, datapath::Datapath};
+use tests::{Bpffs, open_datapath, packet::tcp_frame, testrun_router};
 
 const GW: [u8; 4] = [192, 0, 2, 10];
 const SRV: [u8; 4] = [203, 0, 113, 9];
@@ -21,16 +18,7 @@ fn src(i: usize) -> [u8; 4] {
 
 /// A datapath in `bpffs` with the test router (gateway `GW`, 10.0.0.0/16 inside) on ifindex 1.
 fn open_router(bpffs: &Bpffs, nat: &NatConfig) -> std::sync::Arc<Datapath> {
-    let dp = Datapath::open(bpffs.path(), nat).unwrap_or_else(|e| panic!("open: {e:#}"));
-    dp.configure_router(&RouterNat {
-        dp_id: DP_ID,
-        ifindex: 1,
-        gateway_ip: GW.into(),
-        enable_snat: true,
-        internal_cidrs: vec!["10.0.0.0/16".parse().unwrap()],
-    })
-    .expect("configure");
-    dp
+    open_datapath(bpffs, nat, &testrun_router(DP_ID, GW, &["10.0.0.0/16"]))
 }
 
 fn nat_port(f: &[u8]) -> u16 {
