@@ -266,58 +266,14 @@ pub fn gateway_out(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
     let ip = load_ipv4(ctx).ok()?;
     let pkt = validate(ctx, ip).ok()?;
     let l = load_l4(ctx, &pkt);
-    if l.ports
-        && let Some(pf) = pf_lookup(rid, pkt.ip.src, l.sport, l.proto, DIR_OUT)
-    {
-        if rewrite_pf(ctx, &pkt, IP_SRC, pkt.l4, l.sport, &pf).is_err() {
-            count(rid, stat::DROP_MALFORMED, 1);
-            return Some(aya_ebpf::bindings::TC_ACT_SHOT);
-        }
-        let created = note_session(
-            rid,
-            router_common::SESSION_PF,
-            DIR_OUT,
-            &l,
-            pkt.ip.src,
-            pkt.ip.dst,
-            pf.addr,
-            pf.port,
-        );
-        count_packet(
-            rid,
-            stat::PF_PACKETS,
-            stat::OUT_BYTES,
-            ctx.len() as u64,
-            created,
-        );
-        return Some(OK);
+    if let Some(v) = forward_port(ctx, rid, &pkt, &l, DIR_OUT) {
+        return Some(v);
     }
     let fip = fip_lookup(rid, pkt.ip.src, DIR_OUT)?;
     if let Some(v) = icmp_error(ctx, cfg, &pkt, DIR_OUT) {
         return Some(v);
     }
-    if rewrite_1to1(ctx, &pkt, IP_SRC, fip).is_err() {
-        count(rid, stat::DROP_MALFORMED, 1);
-        return Some(aya_ebpf::bindings::TC_ACT_SHOT);
-    }
-    let created = note_session(
-        rid,
-        router_common::SESSION_FIP,
-        DIR_OUT,
-        &l,
-        pkt.ip.src,
-        pkt.ip.dst,
-        fip,
-        l.sport,
-    );
-    count_packet(
-        rid,
-        stat::FIP_PACKETS,
-        stat::OUT_BYTES,
-        ctx.len() as u64,
-        created,
-    );
-    Some(OK)
+    Some(one_to_one(ctx, rid, &pkt, &l, DIR_OUT, fip))
 }
 
 /// Whether an IPv4 packet is addressed to the metadata address (169.254.169.254): the proxy
@@ -346,55 +302,74 @@ pub fn gateway_in(ctx: &TcContext, cfg: &RouterConfig) -> Option<i32> {
         return Some(v);
     }
     let l = load_l4(ctx, &pkt);
-    if l.ports
-        && let Some(pf) = pf_lookup(rid, pkt.ip.dst, l.dport, l.proto, DIR_IN)
-    {
-        if rewrite_pf(ctx, &pkt, IP_DST, pkt.l4 + 2, l.dport, &pf).is_err() {
-            count(rid, stat::DROP_MALFORMED, 1);
-            return Some(aya_ebpf::bindings::TC_ACT_SHOT);
-        }
-        let created = note_session(
-            rid,
-            router_common::SESSION_PF,
-            DIR_IN,
-            &l,
-            pkt.ip.src,
-            pkt.ip.dst,
-            pf.addr,
-            pf.port,
-        );
-        count_packet(
-            rid,
-            stat::PF_PACKETS,
-            stat::IN_BYTES,
-            ctx.len() as u64,
-            created,
-        );
-        return Some(OK);
+    if let Some(v) = forward_port(ctx, rid, &pkt, &l, DIR_IN) {
+        return Some(v);
     }
     let fixed = fip_lookup(rid, pkt.ip.dst, DIR_IN)?;
-    if rewrite_1to1(ctx, &pkt, IP_DST, fixed).is_err() {
+    Some(one_to_one(ctx, rid, &pkt, &l, DIR_IN, fixed))
+}
+
+/// The port forwarding of this packet, if any, applied: the VM's reply source (`DIR_OUT`) or the
+/// forwarded destination (`DIR_IN`) rewritten, the session noted, the packet counted. `None`: no
+/// forwarding matches.
+#[inline(always)]
+fn forward_port(ctx: &TcContext, rid: u32, pkt: &Packet, l: &L4, dir: u8) -> Option<i32> {
+    if !l.ports {
+        return None;
+    }
+    let (field, addr, port, port_off, bytes) = if dir == DIR_OUT {
+        (IP_SRC, pkt.ip.src, l.sport, pkt.l4, stat::OUT_BYTES)
+    } else {
+        (IP_DST, pkt.ip.dst, l.dport, pkt.l4 + 2, stat::IN_BYTES)
+    };
+    let pf = pf_lookup(rid, addr, port, l.proto, dir)?;
+    if rewrite_pf(ctx, pkt, field, port_off, port, &pf).is_err() {
         count(rid, stat::DROP_MALFORMED, 1);
         return Some(aya_ebpf::bindings::TC_ACT_SHOT);
     }
     let created = note_session(
         rid,
-        router_common::SESSION_FIP,
-        DIR_IN,
-        &l,
+        router_common::SESSION_PF,
+        dir,
+        l,
         pkt.ip.src,
         pkt.ip.dst,
-        fixed,
-        if l.ports { l.dport } else { l.sport },
+        pf.addr,
+        pf.port,
     );
-    count_packet(
-        rid,
-        stat::FIP_PACKETS,
-        stat::IN_BYTES,
-        ctx.len() as u64,
-        created,
-    );
+    count_packet(rid, stat::PF_PACKETS, bytes, ctx.len() as u64, created);
     Some(OK)
+}
+
+/// The 1:1 translation of a floating IP: the VM's source becomes `to` (`DIR_OUT`) or the floating
+/// destination becomes the VM's `to` (`DIR_IN`); the session noted, the packet counted.
+#[inline(always)]
+fn one_to_one(ctx: &TcContext, rid: u32, pkt: &Packet, l: &L4, dir: u8, to: u32) -> i32 {
+    let (field, port, bytes) = if dir == DIR_OUT {
+        (IP_SRC, l.sport, stat::OUT_BYTES)
+    } else {
+        (
+            IP_DST,
+            if l.ports { l.dport } else { l.sport },
+            stat::IN_BYTES,
+        )
+    };
+    if rewrite_1to1(ctx, pkt, field, to).is_err() {
+        count(rid, stat::DROP_MALFORMED, 1);
+        return aya_ebpf::bindings::TC_ACT_SHOT;
+    }
+    let created = note_session(
+        rid,
+        router_common::SESSION_FIP,
+        dir,
+        l,
+        pkt.ip.src,
+        pkt.ip.dst,
+        to,
+        port,
+    );
+    count_packet(rid, stat::FIP_PACKETS, bytes, ctx.len() as u64, created);
+    OK
 }
 
 /// An ICMP error about a floating-IP flow: the quoted header is translated like the flow
