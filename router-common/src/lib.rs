@@ -33,6 +33,7 @@ pub mod maps {
     pub const INTERNAL_IFS: &str = "INTERNAL_IFS";
     pub const FLOATING_IPS: &str = "FLOATING_IPS";
     pub const PORT_FORWARDINGS: &str = "PORT_FORWARDINGS";
+    pub const FAST_IFS: &str = "FAST_IFS";
 }
 
 /// Program names in the object (the Rust function names of the entry points).
@@ -48,6 +49,12 @@ pub mod programs {
     /// turn the metadata proxy's replies from port 9697 back into 80. The daemon removes the
     /// filters an earlier run left with this name.
     pub const INTERNAL_OUT: &str = "internal_out";
+    /// TC ingress of a router's own `qr-`/`qg-` devices, *inside* the router namespace: the
+    /// fast path. Forwards a packet the router would route with the router namespace's FIB
+    /// and neighbours (`bpf_fib_lookup`) straight to the egress device's bridge-side peer
+    /// (`bpf_redirect_peer`), past the namespace's IP stack; anything unusual takes the
+    /// router's own path. Keyed in `FAST_IFS`.
+    pub const FAST_FWD: &str = "fast_fwd";
 }
 
 /// Capacity of the session table (one entry per session; a SNAT flow that could not keep its
@@ -59,6 +66,33 @@ pub const MAX_FRAGMENTS: u32 = 16_384;
 pub const MAX_ROUTERS: u32 = 16_384;
 /// Internal CIDRs over all routers.
 pub const MAX_CIDRS: u32 = 65_536;
+
+/// Router-namespace devices (`qr-`/`qg-`) that run the fast path.
+pub const MAX_FAST_IFS: u32 = 65_536;
+
+/// `FastIf::flags`: the device is the router's gateway port (`qg-`).
+pub const FAST_IF_GATEWAY: u32 = 1;
+
+/// A router's own device (`qr-` or `qg-`) inside its namespace, as the fast path knows it:
+/// `FAST_IFS` value keyed by the device's ifindex **in the router namespace** (host order).
+///
+/// Ifindexes are per namespace, so two routers' devices may share one: the program takes a
+/// device as this entry's only if the frame's destination MAC (ingress) or the FIB's source
+/// MAC (egress) is `mac`; any other device with that ifindex takes the router's own path. The
+/// daemon never overwrites an entry of another device (it leaves that device on the slow path).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FastIf {
+    /// Router number (`RouterConfig::router_id`): counters, and both ends of a fast-pathed
+    /// packet must belong to the same router.
+    pub router_id: u32,
+    /// `FAST_IF_*` bits.
+    pub flags: u32,
+    /// The device's MAC address.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FastIf>() == 16);
 
 /// `RouterConfig::flags`: translate sources in the internal CIDRs to the gateway IP.
 pub const ROUTER_F_SNAT: u32 = 1;
@@ -234,9 +268,11 @@ pub mod stat {
     pub const FIP_PACKETS: usize = 13;
     /// Packets translated by a port forwarding (either direction).
     pub const PF_PACKETS: usize = 14;
-    /// Number of counters in use (the array holds 16; slot 15 counted metadata redirects
-    /// until the proxy listened on port 80 itself).
-    pub const COUNT: usize = 15;
+    /// Packets the fast path (`fast_fwd`) forwarded past the router namespace's IP stack
+    /// (either direction, and east-west between the router's subnets).
+    pub const FAST_PACKETS: usize = 15;
+    /// Number of counters in use (the array holds 16).
+    pub const COUNT: usize = 16;
     /// Human names, indexed by counter.
     pub const NAMES: [&str; COUNT] = [
         "out_packets",
@@ -254,6 +290,7 @@ pub mod stat {
         "icmp_errors",
         "fip_packets",
         "pf_packets",
+        "fast_forwarded",
     ];
 }
 
@@ -364,4 +401,5 @@ mod pod {
     unsafe impl aya::Pod for FipValue {}
     unsafe impl aya::Pod for PfKey {}
     unsafe impl aya::Pod for PfValue {}
+    unsafe impl aya::Pod for FastIf {}
 }

@@ -1,6 +1,7 @@
 //! The gateway NAT datapath, split by concern the way Cilium's `bpf/lib` is: packet parsing,
 //! maps and counters, checksum rewriting, sessions (connection tracking and port allocation),
-//! IPv4 fragments, ICMP errors, and the two NAT directions that tie them together.
+//! IPv4 fragments, ICMP errors, the two NAT directions that tie them together, and the fast
+//! path inside router namespaces (`fast`).
 //!
 //! Everything reads and writes the packet through `bpf_skb_load_bytes`/`bpf_skb_store_bytes`
 //! and the TC checksum helpers: the verifier needs no pointer bounds proofs, non-linear skbs
@@ -8,6 +9,7 @@
 #![no_std]
 
 pub mod csum;
+pub mod fast;
 pub mod fip;
 pub mod frag;
 pub mod icmp;

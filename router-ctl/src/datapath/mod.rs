@@ -125,13 +125,19 @@ const HOOKS: [(&str, TcAttachType, &str); 2] = [
 const INTERNAL_HOOKS: [(&str, TcAttachType, &str); 1] =
     [(programs::INTERNAL_IN, TcAttachType::Egress, "egress")];
 
+/// The fast path, on the ingress of a router's `qr-`/`qg-` devices inside its namespace,
+/// same layout as `HOOKS`.
+const FAST_HOOKS: [(&str, TcAttachType, &str); 1] =
+    [(programs::FAST_FWD, TcAttachType::Ingress, "ingress")];
+
 /// Filters an earlier version attached that this one does not: removed on detach.
 const LEGACY_HOOKS: [(&str, TcAttachType, &str); 1] =
     [(programs::INTERNAL_OUT, TcAttachType::Ingress, "ingress")];
 
 /// Every map of the object, pinned by name (also what tests pin to play an older daemon).
-pub const MAP_NAMES: [&str; 9] = [
+pub const MAP_NAMES: [&str; 10] = [
     maps::INTERNAL_IFS,
+    maps::FAST_IFS,
     maps::FLOATING_IPS,
     maps::PORT_FORWARDINGS,
     maps::ROUTER_CONFIG,
@@ -221,8 +227,12 @@ impl Datapath {
         let mut ebpf = loader
             .load(obj)
             .map_err(|e| anyhow!("loading the eBPF object: {e:#}"))?;
-        for (name, _, _) in HOOKS.iter().chain(INTERNAL_HOOKS.iter()) {
-            let name = *name;
+        for name in HOOKS
+            .iter()
+            .chain(INTERNAL_HOOKS.iter())
+            .chain(FAST_HOOKS.iter())
+            .map(|(name, _, _)| *name)
+        {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?

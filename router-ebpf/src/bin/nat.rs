@@ -1,8 +1,9 @@
 //! Gateway NAT programs, attached as tc filters to the bridge-side peer (`tap…`) of a router's
 //! `qg-` device in the daemon's namespace: `snat_out` on its ingress (packets leaving the
 //! router), `snat_in` on its egress (packets entering the router); and `internal_in` on the
-//! egress of each `qr-` device's tap of routers with floating IPs (hairpin). The logic lives in
-//! the library.
+//! egress of each `qr-` device's tap of routers with floating IPs (hairpin); and `fast_fwd` on
+//! the ingress of the router's `qr-`/`qg-` devices inside its namespace (the fast path). The
+//! logic lives in the library.
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 
@@ -32,6 +33,12 @@ mod prog {
         match router_ebpf::internal::internal_in(&ctx) {
             Ok(action) | Err(action) => action,
         }
+    }
+
+    /// Packets arriving on a router's own device inside its namespace: the fast path.
+    #[classifier]
+    pub fn fast_fwd(ctx: TcContext) -> i32 {
+        router_ebpf::fast::fast_fwd(&ctx)
     }
 
     #[panic_handler]
