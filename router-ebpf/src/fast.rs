@@ -51,8 +51,9 @@ fn fast_if(ifindex: u32) -> Option<FastIf> {
     })
 }
 
-/// Ethernet header plus the fixed IPv4 header, as they sit at the start of the frame.
-#[repr(C)]
+/// Ethernet header plus the fixed IPv4 header, as they sit at the start of the frame (packed:
+/// the IPv4 header starts at byte 14, which `Ipv4Hdr`'s alignment would move to 16).
+#[repr(C, packed)]
 #[derive(Clone, Copy)]
 struct Head {
     dst: [u8; 6],

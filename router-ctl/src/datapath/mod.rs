@@ -527,6 +527,23 @@ impl Datapath {
     /// device, so a router configured on ifindex 1 is the one exercised. For tests and
     /// diagnostics; it touches the live maps.
     pub fn test_run(&self, program: &str, packet: &[u8]) -> Result<(u32, Vec<u8>)> {
+        self.test_run_on(program, packet, 0)
+    }
+
+    /// `test_run` with the packet on device `ifindex` of the calling thread's namespace
+    /// (0: loopback): the kernel takes the device from the context's `ifindex`, which is what
+    /// `fast_fwd`'s FIB lookup and `FAST_IFS` entry go by.
+    pub fn test_run_on(
+        &self,
+        program: &str,
+        packet: &[u8],
+        ifindex: u32,
+    ) -> Result<(u32, Vec<u8>)> {
+        // `struct __sk_buff` up to and including `ifindex` (offset 40); the kernel takes a
+        // shorter context and requires every field it does not accept to be zero.
+        const SKB_IFINDEX: usize = 40;
+        let mut ctx = [0u8; SKB_IFINDEX + 4];
+        ctx[SKB_IFINDEX..].copy_from_slice(&ifindex.to_ne_bytes());
         let mut inner = self.lock();
         let prog: &mut SchedClassifier = inner
             .ebpf
@@ -537,6 +554,9 @@ impl Datapath {
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(packet);
         opts.data_out = Some(&mut out);
+        if ifindex != 0 {
+            opts.ctx_in = Some(&ctx);
+        }
         let res = prog.test_run(opts)?;
         out.truncate(res.data_size_out as usize);
         Ok((res.return_value, out))
