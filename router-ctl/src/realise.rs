@@ -81,6 +81,9 @@ pub struct Realiser {
 /// namespace or device.
 pub const FULL_CHECK_EVERY: u64 = 10;
 
+/// Ifindexes tried for a new router port before leaving the choice to the kernel.
+const SPARE_IFINDEX_TRIES: usize = 8;
+
 #[derive(Clone, Debug, Default)]
 struct RouterMemo {
     /// Taps of the router's ports (daemon namespace).
@@ -811,6 +814,7 @@ impl Realiser {
         created: &mut Vec<Created>,
     ) -> Result<Vec<String>> {
         let owned = &self.owned;
+        let fast = self.fast_path();
         let mut made = Vec::new();
         let res = with_netlink(&self.daemon_ns, |h| {
             let made = &mut made;
@@ -848,14 +852,38 @@ impl Realiser {
                         }
                     }
                     owned.record(Kind::Link, &p.tap, &format!("tap {}\n", spec.id))?;
-                    if let Err(e) =
-                        link::create_veth(&h, &p.tap, bridge.index, &p.inner, p.port.mac, router_ns)
-                            .await
-                    {
+                    let veth = |index| {
+                        link::create_veth(
+                            &h,
+                            &p.tap,
+                            bridge.index,
+                            &p.inner,
+                            p.port.mac,
+                            router_ns,
+                            index,
+                        )
+                    };
+                    // With the fast path, an ifindex no other router device has (see
+                    // `Datapath::spare_ifindex`); a few tries, then the kernel's choice.
+                    let mut res = Err(link::VethError::IndexTaken);
+                    if fast {
+                        let mut after = 0;
+                        for _ in 0..SPARE_IFINDEX_TRIES {
+                            let k = self.datapath.spare_ifindex(after);
+                            res = veth(Some(k)).await;
+                            if !matches!(res, Err(link::VethError::IndexTaken)) {
+                                break;
+                            }
+                            after = k;
+                        }
+                    }
+                    if matches!(res, Err(link::VethError::IndexTaken)) {
+                        res = veth(None).await;
+                    }
+                    if let Err(e) = res {
                         let _ = owned.forget(Kind::Link, &p.tap);
-                        return Err(
-                            e.context(format!("router {}: port {}", spec.id, p.port.port_id))
-                        );
+                        return Err(anyhow::Error::from(e)
+                            .context(format!("router {}: port {}", spec.id, p.port.port_id)));
                     }
                     ns::disable_ipv6(&p.tap);
                     made.push(p.tap.clone());

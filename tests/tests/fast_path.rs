@@ -532,3 +532,80 @@ fn a_stale_neighbour_whose_mac_changed_is_probed_again() {
         );
     }
 }
+
+#[test]
+fn routers_of_one_daemon_each_take_the_fast_path() {
+    // The kernel numbers devices per namespace: left to itself, every router's first `qr-`
+    // would share one ifindex and one `FAST_IFS` key, and only one router would be fast.
+    let t = Topology::new(FAST_CONFIG);
+    let d = &t.d;
+    d.cli_ok(&["network", "create", "tenant3"]);
+    d.cli_ok(&[
+        "subnet",
+        "create",
+        "tenant3-v4",
+        "--network",
+        "tenant3",
+        "--cidr",
+        "10.42.0.0/24",
+    ]);
+    let r2 = d.cli_json(&["router", "create", "r2"]);
+    d.cli_ok(&["router", "interface", "add", "r2", "tenant3-v4"]);
+    d.cli_json(&["gateway", "set", "r2", "public"]);
+    let vm3 = Netns {
+        name: unique("fpv"),
+    };
+    d.cli_json(&[
+        "port",
+        "create",
+        "--network",
+        "tenant3",
+        "--netns",
+        &vm3.name,
+    ]);
+    let r2_ns = names::router_netns(&id(&r2));
+    let index_of = |ns: &str, prefix: &str| -> Vec<u64> {
+        tests::ip_json(ns, &["link", "show"])
+            .as_array()
+            .expect("links")
+            .iter()
+            .filter(|l| l["ifname"].as_str().is_some_and(|n| n.starts_with(prefix)))
+            .map(|l| l["ifindex"].as_u64().expect("ifindex"))
+            .collect()
+    };
+    let mut all: Vec<u64> = Vec::new();
+    for ns in [t.router_ns(), r2_ns.clone()] {
+        all.extend(index_of(&ns, "qr-"));
+        all.extend(index_of(&ns, "qg-"));
+    }
+    let mut unique_idx = all.clone();
+    unique_idx.sort();
+    unique_idx.dedup();
+    assert_eq!(
+        unique_idx.len(),
+        all.len(),
+        "router devices share ifindexes across namespaces: {all:?}"
+    );
+    for (vm, router) in [(&t.vm, "r1"), (&vm3, "r2")] {
+        assert!(
+            Topology::ping_until(vm, &SERVER.to_string(), 20),
+            "{router}: the VM cannot reach the server\n{}",
+            d.log()
+        );
+        let before = d.cli_json(&["stats", router])["fast_forwarded"]
+            .as_u64()
+            .expect("counter");
+        let (received, out) = Topology::ping(vm, &SERVER.to_string(), 10, &["-i", "0.05", "-q"]);
+        assert!(received > 0, "{out}");
+        let after = d.cli_json(&["stats", router])["fast_forwarded"]
+            .as_u64()
+            .expect("counter");
+        assert!(
+            after - before >= 2 * u64::from(received),
+            "{router}: fast_forwarded grew by {} for {received} echo exchanges\n{}",
+            after - before,
+            d.log()
+        );
+    }
+    drop(vm3);
+}

@@ -52,7 +52,25 @@ fn device_mac(dev: &str) -> Result<[u8; 6]> {
     Ok(mac)
 }
 
+/// Lowest ifindex `spare_ifindex` hands out: above the devices a host usually numbers itself.
+const SPARE_IFINDEX_BASE: u32 = 4096;
+
 impl Datapath {
+    /// An ifindex above `after` that no `FAST_IFS` entry holds and that was not handed out
+    /// before, for a new router device (and its tap): the kernel numbers devices per
+    /// namespace, so left to itself every router's first `qr-` would be ifindex 2 and only
+    /// one router could have the fast path. The caller tries it and asks again past it when
+    /// a namespace already uses it.
+    pub fn spare_ifindex(&self, after: u32) -> u32 {
+        let mut inner = self.lock();
+        let mut k = after.saturating_add(1).max(SPARE_IFINDEX_BASE);
+        while inner.fast.get(&k).is_some() || inner.fast_handed.contains(&k) {
+            k = k.saturating_add(1);
+        }
+        inner.fast_handed.insert(k);
+        k
+    }
+
     /// Puts `dev` (a router's `qr-`/`qg-` in the calling thread's namespace, which must be the
     /// router's) on the fast path of router `dp_id`: writes its `FAST_IFS` entry and attaches
     /// `fast_fwd` as the cls_bpf filter of its ingress (same slot as every filter, see

@@ -97,6 +97,8 @@ struct Inner {
     floating: fip::Maps,
     /// `FAST_IFS` (router-namespace ifindex → fast-path device), with its userspace copy.
     fast: mirror::Mirrored<u32, FastIf>,
+    /// Ifindexes `spare_ifindex` handed out (devices not yet, or never, on the fast path).
+    fast_handed: std::collections::HashSet<u32>,
 }
 
 /// The loaded datapath of one daemon.
@@ -253,6 +255,7 @@ impl Datapath {
             global: take(&mut ebpf, maps::GLOBAL_STATS)?,
             floating: fip::Maps::take(&mut ebpf)?,
             fast: mirror::Mirrored::new(take(&mut ebpf, maps::FAST_IFS)?)?,
+            fast_handed: Default::default(),
             ebpf,
         };
         let sessions_pin = dir.join(maps::SESSIONS);

@@ -141,6 +141,10 @@ pub async fn create_bridge(h: &Handle, name: &str) -> Result<bool> {
 /// Creates a veth pair: `name` here (enslaved to `controller`, up) and its peer `peer` with
 /// MAC `peer_mac` created directly in namespace `peer_ns` (down). EEXIST (from either name) is an
 /// error here: the caller checked that the pair is missing.
+///
+/// `index`: both ends get this ifindex (each in its namespace) instead of the next free one of
+/// each namespace; the fast path needs router devices whose ifindexes differ across router
+/// namespaces (see `datapath::fast`). A taken index is `VethError::IndexTaken`.
 pub async fn create_veth(
     h: &Handle,
     name: &str,
@@ -148,25 +152,49 @@ pub async fn create_veth(
     peer: &str,
     peer_mac: [u8; 6],
     peer_ns: &NetnsHandle,
-) -> Result<()> {
+    index: Option<u32>,
+) -> Result<(), VethError> {
     // The peer is left down: veth refuses to open a device whose pair is not linked yet
     // (ENOTCONN), and the router-namespace pass brings it up.
-    let peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+    let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
         .name(peer.to_string())
         .address(peer_mac.to_vec())
         .setns_by_fd(peer_ns.file.as_raw_fd())
         .build();
-    let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
+    // veth takes the peer's ifindex from its message only when the device itself has one.
+    if let Some(i) = index {
+        peer_msg.header.index = i;
+    }
+    let mut msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
         .name(name.to_string())
         .controller(controller)
         .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
         .build();
-    h.link()
-        .add(msg)
-        .execute()
-        .await
-        .with_context(|| format!("creating veth {name} (peer {peer})"))
+    if let Some(i) = index {
+        msg.header.index = i;
+    }
+    match h.link().add(msg).execute().await {
+        Ok(()) => Ok(()),
+        // A taken ifindex: EEXIST in this namespace (a device with that index is looked up
+        // first), EBUSY in the peer's.
+        Err(e) if index.is_some() && matches!(errno(&e), Some(libc::EEXIST | libc::EBUSY)) => {
+            Err(VethError::IndexTaken)
+        }
+        Err(e) => Err(VethError::Other(
+            anyhow::Error::from(e).context(format!("creating veth {name} (peer {peer})")),
+        )),
+    }
+}
+
+/// Why `create_veth` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VethError {
+    /// The ifindex asked for is taken in one of the two namespaces (or the name exists).
+    #[error("the ifindex asked for is taken")]
+    IndexTaken,
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
 }
 
 /// Deletes link `name`; missing is success. Returns whether it existed.
