@@ -869,12 +869,13 @@ impl Realiser {
                     if fast {
                         let mut after = 0;
                         for _ in 0..SPARE_IFINDEX_TRIES {
-                            let k = self.datapath.spare_ifindex(after);
-                            res = veth(Some(k)).await;
+                            let tap = self.datapath.spare_ifindex(after);
+                            let inner = self.datapath.spare_ifindex(tap);
+                            res = veth(Some((tap, inner))).await;
                             if !matches!(res, Err(link::VethError::IndexTaken)) {
                                 break;
                             }
-                            after = k;
+                            after = inner;
                         }
                     }
                     if matches!(res, Err(link::VethError::IndexTaken)) {

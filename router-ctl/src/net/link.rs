@@ -142,9 +142,11 @@ pub async fn create_bridge(h: &Handle, name: &str) -> Result<bool> {
 /// MAC `peer_mac` created directly in namespace `peer_ns` (down). EEXIST (from either name) is an
 /// error here: the caller checked that the pair is missing.
 ///
-/// `index`: both ends get this ifindex (each in its namespace) instead of the next free one of
-/// each namespace; the fast path needs router devices whose ifindexes differ across router
-/// namespaces (see `datapath::fast`). A taken index is `VethError::IndexTaken`.
+/// `index`: (this end's, the peer's) ifindex instead of the next free one of each namespace;
+/// the fast path needs router devices whose ifindexes differ across router namespaces (see
+/// `datapath::fast`). They must differ from each other: the kernel takes a device whose link
+/// index is its own ifindex for one without a lower device (its operstate then misreads as
+/// UNKNOWN). A taken index is `VethError::IndexTaken`.
 pub async fn create_veth(
     h: &Handle,
     name: &str,
@@ -152,7 +154,7 @@ pub async fn create_veth(
     peer: &str,
     peer_mac: [u8; 6],
     peer_ns: &NetnsHandle,
-    index: Option<u32>,
+    index: Option<(u32, u32)>,
 ) -> Result<(), VethError> {
     // The peer is left down: veth refuses to open a device whose pair is not linked yet
     // (ENOTCONN), and the router-namespace pass brings it up.
@@ -162,7 +164,7 @@ pub async fn create_veth(
         .setns_by_fd(peer_ns.file.as_raw_fd())
         .build();
     // veth takes the peer's ifindex from its message only when the device itself has one.
-    if let Some(i) = index {
+    if let Some((_, i)) = index {
         peer_msg.header.index = i;
     }
     let mut msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
@@ -171,7 +173,7 @@ pub async fn create_veth(
         .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
         .build();
-    if let Some(i) = index {
+    if let Some((i, _)) = index {
         msg.header.index = i;
     }
     match h.link().add(msg).execute().await {
