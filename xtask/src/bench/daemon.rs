@@ -496,8 +496,15 @@ impl Env {
             None => rep.gateway_delay_note = "the eBPF path was not built".into(),
         }
         if let Some(n) = &self.leak_note {
-            rep.notes.push(n.clone());
             rep.gateway_delay_note = n.clone();
+        }
+    }
+
+    /// Reports untranslated probe packets seen while this daemon's gateway was being set (a
+    /// leak, whichever daemon the gateway delay is taken from).
+    pub fn leaks(&self, rep: &mut Report) {
+        if let Some(n) = &self.leak_note {
+            rep.notes.push(format!("{}: {n}", self.kind.label()));
         }
     }
 

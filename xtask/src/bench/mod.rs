@@ -458,6 +458,7 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
         }
     }
     for (k, env) in &envs {
+        env.leaks(rep);
         if topos.contains_key(k) {
             env.counters(rep);
         }
