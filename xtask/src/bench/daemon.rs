@@ -350,7 +350,7 @@ impl Env {
     /// tenant network 10.1.0.0/24 with the client, a router with an interface, then the gateway
     /// — timing gateway set → first translated packet at the server on the way.
     pub fn build_path(&mut self) -> Result<Topology> {
-        let client = topo::client_ns(&format!("c{}", tag(self.kind)))?;
+        let client = topo::client_ns(tag(self.kind))?;
         let server = Ns::new(&format!("s{}", tag(self.kind)))?;
         let ext = self.network("bench-ext", true)?;
         self.subnet(&ext, "203.0.113.0/24", Some("203.0.113.1"))?;

@@ -485,13 +485,11 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
     if let Some(env) = cp_kind.and_then(|k| envs.get_mut(&k)) {
         env.gateway_delay(rep);
         ns::check_interrupted()?;
-        env.control_plane(&plan.routers, plan.routers_cap, rep);
         let on = env.kind.label();
-        rep.control_plane_note = format!("On the daemon of {on}. {}", rep.control_plane_note);
-        if rep.gateway_to_first_packet_secs.is_some() {
-            rep.notes.push(format!(
-                "Gateway set → first translated packet: measured on {on}."
-            ));
+        rep.daemon_measured = on.to_string();
+        if plan.routers.iter().any(|n| *n > 0) {
+            env.control_plane(&plan.routers, plan.routers_cap, rep);
+            rep.control_plane_note = format!("On the daemon of {on}. {}", rep.control_plane_note);
         }
     }
     Ok(())

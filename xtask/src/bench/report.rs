@@ -211,6 +211,8 @@ pub struct Report {
     /// Seconds from the gateway-set API call to the first translated packet at the server.
     pub gateway_to_first_packet_secs: Option<f64>,
     pub gateway_delay_note: String,
+    /// The configuration whose daemon the gateway delay and the control plane were measured on.
+    pub daemon_measured: String,
     pub notes: Vec<String>,
 }
 
@@ -520,7 +522,12 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\nGateway set → first translated packet at the server: {}",
+            "\nGateway set → first translated packet at the server{}: {}",
+            if self.daemon_measured.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.daemon_measured)
+            },
             match self.gateway_to_first_packet_secs {
                 Some(v) if self.gateway_delay_note.is_empty() => format!("{:.1} ms", v * 1000.0),
                 Some(v) => format!("{:.1} ms (but: {})", v * 1000.0, self.gateway_delay_note),
