@@ -21,6 +21,7 @@ pub struct Config {
     pub tokens: BTreeMap<String, TokenConfig>,
     pub nat: NatConfig,
     pub metadata: MetadataConfig,
+    pub datapath: DatapathConfig,
     /// Seconds between two reconcile passes (desired state from the DB → kernel).
     pub reconcile_interval: u64,
 }
@@ -35,6 +36,7 @@ impl Default for Config {
             tokens: BTreeMap::new(),
             nat: NatConfig::default(),
             metadata: MetadataConfig::default(),
+            datapath: DatapathConfig::default(),
             reconcile_interval: 5,
         }
     }
@@ -80,6 +82,22 @@ impl Default for NatConfig {
             icmp: 30,
             gc_interval: 10,
         }
+    }
+}
+
+/// Datapath options.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatapathConfig {
+    /// Forward in eBPF (`fast_fwd`) inside each router namespace, past its IP stack; false
+    /// leaves every packet to the namespace's own routing (see docs/ARCHITECTURE.md, "Fast
+    /// path").
+    pub fast_path: bool,
+}
+
+impl Default for DatapathConfig {
+    fn default() -> Self {
+        Self { fast_path: true }
     }
 }
 

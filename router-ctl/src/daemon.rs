@@ -135,6 +135,9 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         )
         .context("starting the realiser")?,
     );
+    realiser
+        .set_fast_path(cfg.datapath.fast_path)
+        .context("turning the fast path off")?;
     if args.purge {
         return purge(&realiser, &datapath);
     }

@@ -11,12 +11,12 @@
 //! deletes the objects it created before returning the error.
 
 use std::{
-    collections::{BTreeSet, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
     path::PathBuf,
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -31,6 +31,7 @@ use crate::{
     net::{
         LinkState, arp,
         link::{self, LinkKind},
+        neigh,
         ns::{self, NetnsHandle, in_netns, with_netlink},
         owned::{Kind, Owned},
     },
@@ -71,6 +72,8 @@ pub struct Realiser {
     router_hook: std::sync::OnceLock<Arc<dyn floating::RouterHook>>,
     /// Reconcile passes so far (every `FULL_CHECK_EVERY`th is a full one).
     passes: AtomicU64,
+    /// Whether routers' devices run the fast path (`[datapath] fast_path`).
+    fast_path: AtomicBool,
 }
 
 /// One reconcile pass in this many enters every router namespace; the others check routers
@@ -90,6 +93,10 @@ struct RouterMemo {
     floating: Option<floating::Applied>,
     /// The spec this router was last fully converged to.
     spec: Option<RouterSpec>,
+    /// Devices of the router namespace running the fast path: name → (ifindex, MAC) there.
+    fast: BTreeMap<String, (u32, [u8; 6])>,
+    /// With the fast path off: the filters an earlier run may have left were removed.
+    fast_off: bool,
 }
 
 #[derive(Debug)]
@@ -228,6 +235,17 @@ fn validate_router(spec: &RouterSpec) -> Result<()> {
     Ok(())
 }
 
+/// What a router-namespace pass does besides configuring the present devices.
+#[derive(Clone, Copy, Debug, Default)]
+struct InsideMode {
+    /// Delete `qr-`/`qg-` devices the spec does not have.
+    prune: bool,
+    /// Write the namespace's sysctls.
+    sysctls: bool,
+    /// A reconcile pass: check the fast-path filters and refresh stale neighbours.
+    verify: bool,
+}
+
 /// What the router-namespace pass found and did.
 #[derive(Default)]
 struct InsideReport {
@@ -263,7 +281,23 @@ impl Realiser {
             }),
             router_hook: std::sync::OnceLock::new(),
             passes: AtomicU64::new(0),
+            fast_path: AtomicBool::new(true),
         })
+    }
+
+    /// Turns the fast path on (the default) or off; call before the first converge. Off
+    /// removes every `FAST_IFS` entry now, and each router's first converge removes the
+    /// filters an earlier run attached.
+    pub fn set_fast_path(&self, on: bool) -> Result<()> {
+        self.fast_path.store(on, Ordering::Relaxed);
+        if !on {
+            self.datapath.clear_fast()?;
+        }
+        Ok(())
+    }
+
+    fn fast_path(&self) -> bool {
+        self.fast_path.load(Ordering::Relaxed)
     }
 
     /// The datapath this realiser configures (sessions, stats and GC go to it directly).
@@ -464,6 +498,7 @@ impl Realiser {
 
     /// Deletes what a failed converge created, newest first.
     fn rollback(&self, spec: &RouterSpec, created: Vec<Created>) {
+        let ns_gone = created.iter().any(|c| matches!(c, Created::Netns(_)));
         for c in created.into_iter().rev() {
             let r = match &c {
                 Created::Attached(tap) => in_netns(&self.daemon_ns, || self.datapath.detach(tap)),
@@ -476,7 +511,15 @@ impl Realiser {
                 tracing::warn!("router {}: undoing {c:?}: {e:#}", spec.id);
             }
         }
-        lock(&self.memo).remove(&spec.id);
+        let memo = lock(&self.memo).remove(&spec.id);
+        // Fast-path entries of devices that went with a namespace this call made.
+        if ns_gone {
+            for (idx, mac) in memo.iter().flat_map(|m| m.fast.values()) {
+                if let Err(e) = self.datapath.forget_fast(*idx, *mac) {
+                    tracing::warn!("router {}: undoing the fast path: {e:#}", spec.id);
+                }
+            }
+        }
     }
 
     /// The heart of apply_router and of reconcile's repair. `known`: a dump of the daemon
@@ -552,8 +595,17 @@ impl Realiser {
             || created
                 .iter()
                 .any(|c| matches!(c, Created::Netns(n) if n == &ns_name));
-        let mut inside =
-            self.inside_pass(spec, &ports, &router_ns, &desired_inner, true, sysctls)?;
+        let mut inside = self.inside_pass(
+            spec,
+            &ports,
+            &router_ns,
+            &desired_inner,
+            InsideMode {
+                prune: true,
+                sysctls,
+                verify: known.is_some(),
+            },
+        )?;
         let removed_gw_taps: Vec<String> = inside
             .removed
             .iter()
@@ -593,6 +645,7 @@ impl Realiser {
                 let orphans = &orphans;
                 async move {
                     for d in orphans {
+                        self.datapath.detach_fast(d)?;
                         link::delete_link(&h, d).await?;
                     }
                     Ok(())
@@ -708,8 +761,13 @@ impl Realiser {
         // programs are attached and know every internal CIDR, so no packet from an internal
         // source can leave through a new `qg-` (or from a new subnet) untranslated.
         if configure_new {
-            let mut again =
-                self.inside_pass(spec, &ports, &router_ns, &desired_inner, false, false)?;
+            let mut again = self.inside_pass(
+                spec,
+                &ports,
+                &router_ns,
+                &desired_inner,
+                InsideMode::default(),
+            )?;
             changes.append(&mut again.changed);
             inside.announce.append(&mut again.announce);
         }
@@ -811,9 +869,9 @@ impl Realiser {
         res.map(|()| made)
     }
 
-    /// One netlink session inside the router namespace: `lo` up, sysctls (`sysctls`), extra
-    /// `qr-`/`qg-` devices deleted (`prune`), and every present port device configured (MAC,
-    /// up, address, gateway routes).
+    /// One netlink session inside the router namespace: `lo` up, sysctls, extra `qr-`/`qg-`
+    /// devices deleted, every present port device configured (MAC, up, address, gateway
+    /// routes) and put on the fast path (see `converge_fast` and `InsideMode`).
     ///
     /// Sysctls are written when the namespace is new and checked by reconcile, not on every
     /// API call: each `/proc/sys` look-up is O(namespaces) on the kernel side (the sysctl
@@ -824,9 +882,13 @@ impl Realiser {
         ports: &[PortPlan<'_>],
         router_ns: &NetnsHandle,
         desired_inner: &HashSet<String>,
-        prune: bool,
-        sysctls: bool,
+        mode: InsideMode,
     ) -> Result<InsideReport> {
+        let InsideMode {
+            prune,
+            sysctls,
+            verify,
+        } = mode;
         with_netlink(router_ns, |h| async move {
             let mut rep = InsideReport::default();
             if sysctls {
@@ -858,6 +920,9 @@ impl Realiser {
             for l in links {
                 let ours = l.name.starts_with("qr-") || l.name.starts_with("qg-");
                 if prune && ours && !desired_inner.contains(&l.name) {
+                    if let Some(mac) = l.mac {
+                        self.datapath.forget_fast(l.index, mac)?;
+                    }
                     link::delete_link(&h, &l.name).await?;
                     rep.removed.push(l.name.clone());
                     continue;
@@ -865,6 +930,8 @@ impl Realiser {
                 by_name.insert(l.name.clone(), l);
             }
             let mut gw_index = None;
+            // Present, up and addressed: (name, ifindex, MAC, gateway).
+            let mut fast_ready = Vec::new();
             for p in ports {
                 let Some(l) = by_name.get(&p.inner) else {
                     continue;
@@ -911,11 +978,106 @@ impl Realiser {
                 if p.gateway {
                     gw_index = Some(l.index);
                 }
+                if spec.admin_state_up {
+                    fast_ready.push((p.inner.clone(), l.index, p.port.mac, p.gateway));
+                }
             }
             let mut route_changes = converge_routes(&h, spec, gw_index).await?;
             rep.changed.append(&mut route_changes);
+            let mut fast_changes = self
+                .converge_fast(&h, spec, &fast_ready, &by_name, verify)
+                .await?;
+            rep.changed.append(&mut fast_changes);
             Ok(rep)
         })
+    }
+
+    /// The fast path of one router, on the thread of `inside_pass` (router namespace, `h`):
+    /// every device of `ready` runs `fast_fwd` with its `FAST_IFS` entry, and devices that
+    /// left it lose theirs. The memo makes it free when in place; `verify` (reconcile) asks
+    /// the kernel whether each filter is still there, puts back one removed from outside, and
+    /// refreshes the namespace's stale neighbours (see `net::neigh`). With the fast path off,
+    /// the router's first converge removes any filter an earlier run left. A device the fast
+    /// path cannot take stays on the slow path with a warning: the router works either way.
+    async fn converge_fast(
+        &self,
+        h: &rtnetlink::Handle,
+        spec: &RouterSpec,
+        ready: &[(String, u32, [u8; 6], bool)],
+        present: &HashMap<String, LinkState>,
+        verify: bool,
+    ) -> Result<Vec<String>> {
+        let (known, fast_off) = lock(&self.memo)
+            .get(&spec.id)
+            .map(|m| (m.fast.clone(), m.fast_off))
+            .unwrap_or_default();
+        let mut changes = Vec::new();
+        if !self.fast_path() {
+            if !fast_off {
+                for name in present
+                    .keys()
+                    .filter(|n| n.starts_with("qr-") || n.starts_with("qg-"))
+                {
+                    self.datapath.detach_fast(name)?;
+                }
+                let mut memo = lock(&self.memo);
+                let m = memo.entry(spec.id.clone()).or_default();
+                m.fast.clear();
+                m.fast_off = true;
+            }
+            return Ok(changes);
+        }
+        let mut now = BTreeMap::new();
+        for (name, ifindex, mac, gateway) in ready {
+            let prev = known.get(name);
+            if let Some((idx, old_mac)) = prev
+                && idx != ifindex
+            {
+                // The device was made again: its old entry names an ifindex it no longer has.
+                self.datapath.forget_fast(*idx, *old_mac)?;
+            }
+            let remembered = prev == Some(&(*ifindex, *mac))
+                && self
+                    .datapath
+                    .fast_entry_ok(*ifindex, *mac, spec.dp_id, *gateway);
+            if remembered && (!verify || Datapath::fast_in_place(h, *ifindex).await?) {
+                now.insert(name.clone(), (*ifindex, *mac));
+                continue;
+            }
+            match self.datapath.attach_fast(name, spec.dp_id, *gateway) {
+                Ok(true) => {
+                    now.insert(name.clone(), (*ifindex, *mac));
+                    if remembered {
+                        changes.push(format!("fast path {name}"));
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!("router {}: {name} stays on the slow path: {e:#}", spec.id)
+                }
+            }
+        }
+        for (name, (idx, mac)) in &known {
+            if now.contains_key(name) {
+                continue;
+            }
+            if present.get(name).is_some_and(|l| l.index == *idx) {
+                self.datapath.detach_fast(name)?;
+            } else {
+                self.datapath.forget_fast(*idx, *mac)?;
+            }
+        }
+        if verify && !now.is_empty() {
+            let ifindexes: HashSet<u32> = now.values().map(|(idx, _)| *idx).collect();
+            if let Err(e) = neigh::refresh_stale(h, &ifindexes).await {
+                tracing::warn!("router {}: {e:#}", spec.id);
+            }
+        }
+        let mut memo = lock(&self.memo);
+        let m = memo.entry(spec.id.clone()).or_default();
+        m.fast = now;
+        m.fast_off = false;
+        Ok(changes)
     }
 
     /// Removes the router's namespace and everything under it, its NAT config and sessions.

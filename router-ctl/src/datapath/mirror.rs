@@ -1,12 +1,12 @@
 //! Userspace copies of the configuration maps, so per-router changes never walk a whole map.
 //!
-//! `ROUTER_CONFIG`, `INTERNAL_CIDRS`, `INTERNAL_IFS`, `FLOATING_IPS` and `PORT_FORWARDINGS`
-//! are written only by this daemon (the programs only read them). Finding one router's entries
-//! in a map costs two syscalls per entry of every router (next key, lookup): with 1000 routers,
-//! each gateway set or interface add walked several thousand entries, and router creation
+//! `ROUTER_CONFIG`, `INTERNAL_CIDRS`, `INTERNAL_IFS`, `FLOATING_IPS`, `PORT_FORWARDINGS` and
+//! `FAST_IFS` are written only by this daemon (the programs only read them). Finding one router's
+//! entries in a map costs two syscalls per entry of every router (next key, lookup): with 1000
+//! routers, each gateway set or interface add walked several thousand entries, and router creation
 //! slowed down as routers accumulated. Each map is read once when the datapath opens (the pins
-//! carry the previous run's entries) and every write goes to the map and then the copy, so the
-//! copy is the map's content as long as the write succeeded.
+//! carry the previous run's entries) and every write goes to the map and then the copy, so the copy
+//! is the map's content as long as the write succeeded.
 
 use std::{collections::HashMap as StdHashMap, collections::HashSet, hash::Hash};
 
@@ -39,6 +39,11 @@ impl<K: Pod + Hash + Eq, V: Pod> Mirrored<K, V> {
     /// Entries, from the copy.
     pub(super) fn iter(&self) -> impl Iterator<Item = (K, V)> + '_ {
         self.copy.iter().map(|(k, v)| (*k, *v))
+    }
+
+    /// The value of `k`, from the copy.
+    pub(super) fn get(&self, k: &K) -> Option<V> {
+        self.copy.get(k).copied()
     }
 
     pub(super) fn insert(&mut self, k: K, v: V) -> Result<()> {

@@ -8,6 +8,7 @@
 
 mod batch;
 pub mod bpffs;
+mod fast;
 pub mod filter;
 pub mod fip;
 mod mirror;
@@ -28,8 +29,8 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use router_common::{
-    CidrKey, FragKey, FragValue, ROUTER_F_FLOATING, ROUTER_F_SNAT, RouterConfig, RouterStats,
-    SessionKey, SessionValue, global, ip_to_wire, maps, programs, stat,
+    CidrKey, FastIf, FragKey, FragValue, ROUTER_F_FLOATING, ROUTER_F_SNAT, RouterConfig,
+    RouterStats, SessionKey, SessionValue, global, ip_to_wire, maps, programs, stat,
 };
 use serde::Serialize;
 
@@ -94,6 +95,8 @@ struct Inner {
     global: PerCpuArray<MapData, u64>,
     /// Floating IPs, port forwardings and internal taps (see `fip`).
     floating: fip::Maps,
+    /// `FAST_IFS` (router-namespace ifindex → fast-path device), with its userspace copy.
+    fast: mirror::Mirrored<u32, FastIf>,
 }
 
 /// The loaded datapath of one daemon.
@@ -249,6 +252,7 @@ impl Datapath {
             stats: take(&mut ebpf, maps::ROUTER_STATS)?,
             global: take(&mut ebpf, maps::GLOBAL_STATS)?,
             floating: fip::Maps::take(&mut ebpf)?,
+            fast: mirror::Mirrored::new(take(&mut ebpf, maps::FAST_IFS)?)?,
             ebpf,
         };
         let sessions_pin = dir.join(maps::SESSIONS);
@@ -433,7 +437,7 @@ impl Datapath {
         Ok(())
     }
 
-    /// Removes the router's config, CIDRs, sessions, fragments and counters (its counter slot
+    /// Removes the router's config, CIDRs, sessions, fragments, fast-path entries and counters (its counter slot
     /// reads zero for the next router given this number).
     pub fn remove_router(&self, dp_id: u32) -> Result<()> {
         let mut inner = self.lock();
@@ -451,6 +455,7 @@ impl Datapath {
         }
         flush_router(&mut inner, dp_id)?;
         fip::remove_router(&mut inner, dp_id)?;
+        fast::remove_router(&mut inner, dp_id)?;
         zero_stats(&mut inner, dp_id)?;
         Ok(())
     }
