@@ -28,8 +28,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Measure plain forwarding, iptables SNAT, nftables flowtable and the eBPF SNAT side by
-    /// side; writes target/bench/report.{md,json} and ratios.svg (root required).
+    /// Measure plain forwarding, iptables SNAT, nftables flowtable, the eBPF SNAT and its fast
+    /// path side by side; writes target/bench/report.{md,json} and ratios.svg (root required).
     Bench(bench::BenchArgs),
     /// The README's first command: a router with a gateway, two VMs and an "internet" in
     /// throwaway namespaces, driven by `router-ctl` (root required).

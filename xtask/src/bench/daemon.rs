@@ -1,12 +1,14 @@
-//! Configuration (d) and the control-plane timings, through the daemon: `router-ctl daemon` in
-//! a throwaway host namespace (started with `nsenter --net=`), a private bpffs mounted in a temp
-//! directory, a temp state directory; networks, subnets, routers, interfaces and the gateway are
-//! created with the Neutron v2.0 API, and the client and server namespaces are plugged into the
-//! networks with `router-ctl port create --netns`.
+//! Configurations (d) and (e) and the control-plane timings, through the daemon. Each is its
+//! own `router-ctl daemon` — (d) with `[datapath] fast_path = false`, (e) with `fast_path =
+//! true` (the product's default) — in its own throwaway host namespace (started with
+//! `nsenter --net=`), with a private bpffs mounted in its own temp directory and a temp state
+//! directory; networks, subnets, routers, interfaces and the gateway are created with the
+//! Neutron v2.0 API, and the client and server namespaces are plugged into the networks with
+//! `router-ctl port create --netns`.
 //!
-//! Cleanup (also on error or Ctrl-C): the daemon is stopped, every `qrouter-` namespace of a
-//! router this bench created is deleted, the host namespace (bridges, taps, links) goes, the
-//! bpffs is unmounted and the temp directory removed.
+//! Cleanup (also on error or Ctrl-C), per daemon: the daemon is stopped, every `qrouter-`
+//! namespace of a router this bench created through it is deleted, its host namespace (bridges,
+//! taps, links) goes, its bpffs is unmounted and its temp directory removed.
 
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
@@ -26,17 +28,39 @@ use serde_json::{Value, json};
 
 use super::{
     ns::{self, ChildGuard, Ns, check_interrupted},
-    report::{ControlPlaneRun, Report, StepStats},
+    report::{ControlPlaneRun, DaemonCounters, Report, StepStats},
     topo::{self, CLIENT_IP, Kind, Topology},
 };
 
 const LISTEN: &str = "127.0.0.1:9696";
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const PROBE_PORT: u16 = 20300;
+/// The counter of packets the fast path forwarded (`router_common::stat::NAMES`).
+const FAST_FORWARDED: &str = "fast_forwarded";
 
-/// Why (e) has no numbers: the datapath offers no separate fast path to switch on yet.
-pub fn fast_path_status() -> String {
-    "not run: the datapath has no separate fast path (e.g. TC redirect of established flows past the router namespace) to enable yet; docs/BENCH.md \"A fast path (e): what it would take\" describes one".into()
+/// Builds the eBPF object and `router-ctl` (release) with it embedded; returns the binary.
+/// Done once for both daemons.
+pub fn build(target_dir: &Path, workspace: &Path) -> Result<PathBuf> {
+    let obj = crate::ebpf::build(target_dir)?;
+    eprintln!("bench: building router-ctl (release) with the eBPF object");
+    let mut cargo = crate::ebpf::clean_cargo();
+    cargo
+        .current_dir(workspace)
+        .args(["build", "--release", "--package", "router-ctl", "--bins"])
+        .env("ROUTER_EBPF_OBJECT", &obj);
+    crate::run(&mut cargo)?;
+    Ok(target_dir.join("release/router-ctl"))
+}
+
+/// The daemon's `[datapath] fast_path` setting for configuration `kind`: off for (d), on (the
+/// product's default) for (e).
+fn fast_path(kind: Kind) -> bool {
+    kind == Kind::Fast
+}
+
+/// Short name of a daemon configuration in namespace and directory names.
+fn tag(kind: Kind) -> &'static str {
+    if fast_path(kind) { "fa" } else { "eb" }
 }
 
 /// A temp directory with a private bpffs mounted inside, removed (and unmounted) on drop.
@@ -47,8 +71,10 @@ struct TempDir {
 }
 
 impl TempDir {
-    fn new() -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("xbench-{}", std::process::id()));
+    /// `xbench-<pid>-<tag>`: unique per daemon of this run, and recognisable by
+    /// `ns::sweep_stale` once the run is gone.
+    fn new(tag: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("xbench-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(path.join("state"))?;
         let bpffs = path.join("bpf");
@@ -80,8 +106,10 @@ impl Drop for TempDir {
     }
 }
 
-/// The daemon under test and what the bench created through it.
+/// One daemon under test and what the bench created through it.
 pub struct Env {
+    /// The configuration this daemon serves: `Kind::Ebpf` (d) or `Kind::Fast` (e).
+    pub kind: Kind,
     // Drop order matters: routers' namespaces after the daemon stops, then host ns, then dir.
     daemon: Option<ChildGuard>,
     routers: Vec<String>,
@@ -96,6 +124,11 @@ pub struct Env {
     /// Untranslated packets seen at the server while the gateway was being set.
     leak_note: Option<String>,
     cp_ext: Vec<String>,
+    /// The datapath counters right after the path was built, so the report can tell what the
+    /// measured rounds added.
+    baseline: Option<std::collections::BTreeMap<String, u64>>,
+    /// Something the report should say about how this daemon was configured.
+    pub config_note: Option<String>,
 }
 
 impl Drop for Env {
@@ -146,88 +179,51 @@ fn api_error(method: &str, path: &str, resp: reqwest::blocking::Response) -> any
 }
 
 impl Env {
-    /// Builds the eBPF object and `router-ctl` (release), starts the daemon and waits for its API.
-    pub fn start(target_dir: &Path, workspace: &Path) -> Result<Self> {
-        let obj = crate::ebpf::build(target_dir)?;
-        eprintln!("bench: building router-ctl (release) with the eBPF object");
-        let mut cargo = crate::ebpf::clean_cargo();
-        cargo
-            .current_dir(workspace)
-            .args(["build", "--release", "--package", "router-ctl", "--bins"])
-            .env("ROUTER_EBPF_OBJECT", &obj);
-        crate::run(&mut cargo)?;
-        let bin = target_dir.join("release/router-ctl");
-        let dir = TempDir::new()?;
-        let host = Ns::new("host")?;
+    /// Starts the daemon of configuration `kind` (`Kind::Ebpf` or `Kind::Fast`) from `bin` and
+    /// waits for its API.
+    pub fn start(bin: &Path, kind: Kind) -> Result<Self> {
+        let dir = TempDir::new(tag(kind))?;
+        let host = Ns::new(&format!("host{}", tag(kind)))?;
         let config = dir.path.join("router-ctl.toml");
         // Short UDP timeouts so the new-flow runs of earlier rounds are collected before the next.
-        std::fs::write(&config, "[nat]\nudp_unreplied = 2\ngc_interval = 1\n")?;
-        let log = std::fs::File::create(dir.path.join("daemon.log"))?;
-        let child = host
-            .cmd(&bin.to_string_lossy())
-            .arg("daemon")
-            .arg("--config")
-            .arg(&config)
-            .args(["--listen", LISTEN])
-            .arg("--state-dir")
-            .arg(dir.path.join("state"))
-            .arg("--bpffs")
-            .arg(&dir.bpffs)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("starting router-ctl daemon")?;
-        let mut daemon = ChildGuard(child);
-        // The client lives in the host namespace: its runtime thread inherits the namespace.
-        let api = host.enter(|| {
-            reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-        })??;
-        let url = format!("http://{LISTEN}/v2.0");
-        let token_path = dir.path.join("state/admin-token");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let token = loop {
-            check_interrupted()?;
-            if let Ok(Some(status)) = daemon.0.try_wait() {
-                bail!(
-                    "router-ctl daemon exited ({status}): {}",
-                    tail(&dir.path.join("daemon.log"))
-                );
+        let nat = "[nat]\nudp_unreplied = 2\ngc_interval = 1\n";
+        let datapath = format!("[datapath]\nfast_path = {}\n", fast_path(kind));
+        std::fs::write(&config, format!("{nat}{datapath}"))?;
+        let mut config_note = None;
+        let (daemon, api, token) = match spawn(bin, &host, &dir, &config) {
+            Ok(d) => d,
+            // A daemon without the option rejects the section (unknown field). Without it the
+            // fast path is never attached, so (d) is still what it claims; (e) is not.
+            Err(e) if !fast_path(kind) && unknown_datapath_section(&e) => {
+                std::fs::write(&config, nat)?;
+                config_note = Some(format!(
+                    "{}: this daemon has no [datapath] fast_path option, so it ran without the section (no fast path there to switch off)",
+                    kind.label()
+                ));
+                spawn(bin, &host, &dir, &config)?
             }
-            if let Ok(t) = std::fs::read_to_string(&token_path) {
-                let t = t.trim().to_string();
-                let ok = api
-                    .get(format!("{url}/networks"))
-                    .header("X-Auth-Token", &t)
-                    .send()
-                    .map(|r| r.status().is_success())
-                    .unwrap_or(false);
-                if ok {
-                    break t;
-                }
+            Err(e) if unknown_datapath_section(&e) => {
+                return Err(e.context(
+                    "this daemon has no [datapath] fast_path option, so the fast path cannot be switched on",
+                ));
             }
-            if Instant::now() > deadline {
-                bail!(
-                    "router-ctl daemon API not ready after 30 s: {}",
-                    tail(&dir.path.join("daemon.log"))
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
+            Err(e) => return Err(e),
         };
         Ok(Self {
+            kind,
             daemon: Some(daemon),
             routers: Vec::new(),
             host,
             dir,
-            bin,
-            url,
+            bin: bin.to_path_buf(),
+            url: format!("http://{LISTEN}/v2.0"),
             token,
             api,
             gateway_delay: None,
             leak_note: None,
             cp_ext: Vec::new(),
+            baseline: None,
+            config_note,
         })
     }
 
@@ -350,12 +346,12 @@ impl Env {
         Ok(())
     }
 
-    /// Builds configuration (d): external network 203.0.113.0/24 with the server plugged in,
+    /// Builds this daemon's path: external network 203.0.113.0/24 with the server plugged in,
     /// tenant network 10.1.0.0/24 with the client, a router with an interface, then the gateway
     /// — timing gateway set → first translated packet at the server on the way.
     pub fn build_path(&mut self) -> Result<Topology> {
-        let client = topo::client_ns("ceb")?;
-        let server = Ns::new("seb")?;
+        let client = topo::client_ns(tag(self.kind))?;
+        let server = Ns::new(&format!("s{}", tag(self.kind)))?;
         let ext = self.network("bench-ext", true)?;
         self.subnet(&ext, "203.0.113.0/24", Some("203.0.113.1"))?;
         let int = self.network("bench-int", false)?;
@@ -425,7 +421,7 @@ impl Env {
         });
         check_interrupted()?;
         let mut t = Topology {
-            kind: Kind::Ebpf,
+            kind: self.kind,
             client,
             server,
             server_ip: SERVER_IP,
@@ -443,16 +439,50 @@ impl Env {
             );
         }
         t.start_iperf()?;
+        self.baseline = read_counters(&self.dir.bpffs).ok();
         Ok(t)
     }
 
-    /// The datapath's counters summed over routers (before the control-plane batches, these are
-    /// the bench path's): drops explain shortfalls in the data-path figures.
+    /// Records the datapath's counters summed over routers (before the control-plane batches,
+    /// these are the bench path's): drops explain shortfalls in the data-path figures, and
+    /// `fast_forwarded` shows whether the fast path carried the traffic — it must have grown
+    /// during (e)'s rounds and stayed 0 in (d).
     pub fn counters(&self, rep: &mut Report) {
-        match read_counters(&self.dir.bpffs) {
-            Ok(c) => rep.ebpf_counters = c,
-            Err(e) => rep.notes.push(format!("eBPF counters not read: {e:#}")),
+        let label = self.kind.label();
+        let c = match read_counters(&self.dir.bpffs) {
+            Ok(c) => c,
+            Err(e) => {
+                rep.notes
+                    .push(format!("{label}: datapath counters not read: {e:#}"));
+                return;
+            }
+        };
+        let fast = |c: &std::collections::BTreeMap<String, u64>| {
+            c.get(FAST_FORWARDED).copied().unwrap_or(0)
+        };
+        let during = fast(&c).saturating_sub(self.baseline.as_ref().map(fast).unwrap_or(0));
+        let ran = rep.samples.contains_key(self.kind.short());
+        if fast_path(self.kind) && ran && during == 0 {
+            rep.errors.push(format!(
+                "{label}: {FAST_FORWARDED} did not grow while traffic ran ({} in total): the fast path did not engage, so these figures are the slow path's",
+                fast(&c)
+            ));
         }
+        if !fast_path(self.kind) && fast(&c) > 0 {
+            rep.errors.push(format!(
+                "{label}: {FAST_FORWARDED} = {} although the daemon ran with fast_path = false: the option did not switch the fast path off",
+                fast(&c)
+            ));
+        }
+        rep.daemon_counters.insert(
+            self.kind.short().to_string(),
+            DaemonCounters {
+                configuration: label.to_string(),
+                fast_path: fast_path(self.kind),
+                counters: c,
+                fast_forwarded_during_rounds: during,
+            },
+        );
     }
 
     /// Copies the gateway-delay measurement into the report.
@@ -466,8 +496,15 @@ impl Env {
             None => rep.gateway_delay_note = "the eBPF path was not built".into(),
         }
         if let Some(n) = &self.leak_note {
-            rep.notes.push(n.clone());
             rep.gateway_delay_note = n.clone();
+        }
+    }
+
+    /// Reports untranslated probe packets seen while this daemon's gateway was being set (a
+    /// leak, whichever daemon the gateway delay is taken from).
+    pub fn leaks(&self, rep: &mut Report) {
+        if let Some(n) = &self.leak_note {
+            rep.notes.push(format!("{}: {n}", self.kind.label()));
         }
     }
 
@@ -578,6 +615,75 @@ impl Env {
         self.set_gateway(&router, &ext)?;
         lap(4);
         Ok(steps)
+    }
+}
+
+/// Whether the daemon refused its config because it does not know the `[datapath]` section.
+fn unknown_datapath_section(e: &anyhow::Error) -> bool {
+    format!("{e:#}").contains("unknown field `datapath`")
+}
+
+/// Runs `bin daemon --config config` in `host` and waits until its API answers; returns the
+/// daemon, an API client living in `host` and the admin token.
+fn spawn(
+    bin: &Path,
+    host: &Ns,
+    dir: &TempDir,
+    config: &Path,
+) -> Result<(ChildGuard, reqwest::blocking::Client, String)> {
+    let log = std::fs::File::create(dir.path.join("daemon.log"))?;
+    let child = host
+        .cmd(&bin.to_string_lossy())
+        .arg("daemon")
+        .arg("--config")
+        .arg(config)
+        .args(["--listen", LISTEN])
+        .arg("--state-dir")
+        .arg(dir.path.join("state"))
+        .arg("--bpffs")
+        .arg(&dir.bpffs)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting router-ctl daemon")?;
+    let mut daemon = ChildGuard(child);
+    // The client lives in the host namespace: its runtime thread inherits the namespace.
+    let api = host.enter(|| {
+        reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+    })??;
+    let url = format!("http://{LISTEN}/v2.0");
+    let token_path = dir.path.join("state/admin-token");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        check_interrupted()?;
+        if let Ok(Some(status)) = daemon.0.try_wait() {
+            bail!(
+                "router-ctl daemon exited ({status}): {}",
+                tail(&dir.path.join("daemon.log"))
+            );
+        }
+        if let Ok(t) = std::fs::read_to_string(&token_path) {
+            let t = t.trim().to_string();
+            let ok = api
+                .get(format!("{url}/networks"))
+                .header("X-Auth-Token", &t)
+                .send()
+                .map(|r| r.status().is_success())
+                .unwrap_or(false);
+            if ok {
+                return Ok((daemon, api, t));
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "router-ctl daemon API not ready after 30 s: {}",
+                tail(&dir.path.join("daemon.log"))
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

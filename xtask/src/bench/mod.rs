@@ -1,11 +1,12 @@
 //! `cargo xtask bench`: plain forwarding, iptables SNAT (Neutron's rules), nftables masquerade
-//! with a flowtable and this project's eBPF SNAT (through the daemon's API), side by side, in
+//! with a flowtable, this project's eBPF SNAT (d) and the same with its fast path (e) (each
+//! through its own daemon's API), side by side, in
 //! namespaces the bench creates and removes; writes `target/bench/report.{md,json}` and
 //! `ratios.svg`. The bench only reports: no timing is asserted anywhere.
 //!
 //! Module map: `ns` (namespaces, signals), `topo` (the measured path per configuration),
 //! `traffic` (generators), `testrun` (BPF_PROG_TEST_RUN cost, memory per session), `daemon`
-//! (configuration (d) and the control-plane timings), `report` (statistics and output).
+//! (configurations (d) and (e), one daemon each, and the control-plane timings), `report` (statistics and output).
 
 mod daemon;
 mod ns;
@@ -37,7 +38,10 @@ pub struct BenchArgs {
     /// Seconds per packet-rate run (UDP pps, new flows, connect-request-close).
     #[arg(long, default_value_t = 2.0)]
     pub rate_secs: f64,
-    /// Configurations to run (plain, iptables, nftables, ebpf, fast).
+    /// Configurations to run: plain (a), iptables (b), nftables (c), ebpf (d: this project's
+    /// eBPF SNAT, daemon with `[datapath] fast_path = false`), fast (e: the same with the fast
+    /// path on, the product's default). (d) and (e) each get their own daemon; the control-plane
+    /// timing runs on (e)'s when it is selected, else on (d)'s.
     #[arg(
         long,
         value_delimiter = ',',
@@ -322,7 +326,7 @@ pub fn run(args: &BenchArgs, target_dir: &Path, workspace: &Path) -> Result<()> 
     }
     if plan.profiler.is_some() {
         rep.notes.push(
-            "Profiled run (--profile): perf sampled every CPU during the UDP pps and new-flow runs and the BPF run-time statistics were on for (d); compare these figures only with each other. Profiles are in target/bench/profile/.".into(),
+            "Profiled run (--profile): perf sampled every CPU during the UDP pps and new-flow runs and the BPF run-time statistics were on for (d) and (e); compare these figures only with each other. Profiles are in target/bench/profile/.".into(),
         );
     }
     let result = run_plan(&plan, &mut rep, target_dir, workspace);
@@ -339,36 +343,64 @@ pub fn run(args: &BenchArgs, target_dir: &Path, workspace: &Path) -> Result<()> 
 }
 
 fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) -> Result<()> {
-    // The daemon-backed configuration is brought up once and reused across rounds.
-    let wants_daemon = plan
-        .kinds
-        .iter()
-        .any(|k| matches!(k, Kind::Ebpf | Kind::Fast))
-        || plan.routers.iter().any(|n| *n > 0);
-    let mut env: Option<daemon::Env> = None;
-    if wants_daemon {
-        match daemon::Env::start(target_dir, workspace) {
-            Ok(e) => env = Some(e),
-            Err(e) => {
-                ns::check_interrupted()?;
-                let why = format!("{e:#}");
-                eprintln!("bench: daemon unavailable: {why}");
-                for k in [Kind::Ebpf, Kind::Fast] {
-                    if plan.kinds.contains(&k) {
-                        rep.not_run
-                            .insert(k.label().into(), format!("daemon did not start: {why}"));
+    // One daemon per daemon-backed configuration that was asked for — (d) with the fast path
+    // off, (e) with it on — each brought up once and reused across rounds. The control plane
+    // alone needs a daemon too: the default one, (e)'s.
+    let mut daemon_kinds: Vec<Kind> = [Kind::Ebpf, Kind::Fast]
+        .into_iter()
+        .filter(|k| plan.kinds.contains(k))
+        .collect();
+    if daemon_kinds.is_empty() && plan.routers.iter().any(|n| *n > 0) {
+        daemon_kinds.push(Kind::Fast);
+    }
+    // Declared before the topologies, so these drop after them.
+    let mut envs: BTreeMap<Kind, daemon::Env> = BTreeMap::new();
+    let mut not_started: BTreeMap<Kind, String> = BTreeMap::new();
+    if !daemon_kinds.is_empty() {
+        match daemon::build(target_dir, workspace) {
+            Ok(bin) => {
+                for &k in &daemon_kinds {
+                    eprintln!("bench: starting the daemon of {}", k.label());
+                    match daemon::Env::start(&bin, k) {
+                        Ok(e) => {
+                            if let Some(n) = &e.config_note {
+                                rep.notes.push(n.clone());
+                            }
+                            envs.insert(k, e);
+                        }
+                        Err(e) => {
+                            ns::check_interrupted()?;
+                            not_started.insert(k, format!("{e:#}"));
+                        }
                     }
                 }
-                rep.control_plane_note = format!("not run: daemon did not start: {why}");
-                rep.gateway_delay_note = "daemon did not start".into();
+            }
+            Err(e) => {
+                ns::check_interrupted()?;
+                for &k in &daemon_kinds {
+                    not_started.insert(k, format!("building the daemon failed: {e:#}"));
+                }
             }
         }
     }
-    let mut ebpf_topo: Option<Topology> = None;
-    let mut fast_reason: Option<String> = None;
-    if plan.kinds.contains(&Kind::Fast) {
-        fast_reason = Some(daemon::fast_path_status());
+    for (k, why) in &not_started {
+        eprintln!("bench: daemon of {} unavailable: {why}", k.label());
+        if plan.kinds.contains(k) {
+            rep.not_run
+                .insert(k.label().into(), format!("daemon did not start: {why}"));
+        }
     }
+    // The control plane and the gateway delay run on the product's default configuration (e)
+    // when its daemon is up, else on (d)'s.
+    let cp_kind = [Kind::Fast, Kind::Ebpf]
+        .into_iter()
+        .find(|k| envs.contains_key(k));
+    if cp_kind.is_none() && !not_started.is_empty() {
+        let why = not_started.values().next().cloned().unwrap_or_default();
+        rep.control_plane_note = format!("not run: daemon did not start: {why}");
+        rep.gateway_delay_note = "daemon did not start".into();
+    }
+    let mut topos: BTreeMap<Kind, Topology> = BTreeMap::new();
     let mut flow_run = 0u32;
     for round in 0..plan.rounds {
         let n = plan.kinds.len();
@@ -402,34 +434,38 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
                         }
                     }
                 }
-                Kind::Ebpf => {
-                    let Some(env) = env.as_mut() else { continue };
-                    if ebpf_topo.is_none() && !rep.not_run.contains_key(kind.label()) {
+                Kind::Ebpf | Kind::Fast => {
+                    let Some(env) = envs.get_mut(&kind) else {
+                        continue;
+                    };
+                    if !topos.contains_key(&kind) && !rep.not_run.contains_key(kind.label()) {
                         match env.build_path() {
-                            Ok(t) => ebpf_topo = Some(t),
+                            Ok(t) => {
+                                topos.insert(kind, t);
+                            }
                             Err(e) => {
                                 ns::check_interrupted()?;
-                                eprintln!("bench: eBPF path unavailable: {e:#}");
+                                eprintln!("bench: {} path unavailable: {e:#}", kind.label());
                                 rep.not_run.insert(kind.label().into(), format!("{e:#}"));
                             }
                         }
                     }
-                    if let Some(t) = &ebpf_topo {
+                    if let Some(t) = topos.get(&kind) {
                         measure(t, plan, round, flow_run, rep)?;
-                    }
-                }
-                Kind::Fast => {
-                    if let Some(why) = &fast_reason {
-                        rep.not_run.insert(kind.label().into(), why.clone());
                     }
                 }
             }
         }
     }
-    if let (Some(env), Some(_)) = (env.as_ref(), ebpf_topo.as_ref()) {
-        env.counters(rep);
+    for (k, env) in &envs {
+        env.leaks(rep);
+        if topos.contains_key(k) {
+            env.counters(rep);
+        }
     }
-    drop(ebpf_topo);
+    drop(topos);
+    // Only the control plane's daemon is needed from here on.
+    envs.retain(|k, _| Some(*k) == cp_kind);
     ns::check_interrupted()?;
     // Per-packet cost and memory do not depend on the daemon: they load the object directly.
     match testrun::object_path(target_dir, workspace) {
@@ -446,10 +482,15 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
         testrun::conntrack_memory(&mut rep.memory);
     }
     ns::check_interrupted()?;
-    if let Some(env) = env.as_mut() {
+    if let Some(env) = cp_kind.and_then(|k| envs.get_mut(&k)) {
         env.gateway_delay(rep);
         ns::check_interrupted()?;
-        env.control_plane(&plan.routers, plan.routers_cap, rep);
+        let on = env.kind.label();
+        rep.daemon_measured = on.to_string();
+        if plan.routers.iter().any(|n| *n > 0) {
+            env.control_plane(&plan.routers, plan.routers_cap, rep);
+            rep.control_plane_note = format!("On the daemon of {on}. {}", rep.control_plane_note);
+        }
     }
     Ok(())
 }

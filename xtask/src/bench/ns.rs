@@ -93,7 +93,7 @@ pub fn sweep_stale() {
     sweep_stale_daemon_dirs();
 }
 
-/// Leftovers of a killed bench's daemon: its `qrouter-` namespaces (listed in the temp
+/// Leftovers of a killed bench's daemons: their `qrouter-` namespaces (listed in the temp
 /// directory's `routers` file as they were created), its bpffs mount and the directory.
 fn sweep_stale_daemon_dirs() {
     let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
@@ -101,8 +101,10 @@ fn sweep_stale_daemon_dirs() {
     };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
+        // `xbench-<pid>-<tag>` (one per daemon), or `xbench-<pid>` from older runs.
         let Some(pid) = name
             .strip_prefix("xbench-")
+            .and_then(|p| p.split('-').next())
             .and_then(|p| p.parse::<u32>().ok())
         else {
             continue;

@@ -285,21 +285,34 @@ fn render_diff(plain: &PerPacket, other: &PerPacket, kind: Kind) -> String {
 /// The daemon's programs (those using the SESSIONS map pinned under `pins`), with their run
 /// counters. (`bpftool net show` of Debian's bpftool does not list TCX attachments.)
 fn prog_stats(pins: &Path) -> Result<Vec<ProgStat>> {
-    let pin = pins
-        .join(format!("v{}", router_common::LAYOUT_VERSION))
-        .join(router_common::maps::SESSIONS);
-    let m = sh(Command::new("bpftool")
-        .args(["-j", "map", "show", "pinned"])
-        .arg(&pin))?;
-    let m: serde_json::Value = serde_json::from_slice(&m.stdout).context("bpftool map -j")?;
-    let map_id = m["id"].as_u64().context("no id for the SESSIONS pin")?;
+    // The NAT programs use SESSIONS; the fast path (`fast_fwd`) does not, but counts in
+    // ROUTER_STATS like every program.
+    let mut map_ids = Vec::new();
+    for name in [
+        router_common::maps::SESSIONS,
+        router_common::maps::ROUTER_STATS,
+    ] {
+        let pin = pins
+            .join(format!("v{}", router_common::LAYOUT_VERSION))
+            .join(name);
+        let m = sh(Command::new("bpftool")
+            .args(["-j", "map", "show", "pinned"])
+            .arg(&pin))?;
+        let m: serde_json::Value = serde_json::from_slice(&m.stdout).context("bpftool map -j")?;
+        map_ids.push(
+            m["id"]
+                .as_u64()
+                .with_context(|| format!("no id for the {name} pin"))?,
+        );
+    }
     let out = sh(Command::new("bpftool").args(["-j", "prog", "show"]))?;
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).context("bpftool prog -j")?;
     let mut stats = Vec::new();
     for p in v.as_array().into_iter().flatten() {
-        let uses = p["map_ids"]
-            .as_array()
-            .is_some_and(|ids| ids.iter().any(|i| i.as_u64() == Some(map_id)));
+        let uses = p["map_ids"].as_array().is_some_and(|ids| {
+            ids.iter()
+                .any(|i| i.as_u64().is_some_and(|i| map_ids.contains(&i)))
+        });
         if !uses {
             continue;
         }

@@ -178,6 +178,17 @@ pub struct StepStats {
     pub mean_secs: f64,
 }
 
+/// One daemon's datapath counters after the data-path rounds (summed over routers and CPUs).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct DaemonCounters {
+    pub configuration: String,
+    /// The daemon's `[datapath] fast_path` setting.
+    pub fast_path: bool,
+    pub counters: BTreeMap<String, u64>,
+    /// How much `fast_forwarded` grew from the path being built to the end of the rounds.
+    pub fast_forwarded_during_rounds: u64,
+}
+
 /// Everything one bench run produced.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
@@ -190,8 +201,9 @@ pub struct Report {
     pub not_run: BTreeMap<String, String>,
     /// Per-metric failures of configurations that otherwise ran.
     pub errors: Vec<String>,
-    /// Counters of the eBPF datapath after the data-path rounds (summed over routers, CPUs).
-    pub ebpf_counters: BTreeMap<String, u64>,
+    /// Counters of each daemon's datapath after the data-path rounds, by configuration
+    /// (`ebpf` = (d), `fast` = (e)).
+    pub daemon_counters: BTreeMap<String, DaemonCounters>,
     pub testrun: TestRunResult,
     pub memory: MemoryResult,
     pub control_plane: Vec<ControlPlaneRun>,
@@ -199,6 +211,8 @@ pub struct Report {
     /// Seconds from the gateway-set API call to the first translated packet at the server.
     pub gateway_to_first_packet_secs: Option<f64>,
     pub gateway_delay_note: String,
+    /// The configuration whose daemon the gateway delay and the control plane were measured on.
+    pub daemon_measured: String,
     pub notes: Vec<String>,
 }
 
@@ -316,16 +330,27 @@ impl Report {
         );
         let _ = writeln!(s, "## Data path\n");
         let kinds = self.kinds_present();
+        // A verdict column for each of this project's configurations that ran ((d) when none).
+        let mut judged: Vec<Kind> = [Kind::Ebpf, Kind::Fast]
+            .into_iter()
+            .filter(|k| kinds.contains(k))
+            .collect();
+        if judged.is_empty() {
+            judged.push(Kind::Ebpf);
+        }
         let _ = write!(s, "| Metric |");
         for k in &kinds {
             let _ = write!(s, " {} |", k.label());
         }
-        let _ = writeln!(s, " Verdict (eBPF) |");
+        for k in &judged {
+            let _ = write!(s, " Verdict {} |", &k.label()[..3]);
+        }
+        let _ = writeln!(s);
         let _ = write!(s, "|---|");
-        for _ in &kinds {
+        for _ in kinds.iter().chain(&judged) {
             let _ = write!(s, "---|");
         }
-        let _ = writeln!(s, "---|");
+        let _ = writeln!(s);
         for m in Metric::ALL {
             let _ = write!(s, "| {} ({}) |", m.label(), m.unit());
             for k in &kinds {
@@ -352,7 +377,10 @@ impl Report {
                     }
                 }
             }
-            let _ = writeln!(s, " {} |", self.verdict(Kind::Ebpf, m));
+            for k in &judged {
+                let _ = write!(s, " {} |", self.verdict(*k, m));
+            }
+            let _ = writeln!(s);
         }
         if !self.not_run.is_empty() {
             let _ = writeln!(s, "\nNot run:\n");
@@ -360,16 +388,19 @@ impl Report {
                 let _ = writeln!(s, "- **{k}**: {why}");
             }
         }
-        if !self.ebpf_counters.is_empty() {
-            let nonzero: Vec<String> = self
-                .ebpf_counters
+        for d in self.daemon_counters.values() {
+            let nonzero: Vec<String> = d
+                .counters
                 .iter()
                 .filter(|(_, v)| **v > 0)
                 .map(|(k, v)| format!("{k} {v}"))
                 .collect();
             let _ = writeln!(
                 s,
-                "\neBPF datapath counters after the rounds (all routers, all CPUs): {}",
+                "\n{} (daemon with fast_path = {}), datapath counters after the rounds (all routers, all CPUs; fast_forwarded grew by {} during the rounds): {}",
+                d.configuration,
+                d.fast_path,
+                d.fast_forwarded_during_rounds,
                 if nonzero.is_empty() {
                     "all zero".into()
                 } else {
@@ -491,7 +522,12 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "\nGateway set → first translated packet at the server: {}",
+            "\nGateway set → first translated packet at the server{}: {}",
+            if self.daemon_measured.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", self.daemon_measured)
+            },
             match self.gateway_to_first_packet_secs {
                 Some(v) if self.gateway_delay_note.is_empty() => format!("{:.1} ms", v * 1000.0),
                 Some(v) => format!("{:.1} ms (but: {})", v * 1000.0, self.gateway_delay_note),
@@ -639,5 +675,19 @@ mod tests {
             r.verdict(Kind::Ebpf, Metric::NewFlowsCpu)
                 .starts_with("FAIL")
         );
+    }
+
+    #[test]
+    fn fast_path_gets_its_own_verdict_and_bar() {
+        let mut r = Report::default();
+        r.add(Kind::Plain, Metric::Tcp1, 10.0);
+        r.add(Kind::Iptables, Metric::Tcp1, 8.0);
+        r.add(Kind::Ebpf, Metric::Tcp1, 9.0);
+        r.add(Kind::Fast, Metric::Tcp1, 9.8);
+        assert!(r.verdict(Kind::Fast, Metric::Tcp1).starts_with("PASS"));
+        assert!(r.verdict(Kind::Ebpf, Metric::Tcp1).starts_with("FAIL"));
+        let md = r.markdown();
+        assert!(md.contains("| Verdict (d) | Verdict (e) |"), "{md}");
+        assert!(r.svg().contains("fast 0.98×"));
     }
 }

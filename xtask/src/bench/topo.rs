@@ -1,6 +1,6 @@
 //! The measured path, client ns (10.1.0.0/24) → router → server ns (203.0.113.0/24), in each
 //! configuration. (a)–(c) build the router namespace by hand with stock kernel NAT; (d) and (e)
-//! come from the daemon (see `daemon.rs`) and reuse the same `Topology` shape.
+//! come from a daemon each (see `daemon.rs`) and reuse the same `Topology` shape.
 
 use std::{
     any::Any,
@@ -25,7 +25,8 @@ pub enum Kind {
     Nftables,
     /// (d) this project's eBPF SNAT, configured through the daemon's API.
     Ebpf,
-    /// (e) a fast path of the datapath (slot; not provided yet).
+    /// (e) (d) with the datapath's fast path on (`fast_fwd`, the daemon's default), through a
+    /// daemon of its own.
     Fast,
 }
 
