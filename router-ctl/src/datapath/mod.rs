@@ -4,7 +4,8 @@
 //! One loaded object serves every router of a daemon: per-router state lives in maps keyed by
 //! the router's `dp_id`, and the programs are attached to each router's gateway tap (and, for
 //! routers with floating IPs or port forwardings, the internal-side one to its `qr-` taps) as
-//! tc filters (see `filter`).
+//! tc filters (see `filter`); the fast path runs on the router's own devices inside its
+//! namespace (see `fast`).
 
 mod batch;
 pub mod bpffs;
