@@ -56,19 +56,39 @@ fn device_mac(dev: &str) -> Result<[u8; 6]> {
 const SPARE_IFINDEX_BASE: u32 = 4096;
 
 impl Datapath {
-    /// An ifindex above `after` that no `FAST_IFS` entry holds and that was not handed out
-    /// before, for a new router device (and its tap): the kernel numbers devices per
+    /// An ifindex above `after` and above every one handed out before that no `FAST_IFS`
+    /// entry holds, for a new router device (and its tap): the kernel numbers devices per
     /// namespace, so left to itself every router's first `qr-` would be ifindex 2 and only
     /// one router could have the fast path. The caller tries it and asks again past it when
     /// a namespace already uses it.
+    ///
+    /// A cursor, like the kernel's own cyclic allocation: constant time and memory however
+    /// many ports come and go. It starts above the highest pinned entry (a restarted daemon
+    /// skips the numbers its routers hold instead of retrying each) and wraps to
+    /// `SPARE_IFINDEX_BASE` at the end of the range.
     pub fn spare_ifindex(&self, after: u32) -> u32 {
         let mut inner = self.lock();
-        let mut k = after.saturating_add(1).max(SPARE_IFINDEX_BASE);
-        while inner.fast.get(&k).is_some() || inner.fast_handed.contains(&k) {
-            k = k.saturating_add(1);
+        let mut k = after.saturating_add(1).max(inner.fast_next);
+        loop {
+            if k > i32::MAX as u32 {
+                k = SPARE_IFINDEX_BASE;
+            }
+            if inner.fast.get(&k).is_none() {
+                break;
+            }
+            k += 1;
         }
-        inner.fast_handed.insert(k);
+        inner.fast_next = k + 1;
         k
+    }
+
+    /// Where `spare_ifindex` starts after opening: above the pinned entries.
+    pub(super) fn first_spare(fast: &super::mirror::Mirrored<u32, FastIf>) -> u32 {
+        fast.iter()
+            .map(|(k, _)| k.saturating_add(1))
+            .max()
+            .unwrap_or(0)
+            .max(SPARE_IFINDEX_BASE)
     }
 
     /// Puts `dev` (a router's `qr-`/`qg-` in the calling thread's namespace, which must be the

@@ -98,8 +98,8 @@ struct Inner {
     floating: fip::Maps,
     /// `FAST_IFS` (router-namespace ifindex → fast-path device), with its userspace copy.
     fast: mirror::Mirrored<u32, FastIf>,
-    /// Ifindexes `spare_ifindex` handed out (devices not yet, or never, on the fast path).
-    fast_handed: std::collections::HashSet<u32>,
+    /// Next candidate of `spare_ifindex`.
+    fast_next: u32,
 }
 
 /// The loaded datapath of one daemon.
@@ -247,6 +247,8 @@ impl Datapath {
             prog.load()
                 .map_err(|e| anyhow!("the verifier rejected {name}: {e:#}"))?;
         }
+        let fast = mirror::Mirrored::new(take(&mut ebpf, maps::FAST_IFS)?)?;
+        let fast_next = Self::first_spare(&fast);
         let inner = Inner {
             config: mirror::Mirrored::new(take(&mut ebpf, maps::ROUTER_CONFIG)?)?,
             cidrs: mirror::Cidrs::new(take(&mut ebpf, maps::INTERNAL_CIDRS)?)?,
@@ -255,8 +257,8 @@ impl Datapath {
             stats: take(&mut ebpf, maps::ROUTER_STATS)?,
             global: take(&mut ebpf, maps::GLOBAL_STATS)?,
             floating: fip::Maps::take(&mut ebpf)?,
-            fast: mirror::Mirrored::new(take(&mut ebpf, maps::FAST_IFS)?)?,
-            fast_handed: Default::default(),
+            fast,
+            fast_next,
             ebpf,
         };
         let sessions_pin = dir.join(maps::SESSIONS);
