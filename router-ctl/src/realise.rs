@@ -26,7 +26,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 pub mod floating;
 
 use crate::{
-    datapath::{Datapath, RouterNat},
+    datapath::{Datapath, RouterNat, filter},
     model::spec::{DesiredState, NetworkSpec, PortSpec, RouterSpec, names},
     net::{
         LinkState, arp,
@@ -973,6 +973,16 @@ impl Realiser {
                     announce = true;
                 }
                 if l.up != spec.admin_state_up {
+                    if spec.admin_state_up && self.fast_path() {
+                        // The clsact qdisc goes on while the device is down: grafting a
+                        // qdisc onto an up device deactivates it for a moment
+                        // (`qdisc_graft` → `dev_deactivate`), dropping what it sends then —
+                        // the router's first ARP request, so the first packets of a new
+                        // gateway waited a second for the retransmission. `converge_fast`
+                        // adds the filter below.
+                        filter::ensure_clsact(&p.inner)
+                            .with_context(|| format!("router {}: device {}", spec.id, p.inner))?;
+                    }
                     link::set_up(&h, l.index, spec.admin_state_up).await?;
                     rep.changed.push(format!("link {}", p.inner));
                     announce = true;
