@@ -24,10 +24,10 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, bpf_fib_lookup as FibParams},
     helpers::generated::{bpf_fib_lookup, bpf_redirect_peer},
     macros::map,
-    maps::HashMap,
+    maps::Array,
     programs::TcContext,
 };
-use router_common::{FastIf, MAX_FAST_IFS, stat};
+use router_common::{FAST_IF_USED, FastIf, MAX_FAST_IFS, stat};
 
 use crate::{
     maps::count,
@@ -39,25 +39,45 @@ const OK: i32 = TC_ACT_OK;
 const AF_INET: u8 = 2;
 const BPF_FIB_LKUP_RET_SUCCESS: i64 = 0;
 
-/// The router devices that run `fast_fwd`, by ifindex in their router namespace.
+/// The router devices that run `fast_fwd`, by ifindex in their router namespace (an array:
+/// the lookup is an inlined bounds check, see `router_common::MAX_FAST_IFS`).
 #[map]
-pub static FAST_IFS: HashMap<u32, FastIf> = HashMap::with_max_entries(MAX_FAST_IFS, 0);
+pub static FAST_IFS: Array<FastIf> = Array::with_max_entries(MAX_FAST_IFS, 0);
 
+/// The entry of `ifindex`, if the slot holds a device whose MAC is `mac` (as `u32` + `u16`
+/// halves: a field-wise compare instead of a byte-array one, which LLVM lowers to a call).
 #[inline(always)]
-fn fast_if(ifindex: u32) -> Option<FastIf> {
-    FAST_IFS.get_ptr(ifindex).map(|p| {
-        // SAFETY: a valid map value pointer; plain data copied out.
-        unsafe { *p }
-    })
+fn fast_if(ifindex: u32, mac: (u32, u16)) -> Option<FastIf> {
+    let e = *FAST_IFS.get(ifindex)?;
+    (e.flags & FAST_IF_USED != 0 && mac_halves(&e.mac) == mac).then_some(e)
 }
+
+/// A MAC as its first four and last two bytes.
+#[inline(always)]
+fn mac_halves(m: &[u8; 6]) -> (u32, u16) {
+    // SAFETY: reads inside the 6-byte array, unaligned.
+    unsafe {
+        (
+            core::ptr::read_unaligned(m.as_ptr() as *const u32),
+            core::ptr::read_unaligned(m.as_ptr().add(4) as *const u16),
+        )
+    }
+}
+
+/// The FIB lookup parameters, 8-aligned so they can be written as eight u64 words.
+#[repr(C, align(8))]
+struct FibSlot(core::mem::MaybeUninit<FibParams>);
+const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
 
 /// Ethernet header plus the fixed IPv4 header, as they sit at the start of the frame (packed:
 /// the IPv4 header starts at byte 14, which `Ipv4Hdr`'s alignment would move to 16).
 #[repr(C, packed)]
 #[derive(Clone, Copy)]
 struct Head {
-    dst: [u8; 6],
-    src: [u8; 6],
+    dst_hi: u32,
+    dst_lo: u16,
+    src_hi: u32,
+    src_lo: u16,
     proto: u16,
     ip: Ipv4Hdr,
 }
@@ -87,9 +107,6 @@ fn first_octet(addr: u32) -> u8 {
 /// Entry of `fast_fwd`: the verdict.
 pub fn fast_fwd(ctx: &TcContext) -> i32 {
     let ifindex = ifindex(ctx);
-    let Some(me) = fast_if(ifindex) else {
-        return OK;
-    };
     let start = ctx.data();
     let end = ctx.data_end();
     if start + core::mem::size_of::<Head>() > end {
@@ -97,10 +114,13 @@ pub fn fast_fwd(ctx: &TcContext) -> i32 {
     }
     // SAFETY: the whole header lies between data and data_end (checked above).
     let head: Head = unsafe { core::ptr::read_unaligned(start as *const Head) };
-    // A frame for this device (another device's ifindex in another namespace has another MAC).
-    if head.dst != me.mac || head.proto != ETH_P_IP_WIRE {
+    if head.proto != ETH_P_IP_WIRE {
         return OK;
     }
+    // A frame for this device (another device's ifindex in another namespace has another MAC).
+    let Some(me) = fast_if(ifindex, (head.dst_hi, head.dst_lo)) else {
+        return OK;
+    };
     let ip = head.ip;
     // No options (the router handles those), TTL left to decrement, sane length, valid header.
     if ip.vhl != 0x45
@@ -118,26 +138,45 @@ pub fn fast_fwd(ctx: &TcContext) -> i32 {
     }
     // SAFETY: the context pointer is valid for the whole program run.
     let gso = unsafe { (*ctx.skb.skb).gso_size } != 0;
-    // SAFETY: FibParams is plain data (integers and unions of integers); all-zero is valid.
-    let mut fib: FibParams = unsafe { core::mem::zeroed() };
-    fib.family = AF_INET;
-    fib.l4_protocol = ip.proto;
-    fib.ifindex = ifindex;
     // With a length the lookup compares it with the egress MTU; a GSO packet's length is
     // that of all its segments, so for one the helper checks the skb itself (segments fit).
-    fib.__bindgen_anon_1.tot_len = if gso { 0 } else { u16::from_be(ip.tot_len) };
-    fib.__bindgen_anon_2.tos = ip.tos;
-    fib.__bindgen_anon_3.ipv4_src = ip.src;
-    fib.__bindgen_anon_4.ipv4_dst = ip.dst;
-    // SAFETY: the helper reads and writes `fib` (its size is passed) and reads the skb.
+    let tot_len = if gso {
+        0
+    } else {
+        u16::from_be(ip.tot_len) as u64
+    };
+    // The parameters as eight words (family, protocol, ports, length | ifindex, tos | source
+    // | destination | rest zero), so no memset call zeroes the 64 bytes first; the layout is
+    // `struct bpf_fib_lookup`'s (little-endian).
+    let words: [u64; 8] = [
+        AF_INET as u64 | (ip.proto as u64) << 8 | tot_len << 48,
+        ifindex as u64 | (ip.tos as u64) << 32,
+        ip.src as u64,
+        0,
+        ip.dst as u64,
+        0,
+        0,
+        0,
+    ];
+    let mut slot = FibSlot(core::mem::MaybeUninit::uninit());
+    let w = slot.0.as_mut_ptr() as *mut u64;
+    for (i, v) in words.iter().enumerate() {
+        // SAFETY: eight aligned u64 stores fill the 64-byte, 8-aligned slot; volatile keeps
+        // LLVM from folding the zero words into a memset call.
+        unsafe { core::ptr::write_volatile(w.add(i), *v) };
+    }
+    // SAFETY: every byte was written above; the helper reads and writes the struct (its size
+    // is passed) and reads the skb.
     let rc = unsafe {
         bpf_fib_lookup(
             ctx.as_ptr(),
-            &mut fib as *mut FibParams,
+            slot.0.as_mut_ptr(),
             core::mem::size_of::<FibParams>() as i32,
             0,
         )
     };
+    // SAFETY: initialised above (and only updated by the helper).
+    let fib = unsafe { slot.0.assume_init() };
     if rc != BPF_FIB_LKUP_RET_SUCCESS {
         return OK;
     }
@@ -146,8 +185,10 @@ pub fn fast_fwd(ctx: &TcContext) -> i32 {
         // Out the way it came: the router sends an ICMP redirect.
         return OK;
     }
-    match fast_if(egress) {
-        Some(out) if out.mac == fib.smac && out.router_id == me.router_id => {}
+    let smac = mac_halves(&fib.smac);
+    let dmac = mac_halves(&fib.dmac);
+    match fast_if(egress, smac) {
+        Some(out) if out.router_id == me.router_id => {}
         _ => return OK,
     }
     // Rewrite what forwarding rewrites: MACs, TTL, header checksum (as ip_decrease_ttl does).
@@ -161,8 +202,10 @@ pub fn fast_fwd(ctx: &TcContext) -> i32 {
     // SAFETY: the header lies inside the packet (checked just above, after the helper call
     // that invalidated earlier packet pointers); writes are unaligned-safe field by field.
     unsafe {
-        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*p).dst), fib.dmac);
-        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*p).src), fib.smac);
+        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*p).dst_hi), dmac.0);
+        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*p).dst_lo), dmac.1);
+        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*p).src_hi), smac.0);
+        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*p).src_lo), smac.1);
         core::ptr::write_unaligned(core::ptr::addr_of_mut!((*p).ip.ttl), ip.ttl - 1);
         core::ptr::write_unaligned(core::ptr::addr_of_mut!((*p).ip.check), check as u16);
     }

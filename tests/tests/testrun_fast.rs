@@ -11,8 +11,8 @@
 //! unchanged.
 use std::{path::Path, sync::Arc};
 
-use aya::maps::{HashMap, Map, MapData};
-use router_common::{FAST_IF_GATEWAY, FastIf, maps, stat};
+use aya::maps::{Array, Map, MapData};
+use router_common::{FAST_IF_GATEWAY, FAST_IF_USED, FastIf, maps, stat};
 use router_ctl::{
     config::NatConfig,
     datapath::{Datapath, bpffs},
@@ -120,25 +120,25 @@ impl Fixture {
         f
     }
 
-    fn fast_ifs(&self) -> HashMap<MapData, u32, FastIf> {
+    fn fast_ifs(&self) -> Array<MapData, FastIf> {
         let pin = bpffs::version_dir(self.bpffs.path()).join(maps::FAST_IFS);
-        open_hash(&pin)
+        open_array(&pin)
     }
 
     fn set(&self, ifindex: u32, router_id: u32, flags: u32, mac: [u8; 6]) {
         let v = FastIf {
             router_id,
-            flags,
+            flags: flags | FAST_IF_USED,
             mac,
             _pad: [0; 2],
         };
-        self.fast_ifs()
-            .insert(ifindex, v, 0)
-            .expect("FAST_IFS insert");
+        self.fast_ifs().set(ifindex, v, 0).expect("FAST_IFS set");
     }
 
     fn remove(&self, ifindex: u32) {
-        self.fast_ifs().remove(&ifindex).expect("FAST_IFS remove");
+        self.fast_ifs()
+            .set(ifindex, FastIf::default(), 0)
+            .expect("FAST_IFS clear");
     }
 
     fn run(&self, ifindex: u32, input: &[u8]) -> (u32, Vec<u8>) {
@@ -174,10 +174,10 @@ impl Fixture {
     }
 }
 
-fn open_hash(pin: &Path) -> HashMap<MapData, u32, FastIf> {
+fn open_array(pin: &Path) -> Array<MapData, FastIf> {
     let data = MapData::from_pin(pin).unwrap_or_else(|e| panic!("{}: {e}", pin.display()));
     let map = Map::from_map_data(data).expect("map from pin");
-    HashMap::try_from(map).expect("FAST_IFS is a hash of u32 → FastIf")
+    Array::try_from(map).expect("FAST_IFS is an array of FastIf")
 }
 
 fn hex(b: &[u8]) -> String {
@@ -369,6 +369,24 @@ fn only_this_routers_own_devices_are_fast_pathed() {
     // Ingress device without the fast path.
     f.remove(f.qr);
     f.slow(f.qr, &input, "ingress device not in FAST_IFS");
+    // An empty slot is all zero: a frame to MAC 00:00:00:00:00:00 must not match it.
+    let mut zero = input.clone();
+    zero[..6].copy_from_slice(&[0; 6]);
+    f.slow(f.qr, &zero, "empty slot, frame to the all-zero MAC");
+    // A slot with the device's MAC but without FAST_IF_USED is empty too.
+    f.fast_ifs()
+        .set(
+            f.qr,
+            FastIf {
+                router_id: DP_ID,
+                flags: 0,
+                mac: QR_MAC,
+                _pad: [0; 2],
+            },
+            0,
+        )
+        .expect("FAST_IFS set");
+    f.slow(f.qr, &input, "slot not marked used");
     f.set(f.qr, DP_ID, 0, QR_MAC);
 
     let want = eth(HOP_MAC, QG_MAC, &udp_ip(VM, REMOTE, 63));

@@ -9,7 +9,7 @@
 
 use anyhow::{Context as _, Result, anyhow};
 use aya::programs::{SchedClassifier, TcAttachType};
-use router_common::{FAST_IF_GATEWAY, FastIf, programs};
+use router_common::{FAST_IF_GATEWAY, FAST_IF_USED, FastIf, MAX_FAST_IFS, programs};
 
 use super::{Datapath, filter};
 
@@ -65,12 +65,12 @@ impl Datapath {
     /// A cursor, like the kernel's own cyclic allocation: constant time and memory however
     /// many ports come and go. It starts above the highest pinned entry (a restarted daemon
     /// skips the numbers its routers hold instead of retrying each) and wraps to
-    /// `SPARE_IFINDEX_BASE` at the end of the range.
+    /// `SPARE_IFINDEX_BASE` at `MAX_FAST_IFS`, the size of the table (indexed by ifindex).
     pub fn spare_ifindex(&self, after: u32) -> u32 {
         let mut inner = self.lock();
         let mut k = after.saturating_add(1).max(inner.fast_next);
-        loop {
-            if k > i32::MAX as u32 {
+        for _ in 0..MAX_FAST_IFS {
+            if k >= MAX_FAST_IFS {
                 k = SPARE_IFINDEX_BASE;
             }
             if inner.fast.get(&k).is_none() {
@@ -83,7 +83,7 @@ impl Datapath {
     }
 
     /// Where `spare_ifindex` starts after opening: above the pinned entries.
-    pub(super) fn first_spare(fast: &super::mirror::Mirrored<u32, FastIf>) -> u32 {
+    pub(super) fn first_spare(fast: &super::mirror::FastIfs) -> u32 {
         fast.iter()
             .map(|(k, _)| k.saturating_add(1))
             .max()
@@ -111,9 +111,15 @@ impl Datapath {
             );
             return Ok(false);
         }
+        if !inner.fast.fits(ifindex) {
+            tracing::warn!(
+                "{dev} (ifindex {ifindex}) stays on the slow path: the fast-path table has slots for ifindexes below {MAX_FAST_IFS}"
+            );
+            return Ok(false);
+        }
         let entry = FastIf {
             router_id: dp_id,
-            flags: if gateway { FAST_IF_GATEWAY } else { 0 },
+            flags: FAST_IF_USED | if gateway { FAST_IF_GATEWAY } else { 0 },
             mac,
             _pad: [0; 2],
         };

@@ -10,12 +10,12 @@
 
 use std::{collections::HashMap as StdHashMap, collections::HashSet, hash::Hash};
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use aya::{
     Pod,
-    maps::{HashMap, LpmTrie, MapData, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, MapData, lpm_trie::Key},
 };
-use router_common::CidrKey;
+use router_common::{CidrKey, FAST_IF_USED, FastIf};
 
 use super::remove_missing_ok;
 
@@ -39,11 +39,6 @@ impl<K: Pod + Hash + Eq, V: Pod> Mirrored<K, V> {
     /// Entries, from the copy.
     pub(super) fn iter(&self) -> impl Iterator<Item = (K, V)> + '_ {
         self.copy.iter().map(|(k, v)| (*k, *v))
-    }
-
-    /// The value of `k`, from the copy.
-    pub(super) fn get(&self, k: &K) -> Option<V> {
-        self.copy.get(k).copied()
     }
 
     pub(super) fn insert(&mut self, k: K, v: V) -> Result<()> {
@@ -115,6 +110,68 @@ impl Cidrs {
     pub(super) fn remove(&mut self, k: &Key<CidrKey>) -> Result<()> {
         remove_missing_ok(self.map.remove(k))?;
         self.copy.remove(&entry(k));
+        Ok(())
+    }
+}
+
+/// The `FAST_IFS` array (ifindex → device) and its userspace copy of the used slots, with the
+/// same interface as `Mirrored`: an empty slot is all zero (no `FAST_IF_USED`).
+pub(super) struct FastIfs {
+    map: Array<MapData, FastIf>,
+    copy: StdHashMap<u32, FastIf>,
+}
+
+impl FastIfs {
+    /// Reads every slot once (one syscall each, at open).
+    pub(super) fn new(map: Array<MapData, FastIf>) -> Result<Self> {
+        let mut copy = StdHashMap::new();
+        for k in 0..map.len() {
+            let v = map.get(&k, 0)?;
+            if v.flags & FAST_IF_USED != 0 {
+                copy.insert(k, v);
+            }
+        }
+        Ok(Self { map, copy })
+    }
+
+    /// Used slots, from the copy.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (u32, FastIf)> + '_ {
+        self.copy.iter().map(|(k, v)| (*k, *v))
+    }
+
+    /// The device in slot `k`, from the copy.
+    pub(super) fn get(&self, k: &u32) -> Option<FastIf> {
+        self.copy.get(k).copied()
+    }
+
+    /// Whether `k` has a slot (ifindexes from `router_common::MAX_FAST_IFS` on have none).
+    pub(super) fn fits(&self, k: u32) -> bool {
+        k < self.map.len()
+    }
+
+    /// Fills slot `k` (marking it used).
+    pub(super) fn insert(&mut self, k: u32, v: FastIf) -> Result<()> {
+        if !self.fits(k) {
+            bail!(
+                "ifindex {k} has no fast-path slot (the table holds {})",
+                self.map.len()
+            );
+        }
+        let v = FastIf {
+            flags: v.flags | FAST_IF_USED,
+            ..v
+        };
+        self.map.set(k, v, 0)?;
+        self.copy.insert(k, v);
+        Ok(())
+    }
+
+    /// Empties slot `k`; already empty (or out of range) is success.
+    pub(super) fn remove(&mut self, k: &u32) -> Result<()> {
+        if self.fits(*k) && self.copy.contains_key(k) {
+            self.map.set(*k, FastIf::default(), 0)?;
+        }
+        self.copy.remove(k);
         Ok(())
     }
 }

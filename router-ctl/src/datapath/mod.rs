@@ -30,8 +30,8 @@ use aya::{
 };
 use ipnet::Ipv4Net;
 use router_common::{
-    CidrKey, FastIf, FragKey, FragValue, ROUTER_F_FLOATING, ROUTER_F_SNAT, RouterConfig,
-    RouterStats, SessionKey, SessionValue, global, ip_to_wire, maps, programs, stat,
+    CidrKey, FragKey, FragValue, ROUTER_F_FLOATING, ROUTER_F_SNAT, RouterConfig, RouterStats,
+    SessionKey, SessionValue, global, ip_to_wire, maps, programs, stat,
 };
 use serde::Serialize;
 
@@ -97,7 +97,7 @@ struct Inner {
     /// Floating IPs, port forwardings and internal taps (see `fip`).
     floating: fip::Maps,
     /// `FAST_IFS` (router-namespace ifindex → fast-path device), with its userspace copy.
-    fast: mirror::Mirrored<u32, FastIf>,
+    fast: mirror::FastIfs,
     /// Next candidate of `spare_ifindex`.
     fast_next: u32,
 }
@@ -247,7 +247,7 @@ impl Datapath {
             prog.load()
                 .map_err(|e| anyhow!("the verifier rejected {name}: {e:#}"))?;
         }
-        let fast = mirror::Mirrored::new(take(&mut ebpf, maps::FAST_IFS)?)?;
+        let fast = mirror::FastIfs::new(take(&mut ebpf, maps::FAST_IFS)?)?;
         let fast_next = Self::first_spare(&fast);
         let inner = Inner {
             config: mirror::Mirrored::new(take(&mut ebpf, maps::ROUTER_CONFIG)?)?,
