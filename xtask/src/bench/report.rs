@@ -136,6 +136,12 @@ pub struct TestRunResult {
     /// Whether the program actually rewrote the source to the gateway address.
     pub translated: bool,
     pub note: String,
+    /// ns per packet through `fast_fwd` for a packet it forwards (repeat, kernel average).
+    pub fast_forwarded_ns: Option<f64>,
+    /// ns per packet through `fast_fwd` for a packet it leaves to the router (TTL 1).
+    pub fast_to_router_ns: Option<f64>,
+    /// How the fast path was measured, or why not.
+    pub fast_note: String,
 }
 
 /// Kernel memory per NAT session.
@@ -424,11 +430,13 @@ impl Report {
         };
         let _ = writeln!(
             s,
-            "| Path | ns/packet |\n|---|---|\n| snat_out: established session (repeat, kernel average) | {} |\n| snat_out: established session (one run per packet) | {} |\n| snat_out: new flow (one run per packet, session created) | {} |\n| → cost of creating a session | {creation} |\n| snat_in: reply of an established session (repeat, kernel average) | {} |",
+            "| Path | ns/packet |\n|---|---|\n| snat_out: established session (repeat, kernel average) | {} |\n| snat_out: established session (one run per packet) | {} |\n| snat_out: new flow (one run per packet, session created) | {} |\n| → cost of creating a session | {creation} |\n| snat_in: reply of an established session (repeat, kernel average) | {} |\n| fast_fwd: forwarded packet (repeat, kernel average) | {} |\n| fast_fwd: packet left to the router (TTL 1, repeat) | {} |",
             f(t.established_ns),
             f(t.established_single_ns),
             f(t.new_flow_ns),
             f(t.inbound_established_ns),
+            f(t.fast_forwarded_ns),
+            f(t.fast_to_router_ns),
         );
         let _ = writeln!(
             s,
@@ -437,6 +445,7 @@ impl Report {
             if t.inbound_translated { "yes" } else { "no" },
             t.note
         );
+        let _ = writeln!(s, "\nFast path: {}", t.fast_note);
 
         let _ = writeln!(s, "\n## Kernel memory per NAT session\n");
         let m = &self.memory;
@@ -689,5 +698,25 @@ mod tests {
         let md = r.markdown();
         assert!(md.contains("| Verdict (d) | Verdict (e) |"), "{md}");
         assert!(r.svg().contains("fast 0.98×"));
+    }
+
+    #[test]
+    fn fast_fwd_rows_in_the_testrun_table_and_json() {
+        let mut r = Report::default();
+        r.testrun.fast_forwarded_ns = Some(214.05);
+        r.testrun.fast_note = "not run: why".into();
+        let md = r.markdown();
+        assert!(
+            md.contains("| fast_fwd: forwarded packet (repeat, kernel average) | 214.1 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| fast_fwd: packet left to the router (TTL 1, repeat) | — |"),
+            "{md}"
+        );
+        assert!(md.contains("Fast path: not run: why"), "{md}");
+        let json = serde_json::to_value(&r).expect("report serialises");
+        assert_eq!(json["testrun"]["fast_forwarded_ns"], 214.05);
+        assert!(json["testrun"]["fast_to_router_ns"].is_null());
     }
 }

@@ -2,6 +2,11 @@
 //! object (no device, no namespace: the kernel runs it on loopback, ifindex 1, so the router is
 //! configured on ifindex 1 in this private copy of the maps), and kernel memory per session:
 //! the SESSIONS map's memlock per entry times the entries new flows really left in it.
+//!
+//! The fast path's `fast_fwd` is measured too, in a namespace of its own: its FIB lookup runs
+//! in the namespace of the context's device, so the bench builds a stand-in router namespace
+//! (`qr`, `qg`, default route, a permanent neighbour) and test-runs the program from a thread
+//! inside it with the context naming `qr`'s ifindex.
 
 use std::{
     net::Ipv4Addr,
@@ -11,12 +16,12 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use aya::{
     Ebpf,
-    maps::{HashMap, LpmTrie, Map, MapData, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuHashMap, PerCpuValues, lpm_trie::Key},
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
 use router_common::{
-    CidrKey, ROUTER_F_SNAT, RouterConfig, RouterStats, SessionKey, SessionValue, ip_to_wire, maps,
-    programs,
+    CidrKey, FAST_IF_GATEWAY, FAST_IF_USED, FastIf, ROUTER_F_SNAT, RouterConfig, RouterStats,
+    SessionKey, SessionValue, ip_to_wire, maps, programs,
 };
 
 use super::report::{MemoryResult, TestRunResult};
@@ -148,14 +153,24 @@ fn source_of(frame: &[u8]) -> Option<Ipv4Addr> {
 
 /// ns/packet for an established session (`repeat` runs of one packet) and for new flows (one
 /// run per distinct source port, `new_flows` of them).
+/// Then the fast path's cost for both of its outcomes.
 pub fn measure(obj: &Path, repeat: u32) -> TestRunResult {
-    match measure_inner(obj, repeat) {
+    let mut r = match measure_inner(obj, repeat) {
         Ok(r) => r,
         Err(e) => TestRunResult {
             note: format!("not run: {e:#}"),
             ..Default::default()
         },
+    };
+    match measure_fast(obj, repeat) {
+        Ok(f) => {
+            r.fast_forwarded_ns = Some(f.forwarded_ns);
+            r.fast_to_router_ns = Some(f.to_router_ns);
+            r.fast_note = f.note;
+        }
+        Err(e) => r.fast_note = format!("not run: {e:#}"),
     }
+    r
 }
 
 fn measure_inner(obj: &Path, repeat: u32) -> Result<TestRunResult> {
@@ -224,13 +239,19 @@ fn measure_inner(obj: &Path, repeat: u32) -> Result<TestRunResult> {
         new_flow_ns: Some(new_flow_ns),
         translated,
         note,
+        ..Default::default()
     })
 }
 
 /// The verifier's instruction count of `snat_out` and `snat_in` as loaded (its cost grows
 /// with the paths it has to explore; the limit is 1M).
 fn verified_insns(ebpf: &Ebpf) -> String {
-    [programs::SNAT_OUT, programs::SNAT_IN]
+    verified_insns_of(ebpf, &[programs::SNAT_OUT, programs::SNAT_IN])
+}
+
+/// The verifier's instruction count of each of `names` as loaded.
+fn verified_insns_of(ebpf: &Ebpf, names: &[&str]) -> String {
+    names
         .iter()
         .map(|name| {
             let n = ebpf
@@ -244,6 +265,205 @@ fn verified_insns(ebpf: &Ebpf) -> String {
         })
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The fast path's stand-in router: `qr` towards the VMs, `qg` towards the gateway.
+const QR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xaa, 0x01];
+const QG_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xaa, 0x02];
+/// The default route's next hop on `qg`. Its neighbour entry carries `qr`'s MAC: the
+/// kernel runs a repeated test on the same buffer, so a forwarded frame must again be one
+/// `fast_fwd` forwards (addressed to `qr`) for every repeat to take the forwarding path.
+const HOP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+const HOP_MAC: [u8; 6] = QR_MAC;
+/// Repeats per forwarding test run: each decrements the TTL, so a frame sent with TTL 255
+/// is forwarded by all of them and leaves with TTL 255 − `FAST_BATCH` (> 1).
+const FAST_BATCH: u32 = 250;
+/// The VM on `qr` that sends.
+const VM: Ipv4Addr = Ipv4Addr::new(10, 9, 0, 5);
+const VM_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xcc, 0x05];
+/// `TC_ACT_REDIRECT`: `fast_fwd` forwarded the packet (`bpf_redirect_peer`).
+const TC_ACT_REDIRECT: u32 = 7;
+/// Byte offset of `ifindex` in `struct __sk_buff`: the context BPF_PROG_TEST_RUN takes is
+/// the structure up to and including it, every other field zero.
+const SKB_IFINDEX: usize = 40;
+
+/// What the fast-path measurement found.
+struct FastRun {
+    forwarded_ns: f64,
+    to_router_ns: f64,
+    note: String,
+}
+
+fn mac_str(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// An Ethernet + IPv4 + UDP frame `VM` → `REMOTE:53` addressed to `qr`, with `ttl`.
+fn fast_frame(ttl: u8) -> Vec<u8> {
+    let mut f = Vec::with_capacity(64);
+    f.extend_from_slice(&QR_MAC);
+    f.extend_from_slice(&VM_MAC);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = [0u8; 64];
+    let n = super::traffic::udp_packet(&mut ip, VM, REMOTE, 40_000, 53);
+    // TTL at byte 8; the header checksum (bytes 10–11) recomputed from scratch.
+    ip[8] = ttl;
+    ip[10..12].fill(0);
+    let c = router_common::csum::checksum_be(&ip[..20]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip[..n]);
+    f
+}
+
+/// The stand-in router namespace: `qr` (10.9.0.1/24) and `qg` (203.0.113.10/24, default route
+/// via `HOP`, a permanent neighbour entry for it), veth peers inside, forwarding on.
+fn fast_namespace() -> Result<(super::ns::Ns, u32, u32)> {
+    let ns = super::ns::Ns::new("tfast")?;
+    for (dev, m) in [("qr", QR_MAC), ("qg", QG_MAC)] {
+        let peer = format!("{dev}p");
+        ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer])?;
+        ns.ip(&["link", "set", dev, "address", &mac_str(m)])?;
+        ns.ip(&["link", "set", &peer, "up"])?;
+        ns.ip(&["link", "set", dev, "up"])?;
+    }
+    // The FIB lookup answers "forwarding disabled" otherwise.
+    ns.sysctl("net.ipv4.ip_forward", "1")?;
+    ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "qr"])?;
+    ns.ip(&["addr", "add", "203.0.113.10/24", "dev", "qg"])?;
+    ns.ip(&[
+        "route",
+        "add",
+        "default",
+        "via",
+        &HOP.to_string(),
+        "dev",
+        "qg",
+    ])?;
+    ns.ip(&[
+        "neigh",
+        "replace",
+        &HOP.to_string(),
+        "lladdr",
+        &mac_str(HOP_MAC),
+        "dev",
+        "qg",
+        "nud",
+        "permanent",
+    ])?;
+    let ifindex = |dev: &str| -> Result<u32> {
+        let out = ns.ip(&["-j", "link", "show", "dev", dev])?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        v[0]["ifindex"]
+            .as_u64()
+            .and_then(|i| u32::try_from(i).ok())
+            .with_context(|| format!("no ifindex for {dev} in {}", ns.name))
+    };
+    let (qr, qg) = (ifindex("qr")?, ifindex("qg")?);
+    Ok((ns, qr, qg))
+}
+
+/// `fast_fwd` on a forwarded packet and on one it leaves to the router (TTL 1), each
+/// `repeat` times; both verdicts and outputs checked before a number is reported. The
+/// namespace goes when this returns (its guard drops, also on error).
+fn measure_fast(obj: &Path, repeat: u32) -> Result<FastRun> {
+    let (ns, qr, qg) = fast_namespace()?;
+    let obj = obj.to_path_buf();
+    // Loaded, configured and run on one thread inside the namespace: the test run resolves
+    // the context's ifindex in the calling thread's namespace.
+    ns.enter(move || fast_run_inside(&obj, qr, qg, repeat))?
+}
+
+fn fast_run_inside(obj: &Path, qr: u32, qg: u32, repeat: u32) -> Result<FastRun> {
+    let mut ebpf = Ebpf::load_file(obj).with_context(|| format!("loading {}", obj.display()))?;
+    let prog: &mut SchedClassifier = ebpf
+        .program_mut(programs::FAST_FWD)
+        .with_context(|| format!("{} not in the object", programs::FAST_FWD))?
+        .try_into()?;
+    prog.load().context("verifier rejected fast_fwd")?;
+    let mut ifs: Array<_, FastIf> =
+        Array::try_from(ebpf.map_mut(maps::FAST_IFS).context("no FAST_IFS map")?)?;
+    for (ifindex, flags, mac) in [(qr, 0, QR_MAC), (qg, FAST_IF_GATEWAY, QG_MAC)] {
+        let v = FastIf {
+            router_id: DP_ID,
+            flags: flags | FAST_IF_USED,
+            mac,
+            _pad: [0; 2],
+        };
+        ifs.set(ifindex, v, 0)
+            .with_context(|| format!("FAST_IFS[{ifindex}]"))?;
+    }
+    let mut ctx = [0u8; SKB_IFINDEX + 4];
+    ctx[SKB_IFINDEX..].copy_from_slice(&qr.to_ne_bytes());
+    let run = |packet: &[u8], repeat: u32| -> Result<(u32, f64, Vec<u8>)> {
+        let prog: &SchedClassifier = ebpf
+            .program(programs::FAST_FWD)
+            .context("fast_fwd missing")?
+            .try_into()?;
+        let mut out = vec![0u8; packet.len() + 256];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(packet);
+        opts.data_out = Some(&mut out);
+        opts.ctx_in = Some(&ctx);
+        opts.repeat = repeat;
+        let r = prog
+            .test_run(opts)
+            .context("BPF_PROG_TEST_RUN of fast_fwd")?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, r.duration.as_nanos() as f64, out))
+    };
+    // One forwarded packet, checked: the verdict, TTL − 1, the next hop's and qg's MACs.
+    let (ret, _, out) = run(&fast_frame(64), 1)?;
+    if ret != TC_ACT_REDIRECT {
+        bail!("fast_fwd returned {ret} for a packet to forward (expected TC_ACT_REDIRECT)");
+    }
+    if out.get(14 + 8) != Some(&63)
+        || out.get(..6) != Some(&HOP_MAC[..])
+        || out.get(6..12) != Some(&QG_MAC[..])
+    {
+        bail!("fast_fwd redirected the packet without TTL 63 and the next hop's and qg's MACs");
+    }
+    // Timed: batches of `FAST_BATCH` repeats from TTL 255; a batch whose frame left with
+    // fewer decrements had repeats that did not forward.
+    let batches = repeat.div_ceil(FAST_BATCH).max(1);
+    let start = fast_frame(255);
+    let want_ttl = 255 - FAST_BATCH as u8;
+    let mut total = 0.0;
+    for _ in 0..batches {
+        super::ns::check_interrupted()?;
+        let (ret, ns, out) = run(&start, FAST_BATCH)?;
+        if ret != TC_ACT_REDIRECT || out.get(14 + 8) != Some(&want_ttl) {
+            bail!(
+                "fast_fwd batch of {FAST_BATCH}: verdict {ret}, TTL {:?} (expected TC_ACT_REDIRECT, TTL {want_ttl})",
+                out.get(14 + 8)
+            );
+        }
+        total += ns;
+    }
+    let forwarded_ns = total / f64::from(batches);
+    // Left to the router: the frame stays as it is, so every repeat sees TTL 1.
+    let slow = fast_frame(1);
+    let (ret, to_router_ns, out) = run(&slow, repeat)?;
+    if ret != 0 || out != slow {
+        bail!("fast_fwd returned {ret} for TTL 1 (expected TC_ACT_OK and the frame unchanged)");
+    }
+    let verified = verified_insns_of(&ebpf, &[programs::FAST_FWD]);
+    let note = format!(
+        "UDP {VM} → {REMOTE}:53 on qr (ifindex {qr}) of a stand-in router namespace, default route via {HOP} on qg \
+         (ifindex {qg}); TTL 64 checked to come out TC_ACT_REDIRECT with TTL 63 and the next hop's and qg's MACs. \
+         Forwarded: {batches} runs × {FAST_BATCH} repeats from TTL 255 (the kernel repeats on the same buffer, so each \
+         repeat forwards the previous one's output; the next hop's neighbour entry carries qr's MAC to keep it addressed \
+         to qr), each checked to leave with TTL {want_ttl}, kernel average. Left to the router: TTL 1 × {repeat} repeats, \
+         TC_ACT_OK and unchanged (the router sends Time Exceeded). The redirect itself happens after the program and is \
+         not timed. Verified instructions: {verified}."
+    );
+    Ok(FastRun {
+        forwarded_ns,
+        to_router_ns,
+        note,
+    })
 }
 
 /// `memlock` of a BPF map fd, from /proc/self/fdinfo (the kernel's own accounting of the map's
