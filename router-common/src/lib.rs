@@ -20,7 +20,7 @@ pub const IPPROTO_UDP: u8 = 17;
 
 /// Version of every map layout in this file; part of the pin directory name so a daemon never
 /// reuses a pinned map whose layout changed (aya does not check).
-pub const LAYOUT_VERSION: u32 = 6;
+pub const LAYOUT_VERSION: u32 = 7;
 
 /// Map names, shared so userspace can find them in the loaded object and in the pin directory.
 pub mod maps {
@@ -58,7 +58,10 @@ pub mod programs {
 }
 
 /// Capacity of the session table (one entry per session; a SNAT flow that could not keep its
-/// first-choice port takes a second one, see [`SessionKey`]).
+/// first-choice port takes a second one, see [`SessionKey`]). The table is a preallocated hash,
+/// not an LRU: nothing is evicted by a new flow; the daemon's GC expires sessions and, when the
+/// table is crowded, drops never-replied ones early (as conntrack's early drop), so a flood of
+/// new flows cannot push out established connections.
 pub const MAX_SESSIONS: u32 = 262_144;
 /// Capacity of the fragment table.
 pub const MAX_FRAGMENTS: u32 = 16_384;
@@ -375,6 +378,9 @@ pub mod global {
     pub const PACKETS: u32 = 0;
     /// Packets on an interface with no router config (passed).
     pub const UNCONFIGURED: u32 = 1;
+    /// Sessions created, all routers: the daemon's GC estimates the session table's occupancy
+    /// from it between its walks (one read instead of a walk of every entry).
+    pub const SESSIONS_CREATED: u32 = 2;
     pub const COUNT: u32 = 4;
 }
 

@@ -20,7 +20,7 @@ use tokio::sync::broadcast;
 use crate::{
     api::{self, ApiState},
     config::{Config, TokenConfig},
-    datapath::{self, Datapath},
+    datapath::{self, Datapath, GcReport, sessions::GcPace},
     realise::{Realiser, RealiserConfig},
     store::Store,
 };
@@ -279,21 +279,70 @@ async fn reconcile_loop(
     }
 }
 
-/// Expires idle NAT sessions every `every`.
+/// Runs the session GC: every `every`, and every second while the table is crowded
+/// (`datapath::sessions::GcPace`).
 async fn gc_loop(datapath: Arc<Datapath>, every: Duration, mut shutdown: broadcast::Receiver<()>) {
-    let mut tick = tokio::time::interval(every);
+    let mut tick = tokio::time::interval(GcPace::POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pace = GcPace::new(every);
     loop {
         tokio::select! {
             _ = shutdown.recv() => return,
             _ = tick.tick() => {}
         }
         let dp = datapath.clone();
-        match tokio::task::spawn_blocking(move || dp.gc()).await {
-            Ok(Ok(n)) if n > 0 => tracing::debug!(expired = n, "session gc"),
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!("session gc failed: {e:#}"),
-            Err(e) => tracing::error!("session gc task failed: {e}"),
-        }
+        // `pace` moves into the blocking task and comes back with its result.
+        let pass = tokio::task::spawn_blocking(move || {
+            let r = gc_if_due(&dp, &mut pace);
+            (pace, r)
+        });
+        pace = match pass.await {
+            Ok((p, r)) => {
+                match r {
+                    Ok(Some(report)) => log_gc(&report),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("session gc failed: {e:#}"),
+                }
+                p
+            }
+            Err(e) => {
+                tracing::error!("session gc task failed: {e}");
+                GcPace::new(every)
+            }
+        };
+    }
+}
+
+/// Runs a GC pass if `pace` says one is due; a failed pass counts as run (it is retried after
+/// the interval, not every second).
+fn gc_if_due(dp: &Datapath, pace: &mut GcPace) -> anyhow::Result<Option<GcReport>> {
+    let created = dp.sessions_created()?;
+    let now = std::time::Instant::now();
+    if !pace.due(now, created) {
+        return Ok(None);
+    }
+    let report = dp.gc();
+    pace.ran(now, created, report.as_ref().map_or(0, |r| r.entries));
+    report.map(Some)
+}
+
+/// Logs a GC pass: expiries at debug level, early drops and a table still crowded as warnings.
+fn log_gc(r: &GcReport) {
+    if r.expired > 0 {
+        tracing::debug!(expired = r.expired, entries = r.entries, "session gc");
+    }
+    if r.dropped_early > 0 {
+        tracing::warn!(
+            dropped = r.dropped_early,
+            entries = r.entries,
+            "session table crowded: dropped never-replied sessions early"
+        );
+    }
+    if r.entries >= datapath::sessions::PRESSURE {
+        tracing::warn!(
+            entries = r.entries,
+            capacity = router_common::MAX_SESSIONS,
+            "session table still crowded with answered sessions: new flows are dropped (drop_table_full) once it is full"
+        );
     }
 }

@@ -22,12 +22,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use router_common::{
-    DIR_IN, DIR_OUT, FipKey, FipValue, MAX_FIPS, PfKey, PfValue, RouterConfig, SessionValue, stat,
+    DIR_IN, DIR_OUT, FipKey, FipValue, MAX_FIPS, PfKey, PfValue, RouterConfig, SessionValue,
+    global, stat,
 };
 
 use crate::{
     csum::{l4_csum, rewrite_addr, rewrite_port},
-    maps::{SESSIONS, count, count_packet},
+    maps::{SESSIONS, count, count_global, count_packet},
     parse::{
         ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, IP_DST, IP_SRC, IPPROTO_ICMP, IPPROTO_TCP,
         IPPROTO_UDP, L4Head, Packet, TCP_HLEN, TcpHdr, UDP_HLEN, load, load_ipv4, validate,
@@ -212,7 +213,11 @@ pub fn note_session(
         (rk, v)
     };
     // A translation that changed (another kind or internal end) replaces the old session.
-    SESSIONS.insert(rk, value, BPF_ANY as u64).is_ok()
+    let created = SESSIONS.insert(rk, value, BPF_ANY as u64).is_ok();
+    if created {
+        count_global(global::SESSIONS_CREATED);
+    }
+    created
 }
 
 /// Rewrites the source (`field = IP_SRC`) or destination address of `pkt` to `new`, with the

@@ -2,7 +2,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use router_common::{
     CidrKey, FragKey, FragValue, MAX_CIDRS, MAX_FRAGMENTS, MAX_ROUTERS, MAX_SESSIONS, RouterConfig,
@@ -11,8 +11,7 @@ use router_common::{
 
 /// Per-router config keyed by the ifindex of the gateway tap.
 #[map]
-pub static ROUTER_CONFIG: aya_ebpf::maps::HashMap<u32, RouterConfig> =
-    aya_ebpf::maps::HashMap::with_max_entries(MAX_ROUTERS, 0);
+pub static ROUTER_CONFIG: HashMap<u32, RouterConfig> = HashMap::with_max_entries(MAX_ROUTERS, 0);
 
 /// Internal CIDRs of every router, `(router_id_be, addr)` with prefix `32 + len`.
 #[map]
@@ -20,9 +19,16 @@ pub static INTERNAL_CIDRS: LpmTrie<CidrKey, u32> = LpmTrie::with_max_entries(MAX
 
 /// Sessions: one entry per session keyed by its reply tuple (`DIR_IN`), plus a forward alias
 /// (`DIR_OUT`) for SNAT flows that could not keep their first-choice port.
+///
+/// A preallocated hash, not an LRU hash: a new flow takes an element off a per-CPU free list
+/// (one cache line it writes anyway) where the LRU's common free list is refilled under a
+/// global lock by walking and rotating its lists (several cold elements per new flow), and a
+/// lookup writes no reference bit. When the table is full a new flow is dropped and counted
+/// (`DROP_TABLE_FULL`) instead of evicting whichever session the LRU picks — possibly an idle
+/// established connection; the daemon's GC keeps room by expiring sessions and, under
+/// pressure, dropping never-replied ones early (`router_ctl::datapath::sessions`).
 #[map]
-pub static SESSIONS: LruHashMap<SessionKey, SessionValue> =
-    LruHashMap::with_max_entries(MAX_SESSIONS, 0);
+pub static SESSIONS: HashMap<SessionKey, SessionValue> = HashMap::with_max_entries(MAX_SESSIONS, 0);
 
 /// Translation of a datagram's later fragments.
 #[map]

@@ -1,4 +1,4 @@
-//! Connection tracking for SNAT: one LRU entry per session, keyed by the tuple its replies
+//! Connection tracking for SNAT: one `SESSIONS` entry per session, keyed by the tuple its replies
 //! arrive with (`DIR_IN`), holding the internal end, both directions' state bits and the last
 //! time either direction was seen.
 //!
@@ -7,8 +7,12 @@
 //! recomputed and the reply key at `p0` looked up; if that entry's internal end is this flow's,
 //! it is the session (one lookup). A flow that found `p0` taken by another flow to the same
 //! remote endpoint probed another port and has a forward alias (`DIR_OUT` key → its port),
-//! looked up second. A session whose entry the LRU evicted is re-created by its next outbound
-//! packet at the same port, so the connection survives.
+//! looked up second. A session whose entry went while its flow still sends (expired by the
+//! daemon's GC between two packets, or dropped early under pressure) is re-created by its next
+//! outbound packet at the same port, so the connection survives.
+//!
+//! The table never evicts (see `maps::SESSIONS`): a new flow that finds it full is dropped and
+//! counted, and an existing session is never displaced by it.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -16,13 +20,13 @@ use aya_ebpf::{
 };
 use router_common::{
     DIR_IN, DIR_OUT, ROUTER_F_FLOATING, RouterConfig, SESSION_SNAT, ST_REPLY_SHIFT, ST_SEEN,
-    SessionKey, SessionValue,
+    SessionKey, SessionValue, global,
     nat::{first_port, probe_port},
     stat,
 };
 
 use crate::{
-    maps::{SESSIONS, count},
+    maps::{SESSIONS, count, count_global},
     parse::{IPPROTO_ICMP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 use router_common::{ST_ACK, ST_FIN, ST_RST, ST_SYN};
@@ -181,15 +185,20 @@ pub fn find_snat(cfg: &RouterConfig, fwd: &SessionKey, bits: u8) -> Found {
                         return Found::Port(port);
                     }
                 }
-                // Evicted by the LRU while the alias stayed: restore it at the same port.
-                None => {
-                    if SESSIONS
-                        .insert(rk, new_session(fwd, bits), BPF_NOEXIST as u64)
-                        .is_ok()
-                    {
+                // The session went while the alias stayed (the GC removes both, but not
+                // atomically): restore it at the same port.
+                None => match SESSIONS.insert(rk, new_session(fwd, bits), BPF_NOEXIST as u64) {
+                    Ok(()) => {
+                        count_global(global::SESSIONS_CREATED);
                         return Found::Port(port);
                     }
-                }
+                    // No room: keep the alias (the port is still this flow's to take back);
+                    // creating afresh fails the same way and the packet is counted there.
+                    Err(e) if e != EEXIST => {
+                        return Found::Missing { first, first_free };
+                    }
+                    Err(_) => {}
+                },
             }
         }
         // The port went to another flow meanwhile: forget the alias, start afresh.
@@ -255,7 +264,10 @@ pub fn create_snat(
     if first_free {
         let rk0 = reverse_key(fwd, gw, first);
         match SESSIONS.insert(rk0, val, BPF_NOEXIST as u64) {
-            Ok(()) => return Ok((first, true)),
+            Ok(()) => {
+                count_global(global::SESSIONS_CREATED);
+                return Ok((first, true));
+            }
             Err(EEXIST) => {
                 if let Some(r) = SESSIONS.get_ptr_mut(rk0) {
                     // SAFETY: valid map value; plain fields.
@@ -295,7 +307,10 @@ pub fn create_snat(
         last_seen_ns: val.last_seen_ns,
     };
     match SESSIONS.insert(fwd, alias, BPF_NOEXIST as u64) {
-        Ok(()) => Ok((port, true)),
+        Ok(()) => {
+            count_global(global::SESSIONS_CREATED);
+            Ok((port, true))
+        }
         Err(e) => {
             let _ = SESSIONS.remove(reverse_key(fwd, gw, port));
             if e != EEXIST {

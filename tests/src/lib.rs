@@ -225,6 +225,20 @@ pub fn open_datapath(
     dp
 }
 
+/// The pinned SESSIONS map of datapath `dp`, opened like any other process would.
+pub fn pinned_sessions(
+    dp: &router_ctl::datapath::Datapath,
+) -> aya::maps::HashMap<aya::maps::MapData, router_common::SessionKey, router_common::SessionValue>
+{
+    let path = dp
+        .bpffs()
+        .join(format!("v{}", router_common::LAYOUT_VERSION))
+        .join(router_common::maps::SESSIONS);
+    let data = aya::maps::MapData::from_pin(&path).expect("open pinned SESSIONS");
+    let map = aya::maps::Map::from_map_data(data).expect("map");
+    aya::maps::HashMap::try_from(map).expect("hash map")
+}
+
 /// A private bpffs mounted on a temp dir (`mount -t bpf bpf DIR`), unmounted on drop.
 pub struct Bpffs {
     pub dir: TempDir,

@@ -637,7 +637,7 @@ fn gc_expires_idle_sessions_by_state() {
     // Well past the 1 s timeouts (the datapath clock is the coarse monotonic one).
     std::thread::sleep(std::time::Duration::from_millis(3000));
     assert_eq!(
-        fx.dp.gc().expect("gc"),
+        fx.dp.gc().expect("gc").expired,
         2,
         "expired: unreplied UDP and ICMP"
     );
@@ -662,18 +662,11 @@ fn pinned_sessions(
     fx: &Fixture,
 ) -> aya::maps::HashMap<aya::maps::MapData, router_common::SessionKey, router_common::SessionValue>
 {
-    let path = fx
-        .dp
-        .bpffs()
-        .join(format!("v{}", router_common::LAYOUT_VERSION))
-        .join(router_common::maps::SESSIONS);
-    let data = aya::maps::MapData::from_pin(&path).expect("open pinned SESSIONS");
-    let map = aya::maps::Map::from_map_data(data).expect("map");
-    aya::maps::HashMap::try_from(map).expect("hash map")
+    tests::pinned_sessions(&fx.dp)
 }
 
 #[test]
-fn evicted_reverse_entry_is_restored_or_the_flow_remapped() {
+fn removed_reverse_entry_is_restored_or_the_flow_remapped() {
     let fx = Fixture::snat();
     fx.out(&udp_frame(VM1, 40000, SRV, 53));
     let mut sessions = pinned_sessions(&fx);
@@ -686,7 +679,7 @@ fn evicted_reverse_entry_is_restored_or_the_flow_remapped() {
         proto: UDP,
         dir: router_common::DIR_IN,
     };
-    // As if the LRU evicted the session (its only entry): the next outbound packet restores it.
+    // As if the GC removed the session (its only entry) between two packets: the next outbound packet restores it.
     sessions.remove(&rev(40000)).expect("remove reverse");
     assert_frame(
         &fx.out(&udp_frame(VM1, 40000, SRV, 53)),
@@ -698,7 +691,7 @@ fn evicted_reverse_entry_is_restored_or_the_flow_remapped() {
         &udp_frame(SRV, 53, VM1, 40000),
         "reply restored",
     );
-    // Evicted again, and meanwhile another host's flow took the port: VM1 is remapped rather
+    // Removed again, and meanwhile another host's flow took the port: VM1 is remapped rather
     // than sharing it, and each reply reaches its own host.
     sessions.remove(&rev(40000)).expect("remove reverse");
     assert_frame(
@@ -884,7 +877,7 @@ fn displaced_flow_gets_a_forward_entry_and_both_translate() {
         listed.iter().all(|s| s.state == "ESTABLISHED"),
         "{listed:?}"
     );
-    // The displaced flow's session evicted: its forward entry restores it at the same port.
+    // The displaced flow's session removed (the GC deletes it a moment before its alias): its forward entry restores it at the same port.
     let mut map = pinned_sessions(&fx);
     let rev = |port: u16| router_common::SessionKey {
         router_id: DP_ID as u16,
@@ -900,7 +893,7 @@ fn displaced_flow_gets_a_forward_entry_and_both_translate() {
     assert_frame(
         &fx.out(&tcp_frame(VM2, 41000, SRV, 80, ACK)),
         &tcp_frame(GW, p, SRV, 80, ACK),
-        "displaced flow keeps its port after eviction",
+        "displaced flow keeps its port after its session went",
     );
     assert_frame(
         &fx.inn(&tcp_frame(SRV, 80, GW, p, ACK)),
@@ -911,19 +904,19 @@ fn displaced_flow_gets_a_forward_entry_and_both_translate() {
     // The GC leaves live forward entries alone (past the orphan grace period).
     std::thread::sleep(std::time::Duration::from_millis(2500));
     fx.out(&tcp_frame(VM2, 41000, SRV, 80, ACK));
-    assert_eq!(fx.dp.gc().expect("gc"), 0);
+    assert_eq!(fx.dp.gc().expect("gc").expired, 0);
     assert_eq!(entries(&fx).1.len(), 1, "forward entry kept");
 }
 
 #[test]
-fn evicted_session_of_an_established_flow_is_recreated_at_the_same_port() {
+fn removed_session_of_an_established_flow_is_recreated_at_the_same_port() {
     let fx = Fixture::snat();
     fx.out(&tcp_frame(VM1, 40000, SRV, 80, SYN));
     fx.inn(&tcp_frame(SRV, 80, GW, 40000, SYN | ACK));
     fx.out(&tcp_frame(VM1, 40000, SRV, 80, ACK));
     let (sessions, _) = entries(&fx);
     assert_eq!(sessions.len(), 1);
-    // As if the LRU evicted it: the table is empty.
+    // As if the GC had removed it between two packets: the table is empty.
     let mut map = pinned_sessions(&fx);
     map.remove(&sessions[0]).expect("remove the session");
     assert_eq!(entries(&fx), (vec![], vec![]));

@@ -82,6 +82,17 @@ pub struct SessionInfo {
     pub idle_secs: u64,
 }
 
+/// What one GC pass did (`Datapath::gc`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Sessions removed because they idled past their state's timeout.
+    pub expired: usize,
+    /// Never-replied sessions dropped early because the table was crowded.
+    pub dropped_early: usize,
+    /// Entries (sessions and aliases) left in the table.
+    pub entries: usize,
+}
+
 /// The typed maps and the loaded programs, behind the `Datapath` mutex.
 struct Inner {
     ebpf: Ebpf,
@@ -509,23 +520,46 @@ impl Datapath {
         Ok(out)
     }
 
-    /// Expires idle sessions by the configured timeouts; returns how many were removed.
+    /// Sessions created so far, all routers, summed over CPUs (`global::SESSIONS_CREATED`):
+    /// with the entries a GC pass left, an estimate of the table's fill between passes.
+    pub fn sessions_created(&self) -> Result<u64> {
+        let inner = self.lock();
+        let per_cpu = inner.global.get(&global::SESSIONS_CREATED, 0)?;
+        Ok(per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+    }
+
+    /// One GC pass: expires idle sessions by the configured timeouts and, when the table is
+    /// crowded, drops never-replied sessions early (`sessions::early_drop`).
     ///
     /// Uses its own handle on the map, not the datapath lock: API calls proceed meanwhile
-    /// (a session flushed or re-created concurrently is at worst removed once more, as the
-    /// LRU could do anyway).
-    pub fn gc(&self) -> Result<usize> {
-        let mut map = self.gc_sessions.lock().unwrap_or_else(|p| p.into_inner());
+    /// (a session flushed or re-created concurrently is at worst removed once more, and a
+    /// flow whose session went is given one again by its next outbound packet).
+    pub fn gc(&self) -> Result<GcReport> {
+        let map = self.gc_sessions.lock().unwrap_or_else(|p| p.into_inner());
         let entries = read_session_map(&map)?;
-        let doomed = sessions::expired(&entries, &self.nat, monotonic_ns());
-        let mut n = 0;
-        for k in &doomed {
-            remove_missing_ok(map.remove(k))?;
-            if k.dir == router_common::DIR_IN {
-                n += 1;
-            }
-        }
-        Ok(n)
+        let mut doomed = sessions::expired(&entries, &self.nat, monotonic_ns());
+        let expired = doomed
+            .iter()
+            .filter(|k| k.dir == router_common::DIR_IN)
+            .count();
+        let early = sessions::early_drop(
+            &entries,
+            &doomed,
+            sessions::PRESSURE,
+            sessions::EARLY_DROP_TARGET,
+        );
+        let dropped_early = early
+            .iter()
+            .filter(|k| k.dir == router_common::DIR_IN)
+            .count();
+        doomed.extend(early);
+        let removed = batch::delete_all(IterableMap::map(&*map), &doomed)
+            .context("deleting sessions (BPF_MAP_DELETE_BATCH)")?;
+        Ok(GcReport {
+            expired,
+            dropped_early,
+            entries: entries.len().saturating_sub(removed),
+        })
     }
 
     /// Runs `program` once on `packet` (an Ethernet frame) with BPF_PROG_TEST_RUN and returns
@@ -587,7 +621,7 @@ impl Datapath {
     }
 }
 
-/// Map deletes where "already gone" (e.g. evicted by the LRU meanwhile) is success.
+/// Map deletes where "already gone" (e.g. removed by the GC meanwhile) is success.
 fn remove_missing_ok(r: Result<(), aya::maps::MapError>) -> Result<()> {
     match r {
         Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),

@@ -1,16 +1,26 @@
 //! Pure session-table logic: listing sessions (one `DIR_IN` entry each, plus a forward alias
-//! for SNAT flows that could not keep their first-choice port) and deciding which entries the
-//! GC expires under the configured conntrack-like timeouts.
+//! for SNAT flows that could not keep their first-choice port), deciding which entries the
+//! GC expires under the configured conntrack-like timeouts and which it drops early when the
+//! table is crowded, and when it runs.
+//!
+//! The table (`SESSIONS`) never evicts by itself: a new flow that finds it full is dropped and
+//! counted (`drop_table_full`). Room is kept here, as conntrack keeps it: sessions expire by
+//! their state's timeout, and once the table is [`PRESSURE`] full the GC runs every second and
+//! drops sessions that never saw a reply (unanswered UDP, TCP still in SYN_SENT, unanswered
+//! pings), least recently seen first, down to [`EARLY_DROP_TARGET`]. A session that was
+//! answered (an established TCP connection, a UDP exchange) is never dropped before its timeout,
+//! so a flood of new flows cannot push out live connections, which an LRU table would do.
 
 use std::{
     collections::HashMap,
     net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, Instant},
 };
 
 use ipnet::Ipv4Net;
 
 use router_common::{
-    DIR_IN, DIR_OUT, IPPROTO_ICMP, SESSION_SNAT, SessionKey, SessionValue,
+    DIR_IN, DIR_OUT, IPPROTO_ICMP, MAX_SESSIONS, SESSION_SNAT, ST_SEEN, SessionKey, SessionValue,
     nat::{SessionState, proto_name},
 };
 
@@ -18,7 +28,7 @@ use super::SessionInfo;
 use crate::config::NatConfig;
 
 /// Aliases younger than this are never treated as orphans: the datapath inserts the session a
-/// moment before its alias, and re-creates an evicted session from its alias.
+/// moment before its alias, and re-creates a removed session from its alias.
 pub const ORPHAN_GRACE_NS: u64 = 2_000_000_000;
 
 /// The session key of a forward alias (`v`: its translated address and port).
@@ -148,6 +158,86 @@ pub fn expired(
         }
     }
     doomed
+}
+
+/// Entries (sessions and aliases) at or above which the table is crowded: the GC runs every
+/// second while new sessions keep coming, and drops never-replied sessions early.
+pub const PRESSURE: usize = MAX_SESSIONS as usize / 4 * 3;
+/// Entries an early drop brings a crowded table down to (if enough sessions were never
+/// replied): room for about a second of new flows at the bench's highest rates.
+pub const EARLY_DROP_TARGET: usize = MAX_SESSIONS as usize / 2;
+
+/// Keys the GC drops early from a crowded table: `entries` is the table as read, `gone` what
+/// this pass removes anyway (expired). When the rest holds at least `high` entries, sessions
+/// that never saw a reply are dropped with their alias, least recently seen first, until at
+/// most `low` entries are left or none is left to drop. Answered sessions are never dropped.
+pub fn early_drop(
+    entries: &HashMap<SessionKey, SessionValue>,
+    gone: &[SessionKey],
+    high: usize,
+    low: usize,
+) -> Vec<SessionKey> {
+    let gone: std::collections::HashSet<&SessionKey> = gone.iter().collect();
+    let mut left = entries.len().saturating_sub(gone.len());
+    if left < high {
+        return Vec::new();
+    }
+    let mut unreplied: Vec<(&SessionKey, &SessionValue)> = entries
+        .iter()
+        .filter(|(k, v)| k.dir == DIR_IN && v.state & ST_SEEN == 0 && !gone.contains(k))
+        .collect();
+    unreplied.sort_unstable_by_key(|(_, v)| v.last_seen_ns);
+    let mut doomed = Vec::new();
+    for (k, v) in unreplied {
+        if left <= low {
+            break;
+        }
+        doomed.push(*k);
+        left -= 1;
+        let fk = forward_of(k, v);
+        if let Some(fv) = entries.get(&fk)
+            && alias_matches(&fk, fv, k, v)
+            && !gone.contains(&fk)
+        {
+            doomed.push(fk);
+            left -= 1;
+        }
+    }
+    doomed
+}
+
+/// When the GC runs: every `every` (`[nat] gc_interval`), and every second while the table is
+/// estimated crowded — the entries the last pass left plus the sessions created since
+/// (`global::SESSIONS_CREATED`, one cheap read) — and still getting new sessions.
+#[derive(Debug)]
+pub struct GcPace {
+    every: Duration,
+    /// When the last pass ran, the creation counter then and the entries it left.
+    last: Option<(Instant, u64, usize)>,
+}
+
+impl GcPace {
+    /// How often the daemon asks [`GcPace::due`].
+    pub const POLL: Duration = Duration::from_secs(1);
+
+    pub fn new(every: Duration) -> Self {
+        Self { every, last: None }
+    }
+
+    /// Whether a pass is due at `now`, with the creation counter at `created`.
+    pub fn due(&self, now: Instant, created: u64) -> bool {
+        let Some((at, created_then, entries)) = self.last else {
+            return true;
+        };
+        let new = created.wrapping_sub(created_then);
+        now.duration_since(at) >= self.every
+            || (new > 0 && entries.saturating_add(new as usize) >= PRESSURE)
+    }
+
+    /// Records a pass that ran at `now` with the counter at `created` and left `entries`.
+    pub fn ran(&mut self, now: Instant, created: u64, entries: usize) {
+        self.last = Some((now, created, entries));
+    }
 }
 
 /// SNAT entries (sessions and aliases) of router `dp_id` whose internal end is in none of
@@ -287,6 +377,130 @@ mod tests {
         // A live alias stays.
         let m = session(IPPROTO_UDP, 1500, 0, 0, true);
         assert!(expired(&m, &nat, 3 * S).is_empty());
+    }
+
+    /// `n` unreplied UDP sessions to distinct remote ports, last seen at `first`, `first + 1`, …
+    /// ns; every third with a forward alias.
+    fn unreplied(n: u16, first: u64) -> HashMap<SessionKey, SessionValue> {
+        let mut m = HashMap::new();
+        for i in 0..n {
+            let mut k = fwd(IPPROTO_UDP);
+            k.dport = port_to_wire(1000 + i);
+            let aliased = i % 3 == 0;
+            let nat = if aliased { 2000 + i } else { 40000 };
+            let a = SessionValue {
+                addr: ip_to_wire([192, 0, 2, 10]),
+                port: port_to_wire(nat),
+                state: 0,
+                kind: 0,
+                last_seen_ns: first + u64::from(i),
+            };
+            let rk = reverse_of(&k, &a);
+            let rv = SessionValue {
+                addr: k.src,
+                port: k.sport,
+                state: 0,
+                kind: 0,
+                last_seen_ns: first + u64::from(i),
+            };
+            m.insert(rk, rv);
+            if aliased {
+                m.insert(k, a);
+            }
+        }
+        m
+    }
+
+    #[test]
+    fn early_drop_takes_unreplied_sessions_oldest_first_and_never_answered_ones() {
+        let mut m = unreplied(30, 100);
+        // 30 sessions, 10 aliases; plus an established TCP session older than all of them and
+        // a replied UDP one with its alias.
+        let est = ST_SYN | ST_ACK | ST_SEEN | (ST_ACK << ST_REPLY_SHIFT);
+        m.extend(session(IPPROTO_TCP, 40000, 0, est, false));
+        m.extend(session(IPPROTO_UDP, 1500, 1, ST_SEEN, true));
+        assert_eq!(m.len(), 43);
+
+        assert!(
+            early_drop(&m, &[], 44, 10).is_empty(),
+            "below the high mark"
+        );
+        let doomed = early_drop(&m, &[], 43, 30);
+        let left: HashMap<_, _> = m
+            .iter()
+            .filter(|(k, _)| !doomed.contains(k))
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        // Down to the low mark; a session's alias going with it may take it one below.
+        assert!(
+            (29..=30).contains(&left.len()),
+            "{} left: {doomed:?}",
+            left.len()
+        );
+        for (k, v) in &doomed.iter().map(|k| (k, m[k])).collect::<Vec<_>>() {
+            let session = if k.dir == DIR_IN {
+                *v
+            } else {
+                m[&reverse_of(k, v)]
+            };
+            assert_eq!(session.state & ST_SEEN, 0, "only never-replied sessions go");
+        }
+        // Oldest first: every session still there was seen after every one dropped.
+        let newest_dropped = doomed
+            .iter()
+            .filter(|k| k.dir == DIR_IN)
+            .map(|k| m[k].last_seen_ns)
+            .max()
+            .expect("something dropped");
+        assert!(
+            left.iter()
+                .filter(|(k, v)| k.dir == DIR_IN && v.state & ST_SEEN == 0)
+                .all(|(_, v)| v.last_seen_ns > newest_dropped)
+        );
+        // A dropped session's alias goes with it; no alias is left without its session.
+        for (k, v) in left.iter().filter(|(k, _)| k.dir == DIR_OUT) {
+            assert!(left.contains_key(&reverse_of(k, v)), "orphaned alias {k:?}");
+        }
+        // The answered sessions and their alias stay, however old.
+        assert_eq!(left.values().filter(|v| v.state & ST_SEEN != 0).count(), 2);
+
+        // Entries expired in the same pass count as gone already.
+        let expired: Vec<SessionKey> = m
+            .keys()
+            .filter(|k| k.dir == DIR_IN)
+            .take(5)
+            .copied()
+            .collect();
+        assert!(
+            early_drop(&m, &expired, 40, 30).is_empty(),
+            "38 left: below 40"
+        );
+        // Only unreplied sessions can go: with nothing else to drop it stops above `low`.
+        let all = early_drop(&m, &[], 1, 0);
+        assert_eq!(all.len(), 40, "30 sessions and their 10 aliases");
+    }
+
+    #[test]
+    fn gc_paces_by_interval_and_by_pressure() {
+        let t0 = Instant::now();
+        let mut p = GcPace::new(Duration::from_secs(10));
+        assert!(p.due(t0, 0), "first pass at once");
+        p.ran(t0, 1000, 10);
+        let s = |n| t0 + Duration::from_secs(n);
+        assert!(!p.due(s(1), 2000), "quiet table: wait for the interval");
+        assert!(p.due(s(10), 1000), "interval");
+        // Entries left plus sessions created since reach the pressure mark.
+        let crowd = (PRESSURE - 10) as u64;
+        assert!(!p.due(s(1), 1000 + crowd - 1));
+        assert!(p.due(s(1), 1000 + crowd));
+        // A crowded table that gets no new sessions is not walked again before the interval.
+        p.ran(s(2), 5000, PRESSURE + 100);
+        assert!(!p.due(s(3), 5000));
+        assert!(p.due(s(3), 5001));
+        assert!(p.due(s(12), 5000));
+        // The per-CPU sum may wrap.
+        p.ran(s(20), u64::MAX, 0);
+        assert!(!p.due(s(21), 5));
     }
 
     #[test]

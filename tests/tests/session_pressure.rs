@@ -1,0 +1,187 @@
+//! A full session table (a flood of new flows): a further new flow is dropped and counted,
+//! never let out with its private address; established connections keep being translated both
+//! ways; one GC pass makes room again by dropping never-replied sessions, oldest first, and
+//! only those. The table is the real pinned `SESSIONS` map, filled to the kernel's refusal.
+use std::collections::HashSet;
+
+use router_common::{
+    DIR_IN, IPPROTO_UDP, MAX_SESSIONS, SESSION_SNAT, SessionKey, SessionValue, ip_to_wire,
+    port_to_wire,
+};
+use router_ctl::{
+    config::NatConfig,
+    datapath::{Datapath, sessions},
+};
+use tests::{
+    Bpffs, open_datapath,
+    packet::{ACK, SYN, tcp_frame, udp_frame},
+    pinned_sessions, testrun_router,
+};
+
+const GW: [u8; 4] = [192, 0, 2, 10];
+const VM: [u8; 4] = [10, 0, 0, 5];
+const FLOODER: [u8; 4] = [10, 0, 0, 66];
+const SRV: [u8; 4] = [203, 0, 113, 9];
+const DP_ID: u32 = 7;
+const OK: u32 = 0;
+const SHOT: u32 = 2;
+
+fn run(dp: &Datapath, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
+    dp.test_run(prog, frame)
+        .unwrap_or_else(|e| panic!("test run of {prog}: {e:#}"))
+}
+
+/// Runs `frame` through `prog` and checks it comes out as `want`.
+fn translated(dp: &Datapath, prog: &str, frame: &[u8], want: &[u8], what: &str) {
+    let (rc, out) = run(dp, prog, frame);
+    assert_eq!(rc, OK, "{what}: verdict");
+    assert_eq!(out, want, "{what}: frame");
+}
+
+fn stat(dp: &Datapath, name: &str) -> u64 {
+    dp.stats(DP_ID).expect("stats")[name]
+}
+
+/// CLOCK_MONOTONIC in ns, the datapath's clock.
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The reply key of flood flow `i` (a distinct remote address and port each) and its session:
+/// never replied, last seen `i` ns after `t0` (so a lower `i` is older).
+fn flood_entry(i: u32, t0: u64) -> (SessionKey, SessionValue) {
+    let [_, a, b, c] = i.to_be_bytes();
+    let k = SessionKey {
+        router_id: DP_ID as u16,
+        proto: IPPROTO_UDP,
+        dir: DIR_IN,
+        src: ip_to_wire([198, a, b, c]),
+        dst: ip_to_wire(GW),
+        sport: port_to_wire(53),
+        dport: port_to_wire(40000),
+    };
+    let v = SessionValue {
+        addr: ip_to_wire(FLOODER),
+        port: port_to_wire(40000),
+        state: 0,
+        kind: SESSION_SNAT,
+        last_seen_ns: t0 + u64::from(i),
+    };
+    (k, v)
+}
+
+#[test]
+fn a_full_table_drops_new_flows_keeps_answered_ones_and_the_gc_makes_room() {
+    let dir = Bpffs::new();
+    let dp = open_datapath(
+        &dir,
+        &NatConfig::default(),
+        &testrun_router(DP_ID, GW, &["10.0.0.0/24"]),
+    );
+
+    // An answered UDP exchange and an established TCP connection.
+    run(&dp, "snat_out", &udp_frame(VM, 40000, SRV, 53));
+    translated(
+        &dp,
+        "snat_in",
+        &udp_frame(SRV, 53, GW, 40000),
+        &udp_frame(SRV, 53, VM, 40000),
+        "UDP reply",
+    );
+    run(&dp, "snat_out", &tcp_frame(VM, 40001, SRV, 80, SYN));
+    run(&dp, "snat_in", &tcp_frame(SRV, 80, GW, 40001, SYN | ACK));
+    run(&dp, "snat_out", &tcp_frame(VM, 40001, SRV, 80, ACK));
+
+    // A flood of never-replied flows fills the rest, until the kernel refuses an insert.
+    let mut map = pinned_sessions(&dp);
+    let t0 = now_ns();
+    let mut flood = 0u32;
+    while map
+        .insert(flood_entry(flood, t0).0, flood_entry(flood, t0).1, 0)
+        .is_ok()
+    {
+        flood += 1;
+        assert!(
+            flood <= MAX_SESSIONS,
+            "the table holds more than MAX_SESSIONS"
+        );
+    }
+    assert_eq!(flood + 2, MAX_SESSIONS, "full at MAX_SESSIONS entries");
+
+    // A new flow now finds no room: dropped and counted, never let out untranslated.
+    let full = stat(&dp, "drop_table_full");
+    let (rc, _) = run(&dp, "snat_out", &udp_frame(VM, 50000, SRV, 53));
+    assert_eq!(rc, SHOT, "a new flow on a full table is dropped");
+    assert_eq!(stat(&dp, "drop_table_full"), full + 1);
+
+    // The live connections are untouched by the flood, both ways.
+    translated(
+        &dp,
+        "snat_out",
+        &tcp_frame(VM, 40001, SRV, 80, ACK),
+        &tcp_frame(GW, 40001, SRV, 80, ACK),
+        "established TCP out, table full",
+    );
+    translated(
+        &dp,
+        "snat_in",
+        &tcp_frame(SRV, 80, GW, 40001, ACK),
+        &tcp_frame(SRV, 80, VM, 40001, ACK),
+        "established TCP in, table full",
+    );
+    translated(
+        &dp,
+        "snat_in",
+        &udp_frame(SRV, 53, GW, 40000),
+        &udp_frame(SRV, 53, VM, 40000),
+        "answered UDP in, table full",
+    );
+
+    // One GC pass: nothing has idled past a timeout; the never-replied flood goes, oldest
+    // first, down to the early-drop target.
+    let r = dp.gc().expect("gc");
+    assert_eq!(r.expired, 0, "{r:?}");
+    assert_eq!(r.entries, sessions::EARLY_DROP_TARGET, "{r:?}");
+    assert_eq!(
+        r.dropped_early,
+        MAX_SESSIONS as usize - sessions::EARLY_DROP_TARGET,
+        "{r:?}"
+    );
+    let left: HashSet<SessionKey> = map.keys().map(|k| k.expect("key")).collect();
+    assert_eq!(left.len(), sessions::EARLY_DROP_TARGET);
+    let kept_flood = (0..flood)
+        .filter(|i| left.contains(&flood_entry(*i, t0).0))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        kept_flood.first().copied(),
+        Some(flood - kept_flood.len() as u32),
+        "the newest flood sessions stay, the oldest went"
+    );
+    let listed = dp.sessions(DP_ID).expect("sessions");
+    let state = |port: u16| {
+        listed
+            .iter()
+            .find(|s| s.internal.ip().octets() == VM && s.internal.port() == port)
+            .map(|s| s.state.clone())
+    };
+    assert_eq!(state(40000).as_deref(), Some("REPLIED"));
+    assert_eq!(state(40001).as_deref(), Some("ESTABLISHED"));
+
+    // Room again: the new flow is translated.
+    translated(
+        &dp,
+        "snat_out",
+        &udp_frame(VM, 50000, SRV, 53),
+        &udp_frame(GW, 50000, SRV, 53),
+        "new flow after the GC",
+    );
+    // A second pass finds the table below the pressure mark and drops nothing more.
+    let r = dp.gc().expect("gc");
+    assert_eq!((r.expired, r.dropped_early), (0, 0), "{r:?}");
+}
