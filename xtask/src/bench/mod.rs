@@ -199,7 +199,7 @@ fn measure(t: &Topology, plan: &Plan, round: u32, flow_run: u32, rep: &mut Repor
                     m.label(),
                     report::fmt_num(v)
                 );
-                rep.add(k, m, v);
+                rep.add(k, m, round, v);
             }
             Err(e) => {
                 ns::check_interrupted()?;

@@ -203,6 +203,8 @@ pub struct Report {
     pub durations: BTreeMap<String, f64>,
     /// Samples per configuration and metric.
     pub samples: BTreeMap<String, BTreeMap<String, Vec<f64>>>,
+    /// The round each sample of `samples` was taken in (same shape), for per-round ratios.
+    pub sample_rounds: BTreeMap<String, BTreeMap<String, Vec<u32>>>,
     /// Configurations that did not run, and why.
     pub not_run: BTreeMap<String, String>,
     /// Per-metric failures of configurations that otherwise ran.
@@ -231,30 +233,62 @@ fn mkey(m: Metric) -> String {
 }
 
 impl Report {
-    pub fn add(&mut self, k: Kind, m: Metric, v: f64) {
+    /// Records sample `v` of metric `m` for configuration `k`, taken in round `round`.
+    pub fn add(&mut self, k: Kind, m: Metric, round: u32, v: f64) {
         self.samples
             .entry(key(k))
             .or_default()
             .entry(mkey(m))
             .or_default()
             .push(v);
+        self.sample_rounds
+            .entry(key(k))
+            .or_default()
+            .entry(mkey(m))
+            .or_default()
+            .push(round);
+    }
+
+    /// The samples of `k` for `m` with the round each was taken in.
+    fn by_round(&self, k: Kind, m: Metric) -> Vec<(u32, f64)> {
+        let vals = self.samples.get(&key(k)).and_then(|s| s.get(&mkey(m)));
+        let rounds = self
+            .sample_rounds
+            .get(&key(k))
+            .and_then(|s| s.get(&mkey(m)));
+        match (vals, rounds) {
+            (Some(v), Some(r)) => r.iter().copied().zip(v.iter().copied()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Per-round ratios of `k` over `base` for `m` (rounds where both have a sample and
+    /// `base`'s is positive), summarised. Configurations alternate within a round, so a ratio
+    /// of two samples taken minutes apart at most cancels the machine's slow drift, which the
+    /// ratio of two medians over the whole run does not.
+    pub fn paired(&self, k: Kind, base: Kind, m: Metric) -> Option<Summary> {
+        let b: BTreeMap<u32, f64> = self.by_round(base, m).into_iter().collect();
+        let ratios: Vec<f64> = self
+            .by_round(k, m)
+            .into_iter()
+            .filter_map(|(r, v)| b.get(&r).filter(|x| **x > 0.0).map(|x| v / x))
+            .collect();
+        summarize(&ratios)
     }
 
     pub fn summary(&self, k: Kind, m: Metric) -> Option<Summary> {
         summarize(self.samples.get(&key(k))?.get(&mkey(m))?)
     }
 
-    /// Median of `k` over median of plain forwarding.
+    /// Median over rounds of `k`'s sample over plain forwarding's in the same round.
     pub fn ratio(&self, k: Kind, m: Metric) -> Option<f64> {
-        let base = self.summary(Kind::Plain, m)?.median;
-        let v = self.summary(k, m)?.median;
-        (base > 0.0).then(|| v / base)
+        Some(self.paired(k, Kind::Plain, m)?.median)
     }
 
     fn verdict(&self, k: Kind, m: Metric) -> String {
-        let Some(s) = self.summary(k, m) else {
+        if self.summary(k, m).is_none() {
             return "not run".into();
-        };
+        }
         let mut parts = Vec::new();
         let mut pass = true;
         let mut complete = true;
@@ -273,14 +307,14 @@ impl Report {
             }
             (None, _) => {}
         }
-        match self.summary(Kind::Iptables, m) {
+        match self.paired(k, Kind::Iptables, m) {
             Some(ipt) => {
-                let ok = s.median > ipt.median;
+                let ok = ipt.median > 1.0;
                 pass &= ok;
                 parts.push(format!(
                     "{} iptables ({:.2}×)",
                     if ok { "beats" } else { "does not beat" },
-                    s.median / ipt.median
+                    ipt.median
                 ));
             }
             None => {
@@ -332,7 +366,7 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "\nEach cell: median (min–max, spread = (max−min)/median). Ratios are medians over plain forwarding's median.\n"
+            "\nEach cell: median (min–max, spread = (max−min)/median) of the configuration's samples, then in bold its ratio to plain forwarding: the median over rounds of its sample over plain forwarding's sample of the same round (configurations alternate within a round, so the machine's drift between rounds cancels), with the lowest and highest per-round ratio. Verdicts use these ratios, against iptables too.\n"
         );
         let _ = writeln!(s, "## Data path\n");
         let kinds = self.kinds_present();
@@ -365,8 +399,10 @@ impl Report {
                         let ratio = if *k == Kind::Plain {
                             String::new()
                         } else {
-                            self.ratio(*k, m)
-                                .map(|r| format!(" **{r:.2}×**"))
+                            self.paired(*k, Kind::Plain, m)
+                                .map(|r| {
+                                    format!(" **{:.2}×** ({:.2}–{:.2})", r.median, r.min, r.max)
+                                })
                                 .unwrap_or_default()
                         };
                         let _ = write!(
@@ -667,19 +703,27 @@ mod tests {
     #[test]
     fn verdict_compares_to_plain_and_iptables() {
         let mut r = Report::default();
-        r.add(Kind::Plain, Metric::UdpPps, 100.0);
-        r.add(Kind::Iptables, Metric::UdpPps, 80.0);
-        r.add(Kind::Ebpf, Metric::UdpPps, 96.0);
+        r.add(Kind::Plain, Metric::UdpPps, 0, 100.0);
+        r.add(Kind::Iptables, Metric::UdpPps, 0, 80.0);
+        r.add(Kind::Ebpf, Metric::UdpPps, 0, 96.0);
         assert!(r.verdict(Kind::Ebpf, Metric::UdpPps).starts_with("PASS"));
-        r.add(Kind::Ebpf, Metric::UdpPps, 90.0);
-        r.add(Kind::Ebpf, Metric::UdpPps, 90.0);
-        assert!(r.verdict(Kind::Ebpf, Metric::UdpPps).starts_with("FAIL"));
+        // Two more rounds on a machine that got faster, then slower: 0.90x of plain in both.
+        for (round, plain, ipt, ebpf) in [(1, 200.0, 150.0, 180.0), (2, 50.0, 40.0, 45.0)] {
+            r.add(Kind::Plain, Metric::UdpPps, round, plain);
+            r.add(Kind::Iptables, Metric::UdpPps, round, ipt);
+            r.add(Kind::Ebpf, Metric::UdpPps, round, ebpf);
+        }
+        let v = r.verdict(Kind::Ebpf, Metric::UdpPps);
+        assert!(v.starts_with("FAIL — 0.90× plain"), "{v}");
+        assert!(v.contains("beats iptables (1.20×)"), "{v}");
+        let md = r.markdown();
+        assert!(md.contains("**0.90×** (0.90–0.96)"), "{md}");
         let svg = r.svg();
         assert!(svg.starts_with("<svg") && svg.contains("ebpf 0.90×"));
         // The per-CPU-second rows answer to the same target, not only to iptables.
-        r.add(Kind::Plain, Metric::NewFlowsCpu, 100.0);
-        r.add(Kind::Iptables, Metric::NewFlowsCpu, 70.0);
-        r.add(Kind::Ebpf, Metric::NewFlowsCpu, 85.0);
+        r.add(Kind::Plain, Metric::NewFlowsCpu, 0, 100.0);
+        r.add(Kind::Iptables, Metric::NewFlowsCpu, 0, 70.0);
+        r.add(Kind::Ebpf, Metric::NewFlowsCpu, 0, 85.0);
         assert!(
             r.verdict(Kind::Ebpf, Metric::NewFlowsCpu)
                 .starts_with("FAIL")
@@ -687,12 +731,34 @@ mod tests {
     }
 
     #[test]
+    fn ratios_pair_samples_of_the_same_round() {
+        let mut r = Report::default();
+        // The machine doubles its speed each round; (d) is at 0.97x of plain in every round
+        // it ran, and its third round failed.
+        for (round, plain) in [(0, 100.0), (1, 200.0), (2, 400.0)] {
+            r.add(Kind::Plain, Metric::NewFlows, round, plain);
+        }
+        r.add(Kind::Ebpf, Metric::NewFlows, 0, 97.0);
+        r.add(Kind::Ebpf, Metric::NewFlows, 1, 194.0);
+        // The medians alone (145.5 over 200) would say 0.73x.
+        let p = r
+            .paired(Kind::Ebpf, Kind::Plain, Metric::NewFlows)
+            .expect("paired");
+        assert_eq!(p.n, 2);
+        assert!((p.median - 0.97).abs() < 1e-9, "{p:?}");
+        assert!((r.ratio(Kind::Ebpf, Metric::NewFlows).expect("ratio") - 0.97).abs() < 1e-9);
+        // No round in common: no ratio.
+        r.add(Kind::Fast, Metric::NewFlows, 7, 1.0);
+        assert!(r.ratio(Kind::Fast, Metric::NewFlows).is_none());
+    }
+
+    #[test]
     fn fast_path_gets_its_own_verdict_and_bar() {
         let mut r = Report::default();
-        r.add(Kind::Plain, Metric::Tcp1, 10.0);
-        r.add(Kind::Iptables, Metric::Tcp1, 8.0);
-        r.add(Kind::Ebpf, Metric::Tcp1, 9.0);
-        r.add(Kind::Fast, Metric::Tcp1, 9.8);
+        r.add(Kind::Plain, Metric::Tcp1, 0, 10.0);
+        r.add(Kind::Iptables, Metric::Tcp1, 0, 8.0);
+        r.add(Kind::Ebpf, Metric::Tcp1, 0, 9.0);
+        r.add(Kind::Fast, Metric::Tcp1, 0, 9.8);
         assert!(r.verdict(Kind::Fast, Metric::Tcp1).starts_with("PASS"));
         assert!(r.verdict(Kind::Ebpf, Metric::Tcp1).starts_with("FAIL"));
         let md = r.markdown();

@@ -29,8 +29,9 @@ const PPS_PORT: u16 = 20100;
 const FLOW_PORT_BASE: u16 = 20200;
 /// Destination ports in the new-flow test (each gets its own sink socket).
 const FLOW_DPORTS: u16 = 16;
-/// New flows per run at most: below every NAT table's capacity (the eBPF table holds 131072
-/// sessions, conntrack 262144 entries) and below the SNAT port space per destination.
+/// New flows per run at most: below every NAT table's capacity (the eBPF table and conntrack
+/// hold 262144 each; the daemon's GC starts dropping never-replied sessions at 3/4 of it) and
+/// below the SNAT port space per destination.
 pub const FLOW_CAP: u32 = 60_000;
 /// Packets handed to the kernel per sendmmsg call.
 const BATCH: usize = 64;
