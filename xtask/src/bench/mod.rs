@@ -172,10 +172,18 @@ struct Plan {
     profiler: Option<profile::Profiler>,
 }
 
-/// Runs every data-path metric on `t`, recording samples and per-metric failures.
-fn measure(t: &Topology, plan: &Plan, round: u32, flow_run: u32, rep: &mut Report) -> Result<()> {
+/// Measures metric `m` (with its per-CPU-second companion for the packet rates) on `t`,
+/// recording the samples or the failure. `flow_run` numbers new-flow runs (a fresh source
+/// address each).
+fn measure(
+    t: &Topology,
+    plan: &Plan,
+    m: Metric,
+    round: u32,
+    flow_run: u32,
+    rep: &mut Report,
+) -> Result<()> {
     let k = t.kind;
-    let wants = |m: Metric| plan.metrics.contains(&m);
     // `--profile`: record around the packet-rate runs.
     let profiled = |m: Metric, f: &dyn Fn() -> Result<traffic::Rate>| -> Result<traffic::Rate> {
         let Some(p) = &plan.profiler else {
@@ -210,56 +218,55 @@ fn measure(t: &Topology, plan: &Plan, round: u32, flow_run: u32, rep: &mut Repor
         }
         Ok(())
     };
-    if wants(Metric::Tcp1) {
-        record(Metric::Tcp1, traffic::tcp_gbps(t, 1, plan.tcp_secs), rep)?;
-    }
-    if wants(Metric::Tcp8) {
-        record(Metric::Tcp8, traffic::tcp_gbps(t, 8, plan.tcp_secs), rep)?;
-    }
-    if wants(Metric::UdpPps) {
-        let r = profiled(Metric::UdpPps, &|| traffic::udp_pps(t, plan.rate_secs));
-        if let Ok(r) = &r
-            && r.delivered < r.sent / 2
-        {
-            eprintln!(
-                "bench:     (udp: {} sent, {} delivered)",
-                r.sent, r.delivered
-            );
-        }
-        let cpu = r
-            .as_ref()
-            .map(|r| r.per_cpu_sec)
-            .map_err(|e| anyhow::anyhow!("{e:#}"));
-        record(Metric::UdpPps, r.map(|r| r.per_sec), rep)?;
-        record(Metric::UdpPpsCpu, cpu, rep)?;
-    }
-    if wants(Metric::NewFlows) {
-        let r = profiled(Metric::NewFlows, &|| {
-            traffic::new_flows(t, plan.rate_secs, traffic::flow_source(flow_run))
-        });
-        if let Ok(r) = &r {
-            eprintln!(
-                "bench:     (new flows: {} sent, {} delivered)",
-                r.sent, r.delivered
-            );
-        }
-        let cpu = r
-            .as_ref()
-            .map(|r| r.per_cpu_sec)
-            .map_err(|e| anyhow::anyhow!("{e:#}"));
-        record(Metric::NewFlows, r.map(|r| r.per_sec), rep)?;
-        record(Metric::NewFlowsCpu, cpu, rep)?;
-    }
-    if wants(Metric::Crr) {
-        let crr = traffic::crr(t, plan.rate_secs, 2).map(|r| {
-            if r.failed > 0 {
-                eprintln!("bench:     (crr: {} ok, {} failed)", r.ok, r.failed);
+    match m {
+        Metric::Tcp1 => record(m, traffic::tcp_gbps(t, 1, plan.tcp_secs), rep),
+        Metric::Tcp8 => record(m, traffic::tcp_gbps(t, 8, plan.tcp_secs), rep),
+        Metric::UdpPps => {
+            let r = profiled(m, &|| traffic::udp_pps(t, plan.rate_secs));
+            if let Ok(r) = &r
+                && r.delivered < r.sent / 2
+            {
+                eprintln!(
+                    "bench:     (udp: {} sent, {} delivered)",
+                    r.sent, r.delivered
+                );
             }
-            r.per_sec
-        });
-        record(Metric::Crr, crr, rep)?;
+            let cpu = r
+                .as_ref()
+                .map(|r| r.per_cpu_sec)
+                .map_err(|e| anyhow::anyhow!("{e:#}"));
+            record(m, r.map(|r| r.per_sec), rep)?;
+            record(Metric::UdpPpsCpu, cpu, rep)
+        }
+        Metric::NewFlows => {
+            let r = profiled(m, &|| {
+                traffic::new_flows(t, plan.rate_secs, traffic::flow_source(flow_run))
+            });
+            if let Ok(r) = &r {
+                eprintln!(
+                    "bench:     (new flows: {} sent, {} delivered)",
+                    r.sent, r.delivered
+                );
+            }
+            let cpu = r
+                .as_ref()
+                .map(|r| r.per_cpu_sec)
+                .map_err(|e| anyhow::anyhow!("{e:#}"));
+            record(m, r.map(|r| r.per_sec), rep)?;
+            record(Metric::NewFlowsCpu, cpu, rep)
+        }
+        Metric::Crr => {
+            let crr = traffic::crr(t, plan.rate_secs, 2).map(|r| {
+                if r.failed > 0 {
+                    eprintln!("bench:     (crr: {} ok, {} failed)", r.ok, r.failed);
+                }
+                r.per_sec
+            });
+            record(m, crr, rep)
+        }
+        // Companions of the packet rates, recorded with them.
+        Metric::UdpPpsCpu | Metric::NewFlowsCpu => Ok(()),
     }
-    Ok(())
 }
 
 /// Entry point of `cargo xtask bench`.
@@ -403,18 +410,15 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
     let mut topos: BTreeMap<Kind, Topology> = BTreeMap::new();
     let mut flow_run = 0u32;
     for round in 0..plan.rounds {
+        // Rotate the order each round so no configuration always runs first or last.
         let n = plan.kinds.len();
-        for i in 0..n {
+        let order: Vec<Kind> = (0..n)
+            .map(|i| plan.kinds[(i + round as usize) % n])
+            .collect();
+        // This round's paths: fresh namespaces for (a)–(c), (d) and (e) built once and kept.
+        let mut fresh: BTreeMap<Kind, Topology> = BTreeMap::new();
+        for &kind in &order {
             ns::check_interrupted()?;
-            // Rotate the order each round so no configuration always runs first or last.
-            let kind = plan.kinds[(i + round as usize) % n];
-            eprintln!(
-                "bench: round {}/{} — {}",
-                round + 1,
-                plan.rounds,
-                kind.label()
-            );
-            flow_run += 1;
             match kind {
                 Kind::Plain | Kind::Iptables | Kind::Nftables => {
                     let tag = format!("{}{round}", &kind.short()[..2]);
@@ -425,7 +429,7 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
                             {
                                 rep.notes.push(n.clone());
                             }
-                            measure(&t, plan, round, flow_run, rep)?
+                            fresh.insert(kind, t);
                         }
                         Err(e) => {
                             ns::check_interrupted()?;
@@ -450,12 +454,32 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
                             }
                         }
                     }
-                    if let Some(t) = topos.get(&kind) {
-                        measure(t, plan, round, flow_run, rep)?;
-                    }
                 }
             }
         }
+        // Metric by metric, every configuration in turn: the samples a ratio pairs are taken
+        // seconds apart, not a whole round's metrics apart, so the machine's drift (a shared
+        // host's load moves by more than the configurations differ) mostly cancels.
+        for &m in &plan.metrics {
+            for &kind in &order {
+                ns::check_interrupted()?;
+                let Some(t) = fresh.get(&kind).or_else(|| topos.get(&kind)) else {
+                    continue;
+                };
+                eprintln!(
+                    "bench: round {}/{} — {} — {}",
+                    round + 1,
+                    plan.rounds,
+                    m.label(),
+                    kind.label()
+                );
+                if m == Metric::NewFlows {
+                    flow_run += 1;
+                }
+                measure(t, plan, m, round, flow_run, rep)?;
+            }
+        }
+        drop(fresh);
     }
     for (k, env) in &envs {
         env.leaks(rep);
