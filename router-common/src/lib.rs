@@ -34,6 +34,7 @@ pub mod maps {
     pub const FLOATING_IPS: &str = "FLOATING_IPS";
     pub const PORT_FORWARDINGS: &str = "PORT_FORWARDINGS";
     pub const FAST_IFS: &str = "FAST_IFS";
+    pub const ALIAS_HINTS: &str = "ALIAS_HINTS";
 }
 
 /// Program names in the object (the Rust function names of the entry points).

@@ -45,6 +45,31 @@ pub fn first_port(
     probe_port(min, max, flow_hash(src, dst, sport, dport, proto), 0)
 }
 
+/// Slots of `ALIAS_HINTS` (a power of two no larger than 65 536: [`alias_hint_slot`] yields 16
+/// bits).
+pub const ALIAS_HINT_SLOTS: u32 = 65_536;
+
+/// The `ALIAS_HINTS` slot of an outbound SNAT flow (router, remote address and port,
+/// protocol; wire-order fields as in its forward key): a flow is only ever displaced from its
+/// first-choice port by another flow to the same remote endpoint, so a slot that is zero tells
+/// the datapath that no flow towards the endpoints hashing to it has a forward alias, and a
+/// new flow needs no alias lookup. Shared with the GC, which clears a slot once no alias
+/// hashes to it.
+#[inline(always)]
+pub fn alias_hint_slot(router_id: u16, remote: u32, remote_port: u16, proto: u8) -> u32 {
+    let k = u64::from(remote)
+        | u64::from(remote_port) << 32
+        | u64::from(router_id) << 48
+        | u64::from(proto) << 58;
+    // murmur3's 64-bit finaliser: every input bit moves the low 16.
+    let mut h = k ^ (k >> 33);
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h as u32 & (ALIAS_HINT_SLOTS - 1)
+}
+
 /// Stride of the port probe: a prime, so it is coprime to every range size but itself.
 const PROBE_STRIDE: u32 = 40_009;
 
@@ -143,6 +168,23 @@ mod tests {
     extern crate std;
     use super::*;
     use crate::{ST_SEEN, ST_SYN};
+
+    #[test]
+    fn alias_hint_slots_spread_endpoints_and_ignore_the_internal_end() {
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..4096u32 {
+            let s = alias_hint_slot(7, (0xc633_6400 + i).to_be(), 443u16.to_be(), IPPROTO_TCP);
+            assert!(s < ALIAS_HINT_SLOTS);
+            seen.insert(s);
+        }
+        // 4096 endpoints over 65 536 slots: a few collisions at most.
+        assert!(seen.len() > 3900, "{}", seen.len());
+        // Router, port and protocol each change the slot.
+        let base = alias_hint_slot(7, 1, 53, IPPROTO_UDP);
+        assert_ne!(base, alias_hint_slot(8, 1, 53, IPPROTO_UDP));
+        assert_ne!(base, alias_hint_slot(7, 1, 54, IPPROTO_UDP));
+        assert_ne!(base, alias_hint_slot(7, 1, 53, IPPROTO_TCP));
+    }
 
     /// Reply-direction bits placed in the state byte.
     fn r(bits: u8) -> u8 {

@@ -7,6 +7,14 @@
 //! and the TC checksum helpers: the verifier needs no pointer bounds proofs, non-linear skbs
 //! work, and CHECKSUM_PARTIAL/COMPLETE packets stay consistent.
 #![no_std]
+// `atomic_xadd`: the BPF target has no atomic types (no compare-and-swap in its spec), but
+// LLVM lowers an atomic add to the BPF atomic add instruction. Host builds (clippy, check on
+// stable) use `AtomicU64` instead.
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(internal_features, reason = "core::intrinsics::atomic_xadd, see above")
+)]
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 
 pub mod csum;
 pub mod fast;

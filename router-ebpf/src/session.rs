@@ -7,7 +7,9 @@
 //! recomputed and the reply key at `p0` looked up; if that entry's internal end is this flow's,
 //! it is the session (one lookup). A flow that found `p0` taken by another flow to the same
 //! remote endpoint probed another port and has a forward alias (`DIR_OUT` key → its port),
-//! looked up second. A session whose entry went while its flow still sends (expired by the
+//! looked up second — only when the endpoint's `ALIAS_HINTS` slot says some flow to it may
+//! have one, so a new flow walks one bucket, not two. A session whose entry went while its
+//! flow still sends (expired by the
 //! daemon's GC between two packets, or dropped early under pressure) is re-created by its next
 //! outbound packet at the same port, so the connection survives.
 //!
@@ -21,12 +23,12 @@ use aya_ebpf::{
 use router_common::{
     DIR_IN, DIR_OUT, ROUTER_F_FLOATING, RouterConfig, SESSION_SNAT, ST_REPLY_SHIFT, ST_SEEN,
     SessionKey, SessionValue, global,
-    nat::{first_port, probe_port},
+    nat::{alias_hint_slot, first_port, probe_port},
     stat,
 };
 
 use crate::{
-    maps::{SESSIONS, count, count_global},
+    maps::{ALIAS_HINTS, SESSIONS, count, count_global},
     parse::{IPPROTO_ICMP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 use router_common::{ST_ACK, ST_FIN, ST_RST, ST_SYN};
@@ -131,6 +133,44 @@ fn p0(cfg: &RouterConfig, fwd: &SessionKey) -> u16 {
     .to_be()
 }
 
+/// The `ALIAS_HINTS` slot of outbound flow `fwd`.
+#[inline(always)]
+fn hint_slot(fwd: &SessionKey) -> u32 {
+    alias_hint_slot(fwd.router_id, fwd.dst, fwd.dport, fwd.proto)
+}
+
+/// Whether flow `fwd` may have a forward alias (its slot is set; or unreadable, to be safe).
+#[inline(always)]
+fn may_have_alias(fwd: &SessionKey) -> bool {
+    match ALIAS_HINTS.get_ptr(hint_slot(fwd)) {
+        // SAFETY: a valid array slot; a racing update is an atomic add on the same word.
+        Some(p) => (unsafe { core::ptr::read_volatile(p) }) != 0,
+        None => true,
+    }
+}
+
+/// Adds one to the `ALIAS_HINTS` slot of `fwd` (atomically: other CPUs and the GC's
+/// compare-and-swap work on the same word).
+#[inline(always)]
+fn hint_add(fwd: &SessionKey) {
+    if let Some(p) = ALIAS_HINTS.get_ptr_mut(hint_slot(fwd)) {
+        // SAFETY: a valid, aligned u64 array slot that lives as long as the map; the result
+        // is unused, so LLVM emits the BPF atomic add (no fetch).
+        #[cfg(target_arch = "bpf")]
+        unsafe {
+            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                p, 1,
+            )
+        };
+        // SAFETY: as above.
+        #[cfg(not(target_arch = "bpf"))]
+        unsafe {
+            core::sync::atomic::AtomicU64::from_ptr(p)
+                .fetch_add(1, core::sync::atomic::Ordering::Relaxed)
+        };
+    }
+}
+
 /// Why a packet could not be given a session (also the counter to bump).
 pub type SessionError = usize;
 
@@ -167,6 +207,10 @@ pub fn find_snat(cfg: &RouterConfig, fwd: &SessionKey, bits: u8) -> Found {
             return Found::Port(first);
         }
         first_free = false;
+    }
+    // A free first-choice key and no alias towards this endpoint: a new flow.
+    if first_free && !may_have_alias(fwd) {
+        return Found::Missing { first, first_free };
     }
     // Not at its first-choice port: a displaced flow has a forward alias.
     if let Some(f) = SESSIONS.get_ptr_mut(fwd) {
@@ -306,7 +350,12 @@ pub fn create_snat(
         kind: SESSION_SNAT,
         last_seen_ns: val.last_seen_ns,
     };
-    match SESSIONS.insert(fwd, alias, BPF_NOEXIST as u64) {
+    // The endpoint's hint counts up around the alias write: a GC that read the slot before
+    // this and found no alias in its snapshot sees the count moved, and leaves it set.
+    hint_add(fwd);
+    let inserted = SESSIONS.insert(fwd, alias, BPF_NOEXIST as u64);
+    hint_add(fwd);
+    match inserted {
         Ok(()) => {
             count_global(global::SESSIONS_CREATED);
             Ok((port, true))

@@ -2,7 +2,12 @@
 //! never let out with its private address; established connections keep being translated both
 //! ways; one GC pass makes room again by dropping never-replied sessions, oldest first, and
 //! only those. The table is the real pinned `SESSIONS` map, filled to the kernel's refusal.
-use std::collections::HashSet;
+//! And a running daemon notices a crowded table within seconds, long before its
+//! `gc_interval`, from the datapath's count of created sessions.
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use router_common::{
     DIR_IN, IPPROTO_UDP, MAX_SESSIONS, SESSION_SNAT, SessionKey, SessionValue, ip_to_wire,
@@ -13,7 +18,9 @@ use router_ctl::{
     datapath::{Datapath, sessions},
 };
 use tests::{
-    Bpffs, open_datapath,
+    Bpffs, Netns,
+    daemon::{Daemon, DaemonOptions},
+    open_datapath,
     packet::{ACK, SYN, tcp_frame, udp_frame},
     pinned_sessions, testrun_router,
 };
@@ -184,4 +191,79 @@ fn a_full_table_drops_new_flows_keeps_answered_ones_and_the_gc_makes_room() {
     // A second pass finds the table below the pressure mark and drops nothing more.
     let r = dp.gc().expect("gc");
     assert_eq!((r.expired, r.dropped_early), (0, 0), "{r:?}");
+}
+
+#[test]
+fn the_daemon_drops_a_flood_within_seconds_not_at_its_gc_interval() {
+    let host = Netns::new("spd");
+    let d = Daemon::start_with(
+        &host,
+        DaemonOptions {
+            config: Some("[nat]\ngc_interval = 3600\n".into()),
+            ..Default::default()
+        },
+    );
+    // The GC's first pass runs as the daemon starts; the next by the interval only in an hour.
+    std::thread::sleep(Duration::from_secs(2));
+    let vdir = d
+        .bpffs()
+        .join(format!("v{}", router_common::LAYOUT_VERSION));
+    let open = |name: &str| {
+        let data = aya::maps::MapData::from_pin(vdir.join(name))
+            .unwrap_or_else(|e| panic!("open pinned {name}: {e}"));
+        aya::maps::Map::from_map_data(data).expect("map")
+    };
+    let mut sessions: aya::maps::HashMap<_, SessionKey, SessionValue> =
+        aya::maps::HashMap::try_from(open(router_common::maps::SESSIONS)).expect("hash map");
+
+    // A flood of never-replied flows fills 4/5 of the table, and one answered session sits
+    // among them, older than all of them.
+    let t0 = now_ns();
+    let flood = MAX_SESSIONS / 5 * 4;
+    for i in 0..flood {
+        let (k, v) = flood_entry(i, t0);
+        sessions.insert(k, v, 0).expect("insert flood session");
+    }
+    let (answered, mut v) = flood_entry(flood, 0);
+    v.state = router_common::ST_SEEN;
+    v.last_seen_ns = t0 - 1;
+    sessions
+        .insert(answered, v, 0)
+        .expect("insert answered session");
+    // ... and the datapath's counter says so, as it would after creating them.
+    let mut global: aya::maps::PerCpuArray<_, u64> =
+        aya::maps::PerCpuArray::try_from(open(router_common::maps::GLOBAL_STATS))
+            .expect("per-CPU array");
+    let cpus = aya::util::nr_cpus().expect("cpus");
+    let mut created = vec![0u64; cpus];
+    created[0] = u64::from(flood) + 1;
+    global
+        .set(
+            router_common::global::SESSIONS_CREATED,
+            aya::maps::PerCpuValues::try_from(created).expect("values"),
+            0,
+        )
+        .expect("set the creation counter");
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let count = || sessions.keys().count();
+    while count() > sessions::EARLY_DROP_TARGET {
+        assert!(
+            Instant::now() < deadline,
+            "the daemon left {} entries after 15 s; log:\n{}",
+            count(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(count(), sessions::EARLY_DROP_TARGET);
+    assert!(
+        sessions.get(&answered, 0).is_ok(),
+        "the answered session was dropped"
+    );
+    assert!(
+        d.log().contains("session table crowded"),
+        "log:\n{}",
+        d.log()
+    );
 }

@@ -954,3 +954,73 @@ fn removed_session_of_an_established_flow_is_recreated_at_the_same_port() {
         SHOT
     );
 }
+
+#[test]
+fn a_displaced_flow_finds_its_alias_through_its_endpoint_hint_until_the_gc_clears_it() {
+    let fx = Fixture::new(
+        true,
+        NatConfig {
+            udp_unreplied: 1,
+            ..NatConfig::default()
+        },
+    );
+    let slot = router_common::nat::alias_hint_slot(
+        DP_ID as u16,
+        router_common::ip_to_wire(SRV),
+        router_common::port_to_wire(53),
+        UDP,
+    );
+    assert_eq!(fx.dp.alias_hint(slot), 0, "no alias yet");
+    // VM1 keeps port 40000 towards SRV:53; VM2's flow from the same port is displaced.
+    assert_frame(
+        &fx.out(&udp_frame(VM1, 40000, SRV, 53)),
+        &udp_frame(GW, 40000, SRV, 53),
+        "first flow keeps its port",
+    );
+    let moved = fx.out(&udp_frame(VM2, 40000, SRV, 53));
+    let p = sport(&moved);
+    assert_ne!(p, 40000);
+    assert_ne!(
+        fx.dp.alias_hint(slot),
+        0,
+        "the alias set its endpoint's hint"
+    );
+    // VM1's session goes (as the GC removes one): VM2's first-choice key is free now, and
+    // VM2 must still find its alias rather than take the free port.
+    let mut sessions = pinned_sessions(&fx);
+    sessions
+        .remove(&router_common::SessionKey {
+            router_id: DP_ID as u16,
+            src: router_common::ip_to_wire(SRV),
+            dst: router_common::ip_to_wire(GW),
+            sport: router_common::port_to_wire(53),
+            dport: router_common::port_to_wire(40000),
+            proto: UDP,
+            dir: router_common::DIR_IN,
+        })
+        .expect("remove VM1's session");
+    assert_frame(
+        &fx.out(&udp_frame(VM2, 40000, SRV, 53)),
+        &udp_frame(GW, p, SRV, 53),
+        "displaced flow keeps its port when its first choice frees up",
+    );
+    // A GC pass while the alias lives leaves the hint set.
+    assert_eq!(fx.dp.gc().expect("gc").expired, 0);
+    assert_ne!(fx.dp.alias_hint(slot), 0, "hint kept while the alias lives");
+    // Idle past the 1 s timeout (and the alias grace): the session and its alias expire, and
+    // the same pass clears the hint.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(fx.dp.gc().expect("gc").expired, 1);
+    assert_eq!(entries(&fx), (vec![], vec![]));
+    assert_eq!(
+        fx.dp.alias_hint(slot),
+        0,
+        "hint cleared with the last alias"
+    );
+    // A new flow from VM2 then takes its first choice.
+    assert_frame(
+        &fx.out(&udp_frame(VM2, 40000, SRV, 53)),
+        &udp_frame(GW, 40000, SRV, 53),
+        "new flow after the GC",
+    );
+}

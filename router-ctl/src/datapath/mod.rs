@@ -12,6 +12,7 @@ pub mod bpffs;
 mod fast;
 pub mod filter;
 pub mod fip;
+mod hints;
 mod mirror;
 pub mod sessions;
 
@@ -123,6 +124,8 @@ pub struct Datapath {
     gc_sessions: Mutex<HashMap<MapData, SessionKey, SessionValue>>,
     /// TCX links pinned by an older daemon, removed as filters take over their devices.
     legacy: bpffs::LegacyLinks,
+    /// `ALIAS_HINTS`, mapped: the GC clears the slots no alias hashes to any more.
+    hints: hints::AliasHints,
 }
 
 // The daemon shares one `Arc<Datapath>` between its API tasks, the realiser and the GC loop.
@@ -152,7 +155,7 @@ const LEGACY_HOOKS: [(&str, TcAttachType, &str); 1] =
     [(programs::INTERNAL_OUT, TcAttachType::Ingress, "ingress")];
 
 /// Every map of the object, pinned by name (also what tests pin to play an older daemon).
-pub const MAP_NAMES: [&str; 10] = [
+pub const MAP_NAMES: [&str; 11] = [
     maps::INTERNAL_IFS,
     maps::FAST_IFS,
     maps::FLOATING_IPS,
@@ -163,6 +166,7 @@ pub const MAP_NAMES: [&str; 10] = [
     maps::FRAGMENTS,
     maps::ROUTER_STATS,
     maps::GLOBAL_STATS,
+    maps::ALIAS_HINTS,
 ];
 
 /// Current CLOCK_MONOTONIC in ns: the clock of the datapath's `last_seen_ns`.
@@ -259,6 +263,10 @@ impl Datapath {
                 .map_err(|e| anyhow!("the verifier rejected {name}: {e:#}"))?;
         }
         let fast = mirror::FastIfs::new(take(&mut ebpf, maps::FAST_IFS)?)?;
+        let alias_hints = ebpf
+            .take_map(maps::ALIAS_HINTS)
+            .ok_or_else(|| anyhow!("map {} missing from the eBPF object", maps::ALIAS_HINTS))
+            .and_then(hints::AliasHints::new)?;
         let fast_next = Self::first_spare(&fast);
         let inner = Inner {
             config: mirror::Mirrored::new(take(&mut ebpf, maps::ROUTER_CONFIG)?)?,
@@ -284,6 +292,7 @@ impl Datapath {
             inner: Mutex::new(inner),
             gc_sessions: Mutex::new(gc_sessions),
             legacy,
+            hints: alias_hints,
         }))
     }
 
@@ -536,6 +545,8 @@ impl Datapath {
     /// flow whose session went is given one again by its next outbound packet).
     pub fn gc(&self) -> Result<GcReport> {
         let map = self.gc_sessions.lock().unwrap_or_else(|p| p.into_inner());
+        // Read before the snapshot: see `hints`.
+        let hinted = self.hints.set_slots();
         let entries = read_session_map(&map)?;
         let mut doomed = sessions::expired(&entries, &self.nat, monotonic_ns());
         let expired = doomed
@@ -555,6 +566,8 @@ impl Datapath {
         doomed.extend(early);
         let removed = batch::delete_all(IterableMap::map(&*map), &doomed)
             .context("deleting sessions (BPF_MAP_DELETE_BATCH)")?;
+        self.hints
+            .clear_unused(&hinted, &sessions::alias_slots(&entries, &doomed));
         Ok(GcReport {
             expired,
             dropped_early,
@@ -611,6 +624,11 @@ impl Datapath {
     }
 
     /// Devices still carrying a TCX link pinned by an older daemon (not yet taken over).
+    /// The `ALIAS_HINTS` count of a SNAT flow's remote endpoint (`router_common::nat::alias_hint_slot`).
+    pub fn alias_hint(&self, slot: u32) -> u64 {
+        self.hints.get(slot)
+    }
+
     pub fn legacy_links(&self) -> Vec<String> {
         self.legacy.devices()
     }

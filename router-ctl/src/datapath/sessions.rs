@@ -21,7 +21,7 @@ use ipnet::Ipv4Net;
 
 use router_common::{
     DIR_IN, DIR_OUT, IPPROTO_ICMP, MAX_SESSIONS, SESSION_SNAT, ST_SEEN, SessionKey, SessionValue,
-    nat::{SessionState, proto_name},
+    nat::{SessionState, alias_hint_slot, proto_name},
 };
 
 use super::SessionInfo;
@@ -204,6 +204,20 @@ pub fn early_drop(
         }
     }
     doomed
+}
+
+/// The `ALIAS_HINTS` slots of the forward aliases in `entries` that `gone` leaves: the slots
+/// the GC must keep set.
+pub fn alias_slots(
+    entries: &HashMap<SessionKey, SessionValue>,
+    gone: &[SessionKey],
+) -> std::collections::HashSet<u32> {
+    let gone: std::collections::HashSet<&SessionKey> = gone.iter().collect();
+    entries
+        .keys()
+        .filter(|k| k.dir == DIR_OUT && !gone.contains(k))
+        .map(|k| alias_hint_slot(k.router_id, k.dst, k.dport, k.proto))
+        .collect()
 }
 
 /// When the GC runs: every `every` (`[nat] gc_interval`), and every second while the table is
@@ -478,6 +492,23 @@ mod tests {
         // Only unreplied sessions can go: with nothing else to drop it stops above `low`.
         let all = early_drop(&m, &[], 1, 0);
         assert_eq!(all.len(), 40, "30 sessions and their 10 aliases");
+    }
+
+    #[test]
+    fn alias_slots_are_those_of_the_aliases_left() {
+        let m = session(IPPROTO_UDP, 1500, 0, 0, true);
+        let k = fwd(IPPROTO_UDP);
+        let slot = alias_hint_slot(k.router_id, k.dst, k.dport, k.proto);
+        assert_eq!(alias_slots(&m, &[]), [slot].into());
+        assert!(
+            alias_slots(&m, &[k]).is_empty(),
+            "the alias goes in this pass"
+        );
+        let no_alias = session(IPPROTO_UDP, 40000, 0, 0, false);
+        assert!(
+            alias_slots(&no_alias, &[]).is_empty(),
+            "sessions have no slot"
+        );
     }
 
     #[test]
