@@ -225,18 +225,24 @@ pub fn open_datapath(
     dp
 }
 
-/// The pinned SESSIONS map of datapath `dp`, opened like any other process would.
+/// Map `name` pinned under the bpffs `bpffs` (current layout version), opened like any other
+/// process would.
+pub fn pinned_map(bpffs: &std::path::Path, name: &str) -> aya::maps::Map {
+    let path = bpffs
+        .join(format!("v{}", router_common::LAYOUT_VERSION))
+        .join(name);
+    let data = aya::maps::MapData::from_pin(&path)
+        .unwrap_or_else(|e| panic!("open pinned {}: {e}", path.display()));
+    aya::maps::Map::from_map_data(data).expect("map")
+}
+
+/// The pinned SESSIONS map of datapath `dp`.
 pub fn pinned_sessions(
     dp: &router_ctl::datapath::Datapath,
 ) -> aya::maps::HashMap<aya::maps::MapData, router_common::SessionKey, router_common::SessionValue>
 {
-    let path = dp
-        .bpffs()
-        .join(format!("v{}", router_common::LAYOUT_VERSION))
-        .join(router_common::maps::SESSIONS);
-    let data = aya::maps::MapData::from_pin(&path).expect("open pinned SESSIONS");
-    let map = aya::maps::Map::from_map_data(data).expect("map");
-    aya::maps::HashMap::try_from(map).expect("hash map")
+    aya::maps::HashMap::try_from(pinned_map(dp.bpffs(), router_common::maps::SESSIONS))
+        .expect("hash map")
 }
 
 /// A private bpffs mounted on a temp dir (`mount -t bpf bpf DIR`), unmounted on drop.

@@ -22,7 +22,7 @@ use tests::{
     daemon::{Daemon, DaemonOptions},
     open_datapath,
     packet::{ACK, SYN, tcp_frame, udp_frame},
-    pinned_sessions, testrun_router,
+    pinned_map, pinned_sessions, testrun_router,
 };
 
 const GW: [u8; 4] = [192, 0, 2, 10];
@@ -205,16 +205,9 @@ fn the_daemon_drops_a_flood_within_seconds_not_at_its_gc_interval() {
     );
     // The GC's first pass runs as the daemon starts; the next by the interval only in an hour.
     std::thread::sleep(Duration::from_secs(2));
-    let vdir = d
-        .bpffs()
-        .join(format!("v{}", router_common::LAYOUT_VERSION));
-    let open = |name: &str| {
-        let data = aya::maps::MapData::from_pin(vdir.join(name))
-            .unwrap_or_else(|e| panic!("open pinned {name}: {e}"));
-        aya::maps::Map::from_map_data(data).expect("map")
-    };
     let mut sessions: aya::maps::HashMap<_, SessionKey, SessionValue> =
-        aya::maps::HashMap::try_from(open(router_common::maps::SESSIONS)).expect("hash map");
+        aya::maps::HashMap::try_from(pinned_map(d.bpffs(), router_common::maps::SESSIONS))
+            .expect("hash map");
 
     // A flood of never-replied flows fills 4/5 of the table, and one answered session sits
     // among them, older than all of them.
@@ -232,7 +225,7 @@ fn the_daemon_drops_a_flood_within_seconds_not_at_its_gc_interval() {
         .expect("insert answered session");
     // ... and the datapath's counter says so, as it would after creating them.
     let mut global: aya::maps::PerCpuArray<_, u64> =
-        aya::maps::PerCpuArray::try_from(open(router_common::maps::GLOBAL_STATS))
+        aya::maps::PerCpuArray::try_from(pinned_map(d.bpffs(), router_common::maps::GLOBAL_STATS))
             .expect("per-CPU array");
     let cpus = aya::util::nr_cpus().expect("cpus");
     let mut created = vec![0u64; cpus];

@@ -218,42 +218,38 @@ fn measure(
         }
         Ok(())
     };
+    // A packet rate and its per-CPU-second companion, from one run.
+    let record_rate =
+        |m: Metric, cpu_m: Metric, r: Result<traffic::Rate>, rep: &mut Report| -> Result<()> {
+            if let Ok(r) = &r
+                && r.delivered < r.sent
+            {
+                eprintln!(
+                    "bench:     ({}: {} sent, {} delivered)",
+                    m.short(),
+                    r.sent,
+                    r.delivered
+                );
+            }
+            let cpu = r
+                .as_ref()
+                .map(|r| r.per_cpu_sec)
+                .map_err(|e| anyhow::anyhow!("{e:#}"));
+            record(m, r.map(|r| r.per_sec), rep)?;
+            record(cpu_m, cpu, rep)
+        };
     match m {
         Metric::Tcp1 => record(m, traffic::tcp_gbps(t, 1, plan.tcp_secs), rep),
         Metric::Tcp8 => record(m, traffic::tcp_gbps(t, 8, plan.tcp_secs), rep),
         Metric::UdpPps => {
             let r = profiled(m, &|| traffic::udp_pps(t, plan.rate_secs));
-            if let Ok(r) = &r
-                && r.delivered < r.sent / 2
-            {
-                eprintln!(
-                    "bench:     (udp: {} sent, {} delivered)",
-                    r.sent, r.delivered
-                );
-            }
-            let cpu = r
-                .as_ref()
-                .map(|r| r.per_cpu_sec)
-                .map_err(|e| anyhow::anyhow!("{e:#}"));
-            record(m, r.map(|r| r.per_sec), rep)?;
-            record(Metric::UdpPpsCpu, cpu, rep)
+            record_rate(m, Metric::UdpPpsCpu, r, rep)
         }
         Metric::NewFlows => {
             let r = profiled(m, &|| {
                 traffic::new_flows(t, plan.rate_secs, traffic::flow_source(flow_run))
             });
-            if let Ok(r) = &r {
-                eprintln!(
-                    "bench:     (new flows: {} sent, {} delivered)",
-                    r.sent, r.delivered
-                );
-            }
-            let cpu = r
-                .as_ref()
-                .map(|r| r.per_cpu_sec)
-                .map_err(|e| anyhow::anyhow!("{e:#}"));
-            record(m, r.map(|r| r.per_sec), rep)?;
-            record(Metric::NewFlowsCpu, cpu, rep)
+            record_rate(m, Metric::NewFlowsCpu, r, rep)
         }
         Metric::Crr => {
             let crr = traffic::crr(t, plan.rate_secs, 2).map(|r| {
