@@ -9,9 +9,9 @@
 //! remote endpoint probed another port and has a forward alias (`DIR_OUT` key → its port),
 //! looked up second — only when the endpoint's `ALIAS_HINTS` slot says some flow to it may
 //! have one, so a new flow walks one bucket, not two. A session whose entry went while its
-//! flow still sends (expired by the
-//! daemon's GC between two packets, or dropped early under pressure) is re-created by its next
-//! outbound packet at the same port, so the connection survives.
+//! flow still sends (expired by the daemon's GC between two packets, or dropped early under
+//! pressure) is re-created by its next outbound packet at the same port, so the connection
+//! survives.
 //!
 //! The table never evicts (see `maps::SESSIONS`): a new flow that finds it full is dropped and
 //! counted, and an existing session is never displaced by it.
