@@ -33,12 +33,40 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// The map's fd as the `bpf_attr` field wants it.
+fn map_fd(map: &MapData) -> io::Result<u32> {
+    let fd = map.fd().as_fd().as_raw_fd();
+    u32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))
+}
+
+/// `bpf(cmd, attr)` for the batch commands.
+///
+/// # Safety
+/// The buffers `attr` points at must hold `attr.count` keys (and values, for a lookup) of the
+/// map's sizes, and the token pointers, when set, a u32 each.
+unsafe fn bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
+    // SAFETY: `attr` is a valid `bpf_attr` prefix for the batch commands; the caller vouches
+    // for the buffers it points at.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            std::ptr::from_mut(attr),
+            std::mem::size_of::<BatchAttr>() as u32,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
 /// Every entry of the (non per-CPU) hash map `map`, whose key and value types must be `K`
 /// and `V` exactly (same sizes as the map's; the caller's typed handle checked them).
 /// Entries inserted or removed meanwhile may or may not be seen, as with a key walk.
 pub fn read_all<K: Copy + Default, V: Copy + Default>(map: &MapData) -> io::Result<Vec<(K, V)>> {
-    let fd = map.fd().as_fd().as_raw_fd();
-    let map_fd = u32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    let map_fd = map_fd(map)?;
     let mut out = Vec::new();
     let mut chunk = CHUNK;
     let mut keys = vec![K::default(); chunk];
@@ -61,18 +89,9 @@ pub fn read_all<K: Copy + Default, V: Copy + Default>(map: &MapData) -> io::Resu
             map_fd,
             ..Default::default()
         };
-        // SAFETY: `attr` is a valid `bpf_attr` prefix for this command; the key and value
-        // buffers hold `count` elements of the map's key and value sizes, the token buffers
-        // are u32 as the hash map's batch format is.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_BATCH,
-                std::ptr::from_mut(&mut attr),
-                std::mem::size_of::<BatchAttr>() as u32,
-            )
-        };
-        let err = (r < 0).then(io::Error::last_os_error);
+        // SAFETY: the key and value buffers hold `count` elements of the map's key and value
+        // sizes, the token buffers are u32 as the hash map's batch format is.
+        let err = unsafe { bpf(BPF_MAP_LOOKUP_BATCH, &mut attr) }.err();
         match err.as_ref().and_then(io::Error::raw_os_error) {
             Some(libc::ENOSPC) => {
                 // One bucket holds more entries than the buffer: retry it with a bigger one.
@@ -107,8 +126,7 @@ const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 /// `CHUNK`, one syscall each instead of one per key; keys already gone are skipped. Returns how
 /// many were deleted.
 pub fn delete_all<K: Copy>(map: &MapData, keys: &[K]) -> io::Result<usize> {
-    let fd = map.fd().as_fd().as_raw_fd();
-    let map_fd = u32::try_from(fd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    let map_fd = map_fd(map)?;
     let mut deleted = 0;
     let mut rest = keys;
     while !rest.is_empty() {
@@ -119,22 +137,13 @@ pub fn delete_all<K: Copy>(map: &MapData, keys: &[K]) -> io::Result<usize> {
             map_fd,
             ..Default::default()
         };
-        // SAFETY: `attr` is a valid `bpf_attr` prefix for this command; `keys` points at `n`
-        // keys of the map's key size; the kernel only reads them.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_DELETE_BATCH,
-                std::ptr::from_mut(&mut attr),
-                std::mem::size_of::<BatchAttr>() as u32,
-            )
-        };
+        // SAFETY: `keys` points at `n` keys of the map's key size; the kernel only reads them.
+        let r = unsafe { bpf(BPF_MAP_DELETE_BATCH, &mut attr) };
         // The kernel stops at the first key it could not delete; `count` says how many before
         // it went.
         let done = (attr.count as usize).min(n);
         deleted += done;
-        if r < 0 {
-            let err = io::Error::last_os_error();
+        if let Err(err) = r {
             if err.raw_os_error() != Some(libc::ENOENT) {
                 return Err(err);
             }

@@ -122,6 +122,9 @@ pub struct Datapath {
     /// A second handle on the pinned SESSIONS map for the GC, so its walk over every entry
     /// (two syscalls each) does not hold `inner` and stall the API's datapath calls.
     gc_sessions: Mutex<HashMap<MapData, SessionKey, SessionValue>>,
+    /// A second handle on the pinned GLOBAL_STATS, for the GC's once-a-second read of the
+    /// creation counter, likewise without `inner`.
+    gc_global: PerCpuArray<MapData, u64>,
     /// TCX links pinned by an older daemon, removed as filters take over their devices.
     legacy: bpffs::LegacyLinks,
     /// `ALIAS_HINTS`, mapped: the GC clears the slots no alias hashes to any more.
@@ -202,6 +205,16 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
+/// Map `name` pinned in the version directory `dir`, as a second handle on a map the loaded
+/// object holds (for work that must not wait for the datapath lock).
+fn open_pinned(dir: &Path, name: &str) -> Result<aya::maps::Map> {
+    let pin = dir.join(name);
+    MapData::from_pin(&pin)
+        .map_err(anyhow::Error::from)
+        .and_then(|m| Ok(aya::maps::Map::from_map_data(m)?))
+        .with_context(|| format!("opening {} for the session GC", pin.display()))
+}
+
 fn ifindex_of(dev: &str) -> Result<u32> {
     nix::net::if_::if_nametoindex(dev)
         .with_context(|| format!("no device {dev} in this network namespace"))
@@ -280,17 +293,14 @@ impl Datapath {
             fast_next,
             ebpf,
         };
-        let sessions_pin = dir.join(maps::SESSIONS);
-        let gc_sessions = MapData::from_pin(&sessions_pin)
-            .map_err(anyhow::Error::from)
-            .and_then(|m| Ok(aya::maps::Map::from_map_data(m)?))
-            .and_then(|m| Ok(HashMap::try_from(m)?))
-            .with_context(|| format!("opening {} for the session GC", sessions_pin.display()))?;
+        let gc_sessions = HashMap::try_from(open_pinned(&dir, maps::SESSIONS)?)?;
+        let gc_global = PerCpuArray::try_from(open_pinned(&dir, maps::GLOBAL_STATS)?)?;
         Ok(Arc::new(Self {
             nat: nat.clone(),
             bpffs: bpffs.to_path_buf(),
             inner: Mutex::new(inner),
             gc_sessions: Mutex::new(gc_sessions),
+            gc_global,
             legacy,
             hints: alias_hints,
         }))
@@ -532,8 +542,7 @@ impl Datapath {
     /// Sessions created so far, all routers, summed over CPUs (`global::SESSIONS_CREATED`):
     /// with the entries a GC pass left, an estimate of the table's fill between passes.
     pub fn sessions_created(&self) -> Result<u64> {
-        let inner = self.lock();
-        let per_cpu = inner.global.get(&global::SESSIONS_CREATED, 0)?;
+        let per_cpu = self.gc_global.get(&global::SESSIONS_CREATED, 0)?;
         Ok(per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
     }
 

@@ -263,9 +263,9 @@ impl Report {
     }
 
     /// Per-round ratios of `k` over `base` for `m` (rounds where both have a sample and
-    /// `base`'s is positive), summarised. Configurations alternate within a round, so a ratio
-    /// of two samples taken minutes apart at most cancels the machine's slow drift, which the
-    /// ratio of two medians over the whole run does not.
+    /// `base`'s is positive), summarised. A round runs each metric on every configuration in
+    /// turn, so a ratio of two samples taken seconds apart cancels the machine's drift, which
+    /// the ratio of two medians over the whole run does not.
     pub fn paired(&self, k: Kind, base: Kind, m: Metric) -> Option<Summary> {
         let b: BTreeMap<u32, f64> = self.by_round(base, m).into_iter().collect();
         let ratios: Vec<f64> = self
