@@ -6,9 +6,14 @@
 //! the schema itself (`UNIQUE(subnet_id, ip)`, `UNIQUE(mac)`, `UNIQUE(dp_id)`), the checks in
 //! this module only turn those cases into Neutron's errors before the constraint fires.
 
-use std::{collections::BTreeSet, net::Ipv4Addr, path::Path, str::FromStr};
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+    str::FromStr,
+};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 pub mod floatingips;
@@ -886,11 +891,15 @@ fn port_spec(conn: &Connection, p: &Port) -> Result<Option<(PortSpec, Subnet)>, 
             port_id: p.id.clone(),
             network_id: p.network_id.clone(),
             mac: p.mac,
-            ip: f.ip,
-            subnet_cidr: s.cidr,
+            addresses: vec![port_address(f.ip, &s.cidr)],
         },
         s,
     )))
+}
+
+/// A fixed IP as a port spec carries it: with its subnet's prefix length.
+fn port_address(ip: Ipv4Addr, cidr: &Ipv4Net) -> IpNet {
+    IpNet::V4(Ipv4Net::new(ip, cidr.prefix_len()).unwrap_or_else(|_| Ipv4Net::from(ip)))
 }
 
 /// The kernel-side description of the router, None when it does not exist.
@@ -911,7 +920,7 @@ pub fn router_spec(conn: &Connection, id: &str) -> Result<Option<RouterSpec>, Fa
     {
         gateway = Some(GatewaySpec {
             port,
-            next_hop: subnet.gateway_ip,
+            next_hops: subnet.gateway_ip.into_iter().map(IpAddr::V4).collect(),
             enable_snat: r.enable_snat,
         });
     }
@@ -978,8 +987,7 @@ pub fn desired_state(conn: &Connection) -> Result<DesiredState, Fault> {
                 port_id: id.clone(),
                 network_id: r.get(1)?,
                 mac,
-                ip: ip_of(r.get(4)?),
-                subnet_cidr: *cidr,
+                addresses: vec![port_address(ip_of(r.get(4)?), cidr)],
             };
             ports.insert(id, (spec, *gw));
         }
@@ -1012,7 +1020,7 @@ pub fn desired_state(conn: &Connection) -> Result<DesiredState, Fault> {
                     .and_then(|g| ports.get(g))
                     .map(|(port, next_hop)| GatewaySpec {
                         port: port.clone(),
-                        next_hop: *next_hop,
+                        next_hops: next_hop.iter().copied().map(IpAddr::V4).collect(),
                         enable_snat: r.enable_snat,
                     });
             let (floating_ips, port_forwardings) = floating.remove(&r.id).unwrap_or_default();
