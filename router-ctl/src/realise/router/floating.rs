@@ -1,11 +1,8 @@
-//! Realisation of floating IPs, port forwardings, the internal-side hooks and the metadata
-//! address of a router.
+//! Floating IPs, port forwardings and the internal-side hooks of a router.
 //!
 //! - Each floating IP of the router is a /32 on its `qg-` device, so the router namespace
 //!   answers ARP for it on the external network (`arp_ignore=1` is satisfied: the address is on
 //!   the receiving interface); a newly added one is announced by gratuitous ARP.
-//! - 169.254.169.254/32 sits on the namespace's `lo`: the daemon's metadata proxy listens there
-//!   on port 80 (`crate::metadata`); plain routing takes instances' requests to it.
 //! - `accept_local=1`: hairpinned packets enter the router with a floating IP or the gateway IP
 //!   (local addresses) as source, which Linux would otherwise drop as martians.
 //! - While the router has at least one floating IP or port forwarding, the taps of its `qr-`
@@ -13,13 +10,16 @@
 //!   configured and detached after the last is gone; other routers' taps carry no program.
 //!   The datapath's floating-IP and port-forwarding maps are set to the spec's.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
 
 use anyhow::{Context as _, Result};
 use ipnet::{IpNet, Ipv4Net};
 use rtnetlink::Handle;
 
-use super::{PortPlan, Realiser, RouterMemo};
+use super::PortPlan;
 use crate::{
     datapath::{
         Datapath,
@@ -28,29 +28,14 @@ use crate::{
     model::spec::RouterSpec,
     net::{
         link,
-        ns::{NetnsHandle, in_netns, with_netlink},
+        ns::{in_netns, with_netlink},
     },
+    realise::{Realiser, RouterMemo, lock},
 };
 
-/// The metadata address, as it sits on the router namespace's `lo`.
-pub const METADATA_ADDR: Ipv4Addr = Ipv4Addr::new(
-    router_common::METADATA_IP[0],
-    router_common::METADATA_IP[1],
-    router_common::METADATA_IP[2],
-    router_common::METADATA_IP[3],
-);
-
-/// Something that follows routers' lives: the daemon's metadata proxies.
-pub trait RouterHook: Send + Sync {
-    /// The router's namespace is converged (called after every apply; idempotent).
-    fn router_up(&self, router_id: &str, ns: &NetnsHandle) -> Result<()>;
-    /// The router is being removed.
-    fn router_down(&self, router_id: &str);
-}
-
-/// What `converge_floating` last wrote for a router.
+/// What `process_floating_ips` last wrote for a router.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(super) struct Applied {
+pub(in crate::realise) struct Applied {
     /// Internal tap → ifindex, attached (empty while the router has no floating IP or port
     /// forwarding).
     internal: BTreeMap<String, u32>,
@@ -91,23 +76,34 @@ pub(super) async fn converge_addresses(
     Ok((changed, added))
 }
 
-/// Puts the metadata address on `lo` (index `lo`); returns whether it was added.
-pub(super) async fn converge_metadata_addr(h: &Handle, lo: u32) -> Result<bool> {
-    let metadata = IpNet::V4(Ipv4Net::from(METADATA_ADDR));
-    let current = link::addresses(h, lo).await?;
-    if current.iter().any(|a| a.net == metadata) {
-        return Ok(false);
+/// The datapath's floating-IP and port-forwarding entries of `spec`: none without a gateway
+/// (the spec should hold none then anyway).
+fn translations(spec: &RouterSpec, gateway: bool) -> (Vec<FloatingNat>, Vec<PortForwardNat>) {
+    if !gateway {
+        return (Vec::new(), Vec::new());
     }
-    match h
-        .address()
-        .add(lo, metadata.addr(), metadata.prefix_len())
-        .execute()
-        .await
-    {
-        Ok(()) => Ok(true),
-        Err(e) if link::errno(&e) == Some(libc::EEXIST) => Ok(false),
-        Err(e) => Err(e).with_context(|| format!("adding address {metadata}")),
-    }
+    let fips = spec
+        .floating_ips
+        .iter()
+        .filter_map(|f| {
+            f.fixed_ip.map(|fixed| FloatingNat {
+                floating_ip: f.floating_ip,
+                fixed_ip: fixed,
+            })
+        })
+        .collect();
+    let pfs = spec
+        .port_forwardings
+        .iter()
+        .map(|p| PortForwardNat {
+            protocol: p.protocol,
+            floating_ip: p.floating_ip,
+            external_port: p.external_port,
+            internal_ip: p.internal_ip,
+            internal_port: p.internal_port,
+        })
+        .collect();
+    (fips, pfs)
 }
 
 /// Sysctls of a router namespace needed by the floating-IP hairpin.
@@ -118,45 +114,19 @@ impl Realiser {
     /// IPs or port forwardings (detaches it otherwise) and writes the internal-tap,
     /// floating-IP and port-forwarding maps. `force`: the datapath state of the router was
     /// reset in this converge (rewrite even if the memo says it is current).
-    pub(super) fn converge_floating(
+    pub(in crate::realise) fn process_floating_ips(
         &self,
         spec: &RouterSpec,
         ports: &[PortPlan<'_>],
         memo: &mut RouterMemo,
-        recreated: &[String],
+        recreated: &BTreeSet<String>,
         force: bool,
         changes: &mut Vec<String>,
     ) -> Result<()> {
         let first = memo.floating.is_none();
         let old = memo.floating.clone().unwrap_or_default();
         let gateway_ip = spec.gateway.as_ref().and_then(|g| g.snat_ip());
-        let fips: Vec<FloatingNat> = spec
-            .floating_ips
-            .iter()
-            .filter_map(|f| {
-                f.fixed_ip.map(|fixed| FloatingNat {
-                    floating_ip: f.floating_ip,
-                    fixed_ip: fixed,
-                })
-            })
-            .collect();
-        let pfs: Vec<PortForwardNat> = spec
-            .port_forwardings
-            .iter()
-            .map(|p| PortForwardNat {
-                protocol: p.protocol,
-                floating_ip: p.floating_ip,
-                external_port: p.external_port,
-                internal_ip: p.internal_ip,
-                internal_port: p.internal_port,
-            })
-            .collect();
-        // Without a gateway nothing may be translated (the spec should hold none anyway).
-        let (fips, pfs) = if gateway_ip.is_some() {
-            (fips, pfs)
-        } else {
-            (Vec::new(), Vec::new())
-        };
+        let (fips, pfs) = translations(spec, gateway_ip.is_some());
         // The hairpin hook runs only on routers that have something to hairpin to: every other
         // router's tenant traffic crosses its `qr-` taps without a program.
         let hairpin = !fips.is_empty() || !pfs.is_empty();
@@ -175,7 +145,7 @@ impl Realiser {
         let to_attach: Vec<&str> = wanted
             .iter()
             .copied()
-            .filter(|t| !old.internal.contains_key(*t) || recreated.iter().any(|r| r == t))
+            .filter(|t| !old.internal.contains_key(*t) || recreated.contains(*t))
             .collect();
         let attached: Vec<(String, u32)> = if to_attach.is_empty() {
             Vec::new()
@@ -211,7 +181,7 @@ impl Realiser {
             detach.extend(
                 interface_taps
                     .iter()
-                    .filter(|t| !internal.contains_key(**t) && !recreated.iter().any(|r| r == *t))
+                    .filter(|t| !internal.contains_key(**t) && !recreated.contains(**t))
                     .map(|t| t.to_string()),
             );
         }
@@ -252,10 +222,13 @@ impl Realiser {
     /// attached): a tap whose hooks no longer all run our filter (removed from outside) is
     /// dropped from its router's memo, so the next converge attaches it again. One netlink
     /// connection for the pass, one dump per hook. Returns `(router id, tap)` of those.
-    pub(super) fn check_filters(&self, routers: &[RouterSpec]) -> Result<Vec<(String, String)>> {
+    pub(in crate::realise) fn check_filters(
+        &self,
+        routers: &[RouterSpec],
+    ) -> Result<Vec<(String, String)>> {
         let mut taps: Vec<(String, String, u32, bool)> = Vec::new();
         {
-            let memo = super::lock(&self.memo);
+            let memo = lock(&self.memo);
             for r in routers {
                 let Some(m) = memo.get(&r.id) else { continue };
                 if let Some((t, idx)) = &m.attached {
@@ -285,7 +258,7 @@ impl Realiser {
                 Ok(out)
             }
         })?;
-        let mut memo = super::lock(&self.memo);
+        let mut memo = lock(&self.memo);
         for (router, t, internal) in &missing {
             let Some(m) = memo.get_mut(router) else {
                 continue;
@@ -301,10 +274,5 @@ impl Realiser {
             m.spec = None;
         }
         Ok(missing.into_iter().map(|(r, t, _)| (r, t)).collect())
-    }
-
-    /// Registers the hook told about routers coming up and going (the metadata proxies).
-    pub fn set_router_hook(&self, hook: Arc<dyn RouterHook>) {
-        let _ = self.router_hook.set(hook);
     }
 }
