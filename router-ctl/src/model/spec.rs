@@ -136,15 +136,19 @@ pub mod names {
     fn short(id: &str) -> &str {
         &id[..id.len().min(ID_LEN)]
     }
+    /// The router's namespace.
     pub fn router_netns(router_id: &str) -> String {
         format!("{NETNS}{router_id}")
     }
+    /// The network's bridge (linuxbridge's name, so tools that know Neutron find it).
     pub fn bridge(network_id: &str) -> String {
         format!("{BRIDGE}{}", short(network_id))
     }
+    /// A router interface's device inside the router namespace.
     pub fn internal_dev(port_id: &str) -> String {
         format!("{INTERNAL}{}", short(port_id))
     }
+    /// The gateway's device inside the router namespace.
     pub fn gateway_dev(port_id: &str) -> String {
         format!("{GATEWAY}{}", short(port_id))
     }
@@ -158,7 +162,7 @@ pub mod names {
         name.strip_prefix(NETNS).filter(|id| !id.is_empty())
     }
 
-    /// Whether `name` is a router port's tap.
+    /// Whether `name` is a router port's tap (purge deletes taps before bridges).
     pub fn is_tap(name: &str) -> bool {
         name.starts_with(TAP)
     }
