@@ -123,68 +123,15 @@ impl Realiser {
         force: bool,
         changes: &mut Vec<String>,
     ) -> Result<()> {
-        let first = memo.floating.is_none();
-        let old = memo.floating.clone().unwrap_or_default();
         let gateway_ip = spec.gateway.as_ref().and_then(|g| g.snat_ip());
         let (fips, pfs) = translations(spec, gateway_ip.is_some());
         // The hairpin hook runs only on routers that have something to hairpin to: every other
         // router's tenant traffic crosses its `qr-` taps without a program.
         let hairpin = !fips.is_empty() || !pfs.is_empty();
-        let interface_taps: Vec<&str> = ports
-            .iter()
-            .filter(|p| !p.gateway)
-            .map(|p| p.tap.as_str())
-            .collect();
-        let wanted: Vec<&str> = if hairpin {
-            interface_taps.clone()
-        } else {
-            Vec::new()
-        };
         // Attached before the floating IPs are configured below, so no hairpin packet meets a
         // translation without its hook.
-        let to_attach: Vec<&str> = wanted
-            .iter()
-            .copied()
-            .filter(|t| !old.internal.contains_key(*t) || recreated.contains(*t))
-            .collect();
-        let attached: Vec<(String, u32)> = if to_attach.is_empty() {
-            Vec::new()
-        } else {
-            in_netns(&self.daemon_ns, || {
-                to_attach
-                    .iter()
-                    .map(|t| Ok((t.to_string(), self.datapath.attach_internal(t)?)))
-                    .collect::<Result<Vec<_>>>()
-            })
-            .with_context(|| format!("router {}: attaching the internal hooks", spec.id))?
-        };
-        let mut internal = BTreeMap::new();
-        for t in &wanted {
-            if let Some((_, idx)) = attached.iter().find(|(a, _)| a == t) {
-                internal.insert(t.to_string(), *idx);
-            } else if let Some(idx) = old.internal.get(*t) {
-                internal.insert(t.to_string(), *idx);
-            }
-        }
-        // Taps to take the hook off once the translations that need it are gone: those that
-        // left the router (their devices go with the port) or whose router has nothing left to
-        // hairpin to; on the first converge of a daemon (or after a rollback), every unwanted
-        // interface tap that existed before this converge, as a previous run may have left
-        // filters on it.
-        let mut detach: Vec<String> = old
-            .internal
-            .keys()
-            .filter(|t| !internal.contains_key(*t))
-            .cloned()
-            .collect();
-        if first {
-            detach.extend(
-                interface_taps
-                    .iter()
-                    .filter(|t| !internal.contains_key(**t) && !recreated.contains(**t))
-                    .map(|t| t.to_string()),
-            );
-        }
+        let (internal, detach) =
+            self.attach_hairpin(spec, ports, memo.floating.as_ref(), recreated, hairpin)?;
         let new = Applied {
             internal,
             gateway_ip,
@@ -216,6 +163,76 @@ impl Realiser {
         }
         memo.floating = Some(new);
         Ok(())
+    }
+
+    /// Attaches the hairpin hook to the interface taps that need it and do not have it (`old`:
+    /// what the memo says is attached; `recreated`: taps made anew by this pass). Returns the
+    /// taps that carry it now (tap → ifindex) and those to take it off once the translations
+    /// that need it are gone.
+    fn attach_hairpin(
+        &self,
+        spec: &RouterSpec,
+        ports: &[PortPlan<'_>],
+        old: Option<&Applied>,
+        recreated: &BTreeSet<String>,
+        hairpin: bool,
+    ) -> Result<(BTreeMap<String, u32>, Vec<String>)> {
+        let first = old.is_none();
+        let empty = BTreeMap::new();
+        let old_internal = old.map_or(&empty, |o| &o.internal);
+        let interface_taps: Vec<&str> = ports
+            .iter()
+            .filter(|p| !p.gateway)
+            .map(|p| p.tap.as_str())
+            .collect();
+        let wanted: Vec<&str> = if hairpin {
+            interface_taps.clone()
+        } else {
+            Vec::new()
+        };
+        let to_attach: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|t| !old_internal.contains_key(*t) || recreated.contains(*t))
+            .collect();
+        let attached: Vec<(String, u32)> = if to_attach.is_empty() {
+            Vec::new()
+        } else {
+            in_netns(&self.daemon_ns, || {
+                to_attach
+                    .iter()
+                    .map(|t| Ok((t.to_string(), self.datapath.attach_internal(t)?)))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .with_context(|| format!("router {}: attaching the internal hooks", spec.id))?
+        };
+        let mut internal = BTreeMap::new();
+        for t in &wanted {
+            if let Some((_, idx)) = attached.iter().find(|(a, _)| a == t) {
+                internal.insert(t.to_string(), *idx);
+            } else if let Some(idx) = old_internal.get(*t) {
+                internal.insert(t.to_string(), *idx);
+            }
+        }
+        // Taps to take the hook off once the translations that need it are gone: those that
+        // left the router (their devices go with the port) or whose router has nothing left to
+        // hairpin to; on the first converge of a daemon (or after a rollback), every unwanted
+        // interface tap that existed before this converge, as a previous run may have left
+        // filters on it.
+        let mut detach: Vec<String> = old_internal
+            .keys()
+            .filter(|t| !internal.contains_key(*t))
+            .cloned()
+            .collect();
+        if first {
+            detach.extend(
+                interface_taps
+                    .iter()
+                    .filter(|t| !internal.contains_key(**t) && !recreated.contains(**t))
+                    .map(|t| t.to_string()),
+            );
+        }
+        Ok((internal, detach))
     }
 
     /// Reconcile's check of the filters on the taps of `routers` (as the memo records them
