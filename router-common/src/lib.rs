@@ -8,6 +8,8 @@
 //! - No `bool`, `Option` or enum in a map value: integers plus the named constants below.
 //! - Every struct is `#[repr(C)]` with explicit padding and a size assertion; bump
 //!   [`LAYOUT_VERSION`] whenever any of them changes, because pinned maps are reused by name.
+//! - Counters (module [`stats`]) are enums that only index their maps; the maps keep spare
+//!   slots, so adding a counter changes no layout.
 #![no_std]
 
 pub mod csum;
@@ -21,7 +23,7 @@ pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
-/// Version of every map layout in this file; part of the pin directory name so a daemon never
+/// Version of every map layout in this crate; part of the pin directory name so a daemon never
 /// reuses a pinned map whose layout changed (aya does not check).
 pub const LAYOUT_VERSION: u32 = 8;
 
