@@ -1,7 +1,7 @@
 //! The datapath's counters: per-router ([`Counter`], in `ROUTER_STATS`) and global
 //! ([`GlobalCounter`], in `GLOBAL_STATS`).
 //!
-//! Each counter is declared once, by [`counters!`], with the name userspace reports it by; its
+//! Each counter is declared once, by `counters!`, with the name userspace reports it by; its
 //! slot is its position in the declaration. The maps hold more slots than there are counters
 //! ([`STAT_SLOTS`], [`GLOBAL_SLOTS`]), so a new counter is one line here plus its call site in
 //! the datapath, with no new map layout. Append new counters at the end of their enum: a slot
