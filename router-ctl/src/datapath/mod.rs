@@ -477,15 +477,7 @@ impl Datapath {
     /// reads zero for the next router given this number).
     pub fn remove_router(&self, dp_id: u32) -> Result<()> {
         let mut inner = self.lock();
-        let idxs: Vec<u32> = inner
-            .config
-            .iter()
-            .filter(|(_, c)| c.router_id == dp_id)
-            .map(|(idx, _)| idx)
-            .collect();
-        for idx in &idxs {
-            inner.config.remove(idx)?;
-        }
+        inner.config.remove_where(|_, c| c.router_id == dp_id)?;
         for k in &inner.cidrs.of_router(dp_id) {
             inner.cidrs.remove(k)?;
         }
