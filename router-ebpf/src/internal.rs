@@ -21,14 +21,13 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use router_common::{
-    DIR_IN, DIR_OUT, MAX_INTERNAL_IFS, ROUTER_F_FLOATING, RouterConfig,
-    stats::{Counter, GlobalCounter},
+    DIR_IN, DIR_OUT, MAX_INTERNAL_IFS, ROUTER_F_FLOATING, RouterConfig, stats::Counter,
 };
 
 use crate::{
     csum::{l4_csum, rewrite_addr, rewrite_port},
     fip::{L4, fip_lookup, load_l4, pf_lookup},
-    maps::{count, count_global},
+    maps::{count, count_seen},
     nat::ifindex,
     parse::{ICMP_ID, IP_DST, IP_SRC, IPPROTO_ICMP, Packet, load_ipv4, validate},
     session::{key, snat_port, touch_in},
@@ -53,9 +52,7 @@ fn internal_config(ifindex: u32) -> Option<RouterConfig> {
 
 /// Entry of `internal_in`: `Ok` and `Err` both carry the TC verdict.
 pub fn internal_in(ctx: &TcContext) -> Result<i32, i32> {
-    count_global(GlobalCounter::Packets);
-    let Some(cfg) = internal_config(ifindex(ctx)) else {
-        count_global(GlobalCounter::Unconfigured);
+    let Some(cfg) = count_seen(|| internal_config(ifindex(ctx))) else {
         return Ok(OK);
     };
     let rid = cfg.router_id;

@@ -68,6 +68,18 @@ pub fn count_global(counter: GlobalCounter) {
     }
 }
 
+/// Counts a packet in `GLOBAL_STATS`, then looks its device's config up with `config`: a
+/// device without one is counted as unconfigured.
+#[inline(always)]
+pub fn count_seen<T>(config: impl FnOnce() -> Option<T>) -> Option<T> {
+    count_global(GlobalCounter::Packets);
+    let cfg = config();
+    if cfg.is_none() {
+        count_global(GlobalCounter::Unconfigured);
+    }
+    cfg
+}
+
 /// This CPU's counters of `router_id` (`None` only for a number out of range).
 #[inline(always)]
 fn stats(router_id: u32) -> Option<&'static mut RouterStats> {

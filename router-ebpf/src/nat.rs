@@ -12,16 +12,13 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use router_common::{
-    ROUTER_F_FLOATING, ROUTER_F_SNAT, RouterConfig,
-    stats::{Counter, GlobalCounter},
-};
+use router_common::{ROUTER_F_FLOATING, ROUTER_F_SNAT, RouterConfig, stats::Counter};
 
 use crate::{
     csum::{l4_csum, rewrite_addr, rewrite_port},
     frag,
     icmp::{self, ErrorResult},
-    maps::{count, count_global, count_packet, is_internal, router_config},
+    maps::{count, count_packet, count_seen, is_internal, router_config},
     parse::{
         ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, ICMP_ID, IP_DST, IP_SRC, IPPROTO_ICMP,
         IPPROTO_TCP, IPPROTO_UDP, L4Head, Packet, ParseError, TCP_HLEN, TCP_RST, TcpHdr, UDP_HLEN,
@@ -82,9 +79,7 @@ struct Flow {
 
 /// Entry of `snat_out`: `Ok` and `Err` both carry the TC verdict.
 pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
-    count_global(GlobalCounter::Packets);
-    let Some(cfg) = router_config(ifindex(ctx)) else {
-        count_global(GlobalCounter::Unconfigured);
+    let Some(cfg) = count_seen(|| router_config(ifindex(ctx))) else {
         return Ok(OK);
     };
     let rid = cfg.router_id;
@@ -181,9 +176,7 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
 
 /// Entry of `snat_in`: `Ok` and `Err` both carry the TC verdict.
 pub fn snat_in(ctx: &TcContext) -> Result<i32, i32> {
-    count_global(GlobalCounter::Packets);
-    let Some(cfg) = router_config(ifindex(ctx)) else {
-        count_global(GlobalCounter::Unconfigured);
+    let Some(cfg) = count_seen(|| router_config(ifindex(ctx))) else {
         return Ok(OK);
     };
     let rid = cfg.router_id;
