@@ -142,26 +142,13 @@ impl Datapath {
             ));
         }
         // Stale entries first (a changed mapping must not leave its old reverse behind).
-        let stale_f: Vec<FipKey> = inner
-            .floating
+        let floating = &mut inner.floating;
+        let stale = floating
             .fips
-            .iter()
-            .filter(|(k, v)| k.router_id == dp_id && !want_f.contains(&(*k, *v)))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &stale_f {
-            inner.floating.fips.remove(k)?;
-        }
-        let stale_p: Vec<PfKey> = inner
-            .floating
-            .pfs
-            .iter()
-            .filter(|(k, v)| k.router_id == dp_id && !want_p.contains(&(*k, *v)))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &stale_p {
-            inner.floating.pfs.remove(k)?;
-        }
+            .remove_where(|k, v| k.router_id == dp_id && !want_f.contains(&(*k, *v)))?
+            + floating
+                .pfs
+                .remove_where(|k, v| k.router_id == dp_id && !want_p.contains(&(*k, *v)))?;
         for (k, v) in &want_f {
             inner.floating.fips.insert(*k, *v)?;
         }
@@ -171,7 +158,7 @@ impl Datapath {
         // A FIP/PF session exists only while the entry that made it does (entries go only
         // here, with their sessions, or with the router's): nothing stale, nothing to flush,
         // and the session table (up to its capacity) is not read on every router change.
-        if !stale_f.is_empty() || !stale_p.is_empty() {
+        if stale > 0 {
             flush_stale_sessions(&mut inner, dp_id, fips, pfs)?;
         }
         set_floating_flag(&mut inner, dp_id, !fips.is_empty() || !pfs.is_empty())?;
@@ -306,5 +293,8 @@ pub(super) fn remove_router(inner: &mut Inner, dp_id: u32) -> Result<()> {
     let floating = &mut inner.floating;
     floating.fips.remove_where(|k, _| k.router_id == dp_id)?;
     floating.pfs.remove_where(|k, _| k.router_id == dp_id)?;
-    floating.internal.remove_where(|_, c| c.router_id == dp_id)
+    floating
+        .internal
+        .remove_where(|_, c| c.router_id == dp_id)?;
+    Ok(())
 }

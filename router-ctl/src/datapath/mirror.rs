@@ -62,12 +62,13 @@ impl<K: Pod + Hash + Eq, V: Pod> Mirrored<K, V> {
         Ok(())
     }
 
-    /// Removes the entries `pick` picks, found in the copy.
-    pub(super) fn remove_where(&mut self, pick: impl Fn(&K, &V) -> bool) -> Result<()> {
-        for k in picked(&self.copy, pick) {
-            self.remove(&k)?;
+    /// Removes the entries `pick` picks, found in the copy; returns how many went.
+    pub(super) fn remove_where(&mut self, pick: impl Fn(&K, &V) -> bool) -> Result<usize> {
+        let keys = picked(&self.copy, pick);
+        for k in &keys {
+            self.remove(k)?;
         }
-        Ok(())
+        Ok(keys.len())
     }
 
     /// Replaces each entry `pick` picks, found in the copy, with `change` of it.
