@@ -8,19 +8,24 @@
 //! - No `bool`, `Option` or enum in a map value: integers plus the named constants below.
 //! - Every struct is `#[repr(C)]` with explicit padding and a size assertion; bump
 //!   [`LAYOUT_VERSION`] whenever any of them changes, because pinned maps are reused by name.
+//! - Counters (module [`stats`]) are enums that only index their maps; the maps keep spare
+//!   slots, so adding a counter changes no layout.
 #![no_std]
 
 pub mod csum;
 pub mod nat;
+pub mod stats;
+
+pub use stats::RouterStats;
 
 /// IP protocol numbers the NAT understands.
 pub const IPPROTO_ICMP: u8 = 1;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
-/// Version of every map layout in this file; part of the pin directory name so a daemon never
+/// Version of every map layout in this crate; part of the pin directory name so a daemon never
 /// reuses a pinned map whose layout changed (aya does not check).
-pub const LAYOUT_VERSION: u32 = 7;
+pub const LAYOUT_VERSION: u32 = 8;
 
 /// Map names, shared so userspace can find them in the loaded object and in the pin directory.
 pub mod maps {
@@ -248,62 +253,6 @@ pub struct FragValue {
 }
 const _: () = assert!(core::mem::size_of::<FragValue>() == 8);
 
-/// Per-router counters (a per-CPU array slot per router number; userspace sums over CPUs).
-pub mod stat {
-    /// Packets SNATed on the way out, and their bytes.
-    pub const OUT_PACKETS: usize = 0;
-    pub const OUT_BYTES: usize = 1;
-    /// Packets reverse-translated on the way in, and their bytes.
-    pub const IN_PACKETS: usize = 2;
-    pub const IN_BYTES: usize = 3;
-    /// New sessions created.
-    pub const SESSIONS_CREATED: usize = 4;
-    /// Dropped: no free NAT port for this destination.
-    pub const DROP_NO_PORT: usize = 5;
-    /// Dropped: session table refused the insert.
-    pub const DROP_TABLE_FULL: usize = 6;
-    /// Dropped: truncated or malformed header.
-    pub const DROP_MALFORMED: usize = 7;
-    /// Dropped: outbound packet that may not create a session (e.g. TCP RST with none).
-    pub const DROP_INVALID: usize = 8;
-    /// Dropped: non-first fragment with no known first fragment.
-    pub const DROP_FRAGMENT: usize = 9;
-    /// Dropped: internal source, protocol the SNAT cannot translate.
-    pub const DROP_UNSUPPORTED: usize = 10;
-    /// Passed untouched: not subject to NAT (exempt, router-own, IPv6, non-IP).
-    pub const PASSED: usize = 11;
-    /// ICMP errors translated (either direction).
-    pub const ICMP_ERRORS: usize = 12;
-    /// Packets translated by a floating IP (either direction, gateway and hairpin).
-    pub const FIP_PACKETS: usize = 13;
-    /// Packets translated by a port forwarding (either direction).
-    pub const PF_PACKETS: usize = 14;
-    /// Packets the fast path (`fast_fwd`) forwarded past the router namespace's IP stack
-    /// (either direction, and east-west between the router's subnets).
-    pub const FAST_PACKETS: usize = 15;
-    /// Number of counters in use (the array holds 16).
-    pub const COUNT: usize = 16;
-    /// Human names, indexed by counter.
-    pub const NAMES: [&str; COUNT] = [
-        "out_packets",
-        "out_bytes",
-        "in_packets",
-        "in_bytes",
-        "sessions_created",
-        "drop_no_port",
-        "drop_table_full",
-        "drop_malformed",
-        "drop_invalid",
-        "drop_fragment",
-        "drop_unsupported",
-        "passed",
-        "icmp_errors",
-        "fip_packets",
-        "pf_packets",
-        "fast_forwarded",
-    ];
-}
-
 /// Metadata: the well-known address instances ask and the port they ask on; the daemon's proxy
 /// listens on exactly that inside each router namespace (the address sits on its `lo`).
 pub const METADATA_IP: [u8; 4] = [169, 254, 169, 254];
@@ -363,27 +312,6 @@ const _: () = assert!(core::mem::size_of::<PfValue>() == 8);
 pub const MAX_FIPS: u32 = 65_536;
 /// Internal interfaces (router ports on tenant networks) one daemon can serve.
 pub const MAX_INTERNAL_IFS: u32 = 65_536;
-
-/// Per-router counter block (`ROUTER_STATS`, one per-CPU slot per router number: 128 B ×
-/// `MAX_ROUTERS` = 2 MiB per possible CPU); index with the `stat::*` constants.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RouterStats {
-    pub counters: [u64; 16],
-}
-const _: () = assert!(core::mem::size_of::<RouterStats>() == 128);
-
-/// Indices into the global per-CPU array (not router-specific).
-pub mod global {
-    /// Packets seen by any program.
-    pub const PACKETS: u32 = 0;
-    /// Packets on an interface with no router config (passed).
-    pub const UNCONFIGURED: u32 = 1;
-    /// Sessions created, all routers: the daemon's GC estimates the session table's occupancy
-    /// from it between its walks (one read instead of a walk of every entry).
-    pub const SESSIONS_CREATED: u32 = 2;
-    pub const COUNT: u32 = 4;
-}
 
 /// Wire-order conversion helpers for userspace and tests.
 pub fn ip_to_wire(octets: [u8; 4]) -> u32 {

@@ -27,7 +27,7 @@ use aya_ebpf::{
     maps::Array,
     programs::TcContext,
 };
-use router_common::{FAST_IF_USED, FastIf, MAX_FAST_IFS, stat};
+use router_common::{FAST_IF_USED, FastIf, MAX_FAST_IFS, stats::Counter};
 
 use crate::{
     maps::count,
@@ -209,7 +209,7 @@ pub fn fast_fwd(ctx: &TcContext) -> i32 {
         core::ptr::write_unaligned(core::ptr::addr_of_mut!((*p).ip.ttl), ip.ttl - 1);
         core::ptr::write_unaligned(core::ptr::addr_of_mut!((*p).ip.check), check as u16);
     }
-    count(me.router_id, stat::FAST_PACKETS, 1);
+    count(me.router_id, Counter::FastForwarded, 1);
     // SAFETY: plain helper call; the verdict is TC_ACT_REDIRECT (or TC_ACT_SHOT for a bad
     // ifindex, which `egress` from the FIB is not).
     unsafe { bpf_redirect_peer(egress, 0) as i32 }

@@ -23,7 +23,7 @@ use aya_ebpf::{
 };
 use router_common::{
     DIR_IN, DIR_OUT, FipKey, FipValue, MAX_FIPS, PfKey, PfValue, RouterConfig, SessionValue,
-    global, stat,
+    stats::{Counter, GlobalCounter},
 };
 
 use crate::{
@@ -215,7 +215,7 @@ pub fn note_session(
     // A translation that changed (another kind or internal end) replaces the old session.
     let created = SESSIONS.insert(rk, value, BPF_ANY as u64).is_ok();
     if created {
-        count_global(global::SESSIONS_CREATED);
+        count_global(GlobalCounter::SessionsCreated);
     }
     created
 }
@@ -323,13 +323,13 @@ fn forward_port(ctx: &TcContext, rid: u32, pkt: &Packet, l: &L4, dir: u8) -> Opt
         return None;
     }
     let (field, addr, port, port_off, bytes) = if dir == DIR_OUT {
-        (IP_SRC, pkt.ip.src, l.sport, pkt.l4, stat::OUT_BYTES)
+        (IP_SRC, pkt.ip.src, l.sport, pkt.l4, Counter::OutBytes)
     } else {
-        (IP_DST, pkt.ip.dst, l.dport, pkt.l4 + 2, stat::IN_BYTES)
+        (IP_DST, pkt.ip.dst, l.dport, pkt.l4 + 2, Counter::InBytes)
     };
     let pf = pf_lookup(rid, addr, port, l.proto, dir)?;
     if rewrite_pf(ctx, pkt, field, port_off, port, &pf).is_err() {
-        count(rid, stat::DROP_MALFORMED, 1);
+        count(rid, Counter::DropMalformed, 1);
         return Some(aya_ebpf::bindings::TC_ACT_SHOT);
     }
     let created = note_session(
@@ -342,7 +342,7 @@ fn forward_port(ctx: &TcContext, rid: u32, pkt: &Packet, l: &L4, dir: u8) -> Opt
         pf.addr,
         pf.port,
     );
-    count_packet(rid, stat::PF_PACKETS, bytes, ctx.len() as u64, created);
+    count_packet(rid, Counter::PfPackets, bytes, ctx.len() as u64, created);
     Some(OK)
 }
 
@@ -351,16 +351,16 @@ fn forward_port(ctx: &TcContext, rid: u32, pkt: &Packet, l: &L4, dir: u8) -> Opt
 #[inline(always)]
 fn one_to_one(ctx: &TcContext, rid: u32, pkt: &Packet, l: &L4, dir: u8, to: u32) -> i32 {
     let (field, port, bytes) = if dir == DIR_OUT {
-        (IP_SRC, l.sport, stat::OUT_BYTES)
+        (IP_SRC, l.sport, Counter::OutBytes)
     } else {
         (
             IP_DST,
             if l.ports { l.dport } else { l.sport },
-            stat::IN_BYTES,
+            Counter::InBytes,
         )
     };
     if rewrite_1to1(ctx, pkt, field, to).is_err() {
-        count(rid, stat::DROP_MALFORMED, 1);
+        count(rid, Counter::DropMalformed, 1);
         return aya_ebpf::bindings::TC_ACT_SHOT;
     }
     let created = note_session(
@@ -373,7 +373,7 @@ fn one_to_one(ctx: &TcContext, rid: u32, pkt: &Packet, l: &L4, dir: u8, to: u32)
         to,
         port,
     );
-    count_packet(rid, stat::FIP_PACKETS, bytes, ctx.len() as u64, created);
+    count_packet(rid, Counter::FipPackets, bytes, ctx.len() as u64, created);
     OK
 }
 
@@ -392,13 +392,13 @@ fn icmp_error(ctx: &TcContext, cfg: &RouterConfig, pkt: &Packet, dir: u8) -> Opt
     }
     match crate::icmp::translate_error(ctx, cfg, pkt, dir) {
         Ok(crate::icmp::ErrorResult::Translated) => {
-            count(rid, stat::ICMP_ERRORS, 1);
-            count(rid, stat::FIP_PACKETS, 1);
+            count(rid, Counter::IcmpErrors, 1);
+            count(rid, Counter::FipPackets, 1);
             Some(OK)
         }
         Ok(crate::icmp::ErrorResult::NoMatch) => None,
         Err(_) => {
-            count(rid, stat::DROP_MALFORMED, 1);
+            count(rid, Counter::DropMalformed, 1);
             Some(aya_ebpf::bindings::TC_ACT_SHOT)
         }
     }

@@ -37,6 +37,26 @@ pub enum ErrorResult {
     NoMatch,
 }
 
+/// The packet an ICMP error quotes, and the translation of the session it belongs to.
+struct Quote {
+    /// Offset of the embedded IP header, and its protocol and checksum.
+    ip: usize,
+    proto: u8,
+    ip_check: u16,
+    /// The embedded address to rewrite (`IP_SRC`/`IP_DST`) and its value.
+    addr_field: usize,
+    old_addr: u32,
+    /// Offset of the embedded port / echo id to rewrite, and its value.
+    port_off: usize,
+    old_port: u16,
+    /// Offset of the embedded L4 checksum; whether it covers a pseudo-header (TCP/UDP).
+    csum_off: usize,
+    pseudo: bool,
+    /// The session's address and port (wire order) the quote is rewritten to.
+    new_addr: u32,
+    new_port: u16,
+}
+
 /// Translates the ICMP error in `pkt` for direction `dir`:
 /// - `IN` (error from outside about one of our outbound flows): outer dst gateway → internal,
 ///   embedded src gateway → internal, embedded source port/echo id → original;
@@ -53,24 +73,37 @@ pub fn translate_error(
     pkt: &Packet,
     dir: u8,
 ) -> Result<ErrorResult, i64> {
-    let emb_ip = pkt.l4 + ICMP_HLEN;
-    if emb_ip + IP_MIN_HLEN > pkt.end {
-        return Ok(ErrorResult::NoMatch);
-    }
-    let Ok(eh) = ctx.load::<Ipv4Hdr>(emb_ip) else {
+    let Some(q) = find_quote(ctx, cfg, pkt, dir) else {
         return Ok(ErrorResult::NoMatch);
     };
+    rewrite_quote(ctx, pkt, &q)?;
+    // Outer header: the address the flow is translated on (no pseudo-header in ICMP).
+    if dir == IN {
+        rewrite_addr(ctx, IP_DST, pkt.ip.dst, q.new_addr, None)?;
+    } else {
+        rewrite_addr(ctx, IP_SRC, pkt.ip.src, q.new_addr, None)?;
+    }
+    Ok(ErrorResult::Translated)
+}
+
+/// The quote of the ICMP error in `pkt` and its session's translation, if the quote is a
+/// complete first fragment of a TCP/UDP packet or echo of a session known for `dir`.
+#[inline(always)]
+fn find_quote(ctx: &TcContext, cfg: &RouterConfig, pkt: &Packet, dir: u8) -> Option<Quote> {
+    let emb_ip = pkt.l4 + ICMP_HLEN;
+    if emb_ip + IP_MIN_HLEN > pkt.end {
+        return None;
+    }
+    let eh = ctx.load::<Ipv4Hdr>(emb_ip).ok()?;
     let ehlen = eh.hlen();
     if eh.version() != 4 || ehlen < IP_MIN_HLEN || eh.frag_offset() != 0 {
-        return Ok(ErrorResult::NoMatch);
+        return None;
     }
     let emb_l4 = emb_ip + ehlen;
     if emb_l4 + 8 > pkt.end {
-        return Ok(ErrorResult::NoMatch);
+        return None;
     }
-    let Ok(l4) = ctx.load::<L4Head>(emb_l4) else {
-        return Ok(ErrorResult::NoMatch);
-    };
+    let l4 = ctx.load::<L4Head>(emb_l4).ok()?;
     let router_id = cfg.router_id;
     let inbound = dir == IN;
     // Offsets of the embedded fields to rewrite, their old values, and the session key.
@@ -91,17 +124,14 @@ pub fn translate_error(
             (off, old, coff, true, k)
         }
         IPPROTO_ICMP => {
-            let ty = match ctx.load::<u8>(emb_l4) {
-                Ok(t) => t,
-                Err(_) => return Ok(ErrorResult::NoMatch),
-            };
+            let ty = ctx.load::<u8>(emb_l4).ok()?;
             let want = if inbound {
                 ICMP_ECHO_REQUEST
             } else {
                 ICMP_ECHO_REPLY
             };
             if ty != want {
-                return Ok(ErrorResult::NoMatch);
+                return None;
             }
             let id = l4.c;
             let k = if inbound {
@@ -111,9 +141,9 @@ pub fn translate_error(
             };
             (emb_l4 + ICMP_ID, id, emb_l4 + ICMP_CHECK, false, k)
         }
-        _ => return Ok(ErrorResult::NoMatch),
+        _ => return None,
     };
-    let found = if inbound {
+    let (new_addr, new_port) = if inbound {
         SESSIONS.get_ptr(skey).map(|v| {
             // SAFETY: valid map value pointer, plain data copied out.
             let v = unsafe { &*v };
@@ -121,52 +151,63 @@ pub fn translate_error(
         })
     } else {
         find_out(cfg, &skey)
-    };
-    let Some((new_addr, new_port)) = found else {
-        return Ok(ErrorResult::NoMatch);
-    };
+    }?;
     let (addr_field, old_addr) = if inbound {
         (IP_SRC, eh.src)
     } else {
         (IP_DST, eh.dst)
     };
+    Some(Quote {
+        ip: emb_ip,
+        proto: eh.proto,
+        ip_check: eh.check,
+        addr_field,
+        old_addr,
+        port_off,
+        old_port,
+        csum_off,
+        pseudo,
+        new_addr,
+        new_port,
+    })
+}
 
+/// Rewrites the quote `q` to its session's address and port: the embedded IP header with its
+/// checksum, the embedded L4 checksum when the quote includes it, the port / echo id, and
+/// every changed word into the outer ICMP checksum.
+#[inline(always)]
+fn rewrite_quote(ctx: &TcContext, pkt: &Packet, q: &Quote) -> Result<(), i64> {
+    let (old_addr, new_addr) = (q.old_addr, q.new_addr);
+    let (old_port, new_port) = (q.old_port, q.new_port);
     let outer_check_off = pkt.l4 + ICMP_CHECK;
     let mut icmp_check = ctx.load::<u16>(outer_check_off)?;
 
     // Embedded IP header: address and its checksum.
-    let new_eh_check = update32(eh.check, old_addr, new_addr);
+    let new_eh_check = update32(q.ip_check, old_addr, new_addr);
     icmp_check = update32(icmp_check, old_addr, new_addr);
-    icmp_check = update16(icmp_check, eh.check, new_eh_check);
+    icmp_check = update16(icmp_check, q.ip_check, new_eh_check);
 
     // Embedded L4 checksum, when the quote includes it (a zero UDP checksum stays zero).
-    if csum_off + 2 <= pkt.end {
-        let old_l4c = ctx.load::<u16>(csum_off)?;
-        if !(eh.proto == IPPROTO_UDP && old_l4c == 0) {
+    if q.csum_off + 2 <= pkt.end {
+        let old_l4c = ctx.load::<u16>(q.csum_off)?;
+        if !(q.proto == IPPROTO_UDP && old_l4c == 0) {
             let mut c = old_l4c;
-            if pseudo {
+            if q.pseudo {
                 c = update32(c, old_addr, new_addr);
             }
             c = update16(c, old_port, new_port);
-            if eh.proto == IPPROTO_UDP && c == 0 {
+            if q.proto == IPPROTO_UDP && c == 0 {
                 c = 0xffff;
             }
             icmp_check = update16(icmp_check, old_l4c, c);
-            ctx.store(csum_off, &c, 0)?;
+            ctx.store(q.csum_off, &c, 0)?;
         }
     }
     // Embedded port / echo identifier.
     icmp_check = update16(icmp_check, old_port, new_port);
-    ctx.store(port_off, &new_port, 0)?;
-    ctx.store(emb_ip + addr_field, &new_addr, 0)?;
-    ctx.store(emb_ip + IP_CHECK, &new_eh_check, 0)?;
+    ctx.store(q.port_off, &new_port, 0)?;
+    ctx.store(q.ip + q.addr_field, &new_addr, 0)?;
+    ctx.store(q.ip + IP_CHECK, &new_eh_check, 0)?;
     ctx.store(outer_check_off, &icmp_check, 0)?;
-
-    // Outer header: the address the flow is translated on (no pseudo-header in ICMP).
-    if inbound {
-        rewrite_addr(ctx, IP_DST, pkt.ip.dst, new_addr, None)?;
-    } else {
-        rewrite_addr(ctx, IP_SRC, pkt.ip.src, new_addr, None)?;
-    }
-    Ok(ErrorResult::Translated)
+    Ok(())
 }

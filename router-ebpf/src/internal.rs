@@ -20,12 +20,14 @@ use aya_ebpf::{
     maps::HashMap,
     programs::TcContext,
 };
-use router_common::{DIR_IN, DIR_OUT, MAX_INTERNAL_IFS, ROUTER_F_FLOATING, RouterConfig, stat};
+use router_common::{
+    DIR_IN, DIR_OUT, MAX_INTERNAL_IFS, ROUTER_F_FLOATING, RouterConfig, stats::Counter,
+};
 
 use crate::{
     csum::{l4_csum, rewrite_addr, rewrite_port},
     fip::{L4, fip_lookup, load_l4, pf_lookup},
-    maps::{count, count_global},
+    maps::{count, count_seen},
     nat::ifindex,
     parse::{ICMP_ID, IP_DST, IP_SRC, IPPROTO_ICMP, Packet, load_ipv4, validate},
     session::{key, snat_port, touch_in},
@@ -50,9 +52,7 @@ fn internal_config(ifindex: u32) -> Option<RouterConfig> {
 
 /// Entry of `internal_in`: `Ok` and `Err` both carry the TC verdict.
 pub fn internal_in(ctx: &TcContext) -> Result<i32, i32> {
-    count_global(router_common::global::PACKETS);
-    let Some(cfg) = internal_config(ifindex(ctx)) else {
-        count_global(router_common::global::UNCONFIGURED);
+    let Some(cfg) = count_seen(|| internal_config(ifindex(ctx))) else {
         return Ok(OK);
     };
     let rid = cfg.router_id;
@@ -74,12 +74,12 @@ pub fn internal_in(ctx: &TcContext) -> Result<i32, i32> {
         rewrite_port(ctx, pkt.l4 + 2, l.dport, pf.port, csum)
             .and_then(|()| rewrite_addr(ctx, IP_DST, pkt.ip.dst, pf.addr, Some(csum)))
             .map_err(|_| SHOT)?;
-        count(rid, stat::PF_PACKETS, 1);
+        count(rid, Counter::PfPackets, 1);
         return hairpin_source(ctx, &cfg, &pkt, &l, pf.addr, pf.port);
     }
     if floating && let Some(fixed) = fip_lookup(rid, pkt.ip.dst, DIR_IN) {
         crate::fip::rewrite_1to1(ctx, &pkt, IP_DST, fixed).map_err(|_| SHOT)?;
-        count(rid, stat::FIP_PACKETS, 1);
+        count(rid, Counter::FipPackets, 1);
         return hairpin_source(ctx, &cfg, &pkt, &l, fixed, l.dport);
     }
 
@@ -109,7 +109,7 @@ pub fn internal_in(ctx: &TcContext) -> Result<i32, i32> {
         } else if let Some(f) = fip_lookup(rid, pkt.ip.src, DIR_OUT) {
             rewrite_addr(ctx, IP_SRC, pkt.ip.src, f, Some(csum)).map_err(|_| SHOT)?;
         }
-        count(rid, stat::IN_PACKETS, 1);
+        count(rid, Counter::InPackets, 1);
         return Ok(OK);
     }
     Ok(OK)

@@ -6,7 +6,9 @@ use aya_ebpf::{
 };
 use router_common::{
     CidrKey, FragKey, FragValue, MAX_CIDRS, MAX_FRAGMENTS, MAX_ROUTERS, MAX_SESSIONS, RouterConfig,
-    RouterStats, SessionKey, SessionValue, global, nat::ALIAS_HINT_SLOTS, stat,
+    RouterStats, SessionKey, SessionValue,
+    nat::ALIAS_HINT_SLOTS,
+    stats::{Counter, GLOBAL_SLOTS, GlobalCounter},
 };
 
 /// Per-router config keyed by the ifindex of the gateway tap.
@@ -53,17 +55,29 @@ pub static FRAGMENTS: LruHashMap<FragKey, FragValue> =
 #[map]
 pub static ROUTER_STATS: PerCpuArray<RouterStats> = PerCpuArray::with_max_entries(MAX_ROUTERS, 0);
 
-/// Counters not tied to a router.
+/// Counters not tied to a router, one entry per `GlobalCounter`.
 #[map]
-pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(global::COUNT, 0);
+pub static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(GLOBAL_SLOTS, 0);
 
 /// Adds one to a global counter.
 #[inline(always)]
-pub fn count_global(idx: u32) {
-    if let Some(v) = GLOBAL_STATS.get_ptr_mut(idx) {
+pub fn count_global(counter: GlobalCounter) {
+    if let Some(v) = GLOBAL_STATS.get_ptr_mut(counter.key()) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe { *v += 1 };
     }
+}
+
+/// Counts a packet in `GLOBAL_STATS`, then looks its device's config up with `config`: a
+/// device without one is counted as unconfigured.
+#[inline(always)]
+pub fn count_seen<T>(config: impl FnOnce() -> Option<T>) -> Option<T> {
+    count_global(GlobalCounter::Packets);
+    let cfg = config();
+    if cfg.is_none() {
+        count_global(GlobalCounter::Unconfigured);
+    }
+    cfg
 }
 
 /// This CPU's counters of `router_id` (`None` only for a number out of range).
@@ -74,11 +88,11 @@ fn stats(router_id: u32) -> Option<&'static mut RouterStats> {
     Some(unsafe { &mut *p })
 }
 
-/// Adds `n` to counter `idx` of `router_id`.
+/// Adds `n` to `counter` of `router_id`.
 #[inline(always)]
-pub fn count(router_id: u32, idx: usize, n: u64) {
+pub fn count(router_id: u32, counter: Counter, n: u64) {
     if let Some(s) = stats(router_id)
-        && let Some(c) = s.counters.get_mut(idx)
+        && let Some(c) = s.counters.get_mut(counter.slot())
     {
         *c += n;
     }
@@ -87,16 +101,16 @@ pub fn count(router_id: u32, idx: usize, n: u64) {
 /// Adds one packet of `bytes` to the packet and byte counters `pkts`/`octets`, and one to
 /// `SESSIONS_CREATED` when the packet `created` its session: one lookup for all three.
 #[inline(always)]
-pub fn count_packet(router_id: u32, pkts: usize, octets: usize, bytes: u64, created: bool) {
+pub fn count_packet(router_id: u32, pkts: Counter, octets: Counter, bytes: u64, created: bool) {
     if let Some(s) = stats(router_id) {
-        if let Some(c) = s.counters.get_mut(pkts) {
+        if let Some(c) = s.counters.get_mut(pkts.slot()) {
             *c += 1;
         }
-        if let Some(c) = s.counters.get_mut(octets) {
+        if let Some(c) = s.counters.get_mut(octets.slot()) {
             *c += bytes;
         }
         if created {
-            s.counters[stat::SESSIONS_CREATED] += 1;
+            s.counters[Counter::SessionsCreated.slot()] += 1;
         }
     }
 }

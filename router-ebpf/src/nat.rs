@@ -12,13 +12,13 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use router_common::{ROUTER_F_FLOATING, ROUTER_F_SNAT, RouterConfig, global, stat};
+use router_common::{ROUTER_F_FLOATING, ROUTER_F_SNAT, RouterConfig, stats::Counter};
 
 use crate::{
     csum::{l4_csum, rewrite_addr, rewrite_port},
     frag,
     icmp::{self, ErrorResult},
-    maps::{count, count_global, count_packet, is_internal, router_config},
+    maps::{count, count_packet, count_seen, is_internal, router_config},
     parse::{
         ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, ICMP_ID, IP_DST, IP_SRC, IPPROTO_ICMP,
         IPPROTO_TCP, IPPROTO_UDP, L4Head, Packet, ParseError, TCP_HLEN, TCP_RST, TcpHdr, UDP_HLEN,
@@ -32,7 +32,7 @@ const SHOT: i32 = TC_ACT_SHOT;
 
 /// Counts `reason` for the router and returns the drop verdict.
 #[inline(always)]
-fn drop(router_id: u32, reason: usize) -> i32 {
+fn drop(router_id: u32, reason: Counter) -> i32 {
     count(router_id, reason, 1);
     SHOT
 }
@@ -40,7 +40,7 @@ fn drop(router_id: u32, reason: usize) -> i32 {
 /// A packet `snat_out` cannot translate for `reason`: dropped and counted if its source `src`
 /// is internal (it must not leave with its private address), else passed untouched.
 #[inline(always)]
-fn refuse(router_id: u32, src: u32, reason: usize) -> i32 {
+fn refuse(router_id: u32, src: u32, reason: Counter) -> i32 {
     if is_internal(router_id, src) {
         drop(router_id, reason)
     } else {
@@ -51,7 +51,7 @@ fn refuse(router_id: u32, src: u32, reason: usize) -> i32 {
 /// Counts an untouched packet and returns the pass verdict.
 #[inline(always)]
 fn pass(router_id: u32) -> i32 {
-    count(router_id, stat::PASSED, 1);
+    count(router_id, Counter::Passed, 1);
     OK
 }
 
@@ -79,9 +79,7 @@ struct Flow {
 
 /// Entry of `snat_out`: `Ok` and `Err` both carry the TC verdict.
 pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
-    count_global(global::PACKETS);
-    let Some(cfg) = router_config(ifindex(ctx)) else {
-        count_global(global::UNCONFIGURED);
+    let Some(cfg) = count_seen(|| router_config(ifindex(ctx))) else {
         return Ok(OK);
     };
     let rid = cfg.router_id;
@@ -98,7 +96,7 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
         Ok(ip) => ip,
         Err(ParseError::NotIpv4) => return Ok(pass(rid)),
         // Not even a source address to decide on: it may be internal, so it cannot leave.
-        Err(ParseError::Malformed) => return Err(drop(rid, stat::DROP_MALFORMED)),
+        Err(ParseError::Malformed) => return Err(drop(rid, Counter::DropMalformed)),
     };
     // The router's own traffic is never taken for a session; only its ICMP errors about a
     // translated flow are touched.
@@ -110,17 +108,17 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
     }
     // The internal-CIDR trie is consulted only where a session cannot decide: on a session
     // miss, and before dropping anything (a foreign source passes untouched, whatever it is).
-    let pkt = validate(ctx, ip).map_err(|_| refuse(rid, ip.src, stat::DROP_MALFORMED))?;
+    let pkt = validate(ctx, ip).map_err(|_| refuse(rid, ip.src, Counter::DropMalformed))?;
 
     if pkt.ip.frag_offset() != 0 {
         if !is_internal(rid, pkt.ip.src) {
             return Ok(pass(rid));
         }
         let Some(addr) = frag::lookup(rid, &pkt.ip, OUT) else {
-            return Err(drop(rid, stat::DROP_FRAGMENT));
+            return Err(drop(rid, Counter::DropFragment));
         };
         rewrite_addr(ctx, IP_SRC, pkt.ip.src, addr, None)
-            .map_err(|_| drop(rid, stat::DROP_MALFORMED))?;
+            .map_err(|_| drop(rid, Counter::DropMalformed))?;
         return Ok(translated_out(ctx, rid, false));
     }
 
@@ -137,17 +135,17 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
             } else if icmp::is_error(ty) {
                 return match icmp::translate_error(ctx, &cfg, &pkt, OUT) {
                     Ok(ErrorResult::Translated) => {
-                        count(rid, stat::ICMP_ERRORS, 1);
+                        count(rid, Counter::IcmpErrors, 1);
                         Ok(translated_out(ctx, rid, false))
                     }
-                    Ok(ErrorResult::NoMatch) => Err(drop(rid, stat::DROP_INVALID)),
-                    Err(_) => Err(drop(rid, stat::DROP_MALFORMED)),
+                    Ok(ErrorResult::NoMatch) => Err(drop(rid, Counter::DropInvalid)),
+                    Err(_) => Err(drop(rid, Counter::DropMalformed)),
                 };
             } else {
-                return Err(drop(rid, stat::DROP_UNSUPPORTED));
+                return Err(drop(rid, Counter::DropUnsupported));
             }
         }
-        _ => return Err(refuse(rid, pkt.ip.src, stat::DROP_UNSUPPORTED)),
+        _ => return Err(refuse(rid, pkt.ip.src, Counter::DropUnsupported)),
     };
 
     let fwd = key(
@@ -160,7 +158,7 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
                 return Ok(pass(rid));
             }
             if !flow.may_create {
-                return Err(drop(rid, stat::DROP_INVALID));
+                return Err(drop(rid, Counter::DropInvalid));
             }
             create_snat(&cfg, &fwd, flow.bits, first, first_free).map_err(|r| drop(rid, r))?
         }
@@ -169,7 +167,7 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
     let gw = cfg.gateway_ip;
     rewrite_port(ctx, flow.port_off, flow.sport, port, c)
         .and_then(|()| rewrite_addr(ctx, IP_SRC, pkt.ip.src, gw, Some(c)))
-        .map_err(|_| drop(rid, stat::DROP_MALFORMED))?;
+        .map_err(|_| drop(rid, Counter::DropMalformed))?;
     if frag::is_first(&pkt.ip) {
         frag::record(rid, &pkt.ip, OUT, gw);
     }
@@ -178,15 +176,13 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
 
 /// Entry of `snat_in`: `Ok` and `Err` both carry the TC verdict.
 pub fn snat_in(ctx: &TcContext) -> Result<i32, i32> {
-    count_global(global::PACKETS);
-    let Some(cfg) = router_config(ifindex(ctx)) else {
-        count_global(global::UNCONFIGURED);
+    let Some(cfg) = count_seen(|| router_config(ifindex(ctx))) else {
         return Ok(OK);
     };
     let rid = cfg.router_id;
     // Nothing from the external network may reach the metadata proxy's address.
     if crate::fip::to_metadata(ctx) {
-        return Err(drop(rid, stat::DROP_INVALID));
+        return Err(drop(rid, Counter::DropInvalid));
     }
     if cfg.flags & ROUTER_F_FLOATING != 0
         && let Some(verdict) = crate::fip::gateway_in(ctx, &cfg)
@@ -212,7 +208,7 @@ pub fn snat_in(ctx: &TcContext) -> Result<i32, i32> {
             return Ok(pass(rid));
         };
         rewrite_addr(ctx, IP_DST, pkt.ip.dst, addr, None)
-            .map_err(|_| drop(rid, stat::DROP_MALFORMED))?;
+            .map_err(|_| drop(rid, Counter::DropMalformed))?;
         return Ok(translated_in(ctx, rid));
     }
 
@@ -233,11 +229,11 @@ pub fn snat_in(ctx: &TcContext) -> Result<i32, i32> {
             } else if icmp::is_error(ty) {
                 return match icmp::translate_error(ctx, &cfg, &pkt, IN) {
                     Ok(ErrorResult::Translated) => {
-                        count(rid, stat::ICMP_ERRORS, 1);
+                        count(rid, Counter::IcmpErrors, 1);
                         Ok(translated_in(ctx, rid))
                     }
                     Ok(ErrorResult::NoMatch) => Ok(pass(rid)),
-                    Err(_) => Err(drop(rid, stat::DROP_MALFORMED)),
+                    Err(_) => Err(drop(rid, Counter::DropMalformed)),
                 };
             } else {
                 return Ok(pass(rid));
@@ -256,7 +252,7 @@ pub fn snat_in(ctx: &TcContext) -> Result<i32, i32> {
     let c = l4_csum(flow.proto, pkt.l4);
     rewrite_port(ctx, flow.port_off, old_port, v.port, c)
         .and_then(|()| rewrite_addr(ctx, IP_DST, pkt.ip.dst, v.addr, Some(c)))
-        .map_err(|_| drop(rid, stat::DROP_MALFORMED))?;
+        .map_err(|_| drop(rid, Counter::DropMalformed))?;
     if frag::is_first(&pkt.ip) {
         frag::record(rid, &pkt.ip, IN, v.addr);
     }
@@ -282,11 +278,11 @@ fn router_icmp_error(ctx: &TcContext, cfg: &RouterConfig, ip: crate::parse::Ipv4
     }
     match icmp::translate_error(ctx, cfg, &pkt, OUT) {
         Ok(ErrorResult::Translated) => {
-            count(rid, stat::ICMP_ERRORS, 1);
+            count(rid, Counter::IcmpErrors, 1);
             translated_out(ctx, rid, false)
         }
         Ok(ErrorResult::NoMatch) => pass(rid),
-        Err(_) => drop(rid, stat::DROP_MALFORMED),
+        Err(_) => drop(rid, Counter::DropMalformed),
     }
 }
 
@@ -294,8 +290,8 @@ fn router_icmp_error(ctx: &TcContext, cfg: &RouterConfig, ip: crate::parse::Ipv4
 fn translated_out(ctx: &TcContext, rid: u32, created: bool) -> i32 {
     count_packet(
         rid,
-        stat::OUT_PACKETS,
-        stat::OUT_BYTES,
+        Counter::OutPackets,
+        Counter::OutBytes,
         ctx.len() as u64,
         created,
     );
@@ -306,8 +302,8 @@ fn translated_out(ctx: &TcContext, rid: u32, created: bool) -> i32 {
 fn translated_in(ctx: &TcContext, rid: u32) -> i32 {
     count_packet(
         rid,
-        stat::IN_PACKETS,
-        stat::IN_BYTES,
+        Counter::InPackets,
+        Counter::InBytes,
         ctx.len() as u64,
         false,
     );
@@ -316,16 +312,16 @@ fn translated_in(ctx: &TcContext, rid: u32) -> i32 {
 
 /// Ports of a TCP or UDP packet, with the header checked to be complete.
 #[inline(always)]
-fn parse_ports(ctx: &TcContext, pkt: &Packet, dir: u8) -> Result<Flow, usize> {
+fn parse_ports(ctx: &TcContext, pkt: &Packet, dir: u8) -> Result<Flow, Counter> {
     let port_off = if dir == OUT { pkt.l4 } else { pkt.l4 + 2 };
     if pkt.ip.proto == IPPROTO_TCP {
         if pkt.l4 + TCP_HLEN > pkt.end {
-            return Err(stat::DROP_MALFORMED);
+            return Err(Counter::DropMalformed);
         }
-        let t = load::<TcpHdr>(ctx, pkt.l4).map_err(|_| stat::DROP_MALFORMED)?;
+        let t = load::<TcpHdr>(ctx, pkt.l4).map_err(|_| Counter::DropMalformed)?;
         let doff = ((t.doff_res >> 4) as usize) * 4;
         if doff < TCP_HLEN || pkt.l4 + doff > pkt.end {
-            return Err(stat::DROP_MALFORMED);
+            return Err(Counter::DropMalformed);
         }
         Ok(Flow {
             proto: IPPROTO_TCP,
@@ -337,11 +333,11 @@ fn parse_ports(ctx: &TcContext, pkt: &Packet, dir: u8) -> Result<Flow, usize> {
         })
     } else {
         if pkt.l4 + UDP_HLEN > pkt.end {
-            return Err(stat::DROP_MALFORMED);
+            return Err(Counter::DropMalformed);
         }
-        let u = load::<L4Head>(ctx, pkt.l4).map_err(|_| stat::DROP_MALFORMED)?;
+        let u = load::<L4Head>(ctx, pkt.l4).map_err(|_| Counter::DropMalformed)?;
         if (u16::from_be(u.c) as usize) < UDP_HLEN {
-            return Err(stat::DROP_MALFORMED);
+            return Err(Counter::DropMalformed);
         }
         Ok(Flow {
             proto: IPPROTO_UDP,
@@ -356,17 +352,17 @@ fn parse_ports(ctx: &TcContext, pkt: &Packet, dir: u8) -> Result<Flow, usize> {
 
 /// The type of an ICMP message whose 8-byte header is complete.
 #[inline(always)]
-fn load_icmp_type(ctx: &TcContext, pkt: &Packet) -> Result<u8, usize> {
+fn load_icmp_type(ctx: &TcContext, pkt: &Packet) -> Result<u8, Counter> {
     if pkt.l4 + ICMP_HLEN > pkt.end {
-        return Err(stat::DROP_MALFORMED);
+        return Err(Counter::DropMalformed);
     }
-    load::<u8>(ctx, pkt.l4).map_err(|_| stat::DROP_MALFORMED)
+    load::<u8>(ctx, pkt.l4).map_err(|_| Counter::DropMalformed)
 }
 
 /// An echo request (out: `sport = id, dport = 0`) or reply (in: `sport = 0, dport = id`).
 #[inline(always)]
-fn parse_echo(ctx: &TcContext, pkt: &Packet, dir: u8) -> Result<Flow, usize> {
-    let id = load::<u16>(ctx, pkt.l4 + ICMP_ID).map_err(|_| stat::DROP_MALFORMED)?;
+fn parse_echo(ctx: &TcContext, pkt: &Packet, dir: u8) -> Result<Flow, Counter> {
+    let id = load::<u16>(ctx, pkt.l4 + ICMP_ID).map_err(|_| Counter::DropMalformed)?;
     let (sport, dport) = if dir == OUT { (id, 0) } else { (0, id) };
     Ok(Flow {
         proto: IPPROTO_ICMP,

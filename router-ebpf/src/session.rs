@@ -22,9 +22,9 @@ use aya_ebpf::{
 };
 use router_common::{
     DIR_IN, DIR_OUT, ROUTER_F_FLOATING, RouterConfig, SESSION_SNAT, ST_REPLY_SHIFT, ST_SEEN,
-    SessionKey, SessionValue, global,
+    SessionKey, SessionValue,
     nat::{alias_hint_slot, first_port, probe_port},
-    stat,
+    stats::{Counter, GlobalCounter},
 };
 
 use crate::{
@@ -172,7 +172,7 @@ fn hint_add(fwd: &SessionKey) {
 }
 
 /// Why a packet could not be given a session (also the counter to bump).
-pub type SessionError = usize;
+pub type SessionError = Counter;
 
 /// What [`find_snat`] found for an outbound flow.
 pub enum Found {
@@ -233,7 +233,7 @@ pub fn find_snat(cfg: &RouterConfig, fwd: &SessionKey, bits: u8) -> Found {
                 // atomically): restore it at the same port.
                 None => match SESSIONS.insert(rk, new_session(fwd, bits), BPF_NOEXIST as u64) {
                     Ok(()) => {
-                        count_global(global::SESSIONS_CREATED);
+                        count_global(GlobalCounter::SessionsCreated);
                         return Found::Port(port);
                     }
                     // No room: keep the alias (the port is still this flow's to take back);
@@ -263,11 +263,11 @@ pub fn snat_port(
 ) -> Result<u16, SessionError> {
     match find_snat(cfg, fwd, bits) {
         Found::Port(port) => Ok(port),
-        Found::Missing { .. } if !may_create => Err(stat::DROP_INVALID),
+        Found::Missing { .. } if !may_create => Err(Counter::DropInvalid),
         Found::Missing { first, first_free } => {
             let (port, created) = create_snat(cfg, fwd, bits, first, first_free)?;
             if created {
-                count(u32::from(fwd.router_id), stat::SESSIONS_CREATED, 1);
+                count(u32::from(fwd.router_id), Counter::SessionsCreated, 1);
             }
             Ok(port)
         }
@@ -301,7 +301,7 @@ pub fn create_snat(
     first_free: bool,
 ) -> Result<(u16, bool), SessionError> {
     if cfg.port_max < cfg.port_min {
-        return Err(stat::DROP_NO_PORT);
+        return Err(Counter::DropNoPort);
     }
     let gw = cfg.gateway_ip;
     let val = new_session(fwd, bits);
@@ -309,7 +309,7 @@ pub fn create_snat(
         let rk0 = reverse_key(fwd, gw, first);
         match SESSIONS.insert(rk0, val, BPF_NOEXIST as u64) {
             Ok(()) => {
-                count_global(global::SESSIONS_CREATED);
+                count_global(GlobalCounter::SessionsCreated);
                 return Ok((first, true));
             }
             Err(EEXIST) => {
@@ -322,7 +322,7 @@ pub fn create_snat(
                     }
                 }
             }
-            Err(_) => return Err(stat::DROP_TABLE_FULL),
+            Err(_) => return Err(Counter::DropTableFull),
         }
     }
     // SAFETY: helper without arguments.
@@ -337,11 +337,11 @@ pub fn create_snat(
                 break;
             }
             Err(EEXIST) => {}
-            Err(_) => return Err(stat::DROP_TABLE_FULL),
+            Err(_) => return Err(Counter::DropTableFull),
         }
     }
     let Some(port) = nat_port else {
-        return Err(stat::DROP_NO_PORT);
+        return Err(Counter::DropNoPort);
     };
     let alias = SessionValue {
         addr: gw,
@@ -357,19 +357,19 @@ pub fn create_snat(
     hint_add(fwd);
     match inserted {
         Ok(()) => {
-            count_global(global::SESSIONS_CREATED);
+            count_global(GlobalCounter::SessionsCreated);
             Ok((port, true))
         }
         Err(e) => {
             let _ = SESSIONS.remove(reverse_key(fwd, gw, port));
             if e != EEXIST {
-                return Err(stat::DROP_TABLE_FULL);
+                return Err(Counter::DropTableFull);
             }
             // Another CPU created this flow's alias (and session) meanwhile: use its port.
             match SESSIONS.get_ptr(fwd) {
                 // SAFETY: valid map value pointer, plain data copied out.
                 Some(f) => Ok((unsafe { (*f).port }, false)),
-                None => Err(stat::DROP_TABLE_FULL),
+                None => Err(Counter::DropTableFull),
             }
         }
     }

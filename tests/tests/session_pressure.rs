@@ -232,7 +232,7 @@ fn the_daemon_drops_a_flood_within_seconds_not_at_its_gc_interval() {
     created[0] = u64::from(flood) + 1;
     global
         .set(
-            router_common::global::SESSIONS_CREATED,
+            router_common::stats::GlobalCounter::SessionsCreated.key(),
             aya::maps::PerCpuValues::try_from(created).expect("values"),
             0,
         )

@@ -5,7 +5,7 @@ use aya::{
     maps::PerCpuArray,
     programs::{SchedClassifier, TcAttachType},
 };
-use router_common::{global, maps, programs};
+use router_common::{maps, programs, stats::GlobalCounter};
 use router_ctl::datapath::filter;
 use tests::{Netns, load_object, tc_filters, veth};
 
@@ -45,7 +45,7 @@ fn tc_program_counts_real_packets() {
         PerCpuArray::try_from(ebpf.map(maps::GLOBAL_STATS).expect("GLOBAL_STATS map"))
             .expect("per-cpu array");
     let seen: u64 = stats
-        .get(&global::PACKETS, 0)
+        .get(&GlobalCounter::Packets.key(), 0)
         .expect("read counter")
         .iter()
         .sum();

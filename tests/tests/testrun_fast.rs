@@ -12,7 +12,7 @@
 use std::{path::Path, sync::Arc};
 
 use aya::maps::{Array, Map, MapData};
-use router_common::{FAST_IF_GATEWAY, FAST_IF_USED, FastIf, maps, stat};
+use router_common::{FAST_IF_GATEWAY, FAST_IF_USED, FastIf, maps, stats::Counter};
 use router_ctl::{
     config::NatConfig,
     datapath::{Datapath, bpffs},
@@ -417,7 +417,7 @@ fn larger_than_the_egress_mtu_takes_the_routers_path() {
     );
     // Counters land in the router's slot.
     assert_eq!(
-        f.dp.stats(DP_ID).expect("stats")[stat::NAMES[stat::FAST_PACKETS]],
+        f.dp.stats(DP_ID).expect("stats")[Counter::FastForwarded.name()],
         1
     );
 }

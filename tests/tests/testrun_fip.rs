@@ -411,7 +411,7 @@ fn metadata_traffic_is_left_to_the_proxy_and_unreachable_from_outside() {
         fx.expect("internal_in", &f, &f, "metadata untouched");
     }
     assert!(
-        !router_common::stat::NAMES.contains(&"metadata_redirects"),
+        !router_common::stats::Counter::NAMES.contains(&"metadata_redirects"),
         "the datapath no longer counts metadata redirects"
     );
     // From the external network the metadata address is unreachable, on any port.

@@ -6,7 +6,7 @@
 //! configures its router on ifindex 1 of a private datapath (own bpffs, own maps).
 use std::sync::Arc;
 
-use router_common::stat;
+use router_common::stats::Counter;
 use router_ctl::{
     config::NatConfig,
     datapath::{Datapath, RouterNat},
@@ -75,16 +75,16 @@ impl Fixture {
     }
 
     /// Asserts `snat_out` drops `input` untouched and bumps counter `reason`.
-    fn assert_dropped(&self, input: &[u8], reason: usize) {
-        let before = self.stat(stat::NAMES[reason]);
+    fn assert_dropped(&self, input: &[u8], reason: Counter) {
+        let before = self.stat(reason.name());
         let (rc, f) = self.run("snat_out", input);
-        assert_eq!(rc, SHOT, "expected a drop for {}", stat::NAMES[reason]);
+        assert_eq!(rc, SHOT, "expected a drop for {}", reason.name());
         assert_eq!(f, input, "a dropped packet is never rewritten");
         assert_eq!(
-            self.stat(stat::NAMES[reason]),
+            self.stat(reason.name()),
             before + 1,
             "{} counted",
-            stat::NAMES[reason]
+            reason.name()
         );
     }
 }
@@ -286,7 +286,7 @@ fn icmp_errors_outbound_rewrite_the_quoted_flow() {
     let got = fx.out(&unreach(VM2, q(VM2, 40000)));
     assert_frame(&got, &unreach(GW, q(GW, p)), "port unreachable from VM2");
     // An internal host's ICMP error about no known flow must not leave with its own address.
-    fx.assert_dropped(&unreach(VM1, q(VM1, 4444)), stat::DROP_INVALID);
+    fx.assert_dropped(&unreach(VM1, q(VM1, 4444)), Counter::DropInvalid);
 }
 
 /// Splits a transport datagram into two IPv4 fragments at `at` (a multiple of 8).
@@ -326,7 +326,7 @@ fn fragments_follow_their_first_fragment() {
     assert_frame(&fx.inn(&r2), &e2, "later fragment in");
     // A later fragment whose first fragment was never seen cannot leave with a private source.
     let (_, orphan) = fragments(VM1, SRV, UDP, 0x4343, &d(VM1, 40001, SRV, 9000), 512);
-    fx.assert_dropped(&orphan, stat::DROP_FRAGMENT);
+    fx.assert_dropped(&orphan, Counter::DropFragment);
     // Inbound, it is not ours: passed untouched.
     let (_, orphan_in) = fragments(SRV, GW, UDP, 0x6161, &d(SRV, 9000, GW, 40001), 504);
     assert_eq!(fx.inn(&orphan_in), orphan_in);
@@ -369,53 +369,53 @@ fn malformed_internal_packets_are_dropped_and_counted() {
     // IHL < 5.
     let mut f = good.clone();
     f[14] = 0x44;
-    fx.assert_dropped(&f, stat::DROP_MALFORMED);
+    fx.assert_dropped(&f, Counter::DropMalformed);
     // Total length beyond the packet.
     let mut f = good.clone();
     let tot = u16::from_be_bytes([f[16], f[17]]) + 100;
     f[16..18].copy_from_slice(&tot.to_be_bytes());
-    fx.assert_dropped(&f, stat::DROP_MALFORMED);
+    fx.assert_dropped(&f, Counter::DropMalformed);
     // Version 6 in an IPv4 EtherType.
     let mut f = good.clone();
     f[14] = 0x65;
-    fx.assert_dropped(&f, stat::DROP_MALFORMED);
+    fx.assert_dropped(&f, Counter::DropMalformed);
     // TCP header cut short by the IP total length.
     let seg = tcp(VM1, SRV, 40000, 80, SYN, &[], b"");
     fx.assert_dropped(
         &frame(&Ipv4::new(VM1, SRV, TCP).packet(&seg[..12])),
-        stat::DROP_MALFORMED,
+        Counter::DropMalformed,
     );
     // TCP data offset < 5.
     let mut seg = tcp(VM1, SRV, 40000, 80, SYN, &[], b"abcd");
     seg[12] = 0x40;
     fx.assert_dropped(
         &frame(&Ipv4::new(VM1, SRV, TCP).packet(&seg)),
-        stat::DROP_MALFORMED,
+        Counter::DropMalformed,
     );
     // TCP data offset beyond the segment.
     let mut seg = tcp(VM1, SRV, 40000, 80, SYN, &[], b"");
     seg[12] = 0xf0;
     fx.assert_dropped(
         &frame(&Ipv4::new(VM1, SRV, TCP).packet(&seg)),
-        stat::DROP_MALFORMED,
+        Counter::DropMalformed,
     );
     // UDP shorter than its header, and a UDP length field below 8.
     let d = udp(VM1, SRV, 40000, 53, b"x", false);
     fx.assert_dropped(
         &frame(&Ipv4::new(VM1, SRV, UDP).packet(&d[..6])),
-        stat::DROP_MALFORMED,
+        Counter::DropMalformed,
     );
     let mut d = udp(VM1, SRV, 40000, 53, b"xyz", false);
     d[4..6].copy_from_slice(&4u16.to_be_bytes());
     fx.assert_dropped(
         &frame(&Ipv4::new(VM1, SRV, UDP).packet(&d)),
-        stat::DROP_MALFORMED,
+        Counter::DropMalformed,
     );
     // ICMP shorter than 8 bytes.
     let e = echo(8, 1, 1, b"");
     fx.assert_dropped(
         &frame(&Ipv4::new(VM1, SRV, ICMP).packet(&e[..4])),
-        stat::DROP_MALFORMED,
+        Counter::DropMalformed,
     );
     // (A frame too short for an IPv4 header cannot be fed to BPF_PROG_TEST_RUN: the kernel
     // refuses it with EINVAL; the datapath drops it as malformed all the same.)
@@ -429,18 +429,18 @@ fn invalid_and_unsupported_internal_packets_are_dropped() {
     // RST with no session.
     fx.assert_dropped(
         &tcp_frame(VM1, 40000, SRV, 80, RST | ACK),
-        stat::DROP_INVALID,
+        Counter::DropInvalid,
     );
     // GRE from an internal source.
     fx.assert_dropped(
         &frame(&Ipv4::new(VM1, SRV, 47).packet(&[0u8; 8])),
-        stat::DROP_UNSUPPORTED,
+        Counter::DropUnsupported,
     );
     // ICMP echo reply or timestamp from an internal host: no session may be opened by it.
-    fx.assert_dropped(&echo_frame(VM1, SRV, 0, 9), stat::DROP_UNSUPPORTED);
+    fx.assert_dropped(&echo_frame(VM1, SRV, 0, 9), Counter::DropUnsupported);
     fx.assert_dropped(
         &frame(&Ipv4::new(VM1, SRV, ICMP).packet(&icmp(13, 0, [0; 4], &[0; 12]))),
-        stat::DROP_UNSUPPORTED,
+        Counter::DropUnsupported,
     );
     // With a session, an RST is translated.
     fx.out(&tcp_frame(VM1, 40000, SRV, 80, SYN));
@@ -529,7 +529,10 @@ fn deleted_router_counters_do_not_leak_into_its_number() {
     fx.out(&udp_frame(VM1, 40000, SRV, 53));
     let f = udp_frame(SRV, 53, GW, 1);
     assert_eq!(fx.inn(&f), f, "no session: to the router itself");
-    fx.assert_dropped(&udp_frame(VM1, 40001, SRV, 53)[..40], stat::DROP_MALFORMED);
+    fx.assert_dropped(
+        &udp_frame(VM1, 40001, SRV, 53)[..40],
+        Counter::DropMalformed,
+    );
     assert_eq!(fx.stat("out_packets"), 2);
     assert_eq!(fx.stat("in_packets"), 1);
     assert_eq!(fx.stat("sessions_created"), 1);
@@ -539,7 +542,7 @@ fn deleted_router_counters_do_not_leak_into_its_number() {
     fx.dp.remove_router(DP_ID).expect("remove router");
     let zero = |what: &str| {
         let st = fx.dp.stats(DP_ID).expect("stats");
-        assert_eq!(st.len(), stat::COUNT);
+        assert_eq!(st.len(), Counter::COUNT);
         assert!(st.values().all(|v| *v == 0), "{what}: {st:?}");
     };
     zero("after remove_router");

@@ -2,7 +2,7 @@
 //! server (same remote address and port, so every flow competes for the same ports) from
 //! distinct internal sources, and report the share of new flows refused at 75% and 100% of the
 //! range size. Cilium's bar: < 7% and < 16%. Flows that got a port must keep translating.
-use router_common::stat;
+use router_common::stats::Counter;
 use router_ctl::{config::NatConfig, datapath::Datapath};
 use tests::{Bpffs, open_datapath, packet::tcp_frame, testrun_router};
 
@@ -65,7 +65,7 @@ fn port_range_fill_failure_rates() {
         "port-range fill ({range} ports): new-flow failures {rate75:.1}% at 75% fill, {rate100:.1}% at 100% fill"
     );
     let stats = dp.stats(DP_ID).expect("stats");
-    assert_eq!(stats[stat::NAMES[stat::DROP_NO_PORT]], failed as u64);
+    assert_eq!(stats[Counter::DropNoPort.name()], failed as u64);
     assert!(rate75 < 7.0, "{rate75:.1}% failures at 75% fill");
     assert!(rate100 < 16.0, "{rate100:.1}% failures at 100% fill");
 
@@ -111,7 +111,7 @@ fn displaced_flows_escape_runs_of_preserved_ports() {
         );
     }
     assert_eq!(
-        dp.stats(DP_ID).expect("stats")[stat::NAMES[stat::DROP_NO_PORT]],
+        dp.stats(DP_ID).expect("stats")[Counter::DropNoPort.name()],
         0
     );
     dp.purge().expect("purge");

@@ -204,14 +204,5 @@ impl Datapath {
 
 /// Removes router `dp_id`'s entries (the router is going).
 pub(super) fn remove_router(inner: &mut super::Inner, dp_id: u32) -> Result<()> {
-    let keys: Vec<u32> = inner
-        .fast
-        .iter()
-        .filter(|(_, e)| e.router_id == dp_id)
-        .map(|(k, _)| k)
-        .collect();
-    for k in &keys {
-        inner.fast.remove(k)?;
-    }
-    Ok(())
+    inner.fast.remove_where(|_, e| e.router_id == dp_id)
 }

@@ -142,26 +142,13 @@ impl Datapath {
             ));
         }
         // Stale entries first (a changed mapping must not leave its old reverse behind).
-        let stale_f: Vec<FipKey> = inner
-            .floating
+        let floating = &mut inner.floating;
+        let stale = floating
             .fips
-            .iter()
-            .filter(|(k, v)| k.router_id == dp_id && !want_f.contains(&(*k, *v)))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &stale_f {
-            inner.floating.fips.remove(k)?;
-        }
-        let stale_p: Vec<PfKey> = inner
-            .floating
-            .pfs
-            .iter()
-            .filter(|(k, v)| k.router_id == dp_id && !want_p.contains(&(*k, *v)))
-            .map(|(k, _)| k)
-            .collect();
-        for k in &stale_p {
-            inner.floating.pfs.remove(k)?;
-        }
+            .remove_where(|k, v| k.router_id == dp_id && !want_f.contains(&(*k, *v)))?
+            + floating
+                .pfs
+                .remove_where(|k, v| k.router_id == dp_id && !want_p.contains(&(*k, *v)))?;
         for (k, v) in &want_f {
             inner.floating.fips.insert(*k, *v)?;
         }
@@ -171,7 +158,7 @@ impl Datapath {
         // A FIP/PF session exists only while the entry that made it does (entries go only
         // here, with their sessions, or with the router's): nothing stale, nothing to flush,
         // and the session table (up to its capacity) is not read on every router change.
-        if !stale_f.is_empty() || !stale_p.is_empty() {
+        if stale > 0 {
             flush_stale_sessions(&mut inner, dp_id, fips, pfs)?;
         }
         set_floating_flag(&mut inner, dp_id, !fips.is_empty() || !pfs.is_empty())?;
@@ -279,7 +266,6 @@ fn flush_stale_sessions(
     Ok(())
 }
 
-/// Removes every floating-IP, port-forwarding and internal-tap entry of the router.
 /// Sets or clears `ROUTER_F_FLOATING` on every config entry (gateway and internal taps) of
 /// router `dp_id`; a no-op when this daemon already set it that way.
 fn set_floating_flag(inner: &mut Inner, dp_id: u32, on: bool) -> Result<()> {
@@ -294,60 +280,21 @@ fn set_floating_flag(inner: &mut Inner, dp_id: u32, on: bool) -> Result<()> {
         },
         ..c
     };
-    let gw: Vec<(u32, RouterConfig)> = inner
-        .config
-        .iter()
-        .filter(|(_, c)| c.router_id == dp_id)
-        .map(|(idx, c)| (idx, bit(c)))
-        .collect();
-    for (idx, c) in gw {
-        inner.config.insert(idx, c)?;
-    }
-    let int: Vec<(u32, RouterConfig)> = inner
-        .floating
-        .internal
-        .iter()
-        .filter(|(_, c)| c.router_id == dp_id)
-        .map(|(idx, c)| (idx, bit(c)))
-        .collect();
-    for (idx, c) in int {
-        inner.floating.internal.insert(idx, c)?;
-    }
+    let of_router = |_: &u32, c: &RouterConfig| c.router_id == dp_id;
+    inner.config.update_where(of_router, bit)?;
+    inner.floating.internal.update_where(of_router, bit)?;
     inner.floating.known.insert(dp_id, on);
     Ok(())
 }
 
+/// Removes every floating-IP, port-forwarding and internal-tap entry of the router.
 pub(super) fn remove_router(inner: &mut Inner, dp_id: u32) -> Result<()> {
     inner.floating.known.remove(&dp_id);
-    let f: Vec<FipKey> = inner
-        .floating
-        .fips
-        .iter()
-        .filter(|(k, _)| k.router_id == dp_id)
-        .map(|(k, _)| k)
-        .collect();
-    for k in &f {
-        inner.floating.fips.remove(k)?;
-    }
-    let p: Vec<PfKey> = inner
-        .floating
-        .pfs
-        .iter()
-        .filter(|(k, _)| k.router_id == dp_id)
-        .map(|(k, _)| k)
-        .collect();
-    for k in &p {
-        inner.floating.pfs.remove(k)?;
-    }
-    let i: Vec<u32> = inner
-        .floating
+    let floating = &mut inner.floating;
+    floating.fips.remove_where(|k, _| k.router_id == dp_id)?;
+    floating.pfs.remove_where(|k, _| k.router_id == dp_id)?;
+    floating
         .internal
-        .iter()
-        .filter(|(_, c)| c.router_id == dp_id)
-        .map(|(idx, _)| idx)
-        .collect();
-    for idx in &i {
-        inner.floating.internal.remove(idx)?;
-    }
+        .remove_where(|_, c| c.router_id == dp_id)?;
     Ok(())
 }

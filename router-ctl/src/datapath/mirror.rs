@@ -19,6 +19,14 @@ use router_common::{CidrKey, FAST_IF_USED, FastIf};
 
 use super::remove_missing_ok;
 
+/// The keys of `copy` whose entries `pick` picks (collected, so the map can then be changed).
+fn picked<K: Copy, V>(copy: &StdHashMap<K, V>, pick: impl Fn(&K, &V) -> bool) -> Vec<K> {
+    copy.iter()
+        .filter(|(k, v)| pick(k, v))
+        .map(|(k, _)| *k)
+        .collect()
+}
+
 /// A BPF hash map and its userspace copy.
 pub(super) struct Mirrored<K, V> {
     map: HashMap<MapData, K, V>,
@@ -51,6 +59,29 @@ impl<K: Pod + Hash + Eq, V: Pod> Mirrored<K, V> {
     pub(super) fn remove(&mut self, k: &K) -> Result<()> {
         remove_missing_ok(self.map.remove(k))?;
         self.copy.remove(k);
+        Ok(())
+    }
+
+    /// Removes the entries `pick` picks, found in the copy; returns how many went.
+    pub(super) fn remove_where(&mut self, pick: impl Fn(&K, &V) -> bool) -> Result<usize> {
+        let keys = picked(&self.copy, pick);
+        for k in &keys {
+            self.remove(k)?;
+        }
+        Ok(keys.len())
+    }
+
+    /// Replaces each entry `pick` picks, found in the copy, with `change` of it.
+    pub(super) fn update_where(
+        &mut self,
+        pick: impl Fn(&K, &V) -> bool,
+        change: impl Fn(V) -> V,
+    ) -> Result<()> {
+        for k in picked(&self.copy, pick) {
+            if let Some(v) = self.copy.get(&k).copied() {
+                self.insert(k, change(v))?;
+            }
+        }
         Ok(())
     }
 }
@@ -172,6 +203,14 @@ impl FastIfs {
             self.map.set(*k, FastIf::default(), 0)?;
         }
         self.copy.remove(k);
+        Ok(())
+    }
+
+    /// Empties the slots `pick` picks, found in the copy.
+    pub(super) fn remove_where(&mut self, pick: impl Fn(&u32, &FastIf) -> bool) -> Result<()> {
+        for k in picked(&self.copy, pick) {
+            self.remove(&k)?;
+        }
         Ok(())
     }
 }

@@ -32,7 +32,7 @@ use aya::{
 use ipnet::Ipv4Net;
 use router_common::{
     CidrKey, FragKey, FragValue, ROUTER_F_FLOATING, ROUTER_F_SNAT, RouterConfig, RouterStats,
-    SessionKey, SessionValue, global, ip_to_wire, maps, programs, stat,
+    SessionKey, SessionValue, ip_to_wire, maps, programs, stats::GlobalCounter,
 };
 use serde::Serialize;
 
@@ -477,15 +477,7 @@ impl Datapath {
     /// reads zero for the next router given this number).
     pub fn remove_router(&self, dp_id: u32) -> Result<()> {
         let mut inner = self.lock();
-        let idxs: Vec<u32> = inner
-            .config
-            .iter()
-            .filter(|(_, c)| c.router_id == dp_id)
-            .map(|(idx, _)| idx)
-            .collect();
-        for idx in &idxs {
-            inner.config.remove(idx)?;
-        }
+        inner.config.remove_where(|_, c| c.router_id == dp_id)?;
         for k in &inner.cidrs.of_router(dp_id) {
             inner.cidrs.remove(k)?;
         }
@@ -509,41 +501,35 @@ impl Datapath {
         Ok(sessions::join(&entries, dp_id, monotonic_ns()))
     }
 
-    /// The router's counters summed over CPUs, by `router_common::stat::NAMES`.
+    /// The router's counters summed over CPUs, by `router_common::stats::Counter` name.
     pub fn stats(&self, dp_id: u32) -> Result<BTreeMap<String, u64>> {
         let inner = self.lock();
-        let mut sums = [0u64; stat::COUNT];
         let per_cpu = inner
             .stats
             .get(&dp_id, 0)
             .with_context(|| format!("reading the counters of router number {dp_id}"))?;
+        let mut sums = RouterStats::default();
         for s in per_cpu.iter() {
-            for (sum, v) in sums.iter_mut().zip(s.counters.iter()) {
-                *sum += v;
-            }
+            sums.add(s);
         }
-        Ok(stat::NAMES
-            .iter()
-            .zip(sums)
-            .map(|(n, v)| (n.to_string(), v))
-            .collect())
+        Ok(sums.named().map(|(n, v)| (n.to_string(), v)).collect())
     }
 
-    /// Counters not tied to a router (`router_common::global`), summed over CPUs.
-    pub fn global_stats(&self) -> Result<[u64; global::COUNT as usize]> {
+    /// Counters not tied to a router summed over CPUs, by `router_common::stats::GlobalCounter`
+    /// name.
+    pub fn global_stats(&self) -> Result<BTreeMap<String, u64>> {
         let inner = self.lock();
-        let mut out = [0u64; global::COUNT as usize];
-        for (i, o) in out.iter_mut().enumerate() {
-            *o = inner.global.get(&(i as u32), 0)?.iter().sum();
-        }
-        Ok(out)
+        GlobalCounter::ALL
+            .iter()
+            .map(|c| Ok((c.name().to_string(), global_sum(&inner.global, *c)?)))
+            .collect()
     }
 
-    /// Sessions created so far, all routers, summed over CPUs (`global::SESSIONS_CREATED`):
-    /// with the entries a GC pass left, an estimate of the table's fill between passes.
+    /// Sessions created so far, all routers, summed over CPUs
+    /// (`GlobalCounter::SessionsCreated`): with the entries a GC pass left, an estimate of the
+    /// table's fill between passes.
     pub fn sessions_created(&self) -> Result<u64> {
-        let per_cpu = self.gc_global.get(&global::SESSIONS_CREATED, 0)?;
-        Ok(per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+        global_sum(&self.gc_global, GlobalCounter::SessionsCreated)
     }
 
     /// One GC pass: expires idle sessions by the configured timeouts and, when the table is
@@ -671,6 +657,14 @@ fn read_session_map(
     let entries = batch::read_all::<SessionKey, SessionValue>(IterableMap::map(map))
         .context("reading the session table (BPF_MAP_LOOKUP_BATCH)")?;
     Ok(entries.into_iter().collect())
+}
+
+/// `counter` of `GLOBAL_STATS` summed over CPUs (wrapping, as the datapath counts).
+fn global_sum(map: &PerCpuArray<MapData, u64>, counter: GlobalCounter) -> Result<u64> {
+    let per_cpu = map
+        .get(&counter.key(), 0)
+        .with_context(|| format!("reading the global counter {}", counter.name()))?;
+    Ok(per_cpu.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
 }
 
 /// Zeroes router `dp_id`'s counter slot on every CPU.

@@ -222,7 +222,7 @@ pub fn alias_slots(
 
 /// When the GC runs: every `every` (`[nat] gc_interval`), and every second while the table is
 /// estimated crowded — the entries the last pass left plus the sessions created since
-/// (`global::SESSIONS_CREATED`, one cheap read) — and still getting new sessions.
+/// (`GlobalCounter::SessionsCreated`, one cheap read) — and still getting new sessions.
 #[derive(Debug)]
 pub struct GcPace {
     every: Duration,

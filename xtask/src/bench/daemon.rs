@@ -35,8 +35,8 @@ use super::{
 const LISTEN: &str = "127.0.0.1:9696";
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const PROBE_PORT: u16 = 20300;
-/// The counter of packets the fast path forwarded (`router_common::stat::NAMES`).
-const FAST_FORWARDED: &str = "fast_forwarded";
+/// The counter of packets the fast path forwarded.
+const FAST_FORWARDED: &str = router_common::stats::Counter::FastForwarded.name();
 
 /// Builds the eBPF object and `router-ctl` (release) with it embedded; returns the binary.
 /// Done once for both daemons.
@@ -697,20 +697,13 @@ fn read_counters(bpffs: &Path) -> Result<std::collections::BTreeMap<String, u64>
     let data = MapData::from_pin(&pin).with_context(|| format!("opening {}", pin.display()))?;
     let map: PerCpuArray<_, router_common::RouterStats> =
         PerCpuArray::try_from(Map::from_map_data(data)?)?;
-    let mut sums = [0u64; router_common::stat::COUNT];
+    let mut sums = router_common::RouterStats::default();
     for item in map.iter() {
-        let per_cpu = item?;
-        for v in per_cpu.iter() {
-            for (acc, c) in sums.iter_mut().zip(v.counters.iter()) {
-                *acc += c;
-            }
+        for v in item?.iter() {
+            sums.add(v);
         }
     }
-    Ok(router_common::stat::NAMES
-        .iter()
-        .zip(sums)
-        .map(|(n, v)| ((*n).to_string(), v))
-        .collect())
+    Ok(sums.named().map(|(n, v)| (n.to_string(), v)).collect())
 }
 
 /// The API calls of one control-plane router, in the order `one_router` makes them.

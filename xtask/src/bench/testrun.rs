@@ -20,8 +20,8 @@ use aya::{
     programs::{SchedClassifier, TestRun as _, TestRunOptions},
 };
 use router_common::{
-    CidrKey, FAST_IF_GATEWAY, FAST_IF_USED, FastIf, ROUTER_F_SNAT, RouterConfig, RouterStats,
-    SessionKey, SessionValue, ip_to_wire, maps, programs,
+    CidrKey, FAST_IF_GATEWAY, FAST_IF_USED, FastIf, ROUTER_F_SNAT, RouterConfig, SessionKey,
+    SessionValue, ip_to_wire, maps, programs,
 };
 
 use super::report::{MemoryResult, TestRunResult};
@@ -110,17 +110,14 @@ fn configure(ebpf: &mut Ebpf) -> Result<()> {
         1,
         0,
     )?;
-    // Objects before LAYOUT_VERSION 5 (A/B runs) kept the counters in a per-CPU hash that
-    // needs the router's entry; since then it is an array with every slot in place.
+    // Objects before LAYOUT_VERSION 5 (A/B runs) kept the counters in a per-CPU hash of
+    // 16-counter blocks that needs the router's entry; since then it is an array with every
+    // slot in place.
     if let Some(m) = ebpf.map_mut(maps::ROUTER_STATS)
-        && let Ok(mut stats) = PerCpuHashMap::<_, u32, RouterStats>::try_from(m)
+        && let Ok(mut stats) = PerCpuHashMap::<_, u32, [u64; 16]>::try_from(m)
     {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| e)?;
-        stats.insert(
-            DP_ID,
-            PerCpuValues::try_from(vec![RouterStats::default(); cpus])?,
-            0,
-        )?;
+        stats.insert(DP_ID, PerCpuValues::try_from(vec![[0u64; 16]; cpus])?, 0)?;
     }
     Ok(())
 }
