@@ -1,6 +1,11 @@
 //! Store unit tests: migrations, IPAM, uniqueness, specs (host, temp database, no root).
 
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+
 use super::*;
+use crate::model::{FixedIp, Network, Port, Router, Subnet};
 
 fn net(id: &str, external: bool) -> Network {
     Network {
