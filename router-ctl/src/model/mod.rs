@@ -4,7 +4,9 @@
 
 pub mod spec;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use serde::Serialize;
 
 use ipnet::Ipv4Net;
 
@@ -12,6 +14,8 @@ use ipnet::Ipv4Net;
 pub const OWNER_ROUTER_INTERFACE: &str = "network:router_interface";
 /// Neutron's `device_owner` of a router's external gateway port.
 pub const OWNER_ROUTER_GATEWAY: &str = "network:router_gateway";
+/// Neutron's `device_owner` of the port holding a floating IP's address.
+pub const OWNER_FLOATINGIP: &str = "network:floatingip";
 
 /// A failed request as Neutron reports it: HTTP status, exception type name, message.
 ///
@@ -160,6 +164,54 @@ pub struct Router {
     /// The external gateway port, if a gateway is set.
     pub gw_port_id: Option<String>,
     pub enable_snat: bool,
+}
+
+/// A floating IP as the API sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FloatingIp {
+    pub id: String,
+    pub project_id: String,
+    pub description: String,
+    pub floating_network_id: String,
+    /// The port on the external network holding the address.
+    pub floating_port_id: String,
+    pub floating_ip: Ipv4Addr,
+    pub port_id: Option<String>,
+    pub fixed_ip: Option<Ipv4Addr>,
+    pub router_id: Option<String>,
+}
+
+/// A port forwarding of a floating IP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortForwarding {
+    pub id: String,
+    pub floatingip_id: String,
+    /// "tcp" or "udp"
+    pub protocol: String,
+    pub external_port: u16,
+    pub internal_port_id: String,
+    pub internal_ip: Ipv4Addr,
+    pub internal_port: u16,
+    pub description: String,
+}
+
+/// One NAT session as `router-ctl sessions` shows it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// "tcp", "udp", "icmp"
+    pub protocol: String,
+    /// Original source inside the router.
+    pub internal: SocketAddrV4,
+    /// Source after translation (gateway IP and NAT port).
+    pub translated: SocketAddrV4,
+    /// The remote end.
+    pub remote: SocketAddrV4,
+    /// "snat", "floating_ip" or "port_forwarding"
+    pub kind: String,
+    /// e.g. "SYN_SENT", "ESTABLISHED", "CLOSING", "UNREPLIED", "REPLIED"
+    pub state: String,
+    /// Seconds since the last packet in either direction.
+    pub idle_secs: u64,
 }
 
 /// `fa:16:3e:xx:xx:xx` text form of a MAC.

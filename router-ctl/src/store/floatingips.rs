@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{ip_of, ip_val, query_all};
 use crate::model::{
-    Fault,
+    Fault, FloatingIp, PortForwarding,
     spec::{FloatingIpSpec, PortForwardingSpec},
 };
 
@@ -46,35 +46,6 @@ CREATE TABLE port_forwardings (
 );
 CREATE INDEX port_forwardings_port ON port_forwardings(internal_port_id);
 "#;
-
-/// A floating IP as the API sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FloatingIp {
-    pub id: String,
-    pub project_id: String,
-    pub description: String,
-    pub floating_network_id: String,
-    /// The port on the external network holding the address.
-    pub floating_port_id: String,
-    pub floating_ip: Ipv4Addr,
-    pub port_id: Option<String>,
-    pub fixed_ip: Option<Ipv4Addr>,
-    pub router_id: Option<String>,
-}
-
-/// A port forwarding of a floating IP.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PortForwarding {
-    pub id: String,
-    pub floatingip_id: String,
-    /// "tcp" or "udp"
-    pub protocol: String,
-    pub external_port: u16,
-    pub internal_port_id: String,
-    pub internal_ip: Ipv4Addr,
-    pub internal_port: u16,
-    pub description: String,
-}
 
 const FIP_COLS: &str = "id, project_id, description, floating_network_id, floating_port_id, floating_ip, port_id, fixed_ip, router_id";
 
@@ -260,6 +231,51 @@ pub fn port_port_forwardings(
     let sql =
         format!("SELECT {PF_COLS} FROM port_forwardings WHERE internal_port_id=?1 ORDER BY rowid");
     query_all(conn, &sql, [port_id], pf_row)
+}
+
+/// Another port forwarding that `p` would duplicate (same floating IP, protocol and external
+/// port, or same internal address, port and protocol), so the API can answer Neutron's 409
+/// before the schema's UNIQUE constraints fire.
+pub fn duplicate_port_forwarding(
+    conn: &Connection,
+    p: &PortForwarding,
+) -> Result<Option<String>, Fault> {
+    Ok(conn
+        .query_row(
+            "SELECT id FROM port_forwardings WHERE id<>?1 AND protocol=?2 AND
+               ((floatingip_id=?3 AND external_port=?4) OR (internal_ip=?5 AND internal_port=?6))",
+            params![
+                p.id,
+                p.protocol,
+                p.floatingip_id,
+                p.external_port,
+                ip_val(p.internal_ip),
+                p.internal_port
+            ],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// The first router (in creation order) with an interface on `subnet_id` and its gateway on
+/// `network_id`: the one that can serve a floating IP of that network for an address there.
+pub fn serving_router(
+    conn: &Connection,
+    network_id: &str,
+    subnet_id: &str,
+) -> Result<Option<String>, Fault> {
+    Ok(conn
+        .query_row(
+            "SELECT r.id FROM routers r
+               JOIN ports gp ON gp.id = r.gw_port_id
+               JOIN router_interfaces i ON i.router_id = r.id
+               JOIN fixed_ips f ON f.port_id = i.port_id
+             WHERE gp.network_id = ?1 AND f.subnet_id = ?2
+             ORDER BY r.rowid LIMIT 1",
+            [network_id, subnet_id],
+            |row| row.get(0),
+        )
+        .optional()?)
 }
 
 pub fn delete_port_forwarding(conn: &Connection, id: &str) -> Result<(), Fault> {
