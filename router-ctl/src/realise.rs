@@ -202,13 +202,11 @@ fn validate_port(p: &PortSpec) -> Result<()> {
             fmt_mac(&p.mac)
         );
     }
-    if !p.subnet_cidr.contains(&p.ip) {
-        bail!(
-            "port {}: address {} is outside its subnet {}",
-            p.port_id,
-            p.ip,
-            p.subnet_cidr
-        );
+    for a in &p.addresses {
+        let ip = a.addr();
+        if ip.is_unspecified() || ip.is_multicast() || ip.is_loopback() {
+            bail!("port {}: address {a} is not a unicast address", p.port_id);
+        }
     }
     Ok(())
 }
@@ -226,14 +224,24 @@ fn validate_router(spec: &RouterSpec) -> Result<()> {
             );
         }
     }
-    if let Some(gw) = &spec.gateway
-        && gw.next_hop == Some(gw.port.ip)
-    {
-        bail!(
-            "router {}: the gateway's next hop {} is its own address",
-            spec.id,
-            gw.port.ip
-        );
+    if let Some(gw) = &spec.gateway {
+        if gw.snat_ip().is_none() {
+            bail!("router {}: the gateway port has no IPv4 address", spec.id);
+        }
+        for (i, nh) in gw.next_hops.iter().enumerate() {
+            if gw.port.addresses.iter().any(|a| a.addr() == *nh) {
+                bail!(
+                    "router {}: the gateway's next hop {nh} is its own address",
+                    spec.id
+                );
+            }
+            if gw.next_hops[..i]
+                .iter()
+                .any(|o| o.is_ipv4() == nh.is_ipv4())
+            {
+                bail!("router {}: two next hops of one address family", spec.id);
+            }
+        }
     }
     Ok(())
 }
@@ -735,7 +743,9 @@ impl Realiser {
             let nat = RouterNat {
                 dp_id: spec.dp_id,
                 ifindex,
-                gateway_ip: gw.port.ip,
+                gateway_ip: gw
+                    .snat_ip()
+                    .ok_or_else(|| anyhow!("router {}: no IPv4 gateway address", spec.id))?,
                 enable_snat: gw.enable_snat,
                 internal_cidrs: spec.internal_cidrs(),
             };
@@ -988,15 +998,10 @@ impl Realiser {
                     announce = true;
                 }
                 let extras: &[Ipv4Addr] = if p.gateway { &fip_addrs } else { &[] };
-                let (addr_changed, added) = floating::converge_addresses(
-                    &h,
-                    l.index,
-                    p.port.ip,
-                    p.port.subnet_cidr.prefix_len(),
-                    extras,
-                )
-                .await
-                .with_context(|| format!("router {}: device {}", spec.id, p.inner))?;
+                let (addr_changed, added) =
+                    floating::converge_addresses(&h, l.index, &p.port.addresses, extras)
+                        .await
+                        .with_context(|| format!("router {}: device {}", spec.id, p.inner))?;
                 if addr_changed || !added.is_empty() {
                     rep.changed.push(format!("address {}", p.inner));
                 }
@@ -1004,7 +1009,10 @@ impl Realiser {
                     announce = true;
                 }
                 if announce {
-                    rep.announce.push((p.inner.clone(), p.port.mac, p.port.ip));
+                    // Gratuitous ARP is IPv4's; IPv6 neighbours learn by their own means.
+                    if let Some(ip) = p.port.ipv4() {
+                        rep.announce.push((p.inner.clone(), p.port.mac, ip.addr()));
+                    }
                     for a in extras {
                         rep.announce.push((p.inner.clone(), p.port.mac, *a));
                     }
@@ -1409,63 +1417,74 @@ impl Realiser {
     }
 }
 
-/// Default route via the gateway's next hop (with an on-link /32 first when the next hop is
-/// outside the subnet), or no default route without a gateway. Only the router's own
-/// namespace is touched.
+/// Per address family, the default route via the gateway's next hop (with an on-link host
+/// route first when the next hop is outside the port's subnets); no default route of a family
+/// without a next hop of it, nor without a gateway. Only the router's own namespace is touched.
 async fn converge_routes(
     h: &rtnetlink::Handle,
     spec: &RouterSpec,
     gw_index: Option<u32>,
 ) -> Result<Vec<String>> {
-    use netlink_packet_route::route::RouteScope;
+    use netlink_packet_route::route::{RouteProtocol, RouteScope};
     let mut changes = Vec::new();
     let routes = link::main_routes(h).await?;
-    let target = match (&spec.gateway, gw_index) {
-        (Some(gw), Some(idx)) if spec.admin_state_up => gw.next_hop.map(|nh| (gw, nh, idx)),
-        _ => None,
+    // (next hop, gateway device) of each family.
+    let targets: Vec<(std::net::IpAddr, u32)> = match (&spec.gateway, gw_index) {
+        (Some(gw), Some(idx)) if spec.admin_state_up => {
+            gw.next_hops.iter().map(|nh| (*nh, idx)).collect()
+        }
+        _ => Vec::new(),
     };
-    // On-link host route to an off-subnet next hop.
-    let onlink = target.and_then(|(gw, nh, idx)| {
-        (!gw.port.subnet_cidr.contains(&nh)).then(|| (ipnet::Ipv4Net::from(nh), idx))
-    });
+    // On-link host routes to off-subnet next hops.
+    let onlink: Vec<(ipnet::IpNet, u32)> = targets
+        .iter()
+        .filter(|(nh, _)| spec.gateway.as_ref().is_some_and(|g| !g.port.on_link(*nh)))
+        .map(|(nh, idx)| (ipnet::IpNet::from(*nh), *idx))
+        .collect();
     for r in &routes {
-        let is_our_onlink = r.dst.prefix_len() == 32
+        let is_our_onlink = r.is_host()
             && r.gateway.is_none()
             && r.scope == RouteScope::Link
-            && r.protocol == netlink_packet_route::route::RouteProtocol::Static
+            && r.protocol == RouteProtocol::Static
             && gw_index.is_some()
             && r.oif == gw_index;
-        if is_our_onlink && onlink.is_none_or(|(dst, _)| dst != r.dst) {
+        if is_our_onlink && !onlink.iter().any(|(dst, _)| *dst == r.dst) {
             link::delete_route(h, r).await?;
             changes.push(format!("route {} removed", r.dst));
         }
     }
-    if let Some((dst, idx)) = onlink
-        && !routes
+    for (dst, idx) in &onlink {
+        if !routes
             .iter()
-            .any(|r| r.dst == dst && r.oif == Some(idx) && r.gateway.is_none())
-    {
-        link::replace_link_route(h, dst, idx).await?;
-        changes.push(format!("route {dst} on-link"));
+            .any(|r| r.dst == *dst && r.oif == Some(*idx) && r.gateway.is_none())
+        {
+            link::replace_link_route(h, *dst, *idx).await?;
+            changes.push(format!("route {dst} on-link"));
+        }
     }
-    let defaults: Vec<&link::Route> = routes.iter().filter(|r| r.dst.prefix_len() == 0).collect();
-    match target {
-        Some((_, nh, idx)) => {
-            let good = defaults.len() == 1
-                && defaults[0].gateway == Some(nh)
-                && defaults[0].oif == Some(idx);
-            if !good {
+    for v4 in [true, false] {
+        let defaults: Vec<&link::Route> = routes
+            .iter()
+            .filter(|r| r.is_default() && r.dst.addr().is_ipv4() == v4)
+            .collect();
+        match targets.iter().find(|(nh, _)| nh.is_ipv4() == v4) {
+            Some((nh, idx)) => {
+                let good = defaults.len() == 1
+                    && defaults[0].gateway == Some(*nh)
+                    && defaults[0].oif == Some(*idx);
+                if !good {
+                    for r in &defaults {
+                        link::delete_route(h, r).await?;
+                    }
+                    link::replace_default_route(h, *nh, *idx).await?;
+                    changes.push(format!("default via {nh}"));
+                }
+            }
+            None => {
                 for r in &defaults {
                     link::delete_route(h, r).await?;
+                    changes.push("default route removed".into());
                 }
-                link::replace_default_route(h, nh, idx).await?;
-                changes.push(format!("default via {nh}"));
-            }
-        }
-        None => {
-            for r in &defaults {
-                link::delete_route(h, r).await?;
-                changes.push("default route removed".into());
             }
         }
     }
@@ -1482,13 +1501,12 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn port(id: &str, mac: [u8; 6], ip: &str, cidr: &str) -> PortSpec {
+    fn port(id: &str, mac: [u8; 6], addr: &str) -> PortSpec {
         PortSpec {
             port_id: id.into(),
             network_id: "net-1".into(),
             mac,
-            ip: ip.parse().unwrap_or(Ipv4Addr::UNSPECIFIED),
-            subnet_cidr: cidr.parse().unwrap_or_default(),
+            addresses: vec![addr.parse().unwrap()],
         }
     }
 
@@ -1508,26 +1526,21 @@ mod tests {
 
     #[test]
     fn valid_router_passes() {
-        let r = router(vec![port("p1", MAC, "10.0.0.1", "10.0.0.0/24")]);
+        let r = router(vec![port("p1", MAC, "10.0.0.1/24")]);
         assert!(validate_router(&r).is_ok());
     }
 
     #[test]
     fn bad_specs_are_refused_before_touching_the_kernel() {
-        let multicast = router(vec![port(
-            "p1",
-            [1, 0, 0x5e, 0, 0, 1],
-            "10.0.0.1",
-            "10.0.0.0/24",
-        )]);
+        let multicast = router(vec![port("p1", [1, 0, 0x5e, 0, 0, 1], "10.0.0.1/24")]);
         assert!(validate_router(&multicast).is_err());
-        let zero = router(vec![port("p1", [0; 6], "10.0.0.1", "10.0.0.0/24")]);
+        let zero = router(vec![port("p1", [0; 6], "10.0.0.1/24")]);
         assert!(validate_router(&zero).is_err());
-        let outside = router(vec![port("p1", MAC, "10.0.1.1", "10.0.0.0/24")]);
-        assert!(validate_router(&outside).is_err());
+        let unspecified = router(vec![port("p1", MAC, "0.0.0.0/24")]);
+        assert!(validate_router(&unspecified).is_err());
         let clash = router(vec![
-            port("abcdefghijk-1", MAC, "10.0.0.1", "10.0.0.0/24"),
-            port("abcdefghijk-2", MAC, "10.0.1.1", "10.0.1.0/24"),
+            port("abcdefghijk-1", MAC, "10.0.0.1/24"),
+            port("abcdefghijk-2", MAC, "10.0.1.1/24"),
         ]);
         assert!(validate_router(&clash).is_err());
         let mut bad_id = router(vec![]);
@@ -1535,8 +1548,8 @@ mod tests {
         assert!(validate_router(&bad_id).is_err());
         let mut self_hop = router(vec![]);
         self_hop.gateway = Some(crate::model::spec::GatewaySpec {
-            port: port("g1", MAC, "192.0.2.10", "192.0.2.0/24"),
-            next_hop: Some("192.0.2.10".parse().unwrap_or(Ipv4Addr::UNSPECIFIED)),
+            port: port("g1", MAC, "192.0.2.10/24"),
+            next_hops: vec!["192.0.2.10".parse().unwrap()],
             enable_snat: true,
         });
         assert!(validate_router(&self_hop).is_err());
@@ -1544,15 +1557,10 @@ mod tests {
 
     #[test]
     fn plan_names_devices_like_neutron() {
-        let mut r = router(vec![port(
-            "0123456789abcdef",
-            MAC,
-            "10.0.0.1",
-            "10.0.0.0/24",
-        )]);
+        let mut r = router(vec![port("0123456789abcdef", MAC, "10.0.0.1/24")]);
         r.gateway = Some(crate::model::spec::GatewaySpec {
-            port: port("fedcba9876543210", MAC, "192.0.2.10", "192.0.2.0/24"),
-            next_hop: None,
+            port: port("fedcba9876543210", MAC, "192.0.2.10/24"),
+            next_hops: vec![],
             enable_snat: true,
         });
         let p = plan(&r);

@@ -21,9 +21,16 @@ fn port(network_id: &str, last: u8, ip: &str, cidr: &str) -> PortSpec {
         port_id: unique("p"),
         network_id: network_id.to_string(),
         mac: [0xfa, 0x16, 0x3e, 0x10, 0x20, last],
-        ip: ip.parse().expect("ip"),
-        subnet_cidr: cidr.parse().expect("cidr"),
+        addresses: vec![address(ip, cidr)],
     }
+}
+
+/// `ip` with the prefix length of `cidr`.
+fn address(ip: &str, cidr: &str) -> ipnet::IpNet {
+    let cidr: ipnet::Ipv4Net = cidr.parse().expect("cidr");
+    ipnet::Ipv4Net::new(ip.parse().expect("ip"), cidr.prefix_len())
+        .expect("address")
+        .into()
 }
 
 /// Sends a datagram every millisecond from each VM while `change` runs, and returns the sources
@@ -130,7 +137,7 @@ fn setting_the_gateway_or_adding_an_interface_never_leaks_private_sources() {
     // 1. Gateway set while the VM is sending.
     spec.gateway = Some(GatewaySpec {
         port: port(&ext.id, 9, "203.0.113.10", "203.0.113.0/24"),
-        next_hop: Some("203.0.113.1".parse().expect("nh")),
+        next_hops: vec!["203.0.113.1".parse().expect("nh")],
         enable_snat: true,
     });
     let seen = probe_during(&[&vm], &upstream, || {

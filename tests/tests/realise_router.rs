@@ -36,9 +36,20 @@ fn port(network: &NetworkSpec, m: u8, ip: &str, cidr: &str) -> PortSpec {
         port_id: unique("p"),
         network_id: network.id.clone(),
         mac: mac(m),
-        ip: ip.parse().expect("ip"),
-        subnet_cidr: cidr.parse().expect("cidr"),
+        addresses: vec![address(ip, cidr)],
     }
+}
+
+/// `ip` with the prefix length of `cidr`.
+fn address(ip: &str, cidr: &str) -> ipnet::IpNet {
+    let cidr: ipnet::Ipv4Net = cidr.parse().expect("cidr");
+    ipnet::Ipv4Net::new(ip.parse().expect("ip"), cidr.prefix_len())
+        .expect("address")
+        .into()
+}
+
+fn v4(p: &PortSpec) -> Ipv4Addr {
+    p.ipv4().expect("IPv4 address").addr()
 }
 
 fn router(dp_id: u32, interfaces: Vec<PortSpec>, gateway: Option<GatewaySpec>) -> RouterSpec {
@@ -56,7 +67,7 @@ fn router(dp_id: u32, interfaces: Vec<PortSpec>, gateway: Option<GatewaySpec>) -
 fn gateway(p: PortSpec, next_hop: &str) -> GatewaySpec {
     GatewaySpec {
         port: p,
-        next_hop: Some(next_hop.parse().expect("next hop")),
+        next_hops: vec![next_hop.parse().expect("next hop")],
         enable_snat: true,
     }
 }
@@ -266,7 +277,7 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
     let (frames, applied_at) = std::thread::scope(|s| {
         let cap = s.spawn(|| {
             h.host
-                .enter(|| capture_garps(&ext_br, gw_port.ip, 3, Duration::from_secs(15), tx))
+                .enter(|| capture_garps(&ext_br, v4(&gw_port), 3, Duration::from_secs(15), tx))
         });
         rx.recv().expect("capture ready");
         h.call(|r| r.apply_router(&spec)).expect("apply router");
@@ -289,10 +300,7 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
         assert_eq!(l["linkinfo"]["info_kind"], "veth");
         assert_eq!(l["address"], mac_str(p.mac), "{dev} MAC");
         assert!(is_up(&l), "{dev} down");
-        assert_eq!(
-            ipv4(&ns, dev),
-            vec![format!("{}/{}", p.ip, p.subnet_cidr.prefix_len())]
-        );
+        assert_eq!(ipv4(&ns, dev), vec![p.addresses[0].to_string()]);
     }
 
     // Default route via the next hop on qg-.
@@ -422,7 +430,7 @@ fn apply_router_converges_interfaces_gateway_and_onlink_next_hop() {
     let idx_a = link(&ns, &qr_a).expect("qr a")["ifindex"].clone();
     let mut a2 = a.clone();
     a2.mac = mac(9);
-    a2.ip = "10.0.1.254".parse().expect("ip");
+    a2.addresses = vec![address("10.0.1.254", "10.0.1.0/24")];
     spec.interfaces = vec![a2.clone()];
     h.call(|r| r.apply_router(&spec)).expect("apply changed");
     let la = link(&ns, &qr_a).expect("qr a");

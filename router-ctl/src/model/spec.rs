@@ -4,9 +4,9 @@
 //! The store computes these inside the transaction that changes them; the realiser never reads
 //! the database.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 /// A Neutron network, realised as the Linux bridge `brq<id[:11]>` in the daemon's namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,18 +25,42 @@ pub struct PortSpec {
     pub port_id: String,
     pub network_id: String,
     pub mac: [u8; 6],
-    /// The port's fixed IP and the prefix length of its subnet.
-    pub ip: Ipv4Addr,
-    pub subnet_cidr: Ipv4Net,
+    /// The port's fixed IPs, each with the prefix length of its subnet (`10.0.0.1/24`): the
+    /// addresses of its device, of either family.
+    pub addresses: Vec<IpNet>,
+}
+
+impl PortSpec {
+    /// The port's first IPv4 address: the one ARP announces and NAT uses.
+    pub fn ipv4(&self) -> Option<Ipv4Net> {
+        self.addresses.iter().find_map(|a| match a {
+            IpNet::V4(v) => Some(*v),
+            IpNet::V6(_) => None,
+        })
+    }
+
+    /// Whether `ip` is on one of the port's subnets (an on-link next hop).
+    pub fn on_link(&self, ip: IpAddr) -> bool {
+        self.addresses.iter().any(|a| a.contains(&ip))
+    }
 }
 
 /// The external gateway of a router.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GatewaySpec {
     pub port: PortSpec,
-    /// `gateway_ip` of the external subnet: the default route's next hop (None: no route).
-    pub next_hop: Option<Ipv4Addr>,
+    /// `gateway_ip` of each external subnet the port has an address on: the next hop of the
+    /// default route of its family (none: no default route of that family).
+    pub next_hops: Vec<IpAddr>,
     pub enable_snat: bool,
+}
+
+impl GatewaySpec {
+    /// The address SNAT translates to (and the datapath's gateway address): the port's IPv4
+    /// address. Floating IPs and SNAT are IPv4 only.
+    pub fn snat_ip(&self) -> Option<Ipv4Addr> {
+        self.port.ipv4().map(|n| n.addr())
+    }
 }
 
 /// A router: netns `qrouter-<id>`, its interfaces, its gateway and NAT.
@@ -76,11 +100,16 @@ pub struct PortForwardingSpec {
 }
 
 impl RouterSpec {
-    /// CIDRs of the internal interfaces: the sources SNAT applies to.
+    /// IPv4 CIDRs of the internal interfaces: the sources SNAT applies to (IPv6 is routed
+    /// without translation).
     pub fn internal_cidrs(&self) -> Vec<Ipv4Net> {
         self.interfaces
             .iter()
-            .map(|p| p.subnet_cidr.trunc())
+            .flat_map(|p| &p.addresses)
+            .filter_map(|a| match a {
+                IpNet::V4(v) => Some(v.trunc()),
+                IpNet::V6(_) => None,
+            })
             .collect()
     }
 }

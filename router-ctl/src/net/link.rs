@@ -2,13 +2,13 @@
 //! kernel's terms: EEXIST on create and ENOENT/ENODEV/ESRCH on delete count as success.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd as _,
 };
 
 use anyhow::{Context as _, Result};
 use futures::TryStreamExt as _;
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use netlink_packet_route::{
     AddressFamily,
     address::{AddressAttribute, AddressMessage},
@@ -246,8 +246,16 @@ pub async fn set_mac(h: &Handle, index: u32, mac: [u8; 6]) -> Result<()> {
         .with_context(|| format!("setting the MAC of link {index}"))
 }
 
-/// IPv4 addresses of link `index` as (address, prefix length).
-pub async fn ipv4_addresses(h: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8, AddressMessage)>> {
+/// One address of a link, with the message that deletes it.
+#[derive(Clone, Debug)]
+pub struct Address {
+    pub net: IpNet,
+    pub msg: AddressMessage,
+}
+
+/// Addresses of link `index`, both families. IPv6 link-local addresses are left out: the
+/// kernel makes them and no spec names them.
+pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<Address>> {
     let msgs: Vec<AddressMessage> = h
         .address()
         .get()
@@ -258,71 +266,124 @@ pub async fn ipv4_addresses(h: &Handle, index: u32) -> Result<Vec<(Ipv4Addr, u8,
         .context("dumping addresses")?;
     let mut out = Vec::new();
     for m in msgs {
-        if m.header.family != AddressFamily::Inet {
+        if !matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6) {
             continue;
         }
-        let addr = m.attributes.iter().find_map(|a| match a {
-            AddressAttribute::Local(IpAddr::V4(v)) => Some(*v),
+        // IPv4 names the local address `Local` (`Address` is the peer's on point-to-point
+        // links); IPv6 has only `Address`.
+        let local = m.attributes.iter().find_map(|a| match a {
+            AddressAttribute::Local(ip) => Some(*ip),
             _ => None,
         });
-        let addr = addr.or_else(|| {
+        let addr = local.or_else(|| {
             m.attributes.iter().find_map(|a| match a {
-                AddressAttribute::Address(IpAddr::V4(v)) => Some(*v),
+                AddressAttribute::Address(ip) => Some(*ip),
                 _ => None,
             })
         });
-        if let Some(a) = addr {
-            out.push((a, m.header.prefix_len, m));
+        let Some(addr) = addr else { continue };
+        if let IpAddr::V6(v6) = addr
+            && v6.is_unicast_link_local()
+        {
+            continue;
+        }
+        if let Ok(net) = IpNet::new(addr, m.header.prefix_len) {
+            out.push(Address { net, msg: m });
         }
     }
     Ok(out)
 }
 
-/// Makes `addr/prefix` the only IPv4 address of link `index`. Returns whether anything changed.
-pub async fn converge_address(h: &Handle, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<bool> {
-    let current = ipv4_addresses(h, index).await?;
-    let mut changed = false;
-    let mut present = false;
-    for (a, p, msg) in current {
-        if a == addr && p == prefix {
-            present = true;
+/// What `converge_addresses` changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AddressChanges {
+    pub added: Vec<IpNet>,
+    pub removed: Vec<IpNet>,
+}
+
+impl AddressChanges {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// Makes `want` exactly the addresses of link `index` (IPv6 link-local ones aside), either
+/// family.
+pub async fn converge_addresses(h: &Handle, index: u32, want: &[IpNet]) -> Result<AddressChanges> {
+    let current = addresses(h, index).await?;
+    let mut changes = AddressChanges::default();
+    for a in &current {
+        if want.contains(&a.net) {
             continue;
         }
-        match h.address().del(msg).execute().await {
-            Ok(()) => changed = true,
+        match h.address().del(a.msg.clone()).execute().await {
+            Ok(()) => changes.removed.push(a.net),
             Err(e) if is_missing(&e) => {}
-            Err(e) => return Err(e).with_context(|| format!("removing address {a}/{p}")),
+            Err(e) => return Err(e).with_context(|| format!("removing address {}", a.net)),
         }
     }
-    if !present {
+    for w in want {
+        if current.iter().any(|a| a.net == *w) {
+            continue;
+        }
         match h
             .address()
-            .add(index, IpAddr::V4(addr), prefix)
+            .add(index, w.addr(), w.prefix_len())
             .execute()
             .await
         {
-            Ok(()) => changed = true,
+            Ok(()) => changes.added.push(*w),
             Err(e) if is_exists(&e) => {}
-            Err(e) => return Err(e).with_context(|| format!("adding address {addr}/{prefix}")),
+            Err(e) => return Err(e).with_context(|| format!("adding address {w}")),
         }
     }
-    Ok(changed)
+    Ok(changes)
 }
 
-/// One IPv4 route of the main table, reduced to what the realiser compares.
+/// Makes `addr/prefix` the only address of link `index`. Returns whether anything changed.
+pub async fn converge_address(
+    h: &Handle,
+    index: u32,
+    addr: impl Into<IpAddr>,
+    prefix: u8,
+) -> Result<bool> {
+    let addr = addr.into();
+    let net = IpNet::new(addr, prefix).with_context(|| format!("address {addr}/{prefix}"))?;
+    Ok(!converge_addresses(h, index, &[net]).await?.is_empty())
+}
+
+/// One route of the main table (either family), reduced to what the realiser compares.
 #[derive(Clone, Debug)]
 pub struct Route {
-    pub dst: Ipv4Net,
-    pub gateway: Option<Ipv4Addr>,
+    pub dst: IpNet,
+    pub gateway: Option<IpAddr>,
     pub oif: Option<u32>,
     pub protocol: RouteProtocol,
     pub scope: RouteScope,
     pub msg: RouteMessage,
 }
 
-/// IPv4 routes of the main table.
+impl Route {
+    /// A route to a single address (/32, /128).
+    pub fn is_host(&self) -> bool {
+        self.dst.prefix_len() == self.dst.max_prefix_len()
+    }
+    pub fn is_default(&self) -> bool {
+        self.dst.prefix_len() == 0
+    }
+}
+
+fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v) => Some(IpAddr::V4(*v)),
+        RouteAddress::Inet6(v) => Some(IpAddr::V6(*v)),
+        _ => None,
+    }
+}
+
+/// Routes of the main table, both families (one dump).
 pub async fn main_routes(h: &Handle) -> Result<Vec<Route>> {
-    let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+    let filter = RouteMessageBuilder::<IpAddr>::new().build();
     let msgs: Vec<RouteMessage> = h
         .route()
         .get(filter)
@@ -332,23 +393,26 @@ pub async fn main_routes(h: &Handle) -> Result<Vec<Route>> {
         .context("dumping routes")?;
     let mut out = Vec::new();
     for m in msgs {
-        if m.header.address_family != AddressFamily::Inet
-            || m.header.table != netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN
-        {
+        let unspecified = match m.header.address_family {
+            AddressFamily::Inet => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            AddressFamily::Inet6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+            _ => continue,
+        };
+        if m.header.table != netlink_packet_route::route::RouteHeader::RT_TABLE_MAIN {
             continue;
         }
-        let mut dst = Ipv4Addr::UNSPECIFIED;
+        let mut dst = unspecified;
         let mut gateway = None;
         let mut oif = None;
         for a in &m.attributes {
             match a {
-                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
-                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(*g),
+                RouteAttribute::Destination(d) => dst = route_addr(d).unwrap_or(dst),
+                RouteAttribute::Gateway(g) => gateway = route_addr(g),
                 RouteAttribute::Oif(o) => oif = Some(*o),
                 _ => {}
             }
         }
-        let Ok(dst) = Ipv4Net::new(dst, m.header.destination_prefix_length) else {
+        let Ok(dst) = IpNet::new(dst, m.header.destination_prefix_length) else {
             continue;
         };
         out.push(Route {
@@ -364,9 +428,10 @@ pub async fn main_routes(h: &Handle) -> Result<Vec<Route>> {
 }
 
 /// Adds (or replaces) the on-link route `dst` via device `oif` with no gateway.
-pub async fn replace_link_route(h: &Handle, dst: Ipv4Net, oif: u32) -> Result<()> {
-    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
+pub async fn replace_link_route(h: &Handle, dst: IpNet, oif: u32) -> Result<()> {
+    let msg = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(dst.addr(), dst.prefix_len())
+        .with_context(|| format!("on-link route {dst}"))?
         .output_interface(oif)
         .scope(RouteScope::Link)
         .build();
@@ -378,11 +443,17 @@ pub async fn replace_link_route(h: &Handle, dst: Ipv4Net, oif: u32) -> Result<()
         .with_context(|| format!("adding on-link route {dst}"))
 }
 
-/// Adds (or replaces) the default route via `gateway` on device `oif`.
-pub async fn replace_default_route(h: &Handle, gateway: Ipv4Addr, oif: u32) -> Result<()> {
-    let msg = RouteMessageBuilder::<Ipv4Addr>::new()
-        .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-        .gateway(gateway)
+/// Adds (or replaces) the default route of `gateway`'s family via `gateway` on device `oif`.
+pub async fn replace_default_route(h: &Handle, gateway: impl Into<IpAddr>, oif: u32) -> Result<()> {
+    let gateway = gateway.into();
+    let any = match gateway {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let msg = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(any, 0)
+        .and_then(|b| b.gateway(gateway))
+        .with_context(|| format!("default route via {gateway}"))?
         .output_interface(oif)
         .build();
     h.route()

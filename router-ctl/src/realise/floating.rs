@@ -13,9 +13,10 @@
 //!   configured and detached after the last is gone; other routers' taps carry no program.
 //!   The datapath's floating-IP and port-forwarding maps are set to the spec's.
 
-use std::{collections::BTreeMap, net::IpAddr, net::Ipv4Addr, sync::Arc};
+use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc};
 
 use anyhow::{Context as _, Result};
+use ipnet::{IpNet, Ipv4Net};
 use rtnetlink::Handle;
 
 use super::{PortPlan, Realiser, RouterMemo};
@@ -66,79 +67,47 @@ pub(super) fn gateway_extras(spec: &RouterSpec) -> Vec<Ipv4Addr> {
     v
 }
 
-/// Makes `addr/prefix` plus `extras` (each a /32) exactly the IPv4 addresses of link `index`.
-/// Returns whether anything but the addition of extras changed, and the extras added.
+/// Makes the port's `addresses` plus `extras` (each a /32) exactly the addresses of link
+/// `index`. Returns whether anything but the addition of extras changed, and the extras added.
 pub(super) async fn converge_addresses(
     h: &Handle,
     index: u32,
-    addr: Ipv4Addr,
-    prefix: u8,
+    addresses: &[IpNet],
     extras: &[Ipv4Addr],
 ) -> Result<(bool, Vec<Ipv4Addr>)> {
-    if extras.is_empty() {
-        return Ok((
-            link::converge_address(h, index, addr, prefix).await?,
-            Vec::new(),
-        ));
-    }
-    let current = link::ipv4_addresses(h, index).await?;
-    let mut changed = false;
-    let mut present_main = false;
-    let mut present: Vec<Ipv4Addr> = Vec::new();
-    for (a, p, msg) in current {
-        if a == addr && p == prefix {
-            present_main = true;
-            continue;
-        }
-        if p == 32 && extras.contains(&a) {
-            present.push(a);
-            continue;
-        }
-        h.address()
-            .del(msg)
-            .execute()
-            .await
-            .with_context(|| format!("removing address {a}/{p}"))?;
-        changed = true;
-    }
-    if !present_main {
-        add(h, index, addr, prefix).await?;
-        changed = true;
-    }
+    let mut want = addresses.to_vec();
+    want.extend(extras.iter().map(|e| IpNet::V4(Ipv4Net::from(*e))));
+    let changes = link::converge_addresses(h, index, &want).await?;
     let mut added = Vec::new();
-    for e in extras {
-        if !present.contains(e) {
-            add(h, index, *e, 32).await?;
-            added.push(*e);
+    let mut changed = !changes.removed.is_empty();
+    for a in changes.added {
+        match a {
+            IpNet::V4(v) if !addresses.contains(&a) && extras.contains(&v.addr()) => {
+                added.push(v.addr())
+            }
+            _ => changed = true,
         }
     }
     Ok((changed, added))
 }
 
-async fn add(h: &Handle, index: u32, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+/// Puts the metadata address on `lo` (index `lo`); returns whether it was added.
+pub(super) async fn converge_metadata_addr(h: &Handle, lo: u32) -> Result<bool> {
+    let metadata = IpNet::V4(Ipv4Net::from(METADATA_ADDR));
+    let current = link::addresses(h, lo).await?;
+    if current.iter().any(|a| a.net == metadata) {
+        return Ok(false);
+    }
     match h
         .address()
-        .add(index, IpAddr::V4(addr), prefix)
+        .add(lo, metadata.addr(), metadata.prefix_len())
         .execute()
         .await
     {
-        Ok(()) => Ok(()),
-        Err(e) if link::errno(&e) == Some(libc::EEXIST) => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("adding address {addr}/{prefix}")),
+        Ok(()) => Ok(true),
+        Err(e) if link::errno(&e) == Some(libc::EEXIST) => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("adding address {metadata}")),
     }
-}
-
-/// Puts the metadata address on `lo` (index `lo`); returns whether it was added.
-pub(super) async fn converge_metadata_addr(h: &Handle, lo: u32) -> Result<bool> {
-    let current = link::ipv4_addresses(h, lo).await?;
-    if current
-        .iter()
-        .any(|(a, p, _)| *a == METADATA_ADDR && *p == 32)
-    {
-        return Ok(false);
-    }
-    add(h, lo, METADATA_ADDR, 32).await?;
-    Ok(true)
 }
 
 /// Sysctls of a router namespace needed by the floating-IP hairpin.
@@ -160,7 +129,7 @@ impl Realiser {
     ) -> Result<()> {
         let first = memo.floating.is_none();
         let old = memo.floating.clone().unwrap_or_default();
-        let gateway_ip = spec.gateway.as_ref().map(|g| g.port.ip);
+        let gateway_ip = spec.gateway.as_ref().and_then(|g| g.snat_ip());
         let fips: Vec<FloatingNat> = spec
             .floating_ips
             .iter()

@@ -10,7 +10,7 @@ use std::{collections::HashMap, net::Ipv4Addr};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{ip_of, ip_val, query_all};
+use super::{Scope, ip_of, ip_val, query_all};
 use crate::model::{
     Fault, FloatingIp, PortForwarding,
     spec::{FloatingIpSpec, PortForwardingSpec},
@@ -295,28 +295,42 @@ pub fn protocol_number(name: &str) -> Option<u8> {
 /// A router's floating IPs and port forwardings, as its spec holds them.
 pub type RouterFloating = (Vec<FloatingIpSpec>, Vec<PortForwardingSpec>);
 
-/// What `router_floating` gives, for every router at once (two whole-table queries).
-pub fn all_router_floating(conn: &Connection) -> Result<HashMap<String, RouterFloating>, Fault> {
+/// The floating IPs and port forwardings of each router in `scope` that serves any, as its
+/// spec holds them (sorted).
+pub fn router_floating(
+    conn: &Connection,
+    scope: Scope<'_>,
+) -> Result<HashMap<String, RouterFloating>, Fault> {
     let mut out: HashMap<String, RouterFloating> = HashMap::new();
-    let fips = fips(conn, "WHERE router_id IS NOT NULL", [])?;
-    let mut by_fip: HashMap<String, (String, Ipv4Addr)> = HashMap::new();
+    let filter = format!(
+        "WHERE router_id IS NOT NULL AND {}",
+        scope.condition("router_id")
+    );
+    let fips = fips(conn, &filter, scope.params())?;
+    let mut by_fip: HashMap<&str, (&str, Ipv4Addr)> = HashMap::new();
     for f in &fips {
         let Some(r) = &f.router_id else { continue };
-        by_fip.insert(f.id.clone(), (r.clone(), f.floating_ip));
+        by_fip.insert(&f.id, (r, f.floating_ip));
         out.entry(r.clone()).or_default().0.push(FloatingIpSpec {
             floating_ip: f.floating_ip,
             fixed_ip: f.fixed_ip.filter(|_| f.port_id.is_some()),
         });
     }
-    let sql = format!("SELECT {PF_COLS} FROM port_forwardings");
-    let pfs = query_all(conn, &sql, [], pf_row)?;
-    for p in pfs {
-        let (Some((r, fip)), Some(protocol)) =
-            (by_fip.get(&p.floatingip_id), protocol_number(&p.protocol))
-        else {
+    let cols: Vec<String> = PF_COLS.split(", ").map(|c| format!("p.{c}")).collect();
+    let sql = format!(
+        "SELECT {} FROM port_forwardings p JOIN floatingips f ON f.id = p.floatingip_id
+         WHERE f.router_id IS NOT NULL AND {} ORDER BY p.rowid",
+        cols.join(", "),
+        scope.condition("f.router_id")
+    );
+    for p in query_all(conn, &sql, scope.params(), pf_row)? {
+        let (Some((r, fip)), Some(protocol)) = (
+            by_fip.get(p.floatingip_id.as_str()),
+            protocol_number(&p.protocol),
+        ) else {
             continue;
         };
-        out.entry(r.clone())
+        out.entry(r.to_string())
             .or_default()
             .1
             .push(PortForwardingSpec {
@@ -332,32 +346,6 @@ pub fn all_router_floating(conn: &Connection) -> Result<HashMap<String, RouterFl
         p.sort();
     }
     Ok(out)
-}
-
-/// The floating IPs and port forwardings router `router_id` serves, for its spec.
-pub fn router_floating(conn: &Connection, router_id: &str) -> Result<RouterFloating, Fault> {
-    let mut fips = Vec::new();
-    let mut pfs = Vec::new();
-    for f in router_floatingips(conn, router_id)? {
-        fips.push(FloatingIpSpec {
-            floating_ip: f.floating_ip,
-            fixed_ip: f.fixed_ip.filter(|_| f.port_id.is_some()),
-        });
-        for p in fip_port_forwardings(conn, &f.id)? {
-            if let Some(protocol) = protocol_number(&p.protocol) {
-                pfs.push(PortForwardingSpec {
-                    protocol,
-                    floating_ip: f.floating_ip,
-                    external_port: p.external_port,
-                    internal_ip: p.internal_ip,
-                    internal_port: p.internal_port,
-                });
-            }
-        }
-    }
-    fips.sort();
-    pfs.sort();
-    Ok((fips, pfs))
 }
 
 #[cfg(test)]
@@ -501,15 +489,16 @@ mod tests {
         other.protocol = "udp".into();
         insert_port_forwarding(c, &other).expect("same ports, other protocol");
         // The per-router and bulk views agree.
-        let one = router_floating(c, "r").expect("one");
-        let all = all_router_floating(c).expect("all");
-        assert_eq!(all.get("r"), Some(&one));
+        let one = router_floating(c, Scope::Router("r")).expect("one");
+        let all = router_floating(c, Scope::All).expect("all");
+        assert_eq!(all, one);
+        let one = &one["r"];
         assert_eq!(one.0.len(), 1);
         assert_eq!(one.1.len(), 2);
         assert_eq!(one.0[0].fixed_ip, Some([192, 0, 2, 5].into()));
         // Deleting the floating IP takes its forwardings.
         delete_floatingip(c, "f").expect("delete");
         assert!(fip_port_forwardings(c, "f").expect("list").is_empty());
-        assert!(all_router_floating(c).expect("all").is_empty());
+        assert!(router_floating(c, Scope::All).expect("all").is_empty());
     }
 }

@@ -6,9 +6,8 @@
 //! the schema itself (`UNIQUE(subnet_id, ip)`, `UNIQUE(mac)`, `UNIQUE(dp_id)`), the checks in
 //! this module only turn those cases into Neutron's errors before the constraint fires.
 
-use std::{net::Ipv4Addr, path::Path, str::FromStr};
+use std::{net::Ipv4Addr, path::Path};
 
-use ipnet::Ipv4Net;
 use rusqlite::{Connection, Row, Transaction};
 
 pub mod floatingips;
@@ -22,12 +21,9 @@ pub use ipam::*;
 pub use networks::*;
 pub use ports::*;
 pub use routers::*;
-pub use spec::*;
+pub use spec::{Scope, desired_state, network_spec, router_spec, router_specs};
 
-use crate::model::{
-    Fault, Port, Subnet, parse_mac,
-    spec::{DesiredState, GatewaySpec, NetworkSpec, PortSpec, RouterSpec},
-};
+use crate::model::{Fault, spec::DesiredState};
 
 /// Schema versions; `PRAGMA user_version` is the number applied. Append, never edit.
 const MIGRATIONS: &[&str] = &[

@@ -13,10 +13,10 @@ use crate::model::{Fault, Port, Router};
 
 // ---------------------------------------------------------------- routers
 
-const ROUTER_COLS: &str =
+pub(super) const ROUTER_COLS: &str =
     "id, name, description, project_id, admin_state_up, status, dp_id, gw_port_id, enable_snat";
 
-fn router_row(r: &Row) -> rusqlite::Result<Router> {
+pub(super) fn router_row(r: &Row) -> rusqlite::Result<Router> {
     Ok(Router {
         id: r.get(0)?,
         name: r.get(1)?,

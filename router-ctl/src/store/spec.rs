@@ -1,170 +1,184 @@
-//! The desired kernel state built from the store.
+//! The desired kernel state built from the store: one builder (`router_specs`) over a scope
+//! (one router or all of them), so what a mutation realises and what the reconcile loop
+//! converges to can never differ. Its output, `model::spec`, is all the realiser sees: a spec
+//! built elsewhere (from a Neutron server's `sync_routers`) goes through the same realiser.
 
-use super::*;
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+    str::FromStr,
+};
 
-// ---------------------------------------------------------------- specs
+use ipnet::{IpNet, Ipv4Net};
+use rusqlite::{Connection, params_from_iter};
+
+use super::{
+    floatingips, ip_of, list_networks, query_all,
+    routers::{ROUTER_COLS, router_row},
+    text_err,
+};
+use crate::model::{
+    Fault, parse_mac,
+    spec::{DesiredState, GatewaySpec, NetworkSpec, PortSpec, RouterSpec},
+};
+
+/// Which routers a build covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope<'a> {
+    /// Every router (the reconcile loop, the start-up resync).
+    All,
+    /// One router (a mutation's before and after).
+    Router(&'a str),
+}
+
+impl<'a> Scope<'a> {
+    /// `WHERE`-clause condition selecting the scope's rows by the router id in `column`
+    /// (always true for `All`); its parameter is `?1`.
+    pub(super) fn condition(self, column: &str) -> String {
+        match self {
+            Scope::All => "1".to_string(),
+            Scope::Router(_) => format!("{column} = ?1"),
+        }
+    }
+
+    /// The parameters of `condition`.
+    pub(super) fn params(self) -> rusqlite::ParamsFromIter<Option<&'a str>> {
+        params_from_iter(match self {
+            Scope::All => None,
+            Scope::Router(id) => Some(id),
+        })
+    }
+}
 
 /// The kernel-side description of the network, None when it does not exist.
 pub fn network_spec(conn: &Connection, id: &str) -> Result<Option<NetworkSpec>, Fault> {
-    Ok(get_network(conn, id)?.map(|n| NetworkSpec {
+    Ok(super::get_network(conn, id)?.map(network_spec_of))
+}
+
+fn network_spec_of(n: crate::model::Network) -> NetworkSpec {
+    NetworkSpec {
         id: n.id,
         physical_network: n.physical_network,
         external: n.external,
-    }))
-}
-
-fn port_spec(conn: &Connection, p: &Port) -> Result<Option<(PortSpec, Subnet)>, Fault> {
-    let Some(f) = p.fixed_ips.first() else {
-        return Ok(None);
-    };
-    let Some(s) = get_subnet(conn, &f.subnet_id)? else {
-        return Ok(None);
-    };
-    Ok(Some((
-        PortSpec {
-            port_id: p.id.clone(),
-            network_id: p.network_id.clone(),
-            mac: p.mac,
-            ip: f.ip,
-            subnet_cidr: s.cidr,
-        },
-        s,
-    )))
+    }
 }
 
 /// The kernel-side description of the router, None when it does not exist.
 pub fn router_spec(conn: &Connection, id: &str) -> Result<Option<RouterSpec>, Fault> {
-    let Some(r) = get_router(conn, id)? else {
-        return Ok(None);
-    };
-    let mut interfaces = Vec::new();
-    for p in router_interfaces(conn, id)? {
-        if let Some((spec, _)) = port_spec(conn, &p)? {
-            interfaces.push(spec);
-        }
-    }
-    let mut gateway = None;
-    if let Some(gw) = &r.gw_port_id
-        && let Some(p) = get_port(conn, gw)?
-        && let Some((port, subnet)) = port_spec(conn, &p)?
-    {
-        gateway = Some(GatewaySpec {
-            port,
-            next_hop: subnet.gateway_ip,
-            enable_snat: r.enable_snat,
-        });
-    }
-    let (floating_ips, port_forwardings) = floatingips::router_floating(conn, &r.id)?;
-    Ok(Some(RouterSpec {
-        id: r.id,
-        dp_id: r.dp_id,
-        admin_state_up: r.admin_state_up,
-        interfaces,
-        gateway,
-        floating_ips,
-        port_forwardings,
-    }))
+    Ok(router_specs(conn, Scope::Router(id))?.pop())
 }
 
-/// Everything that should be realised: the same specs `router_spec` gives one by one, built
-/// from five whole-table queries so a pass over a thousand routers stays cheap.
+/// Everything that should be realised: every network, and every router's spec as
+/// `router_spec` gives it.
 pub fn desired_state(conn: &Connection) -> Result<DesiredState, Fault> {
-    use std::collections::HashMap;
+    Ok(DesiredState {
+        networks: list_networks(conn)?
+            .into_iter()
+            .map(network_spec_of)
+            .collect(),
+        routers: router_specs(conn, Scope::All)?,
+    })
+}
 
-    let networks = list_networks(conn)?
-        .into_iter()
-        .map(|n| NetworkSpec {
-            id: n.id,
-            physical_network: n.physical_network,
-            external: n.external,
-        })
-        .collect();
+/// A router port's spec and the next hops its subnets offer (their `gateway_ip`s).
+type PortAddrs = (PortSpec, Vec<IpAddr>);
 
-    // subnet id → (cidr, gateway)
-    let mut subnets: HashMap<String, (Ipv4Net, Option<Ipv4Addr>)> = HashMap::new();
-    {
-        let mut st = conn.prepare_cached("SELECT id, cidr, gateway_ip FROM subnets")?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            let cidr: String = r.get(1)?;
-            let cidr =
-                Ipv4Net::from_str(&cidr).map_err(|e| Fault::from(text_err(1, e.to_string())))?;
-            let gw: Option<i64> = r.get(2)?;
-            subnets.insert(r.get(0)?, (cidr, gw.map(ip_of)));
+/// The specs of the routers in `scope`, in creation order, from a fixed number of queries
+/// whatever the scope (a pass over a thousand routers stays cheap).
+pub fn router_specs(conn: &Connection, scope: Scope<'_>) -> Result<Vec<RouterSpec>, Fault> {
+    let sql = format!(
+        "SELECT {ROUTER_COLS} FROM routers WHERE {} ORDER BY rowid",
+        scope.condition("id")
+    );
+    let routers = query_all(conn, &sql, scope.params(), router_row)?;
+    if routers.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ports = router_ports(conn, scope)?;
+    let sql = format!(
+        "SELECT router_id, port_id FROM router_interfaces WHERE {} ORDER BY rowid",
+        scope.condition("router_id")
+    );
+    let mut interfaces: HashMap<String, Vec<PortSpec>> = HashMap::new();
+    for (router, port) in query_all(conn, &sql, scope.params(), |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+    })? {
+        if let Some((spec, _)) = ports.get(&port) {
+            interfaces.entry(router).or_default().push(spec.clone());
         }
     }
-    // port id → (its spec, the gateway of its subnet); first fixed IP as in `port_spec`.
-    let mut ports: HashMap<String, (PortSpec, Option<Ipv4Addr>)> = HashMap::new();
-    {
-        let mut st = conn.prepare_cached(
-            "SELECT p.id, p.network_id, p.mac, f.subnet_id, f.ip FROM fixed_ips f
-             JOIN ports p ON p.id = f.port_id ORDER BY f.rowid",
-        )?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            let id: String = r.get(0)?;
-            if ports.contains_key(&id) {
-                continue;
-            }
-            let mac: String = r.get(2)?;
-            let mac = parse_mac(&mac)
-                .ok_or_else(|| Fault::from(text_err(2, format!("bad mac {mac}"))))?;
-            let subnet_id: String = r.get(3)?;
-            let Some((cidr, gw)) = subnets.get(&subnet_id) else {
-                continue;
-            };
-            let spec = PortSpec {
-                port_id: id.clone(),
-                network_id: r.get(1)?,
-                mac,
-                ip: ip_of(r.get(4)?),
-                subnet_cidr: *cidr,
-            };
-            ports.insert(id, (spec, *gw));
-        }
-    }
-    // router id → interface port ids in the order they were added
-    let mut interfaces: HashMap<String, Vec<String>> = HashMap::new();
-    {
-        let mut st =
-            conn.prepare_cached("SELECT router_id, port_id FROM router_interfaces ORDER BY rowid")?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            interfaces.entry(r.get(0)?).or_default().push(r.get(1)?);
-        }
-    }
-    let mut floating = floatingips::all_router_floating(conn)?;
-    let routers = list_routers(conn)?
+    let mut floating = floatingips::router_floating(conn, scope)?;
+    Ok(routers
         .into_iter()
         .map(|r| {
-            let ifaces = interfaces
-                .get(&r.id)
-                .map(|ids| {
-                    ids.iter()
-                        .filter_map(|p| ports.get(p).map(|(s, _)| s.clone()))
-                        .collect()
-                })
-                .unwrap_or_default();
             let gateway =
                 r.gw_port_id
                     .as_ref()
                     .and_then(|g| ports.get(g))
-                    .map(|(port, next_hop)| GatewaySpec {
+                    .map(|(port, next_hops)| GatewaySpec {
                         port: port.clone(),
-                        next_hop: *next_hop,
+                        next_hops: next_hops.clone(),
                         enable_snat: r.enable_snat,
                     });
             let (floating_ips, port_forwardings) = floating.remove(&r.id).unwrap_or_default();
             RouterSpec {
+                interfaces: interfaces.remove(&r.id).unwrap_or_default(),
                 id: r.id,
                 dp_id: r.dp_id,
                 admin_state_up: r.admin_state_up,
-                interfaces: ifaces,
                 gateway,
                 floating_ips,
                 port_forwardings,
             }
         })
-        .collect();
-    Ok(DesiredState { networks, routers })
+        .collect())
+}
+
+/// Port id → spec and next hops, for the interface and gateway ports of the routers in
+/// `scope` that have at least one address.
+fn router_ports(conn: &Connection, scope: Scope<'_>) -> Result<HashMap<String, PortAddrs>, Fault> {
+    let sql = format!(
+        "SELECT p.id, p.network_id, p.mac, f.ip, s.cidr, s.gateway_ip FROM fixed_ips f
+           JOIN ports p ON p.id = f.port_id JOIN subnets s ON s.id = f.subnet_id
+         WHERE f.port_id IN (SELECT port_id FROM router_interfaces WHERE {}
+                             UNION SELECT gw_port_id FROM routers WHERE {})
+         ORDER BY f.rowid",
+        scope.condition("router_id"),
+        scope.condition("id"),
+    );
+    let rows = query_all(conn, &sql, scope.params(), |r| {
+        let mac: String = r.get(2)?;
+        let mac = parse_mac(&mac).ok_or_else(|| text_err(2, format!("bad mac {mac}")))?;
+        let cidr: String = r.get(4)?;
+        let cidr = Ipv4Net::from_str(&cidr).map_err(|e| text_err(4, e.to_string()))?;
+        let ip: Ipv4Addr = ip_of(r.get(3)?);
+        let gw: Option<i64> = r.get(5)?;
+        let address = Ipv4Net::new(ip, cidr.prefix_len()).unwrap_or_else(|_| Ipv4Net::from(ip));
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            mac,
+            IpNet::V4(address),
+            gw.map(|g| IpAddr::V4(ip_of(g))),
+        ))
+    })?;
+    let mut out: HashMap<String, PortAddrs> = HashMap::new();
+    for (id, network_id, mac, address, next_hop) in rows {
+        let (spec, hops) = out.entry(id.clone()).or_insert_with(|| {
+            let spec = PortSpec {
+                port_id: id,
+                network_id,
+                mac,
+                addresses: Vec::new(),
+            };
+            (spec, Vec::new())
+        });
+        spec.addresses.push(address);
+        if let Some(h) = next_hop
+            && !hops.contains(&h)
+        {
+            hops.push(h);
+        }
+    }
+    Ok(out)
 }

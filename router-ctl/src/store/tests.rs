@@ -248,14 +248,17 @@ fn router_spec_collects_interfaces_and_gateway() {
     let spec = router_spec(&tx, "r").unwrap().unwrap();
     assert_eq!(spec.dp_id, 1);
     assert_eq!(spec.interfaces.len(), 1);
-    assert_eq!(spec.interfaces[0].ip.to_string(), "10.1.0.1");
+    assert_eq!(spec.interfaces[0].addresses[0].to_string(), "10.1.0.1/24");
     assert_eq!(
         spec.internal_cidrs(),
         vec!["10.1.0.0/24".parse::<Ipv4Net>().unwrap()]
     );
     let gw = spec.gateway.unwrap();
-    assert_eq!(gw.port.ip.to_string(), "192.0.2.10");
-    assert_eq!(gw.next_hop, Some("192.0.2.1".parse().unwrap()));
+    assert_eq!(gw.port.addresses[0].to_string(), "192.0.2.10/24");
+    assert_eq!(
+        gw.next_hops,
+        vec!["192.0.2.1".parse::<std::net::IpAddr>().unwrap()]
+    );
     assert!(!gw.enable_snat);
     assert_eq!(routers_on_network(&tx, "int").unwrap().len(), 1);
     // A second router without gateway, one with a gateway only.

@@ -1,0 +1,84 @@
+//! `net::link` address and route convergence with both address families, on a veth in a test
+//! namespace: the functions the realiser converges router devices with take IPv6 as they take
+//! IPv4.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use router_ctl::net::{NetnsHandle, link, with_netlink};
+use tests::{Netns, ip_json, veth};
+
+fn addrs(ns: &Netns, dev: &str) -> Vec<String> {
+    let v = ip_json(&ns.name, &["addr", "show", "dev", dev]);
+    let mut out: Vec<String> = v[0]["addr_info"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|i| i["scope"] != "link")
+                .map(|i| format!("{}/{}", i["local"].as_str().unwrap_or(""), i["prefixlen"]))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+#[test]
+fn ipv6_address_and_default_route_converge_like_ipv4() {
+    let a = Netns::new("l6a");
+    let b = Netns::new("l6b");
+    veth(&a, "v6a", &b, "v6b");
+    let idx = a.ifindex("v6a");
+    let handle = NetnsHandle::open_named(&a.name)
+        .expect("open")
+        .expect("namespace");
+    let converge = |want: Vec<IpNet>, gateways: Vec<IpAddr>| {
+        with_netlink(&handle, |h| {
+            let (want, gateways) = (want.clone(), gateways.clone());
+            async move {
+                let changes = link::converge_addresses(&h, idx, &want).await?;
+                for g in gateways {
+                    link::replace_default_route(&h, g, idx).await?;
+                }
+                let routes = link::main_routes(&h).await?;
+                Ok((changes, routes))
+            }
+        })
+        .expect("converge")
+    };
+    let v4: IpNet = "192.0.2.2/24".parse().expect("v4");
+    let v6: IpNet = "2001:db8:1::2/64".parse().expect("v6");
+    let gw6: IpAddr = "2001:db8:1::1".parse().expect("gw6");
+    let gw4: IpAddr = "192.0.2.1".parse().expect("gw4");
+
+    let (changes, routes) = converge(vec![v4, v6], vec![gw4, gw6]);
+    assert_eq!(changes.added, vec![v4, v6]);
+    assert_eq!(addrs(&a, "v6a"), vec!["192.0.2.2/24", "2001:db8:1::2/64"]);
+    let defaults: Vec<_> = routes.iter().filter(|r| r.is_default()).collect();
+    assert_eq!(defaults.len(), 2, "{defaults:?}");
+    assert!(
+        defaults
+            .iter()
+            .any(|r| r.gateway == Some(gw6) && r.oif == Some(idx) && r.dst.addr().is_ipv6())
+    );
+    assert!(defaults.iter().any(|r| r.gateway == Some(gw4)));
+    let shown = ip_json(&a.name, &["-6", "route", "show", "default"]);
+    assert_eq!(shown[0]["gateway"], "2001:db8:1::1", "{shown}");
+
+    // Idempotent; then the IPv6 address changes and the IPv4 one goes, link-local untouched.
+    let (changes, _) = converge(vec![v4, v6], vec![]);
+    assert!(changes.is_empty(), "{changes:?}");
+    let v6b: IpNet = "2001:db8:2::2/64".parse().expect("v6b");
+    let (changes, routes) = converge(vec![v6b], vec![]);
+    assert_eq!(changes.added, vec![v6b]);
+    assert_eq!(changes.removed.len(), 2, "{changes:?}");
+    assert_eq!(addrs(&a, "v6a"), vec!["2001:db8:2::2/64"]);
+    assert!(
+        routes.iter().all(|r| !r
+            .dst
+            .contains(&"2001:db8:1::5".parse::<IpAddr>().expect("ip"))
+            || r.is_default()),
+        "the old prefix route went with its address"
+    );
+    drop(b);
+}
