@@ -21,11 +21,8 @@ use rtnetlink::Handle;
 
 use super::{PortPlan, Realiser, RouterMemo};
 use crate::{
-    datapath::{
-        Datapath,
-        fip::{FloatingNat, PortForwardNat},
-    },
-    model::spec::RouterSpec,
+    datapath::Datapath,
+    model::spec::{FloatingIpSpec, PortForwardingSpec, RouterSpec},
     net::{
         link,
         ns::{NetnsHandle, in_netns, with_netlink},
@@ -55,8 +52,9 @@ pub(super) struct Applied {
     /// forwarding).
     internal: BTreeMap<String, u32>,
     gateway_ip: Option<Ipv4Addr>,
-    fips: Vec<FloatingNat>,
-    pfs: Vec<PortForwardNat>,
+    /// The associated floating IPs (an unassociated one translates nothing).
+    fips: Vec<FloatingIpSpec>,
+    pfs: Vec<PortForwardingSpec>,
 }
 
 /// The floating IPs whose address belongs on the router's gateway device.
@@ -130,27 +128,13 @@ impl Realiser {
         let first = memo.floating.is_none();
         let old = memo.floating.clone().unwrap_or_default();
         let gateway_ip = spec.gateway.as_ref().and_then(|g| g.snat_ip());
-        let fips: Vec<FloatingNat> = spec
+        let fips: Vec<FloatingIpSpec> = spec
             .floating_ips
             .iter()
-            .filter_map(|f| {
-                f.fixed_ip.map(|fixed| FloatingNat {
-                    floating_ip: f.floating_ip,
-                    fixed_ip: fixed,
-                })
-            })
+            .filter(|f| f.fixed_ip.is_some())
+            .cloned()
             .collect();
-        let pfs: Vec<PortForwardNat> = spec
-            .port_forwardings
-            .iter()
-            .map(|p| PortForwardNat {
-                protocol: p.protocol,
-                floating_ip: p.floating_ip,
-                external_port: p.external_port,
-                internal_ip: p.internal_ip,
-                internal_port: p.internal_port,
-            })
-            .collect();
+        let pfs = spec.port_forwardings.clone();
         // Without a gateway nothing may be translated (the spec should hold none anyway).
         let (fips, pfs) = if gateway_ip.is_some() {
             (fips, pfs)
