@@ -4,11 +4,11 @@
 
 pub mod spec;
 
-use std::net::{Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
 use serde::Serialize;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 
 /// Neutron's `device_owner` of a router's internal interface port.
 pub const OWNER_ROUTER_INTERFACE: &str = "network:router_interface";
@@ -111,7 +111,8 @@ pub struct Network {
     pub status: String,
 }
 
-/// An IPv4 subnet of a network.
+/// A subnet of a network. Addresses carry their family; the API accepts IPv4 only for now
+/// (`api::input`), so every stored subnet is IPv4.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subnet {
     pub id: String,
@@ -119,19 +120,19 @@ pub struct Subnet {
     pub name: String,
     pub description: String,
     pub project_id: String,
-    pub cidr: Ipv4Net,
-    pub gateway_ip: Option<Ipv4Addr>,
+    pub cidr: IpNet,
+    pub gateway_ip: Option<IpAddr>,
     /// Inclusive ranges IPs are allocated from, in order.
-    pub allocation_pools: Vec<(Ipv4Addr, Ipv4Addr)>,
+    pub allocation_pools: Vec<(IpAddr, IpAddr)>,
     pub enable_dhcp: bool,
-    pub dns_nameservers: Vec<Ipv4Addr>,
+    pub dns_nameservers: Vec<IpAddr>,
 }
 
 /// One address of a port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FixedIp {
     pub subnet_id: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
 }
 
 /// A Neutron port: a MAC and addresses on a network, owned by a device (here: routers).
@@ -175,9 +176,9 @@ pub struct FloatingIp {
     pub floating_network_id: String,
     /// The port on the external network holding the address.
     pub floating_port_id: String,
-    pub floating_ip: Ipv4Addr,
+    pub floating_ip: IpAddr,
     pub port_id: Option<String>,
-    pub fixed_ip: Option<Ipv4Addr>,
+    pub fixed_ip: Option<IpAddr>,
     pub router_id: Option<String>,
 }
 
@@ -190,7 +191,7 @@ pub struct PortForwarding {
     pub protocol: String,
     pub external_port: u16,
     pub internal_port_id: String,
-    pub internal_ip: Ipv4Addr,
+    pub internal_ip: IpAddr,
     pub internal_port: u16,
     pub description: String,
 }
@@ -238,12 +239,35 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     Some(mac)
 }
 
-/// Host addresses (network and broadcast excluded) of `cidr` as an inclusive range.
-pub fn host_range(cidr: &Ipv4Net) -> Option<(Ipv4Addr, Ipv4Addr)> {
-    let net = u32::from(cidr.network());
-    let bc = u32::from(cidr.broadcast());
-    if bc.saturating_sub(net) < 2 {
+/// Host addresses of `cidr` as an inclusive range: the network address and (IPv4) the
+/// broadcast address excluded, as Neutron allocates. None when there is no host address.
+pub fn host_range(cidr: &IpNet) -> Option<(IpAddr, IpAddr)> {
+    let (first, last) = match cidr {
+        IpNet::V4(n) => (
+            ip_index(n.network().into()),
+            ip_index(n.broadcast().into()).saturating_sub(1),
+        ),
+        IpNet::V6(n) => (ip_index(n.network().into()), ip_index(n.broadcast().into())),
+    };
+    let first = first + 1;
+    if last < first {
         return None;
     }
-    Some((Ipv4Addr::from(net + 1), Ipv4Addr::from(bc - 1)))
+    Some((ip_at(cidr.addr(), first)?, ip_at(cidr.addr(), last)?))
+}
+
+/// The address as a number, for ranges and offsets in either family.
+pub fn ip_index(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// The address numbered `n` in the family of `like` (None when out of that family's range).
+pub fn ip_at(like: IpAddr, n: u128) -> Option<IpAddr> {
+    match like {
+        IpAddr::V4(_) => u32::try_from(n).ok().map(|v| IpAddr::V4(Ipv4Addr::from(v))),
+        IpAddr::V6(_) => Some(IpAddr::V6(Ipv6Addr::from(n))),
+    }
 }

@@ -6,11 +6,14 @@
 //! forwarding is created) and stored. The schema refuses two floating IPs for one fixed IP and
 //! duplicate port forwardings; the API turns those cases into Neutron's 409s first.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{Scope, ip_of, ip_val, query_all};
+use super::{Scope, addr_of, addr_val, query_all};
 use crate::model::{
     Fault, FloatingIp, PortForwarding,
     spec::{FloatingIpSpec, PortForwardingSpec},
@@ -56,9 +59,9 @@ fn fip_row(r: &Row) -> rusqlite::Result<FloatingIp> {
         description: r.get(2)?,
         floating_network_id: r.get(3)?,
         floating_port_id: r.get(4)?,
-        floating_ip: ip_of(r.get(5)?),
+        floating_ip: addr_of(r.get(5)?),
         port_id: r.get(6)?,
-        fixed_ip: r.get::<_, Option<i64>>(7)?.map(ip_of),
+        fixed_ip: r.get::<_, Option<i64>>(7)?.map(addr_of),
         router_id: r.get(8)?,
     })
 }
@@ -72,9 +75,9 @@ pub fn insert_floatingip(conn: &Connection, f: &FloatingIp) -> Result<(), Fault>
             f.description,
             f.floating_network_id,
             f.floating_port_id,
-            ip_val(f.floating_ip),
+            addr_val(f.floating_ip)?,
             f.port_id,
-            f.fixed_ip.map(ip_val),
+            f.fixed_ip.map(addr_val).transpose()?,
             f.router_id
         ],
     )?;
@@ -89,7 +92,7 @@ pub fn update_floatingip(conn: &Connection, f: &FloatingIp) -> Result<(), Fault>
             f.id,
             f.description,
             f.port_id,
-            f.fixed_ip.map(ip_val),
+            f.fixed_ip.map(addr_val).transpose()?,
             f.router_id
         ],
     )?;
@@ -134,12 +137,12 @@ pub fn router_floatingips(conn: &Connection, router_id: &str) -> Result<Vec<Floa
 pub fn fip_of_fixed_ip(
     conn: &Connection,
     port_id: &str,
-    fixed_ip: Ipv4Addr,
+    fixed_ip: IpAddr,
 ) -> Result<Option<String>, Fault> {
     Ok(conn
         .query_row(
             "SELECT id FROM floatingips WHERE port_id=?1 AND fixed_ip=?2",
-            params![port_id, ip_val(fixed_ip)],
+            params![port_id, addr_val(fixed_ip)?],
             |r| r.get(0),
         )
         .optional()?)
@@ -163,7 +166,7 @@ fn pf_row(r: &Row) -> rusqlite::Result<PortForwarding> {
         protocol: r.get(2)?,
         external_port: r.get(3)?,
         internal_port_id: r.get(4)?,
-        internal_ip: ip_of(r.get(5)?),
+        internal_ip: addr_of(r.get(5)?),
         internal_port: r.get(6)?,
         description: r.get(7)?,
     })
@@ -178,7 +181,7 @@ pub fn insert_port_forwarding(conn: &Connection, p: &PortForwarding) -> Result<(
             p.protocol,
             p.external_port,
             p.internal_port_id,
-            ip_val(p.internal_ip),
+            addr_val(p.internal_ip)?,
             p.internal_port,
             p.description
         ],
@@ -195,7 +198,7 @@ pub fn update_port_forwarding(conn: &Connection, p: &PortForwarding) -> Result<(
             p.protocol,
             p.external_port,
             p.internal_port_id,
-            ip_val(p.internal_ip),
+            addr_val(p.internal_ip)?,
             p.internal_port,
             p.description
         ],
@@ -249,7 +252,7 @@ pub fn duplicate_port_forwarding(
                 p.protocol,
                 p.floatingip_id,
                 p.external_port,
-                ip_val(p.internal_ip),
+                addr_val(p.internal_ip)?,
                 p.internal_port
             ],
             |r| r.get(0),
@@ -295,6 +298,15 @@ pub fn protocol_number(name: &str) -> Option<u8> {
 /// A router's floating IPs and port forwardings, as its spec holds them.
 pub type RouterFloating = (Vec<FloatingIpSpec>, Vec<PortForwardingSpec>);
 
+/// `ip` if IPv4: the datapath translates IPv4 only, so floating IPs and port forwardings are
+/// IPv4 (the API accepts no other family for them).
+fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
+    }
+}
+
 /// The floating IPs and port forwardings of each router in `scope` that serves any, as its
 /// spec holds them (sorted).
 pub fn router_floating(
@@ -309,11 +321,13 @@ pub fn router_floating(
     let fips = fips(conn, &filter, scope.params())?;
     let mut by_fip: HashMap<&str, (&str, Ipv4Addr)> = HashMap::new();
     for f in &fips {
-        let Some(r) = &f.router_id else { continue };
-        by_fip.insert(&f.id, (r, f.floating_ip));
+        let (Some(r), Some(floating_ip)) = (&f.router_id, v4(f.floating_ip)) else {
+            continue;
+        };
+        by_fip.insert(&f.id, (r, floating_ip));
         out.entry(r.clone()).or_default().0.push(FloatingIpSpec {
-            floating_ip: f.floating_ip,
-            fixed_ip: f.fixed_ip.filter(|_| f.port_id.is_some()),
+            floating_ip,
+            fixed_ip: f.fixed_ip.and_then(v4).filter(|_| f.port_id.is_some()),
         });
     }
     let cols: Vec<String> = PF_COLS.split(", ").map(|c| format!("p.{c}")).collect();
@@ -324,9 +338,10 @@ pub fn router_floating(
         scope.condition("f.router_id")
     );
     for p in query_all(conn, &sql, scope.params(), pf_row)? {
-        let (Some((r, fip)), Some(protocol)) = (
+        let (Some((r, fip)), Some(protocol), Some(internal_ip)) = (
             by_fip.get(p.floatingip_id.as_str()),
             protocol_number(&p.protocol),
+            v4(p.internal_ip),
         ) else {
             continue;
         };
@@ -337,7 +352,7 @@ pub fn router_floating(
                 protocol,
                 floating_ip: *fip,
                 external_port: p.external_port,
-                internal_ip: p.internal_ip,
+                internal_ip,
                 internal_port: p.internal_port,
             });
     }

@@ -1,20 +1,20 @@
 //! IP address management: which addresses of a subnet are free, and picking one.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::ip_val;
+use super::{addr_of, addr_val};
 use crate::model::{Fault, Subnet};
 
 // ---------------------------------------------------------------- IPAM
 
 /// Whether `ip` is allocated to any port on the subnet.
-pub fn ip_in_use(conn: &Connection, subnet_id: &str, ip: Ipv4Addr) -> Result<bool, Fault> {
+pub fn ip_in_use(conn: &Connection, subnet_id: &str, ip: IpAddr) -> Result<bool, Fault> {
     Ok(conn
         .query_row(
             "SELECT 1 FROM fixed_ips WHERE subnet_id=?1 AND ip=?2",
-            params![subnet_id, ip_val(ip)],
+            params![subnet_id, addr_val(ip)?],
             |_| Ok(()),
         )
         .optional()?
@@ -24,16 +24,14 @@ pub fn ip_in_use(conn: &Connection, subnet_id: &str, ip: Ipv4Addr) -> Result<boo
 /// First address of the subnet's pools that is neither the gateway nor allocated; None when
 /// the pools are exhausted. Walks the allocated addresses of each pool in order, so the cost
 /// is the number of addresses in use, not the size of the pool.
-pub fn first_free_ip(conn: &Connection, s: &Subnet) -> Result<Option<Ipv4Addr>, Fault> {
+pub fn first_free_ip(conn: &Connection, s: &Subnet) -> Result<Option<IpAddr>, Fault> {
     let mut st = conn.prepare_cached(
         "SELECT ip FROM fixed_ips WHERE subnet_id=?1 AND ip BETWEEN ?2 AND ?3 ORDER BY ip",
     )?;
-    let gw = s.gateway_ip.map(u32::from);
+    let gw = s.gateway_ip.map(addr_val).transpose()?;
     for (a, b) in &s.allocation_pools {
-        let (a, b) = (u32::from(*a), u32::from(*b));
-        let used = st.query_map(params![s.id, i64::from(a), i64::from(b)], |r| {
-            r.get::<_, i64>(0)
-        })?;
+        let (a, b) = (addr_val(*a)?, addr_val(*b)?);
+        let used = st.query_map(params![s.id, a, b], |r| r.get::<_, i64>(0))?;
         let mut candidate = a;
         let mut used_iter = used.peekable();
         loop {
@@ -45,11 +43,11 @@ pub fn first_free_ip(conn: &Connection, s: &Subnet) -> Result<Option<Ipv4Addr>, 
                 continue;
             }
             match used_iter.peek() {
-                Some(Ok(u)) if *u as u32 == candidate => {
+                Some(Ok(u)) if *u == candidate => {
                     used_iter.next();
                     candidate += 1;
                 }
-                Some(Ok(u)) if (*u as u32) < candidate => {
+                Some(Ok(u)) if *u < candidate => {
                     used_iter.next();
                 }
                 Some(Err(_)) => {
@@ -57,7 +55,7 @@ pub fn first_free_ip(conn: &Connection, s: &Subnet) -> Result<Option<Ipv4Addr>, 
                         return Err(e.into());
                     }
                 }
-                _ => return Ok(Some(Ipv4Addr::from(candidate))),
+                _ => return Ok(Some(addr_of(candidate))),
             }
         }
     }
@@ -69,9 +67,9 @@ pub fn first_free_ip(conn: &Connection, s: &Subnet) -> Result<Option<Ipv4Addr>, 
 pub fn allocate_ip(
     conn: &Connection,
     s: &Subnet,
-    requested: Option<Ipv4Addr>,
+    requested: Option<IpAddr>,
     allow_gateway: bool,
-) -> Result<Ipv4Addr, Fault> {
+) -> Result<IpAddr, Fault> {
     match requested {
         Some(ip) => {
             let hosts = crate::model::host_range(&s.cidr);

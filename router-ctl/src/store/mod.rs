@@ -6,7 +6,10 @@
 //! the schema itself (`UNIQUE(subnet_id, ip)`, `UNIQUE(mac)`, `UNIQUE(dp_id)`), the checks in
 //! this module only turn those cases into Neutron's errors before the constraint fires.
 
-use std::{net::Ipv4Addr, path::Path};
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    path::Path,
+};
 
 use rusqlite::{Connection, Row, Transaction};
 
@@ -214,6 +217,23 @@ fn ip_of(v: i64) -> Ipv4Addr {
 
 fn ip_val(ip: Ipv4Addr) -> i64 {
     i64::from(u32::from(ip))
+}
+
+/// An address column's value as the model carries it.
+fn addr_of(v: i64) -> IpAddr {
+    IpAddr::V4(ip_of(v))
+}
+
+/// The column value of an address. Address columns are IPv4 integers (their order is what
+/// IPAM walks); an IPv6 address needs a migration to a wider encoding first (16-byte
+/// big-endian BLOBs would keep the order), so until then it is refused here.
+fn addr_val(ip: IpAddr) -> Result<i64, Fault> {
+    match ip {
+        IpAddr::V4(a) => Ok(ip_val(a)),
+        IpAddr::V6(a) => Err(Fault::invalid(format!(
+            "{a}: IPv6 addresses cannot be stored yet"
+        ))),
+    }
 }
 
 fn text_err(col: usize, msg: String) -> rusqlite::Error {

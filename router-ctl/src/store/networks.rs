@@ -1,11 +1,11 @@
 //! Networks and their subnets in the store.
 
-use std::{net::Ipv4Addr, str::FromStr};
+use std::{net::IpAddr, str::FromStr};
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{ip_of, ip_val, query_all, text_err};
+use super::{addr_of, addr_val, query_all, text_err};
 use crate::model::{Fault, Network, Subnet};
 
 // ---------------------------------------------------------------- networks
@@ -86,7 +86,7 @@ const SUBNET_COLS: &str =
 
 fn subnet_row(r: &Row) -> rusqlite::Result<Subnet> {
     let cidr: String = r.get(5)?;
-    let cidr = Ipv4Net::from_str(&cidr).map_err(|e| text_err(5, e.to_string()))?;
+    let cidr = IpNet::from_str(&cidr).map_err(|e| text_err(5, e.to_string()))?;
     let gw: Option<i64> = r.get(6)?;
     let dns: String = r.get(8)?;
     Ok(Subnet {
@@ -96,12 +96,12 @@ fn subnet_row(r: &Row) -> rusqlite::Result<Subnet> {
         description: r.get(3)?,
         project_id: r.get(4)?,
         cidr,
-        gateway_ip: gw.map(ip_of),
+        gateway_ip: gw.map(addr_of),
         allocation_pools: Vec::new(),
         enable_dhcp: r.get(7)?,
         dns_nameservers: dns
             .split(',')
-            .filter_map(|s| Ipv4Addr::from_str(s).ok())
+            .filter_map(|s| IpAddr::from_str(s).ok())
             .collect(),
     })
 }
@@ -109,7 +109,7 @@ fn subnet_row(r: &Row) -> rusqlite::Result<Subnet> {
 fn load_pools(conn: &Connection, s: &mut Subnet) -> Result<(), Fault> {
     let sql = "SELECT first_ip, last_ip FROM allocation_pools WHERE subnet_id=?1 ORDER BY seq";
     s.allocation_pools = query_all(conn, sql, [&s.id], |r| {
-        Ok((ip_of(r.get(0)?), ip_of(r.get(1)?)))
+        Ok((addr_of(r.get(0)?), addr_of(r.get(1)?)))
     })?;
     Ok(())
 }
@@ -119,7 +119,7 @@ fn write_pools(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
     for (i, (a, b)) in s.allocation_pools.iter().enumerate() {
         conn.execute(
             "INSERT INTO allocation_pools (subnet_id, seq, first_ip, last_ip) VALUES (?1,?2,?3,?4)",
-            params![s.id, i as i64, ip_val(*a), ip_val(*b)],
+            params![s.id, i as i64, addr_val(*a)?, addr_val(*b)?],
         )?;
     }
     Ok(())
@@ -144,7 +144,7 @@ pub fn insert_subnet(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
             s.description,
             s.project_id,
             s.cidr.to_string(),
-            s.gateway_ip.map(ip_val),
+            s.gateway_ip.map(addr_val).transpose()?,
             s.enable_dhcp,
             dns_text(s)
         ],
@@ -156,7 +156,14 @@ pub fn insert_subnet(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
 pub fn update_subnet(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
     conn.execute(
         "UPDATE subnets SET name=?2, description=?3, gateway_ip=?4, enable_dhcp=?5, dns_nameservers=?6 WHERE id=?1",
-        params![s.id, s.name, s.description, s.gateway_ip.map(ip_val), s.enable_dhcp, dns_text(s)],
+        params![
+            s.id,
+            s.name,
+            s.description,
+            s.gateway_ip.map(addr_val).transpose()?,
+            s.enable_dhcp,
+            dns_text(s)
+        ],
     )?;
     write_pools(conn, s)
 }

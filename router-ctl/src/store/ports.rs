@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{ip_of, ip_val, query_all, text_err};
+use super::{addr_of, addr_val, query_all, text_err};
 use crate::model::{Fault, FixedIp, Port, mac_to_string, parse_mac};
 
 // ---------------------------------------------------------------- ports
@@ -32,7 +32,7 @@ fn load_fixed_ips(conn: &Connection, p: &mut Port) -> Result<(), Fault> {
     p.fixed_ips = query_all(conn, sql, [&p.id], |r| {
         Ok(FixedIp {
             subnet_id: r.get(0)?,
-            ip: ip_of(r.get(1)?),
+            ip: addr_of(r.get(1)?),
         })
     })?;
     Ok(())
@@ -91,7 +91,7 @@ fn write_fixed_ips(conn: &Connection, p: &Port) -> Result<(), Fault> {
     for f in &p.fixed_ips {
         conn.execute(
             "INSERT INTO fixed_ips (port_id, subnet_id, ip) VALUES (?1,?2,?3)",
-            params![p.id, f.subnet_id, ip_val(f.ip)],
+            params![p.id, f.subnet_id, addr_val(f.ip)?],
         )
         .map_err(|e| match Fault::from(e) {
             f2 if f2.status == 409 => Fault::conflict(

@@ -3,17 +3,13 @@
 //! converges to can never differ. Its output, `model::spec`, is all the realiser sees: a spec
 //! built elsewhere (from a Neutron server's `sync_routers`) goes through the same realiser.
 
-use std::{
-    collections::HashMap,
-    net::{IpAddr, Ipv4Addr},
-    str::FromStr,
-};
+use std::{collections::HashMap, net::IpAddr, str::FromStr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use rusqlite::{Connection, params_from_iter};
 
 use super::{
-    floatingips, ip_of, list_networks, query_all,
+    addr_of, floatingips, list_networks, query_all,
     routers::{ROUTER_COLS, router_row},
     text_err,
 };
@@ -150,16 +146,16 @@ fn router_ports(conn: &Connection, scope: Scope<'_>) -> Result<HashMap<String, P
         let mac: String = r.get(2)?;
         let mac = parse_mac(&mac).ok_or_else(|| text_err(2, format!("bad mac {mac}")))?;
         let cidr: String = r.get(4)?;
-        let cidr = Ipv4Net::from_str(&cidr).map_err(|e| text_err(4, e.to_string()))?;
-        let ip: Ipv4Addr = ip_of(r.get(3)?);
+        let cidr = IpNet::from_str(&cidr).map_err(|e| text_err(4, e.to_string()))?;
+        let ip = addr_of(r.get(3)?);
         let gw: Option<i64> = r.get(5)?;
-        let address = Ipv4Net::new(ip, cidr.prefix_len()).unwrap_or_else(|_| Ipv4Net::from(ip));
+        let address = IpNet::new(ip, cidr.prefix_len()).unwrap_or_else(|_| IpNet::from(ip));
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
             mac,
-            IpNet::V4(address),
-            gw.map(|g| IpAddr::V4(ip_of(g))),
+            address,
+            gw.map(addr_of),
         ))
     })?;
     let mut out: HashMap<String, PortAddrs> = HashMap::new();

@@ -1,8 +1,8 @@
 //! Store unit tests: migrations, IPAM, uniqueness, specs (host, temp database, no root).
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use super::*;
 use crate::model::{FixedIp, Network, Port, Router, Subnet};
@@ -22,7 +22,7 @@ fn net(id: &str, external: bool) -> Network {
 }
 
 fn subnet(id: &str, net: &str, cidr: &str, pools: &[(&str, &str)]) -> Subnet {
-    let cidr: Ipv4Net = cidr.parse().unwrap();
+    let cidr: IpNet = cidr.parse().unwrap();
     Subnet {
         id: id.into(),
         network_id: net.into(),
@@ -40,11 +40,11 @@ fn subnet(id: &str, net: &str, cidr: &str, pools: &[(&str, &str)]) -> Subnet {
     }
 }
 
-fn host_range_first(c: &Ipv4Net) -> Option<Ipv4Addr> {
+fn host_range_first(c: &IpNet) -> Option<IpAddr> {
     crate::model::host_range(c).map(|r| r.0)
 }
 
-fn port(id: &str, net: &str, mac: [u8; 6], ips: &[(&str, Ipv4Addr)]) -> Port {
+fn port(id: &str, net: &str, mac: [u8; 6], ips: &[(&str, IpAddr)]) -> Port {
     Port {
         id: id.into(),
         network_id: net.into(),
@@ -134,7 +134,7 @@ fn requested_addresses_are_checked() {
     insert_network(&tx, &net("n1", false)).unwrap();
     let s = subnet("s1", "n1", "10.0.0.0/24", &[("10.0.0.2", "10.0.0.254")]);
     insert_subnet(&tx, &s).unwrap();
-    let gw: Ipv4Addr = "10.0.0.1".parse().unwrap();
+    let gw: IpAddr = "10.0.0.1".parse().unwrap();
     assert_eq!(
         allocate_ip(&tx, &s, Some(gw), false).unwrap_err().status,
         409
@@ -144,7 +144,7 @@ fn requested_addresses_are_checked() {
         let e = allocate_ip(&tx, &s, Some(bad.parse().unwrap()), false).unwrap_err();
         assert_eq!(e.status, 400, "{bad}");
     }
-    let ip: Ipv4Addr = "10.0.0.77".parse().unwrap();
+    let ip: IpAddr = "10.0.0.77".parse().unwrap();
     insert_port(
         &tx,
         &port("p1", "n1", [0xfa, 0x16, 0x3e, 0, 0, 1], &[("s1", ip)]),
@@ -161,7 +161,7 @@ fn schema_refuses_a_duplicate_address_or_mac() {
     insert_network(&tx, &net("n1", false)).unwrap();
     let s = subnet("s1", "n1", "10.0.0.0/24", &[("10.0.0.2", "10.0.0.254")]);
     insert_subnet(&tx, &s).unwrap();
-    let ip: Ipv4Addr = "10.0.0.9".parse().unwrap();
+    let ip: IpAddr = "10.0.0.9".parse().unwrap();
     insert_port(
         &tx,
         &port("p1", "n1", [0xfa, 0x16, 0x3e, 0, 0, 1], &[("s1", ip)]),

@@ -13,7 +13,7 @@
 //! - every change touches the routers whose spec it alters, so the usual realise-or-roll-back
 //!   of the API applies.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use rusqlite::Connection;
 use serde_json::{Value, json};
@@ -64,7 +64,7 @@ pub(super) fn serving_router(
     c: &Connection,
     fnet: &str,
     port: &Port,
-    fixed: Ipv4Addr,
+    fixed: IpAddr,
 ) -> Result<String, Fault> {
     let subnet = port
         .fixed_ips
@@ -85,7 +85,7 @@ pub(super) fn serving_router(
 }
 
 /// The fixed IP of `port` to use: `requested` if it is one of the port's, else its first.
-fn pick_fixed_ip(port: &Port, requested: Option<Ipv4Addr>) -> Result<Ipv4Addr, Fault> {
+fn pick_fixed_ip(port: &Port, requested: Option<IpAddr>) -> Result<IpAddr, Fault> {
     match requested {
         Some(ip) if port.fixed_ips.iter().any(|f| f.ip == ip) => Ok(ip),
         Some(ip) => Err(Fault::bad_request(format!(
@@ -108,7 +108,7 @@ fn associate(
     ctx: &Ctx,
     f: &mut FloatingIp,
     port_id: Option<&str>,
-    fixed: Option<Ipv4Addr>,
+    fixed: Option<IpAddr>,
 ) -> Result<(), Fault> {
     if let Some(r) = &f.router_id {
         fx.touch_router(c, r)?;
@@ -393,7 +393,7 @@ pub(super) fn check_interface_removal(
         .iter()
         .map(|f| f.subnet_id.as_str())
         .collect();
-    let in_subnets = |port_id: &str, ip: Ipv4Addr| -> Result<bool, Fault> {
+    let in_subnets = |port_id: &str, ip: IpAddr| -> Result<bool, Fault> {
         Ok(store::get_port(c, port_id)?.is_some_and(|p| {
             p.fixed_ips
                 .iter()

@@ -2,7 +2,7 @@
 //! (extension `floating-ip-port-forwarding`). A floating IP with port forwardings cannot be
 //! associated with a port, and an associated one cannot get port forwardings (409).
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use rusqlite::Connection;
 use serde_json::{Value, json};
@@ -195,7 +195,7 @@ pub(super) fn create_pf(
         protocol: String::new(),
         external_port: 0,
         internal_port_id: String::new(),
-        internal_ip: Ipv4Addr::UNSPECIFIED,
+        internal_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         internal_port: 0,
         description: String::new(),
     };

@@ -1,8 +1,8 @@
 //! Subnets: `/v2.0/subnets`, IPv4 only, with Neutron's pool, gateway and DNS validation.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
-use ipnet::Ipv4Net;
+use ipnet::IpNet;
 use rusqlite::Connection;
 use serde_json::{Value, json};
 
@@ -13,7 +13,7 @@ use crate::{
         input::{self, Obj},
         scope::owned,
     },
-    model::{Fault, Network, Subnet, host_range},
+    model::{Fault, Network, Subnet, host_range, ip_at, ip_index},
     store,
 };
 
@@ -40,11 +40,11 @@ pub(super) fn subnet_view(s: &Subnet) -> Value {
     })
 }
 
-pub(super) fn overlaps(a: &Ipv4Net, b: &Ipv4Net) -> bool {
+pub(super) fn overlaps(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
 
-fn parse_pools(o: &Obj, cidr: &Ipv4Net) -> Result<Option<Vec<(Ipv4Addr, Ipv4Addr)>>, Fault> {
+fn parse_pools(o: &Obj, cidr: &IpNet) -> Result<Option<Vec<(IpAddr, IpAddr)>>, Fault> {
     let Some(list) = input::opt_list(o, "allocation_pools")? else {
         return Ok(None);
     };
@@ -100,19 +100,23 @@ fn parse_pools(o: &Obj, cidr: &Ipv4Net) -> Result<Option<Vec<(Ipv4Addr, Ipv4Addr
 }
 
 /// The host range of `cidr` minus the gateway (split around it), as Neutron defaults pools.
-fn default_pools(cidr: &Ipv4Net, gw: Option<Ipv4Addr>) -> Vec<(Ipv4Addr, Ipv4Addr)> {
+fn default_pools(cidr: &IpNet, gw: Option<IpAddr>) -> Vec<(IpAddr, IpAddr)> {
     let Some((a, b)) = host_range(cidr) else {
         return Vec::new();
     };
     match gw {
         Some(g) if g >= a && g <= b => {
-            let (a, b, g) = (u32::from(a), u32::from(b), u32::from(g));
+            let (lo, hi, at) = (ip_index(a), ip_index(b), ip_index(g));
             let mut out = Vec::new();
-            if g > a {
-                out.push((Ipv4Addr::from(a), Ipv4Addr::from(g - 1)));
+            if at > lo
+                && let Some(before) = ip_at(g, at - 1)
+            {
+                out.push((a, before));
             }
-            if g < b {
-                out.push((Ipv4Addr::from(g + 1), Ipv4Addr::from(b)));
+            if at < hi
+                && let Some(after) = ip_at(g, at + 1)
+            {
+                out.push((after, b));
             }
             out
         }
@@ -121,9 +125,9 @@ fn default_pools(cidr: &Ipv4Net, gw: Option<Ipv4Addr>) -> Vec<(Ipv4Addr, Ipv4Add
 }
 
 fn check_gateway(
-    cidr: &Ipv4Net,
-    gw: Option<Ipv4Addr>,
-    pools: &[(Ipv4Addr, Ipv4Addr)],
+    cidr: &IpNet,
+    gw: Option<IpAddr>,
+    pools: &[(IpAddr, IpAddr)],
 ) -> Result<(), Fault> {
     let Some(g) = gw else { return Ok(()) };
     if cidr.contains(&g) && (g == cidr.network() || g == cidr.broadcast()) {
@@ -132,7 +136,8 @@ fn check_gateway(
             format!("'{g}' is the network or broadcast address of {cidr}"),
         ));
     }
-    if g.is_unspecified() || g.is_broadcast() || g.is_multicast() {
+    let broadcast = matches!(g, IpAddr::V4(a) if a.is_broadcast());
+    if g.is_unspecified() || broadcast || g.is_multicast() {
         return Err(input::bad_attr(
             "gateway_ip",
             format!("'{g}' is not a valid gateway"),
@@ -147,7 +152,7 @@ fn check_gateway(
     Ok(())
 }
 
-fn parse_gateway(o: &Obj) -> Result<Option<Option<Ipv4Addr>>, Fault> {
+fn parse_gateway(o: &Obj) -> Result<Option<Option<IpAddr>>, Fault> {
     match o.get("gateway_ip") {
         None => Ok(None),
         Some(Value::Null) => Ok(Some(None)),
@@ -155,7 +160,7 @@ fn parse_gateway(o: &Obj) -> Result<Option<Option<Ipv4Addr>>, Fault> {
     }
 }
 
-fn parse_dns(o: &Obj) -> Result<Option<Vec<Ipv4Addr>>, Fault> {
+fn parse_dns(o: &Obj) -> Result<Option<Vec<IpAddr>>, Fault> {
     let Some(list) = input::opt_list(o, "dns_nameservers")? else {
         return Ok(None);
     };
@@ -180,29 +185,9 @@ fn parse_dns(o: &Obj) -> Result<Option<Vec<Ipv4Addr>>, Fault> {
     Ok(Some(out))
 }
 
-pub(super) fn create_subnet(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    o: &Obj,
-) -> Result<String, Fault> {
-    input::only(
-        o,
-        &[
-            "name",
-            "description",
-            "network_id",
-            "tenant_id",
-            "project_id",
-            "ip_version",
-            "cidr",
-            "gateway_ip",
-            "allocation_pools",
-            "enable_dhcp",
-            "dns_nameservers",
-        ],
-    )?;
-    let network_id = input::req_uuid(o, "network_id")?;
+/// The `ip_version` and `cidr` of a new subnet, checked: the one place a subnet's family is
+/// accepted (IPv4 only for now; IPv6 is refused with 400).
+fn parse_cidr(o: &Obj) -> Result<IpNet, Fault> {
     match o.get("ip_version") {
         Some(Value::Number(n)) if n.as_i64() == Some(4) => {}
         Some(Value::String(s)) if s == "4" => {}
@@ -234,9 +219,16 @@ pub(super) fn create_subnet(
             ));
         }
     };
-    let cidr: Ipv4Net = cidr_text.parse().map_err(|_| {
-        input::bad_attr("cidr", format!("'{cidr_text}' is not a valid IPv4 subnet"))
-    })?;
+    // IPv4 only for now, like `input::ip_value`.
+    let cidr = match cidr_text.parse::<IpNet>() {
+        Ok(n @ IpNet::V4(_)) => n,
+        _ => {
+            return Err(input::bad_attr(
+                "cidr",
+                format!("'{cidr_text}' is not a valid IPv4 subnet"),
+            ));
+        }
+    };
     if cidr.trunc() != cidr {
         return Err(input::bad_attr(
             "cidr",
@@ -251,6 +243,33 @@ pub(super) fn create_subnet(
             "{cidr} is too small: the prefix length must be 30 or less"
         )));
     }
+    Ok(cidr)
+}
+
+pub(super) fn create_subnet(
+    c: &Connection,
+    fx: &mut Effects,
+    ctx: &Ctx,
+    o: &Obj,
+) -> Result<String, Fault> {
+    input::only(
+        o,
+        &[
+            "name",
+            "description",
+            "network_id",
+            "tenant_id",
+            "project_id",
+            "ip_version",
+            "cidr",
+            "gateway_ip",
+            "allocation_pools",
+            "enable_dhcp",
+            "dns_nameservers",
+        ],
+    )?;
+    let network_id = input::req_uuid(o, "network_id")?;
+    let cidr = parse_cidr(o)?;
     let project_id = input::owner(o, ctx, "create_subnet")?;
     let (name, description) = input::name_and_description(o)?;
     let enable_dhcp = input::opt_bool(o, "enable_dhcp")?.unwrap_or(true);
