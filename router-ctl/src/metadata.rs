@@ -1,7 +1,7 @@
 //! The metadata proxy, served by the daemon itself (no helper process per router).
 //!
 //! Instances ask `http://169.254.169.254/`. 169.254.169.254/32 sits on the router namespace's
-//! `lo` (see `realise::floating`), and this module listens on 169.254.169.254:80 inside each
+//! `lo` (see `realise::router::namespace`), and this module listens on 169.254.169.254:80 inside each
 //! router namespace, so instances reach it through plain routing: no datapath program rewrites
 //! ports (Neutron redirects port 80 to a proxy on 9697 with iptables; a listener on the
 //! well-known port itself needs no redirect, and the tenant traffic of routers without
@@ -33,7 +33,7 @@ use axum::{
 
 use crate::{
     net::ns::{NetnsHandle, in_netns},
-    realise::floating::{METADATA_ADDR, RouterHook},
+    realise::{METADATA_ADDR, RouterHook},
 };
 
 /// Largest request body forwarded upstream.

@@ -845,17 +845,18 @@ fn reconcile_removes_own_stale_routers_and_leaves_another_daemons_alone() {
     let ns1 = names::router_netns(&specs[0].2.id);
     let ns2 = names::router_netns(&specs[1].2.id);
 
-    // Within a grace period a just-applied router is left alone (for callers whose snapshot may
-    // predate the apply).
-    h1.r().set_reconcile_grace(Duration::from_secs(600));
+    // While its database still holds them, reconcile leaves daemon 1's objects alone: nothing
+    // to remove, nothing to repair.
     let rep = h1
-        .call(|r| r.reconcile(&DesiredState::default()))
-        .expect("reconcile in grace");
-    assert!(rep.removed.is_empty(), "{rep:?}");
+        .call(|r| r.reconcile(&desired(&[&specs[0].0, &specs[0].1], &[&specs[0].2])))
+        .expect("steady reconcile");
+    assert!(
+        rep.removed.is_empty() && rep.repaired.is_empty() && rep.failed.is_empty(),
+        "{rep:?}"
+    );
     assert!(netns_exists(&ns1));
 
     // Daemon 1's database lost its router and networks: its objects go, daemon 2's stay.
-    h1.r().set_reconcile_grace(Duration::ZERO);
     let rep = h1
         .call(|r| r.reconcile(&DesiredState::default()))
         .expect("reconcile");

@@ -121,28 +121,106 @@ pub struct DesiredState {
     pub routers: Vec<RouterSpec>,
 }
 
-/// Kernel names derived from Neutron ids, as the L3 and linuxbridge agents name them.
+/// Kernel names derived from Neutron ids, as the L3 and linuxbridge agents name them: made and
+/// parsed here only.
 pub mod names {
     /// Linux limits interface names to 15 bytes; Neutron keeps 11 characters of the id.
     const ID_LEN: usize = 11;
 
+    const NETNS: &str = "qrouter-";
+    const BRIDGE: &str = "brq";
+    const INTERNAL: &str = "qr-";
+    const GATEWAY: &str = "qg-";
+    const TAP: &str = "tap";
+
     fn short(id: &str) -> &str {
         &id[..id.len().min(ID_LEN)]
     }
+    /// The router's namespace.
     pub fn router_netns(router_id: &str) -> String {
-        format!("qrouter-{router_id}")
+        format!("{NETNS}{router_id}")
     }
+    /// The network's bridge (linuxbridge's name, so tools that know Neutron find it).
     pub fn bridge(network_id: &str) -> String {
-        format!("brq{}", short(network_id))
+        format!("{BRIDGE}{}", short(network_id))
     }
+    /// A router interface's device inside the router namespace.
     pub fn internal_dev(port_id: &str) -> String {
-        format!("qr-{}", short(port_id))
+        format!("{INTERNAL}{}", short(port_id))
     }
+    /// The gateway's device inside the router namespace.
     pub fn gateway_dev(port_id: &str) -> String {
-        format!("qg-{}", short(port_id))
+        format!("{GATEWAY}{}", short(port_id))
     }
     /// Bridge-side peer of a router port (what linuxbridge calls the tap).
     pub fn tap_dev(port_id: &str) -> String {
-        format!("tap{}", short(port_id))
+        format!("{TAP}{}", short(port_id))
+    }
+
+    /// The router id of a `qrouter-` namespace name.
+    pub fn parse_router_netns(name: &str) -> Option<&str> {
+        name.strip_prefix(NETNS).filter(|id| !id.is_empty())
+    }
+
+    /// Whether `name` is a router port's tap (purge deletes taps before bridges).
+    pub fn is_tap(name: &str) -> bool {
+        name.starts_with(TAP)
+    }
+
+    /// A device of a router namespace this daemon makes: a port's `qr-`/`qg-` end.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct RouterDev {
+        /// The port id as the name keeps it (its first 11 characters).
+        pub port: String,
+        pub gateway: bool,
+    }
+
+    impl RouterDev {
+        /// The device's own name.
+        pub fn name(&self) -> String {
+            if self.gateway {
+                gateway_dev(&self.port)
+            } else {
+                internal_dev(&self.port)
+            }
+        }
+        /// Its peer in the daemon's namespace.
+        pub fn tap(&self) -> String {
+            tap_dev(&self.port)
+        }
+    }
+
+    /// The router port behind a router-namespace device name; None for any other device.
+    pub fn parse_router_dev(name: &str) -> Option<RouterDev> {
+        let (port, gateway) = match (name.strip_prefix(INTERNAL), name.strip_prefix(GATEWAY)) {
+            (Some(p), _) => (p, false),
+            (_, Some(p)) => (p, true),
+            _ => return None,
+        };
+        (!port.is_empty()).then(|| RouterDev {
+            port: port.to_string(),
+            gateway,
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn names_parse_back() {
+            let id = "0123456789abcdef";
+            let qg = parse_router_dev(&gateway_dev(id)).unwrap();
+            assert!(qg.gateway);
+            assert_eq!(qg.name(), "qg-0123456789a");
+            assert_eq!(qg.tap(), tap_dev(id));
+            let qr = parse_router_dev(&internal_dev(id)).unwrap();
+            assert!(!qr.gateway);
+            assert_eq!(qr.tap(), "tap0123456789a");
+            assert_eq!(parse_router_dev("lo"), None);
+            assert_eq!(parse_router_netns(&router_netns("r-1")), Some("r-1"));
+            assert_eq!(parse_router_netns("other"), None);
+            assert!(is_tap(&tap_dev(id)) && !is_tap(&bridge(id)));
+        }
     }
 }

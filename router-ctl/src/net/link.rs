@@ -294,7 +294,7 @@ pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<Address>> {
     Ok(out)
 }
 
-/// What `converge_addresses` changed.
+/// What `converge_addresses` changed (callers announce or log it).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AddressChanges {
     pub added: Vec<IpNet>,
@@ -302,6 +302,7 @@ pub struct AddressChanges {
 }
 
 impl AddressChanges {
+    /// Nothing was added or removed.
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty()
     }
@@ -368,6 +369,7 @@ impl Route {
     pub fn is_host(&self) -> bool {
         self.dst.prefix_len() == self.dst.max_prefix_len()
     }
+    /// A default route (`0.0.0.0/0`, `::/0`).
     pub fn is_default(&self) -> bool {
         self.dst.prefix_len() == 0
     }

@@ -1,7 +1,8 @@
 //! The record of kernel objects this daemon created, under `<state-dir>/owned/`: one file per
 //! object (`netns/<name>`, `link/<name>`), written before the object is created and removed
 //! after it is deleted. Reconcile and purge delete only what is recorded here, so daemons that
-//! share a machine never touch each other's objects.
+//! share a machine never touch each other's objects. A record says what the object is for
+//! (`Record`); its text form is made and read here only.
 
 use std::{
     fs,
@@ -14,10 +15,59 @@ use anyhow::{Context as _, Result};
 /// Kind of recorded object: decides the subdirectory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// A router namespace `qrouter-<id>`; content: `<router_id> <dp_id>`.
+    /// A router namespace `qrouter-<id>`.
     Netns,
-    /// A device in the daemon's namespace: `bridge <network_id>` or `tap <router_id>`.
+    /// A device in the daemon's namespace.
     Link,
+}
+
+/// What a recorded object is for: enough for reconcile and purge to remove it and what goes
+/// with it (a router's NAT state by its `dp_id`) without the database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Record {
+    /// A router's namespace; text `<router_id> <dp_id>`.
+    Router { router_id: String, dp_id: u32 },
+    /// A network's bridge; text `bridge <network_id>`.
+    Bridge { network_id: String },
+    /// The tap of a router's port; text `tap <router_id>`.
+    Tap { router_id: String },
+}
+
+impl Record {
+    /// The subdirectory the record goes to.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Record::Router { .. } => Kind::Netns,
+            Record::Bridge { .. } | Record::Tap { .. } => Kind::Link,
+        }
+    }
+
+    fn to_text(&self) -> String {
+        match self {
+            Record::Router { router_id, dp_id } => format!("{router_id} {dp_id}\n"),
+            Record::Bridge { network_id } => format!("bridge {network_id}"),
+            Record::Tap { router_id } => format!("tap {router_id}\n"),
+        }
+    }
+
+    /// Reads the text of a record of `kind`; None when it is not one.
+    fn parse(kind: Kind, text: &str) -> Option<Self> {
+        let mut it = text.split_whitespace();
+        let rec = match (kind, it.next()?, it.next()) {
+            (Kind::Netns, id, Some(dp)) => Record::Router {
+                router_id: id.to_string(),
+                dp_id: dp.parse().ok()?,
+            },
+            (Kind::Link, "bridge", Some(id)) => Record::Bridge {
+                network_id: id.to_string(),
+            },
+            (Kind::Link, "tap", Some(id)) => Record::Tap {
+                router_id: id.to_string(),
+            },
+            _ => return None,
+        };
+        it.next().is_none().then_some(rec)
+    }
 }
 
 impl Kind {
@@ -51,8 +101,9 @@ impl Owned {
     }
 
     /// Records `name` (durably: fsync'd before the object is created).
-    pub fn record(&self, kind: Kind, name: &str, content: &str) -> Result<()> {
-        let p = self.path(kind, name);
+    pub fn record(&self, name: &str, record: &Record) -> Result<()> {
+        let content = record.to_text();
+        let p = self.path(record.kind(), name);
         let tmp = p.with_extension("tmp");
         {
             let mut f =
@@ -74,11 +125,11 @@ impl Owned {
         }
     }
 
-    /// The content of the record of `name`, if recorded.
-    pub fn get(&self, kind: Kind, name: &str) -> Result<Option<String>> {
+    /// The record of `name`, if recorded (`Some(None)`: recorded but unreadable).
+    pub fn get(&self, kind: Kind, name: &str) -> Result<Option<Option<Record>>> {
         let p = self.path(kind, name);
         match fs::read_to_string(&p) {
-            Ok(s) => Ok(Some(s)),
+            Ok(s) => Ok(Some(Record::parse(kind, &s))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
         }
@@ -89,8 +140,8 @@ impl Owned {
         self.path(kind, name).exists()
     }
 
-    /// Every record of `kind` as (name, content).
-    pub fn list(&self, kind: Kind) -> Result<Vec<(String, String)>> {
+    /// Every record of `kind` as (name, record; None when unreadable).
+    pub fn list(&self, kind: Kind) -> Result<Vec<(String, Option<Record>)>> {
         let d = self.root.join(kind.dir());
         let mut out = Vec::new();
         for entry in fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
@@ -102,8 +153,49 @@ impl Owned {
                 continue;
             }
             let content = fs::read_to_string(entry.path()).unwrap_or_default();
-            out.push((name, content));
+            out.push((name, Record::parse(kind, &content)));
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_read_back_and_keep_their_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let owned = Owned::open(dir.path()).unwrap();
+        let router = Record::Router {
+            router_id: "r-1".into(),
+            dp_id: 7,
+        };
+        let tap = Record::Tap {
+            router_id: "r-1".into(),
+        };
+        let bridge = Record::Bridge {
+            network_id: "n-1".into(),
+        };
+        owned.record("qrouter-r-1", &router).unwrap();
+        owned.record("tapabc", &tap).unwrap();
+        owned.record("brqn-1", &bridge).unwrap();
+        assert_eq!(
+            owned.get(Kind::Netns, "qrouter-r-1").unwrap(),
+            Some(Some(router))
+        );
+        let text = fs::read_to_string(dir.path().join("owned/netns/qrouter-r-1")).unwrap();
+        assert_eq!(text, "r-1 7\n");
+        let mut links = owned.list(Kind::Link).unwrap();
+        links.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            links,
+            vec![
+                ("brqn-1".into(), Some(bridge)),
+                ("tapabc".into(), Some(tap))
+            ]
+        );
+        fs::write(dir.path().join("owned/netns/qrouter-x"), "garbage").unwrap();
+        assert_eq!(owned.get(Kind::Netns, "qrouter-x").unwrap(), Some(None));
     }
 }

@@ -1,0 +1,158 @@
+//! Realisation: converges the kernel (bridges, router namespaces, veths, addresses, routes,
+//! gratuitous ARP, datapath config) to the desired state computed by the store.
+//!
+//! Synchronous by design: the API calls it from a blocking task while it holds the store's
+//! transaction, so a kernel failure rolls the database back. Work inside a router namespace runs
+//! on a thread that entered it (setns is per thread) with a netlink socket created there; work in
+//! the daemon's namespace runs on a thread that entered the namespace recorded at `new`.
+//!
+//! Every kernel object is recorded under `<state-dir>/owned/` before it is created (see
+//! `net::owned`); reconcile and purge delete only recorded objects. A call that fails midway
+//! deletes the objects it created before returning the error.
+//!
+//! Layout: `network` (bridges), `router` (one router's pass, phase by phase), `reconcile` (the
+//! periodic full pass), `purge` (removal of routers and of everything), `validate` (specs
+//! checked before the kernel is touched).
+
+mod network;
+mod purge;
+mod reconcile;
+mod router;
+mod validate;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, MutexGuard, OnceLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use anyhow::Result;
+
+pub use self::{reconcile::ReconcileReport, router::namespace::METADATA_ADDR};
+use crate::{
+    datapath::{Datapath, RouterNat},
+    model::spec::RouterSpec,
+    net::{arp, ns::NetnsHandle, owned::Owned},
+};
+
+/// What the realiser needs from the daemon's configuration.
+#[derive(Clone, Debug)]
+pub struct RealiserConfig {
+    /// Where the record of kernel objects this daemon created lives (reconcile removes only those).
+    pub state_dir: PathBuf,
+    /// `provider:physical_network` → host interface.
+    pub physical_networks: BTreeMap<String, String>,
+}
+
+/// Something that follows routers' lives: the daemon's metadata proxies.
+pub trait RouterHook: Send + Sync {
+    /// The router's namespace is converged (called after every apply; idempotent).
+    fn router_up(&self, router_id: &str, ns: &NetnsHandle) -> Result<()>;
+    /// The router is being removed.
+    fn router_down(&self, router_id: &str);
+}
+
+/// Converges kernel state; one per daemon.
+pub struct Realiser {
+    cfg: RealiserConfig,
+    datapath: Arc<Datapath>,
+    /// The daemon's own namespace, recorded at `new`.
+    daemon_ns: NetnsHandle,
+    owned: Owned,
+    /// Sends gratuitous ARPs in the background.
+    announcer: arp::Announcer,
+    /// Serialises kernel changes: API calls with each other and with each reconcile step.
+    op: Mutex<()>,
+    /// What the last successful converge of each router left in the datapath.
+    memo: Mutex<HashMap<String, RouterMemo>>,
+    /// Told about routers coming up and going (metadata proxies); set once by the daemon.
+    router_hook: OnceLock<Arc<dyn RouterHook>>,
+    /// Reconcile passes so far (every `FULL_CHECK_EVERY`th is a full one).
+    passes: AtomicU64,
+    /// Whether routers' devices run the fast path (`[datapath] fast_path`).
+    fast_path: AtomicBool,
+}
+
+/// One reconcile pass in this many enters every router namespace; the others check routers
+/// from the daemon's namespace only (cheap with 1000 routers), which already sees a deleted
+/// namespace or device.
+pub const FULL_CHECK_EVERY: u64 = 10;
+
+/// What the realiser last left in the kernel and datapath for one router.
+#[derive(Clone, Debug, Default)]
+struct RouterMemo {
+    /// Taps of the router's ports (daemon namespace).
+    taps: BTreeSet<String>,
+    /// Gateway tap the datapath is attached to, with its ifindex.
+    attached: Option<(String, u32)>,
+    /// NAT configuration last written.
+    nat: Option<RouterNat>,
+    /// Floating IPs and internal hooks last written.
+    floating: Option<router::floating::Applied>,
+    /// The spec this router was last fully converged to.
+    spec: Option<RouterSpec>,
+    /// Devices of the router namespace running the fast path: name → (ifindex, MAC) there.
+    fast: BTreeMap<String, (u32, [u8; 6])>,
+    /// With the fast path off: the filters an earlier run may have left were removed.
+    fast_off: bool,
+}
+
+impl Realiser {
+    /// Must be called from a thread in the daemon's own namespace; remembers it. Call it before
+    /// the async runtime starts moving threads around (or from any thread of the daemon's
+    /// namespace: every later call enters the recorded namespace itself).
+    pub fn new(cfg: RealiserConfig, datapath: Arc<Datapath>) -> Result<Self> {
+        let daemon_ns = NetnsHandle::current()?;
+        let owned = Owned::open(&cfg.state_dir)?;
+        Ok(Self {
+            cfg,
+            datapath,
+            daemon_ns,
+            owned,
+            announcer: arp::Announcer::start(NetnsHandle::current()?)?,
+            op: Mutex::new(()),
+            memo: Mutex::new(HashMap::new()),
+            router_hook: OnceLock::new(),
+            passes: AtomicU64::new(0),
+            fast_path: AtomicBool::new(true),
+        })
+    }
+
+    /// Turns the fast path on (the default) or off; call before the first converge. Off
+    /// removes every `FAST_IFS` entry now, and each router's first converge removes the
+    /// filters an earlier run attached.
+    pub fn set_fast_path(&self, on: bool) -> Result<()> {
+        self.fast_path.store(on, Ordering::Relaxed);
+        if !on {
+            self.datapath.clear_fast()?;
+        }
+        Ok(())
+    }
+
+    fn fast_path(&self) -> bool {
+        self.fast_path.load(Ordering::Relaxed)
+    }
+
+    /// The datapath this realiser configures (sessions, stats and GC go to it directly).
+    pub fn datapath(&self) -> &Arc<Datapath> {
+        &self.datapath
+    }
+
+    /// Registers the hook told about routers coming up and going (the metadata proxies).
+    pub fn set_router_hook(&self, hook: Arc<dyn RouterHook>) {
+        let _ = self.router_hook.set(hook);
+    }
+
+    fn lock_op(&self) -> MutexGuard<'_, ()> {
+        lock(&self.op)
+    }
+}
+
+/// Locks, ignoring poisoning (the protected data stays consistent: every update is one insert
+/// or remove).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,188 @@
+//! Networks: the bridge `brq…` of each network in the daemon's namespace, with the host
+//! interface of its physical network enslaved; and the daemon-namespace link helpers the other
+//! passes share.
+
+use std::collections::HashMap;
+
+use anyhow::{Result, anyhow, bail};
+
+use super::{Realiser, validate::validate_id};
+use crate::{
+    model::spec::{NetworkSpec, names},
+    net::{
+        LinkState,
+        link::{self, LinkKind},
+        ns::{self, with_netlink},
+        owned::{Kind, Record},
+    },
+};
+
+impl Realiser {
+    /// Bridge for the network (and uplink enslaved); idempotent.
+    pub fn apply_network(&self, net: &NetworkSpec) -> Result<()> {
+        validate_id("network", &net.id)?;
+        let _g = self.lock_op();
+        self.converge_network(net, None).map(|_| ())
+    }
+
+    /// Returns whether anything was created or changed.
+    pub(super) fn converge_network(
+        &self,
+        net: &NetworkSpec,
+        known: Option<&HashMap<String, LinkState>>,
+    ) -> Result<bool> {
+        // A physical network with no mapping gets a bridge without uplink (single-host setups,
+        // tests); a mapping to a missing interface is an error below.
+        let uplink = match &net.physical_network {
+            None => None,
+            Some(p) => {
+                let u = self.cfg.physical_networks.get(p);
+                if u.is_none() && known.is_none() {
+                    tracing::warn!(
+                        "network {}: physical network {p:?} is not mapped to a host interface in the configuration; its bridge has no uplink",
+                        net.id
+                    );
+                }
+                u
+            }
+        };
+        let br = names::bridge(&net.id);
+        // Steady state seen in a reconcile dump: nothing to do, no thread.
+        if let Some(k) = known
+            && let Some(b) = k.get(&br)
+            && b.up
+            && b.kind == LinkKind::Bridge
+        {
+            let uplink_ok = match uplink {
+                None => true,
+                Some(u) => k
+                    .get(u.as_str())
+                    .is_some_and(|l| l.controller == Some(b.index) && l.up),
+            };
+            if uplink_ok {
+                return Ok(false);
+            }
+        }
+        let owned = &self.owned;
+        with_netlink(&self.daemon_ns, |h| async move {
+            let mut changed = false;
+            let mut created = false;
+            let bridge = match link::get_link(&h, &br).await? {
+                Some(l) => {
+                    if l.kind != LinkKind::Bridge {
+                        bail!("network {}: device {br} exists and is not a bridge", net.id);
+                    }
+                    l
+                }
+                None => {
+                    owned.record(
+                        &br,
+                        &Record::Bridge {
+                            network_id: net.id.clone(),
+                        },
+                    )?;
+                    match link::create_bridge(&h, &br).await {
+                        Ok(_) => {}
+                        Err(e) => {
+                            let _ = owned.forget(Kind::Link, &br);
+                            return Err(e);
+                        }
+                    }
+                    created = true;
+                    changed = true;
+                    ns::disable_ipv6(&br);
+                    link::get_link(&h, &br)
+                        .await?
+                        .ok_or_else(|| anyhow!("bridge {br} vanished after creation"))?
+                }
+            };
+            let rest = async {
+                if !bridge.up {
+                    link::set_up(&h, bridge.index, true).await?;
+                    changed = true;
+                }
+                if let Some(u) = uplink {
+                    let up = link::get_link(&h, u).await?.ok_or_else(|| {
+                        anyhow!(
+                            "network {}: host interface {u} (physical network {:?}) does not exist",
+                            net.id,
+                            net.physical_network.as_deref().unwrap_or_default()
+                        )
+                    })?;
+                    if up.controller != Some(bridge.index) {
+                        link::set_controller(&h, up.index, bridge.index).await?;
+                        changed = true;
+                    }
+                    if !up.up {
+                        link::set_up(&h, up.index, true).await?;
+                        changed = true;
+                    }
+                }
+                Ok::<_, anyhow::Error>(())
+            };
+            if let Err(e) = rest.await {
+                if created {
+                    let _ = link::delete_link(&h, &br).await;
+                    let _ = owned.forget(Kind::Link, &br);
+                }
+                return Err(e);
+            }
+            Ok(changed)
+        })
+    }
+
+    /// Removes the network's bridge; missing is success.
+    pub fn remove_network(&self, network_id: &str) -> Result<()> {
+        validate_id("network", network_id)?;
+        let _g = self.lock_op();
+        let br = names::bridge(network_id);
+        if !self.owned.contains(Kind::Link, &br) {
+            return Ok(());
+        }
+        self.delete_daemon_links(&[br])
+    }
+
+    /// Deletes recorded devices of the daemon namespace, then their records.
+    pub(super) fn delete_daemon_links(&self, devs: &[String]) -> Result<()> {
+        if devs.is_empty() {
+            return Ok(());
+        }
+        with_netlink(&self.daemon_ns, |h| async move {
+            for d in devs {
+                link::delete_link(&h, d).await?;
+            }
+            Ok(())
+        })?;
+        for d in devs {
+            self.owned.forget(Kind::Link, d)?;
+        }
+        Ok(())
+    }
+
+    /// Looks up `names` in the daemon namespace.
+    pub(super) fn lookup_daemon_links(
+        &self,
+        names: &[String],
+    ) -> Result<HashMap<String, LinkState>> {
+        with_netlink(&self.daemon_ns, |h| async move {
+            let mut out = HashMap::new();
+            for n in names {
+                if let Some(l) = link::get_link(&h, n).await? {
+                    out.insert(n.clone(), l);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Every link of the daemon namespace by name.
+    pub(super) fn dump_daemon_links(&self) -> Result<HashMap<String, LinkState>> {
+        with_netlink(&self.daemon_ns, |h| async move {
+            Ok(link::dump_links(&h)
+                .await?
+                .into_iter()
+                .map(|l| (l.name.clone(), l))
+                .collect())
+        })
+    }
+}
