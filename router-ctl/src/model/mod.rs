@@ -16,6 +16,9 @@ pub const OWNER_ROUTER_INTERFACE: &str = "network:router_interface";
 pub const OWNER_ROUTER_GATEWAY: &str = "network:router_gateway";
 /// Neutron's `device_owner` of the port holding a floating IP's address.
 pub const OWNER_FLOATINGIP: &str = "network:floatingip";
+/// Prefix of every `device_owner` Neutron's own services use: such ports (router, DHCP,
+/// floating IP) never get a floating IP.
+pub const OWNER_NETWORK_PREFIX: &str = "network:";
 
 /// A failed request as Neutron reports it: HTTP status, exception type name, message.
 ///

@@ -25,7 +25,7 @@ use crate::{
         input::{self, NAME_MAX, Obj},
         scope::visible,
     },
-    model::{Fault, FloatingIp, OWNER_FLOATINGIP, Port},
+    model::{Fault, FloatingIp, OWNER_FLOATINGIP, OWNER_NETWORK_PREFIX, Port},
     store::{self, floatingips as fstore},
 };
 
@@ -131,7 +131,7 @@ fn associate(
         ));
     }
     let port = visible::<Port>(c, ctx, port_id)?;
-    if port.device_owner.starts_with("network:") {
+    if port.device_owner.starts_with(OWNER_NETWORK_PREFIX) {
         return Err(Fault::bad_request(format!(
             "Bad floatingip request: Port {} has owner {} and cannot have a floating IP.",
             port.id, port.device_owner
