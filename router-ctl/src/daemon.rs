@@ -167,8 +167,8 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         realiser.clone(),
         tokens,
         cfg.physical_networks.keys().cloned().collect(),
+        Some(datapath.clone()),
     );
-    state.set_datapath(datapath.clone());
     rt.block_on(serve(cfg, state, realiser, datapath))
 }
 

@@ -10,10 +10,8 @@ use std::{net::Ipv4Addr, sync::Arc};
 
 use router_ctl::{
     config::NatConfig,
-    datapath::{
-        Datapath,
-        fip::{FloatingNat, PortForwardNat},
-    },
+    datapath::Datapath,
+    model::spec::{FloatingIpSpec, PortForwardingSpec},
 };
 use tests::{
     Bpffs, open_datapath,
@@ -52,12 +50,12 @@ impl Fixture {
         Self { dp, _dir: dir }
     }
 
-    fn floating(&self, fips: &[([u8; 4], [u8; 4])], pfs: &[PortForwardNat]) {
-        let fips: Vec<FloatingNat> = fips
+    fn floating(&self, fips: &[([u8; 4], [u8; 4])], pfs: &[PortForwardingSpec]) {
+        let fips: Vec<FloatingIpSpec> = fips
             .iter()
-            .map(|(f, x)| FloatingNat {
+            .map(|(f, x)| FloatingIpSpec {
                 floating_ip: Ipv4Addr::from(*f),
-                fixed_ip: Ipv4Addr::from(*x),
+                fixed_ip: Some(Ipv4Addr::from(*x)),
             })
             .collect();
         self.dp
@@ -109,8 +107,8 @@ fn hex(f: &[u8]) -> String {
         .join(" ")
 }
 
-fn pf(proto: u8, fip: [u8; 4], ext: u16, int: [u8; 4], port: u16) -> PortForwardNat {
-    PortForwardNat {
+fn pf(proto: u8, fip: [u8; 4], ext: u16, int: [u8; 4], port: u16) -> PortForwardingSpec {
+    PortForwardingSpec {
         protocol: proto,
         floating_ip: fip.into(),
         external_port: ext,

@@ -1,7 +1,7 @@
 //! Request body validation with Neutron's messages: every field is checked for type and range
 //! before anything is read from or written to the store, and unknown fields are refused.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use serde_json::{Map, Value};
 
@@ -144,12 +144,14 @@ pub fn req_uuid(o: &Obj, key: &str) -> Result<String, Fault> {
     opt_uuid(o, key)?.ok_or_else(|| bad_attr(key, "this attribute is required"))
 }
 
-/// An IPv4 address string.
-pub fn ip_value(key: &str, v: &Value) -> Result<Ipv4Addr, Fault> {
+/// An address string of a family the API accepts: IPv4 only for now, so this and the subnet
+/// `cidr`/`ip_version` checks are where IPv6 would be let in.
+pub fn ip_value(key: &str, v: &Value) -> Result<IpAddr, Fault> {
     match v {
-        Value::String(s) => s
-            .parse::<Ipv4Addr>()
-            .map_err(|_| bad_attr(key, format!("'{s}' is not a valid IPv4 address"))),
+        Value::String(s) => match s.parse::<IpAddr>() {
+            Ok(ip @ IpAddr::V4(_)) => Ok(ip),
+            _ => Err(bad_attr(key, format!("'{s}' is not a valid IPv4 address"))),
+        },
         other => Err(bad_attr(
             key,
             format!("'{other}' is not a valid IP address"),
@@ -173,7 +175,7 @@ pub struct FixedIpRequest {
     /// The subnet to allocate from (else the one containing `ip`).
     pub subnet_id: Option<String>,
     /// The address wanted (else the first free one).
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Option<IpAddr>,
 }
 
 /// Parses a `fixed_ips`-shaped list.

@@ -1,15 +1,19 @@
-//! Neutron v2.0-compatible REST API (axum): networks, subnets, ports, routers, extensions.
+//! Neutron v2.0-compatible REST API (axum): networks, subnets, ports, routers, floating IPs,
+//! port forwardings, extensions.
 //!
-//! Handlers are thin: they authenticate (`X-Auth-Token` → `Ctx`), parse the body, and run the
-//! resource logic (`resources`) on a blocking thread that holds the store's only writer. A
+//! Handlers (`handlers`) are thin: they authenticate (`X-Auth-Token` → `Ctx`), parse the body,
+//! and run the resource logic (`resources`) on a blocking thread that holds the store's only
+//! writer. The kernel side is reached only through two traits handed over at start: `Realise`
+//! (changes) and `observe::Observe` (sessions and counters). A
 //! mutation runs in one transaction; the kernel is changed through the realiser while that
 //! transaction is open, and a realiser failure rolls the transaction back and re-applies the
 //! previous specs, so a failed request changes neither the database nor the kernel.
 
 pub mod discovery;
-pub mod floatingips;
+mod handlers;
 pub mod input;
 pub mod observe;
+mod query;
 pub mod resources;
 mod scope;
 
@@ -23,14 +27,12 @@ use std::{
 
 use axum::{
     Json, Router,
-    body::Bytes,
-    extract::{FromRequestParts, Path, Query, Request, State},
+    extract::{FromRequestParts, Request},
     http::{StatusCode, Uri, request::Parts},
     response::{IntoResponse, Response},
-    routing::{get, put},
 };
 use rusqlite::Connection;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::{
     config::TokenConfig,
@@ -41,7 +43,8 @@ use crate::{
     realise::Realiser,
     store::{self, Store},
 };
-use resources::Kind;
+pub use handlers::router;
+pub use observe::Observe;
 
 /// The kernel side as the API needs it: the four realiser calls a mutation can make.
 ///
@@ -132,8 +135,8 @@ struct Inner {
     tokens: BTreeMap<String, TokenConfig>,
     /// `provider:physical_network` names the config maps to a host interface.
     physical_networks: std::collections::BTreeSet<String>,
-    /// The datapath, for the sessions and stats views (`observe`); set once by the daemon.
-    datapath: std::sync::OnceLock<Arc<crate::datapath::Datapath>>,
+    /// The sessions and stats views' source (None: those views answer 503).
+    observer: Option<Arc<dyn Observe>>,
 }
 
 /// Shared state of the API server.
@@ -149,17 +152,19 @@ impl ApiState {
         realiser: Arc<dyn Realise>,
         tokens: BTreeMap<String, TokenConfig>,
     ) -> Self {
-        Self::with_physical_networks(store, realiser, tokens, Default::default())
+        Self::with_physical_networks(store, realiser, tokens, Default::default(), None)
     }
 
     /// `new`, accepting `provider:physical_network` values among `physical_networks` (the
-    /// config's mapping); any other value is refused with 400, as Neutron refuses a physical
-    /// network it has no bridge mapping for.
+    /// config's mapping; any other value is refused with 400, as Neutron refuses a physical
+    /// network it has no bridge mapping for), and reading sessions and counters from
+    /// `observer`.
     pub fn with_physical_networks(
         store: Store,
         realiser: Arc<dyn Realise>,
         tokens: BTreeMap<String, TokenConfig>,
         physical_networks: std::collections::BTreeSet<String>,
+        observer: Option<Arc<dyn Observe>>,
     ) -> Self {
         let reader = match store.reader() {
             Ok(r) => r.map(Mutex::new),
@@ -175,15 +180,9 @@ impl ApiState {
                 realiser,
                 tokens,
                 physical_networks,
-                datapath: std::sync::OnceLock::new(),
+                observer,
             }),
         }
-    }
-
-    /// Attaches the datapath the sessions and stats views read (once; later calls are
-    /// ignored).
-    pub fn set_datapath(&self, datapath: Arc<crate::datapath::Datapath>) {
-        let _ = self.inner.datapath.set(datapath);
     }
 
     /// Runs `f` with the store locked (blocking; the reconcile loop uses it so it never sees a
@@ -350,77 +349,9 @@ impl FromRequestParts<ApiState> for Ctx {
     }
 }
 
-/// The router with every route; see `service` for the `.json` suffix handling.
-pub fn router(state: ApiState) -> Router {
-    fn coll(kind: Kind) -> axum::routing::MethodRouter<ApiState> {
-        get(
-            move |State(s): State<ApiState>, ctx: Ctx, uri: Uri, h: axum::http::HeaderMap| {
-                list(s, ctx, uri, h, kind)
-            },
-        )
-        .post(move |State(s): State<ApiState>, ctx: Ctx, body: Bytes| create(s, ctx, kind, body))
-    }
-    fn item(kind: Kind) -> axum::routing::MethodRouter<ApiState> {
-        get(
-            move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, uri: Uri| {
-                show(s, ctx, kind, id, uri)
-            },
-        )
-        .put(
-            move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
-                update(s, ctx, kind, id, body)
-            },
-        )
-        .delete(
-            move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>| {
-                delete(s, ctx, kind, id)
-            },
-        )
-    }
-    let mut r = Router::new()
-        .route("/", get(discovery::versions))
-        .route("/v2.0", get(discovery::index))
-        .route("/v2.0/", get(discovery::index))
-        .route("/v2.0/extensions", get(discovery::extensions))
-        .route("/v2.0/extensions/{alias}", get(discovery::extension));
-    for kind in [Kind::Network, Kind::Subnet, Kind::Port, Kind::Router] {
-        r = r
-            .route(&format!("/v2.0/{}", kind.collection()), coll(kind))
-            .route(&format!("/v2.0/{}/{{id}}", kind.collection()), item(kind));
-    }
-    r = floatingips::routes(r);
-    r = observe::routes(r);
-    r.route(
-        "/v2.0/routers/{id}/add_router_interface",
-        put(
-            |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
-                interface(s, ctx, id, body, true)
-            },
-        ),
-    )
-    .route(
-        "/v2.0/routers/{id}/remove_router_interface",
-        put(
-            |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
-                interface(s, ctx, id, body, false)
-            },
-        ),
-    )
-    .fallback(|| async { Fault::new(404, "HTTPNotFound", "The resource could not be found.") })
-    .method_not_allowed_fallback(|| async {
-        Fault::new(
-            405,
-            "HTTPMethodNotAllowed",
-            "The method is not allowed for this resource.",
-        )
-    })
-    .layer(axum::middleware::map_response(neutron_errors))
-    .with_state(state)
-}
-
 /// Turns any error response that is not already a NeutronError (axum's own rejections: path
 /// decoding, body too large) into one, so clients always get the documented shape.
-async fn neutron_errors(resp: Response) -> Response {
+pub(super) async fn neutron_errors(resp: Response) -> Response {
     let status = resp.status();
     let is_json = resp
         .headers()
@@ -490,231 +421,4 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await
-}
-
-// ------------------------------------------------------------------ handlers
-
-/// Query parameters: `fields` (repeatable), equality filters, sorting and pagination.
-#[derive(Default)]
-struct ListQuery {
-    fields: Vec<String>,
-    filters: BTreeMap<String, Vec<String>>,
-    sort_key: Option<String>,
-    descending: bool,
-    limit: Option<usize>,
-    marker: Option<String>,
-}
-
-const NON_FILTERS: &[&str] = &[
-    "fields",
-    "limit",
-    "marker",
-    "sort_key",
-    "sort_dir",
-    "page_reverse",
-    "verbose",
-];
-
-fn parse_query(uri: &Uri) -> Result<ListQuery, Fault> {
-    let Query(pairs): Query<Vec<(String, String)>> = Query::try_from_uri(uri)
-        .map_err(|e| Fault::bad_request(format!("Malformed query string: {e}")))?;
-    let mut q = ListQuery::default();
-    for (k, v) in pairs {
-        match k.as_str() {
-            "fields" => q
-                .fields
-                .extend(v.split(',').filter(|s| !s.is_empty()).map(str::to_string)),
-            "sort_key" => q.sort_key = q.sort_key.or(Some(v)),
-            "sort_dir" => match v.as_str() {
-                "asc" => q.descending = false,
-                "desc" => q.descending = true,
-                _ => {
-                    return Err(Fault::bad_request(format!(
-                        "Invalid sort_dir '{v}': must be asc or desc"
-                    )));
-                }
-            },
-            "limit" => match v.parse::<usize>() {
-                Ok(0) => q.limit = None,
-                Ok(n) => q.limit = Some(n),
-                Err(_) => {
-                    return Err(Fault::bad_request(format!(
-                        "Invalid limit '{v}': must be a non-negative integer"
-                    )));
-                }
-            },
-            "marker" => q.marker = Some(v),
-            _ if NON_FILTERS.contains(&k.as_str()) => {}
-            _ => q.filters.entry(k).or_default().push(v),
-        }
-    }
-    Ok(q)
-}
-
-fn value_matches(v: &Value, want: &str) -> bool {
-    match v {
-        Value::String(s) => s == want,
-        Value::Bool(b) => input::parse_bool(want) == Some(*b),
-        Value::Number(n) => n.to_string() == want,
-        Value::Null => want.is_empty() || want == "None",
-        Value::Array(items) => items.iter().any(|i| value_matches(i, want)),
-        Value::Object(o) => {
-            // `fixed_ips=ip_address=10.0.0.5` / `fixed_ips=subnet_id=...`
-            let Some((k, w)) = want.split_once('=') else {
-                return false;
-            };
-            o.get(k).is_some_and(|x| value_matches(x, w))
-        }
-    }
-}
-
-fn matches(item: &Value, filters: &BTreeMap<String, Vec<String>>) -> bool {
-    filters.iter().all(|(k, wants)| match item.get(k) {
-        // Filters on attributes this resource does not have are ignored, as Neutron did.
-        None => true,
-        Some(v) => wants.iter().any(|w| value_matches(v, w)),
-    })
-}
-
-fn project(item: Value, fields: &[String]) -> Value {
-    if fields.is_empty() {
-        return item;
-    }
-    match item {
-        Value::Object(o) => {
-            Value::Object(o.into_iter().filter(|(k, _)| fields.contains(k)).collect())
-        }
-        other => other,
-    }
-}
-
-fn sort_text(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-async fn list(
-    s: ApiState,
-    ctx: Ctx,
-    uri: Uri,
-    headers: axum::http::HeaderMap,
-    kind: Kind,
-) -> Result<Response, Fault> {
-    let q = parse_query(&uri)?;
-    let items = s.read(move |c| resources::list(c, &ctx, kind)).await?;
-    let mut items: Vec<Value> = items
-        .into_iter()
-        .filter(|i| matches(i, &q.filters))
-        .collect();
-    if let Some(key) = &q.sort_key {
-        items.sort_by_key(|i| sort_text(&i[key.as_str()]));
-    }
-    if q.descending {
-        items.reverse();
-    }
-    if let Some(m) = &q.marker {
-        let pos = items
-            .iter()
-            .position(|i| i["id"].as_str() == Some(m.as_str()))
-            .ok_or_else(|| Fault::not_found(kind.singular(), m))?;
-        items.drain(..=pos);
-    }
-    let mut body = serde_json::Map::new();
-    if let Some(limit) = q.limit
-        && items.len() > limit
-    {
-        items.truncate(limit);
-        // The next page: the same query with the marker moved to the last item shown.
-        let last = items
-            .last()
-            .and_then(|i| i["id"].as_str())
-            .unwrap_or_default();
-        let mut query: Vec<&str> = uri
-            .query()
-            .unwrap_or_default()
-            .split('&')
-            .filter(|p| !p.is_empty() && !p.starts_with("marker="))
-            .collect();
-        let marker = format!("marker={last}");
-        query.push(&marker);
-        let href = format!(
-            "{}/v2.0/{}?{}",
-            discovery::base(&headers),
-            kind.collection(),
-            query.join("&")
-        );
-        body.insert(
-            format!("{}_links", kind.collection()),
-            json!([{"rel": "next", "href": href}]),
-        );
-    }
-    let items: Vec<Value> = items.into_iter().map(|i| project(i, &q.fields)).collect();
-    body.insert(kind.collection().to_string(), Value::Array(items));
-    Ok(Json(Value::Object(body)).into_response())
-}
-
-async fn show(s: ApiState, ctx: Ctx, kind: Kind, id: String, uri: Uri) -> Result<Response, Fault> {
-    let q = parse_query(&uri)?;
-    let item = s.read(move |c| resources::show(c, &ctx, kind, &id)).await?;
-    Ok(Json(json!({ kind.singular(): project(item, &q.fields) })).into_response())
-}
-
-async fn create(s: ApiState, ctx: Ctx, kind: Kind, body: Bytes) -> Result<Response, Fault> {
-    let o = input::resource_body(&body, kind.singular())?;
-    // Non-admins get 403 for any provider attribute (resources::create).
-    if kind == Kind::Network
-        && ctx.admin
-        && let Some(Value::String(p)) = o.get("provider:physical_network")
-        && !s.inner.physical_networks.contains(p)
-    {
-        return Err(Fault::invalid(format!(
-            "physical_network '{p}' unknown for flat provider network"
-        )));
-    }
-    let item = s
-        .mutate(move |c, fx| resources::create(c, fx, &ctx, kind, o))
-        .await?;
-    Ok((StatusCode::CREATED, Json(json!({ kind.singular(): item }))).into_response())
-}
-
-async fn update(
-    s: ApiState,
-    ctx: Ctx,
-    kind: Kind,
-    id: String,
-    body: Bytes,
-) -> Result<Response, Fault> {
-    let o = input::resource_body(&body, kind.singular())?;
-    let item = s
-        .mutate(move |c, fx| resources::update(c, fx, &ctx, kind, &id, o))
-        .await?;
-    Ok(Json(json!({ kind.singular(): item })).into_response())
-}
-
-async fn delete(s: ApiState, ctx: Ctx, kind: Kind, id: String) -> Result<Response, Fault> {
-    s.mutate(move |c, fx| resources::delete(c, fx, &ctx, kind, &id))
-        .await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn interface(
-    s: ApiState,
-    ctx: Ctx,
-    id: String,
-    body: Bytes,
-    add: bool,
-) -> Result<Response, Fault> {
-    let o = input::any_object(&body)?;
-    let info = s
-        .mutate(move |c, fx| {
-            if add {
-                resources::add_interface(c, fx, &ctx, &id, &o)
-            } else {
-                resources::remove_interface(c, fx, &ctx, &id, &o)
-            }
-        })
-        .await?;
-    Ok(Json(info).into_response())
 }

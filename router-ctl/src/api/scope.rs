@@ -4,10 +4,10 @@
 
 use rusqlite::Connection;
 
-use super::{Ctx, floatingips::fip_not_found};
+use super::{Ctx, resources::Kind};
 use crate::{
-    model::{Fault, Network, Port, Router, Subnet},
-    store::{self, floatingips::FloatingIp},
+    model::{Fault, FloatingIp, Network, Port, Router, Subnet},
+    store,
 };
 
 /// A stored resource that belongs to a project.
@@ -102,8 +102,6 @@ scoped!(Port, store::get_port, |id| Fault::not_found("port", id));
 scoped!(Router, store::get_router, |id| Fault::not_found(
     "router", id
 ));
-scoped!(
-    FloatingIp,
-    store::floatingips::get_floatingip,
-    fip_not_found
-);
+scoped!(FloatingIp, store::floatingips::get_floatingip, |id| {
+    Kind::FloatingIp.not_found(None, id)
+});

@@ -20,6 +20,14 @@ use super::{
     Datapath, INTERNAL_HOOKS, Inner, LEGACY_HOOKS, filter, ifindex_of, mirror::Mirrored,
     read_sessions, remove_missing_ok, take,
 };
+use crate::model::spec::{FloatingIpSpec, PortForwardingSpec};
+
+/// The associated floating IPs among `fips`, as (floating, fixed) pairs: an unassociated one
+/// (held for port forwardings only) translates nothing by itself.
+fn associated(fips: &[FloatingIpSpec]) -> impl Iterator<Item = (Ipv4Addr, Ipv4Addr)> + '_ {
+    fips.iter()
+        .filter_map(|f| f.fixed_ip.map(|fixed| (f.floating_ip, fixed)))
+}
 
 /// Typed handles of the floating-IP maps.
 pub(super) struct Maps {
@@ -52,23 +60,6 @@ impl Maps {
             None => 0,
         }
     }
-}
-
-/// One associated floating IP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct FloatingNat {
-    pub floating_ip: Ipv4Addr,
-    pub fixed_ip: Ipv4Addr,
-}
-
-/// One port forwarding (`protocol`: IP protocol number, TCP or UDP).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct PortForwardNat {
-    pub protocol: u8,
-    pub floating_ip: Ipv4Addr,
-    pub external_port: u16,
-    pub internal_ip: Ipv4Addr,
-    pub internal_port: u16,
 }
 
 fn fip_key(dp_id: u32, addr: Ipv4Addr, dir: u8) -> FipKey {
@@ -106,29 +97,26 @@ fn pf_val(addr: Ipv4Addr, port: u16) -> PfValue {
 }
 
 impl Datapath {
-    /// Makes the router's floating IPs and port forwardings exactly `fips` and `pfs`; sessions
-    /// of entries that went away (or changed) are deleted.
+    /// Makes the router's floating IPs and port forwardings exactly the associated ones of
+    /// `fips` and `pfs`, as the router's spec holds them; sessions of entries that went away
+    /// (or changed) are deleted.
     pub fn configure_floating(
         &self,
         dp_id: u32,
-        fips: &[FloatingNat],
-        pfs: &[PortForwardNat],
+        fips: &[FloatingIpSpec],
+        pfs: &[PortForwardingSpec],
     ) -> Result<()> {
         let mut seen = HashSet::new();
-        for f in fips {
-            if !seen.insert(f.fixed_ip) || !seen.insert(f.floating_ip) {
-                bail!(
-                    "router {dp_id}: address {} or {} used by two floating IPs",
-                    f.fixed_ip,
-                    f.floating_ip
-                );
+        for (floating, fixed) in associated(fips) {
+            if !seen.insert(fixed) || !seen.insert(floating) {
+                bail!("router {dp_id}: address {fixed} or {floating} used by two floating IPs");
             }
         }
         let mut inner = self.lock();
         let mut want_f: Vec<(FipKey, FipValue)> = Vec::new();
-        for f in fips {
-            want_f.push((fip_key(dp_id, f.fixed_ip, DIR_OUT), fip_val(f.floating_ip)));
-            want_f.push((fip_key(dp_id, f.floating_ip, DIR_IN), fip_val(f.fixed_ip)));
+        for (floating, fixed) in associated(fips) {
+            want_f.push((fip_key(dp_id, fixed, DIR_OUT), fip_val(floating)));
+            want_f.push((fip_key(dp_id, floating, DIR_IN), fip_val(fixed)));
         }
         let mut want_p: Vec<(PfKey, PfValue)> = Vec::new();
         for p in pfs {
@@ -161,7 +149,8 @@ impl Datapath {
         if stale > 0 {
             flush_stale_sessions(&mut inner, dp_id, fips, pfs)?;
         }
-        set_floating_flag(&mut inner, dp_id, !fips.is_empty() || !pfs.is_empty())?;
+        let any = associated(fips).next().is_some() || !pfs.is_empty();
+        set_floating_flag(&mut inner, dp_id, any)?;
         Ok(())
     }
 
@@ -226,8 +215,8 @@ impl Datapath {
 fn flush_stale_sessions(
     inner: &mut Inner,
     dp_id: u32,
-    fips: &[FloatingNat],
-    pfs: &[PortForwardNat],
+    fips: &[FloatingIpSpec],
+    pfs: &[PortForwardingSpec],
 ) -> Result<()> {
     let entries = read_sessions(inner)?;
     let w = |a: Ipv4Addr| ip_to_wire(a.octets());
@@ -244,9 +233,9 @@ fn flush_stale_sessions(
             _ => continue,
         };
         let keep = match v.kind {
-            SESSION_FIP => fips
-                .iter()
-                .any(|f| w(f.fixed_ip) == int_a && w(f.floating_ip) == ext_a),
+            SESSION_FIP => {
+                associated(fips).any(|(floating, fixed)| w(fixed) == int_a && w(floating) == ext_a)
+            }
             SESSION_PF => pfs.iter().any(|f| {
                 f.protocol == k.proto
                     && w(f.internal_ip) == int_a

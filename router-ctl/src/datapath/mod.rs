@@ -18,7 +18,7 @@ pub mod sessions;
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
-    net::{Ipv4Addr, SocketAddrV4},
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, MutexGuard},
 };
@@ -34,7 +34,6 @@ use router_common::{
     CidrKey, FragKey, FragValue, ROUTER_F_FLOATING, ROUTER_F_SNAT, RouterConfig, RouterStats,
     SessionKey, SessionValue, ip_to_wire, maps, programs, stats::GlobalCounter,
 };
-use serde::Serialize;
 
 use crate::config::NatConfig;
 
@@ -64,24 +63,7 @@ pub struct RouterNat {
     pub internal_cidrs: Vec<Ipv4Net>,
 }
 
-/// One NAT session as `router-ctl sessions` shows it.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct SessionInfo {
-    /// "tcp", "udp", "icmp"
-    pub protocol: String,
-    /// Original source inside the router.
-    pub internal: SocketAddrV4,
-    /// Source after translation (gateway IP and NAT port).
-    pub translated: SocketAddrV4,
-    /// The remote end.
-    pub remote: SocketAddrV4,
-    /// "snat", "floating_ip" or "port_forwarding"
-    pub kind: String,
-    /// e.g. "SYN_SENT", "ESTABLISHED", "CLOSING", "UNREPLIED", "REPLIED"
-    pub state: String,
-    /// Seconds since the last packet in either direction.
-    pub idle_secs: u64,
-}
+pub use crate::model::SessionInfo;
 
 /// What one GC pass did (`Datapath::gc`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

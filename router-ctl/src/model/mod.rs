@@ -4,14 +4,21 @@
 
 pub mod spec;
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddrV4};
 
-use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use ipnet::IpNet;
 
 /// Neutron's `device_owner` of a router's internal interface port.
 pub const OWNER_ROUTER_INTERFACE: &str = "network:router_interface";
 /// Neutron's `device_owner` of a router's external gateway port.
 pub const OWNER_ROUTER_GATEWAY: &str = "network:router_gateway";
+/// Neutron's `device_owner` of the port holding a floating IP's address.
+pub const OWNER_FLOATINGIP: &str = "network:floatingip";
+/// Prefix of every `device_owner` Neutron's own services use: such ports (router, DHCP,
+/// floating IP) never get a floating IP.
+pub const OWNER_NETWORK_PREFIX: &str = "network:";
 
 /// A failed request as Neutron reports it: HTTP status, exception type name, message.
 ///
@@ -107,7 +114,8 @@ pub struct Network {
     pub status: String,
 }
 
-/// An IPv4 subnet of a network.
+/// A subnet of a network. Addresses carry their family; the API accepts IPv4 only for now
+/// (`api::input`), so every stored subnet is IPv4.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subnet {
     pub id: String,
@@ -115,19 +123,19 @@ pub struct Subnet {
     pub name: String,
     pub description: String,
     pub project_id: String,
-    pub cidr: Ipv4Net,
-    pub gateway_ip: Option<Ipv4Addr>,
+    pub cidr: IpNet,
+    pub gateway_ip: Option<IpAddr>,
     /// Inclusive ranges IPs are allocated from, in order.
-    pub allocation_pools: Vec<(Ipv4Addr, Ipv4Addr)>,
+    pub allocation_pools: Vec<(IpAddr, IpAddr)>,
     pub enable_dhcp: bool,
-    pub dns_nameservers: Vec<Ipv4Addr>,
+    pub dns_nameservers: Vec<IpAddr>,
 }
 
 /// One address of a port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FixedIp {
     pub subnet_id: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
 }
 
 /// A Neutron port: a MAC and addresses on a network, owned by a device (here: routers).
@@ -162,6 +170,54 @@ pub struct Router {
     pub enable_snat: bool,
 }
 
+/// A floating IP as the API sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FloatingIp {
+    pub id: String,
+    pub project_id: String,
+    pub description: String,
+    pub floating_network_id: String,
+    /// The port on the external network holding the address.
+    pub floating_port_id: String,
+    pub floating_ip: IpAddr,
+    pub port_id: Option<String>,
+    pub fixed_ip: Option<IpAddr>,
+    pub router_id: Option<String>,
+}
+
+/// A port forwarding of a floating IP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortForwarding {
+    pub id: String,
+    pub floatingip_id: String,
+    /// "tcp" or "udp"
+    pub protocol: String,
+    pub external_port: u16,
+    pub internal_port_id: String,
+    pub internal_ip: IpAddr,
+    pub internal_port: u16,
+    pub description: String,
+}
+
+/// One NAT session as `router-ctl sessions` shows it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SessionInfo {
+    /// "tcp", "udp", "icmp"
+    pub protocol: String,
+    /// Original source inside the router.
+    pub internal: SocketAddrV4,
+    /// Source after translation (gateway IP and NAT port).
+    pub translated: SocketAddrV4,
+    /// The remote end.
+    pub remote: SocketAddrV4,
+    /// "snat", "floating_ip" or "port_forwarding"
+    pub kind: String,
+    /// e.g. "SYN_SENT", "ESTABLISHED", "CLOSING", "UNREPLIED", "REPLIED"
+    pub state: String,
+    /// Seconds since the last packet in either direction.
+    pub idle_secs: u64,
+}
+
 /// `fa:16:3e:xx:xx:xx` text form of a MAC.
 pub fn mac_to_string(mac: &[u8; 6]) -> String {
     mac.iter()
@@ -186,12 +242,35 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
     Some(mac)
 }
 
-/// Host addresses (network and broadcast excluded) of `cidr` as an inclusive range.
-pub fn host_range(cidr: &Ipv4Net) -> Option<(Ipv4Addr, Ipv4Addr)> {
-    let net = u32::from(cidr.network());
-    let bc = u32::from(cidr.broadcast());
-    if bc.saturating_sub(net) < 2 {
+/// Host addresses of `cidr` as an inclusive range: the network address and (IPv4) the
+/// broadcast address excluded, as Neutron allocates. None when there is no host address.
+pub fn host_range(cidr: &IpNet) -> Option<(IpAddr, IpAddr)> {
+    let (first, last) = match cidr {
+        IpNet::V4(n) => (
+            ip_index(n.network().into()),
+            ip_index(n.broadcast().into()).saturating_sub(1),
+        ),
+        IpNet::V6(n) => (ip_index(n.network().into()), ip_index(n.broadcast().into())),
+    };
+    let first = first + 1;
+    if last < first {
         return None;
     }
-    Some((Ipv4Addr::from(net + 1), Ipv4Addr::from(bc - 1)))
+    Some((ip_at(cidr.addr(), first)?, ip_at(cidr.addr(), last)?))
+}
+
+/// The address as a number, for ranges and offsets in either family.
+pub fn ip_index(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// The address numbered `n` in the family of `like` (None when out of that family's range).
+pub fn ip_at(like: IpAddr, n: u128) -> Option<IpAddr> {
+    match like {
+        IpAddr::V4(_) => u32::try_from(n).ok().map(|v| IpAddr::V4(Ipv4Addr::from(v))),
+        IpAddr::V6(_) => Some(IpAddr::V6(Ipv6Addr::from(n))),
+    }
 }

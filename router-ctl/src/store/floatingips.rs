@@ -6,13 +6,16 @@
 //! forwarding is created) and stored. The schema refuses two floating IPs for one fixed IP and
 //! duplicate port forwardings; the API turns those cases into Neutron's 409s first.
 
-use std::{collections::HashMap, net::Ipv4Addr};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{ip_of, ip_val, query_all};
+use super::{Scope, addr_of, addr_val, query_all};
 use crate::model::{
-    Fault,
+    Fault, FloatingIp, PortForwarding,
     spec::{FloatingIpSpec, PortForwardingSpec},
 };
 
@@ -47,35 +50,6 @@ CREATE TABLE port_forwardings (
 CREATE INDEX port_forwardings_port ON port_forwardings(internal_port_id);
 "#;
 
-/// A floating IP as the API sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FloatingIp {
-    pub id: String,
-    pub project_id: String,
-    pub description: String,
-    pub floating_network_id: String,
-    /// The port on the external network holding the address.
-    pub floating_port_id: String,
-    pub floating_ip: Ipv4Addr,
-    pub port_id: Option<String>,
-    pub fixed_ip: Option<Ipv4Addr>,
-    pub router_id: Option<String>,
-}
-
-/// A port forwarding of a floating IP.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PortForwarding {
-    pub id: String,
-    pub floatingip_id: String,
-    /// "tcp" or "udp"
-    pub protocol: String,
-    pub external_port: u16,
-    pub internal_port_id: String,
-    pub internal_ip: Ipv4Addr,
-    pub internal_port: u16,
-    pub description: String,
-}
-
 const FIP_COLS: &str = "id, project_id, description, floating_network_id, floating_port_id, floating_ip, port_id, fixed_ip, router_id";
 
 fn fip_row(r: &Row) -> rusqlite::Result<FloatingIp> {
@@ -85,9 +59,9 @@ fn fip_row(r: &Row) -> rusqlite::Result<FloatingIp> {
         description: r.get(2)?,
         floating_network_id: r.get(3)?,
         floating_port_id: r.get(4)?,
-        floating_ip: ip_of(r.get(5)?),
+        floating_ip: addr_of(r.get(5)?),
         port_id: r.get(6)?,
-        fixed_ip: r.get::<_, Option<i64>>(7)?.map(ip_of),
+        fixed_ip: r.get::<_, Option<i64>>(7)?.map(addr_of),
         router_id: r.get(8)?,
     })
 }
@@ -101,9 +75,9 @@ pub fn insert_floatingip(conn: &Connection, f: &FloatingIp) -> Result<(), Fault>
             f.description,
             f.floating_network_id,
             f.floating_port_id,
-            ip_val(f.floating_ip),
+            addr_val(f.floating_ip)?,
             f.port_id,
-            f.fixed_ip.map(ip_val),
+            f.fixed_ip.map(addr_val).transpose()?,
             f.router_id
         ],
     )?;
@@ -118,7 +92,7 @@ pub fn update_floatingip(conn: &Connection, f: &FloatingIp) -> Result<(), Fault>
             f.id,
             f.description,
             f.port_id,
-            f.fixed_ip.map(ip_val),
+            f.fixed_ip.map(addr_val).transpose()?,
             f.router_id
         ],
     )?;
@@ -163,12 +137,12 @@ pub fn router_floatingips(conn: &Connection, router_id: &str) -> Result<Vec<Floa
 pub fn fip_of_fixed_ip(
     conn: &Connection,
     port_id: &str,
-    fixed_ip: Ipv4Addr,
+    fixed_ip: IpAddr,
 ) -> Result<Option<String>, Fault> {
     Ok(conn
         .query_row(
             "SELECT id FROM floatingips WHERE port_id=?1 AND fixed_ip=?2",
-            params![port_id, ip_val(fixed_ip)],
+            params![port_id, addr_val(fixed_ip)?],
             |r| r.get(0),
         )
         .optional()?)
@@ -192,7 +166,7 @@ fn pf_row(r: &Row) -> rusqlite::Result<PortForwarding> {
         protocol: r.get(2)?,
         external_port: r.get(3)?,
         internal_port_id: r.get(4)?,
-        internal_ip: ip_of(r.get(5)?),
+        internal_ip: addr_of(r.get(5)?),
         internal_port: r.get(6)?,
         description: r.get(7)?,
     })
@@ -207,7 +181,7 @@ pub fn insert_port_forwarding(conn: &Connection, p: &PortForwarding) -> Result<(
             p.protocol,
             p.external_port,
             p.internal_port_id,
-            ip_val(p.internal_ip),
+            addr_val(p.internal_ip)?,
             p.internal_port,
             p.description
         ],
@@ -224,7 +198,7 @@ pub fn update_port_forwarding(conn: &Connection, p: &PortForwarding) -> Result<(
             p.protocol,
             p.external_port,
             p.internal_port_id,
-            ip_val(p.internal_ip),
+            addr_val(p.internal_ip)?,
             p.internal_port,
             p.description
         ],
@@ -262,6 +236,51 @@ pub fn port_port_forwardings(
     query_all(conn, &sql, [port_id], pf_row)
 }
 
+/// Another port forwarding that `p` would duplicate (same floating IP, protocol and external
+/// port, or same internal address, port and protocol), so the API can answer Neutron's 409
+/// before the schema's UNIQUE constraints fire.
+pub fn duplicate_port_forwarding(
+    conn: &Connection,
+    p: &PortForwarding,
+) -> Result<Option<String>, Fault> {
+    Ok(conn
+        .query_row(
+            "SELECT id FROM port_forwardings WHERE id<>?1 AND protocol=?2 AND
+               ((floatingip_id=?3 AND external_port=?4) OR (internal_ip=?5 AND internal_port=?6))",
+            params![
+                p.id,
+                p.protocol,
+                p.floatingip_id,
+                p.external_port,
+                addr_val(p.internal_ip)?,
+                p.internal_port
+            ],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// The first router (in creation order) with an interface on `subnet_id` and its gateway on
+/// `network_id`: the one that can serve a floating IP of that network for an address there.
+pub fn serving_router(
+    conn: &Connection,
+    network_id: &str,
+    subnet_id: &str,
+) -> Result<Option<String>, Fault> {
+    Ok(conn
+        .query_row(
+            "SELECT r.id FROM routers r
+               JOIN ports gp ON gp.id = r.gw_port_id
+               JOIN router_interfaces i ON i.router_id = r.id
+               JOIN fixed_ips f ON f.port_id = i.port_id
+             WHERE gp.network_id = ?1 AND f.subnet_id = ?2
+             ORDER BY r.rowid LIMIT 1",
+            [network_id, subnet_id],
+            |row| row.get(0),
+        )
+        .optional()?)
+}
+
 pub fn delete_port_forwarding(conn: &Connection, id: &str) -> Result<(), Fault> {
     conn.execute("DELETE FROM port_forwardings WHERE id=?1", [id])?;
     Ok(())
@@ -279,35 +298,61 @@ pub fn protocol_number(name: &str) -> Option<u8> {
 /// A router's floating IPs and port forwardings, as its spec holds them.
 pub type RouterFloating = (Vec<FloatingIpSpec>, Vec<PortForwardingSpec>);
 
-/// What `router_floating` gives, for every router at once (two whole-table queries).
-pub fn all_router_floating(conn: &Connection) -> Result<HashMap<String, RouterFloating>, Fault> {
-    let mut out: HashMap<String, RouterFloating> = HashMap::new();
-    let fips = fips(conn, "WHERE router_id IS NOT NULL", [])?;
-    let mut by_fip: HashMap<String, (String, Ipv4Addr)> = HashMap::new();
-    for f in &fips {
-        let Some(r) = &f.router_id else { continue };
-        by_fip.insert(f.id.clone(), (r.clone(), f.floating_ip));
-        out.entry(r.clone()).or_default().0.push(FloatingIpSpec {
-            floating_ip: f.floating_ip,
-            fixed_ip: f.fixed_ip.filter(|_| f.port_id.is_some()),
-        });
+/// `ip` if IPv4: the datapath translates IPv4 only, so floating IPs and port forwardings are
+/// IPv4 (the API accepts no other family for them).
+fn v4(ip: IpAddr) -> Option<Ipv4Addr> {
+    match ip {
+        IpAddr::V4(a) => Some(a),
+        IpAddr::V6(_) => None,
     }
-    let sql = format!("SELECT {PF_COLS} FROM port_forwardings");
-    let pfs = query_all(conn, &sql, [], pf_row)?;
-    for p in pfs {
-        let (Some((r, fip)), Some(protocol)) =
-            (by_fip.get(&p.floatingip_id), protocol_number(&p.protocol))
-        else {
+}
+
+/// The floating IPs and port forwardings of each router in `scope` that serves any, as its
+/// spec holds them (sorted).
+pub fn router_floating(
+    conn: &Connection,
+    scope: Scope<'_>,
+) -> Result<HashMap<String, RouterFloating>, Fault> {
+    let mut out: HashMap<String, RouterFloating> = HashMap::new();
+    let filter = format!(
+        "WHERE router_id IS NOT NULL AND {}",
+        scope.condition("router_id")
+    );
+    let fips = fips(conn, &filter, scope.params())?;
+    let mut by_fip: HashMap<&str, (&str, Ipv4Addr)> = HashMap::new();
+    for f in &fips {
+        let (Some(r), Some(floating_ip)) = (&f.router_id, v4(f.floating_ip)) else {
             continue;
         };
-        out.entry(r.clone())
+        by_fip.insert(&f.id, (r, floating_ip));
+        out.entry(r.clone()).or_default().0.push(FloatingIpSpec {
+            floating_ip,
+            fixed_ip: f.fixed_ip.and_then(v4).filter(|_| f.port_id.is_some()),
+        });
+    }
+    let cols: Vec<String> = PF_COLS.split(", ").map(|c| format!("p.{c}")).collect();
+    let sql = format!(
+        "SELECT {} FROM port_forwardings p JOIN floatingips f ON f.id = p.floatingip_id
+         WHERE f.router_id IS NOT NULL AND {} ORDER BY p.rowid",
+        cols.join(", "),
+        scope.condition("f.router_id")
+    );
+    for p in query_all(conn, &sql, scope.params(), pf_row)? {
+        let (Some((r, fip)), Some(protocol), Some(internal_ip)) = (
+            by_fip.get(p.floatingip_id.as_str()),
+            protocol_number(&p.protocol),
+            v4(p.internal_ip),
+        ) else {
+            continue;
+        };
+        out.entry(r.to_string())
             .or_default()
             .1
             .push(PortForwardingSpec {
                 protocol,
                 floating_ip: *fip,
                 external_port: p.external_port,
-                internal_ip: p.internal_ip,
+                internal_ip,
                 internal_port: p.internal_port,
             });
     }
@@ -316,32 +361,6 @@ pub fn all_router_floating(conn: &Connection) -> Result<HashMap<String, RouterFl
         p.sort();
     }
     Ok(out)
-}
-
-/// The floating IPs and port forwardings router `router_id` serves, for its spec.
-pub fn router_floating(conn: &Connection, router_id: &str) -> Result<RouterFloating, Fault> {
-    let mut fips = Vec::new();
-    let mut pfs = Vec::new();
-    for f in router_floatingips(conn, router_id)? {
-        fips.push(FloatingIpSpec {
-            floating_ip: f.floating_ip,
-            fixed_ip: f.fixed_ip.filter(|_| f.port_id.is_some()),
-        });
-        for p in fip_port_forwardings(conn, &f.id)? {
-            if let Some(protocol) = protocol_number(&p.protocol) {
-                pfs.push(PortForwardingSpec {
-                    protocol,
-                    floating_ip: f.floating_ip,
-                    external_port: p.external_port,
-                    internal_ip: p.internal_ip,
-                    internal_port: p.internal_port,
-                });
-            }
-        }
-    }
-    fips.sort();
-    pfs.sort();
-    Ok((fips, pfs))
 }
 
 #[cfg(test)]
@@ -485,15 +504,16 @@ mod tests {
         other.protocol = "udp".into();
         insert_port_forwarding(c, &other).expect("same ports, other protocol");
         // The per-router and bulk views agree.
-        let one = router_floating(c, "r").expect("one");
-        let all = all_router_floating(c).expect("all");
-        assert_eq!(all.get("r"), Some(&one));
+        let one = router_floating(c, Scope::Router("r")).expect("one");
+        let all = router_floating(c, Scope::All).expect("all");
+        assert_eq!(all, one);
+        let one = &one["r"];
         assert_eq!(one.0.len(), 1);
         assert_eq!(one.1.len(), 2);
         assert_eq!(one.0[0].fixed_ip, Some([192, 0, 2, 5].into()));
         // Deleting the floating IP takes its forwardings.
         delete_floatingip(c, "f").expect("delete");
         assert!(fip_port_forwardings(c, "f").expect("list").is_empty());
-        assert!(all_router_floating(c).expect("all").is_empty());
+        assert!(router_floating(c, Scope::All).expect("all").is_empty());
     }
 }

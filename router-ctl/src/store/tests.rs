@@ -1,6 +1,11 @@
 //! Store unit tests: migrations, IPAM, uniqueness, specs (host, temp database, no root).
 
+use std::net::IpAddr;
+
+use ipnet::{IpNet, Ipv4Net};
+
 use super::*;
+use crate::model::{FixedIp, Network, Port, Router, Subnet};
 
 fn net(id: &str, external: bool) -> Network {
     Network {
@@ -17,7 +22,7 @@ fn net(id: &str, external: bool) -> Network {
 }
 
 fn subnet(id: &str, net: &str, cidr: &str, pools: &[(&str, &str)]) -> Subnet {
-    let cidr: Ipv4Net = cidr.parse().unwrap();
+    let cidr: IpNet = cidr.parse().unwrap();
     Subnet {
         id: id.into(),
         network_id: net.into(),
@@ -35,11 +40,11 @@ fn subnet(id: &str, net: &str, cidr: &str, pools: &[(&str, &str)]) -> Subnet {
     }
 }
 
-fn host_range_first(c: &Ipv4Net) -> Option<Ipv4Addr> {
+fn host_range_first(c: &IpNet) -> Option<IpAddr> {
     crate::model::host_range(c).map(|r| r.0)
 }
 
-fn port(id: &str, net: &str, mac: [u8; 6], ips: &[(&str, Ipv4Addr)]) -> Port {
+fn port(id: &str, net: &str, mac: [u8; 6], ips: &[(&str, IpAddr)]) -> Port {
     Port {
         id: id.into(),
         network_id: net.into(),
@@ -129,7 +134,7 @@ fn requested_addresses_are_checked() {
     insert_network(&tx, &net("n1", false)).unwrap();
     let s = subnet("s1", "n1", "10.0.0.0/24", &[("10.0.0.2", "10.0.0.254")]);
     insert_subnet(&tx, &s).unwrap();
-    let gw: Ipv4Addr = "10.0.0.1".parse().unwrap();
+    let gw: IpAddr = "10.0.0.1".parse().unwrap();
     assert_eq!(
         allocate_ip(&tx, &s, Some(gw), false).unwrap_err().status,
         409
@@ -139,7 +144,7 @@ fn requested_addresses_are_checked() {
         let e = allocate_ip(&tx, &s, Some(bad.parse().unwrap()), false).unwrap_err();
         assert_eq!(e.status, 400, "{bad}");
     }
-    let ip: Ipv4Addr = "10.0.0.77".parse().unwrap();
+    let ip: IpAddr = "10.0.0.77".parse().unwrap();
     insert_port(
         &tx,
         &port("p1", "n1", [0xfa, 0x16, 0x3e, 0, 0, 1], &[("s1", ip)]),
@@ -156,7 +161,7 @@ fn schema_refuses_a_duplicate_address_or_mac() {
     insert_network(&tx, &net("n1", false)).unwrap();
     let s = subnet("s1", "n1", "10.0.0.0/24", &[("10.0.0.2", "10.0.0.254")]);
     insert_subnet(&tx, &s).unwrap();
-    let ip: Ipv4Addr = "10.0.0.9".parse().unwrap();
+    let ip: IpAddr = "10.0.0.9".parse().unwrap();
     insert_port(
         &tx,
         &port("p1", "n1", [0xfa, 0x16, 0x3e, 0, 0, 1], &[("s1", ip)]),
@@ -281,4 +286,49 @@ fn router_spec_collects_interfaces_and_gateway() {
         .map(|id| router_spec(store.conn(), id).unwrap().unwrap())
         .collect();
     assert_eq!(d.routers, one_by_one);
+}
+
+#[test]
+fn a_gateway_port_carries_every_fixed_ip_and_each_subnets_next_hop() {
+    let (_d, mut store) = temp_store();
+    let tx = store.transaction().unwrap();
+    insert_network(&tx, &net("ext", true)).unwrap();
+    let s1 = subnet("s1", "ext", "192.0.2.0/24", &[("192.0.2.10", "192.0.2.20")]);
+    let mut s2 = subnet("s2", "ext", "198.51.100.0/25", &[]);
+    s2.gateway_ip = None;
+    insert_subnet(&tx, &s1).unwrap();
+    insert_subnet(&tx, &s2).unwrap();
+    let ips: Vec<(&str, IpAddr)> = vec![
+        ("s1", "192.0.2.10".parse().unwrap()),
+        ("s2", "198.51.100.7".parse().unwrap()),
+        ("s1", "192.0.2.11".parse().unwrap()),
+    ];
+    insert_port(&tx, &port("gw", "ext", [0xfa, 0x16, 0x3e, 0, 0, 9], &ips)).unwrap();
+    for (id, dp, gw) in [("r", 1, Some("gw")), ("other", 2, None)] {
+        insert_router(
+            &tx,
+            &Router {
+                id: id.into(),
+                name: String::new(),
+                description: String::new(),
+                project_id: "p".into(),
+                admin_state_up: true,
+                status: "ACTIVE".into(),
+                dp_id: dp,
+                gw_port_id: gw.map(str::to_string),
+                enable_snat: true,
+            },
+        )
+        .unwrap();
+    }
+    let specs = router_specs(&tx, Scope::Router("r")).unwrap();
+    assert_eq!(specs.len(), 1, "the scope is one router");
+    let gw = specs[0].gateway.as_ref().unwrap();
+    let addrs: Vec<String> = gw.port.addresses.iter().map(|a| a.to_string()).collect();
+    assert_eq!(addrs, ["192.0.2.10/24", "198.51.100.7/25", "192.0.2.11/24"]);
+    // One next hop per subnet that has a gateway, once.
+    assert_eq!(gw.next_hops, ["192.0.2.1".parse::<IpAddr>().unwrap()]);
+    assert_eq!(gw.snat_ip(), Some("192.0.2.10".parse().unwrap()));
+    assert_eq!(router_specs(&tx, Scope::All).unwrap().len(), 2);
+    assert!(router_specs(&tx, Scope::Router("none")).unwrap().is_empty());
 }

@@ -21,11 +21,8 @@ use rtnetlink::Handle;
 
 use super::PortPlan;
 use crate::{
-    datapath::{
-        Datapath,
-        fip::{FloatingNat, PortForwardNat},
-    },
-    model::spec::RouterSpec,
+    datapath::Datapath,
+    model::spec::{FloatingIpSpec, PortForwardingSpec, RouterSpec},
     net::{
         link,
         ns::{in_netns, with_netlink},
@@ -40,8 +37,9 @@ pub(in crate::realise) struct Applied {
     /// forwarding).
     internal: BTreeMap<String, u32>,
     gateway_ip: Option<Ipv4Addr>,
-    fips: Vec<FloatingNat>,
-    pfs: Vec<PortForwardNat>,
+    /// The associated floating IPs (an unassociated one translates nothing).
+    fips: Vec<FloatingIpSpec>,
+    pfs: Vec<PortForwardingSpec>,
 }
 
 /// The floating IPs whose address belongs on the router's gateway device.
@@ -76,34 +74,22 @@ pub(super) async fn converge_addresses(
     Ok((changed, added))
 }
 
-/// The datapath's floating-IP and port-forwarding entries of `spec`: none without a gateway
-/// (the spec should hold none then anyway).
-fn translations(spec: &RouterSpec, gateway: bool) -> (Vec<FloatingNat>, Vec<PortForwardNat>) {
+/// The datapath's floating IPs (the associated ones) and port forwardings of `spec`: none
+/// without a gateway (the spec should hold none then anyway).
+fn translations(
+    spec: &RouterSpec,
+    gateway: bool,
+) -> (Vec<FloatingIpSpec>, Vec<PortForwardingSpec>) {
     if !gateway {
         return (Vec::new(), Vec::new());
     }
     let fips = spec
         .floating_ips
         .iter()
-        .filter_map(|f| {
-            f.fixed_ip.map(|fixed| FloatingNat {
-                floating_ip: f.floating_ip,
-                fixed_ip: fixed,
-            })
-        })
+        .filter(|f| f.fixed_ip.is_some())
+        .cloned()
         .collect();
-    let pfs = spec
-        .port_forwardings
-        .iter()
-        .map(|p| PortForwardNat {
-            protocol: p.protocol,
-            floating_ip: p.floating_ip,
-            external_port: p.external_port,
-            internal_ip: p.internal_ip,
-            internal_port: p.internal_port,
-        })
-        .collect();
-    (fips, pfs)
+    (fips, spec.port_forwardings.clone())
 }
 
 /// Sysctls of a router namespace needed by the floating-IP hairpin.

@@ -1,0 +1,245 @@
+//! The HTTP side: the route table and thin handlers that parse the request, run the resource
+//! logic (`resources`) on a blocking thread, and shape the answer. One set of handlers serves
+//! every collection of `resources::Kind`, so listing, paging and errors behave alike.
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode, Uri},
+    response::{IntoResponse, Response},
+    routing::{MethodRouter, get, put},
+};
+use serde_json::{Value, json};
+
+use super::{
+    ApiState, Ctx, discovery, input, observe,
+    query::{self, next_link, parse_query, project},
+    resources::{self, Kind},
+};
+use crate::model::Fault;
+
+/// The router with every route; see `service` for the `.json` suffix handling.
+pub fn router(state: ApiState) -> Router {
+    let mut r = Router::new()
+        .route("/", get(discovery::versions))
+        .route("/v2.0", get(discovery::index))
+        .route("/v2.0/", get(discovery::index))
+        .route("/v2.0/extensions", get(discovery::extensions))
+        .route("/v2.0/extensions/{alias}", get(discovery::extension));
+    for kind in Kind::ALL {
+        r = match kind.parent() {
+            None => r
+                .route(&format!("/v2.0/{}", kind.collection()), coll(kind))
+                .route(&format!("/v2.0/{}/{{id}}", kind.collection()), item(kind)),
+            Some(p) => {
+                let base = format!("/v2.0/{}/{{parent}}/{}", p.collection(), kind.collection());
+                r.route(&base, nested_coll(kind))
+                    .route(&format!("{base}/{{id}}"), nested_item(kind))
+            }
+        };
+    }
+    r = observe::routes(r);
+    r.route(
+        "/v2.0/routers/{id}/add_router_interface",
+        put(
+            |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
+                interface(s, ctx, id, body, true)
+            },
+        ),
+    )
+    .route(
+        "/v2.0/routers/{id}/remove_router_interface",
+        put(
+            |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
+                interface(s, ctx, id, body, false)
+            },
+        ),
+    )
+    .fallback(|| async { Fault::new(404, "HTTPNotFound", "The resource could not be found.") })
+    .method_not_allowed_fallback(|| async {
+        Fault::new(
+            405,
+            "HTTPMethodNotAllowed",
+            "The method is not allowed for this resource.",
+        )
+    })
+    .layer(axum::middleware::map_response(super::neutron_errors))
+    .with_state(state)
+}
+
+/// `GET` (list) and `POST` of a top-level collection.
+fn coll(kind: Kind) -> MethodRouter<ApiState> {
+    get(
+        move |State(s): State<ApiState>, ctx: Ctx, uri: Uri, h: HeaderMap| {
+            list(s, ctx, kind, None, uri, h)
+        },
+    )
+    .post(move |State(s): State<ApiState>, ctx: Ctx, body: Bytes| create(s, ctx, kind, None, body))
+}
+
+/// `GET`, `PUT` and `DELETE` of one resource of a top-level collection.
+fn item(kind: Kind) -> MethodRouter<ApiState> {
+    get(
+        move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, uri: Uri| {
+            show(s, ctx, kind, None, id, uri)
+        },
+    )
+    .put(
+        move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
+            update(s, ctx, kind, None, id, body)
+        },
+    )
+    .delete(
+        move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>| {
+            delete(s, ctx, kind, None, id)
+        },
+    )
+}
+
+/// `GET` (list) and `POST` of a collection under a parent resource.
+fn nested_coll(kind: Kind) -> MethodRouter<ApiState> {
+    get(
+        move |State(s): State<ApiState>,
+              ctx: Ctx,
+              Path(parent): Path<String>,
+              uri: Uri,
+              h: HeaderMap| { list(s, ctx, kind, Some(parent), uri, h) },
+    )
+    .post(
+        move |State(s): State<ApiState>, ctx: Ctx, Path(parent): Path<String>, body: Bytes| {
+            create(s, ctx, kind, Some(parent), body)
+        },
+    )
+}
+
+/// `GET`, `PUT` and `DELETE` of one resource under a parent resource.
+fn nested_item(kind: Kind) -> MethodRouter<ApiState> {
+    type Ids = Path<(String, String)>;
+    get(
+        move |State(s): State<ApiState>, ctx: Ctx, Path((p, id)): Ids, uri: Uri| {
+            show(s, ctx, kind, Some(p), id, uri)
+        },
+    )
+    .put(
+        move |State(s): State<ApiState>, ctx: Ctx, Path((p, id)): Ids, body: Bytes| {
+            update(s, ctx, kind, Some(p), id, body)
+        },
+    )
+    .delete(
+        move |State(s): State<ApiState>, ctx: Ctx, Path((p, id)): Ids| {
+            delete(s, ctx, kind, Some(p), id)
+        },
+    )
+}
+
+async fn list(
+    s: ApiState,
+    ctx: Ctx,
+    kind: Kind,
+    parent: Option<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, Fault> {
+    let q = parse_query(&uri)?;
+    let p = parent.clone();
+    let items = s
+        .read(move |c| resources::list(c, &ctx, kind, p.as_deref()))
+        .await?;
+    let page = query::page(&q, items, uri.query(), |m| {
+        kind.not_found(parent.as_deref(), m)
+    })?;
+    let mut body = serde_json::Map::new();
+    if let Some(next) = page.next {
+        let href = format!("{}{}?{next}", discovery::base(&headers), uri.path());
+        body.insert(format!("{}_links", kind.collection()), next_link(&href));
+    }
+    body.insert(kind.collection().to_string(), Value::Array(page.items));
+    Ok(Json(Value::Object(body)).into_response())
+}
+
+async fn show(
+    s: ApiState,
+    ctx: Ctx,
+    kind: Kind,
+    parent: Option<String>,
+    id: String,
+    uri: Uri,
+) -> Result<Response, Fault> {
+    let q = parse_query(&uri)?;
+    let item = s
+        .read(move |c| resources::show(c, &ctx, kind, parent.as_deref(), &id))
+        .await?;
+    Ok(Json(json!({ kind.singular(): project(item, &q.fields) })).into_response())
+}
+
+async fn create(
+    s: ApiState,
+    ctx: Ctx,
+    kind: Kind,
+    parent: Option<String>,
+    body: Bytes,
+) -> Result<Response, Fault> {
+    let o = input::resource_body(&body, kind.singular())?;
+    // Non-admins get 403 for any provider attribute (resources::create).
+    if kind == Kind::Network
+        && ctx.admin
+        && let Some(Value::String(p)) = o.get("provider:physical_network")
+        && !s.inner.physical_networks.contains(p)
+    {
+        return Err(Fault::invalid(format!(
+            "physical_network '{p}' unknown for flat provider network"
+        )));
+    }
+    let item = s
+        .mutate(move |c, fx| resources::create(c, fx, &ctx, kind, parent.as_deref(), o))
+        .await?;
+    Ok((StatusCode::CREATED, Json(json!({ kind.singular(): item }))).into_response())
+}
+
+async fn update(
+    s: ApiState,
+    ctx: Ctx,
+    kind: Kind,
+    parent: Option<String>,
+    id: String,
+    body: Bytes,
+) -> Result<Response, Fault> {
+    let o = input::resource_body(&body, kind.singular())?;
+    let item = s
+        .mutate(move |c, fx| resources::update(c, fx, &ctx, kind, parent.as_deref(), &id, o))
+        .await?;
+    Ok(Json(json!({ kind.singular(): item })).into_response())
+}
+
+async fn delete(
+    s: ApiState,
+    ctx: Ctx,
+    kind: Kind,
+    parent: Option<String>,
+    id: String,
+) -> Result<Response, Fault> {
+    s.mutate(move |c, fx| resources::delete(c, fx, &ctx, kind, parent.as_deref(), &id))
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn interface(
+    s: ApiState,
+    ctx: Ctx,
+    id: String,
+    body: Bytes,
+    add: bool,
+) -> Result<Response, Fault> {
+    let o = input::any_object(&body)?;
+    let info = s
+        .mutate(move |c, fx| {
+            if add {
+                resources::add_interface(c, fx, &ctx, &id, &o)
+            } else {
+                resources::remove_interface(c, fx, &ctx, &id, &o)
+            }
+        })
+        .await?;
+    Ok(Json(info).into_response())
+}

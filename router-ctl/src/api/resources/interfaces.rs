@@ -1,0 +1,216 @@
+//! Router interfaces: `PUT /v2.0/routers/{id}/add_router_interface` and
+//! `remove_router_interface`, by subnet or by port.
+
+use rusqlite::Connection;
+use serde_json::{Value, json};
+
+use super::{
+    floatingips, new_id,
+    ports::is_router_port,
+    routers::{overlap_error, router_subnets},
+    subnets::overlaps,
+};
+use crate::{
+    api::{
+        Ctx, Effects,
+        input::{self, Obj},
+        scope::visible,
+    },
+    model::{Fault, FixedIp, OWNER_ROUTER_INTERFACE, Port, Router, Subnet},
+    store,
+};
+
+fn interface_info(r: &Router, p: &Port) -> Value {
+    let subnet_ids: Vec<&str> = p.fixed_ips.iter().map(|f| f.subnet_id.as_str()).collect();
+    json!({
+        "id": r.id,
+        "tenant_id": r.project_id,
+        "project_id": r.project_id,
+        "port_id": p.id,
+        "network_id": p.network_id,
+        "subnet_id": subnet_ids.first().copied().unwrap_or_default(),
+        "subnet_ids": subnet_ids,
+    })
+}
+
+fn interface_target(o: &Obj) -> Result<(Option<String>, Option<String>), Fault> {
+    input::only(o, &["subnet_id", "port_id"])?;
+    let subnet_id = input::opt_uuid(o, "subnet_id")?;
+    let port_id = input::opt_uuid(o, "port_id")?;
+    Ok((subnet_id, port_id))
+}
+
+/// `PUT /v2.0/routers/{id}/add_router_interface`.
+pub fn add_interface(
+    c: &Connection,
+    fx: &mut Effects,
+    ctx: &Ctx,
+    router_id: &str,
+    o: &Obj,
+) -> Result<Value, Fault> {
+    let (subnet_id, port_id) = interface_target(o)?;
+    let r = visible::<Router>(c, ctx, router_id)?;
+    let existing = router_subnets(c, &r)?;
+    let check = |s: &Subnet| -> Result<(), Fault> {
+        for (old, port) in &existing {
+            if old.id == s.id && Some(port) != r.gw_port_id.as_ref() {
+                return Err(Fault::conflict(
+                    "Conflict",
+                    format!("Router {router_id} already has a port on subnet {}", s.id),
+                ));
+            }
+            if overlaps(&old.cidr, &s.cidr) {
+                return Err(overlap_error(s, old));
+            }
+        }
+        Ok(())
+    };
+    fx.touch_router(c, router_id)?;
+    let port = match (subnet_id, port_id) {
+        (Some(_), Some(_)) => {
+            return Err(Fault::new(
+                400,
+                "BadRequest",
+                "Bad router request: Cannot specify both subnet-id and port-id.",
+            ));
+        }
+        (None, None) => {
+            return Err(Fault::new(
+                400,
+                "BadRequest",
+                "Bad router request: Either subnet_id or port_id must be specified.",
+            ));
+        }
+        (Some(sid), None) => {
+            let s = visible::<Subnet>(c, ctx, &sid)?;
+            // Another project's external subnet is readable, but not a place for interfaces.
+            let shared = store::get_network(c, &s.network_id)?.is_some_and(|n| n.shared);
+            if !ctx.owns(&s.project_id) && !shared {
+                return Err(Fault::not_found("subnet", &sid));
+            }
+            let Some(gw) = s.gateway_ip else {
+                return Err(Fault::new(
+                    400,
+                    "BadRequest",
+                    "Bad router request: Subnet for router interface must have a gateway IP.",
+                ));
+            };
+            check(&s)?;
+            let ip = store::allocate_ip(c, &s, Some(gw), true)?;
+            let port = Port {
+                id: new_id(),
+                network_id: s.network_id.clone(),
+                name: String::new(),
+                description: String::new(),
+                project_id: s.project_id.clone(),
+                mac: store::generate_mac(c)?,
+                admin_state_up: true,
+                device_owner: OWNER_ROUTER_INTERFACE.into(),
+                device_id: r.id.clone(),
+                status: "ACTIVE".into(),
+                fixed_ips: vec![FixedIp {
+                    subnet_id: s.id.clone(),
+                    ip,
+                }],
+            };
+            store::insert_port(c, &port)?;
+            port
+        }
+        (None, Some(pid)) => {
+            let mut p = visible::<Port>(c, ctx, &pid)?;
+            if !p.device_id.is_empty() || is_router_port(c, &pid)? {
+                return Err(Fault::conflict(
+                    "PortInUse",
+                    format!(
+                        "Unable to complete operation on port {pid} for network {}. Port already has an attached device {}.",
+                        p.network_id, p.device_id
+                    ),
+                ));
+            }
+            if p.fixed_ips.is_empty() {
+                return Err(Fault::new(
+                    400,
+                    "BadRequest",
+                    "Bad router request: Router port must have at least one fixed IP.",
+                ));
+            }
+            if p.fixed_ips.len() > 1 {
+                return Err(Fault::new(
+                    400,
+                    "BadRequest",
+                    "Bad router request: Cannot have multiple IPv4 subnets on router port.",
+                ));
+            }
+            let s = store::get_subnet(c, &p.fixed_ips[0].subnet_id)?
+                .ok_or_else(|| Fault::not_found("subnet", &p.fixed_ips[0].subnet_id))?;
+            check(&s)?;
+            p.device_owner = OWNER_ROUTER_INTERFACE.into();
+            p.device_id = r.id.clone();
+            p.status = "ACTIVE".into();
+            store::update_port(c, &p)?;
+            p
+        }
+    };
+    store::add_interface(c, &r.id, &port.id)?;
+    Ok(interface_info(&r, &port))
+}
+
+/// `PUT /v2.0/routers/{id}/remove_router_interface`.
+pub fn remove_interface(
+    c: &Connection,
+    fx: &mut Effects,
+    ctx: &Ctx,
+    router_id: &str,
+    o: &Obj,
+) -> Result<Value, Fault> {
+    let (subnet_id, port_id) = interface_target(o)?;
+    let r = visible::<Router>(c, ctx, router_id)?;
+    let interfaces = store::router_interfaces(c, router_id)?;
+    let port = match (&subnet_id, &port_id) {
+        (None, None) => {
+            return Err(Fault::new(
+                400,
+                "BadRequest",
+                "Bad router request: Either subnet_id or port_id must be specified.",
+            ));
+        }
+        (_, Some(pid)) => {
+            let p = interfaces.iter().find(|p| &p.id == pid).ok_or_else(|| {
+                Fault::new(
+                    404,
+                    "RouterInterfaceNotFound",
+                    format!("Router {router_id} does not have an interface with id {pid}"),
+                )
+            })?;
+            if let Some(sid) = &subnet_id
+                && !p.fixed_ips.iter().any(|f| &f.subnet_id == sid)
+            {
+                return Err(Fault::new(
+                    400,
+                    "SubnetMismatchForPort",
+                    format!("Subnet on port {pid} does not match the requested subnet {sid}."),
+                ));
+            }
+            p.clone()
+        }
+        (Some(sid), None) => {
+            visible::<Subnet>(c, ctx, sid)?;
+            interfaces
+                .iter()
+                .find(|p| p.fixed_ips.iter().any(|f| &f.subnet_id == sid))
+                .cloned()
+                .ok_or_else(|| {
+                    Fault::new(
+                        404,
+                        "RouterInterfaceNotFoundForSubnet",
+                        format!("Router {router_id} has no interface on subnet {sid}"),
+                    )
+                })?
+        }
+    };
+    floatingips::check_interface_removal(c, router_id, &port)?;
+    fx.touch_router(c, router_id)?;
+    store::remove_interface(c, router_id, &port.id)?;
+    store::delete_port(c, &port.id)?;
+    Ok(interface_info(&r, &port))
+}

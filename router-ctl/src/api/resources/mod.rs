@@ -1,0 +1,254 @@
+//! The resources behind the API: Neutron's semantics for networks, subnets, ports, routers,
+//! floating IPs and port forwardings (validation, defaults, policy, conflicts) over the store,
+//! and their JSON views. One table (`Kind`) drives routing, listing, paging and errors, so
+//! every collection behaves alike.
+//!
+//! Every mutation receives the request's transaction and an `Effects` it must `touch` with each
+//! network and router whose kernel state it may change *before* changing it; the caller then
+//! realises the difference or rolls everything back.
+
+mod floatingips;
+mod interfaces;
+mod networks;
+mod port_forwardings;
+mod ports;
+mod routers;
+mod subnets;
+
+use rusqlite::Connection;
+use serde_json::Value;
+
+pub use interfaces::{add_interface, remove_interface};
+
+use super::{
+    Ctx, Effects,
+    input::Obj,
+    scope::{seen, visible},
+};
+use crate::{
+    model::{Fault, FloatingIp, Network, Port, Router, Subnet},
+    store::{self, floatingips as fstore},
+};
+
+/// The resource collections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `/v2.0/networks`
+    Network,
+    /// `/v2.0/subnets`
+    Subnet,
+    /// `/v2.0/ports`
+    Port,
+    /// `/v2.0/routers`
+    Router,
+    /// `/v2.0/floatingips`
+    FloatingIp,
+    /// `/v2.0/floatingips/{id}/port_forwardings`: the only collection under a parent.
+    PortForwarding,
+}
+
+impl Kind {
+    /// Every collection, in the order the routes are added.
+    pub const ALL: [Kind; 6] = [
+        Kind::Network,
+        Kind::Subnet,
+        Kind::Port,
+        Kind::Router,
+        Kind::FloatingIp,
+        Kind::PortForwarding,
+    ];
+
+    /// The JSON key of one resource (`network`).
+    pub fn singular(self) -> &'static str {
+        match self {
+            Kind::Network => "network",
+            Kind::Subnet => "subnet",
+            Kind::Port => "port",
+            Kind::Router => "router",
+            Kind::FloatingIp => "floatingip",
+            Kind::PortForwarding => "port_forwarding",
+        }
+    }
+
+    /// The last path segment and the JSON key of a list (`networks`).
+    pub fn collection(self) -> &'static str {
+        match self {
+            Kind::Network => "networks",
+            Kind::Subnet => "subnets",
+            Kind::Port => "ports",
+            Kind::Router => "routers",
+            Kind::FloatingIp => "floatingips",
+            Kind::PortForwarding => "port_forwardings",
+        }
+    }
+
+    /// The collection's parent, when it lives under one (`floatingips/{id}/…`).
+    pub fn parent(self) -> Option<Kind> {
+        match self {
+            Kind::PortForwarding => Some(Kind::FloatingIp),
+            _ => None,
+        }
+    }
+
+    /// Neutron's 404 for a resource of this kind (`parent`: the id of its parent).
+    pub fn not_found(self, parent: Option<&str>, id: &str) -> Fault {
+        match self {
+            Kind::FloatingIp => floatingips::fip_not_found(id),
+            Kind::PortForwarding => port_forwardings::pf_not_found(parent.unwrap_or_default(), id),
+            _ => Fault::not_found(self.singular(), id),
+        }
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+/// The parent id a nested collection needs (routing guarantees it).
+fn parent_id(kind: Kind, parent: Option<&str>) -> Result<&str, Fault> {
+    parent.ok_or_else(|| Fault::internal(format!("{} without a parent", kind.collection())))
+}
+
+/// Every resource of `kind` the caller may see (under `parent` for a nested collection).
+pub fn list(
+    c: &Connection,
+    ctx: &Ctx,
+    kind: Kind,
+    parent: Option<&str>,
+) -> Result<Vec<Value>, Fault> {
+    Ok(match kind {
+        Kind::Network => {
+            let subnets = store::list_subnets(c)?;
+            seen(c, ctx, store::list_networks(c)?)?
+                .iter()
+                .map(|n| {
+                    let ids = subnets
+                        .iter()
+                        .filter(|s| s.network_id == n.id)
+                        .map(|s| s.id.clone())
+                        .collect();
+                    networks::network_view(ctx, n, ids)
+                })
+                .collect()
+        }
+        Kind::Subnet => seen(c, ctx, store::list_subnets(c)?)?
+            .iter()
+            .map(subnets::subnet_view)
+            .collect(),
+        Kind::Port => seen(c, ctx, store::list_ports(c)?)?
+            .iter()
+            .map(ports::port_view)
+            .collect(),
+        Kind::Router => seen(c, ctx, store::list_routers(c)?)?
+            .iter()
+            .map(|r| routers::router_view(c, r))
+            .collect::<Result<_, _>>()?,
+        Kind::FloatingIp => seen(c, ctx, fstore::list_floatingips(c)?)?
+            .iter()
+            .map(|f| floatingips::fip_view(c, f))
+            .collect::<Result<_, _>>()?,
+        Kind::PortForwarding => {
+            let fip = parent_id(kind, parent)?;
+            visible::<FloatingIp>(c, ctx, fip)?;
+            fstore::fip_port_forwardings(c, fip)?
+                .iter()
+                .map(port_forwardings::pf_view)
+                .collect()
+        }
+    })
+}
+
+/// One resource the caller may see.
+pub fn show(
+    c: &Connection,
+    ctx: &Ctx,
+    kind: Kind,
+    parent: Option<&str>,
+    id: &str,
+) -> Result<Value, Fault> {
+    match kind {
+        Kind::Network => {
+            let n = visible::<Network>(c, ctx, id)?;
+            let subnets = store::network_subnets(c, id)?
+                .into_iter()
+                .map(|s| s.id)
+                .collect();
+            Ok(networks::network_view(ctx, &n, subnets))
+        }
+        Kind::Subnet => Ok(subnets::subnet_view(&visible::<Subnet>(c, ctx, id)?)),
+        Kind::Port => Ok(ports::port_view(&visible::<Port>(c, ctx, id)?)),
+        Kind::Router => routers::router_view(c, &visible::<Router>(c, ctx, id)?),
+        Kind::FloatingIp => floatingips::fip_view(c, &visible::<FloatingIp>(c, ctx, id)?),
+        Kind::PortForwarding => {
+            let fip = parent_id(kind, parent)?;
+            let (_, pf) = port_forwardings::visible_pf(c, ctx, fip, id)?;
+            Ok(port_forwardings::pf_view(&pf))
+        }
+    }
+}
+
+/// Creates a resource from its validated body; returns its view.
+pub fn create(
+    c: &Connection,
+    fx: &mut Effects,
+    ctx: &Ctx,
+    kind: Kind,
+    parent: Option<&str>,
+    o: Obj,
+) -> Result<Value, Fault> {
+    let id = match kind {
+        Kind::Network => networks::create_network(c, fx, ctx, &o)?,
+        Kind::Subnet => subnets::create_subnet(c, fx, ctx, &o)?,
+        Kind::Port => ports::create_port(c, ctx, &o)?,
+        Kind::Router => routers::create_router(c, fx, ctx, &o)?,
+        Kind::FloatingIp => floatingips::create_fip(c, fx, ctx, &o)?,
+        Kind::PortForwarding => {
+            port_forwardings::create_pf(c, fx, ctx, parent_id(kind, parent)?, &o)?
+        }
+    };
+    show(c, ctx, kind, parent, &id)
+}
+
+/// Updates a resource the caller owns; returns its view.
+pub fn update(
+    c: &Connection,
+    fx: &mut Effects,
+    ctx: &Ctx,
+    kind: Kind,
+    parent: Option<&str>,
+    id: &str,
+    o: Obj,
+) -> Result<Value, Fault> {
+    match kind {
+        Kind::Network => networks::update_network(c, fx, ctx, id, &o)?,
+        Kind::Subnet => subnets::update_subnet(c, fx, ctx, id, &o)?,
+        Kind::Port => ports::update_port(c, ctx, id, &o)?,
+        Kind::Router => routers::update_router(c, fx, ctx, id, &o)?,
+        Kind::FloatingIp => floatingips::update_fip(c, fx, ctx, id, &o)?,
+        Kind::PortForwarding => {
+            port_forwardings::update_pf(c, fx, ctx, parent_id(kind, parent)?, id, &o)?
+        }
+    }
+    show(c, ctx, kind, parent, id)
+}
+
+/// Deletes a resource the caller owns.
+pub fn delete(
+    c: &Connection,
+    fx: &mut Effects,
+    ctx: &Ctx,
+    kind: Kind,
+    parent: Option<&str>,
+    id: &str,
+) -> Result<(), Fault> {
+    match kind {
+        Kind::Network => networks::delete_network(c, fx, ctx, id),
+        Kind::Subnet => subnets::delete_subnet(c, ctx, id),
+        Kind::Port => ports::delete_port(c, fx, ctx, id),
+        Kind::Router => routers::delete_router(c, fx, ctx, id),
+        Kind::FloatingIp => floatingips::delete_fip(c, fx, ctx, id),
+        Kind::PortForwarding => {
+            port_forwardings::delete_pf(c, fx, ctx, parent_id(kind, parent)?, id)
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! Networks and their subnets in the store.
+
+use std::{net::IpAddr, str::FromStr};
+
+use ipnet::IpNet;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{addr_of, addr_val, query_all, text_err};
+use crate::model::{Fault, Network, Subnet};
+
+// ---------------------------------------------------------------- networks
+
+const NET_COLS: &str =
+    "id, name, description, project_id, admin_state_up, external, physical_network, shared, status";
+
+fn network_row(r: &Row) -> rusqlite::Result<Network> {
+    Ok(Network {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        description: r.get(2)?,
+        project_id: r.get(3)?,
+        admin_state_up: r.get(4)?,
+        external: r.get(5)?,
+        physical_network: r.get(6)?,
+        shared: r.get(7)?,
+        status: r.get(8)?,
+    })
+}
+
+/// Adds a network row.
+pub fn insert_network(conn: &Connection, n: &Network) -> Result<(), Fault> {
+    conn.execute(
+        &format!("INSERT INTO networks ({NET_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
+        params![
+            n.id,
+            n.name,
+            n.description,
+            n.project_id,
+            n.admin_state_up,
+            n.external,
+            n.physical_network,
+            n.shared,
+            n.status
+        ],
+    )?;
+    Ok(())
+}
+
+/// Rewrites the mutable columns of `n`.
+pub fn update_network(conn: &Connection, n: &Network) -> Result<(), Fault> {
+    conn.execute(
+        "UPDATE networks SET name=?2, description=?3, admin_state_up=?4, external=?5, shared=?6, status=?7 WHERE id=?1",
+        params![n.id, n.name, n.description, n.admin_state_up, n.external, n.shared, n.status],
+    )?;
+    Ok(())
+}
+
+/// The network, None when unknown.
+pub fn get_network(conn: &Connection, id: &str) -> Result<Option<Network>, Fault> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {NET_COLS} FROM networks WHERE id=?1"),
+            [id],
+            network_row,
+        )
+        .optional()?)
+}
+
+/// Every network in creation order.
+pub fn list_networks(conn: &Connection) -> Result<Vec<Network>, Fault> {
+    let sql = format!("SELECT {NET_COLS} FROM networks ORDER BY rowid");
+    query_all(conn, &sql, [], network_row)
+}
+
+/// Deletes the network and its subnets (callers check for ports first).
+pub fn delete_network(conn: &Connection, id: &str) -> Result<(), Fault> {
+    conn.execute("DELETE FROM subnets WHERE network_id=?1", [id])?;
+    conn.execute("DELETE FROM networks WHERE id=?1", [id])?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------- subnets
+
+const SUBNET_COLS: &str =
+    "id, network_id, name, description, project_id, cidr, gateway_ip, enable_dhcp, dns_nameservers";
+
+fn subnet_row(r: &Row) -> rusqlite::Result<Subnet> {
+    let cidr: String = r.get(5)?;
+    let cidr = IpNet::from_str(&cidr).map_err(|e| text_err(5, e.to_string()))?;
+    let gw: Option<i64> = r.get(6)?;
+    let dns: String = r.get(8)?;
+    Ok(Subnet {
+        id: r.get(0)?,
+        network_id: r.get(1)?,
+        name: r.get(2)?,
+        description: r.get(3)?,
+        project_id: r.get(4)?,
+        cidr,
+        gateway_ip: gw.map(addr_of),
+        allocation_pools: Vec::new(),
+        enable_dhcp: r.get(7)?,
+        dns_nameservers: dns
+            .split(',')
+            .filter_map(|s| IpAddr::from_str(s).ok())
+            .collect(),
+    })
+}
+
+fn load_pools(conn: &Connection, s: &mut Subnet) -> Result<(), Fault> {
+    let sql = "SELECT first_ip, last_ip FROM allocation_pools WHERE subnet_id=?1 ORDER BY seq";
+    s.allocation_pools = query_all(conn, sql, [&s.id], |r| {
+        Ok((addr_of(r.get(0)?), addr_of(r.get(1)?)))
+    })?;
+    Ok(())
+}
+
+fn write_pools(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
+    conn.execute("DELETE FROM allocation_pools WHERE subnet_id=?1", [&s.id])?;
+    for (i, (a, b)) in s.allocation_pools.iter().enumerate() {
+        conn.execute(
+            "INSERT INTO allocation_pools (subnet_id, seq, first_ip, last_ip) VALUES (?1,?2,?3,?4)",
+            params![s.id, i as i64, addr_val(*a)?, addr_val(*b)?],
+        )?;
+    }
+    Ok(())
+}
+
+fn dns_text(s: &Subnet) -> String {
+    s.dns_nameservers
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Adds a subnet and its pools.
+pub fn insert_subnet(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
+    conn.execute(
+        &format!("INSERT INTO subnets ({SUBNET_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
+        params![
+            s.id,
+            s.network_id,
+            s.name,
+            s.description,
+            s.project_id,
+            s.cidr.to_string(),
+            s.gateway_ip.map(addr_val).transpose()?,
+            s.enable_dhcp,
+            dns_text(s)
+        ],
+    )?;
+    write_pools(conn, s)
+}
+
+/// Rewrites the mutable columns and the pools of `s`.
+pub fn update_subnet(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
+    conn.execute(
+        "UPDATE subnets SET name=?2, description=?3, gateway_ip=?4, enable_dhcp=?5, dns_nameservers=?6 WHERE id=?1",
+        params![
+            s.id,
+            s.name,
+            s.description,
+            s.gateway_ip.map(addr_val).transpose()?,
+            s.enable_dhcp,
+            dns_text(s)
+        ],
+    )?;
+    write_pools(conn, s)
+}
+
+/// The subnet with its pools, None when unknown.
+pub fn get_subnet(conn: &Connection, id: &str) -> Result<Option<Subnet>, Fault> {
+    let s = conn
+        .query_row(
+            &format!("SELECT {SUBNET_COLS} FROM subnets WHERE id=?1"),
+            [id],
+            subnet_row,
+        )
+        .optional()?;
+    match s {
+        Some(mut s) => {
+            load_pools(conn, &mut s)?;
+            Ok(Some(s))
+        }
+        None => Ok(None),
+    }
+}
+
+fn query_subnets(
+    conn: &Connection,
+    sql: &str,
+    p: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<Subnet>, Fault> {
+    let mut out = query_all(conn, sql, p, subnet_row)?;
+    for s in &mut out {
+        load_pools(conn, s)?;
+    }
+    Ok(out)
+}
+
+/// Every subnet in creation order.
+pub fn list_subnets(conn: &Connection) -> Result<Vec<Subnet>, Fault> {
+    query_subnets(
+        conn,
+        &format!("SELECT {SUBNET_COLS} FROM subnets ORDER BY rowid"),
+        &[],
+    )
+}
+
+/// The network's subnets in creation order (the order addresses are taken from).
+pub fn network_subnets(conn: &Connection, network_id: &str) -> Result<Vec<Subnet>, Fault> {
+    query_subnets(
+        conn,
+        &format!("SELECT {SUBNET_COLS} FROM subnets WHERE network_id=?1 ORDER BY rowid"),
+        &[&network_id],
+    )
+}
+
+/// Deletes the subnet and its pools (callers check for allocations first).
+pub fn delete_subnet(conn: &Connection, id: &str) -> Result<(), Fault> {
+    conn.execute("DELETE FROM subnets WHERE id=?1", [id])?;
+    Ok(())
+}
+
+/// How many addresses are allocated from the subnet.
+pub fn subnet_ip_count(conn: &Connection, subnet_id: &str) -> Result<u64, Fault> {
+    let n: i64 = conn.query_row(
+        "SELECT COUNT(*) FROM fixed_ips WHERE subnet_id=?1",
+        [subnet_id],
+        |r| r.get(0),
+    )?;
+    Ok(n as u64)
+}

@@ -1,0 +1,181 @@
+//! Ports and their fixed IPs in the store.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{addr_of, addr_val, query_all, text_err};
+use crate::model::{Fault, FixedIp, Port, mac_to_string, parse_mac};
+
+// ---------------------------------------------------------------- ports
+
+pub(super) const PORT_COLS: &str = "id, network_id, name, description, project_id, mac, admin_state_up, device_owner, device_id, status";
+
+fn port_row(r: &Row) -> rusqlite::Result<Port> {
+    let mac: String = r.get(5)?;
+    let mac = parse_mac(&mac).ok_or_else(|| text_err(5, format!("bad mac {mac}")))?;
+    Ok(Port {
+        id: r.get(0)?,
+        network_id: r.get(1)?,
+        name: r.get(2)?,
+        description: r.get(3)?,
+        project_id: r.get(4)?,
+        mac,
+        admin_state_up: r.get(6)?,
+        device_owner: r.get(7)?,
+        device_id: r.get(8)?,
+        status: r.get(9)?,
+        fixed_ips: Vec::new(),
+    })
+}
+
+fn load_fixed_ips(conn: &Connection, p: &mut Port) -> Result<(), Fault> {
+    let sql = "SELECT subnet_id, ip FROM fixed_ips WHERE port_id=?1 ORDER BY rowid";
+    p.fixed_ips = query_all(conn, sql, [&p.id], |r| {
+        Ok(FixedIp {
+            subnet_id: r.get(0)?,
+            ip: addr_of(r.get(1)?),
+        })
+    })?;
+    Ok(())
+}
+
+/// Whether any port has this MAC.
+pub fn mac_in_use(conn: &Connection, mac: &[u8; 6]) -> Result<bool, Fault> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM ports WHERE mac=?1",
+            [mac_to_string(mac)],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
+}
+
+/// A fresh `fa:16:3e:xx:xx:xx` MAC (Neutron's base MAC) not used by any port.
+pub fn generate_mac(conn: &Connection) -> Result<[u8; 6], Fault> {
+    for _ in 0..64 {
+        let tail: [u8; 3] = rand::random();
+        let mac = [0xfa, 0x16, 0x3e, tail[0], tail[1], tail[2]];
+        if !mac_in_use(conn, &mac)? {
+            return Ok(mac);
+        }
+    }
+    Err(Fault::conflict(
+        "MacAddressGenerationFailure",
+        "Unable to generate unique mac.",
+    ))
+}
+
+/// Inserts the port and its fixed IPs (already chosen and checked by the caller; the
+/// UNIQUE constraints still refuse a duplicate).
+pub fn insert_port(conn: &Connection, p: &Port) -> Result<(), Fault> {
+    conn.execute(
+        &format!("INSERT INTO ports ({PORT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
+        params![
+            p.id,
+            p.network_id,
+            p.name,
+            p.description,
+            p.project_id,
+            mac_to_string(&p.mac),
+            p.admin_state_up,
+            p.device_owner,
+            p.device_id,
+            p.status
+        ],
+    )?;
+    write_fixed_ips(conn, p)
+}
+
+fn write_fixed_ips(conn: &Connection, p: &Port) -> Result<(), Fault> {
+    conn.execute("DELETE FROM fixed_ips WHERE port_id=?1", [&p.id])?;
+    for f in &p.fixed_ips {
+        conn.execute(
+            "INSERT INTO fixed_ips (port_id, subnet_id, ip) VALUES (?1,?2,?3)",
+            params![p.id, f.subnet_id, addr_val(f.ip)?],
+        )
+        .map_err(|e| match Fault::from(e) {
+            f2 if f2.status == 409 => Fault::conflict(
+                "IpAddressInUse",
+                format!(
+                    "Unable to complete operation for network {}. The IP address {} is in use.",
+                    p.network_id, f.ip
+                ),
+            ),
+            other => other,
+        })?;
+    }
+    Ok(())
+}
+
+/// Rewrites the mutable columns and fixed IPs of `p`.
+pub fn update_port(conn: &Connection, p: &Port) -> Result<(), Fault> {
+    conn.execute(
+        "UPDATE ports SET name=?2, description=?3, admin_state_up=?4, device_owner=?5, device_id=?6, status=?7, mac=?8 WHERE id=?1",
+        params![
+            p.id,
+            p.name,
+            p.description,
+            p.admin_state_up,
+            p.device_owner,
+            p.device_id,
+            p.status,
+            mac_to_string(&p.mac)
+        ],
+    )?;
+    write_fixed_ips(conn, p)
+}
+
+/// The port with its fixed IPs, None when unknown.
+pub fn get_port(conn: &Connection, id: &str) -> Result<Option<Port>, Fault> {
+    let p = conn
+        .query_row(
+            &format!("SELECT {PORT_COLS} FROM ports WHERE id=?1"),
+            [id],
+            port_row,
+        )
+        .optional()?;
+    match p {
+        Some(mut p) => {
+            load_fixed_ips(conn, &mut p)?;
+            Ok(Some(p))
+        }
+        None => Ok(None),
+    }
+}
+
+pub(super) fn query_ports(
+    conn: &Connection,
+    sql: &str,
+    p: &[&dyn rusqlite::ToSql],
+) -> Result<Vec<Port>, Fault> {
+    let mut out = query_all(conn, sql, p, port_row)?;
+    for p in &mut out {
+        load_fixed_ips(conn, p)?;
+    }
+    Ok(out)
+}
+
+/// Every port in creation order.
+pub fn list_ports(conn: &Connection) -> Result<Vec<Port>, Fault> {
+    query_ports(
+        conn,
+        &format!("SELECT {PORT_COLS} FROM ports ORDER BY rowid"),
+        &[],
+    )
+}
+
+/// The network's ports (a network with ports cannot be deleted).
+pub fn network_ports(conn: &Connection, network_id: &str) -> Result<Vec<Port>, Fault> {
+    query_ports(
+        conn,
+        &format!("SELECT {PORT_COLS} FROM ports WHERE network_id=?1 ORDER BY rowid"),
+        &[&network_id],
+    )
+}
+
+/// Deletes the port and frees its addresses.
+pub fn delete_port(conn: &Connection, id: &str) -> Result<(), Fault> {
+    conn.execute("DELETE FROM fixed_ips WHERE port_id=?1", [id])?;
+    conn.execute("DELETE FROM ports WHERE id=?1", [id])?;
+    Ok(())
+}

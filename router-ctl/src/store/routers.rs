@@ -1,0 +1,171 @@
+//! Routers and their interfaces in the store.
+
+use std::collections::BTreeSet;
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::{
+    MAX_DP_ID,
+    ports::{PORT_COLS, query_ports},
+    query_all,
+};
+use crate::model::{Fault, Port, Router};
+
+// ---------------------------------------------------------------- routers
+
+pub(super) const ROUTER_COLS: &str =
+    "id, name, description, project_id, admin_state_up, status, dp_id, gw_port_id, enable_snat";
+
+pub(super) fn router_row(r: &Row) -> rusqlite::Result<Router> {
+    Ok(Router {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        description: r.get(2)?,
+        project_id: r.get(3)?,
+        admin_state_up: r.get(4)?,
+        status: r.get(5)?,
+        dp_id: r.get(6)?,
+        gw_port_id: r.get(7)?,
+        enable_snat: r.get(8)?,
+    })
+}
+
+/// Smallest datapath slot no existing router holds (slots start at 1).
+pub fn free_dp_id(conn: &Connection) -> Result<u32, Fault> {
+    let id: i64 = conn.query_row(
+        "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM routers WHERE dp_id=1) THEN 1 ELSE
+           (SELECT MIN(r.dp_id + 1) FROM routers r WHERE NOT EXISTS
+              (SELECT 1 FROM routers r2 WHERE r2.dp_id = r.dp_id + 1)) END",
+        [],
+        |r| r.get(0),
+    )?;
+    if id <= 0 || id >= i64::from(MAX_DP_ID) {
+        return Err(Fault::conflict(
+            "OverQuota",
+            format!(
+                "Quota exceeded for resources: ['router'] (at most {})",
+                MAX_DP_ID - 1
+            ),
+        ));
+    }
+    Ok(id as u32)
+}
+
+/// Adds a router row (its dp_id from `free_dp_id`).
+pub fn insert_router(conn: &Connection, r: &Router) -> Result<(), Fault> {
+    conn.execute(
+        &format!("INSERT INTO routers ({ROUTER_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
+        params![
+            r.id,
+            r.name,
+            r.description,
+            r.project_id,
+            r.admin_state_up,
+            r.status,
+            r.dp_id,
+            r.gw_port_id,
+            r.enable_snat
+        ],
+    )?;
+    Ok(())
+}
+
+/// Rewrites the mutable columns of `r` (dp_id never changes).
+pub fn update_router(conn: &Connection, r: &Router) -> Result<(), Fault> {
+    conn.execute(
+        "UPDATE routers SET name=?2, description=?3, admin_state_up=?4, status=?5, gw_port_id=?6, enable_snat=?7 WHERE id=?1",
+        params![r.id, r.name, r.description, r.admin_state_up, r.status, r.gw_port_id, r.enable_snat],
+    )?;
+    Ok(())
+}
+
+/// The router, None when unknown.
+pub fn get_router(conn: &Connection, id: &str) -> Result<Option<Router>, Fault> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {ROUTER_COLS} FROM routers WHERE id=?1"),
+            [id],
+            router_row,
+        )
+        .optional()?)
+}
+
+/// Every router in creation order.
+pub fn list_routers(conn: &Connection) -> Result<Vec<Router>, Fault> {
+    let sql = format!("SELECT {ROUTER_COLS} FROM routers ORDER BY rowid");
+    query_all(conn, &sql, [], router_row)
+}
+
+/// Deletes the router and its interface rows (callers remove the ports).
+pub fn delete_router(conn: &Connection, id: &str) -> Result<(), Fault> {
+    conn.execute("DELETE FROM router_interfaces WHERE router_id=?1", [id])?;
+    conn.execute("DELETE FROM routers WHERE id=?1", [id])?;
+    Ok(())
+}
+
+/// Records `port_id` as an interface of the router.
+pub fn add_interface(conn: &Connection, router_id: &str, port_id: &str) -> Result<(), Fault> {
+    conn.execute(
+        "INSERT INTO router_interfaces (router_id, port_id) VALUES (?1, ?2)",
+        [router_id, port_id],
+    )?;
+    Ok(())
+}
+
+/// Forgets the interface row (the caller deletes the port).
+pub fn remove_interface(conn: &Connection, router_id: &str, port_id: &str) -> Result<(), Fault> {
+    conn.execute(
+        "DELETE FROM router_interfaces WHERE router_id=?1 AND port_id=?2",
+        [router_id, port_id],
+    )?;
+    Ok(())
+}
+
+/// Interface ports of the router, in the order they were added.
+pub fn router_interfaces(conn: &Connection, router_id: &str) -> Result<Vec<Port>, Fault> {
+    query_ports(
+        conn,
+        &format!(
+            "SELECT {} FROM router_interfaces i JOIN ports p ON p.id = i.port_id WHERE i.router_id=?1 ORDER BY i.rowid",
+            PORT_COLS
+                .split(", ")
+                .map(|c| format!("p.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        &[&router_id],
+    )
+}
+
+/// The router an interface port belongs to.
+pub fn interface_router(conn: &Connection, port_id: &str) -> Result<Option<String>, Fault> {
+    Ok(conn
+        .query_row(
+            "SELECT router_id FROM router_interfaces WHERE port_id=?1",
+            [port_id],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// The router whose gateway port this is.
+pub fn gateway_router(conn: &Connection, port_id: &str) -> Result<Option<String>, Fault> {
+    Ok(conn
+        .query_row(
+            "SELECT id FROM routers WHERE gw_port_id=?1",
+            [port_id],
+            |r| r.get(0),
+        )
+        .optional()?)
+}
+
+/// Routers with an interface or the gateway on the network: those whose spec a change of the
+/// network or its subnets can alter.
+pub fn routers_on_network(conn: &Connection, network_id: &str) -> Result<BTreeSet<String>, Fault> {
+    let mut st = conn.prepare_cached(
+        "SELECT i.router_id FROM router_interfaces i JOIN ports p ON p.id=i.port_id WHERE p.network_id=?1
+         UNION SELECT r.id FROM routers r JOIN ports p ON p.id=r.gw_port_id WHERE p.network_id=?1",
+    )?;
+    let rows = st.query_map([network_id], |r| r.get::<_, String>(0))?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
