@@ -35,7 +35,7 @@ pub fn venv() -> PathBuf {
 /// (Null for commands that print nothing).
 pub fn openstack(host: &Netns, d: &Daemon, venv: &Path, args: &[&str]) -> serde_json::Value {
     let out = host
-        .cmd(&venv.join("bin/openstack").display().to_string())
+        .cmd(venv.join("bin/openstack"))
         .args(["--os-auth-type", "admin_token", "--os-endpoint"])
         .arg(d.url())
         .arg("--os-token")

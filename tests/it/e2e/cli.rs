@@ -3,23 +3,19 @@
 //! router, the internet sees the gateway IP (SNAT), and `gateway clear` stops it.
 use std::{
     io::ErrorKind,
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     time::Duration,
 };
 
 use router_ctl::model::spec::names;
 use serde_json::Value;
-use tests::{Netns, daemon::Daemon, plug_into_bridge, unique};
+use tests::{
+    Netns,
+    daemon::Daemon,
+    topo::{self, INTERNET_IP as INTERNET, Internet, id},
+};
 
-const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const PORT: u16 = 8080;
-
-fn id(v: &Value) -> String {
-    v["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id in {v}"))
-        .to_string()
-}
 
 /// Connects from inside `vm` to the internet server; returns whether the handshake completed.
 fn connect_from(vm: &Netns) -> bool {
@@ -59,58 +55,19 @@ impl Topology {
     fn new() -> Self {
         let host = Netns::new("ceh");
         let d = Daemon::start(&host);
-        let ext = d.cli_json(&["network", "create", "public", "--external"]);
-        let ext_id = id(&ext);
-        d.cli_ok(&[
-            "subnet",
-            "create",
-            "public-v4",
-            "--network",
-            "public",
-            "--cidr",
-            "203.0.113.0/24",
-            "--gateway",
-            "203.0.113.1",
-            "--allocation-pool",
-            "start=203.0.113.20,end=203.0.113.40",
-        ]);
-        let inet = Netns::new("cei");
-        plug_into_bridge(&host, &inet, &names::bridge(&ext_id), "203.0.113.1/24");
+        let Internet {
+            ns: inet,
+            network_id: ext_id,
+        } = Internet::new(&host, &d, "cei", 40);
         let listener = inet.enter(|| TcpListener::bind((INTERNET, PORT)).expect("bind the server"));
         listener.set_nonblocking(true).expect("nonblocking");
 
-        d.cli_ok(&["network", "create", "tenant"]);
-        d.cli_ok(&[
-            "subnet",
-            "create",
-            "tenant-v4",
-            "--network",
-            "tenant",
-            "--cidr",
-            "10.30.0.0/24",
-        ]);
+        topo::tenant_network(&d, "tenant", "10.30.0.0/24");
         let router = d.cli_json(&["router", "create", "r1"]);
         let router_id = id(&router);
         let iface = d.cli_json(&["router", "interface", "add", "r1", "tenant-v4"]);
         assert_eq!(iface["id"], router["id"], "{iface}");
-        // Removed on drop by name, whoever created it (here: the CLI).
-        let vm = Netns {
-            name: unique("cev"),
-        };
-        let port = d.cli_json(&[
-            "port",
-            "create",
-            "--network",
-            "tenant",
-            "--netns",
-            &vm.name,
-            "--name",
-            "vm",
-        ]);
-        let vm_ip = port["fixed_ips"][0]["ip_address"]
-            .as_str()
-            .expect("port IP")
-            .to_string();
+        let (vm, port, vm_ip) = topo::vm(&d, "tenant", "cev", &["--name", "vm"]);
         assert_eq!(port["device_owner"], "compute:sandbox", "{port}");
         Self {
             vm,

@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use tests::{
     Netns,
     daemon::{Daemon, DaemonOptions},
-    enter_named, plug_into_bridge, tc_filters, unique,
+    enter_named, tc_filters,
+    topo::{self, Internet},
+    unique,
 };
 
 const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -48,43 +50,16 @@ impl Topology {
     fn new(opts: DaemonOptions) -> Self {
         let host = Netns::new("fh");
         let d = Daemon::start_with(&host, opts);
-        let ext = d.cli_json(&["network", "create", "public", "--external"]);
-        let ext_id = s(&ext["id"]);
-        d.cli_ok(&[
-            "subnet",
-            "create",
-            "public-v4",
-            "--network",
-            "public",
-            "--cidr",
-            "203.0.113.0/24",
-            "--gateway",
-            "203.0.113.1",
-            "--allocation-pool",
-            "start=203.0.113.20,end=203.0.113.60",
-        ]);
-        let inet = Netns::new("fi");
-        plug_into_bridge(&host, &inet, &names::bridge(&ext_id), "203.0.113.1/24");
+        let inet = Internet::new(&host, &d, "fi", 60).ns;
         // Gratuitous ARPs create neighbour entries here, so the test can see them.
         inet.run("sysctl", &["-qw", "net.ipv4.conf.eth0.arp_accept=1"]);
 
-        d.cli_ok(&["network", "create", "tenant"]);
-        d.cli_ok(&[
-            "subnet",
-            "create",
-            "tenant-v4",
-            "--network",
-            "tenant",
-            "--cidr",
-            "10.40.0.0/24",
-        ]);
+        topo::tenant_network(&d, "tenant", "10.40.0.0/24");
         let router = d.cli_json(&["router", "create", "r1"]);
         let router_id = s(&router["id"]);
         d.cli_ok(&["router", "interface", "add", "r1", "tenant-v4"]);
-        let r = d.cli_json(&["gateway", "set", "r1", "public"]);
-        let gw_ip: Ipv4Addr = s(&r["external_gateway_info"]["external_fixed_ips"][0]["ip_address"])
-            .parse()
-            .expect("gateway IP");
+        let (_, gw_ip) = topo::set_gateway(&d, "r1");
+        let gw_ip: Ipv4Addr = gw_ip.parse().expect("gateway IP");
         let (_, ports) = d.get(&format!("/v2.0/ports?device_id={router_id}"));
         let gw_mac = ports["ports"]
             .as_array()
@@ -95,21 +70,8 @@ impl Topology {
             .unwrap_or_else(|| panic!("no gateway port in {ports}"));
 
         let plug = |name: &str| {
-            let vm = Netns { name: unique("fv") };
-            let port = d.cli_json(&[
-                "port",
-                "create",
-                "--network",
-                "tenant",
-                "--netns",
-                &vm.name,
-                "--name",
-                name,
-            ]);
-            let ip: Ipv4Addr = s(&port["fixed_ips"][0]["ip_address"])
-                .parse()
-                .expect("port IP");
-            (vm, s(&port["id"]), ip)
+            let (vm, port, ip) = topo::vm(&d, "tenant", "fv", &["--name", name]);
+            (vm, s(&port["id"]), ip.parse::<Ipv4Addr>().expect("port IP"))
         };
         let (vm1, vm1_port, vm1_ip) = plug("vm1");
         let (vm2, vm2_port, vm2_ip) = plug("vm2");

@@ -23,7 +23,7 @@ fn python_neutronclient_drives_the_daemon() {
     let venv = venv();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("neutronclient_check.py");
     let out = host
-        .cmd(&venv.join("bin/python").display().to_string())
+        .cmd(venv.join("bin/python"))
         .arg(&script)
         .arg(d.url())
         .arg(d.admin_token())
