@@ -162,6 +162,13 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Keeps the namespace past this value (for a sandbox left running on purpose, removed
+    /// later by name with [`remove_netns`]); returns its name.
+    pub fn keep(self) -> String {
+        let this = std::mem::ManuallyDrop::new(self);
+        this.name.clone()
+    }
+
     /// `/run/netns/<name>`.
     pub fn path(&self) -> String {
         format!("/run/netns/{}", self.name)

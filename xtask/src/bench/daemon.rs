@@ -27,7 +27,7 @@ use anyhow::{Context as _, Result, bail};
 use serde_json::{Value, json};
 
 use super::{
-    ns::{self, ChildGuard, Ns, check_interrupted},
+    ns::{self, ChildGuard, Netns, check_interrupted},
     report::{ControlPlaneRun, DaemonCounters, Report, StepStats},
     topo::{self, CLIENT_IP, Kind, Topology},
 };
@@ -113,7 +113,7 @@ pub struct Env {
     // Drop order matters: routers' namespaces after the daemon stops, then host ns, then dir.
     daemon: Option<ChildGuard>,
     routers: Vec<String>,
-    host: Ns,
+    host: Netns,
     dir: TempDir,
     bin: PathBuf,
     url: String,
@@ -149,7 +149,7 @@ impl Drop for Env {
             // are deleted regardless).
             let _ = self
                 .host
-                .cmd(&self.bin.to_string_lossy())
+                .cmd(&self.bin)
                 .arg("daemon")
                 .arg("--purge")
                 .arg("--state-dir")
@@ -183,7 +183,7 @@ impl Env {
     /// waits for its API.
     pub fn start(bin: &Path, kind: Kind) -> Result<Self> {
         let dir = TempDir::new(tag(kind))?;
-        let host = Ns::new(&format!("host{}", tag(kind)))?;
+        let host = super::ns::new(&format!("host{}", tag(kind)))?;
         let config = dir.path.join("router-ctl.toml");
         // Short UDP timeouts so the new-flow runs of earlier rounds are collected before the next.
         let nat = "[nat]\nudp_unreplied = 2\ngc_interval = 1\n";
@@ -318,11 +318,11 @@ impl Env {
 
     /// Plugs `ns` into `network` with address `ip` through the CLI's sandbox helper, run in the
     /// daemon's namespace.
-    fn plug(&self, network: &str, ip: Ipv4Addr, ns: &Ns) -> Result<()> {
+    fn plug(&self, network: &str, ip: Ipv4Addr, ns: &Netns) -> Result<()> {
         let ip = ip.to_string();
         let out = self
             .host
-            .cmd(&self.bin.to_string_lossy())
+            .cmd(&self.bin)
             .args(["--url", &format!("http://{LISTEN}"), "--token", &self.token])
             .args([
                 "port",
@@ -351,7 +351,7 @@ impl Env {
     /// — timing gateway set → first translated packet at the server on the way.
     pub fn build_path(&mut self) -> Result<Topology> {
         let client = topo::client_ns(tag(self.kind))?;
-        let server = Ns::new(&format!("s{}", tag(self.kind)))?;
+        let server = super::ns::new(&format!("s{}", tag(self.kind)))?;
         let ext = self.network("bench-ext", true)?;
         self.subnet(&ext, "203.0.113.0/24", Some("203.0.113.1"))?;
         let int = self.network("bench-int", false)?;
@@ -364,7 +364,7 @@ impl Env {
         // Probe: the client sends a small UDP packet every millisecond; the server notes when
         // the first one arrives (translated, since the server has no route to 10.x).
         let stop = Arc::new(AtomicBool::new(false));
-        let sink = server.enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PROBE_PORT)))??;
+        let sink = server.try_enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PROBE_PORT)))??;
         sink.set_read_timeout(Some(Duration::from_millis(20)))?;
         let stop_c = stop.clone();
         let sender = client.spawn_thread(move || -> std::io::Result<()> {
@@ -627,13 +627,13 @@ fn unknown_datapath_section(e: &anyhow::Error) -> bool {
 /// daemon, an API client living in `host` and the admin token.
 fn spawn(
     bin: &Path,
-    host: &Ns,
+    host: &Netns,
     dir: &TempDir,
     config: &Path,
 ) -> Result<(ChildGuard, reqwest::blocking::Client, String)> {
     let log = std::fs::File::create(dir.path.join("daemon.log"))?;
     let child = host
-        .cmd(&bin.to_string_lossy())
+        .cmd(bin)
         .arg("daemon")
         .arg("--config")
         .arg(config)
@@ -649,7 +649,7 @@ fn spawn(
         .context("starting router-ctl daemon")?;
     let mut daemon = ChildGuard(child);
     // The client lives in the host namespace: its runtime thread inherits the namespace.
-    let api = host.enter(|| {
+    let api = host.try_enter(|| {
         reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(60))
             .build()

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use super::ns::{ChildGuard, Ns, sh};
+use super::ns::{ChildGuard, Netns, sh};
 
 /// The configurations compared, in report order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -77,8 +77,8 @@ pub const CRR_PORT: u16 = 8080;
 /// One ready path: traffic goes from `client` to `server_ip` in `server`.
 pub struct Topology {
     pub kind: Kind,
-    pub client: Ns,
-    pub server: Ns,
+    pub client: Netns,
+    pub server: Netns,
     pub server_ip: Ipv4Addr,
     /// Address the server sees as the source after NAT (None for plain forwarding).
     pub nat_ip: Option<Ipv4Addr>,
@@ -115,7 +115,7 @@ impl Topology {
     pub fn check(&self) -> Result<()> {
         let ip = self.server_ip.to_string();
         self.client
-            .run(
+            .run_for(
                 Duration::from_secs(10),
                 "ping",
                 &["-c", "2", "-i", "0.2", "-W", "2", &ip],
@@ -126,7 +126,7 @@ impl Topology {
 }
 
 /// Feeds `input` to `program` run inside `ns`.
-fn run_stdin(ns: &Ns, program: &str, args: &[&str], input: &str) -> Result<()> {
+fn run_stdin(ns: &Netns, program: &str, args: &[&str], input: &str) -> Result<()> {
     let mut child = ns
         .cmd(program)
         .args(args)
@@ -196,8 +196,8 @@ const ROUTER_EXT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 
 /// A fresh client namespace (addresses are added by the caller).
-pub fn client_ns(tag: &str) -> Result<Ns> {
-    Ns::new(&format!("c{tag}"))
+pub fn client_ns(tag: &str) -> Result<Netns> {
+    super::ns::new(&format!("c{tag}"))
 }
 
 /// Builds configuration (a), (b) or (c) in fresh namespaces. The wiring mirrors what the
@@ -206,12 +206,12 @@ pub fn client_ns(tag: &str) -> Result<Ns> {
 /// number of devices and only the NAT differs.
 pub fn build_kernel(kind: Kind, tag: &str) -> Result<Topology> {
     let client = client_ns(tag)?;
-    let host = Ns::new(&format!("h{tag}"))?;
-    let router = Ns::new(&format!("r{tag}"))?;
-    let server = Ns::new(&format!("s{tag}"))?;
+    let host = super::ns::new(&format!("h{tag}"))?;
+    let router = super::ns::new(&format!("r{tag}"))?;
+    let server = super::ns::new(&format!("s{tag}"))?;
     for br in ["brint", "brext"] {
-        host.ip(&["link", "add", br, "type", "bridge"])?;
-        host.ip(&["link", "set", br, "up"])?;
+        host.try_ip(&["link", "add", br, "type", "bridge"])?;
+        host.try_ip(&["link", "set", br, "up"])?;
     }
     super::ns::veth(&client, CLIENT_DEV, &host, "tapc")?;
     super::ns::veth(&host, "tapr", &router, QR)?;
@@ -223,19 +223,19 @@ pub fn build_kernel(kind: Kind, tag: &str) -> Result<Topology> {
         ("tapg", "brext"),
         ("taps", "brext"),
     ] {
-        host.ip(&["link", "set", dev, "master", br])?;
+        host.try_ip(&["link", "set", dev, "master", br])?;
     }
-    client.ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", CLIENT_DEV])?;
-    client.ip(&["route", "add", "default", "via", ROUTER_INT_IP])?;
-    router.ip(&["addr", "add", &format!("{ROUTER_INT_IP}/24"), "dev", QR])?;
-    router.ip(&["addr", "add", &format!("{ROUTER_EXT_IP}/24"), "dev", QG])?;
+    client.try_ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", CLIENT_DEV])?;
+    client.try_ip(&["route", "add", "default", "via", ROUTER_INT_IP])?;
+    router.try_ip(&["addr", "add", &format!("{ROUTER_INT_IP}/24"), "dev", QR])?;
+    router.try_ip(&["addr", "add", &format!("{ROUTER_EXT_IP}/24"), "dev", QG])?;
     router.sysctl("net.ipv4.ip_forward", "1")?;
-    server.ip(&["addr", "add", &format!("{SERVER_IP}/24"), "dev", SERVER_DEV])?;
+    server.try_ip(&["addr", "add", &format!("{SERVER_IP}/24"), "dev", SERVER_DEV])?;
     let mut note = None;
     let nat_ip = match kind {
         Kind::Plain => {
             // Without NAT the server needs a route back to the client subnet.
-            server.ip(&[
+            server.try_ip(&[
                 "route",
                 "add",
                 CLIENT_CIDR,
