@@ -107,7 +107,7 @@ fn sweep_stale_daemon_dirs() {
                 remove_netns(&ns);
             }
         }
-        let _ = nix::mount::umount2(&dir.join("bpf"), nix::mount::MntFlags::MNT_DETACH);
+        let _ = nix::mount::umount2(&dir.join("bpffs"), nix::mount::MntFlags::MNT_DETACH);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
