@@ -58,3 +58,39 @@ pub fn openstack(host: &Netns, d: &Daemon, venv: &Path, args: &[&str]) -> serde_
             .unwrap_or_else(|e| panic!("openstack {args:?}: {e}: {stdout}"))
     }
 }
+
+/// The networks of the client tests, made with `openstack` (`os`): external `pub` with subnet
+/// `pubsub` (198.51.100.0/24, pool .10–.20), tenant `priv` with subnet `privsub` on
+/// `priv_cidr`. Returns the external network and its subnet.
+pub fn networks(
+    os: impl Fn(&[&str]) -> serde_json::Value,
+    priv_cidr: &str,
+) -> (serde_json::Value, serde_json::Value) {
+    let ext = os(&["network", "create", "--external", "pub", "-f", "json"]);
+    let ext_sub = os(&[
+        "subnet",
+        "create",
+        "--network",
+        "pub",
+        "--subnet-range",
+        "198.51.100.0/24",
+        "--allocation-pool",
+        "start=198.51.100.10,end=198.51.100.20",
+        "pubsub",
+        "-f",
+        "json",
+    ]);
+    os(&["network", "create", "priv", "-f", "json"]);
+    os(&[
+        "subnet",
+        "create",
+        "--network",
+        "priv",
+        "--subnet-range",
+        priv_cidr,
+        "privsub",
+        "-f",
+        "json",
+    ]);
+    (ext, ext_sub)
+}

@@ -13,7 +13,7 @@ use std::path::Path;
 use tests::{
     Netns,
     daemon::Daemon,
-    openstack::{openstack, venv},
+    openstack::{networks, openstack, venv},
 };
 
 #[test]
@@ -46,33 +46,8 @@ fn openstack_cli_sets_and_clears_the_gateway() {
     let d = Daemon::start(&host);
     let venv = venv();
     let os = |args: &[&str]| openstack(&host, &d, &venv, args);
-    let ext = os(&["network", "create", "--external", "pub", "-f", "json"]);
+    let (ext, ext_sub) = networks(os, "10.12.0.0/24");
     assert_eq!(ext["router:external"], true, "{ext}");
-    let ext_sub = os(&[
-        "subnet",
-        "create",
-        "--network",
-        "pub",
-        "--subnet-range",
-        "198.51.100.0/24",
-        "--allocation-pool",
-        "start=198.51.100.10,end=198.51.100.20",
-        "pubsub",
-        "-f",
-        "json",
-    ]);
-    os(&["network", "create", "priv", "-f", "json"]);
-    os(&[
-        "subnet",
-        "create",
-        "--network",
-        "priv",
-        "--subnet-range",
-        "10.12.0.0/24",
-        "privsub",
-        "-f",
-        "json",
-    ]);
     os(&["router", "create", "r1", "-f", "json"]);
     os(&["router", "add", "subnet", "r1", "privsub"]);
     os(&[

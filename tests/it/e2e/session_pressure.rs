@@ -22,21 +22,14 @@ use tests::{
     daemon::{Daemon, DaemonOptions},
     open_datapath,
     packet::{ACK, SYN, tcp_frame, udp_frame},
-    pinned_map, pinned_sessions, testrun_router,
+    pinned_map, pinned_sessions,
+    testrun::{GW, OK, SHOT, SRV, run},
+    testrun_router,
 };
 
-const GW: [u8; 4] = [192, 0, 2, 10];
 const VM: [u8; 4] = [10, 0, 0, 5];
 const FLOODER: [u8; 4] = [10, 0, 0, 66];
-const SRV: [u8; 4] = [203, 0, 113, 9];
 const DP_ID: u32 = 7;
-const OK: u32 = 0;
-const SHOT: u32 = 2;
-
-fn run(dp: &Datapath, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-    dp.test_run(prog, frame)
-        .unwrap_or_else(|e| panic!("test run of {prog}: {e:#}"))
-}
 
 /// Runs `frame` through `prog` and checks it comes out as `want`.
 fn translated(dp: &Datapath, prog: &str, frame: &[u8], want: &[u8], what: &str) {

@@ -183,6 +183,28 @@ fn per_cpu(delivered: u64, sender_cpu: f64, softirq_cpu: f64) -> f64 {
     }
 }
 
+/// The `Rate` of a run that sent `sent` packets in `elapsed` with `cpu` seconds of the sender,
+/// once its last packets had time to land: delivered since the server's rx counter read
+/// `before`, `ksoftirqd` time since `soft0`.
+fn finish(
+    t: &Topology,
+    before: u64,
+    soft0: f64,
+    sent: u64,
+    elapsed: Duration,
+    cpu: f64,
+) -> Result<Rate> {
+    sleep(Duration::from_millis(200))?;
+    let delivered = t.server.rx_packets(SERVER_DEV)?.saturating_sub(before);
+    let soft = ksoftirqd_secs() - soft0;
+    Ok(Rate {
+        per_sec: delivered as f64 / elapsed.as_secs_f64(),
+        sent,
+        delivered,
+        per_cpu_sec: per_cpu(delivered, cpu, soft),
+    })
+}
+
 /// 64-byte UDP packets per second over one flow, for `secs` seconds.
 pub fn udp_pps(t: &Topology, secs: f64) -> Result<Rate> {
     check_interrupted()?;
@@ -215,16 +237,9 @@ pub fn udp_pps(t: &Topology, secs: f64) -> Result<Rate> {
             )?;
             Ok((sent, start.elapsed(), thread_cpu_secs() - cpu0))
         })??;
-    sleep(Duration::from_millis(200))?;
-    let delivered = t.server.rx_packets(SERVER_DEV)?.saturating_sub(before);
-    let soft = ksoftirqd_secs() - soft0;
+    let rate = finish(t, before, soft0, sent, elapsed, cpu);
     drop(sink);
-    Ok(Rate {
-        per_sec: delivered as f64 / elapsed.as_secs_f64(),
-        sent,
-        delivered,
-        per_cpu_sec: per_cpu(delivered, cpu, soft),
-    })
+    rate
 }
 
 /// The `i`-th distinct (source port, destination port) of a new-flow run.
@@ -279,16 +294,9 @@ pub fn new_flows(t: &Topology, secs: f64, src: Ipv4Addr) -> Result<Rate> {
             unsafe { libc::close(fd) };
             Ok((r?, elapsed, cpu))
         })??;
-    sleep(Duration::from_millis(200))?;
-    let delivered = t.server.rx_packets(SERVER_DEV)?.saturating_sub(before);
-    let soft = ksoftirqd_secs() - soft0;
+    let rate = finish(t, before, soft0, sent, elapsed, cpu);
     drop(sinks);
-    Ok(Rate {
-        per_sec: delivered as f64 / elapsed.as_secs_f64(),
-        sent,
-        delivered,
-        per_cpu_sec: per_cpu(delivered, cpu, soft),
-    })
+    rate
 }
 
 /// A source address for new-flow run number `run`: inside the client subnet, never the client's
