@@ -278,6 +278,11 @@ impl Netns {
             .with_context(|| format!("no rx counter for {dev} in {}", self.name))
     }
 
+    /// Whether device `dev` exists in this namespace.
+    pub fn has_link(&self, dev: &str) -> bool {
+        self.try_ip(&["link", "show", dev]).is_ok()
+    }
+
     /// Interface index of `dev` inside this namespace.
     pub fn ifindex(&self, dev: &str) -> u32 {
         // /sys shows the mount's netns; ask from a thread inside the namespace instead.

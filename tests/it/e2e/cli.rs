@@ -82,6 +82,14 @@ impl Topology {
         }
     }
 
+    /// Connects from the VM to the internet (failing with `what` and the daemon's log when it
+    /// cannot); returns the source address the internet saw.
+    fn source_seen(&self, what: &str) -> String {
+        assert!(connect_from(&self.vm), "{what}\n{}", self.d.log());
+        let seen = accepted(&self.listener).expect("the server accepted the VM's connection");
+        seen.ip().to_string()
+    }
+
     /// `gateway set r1 public`; returns the gateway IP.
     fn set_gateway(&self) -> String {
         let r = self.d.cli_json(&["gateway", "set", "r1", "public"]);
@@ -110,18 +118,8 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
     assert!(table.contains(&gw) && table.contains("r1"), "{table}");
 
     // Real traffic: the internet sees the gateway IP, never the VM's.
-    assert!(
-        connect_from(vm),
-        "the VM cannot reach the internet after gateway set\n{}",
-        d.log()
-    );
-    let seen = accepted(&t.listener).expect("the server accepted the VM's connection");
-    assert_eq!(
-        seen.ip().to_string(),
-        gw,
-        "SNAT to the gateway IP (VM is {})",
-        t.vm_ip
-    );
+    let seen = t.source_seen("the VM cannot reach the internet after gateway set");
+    assert_eq!(seen, gw, "SNAT to the gateway IP (VM is {})", t.vm_ip);
     let ping = vm.try_run("ping", &["-c", "2", "-i", "0.2", "-W", "2", "203.0.113.1"]);
     assert!(ping.status.success(), "ping through the router failed");
 
@@ -176,17 +174,8 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
     );
     t.inet
         .ip(&["route", "add", "10.30.0.0/24", "via", "203.0.113.33"]);
-    assert!(
-        connect_from(vm),
-        "no route through the router without SNAT\n{}",
-        d.log()
-    );
-    let seen = accepted(&t.listener).expect("the server accepted the VM's connection");
-    assert_eq!(
-        seen.ip().to_string(),
-        t.vm_ip,
-        "no SNAT with --disable-snat"
-    );
+    let seen = t.source_seen("no route through the router without SNAT");
+    assert_eq!(seen, t.vm_ip, "no SNAT with --disable-snat");
     d.cli_ok(&["gateway", "clear", "r1"]);
     assert!(
         !connect_from(vm),
@@ -199,10 +188,7 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
     t.host.ip(&["link", "show", &tap]);
     d.cli_ok(&["port", "delete", &port_id]);
     assert!(
-        !t.host
-            .try_run("ip", &["link", "show", &tap])
-            .status
-            .success(),
+        !t.host.has_link(&tap),
         "{tap} still exists after port delete"
     );
 

@@ -120,20 +120,8 @@ fn plug_two_namespaces_into_a_bridge_and_unplug() {
         plug::unplug(&foreign).expect("unplug of a foreign tap is a no-op");
         plug::unplug("no-such-port-at-all").expect("unplug of nothing is a no-op");
     });
-    assert!(
-        !host
-            .try_run("ip", &["link", "show", &tap1])
-            .status
-            .success(),
-        "{tap1} removed"
-    );
-    assert!(
-        vm1.try_run("ip", &["link", "show", "eth0"])
-            .status
-            .success()
-            .eq(&false),
-        "the inner end went with the tap"
-    );
+    assert!(!host.has_link(&tap1), "{tap1} removed");
+    assert!(!vm1.has_link("eth0"), "the inner end went with the tap");
     host.ip(&["link", "show", &foreign_tap]);
 }
 
