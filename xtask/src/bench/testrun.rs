@@ -65,19 +65,22 @@ fn frame_from(src: Ipv4Addr, sport: u16) -> Vec<u8> {
     f
 }
 
-fn load(obj: &Path) -> Result<Ebpf> {
+/// Loads the object at `obj` and the classifiers `progs` of it into the kernel.
+fn load_progs(obj: &Path, progs: &[&str]) -> Result<Ebpf> {
     let mut ebpf = Ebpf::load_file(obj).with_context(|| format!("loading {}", obj.display()))?;
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(programs::SNAT_OUT)
-        .with_context(|| format!("{} not in the object", programs::SNAT_OUT))?
-        .try_into()?;
-    prog.load().context("verifier rejected snat_out")?;
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(programs::SNAT_IN)
-        .with_context(|| format!("{} not in the object", programs::SNAT_IN))?
-        .try_into()?;
-    prog.load().context("verifier rejected snat_in")?;
+    for &name in progs {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("{name} not in the object"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("verifier rejected {name}"))?;
+    }
     Ok(ebpf)
+}
+
+fn load(obj: &Path) -> Result<Ebpf> {
+    load_progs(obj, &[programs::SNAT_OUT, programs::SNAT_IN])
 }
 
 /// Configures router `DP_ID` on the test-run device in the loaded object's private maps.
@@ -379,12 +382,7 @@ fn measure_fast(obj: &Path, repeat: u32) -> Result<FastRun> {
 }
 
 fn fast_run_inside(obj: &Path, qr: u32, qg: u32, repeat: u32) -> Result<FastRun> {
-    let mut ebpf = Ebpf::load_file(obj).with_context(|| format!("loading {}", obj.display()))?;
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(programs::FAST_FWD)
-        .with_context(|| format!("{} not in the object", programs::FAST_FWD))?
-        .try_into()?;
-    prog.load().context("verifier rejected fast_fwd")?;
+    let mut ebpf = load_progs(obj, &[programs::FAST_FWD])?;
     let mut ifs: Array<_, FastIf> =
         Array::try_from(ebpf.map_mut(maps::FAST_IFS).context("no FAST_IFS map")?)?;
     for (ifindex, flags, mac) in [(qr, 0, QR_MAC), (qg, FAST_IF_GATEWAY, QG_MAC)] {
