@@ -59,6 +59,32 @@ pub fn openstack(host: &Netns, d: &Daemon, venv: &Path, args: &[&str]) -> serde_
     }
 }
 
+/// A daemon in a throwaway host namespace with the clients' venv ready, for `openstack`
+/// commands against it.
+pub struct Cloud {
+    // Field order is drop order: the daemon (killed and purged) before its namespace.
+    pub d: Daemon,
+    pub host: Netns,
+    pub venv: PathBuf,
+}
+
+impl Cloud {
+    pub fn start(ns_prefix: &str) -> Self {
+        let host = Netns::new(ns_prefix);
+        let d = Daemon::start(&host);
+        Self {
+            d,
+            host,
+            venv: venv(),
+        }
+    }
+
+    /// `openstack ARGS` against the daemon (see [`openstack`]).
+    pub fn os(&self, args: &[&str]) -> serde_json::Value {
+        openstack(&self.host, &self.d, &self.venv, args)
+    }
+}
+
 /// The networks of the client tests, made with `openstack` (`os`): external `pub` with subnet
 /// `pubsub` (198.51.100.0/24, pool .10–.20), tenant `priv` with subnet `privsub` on
 /// `priv_cidr`. Returns the external network and its subnet.

@@ -45,6 +45,24 @@ struct Topology {
     tap: String,
 }
 
+impl Topology {
+    /// A datapath pinned in `bpffs`, attached to the gateway tap, with router `dp_id`
+    /// (10.0.0.0/24 SNATed to the gateway address) on it.
+    fn attached(&self, bpffs: &Bpffs, dp_id: u32) -> std::sync::Arc<Datapath> {
+        let dp = Datapath::open(bpffs.path(), &NatConfig::default()).expect("open");
+        let ifindex = self.host.enter(|| dp.attach(&self.tap)).expect("attach");
+        dp.configure_router(&RouterNat {
+            dp_id,
+            ifindex,
+            gateway_ip: GW.parse().unwrap(),
+            enable_snat: true,
+            internal_cidrs: vec!["10.0.0.0/24".parse().unwrap()],
+        })
+        .expect("configure");
+        dp
+    }
+}
+
 fn forwarding(ns: &Netns) {
     ns.enter(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable ip_forward"));
 }
@@ -670,16 +688,7 @@ fn bulk_tcp_both_ways() {
     let pattern = |i: usize| (i.wrapping_mul(31) >> 3) as u8;
     let t = build();
     let bpffs = Bpffs::new();
-    let dp = Datapath::open(bpffs.path(), &NatConfig::default()).expect("open");
-    let ifindex = t.host.enter(|| dp.attach(&t.tap)).expect("attach");
-    dp.configure_router(&RouterNat {
-        dp_id: 13,
-        ifindex,
-        gateway_ip: GW.parse().unwrap(),
-        enable_snat: true,
-        internal_cidrs: vec!["10.0.0.0/24".parse().unwrap()],
-    })
-    .expect("configure");
+    let dp = t.attached(&bpffs, 13);
     let addr = SocketAddr::from((SRV, 9000));
     let l = t.srv.enter(|| TcpListener::bind(addr).expect("bind"));
     let server = std::thread::spawn(move || {
@@ -725,16 +734,7 @@ fn path_mtu_discovery_through_the_router() {
     t.hop.ip(&["link", "set", "hs", "mtu", "1400"]);
     t.srv.ip(&["link", "set", "eth0", "mtu", "1400"]);
     let bpffs = Bpffs::new();
-    let dp = Datapath::open(bpffs.path(), &NatConfig::default()).expect("open");
-    let ifindex = t.host.enter(|| dp.attach(&t.tap)).expect("attach");
-    dp.configure_router(&RouterNat {
-        dp_id: 14,
-        ifindex,
-        gateway_ip: GW.parse().unwrap(),
-        enable_snat: true,
-        internal_cidrs: vec!["10.0.0.0/24".parse().unwrap()],
-    })
-    .expect("configure");
+    let dp = t.attached(&bpffs, 14);
     let srv = UdpServer::start(&t.srv, SocketAddr::from((SRV, 5353)));
     let sock = t
         .vm1

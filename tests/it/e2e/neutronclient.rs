@@ -13,7 +13,7 @@ use std::path::Path;
 use tests::{
     Netns,
     daemon::Daemon,
-    openstack::{networks, openstack, venv},
+    openstack::{Cloud, networks, venv},
 };
 
 #[test]
@@ -42,10 +42,8 @@ fn python_neutronclient_drives_the_daemon() {
 
 #[test]
 fn openstack_cli_sets_and_clears_the_gateway() {
-    let host = Netns::new("apios");
-    let d = Daemon::start(&host);
-    let venv = venv();
-    let os = |args: &[&str]| openstack(&host, &d, &venv, args);
+    let cloud = Cloud::start("apios");
+    let os = |args: &[&str]| cloud.os(args);
     let (ext, ext_sub) = networks(os, "10.12.0.0/24");
     assert_eq!(ext["router:external"], true, "{ext}");
     os(&["router", "create", "r1", "-f", "json"]);

@@ -2,18 +2,12 @@
 //! `admin_token` auth, the daemon as endpoint; installed into the venv under `target/` that
 //! `neutronclient.rs` also uses), from inside the daemon's host namespace.
 
-use tests::{
-    Netns,
-    daemon::Daemon,
-    openstack::{networks, openstack, venv},
-};
+use tests::openstack::{Cloud, networks};
 
 #[test]
 fn openstack_cli_floating_ips_and_port_forwardings() {
-    let host = Netns::new("aposf");
-    let d = Daemon::start(&host);
-    let venv = venv();
-    let os = |args: &[&str]| openstack(&host, &d, &venv, args);
+    let cloud = Cloud::start("aposf");
+    let os = |args: &[&str]| cloud.os(args);
     let (ext, _) = networks(os, "10.13.0.0/24");
     let r = os(&["router", "create", "r1", "-f", "json"]);
     os(&["router", "add", "subnet", "r1", "privsub"]);
