@@ -13,18 +13,13 @@ use router_common::{
     DIR_IN, IPPROTO_UDP, MAX_SESSIONS, SESSION_SNAT, SessionKey, SessionValue, ip_to_wire,
     port_to_wire,
 };
-use router_ctl::{
-    config::NatConfig,
-    datapath::{Datapath, sessions},
-};
+use router_ctl::datapath::{Datapath, sessions};
 use tests::{
     Bpffs, Netns,
     daemon::{Daemon, DaemonOptions},
-    open_datapath,
     packet::{ACK, SYN, tcp_frame, udp_frame},
     pinned_map, pinned_sessions,
-    testrun::{GW, OK, SHOT, SRV, run},
-    testrun_router,
+    testrun::{GW, OK, SHOT, SRV, run, snat_datapath},
 };
 
 const VM: [u8; 4] = [10, 0, 0, 5];
@@ -79,11 +74,7 @@ fn flood_entry(i: u32, t0: u64) -> (SessionKey, SessionValue) {
 #[test]
 fn a_full_table_drops_new_flows_keeps_answered_ones_and_the_gc_makes_room() {
     let dir = Bpffs::new();
-    let dp = open_datapath(
-        &dir,
-        &NatConfig::default(),
-        &testrun_router(DP_ID, GW, &["10.0.0.0/24"]),
-    );
+    let dp = snat_datapath(&dir, DP_ID, GW, "10.0.0.0/24");
 
     // An answered UDP exchange and an established TCP connection.
     run(&dp, "snat_out", &udp_frame(VM, 40000, SRV, 53));

@@ -8,18 +8,14 @@
 //! (`internal_in`) of a private datapath.
 use std::{net::Ipv4Addr, sync::Arc};
 
-use router_ctl::{
-    config::NatConfig,
-    datapath::{
-        Datapath,
-        fip::{FloatingNat, PortForwardNat},
-    },
+use router_ctl::datapath::{
+    Datapath,
+    fip::{FloatingNat, PortForwardNat},
 };
 use tests::{
-    Bpffs, open_datapath,
+    Bpffs,
     packet::{self, ACK, Ipv4, SYN, TCP, UDP, echo_frame, frame, tcp_frame, udp, udp_frame},
-    testrun::{GW, OK, SHOT, SRV, hex, run},
-    testrun_router,
+    testrun::{GW, OK, SHOT, SRV, hex, run, snat_datapath},
 };
 
 const FIP1: [u8; 4] = [192, 0, 2, 51];
@@ -39,11 +35,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let dir = Bpffs::new();
-        let dp = open_datapath(
-            &dir,
-            &NatConfig::default(),
-            &testrun_router(DP_ID, GW, &["10.0.0.0/24"]),
-        );
+        let dp = snat_datapath(&dir, DP_ID, GW, "10.0.0.0/24");
         dp.configure_internal(DP_ID, &[1], Some(GW.into()))
             .expect("configure internal");
         Self { dp, _dir: dir }
