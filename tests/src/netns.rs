@@ -162,6 +162,14 @@ impl Netns {
         Ok(ns)
     }
 
+    /// Takes charge of namespace `name`, made (or to be made) by someone else, e.g. the CLI's
+    /// `port create --netns`: it is removed on drop like one of ours.
+    pub fn adopt(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+        }
+    }
+
     /// Keeps the namespace past this value (for a sandbox left running on purpose, removed
     /// later by name with [`remove_netns`]); returns its name.
     pub fn keep(self) -> String {

@@ -80,10 +80,8 @@ pub fn tenant_network(d: &Daemon, name: &str, cidr: &str) -> String {
 /// A VM: a namespace (`ns_prefix`) plugged into network `net` by `router-ctl port create
 /// --netns` with `extra` arguments; returns it with the port and the port's address.
 pub fn vm(d: &Daemon, net: &str, ns_prefix: &str, extra: &[&str]) -> (Netns, Value, String) {
-    // Removed on drop by name, whoever created it (here: the CLI).
-    let vm = Netns {
-        name: unique(ns_prefix),
-    };
+    // Made by the CLI.
+    let vm = Netns::adopt(&unique(ns_prefix));
     let port = d.cli_json(
         &[
             &["port", "create", "--network", net, "--netns", &vm.name][..],
