@@ -183,17 +183,16 @@ fn per_cpu(delivered: u64, sender_cpu: f64, softirq_cpu: f64) -> f64 {
     }
 }
 
-/// The `Rate` of a run that sent `sent` packets in `elapsed` with `cpu` seconds of the sender,
-/// once its last packets had time to land: delivered since the server's rx counter read
-/// `before`, `ksoftirqd` time since `soft0`.
-fn finish(
+/// Runs `send` in the client namespace and measures what crossed: `send` returns the packets
+/// it sent, how long it took and its thread's CPU seconds; delivered packets are counted at
+/// the server once the last ones had time to land, `ksoftirqd` time over the whole run.
+fn measure_rate(
     t: &Topology,
-    before: u64,
-    soft0: f64,
-    sent: u64,
-    elapsed: Duration,
-    cpu: f64,
+    send: impl FnOnce() -> Result<(u64, Duration, f64)> + Send,
 ) -> Result<Rate> {
+    let before = t.server.rx_packets(SERVER_DEV)?;
+    let soft0 = ksoftirqd_secs();
+    let (sent, elapsed, cpu) = t.client.try_enter(send)??;
     sleep(Duration::from_millis(200))?;
     let delivered = t.server.rx_packets(SERVER_DEV)?.saturating_sub(before);
     let soft = ksoftirqd_secs() - soft0;
@@ -214,30 +213,25 @@ pub fn udp_pps(t: &Topology, secs: f64) -> Result<Rate> {
         .server
         .try_enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PPS_PORT)))??;
     let dst = SocketAddr::from((t.server_ip, PPS_PORT));
-    let before = t.server.rx_packets(SERVER_DEV)?;
     let dur = Duration::from_secs_f64(secs);
-    let soft0 = ksoftirqd_secs();
-    let (sent, elapsed, cpu) = t
-        .client
-        .try_enter(move || -> Result<(u64, Duration, f64)> {
-            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
-            s.connect(dst)?;
-            let cpu0 = thread_cpu_secs();
-            let start = Instant::now();
-            let sent = send_batches(
-                s.as_raw_fd(),
-                start + dur,
-                u64::MAX,
-                |_, b| {
-                    b.fill(0x5a);
-                    PPS_PAYLOAD
-                },
-                None,
-                PPS_PAYLOAD,
-            )?;
-            Ok((sent, start.elapsed(), thread_cpu_secs() - cpu0))
-        })??;
-    let rate = finish(t, before, soft0, sent, elapsed, cpu);
+    let rate = measure_rate(t, move || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.connect(dst)?;
+        let cpu0 = thread_cpu_secs();
+        let start = Instant::now();
+        let sent = send_batches(
+            s.as_raw_fd(),
+            start + dur,
+            u64::MAX,
+            |_, b| {
+                b.fill(0x5a);
+                PPS_PAYLOAD
+            },
+            None,
+            PPS_PAYLOAD,
+        )?;
+        Ok((sent, start.elapsed(), thread_cpu_secs() - cpu0))
+    });
     drop(sink);
     rate
 }
@@ -260,41 +254,36 @@ pub fn new_flows(t: &Topology, secs: f64, src: Ipv4Addr) -> Result<Rate> {
             .collect()
     })??;
     let dst_ip = t.server_ip;
-    let before = t.server.rx_packets(SERVER_DEV)?;
     let dur = Duration::from_secs_f64(secs);
-    let soft0 = ksoftirqd_secs();
-    let (sent, elapsed, cpu) = t
-        .client
-        .try_enter(move || -> Result<(u64, Duration, f64)> {
-            // SAFETY: plain socket(2); the fd is closed below.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-            if fd < 0 {
-                bail!("raw socket: {}", std::io::Error::last_os_error());
-            }
-            // SAFETY: all-zero sockaddr_in is valid; fields set below.
-            let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-            sa.sin_family = libc::AF_INET as libc::sa_family_t;
-            sa.sin_addr.s_addr = u32::from_ne_bytes(dst_ip.octets());
-            let cpu0 = thread_cpu_secs();
-            let start = Instant::now();
-            let r = send_batches(
-                fd,
-                start + dur,
-                u64::from(FLOW_CAP),
-                |i, b| {
-                    let (sport, dport) = flow_ports(i);
-                    udp_into(b, src, dst_ip, sport, dport)
-                },
-                Some(sa),
-                64,
-            );
-            let elapsed = start.elapsed();
-            let cpu = thread_cpu_secs() - cpu0;
-            // SAFETY: closing the fd opened above.
-            unsafe { libc::close(fd) };
-            Ok((r?, elapsed, cpu))
-        })??;
-    let rate = finish(t, before, soft0, sent, elapsed, cpu);
+    let rate = measure_rate(t, move || {
+        // SAFETY: plain socket(2); the fd is closed below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        if fd < 0 {
+            bail!("raw socket: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: all-zero sockaddr_in is valid; fields set below.
+        let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sa.sin_family = libc::AF_INET as libc::sa_family_t;
+        sa.sin_addr.s_addr = u32::from_ne_bytes(dst_ip.octets());
+        let cpu0 = thread_cpu_secs();
+        let start = Instant::now();
+        let r = send_batches(
+            fd,
+            start + dur,
+            u64::from(FLOW_CAP),
+            |i, b| {
+                let (sport, dport) = flow_ports(i);
+                udp_into(b, src, dst_ip, sport, dport)
+            },
+            Some(sa),
+            64,
+        );
+        let elapsed = start.elapsed();
+        let cpu = thread_cpu_secs() - cpu0;
+        // SAFETY: closing the fd opened above.
+        unsafe { libc::close(fd) };
+        Ok((r?, elapsed, cpu))
+    });
     drop(sinks);
     rate
 }
