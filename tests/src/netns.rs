@@ -10,6 +10,7 @@
 use std::{
     ffi::OsStr,
     fs::File,
+    io::Write as _,
     path::Path,
     process::{Child, Command, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -222,17 +223,38 @@ impl Netns {
         try_sh(&mut c)
     }
 
+    /// Starts `program args` in the namespace with every stdio stream made by `io`.
+    fn start(&self, program: &str, args: &[&str], io: fn() -> Stdio) -> Result<Child> {
+        self.cmd(program)
+            .args(args)
+            .stdin(io())
+            .stdout(io())
+            .stderr(io())
+            .spawn()
+            .with_context(|| format!("starting {program} in {}", self.name))
+    }
+
     /// Starts a background process in the namespace, killed when the guard drops.
     pub fn spawn(&self, program: &str, args: &[&str]) -> Result<ChildGuard> {
-        let child = self
-            .cmd(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {program} in {}", self.name))?;
-        Ok(ChildGuard(child))
+        Ok(ChildGuard(self.start(program, args, Stdio::null)?))
+    }
+
+    /// Runs `program args` in the namespace with `input` on its standard input (rule sets for
+    /// `iptables-restore`, `nft -f -`); an error with its stderr when it fails.
+    pub fn run_with_input(&self, program: &str, args: &[&str], input: &str) -> Result<()> {
+        let mut child = self.start(program, args, Stdio::piped)?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes())?;
+        }
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!(
+                "{program} {args:?} failed in {}: {}\ninput:\n{input}",
+                self.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     /// Runs `f` on a thread that entered this namespace (setns is per thread); use it for aya

@@ -2,13 +2,7 @@
 //! configuration. (a)–(c) build the router namespace by hand with stock kernel NAT; (d) and (e)
 //! come from a daemon each (see `daemon.rs`) and reuse the same `Topology` shape.
 
-use std::{
-    any::Any,
-    io::Write as _,
-    net::Ipv4Addr,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{any::Any, net::Ipv4Addr, process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 
@@ -125,30 +119,6 @@ impl Topology {
     }
 }
 
-/// Feeds `input` to `program` run inside `ns`.
-fn run_stdin(ns: &Netns, program: &str, args: &[&str], input: &str) -> Result<()> {
-    let mut child = ns
-        .cmd(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {program}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "{program} {args:?} failed in {}: {}\ninput:\n{input}",
-            ns.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
 /// The rules the Neutron L3 agent installs in `qrouter-` for a router gateway with SNAT
 /// (chain layout of `neutron/agent/l3/router_info.py`, restricted to one internal subnet).
 fn neutron_iptables_rules() -> String {
@@ -245,11 +215,11 @@ pub fn build_kernel(kind: Kind, tag: &str) -> Result<Topology> {
             None
         }
         Kind::Iptables => {
-            run_stdin(&router, "iptables-restore", &[], &neutron_iptables_rules())?;
+            router.run_with_input("iptables-restore", &[], &neutron_iptables_rules())?;
             Some(ROUTER_EXT_IP)
         }
         Kind::Nftables => {
-            if let Err(e) = run_stdin(&router, "nft", &["-f", "-"], &nft_rules(true)) {
+            if let Err(e) = router.run_with_input("nft", &["-f", "-"], &nft_rules(true)) {
                 // Kernels built without CONFIG_NF_FLOW_TABLE reject the flowtable: measure
                 // plain masquerade and say so rather than dropping the baseline.
                 let msg = format!("{e:#}");
@@ -257,7 +227,7 @@ pub fn build_kernel(kind: Kind, tag: &str) -> Result<Topology> {
                     .find("Error:")
                     .map(|i| msg[i..].lines().next().unwrap_or("").trim().to_string())
                     .unwrap_or_else(|| msg.lines().next().unwrap_or("").to_string());
-                run_stdin(&router, "nft", &["-f", "-"], &nft_rules(false))?;
+                router.run_with_input("nft", &["-f", "-"], &nft_rules(false))?;
                 note = Some(format!(
                     "(c) ran WITHOUT its flowtable: this kernel rejects the flowtable (`{first}`; CONFIG_NF_FLOW_TABLE is probably not set), so (c) is nftables masquerade with conntrack only."
                 ));
