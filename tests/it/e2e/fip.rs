@@ -96,6 +96,32 @@ impl Topology {
     }
 
     /// `router-ctl sessions r1`, as JSON.
+    /// TCP from the internet to `to`, accepted by `vm` on `port`, which sees the internet's
+    /// own address; returns the VM's listener (still listening) and the internet's end.
+    fn tcp_in(
+        &self,
+        vm: &Netns,
+        port: u16,
+        to: SocketAddr,
+        what: &str,
+    ) -> (TcpListener, TcpStream) {
+        let l = listen(vm, port);
+        let c = connect(&self.inet, to).unwrap_or_else(|| panic!("{what}\n{}", self.d.log()));
+        let from = (INTERNET, c.local_addr().expect("local").port()).into();
+        assert_eq!(accepted(&l), Some(from), "{what}");
+        (l, c)
+    }
+
+    /// UDP from the internet to `to`, answered by `vm` on `port`: the VM sees the internet's
+    /// own address, the answer comes back from `to`.
+    fn udp_in(&self, vm: &Netns, port: u16, to: SocketAddr, what: &str) {
+        let u = vm.enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind"));
+        let (seen, answer) =
+            udp_exchange(&self.inet, &u, to).unwrap_or_else(|| panic!("{what}\n{}", self.d.log()));
+        assert_eq!(seen.ip(), std::net::IpAddr::V4(INTERNET), "{what}");
+        assert_eq!(answer, to, "{what}");
+    }
+
     fn sessions(&self) -> Vec<Value> {
         self.d
             .cli_json(&["sessions", "r1"])
@@ -284,20 +310,8 @@ fn floating_ip_translates_both_ways_hairpins_and_disassociates() {
     );
 
     // Inbound TCP, UDP: the VM sees the real remote, the remote sees the floating IP.
-    let l1 = listen(&t.vm1, 8080);
-    let stream = connect(&t.inet, (f1_ip, 8080).into())
-        .unwrap_or_else(|| panic!("TCP to the floating IP\n{}", d.log()));
-    assert_eq!(
-        accepted(&l1),
-        Some((INTERNET, stream.local_addr().expect("local").port()).into())
-    );
-    let u1 = t
-        .vm1
-        .enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 9000)).expect("bind"));
-    let (seen, answer) = udp_exchange(&t.inet, &u1, (f1_ip, 9000).into())
-        .unwrap_or_else(|| panic!("UDP to the floating IP\n{}", d.log()));
-    assert_eq!(seen.ip(), std::net::IpAddr::V4(INTERNET));
-    assert_eq!(answer, SocketAddr::from((f1_ip, 9000)));
+    let (l1, _stream) = t.tcp_in(&t.vm1, 8080, (f1_ip, 8080).into(), "TCP to the floating IP");
+    t.udp_in(&t.vm1, 9000, (f1_ip, 9000).into(), "UDP to the floating IP");
 
     // Outbound: VM1 leaves as its floating IP (ports kept), VM2 as the gateway IP.
     let srv = listen(&t.inet, 8081);
@@ -505,22 +519,10 @@ fn port_forwarding_tcp_and_udp_to_two_internal_ports() {
     assert_eq!(f["status"], "ACTIVE");
 
     // TCP 2222 → VM1:22; the external host sees fip:2222 answering.
-    let l = listen(&t.vm1, 22);
-    let c = connect(&t.inet, (fip, 2222).into())
-        .unwrap_or_else(|| panic!("TCP to the forwarded port\n{}", d.log()));
-    assert_eq!(
-        accepted(&l),
-        Some((INTERNET, c.local_addr().expect("local").port()).into())
-    );
+    let (l, c) = t.tcp_in(&t.vm1, 22, (fip, 2222).into(), "TCP to the forwarded port");
     assert_eq!(c.peer_addr().expect("peer"), SocketAddr::from((fip, 2222)));
     // UDP 5353 → VM2:53; the answer comes from fip:5353.
-    let u = t
-        .vm2
-        .enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 53)).expect("bind"));
-    let (seen, answer) = udp_exchange(&t.inet, &u, (fip, 5353).into())
-        .unwrap_or_else(|| panic!("UDP to the forwarded port\n{}", d.log()));
-    assert_eq!(seen.ip(), std::net::IpAddr::V4(INTERNET));
-    assert_eq!(answer, SocketAddr::from((fip, 5353)));
+    t.udp_in(&t.vm2, 53, (fip, 5353).into(), "UDP to the forwarded port");
     // Other ports of the FIP are not forwarded.
     let l_other = listen(&t.vm1, 2222);
     assert!(connect(&t.inet, (fip, 2222 + 1).into()).is_none());
