@@ -14,6 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
 use crate::{Netns, unique};
@@ -25,6 +26,18 @@ pub struct DaemonOptions {
     pub config: Option<String>,
     /// The admin token when `config` defines `[tokens]` (no `admin-token` file is written then).
     pub admin_token: Option<String>,
+}
+
+/// Where and how the daemon runs, for callers other than the tests (the bench).
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// The `router-ctl` binary (default: [`router_ctl_bin`]).
+    pub bin: Option<PathBuf>,
+    /// The daemon's directory (state, bpffs, log), removed on drop (default: a unique one
+    /// under the temp dir).
+    pub dir: Option<PathBuf>,
+    /// On drop, SIGTERM and up to 5 s for a clean exit before SIGKILL (default: SIGKILL).
+    pub term_on_drop: bool,
 }
 
 /// The `router-ctl` binary: `$ROUTER_CTL_BIN`, else `target/debug/router-ctl` next to the test
@@ -62,18 +75,24 @@ pub struct ApiClient {
 impl ApiClient {
     /// A client for `base` (e.g. `http://127.0.0.1:9696`) from inside `ns`.
     pub fn new(ns: &Netns, base: &str, token: Option<&str>) -> Self {
-        let http = ns.enter(|| {
-            reqwest::blocking::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .no_proxy()
-                .build()
-                .expect("building the HTTP client")
-        });
-        Self {
+        Self::try_new(ns, base, token).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// `new` that reports a failure as an error.
+    pub fn try_new(ns: &Netns, base: &str, token: Option<&str>) -> Result<Self> {
+        let http = ns
+            .try_enter(|| {
+                reqwest::blocking::Client::builder()
+                    .timeout(Duration::from_secs(60))
+                    .no_proxy()
+                    .build()
+            })?
+            .context("building the HTTP client")?;
+        Ok(Self {
             http,
             base: base.to_string(),
             token: token.map(str::to_string),
-        }
+        })
     }
 
     /// The same client with another token (None: no `X-Auth-Token` header).
@@ -139,6 +158,8 @@ impl ApiClient {
 /// dropped (killed and purged) while that namespace still exists.
 pub struct Daemon {
     ns_name: String,
+    bin: PathBuf,
+    term_on_drop: bool,
     dir: PathBuf,
     state_dir: PathBuf,
     bpffs: PathBuf,
@@ -158,10 +179,18 @@ impl Daemon {
     /// Starts a daemon with `opts` in `host`.
     pub fn start_with(host: &Netns, opts: DaemonOptions) -> Self {
         crate::require_root();
-        let dir = std::env::temp_dir().join(format!("router-ctl-test-{}", unique("d")));
+        Self::try_start_with(host, opts, Launch::default()).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// `start_with` run as `launch` says, reporting a failure (the daemon's log included) as
+    /// an error.
+    pub fn try_start_with(host: &Netns, opts: DaemonOptions, launch: Launch) -> Result<Self> {
+        let dir = launch.dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("router-ctl-test-{}", unique("d")))
+        });
         let state_dir = dir.join("state");
         let bpffs = dir.join("bpffs");
-        fs::create_dir_all(&bpffs).expect("creating the test directory");
+        fs::create_dir_all(&bpffs).context("creating the daemon's directory")?;
         nix::mount::mount(
             Some("bpf"),
             &bpffs,
@@ -169,23 +198,32 @@ impl Daemon {
             nix::mount::MsFlags::empty(),
             None::<&str>,
         )
-        .unwrap_or_else(|e| panic!("mount -t bpf bpf {}: {e}", bpffs.display()));
-        let config = opts.config.as_ref().map(|text| {
-            let p = dir.join("router-ctl.toml");
-            fs::write(&p, text).expect("writing the daemon config");
-            p
-        });
-        // A free port inside the namespace (its loopback is private to this test).
-        let port = host.enter(|| {
+        .with_context(|| format!("mount -t bpf bpf {}", bpffs.display()))?;
+        let config = match &opts.config {
+            Some(text) => {
+                let p = dir.join("router-ctl.toml");
+                fs::write(&p, text).context("writing the daemon config")?;
+                Some(p)
+            }
+            None => None,
+        };
+        // A free port inside the namespace (its loopback is private to this daemon's users).
+        let port = host.try_enter(|| {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
-                .expect("picking a port")
-                .port()
-        });
+                .map(|a| a.port())
+        })??;
         let base = format!("http://127.0.0.1:{port}");
-        let client = ApiClient::new(host, &base, None);
+        let client = ApiClient::try_new(host, &base, None)?;
+        let bin = match launch.bin {
+            Some(b) => b,
+            None => router_ctl_bin(),
+        };
+        // From here on, Drop purges, unmounts and removes whatever was made.
         let mut d = Self {
             ns_name: host.name.clone(),
+            bin,
+            term_on_drop: launch.term_on_drop,
             dir,
             state_dir,
             bpffs,
@@ -195,14 +233,14 @@ impl Daemon {
             admin_token: opts.admin_token,
             client,
         };
-        d.spawn();
+        d.try_spawn()?;
         if d.admin_token.is_none() {
             let t = fs::read_to_string(d.state_dir.join("admin-token"))
-                .unwrap_or_else(|e| panic!("reading the generated admin token: {e}"));
+                .context("reading the generated admin token")?;
             d.admin_token = Some(t.trim().to_string());
         }
         d.client = d.client.with_token(d.admin_token.as_deref());
-        d
+        Ok(d)
     }
 
     fn base_args(&self) -> Vec<String> {
@@ -225,7 +263,7 @@ impl Daemon {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{}", self.ns_name))
             .arg("--")
-            .arg(router_ctl_bin());
+            .arg(&self.bin);
         c
     }
 
@@ -281,46 +319,49 @@ impl Daemon {
     }
 
     fn spawn(&mut self) {
+        self.try_spawn().unwrap_or_else(|e| panic!("{e:#}"));
+    }
+
+    fn try_spawn(&mut self) -> Result<()> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("daemon.log"))
-            .expect("daemon log");
+            .context("daemon log")?;
         let mut cmd = self.command();
         cmd.args(self.base_args())
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log fd"))
+            .stdout(log.try_clone()?)
             .stderr(log);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
         self.child = Some(child);
-        self.wait_ready();
+        self.wait_ready()
     }
 
-    fn wait_ready(&mut self) {
+    fn wait_ready(&mut self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(60);
         let probe = self.client.with_token(None);
         loop {
             if let Some(child) = self.child.as_mut()
                 && let Ok(Some(status)) = child.try_wait()
             {
-                panic!(
+                bail!(
                     "router-ctl daemon exited ({status}) before answering:\n{}",
                     self.log()
                 );
             }
             let ok = probe.try_raw("GET", "/", None).is_ok_and(|(s, _)| s == 200);
             if ok {
-                return;
+                return Ok(());
             }
-            assert!(
-                Instant::now() < deadline,
-                "router-ctl daemon did not answer within 60 s:\n{}",
-                self.log()
-            );
+            if Instant::now() >= deadline {
+                bail!(
+                    "router-ctl daemon did not answer within 60 s:\n{}",
+                    self.log()
+                );
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -343,6 +384,11 @@ impl Daemon {
 
     pub fn bpffs(&self) -> &Path {
         &self.bpffs
+    }
+
+    /// The daemon's directory (state dir, bpffs, config and log live in it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// The daemon's pid (it is exec'd by nsenter, so this is the daemon itself).
@@ -417,6 +463,16 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        if self.term_on_drop
+            && let Some(c) = self.child.as_mut()
+        {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let end = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < end && !matches!(c.try_wait(), Ok(Some(_))) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         self.kill9();
         match self
             .command()

@@ -1,175 +1,28 @@
-//! Helpers for the privileged integration tests: root check, throwaway network namespaces that
-//! are removed even when a test panics, commands inside them, and unique names.
+//! The test kit: what the privileged tests, `cargo xtask bench` and `cargo xtask demo` share
+//! to build and drive a router gateway on one machine: throwaway namespaces and commands in
+//! them ([`netns`]), a real daemon and its API client ([`daemon`]), exact packets
+//! ([`packet`]), the usual topologies ([`topo`]), private bpffs mounts, tc filters and, with
+//! the `ctl` feature, what needs `router-ctl` itself (the embedded object, datapaths for BPF
+//! TestRun, the realiser harness). `ctl` is on by default; xtask leaves it off so that it
+//! neither builds the daemon's library nor flips its build cache (the object it embeds).
 //!
-//! Tests use `ip` from iproute2 to build *their own* topology; the product itself never shells
-//! out. Every name carries the test process id so parallel runs never collide.
+//! Every name carries the test process id so parallel runs never collide.
 
-use std::{
-    fs::File,
-    process::{Command, Output},
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::process::Command;
 
 pub mod daemon;
+pub mod netns;
 pub mod openstack;
+#[cfg(feature = "ctl")]
+pub mod testrun;
+#[cfg(feature = "ctl")]
+pub mod topo;
 
-use nix::sched::{CloneFlags, setns};
+pub use netns::{
+    Netns, enter_named, ip, ip_json, netns_exists, plug_into_bridge, require_root, sh, unique, veth,
+};
 
-/// Panics with a clear message when not root: privileged tests never skip silently.
-pub fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        panic!(
-            "this test needs root (network namespaces, veth, eBPF); run `sudo -E cargo xtask test`"
-        );
-    }
-}
-
-/// A short name unique to this process and call: `<prefix><pid36><n>`, at most 15 bytes so it
-/// also fits an interface name when `prefix` is at most 4 bytes.
-pub fn unique(prefix: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let pid = std::process::id();
-    format!("{prefix}{}{}", base36(pid), base36(n))
-}
-
-fn base36(mut v: u32) -> String {
-    const D: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut s = Vec::new();
-    loop {
-        s.push(D[(v % 36) as usize]);
-        v /= 36;
-        if v == 0 {
-            break;
-        }
-    }
-    s.reverse();
-    String::from_utf8(s).unwrap_or_default()
-}
-
-/// Runs a command, panicking with its output when it fails.
-pub fn sh(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{cmd:?} failed ({}):\nstdout: {}\nstderr: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out
-}
-
-/// `ip <args>` in the root of this test's view (used only to create and move test devices).
-pub fn ip(args: &[&str]) -> Output {
-    sh(Command::new("ip").args(args))
-}
-
-/// A named network namespace (`/run/netns/<name>`) deleted on drop, with every process the
-/// test started in it killed first.
-pub struct Netns {
-    pub name: String,
-}
-
-impl Netns {
-    /// Creates a namespace named `unique(prefix)` with `lo` up.
-    pub fn new(prefix: &str) -> Self {
-        require_root();
-        let name = unique(prefix);
-        ip(&["netns", "add", &name]);
-        let ns = Self { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// `ip -n <ns> <args>`.
-    pub fn ip(&self, args: &[&str]) -> Output {
-        sh(Command::new("ip").arg("-n").arg(&self.name).args(args))
-    }
-
-    /// A command that runs inside this namespace (network namespace only, via nsenter, so the
-    /// mount namespace and any bpffs stay shared).
-    pub fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.name))
-            .arg("--")
-            .arg(program);
-        c
-    }
-
-    /// Runs `program args` inside the namespace and returns its output, panicking on failure.
-    pub fn run(&self, program: &str, args: &[&str]) -> Output {
-        sh(self.cmd(program).args(args))
-    }
-
-    /// Runs `program args` inside the namespace and returns its output whatever the status.
-    pub fn try_run(&self, program: &str, args: &[&str]) -> Output {
-        self.cmd(program)
-            .args(args)
-            .output()
-            .unwrap_or_else(|e| panic!("spawning {program}: {e}"))
-    }
-
-    /// Runs `f` on a thread that entered this namespace (setns is per thread); use it for aya
-    /// attachment and sockets that must live in the namespace.
-    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                setns(&file, CloneFlags::CLONE_NEWNET)
-                    .unwrap_or_else(|e| panic!("setns {path}: {e}"));
-                f()
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
-    }
-
-    /// Interface index of `dev` inside this namespace.
-    pub fn ifindex(&self, dev: &str) -> u32 {
-        let path = format!("/sys/class/net/{dev}/ifindex");
-        // /sys shows the mount's netns; read it via a namespaced thread instead.
-        self.enter(|| {
-            let name = std::ffi::CString::new(dev).unwrap_or_default();
-            // SAFETY: valid NUL-terminated string.
-            let idx = unsafe { libc::if_nametoindex(name.as_ptr()) };
-            assert!(idx != 0, "no device {dev} ({path}) in {}", self.name);
-            idx
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        // Kill anything left running in the namespace, then delete it.
-        if let Ok(out) = Command::new("ip")
-            .args(["netns", "pids", &self.name])
-            .output()
-        {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
-            }
-        }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-/// Creates a veth pair `a`/`b` with `a` in `ns_a` and `b` in `ns_b`, both up.
-pub fn veth(ns_a: &Netns, a: &str, ns_b: &Netns, b: &str) {
-    ns_a.ip(&[
-        "link", "add", a, "type", "veth", "peer", "name", b, "netns", &ns_b.name,
-    ]);
-    ns_a.ip(&["link", "set", a, "up"]);
-    ns_b.ip(&["link", "set", b, "up"]);
-}
-
+#[cfg(feature = "ctl")]
 /// Loads the real embedded datapath object (panics with the build hint when it is a stub).
 pub fn load_object() -> aya::Ebpf {
     let obj = router_ctl::datapath::object().unwrap_or_else(|e| panic!("{e:#}"));
@@ -202,6 +55,7 @@ impl Drop for TempDir {
     }
 }
 
+#[cfg(feature = "ctl")]
 /// A router on ifindex 1 (BPF TestRun runs skb programs on loopback) that SNATs `cidrs` to `gw`.
 pub fn testrun_router(dp_id: u32, gw: [u8; 4], cidrs: &[&str]) -> router_ctl::datapath::RouterNat {
     router_ctl::datapath::RouterNat {
@@ -213,6 +67,7 @@ pub fn testrun_router(dp_id: u32, gw: [u8; 4], cidrs: &[&str]) -> router_ctl::da
     }
 }
 
+#[cfg(feature = "ctl")]
 /// The datapath opened in `bpffs` (its own pins) with `router` configured.
 pub fn open_datapath(
     bpffs: &Bpffs,
@@ -236,6 +91,7 @@ pub fn pinned_map(bpffs: &std::path::Path, name: &str) -> aya::maps::Map {
     aya::maps::Map::from_map_data(data).expect("map")
 }
 
+#[cfg(feature = "ctl")]
 /// The pinned SESSIONS map of datapath `dp`.
 pub fn pinned_sessions(
     dp: &router_ctl::datapath::Datapath,
@@ -279,36 +135,7 @@ impl Drop for Bpffs {
     }
 }
 
-/// Runs `f` on a thread inside the named namespace `/run/netns/<name>` (one this test did not
-/// necessarily create, e.g. a router namespace).
-pub fn enter_named<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{name}");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            setns(&file, CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| panic!("setns {path}: {e}"));
-            f()
-        })
-        .join()
-        .unwrap_or_else(|p| std::panic::resume_unwind(p))
-    })
-}
-
-/// `ip -j -n <ns> <args>` parsed as JSON (an empty output is an empty array).
-pub fn ip_json(ns: &str, args: &[&str]) -> serde_json::Value {
-    let out = sh(Command::new("ip").args(["-j", "-n", ns]).args(args));
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.trim().is_empty() {
-        return serde_json::Value::Array(Vec::new());
-    }
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("ip -j output {text:?}: {e}"))
-}
-
-/// Whether `/run/netns/<name>` exists.
-pub fn netns_exists(name: &str) -> bool {
-    std::path::Path::new("/run/netns").join(name).exists()
-}
-
+#[cfg(feature = "ctl")]
 /// A Realiser living in its own throwaway host namespace with a private state dir and bpffs.
 /// Drop purges every object it created (router namespaces included), then removes the rest.
 pub struct RealiserHost {
@@ -318,6 +145,7 @@ pub struct RealiserHost {
     pub bpffs: Bpffs,
 }
 
+#[cfg(feature = "ctl")]
 impl RealiserHost {
     /// `physical_networks`: (name, host interface) pairs for the config.
     pub fn new(physical_networks: &[(&str, &str)]) -> Self {
@@ -399,6 +227,7 @@ impl RealiserHost {
     }
 }
 
+#[cfg(feature = "ctl")]
 impl Drop for RealiserHost {
     fn drop(&mut self) {
         if let Some(r) = self.realiser.take() {
@@ -418,6 +247,7 @@ impl Drop for RealiserHost {
 /// Packet builder for the BPF TestRun tests (exact frames with checksums computed in full).
 pub mod packet;
 
+#[cfg(feature = "ctl")]
 /// A network spec with a fresh unique id and no physical network.
 pub fn network_spec(external: bool) -> router_ctl::model::spec::NetworkSpec {
     router_ctl::model::spec::NetworkSpec {
@@ -425,18 +255,6 @@ pub fn network_spec(external: bool) -> router_ctl::model::spec::NetworkSpec {
         physical_network: None,
         external,
     }
-}
-
-/// Plugs `ns` into bridge `br` of namespace `host`: a veth whose inner end is `eth0` in `ns`
-/// with `addr` (CIDR notation), its outer end (a unique name) enslaved to `br`, both up.
-pub fn plug_into_bridge(host: &Netns, ns: &Netns, br: &str, addr: &str) {
-    let outer = unique("o");
-    host.ip(&[
-        "link", "add", &outer, "type", "veth", "peer", "name", "eth0", "netns", &ns.name,
-    ]);
-    host.ip(&["link", "set", &outer, "master", br, "up"]);
-    ns.ip(&["addr", "add", addr, "dev", "eth0"]);
-    ns.ip(&["link", "set", "eth0", "up"]);
 }
 
 /// One tc filter as `tc -j filter show` prints it.

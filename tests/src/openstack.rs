@@ -35,7 +35,7 @@ pub fn venv() -> PathBuf {
 /// (Null for commands that print nothing).
 pub fn openstack(host: &Netns, d: &Daemon, venv: &Path, args: &[&str]) -> serde_json::Value {
     let out = host
-        .cmd(&venv.join("bin/openstack").display().to_string())
+        .cmd(venv.join("bin/openstack"))
         .args(["--os-auth-type", "admin_token", "--os-endpoint"])
         .arg(d.url())
         .arg("--os-token")
@@ -57,4 +57,66 @@ pub fn openstack(host: &Netns, d: &Daemon, venv: &Path, args: &[&str]) -> serde_
         serde_json::from_str(&stdout)
             .unwrap_or_else(|e| panic!("openstack {args:?}: {e}: {stdout}"))
     }
+}
+
+/// A daemon in a throwaway host namespace with the clients' venv ready, for `openstack`
+/// commands against it.
+pub struct Cloud {
+    // Field order is drop order: the daemon (killed and purged) before its namespace.
+    pub d: Daemon,
+    pub host: Netns,
+    pub venv: PathBuf,
+}
+
+impl Cloud {
+    pub fn start(ns_prefix: &str) -> Self {
+        let host = Netns::new(ns_prefix);
+        let d = Daemon::start(&host);
+        Self {
+            d,
+            host,
+            venv: venv(),
+        }
+    }
+
+    /// `openstack ARGS` against the daemon (see [`openstack`]).
+    pub fn os(&self, args: &[&str]) -> serde_json::Value {
+        openstack(&self.host, &self.d, &self.venv, args)
+    }
+}
+
+/// The networks of the client tests, made with `openstack` (`os`): external `pub` with subnet
+/// `pubsub` (198.51.100.0/24, pool .10–.20), tenant `priv` with subnet `privsub` on
+/// `priv_cidr`. Returns the external network and its subnet.
+pub fn networks(
+    os: impl Fn(&[&str]) -> serde_json::Value,
+    priv_cidr: &str,
+) -> (serde_json::Value, serde_json::Value) {
+    let ext = os(&["network", "create", "--external", "pub", "-f", "json"]);
+    let ext_sub = os(&[
+        "subnet",
+        "create",
+        "--network",
+        "pub",
+        "--subnet-range",
+        "198.51.100.0/24",
+        "--allocation-pool",
+        "start=198.51.100.10,end=198.51.100.20",
+        "pubsub",
+        "-f",
+        "json",
+    ]);
+    os(&["network", "create", "priv", "-f", "json"]);
+    os(&[
+        "subnet",
+        "create",
+        "--network",
+        "priv",
+        "--subnet-range",
+        priv_cidr,
+        "privsub",
+        "-f",
+        "json",
+    ]);
+    (ext, ext_sub)
 }

@@ -113,6 +113,43 @@ pub fn udp(
     s
 }
 
+/// Writes an IPv4/UDP packet with an 18-byte payload (a 64-byte Ethernet frame with FCS) into
+/// `b` in place, with correct IP and UDP checksums; returns its length. Allocation-free for the
+/// bench's generators, which write one per sent packet.
+pub fn udp_into(
+    b: &mut [u8],
+    src: std::net::Ipv4Addr,
+    dst: std::net::Ipv4Addr,
+    sport: u16,
+    dport: u16,
+) -> usize {
+    const PAYLOAD: usize = 18;
+    let len = 20 + 8 + PAYLOAD;
+    let b = &mut b[..len];
+    b.fill(0);
+    b[0] = 0x45;
+    b[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+    b[6] = 0x40; // DF
+    b[8] = 64;
+    b[9] = UDP;
+    b[12..16].copy_from_slice(&src.octets());
+    b[16..20].copy_from_slice(&dst.octets());
+    let ip_csum = checksum_be(&b[..20]);
+    b[10..12].copy_from_slice(&ip_csum.to_be_bytes());
+    b[20..22].copy_from_slice(&sport.to_be_bytes());
+    b[22..24].copy_from_slice(&dport.to_be_bytes());
+    b[24..26].copy_from_slice(&((8 + PAYLOAD) as u16).to_be_bytes());
+    for (i, x) in b[28..].iter_mut().enumerate() {
+        *x = i as u8;
+    }
+    let mut c = l4_checksum_be(src.octets(), dst.octets(), UDP, &b[20..]);
+    if c == 0 {
+        c = 0xffff;
+    }
+    b[26..28].copy_from_slice(&c.to_be_bytes());
+    len
+}
+
 /// An ICMP message: type, code, the 4 bytes after the checksum, then `payload`.
 pub fn icmp(ty: u8, code: u8, rest: [u8; 4], payload: &[u8]) -> Vec<u8> {
     let mut s = vec![ty, code, 0, 0];

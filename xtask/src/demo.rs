@@ -27,6 +27,8 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde_json::Value;
 
+use kit::netns::{Netns, netns_cmd, remove_netns, try_plug_into_bridge};
+
 use crate::{TEST_COMMANDS, ebpf, ensure_commands, require_root, run, target_dir, workspace_root};
 
 /// `cargo xtask demo` options.
@@ -176,27 +178,17 @@ struct Demo {
     failures: Vec<String>,
 }
 
-/// `nsenter --net=/run/netns/<ns> -- <program>`: only the network namespace changes, so the
-/// bpffs mount and /run/netns stay shared.
-fn in_ns(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net=/run/netns/{ns}"))
-        .arg("--")
-        .arg(program);
-    c
-}
-
 fn output(cmd: &mut Command) -> Result<Output> {
     cmd.stdin(Stdio::null())
         .output()
         .with_context(|| format!("spawning {cmd:?}"))
 }
 
-fn ip(args: &[&str]) -> Result<()> {
-    let out = output(Command::new("ip").args(args))?;
+/// An error naming `router-ctl ARGS` and its stderr when it failed.
+fn ctl_status(args: &[&str], out: &Output) -> Result<()> {
     if !out.status.success() {
         bail!(
-            "ip {} failed: {}",
+            "router-ctl {} failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr).trim()
         );
@@ -215,7 +207,7 @@ impl Demo {
 
     /// `router-ctl ARGS` in the daemon's namespace, with the demo daemon's admin token.
     fn ctl_cmd(&self, args: &[&str]) -> Command {
-        let mut c = in_ns(HOST_NS, &self.router_ctl);
+        let mut c = netns_cmd(HOST_NS, &self.router_ctl);
         c.arg("--state-dir")
             .arg(self.state_dir())
             .args(args)
@@ -231,14 +223,7 @@ impl Demo {
         println!("\n$ router-ctl {}", args.join(" "));
         let out = output(&mut self.ctl_cmd(args))?;
         print!("{}", String::from_utf8_lossy(&out.stdout));
-        if !out.status.success() {
-            bail!(
-                "router-ctl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
-        Ok(())
+        ctl_status(args, &out)
     }
 
     /// `ctl` whose failure is recorded and shown, and the demo goes on (read-only commands).
@@ -281,13 +266,7 @@ impl Demo {
     /// Runs `router-ctl -f json ARGS` silently and parses the answer.
     fn ctl_json(&self, args: &[&str]) -> Result<Value> {
         let out = output(&mut self.ctl_cmd(&[&["-f", "json"], args].concat()))?;
-        if !out.status.success() {
-            bail!(
-                "router-ctl {} failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        ctl_status(args, &out)?;
         serde_json::from_slice(&out.stdout).with_context(|| {
             format!(
                 "router-ctl {} printed no JSON: {}",
@@ -306,10 +285,9 @@ impl Demo {
             .args(["-t", "bpf", "bpf"])
             .arg(self.bpffs()))
         .context("mounting a private bpffs for the demo")?;
-        ip(&["netns", "add", HOST_NS])?;
-        ip(&["-n", HOST_NS, "link", "set", "lo", "up"])?;
+        Netns::try_named(HOST_NS)?.keep();
         let log = File::create(self.dir.join("daemon.log"))?;
-        let mut daemon = in_ns(HOST_NS, &self.router_ctl);
+        let mut daemon = netns_cmd(HOST_NS, &self.router_ctl);
         daemon
             .arg("daemon")
             .arg("--state-dir")
@@ -354,11 +332,10 @@ impl Demo {
             thread::sleep(Duration::from_millis(300));
         }
         // The internet's HTTP server, in its own namespace and process group.
-        ip(&["netns", "add", INET_NS])?;
-        ip(&["-n", INET_NS, "link", "set", "lo", "up"])?;
+        Netns::try_named(INET_NS)?.keep();
         let exe = std::env::current_exe().context("locating the xtask binary")?;
         let log = File::create(self.dir.join("http.log"))?;
-        let server = in_ns(INET_NS, exe)
+        let server = netns_cmd(INET_NS, exe)
             .args(["demo", "--serve-http", "0.0.0.0:80"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -385,23 +362,13 @@ impl Demo {
             }
             thread::sleep(Duration::from_millis(200));
         }
-        ip(&[
-            "-n", HOST_NS, "link", "add", INET_VETH, "type", "veth", "peer", "name", "eth0",
-            "netns", INET_NS,
-        ])?;
-        ip(&[
-            "-n", HOST_NS, "link", "set", INET_VETH, "master", &bridge, "up",
-        ])?;
-        ip(&[
-            "-n",
+        try_plug_into_bridge(
+            HOST_NS,
             INET_NS,
-            "addr",
-            "add",
+            &bridge,
+            INET_VETH,
             &format!("{INTERNET_IP}/24"),
-            "dev",
-            "eth0",
-        ])?;
-        ip(&["-n", INET_NS, "link", "set", "eth0", "up"])?;
+        )?;
         println!(
             "(namespace {INET_NS} plugged into {bridge} with {INTERNET_IP}/24, serving HTTP on port 80)"
         );
@@ -522,8 +489,16 @@ impl Demo {
         check_interrupted()?;
         let vm = ns.replace("rcdemo-", "");
         println!("\n[{vm} {vm_ip}]$ ping -q -c 3 -i 0.3 -W 1 {INTERNET_IP}");
-        let out =
-            output(in_ns(ns, "ping").args(["-q", "-c", "3", "-i", "0.3", "-W", "1", INTERNET_IP]))?;
+        let out = output(netns_cmd(ns, "ping").args([
+            "-q",
+            "-c",
+            "3",
+            "-i",
+            "0.3",
+            "-W",
+            "1",
+            INTERNET_IP,
+        ]))?;
         let text = String::from_utf8_lossy(&out.stdout);
         for line in text.lines().filter(|l| l.contains("packets transmitted")) {
             println!("  {line}");
@@ -553,7 +528,7 @@ impl Demo {
         println!("\n[{vm} {vm_ip}]$ http GET http://{INTERNET_IP}/");
         let exe = std::env::current_exe().context("locating the xtask binary")?;
         let out =
-            output(in_ns(ns, exe).args(["demo", "--http-get", &format!("{INTERNET_IP}:80")]))?;
+            output(netns_cmd(ns, exe).args(["demo", "--http-get", &format!("{INTERNET_IP}:80")]))?;
         let body = String::from_utf8_lossy(&out.stdout).trim().to_string();
         match (out.status.success(), expect_src) {
             (true, Some((want, what))) => {
@@ -710,7 +685,7 @@ fn teardown(dir: &Path) {
     if ctl.is_file() && dir.join("state").is_dir() && Path::new("/run/netns").join(HOST_NS).exists()
     {
         let purge = output(
-            in_ns(HOST_NS, &ctl)
+            netns_cmd(HOST_NS, &ctl)
                 .arg("daemon")
                 .arg("--purge")
                 .arg("--state-dir")
@@ -740,20 +715,8 @@ fn teardown(dir: &Path) {
     );
     namespaces.push(HOST_NS.into());
     for ns in namespaces {
-        if !Path::new("/run/netns").join(&ns).exists() {
-            continue;
-        }
-        if let Ok(out) = output(Command::new("ip").args(["netns", "pids", &ns])) {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                if let Ok(pid) = pid.parse::<libc::pid_t>() {
-                    // SAFETY: only processes inside the demo's own namespaces.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
-                }
-            }
-        }
-        if let Err(e) = ip(&["netns", "del", &ns]) {
-            eprintln!("warning: {e:#}");
-        }
+        // Only the demo's own namespaces: every process left in them is killed.
+        remove_netns(&ns);
     }
     let bpffs = dir.join("bpffs");
     if bpffs.exists() {

@@ -24,7 +24,8 @@ enum Cmd {
     BuildEbpf,
     /// Build everything and run the whole suite (root required: the tests create namespaces).
     Test {
-        /// Extra arguments for the test binaries (e.g. a test name filter).
+        /// Extra arguments for the test binaries: a test name filter such as a tier
+        /// (`testrun::`, `e2e::`, `api::`, `realise::`).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
@@ -131,7 +132,8 @@ fn test(args: &[String]) -> Result<()> {
         unit.arg("--").args(args);
     }
     run(&mut unit)?;
-    // Privileged tests: real object, namespaces, packets. Serial: they share the kernel.
+    // Privileged tests: real object, namespaces, packets; one binary whose modules are the
+    // tiers, so `args` may name a tier (`testrun::`). Serial: they share the kernel.
     run(cargo(&["test", "--package", "tests", "--", "--test-threads=1"]).args(args))?;
     Ok(())
 }

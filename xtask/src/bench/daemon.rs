@@ -13,7 +13,6 @@
 use std::{
     net::{Ipv4Addr, SocketAddr, UdpSocket},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -24,15 +23,18 @@ use std::{
 use std::io::Write as _;
 
 use anyhow::{Context as _, Result, bail};
+use kit::{
+    daemon::{ApiClient, Daemon, DaemonOptions, Launch},
+    netns::remove_netns,
+};
 use serde_json::{Value, json};
 
 use super::{
-    ns::{self, ChildGuard, Ns, check_interrupted},
+    ns::{self, Netns, check_interrupted},
     report::{ControlPlaneRun, DaemonCounters, Report, StepStats},
     topo::{self, CLIENT_IP, Kind, Topology},
 };
 
-const LISTEN: &str = "127.0.0.1:9696";
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 const PROBE_PORT: u16 = 20300;
 /// The counter of packets the fast path forwarded.
@@ -63,62 +65,17 @@ fn tag(kind: Kind) -> &'static str {
     if fast_path(kind) { "fa" } else { "eb" }
 }
 
-/// A temp directory with a private bpffs mounted inside, removed (and unmounted) on drop.
-struct TempDir {
-    path: PathBuf,
-    bpffs: PathBuf,
-    mounted: bool,
-}
-
-impl TempDir {
-    /// `xbench-<pid>-<tag>`: unique per daemon of this run, and recognisable by
-    /// `ns::sweep_stale` once the run is gone.
-    fn new(tag: &str) -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("xbench-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(path.join("state"))?;
-        let bpffs = path.join("bpf");
-        std::fs::create_dir_all(&bpffs)?;
-        let mut d = Self {
-            path,
-            bpffs,
-            mounted: false,
-        };
-        nix::mount::mount(
-            Some("bpf"),
-            &d.bpffs,
-            Some("bpf"),
-            nix::mount::MsFlags::empty(),
-            None::<&str>,
-        )
-        .with_context(|| format!("mounting a bpffs on {}", d.bpffs.display()))?;
-        d.mounted = true;
-        Ok(d)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if self.mounted {
-            let _ = nix::mount::umount2(&self.bpffs, nix::mount::MntFlags::MNT_DETACH);
-        }
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
-
 /// One daemon under test and what the bench created through it.
 pub struct Env {
     /// The configuration this daemon serves: `Kind::Ebpf` (d) or `Kind::Fast` (e).
     pub kind: Kind,
-    // Drop order matters: routers' namespaces after the daemon stops, then host ns, then dir.
-    daemon: Option<ChildGuard>,
+    // Drop order matters: the daemon (stopped, purged, its directory removed), then the
+    // routers' namespaces (in `drop`), then the host namespace.
+    daemon: Option<Daemon>,
     routers: Vec<String>,
-    host: Ns,
-    dir: TempDir,
+    host: Netns,
     bin: PathBuf,
-    url: String,
-    token: String,
-    api: reqwest::blocking::Client,
+    api: ApiClient,
     /// Gateway-set → first translated packet, measured while building the path.
     gateway_delay: Option<Result<f64, String>>,
     /// Untranslated packets seen at the server while the gateway was being set.
@@ -133,74 +90,40 @@ pub struct Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        if let Some(mut d) = self.daemon.take() {
-            // SIGTERM first so the daemon can close cleanly; SIGKILL after 5 s.
-            // SAFETY: kill(2) on our own child.
-            unsafe { libc::kill(d.0.id() as i32, libc::SIGTERM) };
-            let end = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < end {
-                if let Ok(Some(_)) = d.0.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            drop(d);
-            // Remove what the daemon's state directory owns (best effort: the namespaces below
-            // are deleted regardless).
-            let _ = self
-                .host
-                .cmd(&self.bin.to_string_lossy())
-                .arg("daemon")
-                .arg("--purge")
-                .arg("--state-dir")
-                .arg(self.dir.path.join("state"))
-                .arg("--bpffs")
-                .arg(&self.dir.bpffs)
-                .arg("--listen")
-                .arg(LISTEN)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
+        // SIGTERM, `daemon --purge` of what its state directory owns, the bpffs and directory.
+        drop(self.daemon.take());
+        // Belt and braces: the purge removes these too.
         for id in &self.routers {
-            let name = format!("qrouter-{id}");
-            if Path::new("/run/netns").join(&name).exists() {
-                let _ = Command::new("ip").args(["netns", "del", &name]).status();
-            }
+            remove_netns(&router_netns(id));
         }
-        let _ = &self.dir;
     }
 }
 
-fn api_error(method: &str, path: &str, resp: reqwest::blocking::Response) -> anyhow::Error {
-    let status = resp.status();
-    let body = resp.text().unwrap_or_default();
-    anyhow::anyhow!("{method} {path}: {status}: {body}")
+/// The router namespace of router `id` (`router_ctl::model::spec::names`, which xtask does
+/// not link).
+fn router_netns(id: &str) -> String {
+    format!("qrouter-{id}")
 }
 
 impl Env {
     /// Starts the daemon of configuration `kind` (`Kind::Ebpf` or `Kind::Fast`) from `bin` and
     /// waits for its API.
     pub fn start(bin: &Path, kind: Kind) -> Result<Self> {
-        let dir = TempDir::new(tag(kind))?;
-        let host = Ns::new(&format!("host{}", tag(kind)))?;
-        let config = dir.path.join("router-ctl.toml");
+        let host = super::ns::new(&format!("host{}", tag(kind)))?;
         // Short UDP timeouts so the new-flow runs of earlier rounds are collected before the next.
         let nat = "[nat]\nudp_unreplied = 2\ngc_interval = 1\n";
         let datapath = format!("[datapath]\nfast_path = {}\n", fast_path(kind));
-        std::fs::write(&config, format!("{nat}{datapath}"))?;
         let mut config_note = None;
-        let (daemon, api, token) = match spawn(bin, &host, &dir, &config) {
+        let daemon = match spawn(bin, &host, kind, format!("{nat}{datapath}")) {
             Ok(d) => d,
             // A daemon without the option rejects the section (unknown field). Without it the
             // fast path is never attached, so (d) is still what it claims; (e) is not.
             Err(e) if !fast_path(kind) && unknown_datapath_section(&e) => {
-                std::fs::write(&config, nat)?;
                 config_note = Some(format!(
                     "{}: this daemon has no [datapath] fast_path option, so it ran without the section (no fast path there to switch off)",
                     kind.label()
                 ));
-                spawn(bin, &host, &dir, &config)?
+                spawn(bin, &host, kind, nat.to_string())?
             }
             Err(e) if unknown_datapath_section(&e) => {
                 return Err(e.context(
@@ -211,14 +134,11 @@ impl Env {
         };
         Ok(Self {
             kind,
+            api: daemon.client(),
             daemon: Some(daemon),
             routers: Vec::new(),
             host,
-            dir,
             bin: bin.to_path_buf(),
-            url: format!("http://{LISTEN}/v2.0"),
-            token,
-            api,
             gateway_delay: None,
             leak_note: None,
             cp_ext: Vec::new(),
@@ -227,30 +147,32 @@ impl Env {
         })
     }
 
-    fn call(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<Value> {
-        let mut rq = self
+    /// The running daemon (present from `start` until drop).
+    fn daemon(&self) -> &Daemon {
+        self.daemon
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("the daemon lives as long as Env"))
+    }
+
+    /// A Neutron API call; an error unless the daemon answered 2xx.
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+        let body = body.map(Value::to_string);
+        let (status, v) = self
             .api
-            .request(method.clone(), format!("{}{path}", self.url))
-            .header("X-Auth-Token", &self.token);
-        if let Some(b) = body {
-            rq = rq.json(b);
+            .try_raw(method, &format!("/v2.0{path}"), body.as_deref())
+            .with_context(|| format!("{method} {path}"))?;
+        if !(200..300).contains(&status) {
+            bail!("{method} {path}: {status}: {v}");
         }
-        let resp = rq.send().with_context(|| format!("{method} {path}"))?;
-        if !resp.status().is_success() {
-            return Err(api_error(method.as_str(), path, resp));
-        }
-        if resp.status() == reqwest::StatusCode::NO_CONTENT {
-            return Ok(Value::Null);
-        }
-        Ok(resp.json().unwrap_or(Value::Null))
+        Ok(v)
     }
 
     fn post(&self, path: &str, body: Value) -> Result<Value> {
-        self.call(reqwest::Method::POST, path, Some(&body))
+        self.call("POST", path, Some(&body))
     }
 
     fn put(&self, path: &str, body: Value) -> Result<Value> {
-        self.call(reqwest::Method::PUT, path, Some(&body))
+        self.call("PUT", path, Some(&body))
     }
 
     fn id(v: &Value, kind: &str) -> Result<String> {
@@ -290,7 +212,7 @@ impl Env {
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path.join(ns::ROUTERS_FILE))?;
+            .open(self.daemon().dir().join(ns::ROUTERS_FILE))?;
         writeln!(f, "{id}")?;
         Ok(id)
     }
@@ -318,12 +240,13 @@ impl Env {
 
     /// Plugs `ns` into `network` with address `ip` through the CLI's sandbox helper, run in the
     /// daemon's namespace.
-    fn plug(&self, network: &str, ip: Ipv4Addr, ns: &Ns) -> Result<()> {
+    fn plug(&self, network: &str, ip: Ipv4Addr, ns: &Netns) -> Result<()> {
         let ip = ip.to_string();
         let out = self
             .host
-            .cmd(&self.bin.to_string_lossy())
-            .args(["--url", &format!("http://{LISTEN}"), "--token", &self.token])
+            .cmd(&self.bin)
+            .args(["--url", &self.daemon().url(), "--token"])
+            .arg(self.daemon().admin_token())
             .args([
                 "port",
                 "create",
@@ -351,7 +274,7 @@ impl Env {
     /// — timing gateway set → first translated packet at the server on the way.
     pub fn build_path(&mut self) -> Result<Topology> {
         let client = topo::client_ns(tag(self.kind))?;
-        let server = Ns::new(&format!("s{}", tag(self.kind)))?;
+        let server = super::ns::new(&format!("s{}", tag(self.kind)))?;
         let ext = self.network("bench-ext", true)?;
         self.subnet(&ext, "203.0.113.0/24", Some("203.0.113.1"))?;
         let int = self.network("bench-int", false)?;
@@ -364,7 +287,7 @@ impl Env {
         // Probe: the client sends a small UDP packet every millisecond; the server notes when
         // the first one arrives (translated, since the server has no route to 10.x).
         let stop = Arc::new(AtomicBool::new(false));
-        let sink = server.enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PROBE_PORT)))??;
+        let sink = server.try_enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PROBE_PORT)))??;
         sink.set_read_timeout(Some(Duration::from_millis(20)))?;
         let stop_c = stop.clone();
         let sender = client.spawn_thread(move || -> std::io::Result<()> {
@@ -427,7 +350,7 @@ impl Env {
             server_ip: SERVER_IP,
             nat_ip: gw,
             iperf: None,
-            prog_pins: Some(self.dir.bpffs.clone()),
+            prog_pins: Some(self.daemon().bpffs().to_path_buf()),
             note: None,
             _keep: Vec::new(),
         };
@@ -439,7 +362,7 @@ impl Env {
             );
         }
         t.start_iperf()?;
-        self.baseline = read_counters(&self.dir.bpffs).ok();
+        self.baseline = read_counters(self.daemon().bpffs()).ok();
         Ok(t)
     }
 
@@ -449,7 +372,7 @@ impl Env {
     /// during (e)'s rounds and stayed 0 in (d).
     pub fn counters(&self, rep: &mut Report) {
         let label = self.kind.label();
-        let c = match read_counters(&self.dir.bpffs) {
+        let c = match read_counters(self.daemon().bpffs()) {
             Ok(c) => c,
             Err(e) => {
                 rep.notes
@@ -623,68 +546,21 @@ fn unknown_datapath_section(e: &anyhow::Error) -> bool {
     format!("{e:#}").contains("unknown field `datapath`")
 }
 
-/// Runs `bin daemon --config config` in `host` and waits until its API answers; returns the
-/// daemon, an API client living in `host` and the admin token.
-fn spawn(
-    bin: &Path,
-    host: &Ns,
-    dir: &TempDir,
-    config: &Path,
-) -> Result<(ChildGuard, reqwest::blocking::Client, String)> {
-    let log = std::fs::File::create(dir.path.join("daemon.log"))?;
-    let child = host
-        .cmd(&bin.to_string_lossy())
-        .arg("daemon")
-        .arg("--config")
-        .arg(config)
-        .args(["--listen", LISTEN])
-        .arg("--state-dir")
-        .arg(dir.path.join("state"))
-        .arg("--bpffs")
-        .arg(&dir.bpffs)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()
-        .context("starting router-ctl daemon")?;
-    let mut daemon = ChildGuard(child);
-    // The client lives in the host namespace: its runtime thread inherits the namespace.
-    let api = host.enter(|| {
-        reqwest::blocking::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-    })??;
-    let url = format!("http://{LISTEN}/v2.0");
-    let token_path = dir.path.join("state/admin-token");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        check_interrupted()?;
-        if let Ok(Some(status)) = daemon.0.try_wait() {
-            bail!(
-                "router-ctl daemon exited ({status}): {}",
-                tail(&dir.path.join("daemon.log"))
-            );
-        }
-        if let Ok(t) = std::fs::read_to_string(&token_path) {
-            let t = t.trim().to_string();
-            let ok = api
-                .get(format!("{url}/networks"))
-                .header("X-Auth-Token", &t)
-                .send()
-                .map(|r| r.status().is_success())
-                .unwrap_or(false);
-            if ok {
-                return Ok((daemon, api, t));
-            }
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "router-ctl daemon API not ready after 30 s: {}",
-                tail(&dir.path.join("daemon.log"))
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+/// Starts `bin daemon` with `config` in `host` (directory `xbench-<pid>-<tag>`, recognisable by
+/// `ns::sweep_stale` once the run is gone) and waits until its API answers.
+fn spawn(bin: &Path, host: &Netns, kind: Kind, config: String) -> Result<Daemon> {
+    let dir = std::env::temp_dir().join(format!("xbench-{}-{}", std::process::id(), tag(kind)));
+    let _ = std::fs::remove_dir_all(&dir);
+    let opts = DaemonOptions {
+        config: Some(config),
+        admin_token: None,
+    };
+    let launch = Launch {
+        bin: Some(bin.to_path_buf()),
+        dir: Some(dir),
+        term_on_drop: true,
+    };
+    Daemon::try_start_with(host, opts, launch).context("starting router-ctl daemon")
 }
 
 /// Sums the datapath's per-router counters (ROUTER_STATS, pinned in the daemon's private
@@ -723,11 +599,4 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
     v[i]
-}
-
-/// Last lines of a log file, for error messages.
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(8)..].join(" | ")
 }

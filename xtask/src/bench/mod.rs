@@ -345,7 +345,14 @@ pub fn run(args: &BenchArgs, target_dir: &Path, workspace: &Path) -> Result<()> 
     result
 }
 
-fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) -> Result<()> {
+/// Starts one daemon per daemon-backed configuration that was asked for; returns them and,
+/// for those that did not start, why (also recorded in the report).
+fn start_daemons(
+    plan: &Plan,
+    rep: &mut Report,
+    target_dir: &Path,
+    workspace: &Path,
+) -> Result<(BTreeMap<Kind, daemon::Env>, BTreeMap<Kind, String>)> {
     // One daemon per daemon-backed configuration that was asked for — (d) with the fast path
     // off, (e) with it on — each brought up once and reused across rounds. The control plane
     // alone needs a daemon too: the default one, (e)'s.
@@ -356,7 +363,6 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
     if daemon_kinds.is_empty() && plan.routers.iter().any(|n| *n > 0) {
         daemon_kinds.push(Kind::Fast);
     }
-    // Declared before the topologies, so these drop after them.
     let mut envs: BTreeMap<Kind, daemon::Env> = BTreeMap::new();
     let mut not_started: BTreeMap<Kind, String> = BTreeMap::new();
     if !daemon_kinds.is_empty() {
@@ -393,6 +399,65 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
                 .insert(k.label().into(), format!("daemon did not start: {why}"));
         }
     }
+    Ok((envs, not_started))
+}
+
+/// Builds this round's paths in `order`: fresh namespaces for (a)–(c), returned; (d) and (e)
+/// built once through their daemons and kept in `topos` across rounds.
+fn round_paths(
+    order: &[Kind],
+    round: u32,
+    envs: &mut BTreeMap<Kind, daemon::Env>,
+    topos: &mut BTreeMap<Kind, Topology>,
+    rep: &mut Report,
+) -> Result<BTreeMap<Kind, Topology>> {
+    let mut fresh: BTreeMap<Kind, Topology> = BTreeMap::new();
+    for &kind in order {
+        ns::check_interrupted()?;
+        match kind {
+            Kind::Plain | Kind::Iptables | Kind::Nftables => {
+                let tag = format!("{}{round}", &kind.short()[..2]);
+                match topo::build_kernel(kind, &tag) {
+                    Ok(t) => {
+                        if let Some(n) = &t.note
+                            && !rep.notes.contains(n)
+                        {
+                            rep.notes.push(n.clone());
+                        }
+                        fresh.insert(kind, t);
+                    }
+                    Err(e) => {
+                        ns::check_interrupted()?;
+                        eprintln!("bench: {} setup failed: {e:#}", kind.label());
+                        rep.errors.push(format!("{}: setup: {e:#}", kind.label()));
+                    }
+                }
+            }
+            Kind::Ebpf | Kind::Fast => {
+                let Some(env) = envs.get_mut(&kind) else {
+                    continue;
+                };
+                if !topos.contains_key(&kind) && !rep.not_run.contains_key(kind.label()) {
+                    match env.build_path() {
+                        Ok(t) => {
+                            topos.insert(kind, t);
+                        }
+                        Err(e) => {
+                            ns::check_interrupted()?;
+                            eprintln!("bench: {} path unavailable: {e:#}", kind.label());
+                            rep.not_run.insert(kind.label().into(), format!("{e:#}"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(fresh)
+}
+
+fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) -> Result<()> {
+    // Declared before the topologies, so these drop after them.
+    let (mut envs, not_started) = start_daemons(plan, rep, target_dir, workspace)?;
     // The control plane and the gateway delay run on the product's default configuration (e)
     // when its daemon is up, else on (d)'s.
     let cp_kind = [Kind::Fast, Kind::Ebpf]
@@ -411,48 +476,7 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
         let order: Vec<Kind> = (0..n)
             .map(|i| plan.kinds[(i + round as usize) % n])
             .collect();
-        // This round's paths: fresh namespaces for (a)–(c), (d) and (e) built once and kept.
-        let mut fresh: BTreeMap<Kind, Topology> = BTreeMap::new();
-        for &kind in &order {
-            ns::check_interrupted()?;
-            match kind {
-                Kind::Plain | Kind::Iptables | Kind::Nftables => {
-                    let tag = format!("{}{round}", &kind.short()[..2]);
-                    match topo::build_kernel(kind, &tag) {
-                        Ok(t) => {
-                            if let Some(n) = &t.note
-                                && !rep.notes.contains(n)
-                            {
-                                rep.notes.push(n.clone());
-                            }
-                            fresh.insert(kind, t);
-                        }
-                        Err(e) => {
-                            ns::check_interrupted()?;
-                            eprintln!("bench: {} setup failed: {e:#}", kind.label());
-                            rep.errors.push(format!("{}: setup: {e:#}", kind.label()));
-                        }
-                    }
-                }
-                Kind::Ebpf | Kind::Fast => {
-                    let Some(env) = envs.get_mut(&kind) else {
-                        continue;
-                    };
-                    if !topos.contains_key(&kind) && !rep.not_run.contains_key(kind.label()) {
-                        match env.build_path() {
-                            Ok(t) => {
-                                topos.insert(kind, t);
-                            }
-                            Err(e) => {
-                                ns::check_interrupted()?;
-                                eprintln!("bench: {} path unavailable: {e:#}", kind.label());
-                                rep.not_run.insert(kind.label().into(), format!("{e:#}"));
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let fresh = round_paths(&order, round, &mut envs, &mut topos, rep)?;
         // Metric by metric, every configuration in turn: the samples a ratio pairs are taken
         // seconds apart, not a whole round's metrics apart, so the machine's drift (a shared
         // host's load moves by more than the configurations differ) mostly cancels.

@@ -24,6 +24,8 @@ use router_common::{
     SessionValue, ip_to_wire, maps, programs,
 };
 
+use kit::packet::udp_into;
+
 use super::report::{MemoryResult, TestRunResult};
 
 const GATEWAY: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -58,24 +60,27 @@ fn frame_from(src: Ipv4Addr, sport: u16) -> Vec<u8> {
     f[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 1]);
     f[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
     let mut ip = [0u8; 64];
-    let n = super::traffic::udp_packet(&mut ip, src, REMOTE, sport, 53);
+    let n = udp_into(&mut ip, src, REMOTE, sport, 53);
     f.extend_from_slice(&ip[..n]);
     f
 }
 
-fn load(obj: &Path) -> Result<Ebpf> {
+/// Loads the object at `obj` and the classifiers `progs` of it into the kernel.
+fn load_progs(obj: &Path, progs: &[&str]) -> Result<Ebpf> {
     let mut ebpf = Ebpf::load_file(obj).with_context(|| format!("loading {}", obj.display()))?;
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(programs::SNAT_OUT)
-        .with_context(|| format!("{} not in the object", programs::SNAT_OUT))?
-        .try_into()?;
-    prog.load().context("verifier rejected snat_out")?;
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(programs::SNAT_IN)
-        .with_context(|| format!("{} not in the object", programs::SNAT_IN))?
-        .try_into()?;
-    prog.load().context("verifier rejected snat_in")?;
+    for &name in progs {
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(name)
+            .with_context(|| format!("{name} not in the object"))?
+            .try_into()?;
+        prog.load()
+            .with_context(|| format!("verifier rejected {name}"))?;
+    }
     Ok(ebpf)
+}
+
+fn load(obj: &Path) -> Result<Ebpf> {
+    load_progs(obj, &[programs::SNAT_OUT, programs::SNAT_IN])
 }
 
 /// Configures router `DP_ID` on the test-run device in the loaded object's private maps.
@@ -210,7 +215,7 @@ fn measure_inner(obj: &Path, repeat: u32) -> Result<TestRunResult> {
             let mut reply = vec![0u8; 14];
             reply.copy_from_slice(&est[..14]);
             let mut ip = [0u8; 64];
-            let n = super::traffic::udp_packet(&mut ip, REMOTE, GATEWAY, 53, nat_port);
+            let n = udp_into(&mut ip, REMOTE, GATEWAY, 53, nat_port);
             reply.extend_from_slice(&ip[..n]);
             let (ret, ns, back) = run_prog(&ebpf, programs::SNAT_IN, &reply, repeat)?;
             let dst = back
@@ -305,7 +310,7 @@ fn fast_frame(ttl: u8) -> Vec<u8> {
     f.extend_from_slice(&VM_MAC);
     f.extend_from_slice(&0x0800u16.to_be_bytes());
     let mut ip = [0u8; 64];
-    let n = super::traffic::udp_packet(&mut ip, VM, REMOTE, 40_000, 53);
+    let n = udp_into(&mut ip, VM, REMOTE, 40_000, 53);
     // TTL at byte 8; the header checksum (bytes 10–11) recomputed from scratch.
     ip[8] = ttl;
     ip[10..12].fill(0);
@@ -317,20 +322,20 @@ fn fast_frame(ttl: u8) -> Vec<u8> {
 
 /// The stand-in router namespace: `qr` (10.9.0.1/24) and `qg` (203.0.113.10/24, default route
 /// via `HOP`, a permanent neighbour entry for it), veth peers inside, forwarding on.
-fn fast_namespace() -> Result<(super::ns::Ns, u32, u32)> {
-    let ns = super::ns::Ns::new("tfast")?;
+fn fast_namespace() -> Result<(super::ns::Netns, u32, u32)> {
+    let ns = super::ns::new("tfast")?;
     for (dev, m) in [("qr", QR_MAC), ("qg", QG_MAC)] {
         let peer = format!("{dev}p");
-        ns.ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer])?;
-        ns.ip(&["link", "set", dev, "address", &mac_str(m)])?;
-        ns.ip(&["link", "set", &peer, "up"])?;
-        ns.ip(&["link", "set", dev, "up"])?;
+        ns.try_ip(&["link", "add", dev, "type", "veth", "peer", "name", &peer])?;
+        ns.try_ip(&["link", "set", dev, "address", &mac_str(m)])?;
+        ns.try_ip(&["link", "set", &peer, "up"])?;
+        ns.try_ip(&["link", "set", dev, "up"])?;
     }
     // The FIB lookup answers "forwarding disabled" otherwise.
     ns.sysctl("net.ipv4.ip_forward", "1")?;
-    ns.ip(&["addr", "add", "10.9.0.1/24", "dev", "qr"])?;
-    ns.ip(&["addr", "add", "203.0.113.10/24", "dev", "qg"])?;
-    ns.ip(&[
+    ns.try_ip(&["addr", "add", "10.9.0.1/24", "dev", "qr"])?;
+    ns.try_ip(&["addr", "add", "203.0.113.10/24", "dev", "qg"])?;
+    ns.try_ip(&[
         "route",
         "add",
         "default",
@@ -339,7 +344,7 @@ fn fast_namespace() -> Result<(super::ns::Ns, u32, u32)> {
         "dev",
         "qg",
     ])?;
-    ns.ip(&[
+    ns.try_ip(&[
         "neigh",
         "replace",
         &HOP.to_string(),
@@ -351,7 +356,7 @@ fn fast_namespace() -> Result<(super::ns::Ns, u32, u32)> {
         "permanent",
     ])?;
     let ifindex = |dev: &str| -> Result<u32> {
-        let out = ns.ip(&["-j", "link", "show", "dev", dev])?;
+        let out = ns.try_ip(&["-j", "link", "show", "dev", dev])?;
         let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
         v[0]["ifindex"]
             .as_u64()
@@ -370,16 +375,11 @@ fn measure_fast(obj: &Path, repeat: u32) -> Result<FastRun> {
     let obj = obj.to_path_buf();
     // Loaded, configured and run on one thread inside the namespace: the test run resolves
     // the context's ifindex in the calling thread's namespace.
-    ns.enter(move || fast_run_inside(&obj, qr, qg, repeat))?
+    ns.try_enter(move || fast_run_inside(&obj, qr, qg, repeat))?
 }
 
 fn fast_run_inside(obj: &Path, qr: u32, qg: u32, repeat: u32) -> Result<FastRun> {
-    let mut ebpf = Ebpf::load_file(obj).with_context(|| format!("loading {}", obj.display()))?;
-    let prog: &mut SchedClassifier = ebpf
-        .program_mut(programs::FAST_FWD)
-        .with_context(|| format!("{} not in the object", programs::FAST_FWD))?
-        .try_into()?;
-    prog.load().context("verifier rejected fast_fwd")?;
+    let mut ebpf = load_progs(obj, &[programs::FAST_FWD])?;
     let mut ifs: Array<_, FastIf> =
         Array::try_from(ebpf.map_mut(maps::FAST_IFS).context("no FAST_IFS map")?)?;
     for (ifindex, flags, mac) in [(qr, 0, QR_MAC), (qg, FAST_IF_GATEWAY, QG_MAC)] {

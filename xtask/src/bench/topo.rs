@@ -2,17 +2,11 @@
 //! configuration. (a)–(c) build the router namespace by hand with stock kernel NAT; (d) and (e)
 //! come from a daemon each (see `daemon.rs`) and reuse the same `Topology` shape.
 
-use std::{
-    any::Any,
-    io::Write as _,
-    net::Ipv4Addr,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{any::Any, net::Ipv4Addr, process::Command, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 
-use super::ns::{ChildGuard, Ns, sh};
+use super::ns::{ChildGuard, Netns, sh};
 
 /// The configurations compared, in report order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
@@ -77,8 +71,8 @@ pub const CRR_PORT: u16 = 8080;
 /// One ready path: traffic goes from `client` to `server_ip` in `server`.
 pub struct Topology {
     pub kind: Kind,
-    pub client: Ns,
-    pub server: Ns,
+    pub client: Netns,
+    pub server: Netns,
     pub server_ip: Ipv4Addr,
     /// Address the server sees as the source after NAT (None for plain forwarding).
     pub nat_ip: Option<Ipv4Addr>,
@@ -115,7 +109,7 @@ impl Topology {
     pub fn check(&self) -> Result<()> {
         let ip = self.server_ip.to_string();
         self.client
-            .run(
+            .run_for(
                 Duration::from_secs(10),
                 "ping",
                 &["-c", "2", "-i", "0.2", "-W", "2", &ip],
@@ -123,30 +117,6 @@ impl Topology {
             .with_context(|| format!("{}: no connectivity to {ip}", self.kind.label()))?;
         Ok(())
     }
-}
-
-/// Feeds `input` to `program` run inside `ns`.
-fn run_stdin(ns: &Ns, program: &str, args: &[&str], input: &str) -> Result<()> {
-    let mut child = ns
-        .cmd(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {program}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(input.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "{program} {args:?} failed in {}: {}\ninput:\n{input}",
-            ns.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
 }
 
 /// The rules the Neutron L3 agent installs in `qrouter-` for a router gateway with SNAT
@@ -196,8 +166,8 @@ const ROUTER_EXT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 
 /// A fresh client namespace (addresses are added by the caller).
-pub fn client_ns(tag: &str) -> Result<Ns> {
-    Ns::new(&format!("c{tag}"))
+pub fn client_ns(tag: &str) -> Result<Netns> {
+    super::ns::new(&format!("c{tag}"))
 }
 
 /// Builds configuration (a), (b) or (c) in fresh namespaces. The wiring mirrors what the
@@ -206,12 +176,12 @@ pub fn client_ns(tag: &str) -> Result<Ns> {
 /// number of devices and only the NAT differs.
 pub fn build_kernel(kind: Kind, tag: &str) -> Result<Topology> {
     let client = client_ns(tag)?;
-    let host = Ns::new(&format!("h{tag}"))?;
-    let router = Ns::new(&format!("r{tag}"))?;
-    let server = Ns::new(&format!("s{tag}"))?;
+    let host = super::ns::new(&format!("h{tag}"))?;
+    let router = super::ns::new(&format!("r{tag}"))?;
+    let server = super::ns::new(&format!("s{tag}"))?;
     for br in ["brint", "brext"] {
-        host.ip(&["link", "add", br, "type", "bridge"])?;
-        host.ip(&["link", "set", br, "up"])?;
+        host.try_ip(&["link", "add", br, "type", "bridge"])?;
+        host.try_ip(&["link", "set", br, "up"])?;
     }
     super::ns::veth(&client, CLIENT_DEV, &host, "tapc")?;
     super::ns::veth(&host, "tapr", &router, QR)?;
@@ -223,19 +193,19 @@ pub fn build_kernel(kind: Kind, tag: &str) -> Result<Topology> {
         ("tapg", "brext"),
         ("taps", "brext"),
     ] {
-        host.ip(&["link", "set", dev, "master", br])?;
+        host.try_ip(&["link", "set", dev, "master", br])?;
     }
-    client.ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", CLIENT_DEV])?;
-    client.ip(&["route", "add", "default", "via", ROUTER_INT_IP])?;
-    router.ip(&["addr", "add", &format!("{ROUTER_INT_IP}/24"), "dev", QR])?;
-    router.ip(&["addr", "add", &format!("{ROUTER_EXT_IP}/24"), "dev", QG])?;
+    client.try_ip(&["addr", "add", &format!("{CLIENT_IP}/24"), "dev", CLIENT_DEV])?;
+    client.try_ip(&["route", "add", "default", "via", ROUTER_INT_IP])?;
+    router.try_ip(&["addr", "add", &format!("{ROUTER_INT_IP}/24"), "dev", QR])?;
+    router.try_ip(&["addr", "add", &format!("{ROUTER_EXT_IP}/24"), "dev", QG])?;
     router.sysctl("net.ipv4.ip_forward", "1")?;
-    server.ip(&["addr", "add", &format!("{SERVER_IP}/24"), "dev", SERVER_DEV])?;
+    server.try_ip(&["addr", "add", &format!("{SERVER_IP}/24"), "dev", SERVER_DEV])?;
     let mut note = None;
     let nat_ip = match kind {
         Kind::Plain => {
             // Without NAT the server needs a route back to the client subnet.
-            server.ip(&[
+            server.try_ip(&[
                 "route",
                 "add",
                 CLIENT_CIDR,
@@ -245,11 +215,11 @@ pub fn build_kernel(kind: Kind, tag: &str) -> Result<Topology> {
             None
         }
         Kind::Iptables => {
-            run_stdin(&router, "iptables-restore", &[], &neutron_iptables_rules())?;
+            router.run_with_input("iptables-restore", &[], &neutron_iptables_rules())?;
             Some(ROUTER_EXT_IP)
         }
         Kind::Nftables => {
-            if let Err(e) = run_stdin(&router, "nft", &["-f", "-"], &nft_rules(true)) {
+            if let Err(e) = router.run_with_input("nft", &["-f", "-"], &nft_rules(true)) {
                 // Kernels built without CONFIG_NF_FLOW_TABLE reject the flowtable: measure
                 // plain masquerade and say so rather than dropping the baseline.
                 let msg = format!("{e:#}");
@@ -257,7 +227,7 @@ pub fn build_kernel(kind: Kind, tag: &str) -> Result<Topology> {
                     .find("Error:")
                     .map(|i| msg[i..].lines().next().unwrap_or("").trim().to_string())
                     .unwrap_or_else(|| msg.lines().next().unwrap_or("").to_string());
-                run_stdin(&router, "nft", &["-f", "-"], &nft_rules(false))?;
+                router.run_with_input("nft", &["-f", "-"], &nft_rules(false))?;
                 note = Some(format!(
                     "(c) ran WITHOUT its flowtable: this kernel rejects the flowtable (`{first}`; CONFIG_NF_FLOW_TABLE is probably not set), so (c) is nftables masquerade with conntrack only."
                 ));

@@ -17,6 +17,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use kit::packet::udp_into;
 
 use super::{
     ns::{check_interrupted, sleep},
@@ -42,7 +43,7 @@ const PPS_PAYLOAD: usize = 64;
 pub fn tcp_gbps(t: &Topology, streams: u32, secs: u64) -> Result<f64> {
     check_interrupted()?;
     let ip = t.server_ip.to_string();
-    let out = t.client.run(
+    let out = t.client.run_for(
         Duration::from_secs(secs + 20),
         "iperf3",
         &[
@@ -182,6 +183,27 @@ fn per_cpu(delivered: u64, sender_cpu: f64, softirq_cpu: f64) -> f64 {
     }
 }
 
+/// Runs `send` in the client namespace and measures what crossed: `send` returns the packets
+/// it sent, how long it took and its thread's CPU seconds; delivered packets are counted at
+/// the server once the last ones had time to land, `ksoftirqd` time over the whole run.
+fn measure_rate(
+    t: &Topology,
+    send: impl FnOnce() -> Result<(u64, Duration, f64)> + Send,
+) -> Result<Rate> {
+    let before = t.server.rx_packets(SERVER_DEV)?;
+    let soft0 = ksoftirqd_secs();
+    let (sent, elapsed, cpu) = t.client.try_enter(send)??;
+    sleep(Duration::from_millis(200))?;
+    let delivered = t.server.rx_packets(SERVER_DEV)?.saturating_sub(before);
+    let soft = ksoftirqd_secs() - soft0;
+    Ok(Rate {
+        per_sec: delivered as f64 / elapsed.as_secs_f64(),
+        sent,
+        delivered,
+        per_cpu_sec: per_cpu(delivered, cpu, soft),
+    })
+}
+
 /// 64-byte UDP packets per second over one flow, for `secs` seconds.
 pub fn udp_pps(t: &Topology, secs: f64) -> Result<Rate> {
     check_interrupted()?;
@@ -189,12 +211,10 @@ pub fn udp_pps(t: &Topology, secs: f64) -> Result<Rate> {
     // answering with ICMP port unreachable.
     let sink = t
         .server
-        .enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PPS_PORT)))??;
+        .try_enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PPS_PORT)))??;
     let dst = SocketAddr::from((t.server_ip, PPS_PORT));
-    let before = t.server.rx_packets(SERVER_DEV)?;
     let dur = Duration::from_secs_f64(secs);
-    let soft0 = ksoftirqd_secs();
-    let (sent, elapsed, cpu) = t.client.enter(move || -> Result<(u64, Duration, f64)> {
+    let rate = measure_rate(t, move || {
         let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
         s.connect(dst)?;
         let cpu0 = thread_cpu_secs();
@@ -211,70 +231,9 @@ pub fn udp_pps(t: &Topology, secs: f64) -> Result<Rate> {
             PPS_PAYLOAD,
         )?;
         Ok((sent, start.elapsed(), thread_cpu_secs() - cpu0))
-    })??;
-    sleep(Duration::from_millis(200))?;
-    let delivered = t.server.rx_packets(SERVER_DEV)?.saturating_sub(before);
-    let soft = ksoftirqd_secs() - soft0;
+    });
     drop(sink);
-    Ok(Rate {
-        per_sec: delivered as f64 / elapsed.as_secs_f64(),
-        sent,
-        delivered,
-        per_cpu_sec: per_cpu(delivered, cpu, soft),
-    })
-}
-
-/// Ones' complement sum for IPv4/UDP checksums.
-fn csum_add(mut sum: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(2);
-    for c in &mut chunks {
-        sum += u32::from(u16::from_be_bytes([c[0], c[1]]));
-    }
-    if let [b] = chunks.remainder() {
-        sum += u32::from(*b) << 8;
-    }
-    sum
-}
-
-fn csum_fold(mut sum: u32) -> u16 {
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
-}
-
-/// Writes an IPv4/UDP packet with an 18-byte payload (a 64-byte Ethernet frame with FCS) into
-/// `b`, with correct IP and UDP checksums; returns its length.
-pub fn udp_packet(b: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16) -> usize {
-    const PAYLOAD: usize = 18;
-    let len = 20 + 8 + PAYLOAD;
-    let b = &mut b[..len];
-    b.fill(0);
-    b[0] = 0x45;
-    b[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-    b[6] = 0x40; // DF
-    b[8] = 64;
-    b[9] = 17;
-    b[12..16].copy_from_slice(&src.octets());
-    b[16..20].copy_from_slice(&dst.octets());
-    let ip_csum = csum_fold(csum_add(0, &b[..20]));
-    b[10..12].copy_from_slice(&ip_csum.to_be_bytes());
-    b[20..22].copy_from_slice(&sport.to_be_bytes());
-    b[22..24].copy_from_slice(&dport.to_be_bytes());
-    b[24..26].copy_from_slice(&((8 + PAYLOAD) as u16).to_be_bytes());
-    for (i, x) in b[28..].iter_mut().enumerate() {
-        *x = i as u8;
-    }
-    let mut sum = csum_add(0, &src.octets());
-    sum = csum_add(sum, &dst.octets());
-    sum += 17 + (8 + PAYLOAD) as u32;
-    sum = csum_add(sum, &b[20..]);
-    let mut c = csum_fold(sum);
-    if c == 0 {
-        c = 0xffff;
-    }
-    b[26..28].copy_from_slice(&c.to_be_bytes());
-    len
+    rate
 }
 
 /// The `i`-th distinct (source port, destination port) of a new-flow run.
@@ -289,16 +248,14 @@ fn flow_ports(i: u64) -> (u16, u16) {
 /// destination port cycling), at most `FLOW_CAP` flows or `secs` seconds.
 pub fn new_flows(t: &Topology, secs: f64, src: Ipv4Addr) -> Result<Rate> {
     check_interrupted()?;
-    let sinks = t.server.enter(|| -> std::io::Result<Vec<UdpSocket>> {
+    let sinks = t.server.try_enter(|| -> std::io::Result<Vec<UdpSocket>> {
         (0..FLOW_DPORTS)
             .map(|p| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, FLOW_PORT_BASE + p)))
             .collect()
     })??;
     let dst_ip = t.server_ip;
-    let before = t.server.rx_packets(SERVER_DEV)?;
     let dur = Duration::from_secs_f64(secs);
-    let soft0 = ksoftirqd_secs();
-    let (sent, elapsed, cpu) = t.client.enter(move || -> Result<(u64, Duration, f64)> {
+    let rate = measure_rate(t, move || {
         // SAFETY: plain socket(2); the fd is closed below.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
         if fd < 0 {
@@ -316,7 +273,7 @@ pub fn new_flows(t: &Topology, secs: f64, src: Ipv4Addr) -> Result<Rate> {
             u64::from(FLOW_CAP),
             |i, b| {
                 let (sport, dport) = flow_ports(i);
-                udp_packet(b, src, dst_ip, sport, dport)
+                udp_into(b, src, dst_ip, sport, dport)
             },
             Some(sa),
             64,
@@ -326,17 +283,9 @@ pub fn new_flows(t: &Topology, secs: f64, src: Ipv4Addr) -> Result<Rate> {
         // SAFETY: closing the fd opened above.
         unsafe { libc::close(fd) };
         Ok((r?, elapsed, cpu))
-    })??;
-    sleep(Duration::from_millis(200))?;
-    let delivered = t.server.rx_packets(SERVER_DEV)?.saturating_sub(before);
-    let soft = ksoftirqd_secs() - soft0;
+    });
     drop(sinks);
-    Ok(Rate {
-        per_sec: delivered as f64 / elapsed.as_secs_f64(),
-        sent,
-        delivered,
-        per_cpu_sec: per_cpu(delivered, cpu, soft),
-    })
+    rate
 }
 
 /// A source address for new-flow run number `run`: inside the client subnet, never the client's
@@ -359,7 +308,7 @@ pub fn crr(t: &Topology, secs: f64, clients: usize) -> Result<Crr> {
     let stop = Arc::new(AtomicBool::new(false));
     let listener = t
         .server
-        .enter(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, CRR_PORT)))??;
+        .try_enter(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, CRR_PORT)))??;
     let stop_srv = stop.clone();
     let server = std::thread::spawn(move || {
         let mut served = 0u64;
@@ -416,7 +365,7 @@ pub fn crr(t: &Topology, secs: f64, clients: usize) -> Result<Crr> {
     let elapsed = start.elapsed();
     stop.store(true, Ordering::SeqCst);
     // Wake the blocking accept from inside the server namespace.
-    let _ = t.server.enter(|| {
+    let _ = t.server.try_enter(|| {
         TcpStream::connect_timeout(
             &SocketAddr::from(([127, 0, 0, 1], CRR_PORT)),
             Duration::from_secs(1),
@@ -438,12 +387,12 @@ pub fn crr(t: &Topology, secs: f64, clients: usize) -> Result<Crr> {
 pub fn observed_source(t: &Topology) -> Result<Ipv4Addr> {
     let listener = t
         .server
-        .enter(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, CRR_PORT + 1)))??;
+        .try_enter(|| TcpListener::bind((Ipv4Addr::UNSPECIFIED, CRR_PORT + 1)))??;
     listener.set_nonblocking(true)?;
     let dst = SocketAddr::V4(SocketAddrV4::new(t.server_ip, CRR_PORT + 1));
     let _client = t
         .client
-        .enter(move || TcpStream::connect_timeout(&dst, Duration::from_secs(3)))??;
+        .try_enter(move || TcpStream::connect_timeout(&dst, Duration::from_secs(3)))??;
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline {
         match listener.accept() {
@@ -460,12 +409,14 @@ pub fn observed_source(t: &Topology) -> Result<Ipv4Addr> {
 
 #[cfg(test)]
 mod tests {
+    use router_common::csum::{checksum_be, l4_checksum_be};
+
     use super::*;
 
     #[test]
-    fn udp_packet_checksums_verify() {
+    fn udp_into_checksums_verify() {
         let mut b = [0u8; 64];
-        let n = udp_packet(
+        let n = udp_into(
             &mut b,
             Ipv4Addr::new(10, 1, 0, 100),
             Ipv4Addr::new(203, 0, 113, 2),
@@ -473,12 +424,10 @@ mod tests {
             20200,
         );
         assert_eq!(n, 46);
-        // Summing a header including its checksum gives 0xffff (folds to 0).
-        assert_eq!(csum_fold(csum_add(0, &b[..20])), 0);
-        let mut sum = csum_add(0, &b[12..20]);
-        sum += 17 + 26;
-        sum = csum_add(sum, &b[20..n]);
-        assert_eq!(csum_fold(sum), 0);
+        // A header or segment summed with its checksum in place folds to 0.
+        assert_eq!(checksum_be(&b[..20]), 0);
+        let (src, dst) = ([10, 1, 0, 100], [203, 0, 113, 2]);
+        assert_eq!(l4_checksum_be(src, dst, 17, &b[20..n]), 0);
     }
 
     #[test]

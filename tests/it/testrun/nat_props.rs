@@ -3,14 +3,11 @@
 //! quote length from 8 L4 bytes to the whole datagram) must come out byte-exact as the packet
 //! builder makes them from scratch (2000 cases per run).
 use proptest::prelude::*;
-use router_ctl::config::NatConfig;
 use tests::{
-    Bpffs, open_datapath,
+    Bpffs,
     packet::{ICMP, Ipv4, TCP, UDP, assert_checksums, frame, icmp, tcp, udp},
-    testrun_router,
+    testrun::{GW, snat_datapath},
 };
-
-const GW: [u8; 4] = [192, 0, 2, 10];
 
 #[derive(Debug, Clone)]
 struct Flow {
@@ -94,21 +91,15 @@ fn nat_port(f: &[u8]) -> u16 {
 #[test]
 fn random_flows_and_icmp_errors_translate_exactly() {
     let bpffs = Bpffs::new();
-    let dp = open_datapath(
-        &bpffs,
-        &NatConfig::default(),
-        &testrun_router(5, GW, &["10.1.0.0/16"]),
-    );
+    let dp = snat_datapath(&bpffs, 5, GW, "10.1.0.0/16");
     let run = |prog: &str, f: &[u8]| {
         let (rc, out) = dp.test_run(prog, f).expect("test run");
         assert_eq!(rc, 0, "{prog} verdict");
         out
     };
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 2000,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    });
+    let mut config = ProptestConfig::with_cases(2000);
+    config.failure_persistence = None;
+    let mut runner = proptest::test_runner::TestRunner::new(config);
     runner
         .run(
             &(flow(), prop_oneof![0usize..16, 0usize..400], any::<bool>()),

@@ -7,15 +7,6 @@ use router_ctl::{cli::plug, model::spec::names};
 use tests::{Netns, unique};
 
 /// Removes a namespace the helper created (by name) even if the test panics.
-struct NsByName(String);
-impl Drop for NsByName {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .status();
-    }
-}
-
 fn port(id: &str, net: &str, mac: [u8; 6], ip: Ipv4Addr) -> plug::SandboxPort {
     plug::SandboxPort {
         id: id.into(),
@@ -42,7 +33,7 @@ fn plug_two_namespaces_into_a_bridge_and_unplug() {
     // One VM namespace exists already, the other is created by the helper.
     let vm1 = Netns::new("cpv");
     let vm2_name = unique("cpw");
-    let _vm2_guard = NsByName(vm2_name.clone());
+    let _vm2_guard = Netns::adopt(&vm2_name);
 
     let p1 = port(
         &format!("{}-port-1", unique("a")),
@@ -120,20 +111,8 @@ fn plug_two_namespaces_into_a_bridge_and_unplug() {
         plug::unplug(&foreign).expect("unplug of a foreign tap is a no-op");
         plug::unplug("no-such-port-at-all").expect("unplug of nothing is a no-op");
     });
-    assert!(
-        !host
-            .try_run("ip", &["link", "show", &tap1])
-            .status
-            .success(),
-        "{tap1} removed"
-    );
-    assert!(
-        vm1.try_run("ip", &["link", "show", "eth0"])
-            .status
-            .success()
-            .eq(&false),
-        "the inner end went with the tap"
-    );
+    assert!(!host.has_link(&tap1), "{tap1} removed");
+    assert!(!vm1.has_link("eth0"), "the inner end went with the tap");
     host.ip(&["link", "show", &foreign_tap]);
 }
 
@@ -142,7 +121,7 @@ fn plug_without_the_bridge_changes_nothing() {
     let host = Netns::new("cpn");
     let net_id = format!("{}-missing", unique("m"));
     let vm_name = unique("cpx");
-    let _guard = NsByName(vm_name.clone());
+    let _guard = Netns::adopt(&vm_name);
     let p = port(
         &format!("{}-port", unique("d")),
         &net_id,

@@ -14,7 +14,9 @@ use serde_json::{Value, json};
 use tests::{
     Netns,
     daemon::{Daemon, DaemonOptions},
-    enter_named, plug_into_bridge, tc_filters, unique,
+    enter_named, tc_filters,
+    topo::{self, Internet},
+    unique,
 };
 
 const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -48,43 +50,16 @@ impl Topology {
     fn new(opts: DaemonOptions) -> Self {
         let host = Netns::new("fh");
         let d = Daemon::start_with(&host, opts);
-        let ext = d.cli_json(&["network", "create", "public", "--external"]);
-        let ext_id = s(&ext["id"]);
-        d.cli_ok(&[
-            "subnet",
-            "create",
-            "public-v4",
-            "--network",
-            "public",
-            "--cidr",
-            "203.0.113.0/24",
-            "--gateway",
-            "203.0.113.1",
-            "--allocation-pool",
-            "start=203.0.113.20,end=203.0.113.60",
-        ]);
-        let inet = Netns::new("fi");
-        plug_into_bridge(&host, &inet, &names::bridge(&ext_id), "203.0.113.1/24");
+        let inet = Internet::new(&host, &d, "fi", 60).ns;
         // Gratuitous ARPs create neighbour entries here, so the test can see them.
         inet.run("sysctl", &["-qw", "net.ipv4.conf.eth0.arp_accept=1"]);
 
-        d.cli_ok(&["network", "create", "tenant"]);
-        d.cli_ok(&[
-            "subnet",
-            "create",
-            "tenant-v4",
-            "--network",
-            "tenant",
-            "--cidr",
-            "10.40.0.0/24",
-        ]);
+        topo::tenant_network(&d, "tenant", "10.40.0.0/24");
         let router = d.cli_json(&["router", "create", "r1"]);
         let router_id = s(&router["id"]);
         d.cli_ok(&["router", "interface", "add", "r1", "tenant-v4"]);
-        let r = d.cli_json(&["gateway", "set", "r1", "public"]);
-        let gw_ip: Ipv4Addr = s(&r["external_gateway_info"]["external_fixed_ips"][0]["ip_address"])
-            .parse()
-            .expect("gateway IP");
+        let (_, gw_ip) = topo::set_gateway(&d, "r1");
+        let gw_ip: Ipv4Addr = gw_ip.parse().expect("gateway IP");
         let (_, ports) = d.get(&format!("/v2.0/ports?device_id={router_id}"));
         let gw_mac = ports["ports"]
             .as_array()
@@ -95,21 +70,8 @@ impl Topology {
             .unwrap_or_else(|| panic!("no gateway port in {ports}"));
 
         let plug = |name: &str| {
-            let vm = Netns { name: unique("fv") };
-            let port = d.cli_json(&[
-                "port",
-                "create",
-                "--network",
-                "tenant",
-                "--netns",
-                &vm.name,
-                "--name",
-                name,
-            ]);
-            let ip: Ipv4Addr = s(&port["fixed_ips"][0]["ip_address"])
-                .parse()
-                .expect("port IP");
-            (vm, s(&port["id"]), ip)
+            let (vm, port, ip) = topo::vm(&d, "tenant", "fv", &["--name", name]);
+            (vm, s(&port["id"]), ip.parse::<Ipv4Addr>().expect("port IP"))
         };
         let (vm1, vm1_port, vm1_ip) = plug("vm1");
         let (vm2, vm2_port, vm2_ip) = plug("vm2");
@@ -134,6 +96,32 @@ impl Topology {
     }
 
     /// `router-ctl sessions r1`, as JSON.
+    /// TCP from the internet to `to`, accepted by `vm` on `port`, which sees the internet's
+    /// own address; returns the VM's listener (still listening) and the internet's end.
+    fn tcp_in(
+        &self,
+        vm: &Netns,
+        port: u16,
+        to: SocketAddr,
+        what: &str,
+    ) -> (TcpListener, TcpStream) {
+        let l = listen(vm, port);
+        let c = connect(&self.inet, to).unwrap_or_else(|| panic!("{what}\n{}", self.d.log()));
+        let from = (INTERNET, c.local_addr().expect("local").port()).into();
+        assert_eq!(accepted(&l), Some(from), "{what}");
+        (l, c)
+    }
+
+    /// UDP from the internet to `to`, answered by `vm` on `port`: the VM sees the internet's
+    /// own address, the answer comes back from `to`.
+    fn udp_in(&self, vm: &Netns, port: u16, to: SocketAddr, what: &str) {
+        let u = vm.enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).expect("bind"));
+        let (seen, answer) =
+            udp_exchange(&self.inet, &u, to).unwrap_or_else(|| panic!("{what}\n{}", self.d.log()));
+        assert_eq!(seen.ip(), std::net::IpAddr::V4(INTERNET), "{what}");
+        assert_eq!(answer, to, "{what}");
+    }
+
     fn sessions(&self) -> Vec<Value> {
         self.d
             .cli_json(&["sessions", "r1"])
@@ -322,20 +310,8 @@ fn floating_ip_translates_both_ways_hairpins_and_disassociates() {
     );
 
     // Inbound TCP, UDP: the VM sees the real remote, the remote sees the floating IP.
-    let l1 = listen(&t.vm1, 8080);
-    let stream = connect(&t.inet, (f1_ip, 8080).into())
-        .unwrap_or_else(|| panic!("TCP to the floating IP\n{}", d.log()));
-    assert_eq!(
-        accepted(&l1),
-        Some((INTERNET, stream.local_addr().expect("local").port()).into())
-    );
-    let u1 = t
-        .vm1
-        .enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 9000)).expect("bind"));
-    let (seen, answer) = udp_exchange(&t.inet, &u1, (f1_ip, 9000).into())
-        .unwrap_or_else(|| panic!("UDP to the floating IP\n{}", d.log()));
-    assert_eq!(seen.ip(), std::net::IpAddr::V4(INTERNET));
-    assert_eq!(answer, SocketAddr::from((f1_ip, 9000)));
+    let (l1, _stream) = t.tcp_in(&t.vm1, 8080, (f1_ip, 8080).into(), "TCP to the floating IP");
+    t.udp_in(&t.vm1, 9000, (f1_ip, 9000).into(), "UDP to the floating IP");
 
     // Outbound: VM1 leaves as its floating IP (ports kept), VM2 as the gateway IP.
     let srv = listen(&t.inet, 8081);
@@ -482,13 +458,7 @@ fn floating_ip_translates_both_ways_hairpins_and_disassociates() {
     t.assert_hairpin_hook(false);
     let qr_tap = t.qr_tap();
     d.cli_ok(&["router", "interface", "remove", "r1", "tenant-v4"]);
-    assert!(
-        !t.host
-            .try_run("ip", &["link", "show", &qr_tap])
-            .status
-            .success(),
-        "{qr_tap} left behind"
-    );
+    assert!(!t.host.has_link(&qr_tap), "{qr_tap} left behind");
     let _ = (&t.host, &t.vm2_ip);
 }
 
@@ -549,22 +519,10 @@ fn port_forwarding_tcp_and_udp_to_two_internal_ports() {
     assert_eq!(f["status"], "ACTIVE");
 
     // TCP 2222 → VM1:22; the external host sees fip:2222 answering.
-    let l = listen(&t.vm1, 22);
-    let c = connect(&t.inet, (fip, 2222).into())
-        .unwrap_or_else(|| panic!("TCP to the forwarded port\n{}", d.log()));
-    assert_eq!(
-        accepted(&l),
-        Some((INTERNET, c.local_addr().expect("local").port()).into())
-    );
+    let (l, c) = t.tcp_in(&t.vm1, 22, (fip, 2222).into(), "TCP to the forwarded port");
     assert_eq!(c.peer_addr().expect("peer"), SocketAddr::from((fip, 2222)));
     // UDP 5353 → VM2:53; the answer comes from fip:5353.
-    let u = t
-        .vm2
-        .enter(|| UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 53)).expect("bind"));
-    let (seen, answer) = udp_exchange(&t.inet, &u, (fip, 5353).into())
-        .unwrap_or_else(|| panic!("UDP to the forwarded port\n{}", d.log()));
-    assert_eq!(seen.ip(), std::net::IpAddr::V4(INTERNET));
-    assert_eq!(answer, SocketAddr::from((fip, 5353)));
+    t.udp_in(&t.vm2, 53, (fip, 5353).into(), "UDP to the forwarded port");
     // Other ports of the FIP are not forwarded.
     let l_other = listen(&t.vm1, 2222);
     assert!(connect(&t.inet, (fip, 2222 + 1).into()).is_none());

@@ -9,28 +9,23 @@
 use std::{net::Ipv4Addr, sync::Arc};
 
 use router_ctl::{
-    config::NatConfig,
     datapath::Datapath,
     model::spec::{FloatingIpSpec, PortForwardingSpec},
 };
 use tests::{
-    Bpffs, open_datapath,
+    Bpffs,
     packet::{self, ACK, Ipv4, SYN, TCP, UDP, echo_frame, frame, tcp_frame, udp, udp_frame},
-    testrun_router,
+    testrun::{GW, OK, SHOT, SRV, hex, run, snat_datapath},
 };
 
-const GW: [u8; 4] = [192, 0, 2, 10];
 const FIP1: [u8; 4] = [192, 0, 2, 51];
 const FIP2: [u8; 4] = [192, 0, 2, 52];
 const VM1: [u8; 4] = [10, 0, 0, 5];
 const VM2: [u8; 4] = [10, 0, 0, 6];
 const VM3: [u8; 4] = [10, 0, 0, 7];
 const ROUTER_QR: [u8; 4] = [10, 0, 0, 1];
-const SRV: [u8; 4] = [203, 0, 113, 9];
 const META: [u8; 4] = [169, 254, 169, 254];
 const DP_ID: u32 = 9;
-const OK: u32 = 0;
-const SHOT: u32 = 2;
 
 struct Fixture {
     dp: Arc<Datapath>,
@@ -40,11 +35,7 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let dir = Bpffs::new();
-        let dp = open_datapath(
-            &dir,
-            &NatConfig::default(),
-            &testrun_router(DP_ID, GW, &["10.0.0.0/24"]),
-        );
+        let dp = snat_datapath(&dir, DP_ID, GW, "10.0.0.0/24");
         dp.configure_internal(DP_ID, &[1], Some(GW.into()))
             .expect("configure internal");
         Self { dp, _dir: dir }
@@ -64,9 +55,7 @@ impl Fixture {
     }
 
     fn run(&self, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
-        self.dp
-            .test_run(prog, input)
-            .unwrap_or_else(|e| panic!("test run of {prog}: {e:#}"))
+        run(&self.dp, prog, input)
     }
 
     /// Runs `prog` expecting TC_ACT_OK and `want` (checksums verified independently).
@@ -98,13 +87,6 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = self.dp.purge();
     }
-}
-
-fn hex(f: &[u8]) -> String {
-    f.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn pf(proto: u8, fip: [u8; 4], ext: u16, int: [u8; 4], port: u16) -> PortForwardingSpec {

@@ -2,44 +2,13 @@
 //! `admin_token` auth, the daemon as endpoint; installed into the venv under `target/` that
 //! `neutronclient.rs` also uses), from inside the daemon's host namespace.
 
-use tests::{
-    Netns,
-    daemon::Daemon,
-    openstack::{openstack, venv},
-};
+use tests::openstack::{Cloud, networks};
 
 #[test]
 fn openstack_cli_floating_ips_and_port_forwardings() {
-    let host = Netns::new("aposf");
-    let d = Daemon::start(&host);
-    let venv = venv();
-    let os = |args: &[&str]| openstack(&host, &d, &venv, args);
-    let ext = os(&["network", "create", "--external", "pub", "-f", "json"]);
-    os(&[
-        "subnet",
-        "create",
-        "--network",
-        "pub",
-        "--subnet-range",
-        "198.51.100.0/24",
-        "--allocation-pool",
-        "start=198.51.100.10,end=198.51.100.20",
-        "pubsub",
-        "-f",
-        "json",
-    ]);
-    os(&["network", "create", "priv", "-f", "json"]);
-    os(&[
-        "subnet",
-        "create",
-        "--network",
-        "priv",
-        "--subnet-range",
-        "10.13.0.0/24",
-        "privsub",
-        "-f",
-        "json",
-    ]);
+    let cloud = Cloud::start("aposf");
+    let os = |args: &[&str]| cloud.os(args);
+    let (ext, _) = networks(os, "10.13.0.0/24");
     let r = os(&["router", "create", "r1", "-f", "json"]);
     os(&["router", "add", "subnet", "r1", "privsub"]);
     os(&["router", "set", "--external-gateway", "pub", "r1"]);

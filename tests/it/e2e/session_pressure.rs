@@ -13,30 +13,18 @@ use router_common::{
     DIR_IN, IPPROTO_UDP, MAX_SESSIONS, SESSION_SNAT, SessionKey, SessionValue, ip_to_wire,
     port_to_wire,
 };
-use router_ctl::{
-    config::NatConfig,
-    datapath::{Datapath, sessions},
-};
+use router_ctl::datapath::{Datapath, sessions};
 use tests::{
     Bpffs, Netns,
     daemon::{Daemon, DaemonOptions},
-    open_datapath,
     packet::{ACK, SYN, tcp_frame, udp_frame},
-    pinned_map, pinned_sessions, testrun_router,
+    pinned_map, pinned_sessions,
+    testrun::{GW, OK, SHOT, SRV, run, snat_datapath},
 };
 
-const GW: [u8; 4] = [192, 0, 2, 10];
 const VM: [u8; 4] = [10, 0, 0, 5];
 const FLOODER: [u8; 4] = [10, 0, 0, 66];
-const SRV: [u8; 4] = [203, 0, 113, 9];
 const DP_ID: u32 = 7;
-const OK: u32 = 0;
-const SHOT: u32 = 2;
-
-fn run(dp: &Datapath, prog: &str, frame: &[u8]) -> (u32, Vec<u8>) {
-    dp.test_run(prog, frame)
-        .unwrap_or_else(|e| panic!("test run of {prog}: {e:#}"))
-}
 
 /// Runs `frame` through `prog` and checks it comes out as `want`.
 fn translated(dp: &Datapath, prog: &str, frame: &[u8], want: &[u8], what: &str) {
@@ -86,11 +74,7 @@ fn flood_entry(i: u32, t0: u64) -> (SessionKey, SessionValue) {
 #[test]
 fn a_full_table_drops_new_flows_keeps_answered_ones_and_the_gc_makes_room() {
     let dir = Bpffs::new();
-    let dp = open_datapath(
-        &dir,
-        &NatConfig::default(),
-        &testrun_router(DP_ID, GW, &["10.0.0.0/24"]),
-    );
+    let dp = snat_datapath(&dir, DP_ID, GW, "10.0.0.0/24");
 
     // An answered UDP exchange and an established TCP connection.
     run(&dp, "snat_out", &udp_frame(VM, 40000, SRV, 53));

@@ -17,18 +17,15 @@ use tests::{
         self, ACK, ICMP, Ipv4, RST, SYN, TCP, UDP, echo, echo_frame, frame, icmp, tcp, tcp_frame,
         udp, udp_frame,
     },
+    testrun::{GW, OK, SHOT, SRV, hex, run},
     testrun_router,
 };
 
-const GW: [u8; 4] = [192, 0, 2, 10];
 const VM1: [u8; 4] = [10, 0, 0, 5];
 const VM2: [u8; 4] = [10, 0, 0, 6];
 const VM3: [u8; 4] = [10, 0, 1, 7];
-const SRV: [u8; 4] = [203, 0, 113, 9];
 const HOP: [u8; 4] = [198, 51, 100, 1];
 const DP_ID: u32 = 7;
-const OK: u32 = 0;
-const SHOT: u32 = 2;
 
 struct Fixture {
     dp: Arc<Datapath>,
@@ -51,9 +48,7 @@ impl Fixture {
     }
 
     fn run(&self, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
-        self.dp
-            .test_run(prog, input)
-            .unwrap_or_else(|e| panic!("test run of {prog}: {e:#}"))
+        run(&self.dp, prog, input)
     }
 
     /// Runs `snat_out`, expecting TC_ACT_OK, and returns the frame.
@@ -98,13 +93,6 @@ impl Drop for Fixture {
 fn sport(f: &[u8]) -> u16 {
     let hlen = ((f[14] & 0x0f) as usize) * 4;
     u16::from_be_bytes([f[14 + hlen], f[15 + hlen]])
-}
-
-fn hex(f: &[u8]) -> String {
-    f.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn assert_frame(got: &[u8], want: &[u8], what: &str) {

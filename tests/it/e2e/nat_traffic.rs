@@ -45,6 +45,29 @@ struct Topology {
     tap: String,
 }
 
+impl Topology {
+    /// A datapath pinned in `bpffs`, attached to the gateway tap, with router `dp_id`
+    /// (10.0.0.0/24 SNATed to the gateway address) on it.
+    fn attached(&self, bpffs: &Bpffs, dp_id: u32) -> std::sync::Arc<Datapath> {
+        let dp = Datapath::open(bpffs.path(), &NatConfig::default()).expect("open");
+        let ifindex = self.host.enter(|| dp.attach(&self.tap)).expect("attach");
+        dp.configure_router(&gw_router(dp_id, ifindex, &["10.0.0.0/24"]))
+            .expect("configure");
+        dp
+    }
+}
+
+/// Router `dp_id` on the gateway tap `ifindex`, SNATing `cidrs` to the gateway address.
+fn gw_router(dp_id: u32, ifindex: u32, cidrs: &[&str]) -> RouterNat {
+    RouterNat {
+        dp_id,
+        ifindex,
+        gateway_ip: GW.parse().unwrap(),
+        enable_snat: true,
+        internal_cidrs: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+    }
+}
+
 fn forwarding(ns: &Netns) {
     ns.enter(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable ip_forward"));
 }
@@ -288,16 +311,11 @@ fn snat_end_to_end() {
         ifindex
     );
     assert_eq!(filters(&t.host, &t.tap), (1, 1), "one filter per hook");
-    dp.configure_router(&RouterNat {
-        dp_id: 11,
+    dp.configure_router(&gw_router(
+        11,
         ifindex,
-        gateway_ip: GW.parse().unwrap(),
-        enable_snat: true,
-        internal_cidrs: ["10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24"]
-            .iter()
-            .map(|c| c.parse().unwrap())
-            .collect(),
-    })
+        &["10.0.0.0/24", "10.0.1.0/24", "10.0.2.0/24"],
+    ))
     .expect("configure router");
 
     let udp_srv = UdpServer::start(&t.srv, SocketAddr::from((SRV, 5353)));
@@ -467,16 +485,7 @@ fn prog_ids(ns: &Netns, dev: &str) -> (Vec<u64>, Vec<u64>) {
 fn state_survives_a_datapath_restart() {
     let t = build();
     let bpffs = Bpffs::new();
-    let nat = RouterNat {
-        dp_id: 12,
-        ifindex: 0,
-        gateway_ip: GW.parse().unwrap(),
-        enable_snat: true,
-        internal_cidrs: ["10.0.0.0/24", "10.0.2.0/24"]
-            .iter()
-            .map(|c| c.parse().unwrap())
-            .collect(),
-    };
+    let nat = gw_router(12, 0, &["10.0.0.0/24", "10.0.2.0/24"]);
     let dp = Datapath::open(bpffs.path(), &NatConfig::default()).expect("open");
     let ifindex = t.host.enter(|| dp.attach(&t.tap)).expect("attach");
     dp.configure_router(&RouterNat {
@@ -554,13 +563,7 @@ fn legacy_tcx_links_are_taken_over() {
 
     let t = build();
     let bpffs_dir = Bpffs::new();
-    let nat = RouterNat {
-        dp_id: 15,
-        ifindex: t.host.ifindex(&t.tap),
-        gateway_ip: GW.parse().unwrap(),
-        enable_snat: true,
-        internal_cidrs: vec!["10.0.0.0/24".parse().unwrap()],
-    };
+    let nat = gw_router(15, t.host.ifindex(&t.tap), &["10.0.0.0/24"]);
     let dp = Datapath::open(bpffs_dir.path(), &NatConfig::default()).expect("open");
     dp.configure_router(&nat).expect("configure");
     drop(dp);
@@ -670,16 +673,7 @@ fn bulk_tcp_both_ways() {
     let pattern = |i: usize| (i.wrapping_mul(31) >> 3) as u8;
     let t = build();
     let bpffs = Bpffs::new();
-    let dp = Datapath::open(bpffs.path(), &NatConfig::default()).expect("open");
-    let ifindex = t.host.enter(|| dp.attach(&t.tap)).expect("attach");
-    dp.configure_router(&RouterNat {
-        dp_id: 13,
-        ifindex,
-        gateway_ip: GW.parse().unwrap(),
-        enable_snat: true,
-        internal_cidrs: vec!["10.0.0.0/24".parse().unwrap()],
-    })
-    .expect("configure");
+    let dp = t.attached(&bpffs, 13);
     let addr = SocketAddr::from((SRV, 9000));
     let l = t.srv.enter(|| TcpListener::bind(addr).expect("bind"));
     let server = std::thread::spawn(move || {
@@ -725,16 +719,7 @@ fn path_mtu_discovery_through_the_router() {
     t.hop.ip(&["link", "set", "hs", "mtu", "1400"]);
     t.srv.ip(&["link", "set", "eth0", "mtu", "1400"]);
     let bpffs = Bpffs::new();
-    let dp = Datapath::open(bpffs.path(), &NatConfig::default()).expect("open");
-    let ifindex = t.host.enter(|| dp.attach(&t.tap)).expect("attach");
-    dp.configure_router(&RouterNat {
-        dp_id: 14,
-        ifindex,
-        gateway_ip: GW.parse().unwrap(),
-        enable_snat: true,
-        internal_cidrs: vec!["10.0.0.0/24".parse().unwrap()],
-    })
-    .expect("configure");
+    let dp = t.attached(&bpffs, 14);
     let srv = UdpServer::start(&t.srv, SocketAddr::from((SRV, 5353)));
     let sock = t
         .vm1

@@ -13,7 +13,7 @@ use std::path::Path;
 use tests::{
     Netns,
     daemon::Daemon,
-    openstack::{openstack, venv},
+    openstack::{Cloud, networks, venv},
 };
 
 #[test]
@@ -23,7 +23,7 @@ fn python_neutronclient_drives_the_daemon() {
     let venv = venv();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("neutronclient_check.py");
     let out = host
-        .cmd(&venv.join("bin/python").display().to_string())
+        .cmd(venv.join("bin/python"))
         .arg(&script)
         .arg(d.url())
         .arg(d.admin_token())
@@ -42,37 +42,10 @@ fn python_neutronclient_drives_the_daemon() {
 
 #[test]
 fn openstack_cli_sets_and_clears_the_gateway() {
-    let host = Netns::new("apios");
-    let d = Daemon::start(&host);
-    let venv = venv();
-    let os = |args: &[&str]| openstack(&host, &d, &venv, args);
-    let ext = os(&["network", "create", "--external", "pub", "-f", "json"]);
+    let cloud = Cloud::start("apios");
+    let os = |args: &[&str]| cloud.os(args);
+    let (ext, ext_sub) = networks(os, "10.12.0.0/24");
     assert_eq!(ext["router:external"], true, "{ext}");
-    let ext_sub = os(&[
-        "subnet",
-        "create",
-        "--network",
-        "pub",
-        "--subnet-range",
-        "198.51.100.0/24",
-        "--allocation-pool",
-        "start=198.51.100.10,end=198.51.100.20",
-        "pubsub",
-        "-f",
-        "json",
-    ]);
-    os(&["network", "create", "priv", "-f", "json"]);
-    os(&[
-        "subnet",
-        "create",
-        "--network",
-        "priv",
-        "--subnet-range",
-        "10.12.0.0/24",
-        "privsub",
-        "-f",
-        "json",
-    ]);
     os(&["router", "create", "r1", "-f", "json"]);
     os(&["router", "add", "subnet", "r1", "privsub"]);
     os(&[

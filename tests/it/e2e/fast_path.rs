@@ -19,19 +19,14 @@ use serde_json::Value;
 use tests::{
     Netns,
     daemon::{Daemon, DaemonOptions},
-    plug_into_bridge, tc_filters_in, unique,
+    tc_filters_in,
+    topo::{self, Internet, id},
+    unique,
 };
 
 const SERVER: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const PORT: u16 = 8080;
 const FAST_FWD: &str = "fast_fwd";
-
-fn id(v: &Value) -> String {
-    v["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id in {v}"))
-        .to_string()
-}
 
 /// Router `r1` with interfaces on tenant subnets 10.40.0.0/24 (VM `vm`) and 10.41.0.0/24
 /// (VM `vm2`), its gateway on the external network with the server behind the bridge.
@@ -59,54 +54,17 @@ impl Topology {
                 admin_token: None,
             },
         );
-        let ext = d.cli_json(&["network", "create", "public", "--external"]);
-        d.cli_ok(&[
-            "subnet",
-            "create",
-            "public-v4",
-            "--network",
-            "public",
-            "--cidr",
-            "203.0.113.0/24",
-            "--gateway",
-            "203.0.113.1",
-            "--allocation-pool",
-            "start=203.0.113.20,end=203.0.113.40",
-        ]);
-        let server = Netns::new("fps");
-        plug_into_bridge(&host, &server, &names::bridge(&id(&ext)), "203.0.113.1/24");
+        let server = Internet::new(&host, &d, "fps", 40).ns;
         let router = d.cli_json(&["router", "create", "r1"]);
         let router_id = id(&router);
         let mut vms = Vec::new();
         for (net, cidr) in [("tenant", "10.40.0.0/24"), ("tenant2", "10.41.0.0/24")] {
-            d.cli_ok(&["network", "create", net]);
-            let subnet = format!("{net}-v4");
-            d.cli_ok(&[
-                "subnet",
-                "create",
-                &subnet,
-                "--network",
-                net,
-                "--cidr",
-                cidr,
-            ]);
+            let subnet = topo::tenant_network(&d, net, cidr);
             d.cli_ok(&["router", "interface", "add", "r1", &subnet]);
-            // Removed on drop by name, whoever created it (here: the CLI).
-            let vm = Netns {
-                name: unique("fpv"),
-            };
-            let port = d.cli_json(&["port", "create", "--network", net, "--netns", &vm.name]);
-            let ip = port["fixed_ips"][0]["ip_address"]
-                .as_str()
-                .expect("port IP")
-                .to_string();
+            let (vm, _, ip) = topo::vm(&d, net, "fpv", &[]);
             vms.push((vm, ip));
         }
-        let r = d.cli_json(&["gateway", "set", "r1", "public"]);
-        let gw_ip = r["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no gateway IP in {r}"))
-            .to_string();
+        let (_, gw_ip) = topo::set_gateway(&d, "r1");
         let (vm2, vm2_ip) = vms.pop().expect("vm2");
         let (vm, vm_ip) = vms.pop().expect("vm");
         Self {

@@ -3,23 +3,19 @@
 //! router, the internet sees the gateway IP (SNAT), and `gateway clear` stops it.
 use std::{
     io::ErrorKind,
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     time::Duration,
 };
 
 use router_ctl::model::spec::names;
 use serde_json::Value;
-use tests::{Netns, daemon::Daemon, plug_into_bridge, unique};
+use tests::{
+    Netns,
+    daemon::Daemon,
+    topo::{self, INTERNET_IP as INTERNET, Internet, id},
+};
 
-const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const PORT: u16 = 8080;
-
-fn id(v: &Value) -> String {
-    v["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id in {v}"))
-        .to_string()
-}
 
 /// Connects from inside `vm` to the internet server; returns whether the handshake completed.
 fn connect_from(vm: &Netns) -> bool {
@@ -59,58 +55,19 @@ impl Topology {
     fn new() -> Self {
         let host = Netns::new("ceh");
         let d = Daemon::start(&host);
-        let ext = d.cli_json(&["network", "create", "public", "--external"]);
-        let ext_id = id(&ext);
-        d.cli_ok(&[
-            "subnet",
-            "create",
-            "public-v4",
-            "--network",
-            "public",
-            "--cidr",
-            "203.0.113.0/24",
-            "--gateway",
-            "203.0.113.1",
-            "--allocation-pool",
-            "start=203.0.113.20,end=203.0.113.40",
-        ]);
-        let inet = Netns::new("cei");
-        plug_into_bridge(&host, &inet, &names::bridge(&ext_id), "203.0.113.1/24");
+        let Internet {
+            ns: inet,
+            network_id: ext_id,
+        } = Internet::new(&host, &d, "cei", 40);
         let listener = inet.enter(|| TcpListener::bind((INTERNET, PORT)).expect("bind the server"));
         listener.set_nonblocking(true).expect("nonblocking");
 
-        d.cli_ok(&["network", "create", "tenant"]);
-        d.cli_ok(&[
-            "subnet",
-            "create",
-            "tenant-v4",
-            "--network",
-            "tenant",
-            "--cidr",
-            "10.30.0.0/24",
-        ]);
+        topo::tenant_network(&d, "tenant", "10.30.0.0/24");
         let router = d.cli_json(&["router", "create", "r1"]);
         let router_id = id(&router);
         let iface = d.cli_json(&["router", "interface", "add", "r1", "tenant-v4"]);
         assert_eq!(iface["id"], router["id"], "{iface}");
-        // Removed on drop by name, whoever created it (here: the CLI).
-        let vm = Netns {
-            name: unique("cev"),
-        };
-        let port = d.cli_json(&[
-            "port",
-            "create",
-            "--network",
-            "tenant",
-            "--netns",
-            &vm.name,
-            "--name",
-            "vm",
-        ]);
-        let vm_ip = port["fixed_ips"][0]["ip_address"]
-            .as_str()
-            .expect("port IP")
-            .to_string();
+        let (vm, port, vm_ip) = topo::vm(&d, "tenant", "cev", &["--name", "vm"]);
         assert_eq!(port["device_owner"], "compute:sandbox", "{port}");
         Self {
             vm,
@@ -123,6 +80,14 @@ impl Topology {
             d,
             host,
         }
+    }
+
+    /// Connects from the VM to the internet (failing with `what` and the daemon's log when it
+    /// cannot); returns the source address the internet saw.
+    fn source_seen(&self, what: &str) -> String {
+        assert!(connect_from(&self.vm), "{what}\n{}", self.d.log());
+        let seen = accepted(&self.listener).expect("the server accepted the VM's connection");
+        seen.ip().to_string()
     }
 
     /// `gateway set r1 public`; returns the gateway IP.
@@ -153,18 +118,8 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
     assert!(table.contains(&gw) && table.contains("r1"), "{table}");
 
     // Real traffic: the internet sees the gateway IP, never the VM's.
-    assert!(
-        connect_from(vm),
-        "the VM cannot reach the internet after gateway set\n{}",
-        d.log()
-    );
-    let seen = accepted(&t.listener).expect("the server accepted the VM's connection");
-    assert_eq!(
-        seen.ip().to_string(),
-        gw,
-        "SNAT to the gateway IP (VM is {})",
-        t.vm_ip
-    );
+    let seen = t.source_seen("the VM cannot reach the internet after gateway set");
+    assert_eq!(seen, gw, "SNAT to the gateway IP (VM is {})", t.vm_ip);
     let ping = vm.try_run("ping", &["-c", "2", "-i", "0.2", "-W", "2", "203.0.113.1"]);
     assert!(ping.status.success(), "ping through the router failed");
 
@@ -219,17 +174,8 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
     );
     t.inet
         .ip(&["route", "add", "10.30.0.0/24", "via", "203.0.113.33"]);
-    assert!(
-        connect_from(vm),
-        "no route through the router without SNAT\n{}",
-        d.log()
-    );
-    let seen = accepted(&t.listener).expect("the server accepted the VM's connection");
-    assert_eq!(
-        seen.ip().to_string(),
-        t.vm_ip,
-        "no SNAT with --disable-snat"
-    );
+    let seen = t.source_seen("no route through the router without SNAT");
+    assert_eq!(seen, t.vm_ip, "no SNAT with --disable-snat");
     d.cli_ok(&["gateway", "clear", "r1"]);
     assert!(
         !connect_from(vm),
@@ -242,10 +188,7 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
     t.host.ip(&["link", "show", &tap]);
     d.cli_ok(&["port", "delete", &port_id]);
     assert!(
-        !t.host
-            .try_run("ip", &["link", "show", &tap])
-            .status
-            .success(),
+        !t.host.has_link(&tap),
         "{tap} still exists after port delete"
     );
 

@@ -1,0 +1,42 @@
+//! The privileged integration tests as one binary. Each tier is a module, so a tier is a
+//! test-name filter: `cargo xtask test testrun::` runs only the BPF TestRun tier.
+
+/// BPF TestRun: exact packet in, exact packet out, through the real object.
+mod testrun {
+    mod fast;
+    mod fip;
+    mod nat;
+    mod nat_props;
+    mod portfill;
+    mod session_table;
+}
+
+/// Real traffic through namespaces, the daemon and its CLI.
+mod e2e {
+    mod cli;
+    mod cli_plug;
+    mod fast_path;
+    mod fip;
+    mod nat_traffic;
+    mod neutronclient;
+    mod openstack_fip;
+    mod session_pressure;
+    mod smoke;
+}
+
+/// The Neutron REST API of a running daemon.
+mod api {
+    mod contract;
+    mod daemon;
+    mod floatingips;
+    mod restart;
+}
+
+/// The realiser driven directly, in a throwaway host namespace.
+mod realise {
+    mod net;
+    mod no_leak;
+    mod router;
+    mod scale;
+    mod snat;
+}

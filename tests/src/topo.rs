@@ -1,0 +1,101 @@
+//! The usual topologies of the end-to-end tests, built through a daemon's CLI as an operator
+//! would: "an external network with an internet namespace behind it" and "a VM on a tenant
+//! network". The addresses are the documentation ranges the README and the demo use.
+
+use serde_json::Value;
+
+use crate::{Netns, daemon::Daemon, unique};
+
+/// The internet's address on the external network (also the subnet's gateway).
+pub const INTERNET_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 1);
+
+/// The `id` of an API object, panicking when there is none.
+#[track_caller]
+pub fn id(v: &Value) -> String {
+    str_at(v, "/id")
+}
+
+/// The string at JSON `pointer` of `v`, panicking when there is none.
+#[track_caller]
+pub fn str_at(v: &Value, pointer: &str) -> String {
+    v.pointer(pointer)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("no {pointer} in {v}"))
+        .to_string()
+}
+
+/// The external network `public` (subnet `public-v4`, 203.0.113.0/24, gateway 203.0.113.1,
+/// router gateways and floating IPs from 203.0.113.20 to `.pool_end`) with an "internet"
+/// namespace (`ns_prefix`) holding 203.0.113.1/24 plugged into the network's bridge.
+pub struct Internet {
+    pub ns: Netns,
+    /// The external network's id.
+    pub network_id: String,
+}
+
+impl Internet {
+    pub fn new(host: &Netns, d: &Daemon, ns_prefix: &str, pool_end: u8) -> Self {
+        let ext = d.cli_json(&["network", "create", "public", "--external"]);
+        let network_id = id(&ext);
+        d.cli_ok(&[
+            "subnet",
+            "create",
+            "public-v4",
+            "--network",
+            "public",
+            "--cidr",
+            "203.0.113.0/24",
+            "--gateway",
+            "203.0.113.1",
+            "--allocation-pool",
+            &format!("start=203.0.113.20,end=203.0.113.{pool_end}"),
+        ]);
+        let ns = Netns::new(ns_prefix);
+        crate::plug_into_bridge(host, &ns, &bridge(&network_id), "203.0.113.1/24");
+        Self { ns, network_id }
+    }
+}
+
+/// The bridge of network `id` in the daemon's namespace.
+fn bridge(id: &str) -> String {
+    router_ctl::model::spec::names::bridge(id)
+}
+
+/// A tenant network `name` with subnet `<name>-v4` on `cidr`; returns the subnet's name.
+pub fn tenant_network(d: &Daemon, name: &str, cidr: &str) -> String {
+    d.cli_ok(&["network", "create", name]);
+    let subnet = format!("{name}-v4");
+    d.cli_ok(&[
+        "subnet",
+        "create",
+        &subnet,
+        "--network",
+        name,
+        "--cidr",
+        cidr,
+    ]);
+    subnet
+}
+
+/// A VM: a namespace (`ns_prefix`) plugged into network `net` by `router-ctl port create
+/// --netns` with `extra` arguments; returns it with the port and the port's address.
+pub fn vm(d: &Daemon, net: &str, ns_prefix: &str, extra: &[&str]) -> (Netns, Value, String) {
+    // Made by the CLI.
+    let vm = Netns::adopt(&unique(ns_prefix));
+    let port = d.cli_json(
+        &[
+            &["port", "create", "--network", net, "--netns", &vm.name][..],
+            extra,
+        ]
+        .concat(),
+    );
+    let ip = str_at(&port, "/fixed_ips/0/ip_address");
+    (vm, port, ip)
+}
+
+/// `gateway set <router> public`; returns the router and its gateway address.
+pub fn set_gateway(d: &Daemon, router: &str) -> (Value, String) {
+    let r = d.cli_json(&["gateway", "set", router, "public"]);
+    let ip = str_at(&r, "/external_gateway_info/external_fixed_ips/0/ip_address");
+    (r, ip)
+}
