@@ -99,8 +99,11 @@ struct Snapshot {
     global: BTreeMap<String, u64>,
 }
 
+/// A per-router counter's extra label (`direction`, `reason`), if it has one.
+type Extra = Option<(&'static str, String)>;
+
 /// Where a per-router counter goes: metric name (without the prefix) and its extra label.
-fn family_of(counter: &str) -> (String, Option<(&'static str, String)>) {
+fn family_of(counter: &str) -> (String, Extra) {
     match counter {
         "out_packets" => ("router_packets".into(), Some(("direction", "out".into()))),
         "in_packets" => ("router_packets".into(), Some(("direction", "in".into()))),
@@ -140,8 +143,7 @@ impl Collector for DatapathCollector {
         let snap = self.snapshot();
 
         // Per-router counters, grouped by family: (family → [(router, extra label, value)]).
-        let mut families: BTreeMap<String, Vec<(&str, Option<(&'static str, String)>, u64)>> =
-            BTreeMap::new();
+        let mut families: BTreeMap<String, Vec<(&str, Extra, u64)>> = BTreeMap::new();
         for r in &snap.routers {
             for (name, v) in &r.counters {
                 let (family, extra) = family_of(name);
