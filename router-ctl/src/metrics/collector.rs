@@ -120,19 +120,19 @@ fn family_of(counter: &str) -> (String, Extra) {
 fn help_of(family: &str) -> String {
     match family {
         "router_packets" => {
-            "Packets translated by the router's NAT, by direction (out: SNAT, in: reverse)".into()
+            "Packets translated by the router's NAT, by direction (out: SNAT, in: reverse).".into()
         }
         "router_bytes" => {
-            "Bytes of the packets translated by the router's NAT, by direction".into()
+            "Bytes of the packets translated by the router's NAT, by direction.".into()
         }
         "router_drops" => {
-            "Packets the router's datapath dropped, by reason (the counter's name)".into()
+            "Packets the router's datapath dropped, by reason (the counter's name).".into()
         }
         "router_fast_forwarded" => {
-            "Packets the fast path forwarded past the router namespace's IP stack".into()
+            "Packets the fast path forwarded past the router namespace's IP stack.".into()
         }
         other => format!(
-            "The router's datapath counter {}",
+            "The router's datapath counter {}.",
             other.trim_start_matches("router_")
         ),
     }
@@ -173,7 +173,7 @@ impl Collector for DatapathCollector {
             let name = format!("{PREFIX}_router_sessions");
             let mut m = encoder.encode_descriptor(
                 &name,
-                "Sessions of the router in the session table (NAT, floating IP and port forwarding)",
+                "Sessions of the router in the session table (NAT, floating IP and port forwarding).",
                 None,
                 MetricType::Gauge,
             )?;
@@ -185,7 +185,7 @@ impl Collector for DatapathCollector {
             let name = format!("{PREFIX}_session_table_entries");
             let m = encoder.encode_descriptor(
                 &name,
-                "Entries in the session table shared by every router (sessions, and a second entry for SNAT flows that changed port)",
+                "Entries in the session table shared by every router (sessions, and a second entry for SNAT flows that changed port).",
                 None,
                 MetricType::Gauge,
             )?;
@@ -193,7 +193,7 @@ impl Collector for DatapathCollector {
             let name = format!("{PREFIX}_session_table_capacity");
             let m = encoder.encode_descriptor(
                 &name,
-                "Size of the session table: no new flow gets a session once the entries reach it",
+                "Size of the session table: no new flow gets a session once the entries reach it.",
                 None,
                 MetricType::Gauge,
             )?;
@@ -203,7 +203,7 @@ impl Collector for DatapathCollector {
         let name = format!("{PREFIX}_routers");
         let m = encoder.encode_descriptor(
             &name,
-            "Routers the datapath holds state for",
+            "Routers the datapath holds state for.",
             None,
             MetricType::Gauge,
         )?;
@@ -211,7 +211,7 @@ impl Collector for DatapathCollector {
 
         for (counter, v) in &snap.global {
             let name = format!("{PREFIX}_datapath_{counter}");
-            let help = format!("The datapath's counter {counter}, all routers");
+            let help = format!("The datapath's counter {counter}, all routers.");
             let m = encoder.encode_descriptor(&name, &help, None, MetricType::Counter)?;
             ConstCounter::new(*v).encode(m)?;
         }
