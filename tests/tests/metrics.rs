@@ -61,7 +61,9 @@ impl Topology {
         let d = Daemon::start_with(
             &host,
             DaemonOptions {
-                config: Some(format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n")),
+                config: Some(format!(
+                    "reconcile_interval = 1\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"
+                )),
                 ..Default::default()
             },
         );
@@ -345,6 +347,22 @@ fn metrics_report_a_router_passing_snat_traffic_and_the_dashboard_names_them() {
         .unwrap_or_else(|| panic!("no row for {r}:\n{frame}"));
     assert!(row.contains("r1"), "{frame}");
     drop((stream, server));
+
+    // Drift: the router's namespace deleted from outside is repaired, and counted.
+    tests::ip(&["netns", "del", &names::router_netns(r)]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = text::parse(&t.scrape());
+        if value(&s, "router_ctl_reconcile_repaired_total", &[]).is_some_and(|v| v >= 1.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no repair counted within 20 s\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 #[test]
@@ -368,4 +386,35 @@ fn a_bad_metrics_listen_address_is_refused_at_start() {
     assert!(!out.status.success(), "started with a bad address: {err}");
     assert!(err.contains("[metrics] listen"), "{err}");
     assert!(!dir.join("state").exists());
+}
+
+#[test]
+fn metrics_listen_on_the_default_port_and_an_empty_address_turns_them_off() {
+    let on_ns = Netns::new("mon");
+    let on = Daemon::start(&on_ns);
+    let (status, body) = ApiClient::new(&on_ns, "http://127.0.0.1:9180", None).get("/metrics");
+    assert_eq!(status, 200, "{body}\n{}", on.log());
+    assert!(
+        body.as_str()
+            .is_some_and(|t| t.contains("router_ctl_session_table_capacity")),
+        "{body}"
+    );
+
+    let off_ns = Netns::new("mof");
+    let off = Daemon::start_with(
+        &off_ns,
+        DaemonOptions {
+            config: Some("[metrics]\nlisten = \"\"\n".to_string()),
+            ..Default::default()
+        },
+    );
+    let tried =
+        ApiClient::new(&off_ns, "http://127.0.0.1:9180", None).try_raw("GET", "/metrics", None);
+    assert!(
+        tried.is_err(),
+        "metrics answered with listen = \"\": {tried:?}"
+    );
+    // The API is unaffected.
+    assert_eq!(off.get("/v2.0/routers").0, 200);
+    drop((off, on));
 }
