@@ -149,6 +149,11 @@ impl Metrics {
             "API requests answered, by method and status code",
             m.api_requests.clone(),
         );
+        // Every operation's series exists from the start, so a dashboard's quantiles have
+        // something to ask before the first change.
+        for op in timed::OPERATIONS {
+            drop(m.realise_duration.get_or_create(&[("operation", op)]));
+        }
         m
     }
 

@@ -9,6 +9,14 @@ use crate::{
     model::spec::{NetworkSpec, RouterSpec},
 };
 
+/// The `operation` label values, one per `Realise` method.
+pub const OPERATIONS: [&str; 4] = [
+    "apply_network",
+    "remove_network",
+    "apply_router",
+    "remove_router",
+];
+
 /// Times every call of `inner` (failed calls too: an operator wants to see slow failures).
 pub struct Timed {
     inner: Arc<dyn Realise>,
