@@ -160,7 +160,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let desired = store.desired_state()?;
     let start = std::time::Instant::now();
     let resync = realiser.reconcile(&desired);
-    metrics.reconcile_pass(resync.as_ref().map_err(|_| ()), start.elapsed());
+    metrics.reconcile_pass(resync.as_ref().ok(), start.elapsed());
     match resync {
         Ok(r) => tracing::info!(
             repaired = r.repaired.len(),
@@ -301,7 +301,7 @@ async fn reconcile_loop(
                 let desired = s.desired_state().map_err(anyhow::Error::from)?;
                 let start = std::time::Instant::now();
                 let rep = r.reconcile(&desired);
-                m.reconcile_pass(rep.as_ref().map_err(|_| ()), start.elapsed());
+                m.reconcile_pass(rep.as_ref().ok(), start.elapsed());
                 rep
             })
         })
@@ -371,7 +371,7 @@ fn gc_if_due(
         return Ok(None);
     }
     let report = dp.gc();
-    metrics.gc_pass(report.as_ref().map_err(|_| ()), now.elapsed());
+    metrics.gc_pass(report.as_ref().ok(), now.elapsed());
     pace.ran(now, created, report.as_ref().map_or(0, |r| r.entries));
     report.map(Some)
 }

@@ -178,31 +178,31 @@ impl Metrics {
         out
     }
 
-    /// Records a GC pass that took `took` (`Err`: it failed).
-    pub fn gc_pass(&self, report: Result<&GcReport, ()>, took: Duration) {
+    /// Records a GC pass that took `took` (`None`: it failed).
+    pub fn gc_pass(&self, report: Option<&GcReport>, took: Duration) {
         self.gc_passes.inc();
         self.gc_duration.observe(took.as_secs_f64());
         match report {
-            Ok(r) => {
+            Some(r) => {
                 self.gc_expired.inc_by(r.expired as u64);
                 self.gc_dropped_early.inc_by(r.dropped_early as u64);
             }
-            Err(()) => {
+            None => {
                 self.gc_failures.inc();
             }
         }
     }
 
-    /// Records a reconcile pass that took `took` (`Err`: it stopped with an error).
-    pub fn reconcile_pass(&self, report: Result<&ReconcileReport, ()>, took: Duration) {
+    /// Records a reconcile pass that took `took` (`None`: it stopped with an error).
+    pub fn reconcile_pass(&self, report: Option<&ReconcileReport>, took: Duration) {
         self.reconcile_duration.observe(took.as_secs_f64());
         match report {
-            Ok(r) => {
+            Some(r) => {
                 self.reconcile_repaired.inc_by(r.repaired.len() as u64);
                 self.reconcile_removed.inc_by(r.removed.len() as u64);
                 self.reconcile_failed.inc_by(r.failed.len() as u64);
             }
-            Err(()) => {
+            None => {
                 self.reconcile_failures.inc();
             }
         }
@@ -243,16 +243,16 @@ mod tests {
     fn records_show_in_the_exposition() {
         let m = Metrics::new();
         m.gc_pass(
-            Ok(&GcReport {
+            Some(&GcReport {
                 expired: 3,
                 dropped_early: 1,
                 entries: 10,
             }),
             Duration::from_millis(5),
         );
-        m.gc_pass(Err(()), Duration::from_millis(1));
+        m.gc_pass(None, Duration::from_millis(1));
         m.reconcile_pass(
-            Ok(&ReconcileReport {
+            Some(&ReconcileReport {
                 repaired: vec!["a".into(), "b".into()],
                 ..Default::default()
             }),
