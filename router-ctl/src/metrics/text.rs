@@ -7,7 +7,9 @@
 /// One sample line.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
+    /// The sample's name (a histogram's carry `_bucket`, `_sum`, `_count`).
     pub name: String,
+    /// Labels in the order written, values unescaped.
     pub labels: Vec<(String, String)>,
     pub value: f64,
 }
