@@ -22,6 +22,7 @@ pub struct Config {
     pub nat: NatConfig,
     pub metadata: MetadataConfig,
     pub datapath: DatapathConfig,
+    pub metrics: MetricsConfig,
     /// Seconds between two reconcile passes (desired state from the DB → kernel).
     pub reconcile_interval: u64,
 }
@@ -37,6 +38,7 @@ impl Default for Config {
             nat: NatConfig::default(),
             metadata: MetadataConfig::default(),
             datapath: DatapathConfig::default(),
+            metrics: MetricsConfig::default(),
             reconcile_interval: 5,
         }
     }
@@ -106,6 +108,38 @@ impl Default for DatapathConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MetadataConfig {
     pub upstream: Option<String>,
+}
+
+/// The metrics endpoint (Prometheus text at `GET /metrics`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Where it listens, on its own port (loopback by default: widen it only for a scraper you
+    /// trust); `""` in the file turns it off. An address that does not parse is refused at
+    /// start, naming this key.
+    #[serde(deserialize_with = "metrics_listen")]
+    pub listen: Option<SocketAddr>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([127, 0, 0, 1], 9180))),
+        }
+    }
+}
+
+/// `[metrics] listen`: `""` → off, else an `address:port`.
+fn metrics_listen<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    let text = String::deserialize(d)?;
+    if text.trim().is_empty() {
+        return Ok(None);
+    }
+    text.trim().parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "[metrics] listen = {text:?} is not an address:port (e.g. \"127.0.0.1:9180\"; \"\" turns the metrics endpoint off)"
+        ))
+    })
 }
 
 impl Config {

@@ -21,6 +21,7 @@ use crate::{
     api::{self, ApiState},
     config::{Config, TokenConfig},
     datapath::{self, Datapath, GcReport, sessions::GcPace},
+    metrics::{self, Metrics},
     realise::{Realiser, RealiserConfig},
     store::Store,
 };
@@ -153,8 +154,14 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         cfg.metadata.upstream.clone(),
         rt.handle().clone(),
     )?);
+    let mut metrics = Metrics::new();
+    metrics.collect_datapath(datapath.clone(), realiser.clone());
+    let metrics = Arc::new(metrics);
     let desired = store.desired_state()?;
-    match realiser.reconcile(&desired) {
+    let start = std::time::Instant::now();
+    let resync = realiser.reconcile(&desired);
+    metrics.reconcile_pass(resync.as_ref().ok(), start.elapsed());
+    match resync {
         Ok(r) => tracing::info!(
             repaired = r.repaired.len(),
             removed = r.removed.len(),
@@ -164,12 +171,15 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
     let state = ApiState::with_physical_networks(
         store,
-        realiser.clone(),
+        Arc::new(metrics::timed::Timed::new(
+            realiser.clone(),
+            metrics.clone(),
+        )),
         tokens,
         cfg.physical_networks.keys().cloned().collect(),
         Some(datapath.clone()),
     );
-    rt.block_on(serve(cfg, state, realiser, datapath))
+    rt.block_on(serve(cfg, state, realiser, datapath, metrics))
 }
 
 /// `--purge`: every kernel object the state directory's records name, then the pins.
@@ -187,28 +197,49 @@ async fn serve(
     state: ApiState,
     realiser: Arc<Realiser>,
     datapath: Arc<Datapath>,
+    metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     let (shutdown_tx, _) = broadcast::channel::<()>(1);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    let metrics_listener = match cfg.metrics.listen {
+        Some(a) => Some(metrics::serve::listen(a).await?),
+        None => None,
+    };
 
     let reconcile = tokio::spawn(reconcile_loop(
         state.clone(),
         realiser,
         Duration::from_secs(cfg.reconcile_interval.max(1)),
+        metrics.clone(),
         shutdown_tx.subscribe(),
     ));
     let gc = tokio::spawn(gc_loop(
         datapath,
         Duration::from_secs(cfg.nat.gc_interval.max(1)),
+        metrics.clone(),
         shutdown_tx.subscribe(),
     ));
     let mut api_shutdown = shutdown_tx.subscribe();
-    let api = tokio::spawn(api::serve(listener, state, async move {
-        let _ = api_shutdown.recv().await;
-    }));
+    let api = tokio::spawn(metrics::serve::serve_counted(
+        listener,
+        api::service(state),
+        metrics.clone(),
+        async move {
+            let _ = api_shutdown.recv().await;
+        },
+    ));
+    let metrics_server = metrics_listener.map(|l| {
+        if let Ok(a) = l.local_addr() {
+            tracing::info!(addr = %a, "metrics at /metrics");
+        }
+        let mut stop = shutdown_tx.subscribe();
+        tokio::spawn(metrics::serve::serve(l, metrics, async move {
+            let _ = stop.recv().await;
+        }))
+    });
 
     println!("router-ctl daemon: listening on {addr}");
     let _ = std::io::stdout().flush();
@@ -221,6 +252,9 @@ async fn serve(
         let _ = api.await;
         let _ = reconcile.await;
         let _ = gc.await;
+        if let Some(m) = metrics_server {
+            let _ = m.await;
+        }
     };
     if tokio::time::timeout(Duration::from_secs(5), drain)
         .await
@@ -248,6 +282,7 @@ async fn reconcile_loop(
     state: ApiState,
     realiser: Arc<Realiser>,
     every: Duration,
+    metrics: Arc<Metrics>,
     mut shutdown: broadcast::Receiver<()>,
 ) {
     let mut tick = tokio::time::interval(every);
@@ -260,10 +295,14 @@ async fn reconcile_loop(
         }
         let st = state.clone();
         let r = realiser.clone();
+        let m = metrics.clone();
         let res = tokio::task::spawn_blocking(move || {
             st.with_store(|s| {
                 let desired = s.desired_state().map_err(anyhow::Error::from)?;
-                r.reconcile(&desired)
+                let start = std::time::Instant::now();
+                let rep = r.reconcile(&desired);
+                m.reconcile_pass(rep.as_ref().ok(), start.elapsed());
+                rep
             })
         })
         .await;
@@ -281,7 +320,12 @@ async fn reconcile_loop(
 
 /// Runs the session GC: every `every`, and every second while the table is crowded
 /// (`datapath::sessions::GcPace`).
-async fn gc_loop(datapath: Arc<Datapath>, every: Duration, mut shutdown: broadcast::Receiver<()>) {
+async fn gc_loop(
+    datapath: Arc<Datapath>,
+    every: Duration,
+    metrics: Arc<Metrics>,
+    mut shutdown: broadcast::Receiver<()>,
+) {
     let mut tick = tokio::time::interval(GcPace::POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut pace = GcPace::new(every);
@@ -291,9 +335,10 @@ async fn gc_loop(datapath: Arc<Datapath>, every: Duration, mut shutdown: broadca
             _ = tick.tick() => {}
         }
         let dp = datapath.clone();
+        let m = metrics.clone();
         // `pace` moves into the blocking task and comes back with its result.
         let pass = tokio::task::spawn_blocking(move || {
-            let r = gc_if_due(&dp, &mut pace);
+            let r = gc_if_due(&dp, &mut pace, &m);
             (pace, r)
         });
         pace = match pass.await {
@@ -315,13 +360,18 @@ async fn gc_loop(datapath: Arc<Datapath>, every: Duration, mut shutdown: broadca
 
 /// Runs a GC pass if `pace` says one is due; a failed pass counts as run (it is retried after
 /// the interval, not every second).
-fn gc_if_due(dp: &Datapath, pace: &mut GcPace) -> anyhow::Result<Option<GcReport>> {
+fn gc_if_due(
+    dp: &Datapath,
+    pace: &mut GcPace,
+    metrics: &Metrics,
+) -> anyhow::Result<Option<GcReport>> {
     let created = dp.sessions_created()?;
     let now = std::time::Instant::now();
     if !pace.due(now, created) {
         return Ok(None);
     }
     let report = dp.gc();
+    metrics.gc_pass(report.as_ref().ok(), now.elapsed());
     pace.ran(now, created, report.as_ref().map_or(0, |r| r.entries));
     report.map(Some)
 }

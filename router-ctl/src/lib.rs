@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod metadata;
+pub mod metrics;
 pub mod model;
 pub mod net;
 pub mod realise;

@@ -17,6 +17,7 @@ mod e2e {
     mod cli_plug;
     mod fast_path;
     mod fip;
+    mod metrics;
     mod nat_traffic;
     mod neutronclient;
     mod openstack_fip;

@@ -11,6 +11,7 @@ pub mod floatingip;
 pub mod output;
 pub mod plug;
 pub mod resolve;
+pub mod top;
 
 use std::{net::Ipv4Addr, path::PathBuf};
 
@@ -74,6 +75,9 @@ pub enum Command {
         /// Router name or id.
         router: String,
     },
+    /// A live view of the node's routers by packets per second, with sessions and drops
+    /// (reads the daemon's metrics endpoint; q quits).
+    Top(top::TopArgs),
     /// Prints a shell completion script (e.g. `router-ctl completion bash > /etc/bash_completion.d/router-ctl`).
     Completion {
         #[arg(value_enum)]
@@ -236,6 +240,13 @@ pub fn run(global: &GlobalArgs, cmd: Command) -> Result<()> {
     if let Command::Completion { .. } = cmd {
         bail!("`completion` must be dispatched with the full command tree");
     }
+    if let Command::Top(args) = &cmd {
+        // The API only names the routers: top works without a token.
+        let api = Connection::from_args(global)
+            .and_then(|c| Client::new(&c))
+            .ok();
+        return top::run(args, api.as_ref());
+    }
     let conn = Connection::from_args(global)?;
     let client = Client::new(&conn)?;
     let fmt = global.format;
@@ -256,7 +267,7 @@ pub fn run(global: &GlobalArgs, cmd: Command) -> Result<()> {
             let v = client.get(&format!("/routers/{id}/stats"))?;
             output::print_stats(fmt, field(&v, "stats")?)
         }
-        Command::Completion { .. } => Ok(()),
+        Command::Completion { .. } | Command::Top(_) => Ok(()),
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod batch;
 pub mod bpffs;
+pub mod census;
 mod fast;
 pub mod filter;
 pub mod fip;

@@ -146,6 +146,15 @@ impl Realiser {
         let _ = self.router_hook.set(hook);
     }
 
+    /// The routers converged so far as (router id, datapath number): how the metrics name a
+    /// router whose counters the datapath keeps by number.
+    pub fn router_numbers(&self) -> Vec<(String, u32)> {
+        lock(&self.memo)
+            .iter()
+            .filter_map(|(id, m)| m.spec.as_ref().map(|s| (id.clone(), s.dp_id)))
+            .collect()
+    }
+
     fn lock_op(&self) -> MutexGuard<'_, ()> {
         lock(&self.op)
     }
