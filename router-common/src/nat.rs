@@ -114,9 +114,7 @@ pub fn assured(proto: u8, state: u8) -> bool {
 /// Whether a TCP session was reset before it was ever established (no acknowledgement from
 /// the opener): a SYN answered by a RST, which conntrack closes at once.
 pub fn opened_and_reset(proto: u8, state: u8) -> bool {
-    proto == IPPROTO_TCP
-        && (state | (state >> ST_REPLY_SHIFT)) & ST_RST != 0
-        && state & ST_ACK == 0
+    proto == IPPROTO_TCP && (state | (state >> ST_REPLY_SHIFT)) & ST_RST != 0 && state & ST_ACK == 0
 }
 
 /// Conntrack-like state of a session, chosen to pick its timeout.
@@ -204,7 +202,10 @@ mod tests {
         assert!(assured(t, ST_SYN | ST_ACK | ST_SEEN));
         assert!(assured(t, ST_SYN | ST_ACK | ST_SEEN | r(ST_ACK | ST_FIN)));
         assert!(!assured(t, ST_SYN), "unanswered SYN");
-        assert!(!assured(t, ST_SYN | ST_SEEN), "SYN-ACK not acknowledged yet");
+        assert!(
+            !assured(t, ST_SYN | ST_SEEN),
+            "SYN-ACK not acknowledged yet"
+        );
         // A SYN answered by a RST (RST|ACK): not assured, closed at once.
         let refused = ST_SYN | ST_SEEN | r(ST_ACK | ST_RST);
         assert!(!assured(t, refused));

@@ -83,7 +83,8 @@ pub fn atomic_add(p: *mut u64, n: u64) {
     // SAFETY: as above.
     #[cfg(not(target_arch = "bpf"))]
     unsafe {
-        core::sync::atomic::AtomicU64::from_ptr(p).fetch_add(n, core::sync::atomic::Ordering::Relaxed)
+        core::sync::atomic::AtomicU64::from_ptr(p)
+            .fetch_add(n, core::sync::atomic::Ordering::Relaxed)
     };
 }
 
