@@ -189,7 +189,7 @@ impl Limits {
     }
     /// Entries at or above which the table is crowded.
     pub fn table_high(&self) -> usize {
-        self.capacity / 4 * 3
+        self.capacity * 3 / 4
     }
     /// Entries an early drop brings a crowded table down to.
     pub fn table_low(&self) -> usize {
@@ -197,7 +197,7 @@ impl Limits {
     }
     /// Entries at or above which a router is crowded.
     pub fn router_high(&self) -> usize {
-        self.per_router / 4 * 3
+        self.per_router * 3 / 4
     }
     /// Entries an early drop brings a crowded router down to.
     pub fn router_low(&self) -> usize {
@@ -717,7 +717,7 @@ mod tests {
             doomed.iter().all(|k| k.router_id == 2),
             "router 2's are older"
         );
-        // Router 2 crowded (cap 50, crowded at 36): it goes down to 25 first, which leaves
+        // Router 2 crowded (cap 50, crowded at 37): it goes down to 25 first, which leaves
         // the table at 55, no longer crowded (60).
         let capped = Limits {
             capacity: 80,
