@@ -231,7 +231,8 @@ pub fn note_session(
     let created = SESSIONS.insert(rk, value, BPF_ANY as u64).is_ok();
     if created {
         if !replaces && let Some(c) = count {
-            atomic_add(c, 1);
+            // SAFETY: the slot of `ROUTER_SESSIONS` looked up above.
+            unsafe { atomic_add(c, 1) };
         }
         count_global(GlobalCounter::SessionsCreated);
     }

@@ -68,12 +68,15 @@ pub fn session_quota() -> u64 {
     unsafe { core::ptr::read_volatile(&raw const MAX_SESSIONS_PER_ROUTER) }
 }
 
-/// Adds `n` (wrapping: `u64::MAX` takes one away) to `slot` of a shared `u64` array
-/// atomically: other CPUs and the daemon work on the same word. The result is unused, so
-/// LLVM emits the BPF atomic add (no fetch).
+/// Adds `n` (wrapping: `u64::MAX` takes one away) to the `u64` at `p` atomically: other
+/// CPUs and the daemon work on the same word. The result is unused, so LLVM emits the BPF
+/// atomic add (no fetch).
+///
+/// # Safety
+/// `p` must point at a valid, aligned `u64` map slot (from a map lookup).
 #[inline(always)]
-pub fn atomic_add(p: *mut u64, n: u64) {
-    // SAFETY: `p` is a valid, aligned u64 map slot that lives as long as the map.
+pub unsafe fn atomic_add(p: *mut u64, n: u64) {
+    // SAFETY: the caller vouches for `p`.
     #[cfg(target_arch = "bpf")]
     unsafe {
         core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(

@@ -156,7 +156,8 @@ fn may_have_alias(fwd: &SessionKey) -> bool {
 #[inline(always)]
 fn hint_add(fwd: &SessionKey) {
     if let Some(p) = ALIAS_HINTS.get_ptr_mut(hint_slot(fwd)) {
-        atomic_add(p, 1);
+        // SAFETY: a slot of the array, from its lookup.
+        unsafe { atomic_add(p, 1) };
     }
 }
 
@@ -171,7 +172,8 @@ fn router_count(fwd: &SessionKey) -> Option<*mut u64> {
 #[inline(always)]
 fn count_entries(count: Option<*mut u64>, n: u64) {
     if let Some(p) = count {
-        atomic_add(p, n);
+        // SAFETY: a slot of `ROUTER_SESSIONS`, from its lookup.
+        unsafe { atomic_add(p, n) };
     }
 }
 
@@ -342,7 +344,8 @@ pub fn create_snat(
         let rk0 = reverse_key(fwd, gw, first);
         match SESSIONS.insert(rk0, val, BPF_NOEXIST as u64) {
             Ok(()) => {
-                atomic_add(count, 1);
+                // SAFETY: the slot of `ROUTER_SESSIONS` looked up above.
+                unsafe { atomic_add(count, 1) };
                 count_global(GlobalCounter::SessionsCreated);
                 return Ok((first, true));
             }
@@ -377,7 +380,8 @@ pub fn create_snat(
     let Some(port) = nat_port else {
         return Err(Counter::DropNoPort);
     };
-    atomic_add(count, 1);
+    // SAFETY: the slot of `ROUTER_SESSIONS` looked up above.
+    unsafe { atomic_add(count, 1) };
     let alias = SessionValue {
         addr: gw,
         port,
@@ -392,13 +396,15 @@ pub fn create_snat(
     hint_add(fwd);
     match inserted {
         Ok(()) => {
-            atomic_add(count, 1);
+            // SAFETY: the slot of `ROUTER_SESSIONS` looked up above.
+            unsafe { atomic_add(count, 1) };
             count_global(GlobalCounter::SessionsCreated);
             Ok((port, true))
         }
         Err(e) => {
             if SESSIONS.remove(reverse_key(fwd, gw, port)).is_ok() {
-                atomic_add(count, u64::MAX);
+                // SAFETY: the slot of `ROUTER_SESSIONS` looked up above.
+                unsafe { atomic_add(count, u64::MAX) };
             }
             if e != EEXIST {
                 return Err(refused(Counter::DropTableFull));
