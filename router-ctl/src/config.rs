@@ -209,6 +209,13 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_parses() {
+        let c = Config::parse(include_str!("../../deploy/router-ctl.toml")).expect("example");
+        assert_eq!(c.nat.max_sessions, 262_144);
+        assert_eq!(c.nat.sessions_per_router(), 65_536);
+    }
+
+    #[test]
     fn out_of_range_sizes_are_refused_naming_the_key() {
         let e = refused("[nat]\nmax_sessions = 0\n");
         assert!(e.contains("[nat] max_sessions"), "{e}");
