@@ -13,6 +13,8 @@
 //! One datapath serves both routers, with the default proportions on a smaller table
 //! (`[nat] max_sessions = 16384`, so a router's cap is the default quarter, 4096) to keep
 //! the flood short, and the daemon's GC pacing (`GcPace`, one poll a second) in a thread.
+//! And the daemon itself runs that GC within seconds once new flows are refused, although a
+//! full table or a router at its cap creates nothing that would say so.
 use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
@@ -269,5 +271,94 @@ fn a_flooding_router_keeps_to_its_share_and_the_others_get_through() {
     );
     for side in [&a, &b] {
         host.enter(|| dp.detach(&side.tap).expect("detach"));
+    }
+}
+
+/// A session of router 7 whose SYN was answered by a RST (closed at once by the next pass),
+/// to remote port `i`.
+fn refused_session(i: u16) -> (router_common::SessionKey, router_common::SessionValue) {
+    use router_common::{
+        ST_ACK, ST_REPLY_SHIFT, ST_RST, ST_SEEN, ST_SYN, ip_to_wire, port_to_wire,
+    };
+    let k = router_common::SessionKey {
+        router_id: 7,
+        proto: router_common::IPPROTO_TCP,
+        dir: router_common::DIR_IN,
+        src: ip_to_wire([198, 51, 100, 7]),
+        dst: ip_to_wire([192, 0, 2, 10]),
+        sport: port_to_wire(1000 + i),
+        dport: port_to_wire(40000),
+    };
+    let v = router_common::SessionValue {
+        addr: ip_to_wire([10, 0, 0, 5]),
+        port: port_to_wire(40000),
+        state: ST_SYN | ST_SEEN | ((ST_ACK | ST_RST) << ST_REPLY_SHIFT),
+        kind: router_common::SESSION_SNAT,
+        last_seen_ns: 0,
+    };
+    (k, v)
+}
+
+/// A full table or a router at its cap creates no sessions, so the creation count cannot
+/// tell the daemon's GC about the pressure: the refusal count does, and a pass follows within
+/// seconds, long before `gc_interval`.
+#[test]
+fn the_daemon_runs_its_gc_within_seconds_while_new_flows_are_refused() {
+    use router_common::{maps, stats::GlobalCounter};
+    use tests::{
+        daemon::{Daemon, DaemonOptions},
+        pinned_map,
+    };
+    let host = Netns::new("fgc");
+    let d = Daemon::start_with(
+        &host,
+        DaemonOptions {
+            config: Some("[nat]\ngc_interval = 3600\n".into()),
+            ..Default::default()
+        },
+    );
+    // The first pass runs as the daemon starts; the next by the interval only in an hour.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut sessions: aya::maps::HashMap<
+        _,
+        router_common::SessionKey,
+        router_common::SessionValue,
+    > = aya::maps::HashMap::try_from(pinned_map(d.bpffs(), maps::SESSIONS)).expect("hash map");
+    for i in 0..100 {
+        let (k, v) = refused_session(i);
+        sessions.insert(k, v, 0).expect("insert");
+    }
+    // Nothing created, nothing refused: no pass.
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        sessions.keys().count(),
+        100,
+        "a pass ran early; log:\n{}",
+        d.log()
+    );
+
+    // The datapath refuses a new flow (as it counts one).
+    let mut global: aya::maps::PerCpuArray<_, u64> =
+        aya::maps::PerCpuArray::try_from(pinned_map(d.bpffs(), maps::GLOBAL_STATS))
+            .expect("per-CPU array");
+    let cpus = aya::util::nr_cpus().expect("cpus");
+    let mut refused = vec![0u64; cpus];
+    refused[0] = 1;
+    global
+        .set(
+            GlobalCounter::SessionsRefused.key(),
+            aya::maps::PerCpuValues::try_from(refused).expect("values"),
+            0,
+        )
+        .expect("set the refusal counter");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sessions.keys().count() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{} refused connections left 5 s after a refusal; log:\n{}",
+            sessions.keys().count(),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
