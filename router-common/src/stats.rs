@@ -193,6 +193,8 @@ mod tests {
         assert_eq!(Counter::SessionsCreated.slot(), 4);
         assert_eq!(Counter::DropMalformed.slot(), 7);
         assert_eq!(Counter::FastForwarded.slot(), 15);
+        assert_eq!(Counter::DropRouterQuota.slot(), 16);
+        assert_eq!(GlobalCounter::SessionsRefused.key(), 3);
         assert_eq!(GlobalCounter::SessionsCreated.key(), 2);
     }
 

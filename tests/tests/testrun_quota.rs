@@ -286,3 +286,48 @@ fn the_session_table_keeps_its_sessions_over_a_restart_and_a_resize() {
     assert_eq!(table_size(), 4);
     assert_eq!(dp.sessions(A).expect("sessions").len(), 4);
 }
+
+#[test]
+fn floating_ip_flows_of_a_router_at_its_cap_are_translated_without_a_session() {
+    use router_ctl::datapath::fip::FloatingNat;
+    const FIP: [u8; 4] = [192, 0, 2, 50];
+    const FIXED: [u8; 4] = [10, 0, 0, 9];
+    let fx = Fixture::new(&capped(2, 30));
+    fx.dp
+        .configure_floating(
+            A,
+            &[FloatingNat {
+                floating_ip: FIP.into(),
+                fixed_ip: FIXED.into(),
+            }],
+            &[],
+        )
+        .expect("configure floating");
+    // A floating-IP flow records its session, counted like any other.
+    fx.translated(
+        fx.gw_a,
+        "snat_out",
+        &udp_frame(FIXED, 40000, SRV, 53),
+        &udp_frame(FIP, 40000, SRV, 53),
+        "floating IP flow",
+    );
+    assert_eq!(fx.dp.session_count(A), 1);
+    assert_eq!(fx.new_flow_a(40001), OK, "a SNAT flow: A at its cap of 2");
+    assert_eq!(fx.dp.session_count(A), 2);
+    // At the cap: a new floating-IP flow is still translated (the map decides, not the
+    // session) but records no session.
+    fx.translated(
+        fx.gw_a,
+        "snat_out",
+        &udp_frame(FIXED, 40002, SRV, 53),
+        &udp_frame(FIP, 40002, SRV, 53),
+        "floating IP flow at the cap",
+    );
+    assert_eq!(fx.dp.session_count(A), 2);
+    let listed = fx.dp.sessions(A).expect("sessions");
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(
+        !listed.iter().any(|s| s.internal.port() == 40002),
+        "{listed:?}"
+    );
+}

@@ -475,7 +475,8 @@ impl Datapath {
         // `snat_out` trusts a session without asking the trie: sessions whose internal end
         // left the router's subnets go with them (after the trie, so none is re-created).
         if !stale.is_empty() {
-            flush_outside(&mut inner, nat.dp_id, &nat.internal_cidrs)?;
+            let gone = flush_outside(&mut inner, nat.dp_id, &nat.internal_cidrs)?;
+            self.uncount(nat.dp_id, gone);
         }
         inner.config.insert(nat.ifindex, cfg)?;
         for (idx, _) in previous.iter().filter(|(idx, _)| *idx != nat.ifindex) {
@@ -485,7 +486,8 @@ impl Datapath {
             .iter()
             .any(|(_, c)| c.gateway_ip != cfg.gateway_ip || c.flags & ROUTER_F_SNAT == 0);
         if changed || !nat.enable_snat {
-            flush_router(&mut inner, nat.dp_id)?;
+            let gone = flush_router(&mut inner, nat.dp_id)?;
+            self.uncount(nat.dp_id, gone.entries);
         }
         Ok(())
     }
@@ -510,12 +512,17 @@ impl Datapath {
     /// Deletes every session of the router; returns how many.
     pub fn flush_sessions(&self, dp_id: u32) -> Result<usize> {
         let mut inner = self.lock();
-        let before = self.counts.get(dp_id);
         let n = flush_router(&mut inner, dp_id)?;
-        // What the flush deleted, at most what was counted (the GC corrects the rest).
-        self.counts
-            .add(dp_id, -(before.min(n.entries as u64) as i64));
+        self.uncount(dp_id, n.entries);
         Ok(n.sessions)
+    }
+
+    /// Takes `entries` the daemon deleted off router `dp_id`'s count, at most what it holds
+    /// (the next GC pass corrects the count either way), so a router near its cap gets room
+    /// at once.
+    fn uncount(&self, dp_id: u32, entries: usize) {
+        let held = self.counts.get(dp_id);
+        self.counts.add(dp_id, -(held.min(entries as u64) as i64));
     }
 
     /// Entries of the session table router `dp_id` holds (sessions and forward aliases), as
