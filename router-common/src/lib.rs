@@ -40,6 +40,17 @@ pub mod maps {
     pub const PORT_FORWARDINGS: &str = "PORT_FORWARDINGS";
     pub const FAST_IFS: &str = "FAST_IFS";
     pub const ALIAS_HINTS: &str = "ALIAS_HINTS";
+    pub const ROUTER_SESSIONS: &str = "ROUTER_SESSIONS";
+}
+
+/// Globals of the object the daemon sets at load time (`EbpfLoader::set_global`): read-only
+/// to the programs, so the verifier sees them as constants.
+pub mod globals {
+    /// `u64`: entries of `SESSIONS` (sessions and forward aliases) one router may hold; a new
+    /// flow of a router at it is dropped (`drop_router_quota`). The object's own value (used
+    /// when nobody sets it, e.g. by tools loading the bare object) is
+    /// [`crate::DEFAULT_SESSIONS_PER_ROUTER`].
+    pub const MAX_SESSIONS_PER_ROUTER: &str = "MAX_SESSIONS_PER_ROUTER";
 }
 
 /// Program names in the object (the Rust function names of the entry points).
@@ -63,12 +74,17 @@ pub mod programs {
     pub const FAST_FWD: &str = "fast_fwd";
 }
 
-/// Capacity of the session table (one entry per session; a SNAT flow that could not keep its
-/// first-choice port takes a second one, see [`SessionKey`]). The table is a preallocated hash,
+/// Default capacity of the session table (`[nat] max_sessions`; the daemon sets the map's
+/// `max_entries` at load time): one entry per session, and a second one for a SNAT flow that
+/// could not keep its first-choice port (see [`SessionKey`]). The table is a preallocated hash,
 /// not an LRU: nothing is evicted by a new flow; the daemon's GC expires sessions and, when the
-/// table is crowded, drops never-replied ones early (as conntrack's early drop), so a flood of
-/// new flows cannot push out established connections.
+/// table or a router's share of it is crowded, drops sessions that are not assured early (as
+/// conntrack's early drop), so a flood of new flows cannot push out established connections.
 pub const MAX_SESSIONS: u32 = 262_144;
+/// Default entries one router may hold (`[nat] max_sessions_per_router`): a quarter of the
+/// default table, so one router can never take the table, and it takes four at their cap to
+/// fill it.
+pub const DEFAULT_SESSIONS_PER_ROUTER: u64 = MAX_SESSIONS as u64 / 4;
 /// Capacity of the fragment table.
 pub const MAX_FRAGMENTS: u32 = 16_384;
 /// Routers one daemon can serve (config, stats).

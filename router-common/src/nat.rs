@@ -93,6 +93,30 @@ pub fn probe_port(min: u16, max: u16, start: u32, i: u32) -> u16 {
     (min as u32 + off as u32) as u16
 }
 
+/// Whether a session (`DIR_IN` entry) of protocol `proto` in `state` is *assured*, as
+/// conntrack's `IPS_ASSURED`: traffic seen both ways beyond the opening exchange. Only assured
+/// sessions are protected from the GC's early drop under pressure.
+/// - TCP: a reply (`ST_SEEN`) and an acknowledgement from the opener (`ST_ACK` out: the
+///   handshake's third packet, or data), and no reset either way. A SYN answered by a RST is
+///   not assured (and is closed at once, see [`opened_and_reset`]).
+/// - UDP and ICMP echo: a reply and a packet out after the opening one (`ST_ACK` out; the
+///   datapath leaves it unset on the packet that opens the session): a single query and its
+///   answer is not assured, an exchange that goes on is.
+pub fn assured(proto: u8, state: u8) -> bool {
+    let out = state & ST_OUT_MASK;
+    let replied = state & ST_SEEN != 0;
+    if !replied || out & ST_ACK == 0 {
+        return false;
+    }
+    proto != IPPROTO_TCP || (out | (state >> ST_REPLY_SHIFT)) & ST_RST == 0
+}
+
+/// Whether a TCP session was reset before it was ever established (no acknowledgement from
+/// the opener): a SYN answered by a RST, which conntrack closes at once.
+pub fn opened_and_reset(proto: u8, state: u8) -> bool {
+    proto == IPPROTO_TCP && (state | (state >> ST_REPLY_SHIFT)) & ST_RST != 0 && state & ST_ACK == 0
+}
+
 /// Conntrack-like state of a session, chosen to pick its timeout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SessionState {
@@ -168,6 +192,39 @@ mod tests {
     extern crate std;
     use super::*;
     use crate::{ST_SEEN, ST_SYN};
+
+    #[test]
+    fn assured_sessions_saw_traffic_both_ways_beyond_the_opening() {
+        use crate::{ST_ACK, ST_RST};
+        let r = |b: u8| b << ST_REPLY_SHIFT;
+        let t = IPPROTO_TCP;
+        // TCP: the handshake completed.
+        assert!(assured(t, ST_SYN | ST_ACK | ST_SEEN));
+        assert!(assured(t, ST_SYN | ST_ACK | ST_SEEN | r(ST_ACK | ST_FIN)));
+        assert!(!assured(t, ST_SYN), "unanswered SYN");
+        assert!(
+            !assured(t, ST_SYN | ST_SEEN),
+            "SYN-ACK not acknowledged yet"
+        );
+        // A SYN answered by a RST (RST|ACK): not assured, closed at once.
+        let refused = ST_SYN | ST_SEEN | r(ST_ACK | ST_RST);
+        assert!(!assured(t, refused));
+        assert!(opened_and_reset(t, refused));
+        // An ACK scan answered by RSTs: not assured, but not "opened and reset" either.
+        assert!(!assured(t, ST_ACK | ST_SEEN | r(ST_ACK | ST_RST)));
+        assert!(!opened_and_reset(t, ST_ACK | ST_SEEN | r(ST_RST)));
+        // An established connection that was reset is no longer protected.
+        assert!(!assured(t, ST_SYN | ST_ACK | ST_RST | ST_SEEN));
+        assert!(!opened_and_reset(t, ST_SYN | ST_ACK | ST_RST | ST_SEEN));
+        // UDP/ICMP: a reply and a later packet out.
+        for p in [IPPROTO_UDP, IPPROTO_ICMP] {
+            assert!(!assured(p, 0));
+            assert!(!assured(p, ST_SEEN), "one query, one answer");
+            assert!(!assured(p, ST_ACK), "several out, no answer");
+            assert!(assured(p, ST_ACK | ST_SEEN));
+            assert!(!opened_and_reset(p, ST_SEEN | r(ST_RST)));
+        }
+    }
 
     #[test]
     fn alias_hint_slots_spread_endpoints_and_ignore_the_internal_end() {

@@ -86,6 +86,9 @@ counters! {
         /// Packets the fast path (`fast_fwd`) forwarded past the router namespace's IP stack
         /// (either direction, and east-west between the router's subnets).
         FastForwarded => "fast_forwarded",
+        /// Dropped: a new flow of a router that holds its `[nat] max_sessions_per_router`
+        /// entries of the session table (other routers are not affected).
+        DropRouterQuota => "drop_router_quota",
     }
 }
 
@@ -99,6 +102,10 @@ counters! {
         /// Sessions created, all routers: the daemon's GC estimates the session table's
         /// occupancy from it between its walks (one read instead of a walk of every entry).
         SessionsCreated => "sessions_created",
+        /// New flows refused a session for want of room, all routers (`drop_table_full` and
+        /// `drop_router_quota`): the GC runs every second while it grows, since a full table
+        /// or a router at its cap creates no sessions to tell it so.
+        SessionsRefused => "sessions_refused",
     }
 }
 
@@ -186,6 +193,8 @@ mod tests {
         assert_eq!(Counter::SessionsCreated.slot(), 4);
         assert_eq!(Counter::DropMalformed.slot(), 7);
         assert_eq!(Counter::FastForwarded.slot(), 15);
+        assert_eq!(Counter::DropRouterQuota.slot(), 16);
+        assert_eq!(GlobalCounter::SessionsRefused.key(), 3);
         assert_eq!(GlobalCounter::SessionsCreated.key(), 2);
     }
 

@@ -68,7 +68,17 @@ pub struct NatConfig {
     pub icmp: u64,
     /// Seconds between two garbage-collection passes over the session table.
     pub gc_interval: u64,
+    /// Entries of the session table shared by every router (its `max_entries`; ≈ 96 B of
+    /// kernel memory each, preallocated). A SNAT flow that could not keep its source port
+    /// takes two.
+    pub max_sessions: u32,
+    /// Entries one router may hold; a router at it drops its own new flows
+    /// (`drop_router_quota`). Unset: a quarter of `max_sessions`.
+    pub max_sessions_per_router: Option<u32>,
 }
+
+/// Largest `[nat] max_sessions` accepted: 16 Mi entries, ≈ 1.5 GiB of kernel memory.
+pub const MAX_SESSIONS_LIMIT: u32 = 1 << 24;
 
 impl Default for NatConfig {
     fn default() -> Self {
@@ -83,6 +93,44 @@ impl Default for NatConfig {
             udp_replied: 120,
             icmp: 30,
             gc_interval: 10,
+            max_sessions: router_common::MAX_SESSIONS,
+            max_sessions_per_router: None,
+        }
+    }
+}
+
+impl NatConfig {
+    /// Entries one router may hold: `max_sessions_per_router`, or a quarter of the table, so
+    /// that one router never takes all of it and a flooding one leaves three quarters to the
+    /// others.
+    pub fn sessions_per_router(&self) -> u32 {
+        self.max_sessions_per_router
+            .unwrap_or((self.max_sessions / 4).max(1))
+    }
+
+    /// Refuses values the datapath cannot work with, naming the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::bail;
+        if self.port_min == 0 || self.port_min > self.port_max {
+            bail!(
+                "[nat] port_min/port_max: invalid NAT port range {}-{}: need 1 <= port_min <= port_max",
+                self.port_min,
+                self.port_max
+            );
+        }
+        if self.max_sessions == 0 || self.max_sessions > MAX_SESSIONS_LIMIT {
+            bail!(
+                "[nat] max_sessions = {}: need 1 to {MAX_SESSIONS_LIMIT}",
+                self.max_sessions
+            );
+        }
+        match self.max_sessions_per_router {
+            Some(0) => bail!("[nat] max_sessions_per_router = 0: need at least 1"),
+            Some(n) if n > self.max_sessions => bail!(
+                "[nat] max_sessions_per_router = {n} is above [nat] max_sessions = {}",
+                self.max_sessions
+            ),
+            _ => Ok(()),
         }
     }
 }
@@ -151,8 +199,73 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .with_context(|| format!("reading config {}", p.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing config {}", p.display()))
+                Self::parse(&text).with_context(|| format!("config {}", p.display()))
             }
         }
+    }
+
+    /// Parses and validates a configuration file's text.
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let cfg: Self = toml::from_str(text)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Refuses out-of-range values at start, with a message naming the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        self.nat.validate()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(text: &str) -> String {
+        format!(
+            "{:#}",
+            Config::parse(text).expect_err(&format!("accepted {text:?}"))
+        )
+    }
+
+    #[test]
+    fn session_table_sizes_default_to_a_quarter_per_router() {
+        let c = Config::parse("").expect("empty config");
+        assert_eq!(c.nat.max_sessions, 262_144);
+        assert_eq!(c.nat.sessions_per_router(), 65_536);
+        let c = Config::parse("[nat]\nmax_sessions = 1000\n").expect("table only");
+        assert_eq!(c.nat.sessions_per_router(), 250, "follows the table");
+        let c = Config::parse("[nat]\nmax_sessions = 1000\nmax_sessions_per_router = 1000\n")
+            .expect("one router may take it all if the operator says so");
+        assert_eq!(c.nat.sessions_per_router(), 1000);
+        let c = Config::parse("[nat]\nmax_sessions = 3\n").expect("tiny table");
+        assert_eq!(c.nat.sessions_per_router(), 1, "never zero");
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let c = Config::parse(include_str!("../../deploy/router-ctl.toml")).expect("example");
+        assert_eq!(c.nat.max_sessions, 262_144);
+        assert_eq!(c.nat.sessions_per_router(), 65_536);
+    }
+
+    #[test]
+    fn out_of_range_sizes_are_refused_naming_the_key() {
+        let e = refused("[nat]\nmax_sessions = 0\n");
+        assert!(e.contains("[nat] max_sessions"), "{e}");
+        let e = refused("[nat]\nmax_sessions = 100000000\n");
+        assert!(e.contains("[nat] max_sessions"), "{e}");
+        let e = refused("[nat]\nmax_sessions_per_router = 0\n");
+        assert!(e.contains("[nat] max_sessions_per_router"), "{e}");
+        let e = refused("[nat]\nmax_sessions = 1000\nmax_sessions_per_router = 1001\n");
+        assert!(
+            e.contains("[nat] max_sessions_per_router = 1001")
+                && e.contains("[nat] max_sessions = 1000"),
+            "{e}"
+        );
+        let e = refused("[nat]\nmax_sessions_per_router = -1\n");
+        assert!(e.contains("max_sessions_per_router"), "{e}");
+        let e = refused("[nat]\nport_min = 2000\nport_max = 1000\n");
+        assert!(e.contains("[nat] port_min"), "{e}");
     }
 }

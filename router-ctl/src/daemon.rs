@@ -318,8 +318,8 @@ async fn reconcile_loop(
     }
 }
 
-/// Runs the session GC: every `every`, and every second while the table is crowded
-/// (`datapath::sessions::GcPace`).
+/// Runs the session GC: every `every`, and every second while the table or a router's share
+/// of it is crowded or new flows are refused for want of room (`datapath::sessions::GcPace`).
 async fn gc_loop(
     datapath: Arc<Datapath>,
     every: Duration,
@@ -328,7 +328,8 @@ async fn gc_loop(
 ) {
     let mut tick = tokio::time::interval(GcPace::POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut pace = GcPace::new(every);
+    let limits = datapath.limits();
+    let mut pace = GcPace::new(every, &limits);
     loop {
         tokio::select! {
             _ = shutdown.recv() => return,
@@ -344,7 +345,7 @@ async fn gc_loop(
         pace = match pass.await {
             Ok((p, r)) => {
                 match r {
-                    Ok(Some(report)) => log_gc(&report),
+                    Ok(Some(report)) => log_gc(&report, &limits),
                     Ok(None) => {}
                     Err(e) => tracing::warn!("session gc failed: {e:#}"),
                 }
@@ -352,7 +353,7 @@ async fn gc_loop(
             }
             Err(e) => {
                 tracing::error!("session gc task failed: {e}");
-                GcPace::new(every)
+                GcPace::new(every, &limits)
             }
         };
     }
@@ -365,19 +366,19 @@ fn gc_if_due(
     pace: &mut GcPace,
     metrics: &Metrics,
 ) -> anyhow::Result<Option<GcReport>> {
-    let created = dp.sessions_created()?;
+    let pressure = dp.pressure()?;
     let now = std::time::Instant::now();
-    if !pace.due(now, created) {
+    if !pace.due(now, &pressure) {
         return Ok(None);
     }
     let report = dp.gc();
     metrics.gc_pass(report.as_ref().ok(), now.elapsed());
-    pace.ran(now, created, report.as_ref().map_or(0, |r| r.entries));
+    pace.ran(now, &pressure, report.as_ref().map_or(0, |r| r.entries));
     report.map(Some)
 }
 
 /// Logs a GC pass: expiries at debug level, early drops and a table still crowded as warnings.
-fn log_gc(r: &GcReport) {
+fn log_gc(r: &GcReport, limits: &datapath::sessions::Limits) {
     if r.expired > 0 {
         tracing::debug!(expired = r.expired, entries = r.entries, "session gc");
     }
@@ -385,13 +386,13 @@ fn log_gc(r: &GcReport) {
         tracing::warn!(
             dropped = r.dropped_early,
             entries = r.entries,
-            "session table crowded: dropped never-replied sessions early"
+            "session table crowded: dropped sessions that were not assured early"
         );
     }
-    if r.entries >= datapath::sessions::PRESSURE {
+    if r.entries >= limits.table_high() {
         tracing::warn!(
             entries = r.entries,
-            capacity = router_common::MAX_SESSIONS,
+            capacity = limits.capacity,
             "session table still crowded with answered sessions: new flows are dropped (drop_table_full) once it is full"
         );
     }

@@ -28,7 +28,9 @@ use router_common::{
 
 use crate::{
     csum::{l4_csum, rewrite_addr, rewrite_port},
-    maps::{SESSIONS, count, count_global, count_packet},
+    maps::{
+        ROUTER_SESSIONS, SESSIONS, atomic_add, count, count_global, count_packet, session_quota,
+    },
     parse::{
         ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, IP_DST, IP_SRC, IPPROTO_ICMP, IPPROTO_TCP,
         IPPROTO_UDP, L4Head, Packet, TCP_HLEN, TcpHdr, UDP_HLEN, load, load_ipv4, validate,
@@ -157,6 +159,7 @@ pub fn note_session(
     new_addr: u32,
     new_port: u16,
 ) -> bool {
+    let mut replaces = false;
     let (rk, value) = if dir == DIR_OUT {
         // Outbound: TCP/UDP, or an echo request (id as source "port", 0 as destination).
         let (sport, dport) = if l.ports {
@@ -175,6 +178,7 @@ pub fn note_session(
                 note_out(v, l.bits);
                 return false;
             }
+            replaces = true;
         }
         let v = SessionValue {
             addr: src,
@@ -201,6 +205,7 @@ pub fn note_session(
                 note_in(v, l.bits);
                 return false;
             }
+            replaces = true;
         }
         let mut v = SessionValue {
             addr: new_addr,
@@ -212,9 +217,23 @@ pub fn note_session(
         note_in(&mut v, l.bits);
         (rk, v)
     };
+    // A router at its quota of entries records no new session: the translation does not
+    // need one (it is stateless), and the table stays fair to the other routers.
+    let count = ROUTER_SESSIONS.get_ptr_mut(rid);
+    if !replaces
+        && let Some(c) = count
+        // SAFETY: a valid array slot, updated atomically elsewhere; a stale read is harmless.
+        && unsafe { core::ptr::read_volatile(c) } >= session_quota()
+    {
+        return false;
+    }
     // A translation that changed (another kind or internal end) replaces the old session.
     let created = SESSIONS.insert(rk, value, BPF_ANY as u64).is_ok();
     if created {
+        if !replaces && let Some(c) = count {
+            // SAFETY: the slot of `ROUTER_SESSIONS` looked up above.
+            unsafe { atomic_add(c, 1) };
+        }
         count_global(GlobalCounter::SessionsCreated);
     }
     created

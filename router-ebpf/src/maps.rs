@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use router_common::{
-    CidrKey, FragKey, FragValue, MAX_CIDRS, MAX_FRAGMENTS, MAX_ROUTERS, MAX_SESSIONS, RouterConfig,
-    RouterStats, SessionKey, SessionValue,
+    CidrKey, DEFAULT_SESSIONS_PER_ROUTER, FragKey, FragValue, MAX_CIDRS, MAX_FRAGMENTS,
+    MAX_ROUTERS, MAX_SESSIONS, RouterConfig, RouterStats, SessionKey, SessionValue,
     nat::ALIAS_HINT_SLOTS,
     stats::{Counter, GLOBAL_SLOTS, GlobalCounter},
 };
@@ -43,6 +43,53 @@ pub static SESSIONS: HashMap<SessionKey, SessionValue> = HashMap::with_max_entri
 #[map]
 pub static ALIAS_HINTS: Array<u64> =
     Array::with_max_entries(ALIAS_HINT_SLOTS, aya_ebpf::bindings::BPF_F_MMAPABLE);
+
+/// Entries of `SESSIONS` (sessions and forward aliases) each router holds, indexed by router
+/// number: the datapath adds one per entry it inserts and takes one per entry it removes
+/// (atomically, on the new-flow path only); the daemon's GC corrects each router's count from
+/// its walk of the table (its own deletes, flushes, a crash between a delete and its
+/// correction) through a shared mapping. A new flow of a router whose count reached
+/// [`MAX_SESSIONS_PER_ROUTER`] is dropped. 128 KiB.
+#[map]
+pub static ROUTER_SESSIONS: Array<u64> =
+    Array::with_max_entries(MAX_ROUTERS, aya_ebpf::bindings::BPF_F_MMAPABLE);
+
+/// Entries one router may hold in `SESSIONS`; set by the daemon at load time
+/// (`router_common::globals::MAX_SESSIONS_PER_ROUTER`, from `[nat] max_sessions_per_router`).
+/// A read-only global: the verifier knows its value.
+#[unsafe(no_mangle)]
+static MAX_SESSIONS_PER_ROUTER: u64 = DEFAULT_SESSIONS_PER_ROUTER;
+
+/// The per-router session cap (see [`MAX_SESSIONS_PER_ROUTER`]).
+#[inline(always)]
+pub fn session_quota() -> u64 {
+    // SAFETY: a plain read of a global the loader wrote before the program was loaded; the
+    // volatile read keeps the compiler from folding in the object's default.
+    unsafe { core::ptr::read_volatile(&raw const MAX_SESSIONS_PER_ROUTER) }
+}
+
+/// Adds `n` (wrapping: `u64::MAX` takes one away) to the `u64` at `p` atomically: other
+/// CPUs and the daemon work on the same word. The result is unused, so LLVM emits the BPF
+/// atomic add (no fetch).
+///
+/// # Safety
+/// `p` must point at a valid, aligned `u64` map slot (from a map lookup).
+#[inline(always)]
+pub unsafe fn atomic_add(p: *mut u64, n: u64) {
+    // SAFETY: the caller vouches for `p`.
+    #[cfg(target_arch = "bpf")]
+    unsafe {
+        core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p, n,
+        )
+    };
+    // SAFETY: as above.
+    #[cfg(not(target_arch = "bpf"))]
+    unsafe {
+        core::sync::atomic::AtomicU64::from_ptr(p)
+            .fetch_add(n, core::sync::atomic::Ordering::Relaxed)
+    };
+}
 
 /// Translation of a datagram's later fragments.
 #[map]

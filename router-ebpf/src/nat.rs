@@ -12,7 +12,7 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},
     programs::TcContext,
 };
-use router_common::{ROUTER_F_FLOATING, ROUTER_F_SNAT, RouterConfig, stats::Counter};
+use router_common::{ROUTER_F_FLOATING, ROUTER_F_SNAT, RouterConfig, ST_ACK, stats::Counter};
 
 use crate::{
     csum::{l4_csum, rewrite_addr, rewrite_port},
@@ -344,10 +344,18 @@ fn parse_ports(ctx: &TcContext, pkt: &Packet, dir: u8) -> Result<Flow, Counter> 
             sport: u.a,
             dport: u.b,
             port_off,
-            bits: 0,
+            bits: out_bit(dir),
             may_create: true,
         })
     }
+}
+
+/// The `ST_*` bits of a UDP or ICMP echo packet: `ST_ACK` ("a packet out") on the way out, so
+/// a session that saw a reply and a later outbound packet is assured; the session's opening
+/// packet does not set it (`session::new_session`).
+#[inline(always)]
+fn out_bit(dir: u8) -> u8 {
+    if dir == OUT { ST_ACK } else { 0 }
 }
 
 /// The type of an ICMP message whose 8-byte header is complete.
@@ -369,7 +377,7 @@ fn parse_echo(ctx: &TcContext, pkt: &Packet, dir: u8) -> Result<Flow, Counter> {
         sport,
         dport,
         port_off: pkt.l4 + ICMP_ID,
-        bits: 0,
+        bits: out_bit(dir),
         may_create: dir == OUT,
     })
 }

@@ -28,8 +28,10 @@ use router_common::{
 };
 
 use crate::{
-    maps::{ALIAS_HINTS, SESSIONS, count, count_global},
-    parse::{IPPROTO_ICMP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
+    maps::{
+        ALIAS_HINTS, ROUTER_SESSIONS, SESSIONS, atomic_add, count, count_global, session_quota,
+    },
+    parse::{IPPROTO_ICMP, IPPROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN},
 };
 use router_common::{ST_ACK, ST_FIN, ST_RST, ST_SYN};
 
@@ -154,21 +156,33 @@ fn may_have_alias(fwd: &SessionKey) -> bool {
 #[inline(always)]
 fn hint_add(fwd: &SessionKey) {
     if let Some(p) = ALIAS_HINTS.get_ptr_mut(hint_slot(fwd)) {
-        // SAFETY: a valid, aligned u64 array slot that lives as long as the map; the result
-        // is unused, so LLVM emits the BPF atomic add (no fetch).
-        #[cfg(target_arch = "bpf")]
-        unsafe {
-            core::intrinsics::atomic_xadd::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                p, 1,
-            )
-        };
-        // SAFETY: as above.
-        #[cfg(not(target_arch = "bpf"))]
-        unsafe {
-            core::sync::atomic::AtomicU64::from_ptr(p)
-                .fetch_add(1, core::sync::atomic::Ordering::Relaxed)
-        };
+        // SAFETY: a slot of the array, from its lookup.
+        unsafe { atomic_add(p, 1) };
     }
+}
+
+/// The `ROUTER_SESSIONS` count of the router of `fwd` (every router number has one).
+#[inline(always)]
+fn router_count(fwd: &SessionKey) -> Option<*mut u64> {
+    ROUTER_SESSIONS.get_ptr_mut(u32::from(fwd.router_id))
+}
+
+/// Counts an entry the datapath inserted (`1`) or removed (`u64::MAX`, i.e. minus one) for
+/// its router.
+#[inline(always)]
+fn count_entries(count: Option<*mut u64>, n: u64) {
+    if let Some(p) = count {
+        // SAFETY: a slot of `ROUTER_SESSIONS`, from its lookup.
+        unsafe { atomic_add(p, n) };
+    }
+}
+
+/// Counts a new flow refused for want of room (`DropTableFull`, `DropRouterQuota`) globally,
+/// for the GC's pace, and returns `reason`.
+#[inline(always)]
+fn refused(reason: Counter) -> Counter {
+    count_global(GlobalCounter::SessionsRefused);
+    reason
 }
 
 /// Why a packet could not be given a session (also the counter to bump).
@@ -233,6 +247,7 @@ pub fn find_snat(cfg: &RouterConfig, fwd: &SessionKey, bits: u8) -> Found {
                 // atomically): restore it at the same port.
                 None => match SESSIONS.insert(rk, new_session(fwd, bits), BPF_NOEXIST as u64) {
                     Ok(()) => {
+                        count_entries(router_count(fwd), 1);
                         count_global(GlobalCounter::SessionsCreated);
                         return Found::Port(port);
                     }
@@ -246,7 +261,9 @@ pub fn find_snat(cfg: &RouterConfig, fwd: &SessionKey, bits: u8) -> Found {
             }
         }
         // The port went to another flow meanwhile: forget the alias, start afresh.
-        let _ = SESSIONS.remove(fwd);
+        if SESSIONS.remove(fwd).is_ok() {
+            count_entries(router_count(fwd), u64::MAX);
+        }
     }
     Found::Missing { first, first_free }
 }
@@ -274,13 +291,16 @@ pub fn snat_port(
     }
 }
 
-/// A fresh SNAT session value for forward key `fwd`.
+/// A fresh SNAT session value for forward key `fwd`, opened by a packet with `bits`. UDP and
+/// ICMP packets carry `ST_ACK` as their outbound bit ("a packet out"), but the opening one
+/// does not set it: the bit then says a packet went out *after* the first, which with a reply
+/// (`ST_SEEN`) makes the session assured (see `router_common::nat::assured`).
 #[inline(always)]
 fn new_session(fwd: &SessionKey, bits: u8) -> SessionValue {
     SessionValue {
         addr: fwd.src,
         port: fwd.sport,
-        state: bits,
+        state: if fwd.proto == IPPROTO_TCP { bits } else { 0 },
         kind: SESSION_SNAT,
         last_seen_ns: now(),
     }
@@ -292,6 +312,11 @@ fn new_session(fwd: &SessionKey, bits: u8) -> SessionValue {
 /// flow at once end up with one session: the loser re-reads the winner's entry (or alias) and
 /// uses it. Returns the NAT port and whether this call created the session (for the
 /// `SESSIONS_CREATED` counter, bumped by the caller with the packet's).
+///
+///
+/// A router holding its quota of entries (`ROUTER_SESSIONS` ≥ `MAX_SESSIONS_PER_ROUTER`)
+/// gets no new session (`DropRouterQuota`); a refusal for want of room (that or
+/// `DropTableFull`) is also counted globally, for the GC's pace.
 #[inline(always)]
 pub fn create_snat(
     cfg: &RouterConfig,
@@ -300,6 +325,16 @@ pub fn create_snat(
     first: u16,
     first_free: bool,
 ) -> Result<(u16, bool), SessionError> {
+    // Every router number has a slot, so the pointer is never null below: one verifier state
+    // per path, not two.
+    let Some(count) = router_count(fwd) else {
+        return Err(refused(Counter::DropRouterQuota));
+    };
+    // SAFETY: a valid array slot; other CPUs add to it atomically, a stale read only lets a
+    // router go a few entries over its cap.
+    if unsafe { core::ptr::read_volatile(count) } >= session_quota() {
+        return Err(refused(Counter::DropRouterQuota));
+    }
     if cfg.port_max < cfg.port_min {
         return Err(Counter::DropNoPort);
     }
@@ -309,6 +344,8 @@ pub fn create_snat(
         let rk0 = reverse_key(fwd, gw, first);
         match SESSIONS.insert(rk0, val, BPF_NOEXIST as u64) {
             Ok(()) => {
+                // SAFETY: the slot of `ROUTER_SESSIONS` looked up above.
+                unsafe { atomic_add(count, 1) };
                 count_global(GlobalCounter::SessionsCreated);
                 return Ok((first, true));
             }
@@ -322,7 +359,7 @@ pub fn create_snat(
                     }
                 }
             }
-            Err(_) => return Err(Counter::DropTableFull),
+            Err(_) => return Err(refused(Counter::DropTableFull)),
         }
     }
     // SAFETY: helper without arguments.
@@ -337,12 +374,14 @@ pub fn create_snat(
                 break;
             }
             Err(EEXIST) => {}
-            Err(_) => return Err(Counter::DropTableFull),
+            Err(_) => return Err(refused(Counter::DropTableFull)),
         }
     }
     let Some(port) = nat_port else {
         return Err(Counter::DropNoPort);
     };
+    // SAFETY: the slot of `ROUTER_SESSIONS` looked up above.
+    unsafe { atomic_add(count, 1) };
     let alias = SessionValue {
         addr: gw,
         port,
@@ -357,13 +396,18 @@ pub fn create_snat(
     hint_add(fwd);
     match inserted {
         Ok(()) => {
+            // SAFETY: the slot of `ROUTER_SESSIONS` looked up above.
+            unsafe { atomic_add(count, 1) };
             count_global(GlobalCounter::SessionsCreated);
             Ok((port, true))
         }
         Err(e) => {
-            let _ = SESSIONS.remove(reverse_key(fwd, gw, port));
+            if SESSIONS.remove(reverse_key(fwd, gw, port)).is_ok() {
+                // SAFETY: the slot of `ROUTER_SESSIONS` looked up above.
+                unsafe { atomic_add(count, u64::MAX) };
+            }
             if e != EEXIST {
-                return Err(Counter::DropTableFull);
+                return Err(refused(Counter::DropTableFull));
             }
             // Another CPU created this flow's alias (and session) meanwhile: use its port.
             match SESSIONS.get_ptr(fwd) {

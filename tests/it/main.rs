@@ -8,6 +8,7 @@ mod testrun {
     mod nat;
     mod nat_props;
     mod portfill;
+    mod quota;
     mod session_table;
 }
 
@@ -18,6 +19,7 @@ mod e2e {
     mod fast_path;
     mod fip;
     mod metrics;
+    mod nat_fairness;
     mod nat_traffic;
     mod neutronclient;
     mod openstack_fip;

@@ -102,6 +102,7 @@ pub const TEST_COMMANDS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("ping", "iputils-ping"),
     ("nsenter", "util-linux"),
+    ("hping3", "hping3"),
 ];
 
 fn test(args: &[String]) -> Result<()> {

@@ -10,6 +10,7 @@
 mod batch;
 pub mod bpffs;
 pub mod census;
+pub mod counts;
 mod fast;
 pub mod filter;
 pub mod fip;
@@ -33,7 +34,7 @@ use aya::{
 use ipnet::Ipv4Net;
 use router_common::{
     CidrKey, FragKey, FragValue, ROUTER_F_FLOATING, ROUTER_F_SNAT, RouterConfig, RouterStats,
-    SessionKey, SessionValue, ip_to_wire, maps, programs, stats::GlobalCounter,
+    SessionKey, SessionValue, globals, ip_to_wire, maps, programs, stats::GlobalCounter,
 };
 
 use crate::config::NatConfig;
@@ -71,7 +72,8 @@ pub use crate::model::SessionInfo;
 pub struct GcReport {
     /// Sessions removed because they idled past their state's timeout.
     pub expired: usize,
-    /// Never-replied sessions dropped early because the table was crowded.
+    /// Sessions that were not assured, dropped early because the table or their router's
+    /// share of it was crowded.
     pub dropped_early: usize,
     /// Entries (sessions and aliases) left in the table.
     pub entries: usize,
@@ -112,6 +114,11 @@ pub struct Datapath {
     legacy: bpffs::LegacyLinks,
     /// `ALIAS_HINTS`, mapped: the GC clears the slots no alias hashes to any more.
     hints: hints::AliasHints,
+    /// `ROUTER_SESSIONS`, mapped: the entries each router holds, as the datapath counts them
+    /// and the GC corrects them.
+    counts: counts::RouterSessions,
+    /// The table's size and the per-router cap, as loaded.
+    limits: sessions::Limits,
 }
 
 // The daemon shares one `Arc<Datapath>` between its API tasks, the realiser and the GC loop.
@@ -141,7 +148,7 @@ const LEGACY_HOOKS: [(&str, TcAttachType, &str); 1] =
     [(programs::INTERNAL_OUT, TcAttachType::Ingress, "ingress")];
 
 /// Every map of the object, pinned by name (also what tests pin to play an older daemon).
-pub const MAP_NAMES: [&str; 11] = [
+pub const MAP_NAMES: [&str; 12] = [
     maps::INTERNAL_IFS,
     maps::FAST_IFS,
     maps::FLOATING_IPS,
@@ -153,6 +160,7 @@ pub const MAP_NAMES: [&str; 11] = [
     maps::ROUTER_STATS,
     maps::GLOBAL_STATS,
     maps::ALIAS_HINTS,
+    maps::ROUTER_SESSIONS,
 ];
 
 /// Current CLOCK_MONOTONIC in ns: the clock of the datapath's `last_seen_ns`.
@@ -217,13 +225,7 @@ impl Datapath {
     /// Loads the embedded object with its maps pinned under `bpffs` (mounting a bpffs there if
     /// none is mounted), reusing pins left by a previous run of this daemon.
     pub fn open(bpffs: &Path, nat: &NatConfig) -> Result<Arc<Self>> {
-        if nat.port_min == 0 || nat.port_min > nat.port_max {
-            bail!(
-                "invalid NAT port range {}-{}: need 1 <= port_min <= port_max",
-                nat.port_min,
-                nat.port_max
-            );
-        }
+        nat.validate()?;
         let obj = object()?;
         raise_memlock();
         bpffs::ensure_mounted(bpffs)?;
@@ -236,11 +238,16 @@ impl Datapath {
                 stale.display()
             );
         }
+        let carried = resize::take_if_resized(&dir.join(maps::SESSIONS), nat.max_sessions)?;
         let pins: Vec<(&str, PathBuf)> = MAP_NAMES.iter().map(|n| (*n, dir.join(n))).collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
+        let quota = u64::from(nat.sessions_per_router());
+        loader
+            .map_max_entries(maps::SESSIONS, nat.max_sessions)
+            .override_global(globals::MAX_SESSIONS_PER_ROUTER, &quota, true);
         let mut ebpf = loader
             .load(obj)
             .map_err(|e| anyhow!("loading the eBPF object: {e:#}"))?;
@@ -263,6 +270,10 @@ impl Datapath {
             .take_map(maps::ALIAS_HINTS)
             .ok_or_else(|| anyhow!("map {} missing from the eBPF object", maps::ALIAS_HINTS))
             .and_then(hints::AliasHints::new)?;
+        let counts = ebpf
+            .take_map(maps::ROUTER_SESSIONS)
+            .ok_or_else(|| anyhow!("map {} missing from the eBPF object", maps::ROUTER_SESSIONS))
+            .and_then(counts::RouterSessions::new)?;
         let fast_next = Self::first_spare(&fast);
         let inner = Inner {
             config: mirror::Mirrored::new(take(&mut ebpf, maps::ROUTER_CONFIG)?)?,
@@ -276,6 +287,10 @@ impl Datapath {
             fast_next,
             ebpf,
         };
+        let mut inner = inner;
+        if let Some(entries) = carried {
+            resize::put_back(&mut inner.sessions, entries, nat.max_sessions);
+        }
         let gc_sessions = HashMap::try_from(open_pinned(&dir, maps::SESSIONS)?)?;
         let gc_global = PerCpuArray::try_from(open_pinned(&dir, maps::GLOBAL_STATS)?)?;
         Ok(Arc::new(Self {
@@ -286,6 +301,8 @@ impl Datapath {
             gc_global,
             legacy,
             hints: alias_hints,
+            counts,
+            limits: sessions::Limits::new(nat),
         }))
     }
 
@@ -441,7 +458,8 @@ impl Datapath {
         // `snat_out` trusts a session without asking the trie: sessions whose internal end
         // left the router's subnets go with them (after the trie, so none is re-created).
         if !stale.is_empty() {
-            flush_outside(&mut inner, nat.dp_id, &nat.internal_cidrs)?;
+            let gone = flush_outside(&mut inner, nat.dp_id, &nat.internal_cidrs)?;
+            self.uncount(nat.dp_id, gone);
         }
         inner.config.insert(nat.ifindex, cfg)?;
         for (idx, _) in previous.iter().filter(|(idx, _)| *idx != nat.ifindex) {
@@ -451,7 +469,8 @@ impl Datapath {
             .iter()
             .any(|(_, c)| c.gateway_ip != cfg.gateway_ip || c.flags & ROUTER_F_SNAT == 0);
         if changed || !nat.enable_snat {
-            flush_router(&mut inner, nat.dp_id)?;
+            let gone = flush_router(&mut inner, nat.dp_id)?;
+            self.uncount(nat.dp_id, gone.entries);
         }
         Ok(())
     }
@@ -468,13 +487,36 @@ impl Datapath {
         fip::remove_router(&mut inner, dp_id)?;
         fast::remove_router(&mut inner, dp_id)?;
         zero_stats(&mut inner, dp_id)?;
+        // No packet of the router creates entries any more (its config is gone).
+        self.counts.clear(dp_id);
         Ok(())
     }
 
     /// Deletes every session of the router; returns how many.
     pub fn flush_sessions(&self, dp_id: u32) -> Result<usize> {
         let mut inner = self.lock();
-        flush_router(&mut inner, dp_id)
+        let n = flush_router(&mut inner, dp_id)?;
+        self.uncount(dp_id, n.entries);
+        Ok(n.sessions)
+    }
+
+    /// Takes `entries` the daemon deleted off router `dp_id`'s count, at most what it holds
+    /// (the next GC pass corrects the count either way), so a router near its cap gets room
+    /// at once.
+    fn uncount(&self, dp_id: u32, entries: usize) {
+        let held = self.counts.get(dp_id);
+        self.counts.add(dp_id, -(held.min(entries as u64) as i64));
+    }
+
+    /// Entries of the session table router `dp_id` holds (sessions and forward aliases), as
+    /// counted against `[nat] max_sessions_per_router`.
+    pub fn session_count(&self, dp_id: u32) -> u64 {
+        self.counts.get(dp_id)
+    }
+
+    /// The table's size and the per-router cap this datapath was loaded with.
+    pub fn limits(&self) -> sessions::Limits {
+        self.limits
     }
 
     /// The router's sessions.
@@ -515,28 +557,42 @@ impl Datapath {
         global_sum(&self.gc_global, GlobalCounter::SessionsCreated)
     }
 
-    /// One GC pass: expires idle sessions by the configured timeouts and, when the table is
-    /// crowded, drops never-replied sessions early (`sessions::early_drop`).
+    /// What the GC's pace goes by (`sessions::GcPace`): the creation and refusal counters and
+    /// whether some router holds its crowded share of entries. A few map reads and a scan of
+    /// the mapped per-router counts; no walk of the table.
+    pub fn pressure(&self) -> Result<sessions::Pressure> {
+        let high = self.limits.router_high() as u64;
+        Ok(sessions::Pressure {
+            created: self.sessions_created()?,
+            refused: global_sum(&self.gc_global, GlobalCounter::SessionsRefused)?,
+            router_crowded: self
+                .counts
+                .all()
+                .iter()
+                .any(|n| *n >= high && *n < u64::MAX / 2),
+        })
+    }
+
+    /// One GC pass: expires idle sessions by the configured timeouts and, when the table or a
+    /// router's share of it is crowded, drops sessions that are not assured early
+    /// (`sessions::early_drop`); then moves each router's entry count to what the pass found
+    /// (`counts::correction`).
     ///
     /// Uses its own handle on the map, not the datapath lock: API calls proceed meanwhile
     /// (a session flushed or re-created concurrently is at worst removed once more, and a
     /// flow whose session went is given one again by its next outbound packet).
     pub fn gc(&self) -> Result<GcReport> {
         let map = self.gc_sessions.lock().unwrap_or_else(|p| p.into_inner());
-        // Read before the snapshot: see `hints`.
+        // Read before the snapshot: see `hints` and `counts`.
         let hinted = self.hints.set_slots();
+        let counted = self.counts.all();
         let entries = read_session_map(&map)?;
         let mut doomed = sessions::expired(&entries, &self.nat, monotonic_ns());
         let expired = doomed
             .iter()
             .filter(|k| k.dir == router_common::DIR_IN)
             .count();
-        let early = sessions::early_drop(
-            &entries,
-            &doomed,
-            sessions::PRESSURE,
-            sessions::EARLY_DROP_TARGET,
-        );
+        let early = sessions::early_drop(&entries, &doomed, &self.limits);
         let dropped_early = early
             .iter()
             .filter(|k| k.dir == router_common::DIR_IN)
@@ -546,11 +602,40 @@ impl Datapath {
             .context("deleting sessions (BPF_MAP_DELETE_BATCH)")?;
         self.hints
             .clear_unused(&hinted, &sessions::alias_slots(&entries, &doomed));
+        self.correct_counts(&counted, &entries, &doomed);
         Ok(GcReport {
             expired,
             dropped_early,
             entries: entries.len().saturating_sub(removed),
         })
+    }
+
+    /// Moves each router's count of entries (read as `counted` before the walk) to what the
+    /// walk found (`entries`) less what the pass deleted (`doomed`).
+    fn correct_counts(
+        &self,
+        counted: &[u64],
+        entries: &StdHashMap<SessionKey, SessionValue>,
+        doomed: &[SessionKey],
+    ) {
+        let mut found = vec![0u64; counted.len()];
+        let mut deleted = vec![0u64; counted.len()];
+        for k in entries.keys() {
+            if let Some(n) = found.get_mut(usize::from(k.router_id)) {
+                *n += 1;
+            }
+        }
+        for k in doomed {
+            if let Some(n) = deleted.get_mut(usize::from(k.router_id)) {
+                *n += 1;
+            }
+        }
+        for (r, before) in counted.iter().enumerate() {
+            let d = counts::correction(*before, found[r], deleted[r]);
+            if d != 0 {
+                self.counts.add(r as u32, d);
+            }
+        }
     }
 
     /// Runs `program` once on `packet` (an Ethernet frame) with BPF_PROG_TEST_RUN and returns
@@ -671,8 +756,14 @@ fn flush_outside(inner: &mut Inner, dp_id: u32, cidrs: &[Ipv4Net]) -> Result<usi
     Ok(doomed.len())
 }
 
-/// Deletes the sessions and fragment entries of one router; returns the number of sessions.
-fn flush_router(inner: &mut Inner, dp_id: u32) -> Result<usize> {
+/// What a flush deleted: sessions, and entries (sessions and forward aliases).
+struct Flushed {
+    sessions: usize,
+    entries: usize,
+}
+
+/// Deletes the sessions and fragment entries of one router.
+fn flush_router(inner: &mut Inner, dp_id: u32) -> Result<Flushed> {
     let keys: Vec<SessionKey> = read_session_map(&inner.sessions)?
         .into_keys()
         .filter(|k| u32::from(k.router_id) == dp_id)
@@ -695,5 +786,79 @@ fn flush_router(inner: &mut Inner, dp_id: u32) -> Result<usize> {
     for k in &frags {
         remove_missing_ok(inner.fragments.remove(k))?;
     }
-    Ok(n)
+    Ok(Flushed {
+        sessions: n,
+        entries: keys.len(),
+    })
+}
+
+/// A session table pinned by an earlier run with another `[nat] max_sessions`: aya would
+/// reuse the pin whatever its size, so the table is carried over into a new one instead.
+mod resize {
+    use std::path::Path;
+
+    use anyhow::{Context as _, Result};
+    use aya::maps::{HashMap, MapData};
+    use router_common::{SessionKey, SessionValue};
+
+    /// The entries of the table pinned at `pin` if its size is not `want`, with the pin
+    /// removed so the loader creates a table of the configured size; `None` when there is no
+    /// pin or it has that size already (its sessions are simply kept).
+    ///
+    /// Programs of the earlier run keep translating with the old table until the realiser
+    /// replaces them: sessions they create meanwhile are lost, and their flows get a session
+    /// again from their next outbound packet.
+    pub fn take_if_resized(
+        pin: &Path,
+        want: u32,
+    ) -> Result<Option<Vec<(SessionKey, SessionValue)>>> {
+        if !pin.exists() {
+            return Ok(None);
+        }
+        let old = MapData::from_pin(pin)
+            .with_context(|| format!("opening the pinned session table {}", pin.display()))?;
+        let had = old.info()?.max_entries();
+        if had == want {
+            return Ok(None);
+        }
+        let entries = super::batch::read_all::<SessionKey, SessionValue>(&old)
+            .context("reading the pinned session table (BPF_MAP_LOOKUP_BATCH)")?;
+        std::fs::remove_file(pin).with_context(|| format!("unpinning {}", pin.display()))?;
+        tracing::info!(
+            from = had,
+            to = want,
+            sessions = entries.len(),
+            "[nat] max_sessions changed: carrying the session table over into one of the new size"
+        );
+        Ok(Some(entries))
+    }
+
+    /// Inserts the carried-over `entries` into the new table: sessions first, the most
+    /// recently seen first, then forward aliases; what does not fit is dropped (an alias left
+    /// without its session is an orphan the GC removes).
+    pub fn put_back(
+        map: &mut HashMap<MapData, SessionKey, SessionValue>,
+        mut entries: Vec<(SessionKey, SessionValue)>,
+        capacity: u32,
+    ) {
+        entries.sort_by_key(|(k, v)| {
+            (
+                k.dir != router_common::DIR_IN,
+                std::cmp::Reverse(v.last_seen_ns),
+            )
+        });
+        let total = entries.len();
+        let kept = entries
+            .into_iter()
+            .take(capacity as usize)
+            .take_while(|(k, v)| map.insert(k, v, 0).is_ok())
+            .count();
+        if kept < total {
+            tracing::warn!(
+                kept,
+                dropped = total - kept,
+                "the new session table is smaller than the sessions it had: the least recently seen went"
+            );
+        }
+    }
 }

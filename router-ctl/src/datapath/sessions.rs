@@ -1,15 +1,18 @@
 //! Pure session-table logic: listing sessions (one `DIR_IN` entry each, plus a forward alias
 //! for SNAT flows that could not keep their first-choice port), deciding which entries the
 //! GC expires under the configured conntrack-like timeouts and which it drops early when the
-//! table is crowded, and when it runs.
+//! table or a router's share of it is crowded, and when it runs.
 //!
 //! The table (`SESSIONS`) never evicts by itself: a new flow that finds it full is dropped and
-//! counted (`drop_table_full`). Room is kept here, as conntrack keeps it: sessions expire by
-//! their state's timeout, and once the table is [`PRESSURE`] full the GC runs every second and
-//! drops sessions that never saw a reply (unanswered UDP, TCP still in SYN_SENT, unanswered
-//! pings), least recently seen first, down to [`EARLY_DROP_TARGET`]. A session that was
-//! answered (an established TCP connection, a UDP exchange) is never dropped before its timeout,
-//! so a flood of new flows cannot push out live connections, which an LRU table would do.
+//! counted (`drop_table_full`), and so is a new flow of a router that holds its cap of entries
+//! (`drop_router_quota`). Room is kept here, as conntrack keeps it: sessions expire by their
+//! state's timeout (a TCP SYN answered by a RST at once), and while a router holds 3/4 of its
+//! cap or the table is 3/4 full ([`Limits`]) the GC runs every second and drops sessions that
+//! are not assured ([`router_common::nat::assured`]: unanswered flows, refused connections,
+//! single exchanges), least recently seen first: a crowded router's own down to half its cap,
+//! then, if the table is still crowded, anyone's down to half the table. An assured session (an established TCP connection, a UDP exchange that goes on)
+//! is never dropped before its timeout, so a flood of new flows cannot push out live
+//! connections, which an LRU table would do, and one router's flood never reaches another's.
 
 use std::{
     collections::HashMap,
@@ -20,8 +23,8 @@ use std::{
 use ipnet::Ipv4Net;
 
 use router_common::{
-    DIR_IN, DIR_OUT, IPPROTO_ICMP, MAX_SESSIONS, SESSION_SNAT, ST_SEEN, SessionKey, SessionValue,
-    nat::{SessionState, alias_hint_slot, proto_name},
+    DIR_IN, DIR_OUT, IPPROTO_ICMP, MAX_SESSIONS, SESSION_SNAT, SessionKey, SessionValue,
+    nat::{SessionState, alias_hint_slot, assured, opened_and_reset, proto_name},
 };
 
 use super::SessionInfo;
@@ -135,7 +138,10 @@ pub fn expired(
             DIR_IN => {
                 let state = SessionState::derive(k.proto, v.state);
                 let idle = now_ns.saturating_sub(v.last_seen_ns);
-                if idle > timeout_secs(nat, k.proto, state).saturating_mul(1_000_000_000) {
+                // A connection refused by a RST is over (conntrack closes it at once).
+                if opened_and_reset(k.proto, v.state)
+                    || idle > timeout_secs(nat, k.proto, state).saturating_mul(1_000_000_000)
+                {
                     doomed.push(*k);
                     let fk = forward_of(k, v);
                     if let Some(fv) = entries.get(&fk)
@@ -160,47 +166,117 @@ pub fn expired(
     doomed
 }
 
-/// Entries (sessions and aliases) at or above which the table is crowded: the GC runs every
-/// second while new sessions keep coming, and drops never-replied sessions early.
+/// Entries (sessions and aliases) at or above which the default table is crowded.
 pub const PRESSURE: usize = MAX_SESSIONS as usize / 4 * 3;
-/// Entries an early drop brings a crowded table down to (if enough sessions were never
-/// replied): room for about a second of new flows at the bench's highest rates.
+/// Entries an early drop brings a crowded default table down to.
 pub const EARLY_DROP_TARGET: usize = MAX_SESSIONS as usize / 2;
 
-/// Keys the GC drops early from a crowded table: `entries` is the table as read, `gone` what
-/// this pass removes anyway (expired). When the rest holds at least `high` entries, sessions
-/// that never saw a reply are dropped with their alias, least recently seen first, until at
-/// most `low` entries are left or none is left to drop. Answered sessions are never dropped.
+/// The table's size and a router's cap (`[nat] max_sessions`, `max_sessions_per_router`), and
+/// the marks the GC works by: 3/4 of either is crowded, and an early drop brings it to 1/2
+/// (room for about a second of new flows at the bench's highest rates).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub capacity: usize,
+    pub per_router: usize,
+}
+
+impl Limits {
+    pub fn new(nat: &NatConfig) -> Self {
+        Self {
+            capacity: nat.max_sessions as usize,
+            per_router: nat.sessions_per_router() as usize,
+        }
+    }
+    /// Entries at or above which the table is crowded.
+    pub fn table_high(&self) -> usize {
+        self.capacity * 3 / 4
+    }
+    /// Entries an early drop brings a crowded table down to.
+    pub fn table_low(&self) -> usize {
+        self.capacity / 2
+    }
+    /// Entries at or above which a router is crowded.
+    pub fn router_high(&self) -> usize {
+        self.per_router * 3 / 4
+    }
+    /// Entries an early drop brings a crowded router down to.
+    pub fn router_low(&self) -> usize {
+        self.per_router / 2
+    }
+}
+
+/// Entries per router number in `entries` but not in `gone`.
+pub fn per_router(
+    entries: &HashMap<SessionKey, SessionValue>,
+    gone: &std::collections::HashSet<&SessionKey>,
+) -> HashMap<u16, usize> {
+    let mut n = HashMap::new();
+    for k in entries.keys().filter(|k| !gone.contains(k)) {
+        *n.entry(k.router_id).or_insert(0) += 1;
+    }
+    n
+}
+
+/// Keys the GC drops early: `entries` is the table as read, `gone` what this pass removes
+/// anyway (expired). Only sessions that are not assured go, each with its alias, least
+/// recently seen first: first those of every router holding at least `router_high` entries,
+/// until it holds at most `router_low` (a router's flood is its own problem, and a router over
+/// its cap loses its own first); then, while the rest of the table holds at least
+/// `table_high`, anyone's until at most `table_low` are left. Assured sessions are never
+/// dropped.
 pub fn early_drop(
     entries: &HashMap<SessionKey, SessionValue>,
     gone: &[SessionKey],
-    high: usize,
-    low: usize,
+    limits: &Limits,
 ) -> Vec<SessionKey> {
     let gone: std::collections::HashSet<&SessionKey> = gone.iter().collect();
-    let mut left = entries.len().saturating_sub(gone.len());
-    if left < high {
+    let mut by_router = per_router(entries, &gone);
+    let mut left: usize = by_router.values().sum();
+    let crowded: std::collections::HashSet<u16> = by_router
+        .iter()
+        .filter(|(_, n)| **n >= limits.router_high())
+        .map(|(r, _)| *r)
+        .collect();
+    if crowded.is_empty() && left < limits.table_high() {
         return Vec::new();
     }
-    let mut unreplied: Vec<(&SessionKey, &SessionValue)> = entries
+    let mut candidates: Vec<(&SessionKey, &SessionValue)> = entries
         .iter()
-        .filter(|(k, v)| k.dir == DIR_IN && v.state & ST_SEEN == 0 && !gone.contains(k))
+        .filter(|(k, v)| k.dir == DIR_IN && !assured(k.proto, v.state) && !gone.contains(k))
         .collect();
-    unreplied.sort_unstable_by_key(|(_, v)| v.last_seen_ns);
+    candidates.sort_unstable_by_key(|(_, v)| v.last_seen_ns);
     let mut doomed = Vec::new();
-    for (k, v) in unreplied {
-        if left <= low {
-            break;
-        }
+    let mut take = |k: &SessionKey, v: &SessionValue, by_router: &mut HashMap<u16, usize>| {
+        let mut n = 1;
         doomed.push(*k);
-        left -= 1;
         let fk = forward_of(k, v);
         if let Some(fv) = entries.get(&fk)
             && alias_matches(&fk, fv, k, v)
             && !gone.contains(&fk)
         {
             doomed.push(fk);
-            left -= 1;
+            n += 1;
+        }
+        if let Some(c) = by_router.get_mut(&k.router_id) {
+            *c = c.saturating_sub(n);
+        }
+        n
+    };
+    let mut rest = Vec::new();
+    for (k, v) in candidates {
+        let r = k.router_id;
+        if crowded.contains(&r) && by_router.get(&r).is_some_and(|n| *n > limits.router_low()) {
+            left -= take(k, v, &mut by_router).min(left);
+        } else {
+            rest.push((k, v));
+        }
+    }
+    if left >= limits.table_high() {
+        for (k, v) in rest {
+            if left <= limits.table_low() {
+                break;
+            }
+            left -= take(k, v, &mut by_router).min(left);
         }
     }
     doomed
@@ -220,37 +296,59 @@ pub fn alias_slots(
         .collect()
 }
 
-/// When the GC runs: every `every` (`[nat] gc_interval`), and every second while the table is
-/// estimated crowded — the entries the last pass left plus the sessions created since
-/// (`GlobalCounter::SessionsCreated`, one cheap read) — and still getting new sessions.
+/// When the GC runs: every `every` (`[nat] gc_interval`), and every second while
+/// - new flows are being refused for want of room (`GlobalCounter::SessionsRefused` moved:
+///   a full table or a router at its cap creates nothing, so the creation count alone would
+///   never say so), or
+/// - new sessions keep coming (`GlobalCounter::SessionsCreated` moved) and the table is
+///   estimated crowded — the entries the last pass left plus the sessions created since — or
+///   some router's count of entries is at its crowded mark (the caller reads
+///   `ROUTER_SESSIONS`).
 #[derive(Debug)]
 pub struct GcPace {
     every: Duration,
-    /// When the last pass ran, the creation counter then and the entries it left.
-    last: Option<(Instant, u64, usize)>,
+    high: usize,
+    /// When the last pass ran, the creation and refusal counters then and the entries it left.
+    last: Option<(Instant, u64, u64, usize)>,
+}
+
+/// The datapath's counters the pace goes by, read once a second.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pressure {
+    /// `GlobalCounter::SessionsCreated`, summed over CPUs.
+    pub created: u64,
+    /// `GlobalCounter::SessionsRefused`, summed over CPUs.
+    pub refused: u64,
+    /// Some router holds at least `Limits::router_high` entries.
+    pub router_crowded: bool,
 }
 
 impl GcPace {
     /// How often the daemon asks [`GcPace::due`].
     pub const POLL: Duration = Duration::from_secs(1);
 
-    pub fn new(every: Duration) -> Self {
-        Self { every, last: None }
+    pub fn new(every: Duration, limits: &Limits) -> Self {
+        Self {
+            every,
+            high: limits.table_high(),
+            last: None,
+        }
     }
 
-    /// Whether a pass is due at `now`, with the creation counter at `created`.
-    pub fn due(&self, now: Instant, created: u64) -> bool {
-        let Some((at, created_then, entries)) = self.last else {
+    /// Whether a pass is due at `now`, with the datapath's counters at `p`.
+    pub fn due(&self, now: Instant, p: &Pressure) -> bool {
+        let Some((at, created_then, refused_then, entries)) = self.last else {
             return true;
         };
-        let new = created.wrapping_sub(created_then);
+        let new = p.created.wrapping_sub(created_then);
         now.duration_since(at) >= self.every
-            || (new > 0 && entries.saturating_add(new as usize) >= PRESSURE)
+            || p.refused != refused_then
+            || (new > 0 && (p.router_crowded || entries.saturating_add(new as usize) >= self.high))
     }
 
-    /// Records a pass that ran at `now` with the counter at `created` and left `entries`.
-    pub fn ran(&mut self, now: Instant, created: u64, entries: usize) {
-        self.last = Some((now, created, entries));
+    /// Records a pass that ran at `now` with the counters at `p` and left `entries`.
+    pub fn ran(&mut self, now: Instant, p: &Pressure, entries: usize) {
+        self.last = Some((now, p.created, p.refused, entries));
     }
 }
 
@@ -279,7 +377,8 @@ pub fn outside(
 mod tests {
     use super::*;
     use router_common::{
-        IPPROTO_TCP, IPPROTO_UDP, ST_ACK, ST_REPLY_SHIFT, ST_SEEN, ST_SYN, ip_to_wire, port_to_wire,
+        IPPROTO_TCP, IPPROTO_UDP, ST_ACK, ST_REPLY_SHIFT, ST_RST, ST_SEEN, ST_SYN, ip_to_wire,
+        port_to_wire,
     };
 
     const S: u64 = 1_000_000_000;
@@ -425,21 +524,34 @@ mod tests {
         m
     }
 
+    /// Limits of a table of `capacity` entries (crowded at 3/4, dropped to 1/2) whose
+    /// routers' cap is never reached.
+    fn table(capacity: usize) -> Limits {
+        Limits {
+            capacity,
+            per_router: 1 << 20,
+        }
+    }
+
+    /// An assured UDP session (a reply and a packet out after the first).
+    const UDP_ASSURED: u8 = ST_SEEN | ST_ACK;
+
     #[test]
-    fn early_drop_takes_unreplied_sessions_oldest_first_and_never_answered_ones() {
+    fn early_drop_takes_sessions_not_assured_oldest_first_and_never_assured_ones() {
         let mut m = unreplied(30, 100);
         // 30 sessions, 10 aliases; plus an established TCP session older than all of them and
-        // a replied UDP one with its alias.
+        // an assured UDP one with its alias.
         let est = ST_SYN | ST_ACK | ST_SEEN | (ST_ACK << ST_REPLY_SHIFT);
         m.extend(session(IPPROTO_TCP, 40000, 0, est, false));
-        m.extend(session(IPPROTO_UDP, 1500, 1, ST_SEEN, true));
+        m.extend(session(IPPROTO_UDP, 1500, 1, UDP_ASSURED, true));
         assert_eq!(m.len(), 43);
 
         assert!(
-            early_drop(&m, &[], 44, 10).is_empty(),
-            "below the high mark"
+            early_drop(&m, &[], &table(60)).is_empty(),
+            "below the high mark (45)"
         );
-        let doomed = early_drop(&m, &[], 43, 30);
+        // Crowded at 42, down to 28.
+        let doomed = early_drop(&m, &[], &table(56));
         let left: HashMap<_, _> = m
             .iter()
             .filter(|(k, _)| !doomed.contains(k))
@@ -447,7 +559,7 @@ mod tests {
             .collect();
         // Down to the low mark; a session's alias going with it may take it one below.
         assert!(
-            (29..=30).contains(&left.len()),
+            (27..=28).contains(&left.len()),
             "{} left: {doomed:?}",
             left.len()
         );
@@ -457,7 +569,7 @@ mod tests {
             } else {
                 m[&reverse_of(k, v)]
             };
-            assert_eq!(session.state & ST_SEEN, 0, "only never-replied sessions go");
+            assert_eq!(session.state & ST_SEEN, 0, "only unassured sessions go");
         }
         // Oldest first: every session still there was seen after every one dropped.
         let newest_dropped = doomed
@@ -475,7 +587,7 @@ mod tests {
         for (k, v) in left.iter().filter(|(k, _)| k.dir == DIR_OUT) {
             assert!(left.contains_key(&reverse_of(k, v)), "orphaned alias {k:?}");
         }
-        // The answered sessions and their alias stay, however old.
+        // The assured sessions and their alias stay, however old.
         assert_eq!(left.values().filter(|v| v.state & ST_SEEN != 0).count(), 2);
 
         // Entries expired in the same pass count as gone already.
@@ -486,12 +598,147 @@ mod tests {
             .copied()
             .collect();
         assert!(
-            early_drop(&m, &expired, 40, 30).is_empty(),
-            "38 left: below 40"
+            early_drop(&m, &expired, &table(56)).is_empty(),
+            "38 left: below 42"
         );
-        // Only unreplied sessions can go: with nothing else to drop it stops above `low`.
-        let all = early_drop(&m, &[], 1, 0);
+        // Only unassured sessions can go: with nothing else to drop it stops above `low`.
+        let all = early_drop(&m, &[], &table(2));
         assert_eq!(all.len(), 40, "30 sessions and their 10 aliases");
+
+        // A single answered exchange (one query, one answer) is not protected; a refused TCP
+        // connection neither.
+        let mut m = unreplied(30, 100);
+        m.extend(session(IPPROTO_UDP, 1500, 1, ST_SEEN, true));
+        m.extend(session(
+            IPPROTO_TCP,
+            40000,
+            2,
+            ST_SYN | ST_SEEN | ((ST_ACK | ST_RST) << ST_REPLY_SHIFT),
+            false,
+        ));
+        let doomed = early_drop(&m, &[], &table(40));
+        let gone: Vec<u8> = doomed
+            .iter()
+            .filter(|k| k.dir == DIR_IN && m[*k].last_seen_ns < 100)
+            .map(|k| k.proto)
+            .collect();
+        assert_eq!(gone.len(), 2, "both go first, being the oldest: {doomed:?}");
+    }
+
+    /// `n` unreplied TCP sessions (SYN_SENT) of router `router`, last seen at `first`, …
+    fn syn_flood(router: u16, n: u16, first: u64) -> HashMap<SessionKey, SessionValue> {
+        (0..n)
+            .map(|i| {
+                let mut k = fwd(IPPROTO_TCP);
+                k.router_id = router;
+                k.dport = port_to_wire(1000 + i);
+                let a = SessionValue {
+                    addr: ip_to_wire([192, 0, 2, router as u8]),
+                    port: k.sport,
+                    ..Default::default()
+                };
+                let rk = reverse_of(&k, &a);
+                let rv = SessionValue {
+                    addr: k.src,
+                    port: k.sport,
+                    state: ST_SYN,
+                    kind: 0,
+                    last_seen_ns: first + u64::from(i),
+                };
+                (rk, rv)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn early_drop_brings_a_crowded_router_to_half_its_cap_and_spares_the_others() {
+        let limits = Limits {
+            capacity: 1000,
+            per_router: 40,
+        };
+        // Router 1 floods: 40 unassured sessions, one assured older than all of them.
+        let mut m = syn_flood(1, 40, 100);
+        let mut est = session(
+            IPPROTO_TCP,
+            40000,
+            0,
+            ST_SYN | ST_ACK | ST_SEEN | (ST_ACK << ST_REPLY_SHIFT),
+            false,
+        );
+        est = est
+            .into_iter()
+            .map(|(mut k, v)| {
+                k.router_id = 1;
+                k.src = ip_to_wire([198, 51, 100, 1]);
+                (k, v)
+            })
+            .collect();
+        m.extend(est);
+        // Router 2: 20 unassured sessions (below its crowded mark of 30), older still.
+        m.extend(syn_flood(2, 20, 0));
+        let doomed = early_drop(&m, &[], &limits);
+        assert!(
+            doomed.iter().all(|k| k.router_id == 1),
+            "another router's sessions are not touched: {doomed:?}"
+        );
+        let left1 = m
+            .keys()
+            .filter(|k| k.router_id == 1 && !doomed.contains(k))
+            .count();
+        assert_eq!(left1, 20, "router 1 down to half its cap");
+        assert!(
+            m.iter()
+                .filter(|(k, _)| k.router_id == 1 && !doomed.contains(k))
+                .any(|(_, v)| v.state & ST_ACK != 0),
+            "its assured session stays"
+        );
+        // The oldest went.
+        let newest_dropped = doomed
+            .iter()
+            .map(|k| m[k].last_seen_ns)
+            .max()
+            .expect("dropped");
+        assert!(
+            m.iter()
+                .filter(|(k, v)| k.router_id == 1 && v.state == ST_SYN && !doomed.contains(k))
+                .all(|(_, v)| v.last_seen_ns > newest_dropped)
+        );
+
+        // A crowded table (70 of 80) with no router crowded: the oldest go, whoever's.
+        let limits = Limits {
+            capacity: 80,
+            per_router: 1000,
+        };
+        let mut m = syn_flood(1, 30, 100);
+        m.extend(syn_flood(2, 40, 0));
+        let doomed = early_drop(&m, &[], &limits);
+        assert_eq!(doomed.len(), 30, "70 → 40");
+        assert!(
+            doomed.iter().all(|k| k.router_id == 2),
+            "router 2's are older"
+        );
+        // Router 2 crowded (cap 50, crowded at 37): it goes down to 25 first, which leaves
+        // the table at 55, no longer crowded (60).
+        let capped = Limits {
+            capacity: 80,
+            per_router: 50,
+        };
+        let doomed = early_drop(&m, &[], &capped);
+        assert_eq!(doomed.len(), 15);
+        assert!(doomed.iter().all(|k| k.router_id == 2));
+    }
+
+    #[test]
+    fn a_refused_connection_is_closed_at_once() {
+        let nat = NatConfig::default();
+        let refused = ST_SYN | ST_SEEN | ((ST_ACK | ST_RST) << ST_REPLY_SHIFT);
+        let m = session(IPPROTO_TCP, 40000, 10 * S, refused, false);
+        assert_eq!(expired(&m, &nat, 10 * S).len(), 1, "no timeout to wait for");
+        // A reset established connection waits for the CLOSE timeout (10 s).
+        let reset = ST_SYN | ST_ACK | ST_SEEN | (ST_RST << ST_REPLY_SHIFT);
+        let m = session(IPPROTO_TCP, 40000, 10 * S, reset, false);
+        assert!(expired(&m, &nat, 15 * S).is_empty());
+        assert_eq!(expired(&m, &nat, 21 * S).len(), 1);
     }
 
     #[test]
@@ -514,24 +761,55 @@ mod tests {
     #[test]
     fn gc_paces_by_interval_and_by_pressure() {
         let t0 = Instant::now();
-        let mut p = GcPace::new(Duration::from_secs(10));
-        assert!(p.due(t0, 0), "first pass at once");
-        p.ran(t0, 1000, 10);
+        let limits = Limits::new(&NatConfig::default());
+        let mut p = GcPace::new(Duration::from_secs(10), &limits);
+        let at = |created: u64| Pressure {
+            created,
+            ..Default::default()
+        };
+        assert!(p.due(t0, &at(0)), "first pass at once");
+        p.ran(t0, &at(1000), 10);
         let s = |n| t0 + Duration::from_secs(n);
-        assert!(!p.due(s(1), 2000), "quiet table: wait for the interval");
-        assert!(p.due(s(10), 1000), "interval");
+        assert!(
+            !p.due(s(1), &at(2000)),
+            "quiet table: wait for the interval"
+        );
+        assert!(p.due(s(10), &at(1000)), "interval");
         // Entries left plus sessions created since reach the pressure mark.
         let crowd = (PRESSURE - 10) as u64;
-        assert!(!p.due(s(1), 1000 + crowd - 1));
-        assert!(p.due(s(1), 1000 + crowd));
+        assert!(!p.due(s(1), &at(1000 + crowd - 1)));
+        assert!(p.due(s(1), &at(1000 + crowd)));
+        // A crowded router that gets new sessions.
+        let crowded = Pressure {
+            created: 1001,
+            router_crowded: true,
+            ..Default::default()
+        };
+        assert!(p.due(s(1), &crowded));
+        assert!(!p.due(
+            s(1),
+            &Pressure {
+                created: 1000,
+                ..crowded
+            }
+        ));
+        // A full table (or a router at its cap) creates nothing: refusals say it.
+        let refusing = Pressure {
+            created: 1000,
+            refused: 1,
+            router_crowded: false,
+        };
+        assert!(p.due(s(1), &refusing));
+        p.ran(s(1), &refusing, 10);
+        assert!(!p.due(s(2), &refusing), "refusals stopped");
         // A crowded table that gets no new sessions is not walked again before the interval.
-        p.ran(s(2), 5000, PRESSURE + 100);
-        assert!(!p.due(s(3), 5000));
-        assert!(p.due(s(3), 5001));
-        assert!(p.due(s(12), 5000));
+        p.ran(s(2), &at(5000), PRESSURE + 100);
+        assert!(!p.due(s(3), &at(5000)));
+        assert!(p.due(s(3), &at(5001)));
+        assert!(p.due(s(12), &at(5000)));
         // The per-CPU sum may wrap.
-        p.ran(s(20), u64::MAX, 0);
-        assert!(!p.due(s(21), 5));
+        p.ran(s(20), &at(u64::MAX), 0);
+        assert!(!p.due(s(21), &at(5)));
     }
 
     #[test]

@@ -13,13 +13,18 @@ use router_common::{
     DIR_IN, IPPROTO_UDP, MAX_SESSIONS, SESSION_SNAT, SessionKey, SessionValue, ip_to_wire,
     port_to_wire,
 };
-use router_ctl::datapath::{Datapath, sessions};
+use router_ctl::{
+    config::NatConfig,
+    datapath::{Datapath, sessions},
+};
 use tests::{
     Bpffs, Netns,
     daemon::{Daemon, DaemonOptions},
+    open_datapath,
     packet::{ACK, SYN, tcp_frame, udp_frame},
     pinned_map, pinned_sessions,
-    testrun::{GW, OK, SHOT, SRV, run, snat_datapath},
+    testrun::{GW, OK, SHOT, SRV, run},
+    testrun_router,
 };
 
 const VM: [u8; 4] = [10, 0, 0, 5];
@@ -74,9 +79,16 @@ fn flood_entry(i: u32, t0: u64) -> (SessionKey, SessionValue) {
 #[test]
 fn a_full_table_drops_new_flows_keeps_answered_ones_and_the_gc_makes_room() {
     let dir = Bpffs::new();
-    let dp = snat_datapath(&dir, DP_ID, GW, "10.0.0.0/24");
+    // One router may take the whole table here (the per-router cap is tested apart).
+    let nat = NatConfig {
+        max_sessions_per_router: Some(MAX_SESSIONS),
+        ..NatConfig::default()
+    };
+    let dp = open_datapath(&dir, &nat, &testrun_router(DP_ID, GW, &["10.0.0.0/24"]));
 
-    // An answered UDP exchange and an established TCP connection.
+    // An assured UDP exchange (a query, its answer, a second query) and an established TCP
+    // connection.
+    run(&dp, "snat_out", &udp_frame(VM, 40000, SRV, 53));
     run(&dp, "snat_out", &udp_frame(VM, 40000, SRV, 53));
     translated(
         &dp,
@@ -183,7 +195,7 @@ fn the_daemon_drops_a_flood_within_seconds_not_at_its_gc_interval() {
     let d = Daemon::start_with(
         &host,
         DaemonOptions {
-            config: Some("[nat]\ngc_interval = 3600\n".into()),
+            config: Some("[nat]\ngc_interval = 3600\nmax_sessions_per_router = 262144\n".into()),
             ..Default::default()
         },
     );
@@ -202,7 +214,7 @@ fn the_daemon_drops_a_flood_within_seconds_not_at_its_gc_interval() {
         sessions.insert(k, v, 0).expect("insert flood session");
     }
     let (answered, mut v) = flood_entry(flood, 0);
-    v.state = router_common::ST_SEEN;
+    v.state = router_common::ST_SEEN | router_common::ST_ACK;
     v.last_seen_ns = t0 - 1;
     sessions
         .insert(answered, v, 0)
