@@ -22,6 +22,7 @@ pub struct Config {
     pub nat: NatConfig,
     pub metadata: MetadataConfig,
     pub datapath: DatapathConfig,
+    pub quotas: QuotaConfig,
     /// Seconds between two reconcile passes (desired state from the DB → kernel).
     pub reconcile_interval: u64,
 }
@@ -37,6 +38,7 @@ impl Default for Config {
             nat: NatConfig::default(),
             metadata: MetadataConfig::default(),
             datapath: DatapathConfig::default(),
+            quotas: QuotaConfig::default(),
             reconcile_interval: 5,
         }
     }
@@ -66,6 +68,8 @@ pub struct NatConfig {
     pub icmp: u64,
     /// Seconds between two garbage-collection passes over the session table.
     pub gc_interval: u64,
+    /// `enable_snat` of a gateway set without naming it (Neutron's `enable_snat_by_default`).
+    pub enable_snat_by_default: bool,
 }
 
 impl Default for NatConfig {
@@ -81,6 +85,7 @@ impl Default for NatConfig {
             udp_replied: 120,
             icmp: 30,
             gc_interval: 10,
+            enable_snat_by_default: true,
         }
     }
 }
@@ -98,6 +103,20 @@ pub struct DatapathConfig {
 impl Default for DatapathConfig {
     fn default() -> Self {
         Self { fast_path: true }
+    }
+}
+
+/// Limits Neutron keeps outside its quota engine.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// Extra routes per router (Neutron's `max_routes`).
+    pub max_routes: usize,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self { max_routes: 30 }
     }
 }
 
