@@ -175,4 +175,10 @@ fn extra_route_via_an_appliance_vm() {
     assert_eq!(r["routes"], json!([]), "{r}");
     assert_eq!(kernel_routes(&router_id), Vec::<String>::new());
     assert!(!ping(&vm, FAR), "no route, no way");
+
+    // router-ctl's own spelling of the same calls.
+    let r = d.cli_json(&["router", "set", "r1", "--route", &via]);
+    assert_eq!(r["routes"].as_array().map(Vec::len), Some(1), "{r}");
+    let r = d.cli_json(&["router", "set", "r1", "--no-route"]);
+    assert_eq!(r["routes"], json!([]), "{r}");
 }
