@@ -141,3 +141,23 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn l3_options_default_as_neutron_and_parse() {
+        let d = Config::default();
+        assert!(d.nat.enable_snat_by_default);
+        assert_eq!(d.quotas.max_routes, 30);
+        let c: Config =
+            toml::from_str("[nat]\nenable_snat_by_default = false\n[quotas]\nmax_routes = 5\n")
+                .unwrap();
+        assert!(!c.nat.enable_snat_by_default);
+        assert_eq!(c.quotas.max_routes, 5);
+        assert_eq!(c.nat.port_min, NatConfig::default().port_min);
+        let example = include_str!("../../deploy/router-ctl.toml");
+        toml::from_str::<Config>(example).unwrap();
+    }
+}

@@ -126,6 +126,8 @@ fn discovery_documents_and_auth() {
         [
             "ext-gw-mode",
             "external-net",
+            "extraroute",
+            "extraroute-atomic",
             "floating-ip-port-forwarding",
             "project-id",
             "provider",
