@@ -17,7 +17,8 @@ use crate::{
 };
 
 /// Whether the daemon owns `r` as an extra route: a static route via a gateway that is not
-/// the default route (the default, on-link and connected routes are handled apart).
+/// the default route (the default, on-link and connected routes are handled apart; `ip route
+/// add` makes `proto boot` routes, so an operator's own routes are left alone).
 fn is_extra_route(r: &link::Route) -> bool {
     r.gateway.is_some()
         && !r.is_default()
