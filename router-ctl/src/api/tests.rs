@@ -1150,3 +1150,49 @@ async fn gateway_update_without_enable_snat_sets_the_default() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_gateway_change_must_keep_the_routes_connected() {
+    let t = T::new();
+    let (rid, ext, _) = routed_router(&t).await;
+    let path = format!("/v2.0/routers/{rid}");
+    let gw = json!({"router": {"external_gateway_info": {"network_id": ext}}});
+    t.ok("PUT", &path, "ta", gw, 200).await;
+    let routes = json!([{"destination": "198.51.100.0/24", "nexthop": "192.0.2.77"}]);
+    t.ok(
+        "PUT",
+        &path,
+        "ta",
+        json!({"router": {"routes": routes}}),
+        200,
+    )
+    .await;
+    // Clearing the gateway would strand the route via the external subnet (Neutron's
+    // `_validate_gw_info`): refused, nothing changed.
+    let (st, v) = t
+        .req(
+            "PUT",
+            &path,
+            "ta",
+            json!({"router": {"external_gateway_info": null}}),
+        )
+        .await;
+    assert_eq!((st, err_type(&v)), (400, "InvalidRoutes"), "{v}");
+    let r = t.ok("GET", &path, "ta", Value::Null, 200).await;
+    assert_eq!(
+        r["router"]["external_gateway_info"]["network_id"],
+        ext.as_str()
+    );
+    // Both in one request: the routes go, then the gateway may.
+    let r = t
+        .ok(
+            "PUT",
+            &path,
+            "ta",
+            json!({"router": {"external_gateway_info": null, "routes": []}}),
+            200,
+        )
+        .await;
+    assert_eq!(r["router"]["external_gateway_info"], Value::Null);
+    assert_eq!(r["router"]["routes"], json!([]));
+}
