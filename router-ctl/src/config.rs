@@ -23,6 +23,7 @@ pub struct Config {
     pub metadata: MetadataConfig,
     pub datapath: DatapathConfig,
     pub metrics: MetricsConfig,
+    pub quotas: QuotaConfig,
     /// Seconds between two reconcile passes (desired state from the DB → kernel).
     pub reconcile_interval: u64,
 }
@@ -39,6 +40,7 @@ impl Default for Config {
             metadata: MetadataConfig::default(),
             datapath: DatapathConfig::default(),
             metrics: MetricsConfig::default(),
+            quotas: QuotaConfig::default(),
             reconcile_interval: 5,
         }
     }
@@ -75,6 +77,8 @@ pub struct NatConfig {
     /// Entries one router may hold; a router at it drops its own new flows
     /// (`drop_router_quota`). Unset: a quarter of `max_sessions`.
     pub max_sessions_per_router: Option<u32>,
+    /// `enable_snat` of a gateway set without naming it (Neutron's `enable_snat_by_default`).
+    pub enable_snat_by_default: bool,
 }
 
 /// Largest `[nat] max_sessions` accepted: 16 Mi entries, ≈ 1.5 GiB of kernel memory.
@@ -93,6 +97,7 @@ impl Default for NatConfig {
             udp_replied: 120,
             icmp: 30,
             gc_interval: 10,
+            enable_snat_by_default: true,
             max_sessions: router_common::MAX_SESSIONS,
             max_sessions_per_router: None,
         }
@@ -148,6 +153,20 @@ pub struct DatapathConfig {
 impl Default for DatapathConfig {
     fn default() -> Self {
         Self { fast_path: true }
+    }
+}
+
+/// Limits Neutron keeps outside its quota engine.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuotaConfig {
+    /// Extra routes per router (Neutron's `max_routes`).
+    pub max_routes: usize,
+}
+
+impl Default for QuotaConfig {
+    fn default() -> Self {
+        Self { max_routes: 30 }
     }
 }
 
@@ -267,5 +286,20 @@ mod tests {
         assert!(e.contains("max_sessions_per_router"), "{e}");
         let e = refused("[nat]\nport_min = 2000\nport_max = 1000\n");
         assert!(e.contains("[nat] port_min"), "{e}");
+    }
+
+    #[test]
+    fn l3_options_default_as_neutron_and_parse() {
+        let d = Config::default();
+        assert!(d.nat.enable_snat_by_default);
+        assert_eq!(d.quotas.max_routes, 30);
+        let c: Config =
+            toml::from_str("[nat]\nenable_snat_by_default = false\n[quotas]\nmax_routes = 5\n")
+                .unwrap();
+        assert!(!c.nat.enable_snat_by_default);
+        assert_eq!(c.quotas.max_routes, 5);
+        assert_eq!(c.nat.port_min, NatConfig::default().port_min);
+        let example = include_str!("../../deploy/router-ctl.toml");
+        toml::from_str::<Config>(example).unwrap();
     }
 }

@@ -178,7 +178,11 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         tokens,
         cfg.physical_networks.keys().cloned().collect(),
         Some(datapath.clone()),
-    );
+    )
+    .with_l3(crate::api::L3Settings {
+        enable_snat_by_default: cfg.nat.enable_snat_by_default,
+        max_routes: cfg.quotas.max_routes,
+    });
     rt.block_on(serve(cfg, state, realiser, datapath, metrics))
 }
 

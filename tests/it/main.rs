@@ -16,6 +16,7 @@ mod testrun {
 mod e2e {
     mod cli;
     mod cli_plug;
+    mod extraroute;
     mod fast_path;
     mod fip;
     mod metrics;
@@ -25,6 +26,7 @@ mod e2e {
     mod openstack_fip;
     mod session_pressure;
     mod smoke;
+    mod snat_default;
 }
 
 /// The Neutron REST API of a running daemon.
@@ -40,6 +42,7 @@ mod realise {
     mod net;
     mod no_leak;
     mod router;
+    mod routes;
     mod scale;
     mod snat;
 }

@@ -56,6 +56,22 @@ pub fn router(state: ApiState) -> Router {
             },
         ),
     )
+    .route(
+        "/v2.0/routers/{id}/add_extraroutes",
+        put(
+            |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
+                extraroutes(s, ctx, id, body, true)
+            },
+        ),
+    )
+    .route(
+        "/v2.0/routers/{id}/remove_extraroutes",
+        put(
+            |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
+                extraroutes(s, ctx, id, body, false)
+            },
+        ),
+    )
     .fallback(|| async { Fault::new(404, "HTTPNotFound", "The resource could not be found.") })
     .method_not_allowed_fallback(|| async {
         Fault::new(
@@ -242,4 +258,19 @@ async fn interface(
         })
         .await?;
     Ok(Json(info).into_response())
+}
+
+/// `add_extraroutes`/`remove_extraroutes`: body `{"router": {"routes": [...]}}`.
+async fn extraroutes(
+    s: ApiState,
+    ctx: Ctx,
+    id: String,
+    body: Bytes,
+    add: bool,
+) -> Result<Response, Fault> {
+    let o = input::resource_body(&body, "router")?;
+    let router = s
+        .mutate(move |c, fx| resources::change_extraroutes(c, fx, &ctx, &id, &o, add))
+        .await?;
+    Ok(Json(router).into_response())
 }

@@ -76,13 +76,33 @@ impl Realise for Realiser {
     }
 }
 
-/// Who is calling: the project a token maps to, and whether it is an admin.
+/// Who is calling: the project a token maps to, and whether it is an admin; with the
+/// deployment's L3 settings the resource logic applies to the request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ctx {
     /// The project resources are created in and visible to.
     pub project_id: String,
     /// Admins see and change every project's resources and pass admin-only policy rules.
     pub admin: bool,
+    pub l3: L3Settings,
+}
+
+/// Neutron's L3 options that shape API answers (from `[nat]` and `[quotas]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L3Settings {
+    /// `enable_snat` of a gateway set without naming it.
+    pub enable_snat_by_default: bool,
+    /// Extra routes a router may have.
+    pub max_routes: usize,
+}
+
+impl Default for L3Settings {
+    fn default() -> Self {
+        Self {
+            enable_snat_by_default: true,
+            max_routes: 30,
+        }
+    }
 }
 
 impl Ctx {
@@ -143,6 +163,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct ApiState {
     inner: Arc<Inner>,
+    l3: L3Settings,
 }
 
 impl ApiState {
@@ -182,7 +203,14 @@ impl ApiState {
                 physical_networks,
                 observer,
             }),
+            l3: L3Settings::default(),
         }
+    }
+
+    /// The same state answering with `l3` instead of Neutron's defaults.
+    pub fn with_l3(mut self, l3: L3Settings) -> Self {
+        self.l3 = l3;
+        self
     }
 
     /// Runs `f` with the store locked (blocking; the reconcile loop uses it so it never sees a
@@ -345,6 +373,7 @@ impl FromRequestParts<ApiState> for Ctx {
         Ok(Ctx {
             project_id: t.project_id.clone(),
             admin: t.admin,
+            l3: state.l3,
         })
     }
 }

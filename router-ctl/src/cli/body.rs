@@ -79,6 +79,48 @@ impl FromStr for FixedIpSpec {
     }
 }
 
+/// `--route destination=CIDR,gateway=IP` (`nexthop=` too), as the `openstack` CLI spells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteArg {
+    pub destination: String,
+    pub nexthop: Ipv4Addr,
+}
+
+impl FromStr for RouteArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mut destination, mut nexthop) = (None, None);
+        for (k, v) in key_values(s)? {
+            match k {
+                "destination" if !v.is_empty() => destination = Some(v.to_string()),
+                "gateway" | "nexthop" => nexthop = Some(ipv4(k, v)?),
+                _ => {
+                    return Err(format!(
+                        "unknown or empty key `{k}` (expected destination=CIDR,gateway=IP)"
+                    ));
+                }
+            }
+        }
+        match (destination, nexthop) {
+            (Some(destination), Some(nexthop)) => Ok(Self {
+                destination,
+                nexthop,
+            }),
+            _ => Err("give destination= and gateway=".into()),
+        }
+    }
+}
+
+/// `{"router": {"routes": [...]}}`: the body of `PUT /v2.0/routers/{id}` (replacing the list)
+/// and of `add_extraroutes`.
+pub fn router_routes(routes: &[RouteArg]) -> Value {
+    let list: Vec<Value> = routes
+        .iter()
+        .map(|r| json!({"destination": r.destination, "nexthop": r.nexthop.to_string()}))
+        .collect();
+    json!({"router": {"routes": list}})
+}
+
 /// The `gateway_ip` of a new subnet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Gateway {

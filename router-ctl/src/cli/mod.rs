@@ -20,7 +20,7 @@ use clap::Subcommand;
 use serde_json::Value;
 
 use self::{
-    body::{AllocationPool, FixedIpSpec},
+    body::{AllocationPool, FixedIpSpec, RouteArg},
     client::{Client, Connection},
     output::{Format, Kind},
     resolve::Resource,
@@ -166,6 +166,17 @@ pub enum RouterCmd {
     /// Adds or removes a router interface on a subnet.
     #[command(subcommand)]
     Interface(InterfaceCmd),
+    /// Changes the router's extra routes, as `openstack router set` does: `--route` adds
+    /// (`add_extraroutes`), `--no-route` clears first (with `--route`: replaces the list).
+    Set {
+        router: String,
+        /// `destination=CIDR,gateway=IP`; repeatable.
+        #[arg(long = "route", value_name = "destination=CIDR,gateway=IP")]
+        routes: Vec<RouteArg>,
+        /// Clears the routes.
+        #[arg(long)]
+        no_route: bool,
+    },
 }
 
 /// `router-ctl router interface ...`
@@ -355,6 +366,23 @@ fn router(client: &Client, fmt: Format, cmd: RouterCmd) -> Result<()> {
         }
         RouterCmd::Show { router } => show(client, fmt, r, Kind::Router, &router),
         RouterCmd::Delete { routers } => delete_all(client, r, &routers),
+        RouterCmd::Set {
+            router,
+            routes,
+            no_route,
+        } => {
+            if routes.is_empty() && !no_route {
+                bail!("nothing to set: give --route or --no-route");
+            }
+            let id = resolve::find(client, r, &router)?;
+            let path = if no_route {
+                r.item(&id)
+            } else {
+                format!("/routers/{id}/add_extraroutes")
+            };
+            let v = client.put(&path, &body::router_routes(&routes))?;
+            output::print_one(fmt, Kind::Router, field(&v, r.singular())?)
+        }
         RouterCmd::Interface(c) => {
             let (router, subnet, action) = match c {
                 InterfaceCmd::Add { router, subnet } => (router, subnet, "add_router_interface"),
@@ -583,6 +611,50 @@ mod tests {
         let c = parse(&["--state-dir", "/tmp/x", "sessions", "r"]);
         assert_eq!(c.global.client_state_dir, Some(PathBuf::from("/tmp/x")));
         assert_eq!(c.global.format, Format::Table);
+    }
+
+    #[test]
+    fn router_set_routes_like_openstack() {
+        let c = parse(&[
+            "router",
+            "set",
+            "r1",
+            "--route",
+            "destination=172.31.0.0/24,gateway=10.0.0.5",
+            "--route",
+            "nexthop=10.0.0.6,destination=172.30.0.0/16",
+        ]);
+        let Command::Router(RouterCmd::Set {
+            router,
+            routes,
+            no_route,
+        }) = c.cmd
+        else {
+            panic!("wrong command {:?}", c.cmd)
+        };
+        assert_eq!(router, "r1");
+        assert!(!no_route);
+        assert_eq!(
+            body::router_routes(&routes),
+            serde_json::json!({"router": {"routes": [
+                {"destination": "172.31.0.0/24", "nexthop": "10.0.0.5"},
+                {"destination": "172.30.0.0/16", "nexthop": "10.0.0.6"},
+            ]}})
+        );
+        parse_err(&[
+            "router",
+            "set",
+            "r1",
+            "--route",
+            "destination=172.31.0.0/24",
+        ]);
+        parse_err(&[
+            "router",
+            "set",
+            "r1",
+            "--route",
+            "gateway=x,destination=1.0.0.0/8",
+        ]);
     }
 
     #[test]

@@ -66,6 +66,7 @@ fn columns(kind: Kind) -> Vec<Column> {
             col!("External gateway", |v| gateway_summary(
                 v.get("external_gateway_info")
             )),
+            col!("Routes", |v| routes_summary(v.get("routes"))),
         ],
         Kind::Port => vec![
             col!("ID", "id"),
@@ -112,6 +113,23 @@ pub fn gateway_summary(info: Option<&Value>) -> String {
         s.push_str(" no SNAT");
     }
     s
+}
+
+/// Extra routes as `dst via nexthop, …`.
+pub fn routes_summary(routes: Option<&Value>) -> String {
+    let Some(Value::Array(list)) = routes else {
+        return String::new();
+    };
+    list.iter()
+        .map(|r| {
+            format!(
+                "{} via {}",
+                cell(r.get("destination")),
+                cell(r.get("nexthop"))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `fixed_ips` as `ip, ip`.

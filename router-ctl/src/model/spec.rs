@@ -77,6 +77,16 @@ pub struct RouterSpec {
     pub floating_ips: Vec<FloatingIpSpec>,
     /// Port forwardings of those floating IPs.
     pub port_forwardings: Vec<PortForwardingSpec>,
+    /// Extra routes (Neutron's `routes`), in the order the API keeps them.
+    pub routes: Vec<RouteSpec>,
+}
+
+/// An extra route of a router: `destination` via `nexthop`, a neighbour on one of the router's
+/// subnets (the API checks it; the kernel finds the device).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RouteSpec {
+    pub destination: IpNet,
+    pub nexthop: IpAddr,
 }
 
 /// A floating IP served by a router: its address sits on the gateway device (so the router

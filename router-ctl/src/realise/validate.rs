@@ -100,6 +100,7 @@ mod tests {
             gateway: None,
             floating_ips: vec![],
             port_forwardings: vec![],
+            routes: vec![],
         }
     }
 

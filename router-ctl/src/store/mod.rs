@@ -105,6 +105,8 @@ CREATE INDEX routers_gw_port ON routers(gw_port_id);
 "#,
     // v3: floating IPs and their port forwardings.
     floatingips::MIGRATION,
+    // v4: extra routes of routers.
+    routers::ROUTES_MIGRATION,
 ];
 
 /// Highest datapath slot (exclusive): the datapath's per-router maps hold this many.

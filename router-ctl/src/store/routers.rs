@@ -1,15 +1,28 @@
 //! Routers and their interfaces in the store.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::IpAddr, str::FromStr};
+
+use ipnet::IpNet;
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
     MAX_DP_ID,
     ports::{PORT_COLS, query_ports},
-    query_all,
+    query_all, text_err,
 };
-use crate::model::{Fault, Port, Router};
+use crate::model::{Fault, Port, Router, spec::RouteSpec};
+
+/// Extra routes as text (`destination` a CIDR, `nexthop` an address): either family fits,
+/// and nothing walks them in address order. Rows go with their router.
+pub(super) const ROUTES_MIGRATION: &str = r#"
+CREATE TABLE router_routes (
+    router_id TEXT NOT NULL REFERENCES routers(id) ON DELETE CASCADE,
+    destination TEXT NOT NULL,
+    nexthop TEXT NOT NULL,
+    PRIMARY KEY (router_id, destination, nexthop)
+);
+"#;
 
 // ---------------------------------------------------------------- routers
 
@@ -96,9 +109,10 @@ pub fn list_routers(conn: &Connection) -> Result<Vec<Router>, Fault> {
     query_all(conn, &sql, [], router_row)
 }
 
-/// Deletes the router and its interface rows (callers remove the ports).
+/// Deletes the router, its interface rows and its routes (callers remove the ports).
 pub fn delete_router(conn: &Connection, id: &str) -> Result<(), Fault> {
     conn.execute("DELETE FROM router_interfaces WHERE router_id=?1", [id])?;
+    conn.execute("DELETE FROM router_routes WHERE router_id=?1", [id])?;
     conn.execute("DELETE FROM routers WHERE id=?1", [id])?;
     Ok(())
 }
@@ -168,4 +182,50 @@ pub fn routers_on_network(conn: &Connection, network_id: &str) -> Result<BTreeSe
     )?;
     let rows = st.query_map([network_id], |r| r.get::<_, String>(0))?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+// ---------------------------------------------------------------- extra routes
+
+/// A `router_routes` row: (router id, route).
+pub(super) fn route_row(r: &Row) -> rusqlite::Result<(String, RouteSpec)> {
+    let dst: String = r.get(1)?;
+    let nh: String = r.get(2)?;
+    Ok((
+        r.get(0)?,
+        RouteSpec {
+            destination: IpNet::from_str(&dst).map_err(|e| text_err(1, e.to_string()))?,
+            nexthop: IpAddr::from_str(&nh).map_err(|e| text_err(2, e.to_string()))?,
+        },
+    ))
+}
+
+/// The router's extra routes, in the order they were set.
+pub fn router_routes(conn: &Connection, router_id: &str) -> Result<Vec<RouteSpec>, Fault> {
+    let rows = query_all(
+        conn,
+        "SELECT router_id, destination, nexthop FROM router_routes WHERE router_id=?1 ORDER BY rowid",
+        [router_id],
+        route_row,
+    )?;
+    Ok(rows.into_iter().map(|(_, r)| r).collect())
+}
+
+/// Replaces the router's extra routes with `routes` (the caller has validated them).
+pub fn set_router_routes(
+    conn: &Connection,
+    router_id: &str,
+    routes: &[RouteSpec],
+) -> Result<(), Fault> {
+    conn.execute("DELETE FROM router_routes WHERE router_id=?1", [router_id])?;
+    let mut st = conn.prepare_cached(
+        "INSERT INTO router_routes (router_id, destination, nexthop) VALUES (?1, ?2, ?3)",
+    )?;
+    for r in routes {
+        st.execute(params![
+            router_id,
+            r.destination.to_string(),
+            r.nexthop.to_string()
+        ])?;
+    }
+    Ok(())
 }

@@ -10,12 +10,12 @@ use rusqlite::{Connection, params_from_iter};
 
 use super::{
     addr_of, floatingips, list_networks, query_all,
-    routers::{ROUTER_COLS, router_row},
+    routers::{ROUTER_COLS, route_row, router_row},
     text_err,
 };
 use crate::model::{
     Fault, parse_mac,
-    spec::{DesiredState, GatewaySpec, NetworkSpec, PortSpec, RouterSpec},
+    spec::{DesiredState, GatewaySpec, NetworkSpec, PortSpec, RouteSpec, RouterSpec},
 };
 
 /// Which routers a build covers.
@@ -104,6 +104,14 @@ pub fn router_specs(conn: &Connection, scope: Scope<'_>) -> Result<Vec<RouterSpe
         }
     }
     let mut floating = floatingips::router_floating(conn, scope)?;
+    let sql = format!(
+        "SELECT router_id, destination, nexthop FROM router_routes WHERE {} ORDER BY rowid",
+        scope.condition("router_id")
+    );
+    let mut routes: HashMap<String, Vec<RouteSpec>> = HashMap::new();
+    for (router, route) in query_all(conn, &sql, scope.params(), route_row)? {
+        routes.entry(router).or_default().push(route);
+    }
     Ok(routers
         .into_iter()
         .map(|r| {
@@ -119,6 +127,7 @@ pub fn router_specs(conn: &Connection, scope: Scope<'_>) -> Result<Vec<RouterSpe
             let (floating_ips, port_forwardings) = floating.remove(&r.id).unwrap_or_default();
             RouterSpec {
                 interfaces: interfaces.remove(&r.id).unwrap_or_default(),
+                routes: routes.remove(&r.id).unwrap_or_default(),
                 id: r.id,
                 dp_id: r.dp_id,
                 admin_state_up: r.admin_state_up,

@@ -129,6 +129,7 @@ fn setting_the_gateway_or_adding_an_interface_never_leaks_private_sources() {
         interfaces: vec![port(&int.id, 1, "10.0.1.1", "10.0.1.0/24")],
         floating_ips: vec![],
         port_forwardings: vec![],
+        routes: vec![],
         gateway: None,
     };
     h.call(|r| r.apply_router(&spec))

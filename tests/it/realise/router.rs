@@ -61,6 +61,7 @@ fn router(dp_id: u32, interfaces: Vec<PortSpec>, gateway: Option<GatewaySpec>) -
         gateway,
         floating_ips: vec![],
         port_forwardings: vec![],
+        routes: vec![],
     }
 }
 

@@ -45,6 +45,7 @@ fn many_routers_apply_and_reconcile_steady_state() {
             }],
             floating_ips: vec![],
             port_forwardings: vec![],
+            routes: vec![],
             gateway: Some(GatewaySpec {
                 port: PortSpec {
                     port_id: unique("p"),

@@ -80,6 +80,7 @@ fn snat_through_a_realised_router() {
         }],
         floating_ips: vec![],
         port_forwardings: vec![],
+        routes: vec![],
         gateway: Some(GatewaySpec {
             port: PortSpec {
                 port_id: unique("p"),

@@ -155,6 +155,27 @@ pub fn add_interface(
     Ok(interface_info(&r, &port))
 }
 
+/// Neutron's `RouterInterfaceInUseByRoute`: an extra route's nexthop on the interface's
+/// subnet would lose its way out.
+fn check_routes_removal(c: &Connection, router_id: &str, port: &Port) -> Result<(), Fault> {
+    let routes = store::router_routes(c, router_id)?;
+    for f in &port.fixed_ips {
+        let Some(s) = store::get_subnet(c, &f.subnet_id)? else {
+            continue;
+        };
+        if routes.iter().any(|r| s.cidr.contains(&r.nexthop)) {
+            return Err(Fault::conflict(
+                "RouterInterfaceInUseByRoute",
+                format!(
+                    "Router interface for subnet {} on router {router_id} cannot be deleted, as it is required by one or more routes.",
+                    s.id
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `PUT /v2.0/routers/{id}/remove_router_interface`.
 pub fn remove_interface(
     c: &Connection,
@@ -209,6 +230,7 @@ pub fn remove_interface(
         }
     };
     floatingips::check_interface_removal(c, router_id, &port)?;
+    check_routes_removal(c, router_id, &port)?;
     fx.touch_router(c, router_id)?;
     store::remove_interface(c, router_id, &port.id)?;
     store::delete_port(c, &port.id)?;

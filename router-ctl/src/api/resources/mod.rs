@@ -19,6 +19,7 @@ use rusqlite::Connection;
 use serde_json::Value;
 
 pub use interfaces::{add_interface, remove_interface};
+pub use routers::change_extraroutes;
 
 use super::{
     Ctx, Effects,

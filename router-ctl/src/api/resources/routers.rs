@@ -1,5 +1,9 @@
-//! Routers: `/v2.0/routers` and their `external_gateway_info`.
+//! Routers: `/v2.0/routers`, their `external_gateway_info` and their extra `routes`
+//! (`extraroute`, and `extraroute-atomic`'s `add_extraroutes`/`remove_extraroutes`).
 
+use std::net::IpAddr;
+
+use ipnet::IpNet;
 use rusqlite::Connection;
 use serde_json::{Value, json};
 
@@ -14,7 +18,7 @@ use crate::{
         input::{self, FixedIpRequest, Obj},
         scope::visible,
     },
-    model::{Fault, Network, OWNER_ROUTER_GATEWAY, Port, Router, Subnet},
+    model::{Fault, Network, OWNER_ROUTER_GATEWAY, Port, Router, Subnet, spec::RouteSpec},
     store,
 };
 
@@ -39,7 +43,17 @@ pub(super) fn router_view(c: &Connection, r: &Router) -> Result<Value, Fault> {
         "admin_state_up": r.admin_state_up,
         "status": r.status,
         "external_gateway_info": gw,
+        "routes": routes_view(&store::router_routes(c, &r.id)?),
     }))
+}
+
+fn routes_view(routes: &[RouteSpec]) -> Value {
+    routes
+        .iter()
+        .map(
+            |r| json!({"destination": r.destination.to_string(), "nexthop": r.nexthop.to_string()}),
+        )
+        .collect()
 }
 
 pub(super) fn create_router(
@@ -48,6 +62,9 @@ pub(super) fn create_router(
     ctx: &Ctx,
     o: &Obj,
 ) -> Result<String, Fault> {
+    if o.contains_key("routes") {
+        return Err(Fault::bad_request("Attribute 'routes' not allowed in POST"));
+    }
     input::only(
         o,
         &[
@@ -232,9 +249,7 @@ fn set_gateway(
             check_gateway_overlap(c, r, &moved)?;
             store::update_port(c, &moved)?;
         }
-        if let Some(s) = req.enable_snat {
-            r.enable_snat = s;
-        }
+        r.enable_snat = req.enable_snat.unwrap_or(ctx.l3.enable_snat_by_default);
         return Ok(());
     }
     if let Some(p) = current {
@@ -259,7 +274,7 @@ fn set_gateway(
     check_gateway_overlap(c, r, &port)?;
     store::insert_port(c, &port)?;
     r.gw_port_id = Some(port.id);
-    r.enable_snat = req.enable_snat.unwrap_or(true);
+    r.enable_snat = req.enable_snat.unwrap_or(ctx.l3.enable_snat_by_default);
     Ok(())
 }
 
@@ -293,6 +308,7 @@ pub(super) fn update_router(
             "description",
             "admin_state_up",
             "external_gateway_info",
+            "routes",
         ],
     )?;
     let mut r = visible::<Router>(c, ctx, id)?;
@@ -302,11 +318,240 @@ pub(super) fn update_router(
         r.admin_state_up = v;
     }
     let gw = parse_gateway_info(o, ctx, "update_router")?;
+    let routes = o.get("routes").map(|v| parse_routes(v, true)).transpose()?;
     fx.touch_router(c, id)?;
+    let gateway_changed = gw.is_some();
     if let Some(gw) = gw {
         set_gateway(c, ctx, &mut r, gw)?;
     }
-    store::update_router(c, &r)
+    store::update_router(c, &r)?;
+    match routes {
+        Some(routes) => set_routes(c, ctx, &r, &routes, gateway_changed),
+        // A new gateway must still connect the routes it carried (Neutron's `_validate_gw_info`).
+        None if gateway_changed => {
+            let routes = store::router_routes(c, &r.id)?;
+            if routes.is_empty() {
+                return Ok(());
+            }
+            check_routes(c, &r, &routes, true)
+        }
+        None => Ok(()),
+    }
+}
+
+/// `PUT /v2.0/routers/{id}/add_extraroutes` (`add`) or `remove_extraroutes`: the router's
+/// routes with those of `body` (`{"routes": [...]}`) added or taken out, validated as a whole
+/// as `PUT routes` is; returns `{"router": …}`. Removing a route the router lacks, or adding
+/// one it has, is no error: the end state counts.
+pub fn change_extraroutes(
+    c: &Connection,
+    fx: &mut Effects,
+    ctx: &Ctx,
+    id: &str,
+    body: &Obj,
+    add: bool,
+) -> Result<Value, Fault> {
+    input::only(body, &["routes"])?;
+    let Some(v) = body.get("routes") else {
+        return Err(input::bad_attr("routes", "this attribute is required"));
+    };
+    let given = parse_routes(v, false)?;
+    let r = visible::<Router>(c, ctx, id)?;
+    fx.touch_router(c, id)?;
+    let mut routes = store::router_routes(c, id)?;
+    if add {
+        for g in given {
+            if !routes.contains(&g) {
+                routes.push(g);
+            }
+        }
+    } else {
+        routes.retain(|x| !given.contains(x));
+    }
+    set_routes(c, ctx, &r, &routes, false)?;
+    Ok(json!({"router": router_view(c, &r)?}))
+}
+
+/// Validates `routes` against the router's ports and the quota, then stores them.
+fn set_routes(
+    c: &Connection,
+    ctx: &Ctx,
+    r: &Router,
+    routes: &[RouteSpec],
+    gateway_changed: bool,
+) -> Result<(), Fault> {
+    check_routes(c, r, routes, gateway_changed)?;
+    if routes.len() > ctx.l3.max_routes {
+        return Err(Fault::new(
+            400,
+            "RoutesExhausted",
+            format!(
+                "Unable to complete operation for {}. The number of routes exceeds the maximum {}.",
+                r.id, ctx.l3.max_routes
+            ),
+        ));
+    }
+    store::set_router_routes(c, &r.id, routes)
+}
+
+/// Neutron's nexthop rules: each nexthop on a subnet of one of the router's ports (with a new
+/// gateway, on any subnet of its network), and none of them the router's own address; and no
+/// destination inside a subnet the router is attached to.
+fn check_routes(
+    c: &Connection,
+    r: &Router,
+    routes: &[RouteSpec],
+    gateway_changed: bool,
+) -> Result<(), Fault> {
+    let mut cidrs: Vec<IpNet> = Vec::new();
+    let mut own: Vec<IpAddr> = Vec::new();
+    let mut ports = store::router_interfaces(c, &r.id)?;
+    if let Some(gw) = &r.gw_port_id
+        && let Some(p) = store::get_port(c, gw)?
+    {
+        if gateway_changed {
+            cidrs.extend(
+                store::network_subnets(c, &p.network_id)?
+                    .iter()
+                    .map(|s| s.cidr),
+            );
+        }
+        ports.push(p);
+    }
+    // The subnets of the router's own addresses: a route inside one would take over part of a
+    // connected network.
+    let mut attached: Vec<IpNet> = Vec::new();
+    for p in &ports {
+        for f in &p.fixed_ips {
+            if let Some(s) = store::get_subnet(c, &f.subnet_id)? {
+                attached.push(s.cidr);
+            }
+            own.push(f.ip);
+        }
+    }
+    cidrs.extend(attached.iter().copied());
+    for route in routes {
+        let reason = if !cidrs.iter().any(|n| n.contains(&route.nexthop)) {
+            "the nexthop is not connected with router".to_string()
+        } else if own.contains(&route.nexthop) {
+            "the nexthop is used by router".to_string()
+        } else if let Some(n) = attached.iter().find(|n| n.contains(&route.destination)) {
+            format!("the destination is within subnet {n} attached to the router")
+        } else {
+            continue;
+        };
+        return Err(Fault::new(
+            400,
+            "InvalidRoutes",
+            format!(
+                "Invalid format for routes: {}, {reason}",
+                python_routes(routes)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// `routes` as Neutron prints the list in its messages (a Python repr).
+fn python_routes(routes: &[RouteSpec]) -> String {
+    let items: Vec<String> = routes.iter().map(python_route).collect();
+    format!("[{}]", items.join(", "))
+}
+
+fn python_route(r: &RouteSpec) -> String {
+    format!(
+        "{{'destination': '{}', 'nexthop': '{}'}}",
+        r.destination, r.nexthop
+    )
+}
+
+/// A `routes` value as neutron-lib's `hostroutes` validator accepts it (null: no routes):
+/// dictionaries of exactly `destination` (a network address with its prefix, not loopback)
+/// and `nexthop`; IPv4 only for now. `unique`: a repeated route is refused (the attribute
+/// itself; the atomic calls merge repeats instead).
+pub(super) fn parse_routes(v: &Value, unique: bool) -> Result<Vec<RouteSpec>, Fault> {
+    let key = "routes";
+    let list = match v {
+        Value::Null => return Ok(Vec::new()),
+        Value::Array(a) => a,
+        other => {
+            return Err(input::bad_attr(
+                key,
+                format!("Invalid data format for hostroute: '{other}'"),
+            ));
+        }
+    };
+    let mut out: Vec<RouteSpec> = Vec::new();
+    for item in list {
+        let keys_error = || {
+            input::bad_attr(
+                key,
+                format!(
+                    "Validation of dictionary's keys failed. Expected keys: {{'destination', 'nexthop'}} Provided keys: {item}"
+                ),
+            )
+        };
+        let Value::Object(o) = item else {
+            return Err(input::bad_attr(
+                key,
+                format!(
+                    "Invalid input. '{item}' must be a dictionary with keys: ['destination', 'nexthop']"
+                ),
+            ));
+        };
+        if o.len() != 2 || !o.contains_key("destination") || !o.contains_key("nexthop") {
+            return Err(keys_error());
+        }
+        let destination = route_cidr(&o["destination"])?;
+        let nexthop = input::ip_value(key, &o["nexthop"])?;
+        let route = RouteSpec {
+            destination,
+            nexthop,
+        };
+        if out.contains(&route) {
+            if unique {
+                return Err(input::bad_attr(
+                    key,
+                    format!("Duplicate hostroute '{}'", python_route(&route)),
+                ));
+            }
+            continue;
+        }
+        out.push(route);
+    }
+    Ok(out)
+}
+
+/// A route's destination: `a.b.c.d/n` with no host bits set, not loopback.
+fn route_cidr(v: &Value) -> Result<IpNet, Fault> {
+    let key = "routes";
+    let Value::String(s) = v else {
+        return Err(input::bad_attr(key, format!("'{v}' is not a valid CIDR")));
+    };
+    let net = match s.parse::<IpNet>() {
+        Ok(n @ IpNet::V4(_)) if n.trunc() == n => n,
+        Ok(IpNet::V6(_)) => {
+            return Err(input::bad_attr(
+                key,
+                format!("'{s}' is not a valid IPv4 CIDR"),
+            ));
+        }
+        _ => return Err(input::bad_attr(key, format!("'{s}' is not a valid CIDR"))),
+    };
+    if net.addr().is_loopback() {
+        return Err(input::bad_attr(
+            key,
+            format!("'{s}' is not a routable CIDR"),
+        ));
+    }
+    // The external gateway owns the default route; Neutron's agent would replace it.
+    if net.prefix_len() == 0 {
+        return Err(input::bad_attr(
+            key,
+            format!("'{s}' is the default route, which the external gateway sets"),
+        ));
+    }
+    Ok(net)
 }
 
 pub(super) fn delete_router(

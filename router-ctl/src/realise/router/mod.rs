@@ -227,6 +227,7 @@ mod tests {
             }),
             floating_ips: vec![],
             port_forwardings: vec![],
+            routes: vec![],
         };
         let p = plan(&r);
         assert_eq!(p[0].inner, "qr-0123456789a");
