@@ -18,6 +18,7 @@ fn net(id: &str, external: bool) -> Network {
         physical_network: None,
         shared: false,
         status: "ACTIVE".into(),
+        mtu: 1500,
     }
 }
 
