@@ -166,7 +166,8 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Fault> {
     Ok(expected)
 }
 
-/// `GET`, `PUT` (replace all) and `DELETE` (all) of `/{collection}/{id}/tags`.
+/// `GET`, `PUT` (replace all), `POST` (add several) and `DELETE` (all) of
+/// `/{collection}/{id}/tags`.
 fn tags_coll(kind: Kind) -> MethodRouter<ApiState> {
     get(
         move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>| async move {
@@ -183,6 +184,15 @@ fn tags_coll(kind: Kind) -> MethodRouter<ApiState> {
                 .mutate(move |c, _| resources::replace_tags(c, &ctx, kind, &id, &o))
                 .await?;
             Ok::<_, Fault>(Json(tags))
+        },
+    )
+    .post(
+        move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| async move {
+            let o = input::any_object(&body)?;
+            let tags = s
+                .mutate(move |c, _| resources::create_tags(c, &ctx, kind, &id, &o))
+                .await?;
+            Ok::<_, Fault>((StatusCode::CREATED, Json(tags)))
         },
     )
     .delete(
@@ -228,7 +238,8 @@ async fn list(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, Fault> {
-    let q = parse_query(&uri)?;
+    let mut q = parse_query(&uri)?;
+    query::check_filters(&mut q, kind.filters())?;
     let p = parent.clone();
     let items = s
         .read(move |c| resources::list(c, &ctx, kind, p.as_deref()))

@@ -21,13 +21,14 @@ use serde_json::Value;
 
 pub use interfaces::{add_interface, remove_interface};
 pub use standard::{
-    add_tag, check_revision, clear_tags, if_match_revision, list_tags, remove_tag, replace_tags,
-    show_tag,
+    add_tag, check_revision, clear_tags, create_tags, if_match_revision, list_tags, remove_tag,
+    replace_tags, show_tag,
 };
 
 use super::{
     Ctx, Effects,
     input::Obj,
+    query,
     scope::{seen, visible},
 };
 use crate::{
@@ -101,6 +102,78 @@ impl Kind {
         match self {
             Kind::PortForwarding => None,
             _ => Some(self.collection()),
+        }
+    }
+
+    /// The attributes a list of this kind may be filtered on: those Neutron marks `is_filter`
+    /// (neutron-lib's api definitions) among the ones shown here.
+    pub(super) fn filters(self) -> query::Filters {
+        const COMMON: [&str; 5] = [
+            "id",
+            "tenant_id",
+            "project_id",
+            "description",
+            "revision_number",
+        ];
+        macro_rules! with_common {
+            ($($a:literal),* $(,)?) => {
+                &[COMMON[0], COMMON[1], COMMON[2], COMMON[3], COMMON[4], $($a),*]
+            };
+        }
+        let attributes: &'static [&'static str] = match self {
+            Kind::Network => with_common!(
+                "name",
+                "admin_state_up",
+                "status",
+                "shared",
+                "router:external",
+                "provider:network_type",
+                "provider:physical_network",
+                "provider:segmentation_id",
+                "mtu",
+            ),
+            Kind::Subnet => with_common!(
+                "name",
+                "ip_version",
+                "network_id",
+                "subnetpool_id",
+                "cidr",
+                "gateway_ip",
+                "enable_dhcp",
+                "ipv6_ra_mode",
+                "ipv6_address_mode",
+                "shared",
+            ),
+            Kind::Port => with_common!(
+                "name",
+                "network_id",
+                "admin_state_up",
+                "mac_address",
+                "fixed_ips",
+                "device_id",
+                "device_owner",
+                "status",
+            ),
+            Kind::Router => with_common!("name", "admin_state_up"),
+            Kind::FloatingIp => with_common!(
+                "floating_ip_address",
+                "floating_network_id",
+                "router_id",
+                "port_id",
+                "fixed_ip_address",
+                "status",
+            ),
+            Kind::PortForwarding => &[
+                "id",
+                "external_port",
+                "protocol",
+                "internal_port_id",
+                "description",
+            ],
+        };
+        query::Filters {
+            attributes,
+            tagged: self.standard_type().is_some(),
         }
     }
 
@@ -298,7 +371,7 @@ pub fn create(
             port_forwardings::create_pf(c, fx, ctx, parent_id(kind, parent)?, &o)?
         }
     };
-    standard::create_tags(c, kind, &id, tags)?;
+    standard::tags_on_create(c, kind, &id, tags)?;
     store::settle_revisions(c)?;
     show(c, ctx, kind, parent, &id)
 }

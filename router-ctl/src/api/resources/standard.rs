@@ -197,7 +197,32 @@ pub fn replace_tags(
     check(c, ctx, kind, id, true)?;
     limit(kind, tags.len())?;
     store::replace_tags(c, id, &tags)?;
-    Ok(json!({"tags": store::tags(c, id)?}))
+    Ok(json!({ "tags": tags }))
+}
+
+/// `POST …/{id}/tags` with `{"tags": [...]}` (Neutron's `tag-creation`): adds the tags the
+/// resource lacks; returns the list given.
+pub fn create_tags(
+    c: &Connection,
+    ctx: &Ctx,
+    kind: Kind,
+    id: &str,
+    body: &crate::api::input::Obj,
+) -> Result<Value, Fault> {
+    let tags = parse_tags(body.get("tags"))?;
+    check(c, ctx, kind, id, true)?;
+    let mut all = store::tags(c, id)?;
+    all.extend(
+        tags.iter()
+            .filter(|t| !all.contains(t))
+            .cloned()
+            .collect::<Vec<_>>(),
+    );
+    limit(kind, all.len())?;
+    for t in &tags {
+        store::add_tag(c, id, t)?;
+    }
+    Ok(json!({ "tags": tags }))
 }
 
 /// `DELETE …/{id}/tags`: removes every tag.
@@ -208,7 +233,7 @@ pub fn clear_tags(c: &Connection, ctx: &Ctx, kind: Kind, id: &str) -> Result<(),
 
 /// Tags given on create (Neutron takes them in a port's POST body; here on every kind with
 /// tags, as `tag-creation` does), applied once the resource exists.
-pub(super) fn create_tags(
+pub(super) fn tags_on_create(
     c: &Connection,
     kind: Kind,
     id: &str,
