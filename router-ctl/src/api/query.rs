@@ -179,9 +179,9 @@ fn validate(q: &mut ListQuery, allowed: &[&str], tagged: bool) -> Result<(), Fau
     if let Some(times) = q.filters.get_mut("changed_since") {
         for t in times.iter_mut() {
             *t = normalise_time(t).ok_or_else(|| {
-                Fault::invalid(format!(
-                    "The input changed_since must be in the following format: YYYY-MM-DDTHH:MM:SS"
-                ))
+                Fault::invalid(
+                    "The input changed_since must be in the following format: YYYY-MM-DDTHH:MM:SS",
+                )
             })?;
         }
     }
