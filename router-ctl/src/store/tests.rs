@@ -346,7 +346,10 @@ fn standard_attrs_follow_rows_and_settle_once_per_transaction() {
     tx.commit().unwrap();
     let a = standard_attrs(s.conn(), "n").unwrap().unwrap();
     assert_eq!(a.revision_number, 0, "created in the transaction");
-    assert!(a.created_at.ends_with('Z') && a.created_at.len() == 20, "{a:?}");
+    assert!(
+        a.created_at.ends_with('Z') && a.created_at.len() == 20,
+        "{a:?}"
+    );
 
     let tx = s.transaction().unwrap();
     update_network(&tx, &n).unwrap();
@@ -358,7 +361,13 @@ fn standard_attrs_follow_rows_and_settle_once_per_transaction() {
     let a = standard_attrs(s.conn(), "n").unwrap().unwrap();
     assert_eq!(a.revision_number, 1, "one request, one revision");
     assert_eq!(a.tags, ["t"]);
-    assert_eq!(standard_attrs(s.conn(), "s").unwrap().unwrap().revision_number, 0);
+    assert_eq!(
+        standard_attrs(s.conn(), "s")
+            .unwrap()
+            .unwrap()
+            .revision_number,
+        0
+    );
 
     // Rolled back: no revision.
     {
@@ -366,13 +375,22 @@ fn standard_attrs_follow_rows_and_settle_once_per_transaction() {
         update_network(&tx, &n).unwrap();
         settle_revisions(&tx).unwrap();
     }
-    assert_eq!(standard_attrs(s.conn(), "n").unwrap().unwrap().revision_number, 1);
+    assert_eq!(
+        standard_attrs(s.conn(), "n")
+            .unwrap()
+            .unwrap()
+            .revision_number,
+        1
+    );
 
     let tx = s.transaction().unwrap();
     delete_network(&tx, "n").unwrap();
     tx.commit().unwrap();
     assert!(standard_attrs(s.conn(), "n").unwrap().is_none());
-    assert!(tags(s.conn(), "n").unwrap().is_empty(), "tags go with their resource");
+    assert!(
+        tags(s.conn(), "n").unwrap().is_empty(),
+        "tags go with their resource"
+    );
 }
 
 #[test]
