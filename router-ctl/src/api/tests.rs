@@ -1119,6 +1119,36 @@ async fn revisions_count_changes_and_if_match_guards_them() {
     assert_eq!(v["router"]["revision_number"], 1);
     let (st, _) = if_match(&t, "DELETE", &rpath, "revision_number=0", Value::Null).await;
     assert_eq!(st, 412);
+    let ext = t
+        .create(
+            "adm",
+            "networks",
+            json!({"network": {"router:external": true}}),
+        )
+        .await;
+    let ext_id = id(&ext, "network");
+    t.create(
+        "adm",
+        "subnets",
+        json!({"subnet": {"network_id": ext_id, "ip_version": 4, "cidr": "192.0.2.0/24"}}),
+    )
+    .await;
+    let body = json!({"router": {"external_gateway_info": {"network_id": ext_id}}});
+    let v = t.ok("PUT", &rpath, "ta", body, 200).await;
+    assert_eq!(
+        v["router"]["revision_number"], 2,
+        "setting the gateway revises once"
+    );
+    let v = t
+        .ok(
+            "PUT",
+            &rpath,
+            "ta",
+            json!({"router": {"external_gateway_info": {}}}),
+            200,
+        )
+        .await;
+    assert_eq!(v["router"]["revision_number"], 3);
     t.ok("GET", &rpath, "ta", Value::Null, 200).await;
 
     // An invisible resource answers its 404, not its revision.

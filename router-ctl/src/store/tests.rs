@@ -415,3 +415,39 @@ fn the_standard_attrs_migration_fills_existing_rows() {
     assert_eq!(a.revision_number, 0);
     assert!(a.tags.is_empty());
 }
+
+/// A later migration that rebuilds one of these tables (create, copy, drop, rename) drops its
+/// triggers with it: it must create them again, or revisions silently stop counting.
+#[test]
+fn every_standard_attrs_trigger_survives_the_migrations() {
+    let s = Store::open_in_memory().unwrap();
+    let have: Vec<String> = s
+        .conn()
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut want = Vec::new();
+    for t in ["networks", "subnets", "ports", "routers", "floatingips"] {
+        for op in ["insert", "update", "delete"] {
+            want.push(format!("{t}_attrs_{op}"));
+        }
+    }
+    for (t, col) in [
+        ("subnets", "network_id"),
+        ("fixed_ips", "port_id"),
+        ("router_interfaces", "router_id"),
+        ("port_forwardings", "floatingip_id"),
+        ("port_forwardings", "internal_port_id"),
+        ("tags", "resource_id"),
+    ] {
+        for op in ["insert", "update", "delete"] {
+            want.push(format!("{t}_revises_{col}_{op}"));
+        }
+    }
+    for w in &want {
+        assert!(have.contains(w), "trigger {w} missing: {have:?}");
+    }
+}
