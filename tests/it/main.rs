@@ -27,6 +27,7 @@ mod e2e {
     mod session_pressure;
     mod smoke;
     mod snat_default;
+    mod standard_attrs;
 }
 
 /// The Neutron REST API of a running daemon.

@@ -64,6 +64,54 @@ pub const EXTENSIONS: &[(&str, &str, &str, &str)] = &[
         "Allow to forward a port of a Floating IP to a port of a fixed IP.",
         "2019-04-04T10:00:00-00:00",
     ),
+    (
+        "standard-attr-tag",
+        "Tag support for resources with standard attribute: network, subnet, port, router, floatingip",
+        "Enables to set tag on resources with standard attribute.",
+        "2017-01-01T00:00:00-00:00",
+    ),
+    (
+        "tag-creation",
+        "Tag creation extension",
+        "Allow to create multiple tags for a resource",
+        "2024-23-07T10:00:00-00:00",
+    ),
+    (
+        "standard-attr-revisions",
+        "Resource revision numbers",
+        "This extension will display the revision number of neutron resources.",
+        "2016-04-11T10:00:00-00:00",
+    ),
+    (
+        "revision-if-match",
+        "If-Match constraints based on revision_number",
+        "Extension indicating that If-Match based on revision_number is supported.",
+        "2016-12-11T00:00:00-00:00",
+    ),
+    (
+        "standard-attr-timestamp",
+        "Resource timestamps",
+        "Adds created_at and updated_at fields to all Neutron resources that have Neutron standard attributes.",
+        "2016-09-12T10:00:00-00:00",
+    ),
+    (
+        "net-mtu",
+        "Network MTU",
+        "Provides MTU attribute for a network resource.",
+        "2015-03-25T10:00:00-00:00",
+    ),
+    (
+        "net-mtu-writable",
+        "Network MTU (writable)",
+        "Provides a writable MTU attribute for a network resource.",
+        "2017-07-12T00:00:00-00:00",
+    ),
+    (
+        "filter-validation",
+        "Filter parameters validation",
+        "Provides validation on filter parameters.",
+        "2018-07-04T10:00:00-00:00",
+    ),
 ];
 
 /// `http://<Host header>`: the address the client used, for links.

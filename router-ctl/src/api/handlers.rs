@@ -39,6 +39,14 @@ pub fn router(state: ApiState) -> Router {
             }
         };
     }
+    for kind in Kind::ALL {
+        if kind.standard_type().is_some() && kind.parent().is_none() {
+            let base = format!("/v2.0/{}/{{id}}/tags", kind.collection());
+            r = r
+                .route(&base, tags_coll(kind))
+                .route(&format!("{base}/{{tag}}"), tags_item(kind));
+        }
+    }
     r = observe::routes(r);
     r.route(
         "/v2.0/routers/{id}/add_router_interface",
@@ -102,13 +110,15 @@ fn item(kind: Kind) -> MethodRouter<ApiState> {
         },
     )
     .put(
-        move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
-            update(s, ctx, kind, None, id, body)
-        },
+        move |State(s): State<ApiState>,
+              ctx: Ctx,
+              Path(id): Path<String>,
+              h: HeaderMap,
+              body: Bytes| { update(s, ctx, kind, None, id, h, body) },
     )
     .delete(
-        move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>| {
-            delete(s, ctx, kind, None, id)
+        move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, h: HeaderMap| {
+            delete(s, ctx, kind, None, id, h)
         },
     )
 }
@@ -138,13 +148,100 @@ fn nested_item(kind: Kind) -> MethodRouter<ApiState> {
         },
     )
     .put(
-        move |State(s): State<ApiState>, ctx: Ctx, Path((p, id)): Ids, body: Bytes| {
-            update(s, ctx, kind, Some(p), id, body)
+        move |State(s): State<ApiState>,
+              ctx: Ctx,
+              Path((p, id)): Ids,
+              h: HeaderMap,
+              body: Bytes| { update(s, ctx, kind, Some(p), id, h, body) },
+    )
+    .delete(
+        move |State(s): State<ApiState>, ctx: Ctx, Path((p, id)): Ids, h: HeaderMap| {
+            delete(s, ctx, kind, Some(p), id, h)
+        },
+    )
+}
+
+/// The revision an `If-Match` header constrains a change to, if any.
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Fault> {
+    let mut expected = None;
+    for v in headers.get_all(axum::http::header::IF_MATCH) {
+        let v = v
+            .to_str()
+            .map_err(|_| Fault::bad_request("Malformed If-Match header"))?;
+        if let Some(n) = resources::if_match_revision(v)? {
+            if expected.is_some() {
+                return Err(Fault::new(
+                    400,
+                    "BadRequest",
+                    "Bad if-match request: Multiple revision_number etags are not supported.",
+                ));
+            }
+            expected = Some(n);
+        }
+    }
+    Ok(expected)
+}
+
+/// `GET`, `PUT` (replace all), `POST` (add several) and `DELETE` (all) of
+/// `/{collection}/{id}/tags`.
+fn tags_coll(kind: Kind) -> MethodRouter<ApiState> {
+    get(
+        move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>| async move {
+            let tags = s
+                .read(move |c| resources::list_tags(c, &ctx, kind, &id))
+                .await?;
+            Ok::<_, Fault>(Json(tags))
+        },
+    )
+    .put(
+        move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| async move {
+            let o = input::any_object(&body)?;
+            let tags = s
+                .mutate(move |c, _| resources::replace_tags(c, &ctx, kind, &id, &o))
+                .await?;
+            Ok::<_, Fault>(Json(tags))
+        },
+    )
+    .post(
+        move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| async move {
+            let o = input::any_object(&body)?;
+            let tags = s
+                .mutate(move |c, _| resources::create_tags(c, &ctx, kind, &id, &o))
+                .await?;
+            Ok::<_, Fault>((StatusCode::CREATED, Json(tags)))
         },
     )
     .delete(
-        move |State(s): State<ApiState>, ctx: Ctx, Path((p, id)): Ids| {
-            delete(s, ctx, kind, Some(p), id)
+        move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>| async move {
+            s.mutate(move |c, _| resources::clear_tags(c, &ctx, kind, &id))
+                .await?;
+            Ok::<_, Fault>(StatusCode::NO_CONTENT)
+        },
+    )
+}
+
+/// `GET` (204 when present), `PUT` (add, 201) and `DELETE` (204) of one tag.
+fn tags_item(kind: Kind) -> MethodRouter<ApiState> {
+    type Ids = Path<(String, String)>;
+    get(
+        move |State(s): State<ApiState>, ctx: Ctx, Path((id, tag)): Ids| async move {
+            s.read(move |c| resources::show_tag(c, &ctx, kind, &id, &tag))
+                .await?;
+            Ok::<_, Fault>(StatusCode::NO_CONTENT)
+        },
+    )
+    .put(
+        move |State(s): State<ApiState>, ctx: Ctx, Path((id, tag)): Ids| async move {
+            s.mutate(move |c, _| resources::add_tag(c, &ctx, kind, &id, &tag))
+                .await?;
+            Ok::<_, Fault>(StatusCode::CREATED)
+        },
+    )
+    .delete(
+        move |State(s): State<ApiState>, ctx: Ctx, Path((id, tag)): Ids| async move {
+            s.mutate(move |c, _| resources::remove_tag(c, &ctx, kind, &id, &tag))
+                .await?;
+            Ok::<_, Fault>(StatusCode::NO_CONTENT)
         },
     )
 }
@@ -157,7 +254,8 @@ async fn list(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, Fault> {
-    let q = parse_query(&uri)?;
+    let mut q = parse_query(&uri)?;
+    query::check_filters(&mut q, kind.filters())?;
     let p = parent.clone();
     let items = s
         .read(move |c| resources::list(c, &ctx, kind, p.as_deref()))
@@ -219,11 +317,18 @@ async fn update(
     kind: Kind,
     parent: Option<String>,
     id: String,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Fault> {
     let o = input::resource_body(&body, kind.singular())?;
+    let expected = if_match(&headers)?;
     let item = s
-        .mutate(move |c, fx| resources::update(c, fx, &ctx, kind, parent.as_deref(), &id, o))
+        .mutate(move |c, fx| {
+            if let Some(n) = expected {
+                resources::check_revision(c, &ctx, kind, &id, n)?;
+            }
+            resources::update(c, fx, &ctx, kind, parent.as_deref(), &id, o)
+        })
         .await?;
     Ok(Json(json!({ kind.singular(): item })).into_response())
 }
@@ -234,9 +339,16 @@ async fn delete(
     kind: Kind,
     parent: Option<String>,
     id: String,
+    headers: HeaderMap,
 ) -> Result<Response, Fault> {
-    s.mutate(move |c, fx| resources::delete(c, fx, &ctx, kind, parent.as_deref(), &id))
-        .await?;
+    let expected = if_match(&headers)?;
+    s.mutate(move |c, fx| {
+        if let Some(n) = expected {
+            resources::check_revision(c, &ctx, kind, &id, n)?;
+        }
+        resources::delete(c, fx, &ctx, kind, parent.as_deref(), &id)
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

@@ -261,6 +261,7 @@ impl ApiState {
             let tx = store.transaction()?;
             let mut fx = Effects::default();
             let out = f(&tx, &mut fx)?;
+            store::settle_revisions(&tx)?;
             let steps = plan(&tx, &fx)?;
             let mut undo: Vec<Step> = Vec::new();
             let realiser = &self.inner.realiser;

@@ -1,4 +1,6 @@
-//! List queries, the same for every collection: `fields` (repeatable), equality filters,
+//! List queries, the same for every collection: `fields` (repeatable), equality filters on the
+//! attributes a collection allows (Neutron's filter validation: any other is a 400), the tag
+//! filters (`tags`, `tags-any`, `not-tags`, `not-tags-any`), `changed_since`,
 //! `sort_key`/`sort_dir`, and `limit`/`marker` paging with a `next` link.
 
 use std::collections::BTreeMap;
@@ -84,12 +86,106 @@ fn value_matches(v: &Value, want: &str) -> bool {
     }
 }
 
+/// The tag filters: each takes comma-separated tags, repeated parameters adding to the list.
+pub(super) const TAG_FILTERS: [&str; 4] = ["tags", "tags-any", "not-tags", "not-tags-any"];
+
+/// Whether the tags of `item` pass tag filter `key` with `wants` (Neutron's semantics: `tags`
+/// all of them, `tags-any` at least one, `not-tags` not all of them, `not-tags-any` none).
+fn tags_match(item: &Value, key: &str, wants: &[String]) -> bool {
+    let have: Vec<&str> = item["tags"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let mut wanted = wants
+        .iter()
+        .flat_map(|w| w.split(','))
+        .filter(|t| !t.is_empty())
+        .peekable();
+    if wanted.peek().is_none() {
+        return true;
+    }
+    match key {
+        "tags" => wanted.all(|t| have.contains(&t)),
+        "tags-any" => wanted.any(|t| have.contains(&t)),
+        "not-tags" => !wanted.all(|t| have.contains(&t)),
+        _ => !wanted.any(|t| have.contains(&t)),
+    }
+}
+
 fn matches(item: &Value, filters: &BTreeMap<String, Vec<String>>) -> bool {
-    filters.iter().all(|(k, wants)| match item.get(k) {
-        // Filters on attributes this resource does not have are ignored, as Neutron did.
-        None => true,
-        Some(v) => wants.iter().any(|w| value_matches(v, w)),
+    filters.iter().all(|(k, wants)| {
+        if TAG_FILTERS.contains(&k.as_str()) {
+            return tags_match(item, k, wants);
+        }
+        if k == "changed_since" {
+            // Both sides are `YYYY-MM-DDTHH:MM:SSZ` (checked by `validate`): text order is
+            // time order.
+            return wants
+                .iter()
+                .all(|w| item["updated_at"].as_str().is_some_and(|u| u >= w.as_str()));
+        }
+        match item.get(k) {
+            // An attribute Neutron filters on that this view does not show (a subnet's
+            // `shared`): the filter does not narrow.
+            None => true,
+            Some(v) => wants.iter().any(|w| value_matches(v, w)),
+        }
     })
+}
+
+/// `changed_since` in Neutron's accepted forms, as `YYYY-MM-DDTHH:MM:SSZ` (UTC only: a
+/// `Z`, `+00:00` or no zone).
+fn normalise_time(s: &str) -> Option<String> {
+    let base = s
+        .strip_suffix('Z')
+        .or_else(|| s.strip_suffix("+00:00"))
+        .unwrap_or(s);
+    let base = base.split('.').next().unwrap_or(base);
+    let b = base.as_bytes();
+    let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
+    let ok = b.len() == 19
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19);
+    ok.then(|| format!("{base}Z"))
+}
+
+/// Neutron's filter validation: every filter must be one `allowed` (the collection's
+/// filterable attributes); the tag filters and `changed_since` only where `tagged`.
+fn validate(q: &mut ListQuery, allowed: &[&str], tagged: bool) -> Result<(), Fault> {
+    let invalid: Vec<String> = q
+        .filters
+        .keys()
+        .filter(|k| {
+            let k = k.as_str();
+            !(allowed.contains(&k) || tagged && (TAG_FILTERS.contains(&k) || k == "changed_since"))
+        })
+        .map(|k| format!("'{k}'"))
+        .collect();
+    if !invalid.is_empty() {
+        return Err(Fault::bad_request(format!(
+            "[{}] is invalid attribute for filtering",
+            invalid.join(", ")
+        )));
+    }
+    if let Some(times) = q.filters.get_mut("changed_since") {
+        for t in times.iter_mut() {
+            *t = normalise_time(t).ok_or_else(|| {
+                Fault::invalid(
+                    "The input changed_since must be in the following format: YYYY-MM-DDTHH:MM:SS",
+                )
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Keeps only the `fields` asked for (all when none).
@@ -117,12 +213,27 @@ pub(super) struct Page {
     /// The items shown, projected to the fields asked for.
     pub(super) items: Vec<Value>,
     /// The query string of the next page (the same query with the marker moved to the last
-    /// item shown), when items were left out by `limit`.
+    /// item shown), whenever the page is full (as Neutron: a full last page links to an
+    /// empty one).
     pub(super) next: Option<String>,
 }
 
-/// Filters, sorts and pages `items` by `q`. `missing` is the 404 for a marker that names no
-/// item; `query` is the request's query string, the base of the next page's.
+/// Which filters a collection accepts: its filterable attributes, and whether it has tags
+/// (then the tag filters and `changed_since` too).
+#[derive(Clone, Copy)]
+pub(super) struct Filters {
+    pub(super) attributes: &'static [&'static str],
+    pub(super) tagged: bool,
+}
+
+/// Checks the filters of `q` against `filters` (400 for any other, before anything is read).
+pub(super) fn check_filters(q: &mut ListQuery, filters: Filters) -> Result<(), Fault> {
+    validate(q, filters.attributes, filters.tagged)
+}
+
+/// Filters, sorts and pages `items` by `q` (its filters already checked by `check_filters`).
+/// `missing` is the 404 for a marker that names no item; `query` is the request's query
+/// string, the base of the next page's.
 pub(super) fn page(
     q: &ListQuery,
     items: Vec<Value>,
@@ -148,7 +259,7 @@ pub(super) fn page(
     }
     let mut next = None;
     if let Some(limit) = q.limit
-        && items.len() > limit
+        && items.len() >= limit
     {
         items.truncate(limit);
         let last = items

@@ -100,9 +100,24 @@ impl T {
     }
 
     async fn raw(&self, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, Value) {
+        self.raw_with(method, path, token, body, &[]).await
+    }
+
+    /// `raw` with extra request headers.
+    async fn raw_with(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
         let mut req = axum::http::Request::builder().method(method).uri(path);
         if let Some(t) = token {
             req = req.header("x-auth-token", t);
+        }
+        for (k, v) in headers {
+            req = req.header(*k, *v);
         }
         let req = req.body(Body::from(body.to_string())).unwrap();
         let resp = service(self.state.clone()).oneshot(req).await.unwrap();
@@ -553,6 +568,11 @@ fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
         Just("routes"),
         Just("destination"),
         Just("nexthop"),
+        Just("mtu"),
+        Just("tags"),
+        Just("ha"),
+        Just("distributed"),
+        Just("revision_number"),
         Just("bogus"),
     ];
     leaf.prop_recursive(3, 24, 6, move |inner| {
@@ -619,6 +639,19 @@ fn random_bodies_never_500_and_rejections_change_nothing() {
             format!("/v2.0/routers/{router}/remove_extraroutes"),
             "router",
         ),
+        ("PUT", format!("/v2.0/networks/{net}/tags"), ""),
+        ("POST", format!("/v2.0/routers/{router}/tags"), ""),
+        ("PUT", format!("/v2.0/subnets/{sub}/tags/x"), ""),
+        ("DELETE", format!("/v2.0/subnets/{sub}/tags/absent"), ""),
+    ];
+    let if_match = [
+        None,
+        Some("revision_number=0"),
+        Some("revision_number=99"),
+        Some("revision_number=x"),
+        Some("W/\"revision_number=1\""),
+        Some("revision_number=1, revision_number=2"),
+        Some("*"),
     ];
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
         cases: 256,
@@ -627,8 +660,14 @@ fn random_bodies_never_500_and_rejections_change_nothing() {
     });
     runner
         .run(
-            &(0..targets.len(), arb_json(), any::<bool>(), any::<bool>()),
-            |(i, body, wrap, admin)| {
+            &(
+                0..targets.len(),
+                arb_json(),
+                any::<bool>(),
+                any::<bool>(),
+                0..if_match.len(),
+            ),
+            |(i, body, wrap, admin, m)| {
                 let (method, path, key) = &targets[i];
                 let body = if wrap && !key.is_empty() {
                     json!({ *key: body })
@@ -648,7 +687,11 @@ fn random_bodies_never_500_and_rejections_change_nothing() {
                         all
                     };
                     let before = snapshot().await;
-                    let (st, v) = t.req(method, path, token, body.clone()).await;
+                    let headers: Vec<(&str, &str)> =
+                        if_match[m].map(|h| ("if-match", h)).into_iter().collect();
+                    let (st, v) = t
+                        .raw_with(method, path, Some(token), &body.to_string(), &headers)
+                        .await;
                     prop_assert!(st < 500, "{method} {path} {body} → {st} {v}");
                     if st >= 400 {
                         prop_assert!(v["NeutronError"]["type"].is_string(), "{v}");
@@ -865,6 +908,9 @@ async fn extra_routes_follow_neutron() {
 
     let route = |d: &str, n: &str| json!({"destination": d, "nexthop": n});
     let put = |routes: Value| json!({"router": {"routes": routes}});
+    let before = t.ok("GET", &path, "ta", Value::Null, 200).await["router"]["revision_number"]
+        .as_i64()
+        .expect("revision_number");
     let r = t
         .ok(
             "PUT",
@@ -878,6 +924,8 @@ async fn extra_routes_follow_neutron() {
         r["router"]["routes"],
         json!([route("172.16.0.0/24", "10.1.0.5")])
     );
+    // A routes change revises the router once, as Neutron's RouterRoute does.
+    assert_eq!(r["router"]["revision_number"], json!(before + 1), "{r}");
     let calls = t.rec.calls.lock().unwrap().len();
 
     // Each refusal: its Neutron type, and nothing stored or realised.
@@ -1195,4 +1243,615 @@ async fn a_gateway_change_must_keep_the_routes_connected() {
         .await;
     assert_eq!(r["router"]["external_gateway_info"], Value::Null);
     assert_eq!(r["router"]["routes"], json!([]));
+}
+
+/// `PUT`/`DELETE` with an `If-Match` header; returns (status, body).
+async fn if_match(t: &T, method: &str, path: &str, rev: &str, body: Value) -> (u16, Value) {
+    let b = if body.is_null() {
+        String::new()
+    } else {
+        body.to_string()
+    };
+    t.raw_with(method, path, Some("ta"), &b, &[("if-match", rev)])
+        .await
+}
+
+fn is_timestamp(v: &Value) -> bool {
+    let s = v.as_str().unwrap_or_default();
+    let b = s.as_bytes();
+    s.len() == 20
+        && b[4] == b'-'
+        && b[10] == b'T'
+        && b[19] == b'Z'
+        && s.chars()
+            .enumerate()
+            .all(|(i, c)| [4, 7, 10, 13, 16, 19].contains(&i) || c.is_ascii_digit())
+}
+
+#[tokio::test]
+async fn tags_lifecycle_as_neutron() {
+    let t = T::new();
+    let n = t.create("ta", "networks", json!({"network": {}})).await;
+    let nid = id(&n, "network");
+    assert_eq!(n["network"]["tags"], json!([]));
+    let base = format!("/v2.0/networks/{nid}/tags");
+
+    let (st, v) = t
+        .req("PUT", &format!("{base}/red"), "ta", Value::Null)
+        .await;
+    assert_eq!(st, 201, "{v}");
+    t.ok("GET", &format!("{base}/red"), "ta", Value::Null, 204)
+        .await;
+    let v = t
+        .ok("GET", &format!("{base}/blue"), "ta", Value::Null, 404)
+        .await;
+    assert_eq!(err_type(&v), "TagNotFound");
+    assert_eq!(v["NeutronError"]["message"], "Tag blue could not be found.");
+    // Adding a tag twice is no error and no second copy.
+    t.ok("PUT", &format!("{base}/red"), "ta", Value::Null, 201)
+        .await;
+    let v = t.ok("GET", &base, "ta", Value::Null, 200).await;
+    assert_eq!(v, json!({"tags": ["red"]}));
+
+    let v = t
+        .ok("PUT", &base, "ta", json!({"tags": ["b", "a"]}), 200)
+        .await;
+    assert_eq!(v, json!({"tags": ["b", "a"]}));
+    let v = t
+        .ok(
+            "GET",
+            &format!("/v2.0/networks/{nid}"),
+            "ta",
+            Value::Null,
+            200,
+        )
+        .await;
+    assert_eq!(v["network"]["tags"], json!(["a", "b"]));
+    let v = t
+        .ok("POST", &base, "ta", json!({"tags": ["c", "a"]}), 201)
+        .await;
+    assert_eq!(v, json!({"tags": ["c", "a"]}));
+    let v = t.ok("GET", &base, "ta", Value::Null, 200).await;
+    assert_eq!(v, json!({"tags": ["a", "b", "c"]}));
+
+    t.ok("DELETE", &format!("{base}/a"), "ta", Value::Null, 204)
+        .await;
+    let v = t
+        .ok("DELETE", &format!("{base}/a"), "ta", Value::Null, 404)
+        .await;
+    assert_eq!(err_type(&v), "TagNotFound");
+    t.ok("DELETE", &base, "ta", Value::Null, 204).await;
+    let v = t.ok("GET", &base, "ta", Value::Null, 200).await;
+    assert_eq!(v, json!({"tags": []}));
+
+    // Neutron's validation: a list of unique strings of at most 255 characters, 50 at most.
+    let long = "x".repeat(256);
+    for bad in [
+        json!({"tags": "a"}),
+        json!({"tags": ["a", "a"]}),
+        json!({"tags": [1]}),
+        json!({"tags": [long]}),
+        json!({"other": []}),
+    ] {
+        let v = t.ok("PUT", &base, "ta", bad.clone(), 400).await;
+        assert_eq!(err_type(&v), "InvalidInput", "{bad}: {v}");
+    }
+    let v = t
+        .ok("PUT", &format!("{base}/{long}"), "ta", Value::Null, 400)
+        .await;
+    assert_eq!(err_type(&v), "InvalidInput");
+    let many: Vec<String> = (0..51).map(|i| format!("t{i}")).collect();
+    let v = t.ok("PUT", &base, "ta", json!({"tags": many}), 400).await;
+    assert_eq!(err_type(&v), "BadRequest");
+    let v = t.ok("GET", &base, "ta", Value::Null, 200).await;
+    assert_eq!(v, json!({"tags": []}), "rejected requests changed nothing");
+
+    // Others' resources: invisible is 404, visible but not owned is 403.
+    let v = t
+        .ok("PUT", &format!("{base}/x"), "tb", Value::Null, 404)
+        .await;
+    assert_eq!(err_type(&v), "NetworkNotFound");
+    let ext = t
+        .create(
+            "adm",
+            "networks",
+            json!({"network": {"router:external": true}}),
+        )
+        .await;
+    let ext_id = id(&ext, "network");
+    let path = format!("/v2.0/networks/{ext_id}/tags");
+    t.ok("GET", &path, "tb", Value::Null, 200).await;
+    let v = t
+        .ok("PUT", &format!("{path}/x"), "tb", Value::Null, 403)
+        .await;
+    assert_eq!(err_type(&v), "PolicyNotAuthorized");
+    // Port forwardings have no standard attributes, so no tags.
+    t.ok(
+        "GET",
+        &format!("/v2.0/floatingips/{nid}/port_forwardings/{nid}/tags"),
+        "ta",
+        Value::Null,
+        404,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn every_standard_resource_has_tags_and_revisions() {
+    let t = T::new();
+    let ext = t
+        .create(
+            "adm",
+            "networks",
+            json!({"network": {"router:external": true}}),
+        )
+        .await;
+    let ext_id = id(&ext, "network");
+    t.create(
+        "adm",
+        "subnets",
+        json!({"subnet": {"network_id": ext_id, "ip_version": 4, "cidr": "192.0.2.0/24"}}),
+    )
+    .await;
+    let n = t.create("ta", "networks", json!({"network": {}})).await;
+    let s = t
+        .create(
+            "ta",
+            "subnets",
+            json!({"subnet": {"network_id": id(&n, "network"), "ip_version": 4,
+                "cidr": "10.0.0.0/24"}}),
+        )
+        .await;
+    let p = t
+        .create(
+            "ta",
+            "ports",
+            json!({"port": {"network_id": id(&n, "network"), "tags": ["vm"]}}),
+        )
+        .await;
+    let r = t.create("ta", "routers", json!({"router": {}})).await;
+    let f = t
+        .create(
+            "ta",
+            "floatingips",
+            json!({"floatingip": {"floating_network_id": ext_id}}),
+        )
+        .await;
+    for (coll, kind, v) in [
+        ("subnets", "subnet", &s),
+        ("ports", "port", &p),
+        ("routers", "router", &r),
+        ("floatingips", "floatingip", &f),
+    ] {
+        let item = &v[kind];
+        assert_eq!(item["revision_number"], 0, "{coll}: {item}");
+        assert!(is_timestamp(&item["created_at"]), "{coll}: {item}");
+        assert!(is_timestamp(&item["updated_at"]), "{coll}: {item}");
+        let rid = id(v, kind);
+        t.ok(
+            "PUT",
+            &format!("/v2.0/{coll}/{rid}/tags/blue"),
+            "ta",
+            Value::Null,
+            201,
+        )
+        .await;
+        let v = t
+            .ok(
+                "GET",
+                &format!("/v2.0/{coll}/{rid}"),
+                "ta",
+                Value::Null,
+                200,
+            )
+            .await;
+        assert!(v[kind]["tags"].as_array().unwrap().contains(&json!("blue")));
+        assert_eq!(v[kind]["revision_number"], 1, "a tag change revises {coll}");
+        let v = t
+            .ok(
+                "GET",
+                &format!("/v2.0/{coll}?tags=blue"),
+                "ta",
+                Value::Null,
+                200,
+            )
+            .await;
+        assert_eq!(v[coll].as_array().unwrap().len(), 1, "{coll}: {v}");
+    }
+    assert_eq!(p["port"]["tags"], json!(["vm"]));
+}
+
+#[tokio::test]
+async fn revisions_count_changes_and_if_match_guards_them() {
+    let t = T::new();
+    let n = t.create("ta", "networks", json!({"network": {}})).await;
+    let nid = id(&n, "network");
+    let path = format!("/v2.0/networks/{nid}");
+    assert_eq!(n["network"]["revision_number"], 0);
+    let v = t
+        .ok("PUT", &path, "ta", json!({"network": {"name": "a"}}), 200)
+        .await;
+    assert_eq!(v["network"]["revision_number"], 1);
+    // A subnet revises its network (Neutron's revises_on_change).
+    let s = t
+        .create(
+            "ta",
+            "subnets",
+            json!({"subnet": {"network_id": nid, "ip_version": 4, "cidr": "10.0.0.0/24"}}),
+        )
+        .await;
+    let v = t.ok("GET", &path, "ta", Value::Null, 200).await;
+    assert_eq!(v["network"]["revision_number"], 2);
+
+    let (st, v) = if_match(
+        &t,
+        "PUT",
+        &path,
+        "revision_number=1",
+        json!({"network": {"name": "b"}}),
+    )
+    .await;
+    assert_eq!(st, 412, "{v}");
+    assert_eq!(err_type(&v), "RevisionNumberConstraintFailed");
+    assert_eq!(
+        v["NeutronError"]["message"],
+        "Constrained to 1, but current revision is 2"
+    );
+    let v = t.ok("GET", &path, "ta", Value::Null, 200).await;
+    assert_eq!(
+        v["network"]["name"], "a",
+        "a failed constraint changes nothing"
+    );
+    let (st, v) = if_match(
+        &t,
+        "PUT",
+        &path,
+        "revision_number=2",
+        json!({"network": {"name": "b"}}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["network"]["revision_number"], 3);
+    for bad in ["revision_number=x", "revision_number=1, revision_number=2"] {
+        let (st, v) = if_match(&t, "PUT", &path, bad, json!({"network": {}})).await;
+        assert_eq!(st, 400, "{bad}: {v}");
+        assert_eq!(err_type(&v), "BadRequest");
+    }
+    // Other etags are not revision constraints.
+    let (st, _) = if_match(&t, "PUT", &path, "\"abc\"", json!({"network": {}})).await;
+    assert_eq!(st, 200);
+
+    // A router's interfaces and gateway revise it, once per request.
+    let r = t.create("ta", "routers", json!({"router": {}})).await;
+    let rid = id(&r, "router");
+    let rpath = format!("/v2.0/routers/{rid}");
+    t.ok(
+        "PUT",
+        &format!("{rpath}/add_router_interface"),
+        "ta",
+        json!({"subnet_id": id(&s, "subnet")}),
+        200,
+    )
+    .await;
+    let v = t.ok("GET", &rpath, "ta", Value::Null, 200).await;
+    assert_eq!(v["router"]["revision_number"], 1);
+    let (st, _) = if_match(&t, "DELETE", &rpath, "revision_number=0", Value::Null).await;
+    assert_eq!(st, 412);
+    let ext = t
+        .create(
+            "adm",
+            "networks",
+            json!({"network": {"router:external": true}}),
+        )
+        .await;
+    let ext_id = id(&ext, "network");
+    t.create(
+        "adm",
+        "subnets",
+        json!({"subnet": {"network_id": ext_id, "ip_version": 4, "cidr": "192.0.2.0/24"}}),
+    )
+    .await;
+    let body = json!({"router": {"external_gateway_info": {"network_id": ext_id}}});
+    let v = t.ok("PUT", &rpath, "ta", body, 200).await;
+    assert_eq!(
+        v["router"]["revision_number"], 2,
+        "setting the gateway revises once"
+    );
+    let v = t
+        .ok(
+            "PUT",
+            &rpath,
+            "ta",
+            json!({"router": {"external_gateway_info": {}}}),
+            200,
+        )
+        .await;
+    assert_eq!(v["router"]["revision_number"], 3);
+    t.ok("GET", &rpath, "ta", Value::Null, 200).await;
+
+    // An invisible resource answers its 404, not its revision.
+    let (st, v) = t
+        .raw_with(
+            "PUT",
+            &path,
+            Some("tb"),
+            "{\"network\": {}}",
+            &[("if-match", "revision_number=9")],
+        )
+        .await;
+    assert_eq!(st, 404, "{v}");
+    let v = t.ok("GET", &path, "ta", Value::Null, 200).await;
+    assert!(v["network"]["updated_at"].as_str() >= v["network"]["created_at"].as_str());
+}
+
+#[tokio::test]
+async fn tag_filters_follow_neutron() {
+    let t = T::new();
+    for (name, tags) in [
+        ("ab", json!(["a", "b"])),
+        ("a", json!(["a"])),
+        ("c", json!(["c"])),
+        ("none", json!([])),
+    ] {
+        let n = t
+            .create("ta", "networks", json!({"network": {"name": name}}))
+            .await;
+        let path = format!("/v2.0/networks/{}/tags", id(&n, "network"));
+        t.ok("PUT", &path, "ta", json!({ "tags": tags }), 200).await;
+    }
+    let q = |f: &str| format!("/v2.0/networks?sort_key=name&{f}");
+    for (filter, want) in [
+        ("tags=a,b", vec!["ab"]),
+        ("tags=a&tags=b", vec!["ab"]),
+        ("tags=a", vec!["a", "ab"]),
+        ("tags-any=a,c", vec!["a", "ab", "c"]),
+        ("not-tags=a,b", vec!["a", "c", "none"]),
+        ("not-tags-any=a", vec!["c", "none"]),
+        ("tags=a&not-tags=b", vec!["a"]),
+    ] {
+        let v = t.ok("GET", &q(filter), "ta", Value::Null, 200).await;
+        assert_eq!(names(&v, "networks", "name"), want, "{filter}");
+    }
+    let v = t
+        .ok(
+            "GET",
+            "/v2.0/networks?changed_since=2000-01-01T00:00:00",
+            "ta",
+            Value::Null,
+            200,
+        )
+        .await;
+    assert_eq!(v["networks"].as_array().unwrap().len(), 4);
+    let v = t
+        .ok(
+            "GET",
+            "/v2.0/networks?changed_since=2999-01-01T00:00:00Z",
+            "ta",
+            Value::Null,
+            200,
+        )
+        .await;
+    assert_eq!(v["networks"], json!([]));
+    let v = t
+        .ok(
+            "GET",
+            "/v2.0/networks?changed_since=yesterday",
+            "ta",
+            Value::Null,
+            400,
+        )
+        .await;
+    assert_eq!(err_type(&v), "InvalidInput");
+}
+
+#[tokio::test]
+async fn unknown_filters_are_refused_and_full_pages_link_on() {
+    let t = T::new();
+    for name in ["a", "b"] {
+        t.create("ta", "networks", json!({"network": {"name": name}}))
+            .await;
+    }
+    let v = t
+        .ok("GET", "/v2.0/networks?bogus=1", "ta", Value::Null, 400)
+        .await;
+    assert_eq!(err_type(&v), "HTTPBadRequest");
+    assert_eq!(
+        v["NeutronError"]["message"],
+        "['bogus'] is invalid attribute for filtering"
+    );
+    // Neutron does not filter routers on status, nor port forwardings on tags.
+    t.ok("GET", "/v2.0/routers?status=ACTIVE", "ta", Value::Null, 400)
+        .await;
+    t.ok("GET", "/v2.0/routers?name=x&tags=y", "ta", Value::Null, 200)
+        .await;
+    t.ok(
+        "GET",
+        "/v2.0/networks?mtu=1500&revision_number=0",
+        "ta",
+        Value::Null,
+        200,
+    )
+    .await;
+    t.ok(
+        "GET",
+        "/v2.0/ports?device_id=x&fields=id",
+        "ta",
+        Value::Null,
+        200,
+    )
+    .await;
+
+    let v = t
+        .ok(
+            "GET",
+            "/v2.0/networks?sort_key=name&limit=2",
+            "ta",
+            Value::Null,
+            200,
+        )
+        .await;
+    assert_eq!(names(&v, "networks", "name"), ["a", "b"]);
+    let next = v["networks_links"][0]["href"]
+        .as_str()
+        .expect("a full page links on");
+    let v = t
+        .ok(
+            "GET",
+            &next[next.find("/v2.0").unwrap()..],
+            "ta",
+            Value::Null,
+            200,
+        )
+        .await;
+    assert_eq!(v["networks"], json!([]));
+    assert!(v.get("networks_links").is_none());
+}
+
+#[tokio::test]
+async fn network_mtu_as_neutron_net_mtu_writable() {
+    let t = T::new();
+    let n = t.create("ta", "networks", json!({"network": {}})).await;
+    assert_eq!(n["network"]["mtu"], 1500);
+    let n = t
+        .create("ta", "networks", json!({"network": {"mtu": 9000}}))
+        .await;
+    assert_eq!(n["network"]["mtu"], 9000);
+    let n = t
+        .create("ta", "networks", json!({"network": {"mtu": 0}}))
+        .await;
+    assert_eq!(n["network"]["mtu"], 1500, "0 asks for the default");
+    let path = format!("/v2.0/networks/{}", id(&n, "network"));
+    let v = t
+        .ok("PUT", &path, "ta", json!({"network": {"mtu": "1400"}}), 200)
+        .await;
+    assert_eq!(v["network"]["mtu"], 1400);
+    for bad in [
+        json!(9001),
+        json!(-1),
+        json!(67),
+        json!("abc"),
+        json!(true),
+        json!(1.5),
+    ] {
+        let (st, v) = t
+            .req("PUT", &path, "ta", json!({"network": {"mtu": bad}}))
+            .await;
+        assert_eq!(st, 400, "{bad}: {v}");
+        let (st, _) = t
+            .req(
+                "POST",
+                "/v2.0/networks",
+                "ta",
+                json!({"network": {"mtu": bad}}),
+            )
+            .await;
+        assert_eq!(st, 400, "{bad}");
+    }
+    let v = t.ok("GET", &path, "ta", Value::Null, 200).await;
+    assert_eq!(v["network"]["mtu"], 1400);
+    let (_, v) = t
+        .req("PUT", &path, "ta", json!({"network": {"mtu": 9001}}))
+        .await;
+    assert_eq!(err_type(&v), "InvalidInput");
+    assert_eq!(
+        v["NeutronError"]["message"],
+        "Invalid input for operation: Requested MTU is too big, maximum is 9000."
+    );
+}
+
+#[tokio::test]
+async fn routers_are_legacy_routers() {
+    let t = T::new();
+    let r = t
+        .create(
+            "adm",
+            "routers",
+            json!({"router": {"ha": false, "distributed": "false"}}),
+        )
+        .await;
+    assert_eq!(r["router"]["ha"], false);
+    assert_eq!(r["router"]["distributed"], false);
+    assert_eq!(r["router"]["status"], "ACTIVE");
+    let r = t.create("ta", "routers", json!({"router": {}})).await;
+    assert!(
+        r["router"].get("ha").is_none(),
+        "ha is admin-only in Neutron's policy"
+    );
+    let rid = id(&r, "router");
+    let v = t
+        .ok(
+            "GET",
+            &format!("/v2.0/routers/{rid}"),
+            "adm",
+            Value::Null,
+            200,
+        )
+        .await;
+    assert_eq!(v["router"]["distributed"], false);
+    for key in ["ha", "distributed"] {
+        let v = t
+            .ok(
+                "POST",
+                "/v2.0/routers",
+                "adm",
+                json!({"router": {key: true}}),
+                400,
+            )
+            .await;
+        assert_eq!(err_type(&v), "BadRequest");
+        let v = t
+            .ok(
+                "POST",
+                "/v2.0/routers",
+                "ta",
+                json!({"router": {key: false}}),
+                403,
+            )
+            .await;
+        assert_eq!(err_type(&v), "PolicyNotAuthorized");
+        t.ok(
+            "PUT",
+            &format!("/v2.0/routers/{rid}"),
+            "adm",
+            json!({"router": {key: true}}),
+            400,
+        )
+        .await;
+        t.ok(
+            "PUT",
+            &format!("/v2.0/routers/{rid}"),
+            "adm",
+            json!({"router": {key: "maybe"}}),
+            400,
+        )
+        .await;
+    }
+    let v = t.ok("GET", "/v2.0/routers", "adm", Value::Null, 200).await;
+    assert_eq!(v["routers"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn discovery_lists_the_standard_attribute_extensions() {
+    let t = T::new();
+    let v = t
+        .ok("GET", "/v2.0/extensions", "ta", Value::Null, 200)
+        .await;
+    let aliases: Vec<&str> = v["extensions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["alias"].as_str().unwrap())
+        .collect();
+    for a in [
+        "standard-attr-tag",
+        "standard-attr-revisions",
+        "revision-if-match",
+        "standard-attr-timestamp",
+        "net-mtu",
+        "net-mtu-writable",
+        "filter-validation",
+    ] {
+        assert!(aliases.contains(&a), "{a} in {aliases:?}");
+    }
+    assert!(!aliases.contains(&"l3-ha") && !aliases.contains(&"dvr"));
 }

@@ -112,6 +112,22 @@ pub struct Network {
     pub physical_network: Option<String>,
     pub shared: bool,
     pub status: String,
+    /// The largest IP packet the network carries (`mtu`, Neutron's `net-mtu-writable`).
+    pub mtu: u32,
+}
+
+/// The attributes Neutron gives every standard resource (networks, subnets, ports, routers,
+/// floating IPs): how often it changed, when, and the user's tags.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StandardAttrs {
+    /// 0 at creation, +1 per request that changed the resource (`If-Match` compares it).
+    pub revision_number: i64,
+    /// `2026-12-04T21:40:00Z`
+    pub created_at: String,
+    /// As `created_at`, of the last change.
+    pub updated_at: String,
+    /// Sorted.
+    pub tags: Vec<String>,
 }
 
 /// A subnet of a network. Addresses carry their family; the API accepts IPv4 only for now

@@ -383,6 +383,7 @@ mod tests {
             physical_network: None,
             shared: false,
             status: "ACTIVE".into(),
+            mtu: 1500,
         };
         store::insert_network(c, &net).expect("network");
         store::insert_subnet(

@@ -13,6 +13,7 @@ use std::{
 
 use rusqlite::{Connection, Row, Transaction};
 
+mod attrs;
 pub mod floatingips;
 mod ipam;
 mod networks;
@@ -20,6 +21,10 @@ mod ports;
 mod routers;
 mod spec;
 
+pub use attrs::{
+    add_tag, mark_changed, remove_tag, replace_tags, settle_revisions, standard_attrs,
+    standard_attrs_of_type, tags,
+};
 pub use ipam::*;
 pub use networks::*;
 pub use ports::*;
@@ -107,6 +112,8 @@ CREATE INDEX routers_gw_port ON routers(gw_port_id);
     floatingips::MIGRATION,
     // v4: extra routes of routers.
     routers::ROUTES_MIGRATION,
+    // v5: standard attributes (revisions, timestamps, tags) and the network MTU.
+    attrs::MIGRATION,
 ];
 
 /// Highest datapath slot (exclusive): the datapath's per-router maps hold this many.

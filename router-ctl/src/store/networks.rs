@@ -10,8 +10,7 @@ use crate::model::{Fault, Network, Subnet};
 
 // ---------------------------------------------------------------- networks
 
-const NET_COLS: &str =
-    "id, name, description, project_id, admin_state_up, external, physical_network, shared, status";
+const NET_COLS: &str = "id, name, description, project_id, admin_state_up, external, physical_network, shared, status, mtu";
 
 fn network_row(r: &Row) -> rusqlite::Result<Network> {
     Ok(Network {
@@ -24,13 +23,14 @@ fn network_row(r: &Row) -> rusqlite::Result<Network> {
         physical_network: r.get(6)?,
         shared: r.get(7)?,
         status: r.get(8)?,
+        mtu: r.get(9)?,
     })
 }
 
 /// Adds a network row.
 pub fn insert_network(conn: &Connection, n: &Network) -> Result<(), Fault> {
     conn.execute(
-        &format!("INSERT INTO networks ({NET_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
+        &format!("INSERT INTO networks ({NET_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
         params![
             n.id,
             n.name,
@@ -40,7 +40,8 @@ pub fn insert_network(conn: &Connection, n: &Network) -> Result<(), Fault> {
             n.external,
             n.physical_network,
             n.shared,
-            n.status
+            n.status,
+            n.mtu
         ],
     )?;
     Ok(())
@@ -49,8 +50,8 @@ pub fn insert_network(conn: &Connection, n: &Network) -> Result<(), Fault> {
 /// Rewrites the mutable columns of `n`.
 pub fn update_network(conn: &Connection, n: &Network) -> Result<(), Fault> {
     conn.execute(
-        "UPDATE networks SET name=?2, description=?3, admin_state_up=?4, external=?5, shared=?6, status=?7 WHERE id=?1",
-        params![n.id, n.name, n.description, n.admin_state_up, n.external, n.shared, n.status],
+        "UPDATE networks SET name=?2, description=?3, admin_state_up=?4, external=?5, shared=?6, status=?7, mtu=?8 WHERE id=?1",
+        params![n.id, n.name, n.description, n.admin_state_up, n.external, n.shared, n.status, n.mtu],
     )?;
     Ok(())
 }

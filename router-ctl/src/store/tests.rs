@@ -18,6 +18,7 @@ fn net(id: &str, external: bool) -> Network {
         physical_network: None,
         shared: false,
         status: "ACTIVE".into(),
+        mtu: 1500,
     }
 }
 
@@ -331,4 +332,123 @@ fn a_gateway_port_carries_every_fixed_ip_and_each_subnets_next_hop() {
     assert_eq!(gw.snat_ip(), Some("192.0.2.10".parse().unwrap()));
     assert_eq!(router_specs(&tx, Scope::All).unwrap().len(), 2);
     assert!(router_specs(&tx, Scope::Router("none")).unwrap().is_empty());
+}
+
+#[test]
+fn standard_attrs_follow_rows_and_settle_once_per_transaction() {
+    let mut s = Store::open_in_memory().unwrap();
+    let tx = s.transaction().unwrap();
+    insert_network(&tx, &net("n", false)).unwrap();
+    let mut n = net("n", false);
+    n.name = "renamed".into();
+    update_network(&tx, &n).unwrap();
+    settle_revisions(&tx).unwrap();
+    tx.commit().unwrap();
+    let a = standard_attrs(s.conn(), "n").unwrap().unwrap();
+    assert_eq!(a.revision_number, 0, "created in the transaction");
+    assert!(
+        a.created_at.ends_with('Z') && a.created_at.len() == 20,
+        "{a:?}"
+    );
+
+    let tx = s.transaction().unwrap();
+    update_network(&tx, &n).unwrap();
+    update_network(&tx, &n).unwrap();
+    insert_subnet(&tx, &subnet("s", "n", "10.0.0.0/24", &[])).unwrap();
+    add_tag(&tx, "n", "t").unwrap();
+    settle_revisions(&tx).unwrap();
+    tx.commit().unwrap();
+    let a = standard_attrs(s.conn(), "n").unwrap().unwrap();
+    assert_eq!(a.revision_number, 1, "one request, one revision");
+    assert_eq!(a.tags, ["t"]);
+    assert_eq!(
+        standard_attrs(s.conn(), "s")
+            .unwrap()
+            .unwrap()
+            .revision_number,
+        0
+    );
+
+    // Rolled back: no revision.
+    {
+        let tx = s.transaction().unwrap();
+        update_network(&tx, &n).unwrap();
+        settle_revisions(&tx).unwrap();
+    }
+    assert_eq!(
+        standard_attrs(s.conn(), "n")
+            .unwrap()
+            .unwrap()
+            .revision_number,
+        1
+    );
+
+    let tx = s.transaction().unwrap();
+    delete_network(&tx, "n").unwrap();
+    tx.commit().unwrap();
+    assert!(standard_attrs(s.conn(), "n").unwrap().is_none());
+    assert!(
+        tags(s.conn(), "n").unwrap().is_empty(),
+        "tags go with their resource"
+    );
+}
+
+#[test]
+fn the_standard_attrs_migration_fills_existing_rows() {
+    let mut conn = Connection::open_in_memory().unwrap();
+    conn.pragma_update(None, "foreign_keys", true).unwrap();
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(3) {
+        conn.execute_batch(sql).unwrap();
+        conn.pragma_update(None, "user_version", (i + 1) as i64)
+            .unwrap();
+    }
+    conn.execute(
+        "INSERT INTO networks (id, name, project_id, admin_state_up, external, shared, status) \
+         VALUES ('old', 'old', 'p', 1, 0, 0, 'ACTIVE')",
+        [],
+    )
+    .unwrap();
+    migrate(&mut conn).unwrap();
+    let n = get_network(&conn, "old").unwrap().unwrap();
+    assert_eq!(n.mtu, 1500);
+    let a = standard_attrs(&conn, "old").unwrap().unwrap();
+    assert_eq!(a.revision_number, 0);
+    assert!(a.tags.is_empty());
+}
+
+/// A later migration that rebuilds one of these tables (create, copy, drop, rename) drops its
+/// triggers with it: it must create them again, or revisions silently stop counting.
+#[test]
+fn every_standard_attrs_trigger_survives_the_migrations() {
+    let s = Store::open_in_memory().unwrap();
+    let have: Vec<String> = s
+        .conn()
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut want = Vec::new();
+    for t in ["networks", "subnets", "ports", "routers", "floatingips"] {
+        for op in ["insert", "update", "delete"] {
+            want.push(format!("{t}_attrs_{op}"));
+        }
+    }
+    for (t, col) in [
+        ("subnets", "network_id"),
+        ("fixed_ips", "port_id"),
+        ("router_interfaces", "router_id"),
+        ("port_forwardings", "floatingip_id"),
+        ("port_forwardings", "internal_port_id"),
+        ("tags", "resource_id"),
+        ("router_routes", "router_id"),
+    ] {
+        for op in ["insert", "update", "delete"] {
+            want.push(format!("{t}_revises_{col}_{op}"));
+        }
+    }
+    for w in &want {
+        assert!(have.contains(w), "trigger {w} missing: {have:?}");
+    }
 }

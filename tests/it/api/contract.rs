@@ -128,11 +128,19 @@ fn discovery_documents_and_auth() {
             "external-net",
             "extraroute",
             "extraroute-atomic",
+            "filter-validation",
             "floating-ip-port-forwarding",
+            "net-mtu",
+            "net-mtu-writable",
             "project-id",
             "provider",
+            "revision-if-match",
             "router",
-            "standard-attr-description"
+            "standard-attr-description",
+            "standard-attr-revisions",
+            "standard-attr-tag",
+            "standard-attr-timestamp",
+            "tag-creation",
         ]
     );
     let v = expect(d.get("/v2.0/extensions/ext-gw-mode"), 200);

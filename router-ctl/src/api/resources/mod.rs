@@ -13,6 +13,7 @@ mod networks;
 mod port_forwardings;
 mod ports;
 mod routers;
+mod standard;
 mod subnets;
 
 use rusqlite::Connection;
@@ -20,10 +21,15 @@ use serde_json::Value;
 
 pub use interfaces::{add_interface, remove_interface};
 pub use routers::change_extraroutes;
+pub use standard::{
+    add_tag, check_revision, clear_tags, create_tags, if_match_revision, list_tags, remove_tag,
+    replace_tags, show_tag,
+};
 
 use super::{
     Ctx, Effects,
     input::Obj,
+    query,
     scope::{seen, visible},
 };
 use crate::{
@@ -91,6 +97,87 @@ impl Kind {
         }
     }
 
+    /// The store's name of the kind when it has Neutron's standard attributes (revision,
+    /// timestamps, tags); port forwardings have none.
+    pub fn standard_type(self) -> Option<&'static str> {
+        match self {
+            Kind::PortForwarding => None,
+            _ => Some(self.collection()),
+        }
+    }
+
+    /// The attributes a list of this kind may be filtered on: those Neutron marks `is_filter`
+    /// (neutron-lib's api definitions) among the ones shown here.
+    pub(super) fn filters(self) -> query::Filters {
+        const COMMON: [&str; 5] = [
+            "id",
+            "tenant_id",
+            "project_id",
+            "description",
+            "revision_number",
+        ];
+        macro_rules! with_common {
+            ($($a:literal),* $(,)?) => {
+                &[COMMON[0], COMMON[1], COMMON[2], COMMON[3], COMMON[4], $($a),*]
+            };
+        }
+        let attributes: &'static [&'static str] = match self {
+            Kind::Network => with_common!(
+                "name",
+                "admin_state_up",
+                "status",
+                "shared",
+                "router:external",
+                "provider:network_type",
+                "provider:physical_network",
+                "provider:segmentation_id",
+                "mtu",
+            ),
+            Kind::Subnet => with_common!(
+                "name",
+                "ip_version",
+                "network_id",
+                "subnetpool_id",
+                "cidr",
+                "gateway_ip",
+                "enable_dhcp",
+                "ipv6_ra_mode",
+                "ipv6_address_mode",
+                "shared",
+            ),
+            Kind::Port => with_common!(
+                "name",
+                "network_id",
+                "admin_state_up",
+                "mac_address",
+                "fixed_ips",
+                "device_id",
+                "device_owner",
+                "status",
+            ),
+            Kind::Router => with_common!("name", "admin_state_up"),
+            Kind::FloatingIp => with_common!(
+                "floating_ip_address",
+                "floating_network_id",
+                "router_id",
+                "port_id",
+                "fixed_ip_address",
+                "status",
+            ),
+            Kind::PortForwarding => &[
+                "id",
+                "external_port",
+                "protocol",
+                "internal_port_id",
+                "description",
+            ],
+        };
+        query::Filters {
+            attributes,
+            tagged: self.standard_type().is_some(),
+        }
+    }
+
     /// Neutron's 404 for a resource of this kind (`parent`: the id of its parent).
     pub fn not_found(self, parent: Option<&str>, id: &str) -> Fault {
         match self {
@@ -117,6 +204,16 @@ pub fn list(
     kind: Kind,
     parent: Option<&str>,
 ) -> Result<Vec<Value>, Fault> {
+    let mut items = views(c, ctx, kind, parent)?;
+    standard::decorate_all(c, kind, &mut items)?;
+    if kind == Kind::Router {
+        items.iter_mut().for_each(|v| legacy_router(ctx, v));
+    }
+    Ok(items)
+}
+
+/// The views of `list`, before the standard attributes.
+fn views(c: &Connection, ctx: &Ctx, kind: Kind, parent: Option<&str>) -> Result<Vec<Value>, Fault> {
     Ok(match kind {
         Kind::Network => {
             let subnets = store::list_subnets(c)?;
@@ -167,6 +264,66 @@ pub fn show(
     parent: Option<&str>,
     id: &str,
 ) -> Result<Value, Fault> {
+    let mut v = view(c, ctx, kind, parent, id)?;
+    standard::decorate_one(c, kind, id, &mut v)?;
+    if kind == Kind::Router {
+        legacy_router(ctx, &mut v);
+    }
+    Ok(v)
+}
+
+/// A router as Neutron shows a legacy one (neither HA nor distributed); those two attributes
+/// are admin-only in Neutron's policy.
+fn legacy_router(ctx: &Ctx, v: &mut Value) {
+    if ctx.admin
+        && let Value::Object(o) = v
+    {
+        o.insert("ha".into(), Value::Bool(false));
+        o.insert("distributed".into(), Value::Bool(false));
+    }
+}
+
+/// `ha` and `distributed` of a router body, taken out of it: admin-only (403 otherwise, as
+/// Neutron's policy), and only `false` is possible here (400 otherwise).
+fn take_legacy_router(ctx: &Ctx, o: &mut Obj, action: &str) -> Result<(), Fault> {
+    for key in ["ha", "distributed"] {
+        let Some(v) = o.remove(key) else {
+            continue;
+        };
+        if !ctx.admin {
+            return Err(Fault::policy(&format!("{action}:{key}")));
+        }
+        match super::input::to_bool(&v) {
+            Some(false) => {}
+            Some(true) => {
+                return Err(Fault::new(
+                    400,
+                    "BadRequest",
+                    format!(
+                        "Bad router request: {key} routers are not supported by this deployment (legacy routers only)."
+                    ),
+                ));
+            }
+            None if v.is_null() => {}
+            None => {
+                return Err(super::input::bad_attr(
+                    key,
+                    format!("'{v}' cannot be converted to boolean"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The view of `show`, before the standard attributes.
+fn view(
+    c: &Connection,
+    ctx: &Ctx,
+    kind: Kind,
+    parent: Option<&str>,
+    id: &str,
+) -> Result<Value, Fault> {
     match kind {
         Kind::Network => {
             let n = visible::<Network>(c, ctx, id)?;
@@ -195,8 +352,16 @@ pub fn create(
     ctx: &Ctx,
     kind: Kind,
     parent: Option<&str>,
-    o: Obj,
+    mut o: Obj,
 ) -> Result<Value, Fault> {
+    if kind == Kind::Router {
+        take_legacy_router(ctx, &mut o, "create_router")?;
+    }
+    let tags = match o.remove("tags") {
+        Some(t) if kind.standard_type().is_some() => Some(standard::parse_tags(Some(&t))?),
+        Some(_) => return Err(Fault::bad_request("Unrecognized attribute(s) 'tags'")),
+        None => None,
+    };
     let id = match kind {
         Kind::Network => networks::create_network(c, fx, ctx, &o)?,
         Kind::Subnet => subnets::create_subnet(c, fx, ctx, &o)?,
@@ -207,6 +372,8 @@ pub fn create(
             port_forwardings::create_pf(c, fx, ctx, parent_id(kind, parent)?, &o)?
         }
     };
+    standard::tags_on_create(c, kind, &id, tags)?;
+    store::settle_revisions(c)?;
     show(c, ctx, kind, parent, &id)
 }
 
@@ -218,8 +385,11 @@ pub fn update(
     kind: Kind,
     parent: Option<&str>,
     id: &str,
-    o: Obj,
+    mut o: Obj,
 ) -> Result<Value, Fault> {
+    if kind == Kind::Router {
+        take_legacy_router(ctx, &mut o, "update_router")?;
+    }
     match kind {
         Kind::Network => networks::update_network(c, fx, ctx, id, &o)?,
         Kind::Subnet => subnets::update_subnet(c, fx, ctx, id, &o)?,
@@ -230,6 +400,7 @@ pub fn update(
             port_forwardings::update_pf(c, fx, ctx, parent_id(kind, parent)?, id, &o)?
         }
     }
+    store::settle_revisions(c)?;
     show(c, ctx, kind, parent, id)
 }
 

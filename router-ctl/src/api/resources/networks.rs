@@ -26,6 +26,7 @@ pub(super) fn network_view(ctx: &Ctx, n: &Network, subnets: Vec<String>) -> Valu
         "subnets": subnets,
         "shared": n.shared,
         "router:external": n.external,
+        "mtu": n.mtu,
     });
     if ctx.admin
         && let Value::Object(o) = &mut v
@@ -47,6 +48,51 @@ pub(super) fn network_view(ctx: &Ctx, n: &Network, subnets: Vec<String>) -> Valu
     v
 }
 
+/// The MTU of a network created without one (Neutron: the physical network's, 1500 by
+/// default; 0 asks for it too).
+pub const DEFAULT_MTU: u32 = 1500;
+
+/// The largest MTU a network may ask for (Neutron: `global_physnet_mtu`; here jumbo frames).
+pub const MAX_MTU: u32 = 9000;
+
+/// The smallest: IPv4's minimum (RFC 791), below which the kernel drops a device's IPv4.
+pub const MIN_MTU: u32 = 68;
+
+/// `mtu` as Neutron's `net-mtu-writable` takes it: a non-negative integer (or its string),
+/// 0 meaning the default, at most `MAX_MTU`.
+fn opt_mtu(o: &crate::api::input::Obj) -> Result<Option<u32>, Fault> {
+    let Some(v) = o.get("mtu") else {
+        return Ok(None);
+    };
+    let n = match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse::<i64>().ok(),
+        _ => None,
+    }
+    .ok_or_else(|| input::bad_attr("mtu", format!("'{v}' is not an integer")))?;
+    if n < 0 {
+        return Err(input::bad_attr(
+            "mtu",
+            format!("'{n}' should be non-negative"),
+        ));
+    }
+    if n == 0 {
+        return Ok(Some(DEFAULT_MTU));
+    }
+    if n > i64::from(MAX_MTU) {
+        return Err(Fault::invalid(format!(
+            "Requested MTU is too big, maximum is {MAX_MTU}"
+        )));
+    }
+    if n < i64::from(MIN_MTU) {
+        return Err(input::bad_attr(
+            "mtu",
+            format!("'{n}' is too small - must be at least '{MIN_MTU}'"),
+        ));
+    }
+    Ok(Some(n as u32))
+}
+
 pub(super) fn create_network(
     c: &Connection,
     fx: &mut Effects,
@@ -66,8 +112,10 @@ pub(super) fn create_network(
             "provider:network_type",
             "provider:physical_network",
             "provider:segmentation_id",
+            "mtu",
         ],
     )?;
+    let mtu = opt_mtu(o)?.unwrap_or(DEFAULT_MTU);
     let project_id = input::owner(o, ctx, "create_network")?;
     let (name, description) = input::name_and_description(o)?;
     let admin_state_up = input::opt_bool(o, "admin_state_up")?.unwrap_or(true);
@@ -135,6 +183,7 @@ pub(super) fn create_network(
             physical_network,
             shared,
             status: "ACTIVE".into(),
+            mtu,
         },
     )?;
     Ok(id)
@@ -155,9 +204,14 @@ pub(super) fn update_network(
             "admin_state_up",
             "shared",
             "router:external",
+            "mtu",
         ],
     )?;
+    let mtu = opt_mtu(o)?;
     let mut n = owned::<Network>(c, ctx, id, "update_network")?;
+    if let Some(m) = mtu {
+        n.mtu = m;
+    }
     input::set_string(o, "name", &mut n.name)?;
     input::set_string(o, "description", &mut n.description)?;
     if let Some(v) = input::opt_bool(o, "admin_state_up")? {
