@@ -96,16 +96,7 @@ fn plug_two_namespaces_into_a_bridge_and_unplug() {
     // A tap that is not the helper's (e.g. a router port's) is never removed by unplug.
     let foreign = format!("{}-port-3", unique("c"));
     let foreign_tap = names::tap_dev(&foreign);
-    host.ip(&[
-        "link",
-        "add",
-        &foreign_tap,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "peer3",
-    ]);
+    host.veth_pair(&foreign_tap, "peer3");
     host.enter(|| {
         plug::unplug(&p1.id).expect("unplug vm1");
         plug::unplug(&foreign).expect("unplug of a foreign tap is a no-op");

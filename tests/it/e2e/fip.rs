@@ -16,7 +16,7 @@ use tests::{
     daemon::{Daemon, DaemonOptions},
     enter_named, tc_filters,
     topo::{self, Internet},
-    unique,
+    unique, veth,
 };
 
 const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -601,27 +601,11 @@ fn metadata_reaches_the_upstream_with_router_and_instance_headers() {
     let meta = Netns::new("fm");
     let host_probe = unique("fmh");
     let cfg = "[metadata]\nupstream = \"http://10.199.0.2:8775\"\n".to_string();
-    let t = Topology::new(DaemonOptions {
-        config: Some(cfg),
-        admin_token: None,
-    });
-    t.host.ip(&[
-        "link",
-        "add",
-        &host_probe,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &meta.name,
-    ]);
+    let t = Topology::new(DaemonOptions::config(cfg));
+    veth(&t.host, &host_probe, &meta, "eth0");
     t.host
         .ip(&["addr", "add", "10.199.0.1/30", "dev", &host_probe]);
-    t.host.ip(&["link", "set", &host_probe, "up"]);
     meta.ip(&["addr", "add", "10.199.0.2/30", "dev", "eth0"]);
-    meta.ip(&["link", "set", "eth0", "up"]);
 
     let upstream = fake_upstream(&meta, "10.199.0.2:8775".parse().expect("addr"));
     let (status, body) =
@@ -691,10 +675,7 @@ fn metadata_reaches_the_upstream_with_router_and_instance_headers() {
 
 #[test]
 fn floating_ips_forwardings_and_metadata_survive_a_daemon_restart() {
-    let mut t = Topology::new(DaemonOptions {
-        config: Some("reconcile_interval = 1\n".into()),
-        admin_token: None,
-    });
+    let mut t = Topology::new(DaemonOptions::config("reconcile_interval = 1\n"));
     let f1 =
         t.d.cli_json(&["floatingip", "create", "public", "--port", "vm1"]);
     let f1_ip: Ipv4Addr = s(&f1["floating_ip_address"]).parse().expect("FIP");

@@ -459,16 +459,7 @@ fn physical_network_uplink_is_enslaved_and_missing_uplink_is_refused() {
     let uplink = unique("up");
     let h = RealiserHost::new(&[("physnet1", uplink.as_str())]);
     let uplink_peer = unique("upp");
-    h.host.ip(&[
-        "link",
-        "add",
-        &uplink,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &uplink_peer,
-    ]);
+    h.host.veth_pair(&uplink, &uplink_peer);
     let host = h.host.name.clone();
     let mut ext = network_spec(true);
     ext.physical_network = Some("physnet1".into());
@@ -905,16 +896,7 @@ fn failed_apply_leaves_no_objects_behind() {
     let b = port(&ext.id, mac(2), "203.0.113.10/24");
     let squatter = names::tap_dev(&b.port_id);
     let squatter_peer = unique("sq");
-    h.host.ip(&[
-        "link",
-        "add",
-        &squatter,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &squatter_peer,
-    ]);
+    h.host.veth_pair(&squatter, &squatter_peer);
     let links_before = {
         let mut v = links_before;
         v.push(squatter.clone());
