@@ -43,8 +43,16 @@ fn sport(f: &[u8]) -> u16 {
 /// translated port.
 fn remapped_second_flow(fx: &Rig) -> u16 {
     fx.out(&udp_frame(VM1, 40000, SRV, 53));
-    let p = sport(&fx.out(&udp_frame(VM2, 40000, SRV, 53)));
+    remapped(fx, VM2)
+}
+
+/// `vm`'s UDP 40000 → SRV:53 goes out and finds port 40000 taken towards SRV:53: returns the
+/// port it was translated to instead.
+fn remapped(fx: &Rig, vm: [u8; 4]) -> u16 {
+    let moved = fx.out(&udp_frame(vm, 40000, SRV, 53));
+    let p = sport(&moved);
     assert_ne!(p, 40000);
+    assert_frame(&moved, &udp_frame(GW, p, SRV, 53), "remapped");
     p
 }
 
@@ -166,10 +174,7 @@ fn colliding_flows_are_remapped_into_the_range() {
 fn icmp_errors_inbound_rewrite_the_quoted_flow() {
     let fx = snat();
     // Two flows with the same source port so the second one is remapped.
-    fx.out(&udp_frame(VM1, 40000, SRV, 53));
-    let b = fx.out(&udp_frame(VM2, 40000, SRV, 53));
-    let p = sport(&b);
-    assert_ne!(p, 40000);
+    let p = remapped_second_flow(&fx);
     let quoted = |src: [u8; 4], sp: u16| {
         let mut ip = Ipv4::new(src, SRV, UDP);
         ip.ttl = 1;
@@ -233,16 +238,15 @@ fn icmp_errors_outbound_rewrite_the_quoted_flow() {
     );
 }
 
-/// Splits a transport datagram into two IPv4 fragments at `at` (a multiple of 8).
+/// Splits a UDP datagram into two IPv4 fragments (id `id`) at `at` (a multiple of 8).
 fn fragments(
     src: [u8; 4],
     dst: [u8; 4],
-    proto: u8,
     id: u16,
     datagram: &[u8],
     at: usize,
 ) -> (Vec<u8>, Vec<u8>) {
-    let mut a = Ipv4::new(src, dst, proto);
+    let mut a = Ipv4::new(src, dst, UDP);
     a.id = id;
     a.frag = 0x2000;
     let mut b = a.clone();
@@ -259,20 +263,20 @@ fn fragments_follow_their_first_fragment() {
     let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
     let d = |s: [u8; 4], sp, dd: [u8; 4], dp| udp(s, dd, sp, dp, &payload, false);
     // Out: first fragment creates the session and records the datagram.
-    let (f1, f2) = fragments(VM1, SRV, UDP, 0x4242, &d(VM1, 40001, SRV, 9000), 512);
-    let (w1, w2) = fragments(GW, SRV, UDP, 0x4242, &d(GW, 40001, SRV, 9000), 512);
+    let (f1, f2) = fragments(VM1, SRV, 0x4242, &d(VM1, 40001, SRV, 9000), 512);
+    let (w1, w2) = fragments(GW, SRV, 0x4242, &d(GW, 40001, SRV, 9000), 512);
     assert_frame(&fx.out(&f1), &w1, "first fragment out");
     assert_frame(&fx.out(&f2), &w2, "later fragment out");
     // In: the reply datagram, fragmented.
-    let (r1, r2) = fragments(SRV, GW, UDP, 0x5151, &d(SRV, 9000, GW, 40001), 504);
-    let (e1, e2) = fragments(SRV, VM1, UDP, 0x5151, &d(SRV, 9000, VM1, 40001), 504);
+    let (r1, r2) = fragments(SRV, GW, 0x5151, &d(SRV, 9000, GW, 40001), 504);
+    let (e1, e2) = fragments(SRV, VM1, 0x5151, &d(SRV, 9000, VM1, 40001), 504);
     assert_frame(&fx.inn(&r1), &e1, "first fragment in");
     assert_frame(&fx.inn(&r2), &e2, "later fragment in");
     // A later fragment whose first fragment was never seen cannot leave with a private source.
-    let (_, orphan) = fragments(VM1, SRV, UDP, 0x4343, &d(VM1, 40001, SRV, 9000), 512);
+    let (_, orphan) = fragments(VM1, SRV, 0x4343, &d(VM1, 40001, SRV, 9000), 512);
     fx.assert_dropped("snat_out", &orphan, Counter::DropFragment);
     // Inbound, it is not ours: passed untouched.
-    let (_, orphan_in) = fragments(SRV, GW, UDP, 0x6161, &d(SRV, 9000, GW, 40001), 504);
+    let (_, orphan_in) = fragments(SRV, GW, 0x6161, &d(SRV, 9000, GW, 40001), 504);
     assert_eq!(fx.inn(&orphan_in), orphan_in);
 }
 
@@ -323,50 +327,34 @@ fn malformed_internal_packets_are_dropped_and_counted() {
     let mut f = good.clone();
     f[14] = 0x65;
     fx.assert_dropped("snat_out", &f, Counter::DropMalformed);
+    // A broken transport header `l4` in an intact IPv4 packet from VM1 to SRV.
+    let malformed = |proto: u8, l4: &[u8]| {
+        fx.assert_dropped(
+            "snat_out",
+            &frame(&Ipv4::new(VM1, SRV, proto).packet(l4)),
+            Counter::DropMalformed,
+        );
+    };
     // TCP header cut short by the IP total length.
     let seg = tcp(VM1, SRV, 40000, 80, SYN, &[], b"");
-    fx.assert_dropped(
-        "snat_out",
-        &frame(&Ipv4::new(VM1, SRV, TCP).packet(&seg[..12])),
-        Counter::DropMalformed,
-    );
+    malformed(TCP, &seg[..12]);
     // TCP data offset < 5.
     let mut seg = tcp(VM1, SRV, 40000, 80, SYN, &[], b"abcd");
     seg[12] = 0x40;
-    fx.assert_dropped(
-        "snat_out",
-        &frame(&Ipv4::new(VM1, SRV, TCP).packet(&seg)),
-        Counter::DropMalformed,
-    );
+    malformed(TCP, &seg);
     // TCP data offset beyond the segment.
     let mut seg = tcp(VM1, SRV, 40000, 80, SYN, &[], b"");
     seg[12] = 0xf0;
-    fx.assert_dropped(
-        "snat_out",
-        &frame(&Ipv4::new(VM1, SRV, TCP).packet(&seg)),
-        Counter::DropMalformed,
-    );
+    malformed(TCP, &seg);
     // UDP shorter than its header, and a UDP length field below 8.
     let d = udp(VM1, SRV, 40000, 53, b"x", false);
-    fx.assert_dropped(
-        "snat_out",
-        &frame(&Ipv4::new(VM1, SRV, UDP).packet(&d[..6])),
-        Counter::DropMalformed,
-    );
+    malformed(UDP, &d[..6]);
     let mut d = udp(VM1, SRV, 40000, 53, b"xyz", false);
     d[4..6].copy_from_slice(&4u16.to_be_bytes());
-    fx.assert_dropped(
-        "snat_out",
-        &frame(&Ipv4::new(VM1, SRV, UDP).packet(&d)),
-        Counter::DropMalformed,
-    );
+    malformed(UDP, &d);
     // ICMP shorter than 8 bytes.
     let e = echo(8, 1, 1, b"");
-    fx.assert_dropped(
-        "snat_out",
-        &frame(&Ipv4::new(VM1, SRV, ICMP).packet(&e[..4])),
-        Counter::DropMalformed,
-    );
+    malformed(ICMP, &e[..4]);
     // (A frame too short for an IPv4 header cannot be fed to BPF_PROG_TEST_RUN: the kernel
     // refuses it with EINVAL; the datapath drops it as malformed all the same.)
     // None of these created a session.
@@ -660,10 +648,7 @@ fn removed_reverse_entry_is_restored_or_the_flow_remapped() {
         &udp_frame(GW, 40000, SRV, 53),
         "VM2 takes the port",
     );
-    let moved = fx.out(&udp_frame(VM1, 40000, SRV, 53));
-    let p = sport(&moved);
-    assert_ne!(p, 40000);
-    assert_frame(&moved, &udp_frame(GW, p, SRV, 53), "VM1 remapped");
+    let p = remapped(&fx, VM1);
     assert_frame(
         &fx.inn(&udp_frame(SRV, 53, GW, 40000)),
         &udp_frame(SRV, 53, VM2, 40000),
@@ -933,9 +918,7 @@ fn a_displaced_flow_finds_its_alias_through_its_endpoint_hint_until_the_gc_clear
         &udp_frame(GW, 40000, SRV, 53),
         "first flow keeps its port",
     );
-    let moved = fx.out(&udp_frame(VM2, 40000, SRV, 53));
-    let p = sport(&moved);
-    assert_ne!(p, 40000);
+    let p = remapped(&fx, VM2);
     assert_ne!(
         fx.dp.alias_hint(slot),
         0,
