@@ -10,7 +10,7 @@ use std::net::Ipv4Addr;
 
 use router_ctl::model::spec::{FloatingIpSpec, PortForwardingSpec};
 use tests::{
-    packet::{ACK, Ipv4, SYN, TCP, UDP, echo_frame, frame, tcp_frame, udp, udp_frame},
+    packet::{ACK, ICMP, Ipv4, SYN, TCP, UDP, echo_frame, frame, icmp, tcp_frame, udp, udp_frame},
     testrun::{GW, Rig, SHOT, SRV},
 };
 
@@ -69,6 +69,15 @@ fn assert_sessions(rig: &Rig, want: &[(&str, &str, &str)]) {
             "no {kind} {proto} session on {translated}: {kinds:?}"
         );
     }
+}
+
+/// ICMP port unreachable `from` → `to` quoting the head (IP header and 8 bytes) of the UDP
+/// datagram `q.0:q.1` → `q.2:q.3`.
+fn unreachable(from: [u8; 4], to: [u8; 4], q: ([u8; 4], u16, [u8; 4], u16)) -> Vec<u8> {
+    let (src, sport, dst, dport) = q;
+    let mut quoted = Ipv4::new(src, dst, UDP).packet(&udp(src, dst, sport, dport, b"query", false));
+    quoted.truncate(28);
+    frame(&Ipv4::new(from, to, ICMP).packet(&icmp(3, 3, [0; 4], &quoted)))
 }
 
 fn pf(proto: u8, fip: [u8; 4], ext: u16, int: [u8; 4], port: u16) -> PortForwardingSpec {
@@ -366,7 +375,6 @@ fn metadata_traffic_is_left_to_the_proxy_and_unreachable_from_outside() {
 
 #[test]
 fn icmp_errors_about_floating_ip_flows_quote_the_right_address() {
-    use tests::packet::{ICMP, icmp};
     let fx = fixture();
     floating(&fx, &[(FIP1, VM1)], &[]);
     // VM1 → SRV over UDP through its FIP (records the flow).
@@ -378,15 +386,8 @@ fn icmp_errors_about_floating_ip_flows_quote_the_right_address() {
     );
     // SRV answers port unreachable about FIP1:4000 → SRV:53: VM1 must see its own address
     // quoted.
-    let quote = |src: [u8; 4]| {
-        let mut q = Ipv4::new(src, SRV, UDP).packet(&udp(src, SRV, 4000, 53, b"query", false));
-        q.truncate(28);
-        q
-    };
-    let err = |dst: [u8; 4], quoted: [u8; 4]| {
-        frame(&Ipv4::new(SRV, dst, ICMP).packet(&icmp(3, 3, [0; 4], &quote(quoted))))
-    };
-    fx.expect("snat_in", &err(FIP1, FIP1), &err(VM1, VM1), "error in");
+    let err = |dst: [u8; 4]| unreachable(SRV, dst, (dst, 4000, SRV, 53));
+    fx.expect("snat_in", &err(FIP1), &err(VM1), "error in");
     // VM1 answers an inbound flow with an error: the remote must see the FIP quoted.
     fx.expect(
         "snat_in",
@@ -394,21 +395,13 @@ fn icmp_errors_about_floating_ip_flows_quote_the_right_address() {
         &udp_frame(SRV, 5000, VM1, 9),
         "UDP in",
     );
-    let quote_in = |dst: [u8; 4]| {
-        let mut q = Ipv4::new(SRV, dst, UDP).packet(&udp(SRV, dst, 5000, 9, b"query", false));
-        q.truncate(28);
-        q
-    };
-    let err_out = |src: [u8; 4]| {
-        frame(&Ipv4::new(src, SRV, ICMP).packet(&icmp(3, 3, [0; 4], &quote_in(src))))
-    };
+    let err_out = |src: [u8; 4]| unreachable(src, SRV, (SRV, 5000, src, 9));
     fx.expect("snat_out", &err_out(VM1), &err_out(FIP1), "error out");
     assert_eq!(fx.stat("icmp_errors"), 2);
 }
 
 #[test]
 fn icmp_errors_about_port_forwarding_flows_quote_the_internal_port() {
-    use tests::packet::{ICMP, icmp};
     let fx = fixture();
     floating(&fx, &[], &[pf(UDP, FIP1, 5353, VM2, 53)]);
     // The remote asks, VM2 answers through the forwarding.
@@ -425,13 +418,8 @@ fn icmp_errors_about_port_forwarding_flows_quote_the_internal_port() {
         "UDP reply out",
     );
     // The remote's port unreachable about FIP1:5353 → SRV:6000 reaches VM2 quoting VM2:53.
-    let quote = |src: [u8; 4], sport: u16| {
-        let mut q = Ipv4::new(src, SRV, UDP).packet(&udp(src, SRV, sport, 6000, b"query", false));
-        q.truncate(28);
-        q
-    };
     let err = |dst: [u8; 4], quoted: ([u8; 4], u16)| {
-        frame(&Ipv4::new(SRV, dst, ICMP).packet(&icmp(3, 3, [0; 4], &quote(quoted.0, quoted.1))))
+        unreachable(SRV, dst, (quoted.0, quoted.1, SRV, 6000))
     };
     fx.expect(
         "snat_in",
@@ -441,14 +429,7 @@ fn icmp_errors_about_port_forwarding_flows_quote_the_internal_port() {
     );
     // VM2 (no floating IP) answers a forwarded datagram with port unreachable: the remote must
     // see the forwarding's address and external port quoted, and the error come from them.
-    let quote_in = |dst: [u8; 4], dport: u16| {
-        let mut q = Ipv4::new(SRV, dst, UDP).packet(&udp(SRV, dst, 6000, dport, b"query", false));
-        q.truncate(28);
-        q
-    };
-    let err_out = |src: [u8; 4], dport: u16| {
-        frame(&Ipv4::new(src, SRV, ICMP).packet(&icmp(3, 3, [0; 4], &quote_in(src, dport))))
-    };
+    let err_out = |src: [u8; 4], dport: u16| unreachable(src, SRV, (SRV, 6000, src, dport));
     fx.expect(
         "snat_out",
         &err_out(VM2, 53),
