@@ -30,6 +30,7 @@ fn fixture(enable_snat: bool, nat: NatConfig) -> Rig {
     Rig::open(&nat, &router)
 }
 
+/// The usual fixture: SNAT on, default NAT settings.
 fn snat() -> Rig {
     fixture(true, NatConfig::default())
 }
