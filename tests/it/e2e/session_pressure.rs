@@ -11,7 +11,7 @@ use std::{
 
 use router_common::{
     DIR_IN, IPPROTO_UDP, MAX_SESSIONS, SESSION_SNAT, SessionKey, SessionValue, ip_to_wire,
-    port_to_wire,
+    port_to_wire, stats::Counter,
 };
 use router_ctl::datapath::sessions;
 use tests::{
@@ -19,7 +19,7 @@ use tests::{
     daemon::{Daemon, DaemonOptions},
     packet::{ACK, SYN, tcp_frame, udp_frame},
     pinned_map, pinned_sessions,
-    testrun::{GW, Rig, SHOT, SRV},
+    testrun::{GW, Rig, SRV},
 };
 
 const VM: [u8; 4] = [10, 0, 0, 5];
@@ -93,10 +93,11 @@ fn a_full_table_drops_new_flows_keeps_answered_ones_and_the_gc_makes_room() {
     assert_eq!(flood + 2, MAX_SESSIONS, "full at MAX_SESSIONS entries");
 
     // A new flow now finds no room: dropped and counted, never let out untranslated.
-    let full = rig.stat("drop_table_full");
-    let (rc, _) = rig.run("snat_out", &udp_frame(VM, 50000, SRV, 53));
-    assert_eq!(rc, SHOT, "a new flow on a full table is dropped");
-    assert_eq!(rig.stat("drop_table_full"), full + 1);
+    rig.assert_dropped(
+        "snat_out",
+        &udp_frame(VM, 50000, SRV, 53),
+        Counter::DropTableFull,
+    );
 
     // The live connections are untouched by the flood, both ways.
     rig.expect(
