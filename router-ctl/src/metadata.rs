@@ -143,6 +143,12 @@ impl RouterHook for MetadataProxies {
     }
 }
 
+/// A 502 for a failed upstream exchange: the cause is logged, the client is told `what`.
+fn upstream_failed(upstream: &str, e: &reqwest::Error, what: &'static str) -> Response {
+    tracing::warn!("metadata upstream {upstream}: {e}");
+    (StatusCode::BAD_GATEWAY, what).into_response()
+}
+
 /// Hop-by-hop headers not forwarded (RFC 9110 §7.6.1), plus the ones the proxy sets.
 fn skip_header(name: &str) -> bool {
     matches!(
@@ -169,13 +175,21 @@ async fn proxy(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request,
 ) -> Response {
+    match try_proxy(&st, peer, req).await {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// Forwards `req` from `peer` upstream and its answer back; `Err` is the proxy's own error
+/// answer to the instance.
+async fn try_proxy(st: &ProxyState, peer: SocketAddr, req: Request) -> Result<Response, Response> {
     let Some(upstream) = &st.upstream else {
-        return (
+        return Err((
             StatusCode::SERVICE_UNAVAILABLE,
             "Metadata proxy: no metadata upstream is configured for this router \
              (set `upstream` in the [metadata] section of the router-ctl daemon's config).\n",
         )
-            .into_response();
+            .into_response());
     };
     let path = req
         .uri()
@@ -189,12 +203,9 @@ async fn proxy(
             headers.append(k.clone(), v.clone());
         }
     }
-    let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
-        Ok(b) => b,
-        Err(e) => {
-            return (StatusCode::BAD_REQUEST, format!("Metadata proxy: {e}\n")).into_response();
-        }
-    };
+    let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("Metadata proxy: {e}\n")).into_response())?;
     let mut rb = st
         .client
         .request(method, format!("{upstream}{path}"))
@@ -204,17 +215,13 @@ async fn proxy(
     if !body.is_empty() {
         rb = rb.body(body);
     }
-    let resp = match rb.send().await {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::warn!("metadata upstream {upstream}: {e}");
-            return (
-                StatusCode::BAD_GATEWAY,
-                "Metadata proxy: the metadata upstream could not be reached.\n",
-            )
-                .into_response();
-        }
-    };
+    let resp = rb.send().await.map_err(|e| {
+        upstream_failed(
+            upstream,
+            &e,
+            "Metadata proxy: the metadata upstream could not be reached.\n",
+        )
+    })?;
     let status = resp.status();
     let mut out_headers = Vec::new();
     for (k, v) in resp.headers() {
@@ -222,17 +229,13 @@ async fn proxy(
             out_headers.push((k.clone(), v.clone()));
         }
     }
-    let bytes = match resp.bytes().await {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!("metadata upstream {upstream}: {e}");
-            return (
-                StatusCode::BAD_GATEWAY,
-                "Metadata proxy: the metadata upstream's answer was cut short.\n",
-            )
-                .into_response();
-        }
-    };
+    let bytes = resp.bytes().await.map_err(|e| {
+        upstream_failed(
+            upstream,
+            &e,
+            "Metadata proxy: the metadata upstream's answer was cut short.\n",
+        )
+    })?;
     let mut r = Response::new(Body::from(bytes));
     *r.status_mut() = status;
     for (k, v) in out_headers {
@@ -244,5 +247,5 @@ async fn proxy(
         };
         r.headers_mut().append(k, v);
     }
-    r
+    Ok(r)
 }

@@ -28,6 +28,16 @@ pub struct DaemonOptions {
     pub admin_token: Option<String>,
 }
 
+impl DaemonOptions {
+    /// A daemon configured by `toml`, with the usual admin token.
+    pub fn config(toml: impl Into<String>) -> Self {
+        Self {
+            config: Some(toml.into()),
+            admin_token: None,
+        }
+    }
+}
+
 /// Where and how the daemon runs, for callers other than the tests (the bench).
 #[derive(Clone, Debug, Default)]
 pub struct Launch {

@@ -14,6 +14,8 @@ pub mod daemon;
 pub mod netns;
 pub mod openstack;
 #[cfg(feature = "ctl")]
+pub mod spec;
+#[cfg(feature = "ctl")]
 pub mod testrun;
 #[cfg(feature = "ctl")]
 pub mod topo;

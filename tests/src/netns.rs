@@ -193,6 +193,12 @@ impl Netns {
         self.try_ip(args).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// A veth pair `a`–`b` inside this namespace, both ends left down (a stand-in device the
+    /// test hands to the code under test).
+    pub fn veth_pair(&self, a: &str, b: &str) {
+        self.ip(&["link", "add", a, "type", "veth", "peer", "name", b]);
+    }
+
     /// A command that runs inside this namespace (see [`netns_cmd`]).
     pub fn cmd(&self, program: impl AsRef<OsStr>) -> Command {
         netns_cmd(&self.name, program)

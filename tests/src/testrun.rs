@@ -4,9 +4,13 @@
 
 use std::sync::Arc;
 
-use router_ctl::{config::NatConfig, datapath::Datapath};
+use router_common::stats::Counter;
+use router_ctl::{
+    config::NatConfig,
+    datapath::{Datapath, RouterNat, SessionInfo},
+};
 
-use crate::{Bpffs, open_datapath, testrun_router};
+use crate::{Bpffs, open_datapath, packet, testrun_router};
 
 /// TC verdicts as the programs return them.
 pub const OK: u32 = 0;
@@ -39,4 +43,110 @@ pub fn hex(f: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// One router's private datapath for a TestRun test, purged and unmounted on drop, with the
+/// runs and checks the TestRun tests share.
+pub struct Rig {
+    pub dp: Arc<Datapath>,
+    pub dp_id: u32,
+    _bpffs: Bpffs,
+}
+
+impl Rig {
+    /// `router` on a datapath with NAT settings `nat`.
+    pub fn open(nat: &NatConfig, router: &RouterNat) -> Self {
+        let bpffs = Bpffs::new();
+        let dp = open_datapath(&bpffs, nat, router);
+        Self {
+            dp,
+            dp_id: router.dp_id,
+            _bpffs: bpffs,
+        }
+    }
+
+    /// Router `dp_id` SNATing `cidr` to [`GW`], default NAT settings.
+    pub fn snat(dp_id: u32, cidr: &str) -> Self {
+        Self::open(&NatConfig::default(), &testrun_router(dp_id, GW, &[cidr]))
+    }
+
+    /// Runs `prog` once on `input`; returns its verdict and the frame it left.
+    pub fn run(&self, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
+        run(&self.dp, prog, input)
+    }
+
+    /// Runs `prog` expecting TC_ACT_OK; returns the frame it left.
+    #[track_caller]
+    pub fn pass(&self, prog: &str, input: &[u8]) -> Vec<u8> {
+        let (rc, f) = self.run(prog, input);
+        assert_eq!(rc, OK, "{prog} verdict");
+        f
+    }
+
+    /// Runs the gateway's egress program (`snat_out`) expecting TC_ACT_OK; returns the frame.
+    #[track_caller]
+    pub fn out(&self, input: &[u8]) -> Vec<u8> {
+        self.pass("snat_out", input)
+    }
+
+    /// Runs the gateway's ingress program (`snat_in`) expecting TC_ACT_OK; returns the frame.
+    #[track_caller]
+    pub fn inn(&self, input: &[u8]) -> Vec<u8> {
+        self.pass("snat_in", input)
+    }
+
+    /// Runs `prog` expecting TC_ACT_OK and exactly `want`, whose checksums are verified from
+    /// scratch first (so a match proves the datapath's incremental updates).
+    #[track_caller]
+    pub fn expect(&self, prog: &str, input: &[u8], want: &[u8], what: &str) {
+        let (rc, got) = self.run(prog, input);
+        assert_eq!(rc, OK, "{what}: verdict of {prog}");
+        assert_frame(&got, want, what);
+    }
+
+    /// [`Rig::expect`] for each `(prog, input, want, what)` in order.
+    #[track_caller]
+    pub fn expect_all(&self, cases: &[(&str, Vec<u8>, Vec<u8>, &str)]) {
+        for (prog, input, want, what) in cases {
+            self.expect(prog, input, want, what);
+        }
+    }
+
+    /// Asserts `prog` drops `input` untouched and counts it under `reason`.
+    #[track_caller]
+    pub fn assert_dropped(&self, prog: &str, input: &[u8], reason: Counter) {
+        let before = self.stat(reason.name());
+        let (rc, f) = self.run(prog, input);
+        assert_eq!(rc, SHOT, "expected a drop for {}", reason.name());
+        assert_eq!(f, input, "a dropped packet is never rewritten");
+        assert_eq!(
+            self.stat(reason.name()),
+            before + 1,
+            "{} counted",
+            reason.name()
+        );
+    }
+
+    /// Counter `name` of this router.
+    pub fn stat(&self, name: &str) -> u64 {
+        self.dp.stats(self.dp_id).expect("stats")[name]
+    }
+
+    /// This router's sessions.
+    pub fn sessions(&self) -> Vec<SessionInfo> {
+        self.dp.sessions(self.dp_id).expect("sessions")
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = self.dp.purge();
+    }
+}
+
+/// Asserts `got` is exactly `want`, whose checksums are verified from scratch first.
+#[track_caller]
+pub fn assert_frame(got: &[u8], want: &[u8], what: &str) {
+    packet::assert_checksums(want);
+    assert_eq!(hex(got), hex(want), "{what}");
 }

@@ -254,6 +254,13 @@ pub fn port_create(
 mod tests {
     use super::*;
 
+    /// Asserts that each of `bad` fails to parse as a `T`.
+    fn assert_rejected<T: std::str::FromStr>(bad: &[&str]) {
+        for b in bad {
+            assert!(b.parse::<T>().is_err(), "{b:?} accepted");
+        }
+    }
+
     #[test]
     fn gateway_set_matches_neutronclient() {
         // neutronclient: router_dict = {'network_id': id}; add_gateway_router wraps it in
@@ -305,7 +312,7 @@ mod tests {
         assert_eq!(f.ip, Some(Ipv4Addr::new(203, 0, 113, 5)));
         let f: FixedIpSpec = "ip=203.0.113.5".parse().unwrap();
         assert_eq!(f.subnet, None);
-        for bad in [
+        assert_rejected::<FixedIpSpec>(&[
             "",
             "subnet=",
             "ip=1.2.3",
@@ -314,9 +321,7 @@ mod tests {
             "subnet",
             "=x",
             "subnet=a,,ip=1.1.1.1",
-        ] {
-            assert!(bad.parse::<FixedIpSpec>().is_err(), "{bad:?} accepted");
-        }
+        ]);
     }
 
     #[test]
@@ -324,14 +329,12 @@ mod tests {
         let p: AllocationPool = "start=10.0.0.2, end=10.0.0.9".parse().unwrap();
         assert_eq!(p.start, Ipv4Addr::new(10, 0, 0, 2));
         assert_eq!(p.end, Ipv4Addr::new(10, 0, 0, 9));
-        for bad in [
+        assert_rejected::<AllocationPool>(&[
             "start=10.0.0.2",
             "end=10.0.0.2",
             "start=x,end=10.0.0.1",
             "a=b",
-        ] {
-            assert!(bad.parse::<AllocationPool>().is_err(), "{bad:?} accepted");
-        }
+        ]);
     }
 
     #[test]

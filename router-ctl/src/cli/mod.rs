@@ -543,14 +543,19 @@ mod tests {
         cmd: Command,
     }
 
-    fn parse(args: &[&str]) -> TestCli {
-        TestCli::try_parse_from(std::iter::once("router-ctl").chain(args.iter().copied()))
-            .unwrap_or_else(|e| panic!("parsing {args:?}: {e}"))
+    /// Parses `line`: the arguments after `router-ctl`, split at white space.
+    fn try_parse(line: &str) -> Result<TestCli, clap::Error> {
+        TestCli::try_parse_from(std::iter::once("router-ctl").chain(line.split_whitespace()))
     }
 
-    fn parse_err(args: &[&str]) -> clap::Error {
-        match TestCli::try_parse_from(std::iter::once("router-ctl").chain(args.iter().copied())) {
-            Ok(c) => panic!("{args:?} parsed as {c:?}"),
+    fn parse(line: &str) -> TestCli {
+        try_parse(line).unwrap_or_else(|e| panic!("parsing {line:?}: {e}"))
+    }
+
+    /// The error of parsing `line`, which must not parse.
+    fn parse_err(line: &str) -> clap::Error {
+        match try_parse(line) {
+            Ok(c) => panic!("{line:?} parsed as {c:?}"),
             Err(e) => e,
         }
     }
@@ -563,17 +568,10 @@ mod tests {
 
     #[test]
     fn gateway_set_with_options() {
-        let c = parse(&[
-            "gateway",
-            "set",
-            "r1",
-            "public",
-            "--disable-snat",
-            "--fixed-ip",
-            "subnet=pub-sub,ip=203.0.113.10",
-            "--fixed-ip",
-            "ip_address=203.0.113.11",
-        ]);
+        let c = parse(
+            "gateway set r1 public --disable-snat \
+             --fixed-ip subnet=pub-sub,ip=203.0.113.10 --fixed-ip ip_address=203.0.113.11",
+        );
         let Command::Gateway(GatewayCmd::Set {
             router,
             external_network,
@@ -603,12 +601,12 @@ mod tests {
 
     #[test]
     fn global_options_anywhere_and_json_format() {
-        let c = parse(&["router", "list", "-f", "json", "--url", "http://h:1"]);
+        let c = parse("router list -f json --url http://h:1");
         assert_eq!(c.global.format, Format::Json);
         assert_eq!(c.global.url.as_deref(), Some("http://h:1"));
-        let c = parse(&["--format", "json", "stats", "r"]);
+        let c = parse("--format json stats r");
         assert_eq!(c.global.format, Format::Json);
-        let c = parse(&["--state-dir", "/tmp/x", "sessions", "r"]);
+        let c = parse("--state-dir /tmp/x sessions r");
         assert_eq!(c.global.client_state_dir, Some(PathBuf::from("/tmp/x")));
         assert_eq!(c.global.format, Format::Table);
     }
@@ -659,16 +657,7 @@ mod tests {
 
     #[test]
     fn port_create_with_netns() {
-        let c = parse(&[
-            "port",
-            "create",
-            "--network",
-            "n1",
-            "--ip",
-            "10.0.0.5",
-            "--netns",
-            "vm1",
-        ]);
+        let c = parse("port create --network n1 --ip 10.0.0.5 --netns vm1");
         let Command::Port(PortCmd::Create {
             network, ip, netns, ..
         }) = c.cmd
@@ -682,19 +671,10 @@ mod tests {
 
     #[test]
     fn subnet_create_pools_and_gateway() {
-        let c = parse(&[
-            "subnet",
-            "create",
-            "s1",
-            "--network",
-            "n1",
-            "--cidr",
-            "10.0.0.0/24",
-            "--gateway",
-            "10.0.0.254",
-            "--allocation-pool",
-            "start=10.0.0.10,end=10.0.0.20",
-        ]);
+        let c = parse(
+            "subnet create s1 --network n1 --cidr 10.0.0.0/24 --gateway 10.0.0.254 \
+             --allocation-pool start=10.0.0.10,end=10.0.0.20",
+        );
         let Command::Subnet(SubnetCmd::Create {
             gateway,
             allocation_pools,
@@ -728,18 +708,18 @@ mod tests {
             "router list -f xml",
             "completion tcsh",
         ] {
-            parse_err(&args.split_whitespace().collect::<Vec<_>>());
+            parse_err(args);
         }
     }
 
     #[test]
     fn interface_and_completion() {
-        let c = parse(&["router", "interface", "add", "r", "s"]);
+        let c = parse("router interface add r s");
         assert!(matches!(
             c.cmd,
             Command::Router(RouterCmd::Interface(InterfaceCmd::Add { .. }))
         ));
-        let c = parse(&["completion", "bash"]);
+        let c = parse("completion bash");
         assert!(matches!(c.cmd, Command::Completion { shell: Shell::Bash }));
     }
 }

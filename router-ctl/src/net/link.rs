@@ -100,15 +100,19 @@ impl LinkState {
     }
 }
 
+/// The messages of a netlink dump, naming `what` was dumped on failure.
+async fn dump<T>(
+    req: impl futures::TryStream<Ok = T, Error = rtnetlink::Error>,
+    what: &str,
+) -> Result<Vec<T>> {
+    req.try_collect()
+        .await
+        .with_context(|| format!("dumping {what}"))
+}
+
 /// Every link of the handle's namespace.
 pub async fn dump_links(h: &Handle) -> Result<Vec<LinkState>> {
-    let msgs: Vec<LinkMessage> = h
-        .link()
-        .get()
-        .execute()
-        .try_collect()
-        .await
-        .context("dumping links")?;
+    let msgs = dump(h.link().get().execute(), "links").await?;
     Ok(msgs.iter().filter_map(LinkState::from_message).collect())
 }
 
@@ -215,11 +219,8 @@ pub async fn delete_link(h: &Handle, name: &str) -> Result<bool> {
 pub async fn set_up(h: &Handle, index: u32, up: bool) -> Result<()> {
     let b = LinkUnspec::new_with_index(index);
     let msg = if up { b.up() } else { b.down() }.build();
-    h.link()
-        .set(msg)
-        .execute()
-        .await
-        .with_context(|| format!("setting link {index} {}", if up { "up" } else { "down" }))
+    let state = if up { "up" } else { "down" };
+    set_link(h, msg, || format!("setting link {index} {state}")).await
 }
 
 /// Enslaves link `index` to bridge `controller`.
@@ -227,11 +228,7 @@ pub async fn set_controller(h: &Handle, index: u32, controller: u32) -> Result<(
     let msg = LinkUnspec::new_with_index(index)
         .controller(controller)
         .build();
-    h.link()
-        .set(msg)
-        .execute()
-        .await
-        .with_context(|| format!("enslaving link {index} to {controller}"))
+    set_link(h, msg, || format!("enslaving link {index} to {controller}")).await
 }
 
 /// Sets the MAC of link `index`.
@@ -239,11 +236,12 @@ pub async fn set_mac(h: &Handle, index: u32, mac: [u8; 6]) -> Result<()> {
     let msg = LinkUnspec::new_with_index(index)
         .address(mac.to_vec())
         .build();
-    h.link()
-        .set(msg)
-        .execute()
-        .await
-        .with_context(|| format!("setting the MAC of link {index}"))
+    set_link(h, msg, || format!("setting the MAC of link {index}")).await
+}
+
+/// Applies link change `msg`; `what` says what it was for when it fails.
+async fn set_link(h: &Handle, msg: LinkMessage, what: impl FnOnce() -> String) -> Result<()> {
+    h.link().set(msg).execute().await.with_context(what)
 }
 
 /// One address of a link, with the message that deletes it.
@@ -256,14 +254,8 @@ pub struct Address {
 /// Addresses of link `index`, both families. IPv6 link-local addresses are left out: the
 /// kernel makes them and no spec names them.
 pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<Address>> {
-    let msgs: Vec<AddressMessage> = h
-        .address()
-        .get()
-        .set_link_index_filter(index)
-        .execute()
-        .try_collect()
-        .await
-        .context("dumping addresses")?;
+    let req = h.address().get().set_link_index_filter(index).execute();
+    let msgs = dump(req, "addresses").await?;
     let mut out = Vec::new();
     for m in msgs {
         if !matches!(m.header.family, AddressFamily::Inet | AddressFamily::Inet6) {
@@ -386,13 +378,7 @@ fn route_addr(a: &RouteAddress) -> Option<IpAddr> {
 /// Routes of the main table, both families (one dump).
 pub async fn main_routes(h: &Handle) -> Result<Vec<Route>> {
     let filter = RouteMessageBuilder::<IpAddr>::new().build();
-    let msgs: Vec<RouteMessage> = h
-        .route()
-        .get(filter)
-        .execute()
-        .try_collect()
-        .await
-        .context("dumping routes")?;
+    let msgs = dump(h.route().get(filter).execute(), "routes").await?;
     let mut out = Vec::new();
     for m in msgs {
         let unspecified = match m.header.address_family {
@@ -431,18 +417,14 @@ pub async fn main_routes(h: &Handle) -> Result<Vec<Route>> {
 
 /// Adds (or replaces) the on-link route `dst` via device `oif` with no gateway.
 pub async fn replace_link_route(h: &Handle, dst: IpNet, oif: u32) -> Result<()> {
+    let what = format!("on-link route {dst}");
     let msg = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(dst.addr(), dst.prefix_len())
-        .with_context(|| format!("on-link route {dst}"))?
+        .context(what.clone())?
         .output_interface(oif)
         .scope(RouteScope::Link)
         .build();
-    h.route()
-        .add(msg)
-        .replace()
-        .execute()
-        .await
-        .with_context(|| format!("adding on-link route {dst}"))
+    add_or_replace_route(h, msg, &what).await
 }
 
 /// Adds (or replaces) the default route of `gateway`'s family via `gateway` on device `oif`.
@@ -452,18 +434,24 @@ pub async fn replace_default_route(h: &Handle, gateway: impl Into<IpAddr>, oif: 
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     };
+    let what = format!("default route via {gateway}");
     let msg = RouteMessageBuilder::<IpAddr>::new()
         .destination_prefix(any, 0)
         .and_then(|b| b.gateway(gateway))
-        .with_context(|| format!("default route via {gateway}"))?
+        .context(what.clone())?
         .output_interface(oif)
         .build();
+    add_or_replace_route(h, msg, &what).await
+}
+
+/// Adds route `msg`, replacing one to the same destination (`what` names it in errors).
+async fn add_or_replace_route(h: &Handle, msg: RouteMessage, what: &str) -> Result<()> {
     h.route()
         .add(msg)
         .replace()
         .execute()
         .await
-        .with_context(|| format!("adding default route via {gateway}"))
+        .with_context(|| format!("adding {what}"))
 }
 
 /// Deletes a route found by `main_routes`; missing is success.

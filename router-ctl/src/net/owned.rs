@@ -157,6 +157,12 @@ impl Owned {
         }
         Ok(out)
     }
+
+    /// The names of every record of `kind` (the kernel objects themselves, whatever the
+    /// record says).
+    pub fn names(&self, kind: Kind) -> Result<Vec<String>> {
+        Ok(self.list(kind)?.into_iter().map(|(name, _)| name).collect())
+    }
 }
 
 #[cfg(test)]

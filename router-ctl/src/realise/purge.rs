@@ -104,12 +104,7 @@ impl Realiser {
             }
         }
         let _g = self.lock_op();
-        let links: Vec<String> = self
-            .owned
-            .list(Kind::Link)?
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
+        let links = self.owned.names(Kind::Link)?;
         // Taps first, then bridges.
         let (taps, rest): (Vec<String>, Vec<String>) =
             links.into_iter().partition(|n| names::is_tap(n));

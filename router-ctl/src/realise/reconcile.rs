@@ -156,9 +156,8 @@ impl Realiser {
         let _g = self.lock_op();
         let stale: Vec<String> = self
             .owned
-            .list(Kind::Link)?
+            .names(Kind::Link)?
             .into_iter()
-            .map(|(name, _)| name)
             .filter(|name| !desired_links.contains(name))
             .collect();
         if !stale.is_empty() {

@@ -45,6 +45,34 @@ fn post_ok(c: &ApiClient, path: &str, body: Value) -> Value {
     expect(c.post(path, &body), 201)
 }
 
+/// `DELETE /v2.0/coll/id`, asserting 409 with Neutron error `kind`: the object is still in
+/// use.
+#[track_caller]
+fn delete_in_use(c: &ApiClient, coll: &str, id: &str, kind: &str) {
+    expect_err(c.delete(&format!("/v2.0/{coll}/{id}")), 409, kind);
+}
+
+/// `PUT /v2.0/routers/router/add_router_interface body`, asserting 200; returns the
+/// interface info.
+#[track_caller]
+fn add_interface(c: &ApiClient, router: &str, body: Value) -> Value {
+    put_ok(
+        c,
+        &format!("/v2.0/routers/{router}/add_router_interface"),
+        body,
+    )
+}
+
+/// `PUT /v2.0/routers/router/remove_router_interface body`, asserting 200.
+#[track_caller]
+fn remove_interface(c: &ApiClient, router: &str, body: Value) -> Value {
+    put_ok(
+        c,
+        &format!("/v2.0/routers/{router}/remove_router_interface"),
+        body,
+    )
+}
+
 fn id(v: &Value, kind: &str) -> String {
     v[kind]["id"]
         .as_str()
@@ -52,9 +80,40 @@ fn id(v: &Value, kind: &str) -> String {
         .to_string()
 }
 
+/// The ids of the objects in list answer `v` of collection `coll`.
+fn list_ids<'a>(v: &'a Value, coll: &str) -> Vec<&'a str> {
+    v[coll]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|n| n["id"].as_str().expect("id"))
+        .collect()
+}
+
 fn create(c: &ApiClient, coll: &str, kind: &str, body: Value) -> String {
     let v = post_ok(c, &format!("/v2.0/{coll}"), json!({ kind: body }));
     id(&v, kind)
+}
+
+/// `PUT /v2.0/coll/id {kind: body}`, asserting 200; returns the body.
+#[track_caller]
+fn update(c: &ApiClient, coll: &str, kind: &str, id: &str, body: Value) -> Value {
+    put_ok(c, &format!("/v2.0/{coll}/{id}"), json!({ kind: body }))
+}
+
+/// `PUT /v2.0/routers/id {"router": body}`, asserting 200; returns the body.
+#[track_caller]
+fn update_router(c: &ApiClient, id: &str, body: Value) -> Value {
+    update(c, "routers", "router", id, body)
+}
+
+/// Sets router `id`'s `external_gateway_info` to `info`, asserting 200; returns the
+/// gateway info the router now has.
+#[track_caller]
+fn set_gateway(c: &ApiClient, id: &str, info: Value) -> Value {
+    update_router(c, id, json!({ "external_gateway_info": info }))["router"]
+        ["external_gateway_info"]
+        .clone()
 }
 
 fn ext_net(c: &ApiClient, cidr: &str, pool: (&str, &str)) -> (String, String) {
@@ -166,10 +225,7 @@ fn networks_crud_filters_and_fields() {
     ]);
     let d = Daemon::start_with(
         &host,
-        DaemonOptions {
-            config: Some("[physical_networks]\npublic = \"uplk0\"\n".into()),
-            admin_token: None,
-        },
+        DaemonOptions::config("[physical_networks]\npublic = \"uplk0\"\n"),
     );
     let c = d.client();
     expect_err(
@@ -208,13 +264,7 @@ fn networks_crud_filters_and_fields() {
     assert_eq!(v["networks"][0]["id"], other.as_str());
     assert_eq!(v["networks"][0]["admin_state_up"], false);
     let v = expect(c.get("/v2.0/networks.json?router:external=true"), 200);
-    let ids: Vec<&str> = v["networks"]
-        .as_array()
-        .expect("list")
-        .iter()
-        .map(|n| n["id"].as_str().expect("id"))
-        .collect();
-    assert_eq!(ids, [ext.as_str()]);
+    assert_eq!(list_ids(&v, "networks"), [ext.as_str()]);
     let v = expect(
         c.get(&format!("/v2.0/networks?fields=id&fields=name&id={ext}")),
         200,
@@ -226,10 +276,12 @@ fn networks_crud_filters_and_fields() {
     );
     assert_eq!(v["network"], json!({"router:external": true}));
 
-    let v = put_ok(
+    let v = update(
         &c,
-        &format!("/v2.0/networks/{other}"),
-        json!({"network": {"name": "renamed", "admin_state_up": true}}),
+        "networks",
+        "network",
+        &other,
+        json!({"name": "renamed", "admin_state_up": true}),
     );
     assert_eq!(v["network"]["name"], "renamed");
     assert_eq!(v["network"]["admin_state_up"], true);
@@ -388,21 +440,15 @@ fn subnets_validation_and_ipam() {
     ips.dedup();
     assert_eq!(ips.len(), 6, "every address handed out once: {ips:?}");
 
-    expect_err(
-        c.delete(&format!("/v2.0/subnets/{small}")),
-        409,
-        "SubnetInUse",
-    );
-    expect_err(
-        c.delete(&format!("/v2.0/networks/{net}")),
-        409,
-        "NetworkInUse",
-    );
-    let v = put_ok(
+    delete_in_use(&c, "subnets", &small, "SubnetInUse");
+    delete_in_use(&c, "networks", &net, "NetworkInUse");
+    let v = update(
         &c,
-        &format!("/v2.0/subnets/{sid}"),
-        json!({"subnet": {"name": "t", "gateway_ip": "10.20.0.254",
-        "allocation_pools": [{"start": "10.20.0.2", "end": "10.20.0.200"}]}}),
+        "subnets",
+        "subnet",
+        &sid,
+        json!({"name": "t", "gateway_ip": "10.20.0.254",
+        "allocation_pools": [{"start": "10.20.0.2", "end": "10.20.0.200"}]}),
     );
     assert_eq!(v["subnet"]["gateway_ip"], "10.20.0.254");
     expect_err(
@@ -524,11 +570,7 @@ fn routers_interfaces_and_gateway() {
     assert_eq!(v["port"]["fixed_ips"][0]["ip_address"], "10.60.0.1");
     assert_eq!(v["port"]["device_owner"], "network:router_interface");
     assert_eq!(v["port"]["device_id"], rid.as_str());
-    expect_err(
-        c.delete(&format!("/v2.0/ports/{if_port}")),
-        409,
-        "L3PortInUse",
-    );
+    delete_in_use(&c, "ports", &if_port, "L3PortInUse");
 
     // Same subnet again: 409. Overlapping subnet: 400. Both ids or neither: 400.
     let (st, v) = c.put(
@@ -555,11 +597,7 @@ fn routers_interfaces_and_gateway() {
         json!({"port": {"network_id": net2, "fixed_ips": [{"ip_address": "10.61.0.5"}]}}),
     );
     let p2 = id(&v, "port");
-    let info = put_ok(
-        &c,
-        &format!("/v2.0/routers/{rid}/add_router_interface"),
-        json!({"port_id": p2}),
-    );
+    let info = add_interface(&c, &rid, json!({"port_id": p2}));
     assert_eq!(info["port_id"], p2.as_str());
     assert_eq!(info["subnet_id"], sub2.as_str());
     expect_err(
@@ -571,11 +609,7 @@ fn routers_interfaces_and_gateway() {
         "PortInUse",
     );
 
-    expect_err(
-        c.delete(&format!("/v2.0/routers/{rid}")),
-        409,
-        "RouterInUse",
-    );
+    delete_in_use(&c, "routers", &rid, "RouterInUse");
 
     // Gateway: non-external network refused; the real call of the seed; fixed IPs; clear.
     let router = format!("/v2.0/routers/{rid}");
@@ -612,26 +646,16 @@ fn routers_interfaces_and_gateway() {
     );
     assert_eq!(v["ports"].as_array().expect("ports").len(), 1);
     // Changing only SNAT keeps the address; requesting one moves it.
-    let v = put_ok(
+    let gw = set_gateway(&c, &rid, json!({"network_id": ext, "enable_snat": true}));
+    assert_eq!(gw["enable_snat"], true);
+    assert_eq!(gw["external_fixed_ips"][0]["ip_address"], "192.0.2.10");
+    let gw = set_gateway(
         &c,
-        &format!("/v2.0/routers/{rid}"),
-        json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": true}}}),
+        &rid,
+        json!({"network_id": ext,
+            "external_fixed_ips": [{"subnet_id": ext_sub, "ip_address": "192.0.2.15"}]}),
     );
-    assert_eq!(v["router"]["external_gateway_info"]["enable_snat"], true);
-    assert_eq!(
-        v["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"],
-        "192.0.2.10"
-    );
-    let v = put_ok(
-        &c,
-        &format!("/v2.0/routers/{rid}"),
-        json!({"router": {"external_gateway_info": {"network_id": ext,
-            "external_fixed_ips": [{"subnet_id": ext_sub, "ip_address": "192.0.2.15"}]}}}),
-    );
-    assert_eq!(
-        v["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"],
-        "192.0.2.15"
-    );
+    assert_eq!(gw["external_fixed_ips"][0]["ip_address"], "192.0.2.15");
     // Another router cannot take the same address.
     let r2 = create(&c, "routers", "router", json!({"name": "r2"}));
     expect_err(
@@ -643,27 +667,15 @@ fn routers_interfaces_and_gateway() {
         409,
         "IpAddressInUse",
     );
-    expect_err(
-        c.delete(&format!("/v2.0/networks/{ext}")),
-        409,
-        "NetworkInUse",
-    );
-    let v = put_ok(
+    delete_in_use(&c, "networks", &ext, "NetworkInUse");
+    let gw = set_gateway(&c, &rid, json!({}));
+    assert_eq!(gw, Value::Null);
+    let gw = set_gateway(&c, &rid, json!({"network_id": ext}));
+    assert_eq!(gw["enable_snat"], true);
+    let v = update_router(
         &c,
-        &format!("/v2.0/routers/{rid}"),
-        json!({"router": {"external_gateway_info": {}}}),
-    );
-    assert_eq!(v["router"]["external_gateway_info"], Value::Null);
-    let v = put_ok(
-        &c,
-        &format!("/v2.0/routers/{rid}"),
-        json!({"router": {"external_gateway_info": {"network_id": ext}}}),
-    );
-    assert_eq!(v["router"]["external_gateway_info"]["enable_snat"], true);
-    let v = put_ok(
-        &c,
-        &format!("/v2.0/routers/{rid}"),
-        json!({"router": {"external_gateway_info": null, "name": "r1b"}}),
+        &rid,
+        json!({"external_gateway_info": null, "name": "r1b"}),
     );
     assert_eq!(v["router"]["external_gateway_info"], Value::Null);
     assert_eq!(v["router"]["name"], "r1b");
@@ -683,11 +695,7 @@ fn routers_interfaces_and_gateway() {
         ("PUT", &remove2, json!({"subnet_id": sub}), 404, "RouterInterfaceNotFoundForSubnet"),
     ];
     expect_refused(&c, refused);
-    let info = put_ok(
-        &c,
-        &format!("/v2.0/routers/{rid}/remove_router_interface"),
-        json!({"port_id": p2}),
-    );
+    let info = remove_interface(&c, &rid, json!({"port_id": p2}));
     assert_eq!(info["port_id"], p2.as_str());
     let info = put_ok(
         &c,
@@ -763,13 +771,7 @@ fn projects_are_isolated_and_policy_is_enforced() {
 
     // Bob sees the external network (and its subnet) but none of alice's resources.
     let v = expect(bob.get("/v2.0/networks"), 200);
-    let ids: Vec<&str> = v["networks"]
-        .as_array()
-        .expect("list")
-        .iter()
-        .map(|n| n["id"].as_str().expect("id"))
-        .collect();
-    assert_eq!(ids, [ext.as_str()]);
+    assert_eq!(list_ids(&v, "networks"), [ext.as_str()]);
     expect(bob.get(&format!("/v2.0/networks/{ext}")), 200);
     let (anet_path, ext_path) = (
         format!("/v2.0/networks/{anet}"),
@@ -829,11 +831,7 @@ fn projects_are_isolated_and_policy_is_enforced() {
     );
 
     // Alice: interface, gateway on the admin's external network; SNAT and fixed IPs admin-only.
-    put_ok(
-        &alice,
-        &format!("/v2.0/routers/{ar}/add_router_interface"),
-        json!({"subnet_id": asub}),
-    );
+    add_interface(&alice, &ar, json!({"subnet_id": asub}));
     #[rustfmt::skip]
     let refused: &[Refused] = &[
         ("PUT", &ar_path,
@@ -845,19 +843,15 @@ fn projects_are_isolated_and_policy_is_enforced() {
             403, "PolicyNotAuthorized"),
     ];
     expect_refused(&alice, refused);
-    let v = put_ok(
-        &alice,
-        &format!("/v2.0/routers/{ar}"),
-        json!({"router": {"external_gateway_info": {"network_id": ext}}}),
-    );
-    assert_eq!(v["router"]["external_gateway_info"]["enable_snat"], true);
+    let gw = set_gateway(&alice, &ar, json!({"network_id": ext}));
+    assert_eq!(gw["enable_snat"], true);
     // The admin sees everything and may change SNAT on alice's router.
-    let v = put_ok(
+    let gw = set_gateway(
         &admin,
-        &format!("/v2.0/routers/{ar}"),
-        json!({"router": {"external_gateway_info": {"network_id": ext, "enable_snat": false}}}),
+        &ar,
+        json!({"network_id": ext, "enable_snat": false}),
     );
-    assert_eq!(v["router"]["external_gateway_info"]["enable_snat"], false);
+    assert_eq!(gw["enable_snat"], false);
     let v = expect(admin.get("/v2.0/routers"), 200);
     assert_eq!(v["routers"].as_array().expect("list").len(), 2);
     let v = expect(admin.get("/v2.0/routers?tenant_id=alice"), 200);
@@ -922,15 +916,11 @@ fn state_survives_kill9_and_restart() {
     let (ext, _) = ext_net(&c, "203.0.113.0/24", ("203.0.113.10", "203.0.113.20"));
     let (_net, sub) = int_net(&c, "10.80.0.0/24");
     let r = create(&c, "routers", "router", json!({"name": "persist"}));
-    put_ok(
+    add_interface(&c, &r, json!({"subnet_id": sub}));
+    update_router(
         &c,
-        &format!("/v2.0/routers/{r}/add_router_interface"),
-        json!({"subnet_id": sub}),
-    );
-    put_ok(
-        &c,
-        &format!("/v2.0/routers/{r}"),
-        json!({"router": {"external_gateway_info": {"network_id": ext}}}),
+        &r,
+        json!({"external_gateway_info": {"network_id": ext}}),
     );
     let snapshot = |c: &ApiClient| -> Vec<Value> {
         ["networks", "subnets", "ports", "routers"]
@@ -947,10 +937,10 @@ fn state_survives_kill9_and_restart() {
     assert_eq!(snapshot(&c), before);
     // Allocation continues past what was handed out before the restart.
     let r2 = create(&c, "routers", "router", json!({}));
-    let v = put_ok(
+    let v = update_router(
         &c,
-        &format!("/v2.0/routers/{r2}"),
-        json!({"router": {"external_gateway_info": {"network_id": ext}}}),
+        &r2,
+        json!({"external_gateway_info": {"network_id": ext}}),
     );
     assert_eq!(
         v["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"],
@@ -1084,10 +1074,7 @@ fn failed_realisation_leaves_neither_rows_nor_kernel_objects() {
     // `broken` maps to an interface that does not exist: the kernel side of the network fails.
     let d = Daemon::start_with(
         &host,
-        DaemonOptions {
-            config: Some("[physical_networks]\nbroken = \"nosuchdev0\"\n".into()),
-            admin_token: None,
-        },
+        DaemonOptions::config("[physical_networks]\nbroken = \"nosuchdev0\"\n"),
     );
     let c = d.client();
     let before = expect(c.get("/v2.0/networks"), 200);

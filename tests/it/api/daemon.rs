@@ -67,10 +67,7 @@ fn reconcile_loop_repairs_a_router_namespace_deleted_from_outside() {
     let host = Netns::new("apid");
     let d = Daemon::start_with(
         &host,
-        tests::daemon::DaemonOptions {
-            config: Some("reconcile_interval = 1\n".into()),
-            admin_token: None,
-        },
+        tests::daemon::DaemonOptions::config("reconcile_interval = 1\n"),
     );
     let r = router_with_interface(&d);
     let ns = format!("qrouter-{r}");

@@ -37,6 +37,18 @@ struct World {
     _host: Netns,
 }
 
+/// A network `name` with an IPv4 subnet on `cidr`; returns their ids.
+fn network(c: &ApiClient, name: &str, cidr: &str) -> (String, String) {
+    let net = id(&create(c, "networks", "network", json!({"name": name})));
+    let sub = id(&create(
+        c,
+        "subnets",
+        "subnet",
+        json!({"network_id": net, "ip_version": 4, "cidr": cidr}),
+    ));
+    (net, sub)
+}
+
 fn world() -> World {
     let host = Netns::new("afh");
     let d = Daemon::start_with_projects(&host);
@@ -56,25 +68,8 @@ fn world() -> World {
         json!({"network_id": ext, "ip_version": 4, "cidr": "198.51.100.0/24",
                "allocation_pools": [{"start": "198.51.100.10", "end": "198.51.100.14"}]}),
     );
-    let net = id(&create(&alice, "networks", "network", json!({"name": "a"})));
-    let sub = id(&create(
-        &alice,
-        "subnets",
-        "subnet",
-        json!({"network_id": net, "ip_version": 4, "cidr": "10.61.0.0/24"}),
-    ));
-    let far = id(&create(
-        &alice,
-        "networks",
-        "network",
-        json!({"name": "far"}),
-    ));
-    create(
-        &alice,
-        "subnets",
-        "subnet",
-        json!({"network_id": far, "ip_version": 4, "cidr": "10.62.0.0/24"}),
-    );
+    let (net, sub) = network(&alice, "a", "10.61.0.0/24");
+    let (far, _) = network(&alice, "far", "10.62.0.0/24");
     let router = id(&create(
         &alice,
         "routers",

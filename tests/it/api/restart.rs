@@ -111,10 +111,7 @@ fn tcp_through_snat_survives_kill9_and_restart() {
 
     let mut d = Daemon::start_with(
         &host,
-        DaemonOptions {
-            config: Some(format!("[physical_networks]\npublic = \"{upl}\"\n")),
-            admin_token: None,
-        },
+        DaemonOptions::config(format!("[physical_networks]\npublic = \"{upl}\"\n")),
     );
     let v = expect(
         d.post(

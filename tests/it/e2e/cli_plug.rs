@@ -7,12 +7,13 @@ use router_ctl::{cli::plug, model::spec::names};
 use tests::{Netns, unique};
 
 /// Removes a namespace the helper created (by name) even if the test panics.
-fn port(id: &str, net: &str, mac: [u8; 6], ip: Ipv4Addr) -> plug::SandboxPort {
+/// A sandbox port with a fresh id on network `net`: MAC fa:16:3e:00:00:`last`, address `ip`.
+fn port(net: &str, last: u8, ip: [u8; 4]) -> plug::SandboxPort {
     plug::SandboxPort {
-        id: id.into(),
+        id: format!("{}-port-{last}", unique("p")),
         network_id: net.into(),
-        mac,
-        ip,
+        mac: [0xfa, 0x16, 0x3e, 0, 0, last],
+        ip: ip.into(),
         subnet_id: "subnet".into(),
     }
 }
@@ -35,18 +36,8 @@ fn plug_two_namespaces_into_a_bridge_and_unplug() {
     let vm2_name = unique("cpw");
     let _vm2_guard = Netns::adopt(&vm2_name);
 
-    let p1 = port(
-        &format!("{}-port-1", unique("a")),
-        &net_id,
-        [0xfa, 0x16, 0x3e, 0x00, 0x00, 0x01],
-        Ipv4Addr::new(10, 77, 0, 11),
-    );
-    let p2 = port(
-        &format!("{}-port-2", unique("b")),
-        &net_id,
-        [0xfa, 0x16, 0x3e, 0x00, 0x00, 0x02],
-        Ipv4Addr::new(10, 77, 0, 12),
-    );
+    let p1 = port(&net_id, 1, [10, 77, 0, 11]);
+    let p2 = port(&net_id, 2, [10, 77, 0, 12]);
     let gw = Some(Ipv4Addr::new(10, 77, 0, 1));
     host.enter(|| {
         plug::preflight(&net_id).expect("bridge visible in the host namespace");
@@ -96,16 +87,7 @@ fn plug_two_namespaces_into_a_bridge_and_unplug() {
     // A tap that is not the helper's (e.g. a router port's) is never removed by unplug.
     let foreign = format!("{}-port-3", unique("c"));
     let foreign_tap = names::tap_dev(&foreign);
-    host.ip(&[
-        "link",
-        "add",
-        &foreign_tap,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "peer3",
-    ]);
+    host.veth_pair(&foreign_tap, "peer3");
     host.enter(|| {
         plug::unplug(&p1.id).expect("unplug vm1");
         plug::unplug(&foreign).expect("unplug of a foreign tap is a no-op");
@@ -122,12 +104,7 @@ fn plug_without_the_bridge_changes_nothing() {
     let net_id = format!("{}-missing", unique("m"));
     let vm_name = unique("cpx");
     let _guard = Netns::adopt(&vm_name);
-    let p = port(
-        &format!("{}-port", unique("d")),
-        &net_id,
-        [0xfa, 0x16, 0x3e, 0, 0, 9],
-        Ipv4Addr::new(10, 78, 0, 5),
-    );
+    let p = port(&net_id, 9, [10, 78, 0, 5]);
     host.enter(|| {
         let e = plug::preflight(&net_id).unwrap_err().to_string();
         assert!(e.contains(&names::bridge(&net_id)), "{e}");

@@ -47,13 +47,7 @@ struct Topology {
 impl Topology {
     fn new(config: &str) -> Self {
         let host = Netns::new("fph");
-        let d = Daemon::start_with(
-            &host,
-            DaemonOptions {
-                config: Some(config.to_string()),
-                admin_token: None,
-            },
-        );
+        let d = Daemon::start_with(&host, DaemonOptions::config(config));
         let server = Internet::new(&host, &d, "fps", 40).ns;
         let router = d.cli_json(&["router", "create", "r1"]);
         let router_id = id(&router);

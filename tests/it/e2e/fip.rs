@@ -16,11 +16,21 @@ use tests::{
     daemon::{Daemon, DaemonOptions},
     enter_named, tc_filters,
     topo::{self, Internet},
-    unique,
+    unique, veth,
 };
 
 const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
+
+/// `floatingip create public` with `extra` arguments; returns the floating IP and its
+/// address.
+fn create_fip(d: &Daemon, extra: &[&str]) -> (Value, Ipv4Addr) {
+    let f = d.cli_json(&[&["floatingip", "create", "public"][..], extra].concat());
+    let ip = s(&f["floating_ip_address"])
+        .parse()
+        .expect("floating IP address");
+    (f, ip)
+}
 
 fn s(v: &Value) -> String {
     v.as_str()
@@ -262,8 +272,7 @@ fn floating_ip_translates_both_ways_hairpins_and_disassociates() {
     let d = &t.d;
 
     // Create: an address from the pool, not associated.
-    let f1 = d.cli_json(&["floatingip", "create", "public"]);
-    let f1_ip: Ipv4Addr = s(&f1["floating_ip_address"]).parse().expect("FIP");
+    let (f1, f1_ip) = create_fip(d, &[]);
     assert_eq!(f1["status"], "DOWN", "{f1}");
     assert!(f1["router_id"].is_null() && f1["port_id"].is_null(), "{f1}");
     assert_ne!(f1_ip, t.gw_ip);
@@ -376,8 +385,7 @@ fn floating_ip_translates_both_ways_hairpins_and_disassociates() {
     drop(c);
     assert!(ping(&t.vm2, f1_ip), "hairpin ping");
     // With its own FIP, VM2 is seen as that FIP.
-    let f2 = d.cli_json(&["floatingip", "create", "public", "--port", "vm2"]);
-    let f2_ip: Ipv4Addr = s(&f2["floating_ip_address"]).parse().expect("FIP 2");
+    let (_, f2_ip) = create_fip(d, &["--port", "vm2"]);
     connect(&t.vm2, (f1_ip, 8080).into()).expect("hairpin FIP to FIP");
     assert_eq!(
         accepted(&l1).map(|p| p.ip()),
@@ -483,8 +491,7 @@ fn metadata_get(vm: &Netns) -> Option<(u16, String)> {
 fn port_forwarding_tcp_and_udp_to_two_internal_ports() {
     let t = Topology::new(DaemonOptions::default());
     let d = &t.d;
-    let f = d.cli_json(&["floatingip", "create", "public"]);
-    let fip: Ipv4Addr = s(&f["floating_ip_address"]).parse().expect("FIP");
+    let (_, fip) = create_fip(d, &[]);
     let pf_tcp = d.cli_json(&[
         "floatingip",
         "port-forwarding",
@@ -601,27 +608,11 @@ fn metadata_reaches_the_upstream_with_router_and_instance_headers() {
     let meta = Netns::new("fm");
     let host_probe = unique("fmh");
     let cfg = "[metadata]\nupstream = \"http://10.199.0.2:8775\"\n".to_string();
-    let t = Topology::new(DaemonOptions {
-        config: Some(cfg),
-        admin_token: None,
-    });
-    t.host.ip(&[
-        "link",
-        "add",
-        &host_probe,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "eth0",
-        "netns",
-        &meta.name,
-    ]);
+    let t = Topology::new(DaemonOptions::config(cfg));
+    veth(&t.host, &host_probe, &meta, "eth0");
     t.host
         .ip(&["addr", "add", "10.199.0.1/30", "dev", &host_probe]);
-    t.host.ip(&["link", "set", &host_probe, "up"]);
     meta.ip(&["addr", "add", "10.199.0.2/30", "dev", "eth0"]);
-    meta.ip(&["link", "set", "eth0", "up"]);
 
     let upstream = fake_upstream(&meta, "10.199.0.2:8775".parse().expect("addr"));
     let (status, body) =
@@ -691,15 +682,9 @@ fn metadata_reaches_the_upstream_with_router_and_instance_headers() {
 
 #[test]
 fn floating_ips_forwardings_and_metadata_survive_a_daemon_restart() {
-    let mut t = Topology::new(DaemonOptions {
-        config: Some("reconcile_interval = 1\n".into()),
-        admin_token: None,
-    });
-    let f1 =
-        t.d.cli_json(&["floatingip", "create", "public", "--port", "vm1"]);
-    let f1_ip: Ipv4Addr = s(&f1["floating_ip_address"]).parse().expect("FIP");
-    let f2 = t.d.cli_json(&["floatingip", "create", "public"]);
-    let f2_ip: Ipv4Addr = s(&f2["floating_ip_address"]).parse().expect("FIP");
+    let mut t = Topology::new(DaemonOptions::config("reconcile_interval = 1\n"));
+    let (_, f1_ip) = create_fip(&t.d, &["--port", "vm1"]);
+    let (_, f2_ip) = create_fip(&t.d, &[]);
     t.d.cli_ok(&[
         "floatingip",
         "port-forwarding",

@@ -11,36 +11,21 @@ use std::{
 
 use router_common::{
     DIR_IN, IPPROTO_UDP, MAX_SESSIONS, SESSION_SNAT, SessionKey, SessionValue, ip_to_wire,
-    port_to_wire,
+    port_to_wire, stats::Counter,
 };
-use router_ctl::{
-    config::NatConfig,
-    datapath::{Datapath, sessions},
-};
+use router_ctl::{config::NatConfig, datapath::sessions};
 use tests::{
-    Bpffs, Netns,
+    Netns,
     daemon::{Daemon, DaemonOptions},
-    open_datapath,
     packet::{ACK, SYN, tcp_frame, udp_frame},
     pinned_map, pinned_sessions,
-    testrun::{GW, OK, SHOT, SRV, run},
+    testrun::{GW, Rig, SRV},
     testrun_router,
 };
 
 const VM: [u8; 4] = [10, 0, 0, 5];
 const FLOODER: [u8; 4] = [10, 0, 0, 66];
 const DP_ID: u32 = 7;
-
-/// Runs `frame` through `prog` and checks it comes out as `want`.
-fn translated(dp: &Datapath, prog: &str, frame: &[u8], want: &[u8], what: &str) {
-    let (rc, out) = run(dp, prog, frame);
-    assert_eq!(rc, OK, "{what}: verdict");
-    assert_eq!(out, want, "{what}: frame");
-}
-
-fn stat(dp: &Datapath, name: &str) -> u64 {
-    dp.stats(DP_ID).expect("stats")[name]
-}
 
 /// CLOCK_MONOTONIC in ns, the datapath's clock.
 fn now_ns() -> u64 {
@@ -78,31 +63,29 @@ fn flood_entry(i: u32, t0: u64) -> (SessionKey, SessionValue) {
 
 #[test]
 fn a_full_table_drops_new_flows_keeps_answered_ones_and_the_gc_makes_room() {
-    let dir = Bpffs::new();
     // One router may take the whole table here (the per-router cap is tested apart).
     let nat = NatConfig {
         max_sessions_per_router: Some(MAX_SESSIONS),
         ..NatConfig::default()
     };
-    let dp = open_datapath(&dir, &nat, &testrun_router(DP_ID, GW, &["10.0.0.0/24"]));
+    let rig = Rig::open(&nat, &testrun_router(DP_ID, GW, &["10.0.0.0/24"]));
 
     // An assured UDP exchange (a query, its answer, a second query) and an established TCP
     // connection.
-    run(&dp, "snat_out", &udp_frame(VM, 40000, SRV, 53));
-    run(&dp, "snat_out", &udp_frame(VM, 40000, SRV, 53));
-    translated(
-        &dp,
+    rig.run("snat_out", &udp_frame(VM, 40000, SRV, 53));
+    rig.run("snat_out", &udp_frame(VM, 40000, SRV, 53));
+    rig.expect(
         "snat_in",
         &udp_frame(SRV, 53, GW, 40000),
         &udp_frame(SRV, 53, VM, 40000),
         "UDP reply",
     );
-    run(&dp, "snat_out", &tcp_frame(VM, 40001, SRV, 80, SYN));
-    run(&dp, "snat_in", &tcp_frame(SRV, 80, GW, 40001, SYN | ACK));
-    run(&dp, "snat_out", &tcp_frame(VM, 40001, SRV, 80, ACK));
+    rig.run("snat_out", &tcp_frame(VM, 40001, SRV, 80, SYN));
+    rig.run("snat_in", &tcp_frame(SRV, 80, GW, 40001, SYN | ACK));
+    rig.run("snat_out", &tcp_frame(VM, 40001, SRV, 80, ACK));
 
     // A flood of never-replied flows fills the rest, until the kernel refuses an insert.
-    let mut map = pinned_sessions(&dp);
+    let mut map = pinned_sessions(&rig.dp);
     let t0 = now_ns();
     let mut flood = 0u32;
     while map
@@ -118,28 +101,26 @@ fn a_full_table_drops_new_flows_keeps_answered_ones_and_the_gc_makes_room() {
     assert_eq!(flood + 2, MAX_SESSIONS, "full at MAX_SESSIONS entries");
 
     // A new flow now finds no room: dropped and counted, never let out untranslated.
-    let full = stat(&dp, "drop_table_full");
-    let (rc, _) = run(&dp, "snat_out", &udp_frame(VM, 50000, SRV, 53));
-    assert_eq!(rc, SHOT, "a new flow on a full table is dropped");
-    assert_eq!(stat(&dp, "drop_table_full"), full + 1);
+    rig.assert_dropped(
+        "snat_out",
+        &udp_frame(VM, 50000, SRV, 53),
+        Counter::DropTableFull,
+    );
 
     // The live connections are untouched by the flood, both ways.
-    translated(
-        &dp,
+    rig.expect(
         "snat_out",
         &tcp_frame(VM, 40001, SRV, 80, ACK),
         &tcp_frame(GW, 40001, SRV, 80, ACK),
         "established TCP out, table full",
     );
-    translated(
-        &dp,
+    rig.expect(
         "snat_in",
         &tcp_frame(SRV, 80, GW, 40001, ACK),
         &tcp_frame(SRV, 80, VM, 40001, ACK),
         "established TCP in, table full",
     );
-    translated(
-        &dp,
+    rig.expect(
         "snat_in",
         &udp_frame(SRV, 53, GW, 40000),
         &udp_frame(SRV, 53, VM, 40000),
@@ -148,7 +129,7 @@ fn a_full_table_drops_new_flows_keeps_answered_ones_and_the_gc_makes_room() {
 
     // One GC pass: nothing has idled past a timeout; the never-replied flood goes, oldest
     // first, down to the early-drop target.
-    let r = dp.gc().expect("gc");
+    let r = rig.dp.gc().expect("gc");
     assert_eq!(r.expired, 0, "{r:?}");
     assert_eq!(r.entries, sessions::EARLY_DROP_TARGET, "{r:?}");
     assert_eq!(
@@ -166,7 +147,7 @@ fn a_full_table_drops_new_flows_keeps_answered_ones_and_the_gc_makes_room() {
         Some(flood - kept_flood.len() as u32),
         "the newest flood sessions stay, the oldest went"
     );
-    let listed = dp.sessions(DP_ID).expect("sessions");
+    let listed = rig.sessions();
     let state = |port: u16| {
         listed
             .iter()
@@ -177,15 +158,14 @@ fn a_full_table_drops_new_flows_keeps_answered_ones_and_the_gc_makes_room() {
     assert_eq!(state(40001).as_deref(), Some("ESTABLISHED"));
 
     // Room again: the new flow is translated.
-    translated(
-        &dp,
+    rig.expect(
         "snat_out",
         &udp_frame(VM, 50000, SRV, 53),
         &udp_frame(GW, 50000, SRV, 53),
         "new flow after the GC",
     );
     // A second pass finds the table below the pressure mark and drops nothing more.
-    let r = dp.gc().expect("gc");
+    let r = rig.dp.gc().expect("gc");
     assert_eq!((r.expired, r.dropped_early), (0, 0), "{r:?}");
 }
 
@@ -194,10 +174,7 @@ fn the_daemon_drops_a_flood_within_seconds_not_at_its_gc_interval() {
     let host = Netns::new("spd");
     let d = Daemon::start_with(
         &host,
-        DaemonOptions {
-            config: Some("[nat]\ngc_interval = 3600\nmax_sessions_per_router = 262144\n".into()),
-            ..Default::default()
-        },
+        DaemonOptions::config("[nat]\ngc_interval = 3600\nmax_sessions_per_router = 262144\n"),
     );
     // The GC's first pass runs as the daemon starts; the next by the interval only in an hour.
     std::thread::sleep(Duration::from_secs(2));

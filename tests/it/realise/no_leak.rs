@@ -13,24 +13,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use router_ctl::model::spec::{GatewaySpec, PortSpec, RouterSpec, names};
-use tests::{Netns, RealiserHost, network_spec, unique};
+use router_ctl::model::spec::names;
+use tests::{
+    Netns, RealiserHost, network_spec,
+    spec::{gateway, port, router},
+};
 
-fn port(network_id: &str, last: u8, ip: &str, cidr: &str) -> PortSpec {
-    PortSpec {
-        port_id: unique("p"),
-        network_id: network_id.to_string(),
-        mac: [0xfa, 0x16, 0x3e, 0x10, 0x20, last],
-        addresses: vec![address(ip, cidr)],
-    }
-}
-
-/// `ip` with the prefix length of `cidr`.
-fn address(ip: &str, cidr: &str) -> ipnet::IpNet {
-    let cidr: ipnet::Ipv4Net = cidr.parse().expect("cidr");
-    ipnet::Ipv4Net::new(ip.parse().expect("ip"), cidr.prefix_len())
-        .expect("address")
-        .into()
+fn mac(last: u8) -> [u8; 6] {
+    [0xfa, 0x16, 0x3e, 0x10, 0x20, last]
 }
 
 /// Sends a datagram every millisecond from each VM while `change` runs, and returns the sources
@@ -104,6 +94,19 @@ fn probe_during(vms: &[&Netns], upstream: &Netns, change: impl FnOnce()) -> BTre
 
 const GATEWAY_IP: &str = "203.0.113.10";
 
+/// Asserts that upstream saw only `gw` as source in `seen` (from [`probe_during`]), and saw
+/// it at least once: some traffic made it, none of it untranslated.
+fn assert_all_translated(seen: &BTreeMap<String, u32>, gw: &str, when: &str) {
+    assert!(
+        seen.keys().all(|src| src == gw),
+        "untranslated sources reached upstream {when}: {seen:?}"
+    );
+    assert!(
+        seen.get(gw).copied().unwrap_or(0) > 0,
+        "nothing translated arrived {when}: {seen:?}"
+    );
+}
+
 #[test]
 fn setting_the_gateway_or_adding_an_interface_never_leaks_private_sources() {
     let h = RealiserHost::new(&[]);
@@ -122,49 +125,24 @@ fn setting_the_gateway_or_adding_an_interface_never_leaks_private_sources() {
     vm.ip(&["route", "add", "default", "via", "10.0.1.1"]);
     vm2.ip(&["route", "add", "default", "via", "10.0.2.1"]);
 
-    let mut spec = RouterSpec {
-        id: unique("r"),
-        dp_id: 21,
-        admin_state_up: true,
-        interfaces: vec![port(&int.id, 1, "10.0.1.1", "10.0.1.0/24")],
-        floating_ips: vec![],
-        port_forwardings: vec![],
-        routes: vec![],
-        gateway: None,
-    };
+    let mut spec = router(21, vec![port(&int.id, mac(1), "10.0.1.1/24")], None);
     h.call(|r| r.apply_router(&spec))
         .expect("router without gateway");
 
     // 1. Gateway set while the VM is sending.
-    spec.gateway = Some(GatewaySpec {
-        port: port(&ext.id, 9, "203.0.113.10", "203.0.113.0/24"),
-        next_hops: vec!["203.0.113.1".parse().expect("nh")],
-        enable_snat: true,
-    });
+    spec.gateway = Some(gateway(
+        port(&ext.id, mac(9), "203.0.113.10/24"),
+        "203.0.113.1",
+    ));
     let seen = probe_during(&[&vm], &upstream, || {
         h.call(|r| r.apply_router(&spec)).expect("set gateway");
     });
-    assert!(
-        seen.keys().all(|src| src == "203.0.113.10"),
-        "untranslated sources reached upstream while the gateway was set: {seen:?}"
-    );
-    assert!(
-        seen.get("203.0.113.10").copied().unwrap_or(0) > 0,
-        "nothing translated arrived: {seen:?}"
-    );
+    assert_all_translated(&seen, "203.0.113.10", "while the gateway was set");
 
     // 2. A second interface added while its VM is already sending.
-    spec.interfaces
-        .push(port(&int2.id, 2, "10.0.2.1", "10.0.2.0/24"));
+    spec.interfaces.push(port(&int2.id, mac(2), "10.0.2.1/24"));
     let seen = probe_during(&[&vm2], &upstream, || {
         h.call(|r| r.apply_router(&spec)).expect("add interface");
     });
-    assert!(
-        seen.keys().all(|src| src == "203.0.113.10"),
-        "untranslated sources reached upstream while an interface was added: {seen:?}"
-    );
-    assert!(
-        seen.get("203.0.113.10").copied().unwrap_or(0) > 0,
-        "nothing translated arrived from the new subnet: {seen:?}"
-    );
+    assert_all_translated(&seen, "203.0.113.10", "while an interface was added");
 }

@@ -15,10 +15,14 @@ use std::{
 
 use router_common::programs;
 use router_ctl::model::spec::{
-    DesiredState, FloatingIpSpec, GatewaySpec, NetworkSpec, PortSpec, RouterSpec, names,
+    DesiredState, FloatingIpSpec, NetworkSpec, PortSpec, RouterSpec, names,
 };
 use serde_json::Value;
-use tests::{RealiserHost, enter_named, ip_json, netns_exists, network_spec, tc_filters, unique};
+use tests::{
+    RealiserHost, enter_named, ip_json, netns_exists, network_spec,
+    spec::{gateway, port, router},
+    tc_filters, unique,
+};
 
 fn mac(last: u8) -> [u8; 6] {
     [0xfa, 0x16, 0x3e, 0x12, 0x34, last]
@@ -31,46 +35,8 @@ fn mac_str(m: [u8; 6]) -> String {
         .join(":")
 }
 
-fn port(network: &NetworkSpec, m: u8, ip: &str, cidr: &str) -> PortSpec {
-    PortSpec {
-        port_id: unique("p"),
-        network_id: network.id.clone(),
-        mac: mac(m),
-        addresses: vec![address(ip, cidr)],
-    }
-}
-
-/// `ip` with the prefix length of `cidr`.
-fn address(ip: &str, cidr: &str) -> ipnet::IpNet {
-    let cidr: ipnet::Ipv4Net = cidr.parse().expect("cidr");
-    ipnet::Ipv4Net::new(ip.parse().expect("ip"), cidr.prefix_len())
-        .expect("address")
-        .into()
-}
-
 fn v4(p: &PortSpec) -> Ipv4Addr {
     p.ipv4().expect("IPv4 address").addr()
-}
-
-fn router(dp_id: u32, interfaces: Vec<PortSpec>, gateway: Option<GatewaySpec>) -> RouterSpec {
-    RouterSpec {
-        id: unique("r"),
-        dp_id,
-        admin_state_up: true,
-        interfaces,
-        gateway,
-        floating_ips: vec![],
-        port_forwardings: vec![],
-        routes: vec![],
-    }
-}
-
-fn gateway(p: PortSpec, next_hop: &str) -> GatewaySpec {
-    GatewaySpec {
-        port: p,
-        next_hops: vec![next_hop.parse().expect("next hop")],
-        enable_snat: true,
-    }
 }
 
 /// The link `dev` in namespace `ns` as `ip -j -d link show` reports it, or None.
@@ -81,6 +47,18 @@ fn link(ns: &str, dev: &str) -> Option<Value> {
         .iter()
         .find(|l| l["ifname"] == dev)
         .cloned()
+}
+
+/// Asserts that `dev` in namespace `ns` has no IPv6 address, not even a link-local one.
+fn assert_no_ipv6(ns: &str, dev: &str) {
+    let v6 = ip_json(ns, &["-6", "addr", "show", "dev", dev]);
+    assert!(
+        v6.as_array()
+            .expect("array")
+            .iter()
+            .all(|l| l["addr_info"].as_array().is_none_or(|a| a.is_empty())),
+        "{dev} has an IPv6 address: {v6}"
+    );
 }
 
 fn is_up(l: &Value) -> bool {
@@ -253,18 +231,11 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
         assert_eq!(l["linkinfo"]["info_kind"], "bridge", "{l}");
         assert!(is_up(&l), "{br} is down");
         assert!(ipv4(&host, &br).is_empty(), "{br} has an address");
-        let v6 = ip_json(&host, &["-6", "addr", "show", "dev", &br]);
-        assert!(
-            v6.as_array()
-                .expect("array")
-                .iter()
-                .all(|l| l["addr_info"].as_array().is_none_or(|a| a.is_empty())),
-            "{br} has an IPv6 address: {v6}"
-        );
+        assert_no_ipv6(&host, &br);
     }
 
-    let qr_port = port(&int, 1, "10.0.1.1", "10.0.1.0/24");
-    let gw_port = port(&ext, 2, "203.0.113.10", "203.0.113.0/24");
+    let qr_port = port(&int.id, mac(1), "10.0.1.1/24");
+    let gw_port = port(&ext.id, mac(2), "203.0.113.10/24");
     let spec = router(
         1,
         vec![qr_port.clone()],
@@ -324,14 +295,7 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
     // No IPv6 on the host-side devices (bridges and taps carry tenant frames only), even now
     // that they have carrier.
     for dev in [&ext_br, &names::bridge(&int.id), &qr_tap, &qg_tap] {
-        let v6 = ip_json(&host, &["-6", "addr", "show", "dev", dev]);
-        assert!(
-            v6.as_array()
-                .expect("array")
-                .iter()
-                .all(|l| l["addr_info"].as_array().is_none_or(|a| a.is_empty())),
-            "{dev} has an IPv6 address: {v6}"
-        );
+        assert_no_ipv6(&host, dev);
         let off = h.host.enter(|| {
             std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{dev}/disable_ipv6"))
                 .expect("disable_ipv6")
@@ -405,10 +369,10 @@ fn apply_router_converges_interfaces_gateway_and_onlink_next_hop() {
     h.call(|r| r.apply_network(&int)).expect("int");
     let host = h.host.name.clone();
 
-    let a = port(&int, 1, "10.0.1.1", "10.0.1.0/24");
-    let b = port(&int, 3, "10.0.2.1", "10.0.2.0/24");
+    let a = port(&int.id, mac(1), "10.0.1.1/24");
+    let b = port(&int.id, mac(3), "10.0.2.1/24");
     // Next hop outside the gateway's /28: an on-link /32 route comes first.
-    let gw_port = port(&ext, 2, "198.51.100.10", "198.51.100.0/28");
+    let gw_port = port(&ext.id, mac(2), "198.51.100.10/28");
     let mut spec = router(
         7,
         vec![a.clone(), b.clone()],
@@ -431,7 +395,7 @@ fn apply_router_converges_interfaces_gateway_and_onlink_next_hop() {
     let idx_a = link(&ns, &qr_a).expect("qr a")["ifindex"].clone();
     let mut a2 = a.clone();
     a2.mac = mac(9);
-    a2.addresses = vec![address("10.0.1.254", "10.0.1.0/24")];
+    a2.addresses = vec!["10.0.1.254/24".parse().expect("address")];
     spec.interfaces = vec![a2.clone()];
     h.call(|r| r.apply_router(&spec)).expect("apply changed");
     let la = link(&ns, &qr_a).expect("qr a");
@@ -462,7 +426,7 @@ fn apply_router_converges_interfaces_gateway_and_onlink_next_hop() {
     );
 
     // Gateway set again, inside the subnet this time: no on-link route needed.
-    let gw2 = port(&ext, 4, "203.0.113.20", "203.0.113.0/24");
+    let gw2 = port(&ext.id, mac(4), "203.0.113.20/24");
     spec.gateway = Some(gateway(gw2.clone(), "203.0.113.1"));
     h.call(|r| r.apply_router(&spec)).expect("set gateway");
     let defaults = default_routes(&ns);
@@ -495,16 +459,7 @@ fn physical_network_uplink_is_enslaved_and_missing_uplink_is_refused() {
     let uplink = unique("up");
     let h = RealiserHost::new(&[("physnet1", uplink.as_str())]);
     let uplink_peer = unique("upp");
-    h.host.ip(&[
-        "link",
-        "add",
-        &uplink,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &uplink_peer,
-    ]);
+    h.host.veth_pair(&uplink, &uplink_peer);
     let host = h.host.name.clone();
     let mut ext = network_spec(true);
     ext.physical_network = Some("physnet1".into());
@@ -551,8 +506,8 @@ fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
     let h = RealiserHost::new(&[]);
     let ext = network_spec(true);
     let int = network_spec(false);
-    let qr_port = port(&int, 1, "10.0.1.1", "10.0.1.0/24");
-    let gw_port = port(&ext, 2, "203.0.113.10", "203.0.113.0/24");
+    let qr_port = port(&int.id, mac(1), "10.0.1.1/24");
+    let gw_port = port(&ext.id, mac(2), "203.0.113.10/24");
     let spec = router(
         3,
         vec![qr_port.clone()],
@@ -710,12 +665,9 @@ fn hairpin_hook_is_attached_only_while_the_router_has_floating_ips() {
     for n in [&ext, &int1, &int2] {
         h.call(|r| r.apply_network(n)).expect("network");
     }
-    let qr1 = port(&int1, 1, "10.0.1.1", "10.0.1.0/24");
-    let qr2 = port(&int2, 3, "10.0.2.1", "10.0.2.0/24");
-    let gw = gateway(
-        port(&ext, 2, "203.0.113.10", "203.0.113.0/24"),
-        "203.0.113.1",
-    );
+    let qr1 = port(&int1.id, mac(1), "10.0.1.1/24");
+    let qr2 = port(&int2.id, mac(3), "10.0.2.1/24");
+    let gw = gateway(port(&ext.id, mac(2), "203.0.113.10/24"), "203.0.113.1");
     let (tap1, tap2) = (names::tap_dev(&qr1.port_id), names::tap_dev(&qr2.port_id));
     let progs = |h: &RealiserHost, dev: &str| -> (Vec<String>, Vec<String>) {
         let names = |hook: &str| -> Vec<String> {
@@ -834,9 +786,9 @@ fn reconcile_removes_own_stale_routers_and_leaves_another_daemons_alone() {
         h.call(|r| r.apply_network(&int)).expect("int");
         let spec = router(
             1,
-            vec![port(&int, 1, "10.0.1.1", "10.0.1.0/24")],
+            vec![port(&int.id, mac(1), "10.0.1.1/24")],
             Some(gateway(
-                port(&ext, 2, "203.0.113.10", "203.0.113.0/24"),
+                port(&ext.id, mac(2), "203.0.113.10/24"),
                 "203.0.113.1",
             )),
         );
@@ -923,7 +875,7 @@ fn failed_apply_leaves_no_objects_behind() {
 
     // A port on a network whose bridge does not exist.
     let ghost = network_spec(false);
-    let spec = router(1, vec![port(&ghost, 1, "10.0.1.1", "10.0.1.0/24")], None);
+    let spec = router(1, vec![port(&ghost.id, mac(1), "10.0.1.1/24")], None);
     let err = h
         .call(|r| r.apply_router(&spec))
         .expect_err("missing bridge");
@@ -931,7 +883,7 @@ fn failed_apply_leaves_no_objects_behind() {
     assert!(!netns_exists(&names::router_netns(&spec.id)));
 
     // An invalid (multicast) MAC.
-    let mut p = port(&int, 1, "10.0.1.1", "10.0.1.0/24");
+    let mut p = port(&int.id, mac(1), "10.0.1.1/24");
     p.mac = [0x01, 0, 0x5e, 0, 0, 1];
     let spec = router(2, vec![p], None);
     let err = h.call(|r| r.apply_router(&spec)).expect_err("bad MAC");
@@ -940,20 +892,11 @@ fn failed_apply_leaves_no_objects_behind() {
 
     // Midway: the namespace and the first port are made, then the second port's device name is
     // taken by a device this daemon did not create. Everything made by the call is removed.
-    let a = port(&int, 1, "10.0.1.1", "10.0.1.0/24");
-    let b = port(&ext, 2, "203.0.113.10", "203.0.113.0/24");
+    let a = port(&int.id, mac(1), "10.0.1.1/24");
+    let b = port(&ext.id, mac(2), "203.0.113.10/24");
     let squatter = names::tap_dev(&b.port_id);
     let squatter_peer = unique("sq");
-    h.host.ip(&[
-        "link",
-        "add",
-        &squatter,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &squatter_peer,
-    ]);
+    h.host.veth_pair(&squatter, &squatter_peer);
     let links_before = {
         let mut v = links_before;
         v.push(squatter.clone());

@@ -5,10 +5,11 @@
 
 use std::time::Instant;
 
-use router_ctl::model::spec::{
-    DesiredState, GatewaySpec, NetworkSpec, PortSpec, RouterSpec, names,
+use router_ctl::model::spec::{DesiredState, names};
+use tests::{
+    RealiserHost, netns_exists, network_spec,
+    spec::{gateway, port, router},
 };
-use tests::{RealiserHost, netns_exists, unique};
 
 #[test]
 fn many_routers_apply_and_reconcile_steady_state() {
@@ -17,46 +18,30 @@ fn many_routers_apply_and_reconcile_steady_state() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
     let h = RealiserHost::new(&[]);
-    let ext = NetworkSpec {
-        id: unique("n"),
-        physical_network: None,
-        external: true,
-    };
-    let int = NetworkSpec {
-        id: unique("n"),
-        physical_network: None,
-        external: false,
-    };
+    let ext = network_spec(true);
+    let int = network_spec(false);
     h.call(|r| r.apply_network(&ext)).expect("ext");
     h.call(|r| r.apply_network(&int)).expect("int");
     let mut routers = Vec::new();
     for i in 0..n {
         let hi = (i >> 8) as u8;
         let lo = (i & 0xff) as u8;
-        routers.push(RouterSpec {
-            id: unique("r"),
-            dp_id: i + 1,
-            admin_state_up: true,
-            interfaces: vec![PortSpec {
-                port_id: unique("p"),
-                network_id: int.id.clone(),
-                mac: [0xfa, 0x16, 0x3e, 0x01, hi, lo],
-                addresses: vec![format!("10.{hi}.{lo}.1/24").parse().expect("address")],
-            }],
-            floating_ips: vec![],
-            port_forwardings: vec![],
-            routes: vec![],
-            gateway: Some(GatewaySpec {
-                port: PortSpec {
-                    port_id: unique("p"),
-                    network_id: ext.id.clone(),
-                    mac: [0xfa, 0x16, 0x3e, 0x02, hi, lo],
-                    addresses: vec![format!("100.64.{hi}.{lo}/16").parse().expect("address")],
-                },
-                next_hops: vec!["100.64.255.254".parse().expect("nh")],
-                enable_snat: true,
-            }),
-        });
+        routers.push(router(
+            i + 1,
+            vec![port(
+                &int.id,
+                [0xfa, 0x16, 0x3e, 0x01, hi, lo],
+                &format!("10.{hi}.{lo}.1/24"),
+            )],
+            Some(gateway(
+                port(
+                    &ext.id,
+                    [0xfa, 0x16, 0x3e, 0x02, hi, lo],
+                    &format!("100.64.{hi}.{lo}/16"),
+                ),
+                "100.64.255.254",
+            )),
+        ));
     }
     let t = Instant::now();
     for r in &routers {

@@ -10,8 +10,11 @@ use std::{
     time::Duration,
 };
 
-use router_ctl::model::spec::{DesiredState, GatewaySpec, PortSpec, RouterSpec, names};
-use tests::{Netns, RealiserHost, ip_json, network_spec, unique};
+use router_ctl::model::spec::{DesiredState, names};
+use tests::{
+    Netns, RealiserHost, ip_json, network_spec,
+    spec::{gateway, port, router},
+};
 
 /// Sends one UDP datagram from `client` to `server:port` and returns the source address the
 /// server saw, and whether the server's reply made it back (None: the request never arrived).
@@ -68,30 +71,18 @@ fn snat_through_a_realised_router() {
     });
 
     let gw_mac = [0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0x01];
-    let mut spec = RouterSpec {
-        id: unique("r"),
-        dp_id: 11,
-        admin_state_up: true,
-        interfaces: vec![PortSpec {
-            port_id: unique("p"),
-            network_id: int.id.clone(),
-            mac: [0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0x02],
-            addresses: vec!["10.0.1.1/24".parse().expect("address")],
-        }],
-        floating_ips: vec![],
-        port_forwardings: vec![],
-        routes: vec![],
-        gateway: Some(GatewaySpec {
-            port: PortSpec {
-                port_id: unique("p"),
-                network_id: ext.id.clone(),
-                mac: gw_mac,
-                addresses: vec!["203.0.113.10/24".parse().expect("address")],
-            },
-            next_hops: vec!["203.0.113.1".parse().expect("nh")],
-            enable_snat: true,
-        }),
-    };
+    let mut spec = router(
+        11,
+        vec![port(
+            &int.id,
+            [0xfa, 0x16, 0x3e, 0xaa, 0xbb, 0x02],
+            "10.0.1.1/24",
+        )],
+        Some(gateway(
+            port(&ext.id, gw_mac, "203.0.113.10/24"),
+            "203.0.113.1",
+        )),
+    );
     h.call(|r| r.apply_router(&spec)).expect("apply router");
 
     // The upstream host learnt the gateway MAC from the announcements (no traffic yet).

@@ -20,11 +20,10 @@ use router_ctl::{
 use tests::{
     Bpffs, Netns,
     packet::{ICMP, Ipv4, TCP, UDP, echo, tcp, udp},
+    testrun::{OK, REDIRECT, hex},
 };
 
 const DP_ID: u32 = 11;
-const OK: u32 = 0;
-const REDIRECT: u32 = 7;
 
 const QR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xaa, 0x01];
 const QG_MAC: [u8; 6] = [0x02, 0, 0, 0, 0xaa, 0x02];
@@ -53,6 +52,19 @@ fn eth(dst: [u8; 6], src: [u8; 6], ip: &[u8]) -> Vec<u8> {
     f.extend_from_slice(&0x0800u16.to_be_bytes());
     f.extend_from_slice(ip);
     f
+}
+
+/// `h` with `l4` as it arrives in a frame to `arrives.0` from `arrives.1`, and as a router
+/// forwards it: to `leaves.0` from `leaves.1`, TTL − 1 (header checksum computed afresh).
+fn hop(
+    mut h: Ipv4,
+    l4: &[u8],
+    arrives: ([u8; 6], [u8; 6]),
+    leaves: ([u8; 6], [u8; 6]),
+) -> (Vec<u8>, Vec<u8>) {
+    let input = eth(arrives.0, arrives.1, &h.packet(l4));
+    h.ttl -= 1;
+    (input, eth(leaves.0, leaves.1, &h.packet(l4)))
 }
 
 fn udp_ip(src: [u8; 4], dst: [u8; 4], ttl: u8) -> Vec<u8> {
@@ -180,10 +192,6 @@ fn open_array(pin: &Path) -> Array<MapData, FastIf> {
     Array::try_from(map).expect("FAST_IFS is an array of FastIf")
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 #[test]
 fn outbound_to_the_default_route_is_forwarded_with_next_hop_macs_and_ttl_minus_one() {
     let f = Fixture::new();
@@ -193,10 +201,12 @@ fn outbound_to_the_default_route_is_forwarded_with_next_hop_macs_and_ttl_minus_o
 
     // TCP, on-link destination on the external network: its own MAC, not the gateway's.
     let seg = tcp(VM, SRV, 40001, 80, 0x10, &[], b"data");
-    let mut h = Ipv4::new(VM, SRV, TCP);
-    let input = eth(QR_MAC, VM_MAC, &h.packet(&seg));
-    h.ttl = 63;
-    let want = eth(SRV_MAC, QG_MAC, &h.packet(&seg));
+    let (input, want) = hop(
+        Ipv4::new(VM, SRV, TCP),
+        &seg,
+        (QR_MAC, VM_MAC),
+        (SRV_MAC, QG_MAC),
+    );
     f.fast(f.qr, &input, &want, "TCP to an on-link external host");
 }
 
@@ -207,9 +217,7 @@ fn inbound_to_a_vm_is_forwarded_with_the_vms_mac() {
     let icmp = echo(0, 0x1234, 1, b"pingdata");
     let mut h = Ipv4::new(REMOTE, VM, ICMP);
     h.ttl = 2;
-    let input = eth(QG_MAC, HOP_MAC, &h.packet(&icmp));
-    h.ttl = 1;
-    let want = eth(VM_MAC, QR_MAC, &h.packet(&icmp));
+    let (input, want) = hop(h, &icmp, (QG_MAC, HOP_MAC), (VM_MAC, QR_MAC));
     f.fast(f.qg, &input, &want, "echo reply to the VM, TTL 2");
 }
 
@@ -224,9 +232,7 @@ fn checksum_carry_matches_the_kernels_ttl_decrement() {
             let mut h = Ipv4::new(VM, REMOTE, UDP);
             h.ttl = ttl;
             h.id = id;
-            let input = eth(QR_MAC, VM_MAC, &h.packet(&payload));
-            h.ttl = ttl - 1;
-            let want = eth(HOP_MAC, QG_MAC, &h.packet(&payload));
+            let (input, want) = hop(h, &payload, (QR_MAC, VM_MAC), (HOP_MAC, QG_MAC));
             f.fast(f.qr, &input, &want, &format!("ttl {ttl} id {id:#x}"));
         }
     }
@@ -285,45 +291,30 @@ fn what_the_router_must_handle_takes_its_own_path_unchanged() {
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     f.slow(f.qr, &arp, "not IPv4");
 
-    f.slow(
-        f.qr,
-        &eth(QR_MAC, VM_MAC, &udp_ip(VM, QR_IP, 64)),
-        "to the router itself (local)",
-    );
-    f.slow(
-        f.qr,
-        &eth(QR_MAC, VM_MAC, &udp_ip(VM, [169, 254, 169, 254], 64)),
-        "to the metadata address (on lo, as in a router namespace)",
-    );
+    // Addresses the router must handle itself, from the VM's side.
+    for (src, dst, why) in [
+        (VM, QR_IP, "to the router itself (local)"),
+        (
+            VM,
+            [169, 254, 169, 254],
+            "to the metadata address (on lo, as in a router namespace)",
+        ),
+        ([127, 0, 0, 1], REMOTE, "martian source 127/8"),
+        ([0, 0, 0, 0], REMOTE, "martian source 0/8"),
+        ([224, 0, 0, 1], REMOTE, "multicast source"),
+        (VM, [10, 9, 0, 255], "subnet broadcast"),
+        (
+            VM,
+            [203, 0, 113, 200],
+            "on-link external host without a neighbour entry",
+        ),
+    ] {
+        f.slow(f.qr, &eth(QR_MAC, VM_MAC, &udp_ip(src, dst, 64)), why);
+    }
     f.slow(
         f.qg,
         &eth(QG_MAC, HOP_MAC, &udp_ip(REMOTE, NO_NEIGH, 64)),
         "neighbour not resolved (the router sends ARP)",
-    );
-    f.slow(
-        f.qr,
-        &eth(QR_MAC, VM_MAC, &udp_ip([127, 0, 0, 1], REMOTE, 64)),
-        "martian source 127/8",
-    );
-    f.slow(
-        f.qr,
-        &eth(QR_MAC, VM_MAC, &udp_ip([0, 0, 0, 0], REMOTE, 64)),
-        "martian source 0/8",
-    );
-    f.slow(
-        f.qr,
-        &eth(QR_MAC, VM_MAC, &udp_ip([224, 0, 0, 1], REMOTE, 64)),
-        "multicast source",
-    );
-    f.slow(
-        f.qr,
-        &eth(QR_MAC, VM_MAC, &udp_ip(VM, [10, 9, 0, 255], 64)),
-        "subnet broadcast",
-    );
-    f.slow(
-        f.qr,
-        &eth(QR_MAC, VM_MAC, &udp_ip(VM, [203, 0, 113, 200], 64)),
-        "on-link external host without a neighbour entry",
     );
     // Back out the way it came: the router answers with an ICMP redirect.
     f.slow(

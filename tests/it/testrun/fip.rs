@@ -6,16 +6,12 @@
 //! The kernel runs skb test programs with loopback (ifindex 1) as the device, so the router is
 //! configured on ifindex 1 both as gateway tap (`snat_out`/`snat_in`) and as internal tap
 //! (`internal_in`) of a private datapath.
-use std::{net::Ipv4Addr, sync::Arc};
+use std::net::Ipv4Addr;
 
-use router_ctl::{
-    datapath::Datapath,
-    model::spec::{FloatingIpSpec, PortForwardingSpec},
-};
+use router_ctl::model::spec::{FloatingIpSpec, PortForwardingSpec};
 use tests::{
-    Bpffs,
-    packet::{self, ACK, Ipv4, SYN, TCP, UDP, echo_frame, frame, tcp_frame, udp, udp_frame},
-    testrun::{GW, OK, SHOT, SRV, hex, run, snat_datapath},
+    packet::{ACK, ICMP, Ipv4, SYN, TCP, UDP, echo_frame, frame, icmp, tcp_frame, udp, udp_frame},
+    testrun::{GW, Rig, SHOT, SRV},
 };
 
 const FIP1: [u8; 4] = [192, 0, 2, 51];
@@ -27,66 +23,61 @@ const ROUTER_QR: [u8; 4] = [10, 0, 0, 1];
 const META: [u8; 4] = [169, 254, 169, 254];
 const DP_ID: u32 = 9;
 
-struct Fixture {
-    dp: Arc<Datapath>,
-    _dir: Bpffs,
+/// Router `DP_ID` SNATing 10.0.0.0/24 to `GW`, its internal hook on loopback too.
+fn fixture() -> Rig {
+    let rig = Rig::snat(DP_ID, "10.0.0.0/24");
+    rig.dp
+        .configure_internal(DP_ID, &[1], Some(GW.into()))
+        .expect("configure internal");
+    rig
 }
 
-impl Fixture {
-    fn new() -> Self {
-        let dir = Bpffs::new();
-        let dp = snat_datapath(&dir, DP_ID, GW, "10.0.0.0/24");
-        dp.configure_internal(DP_ID, &[1], Some(GW.into()))
-            .expect("configure internal");
-        Self { dp, _dir: dir }
-    }
+/// Configures the router's floating IPs (`(floating, fixed)`) and port forwardings.
+fn floating(rig: &Rig, fips: &[([u8; 4], [u8; 4])], pfs: &[PortForwardingSpec]) {
+    let fips: Vec<FloatingIpSpec> = fips
+        .iter()
+        .map(|(f, x)| FloatingIpSpec {
+            floating_ip: Ipv4Addr::from(*f),
+            fixed_ip: Some(Ipv4Addr::from(*x)),
+        })
+        .collect();
+    rig.dp
+        .configure_floating(DP_ID, &fips, pfs)
+        .expect("configure floating");
+}
 
-    fn floating(&self, fips: &[([u8; 4], [u8; 4])], pfs: &[PortForwardingSpec]) {
-        let fips: Vec<FloatingIpSpec> = fips
-            .iter()
-            .map(|(f, x)| FloatingIpSpec {
-                floating_ip: Ipv4Addr::from(*f),
-                fixed_ip: Some(Ipv4Addr::from(*x)),
-            })
-            .collect();
-        self.dp
-            .configure_floating(DP_ID, &fips, pfs)
-            .expect("configure floating");
-    }
+/// The router's sessions as sorted `(kind, protocol, translated)`.
+fn kinds(rig: &Rig) -> Vec<(String, String, String)> {
+    let mut v: Vec<_> = rig
+        .sessions()
+        .into_iter()
+        .map(|s| (s.kind, s.protocol, s.translated.to_string()))
+        .collect();
+    v.sort();
+    v
+}
 
-    fn run(&self, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
-        run(&self.dp, prog, input)
-    }
-
-    /// Runs `prog` expecting TC_ACT_OK and `want` (checksums verified independently).
-    fn expect(&self, prog: &str, input: &[u8], want: &[u8], what: &str) {
-        let (rc, got) = self.run(prog, input);
-        assert_eq!(rc, OK, "{what}: verdict of {prog}");
-        packet::assert_checksums(want);
-        assert_eq!(hex(&got), hex(want), "{what}");
-    }
-
-    fn stat(&self, name: &str) -> u64 {
-        self.dp.stats(DP_ID).expect("stats")[name]
-    }
-
-    fn kinds(&self) -> Vec<(String, String, String)> {
-        let mut v: Vec<_> = self
-            .dp
-            .sessions(DP_ID)
-            .expect("sessions")
-            .into_iter()
-            .map(|s| (s.kind, s.protocol, s.translated.to_string()))
-            .collect();
-        v.sort();
-        v
+/// Asserts the router has a session of each `(kind, protocol, translated)`.
+#[track_caller]
+fn assert_sessions(rig: &Rig, want: &[(&str, &str, &str)]) {
+    let kinds = kinds(rig);
+    for (kind, proto, translated) in want {
+        assert!(
+            kinds
+                .iter()
+                .any(|k| k.0 == *kind && k.1 == *proto && k.2 == *translated),
+            "no {kind} {proto} session on {translated}: {kinds:?}"
+        );
     }
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = self.dp.purge();
-    }
+/// ICMP port unreachable `from` → `to` quoting the head (IP header and 8 bytes) of the UDP
+/// datagram `q.0:q.1` → `q.2:q.3`.
+fn unreachable(from: [u8; 4], to: [u8; 4], q: ([u8; 4], u16, [u8; 4], u16)) -> Vec<u8> {
+    let (src, sport, dst, dport) = q;
+    let mut quoted = Ipv4::new(src, dst, UDP).packet(&udp(src, dst, sport, dport, b"query", false));
+    quoted.truncate(28);
+    frame(&Ipv4::new(from, to, ICMP).packet(&icmp(3, 3, [0; 4], &quoted)))
 }
 
 fn pf(proto: u8, fip: [u8; 4], ext: u16, int: [u8; 4], port: u16) -> PortForwardingSpec {
@@ -101,8 +92,8 @@ fn pf(proto: u8, fip: [u8; 4], ext: u16, int: [u8; 4], port: u16) -> PortForward
 
 #[test]
 fn floating_ip_is_1to1_for_every_protocol_and_beats_snat() {
-    let fx = Fixture::new();
-    fx.floating(&[(FIP1, VM1)], &[]);
+    let fx = fixture();
+    floating(&fx, &[(FIP1, VM1)], &[]);
 
     // TCP both ways, ports kept.
     fx.expect(
@@ -191,39 +182,23 @@ fn floating_ip_is_1to1_for_every_protocol_and_beats_snat() {
         &tcp_frame(GW, 40001, SRV, 80, SYN),
         "SNAT for the others",
     );
-    let kinds = fx.kinds();
-    assert!(
-        kinds.contains(&(
-            "floating_ip".into(),
-            "tcp".into(),
-            "192.0.2.51:40000".into()
-        )),
-        "{kinds:?}"
-    );
-    assert!(
-        kinds.contains(&("floating_ip".into(), "udp".into(), "192.0.2.51:53".into())),
-        "{kinds:?}"
-    );
-    assert!(
-        kinds.contains(&(
-            "floating_ip".into(),
-            "icmp".into(),
-            "192.0.2.51:16962".into()
-        )),
-        "{kinds:?}"
-    );
-    assert!(
-        kinds.contains(&("snat".into(), "tcp".into(), "192.0.2.10:40001".into())),
-        "{kinds:?}"
+    assert_sessions(
+        &fx,
+        &[
+            ("floating_ip", "tcp", "192.0.2.51:40000"),
+            ("floating_ip", "udp", "192.0.2.51:53"),
+            ("floating_ip", "icmp", "192.0.2.51:16962"),
+            ("snat", "tcp", "192.0.2.10:40001"),
+        ],
     );
     assert!(fx.stat("fip_packets") >= 12);
 
     // Disassociated: sessions gone, VM1 is SNATed like anyone, its old FIP is not translated.
-    fx.floating(&[], &[]);
+    floating(&fx, &[], &[]);
     assert!(
-        !fx.kinds().iter().any(|k| k.0 == "floating_ip"),
+        !kinds(&fx).iter().any(|k| k.0 == "floating_ip"),
         "{:?}",
-        fx.kinds()
+        kinds(&fx)
     );
     fx.expect(
         "snat_out",
@@ -237,8 +212,9 @@ fn floating_ip_is_1to1_for_every_protocol_and_beats_snat() {
 
 #[test]
 fn port_forwarding_each_way() {
-    let fx = Fixture::new();
-    fx.floating(
+    let fx = fixture();
+    floating(
+        &fx,
         &[],
         &[pf(TCP, FIP1, 2222, VM1, 22), pf(UDP, FIP1, 5353, VM2, 53)],
     );
@@ -278,27 +254,17 @@ fn port_forwarding_each_way() {
         &tcp_frame(GW, 40000, SRV, 80, SYN),
         "VM1 otherwise SNATed",
     );
-    let kinds = fx.kinds();
-    assert!(
-        kinds.contains(&(
-            "port_forwarding".into(),
-            "tcp".into(),
-            "192.0.2.51:2222".into()
-        )),
-        "{kinds:?}"
-    );
-    assert!(
-        kinds.contains(&(
-            "port_forwarding".into(),
-            "udp".into(),
-            "192.0.2.51:5353".into()
-        )),
-        "{kinds:?}"
+    assert_sessions(
+        &fx,
+        &[
+            ("port_forwarding", "tcp", "192.0.2.51:2222"),
+            ("port_forwarding", "udp", "192.0.2.51:5353"),
+        ],
     );
     assert_eq!(fx.stat("pf_packets"), 4);
     // Removing one forwarding flushes its sessions only.
-    fx.floating(&[], &[pf(UDP, FIP1, 5353, VM2, 53)]);
-    let kinds = fx.kinds();
+    floating(&fx, &[], &[pf(UDP, FIP1, 5353, VM2, 53)]);
+    let kinds = kinds(&fx);
     assert!(
         !kinds
             .iter()
@@ -313,8 +279,9 @@ fn port_forwarding_each_way() {
 
 #[test]
 fn hairpin_through_the_internal_hook() {
-    let fx = Fixture::new();
-    fx.floating(
+    let fx = fixture();
+    floating(
+        &fx,
         &[(FIP1, VM1), (FIP2, VM2)],
         &[pf(TCP, [192, 0, 2, 53], 2222, VM1, 22)],
     );
@@ -375,9 +342,9 @@ fn hairpin_through_the_internal_hook() {
 
 #[test]
 fn metadata_traffic_is_left_to_the_proxy_and_unreachable_from_outside() {
-    let fx = Fixture::new();
+    let fx = fixture();
     // A router with a floating IP, so the hairpin hook is attached and its lookups run.
-    fx.floating(&[(FIP1, VM1)], &[]);
+    floating(&fx, &[(FIP1, VM1)], &[]);
     // The proxy listens on 169.254.169.254:80 itself: the hook rewrites nothing, both ways
     // (requests reach it by plain routing; replies leave the router untouched).
     for f in [
@@ -408,9 +375,8 @@ fn metadata_traffic_is_left_to_the_proxy_and_unreachable_from_outside() {
 
 #[test]
 fn icmp_errors_about_floating_ip_flows_quote_the_right_address() {
-    use tests::packet::{ICMP, icmp};
-    let fx = Fixture::new();
-    fx.floating(&[(FIP1, VM1)], &[]);
+    let fx = fixture();
+    floating(&fx, &[(FIP1, VM1)], &[]);
     // VM1 → SRV over UDP through its FIP (records the flow).
     fx.expect(
         "snat_out",
@@ -420,15 +386,8 @@ fn icmp_errors_about_floating_ip_flows_quote_the_right_address() {
     );
     // SRV answers port unreachable about FIP1:4000 → SRV:53: VM1 must see its own address
     // quoted.
-    let quote = |src: [u8; 4]| {
-        let mut q = Ipv4::new(src, SRV, UDP).packet(&udp(src, SRV, 4000, 53, b"query", false));
-        q.truncate(28);
-        q
-    };
-    let err = |dst: [u8; 4], quoted: [u8; 4]| {
-        frame(&Ipv4::new(SRV, dst, ICMP).packet(&icmp(3, 3, [0; 4], &quote(quoted))))
-    };
-    fx.expect("snat_in", &err(FIP1, FIP1), &err(VM1, VM1), "error in");
+    let err = |dst: [u8; 4]| unreachable(SRV, dst, (dst, 4000, SRV, 53));
+    fx.expect("snat_in", &err(FIP1), &err(VM1), "error in");
     // VM1 answers an inbound flow with an error: the remote must see the FIP quoted.
     fx.expect(
         "snat_in",
@@ -436,23 +395,15 @@ fn icmp_errors_about_floating_ip_flows_quote_the_right_address() {
         &udp_frame(SRV, 5000, VM1, 9),
         "UDP in",
     );
-    let quote_in = |dst: [u8; 4]| {
-        let mut q = Ipv4::new(SRV, dst, UDP).packet(&udp(SRV, dst, 5000, 9, b"query", false));
-        q.truncate(28);
-        q
-    };
-    let err_out = |src: [u8; 4]| {
-        frame(&Ipv4::new(src, SRV, ICMP).packet(&icmp(3, 3, [0; 4], &quote_in(src))))
-    };
+    let err_out = |src: [u8; 4]| unreachable(src, SRV, (SRV, 5000, src, 9));
     fx.expect("snat_out", &err_out(VM1), &err_out(FIP1), "error out");
     assert_eq!(fx.stat("icmp_errors"), 2);
 }
 
 #[test]
 fn icmp_errors_about_port_forwarding_flows_quote_the_internal_port() {
-    use tests::packet::{ICMP, icmp};
-    let fx = Fixture::new();
-    fx.floating(&[], &[pf(UDP, FIP1, 5353, VM2, 53)]);
+    let fx = fixture();
+    floating(&fx, &[], &[pf(UDP, FIP1, 5353, VM2, 53)]);
     // The remote asks, VM2 answers through the forwarding.
     fx.expect(
         "snat_in",
@@ -467,13 +418,8 @@ fn icmp_errors_about_port_forwarding_flows_quote_the_internal_port() {
         "UDP reply out",
     );
     // The remote's port unreachable about FIP1:5353 → SRV:6000 reaches VM2 quoting VM2:53.
-    let quote = |src: [u8; 4], sport: u16| {
-        let mut q = Ipv4::new(src, SRV, UDP).packet(&udp(src, SRV, sport, 6000, b"query", false));
-        q.truncate(28);
-        q
-    };
     let err = |dst: [u8; 4], quoted: ([u8; 4], u16)| {
-        frame(&Ipv4::new(SRV, dst, ICMP).packet(&icmp(3, 3, [0; 4], &quote(quoted.0, quoted.1))))
+        unreachable(SRV, dst, (quoted.0, quoted.1, SRV, 6000))
     };
     fx.expect(
         "snat_in",
@@ -483,14 +429,7 @@ fn icmp_errors_about_port_forwarding_flows_quote_the_internal_port() {
     );
     // VM2 (no floating IP) answers a forwarded datagram with port unreachable: the remote must
     // see the forwarding's address and external port quoted, and the error come from them.
-    let quote_in = |dst: [u8; 4], dport: u16| {
-        let mut q = Ipv4::new(SRV, dst, UDP).packet(&udp(SRV, dst, 6000, dport, b"query", false));
-        q.truncate(28);
-        q
-    };
-    let err_out = |src: [u8; 4], dport: u16| {
-        frame(&Ipv4::new(src, SRV, ICMP).packet(&icmp(3, 3, [0; 4], &quote_in(src, dport))))
-    };
+    let err_out = |src: [u8; 4], dport: u16| unreachable(src, SRV, (SRV, 6000, src, dport));
     fx.expect(
         "snat_out",
         &err_out(VM2, 53),

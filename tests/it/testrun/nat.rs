@@ -4,20 +4,14 @@
 //!
 //! The kernel runs skb test programs with loopback (ifindex 1) as the device, so each test
 //! configures its router on ifindex 1 of a private datapath (own bpffs, own maps).
-use std::sync::Arc;
-
 use router_common::stats::Counter;
-use router_ctl::{
-    config::NatConfig,
-    datapath::{Datapath, RouterNat},
-};
+use router_ctl::{config::NatConfig, datapath::RouterNat};
 use tests::{
-    Bpffs, open_datapath,
     packet::{
         self, ACK, ICMP, Ipv4, RST, SYN, TCP, UDP, echo, echo_frame, frame, icmp, tcp, tcp_frame,
         udp, udp_frame,
     },
-    testrun::{GW, OK, SHOT, SRV, hex, run},
+    testrun::{GW, Rig, SHOT, SRV, assert_frame},
     testrun_router,
 };
 
@@ -27,67 +21,18 @@ const VM3: [u8; 4] = [10, 0, 1, 7];
 const HOP: [u8; 4] = [198, 51, 100, 1];
 const DP_ID: u32 = 7;
 
-struct Fixture {
-    dp: Arc<Datapath>,
-    _dir: Bpffs,
+/// Router `DP_ID` SNATing two subnets to `GW`, with `enable_snat` and NAT settings `nat`.
+fn fixture(enable_snat: bool, nat: NatConfig) -> Rig {
+    let router = RouterNat {
+        enable_snat,
+        ..router(GW, &["10.0.0.0/24", "10.0.1.0/24"])
+    };
+    Rig::open(&nat, &router)
 }
 
-impl Fixture {
-    fn new(enable_snat: bool, nat: NatConfig) -> Self {
-        let dir = Bpffs::new();
-        let router = RouterNat {
-            enable_snat,
-            ..router(GW, &["10.0.0.0/24", "10.0.1.0/24"])
-        };
-        let dp = open_datapath(&dir, &nat, &router);
-        Self { dp, _dir: dir }
-    }
-
-    fn snat() -> Self {
-        Self::new(true, NatConfig::default())
-    }
-
-    fn run(&self, prog: &str, input: &[u8]) -> (u32, Vec<u8>) {
-        run(&self.dp, prog, input)
-    }
-
-    /// Runs `snat_out`, expecting TC_ACT_OK, and returns the frame.
-    fn out(&self, input: &[u8]) -> Vec<u8> {
-        let (rc, f) = self.run("snat_out", input);
-        assert_eq!(rc, OK, "snat_out verdict");
-        f
-    }
-
-    /// Runs `snat_in`, expecting TC_ACT_OK, and returns the frame.
-    fn inn(&self, input: &[u8]) -> Vec<u8> {
-        let (rc, f) = self.run("snat_in", input);
-        assert_eq!(rc, OK, "snat_in verdict");
-        f
-    }
-
-    fn stat(&self, name: &str) -> u64 {
-        self.dp.stats(DP_ID).expect("stats")[name]
-    }
-
-    /// Asserts `snat_out` drops `input` untouched and bumps counter `reason`.
-    fn assert_dropped(&self, input: &[u8], reason: Counter) {
-        let before = self.stat(reason.name());
-        let (rc, f) = self.run("snat_out", input);
-        assert_eq!(rc, SHOT, "expected a drop for {}", reason.name());
-        assert_eq!(f, input, "a dropped packet is never rewritten");
-        assert_eq!(
-            self.stat(reason.name()),
-            before + 1,
-            "{} counted",
-            reason.name()
-        );
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = self.dp.purge();
-    }
+/// The usual fixture: SNAT on, default NAT settings.
+fn snat() -> Rig {
+    fixture(true, NatConfig::default())
 }
 
 fn sport(f: &[u8]) -> u16 {
@@ -95,14 +40,31 @@ fn sport(f: &[u8]) -> u16 {
     u16::from_be_bytes([f[14 + hlen], f[15 + hlen]])
 }
 
-fn assert_frame(got: &[u8], want: &[u8], what: &str) {
-    packet::assert_checksums(want);
-    assert_eq!(hex(got), hex(want), "{what}");
+/// VM1 and then VM2 send from port 40000 to SRV:53: VM2's flow must be remapped; returns its
+/// translated port.
+fn remapped_second_flow(fx: &Rig) -> u16 {
+    fx.out(&udp_frame(VM1, 40000, SRV, 53));
+    remapped(fx, VM2)
+}
+
+/// `vm`'s UDP 40000 → SRV:53 goes out and finds port 40000 taken towards SRV:53: returns the
+/// port it was translated to instead.
+fn remapped(fx: &Rig, vm: [u8; 4]) -> u16 {
+    let moved = fx.out(&udp_frame(vm, 40000, SRV, 53));
+    let p = sport(&moved);
+    assert_ne!(p, 40000);
+    assert_frame(&moved, &udp_frame(GW, p, SRV, 53), "remapped");
+    p
+}
+
+/// SRV's UDP answer from port 53 to `dst:dport`, as the IP packet an ICMP error quotes.
+fn answer(dst: [u8; 4], dport: u16) -> Vec<u8> {
+    Ipv4::new(SRV, dst, UDP).packet(&udp(SRV, dst, 53, dport, b"answer", false))
 }
 
 #[test]
 fn tcp_each_way_keeps_free_port() {
-    let fx = Fixture::snat();
+    let fx = snat();
     let got = fx.out(&tcp_frame(VM1, 40000, SRV, 80, SYN));
     assert_frame(&got, &tcp_frame(GW, 40000, SRV, 80, SYN), "SYN translated");
     let got = fx.inn(&tcp_frame(SRV, 80, GW, 40000, SYN | ACK));
@@ -113,7 +75,7 @@ fn tcp_each_way_keeps_free_port() {
     );
     let got = fx.out(&tcp_frame(VM1, 40000, SRV, 80, ACK));
     assert_frame(&got, &tcp_frame(GW, 40000, SRV, 80, ACK), "ACK translated");
-    let s = fx.dp.sessions(DP_ID).expect("sessions");
+    let s = fx.sessions();
     assert_eq!(s.len(), 1, "{s:?}");
     assert_eq!(s[0].protocol, "tcp");
     assert_eq!(s[0].state, "ESTABLISHED");
@@ -127,18 +89,18 @@ fn tcp_each_way_keeps_free_port() {
 
 #[test]
 fn udp_each_way() {
-    let fx = Fixture::snat();
+    let fx = snat();
     let got = fx.out(&udp_frame(VM1, 40000, SRV, 53));
     assert_frame(&got, &udp_frame(GW, 40000, SRV, 53), "UDP out");
     let got = fx.inn(&udp_frame(SRV, 53, GW, 40000));
     assert_frame(&got, &udp_frame(SRV, 53, VM1, 40000), "UDP in");
-    let s = fx.dp.sessions(DP_ID).expect("sessions");
+    let s = fx.sessions();
     assert_eq!(s[0].state, "REPLIED");
 }
 
 #[test]
 fn udp_zero_checksum_stays_zero() {
-    let fx = Fixture::snat();
+    let fx = snat();
     let mk = |s: [u8; 4], sp, d: [u8; 4], dp| {
         frame(&Ipv4::new(s, d, UDP).packet(&udp(s, d, sp, dp, b"nocsum", true)))
     };
@@ -150,12 +112,12 @@ fn udp_zero_checksum_stays_zero() {
 
 #[test]
 fn icmp_echo_each_way() {
-    let fx = Fixture::snat();
+    let fx = snat();
     let got = fx.out(&echo_frame(VM1, SRV, 8, 0x1234));
     assert_frame(&got, &echo_frame(GW, SRV, 8, 0x1234), "echo request");
     let got = fx.inn(&echo_frame(SRV, GW, 0, 0x1234));
     assert_frame(&got, &echo_frame(SRV, VM1, 0, 0x1234), "echo reply");
-    let s = fx.dp.sessions(DP_ID).expect("sessions");
+    let s = fx.sessions();
     assert_eq!(
         (s[0].protocol.as_str(), s[0].state.as_str()),
         ("icmp", "REPLIED")
@@ -164,7 +126,7 @@ fn icmp_echo_each_way() {
 
 #[test]
 fn colliding_flows_are_remapped_into_the_range() {
-    let fx = Fixture::snat();
+    let fx = snat();
     let a = fx.out(&tcp_frame(VM1, 41000, SRV, 80, SYN));
     assert_eq!(sport(&a), 41000);
     // Same source port, same destination, other host: must be remapped.
@@ -206,17 +168,14 @@ fn colliding_flows_are_remapped_into_the_range() {
         &echo_frame(SRV, VM2, 0, 5000),
         "echo reply to remapped id",
     );
-    assert_eq!(fx.dp.sessions(DP_ID).expect("sessions").len(), 6);
+    assert_eq!(fx.sessions().len(), 6);
 }
 
 #[test]
 fn icmp_errors_inbound_rewrite_the_quoted_flow() {
-    let fx = Fixture::snat();
+    let fx = snat();
     // Two flows with the same source port so the second one is remapped.
-    fx.out(&udp_frame(VM1, 40000, SRV, 53));
-    let b = fx.out(&udp_frame(VM2, 40000, SRV, 53));
-    let p = sport(&b);
-    assert_ne!(p, 40000);
+    let p = remapped_second_flow(&fx);
     let quoted = |src: [u8; 4], sp: u16| {
         let mut ip = Ipv4::new(src, SRV, UDP);
         ip.ttl = 1;
@@ -260,33 +219,35 @@ fn icmp_errors_inbound_rewrite_the_quoted_flow() {
 
 #[test]
 fn icmp_errors_outbound_rewrite_the_quoted_flow() {
-    let fx = Fixture::snat();
+    let fx = snat();
     // VM2's flow gets a remapped port; VM2 then rejects a reply with port unreachable.
-    fx.out(&udp_frame(VM1, 40000, SRV, 53));
-    let p = sport(&fx.out(&udp_frame(VM2, 40000, SRV, 53)));
-    assert_ne!(p, 40000);
-    let q = |dst: [u8; 4], dp: u16| {
-        Ipv4::new(SRV, dst, UDP).packet(&udp(SRV, dst, 53, dp, b"answer", false))
-    };
+    let p = remapped_second_flow(&fx);
     let unreach = |src: [u8; 4], quoted: Vec<u8>| {
         frame(&Ipv4::new(src, SRV, ICMP).packet(&icmp(3, 3, [0; 4], &quoted)))
     };
-    let got = fx.out(&unreach(VM2, q(VM2, 40000)));
-    assert_frame(&got, &unreach(GW, q(GW, p)), "port unreachable from VM2");
+    let got = fx.out(&unreach(VM2, answer(VM2, 40000)));
+    assert_frame(
+        &got,
+        &unreach(GW, answer(GW, p)),
+        "port unreachable from VM2",
+    );
     // An internal host's ICMP error about no known flow must not leave with its own address.
-    fx.assert_dropped(&unreach(VM1, q(VM1, 4444)), Counter::DropInvalid);
+    fx.assert_dropped(
+        "snat_out",
+        &unreach(VM1, answer(VM1, 4444)),
+        Counter::DropInvalid,
+    );
 }
 
-/// Splits a transport datagram into two IPv4 fragments at `at` (a multiple of 8).
+/// Splits a UDP datagram into two IPv4 fragments (id `id`) at `at` (a multiple of 8).
 fn fragments(
     src: [u8; 4],
     dst: [u8; 4],
-    proto: u8,
     id: u16,
     datagram: &[u8],
     at: usize,
 ) -> (Vec<u8>, Vec<u8>) {
-    let mut a = Ipv4::new(src, dst, proto);
+    let mut a = Ipv4::new(src, dst, UDP);
     a.id = id;
     a.frag = 0x2000;
     let mut b = a.clone();
@@ -299,30 +260,30 @@ fn fragments(
 
 #[test]
 fn fragments_follow_their_first_fragment() {
-    let fx = Fixture::snat();
+    let fx = snat();
     let payload: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
     let d = |s: [u8; 4], sp, dd: [u8; 4], dp| udp(s, dd, sp, dp, &payload, false);
     // Out: first fragment creates the session and records the datagram.
-    let (f1, f2) = fragments(VM1, SRV, UDP, 0x4242, &d(VM1, 40001, SRV, 9000), 512);
-    let (w1, w2) = fragments(GW, SRV, UDP, 0x4242, &d(GW, 40001, SRV, 9000), 512);
+    let (f1, f2) = fragments(VM1, SRV, 0x4242, &d(VM1, 40001, SRV, 9000), 512);
+    let (w1, w2) = fragments(GW, SRV, 0x4242, &d(GW, 40001, SRV, 9000), 512);
     assert_frame(&fx.out(&f1), &w1, "first fragment out");
     assert_frame(&fx.out(&f2), &w2, "later fragment out");
     // In: the reply datagram, fragmented.
-    let (r1, r2) = fragments(SRV, GW, UDP, 0x5151, &d(SRV, 9000, GW, 40001), 504);
-    let (e1, e2) = fragments(SRV, VM1, UDP, 0x5151, &d(SRV, 9000, VM1, 40001), 504);
+    let (r1, r2) = fragments(SRV, GW, 0x5151, &d(SRV, 9000, GW, 40001), 504);
+    let (e1, e2) = fragments(SRV, VM1, 0x5151, &d(SRV, 9000, VM1, 40001), 504);
     assert_frame(&fx.inn(&r1), &e1, "first fragment in");
     assert_frame(&fx.inn(&r2), &e2, "later fragment in");
     // A later fragment whose first fragment was never seen cannot leave with a private source.
-    let (_, orphan) = fragments(VM1, SRV, UDP, 0x4343, &d(VM1, 40001, SRV, 9000), 512);
-    fx.assert_dropped(&orphan, Counter::DropFragment);
+    let (_, orphan) = fragments(VM1, SRV, 0x4343, &d(VM1, 40001, SRV, 9000), 512);
+    fx.assert_dropped("snat_out", &orphan, Counter::DropFragment);
     // Inbound, it is not ours: passed untouched.
-    let (_, orphan_in) = fragments(SRV, GW, UDP, 0x6161, &d(SRV, 9000, GW, 40001), 504);
+    let (_, orphan_in) = fragments(SRV, GW, 0x6161, &d(SRV, 9000, GW, 40001), 504);
     assert_eq!(fx.inn(&orphan_in), orphan_in);
 }
 
 #[test]
 fn ip_options_use_the_real_header_length() {
-    let fx = Fixture::snat();
+    let fx = snat();
     let mk = |s: [u8; 4], sp, d: [u8; 4], dp, flags| {
         let mut ip = Ipv4::new(s, d, TCP);
         // Record-route style option (type 7, len 7, ptr 4) + EOL padding: IHL = 7.
@@ -352,81 +313,78 @@ fn ip_options_use_the_real_header_length() {
 
 #[test]
 fn malformed_internal_packets_are_dropped_and_counted() {
-    let fx = Fixture::snat();
+    let fx = snat();
     let good = tcp_frame(VM1, 40000, SRV, 80, SYN);
     // IHL < 5.
     let mut f = good.clone();
     f[14] = 0x44;
-    fx.assert_dropped(&f, Counter::DropMalformed);
+    fx.assert_dropped("snat_out", &f, Counter::DropMalformed);
     // Total length beyond the packet.
     let mut f = good.clone();
     let tot = u16::from_be_bytes([f[16], f[17]]) + 100;
     f[16..18].copy_from_slice(&tot.to_be_bytes());
-    fx.assert_dropped(&f, Counter::DropMalformed);
+    fx.assert_dropped("snat_out", &f, Counter::DropMalformed);
     // Version 6 in an IPv4 EtherType.
     let mut f = good.clone();
     f[14] = 0x65;
-    fx.assert_dropped(&f, Counter::DropMalformed);
+    fx.assert_dropped("snat_out", &f, Counter::DropMalformed);
+    // A broken transport header `l4` in an intact IPv4 packet from VM1 to SRV.
+    let malformed = |proto: u8, l4: &[u8]| {
+        fx.assert_dropped(
+            "snat_out",
+            &frame(&Ipv4::new(VM1, SRV, proto).packet(l4)),
+            Counter::DropMalformed,
+        );
+    };
     // TCP header cut short by the IP total length.
     let seg = tcp(VM1, SRV, 40000, 80, SYN, &[], b"");
-    fx.assert_dropped(
-        &frame(&Ipv4::new(VM1, SRV, TCP).packet(&seg[..12])),
-        Counter::DropMalformed,
-    );
+    malformed(TCP, &seg[..12]);
     // TCP data offset < 5.
     let mut seg = tcp(VM1, SRV, 40000, 80, SYN, &[], b"abcd");
     seg[12] = 0x40;
-    fx.assert_dropped(
-        &frame(&Ipv4::new(VM1, SRV, TCP).packet(&seg)),
-        Counter::DropMalformed,
-    );
+    malformed(TCP, &seg);
     // TCP data offset beyond the segment.
     let mut seg = tcp(VM1, SRV, 40000, 80, SYN, &[], b"");
     seg[12] = 0xf0;
-    fx.assert_dropped(
-        &frame(&Ipv4::new(VM1, SRV, TCP).packet(&seg)),
-        Counter::DropMalformed,
-    );
+    malformed(TCP, &seg);
     // UDP shorter than its header, and a UDP length field below 8.
     let d = udp(VM1, SRV, 40000, 53, b"x", false);
-    fx.assert_dropped(
-        &frame(&Ipv4::new(VM1, SRV, UDP).packet(&d[..6])),
-        Counter::DropMalformed,
-    );
+    malformed(UDP, &d[..6]);
     let mut d = udp(VM1, SRV, 40000, 53, b"xyz", false);
     d[4..6].copy_from_slice(&4u16.to_be_bytes());
-    fx.assert_dropped(
-        &frame(&Ipv4::new(VM1, SRV, UDP).packet(&d)),
-        Counter::DropMalformed,
-    );
+    malformed(UDP, &d);
     // ICMP shorter than 8 bytes.
     let e = echo(8, 1, 1, b"");
-    fx.assert_dropped(
-        &frame(&Ipv4::new(VM1, SRV, ICMP).packet(&e[..4])),
-        Counter::DropMalformed,
-    );
+    malformed(ICMP, &e[..4]);
     // (A frame too short for an IPv4 header cannot be fed to BPF_PROG_TEST_RUN: the kernel
     // refuses it with EINVAL; the datapath drops it as malformed all the same.)
     // None of these created a session.
-    assert!(fx.dp.sessions(DP_ID).expect("sessions").is_empty());
+    assert!(fx.sessions().is_empty());
 }
 
 #[test]
 fn invalid_and_unsupported_internal_packets_are_dropped() {
-    let fx = Fixture::snat();
+    let fx = snat();
     // RST with no session.
     fx.assert_dropped(
+        "snat_out",
         &tcp_frame(VM1, 40000, SRV, 80, RST | ACK),
         Counter::DropInvalid,
     );
     // GRE from an internal source.
     fx.assert_dropped(
+        "snat_out",
         &frame(&Ipv4::new(VM1, SRV, 47).packet(&[0u8; 8])),
         Counter::DropUnsupported,
     );
     // ICMP echo reply or timestamp from an internal host: no session may be opened by it.
-    fx.assert_dropped(&echo_frame(VM1, SRV, 0, 9), Counter::DropUnsupported);
     fx.assert_dropped(
+        "snat_out",
+        &echo_frame(VM1, SRV, 0, 9),
+        Counter::DropUnsupported,
+    );
+    fx.assert_dropped(
+        "snat_out",
         &frame(&Ipv4::new(VM1, SRV, ICMP).packet(&icmp(13, 0, [0; 4], &[0; 12]))),
         Counter::DropUnsupported,
     );
@@ -437,12 +395,12 @@ fn invalid_and_unsupported_internal_packets_are_dropped() {
         &tcp_frame(GW, 40000, SRV, 80, RST | ACK),
         "RST in session",
     );
-    assert_eq!(fx.dp.sessions(DP_ID).expect("sessions")[0].state, "CLOSE");
+    assert_eq!(fx.sessions()[0].state, "CLOSE");
 }
 
 #[test]
 fn exempt_traffic_passes_untouched() {
-    let fx = Fixture::snat();
+    let fx = snat();
     // Foreign source (not in the router's internal CIDRs) and the router's own address.
     for f in [
         tcp_frame([10, 9, 9, 9], 40000, SRV, 80, SYN),
@@ -459,23 +417,23 @@ fn exempt_traffic_passes_untouched() {
     let v6 = packet::frame_type(&v6h, 0x86dd);
     assert_eq!(fx.out(&v6), v6);
     assert_eq!(fx.inn(&v6), v6);
-    assert!(fx.dp.sessions(DP_ID).expect("sessions").is_empty());
+    assert!(fx.sessions().is_empty());
     assert!(fx.stat("passed") >= 5);
 }
 
 #[test]
 fn snat_disabled_translates_nothing() {
-    let fx = Fixture::new(false, NatConfig::default());
+    let fx = fixture(false, NatConfig::default());
     let f = tcp_frame(VM1, 40000, SRV, 80, SYN);
     assert_eq!(fx.out(&f), f);
     let r = tcp_frame(SRV, 80, GW, 40000, SYN | ACK);
     assert_eq!(fx.inn(&r), r);
-    assert!(fx.dp.sessions(DP_ID).expect("sessions").is_empty());
+    assert!(fx.sessions().is_empty());
 }
 
 #[test]
 fn unknown_inbound_goes_to_the_router_stack() {
-    let fx = Fixture::snat();
+    let fx = snat();
     for f in [
         tcp_frame(SRV, 5555, GW, 22, SYN),
         udp_frame(SRV, 5555, GW, 40000),
@@ -489,7 +447,7 @@ fn unknown_inbound_goes_to_the_router_stack() {
 
 #[test]
 fn flush_and_remove_router_forget_sessions() {
-    let fx = Fixture::snat();
+    let fx = snat();
     fx.out(&udp_frame(VM1, 40000, SRV, 53));
     fx.out(&tcp_frame(VM1, 40000, SRV, 80, SYN));
     assert_eq!(fx.dp.flush_sessions(DP_ID).expect("flush"), 2);
@@ -497,7 +455,7 @@ fn flush_and_remove_router_forget_sessions() {
     assert_eq!(fx.inn(&r), r, "no session after flush");
     fx.out(&udp_frame(VM1, 40000, SRV, 53));
     fx.dp.remove_router(DP_ID).expect("remove router");
-    assert!(fx.dp.sessions(DP_ID).expect("sessions").is_empty());
+    assert!(fx.sessions().is_empty());
     // Unconfigured: everything passes, even an internal source.
     let f = udp_frame(VM1, 40000, SRV, 53);
     assert_eq!(fx.out(&f), f);
@@ -511,13 +469,14 @@ fn router(gw: [u8; 4], cidrs: &[&str]) -> RouterNat {
 
 #[test]
 fn deleted_router_counters_do_not_leak_into_its_number() {
-    let fx = Fixture::snat();
+    let fx = snat();
     fx.out(&udp_frame(VM1, 40000, SRV, 53));
     fx.inn(&udp_frame(SRV, 53, GW, 40000));
     fx.out(&udp_frame(VM1, 40000, SRV, 53));
     let f = udp_frame(SRV, 53, GW, 1);
     assert_eq!(fx.inn(&f), f, "no session: to the router itself");
     fx.assert_dropped(
+        "snat_out",
         &udp_frame(VM1, 40001, SRV, 53)[..40],
         Counter::DropMalformed,
     );
@@ -561,17 +520,17 @@ fn deleted_router_counters_do_not_leak_into_its_number() {
 
 #[test]
 fn sessions_of_a_removed_subnet_go_with_it() {
-    let fx = Fixture::snat();
+    let fx = snat();
     // VM3 (10.0.1.0/24) and VM1 (10.0.0.0/24) each have a session.
     let got = fx.out(&udp_frame(VM3, 40000, SRV, 53));
     assert_frame(&got, &udp_frame(GW, 40000, SRV, 53), "VM3 translated");
     fx.out(&udp_frame(VM1, 40001, SRV, 53));
-    assert_eq!(fx.dp.sessions(DP_ID).expect("sessions").len(), 2);
+    assert_eq!(fx.sessions().len(), 2);
     // 10.0.1.0/24 leaves the router: its session goes, the other stays.
     fx.dp
         .configure_router(&router(GW, &["10.0.0.0/24"]))
         .expect("reconfigure");
-    let s = fx.dp.sessions(DP_ID).expect("sessions");
+    let s = fx.sessions();
     assert_eq!(s.len(), 1, "{s:?}");
     assert_eq!(s[0].internal.to_string(), "10.0.0.5:40001");
     // VM3 is no longer internal: its packets pass untouched (a session would have translated
@@ -591,7 +550,7 @@ fn sessions_of_a_removed_subnet_go_with_it() {
 
 #[test]
 fn router_own_packets_are_never_taken_for_a_session() {
-    let fx = Fixture::snat();
+    let fx = snat();
     // VM1's flow holds NAT port 40000 towards SRV:53 ...
     fx.out(&udp_frame(VM1, 40000, SRV, 53));
     let passed = fx.stat("passed");
@@ -605,7 +564,7 @@ fn router_own_packets_are_never_taken_for_a_session() {
     }
     assert_eq!(fx.stat("passed"), passed + 3);
     assert_eq!(fx.stat("sessions_created"), 1);
-    let s = fx.dp.sessions(DP_ID).expect("sessions");
+    let s = fx.sessions();
     assert_eq!(s.len(), 1, "{s:?}");
     assert_eq!(s[0].internal.to_string(), "10.0.0.5:40000");
 }
@@ -618,13 +577,13 @@ fn gc_expires_idle_sessions_by_state() {
         icmp: 1,
         ..NatConfig::default()
     };
-    let fx = Fixture::new(true, nat);
+    let fx = fixture(true, nat);
     // A replied UDP flow (long timeout), an unreplied one and a ping (short timeouts).
     fx.out(&udp_frame(VM1, 40000, SRV, 53));
     fx.inn(&udp_frame(SRV, 53, GW, 40000));
     fx.out(&udp_frame(VM1, 40001, SRV, 53));
     fx.out(&echo_frame(VM1, SRV, 8, 77));
-    assert_eq!(fx.dp.sessions(DP_ID).expect("sessions").len(), 3);
+    assert_eq!(fx.sessions().len(), 3);
     // Well past the 1 s timeouts (the datapath clock is the coarse monotonic one).
     std::thread::sleep(std::time::Duration::from_millis(3000));
     assert_eq!(
@@ -632,7 +591,7 @@ fn gc_expires_idle_sessions_by_state() {
         2,
         "expired: unreplied UDP and ICMP"
     );
-    let left = fx.dp.sessions(DP_ID).expect("sessions");
+    let left = fx.sessions();
     assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(
         (left[0].internal.port(), left[0].state.as_str()),
@@ -650,7 +609,7 @@ fn gc_expires_idle_sessions_by_state() {
 
 /// The pinned session map of a fixture, opened like any other process would.
 fn pinned_sessions(
-    fx: &Fixture,
+    fx: &Rig,
 ) -> aya::maps::HashMap<aya::maps::MapData, router_common::SessionKey, router_common::SessionValue>
 {
     tests::pinned_sessions(&fx.dp)
@@ -658,7 +617,7 @@ fn pinned_sessions(
 
 #[test]
 fn removed_reverse_entry_is_restored_or_the_flow_remapped() {
-    let fx = Fixture::snat();
+    let fx = snat();
     fx.out(&udp_frame(VM1, 40000, SRV, 53));
     let mut sessions = pinned_sessions(&fx);
     let rev = |port: u16| router_common::SessionKey {
@@ -690,10 +649,7 @@ fn removed_reverse_entry_is_restored_or_the_flow_remapped() {
         &udp_frame(GW, 40000, SRV, 53),
         "VM2 takes the port",
     );
-    let moved = fx.out(&udp_frame(VM1, 40000, SRV, 53));
-    let p = sport(&moved);
-    assert_ne!(p, 40000);
-    assert_frame(&moved, &udp_frame(GW, p, SRV, 53), "VM1 remapped");
+    let p = remapped(&fx, VM1);
     assert_frame(
         &fx.inn(&udp_frame(SRV, 53, GW, 40000)),
         &udp_frame(SRV, 53, VM2, 40000),
@@ -708,24 +664,19 @@ fn removed_reverse_entry_is_restored_or_the_flow_remapped() {
 
 #[test]
 fn router_icmp_errors_about_translated_flows_are_translated() {
-    let fx = Fixture::snat();
-    fx.out(&udp_frame(VM1, 40000, SRV, 53));
-    let p = sport(&fx.out(&udp_frame(VM2, 40000, SRV, 53)));
-    assert_ne!(p, 40000);
+    let fx = snat();
+    let p = remapped_second_flow(&fx);
     // The router answers a reply for VM2 with host unreachable (from its gateway address): the
     // quote must show the translated destination, never VM2's address.
-    let q = |dst: [u8; 4], dp: u16| {
-        Ipv4::new(SRV, dst, UDP).packet(&udp(SRV, dst, 53, dp, b"answer", false))
-    };
     let err =
         |quoted: Vec<u8>| frame(&Ipv4::new(GW, SRV, ICMP).packet(&icmp(3, 1, [0; 4], &quoted)));
     assert_frame(
-        &fx.out(&err(q(VM2, 40000))),
-        &err(q(GW, p)),
+        &fx.out(&err(answer(VM2, 40000))),
+        &err(answer(GW, p)),
         "router's host unreachable",
     );
     // About no known flow, or not an error at all: the router's own traffic, untouched.
-    let other = err(q([10, 0, 0, 99], 1234));
+    let other = err(answer([10, 0, 0, 99], 1234));
     assert_eq!(fx.out(&other), other);
     let own = echo_frame(GW, SRV, 8, 4);
     assert_eq!(fx.out(&own), own);
@@ -733,8 +684,8 @@ fn router_icmp_errors_about_translated_flows_are_translated() {
 
 #[test]
 fn tcp_port_reuse_after_close_starts_a_fresh_connection() {
-    let fx = Fixture::snat();
-    let state = |fx: &Fixture| fx.dp.sessions(DP_ID).expect("sessions")[0].state.clone();
+    let fx = snat();
+    let state = |fx: &Rig| fx.sessions()[0].state.clone();
     fx.out(&tcp_frame(VM1, 40000, SRV, 80, SYN));
     fx.inn(&tcp_frame(SRV, 80, GW, 40000, SYN | ACK));
     fx.out(&tcp_frame(VM1, 40000, SRV, 80, ACK));
@@ -758,7 +709,7 @@ fn tcp_port_reuse_after_close_starts_a_fresh_connection() {
 /// The entries of the fixture's session table, as (sessions keyed `DIR_IN`, forward aliases
 /// keyed `DIR_OUT`).
 fn entries(
-    fx: &Fixture,
+    fx: &Rig,
 ) -> (
     Vec<router_common::SessionKey>,
     Vec<router_common::SessionKey>,
@@ -775,7 +726,7 @@ fn entries(
 
 #[test]
 fn one_entry_per_session_for_flows_that_keep_their_port() {
-    let fx = Fixture::snat();
+    let fx = snat();
     for i in 0..40u16 {
         let f = fx.out(&udp_frame(VM1, 30000 + i, SRV, 53));
         assert_eq!(sport(&f), 30000 + i, "port kept");
@@ -786,7 +737,7 @@ fn one_entry_per_session_for_flows_that_keep_their_port() {
     fx.out(&echo_frame(VM3, SRV, 8, 4242));
     fx.inn(&echo_frame(SRV, GW, 0, 4242));
     let (sessions, aliases) = entries(&fx);
-    let listed = fx.dp.sessions(DP_ID).expect("sessions");
+    let listed = fx.sessions();
     assert_eq!(listed.len(), 42);
     assert_eq!(sessions.len(), listed.len(), "one entry per session");
     assert!(aliases.is_empty(), "no forward entry: {aliases:?}");
@@ -814,7 +765,7 @@ fn one_entry_per_session_for_flows_that_keep_their_port() {
 
 #[test]
 fn displaced_flow_gets_a_forward_entry_and_both_translate() {
-    let fx = Fixture::snat();
+    let fx = snat();
     let a = fx.out(&tcp_frame(VM1, 41000, SRV, 80, SYN));
     assert_frame(
         &a,
@@ -862,7 +813,7 @@ fn displaced_flow_gets_a_forward_entry_and_both_translate() {
             "displaced, established",
         );
     }
-    let listed = fx.dp.sessions(DP_ID).expect("sessions");
+    let listed = fx.sessions();
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert!(
         listed.iter().all(|s| s.state == "ESTABLISHED"),
@@ -901,7 +852,7 @@ fn displaced_flow_gets_a_forward_entry_and_both_translate() {
 
 #[test]
 fn removed_session_of_an_established_flow_is_recreated_at_the_same_port() {
-    let fx = Fixture::snat();
+    let fx = snat();
     fx.out(&tcp_frame(VM1, 40000, SRV, 80, SYN));
     fx.inn(&tcp_frame(SRV, 80, GW, 40000, SYN | ACK));
     fx.out(&tcp_frame(VM1, 40000, SRV, 80, ACK));
@@ -948,7 +899,7 @@ fn removed_session_of_an_established_flow_is_recreated_at_the_same_port() {
 
 #[test]
 fn a_displaced_flow_finds_its_alias_through_its_endpoint_hint_until_the_gc_clears_it() {
-    let fx = Fixture::new(
+    let fx = fixture(
         true,
         NatConfig {
             udp_unreplied: 1,
@@ -968,9 +919,7 @@ fn a_displaced_flow_finds_its_alias_through_its_endpoint_hint_until_the_gc_clear
         &udp_frame(GW, 40000, SRV, 53),
         "first flow keeps its port",
     );
-    let moved = fx.out(&udp_frame(VM2, 40000, SRV, 53));
-    let p = sport(&moved);
-    assert_ne!(p, 40000);
+    let p = remapped(&fx, VM2);
     assert_ne!(
         fx.dp.alias_hint(slot),
         0,

@@ -551,10 +551,7 @@ fn unknown_datapath_section(e: &anyhow::Error) -> bool {
 fn spawn(bin: &Path, host: &Netns, kind: Kind, config: String) -> Result<Daemon> {
     let dir = std::env::temp_dir().join(format!("xbench-{}-{}", std::process::id(), tag(kind)));
     let _ = std::fs::remove_dir_all(&dir);
-    let opts = DaemonOptions {
-        config: Some(config),
-        admin_token: None,
-    };
+    let opts = DaemonOptions::config(config);
     let launch = Launch {
         bin: Some(bin.to_path_buf()),
         dir: Some(dir),
