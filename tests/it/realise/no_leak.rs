@@ -22,6 +22,7 @@ fn port(network_id: &str, last: u8, ip: &str, cidr: &str) -> PortSpec {
         network_id: network_id.to_string(),
         mac: [0xfa, 0x16, 0x3e, 0x10, 0x20, last],
         addresses: vec![address(ip, cidr)],
+        mtu: 1500,
     }
 }
 
