@@ -20,6 +20,7 @@ mod e2e {
     mod fast_path;
     mod fip;
     mod metrics;
+    mod mtu;
     mod nat_fairness;
     mod nat_traffic;
     mod neutronclient;

@@ -5,14 +5,15 @@ use router_ctl::model::spec::{GatewaySpec, PortSpec, RouterSpec};
 
 use crate::unique;
 
-/// A port with a fresh id on network `network_id`, MAC `mac` and the one address `addr`
-/// (`ip/prefix_len`).
+/// A port with a fresh id on network `network_id`, MAC `mac`, the one address `addr`
+/// (`ip/prefix_len`) and the default MTU.
 pub fn port(network_id: &str, mac: [u8; 6], addr: &str) -> PortSpec {
     PortSpec {
         port_id: unique("p"),
         network_id: network_id.to_string(),
         mac,
         addresses: vec![addr.parse().expect("address")],
+        mtu: 1500,
     }
 }
 

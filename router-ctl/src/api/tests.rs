@@ -18,6 +18,8 @@ use super::*;
 #[derive(Default)]
 struct Recorder {
     calls: Mutex<Vec<String>>,
+    /// Every router spec applied, in order.
+    applied: Mutex<Vec<RouterSpec>>,
     fail_routers: AtomicBool,
 }
 
@@ -43,6 +45,7 @@ impl Realise for Recorder {
             s.interfaces.len(),
             s.gateway.is_some()
         ));
+        self.applied.lock().unwrap().push(s.clone());
         if self.fail_routers.load(Ordering::SeqCst) {
             anyhow::bail!("injected failure");
         }
@@ -1757,6 +1760,76 @@ async fn network_mtu_as_neutron_net_mtu_writable() {
         v["NeutronError"]["message"],
         "Invalid input for operation: Requested MTU is too big, maximum is 9000."
     );
+}
+
+#[tokio::test]
+async fn a_network_mtu_change_reapplies_its_routers() {
+    let t = T::new();
+    let (rid, ext, [sub, _]) = routed_router(&t).await;
+    t.ok(
+        "PUT",
+        &format!("/v2.0/routers/{rid}"),
+        "adm",
+        json!({"router": {"external_gateway_info": {"network_id": ext}}}),
+        200,
+    )
+    .await;
+    let s = t
+        .ok(
+            "GET",
+            &format!("/v2.0/subnets/{sub}"),
+            "ta",
+            Value::Null,
+            200,
+        )
+        .await;
+    let net = s["subnet"]["network_id"].as_str().unwrap().to_string();
+    let last = |t: &T| t.rec.applied.lock().unwrap().last().cloned().unwrap();
+    let mtus = |spec: &RouterSpec| -> Vec<(String, u32)> {
+        spec.interfaces
+            .iter()
+            .chain(spec.gateway.iter().map(|g| &g.port))
+            .map(|p| (p.network_id.clone(), p.mtu))
+            .collect()
+    };
+    assert!(mtus(&last(&t)).iter().all(|(_, m)| *m == 1500));
+    let applied = t.rec.applied.lock().unwrap().len();
+    t.ok(
+        "PUT",
+        &format!("/v2.0/networks/{net}"),
+        "ta",
+        json!({"network": {"mtu": 1400}}),
+        200,
+    )
+    .await;
+    assert_eq!(t.rec.applied.lock().unwrap().len(), applied + 1);
+    let spec = last(&t);
+    assert_eq!(spec.id, rid);
+    for (n, m) in mtus(&spec) {
+        assert_eq!(m, if n == net { 1400 } else { 1500 }, "network {n}");
+    }
+    // The gateway's network too; a change that leaves the MTU alone applies nothing.
+    t.ok(
+        "PUT",
+        &format!("/v2.0/networks/{ext}"),
+        "adm",
+        json!({"network": {"mtu": 9000}}),
+        200,
+    )
+    .await;
+    assert_eq!(last(&t).gateway.unwrap().port.mtu, 9000);
+    let applied = t.rec.applied.lock().unwrap().len();
+    for body in [json!({"mtu": 9000}), json!({"name": "renamed"})] {
+        t.ok(
+            "PUT",
+            &format!("/v2.0/networks/{ext}"),
+            "adm",
+            json!({ "network": body }),
+            200,
+        )
+        .await;
+    }
+    assert_eq!(t.rec.applied.lock().unwrap().len(), applied);
 }
 
 #[tokio::test]

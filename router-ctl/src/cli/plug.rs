@@ -239,7 +239,12 @@ fn plug_inner(
             .with_context(|| format!("bridge {bridge} not found in this namespace"))?;
         // The inner end is created directly in the target namespace, with the port's MAC; the
         // tap comes up enslaved to the bridge.
-        net::link::create_veth(&h, tap, br.index, &peer, mac, &target, None)
+        let far = net::link::VethPeer {
+            name: &peer,
+            mac,
+            ns: &target,
+        };
+        net::link::create_veth(&h, tap, br.index, far, None, None)
             .await
             .map_err(anyhow::Error::from)?;
         let t = net::link::get_link(&h, tap)

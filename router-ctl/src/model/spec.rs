@@ -28,6 +28,9 @@ pub struct PortSpec {
     /// The port's fixed IPs, each with the prefix length of its subnet (`10.0.0.1/24`): the
     /// addresses of its device, of either family.
     pub addresses: Vec<IpNet>,
+    /// The MTU of the port's network: both ends of its veth pair carry it (as Neutron's L3
+    /// agent plugs router ports with the network's MTU).
+    pub mtu: u32,
 }
 
 impl PortSpec {

@@ -58,6 +58,7 @@ pub struct LinkState {
     /// Administratively up.
     pub up: bool,
     pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
 }
 
 impl LinkState {
@@ -66,8 +67,10 @@ impl LinkState {
         let mut kind = LinkKind::Unknown;
         let mut controller = None;
         let mut mac = None;
+        let mut mtu = None;
         for attr in &msg.attributes {
             match attr {
+                LinkAttribute::Mtu(m) => mtu = Some(*m),
                 LinkAttribute::IfName(n) => name = Some(n.clone()),
                 LinkAttribute::Controller(c) if *c != 0 => controller = Some(*c),
                 LinkAttribute::Address(a) if a.len() == 6 => {
@@ -96,6 +99,7 @@ impl LinkState {
             controller,
             up: msg.header.flags.contains(LinkFlags::Up),
             mac,
+            mtu,
         })
     }
 }
@@ -142,8 +146,16 @@ pub async fn create_bridge(h: &Handle, name: &str) -> Result<bool> {
     }
 }
 
-/// Creates a veth pair: `name` here (enslaved to `controller`, up) and its peer `peer` with
-/// MAC `peer_mac` created directly in namespace `peer_ns` (down). EEXIST (from either name) is an
+/// The far end of a veth pair, created directly in another namespace.
+#[derive(Clone, Copy, Debug)]
+pub struct VethPeer<'a> {
+    pub name: &'a str,
+    pub mac: [u8; 6],
+    pub ns: &'a NetnsHandle,
+}
+
+/// Creates a veth pair: `name` here (enslaved to `controller`, up) and its peer `peer` (down),
+/// both ends with MTU `mtu` (None: the kernel's default). EEXIST (from either name) is an
 /// error here: the caller checked that the pair is missing.
 ///
 /// `index`: (this end's, the peer's) ifindex instead of the next free one of each namespace;
@@ -155,21 +167,23 @@ pub async fn create_veth(
     h: &Handle,
     name: &str,
     controller: u32,
-    peer: &str,
-    peer_mac: [u8; 6],
-    peer_ns: &NetnsHandle,
+    peer: VethPeer<'_>,
+    mtu: Option<u32>,
     index: Option<(u32, u32)>,
 ) -> Result<(), VethError> {
     // The peer is left down: veth refuses to open a device whose pair is not linked yet
     // (ENOTCONN), and the router-namespace pass brings it up.
     let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
-        .name(peer.to_string())
-        .address(peer_mac.to_vec())
-        .setns_by_fd(peer_ns.file.as_raw_fd())
+        .name(peer.name.to_string())
+        .address(peer.mac.to_vec())
+        .setns_by_fd(peer.ns.file.as_raw_fd())
         .build();
     // veth takes the peer's ifindex from its message only when the device itself has one.
     if let Some((_, i)) = index {
         peer_msg.header.index = i;
+    }
+    if let Some(m) = mtu {
+        peer_msg.attributes.push(LinkAttribute::Mtu(m));
     }
     let mut msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
         .name(name.to_string())
@@ -177,6 +191,9 @@ pub async fn create_veth(
         .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg)))
         .build();
+    if let Some(m) = mtu {
+        msg.attributes.push(LinkAttribute::Mtu(m));
+    }
     if let Some((i, _)) = index {
         msg.header.index = i;
     }
@@ -188,7 +205,7 @@ pub async fn create_veth(
             Err(VethError::IndexTaken)
         }
         Err(e) => Err(VethError::Other(
-            anyhow::Error::from(e).context(format!("creating veth {name} (peer {peer})")),
+            anyhow::Error::from(e).context(format!("creating veth {name} (peer {})", peer.name)),
         )),
     }
 }
@@ -242,6 +259,22 @@ pub async fn set_mac(h: &Handle, index: u32, mac: [u8; 6]) -> Result<()> {
 /// Applies link change `msg`; `what` says what it was for when it fails.
 async fn set_link(h: &Handle, msg: LinkMessage, what: impl FnOnce() -> String) -> Result<()> {
     h.link().set(msg).execute().await.with_context(what)
+}
+
+/// Gives `link` MTU `mtu` unless it has it already; returns whether it changed. A bridge whose
+/// MTU was never set follows its ports (the kernel keeps it at their smallest), so router
+/// ports set theirs and never the bridge's.
+pub async fn converge_mtu(h: &Handle, link: &LinkState, mtu: u32) -> Result<bool> {
+    if link.mtu == Some(mtu) {
+        return Ok(false);
+    }
+    let msg = LinkUnspec::new_with_index(link.index).mtu(mtu).build();
+    h.link()
+        .set(msg)
+        .execute()
+        .await
+        .with_context(|| format!("setting the MTU of {} to {mtu}", link.name))?;
+    Ok(true)
 }
 
 /// One address of a link, with the message that deletes it.

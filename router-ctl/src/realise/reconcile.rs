@@ -168,8 +168,8 @@ impl Realiser {
     }
 
     /// The outside check of a router reconcile does between full passes: last converged to
-    /// this very spec, namespace still mounted, every tap present, up, in its bridge, and the
-    /// gateway tap still the device the datapath is attached to.
+    /// this very spec, namespace still mounted, every tap present, up, in its bridge, at its
+    /// network's MTU, and the gateway tap still the device the datapath is attached to.
     fn looks_converged(&self, spec: &RouterSpec, links: &HashMap<String, LinkState>) -> bool {
         let memo = lock(&self.memo);
         let Some(m) = memo.get(&spec.id) else {
@@ -185,7 +185,7 @@ impl Realiser {
             let Some(tap) = links.get(&p.tap) else {
                 return false;
             };
-            if !tap.up || tap.controller != Some(br.index) {
+            if !tap.up || tap.controller != Some(br.index) || tap.mtu != Some(p.port.mtu) {
                 return false;
             }
             if p.gateway && m.attached != Some((p.tap.clone(), tap.index)) {

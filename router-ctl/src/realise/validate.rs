@@ -1,7 +1,9 @@
-//! Checks of a spec before the kernel is touched: ids become file and device names, MACs and
-//! addresses must be ones a device can carry, device names must not collide.
+//! Checks of a spec before the kernel is touched: ids become file and device names, MACs,
+//! addresses and MTUs must be ones a device can carry, device names must not collide.
 
 use std::collections::HashSet;
+
+use std::ops::RangeInclusive;
 
 use anyhow::{Result, bail};
 
@@ -24,6 +26,10 @@ pub(super) fn validate_id(what: &str, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// MTUs a router port may have: IPv4's minimum (RFC 791) up to the largest a veth takes. The
+/// API keeps networks to a narrower range; a spec from elsewhere is held to this one.
+const PORT_MTU: RangeInclusive<u32> = 68..=65535;
+
 fn validate_port(p: &PortSpec) -> Result<()> {
     validate_id("port", &p.port_id)?;
     validate_id("network", &p.network_id)?;
@@ -32,6 +38,15 @@ fn validate_port(p: &PortSpec) -> Result<()> {
             "port {}: MAC {} is not a unicast address",
             p.port_id,
             mac_to_string(&p.mac)
+        );
+    }
+    if !PORT_MTU.contains(&p.mtu) {
+        bail!(
+            "port {}: MTU {} is outside {}..={}",
+            p.port_id,
+            p.mtu,
+            PORT_MTU.start(),
+            PORT_MTU.end()
         );
     }
     for a in &p.addresses {
@@ -88,6 +103,7 @@ mod tests {
             network_id: "net-1".into(),
             mac,
             addresses: vec![addr.parse().unwrap()],
+            mtu: 1500,
         }
     }
 
@@ -120,6 +136,14 @@ mod tests {
         assert!(validate_router(&zero).is_err());
         let unspecified = router(vec![port("p1", MAC, "0.0.0.0/24")]);
         assert!(validate_router(&unspecified).is_err());
+        for mtu in [0, 67, 65536] {
+            let mut p = port("p1", MAC, "10.0.0.1/24");
+            p.mtu = mtu;
+            assert!(validate_router(&router(vec![p])).is_err(), "MTU {mtu}");
+        }
+        let mut jumbo = port("p1", MAC, "10.0.0.1/24");
+        jumbo.mtu = 9000;
+        assert!(validate_router(&router(vec![jumbo])).is_ok());
         let clash = router(vec![
             port("abcdefghijk-1", MAC, "10.0.0.1/24"),
             port("abcdefghijk-2", MAC, "10.0.1.1/24"),

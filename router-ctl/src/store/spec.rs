@@ -139,12 +139,13 @@ pub fn router_specs(conn: &Connection, scope: Scope<'_>) -> Result<Vec<RouterSpe
         .collect())
 }
 
-/// Port id → spec and next hops, for the interface and gateway ports of the routers in
-/// `scope` that have at least one address.
+/// Port id → spec (with its network's MTU) and next hops, for the interface and gateway ports
+/// of the routers in `scope` that have at least one address.
 fn router_ports(conn: &Connection, scope: Scope<'_>) -> Result<HashMap<String, PortAddrs>, Fault> {
     let sql = format!(
-        "SELECT p.id, p.network_id, p.mac, f.ip, s.cidr, s.gateway_ip FROM fixed_ips f
+        "SELECT p.id, p.network_id, p.mac, f.ip, s.cidr, s.gateway_ip, n.mtu FROM fixed_ips f
            JOIN ports p ON p.id = f.port_id JOIN subnets s ON s.id = f.subnet_id
+           JOIN networks n ON n.id = p.network_id
          WHERE f.port_id IN (SELECT port_id FROM router_interfaces WHERE {}
                              UNION SELECT gw_port_id FROM routers WHERE {})
          ORDER BY f.rowid",
@@ -165,16 +166,18 @@ fn router_ports(conn: &Connection, scope: Scope<'_>) -> Result<HashMap<String, P
             mac,
             address,
             gw.map(addr_of),
+            r.get::<_, u32>(6)?,
         ))
     })?;
     let mut out: HashMap<String, PortAddrs> = HashMap::new();
-    for (id, network_id, mac, address, next_hop) in rows {
+    for (id, network_id, mac, address, next_hop, mtu) in rows {
         let (spec, hops) = out.entry(id.clone()).or_insert_with(|| {
             let spec = PortSpec {
                 port_id: id,
                 network_id,
                 mac,
                 addresses: Vec::new(),
+                mtu,
             };
             (spec, Vec::new())
         });

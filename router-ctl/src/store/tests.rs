@@ -335,6 +335,58 @@ fn a_gateway_port_carries_every_fixed_ip_and_each_subnets_next_hop() {
 }
 
 #[test]
+fn router_ports_carry_their_networks_mtu() {
+    let (_d, mut store) = temp_store();
+    let tx = store.transaction().unwrap();
+    let mut ext = net("ext", true);
+    ext.mtu = 1400;
+    insert_network(&tx, &ext).unwrap();
+    insert_network(&tx, &net("int", false)).unwrap();
+    insert_subnet(&tx, &subnet("se", "ext", "192.0.2.0/24", &[])).unwrap();
+    insert_subnet(&tx, &subnet("si", "int", "10.1.0.0/24", &[])).unwrap();
+    let gw = port(
+        "gw",
+        "ext",
+        [0xfa, 0x16, 0x3e, 0, 0, 1],
+        &[("se", "192.0.2.9".parse().unwrap())],
+    );
+    let itf = port(
+        "if",
+        "int",
+        [0xfa, 0x16, 0x3e, 0, 0, 2],
+        &[("si", "10.1.0.1".parse().unwrap())],
+    );
+    insert_port(&tx, &gw).unwrap();
+    insert_port(&tx, &itf).unwrap();
+    insert_router(
+        &tx,
+        &Router {
+            id: "r".into(),
+            name: String::new(),
+            description: String::new(),
+            project_id: "p".into(),
+            admin_state_up: true,
+            status: "ACTIVE".into(),
+            dp_id: 1,
+            gw_port_id: Some("gw".into()),
+            enable_snat: true,
+        },
+    )
+    .unwrap();
+    add_interface(&tx, "r", "if").unwrap();
+    let spec = router_spec(&tx, "r").unwrap().unwrap();
+    assert_eq!(spec.interfaces[0].mtu, 1500, "the default");
+    assert_eq!(spec.gateway.as_ref().unwrap().port.mtu, 1400);
+    // A network's MTU change is a change of its routers' specs.
+    let mut int = get_network(&tx, "int").unwrap().unwrap();
+    int.mtu = 9000;
+    update_network(&tx, &int).unwrap();
+    let spec = router_spec(&tx, "r").unwrap().unwrap();
+    assert_eq!(spec.interfaces[0].mtu, 9000);
+    assert_eq!(router_specs(&tx, Scope::All).unwrap(), vec![spec]);
+}
+
+#[test]
 fn standard_attrs_follow_rows_and_settle_once_per_transaction() {
     let mut s = Store::open_in_memory().unwrap();
     let tx = s.transaction().unwrap();

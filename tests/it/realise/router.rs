@@ -582,6 +582,14 @@ fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
     let rep = h.call(|r| r.reconcile(&want)).expect("steady");
     assert!(rep.repaired.is_empty(), "{rep:?}");
 
+    // A tap's MTU changed from outside is put back by the next pass (the port's network MTU).
+    let qr_tap = names::tap_dev(&qr_port.port_id);
+    h.host.ip(&["link", "set", "dev", &qr_tap, "mtu", "1280"]);
+    let rep = h.call(|r| r.reconcile(&want)).expect("reconcile mtu");
+    assert!(rep.failed.is_empty() && !rep.repaired.is_empty(), "{rep:?}");
+    assert_eq!(link(&host, &qr_tap).expect("tap")["mtu"], qr_port.mtu);
+    assert_eq!(link(&ns, &qr).expect("qr")["mtu"], qr_port.mtu);
+
     // Changes made inside the namespace (invisible from the host) are repaired by the next
     // full pass, at most FULL_CHECK_EVERY passes away.
     tests::ip(&["-n", &ns, "route", "del", "default"]);

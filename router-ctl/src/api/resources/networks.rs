@@ -243,6 +243,12 @@ pub(super) fn update_network(
         n.external = v;
     }
     fx.touch_network(c, id)?;
+    if mtu.is_some() {
+        // The MTU is in the router ports' specs: their routers set it on `qr-`/`qg-`.
+        for r in store::routers_on_network(c, id)? {
+            fx.touch_router(c, &r)?;
+        }
+    }
     store::update_network(c, &n)
 }
 

@@ -1,5 +1,5 @@
 //! One netlink session inside the router namespace: its settings, the `qr-`/`qg-` devices the
-//! spec no longer has deleted, every present port device configured (MAC, up, addresses),
+//! spec no longer has deleted, every present port device configured (MAC, MTU, up, addresses),
 //! then `process_routes` and `process_fast_path` on the same thread.
 
 use std::{
@@ -123,8 +123,8 @@ impl Realiser {
         Ok(by_name)
     }
 
-    /// One present port device: MAC, administrative state, addresses (the gateway's with the
-    /// floating IPs); notes what to announce.
+    /// One present port device: MAC, MTU, administrative state, addresses (the gateway's with
+    /// the floating IPs); notes what to announce.
     async fn configure_device(
         &self,
         h: &Handle,
@@ -138,6 +138,12 @@ impl Realiser {
             link::set_mac(h, l.index, p.port.mac).await?;
             rep.changed.push(format!("mac {}", p.inner));
             announce = true;
+        }
+        if link::converge_mtu(h, l, p.port.mtu)
+            .await
+            .with_context(|| format!("router {}: device {}", spec.id, p.inner))?
+        {
+            rep.changed.push(format!("mtu {}", p.inner));
         }
         if l.up != spec.admin_state_up {
             if spec.admin_state_up && self.fast_path() {

@@ -210,6 +210,7 @@ mod tests {
             network_id: "net-1".into(),
             mac: MAC,
             addresses: vec![addr.parse().unwrap()],
+            mtu: 1500,
         }
     }
 

@@ -1,7 +1,8 @@
 //! The veth pair of every router port, the internal ones and the gateway's alike: the tap in
 //! the network's bridge (daemon namespace), the `qr-`/`qg-` end with the port's MAC in the
-//! router namespace. Missing pairs are made, taps down or off their bridge fixed, an inner
-//! device whose tap is gone deleted and made again.
+//! router namespace, both ends with the MTU of the port's network (the bridge follows its
+//! ports). Missing pairs are made, taps down, off their bridge or at another MTU fixed, an
+//! inner device whose tap is gone deleted and made again.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -95,7 +96,7 @@ impl Realiser {
             let br = links.get(&p.bridge).map(|b| b.index);
             links
                 .get(&p.tap)
-                .is_none_or(|t| !t.up || t.controller != br)
+                .is_none_or(|t| !t.up || t.controller != br || t.mtu != Some(p.port.mtu))
         };
         let needs_fix = ports
             .iter()
@@ -141,7 +142,8 @@ impl Realiser {
             .collect();
         out.configure_new = !missing.is_empty() || !tap_fix.is_empty();
         if out.configure_new {
-            let made = self.daemon_ports(spec, &missing, &tap_fix, &ns.handle, created)?;
+            let made =
+                self.daemon_ports(spec, &missing, &tap_fix, &ns.handle, created, &mut out.log)?;
             out.log.extend(made.iter().map(|t| format!("veth {t}")));
             out.taps = made.into_iter().collect();
         }
@@ -150,7 +152,8 @@ impl Realiser {
 
     /// Daemon side of router ports: creates the veth pairs whose inner device is missing (tap in
     /// the bridge, inner device with the port MAC moved into the router namespace), fixes taps
-    /// that are down or off their bridge. Returns the taps created.
+    /// that are down, off their bridge or at another MTU (noting MTU changes in `log`). Returns
+    /// the taps created.
     fn daemon_ports(
         &self,
         spec: &RouterSpec,
@@ -158,6 +161,7 @@ impl Realiser {
         fix: &[&PortPlan<'_>],
         router_ns: &NetnsHandle,
         created: &mut Vec<Created>,
+        log: &mut Vec<String>,
     ) -> Result<Vec<String>> {
         let owned = &self.owned;
         let mut made = Vec::new();
@@ -187,6 +191,9 @@ impl Realiser {
                             // Its peer is gone (namespace deleted from outside): start afresh.
                             link::delete_link(&h, &p.tap).await?;
                         } else {
+                            if link::converge_mtu(&h, t, p.port.mtu).await? {
+                                log.push(format!("mtu {}", p.tap));
+                            }
                             if t.controller != Some(bridge.index) {
                                 link::set_controller(&h, t.index, bridge.index).await?;
                             }
@@ -222,8 +229,12 @@ impl Realiser {
             router_id: spec.id.clone(),
         };
         self.owned.record(&p.tap, &record)?;
-        let veth =
-            |index| link::create_veth(h, &p.tap, bridge, &p.inner, p.port.mac, router_ns, index);
+        let peer = link::VethPeer {
+            name: &p.inner,
+            mac: p.port.mac,
+            ns: router_ns,
+        };
+        let veth = |index| link::create_veth(h, &p.tap, bridge, peer, Some(p.port.mtu), index);
         let mut res = Err(link::VethError::IndexTaken);
         if self.fast_path() {
             let mut after = 0;
