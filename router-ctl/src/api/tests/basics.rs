@@ -1,0 +1,227 @@
+//! Errors as NeutronErrors, rollback when the realiser fails, list paging, address exhaustion.
+
+use super::*;
+
+#[tokio::test]
+async fn errors_are_neutron_errors() {
+    let t = T::new();
+    let (st, v) = t.raw("GET", "/v2.0/networks", None, "").await;
+    assert_eq!((st, err_type(&v)), (401, "HTTPUnauthorized"));
+    let (st, _) = t.raw("GET", "/v2.0/networks", Some("nope"), "").await;
+    assert_eq!(st, 401);
+    let (st, v) = t.raw("GET", "/", None, "").await;
+    assert_eq!(st, 200);
+    assert_eq!(v["versions"][0]["id"], "v2.0");
+    let (st, v) = t
+        .raw("POST", "/v2.0/networks", Some("ta"), "{not json")
+        .await;
+    assert_eq!((st, err_type(&v)), (400, "HTTPBadRequest"));
+    let (st, v) = t
+        .req(
+            "POST",
+            "/v2.0/networks",
+            "ta",
+            json!({"network": {"bogus": 1}}),
+        )
+        .await;
+    assert_eq!(st, 400);
+    assert!(
+        v["NeutronError"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Unrecognized attribute")
+    );
+    let (st, v) = t
+        .req(
+            "POST",
+            "/v2.0/networks",
+            "ta",
+            json!({"network": {"router:external": true}}),
+        )
+        .await;
+    assert_eq!((st, err_type(&v)), (403, "PolicyNotAuthorized"));
+    let net = t.create("ta", "networks", json!({"network": {}})).await;
+    let nid = id(&net, "network");
+    let (st, v) = t
+        .req(
+            "POST",
+            "/v2.0/subnets",
+            "ta",
+            json!({"subnet": {"network_id": nid, "ip_version": 6, "cidr": "fd00::/64"}}),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    let (st, _) = t
+        .req(
+            "POST",
+            "/v2.0/subnets",
+            "ta",
+            json!({"subnet": {"network_id": nid, "ip_version": 4, "cidr": "10.0.0.1/24"}}),
+        )
+        .await;
+    assert_eq!(st, 400);
+    // Another project's network is invisible.
+    let (st, v) = t
+        .req("GET", &format!("/v2.0/networks/{nid}"), "tb", Value::Null)
+        .await;
+    assert_eq!((st, err_type(&v)), (404, "NetworkNotFound"));
+    let (st, _) = t
+        .req(
+            "DELETE",
+            &format!("/v2.0/networks/{nid}"),
+            "tb",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(st, 404);
+    let v = t.ok("GET", "/v2.0/networks", "tb", Value::Null, 200).await;
+    assert_eq!(v["networks"], json!([]));
+    let v = t
+        .ok(
+            "GET",
+            "/v2.0/networks?fields=id&fields=name",
+            "ta",
+            Value::Null,
+            200,
+        )
+        .await;
+    assert_eq!(v["networks"][0].as_object().unwrap().len(), 2);
+    let (st, _) = t.req("GET", "/v2.0/nothing", "ta", Value::Null).await;
+    assert_eq!(st, 404);
+    // axum's own rejections come back as NeutronErrors too.
+    let (st, v) = t.raw("GET", "/v2.0/networks/%FF%FE", Some("ta"), "").await;
+    assert_eq!((st, err_type(&v)), (400, "HTTPBadRequest"));
+    let big = format!("{{\"network\": {{\"name\": \"{}\"}}}}", "x".repeat(3 << 20));
+    let (st, v) = t.raw("POST", "/v2.0/networks", Some("ta"), &big).await;
+    assert_eq!((st, err_type(&v)), (413, "HTTPRequestEntityTooLarge"));
+}
+
+#[tokio::test]
+async fn failed_realisation_changes_nothing() {
+    let t = T::new();
+    let before = t.ok("GET", "/v2.0/routers", "ta", Value::Null, 200).await;
+    t.rec.fail_routers.store(true, Ordering::SeqCst);
+    let (st, v) = t
+        .req(
+            "POST",
+            "/v2.0/routers",
+            "ta",
+            json!({"router": {"name": "x"}}),
+        )
+        .await;
+    assert_eq!((st, err_type(&v)), (500, "HTTPInternalServerError"));
+    assert!(
+        v["NeutronError"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("injected failure")
+    );
+    assert_eq!(
+        t.ok("GET", "/v2.0/routers", "ta", Value::Null, 200).await,
+        before
+    );
+    let calls = t.rec.calls.lock().unwrap().clone();
+    // The half-made router was removed again.
+    assert!(
+        calls.last().unwrap().starts_with("remove_router"),
+        "{calls:?}"
+    );
+}
+
+#[tokio::test]
+async fn lists_sort_and_paginate_with_next_links() {
+    let t = T::new();
+    for name in ["c", "a", "b"] {
+        t.create("ta", "networks", json!({"network": {"name": name}}))
+            .await;
+    }
+    let v = t
+        .ok(
+            "GET",
+            "/v2.0/networks?sort_key=name&limit=2&fields=name&fields=id",
+            "ta",
+            Value::Null,
+            200,
+        )
+        .await;
+    let names: Vec<&str> = v["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    let next = v["networks_links"][0]["href"].as_str().unwrap();
+    assert_eq!(v["networks_links"][0]["rel"], "next");
+    let path = &next[next.find("/v2.0").unwrap()..];
+    let v = t.ok("GET", path, "ta", Value::Null, 200).await;
+    let names: Vec<&str> = v["networks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["c"]);
+    assert!(v.get("networks_links").is_none());
+    let v = t
+        .ok(
+            "GET",
+            "/v2.0/networks?sort_key=name&sort_dir=desc",
+            "ta",
+            Value::Null,
+            200,
+        )
+        .await;
+    assert_eq!(v["networks"][0]["name"], "c");
+    let (st, _) = t
+        .req("GET", "/v2.0/networks?limit=x", "ta", Value::Null)
+        .await;
+    assert_eq!(st, 400);
+    let (st, _) = t
+        .req(
+            "GET",
+            "/v2.0/networks?marker=00000000-0000-0000-0000-000000000000",
+            "ta",
+            Value::Null,
+        )
+        .await;
+    assert_eq!(st, 404);
+}
+
+#[tokio::test]
+async fn a_full_network_refuses_new_ports() {
+    let t = T::new();
+    let n = t.create("ta", "networks", json!({"network": {}})).await;
+    let nid = id(&n, "network");
+    let s = t
+        .create(
+            "ta",
+            "subnets",
+            json!({"subnet": {"network_id": nid, "ip_version": 4, "cidr": "10.9.9.0/30"}}),
+        )
+        .await;
+    assert_eq!(
+        s["subnet"]["allocation_pools"],
+        json!([{"start": "10.9.9.2", "end": "10.9.9.2"}])
+    );
+    let p = t
+        .create("ta", "ports", json!({"port": {"network_id": nid}}))
+        .await;
+    assert_eq!(p["port"]["fixed_ips"][0]["ip_address"], "10.9.9.2");
+    let (st, v) = t
+        .req(
+            "POST",
+            "/v2.0/ports",
+            "ta",
+            json!({"port": {"network_id": nid}}),
+        )
+        .await;
+    assert_eq!((st, err_type(&v)), (409, "IpAddressGenerationFailure"));
+    // Explicitly no address is still allowed.
+    t.create(
+        "ta",
+        "ports",
+        json!({"port": {"network_id": nid, "fixed_ips": []}}),
+    )
+    .await;
+}
