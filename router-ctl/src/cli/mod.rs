@@ -613,15 +613,9 @@ mod tests {
 
     #[test]
     fn router_set_routes_like_openstack() {
-        let c = parse(&[
-            "router",
-            "set",
-            "r1",
-            "--route",
-            "destination=172.31.0.0/24,gateway=10.0.0.5",
-            "--route",
-            "nexthop=10.0.0.6,destination=172.30.0.0/16",
-        ]);
+        let c = parse(
+            "router set r1 --route destination=172.31.0.0/24,gateway=10.0.0.5 --route nexthop=10.0.0.6,destination=172.30.0.0/16",
+        );
         let Command::Router(RouterCmd::Set {
             router,
             routes,
@@ -639,20 +633,8 @@ mod tests {
                 {"destination": "172.30.0.0/16", "nexthop": "10.0.0.6"},
             ]}})
         );
-        parse_err(&[
-            "router",
-            "set",
-            "r1",
-            "--route",
-            "destination=172.31.0.0/24",
-        ]);
-        parse_err(&[
-            "router",
-            "set",
-            "r1",
-            "--route",
-            "gateway=x,destination=1.0.0.0/8",
-        ]);
+        parse_err("router set r1 --route destination=172.31.0.0/24");
+        parse_err("router set r1 --route gateway=x,destination=1.0.0.0/8");
     }
 
     #[test]
