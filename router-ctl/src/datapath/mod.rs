@@ -15,6 +15,7 @@ mod fast;
 pub mod filter;
 pub mod fip;
 mod hints;
+mod mapped;
 mod mirror;
 pub mod sessions;
 
