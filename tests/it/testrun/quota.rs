@@ -102,20 +102,17 @@ impl Fixture {
 
     /// Router A's established TCP flow, translated both ways.
     fn established_a(&self, what: &str) {
-        self.translated(
-            self.gw_a,
-            "snat_out",
-            &tcp_frame(VM_A, 40000, SRV, 80, ACK),
-            &tcp_frame(GW_A, 40000, SRV, 80, ACK),
-            &format!("A's established flow out, {what}"),
-        );
-        self.translated(
-            self.gw_a,
-            "snat_in",
-            &tcp_frame(SRV, 80, GW_A, 40000, ACK),
-            &tcp_frame(SRV, 80, VM_A, 40000, ACK),
-            &format!("A's established flow in, {what}"),
-        );
+        let out = tcp_frame(VM_A, 40000, SRV, 80, ACK);
+        let translated_out = tcp_frame(GW_A, 40000, SRV, 80, ACK);
+        let back = tcp_frame(SRV, 80, GW_A, 40000, ACK);
+        let translated_back = tcp_frame(SRV, 80, VM_A, 40000, ACK);
+        for (prog, frame, want, way) in [
+            ("snat_out", out, translated_out, "out"),
+            ("snat_in", back, translated_back, "in"),
+        ] {
+            let what = format!("A's established flow {way}, {what}");
+            self.translated(self.gw_a, prog, &frame, &want, &what);
+        }
     }
 }
 
