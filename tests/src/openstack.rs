@@ -83,6 +83,18 @@ impl Cloud {
     pub fn os(&self, args: &[&str]) -> serde_json::Value {
         openstack(&self.host, &self.d, &self.venv, args)
     }
+
+    /// The venv's `python ARGS URL TOKEN` inside the host namespace: a neutronclient script
+    /// takes the daemon's endpoint and admin token last.
+    pub fn python(&self, args: &[&str]) -> std::process::Output {
+        self.host
+            .cmd(self.venv.join("bin/python"))
+            .args(args)
+            .arg(self.d.url())
+            .arg(self.d.admin_token())
+            .output()
+            .expect("running python")
+    }
 }
 
 /// The networks of the client tests, made with `openstack` (`os`): external `pub` with subnet

@@ -10,6 +10,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{MethodRouter, get, put},
 };
+use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use super::{
@@ -50,35 +51,19 @@ pub fn router(state: ApiState) -> Router {
     r = observe::routes(r);
     r.route(
         "/v2.0/routers/{id}/add_router_interface",
-        put(
-            |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
-                interface(s, ctx, id, body, true)
-            },
-        ),
+        router_action(interface, true),
     )
     .route(
         "/v2.0/routers/{id}/remove_router_interface",
-        put(
-            |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
-                interface(s, ctx, id, body, false)
-            },
-        ),
+        router_action(interface, false),
     )
     .route(
         "/v2.0/routers/{id}/add_extraroutes",
-        put(
-            |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
-                extraroutes(s, ctx, id, body, true)
-            },
-        ),
+        router_action(extraroutes, true),
     )
     .route(
         "/v2.0/routers/{id}/remove_extraroutes",
-        put(
-            |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
-                extraroutes(s, ctx, id, body, false)
-            },
-        ),
+        router_action(extraroutes, false),
     )
     .fallback(|| async { Fault::new(404, "HTTPNotFound", "The resource could not be found.") })
     .method_not_allowed_fallback(|| async {
@@ -90,6 +75,20 @@ pub fn router(state: ApiState) -> Router {
     })
     .layer(axum::middleware::map_response(super::neutron_errors))
     .with_state(state)
+}
+
+/// `PUT` of a router action that adds or removes something (`add`): `run` gets the router id
+/// and the body.
+fn router_action<F, Fut>(run: F, add: bool) -> MethodRouter<ApiState>
+where
+    F: Fn(ApiState, Ctx, String, Bytes, bool) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response, Fault>> + Send + 'static,
+{
+    put(
+        move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
+            run(s, ctx, id, body, add)
+        },
+    )
 }
 
 /// `GET` (list) and `POST` of a top-level collection.
@@ -194,30 +193,39 @@ fn tags_coll(kind: Kind) -> MethodRouter<ApiState> {
         },
     )
     .put(
-        move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| async move {
-            let o = input::any_object(&body)?;
-            let tags = s
-                .mutate(move |c, _| resources::replace_tags(c, &ctx, kind, &id, &o))
-                .await?;
-            Ok::<_, Fault>(Json(tags))
+        move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
+            set_tags(s, ctx, kind, id, body, true)
         },
     )
     .post(
         move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| async move {
-            let o = input::any_object(&body)?;
-            let tags = s
-                .mutate(move |c, _| resources::create_tags(c, &ctx, kind, &id, &o))
-                .await?;
-            Ok::<_, Fault>((StatusCode::CREATED, Json(tags)))
+            let tags = set_tags(s, ctx, kind, id, body, false).await?;
+            Ok::<_, Fault>((StatusCode::CREATED, tags))
         },
     )
     .delete(
-        move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>| async move {
-            s.mutate(move |c, _| resources::clear_tags(c, &ctx, kind, &id))
-                .await?;
-            Ok::<_, Fault>(StatusCode::NO_CONTENT)
+        move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>| {
+            tag_change(s, StatusCode::NO_CONTENT, move |c| {
+                resources::clear_tags(c, &ctx, kind, &id)
+            })
         },
     )
+}
+
+/// `PUT` (`replace`) or `POST` of `/{collection}/{id}/tags`: the list given.
+async fn set_tags(
+    s: ApiState,
+    ctx: Ctx,
+    kind: Kind,
+    id: String,
+    body: Bytes,
+    replace: bool,
+) -> Result<Json<Value>, Fault> {
+    let o = input::any_object(&body)?;
+    let tags = s
+        .mutate(move |c, _| resources::set_tags(c, &ctx, kind, &id, &o, replace))
+        .await?;
+    Ok(Json(tags))
 }
 
 /// `GET` (204 when present), `PUT` (add, 201) and `DELETE` (204) of one tag.
@@ -231,19 +239,29 @@ fn tags_item(kind: Kind) -> MethodRouter<ApiState> {
         },
     )
     .put(
-        move |State(s): State<ApiState>, ctx: Ctx, Path((id, tag)): Ids| async move {
-            s.mutate(move |c, _| resources::add_tag(c, &ctx, kind, &id, &tag))
-                .await?;
-            Ok::<_, Fault>(StatusCode::CREATED)
+        move |State(s): State<ApiState>, ctx: Ctx, Path((id, tag)): Ids| {
+            tag_change(s, StatusCode::CREATED, move |c| {
+                resources::add_tag(c, &ctx, kind, &id, &tag)
+            })
         },
     )
     .delete(
-        move |State(s): State<ApiState>, ctx: Ctx, Path((id, tag)): Ids| async move {
-            s.mutate(move |c, _| resources::remove_tag(c, &ctx, kind, &id, &tag))
-                .await?;
-            Ok::<_, Fault>(StatusCode::NO_CONTENT)
+        move |State(s): State<ApiState>, ctx: Ctx, Path((id, tag)): Ids| {
+            tag_change(s, StatusCode::NO_CONTENT, move |c| {
+                resources::remove_tag(c, &ctx, kind, &id, &tag)
+            })
         },
     )
+}
+
+/// A tag mutation with no body to answer: `status` once `change` is committed.
+async fn tag_change(
+    s: ApiState,
+    status: StatusCode,
+    change: impl FnOnce(&Connection) -> Result<(), Fault> + Send + 'static,
+) -> Result<StatusCode, Fault> {
+    s.mutate(move |c, _| change(c)).await?;
+    Ok(status)
 }
 
 async fn list(
@@ -361,13 +379,7 @@ async fn interface(
 ) -> Result<Response, Fault> {
     let o = input::any_object(&body)?;
     let info = s
-        .mutate(move |c, fx| {
-            if add {
-                resources::add_interface(c, fx, &ctx, &id, &o)
-            } else {
-                resources::remove_interface(c, fx, &ctx, &id, &o)
-            }
-        })
+        .mutate(move |c, fx| resources::change_interface(c, fx, &ctx, &id, &o, add))
         .await?;
     Ok(Json(info).into_response())
 }

@@ -7,61 +7,25 @@
 //! left wrong by a crash, an upgrade from a datapath that did not count, or deletes nobody
 //! counted), and removing a router zeroes its count.
 
-use std::{
-    os::fd::{AsFd as _, AsRawFd as _},
-    ptr::NonNull,
-    sync::atomic::{AtomicU64, Ordering},
-};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Context as _, Result, bail};
-use aya::maps::{Map, MapData};
+use anyhow::Result;
+use aya::maps::Map;
 use router_common::MAX_ROUTERS;
 
+use super::mapped::MappedArray;
+
 /// The mapped `ROUTER_SESSIONS` array.
-pub struct RouterSessions {
-    slots: NonNull<AtomicU64>,
-    /// Keeps the map (and its fd) alive as long as the mapping.
-    _map: MapData,
-}
-
-// SAFETY: the mapping is shared memory accessed only through atomics; it lives until drop.
-unsafe impl Send for RouterSessions {}
-// SAFETY: as above; every access is an atomic operation.
-unsafe impl Sync for RouterSessions {}
-
-const LEN: usize = MAX_ROUTERS as usize * std::mem::size_of::<u64>();
+pub struct RouterSessions(MappedArray);
 
 impl RouterSessions {
     /// Maps the `ROUTER_SESSIONS` array taken from the loaded object.
     pub fn new(map: Map) -> Result<Self> {
-        let Map::Array(data) = map else {
-            bail!("ROUTER_SESSIONS is not an array map");
-        };
-        let fd = data.fd().as_fd().as_raw_fd();
-        // SAFETY: mapping the whole value area of an mmapable array map, shared, read-write;
-        // the kernel checks the size and the map's flags.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error())
-                .context("mapping ROUTER_SESSIONS (a BPF_F_MMAPABLE array)");
-        }
-        let slots = NonNull::new(p.cast::<AtomicU64>()).context("mmap returned null")?;
-        Ok(Self { slots, _map: data })
+        MappedArray::new(map, "ROUTER_SESSIONS", MAX_ROUTERS as usize).map(Self)
     }
 
     fn slots(&self) -> &[AtomicU64] {
-        // SAFETY: LEN bytes of page-aligned shared memory, mapped until drop; AtomicU64 has
-        // u64's layout, the array's element stride.
-        unsafe { std::slice::from_raw_parts(self.slots.as_ptr(), MAX_ROUTERS as usize) }
+        self.0.slots()
     }
 
     /// The count of router `dp_id` (0 for a number out of range).
@@ -93,13 +57,6 @@ impl RouterSessions {
             let v = s.load(Ordering::SeqCst);
             s.fetch_sub(v, Ordering::SeqCst);
         }
-    }
-}
-
-impl Drop for RouterSessions {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `new` mapped; no reference outlives `self`.
-        unsafe { libc::munmap(self.slots.as_ptr().cast(), LEN) };
     }
 }
 

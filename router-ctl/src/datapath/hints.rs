@@ -8,60 +8,26 @@
 
 use std::{
     collections::HashSet,
-    os::fd::{AsFd as _, AsRawFd as _},
-    ptr::NonNull,
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use anyhow::{Context as _, Result, bail};
-use aya::maps::{Map, MapData};
+use anyhow::Result;
+use aya::maps::Map;
 use router_common::nat::ALIAS_HINT_SLOTS;
 
+use super::mapped::MappedArray;
+
 /// The mapped `ALIAS_HINTS` array.
-pub struct AliasHints {
-    slots: NonNull<AtomicU64>,
-    /// Keeps the map (and its fd) alive as long as the mapping.
-    _map: MapData,
-}
-
-// SAFETY: the mapping is shared memory accessed only through atomics; it lives until drop.
-unsafe impl Send for AliasHints {}
-// SAFETY: as above; every access is an atomic operation.
-unsafe impl Sync for AliasHints {}
-
-const LEN: usize = ALIAS_HINT_SLOTS as usize * std::mem::size_of::<u64>();
+pub struct AliasHints(MappedArray);
 
 impl AliasHints {
     /// Maps the `ALIAS_HINTS` array taken from the loaded object.
     pub fn new(map: Map) -> Result<Self> {
-        let Map::Array(data) = map else {
-            bail!("ALIAS_HINTS is not an array map");
-        };
-        let fd = data.fd().as_fd().as_raw_fd();
-        // SAFETY: mapping the whole value area of an mmapable array map, shared, read-write;
-        // the kernel checks the size and the map's flags.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error())
-                .context("mapping ALIAS_HINTS (a BPF_F_MMAPABLE array)");
-        }
-        let slots = NonNull::new(p.cast::<AtomicU64>()).context("mmap returned null")?;
-        Ok(Self { slots, _map: data })
+        MappedArray::new(map, "ALIAS_HINTS", ALIAS_HINT_SLOTS as usize).map(Self)
     }
 
     fn slots(&self) -> &[AtomicU64] {
-        // SAFETY: LEN bytes of page-aligned shared memory, mapped until drop; AtomicU64 has
-        // u64's layout, the array's element stride.
-        unsafe { std::slice::from_raw_parts(self.slots.as_ptr(), ALIAS_HINT_SLOTS as usize) }
+        self.0.slots()
     }
 
     /// The set slots and their counts, read before the GC's snapshot of the session table.
@@ -94,12 +60,5 @@ impl AliasHints {
     /// The count in `slot` (diagnostics and tests).
     pub fn get(&self, slot: u32) -> u64 {
         self.slots()[(slot & (ALIAS_HINT_SLOTS - 1)) as usize].load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for AliasHints {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `new` mapped; no reference outlives `self`.
-        unsafe { libc::munmap(self.slots.as_ptr().cast(), LEN) };
     }
 }

@@ -16,6 +16,7 @@ mod fast;
 pub mod filter;
 pub mod fip;
 mod hints;
+mod mapped;
 mod mirror;
 mod router;
 pub mod sessions;

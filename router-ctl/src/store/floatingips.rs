@@ -367,82 +367,31 @@ pub fn router_floating(
 mod tests {
     use super::*;
     use crate::{
-        model::{FixedIp, Network, Port, Router, Subnet},
-        store::{self, Store},
+        model::Subnet,
+        store::{
+            self, Store,
+            tests::{net, port, router, subnet},
+        },
     };
 
     fn setup(s: &Store) -> (FloatingIp, PortForwarding) {
         let c = s.conn();
-        let net = Network {
-            id: "ext".into(),
-            name: "ext".into(),
-            description: String::new(),
-            project_id: "p".into(),
-            admin_state_up: true,
-            external: true,
-            physical_network: None,
-            shared: false,
-            status: "ACTIVE".into(),
-            mtu: 1500,
+        store::insert_network(c, &net("ext", true)).expect("network");
+        let sub = Subnet {
+            gateway_ip: None,
+            enable_dhcp: false,
+            ..subnet("sub", "ext", "192.0.2.0/24", &[])
         };
-        store::insert_network(c, &net).expect("network");
-        store::insert_subnet(
-            c,
-            &Subnet {
-                id: "sub".into(),
-                network_id: "ext".into(),
-                name: String::new(),
-                description: String::new(),
-                project_id: "p".into(),
-                cidr: "192.0.2.0/24".parse().expect("cidr"),
-                gateway_ip: None,
-                allocation_pools: vec![],
-                enable_dhcp: false,
-                dns_nameservers: vec![],
-            },
-        )
-        .expect("subnet");
+        store::insert_subnet(c, &sub).expect("subnet");
         for (id, mac, ip) in [
             ("fport", 1u8, [192, 0, 2, 50]),
             ("vm", 2, [192, 0, 2, 5]),
             ("fport2", 3, [192, 0, 2, 51]),
         ] {
-            store::insert_port(
-                c,
-                &Port {
-                    id: id.into(),
-                    network_id: "ext".into(),
-                    name: String::new(),
-                    description: String::new(),
-                    project_id: "p".into(),
-                    mac: [0xfa, 0x16, 0x3e, 0, 0, mac],
-                    admin_state_up: true,
-                    device_owner: String::new(),
-                    device_id: String::new(),
-                    status: "DOWN".into(),
-                    fixed_ips: vec![FixedIp {
-                        subnet_id: "sub".into(),
-                        ip: ip.into(),
-                    }],
-                },
-            )
-            .expect("port");
+            let mac = [0xfa, 0x16, 0x3e, 0, 0, mac];
+            store::insert_port(c, &port(id, "ext", mac, &[("sub", ip.into())])).expect("port");
         }
-        store::insert_router(
-            c,
-            &Router {
-                id: "r".into(),
-                name: String::new(),
-                description: String::new(),
-                project_id: "p".into(),
-                admin_state_up: true,
-                status: "ACTIVE".into(),
-                dp_id: 1,
-                gw_port_id: None,
-                enable_snat: true,
-            },
-        )
-        .expect("router");
+        store::insert_router(c, &router("r", 1, None)).expect("router");
         let f = FloatingIp {
             id: "f".into(),
             project_id: "p".into(),

@@ -7,7 +7,7 @@ use ipnet::{IpNet, Ipv4Net};
 use super::*;
 use crate::model::{FixedIp, Network, Port, Router, Subnet};
 
-fn net(id: &str, external: bool) -> Network {
+pub(super) fn net(id: &str, external: bool) -> Network {
     Network {
         id: id.into(),
         name: id.into(),
@@ -22,7 +22,7 @@ fn net(id: &str, external: bool) -> Network {
     }
 }
 
-fn subnet(id: &str, net: &str, cidr: &str, pools: &[(&str, &str)]) -> Subnet {
+pub(super) fn subnet(id: &str, net: &str, cidr: &str, pools: &[(&str, &str)]) -> Subnet {
     let cidr: IpNet = cidr.parse().unwrap();
     Subnet {
         id: id.into(),
@@ -45,7 +45,7 @@ fn host_range_first(c: &IpNet) -> Option<IpAddr> {
     crate::model::host_range(c).map(|r| r.0)
 }
 
-fn port(id: &str, net: &str, mac: [u8; 6], ips: &[(&str, IpAddr)]) -> Port {
+pub(super) fn port(id: &str, net: &str, mac: [u8; 6], ips: &[(&str, IpAddr)]) -> Port {
     Port {
         id: id.into(),
         network_id: net.into(),
@@ -64,6 +64,21 @@ fn port(id: &str, net: &str, mac: [u8; 6], ips: &[(&str, IpAddr)]) -> Port {
                 ip: *ip,
             })
             .collect(),
+    }
+}
+
+/// An enabled router with SNAT on, behind `gw_port_id` if given.
+pub(super) fn router(id: &str, dp_id: u32, gw_port_id: Option<&str>) -> Router {
+    Router {
+        id: id.into(),
+        name: String::new(),
+        description: String::new(),
+        project_id: "p".into(),
+        admin_state_up: true,
+        status: "ACTIVE".into(),
+        dp_id,
+        gw_port_id: gw_port_id.map(str::to_string),
+        enable_snat: true,
     }
 }
 
@@ -182,21 +197,10 @@ fn schema_refuses_a_duplicate_address_or_mac() {
 fn dp_ids_are_small_unique_and_fill_holes() {
     let (_d, mut store) = temp_store();
     let tx = store.transaction().unwrap();
-    let mk = |id: &str, dp| Router {
-        id: id.into(),
-        name: String::new(),
-        description: String::new(),
-        project_id: "p".into(),
-        admin_state_up: true,
-        status: "ACTIVE".into(),
-        dp_id: dp,
-        gw_port_id: None,
-        enable_snat: true,
-    };
     for i in 0..3 {
         let dp = free_dp_id(&tx).unwrap();
         assert_eq!(dp, i + 1);
-        insert_router(&tx, &mk(&format!("r{i}"), dp)).unwrap();
+        insert_router(&tx, &router(&format!("r{i}"), dp, None)).unwrap();
     }
     delete_router(&tx, "r1").unwrap();
     assert_eq!(free_dp_id(&tx).unwrap(), 2);
@@ -233,15 +237,8 @@ fn router_spec_collects_interfaces_and_gateway() {
     insert_router(
         &tx,
         &Router {
-            id: "r".into(),
-            name: String::new(),
-            description: String::new(),
-            project_id: "p".into(),
-            admin_state_up: true,
-            status: "ACTIVE".into(),
-            dp_id: 1,
-            gw_port_id: Some("gw".into()),
             enable_snat: false,
+            ..router("r", 1, Some("gw"))
         },
     )
     .unwrap();
@@ -266,15 +263,8 @@ fn router_spec_collects_interfaces_and_gateway() {
     insert_router(
         &tx,
         &Router {
-            id: "r2".into(),
-            name: String::new(),
-            description: String::new(),
-            project_id: "p".into(),
             admin_state_up: false,
-            status: "ACTIVE".into(),
-            dp_id: 2,
-            gw_port_id: None,
-            enable_snat: true,
+            ..router("r2", 2, None)
         },
     )
     .unwrap();
@@ -306,21 +296,7 @@ fn a_gateway_port_carries_every_fixed_ip_and_each_subnets_next_hop() {
     ];
     insert_port(&tx, &port("gw", "ext", [0xfa, 0x16, 0x3e, 0, 0, 9], &ips)).unwrap();
     for (id, dp, gw) in [("r", 1, Some("gw")), ("other", 2, None)] {
-        insert_router(
-            &tx,
-            &Router {
-                id: id.into(),
-                name: String::new(),
-                description: String::new(),
-                project_id: "p".into(),
-                admin_state_up: true,
-                status: "ACTIVE".into(),
-                dp_id: dp,
-                gw_port_id: gw.map(str::to_string),
-                enable_snat: true,
-            },
-        )
-        .unwrap();
+        insert_router(&tx, &router(id, dp, gw)).unwrap();
     }
     let specs = router_specs(&tx, Scope::Router("r")).unwrap();
     assert_eq!(specs.len(), 1, "the scope is one router");

@@ -12,12 +12,7 @@ use std::net::Ipv4Addr;
 
 use router_ctl::model::spec::names;
 use serde_json::{Value, json};
-use tests::{
-    Netns,
-    daemon::Daemon,
-    openstack::{openstack, venv},
-    unique, veth,
-};
+use tests::{Netns, openstack::Cloud, unique, veth};
 
 const FAR: Ipv4Addr = Ipv4Addr::new(172, 31, 0, 9);
 
@@ -48,10 +43,9 @@ fn kernel_routes(router_id: &str) -> Vec<String> {
 
 #[test]
 fn extra_route_via_an_appliance_vm() {
-    let host = Netns::new("erh");
-    let d = Daemon::start(&host);
-    let venv = venv();
-    let os = |args: &[&str]| openstack(&host, &d, &venv, args);
+    let cloud = Cloud::start("erh");
+    let d = &cloud.d;
+    let os = |args: &[&str]| cloud.os(args);
     for (net, sub, cidr) in [("a", "suba", "10.61.0.0/24"), ("b", "subb", "10.62.0.0/24")] {
         os(&["network", "create", net, "-f", "json"]);
         os(&[

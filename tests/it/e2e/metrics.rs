@@ -10,7 +10,7 @@
 use std::{
     collections::BTreeSet,
     io::Write as _,
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     time::{Duration, Instant},
 };
 
@@ -22,25 +22,18 @@ use serde_json::Value;
 use tests::{
     Netns,
     daemon::{ApiClient, Daemon, DaemonOptions},
-    plug_into_bridge, unique,
+    topo::{self, INTERNET_IP as INTERNET, Internet, id, tenant_network},
+    unique,
 };
 
-const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const PORT: u16 = 8080;
-
-fn id(v: &Value) -> String {
-    v["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no id in {v}"))
-        .to_string()
-}
 
 /// A daemon whose metrics listen on a free port of its namespace's loopback, and a router
 /// `r1` with a gateway whose VM reaches an "internet" namespace through SNAT.
 struct Topology {
     // Field order is drop order: namespaces first, then the daemon (whose drop purges).
     vm: Netns,
-    _inet: Netns,
+    _inet: Internet,
     listener: TcpListener,
     router_id: String,
     metrics: ApiClient,
@@ -69,49 +62,15 @@ impl Topology {
         );
         let metrics_base = format!("http://127.0.0.1:{port}");
         let metrics = ApiClient::new(&host, &metrics_base, None);
-        let ext = d.cli_json(&["network", "create", "public", "--external"]);
-        d.cli_ok(&[
-            "subnet",
-            "create",
-            "public-v4",
-            "--network",
-            "public",
-            "--cidr",
-            "203.0.113.0/24",
-            "--gateway",
-            "203.0.113.1",
-            "--allocation-pool",
-            "start=203.0.113.20,end=203.0.113.40",
-        ]);
-        let inet = Netns::new("mei");
-        plug_into_bridge(&host, &inet, &names::bridge(&id(&ext)), "203.0.113.1/24");
-        let listener = inet.enter(|| TcpListener::bind((INTERNET, PORT)).expect("bind the server"));
+        let inet = Internet::new(&host, &d, "mei", 40);
+        let listener = inet
+            .ns
+            .enter(|| TcpListener::bind((INTERNET, PORT)).expect("bind the server"));
         listener.set_nonblocking(true).expect("nonblocking");
-        d.cli_ok(&["network", "create", "tenant"]);
-        d.cli_ok(&[
-            "subnet",
-            "create",
-            "tenant-v4",
-            "--network",
-            "tenant",
-            "--cidr",
-            "10.31.0.0/24",
-        ]);
+        tenant_network(&d, "tenant", "10.31.0.0/24");
         let router_id = id(&d.cli_json(&["router", "create", "r1"]));
         d.cli_ok(&["router", "interface", "add", "r1", "tenant-v4"]);
-        let vm = Netns {
-            name: unique("mev"),
-        };
-        d.cli_ok(&[
-            "port",
-            "create",
-            "--network",
-            "tenant",
-            "--netns",
-            &vm.name,
-            "--name",
-            "vm",
-        ]);
+        let (vm, _, _) = topo::vm(&d, "tenant", "mev", &["--name", "vm"]);
         d.cli_ok(&["gateway", "set", "r1", "public"]);
         Self {
             vm,

@@ -10,32 +10,20 @@
 
 use std::path::Path;
 
-use tests::{
-    Netns,
-    daemon::Daemon,
-    openstack::{Cloud, networks, venv},
-};
+use tests::openstack::{Cloud, networks};
 
 #[test]
 fn python_neutronclient_drives_the_daemon() {
-    let host = Netns::new("apinc");
-    let d = Daemon::start(&host);
-    let venv = venv();
+    let cloud = Cloud::start("apinc");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("neutronclient_check.py");
-    let out = host
-        .cmd(venv.join("bin/python"))
-        .arg(&script)
-        .arg(d.url())
-        .arg(d.admin_token())
-        .output()
-        .expect("running python");
+    let out = cloud.python(&[script.to_str().expect("a UTF-8 path")]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
         "neutronclient check failed ({}):\n{stdout}\n{stderr}\ndaemon log:\n{}",
         out.status,
-        d.log()
+        cloud.d.log()
     );
     assert!(stdout.contains("all checks passed"), "{stdout}");
 }

@@ -9,11 +9,12 @@ use std::{
     time::Duration,
 };
 
-use router_ctl::model::spec::names;
-use serde_json::Value;
-use tests::{Netns, daemon::Daemon, openstack::venv, plug_into_bridge, unique};
-
-const INTERNET: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+use tests::{
+    Netns,
+    daemon::Daemon,
+    openstack::venv,
+    topo::{self, INTERNET_IP as INTERNET, Internet, id, str_at, tenant_network},
+};
 
 /// Sets the gateway of `router` to `ext` through neutronclient; `snat` None leaves
 /// `enable_snat` out of the body. Returns the `enable_snat` the router then shows.
@@ -28,12 +29,6 @@ if snat != "unset":
 c.add_gateway_router(router, info)
 print(c.show_router(router)["router"]["external_gateway_info"]["enable_snat"])
 "#;
-
-fn s(v: &Value) -> String {
-    v.as_str()
-        .unwrap_or_else(|| panic!("not a string: {v}"))
-        .to_string()
-}
 
 /// The source the internet saw for one datagram from `vm`, and whether its answer came back.
 fn exchange(vm: &Netns, server: &UdpSocket) -> (Option<Ipv4Addr>, bool) {
@@ -63,44 +58,16 @@ fn gateway_set_again_without_enable_snat_turns_snat_back_on() {
     let host = Netns::new("snd");
     let d = Daemon::start(&host);
     let venv = venv();
-    let ext = d.cli_json(&["network", "create", "public", "--external"]);
-    let ext_id = s(&ext["id"]);
-    d.cli_ok(&[
-        "subnet",
-        "create",
-        "public-v4",
-        "--network",
-        "public",
-        "--cidr",
-        "203.0.113.0/24",
-        "--gateway",
-        "203.0.113.1",
-        "--allocation-pool",
-        "start=203.0.113.20,end=203.0.113.60",
-    ]);
-    let inet = Netns::new("sni");
-    plug_into_bridge(&host, &inet, &names::bridge(&ext_id), "203.0.113.1/24");
-    d.cli_ok(&["network", "create", "tenant"]);
-    d.cli_ok(&[
-        "subnet",
-        "create",
-        "tenant-v4",
-        "--network",
-        "tenant",
-        "--cidr",
-        "10.44.0.0/24",
-    ]);
+    let inet = Internet::new(&host, &d, "sni", 60);
+    tenant_network(&d, "tenant", "10.44.0.0/24");
     let router = d.cli_json(&["router", "create", "r1"]);
-    let router_id = s(&router["id"]);
+    let router_id = id(&router);
     d.cli_ok(&["router", "interface", "add", "r1", "tenant-v4"]);
-    let vm = Netns {
-        name: unique("snv"),
-    };
-    let port = d.cli_json(&["port", "create", "--network", "tenant", "--netns", &vm.name]);
-    let vm_ip: Ipv4Addr = s(&port["fixed_ips"][0]["ip_address"])
-        .parse()
-        .expect("VM address");
-    let server = inet.enter(|| UdpSocket::bind((INTERNET, 5353)).expect("bind"));
+    let (vm, _, vm_ip) = topo::vm(&d, "tenant", "snv", &[]);
+    let vm_ip: Ipv4Addr = vm_ip.parse().expect("VM address");
+    let server = inet
+        .ns
+        .enter(|| UdpSocket::bind((INTERNET, 5353)).expect("bind"));
     server
         .set_read_timeout(Some(Duration::from_secs(2)))
         .expect("timeout");
@@ -109,7 +76,7 @@ fn gateway_set_again_without_enable_snat_turns_snat_back_on() {
         let out = host
             .cmd(venv.join("bin/python"))
             .args(["-c", SET_GATEWAY, &d.url(), &d.admin_token(), &router_id])
-            .args([ext_id.as_str(), snat])
+            .args([inet.network_id.as_str(), snat])
             .output()
             .expect("running python");
         assert!(
@@ -125,9 +92,12 @@ fn gateway_set_again_without_enable_snat_turns_snat_back_on() {
     assert_eq!(set_gateway("false"), "False");
     let gw_ip: Ipv4Addr = {
         let (_, r) = d.get(&format!("/v2.0/routers/{router_id}"));
-        s(&r["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"])
-            .parse()
-            .expect("gateway IP")
+        str_at(
+            &r,
+            "/router/external_gateway_info/external_fixed_ips/0/ip_address",
+        )
+        .parse()
+        .expect("gateway IP")
     };
     // SNAT off: the VM's own address reaches the internet (which has no way back to it).
     let (seen, _) = exchange(&vm, &server);

@@ -3,11 +3,7 @@
 //! them, and `If-Match` through `python-neutronclient`'s `revision_number=` argument.
 
 use serde_json::{Value, json};
-use tests::{
-    Netns,
-    daemon::Daemon,
-    openstack::{openstack, venv},
-};
+use tests::openstack::Cloud;
 
 fn names(v: &Value) -> Vec<String> {
     let mut n: Vec<String> = v
@@ -22,10 +18,8 @@ fn names(v: &Value) -> Vec<String> {
 
 #[test]
 fn openstack_cli_tags_filters_and_revisions() {
-    let host = Netns::new("apisa");
-    let d = Daemon::start(&host);
-    let venv = venv();
-    let os = |args: &[&str]| openstack(&host, &d, &venv, args);
+    let cloud = Cloud::start("apisa");
+    let os = |args: &[&str]| cloud.os(args);
 
     let n = os(&[
         "network", "create", "--mtu", "1400", "--tag", "red", "--tag", "blue", "tagged", "-f",
@@ -108,20 +102,13 @@ print("{done}")
 "#,
         done = "if-match checks passed"
     );
-    let out = host
-        .cmd(venv.join("bin/python"))
-        .arg("-c")
-        .arg(&script)
-        .arg(d.url())
-        .arg(d.admin_token())
-        .output()
-        .expect("running python");
+    let out = cloud.python(&["-c", &script]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success() && stdout.contains("if-match checks passed"),
         "{stdout}\n{}\ndaemon log:\n{}",
         String::from_utf8_lossy(&out.stderr),
-        d.log()
+        cloud.d.log()
     );
     let n = os(&["network", "show", "fresh", "-f", "json"]);
     assert_eq!(n["revision_number"], rev + 3, "{n}");

@@ -13,18 +13,16 @@ use router_ctl::{config::NatConfig, datapath::Datapath};
 use tests::{
     Bpffs, Netns,
     packet::{ACK, SYN, tcp_frame, udp_frame},
-    pinned_map, testrun_router,
+    pinned_map,
+    testrun::{GW as GW_A, OK, SHOT, SRV},
+    testrun_router,
 };
 
-const GW_A: [u8; 4] = [192, 0, 2, 10];
 const GW_B: [u8; 4] = [192, 0, 2, 20];
 const VM_A: [u8; 4] = [10, 0, 0, 5];
 const VM_B: [u8; 4] = [10, 1, 0, 5];
-const SRV: [u8; 4] = [203, 0, 113, 9];
 const A: u32 = 7;
 const B: u32 = 8;
-const OK: u32 = 0;
-const SHOT: u32 = 2;
 /// Router A's cap in the test: its established flow and two more.
 const CAP: u32 = 3;
 
@@ -94,22 +92,27 @@ impl Fixture {
             .0
     }
 
+    /// Router A's TCP flow: its handshake, then `established_a`.
+    fn establish_a(&self, what: &str) {
+        self.run(self.gw_a, "snat_out", &tcp_frame(VM_A, 40000, SRV, 80, SYN));
+        let syn_ack = tcp_frame(SRV, 80, GW_A, 40000, SYN | ACK);
+        self.run(self.gw_a, "snat_in", &syn_ack);
+        self.established_a(what);
+    }
+
     /// Router A's established TCP flow, translated both ways.
     fn established_a(&self, what: &str) {
-        self.translated(
-            self.gw_a,
-            "snat_out",
-            &tcp_frame(VM_A, 40000, SRV, 80, ACK),
-            &tcp_frame(GW_A, 40000, SRV, 80, ACK),
-            &format!("A's established flow out, {what}"),
-        );
-        self.translated(
-            self.gw_a,
-            "snat_in",
-            &tcp_frame(SRV, 80, GW_A, 40000, ACK),
-            &tcp_frame(SRV, 80, VM_A, 40000, ACK),
-            &format!("A's established flow in, {what}"),
-        );
+        let out = tcp_frame(VM_A, 40000, SRV, 80, ACK);
+        let translated_out = tcp_frame(GW_A, 40000, SRV, 80, ACK);
+        let back = tcp_frame(SRV, 80, GW_A, 40000, ACK);
+        let translated_back = tcp_frame(SRV, 80, VM_A, 40000, ACK);
+        for (prog, frame, want, way) in [
+            ("snat_out", out, translated_out, "out"),
+            ("snat_in", back, translated_back, "in"),
+        ] {
+            let what = format!("A's established flow {way}, {what}");
+            self.translated(self.gw_a, prog, &frame, &want, &what);
+        }
     }
 }
 
@@ -125,13 +128,7 @@ fn capped(cap: u32, udp_unreplied: u64) -> NatConfig {
 fn a_router_at_its_cap_drops_its_new_flows_and_no_other_router_notices() {
     let fx = Fixture::new(&capped(CAP, 1));
     // Router A: an established connection, then new flows up to its cap.
-    fx.run(fx.gw_a, "snat_out", &tcp_frame(VM_A, 40000, SRV, 80, SYN));
-    fx.run(
-        fx.gw_a,
-        "snat_in",
-        &tcp_frame(SRV, 80, GW_A, 40000, SYN | ACK),
-    );
-    fx.established_a("before the cap");
+    fx.establish_a("before the cap");
     for sport in [40001, 40002] {
         assert_eq!(fx.new_flow_a(sport), OK, "flow {sport} within the cap");
     }
@@ -215,13 +212,7 @@ fn a_crowded_router_loses_its_unassured_sessions_first_and_keeps_its_assured_one
         ..NatConfig::default()
     };
     let fx = Fixture::new(&nat);
-    fx.run(fx.gw_a, "snat_out", &tcp_frame(VM_A, 40000, SRV, 80, SYN));
-    fx.run(
-        fx.gw_a,
-        "snat_in",
-        &tcp_frame(SRV, 80, GW_A, 40000, SYN | ACK),
-    );
-    fx.established_a("before the flood");
+    fx.establish_a("before the flood");
     for sport in 41000..41007 {
         assert_eq!(fx.new_flow_a(sport), OK);
     }
@@ -303,26 +294,21 @@ fn floating_ip_flows_of_a_router_at_its_cap_are_translated_without_a_session() {
             &[],
         )
         .expect("configure floating");
+    let fip_flow = |sport, what| {
+        let (from, to) = (
+            udp_frame(FIXED, sport, SRV, 53),
+            udp_frame(FIP, sport, SRV, 53),
+        );
+        fx.translated(fx.gw_a, "snat_out", &from, &to, what);
+    };
     // A floating-IP flow records its session, counted like any other.
-    fx.translated(
-        fx.gw_a,
-        "snat_out",
-        &udp_frame(FIXED, 40000, SRV, 53),
-        &udp_frame(FIP, 40000, SRV, 53),
-        "floating IP flow",
-    );
+    fip_flow(40000, "floating IP flow");
     assert_eq!(fx.dp.session_count(A), 1);
     assert_eq!(fx.new_flow_a(40001), OK, "a SNAT flow: A at its cap of 2");
     assert_eq!(fx.dp.session_count(A), 2);
     // At the cap: a new floating-IP flow is still translated (the map decides, not the
     // session) but records no session.
-    fx.translated(
-        fx.gw_a,
-        "snat_out",
-        &udp_frame(FIXED, 40002, SRV, 53),
-        &udp_frame(FIP, 40002, SRV, 53),
-        "floating IP flow at the cap",
-    );
+    fip_flow(40002, "floating IP flow at the cap");
     assert_eq!(fx.dp.session_count(A), 2);
     let listed = fx.dp.sessions(A).expect("sessions");
     assert_eq!(listed.len(), 2, "{listed:?}");

@@ -163,19 +163,6 @@ pub(super) fn create_fip(
     ctx: &Ctx,
     o: &Obj,
 ) -> Result<String, Fault> {
-    input::only(
-        o,
-        &[
-            "floating_network_id",
-            "floating_ip_address",
-            "subnet_id",
-            "port_id",
-            "fixed_ip_address",
-            "description",
-            "tenant_id",
-            "project_id",
-        ],
-    )?;
     let net_id = input::req_uuid(o, "floating_network_id")?;
     let project_id = input::owner(o, ctx, "create_floatingip")?;
     let description = input::opt_string(o, "description", NAME_MAX)?.unwrap_or_default();
@@ -285,7 +272,6 @@ pub(super) fn update_fip(
     id: &str,
     o: &Obj,
 ) -> Result<(), Fault> {
-    input::only(o, &["port_id", "fixed_ip_address", "description"])?;
     let mut f = visible::<FloatingIp>(c, ctx, id)?;
     if let Some(d) = input::opt_string(o, "description", NAME_MAX)? {
         f.description = d;

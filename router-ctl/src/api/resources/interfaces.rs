@@ -33,24 +33,50 @@ fn interface_info(r: &Router, p: &Port) -> Value {
     })
 }
 
-fn interface_target(o: &Obj) -> Result<(Option<String>, Option<String>), Fault> {
-    input::only(o, &["subnet_id", "port_id"])?;
-    let subnet_id = input::opt_uuid(o, "subnet_id")?;
-    let port_id = input::opt_uuid(o, "port_id")?;
-    Ok((subnet_id, port_id))
-}
-
-/// `PUT /v2.0/routers/{id}/add_router_interface`.
-pub fn add_interface(
+/// `PUT /v2.0/routers/{id}/add_router_interface` (`add`) or `remove_router_interface`, by
+/// subnet or by port.
+pub fn change_interface(
     c: &Connection,
     fx: &mut Effects,
     ctx: &Ctx,
     router_id: &str,
     o: &Obj,
+    add: bool,
 ) -> Result<Value, Fault> {
-    let (subnet_id, port_id) = interface_target(o)?;
+    input::only(o, &["subnet_id", "port_id"])?;
+    let subnet_id = input::opt_uuid(o, "subnet_id")?;
+    let port_id = input::opt_uuid(o, "port_id")?;
     let r = visible::<Router>(c, ctx, router_id)?;
-    let existing = router_subnets(c, &r)?;
+    let change = Change {
+        c,
+        fx,
+        ctx,
+        r: &r,
+        subnet_id,
+        port_id,
+    };
+    if add {
+        add_interface(change)
+    } else {
+        remove_interface(change)
+    }
+}
+
+/// One interface change on router `r`, by subnet and/or port, in the request's transaction.
+struct Change<'a> {
+    c: &'a Connection,
+    fx: &'a mut Effects,
+    ctx: &'a Ctx,
+    r: &'a Router,
+    subnet_id: Option<String>,
+    port_id: Option<String>,
+}
+
+fn add_interface(change: Change) -> Result<Value, Fault> {
+    let (c, fx, ctx, r) = (change.c, change.fx, change.ctx, change.r);
+    let (subnet_id, port_id) = (change.subnet_id, change.port_id);
+    let router_id = r.id.as_str();
+    let existing = router_subnets(c, r)?;
     let check = |s: &Subnet| -> Result<(), Fault> {
         for (old, port) in &existing {
             if old.id == s.id && Some(port) != r.gw_port_id.as_ref() {
@@ -152,7 +178,7 @@ pub fn add_interface(
         }
     };
     store::add_interface(c, &r.id, &port.id)?;
-    Ok(interface_info(&r, &port))
+    Ok(interface_info(r, &port))
 }
 
 /// Neutron's `RouterInterfaceInUseByRoute`: an extra route's nexthop on the interface's
@@ -176,16 +202,10 @@ fn check_routes_removal(c: &Connection, router_id: &str, port: &Port) -> Result<
     Ok(())
 }
 
-/// `PUT /v2.0/routers/{id}/remove_router_interface`.
-pub fn remove_interface(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    router_id: &str,
-    o: &Obj,
-) -> Result<Value, Fault> {
-    let (subnet_id, port_id) = interface_target(o)?;
-    let r = visible::<Router>(c, ctx, router_id)?;
+fn remove_interface(change: Change) -> Result<Value, Fault> {
+    let (c, fx, ctx, r) = (change.c, change.fx, change.ctx, change.r);
+    let (subnet_id, port_id) = (change.subnet_id, change.port_id);
+    let router_id = r.id.as_str();
     let interfaces = store::router_interfaces(c, router_id)?;
     let port = match (&subnet_id, &port_id) {
         (None, None) => {
@@ -234,5 +254,5 @@ pub fn remove_interface(
     fx.touch_router(c, router_id)?;
     store::remove_interface(c, router_id, &port.id)?;
     store::delete_port(c, &port.id)?;
-    Ok(interface_info(&r, &port))
+    Ok(interface_info(r, &port))
 }

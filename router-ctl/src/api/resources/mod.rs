@@ -19,16 +19,16 @@ mod subnets;
 use rusqlite::Connection;
 use serde_json::Value;
 
-pub use interfaces::{add_interface, remove_interface};
+pub use interfaces::change_interface;
 pub use routers::change_extraroutes;
 pub use standard::{
-    add_tag, check_revision, clear_tags, create_tags, if_match_revision, list_tags, remove_tag,
-    replace_tags, show_tag,
+    add_tag, check_revision, clear_tags, if_match_revision, list_tags, remove_tag, set_tags,
+    show_tag,
 };
 
 use super::{
     Ctx, Effects,
-    input::Obj,
+    input::{self, Obj},
     query,
     scope::{seen, visible},
 };
@@ -178,6 +178,108 @@ impl Kind {
         }
     }
 
+    /// The attributes a `POST` (`create`) or a `PUT` of this kind may carry: Neutron's
+    /// `allow_post`/`allow_put` among the attributes shown here.
+    fn writable(self, create: bool) -> &'static [&'static str] {
+        match (self, create) {
+            (Kind::Network, true) => &[
+                "name",
+                "description",
+                "admin_state_up",
+                "tenant_id",
+                "project_id",
+                "shared",
+                "router:external",
+                "provider:network_type",
+                "provider:physical_network",
+                "provider:segmentation_id",
+                "mtu",
+            ],
+            (Kind::Network, false) => &[
+                "name",
+                "description",
+                "admin_state_up",
+                "shared",
+                "router:external",
+                "mtu",
+            ],
+            (Kind::Subnet, true) => &[
+                "name",
+                "description",
+                "network_id",
+                "tenant_id",
+                "project_id",
+                "ip_version",
+                "cidr",
+                "gateway_ip",
+                "allocation_pools",
+                "enable_dhcp",
+                "dns_nameservers",
+            ],
+            (Kind::Subnet, false) => &[
+                "name",
+                "description",
+                "gateway_ip",
+                "allocation_pools",
+                "enable_dhcp",
+                "dns_nameservers",
+            ],
+            (Kind::Port, true) => &[
+                "name",
+                "description",
+                "network_id",
+                "tenant_id",
+                "project_id",
+                "admin_state_up",
+                "mac_address",
+                "fixed_ips",
+                "device_id",
+                "device_owner",
+            ],
+            (Kind::Port, false) => &[
+                "name",
+                "description",
+                "admin_state_up",
+                "device_id",
+                "device_owner",
+            ],
+            (Kind::Router, true) => &[
+                "name",
+                "description",
+                "admin_state_up",
+                "tenant_id",
+                "project_id",
+                "external_gateway_info",
+            ],
+            (Kind::Router, false) => &[
+                "name",
+                "description",
+                "admin_state_up",
+                "external_gateway_info",
+                "routes",
+            ],
+            (Kind::FloatingIp, true) => &[
+                "floating_network_id",
+                "floating_ip_address",
+                "subnet_id",
+                "port_id",
+                "fixed_ip_address",
+                "description",
+                "tenant_id",
+                "project_id",
+            ],
+            (Kind::FloatingIp, false) => &["port_id", "fixed_ip_address", "description"],
+            (Kind::PortForwarding, _) => &[
+                "protocol",
+                "external_port",
+                "internal_port_id",
+                "internal_ip_address",
+                "internal_port",
+                "description",
+            ],
+        }
+    }
+
     /// Neutron's 404 for a resource of this kind (`parent`: the id of its parent).
     pub fn not_found(self, parent: Option<&str>, id: &str) -> Fault {
         match self {
@@ -293,7 +395,7 @@ fn take_legacy_router(ctx: &Ctx, o: &mut Obj, action: &str) -> Result<(), Fault>
         if !ctx.admin {
             return Err(Fault::policy(&format!("{action}:{key}")));
         }
-        match super::input::to_bool(&v) {
+        match input::to_bool(&v) {
             Some(false) => {}
             Some(true) => {
                 return Err(Fault::new(
@@ -306,7 +408,7 @@ fn take_legacy_router(ctx: &Ctx, o: &mut Obj, action: &str) -> Result<(), Fault>
             }
             None if v.is_null() => {}
             None => {
-                return Err(super::input::bad_attr(
+                return Err(input::bad_attr(
                     key,
                     format!("'{v}' cannot be converted to boolean"),
                 ));
@@ -362,6 +464,17 @@ pub fn create(
         Some(_) => return Err(Fault::bad_request("Unrecognized attribute(s) 'tags'")),
         None => None,
     };
+    let writable = kind.writable(true);
+    // Neutron's answer to an attribute that only a PUT may set.
+    if let Some(k) = o
+        .keys()
+        .find(|k| !writable.contains(&k.as_str()) && kind.writable(false).contains(&k.as_str()))
+    {
+        return Err(Fault::bad_request(format!(
+            "Attribute '{k}' not allowed in POST"
+        )));
+    }
+    input::only(&o, writable)?;
     let id = match kind {
         Kind::Network => networks::create_network(c, fx, ctx, &o)?,
         Kind::Subnet => subnets::create_subnet(c, fx, ctx, &o)?,
@@ -390,6 +503,7 @@ pub fn update(
     if kind == Kind::Router {
         take_legacy_router(ctx, &mut o, "update_router")?;
     }
+    input::only(&o, kind.writable(false))?;
     match kind {
         Kind::Network => networks::update_network(c, fx, ctx, id, &o)?,
         Kind::Subnet => subnets::update_subnet(c, fx, ctx, id, &o)?,

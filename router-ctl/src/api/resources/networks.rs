@@ -99,22 +99,6 @@ pub(super) fn create_network(
     ctx: &Ctx,
     o: &Obj,
 ) -> Result<String, Fault> {
-    input::only(
-        o,
-        &[
-            "name",
-            "description",
-            "admin_state_up",
-            "tenant_id",
-            "project_id",
-            "shared",
-            "router:external",
-            "provider:network_type",
-            "provider:physical_network",
-            "provider:segmentation_id",
-            "mtu",
-        ],
-    )?;
     let mtu = opt_mtu(o)?.unwrap_or(DEFAULT_MTU);
     let project_id = input::owner(o, ctx, "create_network")?;
     let (name, description) = input::name_and_description(o)?;
@@ -196,17 +180,6 @@ pub(super) fn update_network(
     id: &str,
     o: &Obj,
 ) -> Result<(), Fault> {
-    input::only(
-        o,
-        &[
-            "name",
-            "description",
-            "admin_state_up",
-            "shared",
-            "router:external",
-            "mtu",
-        ],
-    )?;
     let mtu = opt_mtu(o)?;
     let mut n = owned::<Network>(c, ctx, id, "update_network")?;
     if let Some(m) = mtu {

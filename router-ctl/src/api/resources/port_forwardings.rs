@@ -80,15 +80,6 @@ fn protocol(o: &Obj) -> Result<Option<String>, Fault> {
     }
 }
 
-const PF_FIELDS: [&str; 6] = [
-    "protocol",
-    "external_port",
-    "internal_port_id",
-    "internal_ip_address",
-    "internal_port",
-    "description",
-];
-
 /// Applies the fields of `o` to `pf` and checks the result (port, address, router,
 /// duplicates). Returns the router that serves it.
 fn check_pf(
@@ -187,7 +178,6 @@ pub(super) fn create_pf(
     fip_id: &str,
     o: &Obj,
 ) -> Result<String, Fault> {
-    input::only(o, &PF_FIELDS)?;
     let mut f = visible::<FloatingIp>(c, ctx, fip_id)?;
     let mut pf = PortForwarding {
         id: new_id(),
@@ -217,7 +207,6 @@ pub(super) fn update_pf(
     id: &str,
     o: &Obj,
 ) -> Result<(), Fault> {
-    input::only(o, &PF_FIELDS)?;
     let (f, mut pf) = visible_pf(c, ctx, fip_id, id)?;
     let router = check_pf(c, ctx, &f, &mut pf, o)?;
     fx.touch_router(c, &router)?;

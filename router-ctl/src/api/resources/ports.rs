@@ -106,21 +106,6 @@ pub(super) fn allocate_fixed_ips(
 }
 
 pub(super) fn create_port(c: &Connection, ctx: &Ctx, o: &Obj) -> Result<String, Fault> {
-    input::only(
-        o,
-        &[
-            "name",
-            "description",
-            "network_id",
-            "tenant_id",
-            "project_id",
-            "admin_state_up",
-            "mac_address",
-            "fixed_ips",
-            "device_id",
-            "device_owner",
-        ],
-    )?;
     let network_id = input::req_uuid(o, "network_id")?;
     let project_id = input::owner(o, ctx, "create_port")?;
     let (name, description) = input::name_and_description(o)?;
@@ -196,16 +181,6 @@ fn l3_port_in_use(p: &Port) -> Fault {
 }
 
 pub(super) fn update_port(c: &Connection, ctx: &Ctx, id: &str, o: &Obj) -> Result<(), Fault> {
-    input::only(
-        o,
-        &[
-            "name",
-            "description",
-            "admin_state_up",
-            "device_id",
-            "device_owner",
-        ],
-    )?;
     let mut p = visible::<Port>(c, ctx, id)?;
     input::set_string(o, "name", &mut p.name)?;
     input::set_string(o, "description", &mut p.description)?;

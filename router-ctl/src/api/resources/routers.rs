@@ -62,20 +62,6 @@ pub(super) fn create_router(
     ctx: &Ctx,
     o: &Obj,
 ) -> Result<String, Fault> {
-    if o.contains_key("routes") {
-        return Err(Fault::bad_request("Attribute 'routes' not allowed in POST"));
-    }
-    input::only(
-        o,
-        &[
-            "name",
-            "description",
-            "admin_state_up",
-            "tenant_id",
-            "project_id",
-            "external_gateway_info",
-        ],
-    )?;
     let project_id = input::owner(o, ctx, "create_router")?;
     let (name, description) = input::name_and_description(o)?;
     let admin_state_up = input::opt_bool(o, "admin_state_up")?.unwrap_or(true);
@@ -301,16 +287,6 @@ pub(super) fn update_router(
     id: &str,
     o: &Obj,
 ) -> Result<(), Fault> {
-    input::only(
-        o,
-        &[
-            "name",
-            "description",
-            "admin_state_up",
-            "external_gateway_info",
-            "routes",
-        ],
-    )?;
     let mut r = visible::<Router>(c, ctx, id)?;
     input::set_string(o, "name", &mut r.name)?;
     input::set_string(o, "description", &mut r.description)?;

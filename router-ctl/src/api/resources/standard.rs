@@ -185,42 +185,34 @@ pub fn remove_tag(c: &Connection, ctx: &Ctx, kind: Kind, id: &str, tag: &str) ->
     }
 }
 
-/// `PUT …/{id}/tags` with `{"tags": [...]}`: replaces every tag; returns the new list.
-pub fn replace_tags(
+/// `PUT …/{id}/tags` (`replace`: the list becomes every tag) or `POST …/{id}/tags` (Neutron's
+/// `tag-creation`: adds the tags the resource lacks), with `{"tags": [...]}`; returns the list
+/// given.
+pub fn set_tags(
     c: &Connection,
     ctx: &Ctx,
     kind: Kind,
     id: &str,
     body: &crate::api::input::Obj,
+    replace: bool,
 ) -> Result<Value, Fault> {
     let tags = parse_tags(body.get("tags"))?;
     check(c, ctx, kind, id, true)?;
-    limit(kind, tags.len())?;
-    store::replace_tags(c, id, &tags)?;
-    Ok(json!({ "tags": tags }))
-}
-
-/// `POST …/{id}/tags` with `{"tags": [...]}` (Neutron's `tag-creation`): adds the tags the
-/// resource lacks; returns the list given.
-pub fn create_tags(
-    c: &Connection,
-    ctx: &Ctx,
-    kind: Kind,
-    id: &str,
-    body: &crate::api::input::Obj,
-) -> Result<Value, Fault> {
-    let tags = parse_tags(body.get("tags"))?;
-    check(c, ctx, kind, id, true)?;
-    let mut all = store::tags(c, id)?;
-    all.extend(
-        tags.iter()
-            .filter(|t| !all.contains(t))
-            .cloned()
-            .collect::<Vec<_>>(),
-    );
-    limit(kind, all.len())?;
-    for t in &tags {
-        store::add_tag(c, id, t)?;
+    if replace {
+        limit(kind, tags.len())?;
+        store::replace_tags(c, id, &tags)?;
+    } else {
+        let mut all = store::tags(c, id)?;
+        all.extend(
+            tags.iter()
+                .filter(|t| !all.contains(t))
+                .cloned()
+                .collect::<Vec<_>>(),
+        );
+        limit(kind, all.len())?;
+        for t in &tags {
+            store::add_tag(c, id, t)?;
+        }
     }
     Ok(json!({ "tags": tags }))
 }

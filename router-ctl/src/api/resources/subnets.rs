@@ -252,22 +252,6 @@ pub(super) fn create_subnet(
     ctx: &Ctx,
     o: &Obj,
 ) -> Result<String, Fault> {
-    input::only(
-        o,
-        &[
-            "name",
-            "description",
-            "network_id",
-            "tenant_id",
-            "project_id",
-            "ip_version",
-            "cidr",
-            "gateway_ip",
-            "allocation_pools",
-            "enable_dhcp",
-            "dns_nameservers",
-        ],
-    )?;
     let network_id = input::req_uuid(o, "network_id")?;
     let cidr = parse_cidr(o)?;
     let project_id = input::owner(o, ctx, "create_subnet")?;
@@ -322,17 +306,6 @@ pub(super) fn update_subnet(
     id: &str,
     o: &Obj,
 ) -> Result<(), Fault> {
-    input::only(
-        o,
-        &[
-            "name",
-            "description",
-            "gateway_ip",
-            "allocation_pools",
-            "enable_dhcp",
-            "dns_nameservers",
-        ],
-    )?;
     let mut s = owned::<Subnet>(c, ctx, id, "update_subnet")?;
     input::set_string(o, "name", &mut s.name)?;
     input::set_string(o, "description", &mut s.description)?;
