@@ -552,6 +552,14 @@ fn host_taps(host: &Netns) -> BTreeSet<String> {
 fn assert_kernel_matches(host: &Netns, d: &Daemon, ever: &BTreeSet<String>, ctx: &str) {
     let db = Db::read(d);
     let db_routers = db.router_ids();
+    let owner = |o: &str| db.ports.iter().filter(|p| p["device_owner"] == o).count();
+    eprintln!(
+        "{ctx}: comparing {} routers, {} interfaces, {} gateways, {} networks",
+        db.routers.len(),
+        owner("network:router_interface"),
+        owner("network:router_gateway"),
+        db.networks.len()
+    );
     let mut want_taps = BTreeSet::new();
     for r in &db.routers {
         assert_router_complete(host, &db, r, ctx);
