@@ -3,7 +3,10 @@
 //!
 //! Shutdown leaves every kernel object and pin in place: routers keep forwarding and sessions
 //! keep translating while the daemon is down, and the next start resyncs. Only `--purge`
-//! removes what this state directory owns.
+//! removes what this state directory owns. A shutdown never leaves a router half made: from
+//! before the start-up resync on, SIGTERM and SIGINT are caught, a reconcile pass then ends
+//! after the router in hand, and API calls in flight finish (the runtime waits for its
+//! blocking tasks before the process exits).
 
 use std::{
     collections::BTreeMap,
@@ -157,11 +160,28 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let mut metrics = Metrics::new();
     metrics.collect_datapath(datapath.clone(), realiser.clone());
     let metrics = Arc::new(metrics);
+    // Signals are caught from here on, the start-up resync included: SIGTERM stops the
+    // realiser's passes between two routers (the default action would end the process in the
+    // middle of one and leave it half made until the next start).
+    let signalled = {
+        let _in_rt = rt.enter();
+        let mut signals = Signals::new()?;
+        let realiser = realiser.clone();
+        rt.spawn(async move {
+            signals.recv().await;
+            tracing::info!("shutting down: the reconcile pass ends after the router in hand");
+            realiser.stop();
+        })
+    };
     let desired = store.desired_state()?;
     let start = std::time::Instant::now();
     let resync = realiser.reconcile(&desired);
     metrics.reconcile_pass(resync.as_ref().ok(), start.elapsed());
     match resync {
+        Ok(r) if r.abandoned => {
+            tracing::info!("start-up resync abandoned by the shutdown (kernel state is kept)");
+            return Ok(());
+        }
         Ok(r) => tracing::info!(
             repaired = r.repaired.len(),
             removed = r.removed.len(),
@@ -183,7 +203,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         enable_snat_by_default: cfg.nat.enable_snat_by_default,
         max_routes: cfg.quotas.max_routes,
     });
-    rt.block_on(serve(cfg, state, realiser, datapath, metrics))
+    rt.block_on(serve(cfg, state, realiser, datapath, metrics, signalled))
 }
 
 /// `--purge`: every kernel object the state directory's records name, then the pins.
@@ -202,6 +222,7 @@ async fn serve(
     realiser: Arc<Realiser>,
     datapath: Arc<Datapath>,
     metrics: Arc<Metrics>,
+    signalled: tokio::task::JoinHandle<()>,
 ) -> anyhow::Result<()> {
     let (shutdown_tx, _) = broadcast::channel::<()>(1);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -249,7 +270,7 @@ async fn serve(
     let _ = std::io::stdout().flush();
     tracing::info!(%addr, "ready");
 
-    wait_for_signal().await?;
+    signalled.await.context("waiting for a shutdown signal")?;
     tracing::info!("shutting down (kernel state and pins are kept)");
     let _ = shutdown_tx.send(());
     let drain = async {
@@ -269,15 +290,27 @@ async fn serve(
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// SIGTERM and SIGINT, caught from creation on (inside the runtime).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+        })
     }
-    Ok(())
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
 }
 
 /// Every `every`: desired state from the store → `reconcile`, with the store locked so no
@@ -312,6 +345,9 @@ async fn reconcile_loop(
         .await;
         match res {
             Ok(Ok(rep)) => {
+                if rep.abandoned {
+                    tracing::info!("reconcile pass abandoned by the shutdown");
+                }
                 if !rep.repaired.is_empty() || !rep.removed.is_empty() {
                     tracing::info!(repaired = ?rep.repaired, removed = ?rep.removed, "reconciled");
                 }

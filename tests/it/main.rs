@@ -16,6 +16,7 @@ mod testrun {
 mod e2e {
     mod cli;
     mod cli_plug;
+    mod crash;
     mod extraroute;
     mod fast_path;
     mod fip;

@@ -332,7 +332,8 @@ impl Daemon {
         self.try_spawn().unwrap_or_else(|e| panic!("{e:#}"));
     }
 
-    fn try_spawn(&mut self) -> Result<()> {
+    /// Starts the process without waiting for it to answer.
+    fn try_launch(&mut self) -> Result<()> {
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -347,6 +348,11 @@ impl Daemon {
             .stderr(log);
         let child = cmd.spawn().with_context(|| format!("spawning {cmd:?}"))?;
         self.child = Some(child);
+        Ok(())
+    }
+
+    fn try_spawn(&mut self) -> Result<()> {
+        self.try_launch()?;
         self.wait_ready()
     }
 
@@ -468,6 +474,13 @@ impl Daemon {
     pub fn restart(&mut self) {
         self.kill9();
         self.spawn();
+    }
+
+    /// `restart` that returns as soon as the process runs, before its start-up resync ends
+    /// (it answers only after it): for tests that act during that resync.
+    pub fn restart_unready(&mut self) {
+        self.kill9();
+        self.try_launch().unwrap_or_else(|e| panic!("{e:#}"));
     }
 }
 

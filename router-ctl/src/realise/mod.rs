@@ -74,6 +74,8 @@ pub struct Realiser {
     passes: AtomicU64,
     /// Whether routers' devices run the fast path (`[datapath] fast_path`).
     fast_path: AtomicBool,
+    /// Set by `stop`: reconcile passes end after the object in hand.
+    stopping: AtomicBool,
 }
 
 /// One reconcile pass in this many enters every router namespace; the others check routers
@@ -118,6 +120,7 @@ impl Realiser {
             router_hook: OnceLock::new(),
             passes: AtomicU64::new(0),
             fast_path: AtomicBool::new(true),
+            stopping: AtomicBool::new(false),
         })
     }
 
@@ -153,6 +156,18 @@ impl Realiser {
             .iter()
             .filter_map(|(id, m)| m.spec.as_ref().map(|s| (id.clone(), s.dp_id)))
             .collect()
+    }
+
+    /// Asks reconcile passes, the one running and any later one, to end after the network or
+    /// router in hand: the daemon is shutting down, and a pass cut anywhere else would leave a
+    /// router half made until the next start. API calls are not affected.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether `stop` was called.
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
     }
 
     fn lock_op(&self) -> MutexGuard<'_, ()> {

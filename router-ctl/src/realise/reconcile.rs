@@ -29,19 +29,31 @@ pub struct ReconcileReport {
     pub removed: Vec<String>,
     /// Objects that could not be converged, with the error (the pass goes on with the others).
     pub failed: Vec<String>,
+    /// The pass ended early because the realiser was stopped (see `Realiser::stop`); every
+    /// object it touched was finished.
+    pub abandoned: bool,
 }
 
 impl Realiser {
     /// Full pass over `desired`. Dumps the daemon namespace's links and /run/netns once; each
     /// router is then converged inside its own namespace. A router that fails is reported in
-    /// `failed` and the pass goes on.
+    /// `failed` and the pass goes on. Once the realiser is stopped the pass ends between two
+    /// objects, never inside one (`abandoned` in the report).
     pub fn reconcile(&self, desired: &DesiredState) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
         self.reconcile_networks(desired, &mut report)?;
         self.remove_stale_routers(desired, &mut report)?;
         self.reconcile_routers(desired, &mut report)?;
-        self.remove_stale_links(desired, &mut report)?;
+        if !self.abandon(&mut report) {
+            self.remove_stale_links(desired, &mut report)?;
+        }
         Ok(report)
+    }
+
+    /// Whether the pass is to end here (stopped); notes it in the report.
+    fn abandon(&self, report: &mut ReconcileReport) -> bool {
+        report.abandoned |= self.stopping();
+        report.abandoned
     }
 
     fn reconcile_networks(
@@ -51,6 +63,9 @@ impl Realiser {
     ) -> Result<()> {
         let links = self.dump_daemon_links()?;
         for net in &desired.networks {
+            if self.abandon(report) {
+                return Ok(());
+            }
             let _g = self.lock_op();
             match self.converge_network(net, Some(&links)) {
                 Ok(true) => report.repaired.push(names::bridge(&net.id)),
@@ -75,6 +90,9 @@ impl Realiser {
         for (name, record) in self.owned.list(Kind::Netns)? {
             if desired_ns.contains(&name) {
                 continue;
+            }
+            if self.abandon(report) {
+                return Ok(());
             }
             let Some(Record::Router { router_id, dp_id }) = record else {
                 report
@@ -118,6 +136,9 @@ impl Realiser {
             }
         }
         for r in &desired.routers {
+            if self.abandon(report) {
+                return Ok(());
+            }
             if let Err(e) = validate_router(r) {
                 report.failed.push(format!("router {}: {e:#}", r.id));
                 continue;
