@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use super::{
     ns::{self, Netns, check_interrupted},
-    report::{ControlPlaneRun, DaemonCounters, Report, StepStats},
+    report::{ControlPlaneRun, DaemonCounters, ParallelGatewayRun, Report, StepStats},
     topo::{self, CLIENT_IP, Kind, Topology},
 };
 
@@ -510,6 +510,73 @@ impl Env {
         );
     }
 
+    /// `clients` threads at once, each making `per_client` routers (tenant network + subnet,
+    /// router, interface, gateway) on a fresh external network: the latency of the gateway set
+    /// under that load, and how many calls of any kind failed.
+    pub fn parallel_gateways(&mut self, clients: usize, per_client: usize, rep: &mut Report) {
+        eprintln!("bench: {clients} clients in parallel, {per_client} routers each");
+        let ext = match self.network("pg-ext", true).and_then(|n| {
+            self.subnet(&n, "198.51.100.0/24", Some("198.51.100.1"))
+                .map(|_| n)
+        }) {
+            Ok(n) => n,
+            Err(e) => {
+                rep.parallel_gateway = Some(ParallelGatewayRun {
+                    clients,
+                    routers: 0,
+                    p50_secs: 0.0,
+                    p99_secs: 0.0,
+                    failures: 0,
+                    note: format!("not run: {e:#}"),
+                });
+                return;
+            }
+        };
+        let start = Instant::now();
+        let runs: Vec<(Vec<f64>, Vec<String>, Vec<String>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..clients)
+                .map(|c| {
+                    let api = self.api.clone();
+                    let ext = ext.clone();
+                    s.spawn(move || parallel_client(&api, &ext, c, per_client))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        (
+                            Vec::new(),
+                            Vec::new(),
+                            vec!["client thread panicked".into()],
+                        )
+                    })
+                })
+                .collect()
+        });
+        let total = start.elapsed().as_secs_f64();
+        let mut lat = Vec::new();
+        let mut errors = Vec::new();
+        for (l, routers, e) in runs {
+            lat.extend(l);
+            self.routers.extend(routers);
+            errors.extend(e);
+        }
+        let routers = lat.len();
+        eprintln!(
+            "bench:   {routers} gateways set in {total:.2} s, {} failed calls",
+            errors.len()
+        );
+        rep.parallel_gateway = Some(ParallelGatewayRun {
+            clients,
+            routers,
+            p50_secs: percentile(&mut lat, 0.50),
+            p99_secs: percentile(&mut lat, 0.99),
+            failures: errors.len(),
+            note: errors.first().cloned().unwrap_or_default(),
+        });
+    }
+
     /// Router number `i` of the control-plane runs.
     /// Returns the seconds each of its five API calls took, in `STEPS` order.
     fn one_router(&mut self, i: usize) -> Result<[f64; 5]> {
@@ -539,6 +606,79 @@ impl Env {
         lap(4);
         Ok(steps)
     }
+}
+
+/// One client of `parallel_gateways`: returns the gateway-set latencies, the routers made and
+/// the calls that failed.
+fn parallel_client(
+    api: &ApiClient,
+    ext: &str,
+    c: usize,
+    n: usize,
+) -> (Vec<f64>, Vec<String>, Vec<String>) {
+    let call = |method: &str, path: &str, body: Value| -> Result<Value> {
+        let (status, v) = api
+            .try_raw(method, &format!("/v2.0{path}"), Some(&body.to_string()))
+            .with_context(|| format!("{method} {path}"))?;
+        if !(200..300).contains(&status) {
+            bail!("{method} {path}: {status}: {v}");
+        }
+        Ok(v)
+    };
+    let id = |v: &Value, kind: &str| -> Result<String> {
+        v[kind]["id"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("no {kind}.id in {v}"))
+    };
+    let (mut lat, mut routers, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let mut one = || -> Result<f64> {
+            let net = id(
+                &call(
+                    "POST",
+                    "/networks",
+                    json!({"network": {"name": format!("pg-{c}-{i}")}}),
+                )?,
+                "network",
+            )?;
+            let cidr = format!("10.{}.{i}.0/24", 200 + c);
+            let subnet = id(
+                &call(
+                    "POST",
+                    "/subnets",
+                    json!({"subnet": {"network_id": net, "ip_version": 4, "cidr": cidr}}),
+                )?,
+                "subnet",
+            )?;
+            let router = id(
+                &call(
+                    "POST",
+                    "/routers",
+                    json!({"router": {"name": format!("pg-{c}-{i}")}}),
+                )?,
+                "router",
+            )?;
+            routers.push(router.clone());
+            call(
+                "PUT",
+                &format!("/routers/{router}/add_router_interface"),
+                json!({"subnet_id": subnet}),
+            )?;
+            let t = Instant::now();
+            call(
+                "PUT",
+                &format!("/routers/{router}"),
+                json!({"router": {"external_gateway_info": {"network_id": ext}}}),
+            )?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        match one() {
+            Ok(l) => lat.push(l),
+            Err(e) => errors.push(format!("client {c}: {e:#}")),
+        }
+    }
+    (lat, routers, errors)
 }
 
 /// Whether the daemon refused its config because it does not know the `[datapath]` section.

@@ -63,6 +63,10 @@ pub struct BenchArgs {
     pub routers_time_cap: u64,
 }
 
+/// Clients making routers at once for the gateway-set latency under load, and routers each.
+const PARALLEL_CLIENTS: usize = 8;
+const PARALLEL_ROUTERS_EACH: usize = 12;
+
 /// Commands the bench runs (and the packages providing them).
 const BENCH_COMMANDS: &[(&str, &str)] = &[
     ("ip", "iproute2"),
@@ -534,6 +538,8 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
         if plan.routers.iter().any(|n| *n > 0) {
             env.control_plane(&plan.routers, plan.routers_cap, rep);
             rep.control_plane_note = format!("On the daemon of {on}. {}", rep.control_plane_note);
+            ns::check_interrupted()?;
+            env.parallel_gateways(PARALLEL_CLIENTS, PARALLEL_ROUTERS_EACH, rep);
         }
     }
     Ok(())

@@ -175,6 +175,21 @@ pub struct ControlPlaneRun {
     pub note: String,
 }
 
+/// Gateway sets while several clients make routers at once.
+#[derive(Clone, Debug, Serialize)]
+pub struct ParallelGatewayRun {
+    pub clients: usize,
+    /// Routers whose gateway was set.
+    pub routers: usize,
+    /// Latency of the gateway-set call, seconds.
+    pub p50_secs: f64,
+    pub p99_secs: f64,
+    /// API calls of any kind that failed (none expected).
+    pub failures: usize,
+    /// The first failure, if any.
+    pub note: String,
+}
+
 /// Latency of one kind of API call within a control-plane batch.
 #[derive(Clone, Debug, Serialize)]
 pub struct StepStats {
@@ -216,6 +231,8 @@ pub struct Report {
     pub memory: MemoryResult,
     pub control_plane: Vec<ControlPlaneRun>,
     pub control_plane_note: String,
+    /// Gateway-set latency with several clients at once (after the control-plane batches).
+    pub parallel_gateway: Option<ParallelGatewayRun>,
     /// Seconds from the gateway-set API call to the first translated packet at the server.
     pub gateway_to_first_packet_secs: Option<f64>,
     pub gateway_delay_note: String,
@@ -564,6 +581,22 @@ impl Report {
             if !self.control_plane_note.is_empty() {
                 let _ = writeln!(s, "\n{}", self.control_plane_note);
             }
+        }
+        if let Some(p) = &self.parallel_gateway {
+            let _ = writeln!(
+                s,
+                "\n{} clients in parallel, each making routers (network, subnet, router, interface, gateway): {} gateways set, gateway-set latency p50 {:.1} ms, p99 {:.1} ms; {} failed calls{}",
+                p.clients,
+                p.routers,
+                p.p50_secs * 1e3,
+                p.p99_secs * 1e3,
+                p.failures,
+                if p.note.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (first: {})", p.note)
+                }
+            );
         }
         let _ = writeln!(
             s,
