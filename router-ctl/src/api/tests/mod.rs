@@ -160,6 +160,25 @@ impl T {
         self.ok("POST", &format!("/v2.0/{coll}"), token, body, 201)
             .await
     }
+
+    /// An external network (made by the admin) with the subnet 192.0.2.0/24; its id.
+    async fn external_network(&self) -> String {
+        let ext = self
+            .create(
+                "adm",
+                "networks",
+                json!({"network": {"router:external": true}}),
+            )
+            .await;
+        let ext = id(&ext, "network");
+        self.create(
+            "adm",
+            "subnets",
+            json!({"subnet": {"network_id": ext, "ip_version": 4, "cidr": "192.0.2.0/24"}}),
+        )
+        .await;
+        ext
+    }
 }
 
 /// The id of the `kind` resource in a response body.

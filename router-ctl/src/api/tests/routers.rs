@@ -176,20 +176,7 @@ async fn router_gateway_lifecycle() {
 /// An external network 192.0.2.0/24 and a router `ta` owns with an interface on 10.0.0.0/24
 /// and one on 10.1.0.0/24: (router id, external network id, the two subnet ids).
 async fn routed_router(t: &T) -> (String, String, [String; 2]) {
-    let ext = t
-        .create(
-            "adm",
-            "networks",
-            json!({"network": {"router:external": true}}),
-        )
-        .await;
-    let ext = id(&ext, "network");
-    t.create(
-        "adm",
-        "subnets",
-        json!({"subnet": {"network_id": ext, "ip_version": 4, "cidr": "192.0.2.0/24"}}),
-    )
-    .await;
+    let ext = t.external_network().await;
     let r = t.create("ta", "routers", json!({"router": {}})).await;
     let rid = id(&r, "router");
     let mut subs = Vec::new();

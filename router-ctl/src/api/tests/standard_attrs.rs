@@ -137,20 +137,7 @@ async fn tags_lifecycle_as_neutron() {
 #[tokio::test]
 async fn every_standard_resource_has_tags_and_revisions() {
     let t = T::new();
-    let ext = t
-        .create(
-            "adm",
-            "networks",
-            json!({"network": {"router:external": true}}),
-        )
-        .await;
-    let ext_id = id(&ext, "network");
-    t.create(
-        "adm",
-        "subnets",
-        json!({"subnet": {"network_id": ext_id, "ip_version": 4, "cidr": "192.0.2.0/24"}}),
-    )
-    .await;
+    let ext_id = t.external_network().await;
     let n = t.create("ta", "networks", json!({"network": {}})).await;
     let s = t
         .create(
@@ -295,20 +282,7 @@ async fn revisions_count_changes_and_if_match_guards_them() {
     assert_eq!(v["router"]["revision_number"], 1);
     let (st, _) = if_match(&t, "DELETE", &rpath, "revision_number=0", Value::Null).await;
     assert_eq!(st, 412);
-    let ext = t
-        .create(
-            "adm",
-            "networks",
-            json!({"network": {"router:external": true}}),
-        )
-        .await;
-    let ext_id = id(&ext, "network");
-    t.create(
-        "adm",
-        "subnets",
-        json!({"subnet": {"network_id": ext_id, "ip_version": 4, "cidr": "192.0.2.0/24"}}),
-    )
-    .await;
+    let ext_id = t.external_network().await;
     let body = json!({"router": {"external_gateway_info": {"network_id": ext_id}}});
     let v = t.ok("PUT", &rpath, "ta", body, 200).await;
     assert_eq!(
