@@ -1,5 +1,9 @@
-//! `router-ctl daemon`: loads config and datapath, resyncs, runs the reconcile loop and serves
-//! the API until SIGTERM/SIGINT.
+//! `router-ctl daemon`: loads config and datapath, serves the API at once, resyncs in the
+//! background (the reconcile loop's first pass) and keeps reconciling until SIGTERM/SIGINT.
+//!
+//! Serving before the resync is safe: the resync takes the store lock per router (see
+//! `realise::reconcile`), so an API call lands between two routers of the pass, never inside
+//! one, and a router an API call converges first is simply found converged by the pass.
 //!
 //! Shutdown leaves every kernel object and pin in place: routers keep forwarding and sessions
 //! keep translating while the daemon is down, and the next start resyncs. Only `--purge`
@@ -25,8 +29,9 @@ use crate::{
     config::{Config, TokenConfig},
     datapath::{self, Datapath, GcReport, sessions::GcPace},
     metrics::{self, Metrics},
-    realise::{Realiser, RealiserConfig},
-    store::Store,
+    model::spec::{DesiredState, NetworkSpec, RouterSpec},
+    realise::{Current, Realiser, RealiserConfig},
+    store::{self, Store},
 };
 
 /// File in the state directory holding the generated admin token.
@@ -173,22 +178,6 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             realiser.stop();
         })
     };
-    let desired = store.desired_state()?;
-    let start = std::time::Instant::now();
-    let resync = realiser.reconcile(&desired);
-    metrics.reconcile_pass(resync.as_ref().ok(), start.elapsed());
-    match resync {
-        Ok(r) if r.abandoned => {
-            tracing::info!("start-up resync abandoned by the shutdown (kernel state is kept)");
-            return Ok(());
-        }
-        Ok(r) => tracing::info!(
-            repaired = r.repaired.len(),
-            removed = r.removed.len(),
-            "start-up resync done"
-        ),
-        Err(e) => tracing::warn!("start-up resync incomplete (the reconcile loop retries): {e:#}"),
-    }
     let state = ApiState::with_physical_networks(
         store,
         Arc::new(metrics::timed::Timed::new(
@@ -313,8 +302,10 @@ impl Signals {
     }
 }
 
-/// Every `every`: desired state from the store → `reconcile`, with the store locked so no
-/// mutation is half-seen (repairs objects deleted from outside, removes stale ones).
+/// The first pass (the start-up resync: every router converged from inside its namespace,
+/// adopting what is in place), then one every `every`: planned from a snapshot of the store,
+/// each change made under the store lock with the state it holds then (`StoreNow`), so API
+/// calls wait for one router, not for the pass.
 async fn reconcile_loop(
     state: ApiState,
     realiser: Arc<Realiser>,
@@ -324,7 +315,7 @@ async fn reconcile_loop(
 ) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await; // the start-up resync just ran
+    let mut first = true;
     loop {
         tokio::select! {
             _ = shutdown.recv() => return,
@@ -333,18 +324,30 @@ async fn reconcile_loop(
         let st = state.clone();
         let r = realiser.clone();
         let m = metrics.clone();
+        let start = std::time::Instant::now();
         let res = tokio::task::spawn_blocking(move || {
-            st.with_store(|s| {
-                let desired = s.desired_state().map_err(anyhow::Error::from)?;
-                let start = std::time::Instant::now();
-                let rep = r.reconcile(&desired);
-                m.reconcile_pass(rep.as_ref().ok(), start.elapsed());
-                rep
-            })
+            let desired = st
+                .with_store(|s| s.desired_state())
+                .map_err(anyhow::Error::from)?;
+            let rep = r.reconcile_with(&desired, &StoreNow(&st));
+            m.reconcile_pass(rep.as_ref().ok(), start.elapsed());
+            rep.map(|rep| (rep, desired.routers.len()))
         })
         .await;
         match res {
-            Ok(Ok(rep)) => {
+            Ok(Ok((rep, _))) if first && rep.abandoned => {
+                tracing::info!("start-up resync abandoned by the shutdown (kernel state is kept)");
+                return;
+            }
+            Ok(Ok((rep, routers))) if first => tracing::info!(
+                routers,
+                repaired = rep.repaired.len(),
+                removed = rep.removed.len(),
+                failed = rep.failed.len(),
+                secs = start.elapsed().as_secs_f64(),
+                "start-up resync done"
+            ),
+            Ok(Ok((rep, _))) => {
                 if rep.abandoned {
                     tracing::info!("reconcile pass abandoned by the shutdown");
                 }
@@ -352,9 +355,40 @@ async fn reconcile_loop(
                     tracing::info!(repaired = ?rep.repaired, removed = ?rep.removed, "reconciled");
                 }
             }
+            Ok(Err(e)) if first => {
+                tracing::warn!("start-up resync incomplete (the reconcile loop retries): {e:#}")
+            }
             Ok(Err(e)) => tracing::warn!("reconcile failed: {e:#}"),
             Err(e) => tracing::error!("reconcile task failed: {e}"),
         }
+        first = false;
+    }
+}
+
+/// The store as a reconcile pass's `Current`: each look holds the store lock for as long as
+/// the pass acts on what it saw. A read that fails skips the object this pass (logged).
+struct StoreNow<'a>(&'a ApiState);
+
+impl Current for StoreNow<'_> {
+    fn router(&self, id: &str, f: &mut dyn FnMut(Option<&RouterSpec>)) {
+        self.0.with_store(|s| match store::router_spec(s.conn(), id) {
+            Ok(spec) => f(spec.as_ref()),
+            Err(e) => tracing::warn!("reconcile: reading router {id}: {e:?}"),
+        })
+    }
+
+    fn network(&self, id: &str, f: &mut dyn FnMut(Option<&NetworkSpec>)) {
+        self.0.with_store(|s| match store::network_spec(s.conn(), id) {
+            Ok(spec) => f(spec.as_ref()),
+            Err(e) => tracing::warn!("reconcile: reading network {id}: {e:?}"),
+        })
+    }
+
+    fn all(&self, f: &mut dyn FnMut(&DesiredState)) {
+        self.0.with_store(|s| match s.desired_state() {
+            Ok(d) => f(&d),
+            Err(e) => tracing::warn!("reconcile: reading the desired state: {e:?}"),
+        })
     }
 }
 

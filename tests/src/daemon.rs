@@ -164,6 +164,9 @@ impl ApiClient {
     }
 }
 
+/// What the daemon logs once its start-up resync ended (`router_ctl::daemon`).
+pub const RESYNC_DONE: &str = "start-up resync";
+
 /// A running daemon (see the module doc). Declare it after the `Netns` it runs in, so it is
 /// dropped (killed and purged) while that namespace still exists.
 pub struct Daemon {
@@ -352,8 +355,32 @@ impl Daemon {
     }
 
     fn try_spawn(&mut self) -> Result<()> {
+        let resyncs = self.resyncs();
         self.try_launch()?;
-        self.wait_ready()
+        self.wait_ready()?;
+        self.wait_resynced(resyncs)
+    }
+
+    /// Start-up resyncs the log shows so far (finished or abandoned).
+    pub fn resyncs(&self) -> usize {
+        self.log().matches(RESYNC_DONE).count()
+    }
+
+    /// Waits until the log shows more than `before` start-up resyncs: the daemon answers its
+    /// API at once and resyncs in the background, and tests that look at the kernel right after
+    /// a (re)start want the routers converged.
+    pub fn wait_resynced(&self, before: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while self.resyncs() <= before {
+            if Instant::now() >= deadline {
+                bail!(
+                    "router-ctl daemon did not finish its start-up resync within 120 s:\n{}",
+                    self.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
     }
 
     fn wait_ready(&mut self) -> Result<()> {
@@ -476,8 +503,8 @@ impl Daemon {
         self.spawn();
     }
 
-    /// `restart` that returns as soon as the process runs, before its start-up resync ends
-    /// (it answers only after it): for tests that act during that resync.
+    /// `restart` that returns as soon as the process runs, before it answers or resyncs: for
+    /// tests that act during that resync and for the bench's restart timings.
     pub fn restart_unready(&mut self) {
         self.kill9();
         self.try_launch().unwrap_or_else(|e| panic!("{e:#}"));

@@ -90,7 +90,10 @@ impl Datapath {
             let gone = flush_outside(&mut inner, nat.dp_id, &nat.internal_cidrs)?;
             self.uncount(nat.dp_id, gone);
         }
-        inner.config.insert(nat.ifindex, cfg)?;
+        // An identical entry (a restart adopting the router) is left as the kernel has it.
+        if !previous.iter().any(|(i, c)| *i == nat.ifindex && *c == cfg) {
+            inner.config.insert(nat.ifindex, cfg)?;
+        }
         for (idx, _) in previous.iter().filter(|(idx, _)| *idx != nat.ifindex) {
             inner.config.remove(idx)?;
         }

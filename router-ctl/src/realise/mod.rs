@@ -31,7 +31,10 @@ use std::{
 
 use anyhow::Result;
 
-pub use self::{reconcile::ReconcileReport, router::namespace::METADATA_ADDR};
+pub use self::{
+    reconcile::{Current, ReconcileReport},
+    router::namespace::METADATA_ADDR,
+};
 use crate::{
     datapath::{Datapath, RouterNat},
     model::spec::RouterSpec,

@@ -1,8 +1,12 @@
 //! The periodic full pass: repairs what is missing, removes what this daemon created and the
 //! desired state no longer holds, and never touches anything else.
 //!
-//! The daemon takes the desired state and runs the pass under the store lock, so no API call
-//! lands between the snapshot and the pass: whatever is recorded and not desired is stale.
+//! A pass plans from a snapshot of the desired state and acts through `Current`: the daemon's
+//! implementation takes the store lock around each change and hands the pass the state the
+//! store holds then, so API calls are serialised with the pass router by router instead of
+//! waiting for the whole pass, and nothing an API call made or removed after the snapshot is
+//! undone (whatever is recorded and not desired *now* is stale). A `DesiredState` is its own
+//! `Current`: a caller that holds the store for the whole pass, or has no store.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -13,12 +17,35 @@ use anyhow::Result;
 
 use super::{FULL_CHECK_EVERY, Realiser, lock, router::plan, validate::validate_router};
 use crate::{
-    model::spec::{DesiredState, RouterSpec, names},
+    model::spec::{DesiredState, NetworkSpec, RouterSpec, names},
     net::{
         LinkState, ns,
         owned::{Kind, Record},
     },
 };
+
+/// The desired state as the store holds it at the moment of a change (see the module comment).
+/// Each method runs `f` while no API call can change what it was given.
+pub trait Current: Sync {
+    /// `f` with router `id`'s spec (None: the router is gone).
+    fn router(&self, id: &str, f: &mut dyn FnMut(Option<&RouterSpec>));
+    /// `f` with network `id`'s spec (None: the network is gone).
+    fn network(&self, id: &str, f: &mut dyn FnMut(Option<&NetworkSpec>));
+    /// `f` with the whole desired state.
+    fn all(&self, f: &mut dyn FnMut(&DesiredState));
+}
+
+impl Current for DesiredState {
+    fn router(&self, id: &str, f: &mut dyn FnMut(Option<&RouterSpec>)) {
+        f(self.routers.iter().find(|r| r.id == id))
+    }
+    fn network(&self, id: &str, f: &mut dyn FnMut(Option<&NetworkSpec>)) {
+        f(self.networks.iter().find(|n| n.id == id))
+    }
+    fn all(&self, f: &mut dyn FnMut(&DesiredState)) {
+        f(self)
+    }
+}
 
 /// What a reconcile pass changed.
 #[derive(Clone, Debug, Default)]
@@ -40,12 +67,22 @@ impl Realiser {
     /// `failed` and the pass goes on. Once the realiser is stopped the pass ends between two
     /// objects, never inside one (`abandoned` in the report).
     pub fn reconcile(&self, desired: &DesiredState) -> Result<ReconcileReport> {
+        self.reconcile_with(desired, desired)
+    }
+
+    /// `reconcile` planned from the snapshot `desired`, each change made through `current`
+    /// (the store's state at that moment; see the module comment).
+    pub fn reconcile_with(
+        &self,
+        desired: &DesiredState,
+        current: &dyn Current,
+    ) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
-        self.reconcile_networks(desired, &mut report)?;
-        self.remove_stale_routers(desired, &mut report)?;
-        self.reconcile_routers(desired, &mut report)?;
+        self.reconcile_networks(desired, current, &mut report)?;
+        self.remove_stale_routers(desired, current, &mut report)?;
+        self.reconcile_routers(desired, current, &mut report)?;
         if !self.abandon(&mut report) {
-            self.remove_stale_links(desired, &mut report)?;
+            self.remove_stale_links(desired, current, &mut report)?;
         }
         Ok(report)
     }
@@ -59,6 +96,7 @@ impl Realiser {
     fn reconcile_networks(
         &self,
         desired: &DesiredState,
+        current: &dyn Current,
         report: &mut ReconcileReport,
     ) -> Result<()> {
         let links = self.dump_daemon_links()?;
@@ -66,20 +104,31 @@ impl Realiser {
             if self.abandon(report) {
                 return Ok(());
             }
-            let _g = self.lock_op();
-            match self.converge_network(net, Some(&links)) {
-                Ok(true) => report.repaired.push(names::bridge(&net.id)),
-                Ok(false) => {}
-                Err(e) => report.failed.push(format!("network {}: {e:#}", net.id)),
+            // The snapshot's view first: a bridge that is up (and no uplink to check) needs no
+            // look at the store.
+            if net.physical_network.is_none()
+                && links.get(&names::bridge(&net.id)).is_some_and(|b| b.up)
+            {
+                continue;
             }
+            current.network(&net.id, &mut |now| {
+                let Some(net) = now else { return };
+                let _g = self.lock_op();
+                match self.converge_network(net, Some(&links)) {
+                    Ok(true) => report.repaired.push(names::bridge(&net.id)),
+                    Ok(false) => {}
+                    Err(e) => report.failed.push(format!("network {}: {e:#}", net.id)),
+                }
+            });
         }
         Ok(())
     }
 
-    /// Routers this daemon created that are no longer desired.
+    /// Routers this daemon created that the store no longer holds.
     fn remove_stale_routers(
         &self,
         desired: &DesiredState,
+        current: &dyn Current,
         report: &mut ReconcileReport,
     ) -> Result<()> {
         let desired_ns: HashSet<String> = desired
@@ -100,11 +149,17 @@ impl Realiser {
                     .push(format!("record of {name} is unreadable"));
                 continue;
             };
-            let _g = self.lock_op();
-            match self.remove_router_locked(&router_id, dp_id) {
-                Ok(()) => report.removed.push(name),
-                Err(e) => report.failed.push(format!("{name}: {e:#}")),
-            }
+            // Made by an API call after the snapshot: not stale.
+            current.router(&router_id, &mut |now| {
+                if now.is_some() {
+                    return;
+                }
+                let _g = self.lock_op();
+                match self.remove_router_locked(&router_id, dp_id) {
+                    Ok(()) => report.removed.push(name.clone()),
+                    Err(e) => report.failed.push(format!("{name}: {e:#}")),
+                }
+            });
         }
         Ok(())
     }
@@ -112,10 +167,11 @@ impl Realiser {
     /// Desired routers. Most passes only check from outside (namespace mounted, taps present,
     /// up and enslaved, which also proves the veth peers inside exist); every
     /// `FULL_CHECK_EVERY`th pass, and whenever that check fails, a router is converged from
-    /// inside its namespace (addresses, routes, sysctls).
+    /// inside its namespace (addresses, routes, sysctls) to the spec the store holds then.
     fn reconcile_routers(
         &self,
         desired: &DesiredState,
+        current: &dyn Current,
         report: &mut ReconcileReport,
     ) -> Result<()> {
         let links = self.dump_daemon_links()?;
@@ -139,33 +195,58 @@ impl Realiser {
             if self.abandon(report) {
                 return Ok(());
             }
-            if let Err(e) = validate_router(r) {
-                report.failed.push(format!("router {}: {e:#}", r.id));
-                continue;
-            }
-            let _g = self.lock_op();
             if !full && self.looks_converged(r, &links) {
                 continue;
             }
-            match self.process_router(r, Some(&links)) {
-                Ok(changes) if changes.is_empty() => {}
-                Ok(changes) => {
-                    report
-                        .repaired
-                        .push(format!("router {}: {}", r.id, changes.join(", ")))
+            current.router(&r.id, &mut |now| {
+                // Removed since the snapshot: the API call took it down.
+                let Some(r) = now else { return };
+                if let Err(e) = validate_router(r) {
+                    report.failed.push(format!("router {}: {e:#}", r.id));
+                    return;
                 }
-                Err(e) => report.failed.push(format!("router {}: {e:#}", r.id)),
-            }
+                let _g = self.lock_op();
+                match self.process_router(r, Some(&links)) {
+                    Ok(changes) if changes.is_empty() => {}
+                    Ok(changes) => {
+                        report
+                            .repaired
+                            .push(format!("router {}: {}", r.id, changes.join(", ")))
+                    }
+                    Err(e) => report.failed.push(format!("router {}: {e:#}", r.id)),
+                }
+            });
         }
         Ok(())
     }
 
-    /// Devices of the daemon namespace this daemon created and nothing desires any more.
+    /// Devices of the daemon namespace this daemon created and nothing desires any more: the
+    /// snapshot names the candidates, the store's state then confirms them.
     fn remove_stale_links(
         &self,
         desired: &DesiredState,
+        current: &dyn Current,
         report: &mut ReconcileReport,
     ) -> Result<()> {
+        if self.stale_links(desired)?.is_empty() {
+            return Ok(());
+        }
+        let mut res = Ok(());
+        current.all(&mut |now| {
+            let _g = self.lock_op();
+            res = self.stale_links(now).and_then(|stale| {
+                if !stale.is_empty() {
+                    self.delete_daemon_links(&stale)?;
+                    report.removed.extend(stale);
+                }
+                Ok(())
+            });
+        });
+        res
+    }
+
+    /// Recorded devices of the daemon namespace that `desired` does not have.
+    fn stale_links(&self, desired: &DesiredState) -> Result<Vec<String>> {
         let mut desired_links: HashSet<String> = desired
             .networks
             .iter()
@@ -174,18 +255,12 @@ impl Realiser {
         for r in &desired.routers {
             desired_links.extend(plan(r).into_iter().map(|p| p.tap));
         }
-        let _g = self.lock_op();
-        let stale: Vec<String> = self
+        Ok(self
             .owned
             .names(Kind::Link)?
             .into_iter()
             .filter(|name| !desired_links.contains(name))
-            .collect();
-        if !stale.is_empty() {
-            self.delete_daemon_links(&stale)?;
-            report.removed.extend(stale);
-        }
-        Ok(())
+            .collect())
     }
 
     /// The outside check of a router reconcile does between full passes: last converged to

@@ -218,7 +218,7 @@ fn tcp_through_snat_survives_kill9_and_restart() {
         );
     }
     sent += exchange(&mut conn, 3);
-    // And after the resync (the start-up pass ran before the daemon answered).
+    // And after the resync (the kit waits for the start-up pass after a restart).
     let v = expect(d.get(&format!("/v2.0/routers/{r}")), 200);
     assert_eq!(
         v["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"],

@@ -667,7 +667,7 @@ fn kill9_during_changes_leaves_kernel_matching_database() {
         d.log()
     );
 
-    // The start-up resync of the last restart ran before the daemon answered; one periodic
+    // The kit waited for the start-up resync of the last restart; one periodic
     // pass more (every second here) covers changes made since.
     std::thread::sleep(Duration::from_millis(2500));
     assert_kernel_matches(&host, &d, &seen.routers, &ctx);

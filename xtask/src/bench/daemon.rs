@@ -31,7 +31,7 @@ use serde_json::{Value, json};
 
 use super::{
     ns::{self, Netns, check_interrupted},
-    report::{ControlPlaneRun, DaemonCounters, ParallelGatewayRun, Report, StepStats},
+    report::{DaemonCounters, ParallelGatewayRun, Report},
     topo::{self, CLIENT_IP, Kind, Topology},
 };
 
@@ -80,7 +80,6 @@ pub struct Env {
     gateway_delay: Option<Result<f64, String>>,
     /// Untranslated packets seen at the server while the gateway was being set.
     leak_note: Option<String>,
-    cp_ext: Vec<String>,
     /// The datapath counters right after the path was built, so the report can tell what the
     /// measured rounds added.
     baseline: Option<std::collections::BTreeMap<String, u64>>,
@@ -141,21 +140,37 @@ impl Env {
             bin: bin.to_path_buf(),
             gateway_delay: None,
             leak_note: None,
-            cp_ext: Vec::new(),
             baseline: None,
             config_note,
         })
     }
 
     /// The running daemon (present from `start` until drop).
-    fn daemon(&self) -> &Daemon {
+    pub(super) fn daemon(&self) -> &Daemon {
         self.daemon
             .as_ref()
             .unwrap_or_else(|| unreachable!("the daemon lives as long as Env"))
     }
 
+    /// The running daemon, to stop and start it again (the scale runs' restarts).
+    pub(super) fn daemon_mut(&mut self) -> &mut Daemon {
+        self.daemon
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("the daemon lives as long as Env"))
+    }
+
+    /// The daemon's host namespace.
+    pub(super) fn host(&self) -> &Netns {
+        &self.host
+    }
+
+    /// Router `id` was deleted through the API: nothing left to clean up on drop.
+    pub(super) fn forget_router(&mut self, id: &str) {
+        self.routers.retain(|r| r != id);
+    }
+
     /// A Neutron API call; an error unless the daemon answered 2xx.
-    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
+    pub(super) fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
         let body = body.map(Value::to_string);
         let (status, v) = self
             .api
@@ -167,22 +182,22 @@ impl Env {
         Ok(v)
     }
 
-    fn post(&self, path: &str, body: Value) -> Result<Value> {
+    pub(super) fn post(&self, path: &str, body: Value) -> Result<Value> {
         self.call("POST", path, Some(&body))
     }
 
-    fn put(&self, path: &str, body: Value) -> Result<Value> {
+    pub(super) fn put(&self, path: &str, body: Value) -> Result<Value> {
         self.call("PUT", path, Some(&body))
     }
 
-    fn id(v: &Value, kind: &str) -> Result<String> {
+    pub(super) fn id(v: &Value, kind: &str) -> Result<String> {
         v[kind]["id"]
             .as_str()
             .map(str::to_string)
             .with_context(|| format!("no {kind}.id in {v}"))
     }
 
-    fn network(&self, name: &str, external: bool) -> Result<String> {
+    pub(super) fn network(&self, name: &str, external: bool) -> Result<String> {
         let mut n = json!({"name": name, "admin_state_up": true});
         if external {
             n["router:external"] = json!(true);
@@ -190,7 +205,7 @@ impl Env {
         Self::id(&self.post("/networks", json!({ "network": n }))?, "network")
     }
 
-    fn subnet(&self, net: &str, cidr: &str, gateway: Option<&str>) -> Result<String> {
+    pub(super) fn subnet(&self, net: &str, cidr: &str, gateway: Option<&str>) -> Result<String> {
         let mut s =
             json!({"name": format!("{cidr}"), "network_id": net, "ip_version": 4, "cidr": cidr});
         if let Some(g) = gateway {
@@ -199,7 +214,7 @@ impl Env {
         Self::id(&self.post("/subnets", json!({ "subnet": s }))?, "subnet")
     }
 
-    fn router(&mut self, name: &str) -> Result<String> {
+    pub(super) fn router(&mut self, name: &str) -> Result<String> {
         let id = Self::id(
             &self.post(
                 "/routers",
@@ -217,7 +232,7 @@ impl Env {
         Ok(id)
     }
 
-    fn add_interface(&self, router: &str, subnet: &str) -> Result<()> {
+    pub(super) fn add_interface(&self, router: &str, subnet: &str) -> Result<()> {
         self.put(
             &format!("/routers/{router}/add_router_interface"),
             json!({ "subnet_id": subnet }),
@@ -226,7 +241,7 @@ impl Env {
     }
 
     /// Sets the gateway; returns the router's external address.
-    fn set_gateway(&self, router: &str, ext_net: &str) -> Result<Option<Ipv4Addr>> {
+    pub(super) fn set_gateway(&self, router: &str, ext_net: &str) -> Result<Option<Ipv4Addr>> {
         let v = self.put(
             &format!("/routers/{router}"),
             json!({"router": {"external_gateway_info": {"network_id": ext_net}}}),
@@ -240,7 +255,7 @@ impl Env {
 
     /// Plugs `ns` into `network` with address `ip` through the CLI's sandbox helper, run in the
     /// daemon's namespace.
-    fn plug(&self, network: &str, ip: Ipv4Addr, ns: &Netns) -> Result<()> {
+    pub(super) fn plug(&self, network: &str, ip: Ipv4Addr, ns: &Netns) -> Result<()> {
         let ip = ip.to_string();
         let out = self
             .host
@@ -431,85 +446,6 @@ impl Env {
         }
     }
 
-    /// Creates batches of routers (tenant network + subnet, router, interface, gateway) and
-    /// records per-router latency; each batch stops at `cap`.
-    pub fn control_plane(&mut self, counts: &[usize], cap: Duration, rep: &mut Report) {
-        let mut made = 0usize;
-        for &n in counts.iter().filter(|n| **n > 0) {
-            if check_interrupted().is_err() {
-                return;
-            }
-            eprintln!("bench: control plane: {n} routers");
-            let start = Instant::now();
-            let mut lat = Vec::with_capacity(n);
-            let mut steps: [Vec<f64>; 5] = Default::default();
-            let mut note = String::new();
-            for _ in 0..n {
-                if start.elapsed() > cap {
-                    note = format!("stopped at the {} s cap", cap.as_secs());
-                    break;
-                }
-                if check_interrupted().is_err() {
-                    note = "interrupted".into();
-                    break;
-                }
-                let t = Instant::now();
-                match self.one_router(made) {
-                    Ok(st) => {
-                        lat.push(t.elapsed().as_secs_f64());
-                        for (acc, v) in steps.iter_mut().zip(st) {
-                            acc.push(v);
-                        }
-                        made += 1;
-                    }
-                    Err(e) => {
-                        note = format!("failed after {} routers: {e:#}", lat.len());
-                        break;
-                    }
-                }
-            }
-            let total = start.elapsed().as_secs_f64();
-            let created = lat.len();
-            // Growth: mean per router over the first and the last tenth of the batch.
-            let tenth = (created / 10).max(1);
-            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
-            let (first_tenth, last_tenth) = if created >= 10 {
-                (mean(&lat[..tenth]), mean(&lat[created - tenth..]))
-            } else {
-                (0.0, 0.0)
-            };
-            let step_stats = STEPS
-                .iter()
-                .zip(steps.iter_mut())
-                .map(|(name, v)| StepStats {
-                    call: (*name).to_string(),
-                    p50_secs: percentile(v, 0.50),
-                    p99_secs: percentile(v, 0.99),
-                    mean_secs: mean(v),
-                })
-                .collect();
-            eprintln!("bench:   {created}/{n} in {total:.2} s {note}");
-            rep.control_plane.push(ControlPlaneRun {
-                requested: n,
-                created,
-                total_secs: total,
-                p50_secs: percentile(&mut lat, 0.50),
-                p99_secs: percentile(&mut lat, 0.99),
-                first_tenth_mean_secs: first_tenth,
-                last_tenth_mean_secs: last_tenth,
-                steps: step_stats,
-                note: note.clone(),
-            });
-            if created < n {
-                break;
-            }
-        }
-        rep.control_plane_note = format!(
-            "Batches run one after another on the same daemon, so later batches start with the earlier routers in place ({made} in total). \
-             Gateways come from external networks of 250 routers each, all 198.51.100.0/24 (overlapping across networks, as Neutron allows)."
-        );
-    }
-
     /// `clients` threads at once, each making `per_client` routers (tenant network + subnet,
     /// router, interface, gateway) on a fresh external network: the latency of the gateway set
     /// under that load, and how many calls of any kind failed.
@@ -577,35 +513,6 @@ impl Env {
         });
     }
 
-    /// Router number `i` of the control-plane runs.
-    /// Returns the seconds each of its five API calls took, in `STEPS` order.
-    fn one_router(&mut self, i: usize) -> Result<[f64; 5]> {
-        let group = i / 250;
-        while self.cp_ext.len() <= group {
-            let net = self.network(&format!("cp-ext-{}", self.cp_ext.len()), true)?;
-            self.subnet(&net, "198.51.100.0/24", Some("198.51.100.1"))?;
-            self.cp_ext.push(net);
-        }
-        let ext = self.cp_ext[group].clone();
-        let mut steps = [0.0; 5];
-        let mut t = Instant::now();
-        let mut lap = |k: usize| {
-            steps[k] = t.elapsed().as_secs_f64();
-            t = Instant::now();
-        };
-        let net = self.network(&format!("cp-int-{i}"), false)?;
-        lap(0);
-        let cidr = format!("10.{}.{}.0/24", 100 + i / 250, i % 250);
-        let subnet = self.subnet(&net, &cidr, None)?;
-        lap(1);
-        let router = self.router(&format!("cp-{i}"))?;
-        lap(2);
-        self.add_interface(&router, &subnet)?;
-        lap(3);
-        self.set_gateway(&router, &ext)?;
-        lap(4);
-        Ok(steps)
-    }
 }
 
 /// One client of `parallel_gateways`: returns the gateway-set latencies, the routers made and
@@ -719,8 +626,8 @@ fn read_counters(bpffs: &Path) -> Result<std::collections::BTreeMap<String, u64>
     Ok(sums.named().map(|(n, v)| (n.to_string(), v)).collect())
 }
 
-/// The API calls of one control-plane router, in the order `one_router` makes them.
-const STEPS: [&str; 5] = [
+/// The API calls of one router of a scale batch, in the order `scale::make_one` makes them.
+pub(super) const STEPS: [&str; 5] = [
     "POST network",
     "POST subnet",
     "POST router",
@@ -729,7 +636,7 @@ const STEPS: [&str; 5] = [
 ];
 
 /// The `p` quantile (nearest rank) of `v`, sorting it; 0 when empty.
-fn percentile(v: &mut [f64], p: f64) -> f64 {
+pub(super) fn percentile(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return 0.0;
     }

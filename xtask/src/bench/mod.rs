@@ -6,12 +6,16 @@
 //!
 //! Module map: `ns` (namespaces, signals), `topo` (the measured path per configuration),
 //! `traffic` (generators), `testrun` (BPF_PROG_TEST_RUN cost, memory per session), `daemon`
-//! (configurations (d) and (e), one daemon each, and the control-plane timings), `report` (statistics and output).
+//! (configurations (d) and (e), one daemon each, through their API), `scale` (the control
+//! plane at N routers: create/delete per tenth, chatter, restarts, memory) with `probe` (its
+//! UDP sequence stream, flood counter and drop counters), `report` (statistics and output).
 
 mod daemon;
 mod ns;
+mod probe;
 mod profile;
 mod report;
+mod scale;
 mod testrun;
 mod topo;
 mod traffic;
@@ -26,7 +30,7 @@ use topo::{Kind, Topology};
 /// Options of `cargo xtask bench`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Smoke run: one round, shortest durations, control plane up to 10 routers.
+    /// Smoke run: one round, shortest durations, the scale run at 10 routers.
     #[arg(long)]
     pub quick: bool,
     /// Rounds; each round runs every configuration once, in rotating order.
@@ -55,12 +59,16 @@ pub struct BenchArgs {
     /// new-flow run, into target/bench/profile/ (installs perf and bpftool).
     #[arg(long)]
     pub profile: bool,
-    /// Router counts for the control-plane timing (0 to skip).
-    #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+    /// Router counts of the scale runs (0 to skip): each N made, measured (chatter, restarts,
+    /// memory) and deleted on its own. `--routers 10000` is opt-in (about ten minutes here).
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     pub routers: Vec<usize>,
-    /// Upper bound in seconds on each control-plane batch; what was reached is reported.
-    #[arg(long, default_value_t = 180)]
+    /// Upper bound in seconds on making each batch; what was reached is reported.
+    #[arg(long, default_value_t = 600)]
     pub routers_time_cap: u64,
+    /// Seconds of each chatter window (stream loss, broadcast rate and drops).
+    #[arg(long, default_value_t = 10.0)]
+    pub chatter_secs: f64,
 }
 
 /// Clients making routers at once for the gateway-set latency under load, and routers each.
@@ -172,6 +180,7 @@ struct Plan {
     metrics: Vec<Metric>,
     routers: Vec<usize>,
     routers_cap: Duration,
+    chatter_secs: f64,
     /// `--profile`: where profiles go.
     profiler: Option<profile::Profiler>,
 }
@@ -304,10 +313,11 @@ pub fn run(args: &BenchArgs, target_dir: &Path, workspace: &Path) -> Result<()> 
         metrics,
         profiler,
         routers: if args.quick {
-            args.routers.iter().copied().filter(|n| *n <= 10).collect()
+            vec![10]
         } else {
             args.routers.clone()
         },
+        chatter_secs: if args.quick { 2.0 } else { args.chatter_secs.max(1.0) },
         routers_cap: Duration::from_secs(if args.quick {
             30
         } else {
@@ -536,8 +546,8 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
         let on = env.kind.label();
         rep.daemon_measured = on.to_string();
         if plan.routers.iter().any(|n| *n > 0) {
-            env.control_plane(&plan.routers, plan.routers_cap, rep);
-            rep.control_plane_note = format!("On the daemon of {on}. {}", rep.control_plane_note);
+            rep.scale = env.scale(&plan.routers, plan.routers_cap, plan.chatter_secs);
+            rep.control_plane_note = format!("Scale runs on the daemon of {on}.");
             ns::check_interrupted()?;
             env.parallel_gateways(PARALLEL_CLIENTS, PARALLEL_ROUTERS_EACH, rep);
         }

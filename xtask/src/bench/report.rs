@@ -158,23 +158,6 @@ pub struct MemoryResult {
     pub conntrack_detail: String,
 }
 
-/// Control-plane timing for one batch of routers.
-#[derive(Clone, Debug, Serialize)]
-pub struct ControlPlaneRun {
-    pub requested: usize,
-    pub created: usize,
-    pub total_secs: f64,
-    /// Per router (network + subnet + router + interface + gateway), seconds.
-    pub p50_secs: f64,
-    pub p99_secs: f64,
-    /// Mean seconds per router over the first and the last tenth of the batch (growth).
-    pub first_tenth_mean_secs: f64,
-    pub last_tenth_mean_secs: f64,
-    /// Per API call.
-    pub steps: Vec<StepStats>,
-    pub note: String,
-}
-
 /// Gateway sets while several clients make routers at once.
 #[derive(Clone, Debug, Serialize)]
 pub struct ParallelGatewayRun {
@@ -229,7 +212,8 @@ pub struct Report {
     pub daemon_counters: BTreeMap<String, DaemonCounters>,
     pub testrun: TestRunResult,
     pub memory: MemoryResult,
-    pub control_plane: Vec<ControlPlaneRun>,
+    /// The control plane at scale, one run per N (`scale`).
+    pub scale: Vec<super::scale::ScaleRun>,
     pub control_plane_note: String,
     /// Gateway-set latency with several clients at once (after the control-plane batches).
     pub parallel_gateway: Option<ParallelGatewayRun>,
@@ -520,67 +504,9 @@ impl Report {
             m.conntrack_detail,
         );
 
-        let _ = writeln!(s, "\n## Control plane (through the API)\n");
-        if self.control_plane.is_empty() {
-            let _ = writeln!(s, "Not run: {}", self.control_plane_note);
-        } else {
-            let _ = writeln!(
-                s,
-                "Each router: tenant network + subnet, router, interface, external gateway.\n\n| N | created | total s | p50 s/router | p99 s/router | mean s/router, first → last tenth | Note |\n|---|---|---|---|---|---|---|"
-            );
-            for r in &self.control_plane {
-                let growth = if r.created >= 10 {
-                    format!(
-                        "{:.3} → {:.3}",
-                        r.first_tenth_mean_secs, r.last_tenth_mean_secs
-                    )
-                } else {
-                    "—".into()
-                };
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {:.2} | {:.3} | {:.3} | {growth} | {} |",
-                    r.requested, r.created, r.total_secs, r.p50_secs, r.p99_secs, r.note
-                );
-            }
-            if let Some(big) = self
-                .control_plane
-                .iter()
-                .filter(|r| r.created > 0)
-                .max_by_key(|r| r.created)
-            {
-                let _ = writeln!(
-                    s,
-                    "\nPer API call in the {}-router batch (ms):\n\n| Call | p50 | p99 | mean |\n|---|---|---|---|",
-                    big.requested
-                );
-                for st in &big.steps {
-                    let _ = writeln!(
-                        s,
-                        "| {} | {:.1} | {:.1} | {:.1} |",
-                        st.call,
-                        st.p50_secs * 1e3,
-                        st.p99_secs * 1e3,
-                        st.mean_secs * 1e3
-                    );
-                }
-            }
-            let thousand = self.control_plane.iter().find(|r| r.requested == 1000);
-            let v = match thousand {
-                Some(r) if r.created == 1000 && r.total_secs <= 60.0 => {
-                    "PASS (1000 routers ≤ 60 s)".into()
-                }
-                Some(r) if r.created == 1000 => format!("FAIL ({:.1} s > 60 s)", r.total_secs),
-                Some(r) => format!(
-                    "FAIL (only {} of 1000 created within the time cap)",
-                    r.created
-                ),
-                None => "1000 routers not attempted".into(),
-            };
-            let _ = writeln!(s, "\nVerdict: {v}");
-            if !self.control_plane_note.is_empty() {
-                let _ = writeln!(s, "\n{}", self.control_plane_note);
-            }
+        super::scale::markdown(&self.scale, &mut s);
+        if !self.control_plane_note.is_empty() {
+            let _ = writeln!(s, "\n{}", self.control_plane_note);
         }
         if let Some(p) = &self.parallel_gateway {
             let _ = writeln!(

@@ -1,0 +1,778 @@
+//! The control plane at scale (issue #16), on the control-plane daemon: for each N, N routers
+//! made as an operator would — one API client; per router a tenant network, its subnet, the
+//! router, the interface and the gateway, every gateway on one shared external network — then,
+//! with the N routers in place: the broadcast/multicast rate on the external network, the
+//! drops and the loss of a steady UDP stream through one probe router; memory per router;
+//! SIGTERM and `kill -9` restarts timed to the API answering and to the start-up resync having
+//! confirmed every router, with the stream running across; finally the N routers deleted
+//! (gateway clear, interface remove, router, subnet and network delete). Each N is made,
+//! measured and deleted on its own.
+//!
+//! Timings are per router, reported per tenth of the batch so growth with N shows as a
+//! difference between the first and the last tenth of the same run (the 2-core machine is
+//! shared, so absolute figures drift; in-run comparisons do not).
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Result, bail};
+use serde::Serialize;
+use serde_json::json;
+
+use super::{
+    daemon::{Env, STEPS, percentile},
+    ns::{self, Netns, check_interrupted},
+    probe::{self, Flood, Stream, StreamLoss},
+    report::StepStats,
+};
+
+/// The shared external network: big enough for 10 000 gateways, inside the bench's
+/// namespaces only.
+const EXT_CIDR: &str = "10.200.0.0/16";
+const EXT_GATEWAY: &str = "10.200.0.1";
+/// The stream's receiver on the external network (on-link for every router).
+const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 255, 254);
+/// The probe router's tenant network and the stream's sender on it.
+const PROBE_CIDR: &str = "10.250.0.0/24";
+const PROBE_GATEWAY: &str = "10.250.0.1";
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 250, 0, 5);
+const STREAM_PORT: u16 = 20400;
+/// Datagrams a second of the stream: one a millisecond, so a lost datagram is a lost ms.
+const STREAM_PPS: u32 = 1000;
+
+/// Per-router latency over one tenth of a batch.
+#[derive(Clone, Debug, Serialize)]
+pub struct Tenth {
+    pub p50_secs: f64,
+    pub p99_secs: f64,
+}
+
+/// Making or deleting the N routers.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Phase {
+    /// Routers made (or deleted).
+    pub done: usize,
+    pub total_secs: f64,
+    pub p50_secs: f64,
+    pub p99_secs: f64,
+    pub tenths: Vec<Tenth>,
+    /// Per API call.
+    pub steps: Vec<StepStats>,
+    pub note: String,
+}
+
+impl Phase {
+    /// Last tenth's p50 over the first's: 1.0 is flat.
+    pub fn growth(&self) -> Option<f64> {
+        let (f, l) = (self.tenths.first()?, self.tenths.last()?);
+        (self.tenths.len() >= 2 && f.p50_secs > 0.0).then(|| l.p50_secs / f.p50_secs)
+    }
+}
+
+/// One restart with the N routers in place.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Restart {
+    /// `SIGTERM` or `kill -9`.
+    pub how: String,
+    /// From the signal to the old process gone.
+    pub down_secs: f64,
+    /// From the new process launched to its API answering.
+    pub api_secs: Option<f64>,
+    /// From the new process launched to its start-up resync done (every router confirmed).
+    pub confirmed_secs: Option<f64>,
+    /// The daemon's own line about the resync (routers, repaired, removed, failed, secs).
+    pub resync: String,
+    pub stream: Option<StreamLoss>,
+    pub note: String,
+}
+
+/// The external network with the N routers on it.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Chatter {
+    /// Broadcast and multicast frames reaching the server's port on the external bridge.
+    pub flood: Flood,
+    /// Per-CPU backlog drops, host-wide, during the window.
+    pub softnet_drops: u64,
+    /// Transmit drops of the daemon namespace's links (taps, bridges) during the window.
+    pub tx_drops: u64,
+    pub stream: Option<StreamLoss>,
+    pub note: String,
+}
+
+/// Memory the N routers take, per router.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Memory {
+    /// Kernel memory (Slab + KernelStack + PageTables + Percpu of /proc/meminfo), KiB.
+    pub kernel_kib_per_router: f64,
+    /// The daemon's resident set, KiB.
+    pub daemon_rss_kib_per_router: f64,
+    pub daemon_rss_kib: u64,
+    pub detail: String,
+}
+
+/// Everything one N measured.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ScaleRun {
+    pub n: usize,
+    pub create: Phase,
+    pub chatter: Option<Chatter>,
+    /// The same measured before the N routers were made (the probe router alone).
+    pub chatter_before: Option<Chatter>,
+    pub memory: Option<Memory>,
+    pub restarts: Vec<Restart>,
+    pub delete: Phase,
+    pub note: String,
+}
+
+/// The probe path: the shared external network, the stream's server on it, one router with
+/// the stream's client behind it.
+pub struct Probe {
+    ext: String,
+    client: Netns,
+    server: Netns,
+    router: String,
+}
+
+/// What one router of a batch is made of (its ids, for deleting it).
+struct Made {
+    network: String,
+    subnet: String,
+    router: String,
+}
+
+/// Raises this process's open-file limit to its hard limit: the daemon (and its metadata
+/// proxies, one listening socket per router) inherits it. The only limit the bench raises.
+fn raise_nofile() -> String {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+    format!("RLIMIT_NOFILE of the bench and its daemon raised to {}", lim.rlim_cur)
+}
+
+impl Env {
+    /// Builds the probe path (see `Probe`).
+    pub fn probe(&mut self) -> Result<Probe> {
+        let ext = self.network("scale-ext", true)?;
+        self.subnet(&ext, EXT_CIDR, Some(EXT_GATEWAY))?;
+        let net = self.network("scale-probe", false)?;
+        let subnet = self.subnet(&net, PROBE_CIDR, Some(PROBE_GATEWAY))?;
+        let router = self.router("scale-probe")?;
+        self.add_interface(&router, &subnet)?;
+        self.set_gateway(&router, &ext)?;
+        let client = ns::new("scc")?;
+        let server = ns::new("scs")?;
+        self.plug(&net, CLIENT_IP, &client)?;
+        self.plug(&ext, SERVER_IP, &server)?;
+        let p = Probe {
+            ext,
+            client,
+            server,
+            router,
+        };
+        // The path carries the stream before anything is measured on it.
+        let s = p.stream()?;
+        ns::sleep(Duration::from_millis(500))?;
+        let loss = s.finish()?;
+        if loss.received == 0 {
+            bail!("the probe stream does not get through ({loss:?})");
+        }
+        Ok(p)
+    }
+
+    /// Every N of `counts`, made, measured and deleted in turn.
+    pub fn scale(&mut self, counts: &[usize], cap: Duration, chatter_secs: f64) -> Vec<ScaleRun> {
+        let limits = raise_nofile();
+        let probe = match self.probe() {
+            Ok(p) => p,
+            Err(e) => {
+                return vec![ScaleRun {
+                    note: format!("probe path not built: {e:#}"),
+                    ..Default::default()
+                }];
+            }
+        };
+        let mut runs = Vec::new();
+        for &n in counts.iter().filter(|n| **n > 0) {
+            if check_interrupted().is_err() {
+                break;
+            }
+            let mut run = self.scale_run(&probe, n, cap, chatter_secs);
+            run.note = [limits.as_str(), run.note.as_str()]
+                .into_iter()
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join("; ");
+            runs.push(run);
+        }
+        runs
+    }
+
+    fn scale_run(&mut self, probe: &Probe, n: usize, cap: Duration, secs: f64) -> ScaleRun {
+        eprintln!("bench: scale: {n} routers on one external network");
+        let mut run = ScaleRun {
+            n,
+            ..Default::default()
+        };
+        run.chatter_before = Some(self.chatter(probe, secs));
+        let before = self.memory_now();
+        let (made, create) = self.create_batch(n, &probe.ext, cap);
+        eprintln!(
+            "bench:   created {}/{n} in {:.1} s (p50 {:.1} ms, p99 {:.1} ms) {}",
+            create.done,
+            create.total_secs,
+            create.p50_secs * 1e3,
+            create.p99_secs * 1e3,
+            create.note
+        );
+        run.create = create;
+        if !made.is_empty() && check_interrupted().is_ok() {
+            // Settle: announcements of the last routers and the first reconcile pass.
+            let _ = ns::sleep(Duration::from_secs(2));
+            run.memory = Some(self.memory_after(before, made.len()));
+            let c = self.chatter(probe, secs);
+            eprintln!(
+                "bench:   chatter: {:.1} frames/s, {} backlog drops, stream lost {:?}",
+                c.flood.per_sec(),
+                c.softnet_drops,
+                c.stream.as_ref().map(|s| s.lost)
+            );
+            run.chatter = Some(c);
+            for kill9 in [false, true] {
+                if check_interrupted().is_err() {
+                    break;
+                }
+                let r = self.restart(probe, kill9);
+                eprintln!(
+                    "bench:   restart ({}): API {:?} s, confirmed {:?} s, stream lost {:?} {}",
+                    r.how,
+                    r.api_secs,
+                    r.confirmed_secs,
+                    r.stream.as_ref().map(|s| s.lost),
+                    r.note
+                );
+                run.restarts.push(r);
+            }
+        }
+        run.delete = self.delete_batch(made);
+        eprintln!(
+            "bench:   deleted {} in {:.1} s (p50 {:.1} ms, p99 {:.1} ms) {}",
+            run.delete.done,
+            run.delete.total_secs,
+            run.delete.p50_secs * 1e3,
+            run.delete.p99_secs * 1e3,
+            run.delete.note
+        );
+        run
+    }
+
+    /// Router `i` of a batch (tenant network 10.<i/250>.<i%250>.0/24): the seconds each of its
+    /// five calls took, in `STEPS` order.
+    fn make_one(&mut self, i: usize, ext: &str) -> Result<(Made, [f64; 5])> {
+        let mut steps = [0.0; 5];
+        let mut t = Instant::now();
+        let mut lap = |k: usize| {
+            steps[k] = t.elapsed().as_secs_f64();
+            t = Instant::now();
+        };
+        let network = self.network(&format!("sc-{i}"), false)?;
+        lap(0);
+        let cidr = format!("10.{}.{}.0/24", i / 250, i % 250);
+        let subnet = self.subnet(&network, &cidr, None)?;
+        lap(1);
+        let router = self.router(&format!("sc-{i}"))?;
+        lap(2);
+        self.add_interface(&router, &subnet)?;
+        lap(3);
+        self.set_gateway(&router, ext)?;
+        lap(4);
+        Ok((
+            Made {
+                network,
+                subnet,
+                router,
+            },
+            steps,
+        ))
+    }
+
+    /// Deletes one router of a batch the way an operator tears it down.
+    fn delete_one(&mut self, m: &Made) -> Result<[f64; 5]> {
+        let mut steps = [0.0; 5];
+        let mut t = Instant::now();
+        let mut lap = |k: usize| {
+            steps[k] = t.elapsed().as_secs_f64();
+            t = Instant::now();
+        };
+        let r = &m.router;
+        self.put(
+            &format!("/routers/{r}"),
+            json!({"router": {"external_gateway_info": {}}}),
+        )?;
+        lap(0);
+        self.put(
+            &format!("/routers/{r}/remove_router_interface"),
+            json!({"subnet_id": m.subnet}),
+        )?;
+        lap(1);
+        self.call("DELETE", &format!("/routers/{r}"), None)?;
+        self.forget_router(r);
+        lap(2);
+        self.call("DELETE", &format!("/subnets/{}", m.subnet), None)?;
+        lap(3);
+        self.call("DELETE", &format!("/networks/{}", m.network), None)?;
+        lap(4);
+        Ok(steps)
+    }
+
+    fn create_batch(&mut self, n: usize, ext: &str, cap: Duration) -> (Vec<Made>, Phase) {
+        let start = Instant::now();
+        let mut made = Vec::with_capacity(n);
+        let mut timed = Timed::default();
+        let mut note = String::new();
+        for i in 0..n {
+            if start.elapsed() > cap {
+                note = format!("stopped at the {} s cap", cap.as_secs());
+                break;
+            }
+            if check_interrupted().is_err() {
+                note = "interrupted".into();
+                break;
+            }
+            let t = Instant::now();
+            match self.make_one(i, ext) {
+                Ok((m, steps)) => {
+                    timed.push(t.elapsed().as_secs_f64(), steps);
+                    made.push(m);
+                }
+                Err(e) => {
+                    note = format!("failed after {i} routers: {e:#}");
+                    break;
+                }
+            }
+        }
+        (made, timed.phase(start.elapsed(), &STEPS, note))
+    }
+
+    fn delete_batch(&mut self, made: Vec<Made>) -> Phase {
+        let start = Instant::now();
+        let mut timed = Timed::default();
+        let mut note = String::new();
+        for (i, m) in made.iter().enumerate() {
+            if check_interrupted().is_err() {
+                note = "interrupted".into();
+                break;
+            }
+            let t = Instant::now();
+            match self.delete_one(m) {
+                Ok(steps) => timed.push(t.elapsed().as_secs_f64(), steps),
+                Err(e) => {
+                    note = format!("failed after {i} routers: {e:#}");
+                    break;
+                }
+            }
+        }
+        timed.phase(start.elapsed(), &DELETE_STEPS, note)
+    }
+
+    /// Broadcast/multicast rate at the server's port, drops and the stream's loss over `secs`.
+    fn chatter(&self, probe: &Probe, secs: f64) -> Chatter {
+        let mut c = Chatter::default();
+        let stream = probe.stream();
+        let soft = probe::softnet_drops();
+        let tx = probe::tx_drops(self.host()).unwrap_or(0);
+        match probe::count_flood(&probe.server, secs) {
+            Ok(f) => c.flood = f,
+            Err(e) => c.note = format!("flood not counted: {e:#}"),
+        }
+        c.softnet_drops = probe::softnet_drops().saturating_sub(soft);
+        c.tx_drops = probe::tx_drops(self.host())
+            .unwrap_or(0)
+            .saturating_sub(tx);
+        match stream.and_then(Stream::finish) {
+            Ok(s) => c.stream = Some(s),
+            Err(e) => c.note = format!("stream: {e:#}"),
+        }
+        c
+    }
+
+    /// Stops the daemon (`kill9`: SIGKILL, else SIGTERM) with the stream running, starts it
+    /// again and times its API answering and its start-up resync.
+    fn restart(&mut self, probe: &Probe, kill9: bool) -> Restart {
+        let mut r = Restart {
+            how: if kill9 { "kill -9" } else { "SIGTERM" }.into(),
+            ..Default::default()
+        };
+        let stream = match probe.stream() {
+            Ok(s) => s,
+            Err(e) => {
+                r.note = format!("stream not started: {e:#}");
+                return r;
+            }
+        };
+        let _ = ns::sleep(Duration::from_millis(500));
+        let d = self.daemon_mut();
+        let resyncs = d.resyncs();
+        let t = Instant::now();
+        if kill9 {
+            d.kill9();
+        } else {
+            let st = d.stop();
+            if !st.success() {
+                r.note = format!("exit after SIGTERM: {st}");
+            }
+        }
+        r.down_secs = t.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        d.restart_unready();
+        let api = self.api_client();
+        let deadline = t0 + Duration::from_secs(120);
+        let path = format!("/v2.0/routers/{}", probe.router);
+        while Instant::now() < deadline && check_interrupted().is_ok() {
+            if r.api_secs.is_none() && api.try_raw("GET", &path, None).is_ok_and(|(s, _)| s == 200)
+            {
+                r.api_secs = Some(t0.elapsed().as_secs_f64());
+            }
+            if r.confirmed_secs.is_none() && self.daemon().resyncs() > resyncs {
+                r.confirmed_secs = Some(t0.elapsed().as_secs_f64());
+            }
+            if r.api_secs.is_some() && r.confirmed_secs.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        r.resync = self
+            .daemon()
+            .log()
+            .lines()
+            .rev()
+            .find(|l| l.contains(kit::daemon::RESYNC_DONE))
+            .map(|l| {
+                l.split_once(kit::daemon::RESYNC_DONE)
+                    .map_or(l, |(_, rest)| rest)
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let _ = ns::sleep(Duration::from_secs(1));
+        match stream.finish() {
+            Ok(s) => r.stream = Some(s),
+            Err(e) => r.note = format!("stream: {e:#}"),
+        }
+        r
+    }
+
+    fn memory_now(&self) -> (u64, u64) {
+        let rss = self.daemon().pid().map_or(0, daemon_rss_kib);
+        (kernel_kib(), rss)
+    }
+
+    fn memory_after(&self, before: (u64, u64), n: usize) -> Memory {
+        let (kernel, rss) = self.memory_now();
+        let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / n.max(1) as f64;
+        Memory {
+            kernel_kib_per_router: per(kernel, before.0),
+            daemon_rss_kib_per_router: per(rss, before.1),
+            daemon_rss_kib: rss,
+            detail: format!(
+                "kernel {} → {} KiB, daemon RSS {} → {rss} KiB over {n} routers (each: a namespace, two veth pairs, its lo; BPF maps are sized at load and do not grow per router)",
+                before.0, kernel, before.1
+            ),
+        }
+    }
+}
+
+impl Probe {
+    fn stream(&self) -> Result<Stream> {
+        Stream::start(
+            &self.client,
+            &self.server,
+            SocketAddrV4::new(SERVER_IP, STREAM_PORT),
+            STREAM_PPS,
+        )
+    }
+}
+
+/// The calls of `delete_one`, in its order.
+const DELETE_STEPS: [&str; 5] = [
+    "PUT router (gateway clear)",
+    "PUT remove_router_interface",
+    "DELETE router",
+    "DELETE subnet",
+    "DELETE network",
+];
+
+/// Per-router latencies of a batch and of each of its calls.
+#[derive(Default)]
+struct Timed {
+    lat: Vec<f64>,
+    steps: [Vec<f64>; 5],
+}
+
+impl Timed {
+    fn push(&mut self, secs: f64, steps: [f64; 5]) {
+        self.lat.push(secs);
+        for (acc, v) in self.steps.iter_mut().zip(steps) {
+            acc.push(v);
+        }
+    }
+
+    fn phase(mut self, total: Duration, names: &[&str; 5], note: String) -> Phase {
+        let n = self.lat.len();
+        let tenths = if n >= 10 {
+            self.lat
+                .chunks(n.div_ceil(10))
+                .map(|c| {
+                    let mut c = c.to_vec();
+                    Tenth {
+                        p50_secs: percentile(&mut c, 0.50),
+                        p99_secs: percentile(&mut c, 0.99),
+                    }
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let steps = names
+            .iter()
+            .zip(self.steps.iter_mut())
+            .map(|(name, v)| StepStats {
+                call: (*name).to_string(),
+                mean_secs: v.iter().sum::<f64>() / v.len().max(1) as f64,
+                p50_secs: percentile(v, 0.50),
+                p99_secs: percentile(v, 0.99),
+            })
+            .collect();
+        Phase {
+            done: n,
+            total_secs: total.as_secs_f64(),
+            p50_secs: percentile(&mut self.lat, 0.50),
+            p99_secs: percentile(&mut self.lat, 0.99),
+            tenths,
+            steps,
+            note,
+        }
+    }
+}
+
+/// Kernel memory now: Slab + KernelStack + PageTables + Percpu of /proc/meminfo, KiB.
+fn kernel_kib() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    info.lines()
+        .filter(|l| {
+            ["Slab:", "KernelStack:", "PageTables:", "Percpu:"]
+                .iter()
+                .any(|k| l.starts_with(k))
+        })
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// VmRSS of process `pid`, KiB.
+fn daemon_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Restart targets of the issue: confirmed within 5 s at 1000 routers, 30 s at 10 000.
+fn confirm_target(n: usize) -> f64 {
+    if n <= 1000 { 5.0 } else { 30.0 }
+}
+
+/// Create targets: 15 s for 1000 routers, 3 min for 10 000 (15 ms and 18 ms a router).
+fn create_target(n: usize) -> f64 {
+    if n <= 1000 {
+        0.015 * n as f64
+    } else {
+        0.018 * n as f64
+    }
+}
+
+/// Appends the scale section of the report.
+pub fn markdown(runs: &[ScaleRun], s: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(s, "\n## Control plane at scale (issue #16)\n");
+    if runs.is_empty() {
+        let _ = writeln!(s, "Not run (--routers 0).");
+        return;
+    }
+    let _ = writeln!(
+        s,
+        "One API client; per router a tenant network, subnet, router, interface and gateway, every gateway on one external network ({EXT_CIDR}); a UDP stream of {STREAM_PPS} datagrams/s runs through one more router. Per tenth: p50/p99 ms per router over that tenth of the batch, in order (growth with N shows as first vs last tenth of the same run).\n"
+    );
+    let ms = |v: f64| format!("{:.1}", v * 1e3);
+    let tenths = |p: &Phase| {
+        p.tenths
+            .iter()
+            .map(|t| format!("{}/{}", ms(t.p50_secs), ms(t.p99_secs)))
+            .collect::<Vec<_>>()
+            .join(" · ")
+    };
+    let _ = writeln!(
+        s,
+        "| N | phase | done | total s | p50 ms | p99 ms | per tenth p50/p99 ms | last/first tenth p50 | verdict |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for r in runs.iter().filter(|r| r.n > 0) {
+        let create_ok = r.create.done == r.n && r.create.total_secs <= create_target(r.n);
+        let flat = |p: &Phase| p.growth().is_some_and(|g| g <= 1.3);
+        let v = format!(
+            "{} (≤ {:.0} s), {}",
+            if create_ok { "PASS" } else { "FAIL" },
+            create_target(r.n),
+            if flat(&r.create) { "flat" } else { "grows" }
+        );
+        let g = |p: &Phase| p.growth().map(|g| format!("{g:.2}×")).unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "| {} | create | {} | {:.1} | {} | {} | {} | {} | {v} |",
+            r.n,
+            r.create.done,
+            r.create.total_secs,
+            ms(r.create.p50_secs),
+            ms(r.create.p99_secs),
+            tenths(&r.create),
+            g(&r.create)
+        );
+        let same = r.create.p50_secs > 0.0 && r.delete.p50_secs <= 1.3 * r.create.p50_secs;
+        let _ = writeln!(
+            s,
+            "| {} | delete | {} | {:.1} | {} | {} | {} | {} | {} ({:.2}× create p50), {} |",
+            r.n,
+            r.delete.done,
+            r.delete.total_secs,
+            ms(r.delete.p50_secs),
+            ms(r.delete.p99_secs),
+            tenths(&r.delete),
+            g(&r.delete),
+            if same && r.delete.done == r.create.done {
+                "PASS"
+            } else {
+                "FAIL"
+            },
+            r.delete.p50_secs / r.create.p50_secs.max(1e-9),
+            if flat(&r.delete) { "flat" } else { "grows" }
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nPer API call (ms, p50/p99), largest N:\n\n| call | p50 | p99 |\n|---|---|---|"
+    );
+    if let Some(r) = runs.iter().max_by_key(|r| r.n) {
+        for st in r.create.steps.iter().chain(&r.delete.steps) {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} |",
+                st.call,
+                ms(st.p50_secs),
+                ms(st.p99_secs)
+            );
+        }
+    }
+    let loss = |l: &Option<StreamLoss>| match l {
+        Some(l) => format!(
+            "{} of {} (longest gap {:.0} ms)",
+            l.lost, l.sent, l.longest_gap_ms
+        ),
+        None => "—".into(),
+    };
+    let _ = writeln!(
+        s,
+        "\nRestarts with the N routers in place (the stream runs across; API: launch → first answer; confirmed: launch → start-up resync done):\n\n| N | how | down s | API s | confirmed s | daemon's resync line | stream lost | verdict |\n|---|---|---|---|---|---|---|---|"
+    );
+    for r in runs.iter().filter(|r| r.n > 0) {
+        for x in &r.restarts {
+            let ok = x.api_secs.is_some_and(|a| a <= 2.0)
+                && x.confirmed_secs.is_some_and(|c| c <= confirm_target(r.n))
+                && x.stream.as_ref().is_some_and(|l| l.lost == 0);
+            let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or("—".into());
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.2} | {} | {} | {} | {} | {} (API ≤ 2 s, confirmed ≤ {:.0} s, 0 lost){} |",
+                r.n,
+                x.how,
+                x.down_secs,
+                f(x.api_secs),
+                f(x.confirmed_secs),
+                x.resync,
+                loss(&x.stream),
+                if ok { "PASS" } else { "FAIL" },
+                confirm_target(r.n),
+                if x.note.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", x.note)
+                }
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nChatter on the external network (frames the server's port receives; drops: the host's per-CPU backlogs, host-wide, and transmit drops of the daemon namespace's links):\n\n| N | when | bcast+mcast/s | ARP | IPv6 | other | backlog drops | link tx drops | stream lost | verdict |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for r in runs.iter().filter(|r| r.n > 0) {
+        for (when, c) in [("before", &r.chatter_before), ("with N", &r.chatter)] {
+            let Some(c) = c else { continue };
+            let ok = c.stream.as_ref().is_some_and(|l| l.lost == 0);
+            let _ = writeln!(
+                s,
+                "| {} | {when} | {:.1} | {} | {} | {} | {} | {} | {} | {}{} |",
+                r.n,
+                c.flood.per_sec(),
+                c.flood.arp,
+                c.flood.ipv6,
+                c.flood.other,
+                c.softnet_drops,
+                c.tx_drops,
+                loss(&c.stream),
+                if ok { "PASS" } else { "FAIL" },
+                if c.note.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", c.note)
+                }
+            );
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nMemory per router:\n\n| N | kernel KiB/router | daemon RSS KiB/router | daemon RSS MiB | detail |\n|---|---|---|---|---|"
+    );
+    for r in runs.iter().filter(|r| r.n > 0) {
+        if let Some(m) = &r.memory {
+            let _ = writeln!(
+                s,
+                "| {} | {:.1} | {:.1} | {:.1} | {} |",
+                r.n,
+                m.kernel_kib_per_router,
+                m.daemon_rss_kib_per_router,
+                m.daemon_rss_kib as f64 / 1024.0,
+                m.detail
+            );
+        }
+    }
+    for r in runs {
+        if !r.note.is_empty() {
+            let _ = writeln!(s, "\nN = {}: {}", r.n, r.note);
+        }
+    }
+}
+
+impl Env {
+    /// A client of the running daemon (after a restart too: same port and token).
+    fn api_client(&self) -> kit::daemon::ApiClient {
+        self.daemon().client()
+    }
+}
