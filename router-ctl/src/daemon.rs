@@ -327,7 +327,7 @@ async fn reconcile_loop(
         let start = std::time::Instant::now();
         let res = tokio::task::spawn_blocking(move || {
             let desired = st
-                .with_store(|s| s.desired_state())
+                .read_blocking(store::desired_state)
                 .map_err(anyhow::Error::from)?;
             let rep = r.reconcile_with(&desired, &StoreNow(&st));
             m.reconcile_pass(rep.as_ref().ok(), start.elapsed());

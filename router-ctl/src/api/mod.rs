@@ -229,17 +229,27 @@ impl ApiState {
         f: impl FnOnce(&Connection) -> Result<T, Fault> + Send + 'static,
     ) -> Result<T, Fault> {
         let st = self.clone();
-        tokio::task::spawn_blocking(move || match &st.inner.reader {
+        tokio::task::spawn_blocking(move || st.read_blocking(f))
+            .await
+            .map_err(|e| Fault::internal(format!("request task failed: {e}")))?
+    }
+
+    /// `f` over one snapshot of the last committed state, through the read-only connection
+    /// when there is one: mutations are not held up (the reconcile pass plans from such a
+    /// snapshot).
+    pub fn read_blocking<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, Fault>,
+    ) -> Result<T, Fault> {
+        match &self.inner.reader {
             Some(r) => {
                 let conn = r.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
                 // One snapshot for every query of the request.
                 let tx = conn.unchecked_transaction()?;
                 f(&tx)
             }
-            None => st.with_store(|s| f(s.conn())),
-        })
-        .await
-        .map_err(|e| Fault::internal(format!("request task failed: {e}")))?
+            None => self.with_store(|s| f(s.conn())),
+        }
     }
 
     async fn mutate<T: Send + 'static>(

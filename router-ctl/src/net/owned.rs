@@ -142,26 +142,33 @@ impl Owned {
 
     /// Every record of `kind` as (name, record; None when unreadable).
     pub fn list(&self, kind: Kind) -> Result<Vec<(String, Option<Record>)>> {
-        let d = self.root.join(kind.dir());
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
-            let entry = entry.with_context(|| format!("reading {}", d.display()))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            if name.ends_with(".tmp") {
-                continue;
-            }
-            let content = fs::read_to_string(entry.path()).unwrap_or_default();
-            out.push((name, Record::parse(kind, &content)));
-        }
-        Ok(out)
+        Ok(self
+            .names(kind)?
+            .into_iter()
+            .map(|name| {
+                let content = fs::read_to_string(self.path(kind, &name)).unwrap_or_default();
+                let record = Record::parse(kind, &content);
+                (name, record)
+            })
+            .collect())
     }
 
     /// The names of every record of `kind` (the kernel objects themselves, whatever the
     /// record says).
+    /// Reads the directory only: a reconcile pass lists every record each time and reads the
+    /// few it acts on.
     pub fn names(&self, kind: Kind) -> Result<Vec<String>> {
-        Ok(self.list(kind)?.into_iter().map(|(name, _)| name).collect())
+        let d = self.root.join(kind.dir());
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let entry = entry.with_context(|| format!("reading {}", d.display()))?;
+            if let Some(name) = entry.file_name().to_str()
+                && !name.ends_with(".tmp")
+            {
+                out.push(name.to_string());
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -73,7 +73,7 @@ pub struct Realiser {
     memo: Mutex<HashMap<String, RouterMemo>>,
     /// Told about routers coming up and going (metadata proxies); set once by the daemon.
     router_hook: OnceLock<Arc<dyn RouterHook>>,
-    /// Reconcile passes so far (every `FULL_CHECK_EVERY`th is a full one).
+    /// Reconcile passes so far (which routers a pass looks at from inside).
     passes: AtomicU64,
     /// Whether routers' devices run the fast path (`[datapath] fast_path`).
     fast_path: AtomicBool,
@@ -81,9 +81,9 @@ pub struct Realiser {
     stopping: AtomicBool,
 }
 
-/// One reconcile pass in this many enters every router namespace; the others check routers
-/// from the daemon's namespace only (cheap with 1000 routers), which already sees a deleted
-/// namespace or device.
+/// Each reconcile pass enters one router namespace in this many (each router in turn, so every
+/// router is looked at from inside once every this many passes); the others are checked from
+/// the daemon's namespace only, which already sees a deleted namespace or device.
 pub const FULL_CHECK_EVERY: u64 = 10;
 
 /// What the realiser last left in the kernel and datapath for one router.

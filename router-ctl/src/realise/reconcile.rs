@@ -136,13 +136,17 @@ impl Realiser {
             .iter()
             .map(|r| names::router_netns(&r.id))
             .collect();
-        for (name, record) in self.owned.list(Kind::Netns)? {
+        for name in self.owned.names(Kind::Netns)? {
             if desired_ns.contains(&name) {
                 continue;
             }
             if self.abandon(report) {
                 return Ok(());
             }
+            // Forgotten since the listing (an API call removed the router): nothing to do.
+            let Some(record) = self.owned.get(Kind::Netns, &name)? else {
+                continue;
+            };
             let Some(Record::Router { router_id, dp_id }) = record else {
                 report
                     .failed
@@ -164,10 +168,11 @@ impl Realiser {
         Ok(())
     }
 
-    /// Desired routers. Most passes only check from outside (namespace mounted, taps present,
-    /// up and enslaved, which also proves the veth peers inside exist); every
-    /// `FULL_CHECK_EVERY`th pass, and whenever that check fails, a router is converged from
-    /// inside its namespace (addresses, routes, sysctls) to the spec the store holds then.
+    /// Desired routers. Most routers are only checked from outside (namespace mounted, taps
+    /// present, up and enslaved, which also proves the veth peers inside exist); one in
+    /// `FULL_CHECK_EVERY` each pass (every router on the first), and any that fails that check,
+    /// is converged from inside its namespace (addresses, routes, sysctls) to the spec the
+    /// store holds then.
     fn reconcile_routers(
         &self,
         desired: &DesiredState,
@@ -175,11 +180,8 @@ impl Realiser {
         report: &mut ReconcileReport,
     ) -> Result<()> {
         let links = self.dump_daemon_links()?;
-        let full = self
-            .passes
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(FULL_CHECK_EVERY);
-        if full {
+        let pass = self.passes.fetch_add(1, Ordering::Relaxed);
+        if pass.is_multiple_of(FULL_CHECK_EVERY) {
             // Filters removed from outside: the converge below attaches them again.
             let _g = self.lock_op();
             match self.check_filters(&desired.routers) {
@@ -191,10 +193,13 @@ impl Realiser {
                 Err(e) => report.failed.push(format!("checking the filters: {e:#}")),
             }
         }
-        for r in &desired.routers {
+        for (i, r) in desired.routers.iter().enumerate() {
             if self.abandon(report) {
                 return Ok(());
             }
+            // The first pass (the start-up resync) looks inside every router; later ones a
+            // tenth each, in turn, so no pass is ten times the others.
+            let full = pass == 0 || (i as u64 + pass).is_multiple_of(FULL_CHECK_EVERY);
             if !full && self.looks_converged(r, &links) {
                 continue;
             }

@@ -134,6 +134,8 @@ impl Stream {
 pub struct Flood {
     pub secs: f64,
     pub arp: u64,
+    /// Of `arp`: gratuitous (sender address = target address: announcements).
+    pub arp_gratuitous: u64,
     pub ipv6: u64,
     pub other: u64,
 }
@@ -195,7 +197,13 @@ pub fn count_flood(ns: &Netns, secs: f64) -> Result<Flood> {
                 continue;
             }
             match u16::from_be_bytes([buf[12], buf[13]]) {
-                0x0806 => f.arp += 1,
+                0x0806 => {
+                    f.arp += 1;
+                    // Sender and target protocol addresses of an Ethernet/IPv4 ARP.
+                    if n >= 42 && buf[28..32] == buf[38..42] {
+                        f.arp_gratuitous += 1;
+                    }
+                }
                 0x86dd => f.ipv6 += 1,
                 _ => f.other += 1,
             }

@@ -462,6 +462,7 @@ impl Env {
                     .trim()
                     .to_string()
             })
+            .map(|l| strip_ansi(&l))
             .unwrap_or_default();
         let _ = ns::sleep(Duration::from_secs(1));
         match stream.finish() {
@@ -562,6 +563,25 @@ impl Timed {
             note,
         }
     }
+}
+
+/// `line` without terminal colour sequences (the daemon's log colours its fields).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC '[' parameters, ending with a letter.
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// Kernel memory now: Slab + KernelStack + PageTables + Percpu of /proc/meminfo, KiB.
@@ -728,10 +748,11 @@ pub fn markdown(runs: &[ScaleRun], s: &mut String) {
             let ok = c.stream.as_ref().is_some_and(|l| l.lost == 0);
             let _ = writeln!(
                 s,
-                "| {} | {when} | {:.1} | {} | {} | {} | {} | {} | {} | {}{} |",
+                "| {} | {when} | {:.1} | {} ({}) | {} | {} | {} | {} | {} | {}{} |",
                 r.n,
                 c.flood.per_sec(),
                 c.flood.arp,
+                c.flood.arp_gratuitous,
                 c.flood.ipv6,
                 c.flood.other,
                 c.softnet_drops,
