@@ -158,7 +158,7 @@ fn router_ports(conn: &Connection, scope: Scope<'_>) -> Result<HashMap<String, P
         let cidr: String = r.get(4)?;
         let cidr = IpNet::from_str(&cidr).map_err(|e| text_err(4, e.to_string()))?;
         let ip = addr_of(r.get(3)?);
-        let gw: Option<i64> = r.get(5)?;
+        let gw: Option<[u8; 16]> = r.get(5)?;
         let address = IpNet::new(ip, cidr.prefix_len()).unwrap_or_else(|_| IpNet::from(ip));
         Ok((
             r.get::<_, String>(0)?,
