@@ -480,7 +480,7 @@ pub(super) fn parse_routes(v: &Value, unique: bool) -> Result<Vec<RouteSpec>, Fa
             return Err(keys_error());
         }
         let destination = route_cidr(&o["destination"])?;
-        let nexthop = input::ip_value(key, &o["nexthop"])?;
+        let nexthop = input::ipv4_value("router", key, &o["nexthop"])?;
         let route = RouteSpec {
             destination,
             nexthop,

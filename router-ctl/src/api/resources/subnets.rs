@@ -223,7 +223,7 @@ fn parse_cidr(o: &Obj) -> Result<IpNet, Fault> {
     };
     if version != Some(family) {
         return Err(Fault::invalid(format!(
-            "Invalid input for operation: Cidr {cidr} does not match the ip_version {}.",
+            "Cidr {cidr} does not match the ip_version {}",
             version.unwrap_or(0)
         )));
     }
@@ -250,7 +250,7 @@ fn parse_cidr(o: &Obj) -> Result<IpNet, Fault> {
     let mapped: IpNet = "::ffff:0:0/96".parse().unwrap_or(cidr);
     if matches!(cidr, IpNet::V6(_)) && (overlaps(&cidr, &mapped) || cidr.network().is_multicast()) {
         return Err(Fault::invalid(format!(
-            "Invalid input for operation: {cidr} is not a usable IPv6 subnet (IPv4-mapped or multicast)."
+            "{cidr} is not a usable IPv6 subnet (IPv4-mapped or multicast)"
         )));
     }
     Ok(cidr)
@@ -281,19 +281,19 @@ fn check_ipv6_modes(
     }
     if matches!(cidr, IpNet::V4(_)) {
         return Err(Fault::invalid(
-            "Invalid input for operation: ipv6_ra_mode and ipv6_address_mode are only valid for IPv6 subnets.",
+            "ipv6_ra_mode and ipv6_address_mode are only valid for IPv6 subnets",
         ));
     }
     if !enable_dhcp {
         return Err(Fault::invalid(
-            "Invalid input for operation: ipv6_ra_mode or ipv6_address_mode cannot be set when enable_dhcp is set to False.",
+            "ipv6_ra_mode or ipv6_address_mode cannot be set when enable_dhcp is set to False",
         ));
     }
     if let (Some(r), Some(a)) = (ra, address)
         && r != a
     {
         return Err(Fault::invalid(format!(
-            "Invalid input for operation: ipv6_ra_mode set to '{}' with ipv6_address_mode set to '{}' is not valid. If both attributes are set, they must be the same value.",
+            "ipv6_ra_mode set to '{}' with ipv6_address_mode set to '{}' is not valid. If both attributes are set, they must be the same value",
             r.as_str(),
             a.as_str()
         )));
@@ -301,7 +301,7 @@ fn check_ipv6_modes(
     let auto = |m: Option<Ipv6Mode>| matches!(m, Some(Ipv6Mode::Slaac | Ipv6Mode::Dhcpv6Stateless));
     if (auto(ra) || auto(address)) && cidr.prefix_len() != 64 {
         return Err(Fault::invalid(format!(
-            "Invalid input for operation: Invalid CIDR {cidr} for IPv6 address mode. OpenStack uses the EUI-64 address format, which requires the prefix to be /64."
+            "Invalid CIDR {cidr} for IPv6 address mode. OpenStack uses the EUI-64 address format, which requires the prefix to be /64"
         )));
     }
     Ok(())
@@ -379,7 +379,7 @@ pub(super) fn update_subnet(
         if !v && (s.ipv6_ra_mode.is_some() || s.ipv6_address_mode.is_some()) {
             // Neutron's `_validate_ipv6_update_dhcp`.
             return Err(Fault::invalid(
-                "Invalid input for operation: Cannot disable enable_dhcp with ipv6 attributes set.",
+                "Cannot disable enable_dhcp with ipv6 attributes set",
             ));
         }
         s.enable_dhcp = v;

@@ -211,6 +211,7 @@ mod tests {
             mac: MAC,
             addresses: vec![addr.parse().unwrap()],
             mtu: 1500,
+            ra_prefixes: vec![],
         }
     }
 
