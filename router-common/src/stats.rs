@@ -75,7 +75,7 @@ counters! {
         DropFragment => "drop_fragment",
         /// Dropped: internal source, protocol the SNAT cannot translate.
         DropUnsupported => "drop_unsupported",
-        /// Passed untouched: not subject to NAT (exempt, router-own, IPv6, non-IP).
+        /// Passed untouched: not subject to NAT (exempt, router-own, non-IP; IPv6 has its own).
         Passed => "passed",
         /// ICMP errors translated (either direction).
         IcmpErrors => "icmp_errors",
@@ -89,6 +89,10 @@ counters! {
         /// Dropped: a new flow of a router that holds its `[nat] max_sessions_per_router`
         /// entries of the session table (other routers are not affected).
         DropRouterQuota => "drop_router_quota",
+        /// IPv6 packets through the gateway programs (either direction), and their bytes:
+        /// routed, never translated (no NAT66, as in Neutron).
+        Ipv6Packets => "ipv6_packets",
+        Ipv6Bytes => "ipv6_bytes",
     }
 }
 
@@ -194,6 +198,8 @@ mod tests {
         assert_eq!(Counter::DropMalformed.slot(), 7);
         assert_eq!(Counter::FastForwarded.slot(), 15);
         assert_eq!(Counter::DropRouterQuota.slot(), 16);
+        assert_eq!(Counter::Ipv6Packets.slot(), 17);
+        assert_eq!(Counter::Ipv6Bytes.slot(), 18);
         assert_eq!(GlobalCounter::SessionsRefused.key(), 3);
         assert_eq!(GlobalCounter::SessionsCreated.key(), 2);
     }

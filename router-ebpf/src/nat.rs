@@ -22,7 +22,7 @@ use crate::{
     parse::{
         ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, ICMP_ID, IP_DST, IP_SRC, IPPROTO_ICMP,
         IPPROTO_TCP, IPPROTO_UDP, L4Head, Packet, ParseError, TCP_HLEN, TCP_RST, TcpHdr, UDP_HLEN,
-        load, load_ipv4, validate,
+        is_ipv6, load, load_ipv4, validate,
     },
     session::{Found, IN, OUT, create_snat, find_snat, key, tcp_bits, touch_in},
 };
@@ -55,6 +55,20 @@ fn pass(router_id: u32) -> i32 {
     OK
 }
 
+/// IPv6 is routed, never translated (no NAT66): it leaves both gateway hooks unchanged and
+/// is counted with its bytes.
+#[inline(always)]
+fn routed_ipv6(ctx: &TcContext, router_id: u32) -> i32 {
+    count_packet(
+        router_id,
+        Counter::Ipv6Packets,
+        Counter::Ipv6Bytes,
+        ctx.len() as u64,
+        false,
+    );
+    OK
+}
+
 /// The ifindex of the device the program runs on.
 #[inline(always)]
 pub(crate) fn ifindex(ctx: &TcContext) -> u32 {
@@ -83,6 +97,9 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
         return Ok(OK);
     };
     let rid = cfg.router_id;
+    if is_ipv6(ctx) {
+        return Ok(routed_ipv6(ctx, rid));
+    }
     // Floating IPs and port forwardings first: they take precedence over SNAT.
     if cfg.flags & ROUTER_F_FLOATING != 0
         && let Some(verdict) = crate::fip::gateway_out(ctx, &cfg)
@@ -180,6 +197,9 @@ pub fn snat_in(ctx: &TcContext) -> Result<i32, i32> {
         return Ok(OK);
     };
     let rid = cfg.router_id;
+    if is_ipv6(ctx) {
+        return Ok(routed_ipv6(ctx, rid));
+    }
     // Nothing from the external network may reach the metadata proxy's address.
     if crate::fip::to_metadata(ctx) {
         return Err(drop(rid, Counter::DropInvalid));

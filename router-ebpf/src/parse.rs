@@ -13,6 +13,8 @@ use aya_ebpf::programs::TcContext;
 pub const ETH_HLEN: usize = 14;
 /// EtherType of IPv4, as loaded from the wire into a native u16.
 pub const ETH_P_IP_WIRE: u16 = 0x0800u16.to_be();
+/// EtherType of IPv6, in wire order.
+pub const ETH_P_IPV6_WIRE: u16 = 0x86ddu16.to_be();
 /// Offset of the EtherType.
 pub const ETH_PROTO_OFF: usize = 12;
 
@@ -155,6 +157,12 @@ pub fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, i64> {
 #[inline(always)]
 pub fn is_ipv4(ctx: &TcContext) -> bool {
     matches!(load::<u16>(ctx, ETH_PROTO_OFF), Ok(p) if p == ETH_P_IP_WIRE)
+}
+
+/// Whether the frame carries IPv6.
+#[inline(always)]
+pub fn is_ipv6(ctx: &TcContext) -> bool {
+    matches!(load::<u16>(ctx, ETH_PROTO_OFF), Ok(p) if p == ETH_P_IPV6_WIRE)
 }
 
 /// Loads the fixed IPv4 header (fails only when the frame is shorter than it).

@@ -5,6 +5,7 @@
 mod testrun {
     mod fast;
     mod fip;
+    mod ipv6;
     mod nat;
     mod nat_props;
     mod portfill;

@@ -3,6 +3,8 @@
 //! `router_common::csum` so expected frames are independent of the datapath's incremental
 //! updates.
 
+use std::net::Ipv6Addr;
+
 use router_common::csum::{checksum_be, l4_checksum_be};
 
 pub const TCP: u8 = 6;
@@ -218,4 +220,49 @@ pub fn assert_checksums(frame: &[u8]) {
         ICMP => assert_eq!(checksum_be(l4), 0, "ICMP checksum"),
         _ => {}
     }
+}
+
+/// ICMPv6's protocol number.
+pub const ICMPV6: u8 = 58;
+
+/// An Ethernet frame carrying an IPv6 packet (hop limit 64) with `payload` of protocol
+/// `next`; for UDP, TCP and ICMPv6 the checksum field of `payload` is filled in over the
+/// IPv6 pseudo-header (RFC 8200 §8.1).
+pub fn ipv6_frame(src: Ipv6Addr, dst: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+    let mut l4 = payload.to_vec();
+    let csum_at = match next {
+        UDP => Some(6),
+        TCP => Some(16),
+        ICMPV6 => Some(2),
+        _ => None,
+    };
+    if let Some(at) = csum_at {
+        l4[at..at + 2].copy_from_slice(&[0, 0]);
+        let mut pseudo = Vec::with_capacity(40 + l4.len());
+        pseudo.extend_from_slice(&src.octets());
+        pseudo.extend_from_slice(&dst.octets());
+        pseudo.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, next]);
+        pseudo.extend_from_slice(&l4);
+        let c = checksum_be(&pseudo);
+        l4[at..at + 2].copy_from_slice(&c.to_be_bytes());
+    }
+    let mut ip = vec![0x60, 0, 0, 0];
+    ip.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    ip.extend_from_slice(&[next, 64]);
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&dst.octets());
+    ip.extend_from_slice(&l4);
+    frame_type(&ip, 0x86dd)
+}
+
+/// Shorthand: Ethernet + IPv6 + UDP with a valid checksum.
+pub fn ipv6_udp_frame(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16) -> Vec<u8> {
+    let mut u = Vec::new();
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&(8 + 5u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(b"query");
+    ipv6_frame(src, dst, UDP, &u)
 }

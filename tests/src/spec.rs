@@ -14,6 +14,7 @@ pub fn port(network_id: &str, mac: [u8; 6], addr: &str) -> PortSpec {
         mac,
         addresses: vec![addr.parse().expect("address")],
         mtu: 1500,
+        ra_prefixes: vec![],
     }
 }
 

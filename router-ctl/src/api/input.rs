@@ -144,17 +144,30 @@ pub fn req_uuid(o: &Obj, key: &str) -> Result<String, Fault> {
     opt_uuid(o, key)?.ok_or_else(|| bad_attr(key, "this attribute is required"))
 }
 
-/// An address string of a family the API accepts: IPv4 only for now, so this and the subnet
-/// `cidr`/`ip_version` checks are where IPv6 would be let in.
+/// An address string of either family.
 pub fn ip_value(key: &str, v: &Value) -> Result<IpAddr, Fault> {
     match v {
-        Value::String(s) => match s.parse::<IpAddr>() {
-            Ok(ip @ IpAddr::V4(_)) => Ok(ip),
-            _ => Err(bad_attr(key, format!("'{s}' is not a valid IPv4 address"))),
-        },
+        Value::String(s) => s
+            .parse::<IpAddr>()
+            .map_err(|_| bad_attr(key, format!("'{s}' is not a valid IP address"))),
         other => Err(bad_attr(
             key,
             format!("'{other}' is not a valid IP address"),
+        )),
+    }
+}
+
+/// An address where only IPv4 makes sense (floating IPs, port forwardings, extra routes: no
+/// NAT66, as in Neutron): an IPv6 one is Neutron's 400 `BadRequest` for `resource`.
+pub fn ipv4_value(resource: &str, key: &str, v: &Value) -> Result<IpAddr, Fault> {
+    match ip_value(key, v)? {
+        ip @ IpAddr::V4(_) => Ok(ip),
+        IpAddr::V6(a) => Err(Fault::new(
+            400,
+            "BadRequest",
+            format!(
+                "Bad {resource} request: {key} {a} is not an IPv4 address; only IPv4 can be used."
+            ),
         )),
     }
 }

@@ -145,6 +145,74 @@ pub struct Subnet {
     pub allocation_pools: Vec<(IpAddr, IpAddr)>,
     pub enable_dhcp: bool,
     pub dns_nameservers: Vec<IpAddr>,
+    /// IPv6 subnets: who sends router advertisements and with which flags (None: not this
+    /// router; an upstream router may).
+    pub ipv6_ra_mode: Option<Ipv6Mode>,
+    /// IPv6 subnets: how ports get their addresses (SLAAC and DHCPv6-stateless: EUI-64 of the
+    /// port's MAC, computed by IPAM as Neutron does).
+    pub ipv6_address_mode: Option<Ipv6Mode>,
+}
+
+impl Subnet {
+    /// Neutron's `ip_version`.
+    pub fn ip_version(&self) -> u8 {
+        match self.cidr {
+            IpNet::V4(_) => 4,
+            IpNet::V6(_) => 6,
+        }
+    }
+
+    /// Neutron's `is_auto_address_subnet`: ports take their EUI-64 address, not one from the
+    /// pools (router interfaces excepted: they hold the gateway address).
+    pub fn auto_address(&self) -> bool {
+        let auto =
+            |m: Option<Ipv6Mode>| matches!(m, Some(Ipv6Mode::Slaac | Ipv6Mode::Dhcpv6Stateless));
+        matches!(self.cidr, IpNet::V6(_))
+            && (auto(self.ipv6_address_mode) || auto(self.ipv6_ra_mode))
+    }
+}
+
+/// Neutron's `ipv6_ra_mode` / `ipv6_address_mode` values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ipv6Mode {
+    Slaac,
+    Dhcpv6Stateful,
+    Dhcpv6Stateless,
+}
+
+impl Ipv6Mode {
+    /// The API (and column) spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Slaac => "slaac",
+            Self::Dhcpv6Stateful => "dhcpv6-stateful",
+            Self::Dhcpv6Stateless => "dhcpv6-stateless",
+        }
+    }
+
+    /// Parses the API spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Slaac, Self::Dhcpv6Stateful, Self::Dhcpv6Stateless]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
+}
+
+/// Neutron's `get_ipv6_addr_by_EUI64`: the interface identifier made from the MAC (universal/
+/// local bit flipped, `ff:fe` in the middle) after the /64 prefix.
+pub fn eui64_address(prefix: &ipnet::Ipv6Net, mac: &[u8; 6]) -> Ipv6Addr {
+    let mut o = prefix.network().octets();
+    o[8..].copy_from_slice(&[
+        mac[0] ^ 0x02,
+        mac[1],
+        mac[2],
+        0xff,
+        0xfe,
+        mac[3],
+        mac[4],
+        mac[5],
+    ]);
+    Ipv6Addr::from(o)
 }
 
 /// One address of a port.

@@ -6,7 +6,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
+
+use super::Ipv6Mode;
 
 /// A Neutron network, realised as the Linux bridge `brq<id[:11]>` in the daemon's namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,9 +33,26 @@ pub struct PortSpec {
     /// The MTU of the port's network: both ends of its veth pair carry it (as Neutron's L3
     /// agent plugs router ports with the network's MTU).
     pub mtu: u32,
+    /// The IPv6 prefixes the router advertises on this port (its subnets with
+    /// `ipv6_ra_mode`); used on interfaces only, never on the gateway.
+    pub ra_prefixes: Vec<RaPrefix>,
+}
+
+/// One prefix of a router advertisement: a subnet with `ipv6_ra_mode`, whose mode decides the
+/// flags (slaac: A; dhcpv6-stateless: A and O; dhcpv6-stateful: M, no A), as Neutron's radvd
+/// configuration does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaPrefix {
+    pub prefix: Ipv6Net,
+    pub mode: Ipv6Mode,
 }
 
 impl PortSpec {
+    /// Whether the port has an IPv6 address (else IPv6 is off on its device).
+    pub fn has_ipv6(&self) -> bool {
+        self.addresses.iter().any(|a| matches!(a, IpNet::V6(_)))
+    }
+
     /// The port's first IPv4 address: the one ARP announces and NAT uses.
     pub fn ipv4(&self) -> Option<Ipv4Net> {
         self.addresses.iter().find_map(|a| match a {
@@ -82,6 +101,14 @@ pub struct RouterSpec {
     pub port_forwardings: Vec<PortForwardingSpec>,
     /// Extra routes (Neutron's `routes`), in the order the API keeps them.
     pub routes: Vec<RouteSpec>,
+}
+
+impl GatewaySpec {
+    /// Whether the router has a default IPv6 route (an external v6 subnet with a gateway):
+    /// then `qg-` accepts no router advertisements, as Neutron's L3 agent sets `accept_ra`.
+    pub fn has_ipv6_next_hop(&self) -> bool {
+        self.next_hops.iter().any(IpAddr::is_ipv6)
+    }
 }
 
 /// An extra route of a router: `destination` via `nexthop`, a neighbour on one of the router's

@@ -1,5 +1,5 @@
 //! Kernel networking through rtnetlink: namespaces, links, addresses, routes, sysctls and
-//! gratuitous ARP. Plain building blocks with no policy; `realise` decides what to build.
+//! gratuitous ARP, router advertisements. Plain building blocks with no policy; `realise` decides what to build.
 //!
 //! Every netlink operation runs on a short-lived thread that entered the target namespace and
 //! opened its own socket there (setns is per thread, and a socket keeps the namespace it was
@@ -10,6 +10,7 @@ pub mod link;
 pub mod neigh;
 pub mod ns;
 pub mod owned;
+pub mod ra;
 
 pub use link::{LinkKind, LinkState};
 pub use ns::{NetnsHandle, in_netns, with_netlink};

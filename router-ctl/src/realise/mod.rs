@@ -38,7 +38,7 @@ pub use self::{
 use crate::{
     datapath::{Datapath, RouterNat},
     model::spec::RouterSpec,
-    net::{arp, ns::NetnsHandle, owned::Owned},
+    net::{arp, ns::NetnsHandle, owned::Owned, ra},
 };
 
 /// What the realiser needs from the daemon's configuration.
@@ -67,6 +67,8 @@ pub struct Realiser {
     owned: Owned,
     /// Sends gratuitous ARPs in the background.
     announcer: arp::Announcer,
+    /// Router advertisements of the `qr-` ports on IPv6 subnets with `ipv6_ra_mode`.
+    advertiser: ra::Advertiser,
     /// Serialises kernel changes: API calls with each other and with each reconcile step.
     op: Mutex<()>,
     /// What the last successful converge of each router left in the datapath.
@@ -118,6 +120,7 @@ impl Realiser {
             daemon_ns,
             owned,
             announcer: arp::Announcer::start(NetnsHandle::current()?)?,
+            advertiser: ra::Advertiser::start()?,
             op: Mutex::new(()),
             memo: Mutex::new(HashMap::new()),
             router_hook: OnceLock::new(),

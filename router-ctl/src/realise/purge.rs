@@ -27,6 +27,8 @@ impl Realiser {
         if let Some(hook) = self.router_hook.get() {
             hook.router_down(router_id);
         }
+        // Router advertisement sockets hold the namespace: closed before it goes.
+        self.advertiser.forget_router(router_id);
         let ns_name = names::router_netns(router_id);
         if !self.owned.contains(Kind::Netns, &ns_name) {
             // Not ours (or already gone): still drop any NAT state of the dp_id we were given.

@@ -104,6 +104,7 @@ mod tests {
             mac,
             addresses: vec![addr.parse().unwrap()],
             mtu: 1500,
+            ra_prefixes: vec![],
         }
     }
 

@@ -61,7 +61,7 @@ fn fip_row(r: &Row) -> rusqlite::Result<FloatingIp> {
         floating_port_id: r.get(4)?,
         floating_ip: addr_of(r.get(5)?),
         port_id: r.get(6)?,
-        fixed_ip: r.get::<_, Option<i64>>(7)?.map(addr_of),
+        fixed_ip: r.get::<_, Option<[u8; 16]>>(7)?.map(addr_of),
         router_id: r.get(8)?,
     })
 }
@@ -75,9 +75,9 @@ pub fn insert_floatingip(conn: &Connection, f: &FloatingIp) -> Result<(), Fault>
             f.description,
             f.floating_network_id,
             f.floating_port_id,
-            addr_val(f.floating_ip)?,
+            addr_val(f.floating_ip),
             f.port_id,
-            f.fixed_ip.map(addr_val).transpose()?,
+            f.fixed_ip.map(addr_val),
             f.router_id
         ],
     )?;
@@ -92,7 +92,7 @@ pub fn update_floatingip(conn: &Connection, f: &FloatingIp) -> Result<(), Fault>
             f.id,
             f.description,
             f.port_id,
-            f.fixed_ip.map(addr_val).transpose()?,
+            f.fixed_ip.map(addr_val),
             f.router_id
         ],
     )?;
@@ -142,7 +142,7 @@ pub fn fip_of_fixed_ip(
     Ok(conn
         .query_row(
             "SELECT id FROM floatingips WHERE port_id=?1 AND fixed_ip=?2",
-            params![port_id, addr_val(fixed_ip)?],
+            params![port_id, addr_val(fixed_ip)],
             |r| r.get(0),
         )
         .optional()?)
@@ -181,7 +181,7 @@ pub fn insert_port_forwarding(conn: &Connection, p: &PortForwarding) -> Result<(
             p.protocol,
             p.external_port,
             p.internal_port_id,
-            addr_val(p.internal_ip)?,
+            addr_val(p.internal_ip),
             p.internal_port,
             p.description
         ],
@@ -198,7 +198,7 @@ pub fn update_port_forwarding(conn: &Connection, p: &PortForwarding) -> Result<(
             p.protocol,
             p.external_port,
             p.internal_port_id,
-            addr_val(p.internal_ip)?,
+            addr_val(p.internal_ip),
             p.internal_port,
             p.description
         ],
@@ -252,7 +252,7 @@ pub fn duplicate_port_forwarding(
                 p.protocol,
                 p.floatingip_id,
                 p.external_port,
-                addr_val(p.internal_ip)?,
+                addr_val(p.internal_ip),
                 p.internal_port
             ],
             |r| r.get(0),

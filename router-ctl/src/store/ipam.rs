@@ -5,7 +5,9 @@ use std::net::IpAddr;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{addr_of, addr_val};
-use crate::model::{Fault, Subnet};
+use ipnet::IpNet;
+
+use crate::model::{Fault, Subnet, eui64_address, ip_at, ip_index};
 
 // ---------------------------------------------------------------- IPAM
 
@@ -14,7 +16,7 @@ pub fn ip_in_use(conn: &Connection, subnet_id: &str, ip: IpAddr) -> Result<bool,
     Ok(conn
         .query_row(
             "SELECT 1 FROM fixed_ips WHERE subnet_id=?1 AND ip=?2",
-            params![subnet_id, addr_val(ip)?],
+            params![subnet_id, addr_val(ip)],
             |_| Ok(()),
         )
         .optional()?
@@ -28,26 +30,24 @@ pub fn first_free_ip(conn: &Connection, s: &Subnet) -> Result<Option<IpAddr>, Fa
     let mut st = conn.prepare_cached(
         "SELECT ip FROM fixed_ips WHERE subnet_id=?1 AND ip BETWEEN ?2 AND ?3 ORDER BY ip",
     )?;
-    let gw = s.gateway_ip.map(addr_val).transpose()?;
+    let gw = s.gateway_ip.map(ip_index);
     for (a, b) in &s.allocation_pools {
-        let (a, b) = (addr_val(*a)?, addr_val(*b)?);
-        let used = st.query_map(params![s.id, a, b], |r| r.get::<_, i64>(0))?;
-        let mut candidate = a;
+        let used = st.query_map(params![s.id, addr_val(*a), addr_val(*b)], |r| {
+            r.get::<_, [u8; 16]>(0)
+        })?;
+        let (mut candidate, last) = (ip_index(*a), ip_index(*b));
         let mut used_iter = used.peekable();
-        loop {
-            if candidate > b {
-                break;
-            }
+        while candidate <= last {
             if Some(candidate) == gw {
                 candidate += 1;
                 continue;
             }
             match used_iter.peek() {
-                Some(Ok(u)) if *u == candidate => {
+                Some(Ok(u)) if ip_index(addr_of(*u)) == candidate => {
                     used_iter.next();
                     candidate += 1;
                 }
-                Some(Ok(u)) if *u < candidate => {
+                Some(Ok(u)) if ip_index(addr_of(*u)) < candidate => {
                     used_iter.next();
                 }
                 Some(Err(_)) => {
@@ -55,7 +55,7 @@ pub fn first_free_ip(conn: &Connection, s: &Subnet) -> Result<Option<IpAddr>, Fa
                         return Err(e.into());
                     }
                 }
-                _ => return Ok(Some(addr_of(candidate))),
+                _ => return Ok(ip_at(*a, candidate)),
             }
         }
     }
@@ -102,4 +102,23 @@ pub fn allocate_ip(
             )
         }),
     }
+}
+
+/// The EUI-64 address of `mac` on an auto-address (SLAAC, DHCPv6-stateless) subnet, as
+/// Neutron's IPAM computes it; 409 `IpAddressInUse` when a port already has it (same MAC).
+pub fn auto_address(conn: &Connection, s: &Subnet, mac: &[u8; 6]) -> Result<IpAddr, Fault> {
+    let IpNet::V6(prefix) = s.cidr else {
+        return Err(Fault::internal("EUI-64 address asked of an IPv4 subnet"));
+    };
+    let ip = IpAddr::V6(eui64_address(&prefix, mac));
+    if ip_in_use(conn, &s.id, ip)? {
+        return Err(Fault::conflict(
+            "IpAddressInUse",
+            format!(
+                "Unable to complete operation for network {}. The IP address {ip} is in use.",
+                s.network_id
+            ),
+        ));
+    }
+    Ok(ip)
 }

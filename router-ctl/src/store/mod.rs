@@ -7,7 +7,7 @@
 //! this module only turn those cases into Neutron's errors before the constraint fires.
 
 use std::{
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv6Addr},
     path::Path,
 };
 
@@ -114,7 +114,49 @@ CREATE INDEX routers_gw_port ON routers(gw_port_id);
     routers::ROUTES_MIGRATION,
     // v5: standard attributes (revisions, timestamps, tags) and the network MTU.
     attrs::MIGRATION,
+    // v6: addresses of either family (16-byte columns) and the subnets' IPv6 modes.
+    IPV6_MIGRATION,
 ];
+
+/// The SQL of an address column's IPv4 integer as its 16-byte value (`addr_val` of the
+/// IPv4-mapped address).
+macro_rules! v4_blob {
+    ($col:literal) => {
+        concat!("unhex(printf('00000000000000000000FFFF%08X', ", $col, "))")
+    };
+}
+
+/// v6: every address column (`subnets.gateway_ip`, `allocation_pools`, `fixed_ips.ip`,
+/// floating IPs and port forwardings) goes from an IPv4 integer to `addr_val`'s 16 bytes, in
+/// place. SQLite keeps a BLOB as it is in a column declared INTEGER (that affinity converts
+/// only text and reals), and the UNIQUE indexes stay valid: the mapping is one to one. The
+/// triggers of `attrs` mark the rows changed; an encoding is no change of a resource, so the
+/// marks are cleared again (no revision moves).
+const IPV6_MIGRATION: &str = concat!(
+    "UPDATE subnets SET gateway_ip = ",
+    v4_blob!("gateway_ip"),
+    " WHERE typeof(gateway_ip) = 'integer';\n",
+    "UPDATE allocation_pools SET first_ip = ",
+    v4_blob!("first_ip"),
+    ", last_ip = ",
+    v4_blob!("last_ip"),
+    " WHERE typeof(first_ip) = 'integer';\n",
+    "UPDATE fixed_ips SET ip = ",
+    v4_blob!("ip"),
+    " WHERE typeof(ip) = 'integer';\n",
+    "UPDATE floatingips SET floating_ip = ",
+    v4_blob!("floating_ip"),
+    " WHERE typeof(floating_ip) = 'integer';\n",
+    "UPDATE floatingips SET fixed_ip = ",
+    v4_blob!("fixed_ip"),
+    " WHERE typeof(fixed_ip) = 'integer';\n",
+    "UPDATE port_forwardings SET internal_ip = ",
+    v4_blob!("internal_ip"),
+    " WHERE typeof(internal_ip) = 'integer';\n",
+    "ALTER TABLE subnets ADD COLUMN ipv6_ra_mode TEXT;\n",
+    "ALTER TABLE subnets ADD COLUMN ipv6_address_mode TEXT;\n",
+    "UPDATE standard_attrs SET dirty = 0 WHERE dirty != 0;\n",
+);
 
 /// Highest datapath slot (exclusive): the datapath's per-router maps hold this many.
 pub const MAX_DP_ID: u32 = router_common::MAX_ROUTERS;
@@ -220,28 +262,24 @@ fn query_all<T, P: rusqlite::Params>(
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
-fn ip_of(v: i64) -> Ipv4Addr {
-    Ipv4Addr::from(v as u32)
+/// An address column's value as the model carries it: IPv4 addresses are stored mapped
+/// (`::ffff:a.b.c.d`), so a v4 address comes back as `IpAddr::V4` (the API refuses IPv6
+/// subnets inside `::ffff:0:0/96`, so no IPv6 address is taken for one).
+fn addr_of(v: [u8; 16]) -> IpAddr {
+    let a = Ipv6Addr::from(v);
+    match a.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(a),
+    }
 }
 
-fn ip_val(ip: Ipv4Addr) -> i64 {
-    i64::from(u32::from(ip))
-}
-
-/// An address column's value as the model carries it.
-fn addr_of(v: i64) -> IpAddr {
-    IpAddr::V4(ip_of(v))
-}
-
-/// The column value of an address. Address columns are IPv4 integers (their order is what
-/// IPAM walks); an IPv6 address needs a migration to a wider encoding first (16-byte
-/// big-endian BLOBs would keep the order), so until then it is refused here.
-fn addr_val(ip: IpAddr) -> Result<i64, Fault> {
+/// The column value of an address: 16 bytes, big-endian, IPv4 as IPv4-mapped. Compared as
+/// BLOBs (memcmp), the values keep the addresses' order within a family, which is what IPAM
+/// walks (`first_free_ip`).
+fn addr_val(ip: IpAddr) -> [u8; 16] {
     match ip {
-        IpAddr::V4(a) => Ok(ip_val(a)),
-        IpAddr::V6(a) => Err(Fault::invalid(format!(
-            "{a}: IPv6 addresses cannot be stored yet"
-        ))),
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
     }
 }
 

@@ -6,7 +6,7 @@ use ipnet::IpNet;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{addr_of, addr_val, query_all, text_err};
-use crate::model::{Fault, Network, Subnet};
+use crate::model::{Fault, Ipv6Mode, Network, Subnet};
 
 // ---------------------------------------------------------------- networks
 
@@ -82,13 +82,22 @@ pub fn delete_network(conn: &Connection, id: &str) -> Result<(), Fault> {
 
 // ---------------------------------------------------------------- subnets
 
-const SUBNET_COLS: &str =
-    "id, network_id, name, description, project_id, cidr, gateway_ip, enable_dhcp, dns_nameservers";
+const SUBNET_COLS: &str = "id, network_id, name, description, project_id, cidr, gateway_ip, enable_dhcp, dns_nameservers, ipv6_ra_mode, ipv6_address_mode";
+
+/// An IPv6 mode column (NULL: none).
+fn mode_of(r: &Row, col: usize) -> rusqlite::Result<Option<Ipv6Mode>> {
+    match r.get::<_, Option<String>>(col)? {
+        None => Ok(None),
+        Some(s) => Ipv6Mode::parse(&s)
+            .map(Some)
+            .ok_or_else(|| text_err(col, format!("bad IPv6 mode {s}"))),
+    }
+}
 
 fn subnet_row(r: &Row) -> rusqlite::Result<Subnet> {
     let cidr: String = r.get(5)?;
     let cidr = IpNet::from_str(&cidr).map_err(|e| text_err(5, e.to_string()))?;
-    let gw: Option<i64> = r.get(6)?;
+    let gw: Option<[u8; 16]> = r.get(6)?;
     let dns: String = r.get(8)?;
     Ok(Subnet {
         id: r.get(0)?,
@@ -104,6 +113,8 @@ fn subnet_row(r: &Row) -> rusqlite::Result<Subnet> {
             .split(',')
             .filter_map(|s| IpAddr::from_str(s).ok())
             .collect(),
+        ipv6_ra_mode: mode_of(r, 9)?,
+        ipv6_address_mode: mode_of(r, 10)?,
     })
 }
 
@@ -120,7 +131,7 @@ fn write_pools(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
     for (i, (a, b)) in s.allocation_pools.iter().enumerate() {
         conn.execute(
             "INSERT INTO allocation_pools (subnet_id, seq, first_ip, last_ip) VALUES (?1,?2,?3,?4)",
-            params![s.id, i as i64, addr_val(*a)?, addr_val(*b)?],
+            params![s.id, i as i64, addr_val(*a), addr_val(*b)],
         )?;
     }
     Ok(())
@@ -137,7 +148,7 @@ fn dns_text(s: &Subnet) -> String {
 /// Adds a subnet and its pools.
 pub fn insert_subnet(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
     conn.execute(
-        &format!("INSERT INTO subnets ({SUBNET_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
+        &format!("INSERT INTO subnets ({SUBNET_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)"),
         params![
             s.id,
             s.network_id,
@@ -145,9 +156,11 @@ pub fn insert_subnet(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
             s.description,
             s.project_id,
             s.cidr.to_string(),
-            s.gateway_ip.map(addr_val).transpose()?,
+            s.gateway_ip.map(addr_val),
             s.enable_dhcp,
-            dns_text(s)
+            dns_text(s),
+            s.ipv6_ra_mode.map(Ipv6Mode::as_str),
+            s.ipv6_address_mode.map(Ipv6Mode::as_str)
         ],
     )?;
     write_pools(conn, s)
@@ -161,7 +174,7 @@ pub fn update_subnet(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
             s.id,
             s.name,
             s.description,
-            s.gateway_ip.map(addr_val).transpose()?,
+            s.gateway_ip.map(addr_val),
             s.enable_dhcp,
             dns_text(s)
         ],

@@ -91,7 +91,7 @@ fn write_fixed_ips(conn: &Connection, p: &Port) -> Result<(), Fault> {
     for f in &p.fixed_ips {
         conn.execute(
             "INSERT INTO fixed_ips (port_id, subnet_id, ip) VALUES (?1,?2,?3)",
-            params![p.id, f.subnet_id, addr_val(f.ip)?],
+            params![p.id, f.subnet_id, addr_val(f.ip)],
         )
         .map_err(|e| match Fault::from(e) {
             f2 if f2.status == 409 => Fault::conflict(

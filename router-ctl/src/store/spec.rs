@@ -14,8 +14,8 @@ use super::{
     text_err,
 };
 use crate::model::{
-    Fault, parse_mac,
-    spec::{DesiredState, GatewaySpec, NetworkSpec, PortSpec, RouteSpec, RouterSpec},
+    Fault, Ipv6Mode, parse_mac,
+    spec::{DesiredState, GatewaySpec, NetworkSpec, PortSpec, RaPrefix, RouteSpec, RouterSpec},
 };
 
 /// Which routers a build covers.
@@ -143,7 +143,8 @@ pub fn router_specs(conn: &Connection, scope: Scope<'_>) -> Result<Vec<RouterSpe
 /// of the routers in `scope` that have at least one address.
 fn router_ports(conn: &Connection, scope: Scope<'_>) -> Result<HashMap<String, PortAddrs>, Fault> {
     let sql = format!(
-        "SELECT p.id, p.network_id, p.mac, f.ip, s.cidr, s.gateway_ip, n.mtu FROM fixed_ips f
+        "SELECT p.id, p.network_id, p.mac, f.ip, s.cidr, s.gateway_ip, n.mtu, s.ipv6_ra_mode
+           FROM fixed_ips f
            JOIN ports p ON p.id = f.port_id JOIN subnets s ON s.id = f.subnet_id
            JOIN networks n ON n.id = p.network_id
          WHERE f.port_id IN (SELECT port_id FROM router_interfaces WHERE {}
@@ -158,19 +159,25 @@ fn router_ports(conn: &Connection, scope: Scope<'_>) -> Result<HashMap<String, P
         let cidr: String = r.get(4)?;
         let cidr = IpNet::from_str(&cidr).map_err(|e| text_err(4, e.to_string()))?;
         let ip = addr_of(r.get(3)?);
-        let gw: Option<i64> = r.get(5)?;
+        let gw: Option<[u8; 16]> = r.get(5)?;
         let address = IpNet::new(ip, cidr.prefix_len()).unwrap_or_else(|_| IpNet::from(ip));
+        let ra = match (cidr, r.get::<_, Option<String>>(7)?) {
+            (IpNet::V6(prefix), Some(m)) => {
+                Ipv6Mode::parse(&m).map(|mode| RaPrefix { prefix, mode })
+            }
+            _ => None,
+        };
         Ok((
             r.get::<_, String>(0)?,
             r.get::<_, String>(1)?,
             mac,
-            address,
+            (address, ra),
             gw.map(addr_of),
             r.get::<_, u32>(6)?,
         ))
     })?;
     let mut out: HashMap<String, PortAddrs> = HashMap::new();
-    for (id, network_id, mac, address, next_hop, mtu) in rows {
+    for (id, network_id, mac, (address, ra), next_hop, mtu) in rows {
         let (spec, hops) = out.entry(id.clone()).or_insert_with(|| {
             let spec = PortSpec {
                 port_id: id,
@@ -178,10 +185,12 @@ fn router_ports(conn: &Connection, scope: Scope<'_>) -> Result<HashMap<String, P
                 mac,
                 addresses: Vec::new(),
                 mtu,
+                ra_prefixes: Vec::new(),
             };
             (spec, Vec::new())
         });
         spec.addresses.push(address);
+        spec.ra_prefixes.extend(ra);
         if let Some(h) = next_hop
             && !hops.contains(&h)
         {

@@ -38,6 +38,8 @@ pub(super) fn subnet(id: &str, net: &str, cidr: &str, pools: &[(&str, &str)]) ->
             .collect(),
         enable_dhcp: true,
         dns_nameservers: vec![],
+        ipv6_ra_mode: None,
+        ipv6_address_mode: None,
     }
 }
 
@@ -479,4 +481,91 @@ fn every_standard_attrs_trigger_survives_the_migrations() {
     for w in &want {
         assert!(have.contains(w), "trigger {w} missing: {have:?}");
     }
+}
+
+/// A database of schema v5 (IPv4 integers in every address column) upgrades in place: the
+/// addresses read back the same, no revision moves, IPAM carries on after the last address,
+/// and IPv6 subnets and addresses can be stored afterwards.
+#[test]
+fn the_ipv6_migration_upgrades_a_v5_database_in_place() {
+    let mut conn = Connection::open_in_memory().unwrap();
+    conn.pragma_update(None, "foreign_keys", true).unwrap();
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(5) {
+        conn.execute_batch(sql).unwrap();
+        conn.pragma_update(None, "user_version", (i + 1) as i64)
+            .unwrap();
+    }
+    // 10.0.0.1 = 167772161, 10.0.0.2..10.0.0.254, 203.0.113.5 = 3405803781, 10.0.0.7 = 167772167.
+    conn.execute_batch(
+        "INSERT INTO networks (id, name, project_id, admin_state_up, external, shared, status)
+           VALUES ('n', 'n', 'p', 1, 0, 0, 'ACTIVE'), ('e', 'e', 'p', 1, 1, 0, 'ACTIVE');
+         INSERT INTO subnets (id, network_id, name, project_id, cidr, gateway_ip, enable_dhcp)
+           VALUES ('s', 'n', 's', 'p', '10.0.0.0/24', 167772161, 1),
+                  ('se', 'e', 'se', 'p', '203.0.113.0/24', NULL, 0);
+         INSERT INTO allocation_pools VALUES ('s', 0, 167772162, 167772414);
+         INSERT INTO ports (id, network_id, name, project_id, mac, admin_state_up, device_owner, device_id, status)
+           VALUES ('vm', 'n', '', 'p', 'fa:16:3e:00:00:01', 1, '', '', 'DOWN'),
+                  ('fp', 'e', '', 'p', 'fa:16:3e:00:00:02', 1, 'network:floatingip', '', 'DOWN');
+         INSERT INTO fixed_ips VALUES ('vm', 's', 167772162), ('fp', 'se', 3405803781);
+         INSERT INTO floatingips VALUES ('f', 'p', '', 'e', 'fp', 3405803781, 'vm', 167772162, NULL);
+         INSERT INTO port_forwardings VALUES ('pf', 'f', 'tcp', 22, 'vm', 167772167, 22, '');",
+    )
+    .unwrap();
+    let before = standard_attrs(&conn, "vm").unwrap().unwrap();
+    migrate(&mut conn).unwrap();
+    let s = get_subnet(&conn, "s").unwrap().unwrap();
+    assert_eq!(s.gateway_ip, Some("10.0.0.1".parse().unwrap()));
+    assert_eq!(
+        s.allocation_pools,
+        vec![("10.0.0.2".parse().unwrap(), "10.0.0.254".parse().unwrap())]
+    );
+    assert_eq!(s.ipv6_ra_mode, None);
+    let vm = get_port(&conn, "vm").unwrap().unwrap();
+    assert_eq!(vm.fixed_ips[0].ip, "10.0.0.2".parse::<IpAddr>().unwrap());
+    let f = &floatingips::list_floatingips(&conn).unwrap()[0];
+    assert_eq!(f.floating_ip, "203.0.113.5".parse::<IpAddr>().unwrap());
+    assert_eq!(f.fixed_ip, Some("10.0.0.2".parse().unwrap()));
+    let pf = &floatingips::fip_port_forwardings(&conn, "f").unwrap()[0];
+    assert_eq!(pf.internal_ip, "10.0.0.7".parse::<IpAddr>().unwrap());
+    let after = standard_attrs(&conn, "vm").unwrap().unwrap();
+    assert_eq!(after.revision_number, before.revision_number);
+    let dirty: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM standard_attrs WHERE dirty != 0",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(dirty, 0);
+    // IPAM sees the migrated allocation and the gateway.
+    assert_eq!(
+        allocate_ip(&conn, &s, None, false).unwrap(),
+        "10.0.0.3".parse::<IpAddr>().unwrap()
+    );
+    // IPv6 now fits.
+    let v6 = Subnet {
+        ipv6_ra_mode: Some(crate::model::Ipv6Mode::Slaac),
+        ipv6_address_mode: Some(crate::model::Ipv6Mode::Slaac),
+        ..subnet("s6", "n", "fd00:1::/64", &[("fd00:1::2", "fd00:1::ffff")])
+    };
+    insert_subnet(&conn, &v6).unwrap();
+    let back = get_subnet(&conn, "s6").unwrap().unwrap();
+    assert_eq!(back, v6);
+    assert_eq!(
+        allocate_ip(&conn, &back, None, false).unwrap(),
+        "fd00:1::2".parse::<IpAddr>().unwrap()
+    );
+    let eui = auto_address(&conn, &back, &[0xfa, 0x16, 0x3e, 0, 0, 1]).unwrap();
+    assert_eq!(eui, "fd00:1::f816:3eff:fe00:1".parse::<IpAddr>().unwrap());
+    conn.execute(
+        "INSERT INTO fixed_ips VALUES ('vm', 's6', ?1)",
+        [addr_val(eui)],
+    )
+    .unwrap();
+    assert_eq!(
+        auto_address(&conn, &back, &[0xfa, 0x16, 0x3e, 0, 0, 1])
+            .unwrap_err()
+            .status,
+        409
+    );
 }

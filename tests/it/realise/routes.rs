@@ -16,6 +16,7 @@ fn port(network: &NetworkSpec, m: u8, ip: &str, prefix: u8) -> PortSpec {
         mac: [0xfa, 0x16, 0x3e, 0x56, 0x78, m],
         addresses: vec![format!("{ip}/{prefix}").parse().expect("address")],
         mtu: 1500,
+        ra_prefixes: vec![],
     }
 }
 

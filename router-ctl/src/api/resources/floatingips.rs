@@ -92,12 +92,18 @@ fn pick_fixed_ip(port: &Port, requested: Option<IpAddr>) -> Result<IpAddr, Fault
             "Bad floatingip request: Port {} does not have fixed ip {ip}.",
             port.id
         ))),
-        None => port.fixed_ips.first().map(|f| f.ip).ok_or_else(|| {
-            Fault::bad_request(format!(
-                "Bad floatingip request: Port {} does not have any fixed IPs.",
-                port.id
-            ))
-        }),
+        // Floating IPs are IPv4 only (Neutron: "no fixed IPv4 addresses").
+        None => port
+            .fixed_ips
+            .iter()
+            .map(|f| f.ip)
+            .find(IpAddr::is_ipv4)
+            .ok_or_else(|| {
+                Fault::new(400, "BadRequest", format!(
+                    "Bad floatingip request: Cannot add floating IP to port {} that has no fixed IPv4 addresses.",
+                    port.id
+                ))
+            }),
     }
 }
 
@@ -170,7 +176,7 @@ pub(super) fn create_fip(
     let requested = o
         .get("floating_ip_address")
         .filter(|v| !v.is_null())
-        .map(|v| input::ip_value("floating_ip_address", v))
+        .map(|v| input::ipv4_value("floatingip", "floating_ip_address", v))
         .transpose()?;
     let port_id = match o.get("port_id") {
         None | Some(Value::Null) => None,
@@ -179,7 +185,7 @@ pub(super) fn create_fip(
     let fixed = o
         .get("fixed_ip_address")
         .filter(|v| !v.is_null())
-        .map(|v| input::ip_value("fixed_ip_address", v))
+        .map(|v| input::ipv4_value("floatingip", "fixed_ip_address", v))
         .transpose()?;
     if requested.is_some() && !ctx.admin {
         // Neutron's default policy lets only admins pick the address.
@@ -194,8 +200,29 @@ pub(super) fn create_fip(
             "Bad floatingip request: Network {net_id} is not a valid external network."
         )));
     }
-    let subnets: Vec<_> = store::network_subnets(c, &net_id)?
+    let all = store::network_subnets(c, &net_id)?;
+    if let Some(s) = all.iter().find(|s| subnet_id.as_ref() == Some(&s.id))
+        && s.ip_version() != 4
+    {
+        return Err(Fault::new(
+            400,
+            "BadRequest",
+            format!(
+                "Bad floatingip request: Subnet {} is not an IPv4 subnet; floating IPs are IPv4 only.",
+                s.id
+            ),
+        ));
+    }
+    if !all.is_empty() && all.iter().all(|s| s.ip_version() != 4) {
+        return Err(Fault::new(
+            400,
+            "BadRequest",
+            format!("Bad floatingip request: Network {net_id} does not contain any IPv4 subnet."),
+        ));
+    }
+    let subnets: Vec<_> = all
         .into_iter()
+        .filter(|s| s.ip_version() == 4)
         .filter(|s| subnet_id.as_ref().is_none_or(|id| &s.id == id))
         .filter(|s| requested.is_none_or(|ip| s.cidr.contains(&ip)))
         .collect();
@@ -280,7 +307,7 @@ pub(super) fn update_fip(
     let fixed = o
         .get("fixed_ip_address")
         .filter(|v| !v.is_null())
-        .map(|v| input::ip_value("fixed_ip_address", v))
+        .map(|v| input::ipv4_value("floatingip", "fixed_ip_address", v))
         .transpose()?;
     match o.get("port_id") {
         None => {

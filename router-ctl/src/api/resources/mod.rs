@@ -215,6 +215,8 @@ impl Kind {
                 "allocation_pools",
                 "enable_dhcp",
                 "dns_nameservers",
+                "ipv6_ra_mode",
+                "ipv6_address_mode",
             ],
             (Kind::Subnet, false) => &[
                 "name",

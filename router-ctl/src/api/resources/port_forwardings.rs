@@ -108,7 +108,7 @@ fn check_pf(
     };
     let requested = o
         .get("internal_ip_address")
-        .map(|v| input::ip_value("internal_ip_address", v))
+        .map(|v| input::ipv4_value("port_forwarding", "internal_ip_address", v))
         .transpose()?;
     for (k, missing) in [
         ("protocol", pf.protocol.is_empty()),

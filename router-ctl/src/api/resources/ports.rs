@@ -39,13 +39,17 @@ pub(super) fn port_view(p: &Port) -> Value {
     })
 }
 
-/// Chooses the fixed IPs of a new port on `network_id`: as requested, else one from the first
-/// subnet with a free address (none when the network has no subnet and `need` is false).
+/// Chooses the fixed IPs of a new port on `network_id` with MAC `mac`: as requested, else as
+/// Neutron's `_allocate_ips_for_port` does: one address from the first IPv4 subnet with a free
+/// one, one from the first IPv6 subnet with pools (stateful or no mode), and the EUI-64
+/// address on every SLAAC / DHCPv6-stateless subnet (none at all when the network has no
+/// subnet and `need` is false).
 pub(super) fn allocate_fixed_ips(
     c: &Connection,
     network_id: &str,
     requests: Option<&[FixedIpRequest]>,
     need: bool,
+    mac: &[u8; 6],
 ) -> Result<Vec<FixedIp>, Fault> {
     let subnets = store::network_subnets(c, network_id)?;
     let mut out: Vec<FixedIp> = Vec::new();
@@ -70,7 +74,17 @@ pub(super) fn allocate_fixed_ips(
                         "only one address per subnet may be requested without ip_address",
                     ));
                 }
-                let ip = store::allocate_ip(c, subnet, r.ip, false)?;
+                let ip = if subnet.auto_address() {
+                    if let Some(ip) = r.ip {
+                        return Err(Fault::invalid(format!(
+                            "IPv6 address {ip} cannot be directly assigned to a port on subnet {} since the subnet is configured for automatic addresses",
+                            subnet.id
+                        )));
+                    }
+                    store::auto_address(c, subnet, mac)?
+                } else {
+                    store::allocate_ip(c, subnet, r.ip, false)?
+                };
                 if out.iter().any(|f| f.subnet_id == subnet.id && f.ip == ip) {
                     return Err(Fault::invalid(format!("duplicate fixed IP {ip}")));
                 }
@@ -82,16 +96,28 @@ pub(super) fn allocate_fixed_ips(
         }
         _ => {
             let mut last_err = None;
-            for s in &subnets {
-                match store::allocate_ip(c, s, None, false) {
-                    Ok(ip) => {
-                        out.push(FixedIp {
-                            subnet_id: s.id.clone(),
-                            ip,
-                        });
-                        break;
+            for s in subnets.iter().filter(|s| s.auto_address()) {
+                let ip = store::auto_address(c, s, mac)?;
+                out.push(FixedIp {
+                    subnet_id: s.id.clone(),
+                    ip,
+                });
+            }
+            for version in [4, 6] {
+                let pooled = subnets
+                    .iter()
+                    .filter(|s| s.ip_version() == version && !s.auto_address());
+                for s in pooled {
+                    match store::allocate_ip(c, s, None, false) {
+                        Ok(ip) => {
+                            out.push(FixedIp {
+                                subnet_id: s.id.clone(),
+                                ip,
+                            });
+                            break;
+                        }
+                        Err(e) => last_err = Some(e),
                     }
-                    Err(e) => last_err = Some(e),
                 }
             }
             // No address at all: an error when one was needed or the subnets are full.
@@ -145,7 +171,7 @@ pub(super) fn create_port(c: &Connection, ctx: &Ctx, o: &Obj) -> Result<String, 
         }
         None => store::generate_mac(c)?,
     };
-    let fixed_ips = allocate_fixed_ips(c, &network_id, requests.as_deref(), false)?;
+    let fixed_ips = allocate_fixed_ips(c, &network_id, requests.as_deref(), false, &mac)?;
     let id = new_id();
     store::insert_port(
         c,

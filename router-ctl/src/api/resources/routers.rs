@@ -231,7 +231,7 @@ fn set_gateway(
             let mut moved = p.clone();
             moved.fixed_ips.clear();
             store::update_port(c, &moved)?;
-            moved.fixed_ips = allocate_fixed_ips(c, &net.id, Some(reqs), true)?;
+            moved.fixed_ips = allocate_fixed_ips(c, &net.id, Some(reqs), true, &p.mac)?;
             check_gateway_overlap(c, r, &moved)?;
             store::update_port(c, &moved)?;
         }
@@ -243,14 +243,15 @@ fn set_gateway(
         store::update_router(c, r)?;
         store::delete_port(c, &p.id)?;
     }
-    let fixed_ips = allocate_fixed_ips(c, &net.id, req.fixed_ips.as_deref(), true)?;
+    let mac = store::generate_mac(c)?;
+    let fixed_ips = allocate_fixed_ips(c, &net.id, req.fixed_ips.as_deref(), true, &mac)?;
     let port = Port {
         id: new_id(),
         network_id: net.id.clone(),
         name: String::new(),
         description: String::new(),
         project_id: String::new(),
-        mac: store::generate_mac(c)?,
+        mac,
         admin_state_up: true,
         device_owner: OWNER_ROUTER_GATEWAY.into(),
         device_id: r.id.clone(),
@@ -479,7 +480,7 @@ pub(super) fn parse_routes(v: &Value, unique: bool) -> Result<Vec<RouteSpec>, Fa
             return Err(keys_error());
         }
         let destination = route_cidr(&o["destination"])?;
-        let nexthop = input::ip_value(key, &o["nexthop"])?;
+        let nexthop = input::ipv4_value("router", key, &o["nexthop"])?;
         let route = RouteSpec {
             destination,
             nexthop,

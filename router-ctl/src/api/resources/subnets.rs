@@ -1,4 +1,5 @@
-//! Subnets: `/v2.0/subnets`, IPv4 only, with Neutron's pool, gateway and DNS validation.
+//! Subnets: `/v2.0/subnets`, IPv4 and IPv6 (Neutron's `ipv6_ra_mode`/`ipv6_address_mode`
+//! rules), with Neutron's pool, gateway and DNS validation.
 
 use std::net::IpAddr;
 
@@ -13,7 +14,7 @@ use crate::{
         input::{self, Obj},
         scope::owned,
     },
-    model::{Fault, Network, Subnet, host_range, ip_at, ip_index},
+    model::{Fault, Ipv6Mode, Network, Subnet, host_range, ip_at, ip_index},
     store,
 };
 
@@ -25,7 +26,7 @@ pub(super) fn subnet_view(s: &Subnet) -> Value {
         "network_id": s.network_id,
         "tenant_id": s.project_id,
         "project_id": s.project_id,
-        "ip_version": 4,
+        "ip_version": s.ip_version(),
         "cidr": s.cidr.to_string(),
         "gateway_ip": s.gateway_ip.map(|g| g.to_string()),
         "allocation_pools": s.allocation_pools.iter()
@@ -34,8 +35,8 @@ pub(super) fn subnet_view(s: &Subnet) -> Value {
         "enable_dhcp": s.enable_dhcp,
         "dns_nameservers": s.dns_nameservers.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
         "host_routes": [],
-        "ipv6_ra_mode": null,
-        "ipv6_address_mode": null,
+        "ipv6_ra_mode": s.ipv6_ra_mode.map(Ipv6Mode::as_str),
+        "ipv6_address_mode": s.ipv6_address_mode.map(Ipv6Mode::as_str),
         "subnetpool_id": null,
     })
 }
@@ -130,7 +131,8 @@ fn check_gateway(
     pools: &[(IpAddr, IpAddr)],
 ) -> Result<(), Fault> {
     let Some(g) = gw else { return Ok(()) };
-    if cidr.contains(&g) && (g == cidr.network() || g == cidr.broadcast()) {
+    let v4_broadcast = matches!(cidr, IpNet::V4(_)) && g == cidr.broadcast();
+    if cidr.contains(&g) && (g == cidr.network() || v4_broadcast) {
         return Err(input::bad_attr(
             "gateway_ip",
             format!("'{g}' is the network or broadcast address of {cidr}"),
@@ -186,21 +188,11 @@ fn parse_dns(o: &Obj) -> Result<Option<Vec<IpAddr>>, Fault> {
 }
 
 /// The `ip_version` and `cidr` of a new subnet, checked: the one place a subnet's family is
-/// accepted (IPv4 only for now; IPv6 is refused with 400).
+/// accepted (the family of `cidr` must be `ip_version`).
 fn parse_cidr(o: &Obj) -> Result<IpNet, Fault> {
-    match o.get("ip_version") {
-        Some(Value::Number(n)) if n.as_i64() == Some(4) => {}
-        Some(Value::String(s)) if s == "4" => {}
-        Some(Value::Number(n)) if n.as_i64() == Some(6) => {
-            return Err(Fault::invalid(
-                "IPv6 subnets are not supported; ip_version must be 4",
-            ));
-        }
-        Some(Value::String(s)) if s == "6" => {
-            return Err(Fault::invalid(
-                "IPv6 subnets are not supported; ip_version must be 4",
-            ));
-        }
+    let version = match o.get("ip_version") {
+        Some(Value::Number(n)) if matches!(n.as_i64(), Some(4 | 6)) => n.as_i64(),
+        Some(Value::String(s)) if s == "4" || s == "6" => s.parse().ok(),
         None => return Err(input::bad_attr("ip_version", "this attribute is required")),
         Some(v) => {
             return Err(input::bad_attr(
@@ -208,7 +200,7 @@ fn parse_cidr(o: &Obj) -> Result<IpNet, Fault> {
                 format!("{v} is not in [4, 6]"),
             ));
         }
-    }
+    };
     let cidr_text = match o.get("cidr") {
         Some(Value::String(s)) => s.clone(),
         None => return Err(input::bad_attr("cidr", "this attribute is required")),
@@ -219,16 +211,22 @@ fn parse_cidr(o: &Obj) -> Result<IpNet, Fault> {
             ));
         }
     };
-    // IPv4 only for now, like `input::ip_value`.
-    let cidr = match cidr_text.parse::<IpNet>() {
-        Ok(n @ IpNet::V4(_)) => n,
-        _ => {
-            return Err(input::bad_attr(
-                "cidr",
-                format!("'{cidr_text}' is not a valid IPv4 subnet"),
-            ));
-        }
+    let Ok(cidr) = cidr_text.parse::<IpNet>() else {
+        return Err(input::bad_attr(
+            "cidr",
+            format!("'{cidr_text}' is not a valid IP subnet"),
+        ));
     };
+    let family = match cidr {
+        IpNet::V4(_) => 4,
+        IpNet::V6(_) => 6,
+    };
+    if version != Some(family) {
+        return Err(Fault::invalid(format!(
+            "Cidr {cidr} does not match the ip_version {}",
+            version.unwrap_or(0)
+        )));
+    }
     if cidr.trunc() != cidr {
         return Err(input::bad_attr(
             "cidr",
@@ -238,12 +236,75 @@ fn parse_cidr(o: &Obj) -> Result<IpNet, Fault> {
             ),
         ));
     }
-    if cidr.prefix_len() > 30 {
+    let (max_len, what) = match cidr {
+        IpNet::V4(_) => (30, "30"),
+        IpNet::V6(_) => (126, "126"),
+    };
+    if cidr.prefix_len() > max_len {
         return Err(Fault::invalid(format!(
-            "{cidr} is too small: the prefix length must be 30 or less"
+            "{cidr} is too small: the prefix length must be {what} or less"
+        )));
+    }
+    // The store keeps IPv4 addresses IPv4-mapped (`store::addr_val`): an IPv6 subnet there
+    // would be ambiguous, and Neutron refuses multicast subnets.
+    let mapped: IpNet = "::ffff:0:0/96".parse().unwrap_or(cidr);
+    if matches!(cidr, IpNet::V6(_)) && (overlaps(&cidr, &mapped) || cidr.network().is_multicast()) {
+        return Err(Fault::invalid(format!(
+            "{cidr} is not a usable IPv6 subnet (IPv4-mapped or multicast)"
         )));
     }
     Ok(cidr)
+}
+
+/// An optional `ipv6_ra_mode` / `ipv6_address_mode` value (null: none).
+fn parse_mode(o: &Obj, key: &str) -> Result<Option<Ipv6Mode>, Fault> {
+    match o.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if Ipv6Mode::parse(s).is_some() => Ok(Ipv6Mode::parse(s)),
+        Some(v) => Err(input::bad_attr(
+            key,
+            format!("{v} is not in ['dhcpv6-stateful', 'dhcpv6-stateless', 'slaac', None]"),
+        )),
+    }
+}
+
+/// Neutron's `_validate_ipv6_attributes` for a new subnet: modes only on IPv6 subnets and
+/// with DHCP enabled, equal when both are set, and a /64 for EUI-64 addresses.
+fn check_ipv6_modes(
+    cidr: &IpNet,
+    ra: Option<Ipv6Mode>,
+    address: Option<Ipv6Mode>,
+    enable_dhcp: bool,
+) -> Result<(), Fault> {
+    if ra.is_none() && address.is_none() {
+        return Ok(());
+    }
+    if matches!(cidr, IpNet::V4(_)) {
+        return Err(Fault::invalid(
+            "ipv6_ra_mode and ipv6_address_mode are only valid for IPv6 subnets",
+        ));
+    }
+    if !enable_dhcp {
+        return Err(Fault::invalid(
+            "ipv6_ra_mode or ipv6_address_mode cannot be set when enable_dhcp is set to False",
+        ));
+    }
+    if let (Some(r), Some(a)) = (ra, address)
+        && r != a
+    {
+        return Err(Fault::invalid(format!(
+            "ipv6_ra_mode set to '{}' with ipv6_address_mode set to '{}' is not valid. If both attributes are set, they must be the same value",
+            r.as_str(),
+            a.as_str()
+        )));
+    }
+    let auto = |m: Option<Ipv6Mode>| matches!(m, Some(Ipv6Mode::Slaac | Ipv6Mode::Dhcpv6Stateless));
+    if (auto(ra) || auto(address)) && cidr.prefix_len() != 64 {
+        return Err(Fault::invalid(format!(
+            "Invalid CIDR {cidr} for IPv6 address mode. OpenStack uses the EUI-64 address format, which requires the prefix to be /64"
+        )));
+    }
+    Ok(())
 }
 
 pub(super) fn create_subnet(
@@ -257,6 +318,9 @@ pub(super) fn create_subnet(
     let project_id = input::owner(o, ctx, "create_subnet")?;
     let (name, description) = input::name_and_description(o)?;
     let enable_dhcp = input::opt_bool(o, "enable_dhcp")?.unwrap_or(true);
+    let ipv6_ra_mode = parse_mode(o, "ipv6_ra_mode")?;
+    let ipv6_address_mode = parse_mode(o, "ipv6_address_mode")?;
+    check_ipv6_modes(&cidr, ipv6_ra_mode, ipv6_address_mode, enable_dhcp)?;
     let dns = parse_dns(o)?.unwrap_or_default();
     let gateway_ip = match parse_gateway(o)? {
         Some(g) => g,
@@ -294,6 +358,8 @@ pub(super) fn create_subnet(
             allocation_pools: pools,
             enable_dhcp,
             dns_nameservers: dns,
+            ipv6_ra_mode,
+            ipv6_address_mode,
         },
     )?;
     Ok(id)
@@ -310,6 +376,12 @@ pub(super) fn update_subnet(
     input::set_string(o, "name", &mut s.name)?;
     input::set_string(o, "description", &mut s.description)?;
     if let Some(v) = input::opt_bool(o, "enable_dhcp")? {
+        if !v && (s.ipv6_ra_mode.is_some() || s.ipv6_address_mode.is_some()) {
+            // Neutron's `_validate_ipv6_update_dhcp`.
+            return Err(Fault::invalid(
+                "Cannot disable enable_dhcp with ipv6 attributes set",
+            ));
+        }
         s.enable_dhcp = v;
     }
     if let Some(v) = parse_dns(o)? {

@@ -47,7 +47,7 @@ async fn errors_are_neutron_errors() {
             "POST",
             "/v2.0/subnets",
             "ta",
-            json!({"subnet": {"network_id": nid, "ip_version": 6, "cidr": "fd00::/64"}}),
+            json!({"subnet": {"network_id": nid, "ip_version": 6, "cidr": "10.1.0.0/24"}}),
         )
         .await;
     assert_eq!(st, 400, "{v}");

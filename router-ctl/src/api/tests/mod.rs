@@ -17,6 +17,7 @@ use super::*;
 
 mod basics;
 mod floatingips;
+mod ipv6;
 mod properties;
 mod routers;
 mod standard_attrs;

@@ -1,6 +1,7 @@
 //! One netlink session inside the router namespace: its settings, the `qr-`/`qg-` devices the
-//! spec no longer has deleted, every present port device configured (MAC, MTU, up, addresses),
-//! then `process_routes` and `process_fast_path` on the same thread.
+//! spec no longer has deleted, every present port device configured (IPv6 settings, MAC, MTU,
+//! up, addresses), the router advertisements of its `qr-` ports, then `process_routes` and
+//! `process_fast_path` on the same thread.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -10,7 +11,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use rtnetlink::Handle;
 
-use super::{PortPlan, floating, namespace};
+use super::{PortPlan, floating, ipv6, namespace};
 use crate::{
     datapath::filter,
     model::spec::{
@@ -22,6 +23,7 @@ use crate::{
         ns::{NetnsHandle, with_netlink},
     },
     realise::Realiser,
+    realise::lock,
 };
 
 /// What a router-namespace pass does besides configuring the present devices.
@@ -72,11 +74,16 @@ impl Realiser {
             let mut gw_index = None;
             // Present, up and addressed: (name, ifindex, MAC, gateway).
             let mut fast_ready = Vec::new();
+            let previous = lock(&self.memo).get(&spec.id).and_then(|m| m.spec.clone());
             for p in ports {
                 let Some(l) = by_name.get(&p.inner) else {
                     continue;
                 };
                 rep.present.insert(p.inner.clone());
+                if ipv6::needs_configure(spec, previous.as_ref(), p, l, mode.sysctls) {
+                    ipv6::configure_port(spec, p)
+                        .with_context(|| format!("router {}: device {}", spec.id, p.inner))?;
+                }
                 self.configure_device(&h, spec, p, l, &mut rep).await?;
                 if p.gateway {
                     gw_index = Some(l.index);
@@ -85,6 +92,10 @@ impl Realiser {
                     fast_ready.push((p.inner.clone(), l.index, p.port.mac, p.gateway));
                 }
             }
+            let netns = std::os::unix::fs::MetadataExt::ino(&router_ns.file.metadata()?);
+            let advertised = ipv6::advertised(spec, ports, &by_name);
+            let mut ra_changes = self.advertiser.converge(&spec.id, netns, &advertised)?;
+            rep.changed.append(&mut ra_changes);
             let mut route_changes = self.process_routes(&h, spec, gw_index).await?;
             rep.changed.append(&mut route_changes);
             let mut fast_changes = self

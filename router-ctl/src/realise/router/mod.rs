@@ -8,6 +8,7 @@ pub(super) mod fast;
 pub(super) mod floating;
 mod gateway;
 mod inside;
+mod ipv6;
 pub(super) mod namespace;
 mod ports;
 mod routes;
@@ -98,6 +99,10 @@ impl Realiser {
     /// Deletes what a failed converge created, newest first.
     fn rollback(&self, spec: &RouterSpec, created: Vec<Created>) {
         let ns_gone = created.iter().any(|c| matches!(c, Created::Netns(_)));
+        if ns_gone {
+            // Its sockets would keep the deleted namespace alive.
+            self.advertiser.forget_router(&spec.id);
+        }
         for c in created.into_iter().rev() {
             let r = match &c {
                 Created::Attached(tap) => in_netns(&self.daemon_ns, || self.datapath.detach(tap)),
@@ -211,6 +216,7 @@ mod tests {
             mac: MAC,
             addresses: vec![addr.parse().unwrap()],
             mtu: 1500,
+            ra_prefixes: vec![],
         }
     }
 

@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use ipnet::{IpNet, Ipv4Net};
 use rtnetlink::Handle;
 
-use super::{Created, floating};
+use super::{Created, floating, ipv6};
 use crate::{
     model::spec::{RouterSpec, names},
     net::{
@@ -31,7 +31,7 @@ pub const METADATA_ADDR: Ipv4Addr = Ipv4Addr::new(
 );
 
 /// Sysctls of every router namespace: forwarding, ARP answered only for the receiving
-/// interface's addresses and from them, and what the floating-IP hairpin needs.
+/// interface's addresses and from them; the floating-IP hairpin's and IPv6's (`ipv6`) follow.
 const SYSCTLS: [(&str, &str); 3] = [
     ("ipv4/ip_forward", "1"),
     ("ipv4/conf/all/arp_ignore", "1"),
@@ -104,6 +104,11 @@ pub(super) async fn converge_settings(
     if sysctls {
         for (k, v) in SYSCTLS.into_iter().chain(floating::SYSCTLS) {
             ns::write_sysctl(k, v)?;
+        }
+        if ipv6::available() {
+            for (k, v) in ipv6::SYSCTLS {
+                ns::write_sysctl(k, v)?;
+            }
         }
     }
     let Some(lo) = links.iter().find(|l| l.name == "lo") else {

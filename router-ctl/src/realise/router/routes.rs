@@ -147,7 +147,9 @@ impl Realiser {
                     }
                 }
                 None => {
-                    for r in &defaults {
+                    // A default route learnt from the upstream router's advertisements (a `qg-`
+                    // with IPv6 but no configured next hop accepts them: `ipv6`) stays.
+                    for r in defaults.iter().filter(|r| r.protocol != RouteProtocol::Ra) {
                         link::delete_route(h, r).await?;
                         changes.push("default route removed".into());
                     }

@@ -1,0 +1,107 @@
+//! IPv6 inside a router namespace: routed, never translated. The namespace forwards IPv6; a
+//! port with an IPv6 address has IPv6 on (no duplicate address detection holding its
+//! addresses back, `accept_ra` as Neutron's L3 agent sets it), a port without one has it off,
+//! so it sends no router solicitation, MLD report or DAD probe (with a thousand routers on one
+//! external bridge those add up: issue #16). The `qr-` ports of subnets with `ipv6_ra_mode`
+//! advertise their prefixes (`net::ra`).
+//!
+//! `accept_ra`: 0 everywhere except on a `qg-` that has an IPv6 address but no IPv6 default
+//! route from the spec (its external subnet has no `gateway_ip`): there it is 2 (accept while
+//! forwarding), so the upstream router's advertisements give the default route, as Neutron's
+//! agent does for a gateway without an IPv6 gateway. With a configured next hop the static
+//! default route is the only one.
+
+use std::path::Path;
+
+use anyhow::Result;
+
+use super::PortPlan;
+use crate::{
+    model::spec::RouterSpec,
+    net::{LinkState, ns, ra::RaPort},
+};
+
+/// Namespace-wide IPv6 settings, written with the other sysctls when the namespace is made
+/// (before any port device exists, so a new device starts with IPv6 off and never speaks
+/// until `configure_device` decides) and by reconcile.
+pub(super) const SYSCTLS: [(&str, &str); 4] = [
+    ("ipv6/conf/default/disable_ipv6", "1"),
+    ("ipv6/conf/default/accept_dad", "0"),
+    ("ipv6/conf/default/accept_ra", "0"),
+    ("ipv6/conf/all/forwarding", "1"),
+];
+
+/// Whether this kernel has IPv6 (else there is nothing to set).
+pub(super) fn available() -> bool {
+    Path::new("/proc/sys/net/ipv6").exists()
+}
+
+/// The device settings of one port, on the namespace's thread, before its addresses are
+/// converged and before it comes up: DAD and `accept_ra` first, then IPv6 on or off.
+pub(super) fn configure_port(spec: &RouterSpec, p: &PortPlan<'_>) -> Result<()> {
+    if !available() {
+        return Ok(());
+    }
+    let key = |k: &str| format!("ipv6/conf/{}/{k}", p.inner);
+    if !p.port.has_ipv6() {
+        return ns::write_sysctl(&key("disable_ipv6"), "1");
+    }
+    let accept_ra = p.gateway
+        && spec
+            .gateway
+            .as_ref()
+            .is_some_and(|g| !g.has_ipv6_next_hop());
+    ns::write_sysctl(&key("accept_dad"), "0")?;
+    ns::write_sysctl(&key("accept_ra"), if accept_ra { "2" } else { "0" })?;
+    ns::write_sysctl(&key("disable_ipv6"), "0")
+}
+
+/// Whether the port's IPv6 settings must be written in this pass: always on a sysctl pass, when
+/// the device changes state (new devices come up), or when the port's family or the gateway's
+/// IPv6 next hop differs from the spec last applied.
+pub(super) fn needs_configure(
+    spec: &RouterSpec,
+    previous: Option<&RouterSpec>,
+    p: &PortPlan<'_>,
+    l: &LinkState,
+    sysctls: bool,
+) -> bool {
+    if sysctls || l.up != spec.admin_state_up {
+        return true;
+    }
+    let Some(prev) = previous else { return true };
+    let before = prev
+        .interfaces
+        .iter()
+        .chain(prev.gateway.as_ref().map(|g| &g.port))
+        .find(|q| q.port_id == p.port.port_id);
+    let hop = |s: &RouterSpec| s.gateway.as_ref().is_some_and(|g| g.has_ipv6_next_hop());
+    before.is_none_or(|q| q.has_ipv6() != p.port.has_ipv6())
+        || (p.gateway && hop(prev) != hop(spec))
+}
+
+/// What the router advertises: each present interface (never the gateway) with prefixes to
+/// advertise, while the router is up.
+pub(super) fn advertised(
+    spec: &RouterSpec,
+    ports: &[PortPlan<'_>],
+    present: &std::collections::HashMap<String, LinkState>,
+) -> Vec<RaPort> {
+    if !spec.admin_state_up {
+        return Vec::new();
+    }
+    ports
+        .iter()
+        .filter(|p| !p.gateway && !p.port.ra_prefixes.is_empty())
+        .filter_map(|p| {
+            let l = present.get(&p.inner)?;
+            Some(RaPort {
+                dev: p.inner.clone(),
+                ifindex: l.index,
+                mac: p.port.mac,
+                mtu: p.port.mtu,
+                prefixes: p.port.ra_prefixes.clone(),
+            })
+        })
+        .collect()
+}
