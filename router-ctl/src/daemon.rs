@@ -371,17 +371,19 @@ struct StoreNow<'a>(&'a ApiState);
 
 impl Current for StoreNow<'_> {
     fn router(&self, id: &str, f: &mut dyn FnMut(Option<&RouterSpec>)) {
-        self.0.with_store(|s| match store::router_spec(s.conn(), id) {
-            Ok(spec) => f(spec.as_ref()),
-            Err(e) => tracing::warn!("reconcile: reading router {id}: {e:?}"),
-        })
+        self.0
+            .with_store(|s| match store::router_spec(s.conn(), id) {
+                Ok(spec) => f(spec.as_ref()),
+                Err(e) => tracing::warn!("reconcile: reading router {id}: {e:?}"),
+            })
     }
 
     fn network(&self, id: &str, f: &mut dyn FnMut(Option<&NetworkSpec>)) {
-        self.0.with_store(|s| match store::network_spec(s.conn(), id) {
-            Ok(spec) => f(spec.as_ref()),
-            Err(e) => tracing::warn!("reconcile: reading network {id}: {e:?}"),
-        })
+        self.0
+            .with_store(|s| match store::network_spec(s.conn(), id) {
+                Ok(spec) => f(spec.as_ref()),
+                Err(e) => tracing::warn!("reconcile: reading network {id}: {e:?}"),
+            })
     }
 
     fn all(&self, f: &mut dyn FnMut(&DesiredState)) {

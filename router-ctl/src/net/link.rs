@@ -6,7 +6,7 @@ use std::{
     os::fd::AsRawFd as _,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use futures::TryStreamExt as _;
 use ipnet::IpNet;
 use netlink_packet_route::{
@@ -17,7 +17,7 @@ use netlink_packet_route::{
 };
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
 
-use super::ns::NetnsHandle;
+use super::ns::{NetnsHandle, with_netlink};
 
 /// Positive errno of a netlink NACK, if that is what `e` is.
 pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
@@ -229,6 +229,51 @@ pub async fn delete_link(h: &Handle, name: &str) -> Result<bool> {
         Ok(()) => Ok(true),
         Err(e) if is_missing(&e) => Ok(false),
         Err(e) => Err(e).with_context(|| format!("deleting link {name}")),
+    }
+}
+
+/// `delete_link` that returns once the kernel has unlisted the device (its name is free and no
+/// dump shows it), leaving the rest of its teardown to a thread of its own: unregistering a
+/// device waits for an RCU barrier and for its last references (tens of milliseconds each, in
+/// the deleting `sendmsg`), which made a gateway clear, an interface removal or a network
+/// delete ten times a create. `ns` is the namespace of `h`; the thread deletes through its own
+/// socket there. Returns whether the device existed.
+pub async fn delete_detached(ns: &NetnsHandle, h: &Handle, name: &str) -> Result<bool> {
+    if get_link(h, name).await?.is_none() {
+        return Ok(false);
+    }
+    let file = ns
+        .file
+        .try_clone()
+        .context("duplicating the namespace handle")?;
+    let (tx, mut rx) = tokio::sync::oneshot::channel();
+    let dev = name.to_string();
+    std::thread::Builder::new()
+        .name("link-delete".into())
+        .spawn(move || {
+            let ns = NetnsHandle { file };
+            let _ = tx.send(with_netlink(
+                &ns,
+                |h| async move { delete_link(&h, &dev).await },
+            ));
+        })
+        .context("starting the deleting thread")?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match rx.try_recv() {
+            Ok(done) => return done,
+            Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                bail!("deleting link {name}: the deleting thread ended without a word")
+            }
+            Err(tokio::sync::oneshot::error::TryRecvError::Empty) => {}
+        }
+        if get_link(h, name).await?.is_none() {
+            return Ok(true);
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("deleting link {name}: still listed after 30 s");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
     }
 }
 

@@ -149,7 +149,7 @@ impl Realiser {
         }
         with_netlink(&self.daemon_ns, |h| async move {
             for d in devs {
-                link::delete_link(&h, d).await?;
+                link::delete_detached(&self.daemon_ns, &h, d).await?;
             }
             Ok(())
         })?;

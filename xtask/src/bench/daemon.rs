@@ -512,7 +512,6 @@ impl Env {
             note: errors.first().cloned().unwrap_or_default(),
         });
     }
-
 }
 
 /// One client of `parallel_gateways`: returns the gateway-set latencies, the routers made and

@@ -317,7 +317,11 @@ pub fn run(args: &BenchArgs, target_dir: &Path, workspace: &Path) -> Result<()> 
         } else {
             args.routers.clone()
         },
-        chatter_secs: if args.quick { 2.0 } else { args.chatter_secs.max(1.0) },
+        chatter_secs: if args.quick {
+            2.0
+        } else {
+            args.chatter_secs.max(1.0)
+        },
         routers_cap: Duration::from_secs(if args.quick {
             30
         } else {

@@ -228,7 +228,10 @@ pub fn softnet_drops() -> u64 {
 pub fn tx_drops(ns: &Netns) -> Result<u64> {
     let out = ns.cmd("ip").args(["-s", "-j", "link", "show"]).output()?;
     if !out.status.success() {
-        bail!("ip -s link: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip -s link: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     Ok(v.as_array()

@@ -156,7 +156,10 @@ fn raise_nofile() -> String {
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
-    format!("RLIMIT_NOFILE of the bench and its daemon raised to {}", lim.rlim_cur)
+    format!(
+        "RLIMIT_NOFILE of the bench and its daemon raised to {}",
+        lim.rlim_cur
+    )
 }
 
 impl Env {
@@ -395,9 +398,7 @@ impl Env {
             Err(e) => c.note = format!("flood not counted: {e:#}"),
         }
         c.softnet_drops = probe::softnet_drops().saturating_sub(soft);
-        c.tx_drops = probe::tx_drops(self.host())
-            .unwrap_or(0)
-            .saturating_sub(tx);
+        c.tx_drops = probe::tx_drops(self.host()).unwrap_or(0).saturating_sub(tx);
         match stream.and_then(Stream::finish) {
             Ok(s) => c.stream = Some(s),
             Err(e) => c.note = format!("stream: {e:#}"),

@@ -69,7 +69,7 @@ impl Realiser {
             let links = link::dump_links(&h).await?;
             namespace::converge_settings(&h, &links, mode.sysctls, &mut rep.changed).await?;
             let by_name = self
-                .prune_devices(&h, ports, links, mode.prune, &mut rep)
+                .prune_devices(&h, router_ns, ports, links, mode.prune, &mut rep)
                 .await?;
             let mut gw_index = None;
             // Present, up and addressed: (name, ifindex, MAC, gateway).
@@ -111,6 +111,7 @@ impl Realiser {
     async fn prune_devices(
         &self,
         h: &Handle,
+        router_ns: &NetnsHandle,
         ports: &[PortPlan<'_>],
         links: Vec<LinkState>,
         prune: bool,
@@ -125,7 +126,7 @@ impl Realiser {
                 if let Some(mac) = l.mac {
                     self.datapath.forget_fast(l.index, mac)?;
                 }
-                link::delete_link(h, &l.name).await?;
+                link::delete_detached(router_ns, h, &l.name).await?;
                 rep.removed.push(dev);
                 continue;
             }
