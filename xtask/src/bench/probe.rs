@@ -193,7 +193,7 @@ pub fn count_flood(ns: &Netns, secs: f64) -> Result<Flood> {
                     &mut len,
                 )
             };
-            if n < 14 || addr.sll_pkttype == libc::PACKET_OUTGOING as u8 || buf[0] & 1 == 0 {
+            if n < 14 || addr.sll_pkttype == libc::PACKET_OUTGOING || buf[0] & 1 == 0 {
                 continue;
             }
             match u16::from_be_bytes([buf[12], buf[13]]) {
