@@ -210,7 +210,8 @@ impl Env {
                 break;
             }
             let mut run = self.scale_run(&probe, n, cap, chatter_secs);
-            run.note = [limits.as_str(), run.note.as_str()]
+            let limits = if runs.is_empty() { limits.as_str() } else { "" };
+            run.note = [limits, run.note.as_str()]
                 .into_iter()
                 .filter(|s| !s.is_empty())
                 .collect::<Vec<_>>()
