@@ -703,72 +703,8 @@ pub fn markdown(runs: &[ScaleRun], s: &mut String) {
             );
         }
     }
-    let loss = |l: &Option<StreamLoss>| match l {
-        Some(l) => format!(
-            "{} of {} (longest gap {:.0} ms)",
-            l.lost, l.sent, l.longest_gap_ms
-        ),
-        None => "—".into(),
-    };
-    let _ = writeln!(
-        s,
-        "\nRestarts with the N routers in place (the stream runs across; API: launch → first answer; confirmed: launch → start-up resync done):\n\n| N | how | down s | API s | confirmed s | daemon's resync line | stream lost | verdict |\n|---|---|---|---|---|---|---|---|"
-    );
-    for r in runs.iter().filter(|r| r.n > 0) {
-        for x in &r.restarts {
-            let ok = x.api_secs.is_some_and(|a| a <= 2.0)
-                && x.confirmed_secs.is_some_and(|c| c <= confirm_target(r.n))
-                && x.stream.as_ref().is_some_and(|l| l.lost == 0);
-            let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or("—".into());
-            let _ = writeln!(
-                s,
-                "| {} | {} | {:.2} | {} | {} | {} | {} | {} (API ≤ 2 s, confirmed ≤ {:.0} s, 0 lost){} |",
-                r.n,
-                x.how,
-                x.down_secs,
-                f(x.api_secs),
-                f(x.confirmed_secs),
-                x.resync,
-                loss(&x.stream),
-                if ok { "PASS" } else { "FAIL" },
-                confirm_target(r.n),
-                if x.note.is_empty() {
-                    String::new()
-                } else {
-                    format!("; {}", x.note)
-                }
-            );
-        }
-    }
-    let _ = writeln!(
-        s,
-        "\nChatter on the external network (frames the server's port receives; drops: the host's per-CPU backlogs, host-wide, and transmit drops of the daemon namespace's links):\n\n| N | when | bcast+mcast/s | ARP | IPv6 | other | backlog drops | link tx drops | stream lost | verdict |\n|---|---|---|---|---|---|---|---|---|---|"
-    );
-    for r in runs.iter().filter(|r| r.n > 0) {
-        for (when, c) in [("before", &r.chatter_before), ("with N", &r.chatter)] {
-            let Some(c) = c else { continue };
-            let ok = c.stream.as_ref().is_some_and(|l| l.lost == 0);
-            let _ = writeln!(
-                s,
-                "| {} | {when} | {:.1} | {} ({}) | {} | {} | {} | {} | {} | {}{} |",
-                r.n,
-                c.flood.per_sec(),
-                c.flood.arp,
-                c.flood.arp_gratuitous,
-                c.flood.ipv6,
-                c.flood.other,
-                c.softnet_drops,
-                c.tx_drops,
-                loss(&c.stream),
-                if ok { "PASS" } else { "FAIL" },
-                if c.note.is_empty() {
-                    String::new()
-                } else {
-                    format!(" ({})", c.note)
-                }
-            );
-        }
-    }
+    restarts_markdown(runs, s);
+    chatter_markdown(runs, s);
     let _ = writeln!(
         s,
         "\nMemory per router:\n\n| N | kernel KiB/router | daemon RSS KiB/router | daemon RSS MiB | detail |\n|---|---|---|---|---|"
@@ -797,5 +733,86 @@ impl Env {
     /// A client of the running daemon (after a restart too: same port and token).
     fn api_client(&self) -> kit::daemon::ApiClient {
         self.daemon().client()
+    }
+}
+
+/// What a stream lost, as a table cell.
+fn loss(l: &Option<StreamLoss>) -> String {
+    match l {
+        Some(l) => format!(
+            "{} of {} (longest gap {:.0} ms)",
+            l.lost, l.sent, l.longest_gap_ms
+        ),
+        None => "—".into(),
+    }
+}
+
+/// `note` after `sep`, or nothing.
+fn suffix(sep: &str, note: &str) -> String {
+    if note.is_empty() {
+        String::new()
+    } else {
+        format!("{sep}{note}")
+    }
+}
+
+/// The restart rows of the scale section.
+fn restarts_markdown(runs: &[ScaleRun], s: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        s,
+        "\nRestarts with the N routers in place (the stream runs across; API: launch → first answer; confirmed: launch → start-up resync done):\n\n| N | how | down s | API s | confirmed s | daemon's resync line | stream lost | verdict |\n|---|---|---|---|---|---|---|---|"
+    );
+    for r in runs.iter().filter(|r| r.n > 0) {
+        for x in &r.restarts {
+            let ok = x.api_secs.is_some_and(|a| a <= 2.0)
+                && x.confirmed_secs.is_some_and(|c| c <= confirm_target(r.n))
+                && x.stream.as_ref().is_some_and(|l| l.lost == 0);
+            let f = |v: Option<f64>| v.map(|v| format!("{v:.2}")).unwrap_or("—".into());
+            let _ = writeln!(
+                s,
+                "| {} | {} | {:.2} | {} | {} | {} | {} | {} (API ≤ 2 s, confirmed ≤ {:.0} s, 0 lost){} |",
+                r.n,
+                x.how,
+                x.down_secs,
+                f(x.api_secs),
+                f(x.confirmed_secs),
+                x.resync,
+                loss(&x.stream),
+                if ok { "PASS" } else { "FAIL" },
+                confirm_target(r.n),
+                suffix("; ", &x.note)
+            );
+        }
+    }
+}
+
+/// The chatter rows of the scale section.
+fn chatter_markdown(runs: &[ScaleRun], s: &mut String) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        s,
+        "\nChatter on the external network (frames the server's port receives; drops: the host's per-CPU backlogs, host-wide, and transmit drops of the daemon namespace's links):\n\n| N | when | bcast+mcast/s | ARP | IPv6 | other | backlog drops | link tx drops | stream lost | verdict |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for r in runs.iter().filter(|r| r.n > 0) {
+        for (when, c) in [("before", &r.chatter_before), ("with N", &r.chatter)] {
+            let Some(c) = c else { continue };
+            let ok = c.stream.as_ref().is_some_and(|l| l.lost == 0);
+            let _ = writeln!(
+                s,
+                "| {} | {when} | {:.1} | {} ({}) | {} | {} | {} | {} | {} | {}{} |",
+                r.n,
+                c.flood.per_sec(),
+                c.flood.arp,
+                c.flood.arp_gratuitous,
+                c.flood.ipv6,
+                c.flood.other,
+                c.softnet_drops,
+                c.tx_drops,
+                loss(&c.stream),
+                if ok { "PASS" } else { "FAIL" },
+                suffix(" — ", &c.note)
+            );
+        }
     }
 }
