@@ -204,8 +204,11 @@ impl Realiser {
                 continue;
             }
             current.router(&r.id, &mut |now| {
-                // Removed since the snapshot: the API call took it down.
-                let Some(r) = now else { return };
+                // Removed or changed since the snapshot (and the daemon-namespace dump): the API
+                // call that did it realised it; the next pass looks at it again.
+                let Some(r) = now.filter(|now| *now == r) else {
+                    return;
+                };
                 if let Err(e) = validate_router(r) {
                     report.failed.push(format!("router {}: {e:#}", r.id));
                     return;
