@@ -59,14 +59,13 @@ fn pass(router_id: u32) -> i32 {
 /// is counted with its bytes.
 #[inline(always)]
 fn routed_ipv6(ctx: &TcContext, router_id: u32) -> i32 {
-    count_packet(
+    counted(
+        ctx,
         router_id,
         Counter::Ipv6Packets,
         Counter::Ipv6Bytes,
-        ctx.len() as u64,
         false,
-    );
-    OK
+    )
 }
 
 /// The ifindex of the device the program runs on.
@@ -308,25 +307,19 @@ fn router_icmp_error(ctx: &TcContext, cfg: &RouterConfig, ip: crate::parse::Ipv4
 
 #[inline(always)]
 fn translated_out(ctx: &TcContext, rid: u32, created: bool) -> i32 {
-    count_packet(
-        rid,
-        Counter::OutPackets,
-        Counter::OutBytes,
-        ctx.len() as u64,
-        created,
-    );
-    OK
+    counted(ctx, rid, Counter::OutPackets, Counter::OutBytes, created)
 }
 
 #[inline(always)]
 fn translated_in(ctx: &TcContext, rid: u32) -> i32 {
-    count_packet(
-        rid,
-        Counter::InPackets,
-        Counter::InBytes,
-        ctx.len() as u64,
-        false,
-    );
+    counted(ctx, rid, Counter::InPackets, Counter::InBytes, false)
+}
+
+/// Counts the packet in `pkts` and its length in `octets` (and a session in
+/// `sessions_created` when it `created` one); the verdict: OK.
+#[inline(always)]
+fn counted(ctx: &TcContext, rid: u32, pkts: Counter, octets: Counter, created: bool) -> i32 {
+    count_packet(rid, pkts, octets, ctx.len() as u64, created);
     OK
 }
 

@@ -21,6 +21,7 @@ mod e2e {
     mod extraroute;
     mod fast_path;
     mod fip;
+    mod ipv6;
     mod metrics;
     mod mtu;
     mod nat_fairness;

@@ -143,7 +143,8 @@ impl Effects {
 enum Step {
     ApplyNetwork(NetworkSpec),
     RemoveNetwork(String),
-    ApplyRouter(RouterSpec),
+    /// Boxed: a router spec is several times the size of the other steps.
+    ApplyRouter(Box<RouterSpec>),
     RemoveRouter(String, u32),
 }
 
@@ -321,14 +322,20 @@ fn plan(c: &Connection, fx: &Effects) -> Result<Vec<(Step, Step)>, Fault> {
             continue;
         }
         match (new, old) {
-            (Some(n), Some(o)) => middle.push((Step::ApplyRouter(n), Step::ApplyRouter(o.clone()))),
+            (Some(n), Some(o)) => middle.push((
+                Step::ApplyRouter(Box::new(n)),
+                Step::ApplyRouter(Box::new(o.clone())),
+            )),
             (Some(n), None) => {
                 let dp = n.dp_id;
-                middle.push((Step::ApplyRouter(n), Step::RemoveRouter(id.clone(), dp)));
+                middle.push((
+                    Step::ApplyRouter(Box::new(n)),
+                    Step::RemoveRouter(id.clone(), dp),
+                ));
             }
             (None, Some(o)) => middle.push((
                 Step::RemoveRouter(id.clone(), o.dp_id),
-                Step::ApplyRouter(o.clone()),
+                Step::ApplyRouter(Box::new(o.clone())),
             )),
             (None, None) => {}
         }

@@ -197,22 +197,21 @@ impl Advertiser {
         let _ = nix::unistd::write(&self.wake, &[1]);
     }
 
-    /// Makes `router`'s advertisements those of `want`: new ports get a socket (made in the
-    /// calling thread's namespace, `netns` its inode) and advertise at once, changed ones
-    /// advertise the change at once, gone ones send a last advertisement with router lifetime
-    /// 0 and close their socket. Returns what changed, for the log.
-    pub fn converge(&self, router: &str, netns: u64, want: &[RaPort]) -> Result<Vec<String>> {
-        let mut log = Vec::new();
+    /// Stops the advertisements of `router` on every device but `keep`: each sends a last one
+    /// with router lifetime 0 (hosts drop the default route at once) and closes its socket.
+    /// Call it while the devices that go are still there. Returns what changed, for the log.
+    pub fn retire(&self, router: &str, netns: u64, keep: &[&str]) -> Vec<String> {
         let now = Instant::now();
         let mut st = self.lock();
         let gone: Vec<(String, String)> = st
             .senders
             .iter()
             .filter(|((r, dev), s)| {
-                r == router && (s.netns != netns || !want.iter().any(|w| &w.dev == dev))
+                r == router && (s.netns != netns || !keep.contains(&dev.as_str()))
             })
             .map(|(k, _)| k.clone())
             .collect();
+        let mut log = Vec::new();
         for k in gone {
             if let Some(mut s) = st.senders.remove(&k) {
                 if s.netns == netns {
@@ -221,6 +220,21 @@ impl Advertiser {
                 log.push(format!("ra off {}", k.1));
             }
         }
+        drop(st);
+        if !log.is_empty() {
+            self.wake();
+        }
+        log
+    }
+
+    /// Makes `router`'s advertisements those of `want`: new ports get a socket (made in the
+    /// calling thread's namespace, `netns` its inode) and advertise at once, changed ones
+    /// advertise the change at once, others stop (`retire`). Returns what changed, for the log.
+    pub fn converge(&self, router: &str, netns: u64, want: &[RaPort]) -> Result<Vec<String>> {
+        let keep: Vec<&str> = want.iter().map(|w| w.dev.as_str()).collect();
+        let mut log = self.retire(router, netns, &keep);
+        let now = Instant::now();
+        let mut st = self.lock();
         for p in want {
             let key = (router.to_string(), p.dev.clone());
             match st.senders.get_mut(&key) {

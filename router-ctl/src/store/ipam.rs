@@ -82,13 +82,7 @@ pub fn allocate_ip(
                 ));
             }
             if (Some(ip) == s.gateway_ip && !allow_gateway) || ip_in_use(conn, &s.id, ip)? {
-                return Err(Fault::conflict(
-                    "IpAddressInUse",
-                    format!(
-                        "Unable to complete operation for network {}. The IP address {ip} is in use.",
-                        s.network_id
-                    ),
-                ));
+                return Err(in_use(s, ip));
             }
             Ok(ip)
         }
@@ -112,13 +106,18 @@ pub fn auto_address(conn: &Connection, s: &Subnet, mac: &[u8; 6]) -> Result<IpAd
     };
     let ip = IpAddr::V6(eui64_address(&prefix, mac));
     if ip_in_use(conn, &s.id, ip)? {
-        return Err(Fault::conflict(
-            "IpAddressInUse",
-            format!(
-                "Unable to complete operation for network {}. The IP address {ip} is in use.",
-                s.network_id
-            ),
-        ));
+        return Err(in_use(s, ip));
     }
     Ok(ip)
+}
+
+/// Neutron's `IpAddressInUse` for `ip` on the network of `s`.
+fn in_use(s: &Subnet, ip: IpAddr) -> Fault {
+    Fault::conflict(
+        "IpAddressInUse",
+        format!(
+            "Unable to complete operation for network {}. The IP address {ip} is in use.",
+            s.network_id
+        ),
+    )
 }

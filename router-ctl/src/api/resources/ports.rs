@@ -40,9 +40,9 @@ pub(super) fn port_view(p: &Port) -> Value {
 }
 
 /// Chooses the fixed IPs of a new port on `network_id` with MAC `mac`: as requested, else as
-/// Neutron's `_allocate_ips_for_port` does: one address from the first IPv4 subnet with a free
-/// one, one from the first IPv6 subnet with pools (stateful or no mode), and the EUI-64
-/// address on every SLAAC / DHCPv6-stateless subnet (none at all when the network has no
+/// Neutron's `_allocate_ips_for_port` does, in this order: one address from the first IPv4
+/// subnet with a free one, one from the first IPv6 subnet with pools (stateful or no mode), and
+/// the EUI-64 address on every SLAAC / DHCPv6-stateless subnet (none at all when the network has no
 /// subnet and `need` is false).
 pub(super) fn allocate_fixed_ips(
     c: &Connection,
@@ -96,13 +96,6 @@ pub(super) fn allocate_fixed_ips(
         }
         _ => {
             let mut last_err = None;
-            for s in subnets.iter().filter(|s| s.auto_address()) {
-                let ip = store::auto_address(c, s, mac)?;
-                out.push(FixedIp {
-                    subnet_id: s.id.clone(),
-                    ip,
-                });
-            }
             for version in [4, 6] {
                 let pooled = subnets
                     .iter()
@@ -119,6 +112,14 @@ pub(super) fn allocate_fixed_ips(
                         Err(e) => last_err = Some(e),
                     }
                 }
+            }
+            // Neutron's order: IPv4, stateful IPv6, then the automatic addresses.
+            for s in subnets.iter().filter(|s| s.auto_address()) {
+                let ip = store::auto_address(c, s, mac)?;
+                out.push(FixedIp {
+                    subnet_id: s.id.clone(),
+                    ip,
+                });
             }
             // No address at all: an error when one was needed or the subnets are full.
             if out.is_empty() && (need || last_err.is_some()) {

@@ -17,13 +17,30 @@ async fn subnet_error(t: &T, body: Value) -> (u16, String, String) {
     (st, err_type(&v).to_string(), msg)
 }
 
+/// A new network of project `pa`; its id.
+async fn network(t: &T) -> String {
+    id(
+        &t.create("ta", "networks", json!({"network": {}})).await,
+        "network",
+    )
+}
+
+/// A network of `pa` with subnets 10.0.0.0/24 and fd00:1::/64 (SLAAC, advertised by the
+/// router): its id and the two subnets as created.
+async fn dual_stack(t: &T) -> (String, Value, Value) {
+    let n = network(t).await;
+    let v4 = json!({"subnet": {"network_id": n, "ip_version": 4, "cidr": "10.0.0.0/24"}});
+    let v6 = json!({"subnet": {"network_id": n, "ip_version": 6, "cidr": "fd00:1::/64",
+        "ipv6_ra_mode": "slaac", "ipv6_address_mode": "slaac"}});
+    let v4 = t.create("ta", "subnets", v4).await;
+    let v6 = t.create("ta", "subnets", v6).await;
+    (n, v4, v6)
+}
+
 #[tokio::test]
 async fn ipv6_modes_are_validated_as_neutron_does() {
     let t = T::new();
-    let n = id(
-        &t.create("ta", "networks", json!({"network": {}})).await,
-        "network",
-    );
+    let n = network(&t).await;
     let cases = [
         (
             json!({"ip_version": 4, "cidr": "10.0.0.0/24", "ipv6_ra_mode": "slaac"}),
@@ -103,24 +120,7 @@ async fn ipv6_modes_are_validated_as_neutron_does() {
 #[tokio::test]
 async fn ipv6_subnets_default_and_allocate_as_neutron_does() {
     let t = T::new();
-    let n = id(
-        &t.create("ta", "networks", json!({"network": {}})).await,
-        "network",
-    );
-    t.create(
-        "ta",
-        "subnets",
-        json!({"subnet": {"network_id": n, "ip_version": 4, "cidr": "10.0.0.0/24"}}),
-    )
-    .await;
-    let slaac = t
-        .create(
-            "ta",
-            "subnets",
-            json!({"subnet": {"network_id": n, "ip_version": 6,
-            "cidr": "fd00:1::/64", "ipv6_ra_mode": "slaac", "ipv6_address_mode": "slaac"}}),
-        )
-        .await;
+    let (n, _, slaac) = dual_stack(&t).await;
     let s = &slaac["subnet"];
     assert_eq!(s["ip_version"], 6);
     assert_eq!(s["gateway_ip"], "fd00:1::1");
@@ -168,10 +168,7 @@ async fn ipv6_subnets_default_and_allocate_as_neutron_does() {
     assert_eq!((st, err_type(&v)), (400, "InvalidInput"), "{v}");
 
     // A stateful subnet hands out pool addresses.
-    let n2 = id(
-        &t.create("ta", "networks", json!({"network": {}})).await,
-        "network",
-    );
+    let n2 = network(&t).await;
     t.create(
         "ta",
         "subnets",
@@ -197,30 +194,8 @@ async fn dual_stack_routers_get_v6_interfaces_gateways_and_no_v6_floating_ips() 
             "cidr": "2001:db8:1::/64", "gateway_ip": "2001:db8:1::1"}}),
         )
         .await;
-    let n = id(
-        &t.create("ta", "networks", json!({"network": {}})).await,
-        "network",
-    );
-    let v4 = id(
-        &t.create(
-            "ta",
-            "subnets",
-            json!({"subnet": {"network_id": n, "ip_version": 4,
-        "cidr": "10.0.0.0/24"}}),
-        )
-        .await,
-        "subnet",
-    );
-    let v6 = id(
-        &t.create(
-            "ta",
-            "subnets",
-            json!({"subnet": {"network_id": n, "ip_version": 6,
-        "cidr": "fd00:1::/64", "ipv6_ra_mode": "slaac", "ipv6_address_mode": "slaac"}}),
-        )
-        .await,
-        "subnet",
-    );
+    let (n, v4, v6) = dual_stack(&t).await;
+    let (v4, v6) = (id(&v4, "subnet"), id(&v6, "subnet"));
     let r = t
         .create(
             "ta",

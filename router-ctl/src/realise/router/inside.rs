@@ -68,6 +68,12 @@ impl Realiser {
             let mut rep = InsideReport::default();
             let links = link::dump_links(&h).await?;
             namespace::converge_settings(&h, &links, mode.sysctls, &mut rep.changed).await?;
+            // A port that stops advertising says so (router lifetime 0) while its device is
+            // still there to send it: before the pruning below.
+            let netns = std::os::unix::fs::MetadataExt::ino(&router_ns.file.metadata()?);
+            let keep: Vec<&str> = ipv6::advertising(spec, ports).collect();
+            rep.changed
+                .append(&mut self.advertiser.retire(&spec.id, netns, &keep));
             let by_name = self
                 .prune_devices(&h, router_ns, ports, links, mode.prune, &mut rep)
                 .await?;
@@ -92,7 +98,6 @@ impl Realiser {
                     fast_ready.push((p.inner.clone(), l.index, p.port.mac, p.gateway));
                 }
             }
-            let netns = std::os::unix::fs::MetadataExt::ino(&router_ns.file.metadata()?);
             let advertised = ipv6::advertised(spec, ports, &by_name);
             let mut ra_changes = self.advertiser.converge(&spec.id, netns, &advertised)?;
             rep.changed.append(&mut ra_changes);

@@ -80,6 +80,18 @@ pub(super) fn needs_configure(
         || (p.gateway && hop(prev) != hop(spec))
 }
 
+/// The devices that advertise while the router is up: its interfaces with prefixes to
+/// advertise.
+pub(super) fn advertising<'a>(
+    spec: &'a RouterSpec,
+    ports: &'a [PortPlan<'a>],
+) -> impl Iterator<Item = &'a str> + 'a {
+    ports
+        .iter()
+        .filter(move |p| spec.admin_state_up && !p.gateway && !p.port.ra_prefixes.is_empty())
+        .map(|p| p.inner.as_str())
+}
+
 /// What the router advertises: each present interface (never the gateway) with prefixes to
 /// advertise, while the router is up.
 pub(super) fn advertised(
@@ -87,12 +99,10 @@ pub(super) fn advertised(
     ports: &[PortPlan<'_>],
     present: &std::collections::HashMap<String, LinkState>,
 ) -> Vec<RaPort> {
-    if !spec.admin_state_up {
-        return Vec::new();
-    }
+    let advertising: Vec<&str> = advertising(spec, ports).collect();
     ports
         .iter()
-        .filter(|p| !p.gateway && !p.port.ra_prefixes.is_empty())
+        .filter(|p| advertising.contains(&p.inner.as_str()))
         .filter_map(|p| {
             let l = present.get(&p.inner)?;
             Some(RaPort {
