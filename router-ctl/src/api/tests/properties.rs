@@ -23,6 +23,12 @@ fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
             Just("127.0.0.0/8"),
             Just("00000000-0000-0000-0000-000000000000"),
             Just("fa:16:3e:00:00:01"),
+            Just("fd00:1::/64"),
+            Just("2001:db8::/32"),
+            Just("fd00:1::1"),
+            Just("::ffff:0:0/96"),
+            Just("slaac"),
+            Just("dhcpv6-stateful"),
         ]
         .prop_map(|s| json!(s)),
     ];
@@ -34,6 +40,8 @@ fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
         Just("subnet_id"),
         Just("port_id"),
         Just("ip_version"),
+        Just("ipv6_ra_mode"),
+        Just("ipv6_address_mode"),
         Just("cidr"),
         Just("gateway_ip"),
         Just("allocation_pools"),
