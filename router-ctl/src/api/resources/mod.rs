@@ -290,6 +290,21 @@ impl Kind {
     }
 }
 
+/// What every mutation of a resource works with: the request's transaction, the kernel
+/// effects it must `touch` before changing anything, and the caller. One value, so a new
+/// concern of every mutation is one field, not a new parameter of each resource function.
+pub struct Cx<'a> {
+    pub c: &'a Connection,
+    pub fx: &'a mut Effects,
+    pub ctx: &'a Ctx,
+}
+
+impl<'a> Cx<'a> {
+    pub fn new(c: &'a Connection, fx: &'a mut Effects, ctx: &'a Ctx) -> Self {
+        Self { c, fx, ctx }
+    }
+}
+
 fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
@@ -448,14 +463,8 @@ fn view(
 }
 
 /// Creates a resource from its validated body; returns its view.
-pub fn create(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    kind: Kind,
-    parent: Option<&str>,
-    mut o: Obj,
-) -> Result<Value, Fault> {
+pub fn create(cx: Cx, kind: Kind, parent: Option<&str>, mut o: Obj) -> Result<Value, Fault> {
+    let (c, ctx) = (cx.c, cx.ctx);
     if kind == Kind::Router {
         take_legacy_router(ctx, &mut o, "create_router")?;
     }
@@ -476,14 +485,12 @@ pub fn create(
     }
     input::only(&o, writable)?;
     let id = match kind {
-        Kind::Network => networks::create_network(c, fx, ctx, &o)?,
-        Kind::Subnet => subnets::create_subnet(c, fx, ctx, &o)?,
-        Kind::Port => ports::create_port(c, ctx, &o)?,
-        Kind::Router => routers::create_router(c, fx, ctx, &o)?,
-        Kind::FloatingIp => floatingips::create_fip(c, fx, ctx, &o)?,
-        Kind::PortForwarding => {
-            port_forwardings::create_pf(c, fx, ctx, parent_id(kind, parent)?, &o)?
-        }
+        Kind::Network => networks::create_network(cx, &o)?,
+        Kind::Subnet => subnets::create_subnet(cx, &o)?,
+        Kind::Port => ports::create_port(cx, &o)?,
+        Kind::Router => routers::create_router(cx, &o)?,
+        Kind::FloatingIp => floatingips::create_fip(cx, &o)?,
+        Kind::PortForwarding => port_forwardings::create_pf(cx, parent_id(kind, parent)?, &o)?,
     };
     standard::tags_on_create(c, kind, &id, tags)?;
     store::settle_revisions(c)?;
@@ -492,49 +499,37 @@ pub fn create(
 
 /// Updates a resource the caller owns; returns its view.
 pub fn update(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
+    cx: Cx,
     kind: Kind,
     parent: Option<&str>,
     id: &str,
     mut o: Obj,
 ) -> Result<Value, Fault> {
+    let (c, ctx) = (cx.c, cx.ctx);
     if kind == Kind::Router {
         take_legacy_router(ctx, &mut o, "update_router")?;
     }
     input::only(&o, kind.writable(false))?;
     match kind {
-        Kind::Network => networks::update_network(c, fx, ctx, id, &o)?,
-        Kind::Subnet => subnets::update_subnet(c, fx, ctx, id, &o)?,
-        Kind::Port => ports::update_port(c, ctx, id, &o)?,
-        Kind::Router => routers::update_router(c, fx, ctx, id, &o)?,
-        Kind::FloatingIp => floatingips::update_fip(c, fx, ctx, id, &o)?,
-        Kind::PortForwarding => {
-            port_forwardings::update_pf(c, fx, ctx, parent_id(kind, parent)?, id, &o)?
-        }
+        Kind::Network => networks::update_network(cx, id, &o)?,
+        Kind::Subnet => subnets::update_subnet(cx, id, &o)?,
+        Kind::Port => ports::update_port(cx, id, &o)?,
+        Kind::Router => routers::update_router(cx, id, &o)?,
+        Kind::FloatingIp => floatingips::update_fip(cx, id, &o)?,
+        Kind::PortForwarding => port_forwardings::update_pf(cx, parent_id(kind, parent)?, id, &o)?,
     }
     store::settle_revisions(c)?;
     show(c, ctx, kind, parent, id)
 }
 
 /// Deletes a resource the caller owns.
-pub fn delete(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    kind: Kind,
-    parent: Option<&str>,
-    id: &str,
-) -> Result<(), Fault> {
+pub fn delete(cx: Cx, kind: Kind, parent: Option<&str>, id: &str) -> Result<(), Fault> {
     match kind {
-        Kind::Network => networks::delete_network(c, fx, ctx, id),
-        Kind::Subnet => subnets::delete_subnet(c, ctx, id),
-        Kind::Port => ports::delete_port(c, fx, ctx, id),
-        Kind::Router => routers::delete_router(c, fx, ctx, id),
-        Kind::FloatingIp => floatingips::delete_fip(c, fx, ctx, id),
-        Kind::PortForwarding => {
-            port_forwardings::delete_pf(c, fx, ctx, parent_id(kind, parent)?, id)
-        }
+        Kind::Network => networks::delete_network(cx, id),
+        Kind::Subnet => subnets::delete_subnet(cx, id),
+        Kind::Port => ports::delete_port(cx, id),
+        Kind::Router => routers::delete_router(cx, id),
+        Kind::FloatingIp => floatingips::delete_fip(cx, id),
+        Kind::PortForwarding => port_forwardings::delete_pf(cx, parent_id(kind, parent)?, id),
     }
 }
