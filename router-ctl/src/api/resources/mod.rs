@@ -7,6 +7,7 @@
 //! network and router whose kernel state it may change *before* changing it; the caller then
 //! realises the difference or rolls everything back.
 
+mod attributes;
 mod floatingips;
 mod interfaces;
 mod networks;
@@ -106,177 +107,11 @@ impl Kind {
         }
     }
 
-    /// The attributes a list of this kind may be filtered on: those Neutron marks `is_filter`
-    /// (neutron-lib's api definitions) among the ones shown here.
+    /// The filters a list of this kind accepts.
     pub(super) fn filters(self) -> query::Filters {
-        const COMMON: [&str; 5] = [
-            "id",
-            "tenant_id",
-            "project_id",
-            "description",
-            "revision_number",
-        ];
-        macro_rules! with_common {
-            ($($a:literal),* $(,)?) => {
-                &[COMMON[0], COMMON[1], COMMON[2], COMMON[3], COMMON[4], $($a),*]
-            };
-        }
-        let attributes: &'static [&'static str] = match self {
-            Kind::Network => with_common!(
-                "name",
-                "admin_state_up",
-                "status",
-                "shared",
-                "router:external",
-                "provider:network_type",
-                "provider:physical_network",
-                "provider:segmentation_id",
-                "mtu",
-            ),
-            Kind::Subnet => with_common!(
-                "name",
-                "ip_version",
-                "network_id",
-                "subnetpool_id",
-                "cidr",
-                "gateway_ip",
-                "enable_dhcp",
-                "ipv6_ra_mode",
-                "ipv6_address_mode",
-                "shared",
-            ),
-            Kind::Port => with_common!(
-                "name",
-                "network_id",
-                "admin_state_up",
-                "mac_address",
-                "fixed_ips",
-                "device_id",
-                "device_owner",
-                "status",
-            ),
-            Kind::Router => with_common!("name", "admin_state_up"),
-            Kind::FloatingIp => with_common!(
-                "floating_ip_address",
-                "floating_network_id",
-                "router_id",
-                "port_id",
-                "fixed_ip_address",
-                "status",
-            ),
-            Kind::PortForwarding => &[
-                "id",
-                "external_port",
-                "protocol",
-                "internal_port_id",
-                "description",
-            ],
-        };
         query::Filters {
-            attributes,
+            attributes: attributes::filterable(self),
             tagged: self.standard_type().is_some(),
-        }
-    }
-
-    /// The attributes a `POST` (`create`) or a `PUT` of this kind may carry: Neutron's
-    /// `allow_post`/`allow_put` among the attributes shown here.
-    fn writable(self, create: bool) -> &'static [&'static str] {
-        match (self, create) {
-            (Kind::Network, true) => &[
-                "name",
-                "description",
-                "admin_state_up",
-                "tenant_id",
-                "project_id",
-                "shared",
-                "router:external",
-                "provider:network_type",
-                "provider:physical_network",
-                "provider:segmentation_id",
-                "mtu",
-            ],
-            (Kind::Network, false) => &[
-                "name",
-                "description",
-                "admin_state_up",
-                "shared",
-                "router:external",
-                "mtu",
-            ],
-            (Kind::Subnet, true) => &[
-                "name",
-                "description",
-                "network_id",
-                "tenant_id",
-                "project_id",
-                "ip_version",
-                "cidr",
-                "gateway_ip",
-                "allocation_pools",
-                "enable_dhcp",
-                "dns_nameservers",
-            ],
-            (Kind::Subnet, false) => &[
-                "name",
-                "description",
-                "gateway_ip",
-                "allocation_pools",
-                "enable_dhcp",
-                "dns_nameservers",
-            ],
-            (Kind::Port, true) => &[
-                "name",
-                "description",
-                "network_id",
-                "tenant_id",
-                "project_id",
-                "admin_state_up",
-                "mac_address",
-                "fixed_ips",
-                "device_id",
-                "device_owner",
-            ],
-            (Kind::Port, false) => &[
-                "name",
-                "description",
-                "admin_state_up",
-                "device_id",
-                "device_owner",
-            ],
-            (Kind::Router, true) => &[
-                "name",
-                "description",
-                "admin_state_up",
-                "tenant_id",
-                "project_id",
-                "external_gateway_info",
-            ],
-            (Kind::Router, false) => &[
-                "name",
-                "description",
-                "admin_state_up",
-                "external_gateway_info",
-                "routes",
-            ],
-            (Kind::FloatingIp, true) => &[
-                "floating_network_id",
-                "floating_ip_address",
-                "subnet_id",
-                "port_id",
-                "fixed_ip_address",
-                "description",
-                "tenant_id",
-                "project_id",
-            ],
-            (Kind::FloatingIp, false) => &["port_id", "fixed_ip_address", "description"],
-            (Kind::PortForwarding, _) => &[
-                "protocol",
-                "external_port",
-                "internal_port_id",
-                "internal_ip_address",
-                "internal_port",
-                "description",
-            ],
         }
     }
 
@@ -473,17 +308,18 @@ pub fn create(cx: Cx, kind: Kind, parent: Option<&str>, mut o: Obj) -> Result<Va
         Some(_) => return Err(Fault::bad_request("Unrecognized attribute(s) 'tags'")),
         None => None,
     };
-    let writable = kind.writable(true);
+    let writable = attributes::writable(kind, true);
+    let on_put = attributes::writable(kind, false);
     // Neutron's answer to an attribute that only a PUT may set.
     if let Some(k) = o
         .keys()
-        .find(|k| !writable.contains(&k.as_str()) && kind.writable(false).contains(&k.as_str()))
+        .find(|k| !writable.contains(&k.as_str()) && on_put.contains(&k.as_str()))
     {
         return Err(Fault::bad_request(format!(
             "Attribute '{k}' not allowed in POST"
         )));
     }
-    input::only(&o, writable)?;
+    input::only(&o, &writable)?;
     let id = match kind {
         Kind::Network => networks::create_network(cx, &o)?,
         Kind::Subnet => subnets::create_subnet(cx, &o)?,
@@ -509,7 +345,7 @@ pub fn update(
     if kind == Kind::Router {
         take_legacy_router(ctx, &mut o, "update_router")?;
     }
-    input::only(&o, kind.writable(false))?;
+    input::only(&o, &attributes::writable(kind, false))?;
     match kind {
         Kind::Network => networks::update_network(cx, id, &o)?,
         Kind::Subnet => subnets::update_subnet(cx, id, &o)?,
