@@ -216,7 +216,25 @@ pub fn show(
     parent: Option<&str>,
     id: &str,
 ) -> Result<Value, Fault> {
-    let mut v = view(c, ctx, kind, parent, id)?;
+    let mut v = match kind {
+        Kind::Network => {
+            let n = visible::<Network>(c, ctx, id)?;
+            let subnets = store::network_subnets(c, id)?
+                .into_iter()
+                .map(|s| s.id)
+                .collect();
+            networks::network_view(ctx, &n, subnets)
+        }
+        Kind::Subnet => subnets::subnet_view(&visible::<Subnet>(c, ctx, id)?),
+        Kind::Port => ports::port_view(&visible::<Port>(c, ctx, id)?),
+        Kind::Router => routers::router_view(c, &visible::<Router>(c, ctx, id)?)?,
+        Kind::FloatingIp => floatingips::fip_view(c, &visible::<FloatingIp>(c, ctx, id)?)?,
+        Kind::PortForwarding => {
+            let fip = parent_id(kind, parent)?;
+            let (_, pf) = port_forwardings::visible_pf(c, ctx, fip, id)?;
+            port_forwardings::pf_view(&pf)
+        }
+    };
     standard::decorate_one(c, kind, id, &mut v)?;
     if kind == Kind::Router {
         legacy_router(ctx, &mut v);
@@ -266,35 +284,6 @@ fn take_legacy_router(ctx: &Ctx, o: &mut Obj, action: &str) -> Result<(), Fault>
         }
     }
     Ok(())
-}
-
-/// The view of `show`, before the standard attributes.
-fn view(
-    c: &Connection,
-    ctx: &Ctx,
-    kind: Kind,
-    parent: Option<&str>,
-    id: &str,
-) -> Result<Value, Fault> {
-    match kind {
-        Kind::Network => {
-            let n = visible::<Network>(c, ctx, id)?;
-            let subnets = store::network_subnets(c, id)?
-                .into_iter()
-                .map(|s| s.id)
-                .collect();
-            Ok(networks::network_view(ctx, &n, subnets))
-        }
-        Kind::Subnet => Ok(subnets::subnet_view(&visible::<Subnet>(c, ctx, id)?)),
-        Kind::Port => Ok(ports::port_view(&visible::<Port>(c, ctx, id)?)),
-        Kind::Router => routers::router_view(c, &visible::<Router>(c, ctx, id)?),
-        Kind::FloatingIp => floatingips::fip_view(c, &visible::<FloatingIp>(c, ctx, id)?),
-        Kind::PortForwarding => {
-            let fip = parent_id(kind, parent)?;
-            let (_, pf) = port_forwardings::visible_pf(c, ctx, fip, id)?;
-            Ok(port_forwardings::pf_view(&pf))
-        }
-    }
 }
 
 /// Creates a resource from its validated body; returns its view.
