@@ -17,12 +17,7 @@ async fn errors_are_neutron_errors() {
         .await;
     assert_eq!((st, err_type(&v)), (400, "HTTPBadRequest"));
     let (st, v) = t
-        .req(
-            "POST",
-            "/v2.0/networks",
-            "ta",
-            json!({"network": {"bogus": 1}}),
-        )
+        .post("ta", "networks", json!({"network": {"bogus": 1}}))
         .await;
     assert_eq!(st, 400);
     assert!(
@@ -32,29 +27,26 @@ async fn errors_are_neutron_errors() {
             .contains("Unrecognized attribute")
     );
     let (st, v) = t
-        .req(
-            "POST",
-            "/v2.0/networks",
+        .post(
             "ta",
+            "networks",
             json!({"network": {"router:external": true}}),
         )
         .await;
     assert_eq!((st, err_type(&v)), (403, "PolicyNotAuthorized"));
     let nid = t.network("ta", json!({})).await;
     let (st, v) = t
-        .req(
-            "POST",
-            "/v2.0/subnets",
+        .post(
             "ta",
+            "subnets",
             json!({"subnet": {"network_id": nid, "ip_version": 6, "cidr": "fd00::/64"}}),
         )
         .await;
     assert_eq!(st, 400, "{v}");
     let (st, _) = t
-        .req(
-            "POST",
-            "/v2.0/subnets",
+        .post(
             "ta",
+            "subnets",
             json!({"subnet": {"network_id": nid, "ip_version": 4, "cidr": "10.0.0.1/24"}}),
         )
         .await;
@@ -93,12 +85,7 @@ async fn failed_realisation_changes_nothing() {
     let before = t.get("/v2.0/routers", "ta").await;
     t.rec.fail_routers.store(true, Ordering::SeqCst);
     let (st, v) = t
-        .req(
-            "POST",
-            "/v2.0/routers",
-            "ta",
-            json!({"router": {"name": "x"}}),
-        )
+        .post("ta", "routers", json!({"router": {"name": "x"}}))
         .await;
     assert_eq!((st, err_type(&v)), (500, "HTTPInternalServerError"));
     assert!(
@@ -167,12 +154,7 @@ async fn a_full_network_refuses_new_ports() {
         .await;
     assert_eq!(p["port"]["fixed_ips"][0]["ip_address"], "10.9.9.2");
     let (st, v) = t
-        .req(
-            "POST",
-            "/v2.0/ports",
-            "ta",
-            json!({"port": {"network_id": nid}}),
-        )
+        .post("ta", "ports", json!({"port": {"network_id": nid}}))
         .await;
     assert_eq!((st, err_type(&v)), (409, "IpAddressGenerationFailure"));
     // Explicitly no address is still allowed.

@@ -155,6 +155,12 @@ impl T {
         v
     }
 
+    /// `POST /v2.0/{coll}` as `token`: the status and the body.
+    async fn post(&self, token: &str, coll: &str, body: Value) -> (u16, Value) {
+        self.req("POST", &format!("/v2.0/{coll}"), token, body)
+            .await
+    }
+
     /// `POST /v2.0/{coll}` as `token`, asserting 201; returns the body.
     async fn create(&self, token: &str, coll: &str, body: Value) -> Value {
         self.ok("POST", &format!("/v2.0/{coll}"), token, body, 201)

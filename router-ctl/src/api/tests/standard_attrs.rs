@@ -389,12 +389,7 @@ async fn network_mtu_as_neutron_net_mtu_writable() {
             .await;
         assert_eq!(st, 400, "{bad}: {v}");
         let (st, _) = t
-            .req(
-                "POST",
-                "/v2.0/networks",
-                "ta",
-                json!({"network": {"mtu": bad}}),
-            )
+            .post("ta", "networks", json!({"network": {"mtu": bad}}))
             .await;
         assert_eq!(st, 400, "{bad}");
     }
