@@ -43,8 +43,8 @@ async fn floatingips_and_port_forwardings_sort_and_paginate() {
     let v = t.get(&q, "ta").await;
     assert_eq!(names(&v, "floatingips", "description"), ["b", "c"]);
     let q = "/v2.0/floatingips?marker=00000000-0000-0000-0000-000000000000";
-    let (st, v) = t.req("GET", q, "ta", Value::Null).await;
-    assert_eq!((st, err_type(&v)), (404, "FloatingIPNotFound"));
+    t.refused("GET", q, "ta", Value::Null, (404, "FloatingIPNotFound"))
+        .await;
 
     let pfs = format!("/v2.0/floatingips/{}/port_forwardings", fips[0]);
     for (ext_port, desc) in [(3000, "z"), (1000, "x"), (2000, "y")] {
@@ -67,9 +67,15 @@ async fn floatingips_and_port_forwardings_sort_and_paginate() {
         json!([{"description": "z"}, {"description": "y"}, {"description": "x"}])
     );
     let q = format!("{pfs}?marker=00000000-0000-0000-0000-000000000000");
-    let (st, v) = t.req("GET", &q, "ta", Value::Null).await;
-    assert_eq!((st, err_type(&v)), (404, "PortForwardingNotFound"));
+    t.refused(
+        "GET",
+        &q,
+        "ta",
+        Value::Null,
+        (404, "PortForwardingNotFound"),
+    )
+    .await;
     // Another project sees neither the floating IP nor its forwardings.
-    let (st, v) = t.req("GET", &pfs, "tb", Value::Null).await;
-    assert_eq!((st, err_type(&v)), (404, "FloatingIPNotFound"));
+    t.refused("GET", &pfs, "tb", Value::Null, (404, "FloatingIPNotFound"))
+        .await;
 }

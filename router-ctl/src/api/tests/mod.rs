@@ -155,6 +155,20 @@ impl T {
         v
     }
 
+    /// A request that must fail with `want` (status, NeutronError type); returns the body.
+    async fn refused(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Value,
+        want: (u16, &str),
+    ) -> Value {
+        let (s, v) = self.req(method, path, token, body).await;
+        assert_eq!((s, err_type(&v)), want, "{method} {path}: {v}");
+        v
+    }
+
     /// `POST /v2.0/{coll}` as `token`: the status and the body.
     async fn post(&self, token: &str, coll: &str, body: Value) -> (u16, Value) {
         self.req("POST", &format!("/v2.0/{coll}"), token, body)

@@ -79,17 +79,24 @@ async fn router_gateway_lifecycle() {
         )
         .await;
     assert_eq!(st, 409, "{v}");
-    let (st, v) = t
-        .req("DELETE", &format!("/v2.0/routers/{rid}"), "ta", Value::Null)
-        .await;
-    assert_eq!((st, err_type(&v)), (409, "RouterInUse"));
+    t.refused(
+        "DELETE",
+        &format!("/v2.0/routers/{rid}"),
+        "ta",
+        Value::Null,
+        (409, "RouterInUse"),
+    )
+    .await;
 
     // Non-admin may set the gateway but not enable_snat.
-    let (st, v) = t
-        .req("PUT", &format!("/v2.0/routers/{rid}.json"), "ta",
-             json!({"router": {"external_gateway_info": {"network_id": ext_id, "enable_snat": false}}}))
-        .await;
-    assert_eq!((st, err_type(&v)), (403, "PolicyNotAuthorized"));
+    t.refused(
+        "PUT",
+        &format!("/v2.0/routers/{rid}.json"),
+        "ta",
+        json!({"router": {"external_gateway_info": {"network_id": ext_id, "enable_snat": false}}}),
+        (403, "PolicyNotAuthorized"),
+    )
+    .await;
     let r = t
         .ok("PUT", &format!("/v2.0/routers/{rid}.json"), "adm",
             json!({"router": {"external_gateway_info": {"network_id": ext_id, "enable_snat": false}}}), 200)
@@ -535,26 +542,22 @@ async fn routers_are_legacy_routers() {
     let v = t.get(&format!("/v2.0/routers/{rid}"), "adm").await;
     assert_eq!(v["router"]["distributed"], false);
     for key in ["ha", "distributed"] {
-        let v = t
-            .ok(
-                "POST",
-                "/v2.0/routers",
-                "adm",
-                json!({"router": {key: true}}),
-                400,
-            )
-            .await;
-        assert_eq!(err_type(&v), "BadRequest");
-        let v = t
-            .ok(
-                "POST",
-                "/v2.0/routers",
-                "ta",
-                json!({"router": {key: false}}),
-                403,
-            )
-            .await;
-        assert_eq!(err_type(&v), "PolicyNotAuthorized");
+        t.refused(
+            "POST",
+            "/v2.0/routers",
+            "adm",
+            json!({"router": {key: true}}),
+            (400, "BadRequest"),
+        )
+        .await;
+        t.refused(
+            "POST",
+            "/v2.0/routers",
+            "ta",
+            json!({"router": {key: false}}),
+            (403, "PolicyNotAuthorized"),
+        )
+        .await;
         t.ok(
             "PUT",
             &format!("/v2.0/routers/{rid}"),
