@@ -197,7 +197,9 @@ pub fn get_port_forwarding(
     fip_id: &str,
     id: &str,
 ) -> Result<Option<PortForwarding>, Fault> {
-    PFS.one(conn, "WHERE id=?1 AND floatingip_id=?2", [id, fip_id])
+    Ok(PFS
+        .select(conn, "WHERE id=?1 AND floatingip_id=?2", [id, fip_id])?
+        .pop())
 }
 
 pub fn fip_port_forwardings(conn: &Connection, fip_id: &str) -> Result<Vec<PortForwarding>, Fault> {

@@ -250,19 +250,9 @@ impl<T> Table<T> {
         Ok(out)
     }
 
-    /// The one row that `filter` selects with `p` (an id), None when there is none.
-    fn one<P: rusqlite::Params>(
-        &self,
-        conn: &Connection,
-        filter: &str,
-        p: P,
-    ) -> Result<Option<T>, Fault> {
-        Ok(self.select(conn, filter, p)?.pop())
-    }
-
     /// The row with this id, None when unknown.
     fn get(&self, conn: &Connection, id: &str) -> Result<Option<T>, Fault> {
-        self.one(conn, "WHERE id=?1", [id])
+        Ok(self.select(conn, "WHERE id=?1", [id])?.pop())
     }
 }
 
