@@ -82,21 +82,8 @@ fn random_bodies_never_500_and_rejections_change_nothing() {
         .unwrap();
     let t = T::new();
     let (net, sub, router) = rt.block_on(async {
-        let n = t
-            .create(
-                "adm",
-                "networks",
-                json!({"network": {"router:external": true}}),
-            )
-            .await;
-        let net = id(&n, "network");
-        let s = t
-            .create(
-                "adm",
-                "subnets",
-                json!({"subnet": {"network_id": net, "ip_version": 4, "cidr": "10.0.0.0/24"}}),
-            )
-            .await;
+        let net = t.network("adm", json!({"router:external": true})).await;
+        let s = t.subnet("adm", &net, "10.0.0.0/24").await;
         let r = t.create("adm", "routers", json!({"router": {}})).await;
         (net, id(&s, "subnet"), id(&r, "router"))
     });
