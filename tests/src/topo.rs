@@ -2,9 +2,13 @@
 //! would: "an external network with an internet namespace behind it" and "a VM on a tenant
 //! network". The addresses are the documentation ranges the README and the demo use.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
-use crate::{Netns, daemon::Daemon, unique};
+use crate::{
+    Netns,
+    daemon::{Daemon, expect},
+    unique,
+};
 
 /// The internet's address on the external network (also the subnet's gateway).
 pub const INTERNET_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(203, 0, 113, 1);
@@ -35,8 +39,26 @@ pub struct Internet {
 
 impl Internet {
     pub fn new(host: &Netns, d: &Daemon, ns_prefix: &str, pool_end: u8) -> Self {
-        let ext = d.cli_json(&["network", "create", "public", "--external"]);
-        let network_id = id(&ext);
+        Self::with_mtu(host, d, ns_prefix, pool_end, None)
+    }
+
+    /// `new` with the external network's `mtu` (None: the deployment's default). The CLI
+    /// has no MTU option, so such a network is made through the API.
+    pub fn with_mtu(
+        host: &Netns,
+        d: &Daemon,
+        ns_prefix: &str,
+        pool_end: u8,
+        mtu: Option<u32>,
+    ) -> Self {
+        let network_id = match mtu {
+            None => id(&d.cli_json(&["network", "create", "public", "--external"])),
+            Some(mtu) => {
+                let body =
+                    json!({"network": {"name": "public", "router:external": true, "mtu": mtu}});
+                str_at(&expect(d.post("/v2.0/networks", &body), 201), "/network/id")
+            }
+        };
         d.cli_ok(&[
             "subnet",
             "create",

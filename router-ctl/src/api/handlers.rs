@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::{
     ApiState, Ctx, discovery, input, observe,
     query::{self, next_link, parse_query, project},
-    resources::{self, Kind},
+    resources::{self, Cx, Kind},
 };
 use crate::model::Fault;
 
@@ -51,19 +51,19 @@ pub fn router(state: ApiState) -> Router {
     r = observe::routes(r);
     r.route(
         "/v2.0/routers/{id}/add_router_interface",
-        router_action(interface, true),
+        router_action(input::any_object, resources::change_interface, true),
     )
     .route(
         "/v2.0/routers/{id}/remove_router_interface",
-        router_action(interface, false),
+        router_action(input::any_object, resources::change_interface, false),
     )
     .route(
         "/v2.0/routers/{id}/add_extraroutes",
-        router_action(extraroutes, true),
+        router_action(router_body, resources::change_extraroutes, true),
     )
     .route(
         "/v2.0/routers/{id}/remove_extraroutes",
-        router_action(extraroutes, false),
+        router_action(router_body, resources::change_extraroutes, false),
     )
     .fallback(|| async { Fault::new(404, "HTTPNotFound", "The resource could not be found.") })
     .method_not_allowed_fallback(|| async {
@@ -77,35 +77,48 @@ pub fn router(state: ApiState) -> Router {
     .with_state(state)
 }
 
-/// `PUT` of a router action that adds or removes something (`add`): `run` gets the router id
-/// and the body.
-fn router_action<F, Fut>(run: F, add: bool) -> MethodRouter<ApiState>
-where
-    F: Fn(ApiState, Ctx, String, Bytes, bool) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<Response, Fault>> + Send + 'static,
-{
+/// What a router action does to the router with the id (`add`: add, else remove) in one
+/// mutation; its answer is the body of the response.
+type RouterChange = fn(Cx, &str, &input::Obj, bool) -> Result<Value, Fault>;
+
+/// `PUT` of a router action that adds or removes something (`add`): `change` gets the router
+/// id and the body as `parse` reads it.
+fn router_action(
+    parse: fn(&[u8]) -> Result<input::Obj, Fault>,
+    change: RouterChange,
+    add: bool,
+) -> MethodRouter<ApiState> {
     put(
-        move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| {
-            run(s, ctx, id, body, add)
+        move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, body: Bytes| async move {
+            let o = parse(&body)?;
+            let v = s.mutate_as(ctx, move |cx| change(cx, &id, &o, add)).await?;
+            Ok::<_, Fault>(Json(v))
         },
     )
+}
+
+/// The body of `add_extraroutes`/`remove_extraroutes`: `{"router": {"routes": [...]}}`.
+fn router_body(body: &[u8]) -> Result<input::Obj, Fault> {
+    input::resource_body(body, "router")
 }
 
 /// `GET` (list) and `POST` of a top-level collection.
 fn coll(kind: Kind) -> MethodRouter<ApiState> {
     get(
         move |State(s): State<ApiState>, ctx: Ctx, uri: Uri, h: HeaderMap| {
-            list(s, ctx, kind, None, uri, h)
+            list(At(s, ctx, kind, None), uri, h)
         },
     )
-    .post(move |State(s): State<ApiState>, ctx: Ctx, body: Bytes| create(s, ctx, kind, None, body))
+    .post(move |State(s): State<ApiState>, ctx: Ctx, body: Bytes| {
+        create(At(s, ctx, kind, None), body)
+    })
 }
 
 /// `GET`, `PUT` and `DELETE` of one resource of a top-level collection.
 fn item(kind: Kind) -> MethodRouter<ApiState> {
     get(
         move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, uri: Uri| {
-            show(s, ctx, kind, None, id, uri)
+            show(At(s, ctx, kind, None), id, uri)
         },
     )
     .put(
@@ -113,11 +126,11 @@ fn item(kind: Kind) -> MethodRouter<ApiState> {
               ctx: Ctx,
               Path(id): Path<String>,
               h: HeaderMap,
-              body: Bytes| { update(s, ctx, kind, None, id, h, body) },
+              body: Bytes| { update(At(s, ctx, kind, None), id, h, body) },
     )
     .delete(
         move |State(s): State<ApiState>, ctx: Ctx, Path(id): Path<String>, h: HeaderMap| {
-            delete(s, ctx, kind, None, id, h)
+            delete(At(s, ctx, kind, None), id, h)
         },
     )
 }
@@ -129,11 +142,11 @@ fn nested_coll(kind: Kind) -> MethodRouter<ApiState> {
               ctx: Ctx,
               Path(parent): Path<String>,
               uri: Uri,
-              h: HeaderMap| { list(s, ctx, kind, Some(parent), uri, h) },
+              h: HeaderMap| { list(At(s, ctx, kind, Some(parent)), uri, h) },
     )
     .post(
         move |State(s): State<ApiState>, ctx: Ctx, Path(parent): Path<String>, body: Bytes| {
-            create(s, ctx, kind, Some(parent), body)
+            create(At(s, ctx, kind, Some(parent)), body)
         },
     )
 }
@@ -143,7 +156,7 @@ fn nested_item(kind: Kind) -> MethodRouter<ApiState> {
     type Ids = Path<(String, String)>;
     get(
         move |State(s): State<ApiState>, ctx: Ctx, Path((p, id)): Ids, uri: Uri| {
-            show(s, ctx, kind, Some(p), id, uri)
+            show(At(s, ctx, kind, Some(p)), id, uri)
         },
     )
     .put(
@@ -151,11 +164,11 @@ fn nested_item(kind: Kind) -> MethodRouter<ApiState> {
               ctx: Ctx,
               Path((p, id)): Ids,
               h: HeaderMap,
-              body: Bytes| { update(s, ctx, kind, Some(p), id, h, body) },
+              body: Bytes| { update(At(s, ctx, kind, Some(p)), id, h, body) },
     )
     .delete(
         move |State(s): State<ApiState>, ctx: Ctx, Path((p, id)): Ids, h: HeaderMap| {
-            delete(s, ctx, kind, Some(p), id, h)
+            delete(At(s, ctx, kind, Some(p)), id, h)
         },
     )
 }
@@ -264,14 +277,23 @@ async fn tag_change(
     Ok(status)
 }
 
-async fn list(
-    s: ApiState,
-    ctx: Ctx,
-    kind: Kind,
-    parent: Option<String>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Result<Response, Fault> {
+/// The collection a request addresses: the state it runs against, the caller, the kind, and
+/// the parent's id for a nested collection.
+struct At(ApiState, Ctx, Kind, Option<String>);
+
+impl ApiState {
+    /// `mutate` on behalf of `ctx`: `f` gets the request's `Cx`.
+    async fn mutate_as<T: Send + 'static>(
+        &self,
+        ctx: Ctx,
+        f: impl FnOnce(Cx) -> Result<T, Fault> + Send + 'static,
+    ) -> Result<T, Fault> {
+        self.mutate(move |c, fx| f(Cx::new(c, fx, &ctx))).await
+    }
+}
+
+async fn list(at: At, uri: Uri, headers: HeaderMap) -> Result<Response, Fault> {
+    let At(s, ctx, kind, parent) = at;
     let mut q = parse_query(&uri)?;
     query::check_filters(&mut q, kind.filters())?;
     let p = parent.clone();
@@ -290,14 +312,8 @@ async fn list(
     Ok(Json(Value::Object(body)).into_response())
 }
 
-async fn show(
-    s: ApiState,
-    ctx: Ctx,
-    kind: Kind,
-    parent: Option<String>,
-    id: String,
-    uri: Uri,
-) -> Result<Response, Fault> {
+async fn show(at: At, id: String, uri: Uri) -> Result<Response, Fault> {
+    let At(s, ctx, kind, parent) = at;
     let q = parse_query(&uri)?;
     let item = s
         .read(move |c| resources::show(c, &ctx, kind, parent.as_deref(), &id))
@@ -305,13 +321,8 @@ async fn show(
     Ok(Json(json!({ kind.singular(): project(item, &q.fields) })).into_response())
 }
 
-async fn create(
-    s: ApiState,
-    ctx: Ctx,
-    kind: Kind,
-    parent: Option<String>,
-    body: Bytes,
-) -> Result<Response, Fault> {
+async fn create(at: At, body: Bytes) -> Result<Response, Fault> {
+    let At(s, ctx, kind, parent) = at;
     let o = input::resource_body(&body, kind.singular())?;
     // Non-admins get 403 for any provider attribute (resources::create).
     if kind == Kind::Network
@@ -324,77 +335,37 @@ async fn create(
         )));
     }
     let item = s
-        .mutate(move |c, fx| resources::create(c, fx, &ctx, kind, parent.as_deref(), o))
+        .mutate_as(ctx, move |cx| {
+            resources::create(cx, kind, parent.as_deref(), o)
+        })
         .await?;
     Ok((StatusCode::CREATED, Json(json!({ kind.singular(): item }))).into_response())
 }
 
-async fn update(
-    s: ApiState,
-    ctx: Ctx,
-    kind: Kind,
-    parent: Option<String>,
-    id: String,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, Fault> {
+async fn update(at: At, id: String, headers: HeaderMap, body: Bytes) -> Result<Response, Fault> {
+    let At(s, ctx, kind, parent) = at;
     let o = input::resource_body(&body, kind.singular())?;
     let expected = if_match(&headers)?;
     let item = s
-        .mutate(move |c, fx| {
+        .mutate_as(ctx, move |cx| {
             if let Some(n) = expected {
-                resources::check_revision(c, &ctx, kind, &id, n)?;
+                resources::check_revision(cx.c, cx.ctx, kind, &id, n)?;
             }
-            resources::update(c, fx, &ctx, kind, parent.as_deref(), &id, o)
+            resources::update(cx, kind, parent.as_deref(), &id, o)
         })
         .await?;
     Ok(Json(json!({ kind.singular(): item })).into_response())
 }
 
-async fn delete(
-    s: ApiState,
-    ctx: Ctx,
-    kind: Kind,
-    parent: Option<String>,
-    id: String,
-    headers: HeaderMap,
-) -> Result<Response, Fault> {
+async fn delete(at: At, id: String, headers: HeaderMap) -> Result<Response, Fault> {
+    let At(s, ctx, kind, parent) = at;
     let expected = if_match(&headers)?;
-    s.mutate(move |c, fx| {
+    s.mutate_as(ctx, move |cx| {
         if let Some(n) = expected {
-            resources::check_revision(c, &ctx, kind, &id, n)?;
+            resources::check_revision(cx.c, cx.ctx, kind, &id, n)?;
         }
-        resources::delete(c, fx, &ctx, kind, parent.as_deref(), &id)
+        resources::delete(cx, kind, parent.as_deref(), &id)
     })
     .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn interface(
-    s: ApiState,
-    ctx: Ctx,
-    id: String,
-    body: Bytes,
-    add: bool,
-) -> Result<Response, Fault> {
-    let o = input::any_object(&body)?;
-    let info = s
-        .mutate(move |c, fx| resources::change_interface(c, fx, &ctx, &id, &o, add))
-        .await?;
-    Ok(Json(info).into_response())
-}
-
-/// `add_extraroutes`/`remove_extraroutes`: body `{"router": {"routes": [...]}}`.
-async fn extraroutes(
-    s: ApiState,
-    ctx: Ctx,
-    id: String,
-    body: Bytes,
-    add: bool,
-) -> Result<Response, Fault> {
-    let o = input::resource_body(&body, "router")?;
-    let router = s
-        .mutate(move |c, fx| resources::change_extraroutes(c, fx, &ctx, &id, &o, add))
-        .await?;
-    Ok(Json(router).into_response())
 }

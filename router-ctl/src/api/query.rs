@@ -220,15 +220,14 @@ pub(super) struct Page {
 
 /// Which filters a collection accepts: its filterable attributes, and whether it has tags
 /// (then the tag filters and `changed_since` too).
-#[derive(Clone, Copy)]
 pub(super) struct Filters {
-    pub(super) attributes: &'static [&'static str],
+    pub(super) attributes: Vec<&'static str>,
     pub(super) tagged: bool,
 }
 
 /// Checks the filters of `q` against `filters` (400 for any other, before anything is read).
 pub(super) fn check_filters(q: &mut ListQuery, filters: Filters) -> Result<(), Fault> {
-    validate(q, filters.attributes, filters.tagged)
+    validate(q, &filters.attributes, filters.tagged)
 }
 
 /// Filters, sorts and pages `items` by `q` (its filters already checked by `check_filters`).

@@ -13,7 +13,7 @@ use std::{
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{Scope, addr_of, addr_val, query_all};
+use super::{Scope, Table, addr_of, addr_val, query_all};
 use crate::model::{
     Fault, FloatingIp, PortForwarding,
     spec::{FloatingIpSpec, PortForwardingSpec},
@@ -66,6 +66,8 @@ fn fip_row(r: &Row) -> rusqlite::Result<FloatingIp> {
     })
 }
 
+const FIPS: Table<FloatingIp> = Table::whole("floatingips", FIP_COLS, fip_row);
+
 pub fn insert_floatingip(conn: &Connection, f: &FloatingIp) -> Result<(), Fault> {
     conn.execute(
         &format!("INSERT INTO floatingips ({FIP_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
@@ -100,37 +102,21 @@ pub fn update_floatingip(conn: &Connection, f: &FloatingIp) -> Result<(), Fault>
 }
 
 pub fn get_floatingip(conn: &Connection, id: &str) -> Result<Option<FloatingIp>, Fault> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {FIP_COLS} FROM floatingips WHERE id=?1"),
-            [id],
-            fip_row,
-        )
-        .optional()?)
-}
-
-/// The floating IPs that `filter` (a `WHERE` clause, or empty) selects, in creation order.
-fn fips<P: rusqlite::Params>(
-    conn: &Connection,
-    filter: &str,
-    p: P,
-) -> Result<Vec<FloatingIp>, Fault> {
-    let sql = format!("SELECT {FIP_COLS} FROM floatingips {filter} ORDER BY rowid");
-    query_all(conn, &sql, p, fip_row)
+    FIPS.get(conn, id)
 }
 
 pub fn list_floatingips(conn: &Connection) -> Result<Vec<FloatingIp>, Fault> {
-    fips(conn, "", [])
+    FIPS.select(conn, "", [])
 }
 
 /// Floating IPs associated with `port_id`.
 pub fn port_floatingips(conn: &Connection, port_id: &str) -> Result<Vec<FloatingIp>, Fault> {
-    fips(conn, "WHERE port_id=?1", [&port_id])
+    FIPS.select(conn, "WHERE port_id=?1", [&port_id])
 }
 
 /// Floating IPs served by `router_id` (associated, or holding port forwardings).
 pub fn router_floatingips(conn: &Connection, router_id: &str) -> Result<Vec<FloatingIp>, Fault> {
-    fips(conn, "WHERE router_id=?1", [&router_id])
+    FIPS.select(conn, "WHERE router_id=?1", [&router_id])
 }
 
 /// The floating IP already associated with `(port_id, fixed_ip)`, if any.
@@ -172,9 +158,12 @@ fn pf_row(r: &Row) -> rusqlite::Result<PortForwarding> {
     })
 }
 
-pub fn insert_port_forwarding(conn: &Connection, p: &PortForwarding) -> Result<(), Fault> {
+const PFS: Table<PortForwarding> = Table::whole("port_forwardings", PF_COLS, pf_row);
+
+/// Runs `sql` with the columns of `p` as `?1`..`?8`, in `PF_COLS` order.
+fn execute_pf(conn: &Connection, sql: &str, p: &PortForwarding) -> Result<(), Fault> {
     conn.execute(
-        &format!("INSERT INTO port_forwardings ({PF_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)"),
+        sql,
         params![
             p.id,
             p.floatingip_id,
@@ -189,21 +178,18 @@ pub fn insert_port_forwarding(conn: &Connection, p: &PortForwarding) -> Result<(
     Ok(())
 }
 
-/// Rewrites every column but the ids.
+pub fn insert_port_forwarding(conn: &Connection, p: &PortForwarding) -> Result<(), Fault> {
+    let sql = format!("INSERT INTO port_forwardings ({PF_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)");
+    execute_pf(conn, &sql, p)
+}
+
+/// Rewrites every column but the ids (a port forwarding stays under its floating IP).
 pub fn update_port_forwarding(conn: &Connection, p: &PortForwarding) -> Result<(), Fault> {
-    conn.execute(
-        "UPDATE port_forwardings SET protocol=?2, external_port=?3, internal_port_id=?4, internal_ip=?5, internal_port=?6, description=?7 WHERE id=?1",
-        params![
-            p.id,
-            p.protocol,
-            p.external_port,
-            p.internal_port_id,
-            addr_val(p.internal_ip),
-            p.internal_port,
-            p.description
-        ],
-    )?;
-    Ok(())
+    execute_pf(
+        conn,
+        "UPDATE port_forwardings SET protocol=?3, external_port=?4, internal_port_id=?5, internal_ip=?6, internal_port=?7, description=?8 WHERE id=?1 AND floatingip_id=?2",
+        p,
+    )
 }
 
 pub fn get_port_forwarding(
@@ -211,19 +197,13 @@ pub fn get_port_forwarding(
     fip_id: &str,
     id: &str,
 ) -> Result<Option<PortForwarding>, Fault> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {PF_COLS} FROM port_forwardings WHERE id=?1 AND floatingip_id=?2"),
-            [id, fip_id],
-            pf_row,
-        )
-        .optional()?)
+    Ok(PFS
+        .select(conn, "WHERE id=?1 AND floatingip_id=?2", [id, fip_id])?
+        .pop())
 }
 
 pub fn fip_port_forwardings(conn: &Connection, fip_id: &str) -> Result<Vec<PortForwarding>, Fault> {
-    let sql =
-        format!("SELECT {PF_COLS} FROM port_forwardings WHERE floatingip_id=?1 ORDER BY rowid");
-    query_all(conn, &sql, [fip_id], pf_row)
+    PFS.select(conn, "WHERE floatingip_id=?1", [fip_id])
 }
 
 /// Port forwardings whose internal port is `port_id`.
@@ -231,9 +211,7 @@ pub fn port_port_forwardings(
     conn: &Connection,
     port_id: &str,
 ) -> Result<Vec<PortForwarding>, Fault> {
-    let sql =
-        format!("SELECT {PF_COLS} FROM port_forwardings WHERE internal_port_id=?1 ORDER BY rowid");
-    query_all(conn, &sql, [port_id], pf_row)
+    PFS.select(conn, "WHERE internal_port_id=?1", [port_id])
 }
 
 /// Another port forwarding that `p` would duplicate (same floating IP, protocol and external
@@ -318,7 +296,7 @@ pub fn router_floating(
         "WHERE router_id IS NOT NULL AND {}",
         scope.condition("router_id")
     );
-    let fips = fips(conn, &filter, scope.params())?;
+    let fips = FIPS.select(conn, &filter, scope.params())?;
     let mut by_fip: HashMap<&str, (&str, Ipv4Addr)> = HashMap::new();
     for f in &fips {
         let (Some(r), Some(floating_ip)) = (&f.router_id, v4(f.floating_ip)) else {

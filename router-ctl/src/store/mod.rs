@@ -250,6 +250,54 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------- conversions
 
+/// A table read as one model type: its name, its columns (in the mapper's order), the mapper
+/// of a row, and what completes a row from other tables (a subnet's pools, a port's fixed IPs).
+struct Table<T: 'static> {
+    name: &'static str,
+    cols: &'static str,
+    row: fn(&Row) -> rusqlite::Result<T>,
+    complete: fn(&Connection, &mut T) -> Result<(), Fault>,
+}
+
+impl<T> Table<T> {
+    /// A table whose rows are whole (nothing to complete).
+    const fn whole(
+        name: &'static str,
+        cols: &'static str,
+        row: fn(&Row) -> rusqlite::Result<T>,
+    ) -> Self {
+        Self {
+            name,
+            cols,
+            row,
+            complete: |_, _| Ok(()),
+        }
+    }
+
+    /// The rows that `filter` (a `WHERE` clause, or empty) selects with `p`, in creation order.
+    fn select<P: rusqlite::Params>(
+        &self,
+        conn: &Connection,
+        filter: &str,
+        p: P,
+    ) -> Result<Vec<T>, Fault> {
+        let sql = format!(
+            "SELECT {} FROM {} {filter} ORDER BY rowid",
+            self.cols, self.name
+        );
+        let mut out = query_all(conn, &sql, p, self.row)?;
+        for x in &mut out {
+            (self.complete)(conn, x)?;
+        }
+        Ok(out)
+    }
+
+    /// The row with this id, None when unknown.
+    fn get(&self, conn: &Connection, id: &str) -> Result<Option<T>, Fault> {
+        Ok(self.select(conn, "WHERE id=?1", [id])?.pop())
+    }
+}
+
 /// Every row `sql` selects with `params`, mapped by `row`, through the statement cache.
 fn query_all<T, P: rusqlite::Params>(
     conn: &Connection,

@@ -3,9 +3,9 @@
 use std::{net::IpAddr, str::FromStr};
 
 use ipnet::IpNet;
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, Row, params};
 
-use super::{addr_of, addr_val, query_all, text_err};
+use super::{Table, addr_of, addr_val, query_all, text_err};
 use crate::model::{Fault, Ipv6Mode, Network, Subnet};
 
 // ---------------------------------------------------------------- networks
@@ -26,6 +26,8 @@ fn network_row(r: &Row) -> rusqlite::Result<Network> {
         mtu: r.get(9)?,
     })
 }
+
+const NETWORKS: Table<Network> = Table::whole("networks", NET_COLS, network_row);
 
 /// Adds a network row.
 pub fn insert_network(conn: &Connection, n: &Network) -> Result<(), Fault> {
@@ -58,19 +60,12 @@ pub fn update_network(conn: &Connection, n: &Network) -> Result<(), Fault> {
 
 /// The network, None when unknown.
 pub fn get_network(conn: &Connection, id: &str) -> Result<Option<Network>, Fault> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {NET_COLS} FROM networks WHERE id=?1"),
-            [id],
-            network_row,
-        )
-        .optional()?)
+    NETWORKS.get(conn, id)
 }
 
 /// Every network in creation order.
 pub fn list_networks(conn: &Connection) -> Result<Vec<Network>, Fault> {
-    let sql = format!("SELECT {NET_COLS} FROM networks ORDER BY rowid");
-    query_all(conn, &sql, [], network_row)
+    NETWORKS.select(conn, "", [])
 }
 
 /// Deletes the network and its subnets (callers check for ports first).
@@ -117,6 +112,13 @@ fn subnet_row(r: &Row) -> rusqlite::Result<Subnet> {
         ipv6_address_mode: mode_of(r, 10)?,
     })
 }
+
+const SUBNETS: Table<Subnet> = Table {
+    name: "subnets",
+    cols: SUBNET_COLS,
+    row: subnet_row,
+    complete: load_pools,
+};
 
 fn load_pools(conn: &Connection, s: &mut Subnet) -> Result<(), Fault> {
     let sql = "SELECT first_ip, last_ip FROM allocation_pools WHERE subnet_id=?1 ORDER BY seq";
@@ -184,50 +186,17 @@ pub fn update_subnet(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
 
 /// The subnet with its pools, None when unknown.
 pub fn get_subnet(conn: &Connection, id: &str) -> Result<Option<Subnet>, Fault> {
-    let s = conn
-        .query_row(
-            &format!("SELECT {SUBNET_COLS} FROM subnets WHERE id=?1"),
-            [id],
-            subnet_row,
-        )
-        .optional()?;
-    match s {
-        Some(mut s) => {
-            load_pools(conn, &mut s)?;
-            Ok(Some(s))
-        }
-        None => Ok(None),
-    }
-}
-
-fn query_subnets(
-    conn: &Connection,
-    sql: &str,
-    p: &[&dyn rusqlite::ToSql],
-) -> Result<Vec<Subnet>, Fault> {
-    let mut out = query_all(conn, sql, p, subnet_row)?;
-    for s in &mut out {
-        load_pools(conn, s)?;
-    }
-    Ok(out)
+    SUBNETS.get(conn, id)
 }
 
 /// Every subnet in creation order.
 pub fn list_subnets(conn: &Connection) -> Result<Vec<Subnet>, Fault> {
-    query_subnets(
-        conn,
-        &format!("SELECT {SUBNET_COLS} FROM subnets ORDER BY rowid"),
-        &[],
-    )
+    SUBNETS.select(conn, "", [])
 }
 
 /// The network's subnets in creation order (the order addresses are taken from).
 pub fn network_subnets(conn: &Connection, network_id: &str) -> Result<Vec<Subnet>, Fault> {
-    query_subnets(
-        conn,
-        &format!("SELECT {SUBNET_COLS} FROM subnets WHERE network_id=?1 ORDER BY rowid"),
-        &[&network_id],
-    )
+    SUBNETS.select(conn, "WHERE network_id=?1", [network_id])
 }
 
 /// Deletes the subnet and its pools (callers check for allocations first).

@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
-use super::{addr_of, addr_val, query_all, text_err};
+use super::{Table, addr_of, addr_val, query_all, text_err};
 use crate::model::{Fault, FixedIp, Port, mac_to_string, parse_mac};
 
 // ---------------------------------------------------------------- ports
@@ -125,22 +125,16 @@ pub fn update_port(conn: &Connection, p: &Port) -> Result<(), Fault> {
     write_fixed_ips(conn, p)
 }
 
+const PORTS: Table<Port> = Table {
+    name: "ports",
+    cols: PORT_COLS,
+    row: port_row,
+    complete: load_fixed_ips,
+};
+
 /// The port with its fixed IPs, None when unknown.
 pub fn get_port(conn: &Connection, id: &str) -> Result<Option<Port>, Fault> {
-    let p = conn
-        .query_row(
-            &format!("SELECT {PORT_COLS} FROM ports WHERE id=?1"),
-            [id],
-            port_row,
-        )
-        .optional()?;
-    match p {
-        Some(mut p) => {
-            load_fixed_ips(conn, &mut p)?;
-            Ok(Some(p))
-        }
-        None => Ok(None),
-    }
+    PORTS.get(conn, id)
 }
 
 pub(super) fn query_ports(
@@ -157,20 +151,12 @@ pub(super) fn query_ports(
 
 /// Every port in creation order.
 pub fn list_ports(conn: &Connection) -> Result<Vec<Port>, Fault> {
-    query_ports(
-        conn,
-        &format!("SELECT {PORT_COLS} FROM ports ORDER BY rowid"),
-        &[],
-    )
+    PORTS.select(conn, "", [])
 }
 
 /// The network's ports (a network with ports cannot be deleted).
 pub fn network_ports(conn: &Connection, network_id: &str) -> Result<Vec<Port>, Fault> {
-    query_ports(
-        conn,
-        &format!("SELECT {PORT_COLS} FROM ports WHERE network_id=?1 ORDER BY rowid"),
-        &[&network_id],
-    )
+    PORTS.select(conn, "WHERE network_id=?1", [network_id])
 }
 
 /// Deletes the port and frees its addresses.

@@ -7,7 +7,7 @@ use ipnet::IpNet;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    MAX_DP_ID,
+    MAX_DP_ID, Table,
     ports::{PORT_COLS, query_ports},
     query_all, text_err,
 };
@@ -28,6 +28,8 @@ CREATE TABLE router_routes (
 
 pub(super) const ROUTER_COLS: &str =
     "id, name, description, project_id, admin_state_up, status, dp_id, gw_port_id, enable_snat";
+
+const ROUTERS: Table<Router> = Table::whole("routers", ROUTER_COLS, router_row);
 
 pub(super) fn router_row(r: &Row) -> rusqlite::Result<Router> {
     Ok(Router {
@@ -94,19 +96,12 @@ pub fn update_router(conn: &Connection, r: &Router) -> Result<(), Fault> {
 
 /// The router, None when unknown.
 pub fn get_router(conn: &Connection, id: &str) -> Result<Option<Router>, Fault> {
-    Ok(conn
-        .query_row(
-            &format!("SELECT {ROUTER_COLS} FROM routers WHERE id=?1"),
-            [id],
-            router_row,
-        )
-        .optional()?)
+    ROUTERS.get(conn, id)
 }
 
 /// Every router in creation order.
 pub fn list_routers(conn: &Connection) -> Result<Vec<Router>, Fault> {
-    let sql = format!("SELECT {ROUTER_COLS} FROM routers ORDER BY rowid");
-    query_all(conn, &sql, [], router_row)
+    ROUTERS.select(conn, "", [])
 }
 
 /// Deletes the router, its interface rows and its routes (callers remove the ports).

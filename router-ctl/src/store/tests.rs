@@ -364,6 +364,11 @@ fn router_ports_carry_their_networks_mtu() {
     assert_eq!(router_specs(&tx, Scope::All).unwrap(), vec![spec]);
 }
 
+/// The revision number of resource `id` (which must have standard attributes).
+fn revision(c: &Connection, id: &str) -> i64 {
+    standard_attrs(c, id).unwrap().unwrap().revision_number
+}
+
 #[test]
 fn standard_attrs_follow_rows_and_settle_once_per_transaction() {
     let mut s = Store::open_in_memory().unwrap();
@@ -391,13 +396,7 @@ fn standard_attrs_follow_rows_and_settle_once_per_transaction() {
     let a = standard_attrs(s.conn(), "n").unwrap().unwrap();
     assert_eq!(a.revision_number, 1, "one request, one revision");
     assert_eq!(a.tags, ["t"]);
-    assert_eq!(
-        standard_attrs(s.conn(), "s")
-            .unwrap()
-            .unwrap()
-            .revision_number,
-        0
-    );
+    assert_eq!(revision(s.conn(), "s"), 0);
 
     // Rolled back: no revision.
     {
@@ -405,13 +404,7 @@ fn standard_attrs_follow_rows_and_settle_once_per_transaction() {
         update_network(&tx, &n).unwrap();
         settle_revisions(&tx).unwrap();
     }
-    assert_eq!(
-        standard_attrs(s.conn(), "n")
-            .unwrap()
-            .unwrap()
-            .revision_number,
-        1
-    );
+    assert_eq!(revision(s.conn(), "n"), 1);
 
     let tx = s.transaction().unwrap();
     delete_network(&tx, "n").unwrap();

@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 use tests::{
     Netns,
     daemon::{Daemon, expect},
-    ip_json, plug_into_bridge, unique,
+    ip_json,
+    topo::{Internet, tenant_network},
+    unique,
 };
 
 fn s(v: &Value) -> String {
@@ -49,40 +51,11 @@ fn text(o: &Output) -> String {
 fn router_ports_carry_their_networks_mtu() {
     let host = Netns::new("mtu");
     let d = Daemon::start(&host);
-    let ext = expect(
-        d.post(
-            "/v2.0/networks",
-            &json!({"network": {"name": "public", "router:external": true, "mtu": 1400}}),
-        ),
-        201,
-    );
-    let ext_id = s(&ext["network"]["id"]);
+    let inet = Internet::with_mtu(&host, &d, "mti", 60, Some(1400));
+    let ext_id = inet.network_id.clone();
+    let ext = expect(d.get(&format!("/v2.0/networks/{ext_id}")), 200);
     assert_eq!(ext["network"]["mtu"], 1400);
-    d.cli_ok(&[
-        "subnet",
-        "create",
-        "public-v4",
-        "--network",
-        "public",
-        "--cidr",
-        "203.0.113.0/24",
-        "--gateway",
-        "203.0.113.1",
-        "--allocation-pool",
-        "start=203.0.113.20,end=203.0.113.60",
-    ]);
-    let inet = Netns::new("mti");
-    plug_into_bridge(&host, &inet, &names::bridge(&ext_id), "203.0.113.1/24");
-    d.cli_ok(&["network", "create", "tenant"]);
-    d.cli_ok(&[
-        "subnet",
-        "create",
-        "tenant-v4",
-        "--network",
-        "tenant",
-        "--cidr",
-        "10.45.0.0/24",
-    ]);
+    tenant_network(&d, "tenant", "10.45.0.0/24");
     let router = d.cli_json(&["router", "create", "r1"]);
     let router_id = s(&router["id"]);
     d.cli_ok(&["router", "interface", "add", "r1", "tenant-v4"]);

@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use rusqlite::Connection;
 use serde_json::{Value, json};
 
-use super::{new_id, port_forwardings::pf_view};
+use super::{Cx, new_id, port_forwardings::pf_view};
 use crate::{
     api::{
         Ctx, Effects,
@@ -163,12 +163,8 @@ fn associate(
     fstore::update_floatingip(c, f)
 }
 
-pub(super) fn create_fip(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    o: &Obj,
-) -> Result<String, Fault> {
+pub(super) fn create_fip(cx: Cx, o: &Obj) -> Result<String, Fault> {
+    let Cx { c, fx, ctx } = cx;
     let net_id = input::req_uuid(o, "floating_network_id")?;
     let project_id = input::owner(o, ctx, "create_floatingip")?;
     let description = input::opt_string(o, "description", NAME_MAX)?.unwrap_or_default();
@@ -292,13 +288,8 @@ pub(super) fn create_fip(
     Ok(id)
 }
 
-pub(super) fn update_fip(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    id: &str,
-    o: &Obj,
-) -> Result<(), Fault> {
+pub(super) fn update_fip(cx: Cx, id: &str, o: &Obj) -> Result<(), Fault> {
+    let Cx { c, fx, ctx } = cx;
     let mut f = visible::<FloatingIp>(c, ctx, id)?;
     if let Some(d) = input::opt_string(o, "description", NAME_MAX)? {
         f.description = d;
@@ -328,12 +319,8 @@ pub(super) fn update_fip(
     Ok(())
 }
 
-pub(super) fn delete_fip(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    id: &str,
-) -> Result<(), Fault> {
+pub(super) fn delete_fip(cx: Cx, id: &str) -> Result<(), Fault> {
+    let Cx { c, fx, ctx } = cx;
     let f = visible::<FloatingIp>(c, ctx, id)?;
     if let Some(r) = &f.router_id {
         fx.touch_router(c, r)?;

@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use super::{
-    floatingips, new_id,
+    Cx, floatingips, new_id,
     ports::is_router_port,
     routers::{overlap_error, router_subnets},
     subnets::overlaps,
@@ -35,14 +35,8 @@ fn interface_info(r: &Router, p: &Port) -> Value {
 
 /// `PUT /v2.0/routers/{id}/add_router_interface` (`add`) or `remove_router_interface`, by
 /// subnet or by port.
-pub fn change_interface(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    router_id: &str,
-    o: &Obj,
-    add: bool,
-) -> Result<Value, Fault> {
+pub fn change_interface(cx: Cx, router_id: &str, o: &Obj, add: bool) -> Result<Value, Fault> {
+    let Cx { c, fx, ctx } = cx;
     input::only(o, &["subnet_id", "port_id"])?;
     let subnet_id = input::opt_uuid(o, "subnet_id")?;
     let port_id = input::opt_uuid(o, "port_id")?;

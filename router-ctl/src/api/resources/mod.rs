@@ -7,6 +7,7 @@
 //! network and router whose kernel state it may change *before* changing it; the caller then
 //! realises the difference or rolls everything back.
 
+mod attributes;
 mod floatingips;
 mod interfaces;
 mod networks;
@@ -106,179 +107,11 @@ impl Kind {
         }
     }
 
-    /// The attributes a list of this kind may be filtered on: those Neutron marks `is_filter`
-    /// (neutron-lib's api definitions) among the ones shown here.
+    /// The filters a list of this kind accepts.
     pub(super) fn filters(self) -> query::Filters {
-        const COMMON: [&str; 5] = [
-            "id",
-            "tenant_id",
-            "project_id",
-            "description",
-            "revision_number",
-        ];
-        macro_rules! with_common {
-            ($($a:literal),* $(,)?) => {
-                &[COMMON[0], COMMON[1], COMMON[2], COMMON[3], COMMON[4], $($a),*]
-            };
-        }
-        let attributes: &'static [&'static str] = match self {
-            Kind::Network => with_common!(
-                "name",
-                "admin_state_up",
-                "status",
-                "shared",
-                "router:external",
-                "provider:network_type",
-                "provider:physical_network",
-                "provider:segmentation_id",
-                "mtu",
-            ),
-            Kind::Subnet => with_common!(
-                "name",
-                "ip_version",
-                "network_id",
-                "subnetpool_id",
-                "cidr",
-                "gateway_ip",
-                "enable_dhcp",
-                "ipv6_ra_mode",
-                "ipv6_address_mode",
-                "shared",
-            ),
-            Kind::Port => with_common!(
-                "name",
-                "network_id",
-                "admin_state_up",
-                "mac_address",
-                "fixed_ips",
-                "device_id",
-                "device_owner",
-                "status",
-            ),
-            Kind::Router => with_common!("name", "admin_state_up"),
-            Kind::FloatingIp => with_common!(
-                "floating_ip_address",
-                "floating_network_id",
-                "router_id",
-                "port_id",
-                "fixed_ip_address",
-                "status",
-            ),
-            Kind::PortForwarding => &[
-                "id",
-                "external_port",
-                "protocol",
-                "internal_port_id",
-                "description",
-            ],
-        };
         query::Filters {
-            attributes,
+            attributes: attributes::filterable(self),
             tagged: self.standard_type().is_some(),
-        }
-    }
-
-    /// The attributes a `POST` (`create`) or a `PUT` of this kind may carry: Neutron's
-    /// `allow_post`/`allow_put` among the attributes shown here.
-    fn writable(self, create: bool) -> &'static [&'static str] {
-        match (self, create) {
-            (Kind::Network, true) => &[
-                "name",
-                "description",
-                "admin_state_up",
-                "tenant_id",
-                "project_id",
-                "shared",
-                "router:external",
-                "provider:network_type",
-                "provider:physical_network",
-                "provider:segmentation_id",
-                "mtu",
-            ],
-            (Kind::Network, false) => &[
-                "name",
-                "description",
-                "admin_state_up",
-                "shared",
-                "router:external",
-                "mtu",
-            ],
-            (Kind::Subnet, true) => &[
-                "name",
-                "description",
-                "network_id",
-                "tenant_id",
-                "project_id",
-                "ip_version",
-                "cidr",
-                "gateway_ip",
-                "allocation_pools",
-                "enable_dhcp",
-                "dns_nameservers",
-                "ipv6_ra_mode",
-                "ipv6_address_mode",
-            ],
-            (Kind::Subnet, false) => &[
-                "name",
-                "description",
-                "gateway_ip",
-                "allocation_pools",
-                "enable_dhcp",
-                "dns_nameservers",
-            ],
-            (Kind::Port, true) => &[
-                "name",
-                "description",
-                "network_id",
-                "tenant_id",
-                "project_id",
-                "admin_state_up",
-                "mac_address",
-                "fixed_ips",
-                "device_id",
-                "device_owner",
-            ],
-            (Kind::Port, false) => &[
-                "name",
-                "description",
-                "admin_state_up",
-                "device_id",
-                "device_owner",
-            ],
-            (Kind::Router, true) => &[
-                "name",
-                "description",
-                "admin_state_up",
-                "tenant_id",
-                "project_id",
-                "external_gateway_info",
-            ],
-            (Kind::Router, false) => &[
-                "name",
-                "description",
-                "admin_state_up",
-                "external_gateway_info",
-                "routes",
-            ],
-            (Kind::FloatingIp, true) => &[
-                "floating_network_id",
-                "floating_ip_address",
-                "subnet_id",
-                "port_id",
-                "fixed_ip_address",
-                "description",
-                "tenant_id",
-                "project_id",
-            ],
-            (Kind::FloatingIp, false) => &["port_id", "fixed_ip_address", "description"],
-            (Kind::PortForwarding, _) => &[
-                "protocol",
-                "external_port",
-                "internal_port_id",
-                "internal_ip_address",
-                "internal_port",
-                "description",
-            ],
         }
     }
 
@@ -289,6 +122,21 @@ impl Kind {
             Kind::PortForwarding => port_forwardings::pf_not_found(parent.unwrap_or_default(), id),
             _ => Fault::not_found(self.singular(), id),
         }
+    }
+}
+
+/// What every mutation of a resource works with: the request's transaction, the kernel
+/// effects it must `touch` before changing anything, and the caller. One value, so a new
+/// concern of every mutation is one field, not a new parameter of each resource function.
+pub struct Cx<'a> {
+    pub c: &'a Connection,
+    pub fx: &'a mut Effects,
+    pub ctx: &'a Ctx,
+}
+
+impl<'a> Cx<'a> {
+    pub fn new(c: &'a Connection, fx: &'a mut Effects, ctx: &'a Ctx) -> Self {
+        Self { c, fx, ctx }
     }
 }
 
@@ -368,7 +216,25 @@ pub fn show(
     parent: Option<&str>,
     id: &str,
 ) -> Result<Value, Fault> {
-    let mut v = view(c, ctx, kind, parent, id)?;
+    let mut v = match kind {
+        Kind::Network => {
+            let n = visible::<Network>(c, ctx, id)?;
+            let subnets = store::network_subnets(c, id)?
+                .into_iter()
+                .map(|s| s.id)
+                .collect();
+            networks::network_view(ctx, &n, subnets)
+        }
+        Kind::Subnet => subnets::subnet_view(&visible::<Subnet>(c, ctx, id)?),
+        Kind::Port => ports::port_view(&visible::<Port>(c, ctx, id)?),
+        Kind::Router => routers::router_view(c, &visible::<Router>(c, ctx, id)?)?,
+        Kind::FloatingIp => floatingips::fip_view(c, &visible::<FloatingIp>(c, ctx, id)?)?,
+        Kind::PortForwarding => {
+            let fip = parent_id(kind, parent)?;
+            let (_, pf) = port_forwardings::visible_pf(c, ctx, fip, id)?;
+            port_forwardings::pf_view(&pf)
+        }
+    };
     standard::decorate_one(c, kind, id, &mut v)?;
     if kind == Kind::Router {
         legacy_router(ctx, &mut v);
@@ -420,44 +286,9 @@ fn take_legacy_router(ctx: &Ctx, o: &mut Obj, action: &str) -> Result<(), Fault>
     Ok(())
 }
 
-/// The view of `show`, before the standard attributes.
-fn view(
-    c: &Connection,
-    ctx: &Ctx,
-    kind: Kind,
-    parent: Option<&str>,
-    id: &str,
-) -> Result<Value, Fault> {
-    match kind {
-        Kind::Network => {
-            let n = visible::<Network>(c, ctx, id)?;
-            let subnets = store::network_subnets(c, id)?
-                .into_iter()
-                .map(|s| s.id)
-                .collect();
-            Ok(networks::network_view(ctx, &n, subnets))
-        }
-        Kind::Subnet => Ok(subnets::subnet_view(&visible::<Subnet>(c, ctx, id)?)),
-        Kind::Port => Ok(ports::port_view(&visible::<Port>(c, ctx, id)?)),
-        Kind::Router => routers::router_view(c, &visible::<Router>(c, ctx, id)?),
-        Kind::FloatingIp => floatingips::fip_view(c, &visible::<FloatingIp>(c, ctx, id)?),
-        Kind::PortForwarding => {
-            let fip = parent_id(kind, parent)?;
-            let (_, pf) = port_forwardings::visible_pf(c, ctx, fip, id)?;
-            Ok(port_forwardings::pf_view(&pf))
-        }
-    }
-}
-
 /// Creates a resource from its validated body; returns its view.
-pub fn create(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    kind: Kind,
-    parent: Option<&str>,
-    mut o: Obj,
-) -> Result<Value, Fault> {
+pub fn create(cx: Cx, kind: Kind, parent: Option<&str>, mut o: Obj) -> Result<Value, Fault> {
+    let (c, ctx) = (cx.c, cx.ctx);
     if kind == Kind::Router {
         take_legacy_router(ctx, &mut o, "create_router")?;
     }
@@ -466,26 +297,25 @@ pub fn create(
         Some(_) => return Err(Fault::bad_request("Unrecognized attribute(s) 'tags'")),
         None => None,
     };
-    let writable = kind.writable(true);
+    let writable = attributes::writable(kind, true);
+    let on_put = attributes::writable(kind, false);
     // Neutron's answer to an attribute that only a PUT may set.
     if let Some(k) = o
         .keys()
-        .find(|k| !writable.contains(&k.as_str()) && kind.writable(false).contains(&k.as_str()))
+        .find(|k| !writable.contains(&k.as_str()) && on_put.contains(&k.as_str()))
     {
         return Err(Fault::bad_request(format!(
             "Attribute '{k}' not allowed in POST"
         )));
     }
-    input::only(&o, writable)?;
+    input::only(&o, &writable)?;
     let id = match kind {
-        Kind::Network => networks::create_network(c, fx, ctx, &o)?,
-        Kind::Subnet => subnets::create_subnet(c, fx, ctx, &o)?,
-        Kind::Port => ports::create_port(c, ctx, &o)?,
-        Kind::Router => routers::create_router(c, fx, ctx, &o)?,
-        Kind::FloatingIp => floatingips::create_fip(c, fx, ctx, &o)?,
-        Kind::PortForwarding => {
-            port_forwardings::create_pf(c, fx, ctx, parent_id(kind, parent)?, &o)?
-        }
+        Kind::Network => networks::create_network(cx, &o)?,
+        Kind::Subnet => subnets::create_subnet(cx, &o)?,
+        Kind::Port => ports::create_port(cx, &o)?,
+        Kind::Router => routers::create_router(cx, &o)?,
+        Kind::FloatingIp => floatingips::create_fip(cx, &o)?,
+        Kind::PortForwarding => port_forwardings::create_pf(cx, parent_id(kind, parent)?, &o)?,
     };
     standard::tags_on_create(c, kind, &id, tags)?;
     store::settle_revisions(c)?;
@@ -494,49 +324,37 @@ pub fn create(
 
 /// Updates a resource the caller owns; returns its view.
 pub fn update(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
+    cx: Cx,
     kind: Kind,
     parent: Option<&str>,
     id: &str,
     mut o: Obj,
 ) -> Result<Value, Fault> {
+    let (c, ctx) = (cx.c, cx.ctx);
     if kind == Kind::Router {
         take_legacy_router(ctx, &mut o, "update_router")?;
     }
-    input::only(&o, kind.writable(false))?;
+    input::only(&o, &attributes::writable(kind, false))?;
     match kind {
-        Kind::Network => networks::update_network(c, fx, ctx, id, &o)?,
-        Kind::Subnet => subnets::update_subnet(c, fx, ctx, id, &o)?,
-        Kind::Port => ports::update_port(c, ctx, id, &o)?,
-        Kind::Router => routers::update_router(c, fx, ctx, id, &o)?,
-        Kind::FloatingIp => floatingips::update_fip(c, fx, ctx, id, &o)?,
-        Kind::PortForwarding => {
-            port_forwardings::update_pf(c, fx, ctx, parent_id(kind, parent)?, id, &o)?
-        }
+        Kind::Network => networks::update_network(cx, id, &o)?,
+        Kind::Subnet => subnets::update_subnet(cx, id, &o)?,
+        Kind::Port => ports::update_port(cx, id, &o)?,
+        Kind::Router => routers::update_router(cx, id, &o)?,
+        Kind::FloatingIp => floatingips::update_fip(cx, id, &o)?,
+        Kind::PortForwarding => port_forwardings::update_pf(cx, parent_id(kind, parent)?, id, &o)?,
     }
     store::settle_revisions(c)?;
     show(c, ctx, kind, parent, id)
 }
 
 /// Deletes a resource the caller owns.
-pub fn delete(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    kind: Kind,
-    parent: Option<&str>,
-    id: &str,
-) -> Result<(), Fault> {
+pub fn delete(cx: Cx, kind: Kind, parent: Option<&str>, id: &str) -> Result<(), Fault> {
     match kind {
-        Kind::Network => networks::delete_network(c, fx, ctx, id),
-        Kind::Subnet => subnets::delete_subnet(c, ctx, id),
-        Kind::Port => ports::delete_port(c, fx, ctx, id),
-        Kind::Router => routers::delete_router(c, fx, ctx, id),
-        Kind::FloatingIp => floatingips::delete_fip(c, fx, ctx, id),
-        Kind::PortForwarding => {
-            port_forwardings::delete_pf(c, fx, ctx, parent_id(kind, parent)?, id)
-        }
+        Kind::Network => networks::delete_network(cx, id),
+        Kind::Subnet => subnets::delete_subnet(cx, id),
+        Kind::Port => ports::delete_port(cx, id),
+        Kind::Router => routers::delete_router(cx, id),
+        Kind::FloatingIp => floatingips::delete_fip(cx, id),
+        Kind::PortForwarding => port_forwardings::delete_pf(cx, parent_id(kind, parent)?, id),
     }
 }

@@ -1,12 +1,11 @@
 //! Networks: Neutron's `/v2.0/networks` with the provider and `router:external` attributes.
 
-use rusqlite::Connection;
 use serde_json::{Value, json};
 
-use super::new_id;
+use super::{Cx, new_id};
 use crate::{
     api::{
-        Ctx, Effects,
+        Ctx,
         input::{self, Obj},
         scope::owned,
     },
@@ -93,12 +92,8 @@ fn opt_mtu(o: &crate::api::input::Obj) -> Result<Option<u32>, Fault> {
     Ok(Some(n as u32))
 }
 
-pub(super) fn create_network(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    o: &Obj,
-) -> Result<String, Fault> {
+pub(super) fn create_network(cx: Cx, o: &Obj) -> Result<String, Fault> {
+    let Cx { c, fx, ctx } = cx;
     let mtu = opt_mtu(o)?.unwrap_or(DEFAULT_MTU);
     let project_id = input::owner(o, ctx, "create_network")?;
     let (name, description) = input::name_and_description(o)?;
@@ -173,13 +168,8 @@ pub(super) fn create_network(
     Ok(id)
 }
 
-pub(super) fn update_network(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    id: &str,
-    o: &Obj,
-) -> Result<(), Fault> {
+pub(super) fn update_network(cx: Cx, id: &str, o: &Obj) -> Result<(), Fault> {
+    let Cx { c, fx, ctx } = cx;
     let mtu = opt_mtu(o)?;
     let mut n = owned::<Network>(c, ctx, id, "update_network")?;
     if let Some(m) = mtu {
@@ -225,12 +215,8 @@ pub(super) fn update_network(
     store::update_network(c, &n)
 }
 
-pub(super) fn delete_network(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    id: &str,
-) -> Result<(), Fault> {
+pub(super) fn delete_network(cx: Cx, id: &str) -> Result<(), Fault> {
+    let Cx { c, fx, ctx } = cx;
     owned::<Network>(c, ctx, id, "delete_network")?;
     if !store::network_ports(c, id)?.is_empty() {
         return Err(Fault::conflict(

@@ -7,10 +7,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use rusqlite::Connection;
 use serde_json::{Value, json};
 
-use super::{floatingips::serving_router, new_id};
+use super::{Cx, floatingips::serving_router, new_id};
 use crate::{
     api::{
-        Ctx, Effects,
+        Ctx,
         input::{self, Obj},
         scope::visible,
     },
@@ -171,13 +171,8 @@ fn check_pf(
     Ok(router)
 }
 
-pub(super) fn create_pf(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    fip_id: &str,
-    o: &Obj,
-) -> Result<String, Fault> {
+pub(super) fn create_pf(cx: Cx, fip_id: &str, o: &Obj) -> Result<String, Fault> {
+    let Cx { c, fx, ctx } = cx;
     let mut f = visible::<FloatingIp>(c, ctx, fip_id)?;
     let mut pf = PortForwarding {
         id: new_id(),
@@ -199,27 +194,16 @@ pub(super) fn create_pf(
     Ok(pf.id)
 }
 
-pub(super) fn update_pf(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    fip_id: &str,
-    id: &str,
-    o: &Obj,
-) -> Result<(), Fault> {
+pub(super) fn update_pf(cx: Cx, fip_id: &str, id: &str, o: &Obj) -> Result<(), Fault> {
+    let Cx { c, fx, ctx } = cx;
     let (f, mut pf) = visible_pf(c, ctx, fip_id, id)?;
     let router = check_pf(c, ctx, &f, &mut pf, o)?;
     fx.touch_router(c, &router)?;
     fstore::update_port_forwarding(c, &pf)
 }
 
-pub(super) fn delete_pf(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    fip_id: &str,
-    id: &str,
-) -> Result<(), Fault> {
+pub(super) fn delete_pf(cx: Cx, fip_id: &str, id: &str) -> Result<(), Fault> {
+    let Cx { c, fx, ctx } = cx;
     let (mut f, _) = visible_pf(c, ctx, fip_id, id)?;
     if let Some(r) = &f.router_id {
         fx.touch_router(c, r)?;

@@ -3,10 +3,9 @@
 use rusqlite::Connection;
 use serde_json::{Value, json};
 
-use super::{floatingips, new_id};
+use super::{Cx, floatingips, new_id};
 use crate::{
     api::{
-        Ctx, Effects,
         input::{self, FixedIpRequest, NAME_MAX, Obj},
         scope::visible,
     },
@@ -132,7 +131,8 @@ pub(super) fn allocate_fixed_ips(
     Ok(out)
 }
 
-pub(super) fn create_port(c: &Connection, ctx: &Ctx, o: &Obj) -> Result<String, Fault> {
+pub(super) fn create_port(cx: Cx, o: &Obj) -> Result<String, Fault> {
+    let Cx { c, ctx, .. } = cx;
     let network_id = input::req_uuid(o, "network_id")?;
     let project_id = input::owner(o, ctx, "create_port")?;
     let (name, description) = input::name_and_description(o)?;
@@ -207,7 +207,8 @@ fn l3_port_in_use(p: &Port) -> Fault {
     )
 }
 
-pub(super) fn update_port(c: &Connection, ctx: &Ctx, id: &str, o: &Obj) -> Result<(), Fault> {
+pub(super) fn update_port(cx: Cx, id: &str, o: &Obj) -> Result<(), Fault> {
+    let Cx { c, ctx, .. } = cx;
     let mut p = visible::<Port>(c, ctx, id)?;
     input::set_string(o, "name", &mut p.name)?;
     input::set_string(o, "description", &mut p.description)?;
@@ -237,12 +238,8 @@ pub(super) fn update_port(c: &Connection, ctx: &Ctx, id: &str, o: &Obj) -> Resul
     store::update_port(c, &p)
 }
 
-pub(super) fn delete_port(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    id: &str,
-) -> Result<(), Fault> {
+pub(super) fn delete_port(cx: Cx, id: &str) -> Result<(), Fault> {
+    let Cx { c, fx, ctx } = cx;
     let p = visible::<Port>(c, ctx, id)?;
     if is_router_port(c, id)? {
         return Err(l3_port_in_use(&p));

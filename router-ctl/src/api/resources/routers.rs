@@ -8,13 +8,13 @@ use rusqlite::Connection;
 use serde_json::{Value, json};
 
 use super::{
-    floatingips, new_id,
+    Cx, floatingips, new_id,
     ports::{allocate_fixed_ips, fixed_ips_view},
     subnets::overlaps,
 };
 use crate::{
     api::{
-        Ctx, Effects,
+        Ctx,
         input::{self, FixedIpRequest, Obj},
         scope::visible,
     },
@@ -56,12 +56,8 @@ fn routes_view(routes: &[RouteSpec]) -> Value {
         .collect()
 }
 
-pub(super) fn create_router(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    o: &Obj,
-) -> Result<String, Fault> {
+pub(super) fn create_router(cx: Cx, o: &Obj) -> Result<String, Fault> {
+    let Cx { c, fx, ctx } = cx;
     let project_id = input::owner(o, ctx, "create_router")?;
     let (name, description) = input::name_and_description(o)?;
     let admin_state_up = input::opt_bool(o, "admin_state_up")?.unwrap_or(true);
@@ -281,13 +277,8 @@ fn check_gateway_overlap(c: &Connection, r: &Router, gw: &Port) -> Result<(), Fa
     Ok(())
 }
 
-pub(super) fn update_router(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    id: &str,
-    o: &Obj,
-) -> Result<(), Fault> {
+pub(super) fn update_router(cx: Cx, id: &str, o: &Obj) -> Result<(), Fault> {
+    let Cx { c, fx, ctx } = cx;
     let mut r = visible::<Router>(c, ctx, id)?;
     input::set_string(o, "name", &mut r.name)?;
     input::set_string(o, "description", &mut r.description)?;
@@ -320,14 +311,8 @@ pub(super) fn update_router(
 /// routes with those of `body` (`{"routes": [...]}`) added or taken out, validated as a whole
 /// as `PUT routes` is; returns `{"router": …}`. Removing a route the router lacks, or adding
 /// one it has, is no error: the end state counts.
-pub fn change_extraroutes(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    id: &str,
-    body: &Obj,
-    add: bool,
-) -> Result<Value, Fault> {
+pub fn change_extraroutes(cx: Cx, id: &str, body: &Obj, add: bool) -> Result<Value, Fault> {
+    let Cx { c, fx, ctx } = cx;
     input::only(body, &["routes"])?;
     let Some(v) = body.get("routes") else {
         return Err(input::bad_attr("routes", "this attribute is required"));
@@ -531,12 +516,8 @@ fn route_cidr(v: &Value) -> Result<IpNet, Fault> {
     Ok(net)
 }
 
-pub(super) fn delete_router(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    id: &str,
-) -> Result<(), Fault> {
+pub(super) fn delete_router(cx: Cx, id: &str) -> Result<(), Fault> {
+    let Cx { c, fx, ctx } = cx;
     let mut r = visible::<Router>(c, ctx, id)?;
     if !store::router_interfaces(c, id)?.is_empty() {
         return Err(Fault::conflict(

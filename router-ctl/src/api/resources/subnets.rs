@@ -4,13 +4,11 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use rusqlite::Connection;
 use serde_json::{Value, json};
 
-use super::new_id;
+use super::{Cx, new_id};
 use crate::{
     api::{
-        Ctx, Effects,
         input::{self, Obj},
         scope::owned,
     },
@@ -307,12 +305,8 @@ fn check_ipv6_modes(
     Ok(())
 }
 
-pub(super) fn create_subnet(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    o: &Obj,
-) -> Result<String, Fault> {
+pub(super) fn create_subnet(cx: Cx, o: &Obj) -> Result<String, Fault> {
+    let Cx { c, fx, ctx } = cx;
     let network_id = input::req_uuid(o, "network_id")?;
     let cidr = parse_cidr(o)?;
     let project_id = input::owner(o, ctx, "create_subnet")?;
@@ -365,13 +359,8 @@ pub(super) fn create_subnet(
     Ok(id)
 }
 
-pub(super) fn update_subnet(
-    c: &Connection,
-    fx: &mut Effects,
-    ctx: &Ctx,
-    id: &str,
-    o: &Obj,
-) -> Result<(), Fault> {
+pub(super) fn update_subnet(cx: Cx, id: &str, o: &Obj) -> Result<(), Fault> {
+    let Cx { c, fx, ctx } = cx;
     let mut s = owned::<Subnet>(c, ctx, id, "update_subnet")?;
     input::set_string(o, "name", &mut s.name)?;
     input::set_string(o, "description", &mut s.description)?;
@@ -422,7 +411,8 @@ pub(super) fn update_subnet(
     store::update_subnet(c, &s)
 }
 
-pub(super) fn delete_subnet(c: &Connection, ctx: &Ctx, id: &str) -> Result<(), Fault> {
+pub(super) fn delete_subnet(cx: Cx, id: &str) -> Result<(), Fault> {
+    let Cx { c, ctx, .. } = cx;
     owned::<Subnet>(c, ctx, id, "delete_subnet")?;
     if store::subnet_ip_count(c, id)? > 0 {
         return Err(Fault::conflict(

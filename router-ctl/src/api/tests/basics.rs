@@ -17,12 +17,7 @@ async fn errors_are_neutron_errors() {
         .await;
     assert_eq!((st, err_type(&v)), (400, "HTTPBadRequest"));
     let (st, v) = t
-        .req(
-            "POST",
-            "/v2.0/networks",
-            "ta",
-            json!({"network": {"bogus": 1}}),
-        )
+        .post("ta", "networks", json!({"network": {"bogus": 1}}))
         .await;
     assert_eq!(st, 400);
     assert!(
@@ -32,39 +27,39 @@ async fn errors_are_neutron_errors() {
             .contains("Unrecognized attribute")
     );
     let (st, v) = t
-        .req(
-            "POST",
-            "/v2.0/networks",
+        .post(
             "ta",
+            "networks",
             json!({"network": {"router:external": true}}),
         )
         .await;
     assert_eq!((st, err_type(&v)), (403, "PolicyNotAuthorized"));
-    let net = t.create("ta", "networks", json!({"network": {}})).await;
-    let nid = id(&net, "network");
+    let nid = t.network("ta", json!({})).await;
     let (st, v) = t
-        .req(
-            "POST",
-            "/v2.0/subnets",
+        .post(
             "ta",
+            "subnets",
             json!({"subnet": {"network_id": nid, "ip_version": 6, "cidr": "10.1.0.0/24"}}),
         )
         .await;
     assert_eq!(st, 400, "{v}");
     let (st, _) = t
-        .req(
-            "POST",
-            "/v2.0/subnets",
+        .post(
             "ta",
+            "subnets",
             json!({"subnet": {"network_id": nid, "ip_version": 4, "cidr": "10.0.0.1/24"}}),
         )
         .await;
     assert_eq!(st, 400);
     // Another project's network is invisible.
-    let (st, v) = t
-        .req("GET", &format!("/v2.0/networks/{nid}"), "tb", Value::Null)
-        .await;
-    assert_eq!((st, err_type(&v)), (404, "NetworkNotFound"));
+    t.refused(
+        "GET",
+        &format!("/v2.0/networks/{nid}"),
+        "tb",
+        Value::Null,
+        (404, "NetworkNotFound"),
+    )
+    .await;
     let (st, _) = t
         .req(
             "DELETE",
@@ -74,17 +69,9 @@ async fn errors_are_neutron_errors() {
         )
         .await;
     assert_eq!(st, 404);
-    let v = t.ok("GET", "/v2.0/networks", "tb", Value::Null, 200).await;
+    let v = t.get("/v2.0/networks", "tb").await;
     assert_eq!(v["networks"], json!([]));
-    let v = t
-        .ok(
-            "GET",
-            "/v2.0/networks?fields=id&fields=name",
-            "ta",
-            Value::Null,
-            200,
-        )
-        .await;
+    let v = t.get("/v2.0/networks?fields=id&fields=name", "ta").await;
     assert_eq!(v["networks"][0].as_object().unwrap().len(), 2);
     let (st, _) = t.req("GET", "/v2.0/nothing", "ta", Value::Null).await;
     assert_eq!(st, 404);
@@ -99,27 +86,24 @@ async fn errors_are_neutron_errors() {
 #[tokio::test]
 async fn failed_realisation_changes_nothing() {
     let t = T::new();
-    let before = t.ok("GET", "/v2.0/routers", "ta", Value::Null, 200).await;
+    let before = t.get("/v2.0/routers", "ta").await;
     t.rec.fail_routers.store(true, Ordering::SeqCst);
-    let (st, v) = t
-        .req(
+    let v = t
+        .refused(
             "POST",
             "/v2.0/routers",
             "ta",
             json!({"router": {"name": "x"}}),
+            (500, "HTTPInternalServerError"),
         )
         .await;
-    assert_eq!((st, err_type(&v)), (500, "HTTPInternalServerError"));
     assert!(
         v["NeutronError"]["message"]
             .as_str()
             .unwrap()
             .contains("injected failure")
     );
-    assert_eq!(
-        t.ok("GET", "/v2.0/routers", "ta", Value::Null, 200).await,
-        before
-    );
+    assert_eq!(t.get("/v2.0/routers", "ta").await, before);
     let calls = t.rec.calls.lock().unwrap().clone();
     // The half-made router was removed again.
     assert!(
@@ -136,41 +120,18 @@ async fn lists_sort_and_paginate_with_next_links() {
             .await;
     }
     let v = t
-        .ok(
-            "GET",
+        .get(
             "/v2.0/networks?sort_key=name&limit=2&fields=name&fields=id",
             "ta",
-            Value::Null,
-            200,
         )
         .await;
-    let names: Vec<&str> = v["networks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["a", "b"]);
-    let next = v["networks_links"][0]["href"].as_str().unwrap();
+    assert_eq!(names(&v, "networks", "name"), ["a", "b"]);
     assert_eq!(v["networks_links"][0]["rel"], "next");
-    let path = &next[next.find("/v2.0").unwrap()..];
-    let v = t.ok("GET", path, "ta", Value::Null, 200).await;
-    let names: Vec<&str> = v["networks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["c"]);
+    let v = t.next_page(&v, "networks", "ta").await;
+    assert_eq!(names(&v, "networks", "name"), ["c"]);
     assert!(v.get("networks_links").is_none());
     let v = t
-        .ok(
-            "GET",
-            "/v2.0/networks?sort_key=name&sort_dir=desc",
-            "ta",
-            Value::Null,
-            200,
-        )
+        .get("/v2.0/networks?sort_key=name&sort_dir=desc", "ta")
         .await;
     assert_eq!(v["networks"][0]["name"], "c");
     let (st, _) = t
@@ -191,15 +152,8 @@ async fn lists_sort_and_paginate_with_next_links() {
 #[tokio::test]
 async fn a_full_network_refuses_new_ports() {
     let t = T::new();
-    let n = t.create("ta", "networks", json!({"network": {}})).await;
-    let nid = id(&n, "network");
-    let s = t
-        .create(
-            "ta",
-            "subnets",
-            json!({"subnet": {"network_id": nid, "ip_version": 4, "cidr": "10.9.9.0/30"}}),
-        )
-        .await;
+    let nid = t.network("ta", json!({})).await;
+    let s = t.subnet("ta", &nid, "10.9.9.0/30").await;
     assert_eq!(
         s["subnet"]["allocation_pools"],
         json!([{"start": "10.9.9.2", "end": "10.9.9.2"}])
@@ -208,15 +162,14 @@ async fn a_full_network_refuses_new_ports() {
         .create("ta", "ports", json!({"port": {"network_id": nid}}))
         .await;
     assert_eq!(p["port"]["fixed_ips"][0]["ip_address"], "10.9.9.2");
-    let (st, v) = t
-        .req(
-            "POST",
-            "/v2.0/ports",
-            "ta",
-            json!({"port": {"network_id": nid}}),
-        )
-        .await;
-    assert_eq!((st, err_type(&v)), (409, "IpAddressGenerationFailure"));
+    t.refused(
+        "POST",
+        "/v2.0/ports",
+        "ta",
+        json!({"port": {"network_id": nid}}),
+        (409, "IpAddressGenerationFailure"),
+    )
+    .await;
     // Explicitly no address is still allowed.
     t.create(
         "ta",

@@ -5,20 +5,12 @@ use super::*;
 #[tokio::test]
 async fn floatingips_and_port_forwardings_sort_and_paginate() {
     let t = T::new();
-    let ext = t
-        .create(
-            "adm",
-            "networks",
-            json!({"network": {"name": "public", "router:external": true}}),
-        )
+    let ext_id = t
+        .network("adm", json!({"name": "public", "router:external": true}))
         .await;
-    let ext_id = id(&ext, "network");
     let body = json!({"subnet": {"network_id": ext_id, "ip_version": 4, "cidr": "192.0.2.0/24"}});
     t.create("adm", "subnets", body).await;
-    let net = t
-        .create("ta", "networks", json!({"network": {"name": "private"}}))
-        .await;
-    let net_id = id(&net, "network");
+    let net_id = t.network("ta", json!({"name": "private"})).await;
     let body = json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.0.0.0/24"}});
     let sub_id = id(&t.create("ta", "subnets", body).await, "subnet");
     let body = json!({"router": {"external_gateway_info": {"network_id": ext_id}}});
@@ -38,30 +30,21 @@ async fn floatingips_and_port_forwardings_sort_and_paginate() {
     }
     let q =
         "/v2.0/floatingips?sort_key=description&sort_dir=asc&limit=2&fields=id&fields=description";
-    let v = t.ok("GET", q, "ta", Value::Null, 200).await;
+    let v = t.get(q, "ta").await;
     assert_eq!(names(&v, "floatingips", "description"), ["a", "b"]);
     assert_eq!(v["floatingips_links"][0]["rel"], "next");
-    let next = v["floatingips_links"][0]["href"].as_str().unwrap();
-    let v = t
-        .ok(
-            "GET",
-            &next[next.find("/v2.0").unwrap()..],
-            "ta",
-            Value::Null,
-            200,
-        )
-        .await;
+    let v = t.next_page(&v, "floatingips", "ta").await;
     assert_eq!(names(&v, "floatingips", "description"), ["c"]);
     assert!(v.get("floatingips_links").is_none());
     let q = "/v2.0/floatingips?sort_key=description&sort_dir=desc";
-    let v = t.ok("GET", q, "ta", Value::Null, 200).await;
+    let v = t.get(q, "ta").await;
     assert_eq!(names(&v, "floatingips", "description"), ["c", "b", "a"]);
     let q = format!("/v2.0/floatingips?sort_key=description&marker={}", fips[1]);
-    let v = t.ok("GET", &q, "ta", Value::Null, 200).await;
+    let v = t.get(&q, "ta").await;
     assert_eq!(names(&v, "floatingips", "description"), ["b", "c"]);
     let q = "/v2.0/floatingips?marker=00000000-0000-0000-0000-000000000000";
-    let (st, v) = t.req("GET", q, "ta", Value::Null).await;
-    assert_eq!((st, err_type(&v)), (404, "FloatingIPNotFound"));
+    t.refused("GET", q, "ta", Value::Null, (404, "FloatingIPNotFound"))
+        .await;
 
     let pfs = format!("/v2.0/floatingips/{}/port_forwardings", fips[0]);
     for (ext_port, desc) in [(3000, "z"), (1000, "x"), (2000, "y")] {
@@ -70,23 +53,29 @@ async fn floatingips_and_port_forwardings_sort_and_paginate() {
         t.ok("POST", &pfs, "ta", body, 201).await;
     }
     let q = format!("{pfs}?sort_key=external_port&limit=2");
-    let v = t.ok("GET", &q, "ta", Value::Null, 200).await;
+    let v = t.get(&q, "ta").await;
     assert_eq!(names(&v, "port_forwardings", "description"), ["x", "y"]);
     let next = v["port_forwardings_links"][0]["href"].as_str().unwrap();
     let next = &next[next.find("/v2.0").unwrap()..];
     assert!(next.starts_with(&format!("{pfs}?")), "{next}");
-    let v = t.ok("GET", next, "ta", Value::Null, 200).await;
+    let v = t.get(next, "ta").await;
     assert_eq!(names(&v, "port_forwardings", "description"), ["z"]);
     let q = format!("{pfs}?sort_key=external_port&sort_dir=desc&fields=description");
-    let v = t.ok("GET", &q, "ta", Value::Null, 200).await;
+    let v = t.get(&q, "ta").await;
     assert_eq!(
         v["port_forwardings"],
         json!([{"description": "z"}, {"description": "y"}, {"description": "x"}])
     );
     let q = format!("{pfs}?marker=00000000-0000-0000-0000-000000000000");
-    let (st, v) = t.req("GET", &q, "ta", Value::Null).await;
-    assert_eq!((st, err_type(&v)), (404, "PortForwardingNotFound"));
+    t.refused(
+        "GET",
+        &q,
+        "ta",
+        Value::Null,
+        (404, "PortForwardingNotFound"),
+    )
+    .await;
     // Another project sees neither the floating IP nor its forwardings.
-    let (st, v) = t.req("GET", &pfs, "tb", Value::Null).await;
-    assert_eq!((st, err_type(&v)), (404, "FloatingIPNotFound"));
+    t.refused("GET", &pfs, "tb", Value::Null, (404, "FloatingIPNotFound"))
+        .await;
 }

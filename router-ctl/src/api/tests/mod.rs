@@ -156,28 +156,63 @@ impl T {
         v
     }
 
+    /// A request that must fail with `want` (status, NeutronError type); returns the body.
+    async fn refused(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Value,
+        want: (u16, &str),
+    ) -> Value {
+        let (s, v) = self.req(method, path, token, body).await;
+        assert_eq!((s, err_type(&v)), want, "{method} {path}: {v}");
+        v
+    }
+
+    /// `POST /v2.0/{coll}` as `token`: the status and the body.
+    async fn post(&self, token: &str, coll: &str, body: Value) -> (u16, Value) {
+        self.req("POST", &format!("/v2.0/{coll}"), token, body)
+            .await
+    }
+
     /// `POST /v2.0/{coll}` as `token`, asserting 201; returns the body.
     async fn create(&self, token: &str, coll: &str, body: Value) -> Value {
         self.ok("POST", &format!("/v2.0/{coll}"), token, body, 201)
             .await
     }
 
+    /// `GET path` as `token`, asserting 200; returns the body.
+    async fn get(&self, path: &str, token: &str) -> Value {
+        self.ok("GET", path, token, Value::Null, 200).await
+    }
+
+    /// The page a list's `{coll}_links` "next" link points to, as `token`.
+    async fn next_page(&self, list: &Value, coll: &str, token: &str) -> Value {
+        let next = list[format!("{coll}_links")][0]["href"]
+            .as_str()
+            .expect("a next link");
+        self.get(&next[next.find("/v2.0").unwrap()..], token).await
+    }
+
+    /// A network with the attributes of `body` (`{}`: defaults) made by `token`; its id.
+    async fn network(&self, token: &str, body: Value) -> String {
+        let n = self
+            .create(token, "networks", json!({ "network": body }))
+            .await;
+        id(&n, "network")
+    }
+
+    /// An IPv4 subnet `cidr` of `network` made by `token`; returns the body.
+    async fn subnet(&self, token: &str, network: &str, cidr: &str) -> Value {
+        let body = json!({"subnet": {"network_id": network, "ip_version": 4, "cidr": cidr}});
+        self.create(token, "subnets", body).await
+    }
+
     /// An external network (made by the admin) with the subnet 192.0.2.0/24; its id.
     async fn external_network(&self) -> String {
-        let ext = self
-            .create(
-                "adm",
-                "networks",
-                json!({"network": {"router:external": true}}),
-            )
-            .await;
-        let ext = id(&ext, "network");
-        self.create(
-            "adm",
-            "subnets",
-            json!({"subnet": {"network_id": ext, "ip_version": 4, "cidr": "192.0.2.0/24"}}),
-        )
-        .await;
+        let ext = self.network("adm", json!({"router:external": true})).await;
+        self.subnet("adm", &ext, "192.0.2.0/24").await;
         ext
     }
 }

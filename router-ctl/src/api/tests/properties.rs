@@ -23,6 +23,12 @@ fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
             Just("127.0.0.0/8"),
             Just("00000000-0000-0000-0000-000000000000"),
             Just("fa:16:3e:00:00:01"),
+            Just("fd00:1::/64"),
+            Just("2001:db8::/32"),
+            Just("fd00:1::1"),
+            Just("::ffff:0:0/96"),
+            Just("slaac"),
+            Just("dhcpv6-stateful"),
         ]
         .prop_map(|s| json!(s)),
     ];
@@ -34,6 +40,8 @@ fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
         Just("subnet_id"),
         Just("port_id"),
         Just("ip_version"),
+        Just("ipv6_ra_mode"),
+        Just("ipv6_address_mode"),
         Just("cidr"),
         Just("gateway_ip"),
         Just("allocation_pools"),
@@ -74,21 +82,8 @@ fn random_bodies_never_500_and_rejections_change_nothing() {
         .unwrap();
     let t = T::new();
     let (net, sub, router) = rt.block_on(async {
-        let n = t
-            .create(
-                "adm",
-                "networks",
-                json!({"network": {"router:external": true}}),
-            )
-            .await;
-        let net = id(&n, "network");
-        let s = t
-            .create(
-                "adm",
-                "subnets",
-                json!({"subnet": {"network_id": net, "ip_version": 4, "cidr": "10.0.0.0/24"}}),
-            )
-            .await;
+        let net = t.network("adm", json!({"router:external": true})).await;
+        let s = t.subnet("adm", &net, "10.0.0.0/24").await;
         let r = t.create("adm", "routers", json!({"router": {}})).await;
         (net, id(&s, "subnet"), id(&r, "router"))
     });

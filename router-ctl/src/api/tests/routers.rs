@@ -24,17 +24,8 @@ async fn router_gateway_lifecycle() {
     assert_eq!(sub["subnet"]["gateway_ip"], "192.0.2.1");
     assert_eq!(sub["subnet"]["enable_dhcp"], true);
 
-    let net = t
-        .create("ta", "networks", json!({"network": {"name": "private"}}))
-        .await;
-    let net_id = id(&net, "network");
-    let s = t
-        .create(
-            "ta",
-            "subnets",
-            json!({"subnet": {"network_id": net_id, "ip_version": 4, "cidr": "10.0.0.0/24"}}),
-        )
-        .await;
+    let net_id = t.network("ta", json!({"name": "private"})).await;
+    let s = t.subnet("ta", &net_id, "10.0.0.0/24").await;
     let sub_id = id(&s, "subnet");
     assert_eq!(
         s["subnet"]["allocation_pools"],
@@ -88,17 +79,24 @@ async fn router_gateway_lifecycle() {
         )
         .await;
     assert_eq!(st, 409, "{v}");
-    let (st, v) = t
-        .req("DELETE", &format!("/v2.0/routers/{rid}"), "ta", Value::Null)
-        .await;
-    assert_eq!((st, err_type(&v)), (409, "RouterInUse"));
+    t.refused(
+        "DELETE",
+        &format!("/v2.0/routers/{rid}"),
+        "ta",
+        Value::Null,
+        (409, "RouterInUse"),
+    )
+    .await;
 
     // Non-admin may set the gateway but not enable_snat.
-    let (st, v) = t
-        .req("PUT", &format!("/v2.0/routers/{rid}.json"), "ta",
-             json!({"router": {"external_gateway_info": {"network_id": ext_id, "enable_snat": false}}}))
-        .await;
-    assert_eq!((st, err_type(&v)), (403, "PolicyNotAuthorized"));
+    t.refused(
+        "PUT",
+        &format!("/v2.0/routers/{rid}.json"),
+        "ta",
+        json!({"router": {"external_gateway_info": {"network_id": ext_id, "enable_snat": false}}}),
+        (403, "PolicyNotAuthorized"),
+    )
+    .await;
     let r = t
         .ok("PUT", &format!("/v2.0/routers/{rid}.json"), "adm",
             json!({"router": {"external_gateway_info": {"network_id": ext_id, "enable_snat": false}}}), 200)
@@ -208,23 +206,18 @@ async fn extra_routes_follow_neutron() {
     let t = T::new();
     let (rid, _, [sub_a, sub_b]) = routed_router(&t).await;
     let path = format!("/v2.0/routers/{rid}");
-    let r = t.ok("GET", &path, "ta", Value::Null, 200).await;
+    let r = t.get(&path, "ta").await;
     assert_eq!(r["router"]["routes"], json!([]));
 
     // POST may not carry routes.
     let (st, v) = t
-        .req(
-            "POST",
-            "/v2.0/routers",
-            "ta",
-            json!({"router": {"routes": []}}),
-        )
+        .post("ta", "routers", json!({"router": {"routes": []}}))
         .await;
     assert_eq!((st, err_type(&v)), (400, "HTTPBadRequest"), "{v}");
 
     let route = |d: &str, n: &str| json!({"destination": d, "nexthop": n});
     let put = |routes: Value| json!({"router": {"routes": routes}});
-    let before = t.ok("GET", &path, "ta", Value::Null, 200).await["router"]["revision_number"]
+    let before = t.get(&path, "ta").await["router"]["revision_number"]
         .as_i64()
         .expect("revision_number");
     let r = t
@@ -244,65 +237,31 @@ async fn extra_routes_follow_neutron() {
     assert_eq!(r["router"]["revision_number"], json!(before + 1), "{r}");
     let calls = t.rec.calls.lock().unwrap().len();
 
-    // Each refusal: its Neutron type, and nothing stored or realised.
-    for (routes, status, kind) in [
-        (
-            json!([route("172.17.0.0/24", "10.9.0.5")]),
-            400,
-            "InvalidRoutes",
-        ),
-        (
-            json!([route("172.17.0.0/24", "10.1.0.1")]),
-            400,
-            "InvalidRoutes",
-        ),
-        (
-            json!([route("10.0.0.128/25", "10.1.0.5")]),
-            400,
-            "InvalidRoutes",
-        ),
+    // Each refusal: a 400 of its Neutron type, and nothing stored or realised.
+    for (routes, kind) in [
+        (json!([route("172.17.0.0/24", "10.9.0.5")]), "InvalidRoutes"),
+        (json!([route("172.17.0.0/24", "10.1.0.1")]), "InvalidRoutes"),
+        (json!([route("10.0.0.128/25", "10.1.0.5")]), "InvalidRoutes"),
         (
             json!([route("172.17.0.1/24", "10.1.0.5")]),
-            400,
             "HTTPBadRequest",
         ),
-        (
-            json!([route("172.17.0.0/24", "nope")]),
-            400,
-            "HTTPBadRequest",
-        ),
-        (
-            json!([route("fd00::/64", "10.1.0.5")]),
-            400,
-            "HTTPBadRequest",
-        ),
-        (
-            json!([route("0.0.0.0/0", "10.1.0.5")]),
-            400,
-            "HTTPBadRequest",
-        ),
-        (
-            json!([route("127.0.0.0/8", "10.1.0.5")]),
-            400,
-            "HTTPBadRequest",
-        ),
-        (
-            json!([{"destination": "172.17.0.0/24"}]),
-            400,
-            "HTTPBadRequest",
-        ),
+        (json!([route("172.17.0.0/24", "nope")]), "HTTPBadRequest"),
+        (json!([route("fd00::/64", "10.1.0.5")]), "HTTPBadRequest"),
+        (json!([route("0.0.0.0/0", "10.1.0.5")]), "HTTPBadRequest"),
+        (json!([route("127.0.0.0/8", "10.1.0.5")]), "HTTPBadRequest"),
+        (json!([{"destination": "172.17.0.0/24"}]), "HTTPBadRequest"),
         (
             json!([
                 route("172.17.0.0/24", "10.1.0.5"),
                 route("172.17.0.0/24", "10.1.0.5")
             ]),
-            400,
             "HTTPBadRequest",
         ),
-        (json!("x"), 400, "HTTPBadRequest"),
+        (json!("x"), "HTTPBadRequest"),
     ] {
         let (st, v) = t.req("PUT", &path, "ta", put(routes.clone())).await;
-        assert_eq!((st, err_type(&v)), (status, kind), "{routes}: {v}");
+        assert_eq!((st, err_type(&v)), (400, kind), "{routes}: {v}");
     }
     let (_, v) = t
         .req(
@@ -316,7 +275,7 @@ async fn extra_routes_follow_neutron() {
         v["NeutronError"]["message"],
         "Invalid format for routes: [{'destination': '172.17.0.0/24', 'nexthop': '10.9.0.5'}], the nexthop is not connected with router"
     );
-    let r = t.ok("GET", &path, "ta", Value::Null, 200).await;
+    let r = t.get(&path, "ta").await;
     assert_eq!(
         r["router"]["routes"],
         json!([route("172.16.0.0/24", "10.1.0.5")])
@@ -542,7 +501,7 @@ async fn a_gateway_change_must_keep_the_routes_connected() {
         )
         .await;
     assert_eq!((st, err_type(&v)), (400, "InvalidRoutes"), "{v}");
-    let r = t.ok("GET", &path, "ta", Value::Null, 200).await;
+    let r = t.get(&path, "ta").await;
     assert_eq!(
         r["router"]["external_gateway_info"]["network_id"],
         ext.as_str()
@@ -580,37 +539,25 @@ async fn routers_are_legacy_routers() {
         "ha is admin-only in Neutron's policy"
     );
     let rid = id(&r, "router");
-    let v = t
-        .ok(
-            "GET",
-            &format!("/v2.0/routers/{rid}"),
-            "adm",
-            Value::Null,
-            200,
-        )
-        .await;
+    let v = t.get(&format!("/v2.0/routers/{rid}"), "adm").await;
     assert_eq!(v["router"]["distributed"], false);
     for key in ["ha", "distributed"] {
-        let v = t
-            .ok(
-                "POST",
-                "/v2.0/routers",
-                "adm",
-                json!({"router": {key: true}}),
-                400,
-            )
-            .await;
-        assert_eq!(err_type(&v), "BadRequest");
-        let v = t
-            .ok(
-                "POST",
-                "/v2.0/routers",
-                "ta",
-                json!({"router": {key: false}}),
-                403,
-            )
-            .await;
-        assert_eq!(err_type(&v), "PolicyNotAuthorized");
+        t.refused(
+            "POST",
+            "/v2.0/routers",
+            "adm",
+            json!({"router": {key: true}}),
+            (400, "BadRequest"),
+        )
+        .await;
+        t.refused(
+            "POST",
+            "/v2.0/routers",
+            "ta",
+            json!({"router": {key: false}}),
+            (403, "PolicyNotAuthorized"),
+        )
+        .await;
         t.ok(
             "PUT",
             &format!("/v2.0/routers/{rid}"),
@@ -628,7 +575,7 @@ async fn routers_are_legacy_routers() {
         )
         .await;
     }
-    let v = t.ok("GET", "/v2.0/routers", "adm", Value::Null, 200).await;
+    let v = t.get("/v2.0/routers", "adm").await;
     assert_eq!(v["routers"].as_array().unwrap().len(), 2);
 }
 
@@ -644,15 +591,7 @@ async fn a_network_mtu_change_reapplies_its_routers() {
         200,
     )
     .await;
-    let s = t
-        .ok(
-            "GET",
-            &format!("/v2.0/subnets/{sub}"),
-            "ta",
-            Value::Null,
-            200,
-        )
-        .await;
+    let s = t.get(&format!("/v2.0/subnets/{sub}"), "ta").await;
     let net = s["subnet"]["network_id"].as_str().unwrap().to_string();
     let last = |t: &T| t.rec.applied.lock().unwrap().last().cloned().unwrap();
     let mtus = |spec: &RouterSpec| -> Vec<(String, u32)> {

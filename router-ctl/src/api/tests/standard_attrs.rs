@@ -41,45 +41,46 @@ async fn tags_lifecycle_as_neutron() {
     t.ok("GET", &format!("{base}/red"), "ta", Value::Null, 204)
         .await;
     let v = t
-        .ok("GET", &format!("{base}/blue"), "ta", Value::Null, 404)
+        .refused(
+            "GET",
+            &format!("{base}/blue"),
+            "ta",
+            Value::Null,
+            (404, "TagNotFound"),
+        )
         .await;
-    assert_eq!(err_type(&v), "TagNotFound");
     assert_eq!(v["NeutronError"]["message"], "Tag blue could not be found.");
     // Adding a tag twice is no error and no second copy.
     t.ok("PUT", &format!("{base}/red"), "ta", Value::Null, 201)
         .await;
-    let v = t.ok("GET", &base, "ta", Value::Null, 200).await;
+    let v = t.get(&base, "ta").await;
     assert_eq!(v, json!({"tags": ["red"]}));
 
     let v = t
         .ok("PUT", &base, "ta", json!({"tags": ["b", "a"]}), 200)
         .await;
     assert_eq!(v, json!({"tags": ["b", "a"]}));
-    let v = t
-        .ok(
-            "GET",
-            &format!("/v2.0/networks/{nid}"),
-            "ta",
-            Value::Null,
-            200,
-        )
-        .await;
+    let v = t.get(&format!("/v2.0/networks/{nid}"), "ta").await;
     assert_eq!(v["network"]["tags"], json!(["a", "b"]));
     let v = t
         .ok("POST", &base, "ta", json!({"tags": ["c", "a"]}), 201)
         .await;
     assert_eq!(v, json!({"tags": ["c", "a"]}));
-    let v = t.ok("GET", &base, "ta", Value::Null, 200).await;
+    let v = t.get(&base, "ta").await;
     assert_eq!(v, json!({"tags": ["a", "b", "c"]}));
 
     t.ok("DELETE", &format!("{base}/a"), "ta", Value::Null, 204)
         .await;
-    let v = t
-        .ok("DELETE", &format!("{base}/a"), "ta", Value::Null, 404)
-        .await;
-    assert_eq!(err_type(&v), "TagNotFound");
+    t.refused(
+        "DELETE",
+        &format!("{base}/a"),
+        "ta",
+        Value::Null,
+        (404, "TagNotFound"),
+    )
+    .await;
     t.ok("DELETE", &base, "ta", Value::Null, 204).await;
-    let v = t.ok("GET", &base, "ta", Value::Null, 200).await;
+    let v = t.get(&base, "ta").await;
     assert_eq!(v, json!({"tags": []}));
 
     // Neutron's validation: a list of unique strings of at most 255 characters, 50 at most.
@@ -94,35 +95,46 @@ async fn tags_lifecycle_as_neutron() {
         let v = t.ok("PUT", &base, "ta", bad.clone(), 400).await;
         assert_eq!(err_type(&v), "InvalidInput", "{bad}: {v}");
     }
-    let v = t
-        .ok("PUT", &format!("{base}/{long}"), "ta", Value::Null, 400)
-        .await;
-    assert_eq!(err_type(&v), "InvalidInput");
+    t.refused(
+        "PUT",
+        &format!("{base}/{long}"),
+        "ta",
+        Value::Null,
+        (400, "InvalidInput"),
+    )
+    .await;
     let many: Vec<String> = (0..51).map(|i| format!("t{i}")).collect();
-    let v = t.ok("PUT", &base, "ta", json!({"tags": many}), 400).await;
-    assert_eq!(err_type(&v), "BadRequest");
-    let v = t.ok("GET", &base, "ta", Value::Null, 200).await;
+    t.refused(
+        "PUT",
+        &base,
+        "ta",
+        json!({"tags": many}),
+        (400, "BadRequest"),
+    )
+    .await;
+    let v = t.get(&base, "ta").await;
     assert_eq!(v, json!({"tags": []}), "rejected requests changed nothing");
 
     // Others' resources: invisible is 404, visible but not owned is 403.
-    let v = t
-        .ok("PUT", &format!("{base}/x"), "tb", Value::Null, 404)
-        .await;
-    assert_eq!(err_type(&v), "NetworkNotFound");
-    let ext = t
-        .create(
-            "adm",
-            "networks",
-            json!({"network": {"router:external": true}}),
-        )
-        .await;
-    let ext_id = id(&ext, "network");
+    t.refused(
+        "PUT",
+        &format!("{base}/x"),
+        "tb",
+        Value::Null,
+        (404, "NetworkNotFound"),
+    )
+    .await;
+    let ext_id = t.network("adm", json!({"router:external": true})).await;
     let path = format!("/v2.0/networks/{ext_id}/tags");
-    t.ok("GET", &path, "tb", Value::Null, 200).await;
-    let v = t
-        .ok("PUT", &format!("{path}/x"), "tb", Value::Null, 403)
-        .await;
-    assert_eq!(err_type(&v), "PolicyNotAuthorized");
+    t.get(&path, "tb").await;
+    t.refused(
+        "PUT",
+        &format!("{path}/x"),
+        "tb",
+        Value::Null,
+        (403, "PolicyNotAuthorized"),
+    )
+    .await;
     // Port forwardings have no standard attributes, so no tags.
     t.ok(
         "GET",
@@ -181,26 +193,10 @@ async fn every_standard_resource_has_tags_and_revisions() {
             201,
         )
         .await;
-        let v = t
-            .ok(
-                "GET",
-                &format!("/v2.0/{coll}/{rid}"),
-                "ta",
-                Value::Null,
-                200,
-            )
-            .await;
+        let v = t.get(&format!("/v2.0/{coll}/{rid}"), "ta").await;
         assert!(v[kind]["tags"].as_array().unwrap().contains(&json!("blue")));
         assert_eq!(v[kind]["revision_number"], 1, "a tag change revises {coll}");
-        let v = t
-            .ok(
-                "GET",
-                &format!("/v2.0/{coll}?tags=blue"),
-                "ta",
-                Value::Null,
-                200,
-            )
-            .await;
+        let v = t.get(&format!("/v2.0/{coll}?tags=blue"), "ta").await;
         assert_eq!(v[coll].as_array().unwrap().len(), 1, "{coll}: {v}");
     }
     assert_eq!(p["port"]["tags"], json!(["vm"]));
@@ -218,14 +214,8 @@ async fn revisions_count_changes_and_if_match_guards_them() {
         .await;
     assert_eq!(v["network"]["revision_number"], 1);
     // A subnet revises its network (Neutron's revises_on_change).
-    let s = t
-        .create(
-            "ta",
-            "subnets",
-            json!({"subnet": {"network_id": nid, "ip_version": 4, "cidr": "10.0.0.0/24"}}),
-        )
-        .await;
-    let v = t.ok("GET", &path, "ta", Value::Null, 200).await;
+    let s = t.subnet("ta", &nid, "10.0.0.0/24").await;
+    let v = t.get(&path, "ta").await;
     assert_eq!(v["network"]["revision_number"], 2);
 
     let (st, v) = if_match(
@@ -242,7 +232,7 @@ async fn revisions_count_changes_and_if_match_guards_them() {
         v["NeutronError"]["message"],
         "Constrained to 1, but current revision is 2"
     );
-    let v = t.ok("GET", &path, "ta", Value::Null, 200).await;
+    let v = t.get(&path, "ta").await;
     assert_eq!(
         v["network"]["name"], "a",
         "a failed constraint changes nothing"
@@ -278,7 +268,7 @@ async fn revisions_count_changes_and_if_match_guards_them() {
         200,
     )
     .await;
-    let v = t.ok("GET", &rpath, "ta", Value::Null, 200).await;
+    let v = t.get(&rpath, "ta").await;
     assert_eq!(v["router"]["revision_number"], 1);
     let (st, _) = if_match(&t, "DELETE", &rpath, "revision_number=0", Value::Null).await;
     assert_eq!(st, 412);
@@ -299,7 +289,7 @@ async fn revisions_count_changes_and_if_match_guards_them() {
         )
         .await;
     assert_eq!(v["router"]["revision_number"], 3);
-    t.ok("GET", &rpath, "ta", Value::Null, 200).await;
+    t.get(&rpath, "ta").await;
 
     // An invisible resource answers its 404, not its revision.
     let (st, v) = t
@@ -312,7 +302,7 @@ async fn revisions_count_changes_and_if_match_guards_them() {
         )
         .await;
     assert_eq!(st, 404, "{v}");
-    let v = t.ok("GET", &path, "ta", Value::Null, 200).await;
+    let v = t.get(&path, "ta").await;
     assert!(v["network"]["updated_at"].as_str() >= v["network"]["created_at"].as_str());
 }
 
@@ -341,39 +331,25 @@ async fn tag_filters_follow_neutron() {
         ("not-tags-any=a", vec!["c", "none"]),
         ("tags=a&not-tags=b", vec!["a"]),
     ] {
-        let v = t.ok("GET", &q(filter), "ta", Value::Null, 200).await;
+        let v = t.get(&q(filter), "ta").await;
         assert_eq!(names(&v, "networks", "name"), want, "{filter}");
     }
     let v = t
-        .ok(
-            "GET",
-            "/v2.0/networks?changed_since=2000-01-01T00:00:00",
-            "ta",
-            Value::Null,
-            200,
-        )
+        .get("/v2.0/networks?changed_since=2000-01-01T00:00:00", "ta")
         .await;
     assert_eq!(v["networks"].as_array().unwrap().len(), 4);
     let v = t
-        .ok(
-            "GET",
-            "/v2.0/networks?changed_since=2999-01-01T00:00:00Z",
-            "ta",
-            Value::Null,
-            200,
-        )
+        .get("/v2.0/networks?changed_since=2999-01-01T00:00:00Z", "ta")
         .await;
     assert_eq!(v["networks"], json!([]));
-    let v = t
-        .ok(
-            "GET",
-            "/v2.0/networks?changed_since=yesterday",
-            "ta",
-            Value::Null,
-            400,
-        )
-        .await;
-    assert_eq!(err_type(&v), "InvalidInput");
+    t.refused(
+        "GET",
+        "/v2.0/networks?changed_since=yesterday",
+        "ta",
+        Value::Null,
+        (400, "InvalidInput"),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -384,9 +360,14 @@ async fn unknown_filters_are_refused_and_full_pages_link_on() {
             .await;
     }
     let v = t
-        .ok("GET", "/v2.0/networks?bogus=1", "ta", Value::Null, 400)
+        .refused(
+            "GET",
+            "/v2.0/networks?bogus=1",
+            "ta",
+            Value::Null,
+            (400, "HTTPBadRequest"),
+        )
         .await;
-    assert_eq!(err_type(&v), "HTTPBadRequest");
     assert_eq!(
         v["NeutronError"]["message"],
         "['bogus'] is invalid attribute for filtering"
@@ -394,47 +375,15 @@ async fn unknown_filters_are_refused_and_full_pages_link_on() {
     // Neutron does not filter routers on status, nor port forwardings on tags.
     t.ok("GET", "/v2.0/routers?status=ACTIVE", "ta", Value::Null, 400)
         .await;
-    t.ok("GET", "/v2.0/routers?name=x&tags=y", "ta", Value::Null, 200)
+    t.get("/v2.0/routers?name=x&tags=y", "ta").await;
+    t.get("/v2.0/networks?mtu=1500&revision_number=0", "ta")
         .await;
-    t.ok(
-        "GET",
-        "/v2.0/networks?mtu=1500&revision_number=0",
-        "ta",
-        Value::Null,
-        200,
-    )
-    .await;
-    t.ok(
-        "GET",
-        "/v2.0/ports?device_id=x&fields=id",
-        "ta",
-        Value::Null,
-        200,
-    )
-    .await;
+    t.get("/v2.0/ports?device_id=x&fields=id", "ta").await;
 
-    let v = t
-        .ok(
-            "GET",
-            "/v2.0/networks?sort_key=name&limit=2",
-            "ta",
-            Value::Null,
-            200,
-        )
-        .await;
+    let v = t.get("/v2.0/networks?sort_key=name&limit=2", "ta").await;
     assert_eq!(names(&v, "networks", "name"), ["a", "b"]);
-    let next = v["networks_links"][0]["href"]
-        .as_str()
-        .expect("a full page links on");
-    let v = t
-        .ok(
-            "GET",
-            &next[next.find("/v2.0").unwrap()..],
-            "ta",
-            Value::Null,
-            200,
-        )
-        .await;
+    // A full page links on.
+    let v = t.next_page(&v, "networks", "ta").await;
     assert_eq!(v["networks"], json!([]));
     assert!(v.get("networks_links").is_none());
 }
@@ -470,16 +419,11 @@ async fn network_mtu_as_neutron_net_mtu_writable() {
             .await;
         assert_eq!(st, 400, "{bad}: {v}");
         let (st, _) = t
-            .req(
-                "POST",
-                "/v2.0/networks",
-                "ta",
-                json!({"network": {"mtu": bad}}),
-            )
+            .post("ta", "networks", json!({"network": {"mtu": bad}}))
             .await;
         assert_eq!(st, 400, "{bad}");
     }
-    let v = t.ok("GET", &path, "ta", Value::Null, 200).await;
+    let v = t.get(&path, "ta").await;
     assert_eq!(v["network"]["mtu"], 1400);
     let (_, v) = t
         .req("PUT", &path, "ta", json!({"network": {"mtu": 9001}}))
@@ -494,9 +438,7 @@ async fn network_mtu_as_neutron_net_mtu_writable() {
 #[tokio::test]
 async fn discovery_lists_the_standard_attribute_extensions() {
     let t = T::new();
-    let v = t
-        .ok("GET", "/v2.0/extensions", "ta", Value::Null, 200)
-        .await;
+    let v = t.get("/v2.0/extensions", "ta").await;
     let aliases: Vec<&str> = v["extensions"]
         .as_array()
         .unwrap()
