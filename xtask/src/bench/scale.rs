@@ -182,9 +182,10 @@ impl Env {
             server,
             router,
         };
-        // The path carries the stream before anything is measured on it.
+        // The path carries the stream before anything is measured on it (a new gateway's first
+        // ARP may need its one-second retransmission).
         let s = p.stream()?;
-        ns::sleep(Duration::from_millis(500))?;
+        ns::sleep(Duration::from_secs(3))?;
         let loss = s.finish()?;
         if loss.received == 0 {
             bail!("the probe stream does not get through ({loss:?})");
