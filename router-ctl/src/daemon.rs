@@ -134,6 +134,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             RealiserConfig {
                 state_dir: cfg.state_dir.clone(),
                 physical_networks: cfg.physical_networks.clone(),
+                vxlan: None,
             },
             datapath.clone(),
         )

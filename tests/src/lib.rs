@@ -160,6 +160,7 @@ impl RealiserHost {
                 .iter()
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect(),
+            vxlan: None,
         };
         let nat = router_ctl::config::NatConfig::default();
         let realiser = host.enter(|| {
@@ -198,6 +199,7 @@ impl RealiserHost {
                 .iter()
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect(),
+            vxlan: None,
         };
         let nat = router_ctl::config::NatConfig::default();
         let bpffs = self.bpffs.path().to_path_buf();
@@ -254,7 +256,7 @@ pub mod packet;
 pub fn network_spec(external: bool) -> router_ctl::model::spec::NetworkSpec {
     router_ctl::model::spec::NetworkSpec {
         id: unique("n"),
-        physical_network: None,
+        segment: router_ctl::model::spec::Segment::Local,
         external,
     }
 }

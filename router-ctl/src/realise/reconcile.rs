@@ -170,6 +170,7 @@ impl Realiser {
             .networks
             .iter()
             .map(|n| names::bridge(&n.id))
+            .chain(desired.networks.iter().filter_map(|n| self.made_uplink(n)))
             .collect();
         for r in &desired.routers {
             desired_links.extend(plan(r).into_iter().map(|p| p.tap));
