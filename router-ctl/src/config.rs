@@ -200,7 +200,9 @@ impl VxlanConfig {
             (Some(g), _) if !g.is_multicast() => {
                 anyhow::bail!("[vxlan] group = \"{g}\" is not a multicast address")
             }
-            (Some(_), false) => anyhow::bail!("[vxlan] group and peers: give one of them, not both"),
+            (Some(_), false) => {
+                anyhow::bail!("[vxlan] group and peers: give one of them, not both")
+            }
             (None, true) => anyhow::bail!(
                 "[vxlan] needs group (a multicast address) or peers (the other endpoints) to flood to"
             ),

@@ -111,7 +111,7 @@ fn admin_token(state_dir: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-fn init_tracing() {
+pub(crate) fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -292,13 +292,13 @@ async fn serve(
 }
 
 /// SIGTERM and SIGINT, caught from creation on (inside the runtime).
-struct Signals {
+pub(crate) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Self {
             term: signal(SignalKind::terminate()).context("catching SIGTERM")?,
@@ -306,7 +306,7 @@ impl Signals {
         })
     }
 
-    async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
@@ -361,7 +361,7 @@ async fn reconcile_loop(
 
 /// Runs the session GC: every `every`, and every second while the table or a router's share
 /// of it is crowded or new flows are refused for want of room (`datapath::sessions::GcPace`).
-async fn gc_loop(
+pub(crate) async fn gc_loop(
     datapath: Arc<Datapath>,
     every: Duration,
     metrics: Arc<Metrics>,

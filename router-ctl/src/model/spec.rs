@@ -47,9 +47,10 @@ impl Segment {
     /// The physical network the segment is on, if any.
     pub fn physical_network(&self) -> Option<&str> {
         match self {
-            Segment::Flat { physical_network } | Segment::Vlan { physical_network, .. } => {
-                Some(physical_network)
-            }
+            Segment::Flat { physical_network }
+            | Segment::Vlan {
+                physical_network, ..
+            } => Some(physical_network),
             Segment::Local | Segment::Vxlan { .. } => None,
         }
     }

@@ -11,13 +11,13 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use futures::TryStreamExt as _;
-use rtnetlink::packet_core::{
-    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
-};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     address::AddressAttribute,
     link::{InfoKind, LinkMessage},
+};
+use rtnetlink::packet_core::{
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
 use rtnetlink::{Handle, LinkMessageBuilder, LinkVlan, LinkVxlan};
 
