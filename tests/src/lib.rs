@@ -12,6 +12,7 @@ use std::process::Command;
 
 pub mod daemon;
 pub mod netns;
+pub mod neutron;
 pub mod openstack;
 #[cfg(feature = "ctl")]
 pub mod spec;
