@@ -14,6 +14,7 @@ mod testrun {
 
 /// Real traffic through namespaces, the daemon and its CLI.
 mod e2e {
+    mod agent_rpc;
     mod cli;
     mod cli_plug;
     mod crash;
@@ -47,5 +48,6 @@ mod realise {
     mod router;
     mod routes;
     mod scale;
+    mod segments;
     mod snat;
 }

@@ -152,6 +152,14 @@ pub struct RealiserHost {
 impl RealiserHost {
     /// `physical_networks`: (name, host interface) pairs for the config.
     pub fn new(physical_networks: &[(&str, &str)]) -> Self {
+        Self::with_vxlan(physical_networks, None)
+    }
+
+    /// `new` with a VXLAN tunnel endpoint (`[vxlan]` of the agent's config).
+    pub fn with_vxlan(
+        physical_networks: &[(&str, &str)],
+        vxlan: Option<router_ctl::config::VxlanConfig>,
+    ) -> Self {
         let host = Netns::new("rh");
         let state = TempDir::new("rstate");
         let bpffs = Bpffs::new();
@@ -161,7 +169,7 @@ impl RealiserHost {
                 .iter()
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect(),
-            vxlan: None,
+            vxlan,
         };
         let nat = router_ctl::config::NatConfig::default();
         let realiser = host.enter(|| {

@@ -68,16 +68,25 @@ impl Stack {
         };
         let ns_name = owned.ns.name.clone();
         let root = owned.dir.path.clone();
-        eprintln!("neutron stack: starting in namespace {ns_name}, files in {}", root.display());
+        eprintln!(
+            "neutron stack: starting in namespace {ns_name}, files in {}",
+            root.display()
+        );
         let sub = |name: &str| -> Result<PathBuf> {
             let p = root.join(name);
             std::fs::create_dir_all(&p)?;
             Ok(p)
         };
-        owned.procs.push(mariadb::start(&ns_name, &sub("mariadb")?)?);
-        owned.procs.push(rabbitmq::start(&ns_name, &sub("rabbitmq")?)?);
+        owned
+            .procs
+            .push(mariadb::start(&ns_name, &sub("mariadb")?)?);
+        owned
+            .procs
+            .push(rabbitmq::start(&ns_name, &sub("rabbitmq")?)?);
         let neutron_dir = sub("neutron")?;
-        owned.procs.extend(server::start(&ns_name, &neutron_dir, &venv)?);
+        owned
+            .procs
+            .extend(server::start(&ns_name, &neutron_dir, &venv)?);
         let stack = Self {
             netns: ns_name,
             venv,
@@ -94,7 +103,8 @@ impl Stack {
         let Ok(text) = std::env::var(STACK_ENV) else {
             return Ok(None);
         };
-        let v: Value = serde_json::from_str(&text).with_context(|| format!("{STACK_ENV}={text}"))?;
+        let v: Value =
+            serde_json::from_str(&text).with_context(|| format!("{STACK_ENV}={text}"))?;
         let field = |k: &str| {
             v[k].as_str()
                 .map(str::to_string)
@@ -116,7 +126,9 @@ impl Stack {
     pub fn for_test() -> Self {
         match Self::from_env() {
             Ok(Some(s)) => s,
-            Ok(None) => Self::start().unwrap_or_else(|e| panic!("starting the neutron stack: {e:#}")),
+            Ok(None) => {
+                Self::start().unwrap_or_else(|e| panic!("starting the neutron stack: {e:#}"))
+            }
             Err(e) => panic!("{e:#}"),
         }
     }
@@ -157,17 +169,17 @@ impl Stack {
 
     fn wait_ready(&self, limit: Duration) -> Result<()> {
         let mut last = String::new();
-        let ready = super::proc::wait_until("the neutron API answers", limit, None, || {
-            match self.api_get("/v2.0/networks") {
-                Ok((200, _)) => true,
-                Ok((s, v)) => {
-                    last = format!("HTTP {s}: {v}");
-                    false
-                }
-                Err(e) => {
-                    last = format!("{e:#}");
-                    false
-                }
+        let ready = super::proc::wait_until("the neutron API answers", limit, None, || match self
+            .api_get("/v2.0/networks")
+        {
+            Ok((200, _)) => true,
+            Ok((s, v)) => {
+                last = format!("HTTP {s}: {v}");
+                false
+            }
+            Err(e) => {
+                last = format!("{e:#}");
+                false
             }
         });
         ready.with_context(|| {
@@ -236,7 +248,10 @@ impl Stack {
 
     /// The last lines of a neutron log (`api`, `rpc-server`, `periodic`), for failure messages.
     pub fn log_tail(&self, which: &str, lines: usize) -> String {
-        super::proc::log_tail(&self.dir.join("neutron").join(format!("{which}.log")), lines)
+        super::proc::log_tail(
+            &self.dir.join("neutron").join(format!("{which}.log")),
+            lines,
+        )
     }
 
     /// The stack's files (config and logs).
