@@ -15,6 +15,7 @@ use netlink_packet_route::{
     RouteNetlinkMessage,
     address::AddressAttribute,
     link::{InfoKind, LinkMessage},
+    neighbour::NeighbourFlags,
 };
 use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
@@ -259,7 +260,9 @@ async fn flood_to(h: &Handle, vxlan: u32, peer: Ipv4Addr) -> Result<()> {
     let mut req = h
         .neighbours()
         .add_bridge(vxlan, &[0; 6])
-        .destination(IpAddr::V4(peer));
+        .destination(IpAddr::V4(peer))
+        // The VXLAN device's own table (`self`), not a bridge's.
+        .flags(NeighbourFlags::Own);
     let msg = req.message_mut().clone();
     let mut nl = NetlinkMessage::from(RouteNetlinkMessage::NewNeighbour(msg));
     // rtnetlink's request asks for EXCL or REPLACE: one remote per MAC. Flooding to several

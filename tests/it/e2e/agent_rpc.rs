@@ -106,9 +106,9 @@ fn agent_builds_what_neutron_schedules_and_removes_it() {
     let host = unique("netnode");
     let _relay = Relay::start(&host_ns.name, 5672, &stack.netns, 5672).expect("relay");
     // The node's uplink for the external network and its VXLAN endpoint.
-    host_ns.ip(&["link", "add", "eth-pub", "type", "dummy"]);
-    host_ns.ip(&["link", "set", "eth-pub", "up"]);
-    host_ns.ip(&["link", "add", "eth-tun", "type", "dummy"]);
+    // (veth ends: the test kernel has no dummy devices)
+    host_ns.veth_pair("eth-pub", "eth-pub-p");
+    host_ns.veth_pair("eth-tun", "eth-tun-p");
     host_ns.ip(&["addr", "add", "192.0.2.10/24", "dev", "eth-tun"]);
     host_ns.ip(&["link", "set", "eth-tun", "up"]);
     let mut agent = Agent::start(
