@@ -492,7 +492,8 @@ mod tests {
 
     #[test]
     fn bad_dicts_name_the_router_and_the_reason() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
+        type Change = Box<dyn Fn(&mut Value)>;
+        let cases: Vec<(&str, Change)> = vec![
             (
                 "missing from the port's subnets",
                 Box::new(|d| d["_interfaces"][0]["subnets"] = json!([])),
