@@ -49,3 +49,8 @@ mod realise {
     mod scale;
     mod snat;
 }
+
+/// Agent mode against a real neutron-server 29, MariaDB and RabbitMQ (the neutron stack).
+mod agent {
+    mod stack;
+}

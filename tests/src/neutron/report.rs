@@ -69,9 +69,11 @@ pub fn report_once(stack: &Stack, host: &str, kind: &str) -> Result<String> {
         .output()
         .context("running report_state.py")?;
     if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
         bail!(
-            "report_state {kind} for {host} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            "report_state {kind} for {host} failed: {}\nneutron-rpc-server log:\n{}",
+            err.lines().last().unwrap_or_default(),
+            stack.log_tail("rpc-server", 30)
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())

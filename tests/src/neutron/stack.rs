@@ -74,18 +74,26 @@ impl Stack {
             std::fs::create_dir_all(&p)?;
             Ok(p)
         };
+        let t0 = std::time::Instant::now();
         owned.procs.push(mariadb::start(&ns_name, &sub("mariadb")?)?);
+        eprintln!("neutron stack: MariaDB up after {:?}", t0.elapsed());
         owned.procs.push(rabbitmq::start(&ns_name, &sub("rabbitmq")?)?);
+        eprintln!("neutron stack: RabbitMQ up after {:?}", t0.elapsed());
         let neutron_dir = sub("neutron")?;
         owned.procs.extend(server::start(&ns_name, &neutron_dir, &venv)?);
-        let stack = Self {
+        eprintln!("neutron stack: database migrated, neutron starting after {:?}", t0.elapsed());
+        let mut stack = Self {
             netns: ns_name,
             venv,
             dir: root,
-            owned: Some(owned),
+            owned: None,
         };
-        stack.wait_ready(Duration::from_secs(180))?;
-        eprintln!("neutron stack: ready in namespace {}", stack.netns);
+        // The API is the last process started: stop waiting as soon as it dies.
+        let api = owned.procs.last_mut();
+        let ready = stack.wait_ready(Duration::from_secs(180), api);
+        stack.owned = Some(owned);
+        ready?;
+        eprintln!("neutron stack: ready in namespace {} after {:?}", stack.netns, t0.elapsed());
         Ok(stack)
     }
 
@@ -107,7 +115,7 @@ impl Stack {
             owned: None,
         };
         stack
-            .wait_ready(Duration::from_secs(10))
+            .wait_ready(Duration::from_secs(10), None)
             .with_context(|| format!("the stack in {STACK_ENV} does not answer"))?;
         Ok(Some(stack))
     }
@@ -155,9 +163,9 @@ impl Stack {
         })?
     }
 
-    fn wait_ready(&self, limit: Duration) -> Result<()> {
+    fn wait_ready(&self, limit: Duration, api: Option<&mut Proc>) -> Result<()> {
         let mut last = String::new();
-        let ready = super::proc::wait_until("the neutron API answers", limit, None, || {
+        let ready = super::proc::wait_until("the neutron API answers", limit, api, || {
             match self.api_get("/v2.0/networks") {
                 Ok((200, _)) => true,
                 Ok((s, v)) => {
