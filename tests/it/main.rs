@@ -51,3 +51,8 @@ mod realise {
     mod segments;
     mod snat;
 }
+
+/// Agent mode against a real neutron-server 29, MariaDB and RabbitMQ (the neutron stack).
+mod agent {
+    mod stack;
+}

@@ -68,7 +68,10 @@ def main():
     args = p.parse_args()
     cfg.CONF([], project="report_state")
     transport = oslo_messaging.get_rpc_transport(cfg.CONF, url=args.url)
-    target = oslo_messaging.Target(topic="q-reports-plugin", version="1.4")
+    # neutron sets control_exchange = neutron; the oslo.messaging default is "openstack".
+    target = oslo_messaging.Target(
+        exchange="neutron", topic="q-reports-plugin", version="1.4"
+    )
     client = oslo_messaging.get_rpc_client(
         transport, target, serializer=n_rpc.RequestContextSerializer()
     )

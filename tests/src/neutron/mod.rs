@@ -5,6 +5,7 @@
 //! namespace ([`relay`]); the L2-agent reports the harness sends on a test node's behalf
 //! ([`report`]).
 
+pub mod cloud;
 mod mariadb;
 pub mod proc;
 mod rabbitmq;
@@ -15,4 +16,5 @@ mod stack;
 pub mod venv;
 
 pub use server::{AGENT_DOWN_TIME, API_PORT};
+pub use cloud::{Cloud, id_of};
 pub use stack::{STACK_ENV, Stack};

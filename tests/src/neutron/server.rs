@@ -37,6 +37,7 @@ allow_automatic_l3agent_failover = true
 agent_down_time = {AGENT_DOWN_TIME}
 router_auto_schedule = true
 use_stderr = true
+api_paste_config = {paste}
 
 [database]
 connection = {db}
@@ -48,6 +49,7 @@ lock_path = {lock}
         db = mariadb::DB_URL,
         state = dir.join("state").display(),
         lock = dir.join("lock").display(),
+        paste = dir.join("api-paste.ini").display(),
     )
 }
 
@@ -89,6 +91,10 @@ pub fn start(ns: &str, dir: &Path, venv: &Path) -> Result<Vec<Proc>> {
     fs::write(dir.join("neutron.conf"), neutron_conf(dir))?;
     fs::write(dir.join("ml2_conf.ini"), ML2_CONF)?;
     fs::write(dir.join("neutron_api_wsgi.py"), wsgi_module(dir))?;
+    // The paste pipeline neutron ships as data in the venv (etc/neutron).
+    let paste = venv.join("etc/neutron/api-paste.ini");
+    fs::copy(&paste, dir.join("api-paste.ini"))
+        .with_context(|| format!("copying {}", paste.display()))?;
     let config_args = |cmd: &mut std::process::Command| {
         cmd.arg("--config-file")
             .arg(dir.join("neutron.conf"))
@@ -101,37 +107,20 @@ pub fn start(ns: &str, dir: &Path, venv: &Path) -> Result<Vec<Proc>> {
     try_sh(migrate.args(["upgrade", "heads"])).context("neutron-db-manage upgrade heads")?;
 
     let mut api = netns_cmd(ns, bin("gunicorn"));
-    api.args([
-        "--workers",
-        "1",
-        "--timeout",
-        "300",
-        "--graceful-timeout",
-        "5",
-    ])
-    .arg("--bind")
-    .arg(format!("127.0.0.1:{API_PORT}"))
-    .arg("--pythonpath")
-    .arg(dir)
-    .arg("neutron_api_wsgi:application");
+    api.args(["--workers", "1", "--timeout", "300", "--graceful-timeout", "5"])
+        .arg("--bind")
+        .arg(format!("127.0.0.1:{API_PORT}"))
+        .arg("--pythonpath")
+        .arg(dir)
+        .arg("neutron_api_wsgi:application");
     let mut rpc = netns_cmd(ns, bin("neutron-rpc-server"));
     config_args(&mut rpc);
     let mut periodic = netns_cmd(ns, bin("neutron-periodic-workers"));
     config_args(&mut periodic);
     let grace = Duration::from_secs(10);
     Ok(vec![
-        Proc::spawn(
-            "neutron-rpc-server",
-            rpc,
-            &dir.join("rpc-server.log"),
-            grace,
-        )?,
-        Proc::spawn(
-            "neutron-periodic-workers",
-            periodic,
-            &dir.join("periodic.log"),
-            grace,
-        )?,
+        Proc::spawn("neutron-rpc-server", rpc, &dir.join("rpc-server.log"), grace)?,
+        Proc::spawn("neutron-periodic-workers", periodic, &dir.join("periodic.log"), grace)?,
         Proc::spawn("neutron API (gunicorn)", api, &dir.join("api.log"), grace)?,
     ])
 }
