@@ -33,7 +33,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use self::{
@@ -41,7 +40,7 @@ use self::{
     transport::Endpoints, worker::Worker,
 };
 use crate::{
-    datapath::{self, Datapath},
+    datapath::Datapath,
     metrics::{self, Metrics},
     realise::{Realiser, RealiserConfig},
 };
@@ -75,37 +74,19 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
     }
     let host = cfg.host()?;
     let endpoints = Endpoints::parse(&cfg.neutron.transport_url)?;
-    datapath::object()?;
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
+    let (datapath, realiser) = crate::daemon::open_kernel(
+        RealiserConfig {
+            state_dir: cfg.state_dir.clone(),
+            physical_networks: cfg.physical_networks.clone(),
+            vxlan: cfg.vxlan.clone(),
+        },
+        &cfg.bpffs,
+        &cfg.nat,
+        cfg.datapath.fast_path,
+    )?;
     let numbers = Numbers::open(&cfg.state_dir)?;
-    let datapath = Datapath::open(&cfg.bpffs, &cfg.nat).context("opening the datapath")?;
-    // Built on the main thread, in the agent's namespace, which the realiser remembers.
-    let realiser = Arc::new(
-        Realiser::new(
-            RealiserConfig {
-                state_dir: cfg.state_dir.clone(),
-                physical_networks: cfg.physical_networks.clone(),
-                vxlan: cfg.vxlan.clone(),
-            },
-            datapath.clone(),
-        )
-        .context("starting the realiser")?,
-    );
-    realiser
-        .set_fast_path(cfg.datapath.fast_path)
-        .context("turning the fast path off")?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    realiser.set_router_hook(crate::metadata::MetadataProxies::new(
-        cfg.metadata.upstream.clone(),
-        rt.handle().clone(),
-    )?);
-    let mut metrics = Metrics::new();
-    metrics.collect_datapath(datapath.clone(), realiser.clone());
-    let metrics = Arc::new(metrics);
+    let (rt, metrics) =
+        crate::daemon::start_runtime(&realiser, &datapath, cfg.metadata.upstream.clone())?;
     let worker = Worker {
         book: Arc::new(Mutex::new(Book::new(realiser.clone(), numbers))),
         metrics: metrics.clone(),
