@@ -21,6 +21,8 @@ use tests::{
 /// routers named in `routers` are removed too (after a failure Neutron never told it to).
 struct Agent {
     child: Option<ChildGuard>,
+    ns: String,
+    cfg: std::path::PathBuf,
     log: std::path::PathBuf,
     routers: Vec<String>,
     _bpffs: Bpffs,
@@ -50,23 +52,44 @@ impl Agent {
             ),
         )
         .unwrap();
-        let log = dir.path.join("agent.log");
-        let child = host_ns
-            .cmd(router_ctl_bin())
-            .args(["agent", "--config"])
-            .arg(&cfg)
-            .env("RUST_LOG", "info,router_ctl=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("starting router-ctl agent");
-        Self {
-            child: Some(ChildGuard(child)),
-            log,
+        let mut a = Self {
+            child: None,
+            ns: host_ns.name.clone(),
+            cfg,
+            log: dir.path.join("agent.log"),
             routers: Vec::new(),
             _bpffs: bpffs,
             _dir: dir,
-        }
+        };
+        a.spawn();
+        a
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = tests::netns::netns_cmd(&self.ns, router_ctl_bin())
+            .args(["agent", "--config"])
+            .arg(&self.cfg)
+            .env("RUST_LOG", "info,router_ctl=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting router-ctl agent");
+        self.child = Some(ChildGuard(child));
+    }
+
+    /// kill -9 (ChildGuard kills with SIGKILL), then the same agent again.
+    fn kill9_and_restart(&mut self) {
+        drop(self.child.take());
+        self.spawn();
+    }
+
+    fn state_file(&self, name: &str) -> String {
+        std::fs::read_to_string(self._dir.path.join("state").join(name)).unwrap_or_default()
     }
 
     fn log(&self) -> String {
@@ -97,6 +120,19 @@ fn addresses(ns: &str, dev: &str) -> Vec<String> {
         .map(|a| format!("{}/{}", a["local"].as_str().unwrap_or(""), a["prefixlen"]))
         .collect()
 }
+
+/// Publishes, on the agent's host queue, a body that is not JSON and a cast of a method no L3
+/// agent has (kombu, from neutron's venv, inside the stack's namespace).
+const GARBAGE: &str = r#"
+import json, sys, kombu
+key = sys.argv[1]
+with kombu.Connection("amqp://guest:guest@127.0.0.1:5672//") as c:
+    ex = kombu.Exchange("neutron", type="topic", durable=False)
+    p = c.Producer()
+    p.publish(b"not json at all", exchange=ex, routing_key=key, content_type="application/json", content_encoding="utf-8")
+    msg = {"method": "no_such_method", "args": {}, "version": "1.0", "_unique_id": "0" * 32}
+    p.publish({"oslo.version": "2.0", "oslo.message": json.dumps(msg)}, exchange=ex, routing_key=key, serializer="json")
+"#;
 
 #[test]
 fn agent_builds_what_neutron_schedules_and_removes_it() {
@@ -277,6 +313,46 @@ fn agent_builds_what_neutron_schedules_and_removes_it() {
         addresses(&ns, &qg)
     );
 
+    // Garbage and unknown methods on the agent's queue: logged, acknowledged, no harm.
+    let sent = stack
+        .venv_cmd("python")
+        .args(["-c", GARBAGE, &format!("l3_agent.{host}")])
+        .output()
+        .unwrap();
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    wait(&agent, "garbage logged", Duration::from_secs(30), || {
+        let l = agent.log();
+        l.contains("dropped a malformed message") && l.contains("no_such_method")
+    });
+
+    // kill -9 and restart: same router number, the namespace kept, the router still served.
+    let numbers = agent.state_file("agent-routers");
+    assert!(numbers.contains(&rid), "{numbers}");
+    let ns_inode = std::fs::metadata(format!("/run/netns/{ns}"))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    agent.kill9_and_restart();
+    wait(
+        &agent,
+        "the restarted agent's full sync",
+        Duration::from_secs(60),
+        || agent.log().matches("full sync done").count() >= 2,
+    );
+    assert_eq!(
+        agent.state_file("agent-routers"),
+        numbers,
+        "router numbers kept"
+    );
+    let after = std::fs::metadata(format!("/run/netns/{ns}"))
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m))
+        .unwrap();
+    assert_eq!(after, ns_inode, "the namespace was kept, not rebuilt");
+    assert_eq!(addresses(&ns, &qr), vec!["10.10.0.1/24".to_string()]);
+
     // Deleted in Neutron: torn down on the node, the VXLAN device with its bridge.
     stack.os_ok(&["floating", "ip", "delete", &fip_id]);
     stack.os_ok(&["port", "delete", &format!("{tag}-vm")]);
@@ -299,5 +375,29 @@ fn agent_builds_what_neutron_schedules_and_removes_it() {
         let _ = stack.os(&["network", "delete", n]);
     }
     let log = agent.log();
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+/// No broker at the URL: a clear error naming it (password masked), retries, no panic.
+#[test]
+fn agent_without_rabbitmq_says_so_and_retries() {
+    tests::require_root();
+    let host_ns = Netns::new("agn");
+    let agent = Agent::start(&host_ns, "lonely", "");
+    wait(
+        &agent,
+        "two failed attempts",
+        Duration::from_secs(30),
+        || {
+            agent
+                .log()
+                .matches("cannot reach RabbitMQ at rabbit://guest:***@127.0.0.1:5672/")
+                .count()
+                >= 2
+        },
+    );
+    let log = agent.log();
+    assert!(log.contains("retrying in"), "{log}");
+    assert!(!log.contains("guest:guest"), "password in the log: {log}");
     assert!(!log.contains("panicked"), "{log}");
 }
