@@ -140,7 +140,7 @@ fn agent_builds_what_neutron_schedules_and_removes_it() {
     let stack = Stack::for_test();
     let host_ns = Netns::new("agh");
     let host = unique("netnode");
-    let _relay = Relay::start(&host_ns.name, 5672, &stack.netns, 5672).expect("relay");
+    let mut relay = Some(Relay::start(&host_ns.name, 5672, &stack.netns, 5672).expect("relay"));
     // The node's uplink for the external network and its VXLAN endpoint.
     // (veth ends: the test kernel has no dummy devices)
     host_ns.veth_pair("eth-pub", "eth-pub-p");
@@ -353,6 +353,53 @@ fn agent_builds_what_neutron_schedules_and_removes_it() {
     assert_eq!(after, ns_inode, "the namespace was kept, not rebuilt");
     assert_eq!(addresses(&ns, &qr), vec!["10.10.0.1/24".to_string()]);
 
+    // RabbitMQ goes away (every connection cut, nothing listening): the router stays as it
+    // is; when it is back, the agent reconnects and serves changes again.
+    let connected = |a: &Agent| a.log().matches("connected to RabbitMQ").count();
+    let before = connected(&agent);
+    drop(relay.take());
+    wait(&agent, "the loss noticed", Duration::from_secs(60), || {
+        agent.log().contains("lost RabbitMQ")
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(netns_exists(&ns) && addresses(&ns, &qr) == vec!["10.10.0.1/24".to_string()]);
+    relay = Some(Relay::start(&host_ns.name, 5672, &stack.netns, 5672).expect("relay again"));
+    wait(&agent, "reconnected", Duration::from_secs(60), || {
+        connected(&agent) > before
+    });
+    stack.os_ok(&[
+        "router",
+        "set",
+        "--route",
+        "destination=198.51.100.0/24,gateway=10.10.0.50",
+        &tag,
+    ]);
+    wait(
+        &agent,
+        "the new route served",
+        Duration::from_secs(60),
+        || {
+            String::from_utf8_lossy(
+                &tests::netns::sh(std::process::Command::new("ip").args([
+                    "-n",
+                    &ns,
+                    "route",
+                    "show",
+                    "198.51.100.0/24",
+                ]))
+                .stdout,
+            )
+            .contains("via 10.10.0.50")
+        },
+    );
+    stack.os_ok(&[
+        "router",
+        "unset",
+        "--route",
+        "destination=198.51.100.0/24,gateway=10.10.0.50",
+        &tag,
+    ]);
+
     // Deleted in Neutron: torn down on the node, the VXLAN device with its bridge.
     stack.os_ok(&["floating", "ip", "delete", &fip_id]);
     stack.os_ok(&["port", "delete", &format!("{tag}-vm")]);
@@ -376,6 +423,7 @@ fn agent_builds_what_neutron_schedules_and_removes_it() {
     }
     let log = agent.log();
     assert!(!log.contains("panicked"), "{log}");
+    drop(relay);
 }
 
 /// No broker at the URL: a clear error naming it (password masked), retries, no panic.
