@@ -54,5 +54,8 @@ mod realise {
 
 /// Agent mode against a real neutron-server 29, MariaDB and RabbitMQ (the neutron stack).
 mod agent {
+    mod common;
+    mod failover;
     mod stack;
+    mod traffic;
 }

@@ -7,12 +7,14 @@
 
 pub mod cloud;
 mod mariadb;
+pub mod node;
 pub mod proc;
 mod rabbitmq;
 pub mod relay;
 pub mod report;
 mod server;
 mod stack;
+pub mod traffic;
 pub mod venv;
 
 pub use server::{AGENT_DOWN_TIME, API_PORT};
