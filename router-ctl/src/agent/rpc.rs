@@ -416,3 +416,49 @@ async fn serve_replies(
     };
     dead.send_replace(Some(why));
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn part(result: Option<Value>, ending: bool) -> ReplyPart {
+        ReplyPart {
+            msg_id: "m".into(),
+            result,
+            failure: None,
+            ending,
+        }
+    }
+
+    #[tokio::test]
+    async fn heartbeats_are_skipped_and_old_two_part_replies_keep_the_result() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        tx.send(part(None, false)).unwrap(); // heartbeat
+        tx.send(part(Some(json!(["r1"])), false)).unwrap(); // old style: result, then ending
+        tx.send(part(None, true)).unwrap();
+        assert_eq!(
+            collect_reply(&mut rx).await.unwrap().unwrap(),
+            json!(["r1"])
+        );
+        tx.send(part(Some(json!("alive")), true)).unwrap();
+        assert_eq!(
+            collect_reply(&mut rx).await.unwrap().unwrap(),
+            json!("alive")
+        );
+        let f = Failure {
+            class: "RemoteError".into(),
+            module: "m".into(),
+            message: "boom".into(),
+        };
+        tx.send(ReplyPart {
+            failure: Some(f.clone()),
+            ..part(None, true)
+        })
+        .unwrap();
+        assert_eq!(collect_reply(&mut rx).await.unwrap().unwrap_err(), f);
+        drop(tx);
+        assert!(collect_reply(&mut rx).await.is_err(), "connection gone");
+    }
+}
