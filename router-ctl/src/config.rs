@@ -170,6 +170,47 @@ impl Default for QuotaConfig {
     }
 }
 
+/// `[vxlan]`: this node's VXLAN tunnel endpoint (agent mode: networks of type `vxlan` become a
+/// device `vxlan-<vni>` in their bridge, as the linuxbridge agent made them).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VxlanConfig {
+    /// This node's tunnel address: an address of one of its interfaces, which carries the
+    /// tunnel (and joins the multicast group).
+    pub local_ip: std::net::Ipv4Addr,
+    /// Multicast group flooding unknown destinations to every endpoint.
+    #[serde(default)]
+    pub group: Option<std::net::Ipv4Addr>,
+    /// Or the other endpoints, flooded one by one (a static list, no multicast).
+    #[serde(default)]
+    pub peers: Vec<std::net::Ipv4Addr>,
+    /// UDP port (IANA's 4789 by default; Linux's own default is 8472).
+    #[serde(default = "VxlanConfig::default_port")]
+    pub dstport: u16,
+}
+
+impl VxlanConfig {
+    fn default_port() -> u16 {
+        4789
+    }
+
+    /// Refuses a configuration that could not flood, naming the key.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        match (self.group, self.peers.is_empty()) {
+            (Some(g), _) if !g.is_multicast() => {
+                anyhow::bail!("[vxlan] group = \"{g}\" is not a multicast address")
+            }
+            (Some(_), false) => {
+                anyhow::bail!("[vxlan] group and peers: give one of them, not both")
+            }
+            (None, true) => anyhow::bail!(
+                "[vxlan] needs group (a multicast address) or peers (the other endpoints) to flood to"
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Metadata proxy upstream (Nova's metadata API); none configured → 503.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]

@@ -116,7 +116,7 @@ fn admin_token(state_dir: &Path) -> anyhow::Result<String> {
     Ok(token)
 }
 
-fn init_tracing() {
+pub(crate) fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
@@ -129,24 +129,16 @@ fn init_tracing() {
 pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     init_tracing();
     let cfg = effective_config(&args)?;
-    datapath::object()?;
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
-    let datapath = Datapath::open(&cfg.bpffs, &cfg.nat).context("opening the datapath")?;
-    // Built on the main thread: it is in the daemon's namespace, which the realiser remembers.
-    let realiser = Arc::new(
-        Realiser::new(
-            RealiserConfig {
-                state_dir: cfg.state_dir.clone(),
-                physical_networks: cfg.physical_networks.clone(),
-            },
-            datapath.clone(),
-        )
-        .context("starting the realiser")?,
-    );
-    realiser
-        .set_fast_path(cfg.datapath.fast_path)
-        .context("turning the fast path off")?;
+    let (datapath, realiser) = open_kernel(
+        RealiserConfig {
+            state_dir: cfg.state_dir.clone(),
+            physical_networks: cfg.physical_networks.clone(),
+            vxlan: None,
+        },
+        &cfg.bpffs,
+        &cfg.nat,
+        cfg.datapath.fast_path,
+    )?;
     if args.purge {
         return purge(&realiser, &datapath);
     }
@@ -154,17 +146,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let store = Store::open(&cfg.state_dir.join(DB_FILE))
         .with_context(|| format!("opening {}", cfg.state_dir.join(DB_FILE).display()))?;
     // The runtime exists before the first resync: the metadata proxies it starts run on it.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    realiser.set_router_hook(crate::metadata::MetadataProxies::new(
-        cfg.metadata.upstream.clone(),
-        rt.handle().clone(),
-    )?);
-    let mut metrics = Metrics::new();
-    metrics.collect_datapath(datapath.clone(), realiser.clone());
-    let metrics = Arc::new(metrics);
+    let (rt, metrics) = start_runtime(&realiser, &datapath, cfg.metadata.upstream.clone())?;
     // Signals are caught from here on, the start-up resync included: SIGTERM stops the
     // realiser's passes between two routers (the default action would end the process in the
     // middle of one and leave it half made until the next start).
@@ -193,6 +175,45 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
         max_routes: cfg.quotas.max_routes,
     });
     rt.block_on(serve(cfg, state, realiser, datapath, metrics, signalled))
+}
+
+/// The kernel side both modes share: the datapath (pins under `bpffs`) and the realiser over
+/// it, built on the calling thread, whose namespace the realiser remembers.
+pub(crate) fn open_kernel(
+    cfg: RealiserConfig,
+    bpffs: &Path,
+    nat: &crate::config::NatConfig,
+    fast_path: bool,
+) -> anyhow::Result<(Arc<Datapath>, Arc<Realiser>)> {
+    datapath::object()?;
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;
+    let datapath = Datapath::open(bpffs, nat).context("opening the datapath")?;
+    let realiser = Arc::new(Realiser::new(cfg, datapath.clone()).context("starting the realiser")?);
+    realiser
+        .set_fast_path(fast_path)
+        .context("turning the fast path off")?;
+    Ok((datapath, realiser))
+}
+
+/// The async runtime, the metadata proxies hooked to the realiser (they run on it), and the
+/// metrics reading the datapath.
+pub(crate) fn start_runtime(
+    realiser: &Arc<Realiser>,
+    datapath: &Arc<Datapath>,
+    metadata_upstream: Option<String>,
+) -> anyhow::Result<(tokio::runtime::Runtime, Arc<Metrics>)> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    realiser.set_router_hook(crate::metadata::MetadataProxies::new(
+        metadata_upstream,
+        rt.handle().clone(),
+    )?);
+    let mut metrics = Metrics::new();
+    metrics.collect_datapath(datapath.clone(), realiser.clone());
+    Ok((rt, Arc::new(metrics)))
 }
 
 /// `--purge`: every kernel object the state directory's records name, then the pins.
@@ -280,13 +301,13 @@ async fn serve(
 }
 
 /// SIGTERM and SIGINT, caught from creation on (inside the runtime).
-struct Signals {
+pub(crate) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn new() -> anyhow::Result<Self> {
+    pub(crate) fn new() -> anyhow::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Self {
             term: signal(SignalKind::terminate()).context("catching SIGTERM")?,
@@ -294,7 +315,7 @@ impl Signals {
         })
     }
 
-    async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
@@ -396,7 +417,7 @@ impl Current for StoreNow<'_> {
 
 /// Runs the session GC: every `every`, and every second while the table or a router's share
 /// of it is crowded or new flows are refused for want of room (`datapath::sessions::GcPace`).
-async fn gc_loop(
+pub(crate) async fn gc_loop(
     datapath: Arc<Datapath>,
     every: Duration,
     metrics: Arc<Metrics>,

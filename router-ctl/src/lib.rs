@@ -4,6 +4,7 @@
 //! over it. Layers: `api` (HTTP) → `store` (SQLite, desired state) → `realise` (kernel) →
 //! `net` (rtnetlink) and `datapath` (eBPF maps and links).
 
+pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod config;

@@ -1,6 +1,6 @@
 //! `router-ctl`: the daemon and its CLI client in one binary.
 use clap::{CommandFactory as _, Parser, Subcommand};
-use router_ctl::{cli, daemon};
+use router_ctl::{agent, cli, daemon};
 
 #[derive(Parser)]
 #[command(
@@ -19,6 +19,8 @@ struct Cli {
 enum Cmd {
     /// Run the privileged daemon (API server, realisation, datapath).
     Daemon(daemon::DaemonArgs),
+    /// Run as the L3 agent of an existing neutron-server (RabbitMQ RPC).
+    Agent(agent::AgentArgs),
     #[command(flatten)]
     Client(cli::Command),
 }
@@ -27,6 +29,7 @@ fn main() -> std::process::ExitCode {
     let args = Cli::parse();
     let result = match args.cmd {
         Cmd::Daemon(d) => daemon::run(d),
+        Cmd::Agent(a) => agent::run(a),
         Cmd::Client(cli::Command::Completion { shell }) => {
             cli::completion(shell, Cli::command());
             Ok(())

@@ -15,6 +15,7 @@ mod testrun {
 
 /// Real traffic through namespaces, the daemon and its CLI.
 mod e2e {
+    mod agent_rpc;
     mod cli;
     mod cli_plug;
     mod crash;
@@ -49,5 +50,14 @@ mod realise {
     mod router;
     mod routes;
     mod scale;
+    mod segments;
     mod snat;
+}
+
+/// Agent mode against a real neutron-server 29, MariaDB and RabbitMQ (the neutron stack).
+mod agent {
+    mod common;
+    mod failover;
+    mod stack;
+    mod traffic;
 }

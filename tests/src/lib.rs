@@ -12,6 +12,7 @@ use std::process::Command;
 
 pub mod daemon;
 pub mod netns;
+pub mod neutron;
 pub mod openstack;
 #[cfg(feature = "ctl")]
 pub mod spec;
@@ -151,6 +152,14 @@ pub struct RealiserHost {
 impl RealiserHost {
     /// `physical_networks`: (name, host interface) pairs for the config.
     pub fn new(physical_networks: &[(&str, &str)]) -> Self {
+        Self::with_vxlan(physical_networks, None)
+    }
+
+    /// `new` with a VXLAN tunnel endpoint (`[vxlan]` of the agent's config).
+    pub fn with_vxlan(
+        physical_networks: &[(&str, &str)],
+        vxlan: Option<router_ctl::config::VxlanConfig>,
+    ) -> Self {
         let host = Netns::new("rh");
         let state = TempDir::new("rstate");
         let bpffs = Bpffs::new();
@@ -160,6 +169,7 @@ impl RealiserHost {
                 .iter()
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect(),
+            vxlan,
         };
         let nat = router_ctl::config::NatConfig::default();
         let realiser = host.enter(|| {
@@ -198,6 +208,7 @@ impl RealiserHost {
                 .iter()
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect(),
+            vxlan: None,
         };
         let nat = router_ctl::config::NatConfig::default();
         let bpffs = self.bpffs.path().to_path_buf();
@@ -254,7 +265,7 @@ pub mod packet;
 pub fn network_spec(external: bool) -> router_ctl::model::spec::NetworkSpec {
     router_ctl::model::spec::NetworkSpec {
         id: unique("n"),
-        physical_network: None,
+        segment: router_ctl::model::spec::Segment::Local,
         external,
     }
 }

@@ -14,10 +14,48 @@ use super::Ipv6Mode;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetworkSpec {
     pub id: String,
-    /// `provider:physical_network`; mapped by the config to a host interface to enslave.
-    pub physical_network: Option<String>,
+    /// How the bridge reaches the rest of the network: what is enslaved to it.
+    pub segment: Segment,
     /// `router:external`
     pub external: bool,
+}
+
+/// A network's provider segment (`provider:network_type` and friends), as the linuxbridge
+/// agent wired it: the device enslaved to the network's bridge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// `local`: the bridge alone.
+    Local,
+    /// `flat` on a physical network: the interface the config maps it to.
+    Flat { physical_network: String },
+    /// `vlan`: the subinterface `<iface>.<vlan_id>` of the mapped interface (802.1Q).
+    Vlan {
+        physical_network: String,
+        vlan_id: u16,
+    },
+    /// `vxlan`: the device `vxlan-<vni>` on this node's tunnel endpoint.
+    Vxlan { vni: u32 },
+}
+
+impl Segment {
+    /// The API's two kinds: flat on a physical network, or local.
+    pub fn flat_or_local(physical_network: Option<String>) -> Self {
+        match physical_network {
+            Some(physical_network) => Segment::Flat { physical_network },
+            None => Segment::Local,
+        }
+    }
+
+    /// The physical network the segment is on, if any.
+    pub fn physical_network(&self) -> Option<&str> {
+        match self {
+            Segment::Flat { physical_network }
+            | Segment::Vlan {
+                physical_network, ..
+            } => Some(physical_network),
+            Segment::Local | Segment::Vxlan { .. } => None,
+        }
+    }
 }
 
 /// One port of a router (an internal interface or the gateway): the veth `qr-`/`qg-<port[:11]>`
@@ -172,6 +210,7 @@ pub mod names {
     const INTERNAL: &str = "qr-";
     const GATEWAY: &str = "qg-";
     const TAP: &str = "tap";
+    const VXLAN: &str = "vxlan-";
 
     fn short(id: &str) -> &str {
         &id[..id.len().min(ID_LEN)]
@@ -195,6 +234,17 @@ pub mod names {
     /// Bridge-side peer of a router port (what linuxbridge calls the tap).
     pub fn tap_dev(port_id: &str) -> String {
         format!("{TAP}{}", short(port_id))
+    }
+
+    /// The VXLAN device of a network's segment (the linuxbridge agent's name).
+    pub fn vxlan_dev(vni: u32) -> String {
+        format!("{VXLAN}{vni}")
+    }
+    /// The 802.1Q subinterface of `iface` for `vlan_id` (the linuxbridge agent's name); None
+    /// when it would not fit the 15 bytes of an interface name.
+    pub fn vlan_dev(iface: &str, vlan_id: u16) -> Option<String> {
+        let name = format!("{iface}.{vlan_id}");
+        (name.len() <= 15).then_some(name)
     }
 
     /// The router id of a `qrouter-` namespace name.
@@ -261,6 +311,9 @@ pub mod names {
             assert_eq!(parse_router_netns(&router_netns("r-1")), Some("r-1"));
             assert_eq!(parse_router_netns("other"), None);
             assert!(is_tap(&tap_dev(id)) && !is_tap(&bridge(id)));
+            assert_eq!(vxlan_dev(16_777_215), "vxlan-16777215");
+            assert_eq!(vlan_dev("eth-ten", 100).as_deref(), Some("eth-ten.100"));
+            assert_eq!(vlan_dev("averylongname", 4094), None, "over 15 bytes");
         }
     }
 }

@@ -31,6 +31,9 @@ pub enum Record {
     Bridge { network_id: String },
     /// The tap of a router's port; text `tap <router_id>`.
     Tap { router_id: String },
+    /// A device made to carry a network's segment (`vxlan-<vni>`, `<iface>.<vid>`); text
+    /// `uplink <network_id>`.
+    Uplink { network_id: String },
 }
 
 impl Record {
@@ -38,7 +41,7 @@ impl Record {
     pub fn kind(&self) -> Kind {
         match self {
             Record::Router { .. } => Kind::Netns,
-            Record::Bridge { .. } | Record::Tap { .. } => Kind::Link,
+            Record::Bridge { .. } | Record::Tap { .. } | Record::Uplink { .. } => Kind::Link,
         }
     }
 
@@ -47,6 +50,7 @@ impl Record {
             Record::Router { router_id, dp_id } => format!("{router_id} {dp_id}\n"),
             Record::Bridge { network_id } => format!("bridge {network_id}"),
             Record::Tap { router_id } => format!("tap {router_id}\n"),
+            Record::Uplink { network_id } => format!("uplink {network_id}\n"),
         }
     }
 
@@ -63,6 +67,9 @@ impl Record {
             },
             (Kind::Link, "tap", Some(id)) => Record::Tap {
                 router_id: id.to_string(),
+            },
+            (Kind::Link, "uplink", Some(id)) => Record::Uplink {
+                network_id: id.to_string(),
             },
             _ => return None,
         };

@@ -18,6 +18,7 @@ mod network;
 mod purge;
 mod reconcile;
 mod router;
+mod segment;
 mod validate;
 
 use std::{
@@ -48,6 +49,8 @@ pub struct RealiserConfig {
     pub state_dir: PathBuf,
     /// `provider:physical_network` → host interface.
     pub physical_networks: BTreeMap<String, String>,
+    /// The VXLAN tunnel endpoint (agent mode); None: VXLAN networks are refused.
+    pub vxlan: Option<crate::config::VxlanConfig>,
 }
 
 /// Something that follows routers' lives: the daemon's metadata proxies.

@@ -4,9 +4,9 @@
 
 use std::collections::HashMap;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 
-use super::{Realiser, validate::validate_id};
+use super::{Realiser, segment, validate::validate_id};
 use crate::{
     model::spec::{NetworkSpec, names},
     net::{
@@ -33,19 +33,7 @@ impl Realiser {
     ) -> Result<bool> {
         // A physical network with no mapping gets a bridge without uplink (single-host setups,
         // tests); a mapping to a missing interface is an error below.
-        let uplink = match &net.physical_network {
-            None => None,
-            Some(p) => {
-                let u = self.cfg.physical_networks.get(p);
-                if u.is_none() && known.is_none() {
-                    tracing::warn!(
-                        "network {}: physical network {p:?} is not mapped to a host interface in the configuration; its bridge has no uplink",
-                        net.id
-                    );
-                }
-                u
-            }
-        };
+        let uplink = self.uplink(net, known.is_some())?;
         let br = names::bridge(&net.id);
         // Steady state seen in a reconcile dump: nothing to do, no thread.
         if let Some(k) = known
@@ -53,10 +41,10 @@ impl Realiser {
             && b.up
             && b.kind == LinkKind::Bridge
         {
-            let uplink_ok = match uplink {
+            let uplink_ok = match &uplink {
                 None => true,
                 Some(u) => k
-                    .get(u.as_str())
+                    .get(u.name())
                     .is_some_and(|l| l.controller == Some(b.index) && l.up),
             };
             if uplink_ok {
@@ -101,14 +89,17 @@ impl Realiser {
                     link::set_up(&h, bridge.index, true).await?;
                     changed = true;
                 }
-                if let Some(u) = uplink {
-                    let up = link::get_link(&h, u).await?.ok_or_else(|| {
-                        anyhow!(
-                            "network {}: host interface {u} (physical network {:?}) does not exist",
-                            net.id,
-                            net.physical_network.as_deref().unwrap_or_default()
-                        )
-                    })?;
+                if let Some(u) = &uplink {
+                    let (up, made) = segment::ensure_uplink(&h, owned, &net.id, u)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "network {} (physical network {:?})",
+                                net.id,
+                                net.segment.physical_network().unwrap_or_default()
+                            )
+                        })?;
+                    changed |= made;
                     if up.controller != Some(bridge.index) {
                         link::set_controller(&h, up.index, bridge.index).await?;
                         changed = true;
@@ -140,6 +131,16 @@ impl Realiser {
             return Ok(());
         }
         self.delete_daemon_links(&[br])
+    }
+
+    /// Removes the network's bridge and the segment device this node made for it.
+    pub fn remove_network_spec(&self, net: &NetworkSpec) -> Result<()> {
+        self.remove_network(&net.id)?;
+        let _g = self.lock_op();
+        match self.made_uplink(net) {
+            Some(dev) if self.owned.contains(Kind::Link, &dev) => self.delete_daemon_links(&[dev]),
+            _ => Ok(()),
+        }
     }
 
     /// Deletes recorded devices of the daemon namespace, then their records.

@@ -17,7 +17,7 @@ use anyhow::Result;
 
 use super::{FULL_CHECK_EVERY, Realiser, lock, router::plan, validate::validate_router};
 use crate::{
-    model::spec::{DesiredState, NetworkSpec, RouterSpec, names},
+    model::spec::{DesiredState, NetworkSpec, RouterSpec, Segment, names},
     net::{
         LinkState, ns,
         owned::{Kind, Record},
@@ -106,7 +106,7 @@ impl Realiser {
             }
             // The snapshot's view first: a bridge that is up (and no uplink to check) needs no
             // look at the store.
-            if net.physical_network.is_none()
+            if matches!(net.segment, Segment::Local)
                 && links.get(&names::bridge(&net.id)).is_some_and(|b| b.up)
             {
                 continue;
@@ -259,6 +259,7 @@ impl Realiser {
             .networks
             .iter()
             .map(|n| names::bridge(&n.id))
+            .chain(desired.networks.iter().filter_map(|n| self.made_uplink(n)))
             .collect();
         for r in &desired.routers {
             desired_links.extend(plan(r).into_iter().map(|p| p.tap));

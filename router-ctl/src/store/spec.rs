@@ -15,7 +15,9 @@ use super::{
 };
 use crate::model::{
     Fault, Ipv6Mode, parse_mac,
-    spec::{DesiredState, GatewaySpec, NetworkSpec, PortSpec, RaPrefix, RouteSpec, RouterSpec},
+    spec::{
+        DesiredState, GatewaySpec, NetworkSpec, PortSpec, RaPrefix, RouteSpec, RouterSpec, Segment,
+    },
 };
 
 /// Which routers a build covers.
@@ -54,7 +56,7 @@ pub fn network_spec(conn: &Connection, id: &str) -> Result<Option<NetworkSpec>, 
 fn network_spec_of(n: crate::model::Network) -> NetworkSpec {
     NetworkSpec {
         id: n.id,
-        physical_network: n.physical_network,
+        segment: Segment::flat_or_local(n.physical_network),
         external: n.external,
     }
 }

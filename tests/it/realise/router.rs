@@ -15,7 +15,7 @@ use std::{
 
 use router_common::programs;
 use router_ctl::model::spec::{
-    DesiredState, FloatingIpSpec, NetworkSpec, PortSpec, RouterSpec, names,
+    DesiredState, FloatingIpSpec, NetworkSpec, PortSpec, RouterSpec, Segment, names,
 };
 use serde_json::Value;
 use tests::{
@@ -462,7 +462,9 @@ fn physical_network_uplink_is_enslaved_and_missing_uplink_is_refused() {
     h.host.veth_pair(&uplink, &uplink_peer);
     let host = h.host.name.clone();
     let mut ext = network_spec(true);
-    ext.physical_network = Some("physnet1".into());
+    ext.segment = Segment::Flat {
+        physical_network: "physnet1".into(),
+    };
     h.call(|r| r.apply_network(&ext)).expect("apply");
     let br = names::bridge(&ext.id);
     assert_eq!(bridge_ports(&host, &br), vec![uplink.clone()]);
@@ -475,7 +477,9 @@ fn physical_network_uplink_is_enslaved_and_missing_uplink_is_refused() {
 
     // An unmapped physical network: a bridge without uplink.
     let mut lone = network_spec(true);
-    lone.physical_network = Some("nowhere".into());
+    lone.segment = Segment::Flat {
+        physical_network: "nowhere".into(),
+    };
     h.call(|r| r.apply_network(&lone))
         .expect("unmapped physical network");
     let lone_br = names::bridge(&lone.id);
@@ -485,7 +489,9 @@ fn physical_network_uplink_is_enslaved_and_missing_uplink_is_refused() {
     // Mapped to an interface that does not exist: refused, no bridge left behind.
     let h2 = RealiserHost::new(&[("physnet1", "nosuchdev0")]);
     let mut ext2 = network_spec(true);
-    ext2.physical_network = Some("physnet1".into());
+    ext2.segment = Segment::Flat {
+        physical_network: "physnet1".into(),
+    };
     let err = h2
         .call(|r| r.apply_network(&ext2))
         .expect_err("missing uplink");

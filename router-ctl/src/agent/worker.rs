@@ -1,0 +1,344 @@
+//! The agent's work while connected: a full resync at start, when report_state answers
+//! `revived`, when the agent is set up again and every `resync_interval`; otherwise the routers
+//! that notifications named, several notifications for one router coalesced into one
+//! `sync_routers`; drift repair every `reconcile_interval`. The kernel work runs on blocking
+//! threads; a lost connection ends the session without touching a realised router.
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use super::{
+    book::{Book, FipStatuses},
+    envelope::Incoming,
+    mapping,
+    notify::{self, Notice},
+    plugin::Plugin,
+    rpc::Session,
+};
+use crate::metrics::Metrics;
+
+/// What the worker shares across sessions.
+pub struct Worker {
+    pub book: Arc<Mutex<Book>>,
+    pub metrics: Arc<Metrics>,
+    pub host: String,
+    pub rpc_timeout: Duration,
+    pub resync_every: Duration,
+    pub reconcile_every: Duration,
+    /// `sync_routers` chunk size (halved on timeouts, kept across syncs).
+    pub chunk: usize,
+    /// `agent_updated`'s last word.
+    pub admin_state_up: bool,
+    /// A full sync has completed in this process (drift repair waits for it).
+    pub synced: bool,
+}
+
+/// Why a session's work ended.
+#[derive(Debug)]
+pub enum Ended {
+    /// The connection died (reconnect).
+    Disconnected(String),
+    /// Shutdown asked.
+    Stopped,
+}
+
+/// Work to do before waiting again.
+#[derive(Default)]
+struct Pending {
+    full: bool,
+    update: BTreeSet<String>,
+    remove: BTreeSet<String>,
+}
+
+impl Pending {
+    /// Takes a notice in; notices for one router coalesce (a removal wins over an update that
+    /// came before it, an update after a removal brings the router back).
+    fn take(&mut self, n: Notice, agent_up: &mut bool) {
+        match n {
+            Notice::RoutersUpdated(ids) | Notice::AddedToAgent(ids) => {
+                for id in ids {
+                    self.remove.remove(&id);
+                    self.update.insert(id);
+                }
+            }
+            Notice::RouterDeleted(id) | Notice::RemovedFromAgent(id) => {
+                self.update.remove(&id);
+                self.remove.insert(id);
+            }
+            Notice::AgentUpdated { admin_state_up } => {
+                if admin_state_up && !*agent_up {
+                    self.full = true;
+                }
+                tracing::info!(admin_state_up, "agent updated");
+                *agent_up = admin_state_up;
+            }
+        }
+    }
+}
+
+impl Worker {
+    fn book(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Serves one session until its connection dies or `stop` is set.
+    pub async fn serve(
+        &mut self,
+        session: &Session,
+        inbound: &mut mpsc::UnboundedReceiver<Incoming>,
+        revived: &mut mpsc::UnboundedReceiver<()>,
+        stop: &mut watch::Receiver<bool>,
+    ) -> Ended {
+        let mut pending = Pending {
+            full: true,
+            ..Pending::default()
+        };
+        let mut resync = tokio::time::interval(self.resync_every);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.tick().await;
+        let mut repair = tokio::time::interval(self.reconcile_every);
+        repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        repair.tick().await;
+        let mut retry_at: Option<Instant> = None;
+        loop {
+            if retry_at.is_none_or(|t| Instant::now() >= t) {
+                retry_at = None;
+                if let Err(e) = self.work(session, &mut pending).await {
+                    tracing::warn!("sync failed (retried in 5 s): {e:#}");
+                    retry_at = Some(Instant::now() + Duration::from_secs(5));
+                }
+            }
+            let wake = retry_at.map_or(Duration::from_secs(3600), |t| {
+                t.saturating_duration_since(Instant::now())
+            });
+            tokio::select! {
+                why = session.closed() => return Ended::Disconnected(why),
+                _ = stop.wait_for(|s| *s) => return Ended::Stopped,
+                msg = inbound.recv() => {
+                    let Some(first) = msg else { return Ended::Stopped };
+                    self.take(first, &mut pending);
+                    // Everything already queued joins this round: coalescing.
+                    while let Ok(m) = inbound.try_recv() {
+                        self.take(m, &mut pending);
+                    }
+                }
+                Some(()) = revived.recv() => {
+                    tracing::info!("neutron-server says the agent was revived: full resync");
+                    pending.full = true;
+                }
+                _ = resync.tick() => pending.full = true,
+                _ = repair.tick() => self.repair().await,
+                _ = tokio::time::sleep(wake) => {}
+            }
+        }
+    }
+
+    fn take(&mut self, m: Incoming, pending: &mut Pending) {
+        match notify::parse(&m.method, &m.args) {
+            Ok(n) => {
+                tracing::debug!(?n, "notification");
+                pending.take(n, &mut self.admin_state_up);
+            }
+            Err(e) => tracing::warn!(method = m.method, "ignored a message: {e:#}"),
+        }
+    }
+
+    /// Does what is pending: a full sync, else removals and updates. What fails stays pending.
+    async fn work(&mut self, session: &Session, pending: &mut Pending) -> Result<()> {
+        let host = self.host.clone();
+        let plugin = Plugin {
+            session,
+            host: &host,
+            timeout: self.rpc_timeout,
+        };
+        if pending.full {
+            self.full_sync(&plugin).await?;
+            pending.full = false;
+            pending.update.clear();
+            pending.remove.clear();
+            return Ok(());
+        }
+        if !pending.remove.is_empty() {
+            let ids = std::mem::take(&mut pending.remove);
+            self.blocking(move |b| {
+                for id in &ids {
+                    b.remove(id);
+                }
+                FipStatuses::new()
+            })
+            .await?;
+        }
+        if !pending.update.is_empty() {
+            let ids: Vec<String> = pending.update.iter().cloned().collect();
+            let (dicts, chunk) = plugin.sync_routers(&ids, self.chunk).await?;
+            self.chunk = chunk;
+            self.learn_segments(&plugin, &dicts).await;
+            let returned: BTreeSet<String> = dicts
+                .iter()
+                .filter_map(mapping::router_id)
+                .map(str::to_string)
+                .collect();
+            let gone: Vec<String> = ids
+                .iter()
+                .filter(|i| !returned.contains(*i))
+                .cloned()
+                .collect();
+            let statuses = self
+                .blocking(move |b| {
+                    // Not returned: deleted, or no longer hosted here.
+                    for id in &gone {
+                        b.remove(id);
+                    }
+                    b.apply_all(&dicts)
+                })
+                .await?;
+            pending.update.clear();
+            report_fips(&plugin, statuses).await;
+        }
+        Ok(())
+    }
+
+    /// Every router scheduled here, fetched and realised; the ones held and no longer
+    /// scheduled here torn down.
+    async fn full_sync(&mut self, plugin: &Plugin<'_>) -> Result<()> {
+        let start = Instant::now();
+        let ids = plugin.get_router_ids().await?;
+        let (dicts, chunk) = plugin.sync_routers(&ids, self.chunk).await?;
+        self.chunk = chunk;
+        self.book().segments.clear();
+        self.learn_segments(plugin, &dicts).await;
+        let keep: BTreeSet<String> = dicts
+            .iter()
+            .filter_map(mapping::router_id)
+            .map(str::to_string)
+            .collect();
+        let n = dicts.len();
+        let statuses = self
+            .blocking(move |b| {
+                b.remove_all_but(&keep);
+                b.apply_all(&dicts)
+            })
+            .await?;
+        report_fips(plugin, statuses).await;
+        self.synced = true;
+        tracing::info!(
+            routers = n,
+            took_ms = start.elapsed().as_millis() as u64,
+            "full sync done"
+        );
+        Ok(())
+    }
+
+    /// Asks neutron-server for the segments of networks not seen yet; a network it cannot
+    /// describe stays unknown (its routers are then refused with that reason).
+    async fn learn_segments(&self, plugin: &Plugin<'_>, dicts: &[Value]) {
+        let unknown = self.book().unknown_networks(dicts);
+        for net in unknown {
+            match plugin.get_network_details(&net).await {
+                Ok(d) => match mapping::segment_of(&d) {
+                    Ok(s) => {
+                        self.book().segments.insert(net, s);
+                    }
+                    Err(e) => tracing::error!(network = net, "{e}"),
+                },
+                Err(e) => tracing::warn!(network = net, "get_network_details: {e:#}"),
+            }
+        }
+    }
+
+    /// Drift repair over what is held (after the first full sync).
+    async fn repair(&self) {
+        if !self.synced {
+            return;
+        }
+        let book = self.book.clone();
+        let metrics = self.metrics.clone();
+        let r = tokio::task::spawn_blocking(move || {
+            let b = book.lock().unwrap_or_else(|p| p.into_inner());
+            let start = Instant::now();
+            let r = b.reconcile();
+            if let Some(r) = &r {
+                metrics.reconcile_pass(r.as_ref().ok(), start.elapsed());
+            }
+            r
+        })
+        .await;
+        match r {
+            Ok(Some(Ok(rep))) if !rep.repaired.is_empty() || !rep.removed.is_empty() => {
+                tracing::info!(repaired = ?rep.repaired, removed = ?rep.removed, "reconciled")
+            }
+            Ok(Some(Err(e))) => tracing::warn!("reconcile failed: {e:#}"),
+            Err(e) => tracing::error!("reconcile task failed: {e}"),
+            _ => {}
+        }
+    }
+
+    async fn blocking(
+        &self,
+        f: impl FnOnce(&mut Book) -> FipStatuses + Send + 'static,
+    ) -> Result<FipStatuses> {
+        let book = self.book.clone();
+        Ok(tokio::task::spawn_blocking(move || {
+            let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut b)
+        })
+        .await?)
+    }
+}
+
+/// Tells neutron-server the floating IP statuses that changed.
+async fn report_fips(plugin: &Plugin<'_>, statuses: FipStatuses) {
+    for (router, st) in statuses {
+        match plugin.update_floatingip_statuses(&router, &st).await {
+            Ok(()) => tracing::info!(router, statuses = ?st, "floating IP statuses reported"),
+            Err(e) => tracing::warn!(router, "update_floatingip_statuses: {e:#}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_for_one_router_coalesce() {
+        let mut p = Pending::default();
+        let mut up = true;
+        p.take(
+            Notice::RoutersUpdated(vec!["a".into(), "b".into()]),
+            &mut up,
+        );
+        p.take(Notice::RoutersUpdated(vec!["a".into()]), &mut up);
+        p.take(Notice::RouterDeleted("b".into()), &mut up);
+        assert_eq!(p.update, BTreeSet::from(["a".to_string()]));
+        assert_eq!(p.remove, BTreeSet::from(["b".to_string()]));
+        p.take(Notice::AddedToAgent(vec!["b".into()]), &mut up);
+        assert!(
+            p.remove.is_empty() && p.update.len() == 2,
+            "added back after the removal"
+        );
+        p.take(Notice::RemovedFromAgent("a".into()), &mut up);
+        assert_eq!(p.remove, BTreeSet::from(["a".to_string()]));
+        p.take(
+            Notice::AgentUpdated {
+                admin_state_up: false,
+            },
+            &mut up,
+        );
+        assert!(!p.full && !up);
+        p.take(
+            Notice::AgentUpdated {
+                admin_state_up: true,
+            },
+            &mut up,
+        );
+        assert!(p.full && up, "set up again: full resync");
+    }
+}
