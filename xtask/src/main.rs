@@ -102,7 +102,10 @@ fn apt_install(packages: &[&str]) -> Result<()> {
     let policy = Path::new("/usr/sbin/policy-rc.d");
     let ours = !policy.exists();
     if ours {
-        std::fs::write(policy, "#!/bin/sh\n# cargo xtask: no service starts during install\nexit 101\n")?;
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# cargo xtask: no service starts during install\nexit 101\n",
+        )?;
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
     }
@@ -146,7 +149,10 @@ pub fn ensure_neutron() -> Result<PathBuf> {
 /// Whether a test filter can select agent-mode tests (they need the neutron stack).
 fn wants_neutron(args: &[String]) -> bool {
     let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
-    filters.is_empty() || filters.iter().any(|a| "agent::".contains(a.as_str()) || a.contains("agent"))
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|a| "agent::".contains(a.as_str()) || a.contains("agent"))
 }
 
 /// Commands the test suite and the demo run to build and probe their topology.

@@ -77,7 +77,12 @@ pub fn tenant(cloud: &Cloud, vni: Option<u32>, cidr: &str) -> Net {
             "--provider-physical-network",
             "tenant",
         ],
-        Some(_) => vec!["--provider-network-type", "vxlan", "--provider-segment", &seg],
+        Some(_) => vec![
+            "--provider-network-type",
+            "vxlan",
+            "--provider-segment",
+            &seg,
+        ],
     };
     let name = unique("tenant");
     let net = cloud.create("network", &[&provider[..], &[name.as_str()]].concat());

@@ -31,11 +31,21 @@ fn two_agents_share_routers_and_fail_over() {
     let compute = Compute::new(&fabric, "10.99.0.100").unwrap_or_else(|e| panic!("{e:#}"));
     let tag = unique("");
     let mut nodes = Vec::new();
-    for (i, ip, other) in [(1, "10.99.0.11", "10.99.0.12"), (2, "10.99.0.12", "10.99.0.11")] {
+    for (i, ip, other) in [
+        (1, "10.99.0.11", "10.99.0.12"),
+        (2, "10.99.0.12", "10.99.0.11"),
+    ] {
         let host = format!("netnode-{i}-{tag}");
         cloud.forget_agents_on_drop(&host);
-        let mut n = AgentNode::start(&stack, &fabric, &router_ctl_bin(), &host, ip, &["10.99.0.100", other])
-            .unwrap_or_else(|e| panic!("{e:#}"));
+        let mut n = AgentNode::start(
+            &stack,
+            &fabric,
+            &router_ctl_bin(),
+            &host,
+            ip,
+            &["10.99.0.100", other],
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
         n.wait_registered(&stack, Duration::from_secs(60))
             .unwrap_or_else(|e| panic!("{e:#}"));
         nodes.push(Some(n));
@@ -65,7 +75,10 @@ fn two_agents_share_routers_and_fail_over() {
     let hosts: Vec<Vec<String>> = routers.iter().map(|(r, _)| cloud.router_hosts(r)).collect();
     assert_eq!(hosts[0].len(), 1, "{hosts:?}");
     assert_eq!(hosts[1].len(), 1, "{hosts:?}");
-    assert_ne!(hosts[0], hosts[1], "the stock scheduler spreads two routers over two agents");
+    assert_ne!(
+        hosts[0], hosts[1],
+        "the stock scheduler spreads two routers over two agents"
+    );
 
     let vms: Vec<_> = nets
         .iter()
@@ -83,19 +96,28 @@ fn two_agents_share_routers_and_fail_over() {
         .iter()
         .position(|n| n.as_ref().is_some_and(|n| n.host == hosts[0][0]))
         .expect("router A's node");
-    let survivor = nodes[1 - dead].as_ref().map(|n| n.host.clone()).expect("survivor");
+    let survivor = nodes[1 - dead]
+        .as_ref()
+        .map(|n| n.host.clone())
+        .expect("survivor");
     let t0 = Instant::now();
     if let Some(n) = nodes[dead].take() {
         n.die(std::slice::from_ref(&ra));
     }
     let limit = Duration::from_secs(AGENT_DOWN_TIME + 90);
-    wait("router A rescheduled to the survivor", limit, || logs(&nodes), || {
-        cloud.router_hosts(&ra) == vec![survivor.clone()]
-    });
+    wait(
+        "router A rescheduled to the survivor",
+        limit,
+        || logs(&nodes),
+        || cloud.router_hosts(&ra) == vec![survivor.clone()],
+    );
     let moved = t0.elapsed();
     let seen = wait_source_seen(&vms[0].name, at(UPSTREAM), Duration::from_secs(60))
         .unwrap_or_else(|e| panic!("after failover: {e:#}\n{}", logs(&nodes)));
-    assert_eq!(seen, gwa, "router A served by the survivor with the same gateway address");
+    assert_eq!(
+        seen, gwa,
+        "router A served by the survivor with the same gateway address"
+    );
     eprintln!(
         "failover: router moved after {moved:?}, served after {:?} (agent_down_time {AGENT_DOWN_TIME} s)",
         t0.elapsed()

@@ -68,7 +68,9 @@ fn openstack_cli_round_trips_and_agent_reports() {
     cloud.add_router_subnet(&rid, &id_of(&vx_sub));
     let shown = cloud.set_gateway(&rid, &id_of(&public));
     let gw = &shown["external_gateway_info"]["external_fixed_ips"][0]["ip_address"];
-    let gw = gw.as_str().unwrap_or_else(|| panic!("no gateway IP in {shown}"));
+    let gw = gw
+        .as_str()
+        .unwrap_or_else(|| panic!("no gateway IP in {shown}"));
     assert!(gw.starts_with("203.0.113."), "{shown}");
     let ports = cloud.json(&["port", "list", "--router", &rid]);
     assert_eq!(ports.as_array().map(Vec::len), Some(2), "{ports}");

@@ -54,32 +54,50 @@ fn agent_routes_snat_fip_and_survives_kill9() {
     cloud.add_router_subnet(&rid, &vx.subnet_id());
     let router = cloud.set_gateway(&rid, &public.id());
     let gw = gateway_ip(&router);
-    assert_eq!(cloud.router_hosts(&rid), vec![host.clone()], "scheduled to the agent");
+    assert_eq!(
+        cloud.router_hosts(&rid),
+        vec![host.clone()],
+        "scheduled to the agent"
+    );
 
     let (vm_flat, _) = vm(&cloud, &compute, &flat, &[]);
     let (vm_vx, vx_port) = vm(&cloud, &compute, &vx, &["10.99.0.11"]);
     let qns = format!("qrouter-{rid}");
-    wait("the qrouter namespace", Duration::from_secs(90), || node.log(), || netns_exists(&qns));
+    wait(
+        "the qrouter namespace",
+        Duration::from_secs(90),
+        || node.log(),
+        || netns_exists(&qns),
+    );
     for (name, vmns) in [("flat", &vm_flat), ("vxlan", &vm_vx)] {
         let seen = wait_source_seen(&vmns.name, at(UPSTREAM), Duration::from_secs(60))
             .unwrap_or_else(|e| panic!("{name} VM: {e:#}\nagent log:\n{}", node.log()));
-        assert_eq!(seen, gw, "the {name} VM reaches the upstream as the gateway address");
+        assert_eq!(
+            seen, gw,
+            "the {name} VM reaches the upstream as the gateway address"
+        );
     }
 
     // A floating IP on the VXLAN VM: inbound reaches it, Neutron shows it ACTIVE, and the VM's
     // own traffic leaves with it.
-    let fip = cloud.create(
-        "floating ip",
-        &["--port", &id_of(&vx_port), &public.id()],
-    );
-    let fip_ip = fip["floating_ip_address"].as_str().expect("fip").to_string();
+    let fip = cloud.create("floating ip", &["--port", &id_of(&vx_port), &public.id()]);
+    let fip_ip = fip["floating_ip_address"]
+        .as_str()
+        .expect("fip")
+        .to_string();
     let _vm_web = PeerEcho::start(&vm_vx.name, PORT).unwrap_or_else(|e| panic!("{e:#}"));
-    wait("the floating IP ACTIVE", Duration::from_secs(60), || node.log(), || {
-        cloud.json(&["floating", "ip", "show", &id_of(&fip)])["status"] == "ACTIVE"
-    });
+    wait(
+        "the floating IP ACTIVE",
+        Duration::from_secs(60),
+        || node.log(),
+        || cloud.json(&["floating", "ip", "show", &id_of(&fip)])["status"] == "ACTIVE",
+    );
     let inbound = wait_source_seen(&upstream.name, at(&fip_ip), Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", node.log()));
-    assert_eq!(inbound, UPSTREAM, "inbound to the floating IP keeps its source");
+    assert_eq!(
+        inbound, UPSTREAM,
+        "inbound to the floating IP keeps its source"
+    );
     assert_eq!(
         source_seen(&vm_vx.name, at(UPSTREAM)).unwrap_or_else(|e| panic!("{e:#}")),
         fip_ip,
@@ -91,7 +109,8 @@ fn agent_routes_snat_fip_and_survives_kill9() {
     assert_eq!(flow.ask().unwrap_or_else(|e| panic!("{e:#}")), gw);
     node.kill9();
     assert_eq!(
-        flow.ask().unwrap_or_else(|e| panic!("flow with the agent dead: {e:#}")),
+        flow.ask()
+            .unwrap_or_else(|e| panic!("flow with the agent dead: {e:#}")),
         gw
     );
     node.start_agent().unwrap_or_else(|e| panic!("{e:#}"));
@@ -118,7 +137,12 @@ fn agent_routes_snat_fip_and_survives_kill9() {
             .flatten()
             .any(|l| l["ifname"].as_str().is_some_and(|n| n.starts_with("qg-")))
     };
-    wait("the qg- device removed", Duration::from_secs(60), || node.log(), || !has_qg());
+    wait(
+        "the qg- device removed",
+        Duration::from_secs(60),
+        || node.log(),
+        || !has_qg(),
+    );
     assert!(
         source_seen(&vm_flat.name, at(UPSTREAM)).is_err(),
         "no upstream without a gateway"
@@ -129,9 +153,12 @@ fn agent_routes_snat_fip_and_survives_kill9() {
     cloud.os(&["router", "remove", "subnet", &rid, &vx.subnet_id()]);
     cloud.os(&["router", "delete", &rid]);
     cloud.deleted(&rid);
-    wait("the qrouter namespace removed", Duration::from_secs(60), || node.log(), || {
-        !netns_exists(&qns)
-    });
+    wait(
+        "the qrouter namespace removed",
+        Duration::from_secs(60),
+        || node.log(),
+        || !netns_exists(&qns),
+    );
     let log = node.log();
     assert!(!log.contains("panicked"), "{log}");
 }

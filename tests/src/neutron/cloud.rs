@@ -155,7 +155,10 @@ impl Drop for Cloud<'_> {
             if let Err(e) = self.stack.os(&refs) {
                 // Already gone (the test deleted it) is fine; anything else is worth a line.
                 let msg = format!("{e:#}");
-                if !msg.contains("No ") && !msg.contains("not found") && !msg.contains("Could not find") {
+                if !msg.contains("No ")
+                    && !msg.contains("not found")
+                    && !msg.contains("Could not find")
+                {
                     eprintln!("cleanup: {msg}");
                 }
             }

@@ -27,22 +27,32 @@ pub fn start(ns: &str, dir: &Path) -> Result<Proc> {
     )
     .context("mariadb-install-db")?;
     let mut cmd = netns_cmd(ns, "mariadbd");
-    cmd.args(["--no-defaults", "--user=root", "--bind-address=127.0.0.1", "--port=3306"])
-        .arg(format!("--datadir={}", data.display()))
-        .arg(format!("--socket={}", sock.display()))
-        .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
-        .arg(format!("--tmpdir={}", tmp.display()))
-        .arg(format!("--log-error={}", dir.join("error.log").display()))
-        // A throwaway database: small and fast rather than durable.
-        .args([
-            "--skip-name-resolve",
-            "--innodb-buffer-pool-size=64M",
-            "--innodb-flush-log-at-trx-commit=0",
-            "--innodb-doublewrite=0",
-            "--character-set-server=utf8mb4",
-            "--collation-server=utf8mb4_general_ci",
-        ]);
-    let mut proc = Proc::spawn("mariadbd", cmd, &dir.join("mariadbd.log"), Duration::from_secs(15))?;
+    cmd.args([
+        "--no-defaults",
+        "--user=root",
+        "--bind-address=127.0.0.1",
+        "--port=3306",
+    ])
+    .arg(format!("--datadir={}", data.display()))
+    .arg(format!("--socket={}", sock.display()))
+    .arg(format!("--pid-file={}", dir.join("mysqld.pid").display()))
+    .arg(format!("--tmpdir={}", tmp.display()))
+    .arg(format!("--log-error={}", dir.join("error.log").display()))
+    // A throwaway database: small and fast rather than durable.
+    .args([
+        "--skip-name-resolve",
+        "--innodb-buffer-pool-size=64M",
+        "--innodb-flush-log-at-trx-commit=0",
+        "--innodb-doublewrite=0",
+        "--character-set-server=utf8mb4",
+        "--collation-server=utf8mb4_general_ci",
+    ]);
+    let mut proc = Proc::spawn(
+        "mariadbd",
+        cmd,
+        &dir.join("mariadbd.log"),
+        Duration::from_secs(15),
+    )?;
     let client = |sql: &str| {
         netns_cmd(ns, "mariadb")
             .args(["--no-defaults", "-u", "root"])
@@ -50,9 +60,12 @@ pub fn start(ns: &str, dir: &Path) -> Result<Proc> {
             .args(["-e", sql])
             .output()
     };
-    wait_until("MariaDB answers", Duration::from_secs(60), Some(&mut proc), || {
-        client("SELECT 1").is_ok_and(|o| o.status.success())
-    })
+    wait_until(
+        "MariaDB answers",
+        Duration::from_secs(60),
+        Some(&mut proc),
+        || client("SELECT 1").is_ok_and(|o| o.status.success()),
+    )
     .with_context(|| super::proc::log_tail(&dir.join("error.log"), 30))?;
     let setup = "CREATE DATABASE neutron CHARACTER SET utf8mb4; \
                  CREATE USER 'neutron'@'127.0.0.1' IDENTIFIED BY 'neutron'; \
@@ -66,4 +79,3 @@ pub fn start(ns: &str, dir: &Path) -> Result<Proc> {
     }
     Ok(proc)
 }
-

@@ -17,6 +17,6 @@ mod stack;
 pub mod traffic;
 pub mod venv;
 
-pub use server::{AGENT_DOWN_TIME, API_PORT};
 pub use cloud::{Cloud, id_of};
+pub use server::{AGENT_DOWN_TIME, API_PORT};
 pub use stack::{STACK_ENV, Stack};

@@ -187,8 +187,21 @@ impl AgentNode {
         let end = Instant::now() + limit;
         loop {
             let alive = stack
-                .os(&["network", "agent", "list", "--host", &self.host, "--agent-type", "l3", "-f", "json"])
-                .is_ok_and(|v| v.as_array().is_some_and(|a| a.iter().any(|x| x["Alive"] == true)));
+                .os(&[
+                    "network",
+                    "agent",
+                    "list",
+                    "--host",
+                    &self.host,
+                    "--agent-type",
+                    "l3",
+                    "-f",
+                    "json",
+                ])
+                .is_ok_and(|v| {
+                    v.as_array()
+                        .is_some_and(|a| a.iter().any(|x| x["Alive"] == true))
+                });
             if alive {
                 return Ok(());
             }
@@ -196,7 +209,11 @@ impl AgentNode {
                 bail!("router-ctl agent on {} exited:\n{}", self.host, self.log());
             }
             if Instant::now() > end {
-                bail!("the agent on {} did not register within {limit:?}:\n{}", self.host, self.log());
+                bail!(
+                    "the agent on {} did not register within {limit:?}:\n{}",
+                    self.host,
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -242,19 +259,44 @@ impl Compute {
         }
         let dev = format!("vxlan-{vni}");
         self.ns.try_ip(&[
-            "link", "add", &dev, "type", "vxlan", "id", &vni.to_string(), "local", &self.tunnel_ip,
-            "dstport", VXLAN_PORT, "dev", "eth-tun",
+            "link",
+            "add",
+            &dev,
+            "type",
+            "vxlan",
+            "id",
+            &vni.to_string(),
+            "local",
+            &self.tunnel_ip,
+            "dstport",
+            VXLAN_PORT,
+            "dev",
+            "eth-tun",
         ])?;
         for p in peers {
             let out = std::process::Command::new("bridge")
-                .args(["-n", &self.ns.name, "fdb", "append", "00:00:00:00:00:00", "dev", &dev, "dst", p])
+                .args([
+                    "-n",
+                    &self.ns.name,
+                    "fdb",
+                    "append",
+                    "00:00:00:00:00:00",
+                    "dev",
+                    &dev,
+                    "dst",
+                    p,
+                ])
                 .output()?;
             if !out.status.success() {
-                bail!("bridge fdb append {p}: {}", String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "bridge fdb append {p}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
         }
         self.ns.try_ip(&["link", "add", &br, "type", "bridge"])?;
-        self.ns.try_ip(&["link", "set", &dev, "master", &br, "up"])?;
+        self.ns
+            .try_ip(&["link", "set", &dev, "master", &br, "up"])?;
         self.ns.try_ip(&["link", "set", &br, "up"])?;
         Ok(br)
     }

@@ -53,14 +53,27 @@ pub fn start(ns: &str, dir: &Path) -> Result<Proc> {
     fs::write(dir.join("enabled_plugins"), "[].\n")?;
     let mut cmd = netns_cmd(ns, "/usr/lib/rabbitmq/bin/rabbitmq-server");
     env(&mut cmd, dir);
-    let mut proc = Proc::spawn("rabbitmq-server", cmd, &dir.join("server.log"), Duration::from_secs(20))?;
-    wait_until("RabbitMQ listens on 127.0.0.1:5672", Duration::from_secs(120), Some(&mut proc), || {
-        try_enter_named(ns, || {
-            TcpStream::connect_timeout(&([127, 0, 0, 1], AMQP_PORT).into(), Duration::from_secs(1))
+    let mut proc = Proc::spawn(
+        "rabbitmq-server",
+        cmd,
+        &dir.join("server.log"),
+        Duration::from_secs(20),
+    )?;
+    wait_until(
+        "RabbitMQ listens on 127.0.0.1:5672",
+        Duration::from_secs(120),
+        Some(&mut proc),
+        || {
+            try_enter_named(ns, || {
+                TcpStream::connect_timeout(
+                    &([127, 0, 0, 1], AMQP_PORT).into(),
+                    Duration::from_secs(1),
+                )
                 .is_ok()
-        })
-        .unwrap_or(false)
-    })?;
+            })
+            .unwrap_or(false)
+        },
+    )?;
     Ok(proc)
 }
 

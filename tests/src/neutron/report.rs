@@ -17,9 +17,14 @@ pub const REPORT_INTERVAL: u64 = 4;
 
 fn command(stack: &Stack, host: &str, kind: &str) -> Command {
     let mut c = stack.venv_cmd("python");
-    c.arg("-c")
-        .arg(SCRIPT)
-        .args(["--url", stack.transport_url(), "--host", host, "--kind", kind]);
+    c.arg("-c").arg(SCRIPT).args([
+        "--url",
+        stack.transport_url(),
+        "--host",
+        host,
+        "--kind",
+        kind,
+    ]);
     c
 }
 
@@ -31,7 +36,12 @@ pub struct L2Report {
 }
 
 impl L2Report {
-    pub fn start(stack: &Stack, host: &str, physnets: &[&str], tunnel_ip: Option<&str>) -> Result<Self> {
+    pub fn start(
+        stack: &Stack,
+        host: &str,
+        physnets: &[&str],
+        tunnel_ip: Option<&str>,
+    ) -> Result<Self> {
         eprintln!(
             "harness: reporting an Open vSwitch agent for host {host} on the node's behalf (port binding needs one)"
         );
@@ -44,7 +54,12 @@ impl L2Report {
         }
         c.args(["--interval", &REPORT_INTERVAL.to_string()]);
         let log = stack.dir.join(format!("l2-report-{host}.log"));
-        let mut proc = Proc::spawn(&format!("L2 report for {host}"), c, &log, Duration::from_secs(2))?;
+        let mut proc = Proc::spawn(
+            &format!("L2 report for {host}"),
+            c,
+            &log,
+            Duration::from_secs(2),
+        )?;
         super::proc::wait_until(
             &format!("the first L2 report for {host}"),
             Duration::from_secs(60),

@@ -107,20 +107,37 @@ pub fn start(ns: &str, dir: &Path, venv: &Path) -> Result<Vec<Proc>> {
     try_sh(migrate.args(["upgrade", "heads"])).context("neutron-db-manage upgrade heads")?;
 
     let mut api = netns_cmd(ns, bin("gunicorn"));
-    api.args(["--workers", "1", "--timeout", "300", "--graceful-timeout", "5"])
-        .arg("--bind")
-        .arg(format!("127.0.0.1:{API_PORT}"))
-        .arg("--pythonpath")
-        .arg(dir)
-        .arg("neutron_api_wsgi:application");
+    api.args([
+        "--workers",
+        "1",
+        "--timeout",
+        "300",
+        "--graceful-timeout",
+        "5",
+    ])
+    .arg("--bind")
+    .arg(format!("127.0.0.1:{API_PORT}"))
+    .arg("--pythonpath")
+    .arg(dir)
+    .arg("neutron_api_wsgi:application");
     let mut rpc = netns_cmd(ns, bin("neutron-rpc-server"));
     config_args(&mut rpc);
     let mut periodic = netns_cmd(ns, bin("neutron-periodic-workers"));
     config_args(&mut periodic);
     let grace = Duration::from_secs(10);
     Ok(vec![
-        Proc::spawn("neutron-rpc-server", rpc, &dir.join("rpc-server.log"), grace)?,
-        Proc::spawn("neutron-periodic-workers", periodic, &dir.join("periodic.log"), grace)?,
+        Proc::spawn(
+            "neutron-rpc-server",
+            rpc,
+            &dir.join("rpc-server.log"),
+            grace,
+        )?,
+        Proc::spawn(
+            "neutron-periodic-workers",
+            periodic,
+            &dir.join("periodic.log"),
+            grace,
+        )?,
         Proc::spawn("neutron API (gunicorn)", api, &dir.join("api.log"), grace)?,
     ])
 }

@@ -68,20 +68,32 @@ impl Stack {
         };
         let ns_name = owned.ns.name.clone();
         let root = owned.dir.path.clone();
-        eprintln!("neutron stack: starting in namespace {ns_name}, files in {}", root.display());
+        eprintln!(
+            "neutron stack: starting in namespace {ns_name}, files in {}",
+            root.display()
+        );
         let sub = |name: &str| -> Result<PathBuf> {
             let p = root.join(name);
             std::fs::create_dir_all(&p)?;
             Ok(p)
         };
         let t0 = std::time::Instant::now();
-        owned.procs.push(mariadb::start(&ns_name, &sub("mariadb")?)?);
+        owned
+            .procs
+            .push(mariadb::start(&ns_name, &sub("mariadb")?)?);
         eprintln!("neutron stack: MariaDB up after {:?}", t0.elapsed());
-        owned.procs.push(rabbitmq::start(&ns_name, &sub("rabbitmq")?)?);
+        owned
+            .procs
+            .push(rabbitmq::start(&ns_name, &sub("rabbitmq")?)?);
         eprintln!("neutron stack: RabbitMQ up after {:?}", t0.elapsed());
         let neutron_dir = sub("neutron")?;
-        owned.procs.extend(server::start(&ns_name, &neutron_dir, &venv)?);
-        eprintln!("neutron stack: database migrated, neutron starting after {:?}", t0.elapsed());
+        owned
+            .procs
+            .extend(server::start(&ns_name, &neutron_dir, &venv)?);
+        eprintln!(
+            "neutron stack: database migrated, neutron starting after {:?}",
+            t0.elapsed()
+        );
         let mut stack = Self {
             netns: ns_name,
             venv,
@@ -93,7 +105,11 @@ impl Stack {
         let ready = stack.wait_ready(Duration::from_secs(180), api);
         stack.owned = Some(owned);
         ready?;
-        eprintln!("neutron stack: ready in namespace {} after {:?}", stack.netns, t0.elapsed());
+        eprintln!(
+            "neutron stack: ready in namespace {} after {:?}",
+            stack.netns,
+            t0.elapsed()
+        );
         Ok(stack)
     }
 
@@ -102,7 +118,8 @@ impl Stack {
         let Ok(text) = std::env::var(STACK_ENV) else {
             return Ok(None);
         };
-        let v: Value = serde_json::from_str(&text).with_context(|| format!("{STACK_ENV}={text}"))?;
+        let v: Value =
+            serde_json::from_str(&text).with_context(|| format!("{STACK_ENV}={text}"))?;
         let field = |k: &str| {
             v[k].as_str()
                 .map(str::to_string)
@@ -124,7 +141,9 @@ impl Stack {
     pub fn for_test() -> Self {
         match Self::from_env() {
             Ok(Some(s)) => s,
-            Ok(None) => Self::start().unwrap_or_else(|e| panic!("starting the neutron stack: {e:#}")),
+            Ok(None) => {
+                Self::start().unwrap_or_else(|e| panic!("starting the neutron stack: {e:#}"))
+            }
             Err(e) => panic!("{e:#}"),
         }
     }
@@ -244,7 +263,10 @@ impl Stack {
 
     /// The last lines of a neutron log (`api`, `rpc-server`, `periodic`), for failure messages.
     pub fn log_tail(&self, which: &str, lines: usize) -> String {
-        super::proc::log_tail(&self.dir.join("neutron").join(format!("{which}.log")), lines)
+        super::proc::log_tail(
+            &self.dir.join("neutron").join(format!("{which}.log")),
+            lines,
+        )
     }
 
     /// The stack's files (config and logs).

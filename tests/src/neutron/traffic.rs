@@ -75,8 +75,10 @@ pub struct Probe {
 
 impl Probe {
     pub fn connect(ns: &str, to: SocketAddr) -> Result<Self> {
-        let s = try_enter_named(ns, || TcpStream::connect_timeout(&to, Duration::from_secs(3)))?
-            .with_context(|| format!("connecting to {to} from {ns}"))?;
+        let s = try_enter_named(ns, || {
+            TcpStream::connect_timeout(&to, Duration::from_secs(3))
+        })?
+        .with_context(|| format!("connecting to {to} from {ns}"))?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
         Ok(Self {
             w: s.try_clone()?,

@@ -20,7 +20,11 @@ pub const REQUIREMENTS: &str = include_str!("../../neutron/requirements-neutron2
 fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target"))
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        })
 }
 
 /// `target/neutron-venv`, installed or brought up to date with the pinned requirements.
@@ -33,7 +37,12 @@ pub fn ensure() -> Result<PathBuf> {
         .context("locking the neutron venv")?;
     let venv = target.join("neutron-venv");
     let marker = venv.join("requirements-installed.txt");
-    let tools = ["neutron-db-manage", "neutron-rpc-server", "gunicorn", "openstack"];
+    let tools = [
+        "neutron-db-manage",
+        "neutron-rpc-server",
+        "gunicorn",
+        "openstack",
+    ];
     let ready = fs::read_to_string(&marker).is_ok_and(|m| m == REQUIREMENTS)
         && tools.iter().all(|t| venv.join("bin").join(t).is_file());
     if ready {
