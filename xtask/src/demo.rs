@@ -47,6 +47,10 @@ pub struct DemoArgs {
     /// Internal: `GET /` from ADDR and print the body (run inside a VM namespace).
     #[arg(long, hide = true, value_name = "ADDR", conflicts_with_all = ["keep", "teardown"])]
     http_get: Option<SocketAddr>,
+    /// The same story driven by a real neutron-server 29 (MariaDB, RabbitMQ, the `openstack`
+    /// CLI) with `router-ctl agent` as its L3 agent; everything is torn down at the end.
+    #[arg(long, conflicts_with_all = ["keep", "teardown"])]
+    neutron: bool,
 }
 
 /// Namespace names; fixed so that `--teardown` finds a sandbox left by `--keep`.
@@ -57,7 +61,7 @@ const VM_NS: [&str; 2] = ["rcdemo-vm1", "rcdemo-vm2"];
 const INET_VETH: &str = "rcdemo-inet0";
 const LISTEN: &str = "127.0.0.1:9696";
 const EXT_CIDR: &str = "203.0.113.0/24";
-const INTERNET_IP: &str = "203.0.113.1";
+pub(crate) const INTERNET_IP: &str = "203.0.113.1";
 const TENANTS: [(&str, &str); 2] = [("tenant1", "10.10.0.0/24"), ("tenant2", "10.20.0.0/24")];
 const ROUTER: &str = "demo-router";
 
@@ -84,7 +88,7 @@ fn catch_signals() {
     }
 }
 
-fn check_interrupted() -> Result<()> {
+pub(crate) fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
@@ -109,6 +113,9 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
     }
     require_root("demo")?;
     catch_signals();
+    if args.neutron {
+        return crate::demo_neutron::run();
+    }
     if args.teardown {
         teardown(&demo_dir());
         println!("demo sandbox removed");
@@ -156,7 +163,7 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
 }
 
 /// Builds the eBPF object and `router-ctl` with it embedded; returns the binary.
-fn build() -> Result<PathBuf> {
+pub(crate) fn build() -> Result<PathBuf> {
     let target = target_dir();
     println!("== Building the eBPF datapath and router-ctl ==");
     let obj = ebpf::build(&target)?;
@@ -171,11 +178,11 @@ fn build() -> Result<PathBuf> {
     Ok(bin)
 }
 
-struct Demo {
-    dir: PathBuf,
-    router_ctl: PathBuf,
+pub(crate) struct Demo {
+    pub(crate) dir: PathBuf,
+    pub(crate) router_ctl: PathBuf,
     /// Checks whose outcome was not the expected one (the demo goes on, then fails).
-    failures: Vec<String>,
+    pub(crate) failures: Vec<String>,
 }
 
 fn output(cmd: &mut Command) -> Result<Output> {
@@ -485,7 +492,7 @@ impl Demo {
     }
 
     /// Pings the internet from a VM; `expect_ok` says which outcome the demo expects.
-    fn ping(&mut self, ns: &str, vm_ip: &str, expect_ok: bool) -> Result<()> {
+    pub(crate) fn ping(&mut self, ns: &str, vm_ip: &str, expect_ok: bool) -> Result<()> {
         check_interrupted()?;
         let vm = ns.replace("rcdemo-", "");
         println!("\n[{vm} {vm_ip}]$ ping -q -c 3 -i 0.3 -W 1 {INTERNET_IP}");
@@ -522,7 +529,12 @@ impl Demo {
     /// `GET http://203.0.113.1/` from a VM; with `expect_src` (address, what it is), the server
     /// must have seen that address (the gateway IP, a floating IP); without, the request must
     /// fail.
-    fn http(&mut self, ns: &str, vm_ip: &str, expect_src: Option<(&str, &str)>) -> Result<()> {
+    pub(crate) fn http(
+        &mut self,
+        ns: &str,
+        vm_ip: &str,
+        expect_src: Option<(&str, &str)>,
+    ) -> Result<()> {
         check_interrupted()?;
         let vm = ns.replace("rcdemo-", "");
         println!("\n[{vm} {vm_ip}]$ http GET http://{INTERNET_IP}/");

@@ -1,6 +1,7 @@
 //! Project automation: `cargo xtask build-ebpf | test | demo | bench`.
 mod bench;
 mod demo;
+mod demo_neutron;
 mod ebpf;
 
 use std::{
@@ -88,13 +89,70 @@ pub fn ensure_commands(wanted: &[(&str, &str)]) -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing {}", missing.join(" "));
+    apt_install(&missing)
+}
+
+/// `apt-get install` of `packages`, with services kept from starting: MariaDB and RabbitMQ
+/// must never run in the root namespace (the tests start private instances in a namespace of
+/// their own), so a `policy-rc.d` that forbids starts is in place during the install unless
+/// the machine has one already.
+fn apt_install(packages: &[&str]) -> Result<()> {
     run(Command::new("apt-get").arg("update").arg("-qq"))
-        .context("apt-get update failed (packages needed: {missing:?})")?;
-    run(Command::new("apt-get")
+        .with_context(|| format!("apt-get update failed (packages needed: {packages:?})"))?;
+    let policy = Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        std::fs::write(
+            policy,
+            "#!/bin/sh\n# cargo xtask: no service starts during install\nexit 101\n",
+        )?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let result = run(Command::new("apt-get")
         .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
+        .args(packages)
         .env("DEBIAN_FRONTEND", "noninteractive"))
-    .with_context(|| format!("installing {missing:?} failed"))
+    .with_context(|| format!("installing {packages:?} failed"));
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    result
+}
+
+/// What the agent-mode tests and `demo --neutron` run: MariaDB and RabbitMQ from Debian
+/// (started privately by the kit, never as services), Python with venv for neutron-server 29
+/// and the `openstack` CLI (pip-installed under the target dir from the pinned requirements).
+pub const NEUTRON_COMMANDS: &[(&str, &str)] = &[
+    ("mariadbd", "mariadb-server"),
+    ("mariadb", "mariadb-client"),
+    ("rabbitmq-server", "rabbitmq-server"),
+    ("python3", "python3"),
+    ("bridge", "iproute2"),
+];
+
+/// Installs what a neutron stack needs (Debian packages, then the venv).
+pub fn ensure_neutron() -> Result<PathBuf> {
+    ensure_commands(NEUTRON_COMMANDS)?;
+    // Debian's python3 has venv only with python3-venv (ensurepip).
+    let has_venv = Command::new("python3")
+        .args(["-c", "import ensurepip, venv"])
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_venv {
+        apt_install(&["python3-venv"])?;
+    }
+    kit::neutron::venv::ensure()
+}
+
+/// Whether a test filter can select agent-mode tests (they need the neutron stack).
+fn wants_neutron(args: &[String]) -> bool {
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    filters.is_empty()
+        || filters
+            .iter()
+            .any(|a| "agent::".contains(a.as_str()) || a.contains("agent"))
 }
 
 /// Commands the test suite and the demo run to build and probe their topology.
@@ -133,10 +191,19 @@ fn test(args: &[String]) -> Result<()> {
         unit.arg("--").args(args);
     }
     run(&mut unit)?;
-    // Privileged tests: real object, namespaces, packets; one binary whose modules are the
-    // tiers, so `args` may name a tier (`testrun::`). Serial: they share the kernel.
-    // `--lib --test it`: no doc-test pass after the suite, so the run closes on its real count.
-    run(cargo(&[
+    // The agent tier runs against one neutron stack (MariaDB, RabbitMQ, neutron-server 29 in a
+    // namespace of their own) started here for the whole run and stopped after it, even when
+    // the tests fail; a test run on its own starts its own.
+    let stack = if wants_neutron(args) {
+        ensure_neutron()?;
+        let t0 = std::time::Instant::now();
+        let s = kit::neutron::Stack::start().context("starting the neutron stack")?;
+        eprintln!("xtask: neutron stack up in {:?}", t0.elapsed());
+        Some(s)
+    } else {
+        None
+    };
+    let mut privileged = cargo(&[
         "test",
         "--package",
         "tests",
@@ -145,9 +212,17 @@ fn test(args: &[String]) -> Result<()> {
         "it",
         "--",
         "--test-threads=1",
-    ])
-    .args(args))?;
-    Ok(())
+    ]);
+    privileged.args(args);
+    if let Some(s) = &stack {
+        privileged.env(kit::neutron::STACK_ENV, s.coordinates());
+    }
+    // Privileged tests: real object, namespaces, packets; one binary whose modules are the
+    // tiers, so `args` may name a tier (`testrun::`). Serial: they share the kernel.
+    // `--lib --test it`: no doc-test pass after the suite, so the run closes on its real count.
+    let result = run(&mut privileged);
+    drop(stack);
+    result
 }
 
 fn main() -> Result<()> {
