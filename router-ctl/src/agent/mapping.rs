@@ -506,7 +506,10 @@ mod tests {
         }]);
         let m = map_router(&d, 7, &segments()).unwrap();
         let port = &m.spec.interfaces[0];
-        assert_eq!(port.addresses, vec!["fd00:10::1/64".parse::<IpNet>().unwrap()]);
+        assert_eq!(
+            port.addresses,
+            vec!["fd00:10::1/64".parse::<IpNet>().unwrap()]
+        );
         assert_eq!(
             port.ra_prefixes,
             vec![RaPrefix {
