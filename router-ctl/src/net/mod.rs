@@ -11,6 +11,7 @@ pub mod neigh;
 pub mod ns;
 pub mod owned;
 pub mod ra;
+pub mod sysctl;
 
 pub use link::{LinkKind, LinkState};
 pub use ns::{NetnsHandle, in_netns, with_netlink};

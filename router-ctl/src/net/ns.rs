@@ -5,7 +5,6 @@
 use std::{
     fs::{self, File, OpenOptions},
     future::Future,
-    io::Write as _,
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
 };
@@ -185,36 +184,4 @@ where
             out
         })
     })
-}
-
-/// Writes a sysctl of the calling thread's network namespace (`key` relative to
-/// /proc/sys/net, e.g. `ipv4/ip_forward`). /proc/sys/net resolves to the namespace of the
-/// thread that opens the file.
-pub fn write_sysctl(key: &str, value: &str) -> Result<()> {
-    let path = Path::new("/proc/sys/net").join(key);
-    if let Ok(cur) = fs::read_to_string(&path)
-        && cur.trim() == value
-    {
-        return Ok(());
-    }
-    let mut f = OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    f.write_all(value.as_bytes())
-        .with_context(|| format!("writing {value} to {}", path.display()))
-}
-
-/// Turns IPv6 off on `dev` of the calling thread's namespace, best effort: a bridge or tap that
-/// only carries tenant frames should not take a link-local address and speak (DAD, MLD, router
-/// solicitations) on the tenant or external network, as Neutron's linuxbridge agent ensures.
-/// A kernel without IPv6 has nothing to turn off.
-pub fn disable_ipv6(dev: &str) {
-    let key = format!("ipv6/conf/{dev}/disable_ipv6");
-    if !Path::new("/proc/sys/net").join(&key).exists() {
-        return;
-    }
-    if let Err(e) = write_sysctl(&key, "1") {
-        tracing::warn!("{e:#}");
-    }
 }

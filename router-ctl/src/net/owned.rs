@@ -107,7 +107,9 @@ impl Owned {
         self.root.join(kind.dir()).join(name)
     }
 
-    /// Records `name` (durably: fsync'd before the object is created).
+    /// Records `name`, before the object is created. Written whole (a temporary file renamed
+    /// into place) but not fsync'd: what a record describes, a namespace or a device, does not
+    /// outlive a reboot, and a crash of the daemon leaves the page cache and so the record intact.
     pub fn record(&self, name: &str, record: &Record) -> Result<()> {
         let content = record.to_text();
         let p = self.path(record.kind(), name);
@@ -116,7 +118,6 @@ impl Owned {
             let mut f =
                 fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
             f.write_all(content.as_bytes())
-                .and_then(|()| f.sync_all())
                 .with_context(|| format!("writing {}", tmp.display()))?;
         }
         fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))

@@ -12,8 +12,9 @@ use crate::{
     net::{
         LinkState,
         link::{self, LinkKind},
-        ns::{self, with_netlink},
+        ns::with_netlink,
         owned::{Kind, Record},
+        sysctl,
     },
 };
 
@@ -78,7 +79,7 @@ impl Realiser {
                     }
                     created = true;
                     changed = true;
-                    ns::disable_ipv6(&br);
+                    sysctl::disable_ipv6(&br);
                     link::get_link(&h, &br)
                         .await?
                         .ok_or_else(|| anyhow!("bridge {br} vanished after creation"))?

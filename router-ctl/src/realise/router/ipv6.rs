@@ -11,14 +11,12 @@
 //! agent does for a gateway without an IPv6 gateway. With a configured next hop the static
 //! default route is the only one.
 
-use std::path::Path;
-
 use anyhow::Result;
 
 use super::PortPlan;
 use crate::{
     model::spec::RouterSpec,
-    net::{LinkState, ns, ra::RaPort},
+    net::{LinkState, ra::RaPort, sysctl},
 };
 
 /// Namespace-wide IPv6 settings, written with the other sysctls when the namespace is made
@@ -33,7 +31,7 @@ pub(super) const SYSCTLS: [(&str, &str); 4] = [
 
 /// Whether this kernel has IPv6 (else there is nothing to set).
 pub(super) fn available() -> bool {
-    Path::new("/proc/sys/net/ipv6").exists()
+    sysctl::exists("ipv6/conf")
 }
 
 /// The device settings of one port, on the namespace's thread, before its addresses are
@@ -44,16 +42,16 @@ pub(super) fn configure_port(spec: &RouterSpec, p: &PortPlan<'_>) -> Result<()> 
     }
     let key = |k: &str| format!("ipv6/conf/{}/{k}", p.inner);
     if !p.port.has_ipv6() {
-        return ns::write_sysctl(&key("disable_ipv6"), "1");
+        return sysctl::write(&key("disable_ipv6"), "1");
     }
     let accept_ra = p.gateway
         && spec
             .gateway
             .as_ref()
             .is_some_and(|g| !g.has_ipv6_next_hop());
-    ns::write_sysctl(&key("accept_dad"), "0")?;
-    ns::write_sysctl(&key("accept_ra"), if accept_ra { "2" } else { "0" })?;
-    ns::write_sysctl(&key("disable_ipv6"), "0")
+    sysctl::write(&key("accept_dad"), "0")?;
+    sysctl::write(&key("accept_ra"), if accept_ra { "2" } else { "0" })?;
+    sysctl::write(&key("disable_ipv6"), "0")
 }
 
 /// Whether the port's IPv6 settings must be written in this pass: always on a sysctl pass, when

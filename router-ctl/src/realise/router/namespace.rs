@@ -18,6 +18,7 @@ use crate::{
         LinkState, link,
         ns::{self, NetnsHandle},
         owned::{Kind, Record},
+        sysctl,
     },
     realise::Realiser,
 };
@@ -103,11 +104,11 @@ pub(super) async fn converge_settings(
 ) -> Result<()> {
     if sysctls {
         for (k, v) in SYSCTLS.into_iter().chain(floating::SYSCTLS) {
-            ns::write_sysctl(k, v)?;
+            sysctl::write(k, v)?;
         }
         if ipv6::available() {
             for (k, v) in ipv6::SYSCTLS {
-                ns::write_sysctl(k, v)?;
+                sysctl::write(k, v)?;
             }
         }
     }

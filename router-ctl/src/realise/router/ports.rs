@@ -15,8 +15,9 @@ use crate::{
     net::{
         LinkState,
         link::{self, LinkKind},
-        ns::{self, NetnsHandle, with_netlink},
+        ns::{NetnsHandle, with_netlink},
         owned::{Kind, Record},
+        sysctl,
     },
     realise::Realiser,
 };
@@ -256,7 +257,7 @@ impl Realiser {
             return Err(anyhow::Error::from(e)
                 .context(format!("router {}: port {}", spec.id, p.port.port_id)));
         }
-        ns::disable_ipv6(&p.tap);
+        sysctl::disable_ipv6(&p.tap);
         Ok(())
     }
 }
