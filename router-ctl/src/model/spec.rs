@@ -207,6 +207,7 @@ pub mod names {
 
     const NETNS: &str = "qrouter-";
     const BRIDGE: &str = "brq";
+    const RETIRED_BRIDGE: &str = "brd";
     const INTERNAL: &str = "qr-";
     const GATEWAY: &str = "qg-";
     const TAP: &str = "tap";
@@ -222,6 +223,11 @@ pub mod names {
     /// The network's bridge (linuxbridge's name, so tools that know Neutron find it).
     pub fn bridge(network_id: &str) -> String {
         format!("{BRIDGE}{}", short(network_id))
+    }
+    /// A network's bridge after its network was deleted, while the kernel takes it down in the
+    /// background (`Realiser::remove_network`): the `brq` name is free again at once.
+    pub fn retired_bridge(network_id: &str) -> String {
+        format!("{RETIRED_BRIDGE}{}", short(network_id))
     }
     /// A router interface's device inside the router namespace.
     pub fn internal_dev(port_id: &str) -> String {

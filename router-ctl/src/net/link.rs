@@ -120,6 +120,20 @@ pub async fn dump_links(h: &Handle) -> Result<Vec<LinkState>> {
     Ok(msgs.iter().filter_map(LinkState::from_message).collect())
 }
 
+/// The ports of bridge `controller` (the kernel filters the dump: no walk of every link here).
+pub async fn ports_of(h: &Handle, controller: u32) -> Result<Vec<LinkState>> {
+    let mut req = h.link().get();
+    req.message_mut()
+        .attributes
+        .push(LinkAttribute::Controller(controller));
+    let msgs = dump(req.execute(), "bridge ports").await?;
+    Ok(msgs
+        .iter()
+        .filter_map(LinkState::from_message)
+        .filter(|l| l.controller == Some(controller))
+        .collect())
+}
+
 /// The link named `name`, or None.
 pub async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkState>> {
     let res: Result<Vec<LinkMessage>, _> = h
@@ -277,6 +291,14 @@ pub async fn delete_detached(ns: &NetnsHandle, h: &Handle, name: &str) -> Result
     }
 }
 
+/// Renames link `index` to `name` (it must be down).
+pub async fn rename(h: &Handle, index: u32, name: &str) -> Result<()> {
+    let msg = LinkUnspec::new_with_index(index)
+        .name(name.to_string())
+        .build();
+    set_link(h, msg, || format!("renaming link {index} to {name}")).await
+}
+
 /// Sets link `index` administratively up or down.
 pub async fn set_up(h: &Handle, index: u32, up: bool) -> Result<()> {
     let b = LinkUnspec::new_with_index(index);
@@ -291,6 +313,12 @@ pub async fn set_controller(h: &Handle, index: u32, controller: u32) -> Result<(
         .controller(controller)
         .build();
     set_link(h, msg, || format!("enslaving link {index} to {controller}")).await
+}
+
+/// Takes link `index` out of its bridge.
+pub async fn release(h: &Handle, index: u32) -> Result<()> {
+    let msg = LinkUnspec::new_with_index(index).nocontroller().build();
+    set_link(h, msg, || format!("releasing link {index} from its bridge")).await
 }
 
 /// Sets the MAC of link `index`.

@@ -131,7 +131,73 @@ impl Realiser {
         if !self.owned.contains(Kind::Link, &br) {
             return Ok(());
         }
-        self.delete_daemon_links(&[br])
+        self.retire_bridge(network_id, &br)
+    }
+
+    /// Deletes the bridge `br` of `network_id` without waiting for the kernel: unregistering a
+    /// bridge holds its name for 20–40 ms (its teardown runs before it is unlisted, unlike a
+    /// veth's), most of a network delete. So the bridge goes down (nothing crosses it any more)
+    /// and is renamed to its retired name, recorded as ours first, and a thread of its own
+    /// deletes it and then its record; its ports (an uplink) are released first. A daemon that stops before that finds the record, and
+    /// reconcile or purge deletes the device. When the retired name is taken (the same network
+    /// retired twice in a row), the bridge is deleted in place.
+    fn retire_bridge(&self, network_id: &str, br: &str) -> Result<()> {
+        let retired = names::retired_bridge(network_id);
+        let record = Record::Bridge {
+            network_id: network_id.to_string(),
+        };
+        self.owned.record(&retired, &record)?;
+        let renamed = with_netlink(&self.daemon_ns, |h| {
+            let retired = &retired;
+            async move {
+                let Some(l) = link::get_link(&h, br).await? else {
+                    return Ok(false);
+                };
+                if link::get_link(&h, retired).await?.is_some() {
+                    return Ok(false);
+                }
+                // Its uplink (a host interface, not ours) is free at once, as with a delete.
+                for port in link::ports_of(&h, l.index).await? {
+                    link::release(&h, port.index).await?;
+                }
+                link::set_up(&h, l.index, false).await?;
+                link::rename(&h, l.index, retired).await?;
+                Ok(true)
+            }
+        });
+        match renamed {
+            Ok(true) => {}
+            Ok(false) => {
+                self.owned.forget(Kind::Link, &retired)?;
+                return self.delete_daemon_links(&[br.to_string()]);
+            }
+            Err(e) => {
+                let _ = self.owned.forget(Kind::Link, &retired);
+                return Err(e);
+            }
+        }
+        self.owned.forget(Kind::Link, br)?;
+        let ns = self
+            .daemon_ns
+            .file
+            .try_clone()
+            .context("duplicating the namespace handle")?;
+        let owned = self.owned.clone();
+        std::thread::Builder::new()
+            .name("bridge-delete".into())
+            .spawn(move || {
+                let ns = crate::net::NetnsHandle { file: ns };
+                let res = with_netlink(&ns, |h| {
+                    let retired = &retired;
+                    async move { link::delete_link(&h, retired).await }
+                })
+                .and_then(|_| owned.forget(Kind::Link, &retired));
+                if let Err(e) = res {
+                    tracing::warn!("deleting retired bridge {retired}: {e:#}");
+                }
+            })
+            .context("starting the bridge-deleting thread")?;
+        Ok(())
     }
 
     /// Removes the network's bridge and the segment device this node made for it.

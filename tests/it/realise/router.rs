@@ -356,6 +356,16 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
     h.call(|r| r.remove_network(&int.id))
         .expect("remove network");
     assert!(link(&host, &names::bridge(&int.id)).is_none());
+    // The bridge is taken down in the background under its retired name, record and all.
+    let retired = names::retired_bridge(&int.id);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while link(&host, &retired).is_some() || h.owned("link").contains(&retired) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{retired} still there after 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     h.call(|r| r.remove_network(&int.id))
         .expect("remove network twice");
 }
