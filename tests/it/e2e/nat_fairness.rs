@@ -302,18 +302,9 @@ fn refused_session(i: u16) -> (router_common::SessionKey, router_common::Session
 #[test]
 fn the_daemon_runs_its_gc_within_seconds_while_new_flows_are_refused() {
     use router_common::{maps, stats::GlobalCounter};
-    use tests::{
-        daemon::{Daemon, DaemonOptions},
-        pinned_map,
-    };
+    use tests::{daemon::Daemon, pinned_map};
     let host = Netns::new("fgc");
-    let d = Daemon::start_with(
-        &host,
-        DaemonOptions {
-            config: Some("[nat]\ngc_interval = 3600\n".into()),
-            ..Default::default()
-        },
-    );
+    let d = Daemon::start_configured(&host, "[nat]\ngc_interval = 3600\n");
     // The first pass runs as the daemon starts; the next by the interval only in an hour.
     std::thread::sleep(Duration::from_secs(2));
     let mut sessions: aya::maps::HashMap<

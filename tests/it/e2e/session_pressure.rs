@@ -17,7 +17,7 @@ use router_ctl::{config::NatConfig, datapath::sessions};
 use tests::packet::Pkt::{Tcp, Udp};
 use tests::{
     Netns,
-    daemon::{Daemon, DaemonOptions},
+    daemon::Daemon,
     packet::{ACK, SYN, tcp_frame, udp_frame},
     pinned_map, pinned_sessions,
     testrun::{GW, IN, OUT, Rig, SRV, reply_key},
@@ -154,9 +154,9 @@ fn a_full_table_drops_new_flows_keeps_answered_ones_and_the_gc_makes_room() {
 #[test]
 fn the_daemon_drops_a_flood_within_seconds_not_at_its_gc_interval() {
     let host = Netns::new("spd");
-    let d = Daemon::start_with(
+    let d = Daemon::start_configured(
         &host,
-        DaemonOptions::config("[nat]\ngc_interval = 3600\nmax_sessions_per_router = 262144\n"),
+        "[nat]\ngc_interval = 3600\nmax_sessions_per_router = 262144\n",
     );
     // The GC's first pass runs as the daemon starts; the next by the interval only in an hour.
     std::thread::sleep(Duration::from_secs(2));

@@ -233,21 +233,21 @@ fn mkey(m: Metric) -> String {
     format!("{m:?}")
 }
 
+/// The series of configuration `k` and metric `m` in a table keyed like [`Report::samples`],
+/// made empty when new.
+fn series<T>(
+    table: &mut BTreeMap<String, BTreeMap<String, Vec<T>>>,
+    k: Kind,
+    m: Metric,
+) -> &mut Vec<T> {
+    table.entry(key(k)).or_default().entry(mkey(m)).or_default()
+}
+
 impl Report {
     /// Records sample `v` of metric `m` for configuration `k`, taken in round `round`.
     pub fn add(&mut self, k: Kind, m: Metric, round: u32, v: f64) {
-        self.samples
-            .entry(key(k))
-            .or_default()
-            .entry(mkey(m))
-            .or_default()
-            .push(v);
-        self.sample_rounds
-            .entry(key(k))
-            .or_default()
-            .entry(mkey(m))
-            .or_default()
-            .push(round);
+        series(&mut self.samples, k, m).push(v);
+        series(&mut self.sample_rounds, k, m).push(round);
     }
 
     /// The samples of `k` for `m` with the round each was taken in.
