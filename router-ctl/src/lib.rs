@@ -10,6 +10,8 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;
 pub mod metadata;
 pub mod metrics;
 pub mod model;

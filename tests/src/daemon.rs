@@ -189,6 +189,11 @@ impl Daemon {
         Self::start_with(host, DaemonOptions::default())
     }
 
+    /// Starts a daemon in `host` with config file `toml`.
+    pub fn start_configured(host: &Netns, toml: impl Into<String>) -> Self {
+        Self::start_with(host, DaemonOptions::config(toml))
+    }
+
     /// Starts a daemon with `opts` in `host`.
     pub fn start_with(host: &Netns, opts: DaemonOptions) -> Self {
         crate::require_root();

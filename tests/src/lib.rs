@@ -198,6 +198,20 @@ impl RealiserHost {
         self.host.enter(|| f(r))
     }
 
+    /// Fresh local networks ([`network_spec`]), external or not as `external` says, applied in
+    /// order: the networks most realiser tests start from.
+    pub fn networks<const N: usize>(
+        &self,
+        external: [bool; N],
+    ) -> [router_ctl::model::spec::NetworkSpec; N] {
+        external.map(|e| {
+            let n = network_spec(e);
+            self.call(|r| r.apply_network(&n))
+                .unwrap_or_else(|err| panic!("apply network {}: {err:#}", n.id));
+            n
+        })
+    }
+
     /// Simulates a daemon restart: drops the realiser and its datapath without purging, then
     /// opens new ones on the same state dir and bpffs (pins and kernel objects stay).
     pub fn restart(&mut self, physical_networks: &[(&str, &str)]) {

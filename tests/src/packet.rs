@@ -15,6 +15,8 @@ pub const SYN: u8 = 0x02;
 pub const ACK: u8 = 0x10;
 pub const RST: u8 = 0x04;
 pub const FIN: u8 = 0x01;
+/// A connection's answer to a SYN.
+pub const SYN_ACK: u8 = SYN | ACK;
 
 /// An IPv4 header to serialise in front of a payload.
 #[derive(Clone, Debug)]
@@ -196,6 +198,35 @@ pub fn udp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> 
 /// Shorthand: Ethernet + IPv4 (defaults) + ICMP echo.
 pub fn echo_frame(src: [u8; 4], dst: [u8; 4], ty: u8, id: u16) -> Vec<u8> {
     frame(&Ipv4::new(src, dst, ICMP).packet(&echo(ty, id, 1, b"pingdata")))
+}
+
+/// A test packet by its headers, short enough for one row of a table of steps (see
+/// `testrun::Rig::expect_all`); [`Pkt::frame`] builds it with the shorthands above, every
+/// checksum computed in full.
+#[derive(Clone, Debug)]
+pub enum Pkt {
+    /// [`tcp_frame`]: source, source port, destination, destination port, flags.
+    Tcp([u8; 4], u16, [u8; 4], u16, u8),
+    /// [`udp_frame`]: source, source port, destination, destination port.
+    Udp([u8; 4], u16, [u8; 4], u16),
+    /// [`echo_frame`]: source, destination, ICMP type, identifier.
+    Echo([u8; 4], [u8; 4], u8, u16),
+    /// Any other frame, built by the test.
+    Frame(Vec<u8>),
+}
+
+impl Pkt {
+    /// The Ethernet frame.
+    pub fn frame(&self) -> Vec<u8> {
+        match self {
+            Pkt::Tcp(src, sport, dst, dport, flags) => {
+                tcp_frame(*src, *sport, *dst, *dport, *flags)
+            }
+            Pkt::Udp(src, sport, dst, dport) => udp_frame(*src, *sport, *dst, *dport),
+            Pkt::Echo(src, dst, ty, id) => echo_frame(*src, *dst, *ty, *id),
+            Pkt::Frame(f) => f.clone(),
+        }
+    }
 }
 
 /// Asserts the IPv4 header checksum of `frame` and, for unfragmented TCP/UDP/ICMP, the L4

@@ -4,18 +4,28 @@
 
 use std::sync::Arc;
 
-use router_common::stats::Counter;
+use router_common::{DIR_IN, SessionKey, ip_to_wire, port_to_wire, stats::Counter};
 use router_ctl::{
     config::NatConfig,
     datapath::{Datapath, RouterNat, SessionInfo},
 };
 
-use crate::{Bpffs, open_datapath, packet, testrun_router};
+use crate::{
+    Bpffs, open_datapath,
+    packet::{self, Pkt},
+    testrun_router,
+};
 
 /// TC verdicts as the programs return them.
 pub const OK: u32 = 0;
 pub const SHOT: u32 = 2;
 pub const REDIRECT: u32 = 7;
+
+/// The programs a TestRun step runs, by the hook they stand for: the gateway's egress and
+/// ingress, and the internal ports' ingress (hairpin).
+pub const OUT: &str = "snat_out";
+pub const IN: &str = "snat_in";
+pub const INTERNAL: &str = "internal_in";
 
 /// The router's gateway address and a server on the internet, as most TestRun tests use them.
 pub const GW: [u8; 4] = [192, 0, 2, 10];
@@ -86,13 +96,13 @@ impl Rig {
     /// Runs the gateway's egress program (`snat_out`) expecting TC_ACT_OK; returns the frame.
     #[track_caller]
     pub fn out(&self, input: &[u8]) -> Vec<u8> {
-        self.pass("snat_out", input)
+        self.pass(OUT, input)
     }
 
     /// Runs the gateway's ingress program (`snat_in`) expecting TC_ACT_OK; returns the frame.
     #[track_caller]
     pub fn inn(&self, input: &[u8]) -> Vec<u8> {
-        self.pass("snat_in", input)
+        self.pass(IN, input)
     }
 
     /// Runs `prog` expecting TC_ACT_OK and exactly `want`, whose checksums are verified from
@@ -104,11 +114,12 @@ impl Rig {
         assert_frame(&got, want, what);
     }
 
-    /// [`Rig::expect`] for each `(prog, input, want, what)` in order.
+    /// [`Rig::expect`] for each `(prog, input, want, what)` in order: a flow's packets as a
+    /// table, one step a row, each step seeing the sessions the earlier ones left.
     #[track_caller]
-    pub fn expect_all(&self, cases: &[(&str, Vec<u8>, Vec<u8>, &str)]) {
+    pub fn expect_all(&self, cases: &[(&str, Pkt, Pkt, &str)]) {
         for (prog, input, want, what) in cases {
-            self.expect(prog, input, want, what);
+            self.expect(prog, &input.frame(), &want.frame(), what);
         }
     }
 
@@ -141,6 +152,26 @@ impl Rig {
 impl Drop for Rig {
     fn drop(&mut self) {
         let _ = self.dp.purge();
+    }
+}
+
+/// The key under which router `dp_id`'s datapath keeps the reply direction of a translated
+/// flow: `remote` answering the gateway's `local` end. Tests remove or plant sessions by it
+/// to stand for the GC or a flood.
+pub fn reply_key(
+    dp_id: u32,
+    proto: u8,
+    remote: ([u8; 4], u16),
+    local: ([u8; 4], u16),
+) -> SessionKey {
+    SessionKey {
+        router_id: dp_id as u16,
+        proto,
+        dir: DIR_IN,
+        src: ip_to_wire(remote.0),
+        dst: ip_to_wire(local.0),
+        sport: port_to_wire(remote.1),
+        dport: port_to_wire(local.1),
     }
 }
 

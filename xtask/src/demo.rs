@@ -132,11 +132,7 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
     let router_ctl = build()?;
     check_interrupted()?;
 
-    let mut demo = Demo {
-        dir: dir.clone(),
-        router_ctl,
-        failures: Vec::new(),
-    };
+    let mut demo = Demo::new(dir.clone(), router_ctl);
     let result = (|| -> Result<()> {
         demo.start()?;
         demo.script(args.keep)
@@ -152,14 +148,7 @@ pub fn run_demo(args: DemoArgs) -> Result<()> {
         }
     }
     result?;
-    if !demo.failures.is_empty() {
-        bail!(
-            "the demo ran, but {} check(s) did not give the expected result:\n  {}",
-            demo.failures.len(),
-            demo.failures.join("\n  ")
-        );
-    }
-    Ok(())
+    demo.verdict()
 }
 
 /// Builds the eBPF object and `router-ctl` with it embedded; returns the binary.
@@ -183,6 +172,30 @@ pub(crate) struct Demo {
     pub(crate) router_ctl: PathBuf,
     /// Checks whose outcome was not the expected one (the demo goes on, then fails).
     pub(crate) failures: Vec<String>,
+}
+
+impl Demo {
+    /// A demo with its files in `dir`, driving `router_ctl`, no check failed yet.
+    pub(crate) fn new(dir: PathBuf, router_ctl: PathBuf) -> Self {
+        Self {
+            dir,
+            router_ctl,
+            failures: Vec::new(),
+        }
+    }
+
+    /// The demo's outcome once it ran to the end: an error listing the checks that did not
+    /// give the expected result, if any.
+    pub(crate) fn verdict(&self) -> Result<()> {
+        if !self.failures.is_empty() {
+            bail!(
+                "the demo ran, but {} check(s) did not give the expected result:\n  {}",
+                self.failures.len(),
+                self.failures.join("\n  ")
+            );
+        }
+        Ok(())
+    }
 }
 
 fn output(cmd: &mut Command) -> Result<Output> {
@@ -673,11 +686,7 @@ fn teardown(dir: &Path) {
         .map(str::to_string)
         .collect();
     if daemon.is_some() && ctl.is_file() {
-        let demo = Demo {
-            dir: dir.to_path_buf(),
-            router_ctl: ctl,
-            failures: Vec::new(),
-        };
+        let demo = Demo::new(dir.to_path_buf(), ctl);
         if let Ok(list) = demo.ctl_json(&["router", "list"]) {
             for r in list.as_array().into_iter().flatten() {
                 let id = str_of(r, "id");

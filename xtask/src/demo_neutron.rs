@@ -20,6 +20,9 @@ use kit::{
     netns::{Netns, netns_exists},
     neutron::{
         Cloud, Stack, id_of,
+        networks::{
+            Provider, external_network_args, external_subnet_args, network_args, subnet_args,
+        },
         node::{AgentNode, Compute, Fabric, RouterNamespaces},
     },
 };
@@ -73,11 +76,7 @@ pub fn run() -> Result<()> {
             .trim_end()
     );
     node.wait_registered(&stack, Duration::from_secs(60))?;
-    let mut checks = Demo {
-        dir: stack.dir.clone(),
-        router_ctl,
-        failures: Vec::new(),
-    };
+    let mut checks = Demo::new(stack.dir.clone(), router_ctl);
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
         let cloud = Cloud::new(&stack);
         let mut qrouters = RouterNamespaces::default();
@@ -101,20 +100,14 @@ pub fn run() -> Result<()> {
     drop(stack);
     println!("sandbox removed");
     result?;
-    if !checks.failures.is_empty() {
-        bail!(
-            "the demo ran, but {} check(s) did not give the expected result:\n  {}",
-            checks.failures.len(),
-            checks.failures.join("\n  ")
-        );
-    }
-    Ok(())
+    checks.verdict()
 }
 
 /// `$ openstack ARGS`, echoed, run with `-f json`, summarised on one line.
-fn create(cloud: &Cloud, kind: &str, args: &[&str]) -> Result<Value> {
+fn create(cloud: &Cloud, kind: &str, args: &[impl AsRef<str>]) -> Result<Value> {
     check_interrupted()?;
-    println!("$ openstack {kind} create {}", args.join(" "));
+    let echo: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
+    println!("$ openstack {kind} create {}", echo.join(" "));
     let v = cloud.create(kind, args);
     let mut extra = String::new();
     if let Some(c) = v["cidr"].as_str() {
@@ -181,70 +174,28 @@ fn script(
         ],
     )?;
     println!("\n== An external network with the \"internet\" behind it ==");
-    let public = create(
-        cloud,
-        "network",
-        &[
-            "--external",
-            "--provider-network-type",
-            "flat",
-            "--provider-physical-network",
-            "public",
-            "public",
-        ],
-    )?;
+    let public = create(cloud, "network", &external_network_args("public"))?;
     create(
         cloud,
         "subnet",
-        &[
-            "--network",
-            "public",
-            "--subnet-range",
-            "203.0.113.0/24",
-            "--gateway",
-            INTERNET_IP,
-            "--allocation-pool",
-            "start=203.0.113.10,end=203.0.113.99",
-            "--no-dhcp",
+        &external_subnet_args(
             "public-subnet",
-        ],
+            "public",
+            INTERNET_IP,
+            ("203.0.113.10", "203.0.113.99"),
+        ),
     )?;
     println!("\n== Two tenant networks (flat and VXLAN), a router with both and a gateway ==");
     let mut nets = Vec::new();
     for (name, cidr, provider) in [
-        (
-            "tenant1",
-            "10.10.0.0/24",
-            [
-                "--provider-network-type",
-                "flat",
-                "--provider-physical-network",
-                "tenant",
-            ],
-        ),
-        (
-            "tenant2",
-            "10.20.0.0/24",
-            [
-                "--provider-network-type",
-                "vxlan",
-                "--provider-segment",
-                "1020",
-            ],
-        ),
+        ("tenant1", "10.10.0.0/24", Provider::Flat("tenant")),
+        ("tenant2", "10.20.0.0/24", Provider::Vxlan(1020)),
     ] {
-        let net = create(cloud, "network", &[&provider[..], &[name]].concat())?;
+        let net = create(cloud, "network", &network_args(name, provider, false))?;
         let sub = create(
             cloud,
             "subnet",
-            &[
-                "--network",
-                name,
-                "--subnet-range",
-                cidr,
-                "--no-dhcp",
-                &format!("{name}-subnet"),
-            ],
+            &subnet_args(&format!("{name}-subnet"), name, cidr, None, None),
         )?;
         nets.push((net, sub));
     }

@@ -1,12 +1,18 @@
-//! What the agent-mode tests share: the networks they make through the `openstack` CLI and a
-//! VM wired to one of them on the compute node.
+//! What the agent-mode tests share: the site around their network nodes, the networks they
+//! make through the `openstack` CLI and a VM wired to one of them on the compute node.
 
 use std::{net::SocketAddr, time::Duration};
 
 use serde_json::Value;
 use tests::{
+    daemon::router_ctl_bin,
     netns::{Netns, unique},
-    neutron::{Cloud, id_of, node::Compute},
+    neutron::{
+        Cloud, Stack, id_of,
+        networks::{self, Provider},
+        node::{AgentNode, Compute, Fabric, RouterNamespaces},
+        traffic::PeerEcho,
+    },
 };
 
 /// The upstream router's address on the external network (its subnet's gateway).
@@ -19,6 +25,65 @@ pub fn at(ip: &str) -> SocketAddr {
     format!("{ip}:{PORT}")
         .parse()
         .unwrap_or_else(|e| panic!("{ip}: {e}"))
+}
+
+/// Runs an agent test: as root, against the run's neutron stack (or one of the test's own),
+/// with a [`Cloud`] that deletes what the test made and the [`Site`]. The site goes first,
+/// then the cloud's undo list, then the stack, even when the test fails.
+pub fn agent_test(test: impl FnOnce(&Cloud, &mut Site)) {
+    tests::require_root();
+    let stack = Stack::for_test();
+    let cloud = Cloud::new(&stack);
+    let mut site = Site::new();
+    test(&cloud, &mut site);
+}
+
+/// The data plane around an agent test's network nodes: the fabric, the upstream router at
+/// [`UPSTREAM`] with a probe server behind it, the compute node at 10.99.0.100, and the
+/// qrouter namespaces of the test's routers (deleted even if an agent died). Fields are
+/// dropped in order: the compute node first, the qrouter namespaces last.
+pub struct Site {
+    pub compute: Compute,
+    _web: PeerEcho,
+    pub upstream: Netns,
+    pub fabric: Fabric,
+    pub qrouters: RouterNamespaces,
+}
+
+impl Site {
+    pub fn new() -> Self {
+        let fabric = Fabric::new().unwrap_or_else(|e| panic!("{e:#}"));
+        let upstream = fabric
+            .upstream(&format!("{UPSTREAM}/24"))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        let web = PeerEcho::start(&upstream.name, PORT).unwrap_or_else(|e| panic!("{e:#}"));
+        let compute = Compute::new(&fabric, "10.99.0.100").unwrap_or_else(|e| panic!("{e:#}"));
+        Self {
+            compute,
+            _web: web,
+            upstream,
+            fabric,
+            qrouters: RouterNamespaces::default(),
+        }
+    }
+
+    /// A network node `host` on the fabric at `ip` running `router-ctl agent`, tunnelling to
+    /// `peers`, once neutron has registered it (its agents forgotten when `cloud` drops).
+    pub fn agent_node(&self, cloud: &Cloud, host: &str, ip: &str, peers: &[&str]) -> AgentNode {
+        cloud.forget_agents_on_drop(host);
+        let mut node = AgentNode::start(
+            cloud.stack,
+            &self.fabric,
+            &router_ctl_bin(),
+            host,
+            ip,
+            peers,
+        )
+        .unwrap_or_else(|e| panic!("{e:#}"));
+        node.wait_registered(cloud.stack, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        node
+    }
 }
 
 /// A network and its subnet as the CLI returned them.
@@ -40,62 +105,28 @@ impl Net {
 pub fn external(cloud: &Cloud) -> Net {
     let net = cloud.create(
         "network",
-        &[
-            "--external",
-            "--provider-network-type",
-            "flat",
-            "--provider-physical-network",
-            "public",
-            &unique("public"),
-        ],
+        &networks::external_network_args(&unique("public")),
     );
     let subnet = cloud.create(
         "subnet",
-        &[
-            "--network",
-            &id_of(&net),
-            "--subnet-range",
-            "203.0.113.0/24",
-            "--gateway",
-            UPSTREAM,
-            "--allocation-pool",
-            "start=203.0.113.20,end=203.0.113.80",
-            "--no-dhcp",
+        &networks::external_subnet_args(
             &unique("public-v4"),
-        ],
+            &id_of(&net),
+            UPSTREAM,
+            ("203.0.113.20", "203.0.113.80"),
+        ),
     );
     Net { net, subnet }
 }
 
 /// A tenant network: flat on physnet `tenant` (`vni` None) or VXLAN with segment `vni`.
 pub fn tenant(cloud: &Cloud, vni: Option<u32>, cidr: &str) -> Net {
-    let seg = vni.map(|v| v.to_string()).unwrap_or_default();
-    let provider: Vec<&str> = match vni {
-        None => vec![
-            "--provider-network-type",
-            "flat",
-            "--provider-physical-network",
-            "tenant",
-        ],
-        Some(_) => vec![
-            "--provider-network-type",
-            "vxlan",
-            "--provider-segment",
-            &seg,
-        ],
-    };
+    let provider = vni.map_or(Provider::Flat("tenant"), Provider::Vxlan);
     let name = unique("tenant");
-    let net = cloud.create("network", &[&provider[..], &[name.as_str()]].concat());
+    let net = cloud.create("network", &networks::network_args(&name, provider, false));
     let subnet = cloud.create(
         "subnet",
-        &[
-            "--network",
-            &id_of(&net),
-            "--subnet-range",
-            cidr,
-            "--no-dhcp",
-            &format!("{name}-v4"),
-        ],
+        &networks::subnet_args(&format!("{name}-v4"), &id_of(&net), cidr, None, None),
     );
     Net { net, subnet }
 }

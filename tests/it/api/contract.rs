@@ -6,10 +6,11 @@
 //! Run: `cargo build -p router-ctl --bins && cargo test -p tests --test api_contract -- --test-threads=1`
 
 use proptest::prelude::*;
+use router_ctl::fuzz::{self, arb_json, body_for, targets};
 use serde_json::{Value, json};
 use tests::{
     Netns,
-    daemon::{ApiClient, Daemon, DaemonOptions, expect, expect_err, expect_err_of},
+    daemon::{ApiClient, Daemon, expect, expect_err, expect_err_of},
 };
 
 fn err_type(v: &Value) -> String {
@@ -52,6 +53,13 @@ fn delete_in_use(c: &ApiClient, coll: &str, id: &str, kind: &str) {
     expect_err(c.delete(&format!("/v2.0/{coll}/{id}")), 409, kind);
 }
 
+/// `DELETE /v2.0/coll/id`, asserting 204, and a `GET` of it then answering 404 `kind`.
+#[track_caller]
+fn delete_gone(c: &ApiClient, coll: &str, id: &str, kind: &str) {
+    expect(c.delete(&format!("/v2.0/{coll}/{id}")), 204);
+    expect_err(c.get(&format!("/v2.0/{coll}/{id}")), 404, kind);
+}
+
 /// `PUT /v2.0/routers/router/add_router_interface body`, asserting 200; returns the
 /// interface info.
 #[track_caller]
@@ -82,11 +90,20 @@ fn id(v: &Value, kind: &str) -> String {
 
 /// The ids of the objects in list answer `v` of collection `coll`.
 fn list_ids<'a>(v: &'a Value, coll: &str) -> Vec<&'a str> {
-    v[coll]
+    list_field(v, coll, "id")
+}
+
+/// Attribute `field` of each object in list `list` of answer `v`, in the answer's order.
+fn list_field<'a>(v: &'a Value, list: &str, field: &str) -> Vec<&'a str> {
+    v[list]
         .as_array()
-        .expect("list")
+        .unwrap_or_else(|| panic!("no list {list} in {v}"))
         .iter()
-        .map(|n| n["id"].as_str().expect("id"))
+        .map(|n| {
+            n[field]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {field} in {n}"))
+        })
         .collect()
 }
 
@@ -99,6 +116,14 @@ fn create(c: &ApiClient, coll: &str, kind: &str, body: Value) -> String {
 #[track_caller]
 fn update(c: &ApiClient, coll: &str, kind: &str, id: &str, body: Value) -> Value {
     put_ok(c, &format!("/v2.0/{coll}/{id}"), json!({ kind: body }))
+}
+
+/// `PUT /v2.0/coll/id {kind: body}`, asserting a 400 HTTPBadRequest (an attribute that may not
+/// change).
+#[track_caller]
+fn update_refused(c: &ApiClient, coll: &str, kind: &str, id: &str, body: Value) {
+    let put = c.put(&format!("/v2.0/{coll}/{id}"), &json!({ kind: body }));
+    expect_err(put, 400, "HTTPBadRequest");
 }
 
 /// `PUT /v2.0/routers/id {"router": body}`, asserting 200; returns the body.
@@ -114,6 +139,15 @@ fn set_gateway(c: &ApiClient, id: &str, info: Value) -> Value {
     update_router(c, id, json!({ "external_gateway_info": info }))["router"]
         ["external_gateway_info"]
         .clone()
+}
+
+/// A daemon of its own in a throwaway host namespace, and its admin client (dropped client
+/// first, namespace last).
+fn api() -> (Netns, Daemon, ApiClient) {
+    let host = Netns::new("apih");
+    let d = Daemon::start(&host);
+    let c = d.client();
+    (host, d, c)
 }
 
 fn ext_net(c: &ApiClient, cidr: &str, pool: (&str, &str)) -> (String, String) {
@@ -161,24 +195,14 @@ fn discovery_documents_and_auth() {
     );
 
     let v = expect(d.get("/v2.0"), 200);
-    let mut colls: Vec<&str> = v["resources"]
-        .as_array()
-        .expect("resources")
-        .iter()
-        .map(|r| r["collection"].as_str().expect("collection"))
-        .collect();
+    let mut colls = list_field(&v, "resources", "collection");
     colls.sort();
     assert_eq!(
         colls,
         ["floatingips", "networks", "ports", "routers", "subnets"]
     );
     let v = expect(d.get("/v2.0/extensions.json"), 200);
-    let mut aliases: Vec<&str> = v["extensions"]
-        .as_array()
-        .expect("extensions")
-        .iter()
-        .map(|e| e["alias"].as_str().expect("alias"))
-        .collect();
+    let mut aliases = list_field(&v, "extensions", "alias");
     aliases.sort();
     assert_eq!(
         aliases,
@@ -223,10 +247,7 @@ fn networks_crud_filters_and_fields() {
     host.ip(&[
         "link", "add", "uplk0", "type", "veth", "peer", "name", "uplk1",
     ]);
-    let d = Daemon::start_with(
-        &host,
-        DaemonOptions::config("[physical_networks]\npublic = \"uplk0\"\n"),
-    );
+    let d = Daemon::start_configured(&host, "[physical_networks]\npublic = \"uplk0\"\n");
     let c = d.client();
     expect_err(
         c.post(
@@ -310,9 +331,7 @@ fn networks_crud_filters_and_fields() {
 
 #[test]
 fn subnets_validation_and_ipam() {
-    let host = Netns::new("apih");
-    let d = Daemon::start(&host);
-    let c = d.client();
+    let (_host, _d, c) = api();
     let net = create(&c, "networks", "network", json!({"name": "n"}));
     let v = post_ok(
         &c,
@@ -451,27 +470,19 @@ fn subnets_validation_and_ipam() {
         "allocation_pools": [{"start": "10.20.0.2", "end": "10.20.0.200"}]}),
     );
     assert_eq!(v["subnet"]["gateway_ip"], "10.20.0.254");
-    expect_err(
-        c.put(
-            &format!("/v2.0/subnets/{sid}"),
-            &json!({"subnet": {"cidr": "10.9.0.0/24"}}),
-        ),
-        400,
-        "HTTPBadRequest",
+    update_refused(
+        &c,
+        "subnets",
+        "subnet",
+        &sid,
+        json!({"cidr": "10.9.0.0/24"}),
     );
-    expect(c.delete(&format!("/v2.0/subnets/{sid}")), 204);
-    expect_err(
-        c.get(&format!("/v2.0/subnets/{sid}")),
-        404,
-        "SubnetNotFound",
-    );
+    delete_gone(&c, "subnets", &sid, "SubnetNotFound");
 }
 
 #[test]
 fn ports_crud_and_conflicts() {
-    let host = Netns::new("apih");
-    let d = Daemon::start(&host);
-    let c = d.client();
+    let (_host, _d, c) = api();
     let (net, sub) = int_net(&c, "10.50.0.0/24");
     let v = post_ok(
         &c,
@@ -518,16 +529,9 @@ fn ports_crud_and_conflicts() {
     );
     assert_eq!(v["port"]["name"], "vm1b");
     assert_eq!(v["port"]["admin_state_up"], false);
-    expect_err(
-        c.put(
-            &format!("/v2.0/ports/{pid}"),
-            &json!({"port": {"mac_address": "fa:16:3e:00:00:02"}}),
-        ),
-        400,
-        "HTTPBadRequest",
-    );
-    expect(c.delete(&format!("/v2.0/ports/{pid}")), 204);
-    expect_err(c.get(&format!("/v2.0/ports/{pid}")), 404, "PortNotFound");
+    let mac = json!({"mac_address": "fa:16:3e:00:00:02"});
+    update_refused(&c, "ports", "port", &pid, mac);
+    delete_gone(&c, "ports", &pid, "PortNotFound");
     // The address is free again.
     let v = post_ok(
         &c,
@@ -539,9 +543,7 @@ fn ports_crud_and_conflicts() {
 
 #[test]
 fn routers_interfaces_and_gateway() {
-    let host = Netns::new("apih");
-    let d = Daemon::start(&host);
-    let c = d.client();
+    let (_host, _d, c) = api();
     let (ext, ext_sub) = ext_net(&c, "192.0.2.0/24", ("192.0.2.10", "192.0.2.20"));
     let (net, sub) = int_net(&c, "10.60.0.0/24");
     let (net2, sub2) = int_net(&c, "10.61.0.0/24");
@@ -860,9 +862,7 @@ fn projects_are_isolated_and_policy_is_enforced() {
 
 #[test]
 fn malformed_requests_are_400_neutron_errors() {
-    let host = Netns::new("apih");
-    let d = Daemon::start(&host);
-    let c = d.client();
+    let (_host, _d, c) = api();
     let net = create(&c, "networks", "network", json!({}));
     let r = create(&c, "routers", "router", json!({}));
     for (method, path) in [
@@ -910,9 +910,7 @@ fn malformed_requests_are_400_neutron_errors() {
 
 #[test]
 fn state_survives_kill9_and_restart() {
-    let host = Netns::new("apih");
-    let mut d = Daemon::start(&host);
-    let c = d.client();
+    let (_host, mut d, c) = api();
     let (ext, _) = ext_net(&c, "203.0.113.0/24", ("203.0.113.10", "203.0.113.20"));
     let (_net, sub) = int_net(&c, "10.80.0.0/24");
     let r = create(&c, "routers", "router", json!({"name": "persist"}));
@@ -952,102 +950,26 @@ fn state_survives_kill9_and_restart() {
 
 // ------------------------------------------------------------------ property test
 
-fn arb_json() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|n| json!(n)),
-        "[a-z0-9:./ -]{0,12}".prop_map(Value::String),
-        prop_oneof![
-            Just("10.0.0.0/24"),
-            Just("10.0.0.1"),
-            Just("192.0.2.0/24"),
-            Just("fd00::/64"),
-            Just("00000000-0000-0000-0000-000000000000"),
-            Just("fa:16:3e:00:00:01"),
-            Just("true"),
-        ]
-        .prop_map(|s| json!(s)),
-    ];
-    let keys = prop_oneof![
-        Just("name"),
-        Just("admin_state_up"),
-        Just("router:external"),
-        Just("shared"),
-        Just("network_id"),
-        Just("subnet_id"),
-        Just("port_id"),
-        Just("ip_version"),
-        Just("cidr"),
-        Just("gateway_ip"),
-        Just("allocation_pools"),
-        Just("start"),
-        Just("end"),
-        Just("fixed_ips"),
-        Just("ip_address"),
-        Just("mac_address"),
-        Just("external_gateway_info"),
-        Just("enable_snat"),
-        Just("external_fixed_ips"),
-        Just("project_id"),
-        Just("tenant_id"),
-        Just("provider:physical_network"),
-        Just("bogus"),
-    ];
-    leaf.prop_recursive(3, 24, 6, move |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map(keys.clone().prop_map(str::to_string), inner, 0..5)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
-}
-
 #[test]
 fn random_bodies_never_500_and_never_change_state_on_error() {
-    let host = Netns::new("apih");
-    let d = Daemon::start(&host);
-    let c = d.client();
+    let (_host, _d, c) = api();
     let (ext, _) = ext_net(&c, "192.0.2.0/24", ("192.0.2.10", "192.0.2.20"));
     let (net, sub) = int_net(&c, "10.90.0.0/24");
     let r = create(&c, "routers", "router", json!({}));
-    let targets: Vec<(&str, String, &str)> = vec![
-        ("POST", "/v2.0/networks".into(), "network"),
-        ("POST", "/v2.0/subnets".into(), "subnet"),
-        ("POST", "/v2.0/ports".into(), "port"),
-        ("POST", "/v2.0/routers".into(), "router"),
-        ("PUT", format!("/v2.0/networks/{net}"), "network"),
-        ("PUT", format!("/v2.0/subnets/{sub}"), "subnet"),
-        ("PUT", format!("/v2.0/routers/{r}"), "router"),
-        ("PUT", format!("/v2.0/networks/{ext}"), "network"),
-        ("PUT", format!("/v2.0/routers/{r}/add_router_interface"), ""),
-        (
-            "PUT",
-            format!("/v2.0/routers/{r}/remove_router_interface"),
-            "",
-        ),
-    ];
+    let mut targets = targets(&net, &sub, &r);
+    targets.push(("PUT", format!("/v2.0/networks/{ext}"), "network"));
     let snapshot = |c: &ApiClient| -> Vec<Value> {
         ["networks", "subnets", "ports", "routers"]
             .iter()
             .map(|k| expect(c.get(&format!("/v2.0/{k}")), 200))
             .collect()
     };
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 64,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    });
-    runner
+    fuzz::runner(64)
         .run(
             &(0..targets.len(), arb_json(), any::<bool>()),
             |(t, body, wrap)| {
-                let (method, path, key) = &targets[t];
-                let body = if wrap && !key.is_empty() {
-                    json!({ *key: body })
-                } else {
-                    body
-                };
+                let (method, path, _) = &targets[t];
+                let body = body_for(&targets[t], body, wrap);
                 let before = snapshot(&c);
                 let (st, v) = c.raw(method, path, Some(&body.to_string()));
                 prop_assert!(st < 500, "{method} {path} {body} → {st} {v}");
@@ -1072,10 +994,7 @@ fn random_bodies_never_500_and_never_change_state_on_error() {
 fn failed_realisation_leaves_neither_rows_nor_kernel_objects() {
     let host = Netns::new("apih");
     // `broken` maps to an interface that does not exist: the kernel side of the network fails.
-    let d = Daemon::start_with(
-        &host,
-        DaemonOptions::config("[physical_networks]\nbroken = \"nosuchdev0\"\n"),
-    );
+    let d = Daemon::start_configured(&host, "[physical_networks]\nbroken = \"nosuchdev0\"\n");
     let c = d.client();
     let before = expect(c.get("/v2.0/networks"), 200);
     let (st, v) = c.post(
@@ -1101,9 +1020,7 @@ fn failed_realisation_leaves_neither_rows_nor_kernel_objects() {
 
 #[test]
 fn concurrent_allocations_never_hand_out_an_address_twice() {
-    let host = Netns::new("apih");
-    let d = Daemon::start(&host);
-    let c = d.client();
+    let (_host, _d, c) = api();
     let (ext, _) = ext_net(&c, "192.0.2.0/24", ("192.0.2.10", "192.0.2.29"));
     let (net, _) = int_net(&c, "10.33.0.0/27");
     // 16 routers taking gateways and 16 ports, all at once.

@@ -65,10 +65,7 @@ fn router_with_interface(d: &Daemon) -> String {
 #[test]
 fn reconcile_loop_repairs_a_router_namespace_deleted_from_outside() {
     let host = Netns::new("apid");
-    let d = Daemon::start_with(
-        &host,
-        tests::daemon::DaemonOptions::config("reconcile_interval = 1\n"),
-    );
+    let d = Daemon::start_configured(&host, "reconcile_interval = 1\n");
     let r = router_with_interface(&d);
     let ns = format!("qrouter-{r}");
     assert!(netns_exists(&ns), "the API call realised {ns}");

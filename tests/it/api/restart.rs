@@ -22,11 +22,7 @@ use std::{
 use router_common::programs;
 use router_ctl::model::spec::names;
 use serde_json::{Value, json};
-use tests::{
-    Netns,
-    daemon::{Daemon, DaemonOptions},
-    tc_filters, unique,
-};
+use tests::{Netns, daemon::Daemon, tc_filters, unique};
 
 /// Program ids on the router's gateway tap, checking exactly one filter per hook running the
 /// hook's program: (ingress, egress). The interface tap of this router (no floating IP, so
@@ -109,10 +105,8 @@ fn tcp_through_snat_survives_kill9_and_restart() {
     tests::veth(&host, &upl, &server, "srv0");
     server.ip(&["addr", "add", "192.0.2.1/24", "dev", "srv0"]);
 
-    let mut d = Daemon::start_with(
-        &host,
-        DaemonOptions::config(format!("[physical_networks]\npublic = \"{upl}\"\n")),
-    );
+    let mut d =
+        Daemon::start_configured(&host, format!("[physical_networks]\npublic = \"{upl}\"\n"));
     let v = expect(
         d.post(
             "/v2.0/networks",

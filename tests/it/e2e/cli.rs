@@ -1,126 +1,80 @@
 //! `router-ctl` end to end: the CLI drives a live daemon in a throwaway host namespace, a VM
 //! namespace plugged by `port create --netns` reaches an "internet" namespace through the
 //! router, the internet sees the gateway IP (SNAT), and `gateway clear` stops it.
-use std::{
-    io::ErrorKind,
-    net::{SocketAddr, TcpListener, TcpStream},
-    time::Duration,
-};
+use std::time::Duration;
 
 use router_ctl::model::spec::names;
 use serde_json::Value;
 use tests::{
     Netns,
-    daemon::Daemon,
-    topo::{self, INTERNET_IP as INTERNET, Internet, id},
+    daemon::DaemonOptions,
+    topo::{self, INTERNET_IP as INTERNET, INTERNET_PORT as PORT, RouterSite, id},
 };
 
-const PORT: u16 = 8080;
-
-/// Connects from inside `vm` to the internet server; returns whether the handshake completed.
-fn connect_from(vm: &Netns) -> bool {
-    vm.enter(|| {
-        TcpStream::connect_timeout(&SocketAddr::from((INTERNET, PORT)), Duration::from_secs(2))
-            .is_ok()
-    })
+/// Connects from inside the site's VM to the internet server; returns whether the handshake
+/// completed.
+fn connect_from(site: &RouterSite) -> bool {
+    site.connect(Duration::from_secs(2)).is_ok()
 }
 
-/// The source address of the next connection the internet server accepted (none pending:
-/// None).
-fn accepted(listener: &TcpListener) -> Option<SocketAddr> {
-    match listener.accept() {
-        Ok((_, peer)) => Some(peer),
-        Err(e) if e.kind() == ErrorKind::WouldBlock => None,
-        Err(e) => panic!("accept: {e}"),
-    }
+/// The demo topology through the CLI ([`RouterSite`]), its daemon with default settings.
+fn topology() -> RouterSite {
+    let site = RouterSite::start(
+        Netns::new("ceh"),
+        DaemonOptions::default(),
+        "ce",
+        "10.30.0.0/24",
+    );
+    assert_eq!(
+        site.vm_port["device_owner"], "compute:sandbox",
+        "{}",
+        site.vm_port
+    );
+    site
 }
 
-/// The demo topology through the CLI: an external network with the internet (203.0.113.1, a
-/// TCP listener) behind its bridge, a tenant network with a VM plugged by `port create
-/// --netns`, and router `r1` with an interface on the tenant subnet (no gateway yet).
-struct Topology {
-    // Field order is drop order: namespaces first, then the daemon (whose drop purges).
-    vm: Netns,
-    inet: Netns,
-    listener: TcpListener,
-    ext_id: String,
-    router_id: String,
-    port: Value,
-    vm_ip: String,
-    d: Daemon,
-    host: Netns,
+/// Connects from the VM to the internet (failing with `what` and the daemon's log when it
+/// cannot); returns the source address the internet saw.
+fn source_seen(t: &RouterSite, what: &str) -> String {
+    assert!(connect_from(t), "{what}\n{}", t.d.log());
+    let (_, seen) = t
+        .accepted()
+        .expect("the server accepted the VM's connection");
+    seen.ip().to_string()
 }
 
-impl Topology {
-    fn new() -> Self {
-        let host = Netns::new("ceh");
-        let d = Daemon::start(&host);
-        let Internet {
-            ns: inet,
-            network_id: ext_id,
-        } = Internet::new(&host, &d, "cei", 40);
-        let listener = inet.enter(|| TcpListener::bind((INTERNET, PORT)).expect("bind the server"));
-        listener.set_nonblocking(true).expect("nonblocking");
-
-        topo::tenant_network(&d, "tenant", "10.30.0.0/24");
-        let router = d.cli_json(&["router", "create", "r1"]);
-        let router_id = id(&router);
-        let iface = d.cli_json(&["router", "interface", "add", "r1", "tenant-v4"]);
-        assert_eq!(iface["id"], router["id"], "{iface}");
-        let (vm, port, vm_ip) = topo::vm(&d, "tenant", "cev", &["--name", "vm"]);
-        assert_eq!(port["device_owner"], "compute:sandbox", "{port}");
-        Self {
-            vm,
-            inet,
-            listener,
-            ext_id,
-            router_id,
-            port,
-            vm_ip,
-            d,
-            host,
-        }
-    }
-
-    /// Connects from the VM to the internet (failing with `what` and the daemon's log when it
-    /// cannot); returns the source address the internet saw.
-    fn source_seen(&self, what: &str) -> String {
-        assert!(connect_from(&self.vm), "{what}\n{}", self.d.log());
-        let seen = accepted(&self.listener).expect("the server accepted the VM's connection");
-        seen.ip().to_string()
-    }
-
-    /// `gateway set r1 public`; returns the gateway IP.
-    fn set_gateway(&self) -> String {
-        let r = self.d.cli_json(&["gateway", "set", "r1", "public"]);
-        assert_eq!(
-            r["external_gateway_info"]["network_id"],
-            self.ext_id.as_str()
-        );
-        r["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no gateway IP in {r}"))
-            .to_string()
-    }
+/// `gateway set r1 public`; returns the gateway IP.
+fn set_gateway(t: &RouterSite) -> String {
+    let (r, ip) = topo::set_gateway(&t.d, "r1");
+    assert_eq!(
+        r["external_gateway_info"]["network_id"],
+        t.inet.network_id.as_str()
+    );
+    ip
 }
 
 #[test]
 fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
-    let t = Topology::new();
-    let (d, vm) = (&t.d, &t.vm);
+    let t = topology();
+    let (d, site) = (&t.d, &t);
 
     // No gateway yet: no way out.
-    assert!(!connect_from(vm), "reached the internet before gateway set");
+    assert!(
+        !connect_from(site),
+        "reached the internet before gateway set"
+    );
 
     // The call the seed traces: router-gateway-set.
-    let gw = t.set_gateway();
+    let gw = set_gateway(&t);
     let table = d.cli_ok(&["router", "list"]);
     assert!(table.contains(&gw) && table.contains("r1"), "{table}");
 
     // Real traffic: the internet sees the gateway IP, never the VM's.
-    let seen = t.source_seen("the VM cannot reach the internet after gateway set");
+    let seen = source_seen(&t, "the VM cannot reach the internet after gateway set");
     assert_eq!(seen, gw, "SNAT to the gateway IP (VM is {})", t.vm_ip);
-    let ping = vm.try_run("ping", &["-c", "2", "-i", "0.2", "-W", "2", "203.0.113.1"]);
+    let ping = site
+        .vm
+        .try_run("ping", &["-c", "2", "-i", "0.2", "-W", "2", "203.0.113.1"]);
     assert!(ping.status.success(), "ping through the router failed");
 
     // Errors: the NeutronError message, a non-zero exit, nothing changed.
@@ -133,7 +87,10 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
     let e = d.cli_err(&["network", "show", "dup"]);
     assert!(e.contains("2 networks are named `dup`"), "{e}");
     let r = d.cli_json(&["router", "show", "r1"]);
-    assert_eq!(r["external_gateway_info"]["network_id"], t.ext_id.as_str());
+    assert_eq!(
+        r["external_gateway_info"]["network_id"],
+        t.inet.network_id.as_str()
+    );
 
     // gateway clear: the router has no way out any more.
     let r = d.cli_json(&["gateway", "clear", "r1"]);
@@ -145,11 +102,13 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
         "{r}"
     );
     assert!(
-        !connect_from(vm),
+        !connect_from(site),
         "the VM still reaches the internet after gateway clear"
     );
-    assert_eq!(accepted(&t.listener), None);
-    let ping = vm.try_run("ping", &["-c", "1", "-W", "1", "203.0.113.1"]);
+    assert_eq!(t.accepted().map(|(_, a)| a), None);
+    let ping = site
+        .vm
+        .try_run("ping", &["-c", "1", "-W", "1", "203.0.113.1"]);
     assert!(
         !ping.status.success(),
         "ping still answered after gateway clear"
@@ -173,17 +132,18 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
         "{r}"
     );
     t.inet
+        .ns
         .ip(&["route", "add", "10.30.0.0/24", "via", "203.0.113.33"]);
-    let seen = t.source_seen("no route through the router without SNAT");
+    let seen = source_seen(&t, "no route through the router without SNAT");
     assert_eq!(seen, t.vm_ip, "no SNAT with --disable-snat");
     d.cli_ok(&["gateway", "clear", "r1"]);
     assert!(
-        !connect_from(vm),
+        !connect_from(site),
         "the VM still reaches the internet after gateway clear"
     );
 
     // port delete removes the sandbox veth with the port.
-    let port_id = id(&t.port);
+    let port_id = id(&t.vm_port);
     let tap = names::tap_dev(&port_id);
     t.host.ip(&["link", "show", &tap]);
     d.cli_ok(&["port", "delete", &port_id]);
@@ -199,7 +159,7 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
     d.cli_ok(&["router", "delete", "r1"]);
     assert!(
         !std::path::Path::new("/run/netns")
-            .join(names::router_netns(&t.router_id))
+            .join(names::router_netns(&t.router_id()))
             .exists(),
         "qrouter namespace left after router delete"
     );
@@ -209,17 +169,17 @@ fn cli_gateway_set_snats_real_traffic_and_clear_stops_it() {
 
 #[test]
 fn cli_sessions_and_stats_show_the_nat_table() {
-    let t = Topology::new();
+    let t = topology();
     let d = &t.d;
-    let gw = t.set_gateway();
+    let gw = set_gateway(&t);
     assert!(
-        connect_from(&t.vm),
+        connect_from(&t),
         "the VM cannot reach the internet\n{}",
         d.log()
     );
     let vm_ip = &t.vm_ip;
 
-    let sessions = d.cli_json(&["sessions", &t.router_id]);
+    let sessions = d.cli_json(&["sessions", &t.router_id()]);
     let list = sessions.as_array().expect("sessions is a list");
     assert!(
         list.iter().any(|s| s["protocol"] == "tcp"

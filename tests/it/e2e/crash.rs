@@ -40,14 +40,18 @@ const MAX_FIPS: usize = 6;
 const MAX_VM_PORTS: usize = 8;
 
 /// The seed: `CRASH_SEED`, else a random one.
-fn seed() -> u64 {
-    match std::env::var("CRASH_SEED") {
+/// The run's seed (`CRASH_SEED`, else random), announced as `what` with how to replay it; returns
+/// it and the context every assertion message starts with.
+fn seed(what: &str) -> (u64, String) {
+    let seed = match std::env::var("CRASH_SEED") {
         Ok(s) => s
             .trim()
             .parse()
             .unwrap_or_else(|e| panic!("CRASH_SEED={s}: {e}")),
         Err(_) => rand::random(),
-    }
+    };
+    eprintln!("{what} seed: {seed} (replay with CRASH_SEED={seed})");
+    (seed, format!("seed {seed}"))
 }
 
 fn config() -> DaemonOptions {
@@ -142,20 +146,21 @@ impl Stream {
         (!items.is_empty()).then(|| items[self.rng.random_range(0..items.len())].clone())
     }
 
-    fn own_subnets(&mut self) -> Vec<Value> {
-        let prefix = format!("s{}-", self.tag);
-        self.list("subnet", "")
+    /// The objects of `kind` this client made: named with the kind's initial and the tag.
+    fn own(&mut self, kind: &str) -> Vec<Value> {
+        let prefix = format!("{}{}-", &kind[..1], self.tag);
+        self.list(kind, "")
             .into_iter()
-            .filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with(&prefix)))
+            .filter(|o| o["name"].as_str().is_some_and(|n| n.starts_with(&prefix)))
             .collect()
     }
 
+    fn own_subnets(&mut self) -> Vec<Value> {
+        self.own("subnet")
+    }
+
     fn own_routers(&mut self) -> Vec<Value> {
-        let prefix = format!("r{}-", self.tag);
-        self.list("router", "")
-            .into_iter()
-            .filter(|r| r["name"].as_str().is_some_and(|n| n.starts_with(&prefix)))
-            .collect()
+        self.own("router")
     }
 
     fn create_network(&mut self) {
@@ -622,9 +627,7 @@ fn assert_new_router_works(d: &Daemon, ctx: &str) {
 
 #[test]
 fn kill9_during_changes_leaves_kernel_matching_database() {
-    let seed = seed();
-    eprintln!("crash test seed: {seed} (replay with CRASH_SEED={seed})");
-    let ctx = format!("seed {seed}");
+    let (seed, ctx) = seed("crash test");
     let host = Netns::new("crh");
     let mut d = Daemon::start_with(&host, config());
     let inet = Internet::new(&host, &d, "cri", 200);
@@ -684,9 +687,7 @@ fn kill9_during_changes_leaves_kernel_matching_database() {
 
 #[test]
 fn eight_clients_in_parallel() {
-    let seed = seed();
-    eprintln!("parallel clients seed: {seed} (replay with CRASH_SEED={seed})");
-    let ctx = format!("seed {seed}");
+    let (seed, ctx) = seed("parallel clients");
     let host = Netns::new("cph");
     let d = Daemon::start_with(&host, config());
     let inet = Internet::new(&host, &d, "cpi", 250);

@@ -18,7 +18,7 @@ use router_ctl::model::spec::names;
 use serde_json::Value;
 use tests::{
     Netns,
-    daemon::{Daemon, DaemonOptions},
+    daemon::Daemon,
     tc_filters_in,
     topo::{self, Internet, id},
     unique,
@@ -35,7 +35,8 @@ struct Topology {
     vm: Netns,
     vm2: Netns,
     server: Netns,
-    router_id: String,
+    /// Router `r1`'s namespace.
+    router_ns: String,
     gw_ip: String,
     vm_ip: String,
     vm2_ip: String,
@@ -47,10 +48,10 @@ struct Topology {
 impl Topology {
     fn new(config: &str) -> Self {
         let host = Netns::new("fph");
-        let d = Daemon::start_with(&host, DaemonOptions::config(config));
+        let d = Daemon::start_configured(&host, config);
         let server = Internet::new(&host, &d, "fps", 40).ns;
         let router = d.cli_json(&["router", "create", "r1"]);
-        let router_id = id(&router);
+        let router_ns = names::router_netns(&id(&router));
         let mut vms = Vec::new();
         for (net, cidr) in [("tenant", "10.40.0.0/24"), ("tenant2", "10.41.0.0/24")] {
             let subnet = topo::tenant_network(&d, net, cidr);
@@ -65,7 +66,7 @@ impl Topology {
             vm,
             vm2,
             server,
-            router_id,
+            router_ns,
             gw_ip,
             vm_ip,
             vm2_ip,
@@ -74,13 +75,9 @@ impl Topology {
         }
     }
 
-    fn router_ns(&self) -> String {
-        names::router_netns(&self.router_id)
-    }
-
     /// The router's devices in its namespace starting with `prefix` ("qr-" or "qg-").
     fn devices(&self, prefix: &str) -> Vec<String> {
-        let v = tests::ip_json(&self.router_ns(), &["link", "show"]);
+        let v = tests::ip_json(&self.router_ns, &["link", "show"]);
         let mut out: Vec<String> = v
             .as_array()
             .expect("ip -j link show is a list")
@@ -109,14 +106,14 @@ impl Topology {
 
     /// Whether `dev`'s ingress (router namespace) runs `fast_fwd`.
     fn fast_filter_on(&self, dev: &str) -> bool {
-        tc_filters_in(&self.router_ns(), dev, "ingress")
+        tc_filters_in(&self.router_ns, dev, "ingress")
             .iter()
             .any(|f| f.prog == FAST_FWD)
     }
 
     /// `dev`'s transmitted packets, read inside the router namespace.
     fn tx_packets(&self, dev: &str) -> u64 {
-        let v = tests::ip_json(&self.router_ns(), &["-s", "link", "show", "dev", dev]);
+        let v = tests::ip_json(&self.router_ns, &["-s", "link", "show", "dev", dev]);
         v[0]["stats64"]["tx"]["packets"]
             .as_u64()
             .unwrap_or_else(|| panic!("no tx packets for {dev} in {v}"))
@@ -234,7 +231,7 @@ fn fast_path_forwards_vm_to_server_past_the_router_stack() {
         assert!(
             t.fast_filter_on(dev),
             "{dev} has no {FAST_FWD} filter on its ingress: {:?}\n{}",
-            tc_filters_in(&t.router_ns(), dev, "ingress"),
+            tc_filters_in(&t.router_ns, dev, "ingress"),
             t.d.log()
         );
     }
@@ -376,7 +373,7 @@ fn a_fast_filter_removed_from_outside_is_put_back() {
     let qr = t.devices("qr-")[0].clone();
     assert!(t.fast_filter_on(&qr));
     let out = std::process::Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", t.router_ns()))
+        .arg(format!("--net=/run/netns/{}", t.router_ns))
         .args(["tc", "filter", "del", "dev", &qr, "ingress"])
         .output()
         .expect("nsenter tc");
@@ -406,7 +403,7 @@ fn a_fast_filter_removed_from_outside_is_put_back() {
 
 /// The router namespace's neighbour entry of `ip` on `dev`: (lladdr, state).
 fn neighbour(t: &Topology, dev: &str, ip: &str) -> Option<(String, String)> {
-    let v = tests::ip_json(&t.router_ns(), &["neigh", "show", "dev", dev]);
+    let v = tests::ip_json(&t.router_ns, &["neigh", "show", "dev", dev]);
     v.as_array()?.iter().find_map(|n| {
         (n["dst"] == ip).then(|| {
             (
@@ -427,7 +424,7 @@ fn a_stale_neighbour_whose_mac_changed_is_probed_again() {
     let t = Topology::new(FAST_CONFIG);
     let qg = t.qg();
     // Short neighbour timers on qg- (REACHABLE ~1 s, then DELAY 1 s before probing).
-    let rns = t.router_ns();
+    let rns = t.router_ns.clone();
     for (key, value) in [
         ("base_reachable_time_ms", "1000"),
         ("delay_first_probe_time", "1"),
@@ -526,7 +523,7 @@ fn routers_of_one_daemon_each_take_the_fast_path() {
             .collect()
     };
     let mut all: Vec<u64> = Vec::new();
-    for ns in [t.router_ns(), r2_ns.clone()] {
+    for ns in [t.router_ns.clone(), r2_ns.clone()] {
         all.extend(index_of(&ns, "qr-"));
         all.extend(index_of(&ns, "qg-"));
     }

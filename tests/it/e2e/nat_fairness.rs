@@ -280,15 +280,12 @@ fn refused_session(i: u16) -> (router_common::SessionKey, router_common::Session
     use router_common::{
         ST_ACK, ST_REPLY_SHIFT, ST_RST, ST_SEEN, ST_SYN, ip_to_wire, port_to_wire,
     };
-    let k = router_common::SessionKey {
-        router_id: 7,
-        proto: router_common::IPPROTO_TCP,
-        dir: router_common::DIR_IN,
-        src: ip_to_wire([198, 51, 100, 7]),
-        dst: ip_to_wire([192, 0, 2, 10]),
-        sport: port_to_wire(1000 + i),
-        dport: port_to_wire(40000),
-    };
+    let k = tests::testrun::reply_key(
+        7,
+        router_common::IPPROTO_TCP,
+        ([198, 51, 100, 7], 1000 + i),
+        ([192, 0, 2, 10], 40000),
+    );
     let v = router_common::SessionValue {
         addr: ip_to_wire([10, 0, 0, 5]),
         port: port_to_wire(40000),
@@ -305,18 +302,9 @@ fn refused_session(i: u16) -> (router_common::SessionKey, router_common::Session
 #[test]
 fn the_daemon_runs_its_gc_within_seconds_while_new_flows_are_refused() {
     use router_common::{maps, stats::GlobalCounter};
-    use tests::{
-        daemon::{Daemon, DaemonOptions},
-        pinned_map,
-    };
+    use tests::{daemon::Daemon, pinned_map};
     let host = Netns::new("fgc");
-    let d = Daemon::start_with(
-        &host,
-        DaemonOptions {
-            config: Some("[nat]\ngc_interval = 3600\n".into()),
-            ..Default::default()
-        },
-    );
+    let d = Daemon::start_configured(&host, "[nat]\ngc_interval = 3600\n");
     // The first pass runs as the daemon starts; the next by the interval only in an hour.
     std::thread::sleep(Duration::from_secs(2));
     let mut sessions: aya::maps::HashMap<

@@ -10,16 +10,17 @@ use std::{
 };
 
 use router_common::{
-    DIR_IN, IPPROTO_UDP, MAX_SESSIONS, SESSION_SNAT, SessionKey, SessionValue, ip_to_wire,
-    port_to_wire, stats::Counter,
+    IPPROTO_UDP, MAX_SESSIONS, SESSION_SNAT, SessionKey, SessionValue, ip_to_wire, port_to_wire,
+    stats::Counter,
 };
 use router_ctl::{config::NatConfig, datapath::sessions};
+use tests::packet::Pkt::{Tcp, Udp};
 use tests::{
     Netns,
-    daemon::{Daemon, DaemonOptions},
+    daemon::Daemon,
     packet::{ACK, SYN, tcp_frame, udp_frame},
     pinned_map, pinned_sessions,
-    testrun::{GW, Rig, SRV},
+    testrun::{GW, IN, OUT, Rig, SRV, reply_key},
     testrun_router,
 };
 
@@ -42,15 +43,7 @@ fn now_ns() -> u64 {
 /// never replied, last seen `i` ns after `t0` (so a lower `i` is older).
 fn flood_entry(i: u32, t0: u64) -> (SessionKey, SessionValue) {
     let [_, a, b, c] = i.to_be_bytes();
-    let k = SessionKey {
-        router_id: DP_ID as u16,
-        proto: IPPROTO_UDP,
-        dir: DIR_IN,
-        src: ip_to_wire([198, a, b, c]),
-        dst: ip_to_wire(GW),
-        sport: port_to_wire(53),
-        dport: port_to_wire(40000),
-    };
+    let k = reply_key(DP_ID, IPPROTO_UDP, ([198, a, b, c], 53), (GW, 40000));
     let v = SessionValue {
         addr: ip_to_wire(FLOODER),
         port: port_to_wire(40000),
@@ -108,24 +101,13 @@ fn a_full_table_drops_new_flows_keeps_answered_ones_and_the_gc_makes_room() {
     );
 
     // The live connections are untouched by the flood, both ways.
-    rig.expect(
-        "snat_out",
-        &tcp_frame(VM, 40001, SRV, 80, ACK),
-        &tcp_frame(GW, 40001, SRV, 80, ACK),
-        "established TCP out, table full",
-    );
-    rig.expect(
-        "snat_in",
-        &tcp_frame(SRV, 80, GW, 40001, ACK),
-        &tcp_frame(SRV, 80, VM, 40001, ACK),
-        "established TCP in, table full",
-    );
-    rig.expect(
-        "snat_in",
-        &udp_frame(SRV, 53, GW, 40000),
-        &udp_frame(SRV, 53, VM, 40000),
-        "answered UDP in, table full",
-    );
+    #[rustfmt::skip]
+    let steps = [
+        (OUT, Tcp(VM, 40001, SRV, 80, ACK), Tcp(GW, 40001, SRV, 80, ACK), "TCP out, table full"),
+        (IN, Tcp(SRV, 80, GW, 40001, ACK), Tcp(SRV, 80, VM, 40001, ACK), "TCP in, table full"),
+        (IN, Udp(SRV, 53, GW, 40000), Udp(SRV, 53, VM, 40000), "answered UDP in, table full"),
+    ];
+    rig.expect_all(&steps);
 
     // One GC pass: nothing has idled past a timeout; the never-replied flood goes, oldest
     // first, down to the early-drop target.
@@ -172,9 +154,9 @@ fn a_full_table_drops_new_flows_keeps_answered_ones_and_the_gc_makes_room() {
 #[test]
 fn the_daemon_drops_a_flood_within_seconds_not_at_its_gc_interval() {
     let host = Netns::new("spd");
-    let d = Daemon::start_with(
+    let d = Daemon::start_configured(
         &host,
-        DaemonOptions::config("[nat]\ngc_interval = 3600\nmax_sessions_per_router = 262144\n"),
+        "[nat]\ngc_interval = 3600\nmax_sessions_per_router = 262144\n",
     );
     // The GC's first pass runs as the daemon starts; the next by the interval only in an hour.
     std::thread::sleep(Duration::from_secs(2));

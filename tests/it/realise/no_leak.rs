@@ -15,7 +15,7 @@ use std::{
 
 use router_ctl::model::spec::names;
 use tests::{
-    Netns, RealiserHost, network_spec,
+    Netns, RealiserHost,
     spec::{gateway, port, router},
 };
 
@@ -110,12 +110,7 @@ fn assert_all_translated(seen: &BTreeMap<String, u32>, gw: &str, when: &str) {
 #[test]
 fn setting_the_gateway_or_adding_an_interface_never_leaks_private_sources() {
     let h = RealiserHost::new(&[]);
-    let ext = network_spec(true);
-    let int = network_spec(false);
-    let int2 = network_spec(false);
-    for n in [&ext, &int, &int2] {
-        h.call(|r| r.apply_network(n)).expect("network");
-    }
+    let [ext, int, int2] = h.networks([true, false, false]);
     let upstream = Netns::new("up");
     let vm = Netns::new("vm");
     let vm2 = Netns::new("vm");

@@ -373,10 +373,7 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
 #[test]
 fn apply_router_converges_interfaces_gateway_and_onlink_next_hop() {
     let h = RealiserHost::new(&[]);
-    let ext = network_spec(true);
-    let int = network_spec(false);
-    h.call(|r| r.apply_network(&ext)).expect("ext");
-    h.call(|r| r.apply_network(&int)).expect("int");
+    let [ext, int] = h.networks([true, false]);
     let host = h.host.name.clone();
 
     let a = port(&int.id, mac(1), "10.0.1.1/24");
@@ -683,12 +680,7 @@ fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
 #[test]
 fn hairpin_hook_is_attached_only_while_the_router_has_floating_ips() {
     let mut h = RealiserHost::new(&[]);
-    let ext = network_spec(true);
-    let int1 = network_spec(false);
-    let int2 = network_spec(false);
-    for n in [&ext, &int1, &int2] {
-        h.call(|r| r.apply_network(n)).expect("network");
-    }
+    let [ext, int1, int2] = h.networks([true, false, false]);
     let qr1 = port(&int1.id, mac(1), "10.0.1.1/24");
     let qr2 = port(&int2.id, mac(3), "10.0.2.1/24");
     let gw = gateway(port(&ext.id, mac(2), "203.0.113.10/24"), "203.0.113.1");
@@ -804,10 +796,7 @@ fn reconcile_removes_own_stale_routers_and_leaves_another_daemons_alone() {
     let h2 = RealiserHost::new(&[]);
     let mut specs = Vec::new();
     for h in [&h1, &h2] {
-        let ext = network_spec(true);
-        let int = network_spec(false);
-        h.call(|r| r.apply_network(&ext)).expect("ext");
-        h.call(|r| r.apply_network(&int)).expect("int");
+        let [ext, int] = h.networks([true, false]);
         let spec = router(
             1,
             vec![port(&int.id, mac(1), "10.0.1.1/24")],
@@ -876,10 +865,7 @@ fn reconcile_removes_own_stale_routers_and_leaves_another_daemons_alone() {
 fn failed_apply_leaves_no_objects_behind() {
     let h = RealiserHost::new(&[]);
     let host = h.host.name.clone();
-    let ext = network_spec(true);
-    let int = network_spec(false);
-    h.call(|r| r.apply_network(&ext)).expect("ext");
-    h.call(|r| r.apply_network(&int)).expect("int");
+    let [ext, int] = h.networks([true, false]);
     let bridges_only = {
         let mut v = vec![names::bridge(&ext.id), names::bridge(&int.id)];
         v.sort();

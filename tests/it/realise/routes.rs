@@ -7,7 +7,7 @@
 use router_ctl::model::spec::{
     DesiredState, GatewaySpec, NetworkSpec, PortSpec, RouteSpec, RouterSpec, names,
 };
-use tests::{RealiserHost, ip_json, network_spec, unique};
+use tests::{RealiserHost, ip_json, unique};
 
 fn port(network: &NetworkSpec, m: u8, ip: &str, prefix: u8) -> PortSpec {
     PortSpec {
@@ -49,12 +49,7 @@ fn via_routes(ns: &str) -> Vec<String> {
 #[test]
 fn extra_routes_converge_in_the_router_namespace() {
     let h = RealiserHost::new(&[]);
-    let ext = network_spec(true);
-    let a = network_spec(false);
-    let b = network_spec(false);
-    for n in [&ext, &a, &b] {
-        h.call(|r| r.apply_network(n)).expect("network");
-    }
+    let [ext, a, b] = h.networks([true, false, false]);
     let mut spec = RouterSpec {
         id: unique("r"),
         dp_id: 1,

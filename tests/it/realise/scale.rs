@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use router_ctl::model::spec::{DesiredState, names};
 use tests::{
-    RealiserHost, netns_exists, network_spec,
+    RealiserHost, netns_exists,
     spec::{gateway, port, router},
 };
 
@@ -18,10 +18,7 @@ fn many_routers_apply_and_reconcile_steady_state() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
     let h = RealiserHost::new(&[]);
-    let ext = network_spec(true);
-    let int = network_spec(false);
-    h.call(|r| r.apply_network(&ext)).expect("ext");
-    h.call(|r| r.apply_network(&int)).expect("int");
+    let [ext, int] = h.networks([true, false]);
     let mut routers = Vec::new();
     for i in 0..n {
         let hi = (i >> 8) as u8;

@@ -12,7 +12,7 @@ use std::{
 
 use router_ctl::model::spec::{DesiredState, names};
 use tests::{
-    Netns, RealiserHost, ip_json, network_spec,
+    Netns, RealiserHost, ip_json,
     spec::{gateway, port, router},
 };
 
@@ -56,10 +56,7 @@ fn udp_roundtrip(
 #[test]
 fn snat_through_a_realised_router() {
     let mut h = RealiserHost::new(&[]);
-    let ext = network_spec(true);
-    let int = network_spec(false);
-    h.call(|r| r.apply_network(&ext)).expect("ext");
-    h.call(|r| r.apply_network(&int)).expect("int");
+    let [ext, int] = h.networks([true, false]);
     let upstream = Netns::new("up");
     let vm = Netns::new("vm");
     h.plug(&upstream, &names::bridge(&ext.id), "203.0.113.1/24");

@@ -9,9 +9,13 @@
 use std::net::Ipv4Addr;
 
 use router_ctl::model::spec::{FloatingIpSpec, PortForwardingSpec};
+use tests::packet::{
+    Pkt::{Echo, Frame, Tcp, Udp},
+    SYN_ACK,
+};
 use tests::{
-    packet::{ACK, ICMP, Ipv4, SYN, TCP, UDP, echo_frame, frame, icmp, tcp_frame, udp, udp_frame},
-    testrun::{GW, Rig, SHOT, SRV},
+    packet::{ACK, ICMP, Ipv4, SYN, TCP, UDP, frame, icmp, tcp_frame, udp, udp_frame},
+    testrun::{GW, IN, INTERNAL, OUT, Rig, SHOT, SRV},
 };
 
 const FIP1: [u8; 4] = [192, 0, 2, 51];
@@ -96,82 +100,48 @@ fn floating_ip_is_1to1_for_every_protocol_and_beats_snat() {
     floating(&fx, &[(FIP1, VM1)], &[]);
 
     // TCP both ways, ports kept.
-    fx.expect(
-        "snat_out",
-        &tcp_frame(VM1, 40000, SRV, 80, SYN),
-        &tcp_frame(FIP1, 40000, SRV, 80, SYN),
-        "TCP out",
-    );
-    fx.expect(
-        "snat_in",
-        &tcp_frame(SRV, 80, FIP1, 40000, SYN | ACK),
-        &tcp_frame(SRV, 80, VM1, 40000, SYN | ACK),
-        "TCP in",
-    );
-    // Inbound-initiated UDP and its reply.
-    fx.expect(
-        "snat_in",
-        &udp_frame(SRV, 5000, FIP1, 53),
-        &udp_frame(SRV, 5000, VM1, 53),
-        "UDP in",
-    );
-    fx.expect(
-        "snat_out",
-        &udp_frame(VM1, 53, SRV, 5000),
-        &udp_frame(FIP1, 53, SRV, 5000),
-        "UDP reply out",
-    );
+    #[rustfmt::skip]
+    let steps = [
+        (OUT, Tcp(VM1, 40000, SRV, 80, SYN), Tcp(FIP1, 40000, SRV, 80, SYN), "TCP out"),
+        (IN, Tcp(SRV, 80, FIP1, 40000, SYN_ACK), Tcp(SRV, 80, VM1, 40000, SYN_ACK), "TCP in"),
+        // Inbound-initiated UDP and its reply.
+        (IN, Udp(SRV, 5000, FIP1, 53), Udp(SRV, 5000, VM1, 53), "UDP in"),
+        (OUT, Udp(VM1, 53, SRV, 5000), Udp(FIP1, 53, SRV, 5000), "UDP reply out"),
+    ];
+    fx.expect_all(&steps);
     // A zero UDP checksum stays "none".
     let mk = |s: [u8; 4], sp, d: [u8; 4], dp| {
         frame(&Ipv4::new(s, d, UDP).packet(&udp(s, d, sp, dp, b"nocsum", true)))
     };
-    fx.expect(
-        "snat_out",
-        &mk(VM1, 4000, SRV, 53),
-        &mk(FIP1, 4000, SRV, 53),
-        "zero-checksum UDP",
-    );
-    // Echo both ways, either side starting.
-    fx.expect(
-        "snat_out",
-        &echo_frame(VM1, SRV, 8, 0x4242),
-        &echo_frame(FIP1, SRV, 8, 0x4242),
-        "echo request out",
-    );
-    fx.expect(
-        "snat_in",
-        &echo_frame(SRV, FIP1, 0, 0x4242),
-        &echo_frame(SRV, VM1, 0, 0x4242),
-        "echo reply in",
-    );
-    fx.expect(
-        "snat_in",
-        &echo_frame(SRV, FIP1, 8, 7),
-        &echo_frame(SRV, VM1, 8, 7),
-        "echo request in",
-    );
+    #[rustfmt::skip]
+    let steps = [
+        (OUT, Frame(mk(VM1, 4000, SRV, 53)), Frame(mk(FIP1, 4000, SRV, 53)), "zero-checksum UDP"),
+        // Echo both ways, either side starting.
+        (OUT, Echo(VM1, SRV, 8, 0x4242), Echo(FIP1, SRV, 8, 0x4242), "echo request out"),
+        (IN, Echo(SRV, FIP1, 0, 0x4242), Echo(SRV, VM1, 0, 0x4242), "echo reply in"),
+        (IN, Echo(SRV, FIP1, 8, 7), Echo(SRV, VM1, 8, 7), "echo request in"),
+    ];
+    fx.expect_all(&steps);
     // A protocol the SNAT cannot translate (GRE) and a later fragment without its first:
     // both dropped by the SNAT, both translated by the floating IP.
     let gre = |s, d| frame(&Ipv4::new(s, d, 47).packet(&[0, 0, 0x08, 0, 1, 2, 3, 4]));
-    fx.expect("snat_out", &gre(VM1, SRV), &gre(FIP1, SRV), "GRE out");
-    fx.expect("snat_in", &gre(SRV, FIP1), &gre(SRV, VM1), "GRE in");
+    #[rustfmt::skip]
+    let steps = [
+        (OUT, Frame(gre(VM1, SRV)), Frame(gre(FIP1, SRV)), "GRE out"),
+        (IN, Frame(gre(SRV, FIP1)), Frame(gre(SRV, VM1)), "GRE in"),
+    ];
+    fx.expect_all(&steps);
     let later = |s, d| {
         let mut ip = Ipv4::new(s, d, UDP);
         ip.frag = 0x0010; // offset 128 bytes, last fragment
         frame(&ip.packet(&[0xab; 24]))
     };
-    fx.expect(
-        "snat_out",
-        &later(VM1, SRV),
-        &later(FIP1, SRV),
-        "later fragment out",
-    );
-    fx.expect(
-        "snat_in",
-        &later(SRV, FIP1),
-        &later(SRV, VM1),
-        "later fragment in",
-    );
+    #[rustfmt::skip]
+    let steps = [
+        (OUT, Frame(later(VM1, SRV)), Frame(later(FIP1, SRV)), "later fragment out"),
+        (IN, Frame(later(SRV, FIP1)), Frame(later(SRV, VM1)), "later fragment in"),
+    ];
+    fx.expect_all(&steps);
     let (rc, _) = fx.run("snat_out", &gre(VM2, SRV));
     assert_eq!(rc, SHOT, "without a floating IP GRE may not leave");
 
@@ -218,42 +188,26 @@ fn port_forwarding_each_way() {
         &[],
         &[pf(TCP, FIP1, 2222, VM1, 22), pf(UDP, FIP1, 5353, VM2, 53)],
     );
-    fx.expect(
-        "snat_in",
-        &tcp_frame(SRV, 50000, FIP1, 2222, SYN),
-        &tcp_frame(SRV, 50000, VM1, 22, SYN),
-        "TCP forwarded in",
-    );
-    fx.expect(
-        "snat_out",
-        &tcp_frame(VM1, 22, SRV, 50000, SYN | ACK),
-        &tcp_frame(FIP1, 2222, SRV, 50000, SYN | ACK),
-        "TCP reply out",
-    );
-    fx.expect(
-        "snat_in",
-        &udp_frame(SRV, 50001, FIP1, 5353),
-        &udp_frame(SRV, 50001, VM2, 53),
-        "UDP forwarded in",
-    );
-    fx.expect(
-        "snat_out",
-        &udp_frame(VM2, 53, SRV, 50001),
-        &udp_frame(FIP1, 5353, SRV, 50001),
-        "UDP reply out",
-    );
+    #[rustfmt::skip]
+    let steps = [
+        (IN, Tcp(SRV, 50000, FIP1, 2222, SYN), Tcp(SRV, 50000, VM1, 22, SYN), "TCP forwarded in"),
+        (OUT, Tcp(VM1, 22, SRV, 50000, SYN_ACK), Tcp(FIP1, 2222, SRV, 50000, SYN_ACK),
+            "TCP reply out"),
+        (IN, Udp(SRV, 50001, FIP1, 5353), Udp(SRV, 50001, VM2, 53), "UDP forwarded in"),
+        (OUT, Udp(VM2, 53, SRV, 50001), Udp(FIP1, 5353, SRV, 50001), "UDP reply out"),
+    ];
+    fx.expect_all(&steps);
     // Another port or protocol of the FIP is not forwarded.
     let other = tcp_frame(SRV, 50000, FIP1, 2223, SYN);
     fx.expect("snat_in", &other, &other, "unforwarded port untouched");
     let other = udp_frame(SRV, 50000, FIP1, 2222);
-    fx.expect("snat_in", &other, &other, "unforwarded protocol untouched");
-    // VM1's other traffic is SNATed.
-    fx.expect(
-        "snat_out",
-        &tcp_frame(VM1, 40000, SRV, 80, SYN),
-        &tcp_frame(GW, 40000, SRV, 80, SYN),
-        "VM1 otherwise SNATed",
-    );
+    #[rustfmt::skip]
+    let steps = [
+        (IN, Frame(other.clone()), Frame(other.clone()), "unforwarded protocol untouched"),
+        // VM1's other traffic is SNATed.
+        (OUT, Tcp(VM1, 40000, SRV, 80, SYN), Tcp(GW, 40000, SRV, 80, SYN), "VM1 otherwise SNATed"),
+    ];
+    fx.expect_all(&steps);
     assert_sessions(
         &fx,
         &[
@@ -286,50 +240,24 @@ fn hairpin_through_the_internal_hook() {
         &[pf(TCP, [192, 0, 2, 53], 2222, VM1, 22)],
     );
     // VM2 → FIP1: destination to VM1, source to VM2's own FIP; and the reply.
-    fx.expect(
-        "internal_in",
-        &tcp_frame(VM2, 40000, FIP1, 8080, SYN),
-        &tcp_frame(FIP2, 40000, VM1, 8080, SYN),
-        "FIP to FIP",
-    );
-    fx.expect(
-        "internal_in",
-        &tcp_frame(VM1, 8080, FIP2, 40000, SYN | ACK),
-        &tcp_frame(FIP1, 8080, VM2, 40000, SYN | ACK),
-        "FIP to FIP reply",
-    );
-    // VM3 (no FIP) → FIP1: source to the gateway IP (port kept when free); the reply back.
-    fx.expect(
-        "internal_in",
-        &tcp_frame(VM3, 40001, FIP1, 8080, SYN),
-        &tcp_frame(GW, 40001, VM1, 8080, SYN),
-        "to FIP, SNAT to the gateway",
-    );
-    fx.expect(
-        "internal_in",
-        &tcp_frame(VM1, 8080, GW, 40001, SYN | ACK),
-        &tcp_frame(FIP1, 8080, VM3, 40001, SYN | ACK),
-        "reply to the gateway-SNATed hairpin",
-    );
-    fx.expect(
-        "internal_in",
-        &echo_frame(VM3, FIP2, 8, 4099),
-        &echo_frame(GW, VM2, 8, 4099),
-        "hairpin ping",
-    );
-    fx.expect(
-        "internal_in",
-        &echo_frame(VM2, GW, 0, 4099),
-        &echo_frame(FIP2, VM3, 0, 4099),
-        "hairpin ping reply",
-    );
-    // A forwarded port reached from inside.
-    fx.expect(
-        "internal_in",
-        &tcp_frame(VM2, 40002, [192, 0, 2, 53], 2222, SYN),
-        &tcp_frame(FIP2, 40002, VM1, 22, SYN),
-        "hairpin to a forwarded port",
-    );
+    #[rustfmt::skip]
+    let steps = [
+        (INTERNAL, Tcp(VM2, 40000, FIP1, 8080, SYN), Tcp(FIP2, 40000, VM1, 8080, SYN),
+            "FIP to FIP"),
+        (INTERNAL, Tcp(VM1, 8080, FIP2, 40000, SYN_ACK), Tcp(FIP1, 8080, VM2, 40000, SYN_ACK),
+            "FIP to FIP reply"),
+        // VM3 (no FIP) → FIP1: source to the gateway IP (port kept when free); the reply back.
+        (INTERNAL, Tcp(VM3, 40001, FIP1, 8080, SYN), Tcp(GW, 40001, VM1, 8080, SYN),
+            "to FIP, SNAT to the gateway"),
+        (INTERNAL, Tcp(VM1, 8080, GW, 40001, SYN_ACK), Tcp(FIP1, 8080, VM3, 40001, SYN_ACK),
+            "reply to the gateway-SNATed hairpin"),
+        (INTERNAL, Echo(VM3, FIP2, 8, 4099), Echo(GW, VM2, 8, 4099), "hairpin ping"),
+        (INTERNAL, Echo(VM2, GW, 0, 4099), Echo(FIP2, VM3, 0, 4099), "hairpin ping reply"),
+        // A forwarded port reached from inside.
+        (INTERNAL, Tcp(VM2, 40002, [192, 0, 2, 53], 2222, SYN), Tcp(FIP2, 40002, VM1, 22, SYN),
+            "hairpin to a forwarded port"),
+    ];
+    fx.expect_all(&steps);
     // East-west and outbound traffic is not touched here.
     for f in [
         tcp_frame(VM1, 1234, VM2, 80, SYN),
@@ -387,14 +315,13 @@ fn icmp_errors_about_floating_ip_flows_quote_the_right_address() {
     // SRV answers port unreachable about FIP1:4000 → SRV:53: VM1 must see its own address
     // quoted.
     let err = |dst: [u8; 4]| unreachable(SRV, dst, (dst, 4000, SRV, 53));
-    fx.expect("snat_in", &err(FIP1), &err(VM1), "error in");
-    // VM1 answers an inbound flow with an error: the remote must see the FIP quoted.
-    fx.expect(
-        "snat_in",
-        &udp_frame(SRV, 5000, FIP1, 9),
-        &udp_frame(SRV, 5000, VM1, 9),
-        "UDP in",
-    );
+    #[rustfmt::skip]
+    let steps = [
+        (IN, Frame(err(FIP1)), Frame(err(VM1)), "error in"),
+        // VM1 answers an inbound flow with an error: the remote must see the FIP quoted.
+        (IN, Udp(SRV, 5000, FIP1, 9), Udp(SRV, 5000, VM1, 9), "UDP in"),
+    ];
+    fx.expect_all(&steps);
     let err_out = |src: [u8; 4]| unreachable(src, SRV, (SRV, 5000, src, 9));
     fx.expect("snat_out", &err_out(VM1), &err_out(FIP1), "error out");
     assert_eq!(fx.stat("icmp_errors"), 2);
@@ -405,18 +332,12 @@ fn icmp_errors_about_port_forwarding_flows_quote_the_internal_port() {
     let fx = fixture();
     floating(&fx, &[], &[pf(UDP, FIP1, 5353, VM2, 53)]);
     // The remote asks, VM2 answers through the forwarding.
-    fx.expect(
-        "snat_in",
-        &udp_frame(SRV, 6000, FIP1, 5353),
-        &udp_frame(SRV, 6000, VM2, 53),
-        "UDP in",
-    );
-    fx.expect(
-        "snat_out",
-        &udp_frame(VM2, 53, SRV, 6000),
-        &udp_frame(FIP1, 5353, SRV, 6000),
-        "UDP reply out",
-    );
+    #[rustfmt::skip]
+    let steps = [
+        (IN, Udp(SRV, 6000, FIP1, 5353), Udp(SRV, 6000, VM2, 53), "UDP in"),
+        (OUT, Udp(VM2, 53, SRV, 6000), Udp(FIP1, 5353, SRV, 6000), "UDP reply out"),
+    ];
+    fx.expect_all(&steps);
     // The remote's port unreachable about FIP1:5353 → SRV:6000 reaches VM2 quoting VM2:53.
     let err = |dst: [u8; 4], quoted: ([u8; 4], u16)| {
         unreachable(SRV, dst, (quoted.0, quoted.1, SRV, 6000))

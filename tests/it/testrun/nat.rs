@@ -6,12 +6,16 @@
 //! configures its router on ifindex 1 of a private datapath (own bpffs, own maps).
 use router_common::stats::Counter;
 use router_ctl::{config::NatConfig, datapath::RouterNat};
+use tests::packet::{
+    Pkt::{Frame, Tcp, Udp},
+    SYN_ACK,
+};
 use tests::{
     packet::{
         self, ACK, ICMP, Ipv4, RST, SYN, TCP, UDP, echo, echo_frame, frame, icmp, tcp, tcp_frame,
         udp, udp_frame,
     },
-    testrun::{GW, Rig, SHOT, SRV, assert_frame},
+    testrun::{GW, IN, OUT, Rig, SHOT, SRV, assert_frame, reply_key},
     testrun_router,
 };
 
@@ -266,13 +270,17 @@ fn fragments_follow_their_first_fragment() {
     // Out: first fragment creates the session and records the datagram.
     let (f1, f2) = fragments(VM1, SRV, 0x4242, &d(VM1, 40001, SRV, 9000), 512);
     let (w1, w2) = fragments(GW, SRV, 0x4242, &d(GW, 40001, SRV, 9000), 512);
-    assert_frame(&fx.out(&f1), &w1, "first fragment out");
-    assert_frame(&fx.out(&f2), &w2, "later fragment out");
     // In: the reply datagram, fragmented.
     let (r1, r2) = fragments(SRV, GW, 0x5151, &d(SRV, 9000, GW, 40001), 504);
     let (e1, e2) = fragments(SRV, VM1, 0x5151, &d(SRV, 9000, VM1, 40001), 504);
-    assert_frame(&fx.inn(&r1), &e1, "first fragment in");
-    assert_frame(&fx.inn(&r2), &e2, "later fragment in");
+    #[rustfmt::skip]
+    let steps = [
+        (OUT, Frame(f1), Frame(w1), "first fragment out"),
+        (OUT, Frame(f2), Frame(w2), "later fragment out"),
+        (IN, Frame(r1), Frame(e1), "first fragment in"),
+        (IN, Frame(r2), Frame(e2), "later fragment in"),
+    ];
+    fx.expect_all(&steps);
     // A later fragment whose first fragment was never seen cannot leave with a private source.
     let (_, orphan) = fragments(VM1, SRV, 0x4343, &d(VM1, 40001, SRV, 9000), 512);
     fx.assert_dropped("snat_out", &orphan, Counter::DropFragment);
@@ -299,16 +307,14 @@ fn ip_options_use_the_real_header_length() {
             b"opt",
         )))
     };
-    assert_frame(
-        &fx.out(&mk(VM1, 40002, SRV, 443, SYN)),
-        &mk(GW, 40002, SRV, 443, SYN),
-        "IHL 7 out",
-    );
-    assert_frame(
-        &fx.inn(&mk(SRV, 443, GW, 40002, SYN | ACK)),
-        &mk(SRV, 443, VM1, 40002, SYN | ACK),
-        "IHL 7 in",
-    );
+    #[rustfmt::skip]
+    let steps = [
+        (OUT, Frame(mk(VM1, 40002, SRV, 443, SYN)), Frame(mk(GW, 40002, SRV, 443, SYN)),
+            "IHL 7 out"),
+        (IN, Frame(mk(SRV, 443, GW, 40002, SYN_ACK)), Frame(mk(SRV, 443, VM1, 40002, SYN_ACK)),
+            "IHL 7 in"),
+    ];
+    fx.expect_all(&steps);
 }
 
 #[test]
@@ -617,27 +623,15 @@ fn removed_reverse_entry_is_restored_or_the_flow_remapped() {
     let fx = snat();
     fx.out(&udp_frame(VM1, 40000, SRV, 53));
     let mut sessions = pinned_sessions(&fx);
-    let rev = |port: u16| router_common::SessionKey {
-        router_id: DP_ID as u16,
-        src: router_common::ip_to_wire(SRV),
-        dst: router_common::ip_to_wire(GW),
-        sport: router_common::port_to_wire(53),
-        dport: router_common::port_to_wire(port),
-        proto: UDP,
-        dir: router_common::DIR_IN,
-    };
+    let rev = |port: u16| reply_key(DP_ID, UDP, (SRV, 53), (GW, port));
     // As if the GC removed the session (its only entry) between two packets: the next outbound packet restores it.
     sessions.remove(&rev(40000)).expect("remove reverse");
-    assert_frame(
-        &fx.out(&udp_frame(VM1, 40000, SRV, 53)),
-        &udp_frame(GW, 40000, SRV, 53),
-        "same port",
-    );
-    assert_frame(
-        &fx.inn(&udp_frame(SRV, 53, GW, 40000)),
-        &udp_frame(SRV, 53, VM1, 40000),
-        "reply restored",
-    );
+    #[rustfmt::skip]
+    let steps = [
+        (OUT, Udp(VM1, 40000, SRV, 53), Udp(GW, 40000, SRV, 53), "same port"),
+        (IN, Udp(SRV, 53, GW, 40000), Udp(SRV, 53, VM1, 40000), "reply restored"),
+    ];
+    fx.expect_all(&steps);
     // Removed again, and meanwhile another host's flow took the port: VM1 is remapped rather
     // than sharing it, and each reply reaches its own host.
     sessions.remove(&rev(40000)).expect("remove reverse");
@@ -647,16 +641,12 @@ fn removed_reverse_entry_is_restored_or_the_flow_remapped() {
         "VM2 takes the port",
     );
     let p = remapped(&fx, VM1);
-    assert_frame(
-        &fx.inn(&udp_frame(SRV, 53, GW, 40000)),
-        &udp_frame(SRV, 53, VM2, 40000),
-        "reply to VM2",
-    );
-    assert_frame(
-        &fx.inn(&udp_frame(SRV, 53, GW, p)),
-        &udp_frame(SRV, 53, VM1, 40000),
-        "reply to VM1",
-    );
+    #[rustfmt::skip]
+    let steps = [
+        (IN, Udp(SRV, 53, GW, 40000), Udp(SRV, 53, VM2, 40000), "reply to VM2"),
+        (IN, Udp(SRV, 53, GW, p), Udp(SRV, 53, VM1, 40000), "reply to VM1"),
+    ];
+    fx.expect_all(&steps);
 }
 
 #[test]
@@ -789,26 +779,14 @@ fn displaced_flow_gets_a_forward_entry_and_both_translate() {
     );
     // Both directions of both flows, several packets each: the ports stay put.
     for _ in 0..3 {
-        assert_frame(
-            &fx.inn(&tcp_frame(SRV, 80, GW, 41000, SYN | ACK)),
-            &tcp_frame(SRV, 80, VM1, 41000, SYN | ACK),
-            "reply to the first",
-        );
-        assert_frame(
-            &fx.inn(&tcp_frame(SRV, 80, GW, p, SYN | ACK)),
-            &tcp_frame(SRV, 80, VM2, 41000, SYN | ACK),
-            "reply to the displaced",
-        );
-        assert_frame(
-            &fx.out(&tcp_frame(VM1, 41000, SRV, 80, ACK)),
-            &tcp_frame(GW, 41000, SRV, 80, ACK),
-            "first, established",
-        );
-        assert_frame(
-            &fx.out(&tcp_frame(VM2, 41000, SRV, 80, ACK)),
-            &tcp_frame(GW, p, SRV, 80, ACK),
-            "displaced, established",
-        );
+        #[rustfmt::skip]
+        let steps = [
+            (IN, Tcp(SRV, 80, GW, 41000, SYN_ACK), Tcp(SRV, 80, VM1, 41000, SYN_ACK), "first, in"),
+            (IN, Tcp(SRV, 80, GW, p, SYN_ACK), Tcp(SRV, 80, VM2, 41000, SYN_ACK), "displaced, in"),
+            (OUT, Tcp(VM1, 41000, SRV, 80, ACK), Tcp(GW, 41000, SRV, 80, ACK), "first, out"),
+            (OUT, Tcp(VM2, 41000, SRV, 80, ACK), Tcp(GW, p, SRV, 80, ACK), "displaced, out"),
+        ];
+        fx.expect_all(&steps);
     }
     let listed = fx.sessions();
     assert_eq!(listed.len(), 2, "{listed:?}");
@@ -818,27 +796,16 @@ fn displaced_flow_gets_a_forward_entry_and_both_translate() {
     );
     // The displaced flow's session removed (the GC deletes it a moment before its alias): its forward entry restores it at the same port.
     let mut map = pinned_sessions(&fx);
-    let rev = |port: u16| router_common::SessionKey {
-        router_id: DP_ID as u16,
-        src: router_common::ip_to_wire(SRV),
-        dst: router_common::ip_to_wire(GW),
-        sport: router_common::port_to_wire(80),
-        dport: router_common::port_to_wire(port),
-        proto: TCP,
-        dir: router_common::DIR_IN,
-    };
+    let rev = |port: u16| reply_key(DP_ID, TCP, (SRV, 80), (GW, port));
     map.remove(&rev(p))
         .expect("remove the displaced flow's session");
-    assert_frame(
-        &fx.out(&tcp_frame(VM2, 41000, SRV, 80, ACK)),
-        &tcp_frame(GW, p, SRV, 80, ACK),
-        "displaced flow keeps its port after its session went",
-    );
-    assert_frame(
-        &fx.inn(&tcp_frame(SRV, 80, GW, p, ACK)),
-        &tcp_frame(SRV, 80, VM2, 41000, ACK),
-        "its replies again",
-    );
+    #[rustfmt::skip]
+    let steps = [
+        (OUT, Tcp(VM2, 41000, SRV, 80, ACK), Tcp(GW, p, SRV, 80, ACK),
+            "displaced flow keeps its port after its session went"),
+        (IN, Tcp(SRV, 80, GW, p, ACK), Tcp(SRV, 80, VM2, 41000, ACK), "its replies again"),
+    ];
+    fx.expect_all(&steps);
     assert_eq!(fx.stat("sessions_created"), 2, "restored, not created");
     // The GC leaves live forward entries alone (past the orphan grace period).
     std::thread::sleep(std::time::Duration::from_millis(2500));
@@ -862,16 +829,13 @@ fn removed_session_of_an_established_flow_is_recreated_at_the_same_port() {
     let r = tcp_frame(SRV, 80, GW, 40000, ACK);
     assert_eq!(fx.inn(&r), r, "nothing to translate a reply with");
     // The next outbound packet (mid-connection, no SYN) re-creates it at the same port.
-    assert_frame(
-        &fx.out(&tcp_frame(VM1, 40000, SRV, 80, ACK)),
-        &tcp_frame(GW, 40000, SRV, 80, ACK),
-        "same NAT port",
-    );
-    assert_frame(
-        &fx.inn(&tcp_frame(SRV, 80, GW, 40000, ACK)),
-        &tcp_frame(SRV, 80, VM1, 40000, ACK),
-        "replies reach the host again",
-    );
+    #[rustfmt::skip]
+    let steps = [
+        (OUT, Tcp(VM1, 40000, SRV, 80, ACK), Tcp(GW, 40000, SRV, 80, ACK), "same NAT port"),
+        (IN, Tcp(SRV, 80, GW, 40000, ACK), Tcp(SRV, 80, VM1, 40000, ACK),
+            "replies reach the host again"),
+    ];
+    fx.expect_all(&steps);
     assert_eq!(entries(&fx).0, sessions, "the same single entry");
     // The same for a flow whose port was chosen by the hash (source port out of range).
     let first = sport(&fx.out(&udp_frame(VM2, 80, SRV, 53)));
@@ -926,15 +890,7 @@ fn a_displaced_flow_finds_its_alias_through_its_endpoint_hint_until_the_gc_clear
     // VM2 must still find its alias rather than take the free port.
     let mut sessions = pinned_sessions(&fx);
     sessions
-        .remove(&router_common::SessionKey {
-            router_id: DP_ID as u16,
-            src: router_common::ip_to_wire(SRV),
-            dst: router_common::ip_to_wire(GW),
-            sport: router_common::port_to_wire(53),
-            dport: router_common::port_to_wire(40000),
-            proto: UDP,
-            dir: router_common::DIR_IN,
-        })
+        .remove(&reply_key(DP_ID, UDP, (SRV, 53), (GW, 40000)))
         .expect("remove VM1's session");
     assert_frame(
         &fx.out(&udp_frame(VM2, 40000, SRV, 53)),

@@ -54,10 +54,10 @@ impl<'a> Cloud<'a> {
     /// `openstack KIND create ARGS -f json`, deleted on drop (`KIND` may be two words, e.g.
     /// "floating ip").
     #[track_caller]
-    pub fn create(&self, kind: &str, args: &[&str]) -> Value {
+    pub fn create(&self, kind: &str, args: &[impl AsRef<str>]) -> Value {
         let mut full: Vec<&str> = kind.split(' ').collect();
         full.push("create");
-        full.extend_from_slice(args);
+        full.extend(args.iter().map(AsRef::as_ref));
         let v = self.json(&full);
         self.undo
             .borrow_mut()

@@ -6,7 +6,7 @@ use std::{path::Path, time::Duration};
 
 use anyhow::{Context as _, Result};
 
-use super::proc::{Proc, wait_until};
+use super::proc::Proc;
 use crate::netns::{netns_cmd, try_sh};
 
 /// The SQLAlchemy URL neutron uses, valid inside the stack's namespace.
@@ -47,12 +47,8 @@ pub fn start(ns: &str, dir: &Path) -> Result<Proc> {
         "--character-set-server=utf8mb4",
         "--collation-server=utf8mb4_general_ci",
     ]);
-    let mut proc = Proc::spawn(
-        "mariadbd",
-        cmd,
-        &dir.join("mariadbd.log"),
-        Duration::from_secs(15),
-    )?;
+    let log = dir.join("mariadbd.log");
+    let mut proc = Proc::spawn("mariadbd", cmd, &log, Duration::from_secs(15))?;
     let client = |sql: &str| {
         netns_cmd(ns, "mariadb")
             .args(["--no-defaults", "-u", "root"])
@@ -60,12 +56,9 @@ pub fn start(ns: &str, dir: &Path) -> Result<Proc> {
             .args(["-e", sql])
             .output()
     };
-    wait_until(
-        "MariaDB answers",
-        Duration::from_secs(60),
-        Some(&mut proc),
-        || client("SELECT 1").is_ok_and(|o| o.status.success()),
-    )
+    proc.wait_ready("MariaDB answers", Duration::from_secs(60), || {
+        client("SELECT 1").is_ok_and(|o| o.status.success())
+    })
     .with_context(|| super::proc::log_tail(&dir.join("error.log"), 30))?;
     let setup = "CREATE DATABASE neutron CHARACTER SET utf8mb4; \
                  CREATE USER 'neutron'@'127.0.0.1' IDENTIFIED BY 'neutron'; \

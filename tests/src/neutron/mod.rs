@@ -3,10 +3,11 @@
 //! RabbitMQ from Debian packages, all in a namespace of their own on its loopback ([`Stack`]);
 //! a relay that lets an agent in a host namespace reach RabbitMQ on 127.0.0.1 of its own
 //! namespace ([`relay`]); the L2-agent reports the harness sends on a test node's behalf
-//! ([`report`]).
+//! ([`report`]); the networks the tests and the demo create through the CLI ([`networks`]).
 
 pub mod cloud;
 mod mariadb;
+pub mod networks;
 pub mod node;
 pub mod proc;
 mod rabbitmq;

@@ -44,6 +44,17 @@ impl Proc {
         })
     }
 
+    /// Waits until `probe` answers true (see [`wait_until`]): the server is up, or an error
+    /// with the end of its log when it exits first or `limit` runs out.
+    pub fn wait_ready(
+        &mut self,
+        what: &str,
+        limit: Duration,
+        probe: impl FnMut() -> bool,
+    ) -> Result<()> {
+        wait_until(what, limit, Some(self), probe)
+    }
+
     /// The exit status when the process has ended.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.try_wait().ok().flatten()

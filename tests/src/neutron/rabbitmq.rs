@@ -8,7 +8,7 @@ use std::{fs, net::TcpStream, path::Path, process::Command, time::Duration};
 
 use anyhow::{Context as _, Result};
 
-use super::proc::{Proc, wait_until};
+use super::proc::Proc;
 use crate::netns::{netns_cmd, try_enter_named};
 
 /// The AMQP port on the stack's loopback.
@@ -53,23 +53,15 @@ pub fn start(ns: &str, dir: &Path) -> Result<Proc> {
     fs::write(dir.join("enabled_plugins"), "[].\n")?;
     let mut cmd = netns_cmd(ns, "/usr/lib/rabbitmq/bin/rabbitmq-server");
     env(&mut cmd, dir);
-    let mut proc = Proc::spawn(
-        "rabbitmq-server",
-        cmd,
-        &dir.join("server.log"),
-        Duration::from_secs(20),
-    )?;
-    wait_until(
+    let log = dir.join("server.log");
+    let mut proc = Proc::spawn("rabbitmq-server", cmd, &log, Duration::from_secs(20))?;
+    let amqp = ([127, 0, 0, 1], AMQP_PORT).into();
+    proc.wait_ready(
         "RabbitMQ listens on 127.0.0.1:5672",
         Duration::from_secs(120),
-        Some(&mut proc),
         || {
             try_enter_named(ns, || {
-                TcpStream::connect_timeout(
-                    &([127, 0, 0, 1], AMQP_PORT).into(),
-                    Duration::from_secs(1),
-                )
-                .is_ok()
+                TcpStream::connect_timeout(&amqp, Duration::from_secs(1)).is_ok()
             })
             .unwrap_or(false)
         },

@@ -531,7 +531,9 @@ fn parallel_client(
         }
         Ok(v)
     };
-    let id = |v: &Value, kind: &str| -> Result<String> {
+    // `POST /coll {kind: body}`; returns the new object's id.
+    let create = |coll: &str, kind: &str, body: Value| -> Result<String> {
+        let v = call("POST", &format!("/{coll}"), json!({ kind: body }))?;
         v[kind]["id"]
             .as_str()
             .map(str::to_string)
@@ -540,31 +542,15 @@ fn parallel_client(
     let (mut lat, mut routers, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
         let mut one = || -> Result<f64> {
-            let net = id(
-                &call(
-                    "POST",
-                    "/networks",
-                    json!({"network": {"name": format!("pg-{c}-{i}")}}),
-                )?,
-                "network",
-            )?;
+            let name = format!("pg-{c}-{i}");
+            let net = create("networks", "network", json!({ "name": name }))?;
             let cidr = format!("10.{}.{i}.0/24", 200 + c);
-            let subnet = id(
-                &call(
-                    "POST",
-                    "/subnets",
-                    json!({"subnet": {"network_id": net, "ip_version": 4, "cidr": cidr}}),
-                )?,
+            let subnet = create(
+                "subnets",
                 "subnet",
+                json!({"network_id": net, "ip_version": 4, "cidr": cidr}),
             )?;
-            let router = id(
-                &call(
-                    "POST",
-                    "/routers",
-                    json!({"router": {"name": format!("pg-{c}-{i}")}}),
-                )?,
-                "router",
-            )?;
+            let router = create("routers", "router", json!({ "name": name }))?;
             routers.push(router.clone());
             call(
                 "PUT",

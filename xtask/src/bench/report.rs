@@ -233,21 +233,21 @@ fn mkey(m: Metric) -> String {
     format!("{m:?}")
 }
 
+/// The series of configuration `k` and metric `m` in a table keyed like [`Report::samples`],
+/// made empty when new.
+fn series<T>(
+    table: &mut BTreeMap<String, BTreeMap<String, Vec<T>>>,
+    k: Kind,
+    m: Metric,
+) -> &mut Vec<T> {
+    table.entry(key(k)).or_default().entry(mkey(m)).or_default()
+}
+
 impl Report {
     /// Records sample `v` of metric `m` for configuration `k`, taken in round `round`.
     pub fn add(&mut self, k: Kind, m: Metric, round: u32, v: f64) {
-        self.samples
-            .entry(key(k))
-            .or_default()
-            .entry(mkey(m))
-            .or_default()
-            .push(v);
-        self.sample_rounds
-            .entry(key(k))
-            .or_default()
-            .entry(mkey(m))
-            .or_default()
-            .push(round);
+        series(&mut self.samples, k, m).push(v);
+        series(&mut self.sample_rounds, k, m).push(round);
     }
 
     /// The samples of `k` for `m` with the round each was taken in.
@@ -650,6 +650,13 @@ pub fn fmt_num(v: f64) -> String {
 mod tests {
     use super::*;
 
+    /// Round `round` of metric `m`: one sample per configuration, (plain, iptables, eBPF).
+    fn add_round(r: &mut Report, m: Metric, round: u32, (plain, ipt, ebpf): (f64, f64, f64)) {
+        r.add(Kind::Plain, m, round, plain);
+        r.add(Kind::Iptables, m, round, ipt);
+        r.add(Kind::Ebpf, m, round, ebpf);
+    }
+
     #[test]
     fn median_and_spread() {
         let s = summarize(&[3.0, 1.0, 2.0]).unwrap();
@@ -662,16 +669,11 @@ mod tests {
     #[test]
     fn verdict_compares_to_plain_and_iptables() {
         let mut r = Report::default();
-        r.add(Kind::Plain, Metric::UdpPps, 0, 100.0);
-        r.add(Kind::Iptables, Metric::UdpPps, 0, 80.0);
-        r.add(Kind::Ebpf, Metric::UdpPps, 0, 96.0);
+        add_round(&mut r, Metric::UdpPps, 0, (100.0, 80.0, 96.0));
         assert!(r.verdict(Kind::Ebpf, Metric::UdpPps).starts_with("PASS"));
         // Two more rounds on a machine that got faster, then slower: 0.90x of plain in both.
-        for (round, plain, ipt, ebpf) in [(1, 200.0, 150.0, 180.0), (2, 50.0, 40.0, 45.0)] {
-            r.add(Kind::Plain, Metric::UdpPps, round, plain);
-            r.add(Kind::Iptables, Metric::UdpPps, round, ipt);
-            r.add(Kind::Ebpf, Metric::UdpPps, round, ebpf);
-        }
+        add_round(&mut r, Metric::UdpPps, 1, (200.0, 150.0, 180.0));
+        add_round(&mut r, Metric::UdpPps, 2, (50.0, 40.0, 45.0));
         let v = r.verdict(Kind::Ebpf, Metric::UdpPps);
         assert!(v.starts_with("FAIL — 0.90× plain"), "{v}");
         assert!(v.contains("beats iptables (1.20×)"), "{v}");
@@ -680,9 +682,7 @@ mod tests {
         let svg = r.svg();
         assert!(svg.starts_with("<svg") && svg.contains("ebpf 0.90×"));
         // The per-CPU-second rows answer to the same target, not only to iptables.
-        r.add(Kind::Plain, Metric::NewFlowsCpu, 0, 100.0);
-        r.add(Kind::Iptables, Metric::NewFlowsCpu, 0, 70.0);
-        r.add(Kind::Ebpf, Metric::NewFlowsCpu, 0, 85.0);
+        add_round(&mut r, Metric::NewFlowsCpu, 0, (100.0, 70.0, 85.0));
         assert!(
             r.verdict(Kind::Ebpf, Metric::NewFlowsCpu)
                 .starts_with("FAIL")
@@ -714,9 +714,7 @@ mod tests {
     #[test]
     fn fast_path_gets_its_own_verdict_and_bar() {
         let mut r = Report::default();
-        r.add(Kind::Plain, Metric::Tcp1, 0, 10.0);
-        r.add(Kind::Iptables, Metric::Tcp1, 0, 8.0);
-        r.add(Kind::Ebpf, Metric::Tcp1, 0, 9.0);
+        add_round(&mut r, Metric::Tcp1, 0, (10.0, 8.0, 9.0));
         r.add(Kind::Fast, Metric::Tcp1, 0, 9.8);
         assert!(r.verdict(Kind::Fast, Metric::Tcp1).starts_with("PASS"));
         assert!(r.verdict(Kind::Ebpf, Metric::Tcp1).starts_with("FAIL"));

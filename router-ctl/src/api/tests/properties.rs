@@ -1,77 +1,7 @@
 //! Property test: random bodies never cause a 500, and a rejected request changes nothing.
 
 use super::*;
-
-/// Arbitrary JSON built from the API's own vocabulary, so bodies reach deep validation.
-fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
-    use proptest::prelude::*;
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|n| json!(n)),
-        "[a-z0-9:./ =-]{0,12}".prop_map(Value::String),
-        prop_oneof![
-            Just("10.0.0.0/24"),
-            Just("10.0.0.1"),
-            Just("10.0.0.0/31"),
-            Just("192.0.2.0/24"),
-            Just("4"),
-            Just("fd00::/64"),
-            Just("10.0.0.5"),
-            Just("10.9.0.0/16"),
-            Just("0.0.0.0/0"),
-            Just("127.0.0.0/8"),
-            Just("00000000-0000-0000-0000-000000000000"),
-            Just("fa:16:3e:00:00:01"),
-            Just("fd00:1::/64"),
-            Just("2001:db8::/32"),
-            Just("fd00:1::1"),
-            Just("::ffff:0:0/96"),
-            Just("slaac"),
-            Just("dhcpv6-stateful"),
-        ]
-        .prop_map(|s| json!(s)),
-    ];
-    let keys = prop_oneof![
-        Just("name"),
-        Just("admin_state_up"),
-        Just("router:external"),
-        Just("network_id"),
-        Just("subnet_id"),
-        Just("port_id"),
-        Just("ip_version"),
-        Just("ipv6_ra_mode"),
-        Just("ipv6_address_mode"),
-        Just("cidr"),
-        Just("gateway_ip"),
-        Just("allocation_pools"),
-        Just("start"),
-        Just("end"),
-        Just("fixed_ips"),
-        Just("ip_address"),
-        Just("mac_address"),
-        Just("external_gateway_info"),
-        Just("enable_snat"),
-        Just("external_fixed_ips"),
-        Just("dns_nameservers"),
-        Just("routes"),
-        Just("destination"),
-        Just("nexthop"),
-        Just("mtu"),
-        Just("tags"),
-        Just("ha"),
-        Just("distributed"),
-        Just("revision_number"),
-        Just("bogus"),
-    ];
-    leaf.prop_recursive(3, 24, 6, move |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map(keys.clone().prop_map(str::to_string), inner, 0..5)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
-}
+use crate::fuzz::{self, arb_json, body_for, targets};
 
 #[test]
 fn random_bodies_never_500_and_rejections_change_nothing() {
@@ -87,24 +17,8 @@ fn random_bodies_never_500_and_rejections_change_nothing() {
         let r = t.create("adm", "routers", json!({"router": {}})).await;
         (net, id(&s, "subnet"), id(&r, "router"))
     });
-    let targets = [
-        ("POST", "/v2.0/networks".to_string(), "network"),
-        ("POST", "/v2.0/subnets".to_string(), "subnet"),
-        ("POST", "/v2.0/ports".to_string(), "port"),
-        ("POST", "/v2.0/routers".to_string(), "router"),
-        ("PUT", format!("/v2.0/networks/{net}"), "network"),
-        ("PUT", format!("/v2.0/subnets/{sub}"), "subnet"),
-        ("PUT", format!("/v2.0/routers/{router}"), "router"),
-        (
-            "PUT",
-            format!("/v2.0/routers/{router}/add_router_interface"),
-            "",
-        ),
-        (
-            "PUT",
-            format!("/v2.0/routers/{router}/remove_router_interface"),
-            "",
-        ),
+    let mut targets = targets(&net, &sub, &router);
+    targets.extend([
         (
             "PUT",
             format!("/v2.0/routers/{router}/add_extraroutes"),
@@ -119,7 +33,7 @@ fn random_bodies_never_500_and_rejections_change_nothing() {
         ("POST", format!("/v2.0/routers/{router}/tags"), ""),
         ("PUT", format!("/v2.0/subnets/{sub}/tags/x"), ""),
         ("DELETE", format!("/v2.0/subnets/{sub}/tags/absent"), ""),
-    ];
+    ]);
     let if_match = [
         None,
         Some("revision_number=0"),
@@ -129,12 +43,7 @@ fn random_bodies_never_500_and_rejections_change_nothing() {
         Some("revision_number=1, revision_number=2"),
         Some("*"),
     ];
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 256,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    });
-    runner
+    fuzz::runner(256)
         .run(
             &(
                 0..targets.len(),
@@ -144,12 +53,8 @@ fn random_bodies_never_500_and_rejections_change_nothing() {
                 0..if_match.len(),
             ),
             |(i, body, wrap, admin, m)| {
-                let (method, path, key) = &targets[i];
-                let body = if wrap && !key.is_empty() {
-                    json!({ *key: body })
-                } else {
-                    body
-                };
+                let (method, path, _) = &targets[i];
+                let body = body_for(&targets[i], body, wrap);
                 let token = if admin { "adm" } else { "ta" };
                 rt.block_on(async {
                     let snapshot = || async {
