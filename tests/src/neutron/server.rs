@@ -3,7 +3,8 @@
 //! periodic tasks (router failover from dead L3 agents among them) in
 //! `neutron-periodic-workers`. Configuration: ML2 with the openvswitch mechanism driver, flat,
 //! VLAN and VXLAN type drivers, the router service plugin, no Keystone, and a short
-//! `agent_down_time` so that the failover tests finish in seconds.
+//! `agent_down_time` so that the failover tests finish in seconds; no quotas (the bench makes
+//! hundreds of routers).
 
 use std::{fs, path::Path, time::Duration};
 
@@ -44,6 +45,13 @@ connection = {db}
 
 [oslo_concurrency]
 lock_path = {lock}
+
+[quotas]
+quota_network = -1
+quota_subnet = -1
+quota_port = -1
+quota_router = -1
+quota_floatingip = -1
 ",
         transport = rabbitmq::TRANSPORT_URL,
         db = mariadb::DB_URL,

@@ -10,6 +10,7 @@
 //! plane at N routers: create/delete per tenth, chatter, restarts, memory) with `probe` (its
 //! UDP sequence stream, flood counter and drop counters), `report` (statistics and output).
 
+mod agent_scale;
 mod daemon;
 mod ns;
 mod probe;
@@ -69,6 +70,10 @@ pub struct BenchArgs {
     /// Seconds of each chatter window (stream loss, broadcast rate and drops).
     #[arg(long, default_value_t = 10.0)]
     pub chatter_secs: f64,
+    /// Routers of the agent-mode scale run through a real neutron-server (0 to skip; opt-in:
+    /// the neutron stack starts in about 1.5 min; at most 990, neutron's VXLAN range).
+    #[arg(long, default_value_t = 0)]
+    pub agent_routers: usize,
 }
 
 /// Clients making routers at once for the gateway-set latency under load, and routers each.
@@ -180,6 +185,7 @@ struct Plan {
     metrics: Vec<Metric>,
     routers: Vec<usize>,
     routers_cap: Duration,
+    agent_routers: usize,
     chatter_secs: f64,
     /// `--profile`: where profiles go.
     profiler: Option<profile::Profiler>,
@@ -322,6 +328,7 @@ pub fn run(args: &BenchArgs, target_dir: &Path, workspace: &Path) -> Result<()> 
         } else {
             args.chatter_secs.max(1.0)
         },
+        agent_routers: args.agent_routers,
         routers_cap: Duration::from_secs(if args.quick {
             30
         } else {
@@ -555,6 +562,20 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
             ns::check_interrupted()?;
             env.parallel_gateways(PARALLEL_CLIENTS, PARALLEL_ROUTERS_EACH, rep);
         }
+    }
+    drop(envs);
+    if plan.agent_routers > 0 {
+        ns::check_interrupted()?;
+        eprintln!(
+            "bench: agent mode, {} routers through neutron-server",
+            plan.agent_routers
+        );
+        let bin = daemon::build(target_dir, workspace)?;
+        rep.agent_scale = Some(agent_scale::run(
+            &bin,
+            plan.agent_routers,
+            plan.routers_cap,
+        ));
     }
     Ok(())
 }

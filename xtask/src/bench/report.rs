@@ -215,6 +215,8 @@ pub struct Report {
     /// The control plane at scale, one run per N (`scale`).
     pub scale: Vec<super::scale::ScaleRun>,
     pub control_plane_note: String,
+    /// The same through a real neutron-server and `router-ctl agent` (`--agent-routers`).
+    pub agent_scale: Option<super::agent_scale::AgentScale>,
     /// Gateway-set latency with several clients at once (after the control-plane batches).
     pub parallel_gateway: Option<ParallelGatewayRun>,
     /// Seconds from the gateway-set API call to the first translated packet at the server.
@@ -524,6 +526,7 @@ impl Report {
                 }
             );
         }
+        super::agent_scale::markdown(&self.agent_scale, &mut s);
         let _ = writeln!(
             s,
             "\nGateway set → first translated packet at the server{}: {}",

@@ -356,7 +356,7 @@ impl Env {
             let t = Instant::now();
             match self.make_one(i, ext) {
                 Ok((m, steps)) => {
-                    timed.push(t.elapsed().as_secs_f64(), steps);
+                    timed.push(t.elapsed().as_secs_f64(), &steps);
                     made.push(m);
                 }
                 Err(e) => {
@@ -379,7 +379,7 @@ impl Env {
             }
             let t = Instant::now();
             match self.delete_one(m) {
-                Ok(steps) => timed.push(t.elapsed().as_secs_f64(), steps),
+                Ok(steps) => timed.push(t.elapsed().as_secs_f64(), &steps),
                 Err(e) => {
                     note = format!("failed after {i} routers: {e:#}");
                     break;
@@ -515,22 +515,24 @@ const DELETE_STEPS: [&str; 5] = [
     "DELETE network",
 ];
 
-/// Per-router latencies of a batch and of each of its calls.
+/// Per-router latencies of a batch and of each of its steps (API calls, waits).
 #[derive(Default)]
-struct Timed {
+pub(super) struct Timed {
     lat: Vec<f64>,
-    steps: [Vec<f64>; 5],
+    steps: Vec<Vec<f64>>,
 }
 
 impl Timed {
-    fn push(&mut self, secs: f64, steps: [f64; 5]) {
+    pub(super) fn push(&mut self, secs: f64, steps: &[f64]) {
         self.lat.push(secs);
+        self.steps.resize_with(steps.len().max(self.steps.len()), Vec::new);
         for (acc, v) in self.steps.iter_mut().zip(steps) {
-            acc.push(v);
+            acc.push(*v);
         }
     }
 
-    fn phase(mut self, total: Duration, names: &[&str; 5], note: String) -> Phase {
+    pub(super) fn phase(mut self, total: Duration, names: &[&str], note: String) -> Phase {
+        self.steps.resize_with(names.len(), Vec::new);
         let n = self.lat.len();
         let tenths = if n >= 10 {
             self.lat
@@ -569,7 +571,7 @@ impl Timed {
 }
 
 /// `line` without terminal colour sequences (the daemon's log colours its fields).
-fn strip_ansi(line: &str) -> String {
+pub(super) fn strip_ansi(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
