@@ -161,7 +161,9 @@ fn run_inner(bin: &Path, cap: Duration, out: &mut AgentScale) -> Result<()> {
     // Dropped in reverse order: the router namespaces left by a failure, the node (its agent
     // killed), the fabric, then the stack.
     let fabric = Fabric::new()?;
-    let mut node = AgentNode::start(&stack, &fabric, bin, HOST, "10.99.0.11", &[])?;
+    // The VXLAN flood list names a compute node that is not there: no VM joins the tenant
+    // networks here, the agent only needs somewhere to flood to.
+    let mut node = AgentNode::start(&stack, &fabric, bin, HOST, "10.99.0.11", &["10.99.0.100"])?;
     node.wait_registered(&stack, Duration::from_secs(90))?;
     let mut qrouters = RouterNamespaces::default();
     let netns = stack.netns.clone();
@@ -366,8 +368,10 @@ fn resync(node: &mut AgentNode, made: &[Made]) -> AgentResync {
             .map(|md| md.ino())
             .ok()
     };
-    let before: BTreeMap<&str, Option<u64>> =
-        made.iter().map(|m| (m.router.as_str(), inodes(m))).collect();
+    let before: BTreeMap<&str, Option<u64>> = made
+        .iter()
+        .map(|m| (m.router.as_str(), inodes(m)))
+        .collect();
     let syncs = |log: &str| log.matches("full sync done").count();
     node.kill9();
     let seen = syncs(&node.log());
@@ -487,11 +491,17 @@ pub fn markdown(run: &Option<AgentScale>, s: &mut String) {
             s,
             "\nAgent `kill -9` and restart with {} routers: full resync done {} after launch ({}); {} of {} router namespaces adopted (same inode){}.",
             x.routers,
-            x.secs.map(|v| format!("{v:.2} s")).unwrap_or_else(|| "—".into()),
+            x.secs
+                .map(|v| format!("{v:.2} s"))
+                .unwrap_or_else(|| "—".into()),
             x.line,
             x.adopted,
             x.routers,
-            if x.note.is_empty() { String::new() } else { format!("; {}", x.note) }
+            if x.note.is_empty() {
+                String::new()
+            } else {
+                format!("; {}", x.note)
+            }
         );
     }
     for note in [&r.create.note, &r.delete.note, &r.note] {

@@ -571,11 +571,7 @@ fn run_plan(plan: &Plan, rep: &mut Report, target_dir: &Path, workspace: &Path) 
             plan.agent_routers
         );
         let bin = daemon::build(target_dir, workspace)?;
-        rep.agent_scale = Some(agent_scale::run(
-            &bin,
-            plan.agent_routers,
-            plan.routers_cap,
-        ));
+        rep.agent_scale = Some(agent_scale::run(&bin, plan.agent_routers, plan.routers_cap));
     }
     Ok(())
 }

@@ -525,7 +525,8 @@ pub(super) struct Timed {
 impl Timed {
     pub(super) fn push(&mut self, secs: f64, steps: &[f64]) {
         self.lat.push(secs);
-        self.steps.resize_with(steps.len().max(self.steps.len()), Vec::new);
+        self.steps
+            .resize_with(steps.len().max(self.steps.len()), Vec::new);
         for (acc, v) in self.steps.iter_mut().zip(steps) {
             acc.push(*v);
         }
