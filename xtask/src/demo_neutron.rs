@@ -173,6 +173,73 @@ fn script(
             "Alive",
         ],
     )?;
+    let Topology {
+        router_id: rid,
+        gateway_ip: gw_ip,
+        nets,
+    } = topology(cloud, qrouters)?;
+    show(
+        cloud,
+        &[
+            "network",
+            "agent",
+            "list",
+            "--router",
+            "demo-router",
+            "-c",
+            "Host",
+            "-c",
+            "Alive",
+        ],
+    )?;
+    let vms = wire_vms(cloud, compute, node, &nets)?;
+    let qrouter = format!("qrouter-{rid}");
+    wait(
+        "the agent builds the router",
+        Duration::from_secs(90),
+        || netns_exists(&qrouter),
+    )?;
+    println!(
+        "\n[network node]$ ip -n {qrouter} -4 -br addr   # built by router-ctl agent from sync_routers"
+    );
+    let out = Command::new("ip")
+        .args(["-n", &qrouter, "-4", "-br", "addr"])
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+
+    println!("\n== Traffic from the VMs to the internet ({INTERNET_IP}) ==");
+    for (ns, port) in &vms {
+        // The first packets may race the router's last steps.
+        let _ = wait("", Duration::from_secs(30), || {
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", ns.name))
+                .args(["ping", "-c1", "-W1", INTERNET_IP])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        });
+        checks.ping(&ns.name, &ip_of(port), true)?;
+        checks.http(
+            &ns.name,
+            &ip_of(port),
+            Some((&gw_ip, "the router's gateway IP: SNAT")),
+        )?;
+    }
+
+    floating_ip(cloud, checks, &vms)?;
+    unset_gateway(cloud, checks, &rid, &vms)
+}
+
+/// What the demo's topology made and its later acts use.
+struct Topology {
+    router_id: String,
+    gateway_ip: String,
+    /// The tenant networks and their subnets, as the CLI returned them.
+    nets: Vec<(Value, Value)>,
+}
+
+/// The external network with the "internet" behind it, a flat and a VXLAN tenant network, a
+/// router with both and its gateway.
+fn topology(cloud: &Cloud, qrouters: &mut RouterNamespaces) -> Result<Topology> {
     println!("\n== An external network with the \"internet\" behind it ==");
     let public = create(cloud, "network", &external_network_args("public"))?;
     create(
@@ -215,21 +282,20 @@ fn script(
         .as_str()
         .context("no gateway address")?
         .to_string();
-    show(
-        cloud,
-        &[
-            "network",
-            "agent",
-            "list",
-            "--router",
-            "demo-router",
-            "-c",
-            "Host",
-            "-c",
-            "Alive",
-        ],
-    )?;
+    Ok(Topology {
+        router_id: rid,
+        gateway_ip: gw_ip,
+        nets,
+    })
+}
 
+/// A VM on each tenant network, wired on the compute node: its namespace and Neutron port.
+fn wire_vms(
+    cloud: &Cloud,
+    compute: &Compute,
+    node: &AgentNode,
+    nets: &[(Value, Value)],
+) -> Result<Vec<(Netns, Value)>> {
     println!("\n== A VM on each tenant network, wired on the compute node ==");
     let mut vms: Vec<(Netns, Value)> = Vec::new();
     for (i, (net, sub)) in nets.iter().enumerate() {
@@ -261,44 +327,18 @@ fn script(
         )?;
         vms.push((ns, port));
     }
-    let qrouter = format!("qrouter-{rid}");
-    wait(
-        "the agent builds the router",
-        Duration::from_secs(90),
-        || netns_exists(&qrouter),
-    )?;
-    println!(
-        "\n[network node]$ ip -n {qrouter} -4 -br addr   # built by router-ctl agent from sync_routers"
-    );
-    let out = Command::new("ip")
-        .args(["-n", &qrouter, "-4", "-br", "addr"])
-        .output()?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
+    Ok(vms)
+}
 
-    println!("\n== Traffic from the VMs to the internet ({INTERNET_IP}) ==");
-    let ip_of = |p: &Value| {
-        p["fixed_ips"][0]["ip_address"]
-            .as_str()
-            .unwrap_or("?")
-            .to_string()
-    };
-    for (ns, port) in &vms {
-        // The first packets may race the router's last steps.
-        let _ = wait("", Duration::from_secs(30), || {
-            Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{}", ns.name))
-                .args(["ping", "-c1", "-W1", INTERNET_IP])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-        checks.ping(&ns.name, &ip_of(port), true)?;
-        checks.http(
-            &ns.name,
-            &ip_of(port),
-            Some((&gw_ip, "the router's gateway IP: SNAT")),
-        )?;
-    }
+fn ip_of(p: &Value) -> String {
+    p["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string()
+}
 
+/// A floating IP for vm1: reached from the VM through it, then deleted.
+fn floating_ip(cloud: &Cloud, checks: &mut Demo, vms: &[(Netns, Value)]) -> Result<()> {
     println!("\n== A floating IP for vm1 ==");
     let fip = create(
         cloud,
@@ -337,9 +377,20 @@ fn script(
     cloud.os(&["floating", "ip", "delete", &fip_id]);
     cloud.deleted(&fip_id);
 
+    Ok(())
+}
+
+/// Unsetting the gateway removes `qg-` and cuts the VMs' access.
+fn unset_gateway(
+    cloud: &Cloud,
+    checks: &mut Demo,
+    rid: &str,
+    vms: &[(Netns, Value)],
+) -> Result<()> {
+    let qrouter = format!("qrouter-{rid}");
     println!("\n== Unsetting the gateway cuts access ==");
     println!("$ openstack router unset --external-gateway demo-router");
-    cloud.os(&["router", "unset", "--external-gateway", &rid]);
+    cloud.os(&["router", "unset", "--external-gateway", rid]);
     wait(
         "the gateway device removed",
         Duration::from_secs(60),
@@ -354,7 +405,7 @@ fn script(
             .contains("qg-")
         },
     )?;
-    for (ns, port) in &vms {
+    for (ns, port) in vms {
         checks.ping(&ns.name, &ip_of(port), false)?;
     }
     checks.http(&vms[0].0.name, &ip_of(&vms[0].1), None)?;

@@ -196,60 +196,7 @@ pub(super) fn create_fip(cx: Cx, o: &Obj) -> Result<String, Fault> {
             "Bad floatingip request: Network {net_id} is not a valid external network."
         )));
     }
-    let all = store::network_subnets(c, &net_id)?;
-    if let Some(s) = all.iter().find(|s| subnet_id.as_ref() == Some(&s.id))
-        && s.ip_version() != 4
-    {
-        return Err(Fault::new(
-            400,
-            "BadRequest",
-            format!(
-                "Bad floatingip request: Subnet {} is not an IPv4 subnet; floating IPs are IPv4 only.",
-                s.id
-            ),
-        ));
-    }
-    if !all.is_empty() && all.iter().all(|s| s.ip_version() != 4) {
-        return Err(Fault::new(
-            400,
-            "BadRequest",
-            format!("Bad floatingip request: Network {net_id} does not contain any IPv4 subnet."),
-        ));
-    }
-    let subnets: Vec<_> = all
-        .into_iter()
-        .filter(|s| s.ip_version() == 4)
-        .filter(|s| subnet_id.as_ref().is_none_or(|id| &s.id == id))
-        .filter(|s| requested.is_none_or(|ip| s.cidr.contains(&ip)))
-        .collect();
-    if subnets.is_empty() {
-        return Err(match (requested, subnet_id) {
-            (Some(ip), _) => Fault::bad_request(format!(
-                "Bad floatingip request: {ip} is not in any subnet of network {net_id}."
-            )),
-            (None, Some(s)) => Fault::not_found("subnet", &s),
-            (None, None) => Fault::bad_request(format!(
-                "Bad floatingip request: Network {net_id} has no subnet."
-            )),
-        });
-    }
-    let mut fixed_ips = Vec::new();
-    let mut last_err = None;
-    for s in &subnets {
-        match store::allocate_ip(c, s, requested, false) {
-            Ok(ip) => {
-                fixed_ips.push(crate::model::FixedIp {
-                    subnet_id: s.id.clone(),
-                    ip,
-                });
-                break;
-            }
-            Err(e) => last_err = Some(e),
-        }
-    }
-    if fixed_ips.is_empty() {
-        return Err(last_err.unwrap_or_else(|| Fault::internal("no subnet")));
-    }
+    let fixed_ips = allocate_address(c, &net_id, subnet_id.as_ref(), requested)?;
     let id = new_id();
     let address = fixed_ips[0].ip;
     let port = Port {
@@ -286,6 +233,72 @@ pub(super) fn create_fip(cx: Cx, o: &Obj) -> Result<String, Fault> {
         ));
     }
     Ok(id)
+}
+
+/// The floating IP's address on external network `net_id`: from `subnet_id` when given, else
+/// from the first IPv4 subnet with room (the address `requested` when given), as Neutron
+/// allocates it.
+fn allocate_address(
+    c: &rusqlite::Connection,
+    net_id: &str,
+    subnet_id: Option<&String>,
+    requested: Option<std::net::IpAddr>,
+) -> Result<Vec<crate::model::FixedIp>, Fault> {
+    let all = store::network_subnets(c, net_id)?;
+    if let Some(s) = all.iter().find(|s| subnet_id == Some(&s.id))
+        && s.ip_version() != 4
+    {
+        return Err(Fault::new(
+            400,
+            "BadRequest",
+            format!(
+                "Bad floatingip request: Subnet {} is not an IPv4 subnet; floating IPs are IPv4 only.",
+                s.id
+            ),
+        ));
+    }
+    if !all.is_empty() && all.iter().all(|s| s.ip_version() != 4) {
+        return Err(Fault::new(
+            400,
+            "BadRequest",
+            format!("Bad floatingip request: Network {net_id} does not contain any IPv4 subnet."),
+        ));
+    }
+    let subnets: Vec<_> = all
+        .into_iter()
+        .filter(|s| s.ip_version() == 4)
+        .filter(|s| subnet_id.is_none_or(|id| &s.id == id))
+        .filter(|s| requested.is_none_or(|ip| s.cidr.contains(&ip)))
+        .collect();
+    if subnets.is_empty() {
+        return Err(match (requested, subnet_id) {
+            (Some(ip), _) => Fault::bad_request(format!(
+                "Bad floatingip request: {ip} is not in any subnet of network {net_id}."
+            )),
+            (None, Some(s)) => Fault::not_found("subnet", s),
+            (None, None) => Fault::bad_request(format!(
+                "Bad floatingip request: Network {net_id} has no subnet."
+            )),
+        });
+    }
+    let mut fixed_ips = Vec::new();
+    let mut last_err = None;
+    for s in &subnets {
+        match store::allocate_ip(c, s, requested, false) {
+            Ok(ip) => {
+                fixed_ips.push(crate::model::FixedIp {
+                    subnet_id: s.id.clone(),
+                    ip,
+                });
+                break;
+            }
+            Err(e) => last_err = Some(e),
+        }
+    }
+    if fixed_ips.is_empty() {
+        return Err(last_err.unwrap_or_else(|| Fault::internal("no subnet")));
+    }
+    Ok(fixed_ips)
 }
 
 pub(super) fn update_fip(cx: Cx, id: &str, o: &Obj) -> Result<(), Fault> {
