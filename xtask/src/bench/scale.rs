@@ -28,10 +28,14 @@ use super::{
     report::StepStats,
 };
 
-/// The shared external network: big enough for 10 000 gateways, inside the bench's
-/// namespaces only.
+/// The shared external network (the probe's), inside the bench's namespaces only.
 const EXT_CIDR: &str = "10.200.0.0/16";
 const EXT_GATEWAY: &str = "10.200.0.1";
+/// Gateways per external network. A Linux bridge takes at most 1023 ports (the kernel's
+/// `BR_MAX_PORTS`; the next `master` fails with EXFULL), and every gateway is a port of its
+/// external network's bridge: past 1000 routers, the batch opens another external network
+/// (10.201.0.0/16, 10.202.0.0/16, …) for each further thousand.
+const GATEWAYS_PER_EXTERNAL: usize = 1000;
 /// The stream's receiver on the external network (on-link for every router).
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 255, 254);
 /// The probe router's tenant network and the stream's sender on it.
@@ -230,7 +234,8 @@ impl Env {
         };
         run.chatter_before = Some(self.chatter(probe, secs));
         let before = self.memory_now();
-        let (made, create) = self.create_batch(n, &probe.ext, cap);
+        let mut exts = vec![probe.ext.clone()];
+        let (made, create) = self.create_batch(n, &mut exts, cap);
         eprintln!(
             "bench:   created {}/{n} in {:.1} s (p50 {:.1} ms, p99 {:.1} ms) {}",
             create.done,
@@ -269,6 +274,11 @@ impl Env {
             }
         }
         run.delete = self.delete_batch(made);
+        for ext in exts.iter().skip(1) {
+            if let Err(e) = self.call("DELETE", &format!("/networks/{ext}"), None) {
+                run.note = format!("external network {ext} not deleted: {e:#}");
+            }
+        }
         eprintln!(
             "bench:   deleted {} in {:.1} s (p50 {:.1} ms, p99 {:.1} ms) {}",
             run.delete.done,
@@ -339,7 +349,22 @@ impl Env {
         Ok(steps)
     }
 
-    fn create_batch(&mut self, n: usize, ext: &str, cap: Duration) -> (Vec<Made>, Phase) {
+    /// Another external network for the next [`GATEWAYS_PER_EXTERNAL`] gateways of a batch:
+    /// `10.<200 + k>.0.0/16` for the k-th.
+    fn next_external(&mut self, k: usize) -> Result<String> {
+        let ext = self.network(&format!("scale-ext-{k}"), true)?;
+        let cidr = format!("10.{}.0.0/16", 200 + k);
+        let gw = format!("10.{}.0.1", 200 + k);
+        self.subnet(&ext, &cidr, Some(&gw))?;
+        Ok(ext)
+    }
+
+    fn create_batch(
+        &mut self,
+        n: usize,
+        exts: &mut Vec<String>,
+        cap: Duration,
+    ) -> (Vec<Made>, Phase) {
         let start = Instant::now();
         let mut made = Vec::with_capacity(n);
         let mut timed = Timed::default();
@@ -353,8 +378,19 @@ impl Env {
                 note = "interrupted".into();
                 break;
             }
+            let k = i / GATEWAYS_PER_EXTERNAL;
+            if k == exts.len() {
+                // Not timed: an external network per thousand routers is set-up, not routers.
+                match self.next_external(k) {
+                    Ok(e) => exts.push(e),
+                    Err(e) => {
+                        note = format!("external network {k} not made: {e:#}");
+                        break;
+                    }
+                }
+            }
             let t = Instant::now();
-            match self.make_one(i, ext) {
+            match self.make_one(i, &exts[k]) {
                 Ok((m, steps)) => {
                     timed.push(t.elapsed().as_secs_f64(), &steps);
                     made.push(m);
@@ -637,7 +673,7 @@ pub fn markdown(runs: &[ScaleRun], s: &mut String) {
     }
     let _ = writeln!(
         s,
-        "One API client; per router a tenant network, subnet, router, interface and gateway, every gateway on one external network ({EXT_CIDR}); a UDP stream of {STREAM_PPS} datagrams/s runs through one more router. Per tenth: p50/p99 ms per router over that tenth of the batch, in order (growth with N shows as first vs last tenth of the same run).\n"
+        "One API client; per router a tenant network, subnet, router, interface and gateway, every gateway on one external network ({EXT_CIDR}; past {GATEWAYS_PER_EXTERNAL} routers one more external network per thousand, as a Linux bridge takes at most 1023 ports); a UDP stream of {STREAM_PPS} datagrams/s runs through one more router. Per tenth: p50/p99 ms per router over that tenth of the batch, in order (growth with N shows as first vs last tenth of the same run).\n"
     );
     let ms = |v: f64| format!("{:.1}", v * 1e3);
     let tenths = |p: &Phase| {
