@@ -61,6 +61,14 @@ pub struct ReconcileReport {
     pub abandoned: bool,
 }
 
+/// What every phase of one pass works from (the snapshot and the store's view) and the report
+/// they add to, handed from phase to phase.
+struct Pass<'a> {
+    desired: &'a DesiredState,
+    current: &'a dyn Current,
+    report: ReconcileReport,
+}
+
 impl Realiser {
     /// Full pass over `desired`. Dumps the daemon namespace's links and /run/netns once; each
     /// router is then converged inside its own namespace. A router that fails is reported in
@@ -77,14 +85,18 @@ impl Realiser {
         desired: &DesiredState,
         current: &dyn Current,
     ) -> Result<ReconcileReport> {
-        let mut report = ReconcileReport::default();
-        self.reconcile_networks(desired, current, &mut report)?;
-        self.remove_stale_routers(desired, current, &mut report)?;
-        self.reconcile_routers(desired, current, &mut report)?;
-        if !self.abandon(&mut report) {
-            self.remove_stale_links(desired, current, &mut report)?;
+        let mut pass = Pass {
+            desired,
+            current,
+            report: ReconcileReport::default(),
+        };
+        self.reconcile_networks(&mut pass)?;
+        self.remove_stale_routers(&mut pass)?;
+        self.reconcile_routers(&mut pass)?;
+        if !self.abandon(&mut pass.report) {
+            self.remove_stale_links(&mut pass)?;
         }
-        Ok(report)
+        Ok(pass.report)
     }
 
     /// Whether the pass is to end here (stopped); notes it in the report.
@@ -93,12 +105,12 @@ impl Realiser {
         report.abandoned
     }
 
-    fn reconcile_networks(
-        &self,
-        desired: &DesiredState,
-        current: &dyn Current,
-        report: &mut ReconcileReport,
-    ) -> Result<()> {
+    fn reconcile_networks(&self, pass: &mut Pass<'_>) -> Result<()> {
+        let Pass {
+            desired,
+            current,
+            report,
+        } = pass;
         let links = self.dump_daemon_links()?;
         for net in &desired.networks {
             if self.abandon(report) {
@@ -125,12 +137,12 @@ impl Realiser {
     }
 
     /// Routers this daemon created that the store no longer holds.
-    fn remove_stale_routers(
-        &self,
-        desired: &DesiredState,
-        current: &dyn Current,
-        report: &mut ReconcileReport,
-    ) -> Result<()> {
+    fn remove_stale_routers(&self, pass: &mut Pass<'_>) -> Result<()> {
+        let Pass {
+            desired,
+            current,
+            report,
+        } = pass;
         let desired_ns: HashSet<String> = desired
             .routers
             .iter()
@@ -173,12 +185,12 @@ impl Realiser {
     /// `FULL_CHECK_EVERY` each pass (every router on the first), and any that fails that check,
     /// is converged from inside its namespace (addresses, routes, sysctls) to the spec the
     /// store holds then.
-    fn reconcile_routers(
-        &self,
-        desired: &DesiredState,
-        current: &dyn Current,
-        report: &mut ReconcileReport,
-    ) -> Result<()> {
+    fn reconcile_routers(&self, pass: &mut Pass<'_>) -> Result<()> {
+        let Pass {
+            desired,
+            current,
+            report,
+        } = pass;
         let links = self.dump_daemon_links()?;
         let pass = self.passes.fetch_add(1, Ordering::Relaxed);
         if pass.is_multiple_of(FULL_CHECK_EVERY) {
@@ -230,12 +242,12 @@ impl Realiser {
 
     /// Devices of the daemon namespace this daemon created and nothing desires any more: the
     /// snapshot names the candidates, the store's state then confirms them.
-    fn remove_stale_links(
-        &self,
-        desired: &DesiredState,
-        current: &dyn Current,
-        report: &mut ReconcileReport,
-    ) -> Result<()> {
+    fn remove_stale_links(&self, pass: &mut Pass<'_>) -> Result<()> {
+        let Pass {
+            desired,
+            current,
+            report,
+        } = pass;
         if self.stale_links(desired)?.is_empty() {
             return Ok(());
         }
