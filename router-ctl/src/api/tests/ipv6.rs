@@ -208,12 +208,8 @@ async fn dual_stack_routers_get_v6_interfaces_gateways_and_no_v6_floating_ips() 
     assert_eq!(gw_ips.len(), 2, "{r}");
     assert_eq!(gw_ips[1]["subnet_id"], ext6["subnet"]["id"]);
     assert_eq!(gw_ips[1]["ip_address"], "2001:db8:1::2");
-    let path = format!("/v2.0/routers/{rid}/add_router_interface");
-    t.ok("PUT", &path, "ta", json!({"subnet_id": v4}), 200)
-        .await;
-    let info = t
-        .ok("PUT", &path, "ta", json!({"subnet_id": v6}), 200)
-        .await;
+    t.router_interface(&rid, "add", &v4, 200).await;
+    let info = t.router_interface(&rid, "add", &v6, 200).await;
     let (_, p) = t
         .req(
             "GET",

@@ -70,15 +70,7 @@ async fn router_gateway_lifecycle() {
     );
 
     // Second attach of the same subnet: 409; delete of a router with interfaces: 409.
-    let (st, v) = t
-        .req(
-            "PUT",
-            &format!("/v2.0/routers/{rid}/add_router_interface"),
-            "ta",
-            json!({"subnet_id": sub_id}),
-        )
-        .await;
-    assert_eq!(st, 409, "{v}");
+    t.router_interface(&rid, "add", &sub_id, 409).await;
     t.refused(
         "DELETE",
         &format!("/v2.0/routers/{rid}"),
@@ -145,14 +137,7 @@ async fn router_gateway_lifecycle() {
     )
     .await;
 
-    t.ok(
-        "PUT",
-        &format!("/v2.0/routers/{rid}/remove_router_interface"),
-        "ta",
-        json!({"subnet_id": sub_id}),
-        200,
-    )
-    .await;
+    t.router_interface(&rid, "remove", &sub_id, 200).await;
     t.ok(
         "DELETE",
         &format!("/v2.0/routers/{rid}"),
@@ -188,14 +173,7 @@ async fn routed_router(t: &T) -> (String, String, [String; 2]) {
             )
             .await;
         let sid = id(&s, "subnet");
-        t.ok(
-            "PUT",
-            &format!("/v2.0/routers/{rid}/add_router_interface"),
-            "ta",
-            json!({"subnet_id": sid}),
-            200,
-        )
-        .await;
+        t.router_interface(&rid, "add", &sid, 200).await;
         subs.push(sid);
     }
     (rid, ext, [subs[0].clone(), subs[1].clone()])
@@ -315,19 +293,8 @@ async fn extra_routes_follow_neutron() {
     .await;
 
     // An interface a nexthop needs stays; the other one goes.
-    let (st, v) = t
-        .req(
-            "PUT",
-            &format!("/v2.0/routers/{rid}/remove_router_interface"),
-            "ta",
-            json!({"subnet_id": sub_b}),
-        )
-        .await;
-    assert_eq!(
-        (st, err_type(&v)),
-        (409, "RouterInterfaceInUseByRoute"),
-        "{v}"
-    );
+    let v = t.router_interface(&rid, "remove", &sub_b, 409).await;
+    assert_eq!(err_type(&v), "RouterInterfaceInUseByRoute", "{v}");
     assert_eq!(
         v["NeutronError"]["message"],
         format!(
@@ -351,23 +318,8 @@ async fn extra_routes_follow_neutron() {
         r["router"]["routes"],
         json!([route("172.18.0.0/16", "10.0.0.7")])
     );
-    t.ok(
-        "PUT",
-        &format!("/v2.0/routers/{rid}/remove_router_interface"),
-        "ta",
-        json!({"subnet_id": sub_b}),
-        200,
-    )
-    .await;
-    let (st, _) = t
-        .req(
-            "PUT",
-            &format!("/v2.0/routers/{rid}/remove_router_interface"),
-            "ta",
-            json!({"subnet_id": sub_a}),
-        )
-        .await;
-    assert_eq!(st, 409);
+    t.router_interface(&rid, "remove", &sub_b, 200).await;
+    t.router_interface(&rid, "remove", &sub_a, 409).await;
 
     // null clears; the router's spec carries what the API holds.
     let r = t.ok("PUT", &path, "ta", put(Value::Null), 200).await;

@@ -260,14 +260,8 @@ async fn revisions_count_changes_and_if_match_guards_them() {
     let r = t.create("ta", "routers", json!({"router": {}})).await;
     let rid = id(&r, "router");
     let rpath = format!("/v2.0/routers/{rid}");
-    t.ok(
-        "PUT",
-        &format!("{rpath}/add_router_interface"),
-        "ta",
-        json!({"subnet_id": id(&s, "subnet")}),
-        200,
-    )
-    .await;
+    t.router_interface(&rid, "add", &id(&s, "subnet"), 200)
+        .await;
     let v = t.get(&rpath, "ta").await;
     assert_eq!(v["router"]["revision_number"], 1);
     let (st, _) = if_match(&t, "DELETE", &rpath, "revision_number=0", Value::Null).await;
