@@ -17,18 +17,10 @@ async fn subnet_error(t: &T, body: Value) -> (u16, String, String) {
     (st, err_type(&v).to_string(), msg)
 }
 
-/// A new network of project `pa`; its id.
-async fn network(t: &T) -> String {
-    id(
-        &t.create("ta", "networks", json!({"network": {}})).await,
-        "network",
-    )
-}
-
 /// A network of `pa` with subnets 10.0.0.0/24 and fd00:1::/64 (SLAAC, advertised by the
 /// router): its id and the two subnets as created.
 async fn dual_stack(t: &T) -> (String, Value, Value) {
-    let n = network(t).await;
+    let n = t.network("ta", json!({})).await;
     let v4 = json!({"subnet": {"network_id": n, "ip_version": 4, "cidr": "10.0.0.0/24"}});
     let v6 = json!({"subnet": {"network_id": n, "ip_version": 6, "cidr": "fd00:1::/64",
         "ipv6_ra_mode": "slaac", "ipv6_address_mode": "slaac"}});
@@ -40,7 +32,7 @@ async fn dual_stack(t: &T) -> (String, Value, Value) {
 #[tokio::test]
 async fn ipv6_modes_are_validated_as_neutron_does() {
     let t = T::new();
-    let n = network(&t).await;
+    let n = t.network("ta", json!({})).await;
     let cases = [
         (
             json!({"ip_version": 4, "cidr": "10.0.0.0/24", "ipv6_ra_mode": "slaac"}),
@@ -166,7 +158,7 @@ async fn ipv6_subnets_default_and_allocate_as_neutron_does() {
     .await;
 
     // A stateful subnet hands out pool addresses.
-    let n2 = network(&t).await;
+    let n2 = t.network("ta", json!({})).await;
     t.create(
         "ta",
         "subnets",

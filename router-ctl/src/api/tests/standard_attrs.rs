@@ -350,8 +350,7 @@ async fn tag_filters_follow_neutron() {
 async fn unknown_filters_are_refused_and_full_pages_link_on() {
     let t = T::new();
     for name in ["a", "b"] {
-        t.create("ta", "networks", json!({"network": {"name": name}}))
-            .await;
+        t.network("ta", json!({ "name": name })).await;
     }
     let v = t
         .refused(
