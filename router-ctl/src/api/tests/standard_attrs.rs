@@ -218,14 +218,9 @@ async fn revisions_count_changes_and_if_match_guards_them() {
     let v = t.get(&path, "ta").await;
     assert_eq!(v["network"]["revision_number"], 2);
 
-    let (st, v) = if_match(
-        &t,
-        "PUT",
-        &path,
-        "revision_number=1",
-        json!({"network": {"name": "b"}}),
-    )
-    .await;
+    // The same rename under a stale revision (refused) and the current one.
+    let rename = json!({"network": {"name": "b"}});
+    let (st, v) = if_match(&t, "PUT", &path, "revision_number=1", rename.clone()).await;
     assert_eq!(st, 412, "{v}");
     assert_eq!(err_type(&v), "RevisionNumberConstraintFailed");
     assert_eq!(
@@ -237,14 +232,7 @@ async fn revisions_count_changes_and_if_match_guards_them() {
         v["network"]["name"], "a",
         "a failed constraint changes nothing"
     );
-    let (st, v) = if_match(
-        &t,
-        "PUT",
-        &path,
-        "revision_number=2",
-        json!({"network": {"name": "b"}}),
-    )
-    .await;
+    let (st, v) = if_match(&t, "PUT", &path, "revision_number=2", rename).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["network"]["revision_number"], 3);
     for bad in ["revision_number=x", "revision_number=1, revision_number=2"] {
