@@ -311,22 +311,31 @@ mod tests {
 
     #[test]
     fn out_of_range_sizes_are_refused_naming_the_key() {
-        let e = refused("[nat]\nmax_sessions = 0\n");
-        assert!(e.contains("[nat] max_sessions"), "{e}");
-        let e = refused("[nat]\nmax_sessions = 100000000\n");
-        assert!(e.contains("[nat] max_sessions"), "{e}");
-        let e = refused("[nat]\nmax_sessions_per_router = 0\n");
-        assert!(e.contains("[nat] max_sessions_per_router"), "{e}");
+        for (text, named) in [
+            ("[nat]\nmax_sessions = 0\n", "[nat] max_sessions"),
+            ("[nat]\nmax_sessions = 100000000\n", "[nat] max_sessions"),
+            (
+                "[nat]\nmax_sessions_per_router = 0\n",
+                "[nat] max_sessions_per_router",
+            ),
+            (
+                "[nat]\nmax_sessions_per_router = -1\n",
+                "max_sessions_per_router",
+            ),
+            (
+                "[nat]\nport_min = 2000\nport_max = 1000\n",
+                "[nat] port_min",
+            ),
+        ] {
+            let e = refused(text);
+            assert!(e.contains(named), "{text}: {e}");
+        }
         let e = refused("[nat]\nmax_sessions = 1000\nmax_sessions_per_router = 1001\n");
         assert!(
             e.contains("[nat] max_sessions_per_router = 1001")
                 && e.contains("[nat] max_sessions = 1000"),
             "{e}"
         );
-        let e = refused("[nat]\nmax_sessions_per_router = -1\n");
-        assert!(e.contains("max_sessions_per_router"), "{e}");
-        let e = refused("[nat]\nport_min = 2000\nport_max = 1000\n");
-        assert!(e.contains("[nat] port_min"), "{e}");
     }
 
     #[test]

@@ -323,6 +323,25 @@ impl Signals {
     }
 }
 
+/// The clock of a periodic task: a tick that comes late delays the next ones (no burst of
+/// passes to catch up after a long one).
+fn ticker(every: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// Waits for the next tick; false once the daemon is shutting down.
+async fn next_tick(
+    tick: &mut tokio::time::Interval,
+    shutdown: &mut broadcast::Receiver<()>,
+) -> bool {
+    tokio::select! {
+        _ = shutdown.recv() => false,
+        _ = tick.tick() => true,
+    }
+}
+
 /// The first pass (the start-up resync: every router converged from inside its namespace,
 /// adopting what is in place), then one every `every`: planned from a snapshot of the store,
 /// each change made under the store lock with the state it holds then (`StoreNow`), so API
@@ -334,14 +353,9 @@ async fn reconcile_loop(
     metrics: Arc<Metrics>,
     mut shutdown: broadcast::Receiver<()>,
 ) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = ticker(every);
     let mut first = true;
-    loop {
-        tokio::select! {
-            _ = shutdown.recv() => return,
-            _ = tick.tick() => {}
-        }
+    while next_tick(&mut tick, &mut shutdown).await {
         let st = state.clone();
         let r = realiser.clone();
         let m = metrics.clone();
@@ -423,15 +437,10 @@ pub(crate) async fn gc_loop(
     metrics: Arc<Metrics>,
     mut shutdown: broadcast::Receiver<()>,
 ) {
-    let mut tick = tokio::time::interval(GcPace::POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = ticker(GcPace::POLL);
     let limits = datapath.limits();
     let mut pace = GcPace::new(every, &limits);
-    loop {
-        tokio::select! {
-            _ = shutdown.recv() => return,
-            _ = tick.tick() => {}
-        }
+    while next_tick(&mut tick, &mut shutdown).await {
         let dp = datapath.clone();
         let m = metrics.clone();
         // `pace` moves into the blocking task and comes back with its result.

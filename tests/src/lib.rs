@@ -1,6 +1,6 @@
 //! The test kit: what the privileged tests, `cargo xtask bench` and `cargo xtask demo` share
 //! to build and drive a router gateway on one machine: throwaway namespaces and commands in
-//! them ([`netns`]), a real daemon and its API client ([`daemon`]), exact packets
+//! them ([`netns`]), packet sockets ([`capture`]), a real daemon and its API client ([`daemon`]), exact packets
 //! ([`packet`]), the usual topologies ([`topo`]), private bpffs mounts, tc filters and, with
 //! the `ctl` feature, what needs `router-ctl` itself (the embedded object, datapaths for BPF
 //! TestRun, the realiser harness). `ctl` is on by default; xtask leaves it off so that it
@@ -10,6 +10,7 @@
 
 use std::process::Command;
 
+pub mod capture;
 pub mod daemon;
 pub mod netns;
 pub mod neutron;

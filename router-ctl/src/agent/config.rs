@@ -167,22 +167,27 @@ listen = ""
 
     #[test]
     fn bad_keys_and_values_are_refused_naming_them() {
-        let e = refused("[neutron]\ntransport_ur = \"rabbit://h/\"\n");
-        assert!(e.contains("transport_ur"), "{e}");
-        let e = refused("listen = \"127.0.0.1:9696\"\n");
-        assert!(
-            e.contains("listen"),
-            "the daemon's API key is not an agent key: {e}"
-        );
-        let e = refused("[vxlan]\nlocal_ip = \"192.0.2.10\"\n");
-        assert!(e.contains("[vxlan]"), "{e}");
-        let e = refused("[vxlan]\nlocal_ip = \"192.0.2.10\"\ngroup = \"192.0.2.1\"\n");
-        assert!(e.contains("multicast"), "{e}");
-        let e = refused("[neutron]\ntransport_url = \"http://h/\"\n");
-        assert!(e.contains("transport_url"), "{e}");
-        let e = refused("[neutron]\nreport_interval = 0\n");
-        assert!(e.contains("report_interval"), "{e}");
-        let e = refused("[nat]\nmax_sessions = 0\n");
-        assert!(e.contains("[nat] max_sessions"), "{e}");
+        for (text, named) in [
+            (
+                "[neutron]\ntransport_ur = \"rabbit://h/\"\n",
+                "transport_ur",
+            ),
+            // The daemon's API key is not an agent key.
+            ("listen = \"127.0.0.1:9696\"\n", "listen"),
+            ("[vxlan]\nlocal_ip = \"192.0.2.10\"\n", "[vxlan]"),
+            (
+                "[vxlan]\nlocal_ip = \"192.0.2.10\"\ngroup = \"192.0.2.1\"\n",
+                "multicast",
+            ),
+            (
+                "[neutron]\ntransport_url = \"http://h/\"\n",
+                "transport_url",
+            ),
+            ("[neutron]\nreport_interval = 0\n", "report_interval"),
+            ("[nat]\nmax_sessions = 0\n", "[nat] max_sessions"),
+        ] {
+            let e = refused(text);
+            assert!(e.contains(named), "{text}: {e}");
+        }
     }
 }

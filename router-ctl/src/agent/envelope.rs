@@ -163,13 +163,14 @@ pub struct ReplyPart {
     pub ending: bool,
 }
 
+/// The string `key` of a message (None: missing or not a string).
+fn text(msg: &Map<String, Value>, key: &str) -> Option<String> {
+    msg.get(key).and_then(Value::as_str).map(str::to_string)
+}
+
 /// Reads a message of the reply queue.
 pub fn decode_reply(msg: &Map<String, Value>) -> Result<ReplyPart> {
-    let msg_id = msg
-        .get("_msg_id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("reply without _msg_id"))?
-        .to_string();
+    let msg_id = text(msg, "_msg_id").ok_or_else(|| anyhow!("reply without _msg_id"))?;
     let failure = match msg.get("failure") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(Failure::from_json(s)),
@@ -194,11 +195,7 @@ pub struct Incoming {
 
 /// Reads a request off one of the agent's queues.
 pub fn decode_incoming(msg: &Map<String, Value>) -> Result<Incoming> {
-    let method = msg
-        .get("method")
-        .and_then(Value::as_str)
-        .ok_or_else(|| anyhow!("message without a method"))?
-        .to_string();
+    let method = text(msg, "method").ok_or_else(|| anyhow!("message without a method"))?;
     let args = match msg.get("args") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(o)) => o.clone(),

@@ -69,12 +69,16 @@ fn ports(dict: &Value) -> impl Iterator<Item = &Value> {
     dict.get("gw_port")
         .filter(|g| g.is_object())
         .into_iter()
-        .chain(
-            dict.get("_interfaces")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten(),
-        )
+        .chain(items(dict, "_interfaces"))
+}
+
+/// The items of the list attribute `key` (none when it is missing or not a list: the server
+/// leaves out what a router does not have).
+fn items<'a>(dict: &'a Value, key: &str) -> impl Iterator<Item = &'a Value> {
+    dict.get(key)
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
 }
 
 /// A network's segment from `get_network_details` (the provider attributes, or the first
@@ -176,12 +180,7 @@ pub fn map_router(
         }
     };
     let mut interfaces = Vec::new();
-    for i in dict
-        .get("_interfaces")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for i in items(dict, "_interfaces") {
         let (port, _) = port_spec(i).map_err(&bad)?;
         network(&port, false)?;
         interfaces.push(port);
@@ -233,12 +232,7 @@ fn port_spec(p: &Value) -> Result<(PortSpec, Vec<IpAddr>), String> {
     let mut addresses = Vec::new();
     let mut ra_prefixes = Vec::new();
     let mut next_hops: Vec<IpAddr> = Vec::new();
-    for f in p
-        .get("fixed_ips")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for f in items(p, "fixed_ips") {
         let ip: IpAddr = f
             .get("ip_address")
             .and_then(Value::as_str)
@@ -341,10 +335,7 @@ fn check_overlaps(interfaces: &[PortSpec], gateway: Option<&GatewaySpec>) -> Res
 }
 
 fn routes(dict: &Value) -> Result<Vec<RouteSpec>, String> {
-    dict.get("routes")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
+    items(dict, "routes")
         .map(|r| {
             let d = r
                 .get("destination")
@@ -370,12 +361,7 @@ fn routes(dict: &Value) -> Result<Vec<RouteSpec>, String> {
 /// The router's IPv4 floating IPs with their fixed IPs (None: not associated).
 fn floating_ips(dict: &Value) -> Result<Vec<(FloatingIp, Option<Ipv4Addr>)>, String> {
     let mut out = Vec::new();
-    for f in dict
-        .get("_floatingips")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
+    for f in items(dict, "_floatingips") {
         let id = f
             .get("id")
             .and_then(Value::as_str)

@@ -230,9 +230,7 @@ impl ApiState {
         f: impl FnOnce(&Connection) -> Result<T, Fault> + Send + 'static,
     ) -> Result<T, Fault> {
         let st = self.clone();
-        tokio::task::spawn_blocking(move || st.read_blocking(f))
-            .await
-            .map_err(|e| Fault::internal(format!("request task failed: {e}")))?
+        off_runtime(move || st.read_blocking(f)).await
     }
 
     /// `f` over one snapshot of the last committed state, through the read-only connection
@@ -258,9 +256,7 @@ impl ApiState {
         f: impl FnOnce(&Connection, &mut Effects) -> Result<T, Fault> + Send + 'static,
     ) -> Result<T, Fault> {
         let st = self.clone();
-        tokio::task::spawn_blocking(move || st.mutate_blocking(f))
-            .await
-            .map_err(|e| Fault::internal(format!("request task failed: {e}")))?
+        off_runtime(move || st.mutate_blocking(f)).await
     }
 
     /// One mutation: transaction, change, realise, commit — or roll back both sides.
@@ -294,6 +290,16 @@ impl ApiState {
             Ok(out)
         })
     }
+}
+
+/// `f` on the blocking pool: store calls (SQLite, and the realiser behind a mutation) must not
+/// hold up the runtime's workers.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Fault> + Send + 'static,
+) -> Result<T, Fault> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Fault::internal(format!("request task failed: {e}")))?
 }
 
 /// The kernel changes a mutation needs, in order (networks before the routers that plug into

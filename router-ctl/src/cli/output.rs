@@ -44,39 +44,37 @@ macro_rules! col {
 }
 
 fn columns(kind: Kind) -> Vec<Column> {
+    // A resource's table leads with its ID and name, as the `openstack` CLI's lists do.
+    let resource = |rest: Vec<Column>| {
+        let mut cols = vec![col!("ID", "id"), col!("Name", "name")];
+        cols.extend(rest);
+        cols
+    };
     match kind {
-        Kind::Network => vec![
-            col!("ID", "id"),
-            col!("Name", "name"),
+        Kind::Network => resource(vec![
             col!("External", "router:external"),
             col!("Subnets", "subnets"),
             col!("Status", "status"),
-        ],
-        Kind::Subnet => vec![
-            col!("ID", "id"),
-            col!("Name", "name"),
+        ]),
+        Kind::Subnet => resource(vec![
             col!("Network", "network_id"),
             col!("CIDR", "cidr"),
             col!("Gateway", "gateway_ip"),
-        ],
-        Kind::Router => vec![
-            col!("ID", "id"),
-            col!("Name", "name"),
+        ]),
+        Kind::Router => resource(vec![
             col!("Status", "status"),
             col!("External gateway", |v| gateway_summary(
                 v.get("external_gateway_info")
             )),
             col!("Routes", |v| routes_summary(v.get("routes"))),
-        ],
-        Kind::Port => vec![
-            col!("ID", "id"),
-            col!("Name", "name"),
+        ]),
+        Kind::Port => resource(vec![
             col!("Network", "network_id"),
             col!("MAC", "mac_address"),
             col!("Fixed IPs", |v| fixed_ips_summary(v.get("fixed_ips"))),
             col!("Owner", "device_owner"),
             col!("Status", "status"),
-        ],
+        ]),
         Kind::Interface => vec![
             col!("Router", "id"),
             col!("Subnet", "subnet_id"),

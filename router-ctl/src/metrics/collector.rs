@@ -138,6 +138,18 @@ fn help_of(family: &str) -> String {
     }
 }
 
+/// The gauge `{PREFIX}_{name}`, one value with no labels.
+fn gauge(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let name = format!("{PREFIX}_{name}");
+    let m = encoder.encode_descriptor(&name, help, None, MetricType::Gauge)?;
+    ConstGauge::new(value).encode(m)
+}
+
 impl Collector for DatapathCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snap = self.snapshot();
@@ -182,32 +194,26 @@ impl Collector for DatapathCollector {
                 ConstGauge::new(n as i64)
                     .encode(m.encode_family(&[("router_id", r.id.as_str())])?)?;
             }
-            let name = format!("{PREFIX}_session_table_entries");
-            let m = encoder.encode_descriptor(
-                &name,
+            gauge(
+                &mut encoder,
+                "session_table_entries",
                 "Entries in the session table shared by every router (sessions, and a second entry for SNAT flows that changed port).",
-                None,
-                MetricType::Gauge,
+                census.entries as i64,
             )?;
-            ConstGauge::new(census.entries as i64).encode(m)?;
-            let name = format!("{PREFIX}_session_table_capacity");
-            let m = encoder.encode_descriptor(
-                &name,
+            gauge(
+                &mut encoder,
+                "session_table_capacity",
                 "Size of the session table: no new flow gets a session once the entries reach it.",
-                None,
-                MetricType::Gauge,
+                i64::from(census.capacity),
             )?;
-            ConstGauge::new(i64::from(census.capacity)).encode(m)?;
         }
 
-        let name = format!("{PREFIX}_routers");
-        let m = encoder.encode_descriptor(
-            &name,
+        gauge(
+            &mut encoder,
+            "routers",
             "Routers the datapath holds state for.",
-            None,
-            MetricType::Gauge,
+            snap.routers.len() as i64,
         )?;
-        ConstGauge::new(snap.routers.len() as i64).encode(m)?;
 
         for (counter, v) in &snap.global {
             let name = format!("{PREFIX}_datapath_{counter}");

@@ -61,6 +61,14 @@ pub struct ReconcileReport {
     pub abandoned: bool,
 }
 
+/// What every phase of one pass works from (the snapshot and the store's view) and the report
+/// they add to, handed from phase to phase.
+struct Pass<'a> {
+    desired: &'a DesiredState,
+    current: &'a dyn Current,
+    report: ReconcileReport,
+}
+
 impl Realiser {
     /// Full pass over `desired`. Dumps the daemon namespace's links and /run/netns once; each
     /// router is then converged inside its own namespace. A router that fails is reported in
@@ -77,14 +85,18 @@ impl Realiser {
         desired: &DesiredState,
         current: &dyn Current,
     ) -> Result<ReconcileReport> {
-        let mut report = ReconcileReport::default();
-        self.reconcile_networks(desired, current, &mut report)?;
-        self.remove_stale_routers(desired, current, &mut report)?;
-        self.reconcile_routers(desired, current, &mut report)?;
-        if !self.abandon(&mut report) {
-            self.remove_stale_links(desired, current, &mut report)?;
+        let mut pass = Pass {
+            desired,
+            current,
+            report: ReconcileReport::default(),
+        };
+        self.reconcile_networks(&mut pass)?;
+        self.remove_stale_routers(&mut pass)?;
+        self.reconcile_routers(&mut pass)?;
+        if !self.abandon(&mut pass.report) {
+            self.remove_stale_links(&mut pass)?;
         }
-        Ok(report)
+        Ok(pass.report)
     }
 
     /// Whether the pass is to end here (stopped); notes it in the report.
@@ -93,15 +105,10 @@ impl Realiser {
         report.abandoned
     }
 
-    fn reconcile_networks(
-        &self,
-        desired: &DesiredState,
-        current: &dyn Current,
-        report: &mut ReconcileReport,
-    ) -> Result<()> {
+    fn reconcile_networks(&self, pass: &mut Pass<'_>) -> Result<()> {
         let links = self.dump_daemon_links()?;
-        for net in &desired.networks {
-            if self.abandon(report) {
+        for net in &pass.desired.networks {
+            if self.abandon(&mut pass.report) {
                 return Ok(());
             }
             // The snapshot's view first: a bridge that is up (and no uplink to check) needs no
@@ -111,13 +118,16 @@ impl Realiser {
             {
                 continue;
             }
-            current.network(&net.id, &mut |now| {
+            pass.current.network(&net.id, &mut |now| {
                 let Some(net) = now else { return };
                 let _g = self.lock_op();
                 match self.converge_network(net, Some(&links)) {
-                    Ok(true) => report.repaired.push(names::bridge(&net.id)),
+                    Ok(true) => pass.report.repaired.push(names::bridge(&net.id)),
                     Ok(false) => {}
-                    Err(e) => report.failed.push(format!("network {}: {e:#}", net.id)),
+                    Err(e) => pass
+                        .report
+                        .failed
+                        .push(format!("network {}: {e:#}", net.id)),
                 }
             });
         }
@@ -125,13 +135,9 @@ impl Realiser {
     }
 
     /// Routers this daemon created that the store no longer holds.
-    fn remove_stale_routers(
-        &self,
-        desired: &DesiredState,
-        current: &dyn Current,
-        report: &mut ReconcileReport,
-    ) -> Result<()> {
-        let desired_ns: HashSet<String> = desired
+    fn remove_stale_routers(&self, pass: &mut Pass<'_>) -> Result<()> {
+        let desired_ns: HashSet<String> = pass
+            .desired
             .routers
             .iter()
             .map(|r| names::router_netns(&r.id))
@@ -140,7 +146,7 @@ impl Realiser {
             if desired_ns.contains(&name) {
                 continue;
             }
-            if self.abandon(report) {
+            if self.abandon(&mut pass.report) {
                 return Ok(());
             }
             // Forgotten since the listing (an API call removed the router): nothing to do.
@@ -148,20 +154,20 @@ impl Realiser {
                 continue;
             };
             let Some(Record::Router { router_id, dp_id }) = record else {
-                report
+                pass.report
                     .failed
                     .push(format!("record of {name} is unreadable"));
                 continue;
             };
             // Made by an API call after the snapshot: not stale.
-            current.router(&router_id, &mut |now| {
+            pass.current.router(&router_id, &mut |now| {
                 if now.is_some() {
                     return;
                 }
                 let _g = self.lock_op();
                 match self.remove_router_locked(&router_id, dp_id) {
-                    Ok(()) => report.removed.push(name.clone()),
-                    Err(e) => report.failed.push(format!("{name}: {e:#}")),
+                    Ok(()) => pass.report.removed.push(name.clone()),
+                    Err(e) => pass.report.failed.push(format!("{name}: {e:#}")),
                 }
             });
         }
@@ -173,55 +179,53 @@ impl Realiser {
     /// `FULL_CHECK_EVERY` each pass (every router on the first), and any that fails that check,
     /// is converged from inside its namespace (addresses, routes, sysctls) to the spec the
     /// store holds then.
-    fn reconcile_routers(
-        &self,
-        desired: &DesiredState,
-        current: &dyn Current,
-        report: &mut ReconcileReport,
-    ) -> Result<()> {
+    fn reconcile_routers(&self, pass: &mut Pass<'_>) -> Result<()> {
         let links = self.dump_daemon_links()?;
-        let pass = self.passes.fetch_add(1, Ordering::Relaxed);
-        if pass.is_multiple_of(FULL_CHECK_EVERY) {
+        let nth = self.passes.fetch_add(1, Ordering::Relaxed);
+        if nth.is_multiple_of(FULL_CHECK_EVERY) {
             // Filters removed from outside: the converge below attaches them again.
             let _g = self.lock_op();
-            match self.check_filters(&desired.routers) {
-                Ok(missing) => report.repaired.extend(
+            match self.check_filters(&pass.desired.routers) {
+                Ok(missing) => pass.report.repaired.extend(
                     missing
                         .into_iter()
                         .map(|(router, tap)| format!("router {router}: filters on {tap}")),
                 ),
-                Err(e) => report.failed.push(format!("checking the filters: {e:#}")),
+                Err(e) => pass
+                    .report
+                    .failed
+                    .push(format!("checking the filters: {e:#}")),
             }
         }
-        for (i, r) in desired.routers.iter().enumerate() {
-            if self.abandon(report) {
+        for (i, r) in pass.desired.routers.iter().enumerate() {
+            if self.abandon(&mut pass.report) {
                 return Ok(());
             }
             // The first pass (the start-up resync) looks inside every router; later ones a
             // tenth each, in turn, so no pass is ten times the others.
-            let full = pass == 0 || (i as u64 + pass).is_multiple_of(FULL_CHECK_EVERY);
+            let full = nth == 0 || (i as u64 + nth).is_multiple_of(FULL_CHECK_EVERY);
             if !full && self.looks_converged(r, &links) {
                 continue;
             }
-            current.router(&r.id, &mut |now| {
+            pass.current.router(&r.id, &mut |now| {
                 // Removed or changed since the snapshot (and the daemon-namespace dump): the API
                 // call that did it realised it; the next pass looks at it again.
                 let Some(r) = now.filter(|now| *now == r) else {
                     return;
                 };
                 if let Err(e) = validate_router(r) {
-                    report.failed.push(format!("router {}: {e:#}", r.id));
+                    pass.report.failed.push(format!("router {}: {e:#}", r.id));
                     return;
                 }
                 let _g = self.lock_op();
                 match self.process_router(r, Some(&links)) {
                     Ok(changes) if changes.is_empty() => {}
-                    Ok(changes) => {
-                        report
-                            .repaired
-                            .push(format!("router {}: {}", r.id, changes.join(", ")))
-                    }
-                    Err(e) => report.failed.push(format!("router {}: {e:#}", r.id)),
+                    Ok(changes) => pass.report.repaired.push(format!(
+                        "router {}: {}",
+                        r.id,
+                        changes.join(", ")
+                    )),
+                    Err(e) => pass.report.failed.push(format!("router {}: {e:#}", r.id)),
                 }
             });
         }
@@ -230,22 +234,17 @@ impl Realiser {
 
     /// Devices of the daemon namespace this daemon created and nothing desires any more: the
     /// snapshot names the candidates, the store's state then confirms them.
-    fn remove_stale_links(
-        &self,
-        desired: &DesiredState,
-        current: &dyn Current,
-        report: &mut ReconcileReport,
-    ) -> Result<()> {
-        if self.stale_links(desired)?.is_empty() {
+    fn remove_stale_links(&self, pass: &mut Pass<'_>) -> Result<()> {
+        if self.stale_links(pass.desired)?.is_empty() {
             return Ok(());
         }
         let mut res = Ok(());
-        current.all(&mut |now| {
+        pass.current.all(&mut |now| {
             let _g = self.lock_op();
             res = self.stale_links(now).and_then(|stale| {
                 if !stale.is_empty() {
                     self.delete_daemon_links(&stale)?;
-                    report.removed.extend(stale);
+                    pass.report.removed.extend(stale);
                 }
                 Ok(())
             });

@@ -69,8 +69,8 @@ fn fip_row(r: &Row) -> rusqlite::Result<FloatingIp> {
 const FIPS: Table<FloatingIp> = Table::whole("floatingips", FIP_COLS, fip_row);
 
 pub fn insert_floatingip(conn: &Connection, f: &FloatingIp) -> Result<(), Fault> {
-    conn.execute(
-        &format!("INSERT INTO floatingips ({FIP_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
+    FIPS.insert(
+        conn,
         params![
             f.id,
             f.project_id,
@@ -82,8 +82,7 @@ pub fn insert_floatingip(conn: &Connection, f: &FloatingIp) -> Result<(), Fault>
             f.fixed_ip.map(addr_val),
             f.router_id
         ],
-    )?;
-    Ok(())
+    )
 }
 
 /// Rewrites the mutable columns (description, association, router).

@@ -11,7 +11,7 @@ use std::{
     path::Path,
 };
 
-use rusqlite::{Connection, Row, Transaction};
+use rusqlite::{Connection, Row, ToSql, Transaction};
 
 mod attrs;
 pub mod floatingips;
@@ -295,6 +295,20 @@ impl<T> Table<T> {
     /// The row with this id, None when unknown.
     fn get(&self, conn: &Connection, id: &str) -> Result<Option<T>, Fault> {
         Ok(self.select(conn, "WHERE id=?1", [id])?.pop())
+    }
+
+    /// Adds a row: `values` are its columns' values in `cols` order (the placeholders follow
+    /// their number, so a column added to `cols` and not here fails loudly).
+    fn insert(&self, conn: &Connection, values: &[&dyn ToSql]) -> Result<(), Fault> {
+        let marks: Vec<String> = (1..=values.len()).map(|i| format!("?{i}")).collect();
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            self.name,
+            self.cols,
+            marks.join(",")
+        );
+        conn.execute(&sql, values)?;
+        Ok(())
     }
 }
 

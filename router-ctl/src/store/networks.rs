@@ -31,8 +31,8 @@ const NETWORKS: Table<Network> = Table::whole("networks", NET_COLS, network_row)
 
 /// Adds a network row.
 pub fn insert_network(conn: &Connection, n: &Network) -> Result<(), Fault> {
-    conn.execute(
-        &format!("INSERT INTO networks ({NET_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
+    NETWORKS.insert(
+        conn,
         params![
             n.id,
             n.name,
@@ -45,8 +45,7 @@ pub fn insert_network(conn: &Connection, n: &Network) -> Result<(), Fault> {
             n.status,
             n.mtu
         ],
-    )?;
-    Ok(())
+    )
 }
 
 /// Rewrites the mutable columns of `n`.
@@ -149,8 +148,8 @@ fn dns_text(s: &Subnet) -> String {
 
 /// Adds a subnet and its pools.
 pub fn insert_subnet(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
-    conn.execute(
-        &format!("INSERT INTO subnets ({SUBNET_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11)"),
+    SUBNETS.insert(
+        conn,
         params![
             s.id,
             s.network_id,

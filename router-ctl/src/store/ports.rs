@@ -68,8 +68,8 @@ pub fn generate_mac(conn: &Connection) -> Result<[u8; 6], Fault> {
 /// Inserts the port and its fixed IPs (already chosen and checked by the caller; the
 /// UNIQUE constraints still refuse a duplicate).
 pub fn insert_port(conn: &Connection, p: &Port) -> Result<(), Fault> {
-    conn.execute(
-        &format!("INSERT INTO ports ({PORT_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
+    PORTS.insert(
+        conn,
         params![
             p.id,
             p.network_id,

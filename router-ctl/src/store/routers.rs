@@ -68,8 +68,8 @@ pub fn free_dp_id(conn: &Connection) -> Result<u32, Fault> {
 
 /// Adds a router row (its dp_id from `free_dp_id`).
 pub fn insert_router(conn: &Connection, r: &Router) -> Result<(), Fault> {
-    conn.execute(
-        &format!("INSERT INTO routers ({ROUTER_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9)"),
+    ROUTERS.insert(
+        conn,
         params![
             r.id,
             r.name,
@@ -81,8 +81,7 @@ pub fn insert_router(conn: &Connection, r: &Router) -> Result<(), Fault> {
             r.gw_port_id,
             r.enable_snat
         ],
-    )?;
-    Ok(())
+    )
 }
 
 /// Rewrites the mutable columns of `r` (dp_id never changes).

@@ -416,15 +416,22 @@ fn standard_attrs_follow_rows_and_settle_once_per_transaction() {
     );
 }
 
-#[test]
-fn the_standard_attrs_migration_fills_existing_rows() {
-    let mut conn = Connection::open_in_memory().unwrap();
+/// A database of schema `version` (the first `version` migrations run), as an older daemon
+/// left it.
+fn database_at(version: usize) -> Connection {
+    let conn = Connection::open_in_memory().unwrap();
     conn.pragma_update(None, "foreign_keys", true).unwrap();
-    for (i, sql) in MIGRATIONS.iter().enumerate().take(3) {
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(version) {
         conn.execute_batch(sql).unwrap();
         conn.pragma_update(None, "user_version", (i + 1) as i64)
             .unwrap();
     }
+    conn
+}
+
+#[test]
+fn the_standard_attrs_migration_fills_existing_rows() {
+    let mut conn = database_at(3);
     conn.execute(
         "INSERT INTO networks (id, name, project_id, admin_state_up, external, shared, status) \
          VALUES ('old', 'old', 'p', 1, 0, 0, 'ACTIVE')",
@@ -481,13 +488,7 @@ fn every_standard_attrs_trigger_survives_the_migrations() {
 /// and IPv6 subnets and addresses can be stored afterwards.
 #[test]
 fn the_ipv6_migration_upgrades_a_v5_database_in_place() {
-    let mut conn = Connection::open_in_memory().unwrap();
-    conn.pragma_update(None, "foreign_keys", true).unwrap();
-    for (i, sql) in MIGRATIONS.iter().enumerate().take(5) {
-        conn.execute_batch(sql).unwrap();
-        conn.pragma_update(None, "user_version", (i + 1) as i64)
-            .unwrap();
-    }
+    let mut conn = database_at(5);
     // 10.0.0.1 = 167772161, 10.0.0.2..10.0.0.254, 203.0.113.5 = 3405803781, 10.0.0.7 = 167772167.
     conn.execute_batch(
         "INSERT INTO networks (id, name, project_id, admin_state_up, external, shared, status)

@@ -8,7 +8,7 @@
 
 use std::{
     net::Ipv4Addr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::AsRawFd as _,
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -19,7 +19,7 @@ use router_ctl::model::spec::{
 };
 use serde_json::Value;
 use tests::{
-    RealiserHost, enter_named, ip_json, netns_exists, network_spec,
+    RealiserHost, capture, enter_named, ip_json, netns_exists, network_spec,
     spec::{gateway, port, router},
     tc_filters, unique,
 };
@@ -150,49 +150,8 @@ fn capture_garps(
     // SAFETY: valid C string.
     let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
     assert!(ifindex != 0, "no device {dev}");
-    // SAFETY: plain socket call, checked.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(ETH_P_ARP.to_be()),
-        )
-    };
-    assert!(
-        fd >= 0,
-        "AF_PACKET socket: {}",
-        std::io::Error::last_os_error()
-    );
-    // SAFETY: fresh descriptor.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: POD.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = ETH_P_ARP.to_be();
-    sll.sll_ifindex = ifindex as i32;
-    // SAFETY: valid address of the given size.
-    let rc = unsafe {
-        libc::bind(
-            sock.as_raw_fd(),
-            (&raw const sll).cast(),
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
-    let tv = libc::timeval {
-        tv_sec: 0,
-        tv_usec: 200_000,
-    };
-    // SAFETY: valid option value.
-    unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&raw const tv).cast(),
-            std::mem::size_of::<libc::timeval>() as u32,
-        )
-    };
+    let sock = capture::packet_socket(ETH_P_ARP, ifindex, Duration::from_millis(200))
+        .expect("AF_PACKET socket");
     ready.send(()).expect("signal ready");
     let start = Instant::now();
     let mut got = Vec::new();

@@ -5,7 +5,7 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::AsRawFd as _,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -150,28 +150,8 @@ impl Flood {
 /// (a packet socket, as tcpdump would open; frames the namespace sends are not counted).
 pub fn count_flood(ns: &Netns, secs: f64) -> Result<Flood> {
     ns.try_enter(|| -> Result<Flood> {
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: socket(2) with constant arguments; the descriptor is owned right away.
-        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, i32::from(proto)) };
-        if fd < 0 {
-            bail!("packet socket: {}", std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let tv = libc::timeval {
-            tv_sec: 0,
-            tv_usec: 100_000,
-        };
-        // SAFETY: a timeval of the right size for SO_RCVTIMEO on an open socket.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const tv).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-        }
+        let fd = kit::capture::packet_socket(libc::ETH_P_ALL as u16, 0, Duration::from_millis(100))
+            .context("packet socket")?;
         let mut f = Flood {
             secs,
             ..Default::default()

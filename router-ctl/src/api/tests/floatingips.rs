@@ -15,9 +15,7 @@ async fn floatingips_and_port_forwardings_sort_and_paginate() {
     let sub_id = id(&t.create("ta", "subnets", body).await, "subnet");
     let body = json!({"router": {"external_gateway_info": {"network_id": ext_id}}});
     let rid = id(&t.create("ta", "routers", body).await, "router");
-    let path = format!("/v2.0/routers/{rid}/add_router_interface");
-    t.ok("PUT", &path, "ta", json!({"subnet_id": sub_id}), 200)
-        .await;
+    t.router_interface(&rid, "add", &sub_id, 200).await;
     let vm = t
         .create("ta", "ports", json!({"port": {"network_id": net_id}}))
         .await;

@@ -17,18 +17,10 @@ async fn subnet_error(t: &T, body: Value) -> (u16, String, String) {
     (st, err_type(&v).to_string(), msg)
 }
 
-/// A new network of project `pa`; its id.
-async fn network(t: &T) -> String {
-    id(
-        &t.create("ta", "networks", json!({"network": {}})).await,
-        "network",
-    )
-}
-
 /// A network of `pa` with subnets 10.0.0.0/24 and fd00:1::/64 (SLAAC, advertised by the
 /// router): its id and the two subnets as created.
 async fn dual_stack(t: &T) -> (String, Value, Value) {
-    let n = network(t).await;
+    let n = t.network("ta", json!({})).await;
     let v4 = json!({"subnet": {"network_id": n, "ip_version": 4, "cidr": "10.0.0.0/24"}});
     let v6 = json!({"subnet": {"network_id": n, "ip_version": 6, "cidr": "fd00:1::/64",
         "ipv6_ra_mode": "slaac", "ipv6_address_mode": "slaac"}});
@@ -40,7 +32,7 @@ async fn dual_stack(t: &T) -> (String, Value, Value) {
 #[tokio::test]
 async fn ipv6_modes_are_validated_as_neutron_does() {
     let t = T::new();
-    let n = network(&t).await;
+    let n = t.network("ta", json!({})).await;
     let cases = [
         (
             json!({"ip_version": 4, "cidr": "10.0.0.0/24", "ipv6_ra_mode": "slaac"}),
@@ -106,15 +98,14 @@ async fn ipv6_modes_are_validated_as_neutron_does() {
     assert_eq!(s["subnet"]["ipv6_ra_mode"], "dhcpv6-stateful");
     // Modes keep DHCP on.
     let sid = id(&s, "subnet");
-    let (st, v) = t
-        .req(
-            "PUT",
-            &format!("/v2.0/subnets/{sid}"),
-            "ta",
-            json!({"subnet": {"enable_dhcp": false}}),
-        )
-        .await;
-    assert_eq!((st, err_type(&v)), (400, "InvalidInput"), "{v}");
+    t.refused(
+        "PUT",
+        &format!("/v2.0/subnets/{sid}"),
+        "ta",
+        json!({"subnet": {"enable_dhcp": false}}),
+        (400, "InvalidInput"),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -156,19 +147,18 @@ async fn ipv6_subnets_default_and_allocate_as_neutron_does() {
         "fd00:1::f816:3eff:fe12:3456"
     );
     // An address cannot be picked on an auto-address subnet.
-    let (st, v) = t
-        .req(
-            "POST",
-            "/v2.0/ports",
-            "ta",
-            json!({"port": {"network_id": n,
+    t.refused(
+        "POST",
+        "/v2.0/ports",
+        "ta",
+        json!({"port": {"network_id": n,
             "fixed_ips": [{"subnet_id": slaac_id, "ip_address": "fd00:1::99"}]}}),
-        )
-        .await;
-    assert_eq!((st, err_type(&v)), (400, "InvalidInput"), "{v}");
+        (400, "InvalidInput"),
+    )
+    .await;
 
     // A stateful subnet hands out pool addresses.
-    let n2 = network(&t).await;
+    let n2 = t.network("ta", json!({})).await;
     t.create(
         "ta",
         "subnets",
@@ -210,12 +200,8 @@ async fn dual_stack_routers_get_v6_interfaces_gateways_and_no_v6_floating_ips() 
     assert_eq!(gw_ips.len(), 2, "{r}");
     assert_eq!(gw_ips[1]["subnet_id"], ext6["subnet"]["id"]);
     assert_eq!(gw_ips[1]["ip_address"], "2001:db8:1::2");
-    let path = format!("/v2.0/routers/{rid}/add_router_interface");
-    t.ok("PUT", &path, "ta", json!({"subnet_id": v4}), 200)
-        .await;
-    let info = t
-        .ok("PUT", &path, "ta", json!({"subnet_id": v6}), 200)
-        .await;
+    t.router_interface(&rid, "add", &v4, 200).await;
+    let info = t.router_interface(&rid, "add", &v6, 200).await;
     let (_, p) = t
         .req(
             "GET",
@@ -251,26 +237,24 @@ async fn dual_stack_routers_get_v6_interfaces_gateways_and_no_v6_floating_ips() 
         .create("ta", "ports", json!({"port": {"network_id": n}}))
         .await;
     let vm_id = id(&vm, "port");
-    let (st, v) = t
-        .req(
-            "POST",
-            "/v2.0/floatingips",
-            "adm",
-            json!({"floatingip": {"floating_network_id": ext,
+    t.refused(
+        "POST",
+        "/v2.0/floatingips",
+        "adm",
+        json!({"floatingip": {"floating_network_id": ext,
             "floating_ip_address": "2001:db8:1::50"}}),
-        )
-        .await;
-    assert_eq!((st, err_type(&v)), (400, "BadRequest"), "{v}");
-    let (st, v) = t
-        .req(
-            "POST",
-            "/v2.0/floatingips",
-            "ta",
-            json!({"floatingip": {"floating_network_id": ext,
+        (400, "BadRequest"),
+    )
+    .await;
+    t.refused(
+        "POST",
+        "/v2.0/floatingips",
+        "ta",
+        json!({"floatingip": {"floating_network_id": ext,
             "subnet_id": ext6["subnet"]["id"]}}),
-        )
-        .await;
-    assert_eq!((st, err_type(&v)), (400, "BadRequest"), "{v}");
+        (400, "BadRequest"),
+    )
+    .await;
     let v6_addr = vm["port"]["fixed_ips"]
         .as_array()
         .unwrap()
@@ -279,16 +263,15 @@ async fn dual_stack_routers_get_v6_interfaces_gateways_and_no_v6_floating_ips() 
         .find(|a| a.contains(':'))
         .unwrap()
         .to_string();
-    let (st, v) = t
-        .req(
-            "POST",
-            "/v2.0/floatingips",
-            "ta",
-            json!({"floatingip": {"floating_network_id": ext,
+    t.refused(
+        "POST",
+        "/v2.0/floatingips",
+        "ta",
+        json!({"floatingip": {"floating_network_id": ext,
             "port_id": vm_id, "fixed_ip_address": v6_addr}}),
-        )
-        .await;
-    assert_eq!((st, err_type(&v)), (400, "BadRequest"), "{v}");
+        (400, "BadRequest"),
+    )
+    .await;
     let fip = t
         .create(
             "ta",
@@ -302,12 +285,18 @@ async fn dual_stack_routers_get_v6_interfaces_gateways_and_no_v6_floating_ips() 
             .unwrap()
             .starts_with("192.0.2.")
     );
-    let (st, v) = t
-        .req("POST", &format!("/v2.0/floatingips/{}/port_forwardings", id(&fip, "floatingip")), "ta",
-            json!({"port_forwarding": {"protocol": "tcp", "external_port": 2222, "internal_port": 22,
-                "internal_port_id": vm_id, "internal_ip_address": v6_addr}}))
-        .await;
-    assert_eq!((st, err_type(&v)), (400, "BadRequest"), "{v}");
+    t.refused(
+        "POST",
+        &format!(
+            "/v2.0/floatingips/{}/port_forwardings",
+            id(&fip, "floatingip")
+        ),
+        "ta",
+        json!({"port_forwarding": {"protocol": "tcp", "external_port": 2222, "internal_port": 22,
+                "internal_port_id": vm_id, "internal_ip_address": v6_addr}}),
+        (400, "BadRequest"),
+    )
+    .await;
     // A v6-only external network has no floating IPs at all.
     let ext_v6 = id(
         &t.create(
@@ -325,13 +314,12 @@ async fn dual_stack_routers_get_v6_interfaces_gateways_and_no_v6_floating_ips() 
         "cidr": "2001:db8:2::/64"}}),
     )
     .await;
-    let (st, v) = t
-        .req(
-            "POST",
-            "/v2.0/floatingips",
-            "ta",
-            json!({"floatingip": {"floating_network_id": ext_v6}}),
-        )
-        .await;
-    assert_eq!((st, err_type(&v)), (400, "BadRequest"), "{v}");
+    t.refused(
+        "POST",
+        "/v2.0/floatingips",
+        "ta",
+        json!({"floatingip": {"floating_network_id": ext_v6}}),
+        (400, "BadRequest"),
+    )
+    .await;
 }

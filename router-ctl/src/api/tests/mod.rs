@@ -195,6 +195,14 @@ impl T {
         self.get(&next[next.find("/v2.0").unwrap()..], token).await
     }
 
+    /// `PUT /v2.0/routers/{router}/{action}_router_interface` (`action`: add or remove) of
+    /// `subnet` as `ta`, asserting `want`; returns the body.
+    async fn router_interface(&self, router: &str, action: &str, subnet: &str, want: u16) -> Value {
+        let path = format!("/v2.0/routers/{router}/{action}_router_interface");
+        self.ok("PUT", &path, "ta", json!({"subnet_id": subnet}), want)
+            .await
+    }
+
     /// A network with the attributes of `body` (`{}`: defaults) made by `token`; its id.
     async fn network(&self, token: &str, body: Value) -> String {
         let n = self

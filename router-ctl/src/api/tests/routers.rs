@@ -70,15 +70,7 @@ async fn router_gateway_lifecycle() {
     );
 
     // Second attach of the same subnet: 409; delete of a router with interfaces: 409.
-    let (st, v) = t
-        .req(
-            "PUT",
-            &format!("/v2.0/routers/{rid}/add_router_interface"),
-            "ta",
-            json!({"subnet_id": sub_id}),
-        )
-        .await;
-    assert_eq!(st, 409, "{v}");
+    t.router_interface(&rid, "add", &sub_id, 409).await;
     t.refused(
         "DELETE",
         &format!("/v2.0/routers/{rid}"),
@@ -145,14 +137,7 @@ async fn router_gateway_lifecycle() {
     )
     .await;
 
-    t.ok(
-        "PUT",
-        &format!("/v2.0/routers/{rid}/remove_router_interface"),
-        "ta",
-        json!({"subnet_id": sub_id}),
-        200,
-    )
-    .await;
+    t.router_interface(&rid, "remove", &sub_id, 200).await;
     t.ok(
         "DELETE",
         &format!("/v2.0/routers/{rid}"),
@@ -188,14 +173,7 @@ async fn routed_router(t: &T) -> (String, String, [String; 2]) {
             )
             .await;
         let sid = id(&s, "subnet");
-        t.ok(
-            "PUT",
-            &format!("/v2.0/routers/{rid}/add_router_interface"),
-            "ta",
-            json!({"subnet_id": sid}),
-            200,
-        )
-        .await;
+        t.router_interface(&rid, "add", &sid, 200).await;
         subs.push(sid);
     }
     (rid, ext, [subs[0].clone(), subs[1].clone()])
@@ -305,30 +283,18 @@ async fn extra_routes_follow_neutron() {
         ])
     );
     assert_eq!(r["router"]["id"], rid.as_str());
-    let (st, v) = t
-        .req(
-            "PUT",
-            &add,
-            "ta",
-            put(json!([route("172.19.0.0/16", "10.7.0.7")])),
-        )
-        .await;
-    assert_eq!((st, err_type(&v)), (400, "InvalidRoutes"), "{v}");
+    t.refused(
+        "PUT",
+        &add,
+        "ta",
+        put(json!([route("172.19.0.0/16", "10.7.0.7")])),
+        (400, "InvalidRoutes"),
+    )
+    .await;
 
     // An interface a nexthop needs stays; the other one goes.
-    let (st, v) = t
-        .req(
-            "PUT",
-            &format!("/v2.0/routers/{rid}/remove_router_interface"),
-            "ta",
-            json!({"subnet_id": sub_b}),
-        )
-        .await;
-    assert_eq!(
-        (st, err_type(&v)),
-        (409, "RouterInterfaceInUseByRoute"),
-        "{v}"
-    );
+    let v = t.router_interface(&rid, "remove", &sub_b, 409).await;
+    assert_eq!(err_type(&v), "RouterInterfaceInUseByRoute", "{v}");
     assert_eq!(
         v["NeutronError"]["message"],
         format!(
@@ -352,23 +318,8 @@ async fn extra_routes_follow_neutron() {
         r["router"]["routes"],
         json!([route("172.18.0.0/16", "10.0.0.7")])
     );
-    t.ok(
-        "PUT",
-        &format!("/v2.0/routers/{rid}/remove_router_interface"),
-        "ta",
-        json!({"subnet_id": sub_b}),
-        200,
-    )
-    .await;
-    let (st, _) = t
-        .req(
-            "PUT",
-            &format!("/v2.0/routers/{rid}/remove_router_interface"),
-            "ta",
-            json!({"subnet_id": sub_a}),
-        )
-        .await;
-    assert_eq!(st, 409);
+    t.router_interface(&rid, "remove", &sub_b, 200).await;
+    t.router_interface(&rid, "remove", &sub_a, 409).await;
 
     // null clears; the router's spec carries what the API holds.
     let r = t.ok("PUT", &path, "ta", put(Value::Null), 200).await;
@@ -392,10 +343,15 @@ async fn extra_routes_quota_and_spec() {
         .map(|i| json!({"destination": format!("172.16.{i}.0/24"), "nexthop": "10.0.0.9"}))
         .collect();
     let path = format!("/v2.0/routers/{rid}");
-    let (st, v) = t
-        .req("PUT", &path, "ta", json!({"router": {"routes": routes}}))
+    let v = t
+        .refused(
+            "PUT",
+            &path,
+            "ta",
+            json!({"router": {"routes": routes}}),
+            (400, "RoutesExhausted"),
+        )
         .await;
-    assert_eq!((st, err_type(&v)), (400, "RoutesExhausted"), "{v}");
     assert_eq!(
         v["NeutronError"]["message"],
         format!(
@@ -492,15 +448,14 @@ async fn a_gateway_change_must_keep_the_routes_connected() {
     .await;
     // Clearing the gateway would strand the route via the external subnet (Neutron's
     // `_validate_gw_info`): refused, nothing changed.
-    let (st, v) = t
-        .req(
-            "PUT",
-            &path,
-            "ta",
-            json!({"router": {"external_gateway_info": null}}),
-        )
-        .await;
-    assert_eq!((st, err_type(&v)), (400, "InvalidRoutes"), "{v}");
+    t.refused(
+        "PUT",
+        &path,
+        "ta",
+        json!({"router": {"external_gateway_info": null}}),
+        (400, "InvalidRoutes"),
+    )
+    .await;
     let r = t.get(&path, "ta").await;
     assert_eq!(
         r["router"]["external_gateway_info"]["network_id"],
@@ -539,41 +494,37 @@ async fn routers_are_legacy_routers() {
         "ha is admin-only in Neutron's policy"
     );
     let rid = id(&r, "router");
-    let v = t.get(&format!("/v2.0/routers/{rid}"), "adm").await;
+    let path = format!("/v2.0/routers/{rid}");
+    let v = t.get(&path, "adm").await;
     assert_eq!(v["router"]["distributed"], false);
-    for key in ["ha", "distributed"] {
-        t.refused(
+    // (method, path, token, the value asked for, the status and error type wanted)
+    let refusals = [
+        (
             "POST",
             "/v2.0/routers",
             "adm",
-            json!({"router": {key: true}}),
-            (400, "BadRequest"),
-        )
-        .await;
-        t.refused(
+            json!(true),
+            (400, Some("BadRequest")),
+        ),
+        (
             "POST",
             "/v2.0/routers",
             "ta",
-            json!({"router": {key: false}}),
-            (403, "PolicyNotAuthorized"),
-        )
-        .await;
-        t.ok(
-            "PUT",
-            &format!("/v2.0/routers/{rid}"),
-            "adm",
-            json!({"router": {key: true}}),
-            400,
-        )
-        .await;
-        t.ok(
-            "PUT",
-            &format!("/v2.0/routers/{rid}"),
-            "adm",
-            json!({"router": {key: "maybe"}}),
-            400,
-        )
-        .await;
+            json!(false),
+            (403, Some("PolicyNotAuthorized")),
+        ),
+        ("PUT", path.as_str(), "adm", json!(true), (400, None)),
+        ("PUT", path.as_str(), "adm", json!("maybe"), (400, None)),
+    ];
+    for key in ["ha", "distributed"] {
+        for (method, path, token, value, (status, kind)) in &refusals {
+            let body = json!({"router": {key: value}});
+            let (st, v) = t.req(method, path, token, body).await;
+            assert_eq!(st, *status, "{method} {path} {key}={value}: {v}");
+            if let Some(kind) = kind {
+                assert_eq!(err_type(&v), *kind, "{method} {path} {key}={value}");
+            }
+        }
     }
     let v = t.get("/v2.0/routers", "adm").await;
     assert_eq!(v["routers"].as_array().unwrap().len(), 2);

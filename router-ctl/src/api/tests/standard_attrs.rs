@@ -218,14 +218,9 @@ async fn revisions_count_changes_and_if_match_guards_them() {
     let v = t.get(&path, "ta").await;
     assert_eq!(v["network"]["revision_number"], 2);
 
-    let (st, v) = if_match(
-        &t,
-        "PUT",
-        &path,
-        "revision_number=1",
-        json!({"network": {"name": "b"}}),
-    )
-    .await;
+    // The same rename under a stale revision (refused) and the current one.
+    let rename = json!({"network": {"name": "b"}});
+    let (st, v) = if_match(&t, "PUT", &path, "revision_number=1", rename.clone()).await;
     assert_eq!(st, 412, "{v}");
     assert_eq!(err_type(&v), "RevisionNumberConstraintFailed");
     assert_eq!(
@@ -237,14 +232,7 @@ async fn revisions_count_changes_and_if_match_guards_them() {
         v["network"]["name"], "a",
         "a failed constraint changes nothing"
     );
-    let (st, v) = if_match(
-        &t,
-        "PUT",
-        &path,
-        "revision_number=2",
-        json!({"network": {"name": "b"}}),
-    )
-    .await;
+    let (st, v) = if_match(&t, "PUT", &path, "revision_number=2", rename).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["network"]["revision_number"], 3);
     for bad in ["revision_number=x", "revision_number=1, revision_number=2"] {
@@ -260,14 +248,8 @@ async fn revisions_count_changes_and_if_match_guards_them() {
     let r = t.create("ta", "routers", json!({"router": {}})).await;
     let rid = id(&r, "router");
     let rpath = format!("/v2.0/routers/{rid}");
-    t.ok(
-        "PUT",
-        &format!("{rpath}/add_router_interface"),
-        "ta",
-        json!({"subnet_id": id(&s, "subnet")}),
-        200,
-    )
-    .await;
+    t.router_interface(&rid, "add", &id(&s, "subnet"), 200)
+        .await;
     let v = t.get(&rpath, "ta").await;
     assert_eq!(v["router"]["revision_number"], 1);
     let (st, _) = if_match(&t, "DELETE", &rpath, "revision_number=0", Value::Null).await;
@@ -356,8 +338,7 @@ async fn tag_filters_follow_neutron() {
 async fn unknown_filters_are_refused_and_full_pages_link_on() {
     let t = T::new();
     for name in ["a", "b"] {
-        t.create("ta", "networks", json!({"network": {"name": name}}))
-            .await;
+        t.network("ta", json!({ "name": name })).await;
     }
     let v = t
         .refused(
