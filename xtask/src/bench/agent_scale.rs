@@ -32,7 +32,7 @@ use kit::{
 
 use super::{
     ns::check_interrupted,
-    scale::{Phase, Timed, strip_ansi},
+    scale::{Phase, strip_ansi, timed_batch},
 };
 
 /// The external network of the agent run: flat on physnet `public`, room for 1000 gateways.
@@ -219,7 +219,14 @@ fn external(api: &Neutron) -> Result<String> {
 }
 
 /// Makes one router as an operator would; returns it and its steps' seconds.
-fn make_one(api: &Neutron, i: usize, ext: &str) -> Result<(Made, [f64; 6])> {
+/// The router's namespace is added to `qrouters` (removed at the end even if the run fails)
+/// as soon as neutron has the router.
+fn make_one(
+    api: &Neutron,
+    i: usize,
+    ext: &str,
+    qrouters: &mut RouterNamespaces,
+) -> Result<(Made, [f64; 6])> {
     let mut steps = [0.0; 6];
     let mut t = Instant::now();
     let mut lap = |k: usize| {
@@ -240,6 +247,7 @@ fn make_one(api: &Neutron, i: usize, ext: &str) -> Result<(Made, [f64; 6])> {
     )?)?;
     lap(1);
     let router = id(&api.post("router", json!({"router": {"name": format!("ab-{i}")}}))?)?;
+    qrouters.0.push(router.clone());
     lap(2);
     api.put(
         &format!("/routers/{router}/add_router_interface"),
@@ -306,54 +314,16 @@ fn create_batch(
     cap: Duration,
     qrouters: &mut RouterNamespaces,
 ) -> (Vec<Made>, Phase) {
-    let start = Instant::now();
-    let mut made = Vec::with_capacity(n);
-    let mut timed = Timed::default();
-    let mut note = String::new();
-    for i in 0..n {
-        if start.elapsed() > cap {
-            note = format!("stopped at the {} s cap", cap.as_secs());
-            break;
-        }
-        if check_interrupted().is_err() {
-            note = "interrupted".into();
-            break;
-        }
-        let t = Instant::now();
-        match make_one(api, i, ext) {
-            Ok((m, steps)) => {
-                timed.push(t.elapsed().as_secs_f64(), &steps);
-                qrouters.0.push(m.router.clone());
-                made.push(m);
-            }
-            Err(e) => {
-                note = format!("failed after {i} routers: {e:#}");
-                break;
-            }
-        }
-    }
-    (made, timed.phase(start.elapsed(), &CREATE_STEPS, note))
+    timed_batch(0..n, Some(cap), &CREATE_STEPS, |i| {
+        make_one(api, i, ext, qrouters)
+    })
 }
 
 fn delete_batch(api: &Neutron, made: &[Made]) -> Phase {
-    let start = Instant::now();
-    let mut timed = Timed::default();
-    let mut note = String::new();
-    for (i, m) in made.iter().enumerate() {
-        if check_interrupted().is_err() {
-            note = "interrupted".into();
-            break;
-        }
-        let t = Instant::now();
-        match delete_one(api, m) {
-            Ok(steps) => timed.push(t.elapsed().as_secs_f64(), &steps),
-            Err(e) => {
-                note = format!("failed after {i} routers: {e:#}");
-                break;
-            }
-        }
-    }
-    timed.phase(start.elapsed(), &DELETE_STEPS, note)
+    timed_batch(made, None, &DELETE_STEPS, |m| {
+        delete_one(api, m).map(|steps| ((), steps))
+    })
+    .1
 }
 
 /// `kill -9` of the agent with the routers in place, then a new agent: its full resync timed

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
 use serde_json::json;
 
@@ -227,7 +227,10 @@ impl Env {
     }
 
     fn scale_run(&mut self, probe: &Probe, n: usize, cap: Duration, secs: f64) -> ScaleRun {
-        eprintln!("bench: scale: {n} routers on one external network");
+        eprintln!(
+            "bench: scale: {n} routers, {} external network(s)",
+            n.div_ceil(GATEWAYS_PER_EXTERNAL).max(1)
+        );
         let mut run = ScaleRun {
             n,
             ..Default::default()
@@ -365,64 +368,25 @@ impl Env {
         exts: &mut Vec<String>,
         cap: Duration,
     ) -> (Vec<Made>, Phase) {
-        let start = Instant::now();
-        let mut made = Vec::with_capacity(n);
-        let mut timed = Timed::default();
-        let mut note = String::new();
-        for i in 0..n {
-            if start.elapsed() > cap {
-                note = format!("stopped at the {} s cap", cap.as_secs());
-                break;
-            }
-            if check_interrupted().is_err() {
-                note = "interrupted".into();
-                break;
-            }
+        timed_batch(0..n, Some(cap), &STEPS, |i| {
             let k = i / GATEWAYS_PER_EXTERNAL;
             if k == exts.len() {
-                // Not timed: an external network per thousand routers is set-up, not routers.
-                match self.next_external(k) {
-                    Ok(e) => exts.push(e),
-                    Err(e) => {
-                        note = format!("external network {k} not made: {e:#}");
-                        break;
-                    }
-                }
+                // Not timed (the router's time is its calls'): an external network per
+                // thousand routers is set-up, not routers.
+                let e = self
+                    .next_external(k)
+                    .with_context(|| format!("external network {k} not made"))?;
+                exts.push(e);
             }
-            let t = Instant::now();
-            match self.make_one(i, &exts[k]) {
-                Ok((m, steps)) => {
-                    timed.push(t.elapsed().as_secs_f64(), &steps);
-                    made.push(m);
-                }
-                Err(e) => {
-                    note = format!("failed after {i} routers: {e:#}");
-                    break;
-                }
-            }
-        }
-        (made, timed.phase(start.elapsed(), &STEPS, note))
+            self.make_one(i, &exts[k])
+        })
     }
 
     fn delete_batch(&mut self, made: Vec<Made>) -> Phase {
-        let start = Instant::now();
-        let mut timed = Timed::default();
-        let mut note = String::new();
-        for (i, m) in made.iter().enumerate() {
-            if check_interrupted().is_err() {
-                note = "interrupted".into();
-                break;
-            }
-            let t = Instant::now();
-            match self.delete_one(m) {
-                Ok(steps) => timed.push(t.elapsed().as_secs_f64(), &steps),
-                Err(e) => {
-                    note = format!("failed after {i} routers: {e:#}");
-                    break;
-                }
-            }
-        }
-        timed.phase(start.elapsed(), &DELETE_STEPS, note)
+        timed_batch(made.iter(), None, &DELETE_STEPS, |m| {
+            self.delete_one(m).map(|steps| ((), steps))
+        })
+        .1
     }
 
     /// Broadcast/multicast rate at the server's port, drops and the stream's loss over `secs`.
@@ -605,6 +569,43 @@ impl Timed {
             note,
         }
     }
+}
+
+/// Runs `one` over `items` in order until all are done, `cap` has passed, the run is
+/// interrupted or one fails (said in the phase's note); each item's latency is the sum of the
+/// steps `one` timed. Returns what `one` made and the phase.
+pub(super) fn timed_batch<I, R, S: AsRef<[f64]>>(
+    items: impl IntoIterator<Item = I>,
+    cap: Option<Duration>,
+    names: &[&str],
+    mut one: impl FnMut(I) -> Result<(R, S)>,
+) -> (Vec<R>, Phase) {
+    let start = Instant::now();
+    let mut made = Vec::new();
+    let mut timed = Timed::default();
+    let mut note = String::new();
+    for (i, item) in items.into_iter().enumerate() {
+        if let Some(cap) = cap.filter(|c| start.elapsed() > *c) {
+            note = format!("stopped at the {} s cap", cap.as_secs());
+            break;
+        }
+        if check_interrupted().is_err() {
+            note = "interrupted".into();
+            break;
+        }
+        match one(item) {
+            Ok((r, steps)) => {
+                let steps = steps.as_ref();
+                timed.push(steps.iter().sum(), steps);
+                made.push(r);
+            }
+            Err(e) => {
+                note = format!("failed after {i}: {e:#}");
+                break;
+            }
+        }
+    }
+    (made, timed.phase(start.elapsed(), names, note))
 }
 
 /// `line` without terminal colour sequences (the daemon's log colours its fields).
