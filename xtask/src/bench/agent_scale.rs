@@ -32,7 +32,7 @@ use kit::{
 
 use super::{
     ns::check_interrupted,
-    scale::{Phase, strip_ansi, timed_batch},
+    scale::{Laps, Phase, strip_ansi, timed_batch},
 };
 
 /// The external network of the agent run: flat on physnet `public`, room for 1000 gateways.
@@ -226,16 +226,11 @@ fn make_one(
     i: usize,
     ext: &str,
     qrouters: &mut RouterNamespaces,
-) -> Result<(Made, [f64; 6])> {
-    let mut steps = [0.0; 6];
-    let mut t = Instant::now();
-    let mut lap = |k: usize| {
-        steps[k] = t.elapsed().as_secs_f64();
-        t = Instant::now();
-    };
+) -> Result<(Made, Vec<f64>)> {
+    let mut laps = Laps::start();
     // A VXLAN network (the project network type); its VNI from neutron's 1:1000 range.
     let network = id(&api.post("network", json!({"network": {"name": format!("ab-{i}")}}))?)?;
-    lap(0);
+    laps.lap();
     let subnet = id(&api.post(
         "subnet",
         json!({"subnet": {
@@ -245,20 +240,20 @@ fn make_one(
             "enable_dhcp": false,
         }}),
     )?)?;
-    lap(1);
+    laps.lap();
     let router = id(&api.post("router", json!({"router": {"name": format!("ab-{i}")}}))?)?;
     qrouters.0.push(router.clone());
-    lap(2);
+    laps.lap();
     api.put(
         &format!("/routers/{router}/add_router_interface"),
         json!({"subnet_id": subnet}),
     )?;
-    lap(3);
+    laps.lap();
     let r = api.put(
         &format!("/routers/{router}"),
         json!({"router": {"external_gateway_info": {"network_id": ext}}}),
     )?;
-    lap(4);
+    laps.lap();
     let gw = r["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
         .as_str()
         .with_context(|| format!("no gateway address in {r}"))?
@@ -266,45 +261,40 @@ fn make_one(
     wait_for(&format!("router {router} realised with {gw}"), || {
         gateway_realised(&router, &gw)
     })?;
-    lap(5);
+    laps.lap();
     Ok((
         Made {
             network,
             subnet,
             router,
         },
-        steps,
+        laps.steps,
     ))
 }
 
 /// Tears one router down as an operator would; returns its steps' seconds.
-fn delete_one(api: &Neutron, m: &Made) -> Result<[f64; 5]> {
-    let mut steps = [0.0; 5];
-    let mut t = Instant::now();
-    let mut lap = |k: usize| {
-        steps[k] = t.elapsed().as_secs_f64();
-        t = Instant::now();
-    };
+fn delete_one(api: &Neutron, m: &Made) -> Result<Vec<f64>> {
+    let mut laps = Laps::start();
     let r = &m.router;
     api.put(
         &format!("/routers/{r}"),
         json!({"router": {"external_gateway_info": {}}}),
     )?;
-    lap(0);
+    laps.lap();
     api.put(
         &format!("/routers/{r}/remove_router_interface"),
         json!({"subnet_id": m.subnet}),
     )?;
-    lap(1);
+    laps.lap();
     api.delete(&format!("/routers/{r}"))?;
-    lap(2);
+    laps.lap();
     api.delete(&format!("/networks/{}", m.network))?;
-    lap(3);
+    laps.lap();
     wait_for(&format!("router {r} removed from the node"), || {
         !Path::new(&format!("/run/netns/qrouter-{r}")).exists()
     })?;
-    lap(4);
-    Ok(steps)
+    laps.lap();
+    Ok(laps.steps)
 }
 
 fn create_batch(

@@ -295,61 +295,51 @@ impl Env {
 
     /// Router `i` of a batch (tenant network 10.<i/250>.<i%250>.0/24): the seconds each of its
     /// five calls took, in `STEPS` order.
-    fn make_one(&mut self, i: usize, ext: &str) -> Result<(Made, [f64; 5])> {
-        let mut steps = [0.0; 5];
-        let mut t = Instant::now();
-        let mut lap = |k: usize| {
-            steps[k] = t.elapsed().as_secs_f64();
-            t = Instant::now();
-        };
+    fn make_one(&mut self, i: usize, ext: &str) -> Result<(Made, Vec<f64>)> {
+        let mut laps = Laps::start();
         let network = self.network(&format!("sc-{i}"), false)?;
-        lap(0);
+        laps.lap();
         let cidr = format!("10.{}.{}.0/24", i / 250, i % 250);
         let subnet = self.subnet(&network, &cidr, None)?;
-        lap(1);
+        laps.lap();
         let router = self.router(&format!("sc-{i}"))?;
-        lap(2);
+        laps.lap();
         self.add_interface(&router, &subnet)?;
-        lap(3);
+        laps.lap();
         self.set_gateway(&router, ext)?;
-        lap(4);
+        laps.lap();
         Ok((
             Made {
                 network,
                 subnet,
                 router,
             },
-            steps,
+            laps.steps,
         ))
     }
 
     /// Deletes one router of a batch the way an operator tears it down.
-    fn delete_one(&mut self, m: &Made) -> Result<[f64; 5]> {
-        let mut steps = [0.0; 5];
-        let mut t = Instant::now();
-        let mut lap = |k: usize| {
-            steps[k] = t.elapsed().as_secs_f64();
-            t = Instant::now();
-        };
+    fn delete_one(&mut self, m: &Made) -> Result<Vec<f64>> {
+        let mut laps = Laps::start();
         let r = &m.router;
         self.put(
             &format!("/routers/{r}"),
             json!({"router": {"external_gateway_info": {}}}),
         )?;
-        lap(0);
+        laps.lap();
         self.put(
             &format!("/routers/{r}/remove_router_interface"),
             json!({"subnet_id": m.subnet}),
         )?;
-        lap(1);
+        laps.lap();
         self.call("DELETE", &format!("/routers/{r}"), None)?;
         self.forget_router(r);
-        lap(2);
+        laps.lap();
         self.call("DELETE", &format!("/subnets/{}", m.subnet), None)?;
-        lap(3);
+        laps.lap();
         self.call("DELETE", &format!("/networks/{}", m.network), None)?;
-        lap(4);
-        Ok(steps)
+        laps.lap();
+        Ok(laps.steps)
     }
 
     /// Another external network for the next [`GATEWAYS_PER_EXTERNAL`] gateways of a batch:
@@ -568,6 +558,27 @@ impl Timed {
             steps,
             note,
         }
+    }
+}
+
+/// A stopwatch over the steps of one router's creation or deletion: each `lap` records the
+/// seconds since the previous one.
+pub(super) struct Laps {
+    t: Instant,
+    pub steps: Vec<f64>,
+}
+
+impl Laps {
+    pub fn start() -> Self {
+        Self {
+            t: Instant::now(),
+            steps: Vec::new(),
+        }
+    }
+
+    pub fn lap(&mut self) {
+        self.steps.push(self.t.elapsed().as_secs_f64());
+        self.t = Instant::now();
     }
 }
 
