@@ -1,21 +1,22 @@
 //! Sysctls of the calling thread's network namespace (`key` relative to /proc/sys/net, e.g.
 //! `ipv4/ip_forward`; /proc/sys/net resolves to the namespace of the thread that opens it).
 //!
-//! Keys are opened relative to a per-thread handle on their family's directory
-//! (`/proc/sys/net/ipv4`, `…/ipv6`), not by their full path: the dcache keeps one
-//! `net/<family>` dentry per namespace on the host, all on the same hash chain (same parent,
-//! same name), so every full-path walk compares against each of them (`proc_sys_compare`):
-//! O(namespaces) per write, and a router pass writes a dozen. With the directory open, only the
-//! first walk per thread pays that. The handles belong to the namespace the thread was in when
-//! it opened them; a thread that changes namespace (an `ns::in_netns` worker only does so at
-//! its start) finds them dropped, as the cache is keyed by the namespace's inode.
+//! Keys are opened relative to a handle on their family's directory (`/proc/sys/net/ipv4`,
+//! `…/ipv6`) of the namespace, not by their full path: the dcache keeps one `net/<family>`
+//! dentry per namespace on the host, all on the same hash chain (same parent, same name), so
+//! every full-path walk compares against each of them (`proc_sys_compare`): O(namespaces) per
+//! open. The handles are shared by every thread and kept for the most recent namespaces, by
+//! inode: the realiser enters a namespace on a fresh thread (`ns::in_netns`), about thirty
+//! times per router made, so a per-thread cache would pay the walk on nearly every switch
+//! (14 % of the daemon's busy time at 3000 routers). A handle stays bound to the namespace it
+//! was opened in, whichever thread uses it.
 
 use std::{
-    cell::RefCell,
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     fs::File,
     io::{ErrorKind, Read as _, Seek as _, SeekFrom, Write as _},
     os::{fd::OwnedFd, unix::fs::MetadataExt as _},
+    sync::{Arc, LazyLock, Mutex},
 };
 
 use anyhow::{Context as _, Result};
@@ -24,9 +25,46 @@ use nix::{errno::Errno, fcntl::OFlag, sys::stat::Mode};
 /// Where the keys live.
 const ROOT: &str = "/proc/sys/net";
 
-thread_local! {
-    /// (namespace inode, family directory → handle) of this thread.
-    static DIRS: RefCell<(u64, HashMap<String, Option<OwnedFd>>)> = RefCell::new((0, HashMap::new()));
+/// Family directories kept open (one descriptor each): the namespaces a burst of router
+/// changes touches, far below the daemon's descriptor limit.
+const CACHED_DIRS: usize = 128;
+
+/// A family directory of one namespace: its handle, None when this kernel lacks the family.
+type Dir = Option<Arc<OwnedFd>>;
+
+/// Handles by (namespace inode, family), oldest first in `order`.
+#[derive(Default)]
+struct DirCache {
+    dirs: HashMap<(u64, String), Dir>,
+    order: VecDeque<(u64, String)>,
+}
+
+static DIRS: LazyLock<Mutex<DirCache>> = LazyLock::new(Mutex::default);
+
+impl DirCache {
+    fn get(&self, k: &(u64, String)) -> Option<Dir> {
+        self.dirs.get(k).cloned()
+    }
+
+    fn put(&mut self, k: (u64, String), d: Dir) {
+        if self.dirs.insert(k.clone(), d).is_none() {
+            self.order.push_back(k);
+        }
+        while self.order.len() > CACHED_DIRS {
+            if let Some(old) = self.order.pop_front() {
+                self.dirs.remove(&old);
+            }
+        }
+    }
+
+    fn forget(&mut self, k: &(u64, String)) {
+        self.dirs.remove(k);
+        self.order.retain(|o| o != k);
+    }
+}
+
+fn cache() -> std::sync::MutexGuard<'static, DirCache> {
+    DIRS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The calling thread's network namespace, by inode.
@@ -36,6 +74,26 @@ fn netns_ino() -> Result<u64> {
         .ino())
 }
 
+/// The family directory of the calling thread's namespace (`ino`), from the cache or opened.
+fn family_dir(ino: u64, family: &str) -> Result<Dir> {
+    let k = (ino, family.to_string());
+    if let Some(d) = cache().get(&k) {
+        return Ok(d);
+    }
+    let path = format!("{ROOT}/{family}");
+    let d = match nix::fcntl::open(
+        path.as_str(),
+        OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => Some(Arc::new(fd)),
+        Err(Errno::ENOENT) => None,
+        Err(e) => return Err(e).with_context(|| format!("opening {path}")),
+    };
+    cache().put(k, d.clone());
+    Ok(d)
+}
+
 /// Opens `key` with `flags` relative to its family's directory; `Ok(None)` when the key (or
 /// the family) does not exist on this kernel.
 fn open(key: &str, flags: OFlag) -> Result<Option<File>> {
@@ -43,33 +101,23 @@ fn open(key: &str, flags: OFlag) -> Result<Option<File>> {
         .split_once('/')
         .with_context(|| format!("sysctl key {key} has no family directory"))?;
     let ino = netns_ino()?;
-    DIRS.with(|dirs| {
-        let mut dirs = dirs.borrow_mut();
-        if dirs.0 != ino {
-            *dirs = (ino, HashMap::new());
+    for fresh in [false, true] {
+        if fresh {
+            // A namespace's inode is reused once it is gone, and a handle of the gone one
+            // finds nothing (its tables are unregistered): look again with a new handle.
+            cache().forget(&(ino, family.to_string()));
         }
-        if !dirs.1.contains_key(family) {
-            let path = format!("{ROOT}/{family}");
-            let fd = match nix::fcntl::open(
-                path.as_str(),
-                OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            ) {
-                Ok(fd) => Some(fd),
-                Err(Errno::ENOENT) => None,
-                Err(e) => return Err(e).with_context(|| format!("opening {path}")),
-            };
-            dirs.1.insert(family.to_string(), fd);
-        }
-        let Some(Some(dir)) = dirs.1.get(family) else {
+        let Some(dir) = family_dir(ino, family)? else {
             return Ok(None);
         };
-        match nix::fcntl::openat(dir, rest, flags | OFlag::O_CLOEXEC, Mode::empty()) {
-            Ok(fd) => Ok(Some(File::from(fd))),
-            Err(Errno::ENOENT) => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("opening {ROOT}/{key}")),
+        match nix::fcntl::openat(&*dir, rest, flags | OFlag::O_CLOEXEC, Mode::empty()) {
+            Ok(fd) => return Ok(Some(File::from(fd))),
+            Err(Errno::ENOENT) if !fresh => continue,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(e) => return Err(e).with_context(|| format!("opening {ROOT}/{key}")),
         }
-    })
+    }
+    Ok(None)
 }
 
 /// Whether `key` exists in the calling thread's namespace.

@@ -82,3 +82,47 @@ fn ipv6_address_and_default_route_converge_like_ipv4() {
     );
     drop(b);
 }
+
+/// Sysctl handles are shared across threads and kept per namespace: a write lands in the
+/// namespace of the calling thread, never in another one whose handle is cached, and a
+/// namespace made after another was deleted (its inode is reused by the kernel) is written
+/// through a fresh handle.
+#[test]
+fn sysctl_writes_land_in_the_calling_threads_namespace() {
+    use router_ctl::net::{in_netns, sysctl};
+    let read = |ns: &Netns| {
+        let out = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &ns.name,
+                "cat",
+                "/proc/sys/net/ipv4/ip_forward",
+            ])
+            .output()
+            .expect("ip netns exec");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let write = |ns: &Netns, v: &str| {
+        let h = NetnsHandle::open_named(&ns.name)
+            .expect("open")
+            .expect("namespace");
+        in_netns(&h, || sysctl::write("ipv4/ip_forward", v)).expect("sysctl write");
+    };
+    let a = Netns::new("sya");
+    let b = Netns::new("syb");
+    write(&a, "1");
+    write(&b, "0");
+    write(&b, "1");
+    write(&a, "0");
+    assert_eq!((read(&a).as_str(), read(&b).as_str()), ("0", "1"));
+    // Gone namespaces, then new ones: some of them get a gone one's inode.
+    drop(a);
+    drop(b);
+    for i in 0..4 {
+        let c = Netns::new(&format!("syc{i}"));
+        assert_eq!(read(&c), "0", "a new namespace starts with forwarding off");
+        write(&c, "1");
+        assert_eq!(read(&c), "1", "written through a fresh handle");
+    }
+}
