@@ -611,7 +611,7 @@ pub(super) fn timed_batch<I, R, S: AsRef<[f64]>>(
                 made.push(r);
             }
             Err(e) => {
-                note = format!("failed after {i}: {e:#}");
+                note = format!("failed after {i} routers: {e:#}");
                 break;
             }
         }
