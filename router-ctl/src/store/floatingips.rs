@@ -11,9 +11,12 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Scope, Table, addr_of, addr_val, query_all};
+use super::{
+    Scope, addr_val,
+    record::{self, record},
+};
 use crate::model::{
     Fault, FloatingIp, PortForwarding,
     spec::{FloatingIpSpec, PortForwardingSpec},
@@ -50,72 +53,39 @@ CREATE TABLE port_forwardings (
 CREATE INDEX port_forwardings_port ON port_forwardings(internal_port_id);
 "#;
 
-const FIP_COLS: &str = "id, project_id, description, floating_network_id, floating_port_id, floating_ip, port_id, fixed_ip, router_id";
-
-fn fip_row(r: &Row) -> rusqlite::Result<FloatingIp> {
-    Ok(FloatingIp {
-        id: r.get(0)?,
-        project_id: r.get(1)?,
-        description: r.get(2)?,
-        floating_network_id: r.get(3)?,
-        floating_port_id: r.get(4)?,
-        floating_ip: addr_of(r.get(5)?),
-        port_id: r.get(6)?,
-        fixed_ip: r.get::<_, Option<[u8; 16]>>(7)?.map(addr_of),
-        router_id: r.get(8)?,
-    })
+record! {
+    FloatingIp in "floatingips" keyed by [id] {
+        id, project_id, description, floating_network_id, floating_port_id, floating_ip, port_id,
+        fixed_ip, router_id,
+    }
+    mutable [description, port_id, fixed_ip, router_id]
 }
 
-const FIPS: Table<FloatingIp> = Table::whole("floatingips", FIP_COLS, fip_row);
-
 pub fn insert_floatingip(conn: &Connection, f: &FloatingIp) -> Result<(), Fault> {
-    FIPS.insert(
-        conn,
-        params![
-            f.id,
-            f.project_id,
-            f.description,
-            f.floating_network_id,
-            f.floating_port_id,
-            addr_val(f.floating_ip),
-            f.port_id,
-            f.fixed_ip.map(addr_val),
-            f.router_id
-        ],
-    )
+    record::insert(conn, f)
 }
 
 /// Rewrites the mutable columns (description, association, router).
 pub fn update_floatingip(conn: &Connection, f: &FloatingIp) -> Result<(), Fault> {
-    conn.execute(
-        "UPDATE floatingips SET description=?2, port_id=?3, fixed_ip=?4, router_id=?5 WHERE id=?1",
-        params![
-            f.id,
-            f.description,
-            f.port_id,
-            f.fixed_ip.map(addr_val),
-            f.router_id
-        ],
-    )?;
-    Ok(())
+    record::update(conn, f)
 }
 
 pub fn get_floatingip(conn: &Connection, id: &str) -> Result<Option<FloatingIp>, Fault> {
-    FIPS.get(conn, id)
+    record::get(conn, id)
 }
 
 pub fn list_floatingips(conn: &Connection) -> Result<Vec<FloatingIp>, Fault> {
-    FIPS.select(conn, "", [])
+    record::select(conn, "", [])
 }
 
 /// Floating IPs associated with `port_id`.
 pub fn port_floatingips(conn: &Connection, port_id: &str) -> Result<Vec<FloatingIp>, Fault> {
-    FIPS.select(conn, "WHERE port_id=?1", [&port_id])
+    record::select(conn, "WHERE port_id=?1", [&port_id])
 }
 
 /// Floating IPs served by `router_id` (associated, or holding port forwardings).
 pub fn router_floatingips(conn: &Connection, router_id: &str) -> Result<Vec<FloatingIp>, Fault> {
-    FIPS.select(conn, "WHERE router_id=?1", [&router_id])
+    record::select(conn, "WHERE router_id=?1", [&router_id])
 }
 
 /// The floating IP already associated with `(port_id, fixed_ip)`, if any.
@@ -142,53 +112,21 @@ pub fn delete_floatingip(conn: &Connection, id: &str) -> Result<(), Fault> {
 
 // ---------------------------------------------------------------- port forwardings
 
-const PF_COLS: &str = "id, floatingip_id, protocol, external_port, internal_port_id, internal_ip, internal_port, description";
-
-fn pf_row(r: &Row) -> rusqlite::Result<PortForwarding> {
-    Ok(PortForwarding {
-        id: r.get(0)?,
-        floatingip_id: r.get(1)?,
-        protocol: r.get(2)?,
-        external_port: r.get(3)?,
-        internal_port_id: r.get(4)?,
-        internal_ip: addr_of(r.get(5)?),
-        internal_port: r.get(6)?,
-        description: r.get(7)?,
-    })
-}
-
-const PFS: Table<PortForwarding> = Table::whole("port_forwardings", PF_COLS, pf_row);
-
-/// Runs `sql` with the columns of `p` as `?1`..`?8`, in `PF_COLS` order.
-fn execute_pf(conn: &Connection, sql: &str, p: &PortForwarding) -> Result<(), Fault> {
-    conn.execute(
-        sql,
-        params![
-            p.id,
-            p.floatingip_id,
-            p.protocol,
-            p.external_port,
-            p.internal_port_id,
-            addr_val(p.internal_ip),
-            p.internal_port,
-            p.description
-        ],
-    )?;
-    Ok(())
+record! {
+    PortForwarding in "port_forwardings" keyed by [id, floatingip_id] {
+        id, floatingip_id, protocol, external_port, internal_port_id, internal_ip, internal_port,
+        description,
+    }
+    mutable [protocol, external_port, internal_port_id, internal_ip, internal_port, description]
 }
 
 pub fn insert_port_forwarding(conn: &Connection, p: &PortForwarding) -> Result<(), Fault> {
-    let sql = format!("INSERT INTO port_forwardings ({PF_COLS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8)");
-    execute_pf(conn, &sql, p)
+    record::insert(conn, p)
 }
 
 /// Rewrites every column but the ids (a port forwarding stays under its floating IP).
 pub fn update_port_forwarding(conn: &Connection, p: &PortForwarding) -> Result<(), Fault> {
-    execute_pf(
-        conn,
-        "UPDATE port_forwardings SET protocol=?3, external_port=?4, internal_port_id=?5, internal_ip=?6, internal_port=?7, description=?8 WHERE id=?1 AND floatingip_id=?2",
-        p,
-    )
+    record::update(conn, p)
 }
 
 pub fn get_port_forwarding(
@@ -196,13 +134,11 @@ pub fn get_port_forwarding(
     fip_id: &str,
     id: &str,
 ) -> Result<Option<PortForwarding>, Fault> {
-    Ok(PFS
-        .select(conn, "WHERE id=?1 AND floatingip_id=?2", [id, fip_id])?
-        .pop())
+    Ok(record::select(conn, "WHERE id=?1 AND floatingip_id=?2", [id, fip_id])?.pop())
 }
 
 pub fn fip_port_forwardings(conn: &Connection, fip_id: &str) -> Result<Vec<PortForwarding>, Fault> {
-    PFS.select(conn, "WHERE floatingip_id=?1", [fip_id])
+    record::select(conn, "WHERE floatingip_id=?1", [fip_id])
 }
 
 /// Port forwardings whose internal port is `port_id`.
@@ -210,7 +146,7 @@ pub fn port_port_forwardings(
     conn: &Connection,
     port_id: &str,
 ) -> Result<Vec<PortForwarding>, Fault> {
-    PFS.select(conn, "WHERE internal_port_id=?1", [port_id])
+    record::select(conn, "WHERE internal_port_id=?1", [port_id])
 }
 
 /// Another port forwarding that `p` would duplicate (same floating IP, protocol and external
@@ -295,7 +231,7 @@ pub fn router_floating(
         "WHERE router_id IS NOT NULL AND {}",
         scope.condition("router_id")
     );
-    let fips = FIPS.select(conn, &filter, scope.params())?;
+    let fips: Vec<FloatingIp> = record::select(conn, &filter, scope.params())?;
     let mut by_fip: HashMap<&str, (&str, Ipv4Addr)> = HashMap::new();
     for f in &fips {
         let (Some(r), Some(floating_ip)) = (&f.router_id, v4(f.floating_ip)) else {
@@ -307,14 +243,13 @@ pub fn router_floating(
             fixed_ip: f.fixed_ip.and_then(v4).filter(|_| f.port_id.is_some()),
         });
     }
-    let cols: Vec<String> = PF_COLS.split(", ").map(|c| format!("p.{c}")).collect();
     let sql = format!(
         "SELECT {} FROM port_forwardings p JOIN floatingips f ON f.id = p.floatingip_id
          WHERE f.router_id IS NOT NULL AND {} ORDER BY p.rowid",
-        cols.join(", "),
+        record::columns::<PortForwarding>("p."),
         scope.condition("f.router_id")
     );
-    for p in query_all(conn, &sql, scope.params(), pf_row)? {
+    for p in record::query::<PortForwarding, _>(conn, &sql, scope.params())? {
         let (Some((r, fip)), Some(protocol), Some(internal_ip)) = (
             by_fip.get(p.floatingip_id.as_str()),
             protocol_number(&p.protocol),

@@ -6,18 +6,18 @@
 //! the schema itself (`UNIQUE(subnet_id, ip)`, `UNIQUE(mac)`, `UNIQUE(dp_id)`), the checks in
 //! this module only turn those cases into Neutron's errors before the constraint fires.
 
-use std::{
-    net::{IpAddr, Ipv6Addr},
-    path::Path,
-};
+use std::path::Path;
 
-use rusqlite::{Connection, Row, ToSql, Transaction};
+use rusqlite::{Connection, Row, Transaction};
+
+use record::{addr_of, addr_val};
 
 mod attrs;
 pub mod floatingips;
 mod ipam;
 mod networks;
 mod ports;
+mod record;
 mod routers;
 mod spec;
 
@@ -250,68 +250,6 @@ fn migrate(conn: &mut Connection) -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------- conversions
 
-/// A table read as one model type: its name, its columns (in the mapper's order), the mapper
-/// of a row, and what completes a row from other tables (a subnet's pools, a port's fixed IPs).
-struct Table<T: 'static> {
-    name: &'static str,
-    cols: &'static str,
-    row: fn(&Row) -> rusqlite::Result<T>,
-    complete: fn(&Connection, &mut T) -> Result<(), Fault>,
-}
-
-impl<T> Table<T> {
-    /// A table whose rows are whole (nothing to complete).
-    const fn whole(
-        name: &'static str,
-        cols: &'static str,
-        row: fn(&Row) -> rusqlite::Result<T>,
-    ) -> Self {
-        Self {
-            name,
-            cols,
-            row,
-            complete: |_, _| Ok(()),
-        }
-    }
-
-    /// The rows that `filter` (a `WHERE` clause, or empty) selects with `p`, in creation order.
-    fn select<P: rusqlite::Params>(
-        &self,
-        conn: &Connection,
-        filter: &str,
-        p: P,
-    ) -> Result<Vec<T>, Fault> {
-        let sql = format!(
-            "SELECT {} FROM {} {filter} ORDER BY rowid",
-            self.cols, self.name
-        );
-        let mut out = query_all(conn, &sql, p, self.row)?;
-        for x in &mut out {
-            (self.complete)(conn, x)?;
-        }
-        Ok(out)
-    }
-
-    /// The row with this id, None when unknown.
-    fn get(&self, conn: &Connection, id: &str) -> Result<Option<T>, Fault> {
-        Ok(self.select(conn, "WHERE id=?1", [id])?.pop())
-    }
-
-    /// Adds a row: `values` are its columns' values in `cols` order (the placeholders follow
-    /// their number, so a column added to `cols` and not here fails loudly).
-    fn insert(&self, conn: &Connection, values: &[&dyn ToSql]) -> Result<(), Fault> {
-        let marks: Vec<String> = (1..=values.len()).map(|i| format!("?{i}")).collect();
-        let sql = format!(
-            "INSERT INTO {} ({}) VALUES ({})",
-            self.name,
-            self.cols,
-            marks.join(",")
-        );
-        conn.execute(&sql, values)?;
-        Ok(())
-    }
-}
-
 /// Every row `sql` selects with `params`, mapped by `row`, through the statement cache.
 fn query_all<T, P: rusqlite::Params>(
     conn: &Connection,
@@ -322,31 +260,6 @@ fn query_all<T, P: rusqlite::Params>(
     let mut st = conn.prepare_cached(sql)?;
     let rows = st.query_map(params, row)?;
     Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-/// An address column's value as the model carries it: IPv4 addresses are stored mapped
-/// (`::ffff:a.b.c.d`), so a v4 address comes back as `IpAddr::V4` (the API refuses IPv6
-/// subnets inside `::ffff:0:0/96`, so no IPv6 address is taken for one).
-fn addr_of(v: [u8; 16]) -> IpAddr {
-    let a = Ipv6Addr::from(v);
-    match a.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(a),
-    }
-}
-
-/// The column value of an address: 16 bytes, big-endian, IPv4 as IPv4-mapped. Compared as
-/// BLOBs (memcmp), the values keep the addresses' order within a family, which is what IPAM
-/// walks (`first_free_ip`).
-fn addr_val(ip: IpAddr) -> [u8; 16] {
-    match ip {
-        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-        IpAddr::V6(a) => a.octets(),
-    }
-}
-
-fn text_err(col: usize, msg: String) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, msg.into())
 }
 
 #[cfg(test)]

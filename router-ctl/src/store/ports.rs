@@ -1,30 +1,22 @@
 //! Ports and their fixed IPs in the store.
 
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Table, addr_of, addr_val, query_all, text_err};
-use crate::model::{Fault, FixedIp, Port, mac_to_string, parse_mac};
+use super::{
+    addr_of, addr_val, query_all,
+    record::{self, record},
+};
+use crate::model::{Fault, FixedIp, Port, mac_to_string};
 
 // ---------------------------------------------------------------- ports
 
-pub(super) const PORT_COLS: &str = "id, network_id, name, description, project_id, mac, admin_state_up, device_owner, device_id, status";
-
-fn port_row(r: &Row) -> rusqlite::Result<Port> {
-    let mac: String = r.get(5)?;
-    let mac = parse_mac(&mac).ok_or_else(|| text_err(5, format!("bad mac {mac}")))?;
-    Ok(Port {
-        id: r.get(0)?,
-        network_id: r.get(1)?,
-        name: r.get(2)?,
-        description: r.get(3)?,
-        project_id: r.get(4)?,
-        mac,
-        admin_state_up: r.get(6)?,
-        device_owner: r.get(7)?,
-        device_id: r.get(8)?,
-        status: r.get(9)?,
-        fixed_ips: Vec::new(),
-    })
+record! {
+    Port in "ports" keyed by [id] {
+        id, network_id, name, description, project_id, mac, admin_state_up, device_owner,
+        device_id, status,
+    }
+    mutable [name, description, admin_state_up, device_owner, device_id, status, mac]
+    filled { fixed_ips: Vec::new() } by load_fixed_ips
 }
 
 fn load_fixed_ips(conn: &Connection, p: &mut Port) -> Result<(), Fault> {
@@ -68,21 +60,7 @@ pub fn generate_mac(conn: &Connection) -> Result<[u8; 6], Fault> {
 /// Inserts the port and its fixed IPs (already chosen and checked by the caller; the
 /// UNIQUE constraints still refuse a duplicate).
 pub fn insert_port(conn: &Connection, p: &Port) -> Result<(), Fault> {
-    PORTS.insert(
-        conn,
-        params![
-            p.id,
-            p.network_id,
-            p.name,
-            p.description,
-            p.project_id,
-            mac_to_string(&p.mac),
-            p.admin_state_up,
-            p.device_owner,
-            p.device_id,
-            p.status
-        ],
-    )?;
+    record::insert(conn, p)?;
     write_fixed_ips(conn, p)
 }
 
@@ -109,54 +87,23 @@ fn write_fixed_ips(conn: &Connection, p: &Port) -> Result<(), Fault> {
 
 /// Rewrites the mutable columns and fixed IPs of `p`.
 pub fn update_port(conn: &Connection, p: &Port) -> Result<(), Fault> {
-    conn.execute(
-        "UPDATE ports SET name=?2, description=?3, admin_state_up=?4, device_owner=?5, device_id=?6, status=?7, mac=?8 WHERE id=?1",
-        params![
-            p.id,
-            p.name,
-            p.description,
-            p.admin_state_up,
-            p.device_owner,
-            p.device_id,
-            p.status,
-            mac_to_string(&p.mac)
-        ],
-    )?;
+    record::update(conn, p)?;
     write_fixed_ips(conn, p)
 }
 
-const PORTS: Table<Port> = Table {
-    name: "ports",
-    cols: PORT_COLS,
-    row: port_row,
-    complete: load_fixed_ips,
-};
-
 /// The port with its fixed IPs, None when unknown.
 pub fn get_port(conn: &Connection, id: &str) -> Result<Option<Port>, Fault> {
-    PORTS.get(conn, id)
-}
-
-pub(super) fn query_ports(
-    conn: &Connection,
-    sql: &str,
-    p: &[&dyn rusqlite::ToSql],
-) -> Result<Vec<Port>, Fault> {
-    let mut out = query_all(conn, sql, p, port_row)?;
-    for p in &mut out {
-        load_fixed_ips(conn, p)?;
-    }
-    Ok(out)
+    record::get(conn, id)
 }
 
 /// Every port in creation order.
 pub fn list_ports(conn: &Connection) -> Result<Vec<Port>, Fault> {
-    PORTS.select(conn, "", [])
+    record::select(conn, "", [])
 }
 
 /// The network's ports (a network with ports cannot be deleted).
 pub fn network_ports(conn: &Connection, network_id: &str) -> Result<Vec<Port>, Fault> {
-    PORTS.select(conn, "WHERE network_id=?1", [network_id])
+    record::select(conn, "WHERE network_id=?1", [network_id])
 }
 
 /// Deletes the port and frees its addresses.

@@ -7,9 +7,8 @@ use ipnet::IpNet;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
-    MAX_DP_ID, Table,
-    ports::{PORT_COLS, query_ports},
-    query_all, text_err,
+    MAX_DP_ID, query_all,
+    record::{self, record, text_err},
 };
 use crate::model::{Fault, Port, Router, spec::RouteSpec};
 
@@ -26,23 +25,11 @@ CREATE TABLE router_routes (
 
 // ---------------------------------------------------------------- routers
 
-pub(super) const ROUTER_COLS: &str =
-    "id, name, description, project_id, admin_state_up, status, dp_id, gw_port_id, enable_snat";
-
-const ROUTERS: Table<Router> = Table::whole("routers", ROUTER_COLS, router_row);
-
-pub(super) fn router_row(r: &Row) -> rusqlite::Result<Router> {
-    Ok(Router {
-        id: r.get(0)?,
-        name: r.get(1)?,
-        description: r.get(2)?,
-        project_id: r.get(3)?,
-        admin_state_up: r.get(4)?,
-        status: r.get(5)?,
-        dp_id: r.get(6)?,
-        gw_port_id: r.get(7)?,
-        enable_snat: r.get(8)?,
-    })
+record! {
+    Router in "routers" keyed by [id] {
+        id, name, description, project_id, admin_state_up, status, dp_id, gw_port_id, enable_snat,
+    }
+    mutable [name, description, admin_state_up, status, gw_port_id, enable_snat]
 }
 
 /// Smallest datapath slot no existing router holds (slots start at 1).
@@ -68,39 +55,22 @@ pub fn free_dp_id(conn: &Connection) -> Result<u32, Fault> {
 
 /// Adds a router row (its dp_id from `free_dp_id`).
 pub fn insert_router(conn: &Connection, r: &Router) -> Result<(), Fault> {
-    ROUTERS.insert(
-        conn,
-        params![
-            r.id,
-            r.name,
-            r.description,
-            r.project_id,
-            r.admin_state_up,
-            r.status,
-            r.dp_id,
-            r.gw_port_id,
-            r.enable_snat
-        ],
-    )
+    record::insert(conn, r)
 }
 
 /// Rewrites the mutable columns of `r` (dp_id never changes).
 pub fn update_router(conn: &Connection, r: &Router) -> Result<(), Fault> {
-    conn.execute(
-        "UPDATE routers SET name=?2, description=?3, admin_state_up=?4, status=?5, gw_port_id=?6, enable_snat=?7 WHERE id=?1",
-        params![r.id, r.name, r.description, r.admin_state_up, r.status, r.gw_port_id, r.enable_snat],
-    )?;
-    Ok(())
+    record::update(conn, r)
 }
 
 /// The router, None when unknown.
 pub fn get_router(conn: &Connection, id: &str) -> Result<Option<Router>, Fault> {
-    ROUTERS.get(conn, id)
+    record::get(conn, id)
 }
 
 /// Every router in creation order.
 pub fn list_routers(conn: &Connection) -> Result<Vec<Router>, Fault> {
-    ROUTERS.select(conn, "", [])
+    record::select(conn, "", [])
 }
 
 /// Deletes the router, its interface rows and its routes (callers remove the ports).
@@ -131,18 +101,11 @@ pub fn remove_interface(conn: &Connection, router_id: &str, port_id: &str) -> Re
 
 /// Interface ports of the router, in the order they were added.
 pub fn router_interfaces(conn: &Connection, router_id: &str) -> Result<Vec<Port>, Fault> {
-    query_ports(
-        conn,
-        &format!(
-            "SELECT {} FROM router_interfaces i JOIN ports p ON p.id = i.port_id WHERE i.router_id=?1 ORDER BY i.rowid",
-            PORT_COLS
-                .split(", ")
-                .map(|c| format!("p.{c}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        &[&router_id],
-    )
+    let sql = format!(
+        "SELECT {} FROM router_interfaces i JOIN ports p ON p.id = i.port_id WHERE i.router_id=?1 ORDER BY i.rowid",
+        record::columns::<Port>("p.")
+    );
+    record::query(conn, &sql, [router_id])
 }
 
 /// The router an interface port belongs to.

@@ -10,11 +10,11 @@ use rusqlite::{Connection, params_from_iter};
 
 use super::{
     addr_of, floatingips, list_networks, query_all,
-    routers::{ROUTER_COLS, route_row, router_row},
-    text_err,
+    record::{self, text_err},
+    routers::route_row,
 };
 use crate::model::{
-    Fault, Ipv6Mode, parse_mac,
+    Fault, Ipv6Mode, Router, parse_mac,
     spec::{
         DesiredState, GatewaySpec, NetworkSpec, PortSpec, RaPrefix, RouteSpec, RouterSpec, Segment,
     },
@@ -85,10 +85,11 @@ type PortAddrs = (PortSpec, Vec<IpAddr>);
 /// whatever the scope (a pass over a thousand routers stays cheap).
 pub fn router_specs(conn: &Connection, scope: Scope<'_>) -> Result<Vec<RouterSpec>, Fault> {
     let sql = format!(
-        "SELECT {ROUTER_COLS} FROM routers WHERE {} ORDER BY rowid",
+        "SELECT {} FROM routers WHERE {} ORDER BY rowid",
+        record::columns::<Router>(""),
         scope.condition("id")
     );
-    let routers = query_all(conn, &sql, scope.params(), router_row)?;
+    let routers: Vec<Router> = record::query(conn, &sql, scope.params())?;
     if routers.is_empty() {
         return Ok(Vec::new());
     }

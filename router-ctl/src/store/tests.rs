@@ -563,3 +563,41 @@ fn the_ipv6_migration_upgrades_a_v5_database_in_place() {
         409
     );
 }
+
+#[test]
+fn a_record_round_trips_every_column_and_updates_only_what_it_names() {
+    let (_dir, s) = temp_store();
+    let c = s.conn();
+    let mut n = net("n1", true);
+    n.physical_network = Some("physnet1".into());
+    n.mtu = 9000;
+    insert_network(c, &n).unwrap();
+    assert_eq!(get_network(c, "n1").unwrap().as_ref(), Some(&n));
+    let mut changed = n.clone();
+    changed.name = "renamed".into();
+    changed.physical_network = None; // not a mutable column: stays
+    update_network(c, &changed).unwrap();
+    let got = get_network(c, "n1").unwrap().unwrap();
+    assert_eq!(got.name, "renamed");
+    assert_eq!(got.physical_network.as_deref(), Some("physnet1"));
+}
+
+#[test]
+fn every_records_key_and_mutable_columns_are_its_columns() {
+    use crate::model::{FloatingIp, PortForwarding};
+    use record::Record;
+    fn check<T: Record>() {
+        for c in T::KEY.iter().chain(T::MUTABLE) {
+            assert!(T::COLUMNS.contains(c), "{} has no column {c}", T::TABLE);
+        }
+        for k in T::KEY {
+            assert!(!T::MUTABLE.contains(k), "{}: key {k} is mutable", T::TABLE);
+        }
+    }
+    check::<Network>();
+    check::<Subnet>();
+    check::<Port>();
+    check::<Router>();
+    check::<FloatingIp>();
+    check::<PortForwarding>();
+}
