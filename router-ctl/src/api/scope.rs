@@ -63,13 +63,13 @@ pub(super) fn owned<T: Scoped>(
     }
 }
 
-/// `impl Scoped` for a resource: its type, store reader, 404, and (optionally) whether every
-/// project sees it.
+/// `impl Scoped` for a resource: its type, 404, and (optionally) whether every project sees
+/// it.
 macro_rules! scoped {
-    ($ty:ty, $fetch:path, $not_found:expr $(, $public:expr)?) => {
+    ($ty:ty, $not_found:expr $(, $public:expr)?) => {
         impl Scoped for $ty {
             fn fetch(c: &Connection, id: &str) -> Result<Option<Self>, Fault> {
-                $fetch(c, id)
+                store::get(c, id)
             }
             fn not_found(id: &str) -> Fault {
                 ($not_found)(id)
@@ -86,22 +86,16 @@ macro_rules! scoped {
 
 scoped!(
     Network,
-    store::get_network,
     |id| Fault::not_found("network", id),
     |n: &Network, _| Ok(n.external || n.shared)
 );
 scoped!(
     Subnet,
-    store::get_subnet,
     |id| Fault::not_found("subnet", id),
     |s: &Subnet, c| Ok(
-        store::get_network(c, &s.network_id)?.is_some_and(|n| n.external || n.shared)
+        store::get::<Network>(c, &s.network_id)?.is_some_and(|n| n.external || n.shared)
     )
 );
-scoped!(Port, store::get_port, |id| Fault::not_found("port", id));
-scoped!(Router, store::get_router, |id| Fault::not_found(
-    "router", id
-));
-scoped!(FloatingIp, store::floatingips::get_floatingip, |id| {
-    Kind::FloatingIp.not_found(None, id)
-});
+scoped!(Port, |id| Fault::not_found("port", id));
+scoped!(Router, |id| Fault::not_found("router", id));
+scoped!(FloatingIp, |id| { Kind::FloatingIp.not_found(None, id) });

@@ -13,10 +13,7 @@ use std::{
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{
-    Scope, addr_val,
-    record::{self, record},
-};
+use super::{Scope, addr_val, record};
 use crate::model::{
     Fault, FloatingIp, PortForwarding,
     spec::{FloatingIpSpec, PortForwardingSpec},
@@ -53,31 +50,6 @@ CREATE TABLE port_forwardings (
 CREATE INDEX port_forwardings_port ON port_forwardings(internal_port_id);
 "#;
 
-record! {
-    FloatingIp in "floatingips" keyed by [id] {
-        id, project_id, description, floating_network_id, floating_port_id, floating_ip, port_id,
-        fixed_ip, router_id,
-    }
-    mutable [description, port_id, fixed_ip, router_id]
-}
-
-pub fn insert_floatingip(conn: &Connection, f: &FloatingIp) -> Result<(), Fault> {
-    record::insert(conn, f)
-}
-
-/// Rewrites the mutable columns (description, association, router).
-pub fn update_floatingip(conn: &Connection, f: &FloatingIp) -> Result<(), Fault> {
-    record::update(conn, f)
-}
-
-pub fn get_floatingip(conn: &Connection, id: &str) -> Result<Option<FloatingIp>, Fault> {
-    record::get(conn, id)
-}
-
-pub fn list_floatingips(conn: &Connection) -> Result<Vec<FloatingIp>, Fault> {
-    record::select(conn, "", [])
-}
-
 /// Floating IPs associated with `port_id`.
 pub fn port_floatingips(conn: &Connection, port_id: &str) -> Result<Vec<FloatingIp>, Fault> {
     record::select(conn, "WHERE port_id=?1", [&port_id])
@@ -111,23 +83,6 @@ pub fn delete_floatingip(conn: &Connection, id: &str) -> Result<(), Fault> {
 }
 
 // ---------------------------------------------------------------- port forwardings
-
-record! {
-    PortForwarding in "port_forwardings" keyed by [id, floatingip_id] {
-        id, floatingip_id, protocol, external_port, internal_port_id, internal_ip, internal_port,
-        description,
-    }
-    mutable [protocol, external_port, internal_port_id, internal_ip, internal_port, description]
-}
-
-pub fn insert_port_forwarding(conn: &Connection, p: &PortForwarding) -> Result<(), Fault> {
-    record::insert(conn, p)
-}
-
-/// Rewrites every column but the ids (a port forwarding stays under its floating IP).
-pub fn update_port_forwarding(conn: &Connection, p: &PortForwarding) -> Result<(), Fault> {
-    record::update(conn, p)
-}
 
 pub fn get_port_forwarding(
     conn: &Connection,
@@ -288,22 +243,22 @@ mod tests {
 
     fn setup(s: &Store) -> (FloatingIp, PortForwarding) {
         let c = s.conn();
-        store::insert_network(c, &net("ext", true)).expect("network");
+        store::insert(c, &net("ext", true)).expect("network");
         let sub = Subnet {
             gateway_ip: None,
             enable_dhcp: false,
             ..subnet("sub", "ext", "192.0.2.0/24", &[])
         };
-        store::insert_subnet(c, &sub).expect("subnet");
+        store::insert(c, &sub).expect("subnet");
         for (id, mac, ip) in [
             ("fport", 1u8, [192, 0, 2, 50]),
             ("vm", 2, [192, 0, 2, 5]),
             ("fport2", 3, [192, 0, 2, 51]),
         ] {
             let mac = [0xfa, 0x16, 0x3e, 0, 0, mac];
-            store::insert_port(c, &port(id, "ext", mac, &[("sub", ip.into())])).expect("port");
+            store::insert(c, &port(id, "ext", mac, &[("sub", ip.into())])).expect("port");
         }
-        store::insert_router(c, &router("r", 1, None)).expect("router");
+        store::insert(c, &router("r", 1, None)).expect("router");
         let f = FloatingIp {
             id: "f".into(),
             project_id: "p".into(),
@@ -315,7 +270,7 @@ mod tests {
             fixed_ip: Some([192, 0, 2, 5].into()),
             router_id: Some("r".into()),
         };
-        insert_floatingip(c, &f).expect("fip");
+        store::insert(c, &f).expect("fip");
         let pf = PortForwarding {
             id: "pf".into(),
             floatingip_id: "f".into(),
@@ -326,7 +281,7 @@ mod tests {
             internal_port: 22,
             description: String::new(),
         };
-        insert_port_forwarding(c, &pf).expect("pf");
+        store::insert(c, &pf).expect("pf");
         (f, pf)
     }
 
@@ -335,7 +290,10 @@ mod tests {
         let s = Store::open_in_memory().expect("store");
         let (f, pf) = setup(&s);
         let c = s.conn();
-        assert_eq!(get_floatingip(c, "f").expect("get"), Some(f.clone()));
+        assert_eq!(
+            store::get::<FloatingIp>(c, "f").expect("get"),
+            Some(f.clone())
+        );
         assert_eq!(
             fip_of_fixed_ip(c, "vm", f.fixed_ip.expect("ip")).expect("q"),
             Some("f".into())
@@ -345,26 +303,20 @@ mod tests {
         twin.id = "f2".into();
         twin.floating_port_id = "fport2".into();
         twin.floating_ip = [192, 0, 2, 51].into();
-        assert_eq!(insert_floatingip(c, &twin).map_err(|e| e.status), Err(409));
+        assert_eq!(store::insert(c, &twin).map_err(|e| e.status), Err(409));
         // Same FIP+protocol+external port, or same internal address+port+protocol.
         let mut dup = pf.clone();
         dup.id = "pf2".into();
         dup.internal_port = 23;
-        assert_eq!(
-            insert_port_forwarding(c, &dup).map_err(|e| e.status),
-            Err(409)
-        );
+        assert_eq!(store::insert(c, &dup).map_err(|e| e.status), Err(409));
         let mut dup = pf.clone();
         dup.id = "pf3".into();
         dup.external_port = 2223;
-        assert_eq!(
-            insert_port_forwarding(c, &dup).map_err(|e| e.status),
-            Err(409)
-        );
+        assert_eq!(store::insert(c, &dup).map_err(|e| e.status), Err(409));
         let mut other = pf.clone();
         other.id = "pf4".into();
         other.protocol = "udp".into();
-        insert_port_forwarding(c, &other).expect("same ports, other protocol");
+        store::insert(c, &other).expect("same ports, other protocol");
         // The per-router and bulk views agree.
         let one = router_floating(c, Scope::Router("r")).expect("one");
         let all = router_floating(c, Scope::All).expect("all");

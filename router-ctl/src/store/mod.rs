@@ -20,6 +20,7 @@ mod ports;
 mod record;
 mod routers;
 mod spec;
+mod tables;
 
 pub use attrs::{
     add_tag, mark_changed, remove_tag, replace_tags, settle_revisions, standard_attrs,
@@ -28,6 +29,7 @@ pub use attrs::{
 pub use ipam::*;
 pub use networks::*;
 pub use ports::*;
+pub use record::{Record, get, insert, list, update};
 pub use routers::*;
 pub use spec::{Scope, desired_state, network_spec, router_spec, router_specs};
 

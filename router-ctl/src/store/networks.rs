@@ -2,41 +2,10 @@
 
 use rusqlite::{Connection, params};
 
-use super::{
-    addr_of, addr_val, query_all,
-    record::{self, record},
-};
-use crate::model::{Fault, Network, Subnet};
+use super::{addr_of, addr_val, query_all, record};
+use crate::model::{Fault, Subnet};
 
 // ---------------------------------------------------------------- networks
-
-record! {
-    Network in "networks" keyed by [id] {
-        id, name, description, project_id, admin_state_up, external, physical_network, shared,
-        status, mtu,
-    }
-    mutable [name, description, admin_state_up, external, shared, status, mtu]
-}
-
-/// Adds a network row.
-pub fn insert_network(conn: &Connection, n: &Network) -> Result<(), Fault> {
-    record::insert(conn, n)
-}
-
-/// Rewrites the mutable columns of `n`.
-pub fn update_network(conn: &Connection, n: &Network) -> Result<(), Fault> {
-    record::update(conn, n)
-}
-
-/// The network, None when unknown.
-pub fn get_network(conn: &Connection, id: &str) -> Result<Option<Network>, Fault> {
-    record::get(conn, id)
-}
-
-/// Every network in creation order.
-pub fn list_networks(conn: &Connection) -> Result<Vec<Network>, Fault> {
-    record::select(conn, "", [])
-}
 
 /// Deletes the network and its subnets (callers check for ports first).
 pub fn delete_network(conn: &Connection, id: &str) -> Result<(), Fault> {
@@ -47,16 +16,7 @@ pub fn delete_network(conn: &Connection, id: &str) -> Result<(), Fault> {
 
 // ---------------------------------------------------------------- subnets
 
-record! {
-    Subnet in "subnets" keyed by [id] {
-        id, network_id, name, description, project_id, cidr, gateway_ip, enable_dhcp,
-        dns_nameservers, ipv6_ra_mode, ipv6_address_mode,
-    }
-    mutable [name, description, gateway_ip, enable_dhcp, dns_nameservers]
-    filled { allocation_pools: Vec::new() } by load_pools
-}
-
-fn load_pools(conn: &Connection, s: &mut Subnet) -> Result<(), Fault> {
+pub(super) fn load_pools(conn: &Connection, s: &mut Subnet) -> Result<(), Fault> {
     let sql = "SELECT first_ip, last_ip FROM allocation_pools WHERE subnet_id=?1 ORDER BY seq";
     s.allocation_pools = query_all(conn, sql, [&s.id], |r| {
         Ok((addr_of(r.get(0)?), addr_of(r.get(1)?)))
@@ -64,7 +24,7 @@ fn load_pools(conn: &Connection, s: &mut Subnet) -> Result<(), Fault> {
     Ok(())
 }
 
-fn write_pools(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
+pub(super) fn write_pools(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
     conn.execute("DELETE FROM allocation_pools WHERE subnet_id=?1", [&s.id])?;
     for (i, (a, b)) in s.allocation_pools.iter().enumerate() {
         conn.execute(
@@ -73,28 +33,6 @@ fn write_pools(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
         )?;
     }
     Ok(())
-}
-
-/// Adds a subnet and its pools.
-pub fn insert_subnet(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
-    record::insert(conn, s)?;
-    write_pools(conn, s)
-}
-
-/// Rewrites the mutable columns and the pools of `s`.
-pub fn update_subnet(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
-    record::update(conn, s)?;
-    write_pools(conn, s)
-}
-
-/// The subnet with its pools, None when unknown.
-pub fn get_subnet(conn: &Connection, id: &str) -> Result<Option<Subnet>, Fault> {
-    record::get(conn, id)
-}
-
-/// Every subnet in creation order.
-pub fn list_subnets(conn: &Connection) -> Result<Vec<Subnet>, Fault> {
-    record::select(conn, "", [])
 }
 
 /// The network's subnets in creation order (the order addresses are taken from).

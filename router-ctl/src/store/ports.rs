@@ -2,24 +2,12 @@
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{
-    addr_of, addr_val, query_all,
-    record::{self, record},
-};
+use super::{addr_of, addr_val, query_all, record};
 use crate::model::{Fault, FixedIp, Port, mac_to_string};
 
 // ---------------------------------------------------------------- ports
 
-record! {
-    Port in "ports" keyed by [id] {
-        id, network_id, name, description, project_id, mac, admin_state_up, device_owner,
-        device_id, status,
-    }
-    mutable [name, description, admin_state_up, device_owner, device_id, status, mac]
-    filled { fixed_ips: Vec::new() } by load_fixed_ips
-}
-
-fn load_fixed_ips(conn: &Connection, p: &mut Port) -> Result<(), Fault> {
+pub(super) fn load_fixed_ips(conn: &Connection, p: &mut Port) -> Result<(), Fault> {
     let sql = "SELECT subnet_id, ip FROM fixed_ips WHERE port_id=?1 ORDER BY rowid";
     p.fixed_ips = query_all(conn, sql, [&p.id], |r| {
         Ok(FixedIp {
@@ -57,14 +45,7 @@ pub fn generate_mac(conn: &Connection) -> Result<[u8; 6], Fault> {
     ))
 }
 
-/// Inserts the port and its fixed IPs (already chosen and checked by the caller; the
-/// UNIQUE constraints still refuse a duplicate).
-pub fn insert_port(conn: &Connection, p: &Port) -> Result<(), Fault> {
-    record::insert(conn, p)?;
-    write_fixed_ips(conn, p)
-}
-
-fn write_fixed_ips(conn: &Connection, p: &Port) -> Result<(), Fault> {
+pub(super) fn write_fixed_ips(conn: &Connection, p: &Port) -> Result<(), Fault> {
     conn.execute("DELETE FROM fixed_ips WHERE port_id=?1", [&p.id])?;
     for f in &p.fixed_ips {
         conn.execute(
@@ -83,22 +64,6 @@ fn write_fixed_ips(conn: &Connection, p: &Port) -> Result<(), Fault> {
         })?;
     }
     Ok(())
-}
-
-/// Rewrites the mutable columns and fixed IPs of `p`.
-pub fn update_port(conn: &Connection, p: &Port) -> Result<(), Fault> {
-    record::update(conn, p)?;
-    write_fixed_ips(conn, p)
-}
-
-/// The port with its fixed IPs, None when unknown.
-pub fn get_port(conn: &Connection, id: &str) -> Result<Option<Port>, Fault> {
-    record::get(conn, id)
-}
-
-/// Every port in creation order.
-pub fn list_ports(conn: &Connection) -> Result<Vec<Port>, Fault> {
-    record::select(conn, "", [])
 }
 
 /// The network's ports (a network with ports cannot be deleted).

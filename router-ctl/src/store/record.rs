@@ -18,7 +18,7 @@ use super::query_all;
 use crate::model::{Fault, Ipv6Mode, mac_to_string, parse_mac};
 
 /// How a field's value is stored in its column.
-pub(super) trait Column: Sized {
+pub trait Column: Sized {
     fn read(r: &Row, col: usize) -> rusqlite::Result<Self>;
     fn value(&self) -> Value;
 }
@@ -140,7 +140,7 @@ pub(super) fn addr_val(ip: IpAddr) -> [u8; 16] {
 }
 
 /// A model type stored as one row of `TABLE`.
-pub(super) trait Record: Sized {
+pub trait Record: Sized {
     const TABLE: &'static str;
     /// The columns, in the order `from_row` reads and `values` writes them.
     const COLUMNS: &'static [&'static str];
@@ -154,16 +154,20 @@ pub(super) trait Record: Sized {
     fn complete(&mut self, _conn: &Connection) -> Result<(), Fault> {
         Ok(())
     }
+    /// Writes what other tables hold, replacing what they held.
+    fn write_rest(&self, _conn: &Connection) -> Result<(), Fault> {
+        Ok(())
+    }
 }
 
 /// `impl Record` for a model type: its table, the columns that find a row (`keyed by`), its
 /// column fields in column order, the columns an update rewrites (`mutable`), and the fields no
-/// column holds, with their value until `complete` fills them.
+/// column holds, with their value until `complete` fills them, and what writes them.
 macro_rules! record {
     (
         $t:ident in $table:literal keyed by [$($key:ident),+] { $($col:ident),+ $(,)? }
         mutable [$($set:ident),+ $(,)?]
-        $(filled { $($other:ident: $init:expr),+ $(,)? } by $complete:path)?
+        $(filled { $($other:ident: $init:expr),+ $(,)? } by $complete:path, $write:path)?
     ) => {
         impl $crate::store::record::Record for $t {
             const TABLE: &'static str = $table;
@@ -184,6 +188,9 @@ macro_rules! record {
             }
             $(fn complete(&mut self, conn: &rusqlite::Connection) -> Result<(), $crate::model::Fault> {
                 $complete(conn, self)
+            }
+            fn write_rest(&self, conn: &rusqlite::Connection) -> Result<(), $crate::model::Fault> {
+                $write(conn, self)
             })?
         }
     };
@@ -224,13 +231,19 @@ pub(super) fn query<T: Record, P: Params>(
     Ok(out)
 }
 
-/// The row of `T` with this id, None when unknown.
-pub(super) fn get<T: Record>(conn: &Connection, id: &str) -> Result<Option<T>, Fault> {
+/// The row of `T` with this id, completed; None when unknown.
+pub fn get<T: Record>(conn: &Connection, id: &str) -> Result<Option<T>, Fault> {
     Ok(select::<T, _>(conn, "WHERE id=?1", [id])?.pop())
 }
 
-/// Adds `x` as a row (every column).
-pub(super) fn insert<T: Record>(conn: &Connection, x: &T) -> Result<(), Fault> {
+/// Every row of `T`, in creation order.
+pub fn list<T: Record>(conn: &Connection) -> Result<Vec<T>, Fault> {
+    select(conn, "", [])
+}
+
+/// Adds `x`: its row (every column) and what other tables hold of it. The schema's UNIQUE
+/// constraints refuse a duplicate (a 409).
+pub fn insert<T: Record>(conn: &Connection, x: &T) -> Result<(), Fault> {
     let marks: Vec<String> = (1..=T::COLUMNS.len()).map(|i| format!("?{i}")).collect();
     let sql = format!(
         "INSERT INTO {} ({}) VALUES ({})",
@@ -239,11 +252,11 @@ pub(super) fn insert<T: Record>(conn: &Connection, x: &T) -> Result<(), Fault> {
         marks.join(",")
     );
     conn.execute(&sql, params_from_iter(x.values()))?;
-    Ok(())
+    x.write_rest(conn)
 }
 
-/// Rewrites the mutable columns of the row with `x`'s key.
-pub(super) fn update<T: Record>(conn: &Connection, x: &T) -> Result<(), Fault> {
+/// Rewrites the mutable columns of the row with `x`'s key, and what other tables hold of it.
+pub fn update<T: Record>(conn: &Connection, x: &T) -> Result<(), Fault> {
     let (key, set) = (T::KEY, T::MUTABLE);
     let values = x.values();
     let mut args = Vec::with_capacity(set.len() + key.len());
@@ -266,5 +279,5 @@ pub(super) fn update<T: Record>(conn: &Connection, x: &T) -> Result<(), Fault> {
         clause(key, " AND ")?
     );
     conn.execute(&sql, params_from_iter(args))?;
-    Ok(())
+    x.write_rest(conn)
 }

@@ -8,9 +8,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::{
     MAX_DP_ID, query_all,
-    record::{self, record, text_err},
+    record::{self, text_err},
 };
-use crate::model::{Fault, Port, Router, spec::RouteSpec};
+use crate::model::{Fault, Port, spec::RouteSpec};
 
 /// Extra routes as text (`destination` a CIDR, `nexthop` an address): either family fits,
 /// and nothing walks them in address order. Rows go with their router.
@@ -24,13 +24,6 @@ CREATE TABLE router_routes (
 "#;
 
 // ---------------------------------------------------------------- routers
-
-record! {
-    Router in "routers" keyed by [id] {
-        id, name, description, project_id, admin_state_up, status, dp_id, gw_port_id, enable_snat,
-    }
-    mutable [name, description, admin_state_up, status, gw_port_id, enable_snat]
-}
 
 /// Smallest datapath slot no existing router holds (slots start at 1).
 pub fn free_dp_id(conn: &Connection) -> Result<u32, Fault> {
@@ -51,26 +44,6 @@ pub fn free_dp_id(conn: &Connection) -> Result<u32, Fault> {
         ));
     }
     Ok(id as u32)
-}
-
-/// Adds a router row (its dp_id from `free_dp_id`).
-pub fn insert_router(conn: &Connection, r: &Router) -> Result<(), Fault> {
-    record::insert(conn, r)
-}
-
-/// Rewrites the mutable columns of `r` (dp_id never changes).
-pub fn update_router(conn: &Connection, r: &Router) -> Result<(), Fault> {
-    record::update(conn, r)
-}
-
-/// The router, None when unknown.
-pub fn get_router(conn: &Connection, id: &str) -> Result<Option<Router>, Fault> {
-    record::get(conn, id)
-}
-
-/// Every router in creation order.
-pub fn list_routers(conn: &Connection) -> Result<Vec<Router>, Fault> {
-    record::select(conn, "", [])
 }
 
 /// Deletes the router, its interface rows and its routes (callers remove the ports).

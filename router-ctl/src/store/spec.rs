@@ -9,12 +9,12 @@ use ipnet::IpNet;
 use rusqlite::{Connection, params_from_iter};
 
 use super::{
-    addr_of, floatingips, list_networks, query_all,
+    addr_of, floatingips, list, query_all,
     record::{self, text_err},
     routers::route_row,
 };
 use crate::model::{
-    Fault, Ipv6Mode, Router, parse_mac,
+    Fault, Ipv6Mode, Network, Router, parse_mac,
     spec::{
         DesiredState, GatewaySpec, NetworkSpec, PortSpec, RaPrefix, RouteSpec, RouterSpec, Segment,
     },
@@ -50,7 +50,7 @@ impl<'a> Scope<'a> {
 
 /// The kernel-side description of the network, None when it does not exist.
 pub fn network_spec(conn: &Connection, id: &str) -> Result<Option<NetworkSpec>, Fault> {
-    Ok(super::get_network(conn, id)?.map(network_spec_of))
+    Ok(super::get::<Network>(conn, id)?.map(network_spec_of))
 }
 
 fn network_spec_of(n: crate::model::Network) -> NetworkSpec {
@@ -70,7 +70,7 @@ pub fn router_spec(conn: &Connection, id: &str) -> Result<Option<RouterSpec>, Fa
 /// `router_spec` gives it.
 pub fn desired_state(conn: &Connection) -> Result<DesiredState, Fault> {
     Ok(DesiredState {
-        networks: list_networks(conn)?
+        networks: list::<Network>(conn)?
             .into_iter()
             .map(network_spec_of)
             .collect(),

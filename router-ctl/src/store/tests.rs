@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use ipnet::{IpNet, Ipv4Net};
 
 use super::*;
-use crate::model::{FixedIp, Network, Port, Router, Subnet};
+use crate::model::{FixedIp, FloatingIp, Network, Port, PortForwarding, Router, Subnet};
 
 pub(super) fn net(id: &str, external: bool) -> Network {
     Network {
@@ -109,14 +109,14 @@ fn migrations_are_versioned_and_idempotent() {
 fn allocation_skips_gateway_and_used_addresses_and_fills_gaps() {
     let (_d, mut store) = temp_store();
     let tx = store.transaction().unwrap();
-    insert_network(&tx, &net("n1", false)).unwrap();
+    insert(&tx, &net("n1", false)).unwrap();
     // Pool includes the gateway .1 on purpose: it must still never be handed out.
     let s = subnet("s1", "n1", "10.0.0.0/29", &[("10.0.0.1", "10.0.0.6")]);
-    insert_subnet(&tx, &s).unwrap();
+    insert(&tx, &s).unwrap();
     let mut got = vec![];
     for i in 0..5 {
         let ip = allocate_ip(&tx, &s, None, false).unwrap();
-        insert_port(
+        insert(
             &tx,
             &port(
                 &format!("p{i}"),
@@ -149,9 +149,9 @@ fn allocation_skips_gateway_and_used_addresses_and_fills_gaps() {
 fn requested_addresses_are_checked() {
     let (_d, mut store) = temp_store();
     let tx = store.transaction().unwrap();
-    insert_network(&tx, &net("n1", false)).unwrap();
+    insert(&tx, &net("n1", false)).unwrap();
     let s = subnet("s1", "n1", "10.0.0.0/24", &[("10.0.0.2", "10.0.0.254")]);
-    insert_subnet(&tx, &s).unwrap();
+    insert(&tx, &s).unwrap();
     let gw: IpAddr = "10.0.0.1".parse().unwrap();
     assert_eq!(
         allocate_ip(&tx, &s, Some(gw), false).unwrap_err().status,
@@ -163,7 +163,7 @@ fn requested_addresses_are_checked() {
         assert_eq!(e.status, 400, "{bad}");
     }
     let ip: IpAddr = "10.0.0.77".parse().unwrap();
-    insert_port(
+    insert(
         &tx,
         &port("p1", "n1", [0xfa, 0x16, 0x3e, 0, 0, 1], &[("s1", ip)]),
     )
@@ -176,22 +176,22 @@ fn requested_addresses_are_checked() {
 fn schema_refuses_a_duplicate_address_or_mac() {
     let (_d, mut store) = temp_store();
     let tx = store.transaction().unwrap();
-    insert_network(&tx, &net("n1", false)).unwrap();
+    insert(&tx, &net("n1", false)).unwrap();
     let s = subnet("s1", "n1", "10.0.0.0/24", &[("10.0.0.2", "10.0.0.254")]);
-    insert_subnet(&tx, &s).unwrap();
+    insert(&tx, &s).unwrap();
     let ip: IpAddr = "10.0.0.9".parse().unwrap();
-    insert_port(
+    insert(
         &tx,
         &port("p1", "n1", [0xfa, 0x16, 0x3e, 0, 0, 1], &[("s1", ip)]),
     )
     .unwrap();
-    let e = insert_port(
+    let e = insert(
         &tx,
         &port("p2", "n1", [0xfa, 0x16, 0x3e, 0, 0, 2], &[("s1", ip)]),
     )
     .unwrap_err();
     assert_eq!(e.status, 409);
-    let e = insert_port(&tx, &port("p3", "n1", [0xfa, 0x16, 0x3e, 0, 0, 1], &[])).unwrap_err();
+    let e = insert(&tx, &port("p3", "n1", [0xfa, 0x16, 0x3e, 0, 0, 1], &[])).unwrap_err();
     assert_eq!(e.status, 409);
 }
 
@@ -202,7 +202,7 @@ fn dp_ids_are_small_unique_and_fill_holes() {
     for i in 0..3 {
         let dp = free_dp_id(&tx).unwrap();
         assert_eq!(dp, i + 1);
-        insert_router(&tx, &router(&format!("r{i}"), dp, None)).unwrap();
+        insert(&tx, &router(&format!("r{i}"), dp, None)).unwrap();
     }
     delete_router(&tx, "r1").unwrap();
     assert_eq!(free_dp_id(&tx).unwrap(), 2);
@@ -214,19 +214,19 @@ fn dp_ids_are_small_unique_and_fill_holes() {
 fn router_spec_collects_interfaces_and_gateway() {
     let (_d, mut store) = temp_store();
     let tx = store.transaction().unwrap();
-    insert_network(&tx, &net("ext", true)).unwrap();
-    insert_network(&tx, &net("int", false)).unwrap();
+    insert(&tx, &net("ext", true)).unwrap();
+    insert(&tx, &net("int", false)).unwrap();
     let se = subnet("se", "ext", "192.0.2.0/24", &[("192.0.2.10", "192.0.2.20")]);
     let si = subnet("si", "int", "10.1.0.0/24", &[("10.1.0.2", "10.1.0.254")]);
-    insert_subnet(&tx, &se).unwrap();
-    insert_subnet(&tx, &si).unwrap();
+    insert(&tx, &se).unwrap();
+    insert(&tx, &si).unwrap();
     let gw_ip = allocate_ip(&tx, &se, None, false).unwrap();
-    insert_port(
+    insert(
         &tx,
         &port("gw", "ext", [0xfa, 0x16, 0x3e, 0, 0, 1], &[("se", gw_ip)]),
     )
     .unwrap();
-    insert_port(
+    insert(
         &tx,
         &port(
             "if",
@@ -236,7 +236,7 @@ fn router_spec_collects_interfaces_and_gateway() {
         ),
     )
     .unwrap();
-    insert_router(
+    insert(
         &tx,
         &Router {
             enable_snat: false,
@@ -262,7 +262,7 @@ fn router_spec_collects_interfaces_and_gateway() {
     assert!(!gw.enable_snat);
     assert_eq!(routers_on_network(&tx, "int").unwrap().len(), 1);
     // A second router without gateway, one with a gateway only.
-    insert_router(
+    insert(
         &tx,
         &Router {
             admin_state_up: false,
@@ -285,20 +285,20 @@ fn router_spec_collects_interfaces_and_gateway() {
 fn a_gateway_port_carries_every_fixed_ip_and_each_subnets_next_hop() {
     let (_d, mut store) = temp_store();
     let tx = store.transaction().unwrap();
-    insert_network(&tx, &net("ext", true)).unwrap();
+    insert(&tx, &net("ext", true)).unwrap();
     let s1 = subnet("s1", "ext", "192.0.2.0/24", &[("192.0.2.10", "192.0.2.20")]);
     let mut s2 = subnet("s2", "ext", "198.51.100.0/25", &[]);
     s2.gateway_ip = None;
-    insert_subnet(&tx, &s1).unwrap();
-    insert_subnet(&tx, &s2).unwrap();
+    insert(&tx, &s1).unwrap();
+    insert(&tx, &s2).unwrap();
     let ips: Vec<(&str, IpAddr)> = vec![
         ("s1", "192.0.2.10".parse().unwrap()),
         ("s2", "198.51.100.7".parse().unwrap()),
         ("s1", "192.0.2.11".parse().unwrap()),
     ];
-    insert_port(&tx, &port("gw", "ext", [0xfa, 0x16, 0x3e, 0, 0, 9], &ips)).unwrap();
+    insert(&tx, &port("gw", "ext", [0xfa, 0x16, 0x3e, 0, 0, 9], &ips)).unwrap();
     for (id, dp, gw) in [("r", 1, Some("gw")), ("other", 2, None)] {
-        insert_router(&tx, &router(id, dp, gw)).unwrap();
+        insert(&tx, &router(id, dp, gw)).unwrap();
     }
     let specs = router_specs(&tx, Scope::Router("r")).unwrap();
     assert_eq!(specs.len(), 1, "the scope is one router");
@@ -318,10 +318,10 @@ fn router_ports_carry_their_networks_mtu() {
     let tx = store.transaction().unwrap();
     let mut ext = net("ext", true);
     ext.mtu = 1400;
-    insert_network(&tx, &ext).unwrap();
-    insert_network(&tx, &net("int", false)).unwrap();
-    insert_subnet(&tx, &subnet("se", "ext", "192.0.2.0/24", &[])).unwrap();
-    insert_subnet(&tx, &subnet("si", "int", "10.1.0.0/24", &[])).unwrap();
+    insert(&tx, &ext).unwrap();
+    insert(&tx, &net("int", false)).unwrap();
+    insert(&tx, &subnet("se", "ext", "192.0.2.0/24", &[])).unwrap();
+    insert(&tx, &subnet("si", "int", "10.1.0.0/24", &[])).unwrap();
     let gw = port(
         "gw",
         "ext",
@@ -334,9 +334,9 @@ fn router_ports_carry_their_networks_mtu() {
         [0xfa, 0x16, 0x3e, 0, 0, 2],
         &[("si", "10.1.0.1".parse().unwrap())],
     );
-    insert_port(&tx, &gw).unwrap();
-    insert_port(&tx, &itf).unwrap();
-    insert_router(
+    insert(&tx, &gw).unwrap();
+    insert(&tx, &itf).unwrap();
+    insert(
         &tx,
         &Router {
             id: "r".into(),
@@ -356,9 +356,9 @@ fn router_ports_carry_their_networks_mtu() {
     assert_eq!(spec.interfaces[0].mtu, 1500, "the default");
     assert_eq!(spec.gateway.as_ref().unwrap().port.mtu, 1400);
     // A network's MTU change is a change of its routers' specs.
-    let mut int = get_network(&tx, "int").unwrap().unwrap();
+    let mut int = get::<Network>(&tx, "int").unwrap().unwrap();
     int.mtu = 9000;
-    update_network(&tx, &int).unwrap();
+    update(&tx, &int).unwrap();
     let spec = router_spec(&tx, "r").unwrap().unwrap();
     assert_eq!(spec.interfaces[0].mtu, 9000);
     assert_eq!(router_specs(&tx, Scope::All).unwrap(), vec![spec]);
@@ -373,10 +373,10 @@ fn revision(c: &Connection, id: &str) -> i64 {
 fn standard_attrs_follow_rows_and_settle_once_per_transaction() {
     let mut s = Store::open_in_memory().unwrap();
     let tx = s.transaction().unwrap();
-    insert_network(&tx, &net("n", false)).unwrap();
+    insert(&tx, &net("n", false)).unwrap();
     let mut n = net("n", false);
     n.name = "renamed".into();
-    update_network(&tx, &n).unwrap();
+    update(&tx, &n).unwrap();
     settle_revisions(&tx).unwrap();
     tx.commit().unwrap();
     let a = standard_attrs(s.conn(), "n").unwrap().unwrap();
@@ -387,9 +387,9 @@ fn standard_attrs_follow_rows_and_settle_once_per_transaction() {
     );
 
     let tx = s.transaction().unwrap();
-    update_network(&tx, &n).unwrap();
-    update_network(&tx, &n).unwrap();
-    insert_subnet(&tx, &subnet("s", "n", "10.0.0.0/24", &[])).unwrap();
+    update(&tx, &n).unwrap();
+    update(&tx, &n).unwrap();
+    insert(&tx, &subnet("s", "n", "10.0.0.0/24", &[])).unwrap();
     add_tag(&tx, "n", "t").unwrap();
     settle_revisions(&tx).unwrap();
     tx.commit().unwrap();
@@ -401,7 +401,7 @@ fn standard_attrs_follow_rows_and_settle_once_per_transaction() {
     // Rolled back: no revision.
     {
         let tx = s.transaction().unwrap();
-        update_network(&tx, &n).unwrap();
+        update(&tx, &n).unwrap();
         settle_revisions(&tx).unwrap();
     }
     assert_eq!(revision(s.conn(), "n"), 1);
@@ -439,7 +439,7 @@ fn the_standard_attrs_migration_fills_existing_rows() {
     )
     .unwrap();
     migrate(&mut conn).unwrap();
-    let n = get_network(&conn, "old").unwrap().unwrap();
+    let n = get::<Network>(&conn, "old").unwrap().unwrap();
     assert_eq!(n.mtu, 1500);
     let a = standard_attrs(&conn, "old").unwrap().unwrap();
     assert_eq!(a.revision_number, 0);
@@ -507,16 +507,16 @@ fn the_ipv6_migration_upgrades_a_v5_database_in_place() {
     .unwrap();
     let before = standard_attrs(&conn, "vm").unwrap().unwrap();
     migrate(&mut conn).unwrap();
-    let s = get_subnet(&conn, "s").unwrap().unwrap();
+    let s = get::<Subnet>(&conn, "s").unwrap().unwrap();
     assert_eq!(s.gateway_ip, Some("10.0.0.1".parse().unwrap()));
     assert_eq!(
         s.allocation_pools,
         vec![("10.0.0.2".parse().unwrap(), "10.0.0.254".parse().unwrap())]
     );
     assert_eq!(s.ipv6_ra_mode, None);
-    let vm = get_port(&conn, "vm").unwrap().unwrap();
+    let vm = get::<Port>(&conn, "vm").unwrap().unwrap();
     assert_eq!(vm.fixed_ips[0].ip, "10.0.0.2".parse::<IpAddr>().unwrap());
-    let f = &floatingips::list_floatingips(&conn).unwrap()[0];
+    let f = &list::<FloatingIp>(&conn).unwrap()[0];
     assert_eq!(f.floating_ip, "203.0.113.5".parse::<IpAddr>().unwrap());
     assert_eq!(f.fixed_ip, Some("10.0.0.2".parse().unwrap()));
     let pf = &floatingips::fip_port_forwardings(&conn, "f").unwrap()[0];
@@ -542,8 +542,8 @@ fn the_ipv6_migration_upgrades_a_v5_database_in_place() {
         ipv6_address_mode: Some(crate::model::Ipv6Mode::Slaac),
         ..subnet("s6", "n", "fd00:1::/64", &[("fd00:1::2", "fd00:1::ffff")])
     };
-    insert_subnet(&conn, &v6).unwrap();
-    let back = get_subnet(&conn, "s6").unwrap().unwrap();
+    insert(&conn, &v6).unwrap();
+    let back = get::<Subnet>(&conn, "s6").unwrap().unwrap();
     assert_eq!(back, v6);
     assert_eq!(
         allocate_ip(&conn, &back, None, false).unwrap(),
@@ -571,20 +571,19 @@ fn a_record_round_trips_every_column_and_updates_only_what_it_names() {
     let mut n = net("n1", true);
     n.physical_network = Some("physnet1".into());
     n.mtu = 9000;
-    insert_network(c, &n).unwrap();
-    assert_eq!(get_network(c, "n1").unwrap().as_ref(), Some(&n));
+    insert(c, &n).unwrap();
+    assert_eq!(get::<Network>(c, "n1").unwrap().as_ref(), Some(&n));
     let mut changed = n.clone();
     changed.name = "renamed".into();
     changed.physical_network = None; // not a mutable column: stays
-    update_network(c, &changed).unwrap();
-    let got = get_network(c, "n1").unwrap().unwrap();
+    update(c, &changed).unwrap();
+    let got = get::<Network>(c, "n1").unwrap().unwrap();
     assert_eq!(got.name, "renamed");
     assert_eq!(got.physical_network.as_deref(), Some("physnet1"));
 }
 
 #[test]
 fn every_records_key_and_mutable_columns_are_its_columns() {
-    use crate::model::{FloatingIp, PortForwarding};
     use record::Record;
     fn check<T: Record>() {
         for c in T::KEY.iter().chain(T::MUTABLE) {

@@ -32,6 +32,8 @@ use kit::{
 
 use super::{
     ns::check_interrupted,
+    operator::{self, BUILD_UP_STEPS, Made, NeutronApi, TEAR_DOWN_STEPS},
+    report,
     scale::{Laps, Phase, strip_ansi, timed_batch},
 };
 
@@ -45,21 +47,20 @@ const REALISE_LIMIT: Duration = Duration::from_secs(60);
 
 /// The calls and the wait of one router's creation, in order.
 const CREATE_STEPS: [&str; 6] = [
-    "POST network",
-    "POST subnet",
-    "POST router",
-    "PUT add_router_interface",
-    "PUT router (gateway)",
+    BUILD_UP_STEPS[0],
+    BUILD_UP_STEPS[1],
+    BUILD_UP_STEPS[2],
+    BUILD_UP_STEPS[3],
+    BUILD_UP_STEPS[4],
     "agent: gateway set → qg- address in qrouter",
 ];
 
-/// The calls and the wait of one router's deletion, in order (the subnet goes with its
-/// network).
+/// The calls and the wait of one router's deletion, in order.
 const DELETE_STEPS: [&str; 5] = [
-    "PUT router (gateway clear)",
-    "PUT remove_router_interface",
-    "DELETE router",
-    "DELETE network",
+    TEAR_DOWN_STEPS[0],
+    TEAR_DOWN_STEPS[1],
+    TEAR_DOWN_STEPS[2],
+    TEAR_DOWN_STEPS[3],
     "agent: router delete → qrouter gone",
 ];
 
@@ -88,13 +89,6 @@ pub struct AgentScale {
     pub note: String,
 }
 
-/// One router made through neutron-server.
-struct Made {
-    network: String,
-    subnet: String,
-    router: String,
-}
-
 /// neutron-server's API, called from inside the stack's namespace (the client's sockets are
 /// made there).
 struct Neutron {
@@ -102,12 +96,13 @@ struct Neutron {
     http: reqwest::blocking::Client,
 }
 
-impl Neutron {
-    fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+impl NeutronApi for Neutron {
+    fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
         let url = format!("{}/v2.0{path}", self.url);
-        let mut req = self.http.request(method.clone(), &url);
+        let m = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self.http.request(m, &url);
         if let Some(b) = body {
-            req = req.json(&b);
+            req = req.json(b);
         }
         let resp = req.send().with_context(|| format!("{method} {path}"))?;
         let status = resp.status();
@@ -117,18 +112,12 @@ impl Neutron {
         }
         Ok(v)
     }
+}
 
+impl Neutron {
     fn post(&self, what: &str, body: Value) -> Result<Value> {
-        let v = self.call(reqwest::Method::POST, &format!("/{what}s"), Some(body))?;
+        let v = self.call("POST", &format!("/{what}s"), Some(&body))?;
         Ok(v[what].clone())
-    }
-
-    fn put(&self, path: &str, body: Value) -> Result<Value> {
-        self.call(reqwest::Method::PUT, path, Some(body))
-    }
-
-    fn delete(&self, path: &str) -> Result<()> {
-        self.call(reqwest::Method::DELETE, path, None).map(drop)
     }
 }
 
@@ -183,7 +172,8 @@ fn run_inner(bin: &Path, cap: Duration, out: &mut AgentScale) -> Result<()> {
             out.resync = Some(resync(&mut node, &made));
         }
         out.delete = delete_batch(&api, &made);
-        api.delete(&format!("/networks/{ext}"))
+        api.call("DELETE", &format!("/networks/{ext}"), None)
+            .map(drop)
     })?;
     if result.is_err() {
         eprintln!("agent log tail:\n{}", tail(&node.log(), 30));
@@ -229,67 +219,24 @@ fn make_one(
 ) -> Result<(Made, Vec<f64>)> {
     let mut laps = Laps::start();
     // A VXLAN network (the project network type); its VNI from neutron's 1:1000 range.
-    let network = id(&api.post("network", json!({"network": {"name": format!("ab-{i}")}}))?)?;
-    laps.lap();
-    let subnet = id(&api.post(
-        "subnet",
-        json!({"subnet": {
-            "network_id": network,
-            "ip_version": 4,
-            "cidr": format!("10.{}.{}.0/24", 100 + i / 250, i % 250),
-            "enable_dhcp": false,
-        }}),
-    )?)?;
-    laps.lap();
-    let router = id(&api.post("router", json!({"router": {"name": format!("ab-{i}")}}))?)?;
-    qrouters.0.push(router.clone());
-    laps.lap();
-    api.put(
-        &format!("/routers/{router}/add_router_interface"),
-        json!({"subnet_id": subnet}),
-    )?;
-    laps.lap();
-    let r = api.put(
-        &format!("/routers/{router}"),
-        json!({"router": {"external_gateway_info": {"network_id": ext}}}),
-    )?;
-    laps.lap();
-    let gw = r["router"]["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
-        .as_str()
-        .with_context(|| format!("no gateway address in {r}"))?
-        .to_string();
+    let cidr = format!("10.{}.{}.0/24", 100 + i / 250, i % 250);
+    let (made, gw) =
+        operator::build_up(api, &format!("ab-{i}"), &cidr, ext, &mut laps, &mut |r| {
+            qrouters.0.push(r.to_string())
+        })?;
+    let router = &made.router;
     wait_for(&format!("router {router} realised with {gw}"), || {
-        gateway_realised(&router, &gw)
+        gateway_realised(router, &gw)
     })?;
     laps.lap();
-    Ok((
-        Made {
-            network,
-            subnet,
-            router,
-        },
-        laps.steps,
-    ))
+    Ok((made, laps.steps))
 }
 
 /// Tears one router down as an operator would; returns its steps' seconds.
 fn delete_one(api: &Neutron, m: &Made) -> Result<Vec<f64>> {
     let mut laps = Laps::start();
+    operator::tear_down(api, m, &mut laps)?;
     let r = &m.router;
-    api.put(
-        &format!("/routers/{r}"),
-        json!({"router": {"external_gateway_info": {}}}),
-    )?;
-    laps.lap();
-    api.put(
-        &format!("/routers/{r}/remove_router_interface"),
-        json!({"subnet_id": m.subnet}),
-    )?;
-    laps.lap();
-    api.delete(&format!("/routers/{r}"))?;
-    laps.lap();
-    api.delete(&format!("/networks/{}", m.network))?;
-    laps.lap();
     wait_for(&format!("router {r} removed from the node"), || {
         !Path::new(&format!("/run/netns/qrouter-{r}")).exists()
     })?;
@@ -437,15 +384,7 @@ pub fn markdown(run: &Option<AgentScale>, s: &mut String) {
         );
     }
     let _ = writeln!(s, "\n| step | p50 ms | p99 ms |\n|---|---|---|");
-    for st in r.create.steps.iter().chain(&r.delete.steps) {
-        let _ = writeln!(
-            s,
-            "| {} | {} | {} |",
-            st.call,
-            ms(st.p50_secs),
-            ms(st.p99_secs)
-        );
-    }
+    report::step_rows(s, r.create.steps.iter().chain(&r.delete.steps));
     if let Some(x) = &r.resync {
         let _ = writeln!(
             s,

@@ -222,14 +222,20 @@ impl Env {
             )?,
             "router",
         )?;
-        self.routers.push(id.clone());
-        // Recorded on disk too, so a later run can remove its namespace if this one is killed.
+        self.note_router(&id)?;
+        Ok(id)
+    }
+
+    /// Remembers router `id` for the clean-up: its namespace goes when this `Env` does, and it
+    /// is recorded on disk too, so a later run can remove it if this one is killed.
+    pub(super) fn note_router(&mut self, id: &str) -> Result<()> {
+        self.routers.push(id.to_string());
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.daemon().dir().join(ns::ROUTERS_FILE))?;
         writeln!(f, "{id}")?;
-        Ok(id)
+        Ok(())
     }
 
     pub(super) fn add_interface(&self, router: &str, subnet: &str) -> Result<()> {
@@ -610,15 +616,6 @@ fn read_counters(bpffs: &Path) -> Result<std::collections::BTreeMap<String, u64>
     }
     Ok(sums.named().map(|(n, v)| (n.to_string(), v)).collect())
 }
-
-/// The API calls of one router of a scale batch, in the order `scale::make_one` makes them.
-pub(super) const STEPS: [&str; 5] = [
-    "POST network",
-    "POST subnet",
-    "POST router",
-    "PUT add_router_interface",
-    "PUT router (gateway)",
-];
 
 /// The `p` quantile (nearest rank) of `v`, sorting it; 0 when empty.
 pub(super) fn percentile(v: &mut [f64], p: f64) -> f64 {

@@ -13,6 +13,7 @@
 mod agent_scale;
 mod daemon;
 mod ns;
+mod operator;
 mod probe;
 mod profile;
 mod report;

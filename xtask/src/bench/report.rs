@@ -182,6 +182,19 @@ pub struct StepStats {
     pub mean_secs: f64,
 }
 
+/// Rows `| call | p50 ms | p99 ms |` of a markdown table, one per step.
+pub fn step_rows<'a>(s: &mut String, steps: impl IntoIterator<Item = &'a StepStats>) {
+    for st in steps {
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} | {:.1} |",
+            st.call,
+            st.p50_secs * 1e3,
+            st.p99_secs * 1e3
+        );
+    }
+}
+
 /// One daemon's datapath counters after the data-path rounds (summed over routers and CPUs).
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct DaemonCounters {

@@ -19,13 +19,13 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use serde::Serialize;
-use serde_json::json;
 
 use super::{
-    daemon::{Env, STEPS, percentile},
+    daemon::{Env, percentile},
     ns::{self, Netns, check_interrupted},
+    operator::{self, BUILD_UP_STEPS, Made, TEAR_DOWN_STEPS},
     probe::{self, Flood, Stream, StreamLoss},
-    report::StepStats,
+    report::{self, StepStats},
 };
 
 /// The shared external network (the probe's), inside the bench's namespaces only.
@@ -136,13 +136,6 @@ pub struct Probe {
     ext: String,
     client: Netns,
     server: Netns,
-    router: String,
-}
-
-/// What one router of a batch is made of (its ids, for deleting it).
-struct Made {
-    network: String,
-    subnet: String,
     router: String,
 }
 
@@ -294,51 +287,30 @@ impl Env {
     }
 
     /// Router `i` of a batch (tenant network 10.<i/250>.<i%250>.0/24): the seconds each of its
-    /// five calls took, in `STEPS` order.
+    /// five calls took, in `BUILD_UP_STEPS` order.
     fn make_one(&mut self, i: usize, ext: &str) -> Result<(Made, Vec<f64>)> {
         let mut laps = Laps::start();
-        let network = self.network(&format!("sc-{i}"), false)?;
-        laps.lap();
         let cidr = format!("10.{}.{}.0/24", i / 250, i % 250);
-        let subnet = self.subnet(&network, &cidr, None)?;
-        laps.lap();
-        let router = self.router(&format!("sc-{i}"))?;
-        laps.lap();
-        self.add_interface(&router, &subnet)?;
-        laps.lap();
-        self.set_gateway(&router, ext)?;
-        laps.lap();
-        Ok((
-            Made {
-                network,
-                subnet,
-                router,
-            },
-            laps.steps,
-        ))
+        let mut router = None;
+        let made = operator::build_up(
+            &*self,
+            &format!("sc-{i}"),
+            &cidr,
+            ext,
+            &mut laps,
+            &mut |r| router = Some(r.to_string()),
+        );
+        if let Some(r) = router {
+            self.note_router(&r)?;
+        }
+        Ok((made?.0, laps.steps))
     }
 
     /// Deletes one router of a batch the way an operator tears it down.
     fn delete_one(&mut self, m: &Made) -> Result<Vec<f64>> {
         let mut laps = Laps::start();
-        let r = &m.router;
-        self.put(
-            &format!("/routers/{r}"),
-            json!({"router": {"external_gateway_info": {}}}),
-        )?;
-        laps.lap();
-        self.put(
-            &format!("/routers/{r}/remove_router_interface"),
-            json!({"subnet_id": m.subnet}),
-        )?;
-        laps.lap();
-        self.call("DELETE", &format!("/routers/{r}"), None)?;
-        self.forget_router(r);
-        laps.lap();
-        self.call("DELETE", &format!("/subnets/{}", m.subnet), None)?;
-        laps.lap();
-        self.call("DELETE", &format!("/networks/{}", m.network), None)?;
-        laps.lap();
+        operator::tear_down(self, m, &mut laps)?;
+        self.forget_router(&m.router);
         Ok(laps.steps)
     }
 
@@ -358,7 +330,7 @@ impl Env {
         exts: &mut Vec<String>,
         cap: Duration,
     ) -> (Vec<Made>, Phase) {
-        timed_batch(0..n, Some(cap), &STEPS, |i| {
+        timed_batch(0..n, Some(cap), &BUILD_UP_STEPS, |i| {
             let k = i / GATEWAYS_PER_EXTERNAL;
             if k == exts.len() {
                 // Not timed (the router's time is its calls'): an external network per
@@ -373,7 +345,7 @@ impl Env {
     }
 
     fn delete_batch(&mut self, made: Vec<Made>) -> Phase {
-        timed_batch(made.iter(), None, &DELETE_STEPS, |m| {
+        timed_batch(made.iter(), None, &TEAR_DOWN_STEPS, |m| {
             self.delete_one(m).map(|steps| ((), steps))
         })
         .1
@@ -495,15 +467,6 @@ impl Probe {
         )
     }
 }
-
-/// The calls of `delete_one`, in its order.
-const DELETE_STEPS: [&str; 5] = [
-    "PUT router (gateway clear)",
-    "PUT remove_router_interface",
-    "DELETE router",
-    "DELETE subnet",
-    "DELETE network",
-];
 
 /// Per-router latencies of a batch and of each of its steps (API calls, waits).
 #[derive(Default)]
@@ -745,15 +708,7 @@ pub fn markdown(runs: &[ScaleRun], s: &mut String) {
         "\nPer API call (ms, p50/p99), largest N:\n\n| call | p50 | p99 |\n|---|---|---|"
     );
     if let Some(r) = runs.iter().max_by_key(|r| r.n) {
-        for st in r.create.steps.iter().chain(&r.delete.steps) {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} |",
-                st.call,
-                ms(st.p50_secs),
-                ms(st.p99_secs)
-            );
-        }
+        report::step_rows(s, r.create.steps.iter().chain(&r.delete.steps));
     }
     restarts_markdown(runs, s);
     chatter_markdown(runs, s);

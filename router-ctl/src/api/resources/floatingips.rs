@@ -25,7 +25,7 @@ use crate::{
         input::{self, NAME_MAX, Obj},
         scope::visible,
     },
-    model::{Fault, FloatingIp, OWNER_FLOATINGIP, OWNER_NETWORK_PREFIX, Port},
+    model::{Fault, FloatingIp, Network, OWNER_FLOATINGIP, OWNER_NETWORK_PREFIX, Port},
     store::{self, floatingips as fstore},
 };
 
@@ -125,7 +125,7 @@ fn associate(
         if fstore::fip_port_forwardings(c, &f.id)?.is_empty() {
             f.router_id = None;
         }
-        return fstore::update_floatingip(c, f);
+        return store::update(c, f);
     };
     if !fstore::fip_port_forwardings(c, &f.id)?.is_empty() {
         return Err(Fault::conflict(
@@ -160,7 +160,7 @@ fn associate(
     f.port_id = Some(port.id);
     f.fixed_ip = Some(ip);
     f.router_id = Some(router);
-    fstore::update_floatingip(c, f)
+    store::update(c, f)
 }
 
 pub(super) fn create_fip(cx: Cx, o: &Obj) -> Result<String, Fault> {
@@ -187,7 +187,7 @@ pub(super) fn create_fip(cx: Cx, o: &Obj) -> Result<String, Fault> {
         // Neutron's default policy lets only admins pick the address.
         return Err(Fault::policy("create_floatingip:floating_ip_address"));
     }
-    let net = match store::get_network(c, &net_id)? {
+    let net = match store::get::<Network>(c, &net_id)? {
         Some(n) if n.external || ctx.owns(&n.project_id) || n.shared => n,
         _ => return Err(Fault::not_found("network", &net_id)),
     };
@@ -212,7 +212,7 @@ pub(super) fn create_fip(cx: Cx, o: &Obj) -> Result<String, Fault> {
         status: "N/A".into(),
         fixed_ips,
     };
-    store::insert_port(c, &port)?;
+    store::insert(c, &port)?;
     let mut f = FloatingIp {
         id: id.clone(),
         project_id,
@@ -224,7 +224,7 @@ pub(super) fn create_fip(cx: Cx, o: &Obj) -> Result<String, Fault> {
         fixed_ip: None,
         router_id: None,
     };
-    fstore::insert_floatingip(c, &f)?;
+    store::insert(c, &f)?;
     if let Some(p) = port_id {
         associate(c, fx, ctx, &mut f, Some(&p), fixed)?;
     } else if fixed.is_some() {
@@ -306,7 +306,7 @@ pub(super) fn update_fip(cx: Cx, id: &str, o: &Obj) -> Result<(), Fault> {
     let mut f = visible::<FloatingIp>(c, ctx, id)?;
     if let Some(d) = input::opt_string(o, "description", NAME_MAX)? {
         f.description = d;
-        fstore::update_floatingip(c, &f)?;
+        store::update(c, &f)?;
     }
     let fixed = o
         .get("fixed_ip_address")
@@ -363,17 +363,17 @@ pub(super) fn before_port_delete(c: &Connection, fx: &mut Effects, p: &Port) -> 
         if fstore::fip_port_forwardings(c, &f.id)?.is_empty() {
             f.router_id = None;
         }
-        fstore::update_floatingip(c, &f)?;
+        store::update(c, &f)?;
     }
     for pf in fstore::port_port_forwardings(c, &p.id)? {
-        if let Some(mut f) = fstore::get_floatingip(c, &pf.floatingip_id)? {
+        if let Some(mut f) = store::get::<FloatingIp>(c, &pf.floatingip_id)? {
             if let Some(r) = &f.router_id {
                 fx.touch_router(c, r)?;
             }
             fstore::delete_port_forwarding(c, &pf.id)?;
             if f.port_id.is_none() && fstore::fip_port_forwardings(c, &f.id)?.is_empty() {
                 f.router_id = None;
-                fstore::update_floatingip(c, &f)?;
+                store::update(c, &f)?;
             }
         }
     }
@@ -407,7 +407,7 @@ pub(super) fn check_interface_removal(
         .map(|f| f.subnet_id.as_str())
         .collect();
     let in_subnets = |port_id: &str, ip: IpAddr| -> Result<bool, Fault> {
-        Ok(store::get_port(c, port_id)?.is_some_and(|p| {
+        Ok(store::get::<Port>(c, port_id)?.is_some_and(|p| {
             p.fixed_ips
                 .iter()
                 .any(|f| f.ip == ip && subnets.contains(&f.subnet_id.as_str()))

@@ -16,7 +16,7 @@ use crate::{
         input::{self, Obj},
         scope::visible,
     },
-    model::{Fault, FixedIp, OWNER_ROUTER_INTERFACE, Port, Router, Subnet},
+    model::{Fault, FixedIp, Network, OWNER_ROUTER_INTERFACE, Port, Router, Subnet},
     store,
 };
 
@@ -104,7 +104,7 @@ fn add_interface(change: Change) -> Result<Value, Fault> {
         (Some(sid), None) => {
             let s = visible::<Subnet>(c, ctx, &sid)?;
             // Another project's external subnet is readable, but not a place for interfaces.
-            let shared = store::get_network(c, &s.network_id)?.is_some_and(|n| n.shared);
+            let shared = store::get::<Network>(c, &s.network_id)?.is_some_and(|n| n.shared);
             if !ctx.owns(&s.project_id) && !shared {
                 return Err(Fault::not_found("subnet", &sid));
             }
@@ -133,7 +133,7 @@ fn add_interface(change: Change) -> Result<Value, Fault> {
                     ip,
                 }],
             };
-            store::insert_port(c, &port)?;
+            store::insert(c, &port)?;
             port
         }
         (None, Some(pid)) => {
@@ -161,13 +161,13 @@ fn add_interface(change: Change) -> Result<Value, Fault> {
                     "Bad router request: Cannot have multiple IPv4 subnets on router port.",
                 ));
             }
-            let s = store::get_subnet(c, &p.fixed_ips[0].subnet_id)?
+            let s = store::get::<Subnet>(c, &p.fixed_ips[0].subnet_id)?
                 .ok_or_else(|| Fault::not_found("subnet", &p.fixed_ips[0].subnet_id))?;
             check(&s)?;
             p.device_owner = OWNER_ROUTER_INTERFACE.into();
             p.device_id = r.id.clone();
             p.status = "ACTIVE".into();
-            store::update_port(c, &p)?;
+            store::update(c, &p)?;
             p
         }
     };
@@ -180,7 +180,7 @@ fn add_interface(change: Change) -> Result<Value, Fault> {
 fn check_routes_removal(c: &Connection, router_id: &str, port: &Port) -> Result<(), Fault> {
     let routes = store::router_routes(c, router_id)?;
     for f in &port.fixed_ips {
-        let Some(s) = store::get_subnet(c, &f.subnet_id)? else {
+        let Some(s) = store::get::<Subnet>(c, &f.subnet_id)? else {
             continue;
         };
         if routes.iter().any(|r| s.cidr.contains(&r.nexthop)) {

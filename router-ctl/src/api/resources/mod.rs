@@ -168,8 +168,8 @@ pub fn list(
 fn views(c: &Connection, ctx: &Ctx, kind: Kind, parent: Option<&str>) -> Result<Vec<Value>, Fault> {
     Ok(match kind {
         Kind::Network => {
-            let subnets = store::list_subnets(c)?;
-            seen(c, ctx, store::list_networks(c)?)?
+            let subnets = store::list::<Subnet>(c)?;
+            seen(c, ctx, store::list::<Network>(c)?)?
                 .iter()
                 .map(|n| {
                     let ids = subnets
@@ -181,19 +181,19 @@ fn views(c: &Connection, ctx: &Ctx, kind: Kind, parent: Option<&str>) -> Result<
                 })
                 .collect()
         }
-        Kind::Subnet => seen(c, ctx, store::list_subnets(c)?)?
+        Kind::Subnet => seen(c, ctx, store::list::<Subnet>(c)?)?
             .iter()
             .map(subnets::subnet_view)
             .collect(),
-        Kind::Port => seen(c, ctx, store::list_ports(c)?)?
+        Kind::Port => seen(c, ctx, store::list::<Port>(c)?)?
             .iter()
             .map(ports::port_view)
             .collect(),
-        Kind::Router => seen(c, ctx, store::list_routers(c)?)?
+        Kind::Router => seen(c, ctx, store::list::<Router>(c)?)?
             .iter()
             .map(|r| routers::router_view(c, r))
             .collect::<Result<_, _>>()?,
-        Kind::FloatingIp => seen(c, ctx, fstore::list_floatingips(c)?)?
+        Kind::FloatingIp => seen(c, ctx, store::list::<FloatingIp>(c)?)?
             .iter()
             .map(|f| floatingips::fip_view(c, f))
             .collect::<Result<_, _>>()?,

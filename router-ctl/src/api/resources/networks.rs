@@ -150,7 +150,7 @@ pub(super) fn create_network(cx: Cx, o: &Obj) -> Result<String, Fault> {
     }
     let id = new_id();
     fx.touch_network(c, &id)?;
-    store::insert_network(
+    store::insert(
         c,
         &Network {
             id: id.clone(),
@@ -212,7 +212,7 @@ pub(super) fn update_network(cx: Cx, id: &str, o: &Obj) -> Result<(), Fault> {
             fx.touch_router(c, &r)?;
         }
     }
-    store::update_network(c, &n)
+    store::update(c, &n)
 }
 
 pub(super) fn delete_network(cx: Cx, id: &str) -> Result<(), Fault> {

@@ -15,7 +15,7 @@ use crate::{
         scope::visible,
     },
     model::{Fault, FloatingIp, Port, PortForwarding},
-    store::floatingips as fstore,
+    store::{self, floatingips as fstore},
 };
 
 pub(super) fn pf_not_found(fip: &str, id: &str) -> Fault {
@@ -186,10 +186,10 @@ pub(super) fn create_pf(cx: Cx, fip_id: &str, o: &Obj) -> Result<String, Fault> 
     };
     let router = check_pf(c, ctx, &f, &mut pf, o)?;
     fx.touch_router(c, &router)?;
-    fstore::insert_port_forwarding(c, &pf)?;
+    store::insert(c, &pf)?;
     if f.router_id.is_none() {
         f.router_id = Some(router);
-        fstore::update_floatingip(c, &f)?;
+        store::update(c, &f)?;
     }
     Ok(pf.id)
 }
@@ -199,7 +199,7 @@ pub(super) fn update_pf(cx: Cx, fip_id: &str, id: &str, o: &Obj) -> Result<(), F
     let (f, mut pf) = visible_pf(c, ctx, fip_id, id)?;
     let router = check_pf(c, ctx, &f, &mut pf, o)?;
     fx.touch_router(c, &router)?;
-    fstore::update_port_forwarding(c, &pf)
+    store::update(c, &pf)
 }
 
 pub(super) fn delete_pf(cx: Cx, fip_id: &str, id: &str) -> Result<(), Fault> {
@@ -211,7 +211,7 @@ pub(super) fn delete_pf(cx: Cx, fip_id: &str, id: &str) -> Result<(), Fault> {
     fstore::delete_port_forwarding(c, id)?;
     if f.port_id.is_none() && fstore::fip_port_forwardings(c, &f.id)?.is_empty() {
         f.router_id = None;
-        fstore::update_floatingip(c, &f)?;
+        store::update(c, &f)?;
     }
     Ok(())
 }

@@ -174,7 +174,7 @@ pub(super) fn create_port(cx: Cx, o: &Obj) -> Result<String, Fault> {
     };
     let fixed_ips = allocate_fixed_ips(c, &network_id, requests.as_deref(), false, &mac)?;
     let id = new_id();
-    store::insert_port(
+    store::insert(
         c,
         &Port {
             id: id.clone(),
@@ -235,7 +235,7 @@ pub(super) fn update_port(cx: Cx, id: &str, o: &Obj) -> Result<(), Fault> {
     if let Some(v) = device {
         p.device_id = v;
     }
-    store::update_port(c, &p)
+    store::update(c, &p)
 }
 
 pub(super) fn delete_port(cx: Cx, id: &str) -> Result<(), Fault> {

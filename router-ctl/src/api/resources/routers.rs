@@ -24,7 +24,7 @@ use crate::{
 
 pub(super) fn router_view(c: &Connection, r: &Router) -> Result<Value, Fault> {
     let gw = match &r.gw_port_id {
-        Some(id) => match store::get_port(c, id)? {
+        Some(id) => match store::get::<Port>(c, id)? {
             Some(p) => json!({
                 "network_id": p.network_id,
                 "enable_snat": r.enable_snat,
@@ -75,10 +75,10 @@ pub(super) fn create_router(cx: Cx, o: &Obj) -> Result<String, Fault> {
         gw_port_id: None,
         enable_snat: true,
     };
-    store::insert_router(c, &r)?;
+    store::insert(c, &r)?;
     if let Some(gw) = gw {
         set_gateway(c, ctx, &mut r, gw)?;
-        store::update_router(c, &r)?;
+        store::update(c, &r)?;
     }
     Ok(id)
 }
@@ -157,14 +157,14 @@ fn parse_gateway_info(
 pub(super) fn router_subnets(c: &Connection, r: &Router) -> Result<Vec<(Subnet, String)>, Fault> {
     let mut ports = store::router_interfaces(c, &r.id)?;
     if let Some(gw) = &r.gw_port_id
-        && let Some(p) = store::get_port(c, gw)?
+        && let Some(p) = store::get::<Port>(c, gw)?
     {
         ports.push(p);
     }
     let mut out = Vec::new();
     for p in ports {
         for f in &p.fixed_ips {
-            if let Some(s) = store::get_subnet(c, &f.subnet_id)? {
+            if let Some(s) = store::get::<Subnet>(c, &f.subnet_id)? {
                 out.push((s, p.id.clone()));
             }
         }
@@ -191,7 +191,7 @@ fn set_gateway(
     req: Option<GatewayRequest>,
 ) -> Result<(), Fault> {
     let current = match &r.gw_port_id {
-        Some(id) => store::get_port(c, id)?,
+        Some(id) => store::get::<Port>(c, id)?,
         None => None,
     };
     if let Some(p) = &current
@@ -202,7 +202,7 @@ fn set_gateway(
     let Some(req) = req else {
         if let Some(p) = current {
             r.gw_port_id = None;
-            store::update_router(c, r)?;
+            store::update(c, r)?;
             store::delete_port(c, &p.id)?;
         }
         r.enable_snat = true;
@@ -226,17 +226,17 @@ fn set_gateway(
         if let Some(reqs) = &req.fixed_ips {
             let mut moved = p.clone();
             moved.fixed_ips.clear();
-            store::update_port(c, &moved)?;
+            store::update(c, &moved)?;
             moved.fixed_ips = allocate_fixed_ips(c, &net.id, Some(reqs), true, &p.mac)?;
             check_gateway_overlap(c, r, &moved)?;
-            store::update_port(c, &moved)?;
+            store::update(c, &moved)?;
         }
         r.enable_snat = req.enable_snat.unwrap_or(ctx.l3.enable_snat_by_default);
         return Ok(());
     }
     if let Some(p) = current {
         r.gw_port_id = None;
-        store::update_router(c, r)?;
+        store::update(c, r)?;
         store::delete_port(c, &p.id)?;
     }
     let mac = store::generate_mac(c)?;
@@ -255,7 +255,7 @@ fn set_gateway(
         fixed_ips,
     };
     check_gateway_overlap(c, r, &port)?;
-    store::insert_port(c, &port)?;
+    store::insert(c, &port)?;
     r.gw_port_id = Some(port.id);
     r.enable_snat = req.enable_snat.unwrap_or(ctx.l3.enable_snat_by_default);
     Ok(())
@@ -265,10 +265,10 @@ fn check_gateway_overlap(c: &Connection, r: &Router, gw: &Port) -> Result<(), Fa
     let existing: Vec<Subnet> = store::router_interfaces(c, &r.id)?
         .iter()
         .flat_map(|p| p.fixed_ips.clone())
-        .filter_map(|f| store::get_subnet(c, &f.subnet_id).ok().flatten())
+        .filter_map(|f| store::get::<Subnet>(c, &f.subnet_id).ok().flatten())
         .collect();
     for f in &gw.fixed_ips {
-        if let Some(s) = store::get_subnet(c, &f.subnet_id)?
+        if let Some(s) = store::get::<Subnet>(c, &f.subnet_id)?
             && let Some(old) = existing.iter().find(|o| overlaps(&o.cidr, &s.cidr))
         {
             return Err(overlap_error(&s, old));
@@ -292,7 +292,7 @@ pub(super) fn update_router(cx: Cx, id: &str, o: &Obj) -> Result<(), Fault> {
     if let Some(gw) = gw {
         set_gateway(c, ctx, &mut r, gw)?;
     }
-    store::update_router(c, &r)?;
+    store::update(c, &r)?;
     match routes {
         Some(routes) => set_routes(c, ctx, &r, &routes, gateway_changed),
         // A new gateway must still connect the routes it carried (Neutron's `_validate_gw_info`).
@@ -369,7 +369,7 @@ fn check_routes(
     let mut own: Vec<IpAddr> = Vec::new();
     let mut ports = store::router_interfaces(c, &r.id)?;
     if let Some(gw) = &r.gw_port_id
-        && let Some(p) = store::get_port(c, gw)?
+        && let Some(p) = store::get::<Port>(c, gw)?
     {
         if gateway_changed {
             cidrs.extend(
@@ -385,7 +385,7 @@ fn check_routes(
     let mut attached: Vec<IpNet> = Vec::new();
     for p in &ports {
         for f in &p.fixed_ips {
-            if let Some(s) = store::get_subnet(c, &f.subnet_id)? {
+            if let Some(s) = store::get::<Subnet>(c, &f.subnet_id)? {
                 attached.push(s.cidr);
             }
             own.push(f.ip);

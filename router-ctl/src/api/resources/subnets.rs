@@ -339,7 +339,7 @@ pub(super) fn create_subnet(cx: Cx, o: &Obj) -> Result<String, Fault> {
     for r in store::routers_on_network(c, &net.id)? {
         fx.touch_router(c, &r)?;
     }
-    store::insert_subnet(
+    store::insert(
         c,
         &Subnet {
             id: id.clone(),
@@ -408,7 +408,7 @@ pub(super) fn update_subnet(cx: Cx, id: &str, o: &Obj) -> Result<(), Fault> {
     for r in store::routers_on_network(c, &s.network_id)? {
         fx.touch_router(c, &r)?;
     }
-    store::update_subnet(c, &s)
+    store::update(c, &s)
 }
 
 pub(super) fn delete_subnet(cx: Cx, id: &str) -> Result<(), Fault> {
