@@ -15,7 +15,11 @@ use std::{
 
 use anyhow::Result;
 
-use super::{FULL_CHECK_EVERY, Realiser, lock, router::plan, validate::validate_router};
+use super::{
+    FULL_CHECK_EVERY, INSIDE_CHECKS_MAX, Realiser, lock,
+    router::{Look, plan},
+    validate::validate_router,
+};
 use crate::{
     model::spec::{DesiredState, NetworkSpec, RouterSpec, Segment, names},
     net::{
@@ -61,12 +65,29 @@ pub struct ReconcileReport {
     pub abandoned: bool,
 }
 
+/// `len` routers from `start` on, wrapping around the `n` desired.
+#[derive(Clone, Copy, Debug)]
+struct InsideSlice {
+    start: usize,
+    len: usize,
+    n: usize,
+}
+
+impl InsideSlice {
+    fn contains(&self, i: usize) -> bool {
+        i < self.n && (i + self.n - self.start) % self.n < self.len
+    }
+}
+
 /// What every phase of one pass works from (the snapshot and the store's view) and the report
 /// they add to, handed from phase to phase.
 struct Pass<'a> {
     desired: &'a DesiredState,
     current: &'a dyn Current,
     report: ReconcileReport,
+    /// The daemon namespace's links as the network phase found them; the router phase reuses
+    /// the dump when nothing was changed in between (one O(devices) dump per pass, not two).
+    links: Option<HashMap<String, LinkState>>,
 }
 
 impl Realiser {
@@ -89,6 +110,7 @@ impl Realiser {
             desired,
             current,
             report: ReconcileReport::default(),
+            links: None,
         };
         self.reconcile_networks(&mut pass)?;
         self.remove_stale_routers(&mut pass)?;
@@ -131,6 +153,7 @@ impl Realiser {
                 }
             });
         }
+        pass.links = Some(links);
         Ok(())
     }
 
@@ -175,17 +198,31 @@ impl Realiser {
     }
 
     /// Desired routers. Most routers are only checked from outside (namespace mounted, taps
-    /// present, up and enslaved, which also proves the veth peers inside exist); one in
-    /// `FULL_CHECK_EVERY` each pass (every router on the first), and any that fails that check,
-    /// is converged from inside its namespace (addresses, routes, sysctls) to the spec the
-    /// store holds then.
+    /// present, up and enslaved, which also proves the veth peers inside exist); a few each
+    /// pass (`inside_slice`; every router on the first), and any that fails that check, are
+    /// converged from inside their namespace (addresses, routes, sysctls, filters) to the spec
+    /// the store holds then.
     fn reconcile_routers(&self, pass: &mut Pass<'_>) -> Result<()> {
-        let links = self.dump_daemon_links()?;
+        let unchanged = pass.report.repaired.is_empty() && pass.report.removed.is_empty();
+        let links = match pass.links.take() {
+            Some(links) if unchanged => links,
+            _ => self.dump_daemon_links()?,
+        };
         let nth = self.passes.fetch_add(1, Ordering::Relaxed);
-        if nth.is_multiple_of(FULL_CHECK_EVERY) {
-            // Filters removed from outside: the converge below attaches them again.
+        let routers = &pass.desired.routers;
+        let inside = self.inside_slice(routers.len());
+        if nth > 0 {
+            // Filters removed from outside: the converge below attaches them again. Only the
+            // routers looked at from inside: a dump per tap under the lock, so all of them at
+            // once would stall the API for a time that grows with the routers.
+            let slice: Vec<RouterSpec> = routers
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| inside.contains(*i))
+                .map(|(_, r)| r.clone())
+                .collect();
             let _g = self.lock_op();
-            match self.check_filters(&pass.desired.routers) {
+            match self.check_filters(&slice) {
                 Ok(missing) => pass.report.repaired.extend(
                     missing
                         .into_iter()
@@ -197,13 +234,12 @@ impl Realiser {
                     .push(format!("checking the filters: {e:#}")),
             }
         }
-        for (i, r) in pass.desired.routers.iter().enumerate() {
+        for (i, r) in routers.iter().enumerate() {
             if self.abandon(&mut pass.report) {
                 return Ok(());
             }
-            // The first pass (the start-up resync) looks inside every router; later ones a
-            // tenth each, in turn, so no pass is ten times the others.
-            let full = nth == 0 || (i as u64 + nth).is_multiple_of(FULL_CHECK_EVERY);
+            // The first pass (the start-up resync) looks inside every router.
+            let full = nth == 0 || inside.contains(i);
             if !full && self.looks_converged(r, &links) {
                 continue;
             }
@@ -218,7 +254,11 @@ impl Realiser {
                     return;
                 }
                 let _g = self.lock_op();
-                match self.process_router(r, Some(&links)) {
+                let look = Look::Reconcile {
+                    links: &links,
+                    sysctls: nth > 0,
+                };
+                match self.process_router(r, look) {
                     Ok(changes) if changes.is_empty() => {}
                     Ok(changes) => pass.report.repaired.push(format!(
                         "router {}: {}",
@@ -230,6 +270,23 @@ impl Realiser {
             });
         }
         Ok(())
+    }
+
+    /// The routers (by position in the desired list) this pass looks at from inside: the next
+    /// `n / FULL_CHECK_EVERY` (rounded up) after the last pass's, at most `INSIDE_CHECKS_MAX`,
+    /// so every router is looked at once every `FULL_CHECK_EVERY` passes up to
+    /// `FULL_CHECK_EVERY × INSIDE_CHECKS_MAX` routers, and a pass's inside work stays bounded
+    /// beyond (each look costs milliseconds and enters a namespace).
+    fn inside_slice(&self, n: usize) -> InsideSlice {
+        let len = n
+            .div_ceil(FULL_CHECK_EVERY as usize)
+            .clamp(usize::from(n > 0), INSIDE_CHECKS_MAX);
+        let start = self.inside_cursor.fetch_add(len, Ordering::Relaxed);
+        InsideSlice {
+            start: start.checked_rem(n).unwrap_or(0),
+            len,
+            n,
+        }
     }
 
     /// Devices of the daemon namespace this daemon created and nothing desires any more: the
@@ -298,5 +355,27 @@ impl Realiser {
         }
         drop(memo);
         matches!(ns::exists(&names::router_netns(&spec.id)), Ok(true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InsideSlice;
+
+    #[test]
+    fn an_inside_slice_wraps_around_the_routers() {
+        let s = InsideSlice {
+            start: 23,
+            len: 3,
+            n: 25,
+        };
+        let hit: Vec<usize> = (0..30).filter(|&i| s.contains(i)).collect();
+        assert_eq!(hit, [0, 23, 24]);
+        let empty = InsideSlice {
+            start: 0,
+            len: 0,
+            n: 0,
+        };
+        assert!(!empty.contains(0));
     }
 }

@@ -566,6 +566,10 @@ fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
     // full pass, at most FULL_CHECK_EVERY passes away.
     tests::ip(&["-n", &ns, "route", "del", "default"]);
     tests::ip(&["-n", &ns, "addr", "flush", "dev", &qg]);
+    tests::netns::netns_cmd(&ns, "sysctl")
+        .args(["-qw", "net.ipv4.ip_forward=0"])
+        .status()
+        .expect("sysctl");
     let mut passes = 0;
     while default_routes(&ns).is_empty() {
         assert!(
@@ -578,6 +582,8 @@ fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
     }
     assert_eq!(ipv4(&ns, &qg), vec!["203.0.113.10/24".to_string()]);
     assert_eq!(default_routes(&ns)[0]["gateway"], "203.0.113.1");
+    // The same pass wrote the sysctls again (any pass but the start-up resync does).
+    assert_eq!(read_sysctl_in(&ns, "ipv4/ip_forward"), "1");
 
     // The programs' filters removed from outside (clsact qdisc deleted on both taps) are put
     // back by the next full pass. With a floating IP, the interface tap carries the hairpin

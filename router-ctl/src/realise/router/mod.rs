@@ -73,23 +73,39 @@ pub(super) fn plan(spec: &RouterSpec) -> Vec<PortPlan<'_>> {
     out
 }
 
+/// Who asks for a router pass, which decides what it looks at besides the spec.
+#[derive(Clone, Copy)]
+pub(in crate::realise) enum Look<'a> {
+    /// An API call (or the agent): the change, and the sysctls of a namespace it makes.
+    Change,
+    /// A reconcile pass, with the daemon namespace's links it dumped: the fast-path filters and
+    /// neighbours are checked too, and with `sysctls` the namespace's sysctls are written
+    /// again. The start-up resync leaves them as the namespace has them (it adopts what an
+    /// earlier run made, and each `/proc/sys` look-up costs O(namespaces) in the kernel: at
+    /// 10 000 routers, most of the resync); later passes write them, a slice at a time.
+    Reconcile {
+        links: &'a HashMap<String, LinkState>,
+        sysctls: bool,
+    },
+}
+
 impl Realiser {
     /// Converges one router (namespace, interfaces, gateway, routes, NAT) to `spec`; idempotent.
     /// On error, the kernel objects this call created are deleted again.
     pub fn apply_router(&self, spec: &RouterSpec) -> Result<()> {
         validate_router(spec)?;
         let _g = self.lock_op();
-        self.process_router(spec, None).map(|_| ())
+        self.process_router(spec, Look::Change).map(|_| ())
     }
 
     /// `process` with the rollback of a failed pass. Returns the change lines.
-    pub(super) fn process_router(
+    pub(in crate::realise) fn process_router(
         &self,
         spec: &RouterSpec,
-        known: Option<&HashMap<String, LinkState>>,
+        look: Look<'_>,
     ) -> Result<Vec<String>> {
         let mut created = Vec::new();
-        let res = self.process(spec, known, &mut created);
+        let res = self.process(spec, look, &mut created);
         if res.is_err() {
             self.rollback(spec, created);
         }
@@ -126,25 +142,28 @@ impl Realiser {
         }
     }
 
-    /// The router pass behind `apply_router` and reconcile's repair. `known`: a dump of the
-    /// daemon namespace's links taken by the caller (reconcile), to skip lookups in the steady
-    /// state; it also marks a reconcile pass (sysctls and fast-path filters are checked).
+    /// The router pass behind `apply_router` and reconcile's repair (see `Look`; a reconcile
+    /// pass's dump of the daemon namespace's links spares lookups in the steady state).
     fn process(
         &self,
         spec: &RouterSpec,
-        known: Option<&HashMap<String, LinkState>>,
+        look: Look<'_>,
         created: &mut Vec<Created>,
     ) -> Result<Vec<String>> {
+        let (known, sysctls) = match look {
+            Look::Change => (None, false),
+            Look::Reconcile { links, sysctls } => (Some(links), sysctls),
+        };
         let ports = plan(spec);
         let mut log = Vec::new();
         let daemon_links = self.check_bridges(spec, &ports, known)?;
         let ns = self.ensure_namespace(spec, created, &mut log)?;
 
         // Inside: namespace settings, extra devices out, what is present configured. Sysctls
-        // on a namespace made by this call, and on every reconcile.
+        // on a namespace made by this call, and when a reconcile pass asks.
         let mode = InsideMode {
             prune: true,
-            sysctls: known.is_some() || ns.created,
+            sysctls: sysctls || ns.created,
             verify: known.is_some(),
         };
         let mut inside = self.process_inside(spec, &ports, &ns.handle, mode)?;
