@@ -229,6 +229,10 @@ pub mod names {
     pub fn retired_bridge(network_id: &str) -> String {
         format!("{RETIRED_BRIDGE}{}", short(network_id))
     }
+    /// Whether `dev` is a retired bridge's name.
+    pub fn is_retired_bridge(dev: &str) -> bool {
+        dev.starts_with(RETIRED_BRIDGE)
+    }
     /// A router interface's device inside the router namespace.
     pub fn internal_dev(port_id: &str) -> String {
         format!("{INTERNAL}{}", short(port_id))

@@ -12,7 +12,10 @@ use ipnet::IpNet;
 use netlink_packet_route::{
     AddressFamily,
     address::{AddressAttribute, AddressMessage},
-    link::{InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage},
+    link::{
+        AfSpecInet6, AfSpecUnspec, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags,
+        LinkInfo, LinkMessage,
+    },
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
 };
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder};
@@ -59,6 +62,18 @@ pub struct LinkState {
     pub up: bool,
     pub mac: Option<[u8; 6]>,
     pub mtu: Option<u32>,
+    /// Its IPv6 settings as the dump reports them (None: the kernel reported none).
+    pub ipv6: Option<Ipv6Conf>,
+}
+
+/// The IPv6 settings of a device a router pass decides (`ipv6/conf/<dev>/…`), read from the link
+/// dump: comparing them spares the `/proc/sys` writes, each a look-up that costs O(namespaces)
+/// in the kernel, when nothing differs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6Conf {
+    pub disable_ipv6: bool,
+    pub accept_ra: i32,
+    pub accept_dad: i32,
 }
 
 impl LinkState {
@@ -68,8 +83,25 @@ impl LinkState {
         let mut controller = None;
         let mut mac = None;
         let mut mtu = None;
+        let mut ipv6 = None;
         for attr in &msg.attributes {
             match attr {
+                LinkAttribute::AfSpecUnspec(specs) => {
+                    for spec in specs {
+                        let AfSpecUnspec::Inet6(inet6) = spec else {
+                            continue;
+                        };
+                        for a in inet6 {
+                            if let AfSpecInet6::DevConf(c) = a {
+                                ipv6 = Some(Ipv6Conf {
+                                    disable_ipv6: c.disable_ipv6 != 0,
+                                    accept_ra: c.accept_ra,
+                                    accept_dad: c.accept_dad,
+                                });
+                            }
+                        }
+                    }
+                }
                 LinkAttribute::Mtu(m) => mtu = Some(*m),
                 LinkAttribute::IfName(n) => name = Some(n.clone()),
                 LinkAttribute::Controller(c) if *c != 0 => controller = Some(*c),
@@ -100,6 +132,7 @@ impl LinkState {
             up: msg.header.flags.contains(LinkFlags::Up),
             mac,
             mtu,
+            ipv6,
         })
     }
 }

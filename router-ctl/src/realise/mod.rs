@@ -16,6 +16,7 @@
 
 mod network;
 mod purge;
+mod reaper;
 mod reconcile;
 mod router;
 mod segment;
@@ -74,6 +75,8 @@ pub struct Realiser {
     advertiser: ra::Advertiser,
     /// Serialises kernel changes: API calls with each other and with each reconcile step.
     op: Mutex<()>,
+    /// Deletes retired bridges while no kernel change is under way.
+    reaper: reaper::Reaper,
     /// What the last successful converge of each router left in the datapath.
     memo: Mutex<HashMap<String, RouterMemo>>,
     /// Told about routers coming up and going (metadata proxies); set once by the daemon.
@@ -126,6 +129,7 @@ impl Realiser {
     pub fn new(cfg: RealiserConfig, datapath: Arc<Datapath>) -> Result<Self> {
         let daemon_ns = NetnsHandle::current()?;
         let owned = Owned::open(&cfg.state_dir)?;
+        let reaper = reaper::Reaper::start(&daemon_ns, owned.clone())?;
         Ok(Self {
             cfg,
             datapath,
@@ -134,6 +138,7 @@ impl Realiser {
             announcer: arp::Announcer::start(NetnsHandle::current()?)?,
             advertiser: ra::Advertiser::start()?,
             op: Mutex::new(()),
+            reaper,
             memo: Mutex::new(HashMap::new()),
             router_hook: OnceLock::new(),
             passes: AtomicU64::new(0),
@@ -189,8 +194,26 @@ impl Realiser {
         self.stopping.load(Ordering::Relaxed)
     }
 
-    fn lock_op(&self) -> MutexGuard<'_, ()> {
-        lock(&self.op)
+    /// The op lock; taking and releasing it tells the reaper a kernel change is under way.
+    fn lock_op(&self) -> OpGuard<'_> {
+        let guard = lock(&self.op);
+        self.reaper.activity.touch();
+        OpGuard {
+            _guard: guard,
+            activity: &self.reaper.activity,
+        }
+    }
+}
+
+/// The op lock held (see `Realiser::lock_op`).
+struct OpGuard<'a> {
+    _guard: MutexGuard<'a, ()>,
+    activity: &'a reaper::Activity,
+}
+
+impl Drop for OpGuard<'_> {
+    fn drop(&mut self) {
+        self.activity.touch();
     }
 }
 

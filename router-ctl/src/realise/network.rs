@@ -137,10 +137,11 @@ impl Realiser {
     /// Deletes the bridge `br` of `network_id` without waiting for the kernel: unregistering a
     /// bridge holds its name for 20–40 ms (its teardown runs before it is unlisted, unlike a
     /// veth's), most of a network delete. So the bridge goes down (nothing crosses it any more)
-    /// and is renamed to its retired name, recorded as ours first, and a thread of its own
-    /// deletes it and then its record; its ports (an uplink) are released first. A daemon that stops before that finds the record, and
-    /// reconcile or purge deletes the device. When the retired name is taken (the same network
-    /// retired twice in a row), the bridge is deleted in place.
+    /// and is renamed to its retired name, recorded as ours first, its ports (an uplink)
+    /// released; the reaper deletes it and then its record when the realiser is quiet (see
+    /// `reaper`). A daemon that stops before that finds the record, and its reconcile hands the
+    /// device to its reaper again (purge deletes it). When the retired name is taken (the same
+    /// network retired twice in a row), the bridge is deleted in place.
     fn retire_bridge(&self, network_id: &str, br: &str) -> Result<()> {
         let retired = names::retired_bridge(network_id);
         let record = Record::Bridge {
@@ -177,26 +178,7 @@ impl Realiser {
             }
         }
         self.owned.forget(Kind::Link, br)?;
-        let ns = self
-            .daemon_ns
-            .file
-            .try_clone()
-            .context("duplicating the namespace handle")?;
-        let owned = self.owned.clone();
-        std::thread::Builder::new()
-            .name("bridge-delete".into())
-            .spawn(move || {
-                let ns = crate::net::NetnsHandle { file: ns };
-                let res = with_netlink(&ns, |h| {
-                    let retired = &retired;
-                    async move { link::delete_link(&h, retired).await }
-                })
-                .and_then(|_| owned.forget(Kind::Link, &retired));
-                if let Err(e) = res {
-                    tracing::warn!("deleting retired bridge {retired}: {e:#}");
-                }
-            })
-            .context("starting the bridge-deleting thread")?;
+        self.reaper.retire(retired);
         Ok(())
     }
 

@@ -309,7 +309,9 @@ impl Realiser {
         res
     }
 
-    /// Recorded devices of the daemon namespace that `desired` does not have.
+    /// Recorded devices of the daemon namespace that `desired` does not have. Retired bridges
+    /// are the reaper's (handed to it again: a daemon that stopped before deleting them left
+    /// their records), never deleted by a pass.
     fn stale_links(&self, desired: &DesiredState) -> Result<Vec<String>> {
         let mut desired_links: HashSet<String> = desired
             .networks
@@ -320,12 +322,16 @@ impl Realiser {
         for r in &desired.routers {
             desired_links.extend(plan(r).into_iter().map(|p| p.tap));
         }
-        Ok(self
+        let (retired, stale): (Vec<String>, Vec<String>) = self
             .owned
             .names(Kind::Link)?
             .into_iter()
             .filter(|name| !desired_links.contains(name))
-            .collect())
+            .partition(|name| names::is_retired_bridge(name));
+        for name in retired {
+            self.reaper.retire(name);
+        }
+        Ok(stale)
     }
 
     /// The outside check of a router reconcile does between full passes: last converged to

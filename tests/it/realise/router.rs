@@ -315,8 +315,19 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
     h.call(|r| r.remove_network(&int.id))
         .expect("remove network");
     assert!(link(&host, &names::bridge(&int.id)).is_none());
-    // The bridge is taken down in the background under its retired name, record and all.
+    // The bridge is taken down in the background under its retired name, record and all, but
+    // only once the realiser has been quiet for a while: kernel changes every 20 ms (each
+    // takes the op lock) keep it waiting.
     let retired = names::retired_bridge(&int.id);
+    for _ in 0..30 {
+        h.call(|r| r.remove_network(&int.id))
+            .expect("remove network again");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        link(&host, &retired).is_some() && h.owned("link").contains(&retired),
+        "{retired} deleted while kernel changes went on"
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while link(&host, &retired).is_some() || h.owned("link").contains(&retired) {
         assert!(

@@ -23,7 +23,6 @@ use crate::{
         ns::{NetnsHandle, with_netlink},
     },
     realise::Realiser,
-    realise::lock,
 };
 
 /// What a router-namespace pass does besides configuring the present devices.
@@ -54,9 +53,11 @@ pub(super) struct InsideReport {
 impl Realiser {
     /// The inside pass (see the module comment and `InsideMode`).
     ///
-    /// Sysctls are written when the namespace is new and checked by reconcile, not on every
-    /// API call: each `/proc/sys` look-up is O(namespaces) on the kernel side (the sysctl
-    /// dentries of all namespaces share hash chains), ~8 per router change with 1000 routers.
+    /// Namespace-wide sysctls are written when the namespace is new and checked by reconcile,
+    /// not on every API call: each `/proc/sys` look-up is O(namespaces) on the kernel side (the
+    /// sysctl dentries of all namespaces share hash chains), ~8 per router change with 1000
+    /// routers. A port's own IPv6 settings are compared with the link dump on every pass and
+    /// written only where they differ.
     pub(super) fn process_inside(
         &self,
         spec: &RouterSpec,
@@ -80,16 +81,13 @@ impl Realiser {
             let mut gw_index = None;
             // Present, up and addressed: (name, ifindex, MAC, gateway).
             let mut fast_ready = Vec::new();
-            let previous = lock(&self.memo).get(&spec.id).and_then(|m| m.spec.clone());
             for p in ports {
                 let Some(l) = by_name.get(&p.inner) else {
                     continue;
                 };
                 rep.present.insert(p.inner.clone());
-                if ipv6::needs_configure(spec, previous.as_ref(), p, l, mode.sysctls) {
-                    ipv6::configure_port(spec, p)
-                        .with_context(|| format!("router {}: device {}", spec.id, p.inner))?;
-                }
+                ipv6::configure_port(spec, p, l)
+                    .with_context(|| format!("router {}: device {}", spec.id, p.inner))?;
                 self.configure_device(&h, spec, p, l, &mut rep).await?;
                 if p.gateway {
                     gw_index = Some(l.index);

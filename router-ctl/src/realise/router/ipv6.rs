@@ -16,7 +16,7 @@ use anyhow::Result;
 use super::PortPlan;
 use crate::{
     model::spec::RouterSpec,
-    net::{LinkState, ra::RaPort, sysctl},
+    net::{LinkState, link::Ipv6Conf, ra::RaPort, sysctl},
 };
 
 /// Namespace-wide IPv6 settings, written with the other sysctls when the namespace is made
@@ -35,47 +35,37 @@ pub(super) fn available() -> bool {
 }
 
 /// The device settings of one port, on the namespace's thread, before its addresses are
-/// converged and before it comes up: DAD and `accept_ra` first, then IPv6 on or off.
-pub(super) fn configure_port(spec: &RouterSpec, p: &PortPlan<'_>) -> Result<()> {
-    if !available() {
+/// converged and before it comes up: DAD and `accept_ra` first, then IPv6 on or off. Only what
+/// differs from the device's settings in the dump `l` is written.
+pub(super) fn configure_port(spec: &RouterSpec, p: &PortPlan<'_>, l: &LinkState) -> Result<()> {
+    if l.ipv6.is_none() && !available() {
         return Ok(());
     }
     let key = |k: &str| format!("ipv6/conf/{}/{k}", p.inner);
+    let now = l.ipv6;
+    let differs = |f: fn(&Ipv6Conf) -> i32, want: i32| now.is_none_or(|c| f(&c) != want);
     if !p.port.has_ipv6() {
-        return sysctl::write(&key("disable_ipv6"), "1");
+        if differs(|c| i32::from(c.disable_ipv6), 1) {
+            sysctl::write(&key("disable_ipv6"), "1")?;
+        }
+        return Ok(());
     }
     let accept_ra = p.gateway
         && spec
             .gateway
             .as_ref()
             .is_some_and(|g| !g.has_ipv6_next_hop());
-    sysctl::write(&key("accept_dad"), "0")?;
-    sysctl::write(&key("accept_ra"), if accept_ra { "2" } else { "0" })?;
-    sysctl::write(&key("disable_ipv6"), "0")
-}
-
-/// Whether the port's IPv6 settings must be written in this pass: always on a sysctl pass, when
-/// the device changes state (new devices come up), or when the port's family or the gateway's
-/// IPv6 next hop differs from the spec last applied.
-pub(super) fn needs_configure(
-    spec: &RouterSpec,
-    previous: Option<&RouterSpec>,
-    p: &PortPlan<'_>,
-    l: &LinkState,
-    sysctls: bool,
-) -> bool {
-    if sysctls || l.up != spec.admin_state_up {
-        return true;
+    let accept_ra = if accept_ra { 2 } else { 0 };
+    if differs(|c| c.accept_dad, 0) {
+        sysctl::write(&key("accept_dad"), "0")?;
     }
-    let Some(prev) = previous else { return true };
-    let before = prev
-        .interfaces
-        .iter()
-        .chain(prev.gateway.as_ref().map(|g| &g.port))
-        .find(|q| q.port_id == p.port.port_id);
-    let hop = |s: &RouterSpec| s.gateway.as_ref().is_some_and(|g| g.has_ipv6_next_hop());
-    before.is_none_or(|q| q.has_ipv6() != p.port.has_ipv6())
-        || (p.gateway && hop(prev) != hop(spec))
+    if differs(|c| c.accept_ra, accept_ra) {
+        sysctl::write(&key("accept_ra"), &accept_ra.to_string())?;
+    }
+    if differs(|c| i32::from(c.disable_ipv6), 0) {
+        sysctl::write(&key("disable_ipv6"), "0")?;
+    }
+    Ok(())
 }
 
 /// The devices that advertise while the router is up: its interfaces with prefixes to
