@@ -9,7 +9,7 @@
 use std::{
     collections::BTreeSet,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
         mpsc::{self, RecvTimeoutError},
     },
@@ -25,7 +25,7 @@ use crate::net::{
 };
 
 /// How long the realiser must have made no kernel change before a retired bridge is deleted.
-pub const QUIET: Duration = Duration::from_millis(250);
+const QUIET: Duration = Duration::from_millis(250);
 
 /// When the realiser last made a kernel change.
 pub(super) struct Activity {
@@ -56,7 +56,7 @@ impl Activity {
 
 /// The reaper's end of the realiser: retired bridges go in, the thread deletes them.
 pub(super) struct Reaper {
-    retired: Mutex<mpsc::Sender<String>>,
+    retired: mpsc::Sender<String>,
     pub(super) activity: Arc<Activity>,
 }
 
@@ -77,7 +77,7 @@ impl Reaper {
             .spawn(move || reap(&rx, &seen, &ns, &owned))
             .context("starting the bridge reaper")?;
         Ok(Self {
-            retired: Mutex::new(tx),
+            retired: tx,
             activity,
         })
     }
@@ -85,9 +85,8 @@ impl Reaper {
     /// Deletes the retired bridge `name` (recorded as ours) once the realiser is quiet; a name
     /// handed in twice is deleted once.
     pub(super) fn retire(&self, name: String) {
-        let tx = super::lock(&self.retired);
-        // The thread only ends with the process.
-        let _ = tx.send(name);
+        // Refused only if the thread is gone, which it is not while this sender lives.
+        let _ = self.retired.send(name);
     }
 }
 
