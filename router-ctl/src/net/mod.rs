@@ -1,9 +1,9 @@
 //! Kernel networking through rtnetlink: namespaces, links, addresses, routes, sysctls and
 //! gratuitous ARP, router advertisements. Plain building blocks with no policy; `realise` decides what to build.
 //!
-//! Every netlink operation runs on a short-lived thread that entered the target namespace and
-//! opened its own socket there (setns is per thread, and a socket keeps the namespace it was
-//! created in), driven by a current-thread tokio runtime owned by that thread.
+//! Every netlink operation runs on a namespace worker (`worker`) that entered the target
+//! namespace and opened its own socket there (setns is per thread, and a socket keeps the
+//! namespace it was created in), driven by a current-thread tokio runtime owned by that worker.
 
 pub mod arp;
 pub mod link;
@@ -12,6 +12,7 @@ pub mod ns;
 pub mod owned;
 pub mod ra;
 pub mod sysctl;
+pub mod worker;
 
 pub use link::{LinkKind, LinkState};
 pub use ns::{NetnsHandle, in_netns, with_netlink};

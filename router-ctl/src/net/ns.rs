@@ -1,6 +1,6 @@
-//! Network namespaces without forking: a dedicated thread unshares its network namespace and
-//! bind-mounts `/proc/thread-self/ns/net` onto `/run/netns/<name>`, as `ip netns add` does, so
-//! the namespace outlives the thread and `ip netns` sees it.
+//! Network namespaces without forking: a namespace worker (`worker`) unshares its network
+//! namespace and bind-mounts `/proc/thread-self/ns/net` onto `/run/netns/<name>`, as `ip netns
+//! add` does, so the namespace outlives the worker's stay in it and `ip netns` sees it.
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result};
 use nix::{
     errno::Errno,
     mount::{MntFlags, MsFlags, mount, umount2},
@@ -93,8 +93,8 @@ fn prepare_run_dir() -> Result<()> {
     }
 }
 
-/// Creates the named namespace; `Ok(false)` when it already existed. Never forks: the new
-/// namespace is made by a dedicated thread that exits once it is mounted.
+/// Creates the named namespace; `Ok(false)` when it already existed. Never forks: a namespace
+/// worker unshares and mounts it, then goes back to the process's namespace.
 pub fn create(name: &str) -> Result<bool> {
     if exists(name)? {
         return Ok(false);
@@ -113,20 +113,17 @@ pub fn create(name: &str) -> Result<bool> {
         .mode(0o0)
         .open(&path)
         .with_context(|| format!("creating {}", path.display()))?;
-    let made = std::thread::scope(|s| {
-        s.spawn(|| -> Result<()> {
-            unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
-            mount(
-                Some("/proc/thread-self/ns/net"),
-                &path,
-                Some("none"),
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .with_context(|| format!("bind-mounting the new namespace on {}", path.display()))
-        })
-        .join()
-        .map_err(|_| anyhow!("namespace creation thread panicked"))?
+    // On a worker, which returns to the process's namespace once the new one is mounted.
+    let made = super::worker::run(|| -> Result<()> {
+        unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &path,
+            Some("none"),
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind-mounting the new namespace on {}", path.display()))
     });
     if let Err(e) = made {
         let _ = fs::remove_file(&path);
@@ -150,20 +147,17 @@ pub fn delete(name: &str) -> Result<()> {
     }
 }
 
-/// Runs `f` on a new thread that entered `ns` and waits for it.
+/// Runs `f` on a namespace worker that entered `ns` (see `worker`) and waits for it.
 pub fn in_netns<T: Send>(ns: &NetnsHandle, f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            setns(&ns.file, CloneFlags::CLONE_NEWNET).context("setns into network namespace")?;
-            f()
-        })
-        .join()
-        .map_err(|_| anyhow!("namespace worker thread panicked"))?
+    super::worker::run(|| {
+        setns(&ns.file, CloneFlags::CLONE_NEWNET).context("setns into network namespace")?;
+        f()
     })
 }
 
-/// Runs the async `f` with an rtnetlink handle whose socket lives in `ns`, on a thread that
-/// entered `ns` and drives a current-thread runtime.
+/// Runs the async `f` with an rtnetlink handle whose socket lives in `ns`, on a namespace
+/// worker that entered `ns`, driven by the worker's current-thread runtime. The socket is
+/// closed before this returns: an open socket would keep a deleted namespace alive.
 pub fn with_netlink<T, F, Fut>(ns: &NetnsHandle, f: F) -> Result<T>
 where
     T: Send,
@@ -171,17 +165,15 @@ where
     Fut: Future<Output = Result<T>>,
 {
     in_netns(ns, || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("building the netlink runtime")?;
-        rt.block_on(async {
+        super::worker::block_on(async {
             let (conn, handle, _) =
                 rtnetlink::new_connection().context("opening a netlink socket")?;
             let task = tokio::spawn(conn);
             let out = f(handle).await;
             task.abort();
+            // Awaited so the connection, and its socket, are dropped now, not at the next job.
+            let _ = task.await;
             out
-        })
+        })?
     })
 }

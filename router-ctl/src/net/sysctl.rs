@@ -6,10 +6,10 @@
 //! dentry per namespace on the host, all on the same hash chain (same parent, same name), so
 //! every full-path walk compares against each of them (`proc_sys_compare`): O(namespaces) per
 //! open. The handles are shared by every thread and kept for the most recent namespaces, by
-//! inode: the realiser enters a namespace on a fresh thread (`ns::in_netns`), so a per-thread
-//! cache pays the walk again on every switch, the daemon's own namespace included. The first
-//! open in a new namespace still walks. A handle stays bound to the namespace it was opened
-//! in, whichever thread uses it.
+//! inode: any namespace worker (`ns::in_netns`) may run the next job in a namespace, so a
+//! per-thread cache would pay the walk again on every switch, the daemon's own namespace
+//! included. The first open in a new namespace still walks. A handle stays bound to the
+//! namespace it was opened in, whichever thread uses it.
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -1,0 +1,185 @@
+//! Threads that do namespace work: a job runs on a thread of its own, which may `setns` or
+//! `unshare` (per-thread) and is moved back to the process's namespace once the job is done.
+//!
+//! Why a pool and not a thread per job: a router's creation enters namespaces a dozen times,
+//! and a fresh thread each time (stack mapped and unmapped, a tokio runtime built and torn
+//! down) cost more than the netlink work itself. Idle workers wait in the process's own
+//! namespace, so none keeps a deleted router namespace, or the devices in it, alive.
+//!
+//! A job may itself submit jobs (nested namespace work): the worker running it is busy, so the
+//! nested job takes another worker (spawned when none is idle). Each worker keeps one
+//! current-thread runtime (`block_on`) that only its own jobs use.
+
+use std::{
+    cell::OnceCell,
+    fs::File,
+    os::unix::fs::MetadataExt as _,
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::{Mutex, OnceLock, mpsc},
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use nix::sched::{CloneFlags, setns};
+
+/// Idle workers kept; a burst that needed more lets the extra ones end.
+const IDLE_MAX: usize = 8;
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// How a job ended, as its worker reports it.
+enum Ended {
+    Done,
+    Panicked,
+}
+
+struct Worker {
+    jobs: mpsc::Sender<Job>,
+    ended: mpsc::Receiver<Ended>,
+}
+
+static IDLE: Mutex<Vec<Worker>> = Mutex::new(Vec::new());
+
+/// The process's namespace (the main thread's): where workers start and return to.
+fn home() -> Result<&'static File> {
+    static HOME: OnceLock<File> = OnceLock::new();
+    if let Some(f) = HOME.get() {
+        return Ok(f);
+    }
+    let f = File::open("/proc/self/ns/net").context("opening /proc/self/ns/net")?;
+    Ok(HOME.get_or_init(|| f))
+}
+
+thread_local! {
+    /// The worker's runtime for `block_on` (built on the first job that needs one).
+    static RUNTIME: OnceCell<tokio::runtime::Runtime> = const { OnceCell::new() };
+}
+
+/// Runs `fut` to completion on the calling worker's own current-thread runtime. Only for jobs
+/// (see `run`): a worker's runtime is used by nothing else, so it is never entered twice.
+pub fn block_on<T>(fut: impl Future<Output = T>) -> Result<T> {
+    RUNTIME.with(|rt| {
+        if rt.get().is_none() {
+            let built = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("building a namespace worker's runtime")?;
+            let _ = rt.set(built);
+        }
+        let rt = rt.get().ok_or_else(|| anyhow!("no runtime"))?;
+        Ok(rt.block_on(fut))
+    })
+}
+
+/// Moves the calling thread to `home`; whether it is there now. Without the privilege to
+/// `setns` (unit tests as a user) a thread that never left is still home.
+fn go_home(home: &File) -> bool {
+    if setns(home, CloneFlags::CLONE_NEWNET).is_ok() {
+        return true;
+    }
+    let ino = |m: std::io::Result<std::fs::Metadata>| m.map(|m| (m.dev(), m.ino())).ok();
+    let here = ino(std::fs::metadata("/proc/thread-self/ns/net"));
+    here.is_some() && here == ino(home.metadata())
+}
+
+fn spawn() -> Result<Worker> {
+    let home = home()?;
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+    let (ended_tx, ended_rx) = mpsc::channel::<Ended>();
+    std::thread::Builder::new()
+        .name("netns-worker".into())
+        .spawn(move || {
+            // A thread starts in its creator's namespace, which may be a router's.
+            if !go_home(home) {
+                return;
+            }
+            for job in jobs_rx {
+                let ended = match catch_unwind(AssertUnwindSafe(job)) {
+                    Ok(()) => Ended::Done,
+                    Err(_) => Ended::Panicked,
+                };
+                let back = go_home(home);
+                if ended_tx.send(ended).is_err() || !back {
+                    // Stranded in a job's namespace: never take another job.
+                    return;
+                }
+            }
+        })
+        .context("starting a namespace worker")?;
+    Ok(Worker {
+        jobs: jobs_tx,
+        ended: ended_rx,
+    })
+}
+
+/// Runs `f` on a worker and waits for it; the worker is back in the process's namespace
+/// whatever `f` did to its own (setns, unshare) before it takes another job.
+pub fn run<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    let mut out: Option<Result<T>> = None;
+    let slot = &mut out;
+    let job: Box<dyn FnOnce() + Send + '_> = Box::new(move || *slot = Some(f()));
+    // SAFETY: the job borrows `out` and whatever `f` borrows, so it must be gone before this
+    // function returns. It is: either it comes back in the send error and is dropped here, or
+    // the worker took it and this function returns only after `ended.recv()`, which the worker
+    // answers after the job ran (or unwound), or which fails once the worker thread is gone,
+    // having dropped the job with its stack. Nothing else keeps a job.
+    let mut job: Job = unsafe { std::mem::transmute::<Box<dyn FnOnce() + Send + '_>, Job>(job) };
+    let worker = loop {
+        let idle = IDLE.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let fresh = idle.is_none();
+        let w = match idle {
+            Some(w) => w,
+            None => spawn()?,
+        };
+        match w.jobs.send(job) {
+            Ok(()) => break w,
+            Err(_) if fresh => bail!("a new namespace worker could not enter the process's namespace"),
+            // That worker ended (stranded): the job comes back, try another.
+            Err(mpsc::SendError(back)) => job = back,
+        }
+    };
+    let ended = worker.ended.recv();
+    match ended {
+        Ok(Ended::Done) => {
+            let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < IDLE_MAX {
+                idle.push(worker);
+            }
+        }
+        Ok(Ended::Panicked) => return Err(anyhow!("namespace worker: the job panicked")),
+        Err(_) => return Err(anyhow!("namespace worker ended during the job")),
+    }
+    out.ok_or_else(|| anyhow!("namespace worker: the job left no result"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_borrow_from_the_caller_and_nest() {
+        let mut seen = Vec::new();
+        let n = run(|| {
+            seen.push(1);
+            let inner = run(|| Ok(std::thread::current().id()))?;
+            assert_ne!(inner, std::thread::current().id(), "a nested job takes another worker");
+            Ok(2)
+        })
+        .unwrap();
+        assert_eq!((n, seen), (2, vec![1]));
+    }
+
+    #[test]
+    fn a_panicking_job_is_an_error_and_the_pool_goes_on() {
+        let e = run(|| -> Result<()> { panic!("boom") }).unwrap_err();
+        assert!(e.to_string().contains("panicked"), "{e}");
+        assert_eq!(run(|| Ok(7)).unwrap(), 7);
+    }
+
+    #[test]
+    fn workers_keep_their_runtime_between_jobs() {
+        for i in 0..3 {
+            let got = run(|| block_on(async move { i * 2 })).unwrap();
+            assert_eq!(got, i * 2);
+        }
+    }
+}
