@@ -132,7 +132,9 @@ pub fn run<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
         };
         match w.jobs.send(job) {
             Ok(()) => break w,
-            Err(_) if fresh => bail!("a new namespace worker could not enter the process's namespace"),
+            Err(_) if fresh => {
+                bail!("a new namespace worker could not enter the process's namespace")
+            }
             // That worker ended (stranded): the job comes back, try another.
             Err(mpsc::SendError(back)) => job = back,
         }
@@ -161,7 +163,11 @@ mod tests {
         let n = run(|| {
             seen.push(1);
             let inner = run(|| Ok(std::thread::current().id()))?;
-            assert_ne!(inner, std::thread::current().id(), "a nested job takes another worker");
+            assert_ne!(
+                inner,
+                std::thread::current().id(),
+                "a nested job takes another worker"
+            );
             Ok(2)
         })
         .unwrap();
