@@ -705,9 +705,15 @@ pub fn markdown(runs: &[ScaleRun], s: &mut String) {
     }
     let _ = writeln!(
         s,
-        "\nPer API call (ms, p50/p99), largest N:\n\n| call | p50 | p99 |\n|---|---|---|"
+        "\nPer API call (ms, p50/p99), largest N made in full:\n\n| call | p50 | p99 |\n|---|---|---|"
     );
-    if let Some(r) = runs.iter().max_by_key(|r| r.n) {
+    // A batch stopped early (time cap, error) has too few calls of its later steps to stand
+    // for its N; the largest complete one does.
+    let complete = runs
+        .iter()
+        .filter(|r| r.n > 0 && r.create.done == r.n)
+        .max_by_key(|r| r.n);
+    if let Some(r) = complete.or_else(|| runs.iter().max_by_key(|r| r.n)) {
         report::step_rows(s, r.create.steps.iter().chain(&r.delete.steps));
     }
     restarts_markdown(runs, s);
