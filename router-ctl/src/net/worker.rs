@@ -30,6 +30,9 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 enum Ended {
     Done,
     Panicked,
+    /// The job ran, but the worker could not go back to the process's namespace: it takes no
+    /// further job and ends.
+    Stranded,
 }
 
 struct Worker {
@@ -93,13 +96,15 @@ fn spawn() -> Result<Worker> {
                 return;
             }
             for job in jobs_rx {
-                let ended = match catch_unwind(AssertUnwindSafe(job)) {
-                    Ok(()) => Ended::Done,
-                    Err(_) => Ended::Panicked,
-                };
+                let ran = catch_unwind(AssertUnwindSafe(job));
                 let back = go_home(home);
+                let ended = match (ran, back) {
+                    (Err(_), _) => Ended::Panicked,
+                    (Ok(()), true) => Ended::Done,
+                    (Ok(()), false) => Ended::Stranded,
+                };
+                // Not home: never take another job (a panicked job's worker is dropped too).
                 if ended_tx.send(ended).is_err() || !back {
-                    // Stranded in a job's namespace: never take another job.
                     return;
                 }
             }
@@ -147,6 +152,7 @@ pub fn run<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
                 idle.push(worker);
             }
         }
+        Ok(Ended::Stranded) => {}
         Ok(Ended::Panicked) => return Err(anyhow!("namespace worker: the job panicked")),
         Err(_) => return Err(anyhow!("namespace worker ended during the job")),
     }
