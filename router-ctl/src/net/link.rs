@@ -13,8 +13,8 @@ use netlink_packet_route::{
     AddressFamily,
     address::{AddressAttribute, AddressMessage},
     link::{
-        AfSpecInet6, AfSpecUnspec, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags,
-        LinkInfo, LinkMessage,
+        AfSpecInet6, AfSpecUnspec, InfoBridge, InfoData, InfoKind, InfoVeth, LinkAttribute,
+        LinkFlags, LinkInfo, LinkMessage,
     },
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope},
 };
@@ -183,9 +183,18 @@ pub async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkState>> {
     }
 }
 
-/// Creates bridge `name`, up; Ok(false) when it already existed.
+/// Creates bridge `name`, without multicast snooping; Ok(false) when it already existed.
+///
+/// Snooping is what makes a bridge join the multicast router discovery group (224.0.0.106) and
+/// send IGMP reports for it from a device without an IPv4 address, and finding the source
+/// address of each report walks every device of the namespace (`inet_select_addr`): with
+/// thousands of bridges in the daemon's namespace, O(devices) of timer work per bridge
+/// created, and the reports flooded to the bridge's ports. Nothing here needs snooping: the
+/// router ports join no group they would report, so the bridge floods multicast either way.
 pub async fn create_bridge(h: &Handle, name: &str) -> Result<bool> {
-    let msg = LinkBridge::new(name).build();
+    let msg = LinkBridge::new(name)
+        .append_info_data(InfoBridge::MulticastSnooping(false))
+        .build();
     match h.link().add(msg).execute().await {
         Ok(()) => Ok(true),
         Err(e) if is_exists(&e) => Ok(false),

@@ -7,6 +7,7 @@
 
 pub mod arp;
 pub mod link;
+pub mod linkwatch;
 pub mod neigh;
 pub mod ns;
 pub mod owned;

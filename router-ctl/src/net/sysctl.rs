@@ -1,15 +1,21 @@
 //! Sysctls of the calling thread's network namespace (`key` relative to /proc/sys/net, e.g.
 //! `ipv4/ip_forward`; /proc/sys/net resolves to the namespace of the thread that opens it).
 //!
-//! Keys are opened relative to a handle on their family's directory (`/proc/sys/net/ipv4`,
-//! `…/ipv6`) of the namespace, not by their full path: the dcache keeps one `net/<family>`
-//! dentry per namespace on the host, all on the same hash chain (same parent, same name), so
-//! every full-path walk compares against each of them (`proc_sys_compare`): O(namespaces) per
-//! open. The handles are shared by every thread and kept for the most recent namespaces, by
-//! inode: any namespace worker (`ns::in_netns`) may run the next job in a namespace, so a
-//! per-thread cache would pay the walk again on every switch, the daemon's own namespace
-//! included. The first open in a new namespace still walks. A handle stays bound to the
-//! namespace it was opened in, whichever thread uses it.
+//! Keys are opened relative to a handle on their family's directory (`sys/net/ipv4`,
+//! `…/ipv6`) of the namespace, and that handle is opened through a procfs instance of its own
+//! (a detached mount: `fsopen("proc")`, `fsmount`), not through /proc. The dcache keeps one
+//! `sys/net` dentry per namespace and procfs instance, all on the same hash chain within an
+//! instance (same parent, same name): on the host's /proc, which every router namespace's
+//! sysctls went through, a new namespace's first look-up compared against each of them
+//! (`proc_sys_compare`, under a global spinlock) three times: 8 ms at 3000 namespaces, the
+//! largest cost that grew with the routers. A fresh instance's chain holds this namespace's
+//! entry only, and its dentries go with it once its handles are closed. Where the new mount
+//! API is refused (an unprivileged unit test), /proc serves as before.
+//!
+//! The handles are shared by every thread and kept for the most recent namespaces, by inode:
+//! any namespace worker (`ns::in_netns`) may run the next job in a namespace, so a per-thread
+//! cache would open them again on every switch, the daemon's own namespace included. A handle
+//! stays bound to the namespace it was opened in, whichever thread uses it.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -21,9 +27,13 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use nix::{errno::Errno, fcntl::OFlag, sys::stat::Mode};
+use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
 
-/// Where the keys live.
+/// Where the keys live (in messages, and the fallback when no procfs instance can be made).
 const ROOT: &str = "/proc/sys/net";
+
+/// The families opened together on a miss (a router namespace's settings touch both).
+const FAMILIES: [&str; 2] = ["ipv4", "ipv6"];
 
 /// Family directories kept open (one descriptor each): the namespaces a burst of router
 /// changes touches, far below the daemon's descriptor limit.
@@ -74,24 +84,64 @@ fn netns_ino() -> Result<u64> {
         .ino())
 }
 
-/// The family directory of the calling thread's namespace (`ino`), from the cache or opened.
+/// The family directory of the calling thread's namespace (`ino`), from the cache or opened
+/// (with the other usual family, through one private procfs instance).
 fn family_dir(ino: u64, family: &str) -> Result<Dir> {
     let k = (ino, family.to_string());
     if let Some(d) = cache().get(&k) {
         return Ok(d);
     }
-    let path = format!("{ROOT}/{family}");
-    let d = match nix::fcntl::open(
-        path.as_str(),
-        OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => Some(Arc::new(fd)),
-        Err(Errno::ENOENT) => None,
-        Err(e) => return Err(e).with_context(|| format!("opening {path}")),
+    let proc = private_proc();
+    let mut wanted = vec![family];
+    wanted.extend(FAMILIES.iter().filter(|f| **f != family));
+    let mut found = None;
+    for f in wanted {
+        let d = open_family(proc.as_ref(), f)?;
+        if f == family {
+            found = Some(d.clone());
+        }
+        cache().put((ino, f.to_string()), d);
+    }
+    Ok(found.flatten())
+}
+
+/// A procfs instance of its own, detached (mounted nowhere; gone with its last descriptor), or
+/// None when the kernel or the caller's privileges refuse one.
+fn private_proc() -> Option<OwnedFd> {
+    let made = rustix::mount::fsopen("proc", FsOpenFlags::FSOPEN_CLOEXEC).and_then(|fs| {
+        rustix::mount::fsconfig_create(&fs)?;
+        rustix::mount::fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
+    });
+    match made {
+        Ok(m) => Some(m),
+        Err(e) => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::debug!("no private procfs instance ({e}): sysctls through {ROOT}")
+            });
+            None
+        }
+    }
+}
+
+/// `sys/net/<family>` of the calling thread's namespace through `proc` (or /proc), None when
+/// this kernel lacks the family.
+fn open_family(proc: Option<&OwnedFd>, family: &str) -> Result<Dir> {
+    let flags = OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let opened = match proc {
+        Some(m) => nix::fcntl::openat(
+            m,
+            format!("sys/net/{family}").as_str(),
+            flags,
+            Mode::empty(),
+        ),
+        None => nix::fcntl::open(format!("{ROOT}/{family}").as_str(), flags, Mode::empty()),
     };
-    cache().put(k, d.clone());
-    Ok(d)
+    match opened {
+        Ok(fd) => Ok(Some(Arc::new(fd))),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("opening {ROOT}/{family}")),
+    }
 }
 
 /// Opens `key` with `flags` relative to its family's directory; `Ok(None)` when the key (or

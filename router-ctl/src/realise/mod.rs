@@ -89,6 +89,8 @@ pub struct Realiser {
     fast_path: AtomicBool,
     /// Set by `stop`: reconcile passes end after the object in hand.
     stopping: AtomicBool,
+    /// The daemon namespace's links as reconcile passes see them (see `network::DaemonLinks`).
+    daemon_links: network::DaemonLinks,
 }
 
 /// Each reconcile pass enters one router namespace in this many (each router in turn, so every
@@ -130,6 +132,7 @@ impl Realiser {
         let daemon_ns = NetnsHandle::current()?;
         let owned = Owned::open(&cfg.state_dir)?;
         let reaper = reaper::Reaper::start(&daemon_ns, owned.clone())?;
+        let daemon_links = network::DaemonLinks::watch(&daemon_ns);
         Ok(Self {
             cfg,
             datapath,
@@ -145,6 +148,7 @@ impl Realiser {
             inside_cursor: AtomicUsize::new(0),
             fast_path: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
+            daemon_links,
         })
     }
 

@@ -2,17 +2,18 @@
 //! interface of its physical network enslaved; and the daemon-namespace link helpers the other
 //! passes share.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Mutex};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use super::{Realiser, segment, validate::validate_id};
+use super::{Realiser, lock, segment, validate::validate_id};
 use crate::{
     model::spec::{NetworkSpec, names},
     net::{
         LinkState,
         link::{self, LinkKind},
-        ns::with_netlink,
+        linkwatch::{Changed, LinkWatch},
+        ns::{NetnsHandle, in_netns, with_netlink},
         owned::{Kind, Record},
         sysctl,
     },
@@ -225,8 +226,56 @@ impl Realiser {
         })
     }
 
+    /// Every link of the daemon namespace by name, as a reconcile pass sees it: dumped once,
+    /// then kept current by looking up only the links the watch says changed (see
+    /// `net::linkwatch` for why a dump is dear); dumped again whenever the watch lost track.
+    pub(super) fn daemon_links(&self) -> Result<HashMap<String, LinkState>> {
+        let d = &self.daemon_links;
+        let changed = match &d.watch {
+            Some(w) => w.take(),
+            None => Changed {
+                overflowed: true,
+                ..Changed::default()
+            },
+        };
+        let mut table = lock(&d.table);
+        if let Some(t) = table.as_mut().filter(|_| !changed.overflowed) {
+            if changed.is_empty() {
+                return Ok(t.clone());
+            }
+            // A renamed link is known here by its old name: its index finds it.
+            let mut names = changed.names;
+            names.extend(
+                t.values()
+                    .filter(|l| changed.indexes.contains(&l.index))
+                    .map(|l| l.name.clone()),
+            );
+            let names: Vec<String> = names.into_iter().collect();
+            match self.lookup_daemon_links(&names) {
+                Ok(mut found) => {
+                    for n in names {
+                        match found.remove(&n) {
+                            Some(l) => t.insert(n, l),
+                            None => t.remove(&n),
+                        };
+                    }
+                    return Ok(t.clone());
+                }
+                Err(e) => {
+                    // What changed is forgotten with the failed look-up: dump next time.
+                    *table = None;
+                    return Err(e);
+                }
+            }
+        }
+        *table = None;
+        let all = self.dump_daemon_links()?;
+        *table = Some(all.clone());
+        Ok(all)
+    }
+
     /// Every link of the daemon namespace by name.
-    pub(super) fn dump_daemon_links(&self) -> Result<HashMap<String, LinkState>> {
+    fn dump_daemon_links(&self) -> Result<HashMap<String, LinkState>> {
         with_netlink(&self.daemon_ns, |h| async move {
             Ok(link::dump_links(&h)
                 .await?
@@ -234,5 +283,29 @@ impl Realiser {
                 .map(|l| (l.name.clone(), l))
                 .collect())
         })
+    }
+}
+
+/// The daemon namespace's links as the last reconcile pass saw them, and the watch that says
+/// which of them changed since.
+pub(super) struct DaemonLinks {
+    /// None when no watch could be opened: every pass dumps.
+    watch: Option<LinkWatch>,
+    /// None until the first dump, and after a look-up failed.
+    table: Mutex<Option<HashMap<String, LinkState>>>,
+}
+
+impl DaemonLinks {
+    /// Opens the watch in `daemon_ns` (before any dump, so no change slips between them).
+    pub(super) fn watch(daemon_ns: &NetnsHandle) -> Self {
+        let watch = in_netns(daemon_ns, LinkWatch::open)
+            .inspect_err(|e| {
+                tracing::warn!("no link watch ({e:#}): every reconcile pass dumps every link")
+            })
+            .ok();
+        Self {
+            watch,
+            table: Mutex::new(None),
+        }
     }
 }

@@ -86,13 +86,14 @@ struct Pass<'a> {
     current: &'a dyn Current,
     report: ReconcileReport,
     /// The daemon namespace's links as the network phase found them; the router phase reuses
-    /// the dump when nothing was changed in between (one O(devices) dump per pass, not two).
+    /// them when nothing was changed in between, and otherwise looks up what changed.
     links: Option<HashMap<String, LinkState>>,
 }
 
 impl Realiser {
-    /// Full pass over `desired`. Dumps the daemon namespace's links and /run/netns once; each
-    /// router is then converged inside its own namespace. A router that fails is reported in
+    /// Full pass over `desired`. Takes the daemon namespace's links (dumped by the first pass,
+    /// then kept current from the kernel's link notifications, see `network::DaemonLinks`);
+    /// each router is then converged inside its own namespace. A router that fails is reported in
     /// `failed` and the pass goes on. Once the realiser is stopped the pass ends between two
     /// objects, never inside one (`abandoned` in the report).
     pub fn reconcile(&self, desired: &DesiredState) -> Result<ReconcileReport> {
@@ -128,7 +129,7 @@ impl Realiser {
     }
 
     fn reconcile_networks(&self, pass: &mut Pass<'_>) -> Result<()> {
-        let links = self.dump_daemon_links()?;
+        let links = self.daemon_links()?;
         for net in &pass.desired.networks {
             if self.abandon(&mut pass.report) {
                 return Ok(());
@@ -206,7 +207,7 @@ impl Realiser {
         let unchanged = pass.report.repaired.is_empty() && pass.report.removed.is_empty();
         let links = match pass.links.take() {
             Some(links) if unchanged => links,
-            _ => self.dump_daemon_links()?,
+            _ => self.daemon_links()?,
         };
         let nth = self.passes.fetch_add(1, Ordering::Relaxed);
         let routers = &pass.desired.routers;

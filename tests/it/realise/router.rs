@@ -573,6 +573,24 @@ fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
     assert_eq!(link(&host, &qr_tap).expect("tap")["mtu"], qr_port.mtu);
     assert_eq!(link(&ns, &qr).expect("qr")["mtu"], qr_port.mtu);
 
+    // A tap renamed from outside. A pass looks up only the links the kernel announced as
+    // changed since the last one (it dumps once): the old name, found by its ifindex, is gone,
+    // so the port is built again and the renamed pair goes with its inner end.
+    h.host.ip(&["link", "set", "dev", &qr_tap, "down"]);
+    h.host
+        .ip(&["link", "set", "dev", &qr_tap, "name", "junktap0"]);
+    let rep = h.call(|r| r.reconcile(&want)).expect("reconcile rename");
+    assert!(rep.failed.is_empty() && !rep.repaired.is_empty(), "{rep:?}");
+    assert!(link(&host, "junktap0").is_none(), "renamed tap kept");
+    assert!(is_up(&link(&host, &qr_tap).expect("tap")));
+    assert_eq!(
+        bridge_ports(&host, &names::bridge(&int.id)),
+        vec![qr_tap.clone()]
+    );
+    assert_eq!(ipv4(&ns, &qr), vec!["10.0.1.1/24".to_string()]);
+    let rep = h.call(|r| r.reconcile(&want)).expect("steady after rename");
+    assert!(rep.repaired.is_empty(), "{rep:?}");
+
     // Changes made inside the namespace (invisible from the host) are repaired by the next
     // full pass, at most FULL_CHECK_EVERY passes away.
     tests::ip(&["-n", &ns, "route", "del", "default"]);
