@@ -127,6 +127,8 @@ impl Datapath {
             inner.fast.insert(ifindex, entry)?;
         }
         let res = (|| {
+            // Normally there already (an `ingress` qdisc, see `filter::ensure_ingress`); a
+            // device without one gets a clsact.
             filter::ensure_clsact(dev)?;
             let prog: &mut SchedClassifier = inner
                 .ebpf

@@ -162,12 +162,14 @@ impl Realiser {
         }
         if l.up != spec.admin_state_up {
             if spec.admin_state_up && self.fast_path() {
-                // The clsact qdisc goes on while the device is down: grafting a qdisc onto an
-                // up device deactivates it for a moment (`qdisc_graft` → `dev_deactivate`),
+                // The qdisc goes on while the device is down: grafting a qdisc onto an up
+                // device deactivates it for a moment (`qdisc_graft` → `dev_deactivate`),
                 // dropping what it sends then — the router's first ARP request, so the first
-                // packets of a new gateway waited a second for the retransmission.
-                // `process_fast_path` adds the filter.
-                filter::ensure_clsact(&p.inner)
+                // packets of a new gateway waited a second for the retransmission. An
+                // `ingress` qdisc, not a `clsact`: the fast path uses that hook only (see
+                // `filter::ensure_ingress`). `process_fast_path` adds the filter.
+                filter::ensure_ingress(h, l.index)
+                    .await
                     .with_context(|| format!("router {}: device {}", spec.id, p.inner))?;
             }
             link::set_up(h, l.index, spec.admin_state_up).await?;
