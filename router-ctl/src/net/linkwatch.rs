@@ -32,7 +32,7 @@ const RTMGRP_LINK: u32 = 1;
 
 /// Receive buffer asked for (bytes): a burst of router changes between two passes (a few kilobytes a
 /// notification, several per router) fits; a burst that does not costs one full dump.
-const RCVBUF: libc::c_int = 32 << 20;
+const RCVBUF: usize = 32 << 20;
 
 /// The links changed since the last `take`.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -75,8 +75,8 @@ impl LinkWatch {
         sock.bind(&SocketAddr::new(0, RTMGRP_LINK))
             .context("subscribing to link notifications")?;
         // Forced (root), else within the system's limit.
-        if setsockopt(&sock, libc::SO_RCVBUFFORCE, &RCVBUF).is_err() {
-            let _ = setsockopt(&sock, libc::SO_RCVBUF, &RCVBUF);
+        if rustix::net::sockopt::set_socket_recv_buffer_size_force(&sock, RCVBUF).is_err() {
+            let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&sock, RCVBUF);
         }
         Ok(Self {
             sock: Mutex::new(sock),
@@ -104,25 +104,6 @@ impl LinkWatch {
                 }
             }
         }
-    }
-}
-
-fn setsockopt<T>(sock: &Socket, opt: libc::c_int, v: &T) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    // SAFETY: `v` points to a live `T` of the size passed, and the descriptor is the socket's.
-    let rc = unsafe {
-        libc::setsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            opt,
-            (v as *const T).cast(),
-            std::mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
     }
 }
 
