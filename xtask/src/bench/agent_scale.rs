@@ -383,7 +383,7 @@ pub fn markdown(run: &Option<AgentScale>, s: &mut String) {
             tenth(p.tenths.last()),
         );
     }
-    let _ = writeln!(s, "\n| step | p50 ms | p99 ms |\n|---|---|---|");
+    let _ = writeln!(s, "\n{}", report::STEP_HEADER);
     report::step_rows(s, r.create.steps.iter().chain(&r.delete.steps));
     if let Some(x) = &r.resync {
         let _ = writeln!(

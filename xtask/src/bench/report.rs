@@ -180,14 +180,25 @@ pub struct StepStats {
     pub p50_secs: f64,
     pub p99_secs: f64,
     pub mean_secs: f64,
+    /// p50 over the first and the last tenth of the batch, in order: which call grows with N.
+    pub first_tenth_p50_secs: Option<f64>,
+    pub last_tenth_p50_secs: Option<f64>,
 }
 
-/// Rows `| call | p50 ms | p99 ms |` of a markdown table, one per step.
+/// Header of the table `step_rows` fills.
+pub const STEP_HEADER: &str =
+    "| call | p50 ms | p99 ms | p50 ms, first → last tenth |\n|---|---|---|---|";
+
+/// Rows `| call | p50 ms | p99 ms | first → last tenth |` of a markdown table, one per step.
 pub fn step_rows<'a>(s: &mut String, steps: impl IntoIterator<Item = &'a StepStats>) {
     for st in steps {
+        let tenths = match (st.first_tenth_p50_secs, st.last_tenth_p50_secs) {
+            (Some(f), Some(l)) => format!("{:.1} → {:.1}", f * 1e3, l * 1e3),
+            _ => "—".into(),
+        };
         let _ = writeln!(
             s,
-            "| {} | {:.1} | {:.1} |",
+            "| {} | {:.1} | {:.1} | {tenths} |",
             st.call,
             st.p50_secs * 1e3,
             st.p99_secs * 1e3

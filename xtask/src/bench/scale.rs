@@ -488,28 +488,21 @@ impl Timed {
     pub(super) fn phase(mut self, total: Duration, names: &[&str], note: String) -> Phase {
         self.steps.resize_with(names.len(), Vec::new);
         let n = self.lat.len();
-        let tenths = if n >= 10 {
-            self.lat
-                .chunks(n.div_ceil(10))
-                .map(|c| {
-                    let mut c = c.to_vec();
-                    Tenth {
-                        p50_secs: percentile(&mut c, 0.50),
-                        p99_secs: percentile(&mut c, 0.99),
-                    }
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let tenths = by_tenth(&self.lat);
         let steps = names
             .iter()
             .zip(self.steps.iter_mut())
-            .map(|(name, v)| StepStats {
-                call: (*name).to_string(),
-                mean_secs: v.iter().sum::<f64>() / v.len().max(1) as f64,
-                p50_secs: percentile(v, 0.50),
-                p99_secs: percentile(v, 0.99),
+            .map(|(name, v)| {
+                // Tenths before the percentiles: those sort `v` in place.
+                let tenths = by_tenth(v);
+                StepStats {
+                    call: (*name).to_string(),
+                    first_tenth_p50_secs: tenths.first().map(|t| t.p50_secs),
+                    last_tenth_p50_secs: tenths.last().map(|t| t.p50_secs),
+                    mean_secs: v.iter().sum::<f64>() / v.len().max(1) as f64,
+                    p50_secs: percentile(v, 0.50),
+                    p99_secs: percentile(v, 0.99),
+                }
             })
             .collect();
         Phase {
@@ -522,6 +515,22 @@ impl Timed {
             note,
         }
     }
+}
+
+/// p50/p99 of each tenth of `lat`, in order; none below ten values.
+fn by_tenth(lat: &[f64]) -> Vec<Tenth> {
+    if lat.len() < 10 {
+        return Vec::new();
+    }
+    lat.chunks(lat.len().div_ceil(10))
+        .map(|c| {
+            let mut c = c.to_vec();
+            Tenth {
+                p50_secs: percentile(&mut c, 0.50),
+                p99_secs: percentile(&mut c, 0.99),
+            }
+        })
+        .collect()
 }
 
 /// A stopwatch over the steps of one router's creation or deletion: each `lap` records the
@@ -705,7 +714,8 @@ pub fn markdown(runs: &[ScaleRun], s: &mut String) {
     }
     let _ = writeln!(
         s,
-        "\nPer API call (ms, p50/p99), largest N made in full:\n\n| call | p50 | p99 |\n|---|---|---|"
+        "\nPer API call, largest N made in full:\n\n{}",
+        report::STEP_HEADER
     );
     // A batch stopped early (time cap, error) has too few calls of its later steps to stand
     // for its N; the largest complete one does.
