@@ -16,8 +16,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use super::query_all;
 use crate::model::{Fault, StandardAttrs};
 
-/// `dirty` values: unchanged in this transaction, changed, created in it.
-const CLEAN: i64 = 0;
+// `dirty` values: 0 unchanged in this transaction, 1 changed, 2 created in it (kept as
+// literals in the SQL: a partial index is matched against the statement's text).
 
 /// Neutron's timestamp format, in SQL (UTC, whole seconds).
 macro_rules! now {
@@ -125,19 +125,21 @@ ALTER TABLE networks ADD COLUMN mtu INTEGER NOT NULL DEFAULT 1500;
 
 /// Bumps the revision (and `updated_at`) of every resource changed in this transaction, once.
 /// Every mutation calls it before it shows a resource and before it commits.
+///
+/// Both statements name the partial index's own condition (`dirty != 0`): SQLite uses a
+/// partial index only for a WHERE that contains its condition as a term, and does not infer
+/// it from `dirty = 1`, so without it each call read the whole table (five rows a router:
+/// at 10 000 routers, milliseconds of page reads per API call).
 pub fn settle_revisions(conn: &Connection) -> Result<(), Fault> {
     conn.execute(
         concat!(
             "UPDATE standard_attrs SET revision_number = revision_number + 1, updated_at = ",
             now!(),
-            " WHERE dirty = 1"
+            " WHERE dirty != 0 AND dirty = 1"
         ),
         [],
     )?;
-    conn.execute(
-        "UPDATE standard_attrs SET dirty = ?1 WHERE dirty != ?1",
-        [CLEAN],
-    )?;
+    conn.execute("UPDATE standard_attrs SET dirty = 0 WHERE dirty != 0", [])?;
     Ok(())
 }
 

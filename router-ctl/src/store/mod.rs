@@ -220,6 +220,12 @@ impl Store {
         &self.conn
     }
 
+    /// The connection itself (tests install a statement trace on it).
+    #[cfg(test)]
+    pub(crate) fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
     /// Everything that should be realised, for the reconcile loop.
     pub fn desired_state(&self) -> Result<DesiredState, Fault> {
         desired_state(&self.conn)

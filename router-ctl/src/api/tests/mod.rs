@@ -20,6 +20,7 @@ mod floatingips;
 mod ipv6;
 mod properties;
 mod routers;
+mod scans;
 mod standard_attrs;
 
 #[derive(Default)]
