@@ -241,6 +241,12 @@ pub async fn create_veth(
     if let Some(m) = mtu {
         peer_msg.attributes.push(LinkAttribute::Mtu(m));
     }
+    // One queue each way on both ends, asked for: without it veth allocates one per possible
+    // CPU and then trims the real count to one after registering (`veth_init_queues`), and
+    // trimming a registered device's queues waits for an RCU grace period under RTNL
+    // (`netif_set_real_num_tx_queues` → `synchronize_net`), once per end and direction. The
+    // programs run at tc, where queues make no difference.
+    peer_msg.attributes.extend(single_queue());
     let mut msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth)
         .name(name.to_string())
         .controller(controller)
@@ -250,6 +256,7 @@ pub async fn create_veth(
     if let Some(m) = mtu {
         msg.attributes.push(LinkAttribute::Mtu(m));
     }
+    msg.attributes.extend(single_queue());
     if let Some((i, _)) = index {
         msg.header.index = i;
     }
@@ -264,6 +271,11 @@ pub async fn create_veth(
             anyhow::Error::from(e).context(format!("creating veth {name} (peer {})", peer.name)),
         )),
     }
+}
+
+/// The attributes of a device with one transmit and one receive queue.
+fn single_queue() -> [LinkAttribute; 2] {
+    [LinkAttribute::NumTxQueues(1), LinkAttribute::NumRxQueues(1)]
 }
 
 /// Why `create_veth` failed.

@@ -229,6 +229,12 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
     for (dev, p) in [(&qr, &qr_port), (&qg, &gw_port)] {
         let l = link(&ns, dev).unwrap_or_else(|| panic!("{dev} missing in {ns}"));
         assert_eq!(l["linkinfo"]["info_kind"], "veth");
+        // One queue each way (see `net::link::create_veth`), not one per possible CPU.
+        assert_eq!(
+            (&l["num_tx_queues"], &l["num_rx_queues"]),
+            (&1.into(), &1.into()),
+            "{l}"
+        );
         assert_eq!(l["address"], mac_str(p.mac), "{dev} MAC");
         assert!(is_up(&l), "{dev} down");
         assert_eq!(ipv4(&ns, dev), vec![p.addresses[0].to_string()]);
@@ -249,7 +255,13 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
     );
     assert_eq!(bridge_ports(&host, &ext_br), vec![qg_tap.clone()]);
     for t in [&qr_tap, &qg_tap] {
-        assert!(is_up(&link(&host, t).expect("tap")), "{t} down");
+        let l = link(&host, t).expect("tap");
+        assert!(is_up(&l), "{t} down");
+        assert_eq!(
+            (&l["num_tx_queues"], &l["num_rx_queues"]),
+            (&1.into(), &1.into()),
+            "{l}"
+        );
     }
     // No IPv6 on the host-side devices (bridges and taps carry tenant frames only), even now
     // that they have carrier.
