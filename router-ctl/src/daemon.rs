@@ -345,7 +345,9 @@ async fn next_tick(
 /// The first pass (the start-up resync: every router converged from inside its namespace,
 /// adopting what is in place), then one every `every`: planned from a snapshot of the store,
 /// each change made under the store lock with the state it holds then (`StoreNow`), so API
-/// calls wait for one router, not for the pass.
+/// calls wait for one router, not for the pass. The snapshot is read again only when
+/// something was committed since the last one (reading it is O(routers): 180 ms a pass at
+/// 10 000 routers, for nothing while no one calls the API).
 async fn reconcile_loop(
     state: ApiState,
     realiser: Arc<Realiser>,
@@ -355,20 +357,31 @@ async fn reconcile_loop(
 ) {
     let mut tick = ticker(every);
     let mut first = true;
+    // The last snapshot, with the store's version it was read at.
+    let mut snapshot: Option<api::Versioned<DesiredState>> = None;
     while next_tick(&mut tick, &mut shutdown).await {
         let st = state.clone();
         let r = realiser.clone();
         let m = metrics.clone();
         let start = std::time::Instant::now();
+        let last = snapshot.clone();
         let res = tokio::task::spawn_blocking(move || {
-            let desired = st
-                .read_blocking(store::desired_state)
+            let read = st
+                .read_if_changed(last, store::desired_state)
                 .map_err(anyhow::Error::from)?;
-            let rep = r.reconcile_with(&desired, &StoreNow(&st));
+            let desired = &read.value;
+            let rep = r.reconcile_with(desired, &StoreNow(&st));
             m.reconcile_pass(rep.as_ref().ok(), start.elapsed());
-            rep.map(|rep| (rep, desired.routers.len()))
+            let routers = desired.routers.len();
+            rep.map(|rep| (rep, routers, read))
         })
-        .await;
+        .await
+        .map(|res| {
+            res.map(|(rep, routers, read)| {
+                snapshot = Some(read);
+                (rep, routers)
+            })
+        });
         match res {
             Ok(Ok((rep, _))) if first && rep.abandoned => {
                 tracing::info!("start-up resync abandoned by the shutdown (kernel state is kept)");

@@ -160,6 +160,22 @@ struct Inner {
     observer: Option<Arc<dyn Observe>>,
 }
 
+/// A value read from the store and the store's version it was read at (see
+/// `ApiState::read_if_changed`).
+pub struct Versioned<T> {
+    version: Option<i64>,
+    pub value: Arc<T>,
+}
+
+impl<T> Clone for Versioned<T> {
+    fn clone(&self) -> Self {
+        Self {
+            version: self.version,
+            value: self.value.clone(),
+        }
+    }
+}
+
 /// Shared state of the API server.
 #[derive(Clone)]
 pub struct ApiState {
@@ -249,6 +265,36 @@ impl ApiState {
             }
             None => self.with_store(|s| f(s.conn())),
         }
+    }
+
+    /// `f` over a snapshot (as `read_blocking`), or `last` again when nothing was committed
+    /// since it was read. A snapshot's version is SQLite's `data_version` of the read-only
+    /// connection, which moves with every commit of another connection (the writer); without
+    /// a read-only connection there is no version and every call reads.
+    pub fn read_if_changed<T>(
+        &self,
+        last: Option<Versioned<T>>,
+        f: impl FnOnce(&Connection) -> Result<T, Fault>,
+    ) -> Result<Versioned<T>, Fault> {
+        let Some(r) = &self.inner.reader else {
+            let value = self.with_store(|s| f(s.conn()))?;
+            return Ok(Versioned {
+                version: None,
+                value: Arc::new(value),
+            });
+        };
+        let conn = r.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Read before the snapshot is taken: a commit in between makes the snapshot newer
+        // than its version, and the next call reads again (never the other way round).
+        let version: i64 = conn.pragma_query_value(None, "data_version", |r| r.get(0))?;
+        if let Some(last) = last.filter(|l| l.version == Some(version)) {
+            return Ok(last);
+        }
+        let tx = conn.unchecked_transaction()?;
+        Ok(Versioned {
+            version: Some(version),
+            value: Arc::new(f(&tx)?),
+        })
     }
 
     async fn mutate<T: Send + 'static>(

@@ -167,3 +167,28 @@ async fn a_full_network_refuses_new_ports() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_snapshot_is_read_again_only_after_a_commit() {
+    let t = T::new();
+    let networks = |c: &Connection| -> Result<i64, Fault> {
+        Ok(c.query_row("SELECT COUNT(*) FROM networks", [], |r| r.get(0))?)
+    };
+    let first = t.state.read_if_changed(None, networks).unwrap();
+    t.get("/v2.0/networks", "ta").await;
+    let again = t
+        .state
+        .read_if_changed(Some(first.clone()), networks)
+        .unwrap();
+    assert!(
+        Arc::ptr_eq(&first.value, &again.value),
+        "nothing committed (a read commits nothing): the same snapshot"
+    );
+    t.network("ta", json!({})).await;
+    let after = t.state.read_if_changed(Some(again), networks).unwrap();
+    assert_eq!(
+        (*first.value, *after.value),
+        (0, 1),
+        "read again after the commit"
+    );
+}
