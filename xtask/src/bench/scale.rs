@@ -116,6 +116,17 @@ pub struct Memory {
     pub detail: String,
 }
 
+/// The daemon with the N routers realised and no API call: what its reconcile passes cost.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AtRest {
+    pub secs: f64,
+    /// CPU time of the daemon (all threads, user and system) per second of the window.
+    pub daemon_cpu_ms_per_sec: f64,
+}
+
+/// How long the daemon is watched at rest: three reconcile passes (one every 5 s).
+const AT_REST: Duration = Duration::from_secs(15);
+
 /// Everything one N measured.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct ScaleRun {
@@ -125,6 +136,7 @@ pub struct ScaleRun {
     /// The same measured before the N routers were made (the probe router alone).
     pub chatter_before: Option<Chatter>,
     pub memory: Option<Memory>,
+    pub at_rest: Option<AtRest>,
     pub restarts: Vec<Restart>,
     pub delete: Phase,
     pub note: String,
@@ -245,6 +257,13 @@ impl Env {
             // Settle: announcements of the last routers and the first reconcile pass.
             let _ = ns::sleep(Duration::from_secs(2));
             run.memory = Some(self.memory_after(before, made.len()));
+            run.at_rest = self.at_rest();
+            if let Some(r) = &run.at_rest {
+                eprintln!(
+                    "bench:   at rest: daemon CPU {:.1} ms/s over {:.0} s",
+                    r.daemon_cpu_ms_per_sec, r.secs
+                );
+            }
             let c = self.chatter(probe, secs);
             eprintln!(
                 "bench:   chatter: {:.1} frames/s, {} backlog drops, stream lost {:?}",
@@ -442,6 +461,18 @@ impl Env {
         (kernel_kib(), rss)
     }
 
+    /// The daemon's CPU time over `AT_REST` with nothing asked of it (None: no daemon).
+    fn at_rest(&self) -> Option<AtRest> {
+        let pid = self.daemon().pid()?;
+        let (t0, c0) = (Instant::now(), daemon_cpu_secs(pid)?);
+        let _ = ns::sleep(AT_REST);
+        let (secs, c1) = (t0.elapsed().as_secs_f64(), daemon_cpu_secs(pid)?);
+        Some(AtRest {
+            secs,
+            daemon_cpu_ms_per_sec: (c1 - c0) * 1e3 / secs,
+        })
+    }
+
     fn memory_after(&self, before: (u64, u64), n: usize) -> Memory {
         let (kernel, rss) = self.memory_now();
         let per = |a: u64, b: u64| a.saturating_sub(b) as f64 / n.max(1) as f64;
@@ -623,6 +654,19 @@ fn kernel_kib() -> u64 {
         .sum()
 }
 
+/// CPU time process `pid` has used so far, all threads, user and system (`/proc/<pid>/stat`
+/// fields 14 and 15, in clock ticks), seconds.
+fn daemon_cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| ticks as f64 / hz as f64)
+}
+
 /// VmRSS of process `pid`, KiB.
 fn daemon_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -745,6 +789,21 @@ pub fn markdown(runs: &[ScaleRun], s: &mut String) {
             );
         }
     }
+    if runs.iter().any(|r| r.at_rest.is_some()) {
+        let _ = writeln!(
+            s,
+            "\nAt rest (the N routers realised, no API call; reconcile passes every 5 s):\n\n| N | daemon CPU ms/s | window s |\n|---|---|---|"
+        );
+        for r in runs {
+            if let Some(a) = &r.at_rest {
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.1} | {:.0} |",
+                    r.n, a.daemon_cpu_ms_per_sec, a.secs
+                );
+            }
+        }
+    }
     for r in runs {
         if !r.note.is_empty() {
             let _ = writeln!(s, "\nN = {}: {}", r.n, r.note);
@@ -837,5 +896,26 @@ fn chatter_markdown(runs: &[ScaleRun], s: &mut String) {
                 suffix(" — ", &c.note)
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_of_a_process_grows_with_its_work() {
+        let pid = std::process::id();
+        let before = daemon_cpu_secs(pid).expect("own /proc/<pid>/stat");
+        let t = Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(200) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let after = daemon_cpu_secs(pid).expect("own /proc/<pid>/stat");
+        assert!(
+            after - before >= 0.1,
+            "{before} → {after} s after 0.2 s of work"
+        );
     }
 }
