@@ -4,10 +4,20 @@
 //! Frames are ARP requests with sender IP = target IP = the address (RFC 5227 announcement),
 //! from the port MAC to broadcast, sent through an AF_PACKET socket opened inside the router
 //! namespace by one background thread (`Announcer`), so the caller never waits for the spacing.
+//!
+//! One socket per namespace serves every announcement pending there, from the first frame of
+//! the first to the last frame of the last: closing an AF_PACKET socket waits for an RCU grace
+//! period (`packet_release` → `synchronize_net`), milliseconds on a busy host, and with a
+//! socket per frame that wait bounded the thread to a few dozen routers a second, so during a
+//! burst of new routers their announcements fell behind by seconds.
 
 use std::{
+    collections::HashMap,
     net::Ipv4Addr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::fs::MetadataExt as _,
+    },
     sync::{Mutex, mpsc},
     time::{Duration, Instant},
 };
@@ -41,14 +51,20 @@ pub fn frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; 42] {
     f
 }
 
-/// Sends one frame on `dev` of the calling thread's namespace.
-fn send_on(dev: &str, frame: &[u8]) -> Result<()> {
+/// The ifindex of `dev` in the calling thread's namespace.
+fn ifindex_of(dev: &str) -> Result<i32> {
     let cname = std::ffi::CString::new(dev).context("device name")?;
     // SAFETY: valid NUL-terminated string.
     let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
     if ifindex == 0 {
         bail!("no device {dev}");
     }
+    Ok(ifindex as i32)
+}
+
+/// An AF_PACKET socket of the calling thread's namespace (it stays in that namespace whatever
+/// the thread does next).
+fn packet_socket() -> Result<OwnedFd> {
     // SAFETY: plain socket(2) call; the result is checked before use.
     let fd = unsafe {
         libc::socket(
@@ -61,12 +77,16 @@ fn send_on(dev: &str, frame: &[u8]) -> Result<()> {
         return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
     }
     // SAFETY: fd is a fresh descriptor we own.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends one frame through `sock` on device `ifindex` of the socket's namespace.
+fn send_on(sock: &OwnedFd, ifindex: i32, frame: &[u8]) -> Result<()> {
     // SAFETY: sockaddr_ll is plain old data; zero is a valid starting value.
     let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     sll.sll_family = libc::AF_PACKET as u16;
     sll.sll_protocol = ETH_P_ARP.to_be();
-    sll.sll_ifindex = ifindex as i32;
+    sll.sll_ifindex = ifindex;
     sll.sll_halen = 6;
     sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
     // SAFETY: buffer and address are valid for the lengths given.
@@ -81,20 +101,63 @@ fn send_on(dev: &str, frame: &[u8]) -> Result<()> {
         )
     };
     if n < 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("sending on {dev}"));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("sending on ifindex {ifindex}"));
     }
     Ok(())
 }
 
+/// The sockets of the namespaces with announcements pending, by namespace inode, each with
+/// the number of announcements using it; a socket closes with the last of them.
+#[derive(Default)]
+struct Sockets(HashMap<u64, (OwnedFd, usize)>);
+
+impl Sockets {
+    /// Enters the named namespace and returns its inode, with a socket of it counted for one
+    /// more announcement.
+    fn enter_and_hold(&mut self, ns: &str) -> Result<u64> {
+        let h = NetnsHandle::open_named(ns)?
+            .ok_or_else(|| anyhow::anyhow!("namespace {ns} is gone"))?;
+        setns(&h.file, CloneFlags::CLONE_NEWNET).context("setns")?;
+        let ino = h.file.metadata().context("namespace inode")?.ino();
+        match self.0.get_mut(&ino) {
+            Some((_, users)) => *users += 1,
+            None => {
+                self.0.insert(ino, (packet_socket()?, 1));
+            }
+        }
+        Ok(ino)
+    }
+
+    fn get(&self, ino: u64) -> Option<&OwnedFd> {
+        self.0.get(&ino).map(|(s, _)| s)
+    }
+
+    /// One announcement that held `ino`'s socket is done.
+    fn release(&mut self, ino: u64) {
+        if let Some((_, users)) = self.0.get_mut(&ino) {
+            *users -= 1;
+            if *users == 0 {
+                self.0.remove(&ino);
+            }
+        }
+    }
+}
+
 /// One pending announcement.
 struct Job {
-    /// Named namespace, opened for each frame: a queued job holds no descriptor and never
-    /// keeps a deleted namespace alive.
+    /// Named namespace, opened at the first frame: a queued job holds no descriptor. From its
+    /// first frame to its last (`INTERVAL × (COUNT − 1)`) it holds its namespace's socket,
+    /// which keeps a namespace deleted meanwhile alive that long, emptied: a router's removal
+    /// deletes its devices before its namespace.
     ns: String,
     dev: String,
     frame: [u8; 42],
     left: usize,
     due: Instant,
+    /// After the first frame: the namespace's inode (its socket in `Sockets`) and the
+    /// device's ifindex there.
+    via: Option<(u64, i32)>,
 }
 
 /// Sends gratuitous ARPs from one background thread, whatever the number of routers: each
@@ -126,6 +189,7 @@ impl Announcer {
             frame: frame(mac, ip),
             left: COUNT,
             due: Instant::now(),
+            via: None,
         };
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         if tx.send(job).is_err() {
@@ -136,6 +200,7 @@ impl Announcer {
 
 fn worker(rx: mpsc::Receiver<Job>, home: NetnsHandle) {
     let mut jobs: Vec<Job> = Vec::new();
+    let mut sockets = Sockets::default();
     let mut open = true;
     let mut away = false;
     while open || !jobs.is_empty() {
@@ -176,11 +241,25 @@ fn worker(rx: mpsc::Receiver<Job>, home: NetnsHandle) {
                 continue;
             }
             let j = &mut jobs[i];
-            away = true;
-            let sent = NetnsHandle::open_named(&j.ns)
-                .and_then(|h| h.ok_or_else(|| anyhow::anyhow!("namespace {} is gone", j.ns)))
-                .and_then(|h| setns(&h.file, CloneFlags::CLONE_NEWNET).context("setns"))
-                .and_then(|()| send_on(&j.dev, &j.frame));
+            let (ino, idx) = match j.via {
+                Some(via) => via,
+                None => {
+                    away = true;
+                    match first_frame(&mut sockets, &j.ns, &j.dev) {
+                        Ok(via) => *j.via.insert(via),
+                        Err(e) => {
+                            // The device or namespace went away: nothing to announce.
+                            tracing::debug!("gratuitous ARP on {}: {e:#}", j.dev);
+                            jobs.swap_remove(i);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let sent = match sockets.get(ino) {
+                Some(sock) => send_on(sock, idx, &j.frame),
+                None => Err(anyhow::anyhow!("no socket for the namespace")),
+            };
             j.left -= 1;
             match sent {
                 Ok(()) if j.left > 0 => {
@@ -188,14 +267,29 @@ fn worker(rx: mpsc::Receiver<Job>, home: NetnsHandle) {
                     i += 1;
                 }
                 Ok(()) => {
+                    sockets.release(ino);
                     jobs.swap_remove(i);
                 }
                 Err(e) => {
                     // The device or namespace went away: nothing left to announce.
                     tracing::debug!("gratuitous ARP on {}: {e:#}", j.dev);
+                    sockets.release(ino);
                     jobs.swap_remove(i);
                 }
             }
+        }
+    }
+}
+
+/// Before an announcement's first frame: enters its namespace, holds the namespace's socket
+/// for it and finds its device. Returns the namespace inode and the device's ifindex.
+fn first_frame(sockets: &mut Sockets, ns: &str, dev: &str) -> Result<(u64, i32)> {
+    let ino = sockets.enter_and_hold(ns)?;
+    match ifindex_of(dev) {
+        Ok(idx) => Ok((ino, idx)),
+        Err(e) => {
+            sockets.release(ino);
+            Err(e)
         }
     }
 }
