@@ -199,6 +199,7 @@ impl Announcer {
 }
 
 fn worker(rx: mpsc::Receiver<Job>, home: NetnsHandle) {
+    lower_priority();
     let mut jobs: Vec<Job> = Vec::new();
     let mut sockets = Sockets::default();
     let mut open = true;
@@ -278,6 +279,22 @@ fn worker(rx: mpsc::Receiver<Job>, home: NetnsHandle) {
                 }
             }
         }
+    }
+}
+
+/// Puts the calling thread at the lowest priority (nice 19). Sending a frame costs its
+/// flood: the external bridge copies it to every gateway tap there (up to 1000), each copy
+/// through the tap's program and the router's ARP input, in the sender's context — at 1000
+/// routers as much CPU as making a router. At nice 19 that work takes the CPU the API's calls
+/// leave idle instead of competing with them; on an idle core the frames still leave on time.
+fn lower_priority() {
+    // SAFETY: plain setpriority(2); on Linux the nice value is per thread and `who = 0` is
+    // the calling thread. The result is only logged.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) } != 0 {
+        tracing::debug!(
+            "gratuitous ARP thread: lowering its priority: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
