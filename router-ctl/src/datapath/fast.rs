@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::programs::{SchedClassifier, TcAttachType};
 use router_common::{FAST_IF_GATEWAY, FAST_IF_USED, FastIf, MAX_FAST_IFS, programs};
 
-use super::{Datapath, filter};
+use super::{Datapath, TcSocket, filter};
 
 /// Reads `dev`'s MAC address in the calling thread's namespace (SIOCGIFHWADDR).
 fn device_mac(dev: &str) -> Result<[u8; 6]> {
@@ -127,15 +127,26 @@ impl Datapath {
             inner.fast.insert(ifindex, entry)?;
         }
         let res = (|| {
-            // Normally there already (an `ingress` qdisc, see `filter::ensure_ingress`); a
-            // device without one gets a clsact.
-            filter::ensure_clsact(dev)?;
+            let mut tc = TcSocket::open().context("opening a netlink socket for tc")?;
+            // Normally there already (an `ingress` qdisc on the router's shared block, see
+            // `filter::ensure_ingress`); a device without one gets it now.
+            let bound = tc
+                .add_qdisc_on_blocks(ifindex, filter::ROUTER_BLOCK, None)
+                .map_err(|e| anyhow!("adding the ingress qdisc to {dev}: {e}"))?;
             let prog: &mut SchedClassifier = inner
                 .ebpf
                 .program_mut(programs::FAST_FWD)
                 .ok_or_else(|| anyhow!("program {} missing", programs::FAST_FWD))?
                 .try_into()?;
-            filter::attach(prog, dev, TcAttachType::Ingress)
+            filter::attach_bound(
+                &mut tc,
+                prog,
+                programs::FAST_FWD,
+                dev,
+                TcAttachType::Ingress,
+                filter::ROUTER_BLOCK,
+                bound,
+            )
         })();
         match res {
             Ok(_) => Ok(true),
@@ -151,15 +162,19 @@ impl Datapath {
         }
     }
 
-    /// Takes `dev` (calling thread's namespace) off the fast path: removes the filter and the
-    /// device's `FAST_IFS` entry (only one with its MAC). A missing device or filter is success.
+    /// Takes `dev` (calling thread's namespace) off the fast path: removes its ingress qdisc
+    /// (the filter, or the binding to the router's shared block, whose filter stays for the
+    /// router's other devices) and the device's `FAST_IFS` entry (only one with its MAC). A
+    /// missing device or qdisc is success.
     pub fn detach_fast(&self, dev: &str) -> Result<()> {
         let Ok(ifindex) = nix::net::if_::if_nametoindex(dev) else {
             return Ok(());
         };
         let mac = device_mac(dev).ok();
         let mut inner = self.lock();
-        filter::detach(dev, TcAttachType::Ingress, programs::FAST_FWD)?;
+        TcSocket::open()
+            .and_then(|mut tc| tc.remove_ingress_qdisc(ifindex))
+            .map_err(|e| anyhow!("removing the ingress qdisc of {dev}: {e}"))?;
         if let Some(mac) = mac
             && inner.fast.get(&ifindex).is_some_and(|e| e.mac == mac)
         {

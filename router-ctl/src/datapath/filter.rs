@@ -15,10 +15,24 @@
 //! earlier run of this daemon filled it; "exactly one program per hook" is checkable with
 //! `tc filter show dev <tap> ingress|egress`. A filter holds its program, so it keeps working
 //! when the daemon exits (no pin needed) and goes away with its device.
+//!
+//! Shared blocks: the gateway taps of the daemon's namespace have their hooks bound to two
+//! shared filter blocks (`TAP_INGRESS_BLOCK`, `TAP_EGRESS_BLOCK`), and the devices of a router
+//! namespace to one (`ROUTER_BLOCK`), so the filter is added once per block, not per device,
+//! and the host holds one block per router instead of four. Why it matters: a veth has no
+//! `ndo_setup_tc`, so binding a block goes through `flow_indr_dev_setup_offload`, which walks
+//! a host-wide list of every bound block (newest first) looking for this one; at 10 000
+//! routers, with four private blocks each, that walk was ≈ 3 ms a bind and the only cost of
+//! making a router that still grew with their number. The kernel refuses filter changes made
+//! through a device whose hook is on a shared block (`EOPNOTSUPP`), so they go to the block
+//! (`tc_netlink`), and a device leaves its block by losing its qdisc. Devices of an earlier
+//! version keep their own blocks and are served through the device as before.
 
 use std::io::ErrorKind;
 
 use anyhow::{Result, anyhow};
+
+use super::tc_netlink::{Slot, TcSocket};
 use aya::programs::{
     ProgramError, SchedClassifier, TcAttachType,
     tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
@@ -29,6 +43,15 @@ pub const PRIORITY: u16 = 1;
 
 /// tc handle of every filter this datapath installs (`handle 0x1`).
 pub const HANDLE: TcHandle = TcHandle::new(0, 1);
+
+/// The shared block of the gateway taps' ingress (packets leaving routers), in the daemon's
+/// namespace (block indexes are per namespace; these spell "rt" and a number, to stay clear
+/// of an operator's own shared blocks in the host's namespace).
+pub const TAP_INGRESS_BLOCK: u32 = 0x7274_0001;
+/// The shared block of the gateway taps' egress (packets entering routers).
+pub const TAP_EGRESS_BLOCK: u32 = 0x7274_0002;
+/// The shared block of the ingress of every device of one router namespace (the fast path).
+pub const ROUTER_BLOCK: u32 = 0x7274_0003;
 
 /// The errno inside an aya tc error, if any.
 fn errno(e: &ProgramError) -> Option<i32> {
@@ -50,33 +73,63 @@ pub fn ensure_clsact(dev: &str) -> Result<()> {
     }
 }
 
-/// Adds an `ingress` qdisc to device `ifindex` of `h`'s namespace unless it has one (or a
-/// `clsact`, which an earlier version put there: both hold filters at the ingress hook).
+/// Adds an `ingress` qdisc bound to the namespace's `ROUTER_BLOCK` to device `ifindex` of
+/// `h`'s namespace (a router's) unless it has a qdisc there (an earlier version's own
+/// `ingress` or `clsact` keeps serving: both hold filters at the ingress hook).
 ///
-/// For devices that only need the ingress hook (the fast path's `qr-`/`qg-`): a veth has no
-/// `ndo_setup_tc`, so binding a qdisc's filter block goes through
-/// `flow_indr_dev_setup_offload`, which walks a list of every such block on the host for a
-/// duplicate. A `clsact` has two blocks (ingress and egress), an `ingress` qdisc one: per
-/// router four list entries and binds instead of six, and at 10 000 routers the router's
-/// second inside pass, where those binds happen, was 13.8 ms of its cost.
+/// For devices that only need the ingress hook (the fast path's `qr-`/`qg-`): a `clsact`
+/// has two blocks, an `ingress` qdisc one, and on the router's shared block the router's
+/// second device finds its block at the head of the kernel's list of bound blocks (see the
+/// module's comment) and needs no filter of its own.
 pub async fn ensure_ingress(h: &rtnetlink::Handle, ifindex: u32) -> Result<()> {
-    match h.qdisc().add(ifindex as i32).ingress().execute().await {
-        Ok(()) => Ok(()),
-        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code().abs() == libc::EEXIST => Ok(()),
-        Err(e) => Err(anyhow!(
-            "adding the ingress qdisc to ifindex {ifindex}: {e}"
-        )),
+    use futures::StreamExt as _;
+    use netlink_packet_core::{
+        NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+    };
+    use netlink_packet_route::RouteNetlinkMessage;
+
+    let msg = super::tc_netlink::qdisc_on_blocks(ifindex, ROUTER_BLOCK, None);
+    let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewQueueDiscipline(msg));
+    req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+    let mut answers = h
+        .clone()
+        .request(req)
+        .map_err(|e| anyhow!("adding the ingress qdisc to ifindex {ifindex}: {e}"))?;
+    while let Some(m) = answers.next().await {
+        if let NetlinkPayload::Error(e) = m.payload
+            && let Some(code) = e.code
+            && -code.get() != libc::EEXIST
+        {
+            return Err(anyhow!(
+                "adding the ingress qdisc to ifindex {ifindex}: {}",
+                std::io::Error::from_raw_os_error(-code.get())
+            ));
+        }
     }
+    Ok(())
 }
 
 /// Puts `prog` in the slot of `dev`'s `attach_type` hook: creates the filter, or, if the slot
 /// holds one (an earlier run of the daemon, or a resync), switches that filter to `prog` in
-/// place — no moment without a program. Returns whether a filter was created.
+/// place — no moment without a program. Returns whether a filter was created. For a device
+/// with its own block; see `attach_bound` for one that may be on a shared block.
+pub fn attach(prog: &mut SchedClassifier, dev: &str, attach_type: TcAttachType) -> Result<bool> {
+    attach_device(prog, dev, attach_type)?.ok_or_else(|| {
+        anyhow!("{dev}: the hook is bound to a shared filter block (filters go to the block)")
+    })
+}
+
+/// `attach`, where `None` says the hook is bound to a shared block (the kernel refuses filter
+/// changes through the device then).
 ///
 /// The filter outlives `prog`'s handle: aya detaches the links a program still holds when it
 /// is dropped, so the link is taken out and forgotten (a netlink link is plain data: ifindex,
 /// hook, priority, handle; forgetting it leaks no file descriptor).
-pub fn attach(prog: &mut SchedClassifier, dev: &str, attach_type: TcAttachType) -> Result<bool> {
+fn attach_device(
+    prog: &mut SchedClassifier,
+    dev: &str,
+    attach_type: TcAttachType,
+) -> Result<Option<bool>> {
     let opts = || {
         TcAttachOptions::Netlink(NlOptions {
             priority: PRIORITY,
@@ -86,6 +139,7 @@ pub fn attach(prog: &mut SchedClassifier, dev: &str, attach_type: TcAttachType) 
     };
     let (id, created) = match prog.attach_with_options(dev, attach_type, opts()) {
         Ok(id) => (id, true),
+        Err(e) if errno(&e) == Some(libc::EOPNOTSUPP) => return Ok(None),
         Err(e) if errno(&e) == Some(libc::EEXIST) => {
             // Netlink without NLM_F_CREATE|NLM_F_EXCL: cls_bpf replaces the program.
             let link = SchedClassifierLink::attached(dev, attach_type, PRIORITY, HANDLE, None)
@@ -99,7 +153,59 @@ pub fn attach(prog: &mut SchedClassifier, dev: &str, attach_type: TcAttachType) 
     };
     let link = prog.take_link(id)?;
     std::mem::forget(link);
-    Ok(created)
+    Ok(Some(created))
+}
+
+/// Puts `prog` (named `name`) in the slot of `dev`'s `attach_type` hook, wherever that hook's
+/// filters live: on shared block `block` when `bound` says the hook was just bound to it or
+/// the kernel says so, else on the device's own block (`attach`). Returns whether a filter
+/// was created; a block's filter is created only by the first of its devices.
+pub fn attach_bound(
+    tc: &mut TcSocket,
+    prog: &mut SchedClassifier,
+    name: &str,
+    dev: &str,
+    attach_type: TcAttachType,
+    block: u32,
+    bound: bool,
+) -> Result<bool> {
+    if !bound && let Some(created) = attach_device(prog, dev, attach_type)? {
+        return Ok(created);
+    }
+    put_on_block(tc, prog, name, block)
+}
+
+/// Puts `prog` in the slot of shared block `block` unless it runs there already: the filter is
+/// created by the block's first device, and switched in place to `prog` by the first device
+/// after a restart (a new daemon loads new programs); every other device costs a refused
+/// create and, for the program's id, a dump of the block.
+fn put_on_block(
+    tc: &mut TcSocket,
+    prog: &mut SchedClassifier,
+    name: &str,
+    block: u32,
+) -> Result<bool> {
+    let slot = Slot {
+        priority: PRIORITY,
+        handle: u32::from(HANDLE),
+    };
+    let fd = prog.fd()?;
+    match tc.put_block_filter(block, slot, fd, name, false) {
+        Ok(()) => return Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(anyhow!("adding {name} to tc block {block}: {e}")),
+    }
+    let id = prog.info()?.id();
+    let current = tc
+        .block_filters(block)
+        .map_err(|e| anyhow!("listing the filters of tc block {block}: {e}"))?
+        .iter()
+        .any(|f| f.priority == slot.priority && f.handle == slot.handle && f.prog_id == Some(id));
+    if !current {
+        tc.put_block_filter(block, slot, fd, name, true)
+            .map_err(|e| anyhow!("switching tc block {block} to {name}: {e}"))?;
+    }
+    Ok(false)
 }
 
 /// Removes the filters running the program `name` from `dev`'s `attach_type` hook; none is

@@ -20,6 +20,7 @@ mod mapped;
 mod mirror;
 mod router;
 pub mod sessions;
+mod tc_netlink;
 
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
@@ -39,6 +40,7 @@ use router_common::{
 };
 
 use crate::config::NatConfig;
+use tc_netlink::TcSocket;
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time (empty when the
 /// binary was built without it).
@@ -300,12 +302,45 @@ impl Datapath {
     /// Attaches the NAT programs to `dev` (a gateway tap in the calling thread's namespace,
     /// which must be the daemon's) as tc filters; idempotent. Returns the ifindex.
     ///
-    /// A filter left by an earlier run on this device is kept and atomically switched to the
-    /// program loaded now (see `filter`).
+    /// A new tap's hooks are bound to the daemon namespace's shared tap blocks, which hold
+    /// the filters (`filter`, "Shared blocks"): one `clsact` with its two bindings, and the
+    /// filters are added once for all taps. A filter left by an earlier run is kept and
+    /// atomically switched to the program loaded now; a tap of an earlier version keeps its
+    /// own blocks and filters.
     pub fn attach(&self, dev: &str) -> Result<u32> {
         let ifindex = ifindex_of(dev)?;
         let mut inner = self.lock();
-        self.attach_hooks(&mut inner, dev, &HOOKS)?;
+        let mut tc = TcSocket::open().context("opening a netlink socket for tc")?;
+        let bound = tc
+            .add_qdisc_on_blocks(
+                ifindex,
+                filter::TAP_INGRESS_BLOCK,
+                Some(filter::TAP_EGRESS_BLOCK),
+            )
+            .map_err(|e| anyhow!("adding the clsact qdisc to {dev}: {e}"))?;
+        for (name, attach_type, hook) in &HOOKS {
+            let block = match attach_type {
+                TcAttachType::Egress => filter::TAP_EGRESS_BLOCK,
+                _ => filter::TAP_INGRESS_BLOCK,
+            };
+            let prog: &mut SchedClassifier = inner
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing"))?
+                .try_into()?;
+            if let Err(e) =
+                filter::attach_bound(&mut tc, prog, name, dev, *attach_type, block, bound)
+            {
+                // No half-attached tap: a binding this call made goes (a block's filter
+                // stays for the taps that share it).
+                if bound {
+                    let _ = tc.remove_ingress_qdisc(ifindex);
+                }
+                return Err(e.context(format!("attaching {name} to {dev} ({hook})")));
+            }
+        }
+        // The filters run now: a TCX link an older daemon pinned for this device can go.
+        self.legacy.remove_device(dev)?;
         Ok(ifindex)
     }
 
@@ -340,18 +375,16 @@ impl Datapath {
         self.legacy.remove_device(dev)
     }
 
-    /// Detaches the programs from `dev` (removes this datapath's filters); a missing device or
-    /// filter is success.
+    /// Detaches the programs from `dev` (a tap of the calling thread's namespace): removes
+    /// its `clsact` qdisc, with the filters of its own blocks and its bindings to the shared
+    /// tap blocks (whose filters stay for the other taps; a filter cannot be removed for one
+    /// device only). A missing device or qdisc is success.
     pub fn detach(&self, dev: &str) -> Result<()> {
         let _guard = self.lock();
-        if nix::net::if_::if_nametoindex(dev).is_ok() {
-            for (name, attach_type, _) in HOOKS
-                .iter()
-                .chain(INTERNAL_HOOKS.iter())
-                .chain(LEGACY_HOOKS.iter())
-            {
-                filter::detach(dev, *attach_type, name)?;
-            }
+        if let Ok(ifindex) = nix::net::if_::if_nametoindex(dev) {
+            TcSocket::open()
+                .and_then(|mut tc| tc.remove_ingress_qdisc(ifindex))
+                .map_err(|e| anyhow!("removing the clsact qdisc of {dev}: {e}"))?;
         }
         self.legacy.remove_device(dev)
     }

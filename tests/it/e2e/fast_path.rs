@@ -372,15 +372,22 @@ fn a_fast_filter_removed_from_outside_is_put_back() {
     let t = Topology::new(FAST_CONFIG);
     let qr = t.devices("qr-")[0].clone();
     assert!(t.fast_filter_on(&qr));
+    // The router's devices share one filter block: the filter goes from all of them.
+    let block = router_ctl::datapath::filter::ROUTER_BLOCK.to_string();
     let out = std::process::Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", t.router_ns))
-        .args(["tc", "filter", "del", "dev", &qr, "ingress"])
+        .args(["tc", "filter", "del", "block", &block])
         .output()
         .expect("nsenter tc");
     assert!(out.status.success(), "tc filter del: {out:?}");
+    let qg = t.devices("qg-")[0].clone();
     assert!(!t.fast_filter_on(&qr), "the filter was removed");
+    assert!(
+        !t.fast_filter_on(&qg),
+        "the filter was removed from the shared block"
+    );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !t.fast_filter_on(&qr) {
+    while !(t.fast_filter_on(&qr) && t.fast_filter_on(&qg)) {
         assert!(
             Instant::now() < deadline,
             "reconcile did not put {FAST_FWD} back on {qr} within 60 s\n{}",

@@ -683,6 +683,112 @@ fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
     }
 }
 
+/// The shared filter blocks a device's ingress and egress hooks are bound to
+/// (`tc -j qdisc show`), in namespace `ns`.
+fn qdisc_blocks(ns: &str, dev: &str) -> (Option<u64>, Option<u64>) {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .args(["tc", "-j", "qdisc", "show", "dev", dev])
+        .output()
+        .expect("nsenter tc");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let q = v
+        .as_array()
+        .and_then(|a| a.iter().find(|q| q["parent"] == "ffff:fff1"))
+        .cloned()
+        .unwrap_or(Value::Null);
+    (q["ingress_block"].as_u64(), q["egress_block"].as_u64())
+}
+
+/// The names of the programs of the filters of shared block `block` in namespace `ns`.
+fn block_progs(ns: &str, block: u32) -> Vec<String> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .args(["tc", "-j", "filter", "show", "block", &block.to_string()])
+        .output()
+        .expect("nsenter tc");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["options"]["prog"]["name"].as_str().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn gateway_taps_share_filter_blocks_and_a_router_its_own() {
+    use router_ctl::datapath::filter::{ROUTER_BLOCK, TAP_EGRESS_BLOCK, TAP_INGRESS_BLOCK};
+    let h = RealiserHost::new(&[]);
+    let [ext, int1, int2] = h.networks([true, false, false]);
+    let r1 = router(
+        5,
+        vec![port(&int1.id, mac(1), "10.0.1.1/24")],
+        Some(gateway(
+            port(&ext.id, mac(2), "203.0.113.10/24"),
+            "203.0.113.1",
+        )),
+    );
+    let r2 = router(
+        6,
+        vec![port(&int2.id, mac(3), "10.0.2.1/24")],
+        Some(gateway(
+            port(&ext.id, mac(4), "203.0.113.11/24"),
+            "203.0.113.1",
+        )),
+    );
+    h.call(|r| r.apply_router(&r1)).expect("apply router 1");
+    h.call(|r| r.apply_router(&r2)).expect("apply router 2");
+    let host = h.host.name.clone();
+    let gw_tap =
+        |r: &RouterSpec| names::tap_dev(&r.gateway.as_ref().expect("gateway").port.port_id);
+    let (tap1, tap2) = (gw_tap(&r1), gw_tap(&r2));
+    let shared = (
+        Some(u64::from(TAP_INGRESS_BLOCK)),
+        Some(u64::from(TAP_EGRESS_BLOCK)),
+    );
+    for tap in [&tap1, &tap2] {
+        assert_eq!(qdisc_blocks(&host, tap), shared, "{tap}");
+    }
+    // One filter per block for every gateway tap, shown through each tap too.
+    assert_eq!(block_progs(&host, TAP_INGRESS_BLOCK), [programs::SNAT_OUT]);
+    assert_eq!(block_progs(&host, TAP_EGRESS_BLOCK), [programs::SNAT_IN]);
+    for tap in [&tap1, &tap2] {
+        let progs: Vec<String> = tc_filters(&h.host, tap, "ingress")
+            .into_iter()
+            .map(|f| f.prog)
+            .collect();
+        assert_eq!(progs, [programs::SNAT_OUT], "{tap}");
+    }
+    // Inside each router, its two devices share the router's block (the fast path).
+    for r in [&r1, &r2] {
+        let ns = names::router_netns(&r.id);
+        let qg = names::gateway_dev(&r.gateway.as_ref().expect("gateway").port.port_id);
+        let qr = names::internal_dev(&r.interfaces[0].port_id);
+        for dev in [&qg, &qr] {
+            assert_eq!(
+                qdisc_blocks(&ns, dev),
+                (Some(u64::from(ROUTER_BLOCK)), None),
+                "{dev} in {ns}"
+            );
+        }
+        assert_eq!(block_progs(&ns, ROUTER_BLOCK), [programs::FAST_FWD], "{ns}");
+    }
+
+    // Router 1 loses its gateway: its tap leaves the blocks, router 2's keeps its programs.
+    let mut r1_off = r1.clone();
+    r1_off.gateway = None;
+    h.call(|r| r.apply_router(&r1_off))
+        .expect("clear gateway 1");
+    assert_eq!(
+        qdisc_blocks(&host, &tap1),
+        (None, None),
+        "{tap1} is gone or unbound"
+    );
+    assert_eq!(qdisc_blocks(&host, &tap2), shared);
+    assert_eq!(block_progs(&host, TAP_INGRESS_BLOCK), [programs::SNAT_OUT]);
+    assert_eq!(block_progs(&host, TAP_EGRESS_BLOCK), [programs::SNAT_IN]);
+}
+
 #[test]
 fn hairpin_hook_is_attached_only_while_the_router_has_floating_ips() {
     let mut h = RealiserHost::new(&[]);
