@@ -1,5 +1,5 @@
 //! The tc requests aya 0.14 cannot make, over a blocking netlink socket of the calling
-//! thread's namespace: qdiscs bound to shared filter blocks, and `cls_bpf` filters placed on a
+//! thread's namespace (`net::rtnl`): qdiscs bound to shared filter blocks, and `cls_bpf` filters placed on a
 //! block rather than on a device (`TCM_IFINDEX_MAGIC_BLOCK`). Blocking because the datapath's
 //! attach calls run inside a namespace on a plain thread, where aya's own calls run too.
 
@@ -8,15 +8,13 @@ use std::{
     os::fd::{AsFd as _, AsRawFd as _},
 };
 
-use netlink_packet_core::{
-    DefaultNla, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE, NLM_F_REQUEST,
-    NetlinkMessage, NetlinkPayload,
-};
+use netlink_packet_core::{DefaultNla, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REPLACE};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     tc::{TcAttribute, TcBpfFlags, TcFilterBpfOption, TcHandle, TcHeader, TcMessage, TcOption},
 };
-use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+use crate::net::rtnl::Rtnl;
 
 /// `TCA_INGRESS_BLOCK` / `TCA_EGRESS_BLOCK` (linux/rtnetlink.h): the shared block a new
 /// qdisc's hook binds to (netlink-packet-route has no variant for them).
@@ -41,19 +39,13 @@ pub struct BlockFilter {
     pub prog_id: Option<u32>,
 }
 
-/// A netlink socket in the namespace it was opened in.
-pub struct TcSocket {
-    sock: Socket,
-    seq: u32,
-}
+/// A netlink socket in the namespace it was opened in, for tc.
+pub struct TcSocket(Rtnl);
 
 impl TcSocket {
     /// Opens a socket in the calling thread's namespace.
     pub fn open() -> io::Result<Self> {
-        let mut sock = Socket::new(NETLINK_ROUTE)?;
-        sock.bind_auto()?;
-        sock.connect(&SocketAddr::new(0, 0))?;
-        Ok(Self { sock, seq: 0 })
+        Rtnl::open().map(Self)
     }
 
     /// Adds a qdisc to `ifindex` with its hooks bound to shared blocks: a `clsact` when both
@@ -65,7 +57,7 @@ impl TcSocket {
         ingress: u32,
         egress: Option<u32>,
     ) -> io::Result<bool> {
-        match self.request(
+        match self.0.request(
             RouteNetlinkMessage::NewQueueDiscipline(qdisc_on_blocks(ifindex, ingress, egress)),
             NLM_F_CREATE | NLM_F_EXCL,
         ) {
@@ -81,7 +73,10 @@ impl TcSocket {
         let mut m = TcMessage::with_index(ifindex as i32);
         m.header.parent = TcHandle::INGRESS;
         m.header.handle = TcHandle::from(0xffff_0000);
-        match self.request(RouteNetlinkMessage::DelQueueDiscipline(m), 0) {
+        match self
+            .0
+            .request(RouteNetlinkMessage::DelQueueDiscipline(m), 0)
+        {
             Ok(_) => Ok(()),
             Err(e)
                 if matches!(
@@ -121,18 +116,23 @@ impl TcSocket {
         } else {
             NLM_F_CREATE | NLM_F_EXCL
         };
-        self.request(RouteNetlinkMessage::NewTrafficFilter(m), flags)
+        self.0
+            .request(RouteNetlinkMessage::NewTrafficFilter(m), flags)
             .map(drop)
     }
 
     /// The `cls_bpf` filters of shared block `block`.
     pub fn block_filters(&mut self, block: u32) -> io::Result<Vec<BlockFilter>> {
-        let msgs = self.request(
+        let msgs = self.0.request(
             RouteNetlinkMessage::GetTrafficFilter(block_message(block)),
             NLM_F_DUMP,
         )?;
         Ok(msgs
             .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewTrafficFilter(t) => Some(t),
+                _ => None,
+            })
             .filter(|m| {
                 m.attributes
                     .iter()
@@ -162,54 +162,6 @@ impl TcSocket {
                 f
             })
             .collect())
-    }
-
-    /// Sends one request and reads its answer: the messages of a dump, or nothing for an
-    /// acknowledged change; the kernel's refusal as its errno.
-    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<TcMessage>> {
-        self.seq = self.seq.wrapping_add(1);
-        let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
-        let mut req = NetlinkMessage::from(msg);
-        // A dump ends with NLMSG_DONE; a change is acknowledged.
-        req.header.flags = NLM_F_REQUEST | flags | if dump { 0 } else { NLM_F_ACK };
-        req.header.sequence_number = self.seq;
-        req.finalize();
-        let mut buf = vec![0u8; req.buffer_len()];
-        req.serialize(&mut buf);
-        self.sock.send(&buf, 0)?;
-        let mut out = Vec::new();
-        let mut rbuf = vec![0u8; 1 << 16];
-        // Bounded: a dump of one block is a few datagrams; a change one.
-        for _ in 0..1024 {
-            let n = self.sock.recv(&mut &mut rbuf[..], 0)?;
-            let mut data = &rbuf[..n];
-            while data.len() >= 16 {
-                let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
-                if len < 16 || len > data.len() {
-                    return Err(io::Error::other("a truncated netlink message"));
-                }
-                let m = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[..len])
-                    .map_err(io::Error::other)?;
-                data = &data[len.next_multiple_of(4).min(data.len())..];
-                if m.header.sequence_number != self.seq {
-                    continue;
-                }
-                match m.payload {
-                    NetlinkPayload::Error(e) => {
-                        return match e.code {
-                            None => Ok(out),
-                            Some(c) => Err(io::Error::from_raw_os_error(-c.get())),
-                        };
-                    }
-                    NetlinkPayload::Done(_) => return Ok(out),
-                    NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewTrafficFilter(t)) => {
-                        out.push(t)
-                    }
-                    _ => {}
-                }
-            }
-        }
-        Err(io::Error::other("no end to a netlink answer"))
     }
 }
 

@@ -65,14 +65,12 @@ fn ifindex_of(dev: &str) -> Result<i32> {
 /// An AF_PACKET socket of the calling thread's namespace (it stays in that namespace whatever
 /// the thread does next).
 fn packet_socket() -> Result<OwnedFd> {
+    // Protocol 0: a send-only socket (each frame names its protocol in `sockaddr_ll`). With
+    // ETH_P_ARP the socket would also take a copy of every ARP frame its namespace receives
+    // while it is open, the floods of every other router's announcements on the external
+    // network among them, only to throw them away at close.
     // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_PACKET,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            i32::from(ETH_P_ARP.to_be()),
-        )
-    };
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
         return Err(std::io::Error::last_os_error()).context("AF_PACKET socket");
     }

@@ -12,6 +12,7 @@ pub mod neigh;
 pub mod ns;
 pub mod owned;
 pub mod ra;
+pub mod rtnl;
 pub mod sysctl;
 pub mod worker;
 

@@ -218,6 +218,19 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
 
     // Namespace and sysctls.
     assert!(netns_exists(&ns), "{ns} missing");
+    // Its id in the daemon's namespace falls as router numbers rise (see `ensure_namespace`).
+    let ids = tests::netns::netns_cmd(&host, "ip")
+        .args(["-j", "netns", "list-id"])
+        .output()
+        .expect("ip netns list-id");
+    let ids: Value = serde_json::from_slice(&ids.stdout).expect("ip -j netns list-id");
+    assert!(
+        ids.as_array()
+            .into_iter()
+            .flatten()
+            .any(|e| e["name"] == ns.as_str() && e["nsid"] == 0x1000_0000 - spec.dp_id as i64),
+        "{ids}"
+    );
     assert_eq!(read_sysctl_in(&ns, "ipv4/ip_forward"), "1");
     assert_eq!(read_sysctl_in(&ns, "ipv4/conf/all/arp_ignore"), "1");
     assert_eq!(read_sysctl_in(&ns, "ipv4/conf/all/arp_announce"), "2");

@@ -16,7 +16,7 @@ use crate::{
     model::spec::{RouterSpec, names},
     net::{
         LinkState, link,
-        ns::{self, NetnsHandle},
+        ns::{self, NetnsHandle, in_netns},
         owned::{Kind, Record},
         sysctl,
     },
@@ -30,6 +30,10 @@ pub const METADATA_ADDR: Ipv4Addr = Ipv4Addr::new(
     router_common::METADATA_IP[2],
     router_common::METADATA_IP[3],
 );
+
+/// The id in the daemon's namespace of router number 0's namespace; router `n`'s is `n` below
+/// it (see `ensure_namespace`), far above the ids the kernel picks itself (from 0 up).
+const NSID_TOP: i32 = 0x1000_0000;
 
 /// Sysctls of every router namespace: forwarding, ARP answered only for the receiving
 /// interface's addresses and from them; the floating-IP hairpin's and IPv6's (`ipv6`) follow.
@@ -86,6 +90,17 @@ impl Realiser {
         log.push(format!("netns {name}"));
         let handle = NetnsHandle::open_named(&name)?
             .ok_or_else(|| anyhow!("namespace {name} vanished after creation"))?;
+        // Its id in the daemon's namespace, before a veth peer makes the kernel pick one. The
+        // kernel finds a peer namespace's id by walking the namespace's ids in increasing
+        // order (`__peernet2id` → `idr_for_each`), for every notification and `RTM_GETLINK`
+        // answer about a tap (its peer is in the router's namespace). The ids it picks
+        // itself increase, so the router being made, the subject of nearly all of those
+        // messages, was the last one found: ≈ 2.8 % of all CPU late in a 10 000-router batch.
+        // Ids that fall as router numbers rise put it first.
+        let nsid = NSID_TOP - spec.dp_id as i32;
+        if let Err(e) = in_netns(&self.daemon_ns, || ns::assign_nsid(&handle, nsid)) {
+            tracing::debug!("router {}: {e:#}", spec.id);
+        }
         Ok(Namespace {
             name,
             handle,
