@@ -16,10 +16,10 @@
 //! `tc filter show dev <tap> ingress|egress`. A filter holds its program, so it keeps working
 //! when the daemon exits (no pin needed) and goes away with its device.
 //!
-//! Shared blocks: the gateway taps of the daemon's namespace have their hooks bound to two
-//! shared filter blocks (`TAP_INGRESS_BLOCK`, `TAP_EGRESS_BLOCK`), and the devices of a router
-//! namespace to one (`ROUTER_BLOCK`), so the filter is added once per block, not per device,
-//! and the host holds one block per router instead of four. Why it matters: a veth has no
+//! Shared blocks: the gateway taps of the daemon's namespace have their hooks bound to pairs
+//! of shared filter blocks (`tap_blocks`, a few dozen pairs for all taps), and the devices of
+//! a router namespace to one (`ROUTER_BLOCK`), so a filter is added once per block, not per
+//! device, and the host holds about one block per router instead of four. Why it matters: a veth has no
 //! `ndo_setup_tc`, so binding a block goes through `flow_indr_dev_setup_offload`, which walks
 //! a host-wide list of every bound block (newest first) looking for this one; at 10 000
 //! routers, with four private blocks each, that walk was ≈ 3 ms a bind and the only cost of
@@ -44,12 +44,25 @@ pub const PRIORITY: u16 = 1;
 /// tc handle of every filter this datapath installs (`handle 0x1`).
 pub const HANDLE: TcHandle = TcHandle::new(0, 1);
 
-/// The shared block of the gateway taps' ingress (packets leaving routers), in the daemon's
-/// namespace (block indexes are per namespace; these spell "rt" and a number, to stay clear
-/// of an operator's own shared blocks in the host's namespace).
-pub const TAP_INGRESS_BLOCK: u32 = 0x7274_0001;
-/// The shared block of the gateway taps' egress (packets entering routers).
-pub const TAP_EGRESS_BLOCK: u32 = 0x7274_0002;
+/// Gateway taps are spread over this many pairs of shared blocks (by ifindex, `tap_blocks`).
+/// One pair for all would do for making routers, but removing a qdisc from a shared block
+/// walks the block's list of bound qdiscs (`tcf_block_owner_del`) and its list of head-change
+/// callbacks (`tcf_chain0_head_change_cb_del`), one entry per tap: ≈ 3 % of all CPU while
+/// deleting 3000 routers, growing with them.
+pub const TAP_BLOCK_SHARDS: u32 = 64;
+
+/// The first of the gateway taps' shared blocks in the daemon's namespace (block indexes are
+/// per namespace; these spell "rt" and a number, to stay clear of an operator's own shared
+/// blocks in the host's namespace).
+const TAP_BLOCK_BASE: u32 = 0x7274_1000;
+
+/// The shared blocks of gateway tap `ifindex`'s ingress (packets leaving the router) and
+/// egress (packets entering it).
+pub fn tap_blocks(ifindex: u32) -> (u32, u32) {
+    let first = TAP_BLOCK_BASE + 2 * (ifindex % TAP_BLOCK_SHARDS);
+    (first, first + 1)
+}
+
 /// The shared block of the ingress of every device of one router namespace (the fast path).
 pub const ROUTER_BLOCK: u32 = 0x7274_0003;
 

@@ -302,26 +302,23 @@ impl Datapath {
     /// Attaches the NAT programs to `dev` (a gateway tap in the calling thread's namespace,
     /// which must be the daemon's) as tc filters; idempotent. Returns the ifindex.
     ///
-    /// A new tap's hooks are bound to the daemon namespace's shared tap blocks, which hold
-    /// the filters (`filter`, "Shared blocks"): one `clsact` with its two bindings, and the
-    /// filters are added once for all taps. A filter left by an earlier run is kept and
+    /// A new tap's hooks are bound to a pair of the daemon namespace's shared tap blocks,
+    /// which hold the filters (`filter`, "Shared blocks"): one `clsact` with its two
+    /// bindings, and the filters are added once per pair, not per tap. A filter left by an earlier run is kept and
     /// atomically switched to the program loaded now; a tap of an earlier version keeps its
     /// own blocks and filters.
     pub fn attach(&self, dev: &str) -> Result<u32> {
         let ifindex = ifindex_of(dev)?;
         let mut inner = self.lock();
         let mut tc = TcSocket::open().context("opening a netlink socket for tc")?;
+        let (ingress, egress) = filter::tap_blocks(ifindex);
         let bound = tc
-            .add_qdisc_on_blocks(
-                ifindex,
-                filter::TAP_INGRESS_BLOCK,
-                Some(filter::TAP_EGRESS_BLOCK),
-            )
+            .add_qdisc_on_blocks(ifindex, ingress, Some(egress))
             .map_err(|e| anyhow!("adding the clsact qdisc to {dev}: {e}"))?;
         for (name, attach_type, hook) in &HOOKS {
             let block = match attach_type {
-                TcAttachType::Egress => filter::TAP_EGRESS_BLOCK,
-                _ => filter::TAP_INGRESS_BLOCK,
+                TcAttachType::Egress => egress,
+                _ => ingress,
             };
             let prog: &mut SchedClassifier = inner
                 .ebpf

@@ -153,7 +153,8 @@ pub async fn dump_links(h: &Handle) -> Result<Vec<LinkState>> {
     Ok(msgs.iter().filter_map(LinkState::from_message).collect())
 }
 
-/// The ports of bridge `controller` (the kernel filters the dump: no walk of every link here).
+/// The ports of bridge `controller`. The kernel filters the dump, by looking at every device of
+/// the namespace: O(devices), so not for a hot path.
 pub async fn ports_of(h: &Handle, controller: u32) -> Result<Vec<LinkState>> {
     let mut req = h.link().get();
     req.message_mut()

@@ -91,6 +91,10 @@ pub struct Realiser {
     stopping: AtomicBool,
     /// The daemon namespace's links as reconcile passes see them (see `network::DaemonLinks`).
     daemon_links: network::DaemonLinks,
+    /// Each network converged by this run, with the uplink its bridge was given (None: none),
+    /// so retiring a bridge frees that device instead of asking the kernel for the bridge's
+    /// ports (see `retire_bridge`).
+    uplinks: Mutex<HashMap<String, Option<String>>>,
 }
 
 /// Each reconcile pass enters one router namespace in this many (each router in turn, so every
@@ -143,6 +147,7 @@ impl Realiser {
             op: Mutex::new(()),
             reaper,
             memo: Mutex::new(HashMap::new()),
+            uplinks: Mutex::new(HashMap::new()),
             router_hook: OnceLock::new(),
             passes: AtomicU64::new(0),
             inside_cursor: AtomicUsize::new(0),

@@ -36,6 +36,10 @@ impl Realiser {
         // A physical network with no mapping gets a bridge without uplink (single-host setups,
         // tests); a mapping to a missing interface is an error below.
         let uplink = self.uplink(net, known.is_some())?;
+        lock(&self.uplinks).insert(
+            net.id.clone(),
+            uplink.as_ref().map(|u| u.name().to_string()),
+        );
         let br = names::bridge(&net.id);
         // Steady state seen in a reconcile dump: nothing to do, no thread.
         if let Some(k) = known
@@ -149,6 +153,7 @@ impl Realiser {
             network_id: network_id.to_string(),
         };
         self.owned.record(&retired, &record)?;
+        let uplink = lock(&self.uplinks).remove(network_id);
         let renamed = with_netlink(&self.daemon_ns, |h| {
             let retired = &retired;
             async move {
@@ -159,7 +164,19 @@ impl Realiser {
                     return Ok(false);
                 }
                 // Its uplink (a host interface, not ours) is free at once, as with a delete.
-                for port in link::ports_of(&h, l.index).await? {
+                // Known when this run converged the network; else the kernel's list of the
+                // bridge's ports, which it makes by looking at every device of the namespace
+                // (≈ 2 ms at 10 000 routers, most of a network delete).
+                let ports = match uplink {
+                    Some(None) => Vec::new(),
+                    Some(Some(dev)) => link::get_link(&h, &dev)
+                        .await?
+                        .filter(|u| u.controller == Some(l.index))
+                        .into_iter()
+                        .collect(),
+                    None => link::ports_of(&h, l.index).await?,
+                };
+                for port in ports {
                     link::release(&h, port.index).await?;
                 }
                 link::set_up(&h, l.index, false).await?;

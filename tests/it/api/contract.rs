@@ -327,6 +327,16 @@ fn networks_crud_filters_and_fields() {
             ("PUT", &path, rename, 404, "NetworkNotFound"),
         ],
     );
+
+    // The external network's bridge had the uplink; deleting the network frees it at once
+    // (the bridge itself is deleted later, by the reaper).
+    let master = || {
+        let l = tests::ip_json(&host.name, &["link", "show", "dev", "uplk0"]);
+        l[0]["master"].as_str().map(str::to_string)
+    };
+    assert!(master().is_some(), "uplk0 is enslaved");
+    expect(c.delete(&format!("/v2.0/networks/{ext}")), 204);
+    assert_eq!(master(), None, "uplk0 is free");
 }
 
 #[test]

@@ -730,7 +730,7 @@ fn block_progs(ns: &str, block: u32) -> Vec<String> {
 
 #[test]
 fn gateway_taps_share_filter_blocks_and_a_router_its_own() {
-    use router_ctl::datapath::filter::{ROUTER_BLOCK, TAP_EGRESS_BLOCK, TAP_INGRESS_BLOCK};
+    use router_ctl::datapath::filter::{ROUTER_BLOCK, tap_blocks};
     let h = RealiserHost::new(&[]);
     let [ext, int1, int2] = h.networks([true, false, false]);
     let r1 = router(
@@ -755,17 +755,22 @@ fn gateway_taps_share_filter_blocks_and_a_router_its_own() {
     let gw_tap =
         |r: &RouterSpec| names::tap_dev(&r.gateway.as_ref().expect("gateway").port.port_id);
     let (tap1, tap2) = (gw_tap(&r1), gw_tap(&r2));
-    let shared = (
-        Some(u64::from(TAP_INGRESS_BLOCK)),
-        Some(u64::from(TAP_EGRESS_BLOCK)),
-    );
-    for tap in [&tap1, &tap2] {
-        assert_eq!(qdisc_blocks(&host, tap), shared, "{tap}");
-    }
-    // One filter per block for every gateway tap, shown through each tap too.
-    assert_eq!(block_progs(&host, TAP_INGRESS_BLOCK), [programs::SNAT_OUT]);
-    assert_eq!(block_progs(&host, TAP_EGRESS_BLOCK), [programs::SNAT_IN]);
-    for tap in [&tap1, &tap2] {
+    let blocks = |tap: &str| {
+        let idx = link(&host, tap).unwrap_or_else(|| panic!("{tap} missing"))["ifindex"]
+            .as_u64()
+            .expect("ifindex") as u32;
+        tap_blocks(idx)
+    };
+    let (b1, b2) = (blocks(&tap1), blocks(&tap2));
+    for (tap, (ingress, egress)) in [(&tap1, b1), (&tap2, b2)] {
+        assert_eq!(
+            qdisc_blocks(&host, tap),
+            (Some(u64::from(ingress)), Some(u64::from(egress))),
+            "{tap}"
+        );
+        // One filter per block, whatever the taps bound to it, shown through each tap too.
+        assert_eq!(block_progs(&host, ingress), [programs::SNAT_OUT]);
+        assert_eq!(block_progs(&host, egress), [programs::SNAT_IN]);
         let progs: Vec<String> = tc_filters(&h.host, tap, "ingress")
             .into_iter()
             .map(|f| f.prog)
@@ -797,9 +802,12 @@ fn gateway_taps_share_filter_blocks_and_a_router_its_own() {
         (None, None),
         "{tap1} is gone or unbound"
     );
-    assert_eq!(qdisc_blocks(&host, &tap2), shared);
-    assert_eq!(block_progs(&host, TAP_INGRESS_BLOCK), [programs::SNAT_OUT]);
-    assert_eq!(block_progs(&host, TAP_EGRESS_BLOCK), [programs::SNAT_IN]);
+    assert_eq!(
+        qdisc_blocks(&host, &tap2),
+        (Some(u64::from(b2.0)), Some(u64::from(b2.1)))
+    );
+    assert_eq!(block_progs(&host, b2.0), [programs::SNAT_OUT]);
+    assert_eq!(block_progs(&host, b2.1), [programs::SNAT_IN]);
 }
 
 #[test]
