@@ -139,6 +139,8 @@ impl Realiser {
             if matches!(net.segment, Segment::Local)
                 && links.get(&names::bridge(&net.id)).is_some_and(|b| b.up)
             {
+                // A local network's bridge has no uplink (what retiring it needs to know).
+                lock(&self.uplinks).insert(net.id.clone(), None);
                 continue;
             }
             pass.current.network(&net.id, &mut |now| {
