@@ -19,24 +19,24 @@
 //! Shared blocks: the gateway taps of the daemon's namespace have their hooks bound to pairs
 //! of shared filter blocks (`tap_blocks`, a few dozen pairs for all taps), and the devices of
 //! a router namespace to one (`ROUTER_BLOCK`), so a filter is added once per block, not per
-//! device, and the host holds about one block per router instead of four. Why it matters: a veth has no
-//! `ndo_setup_tc`, so binding a block goes through `flow_indr_dev_setup_offload`, which walks
-//! a host-wide list of every bound block (newest first) looking for this one; at 10 000
-//! routers, with four private blocks each, that walk was ≈ 3 ms a bind and the only cost of
-//! making a router that still grew with their number. The kernel refuses filter changes made
-//! through a device whose hook is on a shared block (`EOPNOTSUPP`), so they go to the block
-//! (`tc_netlink`), and a device leaves its block by losing its qdisc. Devices of an earlier
-//! version keep their own blocks and are served through the device as before.
+//! device, and the host holds about one block per router instead of four. Why it matters: a
+//! veth has no `ndo_setup_tc`, so binding a block goes through `flow_indr_dev_setup_offload`,
+//! which walks a host-wide list of every bound block (newest first) looking for this one; at
+//! 10 000 routers, with four private blocks each, that walk was ≈ 3 ms a bind and the only
+//! cost of making a router that still grew with their number. The kernel refuses filter
+//! changes made through a device whose hook is on a shared block (`EOPNOTSUPP`), so they go
+//! to the block (`tc_netlink`), and a device leaves its block by losing its qdisc. Devices of
+//! an earlier version keep their own blocks and are served through the device as before.
 
 use std::io::ErrorKind;
 
 use anyhow::{Result, anyhow};
-
-use super::tc_netlink::{Slot, TcSocket};
 use aya::programs::{
     ProgramError, SchedClassifier, TcAttachType,
     tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
 };
+
+use super::tc_netlink::{Slot, TcSocket};
 
 /// tc priority of every filter this datapath installs (`tc filter show` prints it as `pref`).
 pub const PRIORITY: u16 = 1;

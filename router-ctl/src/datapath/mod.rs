@@ -304,9 +304,9 @@ impl Datapath {
     ///
     /// A new tap's hooks are bound to a pair of the daemon namespace's shared tap blocks,
     /// which hold the filters (`filter`, "Shared blocks"): one `clsact` with its two
-    /// bindings, and the filters are added once per pair, not per tap. A filter left by an earlier run is kept and
-    /// atomically switched to the program loaded now; a tap of an earlier version keeps its
-    /// own blocks and filters.
+    /// bindings, and the filters are added once per pair, not per tap. A filter left by an
+    /// earlier run is kept and atomically switched to the program loaded now; a tap of an
+    /// earlier version keeps its own blocks and filters.
     pub fn attach(&self, dev: &str) -> Result<u32> {
         let ifindex = ifindex_of(dev)?;
         let mut inner = self.lock();

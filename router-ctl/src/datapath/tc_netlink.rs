@@ -1,7 +1,8 @@
 //! The tc requests aya 0.14 cannot make, over a blocking netlink socket of the calling
-//! thread's namespace (`net::rtnl`): qdiscs bound to shared filter blocks, and `cls_bpf` filters placed on a
-//! block rather than on a device (`TCM_IFINDEX_MAGIC_BLOCK`). Blocking because the datapath's
-//! attach calls run inside a namespace on a plain thread, where aya's own calls run too.
+//! thread's namespace (`net::rtnl`): qdiscs bound to shared filter blocks, and `cls_bpf`
+//! filters placed on a block rather than on a device (`TCM_IFINDEX_MAGIC_BLOCK`). Blocking
+//! because the datapath's attach calls run inside a namespace on a plain thread, where aya's
+//! own calls run too.
 
 use std::{
     io,
@@ -35,7 +36,6 @@ pub struct Slot {
 pub struct BlockFilter {
     pub priority: u16,
     pub handle: u32,
-    pub name: Option<String>,
     pub prog_id: Option<u32>,
 }
 
@@ -142,7 +142,6 @@ impl TcSocket {
                 let mut f = BlockFilter {
                     priority: (m.header.info >> 16) as u16,
                     handle: u32::from(m.header.handle),
-                    name: None,
                     prog_id: None,
                 };
                 for a in &m.attributes {
@@ -150,12 +149,8 @@ impl TcSocket {
                         continue;
                     };
                     for o in opts {
-                        match o {
-                            TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => {
-                                f.name = Some(n.clone())
-                            }
-                            TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => f.prog_id = Some(*id),
-                            _ => {}
+                        if let TcOption::Bpf(TcFilterBpfOption::ProgId(id)) = o {
+                            f.prog_id = Some(*id);
                         }
                     }
                 }

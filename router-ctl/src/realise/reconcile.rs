@@ -140,7 +140,7 @@ impl Realiser {
                 && links.get(&names::bridge(&net.id)).is_some_and(|b| b.up)
             {
                 // A local network's bridge has no uplink (what retiring it needs to know).
-                lock(&self.uplinks).insert(net.id.clone(), None);
+                lock(&self.uplinks).entry(net.id.clone()).or_insert(None);
                 continue;
             }
             pass.current.network(&net.id, &mut |now| {
