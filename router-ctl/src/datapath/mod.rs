@@ -65,8 +65,9 @@ pub use router::RouterNat;
 pub struct GcReport {
     /// Sessions removed because they idled past their state's timeout.
     pub expired: usize,
-    /// Sessions that were not assured, dropped early because the table or their router's
-    /// share of it was crowded.
+    /// Sessions dropped early (not assured, or a TCP connection closing:
+    /// `sessions::droppable_early`) because the table or their router's share of it was
+    /// crowded.
     pub dropped_early: usize,
     /// Entries (sessions and aliases) left in the table.
     pub entries: usize,

@@ -9,10 +9,12 @@
 //! state's timeout (a TCP SYN answered by a RST at once), and while a router holds 3/4 of its
 //! cap or the table is 3/4 full ([`Limits`]) the GC runs every second and drops sessions that
 //! are not assured ([`router_common::nat::assured`]: unanswered flows, refused connections,
-//! single exchanges), least recently seen first: a crowded router's own down to half its cap,
-//! then, if the table is still crowded, anyone's down to half the table. An assured session (an established TCP connection, a UDP exchange that goes on)
-//! is never dropped before its timeout, so a flood of new flows cannot push out live
-//! connections, which an LRU table would do, and one router's flood never reaches another's.
+//! single exchanges) and TCP connections already closing ([`droppable_early`]), least recently
+//! seen first: a crowded router's own down to half its cap, then, if the table is still
+//! crowded, anyone's down to half the table. A live assured session (an established TCP
+//! connection, a UDP exchange that goes on) is never dropped before its timeout, so a flood of
+//! new flows cannot push out live connections, which an LRU table would do, and one router's
+//! flood never reaches another's.
 
 use std::{
     collections::HashMap,
@@ -23,7 +25,8 @@ use std::{
 use ipnet::Ipv4Net;
 
 use router_common::{
-    DIR_IN, DIR_OUT, IPPROTO_ICMP, MAX_SESSIONS, SESSION_SNAT, SessionKey, SessionValue,
+    DIR_IN, DIR_OUT, IPPROTO_ICMP, IPPROTO_TCP, MAX_SESSIONS, SESSION_SNAT, SessionKey,
+    SessionValue,
     nat::{SessionState, alias_hint_slot, assured, opened_and_reset, proto_name},
 };
 
@@ -217,12 +220,28 @@ pub fn per_router(
     n
 }
 
+/// Whether the GC may drop a session before its timeout when the table or its router is
+/// crowded, as conntrack's GC may (`gc_worker_can_early_drop`): one that is not assured, or a
+/// TCP connection that is closing (a FIN or a RST seen, conntrack's `tcp_can_early_drop`).
+/// A closed connection was assured but has nothing left to carry, and it stays for
+/// `tcp_time_wait`: a client that opens and closes connections at a high rate (HTTP/1.0,
+/// health checks, `connect-request-close` in the bench) leaves one per connection, and kept,
+/// they would hold its router at its cap and refuse every new connection until they expire.
+pub fn droppable_early(proto: u8, state: u8) -> bool {
+    !assured(proto, state)
+        || (proto == IPPROTO_TCP
+            && matches!(
+                SessionState::derive(proto, state),
+                SessionState::Closing | SessionState::TimeWait | SessionState::Close
+            ))
+}
+
 /// Keys the GC drops early: `entries` is the table as read, `gone` what this pass removes
-/// anyway (expired). Only sessions that are not assured go, each with its alias, least
+/// anyway (expired). Only sessions [`droppable_early`] go, each with its alias, least
 /// recently seen first: first those of every router holding at least `router_high` entries,
 /// until it holds at most `router_low` (a router's flood is its own problem, and a router over
 /// its cap loses its own first); then, while the rest of the table holds at least
-/// `table_high`, anyone's until at most `table_low` are left. Assured sessions are never
+/// `table_high`, anyone's until at most `table_low` are left. Live assured sessions are never
 /// dropped.
 pub fn early_drop(
     entries: &HashMap<SessionKey, SessionValue>,
@@ -242,7 +261,7 @@ pub fn early_drop(
     }
     let mut candidates: Vec<(&SessionKey, &SessionValue)> = entries
         .iter()
-        .filter(|(k, v)| k.dir == DIR_IN && !assured(k.proto, v.state) && !gone.contains(k))
+        .filter(|(k, v)| k.dir == DIR_IN && droppable_early(k.proto, v.state) && !gone.contains(k))
         .collect();
     candidates.sort_unstable_by_key(|(_, v)| v.last_seen_ns);
     let mut doomed = Vec::new();

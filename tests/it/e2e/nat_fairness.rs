@@ -117,11 +117,12 @@ fn new_connection(vm: &Netns, msg: &str) -> std::io::Result<()> {
     echo(&s, msg)
 }
 
-/// The daemon's GC loop: a poll a second, a pass when `GcPace` says so.
-fn gc_thread(dp: Arc<Datapath>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+/// The daemon's GC loop: a poll a second, a pass when `GcPace` says so. Returns the passes
+/// and the sessions they dropped early.
+fn gc_thread(dp: Arc<Datapath>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, usize)> {
     std::thread::spawn(move || {
         let mut pace = GcPace::new(Duration::from_secs(10), &dp.limits());
-        let mut passes = 0;
+        let (mut passes, mut dropped) = (0, 0);
         while !stop.load(Ordering::Relaxed) {
             let p = dp.pressure().expect("pressure");
             let now = Instant::now();
@@ -129,10 +130,11 @@ fn gc_thread(dp: Arc<Datapath>, stop: Arc<AtomicBool>) -> std::thread::JoinHandl
                 let r = dp.gc().expect("gc pass");
                 pace.ran(now, &p, r.entries);
                 passes += 1;
+                dropped += r.dropped_early;
             }
             std::thread::sleep(GcPace::POLL);
         }
-        passes
+        (passes, dropped)
     })
 }
 
@@ -264,7 +266,7 @@ fn a_flooding_router_keeps_to_its_share_and_the_others_get_through() {
     );
     let recovered = stopped.elapsed();
     stop.store(true, Ordering::Relaxed);
-    let passes = gc.join().expect("gc thread");
+    let (passes, _) = gc.join().expect("gc thread");
     eprintln!(
         "flood {:?}: A dropped {} new flows at its cap ({} entries at most), B 50/50, A new again after {recovered:?}, {passes} GC passes",
         FLOOD, sa["drop_router_quota"], most
@@ -272,6 +274,87 @@ fn a_flooding_router_keeps_to_its_share_and_the_others_get_through() {
     for side in [&a, &b] {
         host.enter(|| dp.detach(&side.tap).expect("detach"));
     }
+}
+
+/// A VM that opens and closes connections faster than they expire leaves its router one
+/// closed connection each (`TIME_WAIT`, here for an hour). The GC drops closing connections
+/// under pressure, as conntrack's does, so the router does not sit at its cap refusing every
+/// new connection until they expire: each connection gets through, at worst after a SYN
+/// retransmission (the router reached its cap between two passes).
+#[test]
+fn closed_connections_never_hold_a_router_at_its_cap() {
+    let host = Netns::new("fch");
+    let srv = Netns::new("fcs");
+    host.ip(&["link", "add", "name", "brf", "type", "bridge"]);
+    host.ip(&["link", "set", "brf", "up"]);
+    veth(&host, "hsrv", &srv, "eth0");
+    host.ip(&["link", "set", "hsrv", "master", "brf"]);
+    srv.ip(&["addr", "add", &format!("{SRV}/24"), "dev", "eth0"]);
+    let a = side(&host, "192.0.2.10", "10.0.0");
+
+    let bpffs = Bpffs::new();
+    let nat = NatConfig {
+        max_sessions: 2048,
+        tcp_time_wait: 3600,
+        ..NatConfig::default()
+    };
+    let dp = Datapath::open(bpffs.path(), &nat).unwrap_or_else(|e| panic!("open: {e:#}"));
+    let cap = nat.sessions_per_router() as usize;
+    assert_eq!(cap, 512, "the default quarter");
+    let ifindex = host.enter(|| dp.attach(&a.tap).expect("attach"));
+    dp.configure_router(&RouterNat {
+        dp_id: A,
+        ifindex,
+        gateway_ip: "192.0.2.10".parse().expect("ip"),
+        enable_snat: true,
+        internal_cidrs: vec!["10.0.0.0/24".parse().expect("cidr")],
+    })
+    .expect("configure router");
+    echo_server(&srv);
+    let stop = Arc::new(AtomicBool::new(false));
+    let gc = gc_thread(dp.clone(), stop.clone());
+
+    // Three times the cap, one after another, each closed by the VM first.
+    let n = 3 * cap;
+    let start = Instant::now();
+    let (mut retried, mut most) = (0, 0);
+    for i in 0..n {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match new_connection(&a.vm, &format!("c{i}")) {
+                Ok(()) => break,
+                Err(e) => assert!(
+                    attempts < 3,
+                    "connection {i} of {n} failed {attempts} times after {:?} ({e}); {} \
+                     entries, A: {:?}",
+                    start.elapsed(),
+                    dp.session_count(A),
+                    dp.stats(A)
+                ),
+            }
+        }
+        retried += usize::from(attempts > 1);
+        most = most.max(dp.session_count(A));
+    }
+    let took = start.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    let (passes, dropped) = gc.join().expect("gc thread");
+    let sa = dp.stats(A).expect("stats");
+    assert!(
+        most <= cap as u64 + 64,
+        "A held {most} entries with a cap of {cap}"
+    );
+    assert!(
+        dropped + cap + 64 >= n,
+        "{dropped} sessions dropped early for {n} closed connections and a cap of {cap}"
+    );
+    eprintln!(
+        "{n} connections in {took:?} ({retried} after a refusal, {} new flows refused at the cap), \
+         at most {most} entries, {passes} GC passes dropped {dropped} closed connections",
+        sa["drop_router_quota"]
+    );
+    host.enter(|| dp.detach(&a.tap).expect("detach"));
 }
 
 /// A session of router 7 whose SYN was answered by a RST (closed at once by the next pass),

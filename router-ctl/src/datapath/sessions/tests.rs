@@ -3,7 +3,7 @@
 
 use super::*;
 use router_common::{
-    IPPROTO_TCP, IPPROTO_UDP, ST_ACK, ST_REPLY_SHIFT, ST_RST, ST_SEEN, ST_SYN, ip_to_wire,
+    IPPROTO_TCP, IPPROTO_UDP, ST_ACK, ST_FIN, ST_REPLY_SHIFT, ST_RST, ST_SEEN, ST_SYN, ip_to_wire,
     port_to_wire,
 };
 
@@ -249,6 +249,61 @@ fn early_drop_takes_sessions_not_assured_oldest_first_and_never_assured_ones() {
         .map(|k| k.proto)
         .collect();
     assert_eq!(gone.len(), 2, "both go first, being the oldest: {doomed:?}");
+}
+
+/// Conntrack's GC drops closing TCP connections under pressure although they were assured
+/// (`tcp_can_early_drop`); so does this one, and never a live connection, however old.
+#[test]
+fn early_drop_takes_closing_connections_and_never_live_ones() {
+    let est = ST_SYN | ST_ACK | ST_SEEN | (ST_ACK << ST_REPLY_SHIFT);
+    let closing = est | ST_FIN;
+    let time_wait = closing | (ST_FIN << ST_REPLY_SHIFT);
+    let reset = est | (ST_RST << ST_REPLY_SHIFT);
+    let mut m = HashMap::new();
+    // The live connections are the oldest; then ten of each closing kind.
+    for (n, state) in [est, closing, time_wait, reset].into_iter().enumerate() {
+        for i in 0..10u16 {
+            let last = (n as u64) * 100 + u64::from(i);
+            m.extend(session(
+                IPPROTO_TCP,
+                2000 + (n as u16) * 100 + i,
+                last,
+                state,
+                false,
+            ));
+        }
+    }
+    assert_eq!(m.len(), 40);
+    for (state, want) in [
+        (est, SessionState::Established),
+        (closing, SessionState::Closing),
+        (time_wait, SessionState::TimeWait),
+        (reset, SessionState::Close),
+    ] {
+        assert_eq!(SessionState::derive(IPPROTO_TCP, state), want);
+        assert_eq!(
+            droppable_early(IPPROTO_TCP, state),
+            want != SessionState::Established
+        );
+    }
+    assert!(
+        assured(IPPROTO_TCP, time_wait),
+        "assured, and still droppable"
+    );
+
+    // Crowded at 36 of 48, down to 24: 16 go, the oldest closing ones first.
+    let doomed = early_drop(&m, &[], &table(48));
+    assert_eq!(doomed.len(), 16, "{doomed:?}");
+    assert!(
+        doomed
+            .iter()
+            .all(|k| m[k].state == closing || m[k].state == time_wait)
+    );
+    assert_eq!(doomed.iter().filter(|k| m[*k].state == closing).count(), 10);
+    // With nothing else to drop, every closing connection goes and every live one stays.
+    let all = early_drop(&m, &[], &table(2));
+    assert_eq!(all.len(), 30);
+    assert!(all.iter().all(|k| m[k].state != est));
 }
 
 /// `n` unreplied TCP sessions (SYN_SENT) of router `router`, last seen at `first`, …
