@@ -110,7 +110,12 @@ impl Env {
     pub fn start(bin: &Path, kind: Kind) -> Result<Self> {
         let host = super::ns::new(&format!("host{}", tag(kind)))?;
         // Short UDP timeouts so the new-flow runs of earlier rounds are collected before the next.
-        let nat = "[nat]\nudp_unreplied = 2\ngc_interval = 1\n";
+        // The bench's one router may hold the whole table (the default `max_sessions`), as the
+        // one conntrack table of (b) and (c) has no per-router share: the default cap, a quarter,
+        // is a fairness policy (tests/it/e2e/nat_fairness.rs), and at this machine's rates a
+        // new-flow run (`FLOW_CAP`) on top of the `TIME_WAIT` sessions the connect-request-close
+        // run before it left reached it, so the datapath refused flows conntrack took.
+        let nat = "[nat]\nudp_unreplied = 2\ngc_interval = 1\nmax_sessions = 262144\nmax_sessions_per_router = 262144\n";
         let datapath = format!("[datapath]\nfast_path = {}\n", fast_path(kind));
         let mut config_note = None;
         let daemon = match spawn(bin, &host, kind, format!("{nat}{datapath}")) {
