@@ -40,26 +40,36 @@ const BATCH: usize = 64;
 const PPS_PAYLOAD: usize = 64;
 
 /// TCP throughput in Gbit/s with `streams` parallel iperf3 streams for `secs` seconds.
+///
+/// The client runs on CPU 0 and the server on CPU 1 (`-A 0,1`) where there are two: iperf3
+/// (3.12) serves all its streams from one thread, and left to the scheduler, client and server
+/// shared a CPU in some samples and not in others, which put most of every configuration's
+/// 8-stream samples near 16 Gbit/s and the rest near 32 on a 2-core VM. Pinned, most samples
+/// of every configuration are near 30; one in five or so still falls to 15–21.
 pub fn tcp_gbps(t: &Topology, streams: u32, secs: u64) -> Result<f64> {
     check_interrupted()?;
     let ip = t.server_ip.to_string();
-    let out = t.client.run_for(
-        Duration::from_secs(secs + 20),
-        "iperf3",
-        &[
-            "-c",
-            &ip,
-            "-p",
-            &IPERF_PORT.to_string(),
-            "-t",
-            &secs.to_string(),
-            "-P",
-            &streams.to_string(),
-            "-J",
-            "--connect-timeout",
-            "3000",
-        ],
-    )?;
+    let port = IPERF_PORT.to_string();
+    let (secs_arg, streams_arg) = (secs.to_string(), streams.to_string());
+    let mut args = vec![
+        "-c",
+        &ip,
+        "-p",
+        &port,
+        "-t",
+        &secs_arg,
+        "-P",
+        &streams_arg,
+        "-J",
+        "--connect-timeout",
+        "3000",
+    ];
+    if std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2) {
+        args.extend(["-A", "0,1"]);
+    }
+    let out = t
+        .client
+        .run_for(Duration::from_secs(secs + 20), "iperf3", &args)?;
     let v: serde_json::Value =
         serde_json::from_slice(&out.stdout).context("parsing iperf3 -J output")?;
     if let Some(e) = v["error"].as_str() {
