@@ -25,7 +25,10 @@ mod tc_netlink;
 use std::{
     collections::{BTreeMap, HashMap as StdHashMap},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicBool, Ordering},
+    },
 };
 
 use anyhow::{Context as _, Result, anyhow};
@@ -113,6 +116,10 @@ pub struct Datapath {
     counts: counts::RouterSessions,
     /// The table's size and the per-router cap, as loaded.
     limits: sessions::Limits,
+    /// Whether a GC pass has moved every router's count to what its walk found. Until one
+    /// has, a count may read 0 for a router that holds entries (after a crash, or an upgrade
+    /// from a datapath that did not count), so a flush walks the table whatever it says.
+    counts_repaired: AtomicBool,
 }
 
 // The daemon shares one `Arc<Datapath>` between its API tasks, the realiser and the GC loop.
@@ -287,6 +294,7 @@ impl Datapath {
             hints: alias_hints,
             counts,
             limits: sessions::Limits::new(nat),
+            counts_repaired: AtomicBool::new(false),
         }))
     }
 
@@ -512,6 +520,7 @@ impl Datapath {
         self.hints
             .clear_unused(&hinted, &sessions::alias_slots(&entries, &doomed));
         self.correct_counts(&counted, &entries, &doomed);
+        self.counts_repaired.store(true, Ordering::Release);
         Ok(GcReport {
             expired,
             dropped_early,

@@ -86,7 +86,7 @@ impl Datapath {
         }
         // `snat_out` trusts a session without asking the trie: sessions whose internal end
         // left the router's subnets go with them (after the trie, so none is re-created).
-        if !stale.is_empty() {
+        if !stale.is_empty() && self.may_hold_sessions(nat.dp_id) {
             let gone = flush_outside(&mut inner, nat.dp_id, &nat.internal_cidrs)?;
             self.uncount(nat.dp_id, gone);
         }
@@ -101,7 +101,7 @@ impl Datapath {
             .iter()
             .any(|(_, c)| c.gateway_ip != cfg.gateway_ip || c.flags & ROUTER_F_SNAT == 0);
         if changed || !nat.enable_snat {
-            let gone = flush_router(&mut inner, nat.dp_id)?;
+            let gone = flush_router(&mut inner, nat.dp_id, self.may_hold_sessions(nat.dp_id))?;
             self.uncount(nat.dp_id, gone.entries);
         }
         Ok(())
@@ -115,7 +115,7 @@ impl Datapath {
         for k in &inner.cidrs.of_router(dp_id) {
             inner.cidrs.remove(k)?;
         }
-        flush_router(&mut inner, dp_id)?;
+        flush_router(&mut inner, dp_id, self.may_hold_sessions(dp_id))?;
         fip::remove_router(&mut inner, dp_id)?;
         fast::remove_router(&mut inner, dp_id)?;
         zero_stats(&mut inner, dp_id)?;
@@ -127,9 +127,24 @@ impl Datapath {
     /// Deletes every session of the router; returns how many.
     pub fn flush_sessions(&self, dp_id: u32) -> Result<usize> {
         let mut inner = self.lock();
-        let n = flush_router(&mut inner, dp_id)?;
+        let n = flush_router(&mut inner, dp_id, self.may_hold_sessions(dp_id))?;
         self.uncount(dp_id, n.entries);
         Ok(n.sessions)
+    }
+
+    /// Whether router `dp_id` may hold entries of the session table, so that flushing them
+    /// must read the table: its count says so, or no GC pass has repaired the counts yet
+    /// (`counts_repaired`). Reading the table costs a copy of every entry of every router;
+    /// done for each router deleted, gateway cleared or subnet removed, it made those calls
+    /// O(sessions on the node) whether the router had a session or not. A count of 0 with an
+    /// entry the datapath is inserting at this moment is the race a read of the table has as
+    /// well (an entry inserted after the read); the router's config goes first, so no new
+    /// flow of a router being removed starts after it.
+    fn may_hold_sessions(&self, dp_id: u32) -> bool {
+        !self
+            .counts_repaired
+            .load(std::sync::atomic::Ordering::Acquire)
+            || self.counts.get(dp_id) != 0
     }
 
     /// Takes `entries` the daemon deleted off router `dp_id`'s count, at most what it holds
@@ -168,12 +183,17 @@ struct Flushed {
     entries: usize,
 }
 
-/// Deletes the sessions and fragment entries of one router.
-fn flush_router(inner: &mut Inner, dp_id: u32) -> Result<Flushed> {
-    let keys: Vec<SessionKey> = read_session_map(&inner.sessions)?
-        .into_keys()
-        .filter(|k| u32::from(k.router_id) == dp_id)
-        .collect();
+/// Deletes the fragment entries of one router and, with `sessions`, its sessions (without,
+/// the caller knows it holds none: `Datapath::may_hold_sessions`).
+fn flush_router(inner: &mut Inner, dp_id: u32, sessions: bool) -> Result<Flushed> {
+    let keys: Vec<SessionKey> = if sessions {
+        read_session_map(&inner.sessions)?
+            .into_keys()
+            .filter(|k| u32::from(k.router_id) == dp_id)
+            .collect()
+    } else {
+        Vec::new()
+    };
     let mut n = 0;
     for k in &keys {
         remove_missing_ok(inner.sessions.remove(k))?;

@@ -465,6 +465,27 @@ fn flush_and_remove_router_forget_sessions() {
     assert_eq!(fx.dp.stats(DP_ID).expect("stats")["out_packets"], 0);
 }
 
+/// Once a GC pass has repaired the counts, a flush reads the table only for a router whose
+/// count says it holds entries: the sessions the datapath made are counted, and flushed.
+#[test]
+fn flushes_after_a_gc_pass_go_by_the_counts() {
+    let fx = snat();
+    fx.dp.gc().expect("gc pass");
+    fx.out(&udp_frame(VM1, 40000, SRV, 53));
+    fx.out(&tcp_frame(VM1, 40000, SRV, 80, SYN));
+    assert_eq!(fx.dp.session_count(DP_ID), 2);
+    assert_eq!(fx.dp.flush_sessions(DP_ID).expect("flush"), 2);
+    assert_eq!(fx.dp.session_count(DP_ID), 0);
+    let r = udp_frame(SRV, 53, GW, 40000);
+    assert_eq!(fx.inn(&r), r, "no session after flush");
+    assert_eq!(fx.dp.flush_sessions(DP_ID).expect("flush"), 0);
+    fx.out(&udp_frame(VM1, 40000, SRV, 53));
+    fx.dp.gc().expect("gc pass");
+    assert_eq!(fx.dp.session_count(DP_ID), 1);
+    fx.dp.remove_router(DP_ID).expect("remove router");
+    assert!(fx.sessions().is_empty());
+}
+
 /// The router config of the fixture with other internal CIDRs (and gateway `gw`).
 fn router(gw: [u8; 4], cidrs: &[&str]) -> RouterNat {
     testrun_router(DP_ID, gw, cidrs)
