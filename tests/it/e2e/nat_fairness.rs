@@ -46,6 +46,19 @@ struct Side {
     tap: String,
 }
 
+/// The host namespace with its bridge `brf`, and the server on it at `SRV` (echoing nothing
+/// yet: `echo_server`).
+fn host_and_server(host: &str, srv: &str) -> (Netns, Netns) {
+    let host = Netns::new(host);
+    let srv = Netns::new(srv);
+    host.ip(&["link", "add", "name", "brf", "type", "bridge"]);
+    host.ip(&["link", "set", "brf", "up"]);
+    veth(&host, "hsrv", &srv, "eth0");
+    host.ip(&["link", "set", "hsrv", "master", "brf"]);
+    srv.ip(&["addr", "add", &format!("{SRV}/24"), "dev", "eth0"]);
+    (host, srv)
+}
+
 /// A VM behind its own router namespace, the router's `qg` tap on the host's bridge.
 fn side(host: &Netns, gw: &str, net: &str) -> Side {
     let vm = Netns::new("fvm");
@@ -157,13 +170,7 @@ fn flooder(vm: &Netns, i: usize) -> Child {
 
 #[test]
 fn a_flooding_router_keeps_to_its_share_and_the_others_get_through() {
-    let host = Netns::new("fhs");
-    let srv = Netns::new("fsv");
-    host.ip(&["link", "add", "name", "brf", "type", "bridge"]);
-    host.ip(&["link", "set", "brf", "up"]);
-    veth(&host, "hsrv", &srv, "eth0");
-    host.ip(&["link", "set", "hsrv", "master", "brf"]);
-    srv.ip(&["addr", "add", &format!("{SRV}/24"), "dev", "eth0"]);
+    let (host, srv) = host_and_server("fhs", "fsv");
     let a = side(&host, "192.0.2.10", "10.0.0");
     let b = side(&host, "192.0.2.20", "10.1.0");
 
@@ -283,13 +290,7 @@ fn a_flooding_router_keeps_to_its_share_and_the_others_get_through() {
 /// retransmission (the router reached its cap between two passes).
 #[test]
 fn closed_connections_never_hold_a_router_at_its_cap() {
-    let host = Netns::new("fch");
-    let srv = Netns::new("fcs");
-    host.ip(&["link", "add", "name", "brf", "type", "bridge"]);
-    host.ip(&["link", "set", "brf", "up"]);
-    veth(&host, "hsrv", &srv, "eth0");
-    host.ip(&["link", "set", "hsrv", "master", "brf"]);
-    srv.ip(&["addr", "add", &format!("{SRV}/24"), "dev", "eth0"]);
+    let (host, srv) = host_and_server("fch", "fcs");
     let a = side(&host, "192.0.2.10", "10.0.0");
 
     let bpffs = Bpffs::new();
