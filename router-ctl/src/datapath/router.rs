@@ -1,7 +1,7 @@
 //! Router configuration: a router's NAT config (`ROUTER_CONFIG`) and internal CIDRs
 //! (`INTERNAL_CIDRS`), and the flushes that keep its sessions consistent with them.
 
-use std::net::Ipv4Addr;
+use std::{net::Ipv4Addr, sync::atomic::Ordering};
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{PerCpuValues, lpm_trie::Key};
@@ -86,8 +86,8 @@ impl Datapath {
         }
         // `snat_out` trusts a session without asking the trie: sessions whose internal end
         // left the router's subnets go with them (after the trie, so none is re-created).
-        if !stale.is_empty() && self.may_hold_sessions(nat.dp_id) {
-            let gone = flush_outside(&mut inner, nat.dp_id, &nat.internal_cidrs)?;
+        if !stale.is_empty() {
+            let gone = self.flush_outside(&mut inner, nat.dp_id, &nat.internal_cidrs)?;
             self.uncount(nat.dp_id, gone);
         }
         // An identical entry (a restart adopting the router) is left as the kernel has it.
@@ -101,7 +101,7 @@ impl Datapath {
             .iter()
             .any(|(_, c)| c.gateway_ip != cfg.gateway_ip || c.flags & ROUTER_F_SNAT == 0);
         if changed || !nat.enable_snat {
-            let gone = flush_router(&mut inner, nat.dp_id, self.may_hold_sessions(nat.dp_id))?;
+            let gone = self.flush_router(&mut inner, nat.dp_id)?;
             self.uncount(nat.dp_id, gone.entries);
         }
         Ok(())
@@ -115,7 +115,7 @@ impl Datapath {
         for k in &inner.cidrs.of_router(dp_id) {
             inner.cidrs.remove(k)?;
         }
-        flush_router(&mut inner, dp_id, self.may_hold_sessions(dp_id))?;
+        self.flush_router(&mut inner, dp_id)?;
         fip::remove_router(&mut inner, dp_id)?;
         fast::remove_router(&mut inner, dp_id)?;
         zero_stats(&mut inner, dp_id)?;
@@ -127,7 +127,7 @@ impl Datapath {
     /// Deletes every session of the router; returns how many.
     pub fn flush_sessions(&self, dp_id: u32) -> Result<usize> {
         let mut inner = self.lock();
-        let n = flush_router(&mut inner, dp_id, self.may_hold_sessions(dp_id))?;
+        let n = self.flush_router(&mut inner, dp_id)?;
         self.uncount(dp_id, n.entries);
         Ok(n.sessions)
     }
@@ -141,10 +141,55 @@ impl Datapath {
     /// well (an entry inserted after the read); the router's config goes first, so no new
     /// flow of a router being removed starts after it.
     fn may_hold_sessions(&self, dp_id: u32) -> bool {
-        !self
-            .counts_repaired
-            .load(std::sync::atomic::Ordering::Acquire)
-            || self.counts.get(dp_id) != 0
+        !self.counts_repaired.load(Ordering::Acquire) || self.counts.get(dp_id) != 0
+    }
+
+    /// Deletes router `dp_id`'s SNAT sessions (and aliases) whose internal end is in none of
+    /// `cidrs`; returns how many entries went.
+    fn flush_outside(&self, inner: &mut Inner, dp_id: u32, cidrs: &[Ipv4Net]) -> Result<usize> {
+        if !self.may_hold_sessions(dp_id) {
+            return Ok(0);
+        }
+        let cidrs: Vec<Ipv4Net> = cidrs.iter().map(Ipv4Net::trunc).collect();
+        let doomed = sessions::outside(&read_session_map(&inner.sessions)?, dp_id, &cidrs);
+        for k in &doomed {
+            remove_missing_ok(inner.sessions.remove(k))?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Deletes the sessions (read only if it may hold any) and fragment entries of one router.
+    fn flush_router(&self, inner: &mut Inner, dp_id: u32) -> Result<Flushed> {
+        let keys: Vec<SessionKey> = if self.may_hold_sessions(dp_id) {
+            read_session_map(&inner.sessions)?
+                .into_keys()
+                .filter(|k| u32::from(k.router_id) == dp_id)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut n = 0;
+        for k in &keys {
+            remove_missing_ok(inner.sessions.remove(k))?;
+            if k.dir == router_common::DIR_IN {
+                n += 1;
+            }
+        }
+        let mut frags = Vec::new();
+        for k in inner.fragments.keys() {
+            match k {
+                Ok(k) if k.router_id == dp_id => frags.push(k),
+                Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        for k in &frags {
+            remove_missing_ok(inner.fragments.remove(k))?;
+        }
+        Ok(Flushed {
+            sessions: n,
+            entries: keys.len(),
+        })
     }
 
     /// Takes `entries` the daemon deleted off router `dp_id`'s count, at most what it holds
@@ -166,54 +211,8 @@ fn zero_stats(inner: &mut Inner, dp_id: u32) -> Result<()> {
         .with_context(|| format!("zeroing the counters of router number {dp_id}"))
 }
 
-/// Deletes router `dp_id`'s SNAT sessions (and aliases) whose internal end is in none of
-/// `cidrs`; returns how many entries went.
-fn flush_outside(inner: &mut Inner, dp_id: u32, cidrs: &[Ipv4Net]) -> Result<usize> {
-    let cidrs: Vec<Ipv4Net> = cidrs.iter().map(Ipv4Net::trunc).collect();
-    let doomed = sessions::outside(&read_session_map(&inner.sessions)?, dp_id, &cidrs);
-    for k in &doomed {
-        remove_missing_ok(inner.sessions.remove(k))?;
-    }
-    Ok(doomed.len())
-}
-
 /// What a flush deleted: sessions, and entries (sessions and forward aliases).
 struct Flushed {
     sessions: usize,
     entries: usize,
-}
-
-/// Deletes the fragment entries of one router and, with `sessions`, its sessions (without,
-/// the caller knows it holds none: `Datapath::may_hold_sessions`).
-fn flush_router(inner: &mut Inner, dp_id: u32, sessions: bool) -> Result<Flushed> {
-    let keys: Vec<SessionKey> = if sessions {
-        read_session_map(&inner.sessions)?
-            .into_keys()
-            .filter(|k| u32::from(k.router_id) == dp_id)
-            .collect()
-    } else {
-        Vec::new()
-    };
-    let mut n = 0;
-    for k in &keys {
-        remove_missing_ok(inner.sessions.remove(k))?;
-        if k.dir == router_common::DIR_IN {
-            n += 1;
-        }
-    }
-    let mut frags = Vec::new();
-    for k in inner.fragments.keys() {
-        match k {
-            Ok(k) if k.router_id == dp_id => frags.push(k),
-            Ok(_) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    for k in &frags {
-        remove_missing_ok(inner.fragments.remove(k))?;
-    }
-    Ok(Flushed {
-        sessions: n,
-        entries: keys.len(),
-    })
 }
