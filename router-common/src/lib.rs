@@ -41,6 +41,7 @@ pub mod maps {
     pub const FAST_IFS: &str = "FAST_IFS";
     pub const ALIAS_HINTS: &str = "ALIAS_HINTS";
     pub const ROUTER_SESSIONS: &str = "ROUTER_SESSIONS";
+    pub const ARP_PEERS: &str = "ARP_PEERS";
 }
 
 /// Globals of the object the daemon sets at load time (`EbpfLoader::set_global`): read-only
@@ -87,6 +88,9 @@ pub const MAX_SESSIONS: u32 = 262_144;
 pub const DEFAULT_SESSIONS_PER_ROUTER: u64 = MAX_SESSIONS as u64 / 4;
 /// Capacity of the fragment table.
 pub const MAX_FRAGMENTS: u32 = 16_384;
+/// Capacity of `ARP_PEERS`, an LRU: (router, address) pairs whose ARP a router's gateway sent
+/// recently enough to have a neighbour entry for the address.
+pub const MAX_ARP_PEERS: u32 = 65_536;
 /// Routers one daemon can serve (config, stats).
 pub const MAX_ROUTERS: u32 = 16_384;
 /// Internal CIDRs over all routers.
@@ -269,6 +273,17 @@ pub struct FragValue {
 }
 const _: () = assert!(core::mem::size_of::<FragValue>() == 8);
 
+/// Key of `ARP_PEERS`: a router and an address on its external network it sent ARP for (a
+/// request asking for it, or a reply to it), so it may hold a neighbour entry for it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ArpPeerKey {
+    pub router_id: u32,
+    /// wire order
+    pub addr: u32,
+}
+const _: () = assert!(core::mem::size_of::<ArpPeerKey>() == 8);
+
 /// Metadata: the well-known address instances ask and the port they ask on; the daemon's proxy
 /// listens on exactly that inside each router namespace (the address sits on its `lo`).
 pub const METADATA_IP: [u8; 4] = [169, 254, 169, 254];
@@ -359,4 +374,5 @@ mod pod {
     unsafe impl aya::Pod for PfKey {}
     unsafe impl aya::Pod for PfValue {}
     unsafe impl aya::Pod for FastIf {}
+    unsafe impl aya::Pod for ArpPeerKey {}
 }

@@ -93,6 +93,10 @@ counters! {
         /// routed, never translated (no NAT66, as in Neutron).
         Ipv6Packets => "ipv6_packets",
         Ipv6Bytes => "ipv6_bytes",
+        /// Dropped: gratuitous ARP on the external network for an address the router sent no
+        /// ARP for (it has no neighbour entry the announcement could update, so its kernel
+        /// would ignore it; see `router_ebpf::arp`).
+        AnnouncementsIgnored => "arp_announcements_ignored",
     }
 }
 

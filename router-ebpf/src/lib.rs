@@ -16,6 +16,7 @@
 )]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
 
+pub mod arp;
 pub mod csum;
 pub mod fast;
 pub mod fip;

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, lpm_trie::Key},
 };
 use router_common::{
-    CidrKey, DEFAULT_SESSIONS_PER_ROUTER, FragKey, FragValue, MAX_CIDRS, MAX_FRAGMENTS,
-    MAX_ROUTERS, MAX_SESSIONS, RouterConfig, RouterStats, SessionKey, SessionValue,
+    ArpPeerKey, CidrKey, DEFAULT_SESSIONS_PER_ROUTER, FragKey, FragValue, MAX_ARP_PEERS, MAX_CIDRS,
+    MAX_FRAGMENTS, MAX_ROUTERS, MAX_SESSIONS, RouterConfig, RouterStats, SessionKey, SessionValue,
     nat::ALIAS_HINT_SLOTS,
     stats::{Counter, GLOBAL_SLOTS, GlobalCounter},
 };
@@ -95,6 +95,11 @@ pub unsafe fn atomic_add(p: *mut u64, n: u64) {
 #[map]
 pub static FRAGMENTS: LruHashMap<FragKey, FragValue> =
     LruHashMap::with_max_entries(MAX_FRAGMENTS, 0);
+
+/// The addresses each router sent ARP for on its external network (`router_ebpf::arp`): an
+/// LRU, refreshed by every ARP the router sends, so an address it still talks to stays.
+#[map]
+pub static ARP_PEERS: LruHashMap<ArpPeerKey, u32> = LruHashMap::with_max_entries(MAX_ARP_PEERS, 0);
 
 /// Per-router counters: one slot per router number (`RouterConfig::router_id` <
 /// `MAX_ROUTERS`), so a lookup is an index the verifier inlines, not a hashed search. Every

@@ -15,6 +15,7 @@ use aya_ebpf::{
 use router_common::{ROUTER_F_FLOATING, ROUTER_F_SNAT, RouterConfig, ST_ACK, stats::Counter};
 
 use crate::{
+    arp,
     csum::{l4_csum, rewrite_addr, rewrite_port},
     frag,
     icmp::{self, ErrorResult},
@@ -98,6 +99,10 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
     let rid = cfg.router_id;
     if is_ipv6(ctx) {
         return Ok(routed_ipv6(ctx, rid));
+    }
+    if let Some(a) = arp::parse(ctx) {
+        arp::note_sent(rid, &a);
+        return Ok(pass(rid));
     }
     // Floating IPs and port forwardings first: they take precedence over SNAT.
     if cfg.flags & ROUTER_F_FLOATING != 0
@@ -198,6 +203,12 @@ pub fn snat_in(ctx: &TcContext) -> Result<i32, i32> {
     let rid = cfg.router_id;
     if is_ipv6(ctx) {
         return Ok(routed_ipv6(ctx, rid));
+    }
+    if let Some(a) = arp::parse(ctx) {
+        if arp::ignored_announcement(ctx, &cfg, &a) {
+            return Err(drop(rid, Counter::AnnouncementsIgnored));
+        }
+        return Ok(pass(rid));
     }
     // Nothing from the external network may reach the metadata proxy's address.
     if crate::fip::to_metadata(ctx) {

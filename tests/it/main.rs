@@ -3,6 +3,7 @@
 
 /// BPF TestRun: exact packet in, exact packet out, through the real object.
 mod testrun {
+    mod arp;
     mod fast;
     mod fip;
     mod ipv6;
@@ -16,6 +17,7 @@ mod testrun {
 /// Real traffic through namespaces, the daemon and its CLI.
 mod e2e {
     mod agent_rpc;
+    mod announcements;
     mod cli;
     mod cli_plug;
     mod crash;

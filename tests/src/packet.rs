@@ -185,6 +185,23 @@ pub fn frame_type(payload: &[u8], ethertype: u16) -> Vec<u8> {
     f
 }
 
+/// An Ethernet/IPv4 ARP frame (operation `op`: 1 request, 2 reply) from `sha` to Ethernet
+/// destination `dst`, the target hardware address zero.
+pub fn arp_frame(op: u16, sha: [u8; 6], sip: [u8; 4], tip: [u8; 4], dst: [u8; 6]) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&0x0806u16.to_be_bytes());
+    f.extend_from_slice(&1u16.to_be_bytes()); // Ethernet
+    f.extend_from_slice(&0x0800u16.to_be_bytes()); // IPv4
+    f.extend_from_slice(&[6, 4]);
+    f.extend_from_slice(&op.to_be_bytes());
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&sip);
+    f.extend_from_slice(&[0; 6]);
+    f.extend_from_slice(&tip);
+    f
+}
+
 /// Shorthand: Ethernet + IPv4 (defaults) + TCP.
 pub fn tcp_frame(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, flags: u8) -> Vec<u8> {
     frame(&Ipv4::new(src, dst, TCP).packet(&tcp(src, dst, sport, dport, flags, &[], b"hello")))

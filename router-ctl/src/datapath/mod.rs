@@ -149,7 +149,7 @@ const LEGACY_HOOKS: [(&str, TcAttachType, &str); 1] =
     [(programs::INTERNAL_OUT, TcAttachType::Ingress, "ingress")];
 
 /// Every map of the object, pinned by name (also what tests pin to play an older daemon).
-pub const MAP_NAMES: [&str; 12] = [
+pub const MAP_NAMES: [&str; 13] = [
     maps::INTERNAL_IFS,
     maps::FAST_IFS,
     maps::FLOATING_IPS,
@@ -162,6 +162,7 @@ pub const MAP_NAMES: [&str; 12] = [
     maps::GLOBAL_STATS,
     maps::ALIAS_HINTS,
     maps::ROUTER_SESSIONS,
+    maps::ARP_PEERS,
 ];
 
 /// Current CLOCK_MONOTONIC in ns: the clock of the datapath's `last_seen_ns`.
