@@ -27,10 +27,11 @@ use router_common::{ArpPeerKey, RouterConfig};
 
 use crate::{
     maps::ARP_PEERS,
-    parse::{ETH_HLEN, ETH_PROTO_OFF, load},
+    parse::{ETH_HLEN, load},
 };
 
-const ETH_P_ARP_WIRE: u16 = 0x0806u16.to_be();
+/// EtherType ARP, wire order.
+pub const ETH_P_ARP_WIRE: u16 = 0x0806u16.to_be();
 const ARPHRD_ETHER_WIRE: u16 = 1u16.to_be();
 const ETH_P_IP_WIRE: u16 = 0x0800u16.to_be();
 const ARPOP_REQUEST_WIRE: u16 = 1u16.to_be();
@@ -72,12 +73,10 @@ impl ArpIpv4 {
     }
 }
 
-/// The frame's Ethernet/IPv4 ARP packet, if it is one.
+/// The Ethernet/IPv4 ARP packet of a frame whose EtherType is ARP, if it is one (the caller
+/// has read the EtherType for its own dispatch: IPv4 packets pay no second look).
 #[inline(always)]
 pub fn parse(ctx: &TcContext) -> Option<ArpIpv4> {
-    if !matches!(load::<u16>(ctx, ETH_PROTO_OFF), Ok(p) if p == ETH_P_ARP_WIRE) {
-        return None;
-    }
     let a: ArpIpv4 = load(ctx, ETH_HLEN).ok()?;
     (a.htype == ARPHRD_ETHER_WIRE && a.ptype == ETH_P_IP_WIRE && a.hlen == 6 && a.plen == 4)
         .then_some(a)
@@ -94,7 +93,7 @@ pub fn note_sent(router_id: u32, arp: &ArpIpv4) {
         addr: arp.target(),
     };
     // Insert or refresh; a full LRU makes room itself, so this cannot fail for want of it.
-    let _ = ARP_PEERS.insert(&key, &0, 0);
+    let _ = ARP_PEERS.insert(key, 0, 0);
 }
 
 /// `snat_in`: whether `arp`, arriving for the router of `cfg`, is a broadcast announcement
@@ -115,5 +114,5 @@ pub fn ignored_announcement(ctx: &TcContext, cfg: &RouterConfig, arp: &ArpIpv4) 
         addr,
     };
     // SAFETY: the value is only tested for presence, never read through the reference.
-    unsafe { ARP_PEERS.get(&key) }.is_none()
+    unsafe { ARP_PEERS.get(key) }.is_none()
 }

@@ -21,9 +21,9 @@ use crate::{
     icmp::{self, ErrorResult},
     maps::{count, count_packet, count_seen, is_internal, router_config},
     parse::{
-        ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, ICMP_ID, IP_DST, IP_SRC, IPPROTO_ICMP,
-        IPPROTO_TCP, IPPROTO_UDP, L4Head, Packet, ParseError, TCP_HLEN, TCP_RST, TcpHdr, UDP_HLEN,
-        is_ipv6, load, load_ipv4, validate,
+        ETH_P_IPV6_WIRE, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, ICMP_HLEN, ICMP_ID, IP_DST, IP_SRC,
+        IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, L4Head, Packet, ParseError, TCP_HLEN, TCP_RST,
+        TcpHdr, UDP_HLEN, ethertype, load, load_ipv4, validate,
     },
     session::{Found, IN, OUT, create_snat, find_snat, key, tcp_bits, touch_in},
 };
@@ -97,12 +97,15 @@ pub fn snat_out(ctx: &TcContext) -> Result<i32, i32> {
         return Ok(OK);
     };
     let rid = cfg.router_id;
-    if is_ipv6(ctx) {
-        return Ok(routed_ipv6(ctx, rid));
-    }
-    if let Some(a) = arp::parse(ctx) {
-        arp::note_sent(rid, &a);
-        return Ok(pass(rid));
+    match ethertype(ctx) {
+        Some(ETH_P_IPV6_WIRE) => return Ok(routed_ipv6(ctx, rid)),
+        Some(arp::ETH_P_ARP_WIRE) => {
+            if let Some(a) = arp::parse(ctx) {
+                arp::note_sent(rid, &a);
+            }
+            return Ok(pass(rid));
+        }
+        _ => {}
     }
     // Floating IPs and port forwardings first: they take precedence over SNAT.
     if cfg.flags & ROUTER_F_FLOATING != 0
@@ -201,14 +204,17 @@ pub fn snat_in(ctx: &TcContext) -> Result<i32, i32> {
         return Ok(OK);
     };
     let rid = cfg.router_id;
-    if is_ipv6(ctx) {
-        return Ok(routed_ipv6(ctx, rid));
-    }
-    if let Some(a) = arp::parse(ctx) {
-        if arp::ignored_announcement(ctx, &cfg, &a) {
-            return Err(drop(rid, Counter::AnnouncementsIgnored));
+    match ethertype(ctx) {
+        Some(ETH_P_IPV6_WIRE) => return Ok(routed_ipv6(ctx, rid)),
+        Some(arp::ETH_P_ARP_WIRE) => {
+            return match arp::parse(ctx) {
+                Some(a) if arp::ignored_announcement(ctx, &cfg, &a) => {
+                    Err(drop(rid, Counter::AnnouncementsIgnored))
+                }
+                _ => Ok(pass(rid)),
+            };
         }
-        return Ok(pass(rid));
+        _ => {}
     }
     // Nothing from the external network may reach the metadata proxy's address.
     if crate::fip::to_metadata(ctx) {

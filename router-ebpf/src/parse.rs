@@ -153,6 +153,12 @@ pub fn load<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, i64> {
     ctx.load::<T>(off)
 }
 
+/// The frame's EtherType, wire order (`None`: shorter than an Ethernet header).
+#[inline(always)]
+pub fn ethertype(ctx: &TcContext) -> Option<u16> {
+    load::<u16>(ctx, ETH_PROTO_OFF).ok()
+}
+
 /// Whether the frame carries IPv4.
 #[inline(always)]
 pub fn is_ipv4(ctx: &TcContext) -> bool {
