@@ -23,7 +23,8 @@ pub mod testrun;
 pub mod topo;
 
 pub use netns::{
-    Netns, enter_named, ip, ip_json, netns_exists, plug_into_bridge, require_root, sh, unique, veth,
+    Netns, enter_named, ip, ip_json, neighbour, netns_exists, plug_into_bridge, require_root, sh,
+    unique, veth,
 };
 
 #[cfg(feature = "ctl")]

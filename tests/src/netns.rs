@@ -387,6 +387,25 @@ pub fn plug_into_bridge(host: &Netns, ns: &Netns, br: &str, addr: &str) {
         .unwrap_or_else(|e| panic!("{e:#}"));
 }
 
+/// Namespace `ns`'s neighbour entry for `ip` on `dev`: (link-layer address, first state word,
+/// e.g. `REACHABLE`); None without one.
+pub fn neighbour(ns: &str, dev: &str, ip: &str) -> Option<(String, String)> {
+    let v = ip_json(ns, &["neigh", "show", "dev", dev]);
+    v.as_array()?.iter().find_map(|n| {
+        (n["dst"] == ip).then(|| {
+            let word = |k: &str| n[k].as_str().unwrap_or_default().to_string();
+            let state = n["state"].as_array().and_then(|s| s.first());
+            (
+                word("lladdr"),
+                state
+                    .and_then(|s| s.as_str())
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+    })
+}
+
 /// `ip -j -n <ns> <args>` parsed as JSON (an empty output is an empty array).
 pub fn ip_json(ns: &str, args: &[&str]) -> serde_json::Value {
     let out = sh(Command::new("ip").args(["-j", "-n", ns]).args(args));

@@ -12,7 +12,6 @@ use std::{
 };
 
 use router_ctl::model::spec::names;
-use serde_json::Value;
 use tests::{
     Netns,
     daemon::Daemon,
@@ -24,19 +23,16 @@ use tests::{
 const HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
 const IGNORED: &str = "arp_announcements_ignored";
 
-/// `router`'s neighbour entry for `ip` in namespace `ns`: (MAC, state).
+/// Router namespace `ns`'s neighbour entry for `ip` on its gateway device: (MAC, state).
 fn neighbour(ns: &str, ip: Ipv4Addr) -> Option<(String, String)> {
-    let v = tests::ip_json(ns, &["neigh", "show", &ip.to_string()]);
-    let n = v.as_array()?.first()?;
-    Some((
-        n["lladdr"].as_str().unwrap_or_default().to_string(),
-        n["state"]
-            .as_array()
-            .and_then(|s| s.first())
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string(),
-    ))
+    let v = tests::ip_json(ns, &["link", "show"]);
+    let qg = v
+        .as_array()?
+        .iter()
+        .filter_map(|l| l["ifname"].as_str())
+        .find(|n| n.starts_with("qg-"))?
+        .to_string();
+    tests::neighbour(ns, &qg, &ip.to_string())
 }
 
 /// `router`'s counter `name` (`router-ctl stats`).

@@ -15,7 +15,6 @@ use std::{
 };
 
 use router_ctl::model::spec::names;
-use serde_json::Value;
 use tests::{
     Netns,
     daemon::Daemon,
@@ -410,20 +409,7 @@ fn a_fast_filter_removed_from_outside_is_put_back() {
 
 /// The router namespace's neighbour entry of `ip` on `dev`: (lladdr, state).
 fn neighbour(t: &Topology, dev: &str, ip: &str) -> Option<(String, String)> {
-    let v = tests::ip_json(&t.router_ns, &["neigh", "show", "dev", dev]);
-    v.as_array()?.iter().find_map(|n| {
-        (n["dst"] == ip).then(|| {
-            (
-                n["lladdr"].as_str().unwrap_or_default().to_string(),
-                n["state"]
-                    .as_array()
-                    .and_then(|s| s.first())
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string(),
-            )
-        })
-    })
+    tests::neighbour(&t.router_ns, dev, ip)
 }
 
 #[test]
