@@ -348,6 +348,13 @@ async fn next_tick(
 /// calls wait for one router, not for the pass. The snapshot is read again only when
 /// something was committed since the last one (reading it is O(routers): 180 ms a pass at
 /// 10 000 routers, for nothing while no one calls the API).
+///
+/// While the API is busy (something was committed since the previous tick) a pass is put off,
+/// up to `BUSY_DEFERRALS` ticks in a row: each call realises its own change, and a pass over
+/// thousands of routers, its snapshot read again every time, took CPU and the operation lock
+/// from the calls (10 000 routers made through the API: 166 s with a pass every 5 s, 137 s
+/// without; per-router p99 40 → 27 ms). Drift is still repaired within
+/// `(1 + BUSY_DEFERRALS) × every` under any load, within `every` when the API is quiet.
 async fn reconcile_loop(
     state: ApiState,
     realiser: Arc<Realiser>,
@@ -359,7 +366,24 @@ async fn reconcile_loop(
     let mut first = true;
     // The last snapshot, with the store's version it was read at.
     let mut snapshot: Option<api::Versioned<DesiredState>> = None;
+    // The store's version at the previous tick, and the passes put off since the last one.
+    let mut seen: Option<i64> = None;
+    let mut deferred = 0;
     while next_tick(&mut tick, &mut shutdown).await {
+        if !first {
+            let st = state.clone();
+            let now = tokio::task::spawn_blocking(move || st.store_version())
+                .await
+                .ok()
+                .flatten();
+            let busy = now.is_some() && now != seen;
+            seen = now;
+            if busy && deferred < BUSY_DEFERRALS {
+                deferred += 1;
+                continue;
+            }
+        }
+        deferred = 0;
         let st = state.clone();
         let r = realiser.clone();
         let m = metrics.clone();
@@ -409,9 +433,19 @@ async fn reconcile_loop(
             Ok(Err(e)) => tracing::warn!("reconcile failed: {e:#}"),
             Err(e) => tracing::error!("reconcile task failed: {e}"),
         }
+        if first {
+            let st = state.clone();
+            seen = tokio::task::spawn_blocking(move || st.store_version())
+                .await
+                .ok()
+                .flatten();
+        }
         first = false;
     }
 }
+
+/// Ticks of the reconcile loop a busy API may put a pass off in a row (see `reconcile_loop`).
+const BUSY_DEFERRALS: u32 = 5;
 
 /// The store as a reconcile pass's `Current`: each look holds the store lock for as long as
 /// the pass acts on what it saw. A read that fails skips the object this pass (logged).

@@ -267,6 +267,16 @@ impl ApiState {
         }
     }
 
+    /// The store's commit counter as the read-only connection sees it (SQLite's
+    /// `data_version`, which moves with every commit of the writer); None without a read-only
+    /// connection or when it cannot be read.
+    pub fn store_version(&self) -> Option<i64> {
+        let r = self.inner.reader.as_ref()?;
+        let conn = r.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        conn.pragma_query_value(None, "data_version", |r| r.get(0))
+            .ok()
+    }
+
     /// `f` over a snapshot (as `read_blocking`), or `last` again when nothing was committed
     /// since it was read. A snapshot's version is SQLite's `data_version` of the read-only
     /// connection, which moves with every commit of another connection (the writer); without

@@ -1,5 +1,5 @@
 //! The daemon around the API: the reconcile loop repairs a router namespace deleted from
-//! outside, a clean stop (SIGTERM) leaves routers in the kernel and a restart keeps them, and
+//! outside, also while API calls keep it putting its passes off, a clean stop (SIGTERM) leaves routers in the kernel and a restart keeps them, and
 //! `--purge` (run by the harness on drop) removes them.
 
 use std::{
@@ -62,15 +62,22 @@ fn router_with_interface(d: &Daemon) -> String {
     r
 }
 
-#[test]
-fn reconcile_loop_repairs_a_router_namespace_deleted_from_outside() {
-    let host = Netns::new("apid");
-    let d = Daemon::start_configured(&host, "reconcile_interval = 1\n");
+/// A daemon reconciling every second (in `host`) with a router whose namespace was then
+/// deleted from outside; returns the daemon, the router and the namespace's name.
+fn router_deleted_from_outside(host: &Netns) -> (Daemon, String, String) {
+    let d = Daemon::start_configured(host, "reconcile_interval = 1\n");
     let r = router_with_interface(&d);
     let ns = format!("qrouter-{r}");
     assert!(netns_exists(&ns), "the API call realised {ns}");
     tests::ip(&["netns", "del", &ns]);
     assert!(!netns_exists(&ns));
+    (d, r, ns)
+}
+
+#[test]
+fn reconcile_loop_repairs_a_router_namespace_deleted_from_outside() {
+    let host = Netns::new("apid");
+    let (_d, _, ns) = router_deleted_from_outside(&host);
     eventually(&format!("repair of {ns}"), || netns_exists(&ns));
     // Repaired with its interface inside.
     eventually("qr- device back in the router namespace", || {
@@ -80,6 +87,43 @@ fn reconcile_loop_repairs_a_router_namespace_deleted_from_outside() {
             .expect("ip");
         String::from_utf8_lossy(&out.stdout).contains("qr-")
     });
+}
+
+#[test]
+fn a_busy_api_puts_passes_off_but_drift_is_still_repaired() {
+    let host = Netns::new("apib");
+    let (d, r, ns) = router_deleted_from_outside(&host);
+    // A commit every 200 ms (renaming the router): every tick sees the API busy, so the pass
+    // is put off, but never more than five ticks in a row.
+    let start = Instant::now();
+    let mut repaired = None;
+    let mut i = 0;
+    while start.elapsed() < Duration::from_secs(20) {
+        i += 1;
+        let body = json!({"router": {"name": format!("busy-{i}")}});
+        expect(d.put(&format!("/v2.0/routers/{r}"), &body), 200);
+        if netns_exists(&ns) {
+            repaired = Some(start.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let repaired = repaired.unwrap_or_else(|| {
+        panic!(
+            "{ns} not repaired within 20 s of API calls ({i} commits)\n{}",
+            d.log()
+        )
+    });
+    // Put off (a pass at the first tick would have repaired it within about a second), and
+    // within (1 + 5) ticks of 1 s, with some slack for the pass itself.
+    assert!(
+        repaired > Duration::from_secs(3),
+        "repaired after {repaired:?}: the pass was not put off"
+    );
+    assert!(
+        repaired < Duration::from_secs(9),
+        "repaired only after {repaired:?}"
+    );
 }
 
 #[test]
