@@ -18,9 +18,9 @@
 //!
 //! Shared blocks: the gateway taps of the daemon's namespace have their hooks bound to pairs
 //! of shared filter blocks (`tap_blocks`, a pair for each few dozen taps made one after
-//! another), and the devices of
-//! a router namespace to one (`ROUTER_BLOCK`), so a filter is added once per block, not per
-//! device, and the host holds about one block per router instead of four. Why it matters: a
+//! another), and the devices of a router namespace to one (`ROUTER_BLOCK`), so a filter is
+//! added once per block, not per device, and the host holds about one block per router
+//! instead of four. Why it matters: a
 //! veth has no `ndo_setup_tc`, so binding a block goes through `flow_indr_dev_setup_offload`,
 //! which walks a host-wide list of every bound block (newest first) looking for this one; at
 //! 10 000 routers, with four private blocks each, that walk was ≈ 3 ms a bind and the only
