@@ -371,11 +371,7 @@ async fn reconcile_loop(
     let mut deferred = 0;
     while next_tick(&mut tick, &mut shutdown).await {
         if !first {
-            let st = state.clone();
-            let now = tokio::task::spawn_blocking(move || st.store_version())
-                .await
-                .ok()
-                .flatten();
+            let now = store_version(&state).await;
             let busy = now.is_some() && now != seen;
             seen = now;
             if busy && deferred < BUSY_DEFERRALS {
@@ -434,14 +430,19 @@ async fn reconcile_loop(
             Err(e) => tracing::error!("reconcile task failed: {e}"),
         }
         if first {
-            let st = state.clone();
-            seen = tokio::task::spawn_blocking(move || st.store_version())
-                .await
-                .ok()
-                .flatten();
+            seen = store_version(&state).await;
         }
         first = false;
     }
+}
+
+/// The store's commit counter (`ApiState::store_version`), read off the runtime's workers.
+async fn store_version(state: &ApiState) -> Option<i64> {
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || st.store_version())
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Ticks of the reconcile loop a busy API may put a pass off in a row (see `reconcile_loop`).
