@@ -13,6 +13,7 @@ use rusqlite::{Connection, Row, Transaction};
 use record::{addr_of, addr_val};
 
 mod attrs;
+pub mod checkpoint;
 pub mod floatingips;
 mod ipam;
 mod networks;
@@ -165,20 +166,39 @@ pub const MAX_DP_ID: u32 = router_common::MAX_ROUTERS;
 
 /// The database of one daemon.
 pub struct Store {
+    // Dropped before `checkpointer`: the connection's WAL hook holds the thread's only
+    // sender, so the thread ends and the join in its drop returns.
     conn: Connection,
     /// The database file (None: in memory), for extra read-only connections.
     path: Option<std::path::PathBuf>,
+    /// Runs the WAL checkpoints off the committing connection (None: in memory).
+    checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 impl Store {
     /// Opens (creating) `path` and applies pending migrations.
     pub fn open(path: &Path) -> anyhow::Result<Self> {
+        Self::open_checkpointing_at(path, checkpoint::PAGES)
+    }
+
+    /// [`Store::open`], the checkpoint thread asked once the log holds `pages` pages.
+    pub(crate) fn open_checkpointing_at(path: &Path, pages: u32) -> anyhow::Result<Self> {
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         let mut store = Self::init(conn)?;
+        store.checkpointer = Some(checkpoint::Checkpointer::start(
+            &mut store.conn,
+            path,
+            pages,
+        )?);
         store.path = Some(path.to_path_buf());
         Ok(store)
+    }
+
+    /// Checkpoints run so far (None: in memory, no log).
+    pub fn checkpoints(&self) -> Option<&checkpoint::Counts> {
+        self.checkpointer.as_ref().map(checkpoint::Checkpointer::counts)
     }
 
     /// A read-only connection to the same file: in WAL mode it reads the last committed state
@@ -206,7 +226,11 @@ impl Store {
         conn.set_prepared_statement_cache_capacity(64);
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut conn)?;
-        Ok(Self { conn, path: None })
+        Ok(Self {
+            conn,
+            path: None,
+            checkpointer: None,
+        })
     }
 
     /// Starts the one transaction a change runs in (immediate: the writer lock is taken now).
