@@ -198,7 +198,9 @@ impl Store {
 
     /// Checkpoints run so far (None: in memory, no log).
     pub fn checkpoints(&self) -> Option<&checkpoint::Counts> {
-        self.checkpointer.as_ref().map(checkpoint::Checkpointer::counts)
+        self.checkpointer
+            .as_ref()
+            .map(checkpoint::Checkpointer::counts)
     }
 
     /// A read-only connection to the same file: in WAL mode it reads the last committed state
