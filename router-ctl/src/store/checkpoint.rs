@@ -121,9 +121,10 @@ fn hook(
         // A figure from another generation of the log (or none yet) says nothing: all behind.
         let mark = counts.copied.load(Ordering::Relaxed);
         let generation = counts.generation.load(Ordering::Relaxed);
-        let behind = match (mark >> 32) as u32 == generation {
-            true => logged.saturating_sub(mark as u32),
-            false => logged,
+        let behind = if (mark >> 32) as u32 == generation {
+            logged.saturating_sub(mark as u32)
+        } else {
+            logged
         };
         let inline = if logged >= pages.saturating_mul(BACKSTOP) {
             Some(&counts.backstop)
