@@ -47,6 +47,7 @@ mod api {
 
 /// The realiser driven directly, in a throwaway host namespace.
 mod realise {
+    mod linkwatch;
     mod net;
     mod no_leak;
     mod router;

@@ -77,7 +77,7 @@ pub struct Ipv6Conf {
 }
 
 impl LinkState {
-    fn from_message(msg: &LinkMessage) -> Option<Self> {
+    pub(crate) fn from_message(msg: &LinkMessage) -> Option<Self> {
         let mut name = None;
         let mut kind = LinkKind::Unknown;
         let mut controller = None;

@@ -2,7 +2,7 @@
 //! interface of its physical network enslaved; and the daemon-namespace link helpers the other
 //! passes share.
 
-use std::{collections::HashMap, sync::Mutex};
+use std::collections::HashMap;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
@@ -12,8 +12,8 @@ use crate::{
     net::{
         LinkState,
         link::{self, LinkKind},
-        linkwatch::{Changed, LinkWatch},
-        ns::{NetnsHandle, in_netns, with_netlink},
+        linkwatch::LinkTable,
+        ns::{NetnsHandle, with_netlink},
         owned::{Kind, Record},
         sysctl,
     },
@@ -243,52 +243,14 @@ impl Realiser {
         })
     }
 
-    /// Every link of the daemon namespace by name, as a reconcile pass sees it: dumped once,
-    /// then kept current by looking up only the links the watch says changed (see
-    /// `net::linkwatch` for why a dump is dear); dumped again whenever the watch lost track.
+    /// Every link of the daemon namespace by name, as a reconcile pass sees it: the table the
+    /// link watch keeps from the kernel's notifications (see `net::linkwatch` for why asking
+    /// the kernel is dear), or a dump when no watch could be started.
     pub(super) fn daemon_links(&self) -> Result<HashMap<String, LinkState>> {
-        let d = &self.daemon_links;
-        let changed = match &d.watch {
-            Some(w) => w.take(),
-            None => Changed {
-                overflowed: true,
-                ..Changed::default()
-            },
-        };
-        let mut table = lock(&d.table);
-        if let Some(t) = table.as_mut().filter(|_| !changed.overflowed) {
-            if changed.is_empty() {
-                return Ok(t.clone());
-            }
-            // A renamed link is known here by its old name: its index finds it.
-            let mut names = changed.names;
-            names.extend(
-                t.values()
-                    .filter(|l| changed.indexes.contains(&l.index))
-                    .map(|l| l.name.clone()),
-            );
-            let names: Vec<String> = names.into_iter().collect();
-            match self.lookup_daemon_links(&names) {
-                Ok(mut found) => {
-                    for n in names {
-                        match found.remove(&n) {
-                            Some(l) => t.insert(n, l),
-                            None => t.remove(&n),
-                        };
-                    }
-                    return Ok(t.clone());
-                }
-                Err(e) => {
-                    // What changed is forgotten with the failed look-up: dump next time.
-                    *table = None;
-                    return Err(e);
-                }
-            }
+        match &self.daemon_links.table {
+            Some(t) => t.snapshot(),
+            None => self.dump_daemon_links(),
         }
-        *table = None;
-        let all = self.dump_daemon_links()?;
-        *table = Some(all.clone());
-        Ok(all)
     }
 
     /// Every link of the daemon namespace by name.
@@ -303,26 +265,20 @@ impl Realiser {
     }
 }
 
-/// The daemon namespace's links as the last reconcile pass saw them, and the watch that says
-/// which of them changed since.
+/// The daemon namespace's links, kept by a link watch.
 pub(super) struct DaemonLinks {
-    /// None when no watch could be opened: every pass dumps.
-    watch: Option<LinkWatch>,
-    /// None until the first dump, and after a look-up failed.
-    table: Mutex<Option<HashMap<String, LinkState>>>,
+    /// None when no watch could be started: every pass dumps.
+    table: Option<LinkTable>,
 }
 
 impl DaemonLinks {
-    /// Opens the watch in `daemon_ns` (before any dump, so no change slips between them).
+    /// Starts the watch in `daemon_ns`.
     pub(super) fn watch(daemon_ns: &NetnsHandle) -> Self {
-        let watch = in_netns(daemon_ns, LinkWatch::open)
+        let table = LinkTable::start(daemon_ns)
             .inspect_err(|e| {
                 tracing::warn!("no link watch ({e:#}): every reconcile pass dumps every link")
             })
             .ok();
-        Self {
-            watch,
-            table: Mutex::new(None),
-        }
+        Self { table }
     }
 }

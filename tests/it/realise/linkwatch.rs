@@ -1,0 +1,96 @@
+//! `net::linkwatch`: the table a namespace's link notifications keep says what a dump of the
+//! namespace says, through every kind of change the realiser makes or meets in the daemon's
+//! namespace (bridges, veth taps with their peer in another namespace, enslaving, MTU, up and
+//! down, rename, a port leaving its bridge, deletion, a device moved away), without dumping
+//! again.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use router_ctl::net::{LinkState, NetnsHandle, link, linkwatch::LinkTable, with_netlink};
+use tests::{Netns, veth};
+
+fn dump(h: &NetnsHandle) -> HashMap<String, LinkState> {
+    with_netlink(h, |h| async move { link::dump_links(&h).await })
+        .expect("dump")
+        .into_iter()
+        .map(|l| (l.name.clone(), l))
+        .collect()
+}
+
+/// Waits (bounded) until the table says what a dump says; returns the table.
+fn agrees(table: &LinkTable, h: &NetnsHandle, step: &str) -> HashMap<String, LinkState> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (seen, now) = (table.snapshot().expect("snapshot"), dump(h));
+        if seen == now {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{step}: the table disagrees with a dump\ntable: {seen:#?}\ndump: {now:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn the_table_kept_from_notifications_is_what_a_dump_says() {
+    let a = Netns::new("lwa");
+    let b = Netns::new("lwb");
+    let h = NetnsHandle::open_named(&a.name)
+        .expect("open")
+        .expect("namespace");
+    let table = LinkTable::start(&h).expect("start");
+    let first = agrees(&table, &h, "start");
+    assert!(first.contains_key("lo"), "{first:?}");
+
+    a.ip(&["link", "add", "brqtest", "type", "bridge"]);
+    a.ip(&["link", "set", "brqtest", "up"]);
+    // A tap whose peer is in another namespace, as every router's.
+    veth(&a, "taptest", &b, "qrtest");
+    agrees(&table, &h, "bridge and tap made");
+
+    a.ip(&[
+        "link", "set", "taptest", "master", "brqtest", "mtu", "1400", "up",
+    ]);
+    let t = agrees(&table, &h, "tap enslaved");
+    assert_eq!(t["taptest"].controller, Some(t["brqtest"].index));
+    assert_eq!(t["taptest"].mtu, Some(1400));
+    assert!(t["taptest"].up);
+
+    // Leaving the bridge sends the bridge's own RTM_DELLINK for the port: the tap stays.
+    a.ip(&["link", "set", "taptest", "nomaster"]);
+    let t = agrees(&table, &h, "tap released");
+    assert_eq!(t["taptest"].controller, None);
+
+    a.ip(&["link", "set", "brqtest", "down"]);
+    a.ip(&["link", "set", "brqtest", "name", "brdtest"]);
+    let t = agrees(&table, &h, "bridge renamed");
+    assert!(!t.contains_key("brqtest") && !t["brdtest"].up, "{t:?}");
+
+    // A pair made here whose one end moves away (how a router's inside end leaves).
+    a.veth_pair("mvtest", "mvpeer");
+    agrees(&table, &h, "pair made");
+    a.ip(&["link", "set", "mvtest", "netns", &b.name]);
+    let t = agrees(&table, &h, "one end moved away");
+    assert!(
+        !t.contains_key("mvtest") && t.contains_key("mvpeer"),
+        "{t:?}"
+    );
+
+    a.ip(&["link", "del", "taptest"]);
+    a.ip(&["link", "del", "brdtest"]);
+    let t = agrees(&table, &h, "deleted");
+    assert!(
+        !t.contains_key("taptest") && !t.contains_key("brdtest"),
+        "{t:?}"
+    );
+
+    // All of it from the notifications: one dump, no drop.
+    let c = table.counts();
+    assert_eq!((c.dumps, c.drops), (1, 0), "{c:?}");
+    assert!(c.applied >= 10, "{c:?}");
+}
