@@ -2,22 +2,23 @@
 //! instances) update their caches at once, as Neutron's L3 agent does with `arping`.
 //!
 //! Frames are ARP requests with sender IP = target IP = the address (RFC 5227 announcement),
-//! from the port MAC to broadcast, sent through an AF_PACKET socket opened inside the router
-//! namespace by one background thread (`Announcer`), so the caller never waits for the spacing.
+//! from the port MAC to broadcast, sent by one background thread (`Announcer`) so the caller
+//! never waits for the spacing.
 //!
-//! One socket per namespace serves every announcement pending there, from the first frame of
-//! the first to the last frame of the last: closing an AF_PACKET socket waits for an RCU grace
-//! period (`packet_release` → `synchronize_net`), milliseconds on a busy host, and with a
-//! socket per frame that wait bounded the thread to a few dozen routers a second, so during a
-//! burst of new routers their announcements fell behind by seconds.
+//! They are sent on the bridge of the port's network, in the daemon's namespace, through one
+//! AF_PACKET socket kept for the daemon's life: the bridge floods a broadcast it sends exactly
+//! as one arriving from the router's tap, to every port and uplink, so everyone on the network
+//! hears the same frame (the router itself hears it too, and ignores it: its own address as
+//! the sender is a martian source to the kernel's ARP input). Sent from inside the router
+//! namespace instead, each router cost the thread a `setns` and an AF_PACKET socket of that
+//! namespace, and closing it waits for an RCU grace period (`packet_release` →
+//! `synchronize_net`): ≈ 10 ms per router, 80 % of the thread's time at 75 new routers a
+//! second, and an expedited grace period, queued behind (or ahead of) the API's own
+//! (`mini_qdisc_pair_swap`), whenever RTNL was held elsewhere.
 
 use std::{
-    collections::HashMap,
     net::Ipv4Addr,
-    os::{
-        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-        unix::fs::MetadataExt as _,
-    },
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     sync::{Mutex, mpsc},
     time::{Duration, Instant},
 };
@@ -62,13 +63,11 @@ fn ifindex_of(dev: &str) -> Result<i32> {
     Ok(ifindex as i32)
 }
 
-/// An AF_PACKET socket of the calling thread's namespace (it stays in that namespace whatever
-/// the thread does next).
+/// An AF_PACKET socket of the calling thread's namespace.
 fn packet_socket() -> Result<OwnedFd> {
     // Protocol 0: a send-only socket (each frame names its protocol in `sockaddr_ll`). With
-    // ETH_P_ARP the socket would also take a copy of every ARP frame its namespace receives
-    // while it is open, the floods of every other router's announcements on the external
-    // network among them, only to throw them away at close.
+    // ETH_P_ARP the socket would also take a copy of every ARP frame its namespace carries,
+    // only to throw it away.
     // SAFETY: plain socket(2) call; the result is checked before use.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -105,89 +104,60 @@ fn send_on(sock: &OwnedFd, ifindex: i32, frame: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The sockets of the namespaces with announcements pending, by namespace inode, each with
-/// the number of announcements using it; a socket closes with the last of them.
-#[derive(Default)]
-struct Sockets(HashMap<u64, (OwnedFd, usize)>);
-
-impl Sockets {
-    /// Enters the named namespace and returns its inode, with a socket of it counted for one
-    /// more announcement.
-    fn enter_and_hold(&mut self, ns: &str) -> Result<u64> {
-        let h = NetnsHandle::open_named(ns)?
-            .ok_or_else(|| anyhow::anyhow!("namespace {ns} is gone"))?;
-        setns(&h.file, CloneFlags::CLONE_NEWNET).context("setns")?;
-        let ino = h.file.metadata().context("namespace inode")?.ino();
-        match self.0.get_mut(&ino) {
-            Some((_, users)) => *users += 1,
-            None => {
-                self.0.insert(ino, (packet_socket()?, 1));
-            }
-        }
-        Ok(ino)
-    }
-
-    fn get(&self, ino: u64) -> Option<&OwnedFd> {
-        self.0.get(&ino).map(|(s, _)| s)
-    }
-
-    /// One announcement that held `ino`'s socket is done.
-    fn release(&mut self, ino: u64) {
-        if let Some((_, users)) = self.0.get_mut(&ino) {
-            *users -= 1;
-            if *users == 0 {
-                self.0.remove(&ino);
-            }
-        }
-    }
-}
-
 /// One pending announcement.
 struct Job {
-    /// Named namespace, opened at the first frame: a queued job holds no descriptor. From its
-    /// first frame to its last (`INTERVAL × (COUNT − 1)`) it holds its namespace's socket,
-    /// which keeps a namespace deleted meanwhile alive that long, emptied: a router's removal
-    /// deletes its devices before its namespace.
-    ns: String,
-    dev: String,
+    /// The bridge of the port's network, in the daemon's namespace (looked up by name at each
+    /// frame: a bridge deleted meanwhile ends the announcement).
+    bridge: String,
     frame: [u8; 42],
     left: usize,
     due: Instant,
-    /// After the first frame: the namespace's inode (its socket in `Sockets`) and the
-    /// device's ifindex there.
-    via: Option<(u64, i32)>,
 }
 
 /// Sends gratuitous ARPs from one background thread, whatever the number of routers: each
-/// announcement is `COUNT` frames `INTERVAL` apart, the thread entering the router namespace
-/// (setns) before each frame. Callers never wait.
+/// announcement is `COUNT` frames `INTERVAL` apart, sent on the bridge of the port's network.
+/// Callers never wait.
 pub struct Announcer {
     tx: Mutex<mpsc::Sender<Job>>,
 }
 
 impl Announcer {
-    /// Starts the worker thread; it ends once the Announcer is dropped and its queue is empty.
-    /// Between jobs the thread returns to `home` (the daemon's namespace) so that it never
-    /// keeps a deleted router namespace, and the devices in it, alive.
+    /// Starts the worker thread in `home` (the daemon's namespace, where the bridges are); it
+    /// ends once the Announcer is dropped and its queue is empty.
     pub fn start(home: NetnsHandle) -> Result<Self> {
         let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<()>>(1);
         std::thread::Builder::new()
             .name("garp".into())
-            .spawn(move || worker(rx, home))
+            .spawn(move || {
+                let sock = setns(&home.file, CloneFlags::CLONE_NEWNET)
+                    .context("entering the daemon's namespace")
+                    .and_then(|()| packet_socket());
+                match sock {
+                    Ok(sock) => {
+                        let _ = ready_tx.send(Ok(()));
+                        worker(rx, sock)
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                    }
+                }
+            })
             .context("spawning the gratuitous ARP thread")?;
+        ready_rx
+            .recv()
+            .context("the gratuitous ARP thread ended at start")??;
         Ok(Self { tx: Mutex::new(tx) })
     }
 
-    /// Queues the announcement of `ip` from `mac` on `dev` inside the named namespace `ns`
-    /// (`/run/netns/<ns>`); the first frame leaves at once.
-    pub fn announce(&self, ns: String, dev: String, mac: [u8; 6], ip: Ipv4Addr) {
+    /// Queues the announcement of `ip` from `mac` on `bridge` (the bridge of the network the
+    /// port is on); the first frame leaves at once.
+    pub fn announce(&self, bridge: String, mac: [u8; 6], ip: Ipv4Addr) {
         let job = Job {
-            ns,
-            dev,
+            bridge,
             frame: frame(mac, ip),
             left: COUNT,
             due: Instant::now(),
-            via: None,
         };
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         if tx.send(job).is_err() {
@@ -196,19 +166,11 @@ impl Announcer {
     }
 }
 
-fn worker(rx: mpsc::Receiver<Job>, home: NetnsHandle) {
+fn worker(rx: mpsc::Receiver<Job>, sock: OwnedFd) {
     lower_priority();
     let mut jobs: Vec<Job> = Vec::new();
-    let mut sockets = Sockets::default();
     let mut open = true;
-    let mut away = false;
     while open || !jobs.is_empty() {
-        if jobs.is_empty() && away {
-            if let Err(e) = setns(&home.file, CloneFlags::CLONE_NEWNET) {
-                tracing::warn!("gratuitous ARP thread: returning to the daemon namespace: {e}");
-            }
-            away = false;
-        }
         let now = Instant::now();
         let next = jobs.iter().map(|j| j.due).min();
         let wait = next.map(|d| d.saturating_duration_since(now));
@@ -233,56 +195,32 @@ fn worker(rx: mpsc::Receiver<Job>, home: NetnsHandle) {
             std::thread::sleep(w);
         }
         let now = Instant::now();
-        let mut i = 0;
-        while i < jobs.len() {
-            if jobs[i].due > now {
-                i += 1;
-                continue;
+        jobs.retain_mut(|j| {
+            if j.due > now {
+                return true;
             }
-            let j = &mut jobs[i];
-            let (ino, idx) = match j.via {
-                Some(via) => via,
-                None => {
-                    away = true;
-                    match first_frame(&mut sockets, &j.ns, &j.dev) {
-                        Ok(via) => *j.via.insert(via),
-                        Err(e) => {
-                            // The device or namespace went away: nothing to announce.
-                            tracing::debug!("gratuitous ARP on {}: {e:#}", j.dev);
-                            jobs.swap_remove(i);
-                            continue;
-                        }
-                    }
-                }
-            };
-            let sent = match sockets.get(ino) {
-                Some(sock) => send_on(sock, idx, &j.frame),
-                None => Err(anyhow::anyhow!("no socket for the namespace")),
-            };
+            let sent = ifindex_of(&j.bridge).and_then(|idx| send_on(&sock, idx, &j.frame));
             j.left -= 1;
             match sent {
-                Ok(()) if j.left > 0 => {
-                    j.due = now + INTERVAL;
-                    i += 1;
-                }
                 Ok(()) => {
-                    sockets.release(ino);
-                    jobs.swap_remove(i);
+                    // Each frame `INTERVAL` after the last was due, not after it left: the
+                    // announcements made in one second stay spread over the next.
+                    j.due += INTERVAL;
+                    j.left > 0
                 }
                 Err(e) => {
-                    // The device or namespace went away: nothing left to announce.
-                    tracing::debug!("gratuitous ARP on {}: {e:#}", j.dev);
-                    sockets.release(ino);
-                    jobs.swap_remove(i);
+                    // The bridge went away (the network was deleted): nothing left to announce.
+                    tracing::debug!("gratuitous ARP on {}: {e:#}", j.bridge);
+                    false
                 }
             }
-        }
+        });
     }
 }
 
 /// Puts the calling thread at the lowest priority (nice 19). Sending a frame costs its
-/// flood: the external bridge copies it to every gateway tap there (up to 1000), each copy
-/// through the tap's program and the router's ARP input, in the sender's context — at 1000
+/// flood: the bridge copies it to every port there (up to 1000 gateway taps), each copy
+/// through the tap's program, in the sender's context — at 1000
 /// routers as much CPU as making a router. At nice 19 that work takes the CPU the API's calls
 /// leave idle instead of competing with them; on an idle core the frames still leave on time.
 fn lower_priority() {
@@ -293,19 +231,6 @@ fn lower_priority() {
             "gratuitous ARP thread: lowering its priority: {}",
             std::io::Error::last_os_error()
         );
-    }
-}
-
-/// Before an announcement's first frame: enters its namespace, holds the namespace's socket
-/// for it and finds its device. Returns the namespace inode and the device's ifindex.
-fn first_frame(sockets: &mut Sockets, ns: &str, dev: &str) -> Result<(u64, i32)> {
-    let ino = sockets.enter_and_hold(ns)?;
-    match ifindex_of(dev) {
-        Ok(idx) => Ok((ino, idx)),
-        Err(e) => {
-            sockets.release(ino);
-            Err(e)
-        }
     }
 }
 

@@ -145,12 +145,14 @@ fn capture_garps(
     limit: Duration,
     ready: mpsc::Sender<()>,
 ) -> Vec<(Vec<u8>, Instant)> {
-    const ETH_P_ARP: u16 = 0x0806;
+    // Every frame, not ETH_P_ARP: the realiser sends announcements on the bridge itself (see
+    // `net::arp`), and a frame a device sends reaches only the ETH_P_ALL sockets on it.
+    const ETH_P_ALL: u16 = 0x0003;
     let cname = std::ffi::CString::new(dev).expect("name");
     // SAFETY: valid C string.
     let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
     assert!(ifindex != 0, "no device {dev}");
-    let sock = capture::packet_socket(ETH_P_ARP, ifindex, Duration::from_millis(200))
+    let sock = capture::packet_socket(ETH_P_ALL, ifindex, Duration::from_millis(200))
         .expect("AF_PACKET socket");
     ready.send(()).expect("signal ready");
     let start = Instant::now();

@@ -44,7 +44,7 @@ pub(super) struct InsideReport {
     /// Router devices deleted because the spec no longer has their port (their taps went with
     /// them).
     pub removed: Vec<RouterDev>,
-    /// (device, mac, ip) to announce.
+    /// (bridge of the port's network, mac, ip) to announce.
     pub announce: Vec<(String, [u8; 6], Ipv4Addr)>,
     /// What changed, for the log.
     pub changed: Vec<String>,
@@ -201,7 +201,7 @@ impl Realiser {
             added
         };
         for a in to_announce {
-            rep.announce.push((p.inner.clone(), p.port.mac, a));
+            rep.announce.push((p.bridge.clone(), p.port.mac, a));
         }
         Ok(())
     }

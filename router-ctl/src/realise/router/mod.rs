@@ -209,8 +209,8 @@ impl Realiser {
 
         // Announce new or changed addresses (background threads).
         if spec.admin_state_up {
-            for (dev, mac, ip) in inside.announce {
-                self.announcer.announce(ns.name.clone(), dev, mac, ip);
+            for (bridge, mac, ip) in inside.announce {
+                self.announcer.announce(bridge, mac, ip);
             }
         }
         if let Some(hook) = self.router_hook.get()

@@ -45,7 +45,6 @@ const SYSCTLS: [(&str, &str); 3] = [
 
 /// The namespace a router pass works in.
 pub(super) struct Namespace {
-    pub name: String,
     pub handle: NetnsHandle,
     /// Made by this pass.
     pub created: bool,
@@ -76,7 +75,6 @@ impl Realiser {
                 Some(_) => {}
             }
             return Ok(Namespace {
-                name,
                 handle,
                 created: false,
             });
@@ -102,7 +100,6 @@ impl Realiser {
             tracing::debug!("router {}: {e:#}", spec.id);
         }
         Ok(Namespace {
-            name,
             handle,
             created: true,
         })
