@@ -468,13 +468,6 @@ impl Current for StoreNow<'_> {
                 Err(e) => tracing::warn!("reconcile: reading network {id}: {e:?}"),
             })
     }
-
-    fn all(&self, f: &mut dyn FnMut(&DesiredState)) {
-        self.0.with_store(|s| match s.desired_state() {
-            Ok(d) => f(&d),
-            Err(e) => tracing::warn!("reconcile: reading the desired state: {e:?}"),
-        })
-    }
 }
 
 /// Runs the session GC: every `every`, and every second while the table or a router's share

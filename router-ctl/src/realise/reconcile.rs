@@ -35,8 +35,6 @@ pub trait Current: Sync {
     fn router(&self, id: &str, f: &mut dyn FnMut(Option<&RouterSpec>));
     /// `f` with network `id`'s spec (None: the network is gone).
     fn network(&self, id: &str, f: &mut dyn FnMut(Option<&NetworkSpec>));
-    /// `f` with the whole desired state.
-    fn all(&self, f: &mut dyn FnMut(&DesiredState));
 }
 
 impl Current for DesiredState {
@@ -45,9 +43,6 @@ impl Current for DesiredState {
     }
     fn network(&self, id: &str, f: &mut dyn FnMut(Option<&NetworkSpec>)) {
         f(self.networks.iter().find(|n| n.id == id))
-    }
-    fn all(&self, f: &mut dyn FnMut(&DesiredState)) {
-        f(self)
     }
 }
 
@@ -293,23 +288,56 @@ impl Realiser {
     }
 
     /// Devices of the daemon namespace this daemon created and nothing desires any more: the
-    /// snapshot names the candidates, the store's state then confirms them.
+    /// snapshot names the candidates, and each is confirmed by the store's state of the one
+    /// router or network its record names, at that moment. Never the whole state under the
+    /// store lock: while routers are being made every tap made after the snapshot is a
+    /// candidate, and reading the whole state to dismiss them held every API call for 70–180
+    /// ms at 10 000 routers, once a pass.
     fn remove_stale_links(&self, pass: &mut Pass<'_>) -> Result<()> {
-        if self.stale_links(pass.desired)?.is_empty() {
-            return Ok(());
-        }
-        let mut res = Ok(());
-        pass.current.all(&mut |now| {
-            let _g = self.lock_op();
-            res = self.stale_links(now).and_then(|stale| {
-                if !stale.is_empty() {
-                    self.delete_daemon_links(&stale)?;
-                    pass.report.removed.extend(stale);
+        for name in self.stale_links(pass.desired)? {
+            if self.abandon(&mut pass.report) {
+                return Ok(());
+            }
+            // Forgotten since the listing (deleted by an API call): nothing to do.
+            let Some(record) = self.owned.get(Kind::Link, &name)? else {
+                continue;
+            };
+            // Removed only if the object the record names, as the store holds it now, does not
+            // want the device.
+            match &record {
+                Some(Record::Tap { router_id }) => pass.current.router(router_id, &mut |now| {
+                    if !now.is_some_and(|r| plan(r).iter().any(|p| p.tap == name)) {
+                        self.remove_stale_link(&name, &mut pass.report);
+                    }
+                }),
+                Some(Record::Bridge { network_id } | Record::Uplink { network_id }) => {
+                    pass.current.network(network_id, &mut |now| {
+                        let wanted = now.is_some_and(|n| {
+                            names::bridge(&n.id) == name
+                                || self.made_uplink(n).as_deref() == Some(name.as_str())
+                        });
+                        if !wanted {
+                            self.remove_stale_link(&name, &mut pass.report);
+                        }
+                    })
                 }
-                Ok(())
-            });
-        });
-        res
+                Some(Record::Router { .. }) | None => pass
+                    .report
+                    .failed
+                    .push(format!("record of {name} is unreadable")),
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes one stale device of the daemon namespace (the caller holds the store's state
+    /// that says so).
+    fn remove_stale_link(&self, name: &str, report: &mut ReconcileReport) {
+        let _g = self.lock_op();
+        match self.delete_daemon_links(&[name.to_string()]) {
+            Ok(()) => report.removed.push(name.to_string()),
+            Err(e) => report.failed.push(format!("{name}: {e:#}")),
+        }
     }
 
     /// Recorded devices of the daemon namespace that `desired` does not have. Retired bridges

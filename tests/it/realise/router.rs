@@ -511,6 +511,63 @@ fn desired(nets: &[&NetworkSpec], routers: &[&RouterSpec]) -> DesiredState {
     }
 }
 
+/// Taps left behind (a crash between making a device and the store forgetting its port): a
+/// reconcile pass removes each one whose record's router, as the store holds it then, does not
+/// want it (the router gone, or there and without that port), and leaves the router's own.
+#[test]
+fn reconcile_removes_recorded_taps_their_router_no_longer_wants() {
+    let h = RealiserHost::new(&[]);
+    let [ext, int] = h.networks([true, false]);
+    let qr_port = port(&int.id, mac(1), "10.0.1.1/24");
+    let gw_port = port(&ext.id, mac(2), "203.0.113.10/24");
+    let spec = router(
+        4,
+        vec![qr_port.clone()],
+        Some(gateway(gw_port.clone(), "203.0.113.1")),
+    );
+    h.call(|r| r.apply_router(&spec)).expect("apply");
+    let want = desired(&[&ext, &int], &[&spec]);
+
+    // One leftover recorded for the router (still desired, without that port), one for a
+    // router the store does not hold.
+    let leftovers = [
+        ("tapleftover01", spec.id.clone()),
+        ("tapleftover02", "gone-router".to_string()),
+    ];
+    for (tap, router_id) in &leftovers {
+        h.host.veth_pair(tap, &format!("x{}", &tap[3..]));
+        std::fs::write(
+            h.state.path.join("owned").join("link").join(tap),
+            format!("tap {router_id}\n"),
+        )
+        .expect("record");
+    }
+    let rep = h.call(|r| r.reconcile(&want)).expect("reconcile");
+    assert!(rep.failed.is_empty(), "{rep:?}");
+    for (tap, _) in &leftovers {
+        assert!(
+            rep.removed.iter().any(|r| r == tap),
+            "{tap} not removed: {rep:?}"
+        );
+        assert!(link(&h.host.name, tap).is_none(), "{tap} still there");
+    }
+    let owned = h.owned("link");
+    assert!(
+        !owned.iter().any(|n| n.starts_with("tapleftover")),
+        "{owned:?}"
+    );
+    // The router's own taps and bridges stay, and a second pass has nothing to do.
+    for dev in [
+        names::tap_dev(&qr_port.port_id),
+        names::tap_dev(&gw_port.port_id),
+    ] {
+        assert!(link(&h.host.name, &dev).is_some(), "{dev} removed");
+        assert!(owned.contains(&dev), "{dev} record gone: {owned:?}");
+    }
+    let rep = h.call(|r| r.reconcile(&want)).expect("reconcile again");
+    assert!(rep.removed.is_empty() && rep.failed.is_empty(), "{rep:?}");
+}
+
 #[test]
 fn reconcile_repairs_a_router_namespace_deleted_from_outside() {
     let h = RealiserHost::new(&[]);
