@@ -24,9 +24,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
-use nix::sched::{CloneFlags, setns};
 
-use super::ns::NetnsHandle;
+use super::ns::{NetnsHandle, in_netns};
 
 const ETH_P_ARP: u16 = 0x0806;
 
@@ -52,15 +51,24 @@ pub fn frame(mac: [u8; 6], ip: Ipv4Addr) -> [u8; 42] {
     f
 }
 
-/// The ifindex of `dev` in the calling thread's namespace.
-fn ifindex_of(dev: &str) -> Result<i32> {
-    let cname = std::ffi::CString::new(dev).context("device name")?;
-    // SAFETY: valid NUL-terminated string.
-    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    if ifindex == 0 {
-        bail!("no device {dev}");
+/// The ifindex of `dev` in the namespace of `sock` (`SIOCGIFINDEX` on the socket itself: the
+/// calling thread's namespace does not matter, and no socket is opened per look-up).
+fn ifindex_on(sock: &OwnedFd, dev: &str) -> Result<i32> {
+    // SAFETY: ifreq is plain old data; zero is a valid starting value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = dev.as_bytes();
+    if name.len() >= req.ifr_name.len() {
+        bail!("device name {dev} is too long");
     }
-    Ok(ifindex as i32)
+    for (d, c) in req.ifr_name.iter_mut().zip(name) {
+        *d = *c as libc::c_char;
+    }
+    // SAFETY: `req` is a valid ifreq with a NUL-terminated name; the kernel writes the index.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFINDEX, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("no device {dev}"));
+    }
+    // SAFETY: SIOCGIFINDEX filled the index member.
+    Ok(unsafe { req.ifr_ifru.ifru_ifindex })
 }
 
 /// An AF_PACKET socket of the calling thread's namespace.
@@ -122,31 +130,15 @@ pub struct Announcer {
 }
 
 impl Announcer {
-    /// Starts the worker thread in `home` (the daemon's namespace, where the bridges are); it
-    /// ends once the Announcer is dropped and its queue is empty.
+    /// Opens the socket in `home` (the daemon's namespace, where the bridges are) and starts the
+    /// worker thread; it ends once the Announcer is dropped and its queue is empty.
     pub fn start(home: NetnsHandle) -> Result<Self> {
+        let sock = in_netns(&home, packet_socket).context("the gratuitous ARP socket")?;
         let (tx, rx) = mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = mpsc::sync_channel::<Result<()>>(1);
         std::thread::Builder::new()
             .name("garp".into())
-            .spawn(move || {
-                let sock = setns(&home.file, CloneFlags::CLONE_NEWNET)
-                    .context("entering the daemon's namespace")
-                    .and_then(|()| packet_socket());
-                match sock {
-                    Ok(sock) => {
-                        let _ = ready_tx.send(Ok(()));
-                        worker(rx, sock)
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e));
-                    }
-                }
-            })
+            .spawn(move || worker(rx, sock))
             .context("spawning the gratuitous ARP thread")?;
-        ready_rx
-            .recv()
-            .context("the gratuitous ARP thread ended at start")??;
         Ok(Self { tx: Mutex::new(tx) })
     }
 
@@ -199,7 +191,7 @@ fn worker(rx: mpsc::Receiver<Job>, sock: OwnedFd) {
             if j.due > now {
                 return true;
             }
-            let sent = ifindex_of(&j.bridge).and_then(|idx| send_on(&sock, idx, &j.frame));
+            let sent = ifindex_on(&sock, &j.bridge).and_then(|idx| send_on(&sock, idx, &j.frame));
             j.left -= 1;
             match sent {
                 Ok(()) => {
