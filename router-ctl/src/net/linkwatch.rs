@@ -83,7 +83,8 @@ pub struct Counts {
     pub dumps: u64,
     /// Notifications applied to the table.
     pub applied: u64,
-    /// Times the kernel dropped notifications (each followed by a dump).
+    /// Times the table was given up (notifications dropped by the kernel, or one unreadable),
+    /// each followed by a dump.
     pub drops: u64,
 }
 
@@ -201,6 +202,7 @@ impl LinkTable {
         }
     }
 
+    /// What the thread has done so far.
     pub fn counts(&self) -> Counts {
         self.shared.lock().counts
     }
