@@ -13,12 +13,15 @@
 //! every such pass dumped every link again (0.4–1.4 s at 10 000 routers); read continuously it
 //! holds a few messages.
 //!
-//! Order is what makes it exact. The socket is subscribed before the first dump, and the thread
-//! that reads it is the one that dumps, so every notification it applies after installing a
-//! dump was queued after the dump began: it says the same as the dump or something newer.
-//! When the kernel dropped notifications (`ENOBUFS`: the socket's queue was full) the thread
-//! discards what is still queued (older than the drop, and the drop is unknown), then dumps
-//! again; until then `snapshot` waits.
+//! Order is what makes it exact. The socket is subscribed before the first dump; the thread
+//! discards what is queued, then dumps, and only then is the socket read again, so every
+//! notification applied after a dump was queued after the dump began: it says the same as the
+//! dump or something newer. The socket is only ever read with the table locked, by the thread
+//! when it has something and by `snapshot` before it copies the table; the kernel queues a
+//! notification as part of the change, so a snapshot reflects every change made before it was
+//! asked for (a reconcile pass looks at the bridges its own network phase has just made). When
+//! the kernel dropped notifications (`ENOBUFS`: the socket's queue was full) the table is given
+//! up and the thread discards and dumps again; until then `snapshot` waits.
 //!
 //! Only `AF_UNSPEC` messages describe a device. A bridge also sends `AF_BRIDGE` ones about its
 //! ports (a `RTM_DELLINK` of that family when a port leaves the bridge, the device still there),
@@ -26,6 +29,7 @@
 
 use std::{
     collections::HashMap,
+    os::fd::AsRawFd as _,
     sync::{Arc, Condvar, Mutex, MutexGuard, Weak},
     time::{Duration, Instant},
 };
@@ -47,8 +51,9 @@ const RTMGRP_LINK: u32 = 1;
 /// CPU (a few kilobytes a notification, several per router).
 const RCVBUF: usize = 32 << 20;
 
-/// How long the thread blocks in one read: it ends within this once the table is dropped.
-const READ_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the thread waits for a notification before it looks again whether the table was
+/// given up (by a `snapshot` that met a drop) or dropped.
+const POLL_WAIT: Duration = Duration::from_millis(200);
 
 /// How long `snapshot` waits for a dump the thread is making (the first, or after a drop).
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
@@ -62,6 +67,8 @@ pub struct LinkTable {
 }
 
 struct Shared {
+    /// Subscribed to the namespace's link notifications; read only with `table` locked.
+    sock: Socket,
     table: Mutex<Table>,
     /// Signalled whenever the thread installs a dump or gives up on one.
     dumped: Condvar,
@@ -164,23 +171,27 @@ impl LinkTable {
                 .context("duplicating the namespace handle")?,
         };
         let shared = Arc::new(Shared {
+            sock,
             table: Mutex::new(Table::default()),
             dumped: Condvar::new(),
         });
         let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
             .name("linkwatch".into())
-            .spawn(move || keep(sock, dump_ns, weak))
+            .spawn(move || keep(dump_ns, weak))
             .context("spawning the link watch thread")?;
         Ok(Self { shared })
     }
 
-    /// Every link of the namespace by name, as the notifications read so far say; waits for
-    /// the thread's dump when there is no table (start, or notifications were dropped).
+    /// Every link of the namespace by name, with every change made before this call applied
+    /// (what is queued is read first); waits for the thread's dump when there is no table
+    /// (start, or notifications were dropped).
     pub fn snapshot(&self) -> Result<HashMap<String, LinkState>> {
         let deadline = Instant::now() + SNAPSHOT_WAIT;
+        let mut buf = vec![0u8; 1 << 16];
         let mut t = self.shared.lock();
         loop {
+            self.shared.drain(&mut t, &mut buf);
             if let Some(l) = &t.links {
                 return Ok(l.by_name.clone());
             }
@@ -212,6 +223,57 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, Table> {
         self.table.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Applies every notification queued now to the table `t` (the locked `table`); gives the
+    /// table up when some were lost. Nothing is read while there is no table: what is queued
+    /// then is for after the next dump.
+    fn drain(&self, t: &mut Table, buf: &mut [u8]) {
+        let Some(links) = t.links.as_mut() else {
+            return;
+        };
+        let mut lost = false;
+        loop {
+            // MSG_TRUNC: the datagram's real length, so a truncated one is known.
+            match self
+                .sock
+                .recv(&mut &mut buf[..], libc::MSG_DONTWAIT | libc::MSG_TRUNC)
+            {
+                // Cut short: whatever it said is unknown.
+                Ok(n) if n > buf.len() => lost = true,
+                Ok(n) => match apply_all(links, &buf[..n]) {
+                    Some(k) => t.counts.applied += k,
+                    None => lost = true,
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    if e.raw_os_error() != Some(libc::ENOBUFS) {
+                        tracing::warn!("link watch: {e}");
+                    }
+                    lost = true;
+                }
+            }
+            if lost {
+                break;
+            }
+        }
+        if lost {
+            t.links = None;
+            t.counts.drops += 1;
+        }
+    }
+
+    /// Waits up to `POLL_WAIT` for a notification; true when one is queued.
+    fn wait(&self) -> bool {
+        let mut fds = [libc::pollfd {
+            fd: self.sock.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        // SAFETY: `fds` is a valid array of one pollfd.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 1, POLL_WAIT.as_millis() as libc::c_int) };
+        n > 0 && fds[0].revents != 0
+    }
 }
 
 /// A socket of the calling thread's namespace subscribed to its link notifications.
@@ -223,63 +285,27 @@ fn subscribe() -> Result<Socket> {
     if rustix::net::sockopt::set_socket_recv_buffer_size_force(&sock, RCVBUF).is_err() {
         let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&sock, RCVBUF);
     }
-    rustix::net::sockopt::set_socket_timeout(
-        &sock,
-        rustix::net::sockopt::Timeout::Recv,
-        Some(READ_TIMEOUT),
-    )
-    .context("setting the link watch's read timeout")?;
     Ok(sock)
 }
 
 /// The thread: dump when there is no table, else apply what arrives; ends once the table is
 /// dropped.
-fn keep(sock: Socket, ns: NetnsHandle, shared: Weak<Shared>) {
+fn keep(ns: NetnsHandle, shared: Weak<Shared>) {
     let mut buf = vec![0u8; 1 << 16];
-    let mut need_dump = true;
     loop {
-        if need_dump {
-            let Some(s) = shared.upgrade() else { return };
-            need_dump = !dump_into(&s, &ns);
-            if need_dump {
+        let Some(s) = shared.upgrade() else { return };
+        if s.lock().links.is_none() {
+            // What is queued is older than the dump about to begin (and may follow a drop).
+            discard_queued(&s.sock, &mut buf);
+            if !dump_into(&s, &ns) {
                 drop(s);
                 std::thread::sleep(DUMP_RETRY);
                 continue;
             }
         }
-        let read = sock.recv(&mut &mut buf[..], libc::MSG_TRUNC);
-        let Some(s) = shared.upgrade() else { return };
-        match read {
-            // Cut short: whatever it said is unknown.
-            Ok(n) if n > buf.len() => need_dump = true,
-            Ok(n) => {
-                let mut t = s.lock();
-                if let Some(links) = t.links.as_mut() {
-                    match apply_all(links, &buf[..n]) {
-                        Some(k) => t.counts.applied += k,
-                        None => need_dump = true,
-                    }
-                }
-            }
-            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => need_dump = true,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::Interrupted
-                        | std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => {
-                tracing::warn!("link watch: {e}");
-                need_dump = true;
-            }
-        }
-        if need_dump {
+        if s.wait() {
             let mut t = s.lock();
-            t.links = None;
-            t.counts.drops += 1;
-            drop(t);
-            discard_queued(&sock, &mut buf);
+            s.drain(&mut t, &mut buf);
         }
     }
 }

@@ -2,7 +2,7 @@
 //! namespace says, through every kind of change the realiser makes or meets in the daemon's
 //! namespace (bridges, veth taps with their peer in another namespace, enslaving, MTU, up and
 //! down, rename, a port leaving its bridge, deletion, a device moved away), without dumping
-//! again.
+//! again, and a snapshot taken right after a change already has it.
 
 use std::{
     collections::HashMap,
@@ -48,6 +48,10 @@ fn the_table_kept_from_notifications_is_what_a_dump_says() {
     assert!(first.contains_key("lo"), "{first:?}");
 
     a.ip(&["link", "add", "brqtest", "type", "bridge"]);
+    // At once, no waiting: a snapshot applies what is queued before it copies the table (a
+    // reconcile pass looks at the bridges it has just made).
+    let t = table.snapshot().expect("snapshot");
+    assert!(t.contains_key("brqtest"), "{t:?}");
     a.ip(&["link", "set", "brqtest", "up"]);
     // A tap whose peer is in another namespace, as every router's.
     veth(&a, "taptest", &b, "qrtest");
