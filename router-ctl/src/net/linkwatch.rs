@@ -55,6 +55,9 @@ const RCVBUF: usize = 32 << 20;
 /// given up (by a `snapshot` that met a drop) or dropped.
 const POLL_WAIT: Duration = Duration::from_millis(200);
 
+/// The largest datagram read whole (a notification is a few kilobytes).
+const DATAGRAM_MAX: usize = 1 << 16;
+
 /// How long `snapshot` waits for a dump the thread is making (the first, or after a drop).
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
 
@@ -81,6 +84,8 @@ struct Table {
     /// Why the last dump failed (cleared by one that succeeds).
     error: Option<String>,
     counts: Counts,
+    /// Where the socket's datagrams are read to (read only with the table locked).
+    buf: Vec<u8>,
 }
 
 /// What the thread has done, for tests and diagnostics.
@@ -172,7 +177,10 @@ impl LinkTable {
         };
         let shared = Arc::new(Shared {
             sock,
-            table: Mutex::new(Table::default()),
+            table: Mutex::new(Table {
+                buf: vec![0; DATAGRAM_MAX],
+                ..Table::default()
+            }),
             dumped: Condvar::new(),
         });
         let weak = Arc::downgrade(&shared);
@@ -187,13 +195,29 @@ impl LinkTable {
     /// (what is queued is read first); waits for the thread's dump when there is no table
     /// (start, or notifications were dropped).
     pub fn snapshot(&self) -> Result<HashMap<String, LinkState>> {
+        self.read(|l| l.by_name.clone())
+    }
+
+    /// The links among `names` that exist, as `snapshot` would have them: a look-up that costs
+    /// what the names cost, where asking the kernel costs a walk of every router namespace's id
+    /// per tap (see the module comment).
+    pub fn lookup(&self, names: &[String]) -> Result<HashMap<String, LinkState>> {
+        self.read(|l| {
+            names
+                .iter()
+                .filter_map(|n| l.by_name.get(n).map(|s| (n.clone(), s.clone())))
+                .collect()
+        })
+    }
+
+    /// `f` of the table once every queued notification is applied to it.
+    fn read<R>(&self, f: impl FnOnce(&Links) -> R) -> Result<R> {
         let deadline = Instant::now() + SNAPSHOT_WAIT;
-        let mut buf = vec![0u8; 1 << 16];
         let mut t = self.shared.lock();
         loop {
-            self.shared.drain(&mut t, &mut buf);
+            self.shared.drain(&mut t);
             if let Some(l) = &t.links {
-                return Ok(l.by_name.clone());
+                return Ok(f(l));
             }
             if let Some(e) = &t.error {
                 return Err(anyhow!("dumping the links: {e}"));
@@ -227,8 +251,14 @@ impl Shared {
     /// Applies every notification queued now to the table `t` (the locked `table`); gives the
     /// table up when some were lost. Nothing is read while there is no table: what is queued
     /// then is for after the next dump.
-    fn drain(&self, t: &mut Table, buf: &mut [u8]) {
-        let Some(links) = t.links.as_mut() else {
+    fn drain(&self, t: &mut Table) {
+        let Table {
+            links: Some(links),
+            buf,
+            counts,
+            ..
+        } = t
+        else {
             return;
         };
         let mut lost = false;
@@ -241,7 +271,7 @@ impl Shared {
                 // Cut short: whatever it said is unknown.
                 Ok(n) if n > buf.len() => lost = true,
                 Ok(n) => match apply_all(links, &buf[..n]) {
-                    Some(k) => t.counts.applied += k,
+                    Some(k) => counts.applied += k,
                     None => lost = true,
                 },
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -291,7 +321,7 @@ fn subscribe() -> Result<Socket> {
 /// The thread: dump when there is no table, else apply what arrives; ends once the table is
 /// dropped.
 fn keep(ns: NetnsHandle, shared: Weak<Shared>) {
-    let mut buf = vec![0u8; 1 << 16];
+    let mut buf = vec![0u8; DATAGRAM_MAX];
     loop {
         let Some(s) = shared.upgrade() else { return };
         if s.lock().links.is_none() {
@@ -305,7 +335,7 @@ fn keep(ns: NetnsHandle, shared: Weak<Shared>) {
         }
         if s.wait() {
             let mut t = s.lock();
-            s.drain(&mut t, &mut buf);
+            s.drain(&mut t);
         }
     }
 }

@@ -89,8 +89,9 @@ pub struct Realiser {
     fast_path: AtomicBool,
     /// Set by `stop`: reconcile passes end after the object in hand.
     stopping: AtomicBool,
-    /// The daemon namespace's links as reconcile passes see them (see `network::DaemonLinks`).
-    daemon_links: network::DaemonLinks,
+    /// The daemon namespace's links, kept from its notifications (see `net::linkwatch`); None
+    /// when that could not be started.
+    link_table: Option<crate::net::linkwatch::LinkTable>,
     /// Each network converged by this run, with the uplink its bridge was given (None: none),
     /// so retiring a bridge frees that device instead of asking the kernel for the bridge's
     /// ports (see `retire_bridge`).
@@ -136,7 +137,7 @@ impl Realiser {
         let daemon_ns = NetnsHandle::current()?;
         let owned = Owned::open(&cfg.state_dir)?;
         let reaper = reaper::Reaper::start(&daemon_ns, owned.clone())?;
-        let daemon_links = network::DaemonLinks::watch(&daemon_ns);
+        let link_table = network::watch_links(&daemon_ns);
         Ok(Self {
             cfg,
             datapath,
@@ -153,7 +154,7 @@ impl Realiser {
             inside_cursor: AtomicUsize::new(0),
             fast_path: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
-            daemon_links,
+            link_table,
         })
     }
 

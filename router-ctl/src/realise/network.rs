@@ -227,11 +227,16 @@ impl Realiser {
         Ok(())
     }
 
-    /// Looks up `names` in the daemon namespace.
+    /// Those of `names` that exist in the daemon namespace, from the link table when there is
+    /// one (it has every change made so far, see `net::linkwatch`; the kernel walks every
+    /// router namespace's id for each tap it is asked about).
     pub(super) fn lookup_daemon_links(
         &self,
         names: &[String],
     ) -> Result<HashMap<String, LinkState>> {
+        if let Some(t) = &self.link_table {
+            return t.lookup(names);
+        }
         with_netlink(&self.daemon_ns, |h| async move {
             let mut out = HashMap::new();
             for n in names {
@@ -243,11 +248,10 @@ impl Realiser {
         })
     }
 
-    /// Every link of the daemon namespace by name, as a reconcile pass sees it: the table the
-    /// link watch keeps from the kernel's notifications (see `net::linkwatch` for why asking
-    /// the kernel is dear), or a dump when no watch could be started.
+    /// Every link of the daemon namespace by name, as a reconcile pass sees it: a copy of the
+    /// link table, or a dump when no link watch could be started.
     pub(super) fn daemon_links(&self) -> Result<HashMap<String, LinkState>> {
-        match &self.daemon_links.table {
+        match &self.link_table {
             Some(t) => t.snapshot(),
             None => self.dump_daemon_links(),
         }
@@ -265,20 +269,12 @@ impl Realiser {
     }
 }
 
-/// The daemon namespace's links, kept by a link watch.
-pub(super) struct DaemonLinks {
-    /// None when no watch could be started: every pass dumps.
-    table: Option<LinkTable>,
-}
-
-impl DaemonLinks {
-    /// Starts the watch in `daemon_ns`.
-    pub(super) fn watch(daemon_ns: &NetnsHandle) -> Self {
-        let table = LinkTable::start(daemon_ns)
-            .inspect_err(|e| {
-                tracing::warn!("no link watch ({e:#}): every reconcile pass dumps every link")
-            })
-            .ok();
-        Self { table }
-    }
+/// Starts keeping the links of `daemon_ns` from its notifications; None (every pass dumps,
+/// every look-up asks the kernel) when it cannot be started.
+pub(super) fn watch_links(daemon_ns: &NetnsHandle) -> Option<LinkTable> {
+    LinkTable::start(daemon_ns)
+        .inspect_err(|e| {
+            tracing::warn!("no link watch ({e:#}): every reconcile pass dumps every link")
+        })
+        .ok()
 }

@@ -87,7 +87,7 @@ struct Pass<'a> {
 
 impl Realiser {
     /// Full pass over `desired`. Takes the daemon namespace's links (dumped by the first pass,
-    /// then kept current from the kernel's link notifications, see `network::DaemonLinks`);
+    /// then kept current from the kernel's link notifications, see `net::linkwatch`);
     /// each router is then converged inside its own namespace. A router that fails is reported in
     /// `failed` and the pass goes on. Once the realiser is stopped the pass ends between two
     /// objects, never inside one (`abandoned` in the report).

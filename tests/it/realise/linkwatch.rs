@@ -2,7 +2,7 @@
 //! namespace says, through every kind of change the realiser makes or meets in the daemon's
 //! namespace (bridges, veth taps with their peer in another namespace, enslaving, MTU, up and
 //! down, rename, a port leaving its bridge, deletion, a device moved away), without dumping
-//! again, and a snapshot taken right after a change already has it.
+//! again, and a snapshot or look-up taken right after a change already has it.
 
 use std::{
     collections::HashMap,
@@ -64,6 +64,27 @@ fn the_table_kept_from_notifications_is_what_a_dump_says() {
     assert_eq!(t["taptest"].controller, Some(t["brqtest"].index));
     assert_eq!(t["taptest"].mtu, Some(1400));
     assert!(t["taptest"].up);
+    // A look-up by name (the API's path) says what the kernel says of those names, at once,
+    // and leaves out a name that is no device.
+    a.ip(&["link", "set", "taptest", "mtu", "1380"]);
+    let names: Vec<String> = ["taptest", "brqtest", "nosuchdev"].map(String::from).into();
+    let seen = table.lookup(&names).expect("lookup");
+    let asked: HashMap<String, LinkState> = with_netlink(&h, |h| {
+        let names = &names;
+        async move {
+            let mut out = HashMap::new();
+            for n in names {
+                if let Some(l) = link::get_link(&h, n).await? {
+                    out.insert(n.clone(), l);
+                }
+            }
+            Ok(out)
+        }
+    })
+    .expect("get");
+    assert_eq!(seen, asked);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen["taptest"].mtu, Some(1380));
 
     // Leaving the bridge sends the bridge's own RTM_DELLINK for the port: the tap stays.
     a.ip(&["link", "set", "taptest", "nomaster"]);
