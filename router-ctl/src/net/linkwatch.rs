@@ -168,7 +168,13 @@ impl LinkTable {
     /// Subscribes to the link notifications of `ns`, then starts the thread that dumps its
     /// links and applies every notification after.
     pub fn start(ns: &NetnsHandle) -> Result<Self> {
-        let sock = in_netns(ns, subscribe)?;
+        Self::start_with_buffer(ns, RCVBUF)
+    }
+
+    /// `start` with a socket receive buffer of `rcvbuf` bytes (at least the kernel's minimum):
+    /// tests make it small to see the kernel drop notifications and the table dumped again.
+    pub fn start_with_buffer(ns: &NetnsHandle, rcvbuf: usize) -> Result<Self> {
+        let sock = in_netns(ns, || subscribe(rcvbuf))?;
         let dump_ns = NetnsHandle {
             file: ns
                 .file
@@ -307,13 +313,13 @@ impl Shared {
 }
 
 /// A socket of the calling thread's namespace subscribed to its link notifications.
-fn subscribe() -> Result<Socket> {
+fn subscribe(rcvbuf: usize) -> Result<Socket> {
     let mut sock = Socket::new(NETLINK_ROUTE).context("opening a netlink socket")?;
     sock.bind(&SocketAddr::new(0, RTMGRP_LINK))
         .context("subscribing to link notifications")?;
     // Forced (root), else within the system's limit.
-    if rustix::net::sockopt::set_socket_recv_buffer_size_force(&sock, RCVBUF).is_err() {
-        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&sock, RCVBUF);
+    if rustix::net::sockopt::set_socket_recv_buffer_size_force(&sock, rcvbuf).is_err() {
+        let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&sock, rcvbuf);
     }
     Ok(sock)
 }
