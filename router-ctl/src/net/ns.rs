@@ -35,6 +35,15 @@ impl NetnsHandle {
         Ok(Self { file })
     }
 
+    /// Whether the calling thread is in this namespace.
+    pub fn is_current(&self) -> Result<bool> {
+        use std::os::unix::fs::MetadataExt as _;
+        let here =
+            fs::metadata("/proc/thread-self/ns/net").context("stat /proc/thread-self/ns/net")?;
+        let this = self.file.metadata().context("stat of a namespace handle")?;
+        Ok((here.dev(), here.ino()) == (this.dev(), this.ino()))
+    }
+
     /// The named namespace `/run/netns/<name>`; `Ok(None)` when it does not exist (or the path
     /// is a stale file with no namespace mounted on it).
     pub fn open_named(name: &str) -> Result<Option<Self>> {

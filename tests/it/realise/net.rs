@@ -127,3 +127,39 @@ fn sysctl_writes_land_in_the_calling_threads_namespace() {
         assert_eq!(read(&c), want, "written through a fresh handle");
     }
 }
+
+/// `link::delete_detached` on a worker in the device's namespace (as the realiser calls it, so
+/// it asks the name table, not the kernel's link answers): it returns once the device is
+/// unlisted, its peer in another namespace gone with it; a missing device is no error; the
+/// name is free at once.
+#[test]
+fn a_detached_delete_from_inside_the_namespace_frees_the_name() {
+    let a = Netns::new("dda");
+    let b = Netns::new("ddb");
+    let h = NetnsHandle::open_named(&a.name)
+        .expect("open")
+        .expect("namespace");
+    assert!(
+        !h.is_current().expect("is_current"),
+        "the test thread is not in {}",
+        a.name
+    );
+    let inside = with_netlink(&h, |_| async { h.is_current() }).expect("worker");
+    assert!(inside, "a with_netlink worker is in its namespace");
+    veth(&a, "ddtap", &b, "ddpeer");
+    let hr = &h;
+    let gone = with_netlink(&h, |nl| async move {
+        let existed = link::delete_detached(hr, &nl, "ddtap").await?;
+        Ok((existed, link::get_link(&nl, "ddtap").await?.is_none()))
+    })
+    .expect("delete inside");
+    assert_eq!(gone, (true, true));
+    let missing = with_netlink(&h, |nl| async move {
+        link::delete_detached(hr, &nl, "ddtap").await
+    })
+    .expect("delete a missing device");
+    assert!(!missing);
+    // The peer went with it, and the name is free again.
+    assert!(b.try_ip(&["link", "show", "ddpeer"]).is_err());
+    veth(&a, "ddtap", &b, "ddpeer");
+}
