@@ -144,7 +144,7 @@ impl Realiser {
         out.configure_new = !missing.is_empty() || !tap_fix.is_empty();
         if out.configure_new {
             let made =
-                self.daemon_ports(spec, &missing, &tap_fix, &ns.handle, created, &mut out.log)?;
+                self.daemon_ports(spec, &missing, &tap_fix, &ns.handle, created, &mut out)?;
             out.log.extend(made.iter().map(|t| format!("veth {t}")));
             out.taps = made.into_iter().collect();
         }
@@ -153,8 +153,13 @@ impl Realiser {
 
     /// Daemon side of router ports: creates the veth pairs whose inner device is missing (tap in
     /// the bridge, inner device with the port MAC moved into the router namespace), fixes taps
-    /// that are down, off their bridge or at another MTU (noting MTU changes in `log`). Returns
-    /// the taps created.
+    /// that are down, off their bridge or at another MTU (noting MTU changes in `out.log`).
+    /// Returns the taps created.
+    ///
+    /// The bridges and taps are taken from `out.links`, this call's look-up (`check_bridges`,
+    /// from the link table), not asked for again: by name, the kernel walks a name-hash chain
+    /// of a namespace with two devices a router, and fills a tap's answer with a walk of every
+    /// router namespace's id.
     fn daemon_ports(
         &self,
         spec: &RouterSpec,
@@ -162,15 +167,16 @@ impl Realiser {
         fix: &[&PortPlan<'_>],
         router_ns: &NetnsHandle,
         created: &mut Vec<Created>,
-        log: &mut Vec<String>,
+        out: &mut PortsOutcome,
     ) -> Result<Vec<String>> {
         let owned = &self.owned;
+        let (links, log) = (&out.links, &mut out.log);
         let mut made = Vec::new();
         let res = with_netlink(&self.daemon_ns, |h| {
             let made = &mut made;
             async move {
                 for p in missing.iter().chain(fix.iter()) {
-                    let bridge = link::get_link(&h, &p.bridge).await?.ok_or_else(|| {
+                    let bridge = links.get(&p.bridge).ok_or_else(|| {
                         anyhow!(
                             "router {}: bridge {} of network {} does not exist",
                             spec.id,
@@ -178,9 +184,9 @@ impl Realiser {
                             p.port.network_id
                         )
                     })?;
-                    let tap = link::get_link(&h, &p.tap).await?;
+                    let tap = links.get(&p.tap);
                     let recreate = missing.iter().any(|m| m.tap == p.tap) || tap.is_none();
-                    if let Some(t) = &tap {
+                    if let Some(t) = tap {
                         if !owned.contains(Kind::Link, &p.tap) {
                             bail!(
                                 "router {}: device {} exists but was not created by this daemon",
