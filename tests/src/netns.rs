@@ -183,6 +183,15 @@ impl Netns {
         format!("/run/netns/{}", self.name)
     }
 
+    /// A handle on this namespace for the daemon's own namespace workers (`in_netns`,
+    /// `with_netlink`), as the realiser holds one per router.
+    #[cfg(feature = "ctl")]
+    pub fn handle(&self) -> router_ctl::net::NetnsHandle {
+        router_ctl::net::NetnsHandle::open_named(&self.name)
+            .unwrap_or_else(|e| panic!("opening namespace {}: {e:#}", self.name))
+            .unwrap_or_else(|| panic!("namespace {} is gone", self.name))
+    }
+
     /// `ip -n <ns> <args>`.
     pub fn try_ip(&self, args: &[&str]) -> Result<Output> {
         try_sh(Command::new("ip").arg("-n").arg(&self.name).args(args))

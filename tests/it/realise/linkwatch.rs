@@ -40,9 +40,7 @@ fn agrees(table: &LinkTable, h: &NetnsHandle, step: &str) -> HashMap<String, Lin
 fn the_table_kept_from_notifications_is_what_a_dump_says() {
     let a = Netns::new("lwa");
     let b = Netns::new("lwb");
-    let h = NetnsHandle::open_named(&a.name)
-        .expect("open")
-        .expect("namespace");
+    let h = a.handle();
     let table = LinkTable::start(&h).expect("start");
     let first = agrees(&table, &h, "start");
     assert!(first.contains_key("lo"), "{first:?}");
@@ -123,9 +121,7 @@ fn the_table_kept_from_notifications_is_what_a_dump_says() {
 #[test]
 fn after_the_kernel_drops_notifications_the_table_is_dumped_again() {
     let a = Netns::new("lwd");
-    let h = NetnsHandle::open_named(&a.name)
-        .expect("open")
-        .expect("namespace");
+    let h = a.handle();
     // The smallest buffer the kernel allows holds about one notification: a burst of changes
     // made in one process overflows it before the thread reads.
     let table = LinkTable::start_with_buffer(&h, 1).expect("start");

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use router_ctl::net::{NetnsHandle, link, with_netlink};
+use router_ctl::net::{link, with_netlink};
 use tests::{Netns, ip_json, veth};
 
 fn addrs(ns: &Netns, dev: &str) -> Vec<String> {
@@ -29,9 +29,7 @@ fn ipv6_address_and_default_route_converge_like_ipv4() {
     let b = Netns::new("l6b");
     veth(&a, "v6a", &b, "v6b");
     let idx = a.ifindex("v6a");
-    let handle = NetnsHandle::open_named(&a.name)
-        .expect("open")
-        .expect("namespace");
+    let handle = a.handle();
     let converge = |want: Vec<IpNet>, gateways: Vec<IpAddr>| {
         with_netlink(&handle, |h| {
             let (want, gateways) = (want.clone(), gateways.clone());
@@ -104,9 +102,7 @@ fn sysctl_writes_land_in_the_calling_threads_namespace() {
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     let write = |ns: &Netns, v: &str| {
-        let h = NetnsHandle::open_named(&ns.name)
-            .expect("open")
-            .expect("namespace");
+        let h = ns.handle();
         in_netns(&h, || sysctl::write("ipv4/ip_forward", v)).expect("sysctl write");
     };
     let a = Netns::new("sya");
@@ -136,9 +132,7 @@ fn sysctl_writes_land_in_the_calling_threads_namespace() {
 fn a_detached_delete_from_inside_the_namespace_frees_the_name() {
     let a = Netns::new("dda");
     let b = Netns::new("ddb");
-    let h = NetnsHandle::open_named(&a.name)
-        .expect("open")
-        .expect("namespace");
+    let h = a.handle();
     assert!(
         !h.is_current().expect("is_current"),
         "the test thread is not in {}",
