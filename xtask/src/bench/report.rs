@@ -183,25 +183,31 @@ pub struct StepStats {
     /// p50 over the first and the last tenth of the batch, in order: which call grows with N.
     pub first_tenth_p50_secs: Option<f64>,
     pub last_tenth_p50_secs: Option<f64>,
+    /// p99 over the same tenths: whether a batch's growing tail is one call's or every call's
+    /// (a stall of the machine lands on whichever call is running).
+    pub first_tenth_p99_secs: Option<f64>,
+    pub last_tenth_p99_secs: Option<f64>,
 }
 
 /// Header of the table `step_rows` fills.
-pub const STEP_HEADER: &str =
-    "| call | p50 ms | p99 ms | p50 ms, first → last tenth |\n|---|---|---|---|";
+pub const STEP_HEADER: &str = "| call | p50 ms | p99 ms | p50 ms, first → last tenth | p99 ms, first → last tenth |\n|---|---|---|---|---|";
 
-/// Rows `| call | p50 ms | p99 ms | first → last tenth |` of a markdown table, one per step.
+/// Rows `| call | p50 ms | p99 ms | p50 first → last tenth | p99 first → last tenth |` of a
+/// markdown table, one per step.
 pub fn step_rows<'a>(s: &mut String, steps: impl IntoIterator<Item = &'a StepStats>) {
+    let growth = |f: Option<f64>, l: Option<f64>| match (f, l) {
+        (Some(f), Some(l)) => format!("{:.1} → {:.1}", f * 1e3, l * 1e3),
+        _ => "—".into(),
+    };
     for st in steps {
-        let tenths = match (st.first_tenth_p50_secs, st.last_tenth_p50_secs) {
-            (Some(f), Some(l)) => format!("{:.1} → {:.1}", f * 1e3, l * 1e3),
-            _ => "—".into(),
-        };
         let _ = writeln!(
             s,
-            "| {} | {:.1} | {:.1} | {tenths} |",
+            "| {} | {:.1} | {:.1} | {} | {} |",
             st.call,
             st.p50_secs * 1e3,
-            st.p99_secs * 1e3
+            st.p99_secs * 1e3,
+            growth(st.first_tenth_p50_secs, st.last_tenth_p50_secs),
+            growth(st.first_tenth_p99_secs, st.last_tenth_p99_secs),
         );
     }
 }

@@ -538,6 +538,8 @@ impl Timed {
                     call: (*name).to_string(),
                     first_tenth_p50_secs: tenths.first().map(|t| t.p50_secs),
                     last_tenth_p50_secs: tenths.last().map(|t| t.p50_secs),
+                    first_tenth_p99_secs: tenths.first().map(|t| t.p99_secs),
+                    last_tenth_p99_secs: tenths.last().map(|t| t.p99_secs),
                     mean_secs: v.iter().sum::<f64>() / v.len().max(1) as f64,
                     p50_secs: percentile(v, 0.50),
                     p99_secs: percentile(v, 0.99),
