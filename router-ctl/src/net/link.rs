@@ -348,7 +348,7 @@ pub async fn delete_detached(ns: &NetnsHandle, h: &Handle, name: &str) -> Result
 
 /// Deletes link `index` (named `name`, for the error); missing is success. Returns whether it
 /// existed.
-async fn delete_index(h: &Handle, index: u32, name: &str) -> Result<bool> {
+pub async fn delete_index(h: &Handle, index: u32, name: &str) -> Result<bool> {
     match h.link().del(index).execute().await {
         Ok(()) => Ok(true),
         Err(e) if is_missing(&e) => Ok(false),

@@ -196,7 +196,7 @@ impl Realiser {
                         }
                         if recreate {
                             // Its peer is gone (namespace deleted from outside): start afresh.
-                            link::delete_link(&h, &p.tap).await?;
+                            link::delete_index(&h, t.index, &p.tap).await?;
                         } else {
                             if link::converge_mtu(&h, t, p.port.mtu).await? {
                                 log.push(format!("mtu {}", p.tap));
