@@ -131,7 +131,8 @@ ALTER TABLE networks ADD COLUMN mtu INTEGER NOT NULL DEFAULT 1500;
 /// it from `dirty = 1`, so without it each call read the whole table (five rows a router:
 /// at 10 000 routers, milliseconds of page reads per API call).
 pub fn settle_revisions(conn: &Connection) -> Result<(), Fault> {
-    conn.execute(
+    super::execute(
+        conn,
         concat!(
             "UPDATE standard_attrs SET revision_number = revision_number + 1, updated_at = ",
             now!(),
@@ -139,14 +140,19 @@ pub fn settle_revisions(conn: &Connection) -> Result<(), Fault> {
         ),
         [],
     )?;
-    conn.execute("UPDATE standard_attrs SET dirty = 0 WHERE dirty != 0", [])?;
+    super::execute(
+        conn,
+        "UPDATE standard_attrs SET dirty = 0 WHERE dirty != 0",
+        [],
+    )?;
     Ok(())
 }
 
 /// Marks `resource_id` as changed by this transaction (for tables that revise a resource but
 /// have no trigger here).
 pub fn mark_changed(conn: &Connection, resource_id: &str) -> Result<(), Fault> {
-    conn.execute(
+    super::execute(
+        conn,
         "UPDATE standard_attrs SET dirty = 1 WHERE resource_id = ?1 AND dirty = 0",
         [resource_id],
     )?;
@@ -211,13 +217,19 @@ pub fn standard_attrs(
     conn: &Connection,
     resource_id: &str,
 ) -> Result<Option<StandardAttrs>, Fault> {
-    let row = conn
-        .query_row(
-            "SELECT revision_number, created_at, updated_at FROM standard_attrs WHERE resource_id = ?1",
-            [resource_id],
-            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?)),
-        )
-        .optional()?;
+    let row = super::query_row(
+        conn,
+        "SELECT revision_number, created_at, updated_at FROM standard_attrs WHERE resource_id = ?1",
+        [resource_id],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        },
+    )
+    .optional()?;
     let Some((revision_number, created_at, updated_at)) = row else {
         return Ok(None);
     };
@@ -241,7 +253,8 @@ pub fn tags(conn: &Connection, resource_id: &str) -> Result<Vec<String>, Fault> 
 
 /// Adds `tag` to a resource (no change when it has it already).
 pub fn add_tag(conn: &Connection, resource_id: &str, tag: &str) -> Result<(), Fault> {
-    conn.execute(
+    super::execute(
+        conn,
         "INSERT OR IGNORE INTO tags (resource_id, tag) VALUES (?1, ?2)",
         params![resource_id, tag],
     )?;
@@ -250,7 +263,8 @@ pub fn add_tag(conn: &Connection, resource_id: &str, tag: &str) -> Result<(), Fa
 
 /// Removes `tag` from a resource; false when it did not have it.
 pub fn remove_tag(conn: &Connection, resource_id: &str, tag: &str) -> Result<bool, Fault> {
-    Ok(conn.execute(
+    Ok(super::execute(
+        conn,
         "DELETE FROM tags WHERE resource_id = ?1 AND tag = ?2",
         params![resource_id, tag],
     )? > 0)

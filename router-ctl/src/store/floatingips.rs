@@ -66,19 +66,23 @@ pub fn fip_of_fixed_ip(
     port_id: &str,
     fixed_ip: IpAddr,
 ) -> Result<Option<String>, Fault> {
-    Ok(conn
-        .query_row(
-            "SELECT id FROM floatingips WHERE port_id=?1 AND fixed_ip=?2",
-            params![port_id, addr_val(fixed_ip)],
-            |r| r.get(0),
-        )
-        .optional()?)
+    Ok(super::query_row(
+        conn,
+        "SELECT id FROM floatingips WHERE port_id=?1 AND fixed_ip=?2",
+        params![port_id, addr_val(fixed_ip)],
+        |r| r.get(0),
+    )
+    .optional()?)
 }
 
 /// Deletes the floating IP row (its port forwardings go with it; the caller deletes its port).
 pub fn delete_floatingip(conn: &Connection, id: &str) -> Result<(), Fault> {
-    conn.execute("DELETE FROM port_forwardings WHERE floatingip_id=?1", [id])?;
-    conn.execute("DELETE FROM floatingips WHERE id=?1", [id])?;
+    super::execute(
+        conn,
+        "DELETE FROM port_forwardings WHERE floatingip_id=?1",
+        [id],
+    )?;
+    super::execute(conn, "DELETE FROM floatingips WHERE id=?1", [id])?;
     Ok(())
 }
 
@@ -111,21 +115,21 @@ pub fn duplicate_port_forwarding(
     conn: &Connection,
     p: &PortForwarding,
 ) -> Result<Option<String>, Fault> {
-    Ok(conn
-        .query_row(
-            "SELECT id FROM port_forwardings WHERE id<>?1 AND protocol=?2 AND
+    Ok(super::query_row(
+        conn,
+        "SELECT id FROM port_forwardings WHERE id<>?1 AND protocol=?2 AND
                ((floatingip_id=?3 AND external_port=?4) OR (internal_ip=?5 AND internal_port=?6))",
-            params![
-                p.id,
-                p.protocol,
-                p.floatingip_id,
-                p.external_port,
-                addr_val(p.internal_ip),
-                p.internal_port
-            ],
-            |r| r.get(0),
-        )
-        .optional()?)
+        params![
+            p.id,
+            p.protocol,
+            p.floatingip_id,
+            p.external_port,
+            addr_val(p.internal_ip),
+            p.internal_port
+        ],
+        |r| r.get(0),
+    )
+    .optional()?)
 }
 
 /// The first router (in creation order) with an interface on `subnet_id` and its gateway on
@@ -135,22 +139,22 @@ pub fn serving_router(
     network_id: &str,
     subnet_id: &str,
 ) -> Result<Option<String>, Fault> {
-    Ok(conn
-        .query_row(
-            "SELECT r.id FROM routers r
+    Ok(super::query_row(
+        conn,
+        "SELECT r.id FROM routers r
                JOIN ports gp ON gp.id = r.gw_port_id
                JOIN router_interfaces i ON i.router_id = r.id
                JOIN fixed_ips f ON f.port_id = i.port_id
              WHERE gp.network_id = ?1 AND f.subnet_id = ?2
              ORDER BY r.rowid LIMIT 1",
-            [network_id, subnet_id],
-            |row| row.get(0),
-        )
-        .optional()?)
+        [network_id, subnet_id],
+        |row| row.get(0),
+    )
+    .optional()?)
 }
 
 pub fn delete_port_forwarding(conn: &Connection, id: &str) -> Result<(), Fault> {
-    conn.execute("DELETE FROM port_forwardings WHERE id=?1", [id])?;
+    super::execute(conn, "DELETE FROM port_forwardings WHERE id=?1", [id])?;
     Ok(())
 }
 

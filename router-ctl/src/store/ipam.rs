@@ -13,14 +13,14 @@ use crate::model::{Fault, Subnet, eui64_address, ip_at, ip_index};
 
 /// Whether `ip` is allocated to any port on the subnet.
 pub fn ip_in_use(conn: &Connection, subnet_id: &str, ip: IpAddr) -> Result<bool, Fault> {
-    Ok(conn
-        .query_row(
-            "SELECT 1 FROM fixed_ips WHERE subnet_id=?1 AND ip=?2",
-            params![subnet_id, addr_val(ip)],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some())
+    Ok(super::query_row(
+        conn,
+        "SELECT 1 FROM fixed_ips WHERE subnet_id=?1 AND ip=?2",
+        params![subnet_id, addr_val(ip)],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
 }
 
 /// First address of the subnet's pools that is neither the gateway nor allocated; None when

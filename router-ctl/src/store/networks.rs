@@ -9,8 +9,8 @@ use crate::model::{Fault, Subnet};
 
 /// Deletes the network and its subnets (callers check for ports first).
 pub fn delete_network(conn: &Connection, id: &str) -> Result<(), Fault> {
-    conn.execute("DELETE FROM subnets WHERE network_id=?1", [id])?;
-    conn.execute("DELETE FROM networks WHERE id=?1", [id])?;
+    super::execute(conn, "DELETE FROM subnets WHERE network_id=?1", [id])?;
+    super::execute(conn, "DELETE FROM networks WHERE id=?1", [id])?;
     Ok(())
 }
 
@@ -25,9 +25,14 @@ pub(super) fn load_pools(conn: &Connection, s: &mut Subnet) -> Result<(), Fault>
 }
 
 pub(super) fn write_pools(conn: &Connection, s: &Subnet) -> Result<(), Fault> {
-    conn.execute("DELETE FROM allocation_pools WHERE subnet_id=?1", [&s.id])?;
+    super::execute(
+        conn,
+        "DELETE FROM allocation_pools WHERE subnet_id=?1",
+        [&s.id],
+    )?;
     for (i, (a, b)) in s.allocation_pools.iter().enumerate() {
-        conn.execute(
+        super::execute(
+            conn,
             "INSERT INTO allocation_pools (subnet_id, seq, first_ip, last_ip) VALUES (?1,?2,?3,?4)",
             params![s.id, i as i64, addr_val(*a), addr_val(*b)],
         )?;
@@ -42,13 +47,14 @@ pub fn network_subnets(conn: &Connection, network_id: &str) -> Result<Vec<Subnet
 
 /// Deletes the subnet and its pools (callers check for allocations first).
 pub fn delete_subnet(conn: &Connection, id: &str) -> Result<(), Fault> {
-    conn.execute("DELETE FROM subnets WHERE id=?1", [id])?;
+    super::execute(conn, "DELETE FROM subnets WHERE id=?1", [id])?;
     Ok(())
 }
 
 /// How many addresses are allocated from the subnet.
 pub fn subnet_ip_count(conn: &Connection, subnet_id: &str) -> Result<u64, Fault> {
-    let n: i64 = conn.query_row(
+    let n: i64 = super::query_row(
+        conn,
         "SELECT COUNT(*) FROM fixed_ips WHERE subnet_id=?1",
         [subnet_id],
         |r| r.get(0),

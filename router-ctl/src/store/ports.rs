@@ -20,14 +20,14 @@ pub(super) fn load_fixed_ips(conn: &Connection, p: &mut Port) -> Result<(), Faul
 
 /// Whether any port has this MAC.
 pub fn mac_in_use(conn: &Connection, mac: &[u8; 6]) -> Result<bool, Fault> {
-    Ok(conn
-        .query_row(
-            "SELECT 1 FROM ports WHERE mac=?1",
-            [mac_to_string(mac)],
-            |_| Ok(()),
-        )
-        .optional()?
-        .is_some())
+    Ok(super::query_row(
+        conn,
+        "SELECT 1 FROM ports WHERE mac=?1",
+        [mac_to_string(mac)],
+        |_| Ok(()),
+    )
+    .optional()?
+    .is_some())
 }
 
 /// A fresh `fa:16:3e:xx:xx:xx` MAC (Neutron's base MAC) not used by any port.
@@ -46,9 +46,10 @@ pub fn generate_mac(conn: &Connection) -> Result<[u8; 6], Fault> {
 }
 
 pub(super) fn write_fixed_ips(conn: &Connection, p: &Port) -> Result<(), Fault> {
-    conn.execute("DELETE FROM fixed_ips WHERE port_id=?1", [&p.id])?;
+    super::execute(conn, "DELETE FROM fixed_ips WHERE port_id=?1", [&p.id])?;
     for f in &p.fixed_ips {
-        conn.execute(
+        super::execute(
+            conn,
             "INSERT INTO fixed_ips (port_id, subnet_id, ip) VALUES (?1,?2,?3)",
             params![p.id, f.subnet_id, addr_val(f.ip)],
         )
@@ -73,7 +74,7 @@ pub fn network_ports(conn: &Connection, network_id: &str) -> Result<Vec<Port>, F
 
 /// Deletes the port and frees its addresses.
 pub fn delete_port(conn: &Connection, id: &str) -> Result<(), Fault> {
-    conn.execute("DELETE FROM fixed_ips WHERE port_id=?1", [id])?;
-    conn.execute("DELETE FROM ports WHERE id=?1", [id])?;
+    super::execute(conn, "DELETE FROM fixed_ips WHERE port_id=?1", [id])?;
+    super::execute(conn, "DELETE FROM ports WHERE id=?1", [id])?;
     Ok(())
 }

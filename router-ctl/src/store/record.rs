@@ -251,7 +251,7 @@ pub fn insert<T: Record>(conn: &Connection, x: &T) -> Result<(), Fault> {
         columns::<T>(""),
         marks.join(",")
     );
-    conn.execute(&sql, params_from_iter(x.values()))?;
+    super::execute(conn, &sql, params_from_iter(x.values()))?;
     x.write_rest(conn)
 }
 
@@ -278,6 +278,6 @@ pub fn update<T: Record>(conn: &Connection, x: &T) -> Result<(), Fault> {
         clause(set, ", ")?,
         clause(key, " AND ")?
     );
-    conn.execute(&sql, params_from_iter(args))?;
+    super::execute(conn, &sql, params_from_iter(args))?;
     x.write_rest(conn)
 }

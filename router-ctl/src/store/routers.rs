@@ -31,7 +31,8 @@ CREATE TABLE router_routes (
 /// call looks at every router: a search for the smallest hole over all of them cost 1.6 ms a
 /// router at 10 000, in every router creation.
 pub fn free_dp_id(conn: &Connection) -> Result<u32, Fault> {
-    let (max, count): (Option<i64>, i64) = conn.query_row(
+    let (max, count): (Option<i64>, i64) = super::query_row(
+        conn,
         "SELECT (SELECT MAX(dp_id) FROM routers), (SELECT COUNT(*) FROM routers)",
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),
@@ -39,7 +40,8 @@ pub fn free_dp_id(conn: &Connection) -> Result<u32, Fault> {
     let id = match max {
         None => 1,
         Some(max) if max == count => max + 1,
-        Some(_) => conn.query_row(
+        Some(_) => super::query_row(
+            conn,
             "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM routers WHERE dp_id=1) THEN 1 ELSE
                (SELECT r.dp_id + 1 FROM routers r WHERE NOT EXISTS
                   (SELECT 1 FROM routers r2 WHERE r2.dp_id = r.dp_id + 1)
@@ -62,15 +64,20 @@ pub fn free_dp_id(conn: &Connection) -> Result<u32, Fault> {
 
 /// Deletes the router, its interface rows and its routes (callers remove the ports).
 pub fn delete_router(conn: &Connection, id: &str) -> Result<(), Fault> {
-    conn.execute("DELETE FROM router_interfaces WHERE router_id=?1", [id])?;
-    conn.execute("DELETE FROM router_routes WHERE router_id=?1", [id])?;
-    conn.execute("DELETE FROM routers WHERE id=?1", [id])?;
+    super::execute(
+        conn,
+        "DELETE FROM router_interfaces WHERE router_id=?1",
+        [id],
+    )?;
+    super::execute(conn, "DELETE FROM router_routes WHERE router_id=?1", [id])?;
+    super::execute(conn, "DELETE FROM routers WHERE id=?1", [id])?;
     Ok(())
 }
 
 /// Records `port_id` as an interface of the router.
 pub fn add_interface(conn: &Connection, router_id: &str, port_id: &str) -> Result<(), Fault> {
-    conn.execute(
+    super::execute(
+        conn,
         "INSERT INTO router_interfaces (router_id, port_id) VALUES (?1, ?2)",
         [router_id, port_id],
     )?;
@@ -79,7 +86,8 @@ pub fn add_interface(conn: &Connection, router_id: &str, port_id: &str) -> Resul
 
 /// Forgets the interface row (the caller deletes the port).
 pub fn remove_interface(conn: &Connection, router_id: &str, port_id: &str) -> Result<(), Fault> {
-    conn.execute(
+    super::execute(
+        conn,
         "DELETE FROM router_interfaces WHERE router_id=?1 AND port_id=?2",
         [router_id, port_id],
     )?;
@@ -97,24 +105,24 @@ pub fn router_interfaces(conn: &Connection, router_id: &str) -> Result<Vec<Port>
 
 /// The router an interface port belongs to.
 pub fn interface_router(conn: &Connection, port_id: &str) -> Result<Option<String>, Fault> {
-    Ok(conn
-        .query_row(
-            "SELECT router_id FROM router_interfaces WHERE port_id=?1",
-            [port_id],
-            |r| r.get(0),
-        )
-        .optional()?)
+    Ok(super::query_row(
+        conn,
+        "SELECT router_id FROM router_interfaces WHERE port_id=?1",
+        [port_id],
+        |r| r.get(0),
+    )
+    .optional()?)
 }
 
 /// The router whose gateway port this is.
 pub fn gateway_router(conn: &Connection, port_id: &str) -> Result<Option<String>, Fault> {
-    Ok(conn
-        .query_row(
-            "SELECT id FROM routers WHERE gw_port_id=?1",
-            [port_id],
-            |r| r.get(0),
-        )
-        .optional()?)
+    Ok(super::query_row(
+        conn,
+        "SELECT id FROM routers WHERE gw_port_id=?1",
+        [port_id],
+        |r| r.get(0),
+    )
+    .optional()?)
 }
 
 /// Routers with an interface or the gateway on the network: those whose spec a change of the
@@ -160,7 +168,11 @@ pub fn set_router_routes(
     router_id: &str,
     routes: &[RouteSpec],
 ) -> Result<(), Fault> {
-    conn.execute("DELETE FROM router_routes WHERE router_id=?1", [router_id])?;
+    super::execute(
+        conn,
+        "DELETE FROM router_routes WHERE router_id=?1",
+        [router_id],
+    )?;
     let mut st = conn.prepare_cached(
         "INSERT INTO router_routes (router_id, destination, nexthop) VALUES (?1, ?2, ?3)",
     )?;
