@@ -275,8 +275,8 @@ const STATEMENTS: usize = 128;
 /// (`whereLoopOutputAdjust` asks whether its value is 0 or 1), and `sqlite3_clear_bindings`,
 /// which rusqlite calls on every statement it puts back in the cache, expires any statement
 /// so marked: nearly every cached query was compiled again on its next use, a quarter of the
-/// API's own CPU time. The plans it would pick for other values matter nothing here (no
-/// `ANALYZE` statistics, keys looked up by equality).
+/// API's own CPU time. Plans that adapt to a bound value buy nothing here: there are no
+/// `ANALYZE` statistics, and every look-up is by key.
 fn keep_plans(conn: &Connection) -> rusqlite::Result<()> {
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
