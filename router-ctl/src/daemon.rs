@@ -30,6 +30,7 @@ use crate::{
     datapath::{self, Datapath, GcReport, sessions::GcPace},
     metrics::{self, Metrics},
     model::spec::{DesiredState, NetworkSpec, RouterSpec},
+    net,
     realise::{Current, Realiser, RealiserConfig},
     store::{self, Store},
 };
@@ -390,7 +391,8 @@ async fn reconcile_loop(
                 .read_if_changed(last, store::desired_state)
                 .map_err(anyhow::Error::from)?;
             let desired = &read.value;
-            let rep = r.reconcile_with(desired, &StoreNow(&st));
+            // The pass's work in the daemon's own namespace runs on this thread.
+            let rep = net::worker::inline(|| r.reconcile_with(desired, &StoreNow(&st)));
             m.reconcile_pass(rep.as_ref().ok(), start.elapsed());
             let routers = desired.routers.len();
             rep.map(|rep| (rep, routers, read))

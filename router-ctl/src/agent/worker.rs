@@ -267,7 +267,7 @@ impl Worker {
         let r = tokio::task::spawn_blocking(move || {
             let b = book.lock().unwrap_or_else(|p| p.into_inner());
             let start = Instant::now();
-            let r = b.reconcile();
+            let r = crate::net::worker::inline(|| b.reconcile());
             if let Some(r) = &r {
                 metrics.reconcile_pass(r.as_ref().ok(), start.elapsed());
             }
@@ -291,7 +291,8 @@ impl Worker {
         let book = self.book.clone();
         Ok(tokio::task::spawn_blocking(move || {
             let mut b = book.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut b)
+            // The realiser's work in the agent's own namespace runs on this thread.
+            crate::net::worker::inline(|| f(&mut b))
         })
         .await?)
     }

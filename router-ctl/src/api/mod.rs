@@ -349,11 +349,12 @@ impl ApiState {
 }
 
 /// `f` on the blocking pool: store calls (SQLite, and the realiser behind a mutation) must not
-/// hold up the runtime's workers.
+/// hold up the runtime's workers. The realiser's work in the daemon's own namespace runs on
+/// that thread itself (`net::worker::inline`).
 async fn off_runtime<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, Fault> + Send + 'static,
 ) -> Result<T, Fault> {
-    tokio::task::spawn_blocking(f)
+    tokio::task::spawn_blocking(|| crate::net::worker::inline(f))
         .await
         .map_err(|e| Fault::internal(format!("request task failed: {e}")))?
 }

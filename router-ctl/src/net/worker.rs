@@ -9,9 +9,16 @@
 //! A job may itself submit jobs (nested namespace work): the worker running it is busy, so the
 //! nested job takes another worker (spawned when none is idle). Each worker keeps one
 //! current-thread runtime (`block_on`) that only its own jobs use.
+//!
+//! Work for the namespace the caller is already in needs no worker: a thread inside `inline`
+//! (the API's and the reconcile loop's blocking tasks, which never change namespace) runs it
+//! itself (`ns::in_netns`, `ns::with_netlink`). About half of a router's namespace work is in
+//! the daemon's own namespace, and each hand-off to a worker is two wake-ups, each of which
+//! waits for a CPU when the machine is busy: that wait, not the work, made the tail of a
+//! router's creation at 10 000 routers (docs/BENCH.md, "Sixteenth round").
 
 use std::{
-    cell::OnceCell,
+    cell::{Cell, OnceCell},
     fs::File,
     os::unix::fs::MetadataExt as _,
     panic::{AssertUnwindSafe, catch_unwind},
@@ -53,12 +60,17 @@ fn home() -> Result<&'static File> {
 }
 
 thread_local! {
-    /// The worker's runtime for `block_on` (built on the first job that needs one).
+    /// The thread's runtime for `block_on` (built on the first call that needs one).
     static RUNTIME: OnceCell<tokio::runtime::Runtime> = const { OnceCell::new() };
+    /// Inside `inline`: namespace work for the thread's own namespace may run here.
+    static INLINE: Cell<bool> = const { Cell::new(false) };
+    /// Inside `block_on`: the thread's runtime is running, and cannot be entered again.
+    static DRIVING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Runs `fut` to completion on the calling worker's own current-thread runtime. Only for jobs
-/// (see `run`): a worker's runtime is used by nothing else, so it is never entered twice.
+/// Runs `fut` to completion on the calling thread's own current-thread runtime: a worker's,
+/// for its jobs (see `run`), or an `inline` thread's, for work it runs itself. Never on an
+/// async runtime's worker thread, and never inside another `block_on` (see `may_drive_here`).
 pub fn block_on<T>(fut: impl Future<Output = T>) -> Result<T> {
     RUNTIME.with(|rt| {
         if rt.get().is_none() {
@@ -69,8 +81,50 @@ pub fn block_on<T>(fut: impl Future<Output = T>) -> Result<T> {
             let _ = rt.set(built);
         }
         let rt = rt.get().ok_or_else(|| anyhow!("no runtime"))?;
+        let _driving = Restore::set(&DRIVING, true);
         Ok(rt.block_on(fut))
     })
+}
+
+/// Runs `f` with namespace work for the calling thread's own namespace done on this thread
+/// (see the module comment). Only for threads that never change namespace themselves and are
+/// not an async runtime's workers (`block_on` would refuse to start there): tokio's blocking
+/// pool, plain threads.
+pub fn inline<T>(f: impl FnOnce() -> T) -> T {
+    let _inline = Restore::set(&INLINE, true);
+    f()
+}
+
+/// Whether blocking namespace work for the calling thread's namespace may run here.
+pub fn may_run_here() -> bool {
+    INLINE.get()
+}
+
+/// Whether async namespace work (`block_on`) for the calling thread's namespace may run here:
+/// not from inside a `block_on` of this thread (its runtime is busy driving the caller).
+pub fn may_drive_here() -> bool {
+    INLINE.get() && !DRIVING.get()
+}
+
+/// Puts a thread-local flag back as it was when dropped (also on unwind).
+struct Restore {
+    key: &'static std::thread::LocalKey<Cell<bool>>,
+    before: bool,
+}
+
+impl Restore {
+    fn set(key: &'static std::thread::LocalKey<Cell<bool>>, now: bool) -> Self {
+        Self {
+            key,
+            before: key.replace(now),
+        }
+    }
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        self.key.set(self.before);
+    }
 }
 
 /// Moves the calling thread to `home`; whether it is there now. Without the privilege to
