@@ -358,7 +358,7 @@ pub async fn delete_index(h: &Handle, index: u32, name: &str) -> Result<bool> {
 
 /// How `delete_detached` asks whether a name is still listed.
 ///
-/// From a thread in the namespace (every caller runs on a `with_netlink` worker) it asks the
+/// From a thread in the namespace (every caller runs inside `with_netlink`) it asks the
 /// name table by ioctl: a link request has the kernel fill the device's whole state, and for a
 /// veth whose peer is in another namespace that includes the peer's namespace id, found by a
 /// walk of every namespace id this namespace holds: one per router in the daemon's

@@ -1,9 +1,10 @@
 //! Kernel networking through rtnetlink: namespaces, links, addresses, routes, sysctls and
 //! gratuitous ARP, router advertisements. Plain building blocks with no policy; `realise` decides what to build.
 //!
-//! Every netlink operation runs on a namespace worker (`worker`) that entered the target
-//! namespace and opened its own socket there (setns is per thread, and a socket keeps the
-//! namespace it was created in), driven by a current-thread tokio runtime owned by that worker.
+//! Every netlink operation runs on a thread in the target namespace, through a socket opened
+//! there (setns is per thread, and a socket keeps the namespace it was created in), driven by
+//! a current-thread tokio runtime of that thread: a namespace worker (`worker`) that entered
+//! it, or, for the caller's own namespace, the caller itself (`worker::inline`).
 
 pub mod arp;
 pub mod link;
