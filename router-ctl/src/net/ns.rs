@@ -276,7 +276,10 @@ thread_local! {
 fn kept_handle(ns: (u64, u64)) -> Result<rtnetlink::Handle> {
     KEPT.with(|kept| {
         let mut kept = kept.borrow_mut();
-        if let Some(k) = kept.as_ref().filter(|k| k.ns == ns && !k.task.is_finished()) {
+        if let Some(k) = kept
+            .as_ref()
+            .filter(|k| k.ns == ns && !k.task.is_finished())
+        {
             return Ok(k.handle.clone());
         }
         if let Some(old) = kept.take() {
