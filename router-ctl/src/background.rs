@@ -7,8 +7,10 @@
 //! calls made meanwhile (a few percent of them) were the slowest of the batch: the p99 of a
 //! router's creation grew with the number of routers while its p50 did not (docs/BENCH.md,
 //! "Seventeenth round"). At nice `NICE` the pass runs on what the API leaves idle, and alone at
-//! full speed on a quiet node. It holds a lock only while it repairs something, which a quiet
-//! node's passes rarely find and a busy node's rarely need.
+//! full speed on a quiet node. The price: the pass takes the store's and the realiser's locks
+//! for one router at a time (a repair, or one of the few it looks at from inside) and for the
+//! filter check of those few, and a call that wants them meanwhile may now also wait while the
+//! pass is preempted. The bench's tail did not get worse for it.
 
 use std::{
     panic::{AssertUnwindSafe, catch_unwind},
