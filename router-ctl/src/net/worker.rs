@@ -11,11 +11,11 @@
 //! current-thread runtime (`block_on`) that only its own jobs use.
 //!
 //! Work for the namespace the caller is already in needs no worker: a thread inside `inline`
-//! (the API's and the reconcile loop's blocking tasks, which never change namespace) runs it
-//! itself (`ns::in_netns`, `ns::with_netlink`). About half of a router's namespace work is in
-//! the daemon's own namespace, and each hand-off to a worker is two wake-ups, each of which
-//! waits for a CPU when the machine is busy: that wait, not the work, made the tail of a
-//! router's creation at 10 000 routers (docs/BENCH.md, "Sixteenth round").
+//! (the API's blocking tasks, the reconcile thread, the agent's blocking tasks: none changes
+//! namespace) runs it itself (`ns::in_netns`, `ns::with_netlink`). About half of a router's
+//! namespace work is in the daemon's own namespace, and each hand-off to a worker is two
+//! wake-ups, each of which waits for a CPU when the machine is busy (docs/BENCH.md,
+//! "Sixteenth round", "Seventeenth round").
 
 use std::{
     cell::{Cell, OnceCell},
