@@ -7,6 +7,7 @@
 //! it, or, for the caller's own namespace, the caller itself (`worker::inline`).
 
 pub mod arp;
+pub mod closer;
 pub mod link;
 pub mod linkwatch;
 pub mod neigh;

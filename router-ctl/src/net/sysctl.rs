@@ -16,6 +16,10 @@
 //! any namespace worker (`ns::in_netns`) may run the next job in a namespace, so a per-thread
 //! cache would open them again on every switch, the daemon's own namespace included. A handle
 //! stays bound to the namespace it was opened in, whichever thread uses it.
+//!
+//! The instance's own descriptor, and handles pushed out of the cache, are closed on the
+//! closing thread (`closer`): closing the instance's descriptor makes the kernel wait for an
+//! RCU grace period, which the router being set up would otherwise wait out.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -28,6 +32,8 @@ use std::{
 use anyhow::{Context as _, Result};
 use nix::{errno::Errno, fcntl::OFlag, sys::stat::Mode};
 use rustix::mount::{FsMountFlags, FsOpenFlags, MountAttrFlags};
+
+use super::closer;
 
 /// Where the keys live (in messages, and the fallback when no procfs instance can be made).
 const ROOT: &str = "/proc/sys/net";
@@ -56,15 +62,20 @@ impl DirCache {
         self.dirs.get(k).cloned()
     }
 
-    fn put(&mut self, k: (u64, String), d: Dir) {
-        if self.dirs.insert(k.clone(), d).is_none() {
-            self.order.push_back(k);
+    /// Keeps `d`; returns what that pushed out (handles for the caller to close outside the
+    /// cache's lock).
+    fn put(&mut self, k: (u64, String), d: Dir) -> Vec<Dir> {
+        let mut evicted = Vec::new();
+        match self.dirs.insert(k.clone(), d) {
+            None => self.order.push_back(k),
+            Some(replaced) => evicted.push(replaced),
         }
         while self.order.len() > CACHED_DIRS {
             if let Some(old) = self.order.pop_front() {
-                self.dirs.remove(&old);
+                evicted.extend(self.dirs.remove(&old));
             }
         }
+        evicted
     }
 
     fn forget(&mut self, k: &(u64, String)) {
@@ -92,17 +103,32 @@ fn family_dir(ino: u64, family: &str) -> Result<Dir> {
         return Ok(d);
     }
     let proc = private_proc();
-    let mut wanted = vec![family];
-    wanted.extend(FAMILIES.iter().filter(|f| **f != family));
-    let mut found = None;
-    for f in wanted {
-        let d = open_family(proc.as_ref(), f)?;
-        if f == family {
-            found = Some(d.clone());
+    let opened = (|| {
+        let mut wanted = vec![family];
+        wanted.extend(FAMILIES.iter().filter(|f| **f != family));
+        let mut found = None;
+        for f in wanted {
+            let d = open_family(proc.as_ref(), f)?;
+            if f == family {
+                found = Some(d.clone());
+            }
+            let evicted = cache().put((ino, f.to_string()), d);
+            evicted.into_iter().flatten().for_each(close_dir_later);
         }
-        cache().put((ino, f.to_string()), d);
+        Ok(found.flatten())
+    })();
+    // The family directories keep the instance alive; its own descriptor is not needed.
+    if let Some(p) = proc {
+        closer::close_later(p);
     }
-    Ok(found.flatten())
+    opened
+}
+
+/// Hands an evicted directory handle to the closer when this was its last holder.
+fn close_dir_later(d: Arc<OwnedFd>) {
+    if let Ok(fd) = Arc::try_unwrap(d) {
+        closer::close_later(fd);
+    }
 }
 
 /// A procfs instance of its own, detached (mounted nowhere; gone with its last descriptor), or
