@@ -186,6 +186,8 @@ pub(crate) fn open_kernel(
     nat: &crate::config::NatConfig,
     fast_path: bool,
 ) -> anyhow::Result<(Arc<Datapath>, Arc<Realiser>)> {
+    // Before the first router's descriptors, while no thread would wait for it to grow.
+    crate::fd_table::presize();
     datapath::object()?;
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("creating state directory {}", cfg.state_dir.display()))?;

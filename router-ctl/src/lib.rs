@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod fd_table;
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz;
 pub mod metadata;
