@@ -78,9 +78,10 @@ impl DirCache {
         evicted
     }
 
-    fn forget(&mut self, k: &(u64, String)) {
-        self.dirs.remove(k);
+    /// Drops `k`; returns its handle for the caller to close outside the cache's lock.
+    fn forget(&mut self, k: &(u64, String)) -> Option<Dir> {
         self.order.retain(|o| o != k);
+        self.dirs.remove(k)
     }
 }
 
@@ -181,7 +182,8 @@ fn open(key: &str, flags: OFlag) -> Result<Option<File>> {
         if fresh {
             // A namespace's inode is reused once it is gone, and a handle of the gone one
             // finds nothing (its tables are unregistered): look again with a new handle.
-            cache().forget(&(ino, family.to_string()));
+            let forgotten = cache().forget(&(ino, family.to_string()));
+            forgotten.flatten().into_iter().for_each(close_dir_later);
         }
         let Some(dir) = family_dir(ino, family)? else {
             return Ok(None);
