@@ -20,6 +20,7 @@ pub mod notify;
 pub mod numbers;
 pub mod plugin;
 pub mod report;
+pub mod resync;
 pub mod rpc;
 pub mod transport;
 pub mod worker;

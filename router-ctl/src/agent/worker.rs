@@ -1,7 +1,8 @@
 //! The agent's work while connected: a full resync at start, when report_state answers
-//! `revived`, when the agent is set up again and every `resync_interval`; otherwise the routers
-//! that notifications named, several notifications for one router coalesced into one
-//! `sync_routers`; drift repair every `reconcile_interval`. The kernel work runs on blocking
+//! `revived` and when the agent is set up again, awaited before anything else; otherwise the
+//! routers that notifications named, several notifications for one router coalesced into one
+//! `sync_routers`; every `resync_interval` a full resync that runs beside the notifications
+//! (`resync`); drift repair every `reconcile_interval`. The kernel work runs on blocking
 //! threads; a lost connection ends the session without touching a realised router.
 
 use std::{
@@ -20,6 +21,7 @@ use super::{
     mapping,
     notify::{self, Notice},
     plugin::Plugin,
+    resync::{self, Fetched, InFlight},
     rpc::Session,
 };
 use crate::metrics::Metrics;
@@ -59,18 +61,21 @@ struct Pending {
 
 impl Pending {
     /// Takes a notice in; notices for one router coalesce (a removal wins over an update that
-    /// came before it, an update after a removal brings the router back).
-    fn take(&mut self, n: Notice, agent_up: &mut bool) {
+    /// came before it, an update after a removal brings the router back). Returns the routers
+    /// it named.
+    fn take(&mut self, n: Notice, agent_up: &mut bool) -> Vec<String> {
         match n {
             Notice::RoutersUpdated(ids) | Notice::AddedToAgent(ids) => {
-                for id in ids {
-                    self.remove.remove(&id);
-                    self.update.insert(id);
+                for id in &ids {
+                    self.remove.remove(id);
+                    self.update.insert(id.clone());
                 }
+                ids
             }
             Notice::RouterDeleted(id) | Notice::RemovedFromAgent(id) => {
                 self.update.remove(&id);
-                self.remove.insert(id);
+                self.remove.insert(id.clone());
+                vec![id]
             }
             Notice::AgentUpdated { admin_state_up } => {
                 if admin_state_up && !*agent_up {
@@ -78,6 +83,7 @@ impl Pending {
                 }
                 tracing::info!(admin_state_up, "agent updated");
                 *agent_up = admin_state_up;
+                Vec::new()
             }
         }
     }
@@ -107,7 +113,13 @@ impl Worker {
         repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         repair.tick().await;
         let mut retry_at: Option<Instant> = None;
+        // The periodic resync's fetch, when one is under way.
+        let mut periodic: Option<InFlight<'_>> = None;
         loop {
+            if pending.full {
+                // A full sync is due before anything else: it supersedes the periodic one.
+                periodic = None;
+            }
             if retry_at.is_none_or(|t| Instant::now() >= t) {
                 retry_at = None;
                 if let Err(e) = self.work(session, &mut pending).await {
@@ -123,30 +135,67 @@ impl Worker {
                 _ = stop.wait_for(|s| *s) => return Ended::Stopped,
                 msg = inbound.recv() => {
                     let Some(first) = msg else { return Ended::Stopped };
-                    self.take(first, &mut pending);
+                    let mut named = self.take(first, &mut pending);
                     // Everything already queued joins this round: coalescing.
                     while let Ok(m) = inbound.try_recv() {
-                        self.take(m, &mut pending);
+                        named.extend(self.take(m, &mut pending));
+                    }
+                    if let Some(p) = periodic.as_mut() {
+                        p.touched.extend(named);
                     }
                 }
                 Some(()) = revived.recv() => {
                     tracing::info!("neutron-server says the agent was revived: full resync");
                     pending.full = true;
                 }
-                _ = resync.tick() => pending.full = true,
+                _ = resync.tick() => {
+                    if !pending.full && periodic.is_none() {
+                        periodic = Some(InFlight::start(
+                            session,
+                            self.host.clone(),
+                            self.rpc_timeout,
+                            self.chunk,
+                        ));
+                    }
+                }
+                fetched = async {
+                    match periodic.as_mut() {
+                        Some(p) => p.done().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let touched = periodic.take().map(|p| p.touched).unwrap_or_default();
+                    let host = self.host.clone();
+                    let plugin = Plugin {
+                        session,
+                        host: &host,
+                        timeout: self.rpc_timeout,
+                    };
+                    let settled = match fetched {
+                        Ok(f) => self.settle(&plugin, f, &touched, "periodic resync done").await,
+                        Err(e) => Err(e),
+                    };
+                    if let Err(e) = settled {
+                        tracing::warn!("periodic resync failed (tried again in resync_interval): {e:#}");
+                    }
+                }
                 _ = repair.tick() => self.repair().await,
                 _ = tokio::time::sleep(wake) => {}
             }
         }
     }
 
-    fn take(&mut self, m: Incoming, pending: &mut Pending) {
+    /// Takes a message in; returns the routers it named.
+    fn take(&mut self, m: Incoming, pending: &mut Pending) -> Vec<String> {
         match notify::parse(&m.method, &m.args) {
             Ok(n) => {
                 tracing::debug!(?n, "notification");
-                pending.take(n, &mut self.admin_state_up);
+                pending.take(n, &mut self.admin_state_up)
             }
-            Err(e) => tracing::warn!(method = m.method, "ignored a message: {e:#}"),
+            Err(e) => {
+                tracing::warn!(method = m.method, "ignored a message: {e:#}");
+                Vec::new()
+            }
         }
     }
 
@@ -208,21 +257,43 @@ impl Worker {
     /// Every router scheduled here, fetched and realised; the ones held and no longer
     /// scheduled here torn down.
     async fn full_sync(&mut self, plugin: &Plugin<'_>) -> Result<()> {
-        let start = Instant::now();
-        let ids = plugin.get_router_ids().await?;
-        let (dicts, chunk) = plugin.sync_routers(&ids, self.chunk).await?;
+        let fetched = resync::fetch_all(plugin, self.chunk).await?;
+        self.settle(plugin, fetched, &BTreeSet::new(), "full sync done")
+            .await
+    }
+
+    /// Realises what a full resync fetched, but for the routers notices named since it began
+    /// (`touched`, see `resync::plan`); tears down the routers held and no longer scheduled
+    /// here; logs `done` with the fetch's and the whole resync's time.
+    async fn settle(
+        &mut self,
+        plugin: &Plugin<'_>,
+        fetched: Fetched,
+        touched: &BTreeSet<String>,
+        done: &'static str,
+    ) -> Result<()> {
+        let Fetched {
+            dicts,
+            chunk,
+            segments,
+            started,
+        } = fetched;
         self.chunk = chunk;
-        self.book().segments.clear();
-        self.learn_segments(plugin, &dicts).await;
-        let keep: BTreeSet<String> = dicts
-            .iter()
-            .filter_map(mapping::router_id)
-            .map(str::to_string)
-            .collect();
-        let n = dicts.len();
         // neutron-server's share of the sync (router ids, chunked dicts, segments), logged
         // apart from the realising so an operator sees which side bounds a slow resync.
-        let fetch_ms = start.elapsed().as_millis() as u64;
+        let fetch_ms = started.elapsed().as_millis() as u64;
+        let n = dicts.len();
+        let (dicts, keep) = resync::plan(dicts, touched);
+        {
+            let mut book = self.book();
+            let old = std::mem::replace(&mut book.segments, segments);
+            // Segments learnt for the routers the notices brought stay, for them.
+            if !touched.is_empty() {
+                for (net, seg) in old {
+                    book.segments.entry(net).or_insert(seg);
+                }
+            }
+        }
         let statuses = self
             .blocking(move |b| {
                 b.remove_all_but(&keep);
@@ -233,9 +304,10 @@ impl Worker {
         self.synced = true;
         tracing::info!(
             routers = n,
+            left_to_notices = touched.len(),
             fetch_ms,
-            took_ms = start.elapsed().as_millis() as u64,
-            "full sync done"
+            took_ms = started.elapsed().as_millis() as u64,
+            "{done}"
         );
         Ok(())
     }

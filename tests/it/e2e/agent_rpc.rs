@@ -13,7 +13,7 @@ use serde_json::Value;
 use tests::{
     Bpffs, TempDir,
     daemon::router_ctl_bin,
-    netns::{ChildGuard, Netns, ip_json, netns_exists, remove_netns, unique},
+    netns::{ChildGuard, Netns, ip_json, netns_cmd, netns_exists, remove_netns, try_sh, unique},
     neutron::{Stack, relay::Relay},
 };
 
@@ -32,6 +32,10 @@ struct Agent {
 impl Drop for Agent {
     fn drop(&mut self) {
         drop(self.child.take());
+        if std::thread::panicking() {
+            // A failed step that panicked elsewhere than in `wait` still shows what the agent did.
+            eprintln!("agent log:\n{}", self.log());
+        }
         for r in &self.routers {
             remove_netns(&format!("qrouter-{r}"));
         }
@@ -46,7 +50,7 @@ impl Agent {
         std::fs::write(
             &cfg,
             format!(
-                "state_dir = {:?}\nbpffs = {:?}\n[neutron]\ntransport_url = \"rabbit://guest:guest@127.0.0.1:5672/\"\nhost = \"{host}\"\nreport_interval = 5\nrpc_timeout = 30\n[metrics]\nlisten = \"\"\n{extra}",
+                "state_dir = {:?}\nbpffs = {:?}\n[neutron]\ntransport_url = \"rabbit://guest:guest@127.0.0.1:5672/\"\nhost = \"{host}\"\nreport_interval = 5\nresync_interval = 20\nrpc_timeout = 30\n[metrics]\nlisten = \"\"\n{extra}",
                 dir.path.join("state"),
                 bpffs.path()
             ),
@@ -71,7 +75,7 @@ impl Agent {
             .append(true)
             .open(&self.log)
             .unwrap();
-        let child = tests::netns::netns_cmd(&self.ns, router_ctl_bin())
+        let child = netns_cmd(&self.ns, router_ctl_bin())
             .args(["agent", "--config"])
             .arg(&self.cfg)
             .env("RUST_LOG", "info,router_ctl=debug")
@@ -109,8 +113,15 @@ fn wait(agent: &Agent, what: &str, limit: Duration, mut f: impl FnMut() -> bool)
     panic!("{what}: not within {limit:?}\nagent log:\n{}", agent.log());
 }
 
+/// The IPv4 addresses of `dev` in `ns`; none while the device is not made yet (the agent
+/// makes a router's `qr-` and `qg-` from separate notifications), so a wait polls on.
 fn addresses(ns: &str, dev: &str) -> Vec<String> {
-    ip_json(ns, &["addr", "show", "dev", dev])
+    let shown = try_sh(netns_cmd(ns, "ip").args(["-j", "addr", "show", "dev", dev]));
+    let Ok(out) = shown else {
+        return Vec::new();
+    };
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap_or(Value::Null)
         .as_array()
         .and_then(|a| a.first().cloned())
         .and_then(|l| l["addr_info"].as_array().cloned())
@@ -328,6 +339,18 @@ fn agent_builds_what_neutron_schedules_and_removes_it() {
         let l = agent.log();
         l.contains("dropped a malformed message") && l.contains("no_such_method")
     });
+
+    // The periodic resync (every 20 s here) runs beside the notifications: it ends, counted
+    // apart from the start-up sync, and leaves the router as it was.
+    wait(&agent, "a periodic resync", Duration::from_secs(90), || {
+        agent.log().contains("periodic resync done")
+    });
+    assert_eq!(
+        agent.log().matches("full sync done").count(),
+        1,
+        "only the start-up sync is a full sync awaited before the notifications"
+    );
+    assert_eq!(addresses(&ns, &qr), vec!["10.10.0.1/24".to_string()]);
 
     // kill -9 and restart: same router number, the namespace kept, the router still served.
     let numbers = agent.state_file("agent-routers");
