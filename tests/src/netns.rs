@@ -417,10 +417,15 @@ pub fn neighbour(ns: &str, dev: &str, ip: &str) -> Option<(String, String)> {
 
 /// `ip -j -n <ns> <args>` parsed as JSON (an empty output is an empty array).
 pub fn ip_json(ns: &str, args: &[&str]) -> serde_json::Value {
-    let out = sh(Command::new("ip").args(["-j", "-n", ns]).args(args));
+    try_ip_json(ns, args).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// `ip_json` that returns `ip`'s failure (a device not made yet, say) instead of panicking.
+pub fn try_ip_json(ns: &str, args: &[&str]) -> Result<serde_json::Value> {
+    let out = try_sh(Command::new("ip").args(["-j", "-n", ns]).args(args))?;
     let text = String::from_utf8_lossy(&out.stdout);
     if text.trim().is_empty() {
-        return serde_json::Value::Array(Vec::new());
+        return Ok(serde_json::Value::Array(Vec::new()));
     }
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("ip -j output {text:?}: {e}"))
+    serde_json::from_str(&text).with_context(|| format!("ip -j output {text:?}"))
 }

@@ -277,12 +277,15 @@ impl Worker {
             chunk,
             segments,
             started,
+            routers_ms,
+            networks_ms,
         } = fetched;
         self.chunk = chunk;
         // neutron-server's share of the sync (router ids, chunked dicts, segments), logged
         // apart from the realising so an operator sees which side bounds a slow resync.
         let fetch_ms = started.elapsed().as_millis() as u64;
         let n = dicts.len();
+        let segments_n = segments.len();
         let (dicts, keep) = resync::plan(dicts, touched);
         {
             let mut book = self.book();
@@ -306,6 +309,9 @@ impl Worker {
             routers = n,
             left_to_notices = touched.len(),
             fetch_ms,
+            routers_ms,
+            networks = segments_n,
+            networks_ms,
             took_ms = started.elapsed().as_millis() as u64,
             "{done}"
         );
@@ -316,17 +322,11 @@ impl Worker {
     /// describe stays unknown (its routers are then refused with that reason).
     async fn learn_segments(&self, plugin: &Plugin<'_>, dicts: &[Value]) {
         let unknown = self.book().unknown_networks(dicts);
-        for net in unknown {
-            match plugin.get_network_details(&net).await {
-                Ok(d) => match mapping::segment_of(&d) {
-                    Ok(s) => {
-                        self.book().segments.insert(net, s);
-                    }
-                    Err(e) => tracing::error!(network = net, "{e}"),
-                },
-                Err(e) => tracing::warn!(network = net, "get_network_details: {e:#}"),
-            }
+        if unknown.is_empty() {
+            return;
         }
+        let learnt = resync::fetch_segments(plugin, unknown).await;
+        self.book().segments.extend(learnt);
     }
 
     /// Drift repair over what is held (after the first full sync).

@@ -13,7 +13,9 @@ use serde_json::Value;
 use tests::{
     Bpffs, TempDir,
     daemon::router_ctl_bin,
-    netns::{ChildGuard, Netns, ip_json, netns_cmd, netns_exists, remove_netns, try_sh, unique},
+    netns::{
+        ChildGuard, Netns, ip_json, netns_cmd, netns_exists, remove_netns, try_ip_json, unique,
+    },
     neutron::{Stack, relay::Relay},
 };
 
@@ -116,12 +118,10 @@ fn wait(agent: &Agent, what: &str, limit: Duration, mut f: impl FnMut() -> bool)
 /// The IPv4 addresses of `dev` in `ns`; none while the device is not made yet (the agent
 /// makes a router's `qr-` and `qg-` from separate notifications), so a wait polls on.
 fn addresses(ns: &str, dev: &str) -> Vec<String> {
-    let shown = try_sh(netns_cmd(ns, "ip").args(["-j", "addr", "show", "dev", dev]));
-    let Ok(out) = shown else {
+    let Ok(shown) = try_ip_json(ns, &["addr", "show", "dev", dev]) else {
         return Vec::new();
     };
-    serde_json::from_slice::<Value>(&out.stdout)
-        .unwrap_or(Value::Null)
+    shown
         .as_array()
         .and_then(|a| a.first().cloned())
         .and_then(|l| l["addr_info"].as_array().cloned())
