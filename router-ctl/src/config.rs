@@ -26,6 +26,10 @@ pub struct Config {
     pub quotas: QuotaConfig,
     /// Seconds between two reconcile passes (desired state from the DB → kernel).
     pub reconcile_interval: u64,
+    /// Gratuitous ARPs sent for each address a router port takes, one second apart
+    /// (Neutron's L3 agent option of the same name); 0: none. On a node with many routers
+    /// on one external network each one is flooded to every gateway tap there.
+    pub send_arp_for_ha: u32,
 }
 
 impl Default for Config {
@@ -42,6 +46,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             quotas: QuotaConfig::default(),
             reconcile_interval: 5,
+            send_arp_for_ha: crate::net::arp::COUNT,
         }
     }
 }
@@ -307,6 +312,15 @@ mod tests {
         let c = Config::parse(include_str!("../../deploy/router-ctl.toml")).expect("example");
         assert_eq!(c.nat.max_sessions, 262_144);
         assert_eq!(c.nat.sessions_per_router(), 65_536);
+    }
+
+    #[test]
+    fn send_arp_for_ha_is_neutrons_three_unless_set() {
+        assert_eq!(Config::parse("").expect("empty").send_arp_for_ha, 3);
+        let c = Config::parse("send_arp_for_ha = 0\n").expect("none at all");
+        assert_eq!(c.send_arp_for_ha, 0);
+        let e = Config::parse("send_arp_for_ha = -1\n").expect_err("negative");
+        assert!(format!("{e:#}").contains("send_arp_for_ha"), "{e:#}");
     }
 
     #[test]

@@ -135,6 +135,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<()> {
             state_dir: cfg.state_dir.clone(),
             physical_networks: cfg.physical_networks.clone(),
             vxlan: None,
+            announcements: cfg.send_arp_for_ha,
         },
         &cfg.bpffs,
         &cfg.nat,

@@ -172,6 +172,7 @@ impl RealiserHost {
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect(),
             vxlan,
+            announcements: router_ctl::net::arp::COUNT,
         };
         let nat = router_ctl::config::NatConfig::default();
         let realiser = host.enter(|| {
@@ -225,6 +226,7 @@ impl RealiserHost {
                 .map(|(a, b)| (a.to_string(), b.to_string()))
                 .collect(),
             vxlan: None,
+            announcements: router_ctl::net::arp::COUNT,
         };
         let nat = router_ctl::config::NatConfig::default();
         let bpffs = self.bpffs.path().to_path_buf();

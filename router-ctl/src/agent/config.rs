@@ -28,6 +28,10 @@ pub struct AgentConfig {
     pub metadata: MetadataConfig,
     /// Seconds between two drift-repair passes over the routers this agent holds.
     pub reconcile_interval: u64,
+    /// Gratuitous ARPs sent for each address a router port takes, one second apart
+    /// (Neutron's L3 agent option of the same name); 0: none. On a node with many routers
+    /// on one external network each one is flooded to every gateway tap there.
+    pub send_arp_for_ha: u32,
 }
 
 impl Default for AgentConfig {
@@ -43,6 +47,7 @@ impl Default for AgentConfig {
             metrics: MetricsConfig::default(),
             metadata: MetadataConfig::default(),
             reconcile_interval: 5,
+            send_arp_for_ha: crate::net::arp::COUNT,
         }
     }
 }

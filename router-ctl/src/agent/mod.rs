@@ -80,6 +80,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
             state_dir: cfg.state_dir.clone(),
             physical_networks: cfg.physical_networks.clone(),
             vxlan: cfg.vxlan.clone(),
+            announcements: cfg.send_arp_for_ha,
         },
         &cfg.bpffs,
         &cfg.nat,

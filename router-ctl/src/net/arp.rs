@@ -29,8 +29,9 @@ use super::ns::{NetnsHandle, in_netns};
 
 const ETH_P_ARP: u16 = 0x0806;
 
-/// How many announcements and how far apart (Neutron sends three, one second apart).
-pub const COUNT: usize = 3;
+/// How many announcements by default (`send_arp_for_ha`) and how far apart (Neutron sends
+/// three, one second apart).
+pub const COUNT: u32 = 3;
 pub const INTERVAL: Duration = Duration::from_secs(1);
 
 /// The 42-byte Ethernet frame of one announcement.
@@ -118,37 +119,45 @@ struct Job {
     /// frame: a bridge deleted meanwhile ends the announcement).
     bridge: String,
     frame: [u8; 42],
-    left: usize,
+    left: u32,
     due: Instant,
 }
 
 /// Sends gratuitous ARPs from one background thread, whatever the number of routers: each
-/// announcement is `COUNT` frames `INTERVAL` apart, sent on the bridge of the port's network.
+/// announcement is `count` frames `INTERVAL` apart, sent on the bridge of the port's network.
 /// Callers never wait.
 pub struct Announcer {
     tx: Mutex<mpsc::Sender<Job>>,
+    count: u32,
 }
 
 impl Announcer {
     /// Opens the socket in `home` (the daemon's namespace, where the bridges are) and starts the
-    /// worker thread; it ends once the Announcer is dropped and its queue is empty.
-    pub fn start(home: NetnsHandle) -> Result<Self> {
+    /// worker thread; it ends once the Announcer is dropped and its queue is empty. `count`:
+    /// frames per announcement (0: none is sent).
+    pub fn start(home: NetnsHandle, count: u32) -> Result<Self> {
         let sock = in_netns(&home, packet_socket).context("the gratuitous ARP socket")?;
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("garp".into())
             .spawn(move || worker(rx, sock))
             .context("spawning the gratuitous ARP thread")?;
-        Ok(Self { tx: Mutex::new(tx) })
+        Ok(Self {
+            tx: Mutex::new(tx),
+            count,
+        })
     }
 
     /// Queues the announcement of `ip` from `mac` on `bridge` (the bridge of the network the
     /// port is on); the first frame leaves at once.
     pub fn announce(&self, bridge: String, mac: [u8; 6], ip: Ipv4Addr) {
+        if self.count == 0 {
+            return;
+        }
         let job = Job {
             bridge,
             frame: frame(mac, ip),
-            left: COUNT,
+            left: self.count,
             due: Instant::now(),
         };
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());

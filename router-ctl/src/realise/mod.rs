@@ -52,6 +52,8 @@ pub struct RealiserConfig {
     pub physical_networks: BTreeMap<String, String>,
     /// The VXLAN tunnel endpoint (agent mode); None: VXLAN networks are refused.
     pub vxlan: Option<crate::config::VxlanConfig>,
+    /// Gratuitous ARPs per address announced (`send_arp_for_ha`).
+    pub announcements: u32,
 }
 
 /// Something that follows routers' lives: the daemon's metadata proxies.
@@ -138,12 +140,13 @@ impl Realiser {
         let owned = Owned::open(&cfg.state_dir)?;
         let reaper = reaper::Reaper::start(&daemon_ns, owned.clone())?;
         let link_table = network::watch_links(&daemon_ns);
+        let announcer = arp::Announcer::start(NetnsHandle::current()?, cfg.announcements)?;
         Ok(Self {
             cfg,
             datapath,
             daemon_ns,
             owned,
-            announcer: arp::Announcer::start(NetnsHandle::current()?)?,
+            announcer,
             advertiser: ra::Advertiser::start()?,
             op: Mutex::new(()),
             reaper,

@@ -111,3 +111,30 @@ fn announcements_reach_the_routers_that_know_the_address() {
     );
     assert_eq!(neighbour(r2_ns, HOST), None);
 }
+
+/// `send_arp_for_ha` (Neutron's L3 agent option) sets how many announcements a new gateway
+/// address gets: with 1, the other router's tap sees exactly one, where the default sends
+/// three a second apart.
+#[test]
+fn send_arp_for_ha_sets_how_many_announcements_go_out() {
+    let host = Netns::new("gaj");
+    let d = Daemon::start_configured(&host, "send_arp_for_ha = 1\n");
+    let _internet = Internet::new(&host, &d, "gak", 40);
+    for name in ["r1", "r2"] {
+        d.cli_json(&["router", "create", name]);
+        topo::set_gateway(&d, name);
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || counter(&d, "r1", IGNORED) >= 1),
+        "r2's announcement never reached r1\n{}",
+        d.log()
+    );
+    // The default's second and third frames would follow one and two seconds later.
+    std::thread::sleep(Duration::from_millis(3500));
+    assert_eq!(
+        counter(&d, "r1", IGNORED),
+        1,
+        "r2's gateway was announced more than once\n{}",
+        d.log()
+    );
+}
