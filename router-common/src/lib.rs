@@ -278,11 +278,28 @@ const _: () = assert!(core::mem::size_of::<FragValue>() == 8);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ArpPeerKey {
+    /// A router's number, or `ARP_PEER_ANY_ROUTER`.
     pub router_id: u32,
     /// wire order
     pub addr: u32,
 }
 const _: () = assert!(core::mem::size_of::<ArpPeerKey>() == 8);
+
+/// The `router_id` of the `ARP_PEERS` entry noted beside every router's own: "some router of
+/// this datapath sent ARP for `addr`". Router numbers start at 1, so no router has it. The
+/// daemon's announcer asks for it to decide whether its routers need an announcement at all
+/// (`router_ctl::net::arp`).
+pub const ARP_PEER_ANY_ROUTER: u32 = 0;
+
+impl ArpPeerKey {
+    /// The entry saying some router sent ARP for `addr` (wire order).
+    pub const fn any_router(addr: u32) -> Self {
+        Self {
+            router_id: ARP_PEER_ANY_ROUTER,
+            addr,
+        }
+    }
+}
 
 /// Metadata: the well-known address instances ask and the port they ask on; the daemon's proxy
 /// listens on exactly that inside each router namespace (the address sits on its `lo`).

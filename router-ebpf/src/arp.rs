@@ -22,6 +22,12 @@
 //! neighbour entry in use is confirmed by ARP every few tens of seconds); an entry pushed out
 //! of a full table costs at most an announcement missed, which the kernel's own neighbour
 //! probing repairs within seconds of the next use.
+//!
+//! Beside each router's note goes one for any router (`ArpPeerKey::any_router`). Dropping a
+//! copy here still leaves the bridge's work of making it, once per gateway tap, inside the
+//! sender's `sendto`; so the daemon's own announcements (`router_ctl::net::arp`) are flooded
+//! only when that note says some router here needs them, and otherwise sent on the network's
+//! other ports alone.
 
 use aya_ebpf::programs::TcContext;
 use router_common::{ArpPeerKey, RouterConfig};
@@ -95,6 +101,8 @@ pub fn note_sent(router_id: u32, arp: &ArpIpv4) {
     };
     // Insert or refresh; a full LRU makes room itself, so this cannot fail for want of it.
     let _ = ARP_PEERS.insert(key, 0, 0);
+    // And the note any router's ARP for the address refreshes, for the daemon's announcer.
+    let _ = ARP_PEERS.insert(ArpPeerKey::any_router(key.addr), 0, 0);
 }
 
 /// `snat_in`: whether `arp`, arriving for the router of `cfg`, is a broadcast announcement

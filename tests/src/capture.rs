@@ -3,8 +3,10 @@
 
 use std::{
     io,
-    os::fd::{FromRawFd as _, OwnedFd},
-    time::Duration,
+    net::Ipv4Addr,
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    sync::mpsc,
+    time::{Duration, Instant},
 };
 
 /// A raw `AF_PACKET` socket of the current namespace receiving `ethertype` (`ETH_P_ALL`:
@@ -61,4 +63,41 @@ pub fn packet_socket(ethertype: u16, ifindex: u32, timeout: Duration) -> io::Res
         return Err(io::Error::last_os_error());
     }
     Ok(sock)
+}
+
+/// Captures ARP announcements of `ip` (sender and target IP both `ip`) on `dev` in the current
+/// thread's namespace, each with when it arrived, until `want` arrived or `limit` passed.
+/// Signals `ready` once listening.
+pub fn announcements(
+    dev: &str,
+    ip: Ipv4Addr,
+    want: usize,
+    limit: Duration,
+    ready: mpsc::Sender<()>,
+) -> Vec<(Vec<u8>, Instant)> {
+    // Every frame, not ETH_P_ARP: a frame a device sends itself (the realiser's announcements
+    // on a bridge or a port) reaches only the ETH_P_ALL sockets on it.
+    const ETH_P_ALL: u16 = 0x0003;
+    let cname = std::ffi::CString::new(dev).expect("name");
+    // SAFETY: valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    assert!(ifindex != 0, "no device {dev}");
+    let sock =
+        packet_socket(ETH_P_ALL, ifindex, Duration::from_millis(200)).expect("AF_PACKET socket");
+    ready.send(()).expect("signal ready");
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while got.len() < want && start.elapsed() < limit {
+        // SAFETY: buffer valid for its length.
+        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 42 {
+            continue;
+        }
+        let f = &buf[..n as usize];
+        if f[12..14] == [0x08, 0x06] && f[28..32] == ip.octets() && f[38..42] == ip.octets() {
+            got.push((f.to_vec(), Instant::now()));
+        }
+    }
+    got
 }

@@ -49,6 +49,11 @@ impl<K: Pod + Hash + Eq, V: Pod> Mirrored<K, V> {
         self.copy.iter().map(|(k, v)| (*k, *v))
     }
 
+    /// Whether the copy holds `k`.
+    pub(super) fn contains(&self, k: &K) -> bool {
+        self.copy.contains_key(k)
+    }
+
     pub(super) fn insert(&mut self, k: K, v: V) -> Result<()> {
         self.map.insert(k, v, 0)?;
         self.copy.insert(k, v);

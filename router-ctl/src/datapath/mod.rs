@@ -8,6 +8,7 @@
 //! tc filters (see `filter`); the fast path runs on the router's own devices inside its
 //! namespace (see `fast`).
 
+mod arp;
 mod batch;
 pub mod bpffs;
 pub mod census;
@@ -107,6 +108,8 @@ pub struct Datapath {
     /// A second handle on the pinned GLOBAL_STATS, for the GC's once-a-second read of the
     /// creation counter, likewise without `inner`.
     gc_global: PerCpuArray<MapData, u64>,
+    /// A handle on the pinned `ARP_PEERS` for the announcer (see `arp`).
+    arp_peers: arp::ArpPeers,
     /// TCX links pinned by an older daemon, removed as filters take over their devices.
     legacy: bpffs::LegacyLinks,
     /// `ALIAS_HINTS`, mapped: the GC clears the slots no alias hashes to any more.
@@ -205,7 +208,7 @@ fn open_pinned(dir: &Path, name: &str) -> Result<aya::maps::Map> {
     MapData::from_pin(&pin)
         .map_err(anyhow::Error::from)
         .and_then(|m| Ok(aya::maps::Map::from_map_data(m)?))
-        .with_context(|| format!("opening {} for the session GC", pin.display()))
+        .with_context(|| format!("opening {} a second time", pin.display()))
 }
 
 fn ifindex_of(dev: &str) -> Result<u32> {
@@ -285,12 +288,14 @@ impl Datapath {
         }
         let gc_sessions = HashMap::try_from(open_pinned(&dir, maps::SESSIONS)?)?;
         let gc_global = PerCpuArray::try_from(open_pinned(&dir, maps::GLOBAL_STATS)?)?;
+        let arp_peers = HashMap::try_from(open_pinned(&dir, maps::ARP_PEERS)?)?;
         Ok(Arc::new(Self {
             nat: nat.clone(),
             bpffs: bpffs.to_path_buf(),
             inner: Mutex::new(inner),
             gc_sessions: Mutex::new(gc_sessions),
             gc_global,
+            arp_peers,
             legacy,
             hints: alias_hints,
             counts,

@@ -5,11 +5,15 @@
 //! from the port MAC to broadcast, sent by one background thread (`Announcer`) so the caller
 //! never waits for the spacing.
 //!
-//! They are sent on the bridge of the port's network, in the daemon's namespace, through one
-//! AF_PACKET socket kept for the daemon's life: the bridge floods a broadcast it sends exactly
-//! as one arriving from the router's tap, to every port and uplink, so everyone on the network
-//! hears the same frame (the router itself hears it too, and ignores it: its own address as
-//! the sender is a martian source to the kernel's ARP input). Sent from inside the router
+//! They are sent in the daemon's namespace, through one AF_PACKET socket kept for the daemon's
+//! life, either on the bridge of the port's network, which floods a broadcast it sends exactly
+//! as one arriving from the router's tap, to every port and uplink; or, when the `Audience`
+//! says none of this daemon's routers needs the address, on each of the bridge's ports that is
+//! not a router's gateway tap. A gateway tap's program drops an announcement its router never
+//! asked for (`router_ebpf::arp`), but only once the bridge has made the tap's copy, and the
+//! bridge makes every copy inside the sender's `sendto`, on a kernel that does not preempt it:
+//! at 1000 routers on one external network a frame cost a thousand copies, all dropped, and
+//! an API call waiting for that CPU waited for all of them. Sent from inside the router
 //! namespace instead, each router cost the thread a `setns` and an AF_PACKET socket of that
 //! namespace, and closing it waits for an RCU grace period (`packet_release` →
 //! `synchronize_net`): ≈ 10 ms per router, 80 % of the thread's time at 75 new routers a
@@ -113,19 +117,35 @@ fn send_on(sock: &OwnedFd, ifindex: i32, frame: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Who on a network hears an announcement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Hearers {
+    /// Everyone: the frame is sent on the bridge, which floods it to every port.
+    Everyone,
+    /// Only these ports of the bridge (daemon-namespace ifindexes), one frame each.
+    Ports(Vec<u32>),
+}
+
+/// Decides, at each frame, who on a network needs an announcement.
+pub trait Audience: Send + Sync {
+    /// The hearers of an announcement of `addr` on bridge `bridge`.
+    fn hearers(&self, bridge: &str, addr: Ipv4Addr) -> Hearers;
+}
+
 /// One pending announcement.
 struct Job {
     /// The bridge of the port's network, in the daemon's namespace (looked up by name at each
     /// frame: a bridge deleted meanwhile ends the announcement).
     bridge: String,
+    addr: Ipv4Addr,
     frame: [u8; 42],
     left: u32,
     due: Instant,
 }
 
 /// Sends gratuitous ARPs from one background thread, whatever the number of routers: each
-/// announcement is `count` frames `INTERVAL` apart, sent on the bridge of the port's network.
-/// Callers never wait.
+/// announcement is `count` frames `INTERVAL` apart, on the bridge of the port's network or on
+/// the ports its `Audience` names. Callers never wait.
 pub struct Announcer {
     tx: Mutex<mpsc::Sender<Job>>,
     count: u32,
@@ -134,13 +154,13 @@ pub struct Announcer {
 impl Announcer {
     /// Opens the socket in `home` (the daemon's namespace, where the bridges are) and starts the
     /// worker thread; it ends once the Announcer is dropped and its queue is empty. `count`:
-    /// frames per announcement (0: none is sent).
-    pub fn start(home: NetnsHandle, count: u32) -> Result<Self> {
+    /// frames per announcement (0: none is sent); `audience`: who hears each frame.
+    pub fn start(home: NetnsHandle, count: u32, audience: Box<dyn Audience>) -> Result<Self> {
         let sock = in_netns(&home, packet_socket).context("the gratuitous ARP socket")?;
         let (tx, rx) = mpsc::channel::<Job>();
         std::thread::Builder::new()
             .name("garp".into())
-            .spawn(move || worker(rx, sock))
+            .spawn(move || worker(rx, sock, audience.as_ref()))
             .context("spawning the gratuitous ARP thread")?;
         Ok(Self {
             tx: Mutex::new(tx),
@@ -156,6 +176,7 @@ impl Announcer {
         }
         let job = Job {
             bridge,
+            addr: ip,
             frame: frame(mac, ip),
             left: self.count,
             due: Instant::now(),
@@ -167,7 +188,25 @@ impl Announcer {
     }
 }
 
-fn worker(rx: mpsc::Receiver<Job>, sock: OwnedFd) {
+/// Sends one frame of `job` to its hearers. An error means the bridge is gone (the network
+/// was deleted) and ends the announcement; a port that cannot take its frame (it went, or is
+/// down) only misses that one.
+fn send_job(sock: &OwnedFd, audience: &dyn Audience, job: &Job) -> Result<()> {
+    let bridge = ifindex_on(sock, &job.bridge)?;
+    match audience.hearers(&job.bridge, job.addr) {
+        Hearers::Everyone => send_on(sock, bridge, &job.frame),
+        Hearers::Ports(ports) => {
+            for port in ports {
+                if let Err(e) = send_on(sock, port as i32, &job.frame) {
+                    tracing::debug!("gratuitous ARP of {} on {port}: {e:#}", job.addr);
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn worker(rx: mpsc::Receiver<Job>, sock: OwnedFd, audience: &dyn Audience) {
     lower_priority();
     let mut jobs: Vec<Job> = Vec::new();
     let mut open = true;
@@ -200,7 +239,7 @@ fn worker(rx: mpsc::Receiver<Job>, sock: OwnedFd) {
             if j.due > now {
                 return true;
             }
-            let sent = ifindex_on(&sock, &j.bridge).and_then(|idx| send_on(&sock, idx, &j.frame));
+            let sent = send_job(&sock, audience, j);
             j.left -= 1;
             match sent {
                 Ok(()) => {
@@ -219,11 +258,10 @@ fn worker(rx: mpsc::Receiver<Job>, sock: OwnedFd) {
     }
 }
 
-/// Puts the calling thread at the lowest priority (nice 19). Sending a frame costs its
-/// flood: the bridge copies it to every port there (up to 1000 gateway taps), each copy
-/// through the tap's program, in the sender's context — at 1000
-/// routers as much CPU as making a router. At nice 19 that work takes the CPU the API's calls
-/// leave idle instead of competing with them; on an idle core the frames still leave on time.
+/// Puts the calling thread at the lowest priority (nice 19). A frame that is flooded costs the
+/// bridge's copy to every port, each through its program, in the sender's context. At nice 19
+/// that work takes the CPU the API's calls leave idle instead of competing with them; on an
+/// idle core the frames still leave on time.
 fn lower_priority() {
     // SAFETY: plain setpriority(2); on Linux the nice value is per thread and `who = 0` is
     // the calling thread. The result is only logged.

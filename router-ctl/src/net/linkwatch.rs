@@ -28,7 +28,7 @@
 //! with fewer attributes: those are skipped.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     os::fd::AsRawFd as _,
     sync::{Arc, Condvar, Mutex, MutexGuard, Weak},
     time::{Duration, Instant},
@@ -64,7 +64,9 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(60);
 /// After a failed dump the thread tries again this much later.
 const DUMP_RETRY: Duration = Duration::from_secs(1);
 
-/// The links of one namespace, kept by a thread (see the module comment).
+/// The links of one namespace, kept by a thread (see the module comment); clones share the
+/// table, and the thread ends once the last is dropped.
+#[derive(Clone)]
 pub struct LinkTable {
     shared: Arc<Shared>,
 }
@@ -100,11 +102,17 @@ pub struct Counts {
     pub drops: u64,
 }
 
-/// Links by name, and the name of each index (a rename arrives as the index's new name).
+/// Links by name, the name of each index (a rename arrives as the index's new name), and the
+/// ports of each bridge.
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Links {
     by_name: HashMap<String, LinkState>,
     names: HashMap<u32, String>,
+    /// Port index → the index of the bridge it is enslaved to.
+    controller_of: HashMap<u32, u32>,
+    /// Bridge index → its ports' indexes (the inverse of `controller_of`), so a bridge's ports
+    /// are found without a walk of every link.
+    ports: HashMap<u32, HashSet<u32>>,
 }
 
 impl Links {
@@ -116,7 +124,30 @@ impl Links {
         l
     }
 
+    /// Records that `index` is enslaved to `controller` (None: to no bridge, or gone).
+    fn set_controller(&mut self, index: u32, controller: Option<u32>) {
+        let old = match controller {
+            Some(c) => self.controller_of.insert(index, c),
+            None => self.controller_of.remove(&index),
+        };
+        if old == controller {
+            return;
+        }
+        if let Some(o) = old
+            && let Some(set) = self.ports.get_mut(&o)
+        {
+            set.remove(&index);
+            if set.is_empty() {
+                self.ports.remove(&o);
+            }
+        }
+        if let Some(c) = controller {
+            self.ports.entry(c).or_default().insert(index);
+        }
+    }
+
     fn insert(&mut self, s: LinkState) {
+        self.set_controller(s.index, s.controller);
         // Renamed: the index's old name goes.
         if let Some(old) = self.names.insert(s.index, s.name.clone())
             && old != s.name
@@ -132,10 +163,12 @@ impl Links {
             && self.names.get(&prev.index) == Some(&prev.name)
         {
             self.names.remove(&prev.index);
+            self.set_controller(prev.index, None);
         }
     }
 
     fn remove(&mut self, index: u32) {
+        self.set_controller(index, None);
         if let Some(name) = self.names.remove(&index)
             && self.by_name.get(&name).is_some_and(|s| s.index == index)
         {
@@ -214,6 +247,23 @@ impl LinkTable {
                 .filter_map(|n| l.by_name.get(n).map(|s| (n.clone(), s.clone())))
                 .collect()
         })
+    }
+
+    /// The indexes of bridge `bridge`'s ports, every queued notification applied first; None
+    /// when there is no such bridge, or no table just now (a dump is under way): never waits
+    /// for one, unlike `snapshot`.
+    pub fn ports_of(&self, bridge: &str) -> Option<Vec<u32>> {
+        let mut t = self.shared.lock();
+        self.shared.drain(&mut t);
+        let links = t.links.as_ref()?;
+        let index = links.by_name.get(bridge)?.index;
+        Some(
+            links
+                .ports
+                .get(&index)
+                .map(|p| p.iter().copied().collect())
+                .unwrap_or_default(),
+        )
     }
 
     /// `f` of the table once every queued notification is applied to it.
@@ -440,6 +490,34 @@ mod tests {
         link_msg(index, name, new, AddressFamily::Unspec)
     }
 
+    /// A device enslaved to bridge `controller` (`IFLA_MASTER`).
+    fn port(index: u32, name: &str, controller: u32) -> Vec<u8> {
+        let mut l = LinkMessage::default();
+        l.header.index = index;
+        l.attributes.push(LinkAttribute::IfName(name.into()));
+        l.attributes.push(LinkAttribute::Controller(controller));
+        let mut m = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)),
+        );
+        m.finalize();
+        let mut buf = vec![0u8; m.buffer_len()];
+        m.serialize(&mut buf);
+        buf
+    }
+
+    fn ports(l: &Links, bridge: u32) -> Vec<u32> {
+        let mut v: Vec<u32> = l
+            .ports
+            .get(&bridge)
+            .into_iter()
+            .flatten()
+            .copied()
+            .collect();
+        v.sort();
+        v
+    }
+
     fn names(l: &Links) -> Vec<(String, u32)> {
         let mut v: Vec<(String, u32)> = l
             .by_name
@@ -489,6 +567,30 @@ mod tests {
         apply_all(&mut l, &dev(7, "tapaaaaaaaaaaa", false)).unwrap();
         assert_eq!(names(&l), [("tapaaaaaaaaaaa".into(), 8)]);
         assert_eq!(l.names.len(), 1);
+    }
+
+    #[test]
+    fn each_bridge_knows_its_ports_as_they_join_move_and_go() {
+        let mut l = Links::default();
+        let mut data = dev(9, "brqbbbbbbbbbbb", true);
+        data.extend(dev(10, "brqccccccccccc", true));
+        data.extend(port(7, "tapaaaaaaaaaaa", 9));
+        data.extend(port(8, "tapdddddddddddd", 9));
+        apply_all(&mut l, &data).unwrap();
+        assert_eq!(ports(&l, 9), [7, 8]);
+        // Moved to the other bridge, then released (a notification without a controller).
+        apply_all(&mut l, &port(7, "tapaaaaaaaaaaa", 10)).unwrap();
+        assert_eq!((ports(&l, 9), ports(&l, 10)), (vec![8], vec![7]));
+        apply_all(&mut l, &dev(7, "tapaaaaaaaaaaa", true)).unwrap();
+        assert_eq!(ports(&l, 10), Vec::<u32>::new());
+        assert!(!l.ports.contains_key(&10), "an empty set is not kept");
+        // Deleted; and a name taken over by a new index forgets the old index's bridge.
+        apply_all(&mut l, &dev(8, "tapdddddddddddd", false)).unwrap();
+        assert_eq!(ports(&l, 9), Vec::<u32>::new());
+        apply_all(&mut l, &port(11, "tapeeeeeeeeeee", 9)).unwrap();
+        apply_all(&mut l, &dev(12, "tapeeeeeeeeeee", true)).unwrap();
+        assert_eq!(ports(&l, 9), Vec::<u32>::new());
+        assert_eq!(l.controller_of.len(), 0);
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! periodic full pass), `purge` (removal of routers and of everything), `validate` (specs
 //! checked before the kernel is touched).
 
+mod audience;
 mod network;
 mod purge;
 mod reaper;
@@ -140,7 +141,15 @@ impl Realiser {
         let owned = Owned::open(&cfg.state_dir)?;
         let reaper = reaper::Reaper::start(&daemon_ns, owned.clone())?;
         let link_table = network::watch_links(&daemon_ns);
-        let announcer = arp::Announcer::start(NetnsHandle::current()?, cfg.announcements)?;
+        let audience = audience::Routers {
+            datapath: datapath.clone(),
+            links: link_table.clone(),
+        };
+        let announcer = arp::Announcer::start(
+            NetnsHandle::current()?,
+            cfg.announcements,
+            Box::new(audience),
+        )?;
         Ok(Self {
             cfg,
             datapath,

@@ -8,7 +8,6 @@
 
 use std::{
     net::Ipv4Addr,
-    os::fd::AsRawFd as _,
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -136,42 +135,6 @@ fn read_sysctl_in(ns: &str, key: &str) -> String {
     })
 }
 
-/// Captures ARP frames on `dev` in the current thread's namespace whose sender and target IP
-/// are both `ip`, until `want` arrived or `limit` passed. Signals `ready` once listening.
-fn capture_garps(
-    dev: &str,
-    ip: Ipv4Addr,
-    want: usize,
-    limit: Duration,
-    ready: mpsc::Sender<()>,
-) -> Vec<(Vec<u8>, Instant)> {
-    // Every frame, not ETH_P_ARP: the realiser sends announcements on the bridge itself (see
-    // `net::arp`), and a frame a device sends reaches only the ETH_P_ALL sockets on it.
-    const ETH_P_ALL: u16 = 0x0003;
-    let cname = std::ffi::CString::new(dev).expect("name");
-    // SAFETY: valid C string.
-    let ifindex = unsafe { libc::if_nametoindex(cname.as_ptr()) };
-    assert!(ifindex != 0, "no device {dev}");
-    let sock = capture::packet_socket(ETH_P_ALL, ifindex, Duration::from_millis(200))
-        .expect("AF_PACKET socket");
-    ready.send(()).expect("signal ready");
-    let start = Instant::now();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 2048];
-    while got.len() < want && start.elapsed() < limit {
-        // SAFETY: buffer valid for its length.
-        let n = unsafe { libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 42 {
-            continue;
-        }
-        let f = &buf[..n as usize];
-        if f[12..14] == [0x08, 0x06] && f[28..32] == ip.octets() && f[38..42] == ip.octets() {
-            got.push((f.to_vec(), Instant::now()));
-        }
-    }
-    got
-}
-
 #[test]
 fn router_with_interface_and_gateway_is_realised_and_idempotent() {
     let h = RealiserHost::new(&[]);
@@ -205,18 +168,46 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
     let ns = names::router_netns(&spec.id);
     let ext_br = names::bridge(&ext.id);
 
-    // Capture gratuitous ARPs on the external bridge while the router is applied.
+    // An uplink on the external bridge (a veth whose far end stands for the wire), not made
+    // by the realiser. Gratuitous ARPs are captured there and on the bridge device itself while
+    // the router is applied: with no other router asking for the address, they go out on the
+    // uplink alone, and the bridge floods none (`net::arp`).
+    for args in [
+        &[
+            "link", "add", "upl0", "type", "veth", "peer", "name", "upl1",
+        ][..],
+        &["link", "set", "upl0", "master", &ext_br, "up"],
+        &["link", "set", "upl1", "up"],
+    ] {
+        h.host.ip(args);
+    }
     let (tx, rx) = mpsc::channel();
-    let (frames, applied_at) = std::thread::scope(|s| {
+    let (tx_br, rx_br) = mpsc::channel();
+    let (frames, flooded, applied_at) = std::thread::scope(|s| {
         let cap = s.spawn(|| {
-            h.host
-                .enter(|| capture_garps(&ext_br, v4(&gw_port), 3, Duration::from_secs(15), tx))
+            h.host.enter(|| {
+                capture::announcements("upl1", v4(&gw_port), 3, Duration::from_secs(15), tx)
+            })
+        });
+        let cap_br = s.spawn(|| {
+            h.host.enter(|| {
+                capture::announcements(&ext_br, v4(&gw_port), 1, Duration::from_secs(4), tx_br)
+            })
         });
         rx.recv().expect("capture ready");
+        rx_br.recv().expect("capture ready");
         h.call(|r| r.apply_router(&spec)).expect("apply router");
         let applied_at = Instant::now();
-        (cap.join().expect("capture thread"), applied_at)
+        (
+            cap.join().expect("capture thread"),
+            cap_br.join().expect("capture thread"),
+            applied_at,
+        )
     });
+    assert!(
+        flooded.is_empty(),
+        "the bridge flooded an announcement nobody here asked for"
+    );
 
     // Namespace and sysctls.
     assert!(netns_exists(&ns), "{ns} missing");
@@ -268,7 +259,9 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
         bridge_ports(&host, &names::bridge(&int.id)),
         vec![qr_tap.clone()]
     );
-    assert_eq!(bridge_ports(&host, &ext_br), vec![qg_tap.clone()]);
+    let mut ext_ports = bridge_ports(&host, &ext_br);
+    ext_ports.sort();
+    assert_eq!(ext_ports, vec![qg_tap.clone(), "upl0".to_string()]);
     for t in [&qr_tap, &qg_tap] {
         let l = link(&host, t).expect("tap");
         assert!(is_up(&l), "{t} down");

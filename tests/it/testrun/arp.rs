@@ -43,15 +43,24 @@ fn announcements_of_addresses_the_router_never_asked_for_are_dropped_and_counted
     assert_eq!(fx.stat("arp_announcements_ignored"), 2);
 }
 
+/// Whether the datapath's note for any router (what the daemon's announcer asks) holds `ip`.
+fn asked(fx: &Rig, ip: [u8; 4]) -> bool {
+    fx.dp.asked_for(ip.into()).expect("ARP_PEERS look-up")
+}
+
 #[test]
 fn announcements_pass_once_the_router_sent_arp_for_the_address() {
     let fx = rig();
+    assert!(!asked(&fx, HOP) && !asked(&fx, OTHER));
     // The router asks for its next hop (a request leaving through the gateway)...
     let ask = arp_frame(REQUEST, ROUTER_MAC, GW, HOP, BROADCAST);
     assert_eq!(fx.out(&ask), ask, "the router's own ARP leaves untouched");
     // ...and answers another router that asked for it (a reply to that router's address).
     let answer = arp_frame(REPLY, ROUTER_MAC, GW, OTHER, OTHER_MAC);
     assert_eq!(fx.out(&answer), answer);
+    // Both are noted for any router too: the announcer floods announcements of them.
+    assert!(asked(&fx, HOP) && asked(&fx, OTHER));
+    assert!(!asked(&fx, GW), "the router's own address was noted");
     // Both now hold a neighbour entry there: their announcements must reach it.
     for f in announcements(HOP_MAC, HOP)
         .into_iter()
