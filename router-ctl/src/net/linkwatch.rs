@@ -466,11 +466,22 @@ mod tests {
     use super::{Links, apply_all};
 
     fn link_msg(index: u32, name: &str, new: bool, family: AddressFamily) -> Vec<u8> {
+        link_msg_with(index, name, new, family, LinkAttribute::Mtu(1500))
+    }
+
+    /// A link message of `index` named `name`, with `extra` besides its name.
+    fn link_msg_with(
+        index: u32,
+        name: &str,
+        new: bool,
+        family: AddressFamily,
+        extra: LinkAttribute,
+    ) -> Vec<u8> {
         let mut l = LinkMessage::default();
         l.header.index = index;
         l.header.interface_family = family;
         l.attributes.push(LinkAttribute::IfName(name.into()));
-        l.attributes.push(LinkAttribute::Mtu(1500));
+        l.attributes.push(extra);
         let inner = if new {
             RouteNetlinkMessage::NewLink(l)
         } else {
@@ -492,18 +503,8 @@ mod tests {
 
     /// A device enslaved to bridge `controller` (`IFLA_MASTER`).
     fn port(index: u32, name: &str, controller: u32) -> Vec<u8> {
-        let mut l = LinkMessage::default();
-        l.header.index = index;
-        l.attributes.push(LinkAttribute::IfName(name.into()));
-        l.attributes.push(LinkAttribute::Controller(controller));
-        let mut m = NetlinkMessage::new(
-            NetlinkHeader::default(),
-            NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewLink(l)),
-        );
-        m.finalize();
-        let mut buf = vec![0u8; m.buffer_len()];
-        m.serialize(&mut buf);
-        buf
+        let extra = LinkAttribute::Controller(controller);
+        link_msg_with(index, name, true, AddressFamily::Unspec, extra)
     }
 
     fn ports(l: &Links, bridge: u32) -> Vec<u32> {
