@@ -119,6 +119,8 @@ CREATE INDEX routers_gw_port ON routers(gw_port_id);
     attrs::MIGRATION,
     // v6: addresses of either family (16-byte columns) and the subnets' IPv6 modes.
     IPV6_MIGRATION,
+    // v7: where each allocation pool's free addresses begin.
+    ipam::MIGRATION,
 ];
 
 /// The SQL of an address column's IPv4 integer as its 16-byte value (`addr_val` of the

@@ -145,6 +145,116 @@ fn allocation_skips_gateway_and_used_addresses_and_fills_gaps() {
     );
 }
 
+/// The pool's mark (`ipam::MIGRATION`): where its free addresses begin.
+fn mark(conn: &rusqlite::Connection, subnet: &str) -> Option<IpAddr> {
+    conn.query_row(
+        "SELECT next_ip FROM allocation_pools WHERE subnet_id=?1",
+        [subnet],
+        |r| r.get::<_, Option<[u8; 16]>>(0),
+    )
+    .unwrap()
+    .map(addr_of)
+}
+
+/// Takes the first free address of `s` for a new port `id`.
+fn take(conn: &rusqlite::Connection, s: &Subnet, id: &str, n: u8) -> IpAddr {
+    let ip = allocate_ip(conn, s, None, false).unwrap();
+    let p = port(
+        id,
+        &s.network_id,
+        [0xfa, 0x16, 0x3e, 1, 0, n],
+        &[(&s.id, ip)],
+    );
+    insert(conn, &p).unwrap();
+    ip
+}
+
+#[test]
+fn the_first_free_address_is_read_from_the_pools_mark_which_every_free_lowers() {
+    let (_d, mut store) = temp_store();
+    let tx = store.transaction().unwrap();
+    insert(&tx, &net("n1", true)).unwrap();
+    let s = subnet(
+        "s1",
+        "n1",
+        "198.51.100.0/24",
+        &[("198.51.100.1", "198.51.100.9")],
+    );
+    insert(&tx, &s).unwrap();
+    assert_eq!(mark(&tx, "s1"), None, "a new pool starts unmarked");
+    for i in 0..6 {
+        take(&tx, &s, &format!("p{i}"), i);
+    }
+    // .2–.7 taken (.1 is the gateway): the mark stands on the last one handed out, so the
+    // next call reads one row instead of six.
+    let at = |last: u8| Some(IpAddr::from([198, 51, 100, last]));
+    assert_eq!(mark(&tx, "s1"), at(7));
+    // Freed below the mark (a port deleted): the mark comes down to it, and it is next.
+    delete_port(&tx, "p2").unwrap();
+    assert_eq!(mark(&tx, "s1"), at(4));
+    assert_eq!(take(&tx, &s, "q1", 10), at(4).unwrap());
+    assert_eq!(take(&tx, &s, "q2", 11), at(8).unwrap());
+    // Fixed IPs replaced on a port (delete and insert): the old address is freed.
+    let mut p0 = get::<Port>(&tx, "p0").unwrap().unwrap();
+    p0.fixed_ips[0].ip = at(9).unwrap();
+    update(&tx, &p0).unwrap();
+    assert_eq!(mark(&tx, "s1"), at(2));
+    assert_eq!(take(&tx, &s, "q3", 12), at(2).unwrap());
+    // Exhausted: the error, and the mark on the pool's last address.
+    assert_eq!(
+        allocate_ip(&tx, &s, None, false).unwrap_err().kind,
+        "IpAddressGenerationFailure"
+    );
+    assert_eq!(mark(&tx, "s1"), at(9));
+    // The gateway moves off .1, which is in the pool and now free: the mark is dropped (the
+    // column alone, so the trigger is what drops it, not a rewrite of the pools).
+    tx.execute(
+        "UPDATE subnets SET gateway_ip=?1 WHERE id='s1'",
+        [addr_val(at(254).unwrap())],
+    )
+    .unwrap();
+    assert_eq!(mark(&tx, "s1"), None);
+    let moved = get::<Subnet>(&tx, "s1").unwrap().unwrap();
+    assert_eq!(take(&tx, &moved, "q4", 13), at(1).unwrap());
+    tx.commit().unwrap();
+    // A request that rolls back leaves the mark as it was.
+    let before = mark(store.conn(), "s1");
+    assert_eq!(before, at(1));
+    let tx = store.transaction().unwrap();
+    delete_port(&tx, "p5").unwrap();
+    assert_eq!(take(&tx, &moved, "q5", 14), at(7).unwrap());
+    assert_eq!(mark(&tx, "s1"), at(7));
+    drop(tx);
+    assert_eq!(mark(store.conn(), "s1"), before);
+}
+
+#[test]
+fn pools_are_filled_in_their_order_each_from_its_own_mark() {
+    let (_d, mut store) = temp_store();
+    let tx = store.transaction().unwrap();
+    insert(&tx, &net("n1", false)).unwrap();
+    let s = subnet(
+        "s1",
+        "n1",
+        "10.0.0.0/24",
+        &[("10.0.0.100", "10.0.0.101"), ("10.0.0.2", "10.0.0.3")],
+    );
+    insert(&tx, &s).unwrap();
+    let got: Vec<String> = (0..4)
+        .map(|i| take(&tx, &s, &format!("p{i}"), i).to_string())
+        .collect();
+    assert_eq!(got, ["10.0.0.100", "10.0.0.101", "10.0.0.2", "10.0.0.3"]);
+    delete_port(&tx, "p1").unwrap();
+    assert_eq!(take(&tx, &s, "q", 9).to_string(), "10.0.0.101");
+    // Pools rewritten (a subnet update): new rows, no marks, same answer.
+    update(&tx, &s).unwrap();
+    assert_eq!(mark(&tx, "s1"), None);
+    assert_eq!(
+        allocate_ip(&tx, &s, None, false).unwrap_err().kind,
+        "IpAddressGenerationFailure"
+    );
+}
+
 #[test]
 fn requested_addresses_are_checked() {
     let (_d, mut store) = temp_store();
