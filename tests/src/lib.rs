@@ -244,18 +244,27 @@ impl RealiserHost {
         plug_into_bridge(&self.host, ns, br, addr);
     }
 
-    /// Files recorded under `<state>/owned/<kind>`.
+    /// The names the realiser has recorded as its own, of `kind` ("netns" or "link").
     pub fn owned(&self, kind: &str) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.state.path.join("owned").join(kind))
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .filter_map(|e| e.file_name().to_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        owned_names(&self.state.path, kind)
     }
+}
+
+/// The names recorded as its own by the daemon or realiser of `state_dir`, of `kind` ("netns"
+/// or "link"), sorted.
+#[cfg(feature = "ctl")]
+pub fn owned_names(state_dir: &std::path::Path, kind: &str) -> Vec<String> {
+    use router_ctl::net::owned::{Kind, Owned};
+    let kind = match kind {
+        "netns" => Kind::Netns,
+        "link" => Kind::Link,
+        other => panic!("no ownership records of kind {other}"),
+    };
+    let mut v = Owned::open(state_dir)
+        .and_then(|o| o.names(kind))
+        .expect("reading the ownership records");
+    v.sort();
+    v
 }
 
 #[cfg(feature = "ctl")]

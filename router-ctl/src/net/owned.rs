@@ -1,18 +1,27 @@
-//! The record of kernel objects this daemon created, under `<state-dir>/owned/`: one file per
-//! object (`netns/<name>`, `link/<name>`), written before the object is created and removed
+//! The record of kernel objects this daemon created, in `<state-dir>/owned.db`: one row per
+//! object (a namespace or a device, by name), written before the object is created and removed
 //! after it is deleted. Reconcile and purge delete only what is recorded here, so daemons that
 //! share a machine never touch each other's objects. A record says what the object is for
-//! (`Record`); its text form is made and read here only.
+//! (`Record`); its text form is made and read here only. The records are apart from the
+//! desired state (`router.db`) so that purge can clean up without it.
+//!
+//! Earlier versions kept one file per object under `<state-dir>/owned/`; `Owned::open` moves
+//! such records into the table. Files cost an inode each: four a router, and where the state
+//! directory is on ext4 without a journal (as on the bench's VM) each new inode passes over
+//! every inode freed in the last 12 hours, a millisecond or more a router after a day of
+//! creating and deleting routers.
 
 use std::{
     fs,
-    io::Write as _,
-    path::{Path, PathBuf},
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
+use rusqlite::{Connection, OptionalExtension as _, params};
 
-/// Kind of recorded object: decides the subdirectory.
+/// Kind of recorded object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     /// A router namespace `qrouter-<id>`.
@@ -78,7 +87,8 @@ impl Record {
 }
 
 impl Kind {
-    fn dir(self) -> &'static str {
+    /// Its name in the table (and the subdirectory of the old file records).
+    fn as_str(self) -> &'static str {
         match self {
             Kind::Netns => "netns",
             Kind::Link => "link",
@@ -86,97 +96,162 @@ impl Kind {
     }
 }
 
-/// The ownership records of one daemon.
+/// The ownership records of one daemon (clones share the connection).
 #[derive(Clone, Debug)]
 pub struct Owned {
-    root: PathBuf,
+    db: Arc<Mutex<Connection>>,
 }
 
 impl Owned {
-    /// Opens (creating) `<state_dir>/owned`.
+    /// Opens (creating) `<state_dir>/owned.db`, moving in the file records of earlier versions.
+    ///
+    /// WAL with `synchronous = NORMAL`: a commit is a write to the log, with no flush to disk.
+    /// What a record describes, a namespace or a device, does not outlive a reboot, and a
+    /// crash of the daemon leaves the log intact; a power loss may lose the last records but
+    /// not corrupt the file.
     pub fn open(state_dir: &Path) -> Result<Self> {
-        let root = state_dir.join("owned");
-        for k in [Kind::Netns, Kind::Link] {
-            let d = root.join(k.dir());
-            fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        let path = state_dir.join("owned.db");
+        let conn =
+            Connection::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS owned (
+                kind TEXT NOT NULL,
+                name TEXT NOT NULL,
+                record TEXT NOT NULL,
+                PRIMARY KEY (kind, name)
+            ) WITHOUT ROWID;",
+        )
+        .with_context(|| format!("creating the table of {}", path.display()))?;
+        let owned = Self {
+            db: Arc::new(Mutex::new(conn)),
+        };
+        owned.adopt_files(&state_dir.join("owned"))?;
+        Ok(owned)
+    }
+
+    fn db(&self) -> MutexGuard<'_, Connection> {
+        // A panic elsewhere while holding it leaves the connection as usable as before.
+        self.db.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves the one-file-per-object records of earlier versions (`<dir>/<kind>/<name>`) into
+    /// the table, then removes the files: first all rows in one transaction, then the files,
+    /// so a crash in between only moves them again.
+    fn adopt_files(&self, dir: &Path) -> Result<()> {
+        if !dir.is_dir() {
+            return Ok(());
         }
-        Ok(Self { root })
+        let mut files = Vec::new();
+        for kind in [Kind::Netns, Kind::Link] {
+            let d = dir.join(kind.as_str());
+            let Ok(entries) = fs::read_dir(&d) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry
+                    .with_context(|| format!("reading {}", d.display()))?
+                    .path();
+                let name = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .map(str::to_string);
+                match name {
+                    // A record being written when an earlier version stopped: its object was
+                    // never created.
+                    Some(n) if n.ends_with(".tmp") => files.push((kind, None, path)),
+                    Some(n) => {
+                        let text = fs::read_to_string(&path).unwrap_or_default();
+                        files.push((kind, Some((n, text)), path));
+                    }
+                    None => {}
+                }
+            }
+        }
+        let mut db = self.db();
+        let tx = db.transaction()?;
+        for (kind, rec, _) in &files {
+            if let Some((name, text)) = rec {
+                tx.execute(
+                    "INSERT OR REPLACE INTO owned (kind, name, record) VALUES (?1, ?2, ?3)",
+                    params![kind.as_str(), name, text],
+                )?;
+            }
+        }
+        tx.commit()
+            .with_context(|| format!("moving the records of {}", dir.display()))?;
+        drop(db);
+        for (_, _, path) in &files {
+            fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+        }
+        for kind in [Kind::Netns, Kind::Link] {
+            let _ = fs::remove_dir(dir.join(kind.as_str()));
+        }
+        let _ = fs::remove_dir(dir);
+        Ok(())
     }
 
-    fn path(&self, kind: Kind, name: &str) -> PathBuf {
-        self.root.join(kind.dir()).join(name)
-    }
-
-    /// Records `name`, before the object is created. Written whole (a temporary file renamed
-    /// into place) but not fsync'd: what a record describes, a namespace or a device, does not
-    /// outlive a reboot, and a crash of the daemon leaves the page cache and so the record intact.
+    /// Records `name` (replacing its record), before the object is created.
     pub fn record(&self, name: &str, record: &Record) -> Result<()> {
-        let content = record.to_text();
-        let p = self.path(record.kind(), name);
-        let tmp = p.with_extension("tmp");
-        {
-            let mut f =
-                fs::File::create(&tmp).with_context(|| format!("writing {}", tmp.display()))?;
-            f.write_all(content.as_bytes())
-                .with_context(|| format!("writing {}", tmp.display()))?;
-        }
-        fs::rename(&tmp, &p).with_context(|| format!("writing {}", p.display()))
+        let kind = record.kind();
+        self.db()
+            .prepare_cached(
+                "INSERT OR REPLACE INTO owned (kind, name, record) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![kind.as_str(), name, record.to_text()])
+            .with_context(|| format!("recording {} {name}", kind.as_str()))?;
+        Ok(())
     }
 
     /// Forgets `name`; missing is success.
     pub fn forget(&self, kind: Kind, name: &str) -> Result<()> {
-        let p = self.path(kind, name);
-        match fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("removing {}", p.display())),
-        }
+        self.db()
+            .prepare_cached("DELETE FROM owned WHERE kind = ?1 AND name = ?2")?
+            .execute(params![kind.as_str(), name])
+            .with_context(|| format!("forgetting {} {name}", kind.as_str()))?;
+        Ok(())
     }
 
     /// The record of `name`, if recorded (`Some(None)`: recorded but unreadable).
     pub fn get(&self, kind: Kind, name: &str) -> Result<Option<Option<Record>>> {
-        let p = self.path(kind, name);
-        match fs::read_to_string(&p) {
-            Ok(s) => Ok(Some(Record::parse(kind, &s))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("reading {}", p.display())),
-        }
+        let text: Option<String> = self
+            .db()
+            .prepare_cached("SELECT record FROM owned WHERE kind = ?1 AND name = ?2")?
+            .query_row(params![kind.as_str(), name], |r| r.get(0))
+            .optional()
+            .with_context(|| format!("reading the record of {} {name}", kind.as_str()))?;
+        Ok(text.map(|t| Record::parse(kind, &t)))
     }
 
     /// Whether `name` is recorded.
     pub fn contains(&self, kind: Kind, name: &str) -> bool {
-        self.path(kind, name).exists()
+        matches!(self.get(kind, name), Ok(Some(_)))
     }
 
     /// Every record of `kind` as (name, record; None when unreadable).
     pub fn list(&self, kind: Kind) -> Result<Vec<(String, Option<Record>)>> {
-        Ok(self
-            .names(kind)?
-            .into_iter()
-            .map(|name| {
-                let content = fs::read_to_string(self.path(kind, &name)).unwrap_or_default();
-                let record = Record::parse(kind, &content);
-                (name, record)
-            })
-            .collect())
+        let db = self.db();
+        let mut st = db.prepare_cached("SELECT name, record FROM owned WHERE kind = ?1")?;
+        let rows = st.query_map([kind.as_str()], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        rows.map(|row| {
+            let (name, text) = row?;
+            Ok((name, Record::parse(kind, &text)))
+        })
+        .collect()
     }
 
     /// The names of every record of `kind` (the kernel objects themselves, whatever the
-    /// record says).
-    /// Reads the directory only: a reconcile pass lists every record each time and reads the
-    /// few it acts on.
+    /// record says): a reconcile pass lists every record each time and reads the few it acts
+    /// on.
     pub fn names(&self, kind: Kind) -> Result<Vec<String>> {
-        let d = self.root.join(kind.dir());
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
-            let entry = entry.with_context(|| format!("reading {}", d.display()))?;
-            if let Some(name) = entry.file_name().to_str()
-                && !name.ends_with(".tmp")
-            {
-                out.push(name.to_string());
-            }
-        }
-        Ok(out)
+        let db = self.db();
+        let mut st = db.prepare_cached("SELECT name FROM owned WHERE kind = ?1")?;
+        let names = st.query_map([kind.as_str()], |r| r.get(0))?;
+        Ok(names.collect::<rusqlite::Result<_>>()?)
     }
 }
 
@@ -203,9 +278,18 @@ mod tests {
         owned.record("brqn-1", &bridge).unwrap();
         assert_eq!(
             owned.get(Kind::Netns, "qrouter-r-1").unwrap(),
-            Some(Some(router))
+            Some(Some(router.clone()))
         );
-        let text = fs::read_to_string(dir.path().join("owned/netns/qrouter-r-1")).unwrap();
+        assert!(owned.contains(Kind::Link, "tapabc"));
+        assert!(!owned.contains(Kind::Netns, "tapabc"), "kinds are apart");
+        let text: String = owned
+            .db()
+            .query_row(
+                "SELECT record FROM owned WHERE name = 'qrouter-r-1'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
         assert_eq!(text, "r-1 7\n");
         let mut links = owned.list(Kind::Link).unwrap();
         links.sort_by(|a, b| a.0.cmp(&b.0));
@@ -216,7 +300,51 @@ mod tests {
                 ("tapabc".into(), Some(tap))
             ]
         );
-        fs::write(dir.path().join("owned/netns/qrouter-x"), "garbage").unwrap();
+        owned
+            .db()
+            .execute(
+                "INSERT INTO owned VALUES ('netns', 'qrouter-x', 'garbage')",
+                [],
+            )
+            .unwrap();
         assert_eq!(owned.get(Kind::Netns, "qrouter-x").unwrap(), Some(None));
+        owned.forget(Kind::Link, "tapabc").unwrap();
+        owned.forget(Kind::Link, "tapabc").unwrap();
+        assert_eq!(owned.get(Kind::Link, "tapabc").unwrap(), None);
+        // Another opening (a restart, purge) sees the same records.
+        drop(owned);
+        let again = Owned::open(dir.path()).unwrap();
+        let mut names = again.names(Kind::Netns).unwrap();
+        names.sort();
+        assert_eq!(names, ["qrouter-r-1", "qrouter-x"]);
+        assert_eq!(
+            again.get(Kind::Netns, "qrouter-r-1").unwrap(),
+            Some(Some(router))
+        );
+    }
+
+    #[test]
+    fn the_file_records_of_earlier_versions_are_moved_in_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("owned");
+        fs::create_dir_all(old.join("netns")).unwrap();
+        fs::create_dir_all(old.join("link")).unwrap();
+        fs::write(old.join("netns/qrouter-r-1"), "r-1 7\n").unwrap();
+        fs::write(old.join("link/brqn-1"), "bridge n-1").unwrap();
+        fs::write(old.join("link/tapabc"), "tap r-1\n").unwrap();
+        // Written when the old daemon stopped: its device was never created.
+        fs::write(old.join("link/tapdef.tmp"), "tap r-2\n").unwrap();
+        let owned = Owned::open(dir.path()).unwrap();
+        assert_eq!(
+            owned.get(Kind::Netns, "qrouter-r-1").unwrap(),
+            Some(Some(Record::Router {
+                router_id: "r-1".into(),
+                dp_id: 7
+            }))
+        );
+        let mut links = owned.names(Kind::Link).unwrap();
+        links.sort();
+        assert_eq!(links, ["brqn-1", "tapabc"]);
+        assert!(!old.exists(), "the old directory is gone");
     }
 }

@@ -6,7 +6,7 @@
 //! on a thread that entered it (setns is per thread) with a netlink socket created there; work in
 //! the daemon's namespace runs on a thread that entered the namespace recorded at `new`.
 //!
-//! Every kernel object is recorded under `<state-dir>/owned/` before it is created (see
+//! Every kernel object is recorded in `<state-dir>/owned.db` before it is created (see
 //! `net::owned`); reconcile and purge delete only recorded objects. A call that fails midway
 //! deletes the objects it created before returning the error.
 //!

@@ -532,15 +532,11 @@ fn assert_router_complete(host: &Netns, db: &Db, r: &Value, ctx: &str) {
     }
 }
 
-/// The names recorded under the daemon's `owned/<kind>`.
+/// The names the daemon has recorded as its own, of `kind`.
 fn owned(d: &Daemon, kind: &str) -> BTreeSet<String> {
-    std::fs::read_dir(d.state_dir().join("owned").join(kind))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
-                .filter(|n| !n.ends_with(".tmp"))
-                .collect()
-        })
-        .unwrap_or_default()
+    tests::owned_names(d.state_dir(), kind)
+        .into_iter()
+        .collect()
 }
 
 /// The taps in the daemon's namespace.

@@ -529,11 +529,16 @@ fn reconcile_removes_recorded_taps_their_router_no_longer_wants() {
     ];
     for (tap, router_id) in &leftovers {
         h.host.veth_pair(tap, &format!("x{}", &tap[3..]));
-        std::fs::write(
-            h.state.path.join("owned").join("link").join(tap),
-            format!("tap {router_id}\n"),
-        )
-        .expect("record");
+        router_ctl::net::owned::Owned::open(&h.state.path)
+            .and_then(|o| {
+                o.record(
+                    tap,
+                    &router_ctl::net::owned::Record::Tap {
+                        router_id: router_id.clone(),
+                    },
+                )
+            })
+            .expect("record");
     }
     let rep = h.call(|r| r.reconcile(&want)).expect("reconcile");
     assert!(rep.failed.is_empty(), "{rep:?}");

@@ -157,6 +157,7 @@ fn machine_facts(workspace: &Path) -> BTreeMap<String, String> {
             .collect::<Vec<_>>()
             .join(" "),
     );
+    m.insert("/run/netns".into(), ns::mount_file_cost(50));
     m.insert("iptables".into(), topo::iptables_version());
     let ver = |prog: &str, arg: &str| {
         std::process::Command::new(prog)

@@ -124,3 +124,46 @@ pub fn new(tag: &str) -> Result<Netns> {
     }
     Netns::try_named(&name)
 }
+
+/// The file system under `/run/netns` and what creating one namespace's mount file costs
+/// there now (the mean of `files` created and removed, named like the bench's namespaces).
+///
+/// Every namespace is a file there. On this VM `/run` is not a tmpfs but ext4 without a
+/// journal, whose inode allocator passes over each inode freed in the last
+/// `vm.dirtytime_expire_seconds` (12 h) one by one (`recently_deleted`): the cost grows with
+/// the namespaces deleted in the last 12 hours, by earlier benches and test runs too, and it
+/// is part of every router created. Reported so a run can be read against its day.
+pub fn mount_file_cost(files: usize) -> String {
+    let fs = match nix::sys::statfs::statfs("/run/netns") {
+        Ok(s) if s.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC => "tmpfs".to_string(),
+        Ok(s) if s.filesystem_type() == nix::sys::statfs::EXT4_SUPER_MAGIC => "ext4".to_string(),
+        Ok(s) => format!("file system {:#x}", s.filesystem_type().0),
+        Err(e) => return format!("? ({e})"),
+    };
+    let names: Vec<String> = (0..files)
+        .map(|i| format!("/run/netns/{PREFIX}{}-probe{i}", std::process::id()))
+        .collect();
+    let start = Instant::now();
+    let mut made = 0;
+    for n in &names {
+        let created = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(n);
+        if created.is_err() {
+            break;
+        }
+        made += 1;
+    }
+    let took = start.elapsed();
+    for n in &names[..made] {
+        let _ = std::fs::remove_file(n);
+    }
+    if made == 0 {
+        return format!("{fs}; could not create a file there");
+    }
+    format!(
+        "{fs}; {:.0} µs to create a namespace's mount file (mean of {made})",
+        took.as_secs_f64() * 1e6 / made as f64
+    )
+}
