@@ -217,6 +217,7 @@ pub(crate) fn start_runtime(
     )?);
     let mut metrics = Metrics::new();
     metrics.collect_datapath(datapath.clone(), realiser.clone());
+    metrics.collect_announcements(realiser.announcements_sent());
     Ok((rt, Arc::new(metrics)))
 }
 

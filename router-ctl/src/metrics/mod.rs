@@ -11,6 +11,7 @@
 //! `timed` (realisation latency of the API's calls) and `serve::serve_counted` plug into the
 //! API from outside, as a wrapper and a tower layer.
 
+mod announcements;
 mod collector;
 pub mod serve;
 pub mod text;
@@ -164,6 +165,13 @@ impl Metrics {
             .register_collector(Box::new(collector::DatapathCollector::new(
                 datapath, routers,
             )));
+    }
+
+    /// Adds the gratuitous ARP frames the realiser's announcer sent, by audience, read at
+    /// each scrape.
+    pub fn collect_announcements(&mut self, sent: Arc<crate::net::arp::Sent>) {
+        self.registry
+            .register_collector(Box::new(announcements::AnnouncementCollector::new(sent)));
     }
 
     /// The Prometheus text exposition (format 0.0.4). Blocking: the datapath collector reads

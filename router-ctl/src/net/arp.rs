@@ -23,7 +23,11 @@
 use std::{
     net::Ipv4Addr,
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
-    sync::{Mutex, mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+        mpsc,
+    },
     time::{Duration, Instant},
 };
 
@@ -143,12 +147,34 @@ struct Job {
     due: Instant,
 }
 
+/// Frames sent so far, by how they went out: what an operator sees of the audience's choice
+/// (`metrics::announcements`). Each frame of an announcement counts once, however many
+/// ports it went out on.
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// Sent once on the bridge, which copies them to every port.
+    pub flooded: AtomicU64,
+    /// Sent on the ports the audience named, one `sendto` each.
+    pub to_ports: AtomicU64,
+}
+
+impl Sent {
+    /// (flooded, to ports).
+    pub fn get(&self) -> (u64, u64) {
+        (
+            self.flooded.load(Ordering::Relaxed),
+            self.to_ports.load(Ordering::Relaxed),
+        )
+    }
+}
+
 /// Sends gratuitous ARPs from one background thread, whatever the number of routers: each
 /// announcement is `count` frames `INTERVAL` apart, on the bridge of the port's network or on
 /// the ports its `Audience` names. Callers never wait.
 pub struct Announcer {
     tx: Mutex<mpsc::Sender<Job>>,
     count: u32,
+    sent: Arc<Sent>,
 }
 
 impl Announcer {
@@ -158,14 +184,22 @@ impl Announcer {
     pub fn start(home: NetnsHandle, count: u32, audience: Box<dyn Audience>) -> Result<Self> {
         let sock = in_netns(&home, packet_socket).context("the gratuitous ARP socket")?;
         let (tx, rx) = mpsc::channel::<Job>();
+        let sent = Arc::new(Sent::default());
+        let counts = sent.clone();
         std::thread::Builder::new()
             .name("garp".into())
-            .spawn(move || worker(rx, sock, audience.as_ref()))
+            .spawn(move || worker(rx, sock, audience.as_ref(), &counts))
             .context("spawning the gratuitous ARP thread")?;
         Ok(Self {
             tx: Mutex::new(tx),
             count,
+            sent,
         })
+    }
+
+    /// The frames sent so far (the counts go on rising as the thread sends).
+    pub fn sent(&self) -> Arc<Sent> {
+        self.sent.clone()
     }
 
     /// Queues the announcement of `ip` from `mac` on `bridge` (the bridge of the network the
@@ -191,11 +225,16 @@ impl Announcer {
 /// Sends one frame of `job` to its hearers. An error means the bridge is gone (the network
 /// was deleted) and ends the announcement; a port that cannot take its frame (it went, or is
 /// down) only misses that one.
-fn send_job(sock: &OwnedFd, audience: &dyn Audience, job: &Job) -> Result<()> {
+fn send_job(sock: &OwnedFd, audience: &dyn Audience, job: &Job, sent: &Sent) -> Result<()> {
     let bridge = ifindex_on(sock, &job.bridge)?;
     match audience.hearers(&job.bridge, job.addr) {
-        Hearers::Everyone => send_on(sock, bridge, &job.frame),
+        Hearers::Everyone => {
+            send_on(sock, bridge, &job.frame)?;
+            sent.flooded.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
         Hearers::Ports(ports) => {
+            sent.to_ports.fetch_add(1, Ordering::Relaxed);
             for port in ports {
                 if let Err(e) = send_on(sock, port as i32, &job.frame) {
                     tracing::debug!("gratuitous ARP of {} on {port}: {e:#}", job.addr);
@@ -206,7 +245,7 @@ fn send_job(sock: &OwnedFd, audience: &dyn Audience, job: &Job) -> Result<()> {
     }
 }
 
-fn worker(rx: mpsc::Receiver<Job>, sock: OwnedFd, audience: &dyn Audience) {
+fn worker(rx: mpsc::Receiver<Job>, sock: OwnedFd, audience: &dyn Audience, sent: &Sent) {
     lower_priority();
     let mut jobs: Vec<Job> = Vec::new();
     let mut open = true;
@@ -239,9 +278,9 @@ fn worker(rx: mpsc::Receiver<Job>, sock: OwnedFd, audience: &dyn Audience) {
             if j.due > now {
                 return true;
             }
-            let sent = send_job(&sock, audience, j);
+            let result = send_job(&sock, audience, j, sent);
             j.left -= 1;
-            match sent {
+            match result {
                 Ok(()) => {
                     // Each frame `INTERVAL` after the last was due, not after it left: the
                     // announcements made in one second stay spread over the next.

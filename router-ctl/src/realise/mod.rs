@@ -195,6 +195,12 @@ impl Realiser {
         let _ = self.router_hook.set(hook);
     }
 
+    /// The gratuitous ARP frames sent so far for this realiser's addresses, by how they went
+    /// out (the metrics read it at each scrape).
+    pub fn announcements_sent(&self) -> Arc<arp::Sent> {
+        self.announcer.sent()
+    }
+
     /// The routers converged so far as (router id, datapath number): how the metrics name a
     /// router whose counters the datapath keeps by number.
     pub fn router_numbers(&self) -> Vec<(String, u32)> {

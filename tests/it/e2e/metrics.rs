@@ -185,7 +185,14 @@ fn metrics_report_a_router_passing_snat_traffic_and_the_dashboard_names_them() {
             &[("operation", "apply_router"), ("le", "+Inf")], 3.0),
         ("router_ctl_reconcile_duration_seconds_count", &[], 1.0),
         ("router_ctl_gc_passes_total", &[], 1.0),
+        // r1's gateway address, announced only to the internet host's port: no router here
+        // asked for it.
+        ("router_ctl_gratuitous_arp_frames_total", &[("audience", "ports")], 1.0),
     ]);
+    get(
+        "router_ctl_gratuitous_arp_frames_total",
+        &[("audience", "everyone")],
+    );
     for histogram in [
         "router_ctl_reconcile_duration_seconds",
         "router_ctl_realise_duration_seconds",

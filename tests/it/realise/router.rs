@@ -208,6 +208,9 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
         flooded.is_empty(),
         "the bridge flooded an announcement nobody here asked for"
     );
+    // What the metrics report of it: the gateway's three frames, each sent to the ports.
+    let (_, to_ports) = h.call(|r| r.announcements_sent().get());
+    assert_eq!(to_ports, 3, "frames sent to the ports only");
 
     // Namespace and sysctls.
     assert!(netns_exists(&ns), "{ns} missing");
