@@ -1,8 +1,9 @@
 //! What an operator's monitoring scrapes: Prometheus text (`GET /metrics` on `[metrics]
 //! listen`), encoded by `prometheus-client`.
 //!
-//! Two kinds of metrics: the datapath's counters and the session table, read from the maps at
-//! each scrape by a collector (`collector`: nothing polls them in between), and what the
+//! Two kinds of metrics: counts kept elsewhere, read at each scrape by a collector (the
+//! datapath's counters and the session table from the maps, `collector`; the announcer's
+//! gratuitous ARP frames, `announcements`; nothing polls them in between), and what the
 //! daemon's own loops record as they run (GC passes, reconcile passes and the drift they
 //! repaired, realisation latency, API requests by status), kept in [`Metrics`].
 //!
