@@ -179,18 +179,34 @@ impl Book {
         }
     }
 
-    /// Removes every router this agent holds or numbered that is not in `keep` (a full sync's
-    /// answer: routers deleted or moved to another agent meanwhile).
-    pub fn remove_all_but(&mut self, keep: &BTreeSet<String>) {
-        let known: BTreeSet<String> = self
-            .held
+    /// Every router this agent knows of: held, numbered (built in this run or an earlier one),
+    /// or whose dict it could not serve.
+    pub fn known(&self) -> BTreeSet<String> {
+        self.held
             .keys()
             .cloned()
             .chain(self.numbers.routers().map(|(id, _)| id.to_string()))
-            .collect();
-        for id in known.difference(keep) {
+            .chain(self.unserved.iter().cloned())
+            .collect()
+    }
+
+    /// Removes every router this agent knows of that is not in `keep` (a full sync's answer:
+    /// routers deleted or moved to another agent meanwhile).
+    pub fn remove_all_but(&mut self, keep: &BTreeSet<String>) {
+        for id in self.known().difference(keep) {
             self.remove(id);
         }
+    }
+
+    /// Forgets the segments of networks no held router is on (a sweep adds the segments of
+    /// the networks it fetched; without this, every network ever seen would stay).
+    pub fn prune_segments(&mut self) {
+        let used: BTreeSet<&str> = self
+            .held
+            .values()
+            .flat_map(|m| m.networks.iter().map(|n| n.id.as_str()))
+            .collect();
+        self.segments.retain(|net, _| used.contains(net.as_str()));
     }
 
     /// The desired state of everything held.

@@ -62,7 +62,8 @@ pub struct NeutronConfig {
     pub host: Option<String>,
     /// Seconds between two `report_state` calls (Neutron's `report_interval`).
     pub report_interval: u64,
-    /// Seconds between two full resyncs (`get_router_ids` + `sync_routers`).
+    /// Seconds between two periodic sweeps (`agent::sweep`: `get_router_ids`, the routers
+    /// new or gone, the next few known ones fetched again).
     pub resync_interval: u64,
     /// Seconds an RPC call waits for its reply (oslo.messaging's `rpc_response_timeout`).
     pub rpc_timeout: u64,

@@ -6,7 +6,9 @@
 //! wire format), `rpc` (the AMQP session: queues, calls, casts, answers), `plugin` (the calls
 //! to neutron-server), `notify` (what it sends the agent), `mapping` (router dict →
 //! `RouterSpec`), `numbers` (router numbers kept across restarts), `book` (the routers held,
-//! realised), `report` (report_state), `worker` (syncs, coalescing, drift repair).
+//! realised), `report` (report_state), `resync` (full resyncs), `sweep` (the periodic sweep, a
+//! safety net for lost notifications at a bounded cost to neutron-server), `worker` (syncs,
+//! coalescing, drift repair).
 //!
 //! The agent survives RabbitMQ: when the connection dies, realised routers stay as they are
 //! (the kernel keeps forwarding and translating), and it reconnects with backoff, then
@@ -22,6 +24,7 @@ pub mod plugin;
 pub mod report;
 pub mod resync;
 pub mod rpc;
+pub mod sweep;
 pub mod transport;
 pub mod worker;
 
@@ -99,6 +102,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<()> {
         chunk: plugin::SYNC_CHUNK_MAX,
         admin_state_up: true,
         synced: false,
+        sweep_after: None,
     };
     rt.block_on(serve(
         cfg, host, endpoints, worker, realiser, datapath, metrics,

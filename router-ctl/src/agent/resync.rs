@@ -1,20 +1,13 @@
 //! Full resyncs: fetching every router hosted here (router ids, chunked `sync_routers`, the
-//! segments of their networks) and what a fetch may still settle once it is in.
+//! segments of their networks).
 //!
-//! Why the periodic resync runs beside the notifications: the fetch is neutron-server's time,
-//! and it grows with the routers hosted (≈ 5 s for 200 routers on the bench's VM). Awaited in
-//! the worker's loop, as the start-up sync is, it held back every notification that arrived
-//! meanwhile, so every `resync_interval` a router change waited seconds to be realised (the
-//! agent bench's p99 from gateway set to `qg-` address: 4.5–5.5 s against a p50 of 0.37 s).
-//! Neutron's own L3 agent has no periodic full sync at all; this agent keeps one as a safety
-//! net for a notification lost on the way, and lets notifications overtake it instead: a
-//! router named by a notice after the fetch began is left out of the fetch's result (`plan`),
-//! because its own `sync_routers` brings a fresher dict, or its removal is already pending.
+//! A full resync is awaited before anything else (at start, on `revived`, when the agent is
+//! set up again, after a reconnect): its fetch is neutron-server's time and grows with the
+//! routers hosted (≈ 5 s for 200 on the bench's VM). Between them, the periodic sweep
+//! (`sweep`) runs beside the notifications at a bounded cost.
 
 use std::{
-    collections::{BTreeSet, HashMap},
-    future::Future,
-    pin::Pin,
+    collections::HashMap,
     time::{Duration, Instant},
 };
 
@@ -22,7 +15,7 @@ use anyhow::Result;
 use futures::StreamExt as _;
 use serde_json::Value;
 
-use super::{mapping, plugin::Plugin, rpc::Session};
+use super::{mapping, plugin::Plugin};
 use crate::model::spec::Segment;
 
 /// How many `get_network_details` calls are in flight at once. One after another, a restart
@@ -97,85 +90,7 @@ pub async fn fetch_segments(
     segments
 }
 
-fn millis(d: Duration) -> u64 {
+/// Milliseconds of `d`, for the sync log lines.
+pub(super) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// A periodic resync's fetch in flight beside the notifications, and the routers notices
-/// named since it began.
-pub struct InFlight<'s> {
-    fetch: Pin<Box<dyn Future<Output = Result<Fetched>> + Send + 's>>,
-    pub touched: BTreeSet<String>,
-}
-
-impl<'s> InFlight<'s> {
-    /// Starts fetching on `session` (the future owns what it needs but the session).
-    pub fn start(session: &'s Session, host: String, timeout: Duration, chunk: usize) -> Self {
-        let fetch = Box::pin(async move {
-            let plugin = Plugin {
-                session,
-                host: &host,
-                timeout,
-            };
-            fetch_all(&plugin, chunk).await
-        });
-        InFlight {
-            fetch,
-            touched: BTreeSet::new(),
-        }
-    }
-
-    /// The fetch's result, once it is in (cancel-safe: polling again goes on where it was).
-    pub async fn done(&mut self) -> Result<Fetched> {
-        self.fetch.as_mut().await
-    }
-}
-
-/// What a fetch settles, given the routers notices named since it began: the dicts to apply
-/// (not those routers': their notices bring fresher ones, or remove them) and the routers to
-/// keep (the fetched ones and those: a router added after the fetch asked for the ids is not
-/// in it, and must not be torn down for that).
-pub fn plan(dicts: Vec<Value>, touched: &BTreeSet<String>) -> (Vec<Value>, BTreeSet<String>) {
-    let mut keep = touched.clone();
-    let dicts = dicts
-        .into_iter()
-        .filter(|d| match mapping::router_id(d) {
-            Some(id) => {
-                keep.insert(id.to_string());
-                !touched.contains(id)
-            }
-            None => true,
-        })
-        .collect();
-    (dicts, keep)
-}
-
-#[cfg(test)]
-mod tests {
-    use serde_json::json;
-
-    use super::*;
-
-    #[test]
-    fn routers_named_since_the_fetch_began_are_left_to_their_notices_and_kept() {
-        let dicts = vec![json!({"id": "a"}), json!({"id": "b"}), json!({"id": "c"})];
-        // "b" changed after the fetch began; "d" was added after it asked for the ids.
-        let touched = BTreeSet::from(["b".to_string(), "d".to_string()]);
-        let (apply, keep) = plan(dicts, &touched);
-        let applied: Vec<&str> = apply.iter().filter_map(mapping::router_id).collect();
-        assert_eq!(applied, ["a", "c"], "b's stale dict is not applied");
-        assert_eq!(
-            keep,
-            BTreeSet::from(["a", "b", "c", "d"].map(String::from)),
-            "nothing fetched or named since is torn down"
-        );
-    }
-
-    #[test]
-    fn with_no_notice_meanwhile_the_fetch_settles_everything() {
-        let dicts = vec![json!({"id": "a"}), json!({"id": "b"})];
-        let (apply, keep) = plan(dicts, &BTreeSet::new());
-        assert_eq!(apply.len(), 2);
-        assert_eq!(keep, BTreeSet::from(["a", "b"].map(String::from)));
-    }
 }

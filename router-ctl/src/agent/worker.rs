@@ -1,8 +1,8 @@
 //! The agent's work while connected: a full resync at start, when report_state answers
 //! `revived` and when the agent is set up again, awaited before anything else; otherwise the
 //! routers that notifications named, several notifications for one router coalesced into one
-//! `sync_routers`; every `resync_interval` a full resync that runs beside the notifications
-//! (`resync`); drift repair every `reconcile_interval`. The kernel work runs on blocking
+//! `sync_routers`; every `resync_interval` a sweep that runs beside the notifications
+//! (`sweep`); drift repair every `reconcile_interval`. The kernel work runs on blocking
 //! threads; a lost connection ends the session without touching a realised router.
 
 use std::{
@@ -21,8 +21,9 @@ use super::{
     mapping,
     notify::{self, Notice},
     plugin::Plugin,
-    resync::{self, Fetched, InFlight},
+    resync::{self, Fetched},
     rpc::Session,
+    sweep::{self, InFlight, Swept},
 };
 use crate::metrics::Metrics;
 
@@ -40,6 +41,8 @@ pub struct Worker {
     pub admin_state_up: bool,
     /// A full sync has completed in this process (drift repair waits for it).
     pub synced: bool,
+    /// Where the next sweep goes on from (the last router the last one revisited).
+    pub sweep_after: Option<String>,
 }
 
 /// Why a session's work ended.
@@ -113,11 +116,11 @@ impl Worker {
         repair.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         repair.tick().await;
         let mut retry_at: Option<Instant> = None;
-        // The periodic resync's fetch, when one is under way.
+        // The sweep's fetch, when one is under way.
         let mut periodic: Option<InFlight<'_>> = None;
         loop {
             if pending.full {
-                // A full sync is due before anything else: it supersedes the periodic one.
+                // A full sync is due before anything else: it supersedes the sweep.
                 periodic = None;
             }
             if retry_at.is_none_or(|t| Instant::now() >= t) {
@@ -155,6 +158,8 @@ impl Worker {
                             self.host.clone(),
                             self.rpc_timeout,
                             self.chunk,
+                            self.book().known(),
+                            self.sweep_after.clone(),
                         ));
                     }
                 }
@@ -172,11 +177,11 @@ impl Worker {
                         timeout: self.rpc_timeout,
                     };
                     let settled = match fetched {
-                        Ok(f) => self.settle(&plugin, f, &touched, "periodic resync done").await,
+                        Ok(f) => self.settle_sweep(&plugin, f, &touched).await,
                         Err(e) => Err(e),
                     };
                     if let Err(e) = settled {
-                        tracing::warn!("periodic resync failed (tried again in resync_interval): {e:#}");
+                        tracing::warn!("periodic sweep failed (tried again in resync_interval): {e:#}");
                     }
                 }
                 _ = repair.tick() => self.repair().await,
@@ -254,24 +259,10 @@ impl Worker {
         Ok(())
     }
 
-    /// Every router scheduled here, fetched and realised; the ones held and no longer
-    /// scheduled here torn down.
+    /// Every router scheduled here, fetched and realised; the ones known and no longer
+    /// scheduled here torn down; logs `full sync done` with the fetch's and the whole sync's
+    /// time. Awaited before anything else, so no notice overtakes it.
     async fn full_sync(&mut self, plugin: &Plugin<'_>) -> Result<()> {
-        let fetched = resync::fetch_all(plugin, self.chunk).await?;
-        self.settle(plugin, fetched, &BTreeSet::new(), "full sync done")
-            .await
-    }
-
-    /// Realises what a full resync fetched, but for the routers notices named since it began
-    /// (`touched`, see `resync::plan`); tears down the routers held and no longer scheduled
-    /// here; logs `done` with the fetch's and the whole resync's time.
-    async fn settle(
-        &mut self,
-        plugin: &Plugin<'_>,
-        fetched: Fetched,
-        touched: &BTreeSet<String>,
-        done: &'static str,
-    ) -> Result<()> {
         let Fetched {
             dicts,
             chunk,
@@ -279,24 +270,19 @@ impl Worker {
             started,
             routers_ms,
             networks_ms,
-        } = fetched;
+        } = resync::fetch_all(plugin, self.chunk).await?;
         self.chunk = chunk;
         // neutron-server's share of the sync (router ids, chunked dicts, segments), logged
         // apart from the realising so an operator sees which side bounds a slow resync.
         let fetch_ms = started.elapsed().as_millis() as u64;
         let n = dicts.len();
         let segments_n = segments.len();
-        let (dicts, keep) = resync::plan(dicts, touched);
-        {
-            let mut book = self.book();
-            let old = std::mem::replace(&mut book.segments, segments);
-            // Segments learnt for the routers the notices brought stay, for them.
-            if !touched.is_empty() {
-                for (net, seg) in old {
-                    book.segments.entry(net).or_insert(seg);
-                }
-            }
-        }
+        let keep: BTreeSet<String> = dicts
+            .iter()
+            .filter_map(mapping::router_id)
+            .map(str::to_string)
+            .collect();
+        self.book().segments = segments;
         let statuses = self
             .blocking(move |b| {
                 b.remove_all_but(&keep);
@@ -307,13 +293,66 @@ impl Worker {
         self.synced = true;
         tracing::info!(
             routers = n,
-            left_to_notices = touched.len(),
             fetch_ms,
             routers_ms,
             networks = segments_n,
             networks_ms,
             took_ms = started.elapsed().as_millis() as u64,
-            "{done}"
+            "full sync done"
+        );
+        Ok(())
+    }
+
+    /// Realises what a sweep fetched (see `sweep`): the dicts, but those of routers notices
+    /// named since it began; the routers gone from the schedule, or no longer returned, torn
+    /// down; the segments of the networks it fetched refreshed, and those no router is on
+    /// forgotten. Logs `periodic sweep done` with what it did and neutron-server's time.
+    async fn settle_sweep(
+        &mut self,
+        plugin: &Plugin<'_>,
+        swept: Swept,
+        touched: &BTreeSet<String>,
+    ) -> Result<()> {
+        let Swept {
+            plan,
+            scheduled,
+            dicts,
+            chunk,
+            segments,
+            started,
+            routers_ms,
+            networks_ms,
+        } = swept;
+        self.chunk = chunk;
+        let fetch_ms = started.elapsed().as_millis() as u64;
+        let fetched = dicts.len();
+        let (dicts, remove) = sweep::settle(&plan, dicts, touched);
+        let removed = remove.len();
+        self.book().segments.extend(segments);
+        let statuses = self
+            .blocking(move |b| {
+                for id in &remove {
+                    b.remove(id);
+                }
+                let st = b.apply_all(&dicts);
+                b.prune_segments();
+                st
+            })
+            .await?;
+        report_fips(plugin, statuses).await;
+        self.sweep_after = plan.after;
+        tracing::info!(
+            scheduled,
+            new = plan.new,
+            revisited = plan.fetch.len() - plan.new,
+            fetched,
+            removed,
+            left_to_notices = touched.len(),
+            fetch_ms,
+            routers_ms,
+            networks_ms,
+            took_ms = started.elapsed().as_millis() as u64,
+            "periodic sweep done"
         );
         Ok(())
     }

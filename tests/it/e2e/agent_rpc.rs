@@ -340,10 +340,11 @@ fn agent_builds_what_neutron_schedules_and_removes_it() {
         l.contains("dropped a malformed message") && l.contains("no_such_method")
     });
 
-    // The periodic resync (every 20 s here) runs beside the notifications: it ends, counted
+    // The periodic sweep (every 20 s here) runs beside the notifications: it ends, counted
     // apart from the start-up sync, and leaves the router as it was.
-    wait(&agent, "a periodic resync", Duration::from_secs(90), || {
-        agent.log().contains("periodic resync done")
+    let sweeps = |a: &Agent| a.log().matches("periodic sweep done").count();
+    wait(&agent, "a periodic sweep", Duration::from_secs(90), || {
+        sweeps(&agent) >= 1
     });
     assert_eq!(
         agent.log().matches("full sync done").count(),
@@ -351,6 +352,44 @@ fn agent_builds_what_neutron_schedules_and_removes_it() {
         "only the start-up sync is a full sync awaited before the notifications"
     );
     assert_eq!(addresses(&ns, &qr), vec!["10.10.0.1/24".to_string()]);
+    // A change no notification announces (a route written into neutron's database behind
+    // neutron-server's back, as a lost `routers_updated` would leave it): the sweep revisits
+    // the router, with no full sync, and serves it.
+    let swept = sweeps(&agent);
+    stack.sql(&format!(
+        "INSERT INTO routerroutes (destination, nexthop, router_id) VALUES ('192.0.2.128/25', '10.10.0.60', '{rid}')"
+    ));
+    let route_of = |dst: &str| {
+        String::from_utf8_lossy(
+            &tests::netns::sh(
+                std::process::Command::new("ip").args(["-n", &ns, "route", "show", dst]),
+            )
+            .stdout,
+        )
+        .to_string()
+    };
+    wait(
+        &agent,
+        "the unannounced route served by a sweep",
+        Duration::from_secs(90),
+        || route_of("192.0.2.128/25").contains("via 10.10.0.60"),
+    );
+    wait(
+        &agent,
+        "the sweep's log line",
+        Duration::from_secs(10),
+        || sweeps(&agent) > swept,
+    );
+    assert_eq!(agent.log().matches("full sync done").count(), 1);
+    stack.sql(&format!(
+        "DELETE FROM routerroutes WHERE router_id = '{rid}' AND destination = '192.0.2.128/25'"
+    ));
+    wait(
+        &agent,
+        "the unannounced route removal served by a sweep",
+        Duration::from_secs(90),
+        || !route_of("192.0.2.128/25").contains("via"),
+    );
 
     // kill -9 and restart: same router number, the namespace kept, the router still served.
     let numbers = agent.state_file("agent-routers");

@@ -61,6 +61,9 @@ impl Fabric {
     }
 }
 
+/// The agent's `resync_interval` on a node: seconds between its periodic sweeps.
+pub const SWEEP_INTERVAL_SECS: u64 = 30;
+
 /// A network node: host namespace `eth-pub`/`eth-ten` on the fabric's bridges and `eth-tun`
 /// (`tunnel_ip`) on its underlay; `router-ctl agent` runs in it with a private state dir and
 /// bpffs. Drop stops the agent, the L2 reports and the relay, then removes the namespace.
@@ -112,7 +115,7 @@ impl AgentNode {
         fs::write(
             node.config(),
             format!(
-                "state_dir = {state:?}\nbpffs = {bpffs:?}\n\n[neutron]\ntransport_url = \"rabbit://guest:guest@127.0.0.1:5672/\"\nhost = \"{host}\"\nreport_interval = 4\nresync_interval = 30\nrpc_timeout = 30\n\n[physical_networks]\npublic = \"eth-pub\"\ntenant = \"eth-ten\"\n\n[vxlan]\nlocal_ip = \"{tunnel_ip}\"\npeers = [{peers}]\n\n[metrics]\nlisten = \"\"\n",
+                "state_dir = {state:?}\nbpffs = {bpffs:?}\n\n[neutron]\ntransport_url = \"rabbit://guest:guest@127.0.0.1:5672/\"\nhost = \"{host}\"\nreport_interval = 4\nresync_interval = {SWEEP_INTERVAL_SECS}\nrpc_timeout = 30\n\n[physical_networks]\npublic = \"eth-pub\"\ntenant = \"eth-ten\"\n\n[vxlan]\nlocal_ip = \"{tunnel_ip}\"\npeers = [{peers}]\n\n[metrics]\nlisten = \"\"\n",
                 state = node.dir.path.join("state"),
                 bpffs = node.bpffs.path(),
                 peers = peers.join(", "),

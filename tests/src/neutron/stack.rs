@@ -256,6 +256,22 @@ impl Stack {
         self.os(args).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// Runs `sql` in neutron's database as neutron's own user, behind neutron-server's back: a
+    /// change no notification announces (what a lost notification leaves an agent with).
+    #[track_caller]
+    pub fn sql(&self, sql: &str) {
+        let out = netns_cmd(&self.netns, "mariadb")
+            .args(["--no-defaults", "-h", "127.0.0.1", "-P", "3306"])
+            .args(["-u", "neutron", "-pneutron", "neutron", "-e", sql])
+            .output()
+            .expect("running mariadb");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Whether this value stops the stack when dropped.
     pub fn is_owned(&self) -> bool {
         self.owned.is_some()

@@ -26,7 +26,7 @@ use kit::{
     netns::try_enter_named,
     neutron::{
         Stack,
-        node::{AgentNode, Fabric, RouterNamespaces},
+        node::{AgentNode, Fabric, RouterNamespaces, SWEEP_INTERVAL_SECS},
     },
 };
 
@@ -77,12 +77,50 @@ pub struct AgentResync {
     pub note: String,
 }
 
+/// The agent's periodic sweeps during the run (its `periodic sweep done` lines): what each
+/// pass fetched and neutron-server's time for it, against the full resync's.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AgentSweeps {
+    pub passes: usize,
+    /// Routers one pass fetched, at most.
+    pub fetched_max: u64,
+    /// neutron-server's part of a pass (`fetch_ms`): median and largest.
+    pub fetch_ms_p50: u64,
+    pub fetch_ms_max: u64,
+}
+
+impl AgentSweeps {
+    /// From an agent log.
+    fn from_log(log: &str) -> Self {
+        let field = |line: &str, key: &str| -> Option<u64> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+        };
+        let mut fetch_ms = Vec::new();
+        let mut fetched_max = 0;
+        for l in log.lines().filter(|l| l.contains("periodic sweep done")) {
+            let l = strip_ansi(l);
+            fetched_max = fetched_max.max(field(&l, "fetched").unwrap_or(0));
+            fetch_ms.extend(field(&l, "fetch_ms"));
+        }
+        fetch_ms.sort_unstable();
+        Self {
+            passes: fetch_ms.len(),
+            fetched_max,
+            fetch_ms_p50: fetch_ms.get(fetch_ms.len() / 2).copied().unwrap_or(0),
+            fetch_ms_max: fetch_ms.last().copied().unwrap_or(0),
+        }
+    }
+}
+
 /// Everything the agent-mode run measured.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct AgentScale {
     pub n: usize,
     pub create: Phase,
     pub resync: Option<AgentResync>,
+    pub sweeps: AgentSweeps,
     pub delete: Phase,
     /// The stack's start-up, seconds.
     pub stack_secs: f64,
@@ -178,6 +216,7 @@ fn run_inner(bin: &Path, cap: Duration, out: &mut AgentScale) -> Result<()> {
     if result.is_err() {
         eprintln!("agent log tail:\n{}", tail(&node.log(), 30));
     }
+    out.sweeps = AgentSweeps::from_log(&node.log());
     node.kill9();
     result
 }
@@ -403,9 +442,34 @@ pub fn markdown(run: &Option<AgentScale>, s: &mut String) {
             }
         );
     }
+    let w = &r.sweeps;
+    let _ = writeln!(
+        s,
+        "\nPeriodic sweeps during the run (every {SWEEP_INTERVAL_SECS} s here, beside the notifications): {} passes, at most {} routers fetched by one, neutron-server's part p50 {} ms, largest {} ms (the full resync above fetched every router).",
+        w.passes, w.fetched_max, w.fetch_ms_p50, w.fetch_ms_max
+    );
     for note in [&r.create.note, &r.delete.note, &r.note] {
         if !note.is_empty() {
             let _ = writeln!(s, "\nNote: {note}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweeps_are_read_from_the_agents_log_lines() {
+        let log = "\
+2026-12-07T17:00:00.1Z  INFO router_ctl::agent::worker: full sync done routers=200 fetch_ms=6500 took_ms=7300
+2026-12-07T17:00:30.1Z  INFO router_ctl::agent::worker: periodic sweep done scheduled=200 new=0 revisited=64 fetched=64 removed=0 left_to_notices=0 fetch_ms=2100 routers_ms=900 networks_ms=1200 took_ms=2300
+\x1b[2m2026-12-07T17:01:00.1Z\x1b[0m \x1b[32m INFO\x1b[0m periodic sweep done \x1b[3mscheduled\x1b[0m\x1b[2m=\x1b[0m200 \x1b[3mfetched\x1b[0m\x1b[2m=\x1b[0m70 \x1b[3mfetch_ms\x1b[0m\x1b[2m=\x1b[0m1800
+2026-12-07T17:01:30.1Z  INFO router_ctl::agent::worker: periodic sweep done scheduled=200 new=0 revisited=64 fetched=64 removed=0 left_to_notices=1 fetch_ms=2500 routers_ms=900 networks_ms=1600 took_ms=2600
+";
+        let w = AgentSweeps::from_log(log);
+        assert_eq!(w.passes, 3);
+        assert_eq!(w.fetched_max, 70);
+        assert_eq!((w.fetch_ms_p50, w.fetch_ms_max), (2100, 2500));
     }
 }
