@@ -401,7 +401,7 @@ async fn reconcile_loop(
                     .read_if_changed(last, store::desired_state)
                     .map_err(anyhow::Error::from)?;
                 let desired = &read.value;
-                let rep = r.reconcile_with(desired, &StoreNow(&st));
+                let rep = r.reconcile_versioned(desired, &StoreNow(&st), read.version());
                 m.reconcile_pass(rep.as_ref().ok(), start.elapsed());
                 let routers = desired.routers.len();
                 rep.map(|rep| (rep, routers, read))

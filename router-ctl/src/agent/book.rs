@@ -36,6 +36,9 @@ pub struct Book {
     unserved: BTreeSet<String>,
     /// Network id → segment, from `get_network_details`.
     pub segments: HashMap<String, Segment>,
+    /// Moves with every apply or removal (the desired state's version for reconcile passes,
+    /// which skip their outside walk while nothing changed).
+    version: i64,
 }
 
 /// What applying router dicts left to tell neutron-server: floating IP statuses that changed,
@@ -59,6 +62,7 @@ impl Book {
             held: BTreeMap::new(),
             unserved: BTreeSet::new(),
             segments: HashMap::new(),
+            version: 0,
         }
     }
 
@@ -76,6 +80,7 @@ impl Book {
 
     /// Realises each dict; routers whose dict fails keep their previous state.
     pub fn apply_all(&mut self, dicts: &[Value]) -> FipStatuses {
+        self.version += 1;
         let mut out = FipStatuses::new();
         for d in dicts {
             if self.realiser.stopping() {
@@ -147,6 +152,7 @@ impl Book {
     /// Tears a router down completely (namespace, devices, NAT state and sessions), and the
     /// bridges no other router of this agent uses.
     pub fn remove(&mut self, id: &str) {
+        self.version += 1;
         self.unserved.remove(id);
         let held = self.held.remove(id);
         let Some(dp_id) = self.numbers.get(id) else {
@@ -232,7 +238,11 @@ impl Book {
         if !self.unserved.is_empty() {
             return None;
         }
-        Some(self.realiser.reconcile(&self.desired()))
+        let desired = self.desired();
+        Some(
+            self.realiser
+                .reconcile_versioned(&desired, &desired, Some(self.version)),
+        )
     }
 
     pub fn counts(&self) -> Counts {

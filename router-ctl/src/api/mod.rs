@@ -167,6 +167,13 @@ pub struct Versioned<T> {
     pub value: Arc<T>,
 }
 
+impl<T> Versioned<T> {
+    /// The store's version the value was read at (None: the store has no read connection).
+    pub fn version(&self) -> Option<i64> {
+        self.version
+    }
+}
+
 impl<T> Clone for Versioned<T> {
     fn clone(&self) -> Self {
         Self {

@@ -61,6 +61,7 @@ pub struct Metrics {
     reconcile_repaired: Counter,
     reconcile_removed: Counter,
     reconcile_failed: Counter,
+    reconcile_quiet: Counter,
     realise_duration: Family<OperationLabels, Histogram, fn() -> Histogram>,
     api_requests: Family<RequestLabels, Counter>,
 }
@@ -86,6 +87,7 @@ impl Metrics {
             reconcile_repaired: Counter::default(),
             reconcile_removed: Counter::default(),
             reconcile_failed: Counter::default(),
+            reconcile_quiet: Counter::default(),
             realise_duration: Family::new_with_constructor(latency_buckets),
             api_requests: Family::default(),
         };
@@ -140,6 +142,11 @@ impl Metrics {
             name("reconcile_failed"),
             "Objects a reconcile pass could not converge (the pass goes on with the others)",
             m.reconcile_failed.clone(),
+        );
+        r.register(
+            name("reconcile_quiet_passes"),
+            "Reconcile passes that found nothing changed since the last clean one (desired state, links, mounts, ownership records) and looked only at their few routers from inside",
+            m.reconcile_quiet.clone(),
         );
         r.register(
             name("realise_duration_seconds"),
@@ -210,6 +217,9 @@ impl Metrics {
                 self.reconcile_repaired.inc_by(r.repaired.len() as u64);
                 self.reconcile_removed.inc_by(r.removed.len() as u64);
                 self.reconcile_failed.inc_by(r.failed.len() as u64);
+                if r.quiet {
+                    self.reconcile_quiet.inc();
+                }
             }
             None => {
                 self.reconcile_failures.inc();
@@ -267,6 +277,13 @@ mod tests {
             }),
             Duration::from_millis(30),
         );
+        m.reconcile_pass(
+            Some(&ReconcileReport {
+                quiet: true,
+                ..Default::default()
+            }),
+            Duration::from_millis(1),
+        );
         m.realised("apply_router", Duration::from_millis(12));
         m.api_request(&axum::http::Method::POST, axum::http::StatusCode::CREATED);
         m.api_request(
@@ -290,9 +307,10 @@ mod tests {
             1.0
         );
         assert_eq!(value("router_ctl_reconcile_repaired_total", &[]), 2.0);
+        assert_eq!(value("router_ctl_reconcile_quiet_passes_total", &[]), 1.0);
         assert_eq!(
             value("router_ctl_reconcile_duration_seconds_count", &[]),
-            1.0
+            2.0
         );
         assert_eq!(
             value(

@@ -293,9 +293,12 @@ impl LinkTable {
         }
     }
 
-    /// What the thread has done so far.
+    /// What the thread has done so far, every queued notification applied first (so a
+    /// change made before this call is counted).
     pub fn counts(&self) -> Counts {
-        self.shared.lock().counts
+        let mut t = self.shared.lock();
+        self.shared.drain(&mut t);
+        t.counts
     }
 }
 

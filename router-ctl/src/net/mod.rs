@@ -10,6 +10,7 @@ pub mod arp;
 pub mod closer;
 pub mod link;
 pub mod linkwatch;
+pub mod mounts;
 pub mod neigh;
 pub mod ns;
 pub mod owned;

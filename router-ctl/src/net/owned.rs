@@ -14,7 +14,10 @@
 use std::{
     fs,
     path::Path,
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -100,6 +103,9 @@ impl Kind {
 #[derive(Clone, Debug)]
 pub struct Owned {
     db: Arc<Mutex<Connection>>,
+    /// Records written or forgotten so far (a reconcile pass compares it with the last clean
+    /// pass's, see `realise::reconcile`).
+    writes: Arc<AtomicU64>,
 }
 
 impl Owned {
@@ -127,6 +133,7 @@ impl Owned {
         .with_context(|| format!("creating the table of {}", path.display()))?;
         let owned = Self {
             db: Arc::new(Mutex::new(conn)),
+            writes: Arc::new(AtomicU64::new(0)),
         };
         owned.adopt_files(&state_dir.join("owned"))?;
         Ok(owned)
@@ -202,6 +209,7 @@ impl Owned {
             )?
             .execute(params![kind.as_str(), name, record.to_text()])
             .with_context(|| format!("recording {} {name}", kind.as_str()))?;
+        self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
@@ -211,7 +219,13 @@ impl Owned {
             .prepare_cached("DELETE FROM owned WHERE kind = ?1 AND name = ?2")?
             .execute(params![kind.as_str(), name])
             .with_context(|| format!("forgetting {} {name}", kind.as_str()))?;
+        self.writes.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Records written or forgotten by this process so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Ordering::Relaxed)
     }
 
     /// The record of `name`, if recorded (`Some(None)`: recorded but unreadable).

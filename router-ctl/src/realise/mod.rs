@@ -99,6 +99,12 @@ pub struct Realiser {
     /// so retiring a bridge frees that device instead of asking the kernel for the bridge's
     /// ports (see `retire_bridge`).
     uplinks: Mutex<HashMap<String, Option<String>>>,
+    /// The mount table's change signal (router namespaces are mounts); None when it could not
+    /// be opened (every pass then walks everything).
+    mounts: Option<crate::net::mounts::MountWatch>,
+    /// What the last clean pass saw (see `reconcile::Seen`); None after a pass that changed or
+    /// failed something.
+    last_clean: Mutex<Option<reconcile::Seen>>,
 }
 
 /// Each reconcile pass enters one router namespace in this many (each router in turn, so every
@@ -167,6 +173,12 @@ impl Realiser {
             fast_path: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
             link_table,
+            mounts: crate::net::mounts::MountWatch::open()
+                .inspect_err(|e| {
+                    tracing::warn!("no mount watch ({e:#}): every reconcile pass walks everything")
+                })
+                .ok(),
+            last_clean: Mutex::new(None),
         })
     }
 

@@ -7,6 +7,15 @@
 //! waiting for the whole pass, and nothing an API call made or removed after the snapshot is
 //! undone (whatever is recorded and not desired *now* is stale). A `DesiredState` is its own
 //! `Current`: a caller that holds the store for the whole pass, or has no store.
+//!
+//! A pass that finds nothing changed since the last clean one skips its outside walk: the
+//! same desired state (the caller's version of it), no link notification applied in the
+//! daemon's namespace, no mount made or removed (router namespaces are mounts), no ownership
+//! record written, and the last pass repaired, removed and failed nothing. Each of those is
+//! how drift or a change shows from outside, so the walk could only find what the last one
+//! found; the pass still looks at its few routers from inside (what only shows there). At
+//! 10 000 routers the walk was ≈ 0.25 s of CPU a pass (≈ 50 ms a second at rest with a pass
+//! every 5 s) for nothing.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -23,10 +32,22 @@ use super::{
 use crate::{
     model::spec::{DesiredState, NetworkSpec, RouterSpec, Segment, names},
     net::{
-        LinkState, ns,
+        LinkState, linkwatch, ns,
         owned::{Kind, Record},
     },
 };
+
+/// What a pass saw of what moves when the desired state changes or a router drifts from
+/// outside (with the mount table's own change signal, see the module comment).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Seen {
+    /// The desired state's version (the store's commit counter the snapshot was read at).
+    version: i64,
+    /// The daemon namespace's link table: dumps and notifications applied.
+    links: linkwatch::Counts,
+    /// Ownership records written or forgotten.
+    owned: u64,
+}
 
 /// The desired state as the store holds it at the moment of a change (see the module comment).
 /// Each method runs `f` while no API call can change what it was given.
@@ -58,6 +79,9 @@ pub struct ReconcileReport {
     /// The pass ended early because the realiser was stopped (see `Realiser::stop`); every
     /// object it touched was finished.
     pub abandoned: bool,
+    /// Nothing had changed since the last clean pass: only the routers of this pass's inside
+    /// slice were looked at (see the module comment).
+    pub quiet: bool,
 }
 
 /// `len` routers from `start` on, wrapping around the `n` desired.
@@ -102,17 +126,52 @@ impl Realiser {
         desired: &DesiredState,
         current: &dyn Current,
     ) -> Result<ReconcileReport> {
+        self.reconcile_versioned(desired, current, None)
+    }
+
+    /// `reconcile_with`, told the version of `desired` (it moves with every change of it):
+    /// a pass that finds nothing changed since the last clean one walks only its inside slice
+    /// (see the module comment). Without a version every pass walks everything.
+    pub fn reconcile_versioned(
+        &self,
+        desired: &DesiredState,
+        current: &dyn Current,
+        version: Option<i64>,
+    ) -> Result<ReconcileReport> {
+        // Read before the pass: whatever changes during it makes the next pass's differ.
+        let mounts_changed = self.mounts.as_ref().is_none_or(|m| m.changed());
+        let seen = match (version, &self.link_table) {
+            (Some(version), Some(t)) => Some(Seen {
+                version,
+                links: t.counts(),
+                owned: self.owned.writes(),
+            }),
+            _ => None,
+        };
+        let last = lock(&self.last_clean).take();
+        let quiet = !mounts_changed && seen.is_some() && last == seen;
         let mut pass = Pass {
             desired,
             current,
-            report: ReconcileReport::default(),
+            report: ReconcileReport {
+                quiet,
+                ..ReconcileReport::default()
+            },
             links: None,
         };
-        self.reconcile_networks(&mut pass)?;
-        self.remove_stale_routers(&mut pass)?;
-        self.reconcile_routers(&mut pass)?;
-        if !self.abandon(&mut pass.report) {
-            self.remove_stale_links(&mut pass)?;
+        if quiet {
+            self.reconcile_routers(&mut pass)?;
+        } else {
+            self.reconcile_networks(&mut pass)?;
+            self.remove_stale_routers(&mut pass)?;
+            self.reconcile_routers(&mut pass)?;
+            if !self.abandon(&mut pass.report) {
+                self.remove_stale_links(&mut pass)?;
+            }
+        }
+        let r = &pass.report;
+        if r.repaired.is_empty() && r.removed.is_empty() && r.failed.is_empty() && !r.abandoned {
+            *lock(&self.last_clean) = seen;
         }
         Ok(pass.report)
     }
@@ -199,16 +258,28 @@ impl Realiser {
     /// present, up and enslaved, which also proves the veth peers inside exist); a few each
     /// pass (`inside_slice`; every router on the first), and any that fails that check, are
     /// converged from inside their namespace (addresses, routes, sysctls, filters) to the spec
-    /// the store holds then.
+    /// the store holds then. A quiet pass (`report.quiet`) looks at those few only.
     fn reconcile_routers(&self, pass: &mut Pass<'_>) -> Result<()> {
-        let unchanged = pass.report.repaired.is_empty() && pass.report.removed.is_empty();
-        let links = match pass.links.take() {
-            Some(links) if unchanged => links,
-            _ => self.daemon_links()?,
-        };
+        let quiet = pass.report.quiet;
         let nth = self.passes.fetch_add(1, Ordering::Relaxed);
         let routers = &pass.desired.routers;
         let inside = self.inside_slice(routers.len());
+        let unchanged = pass.report.repaired.is_empty() && pass.report.removed.is_empty();
+        let links = match pass.links.take() {
+            Some(links) if unchanged => links,
+            // Only the slice's own bridges and taps: a copy of every link is what a quiet
+            // pass spares.
+            _ if quiet => {
+                let names: Vec<String> = routers
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| inside.contains(*i))
+                    .flat_map(|(_, r)| plan(r).into_iter().flat_map(|p| [p.bridge, p.tap]))
+                    .collect();
+                self.lookup_daemon_links(&names)?
+            }
+            _ => self.daemon_links()?,
+        };
         if nth > 0 {
             // Filters removed from outside: the converge below attaches them again. Only the
             // routers looked at from inside: a dump per tap under the lock, so all of them at
@@ -238,7 +309,7 @@ impl Realiser {
             }
             // The first pass (the start-up resync) looks inside every router.
             let full = nth == 0 || inside.contains(i);
-            if !full && self.looks_converged(r, &links) {
+            if !full && (quiet || self.looks_converged(r, &links)) {
                 continue;
             }
             pass.current.router(&r.id, &mut |now| {
