@@ -18,6 +18,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+use kit::daemon::ApiClient;
 use serde::Serialize;
 
 use super::{
@@ -130,6 +131,31 @@ pub struct AtRest {
     pub secs: f64,
     /// CPU time of the daemon (all threads, user and system) per second of the window.
     pub daemon_cpu_ms_per_sec: f64,
+    /// Reconcile passes in the window, those of them that were quiet (nothing changed since the
+    /// last clean one: no outside walk), and their mean duration, from the daemon's metrics.
+    pub passes: Option<u64>,
+    pub quiet_passes: Option<u64>,
+    pub pass_ms: Option<f64>,
+}
+
+/// The daemon's metrics endpoint (its default address, in its host namespace).
+const METRICS_BASE: &str = "http://127.0.0.1:9180";
+
+/// The reconcile figures of the daemon's metrics: passes, quiet passes, seconds in passes.
+fn reconcile_counters(metrics: &ApiClient) -> Option<(f64, f64, f64)> {
+    let (status, body) = metrics.get("/metrics");
+    let text = body.as_str().filter(|_| status == 200)?;
+    // One unlabelled sample each: `name value`.
+    let sample = |name: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    Some((
+        sample("router_ctl_reconcile_duration_seconds_count")?,
+        sample("router_ctl_reconcile_quiet_passes_total").unwrap_or(0.0),
+        sample("router_ctl_reconcile_duration_seconds_sum")?,
+    ))
 }
 
 /// How long the daemon is watched at rest: three reconcile passes (one every 5 s).
@@ -268,8 +294,8 @@ impl Env {
             run.at_rest = self.at_rest();
             if let Some(r) = &run.at_rest {
                 eprintln!(
-                    "bench:   at rest: daemon CPU {:.1} ms/s over {:.0} s",
-                    r.daemon_cpu_ms_per_sec, r.secs
+                    "bench:   at rest: daemon CPU {:.1} ms/s over {:.0} s; reconcile passes {:?} (quiet {:?}), {:?} ms each",
+                    r.daemon_cpu_ms_per_sec, r.secs, r.passes, r.quiet_passes, r.pass_ms
                 );
             }
             let c = self.chatter(probe, secs);
@@ -472,12 +498,22 @@ impl Env {
     /// The daemon's CPU time over `AT_REST` with nothing asked of it (None: no daemon).
     fn at_rest(&self) -> Option<AtRest> {
         let pid = self.daemon().pid()?;
+        let metrics = ApiClient::new(self.host(), METRICS_BASE, None);
+        let m0 = reconcile_counters(&metrics);
         let (t0, c0) = (Instant::now(), daemon_cpu_secs(pid)?);
         let _ = ns::sleep(AT_REST);
         let (secs, c1) = (t0.elapsed().as_secs_f64(), daemon_cpu_secs(pid)?);
+        let m1 = reconcile_counters(&metrics);
+        let passes = m0.zip(m1).map(|((n0, q0, s0), (n1, q1, s1))| {
+            let n = n1 - n0;
+            (n as u64, (q1 - q0) as u64, (n > 0.0).then(|| (s1 - s0) * 1e3 / n))
+        });
         Some(AtRest {
             secs,
             daemon_cpu_ms_per_sec: (c1 - c0) * 1e3 / secs,
+            passes: passes.map(|p| p.0),
+            quiet_passes: passes.map(|p| p.1),
+            pass_ms: passes.and_then(|p| p.2),
         })
     }
 
@@ -805,14 +841,20 @@ pub fn markdown(runs: &[ScaleRun], s: &mut String) {
     if runs.iter().any(|r| r.at_rest.is_some()) {
         let _ = writeln!(
             s,
-            "\nAt rest (the N routers realised, no API call; reconcile passes every 5 s):\n\n| N | daemon CPU ms/s | window s |\n|---|---|---|"
+            "\nAt rest (the N routers realised, no API call; reconcile passes every 5 s; quiet: nothing changed since the last clean pass, so no outside walk):\n\n| N | daemon CPU ms/s | window s | passes (quiet) | ms a pass |\n|---|---|---|---|---|"
         );
         for r in runs {
             if let Some(a) = &r.at_rest {
+                let opt = |v: Option<u64>| v.map_or("—".to_string(), |v| v.to_string());
                 let _ = writeln!(
                     s,
-                    "| {} | {:.1} | {:.0} |",
-                    r.n, a.daemon_cpu_ms_per_sec, a.secs
+                    "| {} | {:.1} | {:.0} | {} ({}) | {} |",
+                    r.n,
+                    a.daemon_cpu_ms_per_sec,
+                    a.secs,
+                    opt(a.passes),
+                    opt(a.quiet_passes),
+                    a.pass_ms.map_or("—".to_string(), |v| format!("{v:.1}")),
                 );
             }
         }
