@@ -506,7 +506,11 @@ impl Env {
         let m1 = reconcile_counters(&metrics);
         let passes = m0.zip(m1).map(|((n0, q0, s0), (n1, q1, s1))| {
             let n = n1 - n0;
-            (n as u64, (q1 - q0) as u64, (n > 0.0).then(|| (s1 - s0) * 1e3 / n))
+            (
+                n as u64,
+                (q1 - q0) as u64,
+                (n > 0.0).then(|| (s1 - s0) * 1e3 / n),
+            )
         });
         Some(AtRest {
             secs,
