@@ -25,7 +25,7 @@ use crate::model::spec::Segment;
 /// and a handful in flight keeps the queue short for the notifications' calls.
 const DETAILS_IN_FLIGHT: usize = 8;
 
-/// Everything a full resync fetched.
+/// Router dicts and their networks' segments, as a full resync or a sweep fetched them.
 pub struct Fetched {
     pub dicts: Vec<Value>,
     /// The `sync_routers` chunk size to start with next time.
@@ -46,7 +46,22 @@ pub struct Fetched {
 pub async fn fetch_all(plugin: &Plugin<'_>, chunk: usize) -> Result<Fetched> {
     let started = Instant::now();
     let ids = plugin.get_router_ids().await?;
-    let (dicts, chunk) = plugin.sync_routers(&ids, chunk).await?;
+    fetch_dicts(plugin, &ids, chunk, started).await
+}
+
+/// The dicts of routers `ids` (chunked `sync_routers`) and the segments of their networks;
+/// `started`: when the fetch began (its `get_router_ids` included).
+pub async fn fetch_dicts(
+    plugin: &Plugin<'_>,
+    ids: &[String],
+    chunk: usize,
+    started: Instant,
+) -> Result<Fetched> {
+    let (dicts, chunk) = if ids.is_empty() {
+        (Vec::new(), chunk)
+    } else {
+        plugin.sync_routers(ids, chunk).await?
+    };
     let routers_ms = millis(started.elapsed());
     let mut networks: Vec<String> = dicts.iter().flat_map(mapping::network_ids).collect();
     networks.sort();
@@ -91,6 +106,6 @@ pub async fn fetch_segments(
 }
 
 /// Milliseconds of `d`, for the sync log lines.
-pub(super) fn millis(d: Duration) -> u64 {
+fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

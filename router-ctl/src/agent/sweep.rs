@@ -22,7 +22,7 @@
 //! `resync::plan`).
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::BTreeSet,
     future::Future,
     pin::Pin,
     time::{Duration, Instant},
@@ -31,8 +31,12 @@ use std::{
 use anyhow::Result;
 use serde_json::Value;
 
-use super::{mapping, plugin::Plugin, resync, rpc::Session};
-use crate::model::spec::Segment;
+use super::{
+    mapping,
+    plugin::Plugin,
+    resync::{self, Fetched},
+    rpc::Session,
+};
 
 /// Routers a pass fetches at most: new ones first, then known ones in turn. 64 routers' dicts
 /// and networks are ≈ 2 s of neutron-server's time on the bench's VM, every `resync_interval`
@@ -87,16 +91,9 @@ pub struct Swept {
     pub plan: Plan,
     /// Routers scheduled here.
     pub scheduled: usize,
-    /// The dicts of `plan.fetch` neutron-server returned (those still hosted here).
-    pub dicts: Vec<Value>,
-    /// The `sync_routers` chunk size to start with next time.
-    pub chunk: usize,
-    /// The segments of the networks the dicts name.
-    pub segments: HashMap<String, Segment>,
-    pub started: Instant,
-    /// Time spent on the router ids and dicts, and on the segments (logged apart).
-    pub routers_ms: u64,
-    pub networks_ms: u64,
+    /// The dicts of `plan.fetch` neutron-server returned (those still hosted here), with
+    /// their networks' segments.
+    pub fetched: Fetched,
 }
 
 /// Runs a pass's calls: the router ids, the planned dicts, their networks' segments.
@@ -109,26 +106,11 @@ async fn fetch(
     let started = Instant::now();
     let scheduled: BTreeSet<String> = plugin.get_router_ids().await?.into_iter().collect();
     let plan = plan(known, &scheduled, after, SWEEP_ROUTERS);
-    let (dicts, chunk) = if plan.fetch.is_empty() {
-        (Vec::new(), chunk)
-    } else {
-        plugin.sync_routers(&plan.fetch, chunk).await?
-    };
-    let routers_ms = resync::millis(started.elapsed());
-    let mut networks: Vec<String> = dicts.iter().flat_map(mapping::network_ids).collect();
-    networks.sort();
-    networks.dedup();
-    let details = Instant::now();
-    let segments = resync::fetch_segments(plugin, networks).await;
+    let fetched = resync::fetch_dicts(plugin, &plan.fetch, chunk, started).await?;
     Ok(Swept {
         plan,
         scheduled: scheduled.len(),
-        dicts,
-        chunk,
-        segments,
-        started,
-        routers_ms,
-        networks_ms: resync::millis(details.elapsed()),
+        fetched,
     })
 }
 

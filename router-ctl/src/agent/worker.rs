@@ -316,12 +316,15 @@ impl Worker {
         let Swept {
             plan,
             scheduled,
-            dicts,
-            chunk,
-            segments,
-            started,
-            routers_ms,
-            networks_ms,
+            fetched:
+                Fetched {
+                    dicts,
+                    chunk,
+                    segments,
+                    started,
+                    routers_ms,
+                    networks_ms,
+                },
         } = swept;
         self.chunk = chunk;
         let fetch_ms = started.elapsed().as_millis() as u64;

@@ -251,33 +251,27 @@ fn metrics_report_a_router_passing_snat_traffic_and_the_dashboard_names_them() {
 
     // At rest, passes (one a second here) find nothing changed and skip their outside walk:
     // counted as quiet.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let s = text::parse(&scrape_text(&t, &metrics));
-        if value(&s, "router_ctl_reconcile_quiet_passes_total", &[]).is_some_and(|v| v >= 2.0) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no quiet reconcile pass within 20 s\n{}",
-            d.log()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    await_counter(&t, &metrics, "router_ctl_reconcile_quiet_passes_total", 2.0);
 
     // Drift: the router's namespace deleted from outside is repaired, and counted, though the
     // passes before it were quiet (the mount table's change signal ends that).
     tests::ip(&["netns", "del", &names::router_netns(r)]);
+    await_counter(&t, &metrics, "router_ctl_reconcile_repaired_total", 1.0);
+}
+
+/// Scrapes until the unlabelled counter `name` reaches `floor` (fails after 20 s, with the
+/// daemon's log).
+fn await_counter(site: &RouterSite, metrics: &ApiClient, name: &str, floor: f64) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let s = text::parse(&scrape_text(&t, &metrics));
-        if value(&s, "router_ctl_reconcile_repaired_total", &[]).is_some_and(|v| v >= 1.0) {
-            break;
+        let s = text::parse(&scrape_text(site, metrics));
+        if value(&s, name, &[]).is_some_and(|v| v >= floor) {
+            return;
         }
         assert!(
             Instant::now() < deadline,
-            "no repair counted within 20 s\n{}",
-            d.log()
+            "{name} did not reach {floor} within 20 s\n{}",
+            site.d.log()
         );
         std::thread::sleep(Duration::from_millis(250));
     }
