@@ -21,10 +21,9 @@ impl MountWatch {
     /// Starts watching the calling process's mount table (changes from now on are reported).
     pub fn open() -> Result<Self> {
         let file = File::open("/proc/self/mountinfo").context("opening /proc/self/mountinfo")?;
-        let w = Self { file };
-        // The first poll reports the table as changed since the file was opened; clear it.
-        w.changed();
-        Ok(w)
+        // The file starts at the table's current mark: its first poll reports only what
+        // changes after the open.
+        Ok(Self { file })
     }
 
     /// Whether the mount table changed since the last call (or `open`). A poll that fails says
