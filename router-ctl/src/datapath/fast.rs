@@ -11,7 +11,7 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::programs::{SchedClassifier, TcAttachType};
 use router_common::{FAST_IF_GATEWAY, FAST_IF_USED, FastIf, MAX_FAST_IFS, programs};
 
-use super::{Datapath, TcSocket, filter};
+use super::{Datapath, TcSocket, filter, unlist};
 
 /// Reads `dev`'s MAC address in the calling thread's namespace (SIOCGIFHWADDR).
 fn device_mac(dev: &str) -> Result<[u8; 6]> {
@@ -146,7 +146,11 @@ impl Datapath {
                 TcAttachType::Ingress,
                 filter::ROUTER_BLOCK,
                 bound,
-            )
+            )?;
+            if bound {
+                self.unlist_with(&mut tc);
+            }
+            Ok::<_, anyhow::Error>(())
         })();
         match res {
             Ok(_) => Ok(true),
@@ -181,6 +185,40 @@ impl Datapath {
             inner.fast.remove(&ifindex)?;
         }
         Ok(())
+    }
+
+    /// Drops the calling thread's namespace (a router's, right after one of its devices bound
+    /// `filter::ROUTER_BLOCK`) from the kernel's host-wide list of bound blocks (`unlist`). A
+    /// failure costs only speed: logged, and tried again at the next bind, except that a
+    /// kernel without `ifb` is told once and not asked again.
+    pub fn unlist_router_block(&self) {
+        if self.unlist_off.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        match TcSocket::open() {
+            Ok(mut tc) => self.unlist_with(&mut tc),
+            Err(e) => tracing::debug!("unlisting the router block: {e}"),
+        }
+    }
+
+    fn unlist_with(&self, tc: &mut TcSocket) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.unlist_off.load(Relaxed) {
+            return;
+        }
+        match unlist::unlist_router_block(tc) {
+            Ok(()) => {}
+            Err(unlist::UnlistError::NoIfb(e)) => {
+                if !self.unlist_off.swap(true, Relaxed) {
+                    tracing::warn!(
+                        "no ifb device type ({e}): each router namespace's tc block stays in the kernel's host-wide list, and making a router slows as routers grow"
+                    );
+                }
+            }
+            Err(unlist::UnlistError::Other(e)) => {
+                tracing::debug!("unlisting the router block: {e}")
+            }
+        }
     }
 
     /// Removes the `FAST_IFS` entry of a device that is gone (ifindex and MAC as it had in

@@ -101,9 +101,9 @@ pub fn ensure_clsact(dev: &str) -> Result<()> {
 ///
 /// For devices that only need the ingress hook (the fast path's `qr-`/`qg-`): a `clsact`
 /// has two blocks, an `ingress` qdisc one, and on the router's shared block the router's
-/// second device finds its block at the head of the kernel's list of bound blocks (see the
-/// module's comment) and needs no filter of its own.
-pub async fn ensure_ingress(h: &rtnetlink::Handle, ifindex: u32) -> Result<()> {
+/// second device needs no filter of its own. Returns whether it added the qdisc (so bound the
+/// block: the caller then unlists it, `Datapath::unlist_router_block`).
+pub async fn ensure_ingress(h: &rtnetlink::Handle, ifindex: u32) -> Result<bool> {
     use futures::StreamExt as _;
     use netlink_packet_core::{
         NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
@@ -117,18 +117,22 @@ pub async fn ensure_ingress(h: &rtnetlink::Handle, ifindex: u32) -> Result<()> {
         .clone()
         .request(req)
         .map_err(|e| anyhow!("adding the ingress qdisc to ifindex {ifindex}: {e}"))?;
+    let mut added = true;
     while let Some(m) = answers.next().await {
         if let NetlinkPayload::Error(e) = m.payload
             && let Some(code) = e.code
-            && -code.get() != libc::EEXIST
         {
+            if -code.get() == libc::EEXIST {
+                added = false;
+                continue;
+            }
             return Err(anyhow!(
                 "adding the ingress qdisc to ifindex {ifindex}: {}",
                 std::io::Error::from_raw_os_error(-code.get())
             ));
         }
     }
-    Ok(())
+    Ok(added)
 }
 
 /// Puts `prog` in the slot of `dev`'s `attach_type` hook: creates the filter, or, if the slot

@@ -850,6 +850,14 @@ fn gateway_taps_share_filter_blocks_and_a_router_its_own() {
             );
         }
         assert_eq!(block_progs(&ns, ROUTER_BLOCK), [programs::FAST_FWD], "{ns}");
+        // After each bind, the namespace's spare device bound and unbound the block again, to
+        // drop it from the kernel's host-wide list (`datapath::unlist`): it is there, down,
+        // with no qdisc, and the router's devices stay bound (above).
+        let spare = link(&ns, names::UNLIST_DEV)
+            .unwrap_or_else(|| panic!("{} missing in {ns}", names::UNLIST_DEV));
+        assert_eq!(spare["linkinfo"]["info_kind"], "ifb", "{spare}");
+        assert!(!is_up(&spare), "{spare}");
+        assert_eq!(qdisc_blocks(&ns, names::UNLIST_DEV), (None, None), "{ns}");
     }
 
     // Router 1 loses its gateway: its tap leaves the blocks, router 2's keeps its programs.

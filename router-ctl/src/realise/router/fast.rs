@@ -88,6 +88,11 @@ impl Realiser {
                 self.datapath.forget_fast(*idx, *mac)?;
             }
         }
+        if verify && !now.is_empty() && !present.contains_key(names::UNLIST_DEV) {
+            // A namespace an earlier version made: its block is still in the kernel's list
+            // (`datapath::unlist`).
+            self.datapath.unlist_router_block();
+        }
         if verify && !now.is_empty() {
             let ifindexes: HashSet<u32> = now.values().map(|(idx, _)| *idx).collect();
             if let Err(e) = neigh::refresh_stale(h, &ifindexes).await {

@@ -168,9 +168,12 @@ impl Realiser {
                 // packets of a new gateway waited a second for the retransmission. An
                 // `ingress` qdisc, not a `clsact`: the fast path uses that hook only (see
                 // `filter::ensure_ingress`). `process_fast_path` adds the filter.
-                filter::ensure_ingress(h, l.index)
+                if filter::ensure_ingress(h, l.index)
                     .await
-                    .with_context(|| format!("router {}: device {}", spec.id, p.inner))?;
+                    .with_context(|| format!("router {}: device {}", spec.id, p.inner))?
+                {
+                    self.datapath.unlist_router_block();
+                }
             }
             link::set_up(h, l.index, spec.admin_state_up).await?;
             rep.changed.push(format!("link {}", p.inner));
