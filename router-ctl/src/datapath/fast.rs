@@ -189,12 +189,8 @@ impl Datapath {
 
     /// Drops the calling thread's namespace (a router's, right after one of its devices bound
     /// `filter::ROUTER_BLOCK`) from the kernel's host-wide list of bound blocks (`unlist`). A
-    /// failure costs only speed: logged, and tried again at the next bind, except that a
-    /// kernel without `ifb` is told once and not asked again.
+    /// failure costs only speed: logged, and tried again at the next bind.
     pub fn unlist_router_block(&self) {
-        if self.unlist_off.load(std::sync::atomic::Ordering::Relaxed) {
-            return;
-        }
         match TcSocket::open() {
             Ok(mut tc) => self.unlist_with(&mut tc),
             Err(e) => tracing::debug!("unlisting the router block: {e}"),
@@ -202,22 +198,8 @@ impl Datapath {
     }
 
     fn unlist_with(&self, tc: &mut TcSocket) {
-        use std::sync::atomic::Ordering::Relaxed;
-        if self.unlist_off.load(Relaxed) {
-            return;
-        }
-        match unlist::unlist_router_block(tc) {
-            Ok(()) => {}
-            Err(unlist::UnlistError::NoIfb(e)) => {
-                if !self.unlist_off.swap(true, Relaxed) {
-                    tracing::warn!(
-                        "no ifb device type ({e}): each router namespace's tc block stays in the kernel's host-wide list, and making a router slows as routers grow"
-                    );
-                }
-            }
-            Err(unlist::UnlistError::Other(e)) => {
-                tracing::debug!("unlisting the router block: {e}")
-            }
+        if let Err(e) = unlist::unlist_router_block(tc) {
+            tracing::debug!("unlisting the router block: {e}");
         }
     }
 

@@ -124,8 +124,6 @@ pub struct Datapath {
     /// has, a count may read 0 for a router that holds entries (after a crash, or an upgrade
     /// from a datapath that did not count), so a flush walks the table whatever it says.
     counts_repaired: AtomicBool,
-    /// The kernel refused to make an `ifb` (`unlist`): router namespaces' blocks stay listed.
-    unlist_off: AtomicBool,
 }
 
 // The daemon shares one `Arc<Datapath>` between its API tasks, the realiser and the GC loop.
@@ -304,7 +302,6 @@ impl Datapath {
             counts,
             limits: sessions::Limits::new(nat),
             counts_repaired: AtomicBool::new(false),
-            unlist_off: AtomicBool::new(false),
         }))
     }
 

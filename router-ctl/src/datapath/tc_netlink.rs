@@ -126,6 +126,34 @@ impl TcSocket {
             .map(drop)
     }
 
+    /// The shared block the ingress hook of `ifindex`'s `ingress` or `clsact` qdisc is bound
+    /// to; None when it has no such qdisc or its hook has a block of its own.
+    pub fn ingress_block(&mut self, ifindex: u32) -> io::Result<Option<u32>> {
+        use netlink_packet_core::Nla as _;
+        let msgs = self.0.request(
+            RouteNetlinkMessage::GetQueueDiscipline(TcMessage::with_index(ifindex as i32)),
+            NLM_F_DUMP,
+        )?;
+        Ok(msgs
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewQueueDiscipline(q) => Some(q),
+                _ => None,
+            })
+            .filter(|q| q.header.index == ifindex as i32 && q.header.parent == TcHandle::INGRESS)
+            .flat_map(|q| q.attributes)
+            .find_map(|a| match a {
+                TcAttribute::Other(nla)
+                    if nla.kind() == TCA_INGRESS_BLOCK && nla.value_len() == 4 =>
+                {
+                    let mut v = [0u8; 4];
+                    nla.emit_value(&mut v);
+                    Some(u32::from_ne_bytes(v))
+                }
+                _ => None,
+            }))
+    }
+
     /// The `cls_bpf` filters of shared block `block`.
     pub fn block_filters(&mut self, block: u32) -> io::Result<Vec<BlockFilter>> {
         let msgs = self.0.request(

@@ -213,11 +213,6 @@ pub mod names {
     const TAP: &str = "tap";
     const VXLAN: &str = "vxlan-";
 
-    /// The spare device of a router namespace that takes the namespace's fast-path block out
-    /// of the kernel's host-wide list of bound blocks (`datapath::unlist`): an `ifb`, always
-    /// down, with no qdisc between two unlistings.
-    pub const UNLIST_DEV: &str = "blk-unlist";
-
     fn short(id: &str) -> &str {
         &id[..id.len().min(ID_LEN)]
     }

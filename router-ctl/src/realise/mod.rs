@@ -136,6 +136,9 @@ struct RouterMemo {
     fast: BTreeMap<String, (u32, [u8; 6])>,
     /// With the fast path off: the filters an earlier run may have left were removed.
     fast_off: bool,
+    /// The namespace's fast-path block was dropped from the kernel's list of bound blocks by
+    /// this run (`datapath::unlist`; a namespace an earlier version made still has its entry).
+    unlisted: bool,
 }
 
 impl Realiser {

@@ -850,14 +850,10 @@ fn gateway_taps_share_filter_blocks_and_a_router_its_own() {
             );
         }
         assert_eq!(block_progs(&ns, ROUTER_BLOCK), [programs::FAST_FWD], "{ns}");
-        // After each bind, the namespace's spare device bound and unbound the block again, to
-        // drop it from the kernel's host-wide list (`datapath::unlist`): it is there, down,
-        // with no qdisc, and the router's devices stay bound (above).
-        let spare = link(&ns, names::UNLIST_DEV)
-            .unwrap_or_else(|| panic!("{} missing in {ns}", names::UNLIST_DEV));
-        assert_eq!(spare["linkinfo"]["info_kind"], "ifb", "{spare}");
-        assert!(!is_up(&spare), "{spare}");
-        assert_eq!(qdisc_blocks(&ns, names::UNLIST_DEV), (None, None), "{ns}");
+        // After each bind, the namespace's `lo` bound and unbound the block again, to drop it
+        // from the kernel's host-wide list (`datapath::unlist`): `lo` has no qdisc left, and
+        // the router's devices stay bound (above).
+        assert_eq!(qdisc_blocks(&ns, "lo"), (None, None), "{ns}");
     }
 
     // Router 1 loses its gateway: its tap leaves the blocks, router 2's keeps its programs.
@@ -876,6 +872,57 @@ fn gateway_taps_share_filter_blocks_and_a_router_its_own() {
     );
     assert_eq!(block_progs(&host, b2.0), [programs::SNAT_OUT]);
     assert_eq!(block_progs(&host, b2.1), [programs::SNAT_IN]);
+}
+
+#[test]
+fn each_bind_of_a_router_block_is_followed_by_an_unlisting_on_lo() {
+    use router_ctl::datapath::filter::ROUTER_BLOCK;
+    let h = RealiserHost::new(&[]);
+    let [ext, int1, int2] = h.networks([true, false, false]);
+    let gw = gateway(port(&ext.id, mac(2), "203.0.113.12/24"), "203.0.113.1");
+    let mut spec = router(7, vec![port(&int1.id, mac(1), "10.0.1.1/24")], Some(gw));
+    h.call(|r| r.apply_router(&spec)).expect("apply");
+    let ns = names::router_netns(&spec.id);
+
+    // A second interface binds its device to the block; the kernel's notifications in the
+    // router namespace show `lo` bound to the same block and unbound right after
+    // (`datapath::unlist`), which is what drops the block from the kernel's list.
+    let mut monitor = std::process::Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .args(["stdbuf", "-oL", "tc", "monitor"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("tc monitor");
+    std::thread::sleep(Duration::from_millis(300));
+    let qr2 = port(&int2.id, mac(3), "10.0.2.1/24");
+    spec.interfaces.push(qr2.clone());
+    h.call(|r| r.apply_router(&spec))
+        .expect("apply with a second interface");
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = monitor.kill();
+    let out = monitor.wait_with_output().expect("tc monitor output");
+    let events: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("qdisc"))
+        .map(str::to_string)
+        .collect();
+    let qr2_dev = names::internal_dev(&qr2.port_id);
+    let block = format!("ingress_block {ROUTER_BLOCK}");
+    let at = |pred: &dyn Fn(&str) -> bool| events.iter().position(|l| pred(l));
+    let bound = at(&|l| l.contains(&format!("dev {qr2_dev} ")) && l.contains(&block));
+    let lo_bound =
+        at(&|l| !l.starts_with("deleted") && l.contains("dev lo ") && l.contains(&block));
+    let lo_unbound = at(&|l| l.starts_with("deleted") && l.contains("dev lo "));
+    assert!(
+        matches!((bound, lo_bound, lo_unbound), (Some(a), Some(b), Some(c)) if a < b && b < c),
+        "expected {qr2_dev} bound, then lo bound and unbound: {events:#?}"
+    );
+    assert_eq!(qdisc_blocks(&ns, "lo"), (None, None), "{ns}");
+    assert_eq!(
+        qdisc_blocks(&ns, &qr2_dev),
+        (Some(u64::from(ROUTER_BLOCK)), None)
+    );
+    assert_eq!(block_progs(&ns, ROUTER_BLOCK), [programs::FAST_FWD], "{ns}");
 }
 
 #[test]

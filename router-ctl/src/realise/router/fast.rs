@@ -28,9 +28,9 @@ impl Realiser {
         present: &HashMap<String, LinkState>,
         verify: bool,
     ) -> Result<Vec<String>> {
-        let (known, fast_off) = lock(&self.memo)
+        let (known, fast_off, unlisted) = lock(&self.memo)
             .get(&spec.id)
-            .map(|m| (m.fast.clone(), m.fast_off))
+            .map(|m| (m.fast.clone(), m.fast_off, m.unlisted))
             .unwrap_or_default();
         let mut changes = Vec::new();
         if !self.fast_path() {
@@ -88,9 +88,10 @@ impl Realiser {
                 self.datapath.forget_fast(*idx, *mac)?;
             }
         }
-        if verify && !now.is_empty() && !present.contains_key(names::UNLIST_DEV) {
-            // A namespace an earlier version made: its block is still in the kernel's list
-            // (`datapath::unlist`).
+        let unlist = verify && !unlisted && !now.is_empty();
+        if unlist {
+            // Once a run, at the router's first full check: a namespace an earlier version
+            // made still has its block in the kernel's list (`datapath::unlist`).
             self.datapath.unlist_router_block();
         }
         if verify && !now.is_empty() {
@@ -103,6 +104,7 @@ impl Realiser {
         let m = memo.entry(spec.id.clone()).or_default();
         m.fast = now;
         m.fast_off = false;
+        m.unlisted |= unlist;
         Ok(changes)
     }
 }
