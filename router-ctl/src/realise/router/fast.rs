@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use anyhow::Result;
 
+use super::inside::InsideMode;
 use crate::{
     datapath::Datapath,
     model::spec::{RouterSpec, names},
@@ -26,8 +27,9 @@ impl Realiser {
         spec: &RouterSpec,
         ready: &[(String, u32, [u8; 6], bool)],
         present: &HashMap<String, LinkState>,
-        verify: bool,
+        mode: InsideMode,
     ) -> Result<Vec<String>> {
+        let verify = mode.verify;
         let (known, fast_off, unlisted) = lock(&self.memo)
             .get(&spec.id)
             .map(|m| (m.fast.clone(), m.fast_off, m.unlisted))
@@ -88,10 +90,11 @@ impl Realiser {
                 self.datapath.forget_fast(*idx, *mac)?;
             }
         }
-        let unlist = verify && !unlisted && !now.is_empty();
+        let unlist = mode.unlist && !unlisted && !now.is_empty();
         if unlist {
-            // Once a run, at the router's first full check: a namespace an earlier version
-            // made still has its block in the kernel's list (`datapath::unlist`).
+            // Once a run, at the router's first full check after the start-up resync: a
+            // namespace an earlier version made still has its block in the kernel's list
+            // (`datapath::unlist`).
             self.datapath.unlist_router_block();
         }
         if verify && !now.is_empty() {

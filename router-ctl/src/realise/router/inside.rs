@@ -34,6 +34,10 @@ pub(super) struct InsideMode {
     pub sysctls: bool,
     /// A reconcile pass: check the fast-path filters and refresh stale neighbours.
     pub verify: bool,
+    /// A reconcile pass after the start-up resync: a router not yet unlisted by this run is
+    /// (`datapath::unlist`). Not in the start-up resync, whose time to confirm every router
+    /// is what a restart waits for.
+    pub unlist: bool,
 }
 
 /// What the router-namespace pass found and did.
@@ -102,7 +106,7 @@ impl Realiser {
             let mut route_changes = self.process_routes(&h, spec, gw_index).await?;
             rep.changed.append(&mut route_changes);
             let mut fast_changes = self
-                .process_fast_path(&h, spec, &fast_ready, &by_name, mode.verify)
+                .process_fast_path(&h, spec, &fast_ready, &by_name, mode)
                 .await?;
             rep.changed.append(&mut fast_changes);
             Ok(rep)

@@ -165,6 +165,8 @@ impl Realiser {
             prune: true,
             sysctls: sysctls || ns.created,
             verify: known.is_some(),
+            // `sysctls` in a reconcile look: every pass but the start-up resync.
+            unlist: known.is_some() && sysctls,
         };
         let mut inside = self.process_inside(spec, &ports, &ns.handle, mode)?;
         for d in &inside.removed {
