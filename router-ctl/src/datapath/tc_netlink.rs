@@ -48,11 +48,6 @@ impl TcSocket {
         Rtnl::open().map(Self)
     }
 
-    /// The socket, for the odd request that is not tc's (`unlist` makes its spare device).
-    pub fn rtnl(&mut self) -> &mut Rtnl {
-        &mut self.0
-    }
-
     /// Adds a qdisc to `ifindex` with its hooks bound to shared blocks: a `clsact` when both
     /// blocks are given, an `ingress` qdisc when only `ingress` is. `Ok(false)`: the device
     /// already has one (bound or not: an earlier run, or an earlier version's own block).
