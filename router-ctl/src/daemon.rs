@@ -433,6 +433,11 @@ async fn reconcile_loop(
                 if !rep.repaired.is_empty() || !rep.removed.is_empty() {
                     tracing::info!(repaired = ?rep.repaired, removed = ?rep.removed, "reconciled");
                 }
+                // What could not be converged comes back every pass (and keeps the next pass
+                // walking everything): say what and why.
+                if !rep.failed.is_empty() {
+                    tracing::warn!(failed = ?rep.failed, "reconcile pass could not converge");
+                }
             }
             Ok(Err(e)) if first => {
                 tracing::warn!("start-up resync incomplete (the reconcile loop retries): {e:#}")

@@ -136,13 +136,27 @@ pub struct AtRest {
     pub passes: Option<u64>,
     pub quiet_passes: Option<u64>,
     pub pass_ms: Option<f64>,
+    /// What the passes of the window repaired, removed and could not converge (items, from the
+    /// daemon's metrics): a pass that changes anything makes the next one walk again.
+    pub changed: Option<(u64, u64, u64)>,
 }
 
 /// The daemon's metrics endpoint (its default address, in its host namespace).
 const METRICS_BASE: &str = "http://127.0.0.1:9180";
 
-/// The reconcile figures of the daemon's metrics: passes, quiet passes, seconds in passes.
-fn reconcile_counters(metrics: &ApiClient) -> Option<(f64, f64, f64)> {
+/// The reconcile figures of the daemon's metrics at one moment.
+#[derive(Clone, Copy, Debug)]
+struct PassCounters {
+    passes: f64,
+    quiet: f64,
+    secs: f64,
+    repaired: f64,
+    removed: f64,
+    failed: f64,
+}
+
+/// The reconcile figures of the daemon's metrics (None: no answer or no pass figures).
+fn reconcile_counters(metrics: &ApiClient) -> Option<PassCounters> {
     let (status, body) = metrics.get("/metrics");
     let text = body.as_str().filter(|_| status == 200)?;
     // One unlabelled sample each: `name value`.
@@ -151,11 +165,14 @@ fn reconcile_counters(metrics: &ApiClient) -> Option<(f64, f64, f64)> {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())
     };
-    Some((
-        sample("router_ctl_reconcile_duration_seconds_count")?,
-        sample("router_ctl_reconcile_quiet_passes_total").unwrap_or(0.0),
-        sample("router_ctl_reconcile_duration_seconds_sum")?,
-    ))
+    Some(PassCounters {
+        passes: sample("router_ctl_reconcile_duration_seconds_count")?,
+        quiet: sample("router_ctl_reconcile_quiet_passes_total").unwrap_or(0.0),
+        secs: sample("router_ctl_reconcile_duration_seconds_sum")?,
+        repaired: sample("router_ctl_reconcile_repaired_total").unwrap_or(0.0),
+        removed: sample("router_ctl_reconcile_removed_total").unwrap_or(0.0),
+        failed: sample("router_ctl_reconcile_failed_total").unwrap_or(0.0),
+    })
 }
 
 /// How long the daemon is watched at rest: three reconcile passes (one every 5 s).
@@ -294,9 +311,23 @@ impl Env {
             run.at_rest = self.at_rest();
             if let Some(r) = &run.at_rest {
                 eprintln!(
-                    "bench:   at rest: daemon CPU {:.1} ms/s over {:.0} s; reconcile passes {:?} (quiet {:?}), {:?} ms each",
-                    r.daemon_cpu_ms_per_sec, r.secs, r.passes, r.quiet_passes, r.pass_ms
+                    "bench:   at rest: daemon CPU {:.1} ms/s over {:.0} s; reconcile passes {:?} (quiet {:?}), {:?} ms each; repaired / removed / failed {:?}",
+                    r.daemon_cpu_ms_per_sec, r.secs, r.passes, r.quiet_passes, r.pass_ms, r.changed
                 );
+                if r.changed.is_some_and(|c| c != (0, 0, 0)) {
+                    let log = self.daemon().log();
+                    let last = log
+                        .lines()
+                        .rev()
+                        .find(|l| l.contains("reconciled") || l.contains("could not converge"));
+                    if let Some(l) = last {
+                        let l = strip_ansi(l);
+                        eprintln!(
+                            "bench:   daemon: {}",
+                            l.chars().take(600).collect::<String>()
+                        );
+                    }
+                }
             }
             let c = self.chatter(probe, secs);
             eprintln!(
@@ -504,12 +535,13 @@ impl Env {
         let _ = ns::sleep(AT_REST);
         let (secs, c1) = (t0.elapsed().as_secs_f64(), daemon_cpu_secs(pid)?);
         let m1 = reconcile_counters(&metrics);
-        let passes = m0.zip(m1).map(|((n0, q0, s0), (n1, q1, s1))| {
-            let n = n1 - n0;
+        let window = m0.zip(m1);
+        let passes = window.map(|(a, b)| {
+            let n = b.passes - a.passes;
             (
                 n as u64,
-                (q1 - q0) as u64,
-                (n > 0.0).then(|| (s1 - s0) * 1e3 / n),
+                (b.quiet - a.quiet) as u64,
+                (n > 0.0).then(|| (b.secs - a.secs) * 1e3 / n),
             )
         });
         Some(AtRest {
@@ -518,6 +550,13 @@ impl Env {
             passes: passes.map(|p| p.0),
             quiet_passes: passes.map(|p| p.1),
             pass_ms: passes.and_then(|p| p.2),
+            changed: window.map(|(a, b)| {
+                (
+                    (b.repaired - a.repaired) as u64,
+                    (b.removed - a.removed) as u64,
+                    (b.failed - a.failed) as u64,
+                )
+            }),
         })
     }
 
@@ -845,20 +884,22 @@ pub fn markdown(runs: &[ScaleRun], s: &mut String) {
     if runs.iter().any(|r| r.at_rest.is_some()) {
         let _ = writeln!(
             s,
-            "\nAt rest (the N routers realised, no API call; reconcile passes every 5 s; quiet: nothing changed since the last clean pass, so no outside walk):\n\n| N | daemon CPU ms/s | window s | passes (quiet) | ms a pass |\n|---|---|---|---|---|"
+            "\nAt rest (the N routers realised, no API call; reconcile passes every 5 s; quiet: nothing changed since the last clean pass, so no outside walk):\n\n| N | daemon CPU ms/s | window s | passes (quiet) | ms a pass | repaired / removed / failed |\n|---|---|---|---|---|---|"
         );
         for r in runs {
             if let Some(a) = &r.at_rest {
                 let opt = |v: Option<u64>| v.map_or("—".to_string(), |v| v.to_string());
                 let _ = writeln!(
                     s,
-                    "| {} | {:.1} | {:.0} | {} ({}) | {} |",
+                    "| {} | {:.1} | {:.0} | {} ({}) | {} | {} |",
                     r.n,
                     a.daemon_cpu_ms_per_sec,
                     a.secs,
                     opt(a.passes),
                     opt(a.quiet_passes),
                     a.pass_ms.map_or("—".to_string(), |v| format!("{v:.1}")),
+                    a.changed
+                        .map_or("—".to_string(), |(r, d, f)| format!("{r} / {d} / {f}")),
                 );
             }
         }
