@@ -184,7 +184,8 @@ pub async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkState>> {
     }
 }
 
-/// Creates bridge `name`, without multicast snooping; Ok(false) when it already existed.
+/// Creates bridge `name`, without multicast snooping and with no forward delay; Ok(false)
+/// when it already existed.
 ///
 /// Snooping is what makes a bridge join the multicast router discovery group (224.0.0.106) and
 /// send IGMP reports for it from a device without an IPv4 address, and finding the source
@@ -192,9 +193,17 @@ pub async fn get_link(h: &Handle, name: &str) -> Result<Option<LinkState>> {
 /// thousands of bridges in the daemon's namespace, O(devices) of timer work per bridge
 /// created, and the reports flooded to the bridge's ports. Nothing here needs snooping: the
 /// router ports join no group they would report, so the bridge floods multicast either way.
+///
+/// The forward delay (15 s by default) does not delay anything here, as STP is off and a port
+/// forwards at once, but the kernel still arms a timer for it on every port that comes up, and
+/// when it fires it announces the port again (`RTM_NEWLINK`): two timers and two link
+/// notifications a router, 15 s after it was made, which the daemon's link watch applies and
+/// which make the next reconcile passes walk everything again. A delay of 0 arms no timer, as
+/// Neutron's Linux bridge agent sets it (`setfd 0`).
 pub async fn create_bridge(h: &Handle, name: &str) -> Result<bool> {
     let msg = LinkBridge::new(name)
         .append_info_data(InfoBridge::MulticastSnooping(false))
+        .append_info_data(InfoBridge::ForwardDelay(0))
         .build();
     match h.link().add(msg).execute().await {
         Ok(()) => Ok(true),

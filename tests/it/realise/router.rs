@@ -156,6 +156,14 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
         assert!(is_up(&l), "{br} is down");
         assert!(ipv4(&host, &br).is_empty(), "{br} has an address");
         assert_no_ipv6(&host, &br);
+        // No snooping, and no forward delay: with a delay the kernel arms a timer on every
+        // port that comes up and announces the port again when it fires (`net::link`).
+        let info = &l["linkinfo"]["info_data"];
+        assert_eq!(
+            (&info["mcast_snooping"], &info["forward_delay"]),
+            (&0.into(), &0.into()),
+            "{br}: {info}"
+        );
     }
 
     let qr_port = port(&int.id, mac(1), "10.0.1.1/24");
@@ -268,6 +276,11 @@ fn router_with_interface_and_gateway_is_realised_and_idempotent() {
     for t in [&qr_tap, &qg_tap] {
         let l = link(&host, t).expect("tap");
         assert!(is_up(&l), "{t} down");
+        // Forwarding from the start, with no forward-delay timer to come.
+        assert_eq!(
+            l["linkinfo"]["info_slave_data"]["state"], "forwarding",
+            "{t}: {l}"
+        );
         assert_eq!(
             (&l["num_tx_queues"], &l["num_rx_queues"]),
             (&1.into(), &1.into()),
