@@ -150,6 +150,10 @@ impl Realiser {
         };
         let last = lock(&self.last_clean).take();
         let quiet = !mounts_changed && seen.is_some() && last == seen;
+        if !quiet {
+            // What moved since the last clean pass (None: the last pass was not clean).
+            tracing::debug!(mounts_changed, last_clean = ?last, now = ?seen, "reconcile pass walks");
+        }
         let mut pass = Pass {
             desired,
             current,

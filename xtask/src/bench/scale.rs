@@ -314,12 +314,16 @@ impl Env {
                     "bench:   at rest: daemon CPU {:.1} ms/s over {:.0} s; reconcile passes {:?} (quiet {:?}), {:?} ms each; repaired / removed / failed {:?}",
                     r.daemon_cpu_ms_per_sec, r.secs, r.passes, r.quiet_passes, r.pass_ms, r.changed
                 );
-                if r.changed.is_some_and(|c| c != (0, 0, 0)) {
+                let walked = r.passes.zip(r.quiet_passes).is_some_and(|(n, q)| n > q);
+                if walked || r.changed.is_some_and(|c| c != (0, 0, 0)) {
+                    // With `RUST_LOG=info,router_ctl::realise::reconcile=debug` the daemon
+                    // also says what moved when a pass walks.
                     let log = self.daemon().log();
-                    let last = log
-                        .lines()
-                        .rev()
-                        .find(|l| l.contains("reconciled") || l.contains("could not converge"));
+                    let last = log.lines().rev().find(|l| {
+                        l.contains("reconciled")
+                            || l.contains("could not converge")
+                            || l.contains("reconcile pass walks")
+                    });
                     if let Some(l) = last {
                         let l = strip_ansi(l);
                         eprintln!(
