@@ -315,22 +315,10 @@ impl Env {
                     r.daemon_cpu_ms_per_sec, r.secs, r.passes, r.quiet_passes, r.pass_ms, r.changed
                 );
                 let walked = r.passes.zip(r.quiet_passes).is_some_and(|(n, q)| n > q);
-                if walked || r.changed.is_some_and(|c| c != (0, 0, 0)) {
-                    // With `RUST_LOG=info,router_ctl::realise::reconcile=debug` the daemon
-                    // also says what moved when a pass walks.
-                    let log = self.daemon().log();
-                    let last = log.lines().rev().find(|l| {
-                        l.contains("reconciled")
-                            || l.contains("could not converge")
-                            || l.contains("reconcile pass walks")
-                    });
-                    if let Some(l) = last {
-                        let l = strip_ansi(l);
-                        eprintln!(
-                            "bench:   daemon: {}",
-                            l.chars().take(600).collect::<String>()
-                        );
-                    }
+                if (walked || r.changed.is_some_and(|c| c != (0, 0, 0)))
+                    && let Some(l) = self.last_pass_line()
+                {
+                    eprintln!("bench:   daemon: {l}");
                 }
             }
             let c = self.chatter(probe, secs);
@@ -528,6 +516,19 @@ impl Env {
     fn memory_now(&self) -> (u64, u64) {
         let rss = self.daemon().pid().map_or(0, daemon_rss_kib);
         (kernel_kib(), rss)
+    }
+
+    /// The daemon's last log line about a reconcile pass that changed something, failed, or
+    /// walked (that one with `RUST_LOG=info,router_ctl::realise::reconcile=debug`, saying what
+    /// moved), without colours and cut to 600 characters.
+    fn last_pass_line(&self) -> Option<String> {
+        let log = self.daemon().log();
+        let line = log.lines().rev().find(|l| {
+            l.contains("reconciled")
+                || l.contains("could not converge")
+                || l.contains("reconcile pass walks")
+        })?;
+        Some(strip_ansi(line).chars().take(600).collect())
     }
 
     /// The daemon's CPU time over `AT_REST` with nothing asked of it (None: no daemon).
