@@ -59,10 +59,15 @@ fn reporting_fact(balloon_features: &[String], order: Option<u32>) -> String {
         .any(|f| f.as_bytes().get(VIRTIO_BALLOON_F_REPORTING) == Some(&b'1'));
     match (reporting, order) {
         (false, _) => "off (no balloon device that takes reports)".into(),
-        (true, Some(order)) => format!(
-            "on: free blocks of {} MiB (order {order}) go back to the hypervisor",
-            (4u64 << order) / 1024
-        ),
+        (true, Some(order)) => {
+            let kib = 4u64 << order;
+            let size = if kib >= 1024 {
+                format!("{} MiB", kib / 1024)
+            } else {
+                format!("{kib} KiB")
+            };
+            format!("on: free blocks of {size} (order {order}) go back to the hypervisor")
+        }
         (true, None) => "on (order unknown)".into(),
     }
 }
@@ -144,6 +149,11 @@ mod tests {
         assert_eq!(
             reporting_fact(std::slice::from_ref(&reporting), Some(11)),
             "on: free blocks of 8 MiB (order 11) go back to the hypervisor"
+        );
+        // An order an operator set below a megabyte is not shown as 0 MiB.
+        assert_eq!(
+            reporting_fact(std::slice::from_ref(&reporting), Some(5)),
+            "on: free blocks of 128 KiB (order 5) go back to the hypervisor"
         );
         assert_eq!(reporting_fact(&[reporting], None), "on (order unknown)");
         // A balloon without the reporting bit, and no balloon at all.
